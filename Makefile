@@ -1,0 +1,55 @@
+# One entry point for people and CI. `make serve` runs the broker, `make test` runs every test.
+# Both create .venv and install what they need on first use.
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.deps-stamp
+PROFILE ?= release
+
+.PHONY: serve test test-rust test-python lint build system-deps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" \
+		"pytest-timeout>=2.3" "hypothesis>=6.100" "paho-mqtt>=2.1" "aiomqtt>=2.3" \
+		"ruff>=0.6" "mypy>=1.11"
+	touch $(STAMP)
+
+# Builds the extension into .venv (stale copies are removed first so an old .so never wins).
+build: $(STAMP)
+	rm -f python/pyo3mq/_pyo3mq*.so
+	. $(BIN)/activate && maturin develop -q --profile $(PROFILE)
+
+# Debian's mosquitto clients and broker are test peers; install them when missing (root only).
+system-deps:
+	@if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+		else echo "install mosquitto and mosquitto-clients (Debian packages) to run the interop tests" >&2; exit 1; fi; \
+	fi
+
+serve: build
+	$(BIN)/pyo3mq
+
+test: test-rust test-python
+
+test-rust:
+	cargo test --all-targets
+
+test-python: build system-deps
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	$(BIN)/ruff check python tests examples
+	$(BIN)/ruff format --check python tests examples
+	$(BIN)/mypy
+
+bench: build
+	cargo bench --bench codec
+
+clean:
+	rm -rf $(VENV) target python/pyo3mq/_pyo3mq*.so

@@ -1,0 +1,3 @@
+from pyo3mq.cli import main
+
+raise SystemExit(main())

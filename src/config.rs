@@ -1,0 +1,138 @@
+//! Broker settings: every limit the broker enforces, with production defaults.
+//!
+//! The same names are used by the Python keyword arguments and the TOML config file, so
+//! a setting is documented once (README, "Configuration").
+
+use std::time::Duration;
+
+/// What a session does when its outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Drop the message that does not fit (mosquitto's behaviour). Keeps the oldest
+    /// messages, which is what a client resuming a session usually wants first.
+    DropNew,
+    /// Drop the oldest queued message to make room: the freshest data wins.
+    DropOldest,
+}
+
+impl OverflowPolicy {
+    pub fn parse(name: &str) -> Option<OverflowPolicy> {
+        match name {
+            "drop_new" => Some(OverflowPolicy::DropNew),
+            "drop_oldest" => Some(OverflowPolicy::DropOldest),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener URIs, `tcp://HOST:PORT`; port 0 picks a free port.
+    pub listeners: Vec<String>,
+    /// Largest packet accepted from a client, fixed header included. A larger one closes
+    /// that connection before its body is read.
+    pub max_packet_size: usize,
+    /// Connections served at once; a client over the limit gets CONNACK 0x03.
+    pub max_connections: usize,
+    /// Outbound QoS 1/2 messages sent but not yet acknowledged, per session.
+    pub max_inflight: usize,
+    /// Messages waiting to be sent, per session (online or offline).
+    pub max_queued_messages: usize,
+    pub queue_overflow: OverflowPolicy,
+    /// Also queue QoS 0 messages for offline clean-session-0 clients (optional in 3.1.1).
+    pub queue_qos0_offline: bool,
+    /// Time allowed between TCP accept and a complete CONNECT.
+    pub connect_timeout: Duration,
+    /// Longest client identifier accepted (3.1.1 requires at least 23).
+    pub max_client_id_len: usize,
+    /// Whether CONNECT with an empty client id and clean session 1 gets a generated id.
+    pub allow_zero_length_client_id: bool,
+    /// Tokio worker threads; 0 means one per core.
+    pub worker_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listeners: vec!["tcp://0.0.0.0:1883".to_string()],
+            max_packet_size: 1024 * 1024,
+            max_connections: 100_000,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            queue_overflow: OverflowPolicy::DropNew,
+            queue_qos0_offline: false,
+            connect_timeout: Duration::from_secs(10),
+            max_client_id_len: 65_535,
+            allow_zero_length_client_id: true,
+            worker_threads: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values that would make the broker misbehave rather than merely be slow.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listeners.is_empty() {
+            return Err("at least one listener is required".into());
+        }
+        if self.max_packet_size < 2 {
+            return Err("max_packet_size must be at least 2 bytes".into());
+        }
+        if self.max_inflight == 0 || self.max_inflight > 65_535 {
+            return Err("max_inflight must be between 1 and 65535".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if self.max_client_id_len < 23 {
+            return Err("max_client_id_len must be at least 23 [MQTT-3.1.3-5]".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return Err("connect_timeout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `tcp://HOST:PORT` into a socket address string for `TcpListener::bind`.
+pub fn parse_listener(uri: &str) -> Result<String, String> {
+    let rest = uri
+        .strip_prefix("tcp://")
+        .or_else(|| uri.strip_prefix("mqtt://"))
+        .ok_or_else(|| format!("unsupported listener {uri:?}: expected tcp://HOST:PORT"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("listener {uri:?} has no port"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("listener {uri:?} has an invalid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') {
+        Ok(format!("[{host}]:{port}"))
+    } else {
+        Ok(format!("{host}:{port}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_uris() {
+        assert_eq!(parse_listener("tcp://127.0.0.1:0").unwrap(), "127.0.0.1:0");
+        assert_eq!(parse_listener("tcp://[::1]:1883").unwrap(), "[::1]:1883");
+        assert!(parse_listener("ws://127.0.0.1:1").is_err());
+        assert!(parse_listener("tcp://127.0.0.1").is_err());
+        assert!(parse_listener("tcp://127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_limits_checked() {
+        assert!(Config::default().validate().is_ok());
+        let bad = Config {
+            max_inflight: 0,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

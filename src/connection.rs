@@ -1,0 +1,663 @@
+//! One client connection: its socket, its buffers, and its life from CONNECT to close.
+//!
+//! A single task owns both halves of the socket and multiplexes, in one `select!`, reading
+//! packets, writing what is pending, waking when the session's queue grows, keepalive
+//! expiry, takeover and shutdown. Writes are coalesced: everything produced while
+//! handling one read (acks, deliveries) goes out in one vectored write, and a PUBLISH
+//! payload is referenced, not copied, when it is large. A peer that stops reading only
+//! stops its own writes: its session queue fills and its overflow policy applies; nobody
+//! else waits for it.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::{sleep, timeout, Instant};
+use tracing::{debug, info, warn};
+
+use crate::codec::{
+    self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol, QoS, SubAck,
+    SubscribeReturnCode,
+};
+use crate::router::{Attach, ConnHandle, MatchScratch, Router, Session};
+use crate::session::{Message, Outgoing, Queued};
+
+/// Stop moving messages from the session queue into the write buffer above this many
+/// pending bytes: the rest waits in the (bounded) session queue, so a slow reader's
+/// backlog is counted against its own limit.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Payloads at least this large are written by reference (an extra iovec); smaller ones
+/// are copied next to their header, which is cheaper than another iovec entry.
+const COPY_PAYLOAD_BELOW: usize = 1024;
+/// Most iovecs handed to one `writev`.
+const MAX_IOV: usize = 64;
+/// Read size once a connection has shown it has data.
+const READ_CHUNK: usize = 16 * 1024;
+/// Most queued messages taken from the session per lock.
+const PUMP_BATCH: usize = 64;
+/// Attempts to take over a client id whose owner does not go away.
+const TAKEOVER_ATTEMPTS: usize = 5;
+
+/// Why a connection ended; everything but `Disconnect` publishes the will.
+#[derive(Debug)]
+enum Close {
+    Disconnect,
+    PeerClosed,
+    KeepAlive,
+    Takeover,
+    Shutdown,
+    Protocol(String),
+    Io(io::Error),
+}
+
+/// Pending output: encoded packets plus shared payloads, written with `writev`.
+#[derive(Default)]
+struct OutBuf {
+    chunks: VecDeque<Bytes>,
+    cur: BytesMut,
+    len: usize,
+}
+
+impl OutBuf {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn put_packet(&mut self, packet: &Packet) {
+        let before = self.cur.len();
+        if let Err(err) = packet.encode(&mut self.cur) {
+            // Only packets the broker builds itself reach here, from validated data.
+            warn!("cannot encode {}: {err}", packet.name());
+            self.cur.truncate(before);
+        }
+        self.len += self.cur.len() - before;
+    }
+
+    fn put_publish(&mut self, item: &Queued, pkid: Option<u16>, dup: bool) {
+        let msg = &item.msg;
+        let before = self.cur.len();
+        let encoded = codec::encode_publish_header(
+            &mut self.cur,
+            &msg.topic,
+            item.qos,
+            item.retain,
+            dup,
+            pkid,
+            msg.payload.len(),
+        );
+        if let Err(err) = encoded {
+            warn!("cannot encode PUBLISH to {}: {err}", msg.topic);
+            self.cur.truncate(before);
+            return;
+        }
+        self.len += self.cur.len() - before + msg.payload.len();
+        if msg.payload.len() < COPY_PAYLOAD_BELOW {
+            self.cur.extend_from_slice(&msg.payload);
+        } else {
+            self.seal();
+            self.chunks.push_back(msg.payload.clone());
+        }
+    }
+
+    /// Moves the bytes encoded so far into the chunk list.
+    fn seal(&mut self) {
+        if !self.cur.is_empty() {
+            self.chunks.push_back(self.cur.split().freeze());
+        }
+    }
+
+    /// Fills `iov` with the pending chunks, oldest first; returns how many it used.
+    fn io_slices<'a>(&'a mut self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+        self.seal();
+        let mut n = 0;
+        for chunk in self.chunks.iter().take(MAX_IOV) {
+            iov[n] = IoSlice::new(chunk);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.len -= written;
+        while written > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+        if self.is_empty() && self.cur.capacity() > 64 * 1024 {
+            // Give a burst's large buffer back instead of keeping it per idle connection.
+            self.cur = BytesMut::new();
+        }
+    }
+}
+
+pub struct Connection {
+    router: Arc<Router>,
+    conn_id: u64,
+    peer: SocketAddr,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    /// Allocated only once the socket is readable, so idle connections hold no buffer.
+    rbuf: BytesMut,
+    out: OutBuf,
+    decoder: Decoder,
+    protocol: Protocol,
+    client_id: ByteString,
+    scratch: MatchScratch,
+    batch: Vec<Outgoing>,
+}
+
+impl Connection {
+    pub fn new(router: Arc<Router>, stream: TcpStream, peer: SocketAddr) -> Connection {
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let decoder = Decoder::new(router.config().max_packet_size);
+        let conn_id = router.next_id();
+        Connection {
+            router,
+            conn_id,
+            peer,
+            reader,
+            writer,
+            rbuf: BytesMut::new(),
+            out: OutBuf::default(),
+            decoder,
+            protocol: Protocol::V311,
+            client_id: ByteString::new(),
+            scratch: Vec::new(),
+            batch: Vec::new(),
+        }
+    }
+
+    /// Serves the connection until it closes, for any reason. Never panics on input.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let connect_timeout = self.router.config().connect_timeout;
+        let connect = tokio::select! {
+            res = timeout(connect_timeout, self.read_connect()) => match res {
+                Ok(Ok(Some(connect))) => connect,
+                Ok(Ok(None)) => return,
+                Ok(Err(close)) => {
+                    self.log_close(&close);
+                    return;
+                }
+                Err(_) => {
+                    info!(peer = %self.peer, "closing connection: no CONNECT within {connect_timeout:?}");
+                    return;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        self.serve(connect, shutdown).await;
+    }
+
+    /// Reads until the first packet is complete. `Ok(None)` when the peer went away or the
+    /// connection was refused with a CONNACK (already written).
+    async fn read_connect(&mut self) -> Result<Option<Connect>, Close> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect)),
+                Ok(Some(other)) => {
+                    return Err(Close::Protocol(format!(
+                        "[MQTT-3.1.0-1] first packet is {}, not CONNECT",
+                        other.name()
+                    )))
+                }
+                Ok(None) => {}
+                Err(err @ codec::Error::UnsupportedProtocolLevel { .. }) => {
+                    // [MQTT-3.1.2-2]: answer 0x01, then close.
+                    info!(peer = %self.peer, "refusing connection: {err}");
+                    self.refuse(ConnectReturnCode::UnacceptableProtocolVersion)
+                        .await;
+                    return Ok(None);
+                }
+                // [MQTT-3.1.4-1]: a malformed CONNECT is closed without a CONNACK.
+                Err(err) => return Err(Close::Protocol(err.to_string())),
+            }
+            if self.read_some().await.map_err(Close::Io)? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads what the socket has into `rbuf`; 0 at end of stream.
+    async fn read_some(&mut self) -> io::Result<usize> {
+        loop {
+            self.reader.readable().await?;
+            self.rbuf.reserve(READ_CHUNK);
+            match self.reader.try_read_buf(&mut self.rbuf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends a refusing CONNACK and lets the connection close [MQTT-3.2.2-5]; session
+    /// present is always 0 with a non-zero code [MQTT-3.2.2-4].
+    async fn refuse(&mut self, code: ConnectReturnCode) {
+        self.out.put_packet(&Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+        }));
+        let _ = timeout(Duration::from_secs(5), self.flush()).await;
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.out.io_slices(&mut iov);
+            let written = self.writer.write_vectored(&iov[..n]).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.out.advance(written);
+        }
+        Ok(())
+    }
+
+    async fn serve(&mut self, connect: Connect, shutdown: watch::Receiver<bool>) {
+        self.protocol = connect.protocol;
+        self.decoder.set_protocol(connect.protocol);
+        let Some(client_id) = self.accept_client_id(&connect).await else {
+            return;
+        };
+        self.client_id = client_id;
+
+        let (gone_tx, gone_rx) = watch::channel(());
+        let kick = Arc::new(Notify::new());
+        let handle = ConnHandle {
+            conn_id: self.conn_id,
+            kick: kick.clone(),
+            gone: gone_rx,
+        };
+        let Some((session, session_present)) = self.take_session(&connect, handle).await else {
+            self.refuse(ConnectReturnCode::ServerUnavailable).await;
+            return;
+        };
+        info!(
+            client_id = %self.client_id, peer = %self.peer,
+            protocol = ?connect.protocol, clean_session = connect.clean_session,
+            keep_alive = connect.keep_alive, session_present, "client connected"
+        );
+        // 3.1 CONNACKs have no session-present flag (checklist part 2, item 4).
+        self.out.put_packet(&Packet::ConnAck(ConnAck {
+            session_present: session_present && connect.protocol == Protocol::V311,
+            code: ConnectReturnCode::Accepted,
+        }));
+        if session_present {
+            let resend = session.state.lock().resend_on_resume();
+            for outgoing in resend {
+                self.put_outgoing(outgoing);
+            }
+        }
+
+        let close = self
+            .serve_session(&session, connect.keep_alive, &kick, shutdown)
+            .await;
+        self.log_close(&close);
+        match close {
+            Close::Disconnect => {
+                // [MQTT-3.14.4-3]: the will is discarded; flush what was acknowledged.
+                let _ = timeout(Duration::from_secs(1), self.flush()).await;
+            }
+            Close::Shutdown => {
+                let _ = timeout(Duration::from_secs(1), self.flush()).await;
+                self.publish_will(&connect);
+            }
+            _ => self.publish_will(&connect),
+        }
+        self.router.detach(&session, self.conn_id);
+        // Only now may a connection taking over this client id proceed.
+        drop(gone_tx);
+        let _ = self.writer.shutdown().await;
+    }
+
+    /// Client identifier rules: [MQTT-3.1.3-5..9]; 3.1 clients must send one.
+    async fn accept_client_id(&mut self, connect: &Connect) -> Option<ByteString> {
+        let config = self.router.config();
+        let id = &connect.client_id;
+        let refusal = if id.is_empty() {
+            if connect.protocol == Protocol::V31 {
+                Some("MQTT 3.1 requires a client identifier")
+            } else if !connect.clean_session {
+                Some("[MQTT-3.1.3-8] empty client identifier with clean session 0")
+            } else if !config.allow_zero_length_client_id {
+                Some("[MQTT-3.1.3-9] empty client identifiers are not allowed")
+            } else {
+                None
+            }
+        } else if id.len() > config.max_client_id_len {
+            Some("[MQTT-3.1.3-9] client identifier longer than max_client_id_len")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            info!(peer = %self.peer, "refusing connection: {reason}");
+            self.refuse(ConnectReturnCode::IdentifierRejected).await;
+            return None;
+        }
+        if id.is_empty() {
+            // [MQTT-3.1.3-6]: a unique id, never one a client could already be using.
+            Some(ByteString::from(format!(
+                "auto-{:x}-{:x}",
+                std::process::id(),
+                self.conn_id
+            )))
+        } else {
+            Some(id.clone())
+        }
+    }
+
+    /// Attaches to the client's session, first closing any connection that holds it
+    /// [MQTT-3.1.4-2]: the old connection publishes its will and detaches before this one
+    /// sends CONNACK.
+    async fn take_session(
+        &mut self,
+        connect: &Connect,
+        handle: ConnHandle,
+    ) -> Option<(Arc<Session>, bool)> {
+        for _ in 0..TAKEOVER_ATTEMPTS {
+            match self
+                .router
+                .attach(&self.client_id, connect.clean_session, handle.clone())
+            {
+                Attach::Attached {
+                    session,
+                    session_present,
+                } => return Some((session, session_present)),
+                Attach::Busy(old) => {
+                    info!(client_id = %self.client_id, "session taken over by a new connection");
+                    old.kick.notify_one();
+                    let mut gone = old.gone;
+                    // Resolves with Err once the old connection drops its sender.
+                    let _ = timeout(Duration::from_secs(5), gone.changed()).await;
+                }
+            }
+        }
+        warn!(client_id = %self.client_id, "could not take over the session from its connection");
+        None
+    }
+
+    async fn serve_session(
+        &mut self,
+        session: &Arc<Session>,
+        keep_alive: u16,
+        kick: &Notify,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Close {
+        // [MQTT-3.1.2-24]: 1.5 times the keepalive without a packet closes the connection.
+        let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let expiry = sleep(idle_limit.unwrap_or(Duration::from_secs(86_400)));
+        tokio::pin!(expiry);
+        // Packets pipelined behind CONNECT are already buffered.
+        if let Some(close) = self.handle_buffered(session) {
+            return close;
+        }
+        loop {
+            self.pump(session);
+            let can_pump = self.out.len() < WRITE_HIGH_WATER;
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let niov = self.out.io_slices(&mut iov);
+            tokio::select! {
+                biased;
+                _ = kick.notified() => return Close::Takeover,
+                _ = shutdown.changed() => return Close::Shutdown,
+                _ = &mut expiry, if idle_limit.is_some() => return Close::KeepAlive,
+                res = self.writer.write_vectored(&iov[..niov]), if niov > 0 => match res {
+                    Ok(0) => return Close::Io(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.out.advance(n),
+                    Err(e) => return Close::Io(e),
+                },
+                res = self.reader.readable() => {
+                    if let Err(e) = res {
+                        return Close::Io(e);
+                    }
+                    self.rbuf.reserve(READ_CHUNK);
+                    match self.reader.try_read_buf(&mut self.rbuf) {
+                        Ok(0) => return Close::PeerClosed,
+                        Ok(_) => {
+                            if let Some(limit) = idle_limit {
+                                expiry.as_mut().reset(Instant::now() + limit);
+                            }
+                            if let Some(close) = self.handle_buffered(session) {
+                                return close;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Close::Io(e),
+                    }
+                },
+                _ = session.notify.notified(), if can_pump => {}
+            }
+        }
+    }
+
+    /// Handles every complete packet in the read buffer.
+    fn handle_buffered(&mut self, session: &Arc<Session>) -> Option<Close> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => {
+                    if let Some(close) = self.handle(packet, session) {
+                        return Some(close);
+                    }
+                }
+                Ok(None) => return None,
+                Err(err) => return Some(Close::Protocol(err.to_string())),
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
+        match packet {
+            Packet::Publish(publish) => {
+                let msg = Arc::new(Message {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                    qos: publish.qos,
+                    retain: publish.retain,
+                });
+                match (publish.qos, publish.pkid) {
+                    (QoS::AtMostOnce, _) => self.router.publish(msg, &mut self.scratch),
+                    (QoS::AtLeastOnce, Some(pkid)) => {
+                        self.router.publish(msg, &mut self.scratch);
+                        self.out.put_packet(&Packet::PubAck(pkid));
+                    }
+                    (QoS::ExactlyOnce, Some(pkid)) => {
+                        // A repeat before PUBREL is acknowledged, not delivered again.
+                        if session.state.lock().on_inbound_qos2(pkid) {
+                            self.router.publish(msg, &mut self.scratch);
+                        }
+                        self.out.put_packet(&Packet::PubRec(pkid));
+                    }
+                    // The codec guarantees an id for QoS 1 and 2.
+                    (_, None) => {}
+                }
+            }
+            Packet::PubAck(pkid) => {
+                if !session.state.lock().on_puback(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBACK for an unknown packet id");
+                }
+            }
+            Packet::PubRec(pkid) => {
+                if !session.state.lock().on_pubrec(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBREC for an unknown packet id");
+                }
+                // Answered even for an unknown id so the client can finish its flow.
+                self.out.put_packet(&Packet::PubRel(pkid));
+            }
+            Packet::PubRel(pkid) => {
+                session.state.lock().on_inbound_pubrel(pkid);
+                self.out.put_packet(&Packet::PubComp(pkid));
+            }
+            Packet::PubComp(pkid) => {
+                if !session.state.lock().on_pubcomp(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBCOMP for an unknown packet id");
+                }
+            }
+            Packet::Subscribe(subscribe) => {
+                let mut codes = Vec::with_capacity(subscribe.filters.len());
+                for (filter, qos) in &subscribe.filters {
+                    match self.router.subscribe(session, filter, *qos) {
+                        Ok(granted) => codes.push(SubscribeReturnCode::Success(granted)),
+                        Err(err) if self.protocol == Protocol::V31 => {
+                            // 3.1 SUBACK has no failure code (checklist part 2, item 5).
+                            return Some(Close::Protocol(format!(
+                                "invalid topic filter {filter:?} from an MQTT 3.1 client: {err}"
+                            )));
+                        }
+                        Err(err) => {
+                            info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
+                            codes.push(SubscribeReturnCode::Failure);
+                        }
+                    }
+                }
+                self.out.put_packet(&Packet::SubAck(SubAck {
+                    pkid: subscribe.pkid,
+                    codes,
+                }));
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                for filter in &unsubscribe.filters {
+                    self.router.unsubscribe(session, filter);
+                }
+                // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
+                self.out.put_packet(&Packet::UnsubAck(unsubscribe.pkid));
+            }
+            Packet::PingReq => self.out.put_packet(&Packet::PingResp),
+            Packet::Disconnect => return Some(Close::Disconnect),
+            Packet::Connect(_) => {
+                return Some(Close::Protocol(
+                    "[MQTT-3.1.0-2] second CONNECT on a connection".into(),
+                ))
+            }
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => {
+                return Some(Close::Protocol(format!(
+                    "[MQTT-4.8.0-1] a client may not send {}",
+                    other.name()
+                )))
+            }
+        }
+        None
+    }
+
+    /// Moves sendable messages from the session queue into the write buffer, a batch per
+    /// lock so publishers appending to the queue are not held up by encoding.
+    fn pump(&mut self, session: &Session) {
+        while self.out.len() < WRITE_HIGH_WATER {
+            {
+                let mut state = session.state.lock();
+                while self.batch.len() < PUMP_BATCH {
+                    match state.next_outgoing() {
+                        Some(outgoing) => self.batch.push(outgoing),
+                        None => break,
+                    }
+                }
+            }
+            if self.batch.is_empty() {
+                return;
+            }
+            let mut batch = std::mem::take(&mut self.batch);
+            for outgoing in batch.drain(..) {
+                self.put_outgoing(outgoing);
+            }
+            self.batch = batch;
+        }
+    }
+
+    fn put_outgoing(&mut self, outgoing: Outgoing) {
+        match outgoing {
+            Outgoing::Publish { item, pkid, dup } => self.out.put_publish(&item, pkid, dup),
+            Outgoing::PubRel(pkid) => self.out.put_packet(&Packet::PubRel(pkid)),
+        }
+    }
+
+    /// [MQTT-3.1.2-8]: published on any close but a DISCONNECT, with its QoS and retain
+    /// flag [MQTT-3.1.2-16], [MQTT-3.1.2-17]; at most once [MQTT-3.1.2-10].
+    fn publish_will(&mut self, connect: &Connect) {
+        if let Some(will) = &connect.will {
+            debug!(client_id = %self.client_id, topic = %will.topic, "publishing will");
+            let msg = Arc::new(Message {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+            });
+            self.router.publish(msg, &mut self.scratch);
+        }
+    }
+
+    fn log_close(&self, close: &Close) {
+        let client_id = &self.client_id;
+        let peer = self.peer;
+        match close {
+            Close::Disconnect => info!(%client_id, %peer, "client disconnected"),
+            Close::PeerClosed => info!(%client_id, %peer, "connection closed by peer"),
+            Close::KeepAlive => {
+                info!(%client_id, %peer, "closing connection: [MQTT-3.1.2-24] keepalive expired")
+            }
+            Close::Takeover => {
+                info!(%client_id, %peer, "closing connection: [MQTT-3.1.4-2] client id taken over")
+            }
+            Close::Shutdown => info!(%client_id, %peer, "closing connection: broker shutting down"),
+            Close::Protocol(reason) => {
+                warn!(%client_id, %peer, "closing connection: {reason}")
+            }
+            Close::Io(err) => info!(%client_id, %peer, "connection lost: {err}"),
+        }
+    }
+}
+
+/// Answers a client over `max_connections` with CONNACK 0x03 (server unavailable).
+pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, max_packet_size: usize) {
+    let (mut reader, mut writer) = stream.into_split();
+    let decoder = Decoder::new(max_packet_size);
+    let mut buf = BytesMut::with_capacity(1024);
+    let got_connect = timeout(Duration::from_secs(5), async {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Packet::Connect(_))) => return true,
+                Ok(None) => {}
+                _ => return false,
+            }
+            match tokio::io::AsyncReadExt::read_buf(&mut reader, &mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if got_connect == Ok(true) {
+        let mut out = BytesMut::new();
+        let refusal = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::ServerUnavailable,
+        });
+        if refusal.encode(&mut out).is_ok() {
+            let _ = writer.write_all(&out).await;
+        }
+    }
+    warn!(%peer, "refused connection: max_connections reached");
+    let _ = writer.shutdown().await;
+}

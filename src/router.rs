@@ -1,0 +1,376 @@
+//! The broker's shared state behind a small API: who is subscribed to what, the retained
+//! messages, and which sessions exist and which connection owns each.
+//!
+//! Routing runs on the publishing connection's task (SurgeMQ's way): it matches the topic
+//! in the subscription trie under a read lock and appends the message to each matching
+//! session's own queue under that session's own mutex. There is no router thread to
+//! become the bottleneck in fan-in, and no lock that every message of every connection
+//! takes for writing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{watch, Notify};
+
+use crate::codec::QoS;
+use crate::config::Config;
+use crate::session::{Enqueued, Limits, Message, Queued, SessionState};
+use crate::store::{SessionSnapshot, SessionStore, StoredMessage};
+use crate::topic::{self, RetainedTree, SubscriptionTree};
+
+/// A session shared between the router (publishers append to it) and the connection that
+/// currently owns it (which drains it).
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per session instance: the subscription trie's key.
+    pub id: u64,
+    pub client_id: ByteString,
+    /// Clean-session sessions end with their connection.
+    pub clean: bool,
+    pub state: Mutex<SessionState>,
+    /// Wakes the owning connection when the queue gains a message.
+    pub notify: Notify,
+}
+
+impl Session {
+    /// Queues a delivery and wakes the owning connection. Never blocks on the subscriber:
+    /// a full queue costs only this session (its overflow policy applies).
+    pub fn deliver(&self, item: Queued) -> Enqueued {
+        let outcome = self.state.lock().enqueue(item);
+        if outcome != Enqueued::Skipped {
+            self.notify.notify_one();
+        }
+        outcome
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Subscriber {
+    qos: QoS,
+    session: Arc<Session>,
+}
+
+/// How to reach the connection that owns a session, to take it over.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub conn_id: u64,
+    /// Notified to make the connection close (takeover).
+    pub kick: Arc<Notify>,
+    /// Its sender is dropped when the connection has fully detached.
+    pub gone: watch::Receiver<()>,
+}
+
+#[derive(Debug)]
+struct ClientSlot {
+    session: Arc<Session>,
+    conn: Option<ConnHandle>,
+}
+
+/// Outcome of [`Router::attach`].
+pub enum Attach {
+    Attached {
+        session: Arc<Session>,
+        session_present: bool,
+    },
+    /// Another connection owns the client id: close it, wait for it to go, try again.
+    Busy(ConnHandle),
+}
+
+/// Reusable buffer for one publish's matching subscribers, kept by each connection so that
+/// routing does not allocate per message.
+pub type MatchScratch = Vec<(u64, QoS, Arc<Session>)>;
+
+pub struct Router {
+    config: Config,
+    limits: Limits,
+    subs: RwLock<SubscriptionTree<u64, Subscriber>>,
+    retained: RwLock<RetainedTree<Arc<Message>>>,
+    clients: Mutex<HashMap<ByteString, ClientSlot>>,
+    next_id: AtomicU64,
+    /// Messages dropped by sessions' overflow policies since start.
+    dropped: AtomicU64,
+}
+
+impl Router {
+    pub fn new(config: Config) -> Router {
+        let limits = Limits {
+            max_inflight: config.max_inflight,
+            max_queued: config.max_queued_messages,
+            overflow: config.queue_overflow,
+            queue_qos0_offline: config.queue_qos0_offline,
+        };
+        Router {
+            config,
+            limits,
+            subs: RwLock::new(SubscriptionTree::new()),
+            retained: RwLock::new(RetainedTree::new()),
+            clients: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A process-unique id for connections and sessions.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn new_session(&self, client_id: ByteString, clean: bool) -> Arc<Session> {
+        Arc::new(Session {
+            id: self.next_id(),
+            client_id,
+            clean,
+            state: Mutex::new(SessionState::new(self.limits)),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Binds a connection to the session of `client_id`, doing CleanSession processing
+    /// [MQTT-3.1.2-4], [MQTT-3.1.2-6]. Atomic against concurrent CONNECTs with the same id:
+    /// the client map's lock is held from the ownership check to the attach.
+    pub fn attach(&self, client_id: &ByteString, clean: bool, conn: ConnHandle) -> Attach {
+        let mut clients = self.clients.lock();
+        if let Some(slot) = clients.get(client_id) {
+            if let Some(owner) = &slot.conn {
+                return Attach::Busy(owner.clone());
+            }
+        }
+        let existing = clients.remove(client_id);
+        let (session, session_present) = match existing {
+            Some(slot) if !clean && !slot.session.clean => (slot.session, true),
+            Some(slot) => {
+                self.discard(&slot.session);
+                (self.new_session(client_id.clone(), clean), false)
+            }
+            None => (self.new_session(client_id.clone(), clean), false),
+        };
+        session.state.lock().online = true;
+        clients.insert(
+            client_id.clone(),
+            ClientSlot {
+                session: session.clone(),
+                conn: Some(conn),
+            },
+        );
+        Attach::Attached {
+            session,
+            session_present,
+        }
+    }
+
+    /// Releases the session when its connection ends. A clean session is discarded with
+    /// everything in it; a persistent one stays, offline, and keeps queueing.
+    pub fn detach(&self, session: &Arc<Session>, conn_id: u64) {
+        let mut clients = self.clients.lock();
+        let owned = clients
+            .get(&session.client_id)
+            .is_some_and(|slot| slot.conn.as_ref().is_some_and(|c| c.conn_id == conn_id));
+        if !owned {
+            return;
+        }
+        if session.clean {
+            clients.remove(&session.client_id);
+            drop(clients);
+            self.discard(session);
+        } else {
+            if let Some(slot) = clients.get_mut(&session.client_id) {
+                slot.conn = None;
+            }
+            session.state.lock().online = false;
+        }
+    }
+
+    /// Removes a session's subscriptions from the trie and empties it.
+    fn discard(&self, session: &Arc<Session>) {
+        let mut state = session.state.lock();
+        if !state.subscriptions.is_empty() {
+            let mut subs = self.subs.write();
+            for filter in state.subscriptions.keys() {
+                subs.remove(filter, &session.id);
+            }
+        }
+        state.clear();
+    }
+
+    /// Routes a message to every matching session at min(published, granted) QoS, one
+    /// copy per session at the highest QoS among its matching subscriptions
+    /// [MQTT-3.3.5-1], and updates the retained store when RETAIN is set.
+    pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
+        if msg.retain {
+            let mut retained = self.retained.write();
+            if msg.payload.is_empty() {
+                // [MQTT-3.3.1-10], [MQTT-3.3.1-11]: delete, never store an empty message.
+                retained.remove(&msg.topic);
+            } else {
+                retained.insert(&msg.topic, msg.clone());
+            }
+        }
+        {
+            let subs = self.subs.read();
+            subs.matches(&msg.topic, &mut |id, sub| {
+                scratch.push((*id, sub.qos, sub.session.clone()));
+            });
+        }
+        if scratch.len() > 1 {
+            // Highest granted QoS first within each session, then keep the first of each.
+            scratch.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            scratch.dedup_by_key(|entry| entry.0);
+        }
+        let mut dropped = 0;
+        for (_, granted, session) in scratch.drain(..) {
+            let item = Queued {
+                msg: msg.clone(),
+                qos: msg.qos.min(granted),
+                retain: false,
+            };
+            if session.deliver(item) == Enqueued::Overflowed {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds or replaces a subscription [MQTT-3.8.4-3] and queues the retained messages it
+    /// matches with RETAIN=1 [MQTT-3.3.1-6], [MQTT-3.3.1-8]. `Err` names the rule an
+    /// invalid filter breaks; the caller answers 0x80.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &ByteString,
+        qos: QoS,
+    ) -> Result<QoS, topic::TopicError> {
+        topic::validate_topic_filter(filter)?;
+        {
+            let mut state = session.state.lock();
+            self.subs.write().insert(
+                filter,
+                session.id,
+                Subscriber {
+                    qos,
+                    session: session.clone(),
+                },
+            );
+            state.subscriptions.insert(filter.clone(), qos);
+        }
+        let mut replay = Vec::new();
+        self.retained
+            .read()
+            .matching(filter, &mut |_, msg| replay.push(msg.clone()));
+        for msg in replay {
+            let qos = msg.qos.min(qos);
+            session.deliver(Queued {
+                msg,
+                qos,
+                retain: true,
+            });
+        }
+        Ok(qos)
+    }
+
+    /// Deletes the subscription whose filter equals `filter` character for character
+    /// [MQTT-3.10.4-1]; deliveries already under way complete [MQTT-3.10.4-3].
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &ByteString) -> bool {
+        let mut state = session.state.lock();
+        if state.subscriptions.remove(filter).is_some() {
+            self.subs.write().remove(filter, &session.id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Number of stored retained messages.
+    pub fn retained_len(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Writes every persistent session and retained message to `store` (on shutdown).
+    pub fn save_to(&self, store: &dyn SessionStore) {
+        let clients = self.clients.lock();
+        let sessions = clients
+            .values()
+            .filter(|slot| !slot.session.clean)
+            .map(|slot| {
+                let state = slot.session.state.lock();
+                SessionSnapshot {
+                    client_id: slot.session.client_id.clone(),
+                    subscriptions: state
+                        .subscriptions
+                        .iter()
+                        .map(|(f, q)| (f.clone(), *q))
+                        .collect(),
+                    pending: state
+                        .pending()
+                        .map(|q| StoredMessage {
+                            msg: q.msg.clone(),
+                            qos: q.qos,
+                            retain: q.retain,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let mut retained = Vec::new();
+        self.retained
+            .read()
+            .for_each(&mut |_, m| retained.push(m.clone()));
+        store.save(sessions, retained);
+    }
+
+    /// Restores sessions (offline) and retained messages from `store` (on start).
+    pub fn load_from(&self, store: &dyn SessionStore) {
+        let (sessions, retained) = store.load();
+        {
+            let mut tree = self.retained.write();
+            for msg in retained {
+                tree.insert(&msg.topic.clone(), msg);
+            }
+        }
+        let mut clients = self.clients.lock();
+        for snap in sessions {
+            let session = self.new_session(snap.client_id.clone(), false);
+            {
+                let mut state = session.state.lock();
+                let mut subs = self.subs.write();
+                for (filter, qos) in snap.subscriptions {
+                    subs.insert(
+                        &filter,
+                        session.id,
+                        Subscriber {
+                            qos,
+                            session: session.clone(),
+                        },
+                    );
+                    state.subscriptions.insert(filter, qos);
+                }
+                for m in snap.pending {
+                    state.enqueue(Queued {
+                        msg: m.msg,
+                        qos: m.qos,
+                        retain: m.retain,
+                    });
+                }
+            }
+            clients.insert(
+                snap.client_id,
+                ClientSlot {
+                    session,
+                    conn: None,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The broker's runtime: listeners, the accept loop, and graceful shutdown.
+//!
+//! A `Server` owns its own tokio runtime, so Python (or a Rust caller) only starts and
+//! stops it; sockets, the codec and routing never touch the caller's threads. Shutdown is
+//! a broadcast (a `watch` flag) that every task selects on, and completion is observed
+//! through an mpsc channel whose senders the connection tasks hold (mini-redis's scheme):
+//! when the last one is dropped, every connection has flushed, published its will and
+//! detached from its session, and the sessions can be saved.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{error, info};
+
+use crate::config::{parse_listener, Config};
+use crate::connection::{refuse_busy, Connection};
+use crate::router::Router;
+use crate::store::SessionStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {uri}: {source}")]
+    Bind { uri: String, source: std::io::Error },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub struct Server {
+    runtime: Option<Runtime>,
+    router: Arc<Router>,
+    store: Arc<dyn SessionStore>,
+    addresses: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    /// Dropped at stop; `all_done` then yields `None` once every task has ended.
+    done_tx: Option<mpsc::Sender<()>>,
+    all_done: mpsc::Receiver<()>,
+}
+
+impl Server {
+    /// Binds every listener and starts serving; returns once the sockets are listening.
+    pub fn start(config: Config, store: Arc<dyn SessionStore>) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().thread_name("pyo3mq-worker");
+        if config.worker_threads > 0 {
+            builder.worker_threads(config.worker_threads);
+        }
+        let runtime = builder.build().map_err(ServerError::Runtime)?;
+
+        let mut listeners = Vec::new();
+        for uri in &config.listeners {
+            let addr = parse_listener(uri).map_err(ServerError::Config)?;
+            let listener = runtime
+                .block_on(TcpListener::bind(&addr))
+                .map_err(|source| ServerError::Bind {
+                    uri: uri.clone(),
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        let addresses: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+
+        let router = Arc::new(Router::new(config.clone()));
+        router.load_from(store.as_ref());
+        let (shutdown, _) = watch::channel(false);
+        let (done_tx, all_done) = mpsc::channel(1);
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        for listener in listeners {
+            if let Ok(addr) = listener.local_addr() {
+                info!("listening on {addr}");
+            }
+            runtime.spawn(accept_loop(
+                listener,
+                router.clone(),
+                permits.clone(),
+                shutdown.subscribe(),
+                done_tx.clone(),
+            ));
+        }
+        Ok(Server {
+            runtime: Some(runtime),
+            router,
+            store,
+            addresses,
+            shutdown,
+            done_tx: Some(done_tx),
+            all_done,
+        })
+    }
+
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.addresses
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Stops accepting, closes every connection after flushing what it has pending, saves
+    /// persistent sessions and retained messages to the store, and ends the runtime.
+    /// Blocks the calling thread (Python calls it with the GIL released).
+    pub fn stop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let _ = self.shutdown.send(true);
+        self.done_tx.take();
+        let all_done = &mut self.all_done;
+        let finished = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), all_done.recv())
+                .await
+                .is_ok()
+        });
+        if !finished {
+            error!("connections did not close within 10 s; stopping anyway");
+        }
+        self.router.save_to(self.store.as_ref());
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        info!("broker stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Arc<Router>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            res = listener.accept() => res,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Out of file descriptors, typically: back off instead of spinning.
+                error!("accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let max_packet_size = router.config().max_packet_size;
+            tokio::spawn(refuse_busy(stream, peer, max_packet_size));
+            continue;
+        };
+        let connection = Connection::new(router.clone(), stream, peer);
+        let shutdown = shutdown.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            connection.run(shutdown).await;
+            drop(permit);
+            drop(done);
+        });
+    }
+}

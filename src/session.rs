@@ -1,0 +1,415 @@
+//! One client's session state: subscriptions, the outbound queue, the QoS 1/2 inflight
+//! window and the inbound QoS 2 ids awaiting PUBREL.
+//!
+//! Pure state machine: no I/O, no locks, no clock. The router wraps it in a per-session
+//! mutex (never a lock shared by all connections), publishers append to the queue, and the
+//! connection that owns the session moves queued messages into the inflight window and
+//! encodes them. Because the state outlives connections, a clean-session-0 client that
+//! reconnects gets its unacknowledged messages again, in order, with their original ids.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::codec::QoS;
+use crate::config::OverflowPolicy;
+
+/// A message as the broker routes it: topic and payload are shared by every subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    /// The QoS the publisher used (deliveries are downgraded per subscription).
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// A message waiting in a session's queue, at the QoS it will be delivered with.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    /// RETAIN flag on delivery: set only for retained messages replayed on subscribe.
+    pub retain: bool,
+}
+
+/// Where an outbound QoS 1/2 delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// PUBLISH sent, PUBACK (QoS 1) or PUBREC (QoS 2) awaited.
+    AwaitAck,
+    /// PUBREL sent, PUBCOMP awaited; the message itself is no longer needed.
+    AwaitComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub pkid: u16,
+    pub stage: Stage,
+    pub item: Queued,
+}
+
+/// What the connection must write next for the session.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Publish {
+        item: Queued,
+        pkid: Option<u16>,
+        dup: bool,
+    },
+    PubRel(u16),
+}
+
+/// Result of offering a message to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Yes,
+    /// The queue was full: one message (the new one or the oldest) was dropped.
+    Overflowed,
+    /// QoS 0 for an offline session is not queued unless configured.
+    Skipped,
+}
+
+/// The limits a session enforces, copied from the broker config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_inflight: usize,
+    pub max_queued: usize,
+    pub overflow: OverflowPolicy,
+    pub queue_qos0_offline: bool,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    limits: Limits,
+    /// Filter -> granted QoS, as the client subscribed.
+    pub subscriptions: HashMap<ByteString, QoS>,
+    queue: VecDeque<Queued>,
+    /// Sent QoS 1/2 deliveries in send order (which is also the resend order).
+    inflight: VecDeque<Inflight>,
+    next_pkid: u16,
+    /// Inbound QoS 2 ids that got PUBREC but not yet PUBREL: a resent PUBLISH with one of
+    /// them is acknowledged again but not delivered again [MQTT-4.3.3-2].
+    inbound_qos2: Vec<u16>,
+    pub online: bool,
+    /// Messages dropped by the overflow policy over the session's lifetime.
+    pub dropped: u64,
+}
+
+impl SessionState {
+    pub fn new(limits: Limits) -> SessionState {
+        SessionState {
+            limits,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            next_pkid: 1,
+            inbound_qos2: Vec::new(),
+            online: false,
+            dropped: 0,
+        }
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether there is anything for the connection to send now.
+    pub fn has_sendable(&self) -> bool {
+        match self.queue.front() {
+            None => false,
+            Some(q) => q.qos == QoS::AtMostOnce || self.inflight.len() < self.limits.max_inflight,
+        }
+    }
+
+    /// Offers a message for delivery; applies the overflow policy when the queue is full.
+    pub fn enqueue(&mut self, item: Queued) -> Enqueued {
+        if !self.online && item.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+            return Enqueued::Skipped;
+        }
+        if self.queue.len() >= self.limits.max_queued {
+            self.dropped += 1;
+            match self.limits.overflow {
+                OverflowPolicy::DropNew => return Enqueued::Overflowed,
+                OverflowPolicy::DropOldest => {
+                    self.queue.pop_front();
+                    self.queue.push_back(item);
+                    return Enqueued::Overflowed;
+                }
+            }
+        }
+        self.queue.push_back(item);
+        Enqueued::Yes
+    }
+
+    /// Takes the next message the connection may send, assigning a packet id to QoS 1/2
+    /// messages and moving them into the inflight window. `None` when the queue is empty
+    /// or the window is full (a QoS 0 message never waits for the window, but it does wait
+    /// behind a QoS 1/2 message ahead of it, which keeps per-topic order).
+    pub fn next_outgoing(&mut self) -> Option<Outgoing> {
+        if !self.has_sendable() {
+            return None;
+        }
+        let item = self.queue.pop_front()?;
+        if item.qos == QoS::AtMostOnce {
+            return Some(Outgoing::Publish {
+                item,
+                pkid: None,
+                dup: false,
+            });
+        }
+        let pkid = self.allocate_pkid();
+        self.inflight.push_back(Inflight {
+            pkid,
+            stage: Stage::AwaitAck,
+            item: item.clone(),
+        });
+        Some(Outgoing::Publish {
+            item,
+            pkid: Some(pkid),
+            dup: false,
+        })
+    }
+
+    /// Next id not used by an inflight delivery [MQTT-2.3.1-4]. The window is at most
+    /// 65,535 entries, so a free id always exists.
+    fn allocate_pkid(&mut self) -> u16 {
+        loop {
+            let candidate = self.next_pkid;
+            self.next_pkid = if candidate == u16::MAX {
+                1
+            } else {
+                candidate + 1
+            };
+            if !self.inflight.iter().any(|f| f.pkid == candidate) {
+                return candidate;
+            }
+        }
+    }
+
+    /// PUBACK from the client. Returns false for an unknown id (ignored, per 3.1.1).
+    pub fn on_puback(&mut self, pkid: u16) -> bool {
+        self.remove_inflight(pkid, |f| {
+            f.stage == Stage::AwaitAck && f.item.qos == QoS::AtLeastOnce
+        })
+    }
+
+    /// PUBREC from the client: the PUBLISH is never resent again, PUBREL follows.
+    pub fn on_pubrec(&mut self, pkid: u16) -> bool {
+        match self.inflight.iter_mut().find(|f| f.pkid == pkid) {
+            Some(f) if f.item.qos == QoS::ExactlyOnce => {
+                f.stage = Stage::AwaitComp;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP from the client ends a QoS 2 delivery.
+    pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
+        self.remove_inflight(pkid, |f| f.stage == Stage::AwaitComp)
+    }
+
+    fn remove_inflight(&mut self, pkid: u16, ok: impl Fn(&Inflight) -> bool) -> bool {
+        match self.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
+            Some(i) => {
+                self.inflight.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What to resend when a client resumes the session: every unacknowledged PUBLISH with
+    /// DUP=1 and every PUBREL, with original ids, in original order [MQTT-4.4.0-1].
+    pub fn resend_on_resume(&self) -> Vec<Outgoing> {
+        self.inflight
+            .iter()
+            .map(|f| match f.stage {
+                Stage::AwaitAck => Outgoing::Publish {
+                    item: f.item.clone(),
+                    pkid: Some(f.pkid),
+                    dup: true,
+                },
+                Stage::AwaitComp => Outgoing::PubRel(f.pkid),
+            })
+            .collect()
+    }
+
+    /// An inbound QoS 2 PUBLISH arrived; true if it is new and must be delivered onward.
+    pub fn on_inbound_qos2(&mut self, pkid: u16) -> bool {
+        if self.inbound_qos2.contains(&pkid) {
+            false
+        } else {
+            self.inbound_qos2.push(pkid);
+            true
+        }
+    }
+
+    /// Inbound PUBREL: the id is free again.
+    pub fn on_inbound_pubrel(&mut self, pkid: u16) {
+        self.inbound_qos2.retain(|&id| id != pkid);
+    }
+
+    /// Forget everything but the subscriptions' absence: used when a clean session starts.
+    pub fn clear(&mut self) {
+        self.subscriptions.clear();
+        self.queue.clear();
+        self.inflight.clear();
+        self.inbound_qos2.clear();
+        self.next_pkid = 1;
+    }
+
+    /// The queued and inflight messages, oldest first (for session snapshots).
+    pub fn pending(&self) -> impl Iterator<Item = &Queued> {
+        self.inflight
+            .iter()
+            .filter(|f| f.stage == Stage::AwaitAck)
+            .map(|f| &f.item)
+            .chain(self.queue.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_inflight: usize, max_queued: usize, overflow: OverflowPolicy) -> Limits {
+        Limits {
+            max_inflight,
+            max_queued,
+            overflow,
+            queue_qos0_offline: false,
+        }
+    }
+
+    fn msg(n: u8, qos: QoS) -> Queued {
+        Queued {
+            msg: Arc::new(Message {
+                topic: ByteString::from_static("t"),
+                payload: Bytes::from(vec![n]),
+                qos,
+                retain: false,
+            }),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn payload(o: &Outgoing) -> u8 {
+        match o {
+            Outgoing::Publish { item, .. } => item.msg.payload[0],
+            Outgoing::PubRel(_) => panic!("expected a PUBLISH"),
+        }
+    }
+
+    #[test]
+    fn window_limits_qos1_and_acks_open_it() {
+        let mut s = SessionState::new(limits(2, 10, OverflowPolicy::DropNew));
+        s.online = true;
+        for n in 0..3 {
+            assert_eq!(s.enqueue(msg(n, QoS::AtLeastOnce)), Enqueued::Yes);
+        }
+        let a = s.next_outgoing().unwrap();
+        let b = s.next_outgoing().unwrap();
+        assert!(s.next_outgoing().is_none(), "window of 2 is full");
+        let (Outgoing::Publish { pkid: Some(pa), .. }, Outgoing::Publish { pkid: Some(pb), .. }) =
+            (&a, &b)
+        else {
+            panic!("QoS 1 deliveries carry ids")
+        };
+        assert_ne!(pa, pb);
+        assert!(s.on_puback(*pa));
+        assert!(!s.on_puback(*pa), "second ack of the same id is unknown");
+        assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
+    }
+
+    #[test]
+    fn qos2_flow_resends_pubrel_not_publish() {
+        let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+        s.online = true;
+        s.enqueue(msg(1, QoS::ExactlyOnce));
+        s.enqueue(msg(2, QoS::ExactlyOnce));
+        let Some(Outgoing::Publish { pkid: Some(p1), .. }) = s.next_outgoing() else {
+            panic!()
+        };
+        let Some(Outgoing::Publish { pkid: Some(p2), .. }) = s.next_outgoing() else {
+            panic!()
+        };
+        assert!(s.on_pubrec(p1));
+        let resend = s.resend_on_resume();
+        assert!(matches!(resend[0], Outgoing::PubRel(id) if id == p1));
+        assert!(matches!(&resend[1], Outgoing::Publish { pkid: Some(id), dup: true, .. } if *id == p2));
+        assert!(!s.on_puback(p2), "PUBACK does not end a QoS 2 delivery");
+        assert!(s.on_pubcomp(p1));
+        assert_eq!(s.inflight_len(), 1);
+    }
+
+    #[test]
+    fn overflow_policies() {
+        let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
+        s.online = true;
+        s.enqueue(msg(1, QoS::AtLeastOnce));
+        s.enqueue(msg(2, QoS::AtLeastOnce));
+        assert_eq!(s.enqueue(msg(3, QoS::AtLeastOnce)), Enqueued::Overflowed);
+        assert_eq!(payload(&s.next_outgoing().unwrap()), 1);
+        assert_eq!(s.dropped, 1);
+
+        let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropOldest));
+        s.online = true;
+        s.enqueue(msg(1, QoS::AtLeastOnce));
+        s.enqueue(msg(2, QoS::AtLeastOnce));
+        s.enqueue(msg(3, QoS::AtLeastOnce));
+        assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
+    }
+
+    #[test]
+    fn offline_qos0_is_not_queued() {
+        let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
+        assert_eq!(s.enqueue(msg(1, QoS::AtMostOnce)), Enqueued::Skipped);
+        assert_eq!(s.enqueue(msg(1, QoS::AtLeastOnce)), Enqueued::Yes);
+    }
+
+    #[test]
+    fn qos0_behind_full_window_waits_for_order() {
+        let mut s = SessionState::new(limits(1, 10, OverflowPolicy::DropNew));
+        s.online = true;
+        s.enqueue(msg(1, QoS::AtLeastOnce));
+        s.enqueue(msg(2, QoS::AtLeastOnce));
+        s.enqueue(msg(3, QoS::AtMostOnce));
+        s.next_outgoing().unwrap();
+        assert!(s.next_outgoing().is_none());
+    }
+
+    #[test]
+    fn pkids_skip_ids_still_inflight() {
+        let mut s = SessionState::new(limits(3, 10, OverflowPolicy::DropNew));
+        s.online = true;
+        s.next_pkid = u16::MAX;
+        for n in 0..3 {
+            s.enqueue(msg(n, QoS::AtLeastOnce));
+        }
+        let ids: Vec<u16> = (0..3)
+            .map(|_| match s.next_outgoing() {
+                Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(ids, vec![u16::MAX, 1, 2], "ids wrap past 0, which is never used");
+    }
+
+    #[test]
+    fn inbound_qos2_dedup() {
+        let mut s = SessionState::new(limits(1, 1, OverflowPolicy::DropNew));
+        assert!(s.on_inbound_qos2(7));
+        assert!(!s.on_inbound_qos2(7));
+        s.on_inbound_pubrel(7);
+        assert!(s.on_inbound_qos2(7));
+    }
+}
