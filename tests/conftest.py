@@ -1,0 +1,41 @@
+"""Shared fixtures: a real broker on a random loopback port, per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import pyo3mq
+from pyo3mq._pyo3mq import init_logging
+
+# Broker log lines go to stderr, where capfd can read them.
+init_logging("debug")
+
+
+@pytest.fixture
+def make_broker() -> Iterator[Callable[..., pyo3mq.Broker]]:
+    """Factory: `make_broker(max_inflight=2)` starts a broker on 127.0.0.1:<free port>."""
+    started: list[pyo3mq.Broker] = []
+
+    def factory(**settings: Any) -> pyo3mq.Broker:
+        settings.setdefault("listeners", ["tcp://127.0.0.1:0"])
+        b = pyo3mq.Broker(**settings)
+        b.start()
+        started.append(b)
+        return b
+
+    yield factory
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., pyo3mq.Broker]) -> pyo3mq.Broker:
+    return make_broker()
+
+
+@pytest.fixture
+def port(broker: pyo3mq.Broker) -> int:
+    return broker.addresses[0][1]
