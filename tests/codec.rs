@@ -123,7 +123,7 @@ fn invalid_flags(packet: &'static str, flags: u8) -> Error {
 /// CONNECT (3.1.1) with every optional field: will (QoS 1, retained), user name, password,
 /// clean session, keep alive 60 s.
 const CONNECT_V311_FULL: &[u8] = &[
-    0x10, // type 1 (CONNECT) << 4, flags 0000 [MQTT-3.1.0? / 2.2.2]
+    0x10, // type 1 (CONNECT) << 4, flags 0000 (table 2.2)
     0x24, // Remaining Length 36 = 10 (variable header) + 5 + 5 + 5 + 6 + 5 (payload)
     0x00, 0x04, // protocol name length 4
     0x4D, 0x51, 0x54, 0x54, // "MQTT"
@@ -568,15 +568,27 @@ fn reserved_flag_bits_per_packet_type() {
         0x11, 0x0C, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x02, 0x00, 0x00, 0x00, 0x00,
     ];
     rejects(&d, &connect_flags_1, invalid_flags("CONNECT", 0x01));
-    rejects(&d, &[0x21, 0x02, 0x00, 0x00], invalid_flags("CONNACK", 0x01));
-    rejects(&d, &[0x28, 0x02, 0x00, 0x00], invalid_flags("CONNACK", 0x08));
+    rejects(
+        &d,
+        &[0x21, 0x02, 0x00, 0x00],
+        invalid_flags("CONNACK", 0x01),
+    );
+    rejects(
+        &d,
+        &[0x28, 0x02, 0x00, 0x00],
+        invalid_flags("CONNACK", 0x08),
+    );
     rejects(&d, &[0x41, 0x02, 0x00, 0x01], invalid_flags("PUBACK", 0x01));
     rejects(&d, &[0x42, 0x02, 0x00, 0x01], invalid_flags("PUBACK", 0x02));
     rejects(&d, &[0x52, 0x02, 0x00, 0x01], invalid_flags("PUBREC", 0x02));
     // PUBREL must carry 0010: both 0000 and 0011 are wrong.
     rejects(&d, &[0x60, 0x02, 0x00, 0x01], invalid_flags("PUBREL", 0x00));
     rejects(&d, &[0x63, 0x02, 0x00, 0x01], invalid_flags("PUBREL", 0x03));
-    rejects(&d, &[0x72, 0x02, 0x00, 0x01], invalid_flags("PUBCOMP", 0x02));
+    rejects(
+        &d,
+        &[0x72, 0x02, 0x00, 0x01],
+        invalid_flags("PUBCOMP", 0x02),
+    );
     // SUBSCRIBE 0x80 with a valid body ("#" QoS 0): only the flags are wrong.
     let subscribe_body = [0x06, 0x00, 0x01, 0x00, 0x01, 0x23, 0x00];
     let mut wire = vec![0x80];
@@ -584,11 +596,19 @@ fn reserved_flag_bits_per_packet_type() {
     rejects(&d, &wire, invalid_flags("SUBSCRIBE", 0x00));
     wire[0] = 0x83;
     rejects(&d, &wire, invalid_flags("SUBSCRIBE", 0x03));
-    rejects(&d, &[0x92, 0x03, 0x00, 0x01, 0x00], invalid_flags("SUBACK", 0x02));
+    rejects(
+        &d,
+        &[0x92, 0x03, 0x00, 0x01, 0x00],
+        invalid_flags("SUBACK", 0x02),
+    );
     // UNSUBSCRIBE 0xA0 with a valid body ("#").
     let unsubscribe_flags_0 = [0xA0, 0x05, 0x00, 0x01, 0x00, 0x01, 0x23];
     rejects(&d, &unsubscribe_flags_0, invalid_flags("UNSUBSCRIBE", 0x00));
-    rejects(&d, &[0xB2, 0x02, 0x00, 0x01], invalid_flags("UNSUBACK", 0x02));
+    rejects(
+        &d,
+        &[0xB2, 0x02, 0x00, 0x01],
+        invalid_flags("UNSUBACK", 0x02),
+    );
     rejects(&d, &[0xC1, 0x00], invalid_flags("PINGREQ", 0x01));
     rejects(&d, &[0xD2, 0x00], invalid_flags("PINGRESP", 0x02));
     rejects(&d, &[0xE1, 0x00], invalid_flags("DISCONNECT", 0x01));
@@ -863,7 +883,11 @@ fn body_length_must_match_fixed_size_packets() {
     rejects(&d, &[0x40, 0x03, 0x00, 0x01, 0x00], bad("PUBACK", 3, 2));
     rejects(&d, &[0x50, 0x00], bad("PUBREC", 0, 2));
     rejects(&d, &[0x62, 0x01, 0x01], bad("PUBREL", 1, 2));
-    rejects(&d, &[0x70, 0x04, 0x00, 0x01, 0x00, 0x02], bad("PUBCOMP", 4, 2));
+    rejects(
+        &d,
+        &[0x70, 0x04, 0x00, 0x01, 0x00, 0x02],
+        bad("PUBCOMP", 4, 2),
+    );
     rejects(&d, &[0xB0, 0x01, 0x01], bad("UNSUBACK", 1, 2));
     rejects(&d, &[0xC0, 0x01, 0x00], bad("PINGREQ", 1, 0));
     rejects(&d, &[0xD0, 0x01, 0x00], bad("PINGRESP", 1, 0));
@@ -878,20 +902,9 @@ fn body_length_must_match_fixed_size_packets() {
 fn connect_v311_with(flags: u8, payload: &[u8]) -> Vec<u8> {
     let remaining = 10 + payload.len();
     assert!(remaining < 128, "helper writes a 1-byte Remaining Length");
-    let mut wire = vec![
-        0x10,
-        remaining as u8,
-        0x00,
-        0x04,
-        0x4D,
-        0x51,
-        0x54,
-        0x54, // "MQTT"
-        0x04,  // level 4
-        flags, // connect flags
-        0x00,
-        0x0A, // keep alive 10
-    ];
+    let mut wire = vec![0x10, remaining as u8]; // CONNECT, Remaining Length
+    wire.extend_from_slice(&[0x00, 0x04, 0x4D, 0x51, 0x54, 0x54]); // "MQTT"
+    wire.extend_from_slice(&[0x04, flags, 0x00, 0x0A]); // level 4, flags, keep alive 10
     wire.extend_from_slice(payload);
     wire
 }
@@ -1036,7 +1049,9 @@ fn connect_missing_announced_fields_is_truncated() {
     // The variable header itself cut short: after the level, and inside the name.
     let no_flags = [0x10, 0x07, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04];
     rejects(&v311(), &no_flags, truncated.clone());
-    let no_keep_alive = [0x10, 0x09, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x02, 0x00];
+    let no_keep_alive = [
+        0x10, 0x09, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x02, 0x00,
+    ];
     rejects(&v311(), &no_keep_alive, truncated.clone());
     rejects(&v311(), &[0x10, 0x03, 0x00, 0x04, 0x4D], truncated.clone());
     rejects(&v311(), &[0x10, 0x00], truncated);
@@ -1598,9 +1613,12 @@ fn bom_is_preserved_in_topics() {
         &bom_only,
     );
     // Also in a filter.
-    let sub = [0x82, 0x06, 0x00, 0x01, 0x00, 0x03, 0xEF, 0xBB, 0xBF, 0x00];
-    let mut sub = sub.to_vec();
-    sub[1] = 0x08; // Remaining Length 8 = 2 + 5 + 1
+    let sub = [
+        0x82, 0x08, // SUBSCRIBE, Remaining Length 8 = 2 + 5 + 1
+        0x00, 0x01, // packet identifier 1
+        0x00, 0x03, 0xEF, 0xBB, 0xBF, // filter "\u{FEFF}"
+        0x00, // requested QoS 0
+    ];
     check_vector(
         &v311(),
         &Packet::Subscribe(Subscribe {
@@ -1758,16 +1776,7 @@ fn publish_header_reserves_only_the_header() {
     // the header buffer (otherwise a fan-out to N subscribers pins N payload-sized
     // allocations). R = 3 + 1,048,576 = 1,048,579 = 0x03 + 0x00 * 128 + 0x40 * 16,384.
     let mut dst = BytesMut::new();
-    encode_publish_header(
-        &mut dst,
-        "a",
-        QoS::AtMostOnce,
-        false,
-        false,
-        None,
-        1 << 20,
-    )
-    .unwrap();
+    encode_publish_header(&mut dst, "a", QoS::AtMostOnce, false, false, None, 1 << 20).unwrap();
     assert_eq!(&dst[..], [0x30, 0x83, 0x80, 0x40, 0x00, 0x01, 0x61]);
     assert!(
         dst.capacity() < 4096,
@@ -1876,7 +1885,10 @@ fn publish_payload_is_a_view_into_the_read_buffer() {
         assert_eq!(p.payload.as_ref(), &payload[..]);
         // The payload begins exactly 10 bytes into the n-th frame of the original
         // allocation, and the topic 5 bytes in: nothing was copied.
-        assert_eq!(p.payload.as_ptr() as usize, start + n * frame + header.len());
+        assert_eq!(
+            p.payload.as_ptr() as usize,
+            start + n * frame + header.len()
+        );
         assert_eq!(p.topic.as_ptr() as usize, start + n * frame + 5);
         assert!(p.payload.as_ptr() as usize + p.payload.len() <= end);
     }
