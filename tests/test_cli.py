@@ -1,0 +1,296 @@
+"""The `pyo3mq` command as a user runs it: a subprocess, signals, exit codes, config files."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mqtt_raw import PINGREQ, RawClient, publish, subscribe
+
+SCRIPT = Path(sys.executable).with_name("pyo3mq")
+COMMANDS = {
+    "python-m": [sys.executable, "-m", "pyo3mq"],
+    "script": [str(SCRIPT)],
+}
+LISTENING = re.compile(r"^pyo3mq (\S+) listening on (\S+):(\d+)$")
+
+
+def run(cmd: list[str], *args: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+class Running:
+    """A `pyo3mq` process started in the background, with its address once it listens."""
+
+    def __init__(self, cmd: list[str], *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*cmd, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout_lines: list[str] = []
+        self.host, self.port = self._wait_listening(timeout=15.0)
+
+    def _wait_listening(self, timeout: float) -> tuple[str, int]:
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=deadline - time.monotonic()):
+                    continue
+                line = self.proc.stdout.readline()
+                if not line:
+                    _out, err = self.proc.communicate(timeout=5)
+                    pytest.fail(f"pyo3mq exited ({self.proc.returncode}) before listening: {err}")
+                self.stdout_lines.append(line)
+                m = LISTENING.match(line.rstrip("\n"))
+                if m:
+                    return m.group(2), int(m.group(3))
+        finally:
+            sel.close()
+        self.proc.kill()
+        pytest.fail(f"no 'listening on' line within {timeout} s: {self.stdout_lines!r}")
+
+    def stop(self, sig: int, timeout: float = 5.0) -> tuple[int, str, str]:
+        """Sends `sig`; returns (exit code, rest of stdout, stderr)."""
+        self.proc.send_signal(sig)
+        started = time.monotonic()
+        out, err = self.proc.communicate(timeout=timeout)
+        assert time.monotonic() - started < timeout
+        assert self.proc.returncode is not None
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=5)
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    """Collects started processes so a failing test never leaves one behind."""
+    procs: list[Running] = []
+    yield procs
+    for p in procs:
+        p.kill()
+
+
+def start(procs: list[Running], cmd: list[str], *args: str) -> Running:
+    r = Running(cmd, *args)
+    procs.append(r)
+    return r
+
+
+def roundtrip(port: int, host: str = "127.0.0.1") -> None:
+    """Subscriber and publisher on separate raw connections; exact bytes at each step."""
+    with RawClient(port, host=host) as sub, RawClient(port, host=host) as pub:
+        assert sub.connect("cli-sub").body == b"\x00\x00"
+        sub.send(subscribe(1, ("cli/t", 1)))
+        ack = sub.recv()
+        assert (ack.first, ack.body) == (0x90, b"\x00\x01\x01")
+        assert pub.connect("cli-pub").body == b"\x00\x00"
+        pub.send(publish("cli/t", b"hello", qos=1, pkid=3))
+        puback = pub.recv()
+        assert (puback.first, puback.body) == (0x40, b"\x00\x03")
+        got = sub.recv()
+        assert got.first == 0x32
+        topic, pkid, payload = got.publish_fields()
+        assert (topic, payload) == ("cli/t", b"hello")
+        assert pkid
+
+
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", list(COMMANDS))
+def test_help_lists_options(how: str) -> None:
+    """[MQTT-7.1.1-1] `pyo3mq --help` exits 0 and documents --host, --port, --config and
+    --log-level."""
+    res = run(COMMANDS[how], "--help")
+    assert res.returncode == 0, res.stderr
+    for option in ("--host", "--port", "--config", "--log-level", "--version"):
+        assert option in res.stdout
+    assert res.stdout.startswith("usage: pyo3mq")
+
+
+@pytest.mark.parametrize("how", list(COMMANDS))
+def test_version(how: str) -> None:
+    """[MQTT-7.1.1-1] `pyo3mq --version` prints the package version and exits 0."""
+    import pyo3mq
+
+    res = run(COMMANDS[how], "--version")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"pyo3mq {pyo3mq.__version__}"
+
+
+@pytest.mark.parametrize(
+    "how, sig",
+    [
+        pytest.param("python-m", signal.SIGTERM, id="python-m-SIGTERM"),
+        pytest.param("script", signal.SIGTERM, id="script-SIGTERM"),
+        pytest.param("python-m", signal.SIGINT, id="python-m-SIGINT"),
+        pytest.param("script", signal.SIGINT, id="script-SIGINT"),
+    ],
+)
+def test_serve_roundtrip_then_signal_stops(running: list[Running], how: str, sig: int) -> None:
+    """[MQTT-7.1.1-1] [MQTT-3.1.4-4] `pyo3mq --host 127.0.0.1 --port 0 --log-level info` prints
+    its address, serves a pub/sub round trip, and on SIGTERM/SIGINT closes its clients,
+    logs "broker stopped" and exits 0 within a few seconds."""
+    r = start(running, COMMANDS[how], "--host", "127.0.0.1", "--port", "0", "--log-level", "info")
+    assert r.host == "127.0.0.1"
+    assert r.port != 0
+    roundtrip(r.port)
+    with RawClient(r.port) as idle:
+        assert idle.connect("idle").body == b"\x00\x00"
+        idle.send(PINGREQ)
+        pong = idle.recv()
+        assert (pong.first, pong.body) == (0xD0, b"")
+        code, _out, err = r.stop(sig)
+        # The connected client is closed as part of the shutdown.
+        assert idle.expect_closed(timeout=5.0) == b""
+    assert code == 0, err
+    assert "broker stopped" in err
+    assert "listening on 127.0.0.1:" in err
+
+
+def test_config_file_takes_effect(running: list[Running], tmp_path: Path) -> None:
+    """[MQTT-4.8.0-1] `--config FILE` applies its settings: the listener it names, and
+    max_packet_size = 1024, so a 2 KiB PUBLISH closes that connection while small ones work."""
+    config = tmp_path / "broker.toml"
+    config.write_text('listeners = ["tcp://127.0.0.1:0"]\nmax_packet_size = 1024\n')
+    r = start(running, COMMANDS["script"], "--config", str(config), "--log-level", "info")
+    assert r.host == "127.0.0.1"
+    roundtrip(r.port)
+    with RawClient(r.port) as c:
+        assert c.connect("big").body == b"\x00\x00"
+        small = publish("cfg/t", b"x" * 900, qos=1, pkid=1)
+        c.send(small)
+        ack = c.recv()
+        assert (ack.first, ack.body) == (0x40, b"\x00\x01")
+        big = publish("cfg/t", b"x" * 2048, qos=1, pkid=2)
+        c.send(big)
+        assert c.expect_closed() == b""
+    code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert "exceeds the maximum packet size of 1024 bytes" in err
+
+
+def test_config_file_broker_table(running: list[Running], tmp_path: Path) -> None:
+    """[MQTT-7.1.1-1] Settings may also sit in a [broker] table; --host/--port replace the
+    file's listeners."""
+    config = tmp_path / "broker.toml"
+    config.write_text('[broker]\nlisteners = ["tcp://127.0.0.1:1"]\nmax_packet_size = 1024\n')
+    r = start(
+        running, COMMANDS["python-m"], "--config", str(config), "--port", "0", "--host", "127.0.0.1"
+    )
+    assert r.port not in (0, 1)
+    with RawClient(r.port) as c:
+        assert c.connect("tbl").body == b"\x00\x00"
+        c.send(publish("cfg/t", b"x" * 2048))
+        assert c.expect_closed() == b""
+    code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0, err
+
+
+def test_unknown_config_key_exits_2(tmp_path: Path) -> None:
+    """[MQTT-7.1.1-1] An unknown key in the config file: exit code 2 and a message naming it."""
+    config = tmp_path / "broker.toml"
+    config.write_text('listeners = ["tcp://127.0.0.1:0"]\nmax_pakcet_size = 1024\n')
+    res = run(COMMANDS["script"], "--config", str(config))
+    assert res.returncode == 2
+    assert "max_pakcet_size" in res.stderr
+    assert "listening" not in res.stdout
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        pytest.param("max_packet_size = 1", "max_packet_size", id="too-small"),
+        pytest.param("max_packet_size = -1", "max_packet_size", id="negative"),
+        pytest.param('max_packet_size = "big"', "max_packet_size", id="string-for-int"),
+        pytest.param("worker_threads = 99999999999999999999", "worker_threads", id="huge-int"),
+        pytest.param('queue_overflow = "never"', "queue_overflow", id="bad-policy"),
+        pytest.param("connect_timeout = -1.0", "connect_timeout", id="negative-timeout"),
+    ],
+)
+def test_invalid_config_value_exits_2(tmp_path: Path, line: str, key: str) -> None:
+    """[MQTT-7.1.1-1] A config value of the wrong type or out of range: exit code 2 with a
+    one-line message naming the setting, never a traceback."""
+    config = tmp_path / "broker.toml"
+    config.write_text(f'listeners = ["tcp://127.0.0.1:0"]\n{line}\n')
+    res = run(COMMANDS["script"], "--config", str(config))
+    assert "Traceback" not in res.stderr
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("pyo3mq: ")
+    assert key in res.stderr
+    assert "listening" not in res.stdout
+
+
+def test_listeners_must_be_a_list(tmp_path: Path) -> None:
+    """[MQTT-7.1.1-1] `listeners = "tcp://..."` (a string, not a list) is refused with a message
+    naming `listeners`, not read as a list of one-character listeners."""
+    config = tmp_path / "broker.toml"
+    config.write_text('listeners = "tcp://127.0.0.1:0"\n')
+    res = run(COMMANDS["script"], "--config", str(config))
+    assert res.returncode == 2, res.stderr
+    assert "listeners" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_invalid_toml_exits_2(tmp_path: Path) -> None:
+    """[MQTT-7.1.1-1] A config file that is not TOML: exit code 2, no traceback."""
+    config = tmp_path / "broker.toml"
+    config.write_text("listeners = [\n")
+    res = run(COMMANDS["python-m"], "--config", str(config))
+    assert res.returncode == 2
+    assert res.stderr.startswith("pyo3mq: ")
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    """[MQTT-7.1.1-1] A config path that does not exist: exit code 2, no traceback."""
+    res = run(COMMANDS["python-m"], "--config", str(tmp_path / "nope.toml"))
+    assert res.returncode == 2
+    assert "nope.toml" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("how", list(COMMANDS))
+def test_port_in_use_exits_2(how: str) -> None:
+    """[MQTT-7.1.1-1] A port already in use: exit code 2 with a message, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        taken = holder.getsockname()[1]
+        res = run(COMMANDS[how], "--host", "127.0.0.1", "--port", str(taken))
+    assert res.returncode == 2
+    assert str(taken) in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "listening" not in res.stdout
+
+
+def test_bad_log_level_is_a_usage_error() -> None:
+    """[MQTT-7.1.1-1] An unknown --log-level is refused by the argument parser (exit 2)."""
+    res = run(COMMANDS["python-m"], "--log-level", "loud")
+    assert res.returncode == 2
+    assert "--log-level" in res.stderr
+
+
+def test_script_is_the_venv_entry_point() -> None:
+    """[MQTT-7.1.1-1] The console script exists next to the interpreter and is executable."""
+    assert SCRIPT.exists()
+    assert os.access(SCRIPT, os.X_OK)
