@@ -97,7 +97,7 @@ pub enum SubscribeReturnCode {
 }
 
 impl SubscribeReturnCode {
-    fn to_u8(self) -> u8 {
+    pub fn to_u8(self) -> u8 {
         match self {
             SubscribeReturnCode::Success(qos) => qos as u8,
             SubscribeReturnCode::Failure => 0x80,
@@ -799,15 +799,7 @@ impl Packet {
             Packet::Publish(p) => {
                 let qos = p.qos;
                 let dup = p.dup && qos != QoS::AtMostOnce;
-                encode_publish_header(
-                    dst,
-                    &p.topic,
-                    qos,
-                    p.retain,
-                    dup,
-                    p.pkid,
-                    p.payload.len(),
-                )?;
+                encode_publish_header(dst, &p.topic, qos, p.retain, dup, p.pkid, p.payload.len())?;
                 dst.put_slice(&p.payload);
                 Ok(())
             }

@@ -49,6 +49,14 @@ pub struct Config {
     pub allow_zero_length_client_id: bool,
     /// Tokio worker threads; 0 means one per core.
     pub worker_threads: usize,
+    /// Longest an authentication or authorization hook may take; then it counts as deny.
+    pub auth_timeout: Duration,
+    /// How long a connection reuses a publish authorization decision per topic.
+    pub acl_cache_ttl: Duration,
+    /// A mosquitto_passwd file: when set, clients must present a listed user and password.
+    pub password_file: Option<String>,
+    /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.
+    pub acl_file: Option<String>,
 }
 
 impl Default for Config {
@@ -65,6 +73,10 @@ impl Default for Config {
             max_client_id_len: 65_535,
             allow_zero_length_client_id: true,
             worker_threads: 0,
+            auth_timeout: Duration::from_secs(5),
+            acl_cache_ttl: Duration::from_secs(60),
+            password_file: None,
+            acl_file: None,
         }
     }
 }
@@ -86,6 +98,9 @@ impl Config {
         }
         if self.max_client_id_len < 23 {
             return Err("max_client_id_len must be at least 23 [MQTT-3.1.3-5]".into());
+        }
+        if self.auth_timeout.is_zero() {
+            return Err("auth_timeout must be positive".into());
         }
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());

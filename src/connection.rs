@@ -8,7 +8,7 @@
 //! stops its own writes: its session queue fills and its overflow policy applies; nobody
 //! else waits for it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use crate::codec::{
     self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol, QoS, SubAck,
     SubscribeReturnCode,
 };
+use crate::hooks::{AuthDecision, AuthRequest, ClientInfo, DisconnectReason, Event};
 use crate::router::{Attach, ConnHandle, MatchScratch, Router, Session};
 use crate::session::{Message, Outgoing, Queued};
 
@@ -45,6 +46,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const PUMP_BATCH: usize = 64;
 /// Attempts to take over a client id whose owner does not go away.
 const TAKEOVER_ATTEMPTS: usize = 5;
+/// Publish authorization decisions a connection remembers at most.
+const ACL_CACHE_ENTRIES: usize = 1024;
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
 #[derive(Debug)]
@@ -56,6 +59,18 @@ enum Close {
     Shutdown,
     Protocol(String),
     Io(io::Error),
+}
+
+impl Close {
+    fn reason(&self) -> DisconnectReason {
+        match self {
+            Close::Disconnect => DisconnectReason::Clean,
+            Close::KeepAlive => DisconnectReason::Keepalive,
+            Close::Takeover => DisconnectReason::Takeover,
+            Close::Shutdown => DisconnectReason::Shutdown,
+            Close::PeerClosed | Close::Protocol(_) | Close::Io(_) => DisconnectReason::Error,
+        }
+    }
 }
 
 /// Pending output: encoded packets plus shared payloads, written with `writev`.
@@ -162,8 +177,11 @@ pub struct Connection {
     decoder: Decoder,
     protocol: Protocol,
     client_id: ByteString,
+    username: Option<ByteString>,
     scratch: MatchScratch,
     batch: Vec<Outgoing>,
+    /// Topic -> (allowed, decided at): publish decisions reused for `acl_cache_ttl`.
+    acl_cache: HashMap<ByteString, (bool, Instant)>,
 }
 
 impl Connection {
@@ -183,8 +201,10 @@ impl Connection {
             decoder,
             protocol: Protocol::V311,
             client_id: ByteString::new(),
+            username: None,
             scratch: Vec::new(),
             batch: Vec::new(),
+            acl_cache: HashMap::new(),
         }
     }
 
@@ -229,8 +249,12 @@ impl Connection {
                         .await;
                     return Ok(None);
                 }
-                // [MQTT-3.1.4-1]: a malformed CONNECT is closed without a CONNACK.
-                Err(err) => return Err(Close::Protocol(err.to_string())),
+                // A malformed CONNECT is closed without a CONNACK.
+                Err(err) => {
+                    return Err(Close::Protocol(format!(
+                        "[MQTT-3.1.4-1] invalid first packet: {err}"
+                    )))
+                }
             }
             if self.read_some().await.map_err(Close::Io)? == 0 {
                 return Ok(None);
@@ -281,6 +305,11 @@ impl Connection {
             return;
         };
         self.client_id = client_id;
+        self.username = connect.username.clone();
+        if let AuthDecision::Deny(code) = self.authenticate(&connect).await {
+            self.refuse(code).await;
+            return;
+        }
 
         let (gone_tx, gone_rx) = watch::channel(());
         let kick = Arc::new(Notify::new());
@@ -303,6 +332,12 @@ impl Connection {
             session_present: session_present && connect.protocol == Protocol::V311,
             code: ConnectReturnCode::Accepted,
         }));
+        self.router.emit(|| Event::Connected {
+            client: self.client_info(),
+            peer: self.peer,
+            clean_session: connect.clean_session,
+            session_present,
+        });
         if session_present {
             let resend = session.state.lock().resend_on_resume();
             for outgoing in resend {
@@ -314,6 +349,7 @@ impl Connection {
             .serve_session(&session, connect.keep_alive, &kick, shutdown)
             .await;
         self.log_close(&close);
+        let reason = close.reason();
         match close {
             Close::Disconnect => {
                 // [MQTT-3.14.4-3]: the will is discarded; flush what was acknowledged.
@@ -321,14 +357,103 @@ impl Connection {
             }
             Close::Shutdown => {
                 let _ = timeout(Duration::from_secs(1), self.flush()).await;
-                self.publish_will(&connect);
+                self.publish_will(&connect).await;
             }
-            _ => self.publish_will(&connect),
+            _ => self.publish_will(&connect).await,
         }
         self.router.detach(&session, self.conn_id);
+        self.router.emit(|| Event::Disconnected {
+            client_id: self.client_id.clone(),
+            reason,
+        });
         // Only now may a connection taking over this client id proceed.
         drop(gone_tx);
         let _ = self.writer.shutdown().await;
+    }
+
+    fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+        }
+    }
+
+    /// Runs the authenticator, if any, within `auth_timeout`; a timeout is a denial
+    /// (CONNACK 0x05), as is a hook that fails (the hook reports that itself).
+    async fn authenticate(&self, connect: &Connect) -> AuthDecision {
+        let Some(auth) = &self.router.hooks().authenticator else {
+            return AuthDecision::Allow;
+        };
+        let request = AuthRequest {
+            client_id: self.client_id.clone(),
+            username: connect.username.clone(),
+            password: connect.password.clone(),
+            peer: self.peer,
+            protocol: connect.protocol,
+        };
+        let limit = self.router.config().auth_timeout;
+        let decision = match timeout(limit, auth.authenticate(request)).await {
+            Ok(decision) => decision,
+            Err(_) => {
+                warn!(client_id = %self.client_id, "authentication timed out after {limit:?}: denying");
+                AuthDecision::Deny(ConnectReturnCode::NotAuthorized)
+            }
+        };
+        if let AuthDecision::Deny(code) = decision {
+            info!(client_id = %self.client_id, peer = %self.peer, "authentication refused ({code:?})");
+        }
+        decision
+    }
+
+    /// Publish authorization, cached per topic for `acl_cache_ttl` so the hook is not
+    /// consulted per message.
+    async fn may_publish(&mut self, topic: &ByteString) -> bool {
+        let Some(authorizer) = self.router.hooks().authorizer.clone() else {
+            return true;
+        };
+        let ttl = self.router.config().acl_cache_ttl;
+        if let Some((allowed, at)) = self.acl_cache.get(topic) {
+            if at.elapsed() < ttl {
+                return *allowed;
+            }
+        }
+        let limit = self.router.config().auth_timeout;
+        let allowed = timeout(
+            limit,
+            authorizer.authorize_publish(&self.client_info(), topic),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            warn!(client_id = %self.client_id, "publish authorization timed out: denying");
+            false
+        });
+        if self.acl_cache.len() >= ACL_CACHE_ENTRIES {
+            self.acl_cache.clear();
+        }
+        self.acl_cache
+            .insert(topic.clone(), (allowed, Instant::now()));
+        allowed
+    }
+
+    /// Subscription authorization: the QoS to grant, or `None` for 0x80.
+    async fn may_subscribe(&self, filter: &str, qos: QoS) -> Option<QoS> {
+        let Some(authorizer) = &self.router.hooks().authorizer else {
+            return Some(qos);
+        };
+        let limit = self.router.config().auth_timeout;
+        match timeout(
+            limit,
+            authorizer.authorize_subscribe(&self.client_info(), filter, qos),
+        )
+        .await
+        {
+            // Never grant more than was asked for.
+            Ok(granted) => granted.map(|g| g.min(qos)),
+            Err(_) => {
+                warn!(client_id = %self.client_id, "subscribe authorization timed out: denying");
+                None
+            }
+        }
     }
 
     /// Client identifier rules: [MQTT-3.1.3-5..9]; 3.1 clients must send one.
@@ -405,11 +530,12 @@ impl Connection {
         mut shutdown: watch::Receiver<bool>,
     ) -> Close {
         // [MQTT-3.1.2-24]: 1.5 times the keepalive without a packet closes the connection.
-        let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let idle_limit =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let expiry = sleep(idle_limit.unwrap_or(Duration::from_secs(86_400)));
         tokio::pin!(expiry);
         // Packets pipelined behind CONNECT are already buffered.
-        if let Some(close) = self.handle_buffered(session) {
+        if let Some(close) = self.handle_buffered(session).await {
             return close;
         }
         loop {
@@ -438,7 +564,7 @@ impl Connection {
                             if let Some(limit) = idle_limit {
                                 expiry.as_mut().reset(Instant::now() + limit);
                             }
-                            if let Some(close) = self.handle_buffered(session) {
+                            if let Some(close) = self.handle_buffered(session).await {
                                 return close;
                             }
                         }
@@ -452,11 +578,11 @@ impl Connection {
     }
 
     /// Handles every complete packet in the read buffer.
-    fn handle_buffered(&mut self, session: &Arc<Session>) -> Option<Close> {
+    async fn handle_buffered(&mut self, session: &Arc<Session>) -> Option<Close> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => {
-                    if let Some(close) = self.handle(packet, session) {
+                    if let Some(close) = self.handle(packet, session).await {
                         return Some(close);
                     }
                 }
@@ -466,24 +592,36 @@ impl Connection {
         }
     }
 
-    fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
+    async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
         match packet {
             Packet::Publish(publish) => {
+                // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
+                let allowed = self.may_publish(&publish.topic).await;
+                if !allowed {
+                    info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
+                }
                 let msg = Arc::new(Message {
                     topic: publish.topic,
                     payload: publish.payload,
                     qos: publish.qos,
                     retain: publish.retain,
+                    publisher: self.client_id.clone(),
                 });
                 match (publish.qos, publish.pkid) {
-                    (QoS::AtMostOnce, _) => self.router.publish(msg, &mut self.scratch),
+                    (QoS::AtMostOnce, _) => {
+                        if allowed {
+                            self.router.publish(msg, &mut self.scratch);
+                        }
+                    }
                     (QoS::AtLeastOnce, Some(pkid)) => {
-                        self.router.publish(msg, &mut self.scratch);
+                        if allowed {
+                            self.router.publish(msg, &mut self.scratch);
+                        }
                         self.out.put_packet(&Packet::PubAck(pkid));
                     }
                     (QoS::ExactlyOnce, Some(pkid)) => {
                         // A repeat before PUBREL is acknowledged, not delivered again.
-                        if session.state.lock().on_inbound_qos2(pkid) {
+                        if session.state.lock().on_inbound_qos2(pkid) && allowed {
                             self.router.publish(msg, &mut self.scratch);
                         }
                         self.out.put_packet(&Packet::PubRec(pkid));
@@ -516,7 +654,21 @@ impl Connection {
             Packet::Subscribe(subscribe) => {
                 let mut codes = Vec::with_capacity(subscribe.filters.len());
                 for (filter, qos) in &subscribe.filters {
-                    match self.router.subscribe(session, filter, *qos) {
+                    let granted = match crate::topic::validate_topic_filter(filter) {
+                        Ok(()) => self.may_subscribe(filter, *qos).await,
+                        Err(_) => Some(*qos), // the router reports the rule broken
+                    };
+                    let Some(granted) = granted else {
+                        info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
+                        if self.protocol == Protocol::V31 {
+                            return Some(Close::Protocol(format!(
+                                "subscription to {filter:?} refused for an MQTT 3.1 client"
+                            )));
+                        }
+                        codes.push(SubscribeReturnCode::Failure);
+                        continue;
+                    };
+                    match self.router.subscribe(session, filter, granted) {
                         Ok(granted) => codes.push(SubscribeReturnCode::Success(granted)),
                         Err(err) if self.protocol == Protocol::V31 => {
                             // 3.1 SUBACK has no failure code (checklist part 2, item 5).
@@ -530,6 +682,15 @@ impl Connection {
                         }
                     }
                 }
+                self.router.emit(|| Event::Subscribed {
+                    client_id: self.client_id.clone(),
+                    filters: subscribe
+                        .filters
+                        .iter()
+                        .zip(&codes)
+                        .map(|((f, _), c)| (f.clone(), c.to_u8()))
+                        .collect(),
+                });
                 self.out.put_packet(&Packet::SubAck(SubAck {
                     pkid: subscribe.pkid,
                     codes,
@@ -541,6 +702,10 @@ impl Connection {
                 }
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
                 self.out.put_packet(&Packet::UnsubAck(unsubscribe.pkid));
+                self.router.emit(|| Event::Unsubscribed {
+                    client_id: self.client_id.clone(),
+                    filters: unsubscribe.filters,
+                });
             }
             Packet::PingReq => self.out.put_packet(&Packet::PingResp),
             Packet::Disconnect => return Some(Close::Disconnect),
@@ -595,14 +760,19 @@ impl Connection {
 
     /// [MQTT-3.1.2-8]: published on any close but a DISCONNECT, with its QoS and retain
     /// flag [MQTT-3.1.2-16], [MQTT-3.1.2-17]; at most once [MQTT-3.1.2-10].
-    fn publish_will(&mut self, connect: &Connect) {
+    async fn publish_will(&mut self, connect: &Connect) {
         if let Some(will) = &connect.will {
+            if !self.may_publish(&will.topic).await {
+                info!(client_id = %self.client_id, topic = %will.topic, "will not authorized: dropped");
+                return;
+            }
             debug!(client_id = %self.client_id, topic = %will.topic, "publishing will");
             let msg = Arc::new(Message {
                 topic: will.topic.clone(),
                 payload: will.payload.clone(),
                 qos: will.qos,
                 retain: will.retain,
+                publisher: self.client_id.clone(),
             });
             self.router.publish(msg, &mut self.scratch);
         }

@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::codec::QoS;
 use crate::config::Config;
+use crate::hooks::{Event, Hooks};
 use crate::session::{Enqueued, Limits, Message, Queued, SessionState};
 use crate::store::{SessionSnapshot, SessionStore, StoredMessage};
 use crate::topic::{self, RetainedTree, SubscriptionTree};
@@ -85,6 +86,7 @@ pub type MatchScratch = Vec<(u64, QoS, Arc<Session>)>;
 
 pub struct Router {
     config: Config,
+    hooks: Hooks,
     limits: Limits,
     subs: RwLock<SubscriptionTree<u64, Subscriber>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
@@ -95,7 +97,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(config: Config) -> Router {
+    pub fn new(config: Config, hooks: Hooks) -> Router {
         let limits = Limits {
             max_inflight: config.max_inflight,
             max_queued: config.max_queued_messages,
@@ -104,6 +106,7 @@ impl Router {
         };
         Router {
             config,
+            hooks,
             limits,
             subs: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedTree::new()),
@@ -115,6 +118,17 @@ impl Router {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
+    /// Offers an event to the observer, if one is registered.
+    pub fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(sink) = &self.hooks.events {
+            sink.event(event());
+        }
     }
 
     /// A process-unique id for connections and sessions.
@@ -290,6 +304,21 @@ impl Router {
         } else {
             false
         }
+    }
+
+    /// A session for a subscriber inside the process (not a network client): never in the
+    /// client map, so no CONNECT can take it over. Release it with [`Router::release`].
+    pub fn internal_session(&self, name: &str) -> Arc<Session> {
+        let session = self.new_session(ByteString::from(name), true);
+        session.state.lock().online = true;
+        session
+    }
+
+    /// Removes an internal session's subscriptions.
+    pub fn release(&self, session: &Arc<Session>) {
+        self.discard(session);
+        // Wakes its forwarder, which sees no subscriptions left and ends.
+        session.notify.notify_one();
     }
 
     /// Number of stored retained messages.

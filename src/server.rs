@@ -18,6 +18,7 @@ use tracing::{error, info};
 
 use crate::config::{parse_listener, Config};
 use crate::connection::{refuse_busy, Connection};
+use crate::hooks::{AclFile, Hooks, PasswordFile};
 use crate::router::Router;
 use crate::store::SessionStore;
 
@@ -44,7 +45,11 @@ pub struct Server {
 
 impl Server {
     /// Binds every listener and starts serving; returns once the sockets are listening.
-    pub fn start(config: Config, store: Arc<dyn SessionStore>) -> Result<Server, ServerError> {
+    pub fn start(
+        config: Config,
+        mut hooks: Hooks,
+        store: Arc<dyn SessionStore>,
+    ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("pyo3mq-worker");
@@ -69,7 +74,16 @@ impl Server {
             .filter_map(|l| l.local_addr().ok())
             .collect();
 
-        let router = Arc::new(Router::new(config.clone()));
+        // The config file's password and ACL files, unless code supplied its own hooks.
+        if let (Some(path), None) = (&config.password_file, &hooks.authenticator) {
+            hooks.authenticator = Some(Arc::new(
+                PasswordFile::load(path).map_err(ServerError::Config)?,
+            ));
+        }
+        if let (Some(path), None) = (&config.acl_file, &hooks.authorizer) {
+            hooks.authorizer = Some(Arc::new(AclFile::load(path).map_err(ServerError::Config)?));
+        }
+        let router = Arc::new(Router::new(config.clone(), hooks));
         router.load_from(store.as_ref());
         let (shutdown, _) = watch::channel(false);
         let (done_tx, all_done) = mpsc::channel(1);
@@ -99,6 +113,13 @@ impl Server {
 
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
+    }
+
+    /// Runs a task on the broker's runtime (stopped with the broker).
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(task);
+        }
     }
 
     pub fn router(&self) -> &Arc<Router> {

@@ -24,6 +24,8 @@ pub struct Message {
     /// The QoS the publisher used (deliveries are downgraded per subscription).
     pub qos: QoS,
     pub retain: bool,
+    /// Client id of the publisher (empty for messages published by the broker's owner).
+    pub publisher: ByteString,
 }
 
 /// A message waiting in a session's queue, at the QoS it will be delivered with.
@@ -226,6 +228,13 @@ impl SessionState {
         }
     }
 
+    /// Takes up to `max` queued messages regardless of the inflight window: for in-process
+    /// subscribers, which consume a message by taking it.
+    pub fn take_queued(&mut self, max: usize, out: &mut Vec<Queued>) {
+        let n = self.queue.len().min(max);
+        out.extend(self.queue.drain(..n));
+    }
+
     /// What to resend when a client resumes the session: every unacknowledged PUBLISH with
     /// DUP=1 and every PUBREL, with original ids, in original order [MQTT-4.4.0-1].
     pub fn resend_on_resume(&self) -> Vec<Outgoing> {
@@ -296,6 +305,7 @@ mod tests {
                 payload: Bytes::from(vec![n]),
                 qos,
                 retain: false,
+                publisher: ByteString::new(),
             }),
             qos,
             retain: false,
@@ -345,7 +355,9 @@ mod tests {
         assert!(s.on_pubrec(p1));
         let resend = s.resend_on_resume();
         assert!(matches!(resend[0], Outgoing::PubRel(id) if id == p1));
-        assert!(matches!(&resend[1], Outgoing::Publish { pkid: Some(id), dup: true, .. } if *id == p2));
+        assert!(
+            matches!(&resend[1], Outgoing::Publish { pkid: Some(id), dup: true, .. } if *id == p2)
+        );
         assert!(!s.on_puback(p2), "PUBACK does not end a QoS 2 delivery");
         assert!(s.on_pubcomp(p1));
         assert_eq!(s.inflight_len(), 1);
@@ -401,7 +413,11 @@ mod tests {
                 _ => panic!(),
             })
             .collect();
-        assert_eq!(ids, vec![u16::MAX, 1, 2], "ids wrap past 0, which is never used");
+        assert_eq!(
+            ids,
+            vec![u16::MAX, 1, 2],
+            "ids wrap past 0, which is never used"
+        );
     }
 
     #[test]

@@ -1,5 +1,8 @@
 """The native core. Use the public API in `pyo3mq` instead."""
 
+from collections.abc import Callable
+from typing import Any
+
 __version__: str
 
 class MqttError(Exception): ...
@@ -7,25 +10,24 @@ class BrokerStartError(MqttError): ...
 
 def init_logging(level: str) -> None: ...
 
+class ReplyHandle:
+    def resolve(self, value: object) -> None: ...
+
 class BrokerCore:
-    def __init__(
+    def __init__(self, settings: dict[str, Any]) -> None: ...
+    def start(
         self,
-        listeners: list[str],
-        *,
-        max_packet_size: int,
-        max_connections: int,
-        max_inflight: int,
-        max_queued_messages: int,
-        queue_overflow: str,
-        queue_qos0_offline: bool,
-        connect_timeout: float,
-        max_client_id_len: int,
-        allow_zero_length_client_id: bool,
-        worker_threads: int,
-    ) -> None: ...
-    def start(self) -> list[tuple[str, int]]: ...
+        event_loop: object | None = None,
+        dispatch: Callable[[list[tuple[Any, ...]]], None] | None = None,
+        auth: bool = False,
+        authorize: bool = False,
+        events: bool = False,
+    ) -> list[tuple[str, int]]: ...
     def stop(self) -> None: ...
     @property
     def running(self) -> bool: ...
     @property
     def dropped_messages(self) -> int: ...
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None: ...
+    def subscribe(self, filter: str, qos: int) -> int: ...
+    def unsubscribe(self, id: int) -> None: ...

@@ -1,20 +1,37 @@
-"""`Broker`: the Rust broker, started and stopped from Python.
+"""`Broker`: the Rust broker, embedded in a Python program.
 
-The broker runs on its own threads; starting it binds the listeners and returns at once,
-so it can be embedded in a synchronous program (`start()`/`stop()`, `with`) or an asyncio
-one (`async with`, where stopping runs off the event loop).
+The broker runs on its own threads. Python sees it through a small API: settings,
+start/stop, hooks (authentication, authorization, events) and in-process publish and
+subscribe. Hooks run on an asyncio loop: the one `async with Broker(...)` runs in, or a
+private loop thread when a broker with Python hooks is started synchronously.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import Any, Literal
 
+from pyo3mq._dispatch import Dispatcher
 from pyo3mq._pyo3mq import BrokerCore
+from pyo3mq.plugins import Authenticator, Authorizer
+from pyo3mq.types import ConnectEvent, DisconnectEvent, Message, SubscribeEvent, UnsubscribeEvent
 
 OverflowPolicy = Literal["drop_new", "drop_oldest"]
+
+_INT_LIMITS: dict[str, tuple[int, int]] = {
+    "max_packet_size": (2, 268_435_460),
+    "max_connections": (1, 2**32 - 1),
+    "max_inflight": (1, 65_535),
+    "max_queued_messages": (0, 2**63 - 1),
+    "max_client_id_len": (23, 65_535),
+    "worker_threads": (0, 1024),
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,40 @@ class BrokerConfig:
     max_client_id_len: int = 65_535
     allow_zero_length_client_id: bool = True
     worker_threads: int = 0
+    auth_timeout: float = 5.0
+    acl_cache_ttl: float = 60.0
+    password_file: str | None = None
+    acl_file: str | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad config file gets a message naming the setting.
+        if isinstance(self.listeners, str) or not isinstance(self.listeners, (list, tuple)):
+            raise ValueError("listeners must be a list of 'tcp://HOST:PORT' strings")
+        if not self.listeners or not all(isinstance(x, str) for x in self.listeners):
+            raise ValueError("listeners must be a non-empty list of 'tcp://HOST:PORT' strings")
+        for name, (low, high) in _INT_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, not {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+        for name in ("connect_timeout", "auth_timeout", "acl_cache_ttl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number of seconds, not {value!r}")
+            if not math.isfinite(value) or value < 0 or (value == 0 and name != "acl_cache_ttl"):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+        for name in ("queue_qos0_offline", "allow_zero_length_client_id"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
+        if self.queue_overflow not in ("drop_new", "drop_oldest"):
+            raise ValueError(
+                f"queue_overflow must be 'drop_new' or 'drop_oldest', not {self.queue_overflow!r}"
+            )
+        for name in ("password_file", "acl_file"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a file path")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> BrokerConfig:
@@ -43,6 +94,66 @@ class BrokerConfig:
         return cls(**values)
 
 
+class Subscription:
+    """Messages matching a filter, delivered inside the process: an async iterator and
+    an async context manager (leaving it unsubscribes).
+
+    Messages cross from Rust in batches. If Python falls behind, the broker-side queue
+    (`max_queued_messages`, `queue_overflow`) and then this buffer (`max_buffered`,
+    oldest dropped first) bound memory; `dropped` counts what this buffer discarded.
+    """
+
+    def __init__(self, broker: Broker, filter: str, qos: int, max_buffered: int) -> None:
+        self.filter = filter
+        self.qos = qos
+        self.dropped = 0
+        self._broker = broker
+        self._buffer: deque[Message] = deque()
+        self._max = max_buffered
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._id = broker._core.subscribe(filter, qos)
+        broker._subscriptions[self._id] = self
+
+    def _feed(self, messages: list[Message]) -> None:
+        self._buffer.extend(messages)
+        excess = len(self._buffer) - self._max
+        if excess > 0:
+            self.dropped += excess
+            for _ in range(excess):
+                self._buffer.popleft()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._broker._subscriptions.pop(self._id, None)
+            self._broker._core.unsubscribe(self._id)
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        while not self._buffer:
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._buffer.popleft()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+Handler = Callable[[Any], Any]
+
+
 class Broker:
     """An MQTT 3.1/3.1.1 broker running on Rust threads inside this process.
 
@@ -50,16 +161,73 @@ class Broker:
     ...     host, port = broker.addresses[0]
     """
 
-    def __init__(self, config: BrokerConfig | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        *,
+        authenticator: Authenticator | Callable[..., Any] | None = None,
+        authorizer: Authorizer | None = None,
+        on_connect: Callable[[ConnectEvent], Any] | None = None,
+        on_disconnect: Callable[[DisconnectEvent], Any] | None = None,
+        on_subscribe: Callable[[SubscribeEvent], Any] | None = None,
+        on_unsubscribe: Callable[[UnsubscribeEvent], Any] | None = None,
+        **settings: Any,
+    ) -> None:
         if config is None:
             config = BrokerConfig.from_mapping(settings)
         elif settings:
             raise TypeError("pass either a BrokerConfig or keyword settings, not both")
         self.config = config
         values = {f.name: getattr(config, f.name) for f in fields(config)}
-        listeners = list(values.pop("listeners"))
-        self._core = BrokerCore(listeners, **values)
+        values["listeners"] = list(values["listeners"])
+        self._core = BrokerCore(values)
         self._addresses: list[tuple[str, int]] = []
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self._handlers: dict[str, list[Handler]] = {
+            "connect": [],
+            "disconnect": [],
+            "subscribe": [],
+            "unsubscribe": [],
+        }
+        for kind, handler in (
+            ("connect", on_connect),
+            ("disconnect", on_disconnect),
+            ("subscribe", on_subscribe),
+            ("unsubscribe", on_unsubscribe),
+        ):
+            if handler is not None:
+                self._handlers[kind].append(handler)
+        self._subscriptions: dict[int, Subscription] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    # -- decorator registration -------------------------------------------------------
+
+    def on_connect(self, handler: Callable[[ConnectEvent], Any]) -> Callable[[ConnectEvent], Any]:
+        self._handlers["connect"].append(handler)
+        return handler
+
+    def on_disconnect(
+        self, handler: Callable[[DisconnectEvent], Any]
+    ) -> Callable[[DisconnectEvent], Any]:
+        self._handlers["disconnect"].append(handler)
+        return handler
+
+    def on_subscribe(
+        self, handler: Callable[[SubscribeEvent], Any]
+    ) -> Callable[[SubscribeEvent], Any]:
+        self._handlers["subscribe"].append(handler)
+        return handler
+
+    def on_unsubscribe(
+        self, handler: Callable[[UnsubscribeEvent], Any]
+    ) -> Callable[[UnsubscribeEvent], Any]:
+        self._handlers["unsubscribe"].append(handler)
+        return handler
+
+    # -- state ------------------------------------------------------------------------
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -75,14 +243,110 @@ class Broker:
         """Messages dropped by full session queues since the broker started."""
         return self._core.dropped_messages
 
+    # -- life cycle -------------------------------------------------------------------
+
+    def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        authenticate: Callable[..., Any] | None = None
+        if self.authenticator is not None:
+            authenticate = getattr(self.authenticator, "authenticate", self.authenticator)
+        dispatcher = Dispatcher(
+            loop,
+            timeout=self.config.auth_timeout,
+            authenticate=authenticate,
+            authorize_subscribe=getattr(self.authorizer, "authorize_subscribe", None),
+            authorize_publish=getattr(self.authorizer, "authorize_publish", None),
+            handlers=self._handlers,
+            deliver=self._deliver,
+        )
+        self._loop = loop
+        self._addresses = self._core.start(
+            loop,
+            dispatcher,
+            auth=authenticate is not None,
+            authorize=self.authorizer is not None,
+            events=any(self._handlers.values()),
+        )
+
+    def _deliver(self, subscription_id: int, messages: list[Message]) -> None:
+        subscription = self._subscriptions.get(subscription_id)
+        if subscription is not None:
+            subscription._feed(messages)
+
+    def _has_hooks(self) -> bool:
+        return (
+            self.authenticator is not None
+            or self.authorizer is not None
+            or any(self._handlers.values())
+        )
+
     def start(self) -> None:
-        """Binds the listeners and starts serving on the broker's own threads."""
-        self._addresses = self._core.start()
+        """Starts serving. Python hooks, if any, then run on a private event loop thread;
+        inside asyncio code prefer `async with Broker(...)`, which uses the running loop
+        (and is needed for in-process subscriptions)."""
+        if not self._has_hooks():
+            self._loop = None
+            self._addresses = self._core.start()
+            return
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="pyo3mq-hooks", daemon=True)
+        thread.start()
+        self._loop_thread = thread
+        try:
+            self._start_on(loop)
+        except BaseException:
+            self._stop_loop_thread()
+            raise
+
+    async def start_async(self) -> None:
+        """Starts serving with hooks and in-process subscriptions on the running loop."""
+        self._stopped = asyncio.Event()
+        self._start_on(asyncio.get_running_loop())
 
     def stop(self) -> None:
-        """Closes every connection gracefully and stops. Persistent sessions are kept in
-        memory, so `start()` on the same object resumes them."""
+        """Closes every connection gracefully and stops. Persistent sessions and retained
+        messages are kept in memory, so `start()` on the same object resumes them."""
+        for subscription in list(self._subscriptions.values()):
+            subscription.close()
         self._core.stop()
+        self._stop_loop_thread()
+        if self._stopped is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+
+    def _stop_loop_thread(self) -> None:
+        thread, self._loop_thread = self._loop_thread, None
+        loop = self._loop
+        if thread is not None and loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            loop.close()
+            self._loop = None
+
+    async def serve_forever(self) -> None:
+        """Waits until the broker is stopped; cancelling it stops the broker."""
+        if self._stopped is None:
+            raise RuntimeError("start the broker with `async with` or start_async() first")
+        try:
+            await self._stopped.wait()
+        finally:
+            if self.running:
+                await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    # -- in-process pub/sub -----------------------------------------------------------
+
+    async def publish(
+        self, topic: str, payload: bytes | str = b"", qos: int = 0, retain: bool = False
+    ) -> None:
+        """Delivers a message to matching subscribers without a socket."""
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        self._core.publish(topic, data, qos, retain)
+
+    def subscribe(self, filter: str, qos: int = 0, *, max_buffered: int = 100_000) -> Subscription:
+        """Receives messages matching `filter` in this process: `async for m in sub`."""
+        if self._loop is None or not self.running:
+            raise RuntimeError("the broker is not running")
+        return Subscription(self, filter, qos, max_buffered)
+
+    # -- context managers -------------------------------------------------------------
 
     def __enter__(self) -> Broker:
         self.start()
@@ -97,7 +361,7 @@ class Broker:
         self.stop()
 
     async def __aenter__(self) -> Broker:
-        self.start()
+        await self.start_async()
         return self
 
     async def __aexit__(

@@ -1,0 +1,193 @@
+"""The asyncio end of the hand-off from the Rust broker (see src/py_bridge.rs).
+
+The broker's dispatch thread schedules `Dispatcher.__call__` on the event loop with one
+`call_soon_threadsafe` per batch. Requests (authentication, authorization) carry a reply
+handle; the hook runs as a task, bounded by `timeout`, and whatever goes wrong (an
+exception, a timeout, a value of the wrong type) is logged and answered as a denial.
+Nothing that happens here can stop the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pyo3mq.types import (
+    ClientInfo,
+    ConnectEvent,
+    DisconnectEvent,
+    Message,
+    SubscribeEvent,
+    UnsubscribeEvent,
+)
+
+logger = logging.getLogger("pyo3mq")
+
+# CONNACK return codes.
+ACCEPTED = 0
+BAD_USERNAME_OR_PASSWORD = 4
+NOT_AUTHORIZED = 5
+
+
+class _Denied(Exception):
+    """A hook's answer that cannot be used; logged, then treated as a denial."""
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        timeout: float,
+        authenticate: Callable[..., Any] | None,
+        authorize_subscribe: Callable[..., Any] | None,
+        authorize_publish: Callable[..., Any] | None,
+        handlers: dict[str, list[Callable[[Any], Any]]],
+        deliver: Callable[[int, list[Message]], None],
+    ) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._authenticate = authenticate
+        self._authorize_subscribe = authorize_subscribe
+        self._authorize_publish = authorize_publish
+        self._handlers = handlers
+        self._deliver = deliver
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, batch: list[tuple[Any, ...]]) -> None:
+        for item in batch:
+            kind = item[0]
+            try:
+                if kind == "messages":
+                    self._deliver(item[1], [Message(*m) for m in item[2]])
+                elif kind == "auth":
+                    self._spawn(self._auth(*item[1:]))
+                elif kind == "authorize_subscribe":
+                    self._spawn(self._sub(*item[1:]))
+                elif kind == "authorize_publish":
+                    self._spawn(self._pub(*item[1:]))
+                else:
+                    self._event(kind, item[1:])
+            except Exception:
+                logger.exception("pyo3mq: failed to dispatch %r", kind)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Calls a hook: async ones on the loop, sync ones in the default executor so a
+        slow check never blocks the loop; bounded by the timeout either way."""
+
+        async def run() -> Any:
+            if _is_async(fn):
+                return await fn(*args)
+            result = await self._loop.run_in_executor(None, functools.partial(fn, *args))
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        return await asyncio.wait_for(run(), self._timeout)
+
+    async def _auth(
+        self,
+        client_id: str,
+        username: str | None,
+        password: bytes | None,
+        peer: tuple[str, int],
+        reply: Any,
+    ) -> None:
+        code = NOT_AUTHORIZED
+        try:
+            assert self._authenticate is not None
+            result = await self._call(self._authenticate, client_id, username, password)
+            if result is True:
+                code = ACCEPTED
+            elif result is False:
+                code = BAD_USERNAME_OR_PASSWORD
+            else:
+                raise _Denied(f"authenticate() returned {result!r}, not a bool")
+        except asyncio.TimeoutError:
+            logger.error("pyo3mq: authenticate(%r) timed out: denied", client_id)
+        except Exception:
+            logger.exception("pyo3mq: authenticate(%r) failed: denied", client_id)
+        reply.resolve(code)
+
+    async def _sub(
+        self, client: tuple[str, str | None], filter: str, qos: int, reply: Any
+    ) -> None:
+        granted: int | None = None
+        info = ClientInfo(*client)
+        try:
+            assert self._authorize_subscribe is not None
+            result = await self._call(self._authorize_subscribe, info, filter, qos)
+            if result is True:
+                granted = qos
+            elif result is False or result is None:
+                granted = None
+            elif isinstance(result, int) and 0 <= result <= 2:
+                granted = min(result, qos)
+            else:
+                raise _Denied(f"authorize_subscribe() returned {result!r}")
+        except asyncio.TimeoutError:
+            logger.error("pyo3mq: authorize_subscribe(%r, %r) timed out: denied", info, filter)
+        except Exception:
+            logger.exception("pyo3mq: authorize_subscribe(%r, %r) failed: denied", info, filter)
+        reply.resolve(granted)
+
+    async def _pub(self, client: tuple[str, str | None], topic: str, reply: Any) -> None:
+        allowed = False
+        info = ClientInfo(*client)
+        try:
+            assert self._authorize_publish is not None
+            result = await self._call(self._authorize_publish, info, topic)
+            if not isinstance(result, bool):
+                raise _Denied(f"authorize_publish() returned {result!r}, not a bool")
+            allowed = result
+        except asyncio.TimeoutError:
+            logger.error("pyo3mq: authorize_publish(%r, %r) timed out: denied", info, topic)
+        except Exception:
+            logger.exception("pyo3mq: authorize_publish(%r, %r) failed: denied", info, topic)
+        reply.resolve(allowed)
+
+    def _event(self, kind: str, fields: tuple[Any, ...]) -> None:
+        handlers = self._handlers.get(kind)
+        if not handlers:
+            return
+        event: Any
+        if kind == "connect":
+            client, peer, clean, present = fields
+            event = ConnectEvent(ClientInfo(*client), tuple(peer), clean, present)
+        elif kind == "disconnect":
+            event = DisconnectEvent(*fields)
+        elif kind == "subscribe":
+            event = SubscribeEvent(fields[0], [tuple(f) for f in fields[1]])
+        elif kind == "unsubscribe":
+            event = UnsubscribeEvent(fields[0], list(fields[1]))
+        else:
+            logger.warning("pyo3mq: unknown event %r", kind)
+            return
+        for handler in handlers:
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    self._spawn(self._guard(result, kind))
+            except Exception:
+                logger.exception("pyo3mq: on_%s handler failed", kind)
+
+    async def _guard(self, awaitable: Awaitable[Any], kind: str) -> None:
+        try:
+            await awaitable
+        except Exception:
+            logger.exception("pyo3mq: on_%s handler failed", kind)

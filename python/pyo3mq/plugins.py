@@ -1,0 +1,39 @@
+"""Protocols for the objects a `Broker` accepts as hooks.
+
+Each method may be a plain function (run in the default executor, off the event loop)
+or an `async def` (run on the loop). Whatever they raise, or a call that exceeds the
+broker's `auth_timeout`, counts as a denial and is logged; it never stops the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Protocol, Union, runtime_checkable
+
+from pyo3mq.types import ClientInfo
+
+BoolResult = Union[bool, Awaitable[bool]]
+GrantResult = Union[int, bool, None, Awaitable[Union[int, bool, None]]]
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    def authenticate(
+        self, client_id: str, username: str | None, password: bytes | None
+    ) -> BoolResult:
+        """True accepts the CONNECT; False refuses it with CONNACK 0x04."""
+        ...
+
+
+@runtime_checkable
+class Authorizer(Protocol):
+    def authorize_subscribe(self, client: ClientInfo, filter: str, qos: int) -> GrantResult:
+        """The QoS to grant (capped at `qos`), True for `qos`, or False/None to refuse
+        (SUBACK 0x80)."""
+        ...
+
+    def authorize_publish(self, client: ClientInfo, topic: str) -> BoolResult:
+        """Whether `client` may publish to `topic`; a refused message is acknowledged
+        and dropped (MQTT 3.1.1 has no negative acknowledgement). Decisions are cached
+        per connection and topic for `acl_cache_ttl` seconds."""
+        ...

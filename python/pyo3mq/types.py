@@ -1,0 +1,55 @@
+"""The plain data types the broker hands to Python code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+DisconnectReason = Literal["clean", "keepalive", "error", "takeover", "shutdown"]
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Who a hook is asked about."""
+
+    client_id: str
+    username: str | None
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message routed by the broker, as an in-process subscriber receives it."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    #: Client id of the publisher; empty for messages from `Broker.publish`.
+    client_id: str
+
+
+@dataclass(frozen=True)
+class ConnectEvent:
+    client: ClientInfo
+    peer: tuple[str, int]
+    clean_session: bool
+    session_present: bool
+
+
+@dataclass(frozen=True)
+class DisconnectEvent:
+    client_id: str
+    reason: DisconnectReason
+
+
+@dataclass(frozen=True)
+class SubscribeEvent:
+    client_id: str
+    #: (filter, SUBACK code): 0, 1 or 2 granted, 0x80 refused.
+    filters: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class UnsubscribeEvent:
+    client_id: str
+    filters: list[str]

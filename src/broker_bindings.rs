@@ -1,0 +1,259 @@
+//! `BrokerCore`: the Python class over [`Server`]. Thin: it converts settings, starts and
+//! stops the server with the interpreter released, and wires Python hooks through the
+//! bridge. `pyo3mq.Broker` (Python) is the public face.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::codec::QoS;
+use crate::config::{Config, OverflowPolicy};
+use crate::hooks::Hooks;
+use crate::py_bridge::{PyBridge, Wanted};
+use crate::router::Session;
+use crate::server::{Server, ServerError};
+use crate::session::Message;
+use crate::store::{MemoryStore, SessionStore};
+use crate::{topic, BrokerStartError, MqttError};
+
+fn to_pyerr(err: ServerError) -> PyErr {
+    match err {
+        ServerError::Config(msg) => PyValueError::new_err(msg),
+        other => BrokerStartError::new_err(other.to_string()),
+    }
+}
+
+/// Reads one setting from the dict `pyo3mq.BrokerConfig` passes, naming it in errors.
+fn setting<'py, T: FromPyObjectOwned<'py>>(
+    settings: &Bound<'py, PyDict>,
+    name: &str,
+) -> PyResult<T> {
+    let value = settings
+        .get_item(name)?
+        .ok_or_else(|| PyValueError::new_err(format!("missing setting {name}")))?;
+    value.extract::<T>().map_err(|e| {
+        let e: PyErr = e.into();
+        PyValueError::new_err(format!("invalid {name}: {e}"))
+    })
+}
+
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            PyValueError::new_err(format!("{name} must be a positive number of seconds"))
+        })
+}
+
+fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
+    let overflow: String = setting(settings, "queue_overflow")?;
+    let config = Config {
+        listeners: setting(settings, "listeners")?,
+        max_packet_size: setting(settings, "max_packet_size")?,
+        max_connections: setting(settings, "max_connections")?,
+        max_inflight: setting(settings, "max_inflight")?,
+        max_queued_messages: setting(settings, "max_queued_messages")?,
+        queue_overflow: OverflowPolicy::parse(&overflow).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "queue_overflow must be 'drop_new' or 'drop_oldest', not {overflow:?}"
+            ))
+        })?,
+        queue_qos0_offline: setting(settings, "queue_qos0_offline")?,
+        connect_timeout: seconds("connect_timeout", setting(settings, "connect_timeout")?)?,
+        max_client_id_len: setting(settings, "max_client_id_len")?,
+        allow_zero_length_client_id: setting(settings, "allow_zero_length_client_id")?,
+        worker_threads: setting(settings, "worker_threads")?,
+        auth_timeout: seconds("auth_timeout", setting(settings, "auth_timeout")?)?,
+        acl_cache_ttl: Duration::try_from_secs_f64(setting(settings, "acl_cache_ttl")?)
+            .map_err(|_| PyValueError::new_err("acl_cache_ttl must be a number of seconds >= 0"))?,
+        password_file: setting(settings, "password_file")?,
+        acl_file: setting(settings, "acl_file")?,
+    };
+    config.validate().map_err(PyValueError::new_err)?;
+    Ok(config)
+}
+
+struct Running {
+    server: Server,
+    bridge: Option<PyBridge>,
+    /// In-process subscriptions by id.
+    subscriptions: Vec<(u64, Arc<Session>)>,
+}
+
+/// The Rust broker: its own threads, sockets and state. `pyo3mq.Broker` wraps it.
+#[pyclass(frozen, module = "pyo3mq._pyo3mq")]
+pub struct BrokerCore {
+    config: Config,
+    store: Arc<MemoryStore>,
+    running: Mutex<Option<Running>>,
+}
+
+#[pymethods]
+impl BrokerCore {
+    #[new]
+    fn new(settings: &Bound<'_, PyDict>) -> PyResult<Self> {
+        Ok(BrokerCore {
+            config: config_from(settings)?,
+            store: Arc::new(MemoryStore::default()),
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Binds the listeners and starts serving; returns the bound (host, port) pairs.
+    /// With `event_loop` and `dispatch`, the hooks named in `wanted` call into Python:
+    /// `dispatch(batch)` is scheduled on `event_loop` with `call_soon_threadsafe`.
+    #[pyo3(signature = (event_loop=None, dispatch=None, auth=false, authorize=false, events=false))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        event_loop: Option<Py<PyAny>>,
+        dispatch: Option<Py<PyAny>>,
+        auth: bool,
+        authorize: bool,
+        events: bool,
+    ) -> PyResult<Vec<(String, u16)>> {
+        let mut slot = self.running.lock();
+        if slot.is_some() {
+            return Err(MqttError::new_err("the broker is already running"));
+        }
+        let wanted = Wanted {
+            auth,
+            authorize,
+            events,
+        };
+        let bridge = match (event_loop, dispatch) {
+            (Some(event_loop), Some(dispatch)) => Some(PyBridge::start(event_loop, dispatch)),
+            _ => None,
+        };
+        let mut hooks = Hooks::default();
+        if let Some(bridge) = &bridge {
+            if wanted.auth {
+                hooks.authenticator = Some(Arc::new(bridge.clone()));
+            }
+            if wanted.authorize {
+                hooks.authorizer = Some(Arc::new(bridge.clone()));
+            }
+            if wanted.events {
+                hooks.events = Some(Arc::new(bridge.clone()));
+            }
+        }
+        let config = self.config.clone();
+        let store: Arc<dyn SessionStore> = self.store.clone();
+        let server = py
+            .detach(move || Server::start(config, hooks, store))
+            .map_err(to_pyerr)?;
+        let addresses = server
+            .addresses()
+            .iter()
+            .map(|a| (a.ip().to_string(), a.port()))
+            .collect();
+        *slot = Some(Running {
+            server,
+            bridge,
+            subscriptions: Vec::new(),
+        });
+        Ok(addresses)
+    }
+
+    /// Stops gracefully: closes connections, keeps persistent sessions for a restart.
+    fn stop(&self, py: Python<'_>) {
+        let running = self.running.lock().take();
+        if let Some(mut running) = running {
+            for (_, session) in running.subscriptions.drain(..) {
+                running.server.router().release(&session);
+            }
+            py.detach(move || {
+                running.server.stop();
+                // Dropping the last bridge ends the dispatch thread.
+                drop(running.bridge);
+            });
+        }
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.running.lock().is_some()
+    }
+
+    /// Messages dropped by full session queues since the broker started.
+    #[getter]
+    fn dropped_messages(&self) -> u64 {
+        self.running
+            .lock()
+            .as_ref()
+            .map_or(0, |r| r.server.router().dropped_messages())
+    }
+
+    /// Routes a message as if a client had published it (no socket involved).
+    #[pyo3(signature = (topic, payload, qos=0, retain=false))]
+    fn publish(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+    ) -> PyResult<()> {
+        topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let qos =
+            QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?;
+        let router = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone())
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let msg = Arc::new(Message {
+            topic: ByteString::from(topic),
+            payload: Bytes::copy_from_slice(payload),
+            qos,
+            retain,
+            publisher: ByteString::new(),
+        });
+        py.detach(move || router.publish(msg, &mut Vec::new()));
+        Ok(())
+    }
+
+    /// Subscribes the process itself to `filter`: matching messages arrive in batches
+    /// as `("messages", id, [...])` through the dispatch hook. Returns the id.
+    fn subscribe(&self, filter: &str, qos: u8) -> PyResult<u64> {
+        let qos =
+            QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?;
+        let mut slot = self.running.lock();
+        let running = slot
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let bridge = running.bridge.clone().ok_or_else(|| {
+            PyRuntimeError::new_err("in-process subscriptions need a broker started from asyncio")
+        })?;
+        let router = running.server.router().clone();
+        let id = router.next_id();
+        let session = router.internal_session(&format!("$internal/{id}"));
+        router
+            .subscribe(&session, &ByteString::from(filter), qos)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        running
+            .server
+            .spawn(bridge.forward(id, session.clone(), router));
+        running.subscriptions.push((id, session));
+        Ok(id)
+    }
+
+    /// Ends an in-process subscription.
+    fn unsubscribe(&self, id: u64) {
+        let mut slot = self.running.lock();
+        if let Some(running) = slot.as_mut() {
+            if let Some(i) = running.subscriptions.iter().position(|(sid, _)| *sid == id) {
+                let (_, session) = running.subscriptions.swap_remove(i);
+                running.server.router().release(&session);
+            }
+        }
+    }
+}
