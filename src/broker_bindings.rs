@@ -19,7 +19,7 @@ use crate::py_bridge::{PyBridge, Wanted};
 use crate::router::Session;
 use crate::server::{Server, ServerError};
 use crate::session::Message;
-use crate::store::{MemoryStore, SessionStore};
+use crate::store::{open_store, SessionStore};
 use crate::{topic, BrokerStartError, MqttError};
 
 fn to_pyerr(err: ServerError) -> PyErr {
@@ -75,6 +75,11 @@ fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
             .map_err(|_| PyValueError::new_err("acl_cache_ttl must be a number of seconds >= 0"))?,
         password_file: setting(settings, "password_file")?,
         acl_file: setting(settings, "acl_file")?,
+        session_store: setting(settings, "session_store")?,
+        persist_interval: Duration::try_from_secs_f64(setting(settings, "persist_interval")?)
+            .map_err(|_| {
+                PyValueError::new_err("persist_interval must be a number of seconds >= 0")
+            })?,
     };
     config.validate().map_err(PyValueError::new_err)?;
     Ok(config)
@@ -91,7 +96,7 @@ struct Running {
 #[pyclass(frozen, module = "pyo3mq._pyo3mq")]
 pub struct BrokerCore {
     config: Config,
-    store: Arc<MemoryStore>,
+    store: Arc<dyn SessionStore>,
     running: Mutex<Option<Running>>,
 }
 
@@ -99,9 +104,11 @@ pub struct BrokerCore {
 impl BrokerCore {
     #[new]
     fn new(settings: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let config = config_from(settings)?;
+        let store = open_store(&config.session_store).map_err(PyValueError::new_err)?;
         Ok(BrokerCore {
-            config: config_from(settings)?,
-            store: Arc::new(MemoryStore::default()),
+            config,
+            store,
             running: Mutex::new(None),
         })
     }
@@ -145,7 +152,7 @@ impl BrokerCore {
             }
         }
         let config = self.config.clone();
-        let store: Arc<dyn SessionStore> = self.store.clone();
+        let store = self.store.clone();
         let server = py
             .detach(move || Server::start(config, hooks, store))
             .map_err(to_pyerr)?;

@@ -57,6 +57,11 @@ pub struct Config {
     pub password_file: Option<String>,
     /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.
     pub acl_file: Option<String>,
+    /// Where persistent sessions and retained messages live: `memory` or `sqlite:PATH`.
+    pub session_store: String,
+    /// How often a durable store is brought up to date (a crash loses at most this much);
+    /// zero saves only at shutdown.
+    pub persist_interval: Duration,
 }
 
 impl Default for Config {
@@ -77,6 +82,8 @@ impl Default for Config {
             acl_cache_ttl: Duration::from_secs(60),
             password_file: None,
             acl_file: None,
+            session_store: "memory".to_string(),
+            persist_interval: Duration::from_secs(1),
         }
     }
 }

@@ -88,6 +88,14 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let (done_tx, all_done) = mpsc::channel(1);
         let permits = Arc::new(Semaphore::new(config.max_connections));
+        if !config.persist_interval.is_zero() && config.session_store != "memory" {
+            runtime.spawn(persist_periodically(
+                router.clone(),
+                store.clone(),
+                config.persist_interval,
+                shutdown.subscribe(),
+            ));
+        }
         for listener in listeners {
             if let Ok(addr) = listener.local_addr() {
                 info!("listening on {addr}");
@@ -190,5 +198,24 @@ async fn accept_loop(
             drop(permit);
             drop(done);
         });
+    }
+}
+
+/// Brings a durable store up to date every `interval`, off the async workers.
+async fn persist_periodically(
+    router: Arc<Router>,
+    store: Arc<dyn SessionStore>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let (router, store) = (router.clone(), store.clone());
+        let _ = tokio::task::spawn_blocking(move || router.save_to(store.as_ref())).await;
     }
 }

@@ -53,6 +53,8 @@ class BrokerConfig:
     acl_cache_ttl: float = 60.0
     password_file: str | None = None
     acl_file: str | None = None
+    session_store: str = "memory"
+    persist_interval: float = 1.0
 
     def __post_init__(self) -> None:
         # Checked here so a bad config file gets a message naming the setting.
@@ -66,11 +68,17 @@ class BrokerConfig:
                 raise ValueError(f"{name} must be an integer, not {value!r}")
             if not low <= value <= high:
                 raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-        for name in ("connect_timeout", "auth_timeout", "acl_cache_ttl"):
+        if not isinstance(self.session_store, str) or not (
+            self.session_store == "memory" or self.session_store.startswith("sqlite:")
+        ):
+            raise ValueError(
+                f"session_store must be 'memory' or 'sqlite:PATH', not {self.session_store!r}"
+            )
+        for name in ("connect_timeout", "auth_timeout", "acl_cache_ttl", "persist_interval"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number of seconds, not {value!r}")
-            if not math.isfinite(value) or value < 0 or (value == 0 and name != "acl_cache_ttl"):
+            if not math.isfinite(value) or value < 0 or (value == 0 and name.endswith("timeout")):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
         for name in ("queue_qos0_offline", "allow_zero_length_client_id"):
             if not isinstance(getattr(self, name), bool):
