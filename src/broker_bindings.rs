@@ -19,7 +19,7 @@ use crate::py_bridge::{PyBridge, Wanted};
 use crate::router::Session;
 use crate::server::{Server, ServerError};
 use crate::session::Message;
-use crate::store::{open_store, SessionStore};
+use crate::store::{open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage};
 use crate::{topic, BrokerStartError, MqttError};
 
 fn to_pyerr(err: ServerError) -> PyErr {
@@ -253,6 +253,66 @@ impl BrokerCore {
         Ok(id)
     }
 
+    /// Replaces the stored state the next `start()` loads (for Python session stores).
+    fn seed(&self, sessions: Vec<PySession>, retained: Vec<PyRetained>) -> PyResult<()> {
+        if self.running.lock().is_some() {
+            return Err(MqttError::new_err("seed() must come before start()"));
+        }
+        let sessions = sessions
+            .into_iter()
+            .map(session_from_py)
+            .collect::<PyResult<Vec<_>>>()?;
+        let retained = retained
+            .into_iter()
+            .map(|(topic, payload, qos, publisher)| {
+                topic::validate_topic_name(&topic)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                Ok(Arc::new(Message {
+                    topic: ByteString::from(topic),
+                    payload: Bytes::from(payload),
+                    qos: qos_arg(qos)?,
+                    retain: true,
+                    publisher: ByteString::from(publisher),
+                }))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.store.save(sessions, retained);
+        Ok(())
+    }
+
+    /// The persistent sessions and retained messages: live while running, else as saved
+    /// at the last stop.
+    fn snapshot(&self, py: Python<'_>) -> (Vec<PySession>, Vec<PyRetained>) {
+        let router = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone());
+        let store = self.store.clone();
+        let (sessions, retained) = py.detach(move || match router {
+            Some(router) => {
+                let live = MemoryStore::default();
+                router.save_to(&live);
+                live.load()
+            }
+            None => store.load(),
+        });
+        (
+            sessions.into_iter().map(session_to_py).collect(),
+            retained
+                .into_iter()
+                .map(|m| {
+                    (
+                        m.topic.to_string(),
+                        m.payload.to_vec(),
+                        m.qos as u8,
+                        m.publisher.to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// Ends an in-process subscription.
     fn unsubscribe(&self, id: u64) {
         let mut slot = self.running.lock();
@@ -264,3 +324,66 @@ impl BrokerCore {
         }
     }
 }
+
+/// A session as Python sees it: `(client_id, [(filter, qos)], [(topic, payload, qos,
+/// delivery_qos, retain, publisher)])`.
+type PySession = (String, Vec<(String, u8)>, Vec<(String, Vec<u8>, u8, u8, bool, String)>);
+/// A retained message as Python sees it: `(topic, payload, qos, publisher)`.
+type PyRetained = (String, Vec<u8>, u8, String);
+
+fn qos_arg(value: u8) -> PyResult<QoS> {
+    QoS::from_u8(value).ok_or_else(|| PyValueError::new_err(format!("invalid QoS {value}")))
+}
+
+fn session_to_py(s: SessionSnapshot) -> PySession {
+    (
+        s.client_id.to_string(),
+        s.subscriptions
+            .into_iter()
+            .map(|(f, q)| (f.to_string(), q as u8))
+            .collect(),
+        s.pending
+            .into_iter()
+            .map(|p| {
+                (
+                    p.msg.topic.to_string(),
+                    p.msg.payload.to_vec(),
+                    p.msg.qos as u8,
+                    p.qos as u8,
+                    p.retain,
+                    p.msg.publisher.to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn session_from_py(s: PySession) -> PyResult<SessionSnapshot> {
+    let (client_id, subscriptions, pending) = s;
+    Ok(SessionSnapshot {
+        client_id: ByteString::from(client_id),
+        subscriptions: subscriptions
+            .into_iter()
+            .map(|(f, q)| Ok((ByteString::from(f), qos_arg(q)?)))
+            .collect::<PyResult<_>>()?,
+        pending: pending
+            .into_iter()
+            .map(|(topic, payload, qos, delivery_qos, retain, publisher)| {
+                topic::validate_topic_name(&topic)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                Ok(StoredMessage {
+                    msg: Arc::new(Message {
+                        topic: ByteString::from(topic),
+                        payload: Bytes::from(payload),
+                        qos: qos_arg(qos)?,
+                        retain,
+                        publisher: ByteString::from(publisher),
+                    }),
+                    qos: qos_arg(delivery_qos)?,
+                    retain,
+                })
+            })
+            .collect::<PyResult<_>>()?,
+    })
+}
+

@@ -2,12 +2,15 @@
 
 from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__
 from pyo3mq.broker import Broker, BrokerConfig, Subscription
-from pyo3mq.plugins import Authenticator, Authorizer
+from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
 from pyo3mq.types import (
     ClientInfo,
     ConnectEvent,
     DisconnectEvent,
     Message,
+    RetainedRecord,
+    SessionRecord,
+    StoredMessage,
     SubscribeEvent,
     UnsubscribeEvent,
 )
@@ -23,6 +26,10 @@ __all__ = [
     "DisconnectEvent",
     "Message",
     "MqttError",
+    "RetainedRecord",
+    "SessionRecord",
+    "SessionStore",
+    "StoredMessage",
     "SubscribeEvent",
     "Subscription",
     "UnsubscribeEvent",

@@ -124,9 +124,7 @@ class Dispatcher:
             logger.exception("pyo3mq: authenticate(%r) failed: denied", client_id)
         reply.resolve(code)
 
-    async def _sub(
-        self, client: tuple[str, str | None], filter: str, qos: int, reply: Any
-    ) -> None:
+    async def _sub(self, client: tuple[str, str | None], filter: str, qos: int, reply: Any) -> None:
         granted: int | None = None
         info = ClientInfo(*client)
         try:

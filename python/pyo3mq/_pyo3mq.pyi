@@ -31,3 +31,16 @@ class BrokerCore:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None: ...
     def subscribe(self, filter: str, qos: int) -> int: ...
     def unsubscribe(self, id: int) -> None: ...
+    def seed(
+        self,
+        sessions: list[
+            tuple[str, list[tuple[str, int]], list[tuple[str, bytes, int, int, bool, str]]]
+        ],
+        retained: list[tuple[str, bytes, int, str]],
+    ) -> None: ...
+    def snapshot(
+        self,
+    ) -> tuple[
+        list[tuple[str, list[tuple[str, int]], list[tuple[str, bytes, int, int, bool, str]]]],
+        list[tuple[str, bytes, int, str]],
+    ]: ...

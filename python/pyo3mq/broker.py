@@ -18,8 +18,9 @@ from types import TracebackType
 from typing import Any, Literal
 
 from pyo3mq._dispatch import Dispatcher
+from pyo3mq._persist import Persister
 from pyo3mq._pyo3mq import BrokerCore
-from pyo3mq.plugins import Authenticator, Authorizer
+from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
 from pyo3mq.types import ConnectEvent, DisconnectEvent, Message, SubscribeEvent, UnsubscribeEvent
 
 OverflowPolicy = Literal["drop_new", "drop_oldest"]
@@ -179,8 +180,16 @@ class Broker:
         on_disconnect: Callable[[DisconnectEvent], Any] | None = None,
         on_subscribe: Callable[[SubscribeEvent], Any] | None = None,
         on_unsubscribe: Callable[[UnsubscribeEvent], Any] | None = None,
+        session_store: str | SessionStore | None = None,
         **settings: Any,
     ) -> None:
+        self._store: SessionStore | None = None
+        if isinstance(session_store, str):
+            settings["session_store"] = session_store
+        elif session_store is not None:
+            if not isinstance(session_store, SessionStore):
+                raise TypeError("session_store must be 'memory', 'sqlite:PATH' or a SessionStore")
+            self._store = session_store
         if config is None:
             config = BrokerConfig.from_mapping(settings)
         elif settings:
@@ -189,6 +198,8 @@ class Broker:
         values = {f.name: getattr(config, f.name) for f in fields(config)}
         values["listeners"] = list(values["listeners"])
         self._core = BrokerCore(values)
+        self._persister = Persister(self._core, self._store) if self._store else None
+        self._persist_task: asyncio.Task[None] | None = None
         self._addresses: list[tuple[str, int]] = []
         self.authenticator = authenticator
         self.authorizer = authorizer
@@ -255,8 +266,10 @@ class Broker:
 
     def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
         authenticate: Callable[..., Any] | None = None
-        if self.authenticator is not None:
-            authenticate = getattr(self.authenticator, "authenticate", self.authenticator)
+        if isinstance(self.authenticator, Authenticator):
+            authenticate = self.authenticator.authenticate
+        elif self.authenticator is not None:
+            authenticate = self.authenticator
         dispatcher = Dispatcher(
             loop,
             timeout=self.config.auth_timeout,
@@ -285,6 +298,7 @@ class Broker:
             self.authenticator is not None
             or self.authorizer is not None
             or any(self._handlers.values())
+            or self._store is not None
         )
 
     def start(self) -> None:
@@ -300,7 +314,11 @@ class Broker:
         thread.start()
         self._loop_thread = thread
         try:
+            if self._persister is not None:
+                asyncio.run_coroutine_threadsafe(self._persister.load(), loop).result()
             self._start_on(loop)
+            if self._persister is not None:
+                asyncio.run_coroutine_threadsafe(self._start_persisting(), loop).result()
         except BaseException:
             self._stop_loop_thread()
             raise
@@ -308,14 +326,38 @@ class Broker:
     async def start_async(self) -> None:
         """Starts serving with hooks and in-process subscriptions on the running loop."""
         self._stopped = asyncio.Event()
+        if self._persister is not None:
+            await self._persister.load()
         self._start_on(asyncio.get_running_loop())
+        if self._persister is not None:
+            await self._start_persisting()
+
+    async def _start_persisting(self) -> None:
+        persister = self._persister
+        interval = self.config.persist_interval
+        if persister is None or interval <= 0:
+            return
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                await persister.sync()
+
+        self._persist_task = asyncio.get_running_loop().create_task(run())
 
     def stop(self) -> None:
         """Closes every connection gracefully and stops. Persistent sessions and retained
-        messages are kept in memory, so `start()` on the same object resumes them."""
+        messages are kept in memory (so `start()` on the same object resumes them) and
+        written to the session store, if one is set."""
+        loop = self._loop
+        task, self._persist_task = self._persist_task, None
+        if task is not None and loop is not None:
+            loop.call_soon_threadsafe(task.cancel)
         for subscription in list(self._subscriptions.values()):
             subscription.close()
         self._core.stop()
+        if self._persister is not None and loop is not None and self._loop_thread is not None:
+            asyncio.run_coroutine_threadsafe(self._persister.sync(), loop).result()
         self._stop_loop_thread()
         if self._stopped is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._stopped.set)
@@ -380,3 +422,5 @@ class Broker:
     ) -> None:
         # Stopping waits for connections to close: keep the event loop free meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
+        if self._persister is not None:
+            await self._persister.sync()

@@ -53,7 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.host, args.port)
         broker = Broker(config)
         broker.start()
-    except (OSError, ValueError, TypeError, OverflowError, BrokerStartError, tomllib.TOMLDecodeError) as exc:
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        BrokerStartError,
+        tomllib.TOMLDecodeError,
+    ) as exc:
         print(f"pyo3mq: {exc}", file=sys.stderr)
         return 2
 

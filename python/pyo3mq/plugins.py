@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol, Union, runtime_checkable
 
-from pyo3mq.types import ClientInfo
+from pyo3mq.types import ClientInfo, RetainedRecord, SessionRecord
 
 BoolResult = Union[bool, Awaitable[bool]]
 GrantResult = Union[int, bool, None, Awaitable[Union[int, bool, None]]]
@@ -37,3 +37,23 @@ class Authorizer(Protocol):
         and dropped (MQTT 3.1.1 has no negative acknowledgement). Decisions are cached
         per connection and topic for `acl_cache_ttl` seconds."""
         ...
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Where a broker keeps persistent sessions and retained messages across restarts.
+
+    The broker calls `load` once before it starts serving, then reports changes every
+    `persist_interval` seconds and at shutdown (so a crash loses at most one interval).
+    All methods are coroutines run on the broker's event loop.
+    """
+
+    async def load(self) -> tuple[list[SessionRecord], list[RetainedRecord]]: ...
+
+    async def save_session(self, session: SessionRecord) -> None: ...
+
+    async def delete_session(self, client_id: str) -> None: ...
+
+    async def save_retained(self, message: RetainedRecord) -> None: ...
+
+    async def delete_retained(self, topic: str) -> None: ...

@@ -53,3 +53,34 @@ class SubscribeEvent:
 class UnsubscribeEvent:
     client_id: str
     filters: list[str]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message waiting in a persistent session."""
+
+    topic: str
+    payload: bytes
+    #: QoS the publisher used.
+    qos: int
+    #: QoS it will be delivered with (min of published and granted).
+    delivery_qos: int
+    retain: bool
+    publisher: str
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A clean-session-0 session: subscriptions and undelivered messages, oldest first."""
+
+    client_id: str
+    subscriptions: list[tuple[str, int]]
+    pending: list[StoredMessage]
+
+
+@dataclass(frozen=True)
+class RetainedRecord:
+    topic: str
+    payload: bytes
+    qos: int
+    publisher: str
