@@ -325,9 +325,11 @@ impl BrokerCore {
     }
 }
 
-/// A session as Python sees it: `(client_id, [(filter, qos)], [(topic, payload, qos,
-/// delivery_qos, retain, publisher)])`.
-type PySession = (String, Vec<(String, u8)>, Vec<(String, Vec<u8>, u8, u8, bool, String)>);
+/// A pending message as Python sees it: `(topic, payload, qos, delivery_qos, retain,
+/// publisher, packet_id, released)`.
+type PyPending = (String, Vec<u8>, u8, u8, bool, String, Option<u16>, bool);
+/// A session as Python sees it: `(client_id, [(filter, qos)], [pending...])`.
+type PySession = (String, Vec<(String, u8)>, Vec<PyPending>);
 /// A retained message as Python sees it: `(topic, payload, qos, publisher)`.
 type PyRetained = (String, Vec<u8>, u8, String);
 
@@ -352,6 +354,8 @@ fn session_to_py(s: SessionSnapshot) -> PySession {
                     p.qos as u8,
                     p.retain,
                     p.msg.publisher.to_string(),
+                    p.pkid,
+                    p.released,
                 )
             })
             .collect(),
@@ -368,22 +372,25 @@ fn session_from_py(s: PySession) -> PyResult<SessionSnapshot> {
             .collect::<PyResult<_>>()?,
         pending: pending
             .into_iter()
-            .map(|(topic, payload, qos, delivery_qos, retain, publisher)| {
-                topic::validate_topic_name(&topic)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                Ok(StoredMessage {
-                    msg: Arc::new(Message {
-                        topic: ByteString::from(topic),
-                        payload: Bytes::from(payload),
-                        qos: qos_arg(qos)?,
+            .map(
+                |(topic, payload, qos, delivery_qos, retain, publisher, pkid, released)| {
+                    topic::validate_topic_name(&topic)
+                        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                    Ok(StoredMessage {
+                        msg: Arc::new(Message {
+                            topic: ByteString::from(topic),
+                            payload: Bytes::from(payload),
+                            qos: qos_arg(qos)?,
+                            retain,
+                            publisher: ByteString::from(publisher),
+                        }),
+                        qos: qos_arg(delivery_qos)?,
                         retain,
-                        publisher: ByteString::from(publisher),
-                    }),
-                    qos: qos_arg(delivery_qos)?,
-                    retain,
-                })
-            })
+                        pkid: pkid.filter(|&id| id != 0),
+                        released,
+                    })
+                },
+            )
             .collect::<PyResult<_>>()?,
     })
 }
-

@@ -342,11 +342,14 @@ impl Router {
                         .map(|(f, q)| (f.clone(), *q))
                         .collect(),
                     pending: state
-                        .pending()
-                        .map(|q| StoredMessage {
-                            msg: q.msg.clone(),
+                        .export()
+                        .into_iter()
+                        .map(|(q, pkid, released)| StoredMessage {
+                            msg: q.msg,
                             qos: q.qos,
                             retain: q.retain,
+                            pkid,
+                            released,
                         })
                         .collect(),
                 }
@@ -386,11 +389,12 @@ impl Router {
                     state.subscriptions.insert(filter, qos);
                 }
                 for m in snap.pending {
-                    state.enqueue(Queued {
+                    let item = Queued {
                         msg: m.msg,
                         qos: m.qos,
                         retain: m.retain,
-                    });
+                    };
+                    state.restore(item, m.pkid, m.released);
                 }
             }
             clients.insert(

@@ -275,13 +275,31 @@ impl SessionState {
         self.next_pkid = 1;
     }
 
-    /// The queued and inflight messages, oldest first (for session snapshots).
-    pub fn pending(&self) -> impl Iterator<Item = &Queued> {
+    /// Everything undelivered, for a snapshot: inflight deliveries first, in send order,
+    /// with their packet id and whether PUBREL was sent; then the queue.
+    pub fn export(&self) -> Vec<(Queued, Option<u16>, bool)> {
         self.inflight
             .iter()
-            .filter(|f| f.stage == Stage::AwaitAck)
-            .map(|f| &f.item)
-            .chain(self.queue.iter())
+            .map(|f| (f.item.clone(), Some(f.pkid), f.stage == Stage::AwaitComp))
+            .chain(self.queue.iter().map(|q| (q.clone(), None, false)))
+            .collect()
+    }
+
+    /// Puts back one entry of [`SessionState::export`]: an inflight delivery keeps its id,
+    /// so a resuming client gets it again with DUP=1 (or its PUBREL) [MQTT-4.4.0-1].
+    pub fn restore(&mut self, item: Queued, pkid: Option<u16>, released: bool) {
+        match pkid {
+            Some(pkid) if item.qos != QoS::AtMostOnce => self.inflight.push_back(Inflight {
+                pkid,
+                stage: if released {
+                    Stage::AwaitComp
+                } else {
+                    Stage::AwaitAck
+                },
+                item,
+            }),
+            _ => self.queue.push_back(item),
+        }
     }
 }
 
@@ -417,6 +435,45 @@ mod tests {
             ids,
             vec![u16::MAX, 1, 2],
             "ids wrap past 0, which is never used"
+        );
+    }
+
+    #[test]
+    fn export_restore_keeps_ids_and_stages() {
+        let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+        s.online = true;
+        s.enqueue(msg(1, QoS::AtLeastOnce));
+        s.enqueue(msg(2, QoS::ExactlyOnce));
+        s.enqueue(msg(3, QoS::AtLeastOnce));
+        s.next_outgoing().unwrap();
+        let Some(Outgoing::Publish { pkid: Some(p2), .. }) = s.next_outgoing() else {
+            panic!()
+        };
+        s.on_pubrec(p2);
+        // The third stays queued: limit the window to two by sending no more.
+        let mut restored = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+        let exported = s.export();
+        assert_eq!(exported.len(), 3);
+        for (item, pkid, released) in exported {
+            restored.restore(item, pkid, released);
+        }
+        let resend = restored.resend_on_resume();
+        assert!(matches!(
+            &resend[0],
+            Outgoing::Publish {
+                pkid: Some(1),
+                dup: true,
+                ..
+            }
+        ));
+        assert!(matches!(resend[1], Outgoing::PubRel(id) if id == p2));
+        restored.online = true;
+        let Some(Outgoing::Publish { pkid: Some(p3), .. }) = restored.next_outgoing() else {
+            panic!()
+        };
+        assert!(
+            p3 != 1 && p3 != p2,
+            "a restored id is not reused while inflight"
         );
     }
 

@@ -21,10 +21,14 @@ pub struct StoredMessage {
     pub msg: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
+    /// Set for a delivery that was in flight: its packet id, kept across restarts.
+    pub pkid: Option<u16>,
+    /// PUBREL was sent (QoS 2): only PUBCOMP is awaited.
+    pub released: bool,
 }
 
 /// A clean-session-0 session as it is persisted: subscriptions and undelivered messages
-/// (unacknowledged inflight ones first, in send order, then the queue).
+/// (inflight ones first, in send order, with their packet ids; then the queue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
     pub client_id: ByteString,
@@ -83,7 +87,8 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS pending (
         client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
         payload BLOB NOT NULL, msg_qos INTEGER NOT NULL, qos INTEGER NOT NULL,
-        retain INTEGER NOT NULL, publisher TEXT NOT NULL,
+        retain INTEGER NOT NULL, publisher TEXT NOT NULL, pkid INTEGER,
+        released INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (client_id, seq));
     CREATE TABLE IF NOT EXISTS retained (
         topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
@@ -116,8 +121,8 @@ impl SqliteStore {
         let mut subs =
             conn.prepare("SELECT filter, qos FROM subscriptions WHERE client_id = ?1")?;
         let mut pending = conn.prepare(
-            "SELECT topic, payload, msg_qos, qos, retain, publisher FROM pending \
-             WHERE client_id = ?1 ORDER BY seq",
+            "SELECT topic, payload, msg_qos, qos, retain, publisher, pkid, released \
+             FROM pending WHERE client_id = ?1 ORDER BY seq",
         )?;
         for id in ids {
             let subscriptions = subs
@@ -140,6 +145,11 @@ impl SqliteStore {
                         }),
                         qos: qos_of(row.get(3)?),
                         retain: row.get::<_, i64>(4)? != 0,
+                        pkid: row
+                            .get::<_, Option<i64>>(6)?
+                            .and_then(|id| u16::try_from(id).ok())
+                            .filter(|&id| id != 0),
+                        released: row.get::<_, i64>(7)? != 0,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -182,7 +192,7 @@ impl SqliteStore {
             )?;
             let mut add_pending = tx.prepare(
                 "INSERT INTO pending (client_id, seq, topic, payload, msg_qos, qos, retain, \
-                 publisher) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 publisher, pkid, released) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for s in sessions {
                 let id: &str = &s.client_id;
@@ -202,7 +212,9 @@ impl SqliteStore {
                         p.msg.qos as i64,
                         p.qos as i64,
                         i64::from(p.retain),
-                        publisher
+                        publisher,
+                        p.pkid.map(i64::from),
+                        i64::from(p.released)
                     ])?;
                 }
             }
@@ -271,11 +283,22 @@ mod tests {
         let snap = SessionSnapshot {
             client_id: ByteString::from("c1"),
             subscriptions: vec![(ByteString::from("a/#"), QoS::AtLeastOnce)],
-            pending: vec![StoredMessage {
-                msg: msg.clone(),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-            }],
+            pending: vec![
+                StoredMessage {
+                    msg: msg.clone(),
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    pkid: Some(7),
+                    released: true,
+                },
+                StoredMessage {
+                    msg: msg.clone(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    pkid: None,
+                    released: false,
+                },
+            ],
         };
         let retained = Arc::new(Message {
             retain: true,

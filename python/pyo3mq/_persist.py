@@ -22,7 +22,10 @@ def _session(raw: tuple[Any, ...]) -> SessionRecord:
     return SessionRecord(
         client_id,
         [(f, q) for f, q in subscriptions],
-        [StoredMessage(t, bytes(p), q, dq, r, pub) for t, p, q, dq, r, pub in pending],
+        [
+            StoredMessage(t, bytes(p), q, dq, r, pub, pkid, rel)
+            for t, p, q, dq, r, pub, pkid, rel in pending
+        ],
     )
 
 
@@ -49,7 +52,16 @@ class Persister:
                     s.client_id,
                     list(s.subscriptions),
                     [
-                        (m.topic, m.payload, m.qos, m.delivery_qos, m.retain, m.publisher)
+                        (
+                            m.topic,
+                            m.payload,
+                            m.qos,
+                            m.delivery_qos,
+                            m.retain,
+                            m.publisher,
+                            m.packet_id,
+                            m.released,
+                        )
                         for m in s.pending
                     ],
                 )

@@ -34,13 +34,23 @@ class BrokerCore:
     def seed(
         self,
         sessions: list[
-            tuple[str, list[tuple[str, int]], list[tuple[str, bytes, int, int, bool, str]]]
+            tuple[
+                str,
+                list[tuple[str, int]],
+                list[tuple[str, bytes, int, int, bool, str, int | None, bool]],
+            ]
         ],
         retained: list[tuple[str, bytes, int, str]],
     ) -> None: ...
     def snapshot(
         self,
     ) -> tuple[
-        list[tuple[str, list[tuple[str, int]], list[tuple[str, bytes, int, int, bool, str]]]],
+        list[
+            tuple[
+                str,
+                list[tuple[str, int]],
+                list[tuple[str, bytes, int, int, bool, str, int | None, bool]],
+            ]
+        ],
         list[tuple[str, bytes, int, str]],
     ]: ...

@@ -67,11 +67,16 @@ class StoredMessage:
     delivery_qos: int
     retain: bool
     publisher: str
+    #: Packet id of a delivery that was in flight (resent with it on resume), else None.
+    packet_id: int | None = None
+    #: True when PUBREL was sent for this QoS 2 delivery (only PUBCOMP is awaited).
+    released: bool = False
 
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """A clean-session-0 session: subscriptions and undelivered messages, oldest first."""
+    """A clean-session-0 session: subscriptions and undelivered messages, oldest first
+    (deliveries in flight, with their packet ids, then the queue)."""
 
     client_id: str
     subscriptions: list[tuple[str, int]]
