@@ -116,7 +116,9 @@ impl BrokerCore {
     /// Binds the listeners and starts serving; returns the bound (host, port) pairs.
     /// With `event_loop` and `dispatch`, the hooks named in `wanted` call into Python:
     /// `dispatch(batch)` is scheduled on `event_loop` with `call_soon_threadsafe`.
-    #[pyo3(signature = (event_loop=None, dispatch=None, auth=false, authorize=false, events=false))]
+    #[pyo3(signature = (
+        event_loop=None, dispatch=None, auth=false, authorize=false, events=false, intercept=false
+    ))]
     fn start(
         &self,
         py: Python<'_>,
@@ -125,6 +127,7 @@ impl BrokerCore {
         auth: bool,
         authorize: bool,
         events: bool,
+        intercept: bool,
     ) -> PyResult<Vec<(String, u16)>> {
         let mut slot = self.running.lock();
         if slot.is_some() {
@@ -134,6 +137,7 @@ impl BrokerCore {
             auth,
             authorize,
             events,
+            intercept,
         };
         let bridge = match (event_loop, dispatch) {
             (Some(event_loop), Some(dispatch)) => Some(PyBridge::start(event_loop, dispatch)),
@@ -149,6 +153,9 @@ impl BrokerCore {
             }
             if wanted.events {
                 hooks.events = Some(Arc::new(bridge.clone()));
+            }
+            if wanted.intercept {
+                hooks.interceptor = Some(Arc::new(bridge.clone()));
             }
         }
         let config = self.config.clone();

@@ -217,7 +217,10 @@ impl fmt::Display for ClientError {
                 refusal_reason(*code)
             ),
             ClientError::Protocol(msg) => {
-                write!(f, "protocol error from the server, connection closed: {msg}")
+                write!(
+                    f,
+                    "protocol error from the server, connection closed: {msg}"
+                )
             }
             ClientError::ConnectFailed(msg) => write!(f, "could not connect: {msg}"),
             ClientError::ConnectionLost(msg) => write!(f, "connection lost: {msg}"),
@@ -853,7 +856,10 @@ impl State {
                         self.encode(&Packet::PubRel(id))?;
                     }
                     None => {
-                        tracing::debug!(pkid = id, "client: PUBREC for an unknown packet id ignored")
+                        tracing::debug!(
+                            pkid = id,
+                            "client: PUBREC for an unknown packet id ignored"
+                        )
                     }
                 }
             }
@@ -870,7 +876,10 @@ impl State {
                 {
                     self.finish_flight(i);
                 } else {
-                    tracing::debug!(pkid = id, "client: PUBCOMP for an unknown packet id ignored");
+                    tracing::debug!(
+                        pkid = id,
+                        "client: PUBCOMP for an unknown packet id ignored"
+                    );
                 }
             }
             Packet::SubAck(ack) => match self.requests.remove(&ack.pkid) {
@@ -908,7 +917,9 @@ impl State {
                         request_name(&other)
                     )));
                 }
-                None => tracing::debug!(pkid = ack.pkid, "client: SUBACK for an unknown id ignored"),
+                None => {
+                    tracing::debug!(pkid = ack.pkid, "client: SUBACK for an unknown id ignored")
+                }
             },
             Packet::UnsubAck(id) => match self.requests.remove(&id) {
                 Some(Request::Unsubscribe { token, filters }) => {
@@ -1434,12 +1445,10 @@ impl Shared {
                             // keepalive, and also when the server has been silent that
                             // long: that is how a vanished server is noticed.
                             let due = ka.saturating_sub(tick);
-                            if now.saturating_duration_since(st.last_write) >= due
-                                || now.saturating_duration_since(st.last_read) >= due
-                            {
-                                if st.encode(&Packet::PingReq).is_ok() {
-                                    st.ping_outstanding = Some(now);
-                                }
+                            let idle = now.saturating_duration_since(st.last_write) >= due
+                                || now.saturating_duration_since(st.last_read) >= due;
+                            if idle && st.encode(&Packet::PingReq).is_ok() {
+                                st.ping_outstanding = Some(now);
                             }
                             false
                         }
@@ -1715,7 +1724,10 @@ mod tests {
         let [Packet::Publish(p)] = packets.as_slice() else {
             panic!("{packets:?}")
         };
-        assert_eq!((&*p.topic, &p.payload[..], p.retain), ("a/b", &b"hi"[..], true));
+        assert_eq!(
+            (&*p.topic, &p.payload[..], p.retain),
+            ("a/b", &b"hi"[..], true)
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Python bindings of the MQTT client (`ClientCore`, `Message`); `pyo3mq.Client` in
+//! Python bindings of the MQTT client (`ClientCore`, `ClientMessage`); `pyo3mq.Client` in
 //! `python/pyo3mq/client.py` is the public face.
 //!
 //! The boundary is deliberately narrow. Calls from Python (`publish`, `subscribe`, ...)
@@ -30,7 +30,8 @@ const FULL: i64 = -1;
 const CLOSED: i64 = -2;
 
 fn qos_from(value: u8) -> PyResult<QoS> {
-    QoS::from_u8(value).ok_or_else(|| PyValueError::new_err(format!("qos must be 0, 1 or 2, not {value}")))
+    QoS::from_u8(value)
+        .ok_or_else(|| PyValueError::new_err(format!("qos must be 0, 1 or 2, not {value}")))
 }
 
 /// Calls `f` with the bytes of a payload: bytes, bytearray, str (UTF-8), int or float (their
@@ -77,7 +78,9 @@ fn with_str<R>(obj: &Bound<'_, PyString>, f: impl FnOnce(&str) -> R) -> PyResult
 fn submitted(result: Result<Submitted, String>) -> PyResult<i64> {
     match result.map_err(PyValueError::new_err)? {
         Submitted::Sent => Ok(SENT),
-        Submitted::Token(t) => i64::try_from(t).map_err(|_| PyRuntimeError::new_err("token overflow")),
+        Submitted::Token(t) => {
+            i64::try_from(t).map_err(|_| PyRuntimeError::new_err("token overflow"))
+        }
         Submitted::Full => Ok(FULL),
         Submitted::Closed => Ok(CLOSED),
     }
@@ -95,22 +98,27 @@ fn state_tuple<'py>(py: Python<'py>, s: &StateChange) -> PyResult<Bound<'py, PyT
     (s.state as u8, s.session_present, error).into_pyobject(py)
 }
 
-fn outcome_tuple<'py>(py: Python<'py>, token: u64, outcome: &Outcome) -> PyResult<Bound<'py, PyTuple>> {
+fn outcome_tuple<'py>(
+    py: Python<'py>,
+    token: u64,
+    outcome: &Outcome,
+) -> PyResult<Bound<'py, PyTuple>> {
     let (ok, value): (bool, Bound<'py, PyAny>) = match outcome {
         Outcome::Done => (true, py.None().into_bound(py)),
-        Outcome::Connected(session_present) => {
-            (true, PyBool::new(py, *session_present).to_owned().into_any())
-        }
+        Outcome::Connected(session_present) => (
+            true,
+            PyBool::new(py, *session_present).to_owned().into_any(),
+        ),
         Outcome::Granted(codes) => (true, PyList::new(py, codes)?.into_any()),
         Outcome::Failed(e) => (false, error_tuple(py, e)?.into_any()),
     };
     (token, ok, value).into_pyobject(py)
 }
 
-fn message_object(py: Python<'_>, m: Incoming) -> PyResult<Py<Message>> {
+fn message_object(py: Python<'_>, m: Incoming) -> PyResult<Py<ClientMessage>> {
     Py::new(
         py,
-        Message {
+        ClientMessage {
             topic: PyString::new(py, &m.topic).unbind(),
             payload: PyBytes::new(py, &m.payload).unbind(),
             qos: m.qos as u8,
@@ -131,7 +139,7 @@ fn messages_list(py: Python<'_>, messages: Vec<Incoming>) -> PyResult<Bound<'_, 
 
 /// A message received from the server.
 #[pyclass(frozen, module = "pyo3mq._pyo3mq")]
-pub struct Message {
+pub struct ClientMessage {
     topic: Py<PyString>,
     payload: Py<PyBytes>,
     qos: u8,
@@ -141,7 +149,7 @@ pub struct Message {
 }
 
 #[pymethods]
-impl Message {
+impl ClientMessage {
     #[new]
     #[pyo3(signature = (topic, payload, qos = 0, retain = false, dup = false, mid = 0))]
     fn new(
@@ -155,7 +163,7 @@ impl Message {
         qos_from(qos)?;
         let py = topic.py();
         let payload = with_payload(payload, |b| PyBytes::new(py, b).unbind())?;
-        Ok(Message {
+        Ok(ClientMessage {
             topic: topic.unbind(),
             payload,
             qos,
@@ -210,7 +218,7 @@ impl Message {
         let topic = self.topic.bind(py).repr()?;
         let payload = self.payload.bind(py).repr()?;
         Ok(format!(
-            "Message(topic={topic}, payload={payload}, qos={}, retain={}, dup={}, mid={})",
+            "ClientMessage(topic={topic}, payload={payload}, qos={}, retain={}, dup={}, mid={})",
             self.qos,
             if self.retain { "True" } else { "False" },
             if self.dup { "True" } else { "False" },
@@ -261,8 +269,9 @@ impl ClientCore {
             }
         };
         let seconds = |name: &str, value: f64| {
-            Duration::try_from_secs_f64(value)
-                .map_err(|_| PyValueError::new_err(format!("{name} must be a non-negative number of seconds")))
+            Duration::try_from_secs_f64(value).map_err(|_| {
+                PyValueError::new_err(format!("{name} must be a non-negative number of seconds"))
+            })
         };
         let will = match will {
             Some((topic, payload, qos, retain)) => Some(LastWill {
@@ -330,7 +339,9 @@ impl ClientCore {
         retain: bool,
     ) -> PyResult<i64> {
         let qos = qos_from(qos)?;
-        let result = with_str(topic, |t| with_payload(payload, |p| self.inner.publish(t, p, qos, retain)))??;
+        let result = with_str(topic, |t| {
+            with_payload(payload, |p| self.inner.publish(t, p, qos, retain))
+        })??;
         submitted(result)
     }
 
@@ -418,6 +429,6 @@ impl ClientCore {
 /// Adds the client's classes to the `_pyo3mq` module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ClientCore>()?;
-    m.add_class::<Message>()?;
+    m.add_class::<ClientMessage>()?;
     Ok(())
 }

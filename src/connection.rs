@@ -182,6 +182,8 @@ pub struct Connection {
     batch: Vec<Outgoing>,
     /// Topic -> (allowed, decided at): publish decisions reused for `acl_cache_ttl`.
     acl_cache: HashMap<ByteString, (bool, Instant)>,
+    /// PUBLISHes of the current read awaiting the interceptor's verdict.
+    intercepted: Vec<Arc<Message>>,
 }
 
 impl Connection {
@@ -205,6 +207,7 @@ impl Connection {
             scratch: Vec::new(),
             batch: Vec::new(),
             acl_cache: HashMap::new(),
+            intercepted: Vec::new(),
         }
     }
 
@@ -579,16 +582,51 @@ impl Connection {
 
     /// Handles every complete packet in the read buffer.
     async fn handle_buffered(&mut self, session: &Arc<Session>) -> Option<Close> {
-        loop {
+        let close = loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => {
                     if let Some(close) = self.handle(packet, session).await {
-                        return Some(close);
+                        break Some(close);
                     }
                 }
-                Ok(None) => return None,
-                Err(err) => return Some(Close::Protocol(err.to_string())),
+                Ok(None) => break None,
+                Err(err) => break Some(Close::Protocol(err.to_string())),
             }
+        };
+        // Acknowledged messages are routed even if the connection is now closing.
+        self.route_intercepted().await;
+        close
+    }
+
+    /// Routes a message, through the interceptor when there is one (batched per read).
+    fn route(&mut self, msg: Arc<Message>) {
+        if self.router.hooks().interceptor.is_some() {
+            self.intercepted.push(msg);
+        } else {
+            self.router.publish(msg, &mut self.scratch);
+        }
+    }
+
+    async fn route_intercepted(&mut self) {
+        if self.intercepted.is_empty() {
+            return;
+        }
+        let Some(interceptor) = self.router.hooks().interceptor.clone() else {
+            return;
+        };
+        let batch = std::mem::take(&mut self.intercepted);
+        let count = batch.len();
+        let limit = self.router.config().auth_timeout;
+        let verdicts = match timeout(limit, interceptor.intercept(&self.client_info(), batch)).await
+        {
+            Ok(verdicts) => verdicts,
+            Err(_) => {
+                warn!(client_id = %self.client_id, "on_message timed out: {count} message(s) dropped");
+                return;
+            }
+        };
+        for msg in verdicts.into_iter().flatten() {
+            self.router.publish(msg, &mut self.scratch);
         }
     }
 
@@ -610,19 +648,19 @@ impl Connection {
                 match (publish.qos, publish.pkid) {
                     (QoS::AtMostOnce, _) => {
                         if allowed {
-                            self.router.publish(msg, &mut self.scratch);
+                            self.route(msg);
                         }
                     }
                     (QoS::AtLeastOnce, Some(pkid)) => {
                         if allowed {
-                            self.router.publish(msg, &mut self.scratch);
+                            self.route(msg);
                         }
                         self.out.put_packet(&Packet::PubAck(pkid));
                     }
                     (QoS::ExactlyOnce, Some(pkid)) => {
                         // A repeat before PUBREL is acknowledged, not delivered again.
                         if session.state.lock().on_inbound_qos2(pkid) && allowed {
-                            self.router.publish(msg, &mut self.scratch);
+                            self.route(msg);
                         }
                         self.out.put_packet(&Packet::PubRec(pkid));
                     }

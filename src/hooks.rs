@@ -20,6 +20,7 @@ use bytestring::ByteString;
 use sha2::{Digest, Sha512};
 
 use crate::codec::{ConnectReturnCode, Protocol, QoS};
+use crate::session::Message;
 use crate::topic;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -63,6 +64,17 @@ pub trait Authorizer: Send + Sync {
     /// Whether the client may publish to `topic`. A refused message is acknowledged and
     /// dropped [MQTT-3.3.5-2].
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<bool>;
+}
+
+/// Sees every published message before it is routed, in batches (all the PUBLISHes of
+/// one read from a connection), and may drop (`None`) or replace each. The publishing
+/// connection waits for the verdict, so a slow interceptor slows its publishers.
+pub trait Interceptor: Send + Sync {
+    fn intercept(
+        &self,
+        client: &ClientInfo,
+        batch: Vec<Arc<Message>>,
+    ) -> BoxFuture<Vec<Option<Arc<Message>>>>;
 }
 
 /// Why a connection ended, as events report it.
@@ -125,6 +137,7 @@ pub struct Hooks {
     pub authenticator: Option<Arc<dyn Authenticator>>,
     pub authorizer: Option<Arc<dyn Authorizer>>,
     pub events: Option<Arc<dyn EventSink>>,
+    pub interceptor: Option<Arc<dyn Interceptor>>,
 }
 
 impl fmt::Debug for Hooks {
@@ -133,6 +146,7 @@ impl fmt::Debug for Hooks {
             .field("authenticator", &self.authenticator.is_some())
             .field("authorizer", &self.authorizer.is_some())
             .field("events", &self.events.is_some())
+            .field("interceptor", &self.interceptor.is_some())
             .finish()
     }
 }

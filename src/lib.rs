@@ -4,6 +4,7 @@
 //! thin over the plain Rust core below, which builds and tests without Python when the
 //! default `python` feature is off.
 
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -16,6 +17,8 @@ pub mod topic;
 
 #[cfg(feature = "python")]
 mod broker_bindings;
+#[cfg(feature = "python")]
+mod client_bindings;
 #[cfg(feature = "python")]
 mod py_bridge;
 
@@ -63,5 +66,6 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<broker_bindings::BrokerCore>()?;
     m.add_class::<py_bridge::ReplyHandle>()?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    client_bindings::register(m)?;
     Ok(())
 }

@@ -23,9 +23,10 @@ use tracing::{error, warn};
 use crate::codec::{ConnectReturnCode, QoS};
 use crate::hooks::{
     AuthDecision, AuthRequest, Authenticator, Authorizer, BoxFuture, ClientInfo, Event, EventSink,
+    Interceptor,
 };
 use crate::router::{Router, Session};
-use crate::session::Queued;
+use crate::session::{Message, Queued};
 
 /// Items crossing into Python per `call_soon_threadsafe`.
 const MAX_BATCH: usize = 512;
@@ -40,12 +41,21 @@ enum Work {
     Publish(ClientInfo, ByteString, oneshot::Sender<bool>),
     Event(Event),
     Messages(u64, Vec<Queued>),
+    Intercept(
+        ClientInfo,
+        Vec<Arc<Message>>,
+        oneshot::Sender<Vec<Option<Arc<Message>>>>,
+    ),
 }
 
 enum Reply {
     Auth(oneshot::Sender<AuthDecision>),
     Subscribe(oneshot::Sender<Option<QoS>>),
     Publish(oneshot::Sender<bool>),
+    Intercept(
+        oneshot::Sender<Vec<Option<Arc<Message>>>>,
+        Vec<Arc<Message>>,
+    ),
 }
 
 /// Python's answer to one request. Dropping it unanswered denies.
@@ -84,6 +94,36 @@ impl ReplyHandle {
             Reply::Publish(tx) => {
                 let _ = tx.send(value.extract::<bool>()?);
             }
+            Reply::Intercept(tx, originals) => {
+                // One verdict per message: None drops it, True keeps it, and a tuple
+                // (topic, payload, qos, retain) replaces it.
+                let verdicts: Vec<Bound<'_, PyAny>> = value.extract()?;
+                if verdicts.len() != originals.len() {
+                    return Err(PyValueError::new_err("one verdict per message is required"));
+                }
+                let mut out = Vec::with_capacity(originals.len());
+                for (verdict, original) in verdicts.iter().zip(originals) {
+                    out.push(if verdict.is_none() {
+                        None
+                    } else if let Ok(keep) = verdict.extract::<bool>() {
+                        keep.then_some(original)
+                    } else {
+                        let (topic, payload, qos, retain): (String, Vec<u8>, u8, bool) =
+                            verdict.extract()?;
+                        crate::topic::validate_topic_name(&topic)
+                            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                        Some(Arc::new(Message {
+                            topic: ByteString::from(topic),
+                            payload: bytes::Bytes::from(payload),
+                            qos: QoS::from_u8(qos)
+                                .ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?,
+                            retain,
+                            publisher: original.publisher.clone(),
+                        }))
+                    });
+                }
+                let _ = tx.send(out);
+            }
         }
         Ok(())
     }
@@ -95,6 +135,7 @@ pub struct Wanted {
     pub auth: bool,
     pub authorize: bool,
     pub events: bool,
+    pub intercept: bool,
 }
 
 /// The Rust end of the bridge: implements the broker's hook traits by sending work to
@@ -198,6 +239,24 @@ impl Authorizer for PyBridge {
     }
 }
 
+impl Interceptor for PyBridge {
+    fn intercept(
+        &self,
+        client: &ClientInfo,
+        batch: Vec<Arc<Message>>,
+    ) -> BoxFuture<Vec<Option<Arc<Message>>>> {
+        let bridge = self.clone();
+        let client = client.clone();
+        Box::pin(async move {
+            // A failed interceptor drops the batch, like any failed hook denies.
+            bridge
+                .request(|tx| Work::Intercept(client, batch, tx))
+                .await
+                .unwrap_or_default()
+        })
+    }
+}
+
 impl EventSink for PyBridge {
     fn event(&self, event: Event) {
         // Observers never slow a connection: a full queue drops the event.
@@ -282,6 +341,25 @@ fn to_python<'py>(
             )
                 .into_pyobject(py)?,
             Work::Event(event) => event_tuple(py, event)?,
+            Work::Intercept(client, batch, tx) => {
+                let items = PyList::empty(py);
+                for m in &batch {
+                    items.append((
+                        m.topic.deref(),
+                        PyBytes::new(py, &m.payload),
+                        m.qos as u8,
+                        m.retain,
+                        m.publisher.deref(),
+                    ))?;
+                }
+                (
+                    "intercept",
+                    client_tuple(py, &client)?,
+                    items,
+                    handle(py, Reply::Intercept(tx, batch))?,
+                )
+                    .into_pyobject(py)?
+            }
             Work::Messages(id, messages) => {
                 let items = PyList::empty(py);
                 for q in messages {
@@ -290,7 +368,8 @@ fn to_python<'py>(
                         m.topic.deref(),
                         PyBytes::new(py, &m.payload),
                         q.qos as u8,
-                        m.retain,
+                        // The delivery's flag: 1 only for a replay on subscribe.
+                        q.retain,
                         m.publisher.deref(),
                     ))?;
                 }

@@ -54,7 +54,9 @@ class Dispatcher:
         authorize_publish: Callable[..., Any] | None,
         handlers: dict[str, list[Callable[[Any], Any]]],
         deliver: Callable[[int, list[Message]], None],
+        intercept: Callable[[Message], Any] | None = None,
     ) -> None:
+        self._intercept = intercept
         self._loop = loop
         self._timeout = timeout
         self._authenticate = authenticate
@@ -76,6 +78,8 @@ class Dispatcher:
                     self._spawn(self._sub(*item[1:]))
                 elif kind == "authorize_publish":
                     self._spawn(self._pub(*item[1:]))
+                elif kind == "intercept":
+                    self._spawn(self._on_messages(*item[1:]))
                 else:
                     self._event(kind, item[1:])
             except Exception:
@@ -158,6 +162,36 @@ class Dispatcher:
         except Exception:
             logger.exception("pyo3mq: authorize_publish(%r, %r) failed: denied", info, topic)
         reply.resolve(allowed)
+
+    async def _on_messages(
+        self, client: tuple[str, str | None], raw: list[tuple[Any, ...]], reply: Any
+    ) -> None:
+        """Runs the interceptor over one batch; a message whose call fails is dropped."""
+        hook = self._intercept
+        verdicts: list[Any] = []
+        for fields in raw:
+            message = Message(*fields)
+            verdict: Any = None
+            try:
+                assert hook is not None
+                result = hook(message)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, self._timeout)
+                if result is True or result is message:
+                    verdict = True
+                elif isinstance(result, Message):
+                    verdict = (result.topic, bytes(result.payload), result.qos, result.retain)
+                elif result is None or result is False:
+                    verdict = None
+                else:
+                    raise _Denied(f"on_message() returned {result!r}")
+            except Exception:
+                logger.exception("pyo3mq: on_message failed: message on %r dropped", message.topic)
+            verdicts.append(verdict)
+        try:
+            reply.resolve(verdicts)
+        except Exception:
+            logger.exception("pyo3mq: on_message verdicts refused: batch dropped")
 
     def _event(self, kind: str, fields: tuple[Any, ...]) -> None:
         handlers = self._handlers.get(kind)

@@ -22,6 +22,7 @@ class BrokerCore:
         auth: bool = False,
         authorize: bool = False,
         events: bool = False,
+        intercept: bool = False,
     ) -> list[tuple[str, int]]: ...
     def stop(self) -> None: ...
     @property
@@ -54,3 +55,81 @@ class BrokerCore:
         ],
         list[tuple[str, bytes, int, str]],
     ]: ...
+
+# --- client ---
+
+class ClientMessage:
+    """A message received by a `pyo3mq.Client`."""
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes | bytearray | str | int | float | None,
+        qos: int = 0,
+        retain: bool = False,
+        dup: bool = False,
+        mid: int = 0,
+    ) -> None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def qos(self) -> int: ...
+    @property
+    def retain(self) -> bool: ...
+    @property
+    def dup(self) -> bool: ...
+    @property
+    def mid(self) -> int: ...
+    def matches(self, filter: str) -> bool: ...
+
+class ClientCore:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        clean_session: bool,
+        keepalive: int,
+        username: str | None,
+        password: str | bytes | None,
+        will: tuple[str, bytes | bytearray | str | int | float | None, int, bool] | None,
+        protocol: int,
+        connect_timeout: float,
+        max_inflight: int,
+        max_buffered_bytes: int,
+        max_queued_incoming: int,
+        max_packet_size: int,
+        reconnect: tuple[float, float, int | None] | None,
+    ) -> None: ...
+    @property
+    def wake_fd(self) -> int: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def queued_messages(self) -> int: ...
+    @property
+    def state(self) -> int: ...
+    def connect(self) -> int: ...
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | bytearray | str | int | float | None,
+        qos: int,
+        retain: bool,
+    ) -> int: ...
+    def subscribe(self, filters: list[tuple[str, int]]) -> int: ...
+    def unsubscribe(self, filters: list[str]) -> int: ...
+    def disconnect(self) -> int: ...
+    def drain(
+        self, max_messages: int
+    ) -> tuple[
+        list[tuple[int, bool, Any]] | None,
+        list[tuple[int, bool, tuple[int, int, str] | None]] | None,
+        list[ClientMessage] | None,
+        bool,
+    ]: ...
+    def take_messages(self, max: int) -> list[ClientMessage]: ...
+    def last_error(self) -> tuple[int, int, str] | None: ...

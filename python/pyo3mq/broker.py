@@ -181,6 +181,7 @@ class Broker:
         on_subscribe: Callable[[SubscribeEvent], Any] | None = None,
         on_unsubscribe: Callable[[UnsubscribeEvent], Any] | None = None,
         session_store: str | SessionStore | None = None,
+        on_message: Callable[[Message], Any] | None = None,
         **settings: Any,
     ) -> None:
         self._store: SessionStore | None = None
@@ -201,6 +202,10 @@ class Broker:
         self._persister = Persister(self._core, self._store) if self._store else None
         self._persist_task: asyncio.Task[None] | None = None
         self._addresses: list[tuple[str, int]] = []
+        #: Sees every published message before routing; may return it (or True) to
+        #: keep it, None/False to drop it, or another Message to replace it. Runs in
+        #: batches on the loop, and the publishers wait for it: it costs throughput.
+        self.on_message = on_message
         self.authenticator = authenticator
         self.authorizer = authorizer
         self._handlers: dict[str, list[Handler]] = {
@@ -278,6 +283,7 @@ class Broker:
             authorize_publish=getattr(self.authorizer, "authorize_publish", None),
             handlers=self._handlers,
             deliver=self._deliver,
+            intercept=self.on_message,
         )
         self._loop = loop
         self._addresses = self._core.start(
@@ -286,6 +292,7 @@ class Broker:
             auth=authenticate is not None,
             authorize=self.authorizer is not None,
             events=any(self._handlers.values()),
+            intercept=self.on_message is not None,
         )
 
     def _deliver(self, subscription_id: int, messages: list[Message]) -> None:
@@ -299,6 +306,7 @@ class Broker:
             or self.authorizer is not None
             or any(self._handlers.values())
             or self._store is not None
+            or self.on_message is not None
         )
 
     def start(self) -> None:

@@ -1,0 +1,641 @@
+"""`Client`: an asyncio MQTT 3.1/3.1.1 client whose protocol work runs in Rust.
+
+```python
+async with Client("127.0.0.1", 1883, client_id="sensor-1") as client:
+    await client.subscribe("cmd/#", qos=1)
+    await client.publish("status", b"online", qos=1, retain=True)
+    async for message in client.messages:
+        print(message.topic, message.payload)
+```
+
+The socket, the codec, packet ids, the inflight window, QoS 1/2 flows, keepalive pings
+and reconnects live in Rust (`src/client.rs`) on a process-wide tokio runtime. Python
+calls into it only to hand over work, which never waits on I/O. Rust answers through a
+wake socket this loop watches (`loop.add_reader`): one wake-up drains every completion,
+state change and message that arrived meanwhile, so a burst of acknowledgements or
+messages costs one hand-off, not one per packet.
+
+`publish()` starts publishing at once and returns an awaitable (an `asyncio.Future`):
+awaiting it waits for hand-over (QoS 0), PUBACK (QoS 1) or PUBCOMP (QoS 2). Many
+publishes can be started and awaited together (`asyncio.gather(*futures)`) without any
+per-message round trip between Python and Rust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Union
+
+from pyo3mq._pyo3mq import ClientCore, ClientMessage, MqttError
+
+__all__ = [
+    "Client",
+    "ClientMessage",
+    "ConnectionState",
+    "MQTTv31",
+    "MQTTv311",
+    "MessagesIterator",
+    "MqttBadUsernameOrPasswordError",
+    "MqttConnectRefusedError",
+    "MqttConnectionError",
+    "MqttIdentifierRejectedError",
+    "MqttNotAuthorizedError",
+    "MqttProtocolError",
+    "MqttServerUnavailableError",
+    "MqttSubscribeError",
+    "MqttTimeoutError",
+    "MqttUnacceptableProtocolVersionError",
+    "PayloadType",
+    "Reconnect",
+    "StateChange",
+    "Will",
+]
+
+#: MQTT 3.1 (protocol name `MQIsdp`, level 3).
+MQTTv31: Final = 3
+#: MQTT 3.1.1 (protocol name `MQTT`, level 4).
+MQTTv311: Final = 4
+
+#: What `publish` accepts as a payload: str is sent as UTF-8, int and float as their
+#: decimal text, None as an empty payload.
+PayloadType = Union[str, bytes, bytearray, int, float, None]
+
+#: Messages moved from Rust to Python per hand-off.
+_BATCH: Final = 1024
+#: `ClientCore.publish` results other than a token.
+_SENT: Final = 0
+_FULL: Final = -1
+
+
+# --------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------
+
+
+class MqttConnectionError(MqttError):
+    """The client is not connected: the connection could not be made, was lost, or the
+    client was closed. Every error that ends a connection derives from this class."""
+
+
+class MqttTimeoutError(MqttConnectionError, TimeoutError):
+    """No CONNACK within the timeout, or no PINGRESP within the keepalive (the server
+    vanished)."""
+
+
+class MqttProtocolError(MqttConnectionError):
+    """The server sent a malformed packet or broke the protocol; the client closed the
+    connection. The message names the rule broken."""
+
+
+class MqttConnectRefusedError(MqttConnectionError):
+    """The server refused the connection; `return_code` is the CONNACK return code."""
+
+    def __init__(self, return_code: int, message: str | None = None) -> None:
+        super().__init__(message or f"connection refused: CONNACK return code {return_code}")
+        self.return_code = return_code
+
+
+class MqttUnacceptableProtocolVersionError(MqttConnectRefusedError):
+    """CONNACK 1: the server does not speak the requested protocol level."""
+
+
+class MqttIdentifierRejectedError(MqttConnectRefusedError):
+    """CONNACK 2: the client id is not allowed."""
+
+
+class MqttServerUnavailableError(MqttConnectRefusedError):
+    """CONNACK 3: the MQTT service is unavailable."""
+
+
+class MqttBadUsernameOrPasswordError(MqttConnectRefusedError):
+    """CONNACK 4: the user name or password is malformed."""
+
+
+class MqttNotAuthorizedError(MqttConnectRefusedError):
+    """CONNACK 5: the client is not authorized to connect."""
+
+
+_REFUSALS: Final[dict[int, type[MqttConnectRefusedError]]] = {
+    1: MqttUnacceptableProtocolVersionError,
+    2: MqttIdentifierRejectedError,
+    3: MqttServerUnavailableError,
+    4: MqttBadUsernameOrPasswordError,
+    5: MqttNotAuthorizedError,
+}
+
+
+class MqttSubscribeError(MqttError):
+    """The server refused at least one topic filter (SUBACK return code 0x80). The
+    filters it granted are subscribed; `return_codes` has one code per filter."""
+
+    def __init__(self, filters: list[tuple[str, int]], return_codes: list[int]) -> None:
+        refused = [f for (f, _), code in zip(filters, return_codes) if code == 0x80]
+        super().__init__(f"the server refused the subscription to {', '.join(refused)}")
+        self.filters = filters
+        self.return_codes = return_codes
+
+
+#: (kind, code, message) as the Rust core reports an error.
+_ErrorTuple = tuple[int, int, str]
+
+
+def _exception(error: _ErrorTuple) -> MqttConnectionError:
+    kind, code, message = error
+    if kind == 1:
+        return _REFUSALS.get(code, MqttConnectRefusedError)(code, message)
+    if kind == 2:
+        return MqttProtocolError(message)
+    if kind == 5:
+        return MqttTimeoutError(message)
+    return MqttConnectionError(message)
+
+
+# --------------------------------------------------------------------------------------
+# Plain types
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the server publishes for the client if it goes away without
+    DISCONNECT."""
+
+    topic: str
+    payload: PayloadType = None
+    qos: int = 0
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Automatic reconnection after a lost connection, with exponential backoff.
+
+    The delay starts at `initial_delay`, doubles per failed attempt up to `max_delay`,
+    and is jittered down by up to half. After `max_attempts` failed attempts in a row
+    (None: never) the client closes. A refusal that retrying cannot fix (CONNACK 1, 2,
+    4 or 5) closes it at once.
+    """
+
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    max_attempts: int | None = None
+
+
+class ConnectionState(enum.Enum):
+    """Where the connection stands."""
+
+    #: `connect()` is waiting for CONNACK.
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    #: The connection was lost; the client is reconnecting (only with `reconnect`).
+    RECONNECTING = "reconnecting"
+    #: Not connected: never connected, disconnected, or lost for good.
+    CLOSED = "closed"
+
+
+_STATES: Final = {
+    0: ConnectionState.CONNECTING,
+    1: ConnectionState.CONNECTED,
+    2: ConnectionState.RECONNECTING,
+    3: ConnectionState.CLOSED,
+}
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A connection state transition, as passed to `on_state_change`."""
+
+    state: ConnectionState
+    #: The server resumed a stored session (CONNECTED on a clean_session=False client).
+    session_present: bool = False
+    #: Why the connection was lost or closed; None for a requested close.
+    error: MqttConnectionError | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------
+
+
+class MessagesIterator:
+    """`async for message in client.messages`: received messages in arrival order.
+
+    Messages wait in Rust (at most `max_queued_incoming`; beyond that the client stops
+    reading the socket) and cross to Python a batch at a time. Iteration ends after a
+    requested disconnect and raises the error after a lost connection.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._buffer: deque[ClientMessage] = deque()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def __aiter__(self) -> MessagesIterator:
+        return self
+
+    async def __anext__(self) -> ClientMessage:
+        buffer = self._buffer
+        while True:
+            if buffer:
+                return buffer.popleft()
+            client = self._client
+            if not client._started:
+                raise MqttConnectionError("the client is not connected")
+            batch = client._core.take_messages(_BATCH)
+            if batch:
+                buffer.extend(batch)
+                continue
+            if client._state is ConnectionState.CLOSED:
+                if client._close_error is not None:
+                    raise _exception(client._close_error)
+                raise StopAsyncIteration
+            waiter: asyncio.Future[None] = client._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+
+    def __len__(self) -> int:
+        """Messages received and not yet iterated."""
+        client = self._client
+        queued = client._core.queued_messages if client._started else 0
+        return len(self._buffer) + queued
+
+    def _wanted(self) -> int:
+        return _BATCH if self._waiters and not self._buffer else 0
+
+    def _feed(self, batch: list[ClientMessage]) -> None:
+        self._buffer.extend(batch)
+        self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+# --------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------
+
+_Deferred = tuple[str, PayloadType, int, bool, "asyncio.Future[None]"]
+
+
+class Client:
+    """An asyncio MQTT 3.1/3.1.1 client.
+
+    >>> async with Client("127.0.0.1", 1883) as client:
+    ...     await client.publish("a/b", b"hello", qos=1)
+
+    Arguments, all keyword-only after `port`:
+
+    - `client_id`: empty lets a 3.1.1 server assign one (then `clean_session` must be
+      True); for MQTT 3.1 an id is generated.
+    - `clean_session`, `keepalive` (seconds, 0 = off), `username`, `password`, `will`.
+    - `protocol`: `MQTTv311` (default) or `MQTTv31`.
+    - `timeout`: seconds for TCP connect plus CONNACK (per attempt), and the bound of a
+      graceful disconnect.
+    - `reconnect`: True or a `Reconnect` for automatic reconnection. With
+      `clean_session=False` the session resumes and unacknowledged publishes are resent
+      with DUP=1 under their original ids; when the server has no session, the client's
+      subscriptions are restored. Publishes made while reconnecting are queued (QoS 0
+      in the write buffer, QoS 1/2 with their completions still pending).
+    - `max_inflight`: outgoing QoS 1/2 publishes awaiting acknowledgement (1-65535);
+      more wait in order for the window.
+    - `max_buffered_bytes`: bytes of outgoing packets not yet written plus publishes
+      waiting for the window; beyond it, `publish()` returns a future that completes
+      once there is room (back-pressure).
+    - `max_queued_incoming`: received messages not yet iterated; beyond it the client
+      stops reading the socket until the application catches up.
+    - `max_packet_size`: largest packet accepted from the server.
+    - `on_state_change`: called on the event loop with a `StateChange` at each
+      transition (CONNECTING, CONNECTED, RECONNECTING, CLOSED).
+    """
+
+    _loop: asyncio.AbstractEventLoop
+    _done: asyncio.Future[None]
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int = 1883,
+        *,
+        client_id: str = "",
+        clean_session: bool = True,
+        keepalive: int = 60,
+        username: str | None = None,
+        password: str | bytes | None = None,
+        will: Will | None = None,
+        protocol: int = MQTTv311,
+        timeout: float = 10.0,
+        reconnect: bool | Reconnect = False,
+        max_inflight: int = 64,
+        max_buffered_bytes: int = 8 * 1024 * 1024,
+        max_queued_incoming: int = 10_000,
+        max_packet_size: int = 268_435_460,
+        on_state_change: Callable[[StateChange], object] | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.port = port
+        policy = Reconnect() if reconnect is True else (reconnect or None)
+        self._core_args: dict[str, Any] = {
+            "client_id": client_id,
+            "clean_session": clean_session,
+            "keepalive": keepalive,
+            "username": username,
+            "password": password,
+            "will": None if will is None else (will.topic, will.payload, will.qos, will.retain),
+            "protocol": protocol,
+            "connect_timeout": timeout,
+            "max_inflight": max_inflight,
+            "max_buffered_bytes": max_buffered_bytes,
+            "max_queued_incoming": max_queued_incoming,
+            "max_packet_size": max_packet_size,
+            "reconnect": None
+            if policy is None
+            else (policy.initial_delay, policy.max_delay, policy.max_attempts),
+        }
+        # Built now so that bad arguments fail here, not at connect time.
+        self._core = self._new_core()
+        self._started = False
+        self._fd: int | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._backlog: deque[_Deferred] = deque()
+        self._state = ConnectionState.CLOSED
+        self._session_present = False
+        self._close_error: _ErrorTuple | None = None
+        self._messages = MessagesIterator(self)
+        self._on_state_change = on_state_change
+        self._state_waiters: list[tuple[ConnectionState, asyncio.Future[None]]] = []
+
+    def _new_core(self) -> ClientCore:
+        return ClientCore(self.hostname, self.port, **self._core_args)
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        """The client id sent to the server (generated for MQTT 3.1 when empty)."""
+        return self._core.client_id
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def is_connected(self) -> bool:
+        return self._state is ConnectionState.CONNECTED
+
+    @property
+    def session_present(self) -> bool:
+        """Whether the server resumed a stored session at the last CONNACK."""
+        return self._session_present
+
+    @property
+    def messages(self) -> MessagesIterator:
+        """Received messages: `async for message in client.messages`."""
+        return self._messages
+
+    # -- connecting ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connects and waits for CONNACK. A refusal raises a `MqttConnectRefusedError`
+        subclass carrying the return code. A client can connect again after it closed."""
+        if self._state is not ConnectionState.CLOSED:
+            raise MqttError(f"the client is already {self._state.value}")
+        loop = asyncio.get_running_loop()
+        if self._started:
+            self._core = self._new_core()
+        core = self._core
+        self._started = True
+        self._loop = loop
+        self._done = loop.create_future()
+        self._done.set_result(None)
+        self._close_error = None
+        self._backlog.clear()
+        self._fd = core.wake_fd
+        loop.add_reader(self._fd, self._on_wake, core)
+        self._set_state(ConnectionState.CONNECTING, False, None)
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending[core.connect()] = future
+        try:
+            await future
+        except asyncio.CancelledError:
+            core.disconnect()
+            raise
+
+    async def disconnect(self) -> None:
+        """Sends what is buffered and DISCONNECT, then closes (bounded by `timeout`).
+        Publishes still awaiting acknowledgement fail with `MqttConnectionError`."""
+        if not self._started or self._state is ConnectionState.CLOSED:
+            return
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pending[self._core.disconnect()] = future
+        await future
+
+    async def wait_for_state(self, state: ConnectionState) -> None:
+        """Returns once the connection is in `state` (at once if it already is)."""
+        if self._state is state:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (state, waiter)
+        self._state_waiters.append(entry)
+        try:
+            await waiter
+        finally:
+            self._state_waiters.remove(entry)
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    # -- publishing and subscribing -----------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: PayloadType = None,
+        qos: int = 0,
+        retain: bool = False,
+    ) -> asyncio.Future[None]:
+        """Publishes `payload` to `topic`, starting at once.
+
+        Returns a future: awaiting it returns when the message is handed over (QoS 0),
+        acknowledged by PUBACK (QoS 1) or completed by PUBCOMP (QoS 2). It raises
+        `MqttConnectionError` (or a subclass) if the client closes first; while it
+        reconnects, QoS 1/2 publishes stay pending and are resent. Bad arguments raise
+        `ValueError` / `TypeError` at the call.
+        """
+        if self._backlog:
+            return self._defer(topic, payload, qos, retain)
+        result = self._core.publish(topic, payload, qos, retain)
+        if result == _SENT:
+            return self._done
+        if result > 0:
+            future: asyncio.Future[None] = self._loop.create_future()
+            self._pending[result] = future
+            return future
+        if result == _FULL:
+            return self._defer(topic, payload, qos, retain)
+        raise self._not_connected()
+
+    async def subscribe(
+        self,
+        topic: str | tuple[str, int] | Iterable[str | tuple[str, int]],
+        qos: int = 0,
+    ) -> list[int]:
+        """Subscribes to one filter or several (`[("a/#", 1), "b"]`; a bare filter gets
+        `qos`). Returns the granted QoS per filter; raises `MqttSubscribeError` if the
+        server refused any (return code 0x80)."""
+        filters = _filters(topic, qos)
+        future: asyncio.Future[list[int]] = self._request(self._core.subscribe(filters))
+        codes = await future
+        if 0x80 in codes:
+            raise MqttSubscribeError(filters, codes)
+        return codes
+
+    async def unsubscribe(self, topic: str | Iterable[str]) -> None:
+        """Unsubscribes from one filter or several; returns on UNSUBACK."""
+        filters = [topic] if isinstance(topic, str) else list(topic)
+        future: asyncio.Future[None] = self._request(self._core.unsubscribe(filters))
+        await future
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _request(self, token: int) -> asyncio.Future[Any]:
+        if token > 0:
+            future: asyncio.Future[Any] = self._loop.create_future()
+            self._pending[token] = future
+            return future
+        if token == _FULL:
+            raise MqttError("too many requests in flight: no packet identifier is free")
+        raise self._not_connected()
+
+    def _not_connected(self) -> MqttConnectionError:
+        if self._started:
+            error = self._close_error or self._core.last_error()
+            if error is not None:
+                return _exception(error)
+        return MqttConnectionError("the client is not connected")
+
+    def _defer(
+        self, topic: str, payload: PayloadType, qos: int, retain: bool
+    ) -> asyncio.Future[None]:
+        # The write buffer is full: wait in order for the room event.
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._backlog.append((topic, payload, qos, retain, future))
+        return future
+
+    def _flush_backlog(self) -> None:
+        backlog = self._backlog
+        core = self._core
+        while backlog:
+            topic, payload, qos, retain, future = backlog[0]
+            if future.done():  # cancelled by its caller: never sent
+                backlog.popleft()
+                continue
+            try:
+                result = core.publish(topic, payload, qos, retain)
+            except (ValueError, TypeError) as exc:
+                backlog.popleft()
+                future.set_exception(exc)
+                continue
+            if result == _FULL:
+                return
+            backlog.popleft()
+            if result == _SENT:
+                future.set_result(None)
+            elif result > 0:
+                self._pending[result] = future
+            else:
+                self._fail_backlog(self._not_connected())
+                return
+
+    def _fail_backlog(self, error: MqttConnectionError) -> None:
+        while self._backlog:
+            future = self._backlog.popleft()[4]
+            _fail(future, error)
+
+    def _on_wake(self, core: ClientCore) -> None:
+        completions, states, messages, room = core.drain(self._messages._wanted())
+        if completions is not None:
+            pending = self._pending
+            for token, ok, value in completions:
+                future = pending.pop(token, None)
+                if future is None or future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    _fail(future, _exception(value))
+        if messages is not None:
+            self._messages._feed(messages)
+        if room:
+            self._flush_backlog()
+        if states is not None:
+            for state, session_present, error in states:
+                if state == 3:  # closed: no more events from this core
+                    self._teardown()
+                    self._close_error = error
+                    if self._backlog:
+                        self._fail_backlog(self._not_connected())
+                self._set_state(
+                    _STATES[state], session_present, None if error is None else _exception(error)
+                )
+
+    def _teardown(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
+
+    def _set_state(
+        self, state: ConnectionState, session_present: bool, error: MqttConnectionError | None
+    ) -> None:
+        self._state = state
+        if state is ConnectionState.CONNECTED:
+            self._session_present = session_present
+        for wanted, waiter in self._state_waiters:
+            if wanted is state and not waiter.done():
+                waiter.set_result(None)
+        if state is ConnectionState.CLOSED:
+            self._messages._wake()
+        if self._on_state_change is not None:
+            try:
+                self._on_state_change(StateChange(state, session_present, error))
+            except Exception as exc:
+                self._loop.call_exception_handler(
+                    {"message": "on_state_change callback failed", "exception": exc}
+                )
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if future.done():
+        return
+    future.set_exception(error)
+    # A publish nobody awaits (fire and forget) must not log "exception was never
+    # retrieved" for each message when the connection goes: the state change reports it.
+    future.exception()
+
+
+def _filters(
+    topic: str | tuple[str, int] | Iterable[str | tuple[str, int]], qos: int
+) -> list[tuple[str, int]]:
+    if isinstance(topic, str):
+        return [(topic, qos)]
+    if isinstance(topic, tuple) and len(topic) == 2 and isinstance(topic[1], int):
+        return [(str(topic[0]), topic[1])]
+    return [(item, qos) if isinstance(item, str) else (item[0], item[1]) for item in topic]
