@@ -11,12 +11,13 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use tokio::sync::Semaphore;
 
 use crate::codec::QoS;
 use crate::config::{Config, OverflowPolicy};
 use crate::hooks::Hooks;
 use crate::py_bridge::{PyBridge, Wanted};
-use crate::router::Session;
+use crate::router::{MatchScratch, Session};
 use crate::server::{Server, ServerError};
 use crate::session::Message;
 use crate::store::{open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage};
@@ -88,8 +89,8 @@ fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
 struct Running {
     server: Server,
     bridge: Option<PyBridge>,
-    /// In-process subscriptions by id.
-    subscriptions: Vec<(u64, Arc<Session>)>,
+    /// In-process subscriptions by id, with their credit when flow-controlled.
+    subscriptions: Vec<(u64, Arc<Session>, Option<Arc<Semaphore>>)>,
 }
 
 /// The Rust broker: its own threads, sockets and state. `pyo3mq.Broker` wraps it.
@@ -180,7 +181,7 @@ impl BrokerCore {
     fn stop(&self, py: Python<'_>) {
         let running = self.running.lock().take();
         if let Some(mut running) = running {
-            for (_, session) in running.subscriptions.drain(..) {
+            for (_, session, _) in running.subscriptions.drain(..) {
                 running.server.router().release(&session);
             }
             py.detach(move || {
@@ -231,13 +232,25 @@ impl BrokerCore {
             retain,
             publisher: ByteString::new(),
         });
-        py.detach(move || router.publish(msg, &mut Vec::new()));
+        py.detach(move || router.publish(msg, &mut MatchScratch::default()));
         Ok(())
     }
 
     /// Subscribes the process itself to `filter`: matching messages arrive in batches
-    /// as `("messages", id, [...])` through the dispatch hook. Returns the id.
-    fn subscribe(&self, filter: &str, qos: u8) -> PyResult<u64> {
+    /// as `("messages", id, [...])` through the dispatch hook. Returns the id. With
+    /// `flow_control`, at most `max_buffered` messages are handed over until Python
+    /// returns credit (`credit()`), and publishers wait while the backlog exceeds it.
+    #[pyo3(signature = (filter, qos, max_buffered=100_000, flow_control=false))]
+    fn subscribe(
+        &self,
+        filter: &str,
+        qos: u8,
+        max_buffered: usize,
+        flow_control: bool,
+    ) -> PyResult<u64> {
+        if max_buffered == 0 {
+            return Err(PyValueError::new_err("max_buffered must be at least 1"));
+        }
         let qos =
             QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?;
         let mut slot = self.running.lock();
@@ -249,15 +262,31 @@ impl BrokerCore {
         })?;
         let router = running.server.router().clone();
         let id = router.next_id();
-        let session = router.internal_session(&format!("$internal/{id}"));
+        let session = router.internal_session(
+            &format!("$internal/{id}"),
+            flow_control.then_some(max_buffered),
+        );
+        let credit = flow_control.then(|| Arc::new(Semaphore::new(max_buffered)));
         router
             .subscribe(&session, &ByteString::from(filter), qos)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         running
             .server
-            .spawn(bridge.forward(id, session.clone(), router));
-        running.subscriptions.push((id, session));
+            .spawn(bridge.forward(id, session.clone(), router, credit.clone()));
+        running.subscriptions.push((id, session, credit));
         Ok(id)
+    }
+
+    /// Python consumed `n` messages of a flow-controlled subscription: room for more.
+    fn credit(&self, id: u64, n: usize) {
+        let slot = self.running.lock();
+        if let Some(running) = slot.as_ref() {
+            if let Some((_, _, Some(credit))) =
+                running.subscriptions.iter().find(|(sid, _, _)| *sid == id)
+            {
+                credit.add_permits(n);
+            }
+        }
     }
 
     /// Replaces the stored state the next `start()` loads (for Python session stores).
@@ -324,8 +353,15 @@ impl BrokerCore {
     fn unsubscribe(&self, id: u64) {
         let mut slot = self.running.lock();
         if let Some(running) = slot.as_mut() {
-            if let Some(i) = running.subscriptions.iter().position(|(sid, _)| *sid == id) {
-                let (_, session) = running.subscriptions.swap_remove(i);
+            if let Some(i) = running
+                .subscriptions
+                .iter()
+                .position(|(sid, _, _)| *sid == id)
+            {
+                let (_, session, credit) = running.subscriptions.swap_remove(i);
+                if let Some(credit) = credit {
+                    credit.close();
+                }
                 running.server.router().release(&session);
             }
         }

@@ -204,7 +204,7 @@ impl Connection {
             protocol: Protocol::V311,
             client_id: ByteString::new(),
             username: None,
-            scratch: Vec::new(),
+            scratch: MatchScratch::default(),
             batch: Vec::new(),
             acl_cache: HashMap::new(),
             intercepted: Vec::new(),
@@ -595,6 +595,9 @@ impl Connection {
         };
         // Acknowledged messages are routed even if the connection is now closing.
         self.route_intercepted().await;
+        // Slow in-process subscribers that chose flow control hold this publisher here,
+        // before it reads more (no wait at all unless there are such subscribers).
+        self.scratch.wait_for_space().await;
         close
     }
 

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, warn};
 
 use crate::codec::{ConnectReturnCode, QoS};
@@ -166,24 +166,52 @@ impl PyBridge {
     }
 
     /// Forwards what an in-process subscription's session queues, a batch per hand-off.
-    /// Runs on the broker runtime until the session is released.
-    pub async fn forward(self, id: u64, session: Arc<Session>, router: Arc<Router>) {
+    /// Runs on the broker runtime until the session is released. With `credit`, it sends
+    /// only as many messages as Python has room for (Python returns credit as it
+    /// consumes), so a flow-controlled subscription's backlog stays in its session queue,
+    /// where it holds up the publishers.
+    pub async fn forward(
+        self,
+        id: u64,
+        session: Arc<Session>,
+        router: Arc<Router>,
+        credit: Option<Arc<Semaphore>>,
+    ) {
         let mut batch = Vec::new();
         loop {
             session.notify.notified().await;
-            if session.state.lock().subscriptions.is_empty() {
-                return; // released
-            }
             loop {
-                session
-                    .state
-                    .lock()
-                    .take_queued(MESSAGES_PER_BATCH, &mut batch);
+                if session.state.lock().subscriptions.is_empty() {
+                    return; // released
+                }
+                let mut room = MESSAGES_PER_BATCH;
+                if let Some(credit) = &credit {
+                    if session.state.lock().queued_len() == 0 {
+                        break;
+                    }
+                    // Wait for Python to make room, then take what it has room for.
+                    match credit.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => return,
+                    }
+                    room = 1 + credit.available_permits().min(MESSAGES_PER_BATCH - 1);
+                }
+                session.state.lock().take_queued(room, &mut batch);
+                if let Some(credit) = &credit {
+                    // One permit was taken above; spend one per further message.
+                    credit.forget_permits(batch.len().saturating_sub(1));
+                    if batch.is_empty() {
+                        credit.add_permits(1);
+                    }
+                }
+                if let Some(flow) = &session.flow {
+                    flow.space.notify_waiters();
+                }
                 if batch.is_empty() {
                     break;
                 }
                 // Waiting here only delays this subscription: its own bounded queue
-                // fills meanwhile and its overflow policy applies.
+                // fills meanwhile and its overflow policy (or flow control) applies.
                 if self
                     .tx
                     .send(Work::Messages(id, std::mem::take(&mut batch)))

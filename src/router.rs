@@ -15,6 +15,15 @@ use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{watch, Notify};
 
+/// Flow control for an in-process subscriber that asked to slow its publishers rather
+/// than drop: above `high_water` queued messages, publishers routing to it wait for
+/// `space`, which its forwarder signals as it drains.
+#[derive(Debug)]
+pub struct Flow {
+    pub high_water: usize,
+    pub space: Notify,
+}
+
 use crate::codec::QoS;
 use crate::config::Config;
 use crate::hooks::{Event, Hooks};
@@ -34,13 +43,22 @@ pub struct Session {
     pub state: Mutex<SessionState>,
     /// Wakes the owning connection when the queue gains a message.
     pub notify: Notify,
+    /// Set for in-process subscribers that slow their publishers instead of dropping.
+    pub flow: Option<Flow>,
 }
 
 impl Session {
     /// Queues a delivery and wakes the owning connection. Never blocks on the subscriber:
     /// a full queue costs only this session (its overflow policy applies).
     pub fn deliver(&self, item: Queued) -> Enqueued {
-        let outcome = self.state.lock().enqueue(item);
+        let outcome = match &self.flow {
+            // Never dropped: the publisher waits instead (see `Router::publish`).
+            Some(_) => {
+                self.state.lock().push_unbounded(item);
+                Enqueued::Yes
+            }
+            None => self.state.lock().enqueue(item),
+        };
         if outcome != Enqueued::Skipped {
             self.notify.notify_one();
         }
@@ -80,9 +98,37 @@ pub enum Attach {
     Busy(ConnHandle),
 }
 
-/// Reusable buffer for one publish's matching subscribers, kept by each connection so that
-/// routing does not allocate per message.
-pub type MatchScratch = Vec<(u64, QoS, Arc<Session>)>;
+/// Reusable buffers for routing, kept by each publisher so routing does not allocate per
+/// message.
+#[derive(Debug, Default)]
+pub struct MatchScratch {
+    matches: Vec<(u64, QoS, Arc<Session>)>,
+    /// Flow-controlled subscribers over their high water mark: the publisher waits on
+    /// them (see [`MatchScratch::wait_for_space`]) before reading more.
+    blocked: Vec<Arc<Session>>,
+}
+
+impl MatchScratch {
+    /// Waits until every flow-controlled subscriber this publisher filled is below its
+    /// high water mark again. Only the publishers of such subscribers ever wait here.
+    pub async fn wait_for_space(&mut self) {
+        for session in self.blocked.drain(..) {
+            let Some(flow) = &session.flow else { continue };
+            loop {
+                let space = flow.space.notified();
+                tokio::pin!(space);
+                // Register before checking, so a drain in between is not missed.
+                space.as_mut().enable();
+                if session.state.lock().queued_len() < flow.high_water
+                    || session.state.lock().subscriptions.is_empty()
+                {
+                    break;
+                }
+                space.await;
+            }
+        }
+    }
+}
 
 pub struct Router {
     config: Config,
@@ -147,6 +193,7 @@ impl Router {
             clean,
             state: Mutex::new(SessionState::new(self.limits)),
             notify: Notify::new(),
+            flow: None,
         })
     }
 
@@ -233,16 +280,17 @@ impl Router {
         {
             let subs = self.subs.read();
             subs.matches(&msg.topic, &mut |id, sub| {
-                scratch.push((*id, sub.qos, sub.session.clone()));
+                scratch.matches.push((*id, sub.qos, sub.session.clone()));
             });
         }
-        if scratch.len() > 1 {
+        let matches = &mut scratch.matches;
+        if matches.len() > 1 {
             // Highest granted QoS first within each session, then keep the first of each.
-            scratch.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            scratch.dedup_by_key(|entry| entry.0);
+            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            matches.dedup_by_key(|entry| entry.0);
         }
         let mut dropped = 0;
-        for (_, granted, session) in scratch.drain(..) {
+        for (_, granted, session) in matches.drain(..) {
             let item = Queued {
                 msg: msg.clone(),
                 qos: msg.qos.min(granted),
@@ -250,6 +298,11 @@ impl Router {
             };
             if session.deliver(item) == Enqueued::Overflowed {
                 dropped += 1;
+            }
+            if let Some(flow) = &session.flow {
+                if session.state.lock().queued_len() >= flow.high_water {
+                    scratch.blocked.push(session);
+                }
             }
         }
         if dropped > 0 {
@@ -308,8 +361,18 @@ impl Router {
 
     /// A session for a subscriber inside the process (not a network client): never in the
     /// client map, so no CONNECT can take it over. Release it with [`Router::release`].
-    pub fn internal_session(&self, name: &str) -> Arc<Session> {
-        let session = self.new_session(ByteString::from(name), true);
+    pub fn internal_session(&self, name: &str, flow: Option<usize>) -> Arc<Session> {
+        let session = Arc::new(Session {
+            id: self.next_id(),
+            client_id: ByteString::from(name),
+            clean: true,
+            state: Mutex::new(SessionState::new(self.limits)),
+            notify: Notify::new(),
+            flow: flow.map(|high_water| Flow {
+                high_water,
+                space: Notify::new(),
+            }),
+        });
         session.state.lock().online = true;
         session
     }
@@ -317,8 +380,12 @@ impl Router {
     /// Removes an internal session's subscriptions.
     pub fn release(&self, session: &Arc<Session>) {
         self.discard(session);
-        // Wakes its forwarder, which sees no subscriptions left and ends.
+        // Wakes its forwarder, which sees no subscriptions left and ends, and any
+        // publisher waiting for it to drain.
         session.notify.notify_one();
+        if let Some(flow) = &session.flow {
+            flow.space.notify_waiters();
+        }
     }
 
     /// Number of stored retained messages.

@@ -228,6 +228,12 @@ impl SessionState {
         }
     }
 
+    /// Queues without a limit: for flow-controlled subscribers, whose publishers wait
+    /// instead of losing messages.
+    pub fn push_unbounded(&mut self, item: Queued) {
+        self.queue.push_back(item);
+    }
+
     /// Takes up to `max` queued messages regardless of the inflight window: for in-process
     /// subscribers, which consume a message by taking it.
     pub fn take_queued(&mut self, max: usize, out: &mut Vec<Queued>) {

@@ -107,12 +107,16 @@ class Subscription:
     """Messages matching a filter, delivered inside the process: an async iterator and
     an async context manager (leaving it unsubscribes).
 
-    Messages cross from Rust in batches. If Python falls behind, the broker-side queue
-    (`max_queued_messages`, `queue_overflow`) and then this buffer (`max_buffered`,
-    oldest dropped first) bound memory; `dropped` counts what this buffer discarded.
+    Messages cross from Rust in batches. If Python falls behind, either (default) the
+    broker-side queue (`max_queued_messages`, `queue_overflow`) and then this buffer
+    (`max_buffered`, oldest dropped first, counted in `dropped`) bound memory, or, with
+    `flow_control=True`, nothing is dropped: at most `max_buffered` messages wait here and
+    the publishers of matching messages are slowed until this subscription catches up.
     """
 
-    def __init__(self, broker: Broker, filter: str, qos: int, max_buffered: int) -> None:
+    def __init__(
+        self, broker: Broker, filter: str, qos: int, max_buffered: int, flow_control: bool
+    ) -> None:
         self.filter = filter
         self.qos = qos
         self.dropped = 0
@@ -121,7 +125,9 @@ class Subscription:
         self._max = max_buffered
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        self._id = broker._core.subscribe(filter, qos)
+        self._flow_control = flow_control
+        self._consumed = 0
+        self._id = broker._core.subscribe(filter, qos, max_buffered, flow_control)
         broker._subscriptions[self._id] = self
 
     def _feed(self, messages: list[Message]) -> None:
@@ -151,7 +157,14 @@ class Subscription:
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        return self._buffer.popleft()
+        message = self._buffer.popleft()
+        if self._flow_control:
+            # Credit goes back in batches: one call into Rust per many messages.
+            self._consumed += 1
+            if not self._buffer or self._consumed >= 256:
+                self._broker._core.credit(self._id, self._consumed)
+                self._consumed = 0
+        return message
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -398,11 +411,20 @@ class Broker:
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         self._core.publish(topic, data, qos, retain)
 
-    def subscribe(self, filter: str, qos: int = 0, *, max_buffered: int = 100_000) -> Subscription:
-        """Receives messages matching `filter` in this process: `async for m in sub`."""
+    def subscribe(
+        self,
+        filter: str,
+        qos: int = 0,
+        *,
+        max_buffered: int = 100_000,
+        flow_control: bool = False,
+    ) -> Subscription:
+        """Receives messages matching `filter` in this process: `async for m in sub`.
+        With `flow_control=True` nothing is dropped when Python falls behind: matching
+        publishers are slowed instead."""
         if self._loop is None or not self.running:
             raise RuntimeError("the broker is not running")
-        return Subscription(self, filter, qos, max_buffered)
+        return Subscription(self, filter, qos, max_buffered, flow_control)
 
     # -- context managers -------------------------------------------------------------
 
