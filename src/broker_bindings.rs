@@ -120,6 +120,8 @@ impl BrokerCore {
     #[pyo3(signature = (
         event_loop=None, dispatch=None, auth=false, authorize=false, events=false, intercept=false
     ))]
+    // One flag per hook kind, mirroring the Python call; a struct would only move them.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
         py: Python<'_>,

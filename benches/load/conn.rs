@@ -1,0 +1,597 @@
+//! One generator connection: the MQTT handshake, then an event loop that publishes
+//! (saturated or paced), answers the QoS 1/2 flows in both directions and checks every
+//! delivery (loss, duplicates, order per publisher, payload integrity, latency).
+//!
+//! Each connection is one task owning its socket; it waits on read and write readiness
+//! and never blocks on one direction while the other has work, so neither the broker nor
+//! the generator can deadlock on full socket buffers.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, BytesMut};
+use bytestring::ByteString;
+use pyo3mq::codec::{
+    self, Connect, ConnectReturnCode, Decoder, Packet, Protocol, QoS, Subscribe,
+    SubscribeReturnCode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+use crate::stats::Histogram;
+
+/// Bytes of payload header: magic u32, publisher u32, sequence u32, send time u64 (ns).
+pub const HEADER: usize = 20;
+const READ_CHUNK: usize = 64 * 1024;
+const MAX_PACKET: usize = 1 << 20;
+
+/// What every connection of a run shares.
+pub struct Shared {
+    pub epoch: Instant,
+    /// Identifies this run's payloads (a late delivery from another run is "foreign").
+    pub magic: u32,
+    pub qos: QoS,
+    pub size: usize,
+    pub max_inflight: usize,
+    /// Most bytes of PUBLISH packets encoded per write.
+    pub batch_bytes: usize,
+    /// Start of publishing, ns since `epoch` (set just before the go signal).
+    pub t0_ns: AtomicU64,
+    /// Packets handled and messages encoded, all connections: the stall detector's input.
+    pub progress: AtomicU64,
+}
+
+impl Shared {
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// The publishing half of a client.
+pub struct Pub {
+    pub index: u32,
+    pub topic: String,
+    pub count: u32,
+    /// Messages per second for this publisher; 0 = as fast as the broker takes them.
+    pub rate: f64,
+    /// Offset of this publisher's schedule, so paced publishers do not fire together.
+    pub phase_ns: u64,
+    next_seq: u32,
+    completed: u32,
+    inflight: usize,
+    next_pkid: u16,
+    /// Per packet id: 0 free, 1 awaiting PUBACK/PUBREC, 2 awaiting PUBCOMP.
+    stage: Vec<u8>,
+    filler: Vec<u8>,
+    bad_acks: u64,
+    done_ns: Option<u64>,
+}
+
+impl Pub {
+    pub fn new(
+        index: u32,
+        topic: String,
+        count: u32,
+        rate: f64,
+        phase_ns: u64,
+        size: usize,
+    ) -> Pub {
+        let filler = (0..size.saturating_sub(HEADER))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        Pub {
+            index,
+            topic,
+            count,
+            rate,
+            phase_ns,
+            next_seq: 0,
+            completed: 0,
+            inflight: 0,
+            next_pkid: 1,
+            stage: vec![0; 65_536],
+            filler,
+            bad_acks: 0,
+            done_ns: None,
+        }
+    }
+
+    /// Messages due by `now` under pacing (all of them when not paced).
+    fn due(&self, t0: u64, now: u64) -> u32 {
+        if self.rate <= 0.0 {
+            return self.count;
+        }
+        let start = t0 + self.phase_ns;
+        if now < start {
+            return 0;
+        }
+        let due = ((now - start) as f64 * self.rate / 1e9) as u64 + 1;
+        due.min(u64::from(self.count)) as u32
+    }
+
+    /// When the next paced message is due (ns since epoch), if one is still to be sent.
+    fn next_due_ns(&self, t0: u64) -> Option<u64> {
+        if self.rate <= 0.0 || self.next_seq >= self.count {
+            return None;
+        }
+        Some(t0 + self.phase_ns + (f64::from(self.next_seq) * 1e9 / self.rate) as u64)
+    }
+
+    /// Whether a message may be encoded now (due, and a window slot free for QoS 1/2).
+    fn can_send(&self, shared: &Shared, now: u64) -> bool {
+        self.next_seq < self.due(shared.t0_ns.load(Ordering::Relaxed), now)
+            && (shared.qos == QoS::AtMostOnce || self.inflight < shared.max_inflight)
+    }
+
+    fn alloc_pkid(&mut self) -> u16 {
+        // The window is far smaller than the id space: this finds a free id quickly.
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = if id == u16::MAX { 1 } else { id + 1 };
+            if self.stage[usize::from(id)] == 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Encodes the messages that may go now into `out`; returns how many.
+    fn fill(&mut self, out: &mut BytesMut, shared: &Shared, now: u64) -> u64 {
+        let t0 = shared.t0_ns.load(Ordering::Relaxed);
+        let due = self.due(t0, now);
+        let qos = shared.qos;
+        let mut n = 0;
+        while self.next_seq < due && out.len() < shared.batch_bytes {
+            let pkid = if qos == QoS::AtMostOnce {
+                None
+            } else {
+                if self.inflight >= shared.max_inflight {
+                    break;
+                }
+                let id = self.alloc_pkid();
+                self.stage[usize::from(id)] = 1;
+                self.inflight += 1;
+                Some(id)
+            };
+            codec::encode_publish_header(out, &self.topic, qos, false, false, pkid, shared.size)
+                .expect("PUBLISH header");
+            out.put_u32(shared.magic);
+            out.put_u32(self.index);
+            out.put_u32(self.next_seq);
+            out.put_u64(now);
+            out.put_slice(&self.filler);
+            self.next_seq += 1;
+            n += 1;
+        }
+        n
+    }
+
+    fn finish_one(&mut self, pkid: u16, shared: &Shared) {
+        self.stage[usize::from(pkid)] = 0;
+        self.inflight -= 1;
+        self.completed += 1;
+        if self.completed == self.count {
+            self.done_ns = Some(shared.now_ns());
+        }
+    }
+
+    fn on_puback(&mut self, pkid: u16, shared: &Shared) {
+        if shared.qos == QoS::AtLeastOnce && self.stage[usize::from(pkid)] == 1 {
+            self.finish_one(pkid, shared);
+        } else {
+            self.bad_acks += 1;
+        }
+    }
+
+    /// The caller answers every PUBREC with PUBREL, so the broker can finish its flow.
+    fn on_pubrec(&mut self, pkid: u16) {
+        match self.stage[usize::from(pkid)] {
+            1 => self.stage[usize::from(pkid)] = 2,
+            2 => {} // a repeated PUBREC: answer PUBREL again
+            _ => self.bad_acks += 1,
+        }
+    }
+
+    fn on_pubcomp(&mut self, pkid: u16, shared: &Shared) {
+        if self.stage[usize::from(pkid)] == 2 {
+            self.finish_one(pkid, shared);
+        } else {
+            self.bad_acks += 1;
+        }
+    }
+
+    /// Every message sent (QoS 0) or acknowledged through its whole flow (QoS 1/2).
+    fn done(&self, qos: QoS) -> bool {
+        if qos == QoS::AtMostOnce {
+            self.next_seq == self.count
+        } else {
+            self.completed == self.count
+        }
+    }
+}
+
+/// Deliveries seen from one publisher.
+struct Track {
+    bits: Vec<u64>,
+    max_seen: Option<u32>,
+}
+
+/// The subscribing half of a client: checks and counts what arrives.
+pub struct Sub {
+    expected: u64,
+    count: u32,
+    tracks: Vec<Track>,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub corrupt: u64,
+    pub foreign: u64,
+    pub hist: Histogram,
+    pub first_ns: Option<u64>,
+    pub last_ns: u64,
+}
+
+impl Sub {
+    pub fn new(pubs: usize, count: u32) -> Sub {
+        let words = (count as usize).div_ceil(64);
+        Sub {
+            expected: pubs as u64 * u64::from(count),
+            count,
+            tracks: (0..pubs)
+                .map(|_| Track {
+                    bits: vec![0; words],
+                    max_seen: None,
+                })
+                .collect(),
+            delivered: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            corrupt: 0,
+            foreign: 0,
+            hist: Histogram::default(),
+            first_ns: None,
+            last_ns: 0,
+        }
+    }
+
+    pub fn expected(&self) -> u64 {
+        self.expected
+    }
+
+    fn record(&mut self, payload: &[u8], shared: &Shared, now: u64) {
+        if payload.len() != shared.size || payload.len() < HEADER {
+            self.corrupt += 1;
+            return;
+        }
+        let word = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().unwrap());
+        if word(0) != shared.magic {
+            self.foreign += 1;
+            return;
+        }
+        let (index, seq) = (word(4) as usize, word(8));
+        let sent = u64::from_be_bytes(payload[12..20].try_into().unwrap());
+        let filler_ok = payload.len() == HEADER
+            || payload[payload.len() - 1] == ((payload.len() - 1 - HEADER) % 251) as u8;
+        if index >= self.tracks.len() || seq >= self.count || !filler_ok {
+            self.corrupt += 1;
+            return;
+        }
+        let track = &mut self.tracks[index];
+        let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if track.bits[w] & bit != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        track.bits[w] |= bit;
+        match track.max_seen {
+            Some(max) if seq < max => self.out_of_order += 1,
+            _ => track.max_seen = Some(seq),
+        }
+        self.delivered += 1;
+        self.hist.record(now.saturating_sub(sent));
+        self.first_ns.get_or_insert(now);
+        self.last_ns = now;
+    }
+
+    fn done(&self) -> bool {
+        self.delivered >= self.expected
+    }
+}
+
+/// What a connection reports when its run ends.
+pub struct ConnResult {
+    pub published: u64,
+    pub completed: u64,
+    pub pub_done_ns: Option<u64>,
+    pub bad_acks: u64,
+    pub sub: Option<Sub>,
+    pub error: Option<String>,
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: Decoder,
+}
+
+fn io_err(what: &str, err: io::Error) -> String {
+    format!("{what}: {err}")
+}
+
+impl Conn {
+    /// TCP connect, CONNECT (clean session) and CONNACK, within `limit`.
+    pub async fn connect(
+        addr: SocketAddr,
+        client_id: &str,
+        keep_alive: u16,
+        limit: Duration,
+    ) -> Result<Conn, String> {
+        let handshake = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| io_err("connect", e))?;
+            stream.set_nodelay(true).map_err(|e| io_err("nodelay", e))?;
+            let mut conn = Conn {
+                stream,
+                rbuf: BytesMut::new(),
+                wbuf: BytesMut::new(),
+                decoder: Decoder::new(MAX_PACKET),
+            };
+            conn.send(&Packet::Connect(Connect {
+                protocol: Protocol::V311,
+                clean_session: true,
+                keep_alive,
+                client_id: ByteString::from(client_id),
+                will: None,
+                username: None,
+                password: None,
+            }))
+            .await?;
+            match conn.read_packet().await? {
+                Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Accepted => Ok(conn),
+                Packet::ConnAck(ack) => Err(format!("CONNACK refused: {:?}", ack.code)),
+                other => Err(format!("expected CONNACK, got {}", other.name())),
+            }
+        };
+        timeout(limit, handshake)
+            .await
+            .map_err(|_| format!("no CONNACK within {limit:?}"))?
+    }
+
+    /// SUBSCRIBE one filter and wait for its SUBACK; returns the granted QoS.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<QoS, String> {
+        let exchange = async {
+            self.send(&Packet::Subscribe(Subscribe {
+                pkid: 1,
+                filters: vec![(ByteString::from(filter), qos)],
+            }))
+            .await?;
+            match self.read_packet().await? {
+                Packet::SubAck(ack) => match ack.codes.first() {
+                    Some(SubscribeReturnCode::Success(granted)) => Ok(*granted),
+                    _ => Err(format!("subscription to {filter} refused")),
+                },
+                other => Err(format!("expected SUBACK, got {}", other.name())),
+            }
+        };
+        timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| "no SUBACK within 5 s".to_string())?
+    }
+
+    async fn send(&mut self, packet: &Packet) -> Result<(), String> {
+        let mut out = BytesMut::new();
+        packet.encode(&mut out).map_err(|e| e.to_string())?;
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| io_err("write", e))
+    }
+
+    async fn read_packet(&mut self) -> Result<Packet, String> {
+        loop {
+            if let Some(packet) = self
+                .decoder
+                .decode(&mut self.rbuf)
+                .map_err(|e| e.to_string())?
+            {
+                return Ok(packet);
+            }
+            self.rbuf.reserve(4096);
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| io_err("read", e))?;
+            if n == 0 {
+                return Err("connection closed by the broker".into());
+            }
+        }
+    }
+
+    /// DISCONNECT and close, best effort.
+    pub async fn close(mut self) {
+        let mut out = BytesMut::new();
+        if Packet::Disconnect.encode(&mut out).is_ok() {
+            let _ = timeout(Duration::from_millis(200), self.stream.write_all(&out)).await;
+        }
+        let _ = timeout(Duration::from_millis(200), self.stream.shutdown()).await;
+    }
+
+    /// Reads what the socket has and handles every complete packet.
+    fn on_readable(
+        &mut self,
+        publisher: &mut Option<Pub>,
+        subscriber: &mut Option<Sub>,
+        shared: &Shared,
+    ) -> Result<(), String> {
+        self.rbuf.reserve(READ_CHUNK);
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => return Err("connection closed by the broker".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(io_err("read", e)),
+        }
+        let now = shared.now_ns();
+        let mut events = 0;
+        while let Some(packet) = self
+            .decoder
+            .decode(&mut self.rbuf)
+            .map_err(|e| format!("malformed packet from the broker: {e}"))?
+        {
+            events += 1;
+            self.handle(packet, publisher, subscriber, shared, now)?;
+        }
+        shared.progress.fetch_add(events, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        packet: Packet,
+        publisher: &mut Option<Pub>,
+        subscriber: &mut Option<Sub>,
+        shared: &Shared,
+        now: u64,
+    ) -> Result<(), String> {
+        let ack = |out: &mut BytesMut, p: Packet| p.encode(out).map_err(|e| e.to_string());
+        match (packet, publisher.as_mut(), subscriber.as_mut()) {
+            (Packet::Publish(p), _, Some(sub)) => {
+                sub.record(&p.payload, shared, now);
+                match (p.qos, p.pkid) {
+                    (QoS::AtLeastOnce, Some(id)) => ack(&mut self.wbuf, Packet::PubAck(id))?,
+                    (QoS::ExactlyOnce, Some(id)) => ack(&mut self.wbuf, Packet::PubRec(id))?,
+                    _ => {}
+                }
+            }
+            (Packet::PubRel(id), _, Some(_)) => ack(&mut self.wbuf, Packet::PubComp(id))?,
+            (Packet::PubAck(id), Some(p), _) => p.on_puback(id, shared),
+            (Packet::PubRec(id), Some(p), _) => {
+                p.on_pubrec(id);
+                ack(&mut self.wbuf, Packet::PubRel(id))?;
+            }
+            (Packet::PubComp(id), Some(p), _) => p.on_pubcomp(id, shared),
+            (Packet::PingResp, _, _) => {}
+            (other, _, _) => return Err(format!("unexpected {} from the broker", other.name())),
+        }
+        Ok(())
+    }
+
+    /// Runs the connection from the go signal until its work is done or the run aborts.
+    /// Returns the connection (still open) with its report.
+    pub async fn run(
+        mut self,
+        mut publisher: Option<Pub>,
+        mut subscriber: Option<Sub>,
+        shared: Arc<Shared>,
+        mut go: watch::Receiver<bool>,
+        mut abort: watch::Receiver<bool>,
+    ) -> (Conn, ConnResult) {
+        let error = loop {
+            if *go.borrow_and_update() {
+                break None;
+            }
+            tokio::select! {
+                r = go.changed() => if r.is_err() { break Some("run cancelled".to_string()) },
+                _ = abort.changed() => break Some("run aborted before start".to_string()),
+            }
+        };
+        let error = match error {
+            Some(e) => Some(e),
+            None => self
+                .event_loop(&mut publisher, &mut subscriber, &shared, &mut abort)
+                .await
+                .err(),
+        };
+        let result = ConnResult {
+            published: publisher.as_ref().map_or(0, |p| u64::from(p.next_seq)),
+            completed: publisher.as_ref().map_or(0, |p| u64::from(p.completed)),
+            pub_done_ns: publisher.as_ref().and_then(|p| p.done_ns),
+            bad_acks: publisher.as_ref().map_or(0, |p| p.bad_acks),
+            sub: subscriber,
+            error,
+        };
+        (self, result)
+    }
+
+    async fn event_loop(
+        &mut self,
+        publisher: &mut Option<Pub>,
+        subscriber: &mut Option<Sub>,
+        shared: &Shared,
+        abort: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let qos = shared.qos;
+        let far = Duration::from_secs(3600);
+        loop {
+            let now = shared.now_ns();
+            // A publisher encodes its next batch only once the previous one is written,
+            // so at most one batch waits on the client side.
+            if self.wbuf.is_empty() {
+                if let Some(p) = publisher.as_mut() {
+                    let n = p.fill(&mut self.wbuf, shared, now);
+                    if n > 0 {
+                        shared.progress.fetch_add(n, Ordering::Relaxed);
+                    }
+                    if qos == QoS::AtMostOnce && p.done(qos) && p.done_ns.is_none() && n == 0 {
+                        p.done_ns = Some(now);
+                    }
+                }
+            }
+            if !self.wbuf.is_empty() {
+                match self.stream.try_write(&self.wbuf) {
+                    Ok(n) => self.wbuf.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(io_err("write", e)),
+                }
+            }
+            let pub_done = publisher.as_ref().is_none_or(|p| p.done(qos));
+            let sub_done = subscriber.as_ref().is_none_or(Sub::done);
+            if pub_done && sub_done && self.wbuf.is_empty() {
+                if let Some(p) = publisher.as_mut() {
+                    p.done_ns.get_or_insert(now);
+                }
+                return Ok(());
+            }
+            // Writable interest also when the publisher can encode more: the socket is
+            // usually writable at once, and waiting on it keeps the task cooperative.
+            let more = publisher.as_ref().is_some_and(|p| p.can_send(shared, now));
+            let interest = if self.wbuf.is_empty() && !more {
+                Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
+            // A paced publisher with nothing pending sleeps until its next message is due.
+            let wake = if self.wbuf.is_empty() {
+                // (Already due but the window is full: acks wake it, not the timer.)
+                publisher
+                    .as_ref()
+                    .and_then(|p| p.next_due_ns(shared.t0_ns.load(Ordering::Relaxed)))
+                    .filter(|&due| due > now)
+            } else {
+                None
+            };
+            let deadline =
+                tokio::time::Instant::from_std(wake.map_or(Instant::now() + far, |ns| {
+                    shared.epoch + Duration::from_nanos(ns)
+                }));
+            tokio::select! {
+                biased;
+                _ = abort.changed() => return Err("aborted".into()),
+                ready = self.stream.ready(interest) => {
+                    let ready = ready.map_err(|e| io_err("poll", e))?;
+                    if ready.is_readable() || ready.is_read_closed() {
+                        self.on_readable(publisher, subscriber, shared)?;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if wake.is_some() => {}
+            }
+        }
+    }
+}
