@@ -26,6 +26,7 @@ from pyo3mq.types import (
 )
 
 logger = logging.getLogger("pyo3mq")
+_make_message = Message._make
 
 # CONNACK return codes.
 ACCEPTED = 0
@@ -71,7 +72,7 @@ class Dispatcher:
             kind = item[0]
             try:
                 if kind == "messages":
-                    self._deliver(item[1], [Message(*m) for m in item[2]])
+                    self._deliver(item[1], list(map(_make_message, item[2])))
                 elif kind == "auth":
                     self._spawn(self._auth(*item[1:]))
                 elif kind == "authorize_subscribe":

@@ -140,6 +140,24 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    async def next_batch(self, max_messages: int = 65_536) -> list[Message]:
+        """Waits for messages and returns all that are buffered (at most `max_messages`):
+        the fast way to consume a busy subscription. Empty once the subscription is
+        closed and drained."""
+        while not self._buffer:
+            if self._closed:
+                return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        if len(self._buffer) <= max_messages:
+            batch = list(self._buffer)
+            self._buffer.clear()
+        else:
+            batch = [self._buffer.popleft() for _ in range(max_messages)]
+        if self._flow_control:
+            self._broker._core.credit(self._id, len(batch))
+        return batch
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
