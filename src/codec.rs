@@ -710,11 +710,19 @@ pub fn remaining_length_size(len: usize) -> usize {
     }
 }
 
-fn put_fixed_header(dst: &mut BytesMut, first: u8, remaining: usize) -> Result<(), Error> {
+/// Writes the fixed header and reserves room for `body` more bytes (the part of the
+/// remaining length the caller is about to write into `dst`, which for a PUBLISH header
+/// excludes the payload that travels separately).
+fn put_fixed_header_for(
+    dst: &mut BytesMut,
+    first: u8,
+    remaining: usize,
+    body: usize,
+) -> Result<(), Error> {
     if remaining > MAX_REMAINING_LENGTH {
         return Err(Error::TooLargeToEncode(remaining));
     }
-    dst.reserve(1 + remaining_length_size(remaining) + remaining);
+    dst.reserve(1 + remaining_length_size(remaining) + body);
     dst.put_u8(first);
     let mut len = remaining;
     loop {
@@ -728,6 +736,10 @@ fn put_fixed_header(dst: &mut BytesMut, first: u8, remaining: usize) -> Result<(
             return Ok(());
         }
     }
+}
+
+fn put_fixed_header(dst: &mut BytesMut, first: u8, remaining: usize) -> Result<(), Error> {
+    put_fixed_header_for(dst, first, remaining, remaining)
 }
 
 fn string_len(what: &'static str, s: &[u8]) -> Result<usize, Error> {
@@ -764,9 +776,10 @@ pub fn encode_publish_header(
         (_, Some(_)) => 2,
         (qos, None) => return Err(Error::MissingPacketId(qos)),
     };
-    let remaining = string_len("topic name", topic.as_bytes())? + pkid_len + payload_len;
+    let header = string_len("topic name", topic.as_bytes())? + pkid_len;
+    let remaining = header + payload_len;
     let first = 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
-    put_fixed_header(dst, first, remaining)?;
+    put_fixed_header_for(dst, first, remaining, header)?;
     put_string(dst, topic.as_bytes());
     if let (true, Some(id)) = (pkid_len > 0, pkid) {
         dst.put_u16(id);
@@ -800,7 +813,7 @@ impl Packet {
                 let qos = p.qos;
                 let dup = p.dup && qos != QoS::AtMostOnce;
                 encode_publish_header(dst, &p.topic, qos, p.retain, dup, p.pkid, p.payload.len())?;
-                dst.put_slice(&p.payload);
+                dst.extend_from_slice(&p.payload);
                 Ok(())
             }
             Packet::PubAck(id) => encode_ack(dst, 0x40, "PUBACK", *id),
