@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
-
 import pyo3mq
+import pytest
 from pyo3mq._pyo3mq import init_logging
 
 # Broker log lines go to stderr, where capfd can read them.
