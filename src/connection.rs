@@ -541,6 +541,9 @@ impl Connection {
         if let Some(close) = self.handle_buffered(session).await {
             return close;
         }
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
         loop {
             self.pump(session);
             let can_pump = self.out.len() < WRITE_HIGH_WATER;
@@ -569,6 +572,10 @@ impl Connection {
                             }
                             if let Some(close) = self.handle_buffered(session).await {
                                 return close;
+                            }
+                            if self.rbuf.is_empty() {
+                                // Idle connections hold no read buffer between reads.
+                                self.rbuf = BytesMut::new();
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
