@@ -14,7 +14,7 @@ use pyo3::types::PyDict;
 use tokio::sync::Semaphore;
 
 use crate::codec::QoS;
-use crate::config::{Config, OverflowPolicy};
+use crate::config::{Config, Durability, OverflowPolicy};
 use crate::hooks::Hooks;
 use crate::py_bridge::{PyBridge, Wanted};
 use crate::router::{MatchScratch, Session};
@@ -77,6 +77,14 @@ fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
         password_file: setting(settings, "password_file")?,
         acl_file: setting(settings, "acl_file")?,
         session_store: setting(settings, "session_store")?,
+        durability: {
+            let name: String = setting(settings, "durability")?;
+            Durability::parse(&name).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "durability must be 'interval' or 'sync', not {name:?}"
+                ))
+            })?
+        },
         persist_interval: Duration::try_from_secs_f64(setting(settings, "persist_interval")?)
             .map_err(|_| {
                 PyValueError::new_err("persist_interval must be a number of seconds >= 0")

@@ -417,6 +417,11 @@ impl ClientCore {
         s as u8
     }
 
+    /// A one-line summary of the internal state, for debugging.
+    fn debug_state(&self) -> String {
+        self.inner.debug_state()
+    }
+
     /// Why the client closed, as `(kind, code, message)`, or None.
     fn last_error<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         self.inner

@@ -62,6 +62,26 @@ pub struct Config {
     /// How often a durable store is brought up to date (a crash loses at most this much);
     /// zero saves only at shutdown.
     pub persist_interval: Duration,
+    /// With a durable store: `Sync` holds every QoS 1/2 acknowledgement until the
+    /// message is in the store (group commit), so a crash never loses an acknowledged
+    /// message; `Interval` relies on `persist_interval`.
+    pub durability: Durability,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Interval,
+    Sync,
+}
+
+impl Durability {
+    pub fn parse(name: &str) -> Option<Durability> {
+        match name {
+            "interval" => Some(Durability::Interval),
+            "sync" => Some(Durability::Sync),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -84,6 +104,7 @@ impl Default for Config {
             acl_file: None,
             session_store: "memory".to_string(),
             persist_interval: Duration::from_secs(1),
+            durability: Durability::Interval,
         }
     }
 }

@@ -184,6 +184,9 @@ pub struct Connection {
     acl_cache: HashMap<ByteString, (bool, Instant)>,
     /// PUBLISHes of the current read awaiting the interceptor's verdict.
     intercepted: Vec<Arc<Message>>,
+    /// A QoS 1/2 message was accepted in this read and must reach the durable store
+    /// before it is acknowledged.
+    unsynced: bool,
 }
 
 impl Connection {
@@ -208,6 +211,7 @@ impl Connection {
             batch: Vec::new(),
             acl_cache: HashMap::new(),
             intercepted: Vec::new(),
+            unsynced: false,
         }
     }
 
@@ -602,6 +606,10 @@ impl Connection {
         };
         // Acknowledged messages are routed even if the connection is now closing.
         self.route_intercepted().await;
+        if std::mem::take(&mut self.unsynced) {
+            // durability = "sync": the acks in `out` are written only after this.
+            self.router.persisted().await;
+        }
         // Slow in-process subscribers that chose flow control hold this publisher here,
         // before it reads more (no wait at all unless there are such subscribers).
         self.scratch.wait_for_space().await;
@@ -645,6 +653,9 @@ impl Connection {
             Packet::Publish(publish) => {
                 // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
                 let allowed = self.may_publish(&publish.topic).await;
+                if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
+                    self.unsynced = true;
+                }
                 if !allowed {
                     info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
                 }

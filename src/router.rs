@@ -140,6 +140,9 @@ pub struct Router {
     next_id: AtomicU64,
     /// Messages dropped by sessions' overflow policies since start.
     dropped: AtomicU64,
+    /// Set with `durability = "sync"`: asks the store writer for a commit that includes
+    /// everything routed so far, and is answered once it is on disk.
+    durable: std::sync::OnceLock<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Router {
@@ -159,6 +162,28 @@ impl Router {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            durable: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Makes acknowledgements wait for the store (see [`Router::persisted`]).
+    pub fn set_sync_writer(&self, tx: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>) {
+        let _ = self.durable.set(tx);
+    }
+
+    /// Whether QoS 1/2 acknowledgements wait for the store.
+    pub fn is_sync_durable(&self) -> bool {
+        self.durable.get().is_some()
+    }
+
+    /// Resolves once everything routed before the call is in the durable store. Commits
+    /// are grouped: every connection waiting at the same time shares one write.
+    pub async fn persisted(&self) {
+        if let Some(tx) = self.durable.get() {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if tx.send(done).await.is_ok() {
+                let _ = wait.await;
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info};
 
-use crate::config::{parse_listener, Config};
+use crate::config::{parse_listener, Config, Durability};
 use crate::connection::{refuse_busy, Connection};
 use crate::hooks::{AclFile, Hooks, PasswordFile};
 use crate::router::Router;
@@ -88,6 +88,11 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let (done_tx, all_done) = mpsc::channel(1);
         let permits = Arc::new(Semaphore::new(config.max_connections));
+        if config.durability == Durability::Sync && config.session_store != "memory" {
+            let (tx, rx) = mpsc::channel(1024);
+            router.set_sync_writer(tx);
+            runtime.spawn(write_on_demand(router.clone(), store.clone(), rx));
+        }
         if !config.persist_interval.is_zero() && config.session_store != "memory" {
             runtime.spawn(persist_periodically(
                 router.clone(),
@@ -217,5 +222,27 @@ async fn persist_periodically(
         }
         let (router, store) = (router.clone(), store.clone());
         let _ = tokio::task::spawn_blocking(move || router.save_to(store.as_ref())).await;
+    }
+}
+
+/// Group commit for `durability = "sync"`: takes every waiting request, writes one
+/// snapshot that includes all their messages (they were routed before they asked), then
+/// answers them all. Requests arriving during a write wait for the next one.
+async fn write_on_demand(
+    router: Arc<Router>,
+    store: Arc<dyn SessionStore>,
+    mut requests: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+) {
+    let mut waiting = Vec::new();
+    while let Some(first) = requests.recv().await {
+        waiting.push(first);
+        while let Ok(more) = requests.try_recv() {
+            waiting.push(more);
+        }
+        let (router, store) = (router.clone(), store.clone());
+        let _ = tokio::task::spawn_blocking(move || router.save_to(store.as_ref())).await;
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
     }
 }

@@ -56,6 +56,7 @@ class BrokerConfig:
     acl_file: str | None = None
     session_store: str = "memory"
     persist_interval: float = 1.0
+    durability: Literal["interval", "sync"] = "interval"
 
     def __post_init__(self) -> None:
         # Checked here so a bad config file gets a message naming the setting.
@@ -69,6 +70,10 @@ class BrokerConfig:
                 raise ValueError(f"{name} must be an integer, not {value!r}")
             if not low <= value <= high:
                 raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+        if self.durability not in ("interval", "sync"):
+            raise ValueError(f"durability must be 'interval' or 'sync', not {self.durability!r}")
+        if self.durability == "sync" and not str(self.session_store).startswith("sqlite:"):
+            raise ValueError("durability = 'sync' needs session_store = 'sqlite:PATH'")
         if not isinstance(self.session_store, str) or not (
             self.session_store == "memory" or self.session_store.startswith("sqlite:")
         ):

@@ -418,7 +418,13 @@ class Client:
         self._done = loop.create_future()
         self._done.set_result(None)
         self._close_error = None
-        self._backlog.clear()
+        # A closed core completed or failed every request it had; drop any leftovers so
+        # that the new core's tokens (which start at 1 again) cannot meet them.
+        stale = MqttConnectionError("the client is closed")
+        for leftover in self._pending.values():
+            _fail(leftover, stale)
+        self._pending.clear()
+        self._fail_backlog(stale)
         self._fd = core.wake_fd
         loop.add_reader(self._fd, self._on_wake, core)
         self._set_state(ConnectionState.CONNECTING, False, None)
