@@ -325,9 +325,10 @@ impl Decoder {
             });
         }
         if buf.len() < total {
-            // Reserve once for the rest of this frame so a large packet is read without
-            // repeated reallocation; the size was bounded above.
-            buf.reserve(total - buf.len());
+            // Reserve for the rest of this frame so a large packet is read without many
+            // reallocations, but at most 64 KiB ahead of what actually arrived: a peer
+            // that sends only a header must not pin a max-size buffer per connection.
+            buf.reserve((total - buf.len()).min(64 * 1024));
             return Ok(None);
         }
         let first = buf[0];
@@ -812,6 +813,7 @@ impl Packet {
             Packet::Publish(p) => {
                 let qos = p.qos;
                 let dup = p.dup && qos != QoS::AtMostOnce;
+                dst.reserve(p.encoded_len());
                 encode_publish_header(dst, &p.topic, qos, p.retain, dup, p.pkid, p.payload.len())?;
                 dst.extend_from_slice(&p.payload);
                 Ok(())
