@@ -1,6 +1,7 @@
 """pyo3mq: a fast MQTT 3.1/3.1.1 broker with a Rust core and a Python face."""
 
 from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__
+from pyo3mq._pyo3mq import init_logging as enable_logging
 from pyo3mq.broker import Broker, BrokerConfig, Subscription
 from pyo3mq.client import (
     Client,
@@ -72,4 +73,5 @@ __all__ = [
     "UnsubscribeEvent",
     "Will",
     "__version__",
+    "enable_logging",
 ]
