@@ -38,6 +38,8 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// Payloads at least this large are written by reference (an extra iovec); smaller ones
 /// are copied next to their header, which is cheaper than another iovec entry.
 const COPY_PAYLOAD_BELOW: usize = 1024;
+/// Stop reading from a peer while this many bytes wait to be written to it.
+const READ_PAUSE_ABOVE: usize = 4 * WRITE_HIGH_WATER;
 /// Most iovecs handed to one `writev`.
 const MAX_IOV: usize = 64;
 /// Read size once a connection has shown it has data.
@@ -551,6 +553,9 @@ impl Connection {
         loop {
             self.pump(session);
             let can_pump = self.out.len() < WRITE_HIGH_WATER;
+            // A peer that sends without reading (acks piling up unwritten) is not read
+            // from until it drains: TCP pushes back on it, and its output stays bounded.
+            let can_read = self.out.len() < READ_PAUSE_ABOVE;
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let niov = self.out.io_slices(&mut iov);
             tokio::select! {
@@ -563,7 +568,7 @@ impl Connection {
                     Ok(n) => self.out.advance(n),
                     Err(e) => return Close::Io(e),
                 },
-                res = self.reader.readable() => {
+                res = self.reader.readable(), if can_read => {
                     if let Err(e) = res {
                         return Close::Io(e);
                     }

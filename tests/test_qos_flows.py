@@ -92,3 +92,36 @@ def test_refused_connect_for_stored_session_has_no_session_present(tmp_path: Pat
         with RawClient(port) as c:
             c.send(connect("stored", clean=False, username="dev", password=b"wrong"))
             assert c.expect_closed() == b"\x20\x02\x00\x04"
+
+
+def test_heavily_pipelined_qos1_acks_all_arrive_in_order(port: int) -> None:
+    """[MQTT-4.6.0-2] [MQTT-2.3.1-6] 60,000 QoS 1 PUBLISHes written as one stream (ids
+    wrapping past 65,535 is not needed; ids repeat only after their ack) get every PUBACK,
+    in publish order, while the client reads concurrently."""
+    import socket
+    import threading
+
+    count = 60_000
+    with RawClient(port, timeout=30) as pub:
+        pub.connect("no-reader")
+        data = b"".join(
+            publish("nr/t", b"x" * 32, qos=1, pkid=(i % 65535) + 1) for i in range(count)
+        )
+        sender_done = threading.Event()
+
+        def send_all() -> None:
+            s = socket.socket(fileno=pub.sock.fileno())
+            try:
+                s.settimeout(60)
+                s.sendall(data)
+            finally:
+                s.detach()
+                sender_done.set()
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        acks = [pub.recv(timeout=30) for _ in range(count)]
+        sender.join(timeout=60)
+        assert sender_done.is_set()
+        assert [a.first for a in acks] == [0x40] * count
+        assert [a.pkid for a in acks] == [(i % 65535) + 1 for i in range(count)]
