@@ -50,6 +50,7 @@ lint: $(STAMP)
 
 bench: build
 	cargo bench --bench codec
+	$(BIN)/python benches/run_load.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) target python/pyo3mq/_pyo3mq*.so

@@ -169,7 +169,8 @@ fn resolve(o: &Opts) -> Result<SocketAddr, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
-        println!("{USAGE}");
+        // `cargo test --all-targets` runs bench targets without arguments: nothing to do.
+        println!("load: no command, nothing to run (see `load --help`)");
         return ExitCode::SUCCESS;
     };
     let opts = match parse_args(rest) {
