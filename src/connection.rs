@@ -838,7 +838,9 @@ impl Connection {
                 retain: will.retain,
                 publisher: self.client_id.clone(),
             });
-            self.router.publish(msg, &mut self.scratch);
+            // Through the interceptor too, if there is one: a will is a publication.
+            self.route(msg);
+            self.route_intercepted().await;
         }
     }
 

@@ -96,7 +96,8 @@ impl ReplyHandle {
             }
             Reply::Intercept(tx, originals) => {
                 // One verdict per message: None drops it, True keeps it, and a tuple
-                // (topic, payload, qos, retain) replaces it.
+                // (topic, payload, qos, retain) replaces it. A replacement that is not a
+                // valid message drops that message only.
                 let verdicts: Vec<Bound<'_, PyAny>> = value.extract()?;
                 if verdicts.len() != originals.len() {
                     return Err(PyValueError::new_err("one verdict per message is required"));
@@ -108,18 +109,13 @@ impl ReplyHandle {
                     } else if let Ok(keep) = verdict.extract::<bool>() {
                         keep.then_some(original)
                     } else {
-                        let (topic, payload, qos, retain): (String, Vec<u8>, u8, bool) =
-                            verdict.extract()?;
-                        crate::topic::validate_topic_name(&topic)
-                            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                        Some(Arc::new(Message {
-                            topic: ByteString::from(topic),
-                            payload: bytes::Bytes::from(payload),
-                            qos: QoS::from_u8(qos)
-                                .ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?,
-                            retain,
-                            publisher: original.publisher.clone(),
-                        }))
+                        match replacement(verdict, &original) {
+                            Ok(message) => Some(message),
+                            Err(err) => {
+                                warn!(topic = %original.topic, "on_message replacement refused, message dropped: {err}");
+                                None
+                            }
+                        }
                     });
                 }
                 let _ = tx.send(out);
@@ -127,6 +123,19 @@ impl ReplyHandle {
         }
         Ok(())
     }
+}
+
+/// A message an interceptor returned in place of `original`.
+fn replacement(verdict: &Bound<'_, PyAny>, original: &Message) -> PyResult<Arc<Message>> {
+    let (topic, payload, qos, retain): (String, Vec<u8>, u8, bool) = verdict.extract()?;
+    crate::topic::validate_topic_name(&topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(Arc::new(Message {
+        topic: ByteString::from(topic),
+        payload: bytes::Bytes::from(payload),
+        qos: QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?,
+        retain,
+        publisher: original.publisher.clone(),
+    }))
 }
 
 /// Which hooks Python registered; only those produce work for Python.

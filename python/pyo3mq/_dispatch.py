@@ -38,6 +38,21 @@ class _Denied(Exception):
     """A hook's answer that cannot be used; logged, then treated as a denial."""
 
 
+def _check_replacement(message: Message) -> None:
+    """The rules a published message obeys, applied to an interceptor's replacement."""
+    topic = message.topic
+    if not isinstance(topic, str) or not topic:
+        raise _Denied("[MQTT-4.7.3-1] the replacement's topic is empty")
+    if "+" in topic or "#" in topic:
+        raise _Denied(f"[MQTT-3.3.2-2] the replacement's topic {topic!r} has a wildcard")
+    if "\0" in topic or len(topic.encode("utf-8", "surrogatepass")) > 65_535:
+        raise _Denied("[MQTT-4.7.3-2] [MQTT-4.7.3-3] the replacement's topic is invalid")
+    if message.qos not in (0, 1, 2):
+        raise _Denied(f"the replacement's QoS {message.qos!r} is not 0, 1 or 2")
+    if not isinstance(message.payload, (bytes, bytearray, memoryview)):
+        raise _Denied("the replacement's payload is not bytes")
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
@@ -181,6 +196,7 @@ class Dispatcher:
                 if result is True or result is message:
                     verdict = True
                 elif isinstance(result, Message):
+                    _check_replacement(result)
                     verdict = (result.topic, bytes(result.payload), result.qos, result.retain)
                 elif result is None or result is False:
                     verdict = None
