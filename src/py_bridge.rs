@@ -16,7 +16,7 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, warn};
 
@@ -398,16 +398,20 @@ fn to_python<'py>(
                     .into_pyobject(py)?
             }
             Work::Messages(id, messages) => {
+                // A busy subscription mostly sees the same few topics and publishers:
+                // reuse the last Python string instead of building one per message.
+                let mut topic_cache = StrCache::default();
+                let mut publisher_cache = StrCache::default();
                 let items = PyList::empty(py);
                 for q in messages {
                     let m = &q.msg;
                     items.append((
-                        m.topic.deref(),
+                        topic_cache.get(py, &m.topic),
                         PyBytes::new(py, &m.payload),
                         q.qos as u8,
                         // The delivery's flag: 1 only for a replay on subscribe.
                         q.retain,
-                        m.publisher.deref(),
+                        publisher_cache.get(py, &m.publisher),
                     ))?;
                 }
                 ("messages", id, items).into_pyobject(py)?
@@ -416,6 +420,25 @@ fn to_python<'py>(
         list.append(tuple)?;
     }
     Ok(list)
+}
+
+/// The Python string made for the last `ByteString` seen, reused while it repeats.
+#[derive(Default)]
+struct StrCache {
+    last: Option<(ByteString, Py<PyString>)>,
+}
+
+impl StrCache {
+    fn get<'py>(&mut self, py: Python<'py>, text: &ByteString) -> Bound<'py, PyString> {
+        if let Some((seen, string)) = &self.last {
+            if seen == text {
+                return string.bind(py).clone();
+            }
+        }
+        let string = PyString::new(py, text);
+        self.last = Some((text.clone(), string.clone().unbind()));
+        string
+    }
 }
 
 fn event_tuple(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyTuple>> {
