@@ -49,6 +49,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: build
+	$(MAKE) --no-print-directory system-deps
 	cargo bench --bench codec
 	$(BIN)/python benches/run_load.py $(BENCH_ARGS)
 

@@ -90,6 +90,8 @@ RUN_SIZES: dict[str, dict[int, dict[int, int]]] = {
 def deliveries_for(broker: str, cell: Cell, scale: float) -> int:
     sizes = RUN_SIZES["pyo3mq" if broker == "pyo3mq" else "mosquitto"][cell.qos]
     base = sizes.get(cell.size) or sizes[64]
+    if broker == "pyo3mq" and cell.scenario in ("fanout", "mesh"):
+        base = base * 5 // 2  # it delivers 2-4x faster there than in 1:1 and fan-in
     # Every publisher sends the same count: round to a multiple of 400 (20 x 20).
     return max(400, int(base * scale) // 400 * 400)
 

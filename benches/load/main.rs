@@ -281,6 +281,7 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
         magic,
         qos: o.qos,
         size: o.size,
+        filler: conn::filler(o.size),
         max_inflight: o.max_inflight,
         batch_bytes: o.batch,
         t0_ns: AtomicU64::new(0),
@@ -292,6 +293,16 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
         ("test".to_string(), false)
     };
     let tag = format!("{:x}", magic);
+    let topic_for = |idx: u32| {
+        if topic_of {
+            format!("bench/{idx}/x")
+        } else {
+            "test".to_string()
+        }
+    };
+    let pub_topics: Vec<Vec<u8>> = (0..roles.pubs as u32)
+        .map(|i| topic_for(i).into_bytes())
+        .collect();
 
     // Setup, sequential: every subscription exists before the first PUBLISH.
     let setup_start = Instant::now();
@@ -308,23 +319,19 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
                 .await
                 .map_err(|e| format!("client {i}: {e}"))?;
             granted_qos = granted_qos.min(g);
-            Some(Sub::new(roles.pubs, count))
+            Some(Sub::new(pub_topics.clone(), count))
         } else {
             None
         };
         let publisher = pub_index.map(|idx| {
-            let topic = if topic_of {
-                format!("bench/{idx}/x")
-            } else {
-                "test".to_string()
-            };
+            let topic = topic_for(idx);
             // Spread paced publishers evenly over one interval.
             let phase_ns = if paced {
                 (f64::from(idx) * 1e9 / o.rate) as u64
             } else {
                 0
             };
-            Pub::new(idx, topic, count, per_pub_rate, phase_ns, o.size)
+            Pub::new(idx, topic, count, per_pub_rate, phase_ns)
         });
         clients.push((c, publisher, sub));
     }
