@@ -127,6 +127,29 @@ pub struct Connect {
     pub password: Option<Bytes>,
 }
 
+impl Connect {
+    /// A copy that owns its strings instead of pointing into the read buffer. The broker
+    /// keeps a CONNECT (client id, will) for the whole connection: a zero-copy view would
+    /// pin the whole read buffer it came from for that long.
+    pub fn detached(&self) -> Connect {
+        let text = |s: &ByteString| ByteString::from(&**s);
+        Connect {
+            protocol: self.protocol,
+            clean_session: self.clean_session,
+            keep_alive: self.keep_alive,
+            client_id: text(&self.client_id),
+            will: self.will.as_ref().map(|w| LastWill {
+                topic: text(&w.topic),
+                payload: Bytes::copy_from_slice(&w.payload),
+                qos: w.qos,
+                retain: w.retain,
+            }),
+            username: self.username.as_ref().map(text),
+            password: self.password.as_deref().map(Bytes::copy_from_slice),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnAck {
     pub session_present: bool,

@@ -243,7 +243,7 @@ impl Connection {
     async fn read_connect(&mut self) -> Result<Option<Connect>, Close> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect)),
+                Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect.detached())),
                 Ok(Some(other)) => {
                     return Err(Close::Protocol(format!(
                         "[MQTT-3.1.0-1] first packet is {}, not CONNECT",
@@ -296,13 +296,8 @@ impl Connection {
 
     async fn flush(&mut self) -> io::Result<()> {
         while !self.out.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let n = self.out.io_slices(&mut iov);
-            let written = self.writer.write_vectored(&iov[..n]).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            self.out.advance(written);
+            self.writer.writable().await?;
+            self.write_ready()?;
         }
         Ok(())
     }
@@ -315,7 +310,9 @@ impl Connection {
         };
         self.client_id = client_id;
         self.username = connect.username.clone();
-        if let AuthDecision::Deny(code) = self.authenticate(&connect).await {
+        // Rare paths are boxed: their state would otherwise be part of every connection's
+        // future for its whole life (idle connections should cost little memory).
+        if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {
             self.refuse(code).await;
             return;
         }
@@ -327,7 +324,8 @@ impl Connection {
             kick: kick.clone(),
             gone: gone_rx,
         };
-        let Some((session, session_present)) = self.take_session(&connect, handle).await else {
+        let Some((session, session_present)) = Box::pin(self.take_session(&connect, handle)).await
+        else {
             self.refuse(ConnectReturnCode::ServerUnavailable).await;
             return;
         };
@@ -366,9 +364,9 @@ impl Connection {
             }
             Close::Shutdown => {
                 let _ = timeout(Duration::from_secs(1), self.flush()).await;
-                self.publish_will(&connect).await;
+                Box::pin(self.publish_will(&connect)).await;
             }
-            _ => self.publish_will(&connect).await,
+            _ => Box::pin(self.publish_will(&connect)).await,
         }
         self.router.detach(&session, self.conn_id);
         self.router.emit(|| Event::Disconnected {
@@ -544,7 +542,7 @@ impl Connection {
         let expiry = sleep(idle_limit.unwrap_or(Duration::from_secs(86_400)));
         tokio::pin!(expiry);
         // Packets pipelined behind CONNECT are already buffered.
-        if let Some(close) = self.handle_buffered(session).await {
+        if let Some(close) = Box::pin(self.handle_buffered(session)).await {
             return close;
         }
         if self.rbuf.is_empty() {
@@ -553,20 +551,19 @@ impl Connection {
         loop {
             self.pump(session);
             let can_pump = self.out.len() < WRITE_HIGH_WATER;
+            let has_output = !self.out.is_empty();
             // A peer that sends without reading (acks piling up unwritten) is not read
             // from until it drains: TCP pushes back on it, and its output stays bounded.
             let can_read = self.out.len() < READ_PAUSE_ABOVE;
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let niov = self.out.io_slices(&mut iov);
             tokio::select! {
                 biased;
                 _ = kick.notified() => return Close::Takeover,
                 _ = shutdown.changed() => return Close::Shutdown,
                 _ = &mut expiry, if idle_limit.is_some() => return Close::KeepAlive,
-                res = self.writer.write_vectored(&iov[..niov]), if niov > 0 => match res {
-                    Ok(0) => return Close::Io(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => self.out.advance(n),
-                    Err(e) => return Close::Io(e),
+                res = self.writer.writable(), if has_output => {
+                    if let Err(e) = res.and_then(|()| self.write_ready()) {
+                        return Close::Io(e);
+                    }
                 },
                 res = self.reader.readable(), if can_read => {
                     if let Err(e) = res {
@@ -579,7 +576,7 @@ impl Connection {
                             if let Some(limit) = idle_limit {
                                 expiry.as_mut().reset(Instant::now() + limit);
                             }
-                            if let Some(close) = self.handle_buffered(session).await {
+                            if let Some(close) = Box::pin(self.handle_buffered(session)).await {
                                 return close;
                             }
                             if self.rbuf.is_empty() {
@@ -587,12 +584,33 @@ impl Connection {
                                 self.rbuf = BytesMut::new();
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if self.rbuf.is_empty() {
+                                // Readiness was stale: hold no buffer while idle.
+                                self.rbuf = BytesMut::new();
+                            }
+                        }
                         Err(e) => return Close::Io(e),
                     }
                 },
                 _ = session.notify.notified(), if can_pump => {}
             }
+        }
+    }
+
+    /// Writes what the socket takes now. The iovec array lives only in this synchronous
+    /// call, not in the connection's future, which stays small for idle connections.
+    fn write_ready(&mut self) -> io::Result<()> {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = self.out.io_slices(&mut iov);
+        match self.writer.try_write_vectored(&iov[..n]) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                self.out.advance(written);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -610,14 +628,18 @@ impl Connection {
             }
         };
         // Acknowledged messages are routed even if the connection is now closing.
-        self.route_intercepted().await;
+        if !self.intercepted.is_empty() {
+            Box::pin(self.route_intercepted()).await;
+        }
         if std::mem::take(&mut self.unsynced) {
             // durability = "sync": the acks in `out` are written only after this.
-            self.router.persisted().await;
+            Box::pin(self.router.persisted()).await;
         }
         // Slow in-process subscribers that chose flow control hold this publisher here,
         // before it reads more (no wait at all unless there are such subscribers).
-        self.scratch.wait_for_space().await;
+        if self.scratch.has_blocked() {
+            Box::pin(self.scratch.wait_for_space()).await;
+        }
         close
     }
 
@@ -657,7 +679,8 @@ impl Connection {
         match packet {
             Packet::Publish(publish) => {
                 // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
-                let allowed = self.may_publish(&publish.topic).await;
+                let allowed = self.router.hooks().authorizer.is_none()
+                    || Box::pin(self.may_publish(&publish.topic)).await;
                 if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
                     self.unsynced = true;
                 }
@@ -719,7 +742,7 @@ impl Connection {
                 let mut codes = Vec::with_capacity(subscribe.filters.len());
                 for (filter, qos) in &subscribe.filters {
                     let granted = match crate::topic::validate_topic_filter(filter) {
-                        Ok(()) => self.may_subscribe(filter, *qos).await,
+                        Ok(()) => Box::pin(self.may_subscribe(filter, *qos)).await,
                         Err(_) => Some(*qos), // the router reports the rule broken
                     };
                     let Some(granted) = granted else {
@@ -896,4 +919,27 @@ pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, max_packet_size: u
     }
     warn!(%peer, "refused connection: max_connections reached");
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection's task holds this future for its whole life, so its size is
+    /// memory per idle connection (benches/README.md, "idle connections"). An iovec
+    /// array or a rarely used path held across an await once made it 2.5 KiB.
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let router = std::sync::Arc::new(crate::router::Router::new(
+            crate::config::Config::default(),
+            crate::hooks::Hooks::default(),
+        ));
+        let conn = super::Connection::new(router, stream, peer);
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let future = conn.run(rx);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 2400, "the connection future grew to {size} bytes");
+    }
 }

@@ -109,6 +109,11 @@ pub struct MatchScratch {
 }
 
 impl MatchScratch {
+    /// Whether a flow-controlled subscriber asked this publisher to wait.
+    pub fn has_blocked(&self) -> bool {
+        !self.blocked.is_empty()
+    }
+
     /// Waits until every flow-controlled subscriber this publisher filled is below its
     /// high water mark again. Only the publishers of such subscribers ever wait here.
     pub async fn wait_for_space(&mut self) {
