@@ -797,28 +797,38 @@ impl State {
     }
 
     fn subscribe(&mut self, filters: Vec<(ByteString, QoS)>) -> Result<Submitted, codec::Error> {
-        if !self.accepting() {
-            return Ok(Submitted::Closed);
-        }
-        let Some(pkid) = self.ids.alloc() else {
-            self.room_wanted = true;
-            return Ok(Submitted::Full);
-        };
-        let packet = Packet::Subscribe(codec::Subscribe {
-            pkid,
-            filters: filters.clone(),
-        });
-        if let Err(e) = packet.encode(&mut self.out) {
-            self.ids.free(pkid);
-            return Err(e);
-        }
-        let token = self.new_token();
-        self.requests
-            .insert(pkid, Request::Subscribe { token, filters });
-        Ok(Submitted::Token(token))
+        let packet_filters = filters.clone();
+        self.request(
+            |pkid| {
+                Packet::Subscribe(codec::Subscribe {
+                    pkid,
+                    filters: packet_filters,
+                })
+            },
+            |token| Request::Subscribe { token, filters },
+        )
     }
 
     fn unsubscribe(&mut self, filters: Vec<ByteString>) -> Result<Submitted, codec::Error> {
+        let packet_filters = filters.clone();
+        self.request(
+            |pkid| {
+                Packet::Unsubscribe(codec::Unsubscribe {
+                    pkid,
+                    filters: packet_filters,
+                })
+            },
+            |token| Request::Unsubscribe { token, filters },
+        )
+    }
+
+    /// Sends a SUBSCRIBE or UNSUBSCRIBE under a fresh packet id and remembers what its
+    /// acknowledgement completes.
+    fn request(
+        &mut self,
+        packet: impl FnOnce(u16) -> Packet,
+        request: impl FnOnce(u64) -> Request,
+    ) -> Result<Submitted, codec::Error> {
         if !self.accepting() {
             return Ok(Submitted::Closed);
         }
@@ -826,17 +836,12 @@ impl State {
             self.room_wanted = true;
             return Ok(Submitted::Full);
         };
-        let packet = Packet::Unsubscribe(codec::Unsubscribe {
-            pkid,
-            filters: filters.clone(),
-        });
-        if let Err(e) = packet.encode(&mut self.out) {
+        if let Err(e) = packet(pkid).encode(&mut self.out) {
             self.ids.free(pkid);
             return Err(e);
         }
         let token = self.new_token();
-        self.requests
-            .insert(pkid, Request::Unsubscribe { token, filters });
+        self.requests.insert(pkid, request(token));
         Ok(Submitted::Token(token))
     }
 
