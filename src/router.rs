@@ -124,9 +124,11 @@ impl MatchScratch {
                 tokio::pin!(space);
                 // Register before checking, so a drain in between is not missed.
                 space.as_mut().enable();
-                if session.state.lock().queued_len() < flow.high_water
-                    || session.state.lock().subscriptions.is_empty()
-                {
+                let drained = {
+                    let state = session.state.lock();
+                    state.queued_len() < flow.high_water || state.subscriptions.is_empty()
+                };
+                if drained {
                     break;
                 }
                 space.await;
@@ -217,13 +219,22 @@ impl Router {
     }
 
     fn new_session(&self, client_id: ByteString, clean: bool) -> Arc<Session> {
+        self.session_with_flow(client_id, clean, None)
+    }
+
+    fn session_with_flow(
+        &self,
+        client_id: ByteString,
+        clean: bool,
+        flow: Option<Flow>,
+    ) -> Arc<Session> {
         Arc::new(Session {
             id: self.next_id(),
             client_id,
             clean,
             state: Mutex::new(SessionState::new(self.limits)),
             notify: Notify::new(),
-            flow: None,
+            flow,
         })
     }
 
@@ -392,17 +403,11 @@ impl Router {
     /// A session for a subscriber inside the process (not a network client): never in the
     /// client map, so no CONNECT can take it over. Release it with [`Router::release`].
     pub fn internal_session(&self, name: &str, flow: Option<usize>) -> Arc<Session> {
-        let session = Arc::new(Session {
-            id: self.next_id(),
-            client_id: ByteString::from(name),
-            clean: true,
-            state: Mutex::new(SessionState::new(self.limits)),
-            notify: Notify::new(),
-            flow: flow.map(|high_water| Flow {
-                high_water,
-                space: Notify::new(),
-            }),
+        let flow = flow.map(|high_water| Flow {
+            high_water,
+            space: Notify::new(),
         });
+        let session = self.session_with_flow(ByteString::from(name), true, flow);
         session.state.lock().online = true;
         session
     }
@@ -416,11 +421,6 @@ impl Router {
         if let Some(flow) = &session.flow {
             flow.space.notify_waiters();
         }
-    }
-
-    /// Number of stored retained messages.
-    pub fn retained_len(&self) -> usize {
-        self.retained.read().len()
     }
 
     /// Writes every persistent session and retained message to `store` (on shutdown).
