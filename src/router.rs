@@ -337,8 +337,20 @@ impl Router {
                 qos: msg.qos.min(granted),
                 retain: false,
             };
-            if session.deliver(item) == Enqueued::Overflowed {
-                dropped += 1;
+            match session.deliver(item) {
+                Enqueued::Yes | Enqueued::Skipped => {}
+                Enqueued::Overflowed => dropped += 1,
+                Enqueued::OverflowStarted => {
+                    dropped += 1;
+                    let limits = session.state.lock().limits();
+                    tracing::warn!(
+                        client_id = %session.client_id,
+                        max_queued_messages = limits.max_queued,
+                        policy = ?limits.overflow,
+                        "session queue full: dropping messages until it drains \
+                         (the subscriber reads slower than its topics are published)"
+                    );
+                }
             }
             if let Some(flow) = &session.flow {
                 if session.state.lock().queued_len() >= flow.high_water {

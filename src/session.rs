@@ -70,6 +70,9 @@ pub enum Enqueued {
     Yes,
     /// The queue was full: one message (the new one or the oldest) was dropped.
     Overflowed,
+    /// As `Overflowed`, and the first drop since the queue was last drained empty: the
+    /// caller logs it, so a full queue costs one log line per episode, not one per message.
+    OverflowStarted,
     /// QoS 0 for an offline session is not queued unless configured.
     Skipped,
 }
@@ -98,6 +101,8 @@ pub struct SessionState {
     pub online: bool,
     /// Messages dropped by the overflow policy over the session's lifetime.
     pub dropped: u64,
+    /// A drop happened and the queue has not been empty since (see `OverflowStarted`).
+    overflowing: bool,
 }
 
 impl SessionState {
@@ -111,7 +116,12 @@ impl SessionState {
             inbound_qos2: Vec::new(),
             online: false,
             dropped: 0,
+            overflowing: false,
         }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     pub fn queued_len(&self) -> usize {
@@ -137,14 +147,17 @@ impl SessionState {
         }
         if self.queue.len() >= self.limits.max_queued {
             self.dropped += 1;
-            match self.limits.overflow {
-                OverflowPolicy::DropNew => return Enqueued::Overflowed,
-                OverflowPolicy::DropOldest => {
-                    self.queue.pop_front();
-                    self.queue.push_back(item);
-                    return Enqueued::Overflowed;
-                }
+            if self.limits.overflow == OverflowPolicy::DropOldest {
+                self.queue.pop_front();
+                self.queue.push_back(item);
             }
+            if std::mem::replace(&mut self.overflowing, true) {
+                return Enqueued::Overflowed;
+            }
+            return Enqueued::OverflowStarted;
+        }
+        if self.queue.is_empty() {
+            self.overflowing = false;
         }
         self.queue.push_back(item);
         Enqueued::Yes
@@ -393,16 +406,40 @@ mod tests {
         s.online = true;
         s.enqueue(msg(1, QoS::AtLeastOnce));
         s.enqueue(msg(2, QoS::AtLeastOnce));
-        assert_eq!(s.enqueue(msg(3, QoS::AtLeastOnce)), Enqueued::Overflowed);
+        assert_eq!(
+            s.enqueue(msg(3, QoS::AtLeastOnce)),
+            Enqueued::OverflowStarted
+        );
+        assert_eq!(s.enqueue(msg(4, QoS::AtLeastOnce)), Enqueued::Overflowed);
         assert_eq!(payload(&s.next_outgoing().unwrap()), 1);
-        assert_eq!(s.dropped, 1);
+        assert_eq!(s.dropped, 2);
+        // Room again, but the episode lasts until the queue has drained empty: one log
+        // line per episode, not one per refill.
+        assert_eq!(s.enqueue(msg(5, QoS::AtLeastOnce)), Enqueued::Yes);
+        assert_eq!(s.enqueue(msg(6, QoS::AtLeastOnce)), Enqueued::Overflowed);
+        assert!(s.on_puback(1));
+        assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
+        assert!(s.on_puback(2));
+        assert_eq!(payload(&s.next_outgoing().unwrap()), 5);
+        assert_eq!(s.queued_len(), 0);
+        assert_eq!(s.enqueue(msg(7, QoS::AtLeastOnce)), Enqueued::Yes);
+        assert_eq!(s.enqueue(msg(8, QoS::AtLeastOnce)), Enqueued::Yes);
+        assert_eq!(
+            s.enqueue(msg(9, QoS::AtLeastOnce)),
+            Enqueued::OverflowStarted
+        );
+        assert_eq!(s.dropped, 4);
 
         let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropOldest));
         s.online = true;
         s.enqueue(msg(1, QoS::AtLeastOnce));
         s.enqueue(msg(2, QoS::AtLeastOnce));
-        s.enqueue(msg(3, QoS::AtLeastOnce));
+        assert_eq!(
+            s.enqueue(msg(3, QoS::AtLeastOnce)),
+            Enqueued::OverflowStarted
+        );
         assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
+        assert_eq!(s.dropped, 1);
     }
 
     #[test]

@@ -548,9 +548,12 @@ def test_inflight_window_limits_unacked_deliveries(make_broker, raw: RawFactory)
     ("policy", "kept"),
     [("drop_new", range(0, 5)), ("drop_oldest", range(5, 10))],
 )
-def test_queue_limit_overflow_policy(make_broker, raw: RawFactory, policy: str, kept) -> None:
+def test_queue_limit_overflow_policy(
+    make_broker, raw: RawFactory, policy: str, kept, capfd: pytest.CaptureFixture[str]
+) -> None:
     """[MQTT-3.1.2-5] max_queued_messages=5, 10 QoS 1 messages for an offline CS=0 session:
-    drop_new keeps the first 5, drop_oldest the last 5; dropped_messages counts 5."""
+    drop_new keeps the first 5, drop_oldest the last 5; dropped_messages counts 5, and the
+    broker says so in one warning for the episode, not one per dropped message."""
     broker = make_broker(max_queued_messages=5, queue_overflow=policy)
     port = port_of(broker)
     sub = raw(port)
@@ -575,6 +578,12 @@ def test_queue_limit_overflow_policy(make_broker, raw: RawFactory, policy: str, 
     assert got == [b"m%d" % i for i in kept]
     marker_is_next(sub, pub, "lim/t")
     assert broker.dropped_messages == 5
+    warnings = [
+        line for line in capfd.readouterr().err.splitlines() if "session queue full" in line
+    ]
+    assert len(warnings) == 1, warnings
+    assert "client_id=limited" in warnings[0]
+    assert "max_queued_messages=5" in warnings[0]
 
 
 # --------------------------------------------------------------------------- slow consumer
