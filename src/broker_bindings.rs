@@ -216,7 +216,9 @@ impl BrokerCore {
             .map_or(0, |r| r.server.router().dropped_messages())
     }
 
-    /// Routes a message as if a client had published it (no socket involved).
+    /// Routes a message as if a client had published it (no socket involved). Returns 0,
+    /// or, when a flow-controlled subscription is full, a token that a `("space", token)`
+    /// dispatch item completes once it has drained below its high water mark.
     #[pyo3(signature = (topic, payload, qos=0, retain=false))]
     fn publish(
         &self,
@@ -225,7 +227,7 @@ impl BrokerCore {
         payload: &[u8],
         qos: u8,
         retain: bool,
-    ) -> PyResult<()> {
+    ) -> PyResult<u64> {
         topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let qos =
             QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?;
@@ -242,8 +244,23 @@ impl BrokerCore {
             retain,
             publisher: ByteString::new(),
         });
-        py.detach(move || router.publish(msg, &mut MatchScratch::default()));
-        Ok(())
+        let mut scratch = MatchScratch::default();
+        py.detach(|| router.publish(msg, &mut scratch));
+        if !scratch.has_blocked() {
+            return Ok(0);
+        }
+        // A flow-controlled subscription is full: the caller waits for a "space" event
+        // carrying this token, as an MQTT publisher would wait for its PUBACK.
+        let slot = self.running.lock();
+        let Some(running) = slot.as_ref() else {
+            return Ok(0); // stopped meanwhile: nobody will drain, nothing to wait for
+        };
+        let Some(bridge) = running.bridge.clone() else {
+            return Ok(0);
+        };
+        let token = router.next_id();
+        running.server.spawn(bridge.wait_for_space(scratch, token));
+        Ok(token)
     }
 
     /// Subscribes the process itself to `filter`: matching messages arrive in batches

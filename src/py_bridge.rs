@@ -25,7 +25,7 @@ use crate::hooks::{
     AuthDecision, AuthRequest, Authenticator, Authorizer, BoxFuture, ClientInfo, Event, EventSink,
     Interceptor,
 };
-use crate::router::{Router, Session};
+use crate::router::{MatchScratch, Router, Session};
 use crate::session::{Message, Queued};
 
 /// Items crossing into Python per `call_soon_threadsafe`.
@@ -41,6 +41,8 @@ enum Work {
     Publish(ClientInfo, ByteString, oneshot::Sender<bool>),
     Event(Event),
     Messages(u64, Vec<Queued>),
+    /// A publish from Python that filled a flow-controlled subscription may return now.
+    Space(u64),
     Intercept(
         ClientInfo,
         Vec<Arc<Message>>,
@@ -235,6 +237,16 @@ impl PyBridge {
     }
 }
 
+impl PyBridge {
+    /// Completes Python's `broker.publish` (token `token`) once every flow-controlled
+    /// subscription the message filled is below its high water mark again: Python
+    /// publishers are slowed exactly like MQTT publishers.
+    pub async fn wait_for_space(self, mut scratch: MatchScratch, token: u64) {
+        scratch.wait_for_space().await;
+        let _ = self.tx.send(Work::Space(token)).await;
+    }
+}
+
 impl Authenticator for PyBridge {
     fn authenticate(&self, request: AuthRequest) -> BoxFuture<AuthDecision> {
         let bridge = self.clone();
@@ -378,6 +390,7 @@ fn to_python<'py>(
             )
                 .into_pyobject(py)?,
             Work::Event(event) => event_tuple(py, event)?,
+            Work::Space(token) => ("space", token).into_pyobject(py)?,
             Work::Intercept(client, batch, tx) => {
                 let items = PyList::empty(py);
                 for m in &batch {

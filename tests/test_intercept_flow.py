@@ -388,10 +388,13 @@ def blast(port: int, count: int, topic: str = "fc") -> None:
         assert frame(pub.recv()) == PINGRESP
 
 
-async def consume_slowly(sub: Subscription, mode: str, until: str) -> list[Message]:
+async def consume_slowly(
+    sub: Subscription, mode: str, until: str, got: list[Message] | None = None
+) -> list[Message]:
     """Everything up to the message on `until`, sleeping 5 ms per 50 messages (about a
-    tenth of the broker's speed)."""
-    got: list[Message] = []
+    tenth of the broker's speed); appended to `got` as it arrives, when given."""
+    if got is None:
+        got = []
     if mode == "next_batch":
         while not got or got[-1].topic != until:
             batch = await asyncio.wait_for(sub.next_batch(), TIMEOUT)
@@ -473,6 +476,74 @@ async def test_stalled_flow_control_does_not_slow_other_topics(
         assert frame(await held.recv()) == ack(PUBACK, 7)
     assert [m.topic for m in got] == [f"fc/{i}" for i in range(1000)] + ["fc/last"]
     assert (broker.dropped_messages, sub.dropped) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", ["next_batch", "async_for"])
+async def test_python_publisher_is_slowed_by_flow_control(serve: Serve, mode: str) -> None:
+    """`await broker.publish()` is a matching publisher too: 5,000 messages published from
+    Python, as fast as it can, reach a slow flow-controlled consumer in order, none
+    dropped, and the producer is held back: when it finishes, the consumer has already
+    read all but about a backlog's worth (50 in the session queue, 50 buffered here).
+    Without the wait the producer never yields and finishes before the first read."""
+    broker = await serve(**LIMITS)
+    got: list[Message] = []
+    read_when_done: list[int] = []
+
+    async def produce() -> None:
+        for i in range(COUNT):
+            await broker.publish(f"fc/{i}", b"%d" % i)
+        await broker.publish("fc/end", b"end")
+        read_when_done.append(len(got))
+
+    async with broker.subscribe("fc/#", max_buffered=50, flow_control=True) as sub:
+        producer = asyncio.create_task(produce())
+        await consume_slowly(sub, mode, "fc/end", got)
+        await asyncio.wait_for(producer, TIMEOUT)
+    assert [m.topic for m in got] == [f"fc/{i}" for i in range(COUNT)] + ["fc/end"]
+    assert (broker.dropped_messages, sub.dropped) == (0, 0)
+    assert len(read_when_done) == 1
+    assert read_when_done[0] >= COUNT - 200, read_when_done
+
+
+async def test_python_publisher_without_flow_control_is_not_slowed(serve: Serve) -> None:
+    """The contrast: the same producer and a subscription without flow control. The
+    producer finishes before the consumer reads anything, and the excess is dropped."""
+    broker = await serve(**LIMITS)
+    async with broker.subscribe("fc/#", max_buffered=50) as sub:
+        for i in range(COUNT):
+            await broker.publish(f"fc/{i}", b"%d" % i)
+        await broker.publish("fc/end", b"end")
+        got = await consume_slowly(sub, "next_batch", "fc/end")
+    assert len(got) < COUNT
+    assert len(got) + broker.dropped_messages + sub.dropped == COUNT + 1
+
+
+async def test_python_publisher_waits_for_a_stalled_consumer(serve: Serve) -> None:
+    """A publish that fills a flow-controlled subscription does not return while its
+    consumer reads nothing; it returns once the consumer catches up, and stopping the
+    broker releases publishers that are still waiting."""
+    broker = await serve()
+    async with broker.subscribe("st/#", max_buffered=5, flow_control=True) as sub:
+        producer = asyncio.create_task(publish_many(broker, "st/t", 100))
+        await asyncio.sleep(0.3)
+        assert not producer.done(), "the publisher waits for the stalled consumer"
+        got = 0
+        while got < 100:
+            got += len(await asyncio.wait_for(sub.next_batch(), TIMEOUT))
+        await asyncio.wait_for(producer, TIMEOUT)
+
+        stalled = asyncio.create_task(publish_many(broker, "st/t", 100))
+        await asyncio.sleep(0.3)
+        assert not stalled.done()
+        await broker.__aexit__(None, None, None)
+        # Released: its waiting publish returned, and its next one finds no broker.
+        with pytest.raises(RuntimeError, match="not running"):
+            await asyncio.wait_for(stalled, TIMEOUT)
+
+
+async def publish_many(broker: pyo3mq.Broker, topic: str, count: int) -> None:
+    for i in range(count):
+        await broker.publish(topic, b"%d" % i)
 
 
 async def test_next_batch(serve: Serve, raw: RawFactory) -> None:

@@ -74,8 +74,10 @@ class Dispatcher:
         handlers: dict[str, list[Callable[[Any], Any]]],
         deliver: Callable[[int, list[Message]], None],
         intercept: Callable[[Message], Any] | None = None,
+        space: Callable[[int], None] | None = None,
     ) -> None:
         self._intercept = intercept
+        self._space = space
         self._loop = loop
         self._timeout = timeout
         self._authenticate = authenticate
@@ -91,6 +93,9 @@ class Dispatcher:
             try:
                 if kind == "messages":
                     self._deliver(item[1], [_new_tuple(Message, m) for m in item[2]])
+                elif kind == "space":
+                    if self._space is not None:
+                        self._space(item[1])
                 elif kind == "auth":
                     self._spawn(self._auth(*item[1:]))
                 elif kind == "authorize_subscribe":

@@ -259,6 +259,8 @@ class Broker:
             if handler is not None:
                 self._handlers[kind].append(handler)
         self._subscriptions: dict[int, Subscription] = {}
+        # `publish()` calls waiting for a full flow-controlled subscription, by token.
+        self._space_waiters: dict[int, asyncio.Future[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -320,6 +322,7 @@ class Broker:
             handlers=self._handlers,
             deliver=self._deliver,
             intercept=self.on_message,
+            space=self._space_ready,
         )
         self._loop = loop
         self._addresses = self._core.start(
@@ -330,6 +333,19 @@ class Broker:
             events=any(self._handlers.values()),
             intercept=self.on_message is not None,
         )
+
+    def _space_ready(self, token: int) -> None:
+        waiter = self._space_waiters.pop(token, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _release_space_waiters(self) -> None:
+        # Stopping: nothing will drain the subscriptions, and every waiting message was
+        # already routed, so the publishers return.
+        waiters = list(self._space_waiters.values())
+        self._space_waiters.clear()
+        for waiter in waiters:
+            waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
 
     def _deliver(self, subscription_id: int, messages: list[Message]) -> None:
         subscription = self._subscriptions.get(subscription_id)
@@ -400,6 +416,7 @@ class Broker:
         for subscription in list(self._subscriptions.values()):
             subscription.close()
         self._core.stop()
+        self._release_space_waiters()
         if self._persister is not None and loop is not None and self._loop_thread is not None:
             asyncio.run_coroutine_threadsafe(self._persister.sync(), loop).result()
         self._stop_loop_thread()
@@ -430,9 +447,22 @@ class Broker:
     async def publish(
         self, topic: str, payload: bytes | str = b"", qos: int = 0, retain: bool = False
     ) -> None:
-        """Delivers a message to matching subscribers without a socket."""
+        """Delivers a message to matching subscribers without a socket.
+
+        It returns once the message is routed. If it filled a subscription made with
+        `flow_control=True` on this broker's event loop, it waits, as an MQTT publisher
+        would, until that subscription's consumer has caught up (so a coroutine must not
+        publish more than `max_buffered` messages to a flow-controlled subscription that
+        only it consumes)."""
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
-        self._core.publish(topic, data, qos, retain)
+        token = self._core.publish(topic, data, qos, retain)
+        if token and asyncio.get_running_loop() is self._loop:
+            waiter = self._loop.create_future()
+            self._space_waiters[token] = waiter
+            try:
+                await waiter
+            finally:
+                self._space_waiters.pop(token, None)
 
     def subscribe(
         self,
@@ -477,3 +507,8 @@ class Broker:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
         if self._persister is not None:
             await self._persister.sync()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
