@@ -85,6 +85,8 @@ fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
                 ))
             })?
         },
+        sys_interval: Duration::try_from_secs_f64(setting(settings, "sys_interval")?)
+            .map_err(|_| PyValueError::new_err("sys_interval must be a number of seconds >= 0"))?,
         persist_interval: Duration::try_from_secs_f64(setting(settings, "persist_interval")?)
             .map_err(|_| {
                 PyValueError::new_err("persist_interval must be a number of seconds >= 0")

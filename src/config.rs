@@ -66,6 +66,8 @@ pub struct Config {
     /// message is in the store (group commit), so a crash never loses an acknowledged
     /// message; `Interval` relies on `persist_interval`.
     pub durability: Durability,
+    /// How often the `$SYS/broker/...` statistics are published; zero disables them.
+    pub sys_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +107,7 @@ impl Default for Config {
             session_store: "memory".to_string(),
             persist_interval: Duration::from_secs(1),
             durability: Durability::Interval,
+            sys_interval: Duration::from_secs(10),
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::codec::{
 use crate::hooks::{AuthDecision, AuthRequest, ClientInfo, DisconnectReason, Event};
 use crate::router::{Attach, ConnHandle, MatchScratch, Router, Session};
 use crate::session::{Message, Outgoing, Queued};
+use crate::sys_topics::{self, LocalCounters};
 
 /// Stop moving messages from the session queue into the write buffer above this many
 /// pending bytes: the rest waits in the (bounded) session queue, so a slow reader's
@@ -189,6 +190,8 @@ pub struct Connection {
     /// A QoS 1/2 message was accepted in this read and must reach the durable store
     /// before it is acknowledged.
     unsynced: bool,
+    /// Traffic since the last flush into the broker's `$SYS` totals.
+    counters: LocalCounters,
 }
 
 impl Connection {
@@ -214,6 +217,7 @@ impl Connection {
             acl_cache: HashMap::new(),
             intercepted: Vec::new(),
             unsynced: false,
+            counters: LocalCounters::default(),
         }
     }
 
@@ -277,7 +281,10 @@ impl Connection {
             self.reader.readable().await?;
             self.rbuf.reserve(READ_CHUNK);
             match self.reader.try_read_buf(&mut self.rbuf) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.counters.bytes_received += n as u64;
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
@@ -373,6 +380,7 @@ impl Connection {
             client_id: self.client_id.clone(),
             reason,
         });
+        self.counters.flush_into(self.router.counters());
         // Only now may a connection taking over this client id proceed.
         drop(gone_tx);
         let _ = self.writer.shutdown().await;
@@ -550,6 +558,7 @@ impl Connection {
         }
         loop {
             self.pump(session);
+            self.counters.flush_into(self.router.counters());
             let can_pump = self.out.len() < WRITE_HIGH_WATER;
             let has_output = !self.out.is_empty();
             // A peer that sends without reading (acks piling up unwritten) is not read
@@ -572,7 +581,8 @@ impl Connection {
                     self.rbuf.reserve(READ_CHUNK);
                     match self.reader.try_read_buf(&mut self.rbuf) {
                         Ok(0) => return Close::PeerClosed,
-                        Ok(_) => {
+                        Ok(n) => {
+                            self.counters.bytes_received += n as u64;
                             if let Some(limit) = idle_limit {
                                 expiry.as_mut().reset(Instant::now() + limit);
                             }
@@ -607,6 +617,7 @@ impl Connection {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => {
                 self.out.advance(written);
+                self.counters.bytes_sent += written as u64;
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -678,14 +689,22 @@ impl Connection {
     async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
         match packet {
             Packet::Publish(publish) => {
+                self.counters.messages_received += 1;
                 // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
-                let allowed = self.router.hooks().authorizer.is_none()
-                    || Box::pin(self.may_publish(&publish.topic)).await;
+                let allowed = if sys_topics::is_reserved(&publish.topic) {
+                    info!(client_id = %self.client_id, topic = %publish.topic,
+                        "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
+                    false
+                } else if self.router.hooks().authorizer.is_none()
+                    || Box::pin(self.may_publish(&publish.topic)).await
+                {
+                    true
+                } else {
+                    info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
+                    false
+                };
                 if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
                     self.unsynced = true;
-                }
-                if !allowed {
-                    info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
                 }
                 let msg = Arc::new(Message {
                     topic: publish.topic,
@@ -840,7 +859,10 @@ impl Connection {
 
     fn put_outgoing(&mut self, outgoing: Outgoing) {
         match outgoing {
-            Outgoing::Publish { item, pkid, dup } => self.out.put_publish(&item, pkid, dup),
+            Outgoing::Publish { item, pkid, dup } => {
+                self.counters.messages_sent += 1;
+                self.out.put_publish(&item, pkid, dup);
+            }
             Outgoing::PubRel(pkid) => self.out.put_packet(&Packet::PubRel(pkid)),
         }
     }
@@ -849,6 +871,11 @@ impl Connection {
     /// flag [MQTT-3.1.2-16], [MQTT-3.1.2-17]; at most once [MQTT-3.1.2-10].
     async fn publish_will(&mut self, connect: &Connect) {
         if let Some(will) = &connect.will {
+            if sys_topics::is_reserved(&will.topic) {
+                info!(client_id = %self.client_id, topic = %will.topic,
+                    "will dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
+                return;
+            }
             if !self.may_publish(&will.topic).await {
                 info!(client_id = %self.client_id, topic = %will.topic, "will not authorized: dropped");
                 return;

@@ -13,6 +13,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod sys_topics;
 pub mod topic;
 
 #[cfg(feature = "python")]

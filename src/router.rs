@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::hooks::{Event, Hooks};
 use crate::session::{Enqueued, Limits, Message, Queued, SessionState};
 use crate::store::{SessionSnapshot, SessionStore, StoredMessage};
+use crate::sys_topics::Counters;
 use crate::topic::{self, RetainedTree, SubscriptionTree};
 
 /// A session shared between the router (publishers append to it) and the connection that
@@ -114,6 +115,11 @@ impl MatchScratch {
         !self.blocked.is_empty()
     }
 
+    /// Forgets the subscribers that asked to wait (for a publisher that will not).
+    pub fn clear_blocked(&mut self) {
+        self.blocked.clear();
+    }
+
     /// Waits until every flow-controlled subscriber this publisher filled is below its
     /// high water mark again. Only the publishers of such subscribers ever wait here.
     pub async fn wait_for_space(&mut self) {
@@ -147,6 +153,8 @@ pub struct Router {
     next_id: AtomicU64,
     /// Messages dropped by sessions' overflow policies since start.
     dropped: AtomicU64,
+    /// Traffic totals for `$SYS`, fed by the connections in batches.
+    counters: Counters,
     /// Set with `durability = "sync"`: asks the store writer for a commit that includes
     /// everything routed so far, and is answered once it is on disk.
     durable: std::sync::OnceLock<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>,
@@ -169,6 +177,7 @@ impl Router {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            counters: Counters::default(),
             durable: std::sync::OnceLock::new(),
         }
     }
@@ -207,6 +216,26 @@ impl Router {
         if let Some(sink) = &self.hooks.events {
             sink.event(event());
         }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// (connected clients, all client sessions including offline persistent ones).
+    pub fn client_counts(&self) -> (usize, usize) {
+        let clients = self.clients.lock();
+        let connected = clients.values().filter(|slot| slot.conn.is_some()).count();
+        (connected, clients.len())
+    }
+
+    /// Subscriptions of every session, in-process ones included.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.read().len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
     }
 
     /// A process-unique id for connections and sessions.
@@ -465,9 +494,12 @@ impl Router {
             })
             .collect();
         let mut retained = Vec::new();
-        self.retained
-            .read()
-            .for_each(&mut |_, m| retained.push(m.clone()));
+        // `$SYS` values describe this run; the next one publishes its own.
+        self.retained.read().for_each(&mut |topic, m| {
+            if !crate::sys_topics::is_reserved(topic) {
+                retained.push(m.clone());
+            }
+        });
         store.save(sessions, retained);
     }
 

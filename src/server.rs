@@ -21,6 +21,7 @@ use crate::connection::{refuse_busy, Connection};
 use crate::hooks::{AclFile, Hooks, PasswordFile};
 use crate::router::Router;
 use crate::store::SessionStore;
+use crate::sys_topics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -98,6 +99,13 @@ impl Server {
                 router.clone(),
                 store.clone(),
                 config.persist_interval,
+                shutdown.subscribe(),
+            ));
+        }
+        if !config.sys_interval.is_zero() {
+            runtime.spawn(sys_topics::publish_periodically(
+                router.clone(),
+                config.sys_interval,
                 shutdown.subscribe(),
             ));
         }

@@ -261,7 +261,7 @@ async def test_wildcard_filters() -> None:
     rules: `+` one level (empty included), `#` the parent and every level below, and no
     leading wildcard matches a `$` topic."""
     topics = [
-        "$SYS/broker/x",
+        "$dev/broker/x",
         "home/kitchen/temp",
         "home/temp",
         "garden/temp",
@@ -269,7 +269,7 @@ async def test_wildcard_filters() -> None:
         "office/x/temp",
         "/temp",
     ]
-    markers = ["$SYS/m", "m/temp", "home/m/temp"]
+    markers = ["$dev/m", "m/temp", "home/m/temp"]
     expected = {
         "+/temp": ["home/temp", "garden/temp", "/temp", "m/temp"],
         "home/#": ["home/kitchen/temp", "home/temp", "home", "home/m/temp"],
@@ -284,7 +284,7 @@ async def test_wildcard_filters() -> None:
             "m/temp",
             "home/m/temp",
         ],
-        "$SYS/#": ["$SYS/broker/x", "$SYS/m"],
+        "$dev/#": ["$dev/broker/x", "$dev/m"],
     }
     async with Broker(listeners=[LOOPBACK]) as broker:
         subs = {f: broker.subscribe(f) for f in expected}

@@ -28,6 +28,7 @@ from mqtt_raw import (
     subscribe,
     unsubscribe,
 )
+from stderr_capture import captured_stderr
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 CONNACK_BAD_VERSION = b"\x20\x02\x00\x01"
@@ -65,12 +66,10 @@ class BrokerLog:
     """The broker's stderr log lines (via capfd), searched per client connection."""
 
     def __init__(self, capfd: pytest.CaptureFixture[str]) -> None:
-        self.capfd = capfd
-        self.text = ""
+        self.capfd = capfd  # active for the test: stderr goes to its capture file
 
     def _pull(self) -> list[str]:
-        self.text += _ANSI.sub("", self.capfd.readouterr().err)
-        return self.text.splitlines()
+        return _ANSI.sub("", captured_stderr()).splitlines()
 
     def expect(self, peer_port: int, needles: Sequence[str], timeout: float = 1.0) -> str:
         """Waits for a log line about the connection from `peer_port` that contains one of

@@ -57,6 +57,7 @@ class BrokerConfig:
     session_store: str = "memory"
     persist_interval: float = 1.0
     durability: Literal["interval", "sync"] = "interval"
+    sys_interval: float = 10.0
 
     def __post_init__(self) -> None:
         # Checked here so a bad config file gets a message naming the setting.
@@ -80,7 +81,13 @@ class BrokerConfig:
             raise ValueError(
                 f"session_store must be 'memory' or 'sqlite:PATH', not {self.session_store!r}"
             )
-        for name in ("connect_timeout", "auth_timeout", "acl_cache_ttl", "persist_interval"):
+        for name in (
+            "connect_timeout",
+            "auth_timeout",
+            "acl_cache_ttl",
+            "persist_interval",
+            "sys_interval",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number of seconds, not {value!r}")
