@@ -21,6 +21,8 @@ mod broker_bindings;
 #[cfg(feature = "python")]
 mod client_bindings;
 #[cfg(feature = "python")]
+mod log_bridge;
+#[cfg(feature = "python")]
 mod py_bridge;
 
 #[cfg(feature = "python")]
@@ -41,20 +43,35 @@ pyo3::create_exception!(
     "The broker could not start (bad configuration, or a listener could not bind)."
 );
 
-/// Routes the core's `tracing` output to stderr at `level` (first call wins).
+/// Routes the core's `tracing` output at `level` to stderr, or with `to_python` to
+/// Python's `logging` (loggers `pyo3mq.<module>`). The first call in a process wins.
 #[cfg(feature = "python")]
 #[pyfunction]
-fn init_logging(level: &str) -> PyResult<()> {
+#[pyo3(signature = (level, to_python=false))]
+fn init_logging(level: &str, to_python: bool) -> PyResult<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter =
         tracing_subscriber::EnvFilter::try_new(format!("pyo3mq={level}")).map_err(|e| {
             pyo3::exceptions::PyValueError::new_err(format!("invalid log level {level:?}: {e}"))
         })?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    if to_python {
+        let layer = log_bridge::PythonLayer::start().ok_or_else(|| {
+            pyo3::exceptions::PyRuntimeError::new_err("cannot start the logging thread")
+        })?;
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .try_init();
+    }
     Ok(())
 }
 

@@ -326,7 +326,9 @@ fn dispatch_thread(mut rx: mpsc::Receiver<Work>, event_loop: Py<PyAny>, dispatch
                 Err(_) => break,
             }
         }
-        Python::attach(|py| {
+        // `try_attach`: once the interpreter is shutting down there is no loop to hand
+        // work to; the dropped reply handles deny.
+        let attached = Python::try_attach(|py| {
             let result = to_python(py, batch.drain(..)).and_then(|items| {
                 event_loop.call_method1(py, "call_soon_threadsafe", (dispatch.bind(py), items))
             });
@@ -335,6 +337,9 @@ fn dispatch_thread(mut rx: mpsc::Receiver<Work>, event_loop: Py<PyAny>, dispatch
                 warn!("cannot hand work to the asyncio loop: {err}");
             }
         });
+        if attached.is_none() {
+            return;
+        }
     }
 }
 

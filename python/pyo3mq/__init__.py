@@ -1,7 +1,8 @@
 """pyo3mq: a fast MQTT 3.1/3.1.1 broker with a Rust core and a Python face."""
 
-from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__
-from pyo3mq._pyo3mq import init_logging as enable_logging
+from typing import Literal
+
+from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__, init_logging
 from pyo3mq.broker import Broker, BrokerConfig, Subscription
 from pyo3mq.client import (
     Client,
@@ -35,6 +36,22 @@ from pyo3mq.types import (
     SubscribeEvent,
     UnsubscribeEvent,
 )
+
+
+def enable_logging(level: str = "info", *, to: Literal["python", "stderr"] = "python") -> None:
+    """Sends the Rust core's log lines (connections, closes with the rule broken,
+    dropped messages) at `level` and above to Python's `logging`, on the loggers
+    `pyo3mq.connection`, `pyo3mq.router`, `pyo3mq.server`... (`to="python"`), or straight
+    to stderr without touching Python (`to="stderr"`, what the `pyo3mq` command does).
+
+    Lines reach `logging` from a thread of their own, a batch per interpreter
+    attachment; the broker never waits for a handler (lines beyond a bounded backlog are
+    dropped, and a warning says how many). Only the first call in a process applies.
+    """
+    if to not in ("python", "stderr"):
+        raise ValueError(f"to must be 'python' or 'stderr', not {to!r}")
+    init_logging(level, to == "python")
+
 
 __all__ = [
     "Authenticator",
