@@ -85,6 +85,10 @@ impl Server {
             hooks.authorizer = Some(Arc::new(AclFile::load(path).map_err(ServerError::Config)?));
         }
         let router = Arc::new(Router::new(config.clone(), hooks));
+        if config.session_store != "memory" {
+            // A durable store is kept up to date with what changed, not rewritten whole.
+            router.track_changes();
+        }
         router.load_from(store.as_ref());
         let (shutdown, _) = watch::channel(false);
         let (done_tx, all_done) = mpsc::channel(1);
@@ -165,7 +169,7 @@ impl Server {
         if !finished {
             error!("connections did not close within 10 s; stopping anyway");
         }
-        self.router.save_to(self.store.as_ref());
+        self.router.persist(self.store.as_ref());
         runtime.shutdown_timeout(Duration::from_secs(1));
         info!("broker stopped");
     }
@@ -229,13 +233,14 @@ async fn persist_periodically(
             _ = shutdown.changed() => return,
         }
         let (router, store) = (router.clone(), store.clone());
-        let _ = tokio::task::spawn_blocking(move || router.save_to(store.as_ref())).await;
+        let _ = tokio::task::spawn_blocking(move || router.persist(store.as_ref())).await;
     }
 }
 
 /// Group commit for `durability = "sync"`: takes every waiting request, writes one
-/// snapshot that includes all their messages (they were routed before they asked), then
-/// answers them all. Requests arriving during a write wait for the next one.
+/// transaction with what changed, which includes all their messages (they were routed
+/// before they asked), then answers them all. Requests arriving during a write wait for
+/// the next one.
 async fn write_on_demand(
     router: Arc<Router>,
     store: Arc<dyn SessionStore>,
@@ -248,7 +253,7 @@ async fn write_on_demand(
             waiting.push(more);
         }
         let (router, store) = (router.clone(), store.clone());
-        let _ = tokio::task::spawn_blocking(move || router.save_to(store.as_ref())).await;
+        let _ = tokio::task::spawn_blocking(move || router.persist(store.as_ref())).await;
         for done in waiting.drain(..) {
             let _ = done.send(());
         }

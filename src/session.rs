@@ -103,6 +103,9 @@ pub struct SessionState {
     pub dropped: u64,
     /// A drop happened and the queue has not been empty since (see `OverflowStarted`).
     overflowing: bool,
+    /// What a snapshot holds (subscriptions, queue, inflight) changed since the durable
+    /// store last saved this session: only such sessions are written again.
+    changed: bool,
 }
 
 impl SessionState {
@@ -117,11 +120,23 @@ impl SessionState {
             online: false,
             dropped: 0,
             overflowing: false,
+            // A new session is not in the store yet.
+            changed: true,
         }
     }
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Whether the session changed since the last call (which resets it).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::replace(&mut self.changed, false)
+    }
+
+    /// For changes made outside these methods (the router edits `subscriptions`).
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
     }
 
     pub fn queued_len(&self) -> usize {
@@ -150,6 +165,7 @@ impl SessionState {
             if self.limits.overflow == OverflowPolicy::DropOldest {
                 self.queue.pop_front();
                 self.queue.push_back(item);
+                self.changed = true;
             }
             if std::mem::replace(&mut self.overflowing, true) {
                 return Enqueued::Overflowed;
@@ -160,6 +176,7 @@ impl SessionState {
             self.overflowing = false;
         }
         self.queue.push_back(item);
+        self.changed = true;
         Enqueued::Yes
     }
 
@@ -172,6 +189,7 @@ impl SessionState {
             return None;
         }
         let item = self.queue.pop_front()?;
+        self.changed = true;
         if item.qos == QoS::AtMostOnce {
             return Some(Outgoing::Publish {
                 item,
@@ -220,6 +238,7 @@ impl SessionState {
         match self.inflight.iter_mut().find(|f| f.pkid == pkid) {
             Some(f) if f.item.qos == QoS::ExactlyOnce => {
                 f.stage = Stage::AwaitComp;
+                self.changed = true;
                 true
             }
             _ => false,
@@ -235,6 +254,7 @@ impl SessionState {
         match self.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
             Some(i) => {
                 self.inflight.remove(i);
+                self.changed = true;
                 true
             }
             None => false,
@@ -245,6 +265,7 @@ impl SessionState {
     /// instead of losing messages.
     pub fn push_unbounded(&mut self, item: Queued) {
         self.queue.push_back(item);
+        self.changed = true;
     }
 
     /// Takes up to `max` queued messages regardless of the inflight window: for in-process
@@ -252,6 +273,7 @@ impl SessionState {
     pub fn take_queued(&mut self, max: usize, out: &mut Vec<Queued>) {
         let n = self.queue.len().min(max);
         out.extend(self.queue.drain(..n));
+        self.changed |= n > 0;
     }
 
     /// What to resend when a client resumes the session: every unacknowledged PUBLISH with
@@ -292,6 +314,7 @@ impl SessionState {
         self.inflight.clear();
         self.inbound_qos2.clear();
         self.next_pkid = 1;
+        self.changed = true;
     }
 
     /// Everything undelivered, for a snapshot: inflight deliveries first, in send order,
@@ -440,6 +463,36 @@ mod tests {
         );
         assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
         assert_eq!(s.dropped, 1);
+    }
+
+    #[test]
+    fn changes_are_flagged_for_the_store() {
+        let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
+        s.online = true;
+        assert!(s.take_changed(), "a new session is not stored yet");
+        assert!(!s.take_changed());
+        s.enqueue(msg(1, QoS::AtLeastOnce));
+        assert!(s.take_changed());
+        let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
+            panic!("expected a QoS 1 delivery");
+        };
+        assert!(s.take_changed(), "moved to inflight with an id");
+        assert!(s.next_outgoing().is_none());
+        assert!(!s.take_changed(), "nothing moved");
+        assert!(!s.on_puback(id + 1));
+        assert!(!s.take_changed(), "an unknown id changes nothing");
+        assert!(s.on_puback(id));
+        assert!(s.take_changed());
+        s.enqueue(msg(2, QoS::AtLeastOnce));
+        s.enqueue(msg(3, QoS::AtLeastOnce));
+        s.take_changed();
+        assert_eq!(
+            s.enqueue(msg(4, QoS::AtLeastOnce)),
+            Enqueued::OverflowStarted
+        );
+        assert!(!s.take_changed(), "drop_new keeps the queue as it was");
+        s.clear();
+        assert!(s.take_changed());
     }
 
     #[test]

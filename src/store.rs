@@ -1,11 +1,11 @@
 //! Where persistent sessions and retained messages go when the broker stops, and come
 //! from when it starts.
 //!
-//! While the broker runs, live state is in the router. A store sees it at the edges of a
-//! broker's life: `load` at start, `save` at graceful stop. The in-memory store keeps the
-//! snapshot in the process, so a broker object that is stopped and started again resumes
-//! its clean-session-0 clients; durable stores (SQLite, a Python plugin) implement the
-//! same trait.
+//! While the broker runs, live state is in the router. The in-memory store sees it at the
+//! edges of a broker's life: `load` at start, `save` at graceful stop, so a broker object
+//! that is stopped and started again resumes its clean-session-0 clients. A durable store
+//! (SQLite) is also brought up to date while the broker runs, with `save_changes`: only
+//! the sessions and retained topics that changed since the last save are written.
 
 use std::sync::Arc;
 
@@ -36,11 +36,32 @@ pub struct SessionSnapshot {
     pub pending: Vec<StoredMessage>,
 }
 
+/// What changed since the last save: a durable store writes only this, so the cost of a
+/// save follows the traffic, not the size of the persistent state.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Sessions that ended (applied first: a session may end and start again in between).
+    pub removed_sessions: Vec<ByteString>,
+    /// Sessions to write whole (subscriptions and pending messages).
+    pub sessions: Vec<SessionSnapshot>,
+    /// Retained topics set (`Some`) or cleared (`None`), the latest per topic.
+    pub retained: Vec<(ByteString, Option<Arc<Message>>)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.removed_sessions.is_empty() && self.sessions.is_empty() && self.retained.is_empty()
+    }
+}
+
 pub trait SessionStore: Send + Sync {
     /// Persistent sessions and retained messages saved last time.
     fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>);
     /// Replaces what is stored with the broker's current persistent state.
     fn save(&self, sessions: Vec<SessionSnapshot>, retained: Vec<Arc<Message>>);
+    /// Applies what changed since the last save (or load), in one transaction. On `Err`
+    /// the broker falls back to a full `save` next time, so no change is forgotten.
+    fn save_changes(&self, changes: Changes) -> Result<(), String>;
 }
 
 /// Keeps the last snapshot in memory: survives a stop/start of the same broker object,
@@ -58,13 +79,31 @@ impl SessionStore for MemoryStore {
     fn save(&self, sessions: Vec<SessionSnapshot>, retained: Vec<Arc<Message>>) {
         *self.saved.lock() = (sessions, retained);
     }
+
+    fn save_changes(&self, changes: Changes) -> Result<(), String> {
+        let mut saved = self.saved.lock();
+        let (sessions, retained) = &mut *saved;
+        sessions.retain(|s| !changes.removed_sessions.contains(&s.client_id));
+        for snap in changes.sessions {
+            match sessions.iter_mut().find(|s| s.client_id == snap.client_id) {
+                Some(slot) => *slot = snap,
+                None => sessions.push(snap),
+            }
+        }
+        for (topic, msg) in changes.retained {
+            retained.retain(|m| m.topic != topic);
+            retained.extend(msg);
+        }
+        Ok(())
+    }
 }
 
 /// Sessions and retained messages in a SQLite database (compiled in, no system library).
 ///
-/// The broker saves its whole persistent state in one transaction: at shutdown and every
-/// `persist_interval` seconds. A crash therefore loses at most what changed since the last
-/// save; a clean stop loses nothing.
+/// The broker writes what changed in one transaction every `persist_interval` seconds,
+/// per group commit with `durability = "sync"`, and at shutdown. A crash therefore loses
+/// at most what changed since the last save (nothing acknowledged, with sync durability);
+/// a clean stop loses nothing.
 pub struct SqliteStore {
     conn: Mutex<rusqlite::Connection>,
     path: String,
@@ -187,36 +226,11 @@ impl SqliteStore {
         )?;
         {
             let mut add_session = tx.prepare("INSERT INTO sessions (client_id) VALUES (?1)")?;
-            let mut add_sub = tx.prepare(
-                "INSERT INTO subscriptions (client_id, filter, qos) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut add_pending = tx.prepare(
-                "INSERT INTO pending (client_id, seq, topic, payload, msg_qos, qos, retain, \
-                 publisher, pkid, released) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
+            let mut writer = SessionWriter::new(&tx)?;
             for s in sessions {
                 let id: &str = &s.client_id;
                 add_session.execute([id])?;
-                for (filter, qos) in &s.subscriptions {
-                    let filter: &str = filter;
-                    add_sub.execute(rusqlite::params![id, filter, *qos as i64])?;
-                }
-                for (seq, p) in s.pending.iter().enumerate() {
-                    let topic: &str = &p.msg.topic;
-                    let publisher: &str = &p.msg.publisher;
-                    add_pending.execute(rusqlite::params![
-                        id,
-                        seq as i64,
-                        topic,
-                        &p.msg.payload[..],
-                        p.msg.qos as i64,
-                        p.qos as i64,
-                        i64::from(p.retain),
-                        publisher,
-                        p.pkid.map(i64::from),
-                        i64::from(p.released)
-                    ])?;
-                }
+                writer.write(s)?;
             }
             let mut add_retained = tx.prepare(
                 "INSERT INTO retained (topic, payload, qos, publisher) VALUES (?1, ?2, ?3, ?4)",
@@ -236,6 +250,106 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    fn try_save_changes(&self, changes: &Changes) -> rusqlite::Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut forget = [
+                tx.prepare("DELETE FROM sessions WHERE client_id = ?1")?,
+                tx.prepare("DELETE FROM subscriptions WHERE client_id = ?1")?,
+                tx.prepare("DELETE FROM pending WHERE client_id = ?1")?,
+            ];
+            for id in &changes.removed_sessions {
+                let id: &str = id;
+                for statement in &mut forget {
+                    statement.execute([id])?;
+                }
+            }
+            let mut add_session =
+                tx.prepare("INSERT OR IGNORE INTO sessions (client_id) VALUES (?1)")?;
+            let mut writer = SessionWriter::new(&tx)?;
+            for s in &changes.sessions {
+                let id: &str = &s.client_id;
+                // Rewritten whole: its rows are few (bounded by max_queued_messages).
+                forget[1].execute([id])?;
+                forget[2].execute([id])?;
+                add_session.execute([id])?;
+                writer.write(s)?;
+            }
+            let mut set = tx.prepare(
+                "INSERT OR REPLACE INTO retained (topic, payload, qos, publisher) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut clear = tx.prepare("DELETE FROM retained WHERE topic = ?1")?;
+            for (topic, msg) in &changes.retained {
+                let topic: &str = topic;
+                match msg {
+                    Some(m) => {
+                        let publisher: &str = &m.publisher;
+                        set.execute(rusqlite::params![
+                            topic,
+                            &m.payload[..],
+                            m.qos as i64,
+                            publisher
+                        ])?;
+                    }
+                    None => {
+                        clear.execute([topic])?;
+                    }
+                }
+            }
+        }
+        tx.commit()
+    }
+}
+
+/// Inserts a session's subscription and pending rows (shared by full and partial saves).
+struct SessionWriter<'t> {
+    add_sub: rusqlite::Statement<'t>,
+    add_pending: rusqlite::Statement<'t>,
+}
+
+impl<'t> SessionWriter<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>) -> rusqlite::Result<SessionWriter<'t>> {
+        Ok(SessionWriter {
+            add_sub: tx.prepare(
+                "INSERT INTO subscriptions (client_id, filter, qos) VALUES (?1, ?2, ?3)",
+            )?,
+            add_pending: tx.prepare(
+                "INSERT INTO pending (client_id, seq, topic, payload, msg_qos, qos, retain, \
+                 publisher, pkid, released) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?,
+        })
+    }
+
+    fn write(&mut self, s: &SessionSnapshot) -> rusqlite::Result<()> {
+        let id: &str = &s.client_id;
+        for (filter, qos) in &s.subscriptions {
+            let filter: &str = filter;
+            self.add_sub
+                .execute(rusqlite::params![id, filter, *qos as i64])?;
+        }
+        for (seq, p) in s.pending.iter().enumerate() {
+            let topic: &str = &p.msg.topic;
+            let publisher: &str = &p.msg.publisher;
+            self.add_pending.execute(rusqlite::params![
+                id,
+                seq as i64,
+                topic,
+                &p.msg.payload[..],
+                p.msg.qos as i64,
+                p.qos as i64,
+                i64::from(p.retain),
+                publisher,
+                p.pkid.map(i64::from),
+                i64::from(p.released)
+            ])?;
+        }
+        Ok(())
+    }
+}
+
 impl SessionStore for SqliteStore {
     fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>) {
         self.try_load().unwrap_or_else(|e| {
@@ -248,6 +362,14 @@ impl SessionStore for SqliteStore {
         if let Err(e) = self.try_save(&sessions, &retained) {
             tracing::error!("cannot save sessions to {}: {e}", self.path);
         }
+    }
+
+    fn save_changes(&self, changes: Changes) -> Result<(), String> {
+        self.try_save_changes(&changes).map_err(|e| {
+            let e = format!("cannot save session changes to {}: {e}", self.path);
+            tracing::error!("{e}; the next save writes everything");
+            e
+        })
     }
 }
 

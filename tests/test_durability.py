@@ -124,3 +124,43 @@ def test_interval_durability_loses_what_was_not_saved(config_for: StartBroker) -
     second = config_for("interval")
     with RawClient(second.port) as sub:
         assert sub.connect("durable-sub", clean=False).body == b"\x00\x00"
+
+
+def test_sync_durability_saves_ended_sessions_and_cleared_retained(
+    config_for: StartBroker,
+) -> None:
+    """Commits write only what changed, and that includes what went away: a persistent
+    session ended by a clean-session reconnect, and a retained message cleared by an
+    empty payload. After SIGKILL and a restart neither comes back, while the message
+    acknowledged last (which forced the commit) is there."""
+    first = config_for("sync")
+    with RawClient(first.port) as gone:
+        assert gone.connect("ended", clean=False).body == b"\x00\x00"
+        gone.send(subscribe(1, ("d/#", 1)))
+        assert gone.recv().body == b"\x00\x01\x01"
+    offline_subscriber(first.port)
+    with RawClient(first.port) as pub:
+        pub.connect("retainer")
+        pub.send(publish("r/t", b"kept", qos=1, pkid=1, retain=True))
+        assert pub.recv().pkid == 1
+        pub.send(publish("r/t", b"", qos=1, pkid=2, retain=True))
+        assert pub.recv().pkid == 2
+    with RawClient(first.port) as again:  # ends the persistent session "ended"
+        assert again.connect("ended", clean=True).body == b"\x00\x00"
+    publish_acknowledged(first.port, 1)  # a commit after both changes
+    first.crash()
+
+    second = config_for("sync")
+    with RawClient(second.port) as again:
+        assert again.connect("ended", clean=False).body == b"\x00\x00"  # no session
+    assert received_after_restart(second.port, 1) == [b"m0"]
+    with RawClient(second.port) as sub:
+        sub.connect("late")
+        sub.send(subscribe(1, ("r/#", 1)))
+        assert sub.recv().body == b"\x00\x01\x01"
+        with RawClient(second.port) as pub:
+            pub.connect("marker")
+            pub.send(publish("r/mark", b"m", qos=1, pkid=1))
+            assert pub.recv().pkid == 1
+        first_seen = sub.recv()
+        assert first_seen.publish_fields()[0] == "r/mark"  # no retained r/t replayed
