@@ -236,14 +236,7 @@ impl SqliteStore {
                 "INSERT INTO retained (topic, payload, qos, publisher) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for m in retained {
-                let topic: &str = &m.topic;
-                let publisher: &str = &m.publisher;
-                add_retained.execute(rusqlite::params![
-                    topic,
-                    &m.payload[..],
-                    m.qos as i64,
-                    publisher
-                ])?;
+                put_retained(&mut add_retained, m)?;
             }
         }
         tx.commit()
@@ -285,15 +278,7 @@ impl SqliteStore {
             for (topic, msg) in &changes.retained {
                 let topic: &str = topic;
                 match msg {
-                    Some(m) => {
-                        let publisher: &str = &m.publisher;
-                        set.execute(rusqlite::params![
-                            topic,
-                            &m.payload[..],
-                            m.qos as i64,
-                            publisher
-                        ])?;
-                    }
+                    Some(m) => put_retained(&mut set, m)?,
                     None => {
                         clear.execute([topic])?;
                     }
@@ -302,6 +287,18 @@ impl SqliteStore {
         }
         tx.commit()
     }
+}
+
+fn put_retained(statement: &mut rusqlite::Statement<'_>, m: &Message) -> rusqlite::Result<()> {
+    let topic: &str = &m.topic;
+    let publisher: &str = &m.publisher;
+    statement.execute(rusqlite::params![
+        topic,
+        &m.payload[..],
+        m.qos as i64,
+        publisher
+    ])?;
+    Ok(())
 }
 
 /// Inserts a session's subscription and pending rows (shared by full and partial saves).
