@@ -341,8 +341,9 @@ impl BrokerCore {
                 }))
             })
             .collect::<PyResult<Vec<_>>>()?;
-        self.store.save(sessions, retained);
-        Ok(())
+        self.store
+            .save(sessions, retained)
+            .map_err(PyRuntimeError::new_err)
     }
 
     /// The persistent sessions and retained messages: live while running, else as saved

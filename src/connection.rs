@@ -192,6 +192,9 @@ pub struct Connection {
     unsynced: bool,
     /// Traffic since the last flush into the broker's `$SYS` totals.
     counters: LocalCounters,
+    /// A PUBLISH to `$SYS` was logged at INFO: later ones (the client sets the rate) go
+    /// to DEBUG.
+    sys_publish_logged: bool,
 }
 
 impl Connection {
@@ -218,11 +221,18 @@ impl Connection {
             intercepted: Vec::new(),
             unsynced: false,
             counters: LocalCounters::default(),
+            sys_publish_logged: false,
         }
     }
 
     /// Serves the connection until it closes, for any reason. Never panics on input.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        self.run_to_close(shutdown).await;
+        // Every path, refusals included, counts its traffic in `$SYS`.
+        self.counters.flush_into(self.router.counters());
+    }
+
+    async fn run_to_close(&mut self, mut shutdown: watch::Receiver<bool>) {
         let connect_timeout = self.router.config().connect_timeout;
         let connect = tokio::select! {
             res = timeout(connect_timeout, self.read_connect()) => match res {
@@ -380,7 +390,6 @@ impl Connection {
             client_id: self.client_id.clone(),
             reason,
         });
-        self.counters.flush_into(self.router.counters());
         // Only now may a connection taking over this client id proceed.
         drop(gone_tx);
         let _ = self.writer.shutdown().await;
@@ -642,9 +651,14 @@ impl Connection {
         if !self.intercepted.is_empty() {
             Box::pin(self.route_intercepted()).await;
         }
-        if std::mem::take(&mut self.unsynced) {
-            // durability = "sync": the acks in `out` are written only after this.
-            Box::pin(self.router.persisted()).await;
+        // durability = "sync": the acks in `out` are written only after this.
+        if std::mem::take(&mut self.unsynced) && !Box::pin(self.router.persisted()).await {
+            // Not on disk: no acknowledgement may go out (a Disconnect close would flush
+            // them). The client sends the messages again when it reconnects.
+            self.out = OutBuf::default();
+            return Some(Close::Io(io::Error::other(
+                "the session store could not commit the messages: closing unacknowledged",
+            )));
         }
         // Slow in-process subscribers that chose flow control hold this publisher here,
         // before it reads more (no wait at all unless there are such subscribers).
@@ -692,8 +706,14 @@ impl Connection {
                 self.counters.messages_received += 1;
                 // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
                 let allowed = if sys_topics::is_reserved(&publish.topic) {
-                    info!(client_id = %self.client_id, topic = %publish.topic,
-                        "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
+                    if std::mem::replace(&mut self.sys_publish_logged, true) {
+                        debug!(client_id = %self.client_id, topic = %publish.topic,
+                            "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
+                    } else {
+                        info!(client_id = %self.client_id, topic = %publish.topic,
+                            "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2); \
+                             further ones from this connection are logged at debug level");
+                    }
                     false
                 } else if self.router.hooks().authorizer.is_none()
                     || Box::pin(self.may_publish(&publish.topic)).await

@@ -7,7 +7,7 @@
 //! become the bottleneck in fan-in, and no lock that every message of every connection
 //! takes for writing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -155,10 +155,13 @@ pub struct Router {
     dropped: AtomicU64,
     /// Traffic totals for `$SYS`, fed by the connections in batches.
     counters: Counters,
+    /// Network clients attached now, and the most there have been at once.
+    connected: AtomicU64,
+    max_connected: AtomicU64,
     /// Set when a durable store is saved incrementally: the changes below are recorded.
     tracking: AtomicBool,
     /// Persistent sessions that ended since the last save.
-    removed: Mutex<Vec<ByteString>>,
+    removed: Mutex<HashSet<ByteString>>,
     /// Retained topics set or cleared since the last save (latest per topic). Locked only
     /// under the retained tree's write lock, or by the saver.
     retained_changes: Mutex<HashMap<ByteString, Option<Arc<Message>>>>,
@@ -169,7 +172,7 @@ pub struct Router {
     saving: Mutex<()>,
     /// Set with `durability = "sync"`: asks the store writer for a commit that includes
     /// everything routed so far, and is answered once it is on disk.
-    durable: std::sync::OnceLock<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>,
+    durable: std::sync::OnceLock<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<bool>>>,
 }
 
 impl Router {
@@ -190,8 +193,10 @@ impl Router {
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
             counters: Counters::default(),
+            connected: AtomicU64::new(0),
+            max_connected: AtomicU64::new(0),
             tracking: AtomicBool::new(false),
-            removed: Mutex::new(Vec::new()),
+            removed: Mutex::new(HashSet::new()),
             retained_changes: Mutex::new(HashMap::new()),
             full_save_due: AtomicBool::new(false),
             saving: Mutex::new(()),
@@ -200,7 +205,10 @@ impl Router {
     }
 
     /// Makes acknowledgements wait for the store (see [`Router::persisted`]).
-    pub fn set_sync_writer(&self, tx: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>) {
+    pub fn set_sync_writer(
+        &self,
+        tx: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<bool>>,
+    ) {
         let _ = self.durable.set(tx);
     }
 
@@ -209,15 +217,18 @@ impl Router {
         self.durable.get().is_some()
     }
 
-    /// Resolves once everything routed before the call is in the durable store. Commits
-    /// are grouped: every connection waiting at the same time shares one write.
-    pub async fn persisted(&self) {
-        if let Some(tx) = self.durable.get() {
-            let (done, wait) = tokio::sync::oneshot::channel();
-            if tx.send(done).await.is_ok() {
-                let _ = wait.await;
-            }
+    /// Resolves once everything routed before the call is in the durable store: true,
+    /// or false if the store could not write it. Commits are grouped: every connection
+    /// waiting at the same time shares one write.
+    pub async fn persisted(&self) -> bool {
+        let Some(tx) = self.durable.get() else {
+            return true;
+        };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if tx.send(done).await.is_err() {
+            return false;
         }
+        wait.await.unwrap_or(false)
     }
 
     pub fn config(&self) -> &Config {
@@ -239,11 +250,15 @@ impl Router {
         &self.counters
     }
 
-    /// (connected clients, all client sessions including offline persistent ones).
-    pub fn client_counts(&self) -> (usize, usize) {
-        let clients = self.clients.lock();
-        let connected = clients.values().filter(|slot| slot.conn.is_some()).count();
-        (connected, clients.len())
+    /// (connected clients, the most connected at once, all client sessions including
+    /// offline persistent ones).
+    pub fn client_counts(&self) -> (u64, u64, usize) {
+        let total = self.clients.lock().len();
+        (
+            self.connected.load(Ordering::Relaxed),
+            self.max_connected.load(Ordering::Relaxed),
+            total,
+        )
     }
 
     /// Subscriptions of every session, in-process ones included.
@@ -299,7 +314,7 @@ impl Router {
             Some(slot) if !clean && !slot.session.clean => (slot.session, true),
             Some(slot) => {
                 if !slot.session.clean && self.tracking.load(Ordering::Relaxed) {
-                    self.removed.lock().push(client_id.clone());
+                    self.removed.lock().insert(client_id.clone());
                 }
                 self.discard(&slot.session);
                 (self.new_session(client_id.clone(), clean), false)
@@ -314,6 +329,8 @@ impl Router {
                 conn: Some(conn),
             },
         );
+        let now = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_connected.fetch_max(now, Ordering::Relaxed);
         Attach::Attached {
             session,
             session_present,
@@ -330,6 +347,7 @@ impl Router {
         if !owned {
             return;
         }
+        self.connected.fetch_sub(1, Ordering::Relaxed);
         if session.clean {
             clients.remove(&session.client_id);
             drop(clients);
@@ -342,9 +360,10 @@ impl Router {
         }
     }
 
-    /// Removes a session's subscriptions from the trie and empties it.
+    /// Removes a session's subscriptions from the trie and empties it, for good.
     fn discard(&self, session: &Arc<Session>) {
         let mut state = session.state.lock();
+        state.ended = true;
         if !state.subscriptions.is_empty() {
             let mut subs = self.subs.write();
             for filter in state.subscriptions.keys() {
@@ -391,21 +410,7 @@ impl Router {
                 qos: msg.qos.min(granted),
                 retain: false,
             };
-            match session.deliver(item) {
-                Enqueued::Yes | Enqueued::Skipped => {}
-                Enqueued::Overflowed => dropped += 1,
-                Enqueued::OverflowStarted => {
-                    dropped += 1;
-                    let limits = session.state.lock().limits();
-                    tracing::warn!(
-                        client_id = %session.client_id,
-                        max_queued_messages = limits.max_queued,
-                        policy = ?limits.overflow,
-                        "session queue full: dropping messages until it drains \
-                         (the subscriber reads slower than its topics are published)"
-                    );
-                }
-            }
+            dropped += deliver_counting_drops(&session, item);
             if let Some(flow) = &session.flow {
                 if session.state.lock().queued_len() >= flow.high_water {
                     scratch.blocked.push(session);
@@ -444,13 +449,18 @@ impl Router {
         self.retained
             .read()
             .matching(filter, &mut |_, msg| replay.push(msg.clone()));
+        let mut dropped = 0;
         for msg in replay {
             let qos = msg.qos.min(qos);
-            session.deliver(Queued {
+            let item = Queued {
                 msg,
                 qos,
                 retain: true,
-            });
+            };
+            dropped += deliver_counting_drops(session, item);
+        }
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
         Ok(qos)
     }
@@ -499,22 +509,20 @@ impl Router {
 
     /// Brings `store` up to date: with change tracking, only what changed since the last
     /// save (so a save costs what the traffic changed, not the whole state); otherwise
-    /// (or after a failed partial save) everything.
-    pub fn persist(&self, store: &dyn SessionStore) {
+    /// (or after a failed save) everything. False if the store failed: then the next call
+    /// writes everything again, so nothing recorded is forgotten.
+    pub fn persist(&self, store: &dyn SessionStore) -> bool {
         let _one_at_a_time = self.saving.lock();
-        if !self.tracking.load(Ordering::Relaxed)
-            || self.full_save_due.swap(false, Ordering::Relaxed)
+        let saved = if !self.tracking.load(Ordering::Relaxed)
+            || self.full_save_due.load(Ordering::Relaxed)
         {
-            self.write_all(store, true);
-            return;
-        }
-        let changes = self.take_changes();
-        if changes.is_empty() {
-            return;
-        }
-        if store.save_changes(changes).is_err() {
-            self.full_save_due.store(true, Ordering::Relaxed);
-        }
+            self.write_all(store, true)
+        } else {
+            let changes = self.take_changes();
+            changes.is_empty() || store.save_changes(changes).is_ok()
+        };
+        self.full_save_due.store(!saved, Ordering::Relaxed);
+        saved
     }
 
     fn take_changes(&self) -> Changes {
@@ -535,7 +543,8 @@ impl Router {
             .iter()
             .filter_map(|session| {
                 let mut state = session.state.lock();
-                state.take_changed().then(|| snapshot_of(session, &state))
+                // An ended session's deletion is in `removed` (this save's or the next).
+                (state.take_changed() && !state.ended).then(|| snapshot_of(session, &state))
             })
             .collect();
         let retained = {
@@ -543,7 +552,7 @@ impl Router {
             std::mem::take(&mut *self.retained_changes.lock())
         };
         Changes {
-            removed_sessions,
+            removed_sessions: removed_sessions.into_iter().collect(),
             sessions,
             retained: retained.into_iter().collect(),
         }
@@ -551,13 +560,13 @@ impl Router {
 
     /// Writes every persistent session and retained message to `store` (a copy for the
     /// caller: the durable store's change records are left alone).
-    pub fn save_to(&self, store: &dyn SessionStore) {
-        self.write_all(store, false);
+    pub fn save_to(&self, store: &dyn SessionStore) -> bool {
+        self.write_all(store, false)
     }
 
     /// Writes everything; with `reset`, `store` is the durable store and every change
     /// recorded so far is thereby saved.
-    fn write_all(&self, store: &dyn SessionStore, reset: bool) {
+    fn write_all(&self, store: &dyn SessionStore, reset: bool) -> bool {
         let sessions: Vec<Arc<Session>> = {
             let clients = self.clients.lock();
             if reset {
@@ -571,12 +580,12 @@ impl Router {
         };
         let sessions = sessions
             .iter()
-            .map(|session| {
+            .filter_map(|session| {
                 let mut state = session.state.lock();
                 if reset {
                     state.take_changed();
                 }
-                snapshot_of(session, &state)
+                (!state.ended).then(|| snapshot_of(session, &state))
             })
             .collect();
         let mut retained = Vec::new();
@@ -593,7 +602,7 @@ impl Router {
             });
         }
         // No lock is held while the store writes: connects and routing go on.
-        store.save(sessions, retained);
+        store.save(sessions, retained).is_ok()
     }
 
     /// Restores sessions (offline) and retained messages from `store` (on start).
@@ -644,6 +653,26 @@ impl Router {
     }
 }
 
+/// Queues a delivery; 1 if the session's overflow policy dropped a message (the first
+/// drop of an overflow episode is logged, with the client id).
+fn deliver_counting_drops(session: &Session, item: Queued) -> u64 {
+    match session.deliver(item) {
+        Enqueued::Yes | Enqueued::Skipped => 0,
+        Enqueued::Overflowed => 1,
+        Enqueued::OverflowStarted => {
+            let limits = session.state.lock().limits();
+            tracing::warn!(
+                client_id = %session.client_id,
+                max_queued_messages = limits.max_queued,
+                policy = ?limits.overflow,
+                "session queue full: dropping messages until it drains \
+                 (the subscriber reads slower than its topics are published)"
+            );
+            1
+        }
+    }
+}
+
 /// A persistent session as the store keeps it.
 fn snapshot_of(session: &Session, state: &SessionState) -> SessionSnapshot {
     SessionSnapshot {
@@ -687,6 +716,23 @@ mod tests {
         Deliver(u8),
         Disconnect(u8),
         Persist,
+        /// A save that the store fails (disk full, say): nothing is written.
+        FailedPersist,
+    }
+
+    /// A store whose every write fails.
+    struct Broken;
+
+    impl SessionStore for Broken {
+        fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>) {
+            (Vec::new(), Vec::new())
+        }
+        fn save(&self, _: Vec<SessionSnapshot>, _: Vec<Arc<Message>>) -> Result<(), String> {
+            Err("disk full".into())
+        }
+        fn save_changes(&self, _: Changes) -> Result<(), String> {
+            Err("disk full".into())
+        }
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -698,6 +744,7 @@ mod tests {
             (0..4u8).prop_map(Op::Deliver),
             (0..4u8).prop_map(Op::Disconnect),
             Just(Op::Persist),
+            Just(Op::FailedPersist),
         ]
     }
 
@@ -725,7 +772,8 @@ mod tests {
 
         /// Partial saves add up to the state: after any mix of connects (with session
         /// replacement), subscriptions, deliveries, acks and retained changes, with saves
-        /// at any points, the SQLite store holds what one full save would write.
+        /// (some of which fail) at any points, the SQLite store holds what one full save
+        /// would write.
         #[test]
         fn partial_saves_equal_a_full_save(ops in proptest::collection::vec(op(), 1..60)) {
             let path = std::env::temp_dir().join(format!(
@@ -802,10 +850,14 @@ mod tests {
                             router.detach(&s, u64::from(c));
                         }
                     }
-                    Op::Persist => router.persist(&store),
+                    Op::Persist => prop_assert!(router.persist(&store)),
+                    // False only when there was something to write.
+                    Op::FailedPersist => {
+                        router.persist(&Broken);
+                    }
                 }
             }
-            router.persist(&store);
+            prop_assert!(router.persist(&store));
             let full = MemoryStore::default();
             router.save_to(&full);
             prop_assert_eq!(sorted(store.load()), sorted(full.load()));

@@ -85,8 +85,11 @@ impl Server {
             hooks.authorizer = Some(Arc::new(AclFile::load(path).map_err(ServerError::Config)?));
         }
         let router = Arc::new(Router::new(config.clone(), hooks));
-        if config.session_store != "memory" {
+        let saves_while_running =
+            config.durability == Durability::Sync || !config.persist_interval.is_zero();
+        if config.session_store != "memory" && saves_while_running {
             // A durable store is kept up to date with what changed, not rewritten whole.
+            // (Saved only at stop, it is written whole then, and nothing is recorded.)
             router.track_changes();
         }
         router.load_from(store.as_ref());
@@ -244,7 +247,7 @@ async fn persist_periodically(
 async fn write_on_demand(
     router: Arc<Router>,
     store: Arc<dyn SessionStore>,
-    mut requests: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    mut requests: mpsc::Receiver<tokio::sync::oneshot::Sender<bool>>,
 ) {
     let mut waiting = Vec::new();
     while let Some(first) = requests.recv().await {
@@ -253,9 +256,11 @@ async fn write_on_demand(
             waiting.push(more);
         }
         let (router, store) = (router.clone(), store.clone());
-        let _ = tokio::task::spawn_blocking(move || router.persist(store.as_ref())).await;
+        let saved = tokio::task::spawn_blocking(move || router.persist(store.as_ref()))
+            .await
+            .unwrap_or(false);
         for done in waiting.drain(..) {
-            let _ = done.send(());
+            let _ = done.send(saved);
         }
     }
 }

@@ -106,6 +106,9 @@ pub struct SessionState {
     /// What a snapshot holds (subscriptions, queue, inflight) changed since the durable
     /// store last saved this session: only such sessions are written again.
     changed: bool,
+    /// The session was discarded (a clean-session reconnect replaced it): never saved
+    /// again, even by a save that listed it just before.
+    pub ended: bool,
 }
 
 impl SessionState {
@@ -122,6 +125,7 @@ impl SessionState {
             overflowing: false,
             // A new session is not in the store yet.
             changed: true,
+            ended: false,
         }
     }
 

@@ -57,8 +57,13 @@ impl Changes {
 pub trait SessionStore: Send + Sync {
     /// Persistent sessions and retained messages saved last time.
     fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>);
-    /// Replaces what is stored with the broker's current persistent state.
-    fn save(&self, sessions: Vec<SessionSnapshot>, retained: Vec<Arc<Message>>);
+    /// Replaces what is stored with the broker's current persistent state. `Err` (logged
+    /// by the store) makes the broker try a full save again next time.
+    fn save(
+        &self,
+        sessions: Vec<SessionSnapshot>,
+        retained: Vec<Arc<Message>>,
+    ) -> Result<(), String>;
     /// Applies what changed since the last save (or load), in one transaction. On `Err`
     /// the broker falls back to a full `save` next time, so no change is forgotten.
     fn save_changes(&self, changes: Changes) -> Result<(), String>;
@@ -76,8 +81,13 @@ impl SessionStore for MemoryStore {
         self.saved.lock().clone()
     }
 
-    fn save(&self, sessions: Vec<SessionSnapshot>, retained: Vec<Arc<Message>>) {
+    fn save(
+        &self,
+        sessions: Vec<SessionSnapshot>,
+        retained: Vec<Arc<Message>>,
+    ) -> Result<(), String> {
         *self.saved.lock() = (sessions, retained);
+        Ok(())
     }
 
     fn save_changes(&self, changes: Changes) -> Result<(), String> {
@@ -355,10 +365,16 @@ impl SessionStore for SqliteStore {
         })
     }
 
-    fn save(&self, sessions: Vec<SessionSnapshot>, retained: Vec<Arc<Message>>) {
-        if let Err(e) = self.try_save(&sessions, &retained) {
-            tracing::error!("cannot save sessions to {}: {e}", self.path);
-        }
+    fn save(
+        &self,
+        sessions: Vec<SessionSnapshot>,
+        retained: Vec<Arc<Message>>,
+    ) -> Result<(), String> {
+        self.try_save(&sessions, &retained).map_err(|e| {
+            let e = format!("cannot save sessions to {}: {e}", self.path);
+            tracing::error!("{e}");
+            e
+        })
     }
 
     fn save_changes(&self, changes: Changes) -> Result<(), String> {
@@ -423,13 +439,15 @@ mod tests {
             retain: true,
             ..(*msg).clone()
         });
-        store.save(vec![snap.clone()], vec![retained.clone()]);
+        store
+            .save(vec![snap.clone()], vec![retained.clone()])
+            .unwrap();
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         let (sessions, kept) = store.load();
         assert_eq!(sessions, vec![snap]);
         assert_eq!(kept, vec![retained]);
-        store.save(Vec::new(), Vec::new());
+        store.save(Vec::new(), Vec::new()).unwrap();
         assert_eq!(store.load(), (Vec::new(), Vec::new()));
         let _ = std::fs::remove_file(&path);
     }

@@ -81,13 +81,8 @@ impl LocalCounters {
 }
 
 /// The `$SYS/broker/...` values at one moment, as (topic, value) pairs.
-pub fn snapshot(
-    router: &Router,
-    started: Instant,
-    max_connected: &mut u64,
-) -> Vec<(&'static str, String)> {
-    let (connected, total) = router.client_counts();
-    *max_connected = (*max_connected).max(connected as u64);
+pub fn snapshot(router: &Router, started: Instant) -> Vec<(&'static str, String)> {
+    let (connected, max_connected, total) = router.client_counts();
     let counters = router.counters();
     vec![
         (
@@ -101,7 +96,7 @@ pub fn snapshot(
         ("$SYS/broker/clients/connected", connected.to_string()),
         (
             "$SYS/broker/clients/disconnected",
-            (total - connected).to_string(),
+            (total as u64).saturating_sub(connected).to_string(),
         ),
         ("$SYS/broker/clients/total", total.to_string()),
         ("$SYS/broker/clients/maximum", max_connected.to_string()),
@@ -140,7 +135,6 @@ pub async fn publish_periodically(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let mut max_connected = 0;
     let mut last: HashMap<&'static str, String> = HashMap::new();
     let mut scratch = MatchScratch::default();
     let mut ticks = tokio::time::interval(interval);
@@ -150,7 +144,7 @@ pub async fn publish_periodically(
             _ = ticks.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for (topic, value) in snapshot(&router, started, &mut max_connected) {
+        for (topic, value) in snapshot(&router, started) {
             if last.get(topic) == Some(&value) {
                 continue;
             }

@@ -9,6 +9,7 @@ private loop thread when a broker with Python hooks is started synchronously.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 from collections import deque
@@ -175,8 +176,11 @@ class Subscription:
             self._closed = True
             self._broker._subscriptions.pop(self._id, None)
             self._broker._core.unsubscribe(self._id)
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                # `stop()` may run on another thread: futures are resolved on their loop.
+                with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits
+                    waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -352,7 +356,8 @@ class Broker:
         waiters = list(self._space_waiters.values())
         self._space_waiters.clear()
         for waiter in waiters:
-            waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+            with contextlib.suppress(RuntimeError):  # its loop is closed: no one waits
+                waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
 
     def _deliver(self, subscription_id: int, messages: list[Message]) -> None:
         subscription = self._subscriptions.get(subscription_id)
@@ -466,6 +471,10 @@ class Broker:
         if token and asyncio.get_running_loop() is self._loop:
             waiter = self._loop.create_future()
             self._space_waiters[token] = waiter
+            if not self._core.running:
+                # Stopped between the publish and now: nothing will drain or release it.
+                self._space_waiters.pop(token, None)
+                return
             try:
                 await waiter
             finally:
