@@ -218,6 +218,16 @@ impl BrokerCore {
             .map_or(0, |r| r.server.router().dropped_messages())
     }
 
+    /// The `$SYS` figures now, by name (`clients_connected`, ...); empty when stopped.
+    fn stats(&self) -> Vec<(String, u64)> {
+        self.running.lock().as_ref().map_or_else(Vec::new, |r| {
+            crate::sys_topics::figures(r.server.router())
+                .iter()
+                .map(|(name, value)| (name.replace(['/', ' '], "_"), *value))
+                .collect()
+        })
+    }
+
     /// Routes a message as if a client had published it (no socket involved). Returns 0,
     /// or, when a flow-controlled subscription is full, a token that a `("space", token)`
     /// dispatch item completes once it has drained below its high water mark.

@@ -155,6 +155,8 @@ pub struct Router {
     dropped: AtomicU64,
     /// Traffic totals for `$SYS`, fed by the connections in batches.
     counters: Counters,
+    /// When the broker started (`$SYS/broker/uptime`).
+    started: std::time::Instant,
     /// Network clients attached now, and the most there have been at once.
     connected: AtomicU64,
     max_connected: AtomicU64,
@@ -193,6 +195,7 @@ impl Router {
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
             counters: Counters::default(),
+            started: std::time::Instant::now(),
             connected: AtomicU64::new(0),
             max_connected: AtomicU64::new(0),
             tracking: AtomicBool::new(false),
@@ -244,6 +247,10 @@ impl Router {
         if let Some(sink) = &self.hooks.events {
             sink.event(event());
         }
+    }
+
+    pub fn started(&self) -> std::time::Instant {
+        self.started
     }
 
     pub fn counters(&self) -> &Counters {

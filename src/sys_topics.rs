@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -80,52 +80,45 @@ impl LocalCounters {
     }
 }
 
-/// The `$SYS/broker/...` values at one moment, as (topic, value) pairs.
-pub fn snapshot(router: &Router, started: Instant) -> Vec<(&'static str, String)> {
+/// The broker's figures at one moment: what `$SYS/broker/...` publishes, and what
+/// Python's `Broker.stats()` returns (under the names below, `/` and ` ` as `_`).
+pub fn figures(router: &Router) -> [(&'static str, u64); 12] {
     let (connected, max_connected, total) = router.client_counts();
     let counters = router.counters();
-    vec![
+    [
+        ("uptime", router.started().elapsed().as_secs()),
+        ("clients/connected", connected),
         (
-            "$SYS/broker/version",
-            format!("pyo3mq {}", env!("CARGO_PKG_VERSION")),
+            "clients/disconnected",
+            (total as u64).saturating_sub(connected),
         ),
-        (
-            "$SYS/broker/uptime",
-            format!("{} seconds", started.elapsed().as_secs()),
-        ),
-        ("$SYS/broker/clients/connected", connected.to_string()),
-        (
-            "$SYS/broker/clients/disconnected",
-            (total as u64).saturating_sub(connected).to_string(),
-        ),
-        ("$SYS/broker/clients/total", total.to_string()),
-        ("$SYS/broker/clients/maximum", max_connected.to_string()),
-        (
-            "$SYS/broker/messages/received",
-            counters.messages_received().to_string(),
-        ),
-        (
-            "$SYS/broker/messages/sent",
-            counters.messages_sent().to_string(),
-        ),
-        (
-            "$SYS/broker/messages/dropped",
-            router.dropped_messages().to_string(),
-        ),
-        (
-            "$SYS/broker/bytes/received",
-            counters.bytes_received().to_string(),
-        ),
-        ("$SYS/broker/bytes/sent", counters.bytes_sent().to_string()),
-        (
-            "$SYS/broker/subscriptions/count",
-            router.subscription_count().to_string(),
-        ),
-        (
-            "$SYS/broker/retained messages/count",
-            router.retained_count().to_string(),
-        ),
+        ("clients/total", total as u64),
+        ("clients/maximum", max_connected),
+        ("messages/received", counters.messages_received()),
+        ("messages/sent", counters.messages_sent()),
+        ("messages/dropped", router.dropped_messages()),
+        ("bytes/received", counters.bytes_received()),
+        ("bytes/sent", counters.bytes_sent()),
+        ("subscriptions/count", router.subscription_count() as u64),
+        ("retained messages/count", router.retained_count() as u64),
     ]
+}
+
+/// The `$SYS/broker/...` values at one moment, as (topic, value) pairs.
+pub fn snapshot(router: &Router) -> Vec<(String, String)> {
+    let mut values = vec![(
+        "$SYS/broker/version".to_string(),
+        format!("pyo3mq {}", env!("CARGO_PKG_VERSION")),
+    )];
+    for (name, value) in figures(router) {
+        let text = if name == "uptime" {
+            format!("{value} seconds")
+        } else {
+            value.to_string()
+        };
+        values.push((format!("$SYS/broker/{name}"), text));
+    }
+    values
 }
 
 /// Publishes the statistics at start, then every `interval`, until shutdown.
@@ -134,8 +127,7 @@ pub async fn publish_periodically(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let started = Instant::now();
-    let mut last: HashMap<&'static str, String> = HashMap::new();
+    let mut last: HashMap<String, String> = HashMap::new();
     let mut scratch = MatchScratch::default();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,12 +136,12 @@ pub async fn publish_periodically(
             _ = ticks.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for (topic, value) in snapshot(&router, started) {
-            if last.get(topic) == Some(&value) {
+        for (topic, value) in snapshot(&router) {
+            if last.get(&topic) == Some(&value) {
                 continue;
             }
             let msg = Arc::new(Message {
-                topic: ByteString::from_static(topic),
+                topic: ByteString::from(topic.as_str()),
                 payload: Bytes::from(value.clone().into_bytes()),
                 qos: QoS::AtMostOnce,
                 retain: true,

@@ -312,3 +312,34 @@ def test_clients_maximum_sees_a_burst_between_updates(
         assert int(seen["clients/maximum"]) in (5, 6)  # the burst, and the watcher after it
     finally:
         watcher.close()
+
+
+def test_broker_stats_from_python(make_broker: Callable[..., pyo3mq.Broker]) -> None:
+    """`Broker.stats()` gives the same figures to the embedding process, as integers."""
+    broker = make_broker(sys_interval=0)
+    assert set(broker.stats()) == {
+        "uptime",
+        *(name.replace("/", "_").replace(" ", "_") for name in STATS[2:]),
+    }
+    port = broker.addresses[0][1]
+    sub = Peer(port, "stats-sub")
+    pub = Peer(port, "stats-pub")
+    try:
+        sub.subscribe("s/#", 1)
+        for i in range(3):
+            pub.publish("s/x", b"%d" % i, qos=1)
+        pub.publish("s/kept", b"k", qos=1, retain=True)
+        assert [sub.next().payload for _ in range(4)] == [b"0", b"1", b"2", b"k"]
+        stats = broker.stats()
+        assert stats["clients_connected"] == 2 and stats["clients_total"] == 2
+        assert stats["messages_received"] == 4
+        # Counted before the packets are written, so exact once they have arrived.
+        assert stats["messages_sent"] == 4
+        assert stats["subscriptions_count"] == 1
+        assert stats["retained_messages_count"] == 1
+        assert stats["bytes_received"] > 0 and stats["bytes_sent"] > 0
+    finally:
+        sub.close()
+        pub.close()
+    broker.stop()
+    assert broker.stats() == {}

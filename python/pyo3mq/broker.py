@@ -316,6 +316,14 @@ class Broker:
         """Messages dropped by full session queues since the broker started."""
         return self._core.dropped_messages
 
+    def stats(self) -> dict[str, int]:
+        """The figures `$SYS/broker/...` publishes, now: `uptime` (seconds),
+        `clients_connected`, `clients_disconnected` (offline persistent sessions),
+        `clients_total`, `clients_maximum`, `messages_received`, `messages_sent`,
+        `messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
+        `retained_messages_count`. Empty while the broker is stopped."""
+        return dict(self._core.stats())
+
     # -- life cycle -------------------------------------------------------------------
 
     def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
