@@ -2,8 +2,8 @@
 
 Starts a broker with `session_store = "sqlite:..."` and sync durability, creates
 `--sessions` offline clean-session-0 clients (each subscribed to a topic of its own), then
-measures how many QoS 1 messages per second go from one pyo3mq Client to a persistent
-(clean-session-0) subscriber, which reads them as they come. Each PUBACK waits for the
+measures how many QoS 1 messages per second (20,000 of them by default) go from one
+pyo3mq Client to a persistent (clean-session-0) subscriber, which reads them as they come. Each PUBACK waits for the
 SQLite commit that holds its message in the subscriber's session; commits are grouped.
 With partial saves a commit writes what changed; before them it rewrote every session.
 
@@ -83,7 +83,7 @@ async def measure(sessions: int, messages: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[0, 1000, 10000])
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     print(f"pyo3mq {pyo3mq.__version__}: QoS 1 publishes/s with durability=sync")

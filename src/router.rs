@@ -27,7 +27,7 @@ pub struct Flow {
 use crate::codec::QoS;
 use crate::config::Config;
 use crate::hooks::{Event, Hooks};
-use crate::session::{Enqueued, Limits, Message, Queued, SessionState};
+use crate::session::{ChangeTracker, Enqueued, Limits, Message, Queued, SessionState};
 use crate::store::{Changes, SessionSnapshot, SessionStore, StoredMessage};
 use crate::sys_topics::{self, Counters};
 use crate::topic::{self, RetainedTree, SubscriptionTree};
@@ -164,6 +164,8 @@ pub struct Router {
     tracking: AtomicBool,
     /// Persistent sessions that ended since the last save.
     removed: Mutex<HashSet<ByteString>>,
+    /// Persistent sessions that changed since the last save (each listed once per save).
+    changed: ChangeTracker,
     /// Retained topics set or cleared since the last save (latest per topic). Locked only
     /// under the retained tree's write lock, or by the saver.
     retained_changes: Mutex<HashMap<ByteString, Option<Arc<Message>>>>,
@@ -200,6 +202,7 @@ impl Router {
             max_connected: AtomicU64::new(0),
             tracking: AtomicBool::new(false),
             removed: Mutex::new(HashSet::new()),
+            changed: ChangeTracker::default(),
             retained_changes: Mutex::new(HashMap::new()),
             full_save_due: AtomicBool::new(false),
             saving: Mutex::new(()),
@@ -296,11 +299,18 @@ impl Router {
         clean: bool,
         flow: Option<Flow>,
     ) -> Arc<Session> {
+        let mut state = SessionState::new(self.limits);
+        if !clean && self.tracking.load(Ordering::Relaxed) {
+            // New, so not in the store yet: listed now, and again after each save that
+            // it changes after.
+            self.changed.lock().push(client_id.clone());
+            state.set_tracker(self.changed.clone(), client_id.clone());
+        }
         Arc::new(Session {
             id: self.next_id(),
             client_id,
             clean,
-            state: Mutex::new(SessionState::new(self.limits)),
+            state: Mutex::new(state),
             notify: Notify::new(),
             flow,
         })
@@ -533,18 +543,21 @@ impl Router {
     }
 
     fn take_changes(&self) -> Changes {
-        // The ended sessions and the live ones are read under one lock: a session that
+        // The ended sessions and the changed ones are read under one lock: a session that
         // ends after this is in the next save's `removed`, and its successor (new, so
-        // flagged changed) in that save's `sessions`, which the store applies after.
+        // listed as changed) in that save's `sessions`, which the store applies after.
+        // Only listed sessions are visited: a save costs what changed, not what exists.
         let (removed_sessions, sessions) = {
             let clients = self.clients.lock();
             let removed = std::mem::take(&mut *self.removed.lock());
-            let live: Vec<Arc<Session>> = clients
-                .values()
+            let listed = std::mem::take(&mut *self.changed.lock());
+            let changed: Vec<Arc<Session>> = listed
+                .iter()
+                .filter_map(|id| clients.get(id))
                 .filter(|slot| !slot.session.clean)
                 .map(|slot| slot.session.clone())
                 .collect();
-            (removed, live)
+            (removed, changed)
         };
         let sessions = sessions
             .iter()
@@ -578,6 +591,7 @@ impl Router {
             let clients = self.clients.lock();
             if reset {
                 self.removed.lock().clear();
+                self.changed.lock().clear();
             }
             clients
                 .values()

@@ -109,7 +109,12 @@ pub struct SessionState {
     /// The session was discarded (a clean-session reconnect replaced it): never saved
     /// again, even by a save that listed it just before.
     pub ended: bool,
+    /// Set for persistent sessions while a durable store is kept up to date.
+    tracker: Option<(ChangeTracker, ByteString)>,
 }
+
+/// The client ids of persistent sessions that changed since the last save.
+pub type ChangeTracker = std::sync::Arc<parking_lot::Mutex<Vec<ByteString>>>;
 
 impl SessionState {
     pub fn new(limits: Limits) -> SessionState {
@@ -126,6 +131,7 @@ impl SessionState {
             // A new session is not in the store yet.
             changed: true,
             ended: false,
+            tracker: None,
         }
     }
 
@@ -138,9 +144,21 @@ impl SessionState {
         std::mem::replace(&mut self.changed, false)
     }
 
-    /// For changes made outside these methods (the router edits `subscriptions`).
+    /// Records a change; the first since the last save also tells the tracker, so the
+    /// saver visits only sessions that changed. (The router calls it for its edits of
+    /// `subscriptions`.)
     pub fn mark_changed(&mut self) {
-        self.changed = true;
+        if !self.changed {
+            self.changed = true;
+            if let Some((tracker, client_id)) = &self.tracker {
+                tracker.lock().push(client_id.clone());
+            }
+        }
+    }
+
+    /// From now on, the first change after each save puts `client_id` on `tracker`.
+    pub fn set_tracker(&mut self, tracker: ChangeTracker, client_id: ByteString) {
+        self.tracker = Some((tracker, client_id));
     }
 
     pub fn queued_len(&self) -> usize {
@@ -169,7 +187,7 @@ impl SessionState {
             if self.limits.overflow == OverflowPolicy::DropOldest {
                 self.queue.pop_front();
                 self.queue.push_back(item);
-                self.changed = true;
+                self.mark_changed();
             }
             if std::mem::replace(&mut self.overflowing, true) {
                 return Enqueued::Overflowed;
@@ -180,7 +198,7 @@ impl SessionState {
             self.overflowing = false;
         }
         self.queue.push_back(item);
-        self.changed = true;
+        self.mark_changed();
         Enqueued::Yes
     }
 
@@ -193,7 +211,7 @@ impl SessionState {
             return None;
         }
         let item = self.queue.pop_front()?;
-        self.changed = true;
+        self.mark_changed();
         if item.qos == QoS::AtMostOnce {
             return Some(Outgoing::Publish {
                 item,
@@ -242,7 +260,7 @@ impl SessionState {
         match self.inflight.iter_mut().find(|f| f.pkid == pkid) {
             Some(f) if f.item.qos == QoS::ExactlyOnce => {
                 f.stage = Stage::AwaitComp;
-                self.changed = true;
+                self.mark_changed();
                 true
             }
             _ => false,
@@ -258,7 +276,7 @@ impl SessionState {
         match self.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
             Some(i) => {
                 self.inflight.remove(i);
-                self.changed = true;
+                self.mark_changed();
                 true
             }
             None => false,
@@ -269,7 +287,7 @@ impl SessionState {
     /// instead of losing messages.
     pub fn push_unbounded(&mut self, item: Queued) {
         self.queue.push_back(item);
-        self.changed = true;
+        self.mark_changed();
     }
 
     /// Takes up to `max` queued messages regardless of the inflight window: for in-process
@@ -277,7 +295,9 @@ impl SessionState {
     pub fn take_queued(&mut self, max: usize, out: &mut Vec<Queued>) {
         let n = self.queue.len().min(max);
         out.extend(self.queue.drain(..n));
-        self.changed |= n > 0;
+        if n > 0 {
+            self.mark_changed();
+        }
     }
 
     /// What to resend when a client resumes the session: every unacknowledged PUBLISH with
@@ -318,7 +338,7 @@ impl SessionState {
         self.inflight.clear();
         self.inbound_qos2.clear();
         self.next_pkid = 1;
-        self.changed = true;
+        self.mark_changed();
     }
 
     /// Everything undelivered, for a snapshot: inflight deliveries first, in send order,
