@@ -3,9 +3,9 @@
 Starts a broker with `session_store = "sqlite:..."` and sync durability, creates
 `--sessions` offline clean-session-0 clients (each subscribed to a topic of its own), then
 measures how many QoS 1 messages per second (20,000 of them by default) go from one
-pyo3mq Client to a persistent (clean-session-0) subscriber, which reads them as they come. Each PUBACK waits for the
-SQLite commit that holds its message in the subscriber's session; commits are grouped.
-With partial saves a commit writes what changed; before them it rewrote every session.
+pyo3mq Client to a persistent (clean-session-0) subscriber, which reads them as they
+come. Each PUBACK waits for the SQLite commit that holds its message in the subscriber's
+session; commits are grouped, and each writes only the sessions that changed.
 
     .venv/bin/python benches/durability_bench.py --sessions 0 10000
 """
