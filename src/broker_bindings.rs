@@ -128,7 +128,8 @@ impl BrokerCore {
     /// With `event_loop` and `dispatch`, the hooks named in `wanted` call into Python:
     /// `dispatch(batch)` is scheduled on `event_loop` with `call_soon_threadsafe`.
     #[pyo3(signature = (
-        event_loop=None, dispatch=None, auth=false, authorize=false, events=false, intercept=false
+        event_loop=None, dispatch=None, auth=false, authorize=false, events=false,
+        intercept=false, track_changes=false
     ))]
     // One flag per hook kind, mirroring the Python call; a struct would only move them.
     #[allow(clippy::too_many_arguments)]
@@ -141,6 +142,7 @@ impl BrokerCore {
         authorize: bool,
         events: bool,
         intercept: bool,
+        track_changes: bool,
     ) -> PyResult<Vec<(String, u16)>> {
         let mut slot = self.running.lock();
         if slot.is_some() {
@@ -174,7 +176,7 @@ impl BrokerCore {
         let config = self.config.clone();
         let store = self.store.clone();
         let server = py
-            .detach(move || Server::start(config, hooks, store))
+            .detach(move || Server::start(config, hooks, store, track_changes))
             .map_err(to_pyerr)?;
         let addresses = server
             .addresses()
@@ -356,6 +358,41 @@ impl BrokerCore {
             .map_err(PyRuntimeError::new_err)
     }
 
+    /// What changed since the last call (for a broker started with `track_changes`):
+    /// `(ended client ids, changed sessions, retained set, retained topics cleared)`, or
+    /// None when stopped. Taken changes are forgotten here: a caller that cannot store
+    /// them must fall back to `snapshot()`.
+    #[allow(clippy::type_complexity)]
+    fn take_changes(
+        &self,
+        py: Python<'_>,
+    ) -> Option<(Vec<String>, Vec<PySession>, Vec<PyRetained>, Vec<String>)> {
+        let router = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone())?;
+        let changes = py.detach(move || router.take_changes());
+        let mut set = Vec::new();
+        let mut cleared = Vec::new();
+        for (topic, msg) in changes.retained {
+            match msg {
+                Some(m) => set.push(retained_to_py(&m)),
+                None => cleared.push(topic.to_string()),
+            }
+        }
+        Some((
+            changes
+                .removed_sessions
+                .iter()
+                .map(|id| id.to_string())
+                .collect(),
+            changes.sessions.into_iter().map(session_to_py).collect(),
+            set,
+            cleared,
+        ))
+    }
+
     /// The persistent sessions and retained messages: live while running, else as saved
     /// at the last stop.
     fn snapshot(&self, py: Python<'_>) -> (Vec<PySession>, Vec<PyRetained>) {
@@ -375,17 +412,7 @@ impl BrokerCore {
         });
         (
             sessions.into_iter().map(session_to_py).collect(),
-            retained
-                .into_iter()
-                .map(|m| {
-                    (
-                        m.topic.to_string(),
-                        m.payload.to_vec(),
-                        m.qos as u8,
-                        m.publisher.to_string(),
-                    )
-                })
-                .collect(),
+            retained.iter().map(|m| retained_to_py(m)).collect(),
         )
     }
 
@@ -415,6 +442,15 @@ type PyPending = (String, Vec<u8>, u8, u8, bool, String, Option<u16>, bool);
 type PySession = (String, Vec<(String, u8)>, Vec<PyPending>);
 /// A retained message as Python sees it: `(topic, payload, qos, publisher)`.
 type PyRetained = (String, Vec<u8>, u8, String);
+
+fn retained_to_py(m: &Message) -> PyRetained {
+    (
+        m.topic.to_string(),
+        m.payload.to_vec(),
+        m.qos as u8,
+        m.publisher.to_string(),
+    )
+}
 
 fn qos_arg(value: u8) -> PyResult<QoS> {
     QoS::from_u8(value).ok_or_else(|| PyValueError::new_err(format!("invalid QoS {value}")))

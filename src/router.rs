@@ -535,14 +535,21 @@ impl Router {
         {
             self.write_all(store, true)
         } else {
-            let changes = self.take_changes();
+            let changes = self.collect_changes();
             changes.is_empty() || store.save_changes(changes).is_ok()
         };
         self.full_save_due.store(!saved, Ordering::Relaxed);
         saved
     }
 
-    fn take_changes(&self) -> Changes {
+    /// What changed since the last save, for a caller that saves it itself; it is then
+    /// forgotten here, so a caller that fails to save it must fall back to a full copy.
+    pub fn take_changes(&self) -> Changes {
+        let _one_at_a_time = self.saving.lock();
+        self.collect_changes()
+    }
+
+    fn collect_changes(&self) -> Changes {
         // The ended sessions and the changed ones are read under one lock: a session that
         // ends after this is in the next save's `removed`, and its successor (new, so
         // listed as changed) in that save's `sessions`, which the store applies after.

@@ -46,10 +46,13 @@ pub struct Server {
 
 impl Server {
     /// Binds every listener and starts serving; returns once the sockets are listening.
+    /// `track_changes`: record what changes for a caller that saves it itself (a Python
+    /// session store reads it with [`Router::take_changes`]).
     pub fn start(
         config: Config,
         mut hooks: Hooks,
         store: Arc<dyn SessionStore>,
+        track_changes: bool,
     ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -87,7 +90,7 @@ impl Server {
         let router = Arc::new(Router::new(config.clone(), hooks));
         let saves_while_running =
             config.durability == Durability::Sync || !config.persist_interval.is_zero();
-        if config.session_store != "memory" && saves_while_running {
+        if track_changes || (config.session_store != "memory" && saves_while_running) {
             // A durable store is kept up to date with what changed, not rewritten whole.
             // (Saved only at stop, it is written whole then, and nothing is recorded.)
             router.track_changes();
@@ -172,7 +175,13 @@ impl Server {
         if !finished {
             error!("connections did not close within 10 s; stopping anyway");
         }
-        self.router.persist(self.store.as_ref());
+        if self.router.config().session_store == "memory" {
+            // The in-process copy (for a restart of this object, or read by a Python store
+            // after stop) is written whole: a Python store took the changes along the way.
+            self.router.save_to(self.store.as_ref());
+        } else {
+            self.router.persist(self.store.as_ref());
+        }
         runtime.shutdown_timeout(Duration::from_secs(1));
         info!("broker stopped");
     }

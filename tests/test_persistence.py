@@ -387,6 +387,39 @@ async def test_python_store_saves_and_resumes(raw: RawFactory) -> None:
     assert seeded.loads == 1
 
 
+async def test_python_store_is_given_only_what_changed(raw: RawFactory) -> None:
+    """The broker records which sessions changed: with 20 persistent sessions stored, a
+    message for one of them makes the syncs that follow save that session only. A change
+    synced while running survives the stop (its final full compare does not undo it)."""
+    store = DictStore()
+    async with store_broker(store) as broker:
+        port = port_of(broker)
+
+        def make_sessions() -> None:
+            for i in range(20):
+                sub = raw(port)
+                assert connack(sub, f"many-{i}", clean=False) == CONNACK_NEW
+                subscribed(sub, 1, (f"many/{i}", 1))
+                leave(sub)
+
+        await asyncio.to_thread(make_sessions)
+        await store.until(lambda: len(store.sessions) == 20)
+        before = len(store.calls)
+
+        def publish_one() -> None:
+            pub = raw(port)
+            pub.connect("many-pub")
+            publish_q1(pub, "many/7", b"x", 1)
+
+        await asyncio.to_thread(publish_one)
+        await store.until(lambda: len(store.sessions["many-7"].pending) == 1)
+        await asyncio.sleep(0.35)  # three more syncs: nothing else changed
+        assert store.calls[before:] == [("save_session", "many-7")]
+    assert [m.payload for m in store.sessions["many-7"].pending] == [b"x"]
+    assert all(store.sessions[f"many-{i}"].pending == [] for i in range(20) if i != 7)
+    assert store.deletes() == []
+
+
 class FailingStore(DictStore):
     """Its first `failures` save_session calls raise."""
 

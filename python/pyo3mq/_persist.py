@@ -1,8 +1,10 @@
 """Keeps a Python `SessionStore` up to date with the broker's persistent state.
 
-The Rust broker never calls Python to persist: this side asks it for a snapshot (taken
-with the interpreter released), compares it with the previous one, and tells the store
-only what changed.
+The Rust broker never calls Python to persist: this side asks it, every
+`persist_interval`, for what changed since the last time (the broker records which
+sessions and retained topics changed, so this costs what the traffic changed, not the
+size of the state) and tells the store. The first sync, the one after a stop, and the one
+after a store failure compare a full snapshot with what the store was last given instead.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ class Persister:
     def __init__(self, core: BrokerCore, store: SessionStore) -> None:
         self._core = core
         self._store = store
+        # What the store holds, as far as this side knows: the base of a full compare.
         self._sessions: dict[str, SessionRecord] = {}
         self._retained: dict[str, RetainedRecord] = {}
+        # The broker's change records were taken but not all stored: compare in full.
+        self._full_next = False
 
     async def load(self) -> None:
         """Seeds the broker with what the store holds; call before starting it."""
@@ -73,6 +78,33 @@ class Persister:
     async def sync(self) -> None:
         """Writes the changes since the last sync. Errors are logged, never raised: the
         next sync tries again with the full difference."""
+        changes = None if self._full_next else self._core.take_changes()
+        if changes is None:  # stopped (or after a failure): compare a full snapshot
+            await self._sync_full()
+            return
+        removed, raw_sessions, raw_retained, cleared = changes
+        try:
+            for client_id in removed:
+                if client_id in self._sessions:
+                    await self._store.delete_session(client_id)
+                    del self._sessions[client_id]
+            for record in map(_session, raw_sessions):
+                if self._sessions.get(record.client_id) != record:
+                    await self._store.save_session(record)
+                    self._sessions[record.client_id] = record
+            for message in map(_retained, raw_retained):
+                if self._retained.get(message.topic) != message:
+                    await self._store.save_retained(message)
+                    self._retained[message.topic] = message
+            for topic in cleared:
+                if topic in self._retained:
+                    await self._store.delete_retained(topic)
+                    del self._retained[topic]
+        except Exception:
+            logger.exception("pyo3mq: session store failed; will retry")
+            self._full_next = True
+
+    async def _sync_full(self) -> None:
         raw_sessions, raw_retained = self._core.snapshot()
         sessions = {s.client_id: s for s in map(_session, raw_sessions)}
         retained = {r.topic: r for r in map(_retained, raw_retained)}
@@ -91,5 +123,7 @@ class Persister:
             for topic in list(self._retained.keys() - retained.keys()):
                 await self._store.delete_retained(topic)
                 del self._retained[topic]
+            self._full_next = False
         except Exception:
             logger.exception("pyo3mq: session store failed; will retry")
+            self._full_next = True

@@ -23,6 +23,7 @@ class BrokerCore:
         authorize: bool = False,
         events: bool = False,
         intercept: bool = False,
+        track_changes: bool = False,
     ) -> list[tuple[str, int]]: ...
     def stop(self) -> None: ...
     @property
@@ -47,6 +48,23 @@ class BrokerCore:
         ],
         retained: list[tuple[str, bytes, int, str]],
     ) -> None: ...
+    def take_changes(
+        self,
+    ) -> (
+        tuple[
+            list[str],
+            list[
+                tuple[
+                    str,
+                    list[tuple[str, int]],
+                    list[tuple[str, bytes, int, int, bool, str, int | None, bool]],
+                ]
+            ],
+            list[tuple[str, bytes, int, str]],
+            list[str],
+        ]
+        | None
+    ): ...
     def snapshot(
         self,
     ) -> tuple[

@@ -351,6 +351,7 @@ class Broker:
             authorize=self.authorizer is not None,
             events=any(self._handlers.values()),
             intercept=self.on_message is not None,
+            track_changes=self._persister is not None,
         )
 
     def _space_ready(self, token: int) -> None:
