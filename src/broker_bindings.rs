@@ -144,8 +144,7 @@ impl BrokerCore {
         intercept: bool,
         track_changes: bool,
     ) -> PyResult<Vec<(String, u16)>> {
-        let mut slot = self.running.lock();
-        if slot.is_some() {
+        if self.running.lock().is_some() {
             return Err(MqttError::new_err("the broker is already running"));
         }
         let wanted = Wanted {
@@ -175,9 +174,17 @@ impl BrokerCore {
         }
         let config = self.config.clone();
         let store = self.store.clone();
+        // Started without holding `running`: a thread reading `stats()` meanwhile holds the
+        // interpreter and waits for that lock, while starting may wait for the interpreter.
         let server = py
             .detach(move || Server::start(config, hooks, store, track_changes))
             .map_err(to_pyerr)?;
+        let mut slot = self.running.lock();
+        if slot.is_some() {
+            drop(slot);
+            py.detach(move || drop(server));
+            return Err(MqttError::new_err("the broker is already running"));
+        }
         let addresses = server
             .addresses()
             .iter()
@@ -360,8 +367,8 @@ impl BrokerCore {
 
     /// What changed since the last call (for a broker started with `track_changes`):
     /// `(ended client ids, changed sessions, retained set, retained topics cleared)`, or
-    /// None when stopped. Taken changes are forgotten here: a caller that cannot store
-    /// them must fall back to `snapshot()`.
+    /// None when stopped or not recording. Taken changes are forgotten here: a caller
+    /// that cannot store them must fall back to `snapshot()`.
     #[allow(clippy::type_complexity)]
     fn take_changes(
         &self,
@@ -371,7 +378,8 @@ impl BrokerCore {
             .running
             .lock()
             .as_ref()
-            .map(|r| r.server.router().clone())?;
+            .map(|r| r.server.router().clone())
+            .filter(|router| router.is_tracking())?;
         let changes = py.detach(move || router.take_changes());
         let mut set = Vec::new();
         let mut cleared = Vec::new();

@@ -303,7 +303,7 @@ impl Router {
         if !clean && self.tracking.load(Ordering::Relaxed) {
             // New, so not in the store yet: listed now, and again after each save that
             // it changes after.
-            self.changed.lock().push(client_id.clone());
+            self.changed.lock().insert(client_id.clone());
             state.set_tracker(self.changed.clone(), client_id.clone());
         }
         Arc::new(Session {
@@ -540,6 +540,11 @@ impl Router {
         };
         self.full_save_due.store(!saved, Ordering::Relaxed);
         saved
+    }
+
+    /// Whether changes are recorded (see [`Router::track_changes`]).
+    pub fn is_tracking(&self) -> bool {
+        self.tracking.load(Ordering::Relaxed)
     }
 
     /// What changed since the last save, for a caller that saves it itself; it is then

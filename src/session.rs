@@ -114,7 +114,7 @@ pub struct SessionState {
 }
 
 /// The client ids of persistent sessions that changed since the last save.
-pub type ChangeTracker = std::sync::Arc<parking_lot::Mutex<Vec<ByteString>>>;
+pub type ChangeTracker = std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<ByteString>>>;
 
 impl SessionState {
     pub fn new(limits: Limits) -> SessionState {
@@ -151,7 +151,7 @@ impl SessionState {
         if !self.changed {
             self.changed = true;
             if let Some((tracker, client_id)) = &self.tracker {
-                tracker.lock().push(client_id.clone());
+                tracker.lock().insert(client_id.clone());
             }
         }
     }

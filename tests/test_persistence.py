@@ -389,11 +389,16 @@ async def test_python_store_saves_and_resumes(raw: RawFactory) -> None:
 
 async def test_python_store_is_given_only_what_changed(raw: RawFactory) -> None:
     """The broker records which sessions changed: with 20 persistent sessions stored, a
-    message for one of them makes the syncs that follow save that session only. A change
-    synced while running survives the stop (its final full compare does not undo it)."""
+    message for one of them makes the syncs that follow save that session only, and no
+    sync while running reads a full snapshot. A change synced while running survives the
+    stop (its final full compare does not undo it)."""
     store = DictStore()
     async with store_broker(store) as broker:
         port = port_of(broker)
+        persister = broker._persister
+        assert persister is not None
+        counting = CountingCore(persister._core)
+        persister._core = counting  # type: ignore[assignment]
 
         def make_sessions() -> None:
             for i in range(20):
@@ -403,7 +408,11 @@ async def test_python_store_is_given_only_what_changed(raw: RawFactory) -> None:
                 leave(sub)
 
         await asyncio.to_thread(make_sessions)
-        await store.until(lambda: len(store.sessions) == 20)
+        await store.until(
+            lambda: (
+                len(store.sessions) == 20 and all(s.subscriptions for s in store.sessions.values())
+            )
+        )
         before = len(store.calls)
 
         def publish_one() -> None:
@@ -415,9 +424,63 @@ async def test_python_store_is_given_only_what_changed(raw: RawFactory) -> None:
         await store.until(lambda: len(store.sessions["many-7"].pending) == 1)
         await asyncio.sleep(0.35)  # three more syncs: nothing else changed
         assert store.calls[before:] == [("save_session", "many-7")]
+        assert counting.snapshots == 0 and counting.changes_taken >= 4
     assert [m.payload for m in store.sessions["many-7"].pending] == [b"x"]
     assert all(store.sessions[f"many-{i}"].pending == [] for i in range(20) if i != 7)
     assert store.deletes() == []
+
+
+class CountingCore:
+    """Stands in for the broker core the persister talks to, counting its reads."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self.snapshots = 0
+        self.changes_taken = 0
+
+    def snapshot(self) -> Any:
+        self.snapshots += 1
+        return self._core.snapshot()
+
+    def take_changes(self) -> Any:
+        self.changes_taken += 1
+        return self._core.take_changes()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+
+async def test_restart_brings_the_store_up_to_date_after_a_failed_final_sync(
+    raw: RawFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the sync at stop fails, the same Broker object started again does not reload
+    the stale store over its newer in-memory copy: it writes that copy to the store."""
+    store = FailingStore(0)
+    broker = store_broker(store, persist_interval=0)  # only the sync at stop writes
+    async with broker:
+        port = port_of(broker)
+
+        def make_session() -> None:
+            sub = raw(port)
+            assert connack(sub, "restart-1", clean=False) == CONNACK_NEW
+            subscribed(sub, 1, ("restart/t", 1))
+            leave(sub)
+
+        await asyncio.to_thread(make_session)
+        store.failures = store.attempts + 1  # the next save_session fails
+    assert "restart-1" not in store.sessions
+    assert "session store failed" in caplog.text
+    async with broker:
+        assert "restart-1" in store.sessions
+        assert store.sessions["restart-1"].subscriptions == [("restart/t", 1)]
+    assert store.loads == 1
+
+
+def test_a_session_store_object_and_a_session_store_setting_conflict(tmp_path: Path) -> None:
+    """Two stores would each get half of the changes: the combination is refused."""
+    config = BrokerConfig(session_store=f"sqlite:{tmp_path / 's.db'}")
+    with pytest.raises(ValueError, match="replaces session_store"):
+        Broker(config, session_store=DictStore())
 
 
 class FailingStore(DictStore):

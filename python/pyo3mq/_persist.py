@@ -3,8 +3,8 @@
 The Rust broker never calls Python to persist: this side asks it, every
 `persist_interval`, for what changed since the last time (the broker records which
 sessions and retained topics changed, so this costs what the traffic changed, not the
-size of the state) and tells the store. The first sync, the one after a stop, and the one
-after a store failure compare a full snapshot with what the store was last given instead.
+size of the state) and tells the store. The sync after a stop, and the one after a store
+failure, compare a full snapshot with what the store was last given instead.
 """
 
 from __future__ import annotations
@@ -45,9 +45,16 @@ class Persister:
         self._retained: dict[str, RetainedRecord] = {}
         # The broker's change records were taken but not all stored: compare in full.
         self._full_next = False
+        self._loaded = False
 
     async def load(self) -> None:
-        """Seeds the broker with what the store holds; call before starting it."""
+        """Seeds the broker with what the store holds; call before starting it. On a
+        restart of the same broker its in-memory copy is the newer one: the store is
+        brought up to date from it instead (in case the last sync failed)."""
+        if self._loaded:
+            await self._sync_full()
+            return
+        self._loaded = True
         sessions, retained = await self._store.load()
         self._sessions = {s.client_id: s for s in sessions}
         self._retained = {r.topic: r for r in retained}
@@ -105,6 +112,9 @@ class Persister:
             self._full_next = True
 
     async def _sync_full(self) -> None:
+        # Drop the change records first (the snapshot after it covers them), so that they
+        # do not pile up while the store keeps failing.
+        self._core.take_changes()
         raw_sessions, raw_retained = self._core.snapshot()
         sessions = {s.client_id: s for s in map(_session, raw_sessions)}
         retained = {r.topic: r for r in map(_retained, raw_retained)}

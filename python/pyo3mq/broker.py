@@ -242,6 +242,12 @@ class Broker:
             config = BrokerConfig.from_mapping(settings)
         elif settings:
             raise TypeError("pass either a BrokerConfig or keyword settings, not both")
+        if self._store is not None and config.session_store != "memory":
+            # Two stores would each get half of the changes.
+            raise ValueError(
+                f"a SessionStore object replaces session_store={config.session_store!r}: "
+                "pass one or the other"
+            )
         self.config = config
         values = {f.name: getattr(config, f.name) for f in fields(config)}
         values["listeners"] = list(values["listeners"])
@@ -351,7 +357,8 @@ class Broker:
             authorize=self.authorizer is not None,
             events=any(self._handlers.values()),
             intercept=self.on_message is not None,
-            track_changes=self._persister is not None,
+            # Recorded changes are drained by the periodic sync only.
+            track_changes=self._persister is not None and self.config.persist_interval > 0,
         )
 
     def _space_ready(self, token: int) -> None:
@@ -462,6 +469,8 @@ class Broker:
         finally:
             if self.running:
                 await asyncio.get_running_loop().run_in_executor(None, self.stop)
+                if self._persister is not None:
+                    await self._persister.sync()
 
     # -- in-process pub/sub -----------------------------------------------------------
 
