@@ -207,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     args = parser.parse_args(argv)
     every = args.every or None
+    # The broker's own log lines (connections, closes with the rule broken, queue
+    # overflows) join this program's on Python's logging.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    pyo3mq.enable_logging("info")
     try:
         asyncio.run(
             run(

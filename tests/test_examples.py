@@ -389,3 +389,11 @@ def test_gateway_script(script, paho) -> None:
     }
     paho.close_all()
     assert s.terminate() == 0
+    # The broker's own lines came through Python's logging, on per-module loggers.
+    s.reader.join(TIMEOUT)
+    rest = []
+    while (line := s.lines.get_nowait()) is not None:
+        rest.append(line)
+    assert any(
+        " pyo3mq.connection client connected client_id=dashboard " in line for line in rest
+    ), rest
