@@ -188,7 +188,9 @@ async def run(
     broker = pyo3mq.Broker(listeners=[f"tcp://{host}:{port}"])
     async with broker, Gateway(broker, every=every, interval=interval) as gateway:
         for bound_host, bound_port in broker.addresses:
-            print(f"listening on {bound_host}:{bound_port}", flush=True)
+            # One write, newline included: the logging thread writes lines of its own
+            # to the same terminal or pipe.
+            print(f"listening on {bound_host}:{bound_port}\n", end="", flush=True)
         if ready is not None:
             ready(gateway)
         await wait_for_stop(duration, handle_signals)

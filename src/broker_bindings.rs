@@ -61,6 +61,7 @@ fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
         max_connections: setting(settings, "max_connections")?,
         max_inflight: setting(settings, "max_inflight")?,
         max_queued_messages: setting(settings, "max_queued_messages")?,
+        max_queued_bytes: setting(settings, "max_queued_bytes")?,
         queue_overflow: OverflowPolicy::parse(&overflow).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "queue_overflow must be 'drop_new' or 'drop_oldest', not {overflow:?}"

@@ -38,6 +38,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// Messages waiting to be sent, per session (online or offline).
     pub max_queued_messages: usize,
+    /// Topic and payload bytes waiting to be sent, per session; 0 means no byte limit.
+    pub max_queued_bytes: usize,
     pub queue_overflow: OverflowPolicy,
     /// Also queue QoS 0 messages for offline clean-session-0 clients (optional in 3.1.1).
     pub queue_qos0_offline: bool,
@@ -94,6 +96,7 @@ impl Default for Config {
             max_connections: 100_000,
             max_inflight: 32,
             max_queued_messages: 1000,
+            max_queued_bytes: 0,
             queue_overflow: OverflowPolicy::DropNew,
             queue_qos0_offline: false,
             connect_timeout: Duration::from_secs(10),

@@ -184,6 +184,7 @@ impl Router {
         let limits = Limits {
             max_inflight: config.max_inflight,
             max_queued: config.max_queued_messages,
+            max_queued_bytes: config.max_queued_bytes,
             overflow: config.queue_overflow,
             queue_qos0_offline: config.queue_qos0_offline,
         };
@@ -686,22 +687,23 @@ impl Router {
     }
 }
 
-/// Queues a delivery; 1 if the session's overflow policy dropped a message (the first
-/// drop of an overflow episode is logged, with the client id).
+/// Queues a delivery; returns how many messages the session's overflow policy dropped
+/// (the first drop of an overflow episode is logged, with the client id).
 fn deliver_counting_drops(session: &Session, item: Queued) -> u64 {
     match session.deliver(item) {
         Enqueued::Yes | Enqueued::Skipped => 0,
-        Enqueued::Overflowed => 1,
-        Enqueued::OverflowStarted => {
+        Enqueued::Overflowed(n) => n,
+        Enqueued::OverflowStarted(n) => {
             let limits = session.state.lock().limits();
             tracing::warn!(
                 client_id = %session.client_id,
                 max_queued_messages = limits.max_queued,
+                max_queued_bytes = limits.max_queued_bytes,
                 policy = ?limits.overflow,
                 "session queue full: dropping messages until it drains \
                  (the subscriber reads slower than its topics are published)"
             );
-            1
+            n
         }
     }
 }

@@ -68,11 +68,11 @@ pub enum Outgoing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Yes,
-    /// The queue was full: one message (the new one or the oldest) was dropped.
-    Overflowed,
+    /// The queue was full: this many messages (the new one, or the oldest) were dropped.
+    Overflowed(u64),
     /// As `Overflowed`, and the first drop since the queue was last drained empty: the
     /// caller logs it, so a full queue costs one log line per episode, not one per message.
-    OverflowStarted,
+    OverflowStarted(u64),
     /// QoS 0 for an offline session is not queued unless configured.
     Skipped,
 }
@@ -82,6 +82,8 @@ pub enum Enqueued {
 pub struct Limits {
     pub max_inflight: usize,
     pub max_queued: usize,
+    /// Bytes of topic and payload the queue may hold; 0 means no byte limit.
+    pub max_queued_bytes: usize,
     pub overflow: OverflowPolicy,
     pub queue_qos0_offline: bool,
 }
@@ -92,6 +94,8 @@ pub struct SessionState {
     /// Filter -> granted QoS, as the client subscribed.
     pub subscriptions: HashMap<ByteString, QoS>,
     queue: VecDeque<Queued>,
+    /// Topic and payload bytes in `queue` (what `max_queued_bytes` bounds).
+    queued_bytes: usize,
     /// Sent QoS 1/2 deliveries in send order (which is also the resend order).
     inflight: VecDeque<Inflight>,
     next_pkid: u16,
@@ -122,6 +126,7 @@ impl SessionState {
             limits,
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             inflight: VecDeque::new(),
             next_pkid: 1,
             inbound_qos2: Vec::new(),
@@ -177,27 +182,59 @@ impl SessionState {
         }
     }
 
-    /// Offers a message for delivery; applies the overflow policy when the queue is full.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    fn push_queue(&mut self, item: Queued) {
+        self.queued_bytes += cost(&item);
+        self.queue.push_back(item);
+    }
+
+    fn pop_queue(&mut self) -> Option<Queued> {
+        let item = self.queue.pop_front()?;
+        self.queued_bytes -= cost(&item);
+        Some(item)
+    }
+
+    /// Whether `size` more bytes in one more message would exceed a limit.
+    fn full_for(&self, size: usize) -> bool {
+        let limits = &self.limits;
+        self.queue.len() >= limits.max_queued
+            || (limits.max_queued_bytes > 0 && self.queued_bytes + size > limits.max_queued_bytes)
+    }
+
+    /// Offers a message for delivery; applies the overflow policy when the queue is full
+    /// (by count or by bytes).
     pub fn enqueue(&mut self, item: Queued) -> Enqueued {
         if !self.online && item.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
             return Enqueued::Skipped;
         }
-        if self.queue.len() >= self.limits.max_queued {
-            self.dropped += 1;
-            if self.limits.overflow == OverflowPolicy::DropOldest {
-                self.queue.pop_front();
-                self.queue.push_back(item);
+        let size = cost(&item);
+        if self.full_for(size) {
+            let mut dropped = 1; // the new message, unless the oldest make room for it
+                                 // Larger than the byte limit on its own: evicting others would not help.
+            let never_fits =
+                self.limits.max_queued_bytes > 0 && size > self.limits.max_queued_bytes;
+            if self.limits.overflow == OverflowPolicy::DropOldest && !never_fits {
+                let mut evicted = 0;
+                while self.full_for(size) && self.pop_queue().is_some() {
+                    evicted += 1;
+                }
+                self.push_queue(item);
+                dropped = evicted;
                 self.mark_changed();
             }
+            self.dropped += dropped;
             if std::mem::replace(&mut self.overflowing, true) {
-                return Enqueued::Overflowed;
+                return Enqueued::Overflowed(dropped);
             }
-            return Enqueued::OverflowStarted;
+            return Enqueued::OverflowStarted(dropped);
         }
         if self.queue.is_empty() {
             self.overflowing = false;
         }
-        self.queue.push_back(item);
+        self.push_queue(item);
         self.mark_changed();
         Enqueued::Yes
     }
@@ -210,7 +247,7 @@ impl SessionState {
         if !self.has_sendable() {
             return None;
         }
-        let item = self.queue.pop_front()?;
+        let item = self.pop_queue()?;
         self.mark_changed();
         if item.qos == QoS::AtMostOnce {
             return Some(Outgoing::Publish {
@@ -286,7 +323,7 @@ impl SessionState {
     /// Queues without a limit: for flow-controlled subscribers, whose publishers wait
     /// instead of losing messages.
     pub fn push_unbounded(&mut self, item: Queued) {
-        self.queue.push_back(item);
+        self.push_queue(item);
         self.mark_changed();
     }
 
@@ -294,7 +331,10 @@ impl SessionState {
     /// subscribers, which consume a message by taking it.
     pub fn take_queued(&mut self, max: usize, out: &mut Vec<Queued>) {
         let n = self.queue.len().min(max);
-        out.extend(self.queue.drain(..n));
+        for item in self.queue.drain(..n) {
+            self.queued_bytes -= cost(&item);
+            out.push(item);
+        }
         if n > 0 {
             self.mark_changed();
         }
@@ -335,6 +375,7 @@ impl SessionState {
     pub fn clear(&mut self) {
         self.subscriptions.clear();
         self.queue.clear();
+        self.queued_bytes = 0;
         self.inflight.clear();
         self.inbound_qos2.clear();
         self.next_pkid = 1;
@@ -364,9 +405,15 @@ impl SessionState {
                 },
                 item,
             }),
-            _ => self.queue.push_back(item),
+            _ => self.push_queue(item),
         }
     }
+}
+
+/// What a queued message counts against `max_queued_bytes`: its topic and payload (the
+/// rest of a PUBLISH is a few bytes, and the message itself is shared between sessions).
+fn cost(item: &Queued) -> usize {
+    item.msg.topic.len() + item.msg.payload.len()
 }
 
 #[cfg(test)]
@@ -377,9 +424,65 @@ mod tests {
         Limits {
             max_inflight,
             max_queued,
+            max_queued_bytes: 0,
             overflow,
             queue_qos0_offline: false,
         }
+    }
+
+    fn sized(len: usize) -> Queued {
+        Queued {
+            msg: Arc::new(Message {
+                topic: ByteString::from_static("t"),
+                payload: Bytes::from(vec![7; len]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                publisher: ByteString::new(),
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn byte_limit_with_both_policies() {
+        // Each `msg` costs 2 bytes (topic "t" and a 1-byte payload).
+        let mut l = limits(1, 100, OverflowPolicy::DropNew);
+        l.max_queued_bytes = 10;
+        let mut s = SessionState::new(l);
+        s.online = true;
+        for n in 0..5 {
+            assert_eq!(s.enqueue(msg(n, QoS::AtLeastOnce)), Enqueued::Yes);
+        }
+        assert_eq!(s.queued_bytes(), 10);
+        assert_eq!(
+            s.enqueue(msg(5, QoS::AtLeastOnce)),
+            Enqueued::OverflowStarted(1)
+        );
+        assert_eq!(payload(&s.next_outgoing().unwrap()), 0);
+        assert_eq!(s.queued_bytes(), 8, "sending frees its bytes");
+        assert_eq!(s.enqueue(msg(6, QoS::AtLeastOnce)), Enqueued::Yes);
+        assert_eq!(s.dropped, 1);
+
+        let mut l = limits(1, 100, OverflowPolicy::DropOldest);
+        l.max_queued_bytes = 10;
+        let mut s = SessionState::new(l);
+        s.online = true;
+        for n in 0..5 {
+            s.enqueue(msg(n, QoS::AtLeastOnce));
+        }
+        // 6 bytes need three 2-byte messages evicted: the oldest three.
+        assert_eq!(s.enqueue(sized(5)), Enqueued::OverflowStarted(3));
+        assert_eq!(s.queued_bytes(), 10);
+        assert_eq!(s.queued_len(), 3);
+        assert_eq!(payload(&s.next_outgoing().unwrap()), 3);
+        // Larger than the limit by itself: only it is dropped, nothing is evicted for it.
+        assert_eq!(s.enqueue(sized(20)), Enqueued::Overflowed(1));
+        assert_eq!(s.queued_len(), 2);
+        assert_eq!(s.dropped, 4);
+        let mut taken = Vec::new();
+        s.take_queued(10, &mut taken);
+        assert_eq!((taken.len(), s.queued_bytes()), (2, 0));
     }
 
     fn msg(n: u8, qos: QoS) -> Queued {
@@ -455,15 +558,15 @@ mod tests {
         s.enqueue(msg(2, QoS::AtLeastOnce));
         assert_eq!(
             s.enqueue(msg(3, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted
+            Enqueued::OverflowStarted(1)
         );
-        assert_eq!(s.enqueue(msg(4, QoS::AtLeastOnce)), Enqueued::Overflowed);
+        assert_eq!(s.enqueue(msg(4, QoS::AtLeastOnce)), Enqueued::Overflowed(1));
         assert_eq!(payload(&s.next_outgoing().unwrap()), 1);
         assert_eq!(s.dropped, 2);
         // Room again, but the episode lasts until the queue has drained empty: one log
         // line per episode, not one per refill.
         assert_eq!(s.enqueue(msg(5, QoS::AtLeastOnce)), Enqueued::Yes);
-        assert_eq!(s.enqueue(msg(6, QoS::AtLeastOnce)), Enqueued::Overflowed);
+        assert_eq!(s.enqueue(msg(6, QoS::AtLeastOnce)), Enqueued::Overflowed(1));
         assert!(s.on_puback(1));
         assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
         assert!(s.on_puback(2));
@@ -473,7 +576,7 @@ mod tests {
         assert_eq!(s.enqueue(msg(8, QoS::AtLeastOnce)), Enqueued::Yes);
         assert_eq!(
             s.enqueue(msg(9, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted
+            Enqueued::OverflowStarted(1)
         );
         assert_eq!(s.dropped, 4);
 
@@ -483,7 +586,7 @@ mod tests {
         s.enqueue(msg(2, QoS::AtLeastOnce));
         assert_eq!(
             s.enqueue(msg(3, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted
+            Enqueued::OverflowStarted(1)
         );
         assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
         assert_eq!(s.dropped, 1);
@@ -512,7 +615,7 @@ mod tests {
         s.take_changed();
         assert_eq!(
             s.enqueue(msg(4, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted
+            Enqueued::OverflowStarted(1)
         );
         assert!(!s.take_changed(), "drop_new keeps the queue as it was");
         s.clear();

@@ -586,6 +586,41 @@ def test_queue_limit_overflow_policy(
     assert "max_queued_messages=5" in warnings[0]
 
 
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    [("drop_new", [0, 1, 2]), ("drop_oldest", [7, 8, 9])],
+)
+def test_queue_byte_limit(make_broker, raw: RawFactory, policy: str, kept: list[int]) -> None:
+    """max_queued_bytes=100 with 30-byte messages (topic `lim/b` 5 + payload 25) for an
+    offline session: three fit (90 bytes), so of ten, drop_new keeps the first three and
+    drop_oldest the last three; seven are counted as dropped. A 200-byte message never
+    fits, and evicts nothing even under drop_oldest."""
+    broker = make_broker(max_queued_bytes=100, queue_overflow=policy)
+    port = port_of(broker)
+    sub = raw(port)
+    assert connack(sub, "bytes", clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(sub, 1, ("lim/b", 1))
+    disconnect_and_wait(sub)
+
+    pub = raw(port)
+    pub.connect("bytes-pub")
+    for i in range(10):
+        publish_q1(pub, "lim/b", b"%025d" % i, i + 1)
+    assert broker.dropped_messages == 7
+    publish_q1(pub, "lim/b", b"x" * 195, 11)
+    assert broker.dropped_messages == 8
+
+    sub = raw(port)
+    assert connack(sub, "bytes", clean=False) == b"\x20\x02\x01\x00"
+    got = []
+    for _ in range(3):
+        _, pkid, payload = next_publish(sub).publish_fields()
+        got.append(int(payload))
+        sub.send(ack(PUBACK, pkid))  # type: ignore[arg-type]
+    assert got == kept
+    marker_is_next(sub, pub, "lim/b")
+
+
 # --------------------------------------------------------------------------- slow consumer
 
 

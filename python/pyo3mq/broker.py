@@ -31,6 +31,7 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_connections": (1, 2**32 - 1),
     "max_inflight": (1, 65_535),
     "max_queued_messages": (0, 2**63 - 1),
+    "max_queued_bytes": (0, 2**63 - 1),
     "max_client_id_len": (23, 65_535),
     "worker_threads": (0, 1024),
 }
@@ -45,6 +46,7 @@ class BrokerConfig:
     max_connections: int = 100_000
     max_inflight: int = 32
     max_queued_messages: int = 1000
+    max_queued_bytes: int = 0
     queue_overflow: OverflowPolicy = "drop_new"
     queue_qos0_offline: bool = False
     connect_timeout: float = 10.0
