@@ -556,25 +556,12 @@ def test_queue_limit_overflow_policy(
     broker says so in one warning for the episode, not one per dropped message."""
     broker = make_broker(max_queued_messages=5, queue_overflow=policy)
     port = port_of(broker)
-    sub = raw(port)
-    assert connack(sub, "limited", clean=False) == b"\x20\x02\x00\x00"
-    subscribe_ok(sub, 1, ("lim/t", 1))
-    disconnect_and_wait(sub)
-
-    pub = raw(port)
-    pub.connect("limited-pub")
+    pub = offline_subscriber_and_publisher(raw, port, "limited", "lim/t")
     for i in range(10):
         publish_q1(pub, "lim/t", b"m%d" % i, i + 1)
     assert broker.dropped_messages == 5
 
-    sub = raw(port)
-    assert connack(sub, "limited", clean=False) == b"\x20\x02\x01\x00"
-    got = []
-    for _ in range(5):
-        p = next_publish(sub)
-        _, pkid, payload = p.publish_fields()
-        got.append(payload)
-        sub.send(ack(PUBACK, pkid))  # type: ignore[arg-type]
+    sub, got = resume_and_take(raw, port, "limited", 5)
     assert got == [b"m%d" % i for i in kept]
     marker_is_next(sub, pub, "lim/t")
     assert broker.dropped_messages == 5
@@ -597,28 +584,44 @@ def test_queue_byte_limit(make_broker, raw: RawFactory, policy: str, kept: list[
     fits, and evicts nothing even under drop_oldest."""
     broker = make_broker(max_queued_bytes=100, queue_overflow=policy)
     port = port_of(broker)
-    sub = raw(port)
-    assert connack(sub, "bytes", clean=False) == b"\x20\x02\x00\x00"
-    subscribe_ok(sub, 1, ("lim/b", 1))
-    disconnect_and_wait(sub)
-
-    pub = raw(port)
-    pub.connect("bytes-pub")
+    pub = offline_subscriber_and_publisher(raw, port, "bytes", "lim/b")
     for i in range(10):
         publish_q1(pub, "lim/b", b"%025d" % i, i + 1)
     assert broker.dropped_messages == 7
     publish_q1(pub, "lim/b", b"x" * 195, 11)
     assert broker.dropped_messages == 8
 
-    sub = raw(port)
-    assert connack(sub, "bytes", clean=False) == b"\x20\x02\x01\x00"
-    got = []
-    for _ in range(3):
-        _, pkid, payload = next_publish(sub).publish_fields()
-        got.append(int(payload))
-        sub.send(ack(PUBACK, pkid))  # type: ignore[arg-type]
-    assert got == kept
+    sub, got = resume_and_take(raw, port, "bytes", 3)
+    assert [int(p) for p in got] == kept
     marker_is_next(sub, pub, "lim/b")
+
+
+def offline_subscriber_and_publisher(
+    raw: RawFactory, port: int, client_id: str, topic: str
+) -> RawClient:
+    """Leaves `client_id` as an offline CS=0 session subscribed to `topic` at QoS 1, and
+    returns a connected publisher."""
+    sub = raw(port)
+    assert connack(sub, client_id, clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(sub, 1, (topic, 1))
+    disconnect_and_wait(sub)
+    pub = raw(port)
+    pub.connect(f"{client_id}-pub")
+    return pub
+
+
+def resume_and_take(
+    raw: RawFactory, port: int, client_id: str, count: int
+) -> tuple[RawClient, list[bytes]]:
+    """Resumes the session (session present) and acknowledges `count` deliveries."""
+    sub = raw(port)
+    assert connack(sub, client_id, clean=False) == b"\x20\x02\x01\x00"
+    got = []
+    for _ in range(count):
+        _, pkid, payload = next_publish(sub).publish_fields()
+        got.append(payload)
+        sub.send(ack(PUBACK, pkid))  # type: ignore[arg-type]
+    return sub, got
 
 
 # --------------------------------------------------------------------------- slow consumer
