@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -474,6 +475,39 @@ async def test_restart_brings_the_store_up_to_date_after_a_failed_final_sync(
         assert "restart-1" in store.sessions
         assert store.sessions["restart-1"].subscriptions == [("restart/t", 1)]
     assert store.loads == 1
+
+
+class FlakyLoadStore(DictStore):
+    """Its first `load` raises, as a database that is not up yet would."""
+
+    async def load(self) -> tuple[list[SessionRecord], list[RetainedRecord]]:
+        self.loads += 1
+        if self.loads == 1:
+            raise OSError("database not reachable")
+        return list(self.sessions.values()), list(self.retained.values())
+
+
+async def test_failed_starts_leave_the_store_alone(raw: RawFactory) -> None:
+    """A start whose store load fails is retried with a new load; a start that fails
+    after loading (its port is taken) is retried without reloading or rewriting the
+    store. Then the stored session resumes, and nothing was deleted."""
+    store = FlakyLoadStore([SessionRecord("kept", [("k/t", 1)], [])])
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    broker = store_broker(store, listeners=[f"tcp://127.0.0.1:{port}"])
+    with pytest.raises(OSError, match="not reachable"):
+        await broker.__aenter__()
+    with pytest.raises(pyo3mq.BrokerStartError):
+        await broker.__aenter__()
+    blocker.close()
+    async with broker:
+        sub = await asyncio.to_thread(raw, port)
+        assert await asyncio.to_thread(connack, sub, "kept", clean=False) == b"\x20\x02\x01\x00"
+    assert store.loads == 2
+    assert store.deletes() == []
+    assert store.sessions["kept"].subscriptions == [("k/t", 1)]
 
 
 def test_a_session_store_object_and_a_session_store_setting_conflict(tmp_path: Path) -> None:

@@ -54,7 +54,6 @@ class Persister:
         if self._loaded:
             await self._sync_full()
             return
-        self._loaded = True
         sessions, retained = await self._store.load()
         self._sessions = {s.client_id: s for s in sessions}
         self._retained = {r.topic: r for r in retained}
@@ -81,6 +80,8 @@ class Persister:
             ],
             [(r.topic, r.payload, r.qos, r.publisher) for r in retained],
         )
+        # Only now: a load that failed is tried again at the next start.
+        self._loaded = True
 
     async def sync(self) -> None:
         """Writes the changes since the last sync. Errors are logged, never raised: the
