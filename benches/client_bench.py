@@ -110,18 +110,24 @@ async def pyo3mq_qos1(port: int, n: int, payload: bytes, window: int) -> tuple[f
         return time.perf_counter() - start, time.process_time() - cpu
 
 
+async def round_trips(c: Any, name: str, n: int, payload: bytes) -> list[float]:
+    """Publish, then wait for the message to come back, `n` times (the pyo3mq and aiomqtt
+    clients share the calls this needs)."""
+    topic = f"bench/rtt/{name}/{os.getpid()}"
+    await c.subscribe(topic)
+    messages = c.messages
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await c.publish(topic, payload)
+        await messages.__anext__()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
 async def pyo3mq_latency(port: int, n: int, payload: bytes) -> list[float]:
-    topic = f"bench/rtt/pyo3mq/{os.getpid()}"
     async with pyo3mq.Client(HOST, port) as c:
-        await c.subscribe(topic)
-        messages = c.messages
-        samples = []
-        for _ in range(n):
-            start = time.perf_counter()
-            await c.publish(topic, payload)
-            await messages.__anext__()
-            samples.append(time.perf_counter() - start)
-        return samples
+        return await round_trips(c, "pyo3mq", n, payload)
 
 
 # --------------------------------------------------------------------------------------
@@ -152,17 +158,8 @@ async def aiomqtt_qos1(port: int, n: int, payload: bytes, window: int) -> tuple[
 
 
 async def aiomqtt_latency(port: int, n: int, payload: bytes) -> list[float]:
-    topic = f"bench/rtt/aiomqtt/{os.getpid()}"
     async with aiomqtt.Client(HOST, port) as c:
-        await c.subscribe(topic)
-        messages = c.messages
-        samples = []
-        for _ in range(n):
-            start = time.perf_counter()
-            await c.publish(topic, payload)
-            await messages.__anext__()
-            samples.append(time.perf_counter() - start)
-        return samples
+        return await round_trips(c, "aiomqtt", n, payload)
 
 
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pyo3mq
@@ -28,6 +28,24 @@ def make_broker() -> Iterator[Callable[..., pyo3mq.Broker]]:
     yield factory
     for b in started:
         b.stop()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[pyo3mq.Broker]]]:
+    """Factory: `await serve(on_message=...)` runs a broker on this test's event loop
+    (`async with` semantics: hooks and in-process subscribers run on that loop)."""
+    started: list[pyo3mq.Broker] = []
+
+    async def factory(**settings: Any) -> pyo3mq.Broker:
+        settings.setdefault("listeners", ["tcp://127.0.0.1:0"])
+        broker = pyo3mq.Broker(**settings)
+        await broker.__aenter__()
+        started.append(broker)
+        return broker
+
+    yield factory
+    for broker in reversed(started):
+        await broker.__aexit__(None, None, None)
 
 
 @pytest.fixture

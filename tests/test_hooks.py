@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -36,6 +36,7 @@ from mqtt_raw import (
 )
 from paho.mqtt.enums import CallbackAPIVersion
 from pyo3mq import ClientInfo, ConnectEvent, DisconnectEvent, SubscribeEvent, UnsubscribeEvent
+from teardown import closed_at_teardown
 
 LOOPBACK = "tcp://127.0.0.1:0"
 TIMEOUT = 5.0
@@ -139,16 +140,7 @@ class Raw:
 
 @pytest.fixture
 def raw() -> Iterator[Callable[[int], Raw]]:
-    opened: list[Raw] = []
-
-    def factory(port: int) -> Raw:
-        r = Raw(port)
-        opened.append(r)
-        return r
-
-    yield factory
-    for r in opened:
-        r.close()
+    yield from closed_at_teardown(Raw)
 
 
 async def session(raw: Callable[[int], Raw], port: int, client_id: str, **kwargs: Any) -> Raw:
@@ -156,23 +148,6 @@ async def session(raw: Callable[[int], Raw], port: int, client_id: str, **kwargs
     r = raw(port)
     assert await r.connect(client_id, **kwargs) == CONNACK_OK
     return r
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[pyo3mq.Broker]]]:
-    """Factory: `await serve(authenticator=...)` runs a broker on this test's loop."""
-    started: list[pyo3mq.Broker] = []
-
-    async def factory(**kwargs: Any) -> pyo3mq.Broker:
-        kwargs.setdefault("listeners", [LOOPBACK])
-        broker = pyo3mq.Broker(**kwargs)
-        await broker.__aenter__()
-        started.append(broker)
-        return broker
-
-    yield factory
-    for broker in reversed(started):
-        await broker.__aexit__(None, None, None)
 
 
 @pytest.fixture

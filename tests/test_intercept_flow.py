@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pyo3mq
 import pytest
 from mqtt_raw import PINGREQ, Packet, RawClient, ack, publish, subscribe
 from pyo3mq import Message, Subscription
-from test_hooks import CONNACK_OK, LOOPBACK, TIMEOUT, Raw, frame, port_of
+from teardown import closed_at_teardown
+from test_hooks import CONNACK_OK, TIMEOUT, Raw, frame, port_of
 
 PUBACK = 0x40
 PINGRESP = bytes.fromhex("d000")
@@ -30,34 +31,8 @@ RawFactory = Callable[[int], Raw]
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """`await serve(on_message=...)` runs a broker on this test's loop."""
-    started: list[pyo3mq.Broker] = []
-
-    async def factory(**kwargs: Any) -> pyo3mq.Broker:
-        kwargs.setdefault("listeners", [LOOPBACK])
-        broker = pyo3mq.Broker(**kwargs)
-        await broker.__aenter__()
-        started.append(broker)
-        return broker
-
-    yield factory
-    for broker in reversed(started):
-        await broker.__aexit__(None, None, None)
-
-
-@pytest.fixture
 def raw() -> Iterator[RawFactory]:
-    opened: list[Raw] = []
-
-    def factory(port: int) -> Raw:
-        r = Raw(port)
-        opened.append(r)
-        return r
-
-    yield factory
-    for r in opened:
-        r.close()
+    yield from closed_at_teardown(Raw)
 
 
 async def client(raw: RawFactory, port: int, client_id: str, *filters: tuple[str, int]) -> Raw:

@@ -16,11 +16,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
+from teardown import closed_at_teardown
 from test_pubsub import MARK, QOS, SETTLE, TIMEOUT, Msg, PahoClient
 
 MOSQUITTO_SUB = "/usr/bin/mosquitto_sub"
@@ -112,30 +112,12 @@ def mosquitto_pub(port: int, *args: str) -> str:
 
 @pytest.fixture
 def mosq_sub(port: int) -> Iterator[Callable[..., MosquittoSub]]:
-    procs: list[MosquittoSub] = []
-
-    def factory(*args: str) -> MosquittoSub:
-        p = MosquittoSub(port, *args)
-        procs.append(p)
-        return p
-
-    yield factory
-    for p in procs:
-        p.close()
+    yield from closed_at_teardown(MosquittoSub, port)
 
 
 @pytest.fixture
 def paho_client(port: int) -> Iterator[Callable[..., PahoClient]]:
-    clients: list[PahoClient] = []
-
-    def factory(client_id: str = "", **kwargs: Any) -> PahoClient:
-        c = PahoClient(port, client_id, **kwargs)
-        clients.append(c)
-        return c
-
-    yield factory
-    for c in clients:
-        c.close()
+    yield from closed_at_teardown(PahoClient, port)
 
 
 # --------------------------------------------------------------------------- mosquitto

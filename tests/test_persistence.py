@@ -24,6 +24,7 @@ import pyo3mq
 import pytest
 from mqtt_raw import DISCONNECT, PINGREQ, Packet, RawClient, ack, publish, subscribe
 from pyo3mq import Broker, BrokerConfig, RetainedRecord, SessionRecord, StoredMessage
+from teardown import closed_at_teardown
 from test_examples import Script, load, start
 from test_hooks import LOOPBACK, TIMEOUT, frame, port_of
 
@@ -43,16 +44,7 @@ RawFactory = Callable[[int], RawClient]
 @pytest.fixture
 def raw() -> Iterator[RawFactory]:
     """`raw(port)` opens a RawClient (from any thread) that is closed at teardown."""
-    opened: list[RawClient] = []
-
-    def factory(port: int) -> RawClient:
-        c = RawClient(port)
-        opened.append(c)
-        return c
-
-    yield factory
-    for c in opened:
-        c.close()
+    yield from closed_at_teardown(RawClient)
 
 
 @pytest.fixture
@@ -87,6 +79,14 @@ def leave(c: RawClient) -> None:
     once it has)."""
     c.send(DISCONNECT)
     assert c.expect_closed() == b""
+
+
+def offline_session(raw: RawFactory, port: int, client_id: str, *filters: tuple[str, int]) -> None:
+    """A new clean-session-0 session subscribed to `filters`, left offline."""
+    sub = raw(port)
+    assert connack(sub, client_id, clean=False) == CONNACK_NEW
+    subscribed(sub, 1, *filters)
+    leave(sub)
 
 
 def publish_q1(c: RawClient, topic: str, payload: bytes, pkid: int, retain: bool = False) -> None:
@@ -199,10 +199,7 @@ def test_sqlite_restart_resumes_session_and_retained(make_broker, raw: RawFactor
     store = f"sqlite:{tmp_path / 'sessions.db'}"
     first = make_broker(session_store=store)
     port = port_of(first)
-    sub = raw(port)
-    assert connack(sub, "sq-sub", clean=False) == CONNACK_NEW
-    subscribed(sub, 1, ("sq/#", 1))
-    leave(sub)
+    offline_session(raw, port, "sq-sub", ("sq/#", 1))
     pub = raw(port)
     pub.connect("sq-pub")
     pub.send(
@@ -403,10 +400,7 @@ async def test_python_store_is_given_only_what_changed(raw: RawFactory) -> None:
 
         def make_sessions() -> None:
             for i in range(20):
-                sub = raw(port)
-                assert connack(sub, f"many-{i}", clean=False) == CONNACK_NEW
-                subscribed(sub, 1, (f"many/{i}", 1))
-                leave(sub)
+                offline_session(raw, port, f"many-{i}", (f"many/{i}", 1))
 
         await asyncio.to_thread(make_sessions)
         await store.until(
@@ -461,13 +455,7 @@ async def test_restart_brings_the_store_up_to_date_after_a_failed_final_sync(
     async with broker:
         port = port_of(broker)
 
-        def make_session() -> None:
-            sub = raw(port)
-            assert connack(sub, "restart-1", clean=False) == CONNACK_NEW
-            subscribed(sub, 1, ("restart/t", 1))
-            leave(sub)
-
-        await asyncio.to_thread(make_session)
+        await asyncio.to_thread(offline_session, raw, port, "restart-1", ("restart/t", 1))
         store.failures = store.attempts + 1  # the next save_session fails
     assert "restart-1" not in store.sessions
     assert "session store failed" in caplog.text
@@ -588,10 +576,7 @@ def test_example_script_keeps_queued_message_across_restart(
     db = str(tmp_path / "example.db")
     s = script("--db", db, "--port", "0")
     port = s.port()
-    sub = raw(port)
-    assert connack(sub, "ex-sub", clean=False) == CONNACK_NEW
-    subscribed(sub, 1, ("ex/#", 1))
-    leave(sub)
+    offline_session(raw, port, "ex-sub", ("ex/#", 1))
     pub = raw(port)
     pub.connect("ex-pub")
     publish_q1(pub, "ex/door", b"opened while away", 1)
@@ -616,10 +601,7 @@ async def test_example_run_resumes_in_process(raw: RawFactory, tmp_path: Path) -
     assert broker.config.durability == "interval"
 
     def before(port: int) -> None:
-        sub = raw(port)
-        assert connack(sub, "run-sub", clean=False) == CONNACK_NEW
-        subscribed(sub, 1, ("run/#", 1))
-        leave(sub)
+        offline_session(raw, port, "run-sub", ("run/#", 1))
         pub = raw(port)
         pub.connect("run-pub")
         publish_q1(pub, "run/queued", b"q", 1)
@@ -679,10 +661,7 @@ async def test_example_sync_commits_before_puback(
     assert broker.config.durability == ("sync" if sync else "interval")
 
     def queue_one(port: int) -> None:
-        sub = raw(port)
-        assert connack(sub, "sync-sub", clean=False) == CONNACK_NEW
-        subscribed(sub, 1, ("sync/#", 1))
-        leave(sub)
+        offline_session(raw, port, "sync-sub", ("sync/#", 1))
         pub = raw(port)
         pub.connect("sync-pub")
         publish_q1(pub, "sync/t", b"committed", 1)

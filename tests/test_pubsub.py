@@ -33,6 +33,7 @@ from mqtt_raw import (
     unsubscribe,
 )
 from paho.mqtt.enums import CallbackAPIVersion
+from teardown import closed_at_teardown
 
 TIMEOUT = 5.0
 SETTLE = 0.15  # bounded wait after a marker for anything that must not arrive
@@ -296,31 +297,13 @@ class PahoClient:
 @pytest.fixture
 def raw(port: int) -> Iterator[Callable[..., RawPeer]]:
     """Factory of connected `RawPeer`s, closed after the test."""
-    peers: list[RawPeer] = []
-
-    def factory(client_id: str = "", **kwargs: Any) -> RawPeer:
-        p = RawPeer(port, client_id, **kwargs)
-        peers.append(p)
-        return p
-
-    yield factory
-    for p in peers:
-        p.close()
+    yield from closed_at_teardown(RawPeer, port)
 
 
 @pytest.fixture
 def paho(port: int) -> Iterator[Callable[..., PahoClient]]:
     """Factory of connected `PahoClient`s, disconnected after the test."""
-    clients: list[PahoClient] = []
-
-    def factory(client_id: str = "", **kwargs: Any) -> PahoClient:
-        c = PahoClient(port, client_id, **kwargs)
-        clients.append(c)
-        return c
-
-    yield factory
-    for c in clients:
-        c.close()
+    yield from closed_at_teardown(PahoClient, port)
 
 
 # --------------------------------------------------------------------------- QoS matrix

@@ -28,6 +28,7 @@ from mqtt_raw import (
     subscribe,
 )
 from paho.mqtt.enums import CallbackAPIVersion
+from teardown import closed_at_teardown
 
 PUBACK, PUBREC, PUBREL, PUBCOMP = 0x40, 0x50, 0x62, 0x70
 
@@ -40,16 +41,7 @@ RawFactory = Callable[..., RawClient]
 @pytest.fixture
 def raw() -> Iterator[RawFactory]:
     """`raw(port)` opens a RawClient that is closed at teardown."""
-    opened: list[RawClient] = []
-
-    def factory(port: int, **kwargs: object) -> RawClient:
-        c = RawClient(port, **kwargs)  # type: ignore[arg-type]
-        opened.append(c)
-        return c
-
-    yield factory
-    for c in opened:
-        c.close()
+    yield from closed_at_teardown(RawClient)
 
 
 def wire(p: Packet) -> bytes:

@@ -21,6 +21,7 @@ import pyo3mq
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from stderr_capture import captured_stderr
+from teardown import closed_at_teardown
 
 TIMEOUT = 5.0
 MOSQUITTO_SUB = "/usr/bin/mosquitto_sub"
@@ -104,17 +105,7 @@ def sys_broker(make_broker: Callable[..., pyo3mq.Broker]) -> pyo3mq.Broker:
 
 @pytest.fixture
 def peers(sys_broker: pyo3mq.Broker) -> Iterator[Callable[..., Peer]]:
-    port = sys_broker.addresses[0][1]
-    made: list[Peer] = []
-
-    def factory(client_id: str, **kwargs: Any) -> Peer:
-        peer = Peer(port, client_id, **kwargs)
-        made.append(peer)
-        return peer
-
-    yield factory
-    for peer in made:
-        peer.close()
+    yield from closed_at_teardown(Peer, sys_broker.addresses[0][1])
 
 
 def test_statistics_are_retained_and_follow_the_traffic(

@@ -24,6 +24,7 @@ from mqtt_raw import (
     subscribe,
     unsubscribe,
 )
+from teardown import closed_at_teardown
 
 RawFactory = Callable[..., RawClient]
 PINGRESP = b"\xd0\x00"
@@ -32,16 +33,7 @@ PINGRESP = b"\xd0\x00"
 @pytest.fixture
 def raw() -> Iterator[RawFactory]:
     """`raw(port)` opens a RawClient that is closed at teardown."""
-    opened: list[RawClient] = []
-
-    def factory(port: int, **kwargs: object) -> RawClient:
-        c = RawClient(port, **kwargs)  # type: ignore[arg-type]
-        opened.append(c)
-        return c
-
-    yield factory
-    for c in opened:
-        c.close()
+    yield from closed_at_teardown(RawClient)
 
 
 def wire(p: Packet) -> bytes:
