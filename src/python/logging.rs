@@ -154,13 +154,82 @@ fn forward(rx: Receiver<Line>, dropped: Arc<AtomicU64>) {
     }
 }
 
+/// The logger for a `tracing` target: `pyo3mq::broker::connection` logs on
+/// `pyo3mq.connection`. The part folders (`broker`, `client`, `python`) are the crate's
+/// layout, not part of the public logger names users configure.
+pub(crate) fn logger_name(target: &str) -> String {
+    let mut parts: Vec<&str> = target.split("::").collect();
+    if parts.len() > 2 && parts[0] == "pyo3mq" && matches!(parts[1], "broker" | "python") {
+        parts.remove(1);
+    }
+    parts.join(".")
+}
+
 fn emit(logging: &Bound<'_, PyModule>, level: u8, target: &str, text: &str) {
-    let name = target.replace("::", ".");
+    let name = logger_name(target);
     let result = logging
         .call_method1("getLogger", (name,))
         .and_then(|logger| logger.call_method1("log", (level, text)));
     if let Err(err) = result {
         // A handler that raises is Python's problem to report, as logging itself does.
         err.print(logging.py());
+    }
+}
+
+/// Routes the core's `tracing` output at `level` to stderr, or with `to_python` to
+/// Python's `logging` (loggers `pyo3mq.<module>`). The first call in a process wins.
+#[pyfunction]
+#[pyo3(signature = (level, to_python=false))]
+fn init_logging(level: &str, to_python: bool) -> PyResult<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("pyo3mq={level}")).map_err(|e| {
+            pyo3::exceptions::PyValueError::new_err(format!("invalid log level {level:?}: {e}"))
+        })?;
+    if to_python {
+        let layer = PythonLayer::start().ok_or_else(|| {
+            pyo3::exceptions::PyRuntimeError::new_err("cannot start the logging thread")
+        })?;
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .try_init();
+    }
+    Ok(())
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(init_logging, m)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logger_name;
+
+    #[test]
+    fn logger_names_skip_the_part_folder() {
+        assert_eq!(
+            logger_name("pyo3mq::broker::connection"),
+            "pyo3mq.connection"
+        );
+        assert_eq!(
+            logger_name("pyo3mq::broker::store::sqlite"),
+            "pyo3mq.store.sqlite"
+        );
+        assert_eq!(logger_name("pyo3mq::python::bridge"), "pyo3mq.bridge");
+        assert_eq!(
+            logger_name("pyo3mq::client::event_loop"),
+            "pyo3mq.client.event_loop"
+        );
+        assert_eq!(logger_name("pyo3mq::broker"), "pyo3mq.broker");
     }
 }

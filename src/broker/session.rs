@@ -13,8 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use bytestring::ByteString;
 
+use crate::broker::config::OverflowPolicy;
 use crate::codec::QoS;
-use crate::config::OverflowPolicy;
 
 /// A message as the broker routes it: topic and payload are shared by every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]

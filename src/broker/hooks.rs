@@ -19,8 +19,8 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use sha2::{Digest, Sha512};
 
+use crate::broker::session::Message;
 use crate::codec::{ConnectReturnCode, Protocol, QoS};
-use crate::session::Message;
 use crate::topic;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

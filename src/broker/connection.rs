@@ -23,14 +23,14 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::{debug, info, warn};
 
+use crate::broker::hooks::{AuthDecision, AuthRequest, ClientInfo, DisconnectReason, Event};
+use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
+use crate::broker::session::{Message, Outgoing, Queued};
+use crate::broker::sys_topics::{self, LocalCounters};
 use crate::codec::{
     self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol, QoS, SubAck,
     SubscribeReturnCode,
 };
-use crate::hooks::{AuthDecision, AuthRequest, ClientInfo, DisconnectReason, Event};
-use crate::router::{Attach, ConnHandle, MatchScratch, Router, Session};
-use crate::session::{Message, Outgoing, Queued};
-use crate::sys_topics::{self, LocalCounters};
 
 /// Stop moving messages from the session queue into the write buffer above this many
 /// pending bytes: the rest waits in the (bounded) session queue, so a slow reader's
@@ -979,9 +979,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
-        let router = std::sync::Arc::new(crate::router::Router::new(
-            crate::config::Config::default(),
-            crate::hooks::Hooks::default(),
+        let router = std::sync::Arc::new(crate::broker::router::Router::new(
+            crate::broker::config::Config::default(),
+            crate::broker::hooks::Hooks::default(),
         ));
         let conn = super::Connection::new(router, stream, peer);
         let (_tx, rx) = tokio::sync::watch::channel(false);

@@ -13,15 +13,16 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::Semaphore;
 
+use crate::broker::config::{Config, Durability, OverflowPolicy};
+use crate::broker::hooks::Hooks;
+use crate::broker::router::{MatchScratch, Session};
+use crate::broker::server::{Server, ServerError};
+use crate::broker::session::Message;
+use crate::broker::store::{open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage};
 use crate::codec::QoS;
-use crate::config::{Config, Durability, OverflowPolicy};
-use crate::hooks::Hooks;
-use crate::py_bridge::{PyBridge, Wanted};
-use crate::router::{MatchScratch, Session};
-use crate::server::{Server, ServerError};
-use crate::session::Message;
-use crate::store::{open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage};
-use crate::{topic, BrokerStartError, MqttError};
+use crate::python::bridge::{PyBridge, Wanted};
+use crate::python::errors::{BrokerStartError, MqttError};
+use crate::topic;
 
 fn to_pyerr(err: ServerError) -> PyErr {
     match err {
@@ -231,7 +232,7 @@ impl BrokerCore {
     /// The `$SYS` figures now, by name (`clients_connected`, ...); empty when stopped.
     fn stats(&self) -> Vec<(String, u64)> {
         self.running.lock().as_ref().map_or_else(Vec::new, |r| {
-            crate::sys_topics::figures(r.server.router())
+            crate::broker::sys_topics::figures(r.server.router())
                 .iter()
                 .map(|(name, value)| (name.replace(['/', ' '], "_"), *value))
                 .collect()
@@ -521,4 +522,8 @@ fn session_from_py(s: PySession) -> PyResult<SessionSnapshot> {
             )
             .collect::<PyResult<_>>()?,
     })
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<BrokerCore>()
 }

@@ -18,9 +18,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::sync::watch;
 
+use crate::broker::router::{MatchScratch, Router};
+use crate::broker::session::Message;
 use crate::codec::QoS;
-use crate::router::{MatchScratch, Router};
-use crate::session::Message;
 
 /// Whether `topic` is reserved for the broker: `$SYS` or anything below it.
 pub fn is_reserved(topic: &str) -> bool {

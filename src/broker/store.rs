@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use parking_lot::Mutex;
 
+use crate::broker::session::Message;
 use crate::codec::QoS;
-use crate::session::Message;
 
 /// A message waiting for a session, at the QoS it will be delivered with.
 #[derive(Debug, Clone, PartialEq, Eq)]

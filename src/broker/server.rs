@@ -16,12 +16,12 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info};
 
-use crate::config::{parse_listener, Config, Durability};
-use crate::connection::{refuse_busy, Connection};
-use crate::hooks::{AclFile, Hooks, PasswordFile};
-use crate::router::Router;
-use crate::store::SessionStore;
-use crate::sys_topics;
+use crate::broker::config::{parse_listener, Config, Durability};
+use crate::broker::connection::{refuse_busy, Connection};
+use crate::broker::hooks::{AclFile, Hooks, PasswordFile};
+use crate::broker::router::Router;
+use crate::broker::store::SessionStore;
+use crate::broker::sys_topics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

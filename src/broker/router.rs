@@ -24,12 +24,12 @@ pub struct Flow {
     pub space: Notify,
 }
 
+use crate::broker::config::Config;
+use crate::broker::hooks::{Event, Hooks};
+use crate::broker::session::{ChangeTracker, Enqueued, Limits, Message, Queued, SessionState};
+use crate::broker::store::{Changes, SessionSnapshot, SessionStore, StoredMessage};
+use crate::broker::sys_topics::{self, Counters};
 use crate::codec::QoS;
-use crate::config::Config;
-use crate::hooks::{Event, Hooks};
-use crate::session::{ChangeTracker, Enqueued, Limits, Message, Queued, SessionState};
-use crate::store::{Changes, SessionSnapshot, SessionStore, StoredMessage};
-use crate::sys_topics::{self, Counters};
 use crate::topic::{self, RetainedTree, SubscriptionTree};
 
 /// A session shared between the router (publishers append to it) and the connection that
@@ -734,8 +734,8 @@ fn snapshot_of(session: &Session, state: &SessionState) -> SessionSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Outgoing;
-    use crate::store::{MemoryStore, SqliteStore};
+    use crate::broker::session::Outgoing;
+    use crate::broker::store::{MemoryStore, SqliteStore};
     use bytes::Bytes;
     use proptest::prelude::*;
 

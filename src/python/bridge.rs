@@ -20,13 +20,13 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, warn};
 
-use crate::codec::{ConnectReturnCode, QoS};
-use crate::hooks::{
+use crate::broker::hooks::{
     AuthDecision, AuthRequest, Authenticator, Authorizer, BoxFuture, ClientInfo, Event, EventSink,
     Interceptor,
 };
-use crate::router::{MatchScratch, Router, Session};
-use crate::session::{Message, Queued};
+use crate::broker::router::{MatchScratch, Router, Session};
+use crate::broker::session::{Message, Queued};
+use crate::codec::{ConnectReturnCode, QoS};
 
 /// Items crossing into Python per `call_soon_threadsafe`.
 const MAX_BATCH: usize = 512;
@@ -486,4 +486,8 @@ fn event_tuple(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyTuple>> {
             ("unsubscribe", client_id.deref(), filters).into_pyobject(py)?
         }
     })
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ReplyHandle>()
 }

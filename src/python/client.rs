@@ -432,7 +432,7 @@ impl ClientCore {
 }
 
 /// Adds the client's classes to the `_pyo3mq` module.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ClientCore>()?;
     m.add_class::<ClientMessage>()?;
     Ok(())

@@ -1,0 +1,30 @@
+//! The Python module `pyo3mq._pyo3mq` (behind the default `python` feature): the only
+//! code that touches the interpreter. Each part registers its own classes and functions;
+//! tokio threads never call Python, they hand work to the threads in [`bridge`] and
+//! [`logging`].
+//!
+//! - [`errors`]: the exception classes, created in Rust and raised directly.
+//! - [`broker`]: `BrokerCore`, the class under `pyo3mq.Broker`.
+//! - [`bridge`]: the hand-off between the broker's tokio threads and the asyncio loop
+//!   (hooks, events, in-process subscriptions), with `ReplyHandle`.
+//! - [`client`]: `ClientCore` and `ClientMessage`, under `pyo3mq.Client`.
+//! - [`logging`]: the core's `tracing` lines, to stderr or to Python's `logging`.
+
+mod bridge;
+mod broker;
+mod client;
+mod errors;
+mod logging;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    logging::register(m)?;
+    broker::register(m)?;
+    bridge::register(m)?;
+    client::register(m)?;
+    Ok(())
+}
