@@ -15,6 +15,7 @@
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod session;

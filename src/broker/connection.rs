@@ -8,49 +8,47 @@
 //! stops its own writes: its session queue fills and its overflow policy applies; nobody
 //! else waits for it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::broker::hooks::{AuthDecision, AuthRequest, ClientInfo, DisconnectReason, Event};
+use crate::broker::hooks::{AuthDecision, DisconnectReason, Event};
+use crate::broker::metrics::LocalCounters;
 use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
-use crate::broker::session::{Message, Outgoing, Queued};
-use crate::broker::sys_topics::{self, LocalCounters};
-use crate::codec::{
-    self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol, QoS, SubAck,
-    SubscribeReturnCode,
-};
+use crate::broker::session::{Message, Outgoing};
+use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol};
+
+mod auth;
+mod handlers;
+mod output;
+
+use output::OutBuf;
 
 /// Stop moving messages from the session queue into the write buffer above this many
 /// pending bytes: the rest waits in the (bounded) session queue, so a slow reader's
 /// backlog is counted against its own limit.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Payloads at least this large are written by reference (an extra iovec); smaller ones
-/// are copied next to their header, which is cheaper than another iovec entry.
-const COPY_PAYLOAD_BELOW: usize = 1024;
 /// Stop reading from a peer while this many bytes wait to be written to it.
 const READ_PAUSE_ABOVE: usize = 4 * WRITE_HIGH_WATER;
 /// Most iovecs handed to one `writev`.
-const MAX_IOV: usize = 64;
+pub(super) const MAX_IOV: usize = 64;
 /// Read size once a connection has shown it has data.
 const READ_CHUNK: usize = 16 * 1024;
 /// Most queued messages taken from the session per lock.
 const PUMP_BATCH: usize = 64;
 /// Attempts to take over a client id whose owner does not go away.
 const TAKEOVER_ATTEMPTS: usize = 5;
-/// Publish authorization decisions a connection remembers at most.
-const ACL_CACHE_ENTRIES: usize = 1024;
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
 #[derive(Debug)]
@@ -72,98 +70,6 @@ impl Close {
             Close::Takeover => DisconnectReason::Takeover,
             Close::Shutdown => DisconnectReason::Shutdown,
             Close::PeerClosed | Close::Protocol(_) | Close::Io(_) => DisconnectReason::Error,
-        }
-    }
-}
-
-/// Pending output: encoded packets plus shared payloads, written with `writev`.
-#[derive(Default)]
-struct OutBuf {
-    chunks: VecDeque<Bytes>,
-    cur: BytesMut,
-    len: usize,
-}
-
-impl OutBuf {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn put_packet(&mut self, packet: &Packet) {
-        let before = self.cur.len();
-        if let Err(err) = packet.encode(&mut self.cur) {
-            // Only packets the broker builds itself reach here, from validated data.
-            warn!("cannot encode {}: {err}", packet.name());
-            self.cur.truncate(before);
-        }
-        self.len += self.cur.len() - before;
-    }
-
-    fn put_publish(&mut self, item: &Queued, pkid: Option<u16>, dup: bool) {
-        let msg = &item.msg;
-        let before = self.cur.len();
-        let encoded = codec::encode_publish_header(
-            &mut self.cur,
-            &msg.topic,
-            item.qos,
-            item.retain,
-            dup,
-            pkid,
-            msg.payload.len(),
-        );
-        if let Err(err) = encoded {
-            warn!("cannot encode PUBLISH to {}: {err}", msg.topic);
-            self.cur.truncate(before);
-            return;
-        }
-        self.len += self.cur.len() - before + msg.payload.len();
-        if msg.payload.len() < COPY_PAYLOAD_BELOW {
-            self.cur.extend_from_slice(&msg.payload);
-        } else {
-            self.seal();
-            self.chunks.push_back(msg.payload.clone());
-        }
-    }
-
-    /// Moves the bytes encoded so far into the chunk list.
-    fn seal(&mut self) {
-        if !self.cur.is_empty() {
-            self.chunks.push_back(self.cur.split().freeze());
-        }
-    }
-
-    /// Fills `iov` with the pending chunks, oldest first; returns how many it used.
-    fn io_slices<'a>(&'a mut self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
-        self.seal();
-        let mut n = 0;
-        for chunk in self.chunks.iter().take(MAX_IOV) {
-            iov[n] = IoSlice::new(chunk);
-            n += 1;
-        }
-        n
-    }
-
-    fn advance(&mut self, mut written: usize) {
-        self.len -= written;
-        while written > 0 {
-            let Some(front) = self.chunks.front_mut() else {
-                break;
-            };
-            if written >= front.len() {
-                written -= front.len();
-                self.chunks.pop_front();
-            } else {
-                front.advance(written);
-                written = 0;
-            }
-        }
-        if self.is_empty() && self.cur.capacity() > 64 * 1024 {
-            // Give a burst's large buffer back instead of keeping it per idle connection.
-            self.cur = BytesMut::new();
         }
     }
 }
@@ -395,127 +301,6 @@ impl Connection {
         let _ = self.writer.shutdown().await;
     }
 
-    fn client_info(&self) -> ClientInfo {
-        ClientInfo {
-            client_id: self.client_id.clone(),
-            username: self.username.clone(),
-        }
-    }
-
-    /// Runs the authenticator, if any, within `auth_timeout`; a timeout is a denial
-    /// (CONNACK 0x05), as is a hook that fails (the hook reports that itself).
-    async fn authenticate(&self, connect: &Connect) -> AuthDecision {
-        let Some(auth) = &self.router.hooks().authenticator else {
-            return AuthDecision::Allow;
-        };
-        let request = AuthRequest {
-            client_id: self.client_id.clone(),
-            username: connect.username.clone(),
-            password: connect.password.clone(),
-            peer: self.peer,
-            protocol: connect.protocol,
-        };
-        let limit = self.router.config().auth_timeout;
-        let decision = match timeout(limit, auth.authenticate(request)).await {
-            Ok(decision) => decision,
-            Err(_) => {
-                warn!(client_id = %self.client_id, "authentication timed out after {limit:?}: denying");
-                AuthDecision::Deny(ConnectReturnCode::NotAuthorized)
-            }
-        };
-        if let AuthDecision::Deny(code) = decision {
-            info!(client_id = %self.client_id, peer = %self.peer, "authentication refused ({code:?})");
-        }
-        decision
-    }
-
-    /// Publish authorization, cached per topic for `acl_cache_ttl` so the hook is not
-    /// consulted per message.
-    async fn may_publish(&mut self, topic: &ByteString) -> bool {
-        let Some(authorizer) = self.router.hooks().authorizer.clone() else {
-            return true;
-        };
-        let ttl = self.router.config().acl_cache_ttl;
-        if let Some((allowed, at)) = self.acl_cache.get(topic) {
-            if at.elapsed() < ttl {
-                return *allowed;
-            }
-        }
-        let limit = self.router.config().auth_timeout;
-        let allowed = timeout(
-            limit,
-            authorizer.authorize_publish(&self.client_info(), topic),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            warn!(client_id = %self.client_id, "publish authorization timed out: denying");
-            false
-        });
-        if self.acl_cache.len() >= ACL_CACHE_ENTRIES {
-            self.acl_cache.clear();
-        }
-        self.acl_cache
-            .insert(topic.clone(), (allowed, Instant::now()));
-        allowed
-    }
-
-    /// Subscription authorization: the QoS to grant, or `None` for 0x80.
-    async fn may_subscribe(&self, filter: &str, qos: QoS) -> Option<QoS> {
-        let Some(authorizer) = &self.router.hooks().authorizer else {
-            return Some(qos);
-        };
-        let limit = self.router.config().auth_timeout;
-        match timeout(
-            limit,
-            authorizer.authorize_subscribe(&self.client_info(), filter, qos),
-        )
-        .await
-        {
-            // Never grant more than was asked for.
-            Ok(granted) => granted.map(|g| g.min(qos)),
-            Err(_) => {
-                warn!(client_id = %self.client_id, "subscribe authorization timed out: denying");
-                None
-            }
-        }
-    }
-
-    /// Client identifier rules: [MQTT-3.1.3-5..9]; 3.1 clients must send one.
-    async fn accept_client_id(&mut self, connect: &Connect) -> Option<ByteString> {
-        let config = self.router.config();
-        let id = &connect.client_id;
-        let refusal = if id.is_empty() {
-            if connect.protocol == Protocol::V31 {
-                Some("MQTT 3.1 requires a client identifier")
-            } else if !connect.clean_session {
-                Some("[MQTT-3.1.3-8] empty client identifier with clean session 0")
-            } else if !config.allow_zero_length_client_id {
-                Some("[MQTT-3.1.3-9] empty client identifiers are not allowed")
-            } else {
-                None
-            }
-        } else if id.len() > config.max_client_id_len {
-            Some("[MQTT-3.1.3-9] client identifier longer than max_client_id_len")
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            info!(peer = %self.peer, "refusing connection: {reason}");
-            self.refuse(ConnectReturnCode::IdentifierRejected).await;
-            return None;
-        }
-        if id.is_empty() {
-            // [MQTT-3.1.3-6]: a unique id, never one a client could already be using.
-            Some(ByteString::from(format!(
-                "auto-{:x}-{:x}",
-                std::process::id(),
-                self.conn_id
-            )))
-        } else {
-            Some(id.clone())
-        }
-    }
-
     /// Attaches to the client's session, first closing any connection that holds it
     /// [MQTT-3.1.4-2]: the old connection publishes its will and detaches before this one
     /// sends CONNACK.
@@ -634,225 +419,6 @@ impl Connection {
         }
     }
 
-    /// Handles every complete packet in the read buffer.
-    async fn handle_buffered(&mut self, session: &Arc<Session>) -> Option<Close> {
-        let close = loop {
-            match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(packet)) => {
-                    if let Some(close) = self.handle(packet, session).await {
-                        break Some(close);
-                    }
-                }
-                Ok(None) => break None,
-                Err(err) => break Some(Close::Protocol(err.to_string())),
-            }
-        };
-        // Acknowledged messages are routed even if the connection is now closing.
-        if !self.intercepted.is_empty() {
-            Box::pin(self.route_intercepted()).await;
-        }
-        // durability = "sync": the acks in `out` are written only after this.
-        if std::mem::take(&mut self.unsynced) && !Box::pin(self.router.persisted()).await {
-            // Not on disk: no acknowledgement may go out (a Disconnect close would flush
-            // them). The client sends the messages again when it reconnects.
-            self.out = OutBuf::default();
-            return Some(Close::Io(io::Error::other(
-                "the session store could not commit the messages: closing unacknowledged",
-            )));
-        }
-        // Slow in-process subscribers that chose flow control hold this publisher here,
-        // before it reads more (no wait at all unless there are such subscribers).
-        if self.scratch.has_blocked() {
-            Box::pin(self.scratch.wait_for_space()).await;
-        }
-        close
-    }
-
-    /// Routes a message, through the interceptor when there is one (batched per read).
-    fn route(&mut self, msg: Arc<Message>) {
-        if self.router.hooks().interceptor.is_some() {
-            self.intercepted.push(msg);
-        } else {
-            self.router.publish(msg, &mut self.scratch);
-        }
-    }
-
-    async fn route_intercepted(&mut self) {
-        if self.intercepted.is_empty() {
-            return;
-        }
-        let Some(interceptor) = self.router.hooks().interceptor.clone() else {
-            return;
-        };
-        let batch = std::mem::take(&mut self.intercepted);
-        let count = batch.len();
-        let limit = self.router.config().auth_timeout;
-        let verdicts = match timeout(limit, interceptor.intercept(&self.client_info(), batch)).await
-        {
-            Ok(verdicts) => verdicts,
-            Err(_) => {
-                warn!(client_id = %self.client_id, "on_message timed out: {count} message(s) dropped");
-                return;
-            }
-        };
-        for msg in verdicts.into_iter().flatten() {
-            self.router.publish(msg, &mut self.scratch);
-        }
-    }
-
-    async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
-        match packet {
-            Packet::Publish(publish) => {
-                self.counters.messages_received += 1;
-                // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
-                let allowed = if sys_topics::is_reserved(&publish.topic) {
-                    if std::mem::replace(&mut self.sys_publish_logged, true) {
-                        debug!(client_id = %self.client_id, topic = %publish.topic,
-                            "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
-                    } else {
-                        info!(client_id = %self.client_id, topic = %publish.topic,
-                            "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2); \
-                             further ones from this connection are logged at debug level");
-                    }
-                    false
-                } else if self.router.hooks().authorizer.is_none()
-                    || Box::pin(self.may_publish(&publish.topic)).await
-                {
-                    true
-                } else {
-                    info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
-                    false
-                };
-                if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
-                    self.unsynced = true;
-                }
-                let msg = Arc::new(Message {
-                    topic: publish.topic,
-                    payload: publish.payload,
-                    qos: publish.qos,
-                    retain: publish.retain,
-                    publisher: self.client_id.clone(),
-                });
-                match (publish.qos, publish.pkid) {
-                    (QoS::AtMostOnce, _) => {
-                        if allowed {
-                            self.route(msg);
-                        }
-                    }
-                    (QoS::AtLeastOnce, Some(pkid)) => {
-                        if allowed {
-                            self.route(msg);
-                        }
-                        self.out.put_packet(&Packet::PubAck(pkid));
-                    }
-                    (QoS::ExactlyOnce, Some(pkid)) => {
-                        // A repeat before PUBREL is acknowledged, not delivered again.
-                        if session.state.lock().on_inbound_qos2(pkid) && allowed {
-                            self.route(msg);
-                        }
-                        self.out.put_packet(&Packet::PubRec(pkid));
-                    }
-                    // The codec guarantees an id for QoS 1 and 2.
-                    (_, None) => {}
-                }
-            }
-            Packet::PubAck(pkid) => {
-                if !session.state.lock().on_puback(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBACK for an unknown packet id");
-                }
-            }
-            Packet::PubRec(pkid) => {
-                if !session.state.lock().on_pubrec(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBREC for an unknown packet id");
-                }
-                // Answered even for an unknown id so the client can finish its flow.
-                self.out.put_packet(&Packet::PubRel(pkid));
-            }
-            Packet::PubRel(pkid) => {
-                session.state.lock().on_inbound_pubrel(pkid);
-                self.out.put_packet(&Packet::PubComp(pkid));
-            }
-            Packet::PubComp(pkid) => {
-                if !session.state.lock().on_pubcomp(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBCOMP for an unknown packet id");
-                }
-            }
-            Packet::Subscribe(subscribe) => {
-                let mut codes = Vec::with_capacity(subscribe.filters.len());
-                for (filter, qos) in &subscribe.filters {
-                    let granted = match crate::topic::validate_topic_filter(filter) {
-                        Ok(()) => Box::pin(self.may_subscribe(filter, *qos)).await,
-                        Err(_) => Some(*qos), // the router reports the rule broken
-                    };
-                    let Some(granted) = granted else {
-                        info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
-                        if self.protocol == Protocol::V31 {
-                            return Some(Close::Protocol(format!(
-                                "subscription to {filter:?} refused for an MQTT 3.1 client"
-                            )));
-                        }
-                        codes.push(SubscribeReturnCode::Failure);
-                        continue;
-                    };
-                    match self.router.subscribe(session, filter, granted) {
-                        Ok(granted) => codes.push(SubscribeReturnCode::Success(granted)),
-                        Err(err) if self.protocol == Protocol::V31 => {
-                            // 3.1 SUBACK has no failure code (checklist part 2, item 5).
-                            return Some(Close::Protocol(format!(
-                                "invalid topic filter {filter:?} from an MQTT 3.1 client: {err}"
-                            )));
-                        }
-                        Err(err) => {
-                            info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
-                            codes.push(SubscribeReturnCode::Failure);
-                        }
-                    }
-                }
-                self.router.emit(|| Event::Subscribed {
-                    client_id: self.client_id.clone(),
-                    filters: subscribe
-                        .filters
-                        .iter()
-                        .zip(&codes)
-                        .map(|((f, _), c)| (f.clone(), c.to_u8()))
-                        .collect(),
-                });
-                self.out.put_packet(&Packet::SubAck(SubAck {
-                    pkid: subscribe.pkid,
-                    codes,
-                }));
-            }
-            Packet::Unsubscribe(unsubscribe) => {
-                for filter in &unsubscribe.filters {
-                    self.router.unsubscribe(session, filter);
-                }
-                // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
-                self.out.put_packet(&Packet::UnsubAck(unsubscribe.pkid));
-                self.router.emit(|| Event::Unsubscribed {
-                    client_id: self.client_id.clone(),
-                    filters: unsubscribe.filters,
-                });
-            }
-            Packet::PingReq => self.out.put_packet(&Packet::PingResp),
-            Packet::Disconnect => return Some(Close::Disconnect),
-            Packet::Connect(_) => {
-                return Some(Close::Protocol(
-                    "[MQTT-3.1.0-2] second CONNECT on a connection".into(),
-                ))
-            }
-            other @ (Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp) => {
-                return Some(Close::Protocol(format!(
-                    "[MQTT-4.8.0-1] a client may not send {}",
-                    other.name()
-                )))
-            }
-        }
-        None
-    }
-
     /// Moves sendable messages from the session queue into the write buffer, a batch per
     /// lock so publishers appending to the queue are not held up by encoding.
     fn pump(&mut self, session: &Session) {
@@ -884,33 +450,6 @@ impl Connection {
                 self.out.put_publish(&item, pkid, dup);
             }
             Outgoing::PubRel(pkid) => self.out.put_packet(&Packet::PubRel(pkid)),
-        }
-    }
-
-    /// [MQTT-3.1.2-8]: published on any close but a DISCONNECT, with its QoS and retain
-    /// flag [MQTT-3.1.2-16], [MQTT-3.1.2-17]; at most once [MQTT-3.1.2-10].
-    async fn publish_will(&mut self, connect: &Connect) {
-        if let Some(will) = &connect.will {
-            if sys_topics::is_reserved(&will.topic) {
-                info!(client_id = %self.client_id, topic = %will.topic,
-                    "will dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
-                return;
-            }
-            if !self.may_publish(&will.topic).await {
-                info!(client_id = %self.client_id, topic = %will.topic, "will not authorized: dropped");
-                return;
-            }
-            debug!(client_id = %self.client_id, topic = %will.topic, "publishing will");
-            let msg = Arc::new(Message {
-                topic: will.topic.clone(),
-                payload: will.payload.clone(),
-                qos: will.qos,
-                retain: will.retain,
-                publisher: self.client_id.clone(),
-            });
-            // Through the interceptor too, if there is one: a will is a publication.
-            self.route(msg);
-            self.route_intercepted().await;
         }
     }
 

@@ -1,16 +1,13 @@
 //! `$SYS`: the broker's own statistics, published as retained messages under
 //! `$SYS/broker/...` (the names Mosquitto uses, so existing dashboards work).
 //!
-//! Counting must not put a shared cache line on the per-message path: each connection
-//! counts in plain integers ([`LocalCounters`]) and adds them to the shared atomics once
-//! per wake-up, not once per message. Values are published every `sys_interval`, only
-//! when they changed, so an idle broker's `$SYS/#` subscribers are not woken for nothing.
+//! The counters themselves are in [`super::metrics`]. Values are published every
+//! `sys_interval`, only when they changed, so an idle broker's `$SYS/#` subscribers are not woken for nothing.
 //! Clients may subscribe to `$SYS` but not publish there: the topics would lie
 //! ([MQTT-4.7.2-1]'s commentary: the server should prevent clients from using `$` topics
 //! to exchange messages).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,64 +18,6 @@ use tokio::sync::watch;
 use crate::broker::router::{MatchScratch, Router};
 use crate::broker::session::Message;
 use crate::codec::QoS;
-
-/// Whether `topic` is reserved for the broker: `$SYS` or anything below it.
-pub fn is_reserved(topic: &str) -> bool {
-    topic
-        .strip_prefix("$SYS")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
-/// Broker-wide totals, fed by the connections' [`LocalCounters`].
-#[derive(Debug, Default)]
-pub struct Counters {
-    messages_received: AtomicU64,
-    messages_sent: AtomicU64,
-    bytes_received: AtomicU64,
-    bytes_sent: AtomicU64,
-}
-
-impl Counters {
-    pub fn messages_received(&self) -> u64 {
-        self.messages_received.load(Ordering::Relaxed)
-    }
-
-    pub fn messages_sent(&self) -> u64 {
-        self.messages_sent.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes_received(&self) -> u64 {
-        self.bytes_received.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes_sent(&self) -> u64 {
-        self.bytes_sent.load(Ordering::Relaxed)
-    }
-}
-
-/// One connection's counts since its last flush into [`Counters`].
-#[derive(Debug, Default)]
-pub struct LocalCounters {
-    pub messages_received: u64,
-    pub messages_sent: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-}
-
-impl LocalCounters {
-    /// Adds the counts to the totals and starts again from zero.
-    pub fn flush_into(&mut self, totals: &Counters) {
-        let add = |total: &AtomicU64, n: &mut u64| {
-            if *n > 0 {
-                total.fetch_add(std::mem::take(n), Ordering::Relaxed);
-            }
-        };
-        add(&totals.messages_received, &mut self.messages_received);
-        add(&totals.messages_sent, &mut self.messages_sent);
-        add(&totals.bytes_received, &mut self.bytes_received);
-        add(&totals.bytes_sent, &mut self.bytes_sent);
-    }
-}
 
 /// The broker's figures at one moment: what `$SYS/broker/...` publishes, and what
 /// Python's `Broker.stats()` returns (under the names below, `/` and ` ` as `_`).
@@ -153,39 +92,5 @@ pub async fn publish_periodically(
             scratch.clear_blocked();
             last.insert(topic, value);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reserved_topics() {
-        for topic in ["$SYS", "$SYS/", "$SYS/broker/uptime"] {
-            assert!(is_reserved(topic), "{topic}");
-        }
-        for topic in ["$SYSX", "$sys/x", "$test/x", "SYS/x", "a/$SYS", "$SY"] {
-            assert!(!is_reserved(topic), "{topic}");
-        }
-    }
-
-    #[test]
-    fn local_counters_flush_and_reset() {
-        let totals = Counters::default();
-        let mut local = LocalCounters {
-            messages_received: 3,
-            messages_sent: 2,
-            bytes_received: 100,
-            bytes_sent: 50,
-        };
-        local.flush_into(&totals);
-        local.messages_received = 1;
-        local.flush_into(&totals);
-        assert_eq!(totals.messages_received(), 4);
-        assert_eq!(totals.messages_sent(), 2);
-        assert_eq!(totals.bytes_received(), 100);
-        assert_eq!(totals.bytes_sent(), 50);
-        assert_eq!(local.messages_received + local.bytes_sent, 0);
     }
 }

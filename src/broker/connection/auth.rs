@@ -1,0 +1,137 @@
+//! Connect-time checks (client id, authentication) and the authorization of
+//! subscriptions and publishes, with the per-connection publish decision cache.
+
+use bytestring::ByteString;
+use tokio::time::{timeout, Instant};
+use tracing::{info, warn};
+
+use crate::broker::hooks::{AuthDecision, AuthRequest, ClientInfo};
+use crate::codec::{Connect, ConnectReturnCode, Protocol, QoS};
+
+use super::Connection;
+
+/// Publish authorization decisions a connection remembers at most.
+const ACL_CACHE_ENTRIES: usize = 1024;
+
+impl Connection {
+    pub(super) fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+        }
+    }
+
+    /// Runs the authenticator, if any, within `auth_timeout`; a timeout is a denial
+    /// (CONNACK 0x05), as is a hook that fails (the hook reports that itself).
+    pub(super) async fn authenticate(&self, connect: &Connect) -> AuthDecision {
+        let Some(auth) = &self.router.hooks().authenticator else {
+            return AuthDecision::Allow;
+        };
+        let request = AuthRequest {
+            client_id: self.client_id.clone(),
+            username: connect.username.clone(),
+            password: connect.password.clone(),
+            peer: self.peer,
+            protocol: connect.protocol,
+        };
+        let limit = self.router.config().auth_timeout;
+        let decision = match timeout(limit, auth.authenticate(request)).await {
+            Ok(decision) => decision,
+            Err(_) => {
+                warn!(client_id = %self.client_id, "authentication timed out after {limit:?}: denying");
+                AuthDecision::Deny(ConnectReturnCode::NotAuthorized)
+            }
+        };
+        if let AuthDecision::Deny(code) = decision {
+            info!(client_id = %self.client_id, peer = %self.peer, "authentication refused ({code:?})");
+        }
+        decision
+    }
+
+    /// Publish authorization, cached per topic for `acl_cache_ttl` so the hook is not
+    /// consulted per message.
+    pub(super) async fn may_publish(&mut self, topic: &ByteString) -> bool {
+        let Some(authorizer) = self.router.hooks().authorizer.clone() else {
+            return true;
+        };
+        let ttl = self.router.config().acl_cache_ttl;
+        if let Some((allowed, at)) = self.acl_cache.get(topic) {
+            if at.elapsed() < ttl {
+                return *allowed;
+            }
+        }
+        let limit = self.router.config().auth_timeout;
+        let allowed = timeout(
+            limit,
+            authorizer.authorize_publish(&self.client_info(), topic),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            warn!(client_id = %self.client_id, "publish authorization timed out: denying");
+            false
+        });
+        if self.acl_cache.len() >= ACL_CACHE_ENTRIES {
+            self.acl_cache.clear();
+        }
+        self.acl_cache
+            .insert(topic.clone(), (allowed, Instant::now()));
+        allowed
+    }
+
+    /// Subscription authorization: the QoS to grant, or `None` for 0x80.
+    pub(super) async fn may_subscribe(&self, filter: &str, qos: QoS) -> Option<QoS> {
+        let Some(authorizer) = &self.router.hooks().authorizer else {
+            return Some(qos);
+        };
+        let limit = self.router.config().auth_timeout;
+        match timeout(
+            limit,
+            authorizer.authorize_subscribe(&self.client_info(), filter, qos),
+        )
+        .await
+        {
+            // Never grant more than was asked for.
+            Ok(granted) => granted.map(|g| g.min(qos)),
+            Err(_) => {
+                warn!(client_id = %self.client_id, "subscribe authorization timed out: denying");
+                None
+            }
+        }
+    }
+
+    /// Client identifier rules: [MQTT-3.1.3-5..9]; 3.1 clients must send one.
+    pub(super) async fn accept_client_id(&mut self, connect: &Connect) -> Option<ByteString> {
+        let config = self.router.config();
+        let id = &connect.client_id;
+        let refusal = if id.is_empty() {
+            if connect.protocol == Protocol::V31 {
+                Some("MQTT 3.1 requires a client identifier")
+            } else if !connect.clean_session {
+                Some("[MQTT-3.1.3-8] empty client identifier with clean session 0")
+            } else if !config.allow_zero_length_client_id {
+                Some("[MQTT-3.1.3-9] empty client identifiers are not allowed")
+            } else {
+                None
+            }
+        } else if id.len() > config.max_client_id_len {
+            Some("[MQTT-3.1.3-9] client identifier longer than max_client_id_len")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            info!(peer = %self.peer, "refusing connection: {reason}");
+            self.refuse(ConnectReturnCode::IdentifierRejected).await;
+            return None;
+        }
+        if id.is_empty() {
+            // [MQTT-3.1.3-6]: a unique id, never one a client could already be using.
+            Some(ByteString::from(format!(
+                "auto-{:x}-{:x}",
+                std::process::id(),
+                self.conn_id
+            )))
+        } else {
+            Some(id.clone())
+        }
+    }
+}

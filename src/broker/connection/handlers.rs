@@ -1,0 +1,264 @@
+//! The packet handlers: every complete packet in the read buffer, routing what is
+//! published, and the will.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use crate::broker::hooks::Event;
+use crate::broker::metrics;
+use crate::broker::router::Session;
+use crate::broker::session::Message;
+use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};
+
+use super::{Close, Connection, OutBuf};
+
+impl Connection {
+    /// Handles every complete packet in the read buffer.
+    pub(super) async fn handle_buffered(&mut self, session: &Arc<Session>) -> Option<Close> {
+        let close = loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => {
+                    if let Some(close) = self.handle(packet, session).await {
+                        break Some(close);
+                    }
+                }
+                Ok(None) => break None,
+                Err(err) => break Some(Close::Protocol(err.to_string())),
+            }
+        };
+        // Acknowledged messages are routed even if the connection is now closing.
+        if !self.intercepted.is_empty() {
+            Box::pin(self.route_intercepted()).await;
+        }
+        // durability = "sync": the acks in `out` are written only after this.
+        if std::mem::take(&mut self.unsynced) && !Box::pin(self.router.persisted()).await {
+            // Not on disk: no acknowledgement may go out (a Disconnect close would flush
+            // them). The client sends the messages again when it reconnects.
+            self.out = OutBuf::default();
+            return Some(Close::Io(io::Error::other(
+                "the session store could not commit the messages: closing unacknowledged",
+            )));
+        }
+        // Slow in-process subscribers that chose flow control hold this publisher here,
+        // before it reads more (no wait at all unless there are such subscribers).
+        if self.scratch.has_blocked() {
+            Box::pin(self.scratch.wait_for_space()).await;
+        }
+        close
+    }
+
+    /// Routes a message, through the interceptor when there is one (batched per read).
+    pub(super) fn route(&mut self, msg: Arc<Message>) {
+        if self.router.hooks().interceptor.is_some() {
+            self.intercepted.push(msg);
+        } else {
+            self.router.publish(msg, &mut self.scratch);
+        }
+    }
+
+    pub(super) async fn route_intercepted(&mut self) {
+        if self.intercepted.is_empty() {
+            return;
+        }
+        let Some(interceptor) = self.router.hooks().interceptor.clone() else {
+            return;
+        };
+        let batch = std::mem::take(&mut self.intercepted);
+        let count = batch.len();
+        let limit = self.router.config().auth_timeout;
+        let verdicts = match timeout(limit, interceptor.intercept(&self.client_info(), batch)).await
+        {
+            Ok(verdicts) => verdicts,
+            Err(_) => {
+                warn!(client_id = %self.client_id, "on_message timed out: {count} message(s) dropped");
+                return;
+            }
+        };
+        for msg in verdicts.into_iter().flatten() {
+            self.router.publish(msg, &mut self.scratch);
+        }
+    }
+
+    pub(super) async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
+        match packet {
+            Packet::Publish(publish) => {
+                self.counters.messages_received += 1;
+                // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
+                let allowed = if metrics::is_reserved(&publish.topic) {
+                    if std::mem::replace(&mut self.sys_publish_logged, true) {
+                        debug!(client_id = %self.client_id, topic = %publish.topic,
+                            "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
+                    } else {
+                        info!(client_id = %self.client_id, topic = %publish.topic,
+                            "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2); \
+                             further ones from this connection are logged at debug level");
+                    }
+                    false
+                } else if self.router.hooks().authorizer.is_none()
+                    || Box::pin(self.may_publish(&publish.topic)).await
+                {
+                    true
+                } else {
+                    info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
+                    false
+                };
+                if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
+                    self.unsynced = true;
+                }
+                let msg = Arc::new(Message {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                    qos: publish.qos,
+                    retain: publish.retain,
+                    publisher: self.client_id.clone(),
+                });
+                match (publish.qos, publish.pkid) {
+                    (QoS::AtMostOnce, _) => {
+                        if allowed {
+                            self.route(msg);
+                        }
+                    }
+                    (QoS::AtLeastOnce, Some(pkid)) => {
+                        if allowed {
+                            self.route(msg);
+                        }
+                        self.out.put_packet(&Packet::PubAck(pkid));
+                    }
+                    (QoS::ExactlyOnce, Some(pkid)) => {
+                        // A repeat before PUBREL is acknowledged, not delivered again.
+                        if session.state.lock().on_inbound_qos2(pkid) && allowed {
+                            self.route(msg);
+                        }
+                        self.out.put_packet(&Packet::PubRec(pkid));
+                    }
+                    // The codec guarantees an id for QoS 1 and 2.
+                    (_, None) => {}
+                }
+            }
+            Packet::PubAck(pkid) => {
+                if !session.state.lock().on_puback(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBACK for an unknown packet id");
+                }
+            }
+            Packet::PubRec(pkid) => {
+                if !session.state.lock().on_pubrec(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBREC for an unknown packet id");
+                }
+                // Answered even for an unknown id so the client can finish its flow.
+                self.out.put_packet(&Packet::PubRel(pkid));
+            }
+            Packet::PubRel(pkid) => {
+                session.state.lock().on_inbound_pubrel(pkid);
+                self.out.put_packet(&Packet::PubComp(pkid));
+            }
+            Packet::PubComp(pkid) => {
+                if !session.state.lock().on_pubcomp(pkid) {
+                    debug!(client_id = %self.client_id, pkid, "PUBCOMP for an unknown packet id");
+                }
+            }
+            Packet::Subscribe(subscribe) => {
+                let mut codes = Vec::with_capacity(subscribe.filters.len());
+                for (filter, qos) in &subscribe.filters {
+                    let granted = match crate::topic::validate_topic_filter(filter) {
+                        Ok(()) => Box::pin(self.may_subscribe(filter, *qos)).await,
+                        Err(_) => Some(*qos), // the router reports the rule broken
+                    };
+                    let Some(granted) = granted else {
+                        info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
+                        if self.protocol == Protocol::V31 {
+                            return Some(Close::Protocol(format!(
+                                "subscription to {filter:?} refused for an MQTT 3.1 client"
+                            )));
+                        }
+                        codes.push(SubscribeReturnCode::Failure);
+                        continue;
+                    };
+                    match self.router.subscribe(session, filter, granted) {
+                        Ok(granted) => codes.push(SubscribeReturnCode::Success(granted)),
+                        Err(err) if self.protocol == Protocol::V31 => {
+                            // 3.1 SUBACK has no failure code (checklist part 2, item 5).
+                            return Some(Close::Protocol(format!(
+                                "invalid topic filter {filter:?} from an MQTT 3.1 client: {err}"
+                            )));
+                        }
+                        Err(err) => {
+                            info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
+                            codes.push(SubscribeReturnCode::Failure);
+                        }
+                    }
+                }
+                self.router.emit(|| Event::Subscribed {
+                    client_id: self.client_id.clone(),
+                    filters: subscribe
+                        .filters
+                        .iter()
+                        .zip(&codes)
+                        .map(|((f, _), c)| (f.clone(), c.to_u8()))
+                        .collect(),
+                });
+                self.out.put_packet(&Packet::SubAck(SubAck {
+                    pkid: subscribe.pkid,
+                    codes,
+                }));
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                for filter in &unsubscribe.filters {
+                    self.router.unsubscribe(session, filter);
+                }
+                // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
+                self.out.put_packet(&Packet::UnsubAck(unsubscribe.pkid));
+                self.router.emit(|| Event::Unsubscribed {
+                    client_id: self.client_id.clone(),
+                    filters: unsubscribe.filters,
+                });
+            }
+            Packet::PingReq => self.out.put_packet(&Packet::PingResp),
+            Packet::Disconnect => return Some(Close::Disconnect),
+            Packet::Connect(_) => {
+                return Some(Close::Protocol(
+                    "[MQTT-3.1.0-2] second CONNECT on a connection".into(),
+                ))
+            }
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => {
+                return Some(Close::Protocol(format!(
+                    "[MQTT-4.8.0-1] a client may not send {}",
+                    other.name()
+                )))
+            }
+        }
+        None
+    }
+
+    /// [MQTT-3.1.2-8]: published on any close but a DISCONNECT, with its QoS and retain
+    /// flag [MQTT-3.1.2-16], [MQTT-3.1.2-17]; at most once [MQTT-3.1.2-10].
+    pub(super) async fn publish_will(&mut self, connect: &Connect) {
+        if let Some(will) = &connect.will {
+            if metrics::is_reserved(&will.topic) {
+                info!(client_id = %self.client_id, topic = %will.topic,
+                    "will dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
+                return;
+            }
+            if !self.may_publish(&will.topic).await {
+                info!(client_id = %self.client_id, topic = %will.topic, "will not authorized: dropped");
+                return;
+            }
+            debug!(client_id = %self.client_id, topic = %will.topic, "publishing will");
+            let msg = Arc::new(Message {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+                publisher: self.client_id.clone(),
+            });
+            // Through the interceptor too, if there is one: a will is a publication.
+            self.route(msg);
+            self.route_intercepted().await;
+        }
+    }
+}
