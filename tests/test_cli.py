@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_raw import PINGREQ, RawClient, publish, subscribe
+from support.mqtt_raw import PINGREQ, RawClient, publish, subscribe
 
 SCRIPT = Path(sys.executable).with_name("pyo3mq")
 COMMANDS = {

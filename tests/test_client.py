@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyo3mq
 import pytest
-from mqtt_raw import packet
 from pyo3mq import (
     Client,
     ClientMessage,
@@ -33,6 +32,7 @@ from pyo3mq import (
     StateChange,
     Will,
 )
+from support.mqtt_raw import packet
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"

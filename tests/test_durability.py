@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_raw import RawClient, ack, publish, subscribe
+from support.mqtt_raw import RawClient, ack, publish, subscribe
 
 PUBACK = 0x40
 

@@ -20,9 +20,9 @@ from typing import Any
 import aiomqtt
 import pyo3mq
 import pytest
-from mqtt_raw import DISCONNECT, RawClient, connect
 from pyo3mq import Broker, BrokerConfig, Message, Subscription
 from pyo3mq.cli import load_config
+from support.mqtt_raw import DISCONNECT, RawClient, connect
 from test_hooks import (
     CONNACK_BAD_CREDENTIALS,
     CONNACK_OK,

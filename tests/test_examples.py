@@ -22,7 +22,7 @@ from typing import Any
 
 import pyo3mq
 import pytest
-from mqtt_raw import connect
+from support.mqtt_raw import connect
 from test_hooks import (
     CONNACK_BAD_CREDENTIALS,
     CONNACK_OK,

@@ -18,7 +18,7 @@ import pyo3mq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mqtt_raw import (
+from support.mqtt_raw import (
     PINGREQ,
     Closed,
     RawClient,

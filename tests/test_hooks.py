@@ -22,7 +22,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pyo3mq
 import pytest
-from mqtt_raw import (
+from paho.mqtt.enums import CallbackAPIVersion
+from pyo3mq import ClientInfo, ConnectEvent, DisconnectEvent, SubscribeEvent, UnsubscribeEvent
+from support.mqtt_raw import (
     DISCONNECT,
     PINGREQ,
     Packet,
@@ -34,9 +36,7 @@ from mqtt_raw import (
     subscribe,
     unsubscribe,
 )
-from paho.mqtt.enums import CallbackAPIVersion
-from pyo3mq import ClientInfo, ConnectEvent, DisconnectEvent, SubscribeEvent, UnsubscribeEvent
-from teardown import closed_at_teardown
+from support.teardown import closed_at_teardown
 
 LOOPBACK = "tcp://127.0.0.1:0"
 TIMEOUT = 5.0

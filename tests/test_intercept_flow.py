@@ -15,9 +15,9 @@ from typing import Any
 
 import pyo3mq
 import pytest
-from mqtt_raw import PINGREQ, Packet, RawClient, ack, publish, subscribe
 from pyo3mq import Message, Subscription
-from teardown import closed_at_teardown
+from support.mqtt_raw import PINGREQ, Packet, RawClient, ack, publish, subscribe
+from support.teardown import closed_at_teardown
 from test_hooks import CONNACK_OK, TIMEOUT, Raw, frame, port_of
 
 PUBACK = 0x40

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
-from teardown import closed_at_teardown
+from support.teardown import closed_at_teardown
 from test_pubsub import MARK, QOS, SETTLE, TIMEOUT, Msg, PahoClient
 
 MOSQUITTO_SUB = "/usr/bin/mosquitto_sub"

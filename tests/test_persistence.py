@@ -3,7 +3,7 @@ different `Broker` objects on one database file), a Python `SessionStore` (what 
 told, when, and what a broker seeded from it resumes), examples/persistent_broker.py, and
 the settings that are refused.
 
-Raw sockets (tests/mqtt_raw.py) wherever exact flags, packet ids or order matter. Brokers
+Raw sockets (tests/support/mqtt_raw.py) wherever exact flags, packet ids or order matter. Brokers
 with a Python store run on the test's event loop, so blocking client calls run in worker
 threads (`asyncio.to_thread`).
 """
@@ -22,9 +22,9 @@ from typing import Any
 
 import pyo3mq
 import pytest
-from mqtt_raw import DISCONNECT, PINGREQ, Packet, RawClient, ack, publish, subscribe
 from pyo3mq import Broker, BrokerConfig, RetainedRecord, SessionRecord, StoredMessage
-from teardown import closed_at_teardown
+from support.mqtt_raw import DISCONNECT, PINGREQ, Packet, RawClient, ack, publish, subscribe
+from support.teardown import closed_at_teardown
 from test_examples import Script, load, start
 from test_hooks import LOOPBACK, TIMEOUT, frame, port_of
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from mqtt_raw import (
+from paho.mqtt.enums import CallbackAPIVersion
+from support.mqtt_raw import (
     DISCONNECT,
     PINGREQ,
     Packet,
@@ -32,8 +33,7 @@ from mqtt_raw import (
     subscribe,
     unsubscribe,
 )
-from paho.mqtt.enums import CallbackAPIVersion
-from teardown import closed_at_teardown
+from support.teardown import closed_at_teardown
 
 TIMEOUT = 5.0
 SETTLE = 0.15  # bounded wait after a marker for anything that must not arrive

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pyo3mq
-from mqtt_raw import RawClient, ack, connect, publish, subscribe, unsubscribe
+from support.mqtt_raw import RawClient, ack, connect, publish, subscribe, unsubscribe
 
 PUBREC, PUBREL, PUBCOMP = 0x50, 0x62, 0x70
 

@@ -1,7 +1,7 @@
 """Sessions over real sockets: CONNACK session-present, offline queueing, redelivery,
 QoS 1/2 flows, the inflight window, queue limits, takeover, client ids, restart, limits.
 
-Raw bytes (tests/mqtt_raw.py) wherever exact flags, ids or order matter; paho-mqtt where a
+Raw bytes (tests/support/mqtt_raw.py) wherever exact flags, ids or order matter; paho-mqtt where a
 real third-party client is the point.
 """
 
@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 import paho.mqtt.client as paho
 import pyo3mq
 import pytest
-from mqtt_raw import (
+from paho.mqtt.enums import CallbackAPIVersion
+from support.mqtt_raw import (
     DISCONNECT,
     PINGREQ,
     Packet,
@@ -27,8 +28,7 @@ from mqtt_raw import (
     remaining_length,
     subscribe,
 )
-from paho.mqtt.enums import CallbackAPIVersion
-from teardown import closed_at_teardown
+from support.teardown import closed_at_teardown
 
 PUBACK, PUBREC, PUBREL, PUBCOMP = 0x40, 0x50, 0x62, 0x70
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pyo3mq
-from mqtt_raw import RawClient, publish, subscribe
+from support.mqtt_raw import RawClient, publish, subscribe
 
 
 def test_version() -> None:

@@ -20,8 +20,8 @@ import paho.mqtt.client as paho
 import pyo3mq
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from stderr_capture import captured_stderr
-from teardown import closed_at_teardown
+from support.stderr_capture import captured_stderr
+from support.teardown import closed_at_teardown
 
 TIMEOUT = 5.0
 MOSQUITTO_SUB = "/usr/bin/mosquitto_sub"

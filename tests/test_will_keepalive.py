@@ -1,4 +1,4 @@
-"""Will messages and keepalive over real sockets, in raw bytes (tests/mqtt_raw.py).
+"""Will messages and keepalive over real sockets, in raw bytes (tests/support/mqtt_raw.py).
 
 "Nothing was published" is checked deterministically: the client that might publish a will
 is first known to be gone (the broker closed it, or a new connection with the same client
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from mqtt_raw import (
+from support.mqtt_raw import (
     DISCONNECT,
     PINGREQ,
     Packet,
@@ -24,7 +24,7 @@ from mqtt_raw import (
     subscribe,
     unsubscribe,
 )
-from teardown import closed_at_teardown
+from support.teardown import closed_at_teardown
 
 RawFactory = Callable[..., RawClient]
 PINGRESP = b"\xd0\x00"

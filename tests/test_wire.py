@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pyo3mq
 import pytest
-from mqtt_raw import (
+from support.mqtt_raw import (
     PINGREQ,
     Packet,
     RawClient,
@@ -28,7 +28,7 @@ from mqtt_raw import (
     subscribe,
     unsubscribe,
 )
-from stderr_capture import captured_stderr
+from support.stderr_capture import captured_stderr
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 CONNACK_BAD_VERSION = b"\x20\x02\x00\x01"

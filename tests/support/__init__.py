@@ -1,0 +1,1 @@
+"""Helpers the tests share (raw MQTT packets, stderr capture, teardown); not tests."""
