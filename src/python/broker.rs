@@ -3,17 +3,16 @@
 //! bridge. `pyo3mq.Broker` (Python) is the public face.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use tokio::sync::Semaphore;
 
-use crate::broker::config::{Config, Durability, OverflowPolicy};
+use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
 use crate::broker::router::{MatchScratch, Session};
 use crate::broker::server::{Server, ServerError};
@@ -31,71 +30,92 @@ fn to_pyerr(err: ServerError) -> PyErr {
     }
 }
 
-/// Reads one setting from the dict `pyo3mq.BrokerConfig` passes, naming it in errors.
-fn setting<'py, T: FromPyObjectOwned<'py>>(
-    settings: &Bound<'py, PyDict>,
-    name: &str,
-) -> PyResult<T> {
-    let value = settings
-        .get_item(name)?
-        .ok_or_else(|| PyValueError::new_err(format!("missing setting {name}")))?;
-    value.extract::<T>().map_err(|e| {
-        let e: PyErr = e.into();
-        PyValueError::new_err(format!("invalid {name}: {e}"))
+/// A Python value as a setting's [`Value`]: `None`, bool, int, float, str, or a list or
+/// tuple of str. Anything else is refused, naming the setting.
+fn to_value(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let value = if obj.is_none() {
+        Value::None
+    } else if let Ok(b) = obj.cast::<PyBool>() {
+        Value::Bool(b.is_true())
+    } else if obj.is_instance_of::<PyInt>() {
+        Value::Int(
+            obj.extract()
+                .map_err(|_| PyValueError::new_err(format!("{name} is out of range: {obj}")))?,
+        )
+    } else if let Ok(f) = obj.cast::<PyFloat>() {
+        Value::Float(f.value())
+    } else if let Ok(s) = obj.cast::<PyString>() {
+        Value::Str(s.to_cow()?.into_owned())
+    } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let mut items = Vec::new();
+        for item in obj.try_iter()? {
+            let item = item?;
+            let s = item.cast::<PyString>().map_err(|_| {
+                PyValueError::new_err(format!("{name} must be a list of strings, not {item}"))
+            })?;
+            items.push(s.to_cow()?.into_owned());
+        }
+        Value::List(items)
+    } else {
+        let kind = obj.get_type().name()?;
+        return Err(PyValueError::new_err(format!(
+            "{name} has an unsupported type {kind}"
+        )));
+    };
+    Ok(value)
+}
+
+fn from_py(value: &Value, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    Ok(match value {
+        Value::None => py.None(),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any().unbind(),
+        Value::Int(n) => n.into_pyobject(py)?.into_any().unbind(),
+        Value::Float(x) => x.into_pyobject(py)?.into_any().unbind(),
+        Value::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
+        Value::List(items) => PyList::new(py, items)?.into_any().unbind(),
     })
 }
 
-fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            PyValueError::new_err(format!("{name} must be a positive number of seconds"))
-        })
+/// Builds and checks a [`Config`] from the settings in `settings` (by name; missing
+/// ones keep their defaults). Errors are `ValueError`s naming the setting.
+fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
+    let mut failure = None;
+    let config = Config::from_values(|name| match settings.get_item(name) {
+        Ok(Some(obj)) => match to_value(name, &obj) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                failure.get_or_insert(e);
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            failure.get_or_insert(e);
+            None
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    config.map_err(PyValueError::new_err)
 }
 
-fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
-    let overflow: String = setting(settings, "queue_overflow")?;
-    let config = Config {
-        listeners: setting(settings, "listeners")?,
-        max_packet_size: setting(settings, "max_packet_size")?,
-        max_connections: setting(settings, "max_connections")?,
-        max_inflight: setting(settings, "max_inflight")?,
-        max_queued_messages: setting(settings, "max_queued_messages")?,
-        max_queued_bytes: setting(settings, "max_queued_bytes")?,
-        queue_overflow: OverflowPolicy::parse(&overflow).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "queue_overflow must be 'drop_new' or 'drop_oldest', not {overflow:?}"
-            ))
-        })?,
-        queue_qos0_offline: setting(settings, "queue_qos0_offline")?,
-        connect_timeout: seconds("connect_timeout", setting(settings, "connect_timeout")?)?,
-        max_client_id_len: setting(settings, "max_client_id_len")?,
-        allow_zero_length_client_id: setting(settings, "allow_zero_length_client_id")?,
-        worker_threads: setting(settings, "worker_threads")?,
-        auth_timeout: seconds("auth_timeout", setting(settings, "auth_timeout")?)?,
-        acl_cache_ttl: Duration::try_from_secs_f64(setting(settings, "acl_cache_ttl")?)
-            .map_err(|_| PyValueError::new_err("acl_cache_ttl must be a number of seconds >= 0"))?,
-        password_file: setting(settings, "password_file")?,
-        acl_file: setting(settings, "acl_file")?,
-        session_store: setting(settings, "session_store")?,
-        durability: {
-            let name: String = setting(settings, "durability")?;
-            Durability::parse(&name).ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "durability must be 'interval' or 'sync', not {name:?}"
-                ))
-            })?
-        },
-        sys_interval: Duration::try_from_secs_f64(setting(settings, "sys_interval")?)
-            .map_err(|_| PyValueError::new_err("sys_interval must be a number of seconds >= 0"))?,
-        persist_interval: Duration::try_from_secs_f64(setting(settings, "persist_interval")?)
-            .map_err(|_| {
-                PyValueError::new_err("persist_interval must be a number of seconds >= 0")
-            })?,
-    };
-    config.validate().map_err(PyValueError::new_err)?;
-    Ok(config)
+/// Every setting's name and default, in declaration order: `pyo3mq.BrokerConfig` takes
+/// its defaults from here, so they are written once (src/broker/config.rs).
+#[pyfunction]
+fn config_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in Config::defaults() {
+        dict.set_item(name, from_py(&value, py)?)?;
+    }
+    Ok(dict)
+}
+
+/// Checks a complete set of settings the way the broker will read them (types, bounds,
+/// settings that need each other); raises `ValueError` naming the setting.
+#[pyfunction]
+fn check_settings(settings: &Bound<'_, PyDict>) -> PyResult<()> {
+    config_from(settings).map(|_| ())
 }
 
 struct Running {
@@ -525,5 +545,7 @@ fn session_from_py(s: PySession) -> PyResult<SessionSnapshot> {
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<BrokerCore>()
+    m.add_class::<BrokerCore>()?;
+    m.add_function(wrap_pyfunction!(config_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(check_settings, m)?)
 }
