@@ -282,7 +282,7 @@ class Broker:
         """The figures `$SYS/broker/...` publishes, now: `uptime` (seconds),
         `clients_connected`, `clients_disconnected` (offline persistent sessions),
         `clients_total`, `clients_maximum`, `messages_received`, `messages_sent`,
-        `messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
+        `publish_messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
         `retained_messages_count`. Empty while the broker is stopped."""
         return dict(self._core.stats())
 
