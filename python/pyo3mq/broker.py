@@ -168,6 +168,34 @@ class Subscription:
 Handler = Callable[[Any], Any]
 
 
+def _check_hooks(**hooks: Any) -> None:
+    """Refuses hooks of the wrong kind when the broker is made, naming the argument,
+    instead of denying every client at run time."""
+    for name, hook in hooks.items():
+        if hook is None:
+            continue
+        if name == "authorizer":
+            missing = [
+                m
+                for m in ("authorize_subscribe", "authorize_publish")
+                if not callable(getattr(hook, m, None))
+            ]
+            if missing:
+                raise TypeError(
+                    f"authorizer must be an object with authorize_subscribe(client, filter, "
+                    f"qos) and authorize_publish(client, topic); {hook!r} lacks "
+                    + " and ".join(missing)
+                )
+        elif name == "authenticator":
+            if not callable(hook) and not callable(getattr(hook, "authenticate", None)):
+                raise TypeError(
+                    "authenticator must be a callable authenticate(client_id, username, "
+                    f"password) or an object with that method, not {hook!r}"
+                )
+        elif not callable(hook):
+            raise TypeError(f"{name} must be callable, not {hook!r}")
+
+
 class Broker:
     """An MQTT 3.1/3.1.1 broker running on Rust threads inside this process.
 
@@ -189,6 +217,20 @@ class Broker:
         on_message: Callable[[Message], Any] | None = None,
         **settings: Any,
     ) -> None:
+        _check_hooks(
+            authenticator=authenticator,
+            authorizer=authorizer,
+            on_connect=on_connect,
+            on_disconnect=on_disconnect,
+            on_subscribe=on_subscribe,
+            on_unsubscribe=on_unsubscribe,
+            on_message=on_message,
+        )
+        if config is not None and not isinstance(config, BrokerConfig):
+            raise TypeError(
+                "Broker's first argument is a BrokerConfig; pass settings as keywords "
+                f"(Broker(**settings)) or BrokerConfig(**settings), not a {type(config).__name__}"
+            )
         self._store: SessionStore | None = None
         if isinstance(session_store, str):
             settings["session_store"] = session_store
