@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::broker::store::StoreSpec;
+
 /// What a session does when its outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverflowPolicy {
@@ -60,7 +62,9 @@ pub struct Config {
     /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.
     pub acl_file: Option<String>,
     /// Where persistent sessions and retained messages live: `memory` or `sqlite:PATH`.
-    pub session_store: String,
+    pub session_store: StoreSpec,
+    /// What a start does when the store cannot be read (see [`StoreLoadError`]).
+    pub store_load_error: StoreLoadError,
     /// How often a durable store is brought up to date (a crash loses at most this much);
     /// zero saves only at shutdown.
     pub persist_interval: Duration,
@@ -88,6 +92,26 @@ impl Durability {
     }
 }
 
+/// What a start does when the session store cannot be read (a corrupt file, a schema
+/// from another version). Starting empty and saving later would delete what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreLoadError {
+    /// Refuse to start, naming the file and the problem; the file is left as it is.
+    Refuse,
+    /// Move the unreadable file aside (`PATH.corrupt-TIMESTAMP`), log it, start empty.
+    StartEmpty,
+}
+
+impl StoreLoadError {
+    pub fn parse(name: &str) -> Option<StoreLoadError> {
+        match name {
+            "refuse" => Some(StoreLoadError::Refuse),
+            "start_empty" => Some(StoreLoadError::StartEmpty),
+            _ => None,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -107,7 +131,8 @@ impl Default for Config {
             acl_cache_ttl: Duration::from_secs(60),
             password_file: None,
             acl_file: None,
-            session_store: "memory".to_string(),
+            session_store: StoreSpec::Memory,
+            store_load_error: StoreLoadError::Refuse,
             persist_interval: Duration::from_secs(1),
             durability: Durability::Interval,
             sys_interval: Duration::from_secs(10),
@@ -138,6 +163,9 @@ impl Config {
         }
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());
+        }
+        if self.durability == Durability::Sync && !self.session_store.is_durable() {
+            return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
         Ok(())
     }
