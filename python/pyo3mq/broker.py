@@ -25,6 +25,7 @@ from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
 from pyo3mq.types import ConnectEvent, DisconnectEvent, Message, SubscribeEvent, UnsubscribeEvent
 
 OverflowPolicy = Literal["drop_new", "drop_oldest"]
+StoreLoadError = Literal["refuse", "start_empty"]
 
 _INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_packet_size": (2, 268_435_460),
@@ -58,6 +59,7 @@ class BrokerConfig:
     password_file: str | None = None
     acl_file: str | None = None
     session_store: str = "memory"
+    store_load_error: StoreLoadError = "refuse"
     persist_interval: float = 1.0
     durability: Literal["interval", "sync"] = "interval"
     sys_interval: float = 10.0
@@ -76,13 +78,11 @@ class BrokerConfig:
                 raise ValueError(f"{name} must be between {low} and {high}, not {value}")
         if self.durability not in ("interval", "sync"):
             raise ValueError(f"durability must be 'interval' or 'sync', not {self.durability!r}")
-        if self.durability == "sync" and not str(self.session_store).startswith("sqlite:"):
+        if _sqlite_path(self.session_store) is None and self.durability == "sync":
             raise ValueError("durability = 'sync' needs session_store = 'sqlite:PATH'")
-        if not isinstance(self.session_store, str) or not (
-            self.session_store == "memory" or self.session_store.startswith("sqlite:")
-        ):
+        if self.store_load_error not in ("refuse", "start_empty"):
             raise ValueError(
-                f"session_store must be 'memory' or 'sqlite:PATH', not {self.session_store!r}"
+                f"store_load_error must be 'refuse' or 'start_empty', not {self.store_load_error!r}"
             )
         for name in (
             "connect_timeout",
@@ -116,6 +116,18 @@ class BrokerConfig:
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
         return cls(**values)
+
+
+def _sqlite_path(session_store: object) -> str | None:
+    """The file of a `sqlite:PATH` session store, None for `memory`; anything else is
+    refused (the core parses the same setting into its own store spec)."""
+    if session_store == "memory":
+        return None
+    if isinstance(session_store, str) and session_store.startswith("sqlite:"):
+        path = session_store[len("sqlite:") :]
+        if path:
+            return path
+    raise ValueError(f"session_store must be 'memory' or 'sqlite:PATH', not {session_store!r}")
 
 
 class Subscription:
@@ -244,7 +256,7 @@ class Broker:
             config = BrokerConfig.from_mapping(settings)
         elif settings:
             raise TypeError("pass either a BrokerConfig or keyword settings, not both")
-        if self._store is not None and config.session_store != "memory":
+        if self._store is not None and _sqlite_path(config.session_store) is not None:
             # Two stores would each get half of the changes.
             raise ValueError(
                 f"a SessionStore object replaces session_store={config.session_store!r}: "
@@ -254,7 +266,15 @@ class Broker:
         values = {f.name: getattr(config, f.name) for f in fields(config)}
         values["listeners"] = list(values["listeners"])
         self._core = BrokerCore(values)
-        self._persister = Persister(self._core, self._store) if self._store else None
+        self._persister = (
+            Persister(
+                self._core,
+                self._store,
+                start_empty=config.store_load_error == "start_empty",
+            )
+            if self._store
+            else None
+        )
         self._persist_task: asyncio.Task[None] | None = None
         self._addresses: list[tuple[str, int]] = []
         #: Sees every published message before routing; may return it (or True) to
