@@ -1,7 +1,9 @@
 """The native core. Use the public API in `pyo3mq` instead."""
 
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any
+
+from pyo3mq.types import RetainedRecord, SessionRecord
 
 __version__: str
 
@@ -14,14 +16,6 @@ def check_settings(settings: dict[str, Any]) -> None: ...
 
 class ReplyHandle:
     def resolve(self, value: object) -> None: ...
-
-# A session as the broker hands it over: (client_id, [(filter, qos)], [(topic, payload,
-# qos, delivery_qos, retain, publisher, packet_id, released)]); a retained message:
-# (topic, payload, qos, publisher).
-_Session: TypeAlias = tuple[
-    str, list[tuple[str, int]], list[tuple[str, bytes, int, int, bool, str, int | None, bool]]
-]
-_Retained: TypeAlias = tuple[str, bytes, int, str]
 
 class BrokerCore:
     def __init__(self, settings: dict[str, Any]) -> None: ...
@@ -47,11 +41,12 @@ class BrokerCore:
     ) -> int: ...
     def credit(self, id: int, n: int) -> None: ...
     def unsubscribe(self, id: int) -> None: ...
-    def seed(self, sessions: list[_Session], retained: list[_Retained]) -> None: ...
+    # Stored sessions and retained messages cross as the public records of pyo3mq.types.
+    def seed(self, sessions: list[SessionRecord], retained: list[RetainedRecord]) -> None: ...
     def take_changes(
         self,
-    ) -> tuple[list[str], list[_Session], list[_Retained], list[str]] | None: ...
-    def snapshot(self) -> tuple[list[_Session], list[_Retained]]: ...
+    ) -> tuple[list[str], list[SessionRecord], list[RetainedRecord], list[str]] | None: ...
+    def snapshot(self) -> tuple[list[SessionRecord], list[RetainedRecord]]: ...
 
 # --- client ---
 

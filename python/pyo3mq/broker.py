@@ -24,6 +24,7 @@ from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
 from pyo3mq.types import ConnectEvent, DisconnectEvent, Message, SubscribeEvent, UnsubscribeEvent
 
 OverflowPolicy = Literal["drop_new", "drop_oldest"]
+StoreLoadError = Literal["refuse", "start_empty"]
 
 #: Every setting's default, from the Rust core (src/broker/config.rs), where names,
 #: types, defaults and bounds are declared once.
@@ -53,6 +54,7 @@ class BrokerConfig:
     password_file: str | None = _DEFAULTS["password_file"]
     acl_file: str | None = _DEFAULTS["acl_file"]
     session_store: str = _DEFAULTS["session_store"]
+    store_load_error: StoreLoadError = _DEFAULTS["store_load_error"]
     persist_interval: float = _DEFAULTS["persist_interval"]
     durability: Literal["interval", "sync"] = _DEFAULTS["durability"]
     sys_interval: float = _DEFAULTS["sys_interval"]
@@ -250,7 +252,15 @@ class Broker:
             )
         self.config = config
         self._core = BrokerCore(config.values())
-        self._persister = Persister(self._core, self._store) if self._store else None
+        self._persister = (
+            Persister(
+                self._core,
+                self._store,
+                start_empty=config.store_load_error == "start_empty",
+            )
+            if self._store
+            else None
+        )
         self._persist_task: asyncio.Task[None] | None = None
         self._addresses: list[tuple[str, int]] = []
         #: Sees every published message before routing; may return it (or True) to

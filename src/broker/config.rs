@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::broker::store::StoreSpec;
+
 /// What a session does when its outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverflowPolicy {
@@ -147,6 +149,21 @@ macro_rules! named_choice {
 
 named_choice!(OverflowPolicy { "drop_new" => DropNew, "drop_oldest" => DropOldest });
 named_choice!(Durability { "interval" => Interval, "sync" => Sync });
+named_choice!(StoreLoadError { "refuse" => Refuse, "start_empty" => StartEmpty });
+
+/// `memory` or `sqlite:PATH`.
+impl SettingType for StoreSpec {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Str(s) => StoreSpec::parse(s)
+                .map_err(|_| format!("must be 'memory' or 'sqlite:PATH' (with a path), not {s:?}")),
+            other => Err(format!("must be 'memory' or 'sqlite:PATH', not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        Value::Str(self.to_string())
+    }
+}
 
 /// Declares every setting once: its name, type, default and (for integers) bounds. The
 /// struct, its `Default`, the list of names and defaults that Python's `BrokerConfig`
@@ -239,7 +256,9 @@ settings! {
     /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.
     acl_file: Option<String> = None;
     /// Where persistent sessions and retained messages live: `memory` or `sqlite:PATH`.
-    session_store: String = "memory".to_string();
+    session_store: StoreSpec = StoreSpec::Memory;
+    /// What a start does when the store cannot be read (see [`StoreLoadError`]).
+    store_load_error: StoreLoadError = StoreLoadError::Refuse;
     /// How often a durable store is brought up to date (a crash loses at most this much);
     /// zero saves only at shutdown.
     persist_interval: Duration = Duration::from_secs(1);
@@ -257,6 +276,16 @@ pub enum Durability {
     Sync,
 }
 
+/// What a start does when the session store cannot be read (a corrupt file, a schema
+/// from another version). Starting empty and saving later would delete what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreLoadError {
+    /// Refuse to start, naming the file and the problem; the file is left as it is.
+    Refuse,
+    /// Move the unreadable file aside (`PATH.corrupt-TIMESTAMP`), log it, start empty.
+    StartEmpty,
+}
+
 impl Config {
     /// Checks what one setting's type and bounds cannot: values that would make the
     /// broker misbehave rather than merely be slow, and settings that need each other.
@@ -270,14 +299,7 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());
         }
-        let sqlite = self.session_store.starts_with("sqlite:");
-        if !sqlite && self.session_store != "memory" {
-            return Err(format!(
-                "session_store must be 'memory' or 'sqlite:PATH', not {:?}",
-                self.session_store
-            ));
-        }
-        if self.durability == Durability::Sync && !sqlite {
+        if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
         Ok(())
