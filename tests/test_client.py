@@ -822,3 +822,21 @@ async def test_exceptions_hierarchy() -> None:
         True,
     )
     assert "a/b" in repr(message)
+
+
+async def test_exceptions_and_messages_made_in_rust() -> None:
+    """The exception classes come from the Rust core, keep the public names, hierarchy and
+    constructors, and are what pyo3mq exports."""
+    assert pyo3mq.MqttConnectionError is pyo3mq._pyo3mq.MqttConnectionError
+    assert pyo3mq.client.MqttTimeoutError is MqttTimeoutError
+    refused = MqttNotAuthorizedError(5)
+    assert refused.return_code == 5
+    assert str(refused) == "connection refused: CONNACK return code 5"
+    assert str(MqttConnectRefusedError(3, "custom")) == "custom"
+    error = MqttSubscribeError([("a/#", 1), ("b/#", 2)], [1, 0x80])
+    assert (error.filters, error.return_codes) == ([("a/#", 1), ("b/#", 2)], [1, 0x80])
+    assert str(error) == "the server refused the subscription to b/#"
+    with pytest.raises(pyo3mq.MqttError):
+        raise MqttProtocolError("[MQTT-x] broken")
+    message = ClientMessage("a/b", b"x", 1, False, True, 7)
+    assert (message.packet_id, message.mid, message.dup) == (7, 7, True)
