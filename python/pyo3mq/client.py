@@ -117,6 +117,10 @@ class Reconnect:
     and is jittered down by up to half. After `max_attempts` failed attempts in a row
     (None: never) the client closes. A refusal that retrying cannot fix (CONNACK 1, 2,
     4 or 5) closes it at once.
+
+    The first `connect()` is retried the same way: it returns once connected, and raises
+    only after the first attempt plus `max_attempts` retries failed (or at once on such a
+    refusal). Meanwhile the state stays CONNECTING.
     """
 
     initial_delay: float = 0.5
@@ -239,8 +243,12 @@ class Client:
     - `reconnect`: True or a `Reconnect` for automatic reconnection. With
       `clean_session=False` the session resumes and unacknowledged publishes are resent
       with DUP=1 under their original ids; when the server has no session, the client's
-      subscriptions are restored. Publishes made while reconnecting are queued (QoS 0
-      in the write buffer, QoS 1/2 with their completions still pending).
+      subscriptions are restored first, and publishes (resent ones and those made while
+      reconnecting) are held until the server acknowledged them, so a message published
+      to one of the client's own subscriptions comes back to it. Publishes made while
+      reconnecting are queued (QoS 0 in the write buffer, QoS 1/2 with their completions
+      still pending). A first `connect()` that fails is retried with the same backoff
+      (until `max_attempts` retries failed, if set) instead of raising at once.
     - `max_inflight`: outgoing QoS 1/2 publishes awaiting acknowledgement (1-65535);
       more wait in order for the window.
     - `max_buffered_bytes`: bytes of outgoing packets not yet written plus publishes
@@ -340,7 +348,8 @@ class Client:
 
     async def connect(self) -> None:
         """Connects and waits for CONNACK. A refusal raises a `MqttConnectRefusedError`
-        subclass carrying the return code. A client can connect again after it closed."""
+        subclass carrying the return code. With `reconnect`, other failures are retried
+        per the policy before raising. A client can connect again after it closed."""
         if self._state is not ConnectionState.CLOSED:
             raise MqttError(f"the client is already {self._state.value}")
         loop = asyncio.get_running_loop()

@@ -164,14 +164,22 @@ impl Shared {
     }
 
     /// Connects, then serves connections until closed, reconnecting if configured.
+    ///
+    /// With a reconnect policy a failed first connect is retried like a lost connection
+    /// (same backoff, same attempt limit, same refusals that stop it); the connect token
+    /// completes once connected, or fails when the client gives up.
     pub(crate) async fn run(self: Arc<Self>, token: u64) {
         let first = tokio::select! {
             r = self.connect_once() => Some(r),
             () = self.wait_close() => None,
         };
-        let first = match first {
-            Some(result) => result.map_err(Some),
-            None => Err(None),
+        let first = match (first, self.opts.reconnect) {
+            (Some(Err(e)), Some(policy)) if e.is_retryable() => {
+                tracing::debug!("client {}: {e}; retrying", self.opts.client_id);
+                self.reconnect(policy, e).await
+            }
+            (Some(result), _) => result.map_err(Some),
+            (None, _) => Err(None),
         };
         let mut conn = match first {
             Ok(conn) => conn,
@@ -414,6 +422,7 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::time::{Duration, Instant};
 
@@ -456,6 +465,44 @@ mod tests {
     fn unused_port() -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr").port()
+    }
+
+    #[test]
+    fn first_connect_is_retried_until_the_server_listens() {
+        let port = unused_port();
+        let client = Client::new(options(
+            port,
+            Some(Reconnect {
+                initial_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+                max_attempts: None,
+            }),
+        ))
+        .expect("valid options");
+        let token = client.connect().expect("runtime");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            client.drain(0).completions.is_empty(),
+            "still retrying, not failed"
+        );
+        assert_eq!(client.state(), ConnectionState::Connecting);
+
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the port again");
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().expect("accept");
+            let mut connect = [0u8; 256];
+            let _ = sock.read(&mut connect).expect("CONNECT");
+            sock.write_all(&[0x20, 0x02, 0x00, 0x00]).expect("CONNACK");
+            // Hold the connection until the client disconnects.
+            let _ = sock.read(&mut connect);
+        });
+        assert_eq!(
+            connect_outcome(&client, token),
+            Some(Outcome::Connected(false))
+        );
+        assert_eq!(client.state(), ConnectionState::Connected);
+        client.disconnect();
+        server.join().expect("server thread");
     }
 
     #[test]

@@ -191,6 +191,10 @@ pub(crate) struct State {
 
     /// Encoded packets for the current connection, not yet taken by the writer.
     pub(super) out: BytesMut,
+    /// Publishes encoded while a connection without a session waits for the SUBACK that
+    /// restores the subscriptions: released into `out` by that SUBACK, so that a message
+    /// the client publishes to its own subscription is not routed before it exists.
+    held: Option<BytesMut>,
     pub(super) writer_waiting: bool,
     pub(super) reader_waiting: bool,
     pub(super) last_read: Instant,
@@ -244,6 +248,7 @@ impl State {
             close_requested: false,
             next_token: 1,
             out: BytesMut::with_capacity(16 * 1024),
+            held: None,
             writer_waiting: false,
             reader_waiting: false,
             last_read: now,
@@ -309,7 +314,16 @@ impl State {
     }
 
     fn buffered(&self) -> usize {
-        self.out.len() + self.pending_bytes
+        self.out.len() + self.held.as_ref().map_or(0, BytesMut::len) + self.pending_bytes
+    }
+
+    /// Where a publish is encoded: the write buffer, or the hold while subscriptions are
+    /// being restored.
+    fn publish_buffer(&mut self) -> &mut BytesMut {
+        match &mut self.held {
+            Some(held) => held,
+            None => &mut self.out,
+        }
     }
 
     pub(crate) fn check_room(&mut self) {
@@ -323,13 +337,14 @@ impl State {
     /// A one-line summary for debugging.
     pub(crate) fn summary(&self) -> String {
         format!(
-            "status={:?} completions={} inflight={} pending={} out={} \
+            "status={:?} completions={} inflight={} pending={} out={} held={:?} \
              writer_waiting={} reader_waiting={} incoming={} room_wanted={}",
             self.status,
             self.completions.len(),
             self.inflight.len(),
             self.pending.len(),
             self.out.len(),
+            self.held.as_ref().map(BytesMut::len),
             self.writer_waiting,
             self.reader_waiting,
             self.incoming.len(),
@@ -353,7 +368,8 @@ impl State {
         }
         if qos == QoS::AtMostOnce && self.pending.is_empty() {
             // Also while reconnecting: the buffer is flushed once the next CONNACK arrives.
-            encode_publish(&mut self.out, topic, qos, retain, false, None, payload)?;
+            let buf = self.publish_buffer();
+            encode_publish(buf, topic, qos, retain, false, None, payload)?;
             return Ok(Submitted::Sent);
         }
         // QoS 0 behind publishes waiting for the window waits too, so that messages
@@ -389,8 +405,9 @@ impl State {
         // While reconnecting it is only recorded: the next CONNACK sends it.
         let sent = self.status == ConnectionState::Connected;
         if sent {
+            let buf = self.publish_buffer();
             encode_publish(
-                &mut self.out,
+                buf,
                 &p.topic,
                 p.qos,
                 p.retain,
@@ -433,15 +450,8 @@ impl State {
             match packet_id {
                 Some(packet_id) => self.start_flight(p, packet_id)?,
                 None => {
-                    encode_publish(
-                        &mut self.out,
-                        &p.topic,
-                        p.qos,
-                        p.retain,
-                        false,
-                        None,
-                        &p.payload,
-                    )?;
+                    let buf = self.publish_buffer();
+                    encode_publish(buf, &p.topic, p.qos, p.retain, false, None, &p.payload)?;
                 }
             }
         }

@@ -112,6 +112,10 @@ impl State {
                     if ack.codes.contains(&SubscribeReturnCode::Failure) {
                         tracing::warn!("client: the server refused a restored subscription");
                     }
+                    // The subscriptions are back: what was published meanwhile may go.
+                    if let Some(held) = self.held.take() {
+                        self.out.extend_from_slice(&held);
+                    }
                 }
                 Some(other) => {
                     return Err(ClientError::Protocol(format!(

@@ -1,4 +1,10 @@
 //! A connection coming up, being lost, and the client finishing.
+//!
+//! When a connection comes up the order of what is written matters: with a resumed session
+//! the server already has the client's subscriptions, and unacknowledged publishes are
+//! resent at once. Without one, the client restores its subscriptions first and holds
+//! every publish (resends, and what was published while reconnecting) until the SUBACK,
+//! so a message it publishes to one of its own subscriptions is routed back to it.
 
 use bytes::BytesMut;
 use tokio::time::Instant;
@@ -54,13 +60,22 @@ impl State {
                 }
             }
         }
-        if !session_present && self.ever_connected && !self.subscriptions.is_empty() {
-            if let Some(subscribe) = self.resubscribe() {
-                resends.extend_from_slice(&subscribe);
-            }
-        }
+        // What was buffered while disconnected (QoS 0 publishes, requests) follows the
+        // resends, as it was made after them.
         resends.extend_from_slice(&self.out);
-        self.out = resends;
+        self.out.clear();
+        self.held = None;
+        if !session_present && self.ever_connected && !self.subscriptions.is_empty() {
+            match self.resubscribe() {
+                Some(subscribe) => {
+                    self.out = subscribe;
+                    self.held = Some(resends);
+                }
+                None => self.out = resends,
+            }
+        } else {
+            self.out = resends;
+        }
         self.status = ConnectionState::Connected;
         self.session_present = session_present;
         self.ever_connected = true;
@@ -111,6 +126,7 @@ impl State {
         // acknowledgements (the server resends what they acknowledged) and requests
         // (failed below). QoS 1/2 publishes live on in `inflight`.
         self.out.clear();
+        self.held = None;
         self.ping_outstanding = None;
         let requests: Vec<(u16, Request)> = self.requests.drain().collect();
         for (packet_id, request) in requests {
@@ -130,6 +146,7 @@ impl State {
     pub(crate) fn finish(&mut self, error: Option<ClientError>) {
         self.status = ConnectionState::Closed;
         self.out.clear();
+        self.held = None;
         let failure = error.clone().unwrap_or(ClientError::Closed);
         let tokens: Vec<u64> = self
             .inflight
@@ -158,10 +175,12 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use bytestring::ByteString;
+
     use super::super::testing::*;
     use super::super::Submitted;
     use super::*;
-    use crate::codec::QoS;
+    use crate::codec::{QoS, SubscribeReturnCode};
 
     fn lost() -> ClientError {
         ClientError::ConnectionLost("x".into())
@@ -205,6 +224,102 @@ mod tests {
         st.on_connected(false, None, Instant::now());
         let resent = written(&mut st);
         assert!(matches!(&resent[..], [Packet::Publish(p)] if !p.dup));
+    }
+
+    /// A connection without a session: SUBSCRIBE first, and every publish (a resend, one
+    /// made while reconnecting, one made before the SUBACK) waits for its SUBACK.
+    #[test]
+    fn publishes_wait_for_the_restored_subscriptions() {
+        let mut st = state(4, true);
+        st.on_connected(false, None, Instant::now());
+        let t = token(
+            st.subscribe(vec![(ByteString::from_static("own/#"), QoS::AtLeastOnce)])
+                .unwrap(),
+        );
+        let Packet::Subscribe(s) = &written(&mut st)[0] else {
+            panic!()
+        };
+        st.on_packet(Packet::SubAck(codec::SubAck {
+            pkid: s.pkid,
+            codes: vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)],
+        }))
+        .unwrap();
+        assert!(st.completions.contains(&(t, Outcome::Granted(vec![1]))));
+        token(st.publish("own/a", b"1", QoS::AtLeastOnce, false).unwrap());
+        let _ = written(&mut st);
+
+        st.on_lost(&lost());
+        token(st.publish("own/b", b"2", QoS::AtLeastOnce, false).unwrap());
+        assert_eq!(
+            st.publish("own/c", b"3", QoS::AtMostOnce, false).unwrap(),
+            Submitted::Sent
+        );
+        st.on_connected(false, None, Instant::now());
+        token(st.publish("own/d", b"4", QoS::AtLeastOnce, false).unwrap());
+        let first = written(&mut st);
+        let [Packet::Subscribe(resub)] = &first[..] else {
+            panic!("only the SUBSCRIBE goes before its SUBACK: {first:?}")
+        };
+        assert_eq!(
+            resub.filters,
+            vec![(ByteString::from_static("own/#"), QoS::AtLeastOnce)]
+        );
+        // Acknowledgements still flow while publishes wait.
+        st.on_packet(Packet::PubRel(9)).unwrap();
+        assert_eq!(written(&mut st), vec![Packet::PubComp(9)]);
+
+        st.on_packet(Packet::SubAck(codec::SubAck {
+            pkid: resub.pkid,
+            codes: vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)],
+        }))
+        .unwrap();
+        assert_eq!(
+            payloads(&written(&mut st)),
+            vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec(), b"4".to_vec()],
+            "released in publish order after the SUBACK"
+        );
+        let _ = st.publish("own/e", b"5", QoS::AtMostOnce, false).unwrap();
+        assert_eq!(payloads(&written(&mut st)), vec![b"5".to_vec()]);
+    }
+
+    #[test]
+    fn a_resumed_session_holds_nothing() {
+        let mut st = state(4, false);
+        st.on_connected(false, None, Instant::now());
+        st.subscriptions
+            .insert(ByteString::from_static("own/#"), QoS::AtLeastOnce);
+        st.on_lost(&lost());
+        token(st.publish("own/a", b"1", QoS::AtLeastOnce, false).unwrap());
+        st.on_connected(true, None, Instant::now());
+        assert_eq!(payloads(&written(&mut st)), vec![b"1".to_vec()]);
+    }
+
+    #[test]
+    fn losing_the_connection_while_holding_keeps_qos1_for_the_next() {
+        let mut st = state(4, true);
+        st.on_connected(false, None, Instant::now());
+        st.subscriptions
+            .insert(ByteString::from_static("own/#"), QoS::AtLeastOnce);
+        st.on_lost(&lost());
+        let t = token(st.publish("own/a", b"1", QoS::AtLeastOnce, false).unwrap());
+        st.on_connected(false, None, Instant::now());
+        assert!(matches!(&written(&mut st)[..], [Packet::Subscribe(_)]));
+        st.on_lost(&lost());
+        st.on_connected(false, None, Instant::now());
+        let again = written(&mut st);
+        let [Packet::Subscribe(resub)] = &again[..] else {
+            panic!("{again:?}")
+        };
+        st.on_packet(Packet::SubAck(codec::SubAck {
+            pkid: resub.pkid,
+            codes: vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)],
+        }))
+        .unwrap();
+        let [Packet::Publish(p)] = &written(&mut st)[..] else {
+            panic!()
+        };
+        st.on_packet(Packet::PubAck(p.pkid.unwrap())).unwrap();
+        assert!(st.completions.contains(&(t, Outcome::Done)));
     }
 
     #[test]
