@@ -15,6 +15,7 @@ use bytestring::ByteString;
 
 use crate::broker::config::OverflowPolicy;
 use crate::codec::QoS;
+use crate::qos::{InboundQos2, PacketIds};
 
 /// A message as the broker routes it: topic and payload are shared by every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,10 +99,11 @@ pub struct SessionState {
     queued_bytes: usize,
     /// Sent QoS 1/2 deliveries in send order (which is also the resend order).
     inflight: VecDeque<Inflight>,
-    next_pkid: u16,
+    /// The ids of `inflight`, and the next one to hand out.
+    ids: PacketIds,
     /// Inbound QoS 2 ids that got PUBREC but not yet PUBREL: a resent PUBLISH with one of
     /// them is acknowledged again but not delivered again [MQTT-4.3.3-2].
-    inbound_qos2: Vec<u16>,
+    inbound_qos2: InboundQos2,
     pub online: bool,
     /// Messages dropped by the overflow policy over the session's lifetime.
     pub dropped: u64,
@@ -128,8 +130,8 @@ impl SessionState {
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: VecDeque::new(),
-            next_pkid: 1,
-            inbound_qos2: Vec::new(),
+            ids: PacketIds::new(),
+            inbound_qos2: InboundQos2::new(),
             online: false,
             dropped: 0,
             overflowing: false,
@@ -256,7 +258,12 @@ impl SessionState {
                 dup: false,
             });
         }
-        let pkid = self.allocate_pkid();
+        // Always an id: the window has room (has_sendable) and is at most 65,535.
+        let Some(pkid) = self.ids.alloc() else {
+            self.queued_bytes += cost(&item);
+            self.queue.push_front(item);
+            return None;
+        };
         self.inflight.push_back(Inflight {
             pkid,
             stage: Stage::AwaitAck,
@@ -267,22 +274,6 @@ impl SessionState {
             pkid: Some(pkid),
             dup: false,
         })
-    }
-
-    /// Next id not used by an inflight delivery [MQTT-2.3.1-4]. The window is at most
-    /// 65,535 entries, so a free id always exists.
-    fn allocate_pkid(&mut self) -> u16 {
-        loop {
-            let candidate = self.next_pkid;
-            self.next_pkid = if candidate == u16::MAX {
-                1
-            } else {
-                candidate + 1
-            };
-            if !self.inflight.iter().any(|f| f.pkid == candidate) {
-                return candidate;
-            }
-        }
     }
 
     /// PUBACK from the client. Returns false for an unknown id (ignored, per 3.1.1).
@@ -313,6 +304,7 @@ impl SessionState {
         match self.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
             Some(i) => {
                 self.inflight.remove(i);
+                self.ids.free(pkid);
                 self.mark_changed();
                 true
             }
@@ -358,17 +350,12 @@ impl SessionState {
 
     /// An inbound QoS 2 PUBLISH arrived; true if it is new and must be delivered onward.
     pub fn on_inbound_qos2(&mut self, pkid: u16) -> bool {
-        if self.inbound_qos2.contains(&pkid) {
-            false
-        } else {
-            self.inbound_qos2.push(pkid);
-            true
-        }
+        self.inbound_qos2.receive(pkid)
     }
 
     /// Inbound PUBREL: the id is free again.
     pub fn on_inbound_pubrel(&mut self, pkid: u16) {
-        self.inbound_qos2.retain(|&id| id != pkid);
+        self.inbound_qos2.release(pkid);
     }
 
     /// Forget everything but the subscriptions' absence: used when a clean session starts.
@@ -378,7 +365,7 @@ impl SessionState {
         self.queued_bytes = 0;
         self.inflight.clear();
         self.inbound_qos2.clear();
-        self.next_pkid = 1;
+        self.ids.clear();
         self.mark_changed();
     }
 
@@ -393,8 +380,10 @@ impl SessionState {
     }
 
     /// Puts back one entry of [`SessionState::export`]: an inflight delivery keeps its id,
-    /// so a resuming client gets it again with DUP=1 (or its PUBREL) [MQTT-4.4.0-1].
+    /// so a resuming client gets it again with DUP=1 (or its PUBREL) [MQTT-4.4.0-1]. One
+    /// whose id another restored delivery holds already is queued (sent under a new id).
     pub fn restore(&mut self, item: Queued, pkid: Option<u16>, released: bool) {
+        let pkid = pkid.filter(|&id| item.qos == QoS::AtMostOnce || self.ids.take(id));
         match pkid {
             Some(pkid) if item.qos != QoS::AtMostOnce => self.inflight.push_back(Inflight {
                 pkid,
@@ -644,7 +633,7 @@ mod tests {
     fn pkids_skip_ids_still_inflight() {
         let mut s = SessionState::new(limits(3, 10, OverflowPolicy::DropNew));
         s.online = true;
-        s.next_pkid = u16::MAX;
+        s.ids.set_next(u16::MAX);
         for n in 0..3 {
             s.enqueue(msg(n, QoS::AtLeastOnce));
         }
@@ -698,6 +687,30 @@ mod tests {
             p3 != 1 && p3 != p2,
             "a restored id is not reused while inflight"
         );
+    }
+
+    #[test]
+    fn restored_ids_are_not_handed_out_twice() {
+        let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+        s.restore(msg(1, QoS::AtLeastOnce), Some(1), false);
+        s.restore(msg(2, QoS::AtLeastOnce), Some(1), false);
+        assert_eq!(
+            (s.inflight_len(), s.queued_len()),
+            (1, 1),
+            "a duplicate id is queued"
+        );
+        s.online = true;
+        let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
+            panic!()
+        };
+        assert_eq!(id, 2);
+        assert!(s.on_puback(1));
+        s.enqueue(msg(3, QoS::AtLeastOnce));
+        s.ids.set_next(1);
+        let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
+            panic!()
+        };
+        assert_eq!(id, 1, "an acknowledged id is free again");
     }
 
     #[test]
