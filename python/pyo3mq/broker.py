@@ -41,7 +41,8 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
 class BrokerConfig:
     """Every setting of the broker; the config file uses the same names."""
 
-    listeners: list[str] = field(default_factory=lambda: ["tcp://0.0.0.0:1883"])
+    # Loopback only, as Mosquitto 2.0 with no listener configured.
+    listeners: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:1883"])
     max_packet_size: int = 1024 * 1024
     max_connections: int = 100_000
     max_inflight: int = 32
@@ -57,6 +58,8 @@ class BrokerConfig:
     acl_cache_ttl: float = 60.0
     password_file: str | None = None
     acl_file: str | None = None
+    # None: the password file or authenticator decides, else loopback listeners only.
+    allow_anonymous: bool | None = None
     session_store: str = "memory"
     persist_interval: float = 1.0
     durability: Literal["interval", "sync"] = "interval"
@@ -99,6 +102,10 @@ class BrokerConfig:
         for name in ("queue_qos0_offline", "allow_zero_length_client_id"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")
+        if self.allow_anonymous is not None and not isinstance(self.allow_anonymous, bool):
+            raise ValueError(
+                f"allow_anonymous must be true or false (or unset), not {self.allow_anonymous!r}"
+            )
         if self.queue_overflow not in ("drop_new", "drop_oldest"):
             raise ValueError(
                 f"queue_overflow must be 'drop_new' or 'drop_oldest', not {self.queue_overflow!r}"
@@ -323,6 +330,15 @@ class Broker:
     def dropped_messages(self) -> int:
         """Messages dropped by full session queues since the broker started."""
         return self._core.dropped_messages
+
+    def save(self) -> bool:
+        """Brings the durable session store (`session_store="sqlite:PATH"`) up to date now,
+        outside the `persist_interval` schedule; the `pyo3mq` command does this on SIGUSR1.
+        Returns whether a durable store was written: False with the in-memory store, or
+        with a Python `SessionStore` (which the broker syncs every `persist_interval`), and
+        when the write failed (logged). Blocks the calling thread for the write; raises
+        RuntimeError when the broker is not running (stopping saves everything)."""
+        return self._core.save() is True
 
     def stats(self) -> dict[str, int]:
         """The figures `$SYS/broker/...` publishes, now: `uptime` (seconds),

@@ -25,12 +25,30 @@ impl OverflowPolicy {
     }
 }
 
+/// Loopback only: a broker started without a listener is not reachable from the network
+/// until someone says it should be (Mosquitto 2.0's default).
+pub const DEFAULT_LISTENER: &str = "tcp://127.0.0.1:1883";
+
+/// What a listener does with a client that sends no username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnonymousPolicy {
+    /// Admit it without consulting the password file or authenticator.
+    Allow,
+    /// CONNACK 0x05 (not authorized), before any hook runs.
+    Refuse,
+    /// The password file or authenticator decides, as for everyone else (with neither,
+    /// the client is admitted).
+    AskHooks,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Listener URIs, `tcp://HOST:PORT`; port 0 picks a free port.
+    /// Listener URIs, `tcp://HOST:PORT`; port 0 picks a free port. The default listens
+    /// on loopback only (as Mosquitto 2.0 does with no listener configured).
     pub listeners: Vec<String>,
     /// Largest packet accepted from a client, fixed header included. A larger one closes
-    /// that connection before its body is read.
+    /// that connection before its body is read. The default bounds what one client can
+    /// make the broker buffer; MQTT's own ceiling is 268,435,455 bytes of body.
     pub max_packet_size: usize,
     /// Connections served at once; a client over the limit gets CONNACK 0x03.
     pub max_connections: usize,
@@ -59,6 +77,12 @@ pub struct Config {
     pub password_file: Option<String>,
     /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.
     pub acl_file: Option<String>,
+    /// Mosquitto's `allow_anonymous`, about clients that send no username: `Some(true)`
+    /// admits them without asking the password file or authenticator, `Some(false)`
+    /// refuses them (CONNACK 0x05) on every listener; `None` leaves it to the password
+    /// file or authenticator if there is one, else admits them on loopback listeners
+    /// only. See [`Config::anonymous_policy`].
+    pub allow_anonymous: Option<bool>,
     /// Where persistent sessions and retained messages live: `memory` or `sqlite:PATH`.
     pub session_store: String,
     /// How often a durable store is brought up to date (a crash loses at most this much);
@@ -91,7 +115,7 @@ impl Durability {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            listeners: vec!["tcp://0.0.0.0:1883".to_string()],
+            listeners: vec![DEFAULT_LISTENER.to_string()],
             max_packet_size: 1024 * 1024,
             max_connections: 100_000,
             max_inflight: 32,
@@ -107,6 +131,7 @@ impl Default for Config {
             acl_cache_ttl: Duration::from_secs(60),
             password_file: None,
             acl_file: None,
+            allow_anonymous: None,
             session_store: "memory".to_string(),
             persist_interval: Duration::from_secs(1),
             durability: Durability::Interval,
@@ -141,6 +166,21 @@ impl Config {
         }
         Ok(())
     }
+
+    /// How a listener treats clients without a username. `has_authenticator`: a password
+    /// file or an authenticator hook is in place; `loopback`: the listener is bound to a
+    /// loopback address, so only this machine can reach it.
+    pub fn anonymous_policy(&self, has_authenticator: bool, loopback: bool) -> AnonymousPolicy {
+        match self.allow_anonymous {
+            Some(true) => AnonymousPolicy::Allow,
+            Some(false) => AnonymousPolicy::Refuse,
+            None if has_authenticator => AnonymousPolicy::AskHooks,
+            None if loopback => AnonymousPolicy::Allow,
+            // Reachable from the network with nothing checking who connects: an open
+            // broker is opted into (`allow_anonymous = true`), never the default.
+            None => AnonymousPolicy::Refuse,
+        }
+    }
 }
 
 /// Parses `tcp://HOST:PORT` into a socket address string for `TcpListener::bind`.
@@ -173,6 +213,32 @@ mod tests {
         assert!(parse_listener("ws://127.0.0.1:1").is_err());
         assert!(parse_listener("tcp://127.0.0.1").is_err());
         assert!(parse_listener("tcp://127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn default_listener_is_loopback_only() {
+        let config = Config::default();
+        assert_eq!(config.listeners, ["tcp://127.0.0.1:1883"]);
+        assert_eq!(config.allow_anonymous, None);
+    }
+
+    #[test]
+    fn anonymous_policy_follows_mosquitto() {
+        use AnonymousPolicy::*;
+        let with = |allow| Config {
+            allow_anonymous: allow,
+            ..Config::default()
+        };
+        // Unset: the hooks decide if there are any, else loopback only.
+        assert_eq!(with(None).anonymous_policy(false, true), Allow);
+        assert_eq!(with(None).anonymous_policy(false, false), Refuse);
+        assert_eq!(with(None).anonymous_policy(true, false), AskHooks);
+        assert_eq!(with(None).anonymous_policy(true, true), AskHooks);
+        // Explicit: the same on every listener, hooks or not.
+        for (auth, loopback) in [(false, false), (false, true), (true, false), (true, true)] {
+            assert_eq!(with(Some(true)).anonymous_policy(auth, loopback), Allow);
+            assert_eq!(with(Some(false)).anonymous_policy(auth, loopback), Refuse);
+        }
     }
 
     #[test]

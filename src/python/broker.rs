@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use crate::broker::config::{Config, Durability, OverflowPolicy};
 use crate::broker::hooks::Hooks;
 use crate::broker::router::{MatchScratch, Session};
-use crate::broker::server::{Server, ServerError};
+use crate::broker::server::{save_now, Server, ServerError};
 use crate::broker::session::Message;
 use crate::broker::store::{open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage};
 use crate::codec::QoS;
@@ -78,6 +78,7 @@ fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
             .map_err(|_| PyValueError::new_err("acl_cache_ttl must be a number of seconds >= 0"))?,
         password_file: setting(settings, "password_file")?,
         acl_file: setting(settings, "acl_file")?,
+        allow_anonymous: setting(settings, "allow_anonymous")?,
         session_store: setting(settings, "session_store")?,
         durability: {
             let name: String = setting(settings, "durability")?;
@@ -213,6 +214,20 @@ impl BrokerCore {
                 drop(running.bridge);
             });
         }
+    }
+
+    /// Brings the durable session store up to date now; None when there is none (the
+    /// in-memory store), else whether the write succeeded. The write runs on the calling
+    /// thread with the interpreter released.
+    fn save(&self, py: Python<'_>) -> PyResult<Option<bool>> {
+        let router = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone())
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let store = self.store.clone();
+        Ok(py.detach(move || save_now(&router, store.as_ref())))
     }
 
     #[getter]
