@@ -1,11 +1,14 @@
 # One entry point for people and CI. `make serve` runs the broker, `make test` runs every test.
 # Both create .venv and install what they need on first use.
+# `make serve` is for a quick local try: 127.0.0.1:1883, this machine only, in-memory
+# sessions. Pass the command's flags in SERVE_ARGS, e.g. SERVE_ARGS="--config broker.toml".
 
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.deps-stamp
 PROFILE ?= release
+SERVE_ARGS ?=
 
 .PHONY: serve test test-rust test-python lint build system-deps bench clean
 
@@ -31,7 +34,7 @@ system-deps:
 	fi
 
 serve: build
-	$(BIN)/pyo3mq
+	$(BIN)/pyo3mq $(SERVE_ARGS)
 
 test: test-rust test-python
 

@@ -447,6 +447,7 @@ NON_DEFAULT: dict[str, Any] = {
     "acl_cache_ttl": 0.0,
     "password_file": "/etc/pyo3mq/passwd",
     "acl_file": "/etc/pyo3mq/acl",
+    "allow_anonymous": True,
     "persist_interval": 3.0,
 }
 

@@ -53,6 +53,8 @@ class BrokerConfig:
     acl_cache_ttl: float = _DEFAULTS["acl_cache_ttl"]
     password_file: str | None = _DEFAULTS["password_file"]
     acl_file: str | None = _DEFAULTS["acl_file"]
+    # None: the password file or authenticator decides, else loopback listeners only.
+    allow_anonymous: bool | None = _DEFAULTS["allow_anonymous"]
     session_store: str = _DEFAULTS["session_store"]
     store_load_error: StoreLoadError = _DEFAULTS["store_load_error"]
     persist_interval: float = _DEFAULTS["persist_interval"]
@@ -329,6 +331,15 @@ class Broker:
     def dropped_messages(self) -> int:
         """Messages dropped by full session queues since the broker started."""
         return self._core.dropped_messages
+
+    def save(self) -> bool:
+        """Brings the durable session store (`session_store="sqlite:PATH"`) up to date now,
+        outside the `persist_interval` schedule; the `pyo3mq` command does this on SIGUSR1.
+        Returns whether a durable store was written: False with the in-memory store, or
+        with a Python `SessionStore` (which the broker syncs every `persist_interval`), and
+        when the write failed (logged). Blocks the calling thread for the write; raises
+        RuntimeError when the broker is not running (stopping saves everything)."""
+        return self._core.save() is True
 
     def stats(self) -> dict[str, int]:
         """The figures `$SYS/broker/...` publishes, now: `uptime` (seconds),

@@ -113,6 +113,20 @@ impl SettingType for Vec<String> {
     }
 }
 
+/// Tri-state switches: unset (`None`) has a meaning of its own.
+impl SettingType for Option<bool> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::None => Ok(None),
+            Value::Bool(b) => Ok(Some(*b)),
+            other => Err(format!("must be true, false or unset, not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, Value::Bool)
+    }
+}
+
 /// Settings that are one of a few names.
 macro_rules! named_choice {
     ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
@@ -222,10 +236,12 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Listener URIs, `tcp://HOST:PORT`; port 0 picks a free port.
-    listeners: Vec<String> = vec!["tcp://0.0.0.0:1883".to_string()];
+    /// Listener URIs, `tcp://HOST:PORT`; port 0 picks a free port. The default listens
+    /// on loopback only (as Mosquitto 2.0 does with no listener configured).
+    listeners: Vec<String> = vec![DEFAULT_LISTENER.to_string()];
     /// Largest packet accepted from a client, fixed header included. A larger one closes
-    /// that connection before its body is read.
+    /// that connection before its body is read. The default bounds what one client can
+    /// make the broker buffer; MQTT's own ceiling is 268,435,455 bytes of body.
     max_packet_size: usize = 1024 * 1024, range 2 ..= 268_435_460;
     /// Connections served at once; a client over the limit gets CONNACK 0x03.
     max_connections: usize = 100_000, range 1 ..= 4_294_967_295;
@@ -255,6 +271,12 @@ settings! {
     password_file: Option<String> = None;
     /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.
     acl_file: Option<String> = None;
+    /// Mosquitto's `allow_anonymous`, about clients that send no username: `Some(true)`
+    /// admits them without asking the password file or authenticator, `Some(false)`
+    /// refuses them (CONNACK 0x05) on every listener; `None` leaves it to the password
+    /// file or authenticator if there is one, else admits them on loopback listeners
+    /// only. See [`Config::anonymous_policy`].
+    allow_anonymous: Option<bool> = None;
     /// Where persistent sessions and retained messages live: `memory` or `sqlite:PATH`.
     session_store: StoreSpec = StoreSpec::Memory;
     /// What a start does when the store cannot be read (see [`StoreLoadError`]).
@@ -268,6 +290,22 @@ settings! {
     durability: Durability = Durability::Interval;
     /// How often the `$SYS/broker/...` statistics are published; zero disables them.
     sys_interval: Duration = Duration::from_secs(10);
+}
+
+/// Loopback only: a broker started without a listener is not reachable from the network
+/// until someone says it should be (Mosquitto 2.0's default).
+pub const DEFAULT_LISTENER: &str = "tcp://127.0.0.1:1883";
+
+/// What a listener does with a client that sends no username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnonymousPolicy {
+    /// Admit it without consulting the password file or authenticator.
+    Allow,
+    /// CONNACK 0x05 (not authorized), before any hook runs.
+    Refuse,
+    /// The password file or authenticator decides, as for everyone else (with neither,
+    /// the client is admitted).
+    AskHooks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +342,21 @@ impl Config {
         }
         Ok(())
     }
+
+    /// How a listener treats clients without a username. `has_authenticator`: a password
+    /// file or an authenticator hook is in place; `loopback`: the listener is bound to a
+    /// loopback address, so only this machine can reach it.
+    pub fn anonymous_policy(&self, has_authenticator: bool, loopback: bool) -> AnonymousPolicy {
+        match self.allow_anonymous {
+            Some(true) => AnonymousPolicy::Allow,
+            Some(false) => AnonymousPolicy::Refuse,
+            None if has_authenticator => AnonymousPolicy::AskHooks,
+            None if loopback => AnonymousPolicy::Allow,
+            // Reachable from the network with nothing checking who connects: an open
+            // broker is opted into (`allow_anonymous = true`), never the default.
+            None => AnonymousPolicy::Refuse,
+        }
+    }
 }
 
 /// Parses `tcp://HOST:PORT` into a socket address string for `TcpListener::bind`.
@@ -336,6 +389,32 @@ mod tests {
         assert!(parse_listener("ws://127.0.0.1:1").is_err());
         assert!(parse_listener("tcp://127.0.0.1").is_err());
         assert!(parse_listener("tcp://127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn default_listener_is_loopback_only() {
+        let config = Config::default();
+        assert_eq!(config.listeners, ["tcp://127.0.0.1:1883"]);
+        assert_eq!(config.allow_anonymous, None);
+    }
+
+    #[test]
+    fn anonymous_policy_follows_mosquitto() {
+        use AnonymousPolicy::*;
+        let with = |allow| Config {
+            allow_anonymous: allow,
+            ..Config::default()
+        };
+        // Unset: the hooks decide if there are any, else loopback only.
+        assert_eq!(with(None).anonymous_policy(false, true), Allow);
+        assert_eq!(with(None).anonymous_policy(false, false), Refuse);
+        assert_eq!(with(None).anonymous_policy(true, false), AskHooks);
+        assert_eq!(with(None).anonymous_policy(true, true), AskHooks);
+        // Explicit: the same on every listener, hooks or not.
+        for (auth, loopback) in [(false, false), (false, true), (true, false), (true, true)] {
+            assert_eq!(with(Some(true)).anonymous_policy(auth, loopback), Allow);
+            assert_eq!(with(Some(false)).anonymous_policy(auth, loopback), Refuse);
+        }
     }
 
     fn with(name: &str, value: Value) -> Result<Config, String> {

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::{info, warn};
 
+use crate::broker::config::AnonymousPolicy;
 use crate::broker::hooks::{AuthDecision, DisconnectReason, Event};
 use crate::broker::metrics::LocalCounters;
 use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
@@ -87,6 +88,8 @@ pub struct Connection {
     protocol: Protocol,
     client_id: ByteString,
     username: Option<ByteString>,
+    /// What its listener does with a client that sends no username.
+    anonymous: AnonymousPolicy,
     scratch: MatchScratch,
     batch: Vec<Outgoing>,
     /// Topic -> (allowed, decided at): publish decisions reused for `acl_cache_ttl`.
@@ -121,6 +124,7 @@ impl Connection {
             protocol: Protocol::V311,
             client_id: ByteString::new(),
             username: None,
+            anonymous: AnonymousPolicy::AskHooks,
             scratch: MatchScratch::default(),
             batch: Vec::new(),
             acl_cache: HashMap::new(),

@@ -14,9 +14,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::broker::config::{parse_listener, Config, Durability, StoreLoadError};
+use crate::broker::config::{parse_listener, AnonymousPolicy, Config, Durability, StoreLoadError};
 use crate::broker::connection::{refuse_busy, Connection};
 use crate::broker::hooks::{AclFile, Hooks, PasswordFile};
 use crate::broker::router::Router;
@@ -94,6 +94,7 @@ impl Server {
         if let (Some(path), None) = (&config.acl_file, &hooks.authorizer) {
             hooks.authorizer = Some(Arc::new(AclFile::load(path).map_err(ServerError::Config)?));
         }
+        let has_authenticator = hooks.authenticator.is_some();
         let router = Arc::new(Router::new(config.clone(), hooks));
         let saves_while_running =
             config.durability == Durability::Sync || !config.persist_interval.is_zero();
@@ -128,11 +129,15 @@ impl Server {
             ));
         }
         for listener in listeners {
+            let mut anonymous = AnonymousPolicy::Refuse;
             if let Ok(addr) = listener.local_addr() {
                 info!("listening on {addr}");
+                anonymous = config.anonymous_policy(has_authenticator, addr.ip().is_loopback());
+                log_anonymous_policy(&config, addr, anonymous);
             }
             runtime.spawn(accept_loop(
                 listener,
+                anonymous,
                 router.clone(),
                 permits.clone(),
                 shutdown.subscribe(),
@@ -221,8 +226,45 @@ fn load_store(
     }
 }
 
+/// Says at start what a listener does with clients that send no username, and when it
+/// refuses them by default, how to change that.
+fn log_anonymous_policy(config: &Config, addr: SocketAddr, policy: AnonymousPolicy) {
+    match (policy, config.allow_anonymous) {
+        (AnonymousPolicy::Refuse, None) => warn!(
+            "listener {addr} is not on loopback and has no password_file or authenticator: \
+             clients without a username are refused (CONNACK 0x05); set \
+             allow_anonymous = true to allow them, or a password_file or authenticator to \
+             check them"
+        ),
+        (AnonymousPolicy::Refuse, Some(_)) => info!(
+            "listener {addr}: clients without a username are refused (allow_anonymous = false)"
+        ),
+        (AnonymousPolicy::Allow, Some(true)) if !addr.ip().is_loopback() => info!(
+            "listener {addr}: clients without a username are allowed (allow_anonymous = true)"
+        ),
+        _ => {}
+    }
+}
+
+/// Brings a durable store up to date now, outside the periodic schedule (the `pyo3mq`
+/// command does this on SIGUSR1, as Mosquitto writes its persistence file). `None` with
+/// the in-memory store, which has nothing durable to write. Blocks the calling thread
+/// for the write: call it from a caller's thread, never from a broker task.
+pub fn save_now(router: &Router, store: &dyn SessionStore) -> Option<bool> {
+    if !router.config().session_store.is_durable() {
+        return None;
+    }
+    // A failing store logs its own error; this line says what asked for the save.
+    let saved = router.persist(store);
+    if saved {
+        info!("session store saved on request");
+    }
+    Some(saved)
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    anonymous: AnonymousPolicy,
     router: Arc<Router>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
@@ -247,7 +289,7 @@ async fn accept_loop(
             tokio::spawn(refuse_busy(stream, peer, max_packet_size));
             continue;
         };
-        let connection = Connection::new(router.clone(), stream, peer);
+        let connection = Connection::new(router.clone(), stream, peer).with_anonymous(anonymous);
         let shutdown = shutdown.clone();
         let done = done.clone();
         tokio::spawn(async move {

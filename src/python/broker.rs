@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
 use crate::broker::router::{MatchScratch, Session};
-use crate::broker::server::{Server, ServerError};
+use crate::broker::server::{save_now, Server, ServerError};
 use crate::broker::session::Message;
 use crate::broker::store::{
     open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage, StoredState,
@@ -237,6 +237,20 @@ impl BrokerCore {
                 drop(running.bridge);
             });
         }
+    }
+
+    /// Brings the durable session store up to date now; None when there is none (the
+    /// in-memory store), else whether the write succeeded. The write runs on the calling
+    /// thread with the interpreter released.
+    fn save(&self, py: Python<'_>) -> PyResult<Option<bool>> {
+        let router = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone())
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let store = self.store.clone();
+        Ok(py.detach(move || save_now(&router, store.as_ref())))
     }
 
     #[getter]
