@@ -5,6 +5,34 @@ from typing import Any, ClassVar, final
 
 from pyo3mq.types import RetainedRecord, SessionRecord
 
+__all__ = [
+    "BrokerCore",
+    "BrokerStartError",
+    "ClientCore",
+    "ClientMessage",
+    "Completion",
+    "ConnectionState",
+    "Drained",
+    "MqttBadUsernameOrPasswordError",
+    "MqttConnectRefusedError",
+    "MqttConnectionError",
+    "MqttError",
+    "MqttIdentifierRejectedError",
+    "MqttNotAuthorizedError",
+    "MqttProtocolError",
+    "MqttServerUnavailableError",
+    "MqttSubscribeError",
+    "MqttTimeoutError",
+    "MqttUnacceptableProtocolVersionError",
+    "ReplyHandle",
+    "StateChange",
+    "Submitted",
+    "__version__",
+    "check_settings",
+    "config_defaults",
+    "init_logging",
+]
+
 __version__: str
 
 class MqttError(Exception): ...
@@ -14,11 +42,13 @@ def init_logging(level: str, to_python: bool = False) -> None: ...
 def config_defaults() -> dict[str, Any]: ...
 def check_settings(settings: dict[str, Any]) -> None: ...
 
+@final
 class ReplyHandle:
     def resolve(self, value: object) -> None: ...
 
+@final
 class BrokerCore:
-    def __init__(self, settings: dict[str, Any]) -> None: ...
+    def __new__(cls, settings: dict[str, Any]) -> BrokerCore: ...
     def start(
         self,
         event_loop: object | None = None,
