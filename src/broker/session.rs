@@ -53,6 +53,14 @@ pub struct Inflight {
     pub item: Queued,
 }
 
+/// The acknowledgements a client sends for the broker's QoS 1/2 deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubComp,
+}
+
 /// What the connection must write next for the session.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
@@ -282,6 +290,22 @@ impl SessionState {
             if !self.inflight.iter().any(|f| f.pkid == candidate) {
                 return candidate;
             }
+        }
+    }
+
+    /// Why `ack` cannot acknowledge the inflight delivery `pkid`, if it names one of
+    /// another kind: PUBREC or PUBCOMP for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREC.
+    /// A protocol violation [MQTT-4.8.0-1] (Mosquitto closes for it); an id that names no
+    /// delivery is not one (a late repeat, say) and is ignored.
+    pub fn wrong_ack(&self, pkid: u16, ack: AckKind) -> Option<&'static str> {
+        let f = self.inflight.iter().find(|f| f.pkid == pkid)?;
+        match (ack, f.item.qos, &f.stage) {
+            (AckKind::PubAck, QoS::ExactlyOnce, _) => Some("a QoS 2 delivery"),
+            (AckKind::PubRec | AckKind::PubComp, QoS::AtLeastOnce, _) => Some("a QoS 1 delivery"),
+            (AckKind::PubComp, QoS::ExactlyOnce, Stage::AwaitAck) => {
+                Some("a QoS 2 delivery not yet PUBRECed")
+            }
+            _ => None,
         }
     }
 
@@ -697,6 +721,41 @@ mod tests {
         assert!(
             p3 != 1 && p3 != p2,
             "a restored id is not reused while inflight"
+        );
+    }
+
+    #[test]
+    fn ack_of_the_wrong_kind_is_named() {
+        let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+        s.online = true;
+        s.enqueue(msg(1, QoS::AtLeastOnce));
+        s.enqueue(msg(2, QoS::ExactlyOnce));
+        let ids: Vec<u16> = (0..2)
+            .map(|_| match s.next_outgoing() {
+                Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
+                _ => panic!("expected a QoS 1/2 delivery"),
+            })
+            .collect();
+        let (q1, q2) = (ids[0], ids[1]);
+        assert!(s.wrong_ack(q1, AckKind::PubRec).is_some());
+        assert!(s.wrong_ack(q1, AckKind::PubComp).is_some());
+        assert!(s.wrong_ack(q1, AckKind::PubAck).is_none());
+        assert!(s.wrong_ack(q2, AckKind::PubAck).is_some());
+        assert!(
+            s.wrong_ack(q2, AckKind::PubComp).is_some(),
+            "PUBCOMP before PUBREC"
+        );
+        assert!(s.wrong_ack(q2, AckKind::PubRec).is_none());
+        assert!(s.on_pubrec(q2));
+        assert!(
+            s.wrong_ack(q2, AckKind::PubRec).is_none(),
+            "a repeated PUBREC"
+        );
+        assert!(s.wrong_ack(q2, AckKind::PubComp).is_none());
+        assert!(s.wrong_ack(q2, AckKind::PubAck).is_some());
+        assert!(
+            s.wrong_ack(999, AckKind::PubComp).is_none(),
+            "unknown ids are ignored"
         );
     }
 
