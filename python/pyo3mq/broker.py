@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -61,6 +62,7 @@ class BrokerConfig:
     persist_interval: float = 1.0
     durability: Literal["interval", "sync"] = "interval"
     sys_interval: float = 10.0
+    persistent_client_expiration: str | float | None = None
 
     def __post_init__(self) -> None:
         # Checked here so a bad config file gets a message naming the setting.
@@ -103,6 +105,23 @@ class BrokerConfig:
             raise ValueError(
                 f"queue_overflow must be 'drop_new' or 'drop_oldest', not {self.queue_overflow!r}"
             )
+        expiration = self.persistent_client_expiration
+        if expiration is not None:
+            # Mosquitto's form ('1h', '2d', '1w', '1m' = 30 days, '1y') or seconds.
+            if isinstance(expiration, str):
+                valid = bool(re.fullmatch(r"[0-9]+[hdwmy]|[0-9]+(\.[0-9]+)?", expiration.strip()))
+            else:
+                valid = (
+                    not isinstance(expiration, bool)
+                    and isinstance(expiration, (int, float))
+                    and math.isfinite(expiration)
+                    and expiration >= 0
+                )
+            if not valid:
+                raise ValueError(
+                    "persistent_client_expiration must be a number of seconds or an integer "
+                    f"followed by h, d, w, m (month) or y, like '2d', not {expiration!r}"
+                )
         for name in ("password_file", "acl_file"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

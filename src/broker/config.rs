@@ -70,6 +70,10 @@ pub struct Config {
     pub durability: Durability,
     /// How often the `$SYS/broker/...` statistics are published; zero disables them.
     pub sys_interval: Duration,
+    /// A clean-session-0 client offline for longer than this loses its session
+    /// (subscriptions, queued and inflight messages), in the durable store too. `None`
+    /// keeps offline sessions forever (Mosquitto's `persistent_client_expiration`).
+    pub persistent_client_expiration: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +115,7 @@ impl Default for Config {
             persist_interval: Duration::from_secs(1),
             durability: Durability::Interval,
             sys_interval: Duration::from_secs(10),
+            persistent_client_expiration: None,
         }
     }
 }
@@ -139,8 +144,55 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());
         }
+        if self
+            .persistent_client_expiration
+            .is_some_and(|d| d.is_zero())
+        {
+            return Err(
+                "persistent_client_expiration must be positive (leave it out to keep \
+                 offline sessions forever)"
+                    .into(),
+            );
+        }
         Ok(())
     }
+}
+
+/// Parses a `persistent_client_expiration` as Mosquitto writes it, an integer followed by
+/// `h`, `d`, `w`, `m` (a month: 30 days) or `y` (365 days), e.g. `2d`; or a number of
+/// seconds (`3600`, `0.5`). Zero means no expiry (`None`).
+pub fn parse_expiration(text: &str) -> Result<Option<Duration>, String> {
+    const HOUR: u64 = 3600;
+    let invalid = || {
+        format!(
+            "persistent_client_expiration must be a number of seconds or an integer followed \
+             by h, d, w, m (month) or y, like '2d', not {text:?}"
+        )
+    };
+    let text = text.trim();
+    let unit = match text.chars().last() {
+        Some('h') => Some(HOUR),
+        Some('d') => Some(24 * HOUR),
+        Some('w') => Some(7 * 24 * HOUR),
+        Some('m') => Some(30 * 24 * HOUR),
+        Some('y') => Some(365 * 24 * HOUR),
+        _ => None,
+    };
+    let duration = match unit {
+        Some(unit) => {
+            let count = &text[..text.len() - 1];
+            if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            let count: u64 = count.parse().map_err(|_| invalid())?;
+            Duration::from_secs(count.checked_mul(unit).ok_or_else(invalid)?)
+        }
+        None => {
+            let seconds: f64 = text.parse().map_err(|_| invalid())?;
+            Duration::try_from_secs_f64(seconds).map_err(|_| invalid())?
+        }
+    };
+    Ok((!duration.is_zero()).then_some(duration))
 }
 
 /// Parses `tcp://HOST:PORT` into a socket address string for `TcpListener::bind`.
@@ -173,6 +225,29 @@ mod tests {
         assert!(parse_listener("ws://127.0.0.1:1").is_err());
         assert!(parse_listener("tcp://127.0.0.1").is_err());
         assert!(parse_listener("tcp://127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn expiration_values_as_mosquitto_writes_them() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(parse_expiration("1h"), Ok(Some(hour)));
+        assert_eq!(parse_expiration("2d"), Ok(Some(48 * hour)));
+        assert_eq!(parse_expiration("1w"), Ok(Some(7 * 24 * hour)));
+        assert_eq!(parse_expiration("1m"), Ok(Some(30 * 24 * hour)));
+        assert_eq!(parse_expiration("1y"), Ok(Some(365 * 24 * hour)));
+        assert_eq!(parse_expiration("90"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(
+            parse_expiration("0.5"),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(parse_expiration("0"), Ok(None));
+        assert_eq!(parse_expiration("0d"), Ok(None));
+        for bad in [
+            "", "h", "1s", "1.5h", "-1", "-1h", "1 h", "+1d", "nan", "inf", "1e400",
+        ] {
+            assert!(parse_expiration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_expiration("99999999999999999y").is_err(), "overflow");
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub struct SessionState {
     /// them is acknowledged again but not delivered again [MQTT-4.3.3-2].
     inbound_qos2: Vec<u16>,
     pub online: bool,
+    /// When the client last went offline (`None` while online): what
+    /// `persistent_client_expiration` counts from, kept in the durable store too.
+    pub offline_since: Option<std::time::SystemTime>,
     /// Messages dropped by the overflow policy over the session's lifetime.
     pub dropped: u64,
     /// A drop happened and the queue has not been empty since (see `OverflowStarted`).
@@ -139,6 +142,7 @@ impl SessionState {
             next_pkid: 1,
             inbound_qos2: Vec::new(),
             online: false,
+            offline_since: None,
             dropped: 0,
             overflowing: false,
             // A new session is not in the store yet.

@@ -32,6 +32,9 @@ pub struct StoredMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
     pub client_id: ByteString,
+    /// When the client went offline, in seconds since the Unix epoch (what
+    /// `persistent_client_expiration` counts from); `None` if it was online when saved.
+    pub disconnected_at: Option<u64>,
     pub subscriptions: Vec<(ByteString, QoS)>,
     pub pending: Vec<StoredMessage>,
 }
@@ -139,6 +142,7 @@ const SCHEMA: &str = "
         retain INTEGER NOT NULL, publisher TEXT NOT NULL, pkid INTEGER,
         released INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (client_id, seq));
+    CREATE TABLE IF NOT EXISTS disconnected (client_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS retained (
         topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
         publisher TEXT NOT NULL);
@@ -173,7 +177,13 @@ impl SqliteStore {
             "SELECT topic, payload, msg_qos, qos, retain, publisher, pkid, released \
              FROM pending WHERE client_id = ?1 ORDER BY seq",
         )?;
+        let mut disconnected = conn.prepare("SELECT at FROM disconnected WHERE client_id = ?1")?;
         for id in ids {
+            let disconnected_at = disconnected
+                .query_map([&id], |row| row.get::<_, i64>(0))?
+                .next()
+                .transpose()?
+                .and_then(|at| u64::try_from(at).ok());
             let subscriptions = subs
                 .query_map([&id], |row| {
                     Ok((
@@ -204,6 +214,7 @@ impl SqliteStore {
                 .collect::<Result<_, _>>()?;
             sessions.push(SessionSnapshot {
                 client_id: ByteString::from(id),
+                disconnected_at,
                 subscriptions,
                 pending,
             });
@@ -232,7 +243,7 @@ impl SqliteStore {
         let tx = conn.transaction()?;
         tx.execute_batch(
             "DELETE FROM sessions; DELETE FROM subscriptions; DELETE FROM pending; \
-             DELETE FROM retained;",
+             DELETE FROM retained; DELETE FROM disconnected;",
         )?;
         {
             let mut add_session = tx.prepare("INSERT INTO sessions (client_id) VALUES (?1)")?;
@@ -262,6 +273,7 @@ impl SqliteStore {
                 tx.prepare("DELETE FROM sessions WHERE client_id = ?1")?,
                 tx.prepare("DELETE FROM subscriptions WHERE client_id = ?1")?,
                 tx.prepare("DELETE FROM pending WHERE client_id = ?1")?,
+                tx.prepare("DELETE FROM disconnected WHERE client_id = ?1")?,
             ];
             for id in &changes.removed_sessions {
                 let id: &str = id;
@@ -277,6 +289,7 @@ impl SqliteStore {
                 // Rewritten whole: its rows are few (bounded by max_queued_messages).
                 forget[1].execute([id])?;
                 forget[2].execute([id])?;
+                forget[3].execute([id])?;
                 add_session.execute([id])?;
                 writer.write(s)?;
             }
@@ -315,6 +328,7 @@ fn put_retained(statement: &mut rusqlite::Statement<'_>, m: &Message) -> rusqlit
 struct SessionWriter<'t> {
     add_sub: rusqlite::Statement<'t>,
     add_pending: rusqlite::Statement<'t>,
+    add_disconnected: rusqlite::Statement<'t>,
 }
 
 impl<'t> SessionWriter<'t> {
@@ -327,11 +341,16 @@ impl<'t> SessionWriter<'t> {
                 "INSERT INTO pending (client_id, seq, topic, payload, msg_qos, qos, retain, \
                  publisher, pkid, released) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?,
+            add_disconnected: tx
+                .prepare("INSERT INTO disconnected (client_id, at) VALUES (?1, ?2)")?,
         })
     }
 
     fn write(&mut self, s: &SessionSnapshot) -> rusqlite::Result<()> {
         let id: &str = &s.client_id;
+        if let Some(at) = s.disconnected_at.and_then(|at| i64::try_from(at).ok()) {
+            self.add_disconnected.execute(rusqlite::params![id, at])?;
+        }
         for (filter, qos) in &s.subscriptions {
             let filter: &str = filter;
             self.add_sub
@@ -417,6 +436,7 @@ mod tests {
         });
         let snap = SessionSnapshot {
             client_id: ByteString::from("c1"),
+            disconnected_at: Some(1_700_000_000),
             subscriptions: vec![(ByteString::from("a/#"), QoS::AtLeastOnce)],
             pending: vec![
                 StoredMessage {

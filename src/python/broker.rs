@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::Semaphore;
 
-use crate::broker::config::{Config, Durability, OverflowPolicy};
+use crate::broker::config::{parse_expiration, Config, Durability, OverflowPolicy};
 use crate::broker::hooks::Hooks;
 use crate::broker::router::{MatchScratch, Session};
 use crate::broker::server::{Server, ServerError};
@@ -93,9 +93,32 @@ fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
             .map_err(|_| {
                 PyValueError::new_err("persist_interval must be a number of seconds >= 0")
             })?,
+        persistent_client_expiration: expiration(settings)?,
     };
     config.validate().map_err(PyValueError::new_err)?;
     Ok(config)
+}
+
+/// `persistent_client_expiration`: `None`, a number of seconds, or Mosquitto's `2d` form;
+/// zero is `None` (no expiry).
+fn expiration(settings: &Bound<'_, PyDict>) -> PyResult<Option<Duration>> {
+    let value: Option<Bound<'_, PyAny>> = setting(settings, "persistent_client_expiration")?;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = match value.extract::<String>() {
+        Ok(text) => text,
+        // A number: the same grammar as its text (`3600`, `0.5`).
+        Err(_) => value
+            .extract::<f64>()
+            .map_err(|_| {
+                PyValueError::new_err(
+                    "persistent_client_expiration must be a number of seconds or a string like '2d'",
+                )
+            })?
+            .to_string(),
+    };
+    parse_expiration(&text).map_err(PyValueError::new_err)
 }
 
 struct Running {
@@ -495,6 +518,8 @@ fn session_from_py(s: PySession) -> PyResult<SessionSnapshot> {
     let (client_id, subscriptions, pending) = s;
     Ok(SessionSnapshot {
         client_id: ByteString::from(client_id),
+        // A Python store keeps no disconnect time: expiry counts from the load.
+        disconnected_at: None,
         subscriptions: subscriptions
             .into_iter()
             .map(|(f, q)| Ok((ByteString::from(f), qos_arg(q)?)))
