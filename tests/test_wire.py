@@ -523,6 +523,29 @@ def test_second_connect_closes_and_publishes_will(
     assert_alive(witness)
 
 
+def test_empty_filter_subscribes_nothing_of_its_subscribe(port: int, log: BrokerLog) -> None:
+    """[MQTT-4.7.3-1] A SUBSCRIBE whose second filter is empty is refused whole: the valid
+    first filter is not subscribed either. Shown with a persistent session, which outlives
+    the close: a QoS 1 message on that filter is not queued for it."""
+    with RawClient(port) as c:
+        c.send(connect("empty-sub", clean=False))
+        assert raw(c.recv()) == CONNACK_OK
+        peer = c.sock.getsockname()[1]
+        c.send(subscribe(1, ("empty/ok", 1), ("", 1)))
+        assert c.expect_closed() == b""
+    log.expect(peer, ["MQTT-4.7.3-1"])
+    with RawClient(port) as p:
+        p.send(connect("empty-pub"))
+        assert raw(p.recv()) == CONNACK_OK
+        p.send(publish("empty/ok", b"not for it", qos=1, pkid=1))
+        assert raw(p.recv()) == ack(0x40, 1)
+    with RawClient(port) as c:
+        c.send(connect("empty-sub", clean=False))
+        assert raw(c.recv()) == b"\x20\x02\x01\x00"
+        c.send(PINGREQ)
+        assert raw(c.recv()) == PINGRESP, "a message was queued for the refused SUBSCRIBE"
+
+
 WRONG_ACK_CASES = [
     pytest.param(1, [0x50], id="MQTT-4.8.0-1-PUBREC-for-qos1"),
     pytest.param(1, [0x70], id="MQTT-4.8.0-1-PUBCOMP-for-qos1"),
