@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pyo3mq
 import pytest
 from pyo3mq._pyo3mq import init_logging
+from pyo3mq.pytest_plugin import MqttBroker
 
 # Broker log lines go to stderr, where capfd can read them.
 init_logging("debug")
 
 
 @pytest.fixture
-def make_broker() -> Iterator[Callable[..., pyo3mq.Broker]]:
-    """Factory: `make_broker(max_inflight=2)` starts a broker on 127.0.0.1:<free port>."""
-    started: list[pyo3mq.Broker] = []
-
-    def factory(**settings: Any) -> pyo3mq.Broker:
-        settings.setdefault("listeners", ["tcp://127.0.0.1:0"])
-        b = pyo3mq.Broker(**settings)
-        b.start()
-        started.append(b)
-        return b
-
-    yield factory
-    for b in started:
-        b.stop()
+def make_broker(
+    mqtt_broker_factory: Callable[..., MqttBroker],
+) -> Callable[..., pyo3mq.Broker]:
+    """Factory: `make_broker(max_inflight=2)` starts a broker on 127.0.0.1:<free port>
+    (the package's own pytest fixture, `mqtt_broker_factory`, returning the `Broker`)."""
+    return lambda **settings: mqtt_broker_factory(**settings).broker
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import re
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -21,111 +19,53 @@ from typing import Any, Literal
 
 from pyo3mq._dispatch import Dispatcher
 from pyo3mq._persist import Persister
-from pyo3mq._pyo3mq import BrokerCore
+from pyo3mq._pyo3mq import BrokerCore, check_settings, config_defaults
 from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
 from pyo3mq.types import ConnectEvent, DisconnectEvent, Message, SubscribeEvent, UnsubscribeEvent
 
 OverflowPolicy = Literal["drop_new", "drop_oldest"]
+StoreLoadError = Literal["refuse", "start_empty"]
 
-_INT_LIMITS: dict[str, tuple[int, int]] = {
-    "max_packet_size": (2, 268_435_460),
-    "max_connections": (1, 2**32 - 1),
-    "max_inflight": (1, 65_535),
-    "max_queued_messages": (0, 2**63 - 1),
-    "max_queued_bytes": (0, 2**63 - 1),
-    "max_client_id_len": (23, 65_535),
-    "worker_threads": (0, 1024),
-}
+#: Every setting's default, from the Rust core (src/broker/config.rs), where names,
+#: types, defaults and bounds are declared once.
+_DEFAULTS: dict[str, Any] = config_defaults()
 
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """Every setting of the broker; the config file uses the same names."""
+    """Every setting of the broker; the config file uses the same names. Values are
+    checked by the Rust core when the config is made: a bad one is a ValueError naming
+    the setting."""
 
-    listeners: list[str] = field(default_factory=lambda: ["tcp://0.0.0.0:1883"])
-    max_packet_size: int = 1024 * 1024
-    max_connections: int = 100_000
-    max_inflight: int = 32
-    max_queued_messages: int = 1000
-    max_queued_bytes: int = 0
-    queue_overflow: OverflowPolicy = "drop_new"
-    queue_qos0_offline: bool = False
-    connect_timeout: float = 10.0
-    max_client_id_len: int = 65_535
-    allow_zero_length_client_id: bool = True
-    worker_threads: int = 0
-    auth_timeout: float = 5.0
-    acl_cache_ttl: float = 60.0
-    password_file: str | None = None
-    acl_file: str | None = None
-    session_store: str = "memory"
-    persist_interval: float = 1.0
-    durability: Literal["interval", "sync"] = "interval"
-    sys_interval: float = 10.0
-    persistent_client_expiration: str | float | None = None
+    listeners: list[str] = field(default_factory=lambda: list(_DEFAULTS["listeners"]))
+    max_packet_size: int = _DEFAULTS["max_packet_size"]
+    max_connections: int = _DEFAULTS["max_connections"]
+    max_inflight: int = _DEFAULTS["max_inflight"]
+    max_queued_messages: int = _DEFAULTS["max_queued_messages"]
+    max_queued_bytes: int = _DEFAULTS["max_queued_bytes"]
+    queue_overflow: OverflowPolicy = _DEFAULTS["queue_overflow"]
+    queue_qos0_offline: bool = _DEFAULTS["queue_qos0_offline"]
+    connect_timeout: float = _DEFAULTS["connect_timeout"]
+    max_client_id_len: int = _DEFAULTS["max_client_id_len"]
+    allow_zero_length_client_id: bool = _DEFAULTS["allow_zero_length_client_id"]
+    worker_threads: int = _DEFAULTS["worker_threads"]
+    auth_timeout: float = _DEFAULTS["auth_timeout"]
+    acl_cache_ttl: float = _DEFAULTS["acl_cache_ttl"]
+    password_file: str | None = _DEFAULTS["password_file"]
+    acl_file: str | None = _DEFAULTS["acl_file"]
+    session_store: str = _DEFAULTS["session_store"]
+    store_load_error: StoreLoadError = _DEFAULTS["store_load_error"]
+    persist_interval: float = _DEFAULTS["persist_interval"]
+    durability: Literal["interval", "sync"] = _DEFAULTS["durability"]
+    sys_interval: float = _DEFAULTS["sys_interval"]
+    persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
 
     def __post_init__(self) -> None:
-        # Checked here so a bad config file gets a message naming the setting.
-        if isinstance(self.listeners, str) or not isinstance(self.listeners, (list, tuple)):
-            raise ValueError("listeners must be a list of 'tcp://HOST:PORT' strings")
-        if not self.listeners or not all(isinstance(x, str) for x in self.listeners):
-            raise ValueError("listeners must be a non-empty list of 'tcp://HOST:PORT' strings")
-        for name, (low, high) in _INT_LIMITS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, not {value!r}")
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-        if self.durability not in ("interval", "sync"):
-            raise ValueError(f"durability must be 'interval' or 'sync', not {self.durability!r}")
-        if self.durability == "sync" and not str(self.session_store).startswith("sqlite:"):
-            raise ValueError("durability = 'sync' needs session_store = 'sqlite:PATH'")
-        if not isinstance(self.session_store, str) or not (
-            self.session_store == "memory" or self.session_store.startswith("sqlite:")
-        ):
-            raise ValueError(
-                f"session_store must be 'memory' or 'sqlite:PATH', not {self.session_store!r}"
-            )
-        for name in (
-            "connect_timeout",
-            "auth_timeout",
-            "acl_cache_ttl",
-            "persist_interval",
-            "sys_interval",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number of seconds, not {value!r}")
-            if not math.isfinite(value) or value < 0 or (value == 0 and name.endswith("timeout")):
-                raise ValueError(f"{name} must be a positive number of seconds, not {value}")
-        for name in ("queue_qos0_offline", "allow_zero_length_client_id"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false")
-        if self.queue_overflow not in ("drop_new", "drop_oldest"):
-            raise ValueError(
-                f"queue_overflow must be 'drop_new' or 'drop_oldest', not {self.queue_overflow!r}"
-            )
-        expiration = self.persistent_client_expiration
-        if expiration is not None:
-            # Mosquitto's form ('1h', '2d', '1w', '1m' = 30 days, '1y') or seconds.
-            if isinstance(expiration, str):
-                valid = bool(re.fullmatch(r"[0-9]+[hdwmy]|[0-9]+(\.[0-9]+)?", expiration.strip()))
-            else:
-                valid = (
-                    not isinstance(expiration, bool)
-                    and isinstance(expiration, (int, float))
-                    and math.isfinite(expiration)
-                    and expiration >= 0
-                )
-            if not valid:
-                raise ValueError(
-                    "persistent_client_expiration must be a number of seconds or an integer "
-                    f"followed by h, d, w, m (month) or y, like '2d', not {expiration!r}"
-                )
-        for name in ("password_file", "acl_file"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"{name} must be a file path")
+        check_settings(self.values())
+
+    def values(self) -> dict[str, Any]:
+        """The settings by name, as the core reads them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> BrokerConfig:
@@ -231,6 +171,34 @@ class Subscription:
 Handler = Callable[[Any], Any]
 
 
+def _check_hooks(**hooks: Any) -> None:
+    """Refuses hooks of the wrong kind when the broker is made, naming the argument,
+    instead of denying every client at run time."""
+    for name, hook in hooks.items():
+        if hook is None:
+            continue
+        if name == "authorizer":
+            missing = [
+                m
+                for m in ("authorize_subscribe", "authorize_publish")
+                if not callable(getattr(hook, m, None))
+            ]
+            if missing:
+                raise TypeError(
+                    f"authorizer must be an object with authorize_subscribe(client, filter, "
+                    f"qos) and authorize_publish(client, topic); {hook!r} lacks "
+                    + " and ".join(missing)
+                )
+        elif name == "authenticator":
+            if not callable(hook) and not callable(getattr(hook, "authenticate", None)):
+                raise TypeError(
+                    "authenticator must be a callable authenticate(client_id, username, "
+                    f"password) or an object with that method, not {hook!r}"
+                )
+        elif not callable(hook):
+            raise TypeError(f"{name} must be callable, not {hook!r}")
+
+
 class Broker:
     """An MQTT 3.1/3.1.1 broker running on Rust threads inside this process.
 
@@ -252,6 +220,20 @@ class Broker:
         on_message: Callable[[Message], Any] | None = None,
         **settings: Any,
     ) -> None:
+        _check_hooks(
+            authenticator=authenticator,
+            authorizer=authorizer,
+            on_connect=on_connect,
+            on_disconnect=on_disconnect,
+            on_subscribe=on_subscribe,
+            on_unsubscribe=on_unsubscribe,
+            on_message=on_message,
+        )
+        if config is not None and not isinstance(config, BrokerConfig):
+            raise TypeError(
+                "Broker's first argument is a BrokerConfig; pass settings as keywords "
+                f"(Broker(**settings)) or BrokerConfig(**settings), not a {type(config).__name__}"
+            )
         self._store: SessionStore | None = None
         if isinstance(session_store, str):
             settings["session_store"] = session_store
@@ -270,10 +252,16 @@ class Broker:
                 "pass one or the other"
             )
         self.config = config
-        values = {f.name: getattr(config, f.name) for f in fields(config)}
-        values["listeners"] = list(values["listeners"])
-        self._core = BrokerCore(values)
-        self._persister = Persister(self._core, self._store) if self._store else None
+        self._core = BrokerCore(config.values())
+        self._persister = (
+            Persister(
+                self._core,
+                self._store,
+                start_empty=config.store_load_error == "start_empty",
+            )
+            if self._store
+            else None
+        )
         self._persist_task: asyncio.Task[None] | None = None
         self._addresses: list[tuple[str, int]] = []
         #: Sees every published message before routing; may return it (or True) to
@@ -347,7 +335,7 @@ class Broker:
         """The figures `$SYS/broker/...` publishes, now: `uptime` (seconds),
         `clients_connected`, `clients_disconnected` (offline persistent sessions),
         `clients_total`, `clients_maximum`, `messages_received`, `messages_sent`,
-        `messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
+        `publish_messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
         `retained_messages_count`. Empty while the broker is stopped."""
         return dict(self._core.stats())
 

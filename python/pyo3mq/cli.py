@@ -47,6 +47,11 @@ def load_config(path: str | None, host: str | None, port: int | None) -> BrokerC
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["passwd"]:
+        from pyo3mq.passwd import main as passwd
+
+        return passwd(argv[1:])
     args = _parse_args(argv)
     init_logging(args.log_level)
     try:

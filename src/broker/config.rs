@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::broker::store::StoreSpec;
+
 /// What a session does when its outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverflowPolicy {
@@ -15,65 +17,287 @@ pub enum OverflowPolicy {
     DropOldest,
 }
 
-impl OverflowPolicy {
-    pub fn parse(name: &str) -> Option<OverflowPolicy> {
-        match name {
-            "drop_new" => Some(OverflowPolicy::DropNew),
-            "drop_oldest" => Some(OverflowPolicy::DropOldest),
-            _ => None,
+/// A setting's value as a config file or Python gives it, before it is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    List(Vec<String>),
+}
+
+/// The types settings have: how each is read from a [`Value`] (strictly: `true` is not
+/// a number, `"60"` is not a duration) and shown as one.
+pub trait SettingType: Sized {
+    fn from_value(value: &Value) -> Result<Self, String>;
+    fn to_value(&self) -> Value;
+}
+
+impl SettingType for usize {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Int(n) => usize::try_from(*n).map_err(|_| format!("must be >= 0, not {n}")),
+            other => Err(format!("must be an integer, not {other:?}")),
         }
+    }
+    fn to_value(&self) -> Value {
+        Value::Int(i64::try_from(*self).unwrap_or(i64::MAX))
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Config {
+impl SettingType for bool {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Bool(b) => Ok(*b),
+            other => Err(format!("must be true or false, not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
+
+/// Durations are numbers of seconds.
+impl SettingType for Duration {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        let seconds = match value {
+            Value::Int(n) => *n as f64,
+            Value::Float(x) => *x,
+            other => return Err(format!("must be a number of seconds, not {other:?}")),
+        };
+        Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("must be a finite number of seconds >= 0, not {seconds}"))
+    }
+    fn to_value(&self) -> Value {
+        Value::Float(self.as_secs_f64())
+    }
+}
+
+impl SettingType for String {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Str(s) => Ok(s.clone()),
+            other => Err(format!("must be a string, not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        Value::Str(self.clone())
+    }
+}
+
+/// `persistent_client_expiration`: `None` (never), a number of seconds, or Mosquitto's
+/// form (`"2d"`, see [`parse_expiration`]); zero is `None`.
+impl SettingType for Option<Duration> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        let invalid = |shown: String| {
+            format!(
+                "must be a number of seconds or an integer followed by h, d, w, m (month) \
+                 or y, like '2d', not {shown}"
+            )
+        };
+        match value {
+            Value::None => Ok(None),
+            Value::Str(s) => parse_expiration(s).map_err(|_| invalid(format!("{s:?}"))),
+            Value::Int(_) | Value::Float(_) => {
+                let seconds =
+                    Duration::from_value(value).map_err(|_| invalid(format!("{value:?}")))?;
+                Ok((!seconds.is_zero()).then_some(seconds))
+            }
+            other => Err(invalid(format!("{other:?}"))),
+        }
+    }
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, |d| Value::Float(d.as_secs_f64()))
+    }
+}
+
+/// Optional file paths.
+impl SettingType for Option<String> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::None => Ok(None),
+            Value::Str(s) => Ok(Some(s.clone())),
+            other => Err(format!("must be a file path, not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        self.as_ref().map_or(Value::None, |s| Value::Str(s.clone()))
+    }
+}
+
+impl SettingType for Vec<String> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::List(items) => Ok(items.clone()),
+            other => Err(format!("must be a list of strings, not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        Value::List(self.clone())
+    }
+}
+
+/// Settings that are one of a few names.
+macro_rules! named_choice {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl $ty {
+            pub fn parse(name: &str) -> Option<$ty> {
+                match name {
+                    $($name => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl SettingType for $ty {
+            fn from_value(value: &Value) -> Result<Self, String> {
+                let choices = [$(concat!("'", $name, "'")),+].join(" or ");
+                match value {
+                    Value::Str(s) => {
+                        $ty::parse(s).ok_or_else(|| format!("must be {choices}, not {s:?}"))
+                    }
+                    other => Err(format!("must be {choices}, not {other:?}")),
+                }
+            }
+            fn to_value(&self) -> Value {
+                Value::Str(self.name().to_string())
+            }
+        }
+    };
+}
+
+named_choice!(OverflowPolicy { "drop_new" => DropNew, "drop_oldest" => DropOldest });
+named_choice!(Durability { "interval" => Interval, "sync" => Sync });
+named_choice!(StoreLoadError { "refuse" => Refuse, "start_empty" => StartEmpty });
+
+/// `memory` or `sqlite:PATH`.
+impl SettingType for StoreSpec {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Str(s) => StoreSpec::parse(s)
+                .map_err(|_| format!("must be 'memory' or 'sqlite:PATH' (with a path), not {s:?}")),
+            other => Err(format!("must be 'memory' or 'sqlite:PATH', not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        Value::Str(self.to_string())
+    }
+}
+
+/// Declares every setting once: its name, type, default and (for integers) bounds. The
+/// struct, its `Default`, the list of names and defaults that Python's `BrokerConfig`
+/// and the README's tests read, and the reading of settings by name all come from here.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident : $ty:ty = $default:expr $(, range $lo:literal ..= $hi:literal)? ;
+    )*) => {
+        /// Every setting of the broker (README, "Configuration").
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Config {
+                Config { $( $name: $default, )* }
+            }
+        }
+
+        impl Config {
+            /// Every setting's name and default value.
+            pub fn defaults() -> Vec<(&'static str, Value)> {
+                let config = Config::default();
+                vec![$( (stringify!($name), config.$name.to_value()), )*]
+            }
+
+            /// Reads the settings `get` has (by name; the others keep their defaults),
+            /// then checks them. Errors name the setting.
+            pub fn from_values(
+                mut get: impl FnMut(&str) -> Option<Value>,
+            ) -> Result<Config, String> {
+                let mut config = Config::default();
+                $(
+                    if let Some(value) = get(stringify!($name)) {
+                        config.$name = <$ty as SettingType>::from_value(&value)
+                            .map_err(|e| format!("{} {e}", stringify!($name)))?;
+                    }
+                    $(
+                        let value = config.$name;
+                        let range: std::ops::RangeInclusive<$ty> = $lo..=$hi;
+                        if !range.contains(&value) {
+                            return Err(format!(
+                                "{} must be between {} and {}, not {value}",
+                                stringify!($name), range.start(), range.end()
+                            ));
+                        }
+                    )?
+                )*
+                config.validate()?;
+                Ok(config)
+            }
+        }
+    };
+}
+
+settings! {
     /// Listener URIs, `tcp://HOST:PORT`; port 0 picks a free port.
-    pub listeners: Vec<String>,
+    listeners: Vec<String> = vec!["tcp://0.0.0.0:1883".to_string()];
     /// Largest packet accepted from a client, fixed header included. A larger one closes
     /// that connection before its body is read.
-    pub max_packet_size: usize,
+    max_packet_size: usize = 1024 * 1024, range 2 ..= 268_435_460;
     /// Connections served at once; a client over the limit gets CONNACK 0x03.
-    pub max_connections: usize,
+    max_connections: usize = 100_000, range 1 ..= 4_294_967_295;
     /// Outbound QoS 1/2 messages sent but not yet acknowledged, per session.
-    pub max_inflight: usize,
+    max_inflight: usize = 32, range 1 ..= 65_535;
     /// Messages waiting to be sent, per session (online or offline).
-    pub max_queued_messages: usize,
+    max_queued_messages: usize = 1000;
     /// Topic and payload bytes waiting to be sent, per session; 0 means no byte limit.
-    pub max_queued_bytes: usize,
-    pub queue_overflow: OverflowPolicy,
+    max_queued_bytes: usize = 0;
+    /// What a session does when its queue is full.
+    queue_overflow: OverflowPolicy = OverflowPolicy::DropNew;
     /// Also queue QoS 0 messages for offline clean-session-0 clients (optional in 3.1.1).
-    pub queue_qos0_offline: bool,
+    queue_qos0_offline: bool = false;
     /// Time allowed between TCP accept and a complete CONNECT.
-    pub connect_timeout: Duration,
-    /// Longest client identifier accepted (3.1.1 requires at least 23).
-    pub max_client_id_len: usize,
+    connect_timeout: Duration = Duration::from_secs(10);
+    /// Longest client identifier accepted (3.1.1 requires at least 23 [MQTT-3.1.3-5]).
+    max_client_id_len: usize = 65_535, range 23 ..= 65_535;
     /// Whether CONNECT with an empty client id and clean session 1 gets a generated id.
-    pub allow_zero_length_client_id: bool,
+    allow_zero_length_client_id: bool = true;
     /// Tokio worker threads; 0 means one per core.
-    pub worker_threads: usize,
+    worker_threads: usize = 0, range 0 ..= 1024;
     /// Longest an authentication or authorization hook may take; then it counts as deny.
-    pub auth_timeout: Duration,
+    auth_timeout: Duration = Duration::from_secs(5);
     /// How long a connection reuses a publish authorization decision per topic.
-    pub acl_cache_ttl: Duration,
+    acl_cache_ttl: Duration = Duration::from_secs(60);
     /// A mosquitto_passwd file: when set, clients must present a listed user and password.
-    pub password_file: Option<String>,
+    password_file: Option<String> = None;
     /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.
-    pub acl_file: Option<String>,
+    acl_file: Option<String> = None;
     /// Where persistent sessions and retained messages live: `memory` or `sqlite:PATH`.
-    pub session_store: String,
+    session_store: StoreSpec = StoreSpec::Memory;
+    /// What a start does when the store cannot be read (see [`StoreLoadError`]).
+    store_load_error: StoreLoadError = StoreLoadError::Refuse;
     /// How often a durable store is brought up to date (a crash loses at most this much);
     /// zero saves only at shutdown.
-    pub persist_interval: Duration,
+    persist_interval: Duration = Duration::from_secs(1);
     /// With a durable store: `Sync` holds every QoS 1/2 acknowledgement until the
     /// message is in the store (group commit), so a crash never loses an acknowledged
     /// message; `Interval` relies on `persist_interval`.
-    pub durability: Durability,
+    durability: Durability = Durability::Interval;
     /// How often the `$SYS/broker/...` statistics are published; zero disables them.
-    pub sys_interval: Duration,
+    sys_interval: Duration = Duration::from_secs(10);
     /// A clean-session-0 client offline for longer than this loses its session
     /// (subscriptions, queued and inflight messages), in the durable store too. `None`
     /// keeps offline sessions forever (Mosquitto's `persistent_client_expiration`).
-    pub persistent_client_expiration: Option<Duration>,
+    persistent_client_expiration: Option<Duration> = None;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,67 +306,31 @@ pub enum Durability {
     Sync,
 }
 
-impl Durability {
-    pub fn parse(name: &str) -> Option<Durability> {
-        match name {
-            "interval" => Some(Durability::Interval),
-            "sync" => Some(Durability::Sync),
-            _ => None,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            listeners: vec!["tcp://0.0.0.0:1883".to_string()],
-            max_packet_size: 1024 * 1024,
-            max_connections: 100_000,
-            max_inflight: 32,
-            max_queued_messages: 1000,
-            max_queued_bytes: 0,
-            queue_overflow: OverflowPolicy::DropNew,
-            queue_qos0_offline: false,
-            connect_timeout: Duration::from_secs(10),
-            max_client_id_len: 65_535,
-            allow_zero_length_client_id: true,
-            worker_threads: 0,
-            auth_timeout: Duration::from_secs(5),
-            acl_cache_ttl: Duration::from_secs(60),
-            password_file: None,
-            acl_file: None,
-            session_store: "memory".to_string(),
-            persist_interval: Duration::from_secs(1),
-            durability: Durability::Interval,
-            sys_interval: Duration::from_secs(10),
-            persistent_client_expiration: None,
-        }
-    }
+/// What a start does when the session store cannot be read (a corrupt file, a schema
+/// from another version). Starting empty and saving later would delete what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreLoadError {
+    /// Refuse to start, naming the file and the problem; the file is left as it is.
+    Refuse,
+    /// Move the unreadable file aside (`PATH.corrupt-TIMESTAMP`), log it, start empty.
+    StartEmpty,
 }
 
 impl Config {
-    /// Checks the values that would make the broker misbehave rather than merely be slow.
+    /// Checks what one setting's type and bounds cannot: values that would make the
+    /// broker misbehave rather than merely be slow, and settings that need each other.
     pub fn validate(&self) -> Result<(), String> {
         if self.listeners.is_empty() {
-            return Err("at least one listener is required".into());
-        }
-        if self.max_packet_size < 2 {
-            return Err("max_packet_size must be at least 2 bytes".into());
-        }
-        if self.max_inflight == 0 || self.max_inflight > 65_535 {
-            return Err("max_inflight must be between 1 and 65535".into());
-        }
-        if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
-        }
-        if self.max_client_id_len < 23 {
-            return Err("max_client_id_len must be at least 23 [MQTT-3.1.3-5]".into());
+            return Err("listeners: at least one listener is required".into());
         }
         if self.auth_timeout.is_zero() {
             return Err("auth_timeout must be positive".into());
         }
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());
+        }
+        if self.durability == Durability::Sync && !self.session_store.is_durable() {
+            return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
         if self
             .persistent_client_expiration
@@ -227,6 +415,10 @@ mod tests {
         assert!(parse_listener("tcp://127.0.0.1:99999").is_err());
     }
 
+    fn with(name: &str, value: Value) -> Result<Config, String> {
+        Config::from_values(|n| (n == name).then(|| value.clone()))
+    }
+
     #[test]
     fn expiration_values_as_mosquitto_writes_them() {
         let hour = Duration::from_secs(3600);
@@ -248,15 +440,83 @@ mod tests {
             assert!(parse_expiration(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(parse_expiration("99999999999999999y").is_err(), "overflow");
+        let expiration = |v: Value| with("persistent_client_expiration", v);
+        assert_eq!(
+            expiration(Value::Str("2d".into()))
+                .unwrap()
+                .persistent_client_expiration,
+            Some(48 * hour)
+        );
+        assert_eq!(
+            expiration(Value::Int(90))
+                .unwrap()
+                .persistent_client_expiration,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            expiration(Value::Float(0.0))
+                .unwrap()
+                .persistent_client_expiration,
+            None
+        );
+        assert_eq!(
+            expiration(Value::None)
+                .unwrap()
+                .persistent_client_expiration,
+            None
+        );
     }
 
     #[test]
-    fn defaults_are_valid_and_limits_checked() {
+    fn defaults_are_valid_and_round_trip() {
         assert!(Config::default().validate().is_ok());
-        let bad = Config {
-            max_inflight: 0,
-            ..Config::default()
-        };
-        assert!(bad.validate().is_err());
+        let defaults = Config::defaults();
+        let config = Config::from_values(|n| {
+            defaults
+                .iter()
+                .find(|(name, _)| *name == n)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let bad = [
+            ("max_inflight", Value::Int(0)),
+            ("max_inflight", Value::Int(65_536)),
+            ("max_inflight", Value::Bool(true)),
+            ("max_queued_messages", Value::Int(-1)),
+            ("max_client_id_len", Value::Int(22)),
+            ("queue_overflow", Value::Str("drop_all".into())),
+            ("queue_qos0_offline", Value::Int(1)),
+            ("connect_timeout", Value::Int(0)),
+            ("auth_timeout", Value::Float(f64::NAN)),
+            ("acl_cache_ttl", Value::Float(f64::INFINITY)),
+            ("acl_cache_ttl", Value::Str("60".into())),
+            ("password_file", Value::Int(42)),
+            ("listeners", Value::Str("tcp://127.0.0.1:0".into())),
+            ("listeners", Value::List(vec![])),
+            ("session_store", Value::Str("redis:x".into())),
+            ("durability", Value::Str("sync".into())),
+            ("persistent_client_expiration", Value::Str("2 weeks".into())),
+            ("persistent_client_expiration", Value::Int(-1)),
+            ("persistent_client_expiration", Value::Bool(true)),
+            ("persistent_client_expiration", Value::Float(f64::NAN)),
+            (
+                "persistent_client_expiration",
+                Value::List(vec!["1h".into()]),
+            ),
+        ];
+        for (name, value) in bad {
+            let err = with(name, value.clone()).expect_err(name);
+            assert!(err.contains(name), "{name} = {value:?}: {err}");
+        }
+        assert_eq!(with("max_inflight", Value::Int(7)).unwrap().max_inflight, 7);
+        assert_eq!(
+            with("acl_cache_ttl", Value::Int(0)).unwrap().acl_cache_ttl,
+            Duration::ZERO
+        );
     }
 }

@@ -16,11 +16,11 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info};
 
-use crate::broker::config::{parse_listener, Config, Durability};
+use crate::broker::config::{parse_listener, Config, Durability, StoreLoadError};
 use crate::broker::connection::{refuse_busy, Connection};
 use crate::broker::hooks::{AclFile, Hooks, PasswordFile};
 use crate::broker::router::Router;
-use crate::broker::store::SessionStore;
+use crate::broker::store::{SessionStore, StoreError, StoredState};
 use crate::broker::sys_topics;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,10 @@ pub enum ServerError {
     Bind { uri: String, source: std::io::Error },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The session store cannot be read: starting empty would overwrite it at the next
+    /// save (see `store_load_error`).
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 pub struct Server {
@@ -55,6 +59,9 @@ impl Server {
         track_changes: bool,
     ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
+        // Before anything is bound or spawned: a store that cannot be read stops the start
+        // here, with nothing to undo and nothing written.
+        let stored = load_store(store.as_ref(), config.store_load_error)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("pyo3mq-worker");
         if config.worker_threads > 0 {
@@ -90,12 +97,13 @@ impl Server {
         let router = Arc::new(Router::new(config.clone(), hooks));
         let saves_while_running =
             config.durability == Durability::Sync || !config.persist_interval.is_zero();
-        if track_changes || (config.session_store != "memory" && saves_while_running) {
+        let durable = config.session_store.is_durable();
+        if track_changes || (durable && saves_while_running) {
             // A durable store is kept up to date with what changed, not rewritten whole.
             // (Saved only at stop, it is written whole then, and nothing is recorded.)
             router.track_changes();
         }
-        router.load_from(store.as_ref());
+        router.restore(stored);
         let (shutdown, _) = watch::channel(false);
         if let Some(limit) = config.persistent_client_expiration {
             // Sessions that were offline too long when the broker stopped end before any
@@ -109,12 +117,12 @@ impl Server {
         }
         let (done_tx, all_done) = mpsc::channel(1);
         let permits = Arc::new(Semaphore::new(config.max_connections));
-        if config.durability == Durability::Sync && config.session_store != "memory" {
+        if config.durability == Durability::Sync && durable {
             let (tx, rx) = mpsc::channel(1024);
             router.set_sync_writer(tx);
             runtime.spawn(write_on_demand(router.clone(), store.clone(), rx));
         }
-        if !config.persist_interval.is_zero() && config.session_store != "memory" {
+        if !config.persist_interval.is_zero() && durable {
             runtime.spawn(persist_periodically(
                 router.clone(),
                 store.clone(),
@@ -185,7 +193,7 @@ impl Server {
         if !finished {
             error!("connections did not close within 10 s; stopping anyway");
         }
-        if self.router.config().session_store == "memory" {
+        if !self.router.config().session_store.is_durable() {
             // The in-process copy (for a restart of this object, or read by a Python store
             // after stop) is written whole: a Python store took the changes along the way.
             self.router.save_to(self.store.as_ref());
@@ -200,6 +208,26 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What the store holds; when it cannot be read, either the error (`Refuse`) or, for
+/// `StartEmpty`, nothing, once the unreadable store has been moved aside.
+fn load_store(
+    store: &dyn SessionStore,
+    on_error: StoreLoadError,
+) -> Result<StoredState, StoreError> {
+    match store.load() {
+        Ok(state) => Ok(state),
+        Err(err) if on_error == StoreLoadError::StartEmpty => {
+            let kept = store.set_aside()?;
+            let kept = kept.map_or_else(String::new, |to| {
+                format!("; it was moved to {}", to.display())
+            });
+            error!("{err}; starting with no stored sessions (store_load_error = \"start_empty\"){kept}");
+            Ok(StoredState::default())
+        }
+        Err(err) => Err(err),
     }
 }
 

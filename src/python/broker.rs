@@ -3,22 +3,24 @@
 //! bridge. `pyo3mq.Broker` (Python) is the public face.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use tokio::sync::Semaphore;
 
-use crate::broker::config::{parse_expiration, Config, Durability, OverflowPolicy};
+use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
 use crate::broker::router::{MatchScratch, Session};
 use crate::broker::server::{Server, ServerError};
 use crate::broker::session::Message;
-use crate::broker::store::{open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage};
+use crate::broker::store::{
+    open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage, StoredState,
+};
 use crate::codec::QoS;
 use crate::python::bridge::{PyBridge, Wanted};
 use crate::python::errors::{BrokerStartError, MqttError};
@@ -31,94 +33,92 @@ fn to_pyerr(err: ServerError) -> PyErr {
     }
 }
 
-/// Reads one setting from the dict `pyo3mq.BrokerConfig` passes, naming it in errors.
-fn setting<'py, T: FromPyObjectOwned<'py>>(
-    settings: &Bound<'py, PyDict>,
-    name: &str,
-) -> PyResult<T> {
-    let value = settings
-        .get_item(name)?
-        .ok_or_else(|| PyValueError::new_err(format!("missing setting {name}")))?;
-    value.extract::<T>().map_err(|e| {
-        let e: PyErr = e.into();
-        PyValueError::new_err(format!("invalid {name}: {e}"))
+/// A Python value as a setting's [`Value`]: `None`, bool, int, float, str, or a list or
+/// tuple of str. Anything else is refused, naming the setting.
+fn to_value(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let value = if obj.is_none() {
+        Value::None
+    } else if let Ok(b) = obj.cast::<PyBool>() {
+        Value::Bool(b.is_true())
+    } else if obj.is_instance_of::<PyInt>() {
+        Value::Int(
+            obj.extract()
+                .map_err(|_| PyValueError::new_err(format!("{name} is out of range: {obj}")))?,
+        )
+    } else if let Ok(f) = obj.cast::<PyFloat>() {
+        Value::Float(f.value())
+    } else if let Ok(s) = obj.cast::<PyString>() {
+        Value::Str(s.to_cow()?.into_owned())
+    } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let mut items = Vec::new();
+        for item in obj.try_iter()? {
+            let item = item?;
+            let s = item.cast::<PyString>().map_err(|_| {
+                PyValueError::new_err(format!("{name} must be a list of strings, not {item}"))
+            })?;
+            items.push(s.to_cow()?.into_owned());
+        }
+        Value::List(items)
+    } else {
+        let kind = obj.get_type().name()?;
+        return Err(PyValueError::new_err(format!(
+            "{name} has an unsupported type {kind}"
+        )));
+    };
+    Ok(value)
+}
+
+fn from_py(value: &Value, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    Ok(match value {
+        Value::None => py.None(),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any().unbind(),
+        Value::Int(n) => n.into_pyobject(py)?.into_any().unbind(),
+        Value::Float(x) => x.into_pyobject(py)?.into_any().unbind(),
+        Value::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
+        Value::List(items) => PyList::new(py, items)?.into_any().unbind(),
     })
 }
 
-fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            PyValueError::new_err(format!("{name} must be a positive number of seconds"))
-        })
-}
-
+/// Builds and checks a [`Config`] from the settings in `settings` (by name; missing
+/// ones keep their defaults). Errors are `ValueError`s naming the setting.
 fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
-    let overflow: String = setting(settings, "queue_overflow")?;
-    let config = Config {
-        listeners: setting(settings, "listeners")?,
-        max_packet_size: setting(settings, "max_packet_size")?,
-        max_connections: setting(settings, "max_connections")?,
-        max_inflight: setting(settings, "max_inflight")?,
-        max_queued_messages: setting(settings, "max_queued_messages")?,
-        max_queued_bytes: setting(settings, "max_queued_bytes")?,
-        queue_overflow: OverflowPolicy::parse(&overflow).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "queue_overflow must be 'drop_new' or 'drop_oldest', not {overflow:?}"
-            ))
-        })?,
-        queue_qos0_offline: setting(settings, "queue_qos0_offline")?,
-        connect_timeout: seconds("connect_timeout", setting(settings, "connect_timeout")?)?,
-        max_client_id_len: setting(settings, "max_client_id_len")?,
-        allow_zero_length_client_id: setting(settings, "allow_zero_length_client_id")?,
-        worker_threads: setting(settings, "worker_threads")?,
-        auth_timeout: seconds("auth_timeout", setting(settings, "auth_timeout")?)?,
-        acl_cache_ttl: Duration::try_from_secs_f64(setting(settings, "acl_cache_ttl")?)
-            .map_err(|_| PyValueError::new_err("acl_cache_ttl must be a number of seconds >= 0"))?,
-        password_file: setting(settings, "password_file")?,
-        acl_file: setting(settings, "acl_file")?,
-        session_store: setting(settings, "session_store")?,
-        durability: {
-            let name: String = setting(settings, "durability")?;
-            Durability::parse(&name).ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "durability must be 'interval' or 'sync', not {name:?}"
-                ))
-            })?
+    let mut failure = None;
+    let config = Config::from_values(|name| match settings.get_item(name) {
+        Ok(Some(obj)) => match to_value(name, &obj) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                failure.get_or_insert(e);
+                None
+            }
         },
-        sys_interval: Duration::try_from_secs_f64(setting(settings, "sys_interval")?)
-            .map_err(|_| PyValueError::new_err("sys_interval must be a number of seconds >= 0"))?,
-        persist_interval: Duration::try_from_secs_f64(setting(settings, "persist_interval")?)
-            .map_err(|_| {
-                PyValueError::new_err("persist_interval must be a number of seconds >= 0")
-            })?,
-        persistent_client_expiration: expiration(settings)?,
-    };
-    config.validate().map_err(PyValueError::new_err)?;
-    Ok(config)
+        Ok(None) => None,
+        Err(e) => {
+            failure.get_or_insert(e);
+            None
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    config.map_err(PyValueError::new_err)
 }
 
-/// `persistent_client_expiration`: `None`, a number of seconds, or Mosquitto's `2d` form;
-/// zero is `None` (no expiry).
-fn expiration(settings: &Bound<'_, PyDict>) -> PyResult<Option<Duration>> {
-    let value: Option<Bound<'_, PyAny>> = setting(settings, "persistent_client_expiration")?;
-    let Some(value) = value else {
-        return Ok(None);
-    };
-    let text = match value.extract::<String>() {
-        Ok(text) => text,
-        // A number: the same grammar as its text (`3600`, `0.5`).
-        Err(_) => value
-            .extract::<f64>()
-            .map_err(|_| {
-                PyValueError::new_err(
-                    "persistent_client_expiration must be a number of seconds or a string like '2d'",
-                )
-            })?
-            .to_string(),
-    };
-    parse_expiration(&text).map_err(PyValueError::new_err)
+/// Every setting's name and default, in declaration order: `pyo3mq.BrokerConfig` takes
+/// its defaults from here, so they are written once (src/broker/config.rs).
+#[pyfunction]
+fn config_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in Config::defaults() {
+        dict.set_item(name, from_py(&value, py)?)?;
+    }
+    Ok(dict)
+}
+
+/// Checks a complete set of settings the way the broker will read them (types, bounds,
+/// settings that need each other); raises `ValueError` naming the setting.
+#[pyfunction]
+fn check_settings(settings: &Bound<'_, PyDict>) -> PyResult<()> {
+    config_from(settings).map(|_| ())
 }
 
 struct Running {
@@ -141,7 +141,8 @@ impl BrokerCore {
     #[new]
     fn new(settings: &Bound<'_, PyDict>) -> PyResult<Self> {
         let config = config_from(settings)?;
-        let store = open_store(&config.session_store).map_err(PyValueError::new_err)?;
+        let store =
+            open_store(&config.session_store).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(BrokerCore {
             config,
             store,
@@ -362,91 +363,113 @@ impl BrokerCore {
         }
     }
 
-    /// Replaces the stored state the next `start()` loads (for Python session stores).
-    fn seed(&self, sessions: Vec<PySession>, retained: Vec<PyRetained>) -> PyResult<()> {
+    /// Replaces the stored state the next `start()` loads (for Python session stores):
+    /// `pyo3mq.SessionRecord`s and `pyo3mq.RetainedRecord`s, as the store loaded them.
+    fn seed(&self, sessions: Vec<SessionRecord>, retained: Vec<RetainedRecord>) -> PyResult<()> {
         if self.running.lock().is_some() {
             return Err(MqttError::new_err("seed() must come before start()"));
         }
-        let sessions = sessions
-            .into_iter()
-            .map(session_from_py)
-            .collect::<PyResult<Vec<_>>>()?;
-        let retained = retained
-            .into_iter()
-            .map(|(topic, payload, qos, publisher)| {
-                topic::validate_topic_name(&topic)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                Ok(Arc::new(Message {
-                    topic: ByteString::from(topic),
-                    payload: Bytes::from(payload),
-                    qos: qos_arg(qos)?,
-                    retain: true,
-                    publisher: ByteString::from(publisher),
-                }))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let state = StoredState {
+            sessions: sessions
+                .into_iter()
+                .map(SessionRecord::into_snapshot)
+                .collect::<PyResult<_>>()?,
+            retained: retained
+                .into_iter()
+                .map(RetainedRecord::into_message)
+                .collect::<PyResult<_>>()?,
+        };
         self.store
-            .save(sessions, retained)
-            .map_err(PyRuntimeError::new_err)
+            .save(state)
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
     /// What changed since the last call (for a broker started with `track_changes`):
-    /// `(ended client ids, changed sessions, retained set, retained topics cleared)`, or
-    /// None when stopped or not recording. Taken changes are forgotten here: a caller
-    /// that cannot store them must fall back to `snapshot()`.
+    /// `(ended client ids, changed sessions, retained set, retained topics cleared)`, the
+    /// sessions as `pyo3mq.SessionRecord`s and the retained messages as
+    /// `pyo3mq.RetainedRecord`s; None when stopped or not recording. Taken changes are
+    /// forgotten here: a caller that cannot store them must fall back to `snapshot()`.
     #[allow(clippy::type_complexity)]
-    fn take_changes(
+    fn take_changes<'py>(
         &self,
-        py: Python<'_>,
-    ) -> Option<(Vec<String>, Vec<PySession>, Vec<PyRetained>, Vec<String>)> {
-        let router = self
+        py: Python<'py>,
+    ) -> PyResult<
+        Option<(
+            Vec<String>,
+            Vec<Bound<'py, PyAny>>,
+            Vec<Bound<'py, PyAny>>,
+            Vec<String>,
+        )>,
+    > {
+        let Some(router) = self
             .running
             .lock()
             .as_ref()
             .map(|r| r.server.router().clone())
-            .filter(|router| router.is_tracking())?;
+            .filter(|router| router.is_tracking())
+        else {
+            return Ok(None);
+        };
         let changes = py.detach(move || router.take_changes());
         let mut set = Vec::new();
         let mut cleared = Vec::new();
         for (topic, msg) in changes.retained {
             match msg {
-                Some(m) => set.push(retained_to_py(&m)),
+                Some(m) => set.push(retained_record(py, &m)?),
                 None => cleared.push(topic.to_string()),
             }
         }
-        Some((
+        Ok(Some((
             changes
                 .removed_sessions
                 .iter()
                 .map(|id| id.to_string())
                 .collect(),
-            changes.sessions.into_iter().map(session_to_py).collect(),
+            changes
+                .sessions
+                .iter()
+                .map(|s| session_record(py, s))
+                .collect::<PyResult<_>>()?,
             set,
             cleared,
-        ))
+        )))
     }
 
-    /// The persistent sessions and retained messages: live while running, else as saved
-    /// at the last stop.
-    fn snapshot(&self, py: Python<'_>) -> (Vec<PySession>, Vec<PyRetained>) {
+    /// The persistent sessions (`pyo3mq.SessionRecord`) and retained messages
+    /// (`pyo3mq.RetainedRecord`): live while running, else as saved at the last stop.
+    #[allow(clippy::type_complexity)]
+    fn snapshot<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Vec<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>)> {
         let router = self
             .running
             .lock()
             .as_ref()
             .map(|r| r.server.router().clone());
         let store = self.store.clone();
-        let (sessions, retained) = py.detach(move || match router {
-            Some(router) => {
-                let live = MemoryStore::default();
-                router.save_to(&live);
-                live.load()
-            }
-            None => store.load(),
-        });
-        (
-            sessions.into_iter().map(session_to_py).collect(),
-            retained.iter().map(|m| retained_to_py(m)).collect(),
-        )
+        let state = py
+            .detach(move || match router {
+                Some(router) => {
+                    let live = MemoryStore::default();
+                    router.save_to(&live);
+                    live.load()
+                }
+                None => store.load(),
+            })
+            .map_err(|e| MqttError::new_err(e.to_string()))?;
+        Ok((
+            state
+                .sessions
+                .iter()
+                .map(|s| session_record(py, s))
+                .collect::<PyResult<_>>()?,
+            state
+                .retained
+                .iter()
+                .map(|m| retained_record(py, m))
+                .collect::<PyResult<_>>()?,
+        ))
     }
 
     /// Ends an in-process subscription.
@@ -468,87 +491,149 @@ impl BrokerCore {
     }
 }
 
-/// A pending message as Python sees it: `(topic, payload, qos, delivery_qos, retain,
-/// publisher, packet_id, released)`.
-type PyPending = (String, Vec<u8>, u8, u8, bool, String, Option<u16>, bool);
-/// A session as Python sees it: `(client_id, [(filter, qos)], [pending...])`.
-type PySession = (String, Vec<(String, u8)>, Vec<PyPending>);
-/// A retained message as Python sees it: `(topic, payload, qos, publisher)`.
-type PyRetained = (String, Vec<u8>, u8, String);
+// Stored sessions and retained messages cross the boundary as the public record types of
+// `pyo3mq.types` (frozen dataclasses), both ways: one name per concept, and the fields are
+// read by name, so nothing depends on a tuple's order.
 
-fn retained_to_py(m: &Message) -> PyRetained {
-    (
-        m.topic.to_string(),
-        m.payload.to_vec(),
-        m.qos as u8,
-        m.publisher.to_string(),
-    )
+static STORED_MESSAGE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static SESSION_RECORD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static RETAINED_RECORD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// A `pyo3mq.StoredMessage`, read by attribute.
+#[derive(FromPyObject)]
+struct StoredMessageRecord {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    delivery_qos: u8,
+    retain: bool,
+    publisher: String,
+    packet_id: Option<u16>,
+    released: bool,
+}
+
+/// A `pyo3mq.SessionRecord`, read by attribute.
+#[derive(FromPyObject)]
+struct SessionRecord {
+    client_id: String,
+    subscriptions: Vec<(String, u8)>,
+    pending: Vec<StoredMessageRecord>,
+}
+
+/// A `pyo3mq.RetainedRecord`, read by attribute.
+#[derive(FromPyObject)]
+struct RetainedRecord {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    publisher: String,
 }
 
 fn qos_arg(value: u8) -> PyResult<QoS> {
     QoS::from_u8(value).ok_or_else(|| PyValueError::new_err(format!("invalid QoS {value}")))
 }
 
-fn session_to_py(s: SessionSnapshot) -> PySession {
-    (
-        s.client_id.to_string(),
-        s.subscriptions
-            .into_iter()
-            .map(|(f, q)| (f.to_string(), q as u8))
-            .collect(),
-        s.pending
-            .into_iter()
-            .map(|p| {
-                (
-                    p.msg.topic.to_string(),
-                    p.msg.payload.to_vec(),
-                    p.msg.qos as u8,
-                    p.qos as u8,
-                    p.retain,
-                    p.msg.publisher.to_string(),
-                    p.pkid,
-                    p.released,
-                )
-            })
-            .collect(),
-    )
+fn topic_arg(topic: &str) -> PyResult<ByteString> {
+    topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(ByteString::from(topic))
 }
 
-fn session_from_py(s: PySession) -> PyResult<SessionSnapshot> {
-    let (client_id, subscriptions, pending) = s;
-    Ok(SessionSnapshot {
-        client_id: ByteString::from(client_id),
-        // A Python store keeps no disconnect time: expiry counts from the load.
-        disconnected_at: None,
-        subscriptions: subscriptions
-            .into_iter()
-            .map(|(f, q)| Ok((ByteString::from(f), qos_arg(q)?)))
-            .collect::<PyResult<_>>()?,
-        pending: pending
-            .into_iter()
-            .map(
-                |(topic, payload, qos, delivery_qos, retain, publisher, pkid, released)| {
-                    topic::validate_topic_name(&topic)
+impl SessionRecord {
+    fn into_snapshot(self) -> PyResult<SessionSnapshot> {
+        Ok(SessionSnapshot {
+            client_id: ByteString::from(self.client_id),
+            // A Python store keeps no disconnect time: `persistent_client_expiration`
+            // counts from the load.
+            disconnected_at: None,
+            subscriptions: self
+                .subscriptions
+                .into_iter()
+                .map(|(filter, qos)| {
+                    topic::validate_topic_filter(&filter)
                         .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                    Ok((ByteString::from(filter), qos_arg(qos)?))
+                })
+                .collect::<PyResult<_>>()?,
+            pending: self
+                .pending
+                .into_iter()
+                .map(|m| {
                     Ok(StoredMessage {
                         msg: Arc::new(Message {
-                            topic: ByteString::from(topic),
-                            payload: Bytes::from(payload),
-                            qos: qos_arg(qos)?,
-                            retain,
-                            publisher: ByteString::from(publisher),
+                            topic: topic_arg(&m.topic)?,
+                            payload: Bytes::from(m.payload),
+                            qos: qos_arg(m.qos)?,
+                            retain: m.retain,
+                            publisher: ByteString::from(m.publisher),
                         }),
-                        qos: qos_arg(delivery_qos)?,
-                        retain,
-                        pkid: pkid.filter(|&id| id != 0),
-                        released,
+                        qos: qos_arg(m.delivery_qos)?,
+                        retain: m.retain,
+                        pkid: m.packet_id.filter(|&id| id != 0),
+                        released: m.released,
                     })
-                },
-            )
-            .collect::<PyResult<_>>()?,
-    })
+                })
+                .collect::<PyResult<_>>()?,
+        })
+    }
+}
+
+impl RetainedRecord {
+    fn into_message(self) -> PyResult<Arc<Message>> {
+        Ok(Arc::new(Message {
+            topic: topic_arg(&self.topic)?,
+            payload: Bytes::from(self.payload),
+            qos: qos_arg(self.qos)?,
+            retain: true,
+            publisher: ByteString::from(self.publisher),
+        }))
+    }
+}
+
+fn retained_record<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("topic", m.topic.as_ref() as &str)?;
+    kwargs.set_item("payload", PyBytes::new(py, &m.payload))?;
+    kwargs.set_item("qos", m.qos as u8)?;
+    kwargs.set_item("publisher", m.publisher.as_ref() as &str)?;
+    RETAINED_RECORD
+        .import(py, "pyo3mq.types", "RetainedRecord")?
+        .call((), Some(&kwargs))
+}
+
+fn session_record<'py>(py: Python<'py>, s: &SessionSnapshot) -> PyResult<Bound<'py, PyAny>> {
+    let stored_message = STORED_MESSAGE.import(py, "pyo3mq.types", "StoredMessage")?;
+    let pending = s
+        .pending
+        .iter()
+        .map(|p| {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("topic", p.msg.topic.as_ref() as &str)?;
+            kwargs.set_item("payload", PyBytes::new(py, &p.msg.payload))?;
+            kwargs.set_item("qos", p.msg.qos as u8)?;
+            kwargs.set_item("delivery_qos", p.qos as u8)?;
+            kwargs.set_item("retain", p.retain)?;
+            kwargs.set_item("publisher", p.msg.publisher.as_ref() as &str)?;
+            kwargs.set_item("packet_id", p.pkid)?;
+            kwargs.set_item("released", p.released)?;
+            stored_message.call((), Some(&kwargs))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let subscriptions: Vec<(&str, u8)> = s
+        .subscriptions
+        .iter()
+        .map(|(filter, qos)| (filter.as_ref(), *qos as u8))
+        .collect();
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("client_id", s.client_id.as_ref() as &str)?;
+    kwargs.set_item("subscriptions", subscriptions)?;
+    kwargs.set_item("pending", pending)?;
+    SESSION_RECORD
+        .import(py, "pyo3mq.types", "SessionRecord")?
+        .call((), Some(&kwargs))
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<BrokerCore>()
+    m.add_class::<BrokerCore>()?;
+    m.add_function(wrap_pyfunction!(config_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(check_settings, m)?)
 }

@@ -10,8 +10,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
@@ -122,6 +123,29 @@ impl Visit for TextVisitor {
     }
 }
 
+/// Whether the forwarder may still call Python, and whether it is doing so now.
+///
+/// Interpreter shutdown must not begin while the forwarder is inside Python: a handler
+/// that writes (to stderr, a file) releases the GIL, and a thread that Python did not
+/// create and that tries to take it back during finalization aborts the process
+/// ("PyGILState_Release: thread state must be current"). So an `atexit` callback, which
+/// runs before finalization, closes the gate and waits for the batch in progress.
+#[derive(Default)]
+struct Gate {
+    closed: bool,
+    busy: bool,
+}
+
+static GATE: Mutex<Gate> = Mutex::new(Gate {
+    closed: false,
+    busy: false,
+});
+static GATE_IDLE: Condvar = Condvar::new();
+
+/// Most the `atexit` callback waits for a batch in progress (a handler that hangs must
+/// not hang the interpreter's exit).
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
 fn forward(rx: Receiver<Line>, dropped: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
@@ -131,6 +155,13 @@ fn forward(rx: Receiver<Line>, dropped: Arc<AtomicU64>) {
                 Ok(line) => batch.push(line),
                 Err(_) => break,
             }
+        }
+        {
+            let mut gate = lock(&GATE);
+            if gate.closed {
+                return;
+            }
+            gate.busy = true;
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
         // `try_attach`: during interpreter shutdown there is no logging to call.
@@ -148,10 +179,36 @@ fn forward(rx: Receiver<Line>, dropped: Arc<AtomicU64>) {
                 emit(&logging, line.level, line.target, &line.text);
             }
         });
+        lock(&GATE).busy = false;
+        GATE_IDLE.notify_all();
         if attached.is_none() {
             return;
         }
     }
+}
+
+fn lock(gate: &'static Mutex<Gate>) -> MutexGuard<'static, Gate> {
+    // A poisoned gate only means a panic while holding it; its two flags stay valid.
+    gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Registered with `atexit`: stops the forwarder before the interpreter finalizes.
+#[pyfunction]
+fn close_logging(py: Python<'_>) {
+    py.detach(|| {
+        let mut gate = lock(&GATE);
+        gate.closed = true;
+        let deadline = Instant::now() + EXIT_WAIT;
+        while gate.busy {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            gate = GATE_IDLE
+                .wait_timeout(gate, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    });
 }
 
 /// The logger for a `tracing` target: `pyo3mq::broker::connection` logs on
@@ -180,7 +237,7 @@ fn emit(logging: &Bound<'_, PyModule>, level: u8, target: &str, text: &str) {
 /// Python's `logging` (loggers `pyo3mq.<module>`). The first call in a process wins.
 #[pyfunction]
 #[pyo3(signature = (level, to_python=false))]
-fn init_logging(level: &str, to_python: bool) -> PyResult<()> {
+fn init_logging(py: Python<'_>, level: &str, to_python: bool) -> PyResult<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
@@ -192,6 +249,8 @@ fn init_logging(level: &str, to_python: bool) -> PyResult<()> {
         let layer = PythonLayer::start().ok_or_else(|| {
             pyo3::exceptions::PyRuntimeError::new_err("cannot start the logging thread")
         })?;
+        let close = wrap_pyfunction!(close_logging, py)?;
+        py.import("atexit")?.call_method1("register", (close,))?;
         let _ = tracing_subscriber::registry()
             .with(filter)
             .with(layer)

@@ -10,7 +10,7 @@ use super::{ClientSlot, Router, Session, Subscriber};
 use crate::broker::metrics;
 use crate::broker::session::Queued;
 use crate::broker::session::SessionState;
-use crate::broker::store::{Changes, SessionSnapshot, SessionStore, StoredMessage};
+use crate::broker::store::{Changes, SessionSnapshot, SessionStore, StoredMessage, StoredState};
 
 impl Router {
     /// Makes acknowledgements wait for the store (see [`Router::persisted`]).
@@ -157,12 +157,14 @@ impl Router {
             });
         }
         // No lock is held while the store writes: connects and routing go on.
-        store.save(sessions, retained).is_ok()
+        store.save(StoredState { sessions, retained }).is_ok()
     }
 
-    /// Restores sessions (offline) and retained messages from `store` (on start).
-    pub fn load_from(&self, store: &dyn SessionStore) {
-        let (sessions, retained) = store.load();
+    /// Restores sessions (offline) and retained messages a store loaded (on start; the
+    /// server refuses to start when the store cannot be read, so this never sees a
+    /// partial state).
+    pub fn restore(&self, state: StoredState) {
+        let StoredState { sessions, retained } = state;
         {
             let mut tree = self.retained.write();
             for msg in retained {
@@ -252,7 +254,7 @@ mod tests {
     use super::super::*;
     use super::*;
     use crate::broker::session::Outgoing;
-    use crate::broker::store::{MemoryStore, SqliteStore};
+    use crate::broker::store::{MemoryStore, SqliteStore, StoreError};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -278,14 +280,24 @@ mod tests {
     struct Broken;
 
     impl SessionStore for Broken {
-        fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>) {
-            (Vec::new(), Vec::new())
+        fn load(&self) -> Result<StoredState, StoreError> {
+            Ok(StoredState::default())
         }
-        fn save(&self, _: Vec<SessionSnapshot>, _: Vec<Arc<Message>>) -> Result<(), String> {
-            Err("disk full".into())
+        fn save(&self, _: StoredState) -> Result<(), StoreError> {
+            Err(disk_full())
         }
-        fn save_changes(&self, _: Changes) -> Result<(), String> {
-            Err("disk full".into())
+        fn save_changes(&self, _: Changes) -> Result<(), StoreError> {
+            Err(disk_full())
+        }
+    }
+
+    fn disk_full() -> StoreError {
+        StoreError::Write {
+            path: "broken.db".into(),
+            source: Box::new(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            )),
         }
     }
 
@@ -303,9 +315,11 @@ mod tests {
         ]
     }
 
-    fn sorted(
-        (mut sessions, mut retained): (Vec<SessionSnapshot>, Vec<Arc<Message>>),
-    ) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>) {
+    fn sorted(state: StoredState) -> StoredState {
+        let StoredState {
+            mut sessions,
+            mut retained,
+        } = state;
         sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         for s in &mut sessions {
             s.subscriptions.sort();
@@ -319,7 +333,7 @@ mod tests {
             }
         }
         retained.sort_by(|a, b| a.topic.cmp(&b.topic));
-        (sessions, retained)
+        StoredState { sessions, retained }
     }
 
     proptest! {
@@ -337,7 +351,8 @@ mod tests {
                 std::thread::current().id()
             ));
             let _ = std::fs::remove_file(&path);
-            let store = SqliteStore::open(&path.to_string_lossy()).unwrap();
+            let store = SqliteStore::open(&path).unwrap();
+            prop_assert_eq!(store.load().unwrap(), StoredState::default());
             let router = Router::new(Config::default(), Hooks::default());
             router.track_changes();
             let mut live: HashMap<u8, Arc<Session>> = HashMap::new();
@@ -418,7 +433,7 @@ mod tests {
             prop_assert!(router.persist(&store));
             let full = MemoryStore::default();
             router.save_to(&full);
-            prop_assert_eq!(sorted(store.load()), sorted(full.load()));
+            prop_assert_eq!(sorted(store.load().unwrap()), sorted(full.load().unwrap()));
             drop(store);
             let _ = std::fs::remove_file(&path);
         }
