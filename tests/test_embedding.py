@@ -449,6 +449,7 @@ NON_DEFAULT: dict[str, Any] = {
     "acl_file": "/etc/pyo3mq/acl",
     "allow_anonymous": True,
     "persist_interval": 3.0,
+    "persistent_client_expiration": "2d",
 }
 
 

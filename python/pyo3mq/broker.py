@@ -60,6 +60,7 @@ class BrokerConfig:
     persist_interval: float = _DEFAULTS["persist_interval"]
     durability: Literal["interval", "sync"] = _DEFAULTS["durability"]
     sys_interval: float = _DEFAULTS["sys_interval"]
+    persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
 
     def __post_init__(self) -> None:
         check_settings(self.values())

@@ -87,6 +87,32 @@ impl SettingType for String {
     }
 }
 
+/// `persistent_client_expiration`: `None` (never), a number of seconds, or Mosquitto's
+/// form (`"2d"`, see [`parse_expiration`]); zero is `None`.
+impl SettingType for Option<Duration> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        let invalid = |shown: String| {
+            format!(
+                "must be a number of seconds or an integer followed by h, d, w, m (month) \
+                 or y, like '2d', not {shown}"
+            )
+        };
+        match value {
+            Value::None => Ok(None),
+            Value::Str(s) => parse_expiration(s).map_err(|_| invalid(format!("{s:?}"))),
+            Value::Int(_) | Value::Float(_) => {
+                let seconds =
+                    Duration::from_value(value).map_err(|_| invalid(format!("{value:?}")))?;
+                Ok((!seconds.is_zero()).then_some(seconds))
+            }
+            other => Err(invalid(format!("{other:?}"))),
+        }
+    }
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, |d| Value::Float(d.as_secs_f64()))
+    }
+}
+
 /// Optional file paths.
 impl SettingType for Option<String> {
     fn from_value(value: &Value) -> Result<Self, String> {
@@ -290,6 +316,10 @@ settings! {
     durability: Durability = Durability::Interval;
     /// How often the `$SYS/broker/...` statistics are published; zero disables them.
     sys_interval: Duration = Duration::from_secs(10);
+    /// A clean-session-0 client offline for longer than this loses its session
+    /// (subscriptions, queued and inflight messages), in the durable store too. `None`
+    /// keeps offline sessions forever (Mosquitto's `persistent_client_expiration`).
+    persistent_client_expiration: Option<Duration> = None;
 }
 
 /// Loopback only: a broker started without a listener is not reachable from the network
@@ -340,6 +370,16 @@ impl Config {
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
+        if self
+            .persistent_client_expiration
+            .is_some_and(|d| d.is_zero())
+        {
+            return Err(
+                "persistent_client_expiration must be positive (leave it out to keep \
+                 offline sessions forever)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -357,6 +397,43 @@ impl Config {
             None => AnonymousPolicy::Refuse,
         }
     }
+}
+
+/// Parses a `persistent_client_expiration` as Mosquitto writes it, an integer followed by
+/// `h`, `d`, `w`, `m` (a month: 30 days) or `y` (365 days), e.g. `2d`; or a number of
+/// seconds (`3600`, `0.5`). Zero means no expiry (`None`).
+pub fn parse_expiration(text: &str) -> Result<Option<Duration>, String> {
+    const HOUR: u64 = 3600;
+    let invalid = || {
+        format!(
+            "persistent_client_expiration must be a number of seconds or an integer followed \
+             by h, d, w, m (month) or y, like '2d', not {text:?}"
+        )
+    };
+    let text = text.trim();
+    let unit = match text.chars().last() {
+        Some('h') => Some(HOUR),
+        Some('d') => Some(24 * HOUR),
+        Some('w') => Some(7 * 24 * HOUR),
+        Some('m') => Some(30 * 24 * HOUR),
+        Some('y') => Some(365 * 24 * HOUR),
+        _ => None,
+    };
+    let duration = match unit {
+        Some(unit) => {
+            let count = &text[..text.len() - 1];
+            if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            let count: u64 = count.parse().map_err(|_| invalid())?;
+            Duration::from_secs(count.checked_mul(unit).ok_or_else(invalid)?)
+        }
+        None => {
+            let seconds: f64 = text.parse().map_err(|_| invalid())?;
+            Duration::try_from_secs_f64(seconds).map_err(|_| invalid())?
+        }
+    };
+    Ok((!duration.is_zero()).then_some(duration))
 }
 
 /// Parses `tcp://HOST:PORT` into a socket address string for `TcpListener::bind`.
@@ -422,6 +499,54 @@ mod tests {
     }
 
     #[test]
+    fn expiration_values_as_mosquitto_writes_them() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(parse_expiration("1h"), Ok(Some(hour)));
+        assert_eq!(parse_expiration("2d"), Ok(Some(48 * hour)));
+        assert_eq!(parse_expiration("1w"), Ok(Some(7 * 24 * hour)));
+        assert_eq!(parse_expiration("1m"), Ok(Some(30 * 24 * hour)));
+        assert_eq!(parse_expiration("1y"), Ok(Some(365 * 24 * hour)));
+        assert_eq!(parse_expiration("90"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(
+            parse_expiration("0.5"),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(parse_expiration("0"), Ok(None));
+        assert_eq!(parse_expiration("0d"), Ok(None));
+        for bad in [
+            "", "h", "1s", "1.5h", "-1", "-1h", "1 h", "+1d", "nan", "inf", "1e400",
+        ] {
+            assert!(parse_expiration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_expiration("99999999999999999y").is_err(), "overflow");
+        let expiration = |v: Value| with("persistent_client_expiration", v);
+        assert_eq!(
+            expiration(Value::Str("2d".into()))
+                .unwrap()
+                .persistent_client_expiration,
+            Some(48 * hour)
+        );
+        assert_eq!(
+            expiration(Value::Int(90))
+                .unwrap()
+                .persistent_client_expiration,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            expiration(Value::Float(0.0))
+                .unwrap()
+                .persistent_client_expiration,
+            None
+        );
+        assert_eq!(
+            expiration(Value::None)
+                .unwrap()
+                .persistent_client_expiration,
+            None
+        );
+    }
+
+    #[test]
     fn defaults_are_valid_and_round_trip() {
         assert!(Config::default().validate().is_ok());
         let defaults = Config::defaults();
@@ -454,6 +579,14 @@ mod tests {
             ("listeners", Value::List(vec![])),
             ("session_store", Value::Str("redis:x".into())),
             ("durability", Value::Str("sync".into())),
+            ("persistent_client_expiration", Value::Str("2 weeks".into())),
+            ("persistent_client_expiration", Value::Int(-1)),
+            ("persistent_client_expiration", Value::Bool(true)),
+            ("persistent_client_expiration", Value::Float(f64::NAN)),
+            (
+                "persistent_client_expiration",
+                Value::List(vec!["1h".into()]),
+            ),
         ];
         for (name, value) in bad {
             let err = with(name, value.clone()).expect_err(name);

@@ -106,6 +106,16 @@ impl Server {
         }
         router.restore(stored);
         let (shutdown, _) = watch::channel(false);
+        if let Some(limit) = config.persistent_client_expiration {
+            // Sessions that were offline too long when the broker stopped end before any
+            // client can resume them.
+            router.expire_offline(limit);
+            runtime.spawn(expire_periodically(
+                router.clone(),
+                limit,
+                shutdown.subscribe(),
+            ));
+        }
         let (done_tx, all_done) = mpsc::channel(1);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         if config.durability == Durability::Sync && durable {
@@ -316,6 +326,28 @@ async fn persist_periodically(
         }
         let (router, store) = (router.clone(), store.clone());
         let _ = tokio::task::spawn_blocking(move || router.persist(store.as_ref())).await;
+    }
+}
+
+/// Ends the sessions offline for longer than `persistent_client_expiration`. Checked on a
+/// timer (a session may outlive its limit by up to one period), never per message.
+async fn expire_periodically(
+    router: Arc<Router>,
+    limit: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let period = (limit / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // A scan of every session: off the async workers, like the saves.
+        let router = router.clone();
+        let _ = tokio::task::spawn_blocking(move || router.expire_offline(limit)).await;
     }
 }
 

@@ -54,6 +54,14 @@ pub struct Inflight {
     pub item: Queued,
 }
 
+/// The acknowledgements a client sends for the broker's QoS 1/2 deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubComp,
+}
+
 /// What the connection must write next for the session.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
@@ -105,6 +113,9 @@ pub struct SessionState {
     /// them is acknowledged again but not delivered again [MQTT-4.3.3-2].
     inbound_qos2: InboundQos2,
     pub online: bool,
+    /// When the client last went offline (`None` while online): what
+    /// `persistent_client_expiration` counts from, kept in the durable store too.
+    pub offline_since: Option<std::time::SystemTime>,
     /// Messages dropped by the overflow policy over the session's lifetime.
     pub dropped: u64,
     /// A drop happened and the queue has not been empty since (see `OverflowStarted`).
@@ -133,6 +144,7 @@ impl SessionState {
             ids: PacketIds::new(),
             inbound_qos2: InboundQos2::new(),
             online: false,
+            offline_since: None,
             dropped: 0,
             overflowing: false,
             // A new session is not in the store yet.
@@ -274,6 +286,22 @@ impl SessionState {
             pkid: Some(pkid),
             dup: false,
         })
+    }
+
+    /// Why `ack` cannot acknowledge the inflight delivery `pkid`, if it names one of
+    /// another kind: PUBREC or PUBCOMP for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREC.
+    /// A protocol violation [MQTT-4.8.0-1] (Mosquitto closes for it); an id that names no
+    /// delivery is not one (a late repeat, say) and is ignored.
+    pub fn wrong_ack(&self, pkid: u16, ack: AckKind) -> Option<&'static str> {
+        let f = self.inflight.iter().find(|f| f.pkid == pkid)?;
+        match (ack, f.item.qos, &f.stage) {
+            (AckKind::PubAck, QoS::ExactlyOnce, _) => Some("a QoS 2 delivery"),
+            (AckKind::PubRec | AckKind::PubComp, QoS::AtLeastOnce, _) => Some("a QoS 1 delivery"),
+            (AckKind::PubComp, QoS::ExactlyOnce, Stage::AwaitAck) => {
+                Some("a QoS 2 delivery not yet PUBRECed")
+            }
+            _ => None,
+        }
     }
 
     /// PUBACK from the client. Returns false for an unknown id (ignored, per 3.1.1).
@@ -711,6 +739,41 @@ mod tests {
             panic!()
         };
         assert_eq!(id, 1, "an acknowledged id is free again");
+    }
+
+    #[test]
+    fn ack_of_the_wrong_kind_is_named() {
+        let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+        s.online = true;
+        s.enqueue(msg(1, QoS::AtLeastOnce));
+        s.enqueue(msg(2, QoS::ExactlyOnce));
+        let ids: Vec<u16> = (0..2)
+            .map(|_| match s.next_outgoing() {
+                Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
+                _ => panic!("expected a QoS 1/2 delivery"),
+            })
+            .collect();
+        let (q1, q2) = (ids[0], ids[1]);
+        assert!(s.wrong_ack(q1, AckKind::PubRec).is_some());
+        assert!(s.wrong_ack(q1, AckKind::PubComp).is_some());
+        assert!(s.wrong_ack(q1, AckKind::PubAck).is_none());
+        assert!(s.wrong_ack(q2, AckKind::PubAck).is_some());
+        assert!(
+            s.wrong_ack(q2, AckKind::PubComp).is_some(),
+            "PUBCOMP before PUBREC"
+        );
+        assert!(s.wrong_ack(q2, AckKind::PubRec).is_none());
+        assert!(s.on_pubrec(q2));
+        assert!(
+            s.wrong_ack(q2, AckKind::PubRec).is_none(),
+            "a repeated PUBREC"
+        );
+        assert!(s.wrong_ack(q2, AckKind::PubComp).is_none());
+        assert!(s.wrong_ack(q2, AckKind::PubAck).is_some());
+        assert!(
+            s.wrong_ack(999, AckKind::PubComp).is_none(),
+            "unknown ids are ignored"
+        );
     }
 
     #[test]

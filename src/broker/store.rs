@@ -44,6 +44,9 @@ pub struct StoredMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
     pub client_id: ByteString,
+    /// When the client went offline, in seconds since the Unix epoch (what
+    /// `persistent_client_expiration` counts from); `None` if it was online when saved.
+    pub disconnected_at: Option<u64>,
     pub subscriptions: Vec<(ByteString, QoS)>,
     pub pending: Vec<StoredMessage>,
 }

@@ -556,6 +556,9 @@ impl SessionRecord {
     fn into_snapshot(self) -> PyResult<SessionSnapshot> {
         Ok(SessionSnapshot {
             client_id: ByteString::from(self.client_id),
+            // A Python store keeps no disconnect time: `persistent_client_expiration`
+            // counts from the load.
+            disconnected_at: None,
             subscriptions: self
                 .subscriptions
                 .into_iter()

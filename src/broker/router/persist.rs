@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{ClientSlot, Router, Session, Subscriber};
 use crate::broker::metrics;
@@ -195,8 +196,18 @@ impl Router {
                     };
                     state.restore(item, m.pkid, m.released);
                 }
-                // As the store has it: nothing to write back.
+                // As the store has it: nothing to write back...
                 state.take_changed();
+                // ...unless it does not say when the client went offline (it was online
+                // at a crash, or the store keeps no time): expiry counts from now, and the
+                // store learns it, so the next start does not count from then again.
+                state.offline_since = snap
+                    .disconnected_at
+                    .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
+                if state.offline_since.is_none() {
+                    state.offline_since = Some(SystemTime::now());
+                    state.mark_changed();
+                }
             }
             clients.insert(
                 snap.client_id,
@@ -213,6 +224,10 @@ impl Router {
 fn snapshot_of(session: &Session, state: &SessionState) -> SessionSnapshot {
     SessionSnapshot {
         client_id: session.client_id.clone(),
+        disconnected_at: state
+            .offline_since
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
         subscriptions: state
             .subscriptions
             .iter()
@@ -255,6 +270,8 @@ mod tests {
         Deliver(u8),
         Disconnect(u8),
         Persist,
+        /// `persistent_client_expiration` ends every offline session.
+        Expire,
         /// A save that the store fails (disk full, say): nothing is written.
         FailedPersist,
     }
@@ -293,6 +310,7 @@ mod tests {
             (0..4u8).prop_map(Op::Deliver),
             (0..4u8).prop_map(Op::Disconnect),
             Just(Op::Persist),
+            Just(Op::Expire),
             Just(Op::FailedPersist),
         ]
     }
@@ -322,7 +340,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Partial saves add up to the state: after any mix of connects (with session
-        /// replacement), subscriptions, deliveries, acks and retained changes, with saves
+        /// replacement), subscriptions, deliveries, acks, expiry and retained changes, with saves
         /// (some of which fail) at any points, the SQLite store holds what one full save
         /// would write.
         #[test]
@@ -403,6 +421,9 @@ mod tests {
                         }
                     }
                     Op::Persist => prop_assert!(router.persist(&store)),
+                    Op::Expire => {
+                        router.expire_offline(std::time::Duration::ZERO);
+                    }
                     // False only when there was something to write.
                     Op::FailedPersist => {
                         router.persist(&Broken);

@@ -20,12 +20,15 @@ use crate::broker::session::Message;
 use crate::codec::QoS;
 use crate::topic;
 
-/// The layout this build writes and reads. Files from before versions existed have
-/// `user_version` 0 and the same tables: they are read, then stamped with this version.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The layout this build writes and reads. Version 2 added `disconnected` (when each
+/// offline session's client went away, for `persistent_client_expiration`). Files of
+/// version 1, and files from before versions existed (`user_version` 0, the same four
+/// tables), are read, then given that table and stamped with this version.
+pub const SCHEMA_VERSION: i64 = 2;
 
-/// Our tables, sorted by name (as the schema query lists them).
-const TABLES: [&str; 4] = ["pending", "retained", "sessions", "subscriptions"];
+/// The tables of version 1 (and of unversioned files), sorted by name (as the schema
+/// query lists them).
+const TABLES_V1: [&str; 4] = ["pending", "retained", "sessions", "subscriptions"];
 
 const CREATE: &str = "
     CREATE TABLE sessions (client_id TEXT PRIMARY KEY);
@@ -41,6 +44,13 @@ const CREATE: &str = "
     CREATE TABLE retained (
         topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
         publisher TEXT NOT NULL);
+    CREATE TABLE disconnected (client_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+";
+
+/// From version 1 (or unversioned) to [`SCHEMA_VERSION`]: a session without a row here
+/// was online when saved, or was saved by a build that kept no such time.
+const UPGRADE: &str = "
+    CREATE TABLE disconnected (client_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
 ";
 
 /// Sessions and retained messages in a SQLite file.
@@ -75,8 +85,8 @@ enum Layout {
     Empty,
     /// Ours, at [`SCHEMA_VERSION`].
     Current,
-    /// Ours, from before the schema had a version.
-    Unversioned,
+    /// Ours, of version 1 or from before the schema had a version: read, then upgraded.
+    Older,
 }
 
 impl SqliteStore {
@@ -137,11 +147,12 @@ impl SqliteStore {
         match version {
             SCHEMA_VERSION => Ok(Layout::Current),
             0 if tables.is_empty() => Ok(Layout::Empty),
-            0 if tables == TABLES => Ok(Layout::Unversioned),
+            0 if tables == TABLES_V1 => Ok(Layout::Older),
+            1 => Ok(Layout::Older),
             0 => Err(StoreError::Foreign {
                 path: self.path.clone(),
                 detail: format!(
-                    "its tables are {tables:?}, not pyo3mq's {TABLES:?}, and it has no \
+                    "its tables are {tables:?}, not pyo3mq's {TABLES_V1:?}, and it has no \
                      schema version"
                 ),
             }),
@@ -164,7 +175,8 @@ impl SqliteStore {
     }
 
     /// Every row, decoded strictly: a value out of range is an error, not a default.
-    fn read(&self, conn: &Connection) -> Result<StoredState, StoreError> {
+    /// `with_disconnected`: the file has the `disconnected` table (version 2).
+    fn read(&self, conn: &Connection, with_disconnected: bool) -> Result<StoredState, StoreError> {
         let read = |e| self.read_error(e);
         let mut ids = Vec::new();
         {
@@ -188,8 +200,25 @@ impl SqliteStore {
                  FROM pending WHERE client_id = ?1 ORDER BY seq",
             )
             .map_err(read)?;
+        let mut disconnected = if with_disconnected {
+            Some(
+                conn.prepare("SELECT at FROM disconnected WHERE client_id = ?1")
+                    .map_err(read)?,
+            )
+        } else {
+            None
+        };
         let mut sessions = Vec::with_capacity(ids.len());
         for id in ids {
+            let mut disconnected_at = None;
+            if let Some(stmt) = &mut disconnected {
+                let mut rows = stmt.query([&id]).map_err(read)?;
+                if let Some(row) = rows.next().map_err(read)? {
+                    let at = time_at(row, 0)
+                        .map_err(|e| self.row_error("disconnected", id.clone(), e))?;
+                    disconnected_at = Some(at);
+                }
+            }
             let mut subscriptions = Vec::new();
             let mut rows = subs.query([&id]).map_err(read)?;
             while let Some(row) = rows.next().map_err(read)? {
@@ -208,6 +237,7 @@ impl SqliteStore {
             }
             sessions.push(SessionSnapshot {
                 client_id: ByteString::from(id),
+                disconnected_at,
                 subscriptions,
                 pending: messages,
             });
@@ -229,7 +259,7 @@ impl SqliteStore {
         let tx = conn.transaction()?;
         tx.execute_batch(
             "DELETE FROM sessions; DELETE FROM subscriptions; DELETE FROM pending; \
-             DELETE FROM retained;",
+             DELETE FROM retained; DELETE FROM disconnected;",
         )?;
         {
             let mut add_session = tx.prepare("INSERT INTO sessions (client_id) VALUES (?1)")?;
@@ -256,6 +286,7 @@ impl SqliteStore {
                 tx.prepare("DELETE FROM sessions WHERE client_id = ?1")?,
                 tx.prepare("DELETE FROM subscriptions WHERE client_id = ?1")?,
                 tx.prepare("DELETE FROM pending WHERE client_id = ?1")?,
+                tx.prepare("DELETE FROM disconnected WHERE client_id = ?1")?,
             ];
             for id in &changes.removed_sessions {
                 let id: &str = id;
@@ -271,6 +302,7 @@ impl SqliteStore {
                 // Rewritten whole: its rows are few (bounded by max_queued_messages).
                 forget[1].execute([id])?;
                 forget[2].execute([id])?;
+                forget[3].execute([id])?;
                 add_session.execute([id])?;
                 writer.write(s)?;
             }
@@ -342,6 +374,12 @@ fn topic_at(row: &Row<'_>, idx: usize, filter: bool) -> rusqlite::Result<ByteStr
     Ok(ByteString::from(value))
 }
 
+/// Seconds since the Unix epoch, which are never negative.
+fn time_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
 fn subscription_row(row: &Row<'_>) -> rusqlite::Result<(ByteString, QoS)> {
     Ok((topic_at(row, 0, true)?, qos_at(row, 1)?))
 }
@@ -398,6 +436,7 @@ fn put_retained(statement: &mut rusqlite::Statement<'_>, m: &Message) -> rusqlit
 struct SessionWriter<'t> {
     add_sub: rusqlite::Statement<'t>,
     add_pending: rusqlite::Statement<'t>,
+    add_disconnected: rusqlite::Statement<'t>,
 }
 
 impl<'t> SessionWriter<'t> {
@@ -410,11 +449,16 @@ impl<'t> SessionWriter<'t> {
                 "INSERT INTO pending (client_id, seq, topic, payload, msg_qos, qos, retain, \
                  publisher, pkid, released) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?,
+            add_disconnected: tx
+                .prepare("INSERT INTO disconnected (client_id, at) VALUES (?1, ?2)")?,
         })
     }
 
     fn write(&mut self, s: &SessionSnapshot) -> rusqlite::Result<()> {
         let id: &str = &s.client_id;
+        if let Some(at) = s.disconnected_at.and_then(|at| i64::try_from(at).ok()) {
+            self.add_disconnected.execute(rusqlite::params![id, at])?;
+        }
         for (filter, qos) in &s.subscriptions {
             let filter: &str = filter;
             self.add_sub
@@ -451,13 +495,16 @@ impl SessionStore for SqliteStore {
                 self.create(&inner.conn)?;
                 StoredState::default()
             }
-            Layout::Current => self.read(&inner.conn)?,
-            Layout::Unversioned => {
-                let state = self.read(&inner.conn)?;
-                // Read whole, so it is ours: from now on it carries the version.
+            Layout::Current => self.read(&inner.conn, true)?,
+            Layout::Older => {
+                let state = self.read(&inner.conn, false)?;
+                // Read whole, so it is ours: from now on it has this version's tables and
+                // says so (in one transaction: the file is either one or the other).
                 inner
                     .conn
-                    .pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .execute_batch(&format!(
+                        "BEGIN; {UPGRADE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    ))
                     .map_err(|e| self.write_error(e))?;
                 tracing::info!(
                     "session store {}: schema version {SCHEMA_VERSION} recorded",
@@ -566,6 +613,7 @@ mod tests {
         StoredState {
             sessions: vec![SessionSnapshot {
                 client_id: ByteString::from("c1"),
+                disconnected_at: Some(1_700_000_000),
                 subscriptions: vec![(ByteString::from("a/#"), QoS::AtLeastOnce)],
                 pending: vec![
                     StoredMessage {
@@ -668,6 +716,8 @@ mod tests {
                 "UPDATE retained SET qos = -1 WHERE topic = 'r/1'",
             ),
             ("sessions", "UPDATE sessions SET client_id = x'00ff'"),
+            ("disconnected", "UPDATE disconnected SET at = -5"),
+            ("disconnected", "UPDATE disconnected SET at = 'yesterday'"),
         ] {
             let dir = TempDir::new("range");
             let path = dir.file("s.db");
@@ -686,13 +736,13 @@ mod tests {
         let dir = TempDir::new("versions");
         let newer = dir.file("newer.db");
         saved_sample(&newer);
-        tamper(&newer, "PRAGMA user_version = 2");
+        tamper(&newer, "PRAGMA user_version = 3");
         let err = SqliteStore::open(&newer).unwrap().load().unwrap_err();
         assert!(
-            matches!(err, StoreError::UnknownVersion { found: 2, .. }),
+            matches!(err, StoreError::UnknownVersion { found: 3, .. }),
             "{err:?}"
         );
-        assert!(err.to_string().contains("schema version 2"), "{err}");
+        assert!(err.to_string().contains("schema version 3"), "{err}");
 
         let foreign = dir.file("foreign.db");
         tamper(&foreign, "CREATE TABLE accounts (id INTEGER)");
@@ -721,19 +771,44 @@ mod tests {
         let path = dir.file("s.db");
         saved_sample(&path);
         // As the broker wrote it before the schema had a version.
-        tamper(&path, "PRAGMA user_version = 0");
+        tamper(&path, "DROP TABLE disconnected; PRAGMA user_version = 0");
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.load().unwrap(), sample());
+        assert_eq!(store.load().unwrap(), without_disconnect_times(sample()));
         drop(store);
         assert_eq!(user_version(&path), SCHEMA_VERSION);
 
         // One that cannot be read is not stamped either.
         tamper(
             &path,
-            "PRAGMA user_version = 0; UPDATE pending SET payload = 'text' WHERE seq = 0",
+            "DROP TABLE disconnected; PRAGMA user_version = 0; \
+             UPDATE pending SET payload = 'text' WHERE seq = 0",
         );
         assert!(SqliteStore::open(&path).unwrap().load().is_err());
         assert_eq!(user_version(&path), 0);
+    }
+
+    /// `state` as a file without disconnect times (version 1, or unversioned) holds it.
+    fn without_disconnect_times(mut state: StoredState) -> StoredState {
+        for s in &mut state.sessions {
+            s.disconnected_at = None;
+        }
+        state
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_then_upgraded() {
+        let dir = TempDir::new("version-1");
+        let path = dir.file("s.db");
+        saved_sample(&path);
+        // As version 1 wrote it: no disconnect times.
+        tamper(&path, "DROP TABLE disconnected; PRAGMA user_version = 1");
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.load().unwrap(), without_disconnect_times(sample()));
+        // Upgraded: the times are kept from now on.
+        store.save(sample()).unwrap();
+        drop(store);
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        assert_eq!(SqliteStore::open(&path).unwrap().load().unwrap(), sample());
     }
 
     #[test]
