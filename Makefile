@@ -44,12 +44,14 @@ test-rust:
 test-python: build system-deps
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: build
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	$(BIN)/ruff check python tests examples
 	$(BIN)/ruff format --check python tests examples
 	$(BIN)/mypy
+	# The hand-written stub must match the compiled extension.
+	$(BIN)/python -m mypy.stubtest pyo3mq._pyo3mq
 
 bench: build
 	$(MAKE) --no-print-directory system-deps
