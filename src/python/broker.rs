@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
-use crate::broker::router::{MatchScratch, Session};
+use crate::broker::router::{MatchScratch, Router, Session};
 use crate::broker::server::{save_now, Server, ServerError};
 use crate::broker::session::Message;
 use crate::broker::store::{
@@ -136,6 +136,17 @@ pub struct BrokerCore {
     running: Mutex<Option<Running>>,
 }
 
+impl BrokerCore {
+    /// The running broker's router, or the error every call on a stopped broker gets.
+    fn router(&self) -> PyResult<Arc<Router>> {
+        self.running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone())
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))
+    }
+}
+
 #[pymethods]
 impl BrokerCore {
     #[new]
@@ -243,12 +254,7 @@ impl BrokerCore {
     /// in-memory store), else whether the write succeeded. The write runs on the calling
     /// thread with the interpreter released.
     fn save(&self, py: Python<'_>) -> PyResult<Option<bool>> {
-        let router = self
-            .running
-            .lock()
-            .as_ref()
-            .map(|r| r.server.router().clone())
-            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let router = self.router()?;
         let store = self.store.clone();
         Ok(py.detach(move || save_now(&router, store.as_ref())))
     }
@@ -292,12 +298,7 @@ impl BrokerCore {
         topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let qos =
             QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?;
-        let router = self
-            .running
-            .lock()
-            .as_ref()
-            .map(|r| r.server.router().clone())
-            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let router = self.router()?;
         let msg = Arc::new(Message {
             topic: ByteString::from(topic),
             payload: Bytes::copy_from_slice(payload),
