@@ -7,7 +7,7 @@ use super::matching::{split_level, SmallStack, STACK_INLINE};
 
 /// One level of the retained trie. The topic is kept whole beside the value so a replay
 /// can name it without rebuilding it from the path.
-struct RetNode<V> {
+pub(super) struct RetNode<V> {
     children: HashMap<Box<str>, RetNode<V>>,
     value: Option<(Box<str>, V)>,
 }
@@ -21,7 +21,7 @@ impl<V> RetNode<V> {
     }
 
     #[cfg(test)]
-    fn is_vacant(&self) -> bool {
+    pub(super) fn is_vacant(&self) -> bool {
         self.children.is_empty() && self.value.is_none()
     }
 }
@@ -44,7 +44,8 @@ impl<V> Drop for RetNode<V> {
 /// A SUBSCRIBE must replay every retained message its filter matches, and filters may
 /// hold wildcards, so the store is a trie over topic levels rather than a plain map.
 pub struct RetainedTree<V> {
-    root: RetNode<V>,
+    /// Visible to the rest of `topic` only so its tests can check that removal prunes.
+    pub(super) root: RetNode<V>,
     len: usize,
 }
 
@@ -94,12 +95,6 @@ impl<V> RetainedTree<V> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Whether the root is all that is left: the tests' check that removal prunes.
-    #[cfg(test)]
-    pub(super) fn is_vacant(&self) -> bool {
-        self.root.is_vacant()
     }
 
     /// Stores `value` as the retained message of `topic`, returning the one it replaces:

@@ -9,7 +9,7 @@ use super::matching::{split_filter, split_level, SmallStack, STACK_INLINE};
 /// One level of the subscription trie. Wildcard levels get their own slots so a lookup
 /// does one hash probe for the literal level plus two pointer checks, instead of
 /// probing the map for `+` and `#` on every level.
-struct SubNode<K, V> {
+pub(super) struct SubNode<K, V> {
     literal: HashMap<Box<str>, SubNode<K, V>>,
     plus: Option<Box<SubNode<K, V>>>,
     /// Subscribers whose filter is this node's path followed by `/#`.
@@ -87,7 +87,7 @@ impl<K, V> SubNode<K, V> {
     }
 
     #[cfg(test)]
-    fn is_vacant(&self) -> bool {
+    pub(super) fn is_vacant(&self) -> bool {
         self.child_count() == 0 && self.subscriber_count() == 0
     }
 }
@@ -116,7 +116,8 @@ impl<K, V> Drop for SubNode<K, V> {
 /// [MQTT-3.8.4-3]; the same key may still be subscribed through several overlapping
 /// filters, and lookups then report it once per filter.
 pub struct SubscriptionTree<K, V> {
-    root: SubNode<K, V>,
+    /// Visible to the rest of `topic` only so its tests can check that removal prunes.
+    pub(super) root: SubNode<K, V>,
     len: usize,
 }
 
@@ -149,12 +150,6 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Whether the root is all that is left: the tests' check that removal prunes.
-    #[cfg(test)]
-    pub(super) fn is_vacant(&self) -> bool {
-        self.root.is_vacant()
     }
 
     /// Subscribes `key` to `filter`, returning the value it replaces if `key` was already

@@ -375,7 +375,7 @@ proptest! {
         for (t, v) in std::mem::take(&mut retained_model) {
             prop_assert_eq!(retained.remove(&t), Some(v));
         }
-        prop_assert!(tree.is_empty() && tree.is_vacant());
-        prop_assert!(retained.is_empty() && retained.is_vacant());
+        prop_assert!(tree.is_empty() && tree.root.is_vacant());
+        prop_assert!(retained.is_empty() && retained.root.is_vacant());
     }
 }
