@@ -225,16 +225,11 @@ impl Reader {
         Ok(self.body.split_to(len))
     }
 
-    /// A length-prefixed string checked only for well-formed UTF-8; `what` names the
+    /// A length-prefixed UTF-8 string without U+0000 [MQTT-1.5.3-2]; `what` names the
     /// field for the error message.
-    fn utf8(&mut self, what: &'static str) -> Result<ByteString, Error> {
-        let raw = self.binary()?;
-        ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))
-    }
-
-    /// A length-prefixed UTF-8 string without U+0000 [MQTT-1.5.3-2].
     fn string(&mut self, what: &'static str) -> Result<ByteString, Error> {
-        let text = self.utf8(what)?;
+        let raw = self.binary()?;
+        let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
         if text.contains('\0') {
             return Err(Error::NullCharacter(what));
         }
@@ -244,7 +239,8 @@ impl Reader {
     /// A topic name: a string as [`Reader::string`] reads it that also passes the topic
     /// name rules. Those cover U+0000 too, so the name is scanned for it only once.
     fn topic_name(&mut self, what: &'static str) -> Result<ByteString, Error> {
-        let text = self.utf8(what)?;
+        let raw = self.binary()?;
+        let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
         check_topic_name(&text, what)?;
         Ok(text)
     }

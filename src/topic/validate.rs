@@ -66,14 +66,20 @@ impl fmt::Display for TopicError {
 
 impl std::error::Error for TopicError {}
 
-/// Checks shared by names and filters: the section 4.7.3 rules.
-fn validate_common(s: &str) -> Result<(), TopicError> {
+/// The length rules of section 4.7.3, shared by names and filters.
+fn validate_length(s: &str) -> Result<(), TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
     }
     if s.len() > MAX_TOPIC_LEN {
         return Err(TopicError::TooLong(s.len()));
     }
+    Ok(())
+}
+
+/// Checks shared by names and filters: the section 4.7.3 rules.
+fn validate_common(s: &str) -> Result<(), TopicError> {
+    validate_length(s)?;
     if s.as_bytes().contains(&0) {
         return Err(TopicError::NullCharacter);
     }
@@ -85,8 +91,13 @@ fn validate_common(s: &str) -> Result<(), TopicError> {
 /// Wildcards are refused because a name denotes exactly one topic; a PUBLISH carrying one
 /// is a protocol violation and the connection must be closed.
 pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
-    validate_common(name)?;
-    if name.bytes().any(|b| b == b'+' || b == b'#') {
+    validate_length(name)?;
+    // The codec checks every PUBLISH's topic here, so U+0000 and the wildcards are looked
+    // for in one pass; U+0000 is still the answer when both are present.
+    if name.bytes().any(|b| matches!(b, 0 | b'+' | b'#')) {
+        if name.as_bytes().contains(&0) {
+            return Err(TopicError::NullCharacter);
+        }
         return Err(TopicError::WildcardInTopicName);
     }
     Ok(())
@@ -221,6 +232,18 @@ mod tests {
             validate_topic_filter(&"a".repeat(MAX_TOPIC_LEN + 1)),
             Err(TooLong(MAX_TOPIC_LEN + 1))
         );
+    }
+
+    #[test]
+    fn null_character_outranks_a_wildcard_in_names() {
+        // Names are scanned for both in one pass; the answer must not depend on the order.
+        for name in ["a/#\0", "\0+", "+/\0/#"] {
+            assert_eq!(
+                validate_topic_name(name),
+                Err(TopicError::NullCharacter),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

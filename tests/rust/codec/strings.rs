@@ -126,6 +126,22 @@ fn null_character_in_strings() {
 }
 
 #[test]
+fn null_character_outranks_a_wildcard_in_a_topic_name() {
+    // A topic name with both U+0000 and a wildcard is refused for the U+0000, as every
+    // string is checked for it first: "+\0" = 2B 00, then "\0#" = 00 23.
+    rejects(
+        &v311(),
+        &[0x30, 0x04, 0x00, 0x02, 0x2B, 0x00],
+        Error::NullCharacter("topic name"),
+    );
+    rejects(
+        &v311(),
+        &[0x30, 0x04, 0x00, 0x02, 0x00, 0x23],
+        Error::NullCharacter("topic name"),
+    );
+}
+
+#[test]
 fn bom_is_preserved_in_topics() {
     // [MQTT-1.5.3-3]: EF BB BF is U+FEFF wherever it appears and must not be stripped.
     let wire = [
