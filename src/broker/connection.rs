@@ -8,7 +8,6 @@
 //! stops its own writes: its session queue fills and its overflow policy applies; nobody
 //! else waits for it.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,10 +28,12 @@ use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
 use crate::broker::session::{Message, Outgoing};
 use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol};
 
+mod acl_cache;
 mod auth;
 mod handlers;
 mod output;
 
+use acl_cache::AclCache;
 use output::OutBuf;
 
 /// Stop moving messages from the session queue into the write buffer above this many
@@ -89,8 +90,8 @@ pub struct Connection {
     username: Option<ByteString>,
     scratch: MatchScratch,
     batch: Vec<Outgoing>,
-    /// Topic -> (allowed, decided at): publish decisions reused for `acl_cache_ttl`.
-    acl_cache: HashMap<ByteString, (bool, Instant)>,
+    /// Publish decisions by topic, reused for `acl_cache_ttl`.
+    acl_cache: AclCache,
     /// PUBLISHes of the current read awaiting the interceptor's verdict.
     intercepted: Vec<Arc<Message>>,
     /// A QoS 1/2 message was accepted in this read and must reach the durable store
@@ -123,7 +124,7 @@ impl Connection {
             username: None,
             scratch: MatchScratch::default(),
             batch: Vec::new(),
-            acl_cache: HashMap::new(),
+            acl_cache: AclCache::default(),
             intercepted: Vec::new(),
             unsynced: false,
             counters: LocalCounters::default(),
