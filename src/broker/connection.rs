@@ -50,6 +50,12 @@ const READ_CHUNK: usize = 16 * 1024;
 const PUMP_BATCH: usize = 64;
 /// Attempts to take over a client id whose owner does not go away.
 const TAKEOVER_ATTEMPTS: usize = 5;
+/// Bytes a connection reads and writes before it lets the other tasks of its worker run.
+/// Readiness waits do not spend tokio's cooperative budget, so a socket that always has
+/// data (a publisher flooding as fast as it can) would otherwise keep its worker for good,
+/// starving every connection, login and accept queued behind it. About a millisecond of
+/// work for the smallest packets; the flooder is then paced by TCP back-pressure.
+const YIELD_AFTER_BYTES: u64 = 64 * 1024;
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
 #[derive(Debug)]
@@ -351,9 +357,16 @@ impl Connection {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
+        let mut since_yield = 0u64;
         loop {
             self.pump(session);
+            // The traffic not yet flushed is what this connection moved since the last turn.
+            since_yield += self.counters.bytes_received + self.counters.bytes_sent;
             self.counters.flush_into(self.router.counters());
+            if since_yield >= YIELD_AFTER_BYTES {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let can_pump = self.out.len() < WRITE_HIGH_WATER;
             let has_output = !self.out.is_empty();
             // A peer that sends without reading (acks piling up unwritten) is not read
