@@ -39,6 +39,7 @@ STATS = [
     "bytes/sent",
     "subscriptions/count",
     "retained messages/count",
+    "events/dropped",
 ]
 
 
@@ -329,6 +330,7 @@ def test_broker_stats_from_python(make_broker: Callable[..., pyo3mq.Broker]) -> 
         assert stats["subscriptions_count"] == 1
         assert stats["retained_messages_count"] == 1
         assert stats["bytes_received"] > 0 and stats["bytes_sent"] > 0
+        assert stats["events_dropped"] == 0
     finally:
         sub.close()
         pub.close()

@@ -30,8 +30,18 @@ use crate::topic::{self, RetainedTree, SubscriptionTree};
 #[derive(Debug)]
 pub struct Flow {
     pub high_water: usize,
+    /// The queue's hard bound. Publishers that wait overshoot `high_water` by at most what
+    /// they routed before waiting (one read each); one that cannot wait (the `$SYS`
+    /// publisher, `broker.publish` from another event loop) must not grow the queue without
+    /// bound, so beyond this its messages are dropped and counted like any overflow.
+    pub limit: usize,
     pub space: Notify,
 }
+
+/// Room above a flow-controlled queue's high water mark for what waiting publishers
+/// routed before they waited: a read's worth of the smallest PUBLISHes from each of a
+/// dozen publishers at once.
+const FLOW_OVERSHOOT: usize = 65_536;
 
 /// A session shared between the router (publishers append to it) and the connection that
 /// currently owns it (which drains it).
@@ -54,11 +64,9 @@ impl Session {
     /// a full queue costs only this session (its overflow policy applies).
     pub fn deliver(&self, item: Queued) -> Enqueued {
         let outcome = match &self.flow {
-            // Never dropped: the publisher waits instead (see `Router::publish`).
-            Some(_) => {
-                self.state.lock().push_unbounded(item);
-                Enqueued::Yes
-            }
+            // Not dropped below the hard limit: the publisher waits instead (see
+            // `Router::publish`).
+            Some(flow) => self.state.lock().push_flow(item, flow.limit),
             None => self.state.lock().enqueue(item),
         };
         if outcome != Enqueued::Skipped {
@@ -154,6 +162,10 @@ pub struct Router {
     next_id: AtomicU64,
     /// Messages dropped by sessions' overflow policies since start.
     dropped: AtomicU64,
+    /// Events the observer's full queue refused since start, and whether it is refusing
+    /// now (a full queue is logged once per episode).
+    events_dropped: AtomicU64,
+    events_overflowing: AtomicBool,
     /// Traffic totals for `$SYS`, fed by the connections in batches.
     counters: Counters,
     /// When the broker started (`$SYS/broker/uptime`).
@@ -198,6 +210,8 @@ impl Router {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            events_overflowing: AtomicBool::new(false),
             counters: Counters::default(),
             started: std::time::Instant::now(),
             connected: AtomicU64::new(0),
@@ -220,11 +234,37 @@ impl Router {
         &self.hooks
     }
 
-    /// Offers an event to the observer, if one is registered.
+    /// Offers an event to the observer, if one is registered. The observer never slows
+    /// the broker: an event its full queue refuses is dropped, counted (`events/dropped`
+    /// in `$SYS`) and logged once per episode.
     pub fn emit(&self, event: impl FnOnce() -> Event) {
-        if let Some(sink) = &self.hooks.events {
-            sink.event(event());
+        let Some(sink) = &self.hooks.events else {
+            return;
+        };
+        if sink.event(event()) {
+            if self.events_overflowing.load(Ordering::Relaxed)
+                && self.events_overflowing.swap(false, Ordering::Relaxed)
+            {
+                tracing::info!(
+                    total_dropped = self.events_dropped(),
+                    "event queue has room again: events are delivered"
+                );
+            }
+            return;
         }
+        let total = self.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.events_overflowing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                total_dropped = total,
+                "event queue full: dropping events until the event handlers catch up \
+                 (counted in events_dropped)"
+            );
+        }
+    }
+
+    /// Events dropped because the observer's queue was full, since start.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     pub fn started(&self) -> std::time::Instant {
@@ -475,6 +515,7 @@ impl Router {
     pub fn internal_session(&self, name: &str, flow: Option<usize>) -> Arc<Session> {
         let flow = flow.map(|high_water| Flow {
             high_water,
+            limit: high_water.saturating_add(high_water.max(FLOW_OVERSHOOT)),
             space: Notify::new(),
         });
         let session = self.session_with_flow(ByteString::from(name), true, flow);

@@ -11,7 +11,6 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use tokio::sync::Semaphore;
 
 use crate::broker::config::{Config, Durability, OverflowPolicy};
 use crate::broker::hooks::Hooks;
@@ -20,7 +19,7 @@ use crate::broker::server::{Server, ServerError};
 use crate::broker::session::Message;
 use crate::broker::store::{open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage};
 use crate::codec::QoS;
-use crate::python::bridge::{PyBridge, Wanted};
+use crate::python::bridge::{Feed, PyBridge, SubscriptionFeed, Wanted};
 use crate::python::errors::{BrokerStartError, MqttError};
 use crate::topic;
 
@@ -101,8 +100,8 @@ fn config_from(settings: &Bound<'_, PyDict>) -> PyResult<Config> {
 struct Running {
     server: Server,
     bridge: Option<PyBridge>,
-    /// In-process subscriptions by id, with their credit when flow-controlled.
-    subscriptions: Vec<(u64, Arc<Session>, Option<Arc<Semaphore>>)>,
+    /// In-process subscriptions by id.
+    subscriptions: Vec<(u64, Arc<Session>)>,
 }
 
 /// The Rust broker: its own threads, sockets and state. `pyo3mq.Broker` wraps it.
@@ -156,7 +155,7 @@ impl BrokerCore {
             intercept,
         };
         let bridge = match (event_loop, dispatch) {
-            (Some(event_loop), Some(dispatch)) => Some(PyBridge::start(event_loop, dispatch)),
+            (Some(event_loop), Some(dispatch)) => Some(PyBridge::start(event_loop, dispatch)?),
             _ => None,
         };
         let mut hooks = Hooks::default();
@@ -204,7 +203,7 @@ impl BrokerCore {
     fn stop(&self, py: Python<'_>) {
         let running = self.running.lock().take();
         if let Some(mut running) = running {
-            for (_, session, _) in running.subscriptions.drain(..) {
+            for (_, session) in running.subscriptions.drain(..) {
                 running.server.router().release(&session);
             }
             py.detach(move || {
@@ -286,10 +285,11 @@ impl BrokerCore {
         Ok(token)
     }
 
-    /// Subscribes the process itself to `filter`: matching messages arrive in batches
-    /// as `("messages", id, [...])` through the dispatch hook. Returns the id. With
-    /// `flow_control`, at most `max_buffered` messages are handed over until Python
-    /// returns credit (`credit()`), and publishers wait while the backlog exceeds it.
+    /// Subscribes the process itself to `filter`. Matching messages wait in the returned
+    /// feed, at most `max_buffered` of them (the oldest dropped beyond, and counted), until
+    /// the consumer takes them; a `MessagesReady` record through the dispatch hook says
+    /// when there are some. With `flow_control` nothing is dropped: publishers wait while
+    /// the backlog exceeds `max_buffered`.
     #[pyo3(signature = (filter, qos, max_buffered=100_000, flow_control=false))]
     fn subscribe(
         &self,
@@ -297,7 +297,7 @@ impl BrokerCore {
         qos: u8,
         max_buffered: usize,
         flow_control: bool,
-    ) -> PyResult<u64> {
+    ) -> PyResult<SubscriptionFeed> {
         if max_buffered == 0 {
             return Err(PyValueError::new_err("max_buffered must be at least 1"));
         }
@@ -316,27 +316,15 @@ impl BrokerCore {
             &format!("$internal/{id}"),
             flow_control.then_some(max_buffered),
         );
-        let credit = flow_control.then(|| Arc::new(Semaphore::new(max_buffered)));
+        let feed = Feed::new(id, max_buffered, flow_control);
         router
             .subscribe(&session, &ByteString::from(filter), qos)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         running
             .server
-            .spawn(bridge.forward(id, session.clone(), router, credit.clone()));
-        running.subscriptions.push((id, session, credit));
-        Ok(id)
-    }
-
-    /// Python consumed `n` messages of a flow-controlled subscription: room for more.
-    fn credit(&self, id: u64, n: usize) {
-        let slot = self.running.lock();
-        if let Some(running) = slot.as_ref() {
-            if let Some((_, _, Some(credit))) =
-                running.subscriptions.iter().find(|(sid, _, _)| *sid == id)
-            {
-                credit.add_permits(n);
-            }
-        }
+            .spawn(bridge.forward(feed.clone(), session.clone()));
+        running.subscriptions.push((id, session));
+        Ok(SubscriptionFeed::new(feed))
     }
 
     /// Replaces the stored state the next `start()` loads (for Python session stores).
@@ -430,15 +418,8 @@ impl BrokerCore {
     fn unsubscribe(&self, id: u64) {
         let mut slot = self.running.lock();
         if let Some(running) = slot.as_mut() {
-            if let Some(i) = running
-                .subscriptions
-                .iter()
-                .position(|(sid, _, _)| *sid == id)
-            {
-                let (_, session, credit) = running.subscriptions.swap_remove(i);
-                if let Some(credit) = credit {
-                    credit.close();
-                }
+            if let Some(i) = running.subscriptions.iter().position(|(sid, _)| *sid == id) {
+                let (_, session) = running.subscriptions.swap_remove(i);
                 running.server.router().release(&session);
             }
         }
