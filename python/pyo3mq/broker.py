@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
@@ -32,6 +33,8 @@ OverflowPolicy = Literal["drop_new", "drop_oldest"]
 _new_tuple = tuple.__new__
 # Messages `async for` takes from Rust at a time (at most `max_buffered`).
 _TAKE = 1024
+# Longest a consumer iterates without the event loop getting a turn, in seconds.
+_TURN = 0.01
 
 _INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_packet_size": (2, 268_435_460),
@@ -135,8 +138,9 @@ class Subscription:
     `queue_overflow`) and then this buffer (`max_buffered`, oldest dropped first, counted
     in `dropped`) bound memory, or, with `flow_control=True`, nothing is dropped: at most
     `max_buffered` messages wait here and the publishers of matching messages are slowed
-    until this subscription catches up. Iterating lets the event loop run between
-    batches, so a consumer that never awaits anything else cannot starve the loop.
+    until this subscription catches up. Iterating lets the event loop run between batches
+    and every 10 ms, so a consumer that never awaits anything else (or blocks a little
+    per message) cannot starve the loop: hooks and other tasks keep running.
     """
 
     def __init__(
@@ -146,12 +150,16 @@ class Subscription:
         self.qos = qos
         self._broker = broker
         self._buffer: deque[Message] = deque()
-        # Taken from Rust per batch by `async for`; counted against `max_buffered`.
-        self._chunk = min(_TAKE, max_buffered)
+        # Taken from Rust per batch by `async for`. With flow control a batch counts
+        # against `max_buffered` until the next one is taken: half of it leaves the other
+        # half for the broker to refill meanwhile.
+        self._chunk = min(_TAKE, max(1, max_buffered // 2) if flow_control else max_buffered)
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        # Whether the consumer let the loop run since it last took a batch.
+        # Whether the consumer let the loop run since it last took a batch, and when it
+        # must next let it run at the latest.
         self._yielded = True
+        self._turn_ends = 0.0
         self._feed = broker._core.subscribe(filter, qos, max_buffered, flow_control)
         self._id = self._feed.id
         broker._subscriptions[self._id] = self
@@ -174,7 +182,7 @@ class Subscription:
         drained."""
         if not self._yielded:
             # One batch per turn of the loop: hooks and other tasks run in between.
-            await asyncio.sleep(0)
+            await self._yield()
         while True:
             raw = self._feed.take(max_messages)
             if raw:
@@ -185,6 +193,12 @@ class Subscription:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
             self._yielded = True
+            self._turn_ends = time.monotonic() + _TURN
+
+    async def _yield(self) -> None:
+        await asyncio.sleep(0)
+        self._yielded = True
+        self._turn_ends = time.monotonic() + _TURN
 
     async def next_batch(self, max_messages: int = 65_536) -> list[Message]:
         """Waits for messages and returns all that are buffered (at most `max_messages`):
@@ -215,6 +229,8 @@ class Subscription:
             if not batch:
                 raise StopAsyncIteration
             self._buffer.extend(batch)
+        elif time.monotonic() >= self._turn_ends:
+            await self._yield()
         return self._buffer.popleft()
 
     async def __aenter__(self) -> Subscription:
