@@ -359,10 +359,10 @@ class Broker:
         """The figures `$SYS/broker/...` publishes, now: `uptime` (seconds),
         `clients_connected`, `clients_disconnected` (offline persistent sessions),
         `clients_total`, `clients_maximum`, `messages_received`, `messages_sent`,
-        `messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count`,
-        `retained_messages_count` and `events_dropped` (events for `on_connect` and the
-        other observers that a full event queue dropped). Empty while the broker is
-        stopped."""
+        `messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
+        `retained_messages_count`; and, not in `$SYS`, `events_dropped` (events for
+        `on_connect` and the other observers that a full event queue dropped). Empty while
+        the broker is stopped."""
         return dict(self._core.stats())
 
     # -- life cycle -------------------------------------------------------------------

@@ -21,7 +21,7 @@ use crate::codec::QoS;
 
 /// The broker's figures at one moment: what `$SYS/broker/...` publishes, and what
 /// Python's `Broker.stats()` returns (under the names below, `/` and ` ` as `_`).
-pub fn figures(router: &Router) -> [(&'static str, u64); 13] {
+pub fn figures(router: &Router) -> [(&'static str, u64); 12] {
     let (connected, max_connected, total) = router.client_counts();
     let counters = router.counters();
     [
@@ -40,8 +40,6 @@ pub fn figures(router: &Router) -> [(&'static str, u64); 13] {
         ("bytes/sent", counters.bytes_sent()),
         ("subscriptions/count", router.subscription_count() as u64),
         ("retained messages/count", router.retained_count() as u64),
-        // Not one of Mosquitto's: events the Python observers' full queue dropped.
-        ("events/dropped", router.events_dropped()),
     ]
 }
 

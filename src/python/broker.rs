@@ -228,13 +228,17 @@ impl BrokerCore {
             .map_or(0, |r| r.server.router().dropped_messages())
     }
 
-    /// The `$SYS` figures now, by name (`clients_connected`, ...); empty when stopped.
+    /// The `$SYS` figures now, by name (`clients_connected`, ...), and `events_dropped`
+    /// (not in `$SYS`, which carries Mosquitto's names only); empty when stopped.
     fn stats(&self) -> Vec<(String, u64)> {
         self.running.lock().as_ref().map_or_else(Vec::new, |r| {
-            crate::broker::sys_topics::figures(r.server.router())
+            let router = r.server.router();
+            let mut stats: Vec<(String, u64)> = crate::broker::sys_topics::figures(router)
                 .iter()
                 .map(|(name, value)| (name.replace(['/', ' '], "_"), *value))
-                .collect()
+                .collect();
+            stats.push(("events_dropped".to_string(), router.events_dropped()));
+            stats
         })
     }
 
