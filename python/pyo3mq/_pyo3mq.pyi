@@ -1,7 +1,7 @@
 """The native core. Use the public API in `pyo3mq` instead."""
 
 from collections.abc import Callable
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, final
 
 __version__: str
 
@@ -10,12 +10,14 @@ class BrokerStartError(MqttError): ...
 
 def init_logging(level: str, to_python: bool = False) -> None: ...
 
+@final
 class ReplyHandle:
     def resolve(self, value: object) -> None: ...
 
 # The records the broker hands to the dispatcher (`pyo3mq._dispatch`), a list per
 # `call_soon_threadsafe`. Requests carry the `ReplyHandle` that answers them.
 
+@final
 class AuthCall:
     @property
     def client_id(self) -> str: ...
@@ -28,6 +30,7 @@ class AuthCall:
     @property
     def reply(self) -> ReplyHandle: ...
 
+@final
 class SubscribeCall:
     @property
     def client_id(self) -> str: ...
@@ -40,6 +43,7 @@ class SubscribeCall:
     @property
     def reply(self) -> ReplyHandle: ...
 
+@final
 class PublishCall:
     @property
     def client_id(self) -> str: ...
@@ -50,6 +54,7 @@ class PublishCall:
     @property
     def reply(self) -> ReplyHandle: ...
 
+@final
 class InterceptCall:
     @property
     def client_id(self) -> str: ...
@@ -60,14 +65,17 @@ class InterceptCall:
     @property
     def reply(self) -> ReplyHandle: ...
 
+@final
 class SpaceFreed:
     @property
     def token(self) -> int: ...
 
+@final
 class MessagesReady:
     @property
     def subscription(self) -> int: ...
 
+@final
 class Connected:
     @property
     def client_id(self) -> str: ...
@@ -80,24 +88,28 @@ class Connected:
     @property
     def session_present(self) -> bool: ...
 
+@final
 class Disconnected:
     @property
     def client_id(self) -> str: ...
     @property
     def reason(self) -> Literal["clean", "keepalive", "error", "takeover", "shutdown"]: ...
 
+@final
 class Subscribed:
     @property
     def client_id(self) -> str: ...
     @property
     def filters(self) -> list[tuple[str, int]]: ...
 
+@final
 class Unsubscribed:
     @property
     def client_id(self) -> str: ...
     @property
     def filters(self) -> list[str]: ...
 
+@final
 class SubscriptionFeed:
     """An in-process subscription's messages, waiting in Rust for the consumer."""
 
