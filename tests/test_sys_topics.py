@@ -333,6 +333,7 @@ def test_broker_stats_from_python(make_broker: Callable[..., pyo3mq.Broker]) -> 
     assert set(broker.stats()) == {
         "uptime",
         *(name.replace("/", "_").replace(" ", "_") for name in STATS[2:]),
+        "events_dropped",
     }
     port = broker.addresses[0][1]
     sub = Peer(port, "stats-sub")
@@ -351,6 +352,7 @@ def test_broker_stats_from_python(make_broker: Callable[..., pyo3mq.Broker]) -> 
         assert stats["subscriptions_count"] == 1
         assert stats["retained_messages_count"] == 1
         assert stats["bytes_received"] > 0 and stats["bytes_sent"] > 0
+        assert stats["events_dropped"] == 0
     finally:
         sub.close()
         pub.close()

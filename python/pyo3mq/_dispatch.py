@@ -1,10 +1,13 @@
-"""The asyncio end of the hand-off from the Rust broker (see src/py_bridge.rs).
+"""The asyncio end of the hand-off from the Rust broker (see src/python/bridge.rs).
 
 The broker's dispatch thread schedules `Dispatcher.__call__` on the event loop with one
-`call_soon_threadsafe` per batch. Requests (authentication, authorization) carry a reply
-handle; the hook runs as a task, bounded by `timeout`, and whatever goes wrong (an
-exception, a timeout, a value of the wrong type) is logged and answered as a denial.
-Nothing that happens here can stop the broker.
+`call_soon_threadsafe` per hand-off, a list of at most a few hundred small records (and
+never more than two hand-offs wait on the loop). Requests (authentication,
+authorization, `on_message`) carry a reply handle; the hook runs as a task, bounded by
+`timeout`, and whatever goes wrong (an exception, a timeout, a value of the wrong type) is
+logged and answered as a denial. In-process subscriptions only get a `MessagesReady`
+notice: their consumers take the messages themselves. Nothing that happens here can stop
+the broker.
 """
 
 from __future__ import annotations
@@ -16,6 +19,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pyo3mq._pyo3mq import (
+    AuthCall,
+    Connected,
+    Disconnected,
+    InterceptCall,
+    MessagesReady,
+    PublishCall,
+    SpaceFreed,
+    SubscribeCall,
+    Subscribed,
+    Unsubscribed,
+)
 from pyo3mq.types import (
     ClientInfo,
     ConnectEvent,
@@ -26,10 +41,6 @@ from pyo3mq.types import (
 )
 
 logger = logging.getLogger("pyo3mq")
-# `Message` is a NamedTuple: building it with tuple.__new__ (one C call) instead of
-# `Message._make` (a Python function) matters at a million messages per second. The
-# Rust side always sends exactly the five fields.
-_new_tuple = tuple.__new__
 
 # CONNACK return codes.
 ACCEPTED = 0
@@ -72,7 +83,7 @@ class Dispatcher:
         authorize_subscribe: Callable[..., Any] | None,
         authorize_publish: Callable[..., Any] | None,
         handlers: dict[str, list[Callable[[Any], Any]]],
-        deliver: Callable[[int, list[Message]], None],
+        ready: Callable[[int], None],
         intercept: Callable[[Message], Any] | None = None,
         space: Callable[[int], None] | None = None,
     ) -> None:
@@ -84,30 +95,39 @@ class Dispatcher:
         self._authorize_subscribe = authorize_subscribe
         self._authorize_publish = authorize_publish
         self._handlers = handlers
-        self._deliver = deliver
+        self._ready = ready
         self._tasks: set[asyncio.Task[None]] = set()
+        # One handler per record type the bridge sends.
+        self._routes: dict[type, Callable[[Any], None]] = {
+            MessagesReady: self._on_ready,
+            SpaceFreed: self._on_space,
+            AuthCall: lambda call: self._spawn(self._auth(call)),
+            SubscribeCall: lambda call: self._spawn(self._sub(call)),
+            PublishCall: lambda call: self._spawn(self._pub(call)),
+            InterceptCall: lambda call: self._spawn(self._on_messages(call)),
+            Connected: self._on_connect,
+            Disconnected: self._on_disconnect,
+            Subscribed: self._on_subscribe,
+            Unsubscribed: self._on_unsubscribe,
+        }
 
-    def __call__(self, batch: list[tuple[Any, ...]]) -> None:
+    def __call__(self, batch: list[Any]) -> None:
         for item in batch:
-            kind = item[0]
             try:
-                if kind == "messages":
-                    self._deliver(item[1], [_new_tuple(Message, m) for m in item[2]])
-                elif kind == "space":
-                    if self._space is not None:
-                        self._space(item[1])
-                elif kind == "auth":
-                    self._spawn(self._auth(*item[1:]))
-                elif kind == "authorize_subscribe":
-                    self._spawn(self._sub(*item[1:]))
-                elif kind == "authorize_publish":
-                    self._spawn(self._pub(*item[1:]))
-                elif kind == "intercept":
-                    self._spawn(self._on_messages(*item[1:]))
+                route = self._routes.get(type(item))
+                if route is None:
+                    logger.warning("pyo3mq: unknown dispatch item %r", item)
                 else:
-                    self._event(kind, item[1:])
+                    route(item)
             except Exception:
-                logger.exception("pyo3mq: failed to dispatch %r", kind)
+                logger.exception("pyo3mq: failed to dispatch %r", type(item).__name__)
+
+    def _on_ready(self, record: MessagesReady) -> None:
+        self._ready(record.subscription)
+
+    def _on_space(self, record: SpaceFreed) -> None:
+        if self._space is not None:
+            self._space(record.token)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
@@ -128,18 +148,12 @@ class Dispatcher:
 
         return await asyncio.wait_for(run(), self._timeout)
 
-    async def _auth(
-        self,
-        client_id: str,
-        username: str | None,
-        password: bytes | None,
-        peer: tuple[str, int],
-        reply: Any,
-    ) -> None:
+    async def _auth(self, call: AuthCall) -> None:
         code = NOT_AUTHORIZED
+        client_id = call.client_id
         try:
             assert self._authenticate is not None
-            result = await self._call(self._authenticate, client_id, username, password)
+            result = await self._call(self._authenticate, client_id, call.username, call.password)
             if result is True:
                 code = ACCEPTED
             elif result is False:
@@ -150,11 +164,12 @@ class Dispatcher:
             logger.error("pyo3mq: authenticate(%r) timed out: denied", client_id)
         except Exception:
             logger.exception("pyo3mq: authenticate(%r) failed: denied", client_id)
-        reply.resolve(code)
+        call.reply.resolve(code)
 
-    async def _sub(self, client: tuple[str, str | None], filter: str, qos: int, reply: Any) -> None:
+    async def _sub(self, call: SubscribeCall) -> None:
         granted: int | None = None
-        info = ClientInfo(*client)
+        info = ClientInfo(call.client_id, call.username)
+        filter, qos = call.filter, call.qos
         try:
             assert self._authorize_subscribe is not None
             result = await self._call(self._authorize_subscribe, info, filter, qos)
@@ -170,11 +185,12 @@ class Dispatcher:
             logger.error("pyo3mq: authorize_subscribe(%r, %r) timed out: denied", info, filter)
         except Exception:
             logger.exception("pyo3mq: authorize_subscribe(%r, %r) failed: denied", info, filter)
-        reply.resolve(granted)
+        call.reply.resolve(granted)
 
-    async def _pub(self, client: tuple[str, str | None], topic: str, reply: Any) -> None:
+    async def _pub(self, call: PublishCall) -> None:
         allowed = False
-        info = ClientInfo(*client)
+        info = ClientInfo(call.client_id, call.username)
+        topic = call.topic
         try:
             assert self._authorize_publish is not None
             result = await self._call(self._authorize_publish, info, topic)
@@ -185,15 +201,13 @@ class Dispatcher:
             logger.error("pyo3mq: authorize_publish(%r, %r) timed out: denied", info, topic)
         except Exception:
             logger.exception("pyo3mq: authorize_publish(%r, %r) failed: denied", info, topic)
-        reply.resolve(allowed)
+        call.reply.resolve(allowed)
 
-    async def _on_messages(
-        self, client: tuple[str, str | None], raw: list[tuple[Any, ...]], reply: Any
-    ) -> None:
+    async def _on_messages(self, call: InterceptCall) -> None:
         """Runs the interceptor over one batch; a message whose call fails is dropped."""
         hook = self._intercept
         verdicts: list[Any] = []
-        for fields in raw:
+        for fields in call.messages:
             message = Message(*fields)
             verdict: Any = None
             try:
@@ -214,28 +228,30 @@ class Dispatcher:
                 logger.exception("pyo3mq: on_message failed: message on %r dropped", message.topic)
             verdicts.append(verdict)
         try:
-            reply.resolve(verdicts)
+            call.reply.resolve(verdicts)
         except Exception:
             logger.exception("pyo3mq: on_message verdicts refused: batch dropped")
 
-    def _event(self, kind: str, fields: tuple[Any, ...]) -> None:
-        handlers = self._handlers.get(kind)
-        if not handlers:
-            return
-        event: Any
-        if kind == "connect":
-            client, peer, clean, present = fields
-            event = ConnectEvent(ClientInfo(*client), tuple(peer), clean, present)
-        elif kind == "disconnect":
-            event = DisconnectEvent(*fields)
-        elif kind == "subscribe":
-            event = SubscribeEvent(fields[0], [tuple(f) for f in fields[1]])
-        elif kind == "unsubscribe":
-            event = UnsubscribeEvent(fields[0], list(fields[1]))
-        else:
-            logger.warning("pyo3mq: unknown event %r", kind)
-            return
-        for handler in handlers:
+    def _on_connect(self, record: Connected) -> None:
+        if self._handlers.get("connect"):
+            client = ClientInfo(record.client_id, record.username)
+            event = ConnectEvent(client, record.peer, record.clean_session, record.session_present)
+            self._event("connect", event)
+
+    def _on_disconnect(self, record: Disconnected) -> None:
+        if self._handlers.get("disconnect"):
+            self._event("disconnect", DisconnectEvent(record.client_id, record.reason))
+
+    def _on_subscribe(self, record: Subscribed) -> None:
+        if self._handlers.get("subscribe"):
+            self._event("subscribe", SubscribeEvent(record.client_id, record.filters))
+
+    def _on_unsubscribe(self, record: Unsubscribed) -> None:
+        if self._handlers.get("unsubscribe"):
+            self._event("unsubscribe", UnsubscribeEvent(record.client_id, record.filters))
+
+    def _event(self, kind: str, event: Any) -> None:
+        for handler in self._handlers[kind]:
             try:
                 result = handler(event)
                 if inspect.isawaitable(result):

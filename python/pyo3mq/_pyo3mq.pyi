@@ -1,18 +1,23 @@
 """The native core. Use the public API in `pyo3mq` instead."""
 
 from collections.abc import Callable
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Literal, final
 
 from pyo3mq.types import RetainedRecord, SessionRecord
 
 __all__ = [
+    "AuthCall",
     "BrokerCore",
     "BrokerStartError",
     "ClientCore",
     "ClientMessage",
     "Completion",
+    "Connected",
     "ConnectionState",
+    "Disconnected",
     "Drained",
+    "InterceptCall",
+    "MessagesReady",
     "MqttBadUsernameOrPasswordError",
     "MqttConnectRefusedError",
     "MqttConnectionError",
@@ -24,9 +29,15 @@ __all__ = [
     "MqttSubscribeError",
     "MqttTimeoutError",
     "MqttUnacceptableProtocolVersionError",
+    "PublishCall",
     "ReplyHandle",
+    "SpaceFreed",
     "StateChange",
     "Submitted",
+    "SubscribeCall",
+    "Subscribed",
+    "SubscriptionFeed",
+    "Unsubscribed",
     "__version__",
     "check_settings",
     "config_defaults",
@@ -46,13 +57,118 @@ def check_settings(settings: dict[str, Any]) -> None: ...
 class ReplyHandle:
     def resolve(self, value: object) -> None: ...
 
+# The records the broker hands to the dispatcher (`pyo3mq._dispatch`), a list per
+# `call_soon_threadsafe`. Requests carry the `ReplyHandle` that answers them.
+
+@final
+class AuthCall:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> bytes | None: ...
+    @property
+    def peer(self) -> tuple[str, int]: ...
+    @property
+    def reply(self) -> ReplyHandle: ...
+
+@final
+class SubscribeCall:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def filter(self) -> str: ...
+    @property
+    def qos(self) -> int: ...
+    @property
+    def reply(self) -> ReplyHandle: ...
+
+@final
+class PublishCall:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def reply(self) -> ReplyHandle: ...
+
+@final
+class InterceptCall:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def messages(self) -> list[tuple[str, bytes, int, bool, str]]: ...
+    @property
+    def reply(self) -> ReplyHandle: ...
+
+@final
+class SpaceFreed:
+    @property
+    def token(self) -> int: ...
+
+@final
+class MessagesReady:
+    @property
+    def subscription(self) -> int: ...
+
+@final
+class Connected:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def peer(self) -> tuple[str, int]: ...
+    @property
+    def clean_session(self) -> bool: ...
+    @property
+    def session_present(self) -> bool: ...
+
+@final
+class Disconnected:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def reason(self) -> Literal["clean", "keepalive", "error", "takeover", "shutdown"]: ...
+
+@final
+class Subscribed:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def filters(self) -> list[tuple[str, int]]: ...
+
+@final
+class Unsubscribed:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def filters(self) -> list[str]: ...
+
+@final
+class SubscriptionFeed:
+    """An in-process subscription's messages, waiting in Rust for the consumer."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    def take(self, max: int) -> list[tuple[str, bytes, int, bool, str]]: ...
+
 @final
 class BrokerCore:
     def __new__(cls, settings: dict[str, Any]) -> BrokerCore: ...
     def start(
         self,
         event_loop: object | None = None,
-        dispatch: Callable[[list[tuple[Any, ...]]], None] | None = None,
+        dispatch: Callable[[list[Any]], None] | None = None,
         auth: bool = False,
         authorize: bool = False,
         events: bool = False,
@@ -69,8 +185,7 @@ class BrokerCore:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int: ...
     def subscribe(
         self, filter: str, qos: int, max_buffered: int = 100000, flow_control: bool = False
-    ) -> int: ...
-    def credit(self, id: int, n: int) -> None: ...
+    ) -> SubscriptionFeed: ...
     def unsubscribe(self, id: int) -> None: ...
     # Stored sessions and retained messages cross as the public records of pyo3mq.types.
     def seed(self, sessions: list[SessionRecord], retained: list[RetainedRecord]) -> None: ...

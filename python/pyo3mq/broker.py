@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,15 @@ from pyo3mq.types import ConnectEvent, DisconnectEvent, Message, SubscribeEvent,
 
 OverflowPolicy = Literal["drop_new", "drop_oldest"]
 StoreLoadError = Literal["refuse", "start_empty"]
+
+# `Message` is a NamedTuple: building it with tuple.__new__ (one C call) instead of
+# `Message._make` (a Python function) matters at a million messages per second. The
+# Rust side always sends exactly the five fields.
+_new_tuple = tuple.__new__
+# Messages `async for` takes from Rust at a time (at most `max_buffered`).
+_TAKE = 1024
+# Longest a consumer iterates without the event loop getting a turn, in seconds.
+_TURN = 0.01
 
 #: Every setting's default, from the Rust core (src/broker/config.rs), where names,
 #: types, defaults and bounds are declared once.
@@ -83,11 +93,15 @@ class Subscription:
     """Messages matching a filter, delivered inside the process: an async iterator and
     an async context manager (leaving it unsubscribes).
 
-    Messages cross from Rust in batches. If Python falls behind, either (default) the
-    broker-side queue (`max_queued_messages`, `queue_overflow`) and then this buffer
-    (`max_buffered`, oldest dropped first, counted in `dropped`) bound memory, or, with
-    `flow_control=True`, nothing is dropped: at most `max_buffered` messages wait here and
-    the publishers of matching messages are slowed until this subscription catches up.
+    Messages wait in Rust, in this subscription's buffer, until the consumer takes them
+    (a batch at a time): only what is consumed becomes Python objects. If Python falls
+    behind, either (default) the broker-side queue (`max_queued_messages`,
+    `queue_overflow`) and then this buffer (`max_buffered`, oldest dropped first, counted
+    in `dropped`) bound memory, or, with `flow_control=True`, nothing is dropped: at most
+    `max_buffered` messages wait here and the publishers of matching messages are slowed
+    until this subscription catches up. Iterating lets the event loop run between batches
+    and every 10 ms, so a consumer that never awaits anything else (or blocks a little
+    per message) cannot starve the loop: hooks and other tasks keep running.
     """
 
     def __init__(
@@ -95,44 +109,66 @@ class Subscription:
     ) -> None:
         self.filter = filter
         self.qos = qos
-        self.dropped = 0
         self._broker = broker
         self._buffer: deque[Message] = deque()
-        self._max = max_buffered
+        # Taken from Rust per batch by `async for`. With flow control a batch counts
+        # against `max_buffered` until the next one is taken: half of it leaves the other
+        # half for the broker to refill meanwhile.
+        self._chunk = min(_TAKE, max(1, max_buffered // 2) if flow_control else max_buffered)
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        self._flow_control = flow_control
-        self._consumed = 0
-        self._id = broker._core.subscribe(filter, qos, max_buffered, flow_control)
+        # Whether the consumer let the loop run since it last took a batch, and when it
+        # must next let it run at the latest.
+        self._yielded = True
+        self._turn_ends = 0.0
+        self._feed = broker._core.subscribe(filter, qos, max_buffered, flow_control)
+        self._id = self._feed.id
         broker._subscriptions[self._id] = self
 
-    def _feed(self, messages: list[Message]) -> None:
-        self._buffer.extend(messages)
-        excess = len(self._buffer) - self._max
-        if excess > 0:
-            self.dropped += excess
-            for _ in range(excess):
-                self._buffer.popleft()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because this subscription's buffer was full (never with
+        `flow_control=True`); drops in the broker-side queue are in
+        `Broker.dropped_messages`."""
+        return self._feed.dropped
+
+    def _ready(self) -> None:
+        """The broker has messages for this subscription (a `MessagesReady` notice)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _take(self, max_messages: int) -> list[Message]:
+        """Waits for messages and takes up to `max_messages`; empty once closed and
+        drained."""
+        if not self._yielded:
+            # One batch per turn of the loop: hooks and other tasks run in between.
+            await self._yield()
+        while True:
+            raw = self._feed.take(max_messages)
+            if raw:
+                self._yielded = False
+                return [_new_tuple(Message, m) for m in raw]
+            if self._closed:
+                return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._yielded = True
+            self._turn_ends = time.monotonic() + _TURN
+
+    async def _yield(self) -> None:
+        await asyncio.sleep(0)
+        self._yielded = True
+        self._turn_ends = time.monotonic() + _TURN
 
     async def next_batch(self, max_messages: int = 65_536) -> list[Message]:
         """Waits for messages and returns all that are buffered (at most `max_messages`):
         the fast way to consume a busy subscription. Empty once the subscription is
         closed and drained."""
-        while not self._buffer:
-            if self._closed:
-                return []
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        if len(self._buffer) <= max_messages:
-            batch = list(self._buffer)
-            self._buffer.clear()
-        else:
-            batch = [self._buffer.popleft() for _ in range(max_messages)]
-        if self._flow_control:
-            self._broker._core.credit(self._id, len(batch))
-        return batch
+        if self._buffer:
+            n = min(len(self._buffer), max_messages)
+            return [self._buffer.popleft() for _ in range(n)]
+        return await self._take(max_messages)
 
     def close(self) -> None:
         if not self._closed:
@@ -149,19 +185,14 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
-        while not self._buffer:
-            if self._closed:
+        if not self._buffer:
+            batch = await self._take(self._chunk)
+            if not batch:
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        message = self._buffer.popleft()
-        if self._flow_control:
-            # Credit goes back in batches: one call into Rust per many messages.
-            self._consumed += 1
-            if not self._buffer or self._consumed >= 256:
-                self._broker._core.credit(self._id, self._consumed)
-                self._consumed = 0
-        return message
+            self._buffer.extend(batch)
+        elif time.monotonic() >= self._turn_ends:
+            await self._yield()
+        return self._buffer.popleft()
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -346,8 +377,10 @@ class Broker:
         """The figures `$SYS/broker/...` publishes, now: `uptime` (seconds),
         `clients_connected`, `clients_disconnected` (offline persistent sessions),
         `clients_total`, `clients_maximum`, `messages_received`, `messages_sent`,
-        `publish_messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
-        `retained_messages_count`. Empty while the broker is stopped."""
+        `publish_messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count`
+        and `retained_messages_count`; and, not in `$SYS`, `events_dropped` (events for
+        `on_connect` and the other observers that a full event queue dropped). Empty while
+        the broker is stopped."""
         return dict(self._core.stats())
 
     # -- life cycle -------------------------------------------------------------------
@@ -365,7 +398,7 @@ class Broker:
             authorize_subscribe=getattr(self.authorizer, "authorize_subscribe", None),
             authorize_publish=getattr(self.authorizer, "authorize_publish", None),
             handlers=self._handlers,
-            deliver=self._deliver,
+            ready=self._ready,
             intercept=self.on_message,
             space=self._space_ready,
         )
@@ -395,10 +428,10 @@ class Broker:
             with contextlib.suppress(RuntimeError):  # its loop is closed: no one waits
                 waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
 
-    def _deliver(self, subscription_id: int, messages: list[Message]) -> None:
+    def _ready(self, subscription_id: int) -> None:
         subscription = self._subscriptions.get(subscription_id)
         if subscription is not None:
-            subscription._feed(messages)
+            subscription._ready()
 
     def _has_hooks(self) -> bool:
         return (

@@ -8,7 +8,6 @@
 //! stops its own writes: its session queue fills and its overflow policy applies; nobody
 //! else waits for it.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,10 +29,12 @@ use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
 use crate::broker::session::{Message, Outgoing};
 use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol};
 
+mod acl_cache;
 mod auth;
 mod handlers;
 mod output;
 
+use acl_cache::AclCache;
 use output::OutBuf;
 
 /// Stop moving messages from the session queue into the write buffer above this many
@@ -55,6 +56,12 @@ const TAKEOVER_ATTEMPTS: usize = 5;
 /// holds, so what the client sent before its new connection is read, yet bounded, so a
 /// client that keeps sending cannot hold the new connection back.
 const TAKEOVER_DRAIN_LIMIT: usize = 4 * READ_PAUSE_ABOVE;
+/// Bytes a connection reads and writes before it lets the other tasks of its worker run.
+/// Readiness waits do not spend tokio's cooperative budget, so a socket that always has
+/// data (a publisher flooding as fast as it can) would otherwise keep its worker for good,
+/// starving every connection, login and accept queued behind it. About a millisecond of
+/// work for the smallest packets; the flooder is then paced by TCP back-pressure.
+const YIELD_AFTER_BYTES: u64 = 64 * 1024;
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
 #[derive(Debug)]
@@ -97,8 +104,8 @@ pub struct Connection {
     anonymous: AnonymousPolicy,
     scratch: MatchScratch,
     batch: Vec<Outgoing>,
-    /// Topic -> (allowed, decided at): publish decisions reused for `acl_cache_ttl`.
-    acl_cache: HashMap<ByteString, (bool, Instant)>,
+    /// Publish decisions by topic, reused for `acl_cache_ttl`.
+    acl_cache: AclCache,
     /// PUBLISHes of the current read awaiting the interceptor's verdict.
     intercepted: Vec<Arc<Message>>,
     /// A QoS 1/2 message was accepted in this read and must reach the durable store
@@ -132,7 +139,7 @@ impl Connection {
             anonymous: AnonymousPolicy::AskHooks,
             scratch: MatchScratch::default(),
             batch: Vec::new(),
-            acl_cache: HashMap::new(),
+            acl_cache: AclCache::default(),
             intercepted: Vec::new(),
             unsynced: false,
             counters: LocalCounters::default(),
@@ -359,9 +366,16 @@ impl Connection {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
+        let mut since_yield = 0u64;
         loop {
             self.pump(session);
+            // The traffic not yet flushed is what this connection moved since the last turn.
+            since_yield += self.counters.bytes_received + self.counters.bytes_sent;
             self.counters.flush_into(self.router.counters());
+            if since_yield >= YIELD_AFTER_BYTES {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let can_pump = self.out.len() < WRITE_HIGH_WATER;
             let has_output = !self.out.is_empty();
             // A peer that sends without reading (acks piling up unwritten) is not read

@@ -129,7 +129,9 @@ pub enum Event {
 }
 
 pub trait EventSink: Send + Sync {
-    fn event(&self, event: Event);
+    /// Offers an event without waiting; false when the observer's queue is full and the
+    /// event was dropped (the router counts and logs that).
+    fn event(&self, event: Event) -> bool;
 }
 
 /// The hooks a broker runs with; all optional. No authenticator means everyone may

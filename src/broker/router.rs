@@ -31,8 +31,18 @@ use crate::topic::{self, RetainedTree, SubscriptionTree};
 #[derive(Debug)]
 pub struct Flow {
     pub high_water: usize,
+    /// The queue's hard bound. Publishers that wait overshoot `high_water` by at most what
+    /// they routed before waiting (one read each); one that cannot wait (the `$SYS`
+    /// publisher, `broker.publish` from another event loop) must not grow the queue without
+    /// bound, so beyond this its messages are dropped and counted like any overflow.
+    pub limit: usize,
     pub space: Notify,
 }
+
+/// Room above a flow-controlled queue's high water mark for what waiting publishers
+/// routed before they waited: a read's worth of the smallest PUBLISHes from each of a
+/// dozen publishers at once.
+const FLOW_OVERSHOOT: usize = 65_536;
 
 /// A session shared between the router (publishers append to it) and the connection that
 /// currently owns it (which drains it).
@@ -55,11 +65,9 @@ impl Session {
     /// a full queue costs only this session (its overflow policy applies).
     pub fn deliver(&self, item: Queued) -> Enqueued {
         let outcome = match &self.flow {
-            // Never dropped: the publisher waits instead (see `Router::publish`).
-            Some(_) => {
-                self.state.lock().push_unbounded(item);
-                Enqueued::Yes
-            }
+            // Not dropped below the hard limit: the publisher waits instead (see
+            // `Router::publish`).
+            Some(flow) => self.state.lock().push_flow(item, flow.limit),
             None => self.state.lock().enqueue(item),
         };
         if outcome != Enqueued::Skipped {
@@ -155,6 +163,10 @@ pub struct Router {
     next_id: AtomicU64,
     /// Messages dropped by sessions' overflow policies since start.
     dropped: AtomicU64,
+    /// Events the observer's full queue refused since start, and whether it is refusing
+    /// now (a full queue is logged once per episode).
+    events_dropped: AtomicU64,
+    events_overflowing: AtomicBool,
     /// Traffic totals for `$SYS`, fed by the connections in batches.
     counters: Counters,
     /// When the broker started (`$SYS/broker/uptime`).
@@ -199,6 +211,8 @@ impl Router {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            events_overflowing: AtomicBool::new(false),
             counters: Counters::default(),
             started: std::time::Instant::now(),
             connected: AtomicU64::new(0),
@@ -221,11 +235,37 @@ impl Router {
         &self.hooks
     }
 
-    /// Offers an event to the observer, if one is registered.
+    /// Offers an event to the observer, if one is registered. The observer never slows
+    /// the broker: an event its full queue refuses is dropped, counted (`events_dropped`
+    /// in `Broker.stats()`) and logged once per episode.
     pub fn emit(&self, event: impl FnOnce() -> Event) {
-        if let Some(sink) = &self.hooks.events {
-            sink.event(event());
+        let Some(sink) = &self.hooks.events else {
+            return;
+        };
+        if sink.event(event()) {
+            if self.events_overflowing.load(Ordering::Relaxed)
+                && self.events_overflowing.swap(false, Ordering::Relaxed)
+            {
+                tracing::info!(
+                    total_dropped = self.events_dropped(),
+                    "event queue has room again: events are delivered"
+                );
+            }
+            return;
         }
+        let total = self.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.events_overflowing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                total_dropped = total,
+                "event queue full: dropping events until the event handlers catch up \
+                 (counted in events_dropped)"
+            );
+        }
+    }
+
+    /// Events dropped because the observer's queue was full, since start.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     pub fn started(&self) -> std::time::Instant {
@@ -519,6 +559,7 @@ impl Router {
     pub fn internal_session(&self, name: &str, flow: Option<usize>) -> Arc<Session> {
         let flow = flow.map(|high_water| Flow {
             high_water,
+            limit: high_water.saturating_add(high_water.max(FLOW_OVERSHOOT)),
             space: Notify::new(),
         });
         let session = self.session_with_flow(ByteString::from(name), true, flow);
@@ -556,5 +597,87 @@ fn deliver_counting_drops(session: &Session, item: Queued) -> u64 {
             );
             n
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::broker::hooks::{DisconnectReason, EventSink};
+
+    /// An observer whose queue is full while `full` is set.
+    struct Observer {
+        full: AtomicBool,
+        seen: AtomicU64,
+    }
+
+    impl EventSink for Observer {
+        fn event(&self, _event: Event) -> bool {
+            if self.full.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.seen.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+
+    fn gone() -> Event {
+        Event::Disconnected {
+            client_id: ByteString::from_static("c"),
+            reason: DisconnectReason::Clean,
+        }
+    }
+
+    #[test]
+    fn events_a_full_observer_refuses_are_counted() {
+        let observer = Arc::new(Observer {
+            full: AtomicBool::new(false),
+            seen: AtomicU64::new(0),
+        });
+        let hooks = Hooks {
+            events: Some(observer.clone()),
+            ..Hooks::default()
+        };
+        let router = Router::new(Config::default(), hooks);
+        router.emit(gone);
+        observer.full.store(true, Ordering::Relaxed);
+        router.emit(gone);
+        router.emit(gone);
+        assert_eq!(router.events_dropped(), 2);
+        assert!(router.events_overflowing.load(Ordering::Relaxed));
+        observer.full.store(false, Ordering::Relaxed);
+        router.emit(gone);
+        assert_eq!(router.events_dropped(), 2);
+        assert!(!router.events_overflowing.load(Ordering::Relaxed));
+        assert_eq!(observer.seen.load(Ordering::Relaxed), 2);
+    }
+
+    /// A flow-controlled in-process session bounds its queue for a publisher that does
+    /// not wait (as the `$SYS` publisher does not): the excess is counted as dropped.
+    #[test]
+    fn flow_controlled_queue_is_bounded_for_publishers_that_do_not_wait() {
+        let router = Router::new(Config::default(), Hooks::default());
+        let session = router.internal_session("$internal/1", Some(10));
+        router
+            .subscribe(&session, &ByteString::from_static("f/#"), QoS::AtMostOnce)
+            .unwrap();
+        let limit = session.flow.as_ref().unwrap().limit;
+        assert_eq!(limit, 10 + FLOW_OVERSHOOT);
+        let mut scratch = MatchScratch::default();
+        for _ in 0..limit + 100 {
+            let msg = Arc::new(Message {
+                topic: ByteString::from_static("f/x"),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                publisher: ByteString::new(),
+            });
+            router.publish(msg, &mut scratch);
+            scratch.clear_blocked();
+        }
+        assert_eq!(session.state.lock().queued_len(), limit);
+        assert_eq!(router.dropped_messages(), 100);
     }
 }

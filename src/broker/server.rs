@@ -310,7 +310,8 @@ async fn accept_loop(
     }
 }
 
-/// Brings a durable store up to date every `interval`, off the async workers.
+/// Brings a durable store up to date every `interval`, off the async workers (SQLite
+/// writes block: they run on the blocking pool, one at a time).
 async fn persist_periodically(
     router: Arc<Router>,
     store: Arc<dyn SessionStore>,
@@ -318,6 +319,9 @@ async fn persist_periodically(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval(interval);
+    // A save that took longer than the interval is followed by a full interval, not by a
+    // burst of saves that would keep a blocking thread and the disk busy back to back.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         tokio::select! {

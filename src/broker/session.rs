@@ -340,11 +340,23 @@ impl SessionState {
         }
     }
 
-    /// Queues without a limit: for flow-controlled subscribers, whose publishers wait
-    /// instead of losing messages.
-    pub fn push_unbounded(&mut self, item: Queued) {
+    /// Queues for a flow-controlled subscriber, whose publishers wait instead of losing
+    /// messages: only `limit`, far above where they wait, drops (the new message), for
+    /// publishers that cannot wait.
+    pub fn push_flow(&mut self, item: Queued, limit: usize) -> Enqueued {
+        if self.queue.len() >= limit {
+            self.dropped += 1;
+            if std::mem::replace(&mut self.overflowing, true) {
+                return Enqueued::Overflowed(1);
+            }
+            return Enqueued::OverflowStarted(1);
+        }
+        if self.queue.is_empty() {
+            self.overflowing = false;
+        }
         self.push_queue(item);
         self.mark_changed();
+        Enqueued::Yes
     }
 
     /// Takes up to `max` queued messages regardless of the inflight window: for in-process

@@ -11,7 +11,6 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
-use tokio::sync::Semaphore;
 
 use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
@@ -22,7 +21,7 @@ use crate::broker::store::{
     open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage, StoredState,
 };
 use crate::codec::QoS;
-use crate::python::bridge::{PyBridge, Wanted};
+use crate::python::bridge::{Feed, PyBridge, SubscriptionFeed, Wanted};
 use crate::python::errors::{BrokerStartError, MqttError};
 use crate::topic;
 
@@ -124,8 +123,8 @@ fn check_settings(settings: &Bound<'_, PyDict>) -> PyResult<()> {
 struct Running {
     server: Server,
     bridge: Option<PyBridge>,
-    /// In-process subscriptions by id, with their credit when flow-controlled.
-    subscriptions: Vec<(u64, Arc<Session>, Option<Arc<Semaphore>>)>,
+    /// In-process subscriptions by id.
+    subscriptions: Vec<(u64, Arc<Session>)>,
 }
 
 /// The Rust broker: its own threads, sockets and state. `pyo3mq.Broker` wraps it.
@@ -191,7 +190,7 @@ impl BrokerCore {
             intercept,
         };
         let bridge = match (event_loop, dispatch) {
-            (Some(event_loop), Some(dispatch)) => Some(PyBridge::start(event_loop, dispatch)),
+            (Some(event_loop), Some(dispatch)) => Some(PyBridge::start(event_loop, dispatch)?),
             _ => None,
         };
         let mut hooks = Hooks::default();
@@ -239,7 +238,7 @@ impl BrokerCore {
     fn stop(&self, py: Python<'_>) {
         let running = self.running.lock().take();
         if let Some(mut running) = running {
-            for (_, session, _) in running.subscriptions.drain(..) {
+            for (_, session) in running.subscriptions.drain(..) {
                 running.server.router().release(&session);
             }
             py.detach(move || {
@@ -273,13 +272,17 @@ impl BrokerCore {
             .map_or(0, |r| r.server.router().dropped_messages())
     }
 
-    /// The `$SYS` figures now, by name (`clients_connected`, ...); empty when stopped.
+    /// The `$SYS` figures now, by name (`clients_connected`, ...), and `events_dropped`
+    /// (not in `$SYS`, which carries Mosquitto's names only); empty when stopped.
     fn stats(&self) -> Vec<(String, u64)> {
         self.running.lock().as_ref().map_or_else(Vec::new, |r| {
-            crate::broker::sys_topics::figures(r.server.router())
+            let router = r.server.router();
+            let mut stats: Vec<(String, u64)> = crate::broker::sys_topics::figures(router)
                 .iter()
                 .map(|(name, value)| (name.replace(['/', ' '], "_"), *value))
-                .collect()
+                .collect();
+            stats.push(("events_dropped".to_string(), router.events_dropped()));
+            stats
         })
     }
 
@@ -325,10 +328,11 @@ impl BrokerCore {
         Ok(token)
     }
 
-    /// Subscribes the process itself to `filter`: matching messages arrive in batches
-    /// as `("messages", id, [...])` through the dispatch hook. Returns the id. With
-    /// `flow_control`, at most `max_buffered` messages are handed over until Python
-    /// returns credit (`credit()`), and publishers wait while the backlog exceeds it.
+    /// Subscribes the process itself to `filter`. Matching messages wait in the returned
+    /// feed, at most `max_buffered` of them (the oldest dropped beyond, and counted), until
+    /// the consumer takes them; a `MessagesReady` record through the dispatch hook says
+    /// when there are some. With `flow_control` nothing is dropped: publishers wait while
+    /// the backlog exceeds `max_buffered`.
     #[pyo3(signature = (filter, qos, max_buffered=100_000, flow_control=false))]
     fn subscribe(
         &self,
@@ -336,7 +340,7 @@ impl BrokerCore {
         qos: u8,
         max_buffered: usize,
         flow_control: bool,
-    ) -> PyResult<u64> {
+    ) -> PyResult<SubscriptionFeed> {
         if max_buffered == 0 {
             return Err(PyValueError::new_err("max_buffered must be at least 1"));
         }
@@ -355,27 +359,15 @@ impl BrokerCore {
             &format!("$internal/{id}"),
             flow_control.then_some(max_buffered),
         );
-        let credit = flow_control.then(|| Arc::new(Semaphore::new(max_buffered)));
+        let feed = Feed::new(id, max_buffered, flow_control);
         router
             .subscribe(&session, &ByteString::from(filter), qos)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         running
             .server
-            .spawn(bridge.forward(id, session.clone(), router, credit.clone()));
-        running.subscriptions.push((id, session, credit));
-        Ok(id)
-    }
-
-    /// Python consumed `n` messages of a flow-controlled subscription: room for more.
-    fn credit(&self, id: u64, n: usize) {
-        let slot = self.running.lock();
-        if let Some(running) = slot.as_ref() {
-            if let Some((_, _, Some(credit))) =
-                running.subscriptions.iter().find(|(sid, _, _)| *sid == id)
-            {
-                credit.add_permits(n);
-            }
-        }
+            .spawn(bridge.forward(feed.clone(), session.clone()));
+        running.subscriptions.push((id, session));
+        Ok(SubscriptionFeed::new(feed))
     }
 
     /// Replaces the stored state the next `start()` loads (for Python session stores):
@@ -491,15 +483,8 @@ impl BrokerCore {
     fn unsubscribe(&self, id: u64) {
         let mut slot = self.running.lock();
         if let Some(running) = slot.as_mut() {
-            if let Some(i) = running
-                .subscriptions
-                .iter()
-                .position(|(sid, _, _)| *sid == id)
-            {
-                let (_, session, credit) = running.subscriptions.swap_remove(i);
-                if let Some(credit) = credit {
-                    credit.close();
-                }
+            if let Some(i) = running.subscriptions.iter().position(|(sid, _)| *sid == id) {
+                let (_, session) = running.subscriptions.swap_remove(i);
                 running.server.router().release(&session);
             }
         }

@@ -11,9 +11,6 @@ use crate::codec::{Connect, ConnectReturnCode, Protocol, QoS};
 
 use super::Connection;
 
-/// Publish authorization decisions a connection remembers at most.
-const ACL_CACHE_ENTRIES: usize = 1024;
-
 impl Connection {
     /// Sets what this connection's listener does with clients that send no username
     /// (`Config::anonymous_policy`); without it the hooks decide.
@@ -31,7 +28,9 @@ impl Connection {
 
     /// Applies the listener's rule for clients without a username, then runs the
     /// authenticator, if any, within `auth_timeout`; a timeout is a denial (CONNACK
-    /// 0x05), as is a hook that fails (the hook reports that itself).
+    /// 0x05), as is a hook that fails (the hook reports that itself). An answer that
+    /// comes after the limit is a timeout too, even if it allows: a worker busy elsewhere
+    /// can poll the future late, and a login is never accepted late.
     pub(super) async fn authenticate(&self, connect: &Connect) -> AuthDecision {
         if connect.username.is_none() {
             match self.anonymous {
@@ -58,9 +57,10 @@ impl Connection {
             protocol: connect.protocol,
         };
         let limit = self.router.config().auth_timeout;
+        let started = Instant::now();
         let decision = match timeout(limit, auth.authenticate(request)).await {
-            Ok(decision) => decision,
-            Err(_) => {
+            Ok(decision) if started.elapsed() <= limit => decision,
+            _ => {
                 warn!(client_id = %self.client_id, "authentication timed out after {limit:?}: denying");
                 AuthDecision::Deny(ConnectReturnCode::NotAuthorized)
             }
@@ -78,10 +78,8 @@ impl Connection {
             return true;
         };
         let ttl = self.router.config().acl_cache_ttl;
-        if let Some((allowed, at)) = self.acl_cache.get(topic) {
-            if at.elapsed() < ttl {
-                return *allowed;
-            }
+        if let Some(allowed) = self.acl_cache.get(topic, ttl, Instant::now()) {
+            return allowed;
         }
         let limit = self.router.config().auth_timeout;
         let allowed = timeout(
@@ -93,11 +91,10 @@ impl Connection {
             warn!(client_id = %self.client_id, "publish authorization timed out: denying");
             false
         });
-        if self.acl_cache.len() >= ACL_CACHE_ENTRIES {
-            self.acl_cache.clear();
+        if !ttl.is_zero() {
+            self.acl_cache
+                .insert(topic.clone(), allowed, Instant::now());
         }
-        self.acl_cache
-            .insert(topic.clone(), (allowed, Instant::now()));
         allowed
     }
 

@@ -1,10 +1,20 @@
 //! mosquitto_passwd files: `user:$7$ITERATIONS$SALT$HASH` (PBKDF2-HMAC-SHA512) or the
 //! legacy `$6$` salted SHA-512, verified in Rust.
+//!
+//! A PBKDF2 hash costs what its iteration count says (0.4 s of CPU at 1,000,000), so it
+//! never runs on a runtime worker, where it would stall every connection of that worker:
+//! it runs on the blocking pool. Costly ones (above `SLOT_ITERATIONS`) run a bounded
+//! number at once, and the login's `auth_timeout` covers the wait for a slot as well as
+//! the hash; cheap ones (mosquitto_passwd's default 101 iterations) never queue behind
+//! them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine;
+use bytes::Bytes;
 use sha2::{Digest, Sha512};
+use tokio::sync::Semaphore;
 
 use super::{AuthDecision, AuthRequest, Authenticator, BoxFuture};
 use crate::codec::ConnectReturnCode;
@@ -44,6 +54,20 @@ impl PasswordHash {
         }
     }
 
+    /// How checking a password is scheduled. A `$6$` hash is one SHA-512: inline.
+    /// PBKDF2 always runs on the blocking pool (mosquitto_passwd's 101 iterations are
+    /// 50 us, a hardened file's million half a second), in a hashing slot above
+    /// `SLOT_ITERATIONS`.
+    fn cost(&self) -> Cost {
+        match self {
+            PasswordHash::Sha512 { .. } => Cost::Inline,
+            PasswordHash::Pbkdf2Sha512 { iterations, .. } if *iterations <= SLOT_ITERATIONS => {
+                Cost::Blocking
+            }
+            PasswordHash::Pbkdf2Sha512 { .. } => Cost::Slot,
+        }
+    }
+
     fn verify(&self, password: &[u8]) -> bool {
         match self {
             PasswordHash::Pbkdf2Sha512 {
@@ -70,10 +94,34 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cost {
+    Inline,
+    Blocking,
+    Slot,
+}
+
+/// Iterations above which a PBKDF2 hash takes a hashing slot (about a millisecond).
+const SLOT_ITERATIONS: u32 = 2_000;
+
+/// Costly PBKDF2 verifications running at once: half the cores (at least one), so that
+/// logins hashing at full speed still leave CPU to the workers that move messages.
+fn hash_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Users and password hashes from a file in mosquitto_passwd's format.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PasswordFile {
-    users: HashMap<String, PasswordHash>,
+    users: Arc<HashMap<String, PasswordHash>>,
+    /// Bounds the hashes running on the blocking pool; logins wait here for a slot.
+    hashing: Arc<Semaphore>,
+}
+
+impl Default for PasswordFile {
+    fn default() -> PasswordFile {
+        PasswordFile::with_users(HashMap::new())
+    }
 }
 
 impl PasswordFile {
@@ -91,7 +139,14 @@ impl PasswordFile {
             let hash = PasswordHash::parse(hash).map_err(|e| format!("line {}: {e}", n + 1))?;
             users.insert(user.to_string(), hash);
         }
-        Ok(PasswordFile { users })
+        Ok(PasswordFile::with_users(users))
+    }
+
+    fn with_users(users: HashMap<String, PasswordHash>) -> PasswordFile {
+        PasswordFile {
+            users: Arc::new(users),
+            hashing: Arc::new(Semaphore::new(hash_slots())),
+        }
     }
 
     pub fn load(path: &str) -> Result<PasswordFile, String> {
@@ -107,14 +162,57 @@ impl PasswordFile {
     }
 }
 
+const REFUSED: AuthDecision = AuthDecision::Deny(ConnectReturnCode::BadUserNameOrPassword);
+
 impl Authenticator for PasswordFile {
+    /// Nothing is computed before the future is polled, so the caller's timeout covers
+    /// the whole check.
     fn authenticate(&self, request: AuthRequest) -> BoxFuture<AuthDecision> {
-        let decision = match (&request.username, &request.password) {
-            (Some(user), Some(password)) if self.verify(user, password) => AuthDecision::Allow,
-            _ => AuthDecision::Deny(ConnectReturnCode::BadUserNameOrPassword),
-        };
-        Box::pin(async move { decision })
+        let file = self.clone();
+        Box::pin(async move {
+            let (Some(user), Some(password)) = (&request.username, request.password) else {
+                return REFUSED;
+            };
+            let Some(hash) = file.users.get(&**user) else {
+                return REFUSED;
+            };
+            let allowed = match hash.cost() {
+                Cost::Inline => hash.verify(&password),
+                Cost::Blocking => verify_off_runtime(None, hash.clone(), password).await,
+                Cost::Slot => verify_off_runtime(Some(&file.hashing), hash.clone(), password).await,
+            };
+            if allowed {
+                AuthDecision::Allow
+            } else {
+                REFUSED
+            }
+        })
     }
+}
+
+/// Verifies on the blocking pool, once a hashing slot is free if `slots` is given. The
+/// slot is held by the hash itself, not by the waiting login: a login that times out
+/// meanwhile stops waiting, but a hash already started keeps its slot until it ends, so
+/// no more than `hash_slots()` costly hashes ever compete with the workers for the CPU.
+async fn verify_off_runtime(
+    slots: Option<&Arc<Semaphore>>,
+    hash: PasswordHash,
+    password: Bytes,
+) -> bool {
+    let slot = match slots {
+        Some(slots) => match slots.clone().acquire_owned().await {
+            Ok(slot) => Some(slot),
+            Err(_) => return false,
+        },
+        None => None,
+    };
+    tokio::task::spawn_blocking(move || {
+        let allowed = hash.verify(&password);
+        drop(slot);
+        allowed
+    })
+    .await
+    .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -148,6 +246,97 @@ bob:$7$101$M1JNCCEQt3puMIYo$s8MCba+nnvqV9m8YAtwqaq1HQFuLF2vUWzwzHr4N9um0L2U08WsT
         let file = PasswordFile::parse(&line).unwrap();
         assert!(file.verify("u", b"pw"));
         assert!(!file.verify("u", b"pW"));
+    }
+
+    fn request(user: &str, password: &[u8]) -> AuthRequest {
+        AuthRequest {
+            client_id: "c".into(),
+            username: Some(user.into()),
+            password: Some(Bytes::copy_from_slice(password)),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            protocol: crate::codec::Protocol::V311,
+        }
+    }
+
+    #[tokio::test]
+    async fn authenticate_hashes_on_the_blocking_pool() {
+        let file = PasswordFile::parse(PASSWD).unwrap();
+        assert_eq!(
+            file.authenticate(request("alice", b"s3cret")).await,
+            AuthDecision::Allow
+        );
+        assert_eq!(file.authenticate(request("alice", b"nope")).await, REFUSED);
+        assert_eq!(
+            file.authenticate(request("carol", b"s3cret")).await,
+            REFUSED
+        );
+        let mut no_password = request("alice", b"");
+        no_password.password = None;
+        assert_eq!(file.authenticate(no_password).await, REFUSED);
+    }
+
+    /// A worker never computes the hash: creating the future does nothing, and on a
+    /// single-threaded runtime another task keeps running while a slow hash is verified.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_hash_does_not_stall_the_runtime() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let salt = b"saltsaltsalt";
+        let mut hash = vec![0u8; 64];
+        pbkdf2::pbkdf2_hmac::<Sha512>(b"pw", salt, 20_000, &mut hash);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let line = format!("u:$7$20000${}${}", b64.encode(salt), b64.encode(&hash));
+        let file = PasswordFile::parse(&line).unwrap();
+        let hash_alone = std::time::Instant::now();
+        assert!(file.verify("u", b"pw"));
+        let hash_alone = hash_alone.elapsed();
+        let ticks = Arc::new(AtomicU32::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(hash_alone / 10).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        assert_eq!(
+            file.authenticate(request("u", b"pw")).await,
+            AuthDecision::Allow
+        );
+        ticker.abort();
+        // Inline, the hash would have held the only runtime thread: no tick at all.
+        assert!(
+            ticks.load(Ordering::Relaxed) >= 3,
+            "the runtime stalled during the hash"
+        );
+    }
+
+    #[test]
+    fn only_costly_hashes_take_a_slot() {
+        let file = PasswordFile::parse(PASSWD).unwrap();
+        assert_eq!(file.users["alice"].cost(), Cost::Blocking);
+        let hardened = PasswordFile::parse("u:$7$1000000$AA==$AA==").unwrap();
+        assert_eq!(hardened.users["u"].cost(), Cost::Slot);
+        let legacy = PasswordFile::parse("u:$6$AA==$AA==").unwrap();
+        assert_eq!(legacy.users["u"].cost(), Cost::Inline);
+    }
+
+    /// Cheap logins are not queued behind costly ones: with every slot taken, a
+    /// mosquitto_passwd-default user still gets in.
+    #[tokio::test]
+    async fn cheap_hashes_do_not_wait_for_a_slot() {
+        let file = PasswordFile::parse(PASSWD).unwrap();
+        let _taken = file
+            .hashing
+            .clone()
+            .acquire_many_owned(hash_slots() as u32)
+            .await
+            .unwrap();
+        let login = file.authenticate(request("alice", b"s3cret"));
+        assert_eq!(
+            tokio::time::timeout(std::time::Duration::from_secs(10), login).await,
+            Ok(AuthDecision::Allow)
+        );
     }
 
     #[test]

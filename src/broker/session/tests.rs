@@ -345,3 +345,37 @@ fn inbound_qos2_dedup() {
     s.on_inbound_pubrel(7);
     assert!(s.on_inbound_qos2(7));
 }
+
+/// A flow-controlled queue takes what its waiting publishers routed past the high
+/// water mark, but not without end: past the hard limit, the new message is dropped
+/// and counted, with one log line per episode.
+#[test]
+fn flow_queue_has_a_hard_limit() {
+    let mut s = SessionState::new(limits(1, 1, OverflowPolicy::DropNew));
+    for n in 0..3 {
+        assert_eq!(s.push_flow(msg(n, QoS::AtMostOnce), 3), Enqueued::Yes);
+    }
+    assert_eq!(
+        s.push_flow(msg(3, QoS::AtMostOnce), 3),
+        Enqueued::OverflowStarted(1)
+    );
+    assert_eq!(
+        s.push_flow(msg(4, QoS::AtMostOnce), 3),
+        Enqueued::Overflowed(1)
+    );
+    assert_eq!((s.queued_len(), s.dropped), (3, 2));
+    let mut taken = Vec::new();
+    s.take_queued(3, &mut taken);
+    assert_eq!(
+        taken.iter().map(|q| q.msg.payload[0]).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert_eq!(s.push_flow(msg(5, QoS::AtMostOnce), 3), Enqueued::Yes);
+    s.push_flow(msg(6, QoS::AtMostOnce), 3);
+    s.push_flow(msg(7, QoS::AtMostOnce), 3);
+    // A new episode is logged again.
+    assert_eq!(
+        s.push_flow(msg(8, QoS::AtMostOnce), 3),
+        Enqueued::OverflowStarted(1)
+    );
+}
