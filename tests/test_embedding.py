@@ -448,6 +448,9 @@ NON_DEFAULT: dict[str, Any] = {
     "password_file": "/etc/pyo3mq/passwd",
     "acl_file": "/etc/pyo3mq/acl",
     "persist_interval": 3.0,
+    "certfile": "/etc/pyo3mq/server.pem",
+    "keyfile": "/etc/pyo3mq/server.key",
+    "cafile": "/etc/pyo3mq/ca.pem",
 }
 
 

@@ -62,6 +62,14 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -81,6 +89,11 @@ class Dispatcher:
         self._loop = loop
         self._timeout = timeout
         self._authenticate = authenticate
+        # An authenticator that names a `certificate_subject` parameter (or takes
+        # **kwargs) is told the client's certificate subject; others keep three arguments.
+        self._auth_wants_subject = authenticate is not None and _accepts(
+            authenticate, "certificate_subject"
+        )
         self._authorize_subscribe = authorize_subscribe
         self._authorize_publish = authorize_publish
         self._handlers = handlers
@@ -135,11 +148,17 @@ class Dispatcher:
         password: bytes | None,
         peer: tuple[str, int],
         reply: Any,
+        certificate_subject: str | None = None,
     ) -> None:
         code = NOT_AUTHORIZED
         try:
             assert self._authenticate is not None
-            result = await self._call(self._authenticate, client_id, username, password)
+            authenticate = self._authenticate
+            if self._auth_wants_subject:
+                authenticate = functools.partial(
+                    authenticate, certificate_subject=certificate_subject
+                )
+            result = await self._call(authenticate, client_id, username, password)
             if result is True:
                 code = ACCEPTED
             elif result is False:
@@ -152,7 +171,9 @@ class Dispatcher:
             logger.exception("pyo3mq: authenticate(%r) failed: denied", client_id)
         reply.resolve(code)
 
-    async def _sub(self, client: tuple[str, str | None], filter: str, qos: int, reply: Any) -> None:
+    async def _sub(
+        self, client: tuple[str, str | None, str | None], filter: str, qos: int, reply: Any
+    ) -> None:
         granted: int | None = None
         info = ClientInfo(*client)
         try:
@@ -172,7 +193,9 @@ class Dispatcher:
             logger.exception("pyo3mq: authorize_subscribe(%r, %r) failed: denied", info, filter)
         reply.resolve(granted)
 
-    async def _pub(self, client: tuple[str, str | None], topic: str, reply: Any) -> None:
+    async def _pub(
+        self, client: tuple[str, str | None, str | None], topic: str, reply: Any
+    ) -> None:
         allowed = False
         info = ClientInfo(*client)
         try:
@@ -188,7 +211,7 @@ class Dispatcher:
         reply.resolve(allowed)
 
     async def _on_messages(
-        self, client: tuple[str, str | None], raw: list[tuple[Any, ...]], reply: Any
+        self, client: tuple[str, str | None, str | None], raw: list[tuple[Any, ...]], reply: Any
     ) -> None:
         """Runs the interceptor over one batch; a message whose call fails is dropped."""
         hook = self._intercept

@@ -349,6 +349,11 @@ fn client_tuple<'py>(py: Python<'py>, client: &ClientInfo) -> PyResult<Bound<'py
         [
             client.client_id.deref().into_pyobject(py)?.into_any(),
             client.username.as_deref().into_pyobject(py)?.into_any(),
+            client
+                .certificate_subject
+                .as_deref()
+                .into_pyobject(py)?
+                .into_any(),
         ],
     )
 }
@@ -377,6 +382,7 @@ fn to_python<'py>(
                 req.password.as_deref().map(|p| PyBytes::new(py, p)),
                 (req.peer.ip().to_string(), req.peer.port()),
                 handle(py, Reply::Auth(tx))?,
+                req.certificate_subject.as_deref(),
             )
                 .into_pyobject(py)?,
             Work::Subscribe(client, filter, qos, tx) => (

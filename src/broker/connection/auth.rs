@@ -18,21 +18,41 @@ impl Connection {
         ClientInfo {
             client_id: self.client_id.clone(),
             username: self.username.clone(),
+            certificate_subject: self.io.peer_certificate().map(|c| c.subject.clone()),
+        }
+    }
+
+    /// The username the broker acts on: the CONNECT's, or on a listener with
+    /// `use_identity_as_username`, the client certificate's Common Name (`None` when it
+    /// has none; [`Self::authenticate`] then refuses).
+    pub(super) fn username_for(&self, connect: &Connect) -> Option<ByteString> {
+        if self.io.identity_as_username() {
+            self.io
+                .peer_certificate()
+                .and_then(|c| c.common_name.clone())
+        } else {
+            connect.username.clone()
         }
     }
 
     /// Runs the authenticator, if any, within `auth_timeout`; a timeout is a denial
     /// (CONNACK 0x05), as is a hook that fails (the hook reports that itself).
     pub(super) async fn authenticate(&self, connect: &Connect) -> AuthDecision {
+        if self.io.identity_as_username() && self.username.is_none() {
+            info!(client_id = %self.client_id, peer = %self.peer,
+                "refusing connection: use_identity_as_username, and the client certificate has no Common Name");
+            return AuthDecision::Deny(ConnectReturnCode::NotAuthorized);
+        }
         let Some(auth) = &self.router.hooks().authenticator else {
             return AuthDecision::Allow;
         };
         let request = AuthRequest {
             client_id: self.client_id.clone(),
-            username: connect.username.clone(),
+            username: self.username.clone(),
             password: connect.password.clone(),
             peer: self.peer,
             protocol: connect.protocol,
+            certificate_subject: self.io.peer_certificate().map(|c| c.subject.clone()),
         };
         let limit = self.router.config().auth_timeout;
         let decision = match timeout(limit, auth.authenticate(request)).await {
