@@ -31,6 +31,12 @@ mod x509;
 pub use tls::{TlsAcceptor, TlsStream};
 pub use ws::WsStream;
 
+/// Socket reads one `try_read_buf` of a layered transport makes at most before it
+/// returns: a peer sending only control frames or empty records must not keep a worker
+/// thread to itself. (It then says `WouldBlock` with the socket still readable, so the
+/// connection's next `readable()` is immediate, after other tasks had their turn.)
+pub(crate) const MAX_READS_PER_CALL: usize = 16;
+
 /// What a verified client certificate says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCertificate {

@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{x509, PeerCertificate, TryIo};
+use super::{x509, PeerCertificate, TryIo, MAX_READS_PER_CALL};
 use crate::broker::config::{TlsSettings, TlsVersion};
 
 /// Bytes rustls may hold for sending (plaintext accepted but not yet on the socket, and
@@ -189,7 +189,7 @@ impl TlsStream {
 
     /// Decrypts what has arrived and appends the plaintext to `buf`.
     pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
+        for _ in 0..MAX_READS_PER_CALL {
             let state = self
                 .conn
                 .process_new_packets()
@@ -222,6 +222,7 @@ impl TlsStream {
                 Err(e) => return Err(e),
             }
         }
+        Err(io::ErrorKind::WouldBlock.into())
     }
 
     /// Encrypts what rustls has room for, then writes records until the socket is full.

@@ -16,7 +16,7 @@ use bytes::{Buf, BytesMut};
 use sha1::{Digest, Sha1};
 use tokio::time::timeout;
 
-use super::{PeerCertificate, Stream};
+use super::{PeerCertificate, Stream, MAX_READS_PER_CALL};
 
 /// Largest upgrade request (request line and headers) accepted.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -395,7 +395,7 @@ impl WsStream {
     /// Appends the payload of the binary frames that have arrived to `buf`; `Ok(0)` once
     /// the peer sent a close frame (after what preceded it) or the stream ended.
     pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
+        for _ in 0..MAX_READS_PER_CALL {
             self.pending_input = false;
             let n = self.decode(buf).map_err(|(code, reason)| {
                 self.close_code = code;
@@ -418,6 +418,8 @@ impl WsStream {
                 }
             }
         }
+        self.release_raw();
+        Err(io::ErrorKind::WouldBlock.into())
     }
 
     /// Idle connections hold no read buffer; a partial header keeps a small one.
