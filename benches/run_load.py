@@ -124,9 +124,12 @@ def build_matrix(quick: bool, only: set[str], wild_sizes: Sequence[int]) -> list
         for qos in (0, 1, 2):
             cells += [Cell("paced", s, qos, 64) for s in scenarios]
     if "transports" in only:
-        for transport in TRANSPORTS:
+        for transport in ("tcp", *TRANSPORTS):
             for qos in (0, 1):
-                cells += [Cell("sat", s, qos, 64, transport=transport) for s in ("1:1", "fanout")]
+                for scenario in ("1:1", "fanout"):
+                    cell = Cell("sat", scenario, qos, 64, transport=transport)
+                    if cell not in cells:  # the TCP cells, for comparison in the same run
+                        cells.append(cell)
     return cells
 
 
