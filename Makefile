@@ -1,11 +1,14 @@
 # One entry point for people and CI. `make serve` runs the broker, `make test` runs every test.
 # Both create .venv and install what they need on first use.
+# `make serve` is for a quick local try: 127.0.0.1:1883, this machine only, in-memory
+# sessions. Pass the command's flags in SERVE_ARGS, e.g. SERVE_ARGS="--config broker.toml".
 
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.deps-stamp
 PROFILE ?= release
+SERVE_ARGS ?=
 
 .PHONY: serve test test-rust test-python lint build system-deps bench clean
 
@@ -31,7 +34,7 @@ system-deps:
 	fi
 
 serve: build
-	$(BIN)/pyo3mq
+	$(BIN)/pyo3mq $(SERVE_ARGS)
 
 test: test-rust test-python
 
@@ -41,12 +44,14 @@ test-rust:
 test-python: build system-deps
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: build
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	$(BIN)/ruff check python tests examples
 	$(BIN)/ruff format --check python tests examples
 	$(BIN)/mypy
+	# The hand-written stub must match the compiled extension.
+	$(BIN)/python -m mypy.stubtest pyo3mq._pyo3mq
 
 bench: build
 	$(MAKE) --no-print-directory system-deps

@@ -240,7 +240,10 @@ pub enum Error {
     InvalidFlags { packet: &'static str, flags: u8 },
     #[error("[MQTT-2.2.3] Remaining Length uses more than 4 bytes")]
     MalformedRemainingLength,
-    #[error("packet of {size} bytes exceeds the maximum packet size of {max} bytes")]
+    #[error(
+        "packet of {size} bytes exceeds the maximum packet size of {max} bytes: raise \
+         max_packet_size to accept it"
+    )]
     PacketTooLarge { size: usize, max: usize },
     #[error("[MQTT-2.2.3] {packet} has Remaining Length {actual}, expected {expected}")]
     BadRemainingLength {

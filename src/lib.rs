@@ -16,6 +16,7 @@
 pub mod broker;
 pub mod client;
 pub mod codec;
+mod qos;
 pub mod topic;
 
 #[cfg(feature = "python")]

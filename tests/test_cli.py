@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyo3mq
 import pytest
-from support.mqtt_raw import PINGREQ, RawClient, publish, subscribe
+from support.mqtt_raw import DISCONNECT, PINGREQ, RawClient, publish, subscribe
 
 SCRIPT = Path(sys.executable).with_name("pyo3mq")
 COMMANDS = {
@@ -41,6 +42,10 @@ class Running:
             text=True,
         )
         self.stdout_lines: list[str] = []
+        # stderr read so far (raw, from the descriptor: see `wait_stderr`), and how much
+        # of it `wait_stderr` has already matched against.
+        self._stderr = b""
+        self._matched = 0
         self.host, self.port = self._wait_listening(timeout=15.0)
 
     def _wait_listening(self, timeout: float) -> tuple[str, int]:
@@ -65,6 +70,37 @@ class Running:
         self.proc.kill()
         pytest.fail(f"no 'listening on' line within {timeout} s: {self.stdout_lines!r}")
 
+    def wait_stderr(self, text: str, timeout: float = 10.0) -> str:
+        """Reads stderr while the process runs until a line containing `text` arrives
+        after the last one matched; returns that line. Reads the descriptor itself, so no
+        bytes sit in a Python buffer that the selector cannot see."""
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while True:
+                text_so_far = self._stderr.decode("utf-8", "replace")
+                lines = text_so_far[self._matched :].splitlines(keepends=True)
+                offset = self._matched
+                for line in lines:
+                    offset += len(line)
+                    if line.endswith("\n") and text in line:
+                        self._matched = offset
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail(f"no stderr line with {text!r} within {timeout} s: {text_so_far}")
+                if sel.select(timeout=remaining):
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        self.proc.wait(timeout=5)
+                        pytest.fail(
+                            f"pyo3mq exited ({self.proc.returncode}) before logging {text!r}: "
+                            f"{text_so_far}"
+                        )
+                    self._stderr += chunk
+
     def stop(self, sig: int, timeout: float = 5.0) -> tuple[int, str, str]:
         """Sends `sig`; returns (exit code, rest of stdout, stderr)."""
         self.proc.send_signal(sig)
@@ -72,7 +108,7 @@ class Running:
         out, err = self.proc.communicate(timeout=timeout)
         assert time.monotonic() - started < timeout
         assert self.proc.returncode is not None
-        return self.proc.returncode, out, err
+        return self.proc.returncode, out, self._stderr.decode("utf-8", "replace") + err
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -144,12 +180,13 @@ def test_version(how: str) -> None:
         pytest.param("script", signal.SIGTERM, id="script-SIGTERM"),
         pytest.param("python-m", signal.SIGINT, id="python-m-SIGINT"),
         pytest.param("script", signal.SIGINT, id="script-SIGINT"),
+        pytest.param("script", signal.SIGQUIT, id="script-SIGQUIT"),
     ],
 )
 def test_serve_roundtrip_then_signal_stops(running: list[Running], how: str, sig: int) -> None:
     """[MQTT-7.1.1-1] [MQTT-3.1.4-4] `pyo3mq --host 127.0.0.1 --port 0 --log-level info` prints
-    its address, serves a pub/sub round trip, and on SIGTERM/SIGINT closes its clients,
-    logs "broker stopped" and exits 0 within a few seconds."""
+    its address, serves a pub/sub round trip, and on SIGTERM/SIGINT/SIGQUIT closes its
+    clients, logs "broker stopped" and exits 0 within a few seconds."""
     r = start(running, COMMANDS[how], "--host", "127.0.0.1", "--port", "0", "--log-level", "info")
     assert r.host == "127.0.0.1"
     assert r.port != 0
@@ -165,6 +202,169 @@ def test_serve_roundtrip_then_signal_stops(running: list[Running], how: str, sig
     assert code == 0, err
     assert "broker stopped" in err
     assert "listening on 127.0.0.1:" in err
+    assert f"{signal.Signals(sig).name} received: stopping" in err
+
+
+def test_default_host_is_loopback(running: list[Running]) -> None:
+    """[MQTT-7.1.1-1] Without --host (and without a config file) the command listens on
+    127.0.0.1 only, as Mosquitto 2.0 does with no listener configured: exposing the
+    broker to the network is a decision (--host 0.0.0.0), not a default. --help says so."""
+    r = start(running, COMMANDS["script"], "--port", "0")
+    assert r.host == "127.0.0.1"
+    roundtrip(r.port)
+    code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert "default 127.0.0.1" in run(COMMANDS["script"], "--help").stdout
+
+
+# -- signals: only SIGINT, SIGTERM and SIGQUIT stop the broker -------------------------
+
+
+def store_config(tmp_path: Path, persist_interval: float = 0.0) -> Path:
+    """A config with a SQLite store that is written only at stop (persist_interval = 0)
+    unless something asks, and no $SYS traffic, so every count and save is the test's."""
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        'listeners = ["tcp://127.0.0.1:0"]\n'
+        f'session_store = "sqlite:{tmp_path / "sessions.db"}"\n'
+        f"persist_interval = {persist_interval}\n"
+        "sys_interval = 0\n"
+    )
+    return config
+
+
+def leave_queued_message(port: int, client_id: str = "keeper") -> None:
+    """A persistent session subscribed to keep/# goes offline; a QoS 1 message is then
+    queued for it. Exact bytes at each step."""
+    with RawClient(port) as keeper:
+        assert keeper.connect(client_id, clean=False).body in (b"\x00\x00", b"\x01\x00")
+        keeper.send(subscribe(1, ("keep/#", 1)))
+        ack = keeper.recv()
+        assert (ack.first, ack.body) == (0x90, b"\x00\x01\x01")
+        keeper.send(DISCONNECT)
+        assert keeper.expect_closed() == b""
+    with RawClient(port) as pub:
+        assert pub.connect("keep-pub").body == b"\x00\x00"
+        pub.send(publish("keep/a", b"queued", qos=1, pkid=7))
+        puback = pub.recv()
+        assert (puback.first, puback.body) == (0x40, b"\x00\x07")
+
+
+def resume(port: int, client_id: str = "keeper") -> tuple[bool, list[tuple[str, bytes]]]:
+    """Reconnects the persistent session: (session present, messages delivered)."""
+    with RawClient(port) as keeper:
+        connack = keeper.connect(client_id, clean=False)
+        present = connack.body == b"\x01\x00"
+        assert connack.body in (b"\x00\x00", b"\x01\x00")
+        got: list[tuple[str, bytes]] = []
+        if present:
+            msg = keeper.recv()
+            assert msg.first & 0xF6 == 0x32, f"expected a QoS 1 PUBLISH, got {msg.first:#x}"
+            topic, pkid, payload = msg.publish_fields()
+            assert pkid is not None
+            keeper.send(bytes([0x40, 2]) + pkid.to_bytes(2, "big"))
+            got.append((topic, payload))
+        keeper.send(DISCONNECT)
+    return present, got
+
+
+@pytest.mark.parametrize(
+    "sig, logged",
+    [
+        pytest.param(signal.SIGHUP, "SIGHUP received: nothing to reload", id="SIGHUP"),
+        pytest.param(signal.SIGUSR1, "SIGUSR1 received: session store saved", id="SIGUSR1"),
+        pytest.param(
+            signal.SIGUSR2,
+            "SIGUSR2 received: 1 clients connected, 0 offline persistent sessions, "
+            "1 subscriptions, 0 retained messages",
+            id="SIGUSR2",
+        ),
+    ],
+)
+def test_signal_leaves_the_broker_serving(
+    running: list[Running], tmp_path: Path, sig: int, logged: str
+) -> None:
+    """[MQTT-7.1.1-1] SIGHUP (logrotate, service managers), SIGUSR1 and SIGUSR2 never stop
+    the command (their default action would kill it with no final save): each is logged,
+    twice in a row too, the connected client keeps its connection, and new clients still
+    get CONNACK and a pub/sub round trip."""
+    r = start(running, COMMANDS["script"], "--config", str(store_config(tmp_path)))
+    with RawClient(r.port) as watcher:
+        assert watcher.connect("watcher").body == b"\x00\x00"
+        watcher.send(subscribe(1, ("w/#", 0)))
+        ack = watcher.recv()
+        assert (ack.first, ack.body) == (0x90, b"\x00\x01\x00")
+        for _ in range(2):
+            r.proc.send_signal(sig)
+            assert logged in r.wait_stderr(logged)
+        assert r.proc.poll() is None
+        watcher.send(PINGREQ)
+        pong = watcher.recv()
+        assert (pong.first, pong.body) == (0xD0, b"")
+        roundtrip(r.port)
+    code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert "broker stopped" in err
+
+
+def test_sigusr1_saves_the_store_now(running: list[Running], tmp_path: Path) -> None:
+    """[MQTT-3.1.2-4] SIGUSR1 writes the durable store at once (Mosquitto writes its
+    persistence file): a broker killed with SIGKILL right after it comes back with the
+    offline session and its queued message. Without SIGUSR1 the same kill loses them (this
+    config saves only at stop), which shows the save was the signal's doing."""
+    config = str(store_config(tmp_path))
+    r = start(running, COMMANDS["script"], "--config", config)
+    leave_queued_message(r.port)
+    r.kill()
+    r = start(running, COMMANDS["script"], "--config", config)
+    assert resume(r.port) == (False, [])
+
+    leave_queued_message(r.port)
+    r.proc.send_signal(signal.SIGUSR1)
+    r.wait_stderr("SIGUSR1 received: session store saved")
+    r.kill()
+    assert r.proc.returncode == -signal.SIGKILL
+    r = start(running, COMMANDS["script"], "--config", config)
+    assert resume(r.port) == (True, [("keep/a", b"queued")])
+    code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0, err
+
+
+def test_sigquit_stops_gracefully_with_the_final_save(
+    running: list[Running], tmp_path: Path
+) -> None:
+    """[MQTT-3.1.2-4] SIGQUIT (whose default action dumps core) stops the command like
+    SIGTERM: exit 0, connected clients closed, and the final save keeps the offline
+    session and its queued message for the next start."""
+    config = str(store_config(tmp_path))
+    r = start(running, COMMANDS["script"], "--config", config)
+    leave_queued_message(r.port)
+    with RawClient(r.port) as idle:
+        assert idle.connect("idle").body == b"\x00\x00"
+        code, _out, err = r.stop(signal.SIGQUIT)
+        assert idle.expect_closed(timeout=5.0) == b""
+    assert code == 0, err
+    assert "SIGQUIT received: stopping" in err
+    assert "broker stopped" in err
+    r = start(running, COMMANDS["script"], "--config", config)
+    assert resume(r.port) == (True, [("keep/a", b"queued")])
+    code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0, err
+
+
+def test_embedded_broker_leaves_signal_handlers_alone() -> None:
+    """[MQTT-7.1.1-1] A `Broker` inside someone's program installs no signal handler: the
+    program owns its signals. Only the `pyo3mq` command handles them."""
+    names = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2")
+    before = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    plain = pyo3mq.Broker(listeners=["tcp://127.0.0.1:0"])
+    hooked = pyo3mq.Broker(listeners=["tcp://127.0.0.1:0"], authenticator=lambda c, u, p: True)
+    for broker in (plain, hooked):
+        broker.start()
+        try:
+            assert {n: signal.getsignal(getattr(signal, n)) for n in names} == before
+        finally:
+            broker.stop()
 
 
 def test_config_file_takes_effect(running: list[Running], tmp_path: Path) -> None:
@@ -225,6 +425,7 @@ def test_unknown_config_key_exits_2(tmp_path: Path) -> None:
         pytest.param("worker_threads = 99999999999999999999", "worker_threads", id="huge-int"),
         pytest.param('queue_overflow = "never"', "queue_overflow", id="bad-policy"),
         pytest.param("connect_timeout = -1.0", "connect_timeout", id="negative-timeout"),
+        pytest.param('allow_anonymous = "yes"', "allow_anonymous", id="string-for-bool"),
     ],
 )
 def test_invalid_config_value_exits_2(tmp_path: Path, line: str, key: str) -> None:

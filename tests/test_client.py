@@ -557,6 +557,119 @@ async def test_reconnect_gives_up_after_max_attempts() -> None:
             await next_message(client)
 
 
+async def test_publish_while_reconnecting_reaches_own_subscription(server: int) -> None:
+    """A QoS 1 publish made while reconnecting, to one of the client's own subscriptions,
+    comes back to it: the subscriptions are restored before queued publishes are sent.
+    (It used to go out before the re-SUBSCRIBE, and the broker had nobody to route it to.)
+    """
+    async with proxy_to(server) as proxy:
+        client = Client(
+            "127.0.0.1",
+            proxy.port,
+            client_id="rc-own",
+            reconnect=Reconnect(initial_delay=0.05, max_delay=0.2),
+        )
+        async with client:
+            await client.subscribe("rcown/t", qos=1)
+            proxy.refuse = True
+            proxy.cut()
+            await asyncio.wait_for(client.wait_for_state(ConnectionState.RECONNECTING), 5)
+            future = client.publish("rcown/t", b"mine", qos=1)
+            zero = client.publish("rcown/t", b"zero", qos=0)
+            proxy.refuse = False
+            await asyncio.wait_for(future, 10)
+            await zero
+            assert client.state is ConnectionState.CONNECTED
+            assert not client.session_present
+            got = [await next_message(client) for _ in range(2)]
+            assert [(m.topic, m.payload) for m in got] == [
+                ("rcown/t", b"mine"),
+                ("rcown/t", b"zero"),
+            ]
+
+
+async def test_first_connect_is_retried_with_reconnect(
+    make_broker: Callable[..., pyo3mq.Broker],
+) -> None:
+    """With `reconnect`, a first connect that finds nothing listening is retried with the
+    reconnect backoff (it used to fail at once) and returns once the server is up."""
+    port = free_port()
+    changes: list[ConnectionState] = []
+    client = Client(
+        "127.0.0.1",
+        port,
+        client_id="first-retry",
+        reconnect=Reconnect(initial_delay=0.05, max_delay=0.2),
+        on_state_change=lambda c: changes.append(c.state),
+    )
+    connecting = asyncio.ensure_future(client.connect())
+    await asyncio.sleep(0.5)
+    assert not connecting.done(), "still retrying"
+    assert client.state is ConnectionState.CONNECTING
+    make_broker(listeners=[f"tcp://127.0.0.1:{port}"])
+    await asyncio.wait_for(connecting, 10)
+    assert client.is_connected
+    await client.subscribe("first/t", qos=1)
+    await client.publish("first/t", b"up", qos=1)
+    assert (await next_message(client)).payload == b"up"
+    await client.disconnect()
+    assert changes == [
+        ConnectionState.CONNECTING,
+        ConnectionState.CONNECTED,
+        ConnectionState.CLOSED,
+    ]
+
+
+async def test_first_connect_gives_up_after_max_attempts() -> None:
+    attempts = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        await read_packet(reader)  # CONNECT; then the connection closes without CONNACK
+
+    async with scripted_server(hang_up) as port:
+        client = Client(
+            "127.0.0.1",
+            port,
+            reconnect=Reconnect(initial_delay=0.01, max_delay=0.02, max_attempts=3),
+        )
+        with pytest.raises(MqttConnectionError, match="connection lost"):
+            await asyncio.wait_for(client.connect(), 10)
+    assert attempts == 4, "the first attempt and max_attempts retries"
+    assert client.state is ConnectionState.CLOSED
+
+
+async def test_first_connect_is_not_retried_after_a_refusal_retrying_cannot_fix() -> None:
+    attempts = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        await read_packet(reader)
+        writer.write(b"\x20\x02\x00\x05")
+        await writer.drain()
+        await reader.read()
+
+    async with scripted_server(refuse) as port:
+        client = Client("127.0.0.1", port, reconnect=Reconnect(initial_delay=0.01))
+        with pytest.raises(MqttNotAuthorizedError):
+            await asyncio.wait_for(client.connect(), 10)
+    assert attempts == 1
+
+
+async def test_cancelling_a_retrying_first_connect_closes_the_client() -> None:
+    client = Client("127.0.0.1", free_port(), reconnect=Reconnect(initial_delay=0.05))
+    connecting = asyncio.ensure_future(client.connect())
+    await asyncio.sleep(0.2)
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    await asyncio.wait_for(client.wait_for_state(ConnectionState.CLOSED), 5)
+    with pytest.raises(MqttConnectionError):
+        client.publish("t", b"x")
+
+
 # --------------------------------------------------------------------------------------
 # Refusals
 # --------------------------------------------------------------------------------------
@@ -822,3 +935,21 @@ async def test_exceptions_hierarchy() -> None:
         True,
     )
     assert "a/b" in repr(message)
+
+
+async def test_exceptions_and_messages_made_in_rust() -> None:
+    """The exception classes come from the Rust core, keep the public names, hierarchy and
+    constructors, and are what pyo3mq exports."""
+    assert pyo3mq.MqttConnectionError is pyo3mq._pyo3mq.MqttConnectionError
+    assert pyo3mq.client.MqttTimeoutError is MqttTimeoutError
+    refused = MqttNotAuthorizedError(5)
+    assert refused.return_code == 5
+    assert str(refused) == "connection refused: CONNACK return code 5"
+    assert str(MqttConnectRefusedError(3, "custom")) == "custom"
+    error = MqttSubscribeError([("a/#", 1), ("b/#", 2)], [1, 0x80])
+    assert (error.filters, error.return_codes) == ([("a/#", 1), ("b/#", 2)], [1, 0x80])
+    assert str(error) == "the server refused the subscription to b/#"
+    with pytest.raises(pyo3mq.MqttError):
+        raise MqttProtocolError("[MQTT-x] broken")
+    message = ClientMessage("a/b", b"x", 1, False, True, 7)
+    assert (message.packet_id, message.mid, message.dup) == (7, 7, True)

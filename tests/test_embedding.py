@@ -447,10 +447,12 @@ NON_DEFAULT: dict[str, Any] = {
     "acl_cache_ttl": 0.0,
     "password_file": "/etc/pyo3mq/passwd",
     "acl_file": "/etc/pyo3mq/acl",
+    "allow_anonymous": True,
     "persist_interval": 3.0,
     "certfile": "/etc/pyo3mq/server.pem",
     "keyfile": "/etc/pyo3mq/server.key",
     "cafile": "/etc/pyo3mq/ca.pem",
+    "persistent_client_expiration": "2d",
 }
 
 
@@ -511,3 +513,27 @@ def test_sync_broker_without_hooks_serves() -> None:
     finally:
         broker.stop()
     assert not broker.running
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("authenticator", "yes"),
+        ("authorizer", lambda client, topic: True),
+        ("on_connect", 42),
+        ("on_disconnect", "print"),
+        ("on_subscribe", object()),
+        ("on_unsubscribe", 1.5),
+        ("on_message", b"x"),
+    ],
+)
+def test_hooks_of_the_wrong_kind_are_refused(argument: str, value: Any) -> None:
+    """A hook that cannot work is a TypeError naming the argument when the broker is
+    made, instead of every client being denied at run time."""
+    with pytest.raises(TypeError, match=rf"\b{argument}\b"):
+        Broker(listeners=[LOOPBACK], **{argument: value})
+
+
+def test_a_dict_config_says_how_to_pass_settings() -> None:
+    with pytest.raises(TypeError, match="keywords"):
+        Broker({"max_inflight": 3})  # type: ignore[arg-type]

@@ -11,8 +11,10 @@ threads (`asyncio.to_thread`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import pyo3mq
 import pytest
 from pyo3mq import Broker, BrokerConfig, RetainedRecord, SessionRecord, StoredMessage
 from support.mqtt_raw import DISCONNECT, PINGREQ, Packet, RawClient, ack, publish, subscribe
+from support.stderr_capture import captured_stderr
 from support.teardown import closed_at_teardown
 from test_examples import Script, load, start
 from test_hooks import LOOPBACK, TIMEOUT, frame, port_of
@@ -476,17 +479,19 @@ class FlakyLoadStore(DictStore):
 
 
 async def test_failed_starts_leave_the_store_alone(raw: RawFactory) -> None:
-    """A start whose store load fails is retried with a new load; a start that fails
-    after loading (its port is taken) is retried without reloading or rewriting the
-    store. Then the stored session resumes, and nothing was deleted."""
+    """A start whose store load fails is refused (`BrokerStartError`, the store's error
+    as its cause) and retried with a new load; a start that fails after loading (its
+    port is taken) is retried without reloading or rewriting the store. Then the stored
+    session resumes, and nothing was deleted."""
     store = FlakyLoadStore([SessionRecord("kept", [("k/t", 1)], [])])
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     port = blocker.getsockname()[1]
     broker = store_broker(store, listeners=[f"tcp://127.0.0.1:{port}"])
-    with pytest.raises(OSError, match="not reachable"):
+    with pytest.raises(pyo3mq.BrokerStartError, match="not reachable") as refused:
         await broker.__aenter__()
+    assert isinstance(refused.value.__cause__, OSError)
     with pytest.raises(pyo3mq.BrokerStartError):
         await broker.__aenter__()
     blocker.close()
@@ -680,6 +685,299 @@ def test_example_main_reports_a_bad_database_path(tmp_path: Path, capsys) -> Non
     assert "persistent_broker:" in capsys.readouterr().err
 
 
+# --------------------------------------------------------------------------- unreadable stores
+
+
+TAMPER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.executescript(sys.argv[2])
+conn.close()
+"""
+
+USER_VERSION = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+print(conn.execute("PRAGMA user_version").fetchone()[0])
+conn.close()
+"""
+
+
+def tamper(db: Path, sql: str) -> None:
+    """Changes the file as a person with `sqlite3` would (another process: see
+    `pending_rows`)."""
+    subprocess.run([sys.executable, "-c", TAMPER, str(db), sql], check=True, timeout=TIMEOUT)
+
+
+def user_version(db: Path) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", USER_VERSION, str(db)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=TIMEOUT,
+    ).stdout
+    return int(out)
+
+
+def store_files(db: Path) -> dict[str, bytes]:
+    """The database and whatever SQLite keeps beside it (-wal, -shm), by name."""
+    return {p.name: p.read_bytes() for p in sorted(db.parent.glob(db.name + "*"))}
+
+
+def store_with_state(raw: RawFactory, db: Path) -> None:
+    """The measured case: `db` holds one persistent session (`keep-sub`, subscribed to
+    `keep/#` at QoS 1) with 5 acknowledged QoS 1 messages queued, and 2 retained
+    messages; the broker that wrote it is gone."""
+    broker = Broker(listeners=[LOOPBACK], session_store=f"sqlite:{db}")
+    broker.start()
+    try:
+        port = port_of(broker)
+        offline_session(raw, port, "keep-sub", ("keep/#", 1))
+        pub = raw(port)
+        pub.connect("keep-pub")
+        for i in range(5):
+            publish_q1(pub, "keep/q", b"m%d" % i, i + 1)
+        publish_q1(pub, "state/a", b"A", 6, retain=True)
+        publish_q1(pub, "state/b", b"B", 7, retain=True)
+        leave(pub)
+    finally:
+        broker.stop()
+    # The last reference: its store connection closes (SQLite folds the write-ahead log
+    # into the file and removes it).
+    del broker
+    gc.collect()
+    assert list(store_files(db)) == [db.name]
+
+
+def resumes_everything(raw: RawFactory, port: int) -> None:
+    """`keep-sub` resumes with its 5 messages in order, and both retained messages are
+    there."""
+    sub = raw(port)
+    assert connack(sub, "keep-sub", clean=False) == CONNACK_RESUMED
+    for i in range(5):
+        sub.send(ack(PUBACK, pkid_of(delivery(sub, 0x32, "keep/q", b"m%d" % i))))
+    nothing_more(sub)
+    sub.send(subscribe(2, ("state/#", 0)))
+    assert frame(sub.recv()) == bytes.fromhex("9003000200")
+    replayed = sorted(sub.recv().publish_fields() for _ in range(2))
+    assert replayed == [("state/a", None, b"A"), ("state/b", None, b"B")]
+    nothing_more(sub)
+
+
+BAD_ROW = "UPDATE retained SET payload = CAST(payload AS TEXT) WHERE topic = 'state/b'"
+
+
+def test_sqlite_store_with_an_unreadable_row_refuses_to_start(
+    make_broker, raw: RawFactory, tmp_path: Path
+) -> None:
+    """One retained row's payload turned from BLOB to TEXT: the broker refuses to start
+    (`BrokerStartError` naming the file, the table and the row), and so does the
+    `pyo3mq` command (exit 2, the same message); the file is byte-for-byte as it was.
+    Nothing was lost: with the row repaired, the session resumes with its 5 messages
+    and both retained messages are there. (Before, the broker started empty and its
+    next save deleted all of it.)"""
+    db = tmp_path / "sessions.db"
+    store_with_state(raw, db)
+    tamper(db, BAD_ROW)
+    before = store_files(db)
+    assert list(before) == [db.name]
+
+    refused = Broker(listeners=[LOOPBACK], session_store=f"sqlite:{db}")
+    with pytest.raises(pyo3mq.BrokerStartError) as excinfo:
+        refused.start()
+    problem = f'cannot read session store {db}: retained row "state/b": Invalid column type Text'
+    assert str(excinfo.value).startswith(problem), str(excinfo.value)
+    assert not refused.running
+    assert refused.stats() == {}
+    # The last references (the traceback holds one): its store connection closes.
+    del refused, excinfo
+    gc.collect()
+    assert store_files(db) == before
+
+    config = tmp_path / "broker.toml"
+    config.write_text(f'listeners = ["{LOOPBACK}"]\nsession_store = "sqlite:{db}"\n')
+    cli = subprocess.run(
+        [sys.executable, "-m", "pyo3mq", "--config", str(config), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert cli.returncode == 2, cli.stderr
+    assert f"pyo3mq: {problem}" in cli.stderr
+    assert "listening" not in cli.stdout
+    assert store_files(db) == before
+
+    tamper(db, BAD_ROW.replace("AS TEXT", "AS BLOB"))
+    resumes_everything(raw, port_of(make_broker(session_store=f"sqlite:{db}")))
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        (
+            "PRAGMA user_version = 99",
+            "has schema version 99; this pyo3mq reads version 2 (the file was written by a "
+            "newer pyo3mq or another program)",
+        ),
+        (
+            "PRAGMA user_version = 0; CREATE TABLE accounts (id INTEGER)",
+            "is not a pyo3mq session store: its tables are",
+        ),
+    ],
+    ids=["newer", "foreign"],
+)
+def test_unknown_schema_is_refused(raw: RawFactory, tmp_path: Path, sql: str, problem: str) -> None:
+    """A schema version this build does not know (a newer pyo3mq's), or unversioned
+    tables that are not only pyo3mq's, refuse the start with a message naming the file;
+    the file is left as it was."""
+    db = tmp_path / "sessions.db"
+    store_with_state(raw, db)
+    tamper(db, sql)
+    before = store_files(db)
+    broker = Broker(listeners=[LOOPBACK], session_store=f"sqlite:{db}")
+    with pytest.raises(pyo3mq.BrokerStartError, match=re.escape(f"{db} {problem}")):
+        broker.start()
+    # The last reference: its store connection closes (SQLite folds the write-ahead log
+    # into the file and removes it).
+    del broker
+    gc.collect()
+    assert store_files(db) == before
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "sessions.db"
+    db.write_bytes(b"sessions, as a text file someone put here\n" * 20)
+    before = store_files(db)
+    broker = Broker(listeners=[LOOPBACK], session_store=f"sqlite:{db}")
+    with pytest.raises(pyo3mq.BrokerStartError, match=f"session store {re.escape(str(db))}: "):
+        broker.start()
+    # The last reference: its store connection closes (SQLite folds the write-ahead log
+    # into the file and removes it).
+    del broker
+    gc.collect()
+    assert store_files(db) == before
+
+
+def test_start_empty_moves_the_unreadable_store_aside(
+    make_broker, raw: RawFactory, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`store_load_error = "start_empty"`: the unreadable file is moved to
+    `PATH.corrupt-TIMESTAMP` (unchanged), the error is logged with where it went, and the
+    broker starts on a new, empty file of the current schema version."""
+    db = tmp_path / "sessions.db"
+    store_with_state(raw, db)
+    tamper(db, BAD_ROW)
+    before = db.read_bytes()
+
+    broker = make_broker(session_store=f"sqlite:{db}", store_load_error="start_empty")
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("sessions.db.corrupt-")]
+    assert len(aside) == 1, aside
+    assert re.fullmatch(r"sessions\.db\.corrupt-\d{8}T\d{6}Z", aside[0].name), aside[0].name
+    assert aside[0].read_bytes() == before
+    log = captured_stderr()
+    assert 'retained row "state/b"' in log
+    assert f'store_load_error = "start_empty"); it was moved to {aside[0]}' in log
+
+    port = port_of(broker)
+    sub = raw(port)
+    assert connack(sub, "keep-sub", clean=False) == CONNACK_NEW
+    subscribed(sub, 1, ("keep/#", 1))
+    nothing_more(sub)
+    leave(sub)
+    broker.stop()
+    assert user_version(db) == 2
+    assert aside[0].read_bytes() == before
+    # The new file is the store from now on: the new session is in it.
+    again = make_broker(session_store=f"sqlite:{db}")
+    assert connack(raw(port_of(again)), "keep-sub", clean=False) == CONNACK_RESUMED
+
+
+OLD_SCHEMA = """
+PRAGMA journal_mode = WAL;
+CREATE TABLE sessions (client_id TEXT PRIMARY KEY);
+CREATE TABLE subscriptions (
+    client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
+    PRIMARY KEY (client_id, filter));
+CREATE TABLE pending (
+    client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, msg_qos INTEGER NOT NULL, qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL, publisher TEXT NOT NULL, pkid INTEGER,
+    released INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (client_id, seq));
+CREATE TABLE retained (
+    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+    publisher TEXT NOT NULL);
+INSERT INTO sessions VALUES ('old-sub');
+INSERT INTO subscriptions VALUES ('old-sub', 'old/#', 1);
+INSERT INTO pending VALUES ('old-sub', 0, 'old/t', x'6f6c64', 1, 1, 0, 'old-pub', NULL, 0);
+INSERT INTO retained VALUES ('kept/r', x'72', 0, 'old-pub');
+"""
+
+
+def test_a_store_from_before_schema_versions_loads(
+    make_broker, raw: RawFactory, tmp_path: Path
+) -> None:
+    """A file as the broker wrote it before the schema had a version (user_version 0,
+    the same tables) loads: the session resumes with its message, the retained message
+    is there, and the file now carries the current version (2)."""
+    db = tmp_path / "old.db"
+    tamper(db, OLD_SCHEMA)
+    assert user_version(db) == 0
+    broker = make_broker(session_store=f"sqlite:{db}")
+    assert user_version(db) == 2
+    sub = raw(port_of(broker))
+    assert connack(sub, "old-sub", clean=False) == CONNACK_RESUMED
+    sub.send(ack(PUBACK, pkid_of(delivery(sub, 0x32, "old/t", b"old"))))
+    nothing_more(sub)
+    subscribed(sub, 2, ("kept/#", 0))
+    delivery(sub, 0x31, "kept/r", b"r")
+    nothing_more(sub)
+
+
+class BrokenLoadStore(DictStore):
+    """Its `load` always raises, as a store with a row it cannot decode would."""
+
+    async def load(self) -> tuple[list[SessionRecord], list[RetainedRecord]]:
+        self.loads += 1
+        raise ValueError("row 3: payload is not bytes")
+
+
+async def test_python_store_whose_load_raises_refuses_the_start(
+    raw: RawFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Python SessionStore whose `load()` raises refuses the start (`async with` and
+    `start()` alike) with a `BrokerStartError` naming the store and the problem, and the
+    store is told nothing. With `store_load_error = "start_empty"` the broker starts
+    with no stored session, logs the error (with the exception), deletes nothing it did
+    not load, and saves the sessions made since."""
+    caplog.set_level(logging.ERROR, logger="pyo3mq")
+    store = BrokenLoadStore([SessionRecord("kept", [("k/t", 1)], [])])
+    broker = store_broker(store)
+    problem = "session store BrokenLoadStore cannot be loaded: ValueError('row 3: payload"
+    with pytest.raises(pyo3mq.BrokerStartError, match=re.escape(problem)) as refused:
+        await broker.__aenter__()
+    assert isinstance(refused.value.__cause__, ValueError)
+    assert not broker.running
+    with pytest.raises(pyo3mq.BrokerStartError, match=re.escape(problem)):
+        await asyncio.to_thread(broker.start)
+    assert not broker.running
+    assert store.loads == 2 and store.calls == []
+
+    async with store_broker(store, store_load_error="start_empty") as empty:
+        port = port_of(empty)
+        await asyncio.to_thread(offline_session, raw, port, "fresh", ("f/t", 1))
+        sub = await asyncio.to_thread(raw, port)
+        assert await asyncio.to_thread(connack, sub, "kept", clean=True) == CONNACK_NEW
+        await store.until(lambda: "fresh" in store.sessions)
+    logged = [r for r in caplog.records if r.name == "pyo3mq" and problem in r.getMessage()]
+    assert len(logged) == 1 and "start_empty" in logged[0].getMessage()
+    assert logged[0].exc_info is not None and isinstance(logged[0].exc_info[1], ValueError)
+    assert store.deletes() == []
+    assert store.sessions["kept"] == SessionRecord("kept", [("k/t", 1)], [])
+    assert store.sessions["fresh"].subscriptions == [("f/t", 1)]
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -703,5 +1001,15 @@ def test_unknown_session_store_is_refused() -> None:
         Broker(listeners=[LOOPBACK], session_store="redis:x")
     with pytest.raises(ValueError, match="session_store"):
         BrokerConfig(session_store="redis:x")
+    with pytest.raises(ValueError, match="session_store"):
+        BrokerConfig(session_store="sqlite:")
+
+
+def test_store_load_error_setting() -> None:
+    """`store_load_error` is `refuse` (default) or `start_empty`, nothing else."""
+    assert BrokerConfig().store_load_error == "refuse"
+    assert BrokerConfig(store_load_error="start_empty").store_load_error == "start_empty"
+    with pytest.raises(ValueError, match="store_load_error"):
+        BrokerConfig(store_load_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Broker(listeners=[LOOPBACK], session_store=object())  # type: ignore[arg-type]

@@ -714,7 +714,9 @@ def test_suback_several_filters_in_order(raw: Callable[..., RawPeer]) -> None:
     assert sub.drain() == []
 
 
-INVALID_FILTERS = ["a#", "a/#/b", "a+", "a/+b", "", "#/a", "+a/b", "a/b#", "a/++", "##"]
+# A zero-length filter is not here: it closes the connection [MQTT-4.7.3-1], as Mosquitto
+# does (tests/test_wire.py::test_malformed_subscribe_closes).
+INVALID_FILTERS = ["a#", "a/#/b", "a+", "a/+b", "#/a", "+a/b", "a/b#", "a/++", "##"]
 
 
 @pytest.mark.parametrize("bad", INVALID_FILTERS)

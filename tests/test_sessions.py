@@ -7,11 +7,15 @@ real third-party client is the point.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pyo3mq
@@ -954,3 +958,168 @@ def test_pipelined_connect_subscribe_publish(port: int, raw: RawFactory) -> None
     assert kinds == [b"\x90\x03\x01\x02\x01", b"\x40\x02\x00\x07"]  # SUBACK before PUBACK
     pubs = sorted((p.first, p.publish_fields()[0::2]) for p in rest if p.type == 3)
     assert pubs == [(0x32, ("pipe/x", b"live")), (0x33, ("pipe/r", b"retained"))]
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> float:
+    """Polls `condition` until it holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, "condition not reached in time"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def sqlite_query(path: str, sql: str) -> list[list[object]]:
+    """Runs `sql` on a SQLite store file in another process and returns its rows. Not in
+    this one: the broker's SQLite is a separate copy of the library, and two copies in one
+    process break each other's locks (closing ours would delete the broker's live WAL)."""
+    script = (
+        "import json, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1])\n"
+        "with db:\n"
+        "    rows = [list(r) for r in db.execute(sys.argv[2])]\n"
+        "db.close()\n"
+        "print(json.dumps(rows))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, path, sql], capture_output=True, text=True, check=True
+    )
+    rows: list[list[object]] = json.loads(done.stdout)
+    return rows
+
+
+def stored_sessions(path: str) -> set[str]:
+    """The client ids of the sessions in a SQLite store file."""
+    return {str(row[0]) for row in sqlite_query(path, "SELECT client_id FROM sessions")}
+
+
+def offline_subscriber(port: int, raw: RawFactory, client_id: str, topic: str) -> None:
+    """A CS=0 client subscribes to `topic` at QoS 1 and disconnects cleanly."""
+    sub = raw(port)
+    assert connack(sub, client_id, clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(sub, 1, (topic, 1))
+    disconnect_and_wait(sub)
+
+
+@pytest.mark.parametrize(
+    "value", ["1h", "2d", "1w", "1m", "1y", "3600", 3600, 0.5, None, "0"], ids=str
+)
+def test_persistent_client_expiration_accepts_mosquitto_values(make_broker, value: object) -> None:
+    """Mosquitto's `persistent_client_expiration` forms (h, d, w, m = month, y) and a number
+    of seconds are accepted, by BrokerConfig and by the broker itself."""
+    assert pyo3mq.BrokerConfig(persistent_client_expiration=value).persistent_client_expiration == (
+        value
+    )
+    make_broker(persistent_client_expiration=value)
+
+
+@pytest.mark.parametrize("value", ["", "1s", "1.5h", "-1", -1, "2 weeks", True, float("nan"), [1]])
+def test_persistent_client_expiration_refuses_other_values(value: object) -> None:
+    """Anything else is a configuration error that names the setting."""
+    with pytest.raises(ValueError, match="persistent_client_expiration"):
+        pyo3mq.BrokerConfig(persistent_client_expiration=value)  # type: ignore[arg-type]
+
+
+def test_offline_session_expires(make_broker, raw: RawFactory) -> None:
+    """persistent_client_expiration=1.5: a CS=0 client that reconnects within the limit
+    resumes its session; one that stays away longer loses it, subscriptions and queued
+    messages included (session present 0, nothing delivered), and not before the limit."""
+    broker = make_broker(persistent_client_expiration=1.5)
+    port = port_of(broker)
+    offline_subscriber(port, raw, "expire-me", "exp/t")
+    c = raw(port)
+    assert connack(c, "expire-me", clean=False) == b"\x20\x02\x01\x00", "within the limit"
+    disconnect_and_wait(c)
+    pub = raw(port)
+    pub.connect("expire-pub")
+    publish_q1(pub, "exp/t", b"queued for nobody", 1)
+    assert broker.stats()["clients_disconnected"] == 1
+    waited = wait_for(lambda: broker.stats()["clients_disconnected"] == 0)
+    assert waited >= 1.0, f"expired {waited:.2f} s after going offline, limit 1.5 s"
+    c = raw(port)
+    assert connack(c, "expire-me", clean=False) == b"\x20\x02\x00\x00"
+    assert_silent(c)
+    # The subscription went with it: a new publish is not delivered either.
+    publish_q1(pub, "exp/t", b"after expiry", 2)
+    assert_silent(c)
+
+
+def test_no_expiration_by_default(make_broker, raw: RawFactory) -> None:
+    """Control: without the setting an offline session stays (here: 2.5 s, longer than the
+    limits of the expiry tests) and resumes with its queued message."""
+    broker = make_broker()
+    port = port_of(broker)
+    offline_subscriber(port, raw, "keep-me", "keep/t")
+    pub = raw(port)
+    pub.connect("keep-pub")
+    publish_q1(pub, "keep/t", b"kept", 1)
+    time.sleep(2.5)
+    assert broker.stats()["clients_disconnected"] == 1
+    c = raw(port)
+    assert connack(c, "keep-me", clean=False) == b"\x20\x02\x01\x00"
+    assert next_publish(c).publish_fields()[0::2] == ("keep/t", b"kept")
+
+
+def test_expired_session_leaves_the_sqlite_store(
+    make_broker, raw: RawFactory, tmp_path: Path
+) -> None:
+    """With a SQLite store, an expired session is deleted from the file at the next save,
+    and a reconnect gets session present 0."""
+    path = str(tmp_path / "expire.db")
+    broker = make_broker(
+        session_store=f"sqlite:{path}", persist_interval=0.1, persistent_client_expiration=1
+    )
+    port = port_of(broker)
+    offline_subscriber(port, raw, "stored-expire", "sexp/t")
+    wait_for(lambda: "stored-expire" in stored_sessions(path))
+    wait_for(lambda: "stored-expire" not in stored_sessions(path))
+    c = raw(port)
+    assert connack(c, "stored-expire", clean=False) == b"\x20\x02\x00\x00"
+
+
+def test_expiry_applies_at_start_to_stored_sessions(
+    make_broker, raw: RawFactory, tmp_path: Path
+) -> None:
+    """The store keeps when each client went offline: a broker started on it with a limit
+    the session has already outlived drops it before serving (session present 0), while a
+    longer limit keeps it (session present 1)."""
+    path = str(tmp_path / "start.db")
+    first = make_broker(session_store=f"sqlite:{path}")
+    offline_subscriber(port_of(first), raw, "old-session", "old/t")
+    first.stop()
+    second = make_broker(session_store=f"sqlite:{path}", persistent_client_expiration="1h")
+    c = raw(port_of(second))
+    assert connack(c, "old-session", clean=False) == b"\x20\x02\x01\x00"
+    disconnect_and_wait(c)
+    second.stop()
+    time.sleep(1.2)
+    third = make_broker(session_store=f"sqlite:{path}", persistent_client_expiration=1)
+    assert third.stats()["clients_disconnected"] == 0
+    c = raw(port_of(third))
+    assert connack(c, "old-session", clean=False) == b"\x20\x02\x00\x00"
+
+
+def test_stored_session_without_disconnect_time_counts_from_start(
+    make_broker, raw: RawFactory, tmp_path: Path
+) -> None:
+    """A stored session with no disconnect time (its client was online at a crash, or the
+    file predates expiry) is not expired at once: it counts from the broker's start, and
+    the store is given that time, so a later start counts from it too."""
+    path = str(tmp_path / "notime.db")
+    first = make_broker(session_store=f"sqlite:{path}")
+    offline_subscriber(port_of(first), raw, "no-time", "nt/t")
+    first.stop()
+    assert sqlite_query(path, "SELECT client_id FROM disconnected") == [["no-time"]]
+    sqlite_query(path, "DELETE FROM disconnected")
+    time.sleep(1.2)
+    second = make_broker(
+        session_store=f"sqlite:{path}", persist_interval=0.1, persistent_client_expiration=1.5
+    )
+    assert second.stats()["clients_disconnected"] == 1, "expired from an unknown time"
+    wait_for(lambda: sqlite_query(path, "SELECT COUNT(*) FROM disconnected") == [[1]])
+    wait_for(lambda: second.stats()["clients_disconnected"] == 0)
+    c = raw(port_of(second))
+    assert connack(c, "no-time", clean=False) == b"\x20\x02\x00\x00"

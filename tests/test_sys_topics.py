@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 import pyo3mq
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from support.mosquitto import mosquitto_factory
 from support.stderr_capture import captured_stderr
 from support.teardown import closed_at_teardown
 
@@ -34,7 +35,7 @@ STATS = [
     "clients/maximum",
     "messages/received",
     "messages/sent",
-    "messages/dropped",
+    "publish/messages/dropped",
     "bytes/received",
     "bytes/sent",
     "subscriptions/count",
@@ -233,6 +234,27 @@ def test_mosquitto_sub_reads_sys(sys_broker: pyo3mq.Broker) -> None:
     assert sorted(line.split(" ")[0] for line in out) == [
         f"$SYS/broker/clients/{name}" for name in ("connected", "disconnected", "maximum", "total")
     ]
+
+
+def test_names_are_mosquittos(tmp_path: Path, sys_broker: pyo3mq.Broker) -> None:
+    """Every `$SYS/broker/...` name pyo3mq publishes is one Debian's Mosquitto publishes,
+    so dashboards made for Mosquitto read pyo3mq unchanged."""
+    if not Path(MOSQUITTO_SUB).exists():
+        pytest.skip("mosquitto-clients is not installed")
+    with mosquitto_factory(tmp_path) as mosquitto:
+        theirs = sys_names(mosquitto("allow_anonymous true", "sys_interval 1"))
+    ours = sys_names(sys_broker.addresses[0][1])
+    assert ours == {f"$SYS/broker/{name}" for name in STATS}
+    assert ours <= theirs, sorted(ours - theirs)
+
+
+def sys_names(port: int) -> set[str]:
+    """The `$SYS/broker/...` topics a broker publishes (retained, or within 3 s)."""
+    command = [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-t", "$SYS/broker/#"]
+    out = subprocess.run(
+        [*command, "-F", "%t", "-W", "3"], capture_output=True, text=True, timeout=10
+    ).stdout
+    return set(out.splitlines())
 
 
 def test_sys_interval_zero_publishes_nothing(make_broker: Callable[..., pyo3mq.Broker]) -> None:

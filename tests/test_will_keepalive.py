@@ -293,3 +293,28 @@ def test_keepalive_zero_is_never_timed_out(port: int, raw: RawFactory) -> None:
         c.recv(3.0)  # neither a packet nor EOF (EOF would raise Closed)
     c.send(PINGREQ)
     assert wire(c.recv(1.0)) == PINGRESP
+
+
+def test_no_will_when_disconnect_precedes_immediate_reconnect(port: int, raw: RawFactory) -> None:
+    """[MQTT-3.1.2-10] [MQTT-3.14.4-3] [MQTT-3.1.4-2] A persistent-session client with a will
+    publishes, sends `E0 00`, closes its socket and at once connects again with the same
+    client id, hundreds of times. The DISCONNECT was in the old socket before the new
+    CONNECT arrived, so the takeover must see it first: no will, ever (Mosquitto bug 1273).
+    Every cycle's publish still arrives (processed before the takeover too)."""
+    cycles = 400
+    w = watch(port, raw, "churn/will")
+    data = watch(port, raw, "churn/data", name="data")
+    for i in range(cycles):
+        with RawClient(port) as c:
+            c.send(connect("churn-will", clean=False, will=("churn/will", b"spurious", 0, False)))
+            assert wire(c.recv()) in (b"\x20\x02\x00\x00", b"\x20\x02\x01\x00")
+            c.send(publish("churn/data", str(i).encode()) + DISCONNECT)
+        # Closed without waiting for the broker's EOF: the next CONNECT races the old
+        # connection's reading of its DISCONNECT.
+    last = raw(port)
+    assert connack(last, "churn-will", clean=False) == b"\x20\x02\x01\x00"
+    last.send(DISCONNECT)
+    assert last.expect_closed(3) == b""
+    marker_is_next(port, raw, w, "churn/will")
+    got = [next_publish(data).publish_fields()[2] for _ in range(cycles)]
+    assert got == [str(i).encode() for i in range(cycles)]

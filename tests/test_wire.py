@@ -351,6 +351,8 @@ SUBSCRIBE_CASES = [
     case(subscribe(1, ("a", 4)), "MQTT-3.8.3-4", id="MQTT-3.8.3-4-qos-04"),
     case(subscribe(1, ("a", 0x81)), "MQTT-3.8.3-4", id="MQTT-3.8.3-4-qos-81"),
     case(packet(0x82, b"\x00\x01" + s("a")), "SUBSCRIBE is truncated", id="requested-qos-missing"),
+    case(subscribe(1, ("", 0)), "MQTT-4.7.3-1", id="MQTT-4.7.3-1-empty-filter"),
+    case(subscribe(1, ("ok", 0), ("", 1)), "MQTT-4.7.3-1", id="MQTT-4.7.3-1-empty-second-filter"),
 ]
 
 
@@ -359,8 +361,9 @@ def test_malformed_subscribe_closes(
     port: int, witness: RawClient, log: BrokerLog, bad: bytes, log_ids: tuple[str, ...]
 ) -> None:
     """[MQTT-3.8.3-1] [MQTT-1.5.3-1] [MQTT-1.5.3-2] [MQTT-4.7.3-2] [MQTT-2.3.1-1] [MQTT-3.8.3-3]
-    [MQTT-3.8.3-4] A malformed SUBSCRIBE (bad UTF-8 or U+0000 in a filter, packet id 0, no
-    filter, requested QoS 3/4/0x81) closes the connection with no SUBACK."""
+    [MQTT-3.8.3-4] [MQTT-4.7.3-1] A malformed SUBSCRIBE (bad UTF-8 or U+0000 in a filter,
+    packet id 0, no filter, requested QoS 3/4/0x81, a zero-length filter, as Mosquitto
+    closes for it) closes the connection with no SUBACK."""
     peer = close_after_connect(port, bad)
     log.expect(peer, log_ids)
     assert_alive(witness)
@@ -517,6 +520,103 @@ def test_second_connect_closes_and_publishes_will(
         assert c.expect_closed() == b""
     log.expect(peer, ["MQTT-3.1.0-2"])
     assert raw(witness.recv()) == publish("will/2nd", b"bye")
+    assert_alive(witness)
+
+
+def test_empty_filter_subscribes_nothing_of_its_subscribe(port: int, log: BrokerLog) -> None:
+    """[MQTT-4.7.3-1] A SUBSCRIBE whose second filter is empty is refused whole: the valid
+    first filter is not subscribed either. Shown with a persistent session, which outlives
+    the close: a QoS 1 message on that filter is not queued for it."""
+    with RawClient(port) as c:
+        c.send(connect("empty-sub", clean=False))
+        assert raw(c.recv()) == CONNACK_OK
+        peer = c.sock.getsockname()[1]
+        c.send(subscribe(1, ("empty/ok", 1), ("", 1)))
+        assert c.expect_closed() == b""
+    log.expect(peer, ["MQTT-4.7.3-1"])
+    with RawClient(port) as p:
+        p.send(connect("empty-pub"))
+        assert raw(p.recv()) == CONNACK_OK
+        p.send(publish("empty/ok", b"not for it", qos=1, pkid=1))
+        assert raw(p.recv()) == ack(0x40, 1)
+    with RawClient(port) as c:
+        c.send(connect("empty-sub", clean=False))
+        assert raw(c.recv()) == b"\x20\x02\x01\x00"
+        c.send(PINGREQ)
+        assert raw(c.recv()) == PINGRESP, "a message was queued for the refused SUBSCRIBE"
+
+
+WRONG_ACK_CASES = [
+    pytest.param(1, [0x50], id="MQTT-4.8.0-1-PUBREC-for-qos1"),
+    pytest.param(1, [0x70], id="MQTT-4.8.0-1-PUBCOMP-for-qos1"),
+    pytest.param(2, [0x40], id="MQTT-4.8.0-1-PUBACK-for-qos2"),
+    pytest.param(2, [0x70], id="MQTT-4.8.0-1-PUBCOMP-before-PUBREC"),
+    pytest.param(2, [0x50, 0x40], id="MQTT-4.8.0-1-PUBACK-after-PUBREC"),
+]
+
+
+@pytest.mark.parametrize("qos, acks", WRONG_ACK_CASES)
+def test_wrong_ack_kind_closes(
+    port: int, witness: RawClient, log: BrokerLog, qos: int, acks: list[int]
+) -> None:
+    """[MQTT-4.8.0-1] [MQTT-4.3.2-1] [MQTT-4.3.3-1] An acknowledgement of the wrong kind for the
+    delivery its packet id names (PUBREC or PUBCOMP for QoS 1, PUBACK for QoS 2, PUBCOMP
+    before PUBREC) is a protocol violation: the connection is closed, with no reply (no
+    PUBREL), as Mosquitto does; the rule is logged and the witness keeps working."""
+    with RawClient(port) as c:
+        c.send(connect("wrong-ack"))
+        assert raw(c.recv()) == CONNACK_OK
+        peer = c.sock.getsockname()[1]
+        c.send(subscribe(1, ("acks/t", qos)))
+        assert raw(c.recv()) == b"\x90\x03\x00\x01" + bytes([qos])
+        witness.send(publish("acks/t", b"m", qos=qos, pkid=5))
+        assert raw(witness.recv()).startswith(bytes([0x40 if qos == 1 else 0x50]))
+        delivery = c.recv()
+        topic, pkid, payload = delivery.publish_fields()
+        assert (delivery.qos, topic, payload) == (qos, "acks/t", b"m")
+        assert pkid is not None
+        for kind in acks[:-1]:  # the right acknowledgements first, answered as usual
+            c.send(ack(kind, pkid))
+            assert raw(c.recv()) == ack(0x62, pkid)
+        c.send(ack(acks[-1], pkid))
+        assert c.expect_closed() == b""
+    log.expect(peer, ["MQTT-4.8.0-1"])
+    if qos == 2:
+        witness.send(ack(0x62, 5))
+        assert raw(witness.recv()) == ack(0x70, 5)
+    assert_alive(witness)
+
+
+def test_right_ack_kinds_and_unknown_ids_keep_the_connection(port: int, witness: RawClient) -> None:
+    """[MQTT-4.3.2-1] [MQTT-4.3.3-1] Control for the wrong-kind cases: the right acknowledgement
+    of each flow, a repeated PUBREC, and acknowledgements naming no delivery at all (ignored,
+    as 3.1.1 asks nothing else) leave the connection open."""
+    with RawClient(port) as c:
+        c.send(connect("right-ack"))
+        assert raw(c.recv()) == CONNACK_OK
+        c.send(subscribe(1, ("acks/q1", 1), ("acks/q2", 2)))
+        assert raw(c.recv()) == b"\x90\x04\x00\x01\x01\x02"
+        witness.send(publish("acks/q1", b"one", qos=1, pkid=6))
+        assert raw(witness.recv()) == ack(0x40, 6)
+        _, id1, _ = c.recv().publish_fields()
+        assert id1 is not None
+        c.send(ack(0x40, id1))
+        witness.send(publish("acks/q2", b"two", qos=2, pkid=7))
+        assert raw(witness.recv()) == ack(0x50, 7)
+        witness.send(ack(0x62, 7))
+        assert raw(witness.recv()) == ack(0x70, 7)
+        _, id2, _ = c.recv().publish_fields()
+        assert id2 is not None
+        c.send(ack(0x50, id2))
+        assert raw(c.recv()) == ack(0x62, id2)
+        c.send(ack(0x50, id2))  # a repeated PUBREC is answered again
+        assert raw(c.recv()) == ack(0x62, id2)
+        c.send(ack(0x70, id2))
+        for kind in (0x40, 0x70):  # no delivery has these ids now
+            c.send(ack(kind, id1))
+            c.send(ack(kind, id2))
+        c.send(PINGREQ)
+        assert raw(c.recv()) == PINGRESP
     assert_alive(witness)
 
 

@@ -10,36 +10,20 @@ failure, compare a full snapshot with what the store was last given instead.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from pyo3mq._pyo3mq import BrokerCore
+from pyo3mq._pyo3mq import BrokerCore, BrokerStartError
 from pyo3mq.plugins import SessionStore
-from pyo3mq.types import RetainedRecord, SessionRecord, StoredMessage
+from pyo3mq.types import RetainedRecord, SessionRecord
 
 logger = logging.getLogger("pyo3mq")
 
 
-def _session(raw: tuple[Any, ...]) -> SessionRecord:
-    client_id, subscriptions, pending = raw
-    return SessionRecord(
-        client_id,
-        [(f, q) for f, q in subscriptions],
-        [
-            StoredMessage(t, bytes(p), q, dq, r, pub, pkid, rel)
-            for t, p, q, dq, r, pub, pkid, rel in pending
-        ],
-    )
-
-
-def _retained(raw: tuple[Any, ...]) -> RetainedRecord:
-    topic, payload, qos, publisher = raw
-    return RetainedRecord(topic, bytes(payload), qos, publisher)
-
-
 class Persister:
-    def __init__(self, core: BrokerCore, store: SessionStore) -> None:
+    def __init__(self, core: BrokerCore, store: SessionStore, *, start_empty: bool = False) -> None:
         self._core = core
         self._store = store
+        # `store_load_error = "start_empty"`: a load that fails is logged, not raised.
+        self._start_empty = start_empty
         # What the store holds, as far as this side knows: the base of a full compare.
         self._sessions: dict[str, SessionRecord] = {}
         self._retained: dict[str, RetainedRecord] = {}
@@ -50,36 +34,34 @@ class Persister:
     async def load(self) -> None:
         """Seeds the broker with what the store holds; call before starting it. On a
         restart of the same broker its in-memory copy is the newer one: the store is
-        brought up to date from it instead (in case the last sync failed)."""
+        brought up to date from it instead (in case the last sync failed).
+
+        A store whose `load()` raises (or returns what the broker cannot take) refuses
+        the start with `BrokerStartError`: starting empty would later save over what it
+        holds. With `start_empty` the broker starts with nothing loaded instead, and
+        this side then knows of no stored session, so it deletes none of them."""
         if self._loaded:
             await self._sync_full()
             return
-        sessions, retained = await self._store.load()
+        try:
+            sessions, retained = await self._store.load()
+            self._core.seed(list(sessions), list(retained))
+        except Exception as exc:
+            problem = f"session store {type(self._store).__qualname__} cannot be loaded: {exc!r}"
+            if not self._start_empty:
+                raise BrokerStartError(
+                    f"{problem}; refusing to start (store_load_error = 'start_empty' "
+                    "starts without it)"
+                ) from exc
+            logger.error(
+                "pyo3mq: %s; starting with no stored sessions (store_load_error = 'start_empty')",
+                problem,
+                exc_info=True,
+            )
+            sessions, retained = [], []
+            self._core.seed([], [])
         self._sessions = {s.client_id: s for s in sessions}
         self._retained = {r.topic: r for r in retained}
-        self._core.seed(
-            [
-                (
-                    s.client_id,
-                    list(s.subscriptions),
-                    [
-                        (
-                            m.topic,
-                            m.payload,
-                            m.qos,
-                            m.delivery_qos,
-                            m.retain,
-                            m.publisher,
-                            m.packet_id,
-                            m.released,
-                        )
-                        for m in s.pending
-                    ],
-                )
-                for s in sessions
-            ],
-            [(r.topic, r.payload, r.qos, r.publisher) for r in retained],
-        )
         # Only now: a load that failed is tried again at the next start.
         self._loaded = True
 
@@ -90,17 +72,17 @@ class Persister:
         if changes is None:  # stopped (or after a failure): compare a full snapshot
             await self._sync_full()
             return
-        removed, raw_sessions, raw_retained, cleared = changes
+        removed, sessions, retained, cleared = changes
         try:
             for client_id in removed:
                 if client_id in self._sessions:
                     await self._store.delete_session(client_id)
                     del self._sessions[client_id]
-            for record in map(_session, raw_sessions):
+            for record in sessions:
                 if self._sessions.get(record.client_id) != record:
                     await self._store.save_session(record)
                     self._sessions[record.client_id] = record
-            for message in map(_retained, raw_retained):
+            for message in retained:
                 if self._retained.get(message.topic) != message:
                     await self._store.save_retained(message)
                     self._retained[message.topic] = message
@@ -116,9 +98,9 @@ class Persister:
         # Drop the change records first (the snapshot after it covers them), so that they
         # do not pile up while the store keeps failing.
         self._core.take_changes()
-        raw_sessions, raw_retained = self._core.snapshot()
-        sessions = {s.client_id: s for s in map(_session, raw_sessions)}
-        retained = {r.topic: r for r in map(_retained, raw_retained)}
+        live_sessions, live_retained = self._core.snapshot()
+        sessions = {s.client_id: s for s in live_sessions}
+        retained = {r.topic: r for r in live_retained}
         try:
             for client_id, record in sessions.items():
                 if self._sessions.get(client_id) != record:

@@ -1,7 +1,37 @@
 """The native core. Use the public API in `pyo3mq` instead."""
 
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, final
+
+from pyo3mq.types import RetainedRecord, SessionRecord
+
+__all__ = [
+    "BrokerCore",
+    "BrokerStartError",
+    "ClientCore",
+    "ClientMessage",
+    "Completion",
+    "ConnectionState",
+    "Drained",
+    "MqttBadUsernameOrPasswordError",
+    "MqttConnectRefusedError",
+    "MqttConnectionError",
+    "MqttError",
+    "MqttIdentifierRejectedError",
+    "MqttNotAuthorizedError",
+    "MqttProtocolError",
+    "MqttServerUnavailableError",
+    "MqttSubscribeError",
+    "MqttTimeoutError",
+    "MqttUnacceptableProtocolVersionError",
+    "ReplyHandle",
+    "StateChange",
+    "Submitted",
+    "__version__",
+    "check_settings",
+    "config_defaults",
+    "init_logging",
+]
 
 __version__: str
 
@@ -12,19 +42,13 @@ def init_logging(level: str, to_python: bool = False) -> None: ...
 def config_defaults() -> dict[str, Any]: ...
 def check_settings(settings: dict[str, Any]) -> None: ...
 
+@final
 class ReplyHandle:
     def resolve(self, value: object) -> None: ...
 
-# A session as the broker hands it over: (client_id, [(filter, qos)], [(topic, payload,
-# qos, delivery_qos, retain, publisher, packet_id, released)]); a retained message:
-# (topic, payload, qos, publisher).
-_Session: TypeAlias = tuple[
-    str, list[tuple[str, int]], list[tuple[str, bytes, int, int, bool, str, int | None, bool]]
-]
-_Retained: TypeAlias = tuple[str, bytes, int, str]
-
+@final
 class BrokerCore:
-    def __init__(self, settings: dict[str, Any]) -> None: ...
+    def __new__(cls, settings: dict[str, Any]) -> BrokerCore: ...
     def start(
         self,
         event_loop: object | None = None,
@@ -36,6 +60,7 @@ class BrokerCore:
         track_changes: bool = False,
     ) -> list[tuple[str, int]]: ...
     def stop(self) -> None: ...
+    def save(self) -> bool | None: ...
     @property
     def running(self) -> bool: ...
     @property
@@ -48,26 +73,93 @@ class BrokerCore:
     ) -> int: ...
     def credit(self, id: int, n: int) -> None: ...
     def unsubscribe(self, id: int) -> None: ...
-    def seed(self, sessions: list[_Session], retained: list[_Retained]) -> None: ...
+    # Stored sessions and retained messages cross as the public records of pyo3mq.types.
+    def seed(self, sessions: list[SessionRecord], retained: list[RetainedRecord]) -> None: ...
     def take_changes(
         self,
-    ) -> tuple[list[str], list[_Session], list[_Retained], list[str]] | None: ...
-    def snapshot(self) -> tuple[list[_Session], list[_Retained]]: ...
+    ) -> tuple[list[str], list[SessionRecord], list[RetainedRecord], list[str]] | None: ...
+    def snapshot(self) -> tuple[list[SessionRecord], list[RetainedRecord]]: ...
 
 # --- client ---
 
+# The client's exceptions, made in Rust; `pyo3mq` exports them.
+class MqttConnectionError(MqttError): ...
+class MqttTimeoutError(MqttConnectionError, TimeoutError): ...
+class MqttProtocolError(MqttConnectionError): ...
+
+class MqttConnectRefusedError(MqttConnectionError):
+    return_code: int
+    def __init__(this, /, return_code: int, message: str | None = None) -> None: ...
+
+class MqttUnacceptableProtocolVersionError(MqttConnectRefusedError): ...
+class MqttIdentifierRejectedError(MqttConnectRefusedError): ...
+class MqttServerUnavailableError(MqttConnectRefusedError): ...
+class MqttBadUsernameOrPasswordError(MqttConnectRefusedError): ...
+class MqttNotAuthorizedError(MqttConnectRefusedError): ...
+
+class MqttSubscribeError(MqttError):
+    filters: list[tuple[str, int]]
+    return_codes: list[int]
+    def __init__(this, /, filters: list[tuple[str, int]], return_codes: list[int]) -> None: ...
+
+@final
+class ConnectionState:
+    """The core's connection state; `pyo3mq.ConnectionState` mirrors it by name."""
+
+    CONNECTING: ClassVar[ConnectionState]
+    CONNECTED: ClassVar[ConnectionState]
+    RECONNECTING: ClassVar[ConnectionState]
+    CLOSED: ClassVar[ConnectionState]
+
+@final
+class Submitted:
+    """What `ClientCore.publish` returns when it has no token."""
+
+    SENT: ClassVar[Submitted]
+    FULL: ClassVar[Submitted]
+
+@final
+class Completion:
+    @property
+    def token(self) -> int: ...
+    @property
+    def value(self) -> Any: ...
+    @property
+    def error(self) -> MqttError | None: ...
+
+@final
+class StateChange:
+    @property
+    def state(self) -> ConnectionState: ...
+    @property
+    def session_present(self) -> bool: ...
+    @property
+    def error(self) -> MqttConnectionError | None: ...
+
+@final
+class Drained:
+    @property
+    def completions(self) -> list[Completion] | None: ...
+    @property
+    def states(self) -> list[StateChange] | None: ...
+    @property
+    def messages(self) -> list[ClientMessage] | None: ...
+    @property
+    def room(self) -> bool: ...
+
+@final
 class ClientMessage:
     """A message received by a `pyo3mq.Client`."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         topic: str,
         payload: bytes | bytearray | str | int | float | None,
         qos: int = 0,
         retain: bool = False,
         dup: bool = False,
-        mid: int = 0,
-    ) -> None: ...
+        packet_id: int = 0,
+    ) -> ClientMessage: ...
     @property
     def topic(self) -> str: ...
     @property
@@ -79,12 +171,15 @@ class ClientMessage:
     @property
     def dup(self) -> bool: ...
     @property
+    def packet_id(self) -> int: ...
+    @property
     def mid(self) -> int: ...
     def matches(self, filter: str) -> bool: ...
 
+@final
 class ClientCore:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         host: str,
         port: int,
         *,
@@ -101,7 +196,7 @@ class ClientCore:
         max_queued_incoming: int,
         max_packet_size: int,
         reconnect: tuple[float, float, int | None] | None,
-    ) -> None: ...
+    ) -> ClientCore: ...
     @property
     def wake_fd(self) -> int: ...
     @property
@@ -109,7 +204,7 @@ class ClientCore:
     @property
     def queued_messages(self) -> int: ...
     @property
-    def state(self) -> int: ...
+    def state(self) -> ConnectionState: ...
     def connect(self) -> int: ...
     def publish(
         self,
@@ -117,18 +212,11 @@ class ClientCore:
         payload: bytes | bytearray | str | int | float | None,
         qos: int,
         retain: bool,
-    ) -> int: ...
+    ) -> int | Submitted: ...
     def subscribe(self, filters: list[tuple[str, int]]) -> int: ...
     def unsubscribe(self, filters: list[str]) -> int: ...
     def disconnect(self) -> int: ...
-    def drain(
-        self, max_messages: int
-    ) -> tuple[
-        list[tuple[int, bool, Any]] | None,
-        list[tuple[int, bool, tuple[int, int, str] | None]] | None,
-        list[ClientMessage] | None,
-        bool,
-    ]: ...
+    def drain(self, max_messages: int) -> Drained: ...
     def take_messages(self, max: int) -> list[ClientMessage]: ...
-    def last_error(self) -> tuple[int, int, str] | None: ...
+    def last_error(self) -> MqttConnectionError | None: ...
     def debug_state(self) -> str: ...

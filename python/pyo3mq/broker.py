@@ -24,6 +24,7 @@ from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
 from pyo3mq.types import ConnectEvent, DisconnectEvent, Message, SubscribeEvent, UnsubscribeEvent
 
 OverflowPolicy = Literal["drop_new", "drop_oldest"]
+StoreLoadError = Literal["refuse", "start_empty"]
 
 #: Every setting's default, from the Rust core (src/broker/config.rs), where names,
 #: types, defaults and bounds are declared once.
@@ -61,10 +62,14 @@ class BrokerConfig:
     acl_cache_ttl: float = _DEFAULTS["acl_cache_ttl"]
     password_file: str | None = _DEFAULTS["password_file"]
     acl_file: str | None = _DEFAULTS["acl_file"]
+    # None: the password file or authenticator decides, else loopback listeners only.
+    allow_anonymous: bool | None = _DEFAULTS["allow_anonymous"]
     session_store: str = _DEFAULTS["session_store"]
+    store_load_error: StoreLoadError = _DEFAULTS["store_load_error"]
     persist_interval: float = _DEFAULTS["persist_interval"]
     durability: Literal["interval", "sync"] = _DEFAULTS["durability"]
     sys_interval: float = _DEFAULTS["sys_interval"]
+    persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
 
     def __post_init__(self) -> None:
         check_settings(self.values())
@@ -177,6 +182,34 @@ class Subscription:
 Handler = Callable[[Any], Any]
 
 
+def _check_hooks(**hooks: Any) -> None:
+    """Refuses hooks of the wrong kind when the broker is made, naming the argument,
+    instead of denying every client at run time."""
+    for name, hook in hooks.items():
+        if hook is None:
+            continue
+        if name == "authorizer":
+            missing = [
+                m
+                for m in ("authorize_subscribe", "authorize_publish")
+                if not callable(getattr(hook, m, None))
+            ]
+            if missing:
+                raise TypeError(
+                    f"authorizer must be an object with authorize_subscribe(client, filter, "
+                    f"qos) and authorize_publish(client, topic); {hook!r} lacks "
+                    + " and ".join(missing)
+                )
+        elif name == "authenticator":
+            if not callable(hook) and not callable(getattr(hook, "authenticate", None)):
+                raise TypeError(
+                    "authenticator must be a callable authenticate(client_id, username, "
+                    f"password) or an object with that method, not {hook!r}"
+                )
+        elif not callable(hook):
+            raise TypeError(f"{name} must be callable, not {hook!r}")
+
+
 class Broker:
     """An MQTT 3.1/3.1.1 broker running on Rust threads inside this process.
 
@@ -198,6 +231,20 @@ class Broker:
         on_message: Callable[[Message], Any] | None = None,
         **settings: Any,
     ) -> None:
+        _check_hooks(
+            authenticator=authenticator,
+            authorizer=authorizer,
+            on_connect=on_connect,
+            on_disconnect=on_disconnect,
+            on_subscribe=on_subscribe,
+            on_unsubscribe=on_unsubscribe,
+            on_message=on_message,
+        )
+        if config is not None and not isinstance(config, BrokerConfig):
+            raise TypeError(
+                "Broker's first argument is a BrokerConfig; pass settings as keywords "
+                f"(Broker(**settings)) or BrokerConfig(**settings), not a {type(config).__name__}"
+            )
         self._store: SessionStore | None = None
         if isinstance(session_store, str):
             settings["session_store"] = session_store
@@ -217,7 +264,15 @@ class Broker:
             )
         self.config = config
         self._core = BrokerCore(config.values())
-        self._persister = Persister(self._core, self._store) if self._store else None
+        self._persister = (
+            Persister(
+                self._core,
+                self._store,
+                start_empty=config.store_load_error == "start_empty",
+            )
+            if self._store
+            else None
+        )
         self._persist_task: asyncio.Task[None] | None = None
         self._addresses: list[tuple[str, int]] = []
         #: Sees every published message before routing; may return it (or True) to
@@ -287,11 +342,20 @@ class Broker:
         """Messages dropped by full session queues since the broker started."""
         return self._core.dropped_messages
 
+    def save(self) -> bool:
+        """Brings the durable session store (`session_store="sqlite:PATH"`) up to date now,
+        outside the `persist_interval` schedule; the `pyo3mq` command does this on SIGUSR1.
+        Returns whether a durable store was written: False with the in-memory store, or
+        with a Python `SessionStore` (which the broker syncs every `persist_interval`), and
+        when the write failed (logged). Blocks the calling thread for the write; raises
+        RuntimeError when the broker is not running (stopping saves everything)."""
+        return self._core.save() is True
+
     def stats(self) -> dict[str, int]:
         """The figures `$SYS/broker/...` publishes, now: `uptime` (seconds),
         `clients_connected`, `clients_disconnected` (offline persistent sessions),
         `clients_total`, `clients_maximum`, `messages_received`, `messages_sent`,
-        `messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
+        `publish_messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count` and
         `retained_messages_count`; with a TLS listener also `tls_handshakes` and
         `tls_handshakes_failed`, with a WebSocket listener `websockets_upgrades` and
         `websockets_upgrades_failed`. Empty while the broker is stopped."""

@@ -9,7 +9,7 @@ async with Client("127.0.0.1", 1883, client_id="sensor-1") as client:
 ```
 
 The socket, the codec, packet ids, the inflight window, QoS 1/2 flows, keepalive pings
-and reconnects live in Rust (`src/client.rs`) on a process-wide tokio runtime. Python
+and reconnects live in Rust (`src/client/`) on a process-wide tokio runtime. Python
 calls into it only to hand over work, which never waits on I/O. Rust answers through a
 wake socket this loop watches (`loop.add_reader`): one wake-up drains every completion,
 state change and message that arrived meanwhile, so a burst of acknowledgements or
@@ -19,6 +19,11 @@ messages costs one hand-off, not one per packet.
 awaiting it waits for hand-over (QoS 0), PUBACK (QoS 1) or PUBCOMP (QoS 2). Many
 publishes can be started and awaited together (`asyncio.gather(*futures)`) without any
 per-message round trip between Python and Rust.
+
+What crosses from Rust is typed: the core's state is `_pyo3mq.ConnectionState` (mapped
+here to the public enum), `publish` returns `Submitted.SENT`, `Submitted.FULL` or a
+token, a drain is a `Drained` record, and errors arrive as the exception instances to
+raise: the exception classes are made in Rust (`src/python/errors.rs`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,23 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Union
 
-from pyo3mq._pyo3mq import ClientCore, ClientMessage, MqttError
+from pyo3mq import _pyo3mq
+from pyo3mq._pyo3mq import (
+    ClientCore,
+    ClientMessage,
+    MqttBadUsernameOrPasswordError,
+    MqttConnectionError,
+    MqttConnectRefusedError,
+    MqttError,
+    MqttIdentifierRejectedError,
+    MqttNotAuthorizedError,
+    MqttProtocolError,
+    MqttServerUnavailableError,
+    MqttSubscribeError,
+    MqttTimeoutError,
+    MqttUnacceptableProtocolVersionError,
+    Submitted,
+)
 
 __all__ = [
     "Client",
@@ -68,91 +89,8 @@ PayloadType = Union[str, bytes, bytearray, int, float, None]
 #: Messages moved from Rust to Python per hand-off.
 _BATCH: Final = 1024
 #: `ClientCore.publish` results other than a token.
-_SENT: Final = 0
-_FULL: Final = -1
-
-
-# --------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------
-
-
-class MqttConnectionError(MqttError):
-    """The client is not connected: the connection could not be made, was lost, or the
-    client was closed. Every error that ends a connection derives from this class."""
-
-
-class MqttTimeoutError(MqttConnectionError, TimeoutError):
-    """No CONNACK within the timeout, or no PINGRESP within the keepalive (the server
-    vanished)."""
-
-
-class MqttProtocolError(MqttConnectionError):
-    """The server sent a malformed packet or broke the protocol; the client closed the
-    connection. The message names the rule broken."""
-
-
-class MqttConnectRefusedError(MqttConnectionError):
-    """The server refused the connection; `return_code` is the CONNACK return code."""
-
-    def __init__(self, return_code: int, message: str | None = None) -> None:
-        super().__init__(message or f"connection refused: CONNACK return code {return_code}")
-        self.return_code = return_code
-
-
-class MqttUnacceptableProtocolVersionError(MqttConnectRefusedError):
-    """CONNACK 1: the server does not speak the requested protocol level."""
-
-
-class MqttIdentifierRejectedError(MqttConnectRefusedError):
-    """CONNACK 2: the client id is not allowed."""
-
-
-class MqttServerUnavailableError(MqttConnectRefusedError):
-    """CONNACK 3: the MQTT service is unavailable."""
-
-
-class MqttBadUsernameOrPasswordError(MqttConnectRefusedError):
-    """CONNACK 4: the user name or password is malformed."""
-
-
-class MqttNotAuthorizedError(MqttConnectRefusedError):
-    """CONNACK 5: the client is not authorized to connect."""
-
-
-_REFUSALS: Final[dict[int, type[MqttConnectRefusedError]]] = {
-    1: MqttUnacceptableProtocolVersionError,
-    2: MqttIdentifierRejectedError,
-    3: MqttServerUnavailableError,
-    4: MqttBadUsernameOrPasswordError,
-    5: MqttNotAuthorizedError,
-}
-
-
-class MqttSubscribeError(MqttError):
-    """The server refused at least one topic filter (SUBACK return code 0x80). The
-    filters it granted are subscribed; `return_codes` has one code per filter."""
-
-    def __init__(self, filters: list[tuple[str, int]], return_codes: list[int]) -> None:
-        refused = [f for (f, _), code in zip(filters, return_codes) if code == 0x80]
-        super().__init__(f"the server refused the subscription to {', '.join(refused)}")
-        self.filters = filters
-        self.return_codes = return_codes
-
-
-#: (kind, code, message) as the Rust core reports an error.
-_ErrorTuple = tuple[int, int, str]
-
-
-def _exception(error: _ErrorTuple) -> MqttConnectionError:
-    kind, code, message = error
-    if kind == 1:
-        return _REFUSALS.get(code, MqttConnectRefusedError)(code, message)
-    if kind == 2:
-        return MqttProtocolError(message)
-    if kind == 5:
-        return MqttTimeoutError(message)
-    return MqttConnectionError(message)
+_SENT: Final = Submitted.SENT
+_FULL: Final = Submitted.FULL
 
 
 # --------------------------------------------------------------------------------------
@@ -179,6 +117,10 @@ class Reconnect:
     and is jittered down by up to half. After `max_attempts` failed attempts in a row
     (None: never) the client closes. A refusal that retrying cannot fix (CONNACK 1, 2,
     4 or 5) closes it at once.
+
+    The first `connect()` is retried the same way: it returns once connected, and raises
+    only after the first attempt plus `max_attempts` retries failed (or at once on such a
+    refusal). Meanwhile the state stays CONNECTING.
     """
 
     initial_delay: float = 0.5
@@ -198,12 +140,8 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-_STATES: Final = {
-    0: ConnectionState.CONNECTING,
-    1: ConnectionState.CONNECTED,
-    2: ConnectionState.RECONNECTING,
-    3: ConnectionState.CLOSED,
-}
+#: The core's states, member for member by name.
+_STATES: Final = {getattr(_pyo3mq.ConnectionState, s.name): s for s in ConnectionState}
 
 
 @dataclass(frozen=True)
@@ -251,8 +189,9 @@ class MessagesIterator:
                 buffer.extend(batch)
                 continue
             if client._state is ConnectionState.CLOSED:
-                if client._close_error is not None:
-                    raise _exception(client._close_error)
+                error = client._core.last_error()
+                if error is not None:
+                    raise error
                 raise StopAsyncIteration
             waiter: asyncio.Future[None] = client._loop.create_future()
             self._waiters.append(waiter)
@@ -304,8 +243,12 @@ class Client:
     - `reconnect`: True or a `Reconnect` for automatic reconnection. With
       `clean_session=False` the session resumes and unacknowledged publishes are resent
       with DUP=1 under their original ids; when the server has no session, the client's
-      subscriptions are restored. Publishes made while reconnecting are queued (QoS 0
-      in the write buffer, QoS 1/2 with their completions still pending).
+      subscriptions are restored first, and publishes (resent ones and those made while
+      reconnecting) are held until the server acknowledged them, so a message published
+      to one of the client's own subscriptions comes back to it. Publishes made while
+      reconnecting are queued (QoS 0 in the write buffer, QoS 1/2 with their completions
+      still pending). A first `connect()` that fails is retried with the same backoff
+      (until `max_attempts` retries failed, if set) instead of raising at once.
     - `max_inflight`: outgoing QoS 1/2 publishes awaiting acknowledgement (1-65535);
       more wait in order for the window.
     - `max_buffered_bytes`: bytes of outgoing packets not yet written plus publishes
@@ -369,7 +312,6 @@ class Client:
         self._backlog: deque[_Deferred] = deque()
         self._state = ConnectionState.CLOSED
         self._session_present = False
-        self._close_error: _ErrorTuple | None = None
         self._messages = MessagesIterator(self)
         self._on_state_change = on_state_change
         self._state_waiters: list[tuple[ConnectionState, asyncio.Future[None]]] = []
@@ -406,7 +348,8 @@ class Client:
 
     async def connect(self) -> None:
         """Connects and waits for CONNACK. A refusal raises a `MqttConnectRefusedError`
-        subclass carrying the return code. A client can connect again after it closed."""
+        subclass carrying the return code. With `reconnect`, other failures are retried
+        per the policy before raising. A client can connect again after it closed."""
         if self._state is not ConnectionState.CLOSED:
             raise MqttError(f"the client is already {self._state.value}")
         loop = asyncio.get_running_loop()
@@ -417,7 +360,6 @@ class Client:
         self._loop = loop
         self._done = loop.create_future()
         self._done.set_result(None)
-        self._close_error = None
         # A closed core completed or failed every request it had; drop any leftovers so
         # that the new core's tokens (which start at 1 again) cannot meet them.
         stale = MqttConnectionError("the client is closed")
@@ -488,16 +430,15 @@ class Client:
         """
         if self._backlog:
             return self._defer(topic, payload, qos, retain)
+        # Raises the client's error when it is not connected.
         result = self._core.publish(topic, payload, qos, retain)
-        if result == _SENT:
+        if result is _SENT:
             return self._done
-        if result > 0:
+        if isinstance(result, int):
             future: asyncio.Future[None] = self._loop.create_future()
             self._pending[result] = future
             return future
-        if result == _FULL:
-            return self._defer(topic, payload, qos, retain)
-        raise self._not_connected()
+        return self._defer(topic, payload, qos, retain)
 
     async def subscribe(
         self,
@@ -523,19 +464,15 @@ class Client:
     # -- internals ----------------------------------------------------------------------
 
     def _request(self, token: int) -> asyncio.Future[Any]:
-        if token > 0:
-            future: asyncio.Future[Any] = self._loop.create_future()
-            self._pending[token] = future
-            return future
-        if token == _FULL:
-            raise MqttError("too many requests in flight: no packet identifier is free")
-        raise self._not_connected()
+        # The core raised already if the request could not be sent.
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[token] = future
+        return future
 
     def _not_connected(self) -> MqttConnectionError:
-        if self._started:
-            error = self._close_error or self._core.last_error()
-            if error is not None:
-                return _exception(error)
+        error = self._core.last_error() if self._started else None
+        if error is not None:
+            return error
         return MqttConnectionError("the client is not connected")
 
     def _defer(
@@ -560,16 +497,16 @@ class Client:
                 backlog.popleft()
                 future.set_exception(exc)
                 continue
-            if result == _FULL:
+            except MqttConnectionError as exc:
+                self._fail_backlog(exc)
+                return
+            if result is _FULL:
                 return
             backlog.popleft()
-            if result == _SENT:
-                future.set_result(None)
-            elif result > 0:
+            if isinstance(result, int):
                 self._pending[result] = future
             else:
-                self._fail_backlog(self._not_connected())
-                return
+                future.set_result(None)
 
     def _fail_backlog(self, error: MqttConnectionError) -> None:
         while self._backlog:
@@ -577,31 +514,33 @@ class Client:
             _fail(future, error)
 
     def _on_wake(self, core: ClientCore) -> None:
-        completions, states, messages, room = core.drain(self._messages._wanted())
+        drained = core.drain(self._messages._wanted())
+        completions = drained.completions
         if completions is not None:
             pending = self._pending
-            for token, ok, value in completions:
-                future = pending.pop(token, None)
+            for completion in completions:
+                future = pending.pop(completion.token, None)
                 if future is None or future.done():
                     continue
-                if ok:
-                    future.set_result(value)
+                error = completion.error
+                if error is None:
+                    future.set_result(completion.value)
                 else:
-                    _fail(future, _exception(value))
+                    _fail(future, error)
+        messages = drained.messages
         if messages is not None:
             self._messages._feed(messages)
-        if room:
+        if drained.room:
             self._flush_backlog()
+        states = drained.states
         if states is not None:
-            for state, session_present, error in states:
-                if state == 3:  # closed: no more events from this core
+            for change in states:
+                state = _STATES[change.state]
+                if state is ConnectionState.CLOSED:  # no more events from this core
                     self._teardown()
-                    self._close_error = error
                     if self._backlog:
                         self._fail_backlog(self._not_connected())
-                self._set_state(
-                    _STATES[state], session_present, None if error is None else _exception(error)
-                )
+                self._set_state(state, change.session_present, change.error)
 
     def _teardown(self) -> None:
         if self._fd is not None:

@@ -63,6 +63,10 @@ class UnsubscribeEvent:
     filters: list[str]
 
 
+# The three records below are what a `SessionStore` is given and loads, and also what the
+# Rust core hands over and takes (built by keyword, read by attribute): one type each.
+
+
 @dataclass(frozen=True)
 class StoredMessage:
     """A message waiting in a persistent session."""

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::broker::store::StoreSpec;
+
 /// What a session does when its outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverflowPolicy {
@@ -88,6 +90,32 @@ impl SettingType for String {
     }
 }
 
+/// `persistent_client_expiration`: `None` (never), a number of seconds, or Mosquitto's
+/// form (`"2d"`, see [`parse_expiration`]); zero is `None`.
+impl SettingType for Option<Duration> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        let invalid = |shown: String| {
+            format!(
+                "must be a number of seconds or an integer followed by h, d, w, m (month) \
+                 or y, like '2d', not {shown}"
+            )
+        };
+        match value {
+            Value::None => Ok(None),
+            Value::Str(s) => parse_expiration(s).map_err(|_| invalid(format!("{s:?}"))),
+            Value::Int(_) | Value::Float(_) => {
+                let seconds =
+                    Duration::from_value(value).map_err(|_| invalid(format!("{value:?}")))?;
+                Ok((!seconds.is_zero()).then_some(seconds))
+            }
+            other => Err(invalid(format!("{other:?}"))),
+        }
+    }
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, |d| Value::Float(d.as_secs_f64()))
+    }
+}
+
 /// Optional file paths.
 impl SettingType for Option<String> {
     fn from_value(value: &Value) -> Result<Self, String> {
@@ -111,6 +139,20 @@ impl SettingType for Vec<String> {
     }
     fn to_value(&self) -> Value {
         Value::List(self.clone())
+    }
+}
+
+/// Tri-state switches: unset (`None`) has a meaning of its own.
+impl SettingType for Option<bool> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::None => Ok(None),
+            Value::Bool(b) => Ok(Some(*b)),
+            other => Err(format!("must be true, false or unset, not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, Value::Bool)
     }
 }
 
@@ -247,6 +289,22 @@ impl SettingType for Vec<ListenerSettings> {
     }
 }
 
+named_choice!(StoreLoadError { "refuse" => Refuse, "start_empty" => StartEmpty });
+
+/// `memory` or `sqlite:PATH`.
+impl SettingType for StoreSpec {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Str(s) => StoreSpec::parse(s)
+                .map_err(|_| format!("must be 'memory' or 'sqlite:PATH' (with a path), not {s:?}")),
+            other => Err(format!("must be 'memory' or 'sqlite:PATH', not {other:?}")),
+        }
+    }
+    fn to_value(&self) -> Value {
+        Value::Str(self.to_string())
+    }
+}
+
 /// Declares every setting once: its name, type, default and (for integers) bounds. The
 /// struct, its `Default`, the list of names and defaults that Python's `BrokerConfig`
 /// and the README's tests read, and the reading of settings by name all come from here.
@@ -306,8 +364,9 @@ macro_rules! settings {
 settings! {
     /// Listener URIs: `tcp://HOST:PORT`, `tls://HOST:PORT` (or `mqtts://`),
     /// `ws://HOST:PORT/PATH`, `wss://HOST:PORT/PATH` (PATH defaults to `/mqtt`); port 0
-    /// picks a free port.
-    listeners: Vec<String> = vec!["tcp://0.0.0.0:1883".to_string()];
+    /// picks a free port. The default listens on loopback only (as Mosquitto 2.0 does
+    /// with no listener configured).
+    listeners: Vec<String> = vec![DEFAULT_LISTENER.to_string()];
     /// Per-listener TLS settings (`[[listener]]` tables, each with the `uri` of one of
     /// `listeners`), replacing the top-level ones below for that listener.
     listener: Vec<ListenerSettings> = Vec::new();
@@ -326,7 +385,8 @@ settings! {
     /// The oldest TLS version accepted: `tlsv1.2` or `tlsv1.3`.
     tls_version: TlsVersion = TlsVersion::V12;
     /// Largest packet accepted from a client, fixed header included. A larger one closes
-    /// that connection before its body is read.
+    /// that connection before its body is read. The default bounds what one client can
+    /// make the broker buffer; MQTT's own ceiling is 268,435,455 bytes of body.
     max_packet_size: usize = 1024 * 1024, range 2 ..= 268_435_460;
     /// Connections served at once; a client over the limit gets CONNACK 0x03.
     max_connections: usize = 100_000, range 1 ..= 4_294_967_295;
@@ -356,8 +416,16 @@ settings! {
     password_file: Option<String> = None;
     /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.
     acl_file: Option<String> = None;
+    /// Mosquitto's `allow_anonymous`, about clients that send no username: `Some(true)`
+    /// admits them without asking the password file or authenticator, `Some(false)`
+    /// refuses them (CONNACK 0x05) on every listener; `None` leaves it to the password
+    /// file or authenticator if there is one, else admits them on loopback listeners
+    /// only. See [`Config::anonymous_policy`].
+    allow_anonymous: Option<bool> = None;
     /// Where persistent sessions and retained messages live: `memory` or `sqlite:PATH`.
-    session_store: String = "memory".to_string();
+    session_store: StoreSpec = StoreSpec::Memory;
+    /// What a start does when the store cannot be read (see [`StoreLoadError`]).
+    store_load_error: StoreLoadError = StoreLoadError::Refuse;
     /// How often a durable store is brought up to date (a crash loses at most this much);
     /// zero saves only at shutdown.
     persist_interval: Duration = Duration::from_secs(1);
@@ -367,12 +435,42 @@ settings! {
     durability: Durability = Durability::Interval;
     /// How often the `$SYS/broker/...` statistics are published; zero disables them.
     sys_interval: Duration = Duration::from_secs(10);
+    /// A clean-session-0 client offline for longer than this loses its session
+    /// (subscriptions, queued and inflight messages), in the durable store too. `None`
+    /// keeps offline sessions forever (Mosquitto's `persistent_client_expiration`).
+    persistent_client_expiration: Option<Duration> = None;
+}
+
+/// Loopback only: a broker started without a listener is not reachable from the network
+/// until someone says it should be (Mosquitto 2.0's default).
+pub const DEFAULT_LISTENER: &str = "tcp://127.0.0.1:1883";
+
+/// What a listener does with a client that sends no username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnonymousPolicy {
+    /// Admit it without consulting the password file or authenticator.
+    Allow,
+    /// CONNACK 0x05 (not authorized), before any hook runs.
+    Refuse,
+    /// The password file or authenticator decides, as for everyone else (with neither,
+    /// the client is admitted).
+    AskHooks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     Interval,
     Sync,
+}
+
+/// What a start does when the session store cannot be read (a corrupt file, a schema
+/// from another version). Starting empty and saving later would delete what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreLoadError {
+    /// Refuse to start, naming the file and the problem; the file is left as it is.
+    Refuse,
+    /// Move the unreadable file aside (`PATH.corrupt-TIMESTAMP`), log it, start empty.
+    StartEmpty,
 }
 
 impl Config {
@@ -389,18 +487,73 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());
         }
-        let sqlite = self.session_store.starts_with("sqlite:");
-        if !sqlite && self.session_store != "memory" {
-            return Err(format!(
-                "session_store must be 'memory' or 'sqlite:PATH', not {:?}",
-                self.session_store
-            ));
-        }
-        if self.durability == Durability::Sync && !sqlite {
+        if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
+        }
+        if self
+            .persistent_client_expiration
+            .is_some_and(|d| d.is_zero())
+        {
+            return Err(
+                "persistent_client_expiration must be positive (leave it out to keep \
+                 offline sessions forever)"
+                    .into(),
+            );
         }
         Ok(())
     }
+
+    /// How a listener treats clients without a username. `has_authenticator`: a password
+    /// file or an authenticator hook is in place; `loopback`: the listener is bound to a
+    /// loopback address, so only this machine can reach it.
+    pub fn anonymous_policy(&self, has_authenticator: bool, loopback: bool) -> AnonymousPolicy {
+        match self.allow_anonymous {
+            Some(true) => AnonymousPolicy::Allow,
+            Some(false) => AnonymousPolicy::Refuse,
+            None if has_authenticator => AnonymousPolicy::AskHooks,
+            None if loopback => AnonymousPolicy::Allow,
+            // Reachable from the network with nothing checking who connects: an open
+            // broker is opted into (`allow_anonymous = true`), never the default.
+            None => AnonymousPolicy::Refuse,
+        }
+    }
+}
+
+/// Parses a `persistent_client_expiration` as Mosquitto writes it, an integer followed by
+/// `h`, `d`, `w`, `m` (a month: 30 days) or `y` (365 days), e.g. `2d`; or a number of
+/// seconds (`3600`, `0.5`). Zero means no expiry (`None`).
+pub fn parse_expiration(text: &str) -> Result<Option<Duration>, String> {
+    const HOUR: u64 = 3600;
+    let invalid = || {
+        format!(
+            "persistent_client_expiration must be a number of seconds or an integer followed \
+             by h, d, w, m (month) or y, like '2d', not {text:?}"
+        )
+    };
+    let text = text.trim();
+    let unit = match text.chars().last() {
+        Some('h') => Some(HOUR),
+        Some('d') => Some(24 * HOUR),
+        Some('w') => Some(7 * 24 * HOUR),
+        Some('m') => Some(30 * 24 * HOUR),
+        Some('y') => Some(365 * 24 * HOUR),
+        _ => None,
+    };
+    let duration = match unit {
+        Some(unit) => {
+            let count = &text[..text.len() - 1];
+            if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            let count: u64 = count.parse().map_err(|_| invalid())?;
+            Duration::from_secs(count.checked_mul(unit).ok_or_else(invalid)?)
+        }
+        None => {
+            let seconds: f64 = text.parse().map_err(|_| invalid())?;
+            Duration::try_from_secs_f64(seconds).map_err(|_| invalid())?
+        }
+    };
+    Ok((!duration.is_zero()).then_some(duration))
 }
 
 /// How a listener speaks: the stream under MQTT.
@@ -613,8 +766,82 @@ mod tests {
         );
     }
 
+    #[test]
+    fn default_listener_is_loopback_only() {
+        let config = Config::default();
+        assert_eq!(config.listeners, ["tcp://127.0.0.1:1883"]);
+        assert_eq!(config.allow_anonymous, None);
+    }
+
+    #[test]
+    fn anonymous_policy_follows_mosquitto() {
+        use AnonymousPolicy::*;
+        let with = |allow| Config {
+            allow_anonymous: allow,
+            ..Config::default()
+        };
+        // Unset: the hooks decide if there are any, else loopback only.
+        assert_eq!(with(None).anonymous_policy(false, true), Allow);
+        assert_eq!(with(None).anonymous_policy(false, false), Refuse);
+        assert_eq!(with(None).anonymous_policy(true, false), AskHooks);
+        assert_eq!(with(None).anonymous_policy(true, true), AskHooks);
+        // Explicit: the same on every listener, hooks or not.
+        for (auth, loopback) in [(false, false), (false, true), (true, false), (true, true)] {
+            assert_eq!(with(Some(true)).anonymous_policy(auth, loopback), Allow);
+            assert_eq!(with(Some(false)).anonymous_policy(auth, loopback), Refuse);
+        }
+    }
+
     fn with(name: &str, value: Value) -> Result<Config, String> {
         Config::from_values(|n| (n == name).then(|| value.clone()))
+    }
+
+    #[test]
+    fn expiration_values_as_mosquitto_writes_them() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(parse_expiration("1h"), Ok(Some(hour)));
+        assert_eq!(parse_expiration("2d"), Ok(Some(48 * hour)));
+        assert_eq!(parse_expiration("1w"), Ok(Some(7 * 24 * hour)));
+        assert_eq!(parse_expiration("1m"), Ok(Some(30 * 24 * hour)));
+        assert_eq!(parse_expiration("1y"), Ok(Some(365 * 24 * hour)));
+        assert_eq!(parse_expiration("90"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(
+            parse_expiration("0.5"),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(parse_expiration("0"), Ok(None));
+        assert_eq!(parse_expiration("0d"), Ok(None));
+        for bad in [
+            "", "h", "1s", "1.5h", "-1", "-1h", "1 h", "+1d", "nan", "inf", "1e400",
+        ] {
+            assert!(parse_expiration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_expiration("99999999999999999y").is_err(), "overflow");
+        let expiration = |v: Value| with("persistent_client_expiration", v);
+        assert_eq!(
+            expiration(Value::Str("2d".into()))
+                .unwrap()
+                .persistent_client_expiration,
+            Some(48 * hour)
+        );
+        assert_eq!(
+            expiration(Value::Int(90))
+                .unwrap()
+                .persistent_client_expiration,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            expiration(Value::Float(0.0))
+                .unwrap()
+                .persistent_client_expiration,
+            None
+        );
+        assert_eq!(
+            expiration(Value::None)
+                .unwrap()
+                .persistent_client_expiration,
+            None
+        );
     }
 
     #[test]
@@ -666,6 +893,14 @@ mod tests {
             ),
             ("tls_version", Value::Str("tlsv1.1".into())),
             ("require_certificate", Value::Int(1)),
+            ("persistent_client_expiration", Value::Str("2 weeks".into())),
+            ("persistent_client_expiration", Value::Int(-1)),
+            ("persistent_client_expiration", Value::Bool(true)),
+            ("persistent_client_expiration", Value::Float(f64::NAN)),
+            (
+                "persistent_client_expiration",
+                Value::List(vec!["1h".into()]),
+            ),
         ];
         for (name, value) in bad {
             let err = with(name, value.clone()).expect_err(name);

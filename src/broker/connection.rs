@@ -22,6 +22,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::{info, warn};
 
+use crate::broker::config::AnonymousPolicy;
 use crate::broker::hooks::{AuthDecision, DisconnectReason, Event};
 use crate::broker::metrics::LocalCounters;
 use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
@@ -49,6 +50,11 @@ const READ_CHUNK: usize = 16 * 1024;
 const PUMP_BATCH: usize = 64;
 /// Attempts to take over a client id whose owner does not go away.
 const TAKEOVER_ATTEMPTS: usize = 5;
+/// Most bytes a connection being taken over still reads (see
+/// [`Connection::drain_before_takeover`]): more than a loopback socket buffer usually
+/// holds, so what the client sent before its new connection is read, yet bounded, so a
+/// client that keeps sending cannot hold the new connection back.
+const TAKEOVER_DRAIN_LIMIT: usize = 4 * READ_PAUSE_ABOVE;
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
 #[derive(Debug)]
@@ -87,6 +93,8 @@ pub struct Connection {
     protocol: Protocol,
     client_id: ByteString,
     username: Option<ByteString>,
+    /// What its listener does with a client that sends no username.
+    anonymous: AnonymousPolicy,
     scratch: MatchScratch,
     batch: Vec<Outgoing>,
     /// Topic -> (allowed, decided at): publish decisions reused for `acl_cache_ttl`.
@@ -119,6 +127,7 @@ impl Connection {
             protocol: Protocol::V311,
             client_id: ByteString::new(),
             username: None,
+            anonymous: AnonymousPolicy::AskHooks,
             scratch: MatchScratch::default(),
             batch: Vec::new(),
             acl_cache: HashMap::new(),
@@ -360,7 +369,7 @@ impl Connection {
             let can_read = self.out.len() < READ_PAUSE_ABOVE;
             tokio::select! {
                 biased;
-                _ = kick.notified() => return Close::Takeover,
+                _ = kick.notified() => return Box::pin(self.drain_before_takeover(session)).await,
                 _ = shutdown.changed() => return Close::Shutdown,
                 _ = &mut expiry, if idle_limit.is_some() => return Close::KeepAlive,
                 res = self.io.writable(), if has_output => {
@@ -398,6 +407,36 @@ impl Connection {
                     }
                 },
                 _ = session.notify.notified(), if can_pump => {}
+            }
+        }
+    }
+
+    /// Decides how a connection that is being taken over ends. The client may have sent
+    /// packets before it opened its new connection that this one has not read yet: a
+    /// DISCONNECT among them discards the will [MQTT-3.1.2-10] (Mosquitto bug 1273: a
+    /// client that disconnects cleanly and reconnects at once got its will published),
+    /// and its PUBLISHes are delivered. So what the socket already holds is handled
+    /// first, up to [`TAKEOVER_DRAIN_LIMIT`] bytes; then the takeover closes it.
+    async fn drain_before_takeover(&mut self, session: &Arc<Session>) -> Close {
+        let mut budget = TAKEOVER_DRAIN_LIMIT;
+        loop {
+            if let Some(close) = Box::pin(self.handle_buffered(session)).await {
+                return close;
+            }
+            if budget == 0 {
+                return Close::Takeover;
+            }
+            self.rbuf.reserve(READ_CHUNK.min(budget));
+            match self.io.try_read_buf(&mut self.rbuf) {
+                Ok(n) if n > 0 => {
+                    self.counters.bytes_received += n as u64;
+                    budget = budget.saturating_sub(n);
+                }
+                // Nothing more was sent, or the client closed without DISCONNECT: the
+                // takeover stands, and the will is published.
+                Ok(_) => return Close::Takeover,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Close::Takeover,
+                Err(e) => return Close::Io(e),
             }
         }
     }

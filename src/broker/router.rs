@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
@@ -313,7 +314,14 @@ impl Router {
             }
             None => (self.new_session(client_id.clone(), clean), false),
         };
-        session.state.lock().online = true;
+        {
+            let mut state = session.state.lock();
+            state.online = true;
+            if state.offline_since.take().is_some() {
+                // The store keeps when a session went offline; it is online again.
+                state.mark_changed();
+            }
+        }
         clients.insert(
             client_id.clone(),
             ClientSlot {
@@ -348,8 +356,44 @@ impl Router {
             if let Some(slot) = clients.get_mut(&session.client_id) {
                 slot.conn = None;
             }
-            session.state.lock().online = false;
+            let mut state = session.state.lock();
+            state.online = false;
+            state.offline_since = Some(SystemTime::now());
+            // Saved with the session, so expiry counts from it after a restart too.
+            state.mark_changed();
         }
+    }
+
+    /// Ends every clean-session-0 session whose client has been offline for `limit` or
+    /// longer (`persistent_client_expiration`), with its subscriptions and messages; a
+    /// durable store forgets it at its next save. Returns how many ended.
+    pub fn expire_offline(&self, limit: Duration) -> usize {
+        let now = SystemTime::now();
+        let mut clients = self.clients.lock();
+        let expired: Vec<ByteString> = clients
+            .iter()
+            .filter(|(_, slot)| slot.conn.is_none() && !slot.session.clean)
+            .filter(|(_, slot)| {
+                // A clock set back makes a session younger, never older.
+                let since = slot.session.state.lock().offline_since;
+                since.is_some_and(|t| now.duration_since(t).is_ok_and(|away| away >= limit))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in &expired {
+            let Some(slot) = clients.remove(client_id) else {
+                continue;
+            };
+            if self.tracking.load(Ordering::Relaxed) {
+                self.removed.lock().insert(client_id.clone());
+            }
+            self.discard(&slot.session);
+            tracing::info!(
+                %client_id,
+                "session expired: offline for longer than persistent_client_expiration ({limit:?})"
+            );
+        }
+        expired.len()
     }
 
     /// Removes a session's subscriptions from the trie and empties it, for good.

@@ -16,11 +16,13 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::broker::config::{Config, Durability, ListenerKind, TlsSettings};
+use crate::broker::config::{
+    AnonymousPolicy, Config, Durability, ListenerKind, StoreLoadError, TlsSettings,
+};
 use crate::broker::connection::{refuse_busy, Connection};
 use crate::broker::hooks::{AclFile, Hooks, PasswordFile};
 use crate::broker::router::Router;
-use crate::broker::store::SessionStore;
+use crate::broker::store::{SessionStore, StoreError, StoredState};
 use crate::broker::sys_topics;
 use crate::broker::transport::{self, SharedAcceptor, TlsAcceptor};
 
@@ -32,6 +34,10 @@ pub enum ServerError {
     Bind { uri: String, source: std::io::Error },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The session store cannot be read: starting empty would overwrite it at the next
+    /// save (see `store_load_error`).
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 pub struct Server {
@@ -58,6 +64,9 @@ impl Server {
         track_changes: bool,
     ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
+        // Before anything is bound or spawned: a store that cannot be read stops the start
+        // here, with nothing to undo and nothing written.
+        let stored = load_store(store.as_ref(), config.store_load_error)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("pyo3mq-worker");
         if config.worker_threads > 0 {
@@ -101,24 +110,36 @@ impl Server {
         if let (Some(path), None) = (&config.acl_file, &hooks.authorizer) {
             hooks.authorizer = Some(Arc::new(AclFile::load(path).map_err(ServerError::Config)?));
         }
+        let has_authenticator = hooks.authenticator.is_some();
         let router = Arc::new(Router::new(config.clone(), hooks));
         let saves_while_running =
             config.durability == Durability::Sync || !config.persist_interval.is_zero();
-        if track_changes || (config.session_store != "memory" && saves_while_running) {
+        let durable = config.session_store.is_durable();
+        if track_changes || (durable && saves_while_running) {
             // A durable store is kept up to date with what changed, not rewritten whole.
             // (Saved only at stop, it is written whole then, and nothing is recorded.)
             router.track_changes();
         }
-        router.load_from(store.as_ref());
+        router.restore(stored);
         let (shutdown, _) = watch::channel(false);
+        if let Some(limit) = config.persistent_client_expiration {
+            // Sessions that were offline too long when the broker stopped end before any
+            // client can resume them.
+            router.expire_offline(limit);
+            runtime.spawn(expire_periodically(
+                router.clone(),
+                limit,
+                shutdown.subscribe(),
+            ));
+        }
         let (done_tx, all_done) = mpsc::channel(1);
         let permits = Arc::new(Semaphore::new(config.max_connections));
-        if config.durability == Durability::Sync && config.session_store != "memory" {
+        if config.durability == Durability::Sync && durable {
             let (tx, rx) = mpsc::channel(1024);
             router.set_sync_writer(tx);
             runtime.spawn(write_on_demand(router.clone(), store.clone(), rx));
         }
-        if !config.persist_interval.is_zero() && config.session_store != "memory" {
+        if !config.persist_interval.is_zero() && durable {
             runtime.spawn(persist_periodically(
                 router.clone(),
                 store.clone(),
@@ -134,13 +155,20 @@ impl Server {
             ));
         }
         for (listener, kind, acceptor) in listeners {
+            let mut anonymous = AnonymousPolicy::Refuse;
             if let Ok(addr) = listener.local_addr() {
                 info!("listening on {addr} ({})", kind_name(&kind));
+                anonymous = config.anonymous_policy(has_authenticator, addr.ip().is_loopback());
+                log_anonymous_policy(&config, addr, anonymous);
             }
-            runtime.spawn(accept_loop(
+            let listening = Listening {
                 listener,
                 kind,
-                acceptor,
+                tls: acceptor,
+                anonymous,
+            };
+            runtime.spawn(accept_loop(
+                listening,
                 router.clone(),
                 permits.clone(),
                 shutdown.subscribe(),
@@ -213,7 +241,7 @@ impl Server {
         if !finished {
             error!("connections did not close within 10 s; stopping anyway");
         }
-        if self.router.config().session_store == "memory" {
+        if !self.router.config().session_store.is_durable() {
             // The in-process copy (for a restart of this object, or read by a Python store
             // after stop) is written whole: a Python store took the changes along the way.
             self.router.save_to(self.store.as_ref());
@@ -231,6 +259,62 @@ impl Drop for Server {
     }
 }
 
+/// What the store holds; when it cannot be read, either the error (`Refuse`) or, for
+/// `StartEmpty`, nothing, once the unreadable store has been moved aside.
+fn load_store(
+    store: &dyn SessionStore,
+    on_error: StoreLoadError,
+) -> Result<StoredState, StoreError> {
+    match store.load() {
+        Ok(state) => Ok(state),
+        Err(err) if on_error == StoreLoadError::StartEmpty => {
+            let kept = store.set_aside()?;
+            let kept = kept.map_or_else(String::new, |to| {
+                format!("; it was moved to {}", to.display())
+            });
+            error!("{err}; starting with no stored sessions (store_load_error = \"start_empty\"){kept}");
+            Ok(StoredState::default())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Says at start what a listener does with clients that send no username, and when it
+/// refuses them by default, how to change that.
+fn log_anonymous_policy(config: &Config, addr: SocketAddr, policy: AnonymousPolicy) {
+    match (policy, config.allow_anonymous) {
+        (AnonymousPolicy::Refuse, None) => warn!(
+            "listener {addr} is not on loopback and has no password_file or authenticator: \
+             clients without a username are refused (CONNACK 0x05); set \
+             allow_anonymous = true to allow them, or a password_file or authenticator to \
+             check them"
+        ),
+        (AnonymousPolicy::Refuse, Some(_)) => info!(
+            "listener {addr}: clients without a username are refused (allow_anonymous = false)"
+        ),
+        (AnonymousPolicy::Allow, Some(true)) if !addr.ip().is_loopback() => info!(
+            "listener {addr}: clients without a username are allowed (allow_anonymous = true)"
+        ),
+        _ => {}
+    }
+}
+
+/// Brings a durable store up to date now, outside the periodic schedule (the `pyo3mq`
+/// command does this on SIGUSR1, as Mosquitto writes its persistence file). `None` with
+/// the in-memory store, which has nothing durable to write. Blocks the calling thread
+/// for the write: call it from a caller's thread, never from a broker task.
+pub fn save_now(router: &Router, store: &dyn SessionStore) -> Option<bool> {
+    if !router.config().session_store.is_durable() {
+        return None;
+    }
+    // A failing store logs its own error; this line says what asked for the save.
+    let saved = router.persist(store);
+    if saved {
+        info!("session store saved on request");
+    }
+    Some(saved)
+}
+
 fn kind_name(kind: &ListenerKind) -> String {
     match kind {
         ListenerKind::Tcp => "MQTT".into(),
@@ -240,15 +324,28 @@ fn kind_name(kind: &ListenerKind) -> String {
     }
 }
 
-async fn accept_loop(
+/// A bound listener and how its connections are served.
+struct Listening {
     listener: TcpListener,
     kind: ListenerKind,
+    /// The TLS acceptor of `tls://` and `wss://` listeners.
     tls: Option<SharedAcceptor>,
+    anonymous: AnonymousPolicy,
+}
+
+async fn accept_loop(
+    listening: Listening,
     router: Arc<Router>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
+    let Listening {
+        listener,
+        kind,
+        tls,
+        anonymous,
+    } = listening;
     loop {
         let accepted = tokio::select! {
             res = listener.accept() => res,
@@ -276,7 +373,8 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         let done = done.clone();
         if kind == ListenerKind::Tcp {
-            let connection = Connection::new(router.clone(), stream, peer);
+            let connection =
+                Connection::new(router.clone(), stream, peer).with_anonymous(anonymous);
             tokio::spawn(async move {
                 connection.run(shutdown).await;
                 drop(permit);
@@ -295,7 +393,10 @@ async fn accept_loop(
                 _ = stop.changed() => None,
             };
             if let Some(io) = accepted {
-                Connection::new(router, io, peer).run(shutdown).await;
+                Connection::new(router, io, peer)
+                    .with_anonymous(anonymous)
+                    .run(shutdown)
+                    .await;
             }
             drop(permit);
             drop(done);
@@ -319,6 +420,28 @@ async fn persist_periodically(
         }
         let (router, store) = (router.clone(), store.clone());
         let _ = tokio::task::spawn_blocking(move || router.persist(store.as_ref())).await;
+    }
+}
+
+/// Ends the sessions offline for longer than `persistent_client_expiration`. Checked on a
+/// timer (a session may outlive its limit by up to one period), never per message.
+async fn expire_periodically(
+    router: Arc<Router>,
+    limit: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let period = (limit / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // A scan of every session: off the async workers, like the saves.
+        let router = router.clone();
+        let _ = tokio::task::spawn_blocking(move || router.expire_offline(limit)).await;
     }
 }
 

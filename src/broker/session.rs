@@ -15,6 +15,7 @@ use bytestring::ByteString;
 
 use crate::broker::config::OverflowPolicy;
 use crate::codec::QoS;
+use crate::qos::{InboundQos2, PacketIds};
 
 /// A message as the broker routes it: topic and payload are shared by every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,14 @@ pub struct Inflight {
     pub pkid: u16,
     pub stage: Stage,
     pub item: Queued,
+}
+
+/// The acknowledgements a client sends for the broker's QoS 1/2 deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubComp,
 }
 
 /// What the connection must write next for the session.
@@ -98,11 +107,15 @@ pub struct SessionState {
     queued_bytes: usize,
     /// Sent QoS 1/2 deliveries in send order (which is also the resend order).
     inflight: VecDeque<Inflight>,
-    next_pkid: u16,
+    /// The ids of `inflight`, and the next one to hand out.
+    ids: PacketIds,
     /// Inbound QoS 2 ids that got PUBREC but not yet PUBREL: a resent PUBLISH with one of
     /// them is acknowledged again but not delivered again [MQTT-4.3.3-2].
-    inbound_qos2: Vec<u16>,
+    inbound_qos2: InboundQos2,
     pub online: bool,
+    /// When the client last went offline (`None` while online): what
+    /// `persistent_client_expiration` counts from, kept in the durable store too.
+    pub offline_since: Option<std::time::SystemTime>,
     /// Messages dropped by the overflow policy over the session's lifetime.
     pub dropped: u64,
     /// A drop happened and the queue has not been empty since (see `OverflowStarted`).
@@ -128,9 +141,10 @@ impl SessionState {
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: VecDeque::new(),
-            next_pkid: 1,
-            inbound_qos2: Vec::new(),
+            ids: PacketIds::new(),
+            inbound_qos2: InboundQos2::new(),
             online: false,
+            offline_since: None,
             dropped: 0,
             overflowing: false,
             // A new session is not in the store yet.
@@ -256,7 +270,12 @@ impl SessionState {
                 dup: false,
             });
         }
-        let pkid = self.allocate_pkid();
+        // Always an id: the window has room (has_sendable) and is at most 65,535.
+        let Some(pkid) = self.ids.alloc() else {
+            self.queued_bytes += cost(&item);
+            self.queue.push_front(item);
+            return None;
+        };
         self.inflight.push_back(Inflight {
             pkid,
             stage: Stage::AwaitAck,
@@ -269,19 +288,19 @@ impl SessionState {
         })
     }
 
-    /// Next id not used by an inflight delivery [MQTT-2.3.1-4]. The window is at most
-    /// 65,535 entries, so a free id always exists.
-    fn allocate_pkid(&mut self) -> u16 {
-        loop {
-            let candidate = self.next_pkid;
-            self.next_pkid = if candidate == u16::MAX {
-                1
-            } else {
-                candidate + 1
-            };
-            if !self.inflight.iter().any(|f| f.pkid == candidate) {
-                return candidate;
+    /// Why `ack` cannot acknowledge the inflight delivery `pkid`, if it names one of
+    /// another kind: PUBREC or PUBCOMP for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREC.
+    /// A protocol violation [MQTT-4.8.0-1] (Mosquitto closes for it); an id that names no
+    /// delivery is not one (a late repeat, say) and is ignored.
+    pub fn wrong_ack(&self, pkid: u16, ack: AckKind) -> Option<&'static str> {
+        let f = self.inflight.iter().find(|f| f.pkid == pkid)?;
+        match (ack, f.item.qos, &f.stage) {
+            (AckKind::PubAck, QoS::ExactlyOnce, _) => Some("a QoS 2 delivery"),
+            (AckKind::PubRec | AckKind::PubComp, QoS::AtLeastOnce, _) => Some("a QoS 1 delivery"),
+            (AckKind::PubComp, QoS::ExactlyOnce, Stage::AwaitAck) => {
+                Some("a QoS 2 delivery not yet PUBRECed")
             }
+            _ => None,
         }
     }
 
@@ -313,6 +332,7 @@ impl SessionState {
         match self.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
             Some(i) => {
                 self.inflight.remove(i);
+                self.ids.free(pkid);
                 self.mark_changed();
                 true
             }
@@ -358,17 +378,12 @@ impl SessionState {
 
     /// An inbound QoS 2 PUBLISH arrived; true if it is new and must be delivered onward.
     pub fn on_inbound_qos2(&mut self, pkid: u16) -> bool {
-        if self.inbound_qos2.contains(&pkid) {
-            false
-        } else {
-            self.inbound_qos2.push(pkid);
-            true
-        }
+        self.inbound_qos2.receive(pkid)
     }
 
     /// Inbound PUBREL: the id is free again.
     pub fn on_inbound_pubrel(&mut self, pkid: u16) {
-        self.inbound_qos2.retain(|&id| id != pkid);
+        self.inbound_qos2.release(pkid);
     }
 
     /// Forget everything but the subscriptions' absence: used when a clean session starts.
@@ -378,7 +393,7 @@ impl SessionState {
         self.queued_bytes = 0;
         self.inflight.clear();
         self.inbound_qos2.clear();
-        self.next_pkid = 1;
+        self.ids.clear();
         self.mark_changed();
     }
 
@@ -393,8 +408,10 @@ impl SessionState {
     }
 
     /// Puts back one entry of [`SessionState::export`]: an inflight delivery keeps its id,
-    /// so a resuming client gets it again with DUP=1 (or its PUBREL) [MQTT-4.4.0-1].
+    /// so a resuming client gets it again with DUP=1 (or its PUBREL) [MQTT-4.4.0-1]. One
+    /// whose id another restored delivery holds already is queued (sent under a new id).
     pub fn restore(&mut self, item: Queued, pkid: Option<u16>, released: bool) {
+        let pkid = pkid.filter(|&id| item.qos == QoS::AtMostOnce || self.ids.take(id));
         match pkid {
             Some(pkid) if item.qos != QoS::AtMostOnce => self.inflight.push_back(Inflight {
                 pkid,
@@ -417,295 +434,4 @@ fn cost(item: &Queued) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(max_inflight: usize, max_queued: usize, overflow: OverflowPolicy) -> Limits {
-        Limits {
-            max_inflight,
-            max_queued,
-            max_queued_bytes: 0,
-            overflow,
-            queue_qos0_offline: false,
-        }
-    }
-
-    fn sized(len: usize) -> Queued {
-        Queued {
-            msg: Arc::new(Message {
-                topic: ByteString::from_static("t"),
-                payload: Bytes::from(vec![7; len]),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                publisher: ByteString::new(),
-            }),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-        }
-    }
-
-    #[test]
-    fn byte_limit_with_both_policies() {
-        // Each `msg` costs 2 bytes (topic "t" and a 1-byte payload).
-        let mut l = limits(1, 100, OverflowPolicy::DropNew);
-        l.max_queued_bytes = 10;
-        let mut s = SessionState::new(l);
-        s.online = true;
-        for n in 0..5 {
-            assert_eq!(s.enqueue(msg(n, QoS::AtLeastOnce)), Enqueued::Yes);
-        }
-        assert_eq!(s.queued_bytes(), 10);
-        assert_eq!(
-            s.enqueue(msg(5, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted(1)
-        );
-        assert_eq!(payload(&s.next_outgoing().unwrap()), 0);
-        assert_eq!(s.queued_bytes(), 8, "sending frees its bytes");
-        assert_eq!(s.enqueue(msg(6, QoS::AtLeastOnce)), Enqueued::Yes);
-        assert_eq!(s.dropped, 1);
-
-        let mut l = limits(1, 100, OverflowPolicy::DropOldest);
-        l.max_queued_bytes = 10;
-        let mut s = SessionState::new(l);
-        s.online = true;
-        for n in 0..5 {
-            s.enqueue(msg(n, QoS::AtLeastOnce));
-        }
-        // 6 bytes need three 2-byte messages evicted: the oldest three.
-        assert_eq!(s.enqueue(sized(5)), Enqueued::OverflowStarted(3));
-        assert_eq!(s.queued_bytes(), 10);
-        assert_eq!(s.queued_len(), 3);
-        assert_eq!(payload(&s.next_outgoing().unwrap()), 3);
-        // Larger than the limit by itself: only it is dropped, nothing is evicted for it.
-        assert_eq!(s.enqueue(sized(20)), Enqueued::Overflowed(1));
-        assert_eq!(s.queued_len(), 2);
-        assert_eq!(s.dropped, 4);
-        let mut taken = Vec::new();
-        s.take_queued(10, &mut taken);
-        assert_eq!((taken.len(), s.queued_bytes()), (2, 0));
-    }
-
-    fn msg(n: u8, qos: QoS) -> Queued {
-        Queued {
-            msg: Arc::new(Message {
-                topic: ByteString::from_static("t"),
-                payload: Bytes::from(vec![n]),
-                qos,
-                retain: false,
-                publisher: ByteString::new(),
-            }),
-            qos,
-            retain: false,
-        }
-    }
-
-    fn payload(o: &Outgoing) -> u8 {
-        match o {
-            Outgoing::Publish { item, .. } => item.msg.payload[0],
-            Outgoing::PubRel(_) => panic!("expected a PUBLISH"),
-        }
-    }
-
-    #[test]
-    fn window_limits_qos1_and_acks_open_it() {
-        let mut s = SessionState::new(limits(2, 10, OverflowPolicy::DropNew));
-        s.online = true;
-        for n in 0..3 {
-            assert_eq!(s.enqueue(msg(n, QoS::AtLeastOnce)), Enqueued::Yes);
-        }
-        let a = s.next_outgoing().unwrap();
-        let b = s.next_outgoing().unwrap();
-        assert!(s.next_outgoing().is_none(), "window of 2 is full");
-        let (Outgoing::Publish { pkid: Some(pa), .. }, Outgoing::Publish { pkid: Some(pb), .. }) =
-            (&a, &b)
-        else {
-            panic!("QoS 1 deliveries carry ids")
-        };
-        assert_ne!(pa, pb);
-        assert!(s.on_puback(*pa));
-        assert!(!s.on_puback(*pa), "second ack of the same id is unknown");
-        assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
-    }
-
-    #[test]
-    fn qos2_flow_resends_pubrel_not_publish() {
-        let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
-        s.online = true;
-        s.enqueue(msg(1, QoS::ExactlyOnce));
-        s.enqueue(msg(2, QoS::ExactlyOnce));
-        let Some(Outgoing::Publish { pkid: Some(p1), .. }) = s.next_outgoing() else {
-            panic!()
-        };
-        let Some(Outgoing::Publish { pkid: Some(p2), .. }) = s.next_outgoing() else {
-            panic!()
-        };
-        assert!(s.on_pubrec(p1));
-        let resend = s.resend_on_resume();
-        assert!(matches!(resend[0], Outgoing::PubRel(id) if id == p1));
-        assert!(
-            matches!(&resend[1], Outgoing::Publish { pkid: Some(id), dup: true, .. } if *id == p2)
-        );
-        assert!(!s.on_puback(p2), "PUBACK does not end a QoS 2 delivery");
-        assert!(s.on_pubcomp(p1));
-        assert_eq!(s.inflight_len(), 1);
-    }
-
-    #[test]
-    fn overflow_policies() {
-        let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
-        s.online = true;
-        s.enqueue(msg(1, QoS::AtLeastOnce));
-        s.enqueue(msg(2, QoS::AtLeastOnce));
-        assert_eq!(
-            s.enqueue(msg(3, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted(1)
-        );
-        assert_eq!(s.enqueue(msg(4, QoS::AtLeastOnce)), Enqueued::Overflowed(1));
-        assert_eq!(payload(&s.next_outgoing().unwrap()), 1);
-        assert_eq!(s.dropped, 2);
-        // Room again, but the episode lasts until the queue has drained empty: one log
-        // line per episode, not one per refill.
-        assert_eq!(s.enqueue(msg(5, QoS::AtLeastOnce)), Enqueued::Yes);
-        assert_eq!(s.enqueue(msg(6, QoS::AtLeastOnce)), Enqueued::Overflowed(1));
-        assert!(s.on_puback(1));
-        assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
-        assert!(s.on_puback(2));
-        assert_eq!(payload(&s.next_outgoing().unwrap()), 5);
-        assert_eq!(s.queued_len(), 0);
-        assert_eq!(s.enqueue(msg(7, QoS::AtLeastOnce)), Enqueued::Yes);
-        assert_eq!(s.enqueue(msg(8, QoS::AtLeastOnce)), Enqueued::Yes);
-        assert_eq!(
-            s.enqueue(msg(9, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted(1)
-        );
-        assert_eq!(s.dropped, 4);
-
-        let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropOldest));
-        s.online = true;
-        s.enqueue(msg(1, QoS::AtLeastOnce));
-        s.enqueue(msg(2, QoS::AtLeastOnce));
-        assert_eq!(
-            s.enqueue(msg(3, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted(1)
-        );
-        assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
-        assert_eq!(s.dropped, 1);
-    }
-
-    #[test]
-    fn changes_are_flagged_for_the_store() {
-        let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
-        s.online = true;
-        assert!(s.take_changed(), "a new session is not stored yet");
-        assert!(!s.take_changed());
-        s.enqueue(msg(1, QoS::AtLeastOnce));
-        assert!(s.take_changed());
-        let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
-            panic!("expected a QoS 1 delivery");
-        };
-        assert!(s.take_changed(), "moved to inflight with an id");
-        assert!(s.next_outgoing().is_none());
-        assert!(!s.take_changed(), "nothing moved");
-        assert!(!s.on_puback(id + 1));
-        assert!(!s.take_changed(), "an unknown id changes nothing");
-        assert!(s.on_puback(id));
-        assert!(s.take_changed());
-        s.enqueue(msg(2, QoS::AtLeastOnce));
-        s.enqueue(msg(3, QoS::AtLeastOnce));
-        s.take_changed();
-        assert_eq!(
-            s.enqueue(msg(4, QoS::AtLeastOnce)),
-            Enqueued::OverflowStarted(1)
-        );
-        assert!(!s.take_changed(), "drop_new keeps the queue as it was");
-        s.clear();
-        assert!(s.take_changed());
-    }
-
-    #[test]
-    fn offline_qos0_is_not_queued() {
-        let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
-        assert_eq!(s.enqueue(msg(1, QoS::AtMostOnce)), Enqueued::Skipped);
-        assert_eq!(s.enqueue(msg(1, QoS::AtLeastOnce)), Enqueued::Yes);
-    }
-
-    #[test]
-    fn qos0_behind_full_window_waits_for_order() {
-        let mut s = SessionState::new(limits(1, 10, OverflowPolicy::DropNew));
-        s.online = true;
-        s.enqueue(msg(1, QoS::AtLeastOnce));
-        s.enqueue(msg(2, QoS::AtLeastOnce));
-        s.enqueue(msg(3, QoS::AtMostOnce));
-        s.next_outgoing().unwrap();
-        assert!(s.next_outgoing().is_none());
-    }
-
-    #[test]
-    fn pkids_skip_ids_still_inflight() {
-        let mut s = SessionState::new(limits(3, 10, OverflowPolicy::DropNew));
-        s.online = true;
-        s.next_pkid = u16::MAX;
-        for n in 0..3 {
-            s.enqueue(msg(n, QoS::AtLeastOnce));
-        }
-        let ids: Vec<u16> = (0..3)
-            .map(|_| match s.next_outgoing() {
-                Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
-                _ => panic!(),
-            })
-            .collect();
-        assert_eq!(
-            ids,
-            vec![u16::MAX, 1, 2],
-            "ids wrap past 0, which is never used"
-        );
-    }
-
-    #[test]
-    fn export_restore_keeps_ids_and_stages() {
-        let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
-        s.online = true;
-        s.enqueue(msg(1, QoS::AtLeastOnce));
-        s.enqueue(msg(2, QoS::ExactlyOnce));
-        s.enqueue(msg(3, QoS::AtLeastOnce));
-        s.next_outgoing().unwrap();
-        let Some(Outgoing::Publish { pkid: Some(p2), .. }) = s.next_outgoing() else {
-            panic!()
-        };
-        s.on_pubrec(p2);
-        // The third stays queued: limit the window to two by sending no more.
-        let mut restored = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
-        let exported = s.export();
-        assert_eq!(exported.len(), 3);
-        for (item, pkid, released) in exported {
-            restored.restore(item, pkid, released);
-        }
-        let resend = restored.resend_on_resume();
-        assert!(matches!(
-            &resend[0],
-            Outgoing::Publish {
-                pkid: Some(1),
-                dup: true,
-                ..
-            }
-        ));
-        assert!(matches!(resend[1], Outgoing::PubRel(id) if id == p2));
-        restored.online = true;
-        let Some(Outgoing::Publish { pkid: Some(p3), .. }) = restored.next_outgoing() else {
-            panic!()
-        };
-        assert!(
-            p3 != 1 && p3 != p2,
-            "a restored id is not reused while inflight"
-        );
-    }
-
-    #[test]
-    fn inbound_qos2_dedup() {
-        let mut s = SessionState::new(limits(1, 1, OverflowPolicy::DropNew));
-        assert!(s.on_inbound_qos2(7));
-        assert!(!s.on_inbound_qos2(7));
-        s.on_inbound_pubrel(7);
-        assert!(s.on_inbound_qos2(7));
-    }
-}
+mod tests;

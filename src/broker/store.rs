@@ -1,19 +1,31 @@
 //! Where persistent sessions and retained messages go when the broker stops, and come
 //! from when it starts.
 //!
-//! While the broker runs, live state is in the router. The in-memory store sees it at the
-//! edges of a broker's life: `load` at start, `save` at graceful stop, so a broker object
-//! that is stopped and started again resumes its clean-session-0 clients. A durable store
-//! (SQLite) is also brought up to date while the broker runs, with `save_changes`: only
-//! the sessions and retained topics that changed since the last save are written.
+//! While the broker runs, live state is in the router. The in-memory store
+//! ([`MemoryStore`]) sees it at the edges of a broker's life: `load` at start, `save` at
+//! graceful stop, so a broker object that is stopped and started again resumes its
+//! clean-session-0 clients. A durable store ([`SqliteStore`]) is also brought up to date
+//! while the broker runs, with `save_changes`: only the sessions and retained topics that
+//! changed since the last save are written.
+//!
+//! A store that cannot be read is never written: `load` fails with a [`StoreError`], the
+//! broker refuses to start, and the file stays as it was (unless `store_load_error =
+//! "start_empty"` asks for a fresh store, and then the unreadable one is kept beside it).
 
+mod memory;
+mod sqlite;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytestring::ByteString;
-use parking_lot::Mutex;
 
 use crate::broker::session::Message;
 use crate::codec::QoS;
+
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// A message waiting for a session, at the QoS it will be delivered with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +44,18 @@ pub struct StoredMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
     pub client_id: ByteString,
+    /// When the client went offline, in seconds since the Unix epoch (what
+    /// `persistent_client_expiration` counts from); `None` if it was online when saved.
+    pub disconnected_at: Option<u64>,
     pub subscriptions: Vec<(ByteString, QoS)>,
     pub pending: Vec<StoredMessage>,
+}
+
+/// Everything a store holds: the persistent sessions and the retained messages.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredState {
+    pub sessions: Vec<SessionSnapshot>,
+    pub retained: Vec<Arc<Message>>,
 }
 
 /// What changed since the last save: a durable store writes only this, so the cost of a
@@ -54,349 +76,160 @@ impl Changes {
     }
 }
 
+/// Why a store could not be opened, read or written. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unknown session_store {0:?}: use 'memory' or 'sqlite:PATH'")]
+    Spec(String),
+    #[error("cannot open session store {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: Box<rusqlite::Error>,
+    },
+    /// `PRAGMA user_version` is not one this build knows: a newer pyo3mq (or another
+    /// program) wrote the file, and reading it as ours could lose what it holds.
+    #[error(
+        "session store {} has schema version {found}; this pyo3mq reads version \
+         {SCHEMA_VERSION} (the file was written by a newer pyo3mq or another program)",
+        path.display()
+    )]
+    UnknownVersion { path: PathBuf, found: i64 },
+    #[error("{} is not a pyo3mq session store: {detail}", path.display())]
+    Foreign { path: PathBuf, detail: String },
+    #[error("cannot read session store {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: Box<rusqlite::Error>,
+    },
+    /// One row that does not decode: the whole store is refused, since starting without
+    /// it and saving later would delete it.
+    #[error("cannot read session store {}: {table} row {key:?}: {source}", path.display())]
+    Row {
+        path: PathBuf,
+        table: &'static str,
+        key: String,
+        source: Box<rusqlite::Error>,
+    },
+    /// A save before the file was loaded (or after a failed load) would replace state
+    /// that nobody has read.
+    #[error("session store {} was not loaded; it is not written", path.display())]
+    NotLoaded { path: PathBuf },
+    #[error("cannot write session store {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: Box<rusqlite::Error>,
+    },
+    #[error(
+        "cannot move the unreadable session store {} aside to {}: {source}",
+        path.display(),
+        to.display()
+    )]
+    SetAside {
+        path: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The `session_store` setting, parsed once: `memory` or `sqlite:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreSpec {
+    #[default]
+    Memory,
+    Sqlite(PathBuf),
+}
+
+impl StoreSpec {
+    pub fn parse(spec: &str) -> Result<StoreSpec, StoreError> {
+        match spec.strip_prefix("sqlite:") {
+            _ if spec == "memory" => Ok(StoreSpec::Memory),
+            // An empty path would be SQLite's private temporary file: nothing survives.
+            Some(path) if !path.is_empty() => Ok(StoreSpec::Sqlite(PathBuf::from(path))),
+            _ => Err(StoreError::Spec(spec.to_string())),
+        }
+    }
+
+    /// Whether the store outlives the process (and so is written while the broker runs).
+    pub fn is_durable(&self) -> bool {
+        matches!(self, StoreSpec::Sqlite(_))
+    }
+}
+
+impl fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::Memory => f.write_str("memory"),
+            StoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+        }
+    }
+}
+
 pub trait SessionStore: Send + Sync {
-    /// Persistent sessions and retained messages saved last time.
-    fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>);
+    /// Persistent sessions and retained messages saved last time. `Err` when any of it
+    /// cannot be read: the caller must not start empty and save over it.
+    fn load(&self) -> Result<StoredState, StoreError>;
+    /// After a failed `load`, for a broker told to start empty anyway: moves what could
+    /// not be read out of the way (kept, never overwritten) and starts a new, empty
+    /// store. Returns where the old one went, if anywhere.
+    fn set_aside(&self) -> Result<Option<PathBuf>, StoreError> {
+        Ok(None)
+    }
     /// Replaces what is stored with the broker's current persistent state. `Err` (logged
     /// by the store) makes the broker try a full save again next time.
-    fn save(
-        &self,
-        sessions: Vec<SessionSnapshot>,
-        retained: Vec<Arc<Message>>,
-    ) -> Result<(), String>;
+    fn save(&self, state: StoredState) -> Result<(), StoreError>;
     /// Applies what changed since the last save (or load), in one transaction. On `Err`
     /// the broker falls back to a full `save` next time, so no change is forgotten.
-    fn save_changes(&self, changes: Changes) -> Result<(), String>;
+    fn save_changes(&self, changes: Changes) -> Result<(), StoreError>;
 }
 
-/// Keeps the last snapshot in memory: survives a stop/start of the same broker object,
-/// not a process restart.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    saved: Mutex<(Vec<SessionSnapshot>, Vec<Arc<Message>>)>,
-}
-
-impl SessionStore for MemoryStore {
-    fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>) {
-        self.saved.lock().clone()
-    }
-
-    fn save(
-        &self,
-        sessions: Vec<SessionSnapshot>,
-        retained: Vec<Arc<Message>>,
-    ) -> Result<(), String> {
-        *self.saved.lock() = (sessions, retained);
-        Ok(())
-    }
-
-    fn save_changes(&self, changes: Changes) -> Result<(), String> {
-        let mut saved = self.saved.lock();
-        let (sessions, retained) = &mut *saved;
-        sessions.retain(|s| !changes.removed_sessions.contains(&s.client_id));
-        for snap in changes.sessions {
-            match sessions.iter_mut().find(|s| s.client_id == snap.client_id) {
-                Some(slot) => *slot = snap,
-                None => sessions.push(snap),
-            }
-        }
-        for (topic, msg) in changes.retained {
-            retained.retain(|m| m.topic != topic);
-            retained.extend(msg);
-        }
-        Ok(())
+/// Opens the store `spec` names. Nothing is read yet: that is `load`, at start.
+pub fn open_store(spec: &StoreSpec) -> Result<Arc<dyn SessionStore>, StoreError> {
+    match spec {
+        StoreSpec::Memory => Ok(Arc::new(MemoryStore::default())),
+        StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path)?)),
     }
 }
 
-/// Sessions and retained messages in a SQLite database (compiled in, no system library).
-///
-/// The broker writes what changed in one transaction every `persist_interval` seconds,
-/// per group commit with `durability = "sync"`, and at shutdown. A crash therefore loses
-/// at most what changed since the last save (nothing acknowledged, with sync durability);
-/// a clean stop loses nothing.
-pub struct SqliteStore {
-    conn: Mutex<rusqlite::Connection>,
-    path: String,
+/// `PATH.corrupt-YYYYMMDDTHHMMSSZ` (UTC), or with `-N` added if that name is taken: where
+/// an unreadable store is kept.
+fn aside_path(path: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let stamp = utc_stamp(secs);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{stamp}"));
+    let mut candidate = PathBuf::from(&name);
+    let mut n = 1;
+    while candidate.exists() {
+        let mut numbered = name.clone();
+        numbered.push(format!("-{n}"));
+        candidate = PathBuf::from(numbered);
+        n += 1;
+    }
+    candidate
 }
 
-impl std::fmt::Debug for SqliteStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish()
-    }
-}
-
-const SCHEMA: &str = "
-    PRAGMA journal_mode = WAL;
-    CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY);
-    CREATE TABLE IF NOT EXISTS subscriptions (
-        client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
-        PRIMARY KEY (client_id, filter));
-    CREATE TABLE IF NOT EXISTS pending (
-        client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
-        payload BLOB NOT NULL, msg_qos INTEGER NOT NULL, qos INTEGER NOT NULL,
-        retain INTEGER NOT NULL, publisher TEXT NOT NULL, pkid INTEGER,
-        released INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (client_id, seq));
-    CREATE TABLE IF NOT EXISTS retained (
-        topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
-        publisher TEXT NOT NULL);
-";
-
-fn qos_of(value: i64) -> QoS {
-    QoS::from_u8(u8::try_from(value).unwrap_or(0)).unwrap_or(QoS::AtMostOnce)
-}
-
-impl SqliteStore {
-    pub fn open(path: &str) -> Result<SqliteStore, String> {
-        let conn = rusqlite::Connection::open(path)
-            .map_err(|e| format!("cannot open session store {path}: {e}"))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| format!("cannot prepare session store {path}: {e}"))?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            path: path.to_string(),
-        })
-    }
-
-    fn try_load(&self) -> rusqlite::Result<(Vec<SessionSnapshot>, Vec<Arc<Message>>)> {
-        let conn = self.conn.lock();
-        let mut sessions = Vec::new();
-        let ids: Vec<String> = conn
-            .prepare("SELECT client_id FROM sessions ORDER BY client_id")?
-            .query_map([], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut subs =
-            conn.prepare("SELECT filter, qos FROM subscriptions WHERE client_id = ?1")?;
-        let mut pending = conn.prepare(
-            "SELECT topic, payload, msg_qos, qos, retain, publisher, pkid, released \
-             FROM pending WHERE client_id = ?1 ORDER BY seq",
-        )?;
-        for id in ids {
-            let subscriptions = subs
-                .query_map([&id], |row| {
-                    Ok((
-                        ByteString::from(row.get::<_, String>(0)?),
-                        qos_of(row.get(1)?),
-                    ))
-                })?
-                .collect::<Result<_, _>>()?;
-            let pending = pending
-                .query_map([&id], |row| {
-                    Ok(StoredMessage {
-                        msg: Arc::new(Message {
-                            topic: ByteString::from(row.get::<_, String>(0)?),
-                            payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(1)?),
-                            qos: qos_of(row.get(2)?),
-                            retain: row.get::<_, i64>(4)? != 0,
-                            publisher: ByteString::from(row.get::<_, String>(5)?),
-                        }),
-                        qos: qos_of(row.get(3)?),
-                        retain: row.get::<_, i64>(4)? != 0,
-                        pkid: row
-                            .get::<_, Option<i64>>(6)?
-                            .and_then(|id| u16::try_from(id).ok())
-                            .filter(|&id| id != 0),
-                        released: row.get::<_, i64>(7)? != 0,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            sessions.push(SessionSnapshot {
-                client_id: ByteString::from(id),
-                subscriptions,
-                pending,
-            });
-        }
-        let retained = conn
-            .prepare("SELECT topic, payload, qos, publisher FROM retained")?
-            .query_map([], |row| {
-                Ok(Arc::new(Message {
-                    topic: ByteString::from(row.get::<_, String>(0)?),
-                    payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(1)?),
-                    qos: qos_of(row.get(2)?),
-                    retain: true,
-                    publisher: ByteString::from(row.get::<_, String>(3)?),
-                }))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok((sessions, retained))
-    }
-
-    fn try_save(
-        &self,
-        sessions: &[SessionSnapshot],
-        retained: &[Arc<Message>],
-    ) -> rusqlite::Result<()> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        tx.execute_batch(
-            "DELETE FROM sessions; DELETE FROM subscriptions; DELETE FROM pending; \
-             DELETE FROM retained;",
-        )?;
-        {
-            let mut add_session = tx.prepare("INSERT INTO sessions (client_id) VALUES (?1)")?;
-            let mut writer = SessionWriter::new(&tx)?;
-            for s in sessions {
-                let id: &str = &s.client_id;
-                add_session.execute([id])?;
-                writer.write(s)?;
-            }
-            let mut add_retained = tx.prepare(
-                "INSERT INTO retained (topic, payload, qos, publisher) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for m in retained {
-                put_retained(&mut add_retained, m)?;
-            }
-        }
-        tx.commit()
-    }
-}
-
-impl SqliteStore {
-    fn try_save_changes(&self, changes: &Changes) -> rusqlite::Result<()> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        {
-            let mut forget = [
-                tx.prepare("DELETE FROM sessions WHERE client_id = ?1")?,
-                tx.prepare("DELETE FROM subscriptions WHERE client_id = ?1")?,
-                tx.prepare("DELETE FROM pending WHERE client_id = ?1")?,
-            ];
-            for id in &changes.removed_sessions {
-                let id: &str = id;
-                for statement in &mut forget {
-                    statement.execute([id])?;
-                }
-            }
-            let mut add_session =
-                tx.prepare("INSERT OR IGNORE INTO sessions (client_id) VALUES (?1)")?;
-            let mut writer = SessionWriter::new(&tx)?;
-            for s in &changes.sessions {
-                let id: &str = &s.client_id;
-                // Rewritten whole: its rows are few (bounded by max_queued_messages).
-                forget[1].execute([id])?;
-                forget[2].execute([id])?;
-                add_session.execute([id])?;
-                writer.write(s)?;
-            }
-            let mut set = tx.prepare(
-                "INSERT OR REPLACE INTO retained (topic, payload, qos, publisher) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut clear = tx.prepare("DELETE FROM retained WHERE topic = ?1")?;
-            for (topic, msg) in &changes.retained {
-                let topic: &str = topic;
-                match msg {
-                    Some(m) => put_retained(&mut set, m)?,
-                    None => {
-                        clear.execute([topic])?;
-                    }
-                }
-            }
-        }
-        tx.commit()
-    }
-}
-
-fn put_retained(statement: &mut rusqlite::Statement<'_>, m: &Message) -> rusqlite::Result<()> {
-    let topic: &str = &m.topic;
-    let publisher: &str = &m.publisher;
-    statement.execute(rusqlite::params![
-        topic,
-        &m.payload[..],
-        m.qos as i64,
-        publisher
-    ])?;
-    Ok(())
-}
-
-/// Inserts a session's subscription and pending rows (shared by full and partial saves).
-struct SessionWriter<'t> {
-    add_sub: rusqlite::Statement<'t>,
-    add_pending: rusqlite::Statement<'t>,
-}
-
-impl<'t> SessionWriter<'t> {
-    fn new(tx: &'t rusqlite::Transaction<'_>) -> rusqlite::Result<SessionWriter<'t>> {
-        Ok(SessionWriter {
-            add_sub: tx.prepare(
-                "INSERT INTO subscriptions (client_id, filter, qos) VALUES (?1, ?2, ?3)",
-            )?,
-            add_pending: tx.prepare(
-                "INSERT INTO pending (client_id, seq, topic, payload, msg_qos, qos, retain, \
-                 publisher, pkid, released) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?,
-        })
-    }
-
-    fn write(&mut self, s: &SessionSnapshot) -> rusqlite::Result<()> {
-        let id: &str = &s.client_id;
-        for (filter, qos) in &s.subscriptions {
-            let filter: &str = filter;
-            self.add_sub
-                .execute(rusqlite::params![id, filter, *qos as i64])?;
-        }
-        for (seq, p) in s.pending.iter().enumerate() {
-            let topic: &str = &p.msg.topic;
-            let publisher: &str = &p.msg.publisher;
-            self.add_pending.execute(rusqlite::params![
-                id,
-                seq as i64,
-                topic,
-                &p.msg.payload[..],
-                p.msg.qos as i64,
-                p.qos as i64,
-                i64::from(p.retain),
-                publisher,
-                p.pkid.map(i64::from),
-                i64::from(p.released)
-            ])?;
-        }
-        Ok(())
-    }
-}
-
-impl SessionStore for SqliteStore {
-    fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>) {
-        self.try_load().unwrap_or_else(|e| {
-            tracing::error!("cannot load sessions from {}: {e}", self.path);
-            (Vec::new(), Vec::new())
-        })
-    }
-
-    fn save(
-        &self,
-        sessions: Vec<SessionSnapshot>,
-        retained: Vec<Arc<Message>>,
-    ) -> Result<(), String> {
-        self.try_save(&sessions, &retained).map_err(|e| {
-            let e = format!("cannot save sessions to {}: {e}", self.path);
-            tracing::error!("{e}");
-            e
-        })
-    }
-
-    fn save_changes(&self, changes: Changes) -> Result<(), String> {
-        self.try_save_changes(&changes).map_err(|e| {
-            let e = format!("cannot save session changes to {}: {e}", self.path);
-            tracing::error!("{e}; the next save writes everything");
-            e
-        })
-    }
-}
-
-/// Picks a store from its name: `memory` or `sqlite:PATH`.
-pub fn open_store(spec: &str) -> Result<Arc<dyn SessionStore>, String> {
-    if spec == "memory" {
-        Ok(Arc::new(MemoryStore::default()))
-    } else if let Some(path) = spec.strip_prefix("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(path)?))
-    } else {
-        Err(format!(
-            "unknown session_store {spec:?}: use 'memory' or 'sqlite:PATH'"
-        ))
-    }
+/// `YYYYMMDDTHHMMSSZ` for seconds since the Unix epoch (the civil-from-days algorithm,
+/// so that no date library is needed for one file name).
+fn utc_stamp(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -404,51 +237,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sqlite_round_trip() {
-        let dir = std::env::temp_dir().join(format!("pyo3mq-store-{}", std::process::id()));
-        let path = dir.to_string_lossy().to_string() + ".db";
-        let store = SqliteStore::open(&path).unwrap();
-        let msg = Arc::new(Message {
-            topic: ByteString::from("a/b"),
-            payload: bytes::Bytes::from_static(b"\x00\xffpayload"),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            publisher: ByteString::from("pub"),
-        });
-        let snap = SessionSnapshot {
-            client_id: ByteString::from("c1"),
-            subscriptions: vec![(ByteString::from("a/#"), QoS::AtLeastOnce)],
-            pending: vec![
-                StoredMessage {
-                    msg: msg.clone(),
-                    qos: QoS::ExactlyOnce,
-                    retain: false,
-                    pkid: Some(7),
-                    released: true,
-                },
-                StoredMessage {
-                    msg: msg.clone(),
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    pkid: None,
-                    released: false,
-                },
-            ],
-        };
-        let retained = Arc::new(Message {
-            retain: true,
-            ..(*msg).clone()
-        });
-        store
-            .save(vec![snap.clone()], vec![retained.clone()])
-            .unwrap();
-        drop(store);
-        let store = SqliteStore::open(&path).unwrap();
-        let (sessions, kept) = store.load();
-        assert_eq!(sessions, vec![snap]);
-        assert_eq!(kept, vec![retained]);
-        store.save(Vec::new(), Vec::new()).unwrap();
-        assert_eq!(store.load(), (Vec::new(), Vec::new()));
-        let _ = std::fs::remove_file(&path);
+    fn store_specs() {
+        assert_eq!(StoreSpec::parse("memory").unwrap(), StoreSpec::Memory);
+        assert_eq!(
+            StoreSpec::parse("sqlite:/tmp/s.db").unwrap(),
+            StoreSpec::Sqlite(PathBuf::from("/tmp/s.db"))
+        );
+        assert_eq!(
+            StoreSpec::parse("sqlite:/tmp/s.db").unwrap().to_string(),
+            "sqlite:/tmp/s.db"
+        );
+        for bad in ["", "Memory", "sqlite:", "redis:x", "sqlite"] {
+            assert!(
+                matches!(StoreSpec::parse(bad), Err(StoreError::Spec(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_700_000_000), "20231114T221320Z");
     }
 }

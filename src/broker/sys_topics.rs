@@ -38,7 +38,7 @@ pub fn figures(router: &Router) -> Vec<(&'static str, u64)> {
         ("clients/maximum", max_connected),
         ("messages/received", counters.messages_received()),
         ("messages/sent", counters.messages_sent()),
-        ("messages/dropped", router.dropped_messages()),
+        ("publish/messages/dropped", router.dropped_messages()),
         ("bytes/received", counters.bytes_received()),
         ("bytes/sent", counters.bytes_sent()),
         ("subscriptions/count", router.subscription_count() as u64),

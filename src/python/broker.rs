@@ -9,15 +9,18 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use tokio::sync::Semaphore;
 
 use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
-use crate::broker::router::{MatchScratch, Session};
-use crate::broker::server::{Server, ServerError};
+use crate::broker::router::{MatchScratch, Router, Session};
+use crate::broker::server::{save_now, Server, ServerError};
 use crate::broker::session::Message;
-use crate::broker::store::{open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage};
+use crate::broker::store::{
+    open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage, StoredState,
+};
 use crate::codec::QoS;
 use crate::python::bridge::{PyBridge, Wanted};
 use crate::python::errors::{BrokerStartError, MqttError};
@@ -170,12 +173,24 @@ pub struct BrokerCore {
     running: Mutex<Option<Running>>,
 }
 
+impl BrokerCore {
+    /// The running broker's router, or the error every call on a stopped broker gets.
+    fn router(&self) -> PyResult<Arc<Router>> {
+        self.running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone())
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))
+    }
+}
+
 #[pymethods]
 impl BrokerCore {
     #[new]
     fn new(settings: &Bound<'_, PyDict>) -> PyResult<Self> {
         let config = config_from(settings)?;
-        let store = open_store(&config.session_store).map_err(PyValueError::new_err)?;
+        let store =
+            open_store(&config.session_store).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(BrokerCore {
             config,
             store,
@@ -272,6 +287,15 @@ impl BrokerCore {
         }
     }
 
+    /// Brings the durable session store up to date now; None when there is none (the
+    /// in-memory store), else whether the write succeeded. The write runs on the calling
+    /// thread with the interpreter released.
+    fn save(&self, py: Python<'_>) -> PyResult<Option<bool>> {
+        let router = self.router()?;
+        let store = self.store.clone();
+        Ok(py.detach(move || save_now(&router, store.as_ref())))
+    }
+
     #[getter]
     fn running(&self) -> bool {
         self.running.lock().is_some()
@@ -323,12 +347,7 @@ impl BrokerCore {
         topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let qos =
             QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?;
-        let router = self
-            .running
-            .lock()
-            .as_ref()
-            .map(|r| r.server.router().clone())
-            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let router = self.router()?;
         let msg = Arc::new(Message {
             topic: ByteString::from(topic),
             payload: Bytes::copy_from_slice(payload),
@@ -408,91 +427,113 @@ impl BrokerCore {
         }
     }
 
-    /// Replaces the stored state the next `start()` loads (for Python session stores).
-    fn seed(&self, sessions: Vec<PySession>, retained: Vec<PyRetained>) -> PyResult<()> {
+    /// Replaces the stored state the next `start()` loads (for Python session stores):
+    /// `pyo3mq.SessionRecord`s and `pyo3mq.RetainedRecord`s, as the store loaded them.
+    fn seed(&self, sessions: Vec<SessionRecord>, retained: Vec<RetainedRecord>) -> PyResult<()> {
         if self.running.lock().is_some() {
             return Err(MqttError::new_err("seed() must come before start()"));
         }
-        let sessions = sessions
-            .into_iter()
-            .map(session_from_py)
-            .collect::<PyResult<Vec<_>>>()?;
-        let retained = retained
-            .into_iter()
-            .map(|(topic, payload, qos, publisher)| {
-                topic::validate_topic_name(&topic)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                Ok(Arc::new(Message {
-                    topic: ByteString::from(topic),
-                    payload: Bytes::from(payload),
-                    qos: qos_arg(qos)?,
-                    retain: true,
-                    publisher: ByteString::from(publisher),
-                }))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let state = StoredState {
+            sessions: sessions
+                .into_iter()
+                .map(SessionRecord::into_snapshot)
+                .collect::<PyResult<_>>()?,
+            retained: retained
+                .into_iter()
+                .map(RetainedRecord::into_message)
+                .collect::<PyResult<_>>()?,
+        };
         self.store
-            .save(sessions, retained)
-            .map_err(PyRuntimeError::new_err)
+            .save(state)
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
     /// What changed since the last call (for a broker started with `track_changes`):
-    /// `(ended client ids, changed sessions, retained set, retained topics cleared)`, or
-    /// None when stopped or not recording. Taken changes are forgotten here: a caller
-    /// that cannot store them must fall back to `snapshot()`.
+    /// `(ended client ids, changed sessions, retained set, retained topics cleared)`, the
+    /// sessions as `pyo3mq.SessionRecord`s and the retained messages as
+    /// `pyo3mq.RetainedRecord`s; None when stopped or not recording. Taken changes are
+    /// forgotten here: a caller that cannot store them must fall back to `snapshot()`.
     #[allow(clippy::type_complexity)]
-    fn take_changes(
+    fn take_changes<'py>(
         &self,
-        py: Python<'_>,
-    ) -> Option<(Vec<String>, Vec<PySession>, Vec<PyRetained>, Vec<String>)> {
-        let router = self
+        py: Python<'py>,
+    ) -> PyResult<
+        Option<(
+            Vec<String>,
+            Vec<Bound<'py, PyAny>>,
+            Vec<Bound<'py, PyAny>>,
+            Vec<String>,
+        )>,
+    > {
+        let Some(router) = self
             .running
             .lock()
             .as_ref()
             .map(|r| r.server.router().clone())
-            .filter(|router| router.is_tracking())?;
+            .filter(|router| router.is_tracking())
+        else {
+            return Ok(None);
+        };
         let changes = py.detach(move || router.take_changes());
         let mut set = Vec::new();
         let mut cleared = Vec::new();
         for (topic, msg) in changes.retained {
             match msg {
-                Some(m) => set.push(retained_to_py(&m)),
+                Some(m) => set.push(retained_record(py, &m)?),
                 None => cleared.push(topic.to_string()),
             }
         }
-        Some((
+        Ok(Some((
             changes
                 .removed_sessions
                 .iter()
                 .map(|id| id.to_string())
                 .collect(),
-            changes.sessions.into_iter().map(session_to_py).collect(),
+            changes
+                .sessions
+                .iter()
+                .map(|s| session_record(py, s))
+                .collect::<PyResult<_>>()?,
             set,
             cleared,
-        ))
+        )))
     }
 
-    /// The persistent sessions and retained messages: live while running, else as saved
-    /// at the last stop.
-    fn snapshot(&self, py: Python<'_>) -> (Vec<PySession>, Vec<PyRetained>) {
+    /// The persistent sessions (`pyo3mq.SessionRecord`) and retained messages
+    /// (`pyo3mq.RetainedRecord`): live while running, else as saved at the last stop.
+    #[allow(clippy::type_complexity)]
+    fn snapshot<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Vec<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>)> {
         let router = self
             .running
             .lock()
             .as_ref()
             .map(|r| r.server.router().clone());
         let store = self.store.clone();
-        let (sessions, retained) = py.detach(move || match router {
-            Some(router) => {
-                let live = MemoryStore::default();
-                router.save_to(&live);
-                live.load()
-            }
-            None => store.load(),
-        });
-        (
-            sessions.into_iter().map(session_to_py).collect(),
-            retained.iter().map(|m| retained_to_py(m)).collect(),
-        )
+        let state = py
+            .detach(move || match router {
+                Some(router) => {
+                    let live = MemoryStore::default();
+                    router.save_to(&live);
+                    live.load()
+                }
+                None => store.load(),
+            })
+            .map_err(|e| MqttError::new_err(e.to_string()))?;
+        Ok((
+            state
+                .sessions
+                .iter()
+                .map(|s| session_record(py, s))
+                .collect::<PyResult<_>>()?,
+            state
+                .retained
+                .iter()
+                .map(|m| retained_record(py, m))
+                .collect::<PyResult<_>>()?,
+        ))
     }
 
     /// Ends an in-process subscription.
@@ -514,83 +555,145 @@ impl BrokerCore {
     }
 }
 
-/// A pending message as Python sees it: `(topic, payload, qos, delivery_qos, retain,
-/// publisher, packet_id, released)`.
-type PyPending = (String, Vec<u8>, u8, u8, bool, String, Option<u16>, bool);
-/// A session as Python sees it: `(client_id, [(filter, qos)], [pending...])`.
-type PySession = (String, Vec<(String, u8)>, Vec<PyPending>);
-/// A retained message as Python sees it: `(topic, payload, qos, publisher)`.
-type PyRetained = (String, Vec<u8>, u8, String);
+// Stored sessions and retained messages cross the boundary as the public record types of
+// `pyo3mq.types` (frozen dataclasses), both ways: one name per concept, and the fields are
+// read by name, so nothing depends on a tuple's order.
 
-fn retained_to_py(m: &Message) -> PyRetained {
-    (
-        m.topic.to_string(),
-        m.payload.to_vec(),
-        m.qos as u8,
-        m.publisher.to_string(),
-    )
+static STORED_MESSAGE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static SESSION_RECORD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static RETAINED_RECORD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// A `pyo3mq.StoredMessage`, read by attribute.
+#[derive(FromPyObject)]
+struct StoredMessageRecord {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    delivery_qos: u8,
+    retain: bool,
+    publisher: String,
+    packet_id: Option<u16>,
+    released: bool,
+}
+
+/// A `pyo3mq.SessionRecord`, read by attribute.
+#[derive(FromPyObject)]
+struct SessionRecord {
+    client_id: String,
+    subscriptions: Vec<(String, u8)>,
+    pending: Vec<StoredMessageRecord>,
+}
+
+/// A `pyo3mq.RetainedRecord`, read by attribute.
+#[derive(FromPyObject)]
+struct RetainedRecord {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    publisher: String,
 }
 
 fn qos_arg(value: u8) -> PyResult<QoS> {
     QoS::from_u8(value).ok_or_else(|| PyValueError::new_err(format!("invalid QoS {value}")))
 }
 
-fn session_to_py(s: SessionSnapshot) -> PySession {
-    (
-        s.client_id.to_string(),
-        s.subscriptions
-            .into_iter()
-            .map(|(f, q)| (f.to_string(), q as u8))
-            .collect(),
-        s.pending
-            .into_iter()
-            .map(|p| {
-                (
-                    p.msg.topic.to_string(),
-                    p.msg.payload.to_vec(),
-                    p.msg.qos as u8,
-                    p.qos as u8,
-                    p.retain,
-                    p.msg.publisher.to_string(),
-                    p.pkid,
-                    p.released,
-                )
-            })
-            .collect(),
-    )
+fn topic_arg(topic: &str) -> PyResult<ByteString> {
+    topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(ByteString::from(topic))
 }
 
-fn session_from_py(s: PySession) -> PyResult<SessionSnapshot> {
-    let (client_id, subscriptions, pending) = s;
-    Ok(SessionSnapshot {
-        client_id: ByteString::from(client_id),
-        subscriptions: subscriptions
-            .into_iter()
-            .map(|(f, q)| Ok((ByteString::from(f), qos_arg(q)?)))
-            .collect::<PyResult<_>>()?,
-        pending: pending
-            .into_iter()
-            .map(
-                |(topic, payload, qos, delivery_qos, retain, publisher, pkid, released)| {
-                    topic::validate_topic_name(&topic)
+impl SessionRecord {
+    fn into_snapshot(self) -> PyResult<SessionSnapshot> {
+        Ok(SessionSnapshot {
+            client_id: ByteString::from(self.client_id),
+            // A Python store keeps no disconnect time: `persistent_client_expiration`
+            // counts from the load.
+            disconnected_at: None,
+            subscriptions: self
+                .subscriptions
+                .into_iter()
+                .map(|(filter, qos)| {
+                    topic::validate_topic_filter(&filter)
                         .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                    Ok((ByteString::from(filter), qos_arg(qos)?))
+                })
+                .collect::<PyResult<_>>()?,
+            pending: self
+                .pending
+                .into_iter()
+                .map(|m| {
                     Ok(StoredMessage {
                         msg: Arc::new(Message {
-                            topic: ByteString::from(topic),
-                            payload: Bytes::from(payload),
-                            qos: qos_arg(qos)?,
-                            retain,
-                            publisher: ByteString::from(publisher),
+                            topic: topic_arg(&m.topic)?,
+                            payload: Bytes::from(m.payload),
+                            qos: qos_arg(m.qos)?,
+                            retain: m.retain,
+                            publisher: ByteString::from(m.publisher),
                         }),
-                        qos: qos_arg(delivery_qos)?,
-                        retain,
-                        pkid: pkid.filter(|&id| id != 0),
-                        released,
+                        qos: qos_arg(m.delivery_qos)?,
+                        retain: m.retain,
+                        pkid: m.packet_id.filter(|&id| id != 0),
+                        released: m.released,
                     })
-                },
-            )
-            .collect::<PyResult<_>>()?,
-    })
+                })
+                .collect::<PyResult<_>>()?,
+        })
+    }
+}
+
+impl RetainedRecord {
+    fn into_message(self) -> PyResult<Arc<Message>> {
+        Ok(Arc::new(Message {
+            topic: topic_arg(&self.topic)?,
+            payload: Bytes::from(self.payload),
+            qos: qos_arg(self.qos)?,
+            retain: true,
+            publisher: ByteString::from(self.publisher),
+        }))
+    }
+}
+
+fn retained_record<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("topic", m.topic.as_ref() as &str)?;
+    kwargs.set_item("payload", PyBytes::new(py, &m.payload))?;
+    kwargs.set_item("qos", m.qos as u8)?;
+    kwargs.set_item("publisher", m.publisher.as_ref() as &str)?;
+    RETAINED_RECORD
+        .import(py, "pyo3mq.types", "RetainedRecord")?
+        .call((), Some(&kwargs))
+}
+
+fn session_record<'py>(py: Python<'py>, s: &SessionSnapshot) -> PyResult<Bound<'py, PyAny>> {
+    let stored_message = STORED_MESSAGE.import(py, "pyo3mq.types", "StoredMessage")?;
+    let pending = s
+        .pending
+        .iter()
+        .map(|p| {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("topic", p.msg.topic.as_ref() as &str)?;
+            kwargs.set_item("payload", PyBytes::new(py, &p.msg.payload))?;
+            kwargs.set_item("qos", p.msg.qos as u8)?;
+            kwargs.set_item("delivery_qos", p.qos as u8)?;
+            kwargs.set_item("retain", p.retain)?;
+            kwargs.set_item("publisher", p.msg.publisher.as_ref() as &str)?;
+            kwargs.set_item("packet_id", p.pkid)?;
+            kwargs.set_item("released", p.released)?;
+            stored_message.call((), Some(&kwargs))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let subscriptions: Vec<(&str, u8)> = s
+        .subscriptions
+        .iter()
+        .map(|(filter, qos)| (filter.as_ref(), *qos as u8))
+        .collect();
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("client_id", s.client_id.as_ref() as &str)?;
+    kwargs.set_item("subscriptions", subscriptions)?;
+    kwargs.set_item("pending", pending)?;
+    SESSION_RECORD
+        .import(py, "pyo3mq.types", "SessionRecord")?
+        .call((), Some(&kwargs))
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

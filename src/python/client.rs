@@ -1,33 +1,35 @@
-//! Python bindings of the MQTT client (`ClientCore`, `ClientMessage`); `pyo3mq.Client` in
-//! `python/pyo3mq/client.py` is the public face.
+//! Python bindings of the MQTT client; `pyo3mq.Client` in `python/pyo3mq/client.py` is
+//! the public face.
 //!
 //! The boundary is deliberately narrow. Calls from Python (`publish`, `subscribe`, ...)
 //! only touch the client's state under a short lock, never wait on I/O and never detach.
 //! Nothing here runs on a tokio thread: the connection task signals the asyncio loop
 //! through the client's wake socket and the loop calls `drain()`, which converts a whole
 //! batch of completions, state changes and messages into Python objects in one call.
+//!
+//! What crosses is typed: the core's states and publish outcomes are enums
+//! ([`PyConnectionState`], [`PySubmitted`]), a drained batch is a record ([`Drained`] of
+//! [`Completion`]s, [`StateChangeRecord`]s and [`ClientMessage`]s), and errors are the
+//! exception instances Python raises ([`exception`]), made from the classes in
+//! `errors.rs`.
 
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString};
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::client::{
-    Client, ClientError, ConnState, Incoming, Options, Outcome, Reconnect, StateChange, Submitted,
+    Client, ClientError, ConnectionState, Incoming, Options, Outcome, Reconnect, StateChange,
+    Submitted,
 };
-use crate::codec::{LastWill, Protocol, QoS};
+use crate::codec::{ConnectReturnCode, LastWill, Protocol, QoS};
 use crate::topic as topics;
 
-/// Returned by `publish` when a QoS 0 message was handed over.
-const SENT: i64 = 0;
-/// Returned when the write buffer is full: wait for a drain with `room` set, then retry.
-const FULL: i64 = -1;
-/// Returned when the client is not connected (never started, or closed).
-const CLOSED: i64 = -2;
+use super::errors::{client_error_class, ClientErrorClass, MqttError};
 
 fn qos_from(value: u8) -> PyResult<QoS> {
     QoS::from_u8(value)
@@ -75,44 +77,159 @@ fn with_str<R>(obj: &Bound<'_, PyString>, f: impl FnOnce(&str) -> R) -> PyResult
     Ok(f(text))
 }
 
-fn submitted(result: Result<Submitted, String>) -> PyResult<i64> {
-    match result.map_err(PyValueError::new_err)? {
-        Submitted::Sent => Ok(SENT),
-        Submitted::Token(t) => {
-            i64::try_from(t).map_err(|_| PyRuntimeError::new_err("token overflow"))
+// ---------------------------------------------------------------------------------------
+// Enums, records and exceptions
+// ---------------------------------------------------------------------------------------
+
+/// Where the core's connection stands (`pyo3mq.ConnectionState` mirrors it member for
+/// member). Each member is one object: Python may compare with `is`.
+#[pyclass(
+    name = "ConnectionState",
+    module = "pyo3mq._pyo3mq",
+    frozen,
+    eq,
+    hash,
+    skip_from_py_object
+)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PyConnectionState {
+    #[pyo3(name = "CONNECTING")]
+    Connecting,
+    #[pyo3(name = "CONNECTED")]
+    Connected,
+    #[pyo3(name = "RECONNECTING")]
+    Reconnecting,
+    #[pyo3(name = "CLOSED")]
+    Closed,
+}
+
+impl From<ConnectionState> for PyConnectionState {
+    fn from(s: ConnectionState) -> Self {
+        match s {
+            ConnectionState::Connecting => PyConnectionState::Connecting,
+            ConnectionState::Connected => PyConnectionState::Connected,
+            ConnectionState::Reconnecting => PyConnectionState::Reconnecting,
+            ConnectionState::Closed => PyConnectionState::Closed,
         }
-        Submitted::Full => Ok(FULL),
-        Submitted::Closed => Ok(CLOSED),
     }
 }
 
-fn error_tuple<'py>(py: Python<'py>, e: &ClientError) -> PyResult<Bound<'py, PyTuple>> {
-    (e.kind(), e.code(), e.to_string()).into_pyobject(py)
+/// What `ClientCore.publish` returns when it has no token to return. (A closed client
+/// raises instead, and a QoS 1/2 publish returns its token, an int.)
+#[pyclass(
+    name = "Submitted",
+    module = "pyo3mq._pyo3mq",
+    frozen,
+    eq,
+    hash,
+    skip_from_py_object
+)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PySubmitted {
+    /// QoS 0: handed over.
+    #[pyo3(name = "SENT")]
+    Sent,
+    /// The write buffer is full: retry after a drain with `room` set.
+    #[pyo3(name = "FULL")]
+    Full,
 }
 
-fn state_tuple<'py>(py: Python<'py>, s: &StateChange) -> PyResult<Bound<'py, PyTuple>> {
-    let error = match &s.error {
-        Some(e) => error_tuple(py, e)?.into_any(),
-        None => py.None().into_bound(py),
-    };
-    (s.state as u8, s.session_present, error).into_pyobject(py)
-}
-
-fn outcome_tuple<'py>(
-    py: Python<'py>,
+/// How a request ended: `error` is None on success, and `value` is the result (None,
+/// the session present flag of a connect, or the SUBACK return codes).
+#[pyclass(module = "pyo3mq._pyo3mq", frozen)]
+pub struct Completion {
+    #[pyo3(get)]
     token: u64,
-    outcome: &Outcome,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let (ok, value): (bool, Bound<'py, PyAny>) = match outcome {
-        Outcome::Done => (true, py.None().into_bound(py)),
+    #[pyo3(get)]
+    value: Py<PyAny>,
+    #[pyo3(get)]
+    error: Option<Py<PyAny>>,
+}
+
+/// A state transition of the core; `error` is the exception that caused it, if any.
+#[pyclass(name = "StateChange", module = "pyo3mq._pyo3mq", frozen)]
+pub struct StateChangeRecord {
+    #[pyo3(get)]
+    state: PyConnectionState,
+    #[pyo3(get)]
+    session_present: bool,
+    #[pyo3(get)]
+    error: Option<Py<PyAny>>,
+}
+
+/// What `ClientCore.drain` took: each list is None when empty (the common case costs no
+/// list), and `room` says publishing may resume after a full buffer.
+#[pyclass(module = "pyo3mq._pyo3mq", frozen)]
+pub struct Drained {
+    #[pyo3(get)]
+    completions: Option<Py<PyList>>,
+    #[pyo3(get)]
+    states: Option<Py<PyList>>,
+    #[pyo3(get)]
+    messages: Option<Py<PyList>>,
+    #[pyo3(get)]
+    room: bool,
+}
+
+/// The exception instance for a client error, of the class Python code catches.
+fn exception<'py>(py: Python<'py>, e: &ClientError) -> PyResult<Bound<'py, PyAny>> {
+    let message = e.to_string();
+    match e {
+        ClientError::Refused(code) => {
+            let class = match code {
+                ConnectReturnCode::UnacceptableProtocolVersion => {
+                    ClientErrorClass::UnacceptableProtocolVersion
+                }
+                ConnectReturnCode::IdentifierRejected => ClientErrorClass::IdentifierRejected,
+                ConnectReturnCode::ServerUnavailable => ClientErrorClass::ServerUnavailable,
+                ConnectReturnCode::BadUserNameOrPassword => ClientErrorClass::BadUsernameOrPassword,
+                ConnectReturnCode::NotAuthorized => ClientErrorClass::NotAuthorized,
+                ConnectReturnCode::Accepted => ClientErrorClass::Refused,
+            };
+            client_error_class(py, class)?.call1((*code as u8, message))
+        }
+        ClientError::Protocol(_) => {
+            client_error_class(py, ClientErrorClass::Protocol)?.call1((message,))
+        }
+        ClientError::Timeout(_) => {
+            client_error_class(py, ClientErrorClass::Timeout)?.call1((message,))
+        }
+        ClientError::ConnectFailed(_) | ClientError::ConnectionLost(_) | ClientError::Closed => {
+            client_error_class(py, ClientErrorClass::Connection)?.call1((message,))
+        }
+    }
+}
+
+fn optional_exception(py: Python<'_>, e: Option<&ClientError>) -> PyResult<Option<Py<PyAny>>> {
+    e.map(|e| exception(py, e).map(Bound::unbind)).transpose()
+}
+
+fn completion(py: Python<'_>, token: u64, outcome: &Outcome) -> PyResult<Completion> {
+    let (value, error) = match outcome {
+        Outcome::Done => (py.None(), None),
         Outcome::Connected(session_present) => (
-            true,
-            PyBool::new(py, *session_present).to_owned().into_any(),
+            PyBool::new(py, *session_present)
+                .to_owned()
+                .into_any()
+                .unbind(),
+            None,
         ),
-        Outcome::Granted(codes) => (true, PyList::new(py, codes)?.into_any()),
-        Outcome::Failed(e) => (false, error_tuple(py, e)?.into_any()),
+        Outcome::Granted(codes) => (PyList::new(py, codes)?.into_any().unbind(), None),
+        Outcome::Failed(e) => (py.None(), Some(exception(py, e)?.unbind())),
     };
-    (token, ok, value).into_pyobject(py)
+    Ok(Completion {
+        token,
+        value,
+        error,
+    })
+}
+
+fn state_change(py: Python<'_>, s: &StateChange) -> PyResult<StateChangeRecord> {
+    Ok(StateChangeRecord {
+        state: s.state.into(),
+        session_present: s.session_present,
+        error: optional_exception(py, s.error.as_ref())?,
+    })
 }
 
 fn message_object(py: Python<'_>, m: Incoming) -> PyResult<Py<ClientMessage>> {
@@ -124,7 +241,7 @@ fn message_object(py: Python<'_>, m: Incoming) -> PyResult<Py<ClientMessage>> {
             qos: m.qos as u8,
             retain: m.retain,
             dup: m.dup,
-            mid: m.pkid,
+            packet_id: m.packet_id,
         },
     )
 }
@@ -137,6 +254,26 @@ fn messages_list(py: Python<'_>, messages: Vec<Incoming>) -> PyResult<Bound<'_, 
     PyList::new(py, objects)
 }
 
+/// A list of Python objects made from `items`, or None when there are none.
+fn list_or_none<'py, T, O>(
+    py: Python<'py>,
+    items: &[T],
+    f: impl Fn(&T) -> PyResult<O>,
+) -> PyResult<Option<Py<PyList>>>
+where
+    O: IntoPyObject<'py>,
+{
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let objects = items.iter().map(f).collect::<PyResult<Vec<_>>>()?;
+    Ok(Some(PyList::new(py, objects)?.unbind()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Classes
+// ---------------------------------------------------------------------------------------
+
 /// A message received from the server.
 #[pyclass(frozen, module = "pyo3mq._pyo3mq")]
 pub struct ClientMessage {
@@ -145,20 +282,20 @@ pub struct ClientMessage {
     qos: u8,
     retain: bool,
     dup: bool,
-    mid: u16,
+    packet_id: u16,
 }
 
 #[pymethods]
 impl ClientMessage {
     #[new]
-    #[pyo3(signature = (topic, payload, qos = 0, retain = false, dup = false, mid = 0))]
+    #[pyo3(signature = (topic, payload, qos = 0, retain = false, dup = false, packet_id = 0))]
     fn new(
         topic: Bound<'_, PyString>,
         payload: &Bound<'_, PyAny>,
         qos: u8,
         retain: bool,
         dup: bool,
-        mid: u16,
+        packet_id: u16,
     ) -> PyResult<Self> {
         qos_from(qos)?;
         let py = topic.py();
@@ -169,7 +306,7 @@ impl ClientMessage {
             qos,
             retain,
             dup,
-            mid,
+            packet_id,
         })
     }
 
@@ -204,8 +341,14 @@ impl ClientMessage {
 
     /// The packet identifier (0 for QoS 0).
     #[getter]
+    fn packet_id(&self) -> u16 {
+        self.packet_id
+    }
+
+    /// `packet_id` under the name paho-mqtt and aiomqtt use.
+    #[getter]
     fn mid(&self) -> u16 {
-        self.mid
+        self.packet_id
     }
 
     /// Whether the topic matches a subscription filter (`+` and `#` wildcards).
@@ -218,11 +361,12 @@ impl ClientMessage {
         let topic = self.topic.bind(py).repr()?;
         let payload = self.payload.bind(py).repr()?;
         Ok(format!(
-            "ClientMessage(topic={topic}, payload={payload}, qos={}, retain={}, dup={}, mid={})",
+            "ClientMessage(topic={topic}, payload={payload}, qos={}, retain={}, dup={}, \
+             packet_id={})",
             self.qos,
             if self.retain { "True" } else { "False" },
             if self.dup { "True" } else { "False" },
-            self.mid
+            self.packet_id
         ))
     }
 }
@@ -330,33 +474,41 @@ impl ClientCore {
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
-    /// 0: QoS 0 handed over; > 0: token of a QoS 1/2 publish; -1: buffer full; -2: closed.
-    fn publish(
+    /// `Submitted.SENT` (QoS 0 handed over), a token (QoS 1/2, completed on PUBACK /
+    /// PUBCOMP) or `Submitted.FULL` (the write buffer is full). Raises the client's error
+    /// when it is not connected.
+    fn publish<'py>(
         &self,
-        topic: &Bound<'_, PyString>,
-        payload: &Bound<'_, PyAny>,
+        topic: &Bound<'py, PyString>,
+        payload: &Bound<'py, PyAny>,
         qos: u8,
         retain: bool,
-    ) -> PyResult<i64> {
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = topic.py();
         let qos = qos_from(qos)?;
         let result = with_str(topic, |t| {
             with_payload(payload, |p| self.inner.publish(t, p, qos, retain))
         })??;
-        submitted(result)
+        match result.map_err(PyValueError::new_err)? {
+            Submitted::Sent => Ok(PySubmitted::Sent.into_pyobject(py)?.into_any()),
+            Submitted::Token(token) => Ok(token.into_pyobject(py)?.into_any()),
+            Submitted::Full => Ok(PySubmitted::Full.into_pyobject(py)?.into_any()),
+            Submitted::Closed => Err(self.not_connected(py)),
+        }
     }
 
-    /// Token (> 0) completed with the SUBACK codes; -1: no packet id free; -2: closed.
-    fn subscribe(&self, filters: Vec<(String, u8)>) -> PyResult<i64> {
+    /// The token completed with the SUBACK return codes.
+    fn subscribe(&self, py: Python<'_>, filters: Vec<(String, u8)>) -> PyResult<u64> {
         let filters = filters
             .into_iter()
             .map(|(f, q)| Ok((f, qos_from(q)?)))
             .collect::<PyResult<Vec<_>>>()?;
-        submitted(self.inner.subscribe(filters))
+        self.request_token(py, self.inner.subscribe(filters))
     }
 
-    /// Token (> 0) completed on UNSUBACK; -1: no packet id free; -2: closed.
-    fn unsubscribe(&self, filters: Vec<String>) -> PyResult<i64> {
-        submitted(self.inner.unsubscribe(filters))
+    /// The token completed on UNSUBACK.
+    fn unsubscribe(&self, py: Python<'_>, filters: Vec<String>) -> PyResult<u64> {
+        self.request_token(py, self.inner.unsubscribe(filters))
     }
 
     /// Starts a graceful close; returns the token completed once closed.
@@ -364,39 +516,22 @@ impl ClientCore {
         self.inner.disconnect()
     }
 
-    /// Everything that happened since the last call, as
-    /// `(completions, states, messages, room)`; the lists are None when empty.
-    /// completions: `(token, ok, value)`, where value is the result or an error tuple
-    /// `(kind, code, message)`; states: `(state, session_present, error or None)`.
-    fn drain<'py>(&self, py: Python<'py>, max_messages: usize) -> PyResult<Bound<'py, PyTuple>> {
+    /// Everything that happened since the last call, and up to `max_messages` messages.
+    fn drain(&self, py: Python<'_>, max_messages: usize) -> PyResult<Drained> {
         let drained = self.inner.drain(max_messages);
-        let none = || py.None().into_bound(py);
-        let completions = if drained.completions.is_empty() {
-            none()
-        } else {
-            let items = drained
-                .completions
-                .iter()
-                .map(|(token, outcome)| outcome_tuple(py, *token, outcome))
-                .collect::<PyResult<Vec<_>>>()?;
-            PyList::new(py, items)?.into_any()
-        };
-        let states = if drained.states.is_empty() {
-            none()
-        } else {
-            let items = drained
-                .states
-                .iter()
-                .map(|s| state_tuple(py, s))
-                .collect::<PyResult<Vec<_>>>()?;
-            PyList::new(py, items)?.into_any()
-        };
         let messages = if drained.messages.is_empty() {
-            none()
+            None
         } else {
-            messages_list(py, drained.messages)?.into_any()
+            Some(messages_list(py, drained.messages)?.unbind())
         };
-        (completions, states, messages, drained.room).into_pyobject(py)
+        Ok(Drained {
+            completions: list_or_none(py, &drained.completions, |(token, outcome)| {
+                completion(py, *token, outcome)
+            })?,
+            states: list_or_none(py, &drained.states, |s| state_change(py, s))?,
+            messages,
+            room: drained.room,
+        })
     }
 
     /// Up to `max` received messages (an empty list when none are queued).
@@ -410,11 +545,9 @@ impl ClientCore {
         self.inner.queued_messages()
     }
 
-    /// 0 connecting, 1 connected, 2 disconnected (reconnecting), 3 closed.
     #[getter]
-    fn state(&self) -> u8 {
-        let s: ConnState = self.inner.state();
-        s as u8
+    fn state(&self) -> PyConnectionState {
+        self.inner.state().into()
     }
 
     /// A one-line summary of the internal state, for debugging.
@@ -422,12 +555,36 @@ impl ClientCore {
         self.inner.debug_state()
     }
 
-    /// Why the client closed, as `(kind, code, message)`, or None.
-    fn last_error<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        self.inner
-            .last_error()
-            .map(|e| error_tuple(py, &e))
-            .transpose()
+    /// Why the client closed, as a new exception instance, or None (not closed, or closed
+    /// by `disconnect()`).
+    fn last_error(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        optional_exception(py, self.inner.last_error().as_ref())
+    }
+}
+
+impl ClientCore {
+    /// The error a request on a client that is not connected raises: why it closed, if it
+    /// closed on an error.
+    fn not_connected(&self, py: Python<'_>) -> PyErr {
+        let error = match self.inner.last_error() {
+            Some(e) => exception(py, &e),
+            None => client_error_class(py, ClientErrorClass::Connection)
+                .and_then(|class| class.call1(("the client is not connected",))),
+        };
+        match error {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(e) => e,
+        }
+    }
+
+    fn request_token(&self, py: Python<'_>, result: Result<Submitted, String>) -> PyResult<u64> {
+        match result.map_err(PyValueError::new_err)? {
+            Submitted::Token(token) => Ok(token),
+            Submitted::Full | Submitted::Sent => Err(MqttError::new_err(
+                "too many requests in flight: no packet identifier is free",
+            )),
+            Submitted::Closed => Err(self.not_connected(py)),
+        }
     }
 }
 
@@ -435,5 +592,10 @@ impl ClientCore {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ClientCore>()?;
     m.add_class::<ClientMessage>()?;
+    m.add_class::<PyConnectionState>()?;
+    m.add_class::<PySubmitted>()?;
+    m.add_class::<Completion>()?;
+    m.add_class::<StateChangeRecord>()?;
+    m.add_class::<Drained>()?;
     Ok(())
 }

@@ -1,4 +1,15 @@
 //! The Python exception classes, created here and raised directly by the bindings.
+//!
+//! `MqttError` and `BrokerStartError` are plain `create_exception!` classes. The client's
+//! classes need what that macro cannot give: a second base (`MqttTimeoutError` is also a
+//! `TimeoutError`) and constructors with arguments of their own (`return_code`,
+//! `filters`, `return_codes`). They are made by calling `type(name, bases, namespace)`
+//! once, with `__init__` implemented in Rust, and exported under `pyo3mq` as before.
+
+use pyo3::exceptions::PyTimeoutError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 pyo3::create_exception!(
     _pyo3mq,
@@ -13,10 +24,234 @@ pyo3::create_exception!(
     "The broker could not start (bad configuration, or a listener could not bind)."
 );
 
-use pyo3::prelude::*;
+/// The client's exception classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientErrorClass {
+    Connection,
+    Timeout,
+    Protocol,
+    Refused,
+    UnacceptableProtocolVersion,
+    IdentifierRejected,
+    ServerUnavailable,
+    BadUsernameOrPassword,
+    NotAuthorized,
+    Subscribe,
+}
+
+/// How a class is made: its name, its docstring, its bases, and its `__init__`.
+struct Spec {
+    class: ClientErrorClass,
+    name: &'static str,
+    doc: &'static str,
+    base: Base,
+    init: Init,
+}
+
+#[derive(Clone, Copy)]
+enum Base {
+    MqttError,
+    Client(ClientErrorClass),
+    /// A client class and `TimeoutError`.
+    ClientAndTimeout(ClientErrorClass),
+}
+
+#[derive(Clone, Copy)]
+enum Init {
+    Inherited,
+    Refused,
+    Subscribe,
+}
+
+/// In dependency order: a class's bases come before it.
+const SPECS: [Spec; 10] = [
+    Spec {
+        class: ClientErrorClass::Connection,
+        name: "MqttConnectionError",
+        doc: "The client is not connected: the connection could not be made, was lost, or \
+              the client was closed. Every error that ends a connection derives from this \
+              class.",
+        base: Base::MqttError,
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::Timeout,
+        name: "MqttTimeoutError",
+        doc: "No CONNACK within the timeout, or no PINGRESP within the keepalive (the \
+              server vanished).",
+        base: Base::ClientAndTimeout(ClientErrorClass::Connection),
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::Protocol,
+        name: "MqttProtocolError",
+        doc: "The server sent a malformed packet or broke the protocol; the client closed \
+              the connection. The message names the rule broken.",
+        base: Base::Client(ClientErrorClass::Connection),
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::Refused,
+        name: "MqttConnectRefusedError",
+        doc: "The server refused the connection; `return_code` is the CONNACK return code.",
+        base: Base::Client(ClientErrorClass::Connection),
+        init: Init::Refused,
+    },
+    Spec {
+        class: ClientErrorClass::UnacceptableProtocolVersion,
+        name: "MqttUnacceptableProtocolVersionError",
+        doc: "CONNACK 1: the server does not speak the requested protocol level.",
+        base: Base::Client(ClientErrorClass::Refused),
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::IdentifierRejected,
+        name: "MqttIdentifierRejectedError",
+        doc: "CONNACK 2: the client id is not allowed.",
+        base: Base::Client(ClientErrorClass::Refused),
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::ServerUnavailable,
+        name: "MqttServerUnavailableError",
+        doc: "CONNACK 3: the MQTT service is unavailable.",
+        base: Base::Client(ClientErrorClass::Refused),
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::BadUsernameOrPassword,
+        name: "MqttBadUsernameOrPasswordError",
+        doc: "CONNACK 4: the user name or password is malformed.",
+        base: Base::Client(ClientErrorClass::Refused),
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::NotAuthorized,
+        name: "MqttNotAuthorizedError",
+        doc: "CONNACK 5: the client is not authorized to connect.",
+        base: Base::Client(ClientErrorClass::Refused),
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::Subscribe,
+        name: "MqttSubscribeError",
+        doc: "The server refused at least one topic filter (SUBACK return code 0x80). The \
+              filters it granted are subscribed; `return_codes` has one code per filter.",
+        base: Base::MqttError,
+        init: Init::Subscribe,
+    },
+];
+
+static CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+
+/// `MqttConnectRefusedError(return_code, message=None)`.
+#[pyfunction]
+#[pyo3(signature = (this, /, return_code, message = None))]
+fn refused_init(
+    this: &Bound<'_, PyAny>,
+    return_code: &Bound<'_, PyAny>,
+    message: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let message = match message {
+        Some(m) if m.is_truthy()? => m.clone(),
+        _ => PyString::new(
+            this.py(),
+            &format!("connection refused: CONNACK return code {return_code}"),
+        )
+        .into_any(),
+    };
+    this.setattr("args", (message,))?;
+    this.setattr("return_code", return_code)
+}
+
+/// `MqttSubscribeError(filters, return_codes)`: `filters` as `[(filter, qos)]`.
+#[pyfunction]
+#[pyo3(signature = (this, /, filters, return_codes))]
+fn subscribe_init(
+    this: &Bound<'_, PyAny>,
+    filters: &Bound<'_, PyAny>,
+    return_codes: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let mut refused = Vec::new();
+    for pair in filters.try_iter()?.zip(return_codes.try_iter()?) {
+        let (filter, code) = (pair.0?, pair.1?);
+        if code.extract::<i64>().is_ok_and(|c| c == 0x80) {
+            refused.push(filter.get_item(0)?.str()?.to_string());
+        }
+    }
+    let message = format!(
+        "the server refused the subscription to {}",
+        refused.join(", ")
+    );
+    this.setattr("args", (message,))?;
+    this.setattr("filters", filters)?;
+    this.setattr("return_codes", return_codes)
+}
+
+/// The class made already for `class` (a base of the one being made).
+fn made_already<'py>(
+    made: &[(ClientErrorClass, Bound<'py, PyType>)],
+    class: ClientErrorClass,
+) -> PyResult<Bound<'py, PyType>> {
+    made.iter()
+        .find(|(c, _)| *c == class)
+        .map(|(_, t)| t.clone())
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("base class missing"))
+}
+
+fn build(py: Python<'_>) -> PyResult<Vec<Py<PyType>>> {
+    // A function in a class namespace becomes a method only if it binds `self` as a
+    // descriptor; Rust functions do not, `functools.partialmethod` makes them.
+    let partialmethod = py.import("functools")?.getattr("partialmethod")?;
+    let type_ = py.get_type::<PyType>();
+    let mut made: Vec<(ClientErrorClass, Bound<'_, PyType>)> = Vec::new();
+    for spec in &SPECS {
+        let bases = match spec.base {
+            Base::MqttError => PyTuple::new(py, [py.get_type::<MqttError>()])?,
+            Base::Client(base) => PyTuple::new(py, [made_already(&made, base)?])?,
+            Base::ClientAndTimeout(base) => PyTuple::new(
+                py,
+                [made_already(&made, base)?, py.get_type::<PyTimeoutError>()],
+            )?,
+        };
+        let namespace = PyDict::new(py);
+        namespace.set_item("__module__", "pyo3mq")?;
+        namespace.set_item("__doc__", spec.doc)?;
+        let init = match spec.init {
+            Init::Inherited => None,
+            Init::Refused => Some(wrap_pyfunction!(refused_init, py)?),
+            Init::Subscribe => Some(wrap_pyfunction!(subscribe_init, py)?),
+        };
+        if let Some(init) = init {
+            namespace.set_item("__init__", partialmethod.call1((init,))?)?;
+        }
+        let class = type_
+            .call1((spec.name, bases, namespace))?
+            .cast_into::<PyType>()?;
+        made.push((spec.class, class));
+    }
+    Ok(made.into_iter().map(|(_, t)| t.unbind()).collect())
+}
+
+/// One of the client's exception classes.
+pub(crate) fn client_error_class(
+    py: Python<'_>,
+    class: ClientErrorClass,
+) -> PyResult<Bound<'_, PyType>> {
+    let classes = CLASSES.get_or_try_init(py, || build(py))?;
+    SPECS
+        .iter()
+        .position(|s| s.class == class)
+        .and_then(|i| classes.get(i))
+        .map(|t| t.bind(py).clone())
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("unknown exception class"))
+}
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MqttError", m.py().get_type::<MqttError>())?;
     m.add("BrokerStartError", m.py().get_type::<BrokerStartError>())?;
+    for spec in &SPECS {
+        m.add(spec.name, client_error_class(m.py(), spec.class)?)?;
+    }
     Ok(())
 }

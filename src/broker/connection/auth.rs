@@ -5,6 +5,7 @@ use bytestring::ByteString;
 use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
 
+use crate::broker::config::AnonymousPolicy;
 use crate::broker::hooks::{AuthDecision, AuthRequest, ClientInfo};
 use crate::codec::{Connect, ConnectReturnCode, Protocol, QoS};
 
@@ -14,6 +15,13 @@ use super::Connection;
 const ACL_CACHE_ENTRIES: usize = 1024;
 
 impl Connection {
+    /// Sets what this connection's listener does with clients that send no username
+    /// (`Config::anonymous_policy`); without it the hooks decide.
+    pub fn with_anonymous(mut self, policy: AnonymousPolicy) -> Connection {
+        self.anonymous = policy;
+        self
+    }
+
     pub(super) fn client_info(&self) -> ClientInfo {
         ClientInfo {
             client_id: self.client_id.clone(),
@@ -35,13 +43,29 @@ impl Connection {
         }
     }
 
-    /// Runs the authenticator, if any, within `auth_timeout`; a timeout is a denial
-    /// (CONNACK 0x05), as is a hook that fails (the hook reports that itself).
+    /// Applies the listener's rule for clients without a username, then runs the
+    /// authenticator, if any, within `auth_timeout`; a timeout is a denial (CONNACK
+    /// 0x05), as is a hook that fails (the hook reports that itself).
     pub(super) async fn authenticate(&self, connect: &Connect) -> AuthDecision {
         if self.io.identity_as_username() && self.username.is_none() {
             info!(client_id = %self.client_id, peer = %self.peer,
                 "refusing connection: use_identity_as_username, and the client certificate has no Common Name");
             return AuthDecision::Deny(ConnectReturnCode::NotAuthorized);
+        }
+        // With use_identity_as_username, the certificate's name counts as the username.
+        if self.username.is_none() {
+            match self.anonymous {
+                AnonymousPolicy::Allow => return AuthDecision::Allow,
+                AnonymousPolicy::Refuse => {
+                    info!(
+                        client_id = %self.client_id, peer = %self.peer,
+                        "refusing connection: no username, and anonymous clients are not \
+                         allowed on this listener (allow_anonymous)"
+                    );
+                    return AuthDecision::Deny(ConnectReturnCode::NotAuthorized);
+                }
+                AnonymousPolicy::AskHooks => {}
+            }
         }
         let Some(auth) = &self.router.hooks().authenticator else {
             return AuthDecision::Allow;

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use crate::broker::hooks::Event;
 use crate::broker::metrics;
 use crate::broker::router::Session;
-use crate::broker::session::Message;
+use crate::broker::session::{AckKind, Message};
 use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};
 
 use super::{Close, Connection, OutBuf};
@@ -139,13 +139,23 @@ impl Connection {
                 }
             }
             Packet::PubAck(pkid) => {
-                if !session.state.lock().on_puback(pkid) {
+                let mut state = session.state.lock();
+                if let Some(delivery) = state.wrong_ack(pkid, AckKind::PubAck) {
+                    return Some(wrong_ack("PUBACK", pkid, delivery));
+                }
+                if !state.on_puback(pkid) {
                     debug!(client_id = %self.client_id, pkid, "PUBACK for an unknown packet id");
                 }
             }
             Packet::PubRec(pkid) => {
-                if !session.state.lock().on_pubrec(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBREC for an unknown packet id");
+                {
+                    let mut state = session.state.lock();
+                    if let Some(delivery) = state.wrong_ack(pkid, AckKind::PubRec) {
+                        return Some(wrong_ack("PUBREC", pkid, delivery));
+                    }
+                    if !state.on_pubrec(pkid) {
+                        debug!(client_id = %self.client_id, pkid, "PUBREC for an unknown packet id");
+                    }
                 }
                 // Answered even for an unknown id so the client can finish its flow.
                 self.out.put_packet(&Packet::PubRel(pkid));
@@ -155,11 +165,26 @@ impl Connection {
                 self.out.put_packet(&Packet::PubComp(pkid));
             }
             Packet::PubComp(pkid) => {
-                if !session.state.lock().on_pubcomp(pkid) {
+                let mut state = session.state.lock();
+                if let Some(delivery) = state.wrong_ack(pkid, AckKind::PubComp) {
+                    return Some(wrong_ack("PUBCOMP", pkid, delivery));
+                }
+                if !state.on_pubcomp(pkid) {
                     debug!(client_id = %self.client_id, pkid, "PUBCOMP for an unknown packet id");
                 }
             }
             Packet::Subscribe(subscribe) => {
+                // A zero-length filter makes the whole SUBSCRIBE a violation: nothing in it
+                // is subscribed and no SUBACK is sent, as Mosquitto does.
+                if subscribe
+                    .filters
+                    .iter()
+                    .any(|(filter, _)| filter.is_empty())
+                {
+                    return Some(Close::Protocol(
+                        "[MQTT-4.7.3-1] SUBSCRIBE with a zero-length topic filter".into(),
+                    ));
+                }
                 let mut codes = Vec::with_capacity(subscribe.filters.len());
                 for (filter, qos) in &subscribe.filters {
                     let granted = match crate::topic::validate_topic_filter(filter) {
@@ -261,4 +286,11 @@ impl Connection {
             self.route_intercepted().await;
         }
     }
+}
+
+/// The close for an acknowledgement of the wrong kind for the delivery it names.
+fn wrong_ack(ack: &str, pkid: u16, delivery: &str) -> Close {
+    Close::Protocol(format!(
+        "[MQTT-4.8.0-1] {ack} for packet id {pkid}, which names {delivery}"
+    ))
 }

@@ -4,12 +4,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{ClientSlot, Router, Session, Subscriber};
 use crate::broker::metrics;
 use crate::broker::session::Queued;
 use crate::broker::session::SessionState;
-use crate::broker::store::{Changes, SessionSnapshot, SessionStore, StoredMessage};
+use crate::broker::store::{Changes, SessionSnapshot, SessionStore, StoredMessage, StoredState};
 
 impl Router {
     /// Makes acknowledgements wait for the store (see [`Router::persisted`]).
@@ -156,12 +157,14 @@ impl Router {
             });
         }
         // No lock is held while the store writes: connects and routing go on.
-        store.save(sessions, retained).is_ok()
+        store.save(StoredState { sessions, retained }).is_ok()
     }
 
-    /// Restores sessions (offline) and retained messages from `store` (on start).
-    pub fn load_from(&self, store: &dyn SessionStore) {
-        let (sessions, retained) = store.load();
+    /// Restores sessions (offline) and retained messages a store loaded (on start; the
+    /// server refuses to start when the store cannot be read, so this never sees a
+    /// partial state).
+    pub fn restore(&self, state: StoredState) {
+        let StoredState { sessions, retained } = state;
         {
             let mut tree = self.retained.write();
             for msg in retained {
@@ -193,8 +196,18 @@ impl Router {
                     };
                     state.restore(item, m.pkid, m.released);
                 }
-                // As the store has it: nothing to write back.
+                // As the store has it: nothing to write back...
                 state.take_changed();
+                // ...unless it does not say when the client went offline (it was online
+                // at a crash, or the store keeps no time): expiry counts from now, and the
+                // store learns it, so the next start does not count from then again.
+                state.offline_since = snap
+                    .disconnected_at
+                    .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
+                if state.offline_since.is_none() {
+                    state.offline_since = Some(SystemTime::now());
+                    state.mark_changed();
+                }
             }
             clients.insert(
                 snap.client_id,
@@ -211,6 +224,10 @@ impl Router {
 fn snapshot_of(session: &Session, state: &SessionState) -> SessionSnapshot {
     SessionSnapshot {
         client_id: session.client_id.clone(),
+        disconnected_at: state
+            .offline_since
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
         subscriptions: state
             .subscriptions
             .iter()
@@ -237,7 +254,7 @@ mod tests {
     use super::super::*;
     use super::*;
     use crate::broker::session::Outgoing;
-    use crate::broker::store::{MemoryStore, SqliteStore};
+    use crate::broker::store::{MemoryStore, SqliteStore, StoreError};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -253,6 +270,8 @@ mod tests {
         Deliver(u8),
         Disconnect(u8),
         Persist,
+        /// `persistent_client_expiration` ends every offline session.
+        Expire,
         /// A save that the store fails (disk full, say): nothing is written.
         FailedPersist,
     }
@@ -261,14 +280,24 @@ mod tests {
     struct Broken;
 
     impl SessionStore for Broken {
-        fn load(&self) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>) {
-            (Vec::new(), Vec::new())
+        fn load(&self) -> Result<StoredState, StoreError> {
+            Ok(StoredState::default())
         }
-        fn save(&self, _: Vec<SessionSnapshot>, _: Vec<Arc<Message>>) -> Result<(), String> {
-            Err("disk full".into())
+        fn save(&self, _: StoredState) -> Result<(), StoreError> {
+            Err(disk_full())
         }
-        fn save_changes(&self, _: Changes) -> Result<(), String> {
-            Err("disk full".into())
+        fn save_changes(&self, _: Changes) -> Result<(), StoreError> {
+            Err(disk_full())
+        }
+    }
+
+    fn disk_full() -> StoreError {
+        StoreError::Write {
+            path: "broken.db".into(),
+            source: Box::new(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            )),
         }
     }
 
@@ -281,13 +310,16 @@ mod tests {
             (0..4u8).prop_map(Op::Deliver),
             (0..4u8).prop_map(Op::Disconnect),
             Just(Op::Persist),
+            Just(Op::Expire),
             Just(Op::FailedPersist),
         ]
     }
 
-    fn sorted(
-        (mut sessions, mut retained): (Vec<SessionSnapshot>, Vec<Arc<Message>>),
-    ) -> (Vec<SessionSnapshot>, Vec<Arc<Message>>) {
+    fn sorted(state: StoredState) -> StoredState {
+        let StoredState {
+            mut sessions,
+            mut retained,
+        } = state;
         sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         for s in &mut sessions {
             s.subscriptions.sort();
@@ -301,14 +333,14 @@ mod tests {
             }
         }
         retained.sort_by(|a, b| a.topic.cmp(&b.topic));
-        (sessions, retained)
+        StoredState { sessions, retained }
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Partial saves add up to the state: after any mix of connects (with session
-        /// replacement), subscriptions, deliveries, acks and retained changes, with saves
+        /// replacement), subscriptions, deliveries, acks, expiry and retained changes, with saves
         /// (some of which fail) at any points, the SQLite store holds what one full save
         /// would write.
         #[test]
@@ -319,7 +351,8 @@ mod tests {
                 std::thread::current().id()
             ));
             let _ = std::fs::remove_file(&path);
-            let store = SqliteStore::open(&path.to_string_lossy()).unwrap();
+            let store = SqliteStore::open(&path).unwrap();
+            prop_assert_eq!(store.load().unwrap(), StoredState::default());
             let router = Router::new(Config::default(), Hooks::default());
             router.track_changes();
             let mut live: HashMap<u8, Arc<Session>> = HashMap::new();
@@ -388,6 +421,9 @@ mod tests {
                         }
                     }
                     Op::Persist => prop_assert!(router.persist(&store)),
+                    Op::Expire => {
+                        router.expire_offline(std::time::Duration::ZERO);
+                    }
                     // False only when there was something to write.
                     Op::FailedPersist => {
                         router.persist(&Broken);
@@ -397,7 +433,7 @@ mod tests {
             prop_assert!(router.persist(&store));
             let full = MemoryStore::default();
             router.save_to(&full);
-            prop_assert_eq!(sorted(store.load()), sorted(full.load()));
+            prop_assert_eq!(sorted(store.load().unwrap()), sorted(full.load().unwrap()));
             drop(store);
             let _ = std::fs::remove_file(&path);
         }

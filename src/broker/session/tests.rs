@@ -1,0 +1,347 @@
+use super::*;
+
+fn limits(max_inflight: usize, max_queued: usize, overflow: OverflowPolicy) -> Limits {
+    Limits {
+        max_inflight,
+        max_queued,
+        max_queued_bytes: 0,
+        overflow,
+        queue_qos0_offline: false,
+    }
+}
+
+fn sized(len: usize) -> Queued {
+    Queued {
+        msg: Arc::new(Message {
+            topic: ByteString::from_static("t"),
+            payload: Bytes::from(vec![7; len]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            publisher: ByteString::new(),
+        }),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    }
+}
+
+#[test]
+fn byte_limit_with_both_policies() {
+    // Each `msg` costs 2 bytes (topic "t" and a 1-byte payload).
+    let mut l = limits(1, 100, OverflowPolicy::DropNew);
+    l.max_queued_bytes = 10;
+    let mut s = SessionState::new(l);
+    s.online = true;
+    for n in 0..5 {
+        assert_eq!(s.enqueue(msg(n, QoS::AtLeastOnce)), Enqueued::Yes);
+    }
+    assert_eq!(s.queued_bytes(), 10);
+    assert_eq!(
+        s.enqueue(msg(5, QoS::AtLeastOnce)),
+        Enqueued::OverflowStarted(1)
+    );
+    assert_eq!(payload(&s.next_outgoing().unwrap()), 0);
+    assert_eq!(s.queued_bytes(), 8, "sending frees its bytes");
+    assert_eq!(s.enqueue(msg(6, QoS::AtLeastOnce)), Enqueued::Yes);
+    assert_eq!(s.dropped, 1);
+
+    let mut l = limits(1, 100, OverflowPolicy::DropOldest);
+    l.max_queued_bytes = 10;
+    let mut s = SessionState::new(l);
+    s.online = true;
+    for n in 0..5 {
+        s.enqueue(msg(n, QoS::AtLeastOnce));
+    }
+    // 6 bytes need three 2-byte messages evicted: the oldest three.
+    assert_eq!(s.enqueue(sized(5)), Enqueued::OverflowStarted(3));
+    assert_eq!(s.queued_bytes(), 10);
+    assert_eq!(s.queued_len(), 3);
+    assert_eq!(payload(&s.next_outgoing().unwrap()), 3);
+    // Larger than the limit by itself: only it is dropped, nothing is evicted for it.
+    assert_eq!(s.enqueue(sized(20)), Enqueued::Overflowed(1));
+    assert_eq!(s.queued_len(), 2);
+    assert_eq!(s.dropped, 4);
+    let mut taken = Vec::new();
+    s.take_queued(10, &mut taken);
+    assert_eq!((taken.len(), s.queued_bytes()), (2, 0));
+}
+
+fn msg(n: u8, qos: QoS) -> Queued {
+    Queued {
+        msg: Arc::new(Message {
+            topic: ByteString::from_static("t"),
+            payload: Bytes::from(vec![n]),
+            qos,
+            retain: false,
+            publisher: ByteString::new(),
+        }),
+        qos,
+        retain: false,
+    }
+}
+
+fn payload(o: &Outgoing) -> u8 {
+    match o {
+        Outgoing::Publish { item, .. } => item.msg.payload[0],
+        Outgoing::PubRel(_) => panic!("expected a PUBLISH"),
+    }
+}
+
+#[test]
+fn window_limits_qos1_and_acks_open_it() {
+    let mut s = SessionState::new(limits(2, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    for n in 0..3 {
+        assert_eq!(s.enqueue(msg(n, QoS::AtLeastOnce)), Enqueued::Yes);
+    }
+    let a = s.next_outgoing().unwrap();
+    let b = s.next_outgoing().unwrap();
+    assert!(s.next_outgoing().is_none(), "window of 2 is full");
+    let (Outgoing::Publish { pkid: Some(pa), .. }, Outgoing::Publish { pkid: Some(pb), .. }) =
+        (&a, &b)
+    else {
+        panic!("QoS 1 deliveries carry ids")
+    };
+    assert_ne!(pa, pb);
+    assert!(s.on_puback(*pa));
+    assert!(!s.on_puback(*pa), "second ack of the same id is unknown");
+    assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
+}
+
+#[test]
+fn qos2_flow_resends_pubrel_not_publish() {
+    let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::ExactlyOnce));
+    s.enqueue(msg(2, QoS::ExactlyOnce));
+    let Some(Outgoing::Publish { pkid: Some(p1), .. }) = s.next_outgoing() else {
+        panic!()
+    };
+    let Some(Outgoing::Publish { pkid: Some(p2), .. }) = s.next_outgoing() else {
+        panic!()
+    };
+    assert!(s.on_pubrec(p1));
+    let resend = s.resend_on_resume();
+    assert!(matches!(resend[0], Outgoing::PubRel(id) if id == p1));
+    assert!(matches!(&resend[1], Outgoing::Publish { pkid: Some(id), dup: true, .. } if *id == p2));
+    assert!(!s.on_puback(p2), "PUBACK does not end a QoS 2 delivery");
+    assert!(s.on_pubcomp(p1));
+    assert_eq!(s.inflight_len(), 1);
+}
+
+#[test]
+fn overflow_policies() {
+    let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    s.enqueue(msg(2, QoS::AtLeastOnce));
+    assert_eq!(
+        s.enqueue(msg(3, QoS::AtLeastOnce)),
+        Enqueued::OverflowStarted(1)
+    );
+    assert_eq!(s.enqueue(msg(4, QoS::AtLeastOnce)), Enqueued::Overflowed(1));
+    assert_eq!(payload(&s.next_outgoing().unwrap()), 1);
+    assert_eq!(s.dropped, 2);
+    // Room again, but the episode lasts until the queue has drained empty: one log
+    // line per episode, not one per refill.
+    assert_eq!(s.enqueue(msg(5, QoS::AtLeastOnce)), Enqueued::Yes);
+    assert_eq!(s.enqueue(msg(6, QoS::AtLeastOnce)), Enqueued::Overflowed(1));
+    assert!(s.on_puback(1));
+    assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
+    assert!(s.on_puback(2));
+    assert_eq!(payload(&s.next_outgoing().unwrap()), 5);
+    assert_eq!(s.queued_len(), 0);
+    assert_eq!(s.enqueue(msg(7, QoS::AtLeastOnce)), Enqueued::Yes);
+    assert_eq!(s.enqueue(msg(8, QoS::AtLeastOnce)), Enqueued::Yes);
+    assert_eq!(
+        s.enqueue(msg(9, QoS::AtLeastOnce)),
+        Enqueued::OverflowStarted(1)
+    );
+    assert_eq!(s.dropped, 4);
+
+    let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropOldest));
+    s.online = true;
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    s.enqueue(msg(2, QoS::AtLeastOnce));
+    assert_eq!(
+        s.enqueue(msg(3, QoS::AtLeastOnce)),
+        Enqueued::OverflowStarted(1)
+    );
+    assert_eq!(payload(&s.next_outgoing().unwrap()), 2);
+    assert_eq!(s.dropped, 1);
+}
+
+#[test]
+fn changes_are_flagged_for_the_store() {
+    let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
+    s.online = true;
+    assert!(s.take_changed(), "a new session is not stored yet");
+    assert!(!s.take_changed());
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    assert!(s.take_changed());
+    let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
+        panic!("expected a QoS 1 delivery");
+    };
+    assert!(s.take_changed(), "moved to inflight with an id");
+    assert!(s.next_outgoing().is_none());
+    assert!(!s.take_changed(), "nothing moved");
+    assert!(!s.on_puback(id + 1));
+    assert!(!s.take_changed(), "an unknown id changes nothing");
+    assert!(s.on_puback(id));
+    assert!(s.take_changed());
+    s.enqueue(msg(2, QoS::AtLeastOnce));
+    s.enqueue(msg(3, QoS::AtLeastOnce));
+    s.take_changed();
+    assert_eq!(
+        s.enqueue(msg(4, QoS::AtLeastOnce)),
+        Enqueued::OverflowStarted(1)
+    );
+    assert!(!s.take_changed(), "drop_new keeps the queue as it was");
+    s.clear();
+    assert!(s.take_changed());
+}
+
+#[test]
+fn offline_qos0_is_not_queued() {
+    let mut s = SessionState::new(limits(1, 2, OverflowPolicy::DropNew));
+    assert_eq!(s.enqueue(msg(1, QoS::AtMostOnce)), Enqueued::Skipped);
+    assert_eq!(s.enqueue(msg(1, QoS::AtLeastOnce)), Enqueued::Yes);
+}
+
+#[test]
+fn qos0_behind_full_window_waits_for_order() {
+    let mut s = SessionState::new(limits(1, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    s.enqueue(msg(2, QoS::AtLeastOnce));
+    s.enqueue(msg(3, QoS::AtMostOnce));
+    s.next_outgoing().unwrap();
+    assert!(s.next_outgoing().is_none());
+}
+
+#[test]
+fn pkids_skip_ids_still_inflight() {
+    let mut s = SessionState::new(limits(3, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.ids.set_next(u16::MAX);
+    for n in 0..3 {
+        s.enqueue(msg(n, QoS::AtLeastOnce));
+    }
+    let ids: Vec<u16> = (0..3)
+        .map(|_| match s.next_outgoing() {
+            Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![u16::MAX, 1, 2],
+        "ids wrap past 0, which is never used"
+    );
+}
+
+#[test]
+fn export_restore_keeps_ids_and_stages() {
+    let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    s.enqueue(msg(2, QoS::ExactlyOnce));
+    s.enqueue(msg(3, QoS::AtLeastOnce));
+    s.next_outgoing().unwrap();
+    let Some(Outgoing::Publish { pkid: Some(p2), .. }) = s.next_outgoing() else {
+        panic!()
+    };
+    s.on_pubrec(p2);
+    // The third stays queued: limit the window to two by sending no more.
+    let mut restored = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+    let exported = s.export();
+    assert_eq!(exported.len(), 3);
+    for (item, pkid, released) in exported {
+        restored.restore(item, pkid, released);
+    }
+    let resend = restored.resend_on_resume();
+    assert!(matches!(
+        &resend[0],
+        Outgoing::Publish {
+            pkid: Some(1),
+            dup: true,
+            ..
+        }
+    ));
+    assert!(matches!(resend[1], Outgoing::PubRel(id) if id == p2));
+    restored.online = true;
+    let Some(Outgoing::Publish { pkid: Some(p3), .. }) = restored.next_outgoing() else {
+        panic!()
+    };
+    assert!(
+        p3 != 1 && p3 != p2,
+        "a restored id is not reused while inflight"
+    );
+}
+
+#[test]
+fn restored_ids_are_not_handed_out_twice() {
+    let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+    s.restore(msg(1, QoS::AtLeastOnce), Some(1), false);
+    s.restore(msg(2, QoS::AtLeastOnce), Some(1), false);
+    assert_eq!(
+        (s.inflight_len(), s.queued_len()),
+        (1, 1),
+        "a duplicate id is queued"
+    );
+    s.online = true;
+    let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
+        panic!()
+    };
+    assert_eq!(id, 2);
+    assert!(s.on_puback(1));
+    s.enqueue(msg(3, QoS::AtLeastOnce));
+    s.ids.set_next(1);
+    let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
+        panic!()
+    };
+    assert_eq!(id, 1, "an acknowledged id is free again");
+}
+
+#[test]
+fn ack_of_the_wrong_kind_is_named() {
+    let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    s.enqueue(msg(2, QoS::ExactlyOnce));
+    let ids: Vec<u16> = (0..2)
+        .map(|_| match s.next_outgoing() {
+            Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
+            _ => panic!("expected a QoS 1/2 delivery"),
+        })
+        .collect();
+    let (q1, q2) = (ids[0], ids[1]);
+    assert!(s.wrong_ack(q1, AckKind::PubRec).is_some());
+    assert!(s.wrong_ack(q1, AckKind::PubComp).is_some());
+    assert!(s.wrong_ack(q1, AckKind::PubAck).is_none());
+    assert!(s.wrong_ack(q2, AckKind::PubAck).is_some());
+    assert!(
+        s.wrong_ack(q2, AckKind::PubComp).is_some(),
+        "PUBCOMP before PUBREC"
+    );
+    assert!(s.wrong_ack(q2, AckKind::PubRec).is_none());
+    assert!(s.on_pubrec(q2));
+    assert!(
+        s.wrong_ack(q2, AckKind::PubRec).is_none(),
+        "a repeated PUBREC"
+    );
+    assert!(s.wrong_ack(q2, AckKind::PubComp).is_none());
+    assert!(s.wrong_ack(q2, AckKind::PubAck).is_some());
+    assert!(
+        s.wrong_ack(999, AckKind::PubComp).is_none(),
+        "unknown ids are ignored"
+    );
+}
+
+#[test]
+fn inbound_qos2_dedup() {
+    let mut s = SessionState::new(limits(1, 1, OverflowPolicy::DropNew));
+    assert!(s.on_inbound_qos2(7));
+    assert!(!s.on_inbound_qos2(7));
+    s.on_inbound_pubrel(7);
+    assert!(s.on_inbound_qos2(7));
+}

@@ -1,0 +1,571 @@
+//! Sessions and retained messages in a SQLite database (compiled in, no system library).
+//!
+//! The file carries a schema version (`PRAGMA user_version`). `load` reads every row
+//! before anything may be written: a file that is not a database, a version this build
+//! does not know, tables that are not ours or one row that does not decode make `load`
+//! fail, and then the store refuses every save, so the file is left as it was.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use rusqlite::types::{Type, ValueRef};
+use rusqlite::{Connection, Row};
+
+use super::{
+    aside_path, Changes, SessionSnapshot, SessionStore, StoreError, StoredMessage, StoredState,
+};
+use crate::broker::session::Message;
+use crate::codec::QoS;
+use crate::topic;
+
+/// The layout this build writes and reads. Version 2 added `disconnected` (when each
+/// offline session's client went away, for `persistent_client_expiration`). Files of
+/// version 1, and files from before versions existed (`user_version` 0, the same four
+/// tables), are read, then given that table and stamped with this version.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The tables of version 1 (and of unversioned files), sorted by name (as the schema
+/// query lists them).
+const TABLES_V1: [&str; 4] = ["pending", "retained", "sessions", "subscriptions"];
+
+const CREATE: &str = "
+    CREATE TABLE sessions (client_id TEXT PRIMARY KEY);
+    CREATE TABLE subscriptions (
+        client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
+        PRIMARY KEY (client_id, filter));
+    CREATE TABLE pending (
+        client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
+        payload BLOB NOT NULL, msg_qos INTEGER NOT NULL, qos INTEGER NOT NULL,
+        retain INTEGER NOT NULL, publisher TEXT NOT NULL, pkid INTEGER,
+        released INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (client_id, seq));
+    CREATE TABLE retained (
+        topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+        publisher TEXT NOT NULL);
+    CREATE TABLE disconnected (client_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+";
+
+/// From version 1 (or unversioned) to [`SCHEMA_VERSION`]: a session without a row here
+/// was online when saved, or was saved by a build that kept no such time.
+const UPGRADE: &str = "
+    CREATE TABLE disconnected (client_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+";
+
+/// Sessions and retained messages in a SQLite file.
+///
+/// The broker writes what changed in one transaction every `persist_interval` seconds,
+/// per group commit with `durability = "sync"`, and at shutdown. A crash therefore loses
+/// at most what changed since the last save (nothing acknowledged, with sync durability);
+/// a clean stop loses nothing.
+pub struct SqliteStore {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    conn: Connection,
+    /// Set once `load` has read every row (or created the tables in an empty file): only
+    /// then may a save replace what the file holds.
+    loaded: bool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// What `load` found in the file.
+enum Layout {
+    /// No tables, no version: a new file.
+    Empty,
+    /// Ours, at [`SCHEMA_VERSION`].
+    Current,
+    /// Ours, of version 1 or from before the schema had a version: read, then upgraded.
+    Older,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the file. Nothing is read or written before `load`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            inner: Mutex::new(Inner {
+                conn,
+                loaded: false,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Read {
+            path: self.path.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    fn write_error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Write {
+            path: self.path.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    fn row_error(&self, table: &'static str, key: String, source: rusqlite::Error) -> StoreError {
+        StoreError::Row {
+            path: self.path.clone(),
+            table,
+            key,
+            source: Box::new(source),
+        }
+    }
+
+    /// Reads the version and the table names; writes nothing.
+    fn layout(&self, conn: &Connection) -> Result<Layout, StoreError> {
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| self.read_error(e))?;
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+            )
+            .and_then(|mut s| s.query_map([], |row| row.get(0))?.collect())
+            .map_err(|e| self.read_error(e))?;
+        match version {
+            SCHEMA_VERSION => Ok(Layout::Current),
+            0 if tables.is_empty() => Ok(Layout::Empty),
+            0 if tables == TABLES_V1 => Ok(Layout::Older),
+            1 => Ok(Layout::Older),
+            0 => Err(StoreError::Foreign {
+                path: self.path.clone(),
+                detail: format!(
+                    "its tables are {tables:?}, not pyo3mq's {TABLES_V1:?}, and it has no \
+                     schema version"
+                ),
+            }),
+            found => Err(StoreError::UnknownVersion {
+                path: self.path.clone(),
+                found,
+            }),
+        }
+    }
+
+    fn create(&self, conn: &Connection) -> Result<(), StoreError> {
+        // The journal mode cannot change inside a transaction; the tables and the version
+        // are written in one, so a file is either empty or whole.
+        conn.execute_batch("PRAGMA journal_mode = WAL;")
+            .map_err(|e| self.write_error(e))?;
+        conn.execute_batch(&format!(
+            "BEGIN; {CREATE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(|e| self.write_error(e))
+    }
+
+    /// Every row, decoded strictly: a value out of range is an error, not a default.
+    /// `with_disconnected`: the file has the `disconnected` table (version 2).
+    fn read(&self, conn: &Connection, with_disconnected: bool) -> Result<StoredState, StoreError> {
+        let read = |e| self.read_error(e);
+        let mut ids = Vec::new();
+        {
+            let mut stmt = conn
+                .prepare("SELECT client_id FROM sessions ORDER BY client_id")
+                .map_err(read)?;
+            let mut rows = stmt.query([]).map_err(read)?;
+            while let Some(row) = rows.next().map_err(read)? {
+                let id: String = row
+                    .get(0)
+                    .map_err(|e| self.row_error("sessions", key_of(row, 0), e))?;
+                ids.push(id);
+            }
+        }
+        let mut subs = conn
+            .prepare("SELECT filter, qos FROM subscriptions WHERE client_id = ?1")
+            .map_err(read)?;
+        let mut pending = conn
+            .prepare(
+                "SELECT topic, payload, msg_qos, qos, retain, publisher, pkid, released, seq \
+                 FROM pending WHERE client_id = ?1 ORDER BY seq",
+            )
+            .map_err(read)?;
+        let mut disconnected = if with_disconnected {
+            Some(
+                conn.prepare("SELECT at FROM disconnected WHERE client_id = ?1")
+                    .map_err(read)?,
+            )
+        } else {
+            None
+        };
+        let mut sessions = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut disconnected_at = None;
+            if let Some(stmt) = &mut disconnected {
+                let mut rows = stmt.query([&id]).map_err(read)?;
+                if let Some(row) = rows.next().map_err(read)? {
+                    let at = time_at(row, 0)
+                        .map_err(|e| self.row_error("disconnected", id.clone(), e))?;
+                    disconnected_at = Some(at);
+                }
+            }
+            let mut subscriptions = Vec::new();
+            let mut rows = subs.query([&id]).map_err(read)?;
+            while let Some(row) = rows.next().map_err(read)? {
+                let sub = subscription_row(row).map_err(|e| {
+                    self.row_error("subscriptions", format!("{id} {}", key_of(row, 0)), e)
+                })?;
+                subscriptions.push(sub);
+            }
+            let mut messages = Vec::new();
+            let mut rows = pending.query([&id]).map_err(read)?;
+            while let Some(row) = rows.next().map_err(read)? {
+                let message = pending_row(row).map_err(|e| {
+                    self.row_error("pending", format!("{id} #{}", key_of(row, 8)), e)
+                })?;
+                messages.push(message);
+            }
+            sessions.push(SessionSnapshot {
+                client_id: ByteString::from(id),
+                disconnected_at,
+                subscriptions,
+                pending: messages,
+            });
+        }
+        let mut retained = Vec::new();
+        let mut stmt = conn
+            .prepare("SELECT topic, payload, qos, publisher FROM retained ORDER BY topic")
+            .map_err(read)?;
+        let mut rows = stmt.query([]).map_err(read)?;
+        while let Some(row) = rows.next().map_err(read)? {
+            let message =
+                retained_row(row).map_err(|e| self.row_error("retained", key_of(row, 0), e))?;
+            retained.push(message);
+        }
+        Ok(StoredState { sessions, retained })
+    }
+
+    fn try_save(&self, conn: &mut Connection, state: &StoredState) -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "DELETE FROM sessions; DELETE FROM subscriptions; DELETE FROM pending; \
+             DELETE FROM retained; DELETE FROM disconnected;",
+        )?;
+        {
+            let mut add_session = tx.prepare("INSERT INTO sessions (client_id) VALUES (?1)")?;
+            let mut writer = SessionWriter::new(&tx)?;
+            for s in &state.sessions {
+                let id: &str = &s.client_id;
+                add_session.execute([id])?;
+                writer.write(s)?;
+            }
+            let mut add_retained = tx.prepare(
+                "INSERT INTO retained (topic, payload, qos, publisher) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for m in &state.retained {
+                put_retained(&mut add_retained, m)?;
+            }
+        }
+        tx.commit()
+    }
+
+    fn try_save_changes(&self, conn: &mut Connection, changes: &Changes) -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        {
+            let mut forget = [
+                tx.prepare("DELETE FROM sessions WHERE client_id = ?1")?,
+                tx.prepare("DELETE FROM subscriptions WHERE client_id = ?1")?,
+                tx.prepare("DELETE FROM pending WHERE client_id = ?1")?,
+                tx.prepare("DELETE FROM disconnected WHERE client_id = ?1")?,
+            ];
+            for id in &changes.removed_sessions {
+                let id: &str = id;
+                for statement in &mut forget {
+                    statement.execute([id])?;
+                }
+            }
+            let mut add_session =
+                tx.prepare("INSERT OR IGNORE INTO sessions (client_id) VALUES (?1)")?;
+            let mut writer = SessionWriter::new(&tx)?;
+            for s in &changes.sessions {
+                let id: &str = &s.client_id;
+                // Rewritten whole: its rows are few (bounded by max_queued_messages).
+                forget[1].execute([id])?;
+                forget[2].execute([id])?;
+                forget[3].execute([id])?;
+                add_session.execute([id])?;
+                writer.write(s)?;
+            }
+            let mut set = tx.prepare(
+                "INSERT OR REPLACE INTO retained (topic, payload, qos, publisher) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut clear = tx.prepare("DELETE FROM retained WHERE topic = ?1")?;
+            for (topic, msg) in &changes.retained {
+                let topic: &str = topic;
+                match msg {
+                    Some(m) => put_retained(&mut set, m)?,
+                    None => {
+                        clear.execute([topic])?;
+                    }
+                }
+            }
+        }
+        tx.commit()
+    }
+
+    /// The connection, if `load` has read the file: saves go through here.
+    fn loaded(&self) -> Result<parking_lot::MappedMutexGuard<'_, Connection>, StoreError> {
+        let inner = self.inner.lock();
+        if !inner.loaded {
+            return Err(StoreError::NotLoaded {
+                path: self.path.clone(),
+            });
+        }
+        Ok(parking_lot::MutexGuard::map(inner, |inner| &mut inner.conn))
+    }
+}
+
+/// A row's key column for an error message: its text, or what it holds instead.
+fn key_of(row: &Row<'_>, idx: usize) -> String {
+    match row.get_ref(idx) {
+        Ok(ValueRef::Text(text)) => String::from_utf8_lossy(text).into_owned(),
+        Ok(ValueRef::Integer(n)) => n.to_string(),
+        Ok(other) => format!("({:?})", other.data_type()),
+        Err(_) => "?".to_string(),
+    }
+}
+
+fn qos_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<QoS> {
+    let value: i64 = row.get(idx)?;
+    u8::try_from(value)
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or(rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+fn flag_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<bool> {
+    match row.get::<_, i64>(idx)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(rusqlite::Error::IntegralValueOutOfRange(idx, other)),
+    }
+}
+
+/// A topic name (`filter` false) or filter, checked as a client's would be.
+fn topic_at(row: &Row<'_>, idx: usize, filter: bool) -> rusqlite::Result<ByteString> {
+    let value: String = row.get(idx)?;
+    let checked = if filter {
+        topic::validate_topic_filter(&value)
+    } else {
+        topic::validate_topic_name(&value)
+    };
+    checked.map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))?;
+    Ok(ByteString::from(value))
+}
+
+/// Seconds since the Unix epoch, which are never negative.
+fn time_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+fn subscription_row(row: &Row<'_>) -> rusqlite::Result<(ByteString, QoS)> {
+    Ok((topic_at(row, 0, true)?, qos_at(row, 1)?))
+}
+
+fn pending_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let retain = flag_at(row, 4)?;
+    let pkid = match row.get::<_, Option<i64>>(6)? {
+        None => None,
+        Some(id) => Some(
+            u16::try_from(id)
+                .ok()
+                .filter(|&id| id != 0)
+                .ok_or(rusqlite::Error::IntegralValueOutOfRange(6, id))?,
+        ),
+    };
+    Ok(StoredMessage {
+        msg: Arc::new(Message {
+            topic: topic_at(row, 0, false)?,
+            payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(1)?),
+            qos: qos_at(row, 2)?,
+            retain,
+            publisher: ByteString::from(row.get::<_, String>(5)?),
+        }),
+        qos: qos_at(row, 3)?,
+        retain,
+        pkid,
+        released: flag_at(row, 7)?,
+    })
+}
+
+fn retained_row(row: &Row<'_>) -> rusqlite::Result<Arc<Message>> {
+    Ok(Arc::new(Message {
+        topic: topic_at(row, 0, false)?,
+        payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(1)?),
+        qos: qos_at(row, 2)?,
+        retain: true,
+        publisher: ByteString::from(row.get::<_, String>(3)?),
+    }))
+}
+
+fn put_retained(statement: &mut rusqlite::Statement<'_>, m: &Message) -> rusqlite::Result<()> {
+    let topic: &str = &m.topic;
+    let publisher: &str = &m.publisher;
+    statement.execute(rusqlite::params![
+        topic,
+        &m.payload[..],
+        m.qos as i64,
+        publisher
+    ])?;
+    Ok(())
+}
+
+/// Inserts a session's subscription and pending rows (shared by full and partial saves).
+struct SessionWriter<'t> {
+    add_sub: rusqlite::Statement<'t>,
+    add_pending: rusqlite::Statement<'t>,
+    add_disconnected: rusqlite::Statement<'t>,
+}
+
+impl<'t> SessionWriter<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>) -> rusqlite::Result<SessionWriter<'t>> {
+        Ok(SessionWriter {
+            add_sub: tx.prepare(
+                "INSERT INTO subscriptions (client_id, filter, qos) VALUES (?1, ?2, ?3)",
+            )?,
+            add_pending: tx.prepare(
+                "INSERT INTO pending (client_id, seq, topic, payload, msg_qos, qos, retain, \
+                 publisher, pkid, released) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?,
+            add_disconnected: tx
+                .prepare("INSERT INTO disconnected (client_id, at) VALUES (?1, ?2)")?,
+        })
+    }
+
+    fn write(&mut self, s: &SessionSnapshot) -> rusqlite::Result<()> {
+        let id: &str = &s.client_id;
+        if let Some(at) = s.disconnected_at.and_then(|at| i64::try_from(at).ok()) {
+            self.add_disconnected.execute(rusqlite::params![id, at])?;
+        }
+        for (filter, qos) in &s.subscriptions {
+            let filter: &str = filter;
+            self.add_sub
+                .execute(rusqlite::params![id, filter, *qos as i64])?;
+        }
+        for (seq, p) in s.pending.iter().enumerate() {
+            let topic: &str = &p.msg.topic;
+            let publisher: &str = &p.msg.publisher;
+            self.add_pending.execute(rusqlite::params![
+                id,
+                seq as i64,
+                topic,
+                &p.msg.payload[..],
+                p.msg.qos as i64,
+                p.qos as i64,
+                i64::from(p.retain),
+                publisher,
+                p.pkid.map(i64::from),
+                i64::from(p.released)
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+impl SessionStore for SqliteStore {
+    fn load(&self) -> Result<StoredState, StoreError> {
+        let mut inner = self.inner.lock();
+        // Read again from scratch (a restart of the same broker object): until this read
+        // succeeds, nothing is written.
+        inner.loaded = false;
+        let state = match self.layout(&inner.conn)? {
+            Layout::Empty => {
+                self.create(&inner.conn)?;
+                StoredState::default()
+            }
+            Layout::Current => self.read(&inner.conn, true)?,
+            Layout::Older => {
+                let state = self.read(&inner.conn, false)?;
+                // Read whole, so it is ours: from now on it has this version's tables and
+                // says so (in one transaction: the file is either one or the other).
+                inner
+                    .conn
+                    .execute_batch(&format!(
+                        "BEGIN; {UPGRADE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    ))
+                    .map_err(|e| self.write_error(e))?;
+                tracing::info!(
+                    "session store {}: schema version {SCHEMA_VERSION} recorded",
+                    self.path.display()
+                );
+                state
+            }
+        };
+        inner.loaded = true;
+        Ok(state)
+    }
+
+    fn set_aside(&self) -> Result<Option<PathBuf>, StoreError> {
+        let mut inner = self.inner.lock();
+        // Closed first: the old connection's side files (-wal, -shm) belong to the old file,
+        // and a new connection must not find them.
+        let fresh = Connection::open_in_memory().map_err(|e| self.write_error(e))?;
+        drop(std::mem::replace(&mut inner.conn, fresh));
+        inner.loaded = false;
+        let to = aside_path(&self.path);
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut from = self.path.as_os_str().to_owned();
+            from.push(suffix);
+            let from = PathBuf::from(from);
+            if suffix.is_empty() || from.exists() {
+                let mut dest = to.as_os_str().to_owned();
+                dest.push(suffix);
+                std::fs::rename(&from, &dest).map_err(|source| StoreError::SetAside {
+                    path: self.path.clone(),
+                    to: to.clone(),
+                    source,
+                })?;
+            }
+        }
+        inner.conn = Connection::open(&self.path).map_err(|source| StoreError::Open {
+            path: self.path.clone(),
+            source: Box::new(source),
+        })?;
+        self.create(&inner.conn)?;
+        inner.loaded = true;
+        Ok(Some(to))
+    }
+
+    fn save(&self, state: StoredState) -> Result<(), StoreError> {
+        let mut conn = self.loaded()?;
+        self.try_save(&mut conn, &state).map_err(|e| {
+            let e = self.write_error(e);
+            tracing::error!("{e}");
+            e
+        })
+    }
+
+    fn save_changes(&self, changes: Changes) -> Result<(), StoreError> {
+        let mut conn = self.loaded()?;
+        self.try_save_changes(&mut conn, &changes).map_err(|e| {
+            let e = self.write_error(e);
+            tracing::error!("{e}; the next save writes everything");
+            e
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

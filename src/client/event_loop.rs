@@ -1,0 +1,520 @@
+//! The connection task: connects (retrying per the reconnect policy), then runs a reader,
+//! a writer and a keepalive timer per connection around the shared [`State`].
+//!
+//! The reader decodes and handles whole batches of packets per lock; the writer swaps the
+//! write buffer out and writes it with one syscall per batch. Whoever changes the state
+//! wakes whoever the change concerns ([`Signals`]) once the lock is released: the writer,
+//! the reader (paused by back-pressure), or the application through the wake socket.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::codec::{ConnectReturnCode, Decoder, Packet};
+
+use super::error::ClientError;
+use super::options::{Options, Reconnect};
+use super::runtime::WakePipe;
+use super::state::{ConnectionState, Outcome, Signals, State};
+
+/// Bytes read from the socket per `read` call at most (the buffer grows in these steps).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the handle and the connection task share.
+pub(crate) struct Shared {
+    pub(crate) opts: Options,
+    connect: Packet,
+    pub(crate) state: Mutex<State>,
+    /// The write buffer has data, or a close was requested.
+    writer: Notify,
+    /// The application took messages: the reader may read again.
+    reader: Notify,
+    /// A close was requested.
+    control: Notify,
+    pub(crate) wake: WakePipe,
+}
+
+/// A connection that got CONNACK: the stream, bytes read past the CONNACK, and the
+/// session present flag.
+type Connection = (TcpStream, BytesMut, bool);
+
+impl Shared {
+    pub(crate) fn new(opts: Options, state: State, wake: WakePipe) -> Shared {
+        let connect = opts.connect_packet();
+        Shared {
+            opts,
+            connect,
+            state: Mutex::new(state),
+            writer: Notify::new(),
+            reader: Notify::new(),
+            control: Notify::new(),
+            wake,
+        }
+    }
+
+    /// Runs `f` under the lock, then wakes whoever `f`'s changes concern, unlocked.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (result, signals) = {
+            let mut st = self.state.lock();
+            let result = f(&mut st);
+            (result, st.take_signals())
+        };
+        self.signal(signals);
+        result
+    }
+
+    fn signal(&self, s: Signals) {
+        if s.writer {
+            self.writer.notify_one();
+        }
+        if s.reader {
+            self.reader.notify_one();
+        }
+        if s.app {
+            self.wake.wake();
+        }
+    }
+
+    pub(crate) fn request_close(&self, token: Option<u64>) {
+        self.with_state(|st| {
+            if let Some(t) = token {
+                if st.status == ConnectionState::Closed || !st.started {
+                    st.complete(t, Outcome::Done);
+                    return;
+                }
+                st.close_tokens.push(t);
+            }
+            st.close_requested = true;
+        });
+        self.control.notify_one();
+    }
+
+    async fn wait_close(&self) {
+        loop {
+            if self.state.lock().close_requested {
+                return;
+            }
+            self.control.notified().await;
+        }
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("{}:{}", self.opts.host, self.opts.port)
+    }
+
+    async fn connect_once(&self) -> Result<Connection, ClientError> {
+        let attempt = async {
+            let lost = |e: io::Error| ClientError::ConnectionLost(e.to_string());
+            let mut stream = TcpStream::connect((self.opts.host.as_str(), self.opts.port))
+                .await
+                .map_err(|e| ClientError::ConnectFailed(format!("{}: {e}", self.addr())))?;
+            let _ = stream.set_nodelay(true);
+            let mut buf = BytesMut::new();
+            self.connect
+                .encode(&mut buf)
+                .map_err(|e| ClientError::ConnectFailed(e.to_string()))?;
+            stream.write_all(&buf).await.map_err(lost)?;
+            let decoder = Decoder::new(self.opts.max_packet_size);
+            let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+            loop {
+                let decoded = decoder
+                    .decode(&mut rbuf)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if let Some(packet) = decoded {
+                    return match packet {
+                        Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Accepted => {
+                            if ack.session_present && self.opts.clean_session {
+                                return Err(ClientError::Protocol(
+                                    "[MQTT-3.2.2-1] CONNACK has session present set in reply \
+                                     to a clean session"
+                                        .into(),
+                                ));
+                            }
+                            Ok((stream, rbuf, ack.session_present))
+                        }
+                        Packet::ConnAck(ack) => Err(ClientError::Refused(ack.code)),
+                        other => Err(ClientError::Protocol(format!(
+                            "[MQTT-3.2.0-1] expected CONNACK, got {}",
+                            other.name()
+                        ))),
+                    };
+                }
+                if stream.read_buf(&mut rbuf).await.map_err(lost)? == 0 {
+                    return Err(ClientError::ConnectionLost(
+                        "the server closed the connection before CONNACK".into(),
+                    ));
+                }
+            }
+        };
+        match tokio::time::timeout(self.opts.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout(format!(
+                "no CONNACK from {} within {:.1} s",
+                self.addr(),
+                self.opts.connect_timeout.as_secs_f64()
+            ))),
+        }
+    }
+
+    /// Connects, then serves connections until closed, reconnecting if configured.
+    ///
+    /// With a reconnect policy a failed first connect is retried like a lost connection
+    /// (same backoff, same attempt limit, same refusals that stop it); the connect token
+    /// completes once connected, or fails when the client gives up.
+    pub(crate) async fn run(self: Arc<Self>, token: u64) {
+        let first = tokio::select! {
+            r = self.connect_once() => Some(r),
+            () = self.wait_close() => None,
+        };
+        let first = match (first, self.opts.reconnect) {
+            (Some(Err(e)), Some(policy)) if e.is_retryable() => {
+                tracing::debug!("client {}: {e}; retrying", self.opts.client_id);
+                self.reconnect(policy, e).await
+            }
+            (Some(result), _) => result.map_err(Some),
+            (None, _) => Err(None),
+        };
+        let mut conn = match first {
+            Ok(conn) => conn,
+            Err(error) => {
+                if let Some(e) = &error {
+                    tracing::debug!("client {}: {e}", self.opts.client_id);
+                }
+                self.with_state(|st| {
+                    let failure = error.clone().unwrap_or(ClientError::Closed);
+                    st.complete(token, Outcome::Failed(failure));
+                    st.finish(error);
+                });
+                return;
+            }
+        };
+        self.with_state(|st| st.on_connected(conn.2, Some(token), Instant::now()));
+        loop {
+            let reason = self.serve(conn.0, conn.1).await;
+            if reason == ClientError::Closed {
+                self.with_state(|st| st.finish(None));
+                return;
+            }
+            tracing::debug!("client {}: {reason}", self.opts.client_id);
+            let Some(policy) = self.opts.reconnect else {
+                self.with_state(|st| st.finish(Some(reason)));
+                return;
+            };
+            self.with_state(|st| st.on_lost(&reason));
+            match self.reconnect(policy, reason).await {
+                Ok(c) => conn = c,
+                Err(error) => {
+                    self.with_state(|st| st.finish(error));
+                    return;
+                }
+            }
+            self.with_state(|st| st.on_connected(conn.2, None, Instant::now()));
+        }
+    }
+
+    /// Retries with exponential backoff and jitter. `Err(None)`: closed by the user;
+    /// `Err(Some(e))`: gave up (attempts exhausted or a refusal retrying cannot fix).
+    async fn reconnect(
+        &self,
+        policy: Reconnect,
+        mut last: ClientError,
+    ) -> Result<Connection, Option<ClientError>> {
+        let mut attempt: u32 = 0;
+        loop {
+            if policy.max_attempts.is_some_and(|max| attempt >= max) {
+                return Err(Some(last));
+            }
+            let delay = policy.delay(attempt);
+            attempt = attempt.saturating_add(1);
+            let result = tokio::select! {
+                r = async {
+                    tokio::time::sleep(delay).await;
+                    self.connect_once().await
+                } => r,
+                () = self.wait_close() => return Err(None),
+            };
+            match result {
+                Ok(conn) => return Ok(conn),
+                Err(e) if !e.is_retryable() => return Err(Some(e)),
+                Err(e) => {
+                    tracing::debug!(
+                        "client {}: reconnect attempt {attempt} failed: {e}",
+                        self.opts.client_id
+                    );
+                    last = e;
+                }
+            }
+        }
+    }
+
+    /// Runs one connection until it ends; returns why. `ClientError::Closed` means the
+    /// user closed it (DISCONNECT was sent).
+    async fn serve(&self, stream: TcpStream, mut rbuf: BytesMut) -> ClientError {
+        let (mut rd, mut wr) = stream.into_split();
+        let decoder = Decoder::new(self.opts.max_packet_size);
+
+        let reader = async {
+            loop {
+                let (result, paused) = {
+                    let mut st = self.state.lock();
+                    st.last_read = Instant::now();
+                    let mut result = Ok(());
+                    loop {
+                        match decoder.decode(&mut rbuf) {
+                            Ok(Some(packet)) => {
+                                if let Err(e) = st.on_packet(packet) {
+                                    result = Err(e);
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                result = Err(ClientError::Protocol(e.to_string()));
+                                break;
+                            }
+                        }
+                    }
+                    let paused = st.incoming.len() >= st.limits.max_incoming;
+                    if paused {
+                        st.reader_waiting = true;
+                    }
+                    let signals = st.take_signals();
+                    drop(st);
+                    self.signal(signals);
+                    (result, paused)
+                };
+                if let Err(e) = result {
+                    return e;
+                }
+                if paused {
+                    self.reader.notified().await;
+                    continue;
+                }
+                if rbuf.capacity() - rbuf.len() < 4096 {
+                    rbuf.reserve(READ_CHUNK);
+                }
+                match rd.read_buf(&mut rbuf).await {
+                    Ok(0) => {
+                        return ClientError::ConnectionLost(
+                            "the server closed the connection".into(),
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => return ClientError::ConnectionLost(e.to_string()),
+                }
+            }
+        };
+
+        let writer = async {
+            enum Step {
+                Write,
+                Close,
+                Wait,
+            }
+            let mut spare = BytesMut::with_capacity(16 * 1024);
+            loop {
+                let step = {
+                    let mut st = self.state.lock();
+                    let step = if !st.out.is_empty() {
+                        std::mem::swap(&mut st.out, &mut spare);
+                        st.last_write = Instant::now();
+                        st.check_room();
+                        Step::Write
+                    } else if st.close_requested {
+                        Step::Close
+                    } else {
+                        st.writer_waiting = true;
+                        Step::Wait
+                    };
+                    let signals = st.take_signals();
+                    drop(st);
+                    self.signal(signals);
+                    step
+                };
+                match step {
+                    Step::Write => {
+                        if let Err(e) = wr.write_all(&spare).await {
+                            return ClientError::ConnectionLost(e.to_string());
+                        }
+                        spare.clear();
+                    }
+                    Step::Close => {
+                        let mut buf = BytesMut::new();
+                        if Packet::Disconnect.encode(&mut buf).is_ok() {
+                            let _ = wr.write_all(&buf).await;
+                        }
+                        let _ = wr.shutdown().await;
+                        return ClientError::Closed;
+                    }
+                    Step::Wait => self.writer.notified().await,
+                }
+            }
+        };
+
+        let keepalive = async {
+            if self.opts.keep_alive == 0 {
+                return std::future::pending::<ClientError>().await;
+            }
+            let ka = Duration::from_secs(u64::from(self.opts.keep_alive));
+            let tick = (ka / 4).max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(tick).await;
+                let now = Instant::now();
+                let timed_out = self.with_state(|st| {
+                    if st.reader_waiting {
+                        // Not reading on purpose (back-pressure): a PINGRESP cannot arrive.
+                        st.ping_outstanding = None;
+                        return false;
+                    }
+                    match st.ping_outstanding {
+                        Some(since) => now.saturating_duration_since(since) >= ka,
+                        None => {
+                            // Ping one tick early so the server sees traffic within the
+                            // keepalive, and also when the server has been silent that
+                            // long: that is how a vanished server is noticed.
+                            let due = ka.saturating_sub(tick);
+                            let idle = now.saturating_duration_since(st.last_write) >= due
+                                || now.saturating_duration_since(st.last_read) >= due;
+                            if idle && st.encode(&Packet::PingReq).is_ok() {
+                                st.ping_outstanding = Some(now);
+                            }
+                            false
+                        }
+                    }
+                });
+                if timed_out {
+                    return ClientError::Timeout(format!(
+                        "no PINGRESP from the server within the keepalive of {} s: \
+                         the server is unreachable",
+                        self.opts.keep_alive
+                    ));
+                }
+            }
+        };
+
+        // Bounds a graceful close whose writes cannot complete.
+        let close_deadline = async {
+            self.wait_close().await;
+            tokio::time::sleep(self.opts.connect_timeout).await;
+            ClientError::Closed
+        };
+
+        let reason = tokio::select! {
+            e = reader => e,
+            e = writer => e,
+            e = keepalive => e,
+            e = close_deadline => e,
+        };
+        if self.state.lock().close_requested {
+            ClientError::Closed
+        } else {
+            reason
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use crate::client::{Client, ConnectionState, Options, Outcome, Reconnect};
+    use crate::codec::Protocol;
+
+    fn options(port: u16, reconnect: Option<Reconnect>) -> Options {
+        Options {
+            host: "127.0.0.1".into(),
+            port,
+            client_id: "event-loop-test".into(),
+            clean_session: true,
+            keep_alive: 0,
+            username: None,
+            password: None,
+            will: None,
+            protocol: Protocol::V311,
+            connect_timeout: Duration::from_secs(5),
+            max_inflight: 8,
+            max_buffered: 1 << 16,
+            max_incoming: 8,
+            max_packet_size: 1 << 16,
+            reconnect,
+        }
+    }
+
+    /// Drains until the connect token completes (or 5 s pass).
+    fn connect_outcome(client: &Client, token: u64) -> Option<Outcome> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let drained = client.drain(0);
+            if let Some((_, outcome)) = drained.completions.into_iter().find(|(t, _)| *t == token) {
+                return Some(outcome);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    fn unused_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    #[test]
+    fn first_connect_is_retried_until_the_server_listens() {
+        let port = unused_port();
+        let client = Client::new(options(
+            port,
+            Some(Reconnect {
+                initial_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+                max_attempts: None,
+            }),
+        ))
+        .expect("valid options");
+        let token = client.connect().expect("runtime");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            client.drain(0).completions.is_empty(),
+            "still retrying, not failed"
+        );
+        assert_eq!(client.state(), ConnectionState::Connecting);
+
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the port again");
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().expect("accept");
+            let mut connect = [0u8; 256];
+            let _ = sock.read(&mut connect).expect("CONNECT");
+            sock.write_all(&[0x20, 0x02, 0x00, 0x00]).expect("CONNACK");
+            // Hold the connection until the client disconnects.
+            let _ = sock.read(&mut connect);
+        });
+        assert_eq!(
+            connect_outcome(&client, token),
+            Some(Outcome::Connected(false))
+        );
+        assert_eq!(client.state(), ConnectionState::Connected);
+        client.disconnect();
+        server.join().expect("server thread");
+    }
+
+    #[test]
+    fn without_reconnect_the_first_failure_is_final() {
+        let client = Client::new(options(unused_port(), None)).expect("valid options");
+        let token = client.connect().expect("runtime");
+        assert!(matches!(
+            connect_outcome(&client, token),
+            Some(Outcome::Failed(crate::client::ClientError::ConnectFailed(
+                _
+            )))
+        ));
+        assert_eq!(client.state(), ConnectionState::Closed);
+    }
+}

@@ -1,0 +1,211 @@
+//! [`Client`], the handle the application (the Python bindings) holds: it validates
+//! requests, hands them to the state under a short lock, and drains what came back.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use tokio::time::Instant;
+
+use crate::codec::{self, QoS};
+use crate::topic as topics;
+
+use super::error::ClientError;
+use super::event_loop::Shared;
+use super::options::Options;
+use super::runtime::{runtime, WakePipe};
+use super::state::{ConnectionState, Drained, Incoming, Limits, State, Submitted};
+
+/// An MQTT client. Dropping it closes the connection (without waiting).
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.shared.addr())
+            .field("client_id", &self.shared.opts.client_id)
+            .finish()
+    }
+}
+
+/// Checks a topic name and payload size before anything is queued.
+fn check_publish(topic: &str, payload_len: usize) -> Result<(), String> {
+    topics::validate_topic_name(topic).map_err(|e| e.to_string())?;
+    if 2 + topic.len() + 2 + payload_len > codec::MAX_REMAINING_LENGTH {
+        return Err(format!(
+            "payload of {payload_len} bytes is too large for an MQTT packet"
+        ));
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Validates the options and prepares the client; nothing connects until [`connect`].
+    ///
+    /// [`connect`]: Client::connect
+    pub fn new(mut opts: Options) -> Result<Client, String> {
+        opts.validate()?;
+        let wake = WakePipe::new().map_err(|e| format!("cannot create the wake socket: {e}"))?;
+        let limits = Limits {
+            max_inflight: opts.max_inflight,
+            max_buffered: opts.max_buffered,
+            max_incoming: opts.max_incoming,
+            clean_session: opts.clean_session,
+        };
+        let state = State::new(limits, Instant::now());
+        Ok(Client {
+            shared: Arc::new(Shared::new(opts, state, wake)),
+        })
+    }
+
+    /// The descriptor (socket on Windows) the application's loop watches: readable means
+    /// [`drain`](Client::drain) has something.
+    pub fn wake_fd(&self) -> i64 {
+        self.shared.wake.fd()
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.shared.opts.client_id
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.shared.opts
+    }
+
+    /// Starts connecting on the client runtime; the outcome is reported with the token.
+    pub fn connect(&self) -> io::Result<u64> {
+        let rt = runtime()?;
+        let token = self.shared.with_state(|st| {
+            if st.started {
+                None
+            } else {
+                st.started = true;
+                Some(st.new_token())
+            }
+        });
+        let token = token.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::AlreadyExists, "connect() was already called")
+        })?;
+        rt.spawn(Arc::clone(&self.shared).run(token));
+        Ok(token)
+    }
+
+    /// Publishes. QoS 0 is [`Submitted::Sent`] once encoded into the write buffer; QoS 1/2
+    /// returns a token completed on PUBACK / PUBCOMP.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Submitted, String> {
+        check_publish(topic, payload.len())?;
+        self.shared
+            .with_state(|st| st.publish(topic, payload, qos, retain))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Subscribes; the token completes with the SUBACK return codes.
+    pub fn subscribe(&self, filters: Vec<(String, QoS)>) -> Result<Submitted, String> {
+        if filters.is_empty() {
+            return Err("[MQTT-3.8.3-3] subscribe needs at least one topic filter".into());
+        }
+        let mut checked = Vec::with_capacity(filters.len());
+        for (f, q) in filters {
+            topics::validate_topic_filter(&f).map_err(|e| format!("{f:?}: {e}"))?;
+            checked.push((ByteString::from(f), q));
+        }
+        self.shared
+            .with_state(|st| st.subscribe(checked))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Unsubscribes; the token completes on UNSUBACK.
+    pub fn unsubscribe(&self, filters: Vec<String>) -> Result<Submitted, String> {
+        if filters.is_empty() {
+            return Err("[MQTT-3.10.3-2] unsubscribe needs at least one topic filter".into());
+        }
+        let mut checked = Vec::with_capacity(filters.len());
+        for f in filters {
+            topics::validate_topic_filter(&f).map_err(|e| format!("{f:?}: {e}"))?;
+            checked.push(ByteString::from(f));
+        }
+        self.shared
+            .with_state(|st| st.unsubscribe(checked))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends what is buffered, then DISCONNECT, and closes. The token completes when the
+    /// client is closed; pending requests fail with [`ClientError::Closed`].
+    pub fn disconnect(&self) -> u64 {
+        let token = self.shared.with_state(|st| st.new_token());
+        self.shared.request_close(Some(token));
+        token
+    }
+
+    /// Takes every queued event and up to `max_messages` received messages.
+    pub fn drain(&self, max_messages: usize) -> Drained {
+        self.shared.wake.reset();
+        self.shared.with_state(|st| {
+            let n = max_messages.min(st.incoming.len());
+            Drained {
+                completions: std::mem::take(&mut st.completions),
+                states: std::mem::take(&mut st.states),
+                messages: st.incoming.drain(..n).collect(),
+                room: std::mem::take(&mut st.room),
+            }
+        })
+    }
+
+    /// Takes up to `max` received messages.
+    pub fn take_messages(&self, max: usize) -> Vec<Incoming> {
+        self.shared.with_state(|st| {
+            let n = max.min(st.incoming.len());
+            st.incoming.drain(..n).collect()
+        })
+    }
+
+    /// Received messages not yet taken.
+    pub fn queued_messages(&self) -> usize {
+        self.shared.state.lock().incoming.len()
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        self.shared.state.lock().status
+    }
+
+    /// A one-line summary of the internal state, for debugging.
+    pub fn debug_state(&self) -> String {
+        let wake_pending = self.shared.wake.is_pending();
+        let summary = self.shared.state.lock().summary();
+        format!("{summary} wake_pending={wake_pending}")
+    }
+
+    /// Why the client closed, if it closed on an error.
+    pub fn last_error(&self) -> Option<ClientError> {
+        self.shared.state.lock().last_error.clone()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.request_close(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_checks_topic_and_size_before_queueing() {
+        assert!(check_publish("a/b", 10).is_ok());
+        assert!(check_publish("a/+", 0).unwrap_err().contains("wildcard"));
+        assert!(check_publish("t", codec::MAX_REMAINING_LENGTH)
+            .unwrap_err()
+            .contains("too large"));
+    }
+}

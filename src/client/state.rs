@@ -1,0 +1,674 @@
+//! The client's protocol state machine: pure, no I/O and no clock reads (the caller passes
+//! `now`), in the style of rumqtt's `MqttState`. The event loop feeds it packets and
+//! connection events; the handle feeds it the application's requests. It answers by
+//! encoding packets into its write buffer and queueing events for the application.
+//!
+//! - this file: the events it reports, the state itself, and the outgoing side
+//!   (publishing, the inflight window, SUBSCRIBE/UNSUBSCRIBE requests);
+//! - [`inbound`]: the packets the server sends;
+//! - [`lifecycle`]: a connection coming up (resends, restoring subscriptions), being
+//!   lost, and the client finishing.
+
+mod inbound;
+mod lifecycle;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use tokio::time::Instant;
+
+use crate::codec::{self, encode_publish_header, Packet, QoS};
+use crate::qos::{InboundQos2, PacketIds};
+
+use super::error::ClientError;
+
+/// Bookkeeping bytes charged per publish that waits for the inflight window.
+const PENDING_OVERHEAD: usize = 64;
+
+// ---------------------------------------------------------------------------------------
+// What the state machine reports
+// ---------------------------------------------------------------------------------------
+
+/// The connection's state as the user sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionState {
+    /// Not connected yet (before the first CONNACK, including retries of a first connect).
+    Connecting,
+    Connected,
+    /// The connection was lost; reconnecting (only with a reconnect policy).
+    Reconnecting,
+    /// For good: closed by the user, or lost without (or beyond) reconnect.
+    Closed,
+}
+
+/// A state transition, reported in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub state: ConnectionState,
+    pub session_present: bool,
+    pub error: Option<ClientError>,
+}
+
+/// How a request identified by a token ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Publish completed (acknowledged / PUBCOMP), unsubscribe acknowledged, disconnected.
+    Done,
+    /// CONNACK accepted; carries the session present flag.
+    Connected(bool),
+    /// SUBACK return codes (0, 1, 2 or 0x80), one per filter.
+    Granted(Vec<u8>),
+    Failed(ClientError),
+}
+
+/// A message received from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    /// 0 for QoS 0.
+    pub packet_id: u16,
+}
+
+/// What a submitted publish or request became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// QoS 0: handed over (in the write buffer, or queued in order behind QoS 1/2).
+    Sent,
+    /// Completion will be reported with this token.
+    Token(u64),
+    /// The write buffer is full (or, for a request, no packet id is free): try again after
+    /// the next "room" event.
+    Full,
+    /// The client is not started or is closed.
+    Closed,
+}
+
+/// Everything queued for the application since the last drain.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub completions: Vec<(u64, Outcome)>,
+    pub states: Vec<StateChange>,
+    pub messages: Vec<Incoming>,
+    /// The write buffer drained after a [`Submitted::Full`]: publishing can resume.
+    pub room: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// The state
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// PUBLISH sent (or to be sent), PUBACK / PUBREC awaited.
+    AwaitAck,
+    /// PUBREL sent, PUBCOMP awaited.
+    AwaitComp,
+}
+
+/// An outgoing QoS 1/2 publish holding a packet id.
+struct Flight {
+    token: u64,
+    packet_id: u16,
+    qos: QoS,
+    retain: bool,
+    topic: ByteString,
+    payload: Bytes,
+    stage: Stage,
+    /// Written to some connection already: a resend carries DUP=1.
+    sent: bool,
+}
+
+/// An outgoing QoS 1/2 publish waiting for room in the inflight window.
+struct PendingPublish {
+    token: u64,
+    qos: QoS,
+    retain: bool,
+    topic: ByteString,
+    payload: Bytes,
+}
+
+impl PendingPublish {
+    fn cost(&self) -> usize {
+        self.topic.len() + self.payload.len() + PENDING_OVERHEAD
+    }
+}
+
+enum Request {
+    Subscribe {
+        token: u64,
+        filters: Vec<(ByteString, QoS)>,
+    },
+    Unsubscribe {
+        token: u64,
+        filters: Vec<ByteString>,
+    },
+    /// Internal: restoring subscriptions on a connection without a session.
+    Resubscribe,
+}
+
+impl Request {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Subscribe { .. } | Request::Resubscribe => "a SUBSCRIBE",
+            Request::Unsubscribe { .. } => "an UNSUBSCRIBE",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_inflight: usize,
+    pub(crate) max_buffered: usize,
+    pub(crate) max_incoming: usize,
+    pub(crate) clean_session: bool,
+}
+
+/// Who must be woken once the lock is released.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Signals {
+    pub(crate) writer: bool,
+    pub(crate) reader: bool,
+    pub(crate) app: bool,
+}
+
+pub(crate) struct State {
+    pub(super) limits: Limits,
+    pub(super) status: ConnectionState,
+    /// `connect()` was called (a connection task exists).
+    pub(super) started: bool,
+    ever_connected: bool,
+    session_present: bool,
+    pub(super) last_error: Option<ClientError>,
+    /// Tokens of `disconnect()` calls; non-empty means a close was requested.
+    pub(super) close_tokens: Vec<u64>,
+    pub(super) close_requested: bool,
+    next_token: u64,
+
+    /// Encoded packets for the current connection, not yet taken by the writer.
+    pub(super) out: BytesMut,
+    /// Publishes encoded while a connection without a session waits for the SUBACK that
+    /// restores the subscriptions: released into `out` by that SUBACK, so that a message
+    /// the client publishes to its own subscription is not routed before it exists.
+    held: Option<BytesMut>,
+    pub(super) writer_waiting: bool,
+    pub(super) reader_waiting: bool,
+    pub(super) last_read: Instant,
+    pub(super) last_write: Instant,
+    pub(super) ping_outstanding: Option<Instant>,
+
+    ids: PacketIds,
+    /// Outgoing QoS 1/2 publishes holding an id, in send (and resend) order.
+    inflight: VecDeque<Flight>,
+    pending: VecDeque<PendingPublish>,
+    pending_bytes: usize,
+    requests: HashMap<u16, Request>,
+    /// Filter -> requested QoS, restored when a connection comes up without a session.
+    subscriptions: BTreeMap<ByteString, QoS>,
+    /// Incoming QoS 2 ids that got PUBREC and not yet PUBREL [MQTT-4.3.3-2].
+    inbound_qos2: InboundQos2,
+
+    pub(super) incoming: VecDeque<Incoming>,
+    pub(super) completions: Vec<(u64, Outcome)>,
+    pub(super) states: Vec<StateChange>,
+    room_wanted: bool,
+    pub(super) room: bool,
+    /// An event was queued since the last wake.
+    dirty: bool,
+}
+
+fn encode_publish(
+    dst: &mut BytesMut,
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    packet_id: Option<u16>,
+    payload: &[u8],
+) -> Result<(), codec::Error> {
+    encode_publish_header(dst, topic, qos, retain, dup, packet_id, payload.len())?;
+    dst.extend_from_slice(payload);
+    Ok(())
+}
+
+impl State {
+    pub(crate) fn new(limits: Limits, now: Instant) -> State {
+        State {
+            limits,
+            status: ConnectionState::Connecting,
+            started: false,
+            ever_connected: false,
+            session_present: false,
+            last_error: None,
+            close_tokens: Vec::new(),
+            close_requested: false,
+            next_token: 1,
+            out: BytesMut::with_capacity(16 * 1024),
+            held: None,
+            writer_waiting: false,
+            reader_waiting: false,
+            last_read: now,
+            last_write: now,
+            ping_outstanding: None,
+            ids: PacketIds::new(),
+            inflight: VecDeque::new(),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            requests: HashMap::new(),
+            subscriptions: BTreeMap::new(),
+            inbound_qos2: InboundQos2::new(),
+            incoming: VecDeque::new(),
+            completions: Vec::new(),
+            states: Vec::new(),
+            room_wanted: false,
+            room: false,
+            dirty: false,
+        }
+    }
+
+    pub(crate) fn new_token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    pub(crate) fn complete(&mut self, token: u64, outcome: Outcome) {
+        if token != 0 {
+            self.completions.push((token, outcome));
+            self.dirty = true;
+        }
+    }
+
+    fn push_state(&mut self, state: ConnectionState, error: Option<ClientError>) {
+        self.states.push(StateChange {
+            state,
+            session_present: self.session_present,
+            error,
+        });
+        self.dirty = true;
+    }
+
+    /// What must be woken now that the lock is about to be released.
+    pub(crate) fn take_signals(&mut self) -> Signals {
+        let writer = self.writer_waiting && (!self.out.is_empty() || self.close_requested);
+        if writer {
+            self.writer_waiting = false;
+        }
+        let reader = self.reader_waiting && self.incoming.len() < self.limits.max_incoming;
+        if reader {
+            self.reader_waiting = false;
+        }
+        Signals {
+            writer,
+            reader,
+            app: std::mem::take(&mut self.dirty),
+        }
+    }
+
+    fn accepting(&self) -> bool {
+        self.started && self.status != ConnectionState::Closed && !self.close_requested
+    }
+
+    fn buffered(&self) -> usize {
+        self.out.len() + self.held.as_ref().map_or(0, BytesMut::len) + self.pending_bytes
+    }
+
+    /// Where a publish is encoded: the write buffer, or the hold while subscriptions are
+    /// being restored.
+    fn publish_buffer(&mut self) -> &mut BytesMut {
+        match &mut self.held {
+            Some(held) => held,
+            None => &mut self.out,
+        }
+    }
+
+    pub(crate) fn check_room(&mut self) {
+        if self.room_wanted && self.buffered() <= self.limits.max_buffered / 2 {
+            self.room_wanted = false;
+            self.room = true;
+            self.dirty = true;
+        }
+    }
+
+    /// A one-line summary for debugging.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "status={:?} completions={} inflight={} pending={} out={} held={:?} \
+             writer_waiting={} reader_waiting={} incoming={} room_wanted={}",
+            self.status,
+            self.completions.len(),
+            self.inflight.len(),
+            self.pending.len(),
+            self.out.len(),
+            self.held.as_ref().map(BytesMut::len),
+            self.writer_waiting,
+            self.reader_waiting,
+            self.incoming.len(),
+            self.room_wanted
+        )
+    }
+
+    pub(crate) fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Submitted, codec::Error> {
+        if !self.accepting() {
+            return Ok(Submitted::Closed);
+        }
+        if self.buffered() >= self.limits.max_buffered {
+            self.room_wanted = true;
+            return Ok(Submitted::Full);
+        }
+        if qos == QoS::AtMostOnce && self.pending.is_empty() {
+            // Also while reconnecting: the buffer is flushed once the next CONNACK arrives.
+            let buf = self.publish_buffer();
+            encode_publish(buf, topic, qos, retain, false, None, payload)?;
+            return Ok(Submitted::Sent);
+        }
+        // QoS 0 behind publishes waiting for the window waits too, so that messages
+        // leave in the order they were published.
+        let token = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.new_token()
+        };
+        let item = PendingPublish {
+            token,
+            qos,
+            retain,
+            topic: ByteString::from(topic),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        if self.pending.is_empty() && self.inflight.len() < self.limits.max_inflight {
+            if let Some(packet_id) = self.ids.alloc() {
+                self.start_flight(item, packet_id)?;
+                return Ok(Submitted::Token(token));
+            }
+        }
+        self.pending_bytes += item.cost();
+        self.pending.push_back(item);
+        Ok(if token == 0 {
+            Submitted::Sent
+        } else {
+            Submitted::Token(token)
+        })
+    }
+
+    fn start_flight(&mut self, p: PendingPublish, packet_id: u16) -> Result<(), codec::Error> {
+        // While reconnecting it is only recorded: the next CONNACK sends it.
+        let sent = self.status == ConnectionState::Connected;
+        if sent {
+            let buf = self.publish_buffer();
+            encode_publish(
+                buf,
+                &p.topic,
+                p.qos,
+                p.retain,
+                false,
+                Some(packet_id),
+                &p.payload,
+            )?;
+        }
+        self.inflight.push_back(Flight {
+            token: p.token,
+            packet_id,
+            qos: p.qos,
+            retain: p.retain,
+            topic: p.topic,
+            payload: p.payload,
+            stage: Stage::AwaitAck,
+            sent,
+        });
+        Ok(())
+    }
+
+    /// Moves waiting publishes into the window (QoS 0 ones straight into the write
+    /// buffer) as far as the window allows, in order.
+    fn fill_window(&mut self) -> Result<(), codec::Error> {
+        while let Some(front) = self.pending.front() {
+            let packet_id = if front.qos == QoS::AtMostOnce {
+                None
+            } else if self.inflight.len() < self.limits.max_inflight {
+                match self.ids.alloc() {
+                    Some(id) => Some(id),
+                    None => break,
+                }
+            } else {
+                break;
+            };
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes = self.pending_bytes.saturating_sub(p.cost());
+            match packet_id {
+                Some(packet_id) => self.start_flight(p, packet_id)?,
+                None => {
+                    let buf = self.publish_buffer();
+                    encode_publish(buf, &p.topic, p.qos, p.retain, false, None, &p.payload)?;
+                }
+            }
+        }
+        self.check_room();
+        Ok(())
+    }
+
+    pub(crate) fn subscribe(
+        &mut self,
+        filters: Vec<(ByteString, QoS)>,
+    ) -> Result<Submitted, codec::Error> {
+        let packet_filters = filters.clone();
+        self.request(
+            |pkid| {
+                Packet::Subscribe(codec::Subscribe {
+                    pkid,
+                    filters: packet_filters,
+                })
+            },
+            |token| Request::Subscribe { token, filters },
+        )
+    }
+
+    pub(crate) fn unsubscribe(
+        &mut self,
+        filters: Vec<ByteString>,
+    ) -> Result<Submitted, codec::Error> {
+        let packet_filters = filters.clone();
+        self.request(
+            |pkid| {
+                Packet::Unsubscribe(codec::Unsubscribe {
+                    pkid,
+                    filters: packet_filters,
+                })
+            },
+            |token| Request::Unsubscribe { token, filters },
+        )
+    }
+
+    /// Sends a SUBSCRIBE or UNSUBSCRIBE under a fresh packet id and remembers what its
+    /// acknowledgement completes.
+    fn request(
+        &mut self,
+        packet: impl FnOnce(u16) -> Packet,
+        request: impl FnOnce(u64) -> Request,
+    ) -> Result<Submitted, codec::Error> {
+        if !self.accepting() {
+            return Ok(Submitted::Closed);
+        }
+        let Some(packet_id) = self.ids.alloc() else {
+            self.room_wanted = true;
+            return Ok(Submitted::Full);
+        };
+        if let Err(e) = packet(packet_id).encode(&mut self.out) {
+            self.ids.free(packet_id);
+            return Err(e);
+        }
+        let token = self.new_token();
+        self.requests.insert(packet_id, request(token));
+        Ok(Submitted::Token(token))
+    }
+
+    /// Encodes a control packet (acknowledgement, PINGREQ) into the write buffer.
+    pub(crate) fn encode(&mut self, packet: &Packet) -> Result<(), ClientError> {
+        packet
+            .encode(&mut self.out)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+/// Helpers for the state machine's tests (here and in its submodules).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::codec::Decoder;
+
+    pub(crate) fn state(max_inflight: usize, clean_session: bool) -> State {
+        let mut st = State::new(
+            Limits {
+                max_inflight,
+                max_buffered: 1 << 20,
+                max_incoming: 100,
+                clean_session,
+            },
+            Instant::now(),
+        );
+        st.started = true;
+        st
+    }
+
+    /// Takes the write buffer and decodes it.
+    pub(crate) fn written(st: &mut State) -> Vec<Packet> {
+        let decoder = Decoder::new(1 << 20);
+        let mut buf = st.out.split();
+        let mut out = Vec::new();
+        while let Some(p) = decoder.decode(&mut buf).expect("valid packets") {
+            out.push(p);
+        }
+        out
+    }
+
+    pub(crate) fn token(s: Submitted) -> u64 {
+        match s {
+            Submitted::Token(t) => t,
+            other => panic!("expected a token, got {other:?}"),
+        }
+    }
+
+    pub(crate) fn payloads(packets: &[Packet]) -> Vec<Vec<u8>> {
+        packets
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.payload.to_vec(),
+                other => panic!("expected PUBLISH, got {other:?}"),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[test]
+    fn qos0_is_encoded_at_once() {
+        let mut st = state(2, true);
+        st.on_connected(false, None, Instant::now());
+        let _ = written(&mut st);
+        let r = st.publish("a/b", b"hi", QoS::AtMostOnce, true).unwrap();
+        assert_eq!(r, Submitted::Sent);
+        let packets = written(&mut st);
+        let [Packet::Publish(p)] = packets.as_slice() else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(
+            (&*p.topic, &p.payload[..], p.retain),
+            ("a/b", &b"hi"[..], true)
+        );
+    }
+
+    #[test]
+    fn window_holds_excess_and_acks_release_it() {
+        let mut st = state(2, true);
+        st.on_connected(false, None, Instant::now());
+        let t: Vec<u64> = (0..3)
+            .map(|i| token(st.publish("t", &[i], QoS::AtLeastOnce, false).unwrap()))
+            .collect();
+        let sent = written(&mut st);
+        assert_eq!(sent.len(), 2, "window of 2");
+        let Packet::Publish(first) = &sent[0] else {
+            panic!()
+        };
+        st.on_packet(Packet::PubAck(first.pkid.unwrap())).unwrap();
+        assert_eq!(st.completions, vec![(t[0], Outcome::Done)]);
+        let next = written(&mut st);
+        assert!(matches!(&next[..], [Packet::Publish(p)] if p.payload[..] == [2]));
+    }
+
+    #[test]
+    fn qos0_waits_behind_qos1_waiting_for_the_window() {
+        let mut st = state(1, true);
+        st.on_connected(false, None, Instant::now());
+        token(st.publish("t", b"1", QoS::AtLeastOnce, false).unwrap());
+        token(st.publish("t", b"2", QoS::AtLeastOnce, false).unwrap());
+        let r = st.publish("t", b"3", QoS::AtMostOnce, false).unwrap();
+        assert_eq!(r, Submitted::Sent, "handed over, though queued");
+        let sent = written(&mut st);
+        assert_eq!(sent.len(), 1);
+        let Packet::Publish(first) = &sent[0] else {
+            panic!()
+        };
+        st.on_packet(Packet::PubAck(first.pkid.unwrap())).unwrap();
+        assert_eq!(
+            payloads(&written(&mut st)),
+            vec![b"2".to_vec(), b"3".to_vec()]
+        );
+    }
+
+    #[test]
+    fn full_buffer_reports_and_then_signals_room() {
+        let mut st = State::new(
+            Limits {
+                max_inflight: 1,
+                max_buffered: 100,
+                max_incoming: 1,
+                clean_session: true,
+            },
+            Instant::now(),
+        );
+        st.started = true;
+        st.on_connected(false, None, Instant::now());
+        let big = [0u8; 120];
+        assert_eq!(
+            st.publish("t", &big, QoS::AtMostOnce, false).unwrap(),
+            Submitted::Sent
+        );
+        assert_eq!(
+            st.publish("t", b"x", QoS::AtMostOnce, false).unwrap(),
+            Submitted::Full
+        );
+        let _ = written(&mut st);
+        st.check_room();
+        assert!(st.room);
+    }
+
+    #[test]
+    fn not_started_is_closed() {
+        let mut st = state(1, true);
+        st.started = false;
+        assert_eq!(
+            st.publish("t", b"x", QoS::AtLeastOnce, false).unwrap(),
+            Submitted::Closed
+        );
+        assert_eq!(
+            st.unsubscribe(vec![ByteString::from_static("t")]).unwrap(),
+            Submitted::Closed
+        );
+    }
+}
