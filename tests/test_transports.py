@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -1043,3 +1044,36 @@ def test_cli_quick_start_flags(pki: Pki) -> None:
     )
     assert missing.returncode == 2
     assert "certfile /nonexistent/cert.pem" in missing.stderr
+
+
+def test_cli_sighup_reloads_the_tls_certificate(pki: Pki, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pyo3mq", "--port", "0", "--tls-port", "0"),
+            *("--certfile", str(cert), "--keyfile", str(key)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        tls = int(lines[1].strip().rsplit(":", 1)[1])
+        assert peer_subject(tls, pki) == "pyo3mq server"
+        shutil.copy(pki.server2.cert, cert)
+        shutil.copy(pki.server2.key, key)
+        proc.send_signal(signal.SIGHUP)
+        for line in proc.stderr:
+            if "SIGHUP received" in line:
+                assert "TLS certificates reloaded for 1 listener(s)" in line
+                break
+        assert peer_subject(tls, pki) == "pyo3mq second"
+        assert proc.poll() is None  # SIGHUP never stops it
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0
