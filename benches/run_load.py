@@ -823,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wild_sizes = [int(s) for s in args.wildcard_sizes.split(",") if s.strip()]
     matrix = [c for c in build_matrix(args.quick, only, wild_sizes) if args.filter in c.key]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out: Path = args.out or ROOT / "target" / "bench-load" / stamp
+    # Absolute: the brokers run with the output directory as their working directory.
+    out: Path = (args.out or ROOT / "target" / "bench-load" / stamp).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for exe in (args.pyo3mq, args.mosquitto):
         if not (Path(exe).exists() or shutil.which(exe)):
