@@ -1,0 +1,424 @@
+//! Decoding: [`Decoder`] frames one packet at a time (check-then-parse) and the parsers
+//! below turn its body into a [`Packet`].
+
+use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
+
+use super::error::check_topic_name;
+use super::packet::nonzero_pkid;
+use super::{
+    ConnAck, Connect, ConnectReturnCode, Error, LastWill, Packet, Protocol, Publish, QoS, SubAck,
+    Subscribe, SubscribeReturnCode, Unsubscribe, MAX_REMAINING_LENGTH,
+};
+
+/// Incremental decoder for one connection's byte stream.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    max_packet_size: usize,
+    protocol: Protocol,
+}
+
+impl Decoder {
+    /// `max_packet_size` counts the whole packet, fixed header included.
+    pub fn new(max_packet_size: usize) -> Decoder {
+        Decoder {
+            max_packet_size: max_packet_size.min(MAX_REMAINING_LENGTH + 5),
+            protocol: Protocol::V311,
+        }
+    }
+
+    /// Tells the decoder which revision the peer speaks (known once CONNECT is decoded):
+    /// 3.1 peers may set DUP on PUBREL, SUBSCRIBE and UNSUBSCRIBE and may send an empty
+    /// SUBSCRIBE or UNSUBSCRIBE (checklist part 2, items 6 and 9).
+    pub fn set_protocol(&mut self, protocol: Protocol) {
+        self.protocol = protocol;
+    }
+
+    pub fn max_packet_size(&self) -> usize {
+        self.max_packet_size
+    }
+
+    /// Decodes one packet from the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` does not hold a whole packet yet; nothing is consumed
+    /// then. On success the packet's bytes are removed from `buf`. An error means the
+    /// stream is unusable: the caller closes the connection.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, Error> {
+        if let Some(&first) = buf.first() {
+            // Types 0 and 15 are refused at once instead of after buffering a body.
+            if matches!(first >> 4, 0 | 15) {
+                return Err(Error::ReservedPacketType(first >> 4));
+            }
+        }
+        let Some((header_len, remaining)) = parse_fixed_header(buf)? else {
+            return Ok(None);
+        };
+        let total = header_len + remaining;
+        if total > self.max_packet_size {
+            return Err(Error::PacketTooLarge {
+                size: total,
+                max: self.max_packet_size,
+            });
+        }
+        if buf.len() < total {
+            // Reserve for the rest of this frame so a large packet is read without many
+            // reallocations, but at most 64 KiB ahead of what actually arrived: a peer
+            // that sends only a header must not pin a max-size buffer per connection.
+            buf.reserve((total - buf.len()).min(64 * 1024));
+            return Ok(None);
+        }
+        let first = buf[0];
+        let mut frame = buf.split_to(total).freeze();
+        frame.advance(header_len);
+        self.parse(first, frame).map(Some)
+    }
+
+    fn parse(&self, first: u8, body: Bytes) -> Result<Packet, Error> {
+        let packet_type = first >> 4;
+        let flags = first & 0x0F;
+        let lenient = self.protocol == Protocol::V31;
+        let expect_flags = |packet: &'static str, want: u8| -> Result<(), Error> {
+            // 3.1 sets DUP (bit 3) when it resends PUBREL, SUBSCRIBE or UNSUBSCRIBE.
+            let seen = if lenient && want == 0b0010 {
+                flags & 0b0111
+            } else {
+                flags
+            };
+            if seen == want {
+                Ok(())
+            } else {
+                Err(Error::InvalidFlags { packet, flags })
+            }
+        };
+        match packet_type {
+            1 => {
+                expect_flags("CONNECT", 0)?;
+                parse_connect(body).map(Packet::Connect)
+            }
+            2 => {
+                expect_flags("CONNACK", 0)?;
+                expect_len("CONNACK", &body, 2)?;
+                let ack_flags = body[0];
+                if ack_flags & 0xFE != 0 {
+                    return Err(Error::InvalidConnAckFlags(ack_flags));
+                }
+                let code = ConnectReturnCode::from_u8(body[1])
+                    .ok_or(Error::InvalidConnAckCode(body[1]))?;
+                Ok(Packet::ConnAck(ConnAck {
+                    session_present: ack_flags & 1 == 1,
+                    code,
+                }))
+            }
+            3 => parse_publish(flags, body).map(Packet::Publish),
+            4 => {
+                expect_flags("PUBACK", 0)?;
+                ack_pkid("PUBACK", &body).map(Packet::PubAck)
+            }
+            5 => {
+                expect_flags("PUBREC", 0)?;
+                ack_pkid("PUBREC", &body).map(Packet::PubRec)
+            }
+            6 => {
+                expect_flags("PUBREL", 0b0010)?;
+                ack_pkid("PUBREL", &body).map(Packet::PubRel)
+            }
+            7 => {
+                expect_flags("PUBCOMP", 0)?;
+                ack_pkid("PUBCOMP", &body).map(Packet::PubComp)
+            }
+            8 => {
+                expect_flags("SUBSCRIBE", 0b0010)?;
+                parse_subscribe(body, lenient).map(Packet::Subscribe)
+            }
+            9 => {
+                expect_flags("SUBACK", 0)?;
+                parse_suback(body).map(Packet::SubAck)
+            }
+            10 => {
+                expect_flags("UNSUBSCRIBE", 0b0010)?;
+                parse_unsubscribe(body, lenient).map(Packet::Unsubscribe)
+            }
+            11 => {
+                expect_flags("UNSUBACK", 0)?;
+                ack_pkid("UNSUBACK", &body).map(Packet::UnsubAck)
+            }
+            12 => {
+                expect_flags("PINGREQ", 0)?;
+                expect_len("PINGREQ", &body, 0)?;
+                Ok(Packet::PingReq)
+            }
+            13 => {
+                expect_flags("PINGRESP", 0)?;
+                expect_len("PINGRESP", &body, 0)?;
+                Ok(Packet::PingResp)
+            }
+            14 => {
+                expect_flags("DISCONNECT", 0)?;
+                expect_len("DISCONNECT", &body, 0)?;
+                Ok(Packet::Disconnect)
+            }
+            other => Err(Error::ReservedPacketType(other)),
+        }
+    }
+}
+
+/// Reads the fixed header: `Some((header length, remaining length))`, or `None` if more
+/// bytes are needed to know.
+fn parse_fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, Error> {
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let Some(&byte) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((2 + i, remaining)));
+        }
+    }
+    // The fourth length byte still had its continuation bit set.
+    Err(Error::MalformedRemainingLength)
+}
+
+fn expect_len(packet: &'static str, body: &Bytes, expected: usize) -> Result<(), Error> {
+    if body.len() == expected {
+        Ok(())
+    } else {
+        Err(Error::BadRemainingLength {
+            packet,
+            actual: body.len(),
+            expected,
+        })
+    }
+}
+
+fn ack_pkid(packet: &'static str, body: &Bytes) -> Result<u16, Error> {
+    expect_len(packet, body, 2)?;
+    nonzero_pkid(packet, u16::from_be_bytes([body[0], body[1]]))
+}
+
+/// A cursor over a packet body that turns every short read into `Truncated`.
+struct Reader {
+    packet: &'static str,
+    body: Bytes,
+}
+
+impl Reader {
+    fn u8(&mut self) -> Result<u8, Error> {
+        if self.body.is_empty() {
+            return Err(Error::Truncated(self.packet));
+        }
+        Ok(self.body.get_u8())
+    }
+
+    fn u16(&mut self) -> Result<u16, Error> {
+        if self.body.len() < 2 {
+            return Err(Error::Truncated(self.packet));
+        }
+        Ok(self.body.get_u16())
+    }
+
+    fn binary(&mut self) -> Result<Bytes, Error> {
+        let len = usize::from(self.u16()?);
+        if self.body.len() < len {
+            return Err(Error::Truncated(self.packet));
+        }
+        Ok(self.body.split_to(len))
+    }
+
+    /// A length-prefixed UTF-8 string without U+0000 [MQTT-1.5.3-2]; `what` names the
+    /// field for the error message.
+    fn string(&mut self, what: &'static str) -> Result<ByteString, Error> {
+        let raw = self.binary()?;
+        let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
+        if text.contains('\0') {
+            return Err(Error::NullCharacter(what));
+        }
+        Ok(text)
+    }
+
+    /// A topic name: a string as [`Reader::string`] reads it that also passes the topic
+    /// name rules. Those cover U+0000 too, so the name is scanned for it only once.
+    fn topic_name(&mut self, what: &'static str) -> Result<ByteString, Error> {
+        let raw = self.binary()?;
+        let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
+        check_topic_name(&text, what)?;
+        Ok(text)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        if self.body.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::TrailingBytes {
+                packet: self.packet,
+                extra: self.body.len(),
+            })
+        }
+    }
+}
+
+fn parse_connect(body: Bytes) -> Result<Connect, Error> {
+    let mut r = Reader {
+        packet: "CONNECT",
+        body,
+    };
+    let name = r.binary()?;
+    let level = r.u8()?;
+    let protocol = match (name.as_ref(), level) {
+        (b"MQTT", 4) => Protocol::V311,
+        (b"MQIsdp", 3) => Protocol::V31,
+        (b"MQTT", level) => {
+            return Err(Error::UnsupportedProtocolLevel {
+                name: "MQTT",
+                level,
+            })
+        }
+        (b"MQIsdp", level) => {
+            return Err(Error::UnsupportedProtocolLevel {
+                name: "MQIsdp",
+                level,
+            })
+        }
+        _ => return Err(Error::InvalidProtocolName),
+    };
+    let flags = r.u8()?;
+    // 3.1 calls bit 0 merely "unused"; only 3.1.1 makes setting it a violation.
+    if flags & 0x01 != 0 && protocol == Protocol::V311 {
+        return Err(Error::ConnectReservedFlag);
+    }
+    let clean_session = flags & 0x02 != 0;
+    let will_flag = flags & 0x04 != 0;
+    let will_qos = (flags >> 3) & 0x03;
+    let will_retain = flags & 0x20 != 0;
+    let password_flag = flags & 0x40 != 0;
+    let username_flag = flags & 0x80 != 0;
+    if !will_flag && (will_qos != 0 || will_retain) {
+        return Err(Error::WillFlagsWithoutWill);
+    }
+    if password_flag && !username_flag {
+        return Err(Error::PasswordWithoutUsername);
+    }
+    let keep_alive = r.u16()?;
+    let client_id = r.string("client identifier")?;
+    let will = if will_flag {
+        let qos = QoS::from_u8(will_qos).ok_or(Error::InvalidWillQoS)?;
+        let topic = r.topic_name("will topic")?;
+        let payload = r.binary()?;
+        Some(LastWill {
+            topic,
+            payload,
+            qos,
+            retain: will_retain,
+        })
+    } else {
+        None
+    };
+    // 3.1 clients may announce a user name or password and leave the field out; mosquitto
+    // accepts that for 3.1 and so do we (checklist part 2, item 8).
+    let lenient = protocol == Protocol::V31;
+    let username = if username_flag && !(lenient && r.is_empty()) {
+        Some(r.string("user name")?)
+    } else {
+        None
+    };
+    let password = if password_flag && !(lenient && r.is_empty()) {
+        Some(r.binary()?)
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(Connect {
+        protocol,
+        clean_session,
+        keep_alive,
+        client_id,
+        will,
+        username,
+        password,
+    })
+}
+
+fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
+    let dup = flags & 0x08 != 0;
+    let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(Error::InvalidQoS)?;
+    let retain = flags & 0x01 != 0;
+    if dup && qos == QoS::AtMostOnce {
+        return Err(Error::DupOnQoS0);
+    }
+    let mut r = Reader {
+        packet: "PUBLISH",
+        body,
+    };
+    let topic = r.topic_name("topic name")?;
+    let pkid = if qos == QoS::AtMostOnce {
+        None
+    } else {
+        Some(nonzero_pkid("PUBLISH", r.u16()?)?)
+    };
+    Ok(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        pkid,
+        payload: r.body,
+    })
+}
+
+fn parse_subscribe(body: Bytes, lenient: bool) -> Result<Subscribe, Error> {
+    let mut r = Reader {
+        packet: "SUBSCRIBE",
+        body,
+    };
+    let pkid = nonzero_pkid("SUBSCRIBE", r.u16()?)?;
+    let mut filters = Vec::new();
+    while !r.is_empty() {
+        let filter = r.string("topic filter")?;
+        let requested = r.u8()?;
+        let qos = QoS::from_u8(requested).ok_or(Error::InvalidRequestedQoS(requested))?;
+        filters.push((filter, qos));
+    }
+    if filters.is_empty() && !lenient {
+        return Err(Error::EmptySubscribe);
+    }
+    Ok(Subscribe { pkid, filters })
+}
+
+fn parse_unsubscribe(body: Bytes, lenient: bool) -> Result<Unsubscribe, Error> {
+    let mut r = Reader {
+        packet: "UNSUBSCRIBE",
+        body,
+    };
+    let pkid = nonzero_pkid("UNSUBSCRIBE", r.u16()?)?;
+    let mut filters = Vec::new();
+    while !r.is_empty() {
+        filters.push(r.string("topic filter")?);
+    }
+    if filters.is_empty() && !lenient {
+        return Err(Error::EmptyUnsubscribe);
+    }
+    Ok(Unsubscribe { pkid, filters })
+}
+
+fn parse_suback(body: Bytes) -> Result<SubAck, Error> {
+    let mut r = Reader {
+        packet: "SUBACK",
+        body,
+    };
+    let pkid = nonzero_pkid("SUBACK", r.u16()?)?;
+    let mut codes = Vec::with_capacity(r.body.len());
+    while !r.is_empty() {
+        let code = r.u8()?;
+        codes.push(match code {
+            0x80 => SubscribeReturnCode::Failure,
+            other => SubscribeReturnCode::Success(
+                QoS::from_u8(other).ok_or(Error::InvalidSubAckCode(other))?,
+            ),
+        });
+    }
+    Ok(SubAck { pkid, codes })
+}

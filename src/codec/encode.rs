@@ -1,0 +1,224 @@
+//! Encoding: [`Packet::encode`], and [`encode_publish_header`] for the fan-out path that
+//! writes each subscriber's header in front of one shared payload.
+
+use bytes::{BufMut, BytesMut};
+
+use super::error::check_topic_name;
+use super::packet::nonzero_pkid;
+use super::{Connect, Error, Packet, Publish, QoS, MAX_REMAINING_LENGTH, MAX_STRING_LEN};
+
+/// Number of bytes the Remaining Length field takes for `len`.
+pub fn remaining_length_size(len: usize) -> usize {
+    match len {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Writes the fixed header and reserves room for `body` more bytes (the part of the
+/// remaining length the caller is about to write into `dst`, which for a PUBLISH header
+/// excludes the payload that travels separately).
+fn put_fixed_header_for(
+    dst: &mut BytesMut,
+    first: u8,
+    remaining: usize,
+    body: usize,
+) -> Result<(), Error> {
+    if remaining > MAX_REMAINING_LENGTH {
+        return Err(Error::TooLargeToEncode(remaining));
+    }
+    dst.reserve(1 + remaining_length_size(remaining) + body);
+    dst.put_u8(first);
+    let mut len = remaining;
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        dst.put_u8(byte);
+        if len == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn put_fixed_header(dst: &mut BytesMut, first: u8, remaining: usize) -> Result<(), Error> {
+    put_fixed_header_for(dst, first, remaining, remaining)
+}
+
+fn string_len(what: &'static str, s: &[u8]) -> Result<usize, Error> {
+    if s.len() > MAX_STRING_LEN {
+        Err(Error::StringTooLong(what))
+    } else {
+        Ok(2 + s.len())
+    }
+}
+
+fn put_string(dst: &mut BytesMut, s: &[u8]) {
+    // Lengths were checked by `string_len` before the header was written.
+    dst.put_u16(s.len() as u16);
+    dst.put_slice(s);
+}
+
+/// Writes a PUBLISH's fixed and variable header but not its payload.
+///
+/// This is what lets one message reach many subscribers with one payload buffer: each
+/// subscriber's header (its own packet id, QoS, DUP and RETAIN) is written separately and
+/// the shared `Bytes` payload follows it, by reference, in a vectored write.
+pub fn encode_publish_header(
+    dst: &mut BytesMut,
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    pkid: Option<u16>,
+    payload_len: usize,
+) -> Result<(), Error> {
+    let pkid_len = match (qos, pkid) {
+        (QoS::AtMostOnce, _) => 0,
+        (_, Some(0)) => return Err(Error::ZeroPacketId("PUBLISH")),
+        (_, Some(_)) => 2,
+        (qos, None) => return Err(Error::MissingPacketId(qos)),
+    };
+    let header = string_len("topic name", topic.as_bytes())? + pkid_len;
+    let remaining = header + payload_len;
+    let first = 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
+    put_fixed_header_for(dst, first, remaining, header)?;
+    put_string(dst, topic.as_bytes());
+    if let (true, Some(id)) = (pkid_len > 0, pkid) {
+        dst.put_u16(id);
+    }
+    Ok(())
+}
+
+impl Publish {
+    /// Size of the encoded packet, header included.
+    pub fn encoded_len(&self) -> usize {
+        let remaining = 2
+            + self.topic.len()
+            + if self.qos == QoS::AtMostOnce { 0 } else { 2 }
+            + self.payload.len();
+        1 + remaining_length_size(remaining) + remaining
+    }
+}
+
+impl Packet {
+    /// Appends the encoded packet to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), Error> {
+        match self {
+            Packet::Connect(c) => encode_connect(c, dst),
+            Packet::ConnAck(a) => {
+                put_fixed_header(dst, 0x20, 2)?;
+                dst.put_u8(u8::from(a.session_present));
+                dst.put_u8(a.code as u8);
+                Ok(())
+            }
+            Packet::Publish(p) => {
+                let qos = p.qos;
+                let dup = p.dup && qos != QoS::AtMostOnce;
+                dst.reserve(p.encoded_len());
+                encode_publish_header(dst, &p.topic, qos, p.retain, dup, p.pkid, p.payload.len())?;
+                dst.extend_from_slice(&p.payload);
+                Ok(())
+            }
+            Packet::PubAck(id) => encode_ack(dst, 0x40, "PUBACK", *id),
+            Packet::PubRec(id) => encode_ack(dst, 0x50, "PUBREC", *id),
+            Packet::PubRel(id) => encode_ack(dst, 0x62, "PUBREL", *id),
+            Packet::PubComp(id) => encode_ack(dst, 0x70, "PUBCOMP", *id),
+            Packet::Subscribe(s) => {
+                nonzero_pkid("SUBSCRIBE", s.pkid)?;
+                let mut remaining = 2;
+                for (filter, _) in &s.filters {
+                    remaining += string_len("topic filter", filter.as_bytes())? + 1;
+                }
+                put_fixed_header(dst, 0x82, remaining)?;
+                dst.put_u16(s.pkid);
+                for (filter, qos) in &s.filters {
+                    put_string(dst, filter.as_bytes());
+                    dst.put_u8(*qos as u8);
+                }
+                Ok(())
+            }
+            Packet::SubAck(s) => {
+                nonzero_pkid("SUBACK", s.pkid)?;
+                put_fixed_header(dst, 0x90, 2 + s.codes.len())?;
+                dst.put_u16(s.pkid);
+                for code in &s.codes {
+                    dst.put_u8(code.to_u8());
+                }
+                Ok(())
+            }
+            Packet::Unsubscribe(u) => {
+                nonzero_pkid("UNSUBSCRIBE", u.pkid)?;
+                let mut remaining = 2;
+                for filter in &u.filters {
+                    remaining += string_len("topic filter", filter.as_bytes())?;
+                }
+                put_fixed_header(dst, 0xA2, remaining)?;
+                dst.put_u16(u.pkid);
+                for filter in &u.filters {
+                    put_string(dst, filter.as_bytes());
+                }
+                Ok(())
+            }
+            Packet::UnsubAck(id) => encode_ack(dst, 0xB0, "UNSUBACK", *id),
+            Packet::PingReq => put_fixed_header(dst, 0xC0, 0),
+            Packet::PingResp => put_fixed_header(dst, 0xD0, 0),
+            Packet::Disconnect => put_fixed_header(dst, 0xE0, 0),
+        }
+    }
+}
+
+fn encode_ack(dst: &mut BytesMut, first: u8, packet: &'static str, id: u16) -> Result<(), Error> {
+    nonzero_pkid(packet, id)?;
+    put_fixed_header(dst, first, 2)?;
+    dst.put_u16(id);
+    Ok(())
+}
+
+fn encode_connect(c: &Connect, dst: &mut BytesMut) -> Result<(), Error> {
+    let name = c.protocol.name();
+    let mut remaining = 2 + name.len() + 1 + 1 + 2;
+    remaining += string_len("client identifier", c.client_id.as_bytes())?;
+    let mut flags = 0u8;
+    if c.clean_session {
+        flags |= 0x02;
+    }
+    if let Some(w) = &c.will {
+        check_topic_name(&w.topic, "will topic")?;
+        flags |= 0x04 | ((w.qos as u8) << 3) | (u8::from(w.retain) << 5);
+        remaining += string_len("will topic", w.topic.as_bytes())?;
+        remaining += string_len("will message", &w.payload)?;
+    }
+    if let Some(u) = &c.username {
+        flags |= 0x80;
+        remaining += string_len("user name", u.as_bytes())?;
+    }
+    if let Some(p) = &c.password {
+        if c.username.is_none() {
+            return Err(Error::PasswordWithoutUsername);
+        }
+        flags |= 0x40;
+        remaining += string_len("password", p)?;
+    }
+    put_fixed_header(dst, 0x10, remaining)?;
+    put_string(dst, name);
+    dst.put_u8(c.protocol.level());
+    dst.put_u8(flags);
+    dst.put_u16(c.keep_alive);
+    put_string(dst, c.client_id.as_bytes());
+    if let Some(w) = &c.will {
+        put_string(dst, w.topic.as_bytes());
+        put_string(dst, &w.payload);
+    }
+    if let Some(u) = &c.username {
+        put_string(dst, u.as_bytes());
+    }
+    if let Some(p) = &c.password {
+        put_string(dst, p);
+    }
+    Ok(())
+}
