@@ -10,6 +10,10 @@ prints the summary.
 
     python3 benches/run_load.py            # full matrix, 3 repetitions (< 15 min)
     python3 benches/run_load.py --quick    # a ~2 minute subset
+    python3 benches/run_load.py --only transports,handshakes   # TLS and WebSocket rows
+
+Both brokers also listen for TLS and WebSocket (a self-signed certificate made with the
+openssl command for each run), so the transport rows compare them over the same stream.
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ RSS_TARGET = 1.5
 PACED_RATE = 2000
 DASH = "\u2013"  # en dash, for ranges in the tables
 NOFILE = 65536
+# The transport rows: over TLS and over WebSocket, 64 B, QoS 0 and 1.
+TRANSPORTS = ("tls", "ws")
+TRANSPORT_TITLES = {"tcp": "TCP", "tls": "TLS", "ws": "WebSocket", "wss": "secure WebSocket"}
+# Connections opened (each a full TLS handshake) to measure the handshake rate.
+HANDSHAKE_CONNECTIONS = 2000
 Result = dict[str, Any]
 
 
@@ -58,11 +67,13 @@ class Cell:
     qos: int
     size: int
     wildcard: bool = False
+    transport: str = "tcp"
 
     @property
     def key(self) -> str:
         wild = "+wild" if self.wildcard else ""
-        return f"{self.kind}/{self.scenario}{wild}/q{self.qos}/{self.size}"
+        over = "" if self.transport == "tcp" else f"/{self.transport}"
+        return f"{self.kind}/{self.scenario}{wild}/q{self.qos}/{self.size}{over}"
 
     @property
     def title(self) -> str:
@@ -112,7 +123,32 @@ def build_matrix(quick: bool, only: set[str], wild_sizes: Sequence[int]) -> list
         scenarios = ("1:1", "fanin") if quick else SCENARIOS
         for qos in (0, 1, 2):
             cells += [Cell("paced", s, qos, 64) for s in scenarios]
+    if "transports" in only:
+        for transport in ("tcp", *TRANSPORTS):
+            for qos in (0, 1):
+                for scenario in ("1:1", "fanout"):
+                    cell = Cell("sat", scenario, qos, 64, transport=transport)
+                    if cell not in cells:  # the TCP cells, for comparison in the same run
+                        cells.append(cell)
     return cells
+
+
+def make_certificate(out: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` (the generator checks that name), made
+    with the openssl command; the key is readable by Mosquitto's unprivileged user."""
+    cert, key = out / "bench-cert.pem", out / "bench-key.pem"
+    if not cert.exists():
+        command = [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"),
+            *("ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+            # Not a CA: rustls (the generator) refuses a CA certificate as a server's.
+            *("-addext", "basicConstraints=critical,CA:FALSE"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+        key.chmod(0o644)  # a throwaway key for loopback runs
+    return cert, key
 
 
 def free_port() -> int:
@@ -143,6 +179,8 @@ class Broker:
     exe: str
     out: Path
     port: int = 0
+    tls_port: int = 0
+    ws_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     log: Path = field(init=False)
@@ -159,14 +197,28 @@ class Broker:
         assert self.proc is not None
         return self.proc.pid
 
+    def port_for(self, transport: str) -> int:
+        return {"tcp": self.port, "tls": self.tls_port, "ws": self.ws_port}[transport]
+
+    def fill(self, template: str) -> str:
+        cert, key = make_certificate(self.out)
+        for name, value in (
+            ("@PORT@", self.port),
+            ("@TLS_PORT@", self.tls_port),
+            ("@WS_PORT@", self.ws_port),
+            ("@CERT@", cert),
+            ("@KEY@", key),
+        ):
+            template = template.replace(name, str(value))
+        return template
+
     def command(self) -> list[str]:
         if self.name == "pyo3mq":
             conf = self.out / "pyo3mq.toml"
-            text = (HERE / "pyo3mq.toml").read_text().replace("@PORT@", str(self.port))
-            conf.write_text(text)
+            conf.write_text(self.fill((HERE / "pyo3mq.toml").read_text()))
             return [self.exe, "--config", str(conf), "--log-level", "warn"]
         conf = self.out / f"{self.name}.conf"
-        text = (HERE / "mosquitto.conf").read_text().replace("@PORT@", str(self.port))
+        text = self.fill((HERE / "mosquitto.conf").read_text())
         if self.name == "mosquitto-nodelay":
             # Mosquitto leaves Nagle on by default: good for its throughput, but then a
             # second message behind an unacknowledged one waits for the peer's delayed
@@ -177,7 +229,7 @@ class Broker:
 
     def start(self) -> None:
         self.stop()
-        self.port = free_port()
+        self.port, self.tls_port, self.ws_port = free_port(), free_port(), free_port()
         self.starts += 1
         with self.log.open("ab") as log:
             log.write(f"--- start {self.starts} on port {self.port}\n".encode())
@@ -303,6 +355,10 @@ def run_cell(exe: str, broker: Broker, cell: Cell, args: argparse.Namespace) -> 
     ]
     if cell.wildcard:
         common.append("--wildcard")
+    if cell.transport != "tcp":
+        cert, _ = make_certificate(broker.out)
+        common[1] = str(broker.port_for(cell.transport))
+        common += ["--transport", cell.transport, "--cafile", str(cert)]
     if cell.kind == "paced":
         gen_args = ["run", *common, "--rate", str(PACED_RATE), "--seconds", str(args.paced_seconds)]
     else:
@@ -331,31 +387,38 @@ def run_cell(exe: str, broker: Broker, cell: Cell, args: argparse.Namespace) -> 
     return result
 
 
-def run_idle(exe: str, broker: Broker, args: argparse.Namespace) -> Result:
+def run_idle(exe: str, broker: Broker, args: argparse.Namespace, transport: str = "tcp") -> Result:
+    """Idle connections (RSS per connection, connects/s); over TLS, the connect rate is
+    the TLS handshake rate (TCP, full handshake, CONNECT/CONNACK each)."""
     broker.start()
     try:
         time.sleep(0.5)
+        connections = args.idle_connections if transport == "tcp" else HANDSHAKE_CONNECTIONS
         gen_args = [
             "idle",
             "--port",
-            str(broker.port),
+            str(broker.port_for(transport)),
             "--broker-pid",
             str(broker.pid),
             "--label",
             broker.label,
             "--connections",
-            str(args.idle_connections),
+            str(connections),
             "--concurrency",
             "50",
             "--settle",
             "1",
         ]
+        if transport != "tcp":
+            cert, _ = make_certificate(broker.out)
+            gen_args += ["--transport", transport, "--cafile", str(cert)]
         result, err = run_generator(exe, gen_args, limit=300)
     finally:
         broker.stop()
     if result is None:
         result = {"complete": False, "error": err}
-    result.update(cell="idle", broker=broker.label, broker_process=broker.name)
+    cell = "idle" if transport == "tcp" else f"handshakes/{transport}"
+    result.update(cell=cell, broker=broker.label, broker_process=broker.name)
     if not result.get("complete"):
         result["failure"] = str(result.get("error") or "not every connection was accepted")
     return result
@@ -478,7 +541,7 @@ def summarize(results: list[Result], meta: dict[str, Any], matrix: list[Cell]) -
     out.append("")
     met_count = [0, 0]
 
-    sat = [c for c in matrix if c.kind == "sat"]
+    sat = [c for c in matrix if c.kind == "sat" and c.transport == "tcp"]
     if sat:
         out.append(
             f"**Deliveries/s at saturation** (median (min{DASH}max) over repetitions; "
@@ -555,6 +618,55 @@ def summarize(results: list[Result], meta: dict[str, Any], matrix: list[Cell]) -
                 f"{m.show('p99_us', fmt_us)} | {DASH if r is None else f'{r:.2f}x'} | "
                 f"{verdict(met)} |"
             )
+        out.append("")
+
+    over = [c for c in matrix if c.transport != "tcp"]
+    if over:
+        out.append(
+            f"**Deliveries/s at saturation over TLS and WebSocket** (median (min{DASH}max); "
+            "both brokers listen on every transport in the same run; TCP = the same cell over "
+            "plain TCP, when it ran)"
+        )
+        out.append("")
+        out.append(
+            "| transport | scenario | payload | QoS | pyo3mq | Mosquitto | ratio | "
+            "pyo3mq over TCP | Mosquitto over TCP |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for c in over:
+            sides = cells.get(c.key, {})
+            tcp = cells.get(Cell(c.kind, c.scenario, c.qos, c.size, c.wildcard).key, {})
+            p, m = sides.get("pyo3mq", Side()), sides.get("mosquitto", Side())
+            r = ratio(p.median("deliveries_per_s"), m.median("deliveries_per_s"))
+            out.append(
+                f"| {TRANSPORT_TITLES[c.transport]} | {c.title} | {c.size} B | {c.qos} | "
+                f"{p.show('deliveries_per_s', fmt_rate)} | "
+                f"{m.show('deliveries_per_s', fmt_rate)} | "
+                f"{DASH if r is None else f'{r:.1f}x'} | "
+                f"{tcp.get('pyo3mq', Side()).show('deliveries_per_s', fmt_rate)} | "
+                f"{tcp.get('mosquitto', Side()).show('deliveries_per_s', fmt_rate)} |"
+            )
+        out.append("")
+
+    shakes = cells.get("handshakes/tls")
+    if shakes:
+        p, m = shakes.get("pyo3mq", Side()), shakes.get("mosquitto", Side())
+        cr = ratio(p.median("connects_per_s"), m.median("connects_per_s"))
+        out.append(
+            f"**TLS handshake rate** ({HANDSHAKE_CONNECTIONS:,} connections, 50 in flight; "
+            "each is TCP connect, a full TLS handshake (P-256 certificate, no resumption) "
+            "and CONNECT/CONNACK; fresh broker each time)"
+        )
+        out.append("")
+        out.append("| broker | connects/s | RSS per connection |")
+        out.append("|---|---|---|")
+        for name, side in (("pyo3mq", p), ("Mosquitto", m)):
+            out.append(
+                f"| {name} | {side.show('connects_per_s', fmt_rate)} | "
+                f"{side.show('rss_per_conn_bytes', fmt_bytes)} |"
+            )
+        out.append("")
+        out.append(f"Handshake rate ratio pyo3mq/Mosquitto: {DASH if cr is None else f'{cr:.2f}x'}")
         out.append("")
 
     idle = cells.get("idle")
@@ -649,8 +761,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     ap.add_argument(
         "--only",
-        default="throughput,paced,idle",
-        help="comma-separated parts: throughput, paced, idle (default: all)",
+        default="throughput,paced,idle,transports,handshakes",
+        help="comma-separated parts: throughput, paced, idle, transports (TLS and WebSocket "
+        "rows), handshakes (TLS handshake rate) (default: all)",
     )
     ap.add_argument("--filter", default="", help="run only cells whose key contains this")
     ap.add_argument(
@@ -710,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wild_sizes = [int(s) for s in args.wildcard_sizes.split(",") if s.strip()]
     matrix = [c for c in build_matrix(args.quick, only, wild_sizes) if args.filter in c.key]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out: Path = args.out or ROOT / "target" / "bench-load" / stamp
+    # Absolute: the brokers run with the output directory as their working directory.
+    out: Path = (args.out or ROOT / "target" / "bench-load" / stamp).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for exe in (args.pyo3mq, args.mosquitto):
         if not (Path(exe).exists() or shutil.which(exe)):
@@ -744,7 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown = fmt_rate(r["deliveries_per_s"]) + "/s" if r.get("deliveries_per_s") else ""
         if r["cell"].startswith("paced") and r.get("p99_us") is not None:
             shown = f"p50 {fmt_us(r['p50_us'])} p99 {fmt_us(r['p99_us'])}"
-        if r["cell"] == "idle" and r.get("rss_per_conn_bytes") is not None:
+        if r["cell"] == "handshakes/tls" and r.get("connects_per_s") is not None:
+            shown = f"{fmt_rate(r['connects_per_s'])} TLS handshakes/s"
+        elif r["cell"] == "idle" and r.get("rss_per_conn_bytes") is not None:
             shown = (
                 f"{fmt_bytes(r['rss_per_conn_bytes'])}/conn, "
                 f"{fmt_rate(r['connects_per_s'])} connects/s"
@@ -787,6 +903,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 order = ["pyo3mq", "mosquitto"] if rep % 2 else ["mosquitto", "pyo3mq"]
                 for name in order:
                     record(run_idle(exe, brokers[name], args), rep)
+        if "handshakes" in only:
+            for rep in range(1, args.idle_reps + 1):
+                order = ["pyo3mq", "mosquitto"] if rep % 2 else ["mosquitto", "pyo3mq"]
+                for name in order:
+                    record(run_idle(exe, brokers[name], args, transport="tls"), rep)
     except KeyboardInterrupt:
         print("run_load: interrupted; summarizing what ran", file=sys.stderr)
     finally:

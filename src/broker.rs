@@ -11,6 +11,7 @@
 //! - [`hooks`]: the traits Python (or Rust) implements, with the password-file and ACL-file
 //!   implementations.
 //! - [`sys_topics`]: the `$SYS` counters and publisher.
+//! - [`transport`]: the streams under MQTT (TCP, TLS, WebSocket) and their handshakes.
 
 pub mod config;
 pub mod connection;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod sys_topics;
+pub mod transport;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -449,6 +449,9 @@ NON_DEFAULT: dict[str, Any] = {
     "acl_file": "/etc/pyo3mq/acl",
     "allow_anonymous": True,
     "persist_interval": 3.0,
+    "certfile": "/etc/pyo3mq/server.pem",
+    "keyfile": "/etc/pyo3mq/server.key",
+    "cafile": "/etc/pyo3mq/ca.pem",
     "persistent_client_expiration": "2d",
 }
 

@@ -18,12 +18,12 @@ use pyo3mq::codec::{
     self, Connect, ConnectReturnCode, Decoder, Packet, Protocol, QoS, Subscribe,
     SubscribeReturnCode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::io::Interest;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
 use crate::stats::Histogram;
+use crate::transport::Stream;
 
 /// Bytes of payload header: magic u32, publisher u32, sequence u32, send time u64 (ns).
 pub const HEADER: usize = 20;
@@ -325,7 +325,8 @@ enum Fast {
 }
 
 pub struct Conn {
-    stream: TcpStream,
+    /// TCP, TLS, WebSocket or both (`--transport`).
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -336,7 +337,8 @@ fn io_err(what: &str, err: io::Error) -> String {
 }
 
 impl Conn {
-    /// TCP connect, CONNECT (clean session) and CONNACK, within `limit`.
+    /// Connect (with the TLS handshake and WebSocket upgrade the transport needs),
+    /// CONNECT (clean session) and CONNACK, within `limit`.
     pub async fn connect(
         addr: SocketAddr,
         client_id: &str,
@@ -344,10 +346,7 @@ impl Conn {
         limit: Duration,
     ) -> Result<Conn, String> {
         let handshake = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| io_err("connect", e))?;
-            stream.set_nodelay(true).map_err(|e| io_err("nodelay", e))?;
+            let stream = Stream::connect(addr).await?;
             let mut conn = Conn {
                 stream,
                 rbuf: BytesMut::new(),
@@ -417,7 +416,7 @@ impl Conn {
             self.rbuf.reserve(4096);
             let n = self
                 .stream
-                .read_buf(&mut self.rbuf)
+                .read_some(&mut self.rbuf)
                 .await
                 .map_err(|e| io_err("read", e))?;
             if n == 0 {
@@ -661,10 +660,15 @@ impl Conn {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(io_err("write", e)),
                 }
+            } else if self.stream.wants_write() {
+                self.stream
+                    .flush_pending()
+                    .map_err(|e| io_err("write", e))?;
             }
             let pub_done = publisher.as_ref().is_none_or(|p| p.done(qos));
             let sub_done = subscriber.as_ref().is_none_or(Sub::done);
-            if pub_done && sub_done && self.wbuf.is_empty() {
+            let idle = self.wbuf.is_empty() && !self.stream.wants_write();
+            if pub_done && sub_done && idle {
                 if let Some(p) = publisher.as_mut() {
                     p.done_ns.get_or_insert(now);
                 }
@@ -673,7 +677,7 @@ impl Conn {
             // Writable interest also when the publisher can encode more: the socket is
             // usually writable at once, and waiting on it keeps the task cooperative.
             let more = publisher.as_ref().is_some_and(|p| p.can_send(shared, now));
-            let interest = if self.wbuf.is_empty() && !more {
+            let interest = if idle && !more {
                 Interest::READABLE
             } else {
                 Interest::READABLE | Interest::WRITABLE

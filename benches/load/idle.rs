@@ -86,6 +86,7 @@ pub async fn run(o: &Opts) -> Result<(String, bool), String> {
     let ok = connected == n as u64 && errors == 0;
     let mut j = Json::default();
     j.str("label", &o.label)
+        .str("transport", &format!("{:?}", o.transport).to_lowercase())
         .str("kind", "idle")
         .int("connections", n as u64)
         .int("connected", connected)

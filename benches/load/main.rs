@@ -15,6 +15,7 @@
 mod conn;
 mod idle;
 mod stats;
+mod transport;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ usage: load run  [--host H] [--port P] [--scenario 1:1|fanin|fanout|mesh] [--wil
                  [--broker-pid PID] [--label TEXT]
        load idle [--host H] [--port P] [--connections 10000] [--concurrency 50]
                  [--keepalive 60] [--settle S] [--broker-pid PID] [--label TEXT]
+       both:     [--transport tcp|tls|ws|wss] [--cafile PEM] [--path /mqtt]
 
 run:  --count is messages per publisher; --deliveries N derives it from the total
       deliveries wanted. --rate paces publishing at MSGS_PER_S in total (split over the
@@ -46,7 +48,10 @@ run:  --count is messages per publisher; --deliveries N derives it from the tota
       subscribers on `bench/+/#` and publisher i on `bench/i/x`. Exit status 0 when every
       expected delivery arrived exactly once and in order, 1 otherwise, 2 on bad usage.
 idle: opens the connections (CONNECT/CONNACK each, at most --concurrency at a time),
-      waits --settle seconds and reports broker RSS per connection and connects/s.";
+      waits --settle seconds and reports broker RSS per connection and connects/s
+      (with --transport tls, each connect is a full TLS handshake).
+--transport: TLS verifies the broker's certificate against --cafile for the name
+      `localhost`; WebSocket upgrades on --path with the `mqtt` subprotocol.";
 
 /// Command-line options, shared by both subcommands.
 struct Opts {
@@ -72,6 +77,9 @@ struct Opts {
     concurrency: usize,
     keepalive: u16,
     settle: f64,
+    transport: transport::Kind,
+    cafile: Option<String>,
+    path: String,
 }
 
 impl Default for Opts {
@@ -99,6 +107,9 @@ impl Default for Opts {
             concurrency: 50,
             keepalive: 60,
             settle: 1.0,
+            transport: transport::Kind::Tcp,
+            cafile: None,
+            path: "/mqtt".into(),
         }
     }
 }
@@ -138,6 +149,13 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--concurrency" => o.concurrency = val(a, it.next())?,
             "--keepalive" => o.keepalive = val(a, it.next())?,
             "--settle" => o.settle = val(a, it.next())?,
+            "--transport" => {
+                let name: String = val(a, it.next())?;
+                o.transport = transport::Kind::parse(&name)
+                    .ok_or("--transport must be tcp, tls, ws or wss")?;
+            }
+            "--cafile" => o.cafile = Some(val(a, it.next())?),
+            "--path" => o.path = val(a, it.next())?,
             // cargo passes --bench to bench targets.
             "--bench" => {}
             other => return Err(format!("unknown option {other}")),
@@ -180,6 +198,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = transport::configure(opts.transport, opts.cafile.as_deref(), &opts.path) {
+        eprintln!("load: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = if opts.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -455,6 +477,7 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
     let us = |ns: u64| ns as f64 / 1e3;
     let mut j = Json::default();
     j.str("label", &o.label)
+        .str("transport", &format!("{:?}", o.transport).to_lowercase())
         .str("scenario", &o.scenario)
         .bool("wildcard", o.wildcard)
         .int("pubs", roles.pubs as u64)

@@ -73,6 +73,14 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -92,6 +100,11 @@ class Dispatcher:
         self._loop = loop
         self._timeout = timeout
         self._authenticate = authenticate
+        # An authenticator that names a `certificate_subject` parameter (or takes
+        # **kwargs) is told the client's certificate subject; others keep three arguments.
+        self._auth_wants_subject = authenticate is not None and _accepts(
+            authenticate, "certificate_subject"
+        )
         self._authorize_subscribe = authorize_subscribe
         self._authorize_publish = authorize_publish
         self._handlers = handlers
@@ -153,7 +166,12 @@ class Dispatcher:
         client_id = call.client_id
         try:
             assert self._authenticate is not None
-            result = await self._call(self._authenticate, client_id, call.username, call.password)
+            authenticate = self._authenticate
+            if self._auth_wants_subject:
+                authenticate = functools.partial(
+                    authenticate, certificate_subject=call.certificate_subject
+                )
+            result = await self._call(authenticate, client_id, call.username, call.password)
             if result is True:
                 code = ACCEPTED
             elif result is False:
@@ -168,7 +186,7 @@ class Dispatcher:
 
     async def _sub(self, call: SubscribeCall) -> None:
         granted: int | None = None
-        info = ClientInfo(call.client_id, call.username)
+        info = ClientInfo(call.client_id, call.username, call.certificate_subject)
         filter, qos = call.filter, call.qos
         try:
             assert self._authorize_subscribe is not None
@@ -189,7 +207,7 @@ class Dispatcher:
 
     async def _pub(self, call: PublishCall) -> None:
         allowed = False
-        info = ClientInfo(call.client_id, call.username)
+        info = ClientInfo(call.client_id, call.username, call.certificate_subject)
         topic = call.topic
         try:
             assert self._authorize_publish is not None
@@ -234,7 +252,7 @@ class Dispatcher:
 
     def _on_connect(self, record: Connected) -> None:
         if self._handlers.get("connect"):
-            client = ClientInfo(record.client_id, record.username)
+            client = ClientInfo(record.client_id, record.username, record.certificate_subject)
             event = ConnectEvent(client, record.peer, record.clean_session, record.session_present)
             self._event("connect", event)
 

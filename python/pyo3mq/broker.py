@@ -48,6 +48,15 @@ class BrokerConfig:
     the setting."""
 
     listeners: list[str] = field(default_factory=lambda: list(_DEFAULTS["listeners"]))
+    listener: list[dict[str, Any]] = field(
+        default_factory=lambda: [dict(t) for t in _DEFAULTS["listener"]]
+    )
+    certfile: str | None = _DEFAULTS["certfile"]
+    keyfile: str | None = _DEFAULTS["keyfile"]
+    cafile: str | None = _DEFAULTS["cafile"]
+    require_certificate: bool = _DEFAULTS["require_certificate"]
+    use_identity_as_username: bool = _DEFAULTS["use_identity_as_username"]
+    tls_version: Literal["tlsv1.2", "tlsv1.3"] = _DEFAULTS["tls_version"]
     max_packet_size: int = _DEFAULTS["max_packet_size"]
     max_connections: int = _DEFAULTS["max_connections"]
     max_inflight: int = _DEFAULTS["max_inflight"]
@@ -378,10 +387,19 @@ class Broker:
         `clients_connected`, `clients_disconnected` (offline persistent sessions),
         `clients_total`, `clients_maximum`, `messages_received`, `messages_sent`,
         `publish_messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count`
-        and `retained_messages_count`; and, not in `$SYS`, `events_dropped` (events for
+        and `retained_messages_count`; with a TLS listener also `tls_handshakes` and
+        `tls_handshakes_failed`, with a WebSocket listener `websockets_upgrades` and
+        `websockets_upgrades_failed`; and, not in `$SYS`, `events_dropped` (events for
         `on_connect` and the other observers that a full event queue dropped). Empty while
         the broker is stopped."""
         return dict(self._core.stats())
+
+    def reload_tls(self) -> int:
+        """Reads the TLS listeners' `certfile`, `keyfile` and `cafile` again (a renewed
+        certificate, say). New connections use them; open ones keep theirs and are not
+        dropped. All or nothing: a missing or malformed file raises ValueError naming it,
+        and every listener keeps what it had. Returns the number of TLS listeners."""
+        return self._core.reload_tls()
 
     # -- life cycle -------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The `pyo3mq` command: run the broker until SIGINT, SIGTERM or SIGQUIT.
 
 Signals follow Mosquitto's: SIGHUP never stops the broker (logrotate and service
-managers send it routinely; it is where a configuration reload will go), SIGUSR1 saves
+managers send it routinely) and reloads the TLS certificates, SIGUSR1 saves
 the durable session store now, SIGUSR2 logs the session and subscription counts.
 Handlers only queue the signal: the main loop acts on it, outside the handler.
 """
@@ -43,21 +43,53 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "0.0.0.0 for every interface)",
     )
     parser.add_argument("--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
+    parser.add_argument("--tls-port", type=int, help="also listen for MQTT over TLS on this port")
+    parser.add_argument("--ws-port", type=int, help="also listen for MQTT over WebSocket (/mqtt)")
+    parser.add_argument("--certfile", metavar="FILE", help="PEM certificate chain for TLS")
+    parser.add_argument("--keyfile", metavar="FILE", help="PEM private key of --certfile")
+    parser.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="PEM CA certificates that client certificates must chain to",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML file with broker settings")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument("--version", action="version", version=f"pyo3mq {__version__}")
     return parser.parse_args(argv)
 
 
-def load_config(path: str | None, host: str | None, port: int | None) -> BrokerConfig:
-    """Settings from the file, then --host/--port on top (they replace the listeners)."""
+def load_config(
+    path: str | None,
+    host: str | None,
+    port: int | None,
+    *,
+    tls_port: int | None = None,
+    ws_port: int | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    cafile: str | None = None,
+) -> BrokerConfig:
+    """Settings from the file, then the flags on top: --host/--port/--tls-port/--ws-port
+    replace the listeners (MQTT on --port, default 1883, plus TLS and WebSocket on theirs),
+    --certfile/--keyfile/--cafile replace those settings."""
     values: dict[str, Any] = {}
     if path is not None:
         with open(path, "rb") as f:
             values = tomllib.load(f)
         values = dict(values.get("broker", values))
-    if host is not None or port is not None:
-        values["listeners"] = [f"tcp://{host or DEFAULT_HOST}:{1883 if port is None else port}"]
+    if any(flag is not None for flag in (host, port, tls_port, ws_port)):
+        bind = host or DEFAULT_HOST
+        if ":" in bind and not bind.startswith("["):
+            bind = f"[{bind}]"  # an IPv6 address
+        values["listeners"] = [f"tcp://{bind}:{1883 if port is None else port}"]
+        if tls_port is not None:
+            values["listeners"].append(f"tls://{bind}:{tls_port}")
+        if ws_port is not None:
+            values["listeners"].append(f"ws://{bind}:{ws_port}/mqtt")
+        values.pop("listener", None)  # its tables name the file's listeners
+    for name, value in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
+        if value is not None:
+            values[name] = value
     return BrokerConfig.from_mapping(values)
 
 
@@ -84,9 +116,19 @@ def _log_to_stderr(level: str) -> None:
 
 
 def reload(broker: Broker) -> None:
-    """SIGHUP: the one place a configuration reload will happen. Nothing is reloadable
-    yet, so it only says so; the broker keeps serving either way."""
-    log.info("SIGHUP received: nothing to reload")
+    """SIGHUP: the one place a configuration reload happens. What is reloadable is the
+    TLS listeners' certificate, key and CA files (a renewed certificate): new connections
+    get them, open ones are kept. The broker keeps serving either way; a file that cannot
+    be read leaves the old ones in place."""
+    try:
+        count = broker.reload_tls()
+    except ValueError as exc:
+        log.error("SIGHUP received: TLS files not reloaded, the previous ones stay: %s", exc)
+        return
+    if count:
+        log.info("SIGHUP received: TLS certificates reloaded for %d listener(s)", count)
+    else:
+        log.info("SIGHUP received: nothing to reload")
 
 
 def save_now(broker: Broker) -> None:
@@ -145,7 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in [*STOP_SIGNALS, *ACTIONS]:
         signal.signal(sig, queue_signal)
     try:
-        config = load_config(args.config, args.host, args.port)
+        config = load_config(
+            args.config,
+            args.host,
+            args.port,
+            tls_port=args.tls_port,
+            ws_port=args.ws_port,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            cafile=args.cafile,
+        )
         broker = Broker(config)
         broker.start()
     except (

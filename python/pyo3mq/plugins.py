@@ -21,7 +21,9 @@ class Authenticator(Protocol):
     def authenticate(
         self, client_id: str, username: str | None, password: bytes | None
     ) -> BoolResult:
-        """True accepts the CONNECT; False refuses it with CONNACK 0x04."""
+        """True accepts the CONNECT; False refuses it with CONNACK 0x04. An
+        authenticator that also takes a `certificate_subject` keyword argument is given
+        the subject of the client's verified TLS certificate (RFC 4514), or None."""
         ...
 
 

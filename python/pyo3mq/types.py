@@ -13,7 +13,12 @@ class ClientInfo:
     """Who a hook is asked about."""
 
     client_id: str
+    #: The CONNECT's username; on a listener with `use_identity_as_username`, the Common
+    #: Name of the client's certificate instead.
     username: str | None
+    #: The subject of the client's verified TLS certificate as an RFC 4514 string
+    #: (`"CN=alice,O=Example"`), or None without one.
+    certificate_subject: str | None = None
 
 
 class Message(NamedTuple):

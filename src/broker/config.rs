@@ -26,6 +26,9 @@ pub enum Value {
     Float(f64),
     Str(String),
     List(Vec<String>),
+    /// A list of tables (TOML's `[[listener]]`, a list of dicts in Python): each table's
+    /// keys and values, in order.
+    Tables(Vec<Vec<(String, Value)>>),
 }
 
 /// The types settings have: how each is read from a [`Value`] (strictly: `true` is not
@@ -189,6 +192,103 @@ macro_rules! named_choice {
 
 named_choice!(OverflowPolicy { "drop_new" => DropNew, "drop_oldest" => DropOldest });
 named_choice!(Durability { "interval" => Interval, "sync" => Sync });
+named_choice!(TlsVersion { "tlsv1.2" => V12, "tlsv1.3" => V13 });
+
+/// The oldest TLS version a TLS listener accepts (Mosquitto's `tls_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    V12,
+    /// TLS 1.3 only.
+    V13,
+}
+
+/// A `[[listener]]` table: TLS settings for one of the `listeners` (named by `uri`) that
+/// replace the top-level ones, e.g. a second certificate. Unset keys inherit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListenerSettings {
+    pub uri: String,
+    pub certfile: Option<String>,
+    pub keyfile: Option<String>,
+    pub cafile: Option<String>,
+    pub require_certificate: Option<bool>,
+    pub use_identity_as_username: Option<bool>,
+    pub tls_version: Option<TlsVersion>,
+}
+
+impl SettingType for Vec<ListenerSettings> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        let tables = match value {
+            Value::Tables(tables) => tables,
+            // An empty Python list or TOML array carries no type.
+            Value::List(items) if items.is_empty() => return Ok(Vec::new()),
+            other => return Err(format!("must be a list of tables, not {other:?}")),
+        };
+        tables
+            .iter()
+            .map(|table| {
+                let mut out = ListenerSettings::default();
+                let mut uri = None;
+                for (key, value) in table {
+                    let err = |e: String| format!("table's {key} {e}");
+                    match key.as_str() {
+                        "uri" => uri = Some(String::from_value(value).map_err(err)?),
+                        "certfile" => out.certfile = Some(String::from_value(value).map_err(err)?),
+                        "keyfile" => out.keyfile = Some(String::from_value(value).map_err(err)?),
+                        "cafile" => out.cafile = Some(String::from_value(value).map_err(err)?),
+                        "require_certificate" => {
+                            out.require_certificate = Some(bool::from_value(value).map_err(err)?)
+                        }
+                        "use_identity_as_username" => {
+                            out.use_identity_as_username =
+                                Some(bool::from_value(value).map_err(err)?)
+                        }
+                        "tls_version" => {
+                            out.tls_version = Some(TlsVersion::from_value(value).map_err(err)?)
+                        }
+                        other => {
+                            return Err(format!(
+                                "table has an unknown key {other:?} (uri, certfile, keyfile, \
+                                 cafile, require_certificate, use_identity_as_username, \
+                                 tls_version)"
+                            ))
+                        }
+                    }
+                }
+                out.uri = uri.ok_or("table has no uri")?;
+                Ok(out)
+            })
+            .collect()
+    }
+    fn to_value(&self) -> Value {
+        Value::Tables(
+            self.iter()
+                .map(|l| {
+                    let mut table = vec![("uri".to_string(), l.uri.to_value())];
+                    let mut put = |key: &str, value: Option<Value>| {
+                        if let Some(value) = value {
+                            table.push((key.to_string(), value));
+                        }
+                    };
+                    put("certfile", l.certfile.as_ref().map(String::to_value));
+                    put("keyfile", l.keyfile.as_ref().map(String::to_value));
+                    put("cafile", l.cafile.as_ref().map(String::to_value));
+                    put(
+                        "require_certificate",
+                        l.require_certificate.map(|b| b.to_value()),
+                    );
+                    put(
+                        "use_identity_as_username",
+                        l.use_identity_as_username.map(|b| b.to_value()),
+                    );
+                    put("tls_version", l.tls_version.map(|v| v.to_value()));
+                    table
+                })
+                .collect(),
+        )
+    }
+}
+
 named_choice!(StoreLoadError { "refuse" => Refuse, "start_empty" => StartEmpty });
 
 /// `memory` or `sqlite:PATH`.
@@ -262,9 +362,28 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Listener URIs, `tcp://HOST:PORT`; port 0 picks a free port. The default listens
-    /// on loopback only (as Mosquitto 2.0 does with no listener configured).
+    /// Listener URIs: `tcp://HOST:PORT`, `tls://HOST:PORT` (or `mqtts://`),
+    /// `ws://HOST:PORT/PATH`, `wss://HOST:PORT/PATH` (PATH defaults to `/mqtt`); port 0
+    /// picks a free port. The default listens on loopback only (as Mosquitto 2.0 does
+    /// with no listener configured).
     listeners: Vec<String> = vec![DEFAULT_LISTENER.to_string()];
+    /// Per-listener TLS settings (`[[listener]]` tables, each with the `uri` of one of
+    /// `listeners`), replacing the top-level ones below for that listener.
+    listener: Vec<ListenerSettings> = Vec::new();
+    /// PEM certificate chain of TLS listeners (`tls://`, `wss://`).
+    certfile: Option<String> = None;
+    /// PEM private key of `certfile`.
+    keyfile: Option<String> = None;
+    /// PEM CA certificates that client certificates are verified against; set, clients
+    /// are asked for a certificate.
+    cafile: Option<String> = None;
+    /// Refuse TLS clients without a certificate signed by `cafile` (mutual TLS).
+    require_certificate: bool = false;
+    /// The client certificate's Common Name replaces the CONNECT username (then the
+    /// authenticator and ACL apply to it).
+    use_identity_as_username: bool = false;
+    /// The oldest TLS version accepted: `tlsv1.2` or `tlsv1.3`.
+    tls_version: TlsVersion = TlsVersion::V12;
     /// Largest packet accepted from a client, fixed header included. A larger one closes
     /// that connection before its body is read. The default bounds what one client can
     /// make the broker buffer; MQTT's own ceiling is 268,435,455 bytes of body.
@@ -361,6 +480,7 @@ impl Config {
         if self.listeners.is_empty() {
             return Err("listeners: at least one listener is required".into());
         }
+        self.listener_specs()?;
         if self.auth_timeout.is_zero() {
             return Err("auth_timeout must be positive".into());
         }
@@ -436,23 +556,154 @@ pub fn parse_expiration(text: &str) -> Result<Option<Duration>, String> {
     Ok((!duration.is_zero()).then_some(duration))
 }
 
-/// Parses `tcp://HOST:PORT` into a socket address string for `TcpListener::bind`.
-pub fn parse_listener(uri: &str) -> Result<String, String> {
-    let rest = uri
-        .strip_prefix("tcp://")
-        .or_else(|| uri.strip_prefix("mqtt://"))
-        .ok_or_else(|| format!("unsupported listener {uri:?}: expected tcp://HOST:PORT"))?;
-    let (host, port) = rest
+/// How a listener speaks: the stream under MQTT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    /// WebSocket upgrade on this path.
+    Ws(String),
+    Wss(String),
+}
+
+impl ListenerKind {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss(_))
+    }
+}
+
+/// A listener URI taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerUri {
+    pub kind: ListenerKind,
+    /// A socket address string for `TcpListener::bind`.
+    pub addr: String,
+}
+
+/// The TLS settings one listener runs with, once the top-level ones and its
+/// `[[listener]]` table are combined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub certfile: String,
+    pub keyfile: String,
+    pub cafile: Option<String>,
+    pub require_certificate: bool,
+    pub use_identity_as_username: bool,
+    pub tls_version: TlsVersion,
+}
+
+/// One listener, ready to bind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSpec {
+    pub uri: String,
+    pub kind: ListenerKind,
+    pub addr: String,
+    /// Set for `tls://` and `wss://`.
+    pub tls: Option<TlsSettings>,
+}
+
+impl Config {
+    /// Every listener with its settings; errors name the listener and what is missing.
+    pub fn listener_specs(&self) -> Result<Vec<ListenerSpec>, String> {
+        for (i, table) in self.listener.iter().enumerate() {
+            if !self.listeners.contains(&table.uri) {
+                return Err(format!(
+                    "listener table for {:?} names no entry of listeners",
+                    table.uri
+                ));
+            }
+            if self.listener[..i].iter().any(|t| t.uri == table.uri) {
+                return Err(format!("listener: two tables for {:?}", table.uri));
+            }
+        }
+        let mut specs = Vec::new();
+        for uri in &self.listeners {
+            let ListenerUri { kind, addr } =
+                parse_listener(uri).map_err(|e| format!("listeners: {e}"))?;
+            let table = self.listener.iter().find(|t| &t.uri == uri);
+            let tls = if kind.is_tls() {
+                let pick =
+                    |own: Option<&String>, top: &Option<String>| own.or(top.as_ref()).cloned();
+                let settings = TlsSettings {
+                    certfile: pick(table.and_then(|t| t.certfile.as_ref()), &self.certfile)
+                        .ok_or_else(|| format!("listeners: {uri} is TLS and needs a certfile"))?,
+                    keyfile: pick(table.and_then(|t| t.keyfile.as_ref()), &self.keyfile)
+                        .ok_or_else(|| format!("listeners: {uri} is TLS and needs a keyfile"))?,
+                    cafile: pick(table.and_then(|t| t.cafile.as_ref()), &self.cafile),
+                    require_certificate: table
+                        .and_then(|t| t.require_certificate)
+                        .unwrap_or(self.require_certificate),
+                    use_identity_as_username: table
+                        .and_then(|t| t.use_identity_as_username)
+                        .unwrap_or(self.use_identity_as_username),
+                    tls_version: table
+                        .and_then(|t| t.tls_version)
+                        .unwrap_or(self.tls_version),
+                };
+                if settings.require_certificate && settings.cafile.is_none() {
+                    return Err(format!(
+                        "listeners: {uri}: require_certificate needs a cafile to verify against"
+                    ));
+                }
+                if settings.use_identity_as_username && !settings.require_certificate {
+                    return Err(format!(
+                        "listeners: {uri}: use_identity_as_username needs require_certificate"
+                    ));
+                }
+                Some(settings)
+            } else {
+                None
+            };
+            specs.push(ListenerSpec {
+                uri: uri.clone(),
+                kind,
+                addr,
+                tls,
+            });
+        }
+        Ok(specs)
+    }
+}
+
+/// Parses a listener URI: `tcp://HOST:PORT` (also `mqtt://`), `tls://HOST:PORT` (also
+/// `mqtts://`), `ws://HOST:PORT[/PATH]`, `wss://HOST:PORT[/PATH]`.
+pub fn parse_listener(uri: &str) -> Result<ListenerUri, String> {
+    let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
+        format!("unsupported listener {uri:?}: expected tcp://, tls://, ws:// or wss://HOST:PORT")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i..])),
+        None => (rest, None),
+    };
+    let web_path = || path.unwrap_or("/mqtt").to_string();
+    let kind = match scheme {
+        "tcp" | "mqtt" => ListenerKind::Tcp,
+        "tls" | "mqtts" => ListenerKind::Tls,
+        "ws" => ListenerKind::Ws(web_path()),
+        "wss" => ListenerKind::Wss(web_path()),
+        _ => {
+            return Err(format!(
+                "unsupported listener {uri:?}: expected tcp://, tls://, ws:// or wss://HOST:PORT"
+            ))
+        }
+    };
+    if path.is_some() && matches!(kind, ListenerKind::Tcp | ListenerKind::Tls) {
+        return Err(format!(
+            "listener {uri:?}: only ws:// and wss:// take a path"
+        ));
+    }
+    let (host, port) = authority
         .rsplit_once(':')
         .ok_or_else(|| format!("listener {uri:?} has no port"))?;
     port.parse::<u16>()
         .map_err(|_| format!("listener {uri:?} has an invalid port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.contains(':') {
-        Ok(format!("[{host}]:{port}"))
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
-        Ok(format!("{host}:{port}"))
-    }
+        format!("{host}:{port}")
+    };
+    Ok(ListenerUri { kind, addr })
 }
 
 #[cfg(test)]
@@ -461,11 +712,58 @@ mod tests {
 
     #[test]
     fn listener_uris() {
-        assert_eq!(parse_listener("tcp://127.0.0.1:0").unwrap(), "127.0.0.1:0");
-        assert_eq!(parse_listener("tcp://[::1]:1883").unwrap(), "[::1]:1883");
-        assert!(parse_listener("ws://127.0.0.1:1").is_err());
+        let addr = |uri: &str| parse_listener(uri).unwrap().addr;
+        assert_eq!(addr("tcp://127.0.0.1:0"), "127.0.0.1:0");
+        assert_eq!(addr("tcp://[::1]:1883"), "[::1]:1883");
+        assert!(parse_listener("udp://127.0.0.1:1").is_err());
         assert!(parse_listener("tcp://127.0.0.1").is_err());
         assert!(parse_listener("tcp://127.0.0.1:99999").is_err());
+        assert!(parse_listener("tls://127.0.0.1:1/mqtt").is_err());
+        let kind = |uri: &str| parse_listener(uri).unwrap().kind;
+        assert_eq!(kind("mqtts://127.0.0.1:8883"), ListenerKind::Tls);
+        assert_eq!(kind("ws://127.0.0.1:80"), ListenerKind::Ws("/mqtt".into()));
+        assert_eq!(
+            kind("wss://[::1]:443/x/y"),
+            ListenerKind::Wss("/x/y".into())
+        );
+        assert_eq!(addr("wss://[::1]:443/x/y"), "[::1]:443");
+    }
+
+    #[test]
+    fn listener_tables_override_top_level_tls_settings() {
+        let tables = Value::Tables(vec![vec![
+            ("uri".into(), Value::Str("tls://127.0.0.1:2".into())),
+            ("certfile".into(), Value::Str("b.pem".into())),
+            ("tls_version".into(), Value::Str("tlsv1.3".into())),
+        ]]);
+        let values = [
+            (
+                "listeners",
+                Value::List(vec!["tls://127.0.0.1:1".into(), "tls://127.0.0.1:2".into()]),
+            ),
+            ("listener", tables),
+            ("certfile", Value::Str("a.pem".into())),
+            ("keyfile", Value::Str("a.key".into())),
+        ];
+        let config =
+            Config::from_values(|n| values.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()))
+                .unwrap();
+        let specs = config.listener_specs().unwrap();
+        let tls: Vec<_> = specs.iter().map(|s| s.tls.clone().unwrap()).collect();
+        assert_eq!(
+            (tls[0].certfile.as_str(), tls[0].tls_version),
+            ("a.pem", TlsVersion::V12)
+        );
+        assert_eq!(
+            (tls[1].certfile.as_str(), tls[1].tls_version),
+            ("b.pem", TlsVersion::V13)
+        );
+        assert_eq!(tls[1].keyfile, "a.key");
+        // The table round-trips through its Value form.
+        assert_eq!(
+            Vec::<ListenerSettings>::from_value(&config.listener.to_value()).unwrap(),
+            config.listener
+        );
     }
 
     #[test]
@@ -579,6 +877,22 @@ mod tests {
             ("listeners", Value::List(vec![])),
             ("session_store", Value::Str("redis:x".into())),
             ("durability", Value::Str("sync".into())),
+            ("listeners", Value::List(vec!["tls://127.0.0.1:0".into()])),
+            (
+                "listeners",
+                Value::List(vec!["ws://127.0.0.1:0mqtt".into()]),
+            ),
+            ("listener", Value::Str("tls://127.0.0.1:0".into())),
+            ("listener", Value::Tables(vec![vec![]])),
+            (
+                "listener",
+                Value::Tables(vec![vec![(
+                    "uri".into(),
+                    Value::Str("tcp://1.2.3.4:1".into()),
+                )]]),
+            ),
+            ("tls_version", Value::Str("tlsv1.1".into())),
+            ("require_certificate", Value::Int(1)),
             ("persistent_client_expiration", Value::Str("2 weeks".into())),
             ("persistent_client_expiration", Value::Int(-1)),
             ("persistent_client_expiration", Value::Bool(true)),

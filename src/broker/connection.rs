@@ -16,7 +16,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
@@ -27,6 +26,7 @@ use crate::broker::hooks::{AuthDecision, DisconnectReason, Event};
 use crate::broker::metrics::LocalCounters;
 use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
 use crate::broker::session::{Message, Outgoing};
+use crate::broker::transport::Transport;
 use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol};
 
 mod acl_cache;
@@ -91,8 +91,8 @@ pub struct Connection {
     router: Arc<Router>,
     conn_id: u64,
     peer: SocketAddr,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    /// TCP, TLS or WebSocket: one readiness interface (broker/transport.rs).
+    io: Transport,
     /// Allocated only once the socket is readable, so idle connections hold no buffer.
     rbuf: BytesMut,
     out: OutBuf,
@@ -119,17 +119,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(router: Arc<Router>, stream: TcpStream, peer: SocketAddr) -> Connection {
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+    pub fn new(router: Arc<Router>, io: impl Into<Transport>, peer: SocketAddr) -> Connection {
+        let io = io.into();
         let decoder = Decoder::new(router.config().max_packet_size);
         let conn_id = router.next_id();
         Connection {
             router,
             conn_id,
             peer,
-            reader,
-            writer,
+            io,
             rbuf: BytesMut::new(),
             out: OutBuf::default(),
             decoder,
@@ -150,7 +148,10 @@ impl Connection {
     /// Serves the connection until it closes, for any reason. Never panics on input.
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
         self.run_to_close(shutdown).await;
-        // Every path, refusals included, counts its traffic in `$SYS`.
+        // Every path, refusals included, ends the stream politely (a WebSocket close
+        // frame, TLS close_notify, FIN)...
+        let _ = self.io.shutdown().await;
+        // ...and counts its traffic in `$SYS`.
         self.counters.flush_into(self.router.counters());
     }
 
@@ -210,9 +211,9 @@ impl Connection {
     /// Reads what the socket has into `rbuf`; 0 at end of stream.
     async fn read_some(&mut self) -> io::Result<usize> {
         loop {
-            self.reader.readable().await?;
+            self.io.readable().await?;
             self.rbuf.reserve(READ_CHUNK);
-            match self.reader.try_read_buf(&mut self.rbuf) {
+            match self.io.try_read_buf(&mut self.rbuf) {
                 Ok(n) => {
                     self.counters.bytes_received += n as u64;
                     return Ok(n);
@@ -234,8 +235,8 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        while !self.out.is_empty() {
-            self.writer.writable().await?;
+        while !self.out.is_empty() || self.io.wants_write() {
+            self.io.writable().await?;
             self.write_ready()?;
         }
         Ok(())
@@ -248,7 +249,7 @@ impl Connection {
             return;
         };
         self.client_id = client_id;
-        self.username = connect.username.clone();
+        self.username = self.username_for(&connect);
         // Rare paths are boxed: their state would otherwise be part of every connection's
         // future for its whole life (idle connections should cost little memory).
         if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {
@@ -314,7 +315,6 @@ impl Connection {
         });
         // Only now may a connection taking over this client id proceed.
         drop(gone_tx);
-        let _ = self.writer.shutdown().await;
     }
 
     /// Attaches to the client's session, first closing any connection that holds it
@@ -377,7 +377,7 @@ impl Connection {
                 tokio::task::yield_now().await;
             }
             let can_pump = self.out.len() < WRITE_HIGH_WATER;
-            let has_output = !self.out.is_empty();
+            let has_output = !self.out.is_empty() || self.io.wants_write();
             // A peer that sends without reading (acks piling up unwritten) is not read
             // from until it drains: TCP pushes back on it, and its output stays bounded.
             let can_read = self.out.len() < READ_PAUSE_ABOVE;
@@ -386,17 +386,17 @@ impl Connection {
                 _ = kick.notified() => return Box::pin(self.drain_before_takeover(session)).await,
                 _ = shutdown.changed() => return Close::Shutdown,
                 _ = &mut expiry, if idle_limit.is_some() => return Close::KeepAlive,
-                res = self.writer.writable(), if has_output => {
+                res = self.io.writable(), if has_output => {
                     if let Err(e) = res.and_then(|()| self.write_ready()) {
                         return Close::Io(e);
                     }
                 },
-                res = self.reader.readable(), if can_read => {
+                res = self.io.readable(), if can_read => {
                     if let Err(e) = res {
                         return Close::Io(e);
                     }
                     self.rbuf.reserve(READ_CHUNK);
-                    match self.reader.try_read_buf(&mut self.rbuf) {
+                    match self.io.try_read_buf(&mut self.rbuf) {
                         Ok(0) => return Close::PeerClosed,
                         Ok(n) => {
                             self.counters.bytes_received += n as u64;
@@ -441,7 +441,7 @@ impl Connection {
                 return Close::Takeover;
             }
             self.rbuf.reserve(READ_CHUNK.min(budget));
-            match self.reader.try_read_buf(&mut self.rbuf) {
+            match self.io.try_read_buf(&mut self.rbuf) {
                 Ok(n) if n > 0 => {
                     self.counters.bytes_received += n as u64;
                     budget = budget.saturating_sub(n);
@@ -460,7 +460,7 @@ impl Connection {
     fn write_ready(&mut self) -> io::Result<()> {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let n = self.out.io_slices(&mut iov);
-        match self.writer.try_write_vectored(&iov[..n]) {
+        match self.io.try_write_vectored(&iov[..n]) {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => {
                 self.out.advance(written);

@@ -35,6 +35,8 @@ pub struct AuthRequest {
     pub password: Option<Bytes>,
     pub peer: SocketAddr,
     pub protocol: Protocol,
+    /// The subject of the client's verified TLS certificate (RFC 4514), when it gave one.
+    pub certificate_subject: Option<ByteString>,
 }
 
 /// Verdict of an authenticator; a denial carries the CONNACK code to send (0x04 or 0x05).
@@ -53,6 +55,8 @@ pub trait Authenticator: Send + Sync {
 pub struct ClientInfo {
     pub client_id: ByteString,
     pub username: Option<ByteString>,
+    /// The subject of the client's verified TLS certificate (RFC 4514), when it gave one.
+    pub certificate_subject: Option<ByteString>,
 }
 
 pub trait Authorizer: Send + Sync {

@@ -20,9 +20,44 @@ pub struct Counters {
     messages_sent: AtomicU64,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_handshakes_failed: AtomicU64,
+    ws_upgrades: AtomicU64,
+    ws_upgrades_failed: AtomicU64,
+}
+
+/// A connection set-up step of a TLS or WebSocket listener, as `$SYS` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    TlsCompleted,
+    /// Refused, malformed, timed out or abandoned by the peer.
+    TlsFailed,
+    WsCompleted,
+    WsFailed,
 }
 
 impl Counters {
+    /// Counted once per connection attempt: set-ups are rare next to messages.
+    pub fn handshake(&self, step: Handshake) {
+        let counter = match step {
+            Handshake::TlsCompleted => &self.tls_handshakes,
+            Handshake::TlsFailed => &self.tls_handshakes_failed,
+            Handshake::WsCompleted => &self.ws_upgrades,
+            Handshake::WsFailed => &self.ws_upgrades_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshakes(&self, step: Handshake) -> u64 {
+        let counter = match step {
+            Handshake::TlsCompleted => &self.tls_handshakes,
+            Handshake::TlsFailed => &self.tls_handshakes_failed,
+            Handshake::WsCompleted => &self.ws_upgrades,
+            Handshake::WsFailed => &self.ws_upgrades_failed,
+        };
+        counter.load(Ordering::Relaxed)
+    }
+
     pub fn messages_received(&self) -> u64 {
         self.messages_received.load(Ordering::Relaxed)
     }

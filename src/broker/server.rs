@@ -16,12 +16,15 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::broker::config::{parse_listener, AnonymousPolicy, Config, Durability, StoreLoadError};
+use crate::broker::config::{
+    AnonymousPolicy, Config, Durability, ListenerKind, StoreLoadError, TlsSettings,
+};
 use crate::broker::connection::{refuse_busy, Connection};
 use crate::broker::hooks::{AclFile, Hooks, PasswordFile};
 use crate::broker::router::Router;
 use crate::broker::store::{SessionStore, StoreError, StoredState};
 use crate::broker::sys_topics;
+use crate::broker::transport::{self, SharedAcceptor, TlsAcceptor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -42,6 +45,8 @@ pub struct Server {
     router: Arc<Router>,
     store: Arc<dyn SessionStore>,
     addresses: Vec<SocketAddr>,
+    /// Each TLS listener's settings and the acceptor its new connections use.
+    tls: Vec<(TlsSettings, SharedAcceptor)>,
     shutdown: watch::Sender<bool>,
     /// Dropped at stop; `all_done` then yields `None` once every task has ended.
     done_tx: Option<mpsc::Sender<()>>,
@@ -70,19 +75,30 @@ impl Server {
         let runtime = builder.build().map_err(ServerError::Runtime)?;
 
         let mut listeners = Vec::new();
-        for uri in &config.listeners {
-            let addr = parse_listener(uri).map_err(ServerError::Config)?;
+        let mut tls = Vec::new();
+        for spec in config.listener_specs().map_err(ServerError::Config)? {
+            // Certificates are read before anything listens: a bad file fails the start.
+            let acceptor = match &spec.tls {
+                Some(settings) => {
+                    let acceptor = TlsAcceptor::new(settings).map_err(ServerError::Config)?;
+                    let shared: SharedAcceptor =
+                        Arc::new(parking_lot::RwLock::new(Arc::new(acceptor)));
+                    tls.push((settings.clone(), shared.clone()));
+                    Some(shared)
+                }
+                None => None,
+            };
             let listener = runtime
-                .block_on(TcpListener::bind(&addr))
+                .block_on(TcpListener::bind(&spec.addr))
                 .map_err(|source| ServerError::Bind {
-                    uri: uri.clone(),
+                    uri: spec.uri.clone(),
                     source,
                 })?;
-            listeners.push(listener);
+            listeners.push((listener, spec.kind, acceptor));
         }
         let addresses: Vec<SocketAddr> = listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect();
 
         // The config file's password and ACL files, unless code supplied its own hooks.
@@ -138,16 +154,21 @@ impl Server {
                 shutdown.subscribe(),
             ));
         }
-        for listener in listeners {
+        for (listener, kind, acceptor) in listeners {
             let mut anonymous = AnonymousPolicy::Refuse;
             if let Ok(addr) = listener.local_addr() {
-                info!("listening on {addr}");
+                info!("listening on {addr} ({})", kind_name(&kind));
                 anonymous = config.anonymous_policy(has_authenticator, addr.ip().is_loopback());
                 log_anonymous_policy(&config, addr, anonymous);
             }
-            runtime.spawn(accept_loop(
+            let listening = Listening {
                 listener,
+                kind,
+                tls: acceptor,
                 anonymous,
+            };
+            runtime.spawn(accept_loop(
+                listening,
                 router.clone(),
                 permits.clone(),
                 shutdown.subscribe(),
@@ -159,6 +180,7 @@ impl Server {
             router,
             store,
             addresses,
+            tls,
             shutdown,
             done_tx: Some(done_tx),
             all_done,
@@ -178,6 +200,27 @@ impl Server {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// Reads every TLS listener's certificate, key and CA file again; new handshakes use
+    /// them, connections already up are not touched. All or nothing: if one listener's
+    /// files fail, the error names the file and every listener keeps what it had.
+    /// Returns how many listeners were reloaded.
+    pub fn reload_tls(&self) -> Result<usize, ServerError> {
+        let fresh = self
+            .tls
+            .iter()
+            .map(|(settings, _)| TlsAcceptor::new(settings).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServerError::Config)?;
+        for ((_, shared), acceptor) in self.tls.iter().zip(fresh) {
+            *shared.write() = acceptor;
+        }
+        info!(
+            "TLS certificates reloaded for {} listener(s)",
+            self.tls.len()
+        );
+        Ok(self.tls.len())
     }
 
     /// Stops accepting, closes every connection after flushing what it has pending, saves
@@ -272,14 +315,37 @@ pub fn save_now(router: &Router, store: &dyn SessionStore) -> Option<bool> {
     Some(saved)
 }
 
-async fn accept_loop(
+fn kind_name(kind: &ListenerKind) -> String {
+    match kind {
+        ListenerKind::Tcp => "MQTT".into(),
+        ListenerKind::Tls => "MQTT over TLS".into(),
+        ListenerKind::Ws(path) => format!("MQTT over WebSocket on {path}"),
+        ListenerKind::Wss(path) => format!("MQTT over secure WebSocket on {path}"),
+    }
+}
+
+/// A bound listener and how its connections are served.
+struct Listening {
     listener: TcpListener,
+    kind: ListenerKind,
+    /// The TLS acceptor of `tls://` and `wss://` listeners.
+    tls: Option<SharedAcceptor>,
     anonymous: AnonymousPolicy,
+}
+
+async fn accept_loop(
+    listening: Listening,
     router: Arc<Router>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
+    let Listening {
+        listener,
+        kind,
+        tls,
+        anonymous,
+    } = listening;
     loop {
         let accepted = tokio::select! {
             res = listener.accept() => res,
@@ -295,15 +361,43 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let max_packet_size = router.config().max_packet_size;
-            tokio::spawn(refuse_busy(stream, peer, max_packet_size));
+            if kind == ListenerKind::Tcp {
+                let max_packet_size = router.config().max_packet_size;
+                tokio::spawn(refuse_busy(stream, peer, max_packet_size));
+            } else {
+                // A CONNACK would need the handshake first: spend nothing on it.
+                warn!(%peer, "refused connection: max_connections reached");
+            }
             continue;
         };
-        let connection = Connection::new(router.clone(), stream, peer).with_anonymous(anonymous);
         let shutdown = shutdown.clone();
         let done = done.clone();
+        if kind == ListenerKind::Tcp {
+            let connection =
+                Connection::new(router.clone(), stream, peer).with_anonymous(anonymous);
+            tokio::spawn(async move {
+                connection.run(shutdown).await;
+                drop(permit);
+                drop(done);
+            });
+            continue;
+        }
+        // The handshake runs in the connection's task, so a slow peer holds up no one.
+        let acceptor = tls.as_ref().map(|shared| shared.read().clone());
+        let (router, kind) = (router.clone(), kind.clone());
         tokio::spawn(async move {
-            connection.run(shutdown).await;
+            let mut stop = shutdown.clone();
+            let limit = router.config().connect_timeout;
+            let accepted = tokio::select! {
+                t = transport::accept(&kind, stream, peer, acceptor, router.counters(), limit) => t,
+                _ = stop.changed() => None,
+            };
+            if let Some(io) = accepted {
+                Connection::new(router, io, peer)
+                    .with_anonymous(anonymous)
+                    .run(shutdown)
+                    .await;
+            }
             drop(permit);
             drop(done);
         });

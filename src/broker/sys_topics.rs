@@ -15,16 +15,19 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::sync::watch;
 
+use crate::broker::config::ListenerKind;
+use crate::broker::metrics::Handshake;
 use crate::broker::router::{MatchScratch, Router};
 use crate::broker::session::Message;
 use crate::codec::QoS;
 
 /// The broker's figures at one moment: what `$SYS/broker/...` publishes, and what
-/// Python's `Broker.stats()` returns (under the names below, `/` and ` ` as `_`).
-pub fn figures(router: &Router) -> [(&'static str, u64); 12] {
+/// Python's `Broker.stats()` returns (under the names below, `/` and ` ` as `_`). The
+/// TLS handshake and WebSocket upgrade counts are there when such a listener is.
+pub fn figures(router: &Router) -> Vec<(&'static str, u64)> {
     let (connected, max_connected, total) = router.client_counts();
     let counters = router.counters();
-    [
+    let mut figures = vec![
         ("uptime", router.started().elapsed().as_secs()),
         ("clients/connected", connected),
         (
@@ -40,7 +43,36 @@ pub fn figures(router: &Router) -> [(&'static str, u64); 12] {
         ("bytes/sent", counters.bytes_sent()),
         ("subscriptions/count", router.subscription_count() as u64),
         ("retained messages/count", router.retained_count() as u64),
-    ]
+    ];
+    let kinds: Vec<ListenerKind> = router
+        .config()
+        .listener_specs()
+        .map(|specs| specs.into_iter().map(|s| s.kind).collect())
+        .unwrap_or_default();
+    if kinds.iter().any(ListenerKind::is_tls) {
+        figures.push((
+            "tls/handshakes",
+            counters.handshakes(Handshake::TlsCompleted),
+        ));
+        figures.push((
+            "tls/handshakes/failed",
+            counters.handshakes(Handshake::TlsFailed),
+        ));
+    }
+    if kinds
+        .iter()
+        .any(|k| matches!(k, ListenerKind::Ws(_) | ListenerKind::Wss(_)))
+    {
+        figures.push((
+            "websockets/upgrades",
+            counters.handshakes(Handshake::WsCompleted),
+        ));
+        figures.push((
+            "websockets/upgrades/failed",
+            counters.handshakes(Handshake::WsFailed),
+        ));
+    }
+    figures
 }
 
 /// The `$SYS/broker/...` values at one moment, as (topic, value) pairs.

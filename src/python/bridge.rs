@@ -364,6 +364,8 @@ fn replacement(verdict: &Bound<'_, PyAny>, original: &Message) -> PyResult<Arc<M
 pub struct AuthCall {
     client_id: String,
     username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
     password: Option<Py<PyBytes>>,
     peer: (String, u16),
     reply: Py<ReplyHandle>,
@@ -374,6 +376,8 @@ pub struct AuthCall {
 pub struct SubscribeCall {
     client_id: String,
     username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
     filter: String,
     qos: u8,
     reply: Py<ReplyHandle>,
@@ -384,6 +388,8 @@ pub struct SubscribeCall {
 pub struct PublishCall {
     client_id: String,
     username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
     topic: String,
     reply: Py<ReplyHandle>,
 }
@@ -394,6 +400,8 @@ pub struct PublishCall {
 pub struct InterceptCall {
     client_id: String,
     username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
     messages: Py<PyList>,
     reply: Py<ReplyHandle>,
 }
@@ -414,6 +422,8 @@ pub struct MessagesReady {
 pub struct Connected {
     client_id: String,
     username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
     peer: (String, u16),
     clean_session: bool,
     session_present: bool,
@@ -814,6 +824,10 @@ fn username(client: &ClientInfo) -> Option<String> {
     client.username.as_deref().map(str::to_owned)
 }
 
+fn subject(client: &ClientInfo) -> Option<String> {
+    client.certificate_subject.as_deref().map(str::to_owned)
+}
+
 fn peer_of(peer: std::net::SocketAddr) -> (String, u16) {
     (peer.ip().to_string(), peer.port())
 }
@@ -828,6 +842,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                 AuthCall {
                     client_id: req.client_id.to_string(),
                     username: req.username.as_deref().map(str::to_owned),
+                    certificate_subject: req.certificate_subject.as_deref().map(str::to_owned),
                     password: req
                         .password
                         .as_deref()
@@ -842,6 +857,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                 SubscribeCall {
                     client_id: client.client_id.to_string(),
                     username: username(&client),
+                    certificate_subject: subject(&client),
                     filter: filter.to_string(),
                     qos: qos as u8,
                     reply: reply_handle(py, Reply::Subscribe(tx))?,
@@ -853,6 +869,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                 PublishCall {
                     client_id: client.client_id.to_string(),
                     username: username(&client),
+                    certificate_subject: subject(&client),
                     topic: topic.to_string(),
                     reply: reply_handle(py, Reply::Publish(tx))?,
                 },
@@ -871,6 +888,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                     InterceptCall {
                         client_id: client.client_id.to_string(),
                         username: username(&client),
+                        certificate_subject: subject(&client),
                         messages: messages.unbind(),
                         reply: reply_handle(py, Reply::Intercept(tx, batch))?,
                     },
@@ -925,6 +943,7 @@ fn event_record(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyAny>> {
             Connected {
                 client_id: client.client_id.to_string(),
                 username: username(&client),
+                certificate_subject: subject(&client),
                 peer: peer_of(peer),
                 clean_session,
                 session_present,
@@ -1008,6 +1027,7 @@ mod tests {
         let client = ClientInfo {
             client_id: ByteString::from_static("c"),
             username: None,
+            certificate_subject: None,
         };
         lanes
             .intercept

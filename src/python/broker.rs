@@ -32,8 +32,9 @@ fn to_pyerr(err: ServerError) -> PyErr {
     }
 }
 
-/// A Python value as a setting's [`Value`]: `None`, bool, int, float, str, or a list or
-/// tuple of str. Anything else is refused, naming the setting.
+/// A Python value as a setting's [`Value`]: `None`, bool, int, float, str, a list or
+/// tuple of str, or a list of dicts with str keys (`[[listener]]` tables). Anything else
+/// is refused, naming the setting.
 fn to_value(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
     let value = if obj.is_none() {
         Value::None
@@ -48,6 +49,31 @@ fn to_value(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
         Value::Float(f.value())
     } else if let Ok(s) = obj.cast::<PyString>() {
         Value::Str(s.to_cow()?.into_owned())
+    } else if (obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>())
+        && obj
+            .try_iter()?
+            .next()
+            .transpose()?
+            .is_some_and(|first| first.is_instance_of::<PyDict>())
+    {
+        let mut tables = Vec::new();
+        for item in obj.try_iter()? {
+            let item = item?;
+            let dict = item.cast::<PyDict>().map_err(|_| {
+                PyValueError::new_err(format!("{name} must be a list of tables, not {item}"))
+            })?;
+            let mut table = Vec::new();
+            for (key, value) in dict.iter() {
+                let key = key.cast::<PyString>().map_err(|_| {
+                    PyValueError::new_err(format!("{name} table keys must be strings: {key}"))
+                })?;
+                let key = key.to_cow()?.into_owned();
+                let value = to_value(&format!("{name} table's {key}"), &value)?;
+                table.push((key, value));
+            }
+            tables.push(table);
+        }
+        Value::Tables(tables)
     } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
         let mut items = Vec::new();
         for item in obj.try_iter()? {
@@ -75,6 +101,17 @@ fn from_py(value: &Value, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Value::Float(x) => x.into_pyobject(py)?.into_any().unbind(),
         Value::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
         Value::List(items) => PyList::new(py, items)?.into_any().unbind(),
+        Value::Tables(tables) => {
+            let list = PyList::empty(py);
+            for table in tables {
+                let dict = PyDict::new(py);
+                for (key, value) in table {
+                    dict.set_item(key, from_py(value, py)?)?;
+                }
+                list.append(dict)?;
+            }
+            list.into_any().unbind()
+        }
     })
 }
 
@@ -261,6 +298,18 @@ impl BrokerCore {
     #[getter]
     fn running(&self) -> bool {
         self.running.lock().is_some()
+    }
+
+    /// Reads the TLS listeners' certificate, key and CA files again (with the
+    /// interpreter released); new connections use them, open ones are not touched. All
+    /// or nothing: a bad file raises `ValueError` naming it and nothing changes. Returns
+    /// the number of TLS listeners reloaded.
+    fn reload_tls(&self, py: Python<'_>) -> PyResult<usize> {
+        let slot = self.running.lock();
+        let running = slot
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        py.detach(|| running.server.reload_tls()).map_err(to_pyerr)
     }
 
     /// Messages dropped by full session queues since the broker started.

@@ -23,6 +23,20 @@ impl Connection {
         ClientInfo {
             client_id: self.client_id.clone(),
             username: self.username.clone(),
+            certificate_subject: self.io.peer_certificate().map(|c| c.subject.clone()),
+        }
+    }
+
+    /// The username the broker acts on: the CONNECT's, or on a listener with
+    /// `use_identity_as_username`, the client certificate's Common Name (`None` when it
+    /// has none; [`Self::authenticate`] then refuses).
+    pub(super) fn username_for(&self, connect: &Connect) -> Option<ByteString> {
+        if self.io.identity_as_username() {
+            self.io
+                .peer_certificate()
+                .and_then(|c| c.common_name.clone())
+        } else {
+            connect.username.clone()
         }
     }
 
@@ -32,7 +46,13 @@ impl Connection {
     /// comes after the limit is a timeout too, even if it allows: a worker busy elsewhere
     /// can poll the future late, and a login is never accepted late.
     pub(super) async fn authenticate(&self, connect: &Connect) -> AuthDecision {
-        if connect.username.is_none() {
+        if self.io.identity_as_username() && self.username.is_none() {
+            info!(client_id = %self.client_id, peer = %self.peer,
+                "refusing connection: use_identity_as_username, and the client certificate has no Common Name");
+            return AuthDecision::Deny(ConnectReturnCode::NotAuthorized);
+        }
+        // With use_identity_as_username, the certificate's name counts as the username.
+        if self.username.is_none() {
             match self.anonymous {
                 AnonymousPolicy::Allow => return AuthDecision::Allow,
                 AnonymousPolicy::Refuse => {
@@ -51,10 +71,11 @@ impl Connection {
         };
         let request = AuthRequest {
             client_id: self.client_id.clone(),
-            username: connect.username.clone(),
+            username: self.username.clone(),
             password: connect.password.clone(),
             peer: self.peer,
             protocol: connect.protocol,
+            certificate_subject: self.io.peer_certificate().map(|c| c.subject.clone()),
         };
         let limit = self.router.config().auth_timeout;
         let started = Instant::now();

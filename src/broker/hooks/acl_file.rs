@@ -190,6 +190,7 @@ mod tests {
         ClientInfo {
             client_id: ByteString::from(id),
             username: user.map(ByteString::from),
+            certificate_subject: None,
         }
     }
 

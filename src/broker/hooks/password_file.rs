@@ -255,6 +255,7 @@ bob:$7$101$M1JNCCEQt3puMIYo$s8MCba+nnvqV9m8YAtwqaq1HQFuLF2vUWzwzHr4N9um0L2U08WsT
             password: Some(Bytes::copy_from_slice(password)),
             peer: "127.0.0.1:1".parse().unwrap(),
             protocol: crate::codec::Protocol::V311,
+            certificate_subject: None,
         }
     }
 
