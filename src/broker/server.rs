@@ -126,11 +126,13 @@ impl Server {
             // Sessions that were offline too long when the broker stopped end before any
             // client can resume them.
             router.expire_offline(limit);
-            runtime.spawn(expire_periodically(
-                router.clone(),
-                limit,
-                shutdown.subscribe(),
-            ));
+            // Checked on a timer (a session may outlive its limit by up to one period),
+            // never per message.
+            let period = (limit / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+            let router = router.clone();
+            runtime.spawn(every_period(period, shutdown.subscribe(), move || {
+                router.expire_offline(limit);
+            }));
         }
         let (done_tx, all_done) = mpsc::channel(1);
         let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -140,11 +142,13 @@ impl Server {
             runtime.spawn(write_on_demand(router.clone(), store.clone(), rx));
         }
         if !config.persist_interval.is_zero() && durable {
-            runtime.spawn(persist_periodically(
-                router.clone(),
-                store.clone(),
+            let (router, store) = (router.clone(), store.clone());
+            runtime.spawn(every_period(
                 config.persist_interval,
                 shutdown.subscribe(),
+                move || {
+                    router.persist(store.as_ref());
+                },
             ));
         }
         if !config.sys_interval.is_zero() {
@@ -404,37 +408,16 @@ async fn accept_loop(
     }
 }
 
-/// Brings a durable store up to date every `interval`, off the async workers (SQLite
-/// writes block: they run on the blocking pool, one at a time).
-async fn persist_periodically(
-    router: Arc<Router>,
-    store: Arc<dyn SessionStore>,
-    interval: Duration,
+/// Runs `work` on the blocking pool every `period` until shutdown, one run at a time.
+/// Both periodic jobs (saving a durable store: SQLite writes block; ending expired
+/// sessions: a scan of every session) must stay off the async workers, and a run that
+/// takes longer than the period is followed by a full period, not by a burst of runs
+/// that would keep a blocking thread (and the disk) busy back to back.
+async fn every_period(
+    period: Duration,
     mut shutdown: watch::Receiver<bool>,
+    work: impl Fn() + Clone + Send + 'static,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    // A save that took longer than the interval is followed by a full interval, not by a
-    // burst of saves that would keep a blocking thread and the disk busy back to back.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        let (router, store) = (router.clone(), store.clone());
-        let _ = tokio::task::spawn_blocking(move || router.persist(store.as_ref())).await;
-    }
-}
-
-/// Ends the sessions offline for longer than `persistent_client_expiration`. Checked on a
-/// timer (a session may outlive its limit by up to one period), never per message.
-async fn expire_periodically(
-    router: Arc<Router>,
-    limit: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let period = (limit / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -443,9 +426,7 @@ async fn expire_periodically(
             _ = ticks.tick() => {}
             _ = shutdown.changed() => return,
         }
-        // A scan of every session: off the async workers, like the saves.
-        let router = router.clone();
-        let _ = tokio::task::spawn_blocking(move || router.expire_offline(limit)).await;
+        let _ = tokio::task::spawn_blocking(work.clone()).await;
     }
 }
 
