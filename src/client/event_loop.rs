@@ -10,8 +10,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::BytesMut;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -39,6 +41,12 @@ pub(crate) struct Shared {
     /// A close was requested.
     control: Notify,
     pub(crate) wake: WakePipe,
+    /// Whether events are announced on the wake socket (an asyncio loop watches it) or
+    /// only on `events` (threads blocked in `Client::wait_events` and friends).
+    pub(crate) wake_pipe: AtomicBool,
+    /// Notified, with the state lock, whenever events are queued for the application:
+    /// what blocking callers (the sync client, a loop without `add_reader`) wait on.
+    pub(crate) events: Condvar,
 }
 
 /// A connection that got CONNACK: the stream, bytes read past the CONNACK, and the
@@ -56,6 +64,8 @@ impl Shared {
             reader: Notify::new(),
             control: Notify::new(),
             wake,
+            wake_pipe: AtomicBool::new(true),
+            events: Condvar::new(),
         }
     }
 
@@ -70,7 +80,7 @@ impl Shared {
         result
     }
 
-    fn signal(&self, s: Signals) {
+    pub(crate) fn signal(&self, s: Signals) {
         if s.writer {
             self.writer.notify_one();
         }
@@ -78,7 +88,11 @@ impl Shared {
             self.reader.notify_one();
         }
         if s.app {
-            self.wake.wake();
+            if self.wake_pipe.load(Ordering::Relaxed) {
+                self.wake.wake();
+            }
+            // Cheap when nobody waits (one atomic load in parking_lot).
+            self.events.notify_all();
         }
     }
 

@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytestring::ByteString;
 use tokio::time::Instant;
@@ -148,7 +150,9 @@ impl Client {
 
     /// Takes every queued event and up to `max_messages` received messages.
     pub fn drain(&self, max_messages: usize) -> Drained {
-        self.shared.wake.reset();
+        if self.shared.wake_pipe.load(Ordering::Relaxed) {
+            self.shared.wake.reset();
+        }
         self.shared.with_state(|st| {
             let n = max_messages.min(st.incoming.len());
             Drained {
@@ -166,6 +170,71 @@ impl Client {
             let n = max.min(st.incoming.len());
             st.incoming.drain(..n).collect()
         })
+    }
+
+    /// Whether events are also announced on the wake socket (the default). A caller that
+    /// waits with [`wait_events`](Client::wait_events) instead turns it off, which saves a
+    /// write and a read per batch.
+    pub fn set_wake_pipe(&self, enabled: bool) {
+        self.shared.wake_pipe.store(enabled, Ordering::Relaxed);
+        if enabled && self.shared.state.lock().has_events() {
+            self.shared.wake.wake();
+        }
+    }
+
+    /// Blocks the calling thread (never a tokio worker) until events are queued for the
+    /// application (completions, state changes, room, and with `messages` also received
+    /// messages), or until `timeout` passes (`None`: no limit). Returns whether there are.
+    pub fn wait_events(&self, messages: bool, timeout: Option<Duration>) -> bool {
+        let deadline = deadline(timeout);
+        let mut st = self.shared.state.lock();
+        loop {
+            if std::mem::take(&mut st.kicked) {
+                return st.has_events();
+            }
+            if st.has_events() || (messages && !st.incoming.is_empty()) {
+                return true;
+            }
+            match deadline {
+                Some(d) => {
+                    if self.shared.events.wait_until(&mut st, d).timed_out() {
+                        return st.has_events() || (messages && !st.incoming.is_empty());
+                    }
+                }
+                None => self.shared.events.wait(&mut st),
+            }
+        }
+    }
+
+    /// Makes a thread blocked in [`wait_events`](Client::wait_events) return (at once if
+    /// none is blocked, the next call returns), so that it can wait for something else.
+    pub fn kick(&self) {
+        self.shared.state.lock().kicked = true;
+        self.shared.events.notify_all();
+    }
+
+    /// Takes up to `max` received messages, first blocking the calling thread until one is
+    /// queued, the client is closed, or `timeout` passes (then the result may be empty).
+    pub fn take_messages_wait(&self, max: usize, timeout: Option<Duration>) -> Vec<Incoming> {
+        let deadline = deadline(timeout);
+        let mut st = self.shared.state.lock();
+        while st.incoming.is_empty() && st.started && st.status != ConnectionState::Closed {
+            match deadline {
+                Some(d) => {
+                    if self.shared.events.wait_until(&mut st, d).timed_out() {
+                        break;
+                    }
+                }
+                None => self.shared.events.wait(&mut st),
+            }
+        }
+        let n = max.min(st.incoming.len());
+        let taken = st.incoming.drain(..n).collect();
+        // Taking may let a paused reader read again.
+        let signals = st.take_signals();
+        drop(st);
+        self.shared.signal(signals);
+        taken
     }
 
     /// Received messages not yet taken.
@@ -188,6 +257,11 @@ impl Client {
     pub fn last_error(&self) -> Option<ClientError> {
         self.shared.state.lock().last_error.clone()
     }
+}
+
+/// When a wait of `timeout` ends; `None` for no limit (also when the sum overflows).
+fn deadline(timeout: Option<Duration>) -> Option<std::time::Instant> {
+    timeout.and_then(|t| std::time::Instant::now().checked_add(t))
 }
 
 impl Drop for Client {

@@ -219,6 +219,8 @@ pub(crate) struct State {
     pub(super) room: bool,
     /// An event was queued since the last wake.
     dirty: bool,
+    /// `Client::kick` was called: one blocked `wait_events` returns to re-evaluate.
+    pub(crate) kicked: bool,
 }
 
 fn encode_publish(
@@ -267,6 +269,7 @@ impl State {
             room_wanted: false,
             room: false,
             dirty: false,
+            kicked: false,
         }
     }
 
@@ -324,6 +327,12 @@ impl State {
             Some(held) => held,
             None => &mut self.out,
         }
+    }
+
+    /// Completions, state changes or room are queued for the application (received
+    /// messages are counted apart: `incoming`).
+    pub(crate) fn has_events(&self) -> bool {
+        !self.completions.is_empty() || !self.states.is_empty() || self.room
     }
 
     pub(crate) fn check_room(&mut self) {
