@@ -465,15 +465,15 @@ class SyncClient:
                         request._done = True
                 if drained.room:
                     self._room += 1
-                changes = []
+                changes: list[StateChange] = []
                 if drained.states is not None:
-                    for change in drained.states:
-                        state = _STATES[change.state]
+                    for record in drained.states:
+                        state = _STATES[record.state]
                         self._state = state
                         if state is ConnectionState.CONNECTED:
-                            self._session_present = change.session_present
+                            self._session_present = record.session_present
                         closed = closed or state is ConnectionState.CLOSED
-                        changes.append(StateChange(state, change.session_present, change.error))
+                        changes.append(StateChange(state, record.session_present, record.error))
                 self._changed.notify_all()
             for change in changes:
                 self._notify_state(change)

@@ -677,7 +677,9 @@ impl ClientCore {
     #[pyo3(signature = (messages, timeout = None))]
     fn wait(&self, py: Python<'_>, messages: bool, timeout: Option<f64>) -> PyResult<bool> {
         let timeout = optional_seconds(timeout)?;
-        in_slices(py, timeout, |slice| self.inner.wait_events(messages, Some(slice)))
+        in_slices(py, timeout, |slice| {
+            self.inner.wait_events(messages, Some(slice))
+        })
     }
 
     /// Makes a thread blocked in `wait()` return, so that it can wait for something else.

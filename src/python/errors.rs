@@ -205,7 +205,8 @@ fn code_init(
 
 /// `MqttConnectionError(message=None, rc=4)`: 4 is paho's MQTT_ERR_NO_CONN.
 #[pyfunction]
-#[pyo3(signature = (this, /, message = None, rc = rc::NO_CONN))]
+// 4: paho's MQTT_ERR_NO_CONN (`rc::NO_CONN`), a literal so the signature shows it.
+#[pyo3(signature = (this, /, message = None, rc = 4))]
 fn connection_init(
     this: &Bound<'_, PyAny>,
     message: Option<&Bound<'_, PyAny>>,
