@@ -320,6 +320,41 @@ async def test_messages_cross_in_batches(server: int) -> None:
     assert wakes < 100, wakes
 
 
+async def test_iterating_a_batch_makes_no_trip_through_the_event_loop(server: int) -> None:
+    """Messages queued in Rust are iterated a batch per call into Rust: consuming 3000 of
+    them lets the event loop turn a handful of times, not once per message."""
+    async with Client("127.0.0.1", server, client_id="batch-iter") as client:
+        await client.subscribe("batch/iter")
+        for i in range(2999):
+            client.publish("batch/iter", b"%d" % i)
+        await client.publish("batch/iter", b"end", qos=1)
+        for _ in range(200):
+            if len(client.messages) == 3000:
+                break
+            await asyncio.sleep(0.02)
+        assert len(client.messages) == 3000
+        turns = 0
+
+        async def ticker() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        start = turns
+        payloads = []
+        async for message in client.messages:
+            payloads.append(message.payload)
+            if message.payload == b"end":
+                break
+        used = turns - start
+        task.cancel()
+    assert payloads == [b"%d" % i for i in range(2999)] + [b"end"]
+    assert used <= 3, used
+
+
 async def test_retained_messages(server: int) -> None:
     async with Client("127.0.0.1", server, client_id="ret-pub") as pub:
         await pub.publish("ret/a", b"kept", qos=1, retain=True)
