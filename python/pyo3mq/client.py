@@ -119,7 +119,10 @@ _SENT: Final = Submitted.SENT
 _FULL: Final = Submitted.FULL
 #: The client's default `timeout`, in seconds.
 _DEFAULT_TIMEOUT: Final = 10.0
-_DEFAULT_MAX_INFLIGHT: Final = 64
+#: paho-mqtt's (so aiomqtt's) default, and Mosquitto's default `max_inflight_messages`,
+#: which is also how many incoming QoS 2 messages awaiting PUBREL it allows a client
+#: before it closes the connection.
+_DEFAULT_MAX_INFLIGHT: Final = 20
 _DEFAULT_MAX_QUEUED_INCOMING: Final = 10_000
 
 
@@ -484,8 +487,10 @@ class Client:
       reconnecting are queued (QoS 0 in the write buffer, QoS 1/2 with their completions
       still pending). A first `connect()` that fails is retried with the same backoff
       (until `max_attempts` retries failed, if set) instead of raising at once.
-    - `max_inflight_messages` (alias `max_inflight`, default 64): outgoing QoS 1/2
-      publishes awaiting acknowledgement (1-65535); more wait in order for the window.
+    - `max_inflight_messages` (alias `max_inflight`, default 20, as paho-mqtt's and
+      Mosquitto's, which closes a connection with more QoS 2 messages awaiting PUBREL):
+      outgoing QoS 1/2 publishes awaiting acknowledgement (1-65535); more wait in order
+      for the window.
     - `max_buffered_bytes`: bytes of outgoing packets not yet written plus publishes
       waiting for the window; beyond it, `publish()` returns a future that completes
       once there is room (back-pressure).
