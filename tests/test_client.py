@@ -124,12 +124,14 @@ async def no_message(client: Client, wait: float = 0.3) -> None:
 
 
 class Proxy:
-    """A TCP proxy on loopback: `pause()` blackholes server-to-client bytes (acks get
-    lost), `cut()` aborts every connection (no DISCONNECT: the broker sees a dead peer)."""
+    """A TCP proxy on loopback: `paused` blackholes server-to-client bytes (acks get
+    lost), `paused_up` client-to-server bytes (the server never sees them), `cut()`
+    aborts every connection (no DISCONNECT: the broker sees a dead peer)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.paused = False
+        self.paused_up = False
         self.refuse = False
         self.conns: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self.port = 0
@@ -157,7 +159,7 @@ class Proxy:
                     data = await r.read(65536)
                     if not data:
                         break
-                    if downstream and self.paused:
+                    if self.paused if downstream else self.paused_up:
                         continue
                     w.write(data)
                     await w.drain()

@@ -180,6 +180,7 @@ class ClientCore:
         max_queued_incoming: int,
         max_packet_size: int,
         reconnect: tuple[float, float, int | None] | None,
+        session_store: str | None = None,
     ) -> ClientCore: ...
     @property
     def wake_fd(self) -> int: ...

@@ -301,6 +301,7 @@ def _settings(
     max_buffered_bytes: int,
     max_packet_size: int,
     reconnect: bool | Reconnect,
+    session_store: str | None,
 ) -> _Settings:
     if transport != "tcp":
         raise ValueError(f"transport {transport!r} is not supported: only 'tcp'")
@@ -323,6 +324,13 @@ def _settings(
         max_queued_incoming,
         _DEFAULT_MAX_QUEUED_INCOMING,
     )
+    store_path = None
+    if session_store is not None and session_store != "memory":
+        if not session_store.startswith("sqlite:") or len(session_store) == len("sqlite:"):
+            raise ValueError(
+                f"session_store must be 'memory' or 'sqlite:PATH', not {session_store!r}"
+            )
+        store_path = session_store[len("sqlite:") :]
     seconds = _DEFAULT_TIMEOUT if timeout is None else float(timeout)
     policy = Reconnect() if reconnect is True else (reconnect or None)
     core_args: dict[str, Any] = {
@@ -342,6 +350,7 @@ def _settings(
         "reconnect": None
         if policy is None
         else (policy.initial_delay, policy.max_delay, policy.max_attempts),
+        "session_store": store_path,
     }
     return _Settings(hostname, port, seconds, core_args)
 
@@ -498,6 +507,14 @@ class Client:
       received messages not yet iterated; beyond it the client stops reading the socket
       until the application catches up (nothing is discarded).
     - `max_packet_size`: largest packet accepted from the server.
+    - `session_store`: "memory" (default: the session lives as long as the process) or
+      "sqlite:PATH": the session's unacknowledged outgoing QoS 1/2 publishes and the
+      inbound QoS 2 ids awaiting PUBREL are kept in that SQLite file, and a client made
+      later with the same file and `identifier` (in this process or the next) resumes
+      them: resends, with DUP=1, what the server may have had, and does not deliver twice
+      a QoS 2 message the server sends again. Needs `clean_session=False` and an
+      `identifier`. Every packet is written only once the session it depends on is
+      committed (WAL; it survives a crash of the process).
     - `on_state_change`: called on the event loop with a `StateChange` at each
       transition (CONNECTING, CONNECTED, RECONNECTING, CLOSED).
     """
@@ -527,6 +544,7 @@ class Client:
         max_buffered_bytes: int = 8 * 1024 * 1024,
         max_queued_incoming: int | None = None,
         max_packet_size: int = 268_435_460,
+        session_store: str | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
     ) -> None:
         self._settings = _settings(
@@ -549,6 +567,7 @@ class Client:
             max_buffered_bytes=max_buffered_bytes,
             max_packet_size=max_packet_size,
             reconnect=reconnect,
+            session_store=session_store,
         )
         self.hostname = hostname
         self.port = port

@@ -148,6 +148,7 @@ class SyncClient:
         max_buffered_bytes: int = 8 * 1024 * 1024,
         max_queued_incoming: int | None = None,
         max_packet_size: int = 268_435_460,
+        session_store: str | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
         on_message: MessageCallback | None = None,
         userdata: Any = None,
@@ -172,6 +173,7 @@ class SyncClient:
             max_buffered_bytes=max_buffered_bytes,
             max_packet_size=max_packet_size,
             reconnect=reconnect,
+            session_store=session_store,
         )
         self.hostname = hostname
         self.port = port

@@ -18,6 +18,18 @@ use super::event_loop::Shared;
 use super::options::Options;
 use super::runtime::{runtime, WakePipe};
 use super::state::{ConnectionState, Drained, Incoming, Limits, State, Submitted};
+use super::store::{Store, StoreError};
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The options are not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The session store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// An MQTT client. Dropping it closes the connection (without waiting).
 pub struct Client {
@@ -48,18 +60,31 @@ impl Client {
     /// Validates the options and prepares the client; nothing connects until [`connect`].
     ///
     /// [`connect`]: Client::connect
-    pub fn new(mut opts: Options) -> Result<Client, String> {
-        opts.validate()?;
-        let wake = WakePipe::new().map_err(|e| format!("cannot create the wake socket: {e}"))?;
+    ///
+    /// With a session store the stored session is loaded here (blocking file I/O: call it
+    /// off any async runtime's workers), and resumed by the first connection.
+    pub fn new(mut opts: Options) -> Result<Client, SetupError> {
+        opts.validate().map_err(SetupError::Invalid)?;
+        let wake = WakePipe::new()
+            .map_err(|e| SetupError::Invalid(format!("cannot create the wake socket: {e}")))?;
         let limits = Limits {
             max_inflight: opts.max_inflight,
             max_buffered: opts.max_buffered,
             max_incoming: opts.max_incoming,
             clean_session: opts.clean_session,
+            persist: opts.session_store.is_some(),
         };
-        let state = State::new(limits, Instant::now());
+        let mut state = State::new(limits, Instant::now());
+        let store = match &opts.session_store {
+            Some(path) => {
+                let (store, session) = Store::open(path, &opts.client_id)?;
+                state.restore(session);
+                Some(store)
+            }
+            None => None,
+        };
         Ok(Client {
-            shared: Arc::new(Shared::new(opts, state, wake)),
+            shared: Arc::new(Shared::new(opts, state, wake, store)),
         })
     }
 
@@ -91,6 +116,7 @@ impl Client {
         let token = token.ok_or_else(|| {
             io::Error::new(io::ErrorKind::AlreadyExists, "connect() was already called")
         })?;
+        rt.spawn(Arc::clone(&self.shared).persist_loop());
         rt.spawn(Arc::clone(&self.shared).run(token));
         Ok(token)
     }

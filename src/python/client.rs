@@ -25,8 +25,8 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::client::{
-    Client, ClientError, ConnectionState, Incoming, Options, Outcome, Reconnect, StateChange,
-    Submitted,
+    Client, ClientError, ConnectionState, Incoming, Options, Outcome, Reconnect, SetupError,
+    StateChange, Submitted,
 };
 use crate::codec::{ConnectReturnCode, LastWill, Protocol, QoS};
 use crate::topic as topics;
@@ -199,7 +199,7 @@ fn exception<'py>(py: Python<'py>, e: &ClientError) -> PyResult<Bound<'py, PyAny
         ClientError::ConnectionLost(_) => {
             client_error_class(py, ClientErrorClass::Connection)?.call1((message, rc::CONN_LOST))
         }
-        ClientError::ConnectFailed(_) | ClientError::Closed => {
+        ClientError::ConnectFailed(_) | ClientError::Store(_) | ClientError::Closed => {
             client_error_class(py, ClientErrorClass::Connection)?.call1((message, rc::NO_CONN))
         }
     }
@@ -492,10 +492,11 @@ impl ClientCore {
     #[pyo3(signature = (
         host, port, *, client_id, clean_session, keepalive, username, password, will,
         protocol, connect_timeout, max_inflight, max_buffered_bytes, max_queued_incoming,
-        max_packet_size, reconnect
+        max_packet_size, reconnect, session_store = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         host: String,
         port: u16,
         client_id: String,
@@ -511,6 +512,7 @@ impl ClientCore {
         max_queued_incoming: usize,
         max_packet_size: usize,
         reconnect: Option<(f64, f64, Option<u32>)>,
+        session_store: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let protocol = match protocol {
             3 => Protocol::V31,
@@ -559,8 +561,13 @@ impl ClientCore {
             max_incoming: max_queued_incoming,
             max_packet_size,
             reconnect,
+            session_store,
         };
-        let inner = Client::new(options).map_err(PyValueError::new_err)?;
+        // Opening and reading a session store is file I/O: not with the GIL held.
+        let inner = py.detach(|| Client::new(options)).map_err(|e| match e {
+            SetupError::Invalid(message) => PyValueError::new_err(message),
+            SetupError::Store(e) => MqttError::new_err(e.to_string()),
+        })?;
         Ok(ClientCore {
             inner,
             topics: Mutex::new(None),
