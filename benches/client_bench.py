@@ -1,8 +1,23 @@
-"""Client benchmark: pyo3mq.Client against paho-mqtt and aiomqtt, same mosquitto, same run.
+"""Client benchmark: pyo3mq's clients against paho-mqtt and aiomqtt, in the same run.
 
-    .venv/bin/python benches/client_bench.py [--rounds 3] [--json out.json]
+    .venv/bin/python benches/client_bench.py [--rounds 3] [--only flow|publish] [--json F]
 
-Measures, per library, from Python:
+Two suites. **flow** (receiving), against pyo3mq's broker and Debian's mosquitto, each
+measured on a quiet machine and again while another process keeps one core busy:
+
+- receive-only: another process (a raw socket, pre-encoded packets) publishes N QoS 0
+  messages of 64 bytes, then an end marker, to a topic the client subscribes to; the
+  rate is N over the time from the start of the feed to the marker's arrival.
+- publish+receive: the client publishes N QoS 0 messages to a topic it subscribes to and
+  receives them all back; the rate is N over the time until the last one arrived.
+
+Libraries: pyo3mq.Client (asyncio), pyo3mq.SyncClient (blocking, iterating
+`messages()`), paho-mqtt (`loop_start()` thread, counting in `on_message`) and aiomqtt.
+Both brokers queue without limit here (mosquitto `max_queued_messages 0`, pyo3mq
+`max_queued_messages = 10000000`), so a slow client loses nothing and every library is
+timed on the same N messages.
+
+**publish** (sending), against mosquitto:
 
 - QoS 0 publish rate: N publishes of a 64-byte payload, then one QoS 1 publish awaited
   as a barrier (it is acknowledged only after everything before it reached the broker),
@@ -19,10 +34,11 @@ Measures, per library, from Python:
   to it, then waits for the message to come back through the broker; repeated, one at a
   time. Reported as median and 99th percentile.
 
-A fresh mosquitto (Debian's /usr/sbin/mosquitto, loopback, anonymous) serves the whole
-run unless --port names a running broker. Rounds alternate the order of the libraries;
-rates are the median of the rounds, and each ratio to paho-mqtt is the median of the
-per-round ratios (paired within a round, so machine noise hits both sides alike).
+Fresh brokers (Debian's /usr/sbin/mosquitto and the `pyo3mq` command, loopback,
+anonymous) serve the whole run unless --port names a running broker (publish suite
+only). Rounds alternate the order of the libraries; rates are the median of the rounds,
+and each ratio to paho-mqtt is the median of the per-round ratios (paired within a
+round, so machine noise hits both sides alike).
 """
 
 from __future__ import annotations
@@ -59,33 +75,48 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _serve(command: list[str], port: int, name: str) -> Iterator[int]:
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection((HOST, port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{name} did not start") from None
+                time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @contextmanager
-def mosquitto() -> Iterator[int]:
+def mosquitto(*lines: str) -> Iterator[int]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = os.path.join(tmp, "mosquitto.conf")
         with open(conf, "w") as f:
             f.write(f"listener {port} {HOST}\nallow_anonymous true\n")
+            f.writelines(f"{line}\n" for line in lines)
             if os.name == "posix" and os.geteuid() == 0:
                 f.write("user root\n")
-        proc = subprocess.Popen(
-            [binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection((HOST, port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("mosquitto did not start") from None
-                    time.sleep(0.02)
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(5)
+        yield from _serve([binary, "-c", conf], port, "mosquitto")
+
+
+@contextmanager
+def pyo3mq_broker() -> Iterator[int]:
+    """The `pyo3mq` command from this virtualenv, in its own process."""
+    port = free_port()
+    command = os.path.join(os.path.dirname(sys.executable), "pyo3mq")
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "pyo3mq.toml")
+        with open(conf, "w") as f:
+            f.write("max_queued_messages = 10000000\n")
+        yield from _serve([command, "--port", str(port), "--config", conf], port, "pyo3mq")
 
 
 # --------------------------------------------------------------------------------------
@@ -256,6 +287,396 @@ def raw_ceiling(port: int, n: int, payload: bytes) -> float:
 
 
 # --------------------------------------------------------------------------------------
+# The flow suite: receive-only and publish+receive
+# --------------------------------------------------------------------------------------
+
+FLOW_TOPIC = "bench/flow"
+END = b"end"
+
+#: The feeder: a raw socket in a process of its own, with the N PUBLISH packets and the end
+#: marker encoded before the start signal, so that it costs the client side nothing.
+FEEDER = r"""
+import socket, struct, sys
+
+host, port, topic, n, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:6])
+
+
+def packet(first, body):
+    out, length = bytearray([first]), len(body)
+    while True:
+        byte, length = length % 128, length // 128
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out) + body
+
+
+name = struct.pack("!H", len(topic)) + topic.encode()
+blob = packet(0x30, name + b"x" * size) * n + packet(0x30, name + b"end")
+sock = socket.create_connection((host, port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+sock.sendall(packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"))
+sock.recv(4)
+print("ready", flush=True)
+sys.stdin.readline()
+sock.sendall(blob)
+sys.stdin.readline()
+sock.sendall(b"\xe0\x00")
+sock.close()
+"""
+
+
+class Feeder:
+    """Publishes N messages and the end marker from another process when `go()` is
+    called; `go()` returns the start time."""
+
+    def __init__(self, port: int, n: int, size: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", FEEDER, HOST, str(port), FLOW_TOPIC, str(n), str(size)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the feeder did not connect")
+
+    def go(self) -> float:
+        assert self.proc.stdin is not None
+        start = time.perf_counter()
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return start
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("done\n")
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+async def pyo3mq_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    async with pyo3mq.Client(HOST, port) as c:
+        await c.subscribe(FLOW_TOPIC)
+        feeder = Feeder(port, n, size)
+        count = 0
+        start = feeder.go()
+        async for message in c.messages:
+            if message.payload == END:
+                break
+            count += 1
+        elapsed = time.perf_counter() - start
+    feeder.close()
+    return count, elapsed
+
+
+def sync_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    with pyo3mq.SyncClient(HOST, port) as c:
+        c.subscribe(FLOW_TOPIC)
+        feeder = Feeder(port, n, size)
+        count = 0
+        start = feeder.go()
+        for message in c.messages():
+            if message.payload == END:
+                break
+            count += 1
+        elapsed = time.perf_counter() - start
+    feeder.close()
+    return count, elapsed
+
+
+async def aiomqtt_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    async with aiomqtt.Client(HOST, port, max_queued_incoming_messages=0) as c:
+        await c.subscribe(FLOW_TOPIC)
+        feeder = Feeder(port, n, size)
+        count = 0
+        start = feeder.go()
+        async for message in c.messages:
+            if message.payload == END:
+                break
+            count += 1
+        elapsed = time.perf_counter() - start
+    feeder.close()
+    return count, elapsed
+
+
+def _paho_subscribe(c: paho.Client, topic: str) -> None:
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *args: subscribed.set()
+    c.subscribe(topic)
+    if not subscribed.wait(10):
+        raise RuntimeError("paho: no SUBACK")
+
+
+def paho_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    done = threading.Event()
+    count = 0
+
+    def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        nonlocal count
+        if message.payload == END:
+            done.set()
+        else:
+            count += 1
+
+    with paho_client(port) as c:
+        c.on_message = on_message
+        _paho_subscribe(c, FLOW_TOPIC)
+        feeder = Feeder(port, n, size)
+        start = feeder.go()
+        if not done.wait(600):
+            raise RuntimeError("paho: no end marker")
+        elapsed = time.perf_counter() - start
+    feeder.close()
+    return count, elapsed
+
+
+async def pyo3mq_publish_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    payload = b"x" * size
+    topic = f"{FLOW_TOPIC}/{os.getpid()}/pyo3mq"
+    async with pyo3mq.Client(HOST, port) as c:
+        await c.subscribe(topic)
+
+        async def consume() -> int:
+            count = 0
+            async for _message in c.messages:
+                count += 1
+                if count == n:
+                    break
+            return count
+
+        start = time.perf_counter()
+        consumer = asyncio.ensure_future(consume())
+        for _ in range(n):
+            await c.publish(topic, payload)
+        count = await consumer
+        return count, time.perf_counter() - start
+
+
+def sync_publish_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    payload = b"x" * size
+    topic = f"{FLOW_TOPIC}/{os.getpid()}/sync"
+    with pyo3mq.SyncClient(HOST, port) as c:
+        c.subscribe(topic)
+
+        def produce() -> None:
+            for _ in range(n):
+                c.publish(topic, payload)
+
+        start = time.perf_counter()
+        producer = threading.Thread(target=produce)
+        producer.start()
+        count = 0
+        for _message in c.messages():
+            count += 1
+            if count == n:
+                break
+        elapsed = time.perf_counter() - start
+        producer.join()
+        return count, elapsed
+
+
+async def aiomqtt_publish_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    payload = b"x" * size
+    topic = f"{FLOW_TOPIC}/{os.getpid()}/aiomqtt"
+    async with aiomqtt.Client(HOST, port, max_queued_incoming_messages=0) as c:
+        await c.subscribe(topic)
+
+        async def consume() -> int:
+            count = 0
+            async for _message in c.messages:
+                count += 1
+                if count == n:
+                    break
+            return count
+
+        start = time.perf_counter()
+        consumer = asyncio.ensure_future(consume())
+        for _ in range(n):
+            await c.publish(topic, payload)
+        count = await consumer
+        return count, time.perf_counter() - start
+
+
+def paho_publish_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    payload = b"x" * size
+    topic = f"{FLOW_TOPIC}/{os.getpid()}/paho"
+    done = threading.Event()
+    count = 0
+
+    def on_message(_c: paho.Client, _u: Any, _message: paho.MQTTMessage) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    with paho_client(port) as c:
+        c.on_message = on_message
+        _paho_subscribe(c, topic)
+        start = time.perf_counter()
+        for _ in range(n):
+            c.publish(topic, payload)
+        if not done.wait(600):
+            raise RuntimeError(f"paho: {count} of {n} messages came back")
+        return count, time.perf_counter() - start
+
+
+def _raw_subscriber(port: int, topic: str) -> socket.socket:
+    sock = socket.create_connection((HOST, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(_packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"))
+    if sock.recv(4)[:1] != b"\x20":
+        raise RuntimeError("raw socket: no CONNACK")
+    name = struct.pack("!H", len(topic)) + topic.encode()
+    sock.sendall(_packet(0x82, b"\x00\x01" + name + b"\x00"))
+    if sock.recv(5)[:1] != b"\x90":
+        raise RuntimeError("raw socket: no SUBACK")
+    return sock
+
+
+def _read_until(sock: socket.socket, total: int | None, tail: bytes) -> int:
+    """Reads until `total` bytes came, or until the stream ends with `tail`; returns the
+    bytes read (tail excluded)."""
+    buffer = bytearray(1 << 20)
+    got, last = 0, b""
+    while True:
+        n = sock.recv_into(buffer)
+        if n == 0:
+            raise RuntimeError("raw socket: closed")
+        got += n
+        if total is not None and got >= total:
+            return got
+        last = (last + bytes(buffer[max(0, n - len(tail)) : n]))[-len(tail) :]
+        if tail and last == tail:
+            return got - len(tail)
+
+
+def raw_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    """What the broker delivers when reading costs nothing: the ceiling of receive."""
+    name = struct.pack("!H", len(FLOW_TOPIC)) + FLOW_TOPIC.encode()
+    one = len(_packet(0x30, name + b"x" * size))
+    with _raw_subscriber(port, FLOW_TOPIC) as sock:
+        feeder = Feeder(port, n, size)
+        start = feeder.go()
+        got = _read_until(sock, None, _packet(0x30, name + END))
+        elapsed = time.perf_counter() - start
+    feeder.close()
+    return got // one, elapsed
+
+
+def raw_publish_receive(port: int, n: int, size: int) -> tuple[int, float]:
+    """The same socket writes N pre-encoded messages and reads them back: the ceiling of
+    publish+receive."""
+    topic = f"{FLOW_TOPIC}/{os.getpid()}/raw"
+    name = struct.pack("!H", len(topic)) + topic.encode()
+    one = _packet(0x30, name + b"x" * size)
+    with _raw_subscriber(port, topic) as sock:
+        start = time.perf_counter()
+        writer = threading.Thread(target=sock.sendall, args=(one * n,))
+        writer.start()
+        got = _read_until(sock, len(one) * n, b"")
+        elapsed = time.perf_counter() - start
+        writer.join()
+    return got // len(one), elapsed
+
+
+FLOW_LIBRARIES = ("pyo3mq", "pyo3mq-sync", "paho-mqtt", "aiomqtt", "raw socket")
+FLOW = {
+    "receive": {
+        "pyo3mq": pyo3mq_receive,
+        "pyo3mq-sync": sync_receive,
+        "paho-mqtt": paho_receive,
+        "aiomqtt": aiomqtt_receive,
+        "raw socket": raw_receive,
+    },
+    "publish+receive": {
+        "pyo3mq": pyo3mq_publish_receive,
+        "pyo3mq-sync": sync_publish_receive,
+        "paho-mqtt": paho_publish_receive,
+        "aiomqtt": aiomqtt_publish_receive,
+        "raw socket": raw_publish_receive,
+    },
+}
+FLOW_BROKERS: dict[str, Callable[[], Any]] = {
+    "pyo3mq": pyo3mq_broker,
+    "mosquitto": lambda: mosquitto("max_queued_messages 0"),
+}
+LOADS = ("quiet", "busy")
+
+
+@contextmanager
+def busy(load: str) -> Iterator[None]:
+    """With "busy", another process spins on one core for the duration."""
+    if load != "busy":
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def flow_suite(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    n, size = args.flow_count, args.payload_size
+    # rates[broker][scenario][load][library] = per-round rates
+    rates: dict[str, Any] = {}
+    lost: list[str] = []
+    for broker, serve in FLOW_BROKERS.items():
+        rates[broker] = {
+            k: {load: {lib: [] for lib in FLOW_LIBRARIES} for load in LOADS} for k in FLOW
+        }
+        with serve() as port:
+            for kind in FLOW:  # warm-up: imports, first connections, the client runtime
+                for lib in FLOW_LIBRARIES:
+                    _call(FLOW[kind][lib], port, 1000, size)
+            for load in LOADS:
+                with busy(load):
+                    for r in range(args.rounds):
+                        order = FLOW_LIBRARIES if r % 2 == 0 else tuple(reversed(FLOW_LIBRARIES))
+                        for kind in FLOW:
+                            for lib in order:
+                                count, elapsed = _call(FLOW[kind][lib], port, n, size)
+                                if count != n:
+                                    lost.append(f"{broker} {load} {kind} {lib}: {count} of {n}")
+                                rate = count / elapsed
+                                rates[broker][kind][load][lib].append(rate)
+                                log(
+                                    f"{broker:9} {load:5} round {r + 1} {kind:15} {lib:11} "
+                                    f"{rate:>10,.0f} msg/s"
+                                )
+    med = statistics.median
+    results: dict[str, Any] = {"count": n, "rates": rates, "lost": lost}
+    lines = []
+    for broker in FLOW_BROKERS:
+        lines += [
+            "",
+            f"Against {broker}:",
+            "",
+            "| client | receive msg/s | vs paho | busy: receive | vs paho "
+            "| publish+receive msg/s | vs paho | busy: publish+receive | vs paho |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for lib in FLOW_LIBRARIES:
+            cells = []
+            for kind in FLOW:
+                for load in LOADS:
+                    mine = rates[broker][kind][load][lib]
+                    paho_rates = rates[broker][kind][load]["paho-mqtt"]
+                    ratio = med(a / b for a, b in zip(mine, paho_rates))
+                    results.setdefault(broker, {}).setdefault(lib, {})[f"{kind} {load}"] = {
+                        "rate": med(mine),
+                        "vs_paho": ratio,
+                    }
+                    cells += [f"{med(mine):,.0f}", f"{ratio:.1f}x"]
+            lines.append(f"| {lib} | " + " | ".join(cells) + " |")
+    if lost:
+        lines += ["", "Messages lost (should not happen with unlimited queues):", *lost]
+    return results, lines
+
+
+# --------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------
 
@@ -274,14 +695,43 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("flow", "publish"), help="run one suite")
+    parser.add_argument("--flow-count", type=int, default=100_000)
     parser.add_argument("--qos0-count", type=int, default=200_000)
     parser.add_argument("--qos1-count", type=int, default=50_000)
     parser.add_argument("--latency-count", type=int, default=2_000)
     parser.add_argument("--payload-size", type=int, default=64)
     parser.add_argument("--window", type=int, default=64, help="inflight window, all clients")
-    parser.add_argument("--port", type=int, help="use the broker on this port, not mosquitto")
+    parser.add_argument("--port", type=int, help="publish suite: the broker on this port")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
+    results: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "versions": {
+            "pyo3mq": pyo3mq.__version__,
+            "paho-mqtt": _version("paho-mqtt"),
+            "aiomqtt": _version("aiomqtt"),
+        },
+        "payload_size": args.payload_size,
+        "rounds": args.rounds,
+    }
+    lines: list[str] = []
+    if args.only in (None, "flow"):
+        results["flow"], flow_lines = flow_suite(args)
+        lines += ["Receiving (QoS 0, messages/s, median of rounds; ratios paired per round):"]
+        lines += flow_lines
+    if args.only in (None, "publish"):
+        results["publish"], publish_lines = publish_suite(args)
+        lines += ["", "Publishing, against mosquitto:", "", *publish_lines]
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def publish_suite(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     payload = os.urandom(args.payload_size)
     counts = {"qos0": args.qos0_count, "qos1": args.qos1_count}
 
@@ -314,16 +764,7 @@ def main() -> int:
 
     med = statistics.median
     results: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "versions": {
-            "pyo3mq": pyo3mq.__version__,
-            "paho-mqtt": _version("paho-mqtt"),
-            "aiomqtt": _version("aiomqtt"),
-        },
-        "payload_size": args.payload_size,
         "window": args.window,
-        "rounds": args.rounds,
         "counts": counts,
         "broker_qos0_ceiling": med(ceilings),
     }
@@ -368,11 +809,7 @@ def main() -> int:
         f"| raw socket (broker ceiling) | {med(ceilings):,.0f} | {ceiling_vs_paho:.1f}x "
         "| | | | | | |"
     )
-    print("\n".join(lines))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+    return results, lines
 
 
 def log(line: str) -> None:

@@ -14,6 +14,8 @@
 //!   keepalive) and `Shared`, what it shares with the handle.
 //! - `runtime`: the process-wide tokio runtime and the wake socket.
 //! - `handle`: [`Client`], what the application (the Python bindings) holds.
+//! - `store`: the optional session store (SQLite): unacknowledged outgoing QoS 1/2
+//!   publishes and inbound QoS 2 ids, so that a session survives the process.
 //!
 //! The state lives behind a short-held mutex that three parties touch: the caller's
 //! thread (Python's event loop thread), which encodes outgoing packets straight into the
@@ -38,8 +40,11 @@ mod handle;
 mod options;
 mod runtime;
 mod state;
+mod store;
 
 pub use error::ClientError;
 pub use handle::Client;
+pub use handle::SetupError;
 pub use options::{Options, Reconnect};
 pub use state::{ConnectionState, Drained, Incoming, Outcome, StateChange, Submitted};
+pub use store::StoreError;

@@ -262,9 +262,10 @@ impl InboundQos2 {
         self.ids.insert(id).is_some()
     }
 
-    /// PUBREL for `id`: the id may carry a new message from now on.
-    pub(crate) fn release(&mut self, id: u16) {
-        self.ids.remove(id);
+    /// PUBREL for `id`: the id may carry a new message from now on. Returns whether it
+    /// was held.
+    pub(crate) fn release(&mut self, id: u16) -> bool {
+        self.ids.remove(id)
     }
 
     #[cfg(test)]
@@ -277,7 +278,6 @@ impl InboundQos2 {
         self.ids.len
     }
 
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.ids.len == 0
     }

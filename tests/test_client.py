@@ -124,12 +124,14 @@ async def no_message(client: Client, wait: float = 0.3) -> None:
 
 
 class Proxy:
-    """A TCP proxy on loopback: `pause()` blackholes server-to-client bytes (acks get
-    lost), `cut()` aborts every connection (no DISCONNECT: the broker sees a dead peer)."""
+    """A TCP proxy on loopback: `paused` blackholes server-to-client bytes (acks get
+    lost), `paused_up` client-to-server bytes (the server never sees them), `cut()`
+    aborts every connection (no DISCONNECT: the broker sees a dead peer)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.paused = False
+        self.paused_up = False
         self.refuse = False
         self.conns: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self.port = 0
@@ -157,7 +159,7 @@ class Proxy:
                     data = await r.read(65536)
                     if not data:
                         break
-                    if downstream and self.paused:
+                    if self.paused if downstream else self.paused_up:
                         continue
                     w.write(data)
                     await w.drain()
@@ -318,6 +320,41 @@ async def test_messages_cross_in_batches(server: int) -> None:
             payloads = [(await next_message(sub)).payload for _ in range(901)]
     assert payloads[-1] == b"end"
     assert wakes < 100, wakes
+
+
+async def test_iterating_a_batch_makes_no_trip_through_the_event_loop(server: int) -> None:
+    """Messages queued in Rust are iterated a batch per call into Rust: consuming 3000 of
+    them lets the event loop turn a handful of times, not once per message."""
+    async with Client("127.0.0.1", server, client_id="batch-iter") as client:
+        await client.subscribe("batch/iter")
+        for i in range(2999):
+            client.publish("batch/iter", b"%d" % i)
+        await client.publish("batch/iter", b"end", qos=1)
+        for _ in range(200):
+            if len(client.messages) == 3000:
+                break
+            await asyncio.sleep(0.02)
+        assert len(client.messages) == 3000
+        turns = 0
+
+        async def ticker() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        start = turns
+        payloads = []
+        async for message in client.messages:
+            payloads.append(message.payload)
+            if message.payload == b"end":
+                break
+        used = turns - start
+        task.cancel()
+    assert payloads == [b"%d" % i for i in range(2999)] + [b"end"]
+    assert used <= 3, used
 
 
 async def test_retained_messages(server: int) -> None:

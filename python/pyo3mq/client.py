@@ -1,11 +1,13 @@
-"""`Client`: an asyncio MQTT 3.1/3.1.1 client whose protocol work runs in Rust.
+"""`Client`: an asyncio MQTT 3.1/3.1.1 client whose protocol work runs in Rust, with
+aiomqtt's surface.
 
 ```python
-async with Client("127.0.0.1", 1883, client_id="sensor-1") as client:
+async with Client("127.0.0.1", 1883, identifier="sensor-1") as client:
     await client.subscribe("cmd/#", qos=1)
     await client.publish("status", b"online", qos=1, retain=True)
     async for message in client.messages:
-        print(message.topic, message.payload)
+        if message.topic.matches("cmd/reboot"):
+            ...
 ```
 
 The socket, the codec, packet ids, the inflight window, QoS 1/2 flows, keepalive pings
@@ -13,7 +15,10 @@ and reconnects live in Rust (`src/client/`) on a process-wide tokio runtime. Pyt
 calls into it only to hand over work, which never waits on I/O. Rust answers through a
 wake socket this loop watches (`loop.add_reader`): one wake-up drains every completion,
 state change and message that arrived meanwhile, so a burst of acknowledgements or
-messages costs one hand-off, not one per packet.
+messages costs one hand-off, not one per packet. Received messages become Python objects
+a batch per call into Rust, and `client.messages` yields from that batch. On a loop
+without `add_reader` (Windows' Proactor loop) a thread waits in Rust instead and hands
+each batch to the loop with `call_soon_threadsafe`.
 
 `publish()` starts publishing at once and returns an awaitable (an `asyncio.Future`):
 awaiting it waits for hand-over (QoS 0), PUBACK (QoS 1) or PUBCOMP (QoS 2). Many
@@ -30,6 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import math
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,12 +49,14 @@ from pyo3mq._pyo3mq import (
     ClientCore,
     ClientMessage,
     MqttBadUsernameOrPasswordError,
+    MqttCodeError,
     MqttConnectionError,
     MqttConnectRefusedError,
-    MqttError,
     MqttIdentifierRejectedError,
     MqttNotAuthorizedError,
+    MqttOperationTimeoutError,
     MqttProtocolError,
+    MqttReentrantError,
     MqttServerUnavailableError,
     MqttSubscribeError,
     MqttTimeoutError,
@@ -62,18 +72,26 @@ __all__ = [
     "MQTTv311",
     "MessagesIterator",
     "MqttBadUsernameOrPasswordError",
+    "MqttCodeError",
     "MqttConnectRefusedError",
     "MqttConnectionError",
     "MqttIdentifierRejectedError",
     "MqttNotAuthorizedError",
+    "MqttOperationTimeoutError",
     "MqttProtocolError",
+    "MqttReentrantError",
     "MqttServerUnavailableError",
     "MqttSubscribeError",
     "MqttTimeoutError",
     "MqttUnacceptableProtocolVersionError",
     "PayloadType",
+    "ProtocolVersion",
     "Reconnect",
     "StateChange",
+    "Topic",
+    "TopicLike",
+    "Wildcard",
+    "WildcardLike",
     "Will",
 ]
 
@@ -81,6 +99,14 @@ __all__ = [
 MQTTv31: Final = 3
 #: MQTT 3.1.1 (protocol name `MQTT`, level 4).
 MQTTv311: Final = 4
+
+
+class ProtocolVersion(enum.IntEnum):
+    """aiomqtt's names for the protocol levels (MQTT 5 is not supported)."""
+
+    V31 = 3
+    V311 = 4
+
 
 #: What `publish` accepts as a payload: str is sent as UTF-8, int and float as their
 #: decimal text, None as an empty payload.
@@ -91,6 +117,80 @@ _BATCH: Final = 1024
 #: `ClientCore.publish` results other than a token.
 _SENT: Final = Submitted.SENT
 _FULL: Final = Submitted.FULL
+#: The client's default `timeout`, in seconds.
+_DEFAULT_TIMEOUT: Final = 10.0
+#: paho-mqtt's (so aiomqtt's) default, and Mosquitto's default `max_inflight_messages`,
+#: which is also how many incoming QoS 2 messages awaiting PUBREL it allows a client
+#: before it closes the connection.
+_DEFAULT_MAX_INFLIGHT: Final = 20
+_DEFAULT_MAX_QUEUED_INCOMING: Final = 10_000
+
+
+# --------------------------------------------------------------------------------------
+# Topics
+# --------------------------------------------------------------------------------------
+
+
+class Topic(str):
+    """A topic name, as aiomqtt's `Topic`: `message.topic.matches("a/+")`,
+    `message.topic.value`.
+
+    It is a `str` (so `message.topic == "a/b"`, dict keys and str methods work as they
+    always did) with aiomqtt's `.value` and `.matches(wildcard)`. Received topics are
+    made in Rust, one object per run of messages with the same topic.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> Topic:
+        if not isinstance(value, str):
+            raise TypeError("Topic must be of type str")
+        if not value or len(value) > 65_535 or "+" in value or "#" in value:
+            raise ValueError(f"Invalid topic: {value}")
+        return str.__new__(cls, value)
+
+    @property
+    def value(self) -> str:
+        """The topic as a plain str."""
+        return str.__str__(self)
+
+    def matches(self, wildcard: WildcardLike) -> bool:
+        """Whether the topic matches `wildcard` with aiomqtt's rules: `+` one level, a
+        final `#` the rest, a `$share/GROUP/` prefix ignored. (`ClientMessage.matches`
+        follows a server's routing instead, where `#` does not match `$SYS/...`.)
+        A malformed wildcard raises ValueError."""
+        return _pyo3mq.topic_matches(self, wildcard if isinstance(wildcard, str) else str(wildcard))
+
+    def __repr__(self) -> str:
+        return f"Topic(value={str.__repr__(self)})"
+
+
+@dataclass(frozen=True)
+class Wildcard:
+    """A topic filter, as aiomqtt's `Wildcard` (validated; `str()` is the value)."""
+
+    value: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, str):
+            raise TypeError("Wildcard must be of type str")
+        value = self.value
+        if (
+            not value
+            or len(value) > 65_535
+            or "#/" in value
+            or any(("+" in level or "#" in level) for level in value.split("/") if len(level) > 1)
+        ):
+            raise ValueError(f"Invalid wildcard: {value}")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TopicLike = Union[str, Topic]
+WildcardLike = Union[str, Wildcard]
+
+_pyo3mq.set_topic_class(Topic)
 
 
 # --------------------------------------------------------------------------------------
@@ -156,6 +256,106 @@ class StateChange:
 
 
 # --------------------------------------------------------------------------------------
+# Arguments shared with SyncClient
+# --------------------------------------------------------------------------------------
+
+
+def _pick(name: str, value: Any, alias: str, alias_value: Any, default: Any) -> Any:
+    """One argument known under two names (aiomqtt's and pyo3mq's earlier one)."""
+    if value is not None and alias_value is not None and value != alias_value:
+        raise TypeError(f"{name} and {alias} are the same argument: pass one of them")
+    if value is not None:
+        return value
+    return default if alias_value is None else alias_value
+
+
+@dataclass(frozen=True)
+class _Settings:
+    hostname: str
+    port: int
+    timeout: float
+    core_args: dict[str, Any]
+
+    def new_core(self) -> ClientCore:
+        return ClientCore(self.hostname, self.port, **self.core_args)
+
+
+def _settings(
+    hostname: str,
+    port: int,
+    *,
+    username: str | None,
+    password: str | bytes | None,
+    identifier: str | None,
+    client_id: str | None,
+    protocol: int | None,
+    will: Will | None,
+    clean_session: bool | None,
+    transport: str,
+    timeout: float | None,
+    keepalive: int,
+    max_inflight_messages: int | None,
+    max_inflight: int | None,
+    max_queued_incoming_messages: int | None,
+    max_queued_incoming: int | None,
+    max_buffered_bytes: int,
+    max_packet_size: int,
+    reconnect: bool | Reconnect,
+    session_store: str | None,
+) -> _Settings:
+    if transport != "tcp":
+        raise ValueError(f"transport {transport!r} is not supported: only 'tcp'")
+    identifier = _pick("identifier", identifier, "client_id", client_id, "")
+    inflight = _pick(
+        "max_inflight_messages",
+        max_inflight_messages,
+        "max_inflight",
+        max_inflight,
+        _DEFAULT_MAX_INFLIGHT,
+    )
+    # aiomqtt's "0 or less means unlimited": every queue here is bounded, and a full one
+    # pauses reading instead of discarding, so the default bound stands in.
+    if max_queued_incoming_messages is not None and max_queued_incoming_messages <= 0:
+        max_queued_incoming_messages = _DEFAULT_MAX_QUEUED_INCOMING
+    queued = _pick(
+        "max_queued_incoming_messages",
+        max_queued_incoming_messages,
+        "max_queued_incoming",
+        max_queued_incoming,
+        _DEFAULT_MAX_QUEUED_INCOMING,
+    )
+    store_path = None
+    if session_store is not None and session_store != "memory":
+        if not session_store.startswith("sqlite:") or len(session_store) == len("sqlite:"):
+            raise ValueError(
+                f"session_store must be 'memory' or 'sqlite:PATH', not {session_store!r}"
+            )
+        store_path = session_store[len("sqlite:") :]
+    seconds = _DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    policy = Reconnect() if reconnect is True else (reconnect or None)
+    core_args: dict[str, Any] = {
+        "client_id": identifier,
+        "clean_session": True if clean_session is None else clean_session,
+        "keepalive": keepalive,
+        "username": username,
+        "password": password,
+        "will": None if will is None else (will.topic, will.payload, will.qos, will.retain),
+        "protocol": MQTTv311 if protocol is None else int(protocol),
+        # An infinite timeout has no CONNACK bound; a day stands in for it.
+        "connect_timeout": 86_400.0 if math.isinf(seconds) else seconds,
+        "max_inflight": inflight,
+        "max_buffered_bytes": max_buffered_bytes,
+        "max_queued_incoming": queued,
+        "max_packet_size": max_packet_size,
+        "reconnect": None
+        if policy is None
+        else (policy.initial_delay, policy.max_delay, policy.max_attempts),
+        "session_store": store_path,
+    }
+    return _Settings(hostname, port, seconds, core_args)
+
+
+# --------------------------------------------------------------------------------------
 # Messages
 # --------------------------------------------------------------------------------------
 
@@ -164,8 +364,9 @@ class MessagesIterator:
     """`async for message in client.messages`: received messages in arrival order.
 
     Messages wait in Rust (at most `max_queued_incoming`; beyond that the client stops
-    reading the socket) and cross to Python a batch at a time. Iteration ends after a
-    requested disconnect and raises the error after a lost connection.
+    reading the socket) and cross to Python a batch at a time; iterating takes them from
+    that batch, with no trip through the event loop until it is used up. Iteration ends
+    after a requested disconnect and raises the error after a lost connection.
     """
 
     def __init__(self, client: Client) -> None:
@@ -195,6 +396,9 @@ class MessagesIterator:
                 raise StopAsyncIteration
             waiter: asyncio.Future[None] = client._loop.create_future()
             self._waiters.append(waiter)
+            if client._waker is not None:
+                # The waker thread waits for events only; now it must wait for messages.
+                client._core.kick()
             try:
                 await waiter
             finally:
@@ -219,6 +423,45 @@ class MessagesIterator:
                 waiter.set_result(None)
 
 
+class _Waker:
+    """For event loops without `add_reader` (Windows' Proactor loop): a thread waits in
+    Rust, without the GIL, until the core has events, then schedules the client's drain
+    on the loop with one `call_soon_threadsafe` and waits for it to have run."""
+
+    def __init__(self, client: Client, core: ClientCore, loop: asyncio.AbstractEventLoop) -> None:
+        self._client = client
+        self._core = core
+        self._loop = loop
+        self._drained = threading.Event()
+        self._stopped = False
+        core.set_wake_pipe(False)
+        self._thread = threading.Thread(target=self._run, name="pyo3mq-client-waker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        core, client = self._core, self._client
+        while not self._stopped:
+            core.wait(client._messages._wanted() > 0)
+            if self._stopped:
+                return
+            self._drained.clear()
+            try:
+                self._loop.call_soon_threadsafe(client._on_wake, core)
+            except RuntimeError:  # the loop is closed: nobody is left to serve
+                return
+            while not self._drained.wait(0.5):
+                if self._stopped or self._loop.is_closed():
+                    return
+
+    def drained(self) -> None:
+        self._drained.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._drained.set()
+        self._core.kick()
+
+
 # --------------------------------------------------------------------------------------
 # The client
 # --------------------------------------------------------------------------------------
@@ -227,19 +470,23 @@ _Deferred = tuple[str, PayloadType, int, bool, "asyncio.Future[None]"]
 
 
 class Client:
-    """An asyncio MQTT 3.1/3.1.1 client.
+    """An asyncio MQTT 3.1/3.1.1 client, with aiomqtt's constructor and methods.
 
     >>> async with Client("127.0.0.1", 1883) as client:
     ...     await client.publish("a/b", b"hello", qos=1)
 
-    Arguments, all keyword-only after `port`:
+    Arguments, all keyword-only after `port` (aiomqtt's names; pyo3mq's earlier names
+    are kept as aliases):
 
-    - `client_id`: empty lets a 3.1.1 server assign one (then `clean_session` must be
-      True); for MQTT 3.1 an id is generated.
-    - `clean_session`, `keepalive` (seconds, 0 = off), `username`, `password`, `will`.
-    - `protocol`: `MQTTv311` (default) or `MQTTv31`.
-    - `timeout`: seconds for TCP connect plus CONNACK (per attempt), and the bound of a
-      graceful disconnect.
+    - `identifier` (alias `client_id`): empty or None lets a 3.1.1 server assign one
+      (then `clean_session` must be True); for MQTT 3.1 an id is generated.
+    - `clean_session` (default True), `keepalive` (seconds, 0 = off), `username`,
+      `password`, `will`.
+    - `protocol`: `ProtocolVersion.V311` / `MQTTv311` (default) or `V31` / `MQTTv31`.
+    - `timeout` (default 10 s): TCP connect plus CONNACK (per attempt), the bound of a
+      graceful disconnect, and the default bound of `subscribe` and `unsubscribe`
+      (`math.inf`: no bound). `publish` is bounded only when given its own `timeout`.
+    - `transport`: only "tcp".
     - `reconnect`: True or a `Reconnect` for automatic reconnection. With
       `clean_session=False` the session resumes and unacknowledged publishes are resent
       with DUP=1 under their original ids; when the server has no session, the client's
@@ -249,14 +496,25 @@ class Client:
       reconnecting are queued (QoS 0 in the write buffer, QoS 1/2 with their completions
       still pending). A first `connect()` that fails is retried with the same backoff
       (until `max_attempts` retries failed, if set) instead of raising at once.
-    - `max_inflight`: outgoing QoS 1/2 publishes awaiting acknowledgement (1-65535);
-      more wait in order for the window.
+    - `max_inflight_messages` (alias `max_inflight`, default 20, as paho-mqtt's and
+      Mosquitto's, which closes a connection with more QoS 2 messages awaiting PUBREL):
+      outgoing QoS 1/2 publishes awaiting acknowledgement (1-65535); more wait in order
+      for the window.
     - `max_buffered_bytes`: bytes of outgoing packets not yet written plus publishes
       waiting for the window; beyond it, `publish()` returns a future that completes
       once there is room (back-pressure).
-    - `max_queued_incoming`: received messages not yet iterated; beyond it the client
-      stops reading the socket until the application catches up.
+    - `max_queued_incoming_messages` (alias `max_queued_incoming`, default 10,000):
+      received messages not yet iterated; beyond it the client stops reading the socket
+      until the application catches up (nothing is discarded).
     - `max_packet_size`: largest packet accepted from the server.
+    - `session_store`: "memory" (default: the session lives as long as the process) or
+      "sqlite:PATH": the session's unacknowledged outgoing QoS 1/2 publishes and the
+      inbound QoS 2 ids awaiting PUBREL are kept in that SQLite file, and a client made
+      later with the same file and `identifier` (in this process or the next) resumes
+      them: resends, with DUP=1, what the server may have had, and does not deliver twice
+      a QoS 2 message the server sends again. Needs `clean_session=False` and an
+      `identifier`. Every packet is written only once the session it depends on is
+      committed (WAL; it survives a crash of the process).
     - `on_state_change`: called on the event loop with a `StateChange` at each
       transition (CONNECTING, CONNECTED, RECONNECTING, CLOSED).
     """
@@ -269,45 +527,57 @@ class Client:
         hostname: str,
         port: int = 1883,
         *,
-        client_id: str = "",
-        clean_session: bool = True,
-        keepalive: int = 60,
         username: str | None = None,
         password: str | bytes | None = None,
+        identifier: str | None = None,
+        protocol: int | None = None,
         will: Will | None = None,
-        protocol: int = MQTTv311,
-        timeout: float = 10.0,
+        clean_session: bool | None = None,
+        transport: str = "tcp",
+        timeout: float | None = None,
+        keepalive: int = 60,
+        max_queued_incoming_messages: int | None = None,
+        max_inflight_messages: int | None = None,
+        client_id: str | None = None,
         reconnect: bool | Reconnect = False,
-        max_inflight: int = 64,
+        max_inflight: int | None = None,
         max_buffered_bytes: int = 8 * 1024 * 1024,
-        max_queued_incoming: int = 10_000,
+        max_queued_incoming: int | None = None,
         max_packet_size: int = 268_435_460,
+        session_store: str | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
     ) -> None:
+        self._settings = _settings(
+            hostname,
+            port,
+            username=username,
+            password=password,
+            identifier=identifier,
+            client_id=client_id,
+            protocol=protocol,
+            will=will,
+            clean_session=clean_session,
+            transport=transport,
+            timeout=timeout,
+            keepalive=keepalive,
+            max_inflight_messages=max_inflight_messages,
+            max_inflight=max_inflight,
+            max_queued_incoming_messages=max_queued_incoming_messages,
+            max_queued_incoming=max_queued_incoming,
+            max_buffered_bytes=max_buffered_bytes,
+            max_packet_size=max_packet_size,
+            reconnect=reconnect,
+            session_store=session_store,
+        )
         self.hostname = hostname
         self.port = port
-        policy = Reconnect() if reconnect is True else (reconnect or None)
-        self._core_args: dict[str, Any] = {
-            "client_id": client_id,
-            "clean_session": clean_session,
-            "keepalive": keepalive,
-            "username": username,
-            "password": password,
-            "will": None if will is None else (will.topic, will.payload, will.qos, will.retain),
-            "protocol": protocol,
-            "connect_timeout": timeout,
-            "max_inflight": max_inflight,
-            "max_buffered_bytes": max_buffered_bytes,
-            "max_queued_incoming": max_queued_incoming,
-            "max_packet_size": max_packet_size,
-            "reconnect": None
-            if policy is None
-            else (policy.initial_delay, policy.max_delay, policy.max_attempts),
-        }
+        #: The default bound, in seconds, of `subscribe`, `unsubscribe`, and connecting.
+        self.timeout = self._settings.timeout
         # Built now so that bad arguments fail here, not at connect time.
-        self._core = self._new_core()
+        self._core = self._settings.new_core()
         self._started = False
         self._fd: int | None = None
+        self._waker: _Waker | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._backlog: deque[_Deferred] = deque()
         self._state = ConnectionState.CLOSED
@@ -316,14 +586,16 @@ class Client:
         self._on_state_change = on_state_change
         self._state_waiters: list[tuple[ConnectionState, asyncio.Future[None]]] = []
 
-    def _new_core(self) -> ClientCore:
-        return ClientCore(self.hostname, self.port, **self._core_args)
-
     # -- properties ---------------------------------------------------------------------
 
     @property
-    def client_id(self) -> str:
+    def identifier(self) -> str:
         """The client id sent to the server (generated for MQTT 3.1 when empty)."""
+        return self._core.client_id
+
+    @property
+    def client_id(self) -> str:
+        """`identifier`, under pyo3mq's earlier name."""
         return self._core.client_id
 
     @property
@@ -349,12 +621,15 @@ class Client:
     async def connect(self) -> None:
         """Connects and waits for CONNACK. A refusal raises a `MqttConnectRefusedError`
         subclass carrying the return code. With `reconnect`, other failures are retried
-        per the policy before raising. A client can connect again after it closed."""
+        per the policy before raising. A client can connect again after it closed;
+        connecting one that is connected or connecting raises `MqttReentrantError`."""
         if self._state is not ConnectionState.CLOSED:
-            raise MqttError(f"the client is already {self._state.value}")
+            raise MqttReentrantError(
+                f"the client is already {self._state.value}: it is reusable, but not reentrant"
+            )
         loop = asyncio.get_running_loop()
         if self._started:
-            self._core = self._new_core()
+            self._core = self._settings.new_core()
         core = self._core
         self._started = True
         self._loop = loop
@@ -367,8 +642,13 @@ class Client:
             _fail(leftover, stale)
         self._pending.clear()
         self._fail_backlog(stale)
-        self._fd = core.wake_fd
-        loop.add_reader(self._fd, self._on_wake, core)
+        fd = core.wake_fd
+        try:
+            loop.add_reader(fd, self._on_wake, core)
+            self._fd = fd
+        except NotImplementedError:
+            # Windows' Proactor loop cannot watch a socket: a thread waits instead.
+            self._waker = _Waker(self, core, loop)
         self._set_state(ConnectionState.CONNECTING, False, None)
         future: asyncio.Future[bool] = loop.create_future()
         self._pending[core.connect()] = future
@@ -419,49 +699,78 @@ class Client:
         payload: PayloadType = None,
         qos: int = 0,
         retain: bool = False,
+        *,
+        timeout: float | None = None,
     ) -> asyncio.Future[None]:
         """Publishes `payload` to `topic`, starting at once.
 
         Returns a future: awaiting it returns when the message is handed over (QoS 0),
         acknowledged by PUBACK (QoS 1) or completed by PUBCOMP (QoS 2). It raises
         `MqttConnectionError` (or a subclass) if the client closes first; while it
-        reconnects, QoS 1/2 publishes stay pending and are resent. Bad arguments raise
-        `ValueError` / `TypeError` at the call.
+        reconnects, QoS 1/2 publishes stay pending and are resent. With `timeout`
+        (seconds), it raises `MqttOperationTimeoutError` if that passes first (the
+        message is not withdrawn). Bad arguments raise `ValueError` / `TypeError` at the
+        call.
         """
         if self._backlog:
-            return self._defer(topic, payload, qos, retain)
-        # Raises the client's error when it is not connected.
-        result = self._core.publish(topic, payload, qos, retain)
-        if result is _SENT:
-            return self._done
-        if isinstance(result, int):
-            future: asyncio.Future[None] = self._loop.create_future()
-            self._pending[result] = future
+            future = self._defer(topic, payload, qos, retain)
+        else:
+            # Raises the client's error when it is not connected.
+            result = self._core.publish(topic, payload, qos, retain)
+            if result is _SENT:
+                return self._done
+            if isinstance(result, int):
+                future = self._loop.create_future()
+                self._pending[result] = future
+            else:
+                future = self._defer(topic, payload, qos, retain)
+        if timeout is None:
             return future
-        return self._defer(topic, payload, qos, retain)
+        return self._bounded(future, timeout, "the publish")
 
     async def subscribe(
         self,
         topic: str | tuple[str, int] | Iterable[str | tuple[str, int]],
         qos: int = 0,
+        *,
+        timeout: float | None = None,
     ) -> list[int]:
         """Subscribes to one filter or several (`[("a/#", 1), "b"]`; a bare filter gets
         `qos`). Returns the granted QoS per filter; raises `MqttSubscribeError` if the
-        server refused any (return code 0x80)."""
+        server refused any (return code 0x80), `MqttOperationTimeoutError` if no SUBACK
+        came within `timeout` (default: the client's)."""
         filters = _filters(topic, qos)
         future: asyncio.Future[list[int]] = self._request(self._core.subscribe(filters))
-        codes = await future
+        codes: list[int] = await self._bounded(
+            future, self.timeout if timeout is None else timeout, "the subscribe"
+        )
         if 0x80 in codes:
             raise MqttSubscribeError(filters, codes)
         return codes
 
-    async def unsubscribe(self, topic: str | Iterable[str]) -> None:
-        """Unsubscribes from one filter or several; returns on UNSUBACK."""
+    async def unsubscribe(
+        self, topic: str | Iterable[str], *, timeout: float | None = None
+    ) -> None:
+        """Unsubscribes from one filter or several; returns on UNSUBACK (bounded by
+        `timeout`, default the client's)."""
         filters = [topic] if isinstance(topic, str) else list(topic)
         future: asyncio.Future[None] = self._request(self._core.unsubscribe(filters))
-        await future
+        await self._bounded(future, self.timeout if timeout is None else timeout, "the unsubscribe")
 
     # -- internals ----------------------------------------------------------------------
+
+    def _bounded(
+        self, future: asyncio.Future[Any], timeout: float, what: str
+    ) -> asyncio.Future[Any]:
+        """`future`, or one that fails with MqttOperationTimeoutError after `timeout`
+        seconds. The request's own future stays pending (it is not cancelled)."""
+        if future.done() or math.isinf(timeout):
+            return future
+        loop = self._loop
+        bounded: asyncio.Future[Any] = loop.create_future()
+        timer = loop.call_later(timeout, _expire, bounded, f"{what} timed out after {timeout} s")
+        future.add_done_callback(functools.partial(_relay, bounded, timer))
+        return bounded
 
     def _request(self, token: int) -> asyncio.Future[Any]:
         # The core raised already if the request could not be sent.
@@ -514,6 +823,8 @@ class Client:
             _fail(future, error)
 
     def _on_wake(self, core: ClientCore) -> None:
+        if core is not self._core:  # a waker's late call for a core already replaced
+            return
         drained = core.drain(self._messages._wanted())
         completions = drained.completions
         if completions is not None:
@@ -541,11 +852,16 @@ class Client:
                     if self._backlog:
                         self._fail_backlog(self._not_connected())
                 self._set_state(state, change.session_present, change.error)
+        if self._waker is not None:
+            self._waker.drained()
 
     def _teardown(self) -> None:
         if self._fd is not None:
             self._loop.remove_reader(self._fd)
             self._fd = None
+        if self._waker is not None:
+            self._waker.stop()
+            self._waker = None
 
     def _set_state(
         self, state: ConnectionState, session_present: bool, error: MqttConnectionError | None
@@ -574,6 +890,29 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
     # A publish nobody awaits (fire and forget) must not log "exception was never
     # retrieved" for each message when the connection goes: the state change reports it.
     future.exception()
+
+
+def _expire(bounded: asyncio.Future[Any], message: str) -> None:
+    if not bounded.done():
+        bounded.set_exception(MqttOperationTimeoutError(message))
+
+
+def _relay(
+    bounded: asyncio.Future[Any], timer: asyncio.TimerHandle, future: asyncio.Future[Any]
+) -> None:
+    timer.cancel()
+    if bounded.done():
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller gave up on it already
+        return
+    if future.cancelled():
+        bounded.cancel()
+        return
+    error = future.exception()
+    if error is not None:
+        _fail(bounded, error)
+    else:
+        bounded.set_result(future.result())
 
 
 def _filters(

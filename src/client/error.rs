@@ -20,6 +20,10 @@ pub enum ClientError {
     /// No CONNACK in time, or no PINGRESP in time (the server vanished).
     #[error("{0}")]
     Timeout(String),
+    /// The session store could not commit: the client closed rather than send what it
+    /// could not keep.
+    #[error("session store: {0}")]
+    Store(String),
     /// The client was closed by its user.
     #[error("the client is closed")]
     Closed,
@@ -29,7 +33,11 @@ impl ClientError {
     /// Whether trying to connect again may help: every failure but a refusal that names
     /// the client itself (CONNACK 1, 2, 4 or 5; 3 "server unavailable" may pass).
     pub(crate) fn is_retryable(&self) -> bool {
-        !matches!(self, ClientError::Refused(code) if *code != ConnectReturnCode::ServerUnavailable)
+        match self {
+            ClientError::Refused(code) => *code == ConnectReturnCode::ServerUnavailable,
+            ClientError::Store(_) => false,
+            _ => true,
+        }
     }
 }
 

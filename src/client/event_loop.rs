@@ -10,8 +10,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::BytesMut;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -23,6 +25,7 @@ use super::error::ClientError;
 use super::options::{Options, Reconnect};
 use super::runtime::WakePipe;
 use super::state::{ConnectionState, Outcome, Signals, State};
+use super::store::Store;
 
 /// Bytes read from the socket per `read` call at most (the buffer grows in these steps).
 const READ_CHUNK: usize = 64 * 1024;
@@ -39,6 +42,18 @@ pub(crate) struct Shared {
     /// A close was requested.
     control: Notify,
     pub(crate) wake: WakePipe,
+    /// Whether events are announced on the wake socket (an asyncio loop watches it) or
+    /// only on `events` (threads blocked in `Client::wait_events` and friends).
+    pub(crate) wake_pipe: AtomicBool,
+    /// Notified, with the state lock, whenever events are queued for the application:
+    /// what blocking callers (the sync client, a loop without `add_reader`) wait on.
+    pub(crate) events: Condvar,
+    /// The session store, if the client has one.
+    store: Option<Store>,
+    /// The journal has changes for the store (wakes the store task).
+    persist: Notify,
+    /// The store committed (wakes a write waiting for it).
+    persisted: Notify,
 }
 
 /// A connection that got CONNACK: the stream, bytes read past the CONNACK, and the
@@ -46,7 +61,7 @@ pub(crate) struct Shared {
 type Connection = (TcpStream, BytesMut, bool);
 
 impl Shared {
-    pub(crate) fn new(opts: Options, state: State, wake: WakePipe) -> Shared {
+    pub(crate) fn new(opts: Options, state: State, wake: WakePipe, store: Option<Store>) -> Shared {
         let connect = opts.connect_packet();
         Shared {
             opts,
@@ -56,6 +71,11 @@ impl Shared {
             reader: Notify::new(),
             control: Notify::new(),
             wake,
+            wake_pipe: AtomicBool::new(true),
+            events: Condvar::new(),
+            store,
+            persist: Notify::new(),
+            persisted: Notify::new(),
         }
     }
 
@@ -70,15 +90,22 @@ impl Shared {
         result
     }
 
-    fn signal(&self, s: Signals) {
+    pub(crate) fn signal(&self, s: Signals) {
         if s.writer {
             self.writer.notify_one();
         }
         if s.reader {
             self.reader.notify_one();
         }
+        if s.persist {
+            self.persist.notify_one();
+        }
         if s.app {
-            self.wake.wake();
+            if self.wake_pipe.load(Ordering::Relaxed) {
+                self.wake.wake();
+            }
+            // Cheap when nobody waits (one atomic load in parking_lot).
+            self.events.notify_all();
         }
     }
 
@@ -187,11 +214,13 @@ impl Shared {
                 if let Some(e) = &error {
                     tracing::debug!("client {}: {e}", self.opts.client_id);
                 }
+                let error = self.settle_store(error).await;
                 self.with_state(|st| {
                     let failure = error.clone().unwrap_or(ClientError::Closed);
                     st.complete(token, Outcome::Failed(failure));
                     st.finish(error);
                 });
+                self.store_done();
                 return;
             }
         };
@@ -199,23 +228,117 @@ impl Shared {
         loop {
             let reason = self.serve(conn.0, conn.1).await;
             if reason == ClientError::Closed {
-                self.with_state(|st| st.finish(None));
+                self.finish(None).await;
                 return;
             }
             tracing::debug!("client {}: {reason}", self.opts.client_id);
-            let Some(policy) = self.opts.reconnect else {
-                self.with_state(|st| st.finish(Some(reason)));
-                return;
+            let policy = match self.opts.reconnect {
+                Some(policy) if reason.is_retryable() => policy,
+                _ => {
+                    self.finish(Some(reason)).await;
+                    return;
+                }
             };
             self.with_state(|st| st.on_lost(&reason));
             match self.reconnect(policy, reason).await {
                 Ok(c) => conn = c,
                 Err(error) => {
-                    self.with_state(|st| st.finish(error));
+                    self.finish(error).await;
                     return;
                 }
             }
             self.with_state(|st| st.on_connected(conn.2, None, Instant::now()));
+        }
+    }
+
+    /// The client is done: the journal is committed first (so that a client made next,
+    /// in this process or another, loads all of it), then everything still waiting fails.
+    async fn finish(&self, error: Option<ClientError>) {
+        let error = self.settle_store(error).await;
+        self.with_state(|st| st.finish(error));
+        self.store_done();
+    }
+
+    /// Waits until the store committed the whole journal; returns the error to close with
+    /// (a store failure wins over `error`).
+    async fn settle_store(&self, error: Option<ClientError>) -> Option<ClientError> {
+        if self.store.is_none() {
+            return error;
+        }
+        let need = self.state.lock().journal_total;
+        match self.wait_persisted(need).await {
+            Ok(()) => error,
+            Err(store_error) => Some(store_error),
+        }
+    }
+
+    /// Tells the store task that no more changes will come.
+    fn store_done(&self) {
+        if self.store.is_some() {
+            self.state.lock().store_finished = true;
+            self.persist.notify_one();
+        }
+    }
+
+    /// Waits until the store committed the first `need` changes of the journal.
+    async fn wait_persisted(&self, need: u64) -> Result<(), ClientError> {
+        loop {
+            {
+                let st = self.state.lock();
+                if let Some(e) = &st.store_error {
+                    return Err(ClientError::Store(e.clone()));
+                }
+                if st.committed >= need {
+                    return Ok(());
+                }
+            }
+            self.persist.notify_one();
+            self.persisted.notified().await;
+        }
+    }
+
+    /// The store task: commits the journal a batch at a time, until the client finished
+    /// and everything is committed. A failed commit closes the client with the error.
+    pub(crate) async fn persist_loop(self: Arc<Self>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        loop {
+            let (changes, upto, finished) = {
+                let mut st = self.state.lock();
+                (
+                    std::mem::take(&mut st.journal),
+                    st.journal_total,
+                    st.store_finished,
+                )
+            };
+            if changes.is_empty() {
+                if finished {
+                    return;
+                }
+                self.persist.notified().await;
+                continue;
+            }
+            let result = store.commit(changes).await;
+            let failed = {
+                let mut st = self.state.lock();
+                match result {
+                    Ok(()) => {
+                        st.committed = upto;
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!("client {}: session store: {e}", self.opts.client_id);
+                        st.store_error.get_or_insert(e);
+                        true
+                    }
+                }
+            };
+            self.persisted.notify_one();
+            if failed {
+                self.request_close(None);
+                return;
+            }
         }
     }
 
@@ -320,12 +443,15 @@ impl Shared {
             }
             let mut spare = BytesMut::with_capacity(16 * 1024);
             loop {
+                // What the bytes about to be written depend on must be stored first.
+                let mut need = 0;
                 let step = {
                     let mut st = self.state.lock();
                     let step = if !st.out.is_empty() {
                         std::mem::swap(&mut st.out, &mut spare);
                         st.last_write = Instant::now();
                         st.check_room();
+                        need = st.journal_total;
                         Step::Write
                     } else if st.close_requested {
                         Step::Close
@@ -340,6 +466,11 @@ impl Shared {
                 };
                 match step {
                     Step::Write => {
+                        if self.store.is_some() {
+                            if let Err(e) = self.wait_persisted(need).await {
+                                return e;
+                            }
+                        }
                         if let Err(e) = wr.write_all(&spare).await {
                             return ClientError::ConnectionLost(e.to_string());
                         }
@@ -412,7 +543,10 @@ impl Shared {
             e = keepalive => e,
             e = close_deadline => e,
         };
-        if self.state.lock().close_requested {
+        let st = self.state.lock();
+        if let Some(e) = &st.store_error {
+            ClientError::Store(e.clone())
+        } else if st.close_requested {
             ClientError::Closed
         } else {
             reason
@@ -446,6 +580,7 @@ mod tests {
             max_incoming: 8,
             max_packet_size: 1 << 16,
             reconnect,
+            session_store: None,
         }
     }
 

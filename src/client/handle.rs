@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytestring::ByteString;
 use tokio::time::Instant;
@@ -16,6 +18,18 @@ use super::event_loop::Shared;
 use super::options::Options;
 use super::runtime::{runtime, WakePipe};
 use super::state::{ConnectionState, Drained, Incoming, Limits, State, Submitted};
+use super::store::{Store, StoreError};
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The options are not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The session store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// An MQTT client. Dropping it closes the connection (without waiting).
 pub struct Client {
@@ -46,18 +60,31 @@ impl Client {
     /// Validates the options and prepares the client; nothing connects until [`connect`].
     ///
     /// [`connect`]: Client::connect
-    pub fn new(mut opts: Options) -> Result<Client, String> {
-        opts.validate()?;
-        let wake = WakePipe::new().map_err(|e| format!("cannot create the wake socket: {e}"))?;
+    ///
+    /// With a session store the stored session is loaded here (blocking file I/O: call it
+    /// off any async runtime's workers), and resumed by the first connection.
+    pub fn new(mut opts: Options) -> Result<Client, SetupError> {
+        opts.validate().map_err(SetupError::Invalid)?;
+        let wake = WakePipe::new()
+            .map_err(|e| SetupError::Invalid(format!("cannot create the wake socket: {e}")))?;
         let limits = Limits {
             max_inflight: opts.max_inflight,
             max_buffered: opts.max_buffered,
             max_incoming: opts.max_incoming,
             clean_session: opts.clean_session,
+            persist: opts.session_store.is_some(),
         };
-        let state = State::new(limits, Instant::now());
+        let mut state = State::new(limits, Instant::now());
+        let store = match &opts.session_store {
+            Some(path) => {
+                let (store, session) = Store::open(path, &opts.client_id)?;
+                state.restore(session);
+                Some(store)
+            }
+            None => None,
+        };
         Ok(Client {
-            shared: Arc::new(Shared::new(opts, state, wake)),
+            shared: Arc::new(Shared::new(opts, state, wake, store)),
         })
     }
 
@@ -89,6 +116,7 @@ impl Client {
         let token = token.ok_or_else(|| {
             io::Error::new(io::ErrorKind::AlreadyExists, "connect() was already called")
         })?;
+        rt.spawn(Arc::clone(&self.shared).persist_loop());
         rt.spawn(Arc::clone(&self.shared).run(token));
         Ok(token)
     }
@@ -148,7 +176,9 @@ impl Client {
 
     /// Takes every queued event and up to `max_messages` received messages.
     pub fn drain(&self, max_messages: usize) -> Drained {
-        self.shared.wake.reset();
+        if self.shared.wake_pipe.load(Ordering::Relaxed) {
+            self.shared.wake.reset();
+        }
         self.shared.with_state(|st| {
             let n = max_messages.min(st.incoming.len());
             Drained {
@@ -166,6 +196,71 @@ impl Client {
             let n = max.min(st.incoming.len());
             st.incoming.drain(..n).collect()
         })
+    }
+
+    /// Whether events are also announced on the wake socket (the default). A caller that
+    /// waits with [`wait_events`](Client::wait_events) instead turns it off, which saves a
+    /// write and a read per batch.
+    pub fn set_wake_pipe(&self, enabled: bool) {
+        self.shared.wake_pipe.store(enabled, Ordering::Relaxed);
+        if enabled && self.shared.state.lock().has_events() {
+            self.shared.wake.wake();
+        }
+    }
+
+    /// Blocks the calling thread (never a tokio worker) until events are queued for the
+    /// application (completions, state changes, room, and with `messages` also received
+    /// messages), or until `timeout` passes (`None`: no limit). Returns whether there are.
+    pub fn wait_events(&self, messages: bool, timeout: Option<Duration>) -> bool {
+        let deadline = deadline(timeout);
+        let mut st = self.shared.state.lock();
+        loop {
+            if std::mem::take(&mut st.kicked) {
+                return st.has_events();
+            }
+            if st.has_events() || (messages && !st.incoming.is_empty()) {
+                return true;
+            }
+            match deadline {
+                Some(d) => {
+                    if self.shared.events.wait_until(&mut st, d).timed_out() {
+                        return st.has_events() || (messages && !st.incoming.is_empty());
+                    }
+                }
+                None => self.shared.events.wait(&mut st),
+            }
+        }
+    }
+
+    /// Makes a thread blocked in [`wait_events`](Client::wait_events) return (at once if
+    /// none is blocked, the next call returns), so that it can wait for something else.
+    pub fn kick(&self) {
+        self.shared.state.lock().kicked = true;
+        self.shared.events.notify_all();
+    }
+
+    /// Takes up to `max` received messages, first blocking the calling thread until one is
+    /// queued, the client is closed, or `timeout` passes (then the result may be empty).
+    pub fn take_messages_wait(&self, max: usize, timeout: Option<Duration>) -> Vec<Incoming> {
+        let deadline = deadline(timeout);
+        let mut st = self.shared.state.lock();
+        while st.incoming.is_empty() && st.started && st.status != ConnectionState::Closed {
+            match deadline {
+                Some(d) => {
+                    if self.shared.events.wait_until(&mut st, d).timed_out() {
+                        break;
+                    }
+                }
+                None => self.shared.events.wait(&mut st),
+            }
+        }
+        let n = max.min(st.incoming.len());
+        let taken = st.incoming.drain(..n).collect();
+        // Taking may let a paused reader read again.
+        let signals = st.take_signals();
+        drop(st);
+        self.shared.signal(signals);
+        taken
     }
 
     /// Received messages not yet taken.
@@ -188,6 +283,11 @@ impl Client {
     pub fn last_error(&self) -> Option<ClientError> {
         self.shared.state.lock().last_error.clone()
     }
+}
+
+/// When a wait of `timeout` ends; `None` for no limit (also when the sum overflows).
+fn deadline(timeout: Option<Duration>) -> Option<std::time::Instant> {
+    timeout.and_then(|t| std::time::Instant::now().checked_add(t))
 }
 
 impl Drop for Client {

@@ -1,5 +1,6 @@
 //! What a client connects with, its limits, and its reconnect policy.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,6 +60,9 @@ pub struct Options {
     /// Largest packet accepted from the server, fixed header included.
     pub max_packet_size: usize,
     pub reconnect: Option<Reconnect>,
+    /// A SQLite file keeping the session's unacknowledged outgoing QoS 1/2 publishes and
+    /// inbound QoS 2 ids across processes (needs `clean_session = false` and a client id).
+    pub session_store: Option<PathBuf>,
 }
 
 impl Options {
@@ -69,6 +73,13 @@ impl Options {
         }
         if self.client_id.len() > codec::MAX_STRING_LEN {
             return Err("client_id is longer than 65,535 bytes".into());
+        }
+        if self.session_store.is_some() && (self.clean_session || self.client_id.is_empty()) {
+            return Err(
+                "a session store keeps a persistent session: it needs clean_session=False and \
+                 a client id"
+                    .into(),
+            );
         }
         if self.client_id.is_empty() {
             if !self.clean_session {
@@ -145,6 +156,7 @@ mod tests {
             max_incoming: 100,
             max_packet_size: 1 << 20,
             reconnect: None,
+            session_store: None,
         }
     }
 

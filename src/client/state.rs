@@ -22,6 +22,7 @@ use crate::codec::{self, encode_publish_header, Packet, QoS};
 use crate::qos::{InboundQos2, PacketIds};
 
 use super::error::ClientError;
+use super::store::{Change, StoredPublish, StoredSession};
 
 /// Bookkeeping bytes charged per publish that waits for the inflight window.
 const PENDING_OVERHEAD: usize = 64;
@@ -113,6 +114,8 @@ enum Stage {
 /// An outgoing QoS 1/2 publish holding a packet id.
 struct Flight {
     token: u64,
+    /// Order of publication in the session (the session store's key).
+    seq: u64,
     packet_id: u16,
     qos: QoS,
     retain: bool,
@@ -126,6 +129,8 @@ struct Flight {
 /// An outgoing QoS 1/2 publish waiting for room in the inflight window.
 struct PendingPublish {
     token: u64,
+    /// Order of publication in the session; 0 for QoS 0 (never stored).
+    seq: u64,
     qos: QoS,
     retain: bool,
     topic: ByteString,
@@ -135,6 +140,45 @@ struct PendingPublish {
 impl PendingPublish {
     fn cost(&self) -> usize {
         self.topic.len() + self.payload.len() + PENDING_OVERHEAD
+    }
+
+    fn stored(&self) -> Change {
+        Change::Put(StoredPublish {
+            seq: self.seq,
+            packet_id: None,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            released: false,
+            sent: false,
+        })
+    }
+}
+
+impl Flight {
+    fn stored(&self) -> Change {
+        Change::Put(StoredPublish {
+            seq: self.seq,
+            packet_id: Some(self.packet_id),
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            released: self.stage == Stage::AwaitComp,
+            sent: self.sent,
+        })
+    }
+
+    /// What `stored()` will say once the flight is written.
+    fn stored_sent(&self) -> Change {
+        match self.stored() {
+            Change::Put(mut p) => {
+                p.sent = true;
+                Change::Put(p)
+            }
+            other => other,
+        }
     }
 }
 
@@ -166,6 +210,8 @@ pub(crate) struct Limits {
     pub(crate) max_buffered: usize,
     pub(crate) max_incoming: usize,
     pub(crate) clean_session: bool,
+    /// A session store records the session's changes (`State::journal`).
+    pub(crate) persist: bool,
 }
 
 /// Who must be woken once the lock is released.
@@ -174,6 +220,8 @@ pub(crate) struct Signals {
     pub(crate) writer: bool,
     pub(crate) reader: bool,
     pub(crate) app: bool,
+    /// The journal has changes for the session store.
+    pub(crate) persist: bool,
 }
 
 pub(crate) struct State {
@@ -219,6 +267,22 @@ pub(crate) struct State {
     pub(super) room: bool,
     /// An event was queued since the last wake.
     dirty: bool,
+    /// `Client::kick` was called: one blocked `wait_events` returns to re-evaluate.
+    pub(crate) kicked: bool,
+
+    /// Changes to the stored session not yet handed to the store (with `limits.persist`).
+    pub(crate) journal: Vec<Change>,
+    /// Changes ever recorded, and how many of them the store has committed: a write waits
+    /// until everything recorded before it is committed.
+    pub(crate) journal_total: u64,
+    pub(crate) committed: u64,
+    persist_dirty: bool,
+    /// Why the store failed; the client closes with it.
+    pub(crate) store_error: Option<String>,
+    /// The client finished: the store task exits once the journal is committed.
+    pub(crate) store_finished: bool,
+    /// The next publish's `seq`.
+    next_seq: u64,
 }
 
 fn encode_publish(
@@ -267,6 +331,64 @@ impl State {
             room_wanted: false,
             room: false,
             dirty: false,
+            kicked: false,
+            journal: Vec::new(),
+            journal_total: 0,
+            committed: 0,
+            persist_dirty: false,
+            store_error: None,
+            store_finished: false,
+            next_seq: 1,
+        }
+    }
+
+    /// Resumes a session loaded from the store: its unacknowledged publishes (holding
+    /// their packet ids, or waiting for the window) and inbound QoS 2 ids. Their
+    /// completions have no token: nobody in this process waits for them.
+    pub(crate) fn restore(&mut self, session: StoredSession) {
+        for p in session.outgoing {
+            self.next_seq = self.next_seq.max(p.seq.saturating_add(1));
+            match p.packet_id {
+                Some(packet_id) if self.ids.take(packet_id) => self.inflight.push_back(Flight {
+                    token: 0,
+                    seq: p.seq,
+                    packet_id,
+                    qos: p.qos,
+                    retain: p.retain,
+                    topic: p.topic,
+                    payload: p.payload,
+                    stage: if p.released {
+                        Stage::AwaitComp
+                    } else {
+                        Stage::AwaitAck
+                    },
+                    sent: p.sent,
+                }),
+                _ => {
+                    let item = PendingPublish {
+                        token: 0,
+                        seq: p.seq,
+                        qos: p.qos,
+                        retain: p.retain,
+                        topic: p.topic,
+                        payload: p.payload,
+                    };
+                    self.pending_bytes += item.cost();
+                    self.pending.push_back(item);
+                }
+            }
+        }
+        for id in session.inbound_qos2 {
+            self.inbound_qos2.receive(id);
+        }
+    }
+
+    /// Records a change of the stored session (only with a store).
+    pub(super) fn record(&mut self, change: impl FnOnce() -> Change) {
+        if self.limits.persist {
+            self.journal.push(change());
+            self.journal_total += 1;
+            self.persist_dirty = true;
         }
     }
 
@@ -306,6 +428,7 @@ impl State {
             writer,
             reader,
             app: std::mem::take(&mut self.dirty),
+            persist: std::mem::take(&mut self.persist_dirty),
         }
     }
 
@@ -324,6 +447,12 @@ impl State {
             Some(held) => held,
             None => &mut self.out,
         }
+    }
+
+    /// Completions, state changes or room are queued for the application (received
+    /// messages are counted apart: `incoming`).
+    pub(crate) fn has_events(&self) -> bool {
+        !self.completions.is_empty() || !self.states.is_empty() || self.room
     }
 
     pub(crate) fn check_room(&mut self) {
@@ -374,13 +503,16 @@ impl State {
         }
         // QoS 0 behind publishes waiting for the window waits too, so that messages
         // leave in the order they were published.
-        let token = if qos == QoS::AtMostOnce {
-            0
+        let (token, seq) = if qos == QoS::AtMostOnce {
+            (0, 0)
         } else {
-            self.new_token()
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            (self.new_token(), seq)
         };
         let item = PendingPublish {
             token,
+            seq,
             qos,
             retain,
             topic: ByteString::from(topic),
@@ -393,6 +525,9 @@ impl State {
             }
         }
         self.pending_bytes += item.cost();
+        if item.seq != 0 {
+            self.record(|| item.stored());
+        }
         self.pending.push_back(item);
         Ok(if token == 0 {
             Submitted::Sent
@@ -416,8 +551,9 @@ impl State {
                 &p.payload,
             )?;
         }
-        self.inflight.push_back(Flight {
+        let flight = Flight {
             token: p.token,
+            seq: p.seq,
             packet_id,
             qos: p.qos,
             retain: p.retain,
@@ -425,7 +561,9 @@ impl State {
             payload: p.payload,
             stage: Stage::AwaitAck,
             sent,
-        });
+        };
+        self.record(|| flight.stored());
+        self.inflight.push_back(flight);
         Ok(())
     }
 
@@ -535,6 +673,7 @@ pub(crate) mod testing {
                 max_buffered: 1 << 20,
                 max_incoming: 100,
                 clean_session,
+                persist: false,
             },
             Instant::now(),
         );
@@ -639,6 +778,7 @@ mod tests {
                 max_buffered: 100,
                 max_incoming: 1,
                 clean_session: true,
+                persist: false,
             },
             Instant::now(),
         );
@@ -656,6 +796,105 @@ mod tests {
         let _ = written(&mut st);
         st.check_room();
         assert!(st.room);
+    }
+
+    fn journal(st: &mut State) -> Vec<Change> {
+        std::mem::take(&mut st.journal)
+    }
+
+    /// With a store, every change to the unacknowledged publishes and inbound QoS 2 ids is
+    /// journaled, in order, and a restored session resends with DUP=1.
+    #[test]
+    fn a_stored_session_is_journaled_and_restored() {
+        let mut st = state(1, false);
+        st.limits.persist = true;
+        st.on_connected(false, None, Instant::now());
+        let _ = written(&mut st);
+        token(st.publish("a", b"1", QoS::AtLeastOnce, false).unwrap());
+        token(st.publish("b", b"2", QoS::ExactlyOnce, true).unwrap());
+        assert_eq!(
+            st.publish("c", b"3", QoS::AtMostOnce, false).unwrap(),
+            Submitted::Sent
+        );
+        let changes = journal(&mut st);
+        let [Change::Put(first), Change::Put(second)] = &changes[..] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!((first.seq, first.packet_id, first.sent), (1, Some(1), true));
+        assert_eq!(
+            (second.seq, second.packet_id, second.sent),
+            (2, None, false)
+        );
+        assert_eq!(st.journal_total, 2);
+
+        st.on_packet(Packet::PubAck(1)).unwrap();
+        let changes = journal(&mut st);
+        assert_eq!(changes[0], Change::Delete(1));
+        let Change::Put(flight) = &changes[1] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(
+            (flight.seq, flight.packet_id, flight.sent),
+            (2, Some(2), true)
+        );
+        st.on_packet(Packet::PubRec(2)).unwrap();
+        let changes = journal(&mut st);
+        let [Change::Put(released)] = &changes[..] else {
+            panic!("{changes:?}")
+        };
+        assert!(released.released && released.payload.is_empty());
+
+        st.on_packet(Packet::Publish(codec::Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: ByteString::from_static("in"),
+            pkid: Some(9),
+            payload: Bytes::from_static(b"x"),
+        }))
+        .unwrap();
+        assert_eq!(journal(&mut st), vec![Change::InboundAdd(9)]);
+        st.on_packet(Packet::PubRel(9)).unwrap();
+        st.on_packet(Packet::PubRel(9)).unwrap();
+        assert_eq!(journal(&mut st), vec![Change::InboundRemove(9)], "once");
+
+        // A new process: the stored session comes back and resumes.
+        let mut next = state(1, false);
+        next.restore(StoredSession {
+            outgoing: vec![
+                released.clone(),
+                StoredPublish {
+                    seq: 5,
+                    packet_id: None,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: ByteString::from_static("d"),
+                    payload: Bytes::from_static(b"4"),
+                    released: false,
+                    sent: false,
+                },
+            ],
+            inbound_qos2: vec![7],
+        });
+        next.on_connected(true, None, Instant::now());
+        assert_eq!(written(&mut next), vec![Packet::PubRel(2)]);
+        next.on_packet(Packet::PubComp(2)).unwrap();
+        let [Packet::Publish(p)] = &written(&mut next)[..] else {
+            panic!()
+        };
+        assert_eq!((&p.payload[..], p.dup), (&b"4"[..], false));
+        assert!(
+            !next.inbound_qos2.receive(7),
+            "a held id is not delivered again"
+        );
+        assert_eq!(
+            next.publish("e", b"5", QoS::AtLeastOnce, false).unwrap(),
+            Submitted::Token(next.next_token - 1)
+        );
+        assert_eq!(
+            next.next_seq, 7,
+            "numbering continues after the stored ones"
+        );
     }
 
     #[test]

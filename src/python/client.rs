@@ -15,21 +15,23 @@
 
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyType};
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::client::{
-    Client, ClientError, ConnectionState, Incoming, Options, Outcome, Reconnect, StateChange,
-    Submitted,
+    Client, ClientError, ConnectionState, Incoming, Options, Outcome, Reconnect, SetupError,
+    StateChange, Submitted,
 };
 use crate::codec::{ConnectReturnCode, LastWill, Protocol, QoS};
 use crate::topic as topics;
 
-use super::errors::{client_error_class, ClientErrorClass, MqttError};
+use super::errors::{client_error_class, rc, ClientErrorClass, MqttError};
 
 fn qos_from(value: u8) -> PyResult<QoS> {
     QoS::from_u8(value)
@@ -189,13 +191,16 @@ fn exception<'py>(py: Python<'py>, e: &ClientError) -> PyResult<Bound<'py, PyAny
             client_error_class(py, class)?.call1((*code as u8, message))
         }
         ClientError::Protocol(_) => {
-            client_error_class(py, ClientErrorClass::Protocol)?.call1((message,))
+            client_error_class(py, ClientErrorClass::Protocol)?.call1((message, rc::PROTOCOL))
         }
         ClientError::Timeout(_) => {
-            client_error_class(py, ClientErrorClass::Timeout)?.call1((message,))
+            client_error_class(py, ClientErrorClass::Timeout)?.call1((message, rc::KEEPALIVE))
         }
-        ClientError::ConnectFailed(_) | ClientError::ConnectionLost(_) | ClientError::Closed => {
-            client_error_class(py, ClientErrorClass::Connection)?.call1((message,))
+        ClientError::ConnectionLost(_) => {
+            client_error_class(py, ClientErrorClass::Connection)?.call1((message, rc::CONN_LOST))
+        }
+        ClientError::ConnectFailed(_) | ClientError::Store(_) | ClientError::Closed => {
+            client_error_class(py, ClientErrorClass::Connection)?.call1((message, rc::NO_CONN))
         }
     }
 }
@@ -232,26 +237,120 @@ fn state_change(py: Python<'_>, s: &StateChange) -> PyResult<StateChangeRecord> 
     })
 }
 
-fn message_object(py: Python<'_>, m: Incoming) -> PyResult<Py<ClientMessage>> {
-    Py::new(
-        py,
-        ClientMessage {
-            topic: PyString::new(py, &m.topic).unbind(),
-            payload: PyBytes::new(py, &m.payload).unbind(),
-            qos: m.qos as u8,
-            retain: m.retain,
-            dup: m.dup,
-            packet_id: m.packet_id,
-        },
-    )
+/// `pyo3mq.Topic`, the str subclass received topics are made of (registered by
+/// `pyo3mq.client` at import; plain str until then).
+static TOPIC_CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+/// `str.__new__`, which makes a `Topic` without running its validating `__new__`: a
+/// topic the server sent was checked by the decoder already.
+static STR_NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A `Topic` (or a str, before registration) for `topic`.
+fn topic_object(py: Python<'_>, topic: &str) -> PyResult<Py<PyAny>> {
+    let string = PyString::new(py, topic);
+    let Some(class) = TOPIC_CLASS.get(py) else {
+        return Ok(string.into_any().unbind());
+    };
+    let new = STR_NEW.get_or_try_init(py, || {
+        py.get_type::<PyString>()
+            .getattr("__new__")
+            .map(Bound::unbind)
+    })?;
+    new.bind(py)
+        .call1((class.bind(py), string))
+        .map(Bound::unbind)
 }
 
-fn messages_list(py: Python<'_>, messages: Vec<Incoming>) -> PyResult<Bound<'_, PyList>> {
-    let objects = messages
-        .into_iter()
-        .map(|m| message_object(py, m))
-        .collect::<PyResult<Vec<_>>>()?;
+/// The last topic made into an object, reused while the next messages have the same
+/// topic: a stream usually has few topics, and each object is an allocation and a copy.
+type TopicCache = Mutex<Option<(ByteString, Py<PyAny>)>>;
+
+fn messages_list<'py>(
+    py: Python<'py>,
+    cache: &TopicCache,
+    messages: Vec<Incoming>,
+) -> PyResult<Bound<'py, PyList>> {
+    let mut cache = cache.lock();
+    let mut objects = Vec::with_capacity(messages.len());
+    for m in messages {
+        let topic = match &*cache {
+            Some((last, object)) if *last == m.topic => object.clone_ref(py),
+            _ => {
+                let object = topic_object(py, &m.topic)?;
+                // An owned copy: the received one shares the read buffer's memory.
+                *cache = Some((ByteString::from(&*m.topic), object.clone_ref(py)));
+                object
+            }
+        };
+        objects.push(Py::new(
+            py,
+            ClientMessage {
+                topic,
+                payload: PyBytes::new(py, &m.payload).unbind(),
+                qos: m.qos as u8,
+                retain: m.retain,
+                dup: m.dup,
+                packet_id: m.packet_id,
+            },
+        )?);
+    }
     PyList::new(py, objects)
+}
+
+/// aiomqtt's `Wildcard` rules: not empty, at most 65,535 characters, `#` only as a whole
+/// last level, `+` only as a whole level.
+fn check_wildcard(wildcard: &str) -> PyResult<()> {
+    let bad = wildcard.is_empty()
+        || wildcard.chars().count() > 65_535
+        || wildcard.contains("#/")
+        || wildcard
+            .split('/')
+            .any(|level| level.len() > 1 && (level.contains('+') || level.contains('#')));
+    if bad {
+        return Err(PyValueError::new_err(format!(
+            "Invalid wildcard: {wildcard}"
+        )));
+    }
+    Ok(())
+}
+
+/// aiomqtt's `Topic.matches`: `+` matches one level, a last `#` the rest (also none), a
+/// `$share/GROUP/` prefix of the wildcard is skipped, and (unlike a server's routing)
+/// `$` topics are not treated apart.
+fn aiomqtt_matches(topic: &str, wildcard: &str) -> bool {
+    let mut wildcard_levels = wildcard.split('/').peekable();
+    if wildcard_levels.peek() == Some(&"$share") {
+        wildcard_levels.next();
+        wildcard_levels.next();
+    }
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (topic_levels.next(), wildcard_levels.next()) {
+            (None, None | Some("#")) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(_), Some("#")) => return true,
+            (Some(t), Some(w)) if w == "+" || t == w => {}
+            (Some(_), Some(_)) => return false,
+        }
+    }
+}
+
+/// `Topic.matches(wildcard)`: aiomqtt's semantics; a bad wildcard raises ValueError.
+#[pyfunction]
+fn topic_matches(topic: &Bound<'_, PyString>, wildcard: &Bound<'_, PyString>) -> PyResult<bool> {
+    with_str(wildcard, |w| {
+        check_wildcard(w)?;
+        with_str(topic, |t| aiomqtt_matches(t, w))
+    })?
+}
+
+/// Registers the `Topic` class received topics are made of (once, by `pyo3mq.client`).
+#[pyfunction]
+fn set_topic_class(py: Python<'_>, class: Bound<'_, PyType>) -> PyResult<()> {
+    if !class.is_subclass_of::<PyString>()? {
+        return Err(PyTypeError::new_err("the Topic class must subclass str"));
+    }
+    let _ = TOPIC_CLASS.set(py, class.unbind());
+    Ok(())
 }
 
 /// A list of Python objects made from `items`, or None when there are none.
@@ -277,7 +376,8 @@ where
 /// A message received from the server.
 #[pyclass(frozen, module = "pyo3mq._pyo3mq")]
 pub struct ClientMessage {
-    topic: Py<PyString>,
+    /// A `pyo3mq.Topic`.
+    topic: Py<PyAny>,
     payload: Py<PyBytes>,
     qos: u8,
     retain: bool,
@@ -301,7 +401,7 @@ impl ClientMessage {
         let py = topic.py();
         let payload = with_payload(payload, |b| PyBytes::new(py, b).unbind())?;
         Ok(ClientMessage {
-            topic: topic.unbind(),
+            topic: with_str(&topic, |t| topic_object(py, t))??,
             payload,
             qos,
             retain,
@@ -310,9 +410,10 @@ impl ClientMessage {
         })
     }
 
-    /// The topic name the message was published to.
+    /// The topic name the message was published to, a `pyo3mq.Topic` (a str with
+    /// aiomqtt's `.value` and `.matches(wildcard)`).
     #[getter]
-    fn topic(&self, py: Python<'_>) -> Py<PyString> {
+    fn topic(&self, py: Python<'_>) -> Py<PyAny> {
         self.topic.clone_ref(py)
     }
 
@@ -351,9 +452,16 @@ impl ClientMessage {
         self.packet_id
     }
 
-    /// Whether the topic matches a subscription filter (`+` and `#` wildcards).
+    /// MQTT 5 properties, as aiomqtt's `Message.properties`: always None under MQTT 3.1.1.
+    #[getter]
+    fn properties(&self, py: Python<'_>) -> Py<PyAny> {
+        py.None()
+    }
+
+    /// Whether the topic matches a subscription filter as a server routes (`+` and `#`
+    /// wildcards; a filter that starts with a wildcard does not match a `$` topic).
     fn matches(&self, py: Python<'_>, filter: &Bound<'_, PyString>) -> PyResult<bool> {
-        let topic = self.topic.bind(py);
+        let topic = self.topic.bind(py).cast::<PyString>()?;
         with_str(filter, |f| with_str(topic, |t| topics::matches(f, t)))?
     }
 
@@ -375,6 +483,7 @@ impl ClientMessage {
 #[pyclass(frozen, module = "pyo3mq._pyo3mq")]
 pub struct ClientCore {
     inner: Client,
+    topics: TopicCache,
 }
 
 #[pymethods]
@@ -383,10 +492,11 @@ impl ClientCore {
     #[pyo3(signature = (
         host, port, *, client_id, clean_session, keepalive, username, password, will,
         protocol, connect_timeout, max_inflight, max_buffered_bytes, max_queued_incoming,
-        max_packet_size, reconnect
+        max_packet_size, reconnect, session_store = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         host: String,
         port: u16,
         client_id: String,
@@ -402,6 +512,7 @@ impl ClientCore {
         max_queued_incoming: usize,
         max_packet_size: usize,
         reconnect: Option<(f64, f64, Option<u32>)>,
+        session_store: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let protocol = match protocol {
             3 => Protocol::V31,
@@ -450,9 +561,17 @@ impl ClientCore {
             max_incoming: max_queued_incoming,
             max_packet_size,
             reconnect,
+            session_store,
         };
-        let inner = Client::new(options).map_err(PyValueError::new_err)?;
-        Ok(ClientCore { inner })
+        // Opening and reading a session store is file I/O: not with the GIL held.
+        let inner = py.detach(|| Client::new(options)).map_err(|e| match e {
+            SetupError::Invalid(message) => PyValueError::new_err(message),
+            SetupError::Store(e) => MqttError::new_err(e.to_string()),
+        })?;
+        Ok(ClientCore {
+            inner,
+            topics: Mutex::new(None),
+        })
     }
 
     /// File descriptor to watch with `loop.add_reader`; readable means `drain()` has news.
@@ -522,7 +641,7 @@ impl ClientCore {
         let messages = if drained.messages.is_empty() {
             None
         } else {
-            Some(messages_list(py, drained.messages)?.unbind())
+            Some(messages_list(py, &self.topics, drained.messages)?.unbind())
         };
         Ok(Drained {
             completions: list_or_none(py, &drained.completions, |(token, outcome)| {
@@ -534,9 +653,51 @@ impl ClientCore {
         })
     }
 
-    /// Up to `max` received messages (an empty list when none are queued).
-    fn take_messages<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
-        messages_list(py, self.inner.take_messages(max))
+    /// Up to `max` received messages (an empty list when none are queued). With `block`,
+    /// first waits (without the GIL) until one is queued, the client is closed, or
+    /// `timeout` seconds pass (None: no limit).
+    #[pyo3(signature = (max, block = false, timeout = None))]
+    fn take_messages<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let taken = if block {
+            let timeout = optional_seconds(timeout)?;
+            let mut taken = Vec::new();
+            in_slices(py, timeout, |slice| {
+                taken = self.inner.take_messages_wait(max, Some(slice));
+                !taken.is_empty() || self.inner.state() == ConnectionState::Closed
+            })?;
+            taken
+        } else {
+            self.inner.take_messages(max)
+        };
+        messages_list(py, &self.topics, taken)
+    }
+
+    /// Waits (without the GIL) until `drain()` has completions, state changes or room, or
+    /// with `messages` also received messages, or until `timeout` seconds pass (None: no
+    /// limit). Returns whether it has. For threads that do not watch `wake_fd`.
+    #[pyo3(signature = (messages, timeout = None))]
+    fn wait(&self, py: Python<'_>, messages: bool, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = optional_seconds(timeout)?;
+        in_slices(py, timeout, |slice| {
+            self.inner.wait_events(messages, Some(slice))
+        })
+    }
+
+    /// Makes a thread blocked in `wait()` return, so that it can wait for something else.
+    fn kick(&self) {
+        self.inner.kick();
+    }
+
+    /// Whether events are announced on `wake_fd` (default True). Turn it off when only
+    /// `wait()` is used.
+    fn set_wake_pipe(&self, enabled: bool) {
+        self.inner.set_wake_pipe(enabled);
     }
 
     /// Received messages waiting to be taken.
@@ -588,8 +749,52 @@ impl ClientCore {
     }
 }
 
+/// How long a blocked call waits without the GIL before it looks for signals: Ctrl-C
+/// reaches a main thread blocked in `take_messages` or `wait` within this.
+const SIGNAL_SLICE: Duration = Duration::from_millis(200);
+
+/// Runs `wait` (given how long it may block) without the GIL, in slices of at most
+/// [`SIGNAL_SLICE`], until it returns true or `timeout` passed (None: no limit), checking
+/// for signals between slices (a pending KeyboardInterrupt is raised). Returns the last
+/// result.
+fn in_slices(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    mut wait: impl FnMut(Duration) -> bool + Send,
+) -> PyResult<bool> {
+    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    loop {
+        let slice = match deadline {
+            Some(d) => d
+                .saturating_duration_since(std::time::Instant::now())
+                .min(SIGNAL_SLICE),
+            None => SIGNAL_SLICE,
+        };
+        if py.detach(|| wait(slice)) {
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(false);
+        }
+        py.check_signals()?;
+    }
+}
+
+/// A timeout in seconds: None or infinite is no limit; negative or NaN is an error.
+fn optional_seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_infinite() && t > 0.0 => Ok(None),
+        Some(t) => Duration::try_from_secs_f64(t.max(0.0))
+            .map(Some)
+            .map_err(|_| PyValueError::new_err("timeout must be a number of seconds")),
+    }
+}
+
 /// Adds the client's classes to the `_pyo3mq` module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(topic_matches, m)?)?;
+    m.add_function(wrap_pyfunction!(set_topic_class, m)?)?;
     m.add_class::<ClientCore>()?;
     m.add_class::<ClientMessage>()?;
     m.add_class::<PyConnectionState>()?;
@@ -598,4 +803,37 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StateChangeRecord>()?;
     m.add_class::<Drained>()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aiomqtt_matches;
+
+    #[test]
+    fn matching_follows_aiomqtt() {
+        let cases = [
+            ("a/b", "a/b", true),
+            ("a/b", "a/+", true),
+            ("a/b", "+/+", true),
+            ("a/b", "+", false),
+            ("a/b", "a/#", true),
+            ("a", "a/#", true),
+            ("a/b/c", "a/#", true),
+            ("a/b", "#", true),
+            ("$SYS/x", "#", true),
+            ("a/b", "a/b/c", false),
+            ("a/b/c", "a/b", false),
+            ("a/b", "$share/group/a/+", true),
+            ("a/b", "$share/group/#", true),
+            ("a//b", "a/+/b", true),
+            ("a/b", "a/c", false),
+        ];
+        for (topic, wildcard, expected) in cases {
+            assert_eq!(
+                aiomqtt_matches(topic, wildcard),
+                expected,
+                "{topic} ~ {wildcard}"
+            );
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! `MqttError` and `BrokerStartError` are plain `create_exception!` classes. The client's
 //! classes need what that macro cannot give: a second base (`MqttTimeoutError` is also a
-//! `TimeoutError`) and constructors with arguments of their own (`return_code`,
-//! `filters`, `return_codes`). They are made by calling `type(name, bases, namespace)`
+//! `TimeoutError`) and constructors with arguments of their own (`rc`, `return_code`,
+//! `filters`, `return_codes`). They follow aiomqtt's: everything derives from
+//! `MqttError`, and errors with a code from `MqttCodeError` (`.rc`). They are made by calling `type(name, bases, namespace)`
 //! once, with `__init__` implemented in Rust, and exported under `pyo3mq` as before.
 
 use pyo3::exceptions::PyTimeoutError;
@@ -24,9 +25,21 @@ pyo3::create_exception!(
     "The broker could not start (bad configuration, or a listener could not bind)."
 );
 
+/// paho-mqtt's `MQTT_ERR_*` numbers, the `rc` of the errors that have no CONNACK code
+/// (aiomqtt's `MqttCodeError.rc` carries paho's numbers too).
+pub(crate) mod rc {
+    pub(crate) const PROTOCOL: u8 = 2;
+    pub(crate) const NO_CONN: u8 = 4;
+    pub(crate) const CONN_LOST: u8 = 7;
+    pub(crate) const KEEPALIVE: u8 = 16;
+    /// SUBACK's failure return code.
+    pub(crate) const SUBSCRIBE_FAILURE: u8 = 0x80;
+}
+
 /// The client's exception classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClientErrorClass {
+    Code,
     Connection,
     Timeout,
     Protocol,
@@ -37,6 +50,8 @@ pub(crate) enum ClientErrorClass {
     BadUsernameOrPassword,
     NotAuthorized,
     Subscribe,
+    Reentrant,
+    OperationTimeout,
 }
 
 /// How a class is made: its name, its docstring, its bases, and its `__init__`.
@@ -51,6 +66,8 @@ struct Spec {
 #[derive(Clone, Copy)]
 enum Base {
     MqttError,
+    /// `MqttError` and `TimeoutError`.
+    MqttErrorAndTimeout,
     Client(ClientErrorClass),
     /// A client class and `TimeoutError`.
     ClientAndTimeout(ClientErrorClass),
@@ -59,20 +76,32 @@ enum Base {
 #[derive(Clone, Copy)]
 enum Init {
     Inherited,
+    Code,
+    Connection,
     Refused,
     Subscribe,
 }
 
 /// In dependency order: a class's bases come before it.
-const SPECS: [Spec; 10] = [
+const SPECS: [Spec; 13] = [
+    Spec {
+        class: ClientErrorClass::Code,
+        name: "MqttCodeError",
+        doc: "An error with a code, `rc`, as aiomqtt's `MqttCodeError(rc, *args)`: the \
+              CONNACK return code of a refused connection, 0x80 for a refused \
+              subscription, otherwise paho-mqtt's MQTT_ERR_* number (2 protocol error, 4 \
+              not connected, 7 connection lost, 16 keepalive or CONNACK timeout).",
+        base: Base::MqttError,
+        init: Init::Code,
+    },
     Spec {
         class: ClientErrorClass::Connection,
         name: "MqttConnectionError",
         doc: "The client is not connected: the connection could not be made, was lost, or \
               the client was closed. Every error that ends a connection derives from this \
-              class.",
-        base: Base::MqttError,
-        init: Init::Inherited,
+              class. `MqttConnectionError(message=None, rc=4)`.",
+        base: Base::Client(ClientErrorClass::Code),
+        init: Init::Connection,
     },
     Spec {
         class: ClientErrorClass::Timeout,
@@ -93,7 +122,8 @@ const SPECS: [Spec; 10] = [
     Spec {
         class: ClientErrorClass::Refused,
         name: "MqttConnectRefusedError",
-        doc: "The server refused the connection; `return_code` is the CONNACK return code.",
+        doc: "The server refused the connection; `return_code` (and `rc`) is the CONNACK \
+              return code.",
         base: Base::Client(ClientErrorClass::Connection),
         init: Init::Refused,
     },
@@ -135,14 +165,59 @@ const SPECS: [Spec; 10] = [
     Spec {
         class: ClientErrorClass::Subscribe,
         name: "MqttSubscribeError",
-        doc: "The server refused at least one topic filter (SUBACK return code 0x80). The \
-              filters it granted are subscribed; `return_codes` has one code per filter.",
-        base: Base::MqttError,
+        doc: "The server refused at least one topic filter (SUBACK return code 0x80, also \
+              `rc`). The filters it granted are subscribed; `return_codes` has one code per \
+              filter.",
+        base: Base::Client(ClientErrorClass::Code),
         init: Init::Subscribe,
+    },
+    Spec {
+        class: ClientErrorClass::Reentrant,
+        name: "MqttReentrantError",
+        doc: "`connect()` (or `async with`) on a client that is already connected or \
+              connecting: a client is reusable, but not reentrant.",
+        base: Base::MqttError,
+        init: Init::Inherited,
+    },
+    Spec {
+        class: ClientErrorClass::OperationTimeout,
+        name: "MqttOperationTimeoutError",
+        doc: "A `publish`, `subscribe` or `unsubscribe` was not acknowledged within its \
+              `timeout`. The request is not withdrawn: it may still complete.",
+        base: Base::MqttErrorAndTimeout,
+        init: Init::Inherited,
     },
 ];
 
 static CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+
+/// `MqttCodeError(rc, *args)`, aiomqtt's signature.
+#[pyfunction]
+#[pyo3(signature = (this, /, rc, *args))]
+fn code_init(
+    this: &Bound<'_, PyAny>,
+    rc: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+) -> PyResult<()> {
+    this.setattr("args", args)?;
+    this.setattr("rc", rc)
+}
+
+/// `MqttConnectionError(message=None, rc=4)`: 4 is paho's MQTT_ERR_NO_CONN.
+#[pyfunction]
+// 4: paho's MQTT_ERR_NO_CONN (`rc::NO_CONN`), a literal so the signature shows it.
+#[pyo3(signature = (this, /, message = None, rc = 4))]
+fn connection_init(
+    this: &Bound<'_, PyAny>,
+    message: Option<&Bound<'_, PyAny>>,
+    rc: u8,
+) -> PyResult<()> {
+    match message {
+        Some(m) => this.setattr("args", (m,))?,
+        None => this.setattr("args", PyTuple::empty(this.py()))?,
+    }
+    this.setattr("rc", rc)
+}
 
 /// `MqttConnectRefusedError(return_code, message=None)`.
 #[pyfunction]
@@ -161,6 +236,7 @@ fn refused_init(
         .into_any(),
     };
     this.setattr("args", (message,))?;
+    this.setattr("rc", return_code)?;
     this.setattr("return_code", return_code)
 }
 
@@ -184,6 +260,7 @@ fn subscribe_init(
         refused.join(", ")
     );
     this.setattr("args", (message,))?;
+    this.setattr("rc", rc::SUBSCRIBE_FAILURE)?;
     this.setattr("filters", filters)?;
     this.setattr("return_codes", return_codes)
 }
@@ -208,6 +285,10 @@ fn build(py: Python<'_>) -> PyResult<Vec<Py<PyType>>> {
     for spec in &SPECS {
         let bases = match spec.base {
             Base::MqttError => PyTuple::new(py, [py.get_type::<MqttError>()])?,
+            Base::MqttErrorAndTimeout => PyTuple::new(
+                py,
+                [py.get_type::<MqttError>(), py.get_type::<PyTimeoutError>()],
+            )?,
             Base::Client(base) => PyTuple::new(py, [made_already(&made, base)?])?,
             Base::ClientAndTimeout(base) => PyTuple::new(
                 py,
@@ -219,6 +300,8 @@ fn build(py: Python<'_>) -> PyResult<Vec<Py<PyType>>> {
         namespace.set_item("__doc__", spec.doc)?;
         let init = match spec.init {
             Init::Inherited => None,
+            Init::Code => Some(wrap_pyfunction!(code_init, py)?),
+            Init::Connection => Some(wrap_pyfunction!(connection_init, py)?),
             Init::Refused => Some(wrap_pyfunction!(refused_init, py)?),
             Init::Subscribe => Some(wrap_pyfunction!(subscribe_init, py)?),
         };

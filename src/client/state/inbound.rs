@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use crate::codec::{Packet, QoS, SubscribeReturnCode};
 
-use super::{ClientError, Incoming, Outcome, Request, Stage, State};
+use super::{Change, ClientError, Incoming, Outcome, Request, Stage, State};
 
 impl State {
     /// Handles one packet from the server.
@@ -22,7 +22,11 @@ impl State {
                     QoS::ExactlyOnce => {
                         self.encode(&Packet::PubRec(packet_id))?;
                         // A resent PUBLISH whose PUBREL has not come is not delivered twice.
-                        self.inbound_qos2.receive(packet_id)
+                        let fresh = self.inbound_qos2.receive(packet_id);
+                        if fresh {
+                            self.record(|| Change::InboundAdd(packet_id));
+                        }
+                        fresh
                     }
                 };
                 if fresh {
@@ -58,6 +62,8 @@ impl State {
                     Some(f) => {
                         f.stage = Stage::AwaitComp;
                         f.payload = Bytes::new();
+                        let stored = f.stored();
+                        self.record(|| stored);
                         self.encode(&Packet::PubRel(id))?;
                     }
                     None => tracing::debug!(
@@ -67,7 +73,9 @@ impl State {
                 }
             }
             Packet::PubRel(id) => {
-                self.inbound_qos2.release(id);
+                if self.inbound_qos2.release(id) {
+                    self.record(|| Change::InboundRemove(id));
+                }
                 // Answered even for an unknown id: the PUBCOMP may have been lost.
                 self.encode(&Packet::PubComp(id))?;
             }
@@ -170,6 +178,7 @@ impl State {
     fn finish_flight(&mut self, index: usize) {
         if let Some(f) = self.inflight.remove(index) {
             self.ids.free(f.packet_id);
+            self.record(|| Change::Delete(f.seq));
             self.complete(f.token, Outcome::Done);
         }
         if let Err(e) = self.fill_window() {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::codec::{self, Packet};
 
-use super::{encode_publish, ClientError, ConnectionState, Outcome, Request, Stage, State};
+use super::{encode_publish, Change, ClientError, ConnectionState, Outcome, Request, Stage, State};
 
 impl State {
     /// A CONNACK accepted the connection: resend what is unacknowledged, restore
@@ -19,16 +19,23 @@ impl State {
     pub(crate) fn on_connected(&mut self, session_present: bool, token: Option<u64>, now: Instant) {
         let resume = !self.limits.clean_session;
         if !(resume && session_present) {
+            if !self.inbound_qos2.is_empty() {
+                self.record(|| Change::InboundClear);
+            }
             self.inbound_qos2.clear();
         }
         let mut resends = BytesMut::new();
         let mut finished = Vec::new();
+        let mut now_sent = Vec::new();
         for f in self.inflight.iter_mut() {
             let result = match f.stage {
                 Stage::AwaitAck => {
                     // [MQTT-4.4.0-1]: same ids, DUP=1 on a resumed session. A new session
                     // gets the message again as a new one.
                     let dup = resume && f.sent;
+                    if !f.sent {
+                        now_sent.push(f.stored_sent());
+                    }
                     f.sent = true;
                     encode_publish(
                         &mut resends,
@@ -52,10 +59,14 @@ impl State {
                 tracing::error!("client: could not re-encode an inflight message: {e}");
             }
         }
+        for change in now_sent {
+            self.record(|| change);
+        }
         for packet_id in finished {
             if let Some(i) = self.inflight.iter().position(|f| f.packet_id == packet_id) {
                 if let Some(f) = self.inflight.remove(i) {
                     self.ids.free(f.packet_id);
+                    self.record(|| Change::Delete(f.seq));
                     self.complete(f.token, Outcome::Done);
                 }
             }

@@ -1,0 +1,498 @@
+"""`SyncClient`: the blocking face of the same Rust client, for scripts and threads.
+
+```python
+with SyncClient("127.0.0.1", 1883) as client:
+    client.subscribe("cmd/#", qos=1)
+    client.publish("status", b"online", qos=1).wait_for_publish(5)
+    for message in client.messages(timeout=10):
+        print(message.topic, message.payload)
+```
+
+No asyncio: the protocol work runs in Rust on the process-wide client runtime, exactly as
+for `Client`, and Python threads block in Rust (without the GIL) until what they wait for
+has happened. Every method may be called from any thread.
+
+Threads: one thread per connection, `pyo3mq-sync-events`, takes the core's events
+(acknowledgements, state changes) a batch at a time and completes the handles and calls
+threads wait on; it never runs application code except `on_state_change`. With
+`on_message` set, a second thread, `pyo3mq-sync-messages`, takes received messages a
+batch at a time and calls `on_message(client, userdata, message)` for each, paho-mqtt's
+signature, so a callback may itself publish and wait for the acknowledgement.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Final
+
+from pyo3mq._pyo3mq import (
+    ClientCore,
+    ClientMessage,
+    MqttConnectionError,
+    MqttOperationTimeoutError,
+    MqttReentrantError,
+    MqttSubscribeError,
+    Submitted,
+)
+from pyo3mq.client import (
+    _STATES,
+    ConnectionState,
+    PayloadType,
+    Reconnect,
+    StateChange,
+    Will,
+    _filters,
+    _settings,
+)
+
+__all__ = ["MessageCallback", "PublishHandle", "SyncClient"]
+
+logger = logging.getLogger("pyo3mq")
+
+#: Messages moved from Rust to Python per hand-off.
+_BATCH: Final = 1024
+_SENT: Final = Submitted.SENT
+_FULL: Final = Submitted.FULL
+
+#: `on_message(client, userdata, message)`, as paho-mqtt calls it.
+MessageCallback = Callable[["SyncClient", Any, ClientMessage], object]
+
+
+class _Request:
+    """A request's outcome, filled in by the events thread."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+
+class PublishHandle(_Request):
+    """What `SyncClient.publish` returns, as paho-mqtt's `MQTTMessageInfo`.
+
+    `wait_for_publish(timeout)` blocks until the message is handed over (QoS 0),
+    acknowledged (QoS 1) or completed (QoS 2), or until `timeout` seconds pass (None: no
+    limit), and raises the client's error if it failed (the connection closed first).
+    Like paho's, it returns quietly on timeout: `is_published()` tells.
+    """
+
+    __slots__ = ("_client", "mid", "rc")
+
+    def __init__(self, client: SyncClient | None, mid: int) -> None:
+        super().__init__()
+        self._client = client
+        #: A number identifying this publish within its connection (0 for QoS 0). It is
+        #: not the packet identifier on the wire, which is taken when the message enters
+        #: the inflight window.
+        self.mid = mid
+        #: 0 (MQTT_ERR_SUCCESS), or the error's `rc` once it failed.
+        self.rc = 0
+
+    def is_published(self) -> bool:
+        """Whether the publish completed; raises its error if it failed."""
+        if self._error is not None:
+            raise self._error
+        return self._done
+
+    def wait_for_publish(self, timeout: float | None = None) -> None:
+        if not self._done and self._client is not None:
+            self._client._wait_for(self, timeout)
+        if self._error is not None:
+            raise self._error
+
+    def __repr__(self) -> str:
+        state = "failed" if self._error else "published" if self._done else "pending"
+        return f"PublishHandle(mid={self.mid}, {state})"
+
+
+def _published() -> PublishHandle:
+    handle = PublishHandle(None, 0)
+    handle._done = True
+    return handle
+
+
+class SyncClient:
+    """A blocking MQTT 3.1/3.1.1 client over the same Rust core as `Client`, with the
+    same constructor arguments (see `Client`) plus `userdata` and `on_message`.
+
+    `with SyncClient(host, port) as client:` connects and disconnects. Thread-safe:
+    publish, subscribe and iterate from any thread.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int = 1883,
+        *,
+        username: str | None = None,
+        password: str | bytes | None = None,
+        identifier: str | None = None,
+        protocol: int | None = None,
+        will: Will | None = None,
+        clean_session: bool | None = None,
+        transport: str = "tcp",
+        timeout: float | None = None,
+        keepalive: int = 60,
+        max_queued_incoming_messages: int | None = None,
+        max_inflight_messages: int | None = None,
+        client_id: str | None = None,
+        reconnect: bool | Reconnect = False,
+        max_inflight: int | None = None,
+        max_buffered_bytes: int = 8 * 1024 * 1024,
+        max_queued_incoming: int | None = None,
+        max_packet_size: int = 268_435_460,
+        session_store: str | None = None,
+        on_state_change: Callable[[StateChange], object] | None = None,
+        on_message: MessageCallback | None = None,
+        userdata: Any = None,
+    ) -> None:
+        self._settings = _settings(
+            hostname,
+            port,
+            username=username,
+            password=password,
+            identifier=identifier,
+            client_id=client_id,
+            protocol=protocol,
+            will=will,
+            clean_session=clean_session,
+            transport=transport,
+            timeout=timeout,
+            keepalive=keepalive,
+            max_inflight_messages=max_inflight_messages,
+            max_inflight=max_inflight,
+            max_queued_incoming_messages=max_queued_incoming_messages,
+            max_queued_incoming=max_queued_incoming,
+            max_buffered_bytes=max_buffered_bytes,
+            max_packet_size=max_packet_size,
+            reconnect=reconnect,
+            session_store=session_store,
+        )
+        self.hostname = hostname
+        self.port = port
+        #: The default bound, in seconds, of `subscribe`, `unsubscribe` and connecting.
+        self.timeout = self._settings.timeout
+        #: Passed to `on_message` as its second argument (paho-mqtt's `userdata`).
+        self.userdata = userdata
+        self.on_state_change = on_state_change
+        self._core = self._settings.new_core()
+        self._started = False
+        # Guards `_pending`, `_state`, `_room` and the callback thread; its condition is
+        # notified whenever the events thread completed something.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pending: dict[int, _Request] = {}
+        self._state = ConnectionState.CLOSED
+        self._session_present = False
+        self._room = 0
+        self._on_message = on_message
+        self._callback_thread: threading.Thread | None = None
+        self._events_thread: threading.Thread | None = None
+        # Messages the callback thread took but did not deliver (on_message was unset).
+        self._spill: deque[ClientMessage] = deque()
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def identifier(self) -> str:
+        """The client id sent to the server (generated for MQTT 3.1 when empty)."""
+        return self._core.client_id
+
+    @property
+    def client_id(self) -> str:
+        return self._core.client_id
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def is_connected(self) -> bool:
+        return self._state is ConnectionState.CONNECTED
+
+    @property
+    def session_present(self) -> bool:
+        """Whether the server resumed a stored session at the last CONNACK."""
+        return self._session_present
+
+    @property
+    def on_message(self) -> MessageCallback | None:
+        """`on_message(client, userdata, message)`, called on the client's message thread
+        for every received message while set (then `messages()` gets none)."""
+        return self._on_message
+
+    @on_message.setter
+    def on_message(self, callback: MessageCallback | None) -> None:
+        self._on_message = callback
+        if callback is not None:
+            with self._lock:
+                if self._started and self._state is not ConnectionState.CLOSED:
+                    self._start_callbacks(self._core)
+
+    # -- connecting ---------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connects and blocks until CONNACK (see `Client.connect`)."""
+        with self._lock:
+            if self._state is not ConnectionState.CLOSED:
+                raise MqttReentrantError(
+                    f"the client is already {self._state.value}: it is reusable, but not reentrant"
+                )
+            self._state = ConnectionState.CONNECTING
+        # Reported before the core starts, so that it comes before CONNECTED.
+        self._notify_state(StateChange(ConnectionState.CONNECTING))
+        with self._lock:
+            if self._started:
+                self._core = self._settings.new_core()
+            core = self._core
+            self._started = True
+            core.set_wake_pipe(False)
+            self._pending.clear()
+            request = _Request()
+            self._pending[core.connect()] = request
+            self._events_thread = threading.Thread(
+                target=self._run_events, args=(core,), name="pyo3mq-sync-events", daemon=True
+            )
+            self._events_thread.start()
+            if self._on_message is not None:
+                self._start_callbacks(core)
+        try:
+            self._wait_for(request, None)
+        except BaseException:
+            core.disconnect()  # interrupted (Ctrl-C): do not leave it connecting
+            raise
+        if request._error is not None:
+            self._join()
+            raise request._error
+
+    def disconnect(self) -> None:
+        """Sends what is buffered and DISCONNECT, then closes (bounded by `timeout`);
+        returns once closed. Publishes still unacknowledged fail."""
+        with self._lock:
+            if not self._started or self._state is ConnectionState.CLOSED:
+                return
+            request = _Request()
+            self._pending[self._core.disconnect()] = request
+        self._wait_for(request, None)
+        self._join()
+
+    def loop_forever(self) -> None:
+        """Blocks until the client is closed, as paho-mqtt's `loop_forever()`: by
+        `disconnect()` (from a callback or another thread), then it returns, or for good
+        by a lost connection, then it raises that error."""
+        with self._changed:
+            while self._state is not ConnectionState.CLOSED:
+                self._changed.wait(0.25)
+        error = self._core.last_error()
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> SyncClient:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    # -- publishing and subscribing -----------------------------------------------------
+
+    def publish(
+        self, topic: str, payload: PayloadType = None, qos: int = 0, retain: bool = False
+    ) -> PublishHandle:
+        """Publishes, starting at once, and returns a `PublishHandle`
+        (`wait_for_publish(timeout)`, `is_published()`). Blocks only while the write
+        buffer is full (`max_buffered_bytes`), until it has room."""
+        core = self._core
+        while True:
+            with self._lock:
+                # Raises the client's error when it is not connected.
+                result = core.publish(topic, payload, qos, retain)
+                if result is _SENT:
+                    return _PUBLISHED
+                if isinstance(result, int):
+                    handle = PublishHandle(self, result)
+                    self._pending[result] = handle
+                    return handle
+                # Full: wait for the room event (or the end), then try again.
+                room = self._room
+                while self._room == room and self._state is not ConnectionState.CLOSED:
+                    self._changed.wait(0.25)
+
+    def subscribe(
+        self,
+        topic: str | tuple[str, int] | Iterable[str | tuple[str, int]],
+        qos: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> list[int]:
+        """Subscribes and blocks until SUBACK (see `Client.subscribe`)."""
+        filters = _filters(topic, qos)
+        codes: list[int] = self._call(
+            lambda core: core.subscribe(filters), timeout, "the subscribe"
+        )
+        if 0x80 in codes:
+            raise MqttSubscribeError(filters, codes)
+        return codes
+
+    def unsubscribe(self, topic: str | Iterable[str], *, timeout: float | None = None) -> None:
+        """Unsubscribes and blocks until UNSUBACK."""
+        filters = [topic] if isinstance(topic, str) else list(topic)
+        self._call(lambda core: core.unsubscribe(filters), timeout, "the unsubscribe")
+
+    def messages(self, timeout: float | None = None) -> Iterator[ClientMessage]:
+        """Received messages, blocking: `for message in client.messages(timeout=5):`.
+
+        Ends when no message came for `timeout` seconds (None: waits for ever), and after
+        `disconnect()`; raises the error when the connection is lost for good. Several
+        threads may iterate at once: each message goes to one of them.
+        """
+        if not self._started:
+            raise MqttConnectionError("the client is not connected")
+        core = self._core
+        spill = self._spill
+        buffer: deque[ClientMessage] = deque()
+        while True:
+            while spill:
+                try:
+                    yield spill.popleft()
+                except IndexError:  # another thread took it
+                    break
+            if buffer:
+                yield buffer.popleft()
+                continue
+            batch = core.take_messages(_BATCH, True, timeout)
+            if batch:
+                buffer.extend(batch)
+                continue
+            if core.state is _CLOSED_CORE:
+                error = core.last_error()
+                if error is not None:
+                    raise error
+                return
+            if timeout is not None:
+                return
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _call(self, send: Callable[[ClientCore], int], timeout: float | None, what: str) -> Any:
+        with self._lock:
+            request = _Request()
+            self._pending[send(self._core)] = request
+        seconds = self.timeout if timeout is None else timeout
+        if not self._wait_for(request, seconds):
+            raise MqttOperationTimeoutError(f"{what} timed out after {seconds} s")
+        if request._error is not None:
+            raise request._error
+        return request._value
+
+    def _wait_for(self, request: _Request, timeout: float | None) -> bool:
+        """Blocks until `request` is done or `timeout` passed; returns whether done. Waits
+        in slices so that Ctrl-C is seen in the main thread."""
+        if request._done:
+            return True
+        deadline = None if timeout is None else _monotonic() + timeout
+        with self._changed:
+            while not request._done:
+                left = 0.25 if deadline is None else min(0.25, deadline - _monotonic())
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def _join(self) -> None:
+        current = threading.current_thread()
+        for thread in (self._events_thread, self._callback_thread):
+            if thread is not None and thread is not current:
+                thread.join(5)
+
+    def _start_callbacks(self, core: ClientCore) -> None:
+        # Called with the lock held.
+        thread = self._callback_thread
+        if thread is not None and thread.is_alive():
+            return
+        self._callback_thread = threading.Thread(
+            target=self._run_callbacks, args=(core,), name="pyo3mq-sync-messages", daemon=True
+        )
+        self._callback_thread.start()
+
+    def _run_callbacks(self, core: ClientCore) -> None:
+        while True:
+            batch = core.take_messages(_BATCH, True, None)
+            if not batch:
+                if core.state is _CLOSED_CORE:
+                    return
+                continue
+            for index, message in enumerate(batch):
+                callback = self._on_message
+                if callback is None:  # unset: what is left goes to messages()
+                    self._spill.extend(batch[index:])
+                    return
+                try:
+                    callback(self, self.userdata, message)
+                except Exception:
+                    logger.exception("on_message callback failed")
+
+    def _run_events(self, core: ClientCore) -> None:
+        while True:
+            core.wait(False, None)
+            drained = core.drain(0)
+            closed = False
+            with self._changed:
+                completions = drained.completions
+                if completions is not None:
+                    pending = self._pending
+                    for completion in completions:
+                        request = pending.pop(completion.token, None)
+                        if request is None:
+                            continue
+                        error = completion.error
+                        if error is not None:
+                            request._error = error
+                            if isinstance(request, PublishHandle):
+                                request.rc = getattr(error, "rc", 1)
+                        else:
+                            request._value = completion.value
+                        request._done = True
+                if drained.room:
+                    self._room += 1
+                changes: list[StateChange] = []
+                if drained.states is not None:
+                    for record in drained.states:
+                        state = _STATES[record.state]
+                        self._state = state
+                        if state is ConnectionState.CONNECTED:
+                            self._session_present = record.session_present
+                        closed = closed or state is ConnectionState.CLOSED
+                        changes.append(StateChange(state, record.session_present, record.error))
+                self._changed.notify_all()
+            for change in changes:
+                self._notify_state(change)
+            if closed:
+                return
+
+    def _notify_state(self, change: StateChange) -> None:
+        callback = self.on_state_change
+        if callback is None:
+            return
+        try:
+            callback(change)
+        except Exception:
+            logger.exception("on_state_change callback failed")
+
+
+_PUBLISHED: Final = _published()
+_CLOSED_CORE: Final = next(core for core, s in _STATES.items() if s is ConnectionState.CLOSED)
+
+_monotonic = time.monotonic
