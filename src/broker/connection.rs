@@ -56,12 +56,15 @@ const TAKEOVER_ATTEMPTS: usize = 5;
 /// holds, so what the client sent before its new connection is read, yet bounded, so a
 /// client that keeps sending cannot hold the new connection back.
 const TAKEOVER_DRAIN_LIMIT: usize = 4 * READ_PAUSE_ABOVE;
-/// Bytes a connection reads and writes before it lets the other tasks of its worker run.
-/// Readiness waits do not spend tokio's cooperative budget, so a socket that always has
-/// data (a publisher flooding as fast as it can) would otherwise keep its worker for good,
-/// starving every connection, login and accept queued behind it. About a millisecond of
-/// work for the smallest packets; the flooder is then paced by TCP back-pressure.
-const YIELD_AFTER_BYTES: u64 = 64 * 1024;
+/// Bytes of traffic that spend one unit of tokio's cooperative budget (128 units per
+/// wake-up): a connection lets the other tasks of its worker run after about 64 KiB read
+/// and written in one wake-up. Readiness waits do not spend the budget, so a socket that
+/// always has data (a publisher flooding as fast as it can) would otherwise keep its worker
+/// for good, starving every connection, login and accept queued behind it; the flooder is
+/// then paced by TCP back-pressure. The budget is renewed whenever the task waits, so a
+/// connection that moves a large batch per wake-up (a fan-out subscriber) is not made to
+/// yield on top of waiting.
+const BYTES_PER_BUDGET_UNIT: u64 = 512;
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
 #[derive(Debug)]
@@ -366,15 +369,13 @@ impl Connection {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
-        let mut since_yield = 0u64;
         loop {
             self.pump(session);
             // The traffic not yet flushed is what this connection moved since the last turn.
-            since_yield += self.counters.bytes_received + self.counters.bytes_sent;
+            let moved = self.counters.bytes_received + self.counters.bytes_sent;
             self.counters.flush_into(self.router.counters());
-            if since_yield >= YIELD_AFTER_BYTES {
-                since_yield = 0;
-                tokio::task::yield_now().await;
+            for _ in 0..moved.div_ceil(BYTES_PER_BUDGET_UNIT) {
+                tokio::task::coop::consume_budget().await;
             }
             let can_pump = self.out.len() < WRITE_HIGH_WATER;
             let has_output = !self.out.is_empty() || self.io.wants_write();
