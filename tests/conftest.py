@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pyo3mq
 import pytest
 from pyo3mq._pyo3mq import init_logging
 from pyo3mq.pytest_plugin import MqttBroker
+from support.mosquitto import mosquitto_factory
 
 # Broker log lines go to stderr, where capfd can read them.
 init_logging("debug")
@@ -21,6 +23,14 @@ def make_broker(
     """Factory: `make_broker(max_inflight=2)` starts a broker on 127.0.0.1:<free port>
     (the package's own pytest fixture, `mqtt_broker_factory`, returning the `Broker`)."""
     return lambda **settings: mqtt_broker_factory(**settings).broker
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Callable[..., int]]:
+    """Factory: `mosquitto("allow_anonymous true")` starts Debian's mosquitto on a free
+    loopback port with those config lines and returns the port; stopped after the test."""
+    with mosquitto_factory(tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

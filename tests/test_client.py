@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import socket
 import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pyo3mq
@@ -32,68 +29,12 @@ from pyo3mq import (
     StateChange,
     Will,
 )
+from support.mosquitto import MOSQUITTO_PASSWD, free_port
 from support.mqtt_raw import packet
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-
 
 # --------------------------------------------------------------------------------------
 # Fixtures and helpers
 # --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("mosquitto did not start listening")
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Callable[..., int]]:
-    """Factory: `mosquitto("allow_anonymous true")` starts Debian's mosquitto on a free
-    loopback port with those config lines and returns the port; stopped after the test."""
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("Debian's mosquitto is not installed")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*lines: str) -> int:
-        port = free_port()
-        conf = tmp_path / f"mosquitto-{port}.conf"
-        head = [f"listener {port} 127.0.0.1"]
-        if os.name == "posix" and os.geteuid() == 0:
-            # As root, mosquitto switches to the `mosquitto` user, which cannot read
-            # pytest's private temporary directory (password files live there).
-            head.append("user root")
-        conf.write_text("\n".join([*head, *lines]) + "\n")
-        proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        procs.append(proc)
-        wait_listening(port, proc)
-        return port
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(params=["pyo3mq", "mosquitto"])

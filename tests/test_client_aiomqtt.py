@@ -39,14 +39,13 @@ from pyo3mq import (
 from test_client import (
     accept,
     free_port,
-    mosquitto,
     next_message,
     read_packet,
     scripted_server,
     server,
 )
 
-__all__ = ["mosquitto", "server"]  # fixtures, imported for their side effect
+__all__ = ["server"]  # a fixture, imported for its side effect
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

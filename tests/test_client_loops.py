@@ -14,9 +14,9 @@ from typing import Any
 import pyo3mq
 import pytest
 from pyo3mq import Client, ConnectionState, MqttConnectionError
-from test_client import mosquitto, server
+from test_client import server
 
-__all__ = ["mosquitto", "server"]  # fixtures, imported for their side effect
+__all__ = ["server"]  # a fixture, imported for its side effect
 
 uvloop = pytest.importorskip("uvloop", reason="uvloop is installed by `make` (Makefile)")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from pyo3mq import Client, ClientMessage, MqttError
-from test_client import mosquitto, next_message, no_message, proxy_to, server
+from test_client import next_message, no_message, proxy_to, server
 
-__all__ = ["mosquitto", "server"]  # fixtures, imported for their side effect
+__all__ = ["server"]  # a fixture, imported for its side effect
 
 #: The client process: connects through the given port with the store, waits for a line
 #: on stdin, then publishes 20 messages or receives 5, and dies without a word.

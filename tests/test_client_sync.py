@@ -34,9 +34,9 @@ from pyo3mq import (
     SyncClient,
 )
 from support.mqtt_raw import Packet
-from test_client import mosquitto, server
+from test_client import server
 
-__all__ = ["mosquitto", "server"]  # fixtures, imported for their side effect
+__all__ = ["server"]  # a fixture, imported for its side effect
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CONNACK_OK = b"\x20\x02\x00\x00"

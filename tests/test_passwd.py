@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pyo3mq
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from support.mosquitto import MOSQUITTO_PASSWD, mosquitto_factory
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Callable[..., int]]:
-    with mosquitto_factory(tmp_path) as start:
-        yield start
+from support.mosquitto import MOSQUITTO_PASSWD
 
 
 def passwd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
