@@ -149,33 +149,67 @@ impl Connection {
     }
 
     /// Serves the connection until it closes, for any reason. Never panics on input.
-    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
-        self.run_to_close(shutdown).await;
-        // Every path, refusals included, ends the stream politely (a WebSocket close
-        // frame, TLS close_notify, FIN)...
-        let _ = self.io.shutdown().await;
-        // ...and counts its traffic in `$SYS`.
-        self.counters.flush_into(self.router.counters());
+    ///
+    /// Not an `async fn`: one taking `mut self` moves `self` into a second copy inside its
+    /// future, so every connection held its 424-byte `Connection` twice for its whole life
+    /// (`-Zprint-type-sizes`, benches/README.md "Where an idle connection's bytes go").
+    /// The async block below uses the captured value in place.
+    pub fn run(
+        self,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        self.run_holding(shutdown, ())
+    }
+
+    /// [`Connection::run`], dropping `guard` (the server's connection permit) when it
+    /// ends. Spawning `async move { conn.run(..).await; drop(permit) }` instead would hold
+    /// the `Connection` twice again: once captured by the block, once moved into the
+    /// awaited future.
+    pub fn run_holding<G: Send + 'static>(
+        mut self,
+        shutdown: watch::Receiver<bool>,
+        guard: G,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            self.run_to_close(shutdown).await;
+            // Every path, refusals included, ends the stream politely (a WebSocket close
+            // frame, TLS close_notify, FIN)...
+            let _ = self.io.shutdown().await;
+            // ...and counts its traffic in `$SYS`.
+            self.counters.flush_into(self.router.counters());
+            drop(guard);
+        }
     }
 
     async fn run_to_close(&mut self, mut shutdown: watch::Receiver<bool>) {
+        // The CONNECT phase is boxed: its timer and its two futures (about 800 bytes)
+        // are needed once, and inline they would size the future of the whole life.
+        let Some(connect) = Box::pin(self.wait_connect(&mut shutdown)).await else {
+            return;
+        };
+        self.serve(connect, shutdown).await;
+    }
+
+    /// The first packet, a CONNECT, within `connect_timeout`; `None` if the connection
+    /// ends before (refused, closed, timed out, shutdown). Boxed, so `serve` holds 8
+    /// bytes of it rather than 176.
+    async fn wait_connect(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Box<Connect>> {
         let connect_timeout = self.router.config().connect_timeout;
-        let connect = tokio::select! {
+        tokio::select! {
             res = timeout(connect_timeout, self.read_connect()) => match res {
-                Ok(Ok(Some(connect))) => connect,
-                Ok(Ok(None)) => return,
+                Ok(Ok(Some(connect))) => Some(Box::new(connect)),
+                Ok(Ok(None)) => None,
                 Ok(Err(close)) => {
                     self.log_close(&close);
-                    return;
+                    None
                 }
                 Err(_) => {
                     info!(peer = %self.peer, "closing connection: no CONNECT within {connect_timeout:?}");
-                    return;
+                    None
                 }
             },
-            _ = shutdown.changed() => return,
-        };
-        self.serve(connect, shutdown).await;
+            _ = shutdown.changed() => None,
+        }
     }
 
     /// Reads until the first packet is complete. `Ok(None)` when the peer went away or the
@@ -245,7 +279,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn serve(&mut self, connect: Connect, shutdown: watch::Receiver<bool>) {
+    async fn serve(&mut self, connect: Box<Connect>, shutdown: watch::Receiver<bool>) {
         self.protocol = connect.protocol;
         self.decoder.set_protocol(connect.protocol);
         let Some(client_id) = self.accept_client_id(&connect).await else {
@@ -295,8 +329,12 @@ impl Connection {
             }
         }
 
+        let keep_alive = connect.keep_alive;
+        // After CONNACK only a will is still needed: a CONNECT without one is dropped
+        // here instead of being held for the connection's life.
+        let will = connect.will.is_some().then_some(connect);
         let close = self
-            .serve_session(&session, connect.keep_alive, &kick, shutdown)
+            .serve_session(&session, keep_alive, &kick, shutdown)
             .await;
         self.log_close(&close);
         let reason = close.reason();
@@ -307,9 +345,15 @@ impl Connection {
             }
             Close::Shutdown => {
                 let _ = timeout(Duration::from_secs(1), self.flush()).await;
-                Box::pin(self.publish_will(&connect)).await;
+                if let Some(connect) = &will {
+                    Box::pin(self.publish_will(connect)).await;
+                }
             }
-            _ => Box::pin(self.publish_will(&connect)).await,
+            _ => {
+                if let Some(connect) = &will {
+                    Box::pin(self.publish_will(connect)).await;
+                }
+            }
         }
         self.router.detach(&session, self.conn_id);
         self.router.emit(|| Event::Disconnected {
@@ -382,17 +426,22 @@ impl Connection {
             // A peer that sends without reading (acks piling up unwritten) is not read
             // from until it drains: TCP pushes back on it, and its output stays bounded.
             let can_read = self.out.len() < READ_PAUSE_ABOVE;
+            // Nothing pending: hold no output buffer while waiting.
+            self.out.release_if_empty();
             tokio::select! {
                 biased;
                 _ = kick.notified() => return Box::pin(self.drain_before_takeover(session)).await,
                 _ = shutdown.changed() => return Close::Shutdown,
                 _ = &mut expiry, if idle_limit.is_some() => return Close::KeepAlive,
-                res = self.io.writable(), if has_output => {
+                // Readiness by poll, not by `readable()`/`writable()` futures: the wakers
+                // live in the socket's registration, and these futures are 16 bytes
+                // instead of 168 each in every connection's future.
+                res = std::future::poll_fn(|cx| self.io.poll_write_ready(cx)), if has_output => {
                     if let Err(e) = res.and_then(|()| self.write_ready()) {
                         return Close::Io(e);
                     }
                 },
-                res = self.io.readable(), if can_read => {
+                res = std::future::poll_fn(|cx| self.io.poll_read_ready(cx)), if can_read => {
                     if let Err(e) = res {
                         return Close::Io(e);
                     }
@@ -580,6 +629,7 @@ mod tests {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let future = conn.run(rx);
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 2400, "the connection future grew to {size} bytes");
+        println!("connection future: {size} bytes");
+        assert!(size <= 1400, "the connection future grew to {size} bytes");
     }
 }

@@ -379,11 +379,9 @@ async fn accept_loop(
         if kind == ListenerKind::Tcp {
             let connection =
                 Connection::new(router.clone(), stream, peer).with_anonymous(anonymous);
-            tokio::spawn(async move {
-                connection.run(shutdown).await;
-                drop(permit);
-                drop(done);
-            });
+            // Not `async move { connection.run(..).await; .. }`: that block would hold the
+            // connection twice (captured, and inside the awaited future).
+            tokio::spawn(connection.run_holding(shutdown, (permit, done)));
             continue;
         }
         // The handshake runs in the connection's task, so a slow peer holds up no one.

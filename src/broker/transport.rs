@@ -12,6 +12,7 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -100,6 +101,21 @@ impl Transport {
 
     pub async fn writable(&self) -> io::Result<()> {
         self.socket().writable().await
+    }
+
+    /// `readable()` as a poll: the waker is kept in the socket's registration, so a
+    /// connection waiting on it holds no readiness future (168 bytes each) in its own
+    /// future, whose size is memory per idle connection.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buffered_input() {
+            return Poll::Ready(Ok(()));
+        }
+        self.socket().poll_read_ready(cx)
+    }
+
+    /// `writable()` as a poll, for the same reason as [`Transport::poll_read_ready`].
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.socket().poll_write_ready(cx)
     }
 
     /// Takes what it can of `bufs` now and returns how much. With nothing to take (or

@@ -86,6 +86,22 @@ impl OutBuf {
         n
     }
 
+    /// Frees both buffers when nothing is pending, so a connection waiting for traffic
+    /// holds no output memory (benches/README.md, "Where an idle connection's bytes go":
+    /// after the CONNACK the chunk list kept a 128-byte ring and `cur` a shared 8-byte
+    /// buffer plus its 40-byte header). Called before the connection waits; the next
+    /// burst allocates them again, one `malloc` each per burst, against a `writev` each.
+    pub(super) fn release_if_empty(&mut self) {
+        if self.len == 0 {
+            if self.chunks.capacity() != 0 {
+                self.chunks = VecDeque::new();
+            }
+            if self.cur.capacity() != 0 {
+                self.cur = BytesMut::new();
+            }
+        }
+    }
+
     pub(super) fn advance(&mut self, mut written: usize) {
         self.len -= written;
         while written > 0 {

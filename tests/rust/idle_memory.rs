@@ -1,0 +1,182 @@
+//! Heap held per idle connection, counted by a global allocator that tracks every live
+//! allocation by size (benches/README.md, "Where an idle connection's bytes go").
+//!
+//! A real broker (`Server::start`) on a loopback port; blocking std sockets as clients,
+//! which allocate nothing on the heap per connection (the CONNECT and CONNACK live on the
+//! stack), so the live-heap difference before and after is the broker's alone. This is
+//! the requested size: glibc's 16-byte chunk headers and its rounding come on top (the
+//! RSS benchmark counts those, and the kernel's page-table and socket-table costs).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3mq::broker::config::Config;
+use pyo3mq::broker::hooks::Hooks;
+use pyo3mq::broker::server::Server;
+use pyo3mq::broker::store::MemoryStore;
+
+/// Size classes tracked one by one (larger allocations share the last slot).
+const CLASSES: usize = 8192;
+
+struct Counting;
+
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+static BY_SIZE: [AtomicI64; CLASSES + 1] = [const { AtomicI64::new(0) }; CLASSES + 1];
+
+fn account(size: usize, sign: i64) {
+    LIVE_BYTES.fetch_add(sign * size as i64, Ordering::Relaxed);
+    BY_SIZE[size.min(CLASSES)].fetch_add(sign, Ordering::Relaxed);
+    if sign > 0 {
+        trace(size);
+    }
+}
+
+/// `IDLE_MEMORY_TRACE=SIZE`: print where a few allocations of that size come from (to
+/// name the size classes in the breakdown).
+static TRACE_SIZE: AtomicI64 = AtomicI64::new(-1);
+static TRACED: AtomicI64 = AtomicI64::new(0);
+thread_local!(static IN_TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+
+fn trace(size: usize) {
+    if TRACE_SIZE.load(Ordering::Relaxed) != size as i64 || TRACED.load(Ordering::Relaxed) >= 3 {
+        return;
+    }
+    let _ = IN_TRACE.try_with(|busy| {
+        if busy.replace(true) {
+            return;
+        }
+        if TRACED.fetch_add(1, Ordering::Relaxed) < 3 {
+            eprintln!(
+                "allocation of {size} B:\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
+        }
+        busy.set(false);
+    });
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counters are
+// plain atomics and never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        account(layout.size(), 1);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        account(layout.size(), -1);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        account(layout.size(), 1);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        account(layout.size(), -1);
+        account(new_size, 1);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn snapshot() -> (i64, Vec<i64>) {
+    let by_size = BY_SIZE.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    (LIVE_BYTES.load(Ordering::Relaxed), by_size)
+}
+
+/// An MQTT 3.1.1 CONNECT, clean session, keepalive 60, client id `idle-NNNNNN`.
+fn connect_packet(i: usize) -> [u8; 25] {
+    let mut p = [0u8; 25];
+    p[..14].copy_from_slice(&[
+        0x10, 23, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 11,
+    ]);
+    let id = format!("idle-{i:06}");
+    p[14..].copy_from_slice(id.as_bytes());
+    p
+}
+
+fn open(addr: std::net::SocketAddr, i: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&connect_packet(i)).expect("send CONNECT");
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).expect("read CONNACK");
+    assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK accepted");
+    s
+}
+
+/// Live heap while `n` clients are connected and silent, minus live heap before.
+fn heap_per_connection(n: usize) -> (f64, BTreeMap<usize, i64>) {
+    let mut config = Config::default();
+    config.listeners = vec!["tcp://127.0.0.1:0".into()];
+    let mut server = Server::start(
+        config,
+        Hooks::default(),
+        Arc::new(MemoryStore::default()),
+        false,
+    )
+    .expect("broker starts");
+    let addr = server.addresses()[0];
+    // Warm up: the first connections allocate the runtime's and the maps' first blocks.
+    let warm: Vec<TcpStream> = (0..64).map(|i| open(addr, 900_000 + i)).collect();
+    let mut clients = Vec::with_capacity(n);
+    std::thread::sleep(Duration::from_millis(200));
+    let (before, sizes_before) = snapshot();
+    if let Some(size) = std::env::var("IDLE_MEMORY_TRACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        TRACE_SIZE.store(size, Ordering::Relaxed);
+    }
+    for i in 0..n {
+        clients.push(open(addr, i));
+    }
+    // Let every connection task reach its idle wait.
+    let settle = Instant::now();
+    let mut after = snapshot();
+    while settle.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(100));
+        after = snapshot();
+    }
+    let per_conn = (after.0 - before) as f64 / n as f64;
+    let mut classes = BTreeMap::new();
+    for (size, (a, b)) in after.1.iter().zip(&sizes_before).enumerate() {
+        if a - b != 0 {
+            classes.insert(size, a - b);
+        }
+    }
+    drop(clients);
+    drop(warm);
+    server.stop();
+    (per_conn, classes)
+}
+
+/// Prints the live allocations one idle connection adds, by size, and keeps the total
+/// bounded. The bound is what the design allows, with a margin for tokio and hashbrown
+/// versions; it is not a speed figure.
+#[test]
+fn heap_per_idle_connection() {
+    let n = 2_000;
+    let (per_conn, classes) = heap_per_connection(n);
+    println!("live heap per idle connection: {per_conn:.0} bytes over {n} connections");
+    println!("size class: allocations per connection (bytes per connection)");
+    for (size, count) in &classes {
+        let per = *count as f64 / n as f64;
+        if per.abs() >= 0.05 {
+            println!(
+                "  {size:>5} B: {per:>6.2} ({:>7.1} B)",
+                per * (*size as f64)
+            );
+        }
+    }
+    assert!(
+        per_conn < 3_300.0,
+        "an idle connection holds {per_conn:.0} bytes of heap"
+    );
+}
