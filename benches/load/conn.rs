@@ -345,8 +345,19 @@ impl Conn {
         keep_alive: u16,
         limit: Duration,
     ) -> Result<Conn, String> {
+        Conn::connect_from(addr, None, client_id, keep_alive, limit).await
+    }
+
+    /// As [`Conn::connect`], from local address `source` (see `Stream::connect_from`).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        client_id: &str,
+        keep_alive: u16,
+        limit: Duration,
+    ) -> Result<Conn, String> {
         let handshake = async {
-            let stream = Stream::connect(addr).await?;
+            let stream = Stream::connect_from(addr, source).await?;
             let mut conn = Conn {
                 stream,
                 rbuf: BytesMut::new(),

@@ -40,6 +40,7 @@ usage: load run  [--host H] [--port P] [--scenario 1:1|fanin|fanout|mesh] [--wil
                  [--broker-pid PID] [--label TEXT]
        load idle [--host H] [--port P] [--connections 10000] [--concurrency 50]
                  [--keepalive 60] [--settle S] [--broker-pid PID] [--label TEXT]
+                 [--sources N] [--storm]
        both:     [--transport tcp|tls|ws|wss] [--cafile PEM] [--path /mqtt]
 
 run:  --count is messages per publisher; --deliveries N derives it from the total
@@ -49,7 +50,11 @@ run:  --count is messages per publisher; --deliveries N derives it from the tota
       expected delivery arrived exactly once and in order, 1 otherwise, 2 on bad usage.
 idle: opens the connections (CONNECT/CONNACK each, at most --concurrency at a time),
       waits --settle seconds and reports broker RSS per connection and connects/s
-      (with --transport tls, each connect is a full TLS handshake).
+      (with --transport tls, each connect is a full TLS handshake). --sources N
+      connects from 127.0.0.1 .. 127.0.0.N in turn (past one address's ~28,000
+      ephemeral ports). --storm then drops every connection at once and reconnects
+      them all (same client ids, --concurrency at a time) and reports how long the
+      broker took and whether it refused any.
 --transport: TLS verifies the broker's certificate against --cafile for the name
       `localhost`; WebSocket upgrades on --path with the `mqtt` subprotocol.";
 
@@ -77,6 +82,8 @@ struct Opts {
     concurrency: usize,
     keepalive: u16,
     settle: f64,
+    sources: u8,
+    storm: bool,
     transport: transport::Kind,
     cafile: Option<String>,
     path: String,
@@ -107,6 +114,8 @@ impl Default for Opts {
             concurrency: 50,
             keepalive: 60,
             settle: 1.0,
+            sources: 1,
+            storm: false,
             transport: transport::Kind::Tcp,
             cafile: None,
             path: "/mqtt".into(),
@@ -149,6 +158,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--concurrency" => o.concurrency = val(a, it.next())?,
             "--keepalive" => o.keepalive = val(a, it.next())?,
             "--settle" => o.settle = val(a, it.next())?,
+            "--sources" => o.sources = val(a, it.next())?,
+            "--storm" => o.storm = true,
             "--transport" => {
                 let name: String = val(a, it.next())?;
                 o.transport = transport::Kind::parse(&name)

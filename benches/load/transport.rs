@@ -134,12 +134,20 @@ fn would_block<T>() -> io::Result<T> {
 }
 
 impl Stream {
-    /// TCP connect, then the TLS handshake and the WebSocket upgrade as configured.
-    pub async fn connect(addr: std::net::SocketAddr) -> Result<Stream, String> {
+    /// TCP connect, then the TLS handshake and the WebSocket upgrade as configured; from
+    /// the local address `source` if given (port chosen at connect time). One source address has about 28,000 ephemeral ports towards one broker
+    /// port (`net.ipv4.ip_local_port_range`); 100,000 connections need several
+    /// (127.0.0.x are all loopback).
+    pub async fn connect_from(
+        addr: std::net::SocketAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Stream, String> {
         let s = settings();
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let tcp = match source {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => bound_connect(addr, ip).await,
+        }
+        .map_err(|e| format!("connect: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
         let mut stream = Stream {
             tcp,
@@ -473,4 +481,31 @@ fn decode(ws: &mut Ws, out: &mut BytesMut) -> io::Result<usize> {
             }
         }
     }
+}
+
+/// TCP connect from `ip`. `IP_BIND_ADDRESS_NO_PORT` defers the port choice to
+/// `connect`, so the port only has to be free for this 4-tuple, not for every
+/// destination (a plain `bind(ip:0)` would reserve it outright and run out sooner).
+async fn bound_connect(addr: std::net::SocketAddr, ip: std::net::IpAddr) -> io::Result<TcpStream> {
+    use std::os::fd::AsRawFd;
+    let socket = match ip {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to an int of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
 }

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::broker::config::AnonymousPolicy;
 use crate::broker::hooks::{AuthDecision, DisconnectReason, Event};
 use crate::broker::metrics::LocalCounters;
-use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
+use crate::broker::router::{Attach, ConnHandle, GoneOnDrop, MatchScratch, Router, Session};
 use crate::broker::session::{Message, Outgoing};
 use crate::broker::transport::Transport;
 use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, Protocol};
@@ -294,12 +294,12 @@ impl Connection {
             return;
         }
 
-        let (gone_tx, gone_rx) = watch::channel(());
-        let kick = Arc::new(Notify::new());
+        // Dropped on every way out of here: only then may a connection taking over this
+        // client id proceed.
+        let gone = GoneOnDrop(Arc::default());
         let handle = ConnHandle {
             conn_id: self.conn_id,
-            kick: kick.clone(),
-            gone: gone_rx,
+            takeover: gone.0.clone(),
         };
         let Some((session, session_present)) = Box::pin(self.take_session(&connect, handle)).await
         else {
@@ -334,7 +334,7 @@ impl Connection {
         // here instead of being held for the connection's life.
         let will = connect.will.is_some().then_some(connect);
         let close = self
-            .serve_session(&session, keep_alive, &kick, shutdown)
+            .serve_session(&session, keep_alive, &gone.0.kick, shutdown)
             .await;
         self.log_close(&close);
         let reason = close.reason();
@@ -361,7 +361,7 @@ impl Connection {
             reason,
         });
         // Only now may a connection taking over this client id proceed.
-        drop(gone_tx);
+        drop(gone);
     }
 
     /// Attaches to the client's session, first closing any connection that holds it
@@ -383,10 +383,8 @@ impl Connection {
                 } => return Some((session, session_present)),
                 Attach::Busy(old) => {
                     info!(client_id = %self.client_id, "session taken over by a new connection");
-                    old.kick.notify_one();
-                    let mut gone = old.gone;
-                    // Resolves with Err once the old connection drops its sender.
-                    let _ = timeout(Duration::from_secs(5), gone.changed()).await;
+                    old.takeover.kick.notify_one();
+                    let _ = timeout(Duration::from_secs(5), old.takeover.gone()).await;
                 }
             }
         }

@@ -105,13 +105,10 @@ pub struct SessionState {
     queue: VecDeque<Queued>,
     /// Topic and payload bytes in `queue` (what `max_queued_bytes` bounds).
     queued_bytes: usize,
-    /// Sent QoS 1/2 deliveries in send order (which is also the resend order).
-    inflight: VecDeque<Inflight>,
-    /// The ids of `inflight`, and the next one to hand out.
-    ids: PacketIds,
-    /// Inbound QoS 2 ids that got PUBREC but not yet PUBREL: a resent PUBLISH with one of
-    /// them is acknowledged again but not delivered again [MQTT-4.3.3-2].
-    inbound_qos2: InboundQos2,
+    /// The QoS 1/2 bookkeeping, allocated at first use: 248 of the 440 bytes this
+    /// struct had, which a QoS 0 or idle client never uses (benches/README.md, "Where
+    /// an idle connection's bytes go").
+    acks: Option<Box<Acks>>,
     pub online: bool,
     /// When the client last went offline (`None` while online): what
     /// `persistent_client_expiration` counts from, kept in the durable store too.
@@ -130,6 +127,21 @@ pub struct SessionState {
     tracker: Option<(ChangeTracker, ByteString)>,
 }
 
+/// A session's QoS 1/2 state (see [`SessionState::acks`]).
+#[derive(Debug, Default)]
+struct Acks {
+    /// Sent QoS 1/2 deliveries in send order (which is also the resend order).
+    inflight: VecDeque<Inflight>,
+    /// The ids of `inflight`, and the next one to hand out.
+    ids: PacketIds,
+    /// Inbound QoS 2 ids that got PUBREC but not yet PUBREL: a resent PUBLISH with one of
+    /// them is acknowledged again but not delivered again [MQTT-4.3.3-2].
+    inbound_qos2: InboundQos2,
+}
+
+/// The inflight deliveries of a session that has no [`Acks`] yet.
+static NO_INFLIGHT: VecDeque<Inflight> = VecDeque::new();
+
 /// The client ids of persistent sessions that changed since the last save.
 pub type ChangeTracker = std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<ByteString>>>;
 
@@ -140,9 +152,7 @@ impl SessionState {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
-            inflight: VecDeque::new(),
-            ids: PacketIds::new(),
-            inbound_qos2: InboundQos2::new(),
+            acks: None,
             online: false,
             offline_since: None,
             dropped: 0,
@@ -156,6 +166,14 @@ impl SessionState {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    fn inflight(&self) -> &VecDeque<Inflight> {
+        self.acks.as_ref().map_or(&NO_INFLIGHT, |a| &a.inflight)
+    }
+
+    fn acks(&mut self) -> &mut Acks {
+        self.acks.get_or_insert_with(Box::default)
     }
 
     /// Whether the session changed since the last call (which resets it).
@@ -185,14 +203,14 @@ impl SessionState {
     }
 
     pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
+        self.inflight().len()
     }
 
     /// Whether there is anything for the connection to send now.
     pub fn has_sendable(&self) -> bool {
         match self.queue.front() {
             None => false,
-            Some(q) => q.qos == QoS::AtMostOnce || self.inflight.len() < self.limits.max_inflight,
+            Some(q) => q.qos == QoS::AtMostOnce || self.inflight().len() < self.limits.max_inflight,
         }
     }
 
@@ -271,12 +289,12 @@ impl SessionState {
             });
         }
         // Always an id: the window has room (has_sendable) and is at most 65,535.
-        let Some(pkid) = self.ids.alloc() else {
+        let Some(pkid) = self.acks().ids.alloc() else {
             self.queued_bytes += cost(&item);
             self.queue.push_front(item);
             return None;
         };
-        self.inflight.push_back(Inflight {
+        self.acks().inflight.push_back(Inflight {
             pkid,
             stage: Stage::AwaitAck,
             item: item.clone(),
@@ -293,7 +311,7 @@ impl SessionState {
     /// A protocol violation [MQTT-4.8.0-1] (Mosquitto closes for it); an id that names no
     /// delivery is not one (a late repeat, say) and is ignored.
     pub fn wrong_ack(&self, pkid: u16, ack: AckKind) -> Option<&'static str> {
-        let f = self.inflight.iter().find(|f| f.pkid == pkid)?;
+        let f = self.inflight().iter().find(|f| f.pkid == pkid)?;
         match (ack, f.item.qos, &f.stage) {
             (AckKind::PubAck, QoS::ExactlyOnce, _) => Some("a QoS 2 delivery"),
             (AckKind::PubRec | AckKind::PubComp, QoS::AtLeastOnce, _) => Some("a QoS 1 delivery"),
@@ -313,14 +331,15 @@ impl SessionState {
 
     /// PUBREC from the client: the PUBLISH is never resent again, PUBREL follows.
     pub fn on_pubrec(&mut self, pkid: u16) -> bool {
-        match self.inflight.iter_mut().find(|f| f.pkid == pkid) {
-            Some(f) if f.item.qos == QoS::ExactlyOnce => {
-                f.stage = Stage::AwaitComp;
-                self.mark_changed();
-                true
-            }
-            _ => false,
+        let Some(acks) = &mut self.acks else {
+            return false;
+        };
+        match acks.inflight.iter_mut().find(|f| f.pkid == pkid) {
+            Some(f) if f.item.qos == QoS::ExactlyOnce => f.stage = Stage::AwaitComp,
+            _ => return false,
         }
+        self.mark_changed();
+        true
     }
 
     /// PUBCOMP from the client ends a QoS 2 delivery.
@@ -329,10 +348,13 @@ impl SessionState {
     }
 
     fn remove_inflight(&mut self, pkid: u16, ok: impl Fn(&Inflight) -> bool) -> bool {
-        match self.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
+        let Some(acks) = &mut self.acks else {
+            return false;
+        };
+        match acks.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
             Some(i) => {
-                self.inflight.remove(i);
-                self.ids.free(pkid);
+                acks.inflight.remove(i);
+                acks.ids.free(pkid);
                 self.mark_changed();
                 true
             }
@@ -375,7 +397,7 @@ impl SessionState {
     /// What to resend when a client resumes the session: every unacknowledged PUBLISH with
     /// DUP=1 and every PUBREL, with original ids, in original order [MQTT-4.4.0-1].
     pub fn resend_on_resume(&self) -> Vec<Outgoing> {
-        self.inflight
+        self.inflight()
             .iter()
             .map(|f| match f.stage {
                 Stage::AwaitAck => Outgoing::Publish {
@@ -390,12 +412,14 @@ impl SessionState {
 
     /// An inbound QoS 2 PUBLISH arrived; true if it is new and must be delivered onward.
     pub fn on_inbound_qos2(&mut self, pkid: u16) -> bool {
-        self.inbound_qos2.receive(pkid)
+        self.acks().inbound_qos2.receive(pkid)
     }
 
     /// Inbound PUBREL: the id is free again.
     pub fn on_inbound_pubrel(&mut self, pkid: u16) {
-        self.inbound_qos2.release(pkid);
+        if let Some(acks) = &mut self.acks {
+            acks.inbound_qos2.release(pkid);
+        }
     }
 
     /// Forget everything but the subscriptions' absence: used when a clean session starts.
@@ -403,16 +427,15 @@ impl SessionState {
         self.subscriptions.clear();
         self.queue.clear();
         self.queued_bytes = 0;
-        self.inflight.clear();
-        self.inbound_qos2.clear();
-        self.ids.clear();
+        // A fresh start of all three, and the memory back.
+        self.acks = None;
         self.mark_changed();
     }
 
     /// Everything undelivered, for a snapshot: inflight deliveries first, in send order,
     /// with their packet id and whether PUBREL was sent; then the queue.
     pub fn export(&self) -> Vec<(Queued, Option<u16>, bool)> {
-        self.inflight
+        self.inflight()
             .iter()
             .map(|f| (f.item.clone(), Some(f.pkid), f.stage == Stage::AwaitComp))
             .chain(self.queue.iter().map(|q| (q.clone(), None, false)))
@@ -423,9 +446,9 @@ impl SessionState {
     /// so a resuming client gets it again with DUP=1 (or its PUBREL) [MQTT-4.4.0-1]. One
     /// whose id another restored delivery holds already is queued (sent under a new id).
     pub fn restore(&mut self, item: Queued, pkid: Option<u16>, released: bool) {
-        let pkid = pkid.filter(|&id| item.qos == QoS::AtMostOnce || self.ids.take(id));
+        let pkid = pkid.filter(|&id| item.qos == QoS::AtMostOnce || self.acks().ids.take(id));
         match pkid {
-            Some(pkid) if item.qos != QoS::AtMostOnce => self.inflight.push_back(Inflight {
+            Some(pkid) if item.qos != QoS::AtMostOnce => self.acks().inflight.push_back(Inflight {
                 pkid,
                 stage: if released {
                     Stage::AwaitComp

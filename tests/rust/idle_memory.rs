@@ -176,7 +176,7 @@ fn heap_per_idle_connection() {
         }
     }
     assert!(
-        per_conn < 3_300.0,
+        per_conn < 2_600.0,
         "an idle connection holds {per_conn:.0} bytes of heap"
     );
 }

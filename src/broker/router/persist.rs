@@ -363,11 +363,9 @@ mod tests {
                         if let Some(old) = live.remove(&c) {
                             router.detach(&old, u64::from(c));
                         }
-                        let (_gone_tx, gone) = watch::channel(());
                         let handle = ConnHandle {
                             conn_id: u64::from(c),
-                            kick: Arc::new(Notify::new()),
-                            gone,
+                            takeover: Arc::default(),
                         };
                         let id = ByteString::from(format!("c{c}"));
                         if let Attach::Attached { session, .. } =

@@ -222,7 +222,7 @@ fn qos0_behind_full_window_waits_for_order() {
 fn pkids_skip_ids_still_inflight() {
     let mut s = SessionState::new(limits(3, 10, OverflowPolicy::DropNew));
     s.online = true;
-    s.ids.set_next(u16::MAX);
+    s.acks().ids.set_next(u16::MAX);
     for n in 0..3 {
         s.enqueue(msg(n, QoS::AtLeastOnce));
     }
@@ -295,7 +295,7 @@ fn restored_ids_are_not_handed_out_twice() {
     assert_eq!(id, 2);
     assert!(s.on_puback(1));
     s.enqueue(msg(3, QoS::AtLeastOnce));
-    s.ids.set_next(1);
+    s.acks().ids.set_next(1);
     let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
         panic!()
     };
