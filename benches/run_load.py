@@ -837,7 +837,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.pyo3mq = str(venv) if venv.exists() else (shutil.which("pyo3mq") or "pyo3mq")
     if args.reps < 1 or args.idle_reps < 0 or args.idle_connections < 1:
         ap.error("--reps must be at least 1")
+    args.idle_connections = fit_idle_connections(args.idle_connections)
     return args
+
+
+def fit_idle_connections(wanted: int) -> int:
+    """The idle test's connection count, within the descriptor limit this machine lets
+    a process raise itself to: the broker needs one descriptor per connection, and
+    raising the hard limit (`ulimit -Hn`) needs root with CAP_SYS_RESOURCE. Fewer
+    connections than asked, with a warning, rather than a run that fails at the limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= wanted + 1000:
+        return wanted
+    try:
+        # Succeeds only with CAP_SYS_RESOURCE; the brokers inherit nothing from it (each
+        # raises its own limit in raise_nofile), it only tells whether they can.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, wanted + 1000))
+        return wanted
+    except (ValueError, OSError):
+        pass
+    fitted = max(1000, (hard - 1000) // 1000 * 1000)
+    print(
+        f"run_load: the descriptor hard limit is {hard} and cannot be raised here (needs "
+        f"root with CAP_SYS_RESOURCE, or `ulimit -Hn {wanted + 1000}` before starting): "
+        f"{fitted:,} idle connections instead of {wanted:,}",
+        file=sys.stderr,
+    )
+    return fitted
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,3 +21,9 @@ pub mod topic;
 
 #[cfg(feature = "python")]
 mod python;
+
+/// With the `mimalloc` feature, every Rust allocation of the broker and client goes to
+/// mimalloc instead of the C library's malloc (Python's own objects are not affected).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,5 +1,6 @@
 //! Pending output: encoded packets plus shared payloads, coalesced into one `writev`.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
@@ -14,6 +15,45 @@ use super::MAX_IOV;
 /// Payloads at least this large are written by reference (an extra iovec); smaller ones
 /// are copied next to their header, which is cheaper than another iovec entry.
 const COPY_PAYLOAD_BELOW: usize = 1024;
+
+/// Size of an output buffer taken from the spare list or allocated anew.
+const BUF_SIZE: usize = 4096;
+/// Most spare output buffers kept per worker thread (16 KiB each at most: see
+/// [`OutBuf::release_if_empty`]).
+const SPARE_BUFFERS: usize = 32;
+
+thread_local! {
+    /// Output buffers given back by connections that went to wait with nothing pending,
+    /// reused by the next connection on this thread that has something to write. A
+    /// connection frees its buffer whenever it waits, so that an idle one holds none;
+    /// without this list that would be a malloc and free of 4 KiB per wake-up, which a
+    /// lockstep QoS 1 client makes per message.
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer to encode into: a spare one, or a new one.
+fn take_spare() -> BytesMut {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| BytesMut::with_capacity(BUF_SIZE))
+}
+
+/// Keeps `buf` for reuse if it is unshared and of ordinary size, else frees it.
+fn give_spare(mut buf: BytesMut) {
+    buf.clear();
+    // Reclaims the whole allocation when nothing else refers to it any more (every
+    // chunk split off it was written and dropped); a buffer still shared is freed.
+    if buf.try_reclaim(BUF_SIZE) && buf.capacity() <= 4 * BUF_SIZE {
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
+    }
+}
 
 /// Pending output: encoded packets plus shared payloads, written with `writev`.
 #[derive(Default)]
@@ -32,8 +72,16 @@ impl OutBuf {
         self.len == 0
     }
 
+    /// `cur`, with room: a freed one is replaced from the spare list.
+    fn cur_mut(&mut self) -> &mut BytesMut {
+        if self.cur.capacity() == 0 {
+            self.cur = take_spare();
+        }
+        &mut self.cur
+    }
+
     pub(super) fn put_packet(&mut self, packet: &Packet) {
-        let before = self.cur.len();
+        let before = self.cur_mut().len();
         if let Err(err) = packet.encode(&mut self.cur) {
             // Only packets the broker builds itself reach here, from validated data.
             warn!("cannot encode {}: {err}", packet.name());
@@ -44,7 +92,7 @@ impl OutBuf {
 
     pub(super) fn put_publish(&mut self, item: &Queued, pkid: Option<u16>, dup: bool) {
         let msg = &item.msg;
-        let before = self.cur.len();
+        let before = self.cur_mut().len();
         let encoded = codec::encode_publish_header(
             &mut self.cur,
             &msg.topic,
@@ -86,18 +134,19 @@ impl OutBuf {
         n
     }
 
-    /// Frees both buffers when nothing is pending, so a connection waiting for traffic
-    /// holds no output memory (benches/README.md, "Where an idle connection's bytes go":
-    /// after the CONNACK the chunk list kept a 128-byte ring and `cur` a shared 8-byte
-    /// buffer plus its 40-byte header). Called before the connection waits; the next
-    /// burst allocates them again, one `malloc` each per burst, against a `writev` each.
+    /// Gives up both buffers when nothing is pending, so a connection waiting for
+    /// traffic holds no output memory (benches/README.md, "Where an idle connection's
+    /// bytes go": after the CONNACK the chunk list kept a 128-byte ring and `cur` a
+    /// shared buffer plus its 40-byte header). Called before the connection waits; `cur`
+    /// goes to this thread's spare list, and the chunk ring (128 bytes, from the
+    /// allocator's per-thread cache) is allocated again by the next burst.
     pub(super) fn release_if_empty(&mut self) {
         if self.len == 0 {
             if self.chunks.capacity() != 0 {
                 self.chunks = VecDeque::new();
             }
             if self.cur.capacity() != 0 {
-                self.cur = BytesMut::new();
+                give_spare(std::mem::take(&mut self.cur));
             }
         }
     }
