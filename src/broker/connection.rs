@@ -165,6 +165,9 @@ impl Connection {
     /// ends. Spawning `async move { conn.run(..).await; drop(permit) }` instead would hold
     /// the `Connection` twice again: once captured by the block, once moved into the
     /// awaited future.
+    // Deliberately not an `async fn` (see `run`): clippy's rewrite would bring back the
+    // second copy of `self`.
+    #[allow(clippy::manual_async_fn)]
     pub fn run_holding<G: Send + 'static>(
         mut self,
         shutdown: watch::Receiver<bool>,
