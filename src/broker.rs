@@ -13,6 +13,7 @@
 //! - [`sys_topics`]: the `$SYS` counters and publisher.
 //! - [`transport`]: the streams under MQTT (TCP, TLS, WebSocket) and their handshakes.
 
+pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod hooks;

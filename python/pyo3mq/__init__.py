@@ -3,7 +3,7 @@
 from typing import Literal
 
 from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__, init_logging
-from pyo3mq.broker import Broker, BrokerConfig, Subscription
+from pyo3mq.broker import BridgeConfig, Broker, BrokerConfig, Subscription
 from pyo3mq.client import (
     Client,
     ClientMessage,
@@ -67,6 +67,7 @@ def enable_logging(level: str = "info", *, to: Literal["python", "stderr"] = "py
 __all__ = [
     "Authenticator",
     "Authorizer",
+    "BridgeConfig",
     "Broker",
     "BrokerConfig",
     "BrokerStartError",

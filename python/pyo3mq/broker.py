@@ -80,6 +80,8 @@ class BrokerConfig:
     durability: Literal["interval", "sync"] = _DEFAULTS["durability"]
     sys_interval: float = _DEFAULTS["sys_interval"]
     persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
+    # `[[bridge]]` tables (see BridgeConfig; `Broker(bridges=[...])` fills it).
+    bridge: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_settings(self.values())
@@ -96,6 +98,52 @@ class BrokerConfig:
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """One bridge to another broker, with Mosquitto's setting names (a `[[bridge]]`
+    table in the config file): `Broker(bridges=[BridgeConfig(...)])`.
+
+    `topic` lines are Mosquitto's: `pattern [[[out|in|both] qos] local_prefix
+    remote_prefix]`, `""` for an empty pattern or prefix. `restart_timeout` is a delay in
+    seconds, or `(base, cap)` for a backoff from base up to cap. TLS towards the remote is
+    not supported yet: setting `bridge_cafile`, `bridge_certfile`, `bridge_keyfile` or
+    `bridge_insecure` is an error."""
+
+    name: str
+    address: str | list[str]
+    topic: list[str]
+    remote_clientid: str | None = None
+    local_clientid: str | None = None
+    remote_username: str | None = None
+    remote_password: str | None = None
+    cleansession: bool = False
+    local_cleansession: bool | None = None
+    try_private: bool = True
+    keepalive_interval: int = 60
+    restart_timeout: float | tuple[float, float] = (5.0, 30.0)
+    notifications: bool = True
+    notification_topic: str | None = None
+    bridge_protocol_version: Literal["mqttv311"] = "mqttv311"
+    bridge_cafile: str | None = None
+    bridge_certfile: str | None = None
+    bridge_keyfile: str | None = None
+    bridge_insecure: bool | None = None
+
+    def table(self) -> dict[str, Any]:
+        """The `[[bridge]]` table the core reads (unset settings left out)."""
+        table: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "restart_timeout" and isinstance(value, tuple):
+                value = " ".join(str(float(v)) for v in value)
+            elif f.name == "topic" and isinstance(value, str):
+                value = [value]
+            table[f.name] = value
+        return table
 
 
 class Subscription:
@@ -260,6 +308,7 @@ class Broker:
         on_unsubscribe: Callable[[UnsubscribeEvent], Any] | None = None,
         session_store: str | SessionStore | None = None,
         on_message: Callable[[Message], Any] | None = None,
+        bridges: list[BridgeConfig] | None = None,
         **settings: Any,
     ) -> None:
         _check_hooks(
@@ -283,6 +332,13 @@ class Broker:
             if not isinstance(session_store, SessionStore):
                 raise TypeError("session_store must be 'memory', 'sqlite:PATH' or a SessionStore")
             self._store = session_store
+        if bridges is not None:
+            if config is not None or "bridge" in settings:
+                raise TypeError("pass bridges either as bridges=[...] or in the config, not both")
+            for bridge in bridges:
+                if not isinstance(bridge, BridgeConfig):
+                    raise TypeError(f"bridges must be BridgeConfig objects, not {bridge!r}")
+            settings["bridge"] = [bridge.table() for bridge in bridges]
         if config is None:
             config = BrokerConfig.from_mapping(settings)
         elif settings:

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::broker::bridge::BridgeSettings;
 use crate::broker::store::StoreSpec;
 
 /// What a session does when its outbound queue is full.
@@ -439,6 +440,9 @@ settings! {
     /// (subscriptions, queued and inflight messages), in the durable store too. `None`
     /// keeps offline sessions forever (Mosquitto's `persistent_client_expiration`).
     persistent_client_expiration: Option<Duration> = None;
+    /// Bridges to other brokers (`[[bridge]]` tables with Mosquitto's names; see
+    /// `crate::broker::bridge`).
+    bridge: Vec<BridgeSettings> = Vec::new();
 }
 
 /// Loopback only: a broker started without a listener is not reachable from the network

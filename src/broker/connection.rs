@@ -245,7 +245,11 @@ impl Connection {
         Ok(())
     }
 
-    async fn serve(&mut self, connect: Connect, shutdown: watch::Receiver<bool>) {
+    async fn serve(&mut self, mut connect: Connect, shutdown: watch::Receiver<bool>) {
+        // A bridge (Mosquitto's `try_private`) speaks plain 3.1.1 from here on; it only
+        // asks not to get its own messages back (set on its session below).
+        let bridge = connect.protocol.is_bridge();
+        connect.protocol = connect.protocol.base();
         self.protocol = connect.protocol;
         self.decoder.set_protocol(connect.protocol);
         let Some(client_id) = self.accept_client_id(&connect).await else {
@@ -272,10 +276,11 @@ impl Connection {
             self.refuse(ConnectReturnCode::ServerUnavailable).await;
             return;
         };
+        session.set_no_local(bridge);
         info!(
             client_id = %self.client_id, peer = %self.peer,
             protocol = ?connect.protocol, clean_session = connect.clean_session,
-            keep_alive = connect.keep_alive, session_present, "client connected"
+            keep_alive = connect.keep_alive, session_present, bridge, "client connected"
         );
         // 3.1 CONNACKs have no session-present flag (checklist part 2, item 4).
         self.out.put_packet(&Packet::ConnAck(ConnAck {

@@ -58,9 +58,22 @@ pub struct Session {
     pub notify: Notify,
     /// Set for in-process subscribers that slow their publishers instead of dropping.
     pub flow: Option<Flow>,
+    /// Messages this session's own client published are not delivered to it: set for
+    /// bridges (ours, and remote ones that connect with Mosquitto's bridge bit), so a
+    /// message a bridge brought in never goes back out through it.
+    no_local: AtomicBool,
 }
 
 impl Session {
+    pub fn set_no_local(&self, on: bool) {
+        self.no_local.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether `msg` came from this session's own client and must not come back to it.
+    fn is_own(&self, msg: &Message) -> bool {
+        self.no_local.load(Ordering::Relaxed) && msg.publisher == self.client_id
+    }
+
     /// Queues a delivery and wakes the owning connection. Never blocks on the subscriber:
     /// a full queue costs only this session (its overflow policy applies).
     pub fn deliver(&self, item: Queued) -> Enqueued {
@@ -329,6 +342,7 @@ impl Router {
             state: Mutex::new(state),
             notify: Notify::new(),
             flow,
+            no_local: AtomicBool::new(false),
         })
     }
 
@@ -481,6 +495,9 @@ impl Router {
         }
         let mut dropped = 0;
         for (_, granted, session) in matches.drain(..) {
+            if session.is_own(&msg) {
+                continue;
+            }
             let item = Queued {
                 msg: msg.clone(),
                 qos: msg.qos.min(granted),

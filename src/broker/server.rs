@@ -16,6 +16,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, warn};
 
+use crate::broker::bridge;
 use crate::broker::config::{
     AnonymousPolicy, Config, Durability, ListenerKind, StoreLoadError, TlsSettings,
 };
@@ -156,6 +157,14 @@ impl Server {
                 router.clone(),
                 config.sys_interval,
                 shutdown.subscribe(),
+            ));
+        }
+        for settings in &config.bridge {
+            runtime.spawn(bridge::run(
+                settings.clone(),
+                router.clone(),
+                shutdown.subscribe(),
+                done_tx.clone(),
             ));
         }
         for (listener, kind, acceptor) in listeners {
