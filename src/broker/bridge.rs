@@ -168,7 +168,12 @@ impl Link {
     /// restored session had that the configuration no longer has.
     fn subscribe_locally(&self) {
         let mut wanted: HashMap<ByteString, QoS> = HashMap::new();
-        for line in self.settings.topics.iter().filter(|l| l.direction.outgoing()) {
+        for line in self
+            .settings
+            .topics
+            .iter()
+            .filter(|l| l.direction.outgoing())
+        {
             let qos = wanted
                 .entry(ByteString::from(line.local_topic()))
                 .or_insert(line.qos);
@@ -368,7 +373,12 @@ impl Link {
                 publish => self.held.push_back(publish),
             }
         }
-        if !self.remote.as_ref().is_some_and(|r| r.subscribe_token.is_some()) {
+        let subscribing = self
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.subscribe_token.is_some());
+        // Otherwise the SUBACK says it.
+        if !subscribing {
             self.notify(true);
         }
     }
@@ -457,12 +467,10 @@ impl Link {
             self.complete_locally(*pkid, item.qos);
             return true;
         };
-        match remote.client.publish(
-            &remote_topic,
-            &item.msg.payload,
-            item.qos,
-            item.msg.retain,
-        ) {
+        match remote
+            .client
+            .publish(&remote_topic, &item.msg.payload, item.qos, item.msg.retain)
+        {
             Ok(Submitted::Sent) => true,
             Ok(Submitted::Token(token)) => {
                 if let Some(pkid) = pkid {

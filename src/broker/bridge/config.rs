@@ -49,7 +49,13 @@ impl TopicLine {
     /// Parses a line as Mosquitto does; the error says what is wrong with it.
     pub fn parse(line: &str) -> Result<TopicLine, String> {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let empty = |w: &str| if w == "\"\"" { String::new() } else { w.to_string() };
+        let empty = |w: &str| {
+            if w == "\"\"" {
+                String::new()
+            } else {
+                w.to_string()
+            }
+        };
         let (pattern, direction, qos, prefixes) = match words.as_slice() {
             [] => return Err("is empty".into()),
             [pattern] => (*pattern, None, None, None),
@@ -79,9 +85,7 @@ impl TopicLine {
             Some("in") => Direction::In,
             Some("both") => Direction::Both,
             Some(other) => {
-                return Err(format!(
-                    "has direction {other:?}: expected out, in or both"
-                ))
+                return Err(format!("has direction {other:?}: expected out, in or both"))
             }
         };
         let qos = match qos {
@@ -109,7 +113,8 @@ impl TopicLine {
     fn check(&self) -> Result<(), String> {
         // mosquitto.conf(5)'s table: an empty pattern remaps one topic to another, so
         // both prefixes are needed then.
-        if self.pattern.is_empty() && (self.local_prefix.is_empty() || self.remote_prefix.is_empty())
+        if self.pattern.is_empty()
+            && (self.local_prefix.is_empty() || self.remote_prefix.is_empty())
         {
             return Err("has an empty pattern (\"\"): then both prefixes must be given".into());
         }
@@ -291,7 +296,9 @@ fn strings(value: &Value) -> Result<Vec<String>, String> {
     match value {
         Value::Str(s) => Ok(vec![s.clone()]),
         Value::List(items) => Ok(items.clone()),
-        other => Err(format!("must be a string or a list of strings, not {other:?}")),
+        other => Err(format!(
+            "must be a string or a list of strings, not {other:?}"
+        )),
     }
 }
 
@@ -349,7 +356,9 @@ impl BridgeSettings {
                         out.topics.push(parsed);
                     }
                 }
-                "remote_clientid" => out.remote_clientid = String::from_value(value).map_err(err)?,
+                "remote_clientid" => {
+                    out.remote_clientid = String::from_value(value).map_err(err)?
+                }
                 "local_clientid" => local_id = Some(String::from_value(value).map_err(err)?),
                 "remote_username" => {
                     out.remote_username = Some(String::from_value(value).map_err(err)?)
@@ -537,7 +546,10 @@ mod tests {
         assert_eq!(l.to_remote("a/b"), "a/b");
         // `""` prefixes.
         let l = line("p in 2 L/ \"\"");
-        assert_eq!((l.local_topic(), l.remote_topic()), ("L/p".into(), "p".into()));
+        assert_eq!(
+            (l.local_topic(), l.remote_topic()),
+            ("L/p".into(), "p".into())
+        );
         assert_eq!(l.to_local("p"), "L/p");
         let l = line("p both 0 \"\" R/");
         assert_eq!(l.to_remote("p"), "R/p");
@@ -588,7 +600,10 @@ mod tests {
         assert_eq!(b.remote_clientid, "host.cloud");
         assert_eq!(b.local_clientid, "local.host.cloud");
         assert!(b.try_private && !b.cleansession && !b.local_cleansession);
-        assert_eq!(b.notification_topic, "$SYS/broker/connection/host.cloud/state");
+        assert_eq!(
+            b.notification_topic,
+            "$SYS/broker/connection/host.cloud/state"
+        );
         let round = Vec::<BridgeSettings>::from_value(&vec![b.clone()].to_value()).unwrap();
         assert_eq!(round, vec![b]);
 
