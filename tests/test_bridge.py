@@ -220,6 +220,39 @@ def test_qos1_across_a_remote_restart_loses_nothing(
         stop(remote)
 
 
+def test_queue_for_the_remote_survives_a_restart_of_this_broker(
+    mosquitto: Callable[..., int],  # skips without mosquitto
+    tmp_path: Path,
+    client: Callable[..., PahoClient],
+) -> None:
+    """With `cleansession = false` (the default) the bridge's local session is
+    persistent: QoS 1 messages waiting for an unreachable remote are in the SQLite
+    session store when this broker stops, and reach the remote after a restart."""
+    remote_port = free_port()  # nothing listens there yet
+    store = f"sqlite:{tmp_path / 'edge.db'}"
+    config = bridge(f"127.0.0.1:{remote_port}", "q/# out 1")
+    first = local_broker(config, session_store=store)
+    try:
+        pub = client(first.addresses[0][1])
+        for i in range(20):
+            pub.publish("q/n", b"%d" % i, qos=1)
+        pub.close()
+    finally:
+        first.stop()
+    remote = remote_mosquitto(tmp_path, remote_port)
+    try:
+        sink = client(remote_port)
+        sink.subscribe(("q/#", 1))
+        second = local_broker(config, session_store=store)
+        try:
+            got = [int(m.payload) for m in sink.take(20, timeout=3 * TIMEOUT)]
+            assert got == list(range(20))
+        finally:
+            second.stop()
+    finally:
+        stop(remote)
+
+
 def test_state_notification_follows_the_remote(
     tmp_path: Path,
     mosquitto: Callable[..., int],
