@@ -8,7 +8,6 @@ settle time after a marker that was sent last.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import pyo3mq
 import pytest
 from pyo3mq import BridgeConfig, Broker
 from pyo3mq.cli import load_config
-from support.mosquitto import MOSQUITTO, free_port, wait_listening
+from support.mosquitto import free_port, run, stop
 from support.teardown import closed_at_teardown
 from test_pubsub import MARK, SETTLE, TIMEOUT, Msg, PahoClient
 
@@ -153,30 +152,8 @@ def test_both_does_not_loop(
 
 def remote_mosquitto(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     """A mosquitto on `port` that keeps its sessions across a restart (persistence)."""
-    conf = tmp_path / "remote.conf"
-    lines = [
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "persistence true",
-        f"persistence_location {tmp_path}/",
-    ]
-    if os.name == "posix" and os.geteuid() == 0:
-        lines.append("user root")  # as support/mosquitto.py: the tmp dir is private
-    conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_listening(port, proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    lines = ["allow_anonymous true", "persistence true", f"persistence_location {tmp_path}/"]
+    return run(tmp_path / "remote.conf", port, lines)
 
 
 def test_qos1_across_a_remote_restart_loses_nothing(

@@ -40,7 +40,7 @@ mod config;
 pub use config::{BridgeProtocol, BridgeSettings, Direction, TopicLine};
 
 use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
-use crate::broker::session::{Message, Outgoing, Queued};
+use crate::broker::session::{Message, Outgoing};
 use crate::client::{Client, ConnectionState, Incoming, Options, Outcome, Reconnect, Submitted};
 use crate::codec::{Protocol, QoS};
 use crate::topic;
@@ -421,16 +421,9 @@ impl Link {
         let Some((pkid, qos)) = self.tokens.remove(&token) else {
             return;
         };
-        if outcome != Outcome::Done {
-            // Failed: the connection is going; the delivery stays in the window.
-            return;
-        }
-        let mut state = self.session.state.lock();
-        if qos == QoS::ExactlyOnce {
-            state.on_pubrec(pkid);
-            state.on_pubcomp(pkid);
-        } else {
-            state.on_puback(pkid);
+        // Failed: the connection is going; the delivery stays in the window.
+        if outcome == Outcome::Done {
+            self.complete_locally(Some(pkid), qos);
         }
     }
 
@@ -463,7 +456,7 @@ impl Link {
         let Some(remote) = &self.remote else {
             return false;
         };
-        let Some(remote_topic) = self.remote_topic(item) else {
+        let Some((remote_topic, _)) = self.remap(&item.msg.topic, true) else {
             self.complete_locally(*pkid, item.qos);
             return true;
         };
@@ -490,28 +483,34 @@ impl Link {
         }
     }
 
-    /// The remote topic of a local message: the first outgoing line whose local topic
-    /// matches it remaps it (Mosquitto's rule). `None` (dropped, with a log line) if no
-    /// line matches (a message queued under a line since removed) or the result is not
-    /// a valid topic name.
-    fn remote_topic(&self, item: &Queued) -> Option<String> {
-        let local = &*item.msg.topic;
-        let line = self
-            .settings
-            .topics
-            .iter()
-            .filter(|l| l.direction.outgoing())
-            .find(|l| topic::matches(&l.local_topic(), local));
+    /// Where a message goes: the first line of the direction whose filter on this side
+    /// matches its topic remaps it (Mosquitto's rule), and its QoS caps the delivery.
+    /// `None` (dropped, with a log line) if no line matches (a message queued under a line
+    /// since removed, or an old subscription the remote kept) or the result is not a
+    /// valid topic name.
+    fn remap(&self, topic_name: &str, outgoing: bool) -> Option<(String, QoS)> {
+        let name = &self.settings.name;
+        let line = self.settings.topics.iter().find(|l| {
+            if outgoing {
+                l.direction.outgoing() && topic::matches(&l.local_topic(), topic_name)
+            } else {
+                l.direction.incoming() && topic::matches(&l.remote_topic(), topic_name)
+            }
+        });
         let Some(line) = line else {
-            debug!(bridge = %self.settings.name, topic = %local, "no outgoing topic line matches: dropped");
+            debug!(bridge = %name, topic = %topic_name, outgoing, "no topic line matches: dropped");
             return None;
         };
-        let remote = line.to_remote(local);
-        if let Err(e) = topic::validate_topic_name(&remote) {
-            warn!(bridge = %self.settings.name, topic = %local, "remapped to {remote:?}, not a valid topic: dropped ({e})");
+        let mapped = if outgoing {
+            line.to_remote(topic_name)
+        } else {
+            line.to_local(topic_name)
+        };
+        if let Err(e) = topic::validate_topic_name(&mapped) {
+            warn!(bridge = %name, topic = %topic_name, "remapped to {mapped:?}, not a valid topic: dropped ({e})");
             return None;
         }
-        Some(remote)
+        Some((mapped, line.qos))
     }
 
     fn complete_locally(&self, pkid: Option<u16>, qos: QoS) {
@@ -529,28 +528,13 @@ impl Link {
     /// line its topic matches, at min(line QoS, message QoS), with the bridge's local
     /// client id as publisher (so it is never sent back out).
     async fn bring_in(&mut self, incoming: Incoming) {
-        let remote = &*incoming.topic;
-        let line = self
-            .settings
-            .topics
-            .iter()
-            .filter(|l| l.direction.incoming())
-            .find(|l| topic::matches(&l.remote_topic(), remote));
-        let Some(line) = line else {
-            // Cleansession false keeps old subscriptions on the remote (mosquitto.conf(5)
-            // says the same of its bridges).
-            debug!(bridge = %self.settings.name, topic = %remote, "no incoming topic line matches: dropped");
+        let Some((local, line_qos)) = self.remap(&incoming.topic, false) else {
             return;
         };
-        let local = line.to_local(remote);
-        if let Err(e) = topic::validate_topic_name(&local) {
-            warn!(bridge = %self.settings.name, topic = %remote, "remapped to {local:?}, not a valid topic: dropped ({e})");
-            return;
-        }
         let msg = Arc::new(Message {
             topic: ByteString::from(local),
             payload: incoming.payload,
-            qos: incoming.qos.min(line.qos),
+            qos: incoming.qos.min(line_qos),
             retain: incoming.retain,
             publisher: ByteString::from(self.settings.local_clientid.as_str()),
         });

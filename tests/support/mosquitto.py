@@ -37,6 +37,35 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10
     raise RuntimeError("mosquitto did not start listening")
 
 
+def run(conf: Path, port: int, lines: list[str]) -> subprocess.Popen[bytes]:
+    """Writes `conf` (a listener on `port` plus `lines`), starts mosquitto on it and waits
+    until it listens."""
+    head = [f"listener {port} 127.0.0.1"]
+    if os.name == "posix" and os.geteuid() == 0:
+        # As root, mosquitto switches to the `mosquitto` user, which cannot read
+        # pytest's private temporary directory (password files live there).
+        head.append("user root")
+    conf.write_text("\n".join([*head, *lines]) + "\n")
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_listening(port, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., int]]:
     """`start("allow_anonymous true")` runs mosquitto with those config lines and returns
@@ -47,27 +76,11 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., int]]:
 
     def start(*lines: str) -> int:
         port = free_port()
-        conf = tmp_path / f"mosquitto-{port}.conf"
-        head = [f"listener {port} 127.0.0.1"]
-        if os.name == "posix" and os.geteuid() == 0:
-            # As root, mosquitto switches to the `mosquitto` user, which cannot read
-            # pytest's private temporary directory (password files live there).
-            head.append("user root")
-        conf.write_text("\n".join([*head, *lines]) + "\n")
-        proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        procs.append(proc)
-        wait_listening(port, proc)
+        procs.append(run(tmp_path / f"mosquitto-{port}.conf", port, list(lines)))
         return port
 
     try:
         yield start
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
