@@ -251,6 +251,29 @@ def test_state_notification_follows_the_remote(
         stop(remote)
 
 
+def test_addresses_are_tried_in_turn(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """With several addresses, one that refuses is passed over for the next."""
+    remote = mosquitto("allow_anonymous true")
+    dead = free_port()  # nothing listens there
+    config = BridgeConfig(
+        name="edge",
+        address=[f"127.0.0.1:{dead}", f"127.0.0.1:{remote}"],
+        topic=["f out 1"],
+        remote_clientid="edge",
+        restart_timeout=(0.1, 0.2),
+    )
+    _, port = brokers(config)
+    wait_state(port, b"1", client)
+    sink = client(remote)
+    sink.subscribe(("f", 1))
+    client(port).publish("f", b"via the second address", qos=1)
+    assert sink.next_msg().payload == b"via the second address"
+
+
 def test_pyo3mq_to_pyo3mq_both_ways_without_loops(
     brokers: Callable[..., tuple[Broker, int]],
     client: Callable[..., PahoClient],
