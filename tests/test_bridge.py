@@ -251,6 +251,37 @@ def test_state_notification_follows_the_remote(
         stop(remote)
 
 
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "pyo3mq"])
+def test_retained_messages_are_retained_on_the_other_side(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    remote_kind: str,
+) -> None:
+    """A retained message published while the bridge is up is retained on the other
+    broker too: the remote (mosquitto, or pyo3mq seeing the bridge bit) delivers it to the
+    bridge with its RETAIN flag, and the bridge publishes it with it, both ways."""
+    remote = mosquitto("allow_anonymous true") if remote_kind == "mosquitto" else brokers()[1]
+    _, port = brokers(bridge(f"127.0.0.1:{remote}", "r/# both 1"))
+    wait_state(port, b"1", client)
+    # Subscribed while the messages pass, so that they are live deliveries.
+    local_sub, remote_sub = client(port), client(remote)
+    local_sub.subscribe(("r/#", 1))
+    remote_sub.subscribe(("r/#", 1))
+    client(port).publish("r/from-local", b"L", qos=1, retain=True)
+    client(remote).publish("r/from-remote", b"R", qos=1, retain=True)
+    assert {m.payload for m in local_sub.take(2)} == {b"L", b"R"}
+    assert {m.payload for m in remote_sub.take(2)} == {b"L", b"R"}
+    for side in (port, remote):
+        late = client(side)
+        late.subscribe(("r/#", 1))
+        got = late.take(2)
+        assert {(m.topic, m.payload, m.retain) for m in got} == {
+            ("r/from-local", b"L", True),
+            ("r/from-remote", b"R", True),
+        }
+
+
 def test_addresses_are_tried_in_turn(
     mosquitto: Callable[..., int],
     brokers: Callable[..., tuple[Broker, int]],

@@ -9,7 +9,7 @@
 //!   the session store). It subscribes to every `out`/`both` line's local topic; the
 //!   router queues matching messages in it, bounded by `max_queued_messages` /
 //!   `max_queued_bytes` like any session, overflow counted as dropped. Messages the
-//!   bridge itself brought in are never queued back to it (the session's no-local flag),
+//!   bridge itself brought in are never queued back to it (the session's bridge flag),
 //!   which is what keeps a `both` line from looping.
 //! - The remote side is the project's client core ([`crate::client::Client`]), connected
 //!   with the remote client id, Mosquitto's bridge bit (`try_private`), and a fresh client
@@ -142,7 +142,7 @@ impl Link {
                 }
             }
         };
-        session.set_no_local(true);
+        session.set_bridge(true);
         let mut link = Link {
             settings,
             router,

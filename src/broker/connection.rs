@@ -246,8 +246,8 @@ impl Connection {
     }
 
     async fn serve(&mut self, mut connect: Connect, shutdown: watch::Receiver<bool>) {
-        // A bridge (Mosquitto's `try_private`) speaks plain 3.1.1 from here on; it only
-        // asks not to get its own messages back (set on its session below).
+        // A bridge (Mosquitto's `try_private`) speaks plain 3.1.1 from here on; its
+        // session (below) does not get its own messages back and keeps RETAIN flags.
         let bridge = connect.protocol.is_bridge();
         connect.protocol = connect.protocol.base();
         self.protocol = connect.protocol;
@@ -276,7 +276,7 @@ impl Connection {
             self.refuse(ConnectReturnCode::ServerUnavailable).await;
             return;
         };
-        session.set_no_local(bridge);
+        session.set_bridge(bridge);
         info!(
             client_id = %self.client_id, peer = %self.peer,
             protocol = ?connect.protocol, clean_session = connect.clean_session,

@@ -58,20 +58,21 @@ pub struct Session {
     pub notify: Notify,
     /// Set for in-process subscribers that slow their publishers instead of dropping.
     pub flow: Option<Flow>,
-    /// Messages this session's own client published are not delivered to it: set for
-    /// bridges (ours, and remote ones that connect with Mosquitto's bridge bit), so a
-    /// message a bridge brought in never goes back out through it.
-    no_local: AtomicBool,
+    /// Set for bridges (ours, and remote ones that connect with Mosquitto's bridge bit),
+    /// as Mosquitto treats them: messages the session's own client published are not
+    /// delivered to it, so a message a bridge brought in never goes back out through it,
+    /// and deliveries keep the publisher's RETAIN flag, so the broker at the other end
+    /// stores retained messages too.
+    bridge: AtomicBool,
 }
 
 impl Session {
-    pub fn set_no_local(&self, on: bool) {
-        self.no_local.store(on, Ordering::Relaxed);
+    pub fn set_bridge(&self, on: bool) {
+        self.bridge.store(on, Ordering::Relaxed);
     }
 
-    /// Whether `msg` came from this session's own client and must not come back to it.
-    fn is_own(&self, msg: &Message) -> bool {
-        self.no_local.load(Ordering::Relaxed) && msg.publisher == self.client_id
+    fn is_bridge(&self) -> bool {
+        self.bridge.load(Ordering::Relaxed)
     }
 
     /// Queues a delivery and wakes the owning connection. Never blocks on the subscriber:
@@ -342,7 +343,7 @@ impl Router {
             state: Mutex::new(state),
             notify: Notify::new(),
             flow,
-            no_local: AtomicBool::new(false),
+            bridge: AtomicBool::new(false),
         })
     }
 
@@ -495,13 +496,14 @@ impl Router {
         }
         let mut dropped = 0;
         for (_, granted, session) in matches.drain(..) {
-            if session.is_own(&msg) {
+            let bridge = session.is_bridge();
+            if bridge && msg.publisher == session.client_id {
                 continue;
             }
             let item = Queued {
                 msg: msg.clone(),
                 qos: msg.qos.min(granted),
-                retain: false,
+                retain: bridge && msg.retain,
             };
             dropped += deliver_counting_drops(&session, item);
             if let Some(flow) = &session.flow {
