@@ -3,7 +3,7 @@
 from typing import Literal
 
 from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__, init_logging
-from pyo3mq.broker import Broker, BrokerConfig, Subscription
+from pyo3mq.broker import Broker, BrokerConfig, ReloadError, ReloadResult, Subscription
 from pyo3mq.client import (
     Client,
     ClientMessage,
@@ -70,6 +70,8 @@ __all__ = [
     "Broker",
     "BrokerConfig",
     "BrokerStartError",
+    "ReloadError",
+    "ReloadResult",
     "Client",
     "ClientInfo",
     "ClientMessage",

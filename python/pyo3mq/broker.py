@@ -98,6 +98,31 @@ class BrokerConfig:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    """What `Broker.reload()` read again and put in place."""
+
+    #: The parts reloaded, among "password_file", "acl_file" and "tls" (the TLS
+    #: listeners' certificate, key and CA files); parts not configured are not listed.
+    reloaded: tuple[str, ...]
+    #: The parts that could not be read or parsed, each with why. Each kept what it had.
+    failed: dict[str, str]
+    #: TLS listeners whose certificates were reloaded.
+    tls_listeners: int
+
+
+class ReloadError(ValueError):
+    """`Broker.reload()` could not reload every part. The parts named in
+    `result.failed` keep their previous rules (or certificates); the others, in
+    `result.reloaded`, were reloaded all the same."""
+
+    def __init__(self, result: ReloadResult) -> None:
+        self.result = result
+        super().__init__(
+            "; ".join(f"{part} not reloaded: {why}" for part, why in result.failed.items())
+        )
+
+
 class Subscription:
     """Messages matching a filter, delivered inside the process: an async iterator and
     an async context manager (leaving it unsubscribes).
@@ -400,6 +425,25 @@ class Broker:
         dropped. All or nothing: a missing or malformed file raises ValueError naming it,
         and every listener keeps what it had. Returns the number of TLS listeners."""
         return self._core.reload_tls()
+
+    def reload(self) -> ReloadResult:
+        """What SIGHUP does to the `pyo3mq` command: reads the `password_file`, the
+        `acl_file` and the TLS listeners' certificate files again and puts each in place
+        without dropping a connection. Connected clients stay connected (a user removed
+        from the password file cannot log in again); the new ACL applies to every
+        connection's next SUBSCRIBE and PUBLISH. With a Python `authorizer`, connections
+        forget their cached publish decisions and ask it again.
+
+        Each part stands alone: one that cannot be read or parsed keeps what it had and
+        is logged, the others are still reloaded, and then `ReloadError` (a ValueError)
+        is raised naming what failed and why, with the `ReloadResult` as `.result`.
+        Blocks the calling thread while it reads the files; RuntimeError when the broker
+        is not running."""
+        reloaded, failed, tls_listeners = self._core.reload()
+        result = ReloadResult(tuple(reloaded), dict(failed), tls_listeners)
+        if result.failed:
+            raise ReloadError(result)
+        return result
 
     # -- life cycle -------------------------------------------------------------------
 

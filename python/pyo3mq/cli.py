@@ -1,7 +1,8 @@
 """The `pyo3mq` command: run the broker until SIGINT, SIGTERM or SIGQUIT.
 
 Signals follow Mosquitto's: SIGHUP never stops the broker (logrotate and service
-managers send it routinely) and reloads the TLS certificates, SIGUSR1 saves
+managers send it routinely) and reloads the password file, the ACL file and the TLS
+certificates (`Broker.reload()`), SIGUSR1 saves
 the durable session store now, SIGUSR2 logs the session and subscription counts.
 Handlers only queue the signal: the main loop acts on it, outside the handler.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from pyo3mq import __version__
 from pyo3mq._pyo3mq import BrokerStartError, init_logging
-from pyo3mq.broker import Broker, BrokerConfig
+from pyo3mq.broker import Broker, BrokerConfig, ReloadError, ReloadResult
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -116,19 +117,35 @@ def _log_to_stderr(level: str) -> None:
 
 
 def reload(broker: Broker) -> None:
-    """SIGHUP: the one place a configuration reload happens. What is reloadable is the
-    TLS listeners' certificate, key and CA files (a renewed certificate): new connections
-    get them, open ones are kept. The broker keeps serving either way; a file that cannot
-    be read leaves the old ones in place."""
+    """SIGHUP: the one place a configuration reload happens. It reads the password file,
+    the ACL file and the TLS listeners' certificate, key and CA files again (the settings
+    themselves are read at start only); open connections are kept. A part that cannot be
+    read keeps what it had, and the broker serves on either way."""
     try:
-        count = broker.reload_tls()
-    except ValueError as exc:
-        log.error("SIGHUP received: TLS files not reloaded, the previous ones stay: %s", exc)
-        return
-    if count:
-        log.info("SIGHUP received: TLS certificates reloaded for %d listener(s)", count)
+        result = broker.reload()
+    except ReloadError as exc:
+        result = exc.result
+    done = [_RELOADED[part](result) for part in result.reloaded]
+    # Why each failed is in the core's line just before this one: not repeated here.
+    kept = [_KEPT[part] for part in result.failed]
+    if kept:
+        log.error("SIGHUP received: %s", "; ".join(done + kept))
+    elif done:
+        log.info("SIGHUP received: %s", "; ".join(done))
     else:
         log.info("SIGHUP received: nothing to reload")
+
+
+_RELOADED: dict[str, Callable[[ReloadResult], str]] = {
+    "password_file": lambda r: "password file reloaded",
+    "acl_file": lambda r: "ACL file reloaded",
+    "tls": lambda r: f"TLS certificates reloaded for {r.tls_listeners} listener(s)",
+}
+_KEPT = {
+    "password_file": "password file not reloaded (the previous users stay)",
+    "acl_file": "ACL file not reloaded (the previous rules stay)",
+    "tls": "TLS files not reloaded (the previous ones stay)",
+}
 
 
 def save_now(broker: Broker) -> None:

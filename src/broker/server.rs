@@ -20,7 +20,7 @@ use crate::broker::config::{
     AnonymousPolicy, Config, Durability, ListenerKind, StoreLoadError, TlsSettings,
 };
 use crate::broker::connection::{refuse_busy, Connection};
-use crate::broker::hooks::{AclFile, Hooks, PasswordFile};
+use crate::broker::hooks::{AclFile, Authenticator, Authorizer, Hooks, PasswordFile, Reloadable};
 use crate::broker::router::Router;
 use crate::broker::store::{SessionStore, StoreError, StoredState};
 use crate::broker::sys_topics;
@@ -47,6 +47,10 @@ pub struct Server {
     addresses: Vec<SocketAddr>,
     /// Each TLS listener's settings and the acceptor its new connections use.
     tls: Vec<(TlsSettings, SharedAcceptor)>,
+    /// The `password_file` and the authenticator it became, for [`Server::reload`].
+    password_file: Option<(String, Arc<Reloadable<dyn Authenticator>>)>,
+    /// The authorizer, and the `acl_file` it was read from (`None`: code supplied it).
+    authorizer: Option<(Option<String>, Arc<Reloadable<dyn Authorizer>>)>,
     shutdown: watch::Sender<bool>,
     /// Dropped at stop; `all_done` then yields `None` once every task has ended.
     done_tx: Option<mpsc::Sender<()>>,
@@ -102,13 +106,27 @@ impl Server {
             .collect();
 
         // The config file's password and ACL files, unless code supplied its own hooks.
+        // Both are held swappable, for `reload()`; so is a supplied authorizer, whose
+        // rules may change too (a reload then makes connections ask it again).
+        let mut password_file = None;
         if let (Some(path), None) = (&config.password_file, &hooks.authenticator) {
-            hooks.authenticator = Some(Arc::new(
-                PasswordFile::load(path).map_err(ServerError::Config)?,
-            ));
+            let file = PasswordFile::load(path).map_err(ServerError::Config)?;
+            let hook = Arc::new(Reloadable::<dyn Authenticator>::new(Arc::new(file)));
+            hooks.authenticator = Some(hook.clone());
+            password_file = Some((path.clone(), hook));
         }
-        if let (Some(path), None) = (&config.acl_file, &hooks.authorizer) {
-            hooks.authorizer = Some(Arc::new(AclFile::load(path).map_err(ServerError::Config)?));
+        let authorizer = match (hooks.authorizer.take(), &config.acl_file) {
+            (Some(supplied), _) => Some((None, supplied)),
+            (None, Some(path)) => {
+                let file: Arc<dyn Authorizer> =
+                    Arc::new(AclFile::load(path).map_err(ServerError::Config)?);
+                Some((Some(path.clone()), file))
+            }
+            (None, None) => None,
+        }
+        .map(|(path, hook)| (path, Arc::new(Reloadable::new(hook))));
+        if let Some((_, hook)) = &authorizer {
+            hooks.authorizer = Some(hook.clone());
         }
         let has_authenticator = hooks.authenticator.is_some();
         let router = Arc::new(Router::new(config.clone(), hooks));
@@ -185,6 +203,8 @@ impl Server {
             store,
             addresses,
             tls,
+            password_file,
+            authorizer,
             shutdown,
             done_tx: Some(done_tx),
             all_done,
@@ -227,6 +247,66 @@ impl Server {
         Ok(self.tls.len())
     }
 
+    /// SIGHUP's work: reads the `password_file`, the `acl_file` and the TLS listeners'
+    /// certificate files again and puts each in place, keeping every connection. Each
+    /// part stands alone: one that cannot be read or parsed keeps what it had, logs
+    /// why, and is listed in [`ReloadReport::failed`]; the others are still reloaded.
+    /// Open connections keep their login; the new ACL applies to their next SUBSCRIBE
+    /// and PUBLISH (their cached publish decisions are dropped). With an authorizer
+    /// supplied by code, a reload makes connections ask it again. Blocks the calling
+    /// thread while it reads the files (call it from a caller's thread).
+    pub fn reload(&self) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        if let Some((path, hook)) = &self.password_file {
+            match PasswordFile::load(path) {
+                Ok(file) => {
+                    info!(
+                        "password file {path} reloaded: {} user(s)",
+                        file.user_count()
+                    );
+                    hook.replace(Arc::new(file));
+                    report.reloaded.push(RELOAD_PASSWORD_FILE);
+                }
+                Err(err) => {
+                    error!("not reloaded, the previous users stay: {err}");
+                    report.failed.push((RELOAD_PASSWORD_FILE, err));
+                }
+            }
+        }
+        match &self.authorizer {
+            Some((Some(path), hook)) => match AclFile::load(path) {
+                Ok(file) => {
+                    hook.replace(Arc::new(file));
+                    info!("ACL file {path} reloaded; connections are checked against it from their next publish and subscribe");
+                    report.reloaded.push(RELOAD_ACL_FILE);
+                }
+                Err(err) => {
+                    error!("not reloaded, the previous rules stay: {err}");
+                    report.failed.push((RELOAD_ACL_FILE, err));
+                }
+            },
+            Some((None, hook)) => hook.invalidate(),
+            None => {}
+        }
+        if !self.tls.is_empty() {
+            match self.reload_tls() {
+                Ok(count) => {
+                    report.tls_listeners = count;
+                    report.reloaded.push(RELOAD_TLS);
+                }
+                Err(err) => {
+                    let err = match err {
+                        ServerError::Config(msg) => msg,
+                        other => other.to_string(),
+                    };
+                    error!("TLS certificates not reloaded, the previous ones stay: {err}");
+                    report.failed.push((RELOAD_TLS, err));
+                }
+            }
+        }
+        report
+    }
+
     /// Stops accepting, closes every connection after flushing what it has pending, saves
     /// persistent sessions and retained messages to the store, and ends the runtime.
     /// Blocks the calling thread (Python calls it with the GIL released).
@@ -261,6 +341,25 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What [`Server::reload`] names the password file in its report.
+pub const RELOAD_PASSWORD_FILE: &str = "password_file";
+/// ...the ACL file...
+pub const RELOAD_ACL_FILE: &str = "acl_file";
+/// ...and the TLS listeners' certificate, key and CA files.
+pub const RELOAD_TLS: &str = "tls";
+
+/// What a [`Server::reload`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The parts read again and put in place, in the order `password_file`, `acl_file`,
+    /// `tls`; a part the broker was not configured with is not listed.
+    pub reloaded: Vec<&'static str>,
+    /// The parts that could not be, each with why; they keep what they had.
+    pub failed: Vec<(&'static str, String)>,
+    /// TLS listeners whose certificates were reloaded.
+    pub tls_listeners: usize,
 }
 
 /// What the store holds; when it cannot be read, either the error (`Refuse`) or, for

@@ -312,6 +312,28 @@ impl BrokerCore {
         py.detach(|| running.server.reload_tls()).map_err(to_pyerr)
     }
 
+    /// Reads the password file, the ACL file and the TLS certificate files again
+    /// (`Server::reload`, with the interpreter released). Returns the parts reloaded,
+    /// the parts that failed with why (they keep what they had), and the number of TLS
+    /// listeners reloaded; `pyo3mq.Broker.reload()` turns failures into `ReloadError`.
+    #[allow(clippy::type_complexity)] // the triple is unpacked at once by broker.py
+    fn reload(&self, py: Python<'_>) -> PyResult<(Vec<String>, Vec<(String, String)>, usize)> {
+        let slot = self.running.lock();
+        let running = slot
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let report = py.detach(|| running.server.reload());
+        Ok((
+            report.reloaded.iter().map(|p| p.to_string()).collect(),
+            report
+                .failed
+                .into_iter()
+                .map(|(part, why)| (part.to_string(), why))
+                .collect(),
+            report.tls_listeners,
+        ))
+    }
+
     /// Messages dropped by full session queues since the broker started.
     #[getter]
     fn dropped_messages(&self) -> u64 {

@@ -99,7 +99,10 @@ impl Connection {
             return true;
         };
         let ttl = self.router.config().acl_cache_ttl;
-        if let Some(allowed) = self.acl_cache.get(topic, ttl, Instant::now()) {
+        // Read before asking: a reload while the authorizer answers makes this decision
+        // one of the old generation, asked again next time.
+        let generation = authorizer.generation();
+        if let Some(allowed) = self.acl_cache.get(topic, ttl, Instant::now(), generation) {
             return allowed;
         }
         let limit = self.router.config().auth_timeout;
@@ -114,7 +117,7 @@ impl Connection {
         });
         if !ttl.is_zero() {
             self.acl_cache
-                .insert(topic.clone(), allowed, Instant::now());
+                .insert(topic.clone(), allowed, Instant::now(), generation);
         }
         allowed
     }

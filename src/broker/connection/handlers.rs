@@ -13,7 +13,7 @@ use crate::broker::router::Session;
 use crate::broker::session::{AckKind, Message};
 use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};
 
-use super::{Close, Connection, OutBuf};
+use super::{packet_log, Close, Connection, OutBuf};
 
 impl Connection {
     /// Handles every complete packet in the read buffer.
@@ -21,6 +21,9 @@ impl Connection {
         let close = loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => {
+                    if self.log_packets {
+                        debug!(target: "pyo3mq::packets", "received {} from '{}'", packet_log::Summary(&packet), self.client_id);
+                    }
                     if let Some(close) = self.handle(packet, session).await {
                         break Some(close);
                     }
@@ -125,14 +128,14 @@ impl Connection {
                         if allowed {
                             self.route(msg);
                         }
-                        self.out.put_packet(&Packet::PubAck(pkid));
+                        self.send_packet(&Packet::PubAck(pkid));
                     }
                     (QoS::ExactlyOnce, Some(pkid)) => {
                         // A repeat before PUBREL is acknowledged, not delivered again.
                         if session.state.lock().on_inbound_qos2(pkid) && allowed {
                             self.route(msg);
                         }
-                        self.out.put_packet(&Packet::PubRec(pkid));
+                        self.send_packet(&Packet::PubRec(pkid));
                     }
                     // The codec guarantees an id for QoS 1 and 2.
                     (_, None) => {}
@@ -158,11 +161,11 @@ impl Connection {
                     }
                 }
                 // Answered even for an unknown id so the client can finish its flow.
-                self.out.put_packet(&Packet::PubRel(pkid));
+                self.send_packet(&Packet::PubRel(pkid));
             }
             Packet::PubRel(pkid) => {
                 session.state.lock().on_inbound_pubrel(pkid);
-                self.out.put_packet(&Packet::PubComp(pkid));
+                self.send_packet(&Packet::PubComp(pkid));
             }
             Packet::PubComp(pkid) => {
                 let mut state = session.state.lock();
@@ -224,7 +227,7 @@ impl Connection {
                         .map(|((f, _), c)| (f.clone(), c.to_u8()))
                         .collect(),
                 });
-                self.out.put_packet(&Packet::SubAck(SubAck {
+                self.send_packet(&Packet::SubAck(SubAck {
                     pkid: subscribe.pkid,
                     codes,
                 }));
@@ -234,13 +237,13 @@ impl Connection {
                     self.router.unsubscribe(session, filter);
                 }
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
-                self.out.put_packet(&Packet::UnsubAck(unsubscribe.pkid));
+                self.send_packet(&Packet::UnsubAck(unsubscribe.pkid));
                 self.router.emit(|| Event::Unsubscribed {
                     client_id: self.client_id.clone(),
                     filters: unsubscribe.filters,
                 });
             }
-            Packet::PingReq => self.out.put_packet(&Packet::PingResp),
+            Packet::PingReq => self.send_packet(&Packet::PingResp),
             Packet::Disconnect => return Some(Close::Disconnect),
             Packet::Connect(_) => {
                 return Some(Close::Protocol(
