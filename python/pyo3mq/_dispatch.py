@@ -129,11 +129,11 @@ class Dispatcher:
             try:
                 route = self._routes.get(type(item))
                 if route is None:
-                    logger.warning("pyo3mq: unknown dispatch item %r", item)
+                    logger.warning("unknown dispatch item %r", item)
                 else:
                     route(item)
             except Exception:
-                logger.exception("pyo3mq: failed to dispatch %r", type(item).__name__)
+                logger.exception("failed to dispatch %r", type(item).__name__)
 
     def _on_ready(self, record: MessagesReady) -> None:
         self._ready(record.subscription)
@@ -179,9 +179,9 @@ class Dispatcher:
             else:
                 raise _Denied(f"authenticate() returned {result!r}, not a bool")
         except asyncio.TimeoutError:
-            logger.error("pyo3mq: authenticate(%r) timed out: denied", client_id)
+            logger.error("authenticate(%r) timed out: denied", client_id)
         except Exception:
-            logger.exception("pyo3mq: authenticate(%r) failed: denied", client_id)
+            logger.exception("authenticate(%r) failed: denied", client_id)
         call.reply.resolve(code)
 
     async def _sub(self, call: SubscribeCall) -> None:
@@ -200,9 +200,9 @@ class Dispatcher:
             else:
                 raise _Denied(f"authorize_subscribe() returned {result!r}")
         except asyncio.TimeoutError:
-            logger.error("pyo3mq: authorize_subscribe(%r, %r) timed out: denied", info, filter)
+            logger.error("authorize_subscribe(%r, %r) timed out: denied", info, filter)
         except Exception:
-            logger.exception("pyo3mq: authorize_subscribe(%r, %r) failed: denied", info, filter)
+            logger.exception("authorize_subscribe(%r, %r) failed: denied", info, filter)
         call.reply.resolve(granted)
 
     async def _pub(self, call: PublishCall) -> None:
@@ -216,9 +216,9 @@ class Dispatcher:
                 raise _Denied(f"authorize_publish() returned {result!r}, not a bool")
             allowed = result
         except asyncio.TimeoutError:
-            logger.error("pyo3mq: authorize_publish(%r, %r) timed out: denied", info, topic)
+            logger.error("authorize_publish(%r, %r) timed out: denied", info, topic)
         except Exception:
-            logger.exception("pyo3mq: authorize_publish(%r, %r) failed: denied", info, topic)
+            logger.exception("authorize_publish(%r, %r) failed: denied", info, topic)
         call.reply.resolve(allowed)
 
     async def _on_messages(self, call: InterceptCall) -> None:
@@ -243,12 +243,12 @@ class Dispatcher:
                 else:
                     raise _Denied(f"on_message() returned {result!r}")
             except Exception:
-                logger.exception("pyo3mq: on_message failed: message on %r dropped", message.topic)
+                logger.exception("on_message failed: message on %r dropped", message.topic)
             verdicts.append(verdict)
         try:
             call.reply.resolve(verdicts)
         except Exception:
-            logger.exception("pyo3mq: on_message verdicts refused: batch dropped")
+            logger.exception("on_message verdicts refused: batch dropped")
 
     def _on_connect(self, record: Connected) -> None:
         if self._handlers.get("connect"):
@@ -275,10 +275,10 @@ class Dispatcher:
                 if inspect.isawaitable(result):
                     self._spawn(self._guard(result, kind))
             except Exception:
-                logger.exception("pyo3mq: on_%s handler failed", kind)
+                logger.exception("on_%s handler failed", kind)
 
     async def _guard(self, awaitable: Awaitable[Any], kind: str) -> None:
         try:
             await awaitable
         except Exception:
-            logger.exception("pyo3mq: on_%s handler failed", kind)
+            logger.exception("on_%s handler failed", kind)

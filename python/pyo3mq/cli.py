@@ -10,7 +10,10 @@ Handlers only queue the signal: the main loop acts on it, outside the handler.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import logging.handlers
+import os
 import queue
 import signal
 import sys
@@ -20,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from pyo3mq import __version__
-from pyo3mq._pyo3mq import BrokerStartError, init_logging
+from pyo3mq._pyo3mq import BrokerStartError, check_config_files, init_logging
 from pyo3mq.broker import Broker, BrokerConfig, ReloadError, ReloadResult
 
 if sys.version_info >= (3, 11):
@@ -54,7 +57,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="PEM CA certificates that client certificates must chain to",
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file with broker settings")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="debug and trace also log every packet received and sent (default info)",
+    )
+    parser.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="append log lines to PATH instead of stderr (reopened when logrotate moves it)",
+    )
+    parser.add_argument(
+        "--syslog",
+        action="store_true",
+        help="send log lines to syslog (/dev/log, facility daemon) instead of stderr",
+    )
     parser.add_argument("--version", action="version", version=f"pyo3mq {__version__}")
     return parser.parse_args(argv)
 
@@ -75,9 +93,7 @@ def load_config(
     --certfile/--keyfile/--cafile replace those settings."""
     values: dict[str, Any] = {}
     if path is not None:
-        with open(path, "rb") as f:
-            values = tomllib.load(f)
-        values = dict(values.get("broker", values))
+        values = read_toml(path)
     if any(flag is not None for flag in (host, port, tls_port, ws_port)):
         bind = host or DEFAULT_HOST
         if ":" in bind and not bind.startswith("["):
@@ -91,7 +107,86 @@ def load_config(
     for name, value in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
         if value is not None:
             values[name] = value
-    return BrokerConfig.from_mapping(values)
+    try:
+        return BrokerConfig.from_mapping(values)
+    except (ValueError, TypeError) as exc:
+        if path is None:
+            raise
+        raise type(exc)(f"{path}: {exc}") from None
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The settings of a config file: at top level or under `[broker]`. A file that is
+    not TOML is a ValueError naming the file, and the line, as tomllib reports it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        values = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        where = ""
+        if "(at end of document)" in str(exc):
+            # tomllib names no line there: the last one is where the file stopped short.
+            where = f" (the file ends at line {max(1, len(data.splitlines()))})"
+        raise ValueError(f"{path}: not valid TOML: {exc}{where}") from None
+    return dict(values.get("broker", values))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON's escapes are TOML's
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def effective_settings(config: BrokerConfig) -> str:
+    """Every setting with the value the broker would run with, as a config file (unset
+    ones as comments), so the output can itself be used as one."""
+    lines = ["[broker]"]
+    tables: list[dict[str, Any]] = []
+    for name, value in config.values().items():
+        if name == "listener":
+            tables = list(value)
+        elif value is None:
+            lines.append(f"# {name} is not set")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    for table in tables:
+        lines.append("")
+        lines.append("[[broker.listener]]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
+    return "\n".join(lines) + "\n"
+
+
+def check_config(argv: Sequence[str]) -> int:
+    """`pyo3mq check-config FILE`: reads FILE as the broker would at start (settings,
+    then the password file, ACL file and TLS files it names) without starting anything.
+    Prints the effective settings and exits 0, or prints what is wrong and exits 1."""
+    parser = argparse.ArgumentParser(
+        prog="pyo3mq check-config",
+        description="Check a config file and print the settings the broker would use.",
+    )
+    parser.add_argument("file", metavar="FILE", help="TOML config file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.file, None, None)
+        problems = check_config_files(config.values())
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"pyo3mq: {exc}", file=sys.stderr)
+        return 1
+    if problems:
+        for problem in problems:
+            print(f"pyo3mq: {args.file}: {problem}", file=sys.stderr)
+        return 1
+    sys.stdout.write(f"# {args.file}: OK. The effective settings:\n")
+    sys.stdout.write(effective_settings(config))
+    return 0
 
 
 class _Formatter(logging.Formatter):
@@ -105,12 +200,47 @@ class _Formatter(logging.Formatter):
         return f"{stamp}.{micros:06d}Z {level:>5} {record.getMessage()}"
 
 
-def _log_to_stderr(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
-    log.addHandler(handler)
-    log.setLevel({"warn": "WARNING", "trace": "DEBUG"}.get(level, level.upper()))
-    log.propagate = False
+class _SyslogFormatter(logging.Formatter):
+    """syslog adds the time; the tag names the program and its pid."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"pyo3mq[{os.getpid()}]: {record.getMessage()}"
+
+
+def setup_logging(level: str, log_file: str | None = None, syslog: bool = False) -> None:
+    """Where log lines go. By default the core writes its lines straight to stderr, and
+    the command's own lines follow in the same layout. With `--log-file` or `--syslog`
+    the core's lines go through Python's `logging` instead (a thread of their own hands
+    them over; the broker never waits for it) and every line, the command's included,
+    goes to the file (a WatchedFileHandler: reopened after logrotate moves the file)
+    and/or to syslog."""
+    python_level = {"warn": "WARNING", "trace": "DEBUG"}.get(level, level.upper())
+    if log_file is None and not syslog:
+        init_logging(level)
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter())
+        log.addHandler(handler)
+        log.setLevel(python_level)
+        log.propagate = False
+        return
+    root = logging.getLogger("pyo3mq")
+    root.setLevel(python_level)
+    root.propagate = False
+    if log_file is not None:
+        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(_Formatter())
+        root.addHandler(handler)
+    if syslog:
+        address: str | tuple[str, int] = "/dev/log" if os.path.exists("/dev/log") else (
+            "localhost",
+            logging.handlers.SYSLOG_UDP_PORT,
+        )
+        handler = logging.handlers.SysLogHandler(
+            address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+        handler.setFormatter(_SyslogFormatter())
+        root.addHandler(handler)
+    init_logging(level, to_python=True)
 
 
 # -- what each signal does -------------------------------------------------------------
@@ -191,9 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyo3mq.passwd import main as passwd
 
         return passwd(argv[1:])
+    if argv[:1] == ["check-config"]:
+        return check_config(argv[1:])
     args = _parse_args(argv)
-    init_logging(args.log_level)
-    _log_to_stderr(args.log_level)
+    try:
+        setup_logging(args.log_level, args.log_file, args.syslog)
+    except OSError as exc:
+        print(f"pyo3mq: cannot log to {args.log_file or 'syslog'}: {exc}", file=sys.stderr)
+        return 2
     # Installed before the broker starts: a signal during startup is acted on once it
     # serves, never the default action (which for SIGHUP and SIGUSR1/2 is to die).
     received: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -216,14 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         broker = Broker(config)
         broker.start()
-    except (
-        OSError,
-        ValueError,
-        TypeError,
-        OverflowError,
-        BrokerStartError,
-        tomllib.TOMLDecodeError,
-    ) as exc:
+    except (OSError, ValueError, TypeError, OverflowError, BrokerStartError) as exc:
         print(f"pyo3mq: {exc}", file=sys.stderr)
         return 2
 

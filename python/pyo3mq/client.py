@@ -269,6 +269,10 @@ def _pick(name: str, value: Any, alias: str, alias_value: Any, default: Any) -> 
     return default if alias_value is None else alias_value
 
 
+#: The largest value of the core's `usize` arguments.
+_USIZE_MAX = 2**64 - 1
+
+
 @dataclass(frozen=True)
 class _Settings:
     hostname: str
@@ -305,6 +309,25 @@ def _settings(
 ) -> _Settings:
     if transport != "tcp":
         raise ValueError(f"transport {transport!r} is not supported: only 'tcp'")
+    # Out-of-range numbers are a ValueError naming the argument here, not an
+    # OverflowError from the conversion to the core's integer types.
+    bounds: tuple[tuple[str, int | None, int | None, int], ...] = (
+        ("port", port, 0, 0xFFFF),
+        ("keepalive", keepalive, 0, 0xFFFF),
+        ("max_inflight_messages", max_inflight_messages, 1, 0xFFFF),
+        ("max_inflight", max_inflight, 1, 0xFFFF),
+        ("max_buffered_bytes", max_buffered_bytes, 0, _USIZE_MAX),
+        # 0 or less: the default (aiomqtt's "unlimited", below).
+        ("max_queued_incoming_messages", max_queued_incoming_messages, None, _USIZE_MAX),
+        ("max_queued_incoming", max_queued_incoming, 0, _USIZE_MAX),
+        ("max_packet_size", max_packet_size, 0, _USIZE_MAX),
+    )
+    for name, value, low, high in bounds:
+        if not isinstance(value, int):
+            continue  # None (the default), or a wrong type the core refuses by name
+        if value > high or (low is not None and value < low):
+            span = f"at most {high}" if low is None else f"between {low} and {high}"
+            raise ValueError(f"{name} must be {span}, not {value}")
     identifier = _pick("identifier", identifier, "client_id", client_id, "")
     inflight = _pick(
         "max_inflight_messages",

@@ -343,6 +343,37 @@ impl Drop for Server {
     }
 }
 
+/// Reads every file `config` names the way a start (and a reload) reads them: the
+/// password file, the ACL file and each TLS listener's certificate, key and CA files.
+/// Returns one message per problem, each naming the file; empty when all are good.
+/// (`pyo3mq check-config` runs this; it binds nothing and opens no session store.)
+pub fn check_files(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(path) = &config.password_file {
+        if let Err(err) = PasswordFile::load(path) {
+            problems.push(err);
+        }
+    }
+    if let Some(path) = &config.acl_file {
+        if let Err(err) = AclFile::load(path) {
+            problems.push(err);
+        }
+    }
+    match config.listener_specs() {
+        Ok(specs) => {
+            for spec in specs {
+                if let Some(settings) = &spec.tls {
+                    if let Err(err) = TlsAcceptor::new(settings) {
+                        problems.push(format!("listener {}: {err}", spec.uri));
+                    }
+                }
+            }
+        }
+        Err(err) => problems.push(err),
+    }
+    problems
+}
+
 /// What [`Server::reload`] names the password file in its report.
 pub const RELOAD_PASSWORD_FILE: &str = "password_file";
 /// ...the ACL file...

@@ -15,7 +15,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
 use crate::broker::router::{MatchScratch, Router, Session};
-use crate::broker::server::{save_now, Server, ServerError};
+use crate::broker::server::{check_files, save_now, Server, ServerError};
 use crate::broker::session::Message;
 use crate::broker::store::{
     open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage, StoredState,
@@ -155,6 +155,14 @@ fn config_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pyfunction]
 fn check_settings(settings: &Bound<'_, PyDict>) -> PyResult<()> {
     config_from(settings).map(|_| ())
+}
+
+/// Reads the files the settings name (password file, ACL file, TLS certificates and
+/// keys) as a start would, without starting anything; returns one message per problem.
+#[pyfunction]
+fn check_config_files(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Vec<String>> {
+    let config = config_from(settings)?;
+    Ok(py.detach(move || check_files(&config)))
 }
 
 struct Running {
@@ -706,5 +714,6 @@ fn session_record<'py>(py: Python<'py>, s: &SessionSnapshot) -> PyResult<Bound<'
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BrokerCore>()?;
     m.add_function(wrap_pyfunction!(config_defaults, m)?)?;
-    m.add_function(wrap_pyfunction!(check_settings, m)?)
+    m.add_function(wrap_pyfunction!(check_settings, m)?)?;
+    m.add_function(wrap_pyfunction!(check_config_files, m)?)
 }

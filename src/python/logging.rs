@@ -233,16 +233,37 @@ fn emit(logging: &Bound<'_, PyModule>, level: u8, target: &str, text: &str) {
     }
 }
 
+/// The filter for `level`: every `pyo3mq` target at that level, and the per-packet
+/// lines (DEBUG, target `pyo3mq::packets`) unless `packets` is false.
+fn filter_directives(level: &str, packets: bool) -> String {
+    if packets {
+        format!("pyo3mq={level}")
+    } else {
+        format!("pyo3mq={level},pyo3mq::packets=off")
+    }
+}
+
 /// Routes the core's `tracing` output at `level` to stderr, or with `to_python` to
-/// Python's `logging` (loggers `pyo3mq.<module>`). The first call in a process wins.
+/// Python's `logging` (loggers `pyo3mq.<module>`). At `debug` and `trace` every packet
+/// received and sent is logged too (logger `pyo3mq.packets`), unless `packets` is false.
+/// The first call in a process wins.
 #[pyfunction]
-#[pyo3(signature = (level, to_python=false))]
-fn init_logging(py: Python<'_>, level: &str, to_python: bool) -> PyResult<()> {
+#[pyo3(signature = (level, to_python=false, packets=true))]
+fn init_logging(py: Python<'_>, level: &str, to_python: bool, packets: bool) -> PyResult<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("pyo3mq={level}")).map_err(|e| {
+    let level = level.to_ascii_lowercase();
+    if !matches!(
+        level.as_str(),
+        "error" | "warn" | "info" | "debug" | "trace" | "off"
+    ) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "invalid log level {level:?}: expected error, warn, info, debug, trace or off"
+        )));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(filter_directives(&level, packets))
+        .map_err(|e| {
             pyo3::exceptions::PyValueError::new_err(format!("invalid log level {level:?}: {e}"))
         })?;
     if to_python {
@@ -272,7 +293,16 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::logger_name;
+    use super::{filter_directives, logger_name};
+
+    #[test]
+    fn packet_lines_can_be_left_out() {
+        for packets in [true, false] {
+            let directives = filter_directives("debug", packets);
+            assert!(tracing_subscriber::EnvFilter::try_new(&directives).is_ok());
+            assert_eq!(directives.contains("pyo3mq::packets=off"), !packets);
+        }
+    }
 
     #[test]
     fn logger_names_skip_the_part_folder() {
