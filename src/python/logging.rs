@@ -63,7 +63,9 @@ impl<S: Subscriber> Layer<S> for PythonLayer {
             text: text.finish(),
         };
         match self.tx.try_send(line) {
-            Ok(()) => {}
+            Ok(()) => {
+                QUEUED.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -146,6 +148,11 @@ static GATE_IDLE: Condvar = Condvar::new();
 /// not hang the interpreter's exit).
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
+/// Lines queued for the forwarder, and lines it has handed to `logging`: at exit the
+/// lines still queued (the broker's last ones, "broker stopped") are handed over first.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static HANDED_OVER: AtomicU64 = AtomicU64::new(0);
+
 fn forward(rx: Receiver<Line>, dropped: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
@@ -175,9 +182,11 @@ fn forward(rx: Receiver<Line>, dropped: Arc<AtomicU64>) {
                     format!("{lost} log lines were dropped: Python's logging handlers fell behind");
                 emit(&logging, 30, "pyo3mq", &text);
             }
+            let count = batch.len() as u64;
             for line in batch.drain(..) {
                 emit(&logging, line.level, line.target, &line.text);
             }
+            HANDED_OVER.fetch_add(count, Ordering::Release);
         });
         lock(&GATE).busy = false;
         GATE_IDLE.notify_all();
@@ -196,6 +205,13 @@ fn lock(gate: &'static Mutex<Gate>) -> MutexGuard<'static, Gate> {
 #[pyfunction]
 fn close_logging(py: Python<'_>) {
     py.detach(|| {
+        // The lines queued so far reach `logging` before it goes (the forwarder needs
+        // the interpreter, released here), within the same bound as a batch in progress.
+        let queued = QUEUED.load(Ordering::Relaxed);
+        let deadline = Instant::now() + EXIT_WAIT;
+        while HANDED_OVER.load(Ordering::Acquire) < queued && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
         let mut gate = lock(&GATE);
         gate.closed = true;
         let deadline = Instant::now() + EXIT_WAIT;
