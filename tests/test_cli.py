@@ -15,12 +15,8 @@ from pathlib import Path
 
 import pyo3mq
 import pytest
+import tomllib
 from support.mqtt_raw import DISCONNECT, PINGREQ, RawClient, publish, subscribe
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the package depends on tomli there
-    import tomli as tomllib
 
 SCRIPT = Path(sys.executable).with_name("pyo3mq")
 COMMANDS = {

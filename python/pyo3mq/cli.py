@@ -22,14 +22,11 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+import tomllib
+
 from pyo3mq import __version__
 from pyo3mq._pyo3mq import BrokerStartError, check_config_files, init_logging
 from pyo3mq.broker import Broker, BrokerConfig, ReloadError, ReloadResult
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.9/3.10
-    import tomli as tomllib
 
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace")
 DEFAULT_HOST = "127.0.0.1"
@@ -231,9 +228,13 @@ def setup_logging(level: str, log_file: str | None = None, syslog: bool = False)
         handler.setFormatter(_Formatter())
         root.addHandler(handler)
     if syslog:
-        address: str | tuple[str, int] = "/dev/log" if os.path.exists("/dev/log") else (
-            "localhost",
-            logging.handlers.SYSLOG_UDP_PORT,
+        address: str | tuple[str, int] = (
+            "/dev/log"
+            if os.path.exists("/dev/log")
+            else (
+                "localhost",
+                logging.handlers.SYSLOG_UDP_PORT,
+            )
         )
         handler = logging.handlers.SysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
