@@ -40,6 +40,9 @@ pub enum ServerError {
     Store(#[from] StoreError),
 }
 
+/// An authorizer [`Server::reload`] can replace while connections use it.
+type SharedAuthorizer = Arc<Reloadable<dyn Authorizer>>;
+
 pub struct Server {
     runtime: Option<Runtime>,
     router: Arc<Router>,
@@ -50,7 +53,7 @@ pub struct Server {
     /// The `password_file` and the authenticator it became, for [`Server::reload`].
     password_file: Option<(String, Arc<Reloadable<dyn Authenticator>>)>,
     /// The authorizer, and the `acl_file` it was read from (`None`: code supplied it).
-    authorizer: Option<(Option<String>, Arc<Reloadable<dyn Authorizer>>)>,
+    authorizer: Option<(Option<String>, SharedAuthorizer)>,
     shutdown: watch::Sender<bool>,
     /// Dropped at stop; `all_done` then yields `None` once every task has ended.
     done_tx: Option<mpsc::Sender<()>>,
