@@ -665,3 +665,34 @@ def test_unwritable_log_file_exits_2(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.startswith("pyo3mq: cannot log to ")
     assert "listening" not in res.stdout
+
+
+SYSLOG_SCRIPT = """
+import sys
+import pyo3mq.cli as cli
+cli.SYSLOG_ADDRESS = ("127.0.0.1", int(sys.argv[1]))
+sys.exit(cli.main(["--port", "0", "--syslog"]))
+"""
+
+
+def test_syslog_gets_every_line(running: list[Running]) -> None:
+    """`--syslog`: the core's lines and the command's go to syslog (a UDP socket standing
+    in for the daemon here), facility daemon, tagged `pyo3mq[PID]`, nothing to stderr."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as syslogd:
+        syslogd.bind(("127.0.0.1", 0))
+        syslogd.settimeout(10)
+        r = start(running, [sys.executable, "-c", SYSLOG_SCRIPT, str(syslogd.getsockname()[1])])
+        with RawClient(r.port) as c:
+            assert c.connect("via-syslog").body == b"\x00\x00"
+            c.send(DISCONNECT)
+        r.proc.send_signal(signal.SIGUSR2)
+        received: list[str] = []
+        while not any("SIGUSR2 received" in m for m in received):
+            received.append(syslogd.recv(65536).decode())
+        code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0 and err == "", err
+    pid = r.proc.pid
+    # <30>: facility daemon (3) * 8 + severity info (6).
+    connected = [m for m in received if "client connected client_id=via-syslog" in m]
+    assert connected and connected[0].startswith(f"<30>pyo3mq[{pid}]: "), received
+    assert any(m.startswith(f"<30>pyo3mq[{pid}]: SIGUSR2 received") for m in received)

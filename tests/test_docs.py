@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pyo3mq
+import pytest
 import tomllib
 from pyo3mq import BrokerConfig
 from pyo3mq._pyo3mq import config_defaults
@@ -266,3 +268,39 @@ def test_conformance_table_is_readable_from_the_repository() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "differs" not in res.stdout
+
+
+# -- "Bad arguments raise ValueError or TypeError at the call", naming the argument -----
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        pytest.param({"keepalive": 70000}, "keepalive", id="keepalive-too-big"),
+        pytest.param({"keepalive": -1}, "keepalive", id="keepalive-negative"),
+        pytest.param({"port": 70000}, "port", id="port"),
+        pytest.param({"max_inflight_messages": 2**70}, "max_inflight_messages", id="inflight"),
+        pytest.param({"max_buffered_bytes": -5}, "max_buffered_bytes", id="buffered"),
+        pytest.param({"max_packet_size": 2**70}, "max_packet_size", id="packet-size"),
+        pytest.param(
+            {"max_queued_incoming_messages": 2**70}, "max_queued_incoming_messages", id="queued"
+        ),
+    ],
+)
+@pytest.mark.parametrize("cls", [pyo3mq.Client, pyo3mq.SyncClient], ids=["Client", "SyncClient"])
+def test_out_of_range_client_numbers_name_the_argument(
+    cls: Any, kwargs: dict[str, int], name: str
+) -> None:
+    """Not a bare OverflowError from the conversion to the core's integer types."""
+    with pytest.raises(ValueError, match=rf"^{name} must be "):
+        cls("127.0.0.1", **kwargs)
+
+
+def test_broker_with_a_dict_says_to_use_keywords() -> None:
+    with pytest.raises(TypeError, match=r"pass settings as keywords .*BrokerConfig"):
+        pyo3mq.Broker({"max_inflight": 5})  # type: ignore[arg-type]
+
+
+def test_sqlite_store_without_a_path_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"session_store .*with a path"):
+        pyo3mq.Broker(session_store="sqlite:")

@@ -29,6 +29,9 @@ from pyo3mq._pyo3mq import BrokerStartError, check_config_files, init_logging
 from pyo3mq.broker import Broker, BrokerConfig, ReloadError, ReloadResult
 
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace")
+#: Where `--syslog` sends lines: the local syslog daemon's socket, or when there is none,
+#: UDP port 514 on localhost.
+SYSLOG_ADDRESS: str | tuple[str, int] = "/dev/log"
 DEFAULT_HOST = "127.0.0.1"
 
 log = logging.getLogger("pyo3mq.cli")
@@ -228,14 +231,9 @@ def setup_logging(level: str, log_file: str | None = None, syslog: bool = False)
         handler.setFormatter(_Formatter())
         root.addHandler(handler)
     if syslog:
-        address: str | tuple[str, int] = (
-            "/dev/log"
-            if os.path.exists("/dev/log")
-            else (
-                "localhost",
-                logging.handlers.SYSLOG_UDP_PORT,
-            )
-        )
+        address = SYSLOG_ADDRESS
+        if isinstance(address, str) and not os.path.exists(address):
+            address = ("localhost", logging.handlers.SYSLOG_UDP_PORT)
         handler = logging.handlers.SysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )
