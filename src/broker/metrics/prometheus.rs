@@ -46,28 +46,18 @@ pub fn render(router: &Router) -> String {
         router.started().elapsed().as_secs_f64(),
     );
 
-    out.family(
+    out.by_label(
         "pyo3mq_connections",
-        "gauge",
         "Network connections open now (before and after CONNECT), by transport.",
+        "transport",
+        TransportKind::ALL.map(|kind| (kind.as_str(), counters.connections(kind).1)),
     );
-    for kind in TransportKind::ALL {
-        let (_, open) = counters.connections(kind);
-        out.sample("pyo3mq_connections", &[("transport", kind.as_str())], open);
-    }
-    out.family(
+    out.by_label(
         "pyo3mq_connections_accepted_total",
-        "counter",
         "Network connections accepted since start, by transport.",
+        "transport",
+        TransportKind::ALL.map(|kind| (kind.as_str(), counters.connections(kind).0)),
     );
-    for kind in TransportKind::ALL {
-        let (accepted, _) = counters.connections(kind);
-        out.sample(
-            "pyo3mq_connections_accepted_total",
-            &[("transport", kind.as_str())],
-            accepted,
-        );
-    }
     out.gauge(
         "pyo3mq_clients_connected",
         "MQTT clients connected now ($SYS/broker/clients/connected).",
@@ -146,24 +136,14 @@ pub fn render(router: &Router) -> String {
         counters.bytes_sent(),
     );
 
-    out.family(
+    out.by_label(
         "pyo3mq_messages_dropped_total",
-        "counter",
         "Messages dropped, by reason: queue_full is a delivery a session's full queue \
          refused ($SYS/broker/publish/messages/dropped); the others are PUBLISHes not routed.",
+        "reason",
+        std::iter::once(("queue_full", router.dropped_messages()))
+            .chain(DropReason::ALL.map(|reason| (reason.as_str(), counters.dropped_count(reason)))),
     );
-    out.sample(
-        "pyo3mq_messages_dropped_total",
-        &[("reason", "queue_full")],
-        router.dropped_messages(),
-    );
-    for reason in DropReason::ALL {
-        out.sample(
-            "pyo3mq_messages_dropped_total",
-            &[("reason", reason.as_str())],
-            counters.dropped_count(reason),
-        );
-    }
     out.counter(
         "pyo3mq_events_dropped_total",
         "Events for the observers (on_connect and others) that their full queue dropped.",
@@ -174,51 +154,34 @@ pub fn render(router: &Router) -> String {
         "CONNECTs refused by authentication (password, authenticator, anonymous policy, timeout).",
         counters.auth_failures(),
     );
-    out.family(
+    out.by_label(
         "pyo3mq_authorization_denials_total",
-        "counter",
         "Subscriptions and publishes the authorizer or ACL file refused, by action.",
+        "action",
+        [
+            ("subscribe", counters.denials(Action::Subscribe)),
+            ("publish", counters.denials(Action::Publish)),
+        ],
     );
-    for (action, name) in [
-        (Action::Subscribe, "subscribe"),
-        (Action::Publish, "publish"),
-    ] {
-        out.sample(
-            "pyo3mq_authorization_denials_total",
-            &[("action", name)],
-            counters.denials(action),
-        );
-    }
-    out.family(
+    use crate::broker::metrics::Handshake;
+    out.by_label(
         "pyo3mq_tls_handshakes_total",
-        "counter",
         "TLS handshakes on tls:// and wss:// listeners, by result.",
+        "result",
+        [
+            ("completed", counters.handshakes(Handshake::TlsCompleted)),
+            ("failed", counters.handshakes(Handshake::TlsFailed)),
+        ],
     );
-    for (step, result) in [
-        (crate::broker::metrics::Handshake::TlsCompleted, "completed"),
-        (crate::broker::metrics::Handshake::TlsFailed, "failed"),
-    ] {
-        out.sample(
-            "pyo3mq_tls_handshakes_total",
-            &[("result", result)],
-            counters.handshakes(step),
-        );
-    }
-    out.family(
+    out.by_label(
         "pyo3mq_websocket_upgrades_total",
-        "counter",
         "WebSocket upgrades on ws:// and wss:// listeners, by result.",
+        "result",
+        [
+            ("completed", counters.handshakes(Handshake::WsCompleted)),
+            ("failed", counters.handshakes(Handshake::WsFailed)),
+        ],
     );
-    for (step, result) in [
-        (crate::broker::metrics::Handshake::WsCompleted, "completed"),
-        (crate::broker::metrics::Handshake::WsFailed, "failed"),
-    ] {
-        out.sample(
-            "pyo3mq_websocket_upgrades_total",
-            &[("result", result)],
-            counters.handshakes(step),
-        );
-    }
 
     out.family(
         "pyo3mq_hook_duration_seconds",
@@ -234,30 +197,18 @@ pub fn render(router: &Router) -> String {
             &snap,
         );
     }
-    out.family(
+    out.by_label(
         "pyo3mq_hook_timeouts_total",
-        "counter",
         "Hook calls the broker stopped waiting for after auth_timeout (counted as deny), by hook.",
+        "hook",
+        HookKind::ALL.map(|kind| (kind.as_str(), counters.hook(kind).timeouts())),
     );
-    for kind in HookKind::ALL {
-        out.sample(
-            "pyo3mq_hook_timeouts_total",
-            &[("hook", kind.as_str())],
-            counters.hook(kind).timeouts(),
-        );
-    }
-    out.family(
+    out.by_label(
         "pyo3mq_hook_errors_total",
-        "counter",
         "Hook calls that raised or answered with an unusable value (counted as deny), by hook.",
+        "hook",
+        HookKind::ALL.map(|kind| (kind.as_str(), counters.hook(kind).errors())),
     );
-    for kind in HookKind::ALL {
-        out.sample(
-            "pyo3mq_hook_errors_total",
-            &[("hook", kind.as_str())],
-            counters.hook(kind).errors(),
-        );
-    }
     out.family(
         "pyo3mq_store_commit_duration_seconds",
         "histogram",
@@ -300,6 +251,25 @@ impl Exposition {
             self.text.push('}');
         }
         let _ = writeln!(self.text, " {value}");
+    }
+
+    /// A family with one label: a counter if its name says so, else a gauge.
+    fn by_label<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        self.family(name, kind, help);
+        for (label_value, value) in values {
+            self.sample(name, &[(label, label_value)], value);
+        }
     }
 
     fn gauge(&mut self, name: &str, help: &str, value: u64) {
