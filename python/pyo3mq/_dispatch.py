@@ -13,9 +13,11 @@ the broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -94,8 +96,13 @@ class Dispatcher:
         ready: Callable[[int], None],
         intercept: Callable[[Message], Any] | None = None,
         space: Callable[[int], None] | None = None,
+        report: Callable[..., None] | None = None,
     ) -> None:
         self._intercept = intercept
+        # `report(kind, seconds=None, failed=False)` counts a hook call for /metrics: the
+        # failures seen here (the broker times the requests and counts their timeouts
+        # itself), and the observers' calls, which only this side sees.
+        self._report = report
         self._space = space
         self._loop = loop
         self._timeout = timeout
@@ -182,6 +189,7 @@ class Dispatcher:
             logger.error("authenticate(%r) timed out: denied", client_id)
         except Exception:
             logger.exception("authenticate(%r) failed: denied", client_id)
+            self._failed("authenticate")
         call.reply.resolve(code)
 
     async def _sub(self, call: SubscribeCall) -> None:
@@ -203,6 +211,7 @@ class Dispatcher:
             logger.error("authorize_subscribe(%r, %r) timed out: denied", info, filter)
         except Exception:
             logger.exception("authorize_subscribe(%r, %r) failed: denied", info, filter)
+            self._failed("authorize_subscribe")
         call.reply.resolve(granted)
 
     async def _pub(self, call: PublishCall) -> None:
@@ -219,6 +228,7 @@ class Dispatcher:
             logger.error("authorize_publish(%r, %r) timed out: denied", info, topic)
         except Exception:
             logger.exception("authorize_publish(%r, %r) failed: denied", info, topic)
+            self._failed("authorize_publish")
         call.reply.resolve(allowed)
 
     async def _on_messages(self, call: InterceptCall) -> None:
@@ -244,6 +254,7 @@ class Dispatcher:
                     raise _Denied(f"on_message() returned {result!r}")
             except Exception:
                 logger.exception("on_message failed: message on %r dropped", message.topic)
+                self._failed("on_message")
             verdicts.append(verdict)
         try:
             call.reply.resolve(verdicts)
@@ -268,17 +279,34 @@ class Dispatcher:
         if self._handlers.get("unsubscribe"):
             self._event("unsubscribe", UnsubscribeEvent(record.client_id, record.filters))
 
+    def _failed(self, kind: str) -> None:
+        if self._report is not None:
+            with contextlib.suppress(Exception):  # a stopped broker counts nothing
+                self._report(kind, None, True)
+
+    def _observed(self, started: float, failed: bool) -> None:
+        if self._report is not None:
+            with contextlib.suppress(Exception):
+                self._report("events", time.perf_counter() - started, failed)
+
     def _event(self, kind: str, event: Any) -> None:
         for handler in self._handlers[kind]:
+            started = time.perf_counter()
             try:
                 result = handler(event)
                 if inspect.isawaitable(result):
-                    self._spawn(self._guard(result, kind))
+                    self._spawn(self._guard(result, kind, started))
+                else:
+                    self._observed(started, False)
             except Exception:
                 logger.exception("on_%s handler failed", kind)
+                self._observed(started, True)
 
-    async def _guard(self, awaitable: Awaitable[Any], kind: str) -> None:
+    async def _guard(self, awaitable: Awaitable[Any], kind: str, started: float) -> None:
         try:
             await awaitable
         except Exception:
             logger.exception("on_%s handler failed", kind)
+            self._observed(started, True)
+        else:
+            self._observed(started, False)

@@ -79,6 +79,7 @@ class BrokerConfig:
     persist_interval: float = _DEFAULTS["persist_interval"]
     durability: Literal["interval", "sync"] = _DEFAULTS["durability"]
     sys_interval: float = _DEFAULTS["sys_interval"]
+    metrics_listener: str | None = _DEFAULTS["metrics_listener"]
     persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
 
     def __post_init__(self) -> None:
@@ -419,6 +420,18 @@ class Broker:
         the broker is stopped."""
         return dict(self._core.stats())
 
+    def metrics_text(self) -> str:
+        """The broker's figures in the Prometheus text format 0.0.4, the same text the
+        `metrics_listener` serves at `/metrics`: for a service that already serves its
+        own `/metrics` and appends these. Empty while the broker is stopped."""
+        return self._core.metrics_text()
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The (host, port) the `metrics_listener` is bound to (its port 0 picks a free
+        one); None without one, or while the broker is stopped."""
+        return self._core.metrics_address
+
     def reload_tls(self) -> int:
         """Reads the TLS listeners' `certfile`, `keyfile` and `cafile` again (a renewed
         certificate, say). New connections use them; open ones keep theirs and are not
@@ -463,6 +476,7 @@ class Broker:
             ready=self._ready,
             intercept=self.on_message,
             space=self._space_ready,
+            report=self._core.hook_called,
         )
         self._loop = loop
         self._addresses = self._core.start(

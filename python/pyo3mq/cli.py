@@ -56,6 +56,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="FILE",
         help="PEM CA certificates that client certificates must chain to",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port "
+        "(on --host's address; metrics_listener in the config file)",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML file with broker settings")
     parser.add_argument(
         "--log-level",
@@ -87,10 +93,12 @@ def load_config(
     certfile: str | None = None,
     keyfile: str | None = None,
     cafile: str | None = None,
+    metrics_port: int | None = None,
 ) -> BrokerConfig:
     """Settings from the file, then the flags on top: --host/--port/--tls-port/--ws-port
     replace the listeners (MQTT on --port, default 1883, plus TLS and WebSocket on theirs),
-    --certfile/--keyfile/--cafile replace those settings."""
+    --certfile/--keyfile/--cafile replace those settings, and --metrics-port sets
+    `metrics_listener` (on --host's address, default loopback)."""
     values: dict[str, Any] = {}
     if path is not None:
         values = read_toml(path)
@@ -104,6 +112,11 @@ def load_config(
         if ws_port is not None:
             values["listeners"].append(f"ws://{bind}:{ws_port}/mqtt")
         values.pop("listener", None)  # its tables name the file's listeners
+    if metrics_port is not None:
+        bind = host or DEFAULT_HOST
+        if ":" in bind and not bind.startswith("["):
+            bind = f"[{bind}]"
+        values["metrics_listener"] = f"http://{bind}:{metrics_port}"
     for name, value in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
         if value is not None:
             values[name] = value
@@ -347,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             certfile=args.certfile,
             keyfile=args.keyfile,
             cafile=args.cafile,
+            metrics_port=args.metrics_port,
         )
         broker = Broker(config)
         broker.start()
@@ -356,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for host, port in broker.addresses:
         print(f"pyo3mq {__version__} listening on {host}:{port}", flush=True)
+    if broker.metrics_address is not None:
+        host, port = broker.metrics_address
+        print(f"pyo3mq metrics on http://{host}:{port}/metrics", flush=True)
     while True:
         try:
             # A timed wait keeps the main thread responsive to signals.

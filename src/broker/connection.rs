@@ -265,6 +265,7 @@ impl Connection {
         // Rare paths are boxed: their state would otherwise be part of every connection's
         // future for its whole life (idle connections should cost little memory).
         if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {
+            self.router.counters().auth_failed();
             self.refuse(code).await;
             return;
         }
@@ -515,7 +516,8 @@ impl Connection {
     fn put_outgoing(&mut self, outgoing: Outgoing) {
         match outgoing {
             Outgoing::Publish { item, pkid, dup } => {
-                self.counters.messages_sent += 1;
+                let totals = self.router.counters();
+                self.counters.sent(item.qos, item.msg.payload.len(), totals);
                 if self.log_packets {
                     let line = packet_log::Outgoing {
                         item: &item,

@@ -8,6 +8,7 @@
 //! detached from its session, and the sessions can be saved.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use crate::broker::config::{
 };
 use crate::broker::connection::{refuse_busy, Connection};
 use crate::broker::hooks::{AclFile, Authenticator, Authorizer, Hooks, PasswordFile, Reloadable};
+use crate::broker::http;
+use crate::broker::metrics::TransportKind;
 use crate::broker::router::Router;
 use crate::broker::store::{SessionStore, StoreError, StoredState};
 use crate::broker::sys_topics;
@@ -48,6 +51,8 @@ pub struct Server {
     router: Arc<Router>,
     store: Arc<dyn SessionStore>,
     addresses: Vec<SocketAddr>,
+    /// The metrics listener's address and what it serves, when `metrics_listener` is set.
+    metrics: Option<(SocketAddr, Arc<http::State>)>,
     /// Each TLS listener's settings and the acceptor its new connections use.
     tls: Vec<(TlsSettings, SharedAcceptor)>,
     /// The `password_file` and the authenticator it became, for [`Server::reload`].
@@ -71,15 +76,21 @@ impl Server {
         track_changes: bool,
     ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
-        // Before anything is bound or spawned: a store that cannot be read stops the start
-        // here, with nothing to undo and nothing written.
-        let stored = load_store(store.as_ref(), config.store_load_error)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("pyo3mq-worker");
         if config.worker_threads > 0 {
             builder.worker_threads(config.worker_threads);
         }
         let runtime = builder.build().map_err(ServerError::Runtime)?;
+        // The health listener comes first, so that a long store load shows as "alive, not
+        // ready" (dropping the runtime closes it if the start fails below).
+        let metrics = match &config.metrics_listener {
+            Some(uri) => Some(start_metrics_listener(&runtime, uri, &config)?),
+            None => None,
+        };
+        // Before any MQTT listener is bound: a store that cannot be read stops the start
+        // here, with nothing written.
+        let stored = load_store(store.as_ref(), config.store_load_error)?;
 
         let mut listeners = Vec::new();
         let mut tls = Vec::new();
@@ -200,11 +211,16 @@ impl Server {
                 done_tx.clone(),
             ));
         }
+        if let Some((_, state)) = &metrics {
+            let _ = state.router.set(router.clone());
+            state.ready.store(true, Ordering::Relaxed);
+        }
         Ok(Server {
             runtime: Some(runtime),
             router,
             store,
             addresses,
+            metrics,
             tls,
             password_file,
             authorizer,
@@ -216,6 +232,11 @@ impl Server {
 
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if `metrics_listener` is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Runs a task on the broker's runtime (stopped with the broker).
@@ -317,6 +338,10 @@ impl Server {
         let Some(runtime) = self.runtime.take() else {
             return;
         };
+        if let Some((_, state)) = &self.metrics {
+            // Not ready from now on; `/healthz` and `/metrics` answer until the runtime ends.
+            state.ready.store(false, Ordering::Relaxed);
+        }
         let _ = self.shutdown.send(true);
         self.done_tx.take();
         let all_done = &mut self.all_done;
@@ -396,6 +421,28 @@ pub struct ReloadReport {
     pub tls_listeners: usize,
 }
 
+/// Binds the metrics and health listener and serves it on `runtime`.
+fn start_metrics_listener(
+    runtime: &Runtime,
+    uri: &str,
+    config: &Config,
+) -> Result<(SocketAddr, Arc<http::State>), ServerError> {
+    let addr = crate::broker::config::parse_metrics_listener(uri)
+        .map_err(|e| ServerError::Config(format!("metrics_listener: {e}")))?;
+    let bind_error = |source| ServerError::Bind {
+        uri: uri.to_string(),
+        source,
+    };
+    let listener = runtime
+        .block_on(TcpListener::bind(&addr))
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    let state = Arc::new(http::State::default());
+    runtime.spawn(http::serve(listener, state.clone(), config.connect_timeout));
+    info!("serving metrics and health probes on http://{local} (/metrics, /healthz, /readyz)");
+    Ok((local, state))
+}
+
 /// What the store holds; when it cannot be read, either the error (`Refuse`) or, for
 /// `StartEmpty`, nothing, once the unreadable store has been moved aside.
 fn load_store(
@@ -452,6 +499,15 @@ pub fn save_now(router: &Router, store: &dyn SessionStore) -> Option<bool> {
     Some(saved)
 }
 
+fn transport_kind(kind: &ListenerKind) -> TransportKind {
+    match kind {
+        ListenerKind::Tcp => TransportKind::Tcp,
+        ListenerKind::Tls => TransportKind::Tls,
+        ListenerKind::Ws(_) => TransportKind::Ws,
+        ListenerKind::Wss(_) => TransportKind::Wss,
+    }
+}
+
 fn kind_name(kind: &ListenerKind) -> String {
     match kind {
         ListenerKind::Tcp => "MQTT".into(),
@@ -483,6 +539,7 @@ async fn accept_loop(
         tls,
         anonymous,
     } = listening;
+    let transport = transport_kind(&kind);
     loop {
         let accepted = tokio::select! {
             res = listener.accept() => res,
@@ -509,11 +566,14 @@ async fn accept_loop(
         };
         let shutdown = shutdown.clone();
         let done = done.clone();
+        router.counters().connection_opened(transport);
         if kind == ListenerKind::Tcp {
             let connection =
                 Connection::new(router.clone(), stream, peer).with_anonymous(anonymous);
+            let router = router.clone();
             tokio::spawn(async move {
                 connection.run(shutdown).await;
+                router.counters().connection_closed(transport);
                 drop(permit);
                 drop(done);
             });
@@ -530,11 +590,12 @@ async fn accept_loop(
                 _ = stop.changed() => None,
             };
             if let Some(io) = accepted {
-                Connection::new(router, io, peer)
+                Connection::new(router.clone(), io, peer)
                     .with_anonymous(anonymous)
                     .run(shutdown)
                     .await;
             }
+            router.counters().connection_closed(transport);
             drop(permit);
             drop(done);
         });

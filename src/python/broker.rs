@@ -14,6 +14,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 
 use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
+use crate::broker::metrics::HookKind;
 use crate::broker::router::{MatchScratch, Router, Session};
 use crate::broker::server::{check_files, save_now, Server, ServerError};
 use crate::broker::session::Message;
@@ -363,6 +364,53 @@ impl BrokerCore {
             stats.push(("events_dropped".to_string(), router.events_dropped()));
             stats
         })
+    }
+
+    /// The figures in the Prometheus text format (what `metrics_listener` serves at
+    /// `/metrics`); empty when stopped. Rendered with the interpreter released.
+    fn metrics_text(&self, py: Python<'_>) -> String {
+        let router = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone());
+        match router {
+            Some(router) => py.detach(move || crate::broker::metrics::prometheus::render(&router)),
+            None => String::new(),
+        }
+    }
+
+    /// The metrics listener's bound (host, port), if `metrics_listener` is set and the
+    /// broker runs.
+    #[getter]
+    fn metrics_address(&self) -> Option<(String, u16)> {
+        self.running
+            .lock()
+            .as_ref()
+            .and_then(|r| r.server.metrics_address())
+            .map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    /// Counts a Python hook call: `seconds` it took (None: not timed here, the broker
+    /// times its calls itself) and whether it failed (raised, or answered with a value
+    /// that cannot be used). `kind` is a hook label of `/metrics`.
+    #[pyo3(signature = (kind, seconds=None, failed=false))]
+    fn hook_called(&self, kind: &str, seconds: Option<f64>, failed: bool) -> PyResult<()> {
+        let kind = HookKind::from_name(kind)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown hook kind {kind:?}")))?;
+        let Ok(router) = self.router() else {
+            return Ok(()); // stopped: nothing to count into
+        };
+        let counters = router.counters();
+        if let Some(seconds) = seconds {
+            let took = std::time::Duration::try_from_secs_f64(seconds)
+                .map_err(|e| PyValueError::new_err(format!("seconds: {e}")))?;
+            counters.hook_called(kind, took);
+        }
+        if failed {
+            counters.hook_failed(kind);
+        }
+        Ok(())
     }
 
     /// Routes a message as if a client had published it (no socket involved). Returns 0,

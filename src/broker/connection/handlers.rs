@@ -8,7 +8,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::broker::hooks::Event;
-use crate::broker::metrics;
+use crate::broker::metrics::{self, Action, DropReason, HookKind};
 use crate::broker::router::Session;
 use crate::broker::session::{AckKind, Message};
 use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};
@@ -72,14 +72,25 @@ impl Connection {
         let batch = std::mem::take(&mut self.intercepted);
         let count = batch.len();
         let limit = self.router.config().auth_timeout;
+        let started = tokio::time::Instant::now();
         let verdicts = match timeout(limit, interceptor.intercept(&self.client_info(), batch)).await
         {
             Ok(verdicts) => verdicts,
             Err(_) => {
+                let counters = self.router.counters();
+                counters.hook_timed_out(HookKind::OnMessage);
+                counters.dropped(DropReason::HookTimeout, count as u64);
                 warn!(client_id = %self.client_id, "on_message timed out: {count} message(s) dropped");
                 return;
             }
         };
+        let counters = self.router.counters();
+        counters.hook_called(HookKind::OnMessage, started.elapsed());
+        // A failed interceptor answers nothing at all: the whole batch is dropped.
+        let kept = verdicts.iter().filter(|v| v.is_some()).count();
+        if kept < count {
+            counters.dropped(DropReason::Intercepted, (count - kept) as u64);
+        }
         for msg in verdicts.into_iter().flatten() {
             self.router.publish(msg, &mut self.scratch);
         }
@@ -88,9 +99,12 @@ impl Connection {
     pub(super) async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
         match packet {
             Packet::Publish(publish) => {
-                self.counters.messages_received += 1;
+                let totals = self.router.counters();
+                self.counters
+                    .received(publish.qos, publish.payload.len(), totals);
                 // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
                 let allowed = if metrics::is_reserved(&publish.topic) {
+                    self.router.counters().dropped(DropReason::SysTopic, 1);
                     if std::mem::replace(&mut self.sys_publish_logged, true) {
                         debug!(client_id = %self.client_id, topic = %publish.topic,
                             "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
@@ -106,6 +120,9 @@ impl Connection {
                     true
                 } else {
                     info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
+                    let counters = self.router.counters();
+                    counters.denied(Action::Publish);
+                    counters.dropped(DropReason::NotAuthorized, 1);
                     false
                 };
                 if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
@@ -195,6 +212,7 @@ impl Connection {
                         Err(_) => Some(*qos), // the router reports the rule broken
                     };
                     let Some(granted) = granted else {
+                        self.router.counters().denied(Action::Subscribe);
                         info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
                         if self.protocol == Protocol::V31 {
                             return Some(Close::Protocol(format!(
