@@ -56,6 +56,8 @@ logger = logging.getLogger("pyo3mq")
 
 #: Messages moved from Rust to Python per hand-off.
 _BATCH: Final = 1024
+#: How often `messages()` looks for messages the callback thread handed back.
+_SPILL_POLL: Final = 0.05
 _SENT: Final = Submitted.SENT
 _FULL: Final = Submitted.FULL
 
@@ -363,16 +365,27 @@ class SyncClient:
         core = self._core
         spill = self._spill
         buffer: deque[ClientMessage] = deque()
+        deadline = None if timeout is None else _monotonic() + timeout
         while True:
             while spill:
                 try:
-                    yield spill.popleft()
+                    message = spill.popleft()
                 except IndexError:  # another thread took it
                     break
+                yield message
+                deadline = None if timeout is None else _monotonic() + timeout
             if buffer:
                 yield buffer.popleft()
+                deadline = None if timeout is None else _monotonic() + timeout
                 continue
-            batch = core.take_messages(_BATCH, True, timeout)
+            # After `on_message` was unset, the callback thread may still be blocked taking
+            # the next batch; it puts what it took into `spill`, which a wait in the core
+            # does not see. Wait in short slices then, looking at `spill` between them.
+            wait = timeout if deadline is None else max(0.0, deadline - _monotonic())
+            thread = self._callback_thread
+            if thread is not None and thread.is_alive() and self._on_message is None:
+                wait = _SPILL_POLL if wait is None else min(wait, _SPILL_POLL)
+            batch = core.take_messages(_BATCH, True, wait)
             if batch:
                 buffer.extend(batch)
                 continue
@@ -381,7 +394,7 @@ class SyncClient:
                 if error is not None:
                     raise error
                 return
-            if timeout is not None:
+            if deadline is not None and _monotonic() >= deadline and not spill:
                 return
 
     # -- internals ----------------------------------------------------------------------
