@@ -25,6 +25,7 @@ from typing import Any
 import aiomqtt
 import pyo3mq
 import pytest
+import test_transports
 from cryptography.hazmat.primitives import serialization
 from pyo3mq import (
     Client,
@@ -35,7 +36,10 @@ from pyo3mq import (
     SyncClient,
     TLSParameters,
 )
-from test_transports import Pki, pki, tls_settings  # noqa: F401  (pki is a fixture)
+from test_transports import Pki, tls_settings
+
+#: test_transports' certificates (a module-scoped fixture), shared rather than copied.
+pki = test_transports.pki
 
 TIMEOUT = 10.0
 SCHEMES = ["mqtt", "mqtts", "ws", "wss"]
@@ -104,9 +108,7 @@ def test_sync_client_round_trips_on_every_transport(
         assert (message.topic, message.payload) == ("s/1", b"sync")
 
 
-async def test_keywords_select_the_same_transports_as_urls(
-    four: pyo3mq.Broker, pki: Pki
-) -> None:
+async def test_keywords_select_the_same_transports_as_urls(four: pyo3mq.Broker, pki: Pki) -> None:
     """aiomqtt's keywords: `transport="websockets"`, `tls_params`, `websocket_path`."""
     tls_port = four.addresses[1][1]
     ws_port = four.addresses[2][1]
@@ -159,7 +161,7 @@ async def test_websocket_path_must_match_the_listener(
 async def test_untrusted_server_certificate_is_refused(four: pyo3mq.Broker, pki: Pki) -> None:
     # Default: the system's roots, which do not hold the test CA.
     for scheme in ("mqtts", "wss"):
-        with pytest.raises(MqttConnectionError, match="UnknownIssuer.*cafile=") as info:
+        with pytest.raises(MqttConnectionError, match=r"UnknownIssuer.*cafile=") as info:
             async with Client(url(four, scheme), timeout=TIMEOUT):
                 pass
         assert info.value.rc == 4
@@ -181,12 +183,14 @@ async def test_a_refused_certificate_is_not_retried(four: pyo3mq.Broker) -> None
     assert client.state is ConnectionState.CLOSED
 
 
-async def test_wrong_hostname_is_refused(make_broker: Callable[..., pyo3mq.Broker], pki: Pki) -> None:
+async def test_wrong_hostname_is_refused(
+    make_broker: Callable[..., pyo3mq.Broker], pki: Pki
+) -> None:
     """The server's certificate holds localhost and 127.0.0.1; 127.0.0.2 is another name
     for the same machine, and not in it."""
     broker = make_broker(listeners=["tls://127.0.0.2:0"], **tls_settings(pki))
     port = broker.addresses[0][1]
-    with pytest.raises(MqttConnectionError, match="not valid for name.*server_hostname="):
+    with pytest.raises(MqttConnectionError, match=r"not valid for name.*server_hostname="):
         async with Client(f"mqtts://127.0.0.2:{port}", cafile=pki.ca, timeout=TIMEOUT):
             pass
     # The name checked can be given ...
@@ -231,7 +235,7 @@ def test_verification_settings_need_tls_and_unsupported_ones_are_refused(pki: Pk
         Client("mqtt://127.0.0.1", cafile=pki.ca)
     with pytest.raises(ValueError, match="ciphers"):
         Client("127.0.0.1", tls_params=TLSParameters(ciphers="HIGH"))
-    with pytest.raises(ValueError, match="TLS 1.2 and 1.3"):
+    with pytest.raises(ValueError, match=r"TLS 1\.2 and 1\.3"):
         Client("127.0.0.1", tls_params=TLSParameters(tls_version=ssl.TLSVersion.TLSv1_1))
     with pytest.raises(ValueError, match="not both"):
         Client("127.0.0.1", tls_params=TLSParameters(), tls_context=ssl.create_default_context())
@@ -481,9 +485,12 @@ async def test_qos1_survives_a_broker_restart_over_tls(
     broker = make_broker(listeners=[f"tls://127.0.0.1:{port}"], **tls_settings(pki))
     states: list[ConnectionState] = []
     reconnected = asyncio.Event()
+    lost = asyncio.Event()
 
     def on_state(change: StateChange) -> None:
         states.append(change.state)
+        if change.state is ConnectionState.RECONNECTING:
+            lost.set()
         if change.state is ConnectionState.CONNECTED and ConnectionState.RECONNECTING in states:
             reconnected.set()
 
@@ -498,8 +505,7 @@ async def test_qos1_survives_a_broker_restart_over_tls(
         await client.publish("r/before", b"1", qos=1)
         assert (await anext_message(client)).topic == "r/before"
         broker.stop()
-        while ConnectionState.RECONNECTING not in states:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(lost.wait(), TIMEOUT)
         # Published while the broker is away: held, then sent after the reconnect.
         pending = client.publish("r/during", b"2", qos=1)
         broker.start()
@@ -633,7 +639,7 @@ async def test_websocket_upgrade_without_the_mqtt_subprotocol_is_refused() -> No
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        with pytest.raises(MqttConnectionError, match="WebSocket upgrade failed.*(?i:protocol)"):
+        with pytest.raises(MqttConnectionError, match=r"WebSocket upgrade failed.*(?i:protocol)"):
             async with Client(f"ws://127.0.0.1:{port}", timeout=TIMEOUT):
                 pass
     finally:

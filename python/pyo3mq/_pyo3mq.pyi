@@ -351,7 +351,7 @@ class ClientCore:
         tls_verify: Literal["full", "any-name", "none"] = "full",
         tls_versions: Literal["any", "1.2", "1.3"] = "any",
         tls_server_name: str | None = None,
-        ws_path: str = "/mqtt",
+        ws_path: str | None = None,
         ws_headers: list[tuple[str, str]] | None = None,
     ) -> ClientCore: ...
     @property

@@ -356,7 +356,7 @@ def _decrypted_key(path: str, password: Any) -> bytes:
     if isinstance(password, str):
         password = password.encode()
     try:
-        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives import serialization
     except ImportError:
         raise ValueError(
             f"keyfile {path}: decrypting a key with keyfile_password needs the "
@@ -445,7 +445,9 @@ def _transport(
     tuned = not verify or server_hostname is not None or bool(tls_insecure)
     secure = kind in ("tls", "wss") or bool(tls) or configured
     if scheme is not None and kind in ("tcp", "ws") and (configured or tls):
-        raise ValueError(f"{scheme}:// has no TLS, yet TLS settings were given: use mqtts:// or wss://")
+        raise ValueError(
+            f"{scheme}:// has no TLS, yet TLS settings were given: use mqtts:// or wss://"
+        )
     if tls is False and configured:
         raise ValueError("tls=False, yet TLS settings were given")
     if tuned and not secure:
@@ -757,10 +759,42 @@ class Client:
     - `clean_session` (default True), `keepalive` (seconds, 0 = off), `username`,
       `password`, `will`.
     - `protocol`: `ProtocolVersion.V311` / `MQTTv311` (default) or `V31` / `MQTTv31`.
-    - `timeout` (default 10 s): TCP connect plus CONNACK (per attempt), the bound of a
-      graceful disconnect, and the default bound of `subscribe` and `unsubscribe`
-      (`math.inf`: no bound). `publish` is bounded only when given its own `timeout`.
-    - `transport`: only "tcp".
+    - `timeout` (default 10 s): connecting (TCP, TLS handshake, WebSocket upgrade) plus
+      CONNACK (per attempt), the bound of a graceful disconnect, and the default bound
+      of `subscribe` and `unsubscribe` (`math.inf`: no bound). `publish` is bounded only
+      when given its own `timeout`.
+    - `hostname` may be a URL: `mqtt://host:1883`, `mqtts://host:8883` (also `tls://`,
+      `ssl://`), `ws://host:80/mqtt`, `wss://host:443/mqtt`. Without a port the
+      scheme's is used; without a URL, `port` defaults to 1883 (8883 with TLS).
+    - `transport`: "tcp" (default) or "websockets" (aiomqtt's and paho's name; the
+      subprotocol is `mqtt`, packets travel in binary frames).
+      `websocket_path` (default "/mqtt", or the URL's path) and `websocket_headers` (a
+      mapping, sent with the upgrade request) apply to WebSocket connections.
+    - TLS (rustls, in Rust) is on with an `mqtts://` or `wss://` URL, `tls=True`, or any
+      of `cafile`, `certfile`, `keyfile`, `tls_params`, `tls_context`:
+      - the server's certificate must chain to the system's trusted roots, or to the
+        CAs in `cafile` (PEM) when given, and be valid for the host connected to (or
+        for `server_hostname`, which is also sent as SNI);
+      - `certfile` and `keyfile` (PEM; without `keyfile` the key is read from
+        `certfile`) are the client certificate for servers that require one;
+      - `tls_insecure=True` (aiomqtt's and paho's name) skips the name check but still
+        requires a trusted chain; `verify=False` accepts any certificate: use them only
+        on purpose (a test broker with a self-signed certificate).
+      - `tls_params=TLSParameters(ca_certs=, certfile=, keyfile=, cert_reqs=,
+        tls_version=, ciphers=, keyfile_password=)` is aiomqtt's form of the same
+        settings (see `TLSParameters` for how each applies).
+      - `tls_context=ssl.SSLContext`: the client's TLS is rustls, not Python's `ssl`,
+        so the context is read, not used. Honoured: `verify_mode` (`CERT_NONE` accepts
+        any certificate), `check_hostname` (False skips the name check), the CA
+        certificates it holds (`load_verify_locations`, or the system's default file;
+        when it holds none, the system's roots) and `minimum_version` /
+        `maximum_version`. Not readable from a context: a client certificate loaded
+        with `load_cert_chain`, and cipher settings. Pass the certificate as
+        `certfile=`/`keyfile=` beside the context; a server that requires one and did
+        not get it fails the connection with an error that says so.
+      Files are read when the client is made; a missing or malformed one raises
+      ValueError naming the file. A refused certificate raises `MqttConnectionError`
+      saying what to pass, and is not retried by `reconnect`.
     - `reconnect`: True or a `Reconnect` for automatic reconnection. With
       `clean_session=False` the session resumes and unacknowledged publishes are resent
       with DUP=1 under their original ids; when the server has no session, the client's

@@ -322,7 +322,11 @@ impl Connector {
             Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
             _ => self.host.clone(),
         };
-        let scheme = if self.scheme == Scheme::Wss { "wss" } else { "ws" };
+        let scheme = if self.scheme == Scheme::Wss {
+            "wss"
+        } else {
+            "ws"
+        };
         let url = format!("{scheme}://{host}:{}{}", self.port, self.ws_path);
         let refused = |e: String| ClientError::ConnectFailed(format!("{url}: {e}"));
         let mut request = url
@@ -339,8 +343,7 @@ impl Connector {
         }
         // tungstenite checks the response: status 101, the accept key, and the
         // subprotocol we asked for [MQTT-6.0.0-3].
-        match tokio_tungstenite::client_async_with_config(request, io, Some(self.ws_config)).await
-        {
+        match tokio_tungstenite::client_async_with_config(request, io, Some(self.ws_config)).await {
             Ok((ws, _response)) => Ok(ws),
             Err(tungstenite::Error::Http(response)) => Err(refused(format!(
                 "WebSocket upgrade refused: HTTP {}",
@@ -455,9 +458,9 @@ fn client_config(tls: &TlsOptions) -> Result<ClientConfig, String> {
                 // paho's and Python's ssl: without a keyfile, the certfile holds the key.
                 (None, None) => (load_key(cert_file)?, cert_file.as_str()),
             };
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
-                format!("certfile {cert_file} with keyfile {key_name}: {e}")
-            })?
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("certfile {cert_file} with keyfile {key_name}: {e}"))?
         }
     };
     Ok(config)
@@ -530,13 +533,10 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),

@@ -498,7 +498,7 @@ impl ClientCore {
         max_packet_size, reconnect, session_store = None, transport = "tcp",
         tls_cafile = None, tls_ca_der = None, tls_certfile = None, tls_keyfile = None,
         tls_key_pem = None, tls_verify = "full", tls_versions = "any", tls_server_name = None,
-        ws_path = String::from("/mqtt"), ws_headers = None
+        ws_path = None, ws_headers = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -528,7 +528,7 @@ impl ClientCore {
         tls_verify: &str,
         tls_versions: &str,
         tls_server_name: Option<String>,
-        ws_path: String,
+        ws_path: Option<String>,
         ws_headers: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
         let scheme = match transport {
@@ -574,7 +574,7 @@ impl ClientCore {
                 versions,
                 server_name: tls_server_name,
             },
-            ws_path,
+            ws_path: ws_path.unwrap_or_else(|| TransportOptions::default().ws_path),
             ws_headers: ws_headers.unwrap_or_default(),
         };
         let protocol = match protocol {

@@ -148,7 +148,10 @@ impl TlsAcceptor {
     }
 }
 
-pub(crate) fn load_certs(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn load_certs(
+    setting: &str,
+    path: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
     let data = std::fs::read(path).map_err(|e| format!("{setting} {path}: {e}"))?;
     let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
