@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import ssl
 import struct
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -544,6 +545,37 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
     return b0 & 0x0F, masked, bytes(c ^ mask[i % 4] for i, c in enumerate(data))
 
 
+async def accept_upgrade(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: bytes | None
+) -> tuple[str, dict[str, str]]:
+    """Reads an upgrade request and accepts it, answering `protocol` as the subprotocol
+    (None: none). Returns the request line and the headers (names in lower case)."""
+    request = await reader.readuntil(b"\r\n\r\n")
+    lines = request.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+    accept = base64.b64encode(hashlib.sha1(headers["sec-websocket-key"].encode() + GUID).digest())
+    chosen = b"Sec-WebSocket-Protocol: " + protocol + b"\r\n" if protocol else b""
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n" + chosen + b"\r\n"
+    )
+    await writer.drain()
+    return lines[0], headers
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A loopback server running `serve` per connection; yields its port."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def publish_packet(topic: bytes, payload: bytes) -> bytes:
     body = struct.pack("!H", len(topic)) + topic + payload
     assert len(body) < 128
@@ -555,18 +587,7 @@ async def test_websocket_framing_against_a_raw_server() -> None:
     done = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        lines = request.decode().split("\r\n")
-        seen["request_line"] = lines[0]
-        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-        seen["headers"] = headers
-        accept = base64.b64encode(
-            hashlib.sha1(headers["sec-websocket-key"].encode() + GUID).digest()
-        )
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
-        )
+        seen["request_line"], seen["headers"] = await accept_upgrade(reader, writer, b"mqtt")
         seen["frames"].append(await read_frame(reader))  # CONNECT
         # CONNACK split across two frames.
         writer.write(frame(0x2, b"\x20") + frame(0x2, b"\x02\x00\x00"))
@@ -588,9 +609,7 @@ async def test_websocket_framing_against_a_raw_server() -> None:
         await done.wait()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with raw_server(serve) as port:
         client = Client(
             f"ws://127.0.0.1:{port}/some/path",
             websocket_headers={"Authorization": "Bearer token-1"},
@@ -603,9 +622,6 @@ async def test_websocket_framing_against_a_raw_server() -> None:
                 received.append((message.topic, message.payload))
         assert received == [("w/1", b"spanning"), ("w/2", b"a"), ("w/3", b"b")]
         done.set()
-    finally:
-        server.close()
-        await server.wait_closed()
 
     assert seen["request_line"] == "GET /some/path HTTP/1.1"
     assert seen["headers"]["sec-websocket-protocol"] == "mqtt"
@@ -621,30 +637,14 @@ async def test_websocket_upgrade_without_the_mqtt_subprotocol_is_refused() -> No
     """[MQTT-6.0.0-3]: the server must answer with the subprotocol asked for."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(":", 1)[1].strip()
-            for line in request.decode().split("\r\n")
-            if line.lower().startswith("sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
-        await writer.drain()
+        await accept_upgrade(reader, writer, None)
         await reader.read()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with raw_server(serve) as port:
         with pytest.raises(MqttConnectionError, match=r"WebSocket upgrade failed.*(?i:protocol)"):
             async with Client(f"ws://127.0.0.1:{port}", timeout=TIMEOUT):
                 pass
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def test_sync_client_websocket_headers_and_threads(four: pyo3mq.Broker) -> None:

@@ -424,23 +424,19 @@ fn client_config(tls: &TlsOptions) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS: {e}"))?;
-    let builder = match tls.verify {
-        Verify::Nothing => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
-        Verify::Full | Verify::AnyName => {
-            let roots = Arc::new(roots(tls)?);
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+    let chain = match tls.verify {
+        Verify::Nothing => None,
+        Verify::Full | Verify::AnyName => Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(tls)?), provider.clone())
                 .build()
-                .map_err(|e| format!("TLS: {e}"))?;
-            if tls.verify == Verify::Full {
-                builder.with_webpki_verifier(webpki)
-            } else {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyName(webpki)))
-            }
-        }
+                .map_err(|e| format!("TLS: {e}"))?,
+        ),
+    };
+    let builder = match chain {
+        Some(webpki) if tls.verify == Verify::Full => builder.with_webpki_verifier(webpki),
+        chain => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Relaxed { chain, provider })),
     };
     let config = match (&tls.cert_file, &tls.key_file, &tls.key_pem) {
         (None, None, None) => builder.with_no_client_auth(),
@@ -518,13 +514,18 @@ fn system_roots() -> Result<&'static RootCertStore, String> {
         .map_err(Clone::clone)
 }
 
-/// Verifies the chain but not the name (`tls_insecure`): a certificate that chains to a
-/// trusted root is accepted whatever names it holds. webpki checks the chain first, so
-/// a name error means the chain was good.
+/// A verifier that checks less than webpki's, on request only: with a webpki verifier
+/// (`tls_insecure`) the chain must still lead to a trusted root, but any name passes
+/// (webpki checks the chain first, so a name error means the chain was good); without
+/// one (`verify=False`) any certificate passes. The handshake's signatures are checked
+/// either way, as webpki's verifier checks them.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
+struct Relaxed {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -533,10 +534,10 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -550,7 +551,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -559,59 +561,13 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// Accepts any certificate (`verify=False`), still checking the handshake signatures.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

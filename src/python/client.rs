@@ -66,6 +66,20 @@ fn with_payload<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResu
     )))
 }
 
+/// The value `name` stands for among `choices`; a ValueError listing them otherwise.
+fn choice<T: Copy>(setting: &str, name: &str, choices: &[(&str, T)]) -> PyResult<T> {
+    match choices.iter().find(|(n, _)| *n == name) {
+        Some((_, value)) => Ok(*value),
+        None => {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            Err(PyValueError::new_err(format!(
+                "{setting} must be one of {}, not {name:?}",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
 fn payload_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     with_payload(obj, Bytes::copy_from_slice)
 }
@@ -531,37 +545,34 @@ impl ClientCore {
         ws_path: Option<String>,
         ws_headers: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
-        let scheme = match transport {
-            "tcp" => Scheme::Tcp,
-            "tls" => Scheme::Tls,
-            "ws" => Scheme::Ws,
-            "wss" => Scheme::Wss,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "transport must be 'tcp', 'tls', 'ws' or 'wss', not {other:?}"
-                )))
-            }
-        };
-        let verify = match tls_verify {
-            "full" => Verify::Full,
-            "any-name" => Verify::AnyName,
-            "none" => Verify::Nothing,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "tls_verify must be 'full', 'any-name' or 'none', not {other:?}"
-                )))
-            }
-        };
-        let versions = match tls_versions {
-            "any" => TlsVersions::Any,
-            "1.2" => TlsVersions::Tls12Only,
-            "1.3" => TlsVersions::Tls13Only,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "tls_versions must be 'any', '1.2' or '1.3', not {other:?}"
-                )))
-            }
-        };
+        let scheme = choice(
+            "transport",
+            transport,
+            &[
+                ("tcp", Scheme::Tcp),
+                ("tls", Scheme::Tls),
+                ("ws", Scheme::Ws),
+                ("wss", Scheme::Wss),
+            ],
+        )?;
+        let verify = choice(
+            "tls_verify",
+            tls_verify,
+            &[
+                ("full", Verify::Full),
+                ("any-name", Verify::AnyName),
+                ("none", Verify::Nothing),
+            ],
+        )?;
+        let versions = choice(
+            "tls_versions",
+            tls_versions,
+            &[
+                ("any", TlsVersions::Any),
+                ("1.2", TlsVersions::Tls12Only),
+                ("1.3", TlsVersions::Tls13Only),
+            ],
+        )?;
         let transport = TransportOptions {
             scheme,
             tls: TlsOptions {
