@@ -571,3 +571,104 @@ impl ServerCertVerifier for Relaxed {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::codec::Protocol;
+
+    fn options(transport: TransportOptions) -> Options {
+        Options {
+            host: "127.0.0.1".into(),
+            port: 8883,
+            client_id: "transport-test".into(),
+            clean_session: true,
+            keep_alive: 0,
+            username: None,
+            password: None,
+            will: None,
+            protocol: Protocol::V311,
+            connect_timeout: Duration::from_secs(5),
+            max_inflight: 8,
+            max_buffered: 1 << 16,
+            max_incoming: 8,
+            max_packet_size: 1 << 16,
+            reconnect: None,
+            session_store: None,
+            transport,
+        }
+    }
+
+    fn error(transport: TransportOptions) -> String {
+        match Connector::new(&options(transport)) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    fn tls(tls: TlsOptions) -> TransportOptions {
+        TransportOptions {
+            scheme: Scheme::Tls,
+            tls,
+            ..TransportOptions::default()
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_what_is_wrong() {
+        let files_without_tls = TransportOptions {
+            tls: TlsOptions {
+                ca_file: Some("ca.pem".into()),
+                ..TlsOptions::default()
+            },
+            ..TransportOptions::default()
+        };
+        assert!(error(files_without_tls).contains("without TLS"));
+        let relative_path = TransportOptions {
+            scheme: Scheme::Ws,
+            ws_path: "mqtt".into(),
+            ..TransportOptions::default()
+        };
+        assert!(error(relative_path).contains("must start with '/'"));
+        let bad_header = TransportOptions {
+            scheme: Scheme::Ws,
+            ws_headers: vec![("bad header".into(), "x".into())],
+            ..TransportOptions::default()
+        };
+        assert!(error(bad_header).contains("\"bad header\""));
+        let missing = tls(TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsOptions::default()
+        });
+        assert!(error(missing).starts_with("cafile /nonexistent/ca.pem: "));
+        let key_alone = tls(TlsOptions {
+            verify: Verify::Nothing,
+            key_file: Some("client.key".into()),
+            ..TlsOptions::default()
+        });
+        assert!(error(key_alone).contains("needs its certificate"));
+        let bad_name = tls(TlsOptions {
+            verify: Verify::Nothing,
+            server_name: Some("not a host name".into()),
+            ..TlsOptions::default()
+        });
+        assert!(error(bad_name).contains("not a valid server name"));
+    }
+
+    #[test]
+    fn verify_nothing_needs_no_roots_and_any_name_still_needs_a_chain() {
+        let nothing = tls(TlsOptions {
+            verify: Verify::Nothing,
+            ..TlsOptions::default()
+        });
+        assert!(Connector::new(&options(nothing)).is_ok());
+        let any_name = tls(TlsOptions {
+            verify: Verify::AnyName,
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsOptions::default()
+        });
+        assert!(error(any_name).starts_with("cafile /nonexistent/ca.pem: "));
+    }
+}
