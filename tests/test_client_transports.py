@@ -234,6 +234,8 @@ def test_verification_settings_need_tls_and_unsupported_ones_are_refused(pki: Pk
         Client("127.0.0.1", verify=False)
     with pytest.raises(ValueError, match="mqtt:// has no TLS"):
         Client("mqtt://127.0.0.1", cafile=pki.ca)
+    with pytest.raises(ValueError, match="tls=False"):
+        Client("mqtts://127.0.0.1", tls=False)
     with pytest.raises(ValueError, match="ciphers"):
         Client("127.0.0.1", tls_params=TLSParameters(ciphers="HIGH"))
     with pytest.raises(ValueError, match=r"TLS 1\.2 and 1\.3"):

@@ -448,8 +448,8 @@ def _transport(
         raise ValueError(
             f"{scheme}:// has no TLS, yet TLS settings were given: use mqtts:// or wss://"
         )
-    if tls is False and configured:
-        raise ValueError("tls=False, yet TLS settings were given")
+    if tls is False and (configured or kind in ("tls", "wss")):
+        raise ValueError("tls=False, yet TLS settings or a TLS URL were given")
     if tuned and not secure:
         raise ValueError(
             "verify, server_hostname and tls_insecure apply to TLS connections: use an "
