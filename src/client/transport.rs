@@ -240,7 +240,8 @@ impl Connector {
             let config = client_config(&t.tls)?;
             Some((TlsConnector::from(Arc::new(config)), server_name))
         } else {
-            if t.tls.ca_file.is_some() || t.tls.cert_file.is_some() || t.tls.key_pem.is_some() {
+            let files = [&t.tls.ca_file, &t.tls.cert_file, &t.tls.key_file];
+            if files.iter().any(|f| f.is_some()) || t.tls.key_pem.is_some() {
                 return Err("TLS files were given for a connection without TLS: use \
                      tls://, mqtts:// or wss://"
                     .into());
