@@ -107,7 +107,7 @@ def test_earlier_names_are_aliases_and_conflicts_are_refused() -> None:
     with pytest.raises(ValueError, match="protocol"):
         Client("127.0.0.1", 1, protocol=5)
     # tls_context is accepted (tests/test_client_transports.py), as an ssl.SSLContext only.
-    with pytest.raises(TypeError, match="tls_context must be an ssl.SSLContext"):
+    with pytest.raises(TypeError, match=r"tls_context must be an ssl\.SSLContext"):
         Client("127.0.0.1", 1, tls_context="TLS")  # type: ignore[arg-type]
 
 
