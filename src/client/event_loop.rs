@@ -562,7 +562,7 @@ impl Shared {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::time::{Duration, Instant};
@@ -570,7 +570,8 @@ mod tests {
     use crate::client::{Client, ConnectionState, Options, Outcome, Reconnect};
     use crate::codec::Protocol;
 
-    fn options(port: u16, reconnect: Option<Reconnect>) -> Options {
+    /// Options for tests: a client on 127.0.0.1:`port`, keepalive off, small limits.
+    pub(crate) fn options(port: u16, reconnect: Option<Reconnect>) -> Options {
         Options {
             host: "127.0.0.1".into(),
             port,

@@ -575,30 +575,12 @@ impl ServerCertVerifier for Relaxed {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::codec::Protocol;
 
     fn options(transport: TransportOptions) -> Options {
         Options {
-            host: "127.0.0.1".into(),
-            port: 8883,
-            client_id: "transport-test".into(),
-            clean_session: true,
-            keep_alive: 0,
-            username: None,
-            password: None,
-            will: None,
-            protocol: Protocol::V311,
-            connect_timeout: Duration::from_secs(5),
-            max_inflight: 8,
-            max_buffered: 1 << 16,
-            max_incoming: 8,
-            max_packet_size: 1 << 16,
-            reconnect: None,
-            session_store: None,
             transport,
+            ..crate::client::event_loop::tests::options(8883, None)
         }
     }
 
