@@ -351,6 +351,17 @@ class ClientCore:
         max_packet_size: int,
         reconnect: tuple[float, float, int | None] | None,
         session_store: str | None = None,
+        transport: Literal["tcp", "tls", "ws", "wss"] = "tcp",
+        tls_cafile: str | None = None,
+        tls_ca_der: list[bytes] | None = None,
+        tls_certfile: str | None = None,
+        tls_keyfile: str | None = None,
+        tls_key_pem: bytes | None = None,
+        tls_verify: Literal["full", "any-name", "none"] = "full",
+        tls_versions: Literal["any", "1.2", "1.3"] = "any",
+        tls_server_name: str | None = None,
+        ws_path: str | None = None,
+        ws_headers: list[tuple[str, str]] | None = None,
     ) -> ClientCore: ...
     @property
     def wake_fd(self) -> int: ...

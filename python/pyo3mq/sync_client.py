@@ -23,10 +23,11 @@ signature, so a callback may itself publish and wait for the acknowledgement.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -42,9 +43,11 @@ from pyo3mq._pyo3mq import (
 from pyo3mq.client import (
     _STATES,
     ConnectionState,
+    PathLike,
     PayloadType,
     Reconnect,
     StateChange,
+    TLSParameters,
     Will,
     _filters,
     _settings,
@@ -131,7 +134,7 @@ class SyncClient:
     def __init__(
         self,
         hostname: str,
-        port: int = 1883,
+        port: int | None = None,
         *,
         username: str | None = None,
         password: str | bytes | None = None,
@@ -152,12 +155,21 @@ class SyncClient:
         max_packet_size: int = 268_435_460,
         session_store: str | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
+        tls: bool | None = None,
+        cafile: PathLike | None = None,
+        certfile: PathLike | None = None,
+        keyfile: PathLike | None = None,
+        verify: bool = True,
+        server_hostname: str | None = None,
+        tls_params: TLSParameters | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        tls_insecure: bool | None = None,
+        websocket_path: str | None = None,
+        websocket_headers: Mapping[str, str] | None = None,
         on_message: MessageCallback | None = None,
         userdata: Any = None,
     ) -> None:
-        self._settings = _settings(
-            hostname,
-            port,
+        self._args: dict[str, Any] = dict(
             username=username,
             password=password,
             identifier=identifier,
@@ -176,9 +188,23 @@ class SyncClient:
             max_packet_size=max_packet_size,
             reconnect=reconnect,
             session_store=session_store,
+            tls=tls,
+            cafile=cafile,
+            certfile=certfile,
+            keyfile=keyfile,
+            verify=verify,
+            server_hostname=server_hostname,
+            tls_params=tls_params,
+            tls_context=tls_context,
+            tls_insecure=tls_insecure,
+            websocket_path=websocket_path,
+            websocket_headers=websocket_headers,
         )
-        self.hostname = hostname
-        self.port = port
+        self._address = (hostname, port)
+        self._settings = _settings(hostname, port, **self._args)
+        #: The host and port connected to (from the URL when `hostname` is one).
+        self.hostname = self._settings.hostname
+        self.port = self._settings.port
         #: The default bound, in seconds, of `subscribe`, `unsubscribe` and connecting.
         self.timeout = self._settings.timeout
         #: Passed to `on_message` as its second argument (paho-mqtt's `userdata`).
@@ -237,6 +263,41 @@ class SyncClient:
             with self._lock:
                 if self._started and self._state is not ConnectionState.CLOSED:
                     self._start_callbacks(self._core)
+
+    # -- TLS, paho-mqtt's way -----------------------------------------------------------
+
+    def tls_set(
+        self,
+        ca_certs: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        cert_reqs: ssl.VerifyMode | None = None,
+        tls_version: Any | None = None,
+        ciphers: str | None = None,
+        keyfile_password: Any | None = None,
+    ) -> None:
+        """paho-mqtt's `tls_set`: turns TLS on with these settings (see `TLSParameters`
+        for how each applies), before `connect()`. Without a port in the constructor the
+        port becomes 8883."""
+        params = TLSParameters(
+            ca_certs, certfile, keyfile, cert_reqs, tls_version, ciphers, keyfile_password
+        )
+        self._reconfigure(tls_params=params)
+
+    def tls_insecure_set(self, value: bool) -> None:
+        """paho-mqtt's `tls_insecure_set`: with True the server's certificate must still
+        chain to a trusted CA, but its names are not checked. Call after `tls_set`."""
+        self._reconfigure(tls_insecure=value)
+
+    def _reconfigure(self, **changes: Any) -> None:
+        with self._lock:
+            if self._started:
+                raise ValueError("TLS settings must be made before connect()")
+            args = {**self._args, **changes}
+            settings = _settings(*self._address, **args)
+            self._core = settings.new_core()
+            self._args, self._settings = args, settings
+            self.hostname, self.port = settings.hostname, settings.port
 
     # -- connecting ---------------------------------------------------------------------
 
