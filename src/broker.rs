@@ -12,11 +12,13 @@
 //!   implementations.
 //! - [`sys_topics`]: the `$SYS` counters and publisher.
 //! - [`transport`]: the streams under MQTT (TCP, TLS, WebSocket) and their handshakes.
+//! - [`http`]: the metrics and health listener (`/metrics`, `/healthz`, `/readyz`).
 
 pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod http;
 pub mod metrics;
 pub mod router;
 pub mod server;

@@ -41,7 +41,9 @@ pub use config::{BridgeProtocol, BridgeSettings, Direction, TopicLine};
 
 use crate::broker::router::{Attach, ConnHandle, MatchScratch, Router, Session};
 use crate::broker::session::{Message, Outgoing};
-use crate::client::{Client, ConnectionState, Incoming, Options, Outcome, Reconnect, Submitted};
+use crate::client::{
+    Client, ConnectionState, Incoming, Options, Outcome, Reconnect, Submitted, TransportOptions,
+};
 use crate::codec::{Protocol, QoS};
 use crate::topic;
 
@@ -263,6 +265,8 @@ impl Link {
             // Reconnecting is the bridge's: each attempt may use another address.
             reconnect: None,
             session_store: None,
+            // Plain TCP: the bridge_* TLS settings are refused at start for now.
+            transport: TransportOptions::default(),
         };
         let started = Client::new(opts)
             .map_err(|e| e.to_string())
