@@ -80,6 +80,8 @@ class BrokerConfig:
     durability: Literal["interval", "sync"] = _DEFAULTS["durability"]
     sys_interval: float = _DEFAULTS["sys_interval"]
     persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
+    # Cluster mode (preview): "nats://HOST:PORT[,...]" of a NATS server with JetStream.
+    cluster: str | None = _DEFAULTS["cluster"]
 
     def __post_init__(self) -> None:
         check_settings(self.values())

@@ -52,6 +52,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="FILE",
         help="PEM CA certificates that client certificates must chain to",
     )
+    parser.add_argument(
+        "--cluster",
+        metavar="URLS",
+        help="cluster mode (preview): nats://HOST:PORT[,...] of a NATS server with JetStream "
+        "shared by every node",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML file with broker settings")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument("--version", action="version", version=f"pyo3mq {__version__}")
@@ -68,10 +74,11 @@ def load_config(
     certfile: str | None = None,
     keyfile: str | None = None,
     cafile: str | None = None,
+    cluster: str | None = None,
 ) -> BrokerConfig:
     """Settings from the file, then the flags on top: --host/--port/--tls-port/--ws-port
     replace the listeners (MQTT on --port, default 1883, plus TLS and WebSocket on theirs),
-    --certfile/--keyfile/--cafile replace those settings."""
+    --certfile/--keyfile/--cafile/--cluster replace those settings."""
     values: dict[str, Any] = {}
     if path is not None:
         with open(path, "rb") as f:
@@ -87,7 +94,8 @@ def load_config(
         if ws_port is not None:
             values["listeners"].append(f"ws://{bind}:{ws_port}/mqtt")
         values.pop("listener", None)  # its tables name the file's listeners
-    for name, value in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
+    named = (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile), ("cluster", cluster))
+    for name, value in named:
         if value is not None:
             values[name] = value
     return BrokerConfig.from_mapping(values)
@@ -196,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             certfile=args.certfile,
             keyfile=args.keyfile,
             cafile=args.cafile,
+            cluster=args.cluster,
         )
         broker = Broker(config)
         broker.start()

@@ -14,9 +14,12 @@
 //!   already gives each session one copy at its highest QoS, [MQTT-3.3.5-1]) and the
 //!   others, known by (origin, sequence), are dropped. Copies of one message follow each
 //!   other closely, so the de-duplication memory is two bounded generations.
-//! - QoS 1/2: the PUBACK/PUBREC waits until the message was handed to the NATS server
-//!   (a flush), so a message is acknowledged only once it left the node; the receiving
-//!   nodes get it at least once while they are connected (core NATS keeps nothing).
+//! - QoS 1/2: the PUBACK/PUBREC waits until the NATS server has the message (a round
+//!   trip after it), so a message is acknowledged only once it left the node; the
+//!   receiving nodes get it at least once while they are connected (core NATS keeps
+//!   nothing).
+//! - SUBACK waits until the node's NATS subscriptions are in place (the same round
+//!   trip), so what another node publishes after the SUBACK reaches the subscriber.
 //! - Retained messages: a JetStream stream keeping the last message of each subject.
 //!   Every node mirrors it into its own retained tree (an ordered consumer, read to the
 //!   end before the node accepts clients), so a new subscription replays retained
@@ -60,6 +63,10 @@ const OUTBOUND_CAPACITY: usize = 16_384;
 const INBOUND_CAPACITY: usize = 4_096;
 /// Entries per de-duplication generation.
 const SEEN_GENERATION: usize = 65_536;
+/// Longest a flush waits for the server's answer.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a SUBACK waits for the NATS subscription to be in place.
+const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a start waits for the engine and for the retained messages.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -125,6 +132,10 @@ pub struct Cluster {
     outbound: mpsc::Sender<Outbound>,
     interest: Mutex<Interest>,
     interest_changed: Notify,
+    /// Interest changes asked for (under `interest`'s lock) and those in place at the
+    /// NATS server: a SUBACK waits for the second to reach the first.
+    interest_requested: AtomicU64,
+    interest_applied: watch::Sender<u64>,
     /// QoS 0 messages dropped because the NATS writer was behind.
     dropped: AtomicU64,
     overflowing: AtomicBool,
@@ -205,8 +216,25 @@ impl Cluster {
         *count += 1;
         if *count == 1 {
             interest.dirty.insert(filter.clone());
+            self.interest_requested.fetch_add(1, Ordering::Relaxed);
             drop(interest);
             self.interest_changed.notify_one();
+        }
+    }
+
+    /// Resolves once every subscription made so far is in place at the NATS server, so
+    /// that what other nodes publish after the SUBACK reaches it (bounded: a NATS server
+    /// that does not answer delays a SUBACK by at most a few seconds).
+    pub async fn interest_ready(&self) {
+        let target = self.interest_requested.load(Ordering::Relaxed);
+        let mut applied = self.interest_applied.subscribe();
+        let ready = tokio::time::timeout(
+            INTEREST_TIMEOUT,
+            applied.wait_for(|&applied| applied >= target),
+        )
+        .await;
+        if ready.is_err() {
+            warn!("cluster: NATS did not confirm a subscription within {INTEREST_TIMEOUT:?}; acknowledging it anyway");
         }
     }
 
@@ -312,6 +340,8 @@ pub async fn start(
         outbound: outbound_tx,
         interest: Mutex::new(Interest::default()),
         interest_changed: Notify::new(),
+        interest_requested: AtomicU64::new(0),
+        interest_applied: watch::Sender::new(0),
         dropped: AtomicU64::new(0),
         overflowing: AtomicBool::new(false),
     });
@@ -408,7 +438,7 @@ async fn write_to_nats(
             }
         }
         if !waiters.is_empty() {
-            let ok = !std::mem::take(&mut failed) && client.flush().await.is_ok();
+            let ok = !std::mem::take(&mut failed) && round_trip(&client, node).await;
             if ok {
                 logged_error = false;
             }
@@ -416,6 +446,18 @@ async fn write_to_nats(
                 let _ = done.send(ok);
             }
         }
+    }
+}
+
+/// A request nobody answers: the server's "no responders" reply comes after it has
+/// handled everything this connection sent before (the publishes a QoS 1/2
+/// acknowledgement waits for, the SUBs a SUBACK waits for). False if it does not come.
+async fn round_trip(client: &Client, node: u64) -> bool {
+    let asked = client.request(format!("pyo3mq.ping.{node:016x}"), bytes::Bytes::new());
+    match tokio::time::timeout(ROUND_TRIP_TIMEOUT, asked).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == async_nats::client::RequestErrorKind::NoResponders,
+        Err(_) => false,
     }
 }
 
@@ -535,7 +577,10 @@ async fn read_from_nats(
     loop {
         tokio::select! {
             _ = cluster.interest_changed.notified() => {
-                let dirty = std::mem::take(&mut cluster.interest.lock().dirty);
+                let (requested, dirty) = {
+                    let mut interest = cluster.interest.lock();
+                    (cluster.interest_requested.load(Ordering::Relaxed), std::mem::take(&mut interest.dirty))
+                };
                 for filter in dirty {
                     let wanted = cluster.interest.lock().counts.contains_key(&filter);
                     match (wanted, subscribed.contains_key(&filter)) {
@@ -565,6 +610,10 @@ async fn read_from_nats(
                         _ => {}
                     }
                 }
+                // The server handles a connection's commands in order: its answer to
+                // this request means the SUBs before it are in place.
+                round_trip(&client, cluster.node).await;
+                cluster.interest_applied.send_replace(requested);
             }
             received = rx.recv() => {
                 let Some((id, msg)) = received else { return };

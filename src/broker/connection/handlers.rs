@@ -233,6 +233,10 @@ impl Connection {
                         .map(|((f, _), c)| (f.clone(), c.to_u8()))
                         .collect(),
                 });
+                // Cluster mode: the other nodes' messages reach this node after SUBACK.
+                if let Some(cluster) = self.router.cluster() {
+                    Box::pin(cluster.interest_ready()).await;
+                }
                 self.out.put_packet(&Packet::SubAck(SubAck {
                     pkid: subscribe.pkid,
                     codes,
