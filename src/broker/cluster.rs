@@ -61,6 +61,8 @@ const MIN_SERVER: (u64, u64) = (2, 10);
 const OUTBOUND_CAPACITY: usize = 16_384;
 /// Messages from NATS waiting to be routed locally.
 const INBOUND_CAPACITY: usize = 4_096;
+/// Messages one NATS subscription holds for the routing task.
+const SUBSCRIPTION_CAPACITY: usize = 8_192;
 /// Entries per de-duplication generation.
 const SEEN_GENERATION: usize = 65_536;
 /// Longest a flush waits for the server's answer.
@@ -299,6 +301,9 @@ pub async fn start(
     let client = async_nats::ConnectOptions::new()
         .name(format!("pyo3mq node {node:016x}"))
         .no_echo()
+        // Per NATS subscription; the library's default (65,536) times thousands of
+        // filters is more than a node should hold for a slow routing task.
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .connection_timeout(START_TIMEOUT)
         .connect(addrs)
         .await
