@@ -5,10 +5,8 @@ stopped at teardown."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.mosquitto import free_port
+from support.mosquitto import free_port, terminate, wait_listening
 
 
 def nats_server_binary() -> str | None:
@@ -37,20 +35,6 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            raise RuntimeError(f"nats-server exited with {proc.returncode}: {text}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("nats-server did not start listening within 10 s")
-
-
 @contextmanager
 def nats_server(tmp_path: Path, *, jetstream: bool = True) -> Iterator[NatsServer]:
     """Runs `nats-server -js` on 127.0.0.1:<free port> with a store directory under
@@ -67,12 +51,7 @@ def nats_server(tmp_path: Path, *, jetstream: bool = True) -> Iterator[NatsServe
         args += ["-js", "-sd", str(store)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(port, proc, log)
+        wait_listening(port, proc, name=f"nats-server (log: {log})")
         yield NatsServer(port, proc, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
