@@ -13,11 +13,13 @@
 //!   implementations.
 //! - [`sys_topics`]: the `$SYS` counters and publisher.
 //! - [`transport`]: the streams under MQTT (TCP, TLS, WebSocket) and their handshakes.
+//! - [`http`]: the metrics and health listener (`/metrics`, `/healthz`, `/readyz`).
 
 pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod http;
 pub mod metrics;
 pub mod router;
 pub mod server;

@@ -3,7 +3,7 @@
 from typing import Literal
 
 from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__, init_logging
-from pyo3mq.broker import Broker, BrokerConfig, Subscription
+from pyo3mq.broker import Broker, BrokerConfig, ReloadError, ReloadResult, Subscription
 from pyo3mq.client import (
     Client,
     ClientMessage,
@@ -28,6 +28,7 @@ from pyo3mq.client import (
     ProtocolVersion,
     Reconnect,
     StateChange,
+    TLSParameters,
     Topic,
     TopicLike,
     Wildcard,
@@ -98,6 +99,8 @@ __all__ = [
     "ProtocolVersion",
     "PublishHandle",
     "Reconnect",
+    "ReloadError",
+    "ReloadResult",
     "RetainedRecord",
     "SessionRecord",
     "SessionStore",
@@ -106,6 +109,7 @@ __all__ = [
     "SubscribeEvent",
     "Subscription",
     "SyncClient",
+    "TLSParameters",
     "Topic",
     "TopicLike",
     "UnsubscribeEvent",

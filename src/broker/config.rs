@@ -435,6 +435,9 @@ settings! {
     durability: Durability = Durability::Interval;
     /// How often the `$SYS/broker/...` statistics are published; zero disables them.
     sys_interval: Duration = Duration::from_secs(10);
+    /// `http://HOST:PORT`: serve Prometheus metrics (`/metrics`) and health probes
+    /// (`/healthz`, `/readyz`) there (broker/http.rs). `None`: no HTTP listener.
+    metrics_listener: Option<String> = None;
     /// A clean-session-0 client offline for longer than this loses its session
     /// (subscriptions, queued and inflight messages), in the durable store too. `None`
     /// keeps offline sessions forever (Mosquitto's `persistent_client_expiration`).
@@ -481,6 +484,9 @@ impl Config {
     /// Checks what one setting's type and bounds cannot: values that would make the
     /// broker misbehave rather than merely be slow, and settings that need each other.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(uri) = &self.metrics_listener {
+            parse_metrics_listener(uri).map_err(|e| format!("metrics_listener: {e}"))?;
+        }
         if self.listeners.is_empty() {
             return Err("listeners: at least one listener is required".into());
         }
@@ -713,9 +719,54 @@ pub fn parse_listener(uri: &str) -> Result<ListenerUri, String> {
     Ok(ListenerUri { kind, addr })
 }
 
+/// The socket address of a `metrics_listener` (`http://HOST:PORT`, IPv6 hosts in
+/// brackets; port 0 picks a free port).
+pub fn parse_metrics_listener(uri: &str) -> Result<String, String> {
+    let authority = uri
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("expected http://HOST:PORT, not {uri:?}"))?;
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.contains('/') {
+        return Err(format!(
+            "{uri:?} has a path: the paths are /metrics, /healthz and /readyz"
+        ));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{uri:?} has no port"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("{uri:?} has an invalid port"))?;
+    if host.is_empty() {
+        return Err(format!("{uri:?} has no host"));
+    }
+    Ok(authority.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_listener_uris() {
+        assert_eq!(
+            parse_metrics_listener("http://127.0.0.1:9234").unwrap(),
+            "127.0.0.1:9234"
+        );
+        assert_eq!(
+            parse_metrics_listener("http://[::1]:0/").unwrap(),
+            "[::1]:0"
+        );
+        for bad in [
+            "127.0.0.1:9234",
+            "https://127.0.0.1:9234",
+            "http://127.0.0.1",
+            "http://127.0.0.1:x",
+            "http://:9234",
+            "http://127.0.0.1:9234/metrics",
+        ] {
+            assert!(parse_metrics_listener(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn listener_uris() {

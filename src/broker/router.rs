@@ -335,6 +335,25 @@ impl Router {
         self.retained.read().len()
     }
 
+    /// (messages queued, QoS 1/2 deliveries inflight) over every client session, for
+    /// `/metrics`. A lock per session, each taken on its own after the client map's lock
+    /// is released: a scrape holds up no connect and no publisher for long.
+    pub fn queue_totals(&self) -> (u64, u64) {
+        let sessions: Vec<Arc<Session>> = self
+            .clients
+            .lock()
+            .values()
+            .map(|slot| slot.session.clone())
+            .collect();
+        sessions.iter().fold((0, 0), |(queued, inflight), session| {
+            let state = session.state.lock();
+            (
+                queued + state.queued_len() as u64,
+                inflight + state.inflight_len() as u64,
+            )
+        })
+    }
+
     /// A process-unique id for connections and sessions.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
