@@ -18,7 +18,7 @@ import pyo3mq
 import pytest
 from pyo3mq import BridgeConfig, Broker
 from pyo3mq.cli import load_config
-from support.mosquitto import free_port, run, stop
+from support.mosquitto import free_port, run, terminate
 from support.teardown import closed_at_teardown
 from test_pubsub import MARK, SETTLE, TIMEOUT, Msg, PahoClient
 
@@ -178,7 +178,7 @@ def test_qos1_across_a_remote_restart_loses_nothing(
             total = 300
             for i in range(total):
                 if i == 100:
-                    stop(remote)
+                    terminate(remote)
                 if i == 200:
                     remote = remote_mosquitto(tmp_path, remote_port)
                 pub.publish_async("q/n", b"%d" % i, qos=1)
@@ -194,7 +194,7 @@ def test_qos1_across_a_remote_restart_loses_nothing(
         finally:
             sink.close()
     finally:
-        stop(remote)
+        terminate(remote)
 
 
 def test_queue_for_the_remote_survives_a_restart_of_this_broker(
@@ -227,7 +227,7 @@ def test_queue_for_the_remote_survives_a_restart_of_this_broker(
         finally:
             second.stop()
     finally:
-        stop(remote)
+        terminate(remote)
 
 
 def test_state_notification_follows_the_remote(
@@ -243,12 +243,12 @@ def test_state_notification_follows_the_remote(
     try:
         _, port = brokers(bridge(f"127.0.0.1:{remote_port}", "x out 0"))
         wait_state(port, b"1", client)
-        stop(remote)
+        terminate(remote)
         wait_state(port, b"0", client)
         remote = remote_mosquitto(tmp_path, remote_port)
         wait_state(port, b"1", client)
     finally:
-        stop(remote)
+        terminate(remote)
 
 
 @pytest.mark.parametrize("remote_kind", ["mosquitto", "pyo3mq"])

@@ -83,6 +83,8 @@ class BrokerConfig:
     persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
     # `[[bridge]]` tables (see BridgeConfig; `Broker(bridges=[...])` fills it).
     bridge: list[dict[str, Any]] = field(default_factory=list)
+    # Cluster mode (preview): "nats://HOST:PORT[,...]" of a NATS server with JetStream.
+    cluster: str | None = _DEFAULTS["cluster"]
 
     def __post_init__(self) -> None:
         check_settings(self.values())

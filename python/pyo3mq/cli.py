@@ -57,6 +57,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="PEM CA certificates that client certificates must chain to",
     )
     parser.add_argument(
+        "--cluster",
+        metavar="URLS",
+        help="cluster mode (preview): nats://HOST:PORT[,...] of a NATS server with JetStream "
+        "shared by every node",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port "
@@ -93,11 +99,12 @@ def load_config(
     certfile: str | None = None,
     keyfile: str | None = None,
     cafile: str | None = None,
+    cluster: str | None = None,
     metrics_port: int | None = None,
 ) -> BrokerConfig:
     """Settings from the file, then the flags on top: --host/--port/--tls-port/--ws-port
     replace the listeners (MQTT on --port, default 1883, plus TLS and WebSocket on theirs),
-    --certfile/--keyfile/--cafile replace those settings, and --metrics-port sets
+    --certfile/--keyfile/--cafile/--cluster replace those settings, and --metrics-port sets
     `metrics_listener` (on --host's address, default loopback)."""
     values: dict[str, Any] = {}
     if path is not None:
@@ -117,7 +124,8 @@ def load_config(
         if ":" in bind and not bind.startswith("["):
             bind = f"[{bind}]"
         values["metrics_listener"] = f"http://{bind}:{metrics_port}"
-    for name, value in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
+    named = (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile), ("cluster", cluster))
+    for name, value in named:
         if value is not None:
             values[name] = value
     try:
@@ -360,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             certfile=args.certfile,
             keyfile=args.keyfile,
             cafile=args.cafile,
+            cluster=args.cluster,
             metrics_port=args.metrics_port,
         )
         broker = Broker(config)

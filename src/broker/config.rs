@@ -446,6 +446,10 @@ settings! {
     /// Bridges to other brokers (`[[bridge]]` tables with Mosquitto's names; see
     /// `crate::broker::bridge`).
     bridge: Vec<BridgeSettings> = Vec::new();
+    /// Cluster mode (preview): `nats://HOST:PORT[,nats://HOST:PORT...]` of a NATS server
+    /// (2.10 or later, with JetStream) through which several pyo3mq nodes act as one
+    /// broker (src/broker/cluster.rs). `None`: a single node, nothing changes.
+    cluster: Option<String> = None;
 }
 
 /// Loopback only: a broker started without a listener is not reachable from the network
@@ -496,6 +500,9 @@ impl Config {
         }
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());
+        }
+        if let Some(urls) = &self.cluster {
+            crate::broker::cluster::parse_urls(urls).map_err(|e| e.to_string())?;
         }
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());

@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 
 mod persist;
 
+use crate::broker::cluster::Cluster;
 use crate::broker::config::Config;
 use crate::broker::hooks::{Event, Hooks};
 use crate::broker::metrics::{self, Counters};
@@ -131,9 +132,18 @@ pub struct MatchScratch {
     /// Flow-controlled subscribers over their high water mark: the publisher waits on
     /// them (see [`MatchScratch::wait_for_space`]) before reading more.
     blocked: Vec<Arc<Session>>,
+    /// Cluster mode: a QoS 1/2 message was handed to the NATS writer, or could not be;
+    /// the publisher acknowledges only after [`Router::cluster_flushed`].
+    pub(crate) cluster_pending: bool,
+    pub(crate) cluster_lost: bool,
 }
 
 impl MatchScratch {
+    /// Cluster mode: whether acknowledgements must wait for [`Router::cluster_flushed`].
+    pub fn cluster_pending(&self) -> bool {
+        self.cluster_pending || self.cluster_lost
+    }
+
     /// Whether a flow-controlled subscriber asked this publisher to wait.
     pub fn has_blocked(&self) -> bool {
         !self.blocked.is_empty()
@@ -205,6 +215,9 @@ pub struct Router {
     /// Set with `durability = "sync"`: asks the store writer for a commit that includes
     /// everything routed so far, and is answered once it is on disk.
     durable: std::sync::OnceLock<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<bool>>>,
+    /// Cluster mode (`cluster` setting): where publishes and subscription interest go.
+    /// Unset, routing costs one well-predicted check more than before.
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 impl Router {
@@ -238,6 +251,32 @@ impl Router {
             full_save_due: AtomicBool::new(false),
             saving: Mutex::new(()),
             durable: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Joins a cluster: publishes go to the other nodes from now on, and every
+    /// subscription held now (restored sessions) or later is NATS interest.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let clients = self.clients.lock();
+        for slot in clients.values() {
+            for filter in slot.session.state.lock().subscriptions.keys() {
+                cluster.add_interest(filter);
+            }
+        }
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Cluster mode: resolves once the QoS 1/2 messages this publisher forwarded left
+    /// for the other nodes; false if one could not (acknowledge nothing then).
+    pub async fn cluster_flushed(&self, scratch: &mut MatchScratch) -> bool {
+        match self.cluster.get() {
+            Some(cluster) => cluster.flushed(scratch).await,
+            None => true,
         }
     }
 
@@ -479,6 +518,12 @@ impl Router {
             for filter in state.subscriptions.keys() {
                 subs.remove(filter, &session.id);
             }
+            if let Some(cluster) = self.cluster.get() {
+                state
+                    .subscriptions
+                    .keys()
+                    .for_each(|f| cluster.remove_interest(f));
+            }
         }
         state.clear();
     }
@@ -487,20 +532,36 @@ impl Router {
     /// copy per session at the highest QoS among its matching subscriptions
     /// [MQTT-3.3.5-1], and updates the retained store when RETAIN is set.
     pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
-        if msg.retain {
-            let mut retained = self.retained.write();
-            let kept = if msg.payload.is_empty() {
-                // [MQTT-3.3.1-10], [MQTT-3.3.1-11]: delete, never store an empty message.
-                retained.remove(&msg.topic);
-                None
-            } else {
-                retained.insert(&msg.topic, msg.clone());
-                Some(msg.clone())
-            };
-            if self.tracking.load(Ordering::Relaxed) && !metrics::is_reserved(&msg.topic) {
-                self.retained_changes.lock().insert(msg.topic.clone(), kept);
-            }
+        if let Some(cluster) = self.cluster.get() {
+            cluster.forward(&msg, scratch);
         }
+        if msg.retain {
+            self.set_retained(msg.clone());
+        }
+        self.publish_remote(msg, scratch);
+    }
+
+    /// Sets (or with an empty payload, clears) a retained message without routing it:
+    /// for [`Router::publish`], and in cluster mode for retained messages set on
+    /// another node.
+    pub fn set_retained(&self, msg: Arc<Message>) {
+        let mut retained = self.retained.write();
+        let kept = if msg.payload.is_empty() {
+            // [MQTT-3.3.1-10], [MQTT-3.3.1-11]: delete, never store an empty message.
+            retained.remove(&msg.topic);
+            None
+        } else {
+            retained.insert(&msg.topic, msg.clone());
+            Some(msg.clone())
+        };
+        if self.tracking.load(Ordering::Relaxed) && !metrics::is_reserved(&msg.topic) {
+            self.retained_changes.lock().insert(msg.topic.clone(), kept);
+        }
+    }
+
+    /// Routes a message to the local sessions only: [`Router::publish`]'s routing, and
+    /// in cluster mode the way messages from other nodes are delivered (never sent on).
+    pub fn publish_remote(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
         {
             let subs = self.subs.read();
             subs.matches(&msg.topic, &mut |id, sub| {
@@ -556,8 +617,11 @@ impl Router {
                     session: session.clone(),
                 },
             );
-            state.subscriptions.insert(filter.clone(), qos);
+            let replaced = state.subscriptions.insert(filter.clone(), qos).is_some();
             state.mark_changed();
+            if let (false, Some(cluster)) = (replaced, self.cluster.get()) {
+                cluster.add_interest(filter);
+            }
         }
         let mut replay = Vec::new();
         self.retained
@@ -586,6 +650,9 @@ impl Router {
         if state.subscriptions.remove(filter).is_some() {
             self.subs.write().remove(filter, &session.id);
             state.mark_changed();
+            if let Some(cluster) = self.cluster.get() {
+                cluster.remove_interest(filter);
+            }
             true
         } else {
             false

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::broker::bridge;
+use crate::broker::cluster::{self, ClusterError};
 use crate::broker::config::{
     AnonymousPolicy, Config, Durability, ListenerKind, StoreLoadError, TlsSettings,
 };
@@ -42,6 +43,8 @@ pub enum ServerError {
     /// save (see `store_load_error`).
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// An authorizer [`Server::reload`] can replace while connections use it.
@@ -155,6 +158,13 @@ impl Server {
         }
         router.restore(stored);
         let (shutdown, _) = watch::channel(false);
+        if let Some(urls) = &config.cluster {
+            // Before any client is accepted: the engine is checked and the retained
+            // messages are read, or the start fails here.
+            let cluster =
+                runtime.block_on(cluster::start(urls, router.clone(), shutdown.subscribe()))?;
+            router.set_cluster(cluster);
+        }
         if let Some(limit) = config.persistent_client_expiration {
             // Sessions that were offline too long when the broker stopped end before any
             // client can resume them.
@@ -361,6 +371,10 @@ impl Server {
         });
         if !finished {
             error!("connections did not close within 10 s; stopping anyway");
+        }
+        if let Some(cluster) = self.router.cluster() {
+            // The wills of the connections just closed go to the other nodes.
+            runtime.block_on(cluster::flush_on_stop(cluster));
         }
         if !self.router.config().session_store.is_durable() {
             // The in-process copy (for a restart of this object, or read by a Python store

@@ -24,17 +24,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0, name: str = "mosquitto"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with {proc.returncode}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError("mosquitto did not start listening")
+    raise RuntimeError(f"{name} did not start listening")
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Stops one process this test started (SIGTERM, then SIGKILL after 5 s)."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run(conf: Path, port: int, lines: list[str]) -> subprocess.Popen[bytes]:
@@ -52,18 +64,9 @@ def run(conf: Path, port: int, lines: list[str]) -> subprocess.Popen[bytes]:
     try:
         wait_listening(port, proc)
     except BaseException:
-        stop(proc)
+        terminate(proc)
         raise
     return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextmanager
@@ -83,4 +86,4 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., int]]:
         yield start
     finally:
         for proc in procs:
-            stop(proc)
+            terminate(proc)

@@ -45,6 +45,15 @@ impl Connection {
                 "the session store could not commit the messages: closing unacknowledged",
             )));
         }
+        // Cluster mode: QoS 1/2 acks wait until the messages left for the other nodes.
+        if self.scratch.cluster_pending()
+            && !Box::pin(self.router.cluster_flushed(&mut self.scratch)).await
+        {
+            self.out = OutBuf::default();
+            return Some(Close::Io(io::Error::other(
+                "cluster: the messages could not be sent to NATS: closing unacknowledged",
+            )));
+        }
         // Slow in-process subscribers that chose flow control hold this publisher here,
         // before it reads more (no wait at all unless there are such subscribers).
         if self.scratch.has_blocked() {
@@ -245,6 +254,10 @@ impl Connection {
                         .map(|((f, _), c)| (f.clone(), c.to_u8()))
                         .collect(),
                 });
+                // Cluster mode: the other nodes' messages reach this node after SUBACK.
+                if let Some(cluster) = self.router.cluster() {
+                    Box::pin(cluster.interest_ready()).await;
+                }
                 self.send_packet(&Packet::SubAck(SubAck {
                     pkid: subscribe.pkid,
                     codes,
