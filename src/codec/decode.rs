@@ -270,6 +270,8 @@ fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     let level = r.u8()?;
     let protocol = match (name.as_ref(), level) {
         (b"MQTT", 4) => Protocol::V311,
+        // Mosquitto bridges set the level's high bit (`try_private`).
+        (b"MQTT", 0x84) => Protocol::V311Bridge,
         (b"MQIsdp", 3) => Protocol::V31,
         (b"MQTT", level) => {
             return Err(Error::UnsupportedProtocolLevel {
@@ -287,7 +289,7 @@ fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     };
     let flags = r.u8()?;
     // 3.1 calls bit 0 merely "unused"; only 3.1.1 makes setting it a violation.
-    if flags & 0x01 != 0 && protocol == Protocol::V311 {
+    if flags & 0x01 != 0 && protocol.base() == Protocol::V311 {
         return Err(Error::ConnectReservedFlag);
     }
     let clean_session = flags & 0x02 != 0;
