@@ -183,6 +183,14 @@ impl Connection {
     async fn read_connect(&mut self) -> Result<Option<Connect>, Close> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(Packet::Connect(connect))) if connect.protocol == Protocol::V5 => {
+                    // The codec reads 5.0 CONNECTs; the broker does not serve them yet:
+                    // refused as any unsupported level is [MQTT-3.1.2-2].
+                    info!(peer = %self.peer, "refusing connection: MQTT 5.0 is not served yet");
+                    self.refuse(ConnectReturnCode::UnacceptableProtocolVersion)
+                        .await;
+                    return Ok(None);
+                }
                 Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect.detached())),
                 Ok(Some(other)) => {
                     return Err(Close::Protocol(format!(

@@ -256,6 +256,13 @@ impl Connection {
                     other.name()
                 )))
             }
+            // 5.0's own packets, only decoded on a 5.0 connection (see connection/v5.rs).
+            other => {
+                return Some(Close::Protocol(format!(
+                    "an MQTT 5.0 {} on a 3.1.1 connection",
+                    other.name()
+                )))
+            }
         }
         None
     }

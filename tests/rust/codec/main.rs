@@ -122,6 +122,7 @@ fn publish(
         topic: s(topic),
         pkid,
         payload: b(payload),
+        properties: None,
     })
 }
 
