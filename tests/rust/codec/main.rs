@@ -26,6 +26,7 @@ mod header;
 mod rules;
 mod streaming;
 mod strings;
+mod v5;
 mod vectors;
 
 use bytes::{Bytes, BytesMut};
