@@ -33,6 +33,7 @@ mod acl_cache;
 mod auth;
 mod handlers;
 mod output;
+mod v5;
 
 use acl_cache::AclCache;
 use output::OutBuf;
@@ -70,6 +71,8 @@ const BYTES_PER_BUDGET_UNIT: u64 = 512;
 #[derive(Debug)]
 enum Close {
     Disconnect,
+    /// An MQTT 5.0 DISCONNECT with reason 0x04: a clean close that publishes the will.
+    DisconnectWithWill,
     PeerClosed,
     KeepAlive,
     Takeover,
@@ -81,7 +84,7 @@ enum Close {
 impl Close {
     fn reason(&self) -> DisconnectReason {
         match self {
-            Close::Disconnect => DisconnectReason::Clean,
+            Close::Disconnect | Close::DisconnectWithWill => DisconnectReason::Clean,
             Close::KeepAlive => DisconnectReason::Keepalive,
             Close::Takeover => DisconnectReason::Takeover,
             Close::Shutdown => DisconnectReason::Shutdown,
@@ -119,6 +122,9 @@ pub struct Connection {
     /// A PUBLISH to `$SYS` was logged at INFO: later ones (the client sets the rate) go
     /// to DEBUG.
     sys_publish_logged: bool,
+    /// The reason code of the rule an MQTT 5.0 client broke, for the DISCONNECT sent
+    /// before the close (connection/v5.rs).
+    v5_reason: Option<codec::ReasonCode>,
 }
 
 impl Connection {
@@ -145,6 +151,7 @@ impl Connection {
             unsynced: false,
             counters: LocalCounters::default(),
             sys_publish_logged: false,
+            v5_reason: None,
         }
     }
 
@@ -183,14 +190,6 @@ impl Connection {
     async fn read_connect(&mut self) -> Result<Option<Connect>, Close> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(Packet::Connect(connect))) if connect.protocol == Protocol::V5 => {
-                    // The codec reads 5.0 CONNECTs; the broker does not serve them yet:
-                    // refused as any unsupported level is [MQTT-3.1.2-2].
-                    info!(peer = %self.peer, "refusing connection: MQTT 5.0 is not served yet");
-                    self.refuse(ConnectReturnCode::UnacceptableProtocolVersion)
-                        .await;
-                    return Ok(None);
-                }
                 Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect.detached())),
                 Ok(Some(other)) => {
                     return Err(Close::Protocol(format!(
@@ -238,10 +237,12 @@ impl Connection {
     /// Sends a refusing CONNACK and lets the connection close [MQTT-3.2.2-5]; session
     /// present is always 0 with a non-zero code [MQTT-3.2.2-4].
     async fn refuse(&mut self, code: ConnectReturnCode) {
-        self.out.put_packet(&Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-        }));
+        let refusal = self.refusal_packet(code);
+        self.refuse_with(&refusal).await;
+    }
+
+    async fn refuse_with(&mut self, refusal: &Packet) {
+        self.out.put_packet(refusal);
         let _ = timeout(Duration::from_secs(5), self.flush()).await;
     }
 
@@ -267,6 +268,16 @@ impl Connection {
             self.refuse(code).await;
             return;
         }
+        let v5 = connect.protocol == Protocol::V5;
+        if let Some(reason) = v5.then(|| self.refuse_v5_connect(&connect)).flatten() {
+            let refusal = Packet::ConnAckV5(codec::ConnAckV5 {
+                session_present: false,
+                reason,
+                properties: None,
+            });
+            self.refuse_with(&refusal).await;
+            return;
+        }
 
         let (gone_tx, gone_rx) = watch::channel(());
         let kick = Arc::new(Notify::new());
@@ -285,11 +296,16 @@ impl Connection {
             protocol = ?connect.protocol, clean_session = connect.clean_session,
             keep_alive = connect.keep_alive, session_present, "client connected"
         );
-        // 3.1 CONNACKs have no session-present flag (checklist part 2, item 4).
-        self.out.put_packet(&Packet::ConnAck(ConnAck {
-            session_present: session_present && connect.protocol == Protocol::V311,
-            code: ConnectReturnCode::Accepted,
-        }));
+        if v5 {
+            self.out.set_v5();
+            self.connack_v5(&connect, session_present);
+        } else {
+            // 3.1 CONNACKs have no session-present flag (checklist part 2, item 4).
+            self.out.put_packet(&Packet::ConnAck(ConnAck {
+                session_present: session_present && connect.protocol == Protocol::V311,
+                code: ConnectReturnCode::Accepted,
+            }));
+        }
         self.router.emit(|| Event::Connected {
             client: self.client_info(),
             peer: self.peer,
@@ -307,6 +323,9 @@ impl Connection {
             .serve_session(&session, connect.keep_alive, &kick, shutdown)
             .await;
         self.log_close(&close);
+        if v5 {
+            Box::pin(self.send_disconnect_v5(&close)).await;
+        }
         let reason = close.reason();
         match close {
             Close::Disconnect => {
@@ -337,10 +356,13 @@ impl Connection {
         handle: ConnHandle,
     ) -> Option<(Arc<Session>, bool)> {
         for _ in 0..TAKEOVER_ATTEMPTS {
-            match self
-                .router
-                .attach(&self.client_id, connect.clean_session, handle.clone())
-            {
+            let attach = if connect.protocol == Protocol::V5 {
+                self.attach_v5(connect, handle.clone())
+            } else {
+                self.router
+                    .attach(&self.client_id, connect.clean_session, handle.clone())
+            };
+            match attach {
                 Attach::Attached {
                     session,
                     session_present,
@@ -520,6 +542,9 @@ impl Connection {
         let peer = self.peer;
         match close {
             Close::Disconnect => info!(%client_id, %peer, "client disconnected"),
+            Close::DisconnectWithWill => {
+                info!(%client_id, %peer, "client disconnected, asking for its will (0x04)")
+            }
             Close::PeerClosed => info!(%client_id, %peer, "connection closed by peer"),
             Close::KeepAlive => {
                 info!(%client_id, %peer, "closing connection: [MQTT-3.1.2-24] keepalive expired")

@@ -87,6 +87,7 @@ impl Decoder {
 
     fn parse(&self, first: u8, body: Bytes) -> Result<Packet, Error> {
         if self.protocol == Protocol::V5 {
+            // Kept out of line: the 3.1.1 parser below stays the code it was.
             return decode_v5::parse(first, body);
         }
         let packet_type = first >> 4;
@@ -310,6 +311,7 @@ impl Reader {
 
 /// Checks raw bytes as a topic name (UTF-8, then the topic name rules, which cover
 /// U+0000 too, so the name is scanned for it only once).
+#[inline]
 pub(super) fn topic_name_from(raw: Bytes, what: &'static str) -> Result<ByteString, Error> {
     let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
     check_topic_name(&text, what)?;
