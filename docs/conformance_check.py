@@ -147,6 +147,16 @@ def canonical(raw: str) -> str:
     return fixed.get(raw, raw)
 
 
+def read_tsv(path: Path) -> dict[str, str]:
+    """ID -> Binds from a shared/spec/*-ids.tsv file."""
+    ids = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            ident, binds = line.split("\t")[:2]
+            ids[canonical(ident.strip())] = binds.strip()
+    return ids
+
+
 def load_ids(path: Path | None) -> dict[str, str]:
     embedded = {}
     for item in EMBEDDED_IDS.replace("\n", "|").split("|"):
@@ -157,11 +167,7 @@ def load_ids(path: Path | None) -> dict[str, str]:
     candidates = [path] if path else TSV_CANDIDATES
     for candidate in candidates:
         if candidate and candidate.is_file():
-            from_tsv = {}
-            for line in candidate.read_text().splitlines():
-                if line.strip():
-                    ident, binds = line.split("\t")[:2]
-                    from_tsv[canonical(ident.strip())] = binds.strip()
+            from_tsv = read_tsv(candidate)
             if from_tsv != embedded:
                 print(f"note: {candidate} differs from the embedded list; using the TSV")
             return from_tsv
@@ -258,11 +264,7 @@ def load_ids_v5() -> dict[str, str]:
     for base in (ROOT / "shared" / "spec", ROOT.parent / "shared" / "spec"):
         tsv = base / "mqtt-5.0-ids.tsv"
         if tsv.is_file():
-            from_tsv = {}
-            for line in tsv.read_text().splitlines():
-                if line.strip():
-                    ident, binds = line.split("\t")[:2]
-                    from_tsv[ident.strip()] = binds.strip()
+            from_tsv = read_tsv(tsv)
             if from_tsv != ids:
                 print(f"note: {tsv} differs from the embedded 5.0 list; using the TSV")
                 return from_tsv

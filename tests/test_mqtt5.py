@@ -298,8 +298,8 @@ def test_empty_client_id_gets_an_assigned_identifier(
     """[MQTT-3.1.3-6] [MQTT-3.1.3-7] [MQTT-3.2.2-16] Empty client ids get distinct
     Assigned Client Identifiers in CONNACK; neither client is taken over."""
     ids = []
-    for _ in range(3):
-        c, (present, reason, properties) = raw5(port)
+    for clean in (True, True, False):  # 5.0 allows Clean Start 0 with an empty id
+        c, (present, reason, properties) = raw5(port, clean=clean)
         raw_clients.append(c)
         assert (present, reason) == (0, 0)
         ids.append(properties[0x12])

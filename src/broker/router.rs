@@ -452,32 +452,13 @@ impl Router {
     /// longer (`persistent_client_expiration`), with its subscriptions and messages; a
     /// durable store forgets it at its next save. Returns how many ended.
     pub fn expire_offline(&self, limit: Duration) -> usize {
-        let now = SystemTime::now();
-        let mut clients = self.clients.lock();
-        let expired: Vec<ByteString> = clients
-            .iter()
-            .filter(|(_, slot)| slot.conn.is_none() && !slot.session.clean)
-            .filter(|(_, slot)| {
-                // A clock set back makes a session younger, never older.
-                let since = slot.session.state.lock().offline_since;
-                since.is_some_and(|t| now.duration_since(t).is_ok_and(|away| away >= limit))
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for client_id in &expired {
-            let Some(slot) = clients.remove(client_id) else {
-                continue;
-            };
-            if self.tracking.load(Ordering::Relaxed) {
-                self.removed.lock().insert(client_id.clone());
-            }
-            self.discard(&slot.session);
-            tracing::info!(
-                %client_id,
-                "session expired: offline for longer than persistent_client_expiration ({limit:?})"
-            );
-        }
-        expired.len()
+        let why = format!("offline for longer than persistent_client_expiration ({limit:?})");
+        self.end_offline_where(&why, |session, now| {
+            // A clock set back makes a session younger, never older.
+            let since = session.state.lock().offline_since;
+            !session.clean
+                && since.is_some_and(|t| now.duration_since(t).is_ok_and(|away| away >= limit))
+        })
     }
 
     /// Ends the offline sessions of MQTT 5.0 clients whose Session Expiry Interval has
@@ -487,20 +468,25 @@ impl Router {
         if !self.v5_expiring.load(Ordering::Relaxed) {
             return 0;
         }
+        self.end_offline_where("its Session Expiry Interval ran out", |session, now| {
+            let state = session.state.lock();
+            match (state.expiry, state.offline_since) {
+                (Some(expiry), Some(since)) => {
+                    now.duration_since(since).is_ok_and(|away| away >= expiry)
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// Ends every offline session `ended` picks, with its subscriptions and messages; a
+    /// durable store forgets it at its next save.
+    fn end_offline_where(&self, why: &str, ended: impl Fn(&Session, SystemTime) -> bool) -> usize {
         let now = SystemTime::now();
         let mut clients = self.clients.lock();
         let expired: Vec<ByteString> = clients
             .iter()
-            .filter(|(_, slot)| slot.conn.is_none())
-            .filter(|(_, slot)| {
-                let state = slot.session.state.lock();
-                match (state.expiry, state.offline_since) {
-                    (Some(expiry), Some(since)) => {
-                        now.duration_since(since).is_ok_and(|away| away >= expiry)
-                    }
-                    _ => false,
-                }
-            })
+            .filter(|(_, slot)| slot.conn.is_none() && ended(&slot.session, now))
             .map(|(id, _)| id.clone())
             .collect();
         for client_id in &expired {
@@ -511,7 +497,7 @@ impl Router {
                 self.removed.lock().insert(client_id.clone());
             }
             self.discard(&slot.session);
-            tracing::info!(%client_id, "session expired: its Session Expiry Interval ran out");
+            tracing::info!(%client_id, "session expired: {why}");
         }
         expired.len()
     }

@@ -417,13 +417,21 @@ pub(super) fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     })
 }
 
-fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
+/// A PUBLISH's fixed-header flags: (DUP, QoS, RETAIN), checked [MQTT-3.3.1-4],
+/// [MQTT-3.3.1-2] (the same in 3.1.1 and 5.0).
+#[inline]
+pub(super) fn publish_flags(flags: u8) -> Result<(bool, QoS, bool), Error> {
     let dup = flags & 0x08 != 0;
     let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(Error::InvalidQoS)?;
     let retain = flags & 0x01 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(Error::DupOnQoS0);
     }
+    Ok((dup, qos, retain))
+}
+
+fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
+    let (dup, qos, retain) = publish_flags(flags)?;
     let mut r = Reader {
         packet: "PUBLISH",
         body,

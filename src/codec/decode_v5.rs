@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use super::decode::{expect_len, parse_connect, topic_name_from, Reader};
+use super::decode::{expect_len, parse_connect, publish_flags, topic_name_from, Reader};
 use super::packet::nonzero_pkid;
 use super::properties::read_properties;
 use super::{
@@ -40,33 +40,10 @@ pub(super) fn parse(first: u8, body: Bytes) -> Result<Packet, Error> {
             parse_connack(body).map(Packet::ConnAckV5)
         }
         3 => parse_publish(flags, body).map(Packet::Publish),
-        4 => {
-            expect_flags("PUBACK", 0)?;
-            parse_ack(body, ReasonPacket::PubAck, PropertyContext::PubAck).map(|a| match a {
-                Ok(id) => Packet::PubAck(id),
-                Err(ack) => Packet::PubAckV5(ack),
-            })
-        }
-        5 => {
-            expect_flags("PUBREC", 0)?;
-            parse_ack(body, ReasonPacket::PubRec, PropertyContext::PubRec).map(|a| match a {
-                Ok(id) => Packet::PubRec(id),
-                Err(ack) => Packet::PubRecV5(ack),
-            })
-        }
-        6 => {
-            expect_flags("PUBREL", 0b0010)?;
-            parse_ack(body, ReasonPacket::PubRel, PropertyContext::PubRel).map(|a| match a {
-                Ok(id) => Packet::PubRel(id),
-                Err(ack) => Packet::PubRelV5(ack),
-            })
-        }
-        7 => {
-            expect_flags("PUBCOMP", 0)?;
-            parse_ack(body, ReasonPacket::PubComp, PropertyContext::PubComp).map(|a| match a {
-                Ok(id) => Packet::PubComp(id),
-                Err(ack) => Packet::PubCompV5(ack),
-            })
+        4..=7 => {
+            let (packet, want, short, long) = ACKS[usize::from(packet_type - 4)];
+            expect_flags(packet.name(), want)?;
+            parse_ack(body, packet).map(|a| a.map_or_else(long, short))
         }
         8 => {
             expect_flags("SUBSCRIBE", 0b0010)?;
@@ -142,6 +119,21 @@ pub(super) fn parse(first: u8, body: Bytes) -> Result<Packet, Error> {
     }
 }
 
+/// PUBACK, PUBREC, PUBREL and PUBCOMP (types 4 to 7): the packet, its fixed-header
+/// flags, and its short and long variants.
+type AckForm = (ReasonPacket, u8, fn(u16) -> Packet, fn(AckV5) -> Packet);
+const ACKS: [AckForm; 4] = [
+    (ReasonPacket::PubAck, 0, Packet::PubAck, Packet::PubAckV5),
+    (ReasonPacket::PubRec, 0, Packet::PubRec, Packet::PubRecV5),
+    (
+        ReasonPacket::PubRel,
+        0b0010,
+        Packet::PubRel,
+        Packet::PubRelV5,
+    ),
+    (ReasonPacket::PubComp, 0, Packet::PubComp, Packet::PubCompV5),
+];
+
 fn reason(r: &mut Reader, packet: ReasonPacket) -> Result<ReasonCode, Error> {
     let code = ReasonCode(r.u8()?);
     if code.allowed_in(packet) {
@@ -188,12 +180,7 @@ fn parse_connack(body: Bytes) -> Result<ConnAckV5, Error> {
 }
 
 fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
-    let dup = flags & 0x08 != 0;
-    let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(Error::InvalidQoS)?;
-    let retain = flags & 0x01 != 0;
-    if dup && qos == QoS::AtMostOnce {
-        return Err(Error::DupOnQoS0);
-    }
+    let (dup, qos, retain) = publish_flags(flags)?;
     let mut r = Reader {
         packet: "PUBLISH",
         body,
@@ -231,11 +218,7 @@ fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
 
 /// A PUBACK, PUBREC, PUBREL or PUBCOMP: `Ok(id)` for the two-byte short form (Success,
 /// no properties), `Err(ack)` for a long form with its reason code.
-fn parse_ack(
-    body: Bytes,
-    packet: ReasonPacket,
-    ctx: PropertyContext,
-) -> Result<Result<u16, AckV5>, Error> {
+fn parse_ack(body: Bytes, packet: ReasonPacket) -> Result<Result<u16, AckV5>, Error> {
     let name = packet.name();
     if body.len() < 2 {
         return Err(Error::Truncated(name));
@@ -250,7 +233,7 @@ fn parse_ack(
     let properties = if r.is_empty() {
         None
     } else {
-        read_properties(&mut r, ctx)?
+        read_properties(&mut r, packet.context())?
     };
     r.finish()?;
     Ok(Err(AckV5 {

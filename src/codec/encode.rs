@@ -5,7 +5,9 @@ use bytes::{BufMut, BytesMut};
 
 use super::error::check_topic_name;
 use super::packet::nonzero_pkid;
-use super::properties::{properties_len, put_properties, variable_byte_integer_len};
+use super::properties::{
+    properties_len, put_properties, put_variable_byte_integer, variable_byte_integer_len,
+};
 use super::{
     encode_v5, Connect, Error, Packet, PropertyContext, Protocol, Publish, QoS, ReasonPacket,
     MAX_REMAINING_LENGTH, MAX_STRING_LEN,
@@ -35,18 +37,8 @@ pub(super) fn put_fixed_header_for(
     }
     dst.reserve(1 + remaining_length_size(remaining) + body);
     dst.put_u8(first);
-    let mut len = remaining;
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        dst.put_u8(byte);
-        if len == 0 {
-            return Ok(());
-        }
-    }
+    put_variable_byte_integer(dst, remaining);
+    Ok(())
 }
 
 pub(super) fn put_fixed_header(
@@ -71,6 +63,18 @@ pub(super) fn put_string(dst: &mut BytesMut, s: &[u8]) {
     dst.put_slice(s);
 }
 
+/// Size of a PUBLISH's packet identifier field: none at QoS 0, and QoS 1/2 need a
+/// non-zero one.
+#[inline]
+pub(super) fn publish_pkid_len(qos: QoS, pkid: Option<u16>) -> Result<usize, Error> {
+    match (qos, pkid) {
+        (QoS::AtMostOnce, _) => Ok(0),
+        (_, Some(0)) => Err(Error::ZeroPacketId("PUBLISH")),
+        (_, Some(_)) => Ok(2),
+        (qos, None) => Err(Error::MissingPacketId(qos)),
+    }
+}
+
 /// Writes a PUBLISH's fixed and variable header but not its payload.
 ///
 /// This is what lets one message reach many subscribers with one payload buffer: each
@@ -85,12 +89,7 @@ pub fn encode_publish_header(
     pkid: Option<u16>,
     payload_len: usize,
 ) -> Result<(), Error> {
-    let pkid_len = match (qos, pkid) {
-        (QoS::AtMostOnce, _) => 0,
-        (_, Some(0)) => return Err(Error::ZeroPacketId("PUBLISH")),
-        (_, Some(_)) => 2,
-        (qos, None) => return Err(Error::MissingPacketId(qos)),
-    };
+    let pkid_len = publish_pkid_len(qos, pkid)?;
     let header = string_len("topic name", topic.as_bytes())? + pkid_len;
     let remaining = header + payload_len;
     let first = 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);

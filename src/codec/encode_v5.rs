@@ -4,7 +4,9 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::encode::{put_fixed_header, put_fixed_header_for, put_string, string_len};
+use super::encode::{
+    publish_pkid_len, put_fixed_header, put_fixed_header_for, put_string, string_len,
+};
 use super::error::check_topic_name;
 use super::packet::nonzero_pkid;
 use super::properties::{
@@ -34,12 +36,7 @@ pub fn encode_publish_header_v5(
     subscription_ids: &[u32],
     payload_len: usize,
 ) -> Result<(), Error> {
-    let pkid_len = match (qos, pkid) {
-        (QoS::AtMostOnce, _) => 0,
-        (_, Some(0)) => return Err(Error::ZeroPacketId("PUBLISH")),
-        (_, Some(_)) => 2,
-        (qos, None) => return Err(Error::MissingPacketId(qos)),
-    };
+    let pkid_len = publish_pkid_len(qos, pkid)?;
     let mut props_len = properties.len();
     for &id in subscription_ids {
         if id == 0 || id > MAX_VARIABLE_BYTE_INTEGER {
@@ -116,20 +113,6 @@ fn check_reason(packet: ReasonPacket, reason: ReasonCode) -> Result<(), Error> {
     }
 }
 
-fn context(packet: ReasonPacket) -> PropertyContext {
-    match packet {
-        ReasonPacket::ConnAck => PropertyContext::ConnAck,
-        ReasonPacket::PubAck => PropertyContext::PubAck,
-        ReasonPacket::PubRec => PropertyContext::PubRec,
-        ReasonPacket::PubRel => PropertyContext::PubRel,
-        ReasonPacket::PubComp => PropertyContext::PubComp,
-        ReasonPacket::SubAck => PropertyContext::SubAck,
-        ReasonPacket::UnsubAck => PropertyContext::UnsubAck,
-        ReasonPacket::Disconnect => PropertyContext::Disconnect,
-        ReasonPacket::Auth => PropertyContext::Auth,
-    }
-}
-
 pub(super) fn encode_connack(a: &ConnAckV5, dst: &mut BytesMut) -> Result<(), Error> {
     check_reason(ReasonPacket::ConnAck, a.reason)?;
     let props = a.properties.as_deref();
@@ -153,7 +136,7 @@ pub(super) fn encode_ack(
     nonzero_pkid(packet.name(), a.pkid)?;
     check_reason(packet, a.reason)?;
     let props = a.properties.as_deref();
-    let len = properties_len(props, context(packet))?;
+    let len = properties_len(props, packet.context())?;
     let props_size = if props.is_some() {
         variable_byte_integer_len(len) + len
     } else {
@@ -222,7 +205,7 @@ pub(super) fn encode_reasons(
     for &reason in reasons {
         check_reason(packet, reason)?;
     }
-    let len = properties_len(props, context(packet))?;
+    let len = properties_len(props, packet.context())?;
     put_fixed_header(
         dst,
         first,
@@ -252,7 +235,7 @@ pub(super) fn encode_reason_and_properties(
     if auth && reason == ReasonCode::SUCCESS && props.is_none() {
         return put_fixed_header(dst, first, 0);
     }
-    let len = properties_len(props, context(packet))?;
+    let len = properties_len(props, packet.context())?;
     let with_props = props.is_some() || auth;
     let props_size = if with_props {
         variable_byte_integer_len(len) + len

@@ -163,6 +163,7 @@ pub fn variable_byte_integer_len(value: usize) -> usize {
 
 /// Writes `value` as a Variable Byte Integer in its shortest form ([MQTT-1.5.5-1]);
 /// callers keep `value` within [`MAX_VARIABLE_BYTE_INTEGER`].
+#[inline]
 pub(super) fn put_variable_byte_integer(dst: &mut BytesMut, value: usize) {
     let mut len = value;
     loop {

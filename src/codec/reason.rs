@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::PropertyContext;
+
 /// One MQTT 5.0 reason code. A newtype over the byte rather than an enum: the same value
 /// means different things in different packets (0x00 is "Success", "Normal disconnection"
 /// and "Granted QoS 0"), and which values a packet may carry is checked by
@@ -178,6 +180,21 @@ impl ReasonPacket {
             ReasonPacket::UnsubAck => "UNSUBACK",
             ReasonPacket::Disconnect => "DISCONNECT",
             ReasonPacket::Auth => "AUTH",
+        }
+    }
+
+    /// Where the packet's properties sit, for their rules.
+    pub(super) fn context(self) -> PropertyContext {
+        match self {
+            ReasonPacket::ConnAck => PropertyContext::ConnAck,
+            ReasonPacket::PubAck => PropertyContext::PubAck,
+            ReasonPacket::PubRec => PropertyContext::PubRec,
+            ReasonPacket::PubRel => PropertyContext::PubRel,
+            ReasonPacket::PubComp => PropertyContext::PubComp,
+            ReasonPacket::SubAck => PropertyContext::SubAck,
+            ReasonPacket::UnsubAck => PropertyContext::UnsubAck,
+            ReasonPacket::Disconnect => PropertyContext::Disconnect,
+            ReasonPacket::Auth => PropertyContext::Auth,
         }
     }
 
