@@ -51,10 +51,33 @@ impl Decoder {
     /// then. On success the packet's bytes are removed from `buf`. An error means the
     /// stream is unusable: the caller closes the connection.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, Error> {
+        // One test of the revision, then each path with its own framing: the 3.1/3.1.1
+        // path is the code it was before 5.0 came (`frame` folds its 5.0 checks away).
+        if self.protocol == Protocol::V5 {
+            return self.decode_v5(buf);
+        }
+        let Some((first, body)) = self.frame(buf, false)? else {
+            return Ok(None);
+        };
+        self.parse(first, body).map(Some)
+    }
+
+    #[inline(never)]
+    fn decode_v5(&self, buf: &mut BytesMut) -> Result<Option<Packet>, Error> {
+        let Some((first, body)) = self.frame(buf, true)? else {
+            return Ok(None);
+        };
+        decode_v5::parse(first, body).map(Some)
+    }
+
+    /// Splits the next whole packet off `buf`: its first byte and its body, or `None`
+    /// (nothing consumed) while it is incomplete.
+    #[inline(always)]
+    fn frame(&self, buf: &mut BytesMut, v5: bool) -> Result<Option<(u8, Bytes)>, Error> {
         if let Some(&first) = buf.first() {
-            // Types 0 and 15 (AUTH, 5.0 only) are refused at once instead of after
+            // Type 0, and 15 (AUTH) outside 5.0, are refused at once instead of after
             // buffering a body.
-            if first >> 4 == 0 || (first >> 4 == 15 && self.protocol != Protocol::V5) {
+            if first >> 4 == 0 || (first >> 4 == 15 && !v5) {
                 return Err(Error::ReservedPacketType(first >> 4));
             }
         }
@@ -75,21 +98,17 @@ impl Decoder {
             buf.reserve((total - buf.len()).min(64 * 1024));
             return Ok(None);
         }
-        if self.protocol == Protocol::V5 && header_len - 1 != remaining_length_size(remaining) {
+        if v5 && header_len - 1 != remaining_length_size(remaining) {
             // 5.0 makes the shortest encoding mandatory [MQTT-1.5.5-1].
             return Err(Error::MalformedVariableByteInteger("Remaining Length"));
         }
         let first = buf[0];
         let mut frame = buf.split_to(total).freeze();
         frame.advance(header_len);
-        self.parse(first, frame).map(Some)
+        Ok(Some((first, frame)))
     }
 
     fn parse(&self, first: u8, body: Bytes) -> Result<Packet, Error> {
-        if self.protocol == Protocol::V5 {
-            // Kept out of line: the 3.1.1 parser below stays the code it was.
-            return decode_v5::parse(first, body);
-        }
         let packet_type = first >> 4;
         let flags = first & 0x0F;
         let lenient = self.protocol == Protocol::V31;

@@ -17,7 +17,6 @@ use super::{
     UnsubAckV5, UnsubscribeV5,
 };
 
-#[inline(never)]
 pub(super) fn parse(first: u8, body: Bytes) -> Result<Packet, Error> {
     let packet_type = first >> 4;
     let flags = first & 0x0F;
