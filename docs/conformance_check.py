@@ -12,7 +12,8 @@ and docs/conformance_v5.md against the MQTT 5.0 statements.
 What it verifies:
 
 * every one of the 141 statement IDs has exactly one table row, and its Binds column matches
-  the ID list (the list is embedded below; when the shared TSV is found it is compared too);
+  the ID list (the list is embedded below and compared with docs/spec/mqtt-3.1.1-ids.tsv,
+  the in-repository copy of the team's list);
 * a row for a Server/both ID cites at least one test, or says "Not applicable: <reason>",
   or is an explicit "GAP: ..." row (reported, and fatal with --strict);
 * a row for a Client ID says "Client library (pyo3mq.Client) ..." (then tests/test_client.py
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "conformance.md"
 
 # The 141 statements of MQTT 3.1.1 (OASIS Standard + Errata 01) and whom they bind,
-# as in shared/spec/mqtt-3.1.1-ids.tsv.
+# as in docs/spec/mqtt-3.1.1-ids.tsv (statement texts: docs/spec/mqtt-3.1.1-checklist.md).
 EMBEDDED_IDS = """
 1.5.3-1 both|1.5.3-2 both|1.5.3-3 both|2.2.2-1 both|2.2.2-2 both|2.3.1-1 both|2.3.1-2 Client
 2.3.1-3 Client|2.3.1-4 Server|2.3.1-5 both|2.3.1-6 both|2.3.1-7 Server|3.1.0-1 Client
@@ -127,6 +128,7 @@ EMBEDDED_IDS_V5 = """
 DOC_V5 = ROOT / "docs" / "conformance_v5.md"
 
 TSV_CANDIDATES = [
+    ROOT / "docs" / "spec" / "mqtt-3.1.1-ids.tsv",
     ROOT / "shared" / "spec" / "mqtt-3.1.1-ids.tsv",
     ROOT.parent / "shared" / "spec" / "mqtt-3.1.1-ids.tsv",
 ]

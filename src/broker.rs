@@ -1,6 +1,7 @@
 //! The broker: listeners, connections, routing, sessions and their persistence.
 //!
 //! - [`server`]: the runtime, listeners, accept loop and graceful shutdown.
+//! - [`cluster`]: cluster mode, several nodes as one broker through NATS JetStream.
 //! - [`config`]: every setting, its default and its bounds.
 //! - [`connection`]: one client connection (the select loop, its output buffer, the
 //!   packet handlers).
@@ -12,10 +13,14 @@
 //!   implementations.
 //! - [`sys_topics`]: the `$SYS` counters and publisher.
 //! - [`transport`]: the streams under MQTT (TCP, TLS, WebSocket) and their handshakes.
+//! - [`http`]: the metrics and health listener (`/metrics`, `/healthz`, `/readyz`).
 
+pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod http;
 pub mod metrics;
 pub mod router;
 pub mod server;

@@ -14,6 +14,9 @@
 //!   keepalive) and `Shared`, what it shares with the handle.
 //! - `runtime`: the process-wide tokio runtime and the wake socket.
 //! - `handle`: [`Client`], what the application (the Python bindings) holds.
+//! - `transport`: the byte streams (TCP, TLS on rustls, WebSocket over either) and the
+//!   `Connector` that makes them, split into the reader and writer the connection task
+//!   drives the same way for every transport.
 //! - `store`: the optional session store (SQLite): unacknowledged outgoing QoS 1/2
 //!   publishes and inbound QoS 2 ids, so that a session survives the process.
 //!
@@ -41,6 +44,7 @@ mod options;
 mod runtime;
 mod state;
 mod store;
+mod transport;
 
 pub use error::ClientError;
 pub use handle::Client;
@@ -48,3 +52,4 @@ pub use handle::SetupError;
 pub use options::{Options, Reconnect};
 pub use state::{ConnectionState, Drained, Incoming, Outcome, StateChange, Submitted};
 pub use store::StoreError;
+pub use transport::{Scheme, TlsOptions, TlsVersions, TransportOptions, Verify};

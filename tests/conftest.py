@@ -12,8 +12,10 @@ from pyo3mq._pyo3mq import init_logging
 from pyo3mq.pytest_plugin import MqttBroker
 from support.mosquitto import mosquitto_factory
 
-# Broker log lines go to stderr, where capfd can read them.
-init_logging("debug")
+# Broker log lines go to stderr, where capfd can read them. Not the per-packet lines
+# (tests/test_logging.py checks those in a process of its own): the load tests would
+# spend their time writing them.
+init_logging("debug", packets=False)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyo3mq
 import pytest
+import tomllib
 from support.mqtt_raw import DISCONNECT, PINGREQ, RawClient, publish, subscribe
 
 SCRIPT = Path(sys.executable).with_name("pyo3mq")
@@ -495,3 +496,203 @@ def test_script_is_the_venv_entry_point() -> None:
     """[MQTT-7.1.1-1] The console script exists next to the interpreter and is executable."""
     assert SCRIPT.exists()
     assert os.access(SCRIPT, os.X_OK)
+
+
+# -- SIGHUP reloads the password and ACL files ---------------------------------------------
+
+
+def test_sighup_reloads_password_and_acl_files(running: list[Running], tmp_path: Path) -> None:
+    """SIGHUP re-reads the password file and the ACL file: a user removed from the
+    password file stays connected but cannot log in again, an ACL change denies the next
+    subscription of a connected client, and a file that no longer parses keeps the
+    previous rules, with the reason (file and line) logged before the SIGHUP line."""
+    from pyo3mq.passwd import hash_password
+
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+
+    def users(*names: str) -> None:
+        passwd.write_text("".join(f"{n}:{hash_password('pw', iterations=101)}\n" for n in names))
+
+    users("alice", "bob")
+    acl.write_text("user alice\ntopic a/#\ntopic b/#\n")
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f'listeners = ["tcp://127.0.0.1:0"]\npassword_file = "{passwd}"\nacl_file = "{acl}"\n'
+    )
+    r = start(running, COMMANDS["script"], "--config", str(config))
+    with RawClient(r.port) as alice:
+        assert alice.connect("alice", username="alice", password=b"pw").body == b"\x00\x00"
+        users("bob")
+        acl.write_text("user alice\ntopic a/#\n")
+        r.proc.send_signal(signal.SIGHUP)
+        line = r.wait_stderr("SIGHUP received")
+        assert "SIGHUP received: password file reloaded; ACL file reloaded" in line
+        with RawClient(r.port) as again:
+            assert again.connect("alice-2", username="alice", password=b"pw").body == b"\x00\x04"
+        alice.send(subscribe(1, ("b/#", 1), ("a/#", 1)))
+        ack = alice.recv()
+        assert (ack.first, ack.body) == (0x90, b"\x00\x01\x80\x01")
+
+        acl.write_text("user alice\ntopic a/#\nbogus line\n")
+        r.proc.send_signal(signal.SIGHUP)
+        why = r.wait_stderr("not reloaded, the previous rules stay")
+        assert f"ACL file {acl}: line 3" in why
+        line = r.wait_stderr("SIGHUP received")
+        assert "password file reloaded; ACL file not reloaded (the previous rules stay)" in line
+        assert " ERROR " in line
+        alice.send(subscribe(2, ("b/#", 1), ("a/#", 1)))
+        ack = alice.recv()
+        assert (ack.first, ack.body) == (0x90, b"\x00\x02\x80\x01")
+        alice.send(PINGREQ)
+        assert alice.recv().first == 0xD0
+    code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0, err
+
+
+# -- check-config ------------------------------------------------------------------------
+
+
+def test_check_config_prints_the_effective_settings(tmp_path: Path) -> None:
+    """`pyo3mq check-config FILE` exits 0 and prints every setting with the value the
+    broker would use (defaults included), as a config file that reads back the same."""
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        '[broker]\nlisteners = ["tcp://127.0.0.1:0"]\nmax_inflight = 7\n'
+        'persistent_client_expiration = "2d"\n\n'
+        '[[broker.listener]]\nuri = "tcp://127.0.0.1:0"\n'
+    )
+    res = run(COMMANDS["script"], "check-config", str(config))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    assert "max_inflight = 7\n" in res.stdout
+    assert "max_queued_messages = 1000\n" in res.stdout  # a default
+    assert "# password_file is not set\n" in res.stdout
+    printed = tomllib.loads(res.stdout)["broker"]
+    assert pyo3mq.BrokerConfig.from_mapping(printed) == pyo3mq.BrokerConfig.from_mapping(
+        tomllib.loads(config.read_text())["broker"]
+    )
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param("listeners = [\n", "not valid TOML", id="toml-end"),
+        pytest.param("listeners foo\n", "(at line 1, column 11)", id="toml-line"),
+        pytest.param("max_pakcet_size = 1\n", "unknown setting(s): max_pakcet_size", id="unknown"),
+        pytest.param("max_inflight = 70000\n", "max_inflight", id="range"),
+        pytest.param('session_store = "sqlite:"\n', "session_store", id="sqlite-no-path"),
+        pytest.param('acl_file = "/nonexistent/acl"\n', "cannot read ACL file", id="acl"),
+        pytest.param('password_file = "PASSWD"\n', "password file", id="passwd-parse"),
+        pytest.param(
+            'listeners = ["tls://127.0.0.1:0"]\ncertfile = "/nonexistent.pem"\n'
+            'keyfile = "/nonexistent.key"\n',
+            "/nonexistent.pem",
+            id="tls",
+        ),
+    ],
+)
+def test_check_config_names_the_problem_and_exits_1(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """A config file with a problem the broker would only meet at start (a TOML error, a
+    bad value, a file it names that cannot be read or parsed): exit 1, one line per
+    problem naming the config file, nothing on stdout, no traceback."""
+    bad_passwd = tmp_path / "passwd"
+    bad_passwd.write_text("alice-without-hash\n")
+    config = tmp_path / "broker.toml"
+    config.write_text(text.replace("PASSWD", str(bad_passwd)))
+    res = run(COMMANDS["python-m"], "check-config", str(config))
+    assert res.returncode == 1, res.stdout
+    assert res.stdout == ""
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"pyo3mq: {config}: ")
+    assert expected in res.stderr
+    assert "pyo3mq: pyo3mq:" not in res.stderr
+
+
+def test_toml_error_names_the_file_and_line(tmp_path: Path) -> None:
+    """The broker itself (not only check-config) names the file and line of a TOML error."""
+    config = tmp_path / "broker.toml"
+    config.write_text('listeners = ["tcp://127.0.0.1:0"]\nmax_inflight 3\n')
+    res = run(COMMANDS["script"], "--config", str(config))
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"pyo3mq: {config}: not valid TOML: ")
+    assert "(at line 2, column 14)" in res.stderr
+
+
+# -- where log lines go ------------------------------------------------------------------
+
+
+def test_log_file_gets_every_line_and_follows_logrotate(
+    running: list[Running], tmp_path: Path
+) -> None:
+    """`--log-file PATH`: the core's lines and the command's own go to the file, in the
+    stderr layout, nothing to stderr; after logrotate moves the file (and before any
+    SIGHUP), new lines go to a new file at PATH."""
+    log_file = tmp_path / "pyo3mq.log"
+    r = start(running, COMMANDS["script"], "--port", "0", "--log-file", str(log_file))
+    with RawClient(r.port) as c:
+        assert c.connect("logged", username="carol").body == b"\x00\x00"
+        c.send(DISCONNECT)
+
+    def wait_for(path: Path, text: str) -> str:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            content = path.read_text() if path.exists() else ""
+            if text in content:
+                return content
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in {path}: {content!r}")
+
+    content = wait_for(log_file, "client disconnected client_id=logged")
+    assert re.search(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z  INFO client connected client_id=logged "
+        r'peer=127\.0\.0\.1:\d+ username="carol" ',
+        content,
+        re.M,
+    ), content
+    log_file.rename(tmp_path / "pyo3mq.log.1")
+    r.proc.send_signal(signal.SIGUSR2)
+    assert "SIGUSR2 received: 0 clients connected" in wait_for(log_file, "SIGUSR2 received")
+    code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert "broker stopped" in wait_for(log_file, "broker stopped")
+    assert err == ""
+
+
+def test_unwritable_log_file_exits_2(tmp_path: Path) -> None:
+    res = run(COMMANDS["script"], "--port", "0", "--log-file", str(tmp_path / "no" / "x.log"))
+    assert res.returncode == 2
+    assert res.stderr.startswith("pyo3mq: cannot log to ")
+    assert "listening" not in res.stdout
+
+
+SYSLOG_SCRIPT = """
+import sys
+import pyo3mq.cli as cli
+cli.SYSLOG_ADDRESS = ("127.0.0.1", int(sys.argv[1]))
+sys.exit(cli.main(["--port", "0", "--syslog"]))
+"""
+
+
+def test_syslog_gets_every_line(running: list[Running]) -> None:
+    """`--syslog`: the core's lines and the command's go to syslog (a UDP socket standing
+    in for the daemon here), facility daemon, tagged `pyo3mq[PID]`, nothing to stderr."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as syslogd:
+        syslogd.bind(("127.0.0.1", 0))
+        syslogd.settimeout(10)
+        r = start(running, [sys.executable, "-c", SYSLOG_SCRIPT, str(syslogd.getsockname()[1])])
+        with RawClient(r.port) as c:
+            assert c.connect("via-syslog").body == b"\x00\x00"
+            c.send(DISCONNECT)
+        r.proc.send_signal(signal.SIGUSR2)
+        received: list[str] = []
+        while not any("SIGUSR2 received" in m for m in received):
+            received.append(syslogd.recv(65536).decode())
+        code, _out, err = r.stop(signal.SIGTERM)
+    assert code == 0 and err == "", err
+    pid = r.proc.pid
+    # <30>: facility daemon (3) * 8 + severity info (6).
+    connected = [m for m in received if "client connected client_id=via-syslog" in m]
+    assert connected and connected[0].startswith(f"<30>pyo3mq[{pid}]: "), received
+    assert any(m.startswith(f"<30>pyo3mq[{pid}]: SIGUSR2 received") for m in received)

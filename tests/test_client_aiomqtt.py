@@ -99,12 +99,16 @@ def test_earlier_names_are_aliases_and_conflicts_are_refused() -> None:
         Client("127.0.0.1", 1, max_inflight=2, max_inflight_messages=3)
     with pytest.raises(ValueError, match="max_inflight"):
         Client("127.0.0.1", 1, max_inflight_messages=0)
-    with pytest.raises(ValueError, match="websockets"):
-        Client("127.0.0.1", 1, transport="websockets")
+    # "websockets" is supported (tests/test_client_transports.py); paho's "unix" is not.
+    with pytest.raises(
+        ValueError, match="transport 'unix' is not supported: 'tcp' or 'websockets'"
+    ):
+        Client("127.0.0.1", 1, transport="unix")
     with pytest.raises(ValueError, match="protocol"):
         Client("127.0.0.1", 1, protocol=5)
-    with pytest.raises(TypeError):
-        Client("127.0.0.1", 1, tls_context=None)  # type: ignore[call-arg]
+    # tls_context is accepted (tests/test_client_transports.py), as an ssl.SSLContext only.
+    with pytest.raises(TypeError, match=r"tls_context must be an ssl\.SSLContext"):
+        Client("127.0.0.1", 1, tls_context="TLS")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------

@@ -453,6 +453,8 @@ NON_DEFAULT: dict[str, Any] = {
     "keyfile": "/etc/pyo3mq/server.key",
     "cafile": "/etc/pyo3mq/ca.pem",
     "persistent_client_expiration": "2d",
+    "cluster": "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+    "metrics_listener": "http://127.0.0.1:9234",
 }
 
 

@@ -3,7 +3,14 @@
 from typing import Literal
 
 from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__, init_logging
-from pyo3mq.broker import Broker, BrokerConfig, Subscription
+from pyo3mq.broker import (
+    BridgeConfig,
+    Broker,
+    BrokerConfig,
+    ReloadError,
+    ReloadResult,
+    Subscription,
+)
 from pyo3mq.client import (
     Client,
     ClientMessage,
@@ -28,6 +35,7 @@ from pyo3mq.client import (
     ProtocolVersion,
     Reconnect,
     StateChange,
+    TLSParameters,
     Topic,
     TopicLike,
     Wildcard,
@@ -67,6 +75,7 @@ def enable_logging(level: str = "info", *, to: Literal["python", "stderr"] = "py
 __all__ = [
     "Authenticator",
     "Authorizer",
+    "BridgeConfig",
     "Broker",
     "BrokerConfig",
     "BrokerStartError",
@@ -98,6 +107,8 @@ __all__ = [
     "ProtocolVersion",
     "PublishHandle",
     "Reconnect",
+    "ReloadError",
+    "ReloadResult",
     "RetainedRecord",
     "SessionRecord",
     "SessionStore",
@@ -106,6 +117,7 @@ __all__ = [
     "SubscribeEvent",
     "Subscription",
     "SyncClient",
+    "TLSParameters",
     "Topic",
     "TopicLike",
     "UnsubscribeEvent",

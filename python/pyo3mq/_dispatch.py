@@ -13,9 +13,11 @@ the broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -94,8 +96,13 @@ class Dispatcher:
         ready: Callable[[int], None],
         intercept: Callable[[Message], Any] | None = None,
         space: Callable[[int], None] | None = None,
+        report: Callable[..., None] | None = None,
     ) -> None:
         self._intercept = intercept
+        # `report(kind, seconds=None, failed=False)` counts a hook call for /metrics: the
+        # failures seen here (the broker times the requests and counts their timeouts
+        # itself), and the observers' calls, which only this side sees.
+        self._report = report
         self._space = space
         self._loop = loop
         self._timeout = timeout
@@ -129,11 +136,11 @@ class Dispatcher:
             try:
                 route = self._routes.get(type(item))
                 if route is None:
-                    logger.warning("pyo3mq: unknown dispatch item %r", item)
+                    logger.warning("unknown dispatch item %r", item)
                 else:
                     route(item)
             except Exception:
-                logger.exception("pyo3mq: failed to dispatch %r", type(item).__name__)
+                logger.exception("failed to dispatch %r", type(item).__name__)
 
     def _on_ready(self, record: MessagesReady) -> None:
         self._ready(record.subscription)
@@ -179,9 +186,10 @@ class Dispatcher:
             else:
                 raise _Denied(f"authenticate() returned {result!r}, not a bool")
         except asyncio.TimeoutError:
-            logger.error("pyo3mq: authenticate(%r) timed out: denied", client_id)
+            logger.error("authenticate(%r) timed out: denied", client_id)
         except Exception:
-            logger.exception("pyo3mq: authenticate(%r) failed: denied", client_id)
+            logger.exception("authenticate(%r) failed: denied", client_id)
+            self._failed("authenticate")
         call.reply.resolve(code)
 
     async def _sub(self, call: SubscribeCall) -> None:
@@ -200,9 +208,10 @@ class Dispatcher:
             else:
                 raise _Denied(f"authorize_subscribe() returned {result!r}")
         except asyncio.TimeoutError:
-            logger.error("pyo3mq: authorize_subscribe(%r, %r) timed out: denied", info, filter)
+            logger.error("authorize_subscribe(%r, %r) timed out: denied", info, filter)
         except Exception:
-            logger.exception("pyo3mq: authorize_subscribe(%r, %r) failed: denied", info, filter)
+            logger.exception("authorize_subscribe(%r, %r) failed: denied", info, filter)
+            self._failed("authorize_subscribe")
         call.reply.resolve(granted)
 
     async def _pub(self, call: PublishCall) -> None:
@@ -216,9 +225,10 @@ class Dispatcher:
                 raise _Denied(f"authorize_publish() returned {result!r}, not a bool")
             allowed = result
         except asyncio.TimeoutError:
-            logger.error("pyo3mq: authorize_publish(%r, %r) timed out: denied", info, topic)
+            logger.error("authorize_publish(%r, %r) timed out: denied", info, topic)
         except Exception:
-            logger.exception("pyo3mq: authorize_publish(%r, %r) failed: denied", info, topic)
+            logger.exception("authorize_publish(%r, %r) failed: denied", info, topic)
+            self._failed("authorize_publish")
         call.reply.resolve(allowed)
 
     async def _on_messages(self, call: InterceptCall) -> None:
@@ -243,12 +253,13 @@ class Dispatcher:
                 else:
                     raise _Denied(f"on_message() returned {result!r}")
             except Exception:
-                logger.exception("pyo3mq: on_message failed: message on %r dropped", message.topic)
+                logger.exception("on_message failed: message on %r dropped", message.topic)
+                self._failed("on_message")
             verdicts.append(verdict)
         try:
             call.reply.resolve(verdicts)
         except Exception:
-            logger.exception("pyo3mq: on_message verdicts refused: batch dropped")
+            logger.exception("on_message verdicts refused: batch dropped")
 
     def _on_connect(self, record: Connected) -> None:
         if self._handlers.get("connect"):
@@ -268,17 +279,34 @@ class Dispatcher:
         if self._handlers.get("unsubscribe"):
             self._event("unsubscribe", UnsubscribeEvent(record.client_id, record.filters))
 
+    def _failed(self, kind: str) -> None:
+        if self._report is not None:
+            with contextlib.suppress(Exception):  # a stopped broker counts nothing
+                self._report(kind, None, True)
+
+    def _observed(self, started: float, failed: bool) -> None:
+        if self._report is not None:
+            with contextlib.suppress(Exception):
+                self._report("events", time.perf_counter() - started, failed)
+
     def _event(self, kind: str, event: Any) -> None:
         for handler in self._handlers[kind]:
+            started = time.perf_counter()
             try:
                 result = handler(event)
                 if inspect.isawaitable(result):
-                    self._spawn(self._guard(result, kind))
+                    self._spawn(self._guard(result, kind, started))
+                else:
+                    self._observed(started, False)
             except Exception:
-                logger.exception("pyo3mq: on_%s handler failed", kind)
+                logger.exception("on_%s handler failed", kind)
+                self._observed(started, True)
 
-    async def _guard(self, awaitable: Awaitable[Any], kind: str) -> None:
+    async def _guard(self, awaitable: Awaitable[Any], kind: str, started: float) -> None:
         try:
             await awaitable
         except Exception:
-            logger.exception("pyo3mq: on_%s handler failed", kind)
+            logger.exception("on_%s handler failed", kind)
+            self._observed(started, True)
+        else:
+            self._observed(started, False)

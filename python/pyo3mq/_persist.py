@@ -54,7 +54,7 @@ class Persister:
                     "starts without it)"
                 ) from exc
             logger.error(
-                "pyo3mq: %s; starting with no stored sessions (store_load_error = 'start_empty')",
+                "%s; starting with no stored sessions (store_load_error = 'start_empty')",
                 problem,
                 exc_info=True,
             )
@@ -91,7 +91,7 @@ class Persister:
                     await self._store.delete_retained(topic)
                     del self._retained[topic]
         except Exception:
-            logger.exception("pyo3mq: session store failed; will retry")
+            logger.exception("session store failed; will retry")
             self._full_next = True
 
     async def _sync_full(self) -> None:
@@ -118,5 +118,5 @@ class Persister:
                 del self._retained[topic]
             self._full_next = False
         except Exception:
-            logger.exception("pyo3mq: session store failed; will retry")
+            logger.exception("session store failed; will retry")
             self._full_next = True

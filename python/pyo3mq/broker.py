@@ -79,7 +79,12 @@ class BrokerConfig:
     persist_interval: float = _DEFAULTS["persist_interval"]
     durability: Literal["interval", "sync"] = _DEFAULTS["durability"]
     sys_interval: float = _DEFAULTS["sys_interval"]
+    metrics_listener: str | None = _DEFAULTS["metrics_listener"]
     persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
+    # `[[bridge]]` tables (see BridgeConfig; `Broker(bridges=[...])` fills it).
+    bridge: list[dict[str, Any]] = field(default_factory=list)
+    # Cluster mode (preview): "nats://HOST:PORT[,...]" of a NATS server with JetStream.
+    cluster: str | None = _DEFAULTS["cluster"]
 
     def __post_init__(self) -> None:
         check_settings(self.values())
@@ -96,6 +101,77 @@ class BrokerConfig:
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """One bridge to another broker, with Mosquitto's setting names (a `[[bridge]]`
+    table in the config file): `Broker(bridges=[BridgeConfig(...)])`.
+
+    `topic` lines are Mosquitto's: `pattern [[[out|in|both] qos] local_prefix
+    remote_prefix]`, `""` for an empty pattern or prefix. `restart_timeout` is a delay in
+    seconds, or `(base, cap)` for a backoff from base up to cap. TLS towards the remote is
+    not supported yet: setting `bridge_cafile`, `bridge_certfile`, `bridge_keyfile` or
+    `bridge_insecure` is an error."""
+
+    name: str
+    address: str | list[str]
+    topic: list[str]
+    remote_clientid: str | None = None
+    local_clientid: str | None = None
+    remote_username: str | None = None
+    remote_password: str | None = None
+    cleansession: bool = False
+    local_cleansession: bool | None = None
+    try_private: bool = True
+    keepalive_interval: int = 60
+    restart_timeout: float | tuple[float, float] = (5.0, 30.0)
+    notifications: bool = True
+    notification_topic: str | None = None
+    bridge_protocol_version: Literal["mqttv311"] = "mqttv311"
+    bridge_cafile: str | None = None
+    bridge_certfile: str | None = None
+    bridge_keyfile: str | None = None
+    bridge_insecure: bool | None = None
+
+    def table(self) -> dict[str, Any]:
+        """The `[[bridge]]` table the core reads (unset settings left out)."""
+        table: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "restart_timeout" and isinstance(value, tuple):
+                value = " ".join(str(float(v)) for v in value)
+            elif f.name == "topic" and isinstance(value, str):
+                value = [value]
+            table[f.name] = value
+        return table
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What `Broker.reload()` read again and put in place."""
+
+    #: The parts reloaded, among "password_file", "acl_file" and "tls" (the TLS
+    #: listeners' certificate, key and CA files); parts not configured are not listed.
+    reloaded: tuple[str, ...]
+    #: The parts that could not be read or parsed, each with why. Each kept what it had.
+    failed: dict[str, str]
+    #: TLS listeners whose certificates were reloaded.
+    tls_listeners: int
+
+
+class ReloadError(ValueError):
+    """`Broker.reload()` could not reload every part. The parts named in
+    `result.failed` keep their previous rules (or certificates); the others, in
+    `result.reloaded`, were reloaded all the same."""
+
+    def __init__(self, result: ReloadResult) -> None:
+        self.result = result
+        super().__init__(
+            "; ".join(f"{part} not reloaded: {why}" for part, why in result.failed.items())
+        )
 
 
 class Subscription:
@@ -260,6 +336,7 @@ class Broker:
         on_unsubscribe: Callable[[UnsubscribeEvent], Any] | None = None,
         session_store: str | SessionStore | None = None,
         on_message: Callable[[Message], Any] | None = None,
+        bridges: list[BridgeConfig] | None = None,
         **settings: Any,
     ) -> None:
         _check_hooks(
@@ -283,6 +360,13 @@ class Broker:
             if not isinstance(session_store, SessionStore):
                 raise TypeError("session_store must be 'memory', 'sqlite:PATH' or a SessionStore")
             self._store = session_store
+        if bridges is not None:
+            if config is not None or "bridge" in settings:
+                raise TypeError("pass bridges either as bridges=[...] or in the config, not both")
+            for bridge in bridges:
+                if not isinstance(bridge, BridgeConfig):
+                    raise TypeError(f"bridges must be BridgeConfig objects, not {bridge!r}")
+            settings["bridge"] = [bridge.table() for bridge in bridges]
         if config is None:
             config = BrokerConfig.from_mapping(settings)
         elif settings:
@@ -394,12 +478,43 @@ class Broker:
         the broker is stopped."""
         return dict(self._core.stats())
 
+    def metrics_text(self) -> str:
+        """The broker's figures in the Prometheus text format 0.0.4, the same text the
+        `metrics_listener` serves at `/metrics`: for a service that already serves its
+        own `/metrics` and appends these. Empty while the broker is stopped."""
+        return self._core.metrics_text()
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The (host, port) the `metrics_listener` is bound to (its port 0 picks a free
+        one); None without one, or while the broker is stopped."""
+        return self._core.metrics_address
+
     def reload_tls(self) -> int:
         """Reads the TLS listeners' `certfile`, `keyfile` and `cafile` again (a renewed
         certificate, say). New connections use them; open ones keep theirs and are not
         dropped. All or nothing: a missing or malformed file raises ValueError naming it,
         and every listener keeps what it had. Returns the number of TLS listeners."""
         return self._core.reload_tls()
+
+    def reload(self) -> ReloadResult:
+        """What SIGHUP does to the `pyo3mq` command: reads the `password_file`, the
+        `acl_file` and the TLS listeners' certificate files again and puts each in place
+        without dropping a connection. Connected clients stay connected (a user removed
+        from the password file cannot log in again); the new ACL applies to every
+        connection's next SUBSCRIBE and PUBLISH. With a Python `authorizer`, connections
+        forget their cached publish decisions and ask it again.
+
+        Each part stands alone: one that cannot be read or parsed keeps what it had and
+        is logged, the others are still reloaded, and then `ReloadError` (a ValueError)
+        is raised naming what failed and why, with the `ReloadResult` as `.result`.
+        Blocks the calling thread while it reads the files; RuntimeError when the broker
+        is not running."""
+        reloaded, failed, tls_listeners = self._core.reload()
+        result = ReloadResult(tuple(reloaded), dict(failed), tls_listeners)
+        if result.failed:
+            raise ReloadError(result)
+        return result
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -419,6 +534,7 @@ class Broker:
             ready=self._ready,
             intercept=self.on_message,
             space=self._space_ready,
+            report=self._core.hook_called,
         )
         self._loop = loop
         self._addresses = self._core.start(

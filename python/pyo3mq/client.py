@@ -37,9 +37,12 @@ import asyncio
 import enum
 import functools
 import math
+import os
+import ssl
 import threading
+import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Union
@@ -88,6 +91,7 @@ __all__ = [
     "ProtocolVersion",
     "Reconnect",
     "StateChange",
+    "TLSParameters",
     "Topic",
     "TopicLike",
     "Wildcard",
@@ -269,6 +273,256 @@ def _pick(name: str, value: Any, alias: str, alias_value: Any, default: Any) -> 
     return default if alias_value is None else alias_value
 
 
+#: The largest value of the core's `usize` arguments.
+_USIZE_MAX = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class TLSParameters:
+    """aiomqtt's TLS settings (`Client(..., tls_params=TLSParameters(...))`), with the
+    same names and defaults; each maps onto the Rust core's rustls connection:
+
+    - `ca_certs`: PEM file of the CAs to trust; None trusts the system's roots.
+    - `certfile`, `keyfile`: the client certificate (PEM chain) and its key, for servers
+      that require one (mutual TLS); without `keyfile` the key is read from `certfile`.
+    - `cert_reqs`: `ssl.CERT_REQUIRED` (default; `CERT_OPTIONAL` means the same for a
+      client) or `ssl.CERT_NONE`, which accepts any server certificate.
+    - `tls_version`: None, `ssl.PROTOCOL_TLS_CLIENT`/`PROTOCOL_TLS` (TLS 1.2 or 1.3),
+      `ssl.PROTOCOL_TLSv1_2` (1.2 only), or an `ssl.TLSVersion` minimum (`TLSv1_2`,
+      `TLSv1_3`). Older versions are refused: rustls does not speak them.
+    - `ciphers`: must be None. OpenSSL cipher strings do not apply to rustls, which picks
+      from its own list of modern suites; a string raises ValueError rather than being
+      ignored.
+    - `keyfile_password`: the password (str, bytes or a callable returning one) of an
+      encrypted key, decrypted with the `cryptography` package when it is installed.
+    """
+
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    cert_reqs: ssl.VerifyMode | None = None
+    tls_version: Any | None = None
+    ciphers: str | None = None
+    keyfile_password: Any | None = None
+
+
+#: URL schemes: the transport each names and its default port.
+_SCHEMES: Final = {
+    "mqtt": ("tcp", 1883),
+    "tcp": ("tcp", 1883),
+    "mqtts": ("tls", 8883),
+    "tls": ("tls", 8883),
+    "ssl": ("tls", 8883),
+    "ws": ("ws", 80),
+    "wss": ("wss", 443),
+}
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _path(value: PathLike | None) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
+def _tls_versions(value: Any, setting: str) -> str:
+    """The core's version choice for an `ssl` protocol or minimum version."""
+    name = getattr(value, "name", str(value))
+    if value is None or name in ("PROTOCOL_TLS", "PROTOCOL_TLS_CLIENT", "TLSv1_2"):
+        return "any"
+    if name in ("MINIMUM_SUPPORTED", "MAXIMUM_SUPPORTED"):
+        return "any"
+    if name == "PROTOCOL_TLSv1_2":
+        return "1.2"
+    if name == "TLSv1_3":
+        return "1.3"
+    raise ValueError(
+        f"{setting} {value!r} is not offered: the client speaks TLS 1.2 and 1.3 (pass "
+        "None, ssl.PROTOCOL_TLS_CLIENT, ssl.PROTOCOL_TLSv1_2 or ssl.TLSVersion.TLSv1_3)"
+    )
+
+
+def _context_versions(context: ssl.SSLContext) -> str:
+    low, high = context.minimum_version, context.maximum_version
+    if high is not ssl.TLSVersion.MAXIMUM_SUPPORTED and high < ssl.TLSVersion.TLSv1_2:
+        raise ValueError(
+            f"tls_context allows at most {high.name}: the client speaks TLS 1.2 and 1.3"
+        )
+    if low is ssl.TLSVersion.TLSv1_3:
+        return "1.3"
+    if high is ssl.TLSVersion.TLSv1_2:
+        return "1.2"
+    return "any"
+
+
+def _decrypted_key(path: str, password: Any) -> bytes:
+    """The PEM of an encrypted private key, decrypted (rustls reads plain keys only)."""
+    if callable(password):
+        password = password()
+    if isinstance(password, str):
+        password = password.encode()
+    try:
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        raise ValueError(
+            f"keyfile {path}: decrypting a key with keyfile_password needs the "
+            "`cryptography` package (pip install cryptography); or pass an unencrypted key"
+        ) from None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"keyfile {path}: {e.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=password)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"keyfile {path}: cannot decrypt it with keyfile_password: {e}") from None
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _transport(
+    hostname: str,
+    port: int | None,
+    *,
+    transport: str,
+    tls: bool | None,
+    cafile: PathLike | None,
+    certfile: PathLike | None,
+    keyfile: PathLike | None,
+    verify: bool,
+    server_hostname: str | None,
+    tls_params: TLSParameters | None,
+    tls_context: ssl.SSLContext | None,
+    tls_insecure: bool | None,
+    websocket_path: str | None,
+    websocket_headers: Mapping[str, str] | None,
+) -> tuple[str, int, dict[str, Any]]:
+    """The host, the port and the core's transport arguments, from a URL or keywords."""
+    scheme: str | None = None
+    url_path = ""
+    if "://" in hostname:
+        parts = urllib.parse.urlsplit(hostname)
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES:
+            raise ValueError(
+                f"{hostname!r}: unknown scheme {parts.scheme!r}: use mqtt://, mqtts://, "
+                "ws:// or wss://"
+            )
+        try:
+            url_port = parts.port
+        except ValueError as e:
+            raise ValueError(f"{hostname!r}: {e}") from None
+        if not parts.hostname:
+            raise ValueError(f"{hostname!r} names no host")
+        if port is not None and url_port is not None and port != url_port:
+            raise TypeError(f"port={port} and the port of {hostname!r} differ: pass one")
+        port = url_port if port is None else port
+        hostname = parts.hostname
+        url_path = parts.path + (f"?{parts.query}" if parts.query else "")
+    if transport not in ("tcp", "websockets"):
+        raise ValueError(
+            f"transport {transport!r} is not supported: 'tcp' or 'websockets' (or a "
+            "ws:// or wss:// URL)"
+        )
+    kind = _SCHEMES[scheme][0] if scheme else "tcp"
+    websocket = kind in ("ws", "wss") or transport == "websockets"
+    if tls_params is not None and tls_context is not None:
+        raise ValueError("pass tls_params or tls_context, not both")
+    if tls_params is not None:
+        if not isinstance(tls_params, TLSParameters):
+            raise TypeError(f"tls_params must be a TLSParameters, not {type(tls_params).__name__}")
+        for name, mine in (("cafile", cafile), ("certfile", certfile), ("keyfile", keyfile)):
+            if mine is not None:
+                raise TypeError(f"{name}= and tls_params are the same settings: pass one")
+        cafile, certfile, keyfile = tls_params.ca_certs, tls_params.certfile, tls_params.keyfile
+    if tls_context is not None and not isinstance(tls_context, ssl.SSLContext):
+        raise TypeError(f"tls_context must be an ssl.SSLContext, not {type(tls_context).__name__}")
+    configured = (
+        tls_params is not None
+        or tls_context is not None
+        or cafile is not None
+        or certfile is not None
+        or keyfile is not None
+    )
+    tuned = not verify or server_hostname is not None or bool(tls_insecure)
+    secure = kind in ("tls", "wss") or bool(tls) or configured
+    if scheme is not None and kind in ("tcp", "ws") and (configured or tls):
+        raise ValueError(
+            f"{scheme}:// has no TLS, yet TLS settings were given: use mqtts:// or wss://"
+        )
+    if tls is False and (configured or kind in ("tls", "wss")):
+        raise ValueError("tls=False, yet TLS settings or a TLS URL were given")
+    if tuned and not secure:
+        raise ValueError(
+            "verify, server_hostname and tls_insecure apply to TLS connections: use an "
+            "mqtts:// or wss:// URL, tls=True, tls_params or tls_context"
+        )
+    if port is None:
+        if scheme is not None:
+            port = _SCHEMES["wss" if websocket and secure else "ws" if websocket else kind][1]
+        else:
+            port = 8883 if secure and not websocket else 1883
+    args: dict[str, Any] = {
+        "transport": ("wss" if secure else "ws") if websocket else ("tls" if secure else "tcp")
+    }
+    path = url_path or websocket_path or "/mqtt"
+    if url_path and websocket_path is not None and websocket_path != url_path:
+        raise TypeError(f"websocket_path={websocket_path!r} and the path of the URL differ")
+    if websocket:
+        args["ws_path"] = path
+        if websocket_headers is not None:
+            if not isinstance(websocket_headers, Mapping):
+                raise TypeError("websocket_headers must be a mapping of header names to values")
+            args["ws_headers"] = [(str(k), str(v)) for k, v in websocket_headers.items()]
+    elif websocket_headers is not None or websocket_path is not None:
+        raise ValueError("websocket_path and websocket_headers need transport='websockets'")
+    if not secure:
+        return hostname, port, args
+    check = "full"
+    versions = "any"
+    ca_der: list[bytes] = []
+    key_pem: bytes | None = None
+    if tls_params is not None:
+        if tls_params.ciphers is not None:
+            raise ValueError(
+                "TLSParameters.ciphers: OpenSSL cipher strings do not apply; the client's "
+                "TLS (rustls) negotiates from its own list of modern suites: pass None"
+            )
+        if tls_params.cert_reqs == ssl.CERT_NONE:
+            check = "none"
+        versions = _tls_versions(tls_params.tls_version, "tls_version")
+        if tls_params.keyfile_password is not None:
+            source = keyfile if keyfile is not None else certfile
+            if source is None:
+                raise ValueError("keyfile_password needs a keyfile (or certfile holding the key)")
+            key_pem = _decrypted_key(os.fspath(source), tls_params.keyfile_password)
+    if tls_context is not None:
+        if tls_context.verify_mode == ssl.CERT_NONE:
+            check = "none"
+        elif not tls_context.check_hostname:
+            check = "any-name"
+        if check != "none":
+            ca_der = [bytes(der) for der in tls_context.get_ca_certs(binary_form=True)]
+        versions = _context_versions(tls_context)
+    if tls_insecure and check == "full":
+        check = "any-name"
+    if not verify:
+        check = "none"
+    args.update(
+        tls_cafile=_path(cafile),
+        tls_ca_der=ca_der or None,
+        tls_certfile=_path(certfile),
+        tls_keyfile=_path(keyfile),
+        tls_key_pem=key_pem,
+        tls_verify=check,
+        tls_versions=versions,
+        tls_server_name=server_hostname,
+    )
+    return hostname, port, args
+
+
 @dataclass(frozen=True)
 class _Settings:
     hostname: str
@@ -282,7 +536,7 @@ class _Settings:
 
 def _settings(
     hostname: str,
-    port: int,
+    port: int | None,
     *,
     username: str | None,
     password: str | bytes | None,
@@ -302,9 +556,53 @@ def _settings(
     max_packet_size: int,
     reconnect: bool | Reconnect,
     session_store: str | None,
+    tls: bool | None = None,
+    cafile: PathLike | None = None,
+    certfile: PathLike | None = None,
+    keyfile: PathLike | None = None,
+    verify: bool = True,
+    server_hostname: str | None = None,
+    tls_params: TLSParameters | None = None,
+    tls_context: ssl.SSLContext | None = None,
+    tls_insecure: bool | None = None,
+    websocket_path: str | None = None,
+    websocket_headers: Mapping[str, str] | None = None,
 ) -> _Settings:
-    if transport != "tcp":
-        raise ValueError(f"transport {transport!r} is not supported: only 'tcp'")
+    hostname, port, transport_args = _transport(
+        hostname,
+        port,
+        transport=transport,
+        tls=tls,
+        cafile=cafile,
+        certfile=certfile,
+        keyfile=keyfile,
+        verify=verify,
+        server_hostname=server_hostname,
+        tls_params=tls_params,
+        tls_context=tls_context,
+        tls_insecure=tls_insecure,
+        websocket_path=websocket_path,
+        websocket_headers=websocket_headers,
+    )
+    # Out-of-range numbers are a ValueError naming the argument here, not an
+    # OverflowError from the conversion to the core's integer types.
+    bounds: tuple[tuple[str, int | None, int | None, int], ...] = (
+        ("port", port, 0, 0xFFFF),
+        ("keepalive", keepalive, 0, 0xFFFF),
+        ("max_inflight_messages", max_inflight_messages, 1, 0xFFFF),
+        ("max_inflight", max_inflight, 1, 0xFFFF),
+        ("max_buffered_bytes", max_buffered_bytes, 0, _USIZE_MAX),
+        # 0 or less: the default (aiomqtt's "unlimited", below).
+        ("max_queued_incoming_messages", max_queued_incoming_messages, None, _USIZE_MAX),
+        ("max_queued_incoming", max_queued_incoming, 0, _USIZE_MAX),
+        ("max_packet_size", max_packet_size, 0, _USIZE_MAX),
+    )
+    for name, value, low, high in bounds:
+        if not isinstance(value, int):
+            continue  # None (the default), or a wrong type the core refuses by name
+        if value > high or (low is not None and value < low):
+            span = f"at most {high}" if low is None else f"between {low} and {high}"
+            raise ValueError(f"{name} must be {span}, not {value}")
     identifier = _pick("identifier", identifier, "client_id", client_id, "")
     inflight = _pick(
         "max_inflight_messages",
@@ -351,6 +649,7 @@ def _settings(
         if policy is None
         else (policy.initial_delay, policy.max_delay, policy.max_attempts),
         "session_store": store_path,
+        **transport_args,
     }
     return _Settings(hostname, port, seconds, core_args)
 
@@ -483,10 +782,42 @@ class Client:
     - `clean_session` (default True), `keepalive` (seconds, 0 = off), `username`,
       `password`, `will`.
     - `protocol`: `ProtocolVersion.V311` / `MQTTv311` (default) or `V31` / `MQTTv31`.
-    - `timeout` (default 10 s): TCP connect plus CONNACK (per attempt), the bound of a
-      graceful disconnect, and the default bound of `subscribe` and `unsubscribe`
-      (`math.inf`: no bound). `publish` is bounded only when given its own `timeout`.
-    - `transport`: only "tcp".
+    - `timeout` (default 10 s): connecting (TCP, TLS handshake, WebSocket upgrade) plus
+      CONNACK (per attempt), the bound of a graceful disconnect, and the default bound
+      of `subscribe` and `unsubscribe` (`math.inf`: no bound). `publish` is bounded only
+      when given its own `timeout`.
+    - `hostname` may be a URL: `mqtt://host:1883`, `mqtts://host:8883` (also `tls://`,
+      `ssl://`), `ws://host:80/mqtt`, `wss://host:443/mqtt`. Without a port the
+      scheme's is used; without a URL, `port` defaults to 1883 (8883 with TLS).
+    - `transport`: "tcp" (default) or "websockets" (aiomqtt's and paho's name; the
+      subprotocol is `mqtt`, packets travel in binary frames).
+      `websocket_path` (default "/mqtt", or the URL's path) and `websocket_headers` (a
+      mapping, sent with the upgrade request) apply to WebSocket connections.
+    - TLS (rustls, in Rust) is on with an `mqtts://` or `wss://` URL, `tls=True`, or any
+      of `cafile`, `certfile`, `keyfile`, `tls_params`, `tls_context`:
+      - the server's certificate must chain to the system's trusted roots, or to the
+        CAs in `cafile` (PEM) when given, and be valid for the host connected to (or
+        for `server_hostname`, which is also sent as SNI);
+      - `certfile` and `keyfile` (PEM; without `keyfile` the key is read from
+        `certfile`) are the client certificate for servers that require one;
+      - `tls_insecure=True` (aiomqtt's and paho's name) skips the name check but still
+        requires a trusted chain; `verify=False` accepts any certificate: use them only
+        on purpose (a test broker with a self-signed certificate).
+      - `tls_params=TLSParameters(ca_certs=, certfile=, keyfile=, cert_reqs=,
+        tls_version=, ciphers=, keyfile_password=)` is aiomqtt's form of the same
+        settings (see `TLSParameters` for how each applies).
+      - `tls_context=ssl.SSLContext`: the client's TLS is rustls, not Python's `ssl`,
+        so the context is read, not used. Honoured: `verify_mode` (`CERT_NONE` accepts
+        any certificate), `check_hostname` (False skips the name check), the CA
+        certificates it holds (`load_verify_locations`, or the system's default file;
+        when it holds none, the system's roots) and `minimum_version` /
+        `maximum_version`. Not readable from a context: a client certificate loaded
+        with `load_cert_chain`, and cipher settings. Pass the certificate as
+        `certfile=`/`keyfile=` beside the context; a server that requires one and did
+        not get it fails the connection with an error that says so.
+      Files are read when the client is made; a missing or malformed one raises
+      ValueError naming the file. A refused certificate raises `MqttConnectionError`
+      saying what to pass, and is not retried by `reconnect`.
     - `reconnect`: True or a `Reconnect` for automatic reconnection. With
       `clean_session=False` the session resumes and unacknowledged publishes are resent
       with DUP=1 under their original ids; when the server has no session, the client's
@@ -525,7 +856,7 @@ class Client:
     def __init__(
         self,
         hostname: str,
-        port: int = 1883,
+        port: int | None = None,
         *,
         username: str | None = None,
         password: str | bytes | None = None,
@@ -546,6 +877,17 @@ class Client:
         max_packet_size: int = 268_435_460,
         session_store: str | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
+        tls: bool | None = None,
+        cafile: PathLike | None = None,
+        certfile: PathLike | None = None,
+        keyfile: PathLike | None = None,
+        verify: bool = True,
+        server_hostname: str | None = None,
+        tls_params: TLSParameters | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        tls_insecure: bool | None = None,
+        websocket_path: str | None = None,
+        websocket_headers: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = _settings(
             hostname,
@@ -568,9 +910,21 @@ class Client:
             max_packet_size=max_packet_size,
             reconnect=reconnect,
             session_store=session_store,
+            tls=tls,
+            cafile=cafile,
+            certfile=certfile,
+            keyfile=keyfile,
+            verify=verify,
+            server_hostname=server_hostname,
+            tls_params=tls_params,
+            tls_context=tls_context,
+            tls_insecure=tls_insecure,
+            websocket_path=websocket_path,
+            websocket_headers=websocket_headers,
         )
-        self.hostname = hostname
-        self.port = port
+        #: The host and port connected to (from the URL when `hostname` is one).
+        self.hostname = self._settings.hostname
+        self.port = self._settings.port
         #: The default bound, in seconds, of `subscribe`, `unsubscribe`, and connecting.
         self.timeout = self._settings.timeout
         # Built now so that bad arguments fail here, not at connect time.

@@ -23,10 +23,11 @@ signature, so a callback may itself publish and wait for the acknowledgement.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -42,9 +43,11 @@ from pyo3mq._pyo3mq import (
 from pyo3mq.client import (
     _STATES,
     ConnectionState,
+    PathLike,
     PayloadType,
     Reconnect,
     StateChange,
+    TLSParameters,
     Will,
     _filters,
     _settings,
@@ -56,6 +59,8 @@ logger = logging.getLogger("pyo3mq")
 
 #: Messages moved from Rust to Python per hand-off.
 _BATCH: Final = 1024
+#: How often `messages()` looks for messages the callback thread handed back.
+_SPILL_POLL: Final = 0.05
 _SENT: Final = Submitted.SENT
 _FULL: Final = Submitted.FULL
 
@@ -129,7 +134,7 @@ class SyncClient:
     def __init__(
         self,
         hostname: str,
-        port: int = 1883,
+        port: int | None = None,
         *,
         username: str | None = None,
         password: str | bytes | None = None,
@@ -150,12 +155,21 @@ class SyncClient:
         max_packet_size: int = 268_435_460,
         session_store: str | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
+        tls: bool | None = None,
+        cafile: PathLike | None = None,
+        certfile: PathLike | None = None,
+        keyfile: PathLike | None = None,
+        verify: bool = True,
+        server_hostname: str | None = None,
+        tls_params: TLSParameters | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        tls_insecure: bool | None = None,
+        websocket_path: str | None = None,
+        websocket_headers: Mapping[str, str] | None = None,
         on_message: MessageCallback | None = None,
         userdata: Any = None,
     ) -> None:
-        self._settings = _settings(
-            hostname,
-            port,
+        self._args: dict[str, Any] = dict(
             username=username,
             password=password,
             identifier=identifier,
@@ -174,9 +188,23 @@ class SyncClient:
             max_packet_size=max_packet_size,
             reconnect=reconnect,
             session_store=session_store,
+            tls=tls,
+            cafile=cafile,
+            certfile=certfile,
+            keyfile=keyfile,
+            verify=verify,
+            server_hostname=server_hostname,
+            tls_params=tls_params,
+            tls_context=tls_context,
+            tls_insecure=tls_insecure,
+            websocket_path=websocket_path,
+            websocket_headers=websocket_headers,
         )
-        self.hostname = hostname
-        self.port = port
+        self._address = (hostname, port)
+        self._settings = _settings(hostname, port, **self._args)
+        #: The host and port connected to (from the URL when `hostname` is one).
+        self.hostname = self._settings.hostname
+        self.port = self._settings.port
         #: The default bound, in seconds, of `subscribe`, `unsubscribe` and connecting.
         self.timeout = self._settings.timeout
         #: Passed to `on_message` as its second argument (paho-mqtt's `userdata`).
@@ -235,6 +263,41 @@ class SyncClient:
             with self._lock:
                 if self._started and self._state is not ConnectionState.CLOSED:
                     self._start_callbacks(self._core)
+
+    # -- TLS, paho-mqtt's way -----------------------------------------------------------
+
+    def tls_set(
+        self,
+        ca_certs: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        cert_reqs: ssl.VerifyMode | None = None,
+        tls_version: Any | None = None,
+        ciphers: str | None = None,
+        keyfile_password: Any | None = None,
+    ) -> None:
+        """paho-mqtt's `tls_set`: turns TLS on with these settings (see `TLSParameters`
+        for how each applies), before `connect()`. Without a port in the constructor the
+        port becomes 8883."""
+        params = TLSParameters(
+            ca_certs, certfile, keyfile, cert_reqs, tls_version, ciphers, keyfile_password
+        )
+        self._reconfigure(tls_params=params)
+
+    def tls_insecure_set(self, value: bool) -> None:
+        """paho-mqtt's `tls_insecure_set`: with True the server's certificate must still
+        chain to a trusted CA, but its names are not checked. Call after `tls_set`."""
+        self._reconfigure(tls_insecure=value)
+
+    def _reconfigure(self, **changes: Any) -> None:
+        with self._lock:
+            if self._started:
+                raise ValueError("TLS settings must be made before connect()")
+            args = {**self._args, **changes}
+            settings = _settings(*self._address, **args)
+            self._core = settings.new_core()
+            self._args, self._settings = args, settings
+            self.hostname, self.port = settings.hostname, settings.port
 
     # -- connecting ---------------------------------------------------------------------
 
@@ -363,16 +426,27 @@ class SyncClient:
         core = self._core
         spill = self._spill
         buffer: deque[ClientMessage] = deque()
+        deadline = None if timeout is None else _monotonic() + timeout
         while True:
             while spill:
                 try:
-                    yield spill.popleft()
+                    message = spill.popleft()
                 except IndexError:  # another thread took it
                     break
+                yield message
+                deadline = None if timeout is None else _monotonic() + timeout
             if buffer:
                 yield buffer.popleft()
+                deadline = None if timeout is None else _monotonic() + timeout
                 continue
-            batch = core.take_messages(_BATCH, True, timeout)
+            # After `on_message` was unset, the callback thread may still be blocked taking
+            # the next batch; it puts what it took into `spill`, which a wait in the core
+            # does not see. Wait in short slices then, looking at `spill` between them.
+            wait = timeout if deadline is None else max(0.0, deadline - _monotonic())
+            thread = self._callback_thread
+            if thread is not None and thread.is_alive() and self._on_message is None:
+                wait = _SPILL_POLL if wait is None else min(wait, _SPILL_POLL)
+            batch = core.take_messages(_BATCH, True, wait)
             if batch:
                 buffer.extend(batch)
                 continue
@@ -381,7 +455,7 @@ class SyncClient:
                 if error is not None:
                     raise error
                 return
-            if timeout is not None:
+            if deadline is not None and _monotonic() >= deadline and not spill:
                 return
 
     # -- internals ----------------------------------------------------------------------

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::broker::bridge::BridgeSettings;
 use crate::broker::store::StoreSpec;
 
 /// What a session does when its outbound queue is full.
@@ -435,10 +436,20 @@ settings! {
     durability: Durability = Durability::Interval;
     /// How often the `$SYS/broker/...` statistics are published; zero disables them.
     sys_interval: Duration = Duration::from_secs(10);
+    /// `http://HOST:PORT`: serve Prometheus metrics (`/metrics`) and health probes
+    /// (`/healthz`, `/readyz`) there (broker/http.rs). `None`: no HTTP listener.
+    metrics_listener: Option<String> = None;
     /// A clean-session-0 client offline for longer than this loses its session
     /// (subscriptions, queued and inflight messages), in the durable store too. `None`
     /// keeps offline sessions forever (Mosquitto's `persistent_client_expiration`).
     persistent_client_expiration: Option<Duration> = None;
+    /// Bridges to other brokers (`[[bridge]]` tables with Mosquitto's names; see
+    /// `crate::broker::bridge`).
+    bridge: Vec<BridgeSettings> = Vec::new();
+    /// Cluster mode (preview): `nats://HOST:PORT[,nats://HOST:PORT...]` of a NATS server
+    /// (2.10 or later, with JetStream) through which several pyo3mq nodes act as one
+    /// broker (src/broker/cluster.rs). `None`: a single node, nothing changes.
+    cluster: Option<String> = None;
 }
 
 /// Loopback only: a broker started without a listener is not reachable from the network
@@ -477,6 +488,9 @@ impl Config {
     /// Checks what one setting's type and bounds cannot: values that would make the
     /// broker misbehave rather than merely be slow, and settings that need each other.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(uri) = &self.metrics_listener {
+            parse_metrics_listener(uri).map_err(|e| format!("metrics_listener: {e}"))?;
+        }
         if self.listeners.is_empty() {
             return Err("listeners: at least one listener is required".into());
         }
@@ -486,6 +500,9 @@ impl Config {
         }
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());
+        }
+        if let Some(urls) = &self.cluster {
+            crate::broker::cluster::parse_urls(urls).map_err(|e| e.to_string())?;
         }
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
@@ -706,9 +723,54 @@ pub fn parse_listener(uri: &str) -> Result<ListenerUri, String> {
     Ok(ListenerUri { kind, addr })
 }
 
+/// The socket address of a `metrics_listener` (`http://HOST:PORT`, IPv6 hosts in
+/// brackets; port 0 picks a free port).
+pub fn parse_metrics_listener(uri: &str) -> Result<String, String> {
+    let authority = uri
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("expected http://HOST:PORT, not {uri:?}"))?;
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.contains('/') {
+        return Err(format!(
+            "{uri:?} has a path: the paths are /metrics, /healthz and /readyz"
+        ));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{uri:?} has no port"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("{uri:?} has an invalid port"))?;
+    if host.is_empty() {
+        return Err(format!("{uri:?} has no host"));
+    }
+    Ok(authority.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_listener_uris() {
+        assert_eq!(
+            parse_metrics_listener("http://127.0.0.1:9234").unwrap(),
+            "127.0.0.1:9234"
+        );
+        assert_eq!(
+            parse_metrics_listener("http://[::1]:0/").unwrap(),
+            "[::1]:0"
+        );
+        for bad in [
+            "127.0.0.1:9234",
+            "https://127.0.0.1:9234",
+            "http://127.0.0.1",
+            "http://127.0.0.1:x",
+            "http://:9234",
+            "http://127.0.0.1:9234/metrics",
+        ] {
+            assert!(parse_metrics_listener(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn listener_uris() {

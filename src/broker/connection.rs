@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::config::AnonymousPolicy;
 use crate::broker::hooks::{AuthDecision, DisconnectReason, Event};
@@ -33,6 +33,7 @@ mod acl_cache;
 mod auth;
 mod handlers;
 mod output;
+mod packet_log;
 mod v5;
 
 use acl_cache::AclCache;
@@ -125,6 +126,8 @@ pub struct Connection {
     /// The reason code of the rule an MQTT 5.0 client broke, for the DISCONNECT sent
     /// before the close (connection/v5.rs).
     v5_reason: Option<codec::ReasonCode>,
+    /// Each packet in and out is logged at DEBUG (`packet_log`); asked once, at start.
+    log_packets: bool,
 }
 
 impl Connection {
@@ -152,6 +155,7 @@ impl Connection {
             counters: LocalCounters::default(),
             sys_publish_logged: false,
             v5_reason: None,
+            log_packets: packet_log::packets_enabled(),
         }
     }
 
@@ -242,7 +246,7 @@ impl Connection {
     }
 
     async fn refuse_with(&mut self, refusal: &Packet) {
-        self.out.put_packet(refusal);
+        self.send_packet(refusal);
         let _ = timeout(Duration::from_secs(5), self.flush()).await;
     }
 
@@ -254,9 +258,18 @@ impl Connection {
         Ok(())
     }
 
-    async fn serve(&mut self, connect: Connect, shutdown: watch::Receiver<bool>) {
+    async fn serve(&mut self, mut connect: Connect, shutdown: watch::Receiver<bool>) {
+        // A bridge (Mosquitto's `try_private`) speaks plain 3.1.1 from here on; its
+        // session (below) does not get its own messages back and keeps RETAIN flags.
+        let bridge = connect.protocol.is_bridge();
+        connect.protocol = connect.protocol.base();
         self.protocol = connect.protocol;
         self.decoder.set_protocol(connect.protocol);
+        if self.log_packets {
+            let id = &connect.client_id;
+            let connect = Packet::Connect(connect.clone());
+            debug!(target: "pyo3mq::packets", "received {} from '{id}' ({})", packet_log::Summary(&connect), self.peer);
+        }
         let Some(client_id) = self.accept_client_id(&connect).await else {
             return;
         };
@@ -265,6 +278,7 @@ impl Connection {
         // Rare paths are boxed: their state would otherwise be part of every connection's
         // future for its whole life (idle connections should cost little memory).
         if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {
+            self.router.counters().auth_failed();
             self.refuse(code).await;
             return;
         }
@@ -291,17 +305,24 @@ impl Connection {
             self.refuse(ConnectReturnCode::ServerUnavailable).await;
             return;
         };
+        session.set_bridge(bridge);
+        // The username (a certificate's Common Name with use_identity_as_username) is
+        // what an operator searches the log for; `-` for a client that sent none.
+        let username = self
+            .username
+            .as_deref()
+            .map_or_else(|| "-".to_string(), |u| format!("{u:?}"));
         info!(
-            client_id = %self.client_id, peer = %self.peer,
+            client_id = %self.client_id, peer = %self.peer, username = %username,
             protocol = ?connect.protocol, clean_session = connect.clean_session,
-            keep_alive = connect.keep_alive, session_present, "client connected"
+            keep_alive = connect.keep_alive, session_present, bridge, "client connected"
         );
         if v5 {
             self.out.set_v5();
             self.connack_v5(&connect, session_present);
         } else {
             // 3.1 CONNACKs have no session-present flag (checklist part 2, item 4).
-            self.out.put_packet(&Packet::ConnAck(ConnAck {
+            self.send_packet(&Packet::ConnAck(ConnAck {
                 session_present: session_present && connect.protocol == Protocol::V311,
                 code: ConnectReturnCode::Accepted,
             }));
@@ -530,11 +551,28 @@ impl Connection {
     fn put_outgoing(&mut self, outgoing: Outgoing) {
         match outgoing {
             Outgoing::Publish { item, pkid, dup } => {
-                self.counters.messages_sent += 1;
+                let totals = self.router.counters();
+                self.counters.sent(item.qos, item.msg.payload.len(), totals);
+                if self.log_packets {
+                    let line = packet_log::Outgoing {
+                        item: &item,
+                        pkid,
+                        dup,
+                    };
+                    debug!(target: "pyo3mq::packets", "sending {line} to '{}'", self.client_id);
+                }
                 self.out.put_publish(&item, pkid, dup);
             }
-            Outgoing::PubRel(pkid) => self.out.put_packet(&Packet::PubRel(pkid)),
+            Outgoing::PubRel(pkid) => self.send_packet(&Packet::PubRel(pkid)),
         }
+    }
+
+    /// Queues a packet the broker sends, logging it when packets are logged.
+    pub(super) fn send_packet(&mut self, packet: &Packet) {
+        if self.log_packets {
+            debug!(target: "pyo3mq::packets", "sending {} to '{}'", packet_log::Summary(packet), self.client_id);
+        }
+        self.out.put_packet(packet);
     }
 
     fn log_close(&self, close: &Close) {

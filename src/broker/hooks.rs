@@ -21,9 +21,11 @@ use crate::codec::{ConnectReturnCode, Protocol, QoS};
 
 mod acl_file;
 mod password_file;
+mod reload;
 
 pub use acl_file::{filter_covers, AclFile};
 pub use password_file::PasswordFile;
+pub use reload::Reloadable;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -70,6 +72,11 @@ pub trait Authorizer: Send + Sync {
     /// Whether the client may publish to `topic`. A refused message is acknowledged and
     /// dropped [MQTT-3.3.5-2].
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<bool>;
+    /// Changes whenever the rules may have changed (a reload): connections then forget
+    /// the publish decisions they cached and ask again. One atomic load per publish.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// Sees every published message before it is routed, in batches (all the PUBLISHes of

@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 
 mod persist;
 
+use crate::broker::cluster::Cluster;
 use crate::broker::config::Config;
 use crate::broker::hooks::{Event, Hooks};
 use crate::broker::metrics::{self, Counters};
@@ -58,9 +59,23 @@ pub struct Session {
     pub notify: Notify,
     /// Set for in-process subscribers that slow their publishers instead of dropping.
     pub flow: Option<Flow>,
+    /// Set for bridges (ours, and remote ones that connect with Mosquitto's bridge bit),
+    /// as Mosquitto treats them: messages the session's own client published are not
+    /// delivered to it, so a message a bridge brought in never goes back out through it,
+    /// and deliveries keep the publisher's RETAIN flag, so the broker at the other end
+    /// stores retained messages too.
+    bridge: AtomicBool,
 }
 
 impl Session {
+    pub fn set_bridge(&self, on: bool) {
+        self.bridge.store(on, Ordering::Relaxed);
+    }
+
+    fn is_bridge(&self) -> bool {
+        self.bridge.load(Ordering::Relaxed)
+    }
+
     /// Queues a delivery and wakes the owning connection. Never blocks on the subscriber:
     /// a full queue costs only this session (its overflow policy applies).
     pub fn deliver(&self, item: Queued) -> Enqueued {
@@ -117,9 +132,18 @@ pub struct MatchScratch {
     /// Flow-controlled subscribers over their high water mark: the publisher waits on
     /// them (see [`MatchScratch::wait_for_space`]) before reading more.
     blocked: Vec<Arc<Session>>,
+    /// Cluster mode: a QoS 1/2 message was handed to the NATS writer, or could not be;
+    /// the publisher acknowledges only after [`Router::cluster_flushed`].
+    pub(crate) cluster_pending: bool,
+    pub(crate) cluster_lost: bool,
 }
 
 impl MatchScratch {
+    /// Cluster mode: whether acknowledgements must wait for [`Router::cluster_flushed`].
+    pub fn cluster_pending(&self) -> bool {
+        self.cluster_pending || self.cluster_lost
+    }
+
     /// Whether a flow-controlled subscriber asked this publisher to wait.
     pub fn has_blocked(&self) -> bool {
         !self.blocked.is_empty()
@@ -193,6 +217,9 @@ pub struct Router {
     /// Set with `durability = "sync"`: asks the store writer for a commit that includes
     /// everything routed so far, and is answered once it is on disk.
     durable: std::sync::OnceLock<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<bool>>>,
+    /// Cluster mode (`cluster` setting): where publishes and subscription interest go.
+    /// Unset, routing costs one well-predicted check more than before.
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 impl Router {
@@ -227,6 +254,32 @@ impl Router {
             full_save_due: AtomicBool::new(false),
             saving: Mutex::new(()),
             durable: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Joins a cluster: publishes go to the other nodes from now on, and every
+    /// subscription held now (restored sessions) or later is NATS interest.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let clients = self.clients.lock();
+        for slot in clients.values() {
+            for filter in slot.session.state.lock().subscriptions.keys() {
+                cluster.add_interest(filter);
+            }
+        }
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Cluster mode: resolves once the QoS 1/2 messages this publisher forwarded left
+    /// for the other nodes; false if one could not (acknowledge nothing then).
+    pub async fn cluster_flushed(&self, scratch: &mut MatchScratch) -> bool {
+        match self.cluster.get() {
+            Some(cluster) => cluster.flushed(scratch).await,
+            None => true,
         }
     }
 
@@ -299,6 +352,25 @@ impl Router {
         self.retained.read().len()
     }
 
+    /// (messages queued, QoS 1/2 deliveries inflight) over every client session, for
+    /// `/metrics`. A lock per session, each taken on its own after the client map's lock
+    /// is released: a scrape holds up no connect and no publisher for long.
+    pub fn queue_totals(&self) -> (u64, u64) {
+        let sessions: Vec<Arc<Session>> = self
+            .clients
+            .lock()
+            .values()
+            .map(|slot| slot.session.clone())
+            .collect();
+        sessions.iter().fold((0, 0), |(queued, inflight), session| {
+            let state = session.state.lock();
+            (
+                queued + state.queued_len() as u64,
+                inflight + state.inflight_len() as u64,
+            )
+        })
+    }
+
     /// A process-unique id for connections and sessions.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -332,6 +404,7 @@ impl Router {
             state: Mutex::new(state),
             notify: Notify::new(),
             flow,
+            bridge: AtomicBool::new(false),
         })
     }
 
@@ -511,6 +584,12 @@ impl Router {
             for filter in state.subscriptions.keys() {
                 subs.remove(filter, &session.id);
             }
+            if let Some(cluster) = self.cluster.get() {
+                state
+                    .subscriptions
+                    .keys()
+                    .for_each(|f| cluster.remove_interest(f));
+            }
         }
         state.clear();
     }
@@ -519,20 +598,36 @@ impl Router {
     /// copy per session at the highest QoS among its matching subscriptions
     /// [MQTT-3.3.5-1], and updates the retained store when RETAIN is set.
     pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
-        if msg.retain {
-            let mut retained = self.retained.write();
-            let kept = if msg.payload.is_empty() {
-                // [MQTT-3.3.1-10], [MQTT-3.3.1-11]: delete, never store an empty message.
-                retained.remove(&msg.topic);
-                None
-            } else {
-                retained.insert(&msg.topic, msg.clone());
-                Some(msg.clone())
-            };
-            if self.tracking.load(Ordering::Relaxed) && !metrics::is_reserved(&msg.topic) {
-                self.retained_changes.lock().insert(msg.topic.clone(), kept);
-            }
+        if let Some(cluster) = self.cluster.get() {
+            cluster.forward(&msg, scratch);
         }
+        if msg.retain {
+            self.set_retained(msg.clone());
+        }
+        self.publish_remote(msg, scratch);
+    }
+
+    /// Sets (or with an empty payload, clears) a retained message without routing it:
+    /// for [`Router::publish`], and in cluster mode for retained messages set on
+    /// another node.
+    pub fn set_retained(&self, msg: Arc<Message>) {
+        let mut retained = self.retained.write();
+        let kept = if msg.payload.is_empty() {
+            // [MQTT-3.3.1-10], [MQTT-3.3.1-11]: delete, never store an empty message.
+            retained.remove(&msg.topic);
+            None
+        } else {
+            retained.insert(&msg.topic, msg.clone());
+            Some(msg.clone())
+        };
+        if self.tracking.load(Ordering::Relaxed) && !metrics::is_reserved(&msg.topic) {
+            self.retained_changes.lock().insert(msg.topic.clone(), kept);
+        }
+    }
+
+    /// Routes a message to the local sessions only: [`Router::publish`]'s routing, and
+    /// in cluster mode the way messages from other nodes are delivered (never sent on).
+    pub fn publish_remote(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
         {
             let subs = self.subs.read();
             subs.matches(&msg.topic, &mut |id, sub| {
@@ -547,10 +642,14 @@ impl Router {
         }
         let mut dropped = 0;
         for (_, granted, session) in matches.drain(..) {
+            let bridge = session.is_bridge();
+            if bridge && msg.publisher == session.client_id {
+                continue;
+            }
             let item = Queued {
                 msg: msg.clone(),
                 qos: msg.qos.min(granted),
-                retain: false,
+                retain: bridge && msg.retain,
             };
             dropped += deliver_counting_drops(&session, item);
             if let Some(flow) = &session.flow {
@@ -584,8 +683,11 @@ impl Router {
                     session: session.clone(),
                 },
             );
-            state.subscriptions.insert(filter.clone(), qos);
+            let replaced = state.subscriptions.insert(filter.clone(), qos).is_some();
             state.mark_changed();
+            if let (false, Some(cluster)) = (replaced, self.cluster.get()) {
+                cluster.add_interest(filter);
+            }
         }
         let mut replay = Vec::new();
         self.retained
@@ -614,6 +716,9 @@ impl Router {
         if state.subscriptions.remove(filter).is_some() {
             self.subs.write().remove(filter, &session.id);
             state.mark_changed();
+            if let Some(cluster) = self.cluster.get() {
+                cluster.remove_interest(filter);
+            }
             true
         } else {
             false

@@ -8,6 +8,7 @@
 //! detached from its session, and the sessions can be saved.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +17,15 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, warn};
 
+use crate::broker::bridge;
+use crate::broker::cluster::{self, ClusterError};
 use crate::broker::config::{
     AnonymousPolicy, Config, Durability, ListenerKind, StoreLoadError, TlsSettings,
 };
 use crate::broker::connection::{refuse_busy, Connection};
-use crate::broker::hooks::{AclFile, Hooks, PasswordFile};
+use crate::broker::hooks::{AclFile, Authenticator, Authorizer, Hooks, PasswordFile, Reloadable};
+use crate::broker::http;
+use crate::broker::metrics::TransportKind;
 use crate::broker::router::Router;
 use crate::broker::store::{SessionStore, StoreError, StoredState};
 use crate::broker::sys_topics;
@@ -38,15 +43,26 @@ pub enum ServerError {
     /// save (see `store_load_error`).
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
 }
+
+/// An authorizer [`Server::reload`] can replace while connections use it.
+type SharedAuthorizer = Arc<Reloadable<dyn Authorizer>>;
 
 pub struct Server {
     runtime: Option<Runtime>,
     router: Arc<Router>,
     store: Arc<dyn SessionStore>,
     addresses: Vec<SocketAddr>,
+    /// The metrics listener's address and what it serves, when `metrics_listener` is set.
+    metrics: Option<(SocketAddr, Arc<http::State>)>,
     /// Each TLS listener's settings and the acceptor its new connections use.
     tls: Vec<(TlsSettings, SharedAcceptor)>,
+    /// The `password_file` and the authenticator it became, for [`Server::reload`].
+    password_file: Option<(String, Arc<Reloadable<dyn Authenticator>>)>,
+    /// The authorizer, and the `acl_file` it was read from (`None`: code supplied it).
+    authorizer: Option<(Option<String>, SharedAuthorizer)>,
     shutdown: watch::Sender<bool>,
     /// Dropped at stop; `all_done` then yields `None` once every task has ended.
     done_tx: Option<mpsc::Sender<()>>,
@@ -64,15 +80,21 @@ impl Server {
         track_changes: bool,
     ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
-        // Before anything is bound or spawned: a store that cannot be read stops the start
-        // here, with nothing to undo and nothing written.
-        let stored = load_store(store.as_ref(), config.store_load_error)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("pyo3mq-worker");
         if config.worker_threads > 0 {
             builder.worker_threads(config.worker_threads);
         }
         let runtime = builder.build().map_err(ServerError::Runtime)?;
+        // The health listener comes first, so that a long store load shows as "alive, not
+        // ready" (dropping the runtime closes it if the start fails below).
+        let metrics = match &config.metrics_listener {
+            Some(uri) => Some(start_metrics_listener(&runtime, uri, &config)?),
+            None => None,
+        };
+        // Before any MQTT listener is bound: a store that cannot be read stops the start
+        // here, with nothing written.
+        let stored = load_store(store.as_ref(), config.store_load_error)?;
 
         let mut listeners = Vec::new();
         let mut tls = Vec::new();
@@ -102,13 +124,27 @@ impl Server {
             .collect();
 
         // The config file's password and ACL files, unless code supplied its own hooks.
+        // Both are held swappable, for `reload()`; so is a supplied authorizer, whose
+        // rules may change too (a reload then makes connections ask it again).
+        let mut password_file = None;
         if let (Some(path), None) = (&config.password_file, &hooks.authenticator) {
-            hooks.authenticator = Some(Arc::new(
-                PasswordFile::load(path).map_err(ServerError::Config)?,
-            ));
+            let file = PasswordFile::load(path).map_err(ServerError::Config)?;
+            let hook = Arc::new(Reloadable::<dyn Authenticator>::new(Arc::new(file)));
+            hooks.authenticator = Some(hook.clone());
+            password_file = Some((path.clone(), hook));
         }
-        if let (Some(path), None) = (&config.acl_file, &hooks.authorizer) {
-            hooks.authorizer = Some(Arc::new(AclFile::load(path).map_err(ServerError::Config)?));
+        let authorizer = match (hooks.authorizer.take(), &config.acl_file) {
+            (Some(supplied), _) => Some((None, supplied)),
+            (None, Some(path)) => {
+                let file: Arc<dyn Authorizer> =
+                    Arc::new(AclFile::load(path).map_err(ServerError::Config)?);
+                Some((Some(path.clone()), file))
+            }
+            (None, None) => None,
+        }
+        .map(|(path, hook)| (path, Arc::new(Reloadable::new(hook))));
+        if let Some((_, hook)) = &authorizer {
+            hooks.authorizer = Some(hook.clone());
         }
         let has_authenticator = hooks.authenticator.is_some();
         let router = Arc::new(Router::new(config.clone(), hooks));
@@ -122,6 +158,13 @@ impl Server {
         }
         router.restore(stored);
         let (shutdown, _) = watch::channel(false);
+        if let Some(urls) = &config.cluster {
+            // Before any client is accepted: the engine is checked and the retained
+            // messages are read, or the start fails here.
+            let cluster =
+                runtime.block_on(cluster::start(urls, router.clone(), shutdown.subscribe()))?;
+            router.set_cluster(cluster);
+        }
         if let Some(limit) = config.persistent_client_expiration {
             // Sessions that were offline too long when the broker stopped end before any
             // client can resume them.
@@ -170,6 +213,14 @@ impl Server {
                 shutdown.subscribe(),
             ));
         }
+        for settings in &config.bridge {
+            runtime.spawn(bridge::run(
+                settings.clone(),
+                router.clone(),
+                shutdown.subscribe(),
+                done_tx.clone(),
+            ));
+        }
         for (listener, kind, acceptor) in listeners {
             let mut anonymous = AnonymousPolicy::Refuse;
             if let Ok(addr) = listener.local_addr() {
@@ -191,12 +242,19 @@ impl Server {
                 done_tx.clone(),
             ));
         }
+        if let Some((_, state)) = &metrics {
+            let _ = state.router.set(router.clone());
+            state.ready.store(true, Ordering::Relaxed);
+        }
         Ok(Server {
             runtime: Some(runtime),
             router,
             store,
             addresses,
+            metrics,
             tls,
+            password_file,
+            authorizer,
             shutdown,
             done_tx: Some(done_tx),
             all_done,
@@ -205,6 +263,11 @@ impl Server {
 
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if `metrics_listener` is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Runs a task on the broker's runtime (stopped with the broker).
@@ -239,6 +302,66 @@ impl Server {
         Ok(self.tls.len())
     }
 
+    /// SIGHUP's work: reads the `password_file`, the `acl_file` and the TLS listeners'
+    /// certificate files again and puts each in place, keeping every connection. Each
+    /// part stands alone: one that cannot be read or parsed keeps what it had, logs
+    /// why, and is listed in [`ReloadReport::failed`]; the others are still reloaded.
+    /// Open connections keep their login; the new ACL applies to their next SUBSCRIBE
+    /// and PUBLISH (their cached publish decisions are dropped). With an authorizer
+    /// supplied by code, a reload makes connections ask it again. Blocks the calling
+    /// thread while it reads the files (call it from a caller's thread).
+    pub fn reload(&self) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        if let Some((path, hook)) = &self.password_file {
+            match PasswordFile::load(path) {
+                Ok(file) => {
+                    info!(
+                        "password file {path} reloaded: {} user(s)",
+                        file.user_count()
+                    );
+                    hook.replace(Arc::new(file));
+                    report.reloaded.push(RELOAD_PASSWORD_FILE);
+                }
+                Err(err) => {
+                    error!("not reloaded, the previous users stay: {err}");
+                    report.failed.push((RELOAD_PASSWORD_FILE, err));
+                }
+            }
+        }
+        match &self.authorizer {
+            Some((Some(path), hook)) => match AclFile::load(path) {
+                Ok(file) => {
+                    hook.replace(Arc::new(file));
+                    info!("ACL file {path} reloaded; connections are checked against it from their next publish and subscribe");
+                    report.reloaded.push(RELOAD_ACL_FILE);
+                }
+                Err(err) => {
+                    error!("not reloaded, the previous rules stay: {err}");
+                    report.failed.push((RELOAD_ACL_FILE, err));
+                }
+            },
+            Some((None, hook)) => hook.invalidate(),
+            None => {}
+        }
+        if !self.tls.is_empty() {
+            match self.reload_tls() {
+                Ok(count) => {
+                    report.tls_listeners = count;
+                    report.reloaded.push(RELOAD_TLS);
+                }
+                Err(err) => {
+                    let err = match err {
+                        ServerError::Config(msg) => msg,
+                        other => other.to_string(),
+                    };
+                    error!("TLS certificates not reloaded, the previous ones stay: {err}");
+                    report.failed.push((RELOAD_TLS, err));
+                }
+            }
+        }
+        report
+    }
+
     /// Stops accepting, closes every connection after flushing what it has pending, saves
     /// persistent sessions and retained messages to the store, and ends the runtime.
     /// Blocks the calling thread (Python calls it with the GIL released).
@@ -246,6 +369,10 @@ impl Server {
         let Some(runtime) = self.runtime.take() else {
             return;
         };
+        if let Some((_, state)) = &self.metrics {
+            // Not ready from now on; `/healthz` and `/metrics` answer until the runtime ends.
+            state.ready.store(false, Ordering::Relaxed);
+        }
         let _ = self.shutdown.send(true);
         self.done_tx.take();
         let all_done = &mut self.all_done;
@@ -256,6 +383,10 @@ impl Server {
         });
         if !finished {
             error!("connections did not close within 10 s; stopping anyway");
+        }
+        if let Some(cluster) = self.router.cluster() {
+            // The wills of the connections just closed go to the other nodes.
+            runtime.block_on(cluster::flush_on_stop(cluster));
         }
         if !self.router.config().session_store.is_durable() {
             // The in-process copy (for a restart of this object, or read by a Python store
@@ -273,6 +404,78 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Reads every file `config` names the way a start (and a reload) reads them: the
+/// password file, the ACL file and each TLS listener's certificate, key and CA files.
+/// Returns one message per problem, each naming the file; empty when all are good.
+/// (`pyo3mq check-config` runs this; it binds nothing and opens no session store.)
+pub fn check_files(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(path) = &config.password_file {
+        if let Err(err) = PasswordFile::load(path) {
+            problems.push(err);
+        }
+    }
+    if let Some(path) = &config.acl_file {
+        if let Err(err) = AclFile::load(path) {
+            problems.push(err);
+        }
+    }
+    match config.listener_specs() {
+        Ok(specs) => {
+            for spec in specs {
+                if let Some(settings) = &spec.tls {
+                    if let Err(err) = TlsAcceptor::new(settings) {
+                        problems.push(format!("listener {}: {err}", spec.uri));
+                    }
+                }
+            }
+        }
+        Err(err) => problems.push(err),
+    }
+    problems
+}
+
+/// What [`Server::reload`] names the password file in its report.
+pub const RELOAD_PASSWORD_FILE: &str = "password_file";
+/// ...the ACL file...
+pub const RELOAD_ACL_FILE: &str = "acl_file";
+/// ...and the TLS listeners' certificate, key and CA files.
+pub const RELOAD_TLS: &str = "tls";
+
+/// What a [`Server::reload`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The parts read again and put in place, in the order `password_file`, `acl_file`,
+    /// `tls`; a part the broker was not configured with is not listed.
+    pub reloaded: Vec<&'static str>,
+    /// The parts that could not be, each with why; they keep what they had.
+    pub failed: Vec<(&'static str, String)>,
+    /// TLS listeners whose certificates were reloaded.
+    pub tls_listeners: usize,
+}
+
+/// Binds the metrics and health listener and serves it on `runtime`.
+fn start_metrics_listener(
+    runtime: &Runtime,
+    uri: &str,
+    config: &Config,
+) -> Result<(SocketAddr, Arc<http::State>), ServerError> {
+    let addr = crate::broker::config::parse_metrics_listener(uri)
+        .map_err(|e| ServerError::Config(format!("metrics_listener: {e}")))?;
+    let bind_error = |source| ServerError::Bind {
+        uri: uri.to_string(),
+        source,
+    };
+    let listener = runtime
+        .block_on(TcpListener::bind(&addr))
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    let state = Arc::new(http::State::default());
+    runtime.spawn(http::serve(listener, state.clone(), config.connect_timeout));
+    info!("serving metrics and health probes on http://{local} (/metrics, /healthz, /readyz)");
+    Ok((local, state))
 }
 
 /// What the store holds; when it cannot be read, either the error (`Refuse`) or, for
@@ -331,6 +534,15 @@ pub fn save_now(router: &Router, store: &dyn SessionStore) -> Option<bool> {
     Some(saved)
 }
 
+fn transport_kind(kind: &ListenerKind) -> TransportKind {
+    match kind {
+        ListenerKind::Tcp => TransportKind::Tcp,
+        ListenerKind::Tls => TransportKind::Tls,
+        ListenerKind::Ws(_) => TransportKind::Ws,
+        ListenerKind::Wss(_) => TransportKind::Wss,
+    }
+}
+
 fn kind_name(kind: &ListenerKind) -> String {
     match kind {
         ListenerKind::Tcp => "MQTT".into(),
@@ -362,6 +574,7 @@ async fn accept_loop(
         tls,
         anonymous,
     } = listening;
+    let transport = transport_kind(&kind);
     loop {
         let accepted = tokio::select! {
             res = listener.accept() => res,
@@ -388,11 +601,14 @@ async fn accept_loop(
         };
         let shutdown = shutdown.clone();
         let done = done.clone();
+        router.counters().connection_opened(transport);
         if kind == ListenerKind::Tcp {
             let connection =
                 Connection::new(router.clone(), stream, peer).with_anonymous(anonymous);
+            let router = router.clone();
             tokio::spawn(async move {
                 connection.run(shutdown).await;
+                router.counters().connection_closed(transport);
                 drop(permit);
                 drop(done);
             });
@@ -409,11 +625,12 @@ async fn accept_loop(
                 _ = stop.changed() => None,
             };
             if let Some(io) = accepted {
-                Connection::new(router, io, peer)
+                Connection::new(router.clone(), io, peer)
                     .with_anonymous(anonymous)
                     .run(shutdown)
                     .await;
             }
+            router.counters().connection_closed(transport);
             drop(permit);
             drop(done);
         });

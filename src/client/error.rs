@@ -14,6 +14,11 @@ pub enum ClientError {
     /// The TCP connection could not be made.
     #[error("could not connect: {0}")]
     ConnectFailed(String),
+    /// The TLS handshake failed on the certificates or the server's refusal: the server's
+    /// certificate is not trusted or not for this name, or the server wants a client
+    /// certificate it was not given. Retrying does not change that.
+    #[error("{0}")]
+    Tls(String),
     /// The connection broke (reset, EOF, write error).
     #[error("connection lost: {0}")]
     ConnectionLost(String),
@@ -35,7 +40,7 @@ impl ClientError {
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             ClientError::Refused(code) => *code == ConnectReturnCode::ServerUnavailable,
-            ClientError::Store(_) => false,
+            ClientError::Store(_) | ClientError::Tls(_) => false,
             _ => true,
         }
     }

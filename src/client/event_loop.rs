@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use parking_lot::{Condvar, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -26,6 +24,7 @@ use super::options::{Options, Reconnect};
 use super::runtime::WakePipe;
 use super::state::{ConnectionState, Outcome, Signals, State};
 use super::store::Store;
+use super::transport::{Connector, Reader, Writer};
 
 /// Bytes read from the socket per `read` call at most (the buffer grows in these steps).
 const READ_CHUNK: usize = 64 * 1024;
@@ -33,6 +32,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// What the handle and the connection task share.
 pub(crate) struct Shared {
     pub(crate) opts: Options,
+    /// Makes the connection's stream: TCP, TLS or WebSocket, all driven alike below.
+    connector: Connector,
     connect: Packet,
     pub(crate) state: Mutex<State>,
     /// The write buffer has data, or a close was requested.
@@ -56,15 +57,22 @@ pub(crate) struct Shared {
     persisted: Notify,
 }
 
-/// A connection that got CONNACK: the stream, bytes read past the CONNACK, and the
-/// session present flag.
-type Connection = (TcpStream, BytesMut, bool);
+/// A connection that got CONNACK: the stream's halves, bytes read past the CONNACK, and
+/// the session present flag.
+type Connection = (Reader, Writer, BytesMut, bool);
 
 impl Shared {
-    pub(crate) fn new(opts: Options, state: State, wake: WakePipe, store: Option<Store>) -> Shared {
+    pub(crate) fn new(
+        opts: Options,
+        connector: Connector,
+        state: State,
+        wake: WakePipe,
+        store: Option<Store>,
+    ) -> Shared {
         let connect = opts.connect_packet();
         Shared {
             opts,
+            connector,
             connect,
             state: Mutex::new(state),
             writer: Notify::new(),
@@ -138,16 +146,15 @@ impl Shared {
 
     async fn connect_once(&self) -> Result<Connection, ClientError> {
         let attempt = async {
-            let lost = |e: io::Error| ClientError::ConnectionLost(e.to_string());
-            let mut stream = TcpStream::connect((self.opts.host.as_str(), self.opts.port))
-                .await
-                .map_err(|e| ClientError::ConnectFailed(format!("{}: {e}", self.addr())))?;
-            let _ = stream.set_nodelay(true);
+            // A TLS 1.3 server refuses a client certificate after the client finished its
+            // handshake: the refusal arrives here, as a read or write error.
+            let lost = |e: io::Error| self.connector.failure("waiting for CONNACK", e);
+            let (mut rd, mut wr) = self.connector.connect().await?;
             let mut buf = BytesMut::new();
             self.connect
                 .encode(&mut buf)
                 .map_err(|e| ClientError::ConnectFailed(e.to_string()))?;
-            stream.write_all(&buf).await.map_err(lost)?;
+            wr.write_all(&buf).await.map_err(lost)?;
             let decoder = Decoder::new(self.opts.max_packet_size);
             let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
             loop {
@@ -164,7 +171,7 @@ impl Shared {
                                         .into(),
                                 ));
                             }
-                            Ok((stream, rbuf, ack.session_present))
+                            Ok((rd, wr, rbuf, ack.session_present))
                         }
                         Packet::ConnAck(ack) => Err(ClientError::Refused(ack.code)),
                         other => Err(ClientError::Protocol(format!(
@@ -173,7 +180,7 @@ impl Shared {
                         ))),
                     };
                 }
-                if stream.read_buf(&mut rbuf).await.map_err(lost)? == 0 {
+                if rd.read_buf(&mut rbuf).await.map_err(lost)? == 0 {
                     return Err(ClientError::ConnectionLost(
                         "the server closed the connection before CONNACK".into(),
                     ));
@@ -224,9 +231,10 @@ impl Shared {
                 return;
             }
         };
-        self.with_state(|st| st.on_connected(conn.2, Some(token), Instant::now()));
+        self.with_state(|st| st.on_connected(conn.3, Some(token), Instant::now()));
         loop {
-            let reason = self.serve(conn.0, conn.1).await;
+            let (rd, wr, rbuf, _) = conn;
+            let reason = self.serve(rd, wr, rbuf).await;
             if reason == ClientError::Closed {
                 self.finish(None).await;
                 return;
@@ -247,7 +255,7 @@ impl Shared {
                     return;
                 }
             }
-            self.with_state(|st| st.on_connected(conn.2, None, Instant::now()));
+            self.with_state(|st| st.on_connected(conn.3, None, Instant::now()));
         }
     }
 
@@ -379,8 +387,7 @@ impl Shared {
 
     /// Runs one connection until it ends; returns why. `ClientError::Closed` means the
     /// user closed it (DISCONNECT was sent).
-    async fn serve(&self, stream: TcpStream, mut rbuf: BytesMut) -> ClientError {
-        let (mut rd, mut wr) = stream.into_split();
+    async fn serve(&self, mut rd: Reader, mut wr: Writer, mut rbuf: BytesMut) -> ClientError {
         let decoder = Decoder::new(self.opts.max_packet_size);
 
         let reader = async {
@@ -555,7 +562,7 @@ impl Shared {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::time::{Duration, Instant};
@@ -563,7 +570,8 @@ mod tests {
     use crate::client::{Client, ConnectionState, Options, Outcome, Reconnect};
     use crate::codec::Protocol;
 
-    fn options(port: u16, reconnect: Option<Reconnect>) -> Options {
+    /// Options for tests: a client on 127.0.0.1:`port`, keepalive off, small limits.
+    pub(crate) fn options(port: u16, reconnect: Option<Reconnect>) -> Options {
         Options {
             host: "127.0.0.1".into(),
             port,
@@ -581,6 +589,7 @@ mod tests {
             max_packet_size: 1 << 16,
             reconnect,
             session_store: None,
+            transport: Default::default(),
         }
     }
 

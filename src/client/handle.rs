@@ -19,6 +19,7 @@ use super::options::Options;
 use super::runtime::{runtime, WakePipe};
 use super::state::{ConnectionState, Drained, Incoming, Limits, State, Submitted};
 use super::store::{Store, StoreError};
+use super::transport::Connector;
 
 /// Why a client could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,9 @@ impl Client {
     /// off any async runtime's workers), and resumed by the first connection.
     pub fn new(mut opts: Options) -> Result<Client, SetupError> {
         opts.validate().map_err(SetupError::Invalid)?;
+        // Certificates, keys and the system's roots are read here, once: a bad file is
+        // the constructor's error, naming the file.
+        let connector = Connector::new(&opts).map_err(SetupError::Invalid)?;
         let wake = WakePipe::new()
             .map_err(|e| SetupError::Invalid(format!("cannot create the wake socket: {e}")))?;
         let limits = Limits {
@@ -84,7 +88,7 @@ impl Client {
             None => None,
         };
         Ok(Client {
-            shared: Arc::new(Shared::new(opts, state, wake, store)),
+            shared: Arc::new(Shared::new(opts, connector, state, wake, store)),
         })
     }
 

@@ -10,6 +10,7 @@ use crate::codec::{self, LastWill, Packet, Protocol};
 use crate::topic as topics;
 
 use super::runtime::random_u64;
+use super::transport::TransportOptions;
 
 /// How to retry a connection that failed or was lost.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,6 +64,8 @@ pub struct Options {
     /// A SQLite file keeping the session's unacknowledged outgoing QoS 1/2 publishes and
     /// inbound QoS 2 ids across processes (needs `clean_session = false` and a client id).
     pub session_store: Option<PathBuf>,
+    /// TCP (the default), TLS, WebSocket or secure WebSocket, and their settings.
+    pub transport: TransportOptions,
 }
 
 impl Options {
@@ -158,6 +161,7 @@ mod tests {
             max_packet_size: 1 << 20,
             reconnect: None,
             session_store: None,
+            transport: TransportOptions::default(),
         }
     }
 

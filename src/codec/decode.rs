@@ -347,6 +347,8 @@ pub(super) fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     let protocol = match (name.as_ref(), level) {
         (b"MQTT", 4) => Protocol::V311,
         (b"MQTT", 5) => Protocol::V5,
+        // Mosquitto bridges set the level's high bit (`try_private`).
+        (b"MQTT", 0x84) => Protocol::V311Bridge,
         (b"MQIsdp", 3) => Protocol::V31,
         (b"MQTT", level) => {
             return Err(Error::UnsupportedProtocolLevel {
@@ -364,7 +366,7 @@ pub(super) fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     };
     let flags = r.u8()?;
     // 3.1 calls bit 0 merely "unused"; 3.1.1 and 5.0 make setting it a violation.
-    if flags & 0x01 != 0 && protocol != Protocol::V31 {
+    if flags & 0x01 != 0 && protocol.base() != Protocol::V31 {
         return Err(Error::ConnectReservedFlag);
     }
     let clean_session = flags & 0x02 != 0;

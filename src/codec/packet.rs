@@ -19,6 +19,10 @@ pub enum Protocol {
     V311,
     /// MQTT 5.0: protocol name `MQTT`, level 5.
     V5,
+    /// MQTT 3.1.1 from a bridge: level 4 with the high bit set (0x84), Mosquitto's
+    /// `try_private`, which tells the server the client is a bridge so it does not send
+    /// the bridge's own messages back to it. Servers normalise it with [`Protocol::base`].
+    V311Bridge,
 }
 
 impl Protocol {
@@ -27,13 +31,27 @@ impl Protocol {
             Protocol::V31 => 3,
             Protocol::V311 => 4,
             Protocol::V5 => 5,
+            Protocol::V311Bridge => 0x84,
         }
+    }
+
+    /// The revision without the bridge marker.
+    pub fn base(self) -> Protocol {
+        match self {
+            Protocol::V311Bridge => Protocol::V311,
+            other => other,
+        }
+    }
+
+    /// Whether the CONNECT carried Mosquitto's bridge bit (0x80 in the level).
+    pub fn is_bridge(self) -> bool {
+        self == Protocol::V311Bridge
     }
 
     pub(super) fn name(self) -> &'static [u8] {
         match self {
             Protocol::V31 => b"MQIsdp",
-            Protocol::V311 | Protocol::V5 => b"MQTT",
+            Protocol::V311 | Protocol::V311Bridge | Protocol::V5 => b"MQTT",
         }
     }
 }

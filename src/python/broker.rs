@@ -14,8 +14,9 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 
 use crate::broker::config::{Config, Value};
 use crate::broker::hooks::Hooks;
+use crate::broker::metrics::HookKind;
 use crate::broker::router::{MatchScratch, Router, Session};
-use crate::broker::server::{save_now, Server, ServerError};
+use crate::broker::server::{check_files, save_now, Server, ServerError};
 use crate::broker::session::Message;
 use crate::broker::store::{
     open_store, MemoryStore, SessionSnapshot, SessionStore, StoredMessage, StoredState,
@@ -155,6 +156,14 @@ fn config_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pyfunction]
 fn check_settings(settings: &Bound<'_, PyDict>) -> PyResult<()> {
     config_from(settings).map(|_| ())
+}
+
+/// Reads the files the settings name (password file, ACL file, TLS certificates and
+/// keys) as a start would, without starting anything; returns one message per problem.
+#[pyfunction]
+fn check_config_files(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Vec<String>> {
+    let config = config_from(settings)?;
+    Ok(py.detach(move || check_files(&config)))
 }
 
 struct Running {
@@ -312,6 +321,28 @@ impl BrokerCore {
         py.detach(|| running.server.reload_tls()).map_err(to_pyerr)
     }
 
+    /// Reads the password file, the ACL file and the TLS certificate files again
+    /// (`Server::reload`, with the interpreter released). Returns the parts reloaded,
+    /// the parts that failed with why (they keep what they had), and the number of TLS
+    /// listeners reloaded; `pyo3mq.Broker.reload()` turns failures into `ReloadError`.
+    #[allow(clippy::type_complexity)] // the triple is unpacked at once by broker.py
+    fn reload(&self, py: Python<'_>) -> PyResult<(Vec<String>, Vec<(String, String)>, usize)> {
+        let slot = self.running.lock();
+        let running = slot
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let report = py.detach(|| running.server.reload());
+        Ok((
+            report.reloaded.iter().map(|p| p.to_string()).collect(),
+            report
+                .failed
+                .into_iter()
+                .map(|(part, why)| (part.to_string(), why))
+                .collect(),
+            report.tls_listeners,
+        ))
+    }
+
     /// Messages dropped by full session queues since the broker started.
     #[getter]
     fn dropped_messages(&self) -> u64 {
@@ -333,6 +364,53 @@ impl BrokerCore {
             stats.push(("events_dropped".to_string(), router.events_dropped()));
             stats
         })
+    }
+
+    /// The figures in the Prometheus text format (what `metrics_listener` serves at
+    /// `/metrics`); empty when stopped. Rendered with the interpreter released.
+    fn metrics_text(&self, py: Python<'_>) -> String {
+        let router = self
+            .running
+            .lock()
+            .as_ref()
+            .map(|r| r.server.router().clone());
+        match router {
+            Some(router) => py.detach(move || crate::broker::metrics::prometheus::render(&router)),
+            None => String::new(),
+        }
+    }
+
+    /// The metrics listener's bound (host, port), if `metrics_listener` is set and the
+    /// broker runs.
+    #[getter]
+    fn metrics_address(&self) -> Option<(String, u16)> {
+        self.running
+            .lock()
+            .as_ref()
+            .and_then(|r| r.server.metrics_address())
+            .map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    /// Counts a Python hook call: `seconds` it took (None: not timed here, the broker
+    /// times its calls itself) and whether it failed (raised, or answered with a value
+    /// that cannot be used). `kind` is a hook label of `/metrics`.
+    #[pyo3(signature = (kind, seconds=None, failed=false))]
+    fn hook_called(&self, kind: &str, seconds: Option<f64>, failed: bool) -> PyResult<()> {
+        let kind = HookKind::from_name(kind)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown hook kind {kind:?}")))?;
+        let Ok(router) = self.router() else {
+            return Ok(()); // stopped: nothing to count into
+        };
+        let counters = router.counters();
+        if let Some(seconds) = seconds {
+            let took = std::time::Duration::try_from_secs_f64(seconds)
+                .map_err(|e| PyValueError::new_err(format!("seconds: {e}")))?;
+            counters.hook_called(kind, took);
+        }
+        if failed {
+            counters.hook_failed(kind);
+        }
+        Ok(())
     }
 
     /// Routes a message as if a client had published it (no socket involved). Returns 0,
@@ -687,5 +765,6 @@ fn session_record<'py>(py: Python<'py>, s: &SessionSnapshot) -> PyResult<Bound<'
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BrokerCore>()?;
     m.add_function(wrap_pyfunction!(config_defaults, m)?)?;
-    m.add_function(wrap_pyfunction!(check_settings, m)?)
+    m.add_function(wrap_pyfunction!(check_settings, m)?)?;
+    m.add_function(wrap_pyfunction!(check_config_files, m)?)
 }

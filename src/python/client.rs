@@ -25,8 +25,8 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::client::{
-    Client, ClientError, ConnectionState, Incoming, Options, Outcome, Reconnect, SetupError,
-    StateChange, Submitted,
+    Client, ClientError, ConnectionState, Incoming, Options, Outcome, Reconnect, Scheme,
+    SetupError, StateChange, Submitted, TlsOptions, TlsVersions, TransportOptions, Verify,
 };
 use crate::codec::{ConnectReturnCode, LastWill, Protocol, QoS};
 use crate::topic as topics;
@@ -64,6 +64,20 @@ fn with_payload<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResu
         "payload must be bytes, bytearray, str, int, float or None, not {}",
         obj.get_type().name()?
     )))
+}
+
+/// The value `name` stands for among `choices`; a ValueError listing them otherwise.
+fn choice<T: Copy>(setting: &str, name: &str, choices: &[(&str, T)]) -> PyResult<T> {
+    match choices.iter().find(|(n, _)| *n == name) {
+        Some((_, value)) => Ok(*value),
+        None => {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            Err(PyValueError::new_err(format!(
+                "{setting} must be one of {}, not {name:?}",
+                names.join(", ")
+            )))
+        }
+    }
 }
 
 fn payload_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
@@ -199,7 +213,10 @@ fn exception<'py>(py: Python<'py>, e: &ClientError) -> PyResult<Bound<'py, PyAny
         ClientError::ConnectionLost(_) => {
             client_error_class(py, ClientErrorClass::Connection)?.call1((message, rc::CONN_LOST))
         }
-        ClientError::ConnectFailed(_) | ClientError::Store(_) | ClientError::Closed => {
+        ClientError::ConnectFailed(_)
+        | ClientError::Tls(_)
+        | ClientError::Store(_)
+        | ClientError::Closed => {
             client_error_class(py, ClientErrorClass::Connection)?.call1((message, rc::NO_CONN))
         }
     }
@@ -492,7 +509,10 @@ impl ClientCore {
     #[pyo3(signature = (
         host, port, *, client_id, clean_session, keepalive, username, password, will,
         protocol, connect_timeout, max_inflight, max_buffered_bytes, max_queued_incoming,
-        max_packet_size, reconnect, session_store = None
+        max_packet_size, reconnect, session_store = None, transport = "tcp",
+        tls_cafile = None, tls_ca_der = None, tls_certfile = None, tls_keyfile = None,
+        tls_key_pem = None, tls_verify = "full", tls_versions = "any", tls_server_name = None,
+        ws_path = None, ws_headers = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -513,7 +533,61 @@ impl ClientCore {
         max_packet_size: usize,
         reconnect: Option<(f64, f64, Option<u32>)>,
         session_store: Option<std::path::PathBuf>,
+        transport: &str,
+        tls_cafile: Option<String>,
+        tls_ca_der: Option<Vec<Vec<u8>>>,
+        tls_certfile: Option<String>,
+        tls_keyfile: Option<String>,
+        tls_key_pem: Option<Vec<u8>>,
+        tls_verify: &str,
+        tls_versions: &str,
+        tls_server_name: Option<String>,
+        ws_path: Option<String>,
+        ws_headers: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
+        let scheme = choice(
+            "transport",
+            transport,
+            &[
+                ("tcp", Scheme::Tcp),
+                ("tls", Scheme::Tls),
+                ("ws", Scheme::Ws),
+                ("wss", Scheme::Wss),
+            ],
+        )?;
+        let verify = choice(
+            "tls_verify",
+            tls_verify,
+            &[
+                ("full", Verify::Full),
+                ("any-name", Verify::AnyName),
+                ("none", Verify::Nothing),
+            ],
+        )?;
+        let versions = choice(
+            "tls_versions",
+            tls_versions,
+            &[
+                ("any", TlsVersions::Any),
+                ("1.2", TlsVersions::Tls12Only),
+                ("1.3", TlsVersions::Tls13Only),
+            ],
+        )?;
+        let transport = TransportOptions {
+            scheme,
+            tls: TlsOptions {
+                ca_file: tls_cafile,
+                ca_der: tls_ca_der.unwrap_or_default(),
+                cert_file: tls_certfile,
+                key_file: tls_keyfile,
+                key_pem: tls_key_pem,
+                verify,
+                versions,
+                server_name: tls_server_name,
+            },
+            ws_path: ws_path.unwrap_or_else(|| TransportOptions::default().ws_path),
+            ws_headers: ws_headers.unwrap_or_default(),
+        };
         let protocol = match protocol {
             3 => Protocol::V31,
             4 => Protocol::V311,
@@ -563,6 +637,7 @@ impl ClientCore {
             max_packet_size,
             reconnect,
             session_store,
+            transport,
         };
         // Opening and reading a session store is file I/O: not with the GIL held.
         let inner = py.detach(|| Client::new(options)).map_err(|e| match e {

@@ -63,7 +63,9 @@ impl<S: Subscriber> Layer<S> for PythonLayer {
             text: text.finish(),
         };
         match self.tx.try_send(line) {
-            Ok(()) => {}
+            Ok(()) => {
+                QUEUED.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -146,6 +148,11 @@ static GATE_IDLE: Condvar = Condvar::new();
 /// not hang the interpreter's exit).
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
+/// Lines queued for the forwarder, and lines it has handed to `logging`: at exit the
+/// lines still queued (the broker's last ones, "broker stopped") are handed over first.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static HANDED_OVER: AtomicU64 = AtomicU64::new(0);
+
 fn forward(rx: Receiver<Line>, dropped: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
@@ -175,9 +182,11 @@ fn forward(rx: Receiver<Line>, dropped: Arc<AtomicU64>) {
                     format!("{lost} log lines were dropped: Python's logging handlers fell behind");
                 emit(&logging, 30, "pyo3mq", &text);
             }
+            let count = batch.len() as u64;
             for line in batch.drain(..) {
                 emit(&logging, line.level, line.target, &line.text);
             }
+            HANDED_OVER.fetch_add(count, Ordering::Release);
         });
         lock(&GATE).busy = false;
         GATE_IDLE.notify_all();
@@ -196,6 +205,13 @@ fn lock(gate: &'static Mutex<Gate>) -> MutexGuard<'static, Gate> {
 #[pyfunction]
 fn close_logging(py: Python<'_>) {
     py.detach(|| {
+        // The lines queued so far reach `logging` before it goes (the forwarder needs
+        // the interpreter, released here), within the same bound as a batch in progress.
+        let queued = QUEUED.load(Ordering::Relaxed);
+        let deadline = Instant::now() + EXIT_WAIT;
+        while HANDED_OVER.load(Ordering::Acquire) < queued && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
         let mut gate = lock(&GATE);
         gate.closed = true;
         let deadline = Instant::now() + EXIT_WAIT;
@@ -233,16 +249,37 @@ fn emit(logging: &Bound<'_, PyModule>, level: u8, target: &str, text: &str) {
     }
 }
 
+/// The filter for `level`: every `pyo3mq` target at that level, and the per-packet
+/// lines (DEBUG, target `pyo3mq::packets`) unless `packets` is false.
+fn filter_directives(level: &str, packets: bool) -> String {
+    if packets {
+        format!("pyo3mq={level}")
+    } else {
+        format!("pyo3mq={level},pyo3mq::packets=off")
+    }
+}
+
 /// Routes the core's `tracing` output at `level` to stderr, or with `to_python` to
-/// Python's `logging` (loggers `pyo3mq.<module>`). The first call in a process wins.
+/// Python's `logging` (loggers `pyo3mq.<module>`). At `debug` and `trace` every packet
+/// received and sent is logged too (logger `pyo3mq.packets`), unless `packets` is false.
+/// The first call in a process wins.
 #[pyfunction]
-#[pyo3(signature = (level, to_python=false))]
-fn init_logging(py: Python<'_>, level: &str, to_python: bool) -> PyResult<()> {
+#[pyo3(signature = (level, to_python=false, packets=true))]
+fn init_logging(py: Python<'_>, level: &str, to_python: bool, packets: bool) -> PyResult<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("pyo3mq={level}")).map_err(|e| {
+    let level = level.to_ascii_lowercase();
+    if !matches!(
+        level.as_str(),
+        "error" | "warn" | "info" | "debug" | "trace" | "off"
+    ) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "invalid log level {level:?}: expected error, warn, info, debug, trace or off"
+        )));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(filter_directives(&level, packets))
+        .map_err(|e| {
             pyo3::exceptions::PyValueError::new_err(format!("invalid log level {level:?}: {e}"))
         })?;
     if to_python {
@@ -272,7 +309,16 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::logger_name;
+    use super::{filter_directives, logger_name};
+
+    #[test]
+    fn packet_lines_can_be_left_out() {
+        for packets in [true, false] {
+            let directives = filter_directives("debug", packets);
+            assert!(tracing_subscriber::EnvFilter::try_new(&directives).is_ok());
+            assert_eq!(directives.contains("pyo3mq::packets=off"), !packets);
+        }
+    }
 
     #[test]
     fn logger_names_skip_the_part_folder() {

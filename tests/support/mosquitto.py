@@ -24,17 +24,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0, name: str = "mosquitto"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with {proc.returncode}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError("mosquitto did not start listening")
+    raise RuntimeError(f"{name} did not start listening")
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Stops one process this test started (SIGTERM, then SIGKILL after 5 s)."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run(conf: Path, port: int, lines: list[str]) -> subprocess.Popen[bytes]:
+    """Writes `conf` (a listener on `port` plus `lines`), starts mosquitto on it and waits
+    until it listens."""
+    head = [f"listener {port} 127.0.0.1"]
+    if os.name == "posix" and os.geteuid() == 0:
+        # As root, mosquitto switches to the `mosquitto` user, which cannot read
+        # pytest's private temporary directory (password files live there).
+        head.append("user root")
+    conf.write_text("\n".join([*head, *lines]) + "\n")
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_listening(port, proc)
+    except BaseException:
+        terminate(proc)
+        raise
+    return proc
 
 
 @contextmanager
@@ -47,27 +79,11 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., int]]:
 
     def start(*lines: str) -> int:
         port = free_port()
-        conf = tmp_path / f"mosquitto-{port}.conf"
-        head = [f"listener {port} 127.0.0.1"]
-        if os.name == "posix" and os.geteuid() == 0:
-            # As root, mosquitto switches to the `mosquitto` user, which cannot read
-            # pytest's private temporary directory (password files live there).
-            head.append("user root")
-        conf.write_text("\n".join([*head, *lines]) + "\n")
-        proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        procs.append(proc)
-        wait_listening(port, proc)
+        procs.append(run(tmp_path / f"mosquitto-{port}.conf", port, list(lines)))
         return port
 
     try:
         yield start
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)

@@ -9,6 +9,12 @@
 //! A hash map from topic to a slot in a vector, the slots chained most recently used
 //! first: lookups, promotions and evictions are O(1), and nothing is allocated until the
 //! first decision is stored (most connections never publish under an authorizer).
+//!
+//! Decisions belong to one generation of the authorizer's rules
+//! ([`crate::broker::hooks::Authorizer::generation`]): when a reload changes the rules,
+//! the next lookup sees a new generation and the cache empties itself, so a connection
+//! opened before the reload is checked against the new rules on its next publish. The
+//! check is one integer comparison; there is no lock to take and nothing to notify.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -44,6 +50,8 @@ struct Lru {
 #[derive(Debug)]
 pub(super) struct AclCache {
     capacity: usize,
+    /// The authorizer generation the cached decisions were made under.
+    generation: u64,
     /// Boxed and made on first use: an idle connection pays one pointer for it.
     lru: Option<Box<Lru>>,
 }
@@ -58,6 +66,7 @@ impl AclCache {
     pub(super) fn with_capacity(capacity: usize) -> AclCache {
         AclCache {
             capacity: capacity.max(1),
+            generation: 0,
             lru: None,
         }
     }
@@ -67,9 +76,25 @@ impl AclCache {
         self.lru.as_ref().map_or(0, |lru| lru.slots.len())
     }
 
-    /// The decision for `topic` if it was made less than `ttl` before `now`; a hit
-    /// becomes the most recently used entry.
-    pub(super) fn get(&mut self, topic: &str, ttl: Duration, now: Instant) -> Option<bool> {
+    /// Forgets every decision when the rules are of another generation than those the
+    /// cache holds decisions of.
+    fn adopt(&mut self, generation: u64) {
+        if generation != self.generation {
+            self.generation = generation;
+            self.lru = None;
+        }
+    }
+
+    /// The decision for `topic` if it was made less than `ttl` before `now`, under the
+    /// rules of `generation`; a hit becomes the most recently used entry.
+    pub(super) fn get(
+        &mut self,
+        topic: &str,
+        ttl: Duration,
+        now: Instant,
+        generation: u64,
+    ) -> Option<bool> {
+        self.adopt(generation);
         let lru = self.lru.as_mut()?;
         let i = *lru.index.get(topic)?;
         if now.saturating_duration_since(lru.slots[i].decided) >= ttl {
@@ -79,9 +104,18 @@ impl AclCache {
         Some(lru.slots[i].allowed)
     }
 
-    /// Stores a decision made at `now`, replacing the topic's previous one, or else the
-    /// least recently used decision when the cache is full.
-    pub(super) fn insert(&mut self, topic: ByteString, allowed: bool, now: Instant) {
+    /// Stores a decision made at `now` under the rules of `generation` (read before the
+    /// authorizer was asked: if the rules changed meanwhile, the next lookup sees a newer
+    /// generation and asks again), replacing the topic's previous one, or else the least
+    /// recently used decision when the cache is full.
+    pub(super) fn insert(
+        &mut self,
+        topic: ByteString,
+        allowed: bool,
+        now: Instant,
+        generation: u64,
+    ) {
+        self.adopt(generation);
         let capacity = self.capacity;
         let lru = self.lru.get_or_insert_with(|| {
             Box::new(Lru {
@@ -159,6 +193,8 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(60);
+    /// The authorizer generation of most tests.
+    const G: u64 = 0;
 
     fn topic(n: usize) -> ByteString {
         ByteString::from(format!("t/{n}"))
@@ -169,13 +205,13 @@ mod tests {
         let now = Instant::now();
         let mut cache = AclCache::default();
         assert_eq!(cache.len(), 0);
-        assert_eq!(cache.get("t/1", TTL, now), None);
-        cache.insert(topic(1), true, now);
-        cache.insert(topic(2), false, now);
-        assert_eq!(cache.get("t/1", TTL, now), Some(true));
-        assert_eq!(cache.get("t/2", TTL, now), Some(false));
-        cache.insert(topic(2), true, now);
-        assert_eq!(cache.get("t/2", TTL, now), Some(true));
+        assert_eq!(cache.get("t/1", TTL, now, G), None);
+        cache.insert(topic(1), true, now, G);
+        cache.insert(topic(2), false, now, G);
+        assert_eq!(cache.get("t/1", TTL, now, G), Some(true));
+        assert_eq!(cache.get("t/2", TTL, now, G), Some(false));
+        cache.insert(topic(2), true, now, G);
+        assert_eq!(cache.get("t/2", TTL, now, G), Some(true));
         assert_eq!(cache.len(), 2);
     }
 
@@ -183,21 +219,21 @@ mod tests {
     fn decisions_expire_after_the_ttl() {
         let now = Instant::now();
         let mut cache = AclCache::default();
-        cache.insert(topic(1), true, now);
+        cache.insert(topic(1), true, now, G);
         let ttl = Duration::from_secs(5);
         assert_eq!(
-            cache.get("t/1", ttl, now + Duration::from_secs(4)),
+            cache.get("t/1", ttl, now + Duration::from_secs(4), G),
             Some(true)
         );
-        assert_eq!(cache.get("t/1", ttl, now + Duration::from_secs(5)), None);
+        assert_eq!(cache.get("t/1", ttl, now + Duration::from_secs(5), G), None);
         // A fresh decision replaces the stale one.
-        cache.insert(topic(1), false, now + Duration::from_secs(5));
+        cache.insert(topic(1), false, now + Duration::from_secs(5), G);
         assert_eq!(
-            cache.get("t/1", ttl, now + Duration::from_secs(6)),
+            cache.get("t/1", ttl, now + Duration::from_secs(6), G),
             Some(false)
         );
         // A zero TTL never hits.
-        assert_eq!(cache.get("t/1", Duration::ZERO, now), None);
+        assert_eq!(cache.get("t/1", Duration::ZERO, now, G), None);
     }
 
     #[test]
@@ -205,22 +241,22 @@ mod tests {
         let now = Instant::now();
         let mut cache = AclCache::with_capacity(3);
         for n in 1..=3 {
-            cache.insert(topic(n), true, now);
+            cache.insert(topic(n), true, now, G);
         }
         // t/1 is used again, so t/2 is now the least recently used.
-        assert_eq!(cache.get("t/1", TTL, now), Some(true));
-        cache.insert(topic(4), true, now);
+        assert_eq!(cache.get("t/1", TTL, now, G), Some(true));
+        cache.insert(topic(4), true, now, G);
         assert_eq!(cache.len(), 3);
-        assert_eq!(cache.get("t/2", TTL, now), None);
+        assert_eq!(cache.get("t/2", TTL, now, G), None);
         for n in [1, 3, 4] {
-            assert_eq!(cache.get(&topic(n), TTL, now), Some(true), "t/{n}");
+            assert_eq!(cache.get(&topic(n), TTL, now, G), Some(true), "t/{n}");
         }
         // Recency is now 4, 3, 1 (most recent first); a hit on t/1 leaves t/3 the
         // least recently used.
-        assert_eq!(cache.get("t/1", TTL, now), Some(true));
-        cache.insert(topic(5), false, now);
-        assert_eq!(cache.get("t/3", TTL, now), None);
-        assert_eq!(cache.get("t/5", TTL, now), Some(false));
+        assert_eq!(cache.get("t/1", TTL, now, G), Some(true));
+        cache.insert(topic(5), false, now, G);
+        assert_eq!(cache.get("t/3", TTL, now, G), None);
+        assert_eq!(cache.get("t/5", TTL, now, G), Some(false));
     }
 
     /// The case that made the old cache empty itself: more topics than it holds, a few
@@ -231,17 +267,17 @@ mod tests {
         let mut cache = AclCache::default();
         let busy = ["busy/a", "busy/b", "busy/c"];
         for name in busy {
-            cache.insert(ByteString::from(name), true, now);
+            cache.insert(ByteString::from(name), true, now, G);
         }
         let mut misses = 0;
         for n in 0..10 * ACL_CACHE_ENTRIES {
-            if cache.get(&topic(n), TTL, now).is_none() {
-                cache.insert(topic(n), false, now);
+            if cache.get(&topic(n), TTL, now, G).is_none() {
+                cache.insert(topic(n), false, now, G);
             }
             for name in busy {
-                if cache.get(name, TTL, now).is_none() {
+                if cache.get(name, TTL, now, G).is_none() {
                     misses += 1;
-                    cache.insert(ByteString::from(name), true, now);
+                    cache.insert(ByteString::from(name), true, now, G);
                 }
             }
             assert!(cache.len() <= ACL_CACHE_ENTRIES);
@@ -254,10 +290,30 @@ mod tests {
     fn capacity_one_keeps_the_latest() {
         let now = Instant::now();
         let mut cache = AclCache::with_capacity(1);
-        cache.insert(topic(1), true, now);
-        cache.insert(topic(2), false, now);
-        assert_eq!(cache.get("t/1", TTL, now), None);
-        assert_eq!(cache.get("t/2", TTL, now), Some(false));
+        cache.insert(topic(1), true, now, G);
+        cache.insert(topic(2), false, now, G);
+        assert_eq!(cache.get("t/1", TTL, now, G), None);
+        assert_eq!(cache.get("t/2", TTL, now, G), Some(false));
         assert_eq!(cache.len(), 1);
+    }
+
+    /// A reload (a new generation) empties the cache: a decision made under the old rules
+    /// is never reused, and decisions under the new ones are cached again.
+    #[test]
+    fn a_new_generation_forgets_every_decision() {
+        let now = Instant::now();
+        let mut cache = AclCache::default();
+        cache.insert(topic(1), true, now, 7);
+        cache.insert(topic(2), false, now, 7);
+        assert_eq!(cache.get("t/1", TTL, now, 7), Some(true));
+        assert_eq!(cache.get("t/1", TTL, now, 8), None);
+        assert_eq!(cache.len(), 0);
+        cache.insert(topic(1), false, now, 8);
+        assert_eq!(cache.get("t/1", TTL, now, 8), Some(false));
+        // A decision asked under an older generation than the cache's empties it too,
+        // so the next lookup (under the current generation) asks again.
+        cache.insert(topic(2), true, now, 7);
+        assert_eq!(cache.get("t/2", TTL, now, 8), None);
+        assert_eq!(cache.get("t/1", TTL, now, 8), None);
     }
 }

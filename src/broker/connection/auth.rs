@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use crate::broker::config::AnonymousPolicy;
 use crate::broker::hooks::{AuthDecision, AuthRequest, ClientInfo};
+use crate::broker::metrics::HookKind;
 use crate::codec::{Connect, ConnectReturnCode, Protocol, QoS};
 
 use super::Connection;
@@ -79,9 +80,19 @@ impl Connection {
         };
         let limit = self.router.config().auth_timeout;
         let started = Instant::now();
-        let decision = match timeout(limit, auth.authenticate(request)).await {
-            Ok(decision) if started.elapsed() <= limit => decision,
+        let answer = timeout(limit, auth.authenticate(request)).await;
+        let took = started.elapsed();
+        let decision = match answer {
+            Ok(decision) if took <= limit => {
+                self.router
+                    .counters()
+                    .hook_called(HookKind::Authenticate, took);
+                decision
+            }
             _ => {
+                self.router
+                    .counters()
+                    .hook_timed_out(HookKind::Authenticate);
                 warn!(client_id = %self.client_id, "authentication timed out after {limit:?}: denying");
                 AuthDecision::Deny(ConnectReturnCode::NotAuthorized)
             }
@@ -99,22 +110,35 @@ impl Connection {
             return true;
         };
         let ttl = self.router.config().acl_cache_ttl;
-        if let Some(allowed) = self.acl_cache.get(topic, ttl, Instant::now()) {
+        // Read before asking: a reload while the authorizer answers makes this decision
+        // one of the old generation, asked again next time.
+        let generation = authorizer.generation();
+        if let Some(allowed) = self.acl_cache.get(topic, ttl, Instant::now(), generation) {
             return allowed;
         }
         let limit = self.router.config().auth_timeout;
-        let allowed = timeout(
+        let started = Instant::now();
+        let allowed = match timeout(
             limit,
             authorizer.authorize_publish(&self.client_info(), topic),
         )
         .await
-        .unwrap_or_else(|_| {
-            warn!(client_id = %self.client_id, "publish authorization timed out: denying");
-            false
-        });
+        {
+            Ok(allowed) => {
+                let counters = self.router.counters();
+                counters.hook_called(HookKind::AuthorizePublish, started.elapsed());
+                allowed
+            }
+            Err(_) => {
+                let counters = self.router.counters();
+                counters.hook_timed_out(HookKind::AuthorizePublish);
+                warn!(client_id = %self.client_id, "publish authorization timed out: denying");
+                false
+            }
+        };
         if !ttl.is_zero() {
             self.acl_cache
-                .insert(topic.clone(), allowed, Instant::now());
+                .insert(topic.clone(), allowed, Instant::now(), generation);
         }
         allowed
     }
@@ -125,6 +149,7 @@ impl Connection {
             return Some(qos);
         };
         let limit = self.router.config().auth_timeout;
+        let started = Instant::now();
         match timeout(
             limit,
             authorizer.authorize_subscribe(&self.client_info(), filter, qos),
@@ -132,8 +157,14 @@ impl Connection {
         .await
         {
             // Never grant more than was asked for.
-            Ok(granted) => granted.map(|g| g.min(qos)),
+            Ok(granted) => {
+                let counters = self.router.counters();
+                counters.hook_called(HookKind::AuthorizeSubscribe, started.elapsed());
+                granted.map(|g| g.min(qos))
+            }
             Err(_) => {
+                let counters = self.router.counters();
+                counters.hook_timed_out(HookKind::AuthorizeSubscribe);
                 warn!(client_id = %self.client_id, "subscribe authorization timed out: denying");
                 None
             }

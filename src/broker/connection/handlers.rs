@@ -8,12 +8,12 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::broker::hooks::Event;
-use crate::broker::metrics;
+use crate::broker::metrics::{self, Action, DropReason, HookKind};
 use crate::broker::router::Session;
 use crate::broker::session::{AckKind, Message};
 use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};
 
-use super::{Close, Connection, OutBuf};
+use super::{packet_log, Close, Connection, OutBuf};
 
 impl Connection {
     /// Handles every complete packet in the read buffer.
@@ -21,6 +21,9 @@ impl Connection {
         let close = loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => {
+                    if self.log_packets {
+                        debug!(target: "pyo3mq::packets", "received {} from '{}'", packet_log::Summary(&packet), self.client_id);
+                    }
                     if let Some(close) = self.handle(packet, session).await {
                         break Some(close);
                     }
@@ -47,6 +50,15 @@ impl Connection {
             self.out = OutBuf::default();
             return Some(Close::Io(io::Error::other(
                 "the session store could not commit the messages: closing unacknowledged",
+            )));
+        }
+        // Cluster mode: QoS 1/2 acks wait until the messages left for the other nodes.
+        if self.scratch.cluster_pending()
+            && !Box::pin(self.router.cluster_flushed(&mut self.scratch)).await
+        {
+            self.out = OutBuf::default();
+            return Some(Close::Io(io::Error::other(
+                "cluster: the messages could not be sent to NATS: closing unacknowledged",
             )));
         }
         // Slow in-process subscribers that chose flow control hold this publisher here,
@@ -76,14 +88,25 @@ impl Connection {
         let batch = std::mem::take(&mut self.intercepted);
         let count = batch.len();
         let limit = self.router.config().auth_timeout;
+        let started = tokio::time::Instant::now();
         let verdicts = match timeout(limit, interceptor.intercept(&self.client_info(), batch)).await
         {
             Ok(verdicts) => verdicts,
             Err(_) => {
+                let counters = self.router.counters();
+                counters.hook_timed_out(HookKind::OnMessage);
+                counters.dropped(DropReason::HookTimeout, count as u64);
                 warn!(client_id = %self.client_id, "on_message timed out: {count} message(s) dropped");
                 return;
             }
         };
+        let counters = self.router.counters();
+        counters.hook_called(HookKind::OnMessage, started.elapsed());
+        // A failed interceptor answers nothing at all: the whole batch is dropped.
+        let kept = verdicts.iter().filter(|v| v.is_some()).count();
+        if kept < count {
+            counters.dropped(DropReason::Intercepted, (count - kept) as u64);
+        }
         for msg in verdicts.into_iter().flatten() {
             self.router.publish(msg, &mut self.scratch);
         }
@@ -92,9 +115,12 @@ impl Connection {
     pub(super) async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
         match packet {
             Packet::Publish(publish) => {
-                self.counters.messages_received += 1;
+                let totals = self.router.counters();
+                self.counters
+                    .received(publish.qos, publish.payload.len(), totals);
                 // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
                 let allowed = if metrics::is_reserved(&publish.topic) {
+                    self.router.counters().dropped(DropReason::SysTopic, 1);
                     if std::mem::replace(&mut self.sys_publish_logged, true) {
                         debug!(client_id = %self.client_id, topic = %publish.topic,
                             "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
@@ -110,6 +136,9 @@ impl Connection {
                     true
                 } else {
                     info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
+                    let counters = self.router.counters();
+                    counters.denied(Action::Publish);
+                    counters.dropped(DropReason::NotAuthorized, 1);
                     false
                 };
                 let properties = if self.protocol == Protocol::V5 {
@@ -174,11 +203,11 @@ impl Connection {
                     }
                 }
                 // Answered even for an unknown id so the client can finish its flow.
-                self.out.put_packet(&Packet::PubRel(pkid));
+                self.send_packet(&Packet::PubRel(pkid));
             }
             Packet::PubRel(pkid) => {
                 session.state.lock().on_inbound_pubrel(pkid);
-                self.out.put_packet(&Packet::PubComp(pkid));
+                self.send_packet(&Packet::PubComp(pkid));
             }
             Packet::PubComp(pkid) => {
                 let mut state = session.state.lock();
@@ -208,6 +237,7 @@ impl Connection {
                         Err(_) => Some(*qos), // the router reports the rule broken
                     };
                     let Some(granted) = granted else {
+                        self.router.counters().denied(Action::Subscribe);
                         info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
                         if self.protocol == Protocol::V31 {
                             return Some(Close::Protocol(format!(
@@ -240,7 +270,11 @@ impl Connection {
                         .map(|((f, _), c)| (f.clone(), c.to_u8()))
                         .collect(),
                 });
-                self.out.put_packet(&Packet::SubAck(SubAck {
+                // Cluster mode: the other nodes' messages reach this node after SUBACK.
+                if let Some(cluster) = self.router.cluster() {
+                    Box::pin(cluster.interest_ready()).await;
+                }
+                self.send_packet(&Packet::SubAck(SubAck {
                     pkid: subscribe.pkid,
                     codes,
                 }));
@@ -250,13 +284,13 @@ impl Connection {
                     self.router.unsubscribe(session, filter);
                 }
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
-                self.out.put_packet(&Packet::UnsubAck(unsubscribe.pkid));
+                self.send_packet(&Packet::UnsubAck(unsubscribe.pkid));
                 self.router.emit(|| Event::Unsubscribed {
                     client_id: self.client_id.clone(),
                     filters: unsubscribe.filters,
                 });
             }
-            Packet::PingReq => self.out.put_packet(&Packet::PingResp),
+            Packet::PingReq => self.send_packet(&Packet::PingResp),
             Packet::Disconnect => return Some(Close::Disconnect),
             Packet::Connect(_) => {
                 return Some(Close::Protocol(

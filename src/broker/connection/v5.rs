@@ -108,7 +108,7 @@ impl Connection {
             // [MQTT-3.1.3-7], [MQTT-3.2.2-16]: the identifier made up for the client.
             props.assigned_client_identifier = Some(self.client_id.clone());
         }
-        self.out.put_packet(&Packet::ConnAckV5(ConnAckV5 {
+        self.send_packet(&Packet::ConnAckV5(ConnAckV5 {
             session_present,
             reason: ReasonCode::SUCCESS,
             properties: Some(Box::new(props)),
@@ -175,7 +175,7 @@ impl Connection {
                 }
             }
         };
-        self.out.put_packet(&packet);
+        self.send_packet(&packet);
     }
 
     /// A close for a rule a 5.0 client broke: the DISCONNECT before the close carries
@@ -279,7 +279,7 @@ impl Connection {
                 .collect(),
         });
         // [MQTT-3.8.4-1], [MQTT-3.9.3-1]: one code per filter, in order.
-        self.out.put_packet(&Packet::SubAckV5(SubAckV5 {
+        self.send_packet(&Packet::SubAckV5(SubAckV5 {
             pkid: subscribe.pkid,
             reasons,
             properties: None,
@@ -301,7 +301,7 @@ impl Connection {
             })
             .collect();
         // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
-        self.out.put_packet(&Packet::UnsubAckV5(UnsubAckV5 {
+        self.send_packet(&Packet::UnsubAckV5(UnsubAckV5 {
             pkid: unsubscribe.pkid,
             reasons,
             properties: None,
@@ -362,7 +362,7 @@ impl Connection {
                 return
             }
         };
-        self.out.put_packet(&Packet::DisconnectV5(DisconnectV5 {
+        self.send_packet(&Packet::DisconnectV5(DisconnectV5 {
             reason,
             properties: None,
         }));

@@ -155,6 +155,11 @@ impl PasswordFile {
         PasswordFile::parse(&text).map_err(|e| format!("password file {path}: {e}"))
     }
 
+    /// How many users the file lists.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
         self.users
             .get(username)

@@ -52,14 +52,20 @@ impl Router {
     /// writes everything again, so nothing recorded is forgotten.
     pub fn persist(&self, store: &dyn SessionStore) -> bool {
         let _one_at_a_time = self.saving.lock();
+        let started = std::time::Instant::now();
         let saved = if !self.tracking.load(Ordering::Relaxed)
             || self.full_save_due.load(Ordering::Relaxed)
         {
             self.write_all(store, true)
         } else {
             let changes = self.collect_changes();
-            changes.is_empty() || store.save_changes(changes).is_ok()
+            if changes.is_empty() {
+                // Nothing written: not a commit.
+                return true;
+            }
+            store.save_changes(changes).is_ok()
         };
+        self.counters().store_committed(started.elapsed(), saved);
         self.full_save_due.store(!saved, Ordering::Relaxed);
         saved
     }

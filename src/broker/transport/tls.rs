@@ -148,7 +148,10 @@ impl TlsAcceptor {
     }
 }
 
-fn load_certs(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn load_certs(
+    setting: &str,
+    path: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
     let data = std::fs::read(path).map_err(|e| format!("{setting} {path}: {e}"))?;
     let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
@@ -159,7 +162,7 @@ fn load_certs(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
+pub(crate) fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
     let data = std::fs::read(path).map_err(|e| format!("keyfile {path}: {e}"))?;
     PrivateKeyDer::from_pem_slice(&data).map_err(|e| match e {
         pem::Error::NoItemsFound => format!("keyfile {path}: no PEM private key in it"),

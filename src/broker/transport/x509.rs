@@ -136,7 +136,7 @@ fn string_value(tag: u8, contents: &[u8]) -> Option<String> {
         // TeletexString: treated as Latin-1, as most software does.
         0x14 => Some(contents.iter().map(|&b| char::from(b)).collect()),
         // BMPString: UTF-16BE.
-        0x1e if contents.len() % 2 == 0 => {
+        0x1e if contents.len().is_multiple_of(2) => {
             let units: Vec<u16> = contents
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))

@@ -265,3 +265,27 @@ fn connect_with_level_matches_a_hand_written_vector() {
         ]
     );
 }
+
+#[test]
+fn connect_with_mosquittos_bridge_bit() {
+    // Mosquitto's `try_private`: level 4 with the high bit (0x84) marks a bridge. It is
+    // MQTT 3.1.1 otherwise, and encodes back to the same bytes.
+    let wire = connect_with_level(&[0x4D, 0x51, 0x54, 0x54], 0x84);
+    let Packet::Connect(connect) = decode_exact(&v311(), &wire) else {
+        panic!("not a CONNECT");
+    };
+    assert_eq!(connect.protocol, Protocol::V311Bridge);
+    assert!(connect.protocol.is_bridge());
+    assert_eq!(connect.protocol.base(), Protocol::V311);
+    assert_eq!(encode(&Packet::Connect(connect)), wire);
+    // Only on MQTT 3.1.1's level: 0x85 is still an unsupported level.
+    let v5_bridge = connect_with_level(&[0x4D, 0x51, 0x54, 0x54], 0x85);
+    rejects(
+        &v311(),
+        &v5_bridge,
+        Error::UnsupportedProtocolLevel {
+            name: "MQTT",
+            level: 0x85,
+        },
+    );
+}

@@ -1,0 +1,629 @@
+//! A bridge's settings (`[[bridge]]` tables, Mosquitto's names) and its topic lines.
+
+use std::time::Duration;
+
+use crate::broker::config::{SettingType, Value};
+use crate::codec::QoS;
+use crate::topic;
+
+/// Which way a topic line forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Local to remote.
+    Out,
+    /// Remote to local.
+    In,
+    Both,
+}
+
+impl Direction {
+    pub fn outgoing(self) -> bool {
+        matches!(self, Direction::Out | Direction::Both)
+    }
+
+    pub fn incoming(self) -> bool {
+        matches!(self, Direction::In | Direction::Both)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+            Direction::Both => "both",
+        }
+    }
+}
+
+/// One `topic` line: `pattern [[[out|in|both] qos] local_prefix remote_prefix]`, with
+/// `""` standing for an empty pattern or prefix (mosquitto.conf(5), "topic").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLine {
+    pub pattern: String,
+    pub direction: Direction,
+    pub qos: QoS,
+    pub local_prefix: String,
+    pub remote_prefix: String,
+}
+
+impl TopicLine {
+    /// Parses a line as Mosquitto does; the error says what is wrong with it.
+    pub fn parse(line: &str) -> Result<TopicLine, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let empty = |w: &str| {
+            if w == "\"\"" {
+                String::new()
+            } else {
+                w.to_string()
+            }
+        };
+        let (pattern, direction, qos, prefixes) = match words.as_slice() {
+            [] => return Err("is empty".into()),
+            [pattern] => (*pattern, None, None, None),
+            [pattern, direction] => (*pattern, Some(*direction), None, None),
+            [pattern, direction, qos] => (*pattern, Some(*direction), Some(*qos), None),
+            [_, _, _, _] => {
+                return Err(
+                    "has a local prefix but no remote prefix (give both, \"\" for none)".into(),
+                )
+            }
+            [pattern, direction, qos, local, remote] => (
+                *pattern,
+                Some(*direction),
+                Some(*qos),
+                Some((*local, *remote)),
+            ),
+            _ => {
+                return Err(
+                    "has too many words: expected `pattern [[[out|in|both] qos] local_prefix \
+                     remote_prefix]`"
+                        .into(),
+                )
+            }
+        };
+        let direction = match direction {
+            None | Some("out") => Direction::Out,
+            Some("in") => Direction::In,
+            Some("both") => Direction::Both,
+            Some(other) => {
+                return Err(format!("has direction {other:?}: expected out, in or both"))
+            }
+        };
+        let qos = match qos {
+            None => QoS::AtMostOnce,
+            Some(q) => q
+                .parse::<u8>()
+                .ok()
+                .and_then(QoS::from_u8)
+                .ok_or_else(|| format!("has QoS {q:?}: expected 0, 1 or 2"))?,
+        };
+        let (local_prefix, remote_prefix) = prefixes
+            .map(|(l, r)| (empty(l), empty(r)))
+            .unwrap_or_default();
+        let line = TopicLine {
+            pattern: empty(pattern),
+            direction,
+            qos,
+            local_prefix,
+            remote_prefix,
+        };
+        line.check()?;
+        Ok(line)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        // mosquitto.conf(5)'s table: an empty pattern remaps one topic to another, so
+        // both prefixes are needed then.
+        if self.pattern.is_empty()
+            && (self.local_prefix.is_empty() || self.remote_prefix.is_empty())
+        {
+            return Err("has an empty pattern (\"\"): then both prefixes must be given".into());
+        }
+        for (what, prefix) in [
+            ("local prefix", &self.local_prefix),
+            ("remote prefix", &self.remote_prefix),
+        ] {
+            if prefix.contains(['+', '#']) {
+                return Err(format!("has a {what} {prefix:?} with a wildcard"));
+            }
+        }
+        for (what, filter) in [
+            ("local topic", self.local_topic()),
+            ("remote topic", self.remote_topic()),
+        ] {
+            topic::validate_topic_filter(&filter)
+                .map_err(|e| format!("makes an invalid {what} {filter:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The filter on the local broker: local prefix + pattern.
+    pub fn local_topic(&self) -> String {
+        format!("{}{}", self.local_prefix, self.pattern)
+    }
+
+    /// The filter on the remote broker: remote prefix + pattern.
+    pub fn remote_topic(&self) -> String {
+        format!("{}{}", self.remote_prefix, self.pattern)
+    }
+
+    /// A local topic as the remote gets it: the local prefix removed if the topic starts
+    /// with it, then the remote prefix added (Mosquitto's remapping).
+    pub fn to_remote(&self, local: &str) -> String {
+        remap(local, &self.local_prefix, &self.remote_prefix)
+    }
+
+    /// A remote topic as the local broker gets it.
+    pub fn to_local(&self, remote: &str) -> String {
+        remap(remote, &self.remote_prefix, &self.local_prefix)
+    }
+
+    fn render(&self) -> String {
+        let word = |s: &str| {
+            if s.is_empty() {
+                "\"\"".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        format!(
+            "{} {} {} {} {}",
+            word(&self.pattern),
+            self.direction.name(),
+            self.qos as u8,
+            word(&self.local_prefix),
+            word(&self.remote_prefix)
+        )
+    }
+}
+
+fn remap(topic: &str, strip: &str, add: &str) -> String {
+    let rest = topic.strip_prefix(strip).unwrap_or(topic);
+    format!("{add}{rest}")
+}
+
+/// Mosquitto's `bridge_protocol_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeProtocol {
+    V311,
+}
+
+/// One `[[bridge]]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeSettings {
+    pub name: String,
+    /// `HOST:PORT` (or `HOST`, port 1883); with several, the next is tried when one fails.
+    pub addresses: Vec<(String, u16)>,
+    pub topics: Vec<TopicLine>,
+    /// Client id on the remote broker; default `HOSTNAME.NAME`.
+    pub remote_clientid: String,
+    /// Client id of the bridge's session on this broker; default `local.REMOTE_CLIENTID`.
+    pub local_clientid: String,
+    pub remote_username: Option<String>,
+    pub remote_password: Option<String>,
+    /// Clean session towards the remote (Mosquitto's default: false).
+    pub cleansession: bool,
+    /// Whether the bridge's local session is clean (default: `cleansession`). A
+    /// persistent one keeps the messages waiting for the remote in the session store.
+    pub local_cleansession: bool,
+    pub try_private: bool,
+    pub keepalive_interval: u16,
+    /// Reconnect delay: from `base`, doubling up to `cap` (equal for a constant delay).
+    pub restart_timeout: (Duration, Duration),
+    /// Publish the connection state (1/0, retained) on this broker.
+    pub notifications: bool,
+    pub notification_topic: String,
+    pub protocol: BridgeProtocol,
+}
+
+/// The keys a `[[bridge]]` table may have (named in errors).
+const KEYS: &str = "name, address, topic, remote_clientid, local_clientid, remote_username, \
+    remote_password, cleansession, local_cleansession, try_private, keepalive_interval, \
+    restart_timeout, notifications, notification_topic, bridge_protocol_version, \
+    bridge_cafile, bridge_certfile, bridge_keyfile, bridge_insecure";
+
+/// This machine's name, for the default `remote_clientid` (Mosquitto's
+/// `hostname.name`): from the kernel on Linux, else `$HOSTNAME`, else "pyo3mq".
+fn local_hostname() -> String {
+    let from_file = |path: &str| std::fs::read_to_string(path).ok();
+    from_file("/proc/sys/kernel/hostname")
+        .or_else(|| from_file("/etc/hostname"))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty() && !name.contains(['/', '+', '#']))
+        .unwrap_or_else(|| "pyo3mq".into())
+}
+
+/// `HOST:PORT`, `HOST` (port 1883) or `[V6]:PORT`.
+fn parse_address(text: &str) -> Result<(String, u16), String> {
+    let text = text.trim();
+    let bad = || format!("{text:?} is not HOST:PORT");
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:").ok_or_else(bad)?;
+        return Ok((host.to_string(), port.parse().map_err(|_| bad())?));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') => {
+            Ok((host.to_string(), port.parse().map_err(|_| bad())?))
+        }
+        None if !text.is_empty() => Ok((text.to_string(), 1883)),
+        _ => Err(bad()),
+    }
+}
+
+/// A number of seconds, or Mosquitto's `"base cap"`.
+fn parse_restart_timeout(value: &Value) -> Result<(Duration, Duration), String> {
+    let secs = |x: f64| {
+        Duration::try_from_secs_f64(x)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("must be positive seconds, not {x}"))
+    };
+    match value {
+        Value::Int(n) => {
+            let d = secs(*n as f64)?;
+            Ok((d, d))
+        }
+        Value::Float(x) => {
+            let d = secs(*x)?;
+            Ok((d, d))
+        }
+        Value::Str(s) => {
+            let numbers: Vec<f64> = s
+                .split_whitespace()
+                .map(|w| w.parse::<f64>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| format!("must be seconds or \"base cap\", not {s:?}"))?;
+            match numbers.as_slice() {
+                [constant] => {
+                    let d = secs(*constant)?;
+                    Ok((d, d))
+                }
+                [base, cap] => {
+                    let (base, cap) = (secs(*base)?, secs(*cap)?);
+                    if base > cap {
+                        return Err(format!("base {base:?} is above cap {cap:?}"));
+                    }
+                    Ok((base, cap))
+                }
+                _ => Err(format!("must be seconds or \"base cap\", not {s:?}")),
+            }
+        }
+        other => Err(format!("must be seconds or \"base cap\", not {other:?}")),
+    }
+}
+
+fn strings(value: &Value) -> Result<Vec<String>, String> {
+    match value {
+        Value::Str(s) => Ok(vec![s.clone()]),
+        Value::List(items) => Ok(items.clone()),
+        other => Err(format!(
+            "must be a string or a list of strings, not {other:?}"
+        )),
+    }
+}
+
+impl BridgeSettings {
+    fn from_table(table: &[(String, Value)], hostname: &str) -> Result<BridgeSettings, String> {
+        let name = table
+            .iter()
+            .find(|(k, _)| k == "name")
+            .map(|(_, v)| String::from_value(v))
+            .transpose()
+            .map_err(|e| format!("name {e}"))?
+            .ok_or("a bridge table has no name")?;
+        if name.is_empty() || name.contains(['/', '+', '#']) {
+            return Err(format!(
+                "bridge name {name:?} must be non-empty, without '/', '+' or '#'"
+            ));
+        }
+        let ctx = |e: String| format!("bridge {name:?}: {e}");
+        let mut out = BridgeSettings {
+            name: name.clone(),
+            addresses: Vec::new(),
+            topics: Vec::new(),
+            remote_clientid: String::new(),
+            local_clientid: String::new(),
+            remote_username: None,
+            remote_password: None,
+            cleansession: false,
+            local_cleansession: false,
+            try_private: true,
+            keepalive_interval: 60,
+            restart_timeout: (Duration::from_secs(5), Duration::from_secs(30)),
+            notifications: true,
+            notification_topic: String::new(),
+            protocol: BridgeProtocol::V311,
+        };
+        let mut local_clean = None;
+        let (mut local_id, mut topic_override) = (None, None);
+        for (key, value) in table {
+            let err = |e: String| ctx(format!("{key} {e}"));
+            match key.as_str() {
+                "name" => {}
+                "address" | "addresses" => {
+                    for address in strings(value).map_err(err)? {
+                        // Mosquitto also accepts several in one string, space separated.
+                        for one in address.split_whitespace() {
+                            out.addresses
+                                .push(parse_address(one).map_err(|e| ctx(format!("address {e}")))?);
+                        }
+                    }
+                }
+                "topic" => {
+                    for line in strings(value).map_err(err)? {
+                        let parsed = TopicLine::parse(&line)
+                            .map_err(|e| ctx(format!("topic line {line:?} {e}")))?;
+                        out.topics.push(parsed);
+                    }
+                }
+                "remote_clientid" => {
+                    out.remote_clientid = String::from_value(value).map_err(err)?
+                }
+                "local_clientid" => local_id = Some(String::from_value(value).map_err(err)?),
+                "remote_username" => {
+                    out.remote_username = Some(String::from_value(value).map_err(err)?)
+                }
+                "remote_password" => {
+                    out.remote_password = Some(String::from_value(value).map_err(err)?)
+                }
+                "cleansession" => out.cleansession = bool::from_value(value).map_err(err)?,
+                "local_cleansession" => local_clean = Some(bool::from_value(value).map_err(err)?),
+                "try_private" => out.try_private = bool::from_value(value).map_err(err)?,
+                "keepalive_interval" => {
+                    let secs = usize::from_value(value).map_err(err)?;
+                    out.keepalive_interval = u16::try_from(secs)
+                        .ok()
+                        .filter(|s| *s >= 5)
+                        .ok_or_else(|| err(format!("must be 5 to 65535 seconds, not {secs}")))?;
+                }
+                "restart_timeout" => {
+                    out.restart_timeout = parse_restart_timeout(value).map_err(err)?
+                }
+                "notifications" => out.notifications = bool::from_value(value).map_err(err)?,
+                "notification_topic" => {
+                    let t = String::from_value(value).map_err(err)?;
+                    topic::validate_topic_name(&t).map_err(|e| err(e.to_string()))?;
+                    topic_override = Some(t);
+                }
+                "bridge_protocol_version" => match String::from_value(value).map_err(err)?.as_str()
+                {
+                    "mqttv311" => out.protocol = BridgeProtocol::V311,
+                    other => {
+                        return Err(err(format!(
+                            "{other:?} is not supported yet: only \"mqttv311\""
+                        )))
+                    }
+                },
+                "bridge_cafile" | "bridge_certfile" | "bridge_keyfile" | "bridge_insecure" => {
+                    return Err(ctx(format!(
+                        "{key}: TLS bridges are not yet supported (the bridge connects over \
+                         plain TCP only)"
+                    )))
+                }
+                other => return Err(ctx(format!("unknown key {other:?} ({KEYS})"))),
+            }
+        }
+        if out.addresses.is_empty() {
+            return Err(ctx("has no address (HOST:PORT of the remote broker)".into()));
+        }
+        if out.topics.is_empty() {
+            return Err(ctx("has no topic line (e.g. \"sensors/# out 1\")".into()));
+        }
+        if out.remote_clientid.is_empty() {
+            out.remote_clientid = format!("{hostname}.{name}");
+        }
+        if out.remote_password.is_some() && out.remote_username.is_none() {
+            return Err(ctx("remote_password needs a remote_username".into()));
+        }
+        out.local_clientid = local_id.unwrap_or_else(|| format!("local.{}", out.remote_clientid));
+        out.local_cleansession = local_clean.unwrap_or(out.cleansession);
+        out.notification_topic = topic_override
+            .unwrap_or_else(|| format!("$SYS/broker/connection/{}/state", out.remote_clientid));
+        Ok(out)
+    }
+
+    fn to_table(&self) -> Vec<(String, Value)> {
+        let mut table = vec![
+            ("name".to_string(), Value::Str(self.name.clone())),
+            (
+                "address".to_string(),
+                Value::List(
+                    self.addresses
+                        .iter()
+                        .map(|(h, p)| {
+                            if h.contains(':') {
+                                format!("[{h}]:{p}")
+                            } else {
+                                format!("{h}:{p}")
+                            }
+                        })
+                        .collect(),
+                ),
+            ),
+            (
+                "topic".to_string(),
+                Value::List(self.topics.iter().map(TopicLine::render).collect()),
+            ),
+            (
+                "remote_clientid".to_string(),
+                Value::Str(self.remote_clientid.clone()),
+            ),
+            (
+                "local_clientid".to_string(),
+                Value::Str(self.local_clientid.clone()),
+            ),
+        ];
+        if let Some(user) = &self.remote_username {
+            table.push(("remote_username".into(), Value::Str(user.clone())));
+        }
+        if let Some(password) = &self.remote_password {
+            table.push(("remote_password".into(), Value::Str(password.clone())));
+        }
+        let (base, cap) = self.restart_timeout;
+        table.extend([
+            ("cleansession".into(), Value::Bool(self.cleansession)),
+            (
+                "local_cleansession".into(),
+                Value::Bool(self.local_cleansession),
+            ),
+            ("try_private".into(), Value::Bool(self.try_private)),
+            (
+                "keepalive_interval".into(),
+                Value::Int(i64::from(self.keepalive_interval)),
+            ),
+            (
+                "restart_timeout".into(),
+                Value::Str(format!("{} {}", base.as_secs_f64(), cap.as_secs_f64())),
+            ),
+            ("notifications".into(), Value::Bool(self.notifications)),
+            (
+                "notification_topic".into(),
+                Value::Str(self.notification_topic.clone()),
+            ),
+            (
+                "bridge_protocol_version".into(),
+                Value::Str("mqttv311".into()),
+            ),
+        ]);
+        table
+    }
+}
+
+impl SettingType for Vec<BridgeSettings> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        let tables = match value {
+            Value::Tables(tables) => tables,
+            Value::List(items) if items.is_empty() => return Ok(Vec::new()),
+            other => return Err(format!("must be a list of tables, not {other:?}")),
+        };
+        let hostname = local_hostname();
+        let bridges = tables
+            .iter()
+            .map(|t| BridgeSettings::from_table(t, &hostname))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, b) in bridges.iter().enumerate() {
+            if bridges[..i].iter().any(|o| o.name == b.name) {
+                return Err(format!("two bridges are named {:?}", b.name));
+            }
+            if bridges[..i]
+                .iter()
+                .any(|o| o.local_clientid == b.local_clientid)
+            {
+                return Err(format!(
+                    "bridge {:?}: local_clientid {:?} is used by another bridge",
+                    b.name, b.local_clientid
+                ));
+            }
+        }
+        Ok(bridges)
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Tables(self.iter().map(BridgeSettings::to_table).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> TopicLine {
+        TopicLine::parse(text).unwrap()
+    }
+
+    #[test]
+    fn topic_lines_follow_mosquittos_table() {
+        let l = line("sensors/# out 1 local/ remote/");
+        assert_eq!(l.direction, Direction::Out);
+        assert_eq!(l.qos, QoS::AtLeastOnce);
+        assert_eq!(l.local_topic(), "local/sensors/#");
+        assert_eq!(l.remote_topic(), "remote/sensors/#");
+        assert_eq!(l.to_remote("local/sensors/a"), "remote/sensors/a");
+        assert_eq!(l.to_local("remote/sensors/a"), "local/sensors/a");
+        // Defaults: out, QoS 0, no remapping.
+        let l = line("a/#");
+        assert_eq!((l.direction, l.qos), (Direction::Out, QoS::AtMostOnce));
+        assert_eq!(l.to_remote("a/b"), "a/b");
+        // `""` prefixes.
+        let l = line("p in 2 L/ \"\"");
+        assert_eq!(
+            (l.local_topic(), l.remote_topic()),
+            ("L/p".into(), "p".into())
+        );
+        assert_eq!(l.to_local("p"), "L/p");
+        let l = line("p both 0 \"\" R/");
+        assert_eq!(l.to_remote("p"), "R/p");
+        assert_eq!(l.to_local("R/p"), "p");
+        // An empty pattern remaps one topic to another.
+        let l = line("\"\" out 0 local/t remote/t");
+        assert_eq!(l.local_topic(), "local/t");
+        assert_eq!(l.to_remote("local/t"), "remote/t");
+        // A `#` pattern also matches the prefix's parent, which keeps its name.
+        let l = line("# out 0 a/ b/");
+        assert_eq!(l.to_remote("a"), "b/a");
+    }
+
+    #[test]
+    fn bad_topic_lines_say_why() {
+        for (text, why) in [
+            ("", "empty"),
+            ("a sideways", "direction"),
+            ("a out 3", "QoS"),
+            ("a out 1 L/", "no remote prefix"),
+            ("\"\" out 0 \"\" R/", "both prefixes"),
+            ("\"\" out 0 L/ \"\"", "both prefixes"),
+            ("a out 0 L/+/ R/", "wildcard"),
+            ("a/#/b", "invalid local topic"),
+            ("a out 0 L/ R/ extra", "too many"),
+        ] {
+            let err = TopicLine::parse(text).unwrap_err();
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
+    }
+
+    fn table(entries: &[(&str, Value)]) -> Vec<(String, Value)> {
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn tables_get_mosquittos_defaults_and_errors_name_the_bridge() {
+        let t = table(&[
+            ("name", Value::Str("cloud".into())),
+            ("address", Value::Str("127.0.0.1:1884".into())),
+            ("topic", Value::List(vec!["a/# both 1".into()])),
+        ]);
+        let b = BridgeSettings::from_table(&t, "host").unwrap();
+        assert_eq!(b.addresses, vec![("127.0.0.1".to_string(), 1884)]);
+        assert_eq!(b.remote_clientid, "host.cloud");
+        assert_eq!(b.local_clientid, "local.host.cloud");
+        assert!(b.try_private && !b.cleansession && !b.local_cleansession);
+        assert_eq!(
+            b.notification_topic,
+            "$SYS/broker/connection/host.cloud/state"
+        );
+        let round = Vec::<BridgeSettings>::from_value(&vec![b.clone()].to_value()).unwrap();
+        assert_eq!(round, vec![b]);
+
+        let no_address = table(&[
+            ("name", Value::Str("x".into())),
+            ("topic", Value::List(vec!["a".into()])),
+        ]);
+        let err = BridgeSettings::from_table(&no_address, "h").unwrap_err();
+        assert!(err.contains("\"x\"") && err.contains("no address"), "{err}");
+        let tls = table(&[
+            ("name", Value::Str("x".into())),
+            ("bridge_cafile", Value::Str("ca.pem".into())),
+        ]);
+        let err = BridgeSettings::from_table(&tls, "h").unwrap_err();
+        assert!(err.contains("not yet supported"), "{err}");
+        assert_eq!(
+            parse_restart_timeout(&Value::Str("1 30".into())).unwrap(),
+            (Duration::from_secs(1), Duration::from_secs(30))
+        );
+        assert!(parse_address("[::1]:1883").is_ok());
+        assert!(parse_address("h:x").is_err());
+    }
+}

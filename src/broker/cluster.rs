@@ -1,0 +1,786 @@
+//! Cluster mode: several pyo3mq nodes behave as one broker through a NATS server with
+//! JetStream (the `cluster` setting). No cluster protocol of our own: NATS is the route
+//! table and the transport, JetStream keeps what must outlive a node.
+//!
+//! - Routing (core NATS): each node subscribes once per distinct filter its sessions
+//!   hold (reference-counted as subscriptions come and go), on the subjects of
+//!   [`subject`]. A local PUBLISH goes to NATS once, with a header naming the origin
+//!   node, a per-node sequence number, the QoS and the RETAIN flag; messages from NATS
+//!   are routed to local sessions only, never published again. The connection is made
+//!   with `no_echo`, and the origin is checked too: a node never routes its own message
+//!   twice.
+//! - One copy per node: a message matching several of a node's filters arrives once per
+//!   matching NATS subscription; the first copy is routed through the local trie (which
+//!   already gives each session one copy at its highest QoS, [MQTT-3.3.5-1]) and the
+//!   others, known by (origin, sequence), are dropped. Copies of one message follow each
+//!   other closely, so the de-duplication memory is two bounded generations.
+//! - QoS 1/2: the PUBACK/PUBREC waits until the NATS server has the message (a round
+//!   trip after it), so a message is acknowledged only once it left the node; the
+//!   receiving nodes get it at least once while they are connected (core NATS keeps
+//!   nothing).
+//! - SUBACK waits until the node's NATS subscriptions are in place (the same round
+//!   trip), so what another node publishes after the SUBACK reaches the subscriber.
+//! - Retained messages: a JetStream stream keeping the last message of each subject.
+//!   Every node mirrors it into its own retained tree (an ordered consumer, read to the
+//!   end before the node accepts clients), so a new subscription replays retained
+//!   messages from memory as in single-node mode; a retained message set or cleared on
+//!   any node reaches every node's tree.
+
+pub mod subject;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, HeaderMap, ServerAddr};
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::broker::metrics;
+use crate::broker::router::{MatchScratch, Router};
+use crate::broker::session::Message;
+use crate::codec::QoS;
+use crate::topic::SubscriptionTree;
+
+/// The header carrying `ORIGIN:SEQ:QOS:RETAIN` (origin in hex).
+const META: &str = "Pyo3mq-Meta";
+/// The retained stream and its subjects (`pyo3mq.r.` + a topic subject without
+/// `pyo3mq.`).
+const RETAINED_STREAM: &str = "PYO3MQ_RETAINED";
+const RETAINED_PREFIX: &str = "pyo3mq.r.";
+/// The oldest NATS server with what cluster mode uses (multi-filter consumers, the
+/// stream settings below).
+const MIN_SERVER: (u64, u64) = (2, 10);
+/// Messages waiting to go to NATS; beyond this, QoS 0 messages are dropped (counted)
+/// and QoS 1/2 publishers are closed unacknowledged (they send again).
+const OUTBOUND_CAPACITY: usize = 16_384;
+/// Messages from NATS waiting to be routed locally.
+const INBOUND_CAPACITY: usize = 4_096;
+/// Messages one NATS subscription holds for the routing task.
+const SUBSCRIPTION_CAPACITY: usize = 8_192;
+/// Entries per de-duplication generation.
+const SEEN_GENERATION: usize = 65_536;
+/// Longest a flush waits for the server's answer.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a SUBACK waits for the NATS subscription to be in place.
+const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a start waits for the engine and for the retained messages.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster: invalid NATS URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cluster: cannot connect to NATS at {urls}: {reason}")]
+    Connect { urls: String, reason: String },
+    #[error(
+        "cluster: the NATS server at {urls} is version {version}; cluster mode needs \
+         nats-server 2.10 or later"
+    )]
+    TooOld { urls: String, version: String },
+    #[error(
+        "cluster: the NATS server at {urls} has no JetStream ({reason}); start it with \
+         JetStream enabled (nats-server -js)"
+    )]
+    NoJetStream { urls: String, reason: String },
+    #[error("cluster: cannot set up the retained stream {RETAINED_STREAM}: {0}")]
+    Stream(String),
+}
+
+/// Parses the `cluster` setting: comma-separated `nats://` or `tls://` URLs.
+pub fn parse_urls(setting: &str) -> Result<Vec<ServerAddr>, ClusterError> {
+    let mut out = Vec::new();
+    for url in setting.split(',').map(str::trim) {
+        let invalid = |reason: &str| ClusterError::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            return Err(invalid("expected nats://HOST:PORT or tls://HOST:PORT"));
+        }
+        out.push(
+            url.parse()
+                .map_err(|e: std::io::Error| invalid(&e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// What a publisher hands to the NATS writer.
+enum Outbound {
+    Publish(Arc<Message>, u64),
+    /// Answered once everything before it was handed to the server (true) or failed.
+    Flush(oneshot::Sender<bool>),
+}
+
+/// Filters this node's sessions hold, with how many subscriptions hold each, and those
+/// whose count went to or from zero since the subscription task last looked.
+#[derive(Default)]
+struct Interest {
+    counts: HashMap<ByteString, usize>,
+    dirty: HashSet<ByteString>,
+}
+
+/// The router's side of the cluster: forwarding publishes and keeping NATS interest.
+pub struct Cluster {
+    /// Random per process: tells this node's messages from the others'.
+    node: u64,
+    seq: AtomicU64,
+    outbound: mpsc::Sender<Outbound>,
+    interest: Mutex<Interest>,
+    interest_changed: Notify,
+    /// Interest changes asked for (under `interest`'s lock) and those in place at the
+    /// NATS server: a SUBACK waits for the second to reach the first.
+    interest_requested: AtomicU64,
+    interest_applied: watch::Sender<u64>,
+    /// QoS 0 messages dropped because the NATS writer was behind.
+    dropped: AtomicU64,
+    overflowing: AtomicBool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &format_args!("{:016x}", self.node))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Hands a locally published message to NATS. Never waits: QoS 1/2 publishers wait
+    /// for [`Cluster::flushed`] before they acknowledge.
+    pub fn forward(&self, msg: &Arc<Message>, scratch: &mut MatchScratch) {
+        // `$SYS` is each node's own.
+        if metrics::is_reserved(&msg.topic) {
+            return;
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let reliable = msg.qos != QoS::AtMostOnce;
+        match self.outbound.try_send(Outbound::Publish(msg.clone(), seq)) {
+            Ok(()) => {
+                if reliable {
+                    scratch.cluster_pending = true;
+                }
+                if self.overflowing.load(Ordering::Relaxed)
+                    && self.overflowing.swap(false, Ordering::Relaxed)
+                {
+                    info!("cluster: the NATS writer caught up; messages flow to NATS again");
+                }
+            }
+            Err(_) => {
+                if reliable {
+                    scratch.cluster_lost = true;
+                } else {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                if !self.overflowing.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "cluster: NATS writer behind ({OUTBOUND_CAPACITY} messages waiting): \
+                         QoS 0 messages to other nodes are dropped, QoS 1/2 publishers are \
+                         disconnected unacknowledged until it catches up"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Resolves once every message this publisher forwarded was handed to the NATS
+    /// server: true, or false if one of them could not be (then nothing may be
+    /// acknowledged).
+    pub async fn flushed(&self, scratch: &mut MatchScratch) -> bool {
+        let lost = std::mem::take(&mut scratch.cluster_lost);
+        let pending = std::mem::take(&mut scratch.cluster_pending);
+        if lost {
+            return false;
+        }
+        if !pending {
+            return true;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.outbound.send(Outbound::Flush(done)).await.is_err() {
+            return false;
+        }
+        wait.await.unwrap_or(false)
+    }
+
+    /// A session subscribed to `filter` (not a replacement of its own subscription).
+    pub fn add_interest(&self, filter: &ByteString) {
+        if metrics::is_reserved(filter) {
+            return;
+        }
+        let mut interest = self.interest.lock();
+        let count = interest.counts.entry(filter.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            interest.dirty.insert(filter.clone());
+            self.interest_requested.fetch_add(1, Ordering::Relaxed);
+            drop(interest);
+            self.interest_changed.notify_one();
+        }
+    }
+
+    /// Resolves once every subscription made so far is in place at the NATS server, so
+    /// that what other nodes publish after the SUBACK reaches it (bounded: a NATS server
+    /// that does not answer delays a SUBACK by at most a few seconds).
+    pub async fn interest_ready(&self) {
+        let target = self.interest_requested.load(Ordering::Relaxed);
+        let mut applied = self.interest_applied.subscribe();
+        let ready = tokio::time::timeout(
+            INTEREST_TIMEOUT,
+            applied.wait_for(|&applied| applied >= target),
+        )
+        .await;
+        if ready.is_err() {
+            warn!("cluster: NATS did not confirm a subscription within {INTEREST_TIMEOUT:?}; acknowledging it anyway");
+        }
+    }
+
+    /// A session's subscription to `filter` ended.
+    pub fn remove_interest(&self, filter: &ByteString) {
+        if metrics::is_reserved(filter) {
+            return;
+        }
+        let mut interest = self.interest.lock();
+        let Some(count) = interest.counts.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            interest.counts.remove(filter);
+            interest.dirty.insert(filter.clone());
+            drop(interest);
+            self.interest_changed.notify_one();
+        }
+    }
+
+    /// QoS 0 messages not sent to other nodes because the NATS writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A node id that differs between processes and starts (std's hasher keys are random).
+fn node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    hasher.finish()
+}
+
+/// `major.minor` of a server version such as `2.10.22` or `v2.11.0-beta`.
+fn version_of(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some((major, minor.parse().ok()?))
+}
+
+/// Connects to NATS, checks the server, mirrors the retained stream into `router`
+/// (waiting until it is read to the end) and starts the tasks that route messages both
+/// ways. Runs on the broker's runtime; the tasks end at `shutdown`.
+pub async fn start(
+    setting: &str,
+    router: Arc<Router>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<Cluster>, ClusterError> {
+    let addrs = parse_urls(setting)?;
+    let urls = setting.to_string();
+    let node = node_id();
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("pyo3mq node {node:016x}"))
+        .no_echo()
+        // Per NATS subscription; the library's default (65,536) times thousands of
+        // filters is more than a node should hold for a slow routing task.
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .connection_timeout(START_TIMEOUT)
+        .connect(addrs)
+        .await
+        .map_err(|e| ClusterError::Connect {
+            urls: urls.clone(),
+            reason: e.to_string(),
+        })?;
+    let version = client.server_info().version;
+    if version_of(&version).is_none_or(|v| v < MIN_SERVER) {
+        return Err(ClusterError::TooOld { urls, version });
+    }
+    let js = jetstream::new(client.clone());
+    if let Err(e) = tokio::time::timeout(START_TIMEOUT, js.query_account())
+        .await
+        .map_err(|_| "no answer".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        return Err(ClusterError::NoJetStream { urls, reason: e });
+    }
+    let retained = js
+        .get_or_create_stream(stream::Config {
+            name: RETAINED_STREAM.to_string(),
+            subjects: vec![format!("{RETAINED_PREFIX}>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ClusterError::Stream(e.to_string()))?;
+    info!(
+        "cluster: node {node:016x} connected to NATS {version} at {urls}; retained \
+         messages in stream {RETAINED_STREAM}"
+    );
+
+    let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let cluster = Arc::new(Cluster {
+        node,
+        seq: AtomicU64::new(0),
+        outbound: outbound_tx,
+        interest: Mutex::new(Interest::default()),
+        interest_changed: Notify::new(),
+        interest_requested: AtomicU64::new(0),
+        interest_applied: watch::Sender::new(0),
+        dropped: AtomicU64::new(0),
+        overflowing: AtomicBool::new(false),
+    });
+
+    mirror_retained(&retained, router.clone(), shutdown.clone()).await?;
+    tokio::spawn(write_to_nats(client.clone(), js, node, outbound_rx));
+    tokio::spawn(read_from_nats(client, cluster.clone(), router, shutdown));
+    Ok(cluster)
+}
+
+fn meta(node: u64, seq: u64, msg: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        META,
+        format!(
+            "{node:016x}:{seq}:{}:{}",
+            msg.qos as u8,
+            u8::from(msg.retain)
+        ),
+    );
+    headers
+}
+
+/// (origin, seq, qos, retain) from a message's header.
+fn parse_meta(headers: Option<&HeaderMap>) -> Option<(u64, u64, QoS, bool)> {
+    let value = headers?.get(META)?.as_str();
+    let mut parts = value.split(':');
+    let origin = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let qos = match parts.next()? {
+        "0" => QoS::AtMostOnce,
+        "1" => QoS::AtLeastOnce,
+        "2" => QoS::ExactlyOnce,
+        _ => return None,
+    };
+    let retain = parts.next()? == "1";
+    Some((origin, seq, qos, retain))
+}
+
+/// Sends what local publishers forward, in order, and answers flush requests. Each
+/// batch taken from the queue is written, then one flush answers every request in it.
+async fn write_to_nats(
+    client: Client,
+    js: jetstream::Context,
+    node: u64,
+    mut rx: mpsc::Receiver<Outbound>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    let mut waiters = Vec::new();
+    let mut acks = Vec::new();
+    // A QoS 1/2 message failed since the last flush: the flush answers false.
+    let mut failed = false;
+    let mut logged_error = false;
+    // The queue's sender lives as long as the router; the runtime's shutdown ends this
+    // task, after `flush_on_stop` let it send the wills of closing connections.
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Publish(msg, seq) => {
+                    let subject = subject::topic_to_subject(&msg.topic);
+                    let headers = meta(node, seq, &msg);
+                    let sent = client
+                        .publish_with_headers(subject, headers.clone(), msg.payload.clone())
+                        .await;
+                    if let Err(e) = &sent {
+                        if !std::mem::replace(&mut logged_error, true) {
+                            error!(topic = %msg.topic, "cluster: publish to NATS failed: {e}");
+                        }
+                        failed |= msg.qos != QoS::AtMostOnce;
+                    }
+                    if msg.retain {
+                        let subject = retained_subject(&msg.topic);
+                        match js
+                            .publish_with_headers(subject, headers, msg.payload.clone())
+                            .await
+                        {
+                            Ok(ack) => acks.push((msg, ack)),
+                            Err(e) => {
+                                error!(topic = %msg.topic, "cluster: retained message not stored in NATS: {e}");
+                                failed |= msg.qos != QoS::AtMostOnce;
+                            }
+                        }
+                    }
+                }
+                Outbound::Flush(done) => waiters.push(done),
+            }
+        }
+        if !waiters.is_empty() || acks.len() >= 1024 {
+            for (msg, ack) in acks.drain(..) {
+                if let Err(e) = ack.await {
+                    error!(topic = %msg.topic, "cluster: retained message not stored in NATS: {e}");
+                    failed |= msg.qos != QoS::AtMostOnce;
+                }
+            }
+        }
+        if !waiters.is_empty() {
+            let ok = !std::mem::take(&mut failed) && round_trip(&client, node).await;
+            if ok {
+                logged_error = false;
+            }
+            for done in waiters.drain(..) {
+                let _ = done.send(ok);
+            }
+        }
+    }
+}
+
+/// A request nobody answers: the server's "no responders" reply comes after it has
+/// handled everything this connection sent before (the publishes a QoS 1/2
+/// acknowledgement waits for, the SUBs a SUBACK waits for). False if it does not come.
+async fn round_trip(client: &Client, node: u64) -> bool {
+    let asked = client.request(format!("pyo3mq.ping.{node:016x}"), bytes::Bytes::new());
+    match tokio::time::timeout(ROUND_TRIP_TIMEOUT, asked).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == async_nats::client::RequestErrorKind::NoResponders,
+        Err(_) => false,
+    }
+}
+
+/// `pyo3mq.r.t.a.b` for topic `a/b`.
+fn retained_subject(topic: &str) -> String {
+    let subject = subject::topic_to_subject(topic);
+    let tail = subject.strip_prefix("pyo3mq.").unwrap_or(&subject);
+    format!("{RETAINED_PREFIX}{tail}")
+}
+
+fn retained_topic(subject: &str) -> Option<String> {
+    let tail = subject.strip_prefix(RETAINED_PREFIX)?;
+    subject::subject_to_topic(&format!("pyo3mq.{tail}"))
+}
+
+/// Reads the retained stream into the router's retained tree: to the end before
+/// returning, then every change as it comes, until shutdown.
+async fn mirror_retained(
+    stream: &stream::Stream,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ClusterError> {
+    let failed = |e: String| ClusterError::Stream(e);
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            filter_subject: format!("{RETAINED_PREFIX}>"),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut pending = consumer
+        .info()
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .num_pending;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let apply = move |router: &Router, msg: &jetstream::Message| {
+        let Some(topic) = retained_topic(&msg.subject) else {
+            debug!(subject = %msg.subject, "cluster: ignored a retained stream subject");
+            return;
+        };
+        let qos = parse_meta(msg.headers.as_ref()).map_or(QoS::AtMostOnce, |m| m.2);
+        router.set_retained(Arc::new(Message {
+            properties: None,
+            topic: ByteString::from(topic),
+            payload: msg.payload.clone(),
+            qos,
+            retain: true,
+            publisher: ByteString::new(),
+        }));
+    };
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let mut loaded = 0u64;
+    while pending > 0 {
+        let next = tokio::time::timeout_at(deadline, messages.next()).await;
+        match next {
+            Ok(Some(Ok(msg))) => {
+                apply(&router, &msg);
+                loaded += 1;
+                pending = msg.info().map_or(0, |info| info.pending);
+            }
+            Ok(Some(Err(e))) => return Err(failed(e.to_string())),
+            Ok(None) => break,
+            Err(_) => {
+                return Err(failed(format!(
+                    "still {pending} retained message(s) to read after {START_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+    info!("cluster: {loaded} retained message(s) read from {RETAINED_STREAM}");
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = shutdown.changed() => return,
+            };
+            match next {
+                Some(Ok(msg)) => apply(&router, &msg),
+                Some(Err(e)) => warn!("cluster: reading the retained stream: {e}"),
+                None => {
+                    error!("cluster: the retained stream's consumer ended; retained messages set on other nodes no longer reach this one");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The NATS subscriptions of one filter: the tasks reading them (dropping a
+/// subscription, when its task is aborted, unsubscribes).
+struct Subscribed {
+    id: u64,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Keeps one NATS subscription per distinct local filter and routes what arrives.
+async fn read_from_nats(
+    client: Client,
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = mpsc::channel::<(u64, async_nats::Message)>(INBOUND_CAPACITY);
+    let mut subscribed: HashMap<ByteString, Subscribed> = HashMap::new();
+    // The filters subscribed now, keyed by subscription id: how many copies of a
+    // message to expect, and whether a copy comes from a subscription still wanted.
+    let mut active: SubscriptionTree<u64, ()> = SubscriptionTree::new();
+    let mut active_ids: HashSet<u64> = HashSet::new();
+    let mut next_id = 0u64;
+    let mut seen = Seen::default();
+    let mut scratch = MatchScratch::default();
+    loop {
+        tokio::select! {
+            _ = cluster.interest_changed.notified() => {
+                let (requested, dirty) = {
+                    let mut interest = cluster.interest.lock();
+                    (cluster.interest_requested.load(Ordering::Relaxed), std::mem::take(&mut interest.dirty))
+                };
+                for filter in dirty {
+                    let wanted = cluster.interest.lock().counts.contains_key(&filter);
+                    match (wanted, subscribed.contains_key(&filter)) {
+                        (true, false) => {
+                            next_id += 1;
+                            let id = next_id;
+                            let mut readers = Vec::new();
+                            for subject in subject::filter_to_subjects(&filter) {
+                                match client.subscribe(subject.clone()).await {
+                                    Ok(sub) => readers.push(tokio::spawn(forward_copies(id, sub, tx.clone()))),
+                                    Err(e) => error!(%filter, "cluster: cannot subscribe to {subject}: {e}"),
+                                }
+                            }
+                            active.insert(&filter, id, ());
+                            active_ids.insert(id);
+                            subscribed.insert(filter, Subscribed { id, readers });
+                        }
+                        (false, true) => {
+                            if let Some(gone) = subscribed.remove(&filter) {
+                                active.remove(&filter, &gone.id);
+                                active_ids.remove(&gone.id);
+                                for reader in gone.readers {
+                                    reader.abort();
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                // The server handles a connection's commands in order: its answer to
+                // this request means the SUBs before it are in place.
+                round_trip(&client, cluster.node).await;
+                cluster.interest_applied.send_replace(requested);
+            }
+            received = rx.recv() => {
+                let Some((id, msg)) = received else { return };
+                if !active_ids.contains(&id) {
+                    continue;
+                }
+                let Some((origin, seq, qos, _retain)) = parse_meta(msg.headers.as_ref()) else {
+                    debug!(subject = %msg.subject, "cluster: ignored a message without pyo3mq's header");
+                    continue;
+                };
+                if origin == cluster.node {
+                    continue;
+                }
+                let Some(topic) = subject::subject_to_topic(&msg.subject) else {
+                    debug!(subject = %msg.subject, "cluster: ignored a subject pyo3mq did not make");
+                    continue;
+                };
+                let mut copies = 0usize;
+                active.matches(&topic, &mut |_, _| copies += 1);
+                if copies > 1 && !seen.first_copy(origin, seq, copies - 1) {
+                    continue;
+                }
+                // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9]; retained copies reach
+                // new subscribers from the mirrored retained tree.
+                router.publish_remote(
+                    Arc::new(Message {
+                        properties: None,
+                        topic: ByteString::from(topic),
+                        payload: msg.payload,
+                        qos,
+                        retain: false,
+                        publisher: ByteString::new(),
+                    }),
+                    &mut scratch,
+                );
+                if scratch.has_blocked() {
+                    scratch.wait_for_space().await;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Passes one subscription's messages, in order, to the routing task.
+async fn forward_copies(
+    id: u64,
+    mut sub: async_nats::Subscriber,
+    tx: mpsc::Sender<(u64, async_nats::Message)>,
+) {
+    while let Some(msg) = sub.next().await {
+        if tx.send((id, msg)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Messages routed whose other copies are still expected: (origin, seq) -> copies left.
+/// Two generations, the older dropped when the newer fills, so memory stays bounded
+/// even if an expected copy never comes (its subscription ended on the way).
+#[derive(Default)]
+struct Seen {
+    current: HashMap<(u64, u64), usize>,
+    previous: HashMap<(u64, u64), usize>,
+}
+
+impl Seen {
+    /// True for the first copy of a message (route it), false for a later one.
+    fn first_copy(&mut self, origin: u64, seq: u64, more: usize) -> bool {
+        let key = (origin, seq);
+        for generation in [&mut self.current, &mut self.previous] {
+            if let Some(left) = generation.get_mut(&key) {
+                *left -= 1;
+                if *left == 0 {
+                    generation.remove(&key);
+                }
+                return false;
+            }
+        }
+        if self.current.len() >= SEEN_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, more);
+        true
+    }
+}
+
+/// Waits (bounded) until what was forwarded so far left for NATS: at shutdown, so the
+/// wills of closing connections are not lost with the runtime.
+pub async fn flush_on_stop(cluster: &Cluster) {
+    let mut scratch = MatchScratch::default();
+    scratch.cluster_pending = true;
+    let _ = tokio::time::timeout(Duration::from_secs(2), cluster.flushed(&mut scratch)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_of("2.10.22"), Some((2, 10)));
+        assert_eq!(version_of("v2.11.0-beta.1"), Some((2, 11)));
+        assert_eq!(version_of("2.9.25"), Some((2, 9)));
+        assert!(version_of("2.9.25").unwrap() < MIN_SERVER);
+        assert!(version_of("3.0.0").unwrap() >= MIN_SERVER);
+        assert_eq!(version_of("junk"), None);
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_urls("nats://127.0.0.1:4222, nats://127.0.0.1:4223")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_urls("127.0.0.1:4222").is_err());
+        assert!(parse_urls("http://x:1").is_err());
+        assert!(parse_urls("").is_err());
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let msg = Message {
+            properties: None,
+            topic: ByteString::from_static("a"),
+            payload: bytes::Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            publisher: ByteString::new(),
+        };
+        let headers = meta(0xabc, 7, &msg);
+        assert_eq!(
+            parse_meta(Some(&headers)),
+            Some((0xabc, 7, QoS::ExactlyOnce, true))
+        );
+        assert_eq!(parse_meta(None), None);
+    }
+
+    #[test]
+    fn retained_subjects_round_trip() {
+        for topic in ["a/b", "$x/y", "/", "a.b/ c"] {
+            assert_eq!(
+                retained_topic(&retained_subject(topic)).as_deref(),
+                Some(topic)
+            );
+        }
+    }
+
+    #[test]
+    fn later_copies_are_dropped_and_forgotten() {
+        let mut seen = Seen::default();
+        assert!(seen.first_copy(1, 1, 2));
+        assert!(!seen.first_copy(1, 1, 2));
+        assert!(!seen.first_copy(1, 1, 2));
+        assert!(seen.current.is_empty());
+        assert!(seen.first_copy(2, 1, 1));
+        for i in 0..SEEN_GENERATION as u64 + 1 {
+            seen.first_copy(3, i, 1);
+        }
+        assert!(seen.current.len() + seen.previous.len() <= 2 * SEEN_GENERATION);
+    }
+}

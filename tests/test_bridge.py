@@ -1,0 +1,396 @@
+"""Bridges (`[[bridge]]`, Mosquitto's settings) against a real Debian mosquitto as the
+remote, and between two pyo3mq brokers.
+
+Every wait is for something to happen (the bridge's retained state notification, a
+marker message), never a fixed sleep; "nothing more arrives" is checked for a bounded
+settle time after a marker that was sent last.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyo3mq
+import pytest
+from pyo3mq import BridgeConfig, Broker
+from pyo3mq.cli import load_config
+from support.mosquitto import free_port, run, terminate
+from support.teardown import closed_at_teardown
+from test_pubsub import MARK, SETTLE, TIMEOUT, Msg, PahoClient
+
+STATE = "$SYS/broker/connection/edge/state"
+
+
+@pytest.fixture
+def client() -> Iterator[Callable[..., PahoClient]]:
+    """`client(port, ...)`: a connected paho client, closed after the test."""
+    yield from closed_at_teardown(PahoClient)
+
+
+def bridge(address: str, *topics: str, **settings: Any) -> BridgeConfig:
+    settings.setdefault("restart_timeout", (0.1, 0.5))
+    settings.setdefault("remote_clientid", "edge")
+    return BridgeConfig(name="edge", address=address, topic=list(topics), **settings)
+
+
+def wait_state(port: int, want: bytes, make: Callable[..., PahoClient]) -> None:
+    """Waits for the bridge's retained state notification on the local broker."""
+    watcher = make(port)
+    watcher.subscribe((STATE, 0))
+    deadline = time.monotonic() + 3 * TIMEOUT
+    while True:
+        m = watcher.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
+        if m.payload == want:
+            return
+
+
+def exactly(sub: PahoClient, topic: str) -> list[Msg]:
+    """What `sub` got up to the marker on `topic` (sent last), and for a settle time
+    after it."""
+    got = sub.until(lambda m: m.payload == MARK and m.topic == topic, settle=SETTLE * 3)
+    return [m for m in got if m.payload != MARK]
+
+
+def local_broker(*bridges: BridgeConfig, **settings: Any) -> Broker:
+    broker = Broker(listeners=["tcp://127.0.0.1:0"], bridges=list(bridges), **settings)
+    broker.start()
+    return broker
+
+
+@pytest.fixture
+def brokers() -> Iterator[Callable[..., tuple[Broker, int]]]:
+    """`brokers(*bridges)`: a started pyo3mq broker with those bridges, and its port."""
+    started: list[Broker] = []
+
+    def make(*bridges: BridgeConfig, **settings: Any) -> tuple[Broker, int]:
+        broker = local_broker(*bridges, **settings)
+        started.append(broker)
+        return broker, broker.addresses[0][1]
+
+    yield make
+    for broker in reversed(started):
+        broker.stop()
+
+
+def test_out_and_in_with_prefixes(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """`out` lines take the local prefix off and put the remote one on, `in` lines the
+    other way round, at min(line QoS, message QoS); `""` stands for no prefix."""
+    remote = mosquitto("allow_anonymous true")
+    _, port = brokers(
+        bridge(
+            f"127.0.0.1:{remote}",
+            "sensors/# out 1 edge/ site1/",
+            'cmd/# in 2 "" cloud/',
+            "plain out 2",
+        )
+    )
+    wait_state(port, b"1", client)
+    remote_sub = client(remote)
+    remote_sub.subscribe(("#", 2))
+    local_sub = client(port)
+    local_sub.subscribe(("cmd/#", 2), ("edge/#", 2))
+    local_pub, remote_pub = client(port), client(remote)
+
+    local_pub.publish("edge/sensors/t1", b"21.5", qos=2)
+    local_pub.publish("plain", b"p", qos=1)
+    local_pub.publish("other/topic", b"not bridged", qos=1)
+    local_pub.publish("edge/sensors/mark", MARK, qos=1)
+    got = exactly(remote_sub, "site1/sensors/mark")
+    assert [(m.topic, m.payload, m.qos) for m in got] == [
+        ("site1/sensors/t1", b"21.5", 1),  # line QoS 1 < message QoS 2
+        ("plain", b"p", 1),  # message QoS 1 < line QoS 2
+    ]
+
+    remote_pub.publish("cloud/cmd/reboot", b"now", qos=1)
+    remote_pub.publish("cmd/unprefixed", b"not bridged", qos=1)
+    remote_pub.publish("cloud/cmd/mark", MARK, qos=1)
+    got = exactly(local_sub, "cmd/mark")
+    # The local copies of the local publishes came first; the remote's are what follow.
+    incoming = [(m.topic, m.payload, m.qos) for m in got if m.topic.startswith("cmd/")]
+    assert incoming == [("cmd/reboot", b"now", 1)]
+
+
+@pytest.mark.parametrize("try_private", [True, False])
+def test_both_does_not_loop(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    try_private: bool,
+) -> None:
+    """A `both` line delivers every message once on each side: the bridge never sends a
+    message it brought in back out, and with `try_private` (Mosquitto's bridge bit in
+    CONNECT) mosquitto does not send the bridge's own messages back to it. Without
+    `try_private` mosquitto echoes them, and local subscribers get them twice: what the
+    bit is for."""
+    remote = mosquitto("allow_anonymous true")
+    _, port = brokers(bridge(f"127.0.0.1:{remote}", "room/# both 1", try_private=try_private))
+    wait_state(port, b"1", client)
+    local_sub, remote_sub = client(port), client(remote)
+    local_sub.subscribe(("room/#", 1))
+    remote_sub.subscribe(("room/#", 1))
+    local_pub, remote_pub = client(port), client(remote)
+
+    for i in range(5):
+        local_pub.publish("room/local", b"L%d" % i, qos=1)
+        remote_pub.publish("room/remote", b"R%d" % i, qos=1)
+    local_pub.publish("room/mark", MARK, qos=1)
+    on_remote = exactly(remote_sub, "room/mark")
+    on_local = exactly(local_sub, "room/mark")
+    sent = sorted([b"L%d" % i for i in range(5)] + [b"R%d" % i for i in range(5)])
+    assert sorted(m.payload for m in on_remote) == sent
+    echoed = [b"L%d" % i for i in range(5)] if not try_private else []
+    assert sorted(m.payload for m in on_local) == sorted(sent + echoed)
+
+
+def remote_mosquitto(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """A mosquitto on `port` that keeps its sessions across a restart (persistence)."""
+    lines = ["allow_anonymous true", "persistence true", f"persistence_location {tmp_path}/"]
+    return run(tmp_path / "remote.conf", port, lines)
+
+
+def test_qos1_across_a_remote_restart_loses_nothing(
+    mosquitto: Callable[..., int],  # skips without mosquitto
+    tmp_path: Path,
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """QoS 1 messages published while the remote restarts wait in the bridge's session
+    and reach the remote once it is back: every one arrives, and in order (a message the
+    remote had but did not acknowledge may come twice, as QoS 1 allows)."""
+    remote_port = free_port()
+    remote = remote_mosquitto(tmp_path, remote_port)
+    try:
+        _, port = brokers(bridge(f"127.0.0.1:{remote_port}", "q/# out 1"))
+        wait_state(port, b"1", client)
+        sink = PahoClient(remote_port, "sink", clean_session=False)
+        sink.client.reconnect_delay_set(1, 1)
+        try:
+            sink.subscribe(("q/#", 1))
+            pub = client(port)
+            total = 300
+            for i in range(total):
+                if i == 100:
+                    terminate(remote)
+                if i == 200:
+                    remote = remote_mosquitto(tmp_path, remote_port)
+                pub.publish_async("q/n", b"%d" % i, qos=1)
+            pub.publish("q/mark", MARK, qos=1)
+            seen: list[int] = []
+            deadline = time.monotonic() + 6 * TIMEOUT
+            while len(set(seen)) < total:
+                m = sink.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
+                if m.payload != MARK:
+                    seen.append(int(m.payload))
+            first = list(dict.fromkeys(seen))
+            assert first == list(range(total))
+        finally:
+            sink.close()
+    finally:
+        terminate(remote)
+
+
+def test_queue_for_the_remote_survives_a_restart_of_this_broker(
+    mosquitto: Callable[..., int],  # skips without mosquitto
+    tmp_path: Path,
+    client: Callable[..., PahoClient],
+) -> None:
+    """With `cleansession = false` (the default) the bridge's local session is
+    persistent: QoS 1 messages waiting for an unreachable remote are in the SQLite
+    session store when this broker stops, and reach the remote after a restart."""
+    remote_port = free_port()  # nothing listens there yet
+    store = f"sqlite:{tmp_path / 'edge.db'}"
+    config = bridge(f"127.0.0.1:{remote_port}", "q/# out 1")
+    first = local_broker(config, session_store=store)
+    try:
+        pub = client(first.addresses[0][1])
+        for i in range(20):
+            pub.publish("q/n", b"%d" % i, qos=1)
+        pub.close()
+    finally:
+        first.stop()
+    remote = remote_mosquitto(tmp_path, remote_port)
+    try:
+        sink = client(remote_port)
+        sink.subscribe(("q/#", 1))
+        second = local_broker(config, session_store=store)
+        try:
+            got = [int(m.payload) for m in sink.take(20, timeout=3 * TIMEOUT)]
+            assert got == list(range(20))
+        finally:
+            second.stop()
+    finally:
+        terminate(remote)
+
+
+def test_state_notification_follows_the_remote(
+    tmp_path: Path,
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """`$SYS/broker/connection/<remote_clientid>/state` is 1 while connected, 0 when the
+    remote is gone, 1 again when it is back."""
+    remote_port = free_port()
+    remote = remote_mosquitto(tmp_path, remote_port)
+    try:
+        _, port = brokers(bridge(f"127.0.0.1:{remote_port}", "x out 0"))
+        wait_state(port, b"1", client)
+        terminate(remote)
+        wait_state(port, b"0", client)
+        remote = remote_mosquitto(tmp_path, remote_port)
+        wait_state(port, b"1", client)
+    finally:
+        terminate(remote)
+
+
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "pyo3mq"])
+def test_retained_messages_are_retained_on_the_other_side(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    remote_kind: str,
+) -> None:
+    """A retained message published while the bridge is up is retained on the other
+    broker too: the remote (mosquitto, or pyo3mq seeing the bridge bit) delivers it to the
+    bridge with its RETAIN flag, and the bridge publishes it with it, both ways."""
+    remote = mosquitto("allow_anonymous true") if remote_kind == "mosquitto" else brokers()[1]
+    _, port = brokers(bridge(f"127.0.0.1:{remote}", "r/# both 1"))
+    wait_state(port, b"1", client)
+    # Subscribed while the messages pass, so that they are live deliveries.
+    local_sub, remote_sub = client(port), client(remote)
+    local_sub.subscribe(("r/#", 1))
+    remote_sub.subscribe(("r/#", 1))
+    client(port).publish("r/from-local", b"L", qos=1, retain=True)
+    client(remote).publish("r/from-remote", b"R", qos=1, retain=True)
+    assert {m.payload for m in local_sub.take(2)} == {b"L", b"R"}
+    assert {m.payload for m in remote_sub.take(2)} == {b"L", b"R"}
+    for side in (port, remote):
+        late = client(side)
+        late.subscribe(("r/#", 1))
+        got = late.take(2)
+        assert {(m.topic, m.payload, m.retain) for m in got} == {
+            ("r/from-local", b"L", True),
+            ("r/from-remote", b"R", True),
+        }
+
+
+def test_addresses_are_tried_in_turn(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """With several addresses, one that refuses is passed over for the next."""
+    remote = mosquitto("allow_anonymous true")
+    dead = free_port()  # nothing listens there
+    config = BridgeConfig(
+        name="edge",
+        address=[f"127.0.0.1:{dead}", f"127.0.0.1:{remote}"],
+        topic=["f out 1"],
+        remote_clientid="edge",
+        restart_timeout=(0.1, 0.2),
+    )
+    _, port = brokers(config)
+    wait_state(port, b"1", client)
+    sink = client(remote)
+    sink.subscribe(("f", 1))
+    client(port).publish("f", b"via the second address", qos=1)
+    assert sink.next_msg().payload == b"via the second address"
+
+
+def test_pyo3mq_to_pyo3mq_both_ways_without_loops(
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """pyo3mq's own listener takes a bridge's CONNECT (level 0x84) and, like mosquitto,
+    does not send the bridge's messages back to it: each message is delivered once per
+    broker."""
+    _, cloud = brokers()
+    _, edge = brokers(bridge(f"127.0.0.1:{cloud}", 'data/# both 2 "" site/'))
+    wait_state(edge, b"1", client)
+    edge_sub, cloud_sub = client(edge), client(cloud)
+    edge_sub.subscribe(("data/#", 2))
+    cloud_sub.subscribe(("site/data/#", 2))
+    edge_pub, cloud_pub = client(edge), client(cloud)
+    for i in range(3):
+        edge_pub.publish("data/up", b"u%d" % i, qos=2)
+        cloud_pub.publish("site/data/down", b"d%d" % i, qos=1)
+    edge_pub.publish("data/mark", MARK, qos=1)
+    on_cloud = exactly(cloud_sub, "site/data/mark")
+    on_edge = exactly(edge_sub, "data/mark")
+    assert sorted((m.topic, m.payload) for m in on_cloud) == sorted(
+        [("site/data/up", b"u%d" % i) for i in range(3)]
+        + [("site/data/down", b"d%d" % i) for i in range(3)]
+    )
+    assert sorted((m.topic, m.payload) for m in on_edge) == sorted(
+        [("data/up", b"u%d" % i) for i in range(3)] + [("data/down", b"d%d" % i) for i in range(3)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        (
+            {"name": "b1", "address": "127.0.0.1:1883", "topic": ["a/# sideways 1"]},
+            'bridge "b1": topic line "a/# sideways 1" has direction "sideways"',
+        ),
+        (
+            {"name": "b2", "address": "127.0.0.1:1883", "topic": ["a out 1 L/"]},
+            "has a local prefix but no remote prefix",
+        ),
+        ({"name": "b3", "topic": ["a"]}, 'bridge "b3": has no address'),
+        (
+            {"name": "b4", "address": "127.0.0.1:1883", "topic": ["a"], "bridge_cafile": "c"},
+            "TLS bridges are not yet supported",
+        ),
+        (
+            {"name": "b5", "address": "127.0.0.1:1883", "topic": ["a"], "tyr_private": False},
+            'unknown key "tyr_private"',
+        ),
+        (
+            {
+                "name": "b6",
+                "address": "127.0.0.1:1883",
+                "topic": ["a"],
+                "bridge_protocol_version": "mqttv50",
+            },
+            'only "mqttv311"',
+        ),
+    ],
+)
+def test_config_errors_name_the_bridge_and_the_problem(table: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match="bridge") as info:
+        pyo3mq.BrokerConfig(bridge=[table])
+    assert error in str(info.value)
+
+
+def test_toml_bridge_tables(tmp_path: Path) -> None:
+    """`[[bridge]]` tables in the config file, read with Mosquitto's defaults filled in;
+    a bad one is refused naming the bridge and the line."""
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        'listeners = ["tcp://127.0.0.1:0"]\n'
+        "[[bridge]]\n"
+        'name = "cloud"\n'
+        'address = ["127.0.0.1:1884", "127.0.0.1:1885"]\n'
+        'topic = ["sensors/# out 1 local/ remote/", "cmd/# in 2"]\n'
+        'remote_clientid = "gw1"\n'
+        'restart_timeout = "2 20"\n'
+    )
+    (table,) = load_config(str(path), None, None).bridge
+    assert table["topic"] == ["sensors/# out 1 local/ remote/", "cmd/# in 2"]
+    path.write_text('[[bridge]]\nname = "cloud"\naddress = "h:1"\ntopic = ["a in 3"]\n')
+    with pytest.raises(ValueError, match='bridge "cloud": topic line "a in 3" has QoS "3"'):
+        load_config(str(path), None, None)
+
+
+def test_bridges_argument_takes_bridge_configs() -> None:
+    with pytest.raises(TypeError, match="BridgeConfig"):
+        Broker(bridges=[{"name": "x"}])  # type: ignore[list-item]
