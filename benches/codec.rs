@@ -24,6 +24,7 @@ fn publish(size: usize) -> Publish {
         topic: ByteString::from_static(TOPIC),
         pkid: Some(42),
         payload: Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>()),
+        properties: None,
     }
 }
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Checks docs/conformance.md against the list of MQTT 3.1.1 statements and the test tree.
+"""Checks docs/conformance.md against the list of MQTT 3.1.1 statements and the test tree,
+and docs/conformance_v5.md against the MQTT 5.0 statements.
 
     python docs/conformance_check.py            # exit 1 on a missing/bad row or test reference
     python docs/conformance_check.py --strict   # ...and also exit 1 while any GAP row remains
     python docs/conformance_check.py --ids PATH # read the ID list from mqtt-3.1.1-ids.tsv
     python docs/conformance_check.py --doc PATH # check another copy of the document
+    python docs/conformance_check.py --v5-complete  # also require a row for every 5.0
+                                                # Server/both statement (the final form)
 
 What it verifies:
 
@@ -20,6 +23,14 @@ What it verifies:
   needs `def test_name(` in that file (and `id="param-id"` when a bracket is given);
   `tests/x.rs::name` and `src/x.rs::tests::name` need `fn name(` in that file;
 * the counts in the document's summary table equal the counts computed from the rows.
+
+The MQTT 5.0 table (docs/conformance_v5.md, 251 statements, embedded below as
+`EMBEDDED_IDS_V5`) is checked the same way for the rows it has: the Binds value matches,
+a Server/both row cites existing tests or says "Not applicable: <reason>", a Client row
+says "Client rule: not applicable to the broker" (the client library does not speak 5.0
+yet). While 5.0 support is being built, statements without a row are only counted (a row
+saying "not yet" is not accepted); `--v5-complete` makes every missing Server/both row an
+error, which is the check's final form.
 
 Standard library only; it imports nothing from the project and runs no test.
 """
@@ -63,6 +74,59 @@ EMBEDDED_IDS = """
 6.0.0-4 Server|7.0.0-1 Server|7.0.0-2 both|7.1.1-1 Server|7.1.2-1 Client
 """
 
+# The 251 statements of MQTT 5.0 (OASIS Standard, 7 March 2019) and whom they bind, as in
+# shared/spec/mqtt-5.0-ids.tsv.
+EMBEDDED_IDS_V5 = """
+1.5.4-1 both|1.5.4-2 both|1.5.4-3 both|1.5.5-1 both|1.5.7-1 both|2.1.3-1 both
+2.2.1-2 both|2.2.1-3 Client|2.2.1-4 Server|2.2.1-5 both|2.2.1-6 Server|2.2.2-1 both
+3.1.0-1 Client|3.1.0-2 Server|3.1.2-1 both|3.1.2-2 Server|3.1.2-3 Server|3.1.2-4 both
+3.1.2-5 Server|3.1.2-6 Server|3.1.2-7 Server|3.1.2-8 Server|3.1.2-9 Client
+3.1.2-10 Server|3.1.2-11 Client|3.1.2-12 Client|3.1.2-13 Client|3.1.2-14 Server
+3.1.2-15 Server|3.1.2-16 Client|3.1.2-17 Client|3.1.2-18 Client|3.1.2-19 Client
+3.1.2-20 Client|3.1.2-21 Client|3.1.2-22 Server|3.1.2-23 both|3.1.2-24 Server
+3.1.2-25 Server|3.1.2-26 Server|3.1.2-27 Server|3.1.2-28 Server|3.1.2-29 Server
+3.1.2-30 Client|3.1.3-1 Client|3.1.3-2 both|3.1.3-3 Client|3.1.3-4 Client|3.1.3-5 Server
+3.1.3-6 Server|3.1.3-7 Server|3.1.3-8 Server|3.1.3-9 Server|3.1.3-10 Server
+3.1.3-11 Client|3.1.3-12 Client|3.1.4-1 Server|3.1.4-2 Server|3.1.4-3 Server
+3.1.4-4 Server|3.1.4-5 Server|3.1.4-6 Server|3.2.0-1 Server|3.2.0-2 Server
+3.2.2-1 Server|3.2.2-2 Server|3.2.2-3 Server|3.2.2-4 Client|3.2.2-5 Client
+3.2.2-6 Server|3.2.2-7 Server|3.2.2-8 Server|3.2.2-9 Server|3.2.2-10 Server
+3.2.2-11 Client|3.2.2-12 Server|3.2.2-13 Server|3.2.2-14 Client|3.2.2-15 Client
+3.2.2-16 Server|3.2.2-17 Client|3.2.2-18 Client|3.2.2-19 Server|3.2.2-20 Server
+3.2.2-21 Client|3.2.2-22 Server|3.3.1-1 both|3.3.1-2 both|3.3.1-3 Server|3.3.1-4 both
+3.3.1-5 Server|3.3.1-6 Server|3.3.1-7 Server|3.3.1-8 Server|3.3.1-9 Server
+3.3.1-10 Server|3.3.1-11 Server|3.3.1-12 Server|3.3.1-13 Server|3.3.2-1 both
+3.3.2-2 both|3.3.2-3 Server|3.3.2-4 Server|3.3.2-5 Server|3.3.2-6 Server|3.3.2-7 both
+3.3.2-8 both|3.3.2-9 Client|3.3.2-10 Client|3.3.2-11 Server|3.3.2-12 Server
+3.3.2-13 both|3.3.2-14 both|3.3.2-15 Server|3.3.2-16 Server|3.3.2-17 Server
+3.3.2-18 Server|3.3.2-19 both|3.3.2-20 Server|3.3.4-1 both|3.3.4-2 Server|3.3.4-3 Server
+3.3.4-4 Server|3.3.4-5 Server|3.3.4-6 Client|3.3.4-7 Client|3.3.4-8 Client
+3.3.4-9 Server|3.3.4-10 Server|3.4.2-1 both|3.4.2-2 both|3.4.2-3 both|3.5.2-1 both
+3.5.2-2 both|3.5.2-3 both|3.6.1-1 both|3.6.2-1 both|3.6.2-2 both|3.6.2-3 both
+3.7.2-1 both|3.7.2-2 both|3.7.2-3 both|3.8.1-1 both|3.8.3-1 Client|3.8.3-2 Client
+3.8.3-3 Server|3.8.3-4 Client|3.8.3-5 Server|3.8.4-1 Server|3.8.4-2 Server
+3.8.4-3 Server|3.8.4-4 Server|3.8.4-5 Server|3.8.4-6 Server|3.8.4-7 Server
+3.8.4-8 Server|3.9.2-1 Server|3.9.2-2 Server|3.9.3-1 Server|3.9.3-2 Server|3.10.1-1 both
+3.10.3-1 Client|3.10.3-2 Client|3.10.4-1 Server|3.10.4-2 Server|3.10.4-3 Server
+3.10.4-4 Server|3.10.4-5 Server|3.10.4-6 Server|3.11.2-1 Server|3.11.2-2 Server
+3.11.3-1 Server|3.11.3-2 Server|3.12.4-1 Server|3.14.0-1 Server|3.14.1-1 both
+3.14.2-1 both|3.14.2-2 Server|3.14.2-3 both|3.14.2-4 both|3.14.4-1 both|3.14.4-2 both
+3.14.4-3 Server|3.15.1-1 both|3.15.2-1 both|3.15.2-2 both|3.15.2-3 both|4.1.0-1 both
+4.1.0-2 Server|4.2.0-1 both|4.3.1-1 both|4.3.2-1 both|4.3.2-2 both|4.3.2-3 both
+4.3.2-4 both|4.3.2-5 both|4.3.3-1 both|4.3.3-2 both|4.3.3-3 both|4.3.3-4 both
+4.3.3-5 both|4.3.3-6 both|4.3.3-7 both|4.3.3-8 both|4.3.3-9 both|4.3.3-10 both
+4.3.3-11 both|4.3.3-12 both|4.3.3-13 both|4.4.0-1 both|4.4.0-2 both|4.5.0-1 Server
+4.5.0-2 Client|4.6.0-1 Client|4.6.0-2 Client|4.6.0-3 Client|4.6.0-4 Client
+4.6.0-5 Server|4.6.0-6 Server|4.7.0-1 both|4.7.1-1 both|4.7.1-2 both|4.7.2-1 Server
+4.7.3-1 both|4.7.3-2 both|4.7.3-3 both|4.7.3-4 Server|4.8.2-1 both|4.8.2-2 both
+4.8.2-3 Server|4.8.2-4 Server|4.8.2-5 Server|4.8.2-6 Server|4.9.0-1 both|4.9.0-2 both
+4.9.0-3 both|4.12.0-1 Server|4.12.0-2 Server|4.12.0-3 Client|4.12.0-4 Server
+4.12.0-5 both|4.12.0-6 Server|4.12.0-7 Client|4.12.1-1 Client|4.12.1-2 both
+4.13.1-1 Server|4.13.2-1 both|6.0.0-1 both|6.0.0-2 both|6.0.0-3 Client|6.0.0-4 Server
+"""
+
+DOC_V5 = ROOT / "docs" / "conformance_v5.md"
+
 TSV_CANDIDATES = [
     ROOT / "docs" / "spec" / "mqtt-3.1.1-ids.tsv",
     ROOT / "shared" / "spec" / "mqtt-3.1.1-ids.tsv",
@@ -85,6 +149,16 @@ def canonical(raw: str) -> str:
     return fixed.get(raw, raw)
 
 
+def read_tsv(path: Path) -> dict[str, str]:
+    """ID -> Binds from a shared/spec/*-ids.tsv file."""
+    ids = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            ident, binds = line.split("\t")[:2]
+            ids[canonical(ident.strip())] = binds.strip()
+    return ids
+
+
 def load_ids(path: Path | None) -> dict[str, str]:
     embedded = {}
     for item in EMBEDDED_IDS.replace("\n", "|").split("|"):
@@ -95,11 +169,7 @@ def load_ids(path: Path | None) -> dict[str, str]:
     candidates = [path] if path else TSV_CANDIDATES
     for candidate in candidates:
         if candidate and candidate.is_file():
-            from_tsv = {}
-            for line in candidate.read_text().splitlines():
-                if line.strip():
-                    ident, binds = line.split("\t")[:2]
-                    from_tsv[canonical(ident.strip())] = binds.strip()
+            from_tsv = read_tsv(candidate)
             if from_tsv != embedded:
                 print(f"note: {candidate} differs from the embedded list; using the TSV")
             return from_tsv
@@ -186,11 +256,81 @@ def summary_counts(text: str) -> dict[str, int]:
     return found
 
 
+def load_ids_v5() -> dict[str, str]:
+    ids = {}
+    for item in EMBEDDED_IDS_V5.replace("\n", "|").split("|"):
+        if item.strip():
+            number, binds = item.split()
+            ids[f"MQTT-{number}"] = binds
+    assert len(ids) == 251, len(ids)
+    for base in (ROOT / "shared" / "spec", ROOT.parent / "shared" / "spec"):
+        tsv = base / "mqtt-5.0-ids.tsv"
+        if tsv.is_file():
+            from_tsv = read_tsv(tsv)
+            if from_tsv != ids:
+                print(f"note: {tsv} differs from the embedded 5.0 list; using the TSV")
+                return from_tsv
+    return ids
+
+
+def check_v5(doc: Path, complete: bool) -> tuple[list[str], str]:
+    """Checks the 5.0 table: (errors, one-line report)."""
+    ids = load_ids_v5()
+    if not doc.is_file():
+        return [f"{doc}: missing"], ""
+    text = doc.read_text()
+    rows, errors = parse_rows(text)
+    counts = {"proven": 0, "na": 0, "client": 0}
+    missing = []
+    for ident, binds in ids.items():
+        row = rows.get(ident)
+        if row is None:
+            if binds != "Client":
+                missing.append(ident)
+            continue
+        _, row_binds, requirement, proof, _ = row
+        if row_binds != binds:
+            errors.append(f"5.0 {ident}: Binds is {row_binds!r}, the ID list says {binds!r}")
+        if not requirement:
+            errors.append(f"5.0 {ident}: empty Requirement")
+        if binds == "Client":
+            counts["client"] += 1
+            if not proof.startswith(CLIENT_NA):
+                errors.append(f"5.0 {ident}: a Client row must start with {CLIENT_NA!r}")
+            continue
+        if proof.startswith(NOT_APPLICABLE):
+            if len(proof) <= len(NOT_APPLICABLE) + 3:
+                errors.append(f"5.0 {ident}: 'Not applicable:' without a reason")
+            counts["na"] += 1
+        elif has_ref(proof):
+            counts["proven"] += 1
+        else:
+            errors.append(f"5.0 {ident}: Proof cites no test and is not 'Not applicable:'")
+    for ident in rows:
+        if ident not in ids:
+            errors.append(f"5.0 {ident}: row for an ID that is not in MQTT 5.0")
+    _, ref_errors = check_refs(text)
+    errors += [f"5.0 {e}" for e in ref_errors]
+    if complete:
+        errors += [f"5.0 {ident}: no row (Server/both)" for ident in missing]
+    server = sum(1 for b in ids.values() if b != "Client")
+    report = (
+        f"MQTT 5.0: {len(rows)} rows; Server/both {server}: proven {counts['proven']}, "
+        f"not applicable {counts['na']}, without a row yet {len(missing)}; "
+        f"Client rows {counts['client']}"
+    )
+    return errors, report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ids", type=Path, help="path of mqtt-3.1.1-ids.tsv")
     parser.add_argument("--strict", action="store_true", help="fail while GAP rows remain")
     parser.add_argument("--doc", type=Path, default=DOC, help="document to check")
+    parser.add_argument("--doc-v5", type=Path, default=DOC_V5, help="the 5.0 document")
+    parser.add_argument(
+        "--v5-complete", action="store_true", help="require a row for every 5.0 Server/both ID"
+    )
     args = parser.parse_args()
 
     ids = load_ids(args.ids)
@@ -256,6 +396,9 @@ def main() -> int:
         elif stated[key] != value:
             errors.append(f"summary table says {key}={stated[key]}, the rows give {value}")
 
+    v5_errors, v5_report = check_v5(args.doc_v5, args.v5_complete)
+    errors += v5_errors
+
     for w in warnings:
         print(f"warning: {w}")
     for e in errors:
@@ -267,6 +410,8 @@ def main() -> int:
         + (f" ({', '.join(gaps)})" if gaps else "")
         + f"; Client {counts['client']} ({counts['client_lib']} via tests/test_client.py)"
     )
+    if v5_report:
+        print(v5_report)
     if errors:
         return 1
     if args.strict and gaps:

@@ -1,4 +1,5 @@
-//! MQTT 3.1 and 3.1.1 control packets: decoding from a byte buffer and encoding into one.
+//! MQTT 3.1, 3.1.1 and 5.0 control packets: decoding from a byte buffer and encoding into
+//! one.
 //!
 //! The decoder is check-then-parse (as in mini-redis): it first reads the fixed header and,
 //! if the whole packet is not buffered yet, returns `Ok(None)` without consuming anything.
@@ -21,19 +22,38 @@
 //! - `encode`: [`Packet::encode`] and [`encode_publish_header`] for the fan-out path.
 //! - `error`: [`Error`], one variant per rule a packet can break.
 //!
-//! MQTT 5.0 properties are to be a part of their own beside these, reading with the
-//! decoder's body cursor and writing with the encoder's length-prefixed string helpers.
+//! - `properties`: MQTT 5.0's [`Properties`], which packet may carry which
+//!   ([`PropertyContext`]) and their wire format, Variable Byte Integers included.
+//! - `reason`: MQTT 5.0's [`ReasonCode`] and the per-packet tables of allowed codes.
+//! - `decode_v5`, `encode_v5`: the 5.0 packet forms, behind the same [`Decoder`] (once
+//!   it is told the peer speaks 5.0) and [`Packet::encode_for`].
+//!
+//! 3.1.1 and 5.0 share [`Packet`]: a 3.1.1 packet carries no property structure (a
+//! `None` box), so the 3.1.1 path allocates and checks nothing more than before. Every
+//! [`Error`] names the rule broken and knows the 5.0 reason code to send for it
+//! ([`Error::reason_code`]).
 
 mod decode;
+mod decode_v5;
 mod encode;
+mod encode_v5;
 mod error;
 mod packet;
+mod properties;
+mod reason;
 
 pub use decode::Decoder;
 pub use encode::{encode_publish_header, remaining_length_size};
+pub use encode_v5::encode_publish_header_v5;
 pub use error::Error;
 pub(crate) use packet::MAX_STRING_LEN;
 pub use packet::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Protocol, Publish, QoS, SubAck,
-    Subscribe, SubscribeReturnCode, Unsubscribe, MAX_REMAINING_LENGTH,
+    AckV5, Auth, ConnAck, ConnAckV5, Connect, ConnectReturnCode, DisconnectV5, LastWill, Packet,
+    Protocol, Publish, QoS, RetainHandling, SubAck, SubAckV5, Subscribe, SubscribeReturnCode,
+    SubscribeV5, SubscriptionOptions, UnsubAckV5, Unsubscribe, UnsubscribeV5, MAX_REMAINING_LENGTH,
 };
+pub use properties::{
+    property_name, variable_byte_integer_len, Properties, PropertyContext,
+    MAX_VARIABLE_BYTE_INTEGER,
+};
+pub use reason::{ReasonCode, ReasonPacket};

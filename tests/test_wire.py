@@ -487,7 +487,8 @@ def test_malformed_connect_closes_without_connack(
 @pytest.mark.parametrize(
     "name, level",
     [
-        pytest.param(b"MQTT", 5, id="MQTT-3.1.2-2-MQTT-5"),
+        # Level 5 is MQTT 5.0, served since (tests/test_mqtt5.py); 6 is no revision.
+        pytest.param(b"MQTT", 6, id="MQTT-3.1.2-2-MQTT-6"),
         pytest.param(b"MQTT", 3, id="MQTT-3.1.2-2-MQTT-3"),
         pytest.param(b"MQTT", 7, id="MQTT-3.1.2-2-MQTT-7"),
         pytest.param(b"MQIsdp", 4, id="MQTT-3.1.2-2-MQIsdp-4"),
@@ -625,7 +626,7 @@ def test_refused_connect_ignores_pipelined_retained_publish(port: int) -> None:
     with a retained PUBLISH: `20 02 00 01`, EOF, and the retained message is never stored."""
     with RawClient(port) as c:
         c.send(
-            raw_connect(0x02, s("ghost"), level=5)
+            raw_connect(0x02, s("ghost"), level=6)
             + publish("refused/t", b"ghost", retain=True)
             + publish("refused/t", b"ghost1", qos=1, pkid=1, retain=True)
         )

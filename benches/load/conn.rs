@@ -372,6 +372,7 @@ impl Conn {
                 will: None,
                 username: None,
                 password: None,
+                properties: None,
             }))
             .await?;
             match conn.read_packet().await? {

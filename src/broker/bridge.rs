@@ -532,6 +532,7 @@ impl Link {
             return;
         };
         let msg = Arc::new(Message {
+            properties: None,
             topic: ByteString::from(local),
             payload: incoming.payload,
             qos: incoming.qos.min(line_qos),
@@ -553,6 +554,7 @@ impl Link {
         }
         self.notified = Some(up);
         let msg = Arc::new(Message {
+            properties: None,
             topic: ByteString::from(self.settings.notification_topic.as_str()),
             payload: Bytes::from_static(if up { b"1" } else { b"0" }),
             qos: QoS::AtLeastOnce,

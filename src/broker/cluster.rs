@@ -510,6 +510,7 @@ async fn mirror_retained(
         };
         let qos = parse_meta(msg.headers.as_ref()).map_or(QoS::AtMostOnce, |m| m.2);
         router.set_retained(Arc::new(Message {
+            properties: None,
             topic: ByteString::from(topic),
             payload: msg.payload.clone(),
             qos,
@@ -645,6 +646,7 @@ async fn read_from_nats(
                 // new subscribers from the mirrored retained tree.
                 router.publish_remote(
                     Arc::new(Message {
+                        properties: None,
                         topic: ByteString::from(topic),
                         payload: msg.payload,
                         qos,
@@ -743,6 +745,7 @@ mod tests {
     #[test]
     fn header_round_trip() {
         let msg = Message {
+            properties: None,
             topic: ByteString::from_static("a"),
             payload: bytes::Bytes::new(),
             qos: QoS::ExactlyOnce,

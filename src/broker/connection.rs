@@ -34,6 +34,7 @@ mod auth;
 mod handlers;
 mod output;
 mod packet_log;
+mod v5;
 
 use acl_cache::AclCache;
 use output::OutBuf;
@@ -71,6 +72,8 @@ const BYTES_PER_BUDGET_UNIT: u64 = 512;
 #[derive(Debug)]
 enum Close {
     Disconnect,
+    /// An MQTT 5.0 DISCONNECT with reason 0x04: a clean close that publishes the will.
+    DisconnectWithWill,
     PeerClosed,
     KeepAlive,
     Takeover,
@@ -82,7 +85,7 @@ enum Close {
 impl Close {
     fn reason(&self) -> DisconnectReason {
         match self {
-            Close::Disconnect => DisconnectReason::Clean,
+            Close::Disconnect | Close::DisconnectWithWill => DisconnectReason::Clean,
             Close::KeepAlive => DisconnectReason::Keepalive,
             Close::Takeover => DisconnectReason::Takeover,
             Close::Shutdown => DisconnectReason::Shutdown,
@@ -120,6 +123,9 @@ pub struct Connection {
     /// A PUBLISH to `$SYS` was logged at INFO: later ones (the client sets the rate) go
     /// to DEBUG.
     sys_publish_logged: bool,
+    /// The reason code of the rule an MQTT 5.0 client broke, for the DISCONNECT sent
+    /// before the close (connection/v5.rs).
+    v5_reason: Option<codec::ReasonCode>,
     /// Each packet in and out is logged at DEBUG (`packet_log`); asked once, at start.
     log_packets: bool,
 }
@@ -148,6 +154,7 @@ impl Connection {
             unsynced: false,
             counters: LocalCounters::default(),
             sys_publish_logged: false,
+            v5_reason: None,
             log_packets: packet_log::packets_enabled(),
         }
     }
@@ -271,10 +278,12 @@ impl Connection {
     /// Sends a refusing CONNACK and lets the connection close [MQTT-3.2.2-5]; session
     /// present is always 0 with a non-zero code [MQTT-3.2.2-4].
     async fn refuse(&mut self, code: ConnectReturnCode) {
-        self.send_packet(&Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-        }));
+        let refusal = self.refusal_packet(code);
+        self.refuse_with(&refusal).await;
+    }
+
+    async fn refuse_with(&mut self, refusal: &Packet) {
+        self.send_packet(refusal);
         let _ = timeout(Duration::from_secs(5), self.flush()).await;
     }
 
@@ -310,6 +319,16 @@ impl Connection {
             self.refuse(code).await;
             return;
         }
+        let v5 = connect.protocol == Protocol::V5;
+        if let Some(reason) = v5.then(|| self.refuse_v5_connect(&connect)).flatten() {
+            let refusal = Packet::ConnAckV5(codec::ConnAckV5 {
+                session_present: false,
+                reason,
+                properties: None,
+            });
+            self.refuse_with(&refusal).await;
+            return;
+        }
 
         // Dropped on every way out of here: only then may a connection taking over this
         // client id proceed.
@@ -335,11 +354,16 @@ impl Connection {
             protocol = ?connect.protocol, clean_session = connect.clean_session,
             keep_alive = connect.keep_alive, session_present, bridge, "client connected"
         );
-        // 3.1 CONNACKs have no session-present flag (checklist part 2, item 4).
-        self.send_packet(&Packet::ConnAck(ConnAck {
-            session_present: session_present && connect.protocol == Protocol::V311,
-            code: ConnectReturnCode::Accepted,
-        }));
+        if v5 {
+            self.out.set_v5();
+            self.connack_v5(&connect, session_present);
+        } else {
+            // 3.1 CONNACKs have no session-present flag (checklist part 2, item 4).
+            self.send_packet(&Packet::ConnAck(ConnAck {
+                session_present: session_present && connect.protocol == Protocol::V311,
+                code: ConnectReturnCode::Accepted,
+            }));
+        }
         self.router.emit(|| Event::Connected {
             client: self.client_info(),
             peer: self.peer,
@@ -361,6 +385,9 @@ impl Connection {
             .serve_session(&session, keep_alive, &gone.0.kick, shutdown)
             .await;
         self.log_close(&close);
+        if v5 {
+            Box::pin(self.send_disconnect_v5(&close)).await;
+        }
         let reason = close.reason();
         match close {
             Close::Disconnect => {
@@ -397,10 +424,13 @@ impl Connection {
         handle: ConnHandle,
     ) -> Option<(Arc<Session>, bool)> {
         for _ in 0..TAKEOVER_ATTEMPTS {
-            match self
-                .router
-                .attach(&self.client_id, connect.clean_session, handle.clone())
-            {
+            let attach = if connect.protocol == Protocol::V5 {
+                self.attach_v5(connect, handle.clone())
+            } else {
+                self.router
+                    .attach(&self.client_id, connect.clean_session, handle.clone())
+            };
+            match attach {
                 Attach::Attached {
                     session,
                     session_present,
@@ -600,6 +630,9 @@ impl Connection {
         let peer = self.peer;
         match close {
             Close::Disconnect => info!(%client_id, %peer, "client disconnected"),
+            Close::DisconnectWithWill => {
+                info!(%client_id, %peer, "client disconnected, asking for its will (0x04)")
+            }
             Close::PeerClosed => info!(%client_id, %peer, "connection closed by peer"),
             Close::KeepAlive => {
                 info!(%client_id, %peer, "closing connection: [MQTT-3.1.2-24] keepalive expired")

@@ -235,6 +235,8 @@ pub struct Router {
     max_connected: AtomicU64,
     /// Set when a durable store is saved incrementally: the changes below are recorded.
     tracking: AtomicBool,
+    /// Some MQTT 5.0 session has a finite, non-zero expiry: the expiry timer has work.
+    v5_expiring: AtomicBool,
     /// Persistent sessions that ended since the last save.
     removed: Mutex<HashSet<ByteString>>,
     /// Persistent sessions that changed since the last save (each listed once per save).
@@ -280,6 +282,7 @@ impl Router {
             connected: AtomicU64::new(0),
             max_connected: AtomicU64::new(0),
             tracking: AtomicBool::new(false),
+            v5_expiring: AtomicBool::new(false),
             removed: Mutex::new(HashSet::new()),
             changed: ChangeTracker::default(),
             retained_changes: Mutex::new(HashMap::new()),
@@ -444,6 +447,44 @@ impl Router {
     /// [MQTT-3.1.2-4], [MQTT-3.1.2-6]. Atomic against concurrent CONNECTs with the same id:
     /// the client map's lock is held from the ownership check to the attach.
     pub fn attach(&self, client_id: &ByteString, clean: bool, conn: ConnHandle) -> Attach {
+        self.attach_with(client_id, clean, clean, conn)
+    }
+
+    /// [`Router::attach`] for an MQTT 5.0 client, where Clean Start (drop any existing
+    /// session, [MQTT-3.1.2-4]) and the Session Expiry Interval (how long the session
+    /// outlives the connection, [MQTT-3.1.2-23]) are separate: an interval of 0 ends the
+    /// session with the connection, `u32::MAX` never expires it, and anything else
+    /// expires it that many seconds after the client went offline
+    /// ([`Router::expire_sessions_v5`]).
+    pub fn attach_v5(
+        &self,
+        client_id: &ByteString,
+        clean_start: bool,
+        expiry: u32,
+        conn: ConnHandle,
+    ) -> Attach {
+        let attach = self.attach_with(client_id, clean_start, expiry == 0, conn);
+        if let Attach::Attached { session, .. } = &attach {
+            session.state.lock().expiry = Some(match expiry {
+                u32::MAX => Duration::MAX,
+                secs => Duration::from_secs(u64::from(secs)),
+            });
+            if expiry != 0 && expiry != u32::MAX {
+                self.v5_expiring.store(true, Ordering::Relaxed);
+            }
+        }
+        attach
+    }
+
+    /// `discard`: drop an existing session first; `clean`: the new session (if one is
+    /// made) ends with its connection.
+    fn attach_with(
+        &self,
+        client_id: &ByteString,
+        discard: bool,
+        clean: bool,
+        conn: ConnHandle,
+    ) -> Attach {
         let mut clients = self.clients.lock();
         if let Some(slot) = clients.get(client_id) {
             if let Some(owner) = &slot.conn {
@@ -452,7 +493,7 @@ impl Router {
         }
         let existing = clients.remove(client_id);
         let (session, session_present) = match existing {
-            Some(slot) if !clean && !slot.session.clean => (slot.session, true),
+            Some(slot) if !discard && !slot.session.clean => (slot.session, true),
             Some(slot) => {
                 if !slot.session.clean && self.tracking.load(Ordering::Relaxed) {
                     self.removed.lock().insert(client_id.clone());
@@ -496,7 +537,10 @@ impl Router {
             return;
         }
         self.connected.fetch_sub(1, Ordering::Relaxed);
-        if session.clean {
+        // A 5.0 client may resume a persistent session with an expiry of 0, or set 0 in
+        // its DISCONNECT: the session then ends with this connection.
+        let ends = session.clean || session.state.lock().expiry == Some(Duration::ZERO);
+        if ends {
             clients.remove(&session.client_id);
             drop(clients);
             self.discard(session);
@@ -516,16 +560,41 @@ impl Router {
     /// longer (`persistent_client_expiration`), with its subscriptions and messages; a
     /// durable store forgets it at its next save. Returns how many ended.
     pub fn expire_offline(&self, limit: Duration) -> usize {
+        let why = format!("offline for longer than persistent_client_expiration ({limit:?})");
+        self.end_offline_where(&why, |session, now| {
+            // A clock set back makes a session younger, never older.
+            let since = session.state.lock().offline_since;
+            !session.clean
+                && since.is_some_and(|t| now.duration_since(t).is_ok_and(|away| away >= limit))
+        })
+    }
+
+    /// Ends the offline sessions of MQTT 5.0 clients whose Session Expiry Interval has
+    /// run out [MQTT-3.1.2-23]; called on a timer, and a no-op until some 5.0 client asked
+    /// for a finite, non-zero interval. Returns how many ended.
+    pub fn expire_sessions_v5(&self) -> usize {
+        if !self.v5_expiring.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.end_offline_where("its Session Expiry Interval ran out", |session, now| {
+            let state = session.state.lock();
+            match (state.expiry, state.offline_since) {
+                (Some(expiry), Some(since)) => {
+                    now.duration_since(since).is_ok_and(|away| away >= expiry)
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// Ends every offline session `ended` picks, with its subscriptions and messages; a
+    /// durable store forgets it at its next save.
+    fn end_offline_where(&self, why: &str, ended: impl Fn(&Session, SystemTime) -> bool) -> usize {
         let now = SystemTime::now();
         let mut clients = self.clients.lock();
         let expired: Vec<ByteString> = clients
             .iter()
-            .filter(|(_, slot)| slot.conn.is_none() && !slot.session.clean)
-            .filter(|(_, slot)| {
-                // A clock set back makes a session younger, never older.
-                let since = slot.session.state.lock().offline_since;
-                since.is_some_and(|t| now.duration_since(t).is_ok_and(|away| away >= limit))
-            })
+            .filter(|(_, slot)| slot.conn.is_none() && ended(&slot.session, now))
             .map(|(id, _)| id.clone())
             .collect();
         for client_id in &expired {
@@ -536,10 +605,7 @@ impl Router {
                 self.removed.lock().insert(client_id.clone());
             }
             self.discard(&slot.session);
-            tracing::info!(
-                %client_id,
-                "session expired: offline for longer than persistent_client_expiration ({limit:?})"
-            );
+            tracing::info!(%client_id, "session expired: {why}");
         }
         expired.len()
     }
@@ -813,6 +879,7 @@ mod tests {
                 qos: QoS::AtMostOnce,
                 retain: false,
                 publisher: ByteString::new(),
+                properties: None,
             });
             router.publish(msg, &mut scratch);
             scratch.clear_blocked();

@@ -177,6 +177,18 @@ impl Server {
                 router.expire_offline(limit);
             }));
         }
+        {
+            // MQTT 5.0 Session Expiry Intervals are whole seconds: checked every second
+            // (a no-op until a 5.0 client asks for one).
+            let router = router.clone();
+            runtime.spawn(every_period(
+                Duration::from_secs(1),
+                shutdown.subscribe(),
+                move || {
+                    router.expire_sessions_v5();
+                },
+            ));
+        }
         let (done_tx, all_done) = mpsc::channel(1);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         if config.durability == Durability::Sync && durable {

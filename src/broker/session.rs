@@ -27,6 +27,11 @@ pub struct Message {
     pub retain: bool,
     /// Client id of the publisher (empty for messages published by the broker's owner).
     pub publisher: ByteString,
+    /// MQTT 5.0 PUBLISH (or will) properties as they came, encoded once, without their
+    /// length prefix (`codec::Properties::to_bytes`): forwarded to every 5.0 subscriber
+    /// untouched and shared between them, left out for 3.1/3.1.1 subscribers (the spec's
+    /// mapping). `None` for messages without properties.
+    pub properties: Option<bytes::Bytes>,
 }
 
 /// A message waiting in a session's queue, at the QoS it will be delivered with.
@@ -125,6 +130,9 @@ pub struct SessionState {
     pub ended: bool,
     /// Set for persistent sessions while a durable store is kept up to date.
     tracker: Option<(ChangeTracker, ByteString)>,
+    /// An MQTT 5.0 client's Session Expiry Interval (`Duration::MAX`: never); `None`
+    /// for 3.1/3.1.1 sessions, which `persistent_client_expiration` governs.
+    pub expiry: Option<std::time::Duration>,
 }
 
 /// A session's QoS 1/2 state (see [`SessionState::acks`]).
@@ -161,6 +169,7 @@ impl SessionState {
             changed: true,
             ended: false,
             tracker: None,
+            expiry: None,
         }
     }
 

@@ -117,6 +117,7 @@ pub async fn publish_periodically(
                 qos: QoS::AtMostOnce,
                 retain: true,
                 publisher: ByteString::new(),
+                properties: None,
             });
             router.publish(msg, &mut scratch);
             // Only in-process subscribers with flow control ever block a publisher, and

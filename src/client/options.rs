@@ -134,6 +134,7 @@ impl Options {
             will: self.will.clone(),
             username: self.username.as_deref().map(ByteString::from),
             password: self.password.clone(),
+            properties: None,
         })
     }
 }

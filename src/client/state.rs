@@ -851,6 +851,7 @@ mod tests {
             topic: ByteString::from_static("in"),
             pkid: Some(9),
             payload: Bytes::from_static(b"x"),
+            properties: None,
         }))
         .unwrap();
         assert_eq!(journal(&mut st), vec![Change::InboundAdd(9)]);

@@ -278,7 +278,7 @@ impl Connector {
             ws_protocol: match opts.protocol {
                 // MQTT 3.1's name for the subprotocol; 3.1.1 section 6 names "mqtt".
                 Protocol::V31 => "mqttv3.1",
-                Protocol::V311 | Protocol::V311Bridge => "mqtt",
+                Protocol::V311 | Protocol::V311Bridge | Protocol::V5 => "mqtt",
             },
             ws_config,
         })

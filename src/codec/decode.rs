@@ -6,9 +6,11 @@ use bytestring::ByteString;
 
 use super::error::check_topic_name;
 use super::packet::nonzero_pkid;
+use super::properties::read_properties;
 use super::{
-    ConnAck, Connect, ConnectReturnCode, Error, LastWill, Packet, Protocol, Publish, QoS, SubAck,
-    Subscribe, SubscribeReturnCode, Unsubscribe, MAX_REMAINING_LENGTH,
+    decode_v5, remaining_length_size, ConnAck, Connect, ConnectReturnCode, Error, LastWill, Packet,
+    PropertyContext, Protocol, Publish, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+    MAX_REMAINING_LENGTH,
 };
 
 /// Incremental decoder for one connection's byte stream.
@@ -29,7 +31,8 @@ impl Decoder {
 
     /// Tells the decoder which revision the peer speaks (known once CONNECT is decoded):
     /// 3.1 peers may set DUP on PUBREL, SUBSCRIBE and UNSUBSCRIBE and may send an empty
-    /// SUBSCRIBE or UNSUBSCRIBE (checklist part 2, items 6 and 9).
+    /// SUBSCRIBE or UNSUBSCRIBE (checklist part 2, items 6 and 9); 5.0 peers get the 5.0
+    /// packet formats (properties, reason codes) for every packet after CONNECT.
     pub fn set_protocol(&mut self, protocol: Protocol) {
         self.protocol = protocol;
     }
@@ -38,15 +41,43 @@ impl Decoder {
         self.max_packet_size
     }
 
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     /// Decodes one packet from the front of `buf`.
     ///
     /// Returns `Ok(None)` when `buf` does not hold a whole packet yet; nothing is consumed
     /// then. On success the packet's bytes are removed from `buf`. An error means the
     /// stream is unusable: the caller closes the connection.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, Error> {
+        // One test of the revision, then each path with its own framing: the 3.1/3.1.1
+        // path is the code it was before 5.0 came (`frame` folds its 5.0 checks away).
+        if self.protocol == Protocol::V5 {
+            return self.decode_v5(buf);
+        }
+        let Some((first, body)) = self.frame(buf, false)? else {
+            return Ok(None);
+        };
+        self.parse(first, body).map(Some)
+    }
+
+    #[inline(never)]
+    fn decode_v5(&self, buf: &mut BytesMut) -> Result<Option<Packet>, Error> {
+        let Some((first, body)) = self.frame(buf, true)? else {
+            return Ok(None);
+        };
+        decode_v5::parse(first, body).map(Some)
+    }
+
+    /// Splits the next whole packet off `buf`: its first byte and its body, or `None`
+    /// (nothing consumed) while it is incomplete.
+    #[inline(always)]
+    fn frame(&self, buf: &mut BytesMut, v5: bool) -> Result<Option<(u8, Bytes)>, Error> {
         if let Some(&first) = buf.first() {
-            // Types 0 and 15 are refused at once instead of after buffering a body.
-            if matches!(first >> 4, 0 | 15) {
+            // Type 0, and 15 (AUTH) outside 5.0, are refused at once instead of after
+            // buffering a body.
+            if first >> 4 == 0 || (first >> 4 == 15 && !v5) {
                 return Err(Error::ReservedPacketType(first >> 4));
             }
         }
@@ -67,10 +98,14 @@ impl Decoder {
             buf.reserve((total - buf.len()).min(64 * 1024));
             return Ok(None);
         }
+        if v5 && header_len - 1 != remaining_length_size(remaining) {
+            // 5.0 makes the shortest encoding mandatory [MQTT-1.5.5-1].
+            return Err(Error::MalformedVariableByteInteger("Remaining Length"));
+        }
         let first = buf[0];
         let mut frame = buf.split_to(total).freeze();
         frame.advance(header_len);
-        self.parse(first, frame).map(Some)
+        Ok(Some((first, frame)))
     }
 
     fn parse(&self, first: u8, body: Bytes) -> Result<Packet, Error> {
@@ -179,7 +214,7 @@ fn parse_fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, Error> {
     Err(Error::MalformedRemainingLength)
 }
 
-fn expect_len(packet: &'static str, body: &Bytes, expected: usize) -> Result<(), Error> {
+pub(super) fn expect_len(packet: &'static str, body: &Bytes, expected: usize) -> Result<(), Error> {
     if body.len() == expected {
         Ok(())
     } else {
@@ -197,27 +232,62 @@ fn ack_pkid(packet: &'static str, body: &Bytes) -> Result<u16, Error> {
 }
 
 /// A cursor over a packet body that turns every short read into `Truncated`.
-struct Reader {
-    packet: &'static str,
-    body: Bytes,
+pub(super) struct Reader {
+    pub(super) packet: &'static str,
+    pub(super) body: Bytes,
 }
 
 impl Reader {
-    fn u8(&mut self) -> Result<u8, Error> {
+    pub(super) fn u8(&mut self) -> Result<u8, Error> {
         if self.body.is_empty() {
             return Err(Error::Truncated(self.packet));
         }
         Ok(self.body.get_u8())
     }
 
-    fn u16(&mut self) -> Result<u16, Error> {
+    pub(super) fn u16(&mut self) -> Result<u16, Error> {
         if self.body.len() < 2 {
             return Err(Error::Truncated(self.packet));
         }
         Ok(self.body.get_u16())
     }
 
-    fn binary(&mut self) -> Result<Bytes, Error> {
+    pub(super) fn u32(&mut self) -> Result<u32, Error> {
+        if self.body.len() < 4 {
+            return Err(Error::Truncated(self.packet));
+        }
+        Ok(self.body.get_u32())
+    }
+
+    /// A Variable Byte Integer (spec 1.5.5) in its shortest form [MQTT-1.5.5-1].
+    pub(super) fn variable_byte_integer(&mut self, what: &'static str) -> Result<u32, Error> {
+        let mut value: u32 = 0;
+        for i in 0..4 {
+            let byte = self.u8()?;
+            value |= u32::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                // A last byte of 0 after the first means a padded, non-minimal encoding.
+                if i > 0 && byte == 0 {
+                    return Err(Error::MalformedVariableByteInteger(what));
+                }
+                return Ok(value);
+            }
+        }
+        Err(Error::MalformedVariableByteInteger(what))
+    }
+
+    /// Splits off the next `len` bytes as a reader of their own (a property section).
+    pub(super) fn sub_reader(&mut self, len: usize) -> Result<Reader, Error> {
+        if self.body.len() < len {
+            return Err(Error::Truncated(self.packet));
+        }
+        Ok(Reader {
+            packet: self.packet,
+            body: self.body.split_to(len),
+        })
+    }
+
+    pub(super) fn binary(&mut self) -> Result<Bytes, Error> {
         let len = usize::from(self.u16()?);
         if self.body.len() < len {
             return Err(Error::Truncated(self.packet));
@@ -227,7 +297,7 @@ impl Reader {
 
     /// A length-prefixed UTF-8 string without U+0000 [MQTT-1.5.3-2]; `what` names the
     /// field for the error message.
-    fn string(&mut self, what: &'static str) -> Result<ByteString, Error> {
+    pub(super) fn string(&mut self, what: &'static str) -> Result<ByteString, Error> {
         let raw = self.binary()?;
         let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
         if text.contains('\0') {
@@ -238,18 +308,15 @@ impl Reader {
 
     /// A topic name: a string as [`Reader::string`] reads it that also passes the topic
     /// name rules. Those cover U+0000 too, so the name is scanned for it only once.
-    fn topic_name(&mut self, what: &'static str) -> Result<ByteString, Error> {
-        let raw = self.binary()?;
-        let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
-        check_topic_name(&text, what)?;
-        Ok(text)
+    pub(super) fn topic_name(&mut self, what: &'static str) -> Result<ByteString, Error> {
+        topic_name_from(self.binary()?, what)
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.body.is_empty()
     }
 
-    fn finish(self) -> Result<(), Error> {
+    pub(super) fn finish(self) -> Result<(), Error> {
         if self.body.is_empty() {
             Ok(())
         } else {
@@ -261,7 +328,16 @@ impl Reader {
     }
 }
 
-fn parse_connect(body: Bytes) -> Result<Connect, Error> {
+/// Checks raw bytes as a topic name (UTF-8, then the topic name rules, which cover
+/// U+0000 too, so the name is scanned for it only once).
+#[inline]
+pub(super) fn topic_name_from(raw: Bytes, what: &'static str) -> Result<ByteString, Error> {
+    let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
+    check_topic_name(&text, what)?;
+    Ok(text)
+}
+
+pub(super) fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     let mut r = Reader {
         packet: "CONNECT",
         body,
@@ -270,6 +346,7 @@ fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     let level = r.u8()?;
     let protocol = match (name.as_ref(), level) {
         (b"MQTT", 4) => Protocol::V311,
+        (b"MQTT", 5) => Protocol::V5,
         // Mosquitto bridges set the level's high bit (`try_private`).
         (b"MQTT", 0x84) => Protocol::V311Bridge,
         (b"MQIsdp", 3) => Protocol::V31,
@@ -288,8 +365,8 @@ fn parse_connect(body: Bytes) -> Result<Connect, Error> {
         _ => return Err(Error::InvalidProtocolName),
     };
     let flags = r.u8()?;
-    // 3.1 calls bit 0 merely "unused"; only 3.1.1 makes setting it a violation.
-    if flags & 0x01 != 0 && protocol.base() == Protocol::V311 {
+    // 3.1 calls bit 0 merely "unused"; 3.1.1 and 5.0 make setting it a violation.
+    if flags & 0x01 != 0 && protocol.base() != Protocol::V31 {
         return Err(Error::ConnectReservedFlag);
     }
     let clean_session = flags & 0x02 != 0;
@@ -301,20 +378,36 @@ fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     if !will_flag && (will_qos != 0 || will_retain) {
         return Err(Error::WillFlagsWithoutWill);
     }
-    if password_flag && !username_flag {
+    // 5.0 allows a password without a user name [MQTT-3.1.2-19].
+    if password_flag && !username_flag && protocol != Protocol::V5 {
         return Err(Error::PasswordWithoutUsername);
     }
     let keep_alive = r.u16()?;
+    let v5 = protocol == Protocol::V5;
+    let properties = if v5 {
+        read_properties(&mut r, PropertyContext::Connect)?
+    } else {
+        None
+    };
     let client_id = r.string("client identifier")?;
     let will = if will_flag {
         let qos = QoS::from_u8(will_qos).ok_or(Error::InvalidWillQoS)?;
+        let properties = if v5 {
+            read_properties(&mut r, PropertyContext::Will)?
+        } else {
+            None
+        };
         let topic = r.topic_name("will topic")?;
         let payload = r.binary()?;
+        if let Some(p) = &properties {
+            decode_v5::check_payload_format(p, &payload, "will payload")?;
+        }
         Some(LastWill {
             topic,
             payload,
             qos,
             retain: will_retain,
+            properties,
         })
     } else {
         None
@@ -341,16 +434,25 @@ fn parse_connect(body: Bytes) -> Result<Connect, Error> {
         will,
         username,
         password,
+        properties,
     })
 }
 
-fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
+/// A PUBLISH's fixed-header flags: (DUP, QoS, RETAIN), checked [MQTT-3.3.1-4],
+/// [MQTT-3.3.1-2] (the same in 3.1.1 and 5.0).
+#[inline]
+pub(super) fn publish_flags(flags: u8) -> Result<(bool, QoS, bool), Error> {
     let dup = flags & 0x08 != 0;
     let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(Error::InvalidQoS)?;
     let retain = flags & 0x01 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(Error::DupOnQoS0);
     }
+    Ok((dup, qos, retain))
+}
+
+fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
+    let (dup, qos, retain) = publish_flags(flags)?;
     let mut r = Reader {
         packet: "PUBLISH",
         body,
@@ -368,6 +470,7 @@ fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
         topic,
         pkid,
         payload: r.body,
+        properties: None,
     })
 }
 

@@ -5,7 +5,13 @@ use bytes::{BufMut, BytesMut};
 
 use super::error::check_topic_name;
 use super::packet::nonzero_pkid;
-use super::{Connect, Error, Packet, Publish, QoS, MAX_REMAINING_LENGTH, MAX_STRING_LEN};
+use super::properties::{
+    properties_len, put_properties, put_variable_byte_integer, variable_byte_integer_len,
+};
+use super::{
+    encode_v5, Connect, Error, Packet, PropertyContext, Protocol, Publish, QoS, ReasonPacket,
+    MAX_REMAINING_LENGTH, MAX_STRING_LEN,
+};
 
 /// Number of bytes the Remaining Length field takes for `len`.
 pub fn remaining_length_size(len: usize) -> usize {
@@ -20,7 +26,7 @@ pub fn remaining_length_size(len: usize) -> usize {
 /// Writes the fixed header and reserves room for `body` more bytes (the part of the
 /// remaining length the caller is about to write into `dst`, which for a PUBLISH header
 /// excludes the payload that travels separately).
-fn put_fixed_header_for(
+pub(super) fn put_fixed_header_for(
     dst: &mut BytesMut,
     first: u8,
     remaining: usize,
@@ -31,25 +37,19 @@ fn put_fixed_header_for(
     }
     dst.reserve(1 + remaining_length_size(remaining) + body);
     dst.put_u8(first);
-    let mut len = remaining;
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        dst.put_u8(byte);
-        if len == 0 {
-            return Ok(());
-        }
-    }
+    put_variable_byte_integer(dst, remaining);
+    Ok(())
 }
 
-fn put_fixed_header(dst: &mut BytesMut, first: u8, remaining: usize) -> Result<(), Error> {
+pub(super) fn put_fixed_header(
+    dst: &mut BytesMut,
+    first: u8,
+    remaining: usize,
+) -> Result<(), Error> {
     put_fixed_header_for(dst, first, remaining, remaining)
 }
 
-fn string_len(what: &'static str, s: &[u8]) -> Result<usize, Error> {
+pub(super) fn string_len(what: &'static str, s: &[u8]) -> Result<usize, Error> {
     if s.len() > MAX_STRING_LEN {
         Err(Error::StringTooLong(what))
     } else {
@@ -57,10 +57,22 @@ fn string_len(what: &'static str, s: &[u8]) -> Result<usize, Error> {
     }
 }
 
-fn put_string(dst: &mut BytesMut, s: &[u8]) {
+pub(super) fn put_string(dst: &mut BytesMut, s: &[u8]) {
     // Lengths were checked by `string_len` before the header was written.
     dst.put_u16(s.len() as u16);
     dst.put_slice(s);
+}
+
+/// Size of a PUBLISH's packet identifier field: none at QoS 0, and QoS 1/2 need a
+/// non-zero one.
+#[inline]
+pub(super) fn publish_pkid_len(qos: QoS, pkid: Option<u16>) -> Result<usize, Error> {
+    match (qos, pkid) {
+        (QoS::AtMostOnce, _) => Ok(0),
+        (_, Some(0)) => Err(Error::ZeroPacketId("PUBLISH")),
+        (_, Some(_)) => Ok(2),
+        (qos, None) => Err(Error::MissingPacketId(qos)),
+    }
 }
 
 /// Writes a PUBLISH's fixed and variable header but not its payload.
@@ -77,12 +89,7 @@ pub fn encode_publish_header(
     pkid: Option<u16>,
     payload_len: usize,
 ) -> Result<(), Error> {
-    let pkid_len = match (qos, pkid) {
-        (QoS::AtMostOnce, _) => 0,
-        (_, Some(0)) => return Err(Error::ZeroPacketId("PUBLISH")),
-        (_, Some(_)) => 2,
-        (qos, None) => return Err(Error::MissingPacketId(qos)),
-    };
+    let pkid_len = publish_pkid_len(qos, pkid)?;
     let header = string_len("topic name", topic.as_bytes())? + pkid_len;
     let remaining = header + payload_len;
     let first = 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
@@ -106,7 +113,20 @@ impl Publish {
 }
 
 impl Packet {
-    /// Appends the encoded packet to `dst`.
+    /// Appends the packet, encoded for a connection that speaks `protocol`, to `dst`.
+    ///
+    /// Only PUBLISH is encoded differently by revision (5.0 adds its property section);
+    /// every other variant has one wire form (CONNECT carries its own protocol, the
+    /// `...V5` variants and AUTH are 5.0's, the rest are 3.1.1's).
+    pub fn encode_for(&self, protocol: Protocol, dst: &mut BytesMut) -> Result<(), Error> {
+        match (self, protocol) {
+            (Packet::Publish(p), Protocol::V5) => encode_v5::encode_publish(p, dst),
+            _ => self.encode(dst),
+        }
+    }
+
+    /// Appends the encoded packet to `dst`; a PUBLISH in its 3.1/3.1.1 form, without
+    /// properties (see [`Packet::encode_for`]).
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), Error> {
         match self {
             Packet::Connect(c) => encode_connect(c, dst),
@@ -168,6 +188,43 @@ impl Packet {
             Packet::PingReq => put_fixed_header(dst, 0xC0, 0),
             Packet::PingResp => put_fixed_header(dst, 0xD0, 0),
             Packet::Disconnect => put_fixed_header(dst, 0xE0, 0),
+            Packet::ConnAckV5(a) => encode_v5::encode_connack(a, dst),
+            Packet::PubAckV5(a) => encode_v5::encode_ack(a, 0x40, ReasonPacket::PubAck, dst),
+            Packet::PubRecV5(a) => encode_v5::encode_ack(a, 0x50, ReasonPacket::PubRec, dst),
+            Packet::PubRelV5(a) => encode_v5::encode_ack(a, 0x62, ReasonPacket::PubRel, dst),
+            Packet::PubCompV5(a) => encode_v5::encode_ack(a, 0x70, ReasonPacket::PubComp, dst),
+            Packet::SubscribeV5(s) => encode_v5::encode_subscribe(s, dst),
+            Packet::SubAckV5(a) => encode_v5::encode_reasons(
+                0x90,
+                ReasonPacket::SubAck,
+                a.pkid,
+                &a.reasons,
+                a.properties.as_deref(),
+                dst,
+            ),
+            Packet::UnsubscribeV5(u) => encode_v5::encode_unsubscribe(u, dst),
+            Packet::UnsubAckV5(a) => encode_v5::encode_reasons(
+                0xB0,
+                ReasonPacket::UnsubAck,
+                a.pkid,
+                &a.reasons,
+                a.properties.as_deref(),
+                dst,
+            ),
+            Packet::DisconnectV5(d) => encode_v5::encode_reason_and_properties(
+                0xE0,
+                ReasonPacket::Disconnect,
+                d.reason,
+                d.properties.as_deref(),
+                dst,
+            ),
+            Packet::Auth(a) => encode_v5::encode_reason_and_properties(
+                0xF0,
+                ReasonPacket::Auth,
+                a.reason,
+                a.properties.as_deref(),
+                dst,
+            ),
         }
     }
 }
@@ -197,8 +254,22 @@ fn encode_connect(c: &Connect, dst: &mut BytesMut) -> Result<(), Error> {
         flags |= 0x80;
         remaining += string_len("user name", u.as_bytes())?;
     }
+    let v5 = c.protocol == Protocol::V5;
+    let (props_len, will_props_len) = if v5 {
+        let will = c.will.as_ref().and_then(|w| w.properties.as_deref());
+        let connect = properties_len(c.properties.as_deref(), PropertyContext::Connect)?;
+        let will = properties_len(will, PropertyContext::Will)?;
+        remaining += variable_byte_integer_len(connect) + connect;
+        if c.will.is_some() {
+            remaining += variable_byte_integer_len(will) + will;
+        }
+        (connect, will)
+    } else {
+        (0, 0)
+    };
     if let Some(p) = &c.password {
-        if c.username.is_none() {
+        // 5.0 allows a password without a user name [MQTT-3.1.2-19].
+        if c.username.is_none() && !v5 {
             return Err(Error::PasswordWithoutUsername);
         }
         flags |= 0x40;
@@ -209,8 +280,14 @@ fn encode_connect(c: &Connect, dst: &mut BytesMut) -> Result<(), Error> {
     dst.put_u8(c.protocol.level());
     dst.put_u8(flags);
     dst.put_u16(c.keep_alive);
+    if v5 {
+        put_properties(dst, c.properties.as_deref(), props_len);
+    }
     put_string(dst, c.client_id.as_bytes());
     if let Some(w) = &c.will {
+        if v5 {
+            put_properties(dst, w.properties.as_deref(), will_props_len);
+        }
         put_string(dst, w.topic.as_bytes());
         put_string(dst, &w.payload);
     }

@@ -1,6 +1,6 @@
 //! The codec's error: one variant per rule a packet can break.
 
-use super::QoS;
+use super::{QoS, ReasonCode};
 use crate::topic::{self, TopicError};
 
 /// Why a byte sequence is not an acceptable MQTT packet (or a packet cannot be encoded).
@@ -74,6 +74,93 @@ pub enum Error {
     MissingPacketId(QoS),
     #[error("[MQTT-2.2.3] packet of {0} bytes is longer than Remaining Length can express")]
     TooLargeToEncode(usize),
+    // ---- MQTT 5.0 only ----
+    #[error("[MQTT-1.5.5-1] {0}: Variable Byte Integer is longer than 4 bytes or not minimal")]
+    MalformedVariableByteInteger(&'static str),
+    #[error("[MQTT-2.2.2] {packet} carries property identifier {id:#04x}, which it may not carry")]
+    UnknownProperty { packet: &'static str, id: u32 },
+    #[error("[MQTT-2.2.2] {packet} carries the {name} property more than once")]
+    DuplicateProperty {
+        packet: &'static str,
+        name: &'static str,
+    },
+    #[error("[{rule}] the {name} property of {packet} {what}")]
+    InvalidProperty {
+        packet: &'static str,
+        name: &'static str,
+        rule: &'static str,
+        what: &'static str,
+        reason: ReasonCode,
+    },
+    #[error("[{rule}] {packet} carries reason code {code:#04x}, which its table does not define")]
+    InvalidReasonCode {
+        packet: &'static str,
+        rule: &'static str,
+        code: u8,
+    },
+    #[error("[MQTT-3.8.3-5] subscription options byte {0:#04x} has reserved bits set")]
+    InvalidSubscriptionOptions(u8),
+    #[error("[MQTT-3.8.3] subscription options byte {0:#04x} has QoS 3 or Retain Handling 3")]
+    InvalidSubscriptionOption(u8),
+    #[error("[MQTT-3.3.2] {0} is marked UTF-8 (Payload Format Indicator 1) but is not")]
+    PayloadFormatInvalid(&'static str),
+    #[error("[MQTT-3.3.2] PUBLISH has an empty topic name and no Topic Alias")]
+    EmptyTopicWithoutAlias,
+}
+
+impl Error {
+    /// The reason code a 5.0 peer is sent for this error (in the DISCONNECT before the
+    /// close, or in CONNACK while connecting): 0x81 Malformed Packet for what cannot be
+    /// parsed, 0x82 Protocol Error for what parses but breaks a rule (spec 4.13), and the
+    /// specific code where the spec names one.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            Error::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            Error::InvalidProtocolName | Error::UnsupportedProtocolLevel { .. } => {
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+            }
+            Error::ZeroPacketId(_)
+            | Error::WildcardInTopicName
+            | Error::EmptyTopicName
+            | Error::EmptyTopicWithoutAlias
+            | Error::EmptySubscribe
+            | Error::EmptyUnsubscribe
+            | Error::DuplicateProperty { .. }
+            | Error::InvalidSubscriptionOption(_) => ReasonCode::PROTOCOL_ERROR,
+            Error::InvalidProperty { reason, .. } => *reason,
+            Error::PayloadFormatInvalid(_) => ReasonCode::PAYLOAD_FORMAT_INVALID,
+            Error::MissingPacketId(_) | Error::TooLargeToEncode(_) => {
+                ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
+            }
+            _ => ReasonCode::MALFORMED_PACKET,
+        }
+    }
+
+    /// The MQTT 5.0 statement the error breaks where it differs from the 3.1.1 one in the
+    /// message (5.0 renumbered many: 3.1.1's [MQTT-1.5.3-1] is 5.0's [MQTT-1.5.4-1]).
+    /// A 5.0 connection's log line names this one too.
+    pub fn v5_rule(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::InvalidFlags { .. } => "MQTT-2.1.3-1",
+            Error::MalformedRemainingLength => "MQTT-1.5.5-1",
+            Error::PacketTooLarge { .. } => "MQTT-3.2.2-15",
+            Error::InvalidQoS => "MQTT-3.3.1-4",
+            Error::DupOnQoS0 => "MQTT-3.3.1-2",
+            Error::ZeroPacketId(_) => "MQTT-2.2.1-3",
+            Error::InvalidUtf8(_) => "MQTT-1.5.4-1",
+            Error::NullCharacter(_) => "MQTT-1.5.4-2",
+            Error::InvalidProtocolName => "MQTT-3.1.2-1",
+            Error::UnsupportedProtocolLevel { .. } => "MQTT-3.1.2-2",
+            Error::ConnectReservedFlag => "MQTT-3.1.2-3",
+            Error::WillFlagsWithoutWill => "MQTT-3.1.2-11",
+            Error::InvalidWillQoS => "MQTT-3.1.2-12",
+            Error::WildcardInTopicName => "MQTT-3.3.2-2",
+            Error::EmptySubscribe => "MQTT-3.8.3-2",
+            Error::EmptyUnsubscribe => "MQTT-3.10.3-2",
+            Error::InvalidRequestedQoS(_) => "MQTT-3.8.3-5",
+            _ => return None,
+        })
+    }
 }
 
 /// Checks a topic name (a PUBLISH's or a will's) with the topic module's validation and

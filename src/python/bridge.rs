@@ -354,6 +354,9 @@ fn replacement(verdict: &Bound<'_, PyAny>, original: &Message) -> PyResult<Arc<M
         qos: QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?,
         retain,
         publisher: original.publisher.clone(),
+        // MQTT 5.0 properties are not visible to Python yet: a replacement keeps the
+        // original's, so a rewrite does not strip them from 5.0 subscribers.
+        properties: original.properties.clone(),
     }))
 }
 
@@ -1103,6 +1106,7 @@ mod tests {
                 qos: QoS::AtMostOnce,
                 retain: false,
                 publisher: ByteString::new(),
+                properties: None,
             }),
             qos: QoS::AtMostOnce,
             retain: false,

@@ -435,6 +435,7 @@ impl BrokerCore {
             qos,
             retain,
             publisher: ByteString::new(),
+            properties: None,
         });
         let mut scratch = MatchScratch::default();
         py.detach(|| router.publish(msg, &mut scratch));
@@ -692,6 +693,7 @@ impl SessionRecord {
                             qos: qos_arg(m.qos)?,
                             retain: m.retain,
                             publisher: ByteString::from(m.publisher),
+                            properties: None,
                         }),
                         qos: qos_arg(m.delivery_qos)?,
                         retain: m.retain,
@@ -712,6 +714,7 @@ impl RetainedRecord {
             qos: qos_arg(self.qos)?,
             retain: true,
             publisher: ByteString::from(self.publisher),
+            properties: None,
         }))
     }
 }

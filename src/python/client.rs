@@ -608,6 +608,7 @@ impl ClientCore {
                 payload: payload_bytes(&payload)?,
                 qos: qos_from(qos)?,
                 retain,
+                properties: None,
             }),
             None => None,
         };

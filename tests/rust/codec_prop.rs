@@ -91,6 +91,7 @@ fn last_will() -> impl Strategy<Value = LastWill> {
             payload,
             qos,
             retain,
+            properties: None,
         },
     )
 }
@@ -119,6 +120,7 @@ fn connect() -> impl Strategy<Value = Connect> {
                     will,
                     username,
                     password,
+                    properties: None,
                 }
             },
         )
@@ -143,6 +145,7 @@ fn publish() -> impl Strategy<Value = Publish> {
                 topic,
                 pkid: (!at_most_once).then_some(pkid),
                 payload,
+                properties: None,
             }
         })
 }

@@ -178,7 +178,9 @@ impl Connection {
         let refusal = if id.is_empty() {
             if connect.protocol == Protocol::V31 {
                 Some("MQTT 3.1 requires a client identifier")
-            } else if !connect.clean_session {
+            } else if !connect.clean_session && connect.protocol != Protocol::V5 {
+                // 5.0 allows it: the assigned id names a session the client can resume
+                // [MQTT-3.1.3-7].
                 Some("[MQTT-3.1.3-8] empty client identifier with clean session 0")
             } else if !config.allow_zero_length_client_id {
                 Some("[MQTT-3.1.3-9] empty client identifiers are not allowed")

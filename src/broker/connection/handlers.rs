@@ -29,6 +29,13 @@ impl Connection {
                     }
                 }
                 Ok(None) => break None,
+                Err(err) if self.protocol == Protocol::V5 => {
+                    // The DISCONNECT before the close carries the error's reason code,
+                    // and the log names the 5.0 statement too.
+                    let rule = err.v5_rule().map(|r| format!(" (MQTT 5.0: [{r}])"));
+                    let why = format!("{err}{}", rule.unwrap_or_default());
+                    break Some(self.close_v5(err.reason_code(), &why));
+                }
                 Err(err) => break Some(Close::Protocol(err.to_string())),
             }
         };
@@ -134,6 +141,14 @@ impl Connection {
                     counters.dropped(DropReason::NotAuthorized, 1);
                     false
                 };
+                let properties = if self.protocol == Protocol::V5 {
+                    match self.publish_properties_v5(&publish) {
+                        Ok(properties) => properties,
+                        Err(close) => return Some(close),
+                    }
+                } else {
+                    None
+                };
                 if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
                     self.unsynced = true;
                 }
@@ -143,6 +158,7 @@ impl Connection {
                     qos: publish.qos,
                     retain: publish.retain,
                     publisher: self.client_id.clone(),
+                    properties,
                 });
                 match (publish.qos, publish.pkid) {
                     (QoS::AtMostOnce, _) => {
@@ -154,14 +170,14 @@ impl Connection {
                         if allowed {
                             self.route(msg);
                         }
-                        self.send_packet(&Packet::PubAck(pkid));
+                        self.put_publish_ack(QoS::AtLeastOnce, pkid, allowed);
                     }
                     (QoS::ExactlyOnce, Some(pkid)) => {
                         // A repeat before PUBREL is acknowledged, not delivered again.
                         if session.state.lock().on_inbound_qos2(pkid) && allowed {
                             self.route(msg);
                         }
-                        self.send_packet(&Packet::PubRec(pkid));
+                        self.put_publish_ack(QoS::ExactlyOnce, pkid, allowed);
                     }
                     // The codec guarantees an id for QoS 1 and 2.
                     (_, None) => {}
@@ -290,6 +306,26 @@ impl Connection {
                     other.name()
                 )))
             }
+            // 5.0's own packets, only decoded on a 5.0 connection (see connection/v5.rs).
+            other if self.protocol == Protocol::V5 => {
+                return match other {
+                    // A reason code on an acknowledgement: handled as its short form.
+                    Packet::PubAckV5(_)
+                    | Packet::PubRecV5(_)
+                    | Packet::PubRelV5(_)
+                    | Packet::PubCompV5(_) => {
+                        let short = self.ack_v5_as_short(other);
+                        Box::pin(self.handle(short, session)).await
+                    }
+                    other => Box::pin(self.handle_v5(other, session)).await,
+                };
+            }
+            other => {
+                return Some(Close::Protocol(format!(
+                    "an MQTT 5.0 {} on a 3.1.1 connection",
+                    other.name()
+                )))
+            }
         }
         None
     }
@@ -314,6 +350,11 @@ impl Connection {
                 qos: will.qos,
                 retain: will.retain,
                 publisher: self.client_id.clone(),
+                properties: if self.protocol == Protocol::V5 {
+                    Self::will_properties_v5(connect)
+                } else {
+                    None
+                },
             });
             // Through the interceptor too, if there is one: a will is a publication.
             self.route(msg);

@@ -61,9 +61,15 @@ pub(super) struct OutBuf {
     chunks: VecDeque<Bytes>,
     cur: BytesMut,
     len: usize,
+    /// The peer speaks MQTT 5.0: PUBLISH goes out with its property section.
+    v5: bool,
 }
 
 impl OutBuf {
+    pub(super) fn set_v5(&mut self) {
+        self.v5 = true;
+    }
+
     pub(super) fn len(&self) -> usize {
         self.len
     }
@@ -93,15 +99,31 @@ impl OutBuf {
     pub(super) fn put_publish(&mut self, item: &Queued, pkid: Option<u16>, dup: bool) {
         let msg = &item.msg;
         let before = self.cur_mut().len();
-        let encoded = codec::encode_publish_header(
-            &mut self.cur,
-            &msg.topic,
-            item.qos,
-            item.retain,
-            dup,
-            pkid,
-            msg.payload.len(),
-        );
+        let encoded = if self.v5 {
+            // The message's properties were encoded once, when it was published, and
+            // are shared by every 5.0 subscriber [MQTT-3.3.2-17].
+            codec::encode_publish_header_v5(
+                &mut self.cur,
+                &msg.topic,
+                item.qos,
+                item.retain,
+                dup,
+                pkid,
+                msg.properties.as_deref().unwrap_or_default(),
+                &[],
+                msg.payload.len(),
+            )
+        } else {
+            codec::encode_publish_header(
+                &mut self.cur,
+                &msg.topic,
+                item.qos,
+                item.retain,
+                dup,
+                pkid,
+                msg.payload.len(),
+            )
+        };
         if let Err(err) = encoded {
             warn!("cannot encode PUBLISH to {}: {err}", msg.topic);
             self.cur.truncate(before);

@@ -9,7 +9,7 @@
 use std::fmt;
 
 use crate::broker::session::Queued;
-use crate::codec::{Packet, QoS};
+use crate::codec::{Auth, DisconnectV5, Packet, QoS, SubAckV5, UnsubAckV5};
 
 /// Whether per-packet lines are wanted (the log level is DEBUG or TRACE).
 pub(super) fn packets_enabled() -> bool {
@@ -81,6 +81,43 @@ impl fmt::Display for Summary<'_> {
                 f.write_str(")")
             }
             Packet::PingReq | Packet::PingResp | Packet::Disconnect => f.write_str(name),
+            // MQTT 5.0 forms: the reason code in hex, as the spec's tables list them.
+            Packet::ConnAckV5(a) => write!(
+                f,
+                "{name} ({}, 0x{:02x})",
+                u8::from(a.session_present),
+                a.reason.0
+            ),
+            Packet::PubAckV5(a)
+            | Packet::PubRecV5(a)
+            | Packet::PubRelV5(a)
+            | Packet::PubCompV5(a) => write!(f, "{name} (m{}, 0x{:02x})", a.pkid, a.reason.0),
+            Packet::SubscribeV5(s) => {
+                write!(f, "{name} (m{}", s.pkid)?;
+                for (filter, options) in &s.filters {
+                    write!(f, ", '{filter}' q{}", options.qos as u8)?;
+                }
+                f.write_str(")")
+            }
+            Packet::SubAckV5(SubAckV5 { pkid, reasons, .. })
+            | Packet::UnsubAckV5(UnsubAckV5 { pkid, reasons, .. }) => {
+                write!(f, "{name} (m{pkid}")?;
+                for code in reasons {
+                    write!(f, ", 0x{:02x}", code.0)?;
+                }
+                f.write_str(")")
+            }
+            Packet::UnsubscribeV5(u) => {
+                write!(f, "{name} (m{}", u.pkid)?;
+                for filter in &u.filters {
+                    write!(f, ", '{filter}'")?;
+                }
+                f.write_str(")")
+            }
+            Packet::DisconnectV5(DisconnectV5 { reason, .. })
+            | Packet::Auth(Auth { reason, .. }) => {
+                write!(f, "{name} (0x{:02x})", reason.0)
+            }
         }
     }
 }
@@ -136,6 +173,7 @@ mod tests {
     #[test]
     fn lines_name_the_packet_id_topic_and_qos() {
         let publish = Packet::Publish(Publish {
+            properties: None,
             dup: false,
             qos: QoS::AtLeastOnce,
             retain: true,

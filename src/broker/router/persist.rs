@@ -400,6 +400,7 @@ mod tests {
                             qos: QoS::AtLeastOnce,
                             retain,
                             publisher: ByteString::from_static("pub"),
+                            properties: None,
                         });
                         router.publish(msg, &mut scratch);
                     }

@@ -402,6 +402,7 @@ fn pending_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
             qos: qos_at(row, 2)?,
             retain,
             publisher: ByteString::from(row.get::<_, String>(5)?),
+            properties: None,
         }),
         qos: qos_at(row, 3)?,
         retain,
@@ -417,6 +418,7 @@ fn retained_row(row: &Row<'_>) -> rusqlite::Result<Arc<Message>> {
         qos: qos_at(row, 2)?,
         retain: true,
         publisher: ByteString::from(row.get::<_, String>(3)?),
+        properties: None,
     }))
 }
 

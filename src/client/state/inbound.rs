@@ -171,6 +171,23 @@ impl State {
                     other.name()
                 )))
             }
+            // The client speaks 3.1.1, so its decoder never yields 5.0's forms.
+            other @ (Packet::ConnAckV5(_)
+            | Packet::PubAckV5(_)
+            | Packet::PubRecV5(_)
+            | Packet::PubRelV5(_)
+            | Packet::PubCompV5(_)
+            | Packet::SubscribeV5(_)
+            | Packet::SubAckV5(_)
+            | Packet::UnsubscribeV5(_)
+            | Packet::UnsubAckV5(_)
+            | Packet::DisconnectV5(_)
+            | Packet::Auth(_)) => {
+                return Err(ClientError::Protocol(format!(
+                    "an MQTT 5.0 {} on a 3.1.1 connection",
+                    other.name()
+                )))
+            }
         }
         Ok(())
     }
@@ -204,6 +221,7 @@ mod tests {
             topic: ByteString::from_static("t"),
             pkid: Some(packet_id),
             payload: Bytes::from_static(b"x"),
+            properties: None,
         })
     }
 

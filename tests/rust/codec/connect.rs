@@ -33,6 +33,7 @@ fn connect_v31_tolerates_reserved_flag_bit_0() {
             will: None,
             username: None,
             password: None,
+            properties: None,
         })
     );
 }
@@ -157,6 +158,7 @@ fn connect_v31_may_announce_a_user_name_and_leave_it_out() {
             will: None,
             username: None,
             password: None,
+            properties: None,
         })
     );
     // The same CONNECT in 3.1.1 is truncated.
@@ -213,14 +215,15 @@ fn connect_unknown_protocol_name() {
 
 #[test]
 fn connect_unsupported_protocol_level() {
-    // [MQTT-3.1.2-2]: "MQTT" goes with level 4 and "MQIsdp" with 3; MQTT 5 is level 5.
-    let mqtt_5 = connect_with_level(&[0x4D, 0x51, 0x54, 0x54], 0x05);
+    // [MQTT-3.1.2-2]: "MQTT" goes with level 4 (or 5, MQTT 5.0, tested in the v5 module)
+    // and "MQIsdp" with 3; level 6 is no revision at all.
+    let mqtt_6 = connect_with_level(&[0x4D, 0x51, 0x54, 0x54], 0x06);
     rejects(
         &v311(),
-        &mqtt_5,
+        &mqtt_6,
         Error::UnsupportedProtocolLevel {
             name: "MQTT",
-            level: 5,
+            level: 6,
         },
     );
     let mqtt_3 = connect_with_level(&[0x4D, 0x51, 0x54, 0x54], 0x03);

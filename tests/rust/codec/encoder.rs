@@ -60,6 +60,7 @@ fn connect_encoder_refuses_what_the_decoder_refuses() {
         will: None,
         username: None,
         password: None,
+        properties: None,
     };
     let no_user = Connect {
         password: Some(b(b"p")),
@@ -74,6 +75,7 @@ fn connect_encoder_refuses_what_the_decoder_refuses() {
         payload: Bytes::new(),
         qos: QoS::AtMostOnce,
         retain: false,
+        properties: None,
     };
     let wildcard_will = Connect {
         will: Some(will("a/#")),

@@ -26,6 +26,7 @@ mod header;
 mod rules;
 mod streaming;
 mod strings;
+mod v5;
 mod vectors;
 
 use bytes::{Bytes, BytesMut};
@@ -122,6 +123,7 @@ fn publish(
         topic: s(topic),
         pkid,
         payload: b(payload),
+        properties: None,
     })
 }
 

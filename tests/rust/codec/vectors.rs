@@ -30,9 +30,11 @@ fn connect_v311_full() -> Packet {
             payload: b(b"bye"),
             qos: QoS::AtLeastOnce,
             retain: true,
+            properties: None,
         }),
         username: Some(s("user")),
         password: Some(b(&[0x70, 0x00, 0xFF])),
+        properties: None,
     })
 }
 
@@ -55,6 +57,7 @@ fn connect_v311_bare() -> Packet {
         will: None,
         username: None,
         password: None,
+        properties: None,
     })
 }
 
@@ -82,9 +85,11 @@ fn connect_v31() -> Packet {
             payload: Bytes::new(),
             qos: QoS::ExactlyOnce,
             retain: false,
+            properties: None,
         }),
         username: Some(s("u")),
         password: None,
+        properties: None,
     })
 }
 
@@ -295,9 +300,11 @@ fn connect_will_qos_2_and_binary_will_message() {
             payload: b(&[0xFF, 0x00]),
             qos: QoS::ExactlyOnce,
             retain: false,
+            properties: None,
         }),
         username: None,
         password: None,
+        properties: None,
     });
     check_vector(&v311(), &packet, &wire);
 }

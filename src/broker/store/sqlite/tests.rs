@@ -33,6 +33,7 @@ fn message(topic: &str, retain: bool) -> Arc<Message> {
         qos: QoS::ExactlyOnce,
         retain,
         publisher: ByteString::from("pub"),
+        properties: None,
     })
 }
 

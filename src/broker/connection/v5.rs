@@ -1,0 +1,371 @@
+//! MQTT 5.0 on a connection: what differs from 3.1.1 once the CONNECT says level 5.
+//!
+//! Kept apart from the shared handlers so that the 3.1.1 path stays as it was: the
+//! shared code calls in here only where a 5.0 connection answers differently (CONNACK
+//! and its properties, reason codes in acknowledgements, the DISCONNECT the server sends
+//! before it closes) or for packets only 5.0 has (SUBSCRIBE with options, UNSUBSCRIBE
+//! answered per filter, DISCONNECT with a reason, AUTH).
+//!
+//! Not yet here (see docs/conformance.md, MQTT 5.0 table): Topic Aliases (the CONNACK
+//! says the maximum is 0), Receive Maximum flow control, Subscription Identifiers and
+//! shared subscriptions (the CONNACK says they are not available), No Local, Retain As
+//! Published and Retain Handling, the client's Maximum Packet Size, the remaining
+//! Message Expiry Interval, and enhanced authentication.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::timeout;
+use tracing::{debug, info};
+
+use crate::broker::hooks::Event;
+use crate::broker::router::{Attach, ConnHandle, Session};
+use crate::codec::{
+    AckV5, ConnAckV5, Connect, ConnectReturnCode, DisconnectV5, Packet, Properties,
+    PropertyContext, Publish, QoS, ReasonCode, SubAckV5, SubscribeV5, UnsubAckV5, UnsubscribeV5,
+};
+
+use super::{Close, Connection};
+
+/// The 5.0 CONNACK reason for a 3.1.1 refusal code (spec table 3-1's counterparts).
+pub(super) fn connack_reason(code: ConnectReturnCode) -> ReasonCode {
+    match code {
+        ConnectReturnCode::Accepted => ReasonCode::SUCCESS,
+        ConnectReturnCode::UnacceptableProtocolVersion => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+        ConnectReturnCode::IdentifierRejected => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        ConnectReturnCode::ServerUnavailable => ReasonCode::SERVER_UNAVAILABLE,
+        ConnectReturnCode::BadUserNameOrPassword => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+        ConnectReturnCode::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+    }
+}
+
+/// The CONNECT's Session Expiry Interval; absent means 0 (3.1.2.11.2).
+pub(super) fn session_expiry(connect: &Connect) -> u32 {
+    connect
+        .properties
+        .as_ref()
+        .and_then(|p| p.session_expiry_interval)
+        .unwrap_or(0)
+}
+
+impl Connection {
+    /// A refusal CONNACK in the connection's revision ([MQTT-3.2.2-6]: session present 0).
+    pub(super) fn refusal_packet(&self, code: ConnectReturnCode) -> Packet {
+        if self.protocol == crate::codec::Protocol::V5 {
+            Packet::ConnAckV5(ConnAckV5 {
+                session_present: false,
+                reason: connack_reason(code),
+                properties: None,
+            })
+        } else {
+            Packet::ConnAck(crate::codec::ConnAck {
+                session_present: false,
+                code,
+            })
+        }
+    }
+
+    /// What a 5.0 CONNECT asks for that this broker refuses outright: enhanced
+    /// authentication (CONNACK 0x8C Bad authentication method, 4.12).
+    pub(super) fn refuse_v5_connect(&self, connect: &Connect) -> Option<ReasonCode> {
+        let method = connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.authentication_method.as_ref());
+        if let Some(method) = method {
+            info!(client_id = %self.client_id, peer = %self.peer,
+                "refusing connection: [MQTT-4.12.0-1] authentication method {method:?} is not supported");
+            return Some(ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+        None
+    }
+
+    /// Attaches a 5.0 client: Clean Start and the Session Expiry Interval.
+    pub(super) fn attach_v5(&self, connect: &Connect, handle: ConnHandle) -> Attach {
+        self.router.attach_v5(
+            &self.client_id,
+            connect.clean_session,
+            session_expiry(connect),
+            handle,
+        )
+    }
+
+    /// The successful CONNACK [MQTT-3.2.0-1], [MQTT-3.1.4-5], with properties that say
+    /// what this broker really does.
+    pub(super) fn connack_v5(&mut self, connect: &Connect, session_present: bool) {
+        let config = self.router.config();
+        let mut props = Properties {
+            // The limit the decoder enforces; packets above it get DISCONNECT 0x95.
+            maximum_packet_size: u32::try_from(config.max_packet_size).ok(),
+            // Not implemented yet: said so, so clients do not use them.
+            subscription_identifier_available: Some(false),
+            shared_subscription_available: Some(false),
+            // Topic Alias Maximum absent: 0, no aliases [MQTT-3.2.2-17] (client side).
+            ..Properties::default()
+        };
+        if connect.client_id.is_empty() {
+            // [MQTT-3.1.3-7], [MQTT-3.2.2-16]: the identifier made up for the client.
+            props.assigned_client_identifier = Some(self.client_id.clone());
+        }
+        self.send_packet(&Packet::ConnAckV5(ConnAckV5 {
+            session_present,
+            reason: ReasonCode::SUCCESS,
+            properties: Some(Box::new(props)),
+        }));
+    }
+
+    /// Checks a 5.0 PUBLISH's properties and returns them encoded for forwarding.
+    /// [MQTT-3.3.4-6]: a client never sends a Subscription Identifier; a Topic Alias is
+    /// invalid since the CONNACK allowed none ([MQTT-3.3.2-9]'s server-side check).
+    pub(super) fn publish_properties_v5(
+        &mut self,
+        publish: &Publish,
+    ) -> Result<Option<Bytes>, Close> {
+        let Some(props) = publish.properties.as_deref() else {
+            return Ok(None);
+        };
+        if !props.subscription_identifiers.is_empty() {
+            return Err(self.close_v5(
+                ReasonCode::PROTOCOL_ERROR,
+                "[MQTT-3.3.4-6] PUBLISH from a client carries a Subscription Identifier",
+            ));
+        }
+        if props.topic_alias.is_some() {
+            return Err(self.close_v5(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                "[MQTT-3.3.2-9] Topic Alias above the Topic Alias Maximum of 0 in CONNACK",
+            ));
+        }
+        props
+            .to_bytes(PropertyContext::Publish)
+            .map(Some)
+            .map_err(|err| self.close_v5(ReasonCode::MALFORMED_PACKET, &err.to_string()))
+    }
+
+    /// The encoded will properties, forwarded with the will like a PUBLISH's (the
+    /// will-only Will Delay Interval left out).
+    pub(super) fn will_properties_v5(connect: &Connect) -> Option<Bytes> {
+        let will = connect.will.as_ref()?;
+        let mut props = will.properties.as_deref()?.clone();
+        props.will_delay_interval = None;
+        if props.is_empty() {
+            return None;
+        }
+        props.to_bytes(PropertyContext::Publish).ok()
+    }
+
+    /// PUBACK or PUBREC for a 5.0 publisher: Success (the short form), or 0x87 Not
+    /// authorized when the message was refused [MQTT-3.4.2-1], [MQTT-3.5.2-1].
+    pub(super) fn put_publish_ack(&mut self, qos: QoS, pkid: u16, allowed: bool) {
+        let v5 = self.protocol == crate::codec::Protocol::V5;
+        let packet = match (qos, v5 && !allowed) {
+            (QoS::ExactlyOnce, false) => Packet::PubRec(pkid),
+            (_, false) => Packet::PubAck(pkid),
+            (qos, true) => {
+                let ack = AckV5 {
+                    pkid,
+                    reason: ReasonCode::NOT_AUTHORIZED,
+                    properties: None,
+                };
+                if qos == QoS::ExactlyOnce {
+                    Packet::PubRecV5(ack)
+                } else {
+                    Packet::PubAckV5(ack)
+                }
+            }
+        };
+        self.send_packet(&packet);
+    }
+
+    /// A close for a rule a 5.0 client broke: the DISCONNECT before the close carries
+    /// `reason` ([`Connection::send_disconnect_v5`]).
+    pub(super) fn close_v5(&mut self, reason: ReasonCode, why: &str) -> Close {
+        self.v5_reason = Some(reason);
+        Close::Protocol(format!("{why} (DISCONNECT {reason})"))
+    }
+
+    /// The packets only a 5.0 connection decodes, and the long-form acknowledgements.
+    pub(super) async fn handle_v5(
+        &mut self,
+        packet: Packet,
+        session: &Arc<Session>,
+    ) -> Option<Close> {
+        match packet {
+            Packet::SubscribeV5(subscribe) => Box::pin(self.subscribe_v5(subscribe, session)).await,
+            Packet::UnsubscribeV5(unsubscribe) => {
+                self.unsubscribe_v5(unsubscribe, session);
+                None
+            }
+            Packet::DisconnectV5(disconnect) => {
+                Some(self.disconnect_from_client(disconnect, session))
+            }
+            Packet::Auth(_) => Some(self.close_v5(
+                ReasonCode::PROTOCOL_ERROR,
+                "[MQTT-4.12.0-7] AUTH after a CONNECT without an Authentication Method",
+            )),
+            other => Some(self.close_v5(
+                ReasonCode::PROTOCOL_ERROR,
+                &format!("[MQTT-4.8.0-1] a client may not send {}", other.name()),
+            )),
+        }
+    }
+
+    /// A 5.0 acknowledgement in its long form, as its short form for the shared
+    /// handlers (the reason code is logged: a client's error code ends the flow all the
+    /// same, 4.3).
+    pub(super) fn ack_v5_as_short(&self, packet: Packet) -> Packet {
+        let (kind, ack, short): (&str, &AckV5, fn(u16) -> Packet) = match &packet {
+            Packet::PubAckV5(a) => ("PUBACK", a, Packet::PubAck),
+            Packet::PubRecV5(a) => ("PUBREC", a, Packet::PubRec),
+            Packet::PubRelV5(a) => ("PUBREL", a, Packet::PubRel),
+            Packet::PubCompV5(a) => ("PUBCOMP", a, Packet::PubComp),
+            _ => return packet,
+        };
+        if ack.reason.is_error() {
+            debug!(client_id = %self.client_id, pkid = ack.pkid, "{kind} with reason {}", ack.reason);
+        }
+        short(ack.pkid)
+    }
+
+    async fn subscribe_v5(
+        &mut self,
+        subscribe: SubscribeV5,
+        session: &Arc<Session>,
+    ) -> Option<Close> {
+        if subscribe
+            .properties
+            .as_ref()
+            .is_some_and(|p| !p.subscription_identifiers.is_empty())
+        {
+            // The CONNACK said Subscription Identifiers are not available (3.8.2.1.2).
+            return Some(self.close_v5(
+                ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "SUBSCRIBE with a Subscription Identifier, which the CONNACK said is not available",
+            ));
+        }
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        for (filter, options) in &subscribe.filters {
+            if filter.starts_with("$share/") {
+                // The CONNACK said shared subscriptions are not available.
+                reasons.push(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+                continue;
+            }
+            if let Err(err) = crate::topic::validate_topic_filter(filter) {
+                info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let Some(granted) = Box::pin(self.may_subscribe(filter, options.qos)).await else {
+                info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            };
+            match self.router.subscribe(session, filter, granted) {
+                Ok(granted) => reasons.push(ReasonCode(granted as u8)),
+                Err(err) => {
+                    info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                }
+            }
+        }
+        self.router.emit(|| Event::Subscribed {
+            client_id: self.client_id.clone(),
+            filters: subscribe
+                .filters
+                .iter()
+                .zip(&reasons)
+                .map(|((f, _), r)| (f.clone(), r.0))
+                .collect(),
+        });
+        // [MQTT-3.8.4-1], [MQTT-3.9.3-1]: one code per filter, in order.
+        self.send_packet(&Packet::SubAckV5(SubAckV5 {
+            pkid: subscribe.pkid,
+            reasons,
+            properties: None,
+        }));
+        None
+    }
+
+    fn unsubscribe_v5(&mut self, unsubscribe: UnsubscribeV5, session: &Arc<Session>) {
+        // [MQTT-3.11.3-1]: 0x00, or 0x11 No subscription existed, per filter in order.
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                if self.router.unsubscribe(session, filter) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
+        self.send_packet(&Packet::UnsubAckV5(UnsubAckV5 {
+            pkid: unsubscribe.pkid,
+            reasons,
+            properties: None,
+        }));
+        self.router.emit(|| Event::Unsubscribed {
+            client_id: self.client_id.clone(),
+            filters: unsubscribe.filters,
+        });
+    }
+
+    /// A DISCONNECT with a reason code: 0x04 asks for the will to be published; a new
+    /// Session Expiry Interval replaces the CONNECT's, except that a session the CONNECT
+    /// made end with the connection cannot be given one now (3.14.2.2.2).
+    fn disconnect_from_client(
+        &mut self,
+        disconnect: DisconnectV5,
+        session: &Arc<Session>,
+    ) -> Close {
+        if let Some(expiry) = disconnect
+            .properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+        {
+            let mut state = session.state.lock();
+            let was_zero = session.clean || state.expiry == Some(Duration::ZERO);
+            if was_zero && expiry != 0 {
+                drop(state);
+                return self.close_v5(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "DISCONNECT sets a Session Expiry Interval after CONNECT set 0 (MQTT 5.0 3.14.2.2.2)",
+                );
+            }
+            state.expiry = Some(match expiry {
+                u32::MAX => Duration::MAX,
+                secs => Duration::from_secs(u64::from(secs)),
+            });
+        }
+        if disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+            Close::DisconnectWithWill
+        } else {
+            Close::Disconnect
+        }
+    }
+
+    /// Sends the server's DISCONNECT before it closes a 5.0 connection (3.14: takeover
+    /// 0x8E [MQTT-3.1.4-3], keep alive 0x8D, shutdown 0x8B, and the reason code of the
+    /// rule the client broke: 0x81 Malformed Packet, 0x82 Protocol Error, 0x95 Packet too
+    /// large...). Only after a successful CONNACK [MQTT-3.14.0-1], which is where the
+    /// serving loop this is called from starts.
+    pub(super) async fn send_disconnect_v5(&mut self, close: &Close) {
+        let reason = match close {
+            Close::KeepAlive => ReasonCode::KEEP_ALIVE_TIMEOUT,
+            Close::Takeover => ReasonCode::SESSION_TAKEN_OVER,
+            Close::Shutdown => ReasonCode::SERVER_SHUTTING_DOWN,
+            Close::Protocol(_) => self.v5_reason.unwrap_or(ReasonCode::PROTOCOL_ERROR),
+            // The client ended it, or the network did: nothing to say.
+            Close::Disconnect | Close::DisconnectWithWill | Close::PeerClosed | Close::Io(_) => {
+                return
+            }
+        };
+        self.send_packet(&Packet::DisconnectV5(DisconnectV5 {
+            reason,
+            properties: None,
+        }));
+        let _ = timeout(Duration::from_secs(1), self.flush()).await;
+    }
+}
