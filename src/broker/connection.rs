@@ -65,15 +65,16 @@ const TAKEOVER_DRAIN_LIMIT: usize = 4 * READ_PAUSE_ABOVE;
 const BYTES_READ_PER_BUDGET_UNIT: u64 = 512;
 /// Bytes written that spend one unit: a connection that only writes yields after about
 /// 4 MiB in one wake-up (16 turns of [`WRITE_HIGH_WATER`]), so a subscriber fed without
-/// pause by publishers on other workers is bounded too. Writes are charged 64 times less
-/// than reads because they cost that much less per byte: a byte read is decoded and routed
+/// pause by publishers on other workers is bounded too. Writes are charged far less than
+/// reads because they cost far less per byte: a byte read is decoded and routed
 /// to every subscriber (one PUBLISH read is 20 deliveries in a 1:20 fan-out), a byte written
 /// was encoded once and leaves in one `writev` with a few hundred others; both limits come
 /// to roughly a millisecond of work. Charging writes at the read rate made every backlogged
-/// subscriber yield four times per turn (256 KiB): tokio defers a yielded task until its
-/// worker's queue is empty and wakes the other worker for it, and that cost QoS 0 fan-out
-/// about 25% of the broker CPU per delivery and fan-in 11% (benches/README.md, the re-run
-/// after the layout move).
+/// subscriber yield four times per turn (256 KiB): tokio parks a task out of budget until
+/// its worker's queue is empty, and waking it again often wakes the other worker too (an
+/// eventfd write and a context switch). That cost 15-25% more broker CPU per delivery in
+/// QoS 0 fan-out and fan-in than at 985e479 (fan-out 9.02M -> 6.81M deliveries/s in
+/// benches/README.md, the re-run after the layout move).
 const BYTES_WRITTEN_PER_BUDGET_UNIT: u64 = 32 * 1024;
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
