@@ -72,9 +72,9 @@ const BYTES_READ_PER_BUDGET_UNIT: u64 = 512;
 /// to roughly a millisecond of work. Charging writes at the read rate made every backlogged
 /// subscriber yield four times per turn (256 KiB): tokio parks a task out of budget until
 /// its worker's queue is empty, and waking it again often wakes the other worker too (an
-/// eventfd write and a context switch). That cost 15-25% more broker CPU per delivery in
-/// QoS 0 fan-out and fan-in than at 985e479 (fan-out 9.02M -> 6.81M deliveries/s in
-/// benches/README.md, the re-run after the layout move).
+/// eventfd write and a context switch). In interleaved runs against 985e479 that cost
+/// QoS 0 fan-in 15-25% more broker CPU per delivery; with this rate fan-in uses less than
+/// at 985e479.
 const BYTES_WRITTEN_PER_BUDGET_UNIT: u64 = 32 * 1024;
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
