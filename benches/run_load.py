@@ -11,6 +11,10 @@ prints the summary.
     python3 benches/run_load.py            # full matrix, 3 repetitions (< 15 min)
     python3 benches/run_load.py --quick    # a ~2 minute subset
     python3 benches/run_load.py --only transports,handshakes   # TLS and WebSocket rows
+    python3 benches/run_load.py --quick --baseline ../base/.venv/bin/pyo3mq  # A/B two builds
+
+With --baseline, a second pyo3mq build (an older commit, say) runs in the same rotation on
+the TCP throughput and paced cells, so the two builds are compared under the same noise.
 
 Both brokers also listen for TLS and WebSocket (a self-signed certificate made with the
 openssl command for each run), so the transport rows compare them over the same stream.
@@ -61,6 +65,8 @@ TRANSPORT_TITLES = {"tcp": "TCP", "tls": "TLS", "ws": "WebSocket", "wss": "secur
 # Connections opened (each a full TLS handshake) to measure the handshake rate.
 HANDSHAKE_CONNECTIONS = 2000
 Result = dict[str, Any]
+# The broker name (and results' label) of the --baseline build.
+BASELINE = "pyo3mq-baseline"
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,10 @@ RUN_SIZES: dict[str, dict[int, dict[int, int]]] = {
 
 
 def deliveries_for(broker: str, cell: Cell, scale: float) -> int:
-    sizes = RUN_SIZES["pyo3mq" if broker == "pyo3mq" else "mosquitto"][cell.qos]
+    ours = broker.startswith("pyo3mq")
+    sizes = RUN_SIZES["pyo3mq" if ours else "mosquitto"][cell.qos]
     base = sizes.get(cell.size) or sizes[64]
-    if broker == "pyo3mq" and cell.scenario in ("fanout", "mesh"):
+    if ours and cell.scenario in ("fanout", "mesh"):
         base = base * 5 // 2  # it delivers 2-4x faster there than in 1:1 and fan-in
     # Every publisher sends the same count: round to a multiple of 400 (20 x 20).
     return max(400, int(base * scale) // 400 * 400)
@@ -180,7 +187,8 @@ def raise_nofile() -> None:
 class Broker:
     """A broker process on a free loopback port."""
 
-    name: str  # "pyo3mq", "mosquitto", or "mosquitto-nodelay" (used for paced runs)
+    # "pyo3mq", "pyo3mq-baseline" (--baseline), "mosquitto", or "mosquitto-nodelay" (paced)
+    name: str
     exe: str
     out: Path
     port: int = 0
@@ -218,9 +226,20 @@ class Broker:
         return template
 
     def command(self) -> list[str]:
-        if self.name == "pyo3mq":
-            conf = self.out / "pyo3mq.toml"
-            conf.write_text(self.fill((HERE / "pyo3mq.toml").read_text()))
+        if self.name.startswith("pyo3mq"):
+            conf = self.out / f"{self.name}.toml"
+            text = self.fill((HERE / "pyo3mq.toml").read_text())
+            if self.name == BASELINE:
+                # The baseline runs only TCP cells and may predate TLS and WebSocket
+                # listeners: it gets the TCP listener and the same limits.
+                text = "\n".join(
+                    f'listeners = ["tcp://127.0.0.1:{self.port}"]'
+                    if line.startswith("listeners")
+                    else line
+                    for line in text.splitlines()
+                    if not line.startswith(("certfile", "keyfile"))
+                )
+            conf.write_text(text)
             return [self.exe, "--config", str(conf), "--log-level", "warn"]
         conf = self.out / f"{self.name}.conf"
         text = self.fill((HERE / "mosquitto.conf").read_text())
@@ -479,6 +498,15 @@ class Side:
         v = self.values(key)
         return statistics.median(v) if v else None
 
+    def cpu_per_delivery(self, key: str) -> float | None:
+        """Median µs of CPU (`broker_cpu_s` or `gen_cpu_s`) per delivery."""
+        v = [
+            float(r[key]) * 1e6 / r["delivered"]
+            for r in self.ok
+            if r.get(key) is not None and r.get("delivered")
+        ]
+        return statistics.median(v) if v else None
+
     def show(self, key: str, fmt: Callable[[float], str]) -> str:
         text = spread(self.values(key), fmt)
         if self.failed:
@@ -588,13 +616,36 @@ def summarize(results: list[Result], meta: dict[str, Any], matrix: list[Cell]) -
             for b in ("pyo3mq", "mosquitto"):
                 s = sides.get(b, Side())
                 for key in ("broker_cpu_s", "gen_cpu_s"):
-                    v = [
-                        float(r[key]) * 1e6 / r["delivered"]
-                        for r in s.ok
-                        if r.get(key) is not None and r.get("delivered")
-                    ]
-                    row.append(f"{statistics.median(v):.2f}" if v else DASH)
+                    v = s.cpu_per_delivery(key)
+                    row.append(DASH if v is None else f"{v:.2f}")
             out.append("| " + " | ".join(row) + " |")
+        out.append("")
+
+    if sat and any(r["broker"] == BASELINE for r in results):
+        out.append(
+            "**Against the baseline build** (`--baseline`, same rotation; deliveries/s and "
+            "broker µs of CPU per delivery, medians; ratio = pyo3mq / baseline)"
+        )
+        out.append("")
+        out.append(
+            "| scenario | payload | QoS | pyo3mq | baseline | ratio | "
+            "pyo3mq CPU | baseline CPU | CPU ratio |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for c in sat:
+            sides = cells.get(c.key, {})
+            new, old = sides.get("pyo3mq", Side()), sides.get(BASELINE, Side())
+            med = [new.cpu_per_delivery("broker_cpu_s"), old.cpu_per_delivery("broker_cpu_s")]
+            r = ratio(new.median("deliveries_per_s"), old.median("deliveries_per_s"))
+            rc = ratio(med[0], med[1])
+            out.append(
+                f"| {c.title} | {c.size} B | {c.qos} | "
+                f"{new.show('deliveries_per_s', fmt_rate)} | "
+                f"{old.show('deliveries_per_s', fmt_rate)} | "
+                f"{DASH if r is None else f'{r:.2f}x'} | "
+                + " | ".join(DASH if v is None else f"{v:.3f}" for v in med)
+                + f" | {DASH if rc is None else f'{rc:.2f}x'} |"
+            )
         out.append("")
 
     paced = [c for c in matrix if c.kind == "paced"]
@@ -817,6 +868,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     ap.add_argument(
+        "--baseline",
+        default=None,
+        help="another pyo3mq command (an older build) run in the same rotation on the TCP "
+        "throughput and paced cells; the summary compares throughput and CPU per delivery",
+    )
+    ap.add_argument(
         "--generator", default=None, help="prebuilt load generator (default: build it with cargo)"
     )
     ap.add_argument(
@@ -875,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Absolute: the brokers run with the output directory as their working directory.
     out: Path = (args.out or ROOT / "target" / "bench-load" / stamp).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for exe in (args.pyo3mq, args.mosquitto):
+    for exe in (args.pyo3mq, args.mosquitto, *([args.baseline] if args.baseline else [])):
         if not (Path(exe).exists() or shutil.which(exe)):
             print(
                 f"run_load: {exe} not found (make build; apt-get install mosquitto)",
@@ -896,6 +953,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: Broker(name, args.pyo3mq if name == "pyo3mq" else args.mosquitto, out)
         for name in ("pyo3mq", "mosquitto", "mosquitto-nodelay")
     }
+    if args.baseline:
+        brokers[BASELINE] = Broker(BASELINE, args.baseline, out)
     results: list[Result] = []
     jsonl = (out / "results.jsonl").open("a")
 
@@ -921,9 +980,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rep in range(1, args.reps + 1):
             if not matrix:
                 break
-            order = ["pyo3mq", "mosquitto"] if rep % 2 else ["mosquitto", "pyo3mq"]
+            order = ["pyo3mq", *([BASELINE] if args.baseline else []), "mosquitto"]
+            order = order if rep % 2 else order[::-1]
             needed = (
                 {"pyo3mq"}
+                | (
+                    {BASELINE}
+                    if args.baseline and any(c.transport == "tcp" for c in matrix)
+                    else set()
+                )
                 | {"mosquitto" for c in matrix if c.kind == "sat"}
                 | {"mosquitto-nodelay" for c in matrix if c.kind == "paced"}
             )
@@ -933,6 +998,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # Paced runs are short and their tails sensitive to whatever else runs:
                 # two per broker per repetition, in ABBA order.
                 for label in order + order[::-1] if cell.kind == "paced" else order:
+                    if label == BASELINE and cell.transport != "tcp":
+                        continue
                     name = (
                         "mosquitto-nodelay"
                         if (label == "mosquitto" and cell.kind == "paced")
