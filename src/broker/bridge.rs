@@ -69,6 +69,14 @@ use crate::topic;
 /// Received messages taken from the client per drain.
 const DRAIN_BATCH: usize = 256;
 
+/// QoS 1/2 messages in flight towards the remote at most. Mosquitto takes at most
+/// `max_inflight_messages` (default 20) unreleased QoS 2 messages from a client and
+/// silently drops the next ones (an MQTT 3.1.1 PUBREC cannot refuse): a bridge that sends
+/// the local session's whole window (`max_inflight`, default 32) at once, as after a
+/// reconnect, would lose messages. What the local session sent beyond this waits in the
+/// client, in order.
+const REMOTE_INFLIGHT: usize = 20;
+
 /// Reads what the bridge's client reads at every new client (the TLS files, the
 /// directory of `bridge_capath`) and checks the client's options: a missing or malformed
 /// file fails the broker's start with an error naming the bridge and the file, rather
@@ -104,8 +112,7 @@ fn new_client(
             (BridgeProtocol::V311, false) => Protocol::V311,
         },
         connect_timeout: Duration::from_secs(30),
-        // The local session's window bounds what is in flight.
-        max_inflight: 65_535,
+        max_inflight: REMOTE_INFLIGHT,
         max_buffered: (4 << 20).max(2 * max_packet_size),
         max_incoming: 1024,
         max_packet_size,
