@@ -130,6 +130,34 @@ fn new_client(
     Client::new(opts).map_err(|e| bridge_names(e.to_string()))
 }
 
+/// The client's advice on a failed TLS handshake names the client's arguments; a bridge
+/// has its own settings.
+fn tls_hint(error: String) -> String {
+    const HINTS: [(&str, &str); 3] = [
+        (
+            " (the server's certificate is not signed by a CA",
+            " (the remote's certificate is not signed by a CA the bridge trusts: set \
+             bridge_cafile or bridge_capath to the CA that issued it)",
+        ),
+        (
+            " (the server's certificate does not hold the name",
+            " (the remote's certificate does not hold the host name of the address: use a \
+             name it holds, or bridge_insecure = true to skip the name check)",
+        ),
+        (
+            " (the server refused the handshake",
+            " (the remote refused the handshake; if it requires a client certificate, set \
+             bridge_certfile and bridge_keyfile to one it trusts)",
+        ),
+    ];
+    for (client, bridge) in HINTS {
+        if let Some(at) = error.find(client) {
+            return format!("{}{bridge}", &error[..at]);
+        }
+    }
+    error
+}
+
 /// The client's errors name its settings (`cafile ...`); the bridge's have a prefix.
 fn bridge_names(error: String) -> String {
     for setting in ["cafile ", "certfile ", "keyfile "] {
@@ -419,7 +447,7 @@ impl Link {
         let (host, port) = &self.settings.addresses[address];
         match started {
             Ok(remote) => {
-                debug!(bridge = %self.settings.name, %host, port, "bridge connecting");
+                info!(bridge = %self.settings.name, %host, port, "bridge connecting");
                 self.remote = Some(remote);
             }
             Err(e) => {
@@ -464,7 +492,7 @@ impl Link {
                     ConnectionState::Closed => {
                         let why = change
                             .error
-                            .map_or_else(|| "closed".to_string(), |e| e.to_string());
+                            .map_or_else(|| "closed".to_string(), |e| tls_hint(e.to_string()));
                         self.on_lost(&why);
                         return;
                     }
