@@ -12,6 +12,7 @@ import datetime
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -627,6 +628,25 @@ def test_bad_tls_files_fail_the_start_naming_the_bridge_and_the_file(
         broker.start()
     assert expected in str(info.value)
     assert not broker.running
+
+
+def test_check_config_names_the_bridge_and_its_missing_file(tmp_path: Path) -> None:
+    """`pyo3mq check-config` reads a bridge's TLS files as the start would."""
+    missing = tmp_path / "missing-ca.pem"
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        '[broker]\nlisteners = ["tcp://127.0.0.1:0"]\n[[broker.bridge]]\nname = "cloud"\n'
+        f'address = "127.0.0.1:1"\ntopic = ["a out 1"]\nbridge_cafile = "{missing}"\n'
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "pyo3mq", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 1, res.stdout
+    assert f'bridge "cloud": bridge_cafile {missing}: ' in res.stderr
 
 
 # --------------------------------------------------------------------------------------
