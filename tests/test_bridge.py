@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,41 @@ def remote_mosquitto(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     return run(tmp_path / "remote.conf", port, lines)
 
 
+@contextmanager
+def stream_across_a_remote_restart(
+    tmp_path: Path,
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    qos: int,
+    total: int,
+) -> Iterator[PahoClient]:
+    """Bridges `q/#` at `qos` to a mosquitto that keeps its sessions across a restart,
+    publishes `total` messages and a marker at `qos` while it is stopped (after a third)
+    and started again (after two thirds); yields the remote's persistent subscriber."""
+    remote_port = free_port()
+    remote = remote_mosquitto(tmp_path, remote_port)
+    try:
+        _, port = brokers(bridge(f"127.0.0.1:{remote_port}", f"q/# out {qos}"))
+        wait_state(port, b"1", client)
+        sink = PahoClient(remote_port, "sink", clean_session=False)
+        sink.client.reconnect_delay_set(1, 1)
+        try:
+            sink.subscribe(("q/#", qos))
+            pub = client(port)
+            for i in range(total):
+                if i == total // 3:
+                    stop(remote)
+                if i == 2 * total // 3:
+                    remote = remote_mosquitto(tmp_path, remote_port)
+                pub.publish_async("q/n", b"%d" % i, qos=qos)
+            pub.publish("q/mark", MARK, qos=qos)
+            yield sink
+        finally:
+            sink.close()
+    finally:
+        stop(remote)
+
+
 def test_qos1_across_a_remote_restart_loses_nothing(
     mosquitto: Callable[..., int],  # skips without mosquitto
     tmp_path: Path,
@@ -179,36 +215,32 @@ def test_qos1_across_a_remote_restart_loses_nothing(
     """QoS 1 messages published while the remote restarts wait in the bridge's session
     and reach the remote once it is back: every one arrives, and in order (a message the
     remote had but did not acknowledge may come twice, as QoS 1 allows)."""
-    remote_port = free_port()
-    remote = remote_mosquitto(tmp_path, remote_port)
-    try:
-        _, port = brokers(bridge(f"127.0.0.1:{remote_port}", "q/# out 1"))
-        wait_state(port, b"1", client)
-        sink = PahoClient(remote_port, "sink", clean_session=False)
-        sink.client.reconnect_delay_set(1, 1)
-        try:
-            sink.subscribe(("q/#", 1))
-            pub = client(port)
-            total = 300
-            for i in range(total):
-                if i == 100:
-                    stop(remote)
-                if i == 200:
-                    remote = remote_mosquitto(tmp_path, remote_port)
-                pub.publish_async("q/n", b"%d" % i, qos=1)
-            pub.publish("q/mark", MARK, qos=1)
-            seen: list[int] = []
-            deadline = time.monotonic() + 6 * TIMEOUT
-            while len(set(seen)) < total:
-                m = sink.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
-                if m.payload != MARK:
-                    seen.append(int(m.payload))
-            first = list(dict.fromkeys(seen))
-            assert first == list(range(total))
-        finally:
-            sink.close()
-    finally:
-        stop(remote)
+    total = 300
+    with stream_across_a_remote_restart(tmp_path, brokers, client, 1, total) as sink:
+        seen: list[int] = []
+        deadline = time.monotonic() + 6 * TIMEOUT
+        while len(set(seen)) < total:
+            m = sink.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
+            if m.payload != MARK:
+                seen.append(int(m.payload))
+        first = list(dict.fromkeys(seen))
+        assert first == list(range(total))
+
+
+def test_qos2_across_a_remote_restart_exactly_once(
+    mosquitto: Callable[..., int],  # skips without mosquitto
+    tmp_path: Path,
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """QoS 2 messages published while mosquitto (which keeps sessions across a restart)
+    restarts reach its subscriber once each, in order. Mosquitto takes at most 20
+    unreleased QoS 2 messages from a client and drops the next ones while acknowledging
+    them (PUBREC): the bridge keeps fewer in flight, also when it sends its window again
+    on the restarted remote."""
+    with stream_across_a_remote_restart(tmp_path, brokers, client, 2, 300) as sink:
+        seen = [int(m.payload) for m in exactly(sink, "q/mark")]
+        assert seen == list(range(300))
 
 
 def test_queue_for_the_remote_survives_a_restart_of_this_broker(
@@ -729,40 +761,3 @@ def test_qos2_resumes_across_a_reconnect_instead_of_sending_again(
         second.close()
     finally:
         remote.close()
-
-
-def test_qos2_across_a_remote_restart_exactly_once(
-    mosquitto: Callable[..., int],  # skips without mosquitto
-    tmp_path: Path,
-    brokers: Callable[..., tuple[Broker, int]],
-    client: Callable[..., PahoClient],
-) -> None:
-    """QoS 2 messages published while mosquitto (which keeps sessions across a restart)
-    restarts reach its subscriber once each, in order. Mosquitto takes at most 20
-    unreleased QoS 2 messages from a client and drops the next ones while acknowledging
-    them (PUBREC): the bridge keeps fewer in flight, also when it sends its window again
-    on the restarted remote."""
-    remote_port = free_port()
-    remote = remote_mosquitto(tmp_path, remote_port)
-    try:
-        _, port = brokers(bridge(f"127.0.0.1:{remote_port}", "q/# out 2"))
-        wait_state(port, b"1", client)
-        sink = PahoClient(remote_port, "sink", clean_session=False)
-        sink.client.reconnect_delay_set(1, 1)
-        try:
-            sink.subscribe(("q/#", 2))
-            pub = client(port)
-            total = 300
-            for i in range(total):
-                if i == 100:
-                    stop(remote)
-                if i == 200:
-                    remote = remote_mosquitto(tmp_path, remote_port)
-                pub.publish_async("q/n", b"%d" % i, qos=2)
-            pub.publish("q/mark", MARK, qos=2)
-            seen = [int(m.payload) for m in exactly(sink, "q/mark")]
-            assert seen == list(range(total))
-        finally:
-            sink.close()
-    finally:
-        stop(remote)
