@@ -8,19 +8,34 @@ settle time after a marker that was sent last.
 
 from __future__ import annotations
 
+import datetime
+import shutil
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyo3mq
 import pytest
+import test_transports
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyo3mq import BridgeConfig, Broker
 from pyo3mq.cli import load_config
 from support.mosquitto import free_port, run, terminate
+from support.mqtt_raw import Packet, RawClient, ack
 from support.teardown import closed_at_teardown
 from test_pubsub import MARK, SETTLE, TIMEOUT, Msg, PahoClient
+from test_transports import Issued, Pki, wait_log
+
+#: test_transports' certificates (a module-scoped fixture made with `cryptography`).
+pki = test_transports.pki
 
 STATE = "$SYS/broker/connection/edge/state"
 
@@ -156,6 +171,41 @@ def remote_mosquitto(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     return run(tmp_path / "remote.conf", port, lines)
 
 
+@contextmanager
+def stream_across_a_remote_restart(
+    tmp_path: Path,
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    qos: int,
+    total: int,
+) -> Iterator[PahoClient]:
+    """Bridges `q/#` at `qos` to a mosquitto that keeps its sessions across a restart,
+    publishes `total` messages and a marker at `qos` while it is stopped (after a third)
+    and started again (after two thirds); yields the remote's persistent subscriber."""
+    remote_port = free_port()
+    remote = remote_mosquitto(tmp_path, remote_port)
+    try:
+        _, port = brokers(bridge(f"127.0.0.1:{remote_port}", f"q/# out {qos}"))
+        wait_state(port, b"1", client)
+        sink = PahoClient(remote_port, "sink", clean_session=False)
+        sink.client.reconnect_delay_set(1, 1)
+        try:
+            sink.subscribe(("q/#", qos))
+            pub = client(port)
+            for i in range(total):
+                if i == total // 3:
+                    terminate(remote)
+                if i == 2 * total // 3:
+                    remote = remote_mosquitto(tmp_path, remote_port)
+                pub.publish_async("q/n", b"%d" % i, qos=qos)
+            pub.publish("q/mark", MARK, qos=qos)
+            yield sink
+        finally:
+            sink.close()
+    finally:
+        terminate(remote)
+
+
 def test_qos1_across_a_remote_restart_loses_nothing(
     mosquitto: Callable[..., int],  # skips without mosquitto
     tmp_path: Path,
@@ -165,36 +215,32 @@ def test_qos1_across_a_remote_restart_loses_nothing(
     """QoS 1 messages published while the remote restarts wait in the bridge's session
     and reach the remote once it is back: every one arrives, and in order (a message the
     remote had but did not acknowledge may come twice, as QoS 1 allows)."""
-    remote_port = free_port()
-    remote = remote_mosquitto(tmp_path, remote_port)
-    try:
-        _, port = brokers(bridge(f"127.0.0.1:{remote_port}", "q/# out 1"))
-        wait_state(port, b"1", client)
-        sink = PahoClient(remote_port, "sink", clean_session=False)
-        sink.client.reconnect_delay_set(1, 1)
-        try:
-            sink.subscribe(("q/#", 1))
-            pub = client(port)
-            total = 300
-            for i in range(total):
-                if i == 100:
-                    terminate(remote)
-                if i == 200:
-                    remote = remote_mosquitto(tmp_path, remote_port)
-                pub.publish_async("q/n", b"%d" % i, qos=1)
-            pub.publish("q/mark", MARK, qos=1)
-            seen: list[int] = []
-            deadline = time.monotonic() + 6 * TIMEOUT
-            while len(set(seen)) < total:
-                m = sink.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
-                if m.payload != MARK:
-                    seen.append(int(m.payload))
-            first = list(dict.fromkeys(seen))
-            assert first == list(range(total))
-        finally:
-            sink.close()
-    finally:
-        terminate(remote)
+    total = 300
+    with stream_across_a_remote_restart(tmp_path, brokers, client, 1, total) as sink:
+        seen: list[int] = []
+        deadline = time.monotonic() + 6 * TIMEOUT
+        while len(set(seen)) < total:
+            m = sink.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
+            if m.payload != MARK:
+                seen.append(int(m.payload))
+        first = list(dict.fromkeys(seen))
+        assert first == list(range(total))
+
+
+def test_qos2_across_a_remote_restart_exactly_once(
+    mosquitto: Callable[..., int],  # skips without mosquitto
+    tmp_path: Path,
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """QoS 2 messages published while mosquitto (which keeps sessions across a restart)
+    restarts reach its subscriber once each, in order. Mosquitto takes at most 20
+    unreleased QoS 2 messages from a client and drops the next ones while acknowledging
+    them (PUBREC): the bridge keeps fewer in flight, also when it sends its window again
+    on the restarted remote."""
+    with stream_across_a_remote_restart(tmp_path, brokers, client, 2, 300) as sink:
+        seen = [int(m.payload) for m in exactly(sink, "q/mark")]
+        assert seen == list(range(300))
 
 
 def test_queue_for_the_remote_survives_a_restart_of_this_broker(
@@ -347,8 +393,18 @@ def test_pyo3mq_to_pyo3mq_both_ways_without_loops(
         ),
         ({"name": "b3", "topic": ["a"]}, 'bridge "b3": has no address'),
         (
-            {"name": "b4", "address": "127.0.0.1:1883", "topic": ["a"], "bridge_cafile": "c"},
-            "TLS bridges are not yet supported",
+            {"name": "b4", "address": "127.0.0.1:1883", "topic": ["a"], "bridge_certfile": "c"},
+            'bridge "b4": bridge_certfile needs TLS: set bridge_cafile or bridge_capath',
+        ),
+        (
+            {
+                "name": "b7",
+                "address": "127.0.0.1:1883",
+                "topic": ["a"],
+                "bridge_cafile": "ca.pem",
+                "bridge_certfile": "c.pem",
+            },
+            'bridge "b7": give both bridge_certfile and bridge_keyfile',
         ),
         (
             {"name": "b5", "address": "127.0.0.1:1883", "topic": ["a"], "tyr_private": False},
@@ -394,3 +450,314 @@ def test_toml_bridge_tables(tmp_path: Path) -> None:
 def test_bridges_argument_takes_bridge_configs() -> None:
     with pytest.raises(TypeError, match="BridgeConfig"):
         Broker(bridges=[{"name": "x"}])  # type: ignore[list-item]
+
+
+# --------------------------------------------------------------------------------------
+# TLS towards the remote
+# --------------------------------------------------------------------------------------
+
+
+def tls_remote(
+    mosquitto: Callable[..., int],
+    pki: Pki,
+    *,
+    server: Issued | None = None,
+    require_certificate: bool = False,
+) -> tuple[int, int]:
+    """A mosquitto with a plain listener (for the test's clients) and a TLS one (for the
+    bridge), serving `server` (pki.server by default); returns (plain port, TLS port)."""
+    server = server or pki.server
+    tls_port = free_port()
+    lines = [
+        "allow_anonymous true",
+        f"listener {tls_port} 127.0.0.1",
+        f"cafile {pki.ca}",
+        f"certfile {server.cert}",
+        f"keyfile {server.key}",
+    ]
+    if require_certificate:
+        lines.append("require_certificate true")
+    return mosquitto(*lines), tls_port
+
+
+def misnamed_server(pki: Pki, directory: Path) -> Issued:
+    """A server certificate from pki's CA for `remote.example` only: not for 127.0.0.1."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca.with_suffix(".key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "remote.example")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("remote.example")]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    issued = Issued(directory / "misnamed.pem", directory / "misnamed.key")
+    issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    issued.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return issued
+
+
+def tls_refused(port: int, why: str = "") -> str:
+    """A pattern for the bridge's log line about a failed TLS handshake with `port`."""
+    return rf"bridge cannot connect: TLS with 127\.0\.0\.1:{port} failed: .*{why}"
+
+
+def forwards_both_ways(port: int, remote: int, client: Callable[..., PahoClient]) -> None:
+    """`up/#` goes out, `down/#` comes in (the lines of the TLS tests' bridges)."""
+    local_sub, remote_sub = client(port), client(remote)
+    local_sub.subscribe(("down/#", 1))
+    remote_sub.subscribe(("up/#", 1))
+    client(port).publish("up/1", b"to the remote", qos=1)
+    client(remote).publish("down/1", b"from the remote", qos=1)
+    assert remote_sub.next_msg().payload == b"to the remote"
+    assert local_sub.next_msg().payload == b"from the remote"
+
+
+@pytest.mark.parametrize("trust", ["bridge_cafile", "bridge_capath"])
+def test_out_and_in_over_tls(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    pki: Pki,
+    tmp_path: Path,
+    trust: str,
+) -> None:
+    """With `bridge_cafile` (or `bridge_capath`, a directory of CA files) the bridge
+    speaks TLS to the remote's TLS listener and checks its certificate."""
+    remote, tls_port = tls_remote(mosquitto, pki)
+    if trust == "bridge_capath":
+        capath = tmp_path / "cas"
+        capath.mkdir()
+        shutil.copy(pki.ca, capath / "test-ca.pem")
+        (capath / "README").write_text("not a certificate: passed over\n")
+        setting = {"bridge_capath": str(capath)}
+    else:
+        setting = {"bridge_cafile": str(pki.ca)}
+    _, port = brokers(bridge(f"127.0.0.1:{tls_port}", "up/# out 1", "down/# in 1", **setting))
+    wait_state(port, b"1", client)
+    forwards_both_ways(port, remote, client)
+
+
+def test_mutual_tls(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    pki: Pki,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A remote that requires a client certificate takes the bridge's
+    (`bridge_certfile`, `bridge_keyfile`) and refuses a bridge without one."""
+    remote, tls_port = tls_remote(mosquitto, pki, require_certificate=True)
+    without = bridge(
+        f"127.0.0.1:{tls_port}", "up/# out 1", bridge_cafile=str(pki.ca), remote_clientid="bare"
+    )
+    brokers(without)
+    wait_log(tls_refused(tls_port, "set bridge_certfile and bridge_keyfile"))
+    config = bridge(
+        f"127.0.0.1:{tls_port}",
+        "up/# out 1",
+        "down/# in 1",
+        bridge_cafile=str(pki.ca),
+        bridge_certfile=str(pki.alice.cert),
+        bridge_keyfile=str(pki.alice.key),
+        bridge_tls_version="tlsv1.3",
+    )
+    _, port = brokers(config)
+    wait_state(port, b"1", client)
+    forwards_both_ways(port, remote, client)
+
+
+def test_untrusted_remote_certificate_is_refused_logged_and_retried(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    pki: Pki,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A remote whose certificate is not from the bridge's CA is refused, with a log line
+    saying so, and tried again after `restart_timeout`; nothing is forwarded to it."""
+    remote, tls_port = tls_remote(mosquitto, pki)
+    rogue_ca = pki.ca.with_name("rogue-ca.pem")
+    _, port = brokers(bridge(f"127.0.0.1:{tls_port}", "up/# out 1", bridge_cafile=str(rogue_ca)))
+    refused = tls_refused(tls_port, r"UnknownIssuer.*set bridge_cafile or bridge_capath")
+    wait_log(refused, count=3)
+    sink = client(remote)
+    sink.subscribe(("up/#", 1))
+    client(port).publish("up/1", b"x", qos=1)
+    assert sink.drain(SETTLE * 3) == []
+
+
+def test_bridge_insecure_skips_the_host_name_check_only(
+    mosquitto: Callable[..., int],
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+    pki: Pki,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A certificate from a trusted CA for another name is refused, unless
+    `bridge_insecure`; with it, a certificate from an untrusted CA is still refused."""
+    server = misnamed_server(pki, tmp_path)
+    remote, tls_port = tls_remote(mosquitto, pki, server=server)
+    address = f"127.0.0.1:{tls_port}"
+    brokers(bridge(address, "up/# out 1", bridge_cafile=str(pki.ca), remote_clientid="strict"))
+    wait_log(tls_refused(tls_port, "not valid for name.*bridge_insecure = true"))
+    rogue_ca = str(pki.ca.with_name("rogue-ca.pem"))
+    untrusted = bridge(
+        address, "up/# out 1", bridge_cafile=rogue_ca, bridge_insecure=True, remote_clientid="u"
+    )
+    brokers(untrusted)
+    wait_log(tls_refused(tls_port, "UnknownIssuer"))
+    config = bridge(
+        address, "up/# out 1", "down/# in 1", bridge_cafile=str(pki.ca), bridge_insecure=True
+    )
+    _, port = brokers(config)
+    wait_state(port, b"1", client)
+    forwards_both_ways(port, remote, client)
+
+
+@pytest.mark.parametrize("problem", ["missing", "malformed", "capath"])
+def test_bad_tls_files_fail_the_start_naming_the_bridge_and_the_file(
+    tmp_path: Path, pki: Pki, problem: str
+) -> None:
+    settings: dict[str, Any]
+    if problem == "missing":
+        path = tmp_path / "nowhere.pem"
+        settings = {"bridge_cafile": str(pki.ca), "bridge_certfile": str(path)}
+        settings["bridge_keyfile"] = str(pki.alice.key)
+        expected = f'bridge "edge": bridge_certfile {path}: '
+    elif problem == "malformed":
+        path = tmp_path / "broken.pem"
+        path.write_text("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
+        settings = {"bridge_cafile": str(path)}
+        expected = f'bridge "edge": bridge_cafile {path}: not a PEM certificate file'
+    else:
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        settings = {"bridge_capath": str(empty)}
+        expected = f'bridge "edge": bridge_capath {empty}: no PEM certificate'
+    broker = Broker(
+        listeners=["tcp://127.0.0.1:0"], bridges=[bridge("127.0.0.1:1", "a out 1", **settings)]
+    )
+    with pytest.raises(ValueError, match="bridge") as info:
+        broker.start()
+    assert expected in str(info.value)
+    assert not broker.running
+
+
+def test_check_config_names_the_bridge_and_its_missing_file(tmp_path: Path) -> None:
+    """`pyo3mq check-config` reads a bridge's TLS files as the start would."""
+    missing = tmp_path / "missing-ca.pem"
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        '[broker]\nlisteners = ["tcp://127.0.0.1:0"]\n[[broker.bridge]]\nname = "cloud"\n'
+        f'address = "127.0.0.1:1"\ntopic = ["a out 1"]\nbridge_cafile = "{missing}"\n'
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "pyo3mq", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 1, res.stdout
+    assert f'bridge "cloud": bridge_cafile {missing}: ' in res.stderr
+
+
+# --------------------------------------------------------------------------------------
+# QoS 2 across a reconnect
+# --------------------------------------------------------------------------------------
+
+
+class FakeRemote:
+    """A listening socket on which the test plays the remote broker, packet by packet."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(TIMEOUT)
+        self.port: int = self.listener.getsockname()[1]
+
+    def accept(self, session_present: bool) -> RawClient:
+        """Takes the bridge's next connection and accepts its CONNECT (a persistent
+        session, the remote client id) with `session_present`."""
+        sock, _ = self.listener.accept()
+        conn = RawClient.__new__(RawClient)
+        conn.sock, conn.buf, conn.timeout = sock, b"", TIMEOUT
+        connect = conn.recv()
+        assert connect.type == 1
+        flags = connect.body[7]
+        assert not flags & 0x02, "the bridge asks for a persistent session"
+        assert connect.body[12 : 12 + 4] == b"edge"
+        conn.send(bytes([0x20, 2, int(session_present), 0]))
+        return conn
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def recv_kinds(conn: RawClient, n: int) -> dict[int, Packet]:
+    """The next `n` packets, by packet type (one of each)."""
+    got = [conn.recv() for _ in range(n)]
+    kinds = {p.type: p for p in got}
+    assert len(kinds) == n, [hex(p.first) for p in got]
+    return kinds
+
+
+def test_qos2_resumes_across_a_reconnect_instead_of_sending_again(
+    brokers: Callable[..., tuple[Broker, int]],
+    client: Callable[..., PahoClient],
+) -> None:
+    """The remote drops the connection with one QoS 2 message PUBREC'd (PUBREL sent, no
+    PUBCOMP) and one unacknowledged. On the next connection (session present) the bridge
+    sends the PUBREL again and the PUBLISH with DUP=1, both under their first packet ids,
+    and nothing as a new message: the remote delivers each once."""
+    remote = FakeRemote()
+    try:
+        _, port = brokers(bridge(f"127.0.0.1:{remote.port}", "x/# out 2", notifications=False))
+        first = remote.accept(session_present=False)
+        pub = client(port)
+        pub.publish("x/a", b"a", qos=2)
+        a = first.recv()
+        assert (a.qos, a.publish_fields()[0::2]) == (2, ("x/a", b"a"))
+        id_a = a.publish_fields()[1]
+        assert id_a is not None
+        first.send(ack(0x50, id_a))  # PUBREC
+        pub.publish("x/b", b"b", qos=2)
+        got = recv_kinds(first, 2)
+        assert got[6].pkid == id_a  # PUBREL
+        _, id_b, payload = got[3].publish_fields()
+        assert id_b is not None and payload == b"b" and not got[3].dup
+        first.close()  # neither PUBCOMP for a nor PUBREC for b
+
+        second = remote.accept(session_present=True)
+        again = [second.recv(), second.recv()]
+        assert (again[0].type, again[0].pkid) == (6, id_a)
+        assert again[1].dup and again[1].publish_fields() == ("x/b", id_b, b"b")
+        second.send(ack(0x70, id_a))  # PUBCOMP
+        second.send(ack(0x50, id_b))
+        rel = second.recv()
+        assert (rel.type, rel.pkid) == (6, id_b)
+        second.send(ack(0x70, id_b))
+        pub.publish("x/mark", MARK, qos=2)
+        mark = second.recv()
+        assert mark.publish_fields()[0::2] == ("x/mark", MARK), "nothing else was sent"
+        second.close()
+    finally:
+        remote.close()

@@ -111,8 +111,10 @@ class BridgeConfig:
     `topic` lines are Mosquitto's: `pattern [[[out|in|both] qos] local_prefix
     remote_prefix]`, `""` for an empty pattern or prefix. `restart_timeout` is a delay in
     seconds, or `(base, cap)` for a backoff from base up to cap. TLS towards the remote is
-    not supported yet: setting `bridge_cafile`, `bridge_certfile`, `bridge_keyfile` or
-    `bridge_insecure` is an error."""
+    on with `bridge_cafile` or `bridge_capath` (Mosquitto's rule) or an address written
+    `mqtts://HOST:PORT` (the system's CAs); `bridge_certfile` and `bridge_keyfile` give a
+    client certificate, `bridge_insecure` skips the check of the certificate's host name,
+    `bridge_tls_version` ("tlsv1.3", "tlsv1.2") is the oldest version offered."""
 
     name: str
     address: str | list[str]
@@ -130,9 +132,11 @@ class BridgeConfig:
     notification_topic: str | None = None
     bridge_protocol_version: Literal["mqttv311"] = "mqttv311"
     bridge_cafile: str | None = None
+    bridge_capath: str | None = None
     bridge_certfile: str | None = None
     bridge_keyfile: str | None = None
     bridge_insecure: bool | None = None
+    bridge_tls_version: Literal["tlsv1.3", "tlsv1.2", "tlsv1.1"] | None = None
 
     def table(self) -> dict[str, Any]:
         """The `[[bridge]]` table the core reads (unset settings left out)."""

@@ -12,43 +12,222 @@
 //!   bridge itself brought in are never queued back to it (the session's bridge flag),
 //!   which is what keeps a `both` line from looping.
 //! - The remote side is the project's client core ([`crate::client::Client`]), connected
-//!   with the remote client id, Mosquitto's bridge bit (`try_private`), and a fresh client
-//!   per connection attempt, so the addresses can be tried in turn with the
-//!   `restart_timeout` backoff between attempts.
+//!   with the remote client id, Mosquitto's bridge bit (`try_private`), over TCP or TLS
+//!   (`bridge_cafile`, `bridge_capath`, `bridge_certfile`, `bridge_keyfile`,
+//!   `bridge_insecure`, `bridge_tls_version`). One client serves one address for as long
+//!   as it can: when the connection breaks, the client reconnects to the same address by
+//!   itself (the `restart_timeout` backoff; with several addresses, one retry) and resumes
+//!   its session there. When it gives up (a refusal retrying cannot fix: TLS, CONNACK
+//!   other than "server unavailable"; or with several addresses, its retry failed), the
+//!   bridge makes a new client for the next address after the backoff.
 //!
 //! Outgoing QoS 1/2 messages move through the local session's inflight window exactly as
 //! a network client's deliveries do: a message leaves the session only when the remote
 //! acknowledged it (PUBACK, or PUBCOMP for QoS 2). While the remote is away they wait in
-//! the session; when a connection comes up, the unacknowledged ones are sent again first,
-//! in order, then the queue drains. A persistent local session (`local_cleansession =
-//! false`, the default with `cleansession = false`) survives a restart of this broker with
-//! a durable `session_store`. A message unacknowledged when a connection broke is sent
-//! again on the next one: delivery towards the remote is at least once, for QoS 2 too.
+//! the session. A persistent local session (`local_cleansession = false`, the default
+//! with `cleansession = false`) survives a restart of this broker with a durable
+//! `session_store`.
+//!
+//! What a broken connection leaves unacknowledged:
+//! - The same client reconnecting resends it itself with the same packet ids (PUBLISH
+//!   with DUP=1, or PUBREL where the remote had sent PUBREC) when the remote resumed the
+//!   session (`cleansession = false`): QoS 2 reaches the remote's subscribers exactly
+//!   once, QoS 1 at least once.
+//! - A new client (the first connection, the next address, after a refusal, after a
+//!   restart of this broker) cannot resume another client's packet ids: the window is
+//!   sent again as new messages, in order, PUBREC'd QoS 2 ones included (the remote may
+//!   not have released them): at least once, for QoS 2 too.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 mod config;
 
-pub use config::{BridgeProtocol, BridgeSettings, Direction, TopicLine};
+pub use config::{
+    BridgeProtocol, BridgeSettings, BridgeTls, BridgeTlsVersion, Direction, TopicLine,
+};
 
 use crate::broker::router::{Attach, ConnHandle, GoneOnDrop, MatchScratch, Router, Session};
 use crate::broker::session::{Message, Outgoing};
 use crate::client::{
-    Client, ConnectionState, Incoming, Options, Outcome, Reconnect, Submitted, TransportOptions,
+    Client, ConnectionState, Incoming, Options, Outcome, Reconnect, Scheme, Submitted, TlsOptions,
+    TlsVersions, TransportOptions, Verify,
 };
 use crate::codec::{Protocol, QoS};
 use crate::topic;
 
 /// Received messages taken from the client per drain.
 const DRAIN_BATCH: usize = 256;
+
+/// QoS 1/2 messages in flight towards the remote at most. Mosquitto takes at most
+/// `max_inflight_messages` (default 20) unreleased QoS 2 messages from a client and
+/// silently drops the next ones (an MQTT 3.1.1 PUBREC cannot refuse): a bridge that sends
+/// the local session's whole window (`max_inflight`, default 32) at once, as after a
+/// reconnect, would lose messages. What the local session sent beyond this waits in the
+/// client, in order.
+const REMOTE_INFLIGHT: usize = 20;
+
+/// Reads what the bridge's client reads at every new client (the TLS files, the
+/// directory of `bridge_capath`) and checks the client's options: a missing or malformed
+/// file fails the broker's start with an error naming the bridge and the file, rather
+/// than failing every connection attempt. Blocking file I/O.
+pub fn check(settings: &BridgeSettings, max_packet_size: usize) -> Result<(), String> {
+    new_client(settings, 0, max_packet_size)
+        .map(drop)
+        .map_err(|e| format!("bridge {:?}: {e}", settings.name))
+}
+
+/// A client for the remote at `settings.addresses[address]`. Blocking file I/O.
+fn new_client(
+    settings: &BridgeSettings,
+    address: usize,
+    max_packet_size: usize,
+) -> Result<Client, String> {
+    let (host, port) = &settings.addresses[address];
+    let (base, cap) = settings.restart_timeout;
+    let opts = Options {
+        host: host.clone(),
+        port: *port,
+        client_id: settings.remote_clientid.clone(),
+        clean_session: settings.cleansession,
+        keep_alive: settings.keepalive_interval,
+        username: settings.remote_username.clone(),
+        password: settings
+            .remote_password
+            .as_ref()
+            .map(|p| Bytes::from(p.clone().into_bytes())),
+        will: None,
+        protocol: match (settings.protocol, settings.try_private) {
+            (BridgeProtocol::V311, true) => Protocol::V311Bridge,
+            (BridgeProtocol::V311, false) => Protocol::V311,
+        },
+        connect_timeout: Duration::from_secs(30),
+        max_inflight: REMOTE_INFLIGHT,
+        max_buffered: (4 << 20).max(2 * max_packet_size),
+        max_incoming: 1024,
+        max_packet_size,
+        // The client reconnects to its address by itself, so that its session (packet
+        // ids of unacknowledged messages) resumes there. With several addresses it tries
+        // once more, then gives up and the bridge moves on to the next address.
+        reconnect: Some(Reconnect {
+            initial_delay: base,
+            max_delay: cap,
+            max_attempts: (settings.addresses.len() > 1).then_some(1),
+        }),
+        session_store: None,
+        transport: transport(settings)?,
+    };
+    Client::new(opts).map_err(|e| bridge_names(e.to_string()))
+}
+
+/// The client's advice on a failed TLS handshake names the client's arguments; a bridge
+/// has its own settings.
+fn tls_hint(error: String) -> String {
+    const HINTS: [(&str, &str); 3] = [
+        (
+            " (the server's certificate is not signed by a CA",
+            " (the remote's certificate is not signed by a CA the bridge trusts: set \
+             bridge_cafile or bridge_capath to the CA that issued it)",
+        ),
+        (
+            " (the server's certificate does not hold the name",
+            " (the remote's certificate does not hold the host name of the address: use a \
+             name it holds, or bridge_insecure = true to skip the name check)",
+        ),
+        (
+            " (the server refused the handshake",
+            " (the remote refused the handshake; if it requires a client certificate, set \
+             bridge_certfile and bridge_keyfile to one it trusts)",
+        ),
+    ];
+    for (client, bridge) in HINTS {
+        if let Some(at) = error.find(client) {
+            return format!("{}{bridge}", &error[..at]);
+        }
+    }
+    error
+}
+
+/// The client's errors name its settings (`cafile ...`); the bridge's have a prefix.
+fn bridge_names(error: String) -> String {
+    for setting in ["cafile ", "certfile ", "keyfile "] {
+        if error.starts_with(setting) {
+            return format!("bridge_{error}");
+        }
+    }
+    error
+}
+
+fn transport(settings: &BridgeSettings) -> Result<TransportOptions, String> {
+    let Some(tls) = &settings.tls else {
+        return Ok(TransportOptions::default());
+    };
+    let ca_der = match &tls.capath {
+        Some(dir) => read_capath(dir)?,
+        None => Vec::new(),
+    };
+    Ok(TransportOptions {
+        scheme: Scheme::Tls,
+        tls: TlsOptions {
+            ca_file: tls.cafile.clone(),
+            ca_der,
+            cert_file: tls.certfile.clone(),
+            key_file: tls.keyfile.clone(),
+            key_pem: None,
+            // Mosquitto's bridge_insecure skips the name check only.
+            verify: if tls.insecure {
+                Verify::AnyName
+            } else {
+                Verify::Full
+            },
+            versions: match tls.version {
+                Some(BridgeTlsVersion::V13) => TlsVersions::Tls13Only,
+                // The oldest offered: 1.2 and 1.3 (rustls has nothing older).
+                Some(BridgeTlsVersion::V12 | BridgeTlsVersion::V11) | None => TlsVersions::Any,
+            },
+            server_name: None,
+        },
+        ..TransportOptions::default()
+    })
+}
+
+/// Every PEM certificate in the files of `dir` (OpenSSL's hashed names or any other;
+/// files without a certificate, such as a README, are passed over).
+fn read_capath(dir: &str) -> Result<Vec<Vec<u8>>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("bridge_capath {dir}: {e}"))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    let mut certs = Vec::new();
+    for file in files {
+        let shown = file.display();
+        let data = std::fs::read(&file).map_err(|e| format!("bridge_capath {shown}: {e}"))?;
+        for cert in CertificateDer::pem_slice_iter(&data) {
+            let cert =
+                cert.map_err(|e| format!("bridge_capath {shown}: not a PEM certificate: {e}"))?;
+            certs.push(cert.as_ref().to_vec());
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "bridge_capath {dir}: no PEM certificate in the directory"
+        ));
+    }
+    Ok(certs)
+}
 
 /// Runs one bridge until the broker stops. `_done` is held so that the broker's stop
 /// waits for the bridge to detach its session (which a durable store then saves).
@@ -80,9 +259,16 @@ struct Remote {
     /// deregistered before the client closes that socket.
     wake: Wake,
     client: Client,
+    /// Which of the addresses the client connects to.
+    address: usize,
     connected: bool,
+    /// Whether this client was connected before: then it resumes by itself.
+    ever_connected: bool,
     /// The SUBSCRIBE of the `in` lines, until its SUBACK.
     subscribe_token: Option<u64>,
+    /// The remote granted the `in` lines' subscriptions to this client: it restores them
+    /// itself on a connection without a session.
+    subscribed: bool,
 }
 
 struct Link {
@@ -206,7 +392,7 @@ impl Link {
         );
         loop {
             if self.remote.is_none() && Instant::now() >= self.retry_at {
-                self.start_remote();
+                self.start_remote().await;
             }
             self.pump();
             let retry_at = self.retry_at;
@@ -232,57 +418,36 @@ impl Link {
     }
 
     /// Makes a client for the next address and starts connecting.
-    fn start_remote(&mut self) {
-        let settings = &self.settings;
-        let (host, port) = &settings.addresses[self.next_address % settings.addresses.len()];
-        let config = self.router.config();
-        let opts = Options {
-            host: host.clone(),
-            port: *port,
-            client_id: settings.remote_clientid.clone(),
-            clean_session: settings.cleansession,
-            keep_alive: settings.keepalive_interval,
-            username: settings.remote_username.clone(),
-            password: settings
-                .remote_password
-                .as_ref()
-                .map(|p| Bytes::from(p.clone().into_bytes())),
-            will: None,
-            protocol: match (settings.protocol, settings.try_private) {
-                (BridgeProtocol::V311, true) => Protocol::V311Bridge,
-                (BridgeProtocol::V311, false) => Protocol::V311,
-            },
-            connect_timeout: Duration::from_secs(30),
-            // The local session's window bounds what is in flight.
-            max_inflight: 65_535,
-            max_buffered: (4 << 20).max(2 * config.max_packet_size),
-            max_incoming: 1024,
-            max_packet_size: config.max_packet_size,
-            // Reconnecting is the bridge's: each attempt may use another address.
-            reconnect: None,
-            session_store: None,
-            // Plain TCP: the bridge_* TLS settings are refused at start for now.
-            transport: TransportOptions::default(),
-        };
-        let started = Client::new(opts)
-            .map_err(|e| e.to_string())
-            .and_then(|client| {
-                let wake = Wake::new(&client).map_err(|e| format!("wake socket: {e}"))?;
-                client.connect().map_err(|e| e.to_string())?;
-                Ok(Remote {
-                    wake,
-                    client,
-                    connected: false,
-                    subscribe_token: None,
-                })
-            });
+    async fn start_remote(&mut self) {
+        let settings = self.settings.clone();
+        let address = self.next_address % settings.addresses.len();
+        let max_packet_size = self.router.config().max_packet_size;
+        // Certificates, keys and the system's roots are read here: off the workers.
+        let made =
+            tokio::task::spawn_blocking(move || new_client(&settings, address, max_packet_size))
+                .await
+                .unwrap_or_else(|e| Err(format!("making the client failed: {e}")));
+        let started = made.and_then(|client| {
+            let wake = Wake::new(&client).map_err(|e| format!("wake socket: {e}"))?;
+            client.connect().map_err(|e| e.to_string())?;
+            Ok(Remote {
+                wake,
+                client,
+                address,
+                connected: false,
+                ever_connected: false,
+                subscribe_token: None,
+                subscribed: false,
+            })
+        });
+        let (host, port) = &self.settings.addresses[address];
         match started {
             Ok(remote) => {
-                debug!(bridge = %settings.name, %host, port, "bridge connecting");
+                info!(bridge = %self.settings.name, %host, port, "bridge connecting");
                 self.remote = Some(remote);
             }
             Err(e) => {
-                warn!(bridge = %settings.name, %host, port, "bridge cannot connect: {e}");
+                warn!(bridge = %self.settings.name, %host, port, "bridge cannot connect: {e}");
                 self.schedule_retry();
             }
         }
@@ -314,14 +479,20 @@ impl Link {
             for change in drained.states {
                 match change.state {
                     ConnectionState::Connected => self.on_connected(change.session_present),
+                    ConnectionState::Reconnecting => {
+                        let why = change
+                            .error
+                            .map_or_else(|| "lost".to_string(), |e| e.to_string());
+                        self.on_interrupted(&why);
+                    }
                     ConnectionState::Closed => {
                         let why = change
                             .error
-                            .map_or_else(|| "closed".to_string(), |e| e.to_string());
+                            .map_or_else(|| "closed".to_string(), |e| tls_hint(e.to_string()));
                         self.on_lost(&why);
                         return;
                     }
-                    ConnectionState::Connecting | ConnectionState::Reconnecting => {}
+                    ConnectionState::Connecting => {}
                 }
             }
             for (token, outcome) in drained.completions {
@@ -341,12 +512,13 @@ impl Link {
         let Some(remote) = &mut self.remote else {
             return;
         };
-        let (host, port) = &settings.addresses[self.next_address % settings.addresses.len()];
+        let (host, port) = &settings.addresses[remote.address];
         info!(
             bridge = %settings.name, %host, port, session_present,
             "bridge connected to the remote broker"
         );
         remote.connected = true;
+        let resumed = std::mem::replace(&mut remote.ever_connected, true);
         self.attempt = 0;
         let filters: Vec<(String, QoS)> = settings
             .topics
@@ -354,40 +526,64 @@ impl Link {
             .filter(|l| l.direction.incoming())
             .map(|l| (l.remote_topic(), l.qos))
             .collect();
-        if !filters.is_empty() {
+        // Once granted, the client keeps the subscriptions itself (the remote's session
+        // has them, or the client restores them); subscribing again would make the
+        // remote send its retained messages again.
+        if !filters.is_empty() && !remote.subscribed && remote.subscribe_token.is_none() {
             match remote.client.subscribe(filters) {
                 Ok(Submitted::Token(token)) => remote.subscribe_token = Some(token),
                 Ok(other) => warn!(bridge = %settings.name, "remote subscribe not sent: {other:?}"),
                 Err(e) => warn!(bridge = %settings.name, "remote subscribe refused: {e}"),
             }
         }
-        // What the remote has not acknowledged goes again first, in order; a QoS 2
-        // delivery the remote already received (PUBREC) is complete.
-        let resend = self.session.state.lock().resend_on_resume();
-        self.held.clear();
-        for outgoing in resend {
-            match outgoing {
-                Outgoing::PubRel(pkid) => {
-                    self.session.state.lock().on_pubcomp(pkid);
-                }
-                publish => self.held.push_back(publish),
-            }
+        let subscribing = remote.subscribe_token.is_some();
+        if !resumed {
+            // A new client cannot resume another's packet ids: what the remote has not
+            // acknowledged goes again first, in order, as new messages. That includes
+            // QoS 2 ones the remote sent PUBREC for: it may not have released them (a
+            // remote that delivers on PUBREL, as Mosquitto does, would lose them).
+            let window: Vec<Outgoing> = self
+                .session
+                .state
+                .lock()
+                .export()
+                .into_iter()
+                .map_while(|(item, pkid, _)| {
+                    pkid.map(|pkid| Outgoing::Publish {
+                        item,
+                        pkid: Some(pkid),
+                        dup: false,
+                    })
+                })
+                .collect();
+            self.held = window.into();
         }
-        let subscribing = self
-            .remote
-            .as_ref()
-            .is_some_and(|r| r.subscribe_token.is_some());
-        // Otherwise the SUBACK says it.
+        // Otherwise the client resent the unacknowledged ones itself, under their ids,
+        // and `held` keeps what it had no room for.
         if !subscribing {
+            // Otherwise the SUBACK says it.
             self.notify(true);
         }
+    }
+
+    /// The connection broke; the client reconnects to the same address by itself.
+    fn on_interrupted(&mut self, why: &str) {
+        if let Some(remote) = &mut self.remote {
+            remote.connected = false;
+            let (host, port) = &self.settings.addresses[remote.address];
+            warn!(
+                bridge = %self.settings.name, %host, port,
+                "bridge connection lost: {why}; reconnecting"
+            );
+        }
+        self.notify(false);
     }
 
     fn on_lost(&mut self, why: &str) {
         let was_connected = self.remote.as_ref().is_some_and(|r| r.connected);
         self.remote = None;
-        // Unacknowledged deliveries stay in the session's window; they are sent again
-        // when the next connection is up. (Held QoS 0 messages are lost, as QoS 0 may be.)
+        // Unacknowledged deliveries stay in the session's window; the next client sends
+        // them again. (Held QoS 0 messages are lost, as QoS 0 may be.)
         self.tokens.clear();
         self.held.clear();
         self.schedule_retry();
@@ -405,13 +601,21 @@ impl Link {
             if remote.subscribe_token == Some(token) {
                 remote.subscribe_token = None;
                 match outcome {
-                    Outcome::Granted(codes) if codes.contains(&0x80) => warn!(
-                        bridge = %self.settings.name,
-                        "the remote broker refused some of the bridge's subscriptions \
-                         (SUBACK {codes:?})"
-                    ),
-                    Outcome::Granted(_) => {}
-                    other => debug!(bridge = %self.settings.name, "remote subscribe: {other:?}"),
+                    Outcome::Granted(codes) => {
+                        remote.subscribed = true;
+                        if codes.contains(&0x80) {
+                            warn!(
+                                bridge = %self.settings.name,
+                                "the remote broker refused some of the bridge's \
+                                 subscriptions (SUBACK {codes:?})"
+                            );
+                        }
+                    }
+                    // The connection broke first: subscribed on the next one.
+                    other => {
+                        debug!(bridge = %self.settings.name, "remote subscribe: {other:?}");
+                        return;
+                    }
                 }
                 // Up once messages can flow both ways: the remote has the subscriptions.
                 self.notify(true);

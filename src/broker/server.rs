@@ -118,6 +118,10 @@ impl Server {
                 })?;
             listeners.push((listener, spec.kind, acceptor));
         }
+        // A bridge's certificate files too: a bad one fails the start naming it.
+        for settings in &config.bridge {
+            bridge::check(settings, config.max_packet_size).map_err(ServerError::Config)?;
+        }
         let addresses: Vec<SocketAddr> = listeners
             .iter()
             .filter_map(|(l, _, _)| l.local_addr().ok())
@@ -433,6 +437,11 @@ pub fn check_files(config: &Config) -> Vec<String> {
             }
         }
         Err(err) => problems.push(err),
+    }
+    for settings in &config.bridge {
+        if let Err(err) = bridge::check(settings, config.max_packet_size) {
+            problems.push(err);
+        }
     }
     problems
 }

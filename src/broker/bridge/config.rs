@@ -181,6 +181,41 @@ fn remap(topic: &str, strip: &str, add: &str) -> String {
     format!("{add}{rest}")
 }
 
+/// Mosquitto's `bridge_tls_version`: the oldest version offered (its bridges offer that
+/// one and newer; rustls has nothing older than 1.2, so "tlsv1.1" offers 1.2 and 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeTlsVersion {
+    V11,
+    V12,
+    V13,
+}
+
+impl BridgeTlsVersion {
+    fn name(self) -> &'static str {
+        match self {
+            BridgeTlsVersion::V11 => "tlsv1.1",
+            BridgeTlsVersion::V12 => "tlsv1.2",
+            BridgeTlsVersion::V13 => "tlsv1.3",
+        }
+    }
+}
+
+/// TLS towards the remote: on when `bridge_cafile` or `bridge_capath` is set (Mosquitto's
+/// rule), or when the addresses are written `mqtts://HOST:PORT` (then, without either,
+/// the system's trusted roots are used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeTls {
+    pub cafile: Option<String>,
+    /// A directory of PEM CA certificates (every file in it is read).
+    pub capath: Option<String>,
+    pub certfile: Option<String>,
+    pub keyfile: Option<String>,
+    /// Skip the check that the remote's certificate holds the name connected to; the chain
+    /// must still lead to a trusted CA.
+    pub insecure: bool,
+    pub version: Option<BridgeTlsVersion>,
+}
+
 /// Mosquitto's `bridge_protocol_version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BridgeProtocol {
@@ -213,13 +248,16 @@ pub struct BridgeSettings {
     pub notifications: bool,
     pub notification_topic: String,
     pub protocol: BridgeProtocol,
+    /// TLS towards the remote, if on.
+    pub tls: Option<BridgeTls>,
 }
 
 /// The keys a `[[bridge]]` table may have (named in errors).
 const KEYS: &str = "name, address, topic, remote_clientid, local_clientid, remote_username, \
     remote_password, cleansession, local_cleansession, try_private, keepalive_interval, \
     restart_timeout, notifications, notification_topic, bridge_protocol_version, \
-    bridge_cafile, bridge_certfile, bridge_keyfile, bridge_insecure";
+    bridge_cafile, bridge_capath, bridge_certfile, bridge_keyfile, bridge_insecure, \
+    bridge_tls_version";
 
 /// This machine's name, for the default `remote_clientid` (Mosquitto's
 /// `hostname.name`): from the kernel on Linux, else `$HOSTNAME`, else "pyo3mq".
@@ -233,9 +271,34 @@ fn local_hostname() -> String {
         .unwrap_or_else(|| "pyo3mq".into())
 }
 
-/// `HOST:PORT`, `HOST` (port 1883) or `[V6]:PORT`.
-fn parse_address(text: &str) -> Result<(String, u16), String> {
+/// Whether an address names its scheme: `Some(true)` for `mqtts://` (or `tls://`,
+/// `ssl://`), `Some(false)` for `mqtt://` (or `tcp://`), `None` for Mosquitto's bare
+/// `HOST:PORT`; and the rest.
+fn split_scheme(text: &str) -> (Option<bool>, &str) {
     let text = text.trim();
+    for (scheme, tls) in [
+        ("mqtts://", true),
+        ("tls://", true),
+        ("ssl://", true),
+        ("mqtt://", false),
+        ("tcp://", false),
+    ] {
+        if let Some(rest) = text.strip_prefix(scheme) {
+            return (Some(tls), rest);
+        }
+    }
+    (None, text)
+}
+
+/// `HOST:PORT`, `HOST` (port 1883, or 8883 after `mqtts://`) or `[V6]:PORT`, with an
+/// optional scheme; returns whether the scheme asks for TLS.
+fn parse_address(text: &str) -> Result<(Option<bool>, (String, u16)), String> {
+    let (scheme, rest) = split_scheme(text);
+    let default_port = if scheme == Some(true) { 8883 } else { 1883 };
+    parse_host_port(rest, default_port).map(|address| (scheme, address))
+}
+
+fn parse_host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
     let bad = || format!("{text:?} is not HOST:PORT");
     if let Some(rest) = text.strip_prefix('[') {
         let (host, port) = rest.split_once("]:").ok_or_else(bad)?;
@@ -245,7 +308,7 @@ fn parse_address(text: &str) -> Result<(String, u16), String> {
         Some((host, port)) if !host.is_empty() && !host.contains(':') => {
             Ok((host.to_string(), port.parse().map_err(|_| bad())?))
         }
-        None if !text.is_empty() => Ok((text.to_string(), 1883)),
+        None if !text.is_empty() => Ok((text.to_string(), default_port)),
         _ => Err(bad()),
     }
 }
@@ -292,6 +355,55 @@ fn parse_restart_timeout(value: &Value) -> Result<(Duration, Duration), String> 
     }
 }
 
+/// A file or directory name: not empty.
+fn path(value: &Value) -> Result<String, String> {
+    let path = String::from_value(value)?;
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(path)
+}
+
+/// Whether the bridge uses TLS, and the settings that only make sense with it checked.
+fn tls_setting(
+    tls: BridgeTls,
+    schemes: &[(String, Option<bool>)],
+) -> Result<Option<BridgeTls>, String> {
+    let by_scheme = schemes.iter().any(|(_, s)| *s == Some(true));
+    let on = tls.cafile.is_some() || tls.capath.is_some() || by_scheme;
+    if let Some((address, _)) = schemes.iter().find(|(_, s)| *s == Some(!on)) {
+        return Err(if on {
+            format!(
+                "address {address:?} is plain MQTT, but the bridge uses TLS (bridge_cafile, \
+                 bridge_capath or an mqtts:// address): one transport for every address"
+            )
+        } else {
+            format!("address {address:?} asks for TLS, but another address is plain MQTT")
+        });
+    }
+    if !on {
+        let given = [
+            ("bridge_certfile", tls.certfile.is_some()),
+            ("bridge_keyfile", tls.keyfile.is_some()),
+            ("bridge_insecure", tls.insecure),
+            ("bridge_tls_version", tls.version.is_some()),
+        ];
+        if let Some((key, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{key} needs TLS: set bridge_cafile or bridge_capath (the CA that issued the \
+                 remote's certificate), or write the address as mqtts://HOST:PORT to trust \
+                 the system's CAs"
+            ));
+        }
+        return Ok(None);
+    }
+    // Mosquitto's rule: a client certificate comes with its key.
+    if tls.certfile.is_some() != tls.keyfile.is_some() {
+        return Err("give both bridge_certfile and bridge_keyfile, or neither".into());
+    }
+    Ok(Some(tls))
+}
+
 fn strings(value: &Value) -> Result<Vec<String>, String> {
     match value {
         Value::Str(s) => Ok(vec![s.clone()]),
@@ -333,7 +445,17 @@ impl BridgeSettings {
             notifications: true,
             notification_topic: String::new(),
             protocol: BridgeProtocol::V311,
+            tls: None,
         };
+        let mut tls = BridgeTls {
+            cafile: None,
+            capath: None,
+            certfile: None,
+            keyfile: None,
+            insecure: false,
+            version: None,
+        };
+        let mut schemes = Vec::new();
         let mut local_clean = None;
         let (mut local_id, mut topic_override) = (None, None);
         for (key, value) in table {
@@ -344,8 +466,10 @@ impl BridgeSettings {
                     for address in strings(value).map_err(err)? {
                         // Mosquitto also accepts several in one string, space separated.
                         for one in address.split_whitespace() {
-                            out.addresses
-                                .push(parse_address(one).map_err(|e| ctx(format!("address {e}")))?);
+                            let (scheme, parsed) =
+                                parse_address(one).map_err(|e| ctx(format!("address {e}")))?;
+                            schemes.push((one.to_string(), scheme));
+                            out.addresses.push(parsed);
                         }
                     }
                 }
@@ -394,11 +518,22 @@ impl BridgeSettings {
                         )))
                     }
                 },
-                "bridge_cafile" | "bridge_certfile" | "bridge_keyfile" | "bridge_insecure" => {
-                    return Err(ctx(format!(
-                        "{key}: TLS bridges are not yet supported (the bridge connects over \
-                         plain TCP only)"
-                    )))
+                "bridge_cafile" => tls.cafile = Some(path(value).map_err(err)?),
+                "bridge_capath" => tls.capath = Some(path(value).map_err(err)?),
+                "bridge_certfile" => tls.certfile = Some(path(value).map_err(err)?),
+                "bridge_keyfile" => tls.keyfile = Some(path(value).map_err(err)?),
+                "bridge_insecure" => tls.insecure = bool::from_value(value).map_err(err)?,
+                "bridge_tls_version" => {
+                    tls.version = Some(match String::from_value(value).map_err(err)?.as_str() {
+                        "tlsv1.3" => BridgeTlsVersion::V13,
+                        "tlsv1.2" => BridgeTlsVersion::V12,
+                        "tlsv1.1" => BridgeTlsVersion::V11,
+                        other => {
+                            return Err(err(format!(
+                                "{other:?} is not a TLS version: tlsv1.3, tlsv1.2 or tlsv1.1"
+                            )))
+                        }
+                    })
                 }
                 other => return Err(ctx(format!("unknown key {other:?} ({KEYS})"))),
             }
@@ -409,6 +544,7 @@ impl BridgeSettings {
         if out.topics.is_empty() {
             return Err(ctx("has no topic line (e.g. \"sensors/# out 1\")".into()));
         }
+        out.tls = tls_setting(tls, &schemes).map_err(ctx)?;
         if out.remote_clientid.is_empty() {
             out.remote_clientid = format!("{hostname}.{name}");
         }
@@ -431,10 +567,15 @@ impl BridgeSettings {
                     self.addresses
                         .iter()
                         .map(|(h, p)| {
+                            // TLS without a CA setting comes from the addresses' scheme.
+                            let scheme = match &self.tls {
+                                Some(t) if t.cafile.is_none() && t.capath.is_none() => "mqtts://",
+                                _ => "",
+                            };
                             if h.contains(':') {
-                                format!("[{h}]:{p}")
+                                format!("{scheme}[{h}]:{p}")
                             } else {
-                                format!("{h}:{p}")
+                                format!("{scheme}{h}:{p}")
                             }
                         })
                         .collect(),
@@ -485,6 +626,25 @@ impl BridgeSettings {
                 Value::Str("mqttv311".into()),
             ),
         ]);
+        if let Some(tls) = &self.tls {
+            for (key, file) in [
+                ("bridge_cafile", &tls.cafile),
+                ("bridge_capath", &tls.capath),
+                ("bridge_certfile", &tls.certfile),
+                ("bridge_keyfile", &tls.keyfile),
+            ] {
+                if let Some(file) = file {
+                    table.push((key.into(), Value::Str(file.clone())));
+                }
+            }
+            table.push(("bridge_insecure".into(), Value::Bool(tls.insecure)));
+            if let Some(version) = tls.version {
+                table.push((
+                    "bridge_tls_version".into(),
+                    Value::Str(version.name().into()),
+                ));
+            }
+        }
         table
     }
 }
@@ -613,12 +773,87 @@ mod tests {
         ]);
         let err = BridgeSettings::from_table(&no_address, "h").unwrap_err();
         assert!(err.contains("\"x\"") && err.contains("no address"), "{err}");
-        let tls = table(&[
+    }
+
+    fn tls_table(address: &str, more: &[(&str, Value)]) -> Result<BridgeSettings, String> {
+        let mut t = table(&[
             ("name", Value::Str("x".into())),
-            ("bridge_cafile", Value::Str("ca.pem".into())),
+            ("address", Value::Str(address.into())),
+            ("topic", Value::List(vec!["a".into()])),
         ]);
-        let err = BridgeSettings::from_table(&tls, "h").unwrap_err();
-        assert!(err.contains("not yet supported"), "{err}");
+        t.extend(table(more));
+        BridgeSettings::from_table(&t, "h")
+    }
+
+    #[test]
+    fn tls_is_on_with_a_ca_setting_or_an_mqtts_address() {
+        let b = tls_table("h:8883", &[]).unwrap();
+        assert!(b.tls.is_none());
+        let ca = ("bridge_cafile", Value::Str("ca.pem".into()));
+        let b = tls_table(
+            "h:8883",
+            &[
+                ca.clone(),
+                ("bridge_certfile", Value::Str("c.pem".into())),
+                ("bridge_keyfile", Value::Str("c.key".into())),
+                ("bridge_insecure", Value::Bool(true)),
+                ("bridge_tls_version", Value::Str("tlsv1.3".into())),
+            ],
+        )
+        .unwrap();
+        let tls = b.tls.clone().unwrap();
+        assert_eq!(tls.cafile.as_deref(), Some("ca.pem"));
+        assert!(tls.insecure && tls.version == Some(BridgeTlsVersion::V13));
+        let round = Vec::<BridgeSettings>::from_value(&vec![b.clone()].to_value()).unwrap();
+        assert_eq!(round, vec![b]);
+        // An mqtts:// address: system roots, port 8883 by default.
+        let b = tls_table("mqtts://broker.example", &[]).unwrap();
+        assert_eq!(b.addresses, vec![("broker.example".to_string(), 8883)]);
+        assert!(b.tls.as_ref().is_some_and(|t| t.cafile.is_none()));
+        let round = Vec::<BridgeSettings>::from_value(&vec![b.clone()].to_value()).unwrap();
+        assert_eq!(round, vec![b]);
+
+        for (address, more, why) in [
+            (
+                "h:1",
+                vec![("bridge_certfile", Value::Str("c.pem".into()))],
+                "bridge_certfile needs TLS",
+            ),
+            (
+                "h:1",
+                vec![("bridge_insecure", Value::Bool(true))],
+                "bridge_insecure needs TLS",
+            ),
+            (
+                "h:1",
+                vec![ca.clone(), ("bridge_keyfile", Value::Str("c.key".into()))],
+                "both bridge_certfile and bridge_keyfile",
+            ),
+            ("mqtt://h:1", vec![ca.clone()], "is plain MQTT"),
+            (
+                "h:1",
+                vec![
+                    ca.clone(),
+                    ("bridge_tls_version", Value::Str("tlsv1".into())),
+                ],
+                "not a TLS version",
+            ),
+            (
+                "h:1",
+                vec![("bridge_cafile", Value::Str(String::new()))],
+                "must not be empty",
+            ),
+        ] {
+            let err = tls_table(address, &more).unwrap_err();
+            assert!(
+                err.starts_with("bridge \"x\": ") && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn restart_timeouts_and_addresses() {
         assert_eq!(
             parse_restart_timeout(&Value::Str("1 30".into())).unwrap(),
             (Duration::from_secs(1), Duration::from_secs(30))
