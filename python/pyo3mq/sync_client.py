@@ -451,6 +451,7 @@ class SyncClient:
                 buffer.extend(batch)
                 continue
             if core.state is _CLOSED_CORE:
+                self._settle_closed()
                 error = core.last_error()
                 if error is not None:
                     raise error
@@ -484,6 +485,12 @@ class SyncClient:
                     return False
                 self._changed.wait(left)
         return True
+
+    def _settle_closed(self) -> None:
+        """The core has closed: waits until the events thread has recorded it too, so that
+        `state` reads CLOSED once `messages()` ends (it records it within moments)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._state is ConnectionState.CLOSED, 5.0)
 
     def _join(self) -> None:
         current = threading.current_thread()
