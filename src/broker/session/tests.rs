@@ -21,6 +21,7 @@ fn sized(len: usize) -> Queued {
         }),
         qos: QoS::AtLeastOnce,
         retain: false,
+        share: None,
     }
 }
 
@@ -76,6 +77,7 @@ fn msg(n: u8, qos: QoS) -> Queued {
         }),
         qos,
         retain: false,
+        share: None,
     }
 }
 

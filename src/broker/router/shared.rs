@@ -1,0 +1,275 @@
+//! Shared subscriptions, `$share/{ShareName}/{filter}` (MQTT 5.0 section 4.8.2, accepted
+//! from 3.1.1 clients as Mosquitto and EMQX do).
+//!
+//! A group is one (ShareName, filter) pair at server scope; its members are sessions.
+//! Each matching message goes to exactly one member, chosen round robin among:
+//!
+//! 1. online members whose window has room (fewer messages queued plus inflight than
+//!    `max_inflight`; an in-process member's buffer below its high water mark), starting
+//!    after the member chosen last;
+//! 2. failing that, the online member with the least queued and inflight;
+//! 3. failing that (no member is online), the next offline persistent member, whose
+//!    session queues the message as for any subscription (QoS 0 only with
+//!    `queue_qos0_offline`).
+//!
+//! So persistent members that go offline stay in the group (as in Mosquitto and EMQX) but
+//! get nothing while another member is online. A member leaves by UNSUBSCRIBE of the full
+//! `$share/...` filter or when its session ends (a clean session disconnecting, a
+//! persistent one replaced or expired); what it holds for the group and has not had
+//! acknowledged goes to another member (see [`SessionState::take_shared`]).
+//!
+//! Routing to groups is separate from the ordinary trie and skipped with one atomic load
+//! when no group exists, so ordinary routing costs what it did.
+//!
+//! Lock order: the group trie, then a group's members, then a member's session state.
+//! Nothing that holds a session's state lock takes a group's lock.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use parking_lot::Mutex;
+
+use super::{count_drops, MatchScratch, Router, Session};
+use crate::broker::session::{Enqueued, Message, Queued, SessionState};
+use crate::codec::QoS;
+use crate::topic::{self, SharedFilter};
+
+/// One shared subscription group: its members and whose turn it is.
+pub struct SharedGroup {
+    /// `$share/{ShareName}/{filter}` as first subscribed, for logs.
+    name: ByteString,
+    members: Mutex<Members>,
+}
+
+#[derive(Default)]
+struct Members {
+    list: Vec<Member>,
+    /// Where the next round robin search starts.
+    next: usize,
+}
+
+struct Member {
+    qos: QoS,
+    session: Arc<Session>,
+}
+
+// Sessions hold queued copies that point back at their group: printing the members would
+// recurse, so a group prints its name only.
+impl fmt::Debug for SharedGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedGroup")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedGroup {
+    fn new(name: ByteString) -> SharedGroup {
+        SharedGroup {
+            name,
+            members: Mutex::new(Members::default()),
+        }
+    }
+
+    /// Queues `msg` for one member (see the module docs for which). `None` when the group
+    /// has no member left; otherwise the outcome and the member chosen.
+    fn route(self: &Arc<Self>, msg: &Arc<Message>) -> Option<(Enqueued, Arc<Session>)> {
+        let mut members = self.members.lock();
+        let n = members.list.len();
+        if n == 0 {
+            return None;
+        }
+        let start = members.next % n;
+        let mut with_room = None;
+        let mut least_loaded: Option<(usize, usize)> = None;
+        let mut offline = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let session = &members.list[i].session;
+            let state = session.state.lock();
+            if state.ended {
+                continue;
+            }
+            if !state.online {
+                offline = offline.or(Some(i));
+                continue;
+            }
+            let load = state.queued_len() + state.inflight_len();
+            let window = session
+                .flow
+                .as_ref()
+                .map_or(state.limits().max_inflight, |flow| flow.high_water);
+            if load < window {
+                with_room = Some(i);
+                break;
+            }
+            if least_loaded.is_none_or(|(_, least)| load < least) {
+                least_loaded = Some((i, load));
+            }
+        }
+        let i = with_room.or(least_loaded.map(|(i, _)| i)).or(offline)?;
+        members.next = i + 1;
+        let member = &members.list[i];
+        let item = Queued {
+            msg: msg.clone(),
+            // [MQTT-4.8.2-3]: the QoS granted to this member.
+            qos: msg.qos.min(member.qos),
+            retain: false,
+            share: Some(self.clone()),
+        };
+        Some((member.session.deliver(item), member.session.clone()))
+    }
+}
+
+/// The shared subscriptions among a session's filters.
+pub(super) fn shared_filters(state: &SessionState) -> Vec<ByteString> {
+    state
+        .subscriptions
+        .keys()
+        .filter(|filter| filter.starts_with(topic::SHARE_PREFIX))
+        .cloned()
+        .collect()
+}
+
+impl Router {
+    /// Makes `session` a member of the group `share` names (or updates its granted QoS),
+    /// creating the group if needed. No retained messages are sent on a shared
+    /// subscription (MQTT 5.0 section 4.8.2).
+    pub(super) fn join_group(
+        &self,
+        session: &Arc<Session>,
+        filter: &ByteString,
+        share: SharedFilter<'_>,
+        qos: QoS,
+    ) {
+        {
+            let mut state = session.state.lock();
+            state.subscriptions.insert(filter.clone(), qos);
+            state.mark_changed();
+        }
+        // The trie stays write-locked while the member is added, so a group that its last
+        // member is leaving at the same time is never joined after it is dropped.
+        let mut tree = self.shared.write();
+        let name = ByteString::from(share.group);
+        let group = match tree.get(share.filter, &name) {
+            Some(group) => group.clone(),
+            None => {
+                let group = Arc::new(SharedGroup::new(filter.clone()));
+                tree.insert(share.filter, name, group.clone());
+                group
+            }
+        };
+        let mut members = group.members.lock();
+        match members.list.iter_mut().find(|m| m.session.id == session.id) {
+            // The same group again from the same session: still one membership.
+            Some(member) => member.qos = qos,
+            None => {
+                members.list.push(Member {
+                    qos,
+                    session: session.clone(),
+                });
+                self.shared_members.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Removes `session` from the group `filter` names; the group goes with its last
+    /// member. Returns the group if the session was a member.
+    pub(super) fn leave_group(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+    ) -> Option<Arc<SharedGroup>> {
+        let share = topic::parse_shared(filter).ok().flatten()?;
+        let mut tree = self.shared.write();
+        let name = ByteString::from(share.group);
+        let group = tree.get(share.filter, &name)?.clone();
+        let mut members = group.members.lock();
+        let i = members
+            .list
+            .iter()
+            .position(|m| m.session.id == session.id)?;
+        members.list.remove(i);
+        self.shared_members.fetch_sub(1, Ordering::Relaxed);
+        if members.list.is_empty() {
+            tree.remove(share.filter, &name);
+        }
+        drop(members);
+        Some(group)
+    }
+
+    /// UNSUBSCRIBE of a `$share/...` filter: leaves the group and hands what the session
+    /// holds for it to another member.
+    pub(super) fn unsubscribe_shared(&self, session: &Arc<Session>, filter: &ByteString) -> bool {
+        if !session.state.lock().subscriptions.contains_key(filter) {
+            return false;
+        }
+        let group = self.leave_group(session, filter);
+        let taken = {
+            let mut state = session.state.lock();
+            state.subscriptions.remove(filter);
+            state.mark_changed();
+            match &group {
+                Some(group) => state.take_shared(|g| std::ptr::eq(g, &**group)),
+                None => Vec::new(),
+            }
+        };
+        self.hand_over(session, taken);
+        true
+    }
+
+    /// Gives what a leaving member held for its groups to other members of the same
+    /// groups. With no member left, the group and its messages are gone.
+    pub(super) fn hand_over(&self, from: &Session, items: Vec<Queued>) {
+        if items.is_empty() {
+            return;
+        }
+        let total = items.len();
+        let (mut handed, mut lost) = (0usize, 0u64);
+        for item in items {
+            let Some(group) = &item.share else { continue };
+            match group.route(&item.msg) {
+                Some((outcome, session)) => {
+                    handed += 1;
+                    lost += count_drops(&session, outcome);
+                }
+                None => lost += 1,
+            }
+        }
+        if lost > 0 {
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+        }
+        tracing::info!(
+            client_id = %from.client_id,
+            total,
+            handed_over = handed,
+            dropped = lost,
+            "shared subscription member left: its unacknowledged messages go to other members"
+        );
+    }
+
+    /// Routes `msg` to one member of each matching group; returns the messages dropped.
+    pub(super) fn publish_shared(&self, msg: &Arc<Message>, scratch: &mut MatchScratch) -> u64 {
+        {
+            let tree = self.shared.read();
+            tree.matches(&msg.topic, &mut |_, group| {
+                scratch.groups.push(group.clone());
+            });
+        }
+        let mut dropped = 0;
+        for group in scratch.groups.drain(..) {
+            let Some((outcome, session)) = group.route(msg) else {
+                continue;
+            };
+            dropped += count_drops(&session, outcome);
+            if let Some(flow) = &session.flow {
+                if session.state.lock().queued_len() >= flow.high_water {
+                    scratch.blocked.push(session);
+                }
+            }
+        }
+        dropped
+    }
+}
