@@ -273,3 +273,239 @@ impl Router {
         dropped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+    use tokio::sync::{watch, Notify};
+
+    use super::super::{Attach, ConnHandle};
+    use super::*;
+    use crate::broker::config::Config;
+    use crate::broker::hooks::Hooks;
+    use crate::broker::session::Outgoing;
+    use crate::broker::store::{SessionStore, SqliteStore};
+
+    fn router(max_inflight: usize) -> Router {
+        let config = Config {
+            max_inflight,
+            ..Config::default()
+        };
+        Router::new(config, Hooks::default())
+    }
+
+    fn connect(router: &Router, id: &str, clean: bool) -> Arc<Session> {
+        let (_tx, gone) = watch::channel(());
+        let handle = ConnHandle {
+            conn_id: router.next_id(),
+            kick: Arc::new(Notify::new()),
+            gone,
+        };
+        match router.attach(&ByteString::from(id), clean, handle) {
+            Attach::Attached { session, .. } => session,
+            Attach::Busy(_) => panic!("{id} is connected"),
+        }
+    }
+
+    fn publish(router: &Router, topic: &str, n: u32, qos: QoS, retain: bool) {
+        let msg = Arc::new(Message {
+            topic: ByteString::from(topic),
+            payload: Bytes::from(n.to_be_bytes().to_vec()),
+            qos,
+            retain,
+            publisher: ByteString::new(),
+        });
+        router.publish(msg, &mut MatchScratch::default());
+    }
+
+    /// Takes what the session may be sent now (inflight QoS 1/2 stay unacknowledged).
+    fn sent(session: &Session) -> Vec<u32> {
+        let mut state = session.state.lock();
+        let mut out = Vec::new();
+        while let Some(Outgoing::Publish { item, .. }) = state.next_outgoing() {
+            let bytes: [u8; 4] = item.msg.payload[..].try_into().unwrap();
+            out.push(u32::from_be_bytes(bytes));
+        }
+        out
+    }
+
+    fn sub(router: &Router, s: &Arc<Session>, filter: &str, qos: QoS) {
+        router.subscribe(s, &ByteString::from(filter), qos).unwrap();
+    }
+
+    #[test]
+    fn round_robin_gives_each_message_to_one_member() {
+        let router = router(32);
+        let members: Vec<_> = (0..3)
+            .map(|i| connect(&router, &format!("m{i}"), true))
+            .collect();
+        for m in &members {
+            sub(&router, m, "$share/g/a/#", QoS::AtMostOnce);
+        }
+        let mut seen = HashMap::new();
+        for n in 0..300 {
+            publish(&router, "a/b", n, QoS::AtMostOnce, false);
+            for (i, m) in members.iter().enumerate() {
+                for got in sent(m) {
+                    assert!(seen.insert(got, i).is_none(), "{got} delivered twice");
+                }
+            }
+        }
+        assert_eq!(seen.len(), 300);
+        for i in 0..3 {
+            assert_eq!(seen.values().filter(|&&m| m == i).count(), 100);
+        }
+        assert_eq!(router.subscription_count(), 3);
+    }
+
+    #[test]
+    fn full_window_is_skipped_and_leaving_hands_over() {
+        let router = router(4);
+        let slow = connect(&router, "slow", true);
+        let fast = connect(&router, "fast", true);
+        sub(&router, &slow, "$share/g/t", QoS::AtLeastOnce);
+        sub(&router, &fast, "$share/g/t", QoS::AtLeastOnce);
+        let mut fast_got = Vec::new();
+        for n in 0..40 {
+            publish(&router, "t", n, QoS::AtLeastOnce, false);
+            let _ = sent(&slow); // never acknowledged
+            let mut state = fast.state.lock();
+            while let Some(Outgoing::Publish { item, pkid, .. }) = state.next_outgoing() {
+                fast_got.push(item.msg.payload.clone());
+                state.on_puback(pkid.unwrap());
+            }
+        }
+        // The slow member's window (4) filled, then it was skipped.
+        assert_eq!(slow.state.lock().inflight_len(), 4);
+        assert_eq!(slow.state.lock().queued_len(), 0);
+        assert_eq!(fast_got.len(), 36);
+        // Leaving: the 4 unacknowledged go to the other member.
+        assert!(router.unsubscribe(&slow, &ByteString::from_static("$share/g/t")));
+        assert_eq!(slow.state.lock().inflight_len(), 0);
+        assert_eq!(sent(&fast).len(), 4);
+        assert_eq!(router.dropped_messages(), 0);
+    }
+
+    #[test]
+    fn clean_disconnect_hands_over_and_last_member_removes_group() {
+        let router = router(2);
+        let a = connect(&router, "a", true);
+        let b = connect(&router, "b", true);
+        sub(&router, &a, "$share/g/t", QoS::ExactlyOnce);
+        sub(&router, &b, "$share/g/t", QoS::AtLeastOnce);
+        // a, b, a, b, then a again: both windows (2) are full and a is first.
+        for n in 0..5 {
+            publish(&router, "t", n, QoS::ExactlyOnce, false);
+        }
+        assert_eq!(sent(&a), vec![0, 2]);
+        // A QoS 2 delivery already sent stays with its member [MQTT-4.8.2-5]; the queued
+        // one (4) goes to b, at the QoS granted to b [MQTT-4.8.2-3].
+        router.discard(&a);
+        let queued: Vec<(u32, QoS)> = {
+            let state = b.state.lock();
+            state
+                .export()
+                .into_iter()
+                .map(|(q, _, _)| {
+                    (
+                        u32::from_be_bytes(q.msg.payload[..].try_into().unwrap()),
+                        q.qos,
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            queued,
+            vec![
+                (1, QoS::AtLeastOnce),
+                (3, QoS::AtLeastOnce),
+                (4, QoS::AtLeastOnce)
+            ]
+        );
+        router.discard(&b);
+        assert!(router.shared.read().is_empty());
+        assert_eq!(router.shared_members.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn offline_persistent_members_get_messages_only_when_no_member_is_online() {
+        let router = router(32);
+        let on = connect(&router, "on", true);
+        let off = connect(&router, "off", false);
+        sub(&router, &on, "$share/g/t", QoS::AtLeastOnce);
+        sub(&router, &off, "$share/g/t", QoS::AtLeastOnce);
+        off.state.lock().online = false;
+        for n in 0..10 {
+            publish(&router, "t", n, QoS::AtLeastOnce, false);
+        }
+        assert_eq!(on.state.lock().queued_len(), 10);
+        assert_eq!(off.state.lock().queued_len(), 0);
+        router.discard(&on);
+        // Now nobody is online: the persistent member queues, and got the hand-over.
+        publish(&router, "t", 10, QoS::AtLeastOnce, false);
+        assert_eq!(off.state.lock().queued_len(), 11);
+    }
+
+    #[test]
+    fn groups_shared_and_plain_subscriptions_each_get_a_copy_and_no_retained() {
+        let router = router(32);
+        publish(&router, "t", 99, QoS::AtMostOnce, true);
+        let a = connect(&router, "a", true);
+        let b = connect(&router, "b", true);
+        sub(&router, &a, "$share/g1/t", QoS::AtMostOnce);
+        sub(&router, &a, "t", QoS::AtMostOnce);
+        sub(&router, &b, "$share/g2/t", QoS::AtMostOnce);
+        // No retained message on a shared subscription; the plain one gets it.
+        assert_eq!(sent(&a), vec![99]);
+        assert_eq!(sent(&b), Vec::<u32>::new());
+        publish(&router, "t", 1, QoS::AtMostOnce, false);
+        assert_eq!(sent(&a), vec![1, 1]);
+        assert_eq!(sent(&b), vec![1]);
+    }
+
+    #[test]
+    fn bad_share_names_are_refused_with_the_rule() {
+        let router = router(32);
+        let a = connect(&router, "a", true);
+        for (filter, rule) in [
+            ("$share//t", "MQTT-4.8.2-1"),
+            ("$share/g", "MQTT-4.8.2-2"),
+            ("$share/g/", "MQTT-4.8.2-2"),
+            ("$share/g+/t", "MQTT-4.8.2-2"),
+            ("$share/g/t#", "MQTT-4.7.1-2"),
+        ] {
+            let err = router
+                .subscribe(&a, &ByteString::from(filter), QoS::AtMostOnce)
+                .unwrap_err();
+            assert_eq!(err.rule(), rule, "{filter}");
+            assert!(err.to_string().contains(rule));
+        }
+        assert!(a.state.lock().subscriptions.is_empty());
+    }
+
+    #[test]
+    fn shared_subscriptions_survive_the_sqlite_store() {
+        let path = std::env::temp_dir().join(format!("pyo3mq-shared-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let router = router(32);
+            let p = connect(&router, "p", false);
+            sub(&router, &p, "$share/g/a/+", QoS::AtLeastOnce);
+            let store = SqliteStore::open(&path).unwrap();
+            store.load().unwrap(); // a store is written only after it was read
+            assert!(router.persist(&store));
+        }
+        let router = router(32);
+        router.restore(SqliteStore::open(&path).unwrap().load().unwrap());
+        let p = connect(&router, "p", false);
+        assert_eq!(
+            p.state.lock().subscriptions.get("$share/g/a/+"),
+            Some(&QoS::AtLeastOnce)
+        );
+        publish(&router, "a/b", 7, QoS::AtLeastOnce, false);
+        assert_eq!(sent(&p), vec![7]);
+        let _ = std::fs::remove_file(&path);
+    }
+}
