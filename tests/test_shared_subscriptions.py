@@ -39,9 +39,9 @@ def raw(port: int) -> Iterator[Callable[..., RawClient]]:
 
 def pub_lines(port: int, topic: str, payloads: list[str], qos: int = 1) -> None:
     """Publishes one message per payload with one `mosquitto_pub -l` (MQTT 3.1.1)."""
+    cmd = [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv311"]
     r = subprocess.run(
-        [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv311"]
-        + ["-t", topic, "-q", str(qos), "-l"],
+        [*cmd, "-t", topic, "-q", str(qos), "-l"],
         input="".join(p + "\n" for p in payloads),
         capture_output=True,
         text=True,
@@ -201,9 +201,13 @@ def test_bad_share_names_are_refused(
     assert frame(c.connect("bad")) == bytes.fromhex("20020000")
     bad = ["$share//t", "$share/g", "$share/g/", "$share/g+/t", "$share/#/t", "$share/g/a#"]
     c.send(subscribe(1, *[(f, 1) for f in bad], ("$share/g/ok", 1), ("$sharex/t", 0)))
-    assert frame(c.recv()) == bytes([0x90, 2 + len(bad) + 2, 0, 1]) + b"\x80" * len(bad) + b"\x01\x00"
+    assert (
+        frame(c.recv()) == bytes([0x90, 2 + len(bad) + 2, 0, 1]) + b"\x80" * len(bad) + b"\x01\x00"
+    )
     log = captured_stderr()
-    for filter, rule in zip(bad, ["4.8.2-1", "4.8.2-2", "4.8.2-2", "4.8.2-2", "4.8.2-2", "4.7.1-2"]):
+    for filter, rule in zip(
+        bad, ["4.8.2-1", "4.8.2-2", "4.8.2-2", "4.8.2-2", "4.8.2-2", "4.7.1-2"]
+    ):
         assert any(filter in line and f"[MQTT-{rule}]" in line for line in log.splitlines()), (
             filter,
             rule,
