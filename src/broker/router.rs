@@ -8,7 +8,7 @@
 //! takes for writing.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -169,6 +169,9 @@ pub struct Router {
     /// Memberships of all groups. Zero (no group exists) lets `publish` skip the shared
     /// trie with one load: topics without shared subscriptions pay nothing more.
     shared_members: AtomicUsize,
+    /// The groups by id, for handing a leaving member's messages back to their group.
+    groups_by_id: Mutex<HashMap<crate::broker::session::ShareId, Arc<SharedGroup>>>,
+    next_share_id: AtomicU32,
     retained: RwLock<RetainedTree<Arc<Message>>>,
     clients: Mutex<HashMap<ByteString, ClientSlot>>,
     next_id: AtomicU64,
@@ -220,6 +223,8 @@ impl Router {
             subs: RwLock::new(SubscriptionTree::new()),
             shared: RwLock::new(SubscriptionTree::new()),
             shared_members: AtomicUsize::new(0),
+            groups_by_id: Mutex::new(HashMap::new()),
+            next_share_id: AtomicU32::new(1),
             retained: RwLock::new(RetainedTree::new()),
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::broker::config::OverflowPolicy;
-use crate::broker::router::SharedGroup;
 use crate::codec::QoS;
 use crate::qos::{InboundQos2, PacketIds};
 
@@ -38,9 +37,13 @@ pub struct Queued {
     /// RETAIN flag on delivery: set only for retained messages replayed on subscribe.
     pub retain: bool,
     /// The shared subscription group this copy was routed through, if any: when the member
-    /// leaves, what it has not acknowledged goes back to the group (another member).
-    pub share: Option<Arc<SharedGroup>>,
+    /// leaves, what it has not acknowledged goes back to the group (another member). An id,
+    /// not a pointer: it keeps `Queued` at 16 bytes and free to drop on the hot path.
+    pub share: Option<ShareId>,
 }
+
+/// Identifies a shared subscription group while it exists (see `Router`'s groups).
+pub type ShareId = std::num::NonZeroU32;
 
 /// Where an outbound QoS 1/2 delivery stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,8 +409,8 @@ impl SessionState {
     /// accepts: every queued (unsent) copy, and every QoS 1 delivery awaiting PUBACK (its
     /// packet id is freed; a late PUBACK for it is ignored as unknown). A QoS 2 delivery
     /// already sent stays: it is never given to another member [MQTT-4.8.2-5].
-    pub fn take_shared(&mut self, from: impl Fn(&SharedGroup) -> bool) -> Vec<Queued> {
-        let of_group = |q: &Queued| q.share.as_deref().is_some_and(&from);
+    pub fn take_shared(&mut self, from: impl Fn(ShareId) -> bool) -> Vec<Queued> {
+        let of_group = |q: &Queued| q.share.is_some_and(&from);
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.inflight.len());
         for f in self.inflight.drain(..) {

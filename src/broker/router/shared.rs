@@ -32,12 +32,13 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 
 use super::{count_drops, MatchScratch, Router, Session};
-use crate::broker::session::{Enqueued, Message, Queued, SessionState};
+use crate::broker::session::{Enqueued, Message, Queued, SessionState, ShareId};
 use crate::codec::QoS;
 use crate::topic::{self, SharedFilter};
 
 /// One shared subscription group: its members and whose turn it is.
 pub struct SharedGroup {
+    id: ShareId,
     /// `$share/{ShareName}/{filter}` as first subscribed, for logs.
     name: ByteString,
     members: Mutex<Members>,
@@ -66,8 +67,9 @@ impl fmt::Debug for SharedGroup {
 }
 
 impl SharedGroup {
-    fn new(name: ByteString) -> SharedGroup {
+    fn new(id: ShareId, name: ByteString) -> SharedGroup {
         SharedGroup {
+            id,
             name,
             members: Mutex::new(Members::default()),
         }
@@ -75,7 +77,7 @@ impl SharedGroup {
 
     /// Queues `msg` for one member (see the module docs for which). `None` when the group
     /// has no member left; otherwise the outcome and the member chosen.
-    fn route(self: &Arc<Self>, msg: &Arc<Message>) -> Option<(Enqueued, Arc<Session>)> {
+    fn route(&self, msg: &Arc<Message>) -> Option<(Enqueued, Arc<Session>)> {
         let mut members = self.members.lock();
         let n = members.list.len();
         if n == 0 {
@@ -117,7 +119,7 @@ impl SharedGroup {
             // [MQTT-4.8.2-3]: the QoS granted to this member.
             qos: msg.qos.min(member.qos),
             retain: false,
-            share: Some(self.clone()),
+            share: Some(self.id),
         };
         Some((member.session.deliver(item), member.session.clone()))
     }
@@ -156,7 +158,8 @@ impl Router {
         let group = match tree.get(share.filter, &name) {
             Some(group) => group.clone(),
             None => {
-                let group = Arc::new(SharedGroup::new(filter.clone()));
+                let group = Arc::new(SharedGroup::new(self.new_share_id(), filter.clone()));
+                self.groups_by_id.lock().insert(group.id, group.clone());
                 tree.insert(share.filter, name, group.clone());
                 group
             }
@@ -171,6 +174,17 @@ impl Router {
                     session: session.clone(),
                 });
                 self.shared_members.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// An id no live group has (ids are reused only after 2^32 groups).
+    fn new_share_id(&self) -> ShareId {
+        let groups = self.groups_by_id.lock();
+        loop {
+            let id = self.next_share_id.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = ShareId::new(id).filter(|id| !groups.contains_key(id)) {
+                return id;
             }
         }
     }
@@ -195,6 +209,7 @@ impl Router {
         self.shared_members.fetch_sub(1, Ordering::Relaxed);
         if members.list.is_empty() {
             tree.remove(share.filter, &name);
+            self.groups_by_id.lock().remove(&group.id);
         }
         drop(members);
         Some(group)
@@ -212,7 +227,7 @@ impl Router {
             state.subscriptions.remove(filter);
             state.mark_changed();
             match &group {
-                Some(group) => state.take_shared(|g| std::ptr::eq(g, &**group)),
+                Some(group) => state.take_shared(|id| id == group.id),
                 None => Vec::new(),
             }
         };
@@ -229,8 +244,9 @@ impl Router {
         let total = items.len();
         let (mut handed, mut lost) = (0usize, 0u64);
         for item in items {
-            let Some(group) = &item.share else { continue };
-            match group.route(&item.msg) {
+            let Some(id) = item.share else { continue };
+            let group = self.groups_by_id.lock().get(&id).cloned();
+            match group.and_then(|group| group.route(&item.msg)) {
                 Some((outcome, session)) => {
                     handed += 1;
                     lost += count_drops(&session, outcome);
