@@ -13,6 +13,8 @@
 //!   every PUBLISH.
 //! * `retained`: [`RetainedTree`] answers "which retained messages does this new filter
 //!   replay?".
+//! * `shared`: [`parse_shared`] splits a `$share/{ShareName}/{filter}` shared subscription
+//!   (MQTT 5.0 section 4.8.2, also accepted from 3.1.1 clients) and checks its rules.
 //!
 //! Levels are the pieces between `/` separators and are compared as raw bytes: MQTT
 //! forbids normalisation [MQTT-4.7.3-4], so `ACCOUNTS` and `Accounts` are different levels,
@@ -34,6 +36,7 @@
 
 mod matching;
 mod retained;
+mod shared;
 mod subscription;
 mod validate;
 
@@ -42,5 +45,6 @@ mod tests;
 
 pub use matching::matches;
 pub use retained::RetainedTree;
+pub use shared::{parse_shared, FilterError, ShareError, SharedFilter, SHARE_PREFIX};
 pub use subscription::SubscriptionTree;
 pub use validate::{validate_topic_filter, validate_topic_name, TopicError, MAX_TOPIC_LEN};

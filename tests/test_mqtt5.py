@@ -266,9 +266,9 @@ def test_paho_v5_connack_properties_tell_the_truth(
 ) -> None:
     """[MQTT-3.1.4-5] [MQTT-3.2.2-2] A 5.0 CONNECT with properties is accepted with reason
     0x00; the CONNACK states the broker's Maximum Packet Size and that Subscription
-    Identifiers and shared subscriptions are not available (not implemented yet), and
-    leaves Topic Alias Maximum (0), Maximum QoS (2), Retain and Wildcard availability (1)
-    at their defaults, which are what the broker does."""
+    Identifiers are not available (not implemented yet), and leaves Topic Alias Maximum
+    (0), Maximum QoS (2), Retain, Wildcard and Shared Subscription availability (1) at
+    their defaults, which are what the broker does."""
     connect_props = Properties(PacketTypes.CONNECT)
     connect_props.SessionExpiryInterval = 30
     connect_props.ReceiveMaximum = 10
@@ -280,13 +280,13 @@ def test_paho_v5_connack_properties_tell_the_truth(
     got = props.json()
     assert got["MaximumPacketSize"] == 1024 * 1024
     assert got["SubscriptionIdentifierAvailable"] == 0
-    assert got["SharedSubscriptionAvailable"] == 0
     # [MQTT-4.12.0-6]: no Authentication Method without one in CONNECT.
     for absent in (
         "TopicAliasMaximum",
         "MaximumQoS",
         "RetainAvailable",
         "WildcardSubscriptionAvailable",
+        "SharedSubscriptionAvailable",
         "AuthenticationMethod",
     ):
         assert absent not in got, got
@@ -431,13 +431,13 @@ def test_mosquitto_pub_v5_acks(port: int) -> None:
 
 def test_suback_and_unsuback_reason_codes(port: int, raw_clients: list[RawClient]) -> None:
     """[MQTT-3.9.3-1] [MQTT-3.9.3-2] [MQTT-3.11.3-1] [MQTT-3.11.3-2] SUBACK: granted QoS,
-    0x8F for an invalid filter, 0x9E for a shared subscription (not available); UNSUBACK:
+    0x8F for an invalid filter, the granted QoS for a shared subscription; UNSUBACK:
     0x00 for a removed subscription, 0x11 for one that did not exist, in order."""
     c, _ = raw5(port, "codes")
     raw_clients.append(c)
     c.send(subscribe5(7, ("a/b", 2), ("a/#/b", 1), ("$share/g/t", 1), ("c", 0)))
     suback = c.recv()
-    assert (suback.first, suback.body) == (0x90, b"\x00\x07\x00\x02\x8f\x9e\x00")
+    assert (suback.first, suback.body) == (0x90, b"\x00\x07\x00\x02\x8f\x01\x00")
     c.send(unsubscribe5(8, "a/b", "never", "c"))
     unsuback = c.recv()
     assert (unsuback.first, unsuback.body) == (0xB0, b"\x00\x08\x00\x00\x11\x00")
@@ -716,3 +716,60 @@ def test_v311_clients_unchanged_beside_v5(port: int, raw_clients: list[RawClient
     with pytest.raises(Closed):
         old.send(b"\xf0\x00")  # AUTH is reserved in 3.1.1: closed without DISCONNECT
         old.recv()
+
+
+# --------------------------------------------------------------------------- shared subscriptions
+
+
+def test_shared_subscription_spans_5_0_and_3_1_1_members(
+    port: int, paho5: Callable[..., Paho5]
+) -> None:
+    """[MQTT-4.8.2-1] [MQTT-4.8.2-2] A 5.0 client and a 3.1.1 client in one group share the
+    messages: each message goes to exactly one of them, and both get some."""
+    member5 = paho5("share-v5")
+    assert [r.value for r in member5.subscribe("$share/mix/jobs/#", 1)] == [1]
+    got311: list[bytes] = []
+    got = threading.Condition()
+    member311 = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="share-v311")
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with got:
+            got311.append(msg.payload)
+            got.notify_all()
+
+    subscribed = threading.Event()
+    member311.on_message = on_message
+    member311.on_subscribe = lambda *_a: subscribed.set()
+    member311.connect("127.0.0.1", port)
+    member311.loop_start()
+    try:
+        member311.subscribe("$share/mix/jobs/#", 1)
+        assert subscribed.wait(TIMEOUT)
+        publisher = paho5("share-pub")
+        total = 40
+        for i in range(total):
+            publisher.client.publish(f"jobs/{i}", b"%d" % i, qos=1).wait_for_publish(TIMEOUT)
+
+        def all_in() -> bool:
+            return len(member5.messages) + len(got311) >= total
+
+        deadline = time.monotonic() + TIMEOUT
+        while not all_in() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # a duplicate would arrive by now
+        payloads = [m.payload for m in member5.messages] + got311
+        assert sorted(payloads) == sorted(b"%d" % i for i in range(total))
+        assert member5.messages and got311
+    finally:
+        member311.disconnect()
+        member311.loop_stop()
+
+
+def test_no_local_on_a_shared_subscription_is_a_protocol_error(
+    port: int, raw_clients: list[RawClient]
+) -> None:
+    """[MQTT-3.8.3-4] No Local set on a shared subscription: DISCONNECT 0x82."""
+    c, _ = raw5(port, "share-nolocal")
+    raw_clients.append(c)
+    c.send(subscribe5(9, ("$share/g/t", 0x01 | 0x04)))
+    expect_disconnect(c, 0x82)

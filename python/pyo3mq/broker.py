@@ -696,12 +696,22 @@ class Broker:
         *,
         max_buffered: int = 100_000,
         flow_control: bool = False,
+        group: str | None = None,
     ) -> Subscription:
         """Receives messages matching `filter` in this process: `async for m in sub`.
         With `flow_control=True` nothing is dropped when Python falls behind: matching
-        publishers are slowed instead."""
+        publishers are slowed instead. With `group="g"` (the same as the filter
+        `$share/g/<filter>`) the subscription joins that shared subscription group: each
+        matching message goes to one member of the group, network clients included."""
         if self._loop is None or not self.running:
             raise RuntimeError("the broker is not running")
+        if group is not None:
+            if not group or any(c in group for c in "/+#"):
+                raise ValueError(
+                    "[MQTT-4.8.2-1] [MQTT-4.8.2-2] a shared subscription group name is "
+                    "at least one character long, without '/', '+' or '#'"
+                )
+            filter = f"$share/{group}/{filter}"
         return Subscription(self, filter, qos, max_buffered, flow_control)
 
     # -- context managers -------------------------------------------------------------

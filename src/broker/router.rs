@@ -8,7 +8,7 @@
 //! takes for writing.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +17,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
 mod persist;
+mod shared;
+
+pub use shared::SharedGroup;
 
 use crate::broker::cluster::Cluster;
 use crate::broker::config::Config;
@@ -171,6 +174,8 @@ pub struct MatchScratch {
     /// the publisher acknowledges only after [`Router::cluster_flushed`].
     pub(crate) cluster_pending: bool,
     pub(crate) cluster_lost: bool,
+    /// Shared subscription groups the topic matches (used only while groups exist).
+    groups: Vec<Arc<SharedGroup>>,
 }
 
 impl MatchScratch {
@@ -217,6 +222,15 @@ pub struct Router {
     hooks: Hooks,
     limits: Limits,
     subs: RwLock<SubscriptionTree<u64, Subscriber>>,
+    /// Shared subscription groups, keyed by ShareName under their topic filter (the
+    /// `$share/{ShareName}/` prefix stripped), so matching works as for `subs`.
+    shared: RwLock<SubscriptionTree<ByteString, Arc<SharedGroup>>>,
+    /// Memberships of all groups. Zero (no group exists) lets `publish` skip the shared
+    /// trie with one load: topics without shared subscriptions pay nothing more.
+    shared_members: AtomicUsize,
+    /// The groups by id, for handing a leaving member's messages back to their group.
+    groups_by_id: Mutex<HashMap<crate::broker::session::ShareId, Arc<SharedGroup>>>,
+    next_share_id: AtomicU32,
     retained: RwLock<RetainedTree<Arc<Message>>>,
     clients: Mutex<HashMap<ByteString, ClientSlot>>,
     next_id: AtomicU64,
@@ -271,6 +285,10 @@ impl Router {
             hooks,
             limits,
             subs: RwLock::new(SubscriptionTree::new()),
+            shared: RwLock::new(SubscriptionTree::new()),
+            shared_members: AtomicUsize::new(0),
+            groups_by_id: Mutex::new(HashMap::new()),
+            next_share_id: AtomicU32::new(1),
             retained: RwLock::new(RetainedTree::new()),
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -380,7 +398,7 @@ impl Router {
 
     /// Subscriptions of every session, in-process ones included.
     pub fn subscription_count(&self) -> usize {
-        self.subs.read().len()
+        self.subs.read().len() + self.shared_members.load(Ordering::Relaxed)
     }
 
     pub fn retained_count(&self) -> usize {
@@ -610,23 +628,39 @@ impl Router {
         expired.len()
     }
 
-    /// Removes a session's subscriptions from the trie and empties it, for good.
+    /// Removes a session's subscriptions from the trie and empties it, for good. What it
+    /// holds for shared subscription groups goes to other members of those groups.
     fn discard(&self, session: &Arc<Session>) {
-        let mut state = session.state.lock();
-        state.ended = true;
-        if !state.subscriptions.is_empty() {
-            let mut subs = self.subs.write();
-            for filter in state.subscriptions.keys() {
-                subs.remove(filter, &session.id);
-            }
-            if let Some(cluster) = self.cluster.get() {
-                state
-                    .subscriptions
-                    .keys()
-                    .for_each(|f| cluster.remove_interest(f));
-            }
+        // Leaving the groups first, with the session unlocked (publishers lock a group,
+        // then its members), means no group routes to the session once it is emptied.
+        let shares = shared::shared_filters(&session.state.lock());
+        for filter in &shares {
+            self.leave_group(session, filter);
         }
-        state.clear();
+        let handed_over = {
+            let mut state = session.state.lock();
+            state.ended = true;
+            if !state.subscriptions.is_empty() {
+                let mut subs = self.subs.write();
+                for filter in state.subscriptions.keys() {
+                    subs.remove(filter, &session.id);
+                }
+                if let Some(cluster) = self.cluster.get() {
+                    state
+                        .subscriptions
+                        .keys()
+                        .for_each(|f| cluster.remove_interest(f));
+                }
+            }
+            let taken = if shares.is_empty() {
+                Vec::new()
+            } else {
+                state.take_shared(|_| true)
+            };
+            state.clear();
+            taken
+        };
+        self.hand_over(session, handed_over);
     }
 
     /// Routes a message to every matching session at min(published, granted) QoS, one
@@ -685,6 +719,7 @@ impl Router {
                 msg: msg.clone(),
                 qos: msg.qos.min(granted),
                 retain: bridge && msg.retain,
+                share: None,
             };
             dropped += deliver_counting_drops(&session, item);
             if let Some(flow) = &session.flow {
@@ -693,6 +728,10 @@ impl Router {
                 }
             }
         }
+        // One load when no shared subscription exists (the common case).
+        if self.shared_members.load(Ordering::Relaxed) > 0 {
+            dropped += self.publish_shared(&msg, scratch);
+        }
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
@@ -700,13 +739,18 @@ impl Router {
 
     /// Adds or replaces a subscription [MQTT-3.8.4-3] and queues the retained messages it
     /// matches with RETAIN=1 [MQTT-3.3.1-6], [MQTT-3.3.1-8]. `Err` names the rule an
-    /// invalid filter breaks; the caller answers 0x80.
+    /// invalid filter breaks; the caller answers 0x80. A `$share/{ShareName}/{filter}`
+    /// filter joins the session to that group instead (see [`SharedGroup`]).
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
         filter: &ByteString,
         qos: QoS,
-    ) -> Result<QoS, topic::TopicError> {
+    ) -> Result<QoS, topic::FilterError> {
+        if let Some(share) = topic::parse_shared(filter)? {
+            self.join_group(session, filter, share, qos);
+            return Ok(qos);
+        }
         topic::validate_topic_filter(filter)?;
         {
             let mut state = session.state.lock();
@@ -735,6 +779,7 @@ impl Router {
                 msg,
                 qos,
                 retain: true,
+                share: None,
             };
             dropped += deliver_counting_drops(session, item);
         }
@@ -747,6 +792,9 @@ impl Router {
     /// Deletes the subscription whose filter equals `filter` character for character
     /// [MQTT-3.10.4-1]; deliveries already under way complete [MQTT-3.10.4-3].
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &ByteString) -> bool {
+        if filter.starts_with(topic::SHARE_PREFIX) {
+            return self.unsubscribe_shared(session, filter);
+        }
         let mut state = session.state.lock();
         if state.subscriptions.remove(filter).is_some() {
             self.subs.write().remove(filter, &session.id);
@@ -788,7 +836,12 @@ impl Router {
 /// Queues a delivery; returns how many messages the session's overflow policy dropped
 /// (the first drop of an overflow episode is logged, with the client id).
 fn deliver_counting_drops(session: &Session, item: Queued) -> u64 {
-    match session.deliver(item) {
+    count_drops(session, session.deliver(item))
+}
+
+/// How many messages a delivery's outcome dropped, logging the first of an episode.
+fn count_drops(session: &Session, outcome: Enqueued) -> u64 {
+    match outcome {
         Enqueued::Yes | Enqueued::Skipped => 0,
         Enqueued::Overflowed(n) => n,
         Enqueued::OverflowStarted(n) => {

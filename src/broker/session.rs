@@ -41,7 +41,14 @@ pub struct Queued {
     pub qos: QoS,
     /// RETAIN flag on delivery: set only for retained messages replayed on subscribe.
     pub retain: bool,
+    /// The shared subscription group this copy was routed through, if any: when the member
+    /// leaves, what it has not acknowledged goes back to the group (another member). An id,
+    /// not a pointer: it keeps `Queued` at 16 bytes and free to drop on the hot path.
+    pub share: Option<ShareId>,
 }
+
+/// Identifies a shared subscription group while it exists (see `Router`'s groups).
+pub type ShareId = std::num::NonZeroU32;
 
 /// Where an outbound QoS 1/2 delivery stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,6 +436,41 @@ impl SessionState {
         if let Some(acks) = &mut self.acks {
             acks.inbound_qos2.release(pkid);
         }
+    }
+
+    /// Takes out what a leaving shared subscription member holds for the groups `from`
+    /// accepts: every queued (unsent) copy, and every QoS 1 delivery awaiting PUBACK (its
+    /// packet id is freed; a late PUBACK for it is ignored as unknown). A QoS 2 delivery
+    /// already sent stays: it is never given to another member [MQTT-4.8.2-5].
+    pub fn take_shared(&mut self, from: impl Fn(ShareId) -> bool) -> Vec<Queued> {
+        let of_group = |q: &Queued| q.share.is_some_and(&from);
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.inflight.len());
+        for f in self.inflight.drain(..) {
+            if f.stage == Stage::AwaitAck && f.item.qos == QoS::AtLeastOnce && of_group(&f.item) {
+                self.ids.free(f.pkid);
+                taken.push(f.item);
+            } else {
+                kept.push_back(f);
+            }
+        }
+        self.inflight = kept;
+        if self.queue.iter().any(of_group) {
+            let mut kept = VecDeque::with_capacity(self.queue.len());
+            for q in self.queue.drain(..) {
+                if of_group(&q) {
+                    self.queued_bytes -= cost(&q);
+                    taken.push(q);
+                } else {
+                    kept.push_back(q);
+                }
+            }
+            self.queue = kept;
+        }
+        if !taken.is_empty() {
+            self.mark_changed();
+        }
+        taken
     }
 
     /// Forget everything but the subscriptions' absence: used when a clean session starts.

@@ -1110,6 +1110,7 @@ mod tests {
             }),
             qos: QoS::AtMostOnce,
             retain: false,
+            share: None,
         };
         let drop_mode = Feed::new(1, 3, false);
         let mut batch: Vec<Queued> = (0..5).map(queued).collect();

@@ -7,9 +7,9 @@
 //! answered per filter, DISCONNECT with a reason, AUTH).
 //!
 //! Not yet here (see docs/conformance.md, MQTT 5.0 table): Topic Aliases (the CONNACK
-//! says the maximum is 0), Receive Maximum flow control, Subscription Identifiers and
-//! shared subscriptions (the CONNACK says they are not available), No Local, Retain As
-//! Published and Retain Handling, the client's Maximum Packet Size, the remaining
+//! says the maximum is 0), Receive Maximum flow control, Subscription Identifiers (the
+//! CONNACK says they are not available), No Local, Retain As Published and Retain
+//! Handling, the client's Maximum Packet Size, the remaining
 //! Message Expiry Interval, and enhanced authentication.
 
 use std::sync::Arc;
@@ -100,7 +100,7 @@ impl Connection {
             maximum_packet_size: u32::try_from(config.max_packet_size).ok(),
             // Not implemented yet: said so, so clients do not use them.
             subscription_identifier_available: Some(false),
-            shared_subscription_available: Some(false),
+            // Shared Subscription Available absent: 1, they are (router/shared.rs).
             // Topic Alias Maximum absent: 0, no aliases [MQTT-3.2.2-17] (client side).
             ..Properties::default()
         };
@@ -246,10 +246,11 @@ impl Connection {
         }
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         for (filter, options) in &subscribe.filters {
-            if filter.starts_with("$share/") {
-                // The CONNACK said shared subscriptions are not available.
-                reasons.push(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
-                continue;
+            if options.no_local && filter.starts_with("$share/") {
+                return Some(self.close_v5(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "No Local set on a shared subscription [MQTT-3.8.3-4]",
+                ));
             }
             if let Err(err) = crate::topic::validate_topic_filter(filter) {
                 info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");

@@ -180,10 +180,27 @@ impl Router {
         let mut clients = self.clients.lock();
         for snap in sessions {
             let session = self.new_session(snap.client_id.clone(), false);
+            let (shared, plain): (Vec<_>, Vec<_>) = snap
+                .subscriptions
+                .into_iter()
+                .partition(|(filter, _)| filter.starts_with(crate::topic::SHARE_PREFIX));
+            // Joined with the session unlocked (the groups' lock order), before the state
+            // is marked as the store has it below.
+            for (filter, qos) in shared {
+                match crate::topic::parse_shared(&filter) {
+                    Ok(Some(share)) => self.join_group(&session, &filter, share, qos),
+                    // Only valid filters are ever subscribed; a store edited by hand is not
+                    // trusted with an invalid one.
+                    _ => tracing::warn!(
+                        client_id = %snap.client_id,
+                        "stored shared subscription {filter:?} is not valid: ignored"
+                    ),
+                }
+            }
             {
                 let mut state = session.state.lock();
                 let mut subs = self.subs.write();
-                for (filter, qos) in snap.subscriptions {
+                for (filter, qos) in plain {
                     subs.insert(
                         &filter,
                         session.id,
@@ -199,6 +216,8 @@ impl Router {
                         msg: m.msg,
                         qos: m.qos,
                         retain: m.retain,
+                        // Not stored: after a restart a member keeps what it held.
+                        share: None,
                     };
                     state.restore(item, m.pkid, m.released);
                 }

@@ -22,6 +22,7 @@ fn sized(len: usize) -> Queued {
         }),
         qos: QoS::AtLeastOnce,
         retain: false,
+        share: None,
     }
 }
 
@@ -78,6 +79,7 @@ fn msg(n: u8, qos: QoS) -> Queued {
         }),
         qos,
         retain: false,
+        share: None,
     }
 }
 
