@@ -445,16 +445,19 @@ impl SessionState {
     pub fn take_shared(&mut self, from: impl Fn(ShareId) -> bool) -> Vec<Queued> {
         let of_group = |q: &Queued| q.share.is_some_and(&from);
         let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.inflight.len());
-        for f in self.inflight.drain(..) {
-            if f.stage == Stage::AwaitAck && f.item.qos == QoS::AtLeastOnce && of_group(&f.item) {
-                self.ids.free(f.pkid);
-                taken.push(f.item);
-            } else {
-                kept.push_back(f);
+        if let Some(acks) = &mut self.acks {
+            let mut kept = VecDeque::with_capacity(acks.inflight.len());
+            for f in acks.inflight.drain(..) {
+                if f.stage == Stage::AwaitAck && f.item.qos == QoS::AtLeastOnce && of_group(&f.item)
+                {
+                    acks.ids.free(f.pkid);
+                    taken.push(f.item);
+                } else {
+                    kept.push_back(f);
+                }
             }
+            acks.inflight = kept;
         }
-        self.inflight = kept;
         if self.queue.iter().any(of_group) {
             let mut kept = VecDeque::with_capacity(self.queue.len());
             for q in self.queue.drain(..) {

@@ -295,7 +295,6 @@ mod tests {
     use std::collections::HashMap;
 
     use bytes::Bytes;
-    use tokio::sync::{watch, Notify};
 
     use super::super::{Attach, ConnHandle};
     use super::*;
@@ -313,11 +312,9 @@ mod tests {
     }
 
     fn connect(router: &Router, id: &str, clean: bool) -> Arc<Session> {
-        let (_tx, gone) = watch::channel(());
         let handle = ConnHandle {
             conn_id: router.next_id(),
-            kick: Arc::new(Notify::new()),
-            gone,
+            takeover: Arc::default(),
         };
         match router.attach(&ByteString::from(id), clean, handle) {
             Attach::Attached { session, .. } => session,
@@ -332,6 +329,7 @@ mod tests {
             qos,
             retain,
             publisher: ByteString::new(),
+            properties: None,
         });
         router.publish(msg, &mut MatchScratch::default());
     }
