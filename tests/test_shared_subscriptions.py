@@ -7,6 +7,7 @@ members. Each matching message goes to exactly one member of each group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import subprocess
 import time
@@ -133,11 +134,29 @@ def test_full_window_skipped_and_leaver_hands_over(
             joined(b, "$share/g/t")
             pub = PahoClient(port, "pub")
             try:
+                # One message at a time, each delivered before the next, so that a and b
+                # never have a full window: only the stuck member's fills (after its
+                # round-robin turns), and from then on it is skipped. (In a burst every
+                # member's window can be full at once; then the least loaded one gets the
+                # message, which may be the stuck one.)
+                held: list[bytes] = []
+                first: list[list[Msg]] = [[], []]
                 for i in range(60):
                     pub.publish("t", b"%d" % i, 1)
-                held = raw_publishes(stuck)
+                    deadline = time.monotonic() + TIMEOUT
+                    while len(held) + sum(map(len, first)) < i + 1:
+                        assert time.monotonic() < deadline, f"message {i} not delivered"
+                        for got, m in zip(first, (a, b)):
+                            with contextlib.suppress(queue.Empty):
+                                got.append(m.msgs.get(timeout=0.005))
+                        if len(held) < 5:
+                            with contextlib.suppress(TimeoutError):
+                                p = stuck.recv(0.005)
+                                assert p.type == 3
+                                held.append(p.publish_fields()[2])
                 assert len(held) == 5, held
-                first = collect([a, b], 55)
+                assert sum(map(len, first)) == 55
+                assert raw_publishes(stuck) == []  # skipped once its window was full
                 if leave == "disconnect":
                     stuck.close()
                 else:
