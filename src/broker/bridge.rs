@@ -39,195 +39,35 @@
 //!   not have released them): at least once, for QoS 2 too.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 mod config;
+mod remote;
+mod wake;
 
 pub use config::{
     BridgeProtocol, BridgeSettings, BridgeTls, BridgeTlsVersion, Direction, TopicLine,
 };
+pub use remote::check;
+
+use remote::{new_client, tls_hint};
+use wake::Wake;
 
 use crate::broker::router::{Attach, ConnHandle, GoneOnDrop, MatchScratch, Router, Session};
 use crate::broker::session::{Message, Outgoing};
-use crate::client::{
-    Client, ConnectionState, Incoming, Options, Outcome, Reconnect, Scheme, Submitted, TlsOptions,
-    TlsVersions, TransportOptions, Verify,
-};
-use crate::codec::{Protocol, QoS};
+use crate::client::{Client, ConnectionState, Incoming, Outcome, Reconnect, Submitted};
+use crate::codec::QoS;
 use crate::topic;
 
 /// Received messages taken from the client per drain.
 const DRAIN_BATCH: usize = 256;
-
-/// QoS 1/2 messages in flight towards the remote at most. Mosquitto takes at most
-/// `max_inflight_messages` (default 20) unreleased QoS 2 messages from a client and
-/// silently drops the next ones (an MQTT 3.1.1 PUBREC cannot refuse): a bridge that sends
-/// the local session's whole window (`max_inflight`, default 32) at once, as after a
-/// reconnect, would lose messages. What the local session sent beyond this waits in the
-/// client, in order.
-const REMOTE_INFLIGHT: usize = 20;
-
-/// Reads what the bridge's client reads at every new client (the TLS files, the
-/// directory of `bridge_capath`) and checks the client's options: a missing or malformed
-/// file fails the broker's start with an error naming the bridge and the file, rather
-/// than failing every connection attempt. Blocking file I/O.
-pub fn check(settings: &BridgeSettings, max_packet_size: usize) -> Result<(), String> {
-    new_client(settings, 0, max_packet_size)
-        .map(drop)
-        .map_err(|e| format!("bridge {:?}: {e}", settings.name))
-}
-
-/// A client for the remote at `settings.addresses[address]`. Blocking file I/O.
-fn new_client(
-    settings: &BridgeSettings,
-    address: usize,
-    max_packet_size: usize,
-) -> Result<Client, String> {
-    let (host, port) = &settings.addresses[address];
-    let (base, cap) = settings.restart_timeout;
-    let opts = Options {
-        host: host.clone(),
-        port: *port,
-        client_id: settings.remote_clientid.clone(),
-        clean_session: settings.cleansession,
-        keep_alive: settings.keepalive_interval,
-        username: settings.remote_username.clone(),
-        password: settings
-            .remote_password
-            .as_ref()
-            .map(|p| Bytes::from(p.clone().into_bytes())),
-        will: None,
-        protocol: match (settings.protocol, settings.try_private) {
-            (BridgeProtocol::V311, true) => Protocol::V311Bridge,
-            (BridgeProtocol::V311, false) => Protocol::V311,
-        },
-        connect_timeout: Duration::from_secs(30),
-        max_inflight: REMOTE_INFLIGHT,
-        max_buffered: (4 << 20).max(2 * max_packet_size),
-        max_incoming: 1024,
-        max_packet_size,
-        // The client reconnects to its address by itself, so that its session (packet
-        // ids of unacknowledged messages) resumes there. With several addresses it tries
-        // once more, then gives up and the bridge moves on to the next address.
-        reconnect: Some(Reconnect {
-            initial_delay: base,
-            max_delay: cap,
-            max_attempts: (settings.addresses.len() > 1).then_some(1),
-        }),
-        session_store: None,
-        transport: transport(settings)?,
-    };
-    Client::new(opts).map_err(|e| bridge_names(e.to_string()))
-}
-
-/// The client's advice on a failed TLS handshake names the client's arguments; a bridge
-/// has its own settings.
-fn tls_hint(error: String) -> String {
-    const HINTS: [(&str, &str); 3] = [
-        (
-            " (the server's certificate is not signed by a CA",
-            " (the remote's certificate is not signed by a CA the bridge trusts: set \
-             bridge_cafile or bridge_capath to the CA that issued it)",
-        ),
-        (
-            " (the server's certificate does not hold the name",
-            " (the remote's certificate does not hold the host name of the address: use a \
-             name it holds, or bridge_insecure = true to skip the name check)",
-        ),
-        (
-            " (the server refused the handshake",
-            " (the remote refused the handshake; if it requires a client certificate, set \
-             bridge_certfile and bridge_keyfile to one it trusts)",
-        ),
-    ];
-    for (client, bridge) in HINTS {
-        if let Some(at) = error.find(client) {
-            return format!("{}{bridge}", &error[..at]);
-        }
-    }
-    error
-}
-
-/// The client's errors name its settings (`cafile ...`); the bridge's have a prefix.
-fn bridge_names(error: String) -> String {
-    for setting in ["cafile ", "certfile ", "keyfile "] {
-        if error.starts_with(setting) {
-            return format!("bridge_{error}");
-        }
-    }
-    error
-}
-
-fn transport(settings: &BridgeSettings) -> Result<TransportOptions, String> {
-    let Some(tls) = &settings.tls else {
-        return Ok(TransportOptions::default());
-    };
-    let ca_der = match &tls.capath {
-        Some(dir) => read_capath(dir)?,
-        None => Vec::new(),
-    };
-    Ok(TransportOptions {
-        scheme: Scheme::Tls,
-        tls: TlsOptions {
-            ca_file: tls.cafile.clone(),
-            ca_der,
-            cert_file: tls.certfile.clone(),
-            key_file: tls.keyfile.clone(),
-            key_pem: None,
-            // Mosquitto's bridge_insecure skips the name check only.
-            verify: if tls.insecure {
-                Verify::AnyName
-            } else {
-                Verify::Full
-            },
-            versions: match tls.version {
-                Some(BridgeTlsVersion::V13) => TlsVersions::Tls13Only,
-                // The oldest offered: 1.2 and 1.3 (rustls has nothing older).
-                Some(BridgeTlsVersion::V12 | BridgeTlsVersion::V11) | None => TlsVersions::Any,
-            },
-            server_name: None,
-        },
-        ..TransportOptions::default()
-    })
-}
-
-/// Every PEM certificate in the files of `dir` (OpenSSL's hashed names or any other;
-/// files without a certificate, such as a README, are passed over).
-fn read_capath(dir: &str) -> Result<Vec<Vec<u8>>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("bridge_capath {dir}: {e}"))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    let mut certs = Vec::new();
-    for file in files {
-        let shown = file.display();
-        let data = std::fs::read(&file).map_err(|e| format!("bridge_capath {shown}: {e}"))?;
-        for cert in CertificateDer::pem_slice_iter(&data) {
-            let cert =
-                cert.map_err(|e| format!("bridge_capath {shown}: not a PEM certificate: {e}"))?;
-            certs.push(cert.as_ref().to_vec());
-        }
-    }
-    if certs.is_empty() {
-        return Err(format!(
-            "bridge_capath {dir}: no PEM certificate in the directory"
-        ));
-    }
-    Ok(certs)
-}
 
 /// Runs one bridge until the broker stops. `_done` is held so that the broker's stop
 /// waits for the bridge to detach its session (which a durable store then saves).
@@ -796,63 +636,5 @@ async fn wait_remote(remote: Option<&Remote>) {
     match remote {
         Some(remote) => remote.wake.wait().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Readiness of a client's wake socket on the broker's runtime: the client's tasks run
-/// on the client runtime and tell the application through that socket.
-#[cfg(unix)]
-struct Wake(tokio::io::unix::AsyncFd<WakeFd>);
-
-#[cfg(unix)]
-struct WakeFd(std::os::fd::RawFd);
-
-#[cfg(unix)]
-impl std::os::fd::AsRawFd for WakeFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
-}
-
-#[cfg(unix)]
-impl Wake {
-    fn new(client: &Client) -> std::io::Result<Wake> {
-        let fd = std::os::fd::RawFd::try_from(client.wake_fd())
-            .map_err(|_| std::io::Error::other("wake descriptor out of range"))?;
-        // SAFETY: the descriptor is the client's wake socket, which the client keeps open
-        // as long as it exists; `Remote` drops this registration before the client.
-        unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                WakeFd(fd),
-                tokio::io::Interest::READABLE,
-            )
-        }
-        .map(Wake)
-        .map_err(|e| e.into_parts().1)
-    }
-
-    /// Waits for the socket to become readable and clears the readiness before the
-    /// caller drains: the drain empties the socket, and anything queued after it writes
-    /// a new byte, which is a new readiness event, so nothing is missed.
-    async fn wait(&self) {
-        match self.0.readable().await {
-            Ok(mut guard) => guard.clear_ready(),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-/// Elsewhere the client is polled.
-#[cfg(not(unix))]
-struct Wake;
-
-#[cfg(not(unix))]
-impl Wake {
-    fn new(_client: &Client) -> std::io::Result<Wake> {
-        Ok(Wake)
-    }
-
-    async fn wait(&self) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
