@@ -309,6 +309,10 @@ impl Connection {
             // 5.0's own packets, only decoded on a 5.0 connection (see connection/v5.rs).
             other if self.protocol == Protocol::V5 => {
                 return match other {
+                    // PUBREC 0x80 or above ends the delivery: no PUBREL follows.
+                    Packet::PubRecV5(ack) if ack.reason.is_error() => {
+                        self.pubrec_error_v5(&ack, session)
+                    }
                     // A reason code on an acknowledgement: handled as its short form.
                     Packet::PubAckV5(_)
                     | Packet::PubRecV5(_)
