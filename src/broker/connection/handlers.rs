@@ -173,8 +173,11 @@ impl Connection {
                         self.put_publish_ack(QoS::AtLeastOnce, pkid, allowed);
                     }
                     (QoS::ExactlyOnce, Some(pkid)) => {
-                        // A repeat before PUBREL is acknowledged, not delivered again.
-                        if session.state.lock().on_inbound_qos2(pkid) && allowed {
+                        // A repeat before PUBREL is acknowledged, not delivered again. A
+                        // 5.0 refusal (PUBREC 0x87) ends the flow, so its id is not kept:
+                        // the next PUBLISH with it is a new message [MQTT-4.3.3-9].
+                        let refused_v5 = !allowed && self.protocol == Protocol::V5;
+                        if !refused_v5 && session.state.lock().on_inbound_qos2(pkid) && allowed {
                             self.route(msg);
                         }
                         self.put_publish_ack(QoS::ExactlyOnce, pkid, allowed);
