@@ -706,12 +706,21 @@ def test_delivered_topics_match_the_filters(net: Net) -> None:
     assert codes == [0x8F, 0x8F, 0x8F, 0]
     other = net.subscriber("match-plus", ("sport/+", 0), ("+/tennis/#", 0))
     pub = net.client("match-pub")
-    for topic in ("sport", "sport/", "x/tennis", "sport/tennis/x", "elsewhere"):
+    # The last topic matches everyone: whatever arrives before it is all that matched.
+    for topic in ("sport", "sport/", "elsewhere", "x/tennis", "sport/tennis/x", "sport/end"):
         pub.send(publish5(topic, topic.encode()))
-    assert [received(sub)[0] for _ in range(3)] == ["sport", "sport/", "sport/tennis/x"]
-    assert is_quiet(sub)
-    assert [received(other)[0] for _ in range(3)] == ["sport/", "x/tennis", "sport/tennis/x"]
-    assert is_quiet(other)
+    assert [received(sub)[0] for _ in range(4)] == [
+        "sport",
+        "sport/",
+        "sport/tennis/x",
+        "sport/end",
+    ]
+    assert [received(other)[0] for _ in range(4)] == [
+        "sport/",
+        "x/tennis",
+        "sport/tennis/x",
+        "sport/end",
+    ]
 
 
 def test_dollar_topics_and_no_normalisation(net: Net) -> None:
@@ -914,6 +923,21 @@ def test_messages_keep_the_publishers_order(net: Net) -> None:
 
 
 # --------------------------------------------------------------------------- shared subscriptions
+
+
+def test_share_names_follow_the_rules(net: Net) -> None:
+    """[MQTT-4.8.2-1] [MQTT-4.8.2-2] A 5.0 SUBSCRIBE: an empty ShareName, one with `+` or
+    `#`, or no filter after it gets SUBACK 0x8F Topic Filter invalid for that filter;
+    `$share/g/#` is granted and receives every non-`$` topic."""
+    c = net.client("share-names")
+    bad = ["$share//t", "$share/g", "$share/g/", "$share/g+/t", "$share/#/t"]
+    codes = subscribe(c, 1, *[(f, 1) for f in bad], ("$share/g/#", 1))
+    assert codes == [0x8F] * len(bad) + [1]
+    pub = net.client("share-names-pub")
+    for topic in ("$app/t", "x", "x/y"):
+        pub.send(publish5(topic, b"m"))
+    assert [received(c)[0] for _ in range(2)] == ["x", "x/y"]
+    assert is_quiet(c)
 
 
 def test_shared_members_get_their_granted_qos(net: Net) -> None:
