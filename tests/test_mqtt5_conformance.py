@@ -224,6 +224,14 @@ def test_bom_is_kept_in_topics(net: Net) -> None:
         # [MQTT-3.10.1-1] UNSUBSCRIBE flags 0000 instead of 0010 -> Malformed
         pytest.param(packet(0xA0, b"\x00\x01\x00" + s("t")), 0x81, id="unsubscribe-flags"),
         # [MQTT-3.8.3-1] (server side) a filter that is not UTF-8 -> Malformed
+        # [MQTT-3.10.3-1] (server side) an UNSUBSCRIBE filter that is not UTF-8 -> Malformed
+        pytest.param(
+            packet(0xA2, b"\x00\x01\x00" + s(b"\xed\xa0\x80")),
+            0x81,
+            id="unsubscribe-bad-utf8",
+        ),
+        # [MQTT-3.10.3-2] (server side) an UNSUBSCRIBE without a filter -> Protocol Error
+        pytest.param(packet(0xA2, b"\x00\x01\x00"), 0x82, id="empty-unsubscribe"),
         pytest.param(
             packet(0x82, b"\x00\x01\x00" + s(b"\xed\xa0\x80") + b"\x00"),
             0x81,
@@ -242,6 +250,59 @@ def test_malformed_5_0_packets_are_refused(net: Net, bad: bytes, reason: int) ->
 
 
 # --------------------------------------------------------------------------- CONNECT, CONNACK
+
+
+def connect_body(flags: int, payload: bytes) -> bytes:
+    """A 5.0 CONNECT with these Connect Flags and payload bytes, as given."""
+    return packet(0x10, s("MQTT") + bytes([5, flags]) + b"\x00\x3c\x00" + payload)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        # [MQTT-3.1.2-11] Will QoS 1 without a will
+        pytest.param(connect_body(0x0A, s("c")), id="will-qos-without-will"),
+        # [MQTT-3.1.2-12] Will QoS 3
+        pytest.param(connect_body(0x1E, s("c") + b"\x00" + s("w") + s("x")), id="will-qos-3"),
+        # [MQTT-3.1.2-13] Will Retain without a will
+        pytest.param(connect_body(0x22, s("c")), id="will-retain-without-will"),
+        # [MQTT-3.1.2-9] Will Flag, but the payload ends after the client id
+        pytest.param(connect_body(0x06, s("c")), id="will-fields-missing"),
+        # [MQTT-3.1.2-16] no User Name Flag, but bytes left after the client id
+        pytest.param(connect_body(0x02, s("c") + s("extra")), id="leftover-payload"),
+        # [MQTT-3.1.2-17] User Name Flag, no user name
+        pytest.param(connect_body(0x82, s("c")), id="user-name-missing"),
+        # [MQTT-3.1.2-19] Password Flag, no password
+        pytest.param(connect_body(0x42, s("c")), id="password-missing"),
+        # [MQTT-3.1.3-3] no payload at all
+        pytest.param(connect_body(0x02, b""), id="no-client-id"),
+        # [MQTT-3.1.3-4] a client id that is not UTF-8
+        pytest.param(connect_body(0x02, s(b"\xc3\x28")), id="client-id-not-utf8"),
+        # [MQTT-3.1.3-11] a will topic that is not UTF-8
+        pytest.param(
+            connect_body(0x06, s("c") + b"\x00" + s(b"w\xed\xa0\x80") + s("x")),
+            id="will-topic-not-utf8",
+        ),
+        # [MQTT-3.1.3-12] a user name that is not UTF-8
+        pytest.param(connect_body(0x82, s("c") + s(b"\xc3\x28")), id="user-name-not-utf8"),
+    ],
+)
+def test_connect_breaking_a_format_rule_is_refused(net: Net, bad: bytes) -> None:
+    """(server side of Client rules, [MQTT-3.1.4-1]) A CONNECT that breaks a format rule
+    never gets a successful CONNACK: at most a CONNACK of 0x80 or above, then the close."""
+    c = net.raw()
+    c.send(bad)
+    rest = c.expect_closed()
+    if rest:
+        assert rest[0] == 0x20 and rest[3] >= 0x80, rest.hex()
+
+
+def test_first_packet_must_be_connect(net: Net) -> None:
+    """(server side of [MQTT-3.1.0-1]) A SUBSCRIBE as the first packet: no CONNACK, the
+    close."""
+    c = net.raw()
+    c.send(subscribe5(1, ("t", 0)))
+    assert c.expect_closed() == b""
 
 
 @pytest.mark.parametrize(
