@@ -1018,9 +1018,10 @@ def test_shared_members_get_their_granted_qos(net: Net) -> None:
 
 def test_shared_qos2_delivery_stays_with_its_member(net: Net) -> None:
     """[MQTT-4.8.2-4] [MQTT-4.8.2-5] A member holding a QoS 2 PUBLISH without PUBREC
-    drops: with a session (expiry 60) it gets the message again (DUP=1) when it
-    reconnects; with a session that ends with the connection, the message is not given to
-    the other member."""
+    drops: with a session (expiry 60) it gets the message again (DUP=1, same id) when it
+    reconnects, and the other member never gets it; when its session ends instead, the
+    message is not given to the other member, whose next message is the one published
+    after."""
     for expiry, name in ((EXPIRY_60, "kept"), (b"\x00", "ended")):
         group = f"$share/{name}/s2/{name}"
         first = net.subscriber(f"s2-{name}", (group, 2), clean=False, properties=expiry)
@@ -1032,30 +1033,42 @@ def test_shared_qos2_delivery_stays_with_its_member(net: Net) -> None:
         _, payload, pkt = received(first)
         assert payload == b"held"
         other = net.subscriber(f"s2-other-{name}", (group, 2))
-        first.close()
-        back, (present, _, _) = net.connect(f"s2-{name}", clean=False, properties=expiry)
         if name == "kept":
+            first.close()  # the network fails
+            back, (present, _, _) = net.connect(f"s2-{name}", clean=False, properties=expiry)
             assert present == 1
             _, payload, again = received(back)
-            assert (payload, again.dup) == (b"held", True)
-            assert publish5_fields(again)[1] == publish5_fields(pkt)[1]
+            assert (payload, again.dup, pkid_of(again)) == (b"held", True, pkid_of(pkt))
+            assert is_quiet(other), "the other member never gets it"
         else:
-            assert present == 0
-        assert is_quiet(other), "the other member never gets it"
+            first.send(b"\xe0\x00")  # expiry 0: the session ends with the connection
+            assert first.expect_closed() == b""
+            # Clean Start 1 ends whatever is left of the old session before the CONNACK.
+            assert net.connect(f"s2-{name}")[1][:2] == (0, 0)
+            pub.send(publish5(f"s2/{name}", b"after", qos=2, pkid=2))
+            assert pub.recv().first == PUBREC
+            pub.send(ack5(PUBREL, 2))
+            assert pub.recv().first == PUBCOMP
+            assert received(other)[1] == b"after", "the held message went to the other member"
 
 
 @pytest.mark.parametrize("qos", [1, 2], ids=["puback-0x80", "pubrec-0x80"])
 def test_shared_error_acknowledgement_discards_the_message(net: Net, qos: int) -> None:
     """[MQTT-4.8.2-6] The chosen member answers PUBACK 0x80 (or PUBREC 0x80): the message
-    is discarded, not re-routed, even when that member then leaves the group."""
+    is discarded, not re-routed, even when that member then leaves the group: the other
+    member's next message is the one published after."""
     group = f"$share/err{qos}/se/t"
     first = net.subscriber(f"se-{qos}", (group, qos))
     pub = net.client(f"se-pub-{qos}")
-    pub.send(publish5("se/t", b"refused", qos=qos))
-    assert pub.recv().first in (PUBACK, PUBREC)
-    if qos == 2:
-        pub.send(ack5(PUBREL, 1))
-        assert pub.recv().first == PUBCOMP
+
+    def publish(body: bytes, pkid: int) -> None:
+        pub.send(publish5("se/t", body, qos=qos, pkid=pkid))
+        assert pub.recv().first in (PUBACK, PUBREC)
+        if qos == 2:
+            pub.send(ack5(PUBREL, pkid))
+            assert pub.recv().first == PUBCOMP
+
+    publish(b"refused", 1)
     _, _, pkt = received(first)
     first.send(ack5(PUBACK if qos == 1 else PUBREC, pkid_of(pkt), 0x80))
     assert is_quiet(first)
@@ -1064,7 +1077,8 @@ def test_shared_error_acknowledgement_discards_the_message(net: Net, qos: int) -
     assert first.recv().type == 11
     first.send(b"\xe0\x00")
     first.expect_closed()
-    assert is_quiet(other)
+    publish(b"after", 2)
+    assert received(other)[1] == b"after"
 
 
 # --------------------------------------------------------------------------- WebSocket
