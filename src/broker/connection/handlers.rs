@@ -173,8 +173,11 @@ impl Connection {
                         self.put_publish_ack(QoS::AtLeastOnce, pkid, allowed);
                     }
                     (QoS::ExactlyOnce, Some(pkid)) => {
-                        // A repeat before PUBREL is acknowledged, not delivered again.
-                        if session.state.lock().on_inbound_qos2(pkid) && allowed {
+                        // A repeat before PUBREL is acknowledged, not delivered again. A
+                        // 5.0 refusal (PUBREC 0x87) ends the flow, so its id is not kept:
+                        // the next PUBLISH with it is a new message [MQTT-4.3.3-9].
+                        let refused_v5 = !allowed && self.protocol == Protocol::V5;
+                        if !refused_v5 && session.state.lock().on_inbound_qos2(pkid) && allowed {
                             self.route(msg);
                         }
                         self.put_publish_ack(QoS::ExactlyOnce, pkid, allowed);
@@ -309,6 +312,10 @@ impl Connection {
             // 5.0's own packets, only decoded on a 5.0 connection (see connection/v5.rs).
             other if self.protocol == Protocol::V5 => {
                 return match other {
+                    // PUBREC 0x80 or above ends the delivery: no PUBREL follows.
+                    Packet::PubRecV5(ack) if ack.reason.is_error() => {
+                        self.pubrec_error_v5(&ack, session)
+                    }
                     // A reason code on an acknowledgement: handled as its short form.
                     Packet::PubAckV5(_)
                     | Packet::PubRecV5(_)

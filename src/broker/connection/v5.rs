@@ -21,6 +21,7 @@ use tracing::{debug, info};
 
 use crate::broker::hooks::Event;
 use crate::broker::router::{Attach, ConnHandle, Session};
+use crate::broker::session::AckKind;
 use crate::codec::{
     AckV5, ConnAckV5, Connect, ConnectReturnCode, DisconnectV5, Packet, Properties,
     PropertyContext, Publish, QoS, ReasonCode, SubAckV5, SubscribeV5, UnsubAckV5, UnsubscribeV5,
@@ -226,6 +227,30 @@ impl Connection {
             debug!(client_id = %self.client_id, pkid = ack.pkid, "{kind} with reason {}", ack.reason);
         }
         short(ack.pkid)
+    }
+
+    /// PUBREC with a reason code of 0x80 or above: the receiver refused the message,
+    /// which counts as its acknowledgement [MQTT-4.4.0-2]. The delivery ends here; a
+    /// PUBREL goes only with a PUBREC below 0x80 [MQTT-4.3.3-4], so none is sent (and
+    /// none would be resent after a reconnect).
+    pub(super) fn pubrec_error_v5(&mut self, ack: &AckV5, session: &Arc<Session>) -> Option<Close> {
+        let mut state = session.state.lock();
+        if let Some(delivery) = state.wrong_ack(ack.pkid, AckKind::PubRec) {
+            drop(state);
+            return Some(self.close_v5(
+                ReasonCode::PROTOCOL_ERROR,
+                &format!(
+                    "[MQTT-4.8.0-1] PUBREC for packet id {}, which names {delivery}",
+                    ack.pkid
+                ),
+            ));
+        }
+        // The PUBREL stage, then its end: what a PUBREC and a PUBCOMP do together.
+        if !(state.on_pubrec(ack.pkid) && state.on_pubcomp(ack.pkid)) {
+            debug!(client_id = %self.client_id, pkid = ack.pkid, "PUBREC for an unknown packet id");
+        }
+        debug!(client_id = %self.client_id, pkid = ack.pkid, "PUBREC with reason {}: delivery ended", ack.reason);
+        None
     }
 
     async fn subscribe_v5(
