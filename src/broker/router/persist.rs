@@ -206,6 +206,7 @@ impl Router {
                         session.id,
                         Subscriber {
                             qos,
+                            opts: super::SubOpts::default(),
                             session: session.clone(),
                         },
                     );
