@@ -11,13 +11,13 @@ messages to a subscriber in order.
 from __future__ import annotations
 
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pyo3mq
 import pytest
+import test_interop
 import test_mqtt5
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -26,10 +26,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from support.mqtt_raw import RawClient, packet, s
 from support.mqtt_raw import publish as publish_311
 from support.mqtt_raw import subscribe as subscribe_311
+from test_interop import MosquittoSub, mosquitto_pub
 from test_mqtt5 import (
-    MOSQUITTO_PUB,
-    MOSQUITTO_SUB,
-    STDBUF,
     TIMEOUT,
     Paho5,
     expect_disconnect,
@@ -41,9 +39,10 @@ from test_mqtt5 import (
     vbi,
 )
 
-# The fixtures of tests/test_mqtt5.py, used here under the same names.
+# The fixtures of tests/test_mqtt5.py and tests/test_interop.py, under the same names.
 paho5 = test_mqtt5.paho5
 raw_clients = test_mqtt5.raw_clients
+mosq_sub = test_interop.mosq_sub
 
 
 def subscribe(
@@ -97,8 +96,8 @@ def test_no_local_keeps_a_clients_own_messages_from_it(paho5: Callable[..., Paho
 
 
 def test_retain_as_published(paho5: Callable[..., Paho5]) -> None:
-    """[MQTT-3.3.1-12] Retain As Published keeps the RETAIN flag on a forwarded message;
-    [MQTT-3.3.1-13] without it the flag is 0. A retained message sent because of a new
+    """[MQTT-3.3.1-13] Retain As Published keeps the RETAIN flag on a forwarded message;
+    [MQTT-3.3.1-12] without it the flag is 0. A retained message sent because of a new
     subscription has RETAIN=1 either way [MQTT-3.3.1-9]."""
     keep = paho5("rap-keep")
     clear = paho5("rap-clear")
@@ -149,29 +148,18 @@ def test_retain_handling(
         c.messages.clear()
 
 
-def test_retain_handling_with_mosquitto_sub(port: int, paho5: Callable[..., Paho5]) -> None:
-    """mosquitto_sub -V mqttv5 --retain-handling... is not an option; its
-    --retain-as-published is: a forwarded retained message keeps RETAIN=1 (%r)."""
-    sub = subprocess.Popen(
-        [STDBUF, "-oL", MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5",
-         "-t", "rapm/t", "-q", "1", "-C", "2", "-W", "10", "--retain-as-published",
-         "-F", "%r|%p"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        pub = paho5("rapm-pub")
-        watcher = paho5("rapm-watch")
-        subscribe(watcher, "rapm/t", SubscribeOptions(qos=1))
-        time.sleep(0.5)  # mosquitto_sub prints nothing until a message: let it subscribe
-        publish(pub, "rapm/t", b"r1", retain=True)
-        publish(pub, "rapm/t", b"n2")
-        out, err = sub.communicate(timeout=TIMEOUT * 2)
-    finally:
-        if sub.poll() is None:
-            sub.kill()
-            sub.communicate()
-    assert sub.returncode == 0, err
-    assert out.split() == ["1|r1", "0|n2"]
+def test_retain_as_published_with_mosquitto_sub(
+    mosq_sub: Callable[..., MosquittoSub], port: int
+) -> None:
+    """[MQTT-3.3.1-13] mosquitto_sub -V mqttv5 --retain-as-published sees RETAIN=1 (%r) on
+    a forwarded retained message and 0 on the next one."""
+    sub = mosq_sub("-V", "mqttv5", "-t", "rapm/t", "-q", "1", "--retain-as-published",
+                   "-F", "MSG|%r|%p")  # fmt: skip
+    assert sub.subscribed() == [1]
+    mosquitto_pub(port, "-V", "mqttv5", "-q", "1", "-t", "rapm/t", "-m", "r1", "-r")
+    mosquitto_pub(port, "-V", "mqttv5", "-q", "1", "-t", "rapm/t", "-m", "n2")
+    got = [sub.wait_for(lambda line: line.startswith("MSG|")) for _ in range(2)]
+    assert got == ["MSG|1|r1", "MSG|0|n2"]
 
 
 # --------------------------------------------------------------------------- identifiers
@@ -181,10 +169,10 @@ def test_subscription_identifiers_of_every_matching_subscription(
     paho5: Callable[..., Paho5],
 ) -> None:
     """[MQTT-3.3.4-3] A PUBLISH carries the Subscription Identifier of the matching
-    subscription; [MQTT-3.3.4-4] with overlapping ones, one copy carries them all;
-    [MQTT-3.3.4-5] the identifiers are the ones given when subscribing, and a
-    subscription replaced with another identifier uses the new one. The CONNACK no
-    longer says identifiers are unavailable."""
+    subscription; [MQTT-3.3.4-4] with overlapping ones, one copy carries them all, at
+    the highest QoS granted [MQTT-3.3.4-2]; [MQTT-3.8.4-3] a subscription replaced with
+    another identifier uses the new one. The CONNACK no longer says identifiers are
+    unavailable."""
     c = paho5("sid")
     assert c.connack is not None
     assert "SubscriptionIdentifierAvailable" not in c.connack[2].json()
@@ -205,35 +193,33 @@ def test_subscription_identifiers_of_every_matching_subscription(
     assert sub_ids(c.messages[2]) == [6]
 
 
-def test_subscription_identifier_with_mosquitto(port: int) -> None:
-    """mosquitto_sub -D subscribe subscription-identifier 17 prints it (%S) on messages
-    and on the retained message its subscription brought; mosquitto_pub's message
-    expiry arrives as the remaining interval (%E)."""
-    subprocess.run(
-        [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-q", "1",
-         "-t", "msid/r", "-m", "retained", "-r"],
-        check=True, timeout=TIMEOUT * 2,
-    )  # fmt: skip
-    sub = subprocess.Popen(
-        [STDBUF, "-oL", MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5",
-         "-t", "msid/#", "-q", "1", "-C", "2", "-W", "10",
-         "-D", "subscribe", "subscription-identifier", "17", "-F", "%S|%E|%r|%p"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        time.sleep(0.5)
-        subprocess.run(
-            [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-q", "1",
-             "-t", "msid/t", "-m", "live", "-D", "publish", "message-expiry-interval", "90"],
-            check=True, timeout=TIMEOUT * 2,
-        )  # fmt: skip
-        out, err = sub.communicate(timeout=TIMEOUT * 2)
-    finally:
-        if sub.poll() is None:
-            sub.kill()
-            sub.communicate()
-    assert sub.returncode == 0, err
-    assert out.split() == ["17||1|retained", "17|90|0|live"]
+def test_shared_subscription_identifier(paho5: Callable[..., Paho5]) -> None:
+    """[MQTT-3.3.4-3] A member of a shared subscription gets the identifier it gave with
+    the group's messages; [MQTT-3.3.1-13] and its Retain As Published."""
+    c = paho5("shid")
+    options = SubscribeOptions(qos=1, retainAsPublished=True)
+    assert [r.value for r in subscribe(c, "$share/g/shid/t", options, 11)] == [1]
+    pub = paho5("shid-pub")
+    publish(pub, "shid/t", b"one", retain=True)
+    c.wait(lambda: len(c.messages) == 1)
+    assert (sub_ids(c.messages[0]), c.messages[0].retain) == ([11], True)
+
+
+def test_subscription_identifier_with_mosquitto(
+    mosq_sub: Callable[..., MosquittoSub], port: int
+) -> None:
+    """[MQTT-3.3.4-3] mosquitto_sub -D subscribe subscription-identifier 17 prints it (%S)
+    on the retained message its subscription brought and on a live one; mosquitto_pub's
+    message expiry arrives as the remaining interval (%E) [MQTT-3.3.2-6]."""
+    mosquitto_pub(port, "-V", "mqttv5", "-q", "1", "-t", "msid/r", "-m", "retained", "-r")
+    sub = mosq_sub("-V", "mqttv5", "-t", "msid/#", "-q", "1",
+                   "-D", "subscribe", "subscription-identifier", "17",
+                   "-F", "MSG|%S|%E|%r|%p")  # fmt: skip
+    assert sub.subscribed() == [1]
+    mosquitto_pub(port, "-V", "mqttv5", "-q", "1", "-t", "msid/t", "-m", "live",
+                  "-D", "publish", "message-expiry-interval", "90")  # fmt: skip
+    got = [sub.wait_for(lambda line: line.startswith("MSG|")) for _ in range(2)]
+    assert got == ["MSG|17||1|retained", "MSG|17|90|0|live"]
 
 
 def test_subscription_identifier_0_is_a_protocol_error(
@@ -325,14 +311,14 @@ def test_retained_message_expires(paho5: Callable[..., Paho5]) -> None:
     publish(pub, "rexp-sync", b"sync")
     c.wait(lambda: b"sync" in payloads(c))
     assert [m.topic for m in c.messages] == ["rexp/long", "rexp-sync"]
-    assert 97 <= c.messages[0].properties.MessageExpiryInterval <= 98
+    assert 90 <= c.messages[0].properties.MessageExpiryInterval <= 98
 
 
 def test_message_expiry_while_waiting_for_the_window(
     make_broker: Callable[..., pyo3mq.Broker], raw_clients: list[RawClient]
 ) -> None:
     """[MQTT-3.3.2-5] A message waiting behind a full inflight window (max_inflight=1)
-    is dropped once it expires; the QoS 1 delivery already sent is not."""
+    is dropped once it expires; the next one, without an expiry, follows."""
     port = make_broker(max_inflight=1).addresses[0][1]
     sub, _ = raw5(port, "win-sub")
     raw_clients.append(sub)
@@ -341,12 +327,12 @@ def test_message_expiry_while_waiting_for_the_window(
     pub, _ = raw5(port, "win-pub")
     raw_clients.append(pub)
     expiry = props(b"\x02" + struct.pack("!I", 1))
-    pub.send(publish5("win/t", b"first", qos=1, pkid=1, properties=expiry))
+    pub.send(publish5("win/t", b"first", qos=1, pkid=1))
     pub.send(publish5("win/t", b"waits", qos=1, pkid=2, properties=expiry))
     pub.send(publish5("win/t", b"last", qos=1, pkid=3))
     first = sub.recv()
     _, pkid, properties, payload = publish5_fields(first)
-    assert (payload, properties) == (b"first", {0x02: 1})
+    assert (payload, properties) == (b"first", {})
     time.sleep(1.5)
     sub.send(packet(0x40, struct.pack("!H", pkid or 0)))
     _, pkid, properties, payload = publish5_fields(sub.recv())
@@ -364,7 +350,8 @@ def test_client_maximum_packet_size(
     been sent: with max_inflight=1, a QoS 1 message too large does not hold the window,
     and the next one arrives. Another client without the limit gets both."""
     port = make_broker(max_inflight=1).addresses[0][1]
-    small, _ = raw5(port, "mps-small", properties=props(b"\x27" + struct.pack("!I", 64)))
+    limit = props(b"\x27" + struct.pack("!I", 64), b"\x11" + struct.pack("!I", 60))
+    small, _ = raw5(port, "mps-small", clean=False, properties=limit)
     raw_clients.append(small)
     big, _ = raw5(port, "mps-big")
     raw_clients.append(big)
@@ -379,7 +366,17 @@ def test_client_maximum_packet_size(
     pub.send(publish5("mps/a", b"z" * 52, qos=1, pkid=2))
     got = small.recv()
     assert len(got.body) + 2 == 64
-    assert publish5_fields(got)[3] == b"z" * 52
+    _, pkid, _, payload = publish5_fields(got)
+    assert payload == b"z" * 52
+    small.send(packet(0x40, struct.pack("!H", pkid or 0)))
+    # Not kept for a resend either: the resumed session has nothing before the next one.
+    small.send(packet(0xE0, b"\x00"))
+    assert small.expect_closed() == b""
+    small, (present, _, _) = raw5(port, "mps-small", clean=False, properties=limit)
+    raw_clients.append(small)
+    assert present == 1
+    pub.send(publish5("mps/b", b"after", qos=1, pkid=3))
+    assert publish5_fields(small.recv())[3] == b"after"
     for want in (b"y" * 53, b"z" * 52):
         _, pkid, _, payload = publish5_fields(big.recv())
         assert payload == want

@@ -786,7 +786,7 @@ impl Router {
         handling: crate::codec::RetainHandling,
     ) -> Result<QoS, topic::FilterError> {
         if let Some(share) = topic::parse_shared(filter)? {
-            self.join_group(session, filter, share, qos);
+            self.join_group(session, filter, share, qos, opts);
             return Ok(qos);
         }
         topic::validate_topic_filter(filter)?;

@@ -1,7 +1,7 @@
 //! MQTT 5.0 subscription options on the router: No Local [MQTT-3.8.3-3], Retain As
 //! Published [MQTT-3.3.1-12] [MQTT-3.3.1-13], Retain Handling [MQTT-3.3.1-9]
 //! [MQTT-3.3.1-10] [MQTT-3.3.1-11], and Subscription Identifiers [MQTT-3.3.4-3]
-//! [MQTT-3.3.4-4] [MQTT-3.3.4-5].
+//! [MQTT-3.3.4-4] (one copy per session, so [MQTT-3.3.4-5] does not arise).
 //!
 //! A subscription's options ride in the trie entry beside its QoS ([`SubOpts`], 8 bytes,
 //! all zero for a 3.1/3.1.1 subscription), so routing reads them where it already reads
@@ -9,10 +9,13 @@
 //! subscription with an identifier gets a message of its own (the shared properties plus
 //! the identifiers); every other one shares the publisher's message as before.
 //!
+//! A shared subscription's member keeps its Retain As Published and identifier too
+//! (router/shared.rs); No Local is refused there [MQTT-3.8.3-4] and Retain Handling does
+//! not apply (no retained messages on shared subscriptions).
+//!
 //! Not kept by the SQLite store (its subscriptions table has the filter and QoS only): a
 //! session restored after a restart has its subscriptions with default options and no
-//! identifiers. Shared subscriptions take no identifier either (their members are not in
-//! this trie).
+//! identifiers.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

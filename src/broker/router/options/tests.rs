@@ -125,8 +125,8 @@ fn retain_as_published_keeps_the_flag_on_forwarded_messages() {
     publish(&router, message("t", "p", true, None));
     publish(&router, message("t", "p", false, None));
     let flags = |s| sent(s).into_iter().map(|(r, _)| r).collect::<Vec<_>>();
-    assert_eq!(flags(&keep), [true, false], "[MQTT-3.3.1-12]");
-    assert_eq!(flags(&clear), [false, false], "[MQTT-3.3.1-13]");
+    assert_eq!(flags(&keep), [true, false], "[MQTT-3.3.1-13]");
+    assert_eq!(flags(&clear), [false, false], "[MQTT-3.3.1-12]");
 }
 
 #[test]
@@ -257,4 +257,22 @@ fn expired_messages_are_not_taken_from_the_queue() {
     assert_eq!(got.len(), 2, "[MQTT-3.3.2-5]");
     assert!(got[0].1.properties.as_ref().unwrap().expiry().is_some());
     assert!(got[1].1.properties.is_none());
+}
+
+#[test]
+fn a_shared_subscription_member_gets_its_identifier_and_retain_flag() {
+    let router = Router::new(Config::default(), Hooks::default());
+    let m = connect(&router, "m");
+    sub(
+        &router,
+        &m,
+        "$share/g/s/#",
+        opts(false, true, RetainHandling::SendAtSubscribe),
+        9,
+    );
+    publish(&router, message("s/1", "p", true, None));
+    let got = sent(&m);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].0, "Retain As Published on a shared subscription");
+    assert_eq!(ids(&got[0].1), [9]);
 }
