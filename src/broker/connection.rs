@@ -35,6 +35,7 @@ mod handlers;
 mod output;
 mod packet_log;
 mod v5;
+mod v5_deliver;
 
 use acl_cache::AclCache;
 use output::OutBuf;
@@ -384,7 +385,7 @@ impl Connection {
         if session_present {
             let resend = session.state.lock().resend_on_resume();
             for outgoing in resend {
-                self.put_outgoing(outgoing);
+                self.put_outgoing(outgoing, &session);
             }
         }
 
@@ -610,17 +611,15 @@ impl Connection {
             }
             let mut batch = std::mem::take(&mut self.batch);
             for outgoing in batch.drain(..) {
-                self.put_outgoing(outgoing);
+                self.put_outgoing(outgoing, session);
             }
             self.batch = batch;
         }
     }
 
-    fn put_outgoing(&mut self, outgoing: Outgoing) {
+    fn put_outgoing(&mut self, outgoing: Outgoing, session: &Session) {
         match outgoing {
             Outgoing::Publish { item, pkid, dup } => {
-                let totals = self.router.counters();
-                self.counters.sent(item.qos, item.msg.payload.len(), totals);
                 if self.log_packets {
                     let line = packet_log::Outgoing {
                         item: &item,
@@ -629,7 +628,13 @@ impl Connection {
                     };
                     debug!(target: "pyo3mq::packets", "sending {line} to '{}'", self.client_id);
                 }
-                self.out.put_publish(&item, pkid, dup);
+                match self.out.put_publish(&item, pkid, dup) {
+                    Ok(()) => {
+                        let totals = self.router.counters();
+                        self.counters.sent(item.qos, item.msg.payload.len(), totals);
+                    }
+                    Err(unsent) => self.publish_unsent(&unsent, &item, pkid, session),
+                }
             }
             Outgoing::PubRel(pkid) => self.send_packet(&Packet::PubRel(pkid)),
         }

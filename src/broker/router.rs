@@ -16,9 +16,11 @@ use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+mod options;
 mod persist;
 mod shared;
 
+pub use options::SubOpts;
 pub use shared::SharedGroup;
 
 use crate::broker::cluster::Cluster;
@@ -100,6 +102,8 @@ impl Session {
 #[derive(Debug, Clone)]
 struct Subscriber {
     qos: QoS,
+    /// MQTT 5.0 subscription options (router/options.rs); zero for 3.1/3.1.1.
+    opts: SubOpts,
     session: Arc<Session>,
 }
 
@@ -166,7 +170,10 @@ pub enum Attach {
 /// message.
 #[derive(Debug, Default)]
 pub struct MatchScratch {
-    matches: Vec<(u64, QoS, Arc<Session>)>,
+    matches: Vec<(u64, QoS, SubOpts, Arc<Session>)>,
+    /// Second and further Subscription Identifiers of a session's overlapping
+    /// subscriptions (router/options.rs); empty unless identifiers are in use.
+    extra_ids: Vec<(u64, std::num::NonZeroU32)>,
     /// Flow-controlled subscribers over their high water mark: the publisher waits on
     /// them (see [`MatchScratch::wait_for_space`]) before reading more.
     blocked: Vec<Arc<Session>>,
@@ -700,25 +707,42 @@ impl Router {
         {
             let subs = self.subs.read();
             subs.matches(&msg.topic, &mut |id, sub| {
-                scratch.matches.push((*id, sub.qos, sub.session.clone()));
+                if !sub.opts.skips(&msg, &sub.session) {
+                    scratch
+                        .matches
+                        .push((*id, sub.qos, sub.opts, sub.session.clone()));
+                }
             });
         }
-        let matches = &mut scratch.matches;
+        let MatchScratch {
+            matches, extra_ids, ..
+        } = scratch;
         if matches.len() > 1 {
-            // Highest granted QoS first within each session, then keep the first of each.
+            // Highest granted QoS first within each session, then keep the first of each,
+            // with the options of the others folded in.
             matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            matches.dedup_by_key(|entry| entry.0);
+            matches.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    kept.2.merge(later.2, kept.0, extra_ids);
+                }
+                same
+            });
         }
         let mut dropped = 0;
-        for (_, granted, session) in matches.drain(..) {
+        for (session_id, granted, opts, session) in matches.drain(..) {
             let bridge = session.is_bridge();
             if bridge && msg.publisher == session.client_id {
                 continue;
             }
             let item = Queued {
-                msg: msg.clone(),
+                msg: match opts.id {
+                    None => msg.clone(),
+                    Some(id) => options::with_ids(&msg, id, session_id, extra_ids),
+                },
                 qos: msg.qos.min(granted),
-                retain: bridge && msg.retain,
+                // [MQTT-3.3.1-12] [MQTT-3.3.1-13]
+                retain: (bridge || opts.retain_as_published()) && msg.retain,
                 share: None,
             };
             dropped += deliver_counting_drops(&session, item);
@@ -728,6 +752,7 @@ impl Router {
                 }
             }
         }
+        extra_ids.clear();
         // One load when no shared subscription exists (the common case).
         if self.shared_members.load(Ordering::Relaxed) > 0 {
             dropped += self.publish_shared(&msg, scratch);
@@ -747,11 +772,25 @@ impl Router {
         filter: &ByteString,
         qos: QoS,
     ) -> Result<QoS, topic::FilterError> {
+        let handling = crate::codec::RetainHandling::SendAtSubscribe;
+        self.subscribe_with(session, filter, qos, SubOpts::default(), handling)
+    }
+
+    /// [`Router::subscribe`] with MQTT 5.0 options ([`Router::subscribe_v5`]).
+    fn subscribe_with(
+        &self,
+        session: &Arc<Session>,
+        filter: &ByteString,
+        qos: QoS,
+        opts: SubOpts,
+        handling: crate::codec::RetainHandling,
+    ) -> Result<QoS, topic::FilterError> {
         if let Some(share) = topic::parse_shared(filter)? {
-            self.join_group(session, filter, share, qos);
+            self.join_group(session, filter, share, qos, opts);
             return Ok(qos);
         }
         topic::validate_topic_filter(filter)?;
+        let replaced;
         {
             let mut state = session.state.lock();
             self.subs.write().insert(
@@ -759,30 +798,20 @@ impl Router {
                 session.id,
                 Subscriber {
                     qos,
+                    opts,
                     session: session.clone(),
                 },
             );
-            let replaced = state.subscriptions.insert(filter.clone(), qos).is_some();
+            replaced = state.subscriptions.insert(filter.clone(), qos).is_some();
             state.mark_changed();
             if let (false, Some(cluster)) = (replaced, self.cluster.get()) {
                 cluster.add_interest(filter);
             }
         }
-        let mut replay = Vec::new();
-        self.retained
-            .read()
-            .matching(filter, &mut |_, msg| replay.push(msg.clone()));
-        let mut dropped = 0;
-        for msg in replay {
-            let qos = msg.qos.min(qos);
-            let item = Queued {
-                msg,
-                qos,
-                retain: true,
-                share: None,
-            };
-            dropped += deliver_counting_drops(session, item);
+        if !options::sends_retained(handling, replaced) {
+            return Ok(qos);
         }
+        let dropped = self.replay_retained(session, filter, qos, opts);
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }

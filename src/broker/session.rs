@@ -17,6 +17,10 @@ use crate::broker::config::OverflowPolicy;
 use crate::codec::QoS;
 use crate::qos::{InboundQos2, PacketIds};
 
+mod props;
+
+pub use props::{remaining_secs, Expiry, MessageProperties};
+
 /// A message as the broker routes it: topic and payload are shared by every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -30,8 +34,9 @@ pub struct Message {
     /// MQTT 5.0 PUBLISH (or will) properties as they came, encoded once, without their
     /// length prefix (`codec::Properties::to_bytes`): forwarded to every 5.0 subscriber
     /// untouched and shared between them, left out for 3.1/3.1.1 subscribers (the spec's
-    /// mapping). `None` for messages without properties.
-    pub properties: Option<bytes::Bytes>,
+    /// mapping). `None` for messages without properties. Carries the Message Expiry
+    /// Interval's deadline too (session/props.rs).
+    pub properties: Option<MessageProperties>,
 }
 
 /// A message waiting in a session's queue, at the QoS it will be delivered with.
@@ -245,6 +250,19 @@ impl SessionState {
         Some(item)
     }
 
+    /// The next queued message whose Message Expiry Interval has not passed; expired
+    /// ones are dropped on the way [MQTT-3.3.2-5] (only 5.0 messages with an expiry
+    /// read the clock).
+    fn pop_live(&mut self) -> Option<Queued> {
+        loop {
+            let item = self.pop_queue()?;
+            if !is_expired(&item) {
+                return Some(item);
+            }
+            self.mark_changed();
+        }
+    }
+
     /// Whether `size` more bytes in one more message would exceed a limit.
     fn full_for(&self, size: usize) -> bool {
         let limits = &self.limits;
@@ -295,7 +313,7 @@ impl SessionState {
         if !self.has_sendable() {
             return None;
         }
-        let item = self.pop_queue()?;
+        let item = self.pop_live()?;
         self.mark_changed();
         if item.qos == QoS::AtMostOnce {
             return Some(Outgoing::Publish {
@@ -363,6 +381,12 @@ impl SessionState {
         self.remove_inflight(pkid, |f| f.stage == Stage::AwaitComp)
     }
 
+    /// Ends a delivery the connection could not send, as if it had been completed
+    /// [MQTT-3.1.2-25] (a PUBLISH larger than the client's Maximum Packet Size).
+    pub fn discard_inflight(&mut self, pkid: u16) -> bool {
+        self.remove_inflight(pkid, |_| true)
+    }
+
     fn remove_inflight(&mut self, pkid: u16, ok: impl Fn(&Inflight) -> bool) -> bool {
         let Some(acks) = &mut self.acks else {
             return false;
@@ -403,7 +427,9 @@ impl SessionState {
         let n = self.queue.len().min(max);
         for item in self.queue.drain(..n) {
             self.queued_bytes -= cost(&item);
-            out.push(item);
+            if !is_expired(&item) {
+                out.push(item);
+            }
         }
         if n > 0 {
             self.mark_changed();
@@ -514,6 +540,11 @@ impl SessionState {
             _ => self.push_queue(item),
         }
     }
+}
+
+/// Whether a queued message's Message Expiry Interval has passed.
+fn is_expired(item: &Queued) -> bool {
+    item.msg.properties.as_ref().is_some_and(|p| p.expired())
 }
 
 /// What a queued message counts against `max_queued_bytes`: its topic and payload (the

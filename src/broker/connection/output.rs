@@ -10,6 +10,7 @@ use tracing::warn;
 use crate::broker::session::Queued;
 use crate::codec::{self, Packet};
 
+use super::v5_deliver::{self, Unsent};
 use super::MAX_IOV;
 
 /// Payloads at least this large are written by reference (an extra iovec); smaller ones
@@ -63,11 +64,17 @@ pub(super) struct OutBuf {
     len: usize,
     /// The peer speaks MQTT 5.0: PUBLISH goes out with its property section.
     v5: bool,
+    /// A 5.0 client's Maximum Packet Size (0: none given), connection/v5_deliver.rs.
+    max_packet_size: u32,
 }
 
 impl OutBuf {
     pub(super) fn set_v5(&mut self) {
         self.v5 = true;
+    }
+
+    pub(super) fn set_max_packet_size(&mut self, max: u32) {
+        self.max_packet_size = max;
     }
 
     pub(super) fn len(&self) -> usize {
@@ -96,23 +103,28 @@ impl OutBuf {
         self.len += self.cur.len() - before;
     }
 
-    pub(super) fn put_publish(&mut self, item: &Queued, pkid: Option<u16>, dup: bool) {
+    pub(super) fn put_publish(
+        &mut self,
+        item: &Queued,
+        pkid: Option<u16>,
+        dup: bool,
+    ) -> Result<(), Unsent> {
         let msg = &item.msg;
         let before = self.cur_mut().len();
         let encoded = if self.v5 {
             // The message's properties were encoded once, when it was published, and
             // are shared by every 5.0 subscriber [MQTT-3.3.2-17].
-            codec::encode_publish_header_v5(
+            match v5_deliver::encode_publish_header(
                 &mut self.cur,
-                &msg.topic,
-                item.qos,
-                item.retain,
-                dup,
+                item,
                 pkid,
-                msg.properties.as_deref().unwrap_or_default(),
-                &[],
-                msg.payload.len(),
-            )
+                dup,
+                self.max_packet_size,
+            ) {
+                Ok(Err(unsent)) => return Err(unsent),
+                Ok(Ok(())) => Ok(()),
+                Err(err) => Err(err),
+            }
         } else {
             codec::encode_publish_header(
                 &mut self.cur,
@@ -127,7 +139,7 @@ impl OutBuf {
         if let Err(err) = encoded {
             warn!("cannot encode PUBLISH to {}: {err}", msg.topic);
             self.cur.truncate(before);
-            return;
+            return Err(Unsent::Invalid);
         }
         self.len += self.cur.len() - before + msg.payload.len();
         if msg.payload.len() < COPY_PAYLOAD_BELOW {
@@ -136,6 +148,7 @@ impl OutBuf {
             self.seal();
             self.chunks.push_back(msg.payload.clone());
         }
+        Ok(())
     }
 
     /// Moves the bytes encoded so far into the chunk list.

@@ -6,22 +6,22 @@
 //! before it closes) or for packets only 5.0 has (SUBSCRIBE with options, UNSUBSCRIBE
 //! answered per filter, DISCONNECT with a reason, AUTH).
 //!
+//! Delivery to a 5.0 subscriber (subscription options and identifiers, the remaining
+//! Message Expiry Interval, the client's Maximum Packet Size) is in router/options.rs,
+//! session/props.rs and connection/v5_deliver.rs.
+//!
 //! Not yet here (see docs/conformance.md, MQTT 5.0 table): Topic Aliases (the CONNACK
-//! says the maximum is 0), Receive Maximum flow control, Subscription Identifiers (the
-//! CONNACK says they are not available), No Local, Retain As Published and Retain
-//! Handling, the client's Maximum Packet Size, the remaining
-//! Message Expiry Interval, and enhanced authentication.
+//! says the maximum is 0), Receive Maximum flow control, and enhanced authentication.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::timeout;
 use tracing::{debug, info};
 
 use crate::broker::hooks::Event;
 use crate::broker::router::{Attach, ConnHandle, Session};
-use crate::broker::session::AckKind;
+use crate::broker::session::{AckKind, MessageProperties};
 use crate::codec::{
     AckV5, ConnAckV5, Connect, ConnectReturnCode, DisconnectV5, Packet, Properties,
     PropertyContext, Publish, QoS, ReasonCode, SubAckV5, SubscribeV5, UnsubAckV5, UnsubscribeV5,
@@ -99,12 +99,13 @@ impl Connection {
         let mut props = Properties {
             // The limit the decoder enforces; packets above it get DISCONNECT 0x95.
             maximum_packet_size: u32::try_from(config.max_packet_size).ok(),
-            // Not implemented yet: said so, so clients do not use them.
-            subscription_identifier_available: Some(false),
+            // Subscription Identifier Available absent: 1, they are (router/options.rs).
             // Shared Subscription Available absent: 1, they are (router/shared.rs).
             // Topic Alias Maximum absent: 0, no aliases [MQTT-3.2.2-17] (client side).
             ..Properties::default()
         };
+        self.out
+            .set_max_packet_size(Self::client_max_packet_size(connect));
         if connect.client_id.is_empty() {
             // [MQTT-3.1.3-7], [MQTT-3.2.2-16]: the identifier made up for the client.
             props.assigned_client_identifier = Some(self.client_id.clone());
@@ -122,7 +123,7 @@ impl Connection {
     pub(super) fn publish_properties_v5(
         &mut self,
         publish: &Publish,
-    ) -> Result<Option<Bytes>, Close> {
+    ) -> Result<Option<MessageProperties>, Close> {
         let Some(props) = publish.properties.as_deref() else {
             return Ok(None);
         };
@@ -140,20 +141,23 @@ impl Connection {
         }
         props
             .to_bytes(PropertyContext::Publish)
-            .map(Some)
+            .map(|bytes| Some(MessageProperties::new(bytes)))
             .map_err(|err| self.close_v5(ReasonCode::MALFORMED_PACKET, &err.to_string()))
     }
 
     /// The encoded will properties, forwarded with the will like a PUBLISH's (the
     /// will-only Will Delay Interval left out).
-    pub(super) fn will_properties_v5(connect: &Connect) -> Option<Bytes> {
+    pub(super) fn will_properties_v5(connect: &Connect) -> Option<MessageProperties> {
         let will = connect.will.as_ref()?;
         let mut props = will.properties.as_deref()?.clone();
         props.will_delay_interval = None;
         if props.is_empty() {
             return None;
         }
-        props.to_bytes(PropertyContext::Publish).ok()
+        props
+            .to_bytes(PropertyContext::Publish)
+            .ok()
+            .map(MessageProperties::new)
     }
 
     /// PUBACK or PUBREC for a 5.0 publisher: Success (the short form), or 0x87 Not
@@ -258,17 +262,10 @@ impl Connection {
         subscribe: SubscribeV5,
         session: &Arc<Session>,
     ) -> Option<Close> {
-        if subscribe
-            .properties
-            .as_ref()
-            .is_some_and(|p| !p.subscription_identifiers.is_empty())
-        {
-            // The CONNACK said Subscription Identifiers are not available (3.8.2.1.2).
-            return Some(self.close_v5(
-                ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-                "SUBSCRIBE with a Subscription Identifier, which the CONNACK said is not available",
-            ));
-        }
+        let sub_id = match Self::subscription_id(&subscribe) {
+            Ok(id) => id,
+            Err(why) => return Some(self.close_v5(ReasonCode::PROTOCOL_ERROR, why)),
+        };
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         for (filter, options) in &subscribe.filters {
             if options.no_local && filter.starts_with("$share/") {
@@ -287,7 +284,11 @@ impl Connection {
                 reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             };
-            match self.router.subscribe(session, filter, granted) {
+            let options = crate::codec::SubscriptionOptions {
+                qos: granted,
+                ..*options
+            };
+            match self.router.subscribe_v5(session, filter, &options, sub_id) {
                 Ok(granted) => reasons.push(ReasonCode(granted as u8)),
                 Err(err) => {
                     info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");

@@ -188,7 +188,9 @@ impl Router {
             // is marked as the store has it below.
             for (filter, qos) in shared {
                 match crate::topic::parse_shared(&filter) {
-                    Ok(Some(share)) => self.join_group(&session, &filter, share, qos),
+                    Ok(Some(share)) => {
+                        self.join_group(&session, &filter, share, qos, super::SubOpts::default())
+                    }
                     // Only valid filters are ever subscribed; a store edited by hand is not
                     // trusted with an invalid one.
                     _ => tracing::warn!(
@@ -206,6 +208,7 @@ impl Router {
                         session.id,
                         Subscriber {
                             qos,
+                            opts: super::SubOpts::default(),
                             session: session.clone(),
                         },
                     );

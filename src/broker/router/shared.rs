@@ -31,7 +31,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use parking_lot::Mutex;
 
-use super::{count_drops, MatchScratch, Router, Session};
+use super::{count_drops, options, MatchScratch, Router, Session, SubOpts};
 use crate::broker::session::{Enqueued, Message, Queued, SessionState, ShareId};
 use crate::codec::QoS;
 use crate::topic::{self, SharedFilter};
@@ -53,6 +53,8 @@ struct Members {
 
 struct Member {
     qos: QoS,
+    /// Retain As Published and the Subscription Identifier (router/options.rs).
+    opts: SubOpts,
     session: Arc<Session>,
 }
 
@@ -115,10 +117,13 @@ impl SharedGroup {
         members.next = i + 1;
         let member = &members.list[i];
         let item = Queued {
-            msg: msg.clone(),
+            msg: match member.opts.id {
+                None => msg.clone(),
+                Some(id) => options::with_ids(msg, id, 0, &[]),
+            },
             // [MQTT-4.8.2-3]: the QoS granted to this member.
             qos: msg.qos.min(member.qos),
-            retain: false,
+            retain: member.opts.retain_as_published() && msg.retain,
             share: Some(self.id),
         };
         Some((member.session.deliver(item), member.session.clone()))
@@ -145,6 +150,7 @@ impl Router {
         filter: &ByteString,
         share: SharedFilter<'_>,
         qos: QoS,
+        opts: SubOpts,
     ) {
         {
             let mut state = session.state.lock();
@@ -167,10 +173,14 @@ impl Router {
         let mut members = group.members.lock();
         match members.list.iter_mut().find(|m| m.session.id == session.id) {
             // The same group again from the same session: still one membership.
-            Some(member) => member.qos = qos,
+            Some(member) => {
+                member.qos = qos;
+                member.opts = opts;
+            }
             None => {
                 members.list.push(Member {
                     qos,
+                    opts,
                     session: session.clone(),
                 });
                 self.shared_members.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,233 @@
+//! A message's MQTT 5.0 properties as the broker keeps them: encoded once, shared by
+//! every 5.0 subscriber, plus when its Message Expiry Interval runs out.
+//!
+//! The deadline lives here rather than in [`Message`](super::Message) because only a
+//! message with properties can have one: a 3.1.1 message (`properties: None`) pays
+//! nothing for it, and a 5.0 message without an expiry pays one `None` check per
+//! delivery, never a clock read.
+
+use std::num::NonZeroU32;
+use std::ops::Deref;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Property identifier of the Message Expiry Interval (a Four Byte Integer).
+const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+/// Property identifier of the Subscription Identifier (a Variable Byte Integer).
+const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+
+/// Encoded PUBLISH (or will) properties without their length prefix
+/// (`codec::Properties::to_bytes`), and their Message Expiry Interval's deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageProperties {
+    bytes: Bytes,
+    expiry: Option<Expiry>,
+}
+
+/// When a message expires, and where the four bytes of its interval are in the encoded
+/// properties (rewritten with the remaining interval on each delivery, [MQTT-3.3.2-6]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub deadline: Instant,
+    /// Offset of the interval's value (after its identifier byte) in the properties.
+    pub offset: usize,
+}
+
+impl MessageProperties {
+    /// Properties received now: a Message Expiry Interval among them starts counting
+    /// from this call. An interval of 0 is kept as sent and never expires the message
+    /// (as Mosquitto reads it: 0 is no lifetime limit, not "already expired").
+    pub fn new(bytes: Bytes) -> MessageProperties {
+        let expiry = find_expiry(&bytes).and_then(|(offset, secs)| {
+            (secs > 0).then(|| Expiry {
+                deadline: Instant::now() + Duration::from_secs(u64::from(secs)),
+                offset,
+            })
+        });
+        MessageProperties { bytes, expiry }
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn expiry(&self) -> Option<Expiry> {
+        self.expiry
+    }
+
+    /// Whether the Message Expiry Interval has passed [MQTT-3.3.2-5]. Reads the clock
+    /// only for a message that has one.
+    pub fn expired(&self) -> bool {
+        self.expiry.is_some_and(|e| Instant::now() >= e.deadline)
+    }
+
+    /// The same properties with this subscriber's Subscription Identifiers appended
+    /// [MQTT-3.3.4-3] [MQTT-3.3.4-4], for one delivery; the deadline is kept (the
+    /// interval's offset does not move, the identifiers go at the end).
+    pub fn with_subscription_ids(this: Option<&Self>, ids: &[NonZeroU32]) -> MessageProperties {
+        let base: &[u8] = this.map_or(&[], |p| &p.bytes);
+        let mut out = BytesMut::with_capacity(base.len() + ids.len() * 5);
+        out.put_slice(base);
+        for id in ids {
+            out.put_u8(SUBSCRIPTION_IDENTIFIER);
+            put_vbi(&mut out, id.get());
+        }
+        MessageProperties {
+            bytes: out.freeze(),
+            expiry: this.and_then(|p| p.expiry),
+        }
+    }
+}
+
+/// The whole seconds left until `deadline`, rounded up (so a message not yet expired
+/// is never sent with 0), and 0 once it has passed (a QoS 1/2 delivery resent after its
+/// message expired: its onward delivery had started, so it is completed).
+pub fn remaining_secs(deadline: Instant, now: Instant) -> u32 {
+    let left = deadline.saturating_duration_since(now);
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+impl MessageProperties {
+    /// These properties as if their interval ran out at `deadline` (tests).
+    pub fn expiring_at(mut self, deadline: Instant) -> MessageProperties {
+        if let Some(e) = &mut self.expiry {
+            e.deadline = deadline;
+        }
+        self
+    }
+}
+
+impl From<Bytes> for MessageProperties {
+    fn from(bytes: Bytes) -> MessageProperties {
+        MessageProperties::new(bytes)
+    }
+}
+
+impl Deref for MessageProperties {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+fn put_vbi(dst: &mut BytesMut, mut value: u32) {
+    loop {
+        let byte = (value % 128) as u8;
+        value /= 128;
+        if value == 0 {
+            dst.put_u8(byte);
+            return;
+        }
+        dst.put_u8(byte | 0x80);
+    }
+}
+
+/// Finds the Message Expiry Interval in encoded PUBLISH properties: (offset of its
+/// value, seconds). The properties were checked when they were decoded, so this only
+/// walks them; anything it does not understand ends the search (no expiry).
+fn find_expiry(props: &[u8]) -> Option<(usize, u32)> {
+    let mut i = 0;
+    while i < props.len() {
+        let id = props[i];
+        i += 1;
+        let len = match id {
+            0x01 => 1,
+            MESSAGE_EXPIRY_INTERVAL => {
+                let value: [u8; 4] = props.get(i..i + 4)?.try_into().ok()?;
+                return Some((i, u32::from_be_bytes(value)));
+            }
+            0x23 => 2,
+            // UTF-8 string or binary data: a two-byte length, then the bytes.
+            0x03 | 0x08 | 0x09 => 2 + two_byte_len(props, i)?,
+            // User Property: two strings.
+            0x26 => {
+                let key = 2 + two_byte_len(props, i)?;
+                key + 2 + two_byte_len(props, i + key)?
+            }
+            SUBSCRIPTION_IDENTIFIER => {
+                let mut n = 1;
+                while props.get(i + n - 1)? & 0x80 != 0 {
+                    n += 1;
+                }
+                n
+            }
+            _ => return None,
+        };
+        i += len;
+    }
+    None
+}
+
+fn two_byte_len(props: &[u8], at: usize) -> Option<usize> {
+    let b = props.get(at..at + 2)?;
+    Some(usize::from(u16::from_be_bytes([b[0], b[1]])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Properties, PropertyContext};
+
+    fn encoded(p: &Properties) -> Bytes {
+        p.to_bytes(PropertyContext::Publish).unwrap()
+    }
+
+    #[test]
+    fn expiry_is_found_after_any_other_property() {
+        let mut p = Properties {
+            content_type: Some("text/plain".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("k".into(), "v".into())],
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(70),
+            ..Properties::default()
+        };
+        let bytes = encoded(&p);
+        let (offset, secs) = find_expiry(&bytes).unwrap();
+        assert_eq!(secs, 70);
+        assert_eq!(bytes[offset - 1], MESSAGE_EXPIRY_INTERVAL);
+        let mp = MessageProperties::new(bytes);
+        let e = mp.expiry().unwrap();
+        assert!(!mp.expired());
+        assert_eq!(remaining_secs(e.deadline, Instant::now()), 70);
+        p.message_expiry_interval = None;
+        assert!(MessageProperties::new(encoded(&p)).expiry().is_none());
+        // 0: no limit, never expired.
+        p.message_expiry_interval = Some(0);
+        let zero = MessageProperties::new(encoded(&p));
+        assert!(zero.expiry().is_none() && !zero.expired());
+    }
+
+    #[test]
+    fn remaining_rounds_up_and_stops_at_zero() {
+        let now = Instant::now();
+        let d = now + Duration::from_millis(1500);
+        assert_eq!(remaining_secs(d, now), 2);
+        assert_eq!(remaining_secs(d, now + Duration::from_millis(500)), 1);
+        assert_eq!(remaining_secs(d, now + Duration::from_secs(3)), 0);
+    }
+
+    #[test]
+    fn subscription_ids_are_appended_and_keep_the_deadline() {
+        let p = Properties {
+            message_expiry_interval: Some(5),
+            ..Properties::default()
+        };
+        let mp = MessageProperties::new(encoded(&p));
+        let ids = [
+            NonZeroU32::new(1).unwrap(),
+            NonZeroU32::new(268_435_455).unwrap(),
+        ];
+        let with = MessageProperties::with_subscription_ids(Some(&mp), &ids);
+        assert_eq!(with.expiry(), mp.expiry());
+        assert_eq!(&with[..5], &mp[..]);
+        assert_eq!(&with[5..], b"\x0b\x01\x0b\xff\xff\xff\x7f");
+        let alone = MessageProperties::with_subscription_ids(None, &ids[..1]);
+        assert_eq!(&alone[..], b"\x0b\x01");
+        assert!(alone.expiry().is_none());
+    }
+}
