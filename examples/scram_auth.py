@@ -190,8 +190,9 @@ _PROPERTY_SIZES: dict[int, int | str] = {
 }
 
 
-def _properties(data: bytes) -> dict[int, bytes | int]:
-    """A property section (at the start of `data`) as {id: value}; repeats keep the last."""
+def _properties(data: bytes) -> dict[int, bytes]:
+    """The string and binary properties of a section (at the start of `data`), by id;
+    numbers and user properties are skipped."""
     length, shift, i = 0, 0, 0
     while True:
         byte = data[i]
@@ -200,12 +201,12 @@ def _properties(data: bytes) -> dict[int, bytes | int]:
         shift += 7
         if not byte & 0x80:
             break
-    section, out, j = data[i : i + length], {}, 0
+    section, j = data[i : i + length], 0
+    out: dict[int, bytes] = {}
     while j < len(section):
         pid, j = section[j], j + 1
         size = _PROPERTY_SIZES.get(pid, "str")
         if isinstance(size, int):
-            out[pid] = int.from_bytes(section[j : j + size], "big")
             j += size
         elif size == "vbi":
             while section[j] & 0x80:
@@ -214,7 +215,8 @@ def _properties(data: bytes) -> dict[int, bytes | int]:
         else:
             for _ in range(2 if size == "pair" else 1):
                 (n,) = struct.unpack("!H", section[j : j + 2])
-                out[pid] = section[j + 2 : j + 2 + n]
+                if size == "str":
+                    out[pid] = section[j + 2 : j + 2 + n]
                 j += 2 + n
     return out
 
@@ -222,7 +224,9 @@ def _properties(data: bytes) -> dict[int, bytes | int]:
 class ScramClient:
     """An MQTT 5.0 client that logs in with SCRAM-SHA-256 over a blocking socket."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 10.0):
+    def __init__(
+        self, host: str, port: int, user: str, password: str, timeout: float = 10.0
+    ) -> None:
         self.user, self.password = user, password
         self.sock = socket.create_connection((host, port), timeout=timeout)
 
@@ -256,9 +260,7 @@ class ScramClient:
     def _send_auth(self, reason: int, data: bytes) -> None:
         self.send(0xF0, bytes([reason]) + _auth_properties(data))
 
-    def _exchange(
-        self, start: Callable[[bytes], None], final_type: int
-    ) -> dict[int, bytes | int]:
+    def _exchange(self, start: Callable[[bytes], None], final_type: int) -> dict[int, bytes]:
         """Runs SCRAM: `start(client_first)` sends the packet that opens the exchange
         (CONNECT, or AUTH 0x19); returns the properties of the packet that ends it
         (CONNACK, or AUTH 0x00)."""
@@ -268,7 +270,7 @@ class ScramClient:
         first, body = self._expect((0xF0, final_type))
         if first != 0xF0 or body[0] != 0x18:
             raise AuthFailed(f"expected AUTH 0x18, got {first:#x} {body[:1].hex()}")
-        server_first = bytes(_properties(body[1:]).get(0x16, b"")).decode()
+        server_first = _properties(body[1:]).get(0x16, b"").decode()
         fields = _fields(server_first)
         nonce, salt, iterations = fields["r"], base64.b64decode(fields["s"]), int(fields["i"])
         if not nonce.startswith(client_nonce):
@@ -286,7 +288,7 @@ class ScramClient:
             raise AuthFailed(f"refused with reason {reason:#x}", reason)
         properties = _properties(body[2:] if first >> 4 == 2 else body[1:])
         expected = b"v=" + base64.b64encode(_hmac(_hmac(salted, b"Server Key"), auth_message))
-        if not hmac.compare_digest(bytes(properties.get(0x16, b"")), expected):
+        if not hmac.compare_digest(properties.get(0x16, b""), expected):
             raise AuthFailed("the broker could not prove it knows the password")
         return properties
 
@@ -300,7 +302,7 @@ class ScramClient:
             raise AuthFailed(f"unexpected packet {first:#x}")
         return first, body
 
-    def connect(self, client_id: str, keepalive: int = 60) -> dict[int, bytes | int]:
+    def connect(self, client_id: str, keepalive: int = 60) -> dict[int, bytes]:
         """CONNECT and the whole exchange; the CONNACK's properties."""
         header = _utf8("MQTT") + bytes([5, 0x02]) + struct.pack("!H", keepalive)
 
@@ -309,7 +311,7 @@ class ScramClient:
 
         return self._exchange(start, 0x20)
 
-    def reauthenticate(self) -> dict[int, bytes | int]:
+    def reauthenticate(self) -> dict[int, bytes]:
         """AUTH 0x19 and the exchange again on the open connection; the properties of
         the broker's AUTH 0x00."""
         return self._exchange(lambda data: self._send_auth(0x19, data), 0xF0)

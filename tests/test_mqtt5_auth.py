@@ -122,7 +122,7 @@ def test_scram_example_end_to_end(make_broker: Callable[..., pyo3mq.Broker], cli
     # The CONNACK names the method [MQTT-4.12.0-5]; its data (the server signature) was
     # verified by the client.
     assert properties[0x15] == METHOD.encode()
-    assert bytes(properties[0x16]).startswith(b"v=")
+    assert properties[0x16].startswith(b"v=")
     # The connection works once authenticated.
     alice.send(0x82, b"\x00\x07\x00" + s("t/#") + b"\x00")
     assert alice.read_packet() == (0x90, b"\x00\x07\x00\x00")
@@ -207,7 +207,11 @@ def test_sync_hook_runs_too(make_broker: Callable[..., pyo3mq.Broker], clients) 
         return AuthResult.success() if request.data == b"ok" else AuthResult.failure()
 
     broker = make_broker(enhanced_auth={"X-ONCE": once, "X-TWICE": once})
-    for method, data, want in (("X-ONCE", b"ok", 0), ("X-TWICE", b"ok", 0), ("X-ONCE", b"no", 0x87)):
+    for method, data, want in (
+        ("X-ONCE", b"ok", 0),
+        ("X-TWICE", b"ok", 0),
+        ("X-ONCE", b"no", 0x87),
+    ):
         c = RawClient(broker.addresses[0][1])
         clients.append(c)
         c.send(connect5("sync", properties=auth_props(method, data)))
@@ -452,3 +456,19 @@ def test_reauthentication_timeout_is_disconnect_0x87(
     expect_disconnect(c, 0x87)
     assert time.monotonic() - started < 4.5  # bounded by auth_timeout, not the hook
     assert calls == [False, True]
+
+
+def test_readme_example_runs(make_broker: Callable[..., pyo3mq.Broker], clients) -> None:
+    """The README's enhanced authentication example, as written: its hook admits the
+    token and refuses anything else."""
+    from test_docs import python_block
+
+    namespace: dict[str, Any] = {}
+    exec(python_block("## Enhanced authentication (MQTT 5.0)"), namespace)
+    assert namespace["broker"].enhanced_auth.keys() == {"X-TOKEN"}
+    broker = make_broker(enhanced_auth=namespace["broker"].enhanced_auth)
+    for data, want in ((b"let me in", 0), (b"guess", 0x87)):
+        c = RawClient(broker.addresses[0][1])
+        clients.append(c)
+        c.send(connect5("readme", properties=auth_props("X-TOKEN", data)))
+        assert connack5(c.recv())[1] == want

@@ -74,9 +74,7 @@ class AuthResult:
         return cls("failure")
 
 
-EnhancedAuthenticator = Callable[
-    [EnhancedAuthRequest], Union[AuthResult, Awaitable[AuthResult]]
-]
+EnhancedAuthenticator = Callable[[EnhancedAuthRequest], Union[AuthResult, Awaitable[AuthResult]]]
 
 
 def check_hooks(hooks: Mapping[str, EnhancedAuthenticator] | None) -> None:

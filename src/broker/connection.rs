@@ -331,12 +331,11 @@ impl Connection {
         let v5 = connect.protocol == Protocol::V5;
         // A 5.0 CONNECT naming a method an enhanced authenticator implements is
         // authenticated by that exchange instead of the username and password.
-        let enhanced = v5.then(|| self.enhanced_method(&connect)).flatten();
-        let enhanced_auth = enhanced.is_some();
+        let enhanced_auth = v5 && self.enhanced_method(&connect).is_some();
         // Rare paths are boxed: their state would otherwise be part of every connection's
         // future for its whole life (idle connections should cost little memory).
-        if let Some(method) = enhanced {
-            if !Box::pin(self.enhanced_login(&connect, method)).await {
+        if enhanced_auth {
+            if !Box::pin(self.enhanced_login(&connect)).await {
                 return;
             }
         } else if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {

@@ -129,7 +129,12 @@ impl Connection {
     /// ways until the method decides. True when the client is authenticated (the CONNACK
     /// then carries the method, `connack_v5`); false when it was refused with a CONNACK
     /// of 0x80 or above and must be closed [MQTT-4.12.0-4], or went away.
-    pub(super) async fn enhanced_login(&mut self, connect: &Connect, method: ByteString) -> bool {
+    pub(super) async fn enhanced_login(&mut self, connect: &Connect) -> bool {
+        // Looked up again rather than passed in: `serve` then holds a flag, not the name,
+        // in every connection's future.
+        let Some(method) = self.enhanced_method(connect) else {
+            return false;
+        };
         let data = connect
             .properties
             .as_ref()
