@@ -302,7 +302,7 @@ def test_refusal_is_0x87(make_broker: Callable[..., pyo3mq.Broker], clients) -> 
     assert connack5(c.recv())[:2] == (0, 0)
 
 
-@pytest.mark.parametrize("fault", ["raises", "too slow", "wrong type", "bad data"])
+@pytest.mark.parametrize("fault", ["raises", "too slow", "wrong type", "bad data", "bad outcome"])
 def test_hook_fault_is_a_denial(
     make_broker: Callable[..., pyo3mq.Broker], clients, fault: str, caplog, capfd
 ) -> None:
@@ -317,6 +317,8 @@ def test_hook_fault_is_a_denial(
             await asyncio.sleep(5)
         if fault == "wrong type":
             return True
+        if fault == "bad outcome":
+            return AuthResult("maybe")  # type: ignore[arg-type]
         return AuthResult("success", "not bytes")  # type: ignore[arg-type]
 
     broker = make_broker(enhanced_auth={TEST_METHOD: hook}, auth_timeout=0.3)

@@ -109,6 +109,8 @@ async def run_step(
         answer = await invoke(hook, request)
         if not isinstance(answer, AuthResult):
             raise TypeError(f"enhanced_auth[{call.method!r}] returned {answer!r}, not AuthResult")
+        if answer.outcome not in ("continue", "success", "failure"):
+            raise ValueError(f"AuthResult.outcome {answer.outcome!r} is not one of the three")
         if answer.data is not None and not isinstance(answer.data, bytes):
             raise TypeError(f"AuthResult.data must be bytes or None, not {answer.data!r}")
         result = answer

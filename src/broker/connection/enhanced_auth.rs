@@ -356,6 +356,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::hooks::{BoxFuture, EnhancedAuthenticator};
 
     fn auth(reason: ReasonCode, method: Option<&str>) -> Auth {
         Auth {
@@ -415,6 +416,145 @@ mod tests {
             let a = auth(reason, Some(M));
             assert!(check_client_auth(&a, M, true, true).is_err());
             assert!(check_client_auth(&a, M, true, false).is_err());
+        }
+    }
+
+    /// A Rust method (no Python): "hello", then the client must answer challenge N with
+    /// the state's count; success carries "ok". Proves the state travels between steps.
+    struct Counting;
+
+    impl EnhancedAuthenticator for Counting {
+        fn handles(&self, method: &str) -> bool {
+            method == M
+        }
+
+        fn step(&self, request: EnhancedAuthRequest) -> BoxFuture<EnhancedAuthStep> {
+            let n = request
+                .state
+                .0
+                .and_then(|s| s.downcast::<u8>().ok())
+                .map_or(0, |n| *n);
+            let expected: &[u8] = if n == 0 { b"hello" } else { &[n] };
+            let step = if request.data.as_deref() != Some(expected) {
+                EnhancedAuthStep::Failure
+            } else if n == 2 {
+                EnhancedAuthStep::Success {
+                    data: Some(Bytes::from_static(b"ok")),
+                }
+            } else {
+                EnhancedAuthStep::Continue {
+                    data: Some(Bytes::from(vec![n + 1])),
+                    state: AuthState(Some(Box::new(n + 1))),
+                }
+            };
+            Box::pin(async move { step })
+        }
+    }
+
+    fn with_method(data: &'static [u8]) -> Option<Box<Properties>> {
+        Some(Box::new(Properties {
+            authentication_method: Some(ByteString::from(M)),
+            authentication_data: Some(Bytes::from_static(data)),
+            ..Properties::default()
+        }))
+    }
+
+    /// The whole login over a loopback socket with the broker's own codec: CONNECT,
+    /// AUTH 0x18 twice each way, CONNACK 0x00 with the method and the final data; a
+    /// wrong answer is CONNACK 0x87.
+    #[tokio::test]
+    async fn a_rust_method_runs_the_exchange() {
+        use crate::broker::hooks::Hooks;
+        use crate::codec::{Decoder, Protocol};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let hooks = Hooks {
+            enhanced_authenticator: Some(Arc::new(Counting)),
+            ..Hooks::default()
+        };
+        let router = Arc::new(crate::broker::router::Router::new(
+            crate::broker::config::Config::default(),
+            hooks,
+        ));
+        for (answers, want) in [
+            (&[[1u8], [2u8]][..], ReasonCode::SUCCESS),
+            (&[[1u8], [9u8]][..], ReasonCode::NOT_AUTHORIZED),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            let served = tokio::spawn(Connection::new(router.clone(), stream, peer).run(shutdown));
+            let mut decoder = Decoder::new(1 << 20);
+            decoder.set_protocol(Protocol::V5);
+            let mut rbuf = bytes::BytesMut::new();
+            let encode = |packet: Packet| {
+                let mut out = bytes::BytesMut::new();
+                packet.encode(&mut out).unwrap();
+                out
+            };
+            let connect = Packet::Connect(Connect {
+                protocol: Protocol::V5,
+                clean_session: true,
+                keep_alive: 60,
+                client_id: ByteString::from("rust"),
+                will: None,
+                username: None,
+                password: None,
+                properties: with_method(b"hello"),
+            });
+            client.write_all(&encode(connect)).await.unwrap();
+            let mut last = None;
+            for (n, answer) in answers.iter().enumerate() {
+                let packet = loop {
+                    if let Some(p) = decoder.decode(&mut rbuf).unwrap() {
+                        break p;
+                    }
+                    assert!(client.read_buf(&mut rbuf).await.unwrap() > 0);
+                };
+                let Packet::Auth(auth) = packet else {
+                    panic!("expected AUTH, got {}", packet.name());
+                };
+                assert_eq!(auth.reason, ReasonCode::CONTINUE_AUTHENTICATION);
+                let props = auth.properties.unwrap();
+                assert_eq!(props.authentication_method.as_deref(), Some(M));
+                assert_eq!(
+                    props.authentication_data.as_deref(),
+                    Some(&[n as u8 + 1][..])
+                );
+                let reply = Packet::Auth(Auth {
+                    reason: ReasonCode::CONTINUE_AUTHENTICATION,
+                    properties: Some(Box::new(Properties {
+                        authentication_method: Some(ByteString::from(M)),
+                        authentication_data: Some(Bytes::copy_from_slice(answer)),
+                        ..Properties::default()
+                    })),
+                });
+                client.write_all(&encode(reply)).await.unwrap();
+            }
+            while last.is_none() {
+                last = decoder.decode(&mut rbuf).unwrap();
+                if last.is_none() {
+                    assert!(client.read_buf(&mut rbuf).await.unwrap() > 0);
+                }
+            }
+            let Some(Packet::ConnAckV5(connack)) = last else {
+                panic!("expected CONNACK");
+            };
+            assert_eq!(connack.reason, want);
+            if want == ReasonCode::SUCCESS {
+                let props = connack.properties.unwrap();
+                assert_eq!(props.authentication_method.as_deref(), Some(M));
+                assert_eq!(props.authentication_data.as_deref(), Some(&b"ok"[..]));
+                served.abort();
+            } else {
+                // Refused: the broker closes [MQTT-4.12.0-4].
+                assert_eq!(client.read_buf(&mut rbuf).await.unwrap(), 0);
+                served.await.unwrap();
+            }
         }
     }
 
