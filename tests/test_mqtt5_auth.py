@@ -474,3 +474,20 @@ def test_readme_example_runs(make_broker: Callable[..., pyo3mq.Broker], clients)
         clients.append(c)
         c.send(connect5("readme", properties=auth_props("X-TOKEN", data)))
         assert connack5(c.recv())[1] == want
+
+
+def test_shutdown_ends_a_waiting_exchange(
+    make_broker: Callable[..., pyo3mq.Broker], clients
+) -> None:
+    """A client that never answers the challenge does not hold a stopping broker for
+    `connect_timeout`: the exchange ends at once, without a CONNACK."""
+    broker = make_broker(enhanced_auth={TEST_METHOD: Steps()}, connect_timeout=60)
+    c = RawClient(broker.addresses[0][1])
+    clients.append(c)
+    c.send(connect5("silent", properties=auth_props(TEST_METHOD, b"hello")))
+    assert auth_fields(c.recv())[0] == 0x18
+    started = time.monotonic()
+    broker.stop()
+    # Well inside stop()'s own 10 s wait for connections, which a stuck exchange would use up.
+    assert time.monotonic() - started < 8
+    assert c.expect_closed() == b""

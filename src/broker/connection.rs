@@ -335,7 +335,7 @@ impl Connection {
         // Rare paths are boxed: their state would otherwise be part of every connection's
         // future for its whole life (idle connections should cost little memory).
         if enhanced_auth {
-            if !Box::pin(self.enhanced_login(&connect)).await {
+            if !Box::pin(self.enhanced_login(&connect, &shutdown)).await {
                 return;
             }
         } else if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {

@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
 
@@ -129,7 +130,11 @@ impl Connection {
     /// ways until the method decides. True when the client is authenticated (the CONNACK
     /// then carries the method, `connack_v5`); false when it was refused with a CONNACK
     /// of 0x80 or above and must be closed [MQTT-4.12.0-4], or went away.
-    pub(super) async fn enhanced_login(&mut self, connect: &Connect) -> bool {
+    pub(super) async fn enhanced_login(
+        &mut self,
+        connect: &Connect,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
         // Looked up again rather than passed in: `serve` then holds a flag, not the name,
         // in every connection's future.
         let Some(method) = self.enhanced_method(connect) else {
@@ -139,7 +144,7 @@ impl Connection {
             .properties
             .as_ref()
             .and_then(|p| p.authentication_data.clone());
-        match self.login_exchange(&method, data).await {
+        match self.login_exchange(&method, data, shutdown.clone()).await {
             Login::Accepted(data) => {
                 info!(client_id = %self.client_id, peer = %self.peer, "enhanced authentication ({method}) succeeded");
                 self.enhanced = Some(Box::new(EnhancedAuth {
@@ -170,7 +175,14 @@ impl Connection {
         }
     }
 
-    async fn login_exchange(&mut self, method: &ByteString, mut data: Option<Bytes>) -> Login {
+    /// The exchange's loop; a broker shutting down ends it while it waits for the client
+    /// (the hook itself is bounded by `auth_timeout`).
+    async fn login_exchange(
+        &mut self,
+        method: &ByteString,
+        mut data: Option<Bytes>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Login {
         let mut state = AuthState::default();
         for _ in 0..MAX_ROUNDS {
             match self.run_step(method, data, false, state).await {
@@ -192,10 +204,18 @@ impl Connection {
                         challenge,
                     ));
                     let limit = self.router.config().connect_timeout;
-                    let answer = match timeout(limit, self.read_login_auth()).await {
-                        Ok(answer) => answer,
-                        Err(_) => {
-                            return Login::Gone(format!("no AUTH answer within {limit:?}"));
+                    if *shutdown.borrow_and_update() {
+                        return Login::Gone("the broker is shutting down".into());
+                    }
+                    let answer = tokio::select! {
+                        answer = timeout(limit, self.read_login_auth()) => match answer {
+                            Ok(answer) => answer,
+                            Err(_) => {
+                                return Login::Gone(format!("no AUTH answer within {limit:?}"));
+                            }
+                        },
+                        _ = shutdown.changed() => {
+                            return Login::Gone("the broker is shutting down".into());
                         }
                     };
                     let auth = match answer {
