@@ -9,36 +9,31 @@ the example's own `ScramClient`, and the hand-written 5.0 bytes of tests/test_mq
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pyo3mq
 import pytest
 from pyo3mq import AuthResult, EnhancedAuthRequest
 from support.mqtt_raw import Packet, RawClient, packet, s
+from test_examples import load
 from test_mqtt5 import connack5, connect5, expect_disconnect, props, read_props, subscribe5
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 METHOD = "SCRAM-SHA-256"
 TEST_METHOD = "X-STEPS"
-
-
-def load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 scram = load("scram_auth")
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Any]]:
+    """Raw and SCRAM clients a test opened, closed after it."""
+    made: list[Any] = []
+    yield made
+    for c in made:
+        c.close()
 
 
 def auth_props(method: str | None, data: bytes | None = None) -> bytes:
@@ -60,14 +55,6 @@ def auth_fields(pkt: Packet) -> tuple[int, dict[int, Any]]:
     properties, rest = read_props(pkt.body[1:])
     assert rest == b""
     return pkt.body[0], properties
-
-
-@pytest.fixture
-def clients() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for c in made:
-        c.close()
 
 
 class Steps:
@@ -422,6 +409,7 @@ def test_failed_reauthentication_is_disconnect_0x87(
         auth5(0x18, TEST_METHOD, b"a1"),  # nothing to continue
         auth5(0x00, TEST_METHOD),  # a client never sends Success
     ],
+    ids=["other-method", "no-method", "continue-out-of-turn", "success-from-client"],
 )
 def test_reauthentication_protocol_errors(
     make_broker: Callable[..., pyo3mq.Broker], clients, wrong: bytes

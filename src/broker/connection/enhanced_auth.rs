@@ -378,15 +378,21 @@ mod tests {
     use super::*;
     use crate::broker::hooks::{BoxFuture, EnhancedAuthenticator};
 
+    /// Properties with an Authentication Method and Data; none when both are absent.
+    fn method_props(method: Option<&str>, data: Option<&[u8]>) -> Option<Box<Properties>> {
+        (method.is_some() || data.is_some()).then(|| {
+            Box::new(Properties {
+                authentication_method: method.map(ByteString::from),
+                authentication_data: data.map(Bytes::copy_from_slice),
+                ..Properties::default()
+            })
+        })
+    }
+
     fn auth(reason: ReasonCode, method: Option<&str>) -> Auth {
         Auth {
             reason,
-            properties: method.map(|m| {
-                Box::new(Properties {
-                    authentication_method: Some(ByteString::from(m)),
-                    ..Properties::default()
-                })
-            }),
+            properties: method_props(method, None),
         }
     }
 
@@ -471,14 +477,6 @@ mod tests {
         }
     }
 
-    fn with_method(data: &'static [u8]) -> Option<Box<Properties>> {
-        Some(Box::new(Properties {
-            authentication_method: Some(ByteString::from(M)),
-            authentication_data: Some(Bytes::from_static(data)),
-            ..Properties::default()
-        }))
-    }
-
     /// The whole login over a loopback socket with the broker's own codec: CONNECT,
     /// AUTH 0x18 twice each way, CONNACK 0x00 with the method and the final data; a
     /// wrong answer is CONNACK 0x87.
@@ -524,7 +522,7 @@ mod tests {
                 will: None,
                 username: None,
                 password: None,
-                properties: with_method(b"hello"),
+                properties: method_props(Some(M), Some(b"hello")),
             });
             client.write_all(&encode(connect)).await.unwrap();
             let mut last = None;
@@ -547,11 +545,7 @@ mod tests {
                 );
                 let reply = Packet::Auth(Auth {
                     reason: ReasonCode::CONTINUE_AUTHENTICATION,
-                    properties: Some(Box::new(Properties {
-                        authentication_method: Some(ByteString::from(M)),
-                        authentication_data: Some(Bytes::copy_from_slice(answer)),
-                        ..Properties::default()
-                    })),
+                    properties: method_props(Some(M), Some(answer)),
                 });
                 client.write_all(&encode(reply)).await.unwrap();
             }
