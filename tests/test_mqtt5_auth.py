@@ -19,7 +19,7 @@ import pyo3mq
 import pytest
 from pyo3mq import AuthResult, EnhancedAuthRequest
 from support.mqtt_raw import Packet, RawClient, packet, s
-from test_examples import load
+from test_examples import Script, load
 from test_mqtt5 import connack5, connect5, expect_disconnect, props, read_props, subscribe5
 
 METHOD = "SCRAM-SHA-256"
@@ -161,6 +161,22 @@ def test_scram_example_script(make_broker: Callable[..., pyo3mq.Broker], capsys)
     assert "logged in" in capsys.readouterr().out
     assert scram.main(["--port", port, "--login", "bob", "wrong"]) == 1
     assert "0x87" in capsys.readouterr().err
+
+
+def test_scram_example_serves_as_a_script() -> None:
+    """`python examples/scram_auth.py --port 0` serves its USERS with SCRAM-SHA-256 and
+    exits 0 on SIGTERM."""
+    s = Script("scram_auth", "--port", "0", "--duration", "30")
+    try:
+        port = s.port()
+        bob = scram.ScramClient("127.0.0.1", port, "bob", scram.USERS["bob"])
+        try:
+            assert bob.connect("bob")[0x15] == METHOD.encode()
+        finally:
+            bob.close()
+        assert s.terminate() == 0
+    finally:
+        s.close()
 
 
 # --------------------------------------------------------------------------- the exchange
