@@ -7,12 +7,14 @@
 //! - [`broker`]: `BrokerCore`, the class under `pyo3mq.Broker`.
 //! - [`bridge`]: the hand-off between the broker's tokio threads and the asyncio loop
 //!   (hooks, events, in-process subscriptions), with `ReplyHandle`.
+//! - [`enhanced_auth`]: the MQTT 5.0 enhanced authentication hook's Python end.
 //! - [`client`]: `ClientCore` and `ClientMessage`, under `pyo3mq.Client`.
 //! - [`logging`]: the core's `tracing` lines, to stderr or to Python's `logging`.
 
 mod bridge;
 mod broker;
 mod client;
+mod enhanced_auth;
 mod errors;
 mod logging;
 
@@ -25,6 +27,7 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::register(m)?;
     broker::register(m)?;
     bridge::register(m)?;
+    enhanced_auth::register(m)?;
     client::register(m)?;
     Ok(())
 }

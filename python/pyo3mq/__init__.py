@@ -42,6 +42,7 @@ from pyo3mq.client import (
     WildcardLike,
     Will,
 )
+from pyo3mq.enhanced_auth import AuthResult, EnhancedAuthRequest
 from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
 from pyo3mq.sync_client import PublishHandle, SyncClient
 from pyo3mq.types import (
@@ -73,6 +74,7 @@ def enable_logging(level: str = "info", *, to: Literal["python", "stderr"] = "py
 
 
 __all__ = [
+    "AuthResult",
     "Authenticator",
     "Authorizer",
     "BridgeConfig",
@@ -85,6 +87,7 @@ __all__ = [
     "ConnectEvent",
     "ConnectionState",
     "DisconnectEvent",
+    "EnhancedAuthRequest",
     "MQTTv31",
     "MQTTv311",
     "Message",

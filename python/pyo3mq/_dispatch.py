@@ -25,6 +25,7 @@ from pyo3mq._pyo3mq import (
     AuthCall,
     Connected,
     Disconnected,
+    EnhancedAuthCall,
     InterceptCall,
     MessagesReady,
     PublishCall,
@@ -33,6 +34,7 @@ from pyo3mq._pyo3mq import (
     Subscribed,
     Unsubscribed,
 )
+from pyo3mq.enhanced_auth import EnhancedAuthenticator, run_step
 from pyo3mq.types import (
     ClientInfo,
     ConnectEvent,
@@ -97,7 +99,10 @@ class Dispatcher:
         intercept: Callable[[Message], Any] | None = None,
         space: Callable[[int], None] | None = None,
         report: Callable[..., None] | None = None,
+        enhanced_auth: dict[str, EnhancedAuthenticator] | None = None,
     ) -> None:
+        # MQTT 5.0 enhanced authentication hooks by method name (pyo3mq.enhanced_auth).
+        self._enhanced_auth = enhanced_auth or {}
         self._intercept = intercept
         # `report(kind, seconds=None, failed=False)` counts a hook call for /metrics: the
         # failures seen here (the broker times the requests and counts their timeouts
@@ -122,6 +127,9 @@ class Dispatcher:
             MessagesReady: self._on_ready,
             SpaceFreed: self._on_space,
             AuthCall: lambda call: self._spawn(self._auth(call)),
+            EnhancedAuthCall: lambda call: self._spawn(
+                run_step(call, self._enhanced_auth.get(call.method), self._call, self._failed)
+            ),
             SubscribeCall: lambda call: self._spawn(self._sub(call)),
             PublishCall: lambda call: self._spawn(self._pub(call)),
             InterceptCall: lambda call: self._spawn(self._on_messages(call)),

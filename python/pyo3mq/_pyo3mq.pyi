@@ -17,6 +17,8 @@ __all__ = [
     "ConnectionState",
     "Disconnected",
     "Drained",
+    "EnhancedAuthCall",
+    "EnhancedAuthReply",
     "InterceptCall",
     "MessagesReady",
     "MqttBadUsernameOrPasswordError",
@@ -67,6 +69,39 @@ class ReplyHandle:
 
 # The records the broker hands to the dispatcher (`pyo3mq._dispatch`), a list per
 # `call_soon_threadsafe`. Requests carry the `ReplyHandle` that answers them.
+
+# MQTT 5.0 enhanced authentication (src/python/enhanced_auth.rs): one step for the hook
+# registered for `method`, answered through its `EnhancedAuthReply`.
+
+@final
+class EnhancedAuthReply:
+    def resolve(
+        self,
+        outcome: Literal["continue", "success", "failure"],
+        data: bytes | None = None,
+        state: object = None,
+    ) -> None: ...
+
+@final
+class EnhancedAuthCall:
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def certificate_subject(self) -> str | None: ...
+    @property
+    def peer(self) -> tuple[str, int]: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def data(self) -> bytes | None: ...
+    @property
+    def reauth(self) -> bool: ...
+    @property
+    def state(self) -> Any: ...
+    @property
+    def reply(self) -> EnhancedAuthReply: ...
 
 @final
 class AuthCall:
@@ -192,6 +227,7 @@ class BrokerCore:
         events: bool = False,
         intercept: bool = False,
         track_changes: bool = False,
+        enhanced_auth: list[str] = ...,
     ) -> list[tuple[str, int]]: ...
     def stop(self) -> None: ...
     def save(self) -> bool | None: ...

@@ -13,7 +13,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import Any, Literal
@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pyo3mq._dispatch import Dispatcher
 from pyo3mq._persist import Persister
 from pyo3mq._pyo3mq import BrokerCore, check_settings, config_defaults
+from pyo3mq.enhanced_auth import EnhancedAuthenticator
+from pyo3mq.enhanced_auth import check_hooks as _check_enhanced_auth
 from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
 from pyo3mq.types import ConnectEvent, DisconnectEvent, Message, SubscribeEvent, UnsubscribeEvent
 
@@ -341,6 +343,7 @@ class Broker:
         session_store: str | SessionStore | None = None,
         on_message: Callable[[Message], Any] | None = None,
         bridges: list[BridgeConfig] | None = None,
+        enhanced_auth: Mapping[str, EnhancedAuthenticator] | None = None,
         **settings: Any,
     ) -> None:
         _check_hooks(
@@ -352,6 +355,7 @@ class Broker:
             on_unsubscribe=on_unsubscribe,
             on_message=on_message,
         )
+        _check_enhanced_auth(enhanced_auth)
         if config is not None and not isinstance(config, BrokerConfig):
             raise TypeError(
                 "Broker's first argument is a BrokerConfig; pass settings as keywords "
@@ -400,6 +404,9 @@ class Broker:
         self.on_message = on_message
         self.authenticator = authenticator
         self.authorizer = authorizer
+        #: MQTT 5.0 enhanced authentication: a hook per Authentication Method name
+        #: (pyo3mq.enhanced_auth); read when the broker starts.
+        self.enhanced_auth: dict[str, EnhancedAuthenticator] = dict(enhanced_auth or {})
         self._handlers: dict[str, list[Handler]] = {
             "connect": [],
             "disconnect": [],
@@ -539,6 +546,7 @@ class Broker:
             intercept=self.on_message,
             space=self._space_ready,
             report=self._core.hook_called,
+            enhanced_auth=dict(self.enhanced_auth),
         )
         self._loop = loop
         self._addresses = self._core.start(
@@ -550,6 +558,7 @@ class Broker:
             intercept=self.on_message is not None,
             # Recorded changes are drained by the periodic sync only.
             track_changes=self._persister is not None and self.config.persist_interval > 0,
+            enhanced_auth=list(self.enhanced_auth),
         )
 
     def _space_ready(self, token: int) -> None:
@@ -578,6 +587,7 @@ class Broker:
             or any(self._handlers.values())
             or self._store is not None
             or self.on_message is not None
+            or bool(self.enhanced_auth)
         )
 
     def start(self) -> None:

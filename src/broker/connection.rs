@@ -31,6 +31,7 @@ use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, P
 
 mod acl_cache;
 mod auth;
+mod enhanced_auth;
 mod handlers;
 mod output;
 mod packet_log;
@@ -138,6 +139,9 @@ pub struct Connection {
     /// The reason code of the rule an MQTT 5.0 client broke, for the DISCONNECT sent
     /// before the close (connection/v5.rs).
     v5_reason: Option<codec::ReasonCode>,
+    /// MQTT 5.0 enhanced authentication: the method, and a re-authentication in progress
+    /// (connection/enhanced_auth.rs). Boxed: most connections have none.
+    enhanced: Option<Box<enhanced_auth::EnhancedAuth>>,
     /// Each packet in and out is logged at DEBUG (`packet_log`); asked once, at start.
     log_packets: bool,
 }
@@ -167,6 +171,7 @@ impl Connection {
             counters: LocalCounters::default(),
             sys_publish_logged: false,
             v5_reason: None,
+            enhanced: None,
             log_packets: packet_log::packets_enabled(),
         }
     }
@@ -324,15 +329,26 @@ impl Connection {
         };
         self.client_id = client_id;
         self.username = self.username_for(&connect);
+        let v5 = connect.protocol == Protocol::V5;
+        // A 5.0 CONNECT naming a method an enhanced authenticator implements is
+        // authenticated by that exchange instead of the username and password.
+        let enhanced_auth = v5 && self.enhanced_method(&connect).is_some();
         // Rare paths are boxed: their state would otherwise be part of every connection's
         // future for its whole life (idle connections should cost little memory).
-        if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {
+        if enhanced_auth {
+            if !Box::pin(self.enhanced_login(&connect, &shutdown)).await {
+                return;
+            }
+        } else if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {
             self.router.counters().auth_failed();
             self.refuse(code).await;
             return;
         }
-        let v5 = connect.protocol == Protocol::V5;
-        if let Some(reason) = v5.then(|| self.refuse_v5_connect(&connect)).flatten() {
+        let refuse_v5 = v5 && !enhanced_auth;
+        if let Some(reason) = refuse_v5
+            .then(|| self.refuse_v5_connect(&connect))
+            .flatten()
+        {
             let refusal = Packet::ConnAckV5(codec::ConnAckV5 {
                 session_present: false,
                 reason,

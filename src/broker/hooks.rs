@@ -20,10 +20,12 @@ use crate::broker::session::Message;
 use crate::codec::{ConnectReturnCode, Protocol, QoS};
 
 mod acl_file;
+mod enhanced_auth;
 mod password_file;
 mod reload;
 
 pub use acl_file::{filter_covers, AclFile};
+pub use enhanced_auth::{AuthState, EnhancedAuthRequest, EnhancedAuthStep, EnhancedAuthenticator};
 pub use password_file::PasswordFile;
 pub use reload::Reloadable;
 
@@ -153,6 +155,8 @@ pub struct Hooks {
     pub authorizer: Option<Arc<dyn Authorizer>>,
     pub events: Option<Arc<dyn EventSink>>,
     pub interceptor: Option<Arc<dyn Interceptor>>,
+    /// MQTT 5.0 enhanced authentication (hooks/enhanced_auth.rs).
+    pub enhanced_authenticator: Option<Arc<dyn EnhancedAuthenticator>>,
 }
 
 impl fmt::Debug for Hooks {
@@ -162,6 +166,10 @@ impl fmt::Debug for Hooks {
             .field("authorizer", &self.authorizer.is_some())
             .field("events", &self.events.is_some())
             .field("interceptor", &self.interceptor.is_some())
+            .field(
+                "enhanced_authenticator",
+                &self.enhanced_authenticator.is_some(),
+            )
             .finish()
     }
 }

@@ -40,8 +40,8 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::broker::hooks::{
-    AuthDecision, AuthRequest, Authenticator, Authorizer, BoxFuture, ClientInfo, Event, EventSink,
-    Interceptor,
+    AuthDecision, AuthRequest, Authenticator, Authorizer, BoxFuture, ClientInfo,
+    EnhancedAuthRequest, EnhancedAuthStep, Event, EventSink, Interceptor,
 };
 use crate::broker::router::{MatchScratch, Session};
 use crate::broker::session::{Message, Queued};
@@ -66,6 +66,8 @@ const CLOSING_PATIENCE: Duration = Duration::from_secs(2);
 
 enum Work {
     Auth(AuthRequest, oneshot::Sender<AuthDecision>),
+    /// A step of MQTT 5.0 enhanced authentication (python/enhanced_auth.rs).
+    EnhancedAuth(EnhancedAuthRequest, oneshot::Sender<EnhancedAuthStep>),
     Subscribe(ClientInfo, ByteString, QoS, oneshot::Sender<Option<QoS>>),
     Publish(ClientInfo, ByteString, oneshot::Sender<bool>),
     Event(Event),
@@ -713,6 +715,16 @@ impl PyBridge {
         scratch.wait_for_space().await;
         let _ = self.inbox.push(Lane::Control, Work::Space(token)).await;
     }
+
+    /// One step of enhanced authentication, as a control request; `None` when Python
+    /// dropped it unanswered.
+    pub(crate) async fn enhanced_auth(
+        &self,
+        request: EnhancedAuthRequest,
+    ) -> Option<EnhancedAuthStep> {
+        self.request(Lane::Control, |tx| Work::EnhancedAuth(request, tx))
+            .await
+    }
 }
 
 impl Authenticator for PyBridge {
@@ -878,6 +890,9 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                 },
             )?
             .into_any(),
+            Work::EnhancedAuth(request, tx) => {
+                crate::python::enhanced_auth::record(py, request, tx)?
+            }
             Work::Event(event) => event_record(py, event)?,
             Work::Ready(subscription) => Bound::new(py, MessagesReady { subscription })?.into_any(),
             Work::Space(token) => Bound::new(py, SpaceFreed { token })?.into_any(),
@@ -1011,9 +1026,11 @@ mod tests {
         items
             .iter()
             .map(|w| match w {
-                Work::Space(_) | Work::Auth(..) | Work::Subscribe(..) | Work::Publish(..) => {
-                    "control"
-                }
+                Work::Space(_)
+                | Work::Auth(..)
+                | Work::EnhancedAuth(..)
+                | Work::Subscribe(..)
+                | Work::Publish(..) => "control",
                 Work::Event(_) => "event",
                 Work::Ready(_) => "ready",
                 Work::Intercept(..) => "intercept",

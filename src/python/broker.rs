@@ -211,7 +211,7 @@ impl BrokerCore {
     /// `dispatch(batch)` is scheduled on `event_loop` with `call_soon_threadsafe`.
     #[pyo3(signature = (
         event_loop=None, dispatch=None, auth=false, authorize=false, events=false,
-        intercept=false, track_changes=false
+        intercept=false, track_changes=false, enhanced_auth=Vec::new()
     ))]
     // One flag per hook kind, mirroring the Python call; a struct would only move them.
     #[allow(clippy::too_many_arguments)]
@@ -225,6 +225,7 @@ impl BrokerCore {
         events: bool,
         intercept: bool,
         track_changes: bool,
+        enhanced_auth: Vec<String>,
     ) -> PyResult<Vec<(String, u16)>> {
         if self.running.lock().is_some() {
             return Err(MqttError::new_err("the broker is already running"));
@@ -252,6 +253,14 @@ impl BrokerCore {
             }
             if wanted.intercept {
                 hooks.interceptor = Some(Arc::new(bridge.clone()));
+            }
+            // The MQTT 5.0 Authentication Methods Python implements.
+            if !enhanced_auth.is_empty() {
+                hooks.enhanced_authenticator =
+                    Some(Arc::new(crate::python::enhanced_auth::PyEnhancedAuth::new(
+                        bridge.clone(),
+                        enhanced_auth,
+                    )));
             }
         }
         let config = self.config.clone();

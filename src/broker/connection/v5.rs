@@ -11,7 +11,8 @@
 //! session/props.rs and connection/v5_deliver.rs.
 //!
 //! Not yet here (see docs/conformance.md, MQTT 5.0 table): Topic Aliases (the CONNACK
-//! says the maximum is 0), Receive Maximum flow control, and enhanced authentication.
+//! says the maximum is 0) and Receive Maximum flow control. Enhanced authentication is
+//! in connection/enhanced_auth.rs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,8 +68,9 @@ impl Connection {
         }
     }
 
-    /// What a 5.0 CONNECT asks for that this broker refuses outright: enhanced
-    /// authentication (CONNACK 0x8C Bad authentication method, 4.12).
+    /// What a 5.0 CONNECT asks for that this broker refuses outright: an Authentication
+    /// Method no enhanced authenticator implements (CONNACK 0x8C Bad authentication
+    /// method, 4.12; the ones that are implemented never get here).
     pub(super) fn refuse_v5_connect(&self, connect: &Connect) -> Option<ReasonCode> {
         let method = connect
             .properties
@@ -110,6 +112,7 @@ impl Connection {
             // [MQTT-3.1.3-7], [MQTT-3.2.2-16]: the identifier made up for the client.
             props.assigned_client_identifier = Some(self.client_id.clone());
         }
+        self.enhanced_connack(&mut props);
         self.send_packet(&Packet::ConnAckV5(ConnAckV5 {
             session_present,
             reason: ReasonCode::SUCCESS,
@@ -205,10 +208,7 @@ impl Connection {
             Packet::DisconnectV5(disconnect) => {
                 Some(self.disconnect_from_client(disconnect, session))
             }
-            Packet::Auth(_) => Some(self.close_v5(
-                ReasonCode::PROTOCOL_ERROR,
-                "[MQTT-4.12.0-7] AUTH after a CONNECT without an Authentication Method",
-            )),
+            Packet::Auth(auth) => Box::pin(self.reauthenticate(auth)).await,
             other => Some(self.close_v5(
                 ReasonCode::PROTOCOL_ERROR,
                 &format!("[MQTT-4.8.0-1] a client may not send {}", other.name()),
