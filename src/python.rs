@@ -9,12 +9,14 @@
 //!   (hooks, events, in-process subscriptions), with `ReplyHandle`.
 //! - [`client`]: `ClientCore` and `ClientMessage`, under `pyo3mq.Client`.
 //! - [`logging`]: the core's `tracing` lines, to stderr or to Python's `logging`.
+//! - [`properties`]: `MessageProperties`, the MQTT 5.0 properties of a message.
 
 mod bridge;
 mod broker;
 mod client;
 mod errors;
 mod logging;
+pub(crate) mod properties;
 
 use pyo3::prelude::*;
 
@@ -26,5 +28,6 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     broker::register(m)?;
     bridge::register(m)?;
     client::register(m)?;
+    properties::register(m)?;
     Ok(())
 }
