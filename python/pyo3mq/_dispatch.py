@@ -26,6 +26,7 @@ from pyo3mq._pyo3mq import (
     Connected,
     Disconnected,
     InterceptCall,
+    MessageProperties,
     MessagesReady,
     PublishCall,
     SpaceFreed,
@@ -67,6 +68,9 @@ def _check_replacement(message: Message) -> None:
         raise _Denied(f"the replacement's QoS {message.qos!r} is not 0, 1 or 2")
     if not isinstance(message.payload, (bytes, bytearray, memoryview)):
         raise _Denied("the replacement's payload is not bytes")
+    props = message.properties
+    if props is not None and not isinstance(props, MessageProperties):
+        raise _Denied(f"the replacement's properties {props!r} are not MessageProperties")
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -247,7 +251,16 @@ class Dispatcher:
                     verdict = True
                 elif isinstance(result, Message):
                     _check_replacement(result)
-                    verdict = (result.topic, bytes(result.payload), result.qos, result.retain)
+                    # True: the original's properties, whose encoded bytes Rust reuses.
+                    same = result.properties is message.properties
+                    props = True if same else result.properties
+                    verdict = (
+                        result.topic,
+                        bytes(result.payload),
+                        result.qos,
+                        result.retain,
+                        props,
+                    )
                 elif result is None or result is False:
                     verdict = None
                 else:

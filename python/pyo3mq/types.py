@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from pyo3mq._pyo3mq import MessageProperties
+
 DisconnectReason = Literal["clean", "keepalive", "error", "takeover", "shutdown"]
 
 
@@ -34,6 +36,10 @@ class Message(NamedTuple):
     retain: bool
     #: Client id of the publisher; empty for messages from `Broker.publish`.
     client_id: str
+    #: The MQTT 5.0 properties it was published with; None without any (every message
+    #: from a 3.1/3.1.1 client). `on_message` may return a message with other ones
+    #: (`message._replace(properties=...)`): subscribers get those.
+    properties: MessageProperties | None = None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ use crate::broker::hooks::{
 use crate::broker::router::{MatchScratch, Session};
 use crate::broker::session::{Message, Queued};
 use crate::codec::{ConnectReturnCode, QoS};
+use crate::python::properties::MessageProperties;
 
 /// Items per hand-off to the loop (one `call_soon_threadsafe`).
 const MAX_ITEMS: usize = 256;
@@ -315,8 +316,8 @@ impl ReplyHandle {
             }
             Reply::Intercept(tx, originals) => {
                 // One verdict per message: None drops it, True keeps it, and a tuple
-                // (topic, payload, qos, retain) replaces it. A replacement that is not a
-                // valid message drops that message only.
+                // (topic, payload, qos, retain, properties) replaces it. A replacement
+                // that is not a valid message drops that message only.
                 let verdicts: Vec<Bound<'_, PyAny>> = value.extract()?;
                 if verdicts.len() != originals.len() {
                     return Err(PyValueError::new_err("one verdict per message is required"));
@@ -344,19 +345,35 @@ impl ReplyHandle {
     }
 }
 
-/// A message an interceptor returned in place of `original`.
+/// A message an interceptor returned in place of `original`: a tuple
+/// `(topic, payload, qos, retain, properties)`, where `properties` is True for "the
+/// original's, unchanged" (their bytes are shared, not encoded again), None for none, or
+/// a `MessageProperties`, encoded here once.
 fn replacement(verdict: &Bound<'_, PyAny>, original: &Message) -> PyResult<Arc<Message>> {
-    let (topic, payload, qos, retain): (String, Vec<u8>, u8, bool) = verdict.extract()?;
+    let (topic, payload, qos, retain, properties): (String, Vec<u8>, u8, bool, Bound<'_, PyAny>) =
+        verdict.extract()?;
     crate::topic::validate_topic_name(&topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let properties = if properties.is_none() {
+        None
+    } else if properties
+        .cast::<pyo3::types::PyBool>()
+        .is_ok_and(|b| b.is_true())
+    {
+        original.properties.clone()
+    } else {
+        properties
+            .cast::<MessageProperties>()
+            .map_err(|_| PyValueError::new_err("properties must be a MessageProperties or None"))?
+            .get()
+            .to_wire()?
+    };
     Ok(Arc::new(Message {
         topic: ByteString::from(topic),
         payload: bytes::Bytes::from(payload),
         qos: QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?,
         retain,
         publisher: original.publisher.clone(),
-        // MQTT 5.0 properties are not visible to Python yet: a replacement keeps the
-        // original's, so a rewrite does not strip them from 5.0 subscribers.
-        properties: original.properties.clone(),
+        properties,
     }))
 }
 
@@ -398,7 +415,7 @@ pub struct PublishCall {
 }
 
 /// The PUBLISHes of one read from a connection, for `on_message`: a list of
-/// `(topic, payload, qos, retain, publisher)`.
+/// `(topic, payload, qos, retain, publisher, properties)`.
 #[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
 pub struct InterceptCall {
     client_id: String,
@@ -589,7 +606,8 @@ impl SubscriptionFeed {
         self.feed.dropped()
     }
 
-    /// Up to `max` messages, oldest first, as `(topic, payload, qos, retain, publisher)`;
+    /// Up to `max` messages, oldest first, as
+    /// `(topic, payload, qos, retain, publisher, properties)`;
     /// empty when there are none (a `MessagesReady` record announces the next ones).
     /// Calling it again says the consumer is done with the previous ones.
     fn take<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
@@ -608,6 +626,7 @@ impl SubscriptionFeed {
                 // The delivery's flag: 1 only for a replay on subscribe.
                 q.retain,
                 publisher_cache.get(py, &m.publisher),
+                message_properties(py, m)?,
             ))?;
         }
         Ok(items)
@@ -911,8 +930,26 @@ fn message_tuple<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyTup
         m.qos as u8,
         m.retain,
         m.publisher.deref(),
+        message_properties(py, m)?,
     )
         .into_pyobject(py)
+}
+
+/// A message's MQTT 5.0 properties as a `pyo3mq.MessageProperties`, or None. Decoded
+/// here, when the message becomes a Python object: routing never decodes them, and a
+/// message without properties (every 3.1.1 one) costs a None.
+fn message_properties(py: Python<'_>, m: &Message) -> PyResult<Option<Py<MessageProperties>>> {
+    let Some(bytes) = &m.properties else {
+        return Ok(None);
+    };
+    match MessageProperties::from_wire(bytes) {
+        Ok(props) => Py::new(py, props).map(Some),
+        Err(err) => {
+            // They were checked when they came in: this is a bug, not bad input.
+            error!(topic = %m.topic, "cannot decode a routed message's properties: {err}");
+            Ok(None)
+        }
+    }
 }
 
 /// The Python string made for the last `ByteString` seen, reused while it repeats.
