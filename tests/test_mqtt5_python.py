@@ -23,7 +23,16 @@ from pyo3mq import Message, MessageProperties, Subscription
 from support.mqtt_raw import RawClient
 from support.mqtt_raw import publish as publish_311
 from support.mqtt_raw import subscribe as subscribe_311
-from test_mqtt5 import MOSQUITTO_SUB, STDBUF, TIMEOUT, Paho5, publish5_fields, raw5, subscribe5
+from test_mqtt5 import (
+    MOSQUITTO_SUB,
+    STDBUF,
+    TIMEOUT,
+    Paho5,
+    publish5,
+    publish5_fields,
+    raw5,
+    subscribe5,
+)
 
 Serve = Callable[..., Awaitable[pyo3mq.Broker]]
 
@@ -396,3 +405,93 @@ async def test_on_message_rewrites_properties(serve: Serve, clients: list[Any]) 
         "rw/last": changed,
         "rw/old": got["rw/old"][1],
     }
+
+
+# --------------------------------------------------------------------------- who and why
+
+
+class Recorder:
+    """An authorizer that allows everything and records whom it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, int]] = []
+
+    def authorize_subscribe(self, client: pyo3mq.ClientInfo, filter: str, qos: int) -> bool:
+        self.asked.append(("subscribe", client.client_id, client.protocol))
+        return True
+
+    def authorize_publish(self, client: pyo3mq.ClientInfo, topic: str) -> bool:
+        self.asked.append(("publish", client.client_id, client.protocol))
+        return True
+
+
+async def test_client_info_has_the_protocol_version(serve: Serve, clients: list[Any]) -> None:
+    """`ClientInfo.protocol` is 3, 4 or 5 for the authorizer and the connect event."""
+    authorizer = Recorder()
+    connected: dict[str, int] = {}
+    broker = await serve(
+        authorizer=authorizer,
+        on_connect=lambda e: connected.__setitem__(e.client.client_id, e.client.protocol),
+    )
+    port = port_of(broker)
+    for client_id, protocol in (("v31", (b"MQIsdp", 3)), ("v311", (b"MQTT", 4))):
+        c = RawClient(port)
+        clients.append(c)
+        assert (
+            await asyncio.to_thread(c.connect, client_id, protocol=protocol)
+        ).body == b"\x00\x00"
+        await asyncio.to_thread(c.send, subscribe_311(1, ("who/" + client_id, 0)))
+        assert (await asyncio.to_thread(c.recv)).body == b"\x00\x01\x00"
+        await asyncio.to_thread(c.send, publish_311("who/" + client_id, b"x", qos=1, pkid=2))
+        assert (await asyncio.to_thread(c.recv)).first == 0x40
+    v5, (_, reason, _) = await asyncio.to_thread(raw5, port, "v5")
+    clients.append(v5)
+    assert reason == 0
+    await asyncio.to_thread(v5.send, subscribe5(1, ("who/v5", 0)))
+    assert (await asyncio.to_thread(v5.recv)).body == b"\x00\x01\x00\x00"
+    await asyncio.to_thread(v5.send, publish5("who/v5", b"x", qos=1, pkid=2))
+    assert (await asyncio.to_thread(v5.recv)).first == 0x40
+    assert authorizer.asked == [
+        (kind, client_id, level)
+        for client_id, level in (("v31", 3), ("v311", 4), ("v5", 5))
+        for kind in ("subscribe", "publish")
+    ]
+    assert connected == {"v31": 3, "v311": 4, "v5": 5}
+
+
+async def test_disconnect_event_has_the_5_0_reason_code(serve: Serve, clients: list[Any]) -> None:
+    """The disconnect event carries the reason code of the 5.0 DISCONNECT that ended the
+    connection, whichever side sent it: the client's 0x00 and 0x04 (disconnect with
+    will), the broker's 0x8E (session taken over) and 0x82 (a broken rule); None for a
+    3.1.1 DISCONNECT and for a 5.0 client that just closed its socket."""
+    events: asyncio.Queue[pyo3mq.DisconnectEvent] = asyncio.Queue()
+    broker = await serve(on_disconnect=events.put_nowait)
+    port = port_of(broker)
+
+    async def gone() -> tuple[str, str, int | None]:
+        e = await asyncio.wait_for(events.get(), TIMEOUT)
+        return e.client_id, e.reason, e.reason_code
+
+    c, _ = await asyncio.to_thread(raw5, port, "normal")
+    clients.append(c)
+    await asyncio.to_thread(c.send, b"\xe0\x00")
+    assert await gone() == ("normal", "clean", 0x00)
+    c, _ = await asyncio.to_thread(raw5, port, "with-will")
+    clients.append(c)
+    await asyncio.to_thread(c.send, b"\xe0\x01\x04")
+    assert await gone() == ("with-will", "clean", 0x04)
+    c, _ = await asyncio.to_thread(raw5, port, "taken")
+    clients.append(c)
+    c2, _ = await asyncio.to_thread(raw5, port, "taken")
+    clients.append(c2)
+    assert await gone() == ("taken", "takeover", 0x8E)
+    await asyncio.to_thread(c2.send, subscribe5(1, ("bad/#", 0x04 | 0x30)))  # retain handling 3
+    assert await gone() == ("taken", "error", 0x82)
+    c, _ = await asyncio.to_thread(raw5, port, "vanished")
+    await asyncio.to_thread(c.close)
+    assert await gone() == ("vanished", "error", None)
+    old = RawClient(port)
+    clients.append(old)
+    await asyncio.to_thread(old.connect, "v311")
+    await asyncio.to_thread(old.send, b"\xe0\x00")
+    assert await gone() == ("v311", "clean", None)

@@ -198,7 +198,7 @@ class Dispatcher:
 
     async def _sub(self, call: SubscribeCall) -> None:
         granted: int | None = None
-        info = ClientInfo(call.client_id, call.username, call.certificate_subject)
+        info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
         filter, qos = call.filter, call.qos
         try:
             assert self._authorize_subscribe is not None
@@ -220,7 +220,7 @@ class Dispatcher:
 
     async def _pub(self, call: PublishCall) -> None:
         allowed = False
-        info = ClientInfo(call.client_id, call.username, call.certificate_subject)
+        info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
         topic = call.topic
         try:
             assert self._authorize_publish is not None
@@ -276,13 +276,16 @@ class Dispatcher:
 
     def _on_connect(self, record: Connected) -> None:
         if self._handlers.get("connect"):
-            client = ClientInfo(record.client_id, record.username, record.certificate_subject)
+            client = ClientInfo(
+                record.client_id, record.username, record.certificate_subject, record.protocol
+            )
             event = ConnectEvent(client, record.peer, record.clean_session, record.session_present)
             self._event("connect", event)
 
     def _on_disconnect(self, record: Disconnected) -> None:
         if self._handlers.get("disconnect"):
-            self._event("disconnect", DisconnectEvent(record.client_id, record.reason))
+            event = DisconnectEvent(record.client_id, record.reason, record.reason_code)
+            self._event("disconnect", event)
 
     def _on_subscribe(self, record: Subscribed) -> None:
         if self._handlers.get("subscribe"):

@@ -21,6 +21,8 @@ class ClientInfo:
     #: The subject of the client's verified TLS certificate as an RFC 4514 string
     #: (`"CN=alice,O=Example"`), or None without one.
     certificate_subject: str | None = None
+    #: The MQTT version it connected with: 3 (3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: int = 4
 
 
 class Message(NamedTuple):
@@ -54,6 +56,11 @@ class ConnectEvent:
 class DisconnectEvent:
     client_id: str
     reason: DisconnectReason
+    #: The reason code of the MQTT 5.0 DISCONNECT that ended the connection, whichever
+    #: side sent it: the client's (0x00 normal, 0x04 with will, 0x80 and up for an
+    #: error), or the broker's (0x8E taken over, 0x8D keep alive, 0x8B shutting down, the
+    #: code of a broken rule); None without one (3.1/3.1.1, or the network closed).
+    reason_code: int | None = None
 
 
 @dataclass(frozen=True)

@@ -398,6 +398,8 @@ pub struct SubscribeCall {
     username: Option<String>,
     /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
     certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     filter: String,
     qos: u8,
     reply: Py<ReplyHandle>,
@@ -410,6 +412,8 @@ pub struct PublishCall {
     username: Option<String>,
     /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
     certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     topic: String,
     reply: Py<ReplyHandle>,
 }
@@ -422,6 +426,8 @@ pub struct InterceptCall {
     username: Option<String>,
     /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
     certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     messages: Py<PyList>,
     reply: Py<ReplyHandle>,
 }
@@ -444,6 +450,8 @@ pub struct Connected {
     username: Option<String>,
     /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
     certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     peer: (String, u16),
     clean_session: bool,
     session_present: bool,
@@ -453,6 +461,8 @@ pub struct Connected {
 pub struct Disconnected {
     client_id: String,
     reason: &'static str,
+    /// The 5.0 DISCONNECT's reason code, whichever side sent it; None without one.
+    reason_code: Option<u8>,
 }
 
 #[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
@@ -850,6 +860,11 @@ fn subject(client: &ClientInfo) -> Option<String> {
     client.certificate_subject.as_deref().map(str::to_owned)
 }
 
+/// The protocol level Python sees: 3, 4 or 5 (a bridge's 3.1.1 is 4).
+fn protocol_of(client: &ClientInfo) -> u8 {
+    client.protocol.base().level()
+}
+
 fn peer_of(peer: std::net::SocketAddr) -> (String, u16) {
     (peer.ip().to_string(), peer.port())
 }
@@ -880,6 +895,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                     client_id: client.client_id.to_string(),
                     username: username(&client),
                     certificate_subject: subject(&client),
+                    protocol: protocol_of(&client),
                     filter: filter.to_string(),
                     qos: qos as u8,
                     reply: reply_handle(py, Reply::Subscribe(tx))?,
@@ -892,6 +908,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                     client_id: client.client_id.to_string(),
                     username: username(&client),
                     certificate_subject: subject(&client),
+                    protocol: protocol_of(&client),
                     topic: topic.to_string(),
                     reply: reply_handle(py, Reply::Publish(tx))?,
                 },
@@ -911,6 +928,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                         client_id: client.client_id.to_string(),
                         username: username(&client),
                         certificate_subject: subject(&client),
+                        protocol: protocol_of(&client),
                         messages: messages.unbind(),
                         reply: reply_handle(py, Reply::Intercept(tx, batch))?,
                     },
@@ -984,17 +1002,23 @@ fn event_record(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyAny>> {
                 client_id: client.client_id.to_string(),
                 username: username(&client),
                 certificate_subject: subject(&client),
+                protocol: protocol_of(&client),
                 peer: peer_of(peer),
                 clean_session,
                 session_present,
             },
         )?
         .into_any(),
-        Event::Disconnected { client_id, reason } => Bound::new(
+        Event::Disconnected {
+            client_id,
+            reason,
+            reason_code,
+        } => Bound::new(
             py,
             Disconnected {
                 client_id: client_id.to_string(),
                 reason: reason.as_str(),
+                reason_code,
             },
         )?
         .into_any(),
@@ -1041,6 +1065,7 @@ mod tests {
         Event::Disconnected {
             client_id: ByteString::from(format!("c{n}")),
             reason: DisconnectReason::Clean,
+            reason_code: None,
         }
     }
 
@@ -1068,6 +1093,7 @@ mod tests {
             client_id: ByteString::from_static("c"),
             username: None,
             certificate_subject: None,
+            protocol: crate::codec::Protocol::V311,
         };
         lanes
             .intercept
