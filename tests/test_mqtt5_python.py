@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -23,6 +24,7 @@ from pyo3mq import Message, MessageProperties, Subscription
 from support.mqtt_raw import RawClient
 from support.mqtt_raw import publish as publish_311
 from support.mqtt_raw import subscribe as subscribe_311
+from test_examples import Script, load, start
 from test_mqtt5 import (
     MOSQUITTO_SUB,
     STDBUF,
@@ -35,6 +37,7 @@ from test_mqtt5 import (
 )
 
 Serve = Callable[..., Awaitable[pyo3mq.Broker]]
+MOSQUITTO_RR = "/usr/bin/mosquitto_rr"
 
 FULL = MessageProperties(
     payload_format_indicator=1,
@@ -495,3 +498,118 @@ async def test_disconnect_event_has_the_5_0_reason_code(serve: Serve, clients: l
     await asyncio.to_thread(old.connect, "v311")
     await asyncio.to_thread(old.send, b"\xe0\x00")
     assert await gone() == ("v311", "clean", None)
+
+
+# --------------------------------------------------------------------------- the example
+
+request_response = load("request_response")
+
+
+async def request(pub: Paho5, topic: str, payload: bytes, props: MessageProperties) -> None:
+    info = pub.client.publish(topic, payload, 1, properties=paho_properties(props))
+    await asyncio.to_thread(info.wait_for_publish, TIMEOUT)
+
+
+async def test_request_response_example(clients: list[Any]) -> None:
+    """examples/request_response.py: a paho v5 requester gets each answer on its
+    Response Topic with its Correlation Data and user properties back (content type and
+    payload format set by the service); errors come back as an `error` user property;
+    a 3.1.1 request, which has no Response Topic, is not answered. An in-process
+    requester (broker.publish + subscribe) is answered the same way."""
+    running = await start(request_response.run, "127.0.0.1", 0)
+    responder = running.started
+    broker = responder.broker
+    port = port_of(broker)
+    me = await paho5(clients, port, "requester")
+    assert [r.value for r in await asyncio.to_thread(me.subscribe, "replies/me", 1)] == [1]
+    asked = MessageProperties(response_topic="replies/me", user_properties=[("trace", "t1")])
+    await request(me, "service/sum", b"[1, 2, 3.5]", asked.replace(correlation_data=b"\x00a"))
+    await request(me, "service/upper", "héllo".encode(), asked.replace(correlation_data=b"b"))
+    await request(me, "service/nope", b"x", asked.replace(correlation_data=b"c"))
+    await request(me, "service/sum", b"[true]", asked.replace(correlation_data=b"d"))
+    await asyncio.to_thread(me.wait, lambda: len(me.messages) == 4)
+    answers = {
+        seen_by_paho(m).correlation_data: (m.topic, m.payload, seen_by_paho(m)) for m in me.messages
+    }
+    json_answer = MessageProperties(
+        content_type="application/json",
+        payload_format_indicator=1,
+        user_properties=[("trace", "t1")],
+    )
+    text_answer = json_answer.replace(content_type="text/plain")
+
+    def error(why: str) -> MessageProperties:
+        return MessageProperties(user_properties=[("trace", "t1"), ("error", why)])
+
+    assert answers == {
+        b"\x00a": (
+            "replies/me",
+            b'{"result": 6.5}',
+            json_answer.replace(correlation_data=b"\x00a"),
+        ),
+        b"b": ("replies/me", "HÉLLO".encode(), text_answer.replace(correlation_data=b"b")),
+        b"c": (
+            "replies/me",
+            b"",
+            error("no service 'nope'; there are sum, upper").replace(correlation_data=b"c"),
+        ),
+        b"d": (
+            "replies/me",
+            b"",
+            error("sum takes a JSON array of numbers").replace(correlation_data=b"d"),
+        ),
+    }
+    old = RawClient(port)
+    clients.append(old)
+    assert (await asyncio.to_thread(old.connect, "v311-requester")).body == b"\x00\x00"
+    await asyncio.to_thread(old.send, publish_311("service/sum", b"[1]", qos=1, pkid=1))
+    assert (await asyncio.to_thread(old.recv)).body == b"\x00\x01"
+    # In process: the broker's own publish carries the Response Topic.
+    replies = broker.subscribe("replies/inproc", qos=1)
+    await broker.publish(
+        "service/sum",
+        b"[40, 2]",
+        qos=1,
+        properties=MessageProperties(response_topic="replies/inproc", correlation_data=b"42"),
+    )
+    m = await next_msg(replies)
+    assert (m.topic, m.payload, m.properties) == (
+        "replies/inproc",
+        b'{"result": 42}',
+        MessageProperties(
+            content_type="application/json", payload_format_indicator=1, correlation_data=b"42"
+        ),
+    )
+    assert (responder.answered, responder.ignored) == (5, 1)
+    await running.stop()
+
+
+def test_request_response_script_with_mosquitto_rr(script: Callable[..., Script]) -> None:
+    """`python examples/request_response.py --port 0` answers `mosquitto_rr -V 5` (which
+    sends a Response Topic and waits for the answer on it) and exits 0 on SIGTERM."""
+    s = script("request_response", "--port", "0")
+    port = s.port()
+    for topic, message, answer in (
+        ("service/sum", "[1, 2, 3.5]", '{"result": 6.5}'),
+        ("service/upper", "mqtt five", "MQTT FIVE"),
+    ):
+        rr = subprocess.run(
+            [MOSQUITTO_RR, "-V", "5", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
+             "-t", topic, "-e", "replies/rr", "-m", message, "-W", "10"],
+            capture_output=True, text=True, timeout=TIMEOUT * 3, check=False,
+        )  # fmt: skip
+        assert (rr.returncode, rr.stdout.strip()) == (0, answer), rr.stderr
+    assert s.terminate() == 0
+
+
+@pytest.fixture
+def script() -> Iterator[Callable[..., Script]]:
+    started: list[Script] = []
+
+    def factory(name: str, *args: str) -> Script:
+        started.append(Script(name, *args))
+        return started[-1]
+
+    yield factory
+    for s in started:
+        s.close()
