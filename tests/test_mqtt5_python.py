@@ -462,6 +462,36 @@ async def test_client_info_has_the_protocol_version(serve: Serve, clients: list[
     assert connected == {"v31": 3, "v311": 4, "v5": 5}
 
 
+async def test_subscribe_event_has_the_5_0_reason_codes(serve: Serve, clients: list[Any]) -> None:
+    """The subscribe event carries the SUBACK's codes as sent: a 5.0 client's refusals are
+    reason codes (0x87 Not authorized from the authorizer, 0x8F Topic Filter invalid),
+    a 3.1.1 client's are 0x80."""
+    events: asyncio.Queue[pyo3mq.SubscribeEvent] = asyncio.Queue()
+
+    class NoSecrets(Recorder):
+        def authorize_subscribe(self, client: pyo3mq.ClientInfo, filter: str, qos: int) -> bool:
+            return not filter.startswith("secret/")
+
+    broker = await serve(authorizer=NoSecrets(), on_subscribe=events.put_nowait)
+    port = port_of(broker)
+    v5, _ = await asyncio.to_thread(raw5, port, "sub-v5")
+    clients.append(v5)
+    await asyncio.to_thread(v5.send, subscribe5(1, ("ok/#", 1), ("secret/x", 1), ("bad/#/x", 1)))
+    assert (await asyncio.to_thread(v5.recv)).body == b"\x00\x01\x00\x01\x87\x8f"
+    e = await asyncio.wait_for(events.get(), TIMEOUT)
+    assert (e.client_id, e.filters) == (
+        "sub-v5",
+        [("ok/#", 1), ("secret/x", 0x87), ("bad/#/x", 0x8F)],
+    )
+    old = RawClient(port)
+    clients.append(old)
+    await asyncio.to_thread(old.connect, "sub-311")
+    await asyncio.to_thread(old.send, subscribe_311(1, ("ok/#", 1), ("secret/x", 1)))
+    assert (await asyncio.to_thread(old.recv)).body == b"\x00\x01\x01\x80"
+    e = await asyncio.wait_for(events.get(), TIMEOUT)
+    assert (e.client_id, e.filters) == ("sub-311", [("ok/#", 1), ("secret/x", 0x80)])
+
+
 async def test_disconnect_event_has_the_5_0_reason_code(serve: Serve, clients: list[Any]) -> None:
     """The disconnect event carries the reason code of the 5.0 DISCONNECT that ended the
     connection, whichever side sent it: the client's 0x00 and 0x04 (disconnect with

@@ -66,7 +66,8 @@ class DisconnectEvent:
 @dataclass(frozen=True)
 class SubscribeEvent:
     client_id: str
-    #: (filter, SUBACK code): 0, 1 or 2 granted, 0x80 refused.
+    #: (filter, SUBACK code): 0, 1 or 2 granted; refused, 0x80 for a 3.1/3.1.1 client and
+    #: the 5.0 reason code for a 5.0 one (0x87 not authorized, 0x8F invalid filter...).
     filters: list[tuple[str, int]]
 
 
