@@ -335,8 +335,8 @@ async def test_on_message_rewrites_properties(serve: Serve, clients: list[Any]) 
     subscribers get: new properties, none (`properties=None`), the original ones with a
     new payload (`_replace(payload=...)`), or the message untouched; a 3.1.1 publisher's
     message can be given properties on its way to a 5.0 subscriber. A replacement whose
-    properties are not a `MessageProperties`, or carry subscription identifiers, is
-    dropped."""
+    properties are not a `MessageProperties`, carry subscription identifiers, or say
+    UTF-8 (`payload_format_indicator=1`) of a payload that is not, is dropped."""
     seen: list[MessageProperties | None] = []
 
     def rewrite(m: Message) -> Message | bool:
@@ -349,6 +349,11 @@ async def test_on_message_rewrites_properties(serve: Serve, clients: list[Any]) 
             return m._replace(properties=None)
         if m.topic == "rw/bad":
             return m._replace(properties={"content_type": "x"})  # type: ignore[arg-type]
+        if m.topic == "rw/pfi":
+            assert m.properties is not None
+            return m._replace(
+                payload=b"\xff", properties=m.properties.replace(payload_format_indicator=1)
+            )
         if m.topic == "rw/subid":
             assert m.properties is not None
             return m._replace(properties=m.properties.replace(subscription_identifiers=[1]))
@@ -369,9 +374,12 @@ async def test_on_message_rewrites_properties(serve: Serve, clients: list[Any]) 
     sent = MessageProperties(
         content_type="text/plain", correlation_data=b"\x01", user_properties=[("a", "1")]
     )
-    # The two refused replacements come before "rw/last" on one connection: once that
-    # has arrived, they would have too.
-    topics = ("rw/change", "rw/keep", "rw/payload", "rw/strip", "rw/bad", "rw/subid", "rw/last")
+    # The refused replacements come before "rw/last" on one connection: once that has
+    # arrived, they would have too.
+    topics = (
+        *("rw/change", "rw/keep", "rw/payload", "rw/strip"),
+        *("rw/bad", "rw/pfi", "rw/subid", "rw/last"),
+    )
     for topic in topics:
         info = pub.client.publish(topic, b"body", 1, properties=paho_properties(sent))
         await asyncio.to_thread(info.wait_for_publish, TIMEOUT)
@@ -398,7 +406,7 @@ async def test_on_message_rewrites_properties(serve: Serve, clients: list[Any]) 
             ),
         ),
     }
-    assert seen == [sent] * 7 + [None]
+    assert seen == [sent] * 8 + [None]
     in_process = [await next_msg(inproc) for _ in range(6)]
     assert {m.topic: m.properties for m in in_process} == {
         "rw/change": changed,

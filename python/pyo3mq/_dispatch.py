@@ -71,6 +71,14 @@ def _check_replacement(message: Message) -> None:
     props = message.properties
     if props is not None and not isinstance(props, MessageProperties):
         raise _Denied(f"the replacement's properties {props!r} are not MessageProperties")
+    if props is not None and props.payload_format_indicator == 1:
+        try:
+            bytes(message.payload).decode()
+        except UnicodeDecodeError:
+            raise _Denied(
+                "the replacement's payload_format_indicator=1 says UTF-8 text and its "
+                "payload is not (3.3.2.3.2, 0x99 Payload format invalid)"
+            ) from None
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
