@@ -437,10 +437,20 @@ class Recorder:
 
 
 async def test_client_info_has_the_protocol_version(serve: Serve, clients: list[Any]) -> None:
-    """`ClientInfo.protocol` is 3, 4 or 5 for the authorizer and the connect event."""
+    """`ClientInfo.protocol` is 3, 4 or 5 for the authorizer and the connect event; an
+    authenticator with a `protocol` keyword parameter is given it too."""
     authorizer = Recorder()
     connected: dict[str, int] = {}
+    logins: dict[str, int] = {}
+
+    def authenticate(
+        client_id: str, username: str | None, password: bytes | None, *, protocol: int
+    ) -> bool:
+        logins[client_id] = protocol
+        return True
+
     broker = await serve(
+        authenticator=authenticate,
         authorizer=authorizer,
         on_connect=lambda e: connected.__setitem__(e.client.client_id, e.client.protocol),
     )
@@ -467,7 +477,7 @@ async def test_client_info_has_the_protocol_version(serve: Serve, clients: list[
         for client_id, level in (("v31", 3), ("v311", 4), ("v5", 5))
         for kind in ("subscribe", "publish")
     ]
-    assert connected == {"v31": 3, "v311": 4, "v5": 5}
+    assert connected == logins == {"v31": 3, "v311": 4, "v5": 5}
 
 
 async def test_subscribe_event_has_the_5_0_reason_codes(serve: Serve, clients: list[Any]) -> None:

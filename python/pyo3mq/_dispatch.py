@@ -124,6 +124,8 @@ class Dispatcher:
         self._auth_wants_subject = authenticate is not None and _accepts(
             authenticate, "certificate_subject"
         )
+        # Likewise `protocol` (3, 4 or 5, the MQTT version of the CONNECT).
+        self._auth_wants_protocol = authenticate is not None and _accepts(authenticate, "protocol")
         self._authorize_subscribe = authorize_subscribe
         self._authorize_publish = authorize_publish
         self._handlers = handlers
@@ -190,6 +192,8 @@ class Dispatcher:
                 authenticate = functools.partial(
                     authenticate, certificate_subject=call.certificate_subject
                 )
+            if self._auth_wants_protocol:
+                authenticate = functools.partial(authenticate, protocol=call.protocol)
             result = await self._call(authenticate, client_id, call.username, call.password)
             if result is True:
                 code = ACCEPTED

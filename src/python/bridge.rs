@@ -388,6 +388,8 @@ pub struct AuthCall {
     certificate_subject: Option<String>,
     password: Option<Py<PyBytes>>,
     peer: (String, u16),
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     reply: Py<ReplyHandle>,
 }
 
@@ -885,6 +887,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                         .as_deref()
                         .map(|p| PyBytes::new(py, p).unbind()),
                     peer: peer_of(req.peer),
+                    protocol: req.protocol.base().level(),
                     reply: reply_handle(py, Reply::Auth(tx))?,
                 },
             )?
