@@ -10,6 +10,7 @@
 //! - [`enhanced_auth`]: the MQTT 5.0 enhanced authentication hook's Python end.
 //! - [`client`]: `ClientCore` and `ClientMessage`, under `pyo3mq.Client`.
 //! - [`logging`]: the core's `tracing` lines, to stderr or to Python's `logging`.
+//! - [`properties`]: `MessageProperties`, the MQTT 5.0 properties of a message.
 
 mod bridge;
 mod broker;
@@ -17,6 +18,7 @@ mod client;
 mod enhanced_auth;
 mod errors;
 mod logging;
+pub(crate) mod properties;
 
 use pyo3::prelude::*;
 
@@ -29,5 +31,6 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bridge::register(m)?;
     enhanced_auth::register(m)?;
     client::register(m)?;
+    properties::register(m)?;
     Ok(())
 }

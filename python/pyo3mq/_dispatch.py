@@ -27,6 +27,7 @@ from pyo3mq._pyo3mq import (
     Disconnected,
     EnhancedAuthCall,
     InterceptCall,
+    MessageProperties,
     MessagesReady,
     PublishCall,
     SpaceFreed,
@@ -69,6 +70,17 @@ def _check_replacement(message: Message) -> None:
         raise _Denied(f"the replacement's QoS {message.qos!r} is not 0, 1 or 2")
     if not isinstance(message.payload, (bytes, bytearray, memoryview)):
         raise _Denied("the replacement's payload is not bytes")
+    props = message.properties
+    if props is not None and not isinstance(props, MessageProperties):
+        raise _Denied(f"the replacement's properties {props!r} are not MessageProperties")
+    if props is not None and props.payload_format_indicator == 1:
+        try:
+            bytes(message.payload).decode()
+        except UnicodeDecodeError:
+            raise _Denied(
+                "the replacement's payload_format_indicator=1 says UTF-8 text and its "
+                "payload is not (3.3.2.3.2, 0x99 Payload format invalid)"
+            ) from None
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -117,6 +129,8 @@ class Dispatcher:
         self._auth_wants_subject = authenticate is not None and _accepts(
             authenticate, "certificate_subject"
         )
+        # Likewise `protocol` (3, 4 or 5, the MQTT version of the CONNECT).
+        self._auth_wants_protocol = authenticate is not None and _accepts(authenticate, "protocol")
         self._authorize_subscribe = authorize_subscribe
         self._authorize_publish = authorize_publish
         self._handlers = handlers
@@ -186,6 +200,8 @@ class Dispatcher:
                 authenticate = functools.partial(
                     authenticate, certificate_subject=call.certificate_subject
                 )
+            if self._auth_wants_protocol:
+                authenticate = functools.partial(authenticate, protocol=call.protocol)
             result = await self._call(authenticate, client_id, call.username, call.password)
             if result is True:
                 code = ACCEPTED
@@ -202,7 +218,7 @@ class Dispatcher:
 
     async def _sub(self, call: SubscribeCall) -> None:
         granted: int | None = None
-        info = ClientInfo(call.client_id, call.username, call.certificate_subject)
+        info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
         filter, qos = call.filter, call.qos
         try:
             assert self._authorize_subscribe is not None
@@ -224,7 +240,7 @@ class Dispatcher:
 
     async def _pub(self, call: PublishCall) -> None:
         allowed = False
-        info = ClientInfo(call.client_id, call.username, call.certificate_subject)
+        info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
         topic = call.topic
         try:
             assert self._authorize_publish is not None
@@ -255,7 +271,16 @@ class Dispatcher:
                     verdict = True
                 elif isinstance(result, Message):
                     _check_replacement(result)
-                    verdict = (result.topic, bytes(result.payload), result.qos, result.retain)
+                    # True: the original's properties, whose encoded bytes Rust reuses.
+                    same = result.properties is message.properties
+                    props = True if same else result.properties
+                    verdict = (
+                        result.topic,
+                        bytes(result.payload),
+                        result.qos,
+                        result.retain,
+                        props,
+                    )
                 elif result is None or result is False:
                     verdict = None
                 else:
@@ -271,13 +296,16 @@ class Dispatcher:
 
     def _on_connect(self, record: Connected) -> None:
         if self._handlers.get("connect"):
-            client = ClientInfo(record.client_id, record.username, record.certificate_subject)
+            client = ClientInfo(
+                record.client_id, record.username, record.certificate_subject, record.protocol
+            )
             event = ConnectEvent(client, record.peer, record.clean_session, record.session_present)
             self._event("connect", event)
 
     def _on_disconnect(self, record: Disconnected) -> None:
         if self._handlers.get("disconnect"):
-            self._event("disconnect", DisconnectEvent(record.client_id, record.reason))
+            event = DisconnectEvent(record.client_id, record.reason, record.reason_code)
+            self._event("disconnect", event)
 
     def _on_subscribe(self, record: Subscribed) -> None:
         if self._handlers.get("subscribe"):

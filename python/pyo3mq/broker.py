@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pyo3mq._dispatch import Dispatcher
 from pyo3mq._persist import Persister
-from pyo3mq._pyo3mq import BrokerCore, check_settings, config_defaults
+from pyo3mq._pyo3mq import BrokerCore, MessageProperties, check_settings, config_defaults
 from pyo3mq.enhanced_auth import EnhancedAuthenticator
 from pyo3mq.enhanced_auth import check_hooks as _check_enhanced_auth
 from pyo3mq.plugins import Authenticator, Authorizer, SessionStore
@@ -31,7 +31,7 @@ StoreLoadError = Literal["refuse", "start_empty"]
 
 # `Message` is a NamedTuple: building it with tuple.__new__ (one C call) instead of
 # `Message._make` (a Python function) matters at a million messages per second. The
-# Rust side always sends exactly the five fields.
+# Rust side always sends exactly the six fields.
 _new_tuple = tuple.__new__
 # Messages `async for` takes from Rust at a time (at most `max_buffered`).
 _TAKE = 1024
@@ -676,9 +676,20 @@ class Broker:
     # -- in-process pub/sub -----------------------------------------------------------
 
     async def publish(
-        self, topic: str, payload: bytes | str = b"", qos: int = 0, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes | str = b"",
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        properties: MessageProperties | None = None,
     ) -> None:
         """Delivers a message to matching subscribers without a socket.
+
+        `properties` (MQTT 5.0: user properties, content type, response topic,
+        correlation data, message expiry, payload format) reach 5.0 subscribers and
+        in-process ones (`Message.properties`); 3.1/3.1.1 subscribers get the message
+        without them. A payload that breaks `payload_format_indicator=1` is a ValueError.
 
         It returns once the message is routed. If it filled a subscription made with
         `flow_control=True` on this broker's event loop, it waits, as an MQTT publisher
@@ -686,7 +697,7 @@ class Broker:
         publish more than `max_buffered` messages to a flow-controlled subscription that
         only it consumes)."""
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
-        token = self._core.publish(topic, data, qos, retain)
+        token = self._core.publish(topic, data, qos, retain, properties)
         if token and asyncio.get_running_loop() is self._loop:
             waiter = self._loop.create_future()
             self._space_waiters[token] = waiter

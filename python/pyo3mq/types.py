@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from pyo3mq._pyo3mq import MessageProperties
+
 DisconnectReason = Literal["clean", "keepalive", "error", "takeover", "shutdown"]
 
 
@@ -19,6 +21,8 @@ class ClientInfo:
     #: The subject of the client's verified TLS certificate as an RFC 4514 string
     #: (`"CN=alice,O=Example"`), or None without one.
     certificate_subject: str | None = None
+    #: The MQTT version it connected with: 3 (3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: int = 4
 
 
 class Message(NamedTuple):
@@ -34,6 +38,10 @@ class Message(NamedTuple):
     retain: bool
     #: Client id of the publisher; empty for messages from `Broker.publish`.
     client_id: str
+    #: The MQTT 5.0 properties it was published with; None without any (every message
+    #: from a 3.1/3.1.1 client). `on_message` may return a message with other ones
+    #: (`message._replace(properties=...)`): subscribers get those.
+    properties: MessageProperties | None = None
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,18 @@ class ConnectEvent:
 class DisconnectEvent:
     client_id: str
     reason: DisconnectReason
+    #: The reason code of the MQTT 5.0 DISCONNECT that ended the connection, whichever
+    #: side sent it: the client's (0x00 normal, 0x04 with will, 0x80 and up for an
+    #: error), or the broker's (0x8E taken over, 0x8D keep alive, 0x8B shutting down, the
+    #: code of a broken rule); None without one (3.1/3.1.1, or the network closed).
+    reason_code: int | None = None
 
 
 @dataclass(frozen=True)
 class SubscribeEvent:
     client_id: str
-    #: (filter, SUBACK code): 0, 1 or 2 granted, 0x80 refused.
+    #: (filter, SUBACK code): 0, 1 or 2 granted; refused, 0x80 for a 3.1/3.1.1 client and
+    #: the 5.0 reason code for a 5.0 one (0x87 not authorized, 0x8F invalid filter...).
     filters: list[tuple[str, int]]
 
 

@@ -137,7 +137,8 @@ pub struct Connection {
     /// to DEBUG.
     sys_publish_logged: bool,
     /// The reason code of the rule an MQTT 5.0 client broke, for the DISCONNECT sent
-    /// before the close (connection/v5.rs).
+    /// before the close (connection/v5.rs); at the close, the code of the DISCONNECT
+    /// either side sent, for the disconnect event.
     v5_reason: Option<codec::ReasonCode>,
     /// MQTT 5.0 enhanced authentication: the method, and a re-authentication in progress
     /// (connection/enhanced_auth.rs). Boxed: most connections have none.
@@ -438,6 +439,7 @@ impl Connection {
         self.router.emit(|| Event::Disconnected {
             client_id: self.client_id.clone(),
             reason,
+            reason_code: self.v5_reason.map(|code| code.0),
         });
         // Only now may a connection taking over this client id proceed.
         drop(gone);

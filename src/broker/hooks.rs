@@ -61,6 +61,8 @@ pub struct ClientInfo {
     pub username: Option<ByteString>,
     /// The subject of the client's verified TLS certificate (RFC 4514), when it gave one.
     pub certificate_subject: Option<ByteString>,
+    /// The MQTT version the client connected with (3.1, 3.1.1 or 5.0; a bridge's 3.1.1).
+    pub protocol: Protocol,
 }
 
 pub trait Authorizer: Send + Sync {
@@ -129,6 +131,9 @@ pub enum Event {
     Disconnected {
         client_id: ByteString,
         reason: DisconnectReason,
+        /// The reason code of the 5.0 DISCONNECT that ended it, whichever side sent it;
+        /// `None` without one (3.1/3.1.1, or the network closed).
+        reason_code: Option<u8>,
     },
     Subscribed {
         client_id: ByteString,

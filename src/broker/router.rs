@@ -915,6 +915,7 @@ mod tests {
         Event::Disconnected {
             client_id: ByteString::from_static("c"),
             reason: DisconnectReason::Clean,
+            reason_code: None,
         }
     }
 

@@ -46,6 +46,7 @@ use crate::broker::hooks::{
 use crate::broker::router::{MatchScratch, Session};
 use crate::broker::session::{Message, Queued};
 use crate::codec::{ConnectReturnCode, QoS};
+use crate::python::properties::MessageProperties;
 
 /// Items per hand-off to the loop (one `call_soon_threadsafe`).
 const MAX_ITEMS: usize = 256;
@@ -317,8 +318,8 @@ impl ReplyHandle {
             }
             Reply::Intercept(tx, originals) => {
                 // One verdict per message: None drops it, True keeps it, and a tuple
-                // (topic, payload, qos, retain) replaces it. A replacement that is not a
-                // valid message drops that message only.
+                // (topic, payload, qos, retain, properties) replaces it. A replacement
+                // that is not a valid message drops that message only.
                 let verdicts: Vec<Bound<'_, PyAny>> = value.extract()?;
                 if verdicts.len() != originals.len() {
                     return Err(PyValueError::new_err("one verdict per message is required"));
@@ -346,19 +347,36 @@ impl ReplyHandle {
     }
 }
 
-/// A message an interceptor returned in place of `original`.
+/// A message an interceptor returned in place of `original`: a tuple
+/// `(topic, payload, qos, retain, properties)`, where `properties` is True for "the
+/// original's, unchanged" (their bytes are shared, not encoded again), None for none, or
+/// a `MessageProperties`, encoded here once.
 fn replacement(verdict: &Bound<'_, PyAny>, original: &Message) -> PyResult<Arc<Message>> {
-    let (topic, payload, qos, retain): (String, Vec<u8>, u8, bool) = verdict.extract()?;
+    let (topic, payload, qos, retain, properties): (String, Vec<u8>, u8, bool, Bound<'_, PyAny>) =
+        verdict.extract()?;
     crate::topic::validate_topic_name(&topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let properties = if properties.is_none() {
+        None
+    } else if properties
+        .cast::<pyo3::types::PyBool>()
+        .is_ok_and(|b| b.is_true())
+    {
+        original.properties.clone()
+    } else {
+        properties
+            .cast::<MessageProperties>()
+            .map_err(|_| PyValueError::new_err("properties must be a MessageProperties or None"))?
+            .get()
+            .to_wire()?
+            .map(crate::broker::session::MessageProperties::new)
+    };
     Ok(Arc::new(Message {
         topic: ByteString::from(topic),
         payload: bytes::Bytes::from(payload),
         qos: QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?,
         retain,
         publisher: original.publisher.clone(),
-        // MQTT 5.0 properties are not visible to Python yet: a replacement keeps the
-        // original's, so a rewrite does not strip them from 5.0 subscribers.
-        properties: original.properties.clone(),
+        properties,
     }))
 }
 
@@ -373,6 +391,8 @@ pub struct AuthCall {
     certificate_subject: Option<String>,
     password: Option<Py<PyBytes>>,
     peer: (String, u16),
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     reply: Py<ReplyHandle>,
 }
 
@@ -383,6 +403,8 @@ pub struct SubscribeCall {
     username: Option<String>,
     /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
     certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     filter: String,
     qos: u8,
     reply: Py<ReplyHandle>,
@@ -395,18 +417,22 @@ pub struct PublishCall {
     username: Option<String>,
     /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
     certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     topic: String,
     reply: Py<ReplyHandle>,
 }
 
 /// The PUBLISHes of one read from a connection, for `on_message`: a list of
-/// `(topic, payload, qos, retain, publisher)`.
+/// `(topic, payload, qos, retain, publisher, properties)`.
 #[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
 pub struct InterceptCall {
     client_id: String,
     username: Option<String>,
     /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
     certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     messages: Py<PyList>,
     reply: Py<ReplyHandle>,
 }
@@ -429,6 +455,8 @@ pub struct Connected {
     username: Option<String>,
     /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
     certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
     peer: (String, u16),
     clean_session: bool,
     session_present: bool,
@@ -438,6 +466,8 @@ pub struct Connected {
 pub struct Disconnected {
     client_id: String,
     reason: &'static str,
+    /// The 5.0 DISCONNECT's reason code, whichever side sent it; None without one.
+    reason_code: Option<u8>,
 }
 
 #[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
@@ -591,7 +621,8 @@ impl SubscriptionFeed {
         self.feed.dropped()
     }
 
-    /// Up to `max` messages, oldest first, as `(topic, payload, qos, retain, publisher)`;
+    /// Up to `max` messages, oldest first, as
+    /// `(topic, payload, qos, retain, publisher, properties)`;
     /// empty when there are none (a `MessagesReady` record announces the next ones).
     /// Calling it again says the consumer is done with the previous ones.
     fn take<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
@@ -610,6 +641,7 @@ impl SubscriptionFeed {
                 // The delivery's flag: 1 only for a replay on subscribe.
                 q.retain,
                 publisher_cache.get(py, &m.publisher),
+                message_properties(py, m)?,
             ))?;
         }
         Ok(items)
@@ -843,6 +875,11 @@ fn subject(client: &ClientInfo) -> Option<String> {
     client.certificate_subject.as_deref().map(str::to_owned)
 }
 
+/// The protocol level Python sees: 3, 4 or 5 (a bridge's 3.1.1 is 4).
+fn protocol_of(client: &ClientInfo) -> u8 {
+    client.protocol.base().level()
+}
+
 fn peer_of(peer: std::net::SocketAddr) -> (String, u16) {
     (peer.ip().to_string(), peer.port())
 }
@@ -863,6 +900,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                         .as_deref()
                         .map(|p| PyBytes::new(py, p).unbind()),
                     peer: peer_of(req.peer),
+                    protocol: req.protocol.base().level(),
                     reply: reply_handle(py, Reply::Auth(tx))?,
                 },
             )?
@@ -873,6 +911,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                     client_id: client.client_id.to_string(),
                     username: username(&client),
                     certificate_subject: subject(&client),
+                    protocol: protocol_of(&client),
                     filter: filter.to_string(),
                     qos: qos as u8,
                     reply: reply_handle(py, Reply::Subscribe(tx))?,
@@ -885,6 +924,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                     client_id: client.client_id.to_string(),
                     username: username(&client),
                     certificate_subject: subject(&client),
+                    protocol: protocol_of(&client),
                     topic: topic.to_string(),
                     reply: reply_handle(py, Reply::Publish(tx))?,
                 },
@@ -907,6 +947,7 @@ fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
                         client_id: client.client_id.to_string(),
                         username: username(&client),
                         certificate_subject: subject(&client),
+                        protocol: protocol_of(&client),
                         messages: messages.unbind(),
                         reply: reply_handle(py, Reply::Intercept(tx, batch))?,
                     },
@@ -926,8 +967,26 @@ fn message_tuple<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyTup
         m.qos as u8,
         m.retain,
         m.publisher.deref(),
+        message_properties(py, m)?,
     )
         .into_pyobject(py)
+}
+
+/// A message's MQTT 5.0 properties as a `pyo3mq.MessageProperties`, or None. Decoded
+/// here, when the message becomes a Python object: routing never decodes them, and a
+/// message without properties (every 3.1.1 one) costs a None.
+fn message_properties(py: Python<'_>, m: &Message) -> PyResult<Option<Py<MessageProperties>>> {
+    let Some(bytes) = &m.properties else {
+        return Ok(None);
+    };
+    match MessageProperties::from_wire(bytes.bytes()) {
+        Ok(props) => Py::new(py, props).map(Some),
+        Err(err) => {
+            // They were checked when they came in: this is a bug, not bad input.
+            error!(topic = %m.topic, "cannot decode a routed message's properties: {err}");
+            Ok(None)
+        }
+    }
 }
 
 /// The Python string made for the last `ByteString` seen, reused while it repeats.
@@ -962,17 +1021,23 @@ fn event_record(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyAny>> {
                 client_id: client.client_id.to_string(),
                 username: username(&client),
                 certificate_subject: subject(&client),
+                protocol: protocol_of(&client),
                 peer: peer_of(peer),
                 clean_session,
                 session_present,
             },
         )?
         .into_any(),
-        Event::Disconnected { client_id, reason } => Bound::new(
+        Event::Disconnected {
+            client_id,
+            reason,
+            reason_code,
+        } => Bound::new(
             py,
             Disconnected {
                 client_id: client_id.to_string(),
                 reason: reason.as_str(),
+                reason_code,
             },
         )?
         .into_any(),
@@ -1019,6 +1084,7 @@ mod tests {
         Event::Disconnected {
             client_id: ByteString::from(format!("c{n}")),
             reason: DisconnectReason::Clean,
+            reason_code: None,
         }
     }
 
@@ -1048,6 +1114,7 @@ mod tests {
             client_id: ByteString::from_static("c"),
             username: None,
             certificate_subject: None,
+            protocol: crate::codec::Protocol::V311,
         };
         lanes
             .intercept

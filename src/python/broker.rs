@@ -24,6 +24,7 @@ use crate::broker::store::{
 use crate::codec::QoS;
 use crate::python::bridge::{Feed, PyBridge, SubscriptionFeed, Wanted};
 use crate::python::errors::{BrokerStartError, MqttError};
+use crate::python::properties::MessageProperties;
 use crate::topic;
 
 fn to_pyerr(err: ServerError) -> PyErr {
@@ -425,7 +426,8 @@ impl BrokerCore {
     /// Routes a message as if a client had published it (no socket involved). Returns 0,
     /// or, when a flow-controlled subscription is full, a token that a `("space", token)`
     /// dispatch item completes once it has drained below its high water mark.
-    #[pyo3(signature = (topic, payload, qos=0, retain=false))]
+    /// `properties` (MQTT 5.0) are encoded here, once, and go to 5.0 subscribers.
+    #[pyo3(signature = (topic, payload, qos=0, retain=false, properties=None))]
     fn publish(
         &self,
         py: Python<'_>,
@@ -433,10 +435,20 @@ impl BrokerCore {
         payload: &[u8],
         qos: u8,
         retain: bool,
+        properties: Option<&Bound<'_, MessageProperties>>,
     ) -> PyResult<u64> {
         topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let qos =
             QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?;
+        let properties = match properties {
+            Some(p) => {
+                p.get().check_payload(payload)?;
+                p.get()
+                    .to_wire()?
+                    .map(crate::broker::session::MessageProperties::new)
+            }
+            None => None,
+        };
         let router = self.router()?;
         let msg = Arc::new(Message {
             topic: ByteString::from(topic),
@@ -444,7 +456,7 @@ impl BrokerCore {
             qos,
             retain,
             publisher: ByteString::new(),
-            properties: None,
+            properties,
         });
         let mut scratch = MatchScratch::default();
         py.detach(|| router.publish(msg, &mut scratch));

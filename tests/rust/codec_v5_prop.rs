@@ -641,3 +641,25 @@ proptest! {
         feed(&v5(MAX), &data, chunk)?;
     }
 }
+
+proptest! {
+    /// A routed message keeps its properties encoded without their length prefix
+    /// (`Properties::to_bytes`); `Properties::from_bytes` reads them back unchanged, for
+    /// the Python API (`pyo3mq.MessageProperties`), which decodes them only on demand.
+    #[test]
+    fn stored_message_properties_read_back(props in properties(PropertyContext::Publish)) {
+        let props = props.map(|p| *p).unwrap_or_default();
+        let stored = props.to_bytes(PropertyContext::Publish).unwrap();
+        prop_assert_eq!(
+            Properties::from_bytes(stored.clone(), PropertyContext::Publish).unwrap(),
+            props
+        );
+        // Cut short, the set is an error, never a panic or a guess.
+        if !stored.is_empty() {
+            prop_assert!(
+                Properties::from_bytes(stored.slice(..stored.len() - 1), PropertyContext::Publish)
+                    .is_err()
+            );
+        }
+    }
+}

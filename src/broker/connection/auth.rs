@@ -25,6 +25,7 @@ impl Connection {
             client_id: self.client_id.clone(),
             username: self.username.clone(),
             certificate_subject: self.io.peer_certificate().map(|c| c.subject.clone()),
+            protocol: self.protocol,
         }
     }
 

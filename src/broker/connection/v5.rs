@@ -366,6 +366,8 @@ impl Connection {
                 secs => Duration::from_secs(u64::from(secs)),
             });
         }
+        // For the disconnect event: the code the client ended the connection with.
+        self.v5_reason = Some(disconnect.reason);
         if disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
             Close::DisconnectWithWill
         } else {
@@ -385,10 +387,16 @@ impl Connection {
             Close::Shutdown => ReasonCode::SERVER_SHUTTING_DOWN,
             Close::Protocol(_) => self.v5_reason.unwrap_or(ReasonCode::PROTOCOL_ERROR),
             // The client ended it, or the network did: nothing to say.
-            Close::Disconnect | Close::DisconnectWithWill | Close::PeerClosed | Close::Io(_) => {
-                return
+            Close::Disconnect | Close::DisconnectWithWill => {
+                // For the disconnect event: a DISCONNECT without a body (`E0 00`) is
+                // 0x00 Normal disconnection.
+                self.v5_reason.get_or_insert(ReasonCode::SUCCESS);
+                return;
             }
+            Close::PeerClosed | Close::Io(_) => return,
         };
+        // For the disconnect event: the code the server ended the connection with.
+        self.v5_reason = Some(reason);
         self.send_packet(&Packet::DisconnectV5(DisconnectV5 {
             reason,
             properties: None,

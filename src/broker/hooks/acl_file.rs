@@ -191,6 +191,7 @@ mod tests {
             client_id: ByteString::from(id),
             username: user.map(ByteString::from),
             certificate_subject: None,
+            protocol: crate::codec::Protocol::V311,
         }
     }
 

@@ -88,6 +88,7 @@ mod tests {
             client_id: ByteString::from("c1"),
             username: Some(ByteString::from("alice")),
             certificate_subject: None,
+            protocol: crate::codec::Protocol::V311,
         }
     }
 
