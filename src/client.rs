@@ -45,6 +45,7 @@ mod runtime;
 mod state;
 mod store;
 mod transport;
+mod v5;
 
 pub use error::ClientError;
 pub use handle::Client;
@@ -53,3 +54,4 @@ pub use options::{Options, Reconnect};
 pub use state::{ConnectionState, Drained, Incoming, Outcome, StateChange, Submitted};
 pub use store::StoreError;
 pub use transport::{Scheme, TlsOptions, TlsVersions, TransportOptions, Verify};
+pub use v5::{PublishError, ServerLimits, V5Options};

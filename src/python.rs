@@ -13,6 +13,7 @@
 mod bridge;
 mod broker;
 mod client;
+mod client_v5;
 mod errors;
 mod logging;
 
@@ -26,5 +27,6 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     broker::register(m)?;
     bridge::register(m)?;
     client::register(m)?;
+    client_v5::register(m)?;
     Ok(())
 }

@@ -126,6 +126,7 @@ fn new_client(
         }),
         session_store: None,
         transport: transport(settings)?,
+        v5: Default::default(),
     };
     Client::new(opts).map_err(|e| bridge_names(e.to_string()))
 }
