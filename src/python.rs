@@ -9,6 +9,7 @@
 //!   (hooks, events, in-process subscriptions), with `ReplyHandle`.
 //! - [`client`]: `ClientCore` and `ClientMessage`, under `pyo3mq.Client`.
 //! - [`logging`]: the core's `tracing` lines, to stderr or to Python's `logging`.
+//! - [`properties`]: `MessageProperties`, the MQTT 5.0 properties of a message.
 
 mod bridge;
 mod broker;
@@ -16,6 +17,7 @@ mod client;
 mod client_v5;
 mod errors;
 mod logging;
+pub(crate) mod properties;
 
 use pyo3::prelude::*;
 
@@ -28,5 +30,6 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bridge::register(m)?;
     client::register(m)?;
     client_v5::register(m)?;
+    properties::register(m)?;
     Ok(())
 }

@@ -2,7 +2,13 @@
 
 from typing import Literal
 
-from pyo3mq._pyo3mq import BrokerStartError, MqttError, __version__, init_logging
+from pyo3mq._pyo3mq import (
+    BrokerStartError,
+    MessageProperties,
+    MqttError,
+    __version__,
+    init_logging,
+)
 from pyo3mq.broker import (
     BridgeConfig,
     Broker,
@@ -88,6 +94,7 @@ __all__ = [
     "MQTTv31",
     "MQTTv311",
     "Message",
+    "MessageProperties",
     "MessagesIterator",
     "MqttBadUsernameOrPasswordError",
     "MqttCodeError",

@@ -1,6 +1,6 @@
 """The native core. Use the public API in `pyo3mq` instead."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Literal, final
 
 from pyo3mq.client import Topic
@@ -18,6 +18,7 @@ __all__ = [
     "Disconnected",
     "Drained",
     "InterceptCall",
+    "MessageProperties",
     "MessagesReady",
     "MqttBadUsernameOrPasswordError",
     "MqttCodeError",
@@ -60,6 +61,51 @@ def init_logging(level: str, to_python: bool = False, packets: bool = True) -> N
 def config_defaults() -> dict[str, Any]: ...
 def check_settings(settings: dict[str, Any]) -> None: ...
 def check_config_files(settings: dict[str, Any]) -> list[str]: ...
+
+# -- MQTT 5.0 message properties (src/python/properties.rs) ---------------------------
+
+@final
+class MessageProperties:
+    """The MQTT 5.0 properties of an application message: a frozen, checked record."""
+
+    def __new__(
+        cls,
+        *,
+        payload_format_indicator: int | None = None,
+        message_expiry_interval: int | None = None,
+        content_type: str | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        user_properties: Iterable[tuple[str, str]] | None = None,
+        subscription_identifiers: Iterable[int] | None = None,
+    ) -> MessageProperties: ...
+    def replace(
+        self,
+        *,
+        payload_format_indicator: int | None = ...,
+        message_expiry_interval: int | None = ...,
+        content_type: str | None = ...,
+        response_topic: str | None = ...,
+        correlation_data: bytes | None = ...,
+        user_properties: Iterable[tuple[str, str]] | None = ...,
+        subscription_identifiers: Iterable[int] | None = ...,
+    ) -> MessageProperties: ...
+    @property
+    def payload_format_indicator(self) -> int | None: ...
+    @property
+    def message_expiry_interval(self) -> int | None: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def response_topic(self) -> str | None: ...
+    @property
+    def correlation_data(self) -> bytes | None: ...
+    @property
+    def user_properties(self) -> list[tuple[str, str]]: ...
+    @property
+    def subscription_identifiers(self) -> list[int]: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
 
 @final
 class ReplyHandle:

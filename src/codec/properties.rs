@@ -189,21 +189,26 @@ pub(super) fn read_properties(
     if len == 0 {
         return Ok(None);
     }
-    let mut inner = r.sub_reader(len)?;
+    let inner = r.sub_reader(len)?;
+    Ok(Some(Box::new(read_property_list(inner, ctx)?)))
+}
+
+/// Reads properties until `r` is empty, then checks the set.
+fn read_property_list(mut r: Reader, ctx: PropertyContext) -> Result<Properties, Error> {
     let mut p = Properties::default();
     let packet = ctx.packet();
-    while !inner.is_empty() {
+    while !r.is_empty() {
         // The identifier is a Variable Byte Integer, but every defined one fits in one
         // byte: a longer encoding is an identifier the packet cannot carry anyway.
-        let id = inner.variable_byte_integer("property identifier")?;
+        let id = r.variable_byte_integer("property identifier")?;
         let id = match u8::try_from(id) {
             Ok(id) if ctx.allows(id) => id,
             _ => return Err(Error::UnknownProperty { packet, id }),
         };
-        read_property(&mut inner, &mut p, id, packet)?;
+        read_property(&mut r, &mut p, id, packet)?;
     }
     check_properties(&p, ctx)?;
-    Ok(Some(Box::new(p)))
+    Ok(p)
 }
 
 /// Sets `slot` once: a second occurrence is a Protocol Error (spec 2.2.2.2, and each
@@ -664,6 +669,20 @@ impl Properties {
         let mut dst = BytesMut::with_capacity(len);
         self.put(&mut dst);
         Ok(dst.freeze())
+    }
+}
+
+impl Properties {
+    /// The inverse of [`Properties::to_bytes`]: reads a set stored without its length
+    /// prefix (a routed message's `properties`), with the same checks as on the wire.
+    pub fn from_bytes(bytes: Bytes, ctx: PropertyContext) -> Result<Properties, Error> {
+        read_property_list(
+            Reader {
+                packet: ctx.packet(),
+                body: bytes,
+            },
+            ctx,
+        )
     }
 }
 
