@@ -139,6 +139,13 @@ impl Client {
         retain: bool,
     ) -> Result<Submitted, String> {
         check_publish(topic, payload.len())?;
+        if self.shared.opts.protocol == Protocol::V5 {
+            // The 5.0 form; its refusals as text (Python's client calls `publish_v5`).
+            return self
+                .shared
+                .with_state(|st| st.publish_v5(topic, payload, qos, retain, None))
+                .map_err(|e| e.to_string());
+        }
         self.shared
             .with_state(|st| st.publish(topic, payload, qos, retain))
             .map_err(|e| e.to_string())

@@ -33,6 +33,7 @@ use crate::topic as topics;
 
 use super::client_v5::{self, ConnAckInfo};
 use super::errors::{client_error_class, rc, ClientErrorClass, MqttError};
+use super::properties::MessageProperties;
 
 fn qos_from(value: u8) -> PyResult<QoS> {
     QoS::from_u8(value)
@@ -318,6 +319,7 @@ fn messages_list<'py>(
                 retain: m.retain,
                 dup: m.dup,
                 packet_id: m.packet_id,
+                properties: m.properties,
             },
         )?);
     }
@@ -411,12 +413,18 @@ pub struct ClientMessage {
     retain: bool,
     dup: bool,
     packet_id: u16,
+    /// MQTT 5.0 PUBLISH properties as received; made into a `MessageProperties` when
+    /// Python asks.
+    properties: Option<Box<crate::codec::Properties>>,
 }
 
 #[pymethods]
 impl ClientMessage {
     #[new]
-    #[pyo3(signature = (topic, payload, qos = 0, retain = false, dup = false, packet_id = 0))]
+    #[pyo3(signature = (
+        topic, payload, qos = 0, retain = false, dup = false, packet_id = 0, properties = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         topic: Bound<'_, PyString>,
         payload: &Bound<'_, PyAny>,
@@ -424,6 +432,7 @@ impl ClientMessage {
         retain: bool,
         dup: bool,
         packet_id: u16,
+        properties: Option<MessageProperties>,
     ) -> PyResult<Self> {
         qos_from(qos)?;
         let py = topic.py();
@@ -435,6 +444,7 @@ impl ClientMessage {
             retain,
             dup,
             packet_id,
+            properties: properties.map(|p| Box::new(p.to_codec())),
         })
     }
 
@@ -480,10 +490,15 @@ impl ClientMessage {
         self.packet_id
     }
 
-    /// MQTT 5 properties, as aiomqtt's `Message.properties`: always None under MQTT 3.1.1.
+    /// MQTT 5.0 message properties (content type, response topic, correlation data,
+    /// user properties, message expiry, payload format, subscription identifiers), as
+    /// aiomqtt's `Message.properties`; None under MQTT 3.1/3.1.1 and when the PUBLISH
+    /// had none.
     #[getter]
-    fn properties(&self, py: Python<'_>) -> Py<PyAny> {
-        py.None()
+    fn properties(&self) -> Option<MessageProperties> {
+        self.properties
+            .as_deref()
+            .map(MessageProperties::from_codec)
     }
 
     /// Whether the topic matches a subscription filter as a server routes (`+` and `#`
@@ -725,8 +740,7 @@ impl ClientCore {
         }
     }
 
-    /// `publish` with MQTT 5.0 message properties (any object with the attributes of
-    /// `MessageProperties`; None for none). Raises `MqttPublishError` when the server's
+    /// `publish` with MQTT 5.0 message properties (None for none). Raises `MqttPublishError` when the server's
     /// CONNACK forbids the message (too large, QoS above its maximum, retain).
     #[pyo3(signature = (topic, payload, qos, retain, properties = None))]
     fn publish_v5<'py>(
@@ -735,11 +749,14 @@ impl ClientCore {
         payload: &Bound<'py, PyAny>,
         qos: u8,
         retain: bool,
-        properties: Option<&Bound<'py, PyAny>>,
+        properties: Option<MessageProperties>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = topic.py();
         let qos = qos_from(qos)?;
-        let props = properties.map(client_v5::properties_from).transpose()?;
+        let props = properties
+            .as_ref()
+            .map(|p| client_v5::publish_properties(p, payload))
+            .transpose()?;
         let result = with_str(topic, |t| {
             with_payload(payload, |p| {
                 self.inner.publish_v5(t, p, qos, retain, props.as_ref())

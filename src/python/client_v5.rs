@@ -8,6 +8,8 @@ use pyo3::prelude::*;
 use crate::client::{ClientError, PublishError, ServerLimits, V5Options};
 use crate::codec::{Properties, QoS, RetainHandling, SubscriptionOptions};
 
+use super::properties::MessageProperties;
+
 use super::errors::{client_error_class, ClientErrorClass};
 
 /// The 5.0 CONNECT settings from `ClientCore`'s keyword arguments.
@@ -131,52 +133,19 @@ pub(super) fn publish_error(py: Python<'_>, e: PublishError) -> PyErr {
     }
 }
 
-/// Reads a message-properties object (any object with the attributes
-/// `payload_format_indicator`, `message_expiry_interval`, `content_type`,
-/// `response_topic`, `correlation_data`, `user_properties`, each None or unset for
-/// none) into the codec's property set.
-pub(super) fn properties_from(obj: &Bound<'_, PyAny>) -> PyResult<Properties> {
-    fn attr<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match obj.getattr(name) {
-            Ok(v) if v.is_none() => Ok(None),
-            Ok(v) => Ok(Some(v)),
-            Err(_) => Ok(None),
-        }
+/// The property set a 5.0 publish sends for `props` (checked for the payload).
+pub(super) fn publish_properties(
+    props: &MessageProperties,
+    payload: &Bound<'_, PyAny>,
+) -> PyResult<Properties> {
+    // [MQTT-3.3.4-6]: the server adds subscription identifiers, a publisher never does.
+    props.to_wire()?;
+    if let Ok(b) = payload.cast::<pyo3::types::PyBytes>() {
+        props.check_payload(b.as_bytes())?;
+    } else if let Ok(s) = payload.cast::<pyo3::types::PyByteArray>() {
+        props.check_payload(&s.to_vec())?;
     }
-    let text = |name: &str| -> PyResult<Option<bytestring::ByteString>> {
-        attr(obj, name)?
-            .map(|v| v.extract::<String>().map(bytestring::ByteString::from))
-            .transpose()
-    };
-    let mut p = Properties {
-        payload_format_indicator: attr(obj, "payload_format_indicator")?
-            .map(|v| v.extract::<u8>())
-            .transpose()?,
-        message_expiry_interval: attr(obj, "message_expiry_interval")?
-            .map(|v| v.extract::<u32>())
-            .transpose()?,
-        content_type: text("content_type")?,
-        response_topic: text("response_topic")?,
-        correlation_data: attr(obj, "correlation_data")?
-            .map(|v| v.extract::<Vec<u8>>().map(bytes::Bytes::from))
-            .transpose()?,
-        ..Properties::default()
-    };
-    if p.payload_format_indicator.is_some_and(|v| v > 1) {
-        return Err(PyValueError::new_err(
-            "payload_format_indicator must be 0 or 1",
-        ));
-    }
-    if let Some(pairs) = attr(obj, "user_properties")? {
-        for item in pairs.try_iter()? {
-            let (k, v): (String, String) = item?.extract()?;
-            p.user_properties.push((
-                bytestring::ByteString::from(k),
-                bytestring::ByteString::from(v),
-            ));
-        }
-    }
-    Ok(p)
+    Ok(props.to_codec())
 }
 
 /// What the last MQTT 5.0 CONNACK said: the server's limits (with the spec's defaults
