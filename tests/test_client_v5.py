@@ -542,3 +542,17 @@ async def test_v5_settings_need_protocol_5() -> None:
     c = Client("127.0.0.1", 1883)
     assert c.connack is None
 
+
+
+def test_sync_client_speaks_5_0(server: int) -> None:
+    """SyncClient(protocol=5) shares the core: subscribe (the 5.0 SUBSCRIBE form),
+    publish and receive work, and the session expiry setting is accepted."""
+    with (
+        pyo3mq.SyncClient(
+            "127.0.0.1", server, identifier="sync5", protocol=V5, session_expiry_interval=5
+        ) as c,
+    ):
+        assert c.subscribe("sync5/t", qos=1) == [1]
+        c.publish("sync5/t", b"hello", qos=1).wait_for_publish(5)
+        got = next(iter(c.messages(timeout=5)))
+        assert (got.topic, got.payload) == ("sync5/t", b"hello")

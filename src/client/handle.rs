@@ -247,6 +247,20 @@ impl Client {
         if filters.is_empty() {
             return Err("[MQTT-3.8.3-3] subscribe needs at least one topic filter".into());
         }
+        if self.shared.opts.protocol == Protocol::V5 {
+            // The 5.0 form, with default options.
+            let filters = filters
+                .into_iter()
+                .map(|(f, qos)| {
+                    let options = SubscriptionOptions {
+                        qos,
+                        ..SubscriptionOptions::default()
+                    };
+                    (f, options)
+                })
+                .collect();
+            return self.subscribe_v5(filters, None, Vec::new());
+        }
         let mut checked = Vec::with_capacity(filters.len());
         for (f, q) in filters {
             topics::validate_topic_filter(&f).map_err(|e| format!("{f:?}: {e}"))?;
@@ -261,6 +275,9 @@ impl Client {
     pub fn unsubscribe(&self, filters: Vec<String>) -> Result<Submitted, String> {
         if filters.is_empty() {
             return Err("[MQTT-3.10.3-2] unsubscribe needs at least one topic filter".into());
+        }
+        if self.shared.opts.protocol == Protocol::V5 {
+            return self.unsubscribe_v5(filters, Vec::new());
         }
         let mut checked = Vec::with_capacity(filters.len());
         for f in filters {
