@@ -131,9 +131,7 @@ async def test_request_response(server: int) -> None:
                 reply_to,
                 request.payload.upper(),
                 qos=1,
-                properties=MessageProperties(
-                    correlation_data=request.properties.correlation_data
-                ),
+                properties=MessageProperties(correlation_data=request.properties.correlation_data),
             )
 
         serving = asyncio.ensure_future(serve_one())
@@ -355,18 +353,22 @@ async def test_outgoing_topic_aliases(mosquitto: Callable[..., int]) -> None:
         assert pub.is_connected
 
 
-async def test_refused_connect_raises_the_reason_code(
-    mosquitto: Callable[..., int], tmp_path: Path
-) -> None:
-    """[MQTT-3.2.2-8] A CONNACK reason code of 0x80 or more raises the typed exception
-    of the code (0x87 Not authorized, 0x86 Bad user name or password), carrying it."""
+@pytest.fixture
+def mosquitto_with_password(mosquitto: Callable[..., int], tmp_path: Path) -> int:
+    """mosquitto that knows only alice/secret and refuses anonymous clients."""
     passwd = tmp_path / "passwd"
     subprocess.run(
         [MOSQUITTO_PASSWD, "-b", "-c", str(passwd), "alice", "secret"],
         check=True,
         capture_output=True,
     )
-    port = mosquitto("allow_anonymous false", f"password_file {passwd}")
+    return mosquitto("allow_anonymous false", f"password_file {passwd}")
+
+
+async def test_refused_connect_raises_the_reason_code(mosquitto_with_password: int) -> None:
+    """[MQTT-3.2.2-8] A CONNACK reason code of 0x80 or more raises the typed exception
+    of the code (0x87 Not authorized, 0x86 Bad user name or password), carrying it."""
+    port = mosquitto_with_password
     with pytest.raises(pyo3mq.MqttConnectRefusedError) as info:
         await v5(port, "nobody").connect()
     assert info.value.reason_code in (0x86, 0x87)
@@ -541,7 +543,6 @@ async def test_v5_settings_need_protocol_5() -> None:
         Client("127.0.0.1", 1883, session_expiry_interval=10)
     c = Client("127.0.0.1", 1883)
     assert c.connack is None
-
 
 
 def test_sync_client_speaks_5_0(server: int) -> None:

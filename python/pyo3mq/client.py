@@ -77,9 +77,9 @@ __all__ = [
     "ClientMessage",
     "ConnAckInfo",
     "ConnectionState",
+    "MQTTv5",
     "MQTTv31",
     "MQTTv311",
-    "MQTTv5",
     "MessagesIterator",
     "MqttBadUsernameOrPasswordError",
     "MqttCodeError",
@@ -798,9 +798,7 @@ class _Waker:
 # The client
 # --------------------------------------------------------------------------------------
 
-_Deferred = tuple[
-    str, PayloadType, int, bool, "MessageProperties | None", "asyncio.Future[None]"
-]
+_Deferred = tuple[str, PayloadType, int, bool, "MessageProperties | None", "asyncio.Future[None]"]
 
 
 class Client:
