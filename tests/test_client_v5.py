@@ -23,10 +23,11 @@ from pyo3mq import (
     MqttPublishError,
     MqttSubscribeError,
     ProtocolVersion,
+    Will,
 )
 from support.mosquitto import MOSQUITTO_PASSWD
 from support.mqtt_raw import packet, s
-from test_client import read_packet, scripted_server
+from test_client import proxy_to, read_packet, scripted_server
 
 V5 = ProtocolVersion.V5
 
@@ -174,6 +175,32 @@ async def test_session_expiry_resumes_the_session(server: int) -> None:
         await c.subscribe("gone/t", qos=1)
     async with v5(server, "gone", clean_session=False) as c:
         assert not c.session_present, "[MQTT-3.1.2-23] expiry 0: the session ended"
+
+
+async def test_will_carries_its_properties(server: int) -> None:
+    """[MQTT-3.1.3-9] A 5.0 will's properties travel with it when the connection dies
+    without DISCONNECT."""
+    async with v5(server, "will-watch") as watcher:
+        await watcher.subscribe("will/#", qos=1)
+        async with proxy_to(server) as proxy:
+            will = Will(
+                "will/gone",
+                b"bye",
+                qos=1,
+                properties=MessageProperties(
+                    content_type="text/plain", user_properties=[("why", "cut")]
+                ),
+            )
+            client = v5(proxy.port, "will-5", will=will)
+            await client.connect()
+            proxy.cut()
+            got = await next_message(watcher)
+            assert (got.topic, got.payload) == ("will/gone", b"bye")
+            assert got.properties is not None
+            assert got.properties.content_type == "text/plain"
+            assert got.properties.user_properties == [("why", "cut")]
+    with pytest.raises(ValueError, match="protocol=5"):
+        Client("127.0.0.1", 1, will=will)
 
 
 async def test_assigned_client_identifier(server: int) -> None:

@@ -474,6 +474,7 @@ class ClientCore:
         topic_alias_maximum: int = 0,
         outgoing_topic_aliases: int = 0,
         connect_user_properties: list[tuple[str, str]] | None = None,
+        will_properties: MessageProperties | None = None,
     ) -> ClientCore: ...
     @property
     def wake_fd(self) -> int: ...

@@ -224,6 +224,8 @@ class Will:
     payload: PayloadType = None
     qos: int = 0
     retain: bool = False
+    #: MQTT 5.0: the will message's properties.
+    properties: MessageProperties | None = None
 
 
 @dataclass(frozen=True)
@@ -682,6 +684,7 @@ def _settings(
         "connect_user_properties": None
         if connect_user_properties is None
         else [(str(k), str(v)) for k, v in connect_user_properties],
+        "will_properties": None if will is None else will.properties,
     }
     core_args.update((k, v) for k, v in v5_args.items() if v is not None)
     return _Settings(hostname, port, seconds, core_args)

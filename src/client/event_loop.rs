@@ -17,7 +17,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::codec::{ConnectReturnCode, Decoder, DisconnectV5, Packet, Protocol};
+use crate::codec::{ConnectReturnCode, Decoder, DisconnectV5, Packet, Protocol, ReasonCode};
 
 use super::error::ClientError;
 use super::options::{Options, Reconnect};
@@ -609,13 +609,18 @@ impl Shared {
             e = keepalive => e,
             e = close_deadline => e,
         };
-        if let ClientError::ProtocolV5 { reason, message } = &reason {
+        let violated = match &reason {
+            ClientError::ProtocolV5 { reason, message } => Some((*reason, message)),
+            ClientError::Protocol(message) if v5 => Some((ReasonCode::PROTOCOL_ERROR, message)),
+            _ => None,
+        };
+        if let Some((code, message)) = violated {
             // Spec 4.13.1: a 5.0 peer that detects a protocol error sends DISCONNECT with
             // the reason code before it closes; bounded, the server may not be reading.
             tracing::warn!("client {}: {message}", self.opts.client_id);
             let mut buf = BytesMut::new();
             let packet = Packet::DisconnectV5(DisconnectV5 {
-                reason: *reason,
+                reason: code,
                 properties: None,
             });
             if packet.encode(&mut buf).is_ok() {

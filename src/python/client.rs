@@ -540,7 +540,7 @@ impl ClientCore {
         tls_key_pem = None, tls_verify = "full", tls_versions = "any", tls_server_name = None,
         ws_path = None, ws_headers = None, session_expiry_interval = None,
         receive_maximum = None, topic_alias_maximum = 0, outgoing_topic_aliases = 0,
-        connect_user_properties = None
+        connect_user_properties = None, will_properties = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -577,6 +577,7 @@ impl ClientCore {
         topic_alias_maximum: u16,
         outgoing_topic_aliases: u16,
         connect_user_properties: Option<Vec<(String, String)>>,
+        will_properties: Option<MessageProperties>,
     ) -> PyResult<Self> {
         let scheme = choice(
             "transport",
@@ -649,13 +650,21 @@ impl ClientCore {
                 PyValueError::new_err(format!("{name} must be a non-negative number of seconds"))
             })
         };
+        if will_properties.is_some() && (protocol != Protocol::V5 || will.is_none()) {
+            return Err(PyValueError::new_err(
+                "will properties need a will and MQTT 5.0 (protocol=5)",
+            ));
+        }
         let will = match will {
             Some((topic, payload, qos, retain)) => Some(LastWill {
                 topic: ByteString::from(topic),
                 payload: payload_bytes(&payload)?,
                 qos: qos_from(qos)?,
                 retain,
-                properties: None,
+                properties: will_properties
+                    .as_ref()
+                    .map(|p| client_v5::will_properties(p, &payload))
+                    .transpose()?,
             }),
             None => None,
         };

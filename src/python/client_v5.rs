@@ -148,6 +148,19 @@ pub(super) fn publish_properties(
     Ok(props.to_codec())
 }
 
+/// The will's property set (the message properties a will may carry, 3.1.3.2).
+pub(super) fn will_properties(
+    props: &MessageProperties,
+    payload: &Bound<'_, PyAny>,
+) -> PyResult<Box<Properties>> {
+    let p = publish_properties(props, payload)?;
+    // A will's set allows the same message properties as a PUBLISH; checked here so a
+    // bad one is the constructor's error, not every CONNECT's.
+    p.encoded_len(crate::codec::PropertyContext::Will)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(Box::new(p))
+}
+
 /// What the last MQTT 5.0 CONNACK said: the server's limits (with the spec's defaults
 /// for what it left out) and its other properties.
 #[pyclass(frozen, module = "pyo3mq._pyo3mq")]
