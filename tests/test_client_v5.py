@@ -392,6 +392,33 @@ def mosquitto_with_password(mosquitto: Callable[..., int], tmp_path: Path) -> in
     return mosquitto("allow_anonymous false", f"password_file {passwd}")
 
 
+async def test_aliased_publishes_from_mosquitto_pub(mosquitto: Callable[..., int]) -> None:
+    """`mosquitto_pub -D publish topic-alias 1 -l` sends the topic once and then the
+    alias alone; through mosquitto every message reaches the 5.0 client with its topic
+    and user property."""
+    port = mosquitto("allow_anonymous true")
+    async with v5(port, "alias-watch") as c:
+        await c.subscribe("mp/#", qos=1)
+        proc = await asyncio.create_subprocess_exec(
+            "mosquitto_pub", "-V", "mqttv5", "-p", str(port), "-t", "mp/aliased", "-q", "1",
+            "-D", "publish", "topic-alias", "1",
+            "-D", "publish", "user-property", "from", "mosquitto_pub",
+            "-l",
+            stdin=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await proc.communicate(b"one\ntwo\nthree\n")
+        assert proc.returncode == 0
+        got = [await next_message(c) for _ in range(3)]
+        assert [(m.topic, m.payload) for m in got] == [
+            ("mp/aliased", b"one"),
+            ("mp/aliased", b"two"),
+            ("mp/aliased", b"three"),
+        ]
+        for m in got:
+            assert m.properties is not None
+            assert m.properties.user_properties == [("from", "mosquitto_pub")]
+
+
 async def test_refused_connect_raises_the_reason_code(mosquitto_with_password: int) -> None:
     """[MQTT-3.2.2-8] A CONNACK reason code of 0x80 or more raises the typed exception
     of the code (0x87 Not authorized, 0x86 Bad user name or password), carrying it."""
@@ -545,6 +572,28 @@ async def test_server_disconnect_reason_and_string() -> None:
         assert lost.reason_code == 0x8B
         assert lost.reason_string == "maintenance"
         await c.disconnect()
+
+
+async def test_server_keep_alive_replaces_the_clients() -> None:
+    """[MQTT-3.2.2-21] The CONNACK's Server Keep Alive (1 s) is the keepalive the client
+    uses, not its own 60 s: a PINGREQ comes long before its own would."""
+    pinged: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_connect5(reader)
+        writer.write(connack5(b"\x13\x00\x01"))
+        started = asyncio.get_running_loop().time()
+        first, _ = await read_packet(reader)
+        assert first == 0xC0
+        pinged.set_result(asyncio.get_running_loop().time() - started)
+        writer.write(b"\xd0\x00")
+        await reader.read()
+
+    async with scripted_server(script) as port:
+        async with v5(port, "ka", keepalive=60) as c:
+            assert c.connack is not None and c.connack.server_keep_alive == 1
+            # With its own 60 s it would ping after about 45 s.
+            assert await asyncio.wait_for(pinged, 15) < 15
 
 
 async def test_connack_refusal_with_reason_string() -> None:

@@ -802,6 +802,39 @@ mod tests {
     }
 
     #[test]
+    fn receive_maximum_exceeded_is_0x93() {
+        let mut st = v5_state(
+            1,
+            V5Options {
+                receive_maximum: Some(2),
+                ..V5Options::default()
+            },
+            None,
+        );
+        let qos2 = |pkid: u16| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: ByteString::from_static("t"),
+                pkid: Some(pkid),
+                payload: Bytes::from_static(b"x"),
+                properties: None,
+            })
+        };
+        st.on_packet(qos2(1)).unwrap();
+        st.on_packet(qos2(2)).unwrap();
+        st.on_packet(qos2(2)).unwrap(); // a resend is not a new one
+        assert!(matches!(
+            st.on_packet(qos2(3)),
+            Err(ClientError::ProtocolV5 { reason, .. })
+                if reason == ReasonCode::RECEIVE_MAXIMUM_EXCEEDED
+        ));
+        st.on_packet(Packet::PubRel(1)).unwrap();
+        st.on_packet(qos2(3)).unwrap();
+    }
+
+    #[test]
     fn server_disconnect_carries_its_reason() {
         let mut st = v5_state(1, V5Options::default(), None);
         let err = st
