@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,9 +24,13 @@ from pyo3mq import (
     ProtocolVersion,
     Will,
 )
-from support.mosquitto import MOSQUITTO_PASSWD
 from support.mqtt_raw import packet, s
-from test_client import proxy_to, read_packet, scripted_server
+from test_client import (
+    mosquitto_with_password,  # noqa: F401  (a fixture, used by name)
+    proxy_to,
+    read_packet,
+    scripted_server,
+)
 
 V5 = ProtocolVersion.V5
 
@@ -380,49 +383,11 @@ async def test_outgoing_topic_aliases(mosquitto: Callable[..., int]) -> None:
         assert pub.is_connected
 
 
-@pytest.fixture
-def mosquitto_with_password(mosquitto: Callable[..., int], tmp_path: Path) -> int:
-    """mosquitto that knows only alice/secret and refuses anonymous clients."""
-    passwd = tmp_path / "passwd"
-    subprocess.run(
-        [MOSQUITTO_PASSWD, "-b", "-c", str(passwd), "alice", "secret"],
-        check=True,
-        capture_output=True,
-    )
-    return mosquitto("allow_anonymous false", f"password_file {passwd}")
-
-
-async def test_aliased_publishes_from_mosquitto_pub(mosquitto: Callable[..., int]) -> None:
-    """`mosquitto_pub -D publish topic-alias 1 -l` sends the topic once and then the
-    alias alone; through mosquitto every message reaches the 5.0 client with its topic
-    and user property."""
-    port = mosquitto("allow_anonymous true")
-    async with v5(port, "alias-watch") as c:
-        await c.subscribe("mp/#", qos=1)
-        proc = await asyncio.create_subprocess_exec(
-            "mosquitto_pub", "-V", "mqttv5", "-p", str(port), "-t", "mp/aliased", "-q", "1",
-            "-D", "publish", "topic-alias", "1",
-            "-D", "publish", "user-property", "from", "mosquitto_pub",
-            "-l",
-            stdin=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        await proc.communicate(b"one\ntwo\nthree\n")
-        assert proc.returncode == 0
-        got = [await next_message(c) for _ in range(3)]
-        assert [(m.topic, m.payload) for m in got] == [
-            ("mp/aliased", b"one"),
-            ("mp/aliased", b"two"),
-            ("mp/aliased", b"three"),
-        ]
-        for m in got:
-            assert m.properties is not None
-            assert m.properties.user_properties == [("from", "mosquitto_pub")]
-
-
-async def test_refused_connect_raises_the_reason_code(mosquitto_with_password: int) -> None:
+async def test_refused_connect_raises_the_reason_code(request: pytest.FixtureRequest) -> None:
     """[MQTT-3.2.2-8] A CONNACK reason code of 0x80 or more raises the typed exception
     of the code (0x87 Not authorized, 0x86 Bad user name or password), carrying it."""
-    port = mosquitto_with_password
+    # test_client.py's fixture: mosquitto knowing only alice/secret.
+    port: int = request.getfixturevalue("mosquitto_with_password")
     with pytest.raises(pyo3mq.MqttConnectRefusedError) as info:
         await v5(port, "nobody").connect()
     assert info.value.reason_code in (0x86, 0x87)

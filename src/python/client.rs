@@ -741,16 +741,12 @@ impl ClientCore {
         let result = with_str(topic, |t| {
             with_payload(payload, |p| self.inner.publish(t, p, qos, retain))
         })??;
-        match result.map_err(PyValueError::new_err)? {
-            Submitted::Sent => Ok(PySubmitted::Sent.into_pyobject(py)?.into_any()),
-            Submitted::Token(token) => Ok(token.into_pyobject(py)?.into_any()),
-            Submitted::Full => Ok(PySubmitted::Full.into_pyobject(py)?.into_any()),
-            Submitted::Closed => Err(self.not_connected(py)),
-        }
+        self.published(py, result.map_err(PyValueError::new_err)?)
     }
 
-    /// `publish` with MQTT 5.0 message properties (None for none). Raises `MqttPublishError` when the server's
-    /// CONNACK forbids the message (too large, QoS above its maximum, retain).
+    /// `publish` with MQTT 5.0 message properties (None for none). Raises
+    /// `MqttPublishError` when the server's CONNACK forbids the message (too large, QoS
+    /// above its maximum, retain).
     #[pyo3(signature = (topic, payload, qos, retain, properties = None))]
     fn publish_v5<'py>(
         &self,
@@ -771,12 +767,7 @@ impl ClientCore {
                 self.inner.publish_v5(t, p, qos, retain, props.as_ref())
             })
         })??;
-        match result.map_err(|e| client_v5::publish_error(py, e))? {
-            Submitted::Sent => Ok(PySubmitted::Sent.into_pyobject(py)?.into_any()),
-            Submitted::Token(token) => Ok(token.into_pyobject(py)?.into_any()),
-            Submitted::Full => Ok(PySubmitted::Full.into_pyobject(py)?.into_any()),
-            Submitted::Closed => Err(self.not_connected(py)),
-        }
+        self.published(py, result.map_err(|e| client_v5::publish_error(py, e))?)
     }
 
     /// MQTT 5.0 SUBSCRIBE: every filter with the same options; the token completes with
@@ -947,6 +938,16 @@ impl ClientCore {
 }
 
 impl ClientCore {
+    /// What `publish` returns for `submitted`.
+    fn published<'py>(&self, py: Python<'py>, submitted: Submitted) -> PyResult<Bound<'py, PyAny>> {
+        match submitted {
+            Submitted::Sent => Ok(PySubmitted::Sent.into_pyobject(py)?.into_any()),
+            Submitted::Token(token) => Ok(token.into_pyobject(py)?.into_any()),
+            Submitted::Full => Ok(PySubmitted::Full.into_pyobject(py)?.into_any()),
+            Submitted::Closed => Err(self.not_connected(py)),
+        }
+    }
+
     /// The error a request on a client that is not connected raises: why it closed, if it
     /// closed on an error.
     fn not_connected(&self, py: Python<'_>) -> PyErr {
