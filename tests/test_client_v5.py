@@ -275,6 +275,10 @@ async def test_shared_subscriptions_are_ordinary_filters(server: int) -> None:
         v5(server, "m2") as m2,
         v5(server, "shared-pub") as pub,
     ):
+        # [MQTT-3.8.3-4] No Local on a shared subscription is refused before sending.
+        with pytest.raises(ValueError, match=r"3\.8\.3-4"):
+            await m1.subscribe("$share/g/work/#", qos=1, no_local=True)
+        assert m1.is_connected
         assert await m1.subscribe("$share/g/work/#", qos=1) == [1]
         assert await m2.subscribe("$share/g/work/#", qos=1) == [1]
         for i in range(10):
@@ -448,7 +452,8 @@ async def test_received_topic_aliases_are_mapped() -> None:
         await writer.drain()
         first, body = await read_packet(reader)
         closed.set_result(bytes([first]) + body)
-        await reader.read()
+        # [MQTT-3.14.4-1] nothing follows the DISCONNECT: the connection ends.
+        assert await reader.read() == b""
 
     async with scripted_server(script) as port:
         c = v5(port, "aliases", topic_alias_maximum=3)
@@ -468,10 +473,10 @@ async def test_received_topic_aliases_are_mapped() -> None:
 
 
 async def test_receive_maximum_caps_the_inflight_window() -> None:
-    """[MQTT-3.3.4-7] [MQTT-4.9.0-2] With Receive Maximum 2 in the CONNACK, the client
-    has at most two QoS 1 publishes unacknowledged, whatever its own max_inflight; each
-    PUBACK lets one more go, and one refused with 0x97 fails its publish and frees its
-    slot."""
+    """[MQTT-3.3.4-7] [MQTT-4.9.0-2] [MQTT-3.3.4-8] With Receive Maximum 2 in the
+    CONNACK, the client has at most two QoS 1 publishes unacknowledged, whatever its own
+    max_inflight, while other packets (a SUBSCRIBE) still go; each PUBACK lets one more
+    publish go, and one refused with 0x97 fails its publish and frees its slot."""
     seen: list[int] = []
     more: asyncio.Event = asyncio.Event()
 
@@ -483,6 +488,10 @@ async def test_receive_maximum_caps_the_inflight_window() -> None:
             assert first & 0xF0 == 0x30
             seen.append(struct.unpack("!H", body[3:5])[0])
         more.set()
+        # The full window holds back publishes only: the SUBSCRIBE made now goes out.
+        first, body = await read_packet(reader)
+        assert first == 0x82, hex(first)
+        writer.write(packet(0x90, body[:2] + b"\x00\x00"))
         # Nothing more may come before an acknowledgement.
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(read_packet(reader), 0.3)
@@ -500,6 +509,7 @@ async def test_receive_maximum_caps_the_inflight_window() -> None:
         assert c.connack is not None and c.connack.receive_maximum == 2
         futures = [c.publish("w", str(i), qos=1) for i in range(4)]
         await asyncio.wait_for(more.wait(), 5)
+        assert await c.subscribe("other") == [0]
         results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 5)
         assert isinstance(results[0], MqttPublishError) and results[0].reason_code == 0x97
         assert results[1:] == [None, None, None]
@@ -582,6 +592,9 @@ async def test_v5_settings_need_protocol_5() -> None:
     """MQTT 5.0 settings on a 3.1.1 client are refused at construction."""
     with pytest.raises(ValueError, match="protocol=5"):
         Client("127.0.0.1", 1883, session_expiry_interval=10)
+    # [MQTT-3.3.4-6] a publisher never sends a Subscription Identifier.
+    with pytest.raises(ValueError, match=r"3\.3\.4-6"):
+        v5(1883).publish("t", b"x", properties=MessageProperties(subscription_identifiers=[1]))
     c = Client("127.0.0.1", 1883)
     assert c.connack is None
 

@@ -656,6 +656,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn no_aliases_without_the_servers_topic_alias_maximum() {
+        let mut st = v5_state(
+            10,
+            V5Options {
+                outgoing_topic_aliases: 5,
+                ..V5Options::default()
+            },
+            None,
+        );
+        st.publish_v5("a", b"x", QoS::AtMostOnce, false, None)
+            .unwrap();
+        st.publish_v5("a", b"y", QoS::AtMostOnce, false, None)
+            .unwrap();
+        for p in written_v5(&mut st) {
+            let Packet::Publish(p) = p else { panic!() };
+            assert_eq!(
+                (&*p.topic, p.properties),
+                ("a", None),
+                "[MQTT-3.2.2-18] no Topic Alias"
+            );
+        }
+    }
+
     fn incoming(topic: &'static str, alias: Option<u16>) -> Packet {
         Packet::Publish(Publish {
             dup: false,
