@@ -516,6 +516,38 @@ async def test_receive_maximum_caps_the_inflight_window() -> None:
         await c.disconnect()
 
 
+async def test_refused_pubrec_ends_the_qos2_exchange() -> None:
+    """[MQTT-3.5.2-1] [MQTT-4.9.0-2] A PUBREC with 0x80 or more fails the QoS 2 publish
+    with MqttPublishError (reason code and string) and no PUBREL follows; a successful
+    PUBREC gets PUBREL and the PUBCOMP completes the publish."""
+    after_refusal: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_connect5(reader)
+        writer.write(connack5())
+        first, body = await read_packet(reader)
+        assert first & 0xF6 == 0x34, hex(first)  # PUBLISH QoS 2
+        refused = struct.unpack("!H", body[3:5])[0]
+        reason_string = b"\x1f" + s("over quota")
+        writer.write(packet(0x50, struct.pack("!H", refused) + b"\x97" + props(reason_string)))
+        first, body = await read_packet(reader)
+        after_refusal.set_result(first)
+        pkid = struct.unpack("!H", body[3:5])[0]
+        writer.write(packet(0x50, struct.pack("!H", pkid)))
+        first, body = await read_packet(reader)
+        assert (first, body) == (0x62, struct.pack("!H", pkid)), "PUBREL"
+        writer.write(packet(0x70, body))
+        await reader.read()
+
+    async with scripted_server(script) as port:
+        async with v5(port, "qos2") as c:
+            with pytest.raises(MqttPublishError) as info:
+                await c.publish("q", b"1", qos=2)
+            assert (info.value.reason_code, info.value.reason_string) == (0x97, "over quota")
+            await c.publish("q", b"2", qos=2)
+            assert await after_refusal & 0xF0 == 0x30, "the next packet is a PUBLISH, no PUBREL"
+
+
 async def test_server_disconnect_reason_and_string() -> None:
     """[MQTT-3.14.2-1] A server DISCONNECT's reason code and reason string reach the
     user as MqttDisconnectError; shutting down (0x8B) is retried by `reconnect`."""
