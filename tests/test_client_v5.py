@@ -643,3 +643,29 @@ def test_sync_client_speaks_5_0(server: int) -> None:
         c.publish("sync5/t", b"hello", qos=1).wait_for_publish(5)
         got = next(iter(c.messages(timeout=5)))
         assert (got.topic, got.payload) == ("sync5/t", b"hello")
+
+
+async def test_aiomqtt_style_paho_options_and_properties(mosquitto: Callable[..., int]) -> None:
+    """aiomqtt passes paho-mqtt's `SubscribeOptions` and `Properties`: they are read into
+    the subscription options, the Subscription Identifier and the message properties."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    port = mosquitto("allow_anonymous true")
+    async with v5(port, "paho-style") as c, v5(port, "paho-other") as other:
+        sub_props = Properties(PacketTypes.SUBSCRIBE)
+        sub_props.SubscriptionIdentifier = 9
+        await c.subscribe("ps/t", 0, SubscribeOptions(qos=1, noLocal=True), sub_props)
+        pub_props = Properties(PacketTypes.PUBLISH)
+        pub_props.ContentType = "text/plain"
+        pub_props.UserProperty = ("k", "v")
+        await c.publish("ps/t", b"own", 1, False, pub_props)
+        await other.publish("ps/t", b"other", 1, False, pub_props)
+        got = await next_message(c)
+        assert (got.payload, got.qos) == (b"other", 1)
+        assert got.properties is not None
+        assert got.properties.content_type == "text/plain"
+        assert got.properties.user_properties == [("k", "v")]
+        assert got.properties.subscription_identifiers == [9]
+        await no_message(c)

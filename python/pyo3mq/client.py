@@ -1134,7 +1134,7 @@ class Client:
         payload: PayloadType = None,
         qos: int = 0,
         retain: bool = False,
-        properties: MessageProperties | None = None,
+        properties: MessageProperties | Any | None = None,
         *,
         timeout: float | None = None,
     ) -> asyncio.Future[None]:
@@ -1146,8 +1146,11 @@ class Client:
         reconnects, QoS 1/2 publishes stay pending and are resent. With `timeout`
         (seconds), it raises `MqttOperationTimeoutError` if that passes first (the
         message is not withdrawn). Bad arguments raise `ValueError` / `TypeError` at the
-        call. `properties` (MQTT 5.0) are sent with the message.
+        call. `properties` (MQTT 5.0, a `MessageProperties`, or paho-mqtt's
+        `Properties` as aiomqtt passes them) are sent with the message.
         """
+        if properties is not None and not isinstance(properties, MessageProperties):
+            properties = _from_paho_properties(properties)
         if self._backlog:
             future = self._defer(topic, payload, qos, retain, properties)
         else:
@@ -1171,6 +1174,8 @@ class Client:
         self,
         topic: str | tuple[str, int] | Iterable[str | tuple[str, int]],
         qos: int = 0,
+        options: Any | None = None,
+        properties: Any | None = None,
         *,
         timeout: float | None = None,
         no_local: bool = False,
@@ -1190,7 +1195,23 @@ class Client:
         as published), `retain_handling` (0 send retained messages, 1 only for a new
         subscription, 2 never), `subscription_identifier` (1-268,435,455, carried by
         matching messages in `properties.subscription_identifiers`) and
-        `user_properties`."""
+        `user_properties`. aiomqtt's `options` (paho-mqtt's `SubscribeOptions`) and
+        `properties` (paho-mqtt's `Properties` with `SubscriptionIdentifier` and
+        `UserProperty`) are read into the same settings."""
+        if options is not None:
+            qos = int(getattr(options, "QoS", qos))
+            no_local = no_local or bool(getattr(options, "noLocal", False))
+            retain_as_published = retain_as_published or bool(
+                getattr(options, "retainAsPublished", False)
+            )
+            retain_handling = retain_handling or int(getattr(options, "retainHandling", 0))
+        if properties is not None:
+            ids = getattr(properties, "SubscriptionIdentifier", None)
+            if ids is not None and subscription_identifier is None:
+                subscription_identifier = ids[0] if isinstance(ids, list) else int(ids)
+            pairs = getattr(properties, "UserProperty", None)
+            if pairs is not None and user_properties is None:
+                user_properties = list(pairs)
         filters = _filters(topic, qos)
         v5_options = (
             no_local
@@ -1413,6 +1434,27 @@ def _relay(
         _fail(bounded, error)
     else:
         bounded.set_result(future.result())
+
+
+#: paho-mqtt's property names -> MessageProperties' fields.
+_PAHO_MESSAGE_PROPERTIES: Final = (
+    ("PayloadFormatIndicator", "payload_format_indicator"),
+    ("MessageExpiryInterval", "message_expiry_interval"),
+    ("ContentType", "content_type"),
+    ("ResponseTopic", "response_topic"),
+    ("CorrelationData", "correlation_data"),
+    ("UserProperty", "user_properties"),
+)
+
+
+def _from_paho_properties(properties: Any) -> MessageProperties:
+    """A paho-mqtt `Properties` (aiomqtt's `properties=`) as `MessageProperties`."""
+    fields = {
+        ours: getattr(properties, theirs)
+        for theirs, ours in _PAHO_MESSAGE_PROPERTIES
+        if getattr(properties, theirs, None) is not None
+    }
+    return MessageProperties(**fields)
 
 
 def _unsubscribe_error(filters: list[str], codes: list[int]) -> MqttUnsubscribeError:
