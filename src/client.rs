@@ -1,4 +1,4 @@
-//! The MQTT 3.1/3.1.1 client core: protocol state and socket I/O on tokio, no Python.
+//! The MQTT 3.1/3.1.1/5.0 client core: protocol state and socket I/O on tokio, no Python.
 //!
 //! One [`Client`] is one logical connection (with optional automatic reconnect). Where
 //! each part lives:
@@ -18,7 +18,11 @@
 //!   `Connector` that makes them, split into the reader and writer the connection task
 //!   drives the same way for every transport.
 //! - `store`: the optional session store (SQLite): unacknowledged outgoing QoS 1/2
-//!   publishes and inbound QoS 2 ids, so that a session survives the process.
+//!   publishes and inbound QoS 2 ids, so that a session survives the process (a 5.0
+//!   message's properties are not stored: a restored one is resent without them).
+//! - `v5`: MQTT 5.0's CONNECT settings ([`V5Options`]), the CONNACK's limits
+//!   ([`ServerLimits`]) and a refused publish ([`PublishError`]); the state machine's
+//!   5.0 handling is in `state/v5.rs`. A 3.1/3.1.1 client has no 5.0 state at all.
 //!
 //! The state lives behind a short-held mutex that three parties touch: the caller's
 //! thread (Python's event loop thread), which encodes outgoing packets straight into the
@@ -45,6 +49,7 @@ mod runtime;
 mod state;
 mod store;
 mod transport;
+mod v5;
 
 pub use error::ClientError;
 pub use handle::Client;
@@ -53,3 +58,4 @@ pub use options::{Options, Reconnect};
 pub use state::{ConnectionState, Drained, Incoming, Outcome, StateChange, Submitted};
 pub use store::StoreError;
 pub use transport::{Scheme, TlsOptions, TlsVersions, TransportOptions, Verify};
+pub use v5::{PublishError, ServerLimits, V5Options};

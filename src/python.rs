@@ -8,13 +8,15 @@
 //! - [`bridge`]: the hand-off between the broker's tokio threads and the asyncio loop
 //!   (hooks, events, in-process subscriptions), with `ReplyHandle`.
 //! - [`enhanced_auth`]: the MQTT 5.0 enhanced authentication hook's Python end.
-//! - [`client`]: `ClientCore` and `ClientMessage`, under `pyo3mq.Client`.
+//! - [`client`]: `ClientCore` and `ClientMessage`, under `pyo3mq.Client`; [`client_v5`]
+//!   its MQTT 5.0 records (CONNACK information, subscription options).
 //! - [`logging`]: the core's `tracing` lines, to stderr or to Python's `logging`.
 //! - [`properties`]: `MessageProperties`, the MQTT 5.0 properties of a message.
 
 mod bridge;
 mod broker;
 mod client;
+mod client_v5;
 mod enhanced_auth;
 mod errors;
 mod logging;
@@ -31,6 +33,7 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bridge::register(m)?;
     enhanced_auth::register(m)?;
     client::register(m)?;
+    client_v5::register(m)?;
     properties::register(m)?;
     Ok(())
 }

@@ -58,7 +58,6 @@ impl IdSet {
         self.words.get(&index).copied().unwrap_or(0)
     }
 
-    #[cfg(test)]
     fn contains(&self, id: u16) -> bool {
         let (index, bit) = Self::split(id);
         self.word(index) & bit != 0
@@ -268,12 +267,10 @@ impl InboundQos2 {
         self.ids.remove(id)
     }
 
-    #[cfg(test)]
     pub(crate) fn contains(&self, id: u16) -> bool {
         self.ids.contains(id)
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.ids.len
     }

@@ -854,7 +854,7 @@ async def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match=r"3\.1\.3-7"):
         Client("127.0.0.1", 1, clean_session=False)
     with pytest.raises(ValueError, match="protocol"):
-        Client("127.0.0.1", 1, protocol=5)
+        Client("127.0.0.1", 1, protocol=6)  # 5 is MQTT 5.0 (tests/test_client_v5.py)
     with pytest.raises(ValueError, match="will topic"):
         Client("127.0.0.1", 1, will=Will("a/#"))
     with pytest.raises(ValueError, match="max_inflight"):

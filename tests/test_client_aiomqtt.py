@@ -105,7 +105,7 @@ def test_earlier_names_are_aliases_and_conflicts_are_refused() -> None:
     ):
         Client("127.0.0.1", 1, transport="unix")
     with pytest.raises(ValueError, match="protocol"):
-        Client("127.0.0.1", 1, protocol=5)
+        Client("127.0.0.1", 1, protocol=6)  # 5 is MQTT 5.0 (tests/test_client_v5.py)
     # tls_context is accepted (tests/test_client_transports.py), as an ssl.SSLContext only.
     with pytest.raises(TypeError, match=r"tls_context must be an ssl\.SSLContext"):
         Client("127.0.0.1", 1, tls_context="TLS")  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ __all__ = [
     "ClientCore",
     "ClientMessage",
     "Completion",
+    "ConnAckInfo",
     "Connected",
     "ConnectionState",
     "Disconnected",
@@ -26,16 +27,19 @@ __all__ = [
     "MqttCodeError",
     "MqttConnectRefusedError",
     "MqttConnectionError",
+    "MqttDisconnectError",
     "MqttError",
     "MqttIdentifierRejectedError",
     "MqttNotAuthorizedError",
     "MqttOperationTimeoutError",
     "MqttProtocolError",
+    "MqttPublishError",
     "MqttReentrantError",
     "MqttServerUnavailableError",
     "MqttSubscribeError",
     "MqttTimeoutError",
     "MqttUnacceptableProtocolVersionError",
+    "MqttUnsubscribeError",
     "PublishCall",
     "ReplyHandle",
     "SpaceFreed",
@@ -340,6 +344,9 @@ class MqttProtocolError(MqttConnectionError): ...
 
 class MqttConnectRefusedError(MqttConnectionError):
     return_code: int
+    # MQTT 5.0: the CONNACK's reason code and reason string (None under 3.1.1).
+    reason_code: int | None
+    reason_string: str | None
     def __init__(this, /, return_code: int, message: str | None = None) -> None: ...
 
 class MqttUnacceptableProtocolVersionError(MqttConnectRefusedError): ...
@@ -355,6 +362,59 @@ class MqttSubscribeError(MqttCodeError):
 
 class MqttReentrantError(MqttError): ...
 class MqttOperationTimeoutError(MqttError, TimeoutError): ...
+
+# MQTT 5.0's client errors.
+class MqttDisconnectError(MqttConnectionError):
+    reason_code: int | None
+    reason_string: str | None
+    server_reference: str | None
+
+class MqttPublishError(MqttCodeError):
+    reason_code: int | None
+    reason_string: str | None
+
+class MqttUnsubscribeError(MqttCodeError):
+    filters: list[str]
+    reason_codes: list[int]
+
+@final
+class ConnAckInfo:
+    """What an MQTT 5.0 CONNACK said (the spec's defaults for what it left out)."""
+
+    @property
+    def session_present(self) -> bool: ...
+    @property
+    def reason_code(self) -> int: ...
+    @property
+    def receive_maximum(self) -> int: ...
+    @property
+    def maximum_qos(self) -> int: ...
+    @property
+    def retain_available(self) -> bool: ...
+    @property
+    def maximum_packet_size(self) -> int | None: ...
+    @property
+    def topic_alias_maximum(self) -> int: ...
+    @property
+    def server_keep_alive(self) -> int | None: ...
+    @property
+    def assigned_client_identifier(self) -> str | None: ...
+    @property
+    def session_expiry_interval(self) -> int | None: ...
+    @property
+    def wildcard_subscription_available(self) -> bool: ...
+    @property
+    def subscription_identifier_available(self) -> bool: ...
+    @property
+    def shared_subscription_available(self) -> bool: ...
+    @property
+    def response_information(self) -> str | None: ...
+    @property
+    def server_reference(self) -> str | None: ...
+    @property
+    def reason_string(self) -> str | None: ...
+    @property
+    def user_properties(self) -> list[tuple[str, str]]: ...
 
 def topic_matches(topic: str, wildcard: str) -> bool: ...
 def set_topic_class(cls: type[str]) -> None: ...
@@ -416,6 +476,7 @@ class ClientMessage:
         retain: bool = False,
         dup: bool = False,
         packet_id: int = 0,
+        properties: MessageProperties | None = None,
     ) -> ClientMessage: ...
     @property
     def topic(self) -> Topic: ...
@@ -432,7 +493,7 @@ class ClientMessage:
     @property
     def mid(self) -> int: ...
     @property
-    def properties(self) -> None: ...
+    def properties(self) -> MessageProperties | None: ...
     def matches(self, filter: str) -> bool: ...
 
 @final
@@ -467,6 +528,12 @@ class ClientCore:
         tls_server_name: str | None = None,
         ws_path: str | None = None,
         ws_headers: list[tuple[str, str]] | None = None,
+        session_expiry_interval: int | None = None,
+        receive_maximum: int | None = None,
+        topic_alias_maximum: int = 0,
+        outgoing_topic_aliases: int = 0,
+        connect_user_properties: list[tuple[str, str]] | None = None,
+        will_properties: MessageProperties | None = None,
     ) -> ClientCore: ...
     @property
     def wake_fd(self) -> int: ...
@@ -486,6 +553,30 @@ class ClientCore:
     ) -> int | Submitted: ...
     def subscribe(self, filters: list[tuple[str, int]]) -> int: ...
     def unsubscribe(self, filters: list[str]) -> int: ...
+    # MQTT 5.0.
+    def publish_v5(
+        self,
+        topic: str,
+        payload: bytes | bytearray | str | int | float | None,
+        qos: int,
+        retain: bool,
+        properties: MessageProperties | None = None,
+    ) -> int | Submitted: ...
+    def subscribe_v5(
+        self,
+        filters: list[tuple[str, int]],
+        *,
+        no_local: bool = False,
+        retain_as_published: bool = False,
+        retain_handling: int = 0,
+        subscription_identifier: int | None = None,
+        user_properties: list[tuple[str, str]] | None = None,
+    ) -> int: ...
+    def unsubscribe_v5(
+        self, filters: list[str], *, user_properties: list[tuple[str, str]] | None = None
+    ) -> int: ...
+    @property
+    def connack(self) -> ConnAckInfo | None: ...
     def disconnect(self) -> int: ...
     def drain(self, max_messages: int) -> Drained: ...
     def take_messages(

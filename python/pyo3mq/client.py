@@ -51,26 +51,33 @@ from pyo3mq import _pyo3mq
 from pyo3mq._pyo3mq import (
     ClientCore,
     ClientMessage,
+    ConnAckInfo,
+    MessageProperties,
     MqttBadUsernameOrPasswordError,
     MqttCodeError,
     MqttConnectionError,
     MqttConnectRefusedError,
+    MqttDisconnectError,
     MqttIdentifierRejectedError,
     MqttNotAuthorizedError,
     MqttOperationTimeoutError,
     MqttProtocolError,
+    MqttPublishError,
     MqttReentrantError,
     MqttServerUnavailableError,
     MqttSubscribeError,
     MqttTimeoutError,
     MqttUnacceptableProtocolVersionError,
+    MqttUnsubscribeError,
     Submitted,
 )
 
 __all__ = [
     "Client",
     "ClientMessage",
+    "ConnAckInfo",
     "ConnectionState",
+    "MQTTv5",
     "MQTTv31",
     "MQTTv311",
     "MessagesIterator",
@@ -78,15 +85,18 @@ __all__ = [
     "MqttCodeError",
     "MqttConnectRefusedError",
     "MqttConnectionError",
+    "MqttDisconnectError",
     "MqttIdentifierRejectedError",
     "MqttNotAuthorizedError",
     "MqttOperationTimeoutError",
     "MqttProtocolError",
+    "MqttPublishError",
     "MqttReentrantError",
     "MqttServerUnavailableError",
     "MqttSubscribeError",
     "MqttTimeoutError",
     "MqttUnacceptableProtocolVersionError",
+    "MqttUnsubscribeError",
     "PayloadType",
     "ProtocolVersion",
     "Reconnect",
@@ -103,13 +113,16 @@ __all__ = [
 MQTTv31: Final = 3
 #: MQTT 3.1.1 (protocol name `MQTT`, level 4).
 MQTTv311: Final = 4
+#: MQTT 5.0 (protocol name `MQTT`, level 5).
+MQTTv5: Final = 5
 
 
 class ProtocolVersion(enum.IntEnum):
-    """aiomqtt's names for the protocol levels (MQTT 5 is not supported)."""
+    """aiomqtt's names for the protocol levels."""
 
     V31 = 3
     V311 = 4
+    V5 = 5
 
 
 #: What `publish` accepts as a payload: str is sent as UTF-8, int and float as their
@@ -211,6 +224,8 @@ class Will:
     payload: PayloadType = None
     qos: int = 0
     retain: bool = False
+    #: MQTT 5.0: the will message's properties.
+    properties: MessageProperties | None = None
 
 
 @dataclass(frozen=True)
@@ -567,6 +582,11 @@ def _settings(
     tls_insecure: bool | None = None,
     websocket_path: str | None = None,
     websocket_headers: Mapping[str, str] | None = None,
+    session_expiry_interval: int | None = None,
+    receive_maximum: int | None = None,
+    topic_alias_maximum: int = 0,
+    outgoing_topic_aliases: int = 0,
+    connect_user_properties: Iterable[tuple[str, str]] | None = None,
 ) -> _Settings:
     hostname, port, transport_args = _transport(
         hostname,
@@ -596,6 +616,10 @@ def _settings(
         ("max_queued_incoming_messages", max_queued_incoming_messages, None, _USIZE_MAX),
         ("max_queued_incoming", max_queued_incoming, 0, _USIZE_MAX),
         ("max_packet_size", max_packet_size, 0, _USIZE_MAX),
+        ("session_expiry_interval", session_expiry_interval, 0, 0xFFFF_FFFF),
+        ("receive_maximum", receive_maximum, 1, 0xFFFF),
+        ("topic_alias_maximum", topic_alias_maximum, 0, 0xFFFF),
+        ("outgoing_topic_aliases", outgoing_topic_aliases, 0, 0xFFFF),
     )
     for name, value, low, high in bounds:
         if not isinstance(value, int):
@@ -651,6 +675,18 @@ def _settings(
         "session_store": store_path,
         **transport_args,
     }
+    # MQTT 5.0's CONNECT settings, passed only when set: the core refuses them on 3.1.1.
+    v5_args = {
+        "session_expiry_interval": session_expiry_interval,
+        "receive_maximum": receive_maximum,
+        "topic_alias_maximum": topic_alias_maximum or None,
+        "outgoing_topic_aliases": outgoing_topic_aliases or None,
+        "connect_user_properties": None
+        if connect_user_properties is None
+        else [(str(k), str(v)) for k, v in connect_user_properties],
+        "will_properties": None if will is None else will.properties,
+    }
+    core_args.update((k, v) for k, v in v5_args.items() if v is not None)
     return _Settings(hostname, port, seconds, core_args)
 
 
@@ -765,7 +801,7 @@ class _Waker:
 # The client
 # --------------------------------------------------------------------------------------
 
-_Deferred = tuple[str, PayloadType, int, bool, "asyncio.Future[None]"]
+_Deferred = tuple[str, PayloadType, int, bool, "MessageProperties | None", "asyncio.Future[None]"]
 
 
 class Client:
@@ -848,6 +884,34 @@ class Client:
       committed (WAL; it survives a crash of the process).
     - `on_state_change`: called on the event loop with a `StateChange` at each
       transition (CONNECTING, CONNECTED, RECONNECTING, CLOSED).
+
+    MQTT 5.0 (`protocol=5`, `ProtocolVersion.V5` or `MQTTv5`):
+
+    - CONNECT settings: `session_expiry_interval` (seconds the server keeps the session
+      after the connection closes; with `clean_session=False` a later connection
+      resumes it), `receive_maximum` (QoS 1/2 messages the server may have
+      unacknowledged towards this client), `topic_alias_maximum` (aliases the server may
+      use towards it; received aliases are mapped back to topics),
+      `outgoing_topic_aliases` (aliases this client uses towards the server, capped by
+      the CONNACK; 0 = off), `connect_user_properties` (pairs); `max_packet_size` is
+      sent as Maximum Packet Size.
+    - The CONNACK is honoured and readable as `client.connack` (a `ConnAckInfo`): its
+      Receive Maximum caps the inflight window, its Server Keep Alive replaces
+      `keepalive`, `assigned_client_identifier` names the id it gave an empty one, and
+      a publish above its Maximum QoS, retained without Retain Available, or larger
+      than its Maximum Packet Size raises `MqttPublishError` (0x9B, 0x9A, 0x95) without
+      being sent. A refusal raises the `MqttConnectRefusedError` subclass of its reason
+      code, with `reason_code` and `reason_string`.
+    - `publish(..., properties=MessageProperties(...))`; received messages carry
+      `message.properties`. A PUBACK or PUBREC with a reason code of 0x80 or more fails
+      the publish with `MqttPublishError`.
+    - `subscribe(..., no_local=, retain_as_published=, retain_handling=,
+      subscription_identifier=, user_properties=)`; a refused filter raises
+      `MqttSubscribeError` with the reason codes. `unsubscribe` returns the UNSUBACK
+      reason codes, or raises `MqttUnsubscribeError` when one is 0x80 or more.
+    - A DISCONNECT from the server ends the connection with `MqttDisconnectError`
+      carrying its `reason_code` (e.g. 0x8E session taken over, which `reconnect` does
+      not retry) and `reason_string`.
     """
 
     _loop: asyncio.AbstractEventLoop
@@ -888,6 +952,11 @@ class Client:
         tls_insecure: bool | None = None,
         websocket_path: str | None = None,
         websocket_headers: Mapping[str, str] | None = None,
+        session_expiry_interval: int | None = None,
+        receive_maximum: int | None = None,
+        topic_alias_maximum: int = 0,
+        outgoing_topic_aliases: int = 0,
+        connect_user_properties: Iterable[tuple[str, str]] | None = None,
     ) -> None:
         self._settings = _settings(
             hostname,
@@ -921,7 +990,13 @@ class Client:
             tls_insecure=tls_insecure,
             websocket_path=websocket_path,
             websocket_headers=websocket_headers,
+            session_expiry_interval=session_expiry_interval,
+            receive_maximum=receive_maximum,
+            topic_alias_maximum=topic_alias_maximum,
+            outgoing_topic_aliases=outgoing_topic_aliases,
+            connect_user_properties=connect_user_properties,
         )
+        self._v5 = self._settings.core_args["protocol"] == MQTTv5
         #: The host and port connected to (from the URL when `hostname` is one).
         self.hostname = self._settings.hostname
         self.port = self._settings.port
@@ -964,6 +1039,12 @@ class Client:
     def session_present(self) -> bool:
         """Whether the server resumed a stored session at the last CONNACK."""
         return self._session_present
+
+    @property
+    def connack(self) -> ConnAckInfo | None:
+        """MQTT 5.0: what the server's last CONNACK said (its limits, the assigned client
+        id, its keepalive, ...); None before it, and on MQTT 3.1/3.1.1."""
+        return self._core.connack if self._started else None
 
     @property
     def messages(self) -> MessagesIterator:
@@ -1053,6 +1134,7 @@ class Client:
         payload: PayloadType = None,
         qos: int = 0,
         retain: bool = False,
+        properties: MessageProperties | Any | None = None,
         *,
         timeout: float | None = None,
     ) -> asyncio.Future[None]:
@@ -1064,20 +1146,26 @@ class Client:
         reconnects, QoS 1/2 publishes stay pending and are resent. With `timeout`
         (seconds), it raises `MqttOperationTimeoutError` if that passes first (the
         message is not withdrawn). Bad arguments raise `ValueError` / `TypeError` at the
-        call.
+        call. `properties` (MQTT 5.0, a `MessageProperties`, or paho-mqtt's
+        `Properties` as aiomqtt passes them) are sent with the message.
         """
+        if properties is not None and not isinstance(properties, MessageProperties):
+            properties = _from_paho_properties(properties)
         if self._backlog:
-            future = self._defer(topic, payload, qos, retain)
+            future = self._defer(topic, payload, qos, retain, properties)
         else:
             # Raises the client's error when it is not connected.
-            result = self._core.publish(topic, payload, qos, retain)
+            if self._v5 or properties is not None:
+                result = self._core.publish_v5(topic, payload, qos, retain, properties)
+            else:
+                result = self._core.publish(topic, payload, qos, retain)
             if result is _SENT:
                 return self._done
             if isinstance(result, int):
                 future = self._loop.create_future()
                 self._pending[result] = future
             else:
-                future = self._defer(topic, payload, qos, retain)
+                future = self._defer(topic, payload, qos, retain, properties)
         if timeout is None:
             return future
         return self._bounded(future, timeout, "the publish")
@@ -1086,30 +1174,101 @@ class Client:
         self,
         topic: str | tuple[str, int] | Iterable[str | tuple[str, int]],
         qos: int = 0,
+        options: Any | None = None,
+        properties: Any | None = None,
         *,
         timeout: float | None = None,
+        no_local: bool = False,
+        retain_as_published: bool = False,
+        retain_handling: int = 0,
+        subscription_identifier: int | None = None,
+        user_properties: Iterable[tuple[str, str]] | None = None,
     ) -> list[int]:
         """Subscribes to one filter or several (`[("a/#", 1), "b"]`; a bare filter gets
-        `qos`). Returns the granted QoS per filter; raises `MqttSubscribeError` if the
-        server refused any (return code 0x80), `MqttOperationTimeoutError` if no SUBACK
-        came within `timeout` (default: the client's)."""
+        `qos`). Returns the granted QoS per filter (MQTT 5.0: the SUBACK reason codes);
+        raises `MqttSubscribeError` if the server refused any (code 0x80 or more),
+        `MqttOperationTimeoutError` if no SUBACK came within `timeout` (default: the
+        client's).
+
+        MQTT 5.0 only, for every filter of the call: `no_local` (the server does not
+        send the client its own messages), `retain_as_published` (keep the RETAIN flag
+        as published), `retain_handling` (0 send retained messages, 1 only for a new
+        subscription, 2 never), `subscription_identifier` (1-268,435,455, carried by
+        matching messages in `properties.subscription_identifiers`) and
+        `user_properties`. aiomqtt's `options` (paho-mqtt's `SubscribeOptions`) and
+        `properties` (paho-mqtt's `Properties` with `SubscriptionIdentifier` and
+        `UserProperty`) are read into the same settings."""
+        if options is not None:
+            qos = int(getattr(options, "QoS", qos))
+            no_local = no_local or bool(getattr(options, "noLocal", False))
+            retain_as_published = retain_as_published or bool(
+                getattr(options, "retainAsPublished", False)
+            )
+            retain_handling = retain_handling or int(getattr(options, "retainHandling", 0))
+        if properties is not None:
+            ids = getattr(properties, "SubscriptionIdentifier", None)
+            if ids is not None and subscription_identifier is None:
+                subscription_identifier = ids[0] if isinstance(ids, list) else int(ids)
+            pairs = getattr(properties, "UserProperty", None)
+            if pairs is not None and user_properties is None:
+                user_properties = list(pairs)
         filters = _filters(topic, qos)
-        future: asyncio.Future[list[int]] = self._request(self._core.subscribe(filters))
+        v5_options = (
+            no_local
+            or retain_as_published
+            or retain_handling
+            or subscription_identifier is not None
+            or user_properties is not None
+        )
+        if self._v5:
+            token = self._core.subscribe_v5(
+                filters,
+                no_local=no_local,
+                retain_as_published=retain_as_published,
+                retain_handling=retain_handling,
+                subscription_identifier=subscription_identifier,
+                user_properties=None if user_properties is None else list(user_properties),
+            )
+        elif v5_options:
+            raise ValueError("subscription options and properties need MQTT 5.0 (protocol=5)")
+        else:
+            token = self._core.subscribe(filters)
+        future: asyncio.Future[list[int]] = self._request(token)
         codes: list[int] = await self._bounded(
             future, self.timeout if timeout is None else timeout, "the subscribe"
         )
-        if 0x80 in codes:
+        if any(code >= 0x80 for code in codes):
             raise MqttSubscribeError(filters, codes)
         return codes
 
     async def unsubscribe(
-        self, topic: str | Iterable[str], *, timeout: float | None = None
-    ) -> None:
+        self,
+        topic: str | Iterable[str],
+        *,
+        timeout: float | None = None,
+        user_properties: Iterable[tuple[str, str]] | None = None,
+    ) -> list[int] | None:
         """Unsubscribes from one filter or several; returns on UNSUBACK (bounded by
-        `timeout`, default the client's)."""
+        `timeout`, default the client's). MQTT 5.0 returns the UNSUBACK reason codes
+        (0 success, 0x11 no subscription existed) and raises `MqttUnsubscribeError` if
+        one is 0x80 or more; 3.1/3.1.1 returns None."""
         filters = [topic] if isinstance(topic, str) else list(topic)
-        future: asyncio.Future[None] = self._request(self._core.unsubscribe(filters))
-        await self._bounded(future, self.timeout if timeout is None else timeout, "the unsubscribe")
+        if self._v5:
+            token = self._core.unsubscribe_v5(
+                filters,
+                user_properties=None if user_properties is None else list(user_properties),
+            )
+        elif user_properties is not None:
+            raise ValueError("user properties need MQTT 5.0 (protocol=5)")
+        else:
+            token = self._core.unsubscribe(filters)
+        future: asyncio.Future[list[int] | None] = self._request(token)
+        codes: list[int] | None = await self._bounded(
+            future, self.timeout if timeout is None else timeout, "the unsubscribe"
+        )
+        if codes is not None and any(code >= 0x80 for code in codes):
+            raise _unsubscribe_error(filters, codes)
+        return codes
 
     # -- internals ----------------------------------------------------------------------
 
@@ -1139,24 +1298,32 @@ class Client:
         return MqttConnectionError("the client is not connected")
 
     def _defer(
-        self, topic: str, payload: PayloadType, qos: int, retain: bool
+        self,
+        topic: str,
+        payload: PayloadType,
+        qos: int,
+        retain: bool,
+        properties: MessageProperties | None,
     ) -> asyncio.Future[None]:
         # The write buffer is full: wait in order for the room event.
         future: asyncio.Future[None] = self._loop.create_future()
-        self._backlog.append((topic, payload, qos, retain, future))
+        self._backlog.append((topic, payload, qos, retain, properties, future))
         return future
 
     def _flush_backlog(self) -> None:
         backlog = self._backlog
         core = self._core
         while backlog:
-            topic, payload, qos, retain, future = backlog[0]
+            topic, payload, qos, retain, properties, future = backlog[0]
             if future.done():  # cancelled by its caller: never sent
                 backlog.popleft()
                 continue
             try:
-                result = core.publish(topic, payload, qos, retain)
-            except (ValueError, TypeError) as exc:
+                if self._v5 or properties is not None:
+                    result = core.publish_v5(topic, payload, qos, retain, properties)
+                else:
+                    result = core.publish(topic, payload, qos, retain)
+            except (ValueError, TypeError, MqttPublishError) as exc:
                 backlog.popleft()
                 future.set_exception(exc)
                 continue
@@ -1173,7 +1340,7 @@ class Client:
 
     def _fail_backlog(self, error: MqttConnectionError) -> None:
         while self._backlog:
-            future = self._backlog.popleft()[4]
+            future = self._backlog.popleft()[5]
             _fail(future, error)
 
     def _on_wake(self, core: ClientCore) -> None:
@@ -1267,6 +1434,38 @@ def _relay(
         _fail(bounded, error)
     else:
         bounded.set_result(future.result())
+
+
+#: paho-mqtt's property names -> MessageProperties' fields.
+_PAHO_MESSAGE_PROPERTIES: Final = (
+    ("PayloadFormatIndicator", "payload_format_indicator"),
+    ("MessageExpiryInterval", "message_expiry_interval"),
+    ("ContentType", "content_type"),
+    ("ResponseTopic", "response_topic"),
+    ("CorrelationData", "correlation_data"),
+    ("UserProperty", "user_properties"),
+)
+
+
+def _from_paho_properties(properties: Any) -> MessageProperties:
+    """A paho-mqtt `Properties` (aiomqtt's `properties=`) as `MessageProperties`."""
+    fields = {
+        ours: getattr(properties, theirs)
+        for theirs, ours in _PAHO_MESSAGE_PROPERTIES
+        if getattr(properties, theirs, None) is not None
+    }
+    return MessageProperties(**fields)
+
+
+def _unsubscribe_error(filters: list[str], codes: list[int]) -> MqttUnsubscribeError:
+    refused = [f for f, c in zip(filters, codes) if c >= 0x80]
+    first = next(c for c in codes if c >= 0x80)
+    error = MqttUnsubscribeError(
+        first, f"the server refused to unsubscribe from {', '.join(refused)}"
+    )
+    error.filters = filters
+    error.reason_codes = codes
+    return error
 
 
 def _filters(

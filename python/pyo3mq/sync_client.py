@@ -166,6 +166,11 @@ class SyncClient:
         tls_insecure: bool | None = None,
         websocket_path: str | None = None,
         websocket_headers: Mapping[str, str] | None = None,
+        session_expiry_interval: int | None = None,
+        receive_maximum: int | None = None,
+        topic_alias_maximum: int = 0,
+        outgoing_topic_aliases: int = 0,
+        connect_user_properties: Iterable[tuple[str, str]] | None = None,
         on_message: MessageCallback | None = None,
         userdata: Any = None,
     ) -> None:
@@ -199,6 +204,11 @@ class SyncClient:
             tls_insecure=tls_insecure,
             websocket_path=websocket_path,
             websocket_headers=websocket_headers,
+            session_expiry_interval=session_expiry_interval,
+            receive_maximum=receive_maximum,
+            topic_alias_maximum=topic_alias_maximum,
+            outgoing_topic_aliases=outgoing_topic_aliases,
+            connect_user_properties=connect_user_properties,
         )
         self._address = (hostname, port)
         self._settings = _settings(hostname, port, **self._args)
@@ -405,7 +415,7 @@ class SyncClient:
         codes: list[int] = self._call(
             lambda core: core.subscribe(filters), timeout, "the subscribe"
         )
-        if 0x80 in codes:
+        if any(code >= 0x80 for code in codes):
             raise MqttSubscribeError(filters, codes)
         return codes
 

@@ -1,6 +1,6 @@
 //! Why a connection (or the whole client) ended, or why a request failed.
 
-use crate::codec::ConnectReturnCode;
+use crate::codec::{ConnectReturnCode, ReasonCode};
 
 /// Why a connection (or the whole client) ended, or why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +32,40 @@ pub enum ClientError {
     /// The client was closed by its user.
     #[error("the client is closed")]
     Closed,
+    /// MQTT 5.0: the server broke the protocol; the client sent DISCONNECT with `reason`
+    /// before it closed the connection (spec 4.13.1).
+    #[error(
+        "protocol error from the server, connection closed with DISCONNECT {reason}: {message}"
+    )]
+    ProtocolV5 { reason: ReasonCode, message: String },
+    /// MQTT 5.0: CONNACK with a reason code of 0x80 or more.
+    #[error("connection refused: CONNACK reason code {reason}{}", suffix(.reason_string))]
+    RefusedV5 {
+        reason: ReasonCode,
+        reason_string: Option<String>,
+    },
+    /// MQTT 5.0: the server sent DISCONNECT (takeover, shutdown, keepalive, ...).
+    #[error("the server disconnected: reason code {reason}{}", suffix(.reason_string))]
+    Disconnected {
+        reason: ReasonCode,
+        reason_string: Option<String>,
+        server_reference: Option<String>,
+    },
+    /// MQTT 5.0: PUBACK or PUBREC with a reason code of 0x80 or more ends a publish.
+    #[error("the server refused the publish: {packet} reason code {reason}{}", suffix(.reason_string))]
+    Rejected {
+        packet: &'static str,
+        reason: ReasonCode,
+        reason_string: Option<String>,
+    },
+}
+
+/// ": reason string" when the server sent one.
+fn suffix(reason_string: &Option<String>) -> String {
+    reason_string
+        .as_deref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
 }
 
 impl ClientError {
@@ -41,6 +75,12 @@ impl ClientError {
         match self {
             ClientError::Refused(code) => *code == ConnectReturnCode::ServerUnavailable,
             ClientError::Store(_) | ClientError::Tls(_) => false,
+            // Busy, unavailable, quota and rate refusals may pass; the others name the
+            // client (version, id, credentials, authorization, bans) and will not.
+            ClientError::RefusedV5 { reason, .. } => matches!(reason.0, 0x88 | 0x89 | 0x97 | 0x9F),
+            // Another connection took the session: coming back would take it back, and
+            // the two clients would push each other out for ever.
+            ClientError::Disconnected { reason, .. } => *reason != ReasonCode::SESSION_TAKEN_OVER,
             _ => true,
         }
     }

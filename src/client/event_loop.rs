@@ -17,7 +17,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::codec::{ConnectReturnCode, Decoder, Packet};
+use crate::codec::{ConnectReturnCode, Decoder, DisconnectV5, Packet, Protocol, ReasonCode};
 
 use super::error::ClientError;
 use super::options::{Options, Reconnect};
@@ -25,6 +25,7 @@ use super::runtime::WakePipe;
 use super::state::{ConnectionState, Outcome, Signals, State};
 use super::store::Store;
 use super::transport::{Connector, Reader, Writer};
+use super::v5::ServerLimits;
 
 /// Bytes read from the socket per `read` call at most (the buffer grows in these steps).
 const READ_CHUNK: usize = 64 * 1024;
@@ -57,9 +58,9 @@ pub(crate) struct Shared {
     persisted: Notify,
 }
 
-/// A connection that got CONNACK: the stream's halves, bytes read past the CONNACK, and
-/// the session present flag.
-type Connection = (Reader, Writer, BytesMut, bool);
+/// A connection that got CONNACK: the stream's halves, bytes read past the CONNACK, the
+/// session present flag, and a 5.0 CONNACK's limits.
+type Connection = (Reader, Writer, BytesMut, bool, Option<ServerLimits>);
 
 impl Shared {
     pub(crate) fn new(
@@ -140,6 +141,15 @@ impl Shared {
         }
     }
 
+    /// A decoder for the client's protocol (5.0 decodes its own packet forms).
+    fn decoder(&self) -> Decoder {
+        let mut decoder = Decoder::new(self.opts.max_packet_size);
+        if self.opts.protocol == Protocol::V5 {
+            decoder.set_protocol(Protocol::V5);
+        }
+        decoder
+    }
+
     pub(crate) fn addr(&self) -> String {
         format!("{}:{}", self.opts.host, self.opts.port)
     }
@@ -155,7 +165,7 @@ impl Shared {
                 .encode(&mut buf)
                 .map_err(|e| ClientError::ConnectFailed(e.to_string()))?;
             wr.write_all(&buf).await.map_err(lost)?;
-            let decoder = Decoder::new(self.opts.max_packet_size);
+            let decoder = self.decoder();
             let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
             loop {
                 let decoded = decoder
@@ -171,9 +181,31 @@ impl Shared {
                                         .into(),
                                 ));
                             }
-                            Ok((rd, wr, rbuf, ack.session_present))
+                            Ok((rd, wr, rbuf, ack.session_present, None))
                         }
                         Packet::ConnAck(ack) => Err(ClientError::Refused(ack.code)),
+                        Packet::ConnAckV5(ack) if ack.reason.is_error() => {
+                            Err(ClientError::RefusedV5 {
+                                reason: ack.reason,
+                                reason_string: ack
+                                    .properties
+                                    .as_deref()
+                                    .and_then(|p| p.reason_string.as_ref())
+                                    .map(|s| s.to_string()),
+                            })
+                        }
+                        Packet::ConnAckV5(ack) => {
+                            if ack.session_present && self.opts.clean_session {
+                                return Err(ClientError::Protocol(
+                                    "[MQTT-3.2.2-2] CONNACK has session present set in reply \
+                                     to Clean Start"
+                                        .into(),
+                                ));
+                            }
+                            let session_present = ack.session_present;
+                            let limits = ServerLimits::from_connack(ack);
+                            Ok((rd, wr, rbuf, session_present, Some(limits)))
+                        }
                         other => Err(ClientError::Protocol(format!(
                             "[MQTT-3.2.0-1] expected CONNACK, got {}",
                             other.name()
@@ -231,9 +263,9 @@ impl Shared {
                 return;
             }
         };
-        self.with_state(|st| st.on_connected(conn.3, Some(token), Instant::now()));
+        self.connected(&mut conn, Some(token));
         loop {
-            let (rd, wr, rbuf, _) = conn;
+            let (rd, wr, rbuf, _, _) = conn;
             let reason = self.serve(rd, wr, rbuf).await;
             if reason == ClientError::Closed {
                 self.finish(None).await;
@@ -255,8 +287,20 @@ impl Shared {
                     return;
                 }
             }
-            self.with_state(|st| st.on_connected(conn.3, None, Instant::now()));
+            self.connected(&mut conn, None);
         }
+    }
+
+    /// The state learns of a connection: a 5.0 CONNACK's limits first, then the resends.
+    fn connected(&self, conn: &mut Connection, token: Option<u64>) {
+        let limits = conn.4.take();
+        let session_present = conn.3;
+        self.with_state(|st| {
+            if let Some(limits) = limits {
+                st.on_connack_v5(limits);
+            }
+            st.on_connected(session_present, token, Instant::now());
+        });
     }
 
     /// The client is done: the journal is committed first (so that a client made next,
@@ -388,7 +432,15 @@ impl Shared {
     /// Runs one connection until it ends; returns why. `ClientError::Closed` means the
     /// user closed it (DISCONNECT was sent).
     async fn serve(&self, mut rd: Reader, mut wr: Writer, mut rbuf: BytesMut) -> ClientError {
-        let decoder = Decoder::new(self.opts.max_packet_size);
+        let decoder = self.decoder();
+        let v5 = self.opts.protocol == Protocol::V5;
+        // A 5.0 server may set the keepalive the client must use [MQTT-3.2.2-21].
+        let keep_alive = self
+            .state
+            .lock()
+            .server_limits()
+            .and_then(|l| l.server_keep_alive)
+            .unwrap_or(self.opts.keep_alive);
 
         let reader = async {
             loop {
@@ -405,6 +457,13 @@ impl Shared {
                                 }
                             }
                             Ok(None) => break,
+                            Err(e) if v5 => {
+                                result = Err(ClientError::ProtocolV5 {
+                                    reason: e.reason_code(),
+                                    message: e.to_string(),
+                                });
+                                break;
+                            }
                             Err(e) => {
                                 result = Err(ClientError::Protocol(e.to_string()));
                                 break;
@@ -497,10 +556,10 @@ impl Shared {
         };
 
         let keepalive = async {
-            if self.opts.keep_alive == 0 {
+            if keep_alive == 0 {
                 return std::future::pending::<ClientError>().await;
             }
-            let ka = Duration::from_secs(u64::from(self.opts.keep_alive));
+            let ka = Duration::from_secs(u64::from(keep_alive));
             let tick = (ka / 4).max(Duration::from_millis(50));
             loop {
                 tokio::time::sleep(tick).await;
@@ -531,7 +590,7 @@ impl Shared {
                     return ClientError::Timeout(format!(
                         "no PINGRESP from the server within the keepalive of {} s: \
                          the server is unreachable",
-                        self.opts.keep_alive
+                        keep_alive
                     ));
                 }
             }
@@ -550,6 +609,28 @@ impl Shared {
             e = keepalive => e,
             e = close_deadline => e,
         };
+        let violated = match &reason {
+            ClientError::ProtocolV5 { reason, message } => Some((*reason, message)),
+            ClientError::Protocol(message) if v5 => Some((ReasonCode::PROTOCOL_ERROR, message)),
+            _ => None,
+        };
+        if let Some((code, message)) = violated {
+            // Spec 4.13.1: a 5.0 peer that detects a protocol error sends DISCONNECT with
+            // the reason code before it closes; bounded, the server may not be reading.
+            tracing::warn!("client {}: {message}", self.opts.client_id);
+            let mut buf = BytesMut::new();
+            let packet = Packet::DisconnectV5(DisconnectV5 {
+                reason: code,
+                properties: None,
+            });
+            if packet.encode(&mut buf).is_ok() {
+                let send = async {
+                    let _ = wr.write_all(&buf).await;
+                    let _ = wr.shutdown().await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+            }
+        }
         let st = self.state.lock();
         if let Some(e) = &st.store_error {
             ClientError::Store(e.clone())
@@ -590,6 +671,7 @@ pub(crate) mod tests {
             reconnect,
             session_store: None,
             transport: Default::default(),
+            v5: Default::default(),
         }
     }
 

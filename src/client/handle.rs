@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 use tokio::time::Instant;
 
-use crate::codec::{self, QoS};
+use crate::codec::{self, Properties, Protocol, QoS, SubscriptionOptions};
 use crate::topic as topics;
 
 use super::error::ClientError;
@@ -20,6 +20,7 @@ use super::runtime::{runtime, WakePipe};
 use super::state::{ConnectionState, Drained, Incoming, Limits, State, Submitted};
 use super::store::{Store, StoreError};
 use super::transport::Connector;
+use super::v5::{PublishError, ServerLimits};
 
 /// Why a client could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,9 @@ impl Client {
             persist: opts.session_store.is_some(),
         };
         let mut state = State::new(limits, Instant::now());
+        if opts.protocol == Protocol::V5 {
+            state.enable_v5(&opts.v5);
+        }
         let store = match &opts.session_store {
             Some(path) => {
                 let (store, session) = Store::open(path, &opts.client_id)?;
@@ -135,15 +139,127 @@ impl Client {
         retain: bool,
     ) -> Result<Submitted, String> {
         check_publish(topic, payload.len())?;
+        if self.shared.opts.protocol == Protocol::V5 {
+            // The 5.0 form; its refusals as text (Python's client calls `publish_v5`).
+            return self
+                .shared
+                .with_state(|st| st.publish_v5(topic, payload, qos, retain, None))
+                .map_err(|e| e.to_string());
+        }
         self.shared
             .with_state(|st| st.publish(topic, payload, qos, retain))
             .map_err(|e| e.to_string())
+    }
+
+    /// Publishes on a 5.0 client with `props` (its own checks: the CONNACK's Maximum
+    /// QoS, Retain Available and Maximum Packet Size). On a 3.1/3.1.1 client, without
+    /// properties, it is [`publish`](Client::publish).
+    pub fn publish_v5(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        props: Option<&Properties>,
+    ) -> Result<Submitted, PublishError> {
+        check_publish(topic, payload.len()).map_err(PublishError::Invalid)?;
+        if self.shared.opts.protocol != Protocol::V5 {
+            if props.is_some() {
+                return Err(PublishError::Invalid(
+                    "message properties need MQTT 5.0 (protocol=5)".into(),
+                ));
+            }
+            return Ok(self
+                .shared
+                .with_state(|st| st.publish(topic, payload, qos, retain))?);
+        }
+        self.shared
+            .with_state(|st| st.publish_v5(topic, payload, qos, retain, props))
+    }
+
+    /// 5.0 SUBSCRIBE: filters with their options, a Subscription Identifier and user
+    /// properties; the token completes with one reason code per filter.
+    pub fn subscribe_v5(
+        &self,
+        filters: Vec<(String, SubscriptionOptions)>,
+        id: Option<u32>,
+        user_properties: Vec<(String, String)>,
+    ) -> Result<Submitted, String> {
+        self.require_v5()?;
+        if filters.is_empty() {
+            return Err("[MQTT-3.8.3-2] subscribe needs at least one topic filter".into());
+        }
+        if id.is_some_and(|id| id == 0 || id > codec::MAX_VARIABLE_BYTE_INTEGER) {
+            return Err("a subscription identifier is between 1 and 268,435,455".into());
+        }
+        let mut checked = Vec::with_capacity(filters.len());
+        for (f, options) in filters {
+            topics::validate_topic_filter(&f).map_err(|e| format!("{f:?}: {e}"))?;
+            if options.no_local && f.starts_with("$share/") {
+                return Err(format!(
+                    "[MQTT-3.8.3-4] {f:?}: No Local is not allowed on a shared subscription"
+                ));
+            }
+            checked.push((ByteString::from(f), options));
+        }
+        let user_properties = pairs(user_properties);
+        self.shared
+            .with_state(|st| st.subscribe_v5(checked, id, user_properties))
+            .map_err(|e| e.to_string())
+    }
+
+    /// 5.0 UNSUBSCRIBE; the token completes with one reason code per filter.
+    pub fn unsubscribe_v5(
+        &self,
+        filters: Vec<String>,
+        user_properties: Vec<(String, String)>,
+    ) -> Result<Submitted, String> {
+        self.require_v5()?;
+        if filters.is_empty() {
+            return Err("[MQTT-3.10.3-2] unsubscribe needs at least one topic filter".into());
+        }
+        let mut checked = Vec::with_capacity(filters.len());
+        for f in filters {
+            topics::validate_topic_filter(&f).map_err(|e| format!("{f:?}: {e}"))?;
+            checked.push(ByteString::from(f));
+        }
+        let user_properties = pairs(user_properties);
+        self.shared
+            .with_state(|st| st.unsubscribe_v5(checked, user_properties))
+            .map_err(|e| e.to_string())
+    }
+
+    fn require_v5(&self) -> Result<(), String> {
+        if self.shared.opts.protocol == Protocol::V5 {
+            Ok(())
+        } else {
+            Err("subscription options and properties need MQTT 5.0 (protocol=5)".into())
+        }
+    }
+
+    /// What the last 5.0 CONNACK allowed (`None` before it, and on 3.1/3.1.1).
+    pub fn server_limits(&self) -> Option<ServerLimits> {
+        self.shared.state.lock().server_limits().cloned()
     }
 
     /// Subscribes; the token completes with the SUBACK return codes.
     pub fn subscribe(&self, filters: Vec<(String, QoS)>) -> Result<Submitted, String> {
         if filters.is_empty() {
             return Err("[MQTT-3.8.3-3] subscribe needs at least one topic filter".into());
+        }
+        if self.shared.opts.protocol == Protocol::V5 {
+            // The 5.0 form, with default options.
+            let filters = filters
+                .into_iter()
+                .map(|(f, qos)| {
+                    let options = SubscriptionOptions {
+                        qos,
+                        ..SubscriptionOptions::default()
+                    };
+                    (f, options)
+                })
+                .collect();
+            return self.subscribe_v5(filters, None, Vec::new());
         }
         let mut checked = Vec::with_capacity(filters.len());
         for (f, q) in filters {
@@ -159,6 +275,9 @@ impl Client {
     pub fn unsubscribe(&self, filters: Vec<String>) -> Result<Submitted, String> {
         if filters.is_empty() {
             return Err("[MQTT-3.10.3-2] unsubscribe needs at least one topic filter".into());
+        }
+        if self.shared.opts.protocol == Protocol::V5 {
+            return self.unsubscribe_v5(filters, Vec::new());
         }
         let mut checked = Vec::with_capacity(filters.len());
         for f in filters {
@@ -287,6 +406,12 @@ impl Client {
     pub fn last_error(&self) -> Option<ClientError> {
         self.shared.state.lock().last_error.clone()
     }
+}
+
+fn pairs(p: Vec<(String, String)>) -> Vec<(ByteString, ByteString)> {
+    p.into_iter()
+        .map(|(k, v)| (ByteString::from(k), ByteString::from(v)))
+        .collect()
 }
 
 /// When a wait of `timeout` ends; `None` for no limit (also when the sum overflows).

@@ -11,6 +11,7 @@ use crate::topic as topics;
 
 use super::runtime::random_u64;
 use super::transport::TransportOptions;
+use super::v5::V5Options;
 
 /// How to retry a connection that failed or was lost.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +67,8 @@ pub struct Options {
     pub session_store: Option<PathBuf>,
     /// TCP (the default), TLS, WebSocket or secure WebSocket, and their settings.
     pub transport: TransportOptions,
+    /// MQTT 5.0 CONNECT settings (used with `protocol` V5 only).
+    pub v5: V5Options,
 }
 
 impl Options {
@@ -85,7 +88,8 @@ impl Options {
             );
         }
         if self.client_id.is_empty() {
-            if !self.clean_session {
+            // 5.0 lets the server assign an id whatever Clean Start says (3.1.3.1).
+            if !self.clean_session && self.protocol != Protocol::V5 {
                 return Err(
                     "[MQTT-3.1.3-7] a client with an empty client_id must use clean_session=True"
                         .into(),
@@ -96,7 +100,8 @@ impl Options {
                 self.client_id = format!("pyo3mq-{:016x}", random_u64());
             }
         }
-        if self.password.is_some() && self.username.is_none() {
+        // 5.0 allows a password without a user name [MQTT-3.1.2-19].
+        if self.password.is_some() && self.username.is_none() && self.protocol != Protocol::V5 {
             return Err("[MQTT-3.1.2-22] a password needs a username".into());
         }
         if let Some(will) = &self.will {
@@ -134,7 +139,11 @@ impl Options {
             will: self.will.clone(),
             username: self.username.as_deref().map(ByteString::from),
             password: self.password.clone(),
-            properties: None,
+            properties: if self.protocol == Protocol::V5 {
+                self.v5.connect_properties(self.max_packet_size)
+            } else {
+                None
+            },
         })
     }
 }
@@ -162,6 +171,7 @@ mod tests {
             reconnect: None,
             session_store: None,
             transport: TransportOptions::default(),
+            v5: V5Options::default(),
         }
     }
 

@@ -11,6 +11,7 @@
 
 mod inbound;
 mod lifecycle;
+mod v5;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -18,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use tokio::time::Instant;
 
-use crate::codec::{self, encode_publish_header, Packet, QoS};
+use crate::codec::{self, encode_publish_header, encode_publish_header_v5, Packet, QoS};
 use crate::qos::{InboundQos2, PacketIds};
 
 use super::error::ClientError;
@@ -58,8 +59,10 @@ pub enum Outcome {
     Done,
     /// CONNACK accepted; carries the session present flag.
     Connected(bool),
-    /// SUBACK return codes (0, 1, 2 or 0x80), one per filter.
+    /// SUBACK return codes (0, 1, 2 or 0x80; 5.0's reason codes), one per filter.
     Granted(Vec<u8>),
+    /// MQTT 5.0: UNSUBACK reason codes, one per filter.
+    Unsubscribed(Vec<u8>),
     Failed(ClientError),
 }
 
@@ -73,6 +76,8 @@ pub struct Incoming {
     pub dup: bool,
     /// 0 for QoS 0.
     pub packet_id: u16,
+    /// MQTT 5.0 PUBLISH properties (`None` in 3.1.1 and when there are none).
+    pub properties: Option<Box<codec::Properties>>,
 }
 
 /// What a submitted publish or request became.
@@ -124,6 +129,9 @@ struct Flight {
     stage: Stage,
     /// Written to some connection already: a resend carries DUP=1.
     sent: bool,
+    /// MQTT 5.0: the encoded PUBLISH properties (`Some`, maybe empty, on a 5.0
+    /// connection; `None` is the 3.1.1 encoding).
+    props: Option<Bytes>,
 }
 
 /// An outgoing QoS 1/2 publish waiting for room in the inflight window.
@@ -135,11 +143,16 @@ struct PendingPublish {
     retain: bool,
     topic: ByteString,
     payload: Bytes,
+    /// As [`Flight::props`].
+    props: Option<Bytes>,
 }
 
 impl PendingPublish {
     fn cost(&self) -> usize {
-        self.topic.len() + self.payload.len() + PENDING_OVERHEAD
+        self.topic.len()
+            + self.payload.len()
+            + self.props.as_ref().map_or(0, Bytes::len)
+            + PENDING_OVERHEAD
     }
 
     fn stored(&self) -> Change {
@@ -191,6 +204,12 @@ enum Request {
         token: u64,
         filters: Vec<ByteString>,
     },
+    /// MQTT 5.0: filters with their options and the Subscription Identifier.
+    SubscribeV5 {
+        token: u64,
+        filters: Vec<(ByteString, codec::SubscriptionOptions)>,
+        id: Option<u32>,
+    },
     /// Internal: restoring subscriptions on a connection without a session.
     Resubscribe,
 }
@@ -198,7 +217,9 @@ enum Request {
 impl Request {
     fn name(&self) -> &'static str {
         match self {
-            Request::Subscribe { .. } | Request::Resubscribe => "a SUBSCRIBE",
+            Request::Subscribe { .. } | Request::SubscribeV5 { .. } | Request::Resubscribe => {
+                "a SUBSCRIBE"
+            }
             Request::Unsubscribe { .. } => "an UNSUBSCRIBE",
         }
     }
@@ -259,6 +280,11 @@ pub(crate) struct State {
     subscriptions: BTreeMap<ByteString, QoS>,
     /// Incoming QoS 2 ids that got PUBREC and not yet PUBREL [MQTT-4.3.3-2].
     inbound_qos2: InboundQos2,
+    /// Outgoing QoS 1/2 publishes allowed unacknowledged: `limits.max_inflight`, capped
+    /// by a 5.0 server's Receive Maximum.
+    window: usize,
+    /// MQTT 5.0 state (`None` for 3.1/3.1.1 clients).
+    pub(super) v5: Option<Box<v5::V5State>>,
 
     pub(super) incoming: VecDeque<Incoming>,
     pub(super) completions: Vec<(u64, Outcome)>,
@@ -285,6 +311,9 @@ pub(crate) struct State {
     next_seq: u64,
 }
 
+/// A whole PUBLISH: the 3.1.1 form without `props`, the 5.0 form with them (the encoded
+/// properties, without their length).
+#[allow(clippy::too_many_arguments)]
 fn encode_publish(
     dst: &mut BytesMut,
     topic: &str,
@@ -292,9 +321,23 @@ fn encode_publish(
     retain: bool,
     dup: bool,
     packet_id: Option<u16>,
+    props: Option<&[u8]>,
     payload: &[u8],
 ) -> Result<(), codec::Error> {
-    encode_publish_header(dst, topic, qos, retain, dup, packet_id, payload.len())?;
+    match props {
+        None => encode_publish_header(dst, topic, qos, retain, dup, packet_id, payload.len())?,
+        Some(props) => encode_publish_header_v5(
+            dst,
+            topic,
+            qos,
+            retain,
+            dup,
+            packet_id,
+            props,
+            &[],
+            payload.len(),
+        )?,
+    }
     dst.extend_from_slice(payload);
     Ok(())
 }
@@ -325,6 +368,8 @@ impl State {
             requests: HashMap::new(),
             subscriptions: BTreeMap::new(),
             inbound_qos2: InboundQos2::new(),
+            window: limits.max_inflight,
+            v5: None,
             incoming: VecDeque::new(),
             completions: Vec::new(),
             states: Vec::new(),
@@ -363,6 +408,8 @@ impl State {
                         Stage::AwaitAck
                     },
                     sent: p.sent,
+                    // The store keeps no properties: a 5.0 resend goes without them.
+                    props: self.v5.as_ref().map(|_| Bytes::new()),
                 }),
                 _ => {
                     let item = PendingPublish {
@@ -372,6 +419,7 @@ impl State {
                         retain: p.retain,
                         topic: p.topic,
                         payload: p.payload,
+                        props: self.v5.as_ref().map(|_| Bytes::new()),
                     };
                     self.pending_bytes += item.cost();
                     self.pending.push_back(item);
@@ -488,6 +536,18 @@ impl State {
         qos: QoS,
         retain: bool,
     ) -> Result<Submitted, codec::Error> {
+        self.publish_with(topic, payload, qos, retain, None)
+    }
+
+    /// Publishes with `props` (5.0's encoded PUBLISH properties; `None` on 3.1.1).
+    fn publish_with(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        props: Option<Bytes>,
+    ) -> Result<Submitted, codec::Error> {
         if !self.accepting() {
             return Ok(Submitted::Closed);
         }
@@ -497,8 +557,7 @@ impl State {
         }
         if qos == QoS::AtMostOnce && self.pending.is_empty() {
             // Also while reconnecting: the buffer is flushed once the next CONNACK arrives.
-            let buf = self.publish_buffer();
-            encode_publish(buf, topic, qos, retain, false, None, payload)?;
+            self.write_publish(topic, qos, retain, None, props.as_ref(), payload)?;
             return Ok(Submitted::Sent);
         }
         // QoS 0 behind publishes waiting for the window waits too, so that messages
@@ -517,8 +576,9 @@ impl State {
             retain,
             topic: ByteString::from(topic),
             payload: Bytes::copy_from_slice(payload),
+            props,
         };
-        if self.pending.is_empty() && self.inflight.len() < self.limits.max_inflight {
+        if self.pending.is_empty() && self.inflight.len() < self.window {
             if let Some(packet_id) = self.ids.alloc() {
                 self.start_flight(item, packet_id)?;
                 return Ok(Submitted::Token(token));
@@ -536,18 +596,67 @@ impl State {
         })
     }
 
+    /// Encodes a first send of a PUBLISH where publishes go (the write buffer or the
+    /// hold); on a 5.0 connection it may stand its topic for a Topic Alias.
+    fn write_publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        packet_id: Option<u16>,
+        props: Option<&Bytes>,
+        payload: &[u8],
+    ) -> Result<(), codec::Error> {
+        let alias = match (props, self.v5.as_deref_mut()) {
+            (Some(_), Some(v5)) if self.status == ConnectionState::Connected => {
+                v5.outgoing_alias(topic)
+            }
+            _ => None,
+        };
+        let buf = self.publish_buffer();
+        match alias {
+            None => encode_publish(
+                buf,
+                topic,
+                qos,
+                retain,
+                false,
+                packet_id,
+                props.map(|p| &p[..]),
+                payload,
+            ),
+            Some((alias, known)) => {
+                let props = props.map_or(&[][..], |p| &p[..]);
+                let mut with_alias = Vec::with_capacity(props.len() + 3);
+                with_alias.extend_from_slice(props);
+                with_alias.push(0x23);
+                with_alias.extend_from_slice(&alias.to_be_bytes());
+                // A known alias stands for the topic: the name goes empty (3.3.2.3.4).
+                let name = if known { "" } else { topic };
+                encode_publish(
+                    buf,
+                    name,
+                    qos,
+                    retain,
+                    false,
+                    packet_id,
+                    Some(&with_alias),
+                    payload,
+                )
+            }
+        }
+    }
+
     fn start_flight(&mut self, p: PendingPublish, packet_id: u16) -> Result<(), codec::Error> {
         // While reconnecting it is only recorded: the next CONNACK sends it.
         let sent = self.status == ConnectionState::Connected;
         if sent {
-            let buf = self.publish_buffer();
-            encode_publish(
-                buf,
+            self.write_publish(
                 &p.topic,
                 p.qos,
                 p.retain,
-                false,
                 Some(packet_id),
+                p.props.as_ref(),
                 &p.payload,
             )?;
         }
@@ -561,6 +670,7 @@ impl State {
             payload: p.payload,
             stage: Stage::AwaitAck,
             sent,
+            props: p.props,
         };
         self.record(|| flight.stored());
         self.inflight.push_back(flight);
@@ -573,7 +683,7 @@ impl State {
         while let Some(front) = self.pending.front() {
             let packet_id = if front.qos == QoS::AtMostOnce {
                 None
-            } else if self.inflight.len() < self.limits.max_inflight {
+            } else if self.inflight.len() < self.window {
                 match self.ids.alloc() {
                     Some(id) => Some(id),
                     None => break,
@@ -587,10 +697,14 @@ impl State {
             self.pending_bytes = self.pending_bytes.saturating_sub(p.cost());
             match packet_id {
                 Some(packet_id) => self.start_flight(p, packet_id)?,
-                None => {
-                    let buf = self.publish_buffer();
-                    encode_publish(buf, &p.topic, p.qos, p.retain, false, None, &p.payload)?;
-                }
+                None => self.write_publish(
+                    &p.topic,
+                    p.qos,
+                    p.retain,
+                    None,
+                    p.props.as_ref(),
+                    &p.payload,
+                )?,
             }
         }
         self.check_room();

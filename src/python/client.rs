@@ -31,7 +31,9 @@ use crate::client::{
 use crate::codec::{ConnectReturnCode, LastWill, Protocol, QoS};
 use crate::topic as topics;
 
+use super::client_v5::{self, ConnAckInfo};
 use super::errors::{client_error_class, rc, ClientErrorClass, MqttError};
+use super::properties::MessageProperties;
 
 fn qos_from(value: u8) -> PyResult<QoS> {
     QoS::from_u8(value)
@@ -189,6 +191,9 @@ pub struct Drained {
 
 /// The exception instance for a client error, of the class Python code catches.
 fn exception<'py>(py: Python<'py>, e: &ClientError) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(instance) = client_v5::exception_v5(py, e)? {
+        return Ok(instance);
+    }
     let message = e.to_string();
     match e {
         ClientError::Refused(code) => {
@@ -216,7 +221,12 @@ fn exception<'py>(py: Python<'py>, e: &ClientError) -> PyResult<Bound<'py, PyAny
         ClientError::ConnectFailed(_)
         | ClientError::Tls(_)
         | ClientError::Store(_)
-        | ClientError::Closed => {
+        | ClientError::Closed
+        // Made by `exception_v5` above.
+        | ClientError::ProtocolV5 { .. }
+        | ClientError::RefusedV5 { .. }
+        | ClientError::Disconnected { .. }
+        | ClientError::Rejected { .. } => {
             client_error_class(py, ClientErrorClass::Connection)?.call1((message, rc::NO_CONN))
         }
     }
@@ -236,7 +246,9 @@ fn completion(py: Python<'_>, token: u64, outcome: &Outcome) -> PyResult<Complet
                 .unbind(),
             None,
         ),
-        Outcome::Granted(codes) => (PyList::new(py, codes)?.into_any().unbind(), None),
+        Outcome::Granted(codes) | Outcome::Unsubscribed(codes) => {
+            (PyList::new(py, codes)?.into_any().unbind(), None)
+        }
         Outcome::Failed(e) => (py.None(), Some(exception(py, e)?.unbind())),
     };
     Ok(Completion {
@@ -307,6 +319,7 @@ fn messages_list<'py>(
                 retain: m.retain,
                 dup: m.dup,
                 packet_id: m.packet_id,
+                properties: m.properties,
             },
         )?);
     }
@@ -400,12 +413,18 @@ pub struct ClientMessage {
     retain: bool,
     dup: bool,
     packet_id: u16,
+    /// MQTT 5.0 PUBLISH properties as received; made into a `MessageProperties` when
+    /// Python asks.
+    properties: Option<Box<crate::codec::Properties>>,
 }
 
 #[pymethods]
 impl ClientMessage {
     #[new]
-    #[pyo3(signature = (topic, payload, qos = 0, retain = false, dup = false, packet_id = 0))]
+    #[pyo3(signature = (
+        topic, payload, qos = 0, retain = false, dup = false, packet_id = 0, properties = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         topic: Bound<'_, PyString>,
         payload: &Bound<'_, PyAny>,
@@ -413,6 +432,7 @@ impl ClientMessage {
         retain: bool,
         dup: bool,
         packet_id: u16,
+        properties: Option<MessageProperties>,
     ) -> PyResult<Self> {
         qos_from(qos)?;
         let py = topic.py();
@@ -424,6 +444,7 @@ impl ClientMessage {
             retain,
             dup,
             packet_id,
+            properties: properties.map(|p| Box::new(p.to_codec())),
         })
     }
 
@@ -469,10 +490,15 @@ impl ClientMessage {
         self.packet_id
     }
 
-    /// MQTT 5 properties, as aiomqtt's `Message.properties`: always None under MQTT 3.1.1.
+    /// MQTT 5.0 message properties (content type, response topic, correlation data,
+    /// user properties, message expiry, payload format, subscription identifiers), as
+    /// aiomqtt's `Message.properties`; None under MQTT 3.1/3.1.1 and when the PUBLISH
+    /// had none.
     #[getter]
-    fn properties(&self, py: Python<'_>) -> Py<PyAny> {
-        py.None()
+    fn properties(&self) -> Option<MessageProperties> {
+        self.properties
+            .as_deref()
+            .map(MessageProperties::from_codec)
     }
 
     /// Whether the topic matches a subscription filter as a server routes (`+` and `#`
@@ -512,7 +538,9 @@ impl ClientCore {
         max_packet_size, reconnect, session_store = None, transport = "tcp",
         tls_cafile = None, tls_ca_der = None, tls_certfile = None, tls_keyfile = None,
         tls_key_pem = None, tls_verify = "full", tls_versions = "any", tls_server_name = None,
-        ws_path = None, ws_headers = None
+        ws_path = None, ws_headers = None, session_expiry_interval = None,
+        receive_maximum = None, topic_alias_maximum = 0, outgoing_topic_aliases = 0,
+        connect_user_properties = None, will_properties = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -544,6 +572,12 @@ impl ClientCore {
         tls_server_name: Option<String>,
         ws_path: Option<String>,
         ws_headers: Option<Vec<(String, String)>>,
+        session_expiry_interval: Option<u32>,
+        receive_maximum: Option<u16>,
+        topic_alias_maximum: u16,
+        outgoing_topic_aliases: u16,
+        connect_user_properties: Option<Vec<(String, String)>>,
+        will_properties: Option<MessageProperties>,
     ) -> PyResult<Self> {
         let scheme = choice(
             "transport",
@@ -591,24 +625,46 @@ impl ClientCore {
         let protocol = match protocol {
             3 => Protocol::V31,
             4 => Protocol::V311,
+            5 => Protocol::V5,
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "protocol must be MQTTv31 (3) or MQTTv311 (4), not {other}"
+                    "protocol must be MQTTv31 (3), MQTTv311 (4) or MQTTv5 (5), not {other}"
                 )))
             }
         };
+        let v5 = client_v5::v5_options(
+            session_expiry_interval,
+            receive_maximum,
+            topic_alias_maximum,
+            outgoing_topic_aliases,
+            connect_user_properties,
+        )?;
+        if protocol != Protocol::V5 && v5 != crate::client::V5Options::default() {
+            return Err(PyValueError::new_err(
+                "session_expiry_interval, receive_maximum, topic aliases and CONNECT user \
+                 properties need MQTT 5.0 (protocol=5)",
+            ));
+        }
         let seconds = |name: &str, value: f64| {
             Duration::try_from_secs_f64(value).map_err(|_| {
                 PyValueError::new_err(format!("{name} must be a non-negative number of seconds"))
             })
         };
+        if will_properties.is_some() && (protocol != Protocol::V5 || will.is_none()) {
+            return Err(PyValueError::new_err(
+                "will properties need a will and MQTT 5.0 (protocol=5)",
+            ));
+        }
         let will = match will {
             Some((topic, payload, qos, retain)) => Some(LastWill {
                 topic: ByteString::from(topic),
                 payload: payload_bytes(&payload)?,
                 qos: qos_from(qos)?,
                 retain,
-                properties: None,
+                properties: will_properties
+                    .as_ref()
+                    .map(|p| client_v5::will_properties(p, &payload))
+                    .transpose()?,
             }),
             None => None,
         };
@@ -638,6 +694,7 @@ impl ClientCore {
             reconnect,
             session_store,
             transport,
+            v5,
         };
         // Opening and reading a session store is file I/O: not with the GIL held.
         let inner = py.detach(|| Client::new(options)).map_err(|e| match e {
@@ -684,12 +741,93 @@ impl ClientCore {
         let result = with_str(topic, |t| {
             with_payload(payload, |p| self.inner.publish(t, p, qos, retain))
         })??;
-        match result.map_err(PyValueError::new_err)? {
-            Submitted::Sent => Ok(PySubmitted::Sent.into_pyobject(py)?.into_any()),
-            Submitted::Token(token) => Ok(token.into_pyobject(py)?.into_any()),
-            Submitted::Full => Ok(PySubmitted::Full.into_pyobject(py)?.into_any()),
-            Submitted::Closed => Err(self.not_connected(py)),
-        }
+        self.published(py, result.map_err(PyValueError::new_err)?)
+    }
+
+    /// `publish` with MQTT 5.0 message properties (None for none). Raises
+    /// `MqttPublishError` when the server's CONNACK forbids the message (too large, QoS
+    /// above its maximum, retain).
+    #[pyo3(signature = (topic, payload, qos, retain, properties = None))]
+    fn publish_v5<'py>(
+        &self,
+        topic: &Bound<'py, PyString>,
+        payload: &Bound<'py, PyAny>,
+        qos: u8,
+        retain: bool,
+        properties: Option<MessageProperties>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = topic.py();
+        let qos = qos_from(qos)?;
+        let props = properties
+            .as_ref()
+            .map(|p| client_v5::publish_properties(p, payload))
+            .transpose()?;
+        let result = with_str(topic, |t| {
+            with_payload(payload, |p| {
+                self.inner.publish_v5(t, p, qos, retain, props.as_ref())
+            })
+        })??;
+        self.published(py, result.map_err(|e| client_v5::publish_error(py, e))?)
+    }
+
+    /// MQTT 5.0 SUBSCRIBE: every filter with the same options; the token completes with
+    /// one reason code per filter.
+    #[pyo3(signature = (
+        filters, *, no_local = false, retain_as_published = false, retain_handling = 0,
+        subscription_identifier = None, user_properties = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe_v5(
+        &self,
+        py: Python<'_>,
+        filters: Vec<(String, u8)>,
+        no_local: bool,
+        retain_as_published: bool,
+        retain_handling: u8,
+        subscription_identifier: Option<u32>,
+        user_properties: Option<Vec<(String, String)>>,
+    ) -> PyResult<u64> {
+        let filters = filters
+            .into_iter()
+            .map(|(f, q)| {
+                let options = client_v5::subscription_options(
+                    qos_from(q)?,
+                    no_local,
+                    retain_as_published,
+                    retain_handling,
+                )?;
+                Ok((f, options))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.request_token(
+            py,
+            self.inner.subscribe_v5(
+                filters,
+                subscription_identifier,
+                user_properties.unwrap_or_default(),
+            ),
+        )
+    }
+
+    /// MQTT 5.0 UNSUBSCRIBE; the token completes with one reason code per filter.
+    #[pyo3(signature = (filters, *, user_properties = None))]
+    fn unsubscribe_v5(
+        &self,
+        py: Python<'_>,
+        filters: Vec<String>,
+        user_properties: Option<Vec<(String, String)>>,
+    ) -> PyResult<u64> {
+        self.request_token(
+            py,
+            self.inner
+                .unsubscribe_v5(filters, user_properties.unwrap_or_default()),
+        )
+    }
+
+    /// What the last MQTT 5.0 CONNACK said (None before it, and on 3.1/3.1.1).
+    #[getter]
+    fn connack(&self) -> Option<ConnAckInfo> {
+        self.inner.server_limits().map(ConnAckInfo::new)
     }
 
     /// The token completed with the SUBACK return codes.
@@ -800,6 +938,16 @@ impl ClientCore {
 }
 
 impl ClientCore {
+    /// What `publish` returns for `submitted`.
+    fn published<'py>(&self, py: Python<'py>, submitted: Submitted) -> PyResult<Bound<'py, PyAny>> {
+        match submitted {
+            Submitted::Sent => Ok(PySubmitted::Sent.into_pyobject(py)?.into_any()),
+            Submitted::Token(token) => Ok(token.into_pyobject(py)?.into_any()),
+            Submitted::Full => Ok(PySubmitted::Full.into_pyobject(py)?.into_any()),
+            Submitted::Closed => Err(self.not_connected(py)),
+        }
+    }
+
     /// The error a request on a client that is not connected raises: why it closed, if it
     /// closed on an error.
     fn not_connected(&self, py: Python<'_>) -> PyErr {

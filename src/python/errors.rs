@@ -52,6 +52,9 @@ pub(crate) enum ClientErrorClass {
     Subscribe,
     Reentrant,
     OperationTimeout,
+    Disconnect,
+    Publish,
+    Unsubscribe,
 }
 
 /// How a class is made: its name, its docstring, its bases, and its `__init__`.
@@ -83,7 +86,7 @@ enum Init {
 }
 
 /// In dependency order: a class's bases come before it.
-const SPECS: [Spec; 13] = [
+const SPECS: [Spec; 16] = [
     Spec {
         class: ClientErrorClass::Code,
         name: "MqttCodeError",
@@ -187,6 +190,36 @@ const SPECS: [Spec; 13] = [
         base: Base::MqttErrorAndTimeout,
         init: Init::Inherited,
     },
+    Spec {
+        class: ClientErrorClass::Disconnect,
+        name: "MqttDisconnectError",
+        doc: "MQTT 5.0: the server closed the connection with DISCONNECT; `reason_code` \
+              (also `rc`) says why (0x8E session taken over, 0x8B server shutting down, \
+              0x8D keep alive timeout, ...), with the server's `reason_string` and \
+              `server_reference` when it sent them.",
+        base: Base::Client(ClientErrorClass::Connection),
+        init: Init::Connection,
+    },
+    Spec {
+        class: ClientErrorClass::Publish,
+        name: "MqttPublishError",
+        doc: "MQTT 5.0: the server refused a publish (PUBACK or PUBREC reason code of 0x80 \
+              or more, e.g. 0x87 not authorized, 0x97 quota exceeded), or the client \
+              refused to send it because the CONNACK forbids it (0x95 larger than the \
+              server's Maximum Packet Size, 0x9B above its Maximum QoS, 0x9A retain not \
+              available). `reason_code` (also `rc`) and `reason_string`.",
+        base: Base::Client(ClientErrorClass::Code),
+        init: Init::Code,
+    },
+    Spec {
+        class: ClientErrorClass::Unsubscribe,
+        name: "MqttUnsubscribeError",
+        doc: "MQTT 5.0: the server refused to unsubscribe at least one topic filter \
+              (UNSUBACK reason code of 0x80 or more, also `rc`); `reason_codes` has one \
+              code per filter.",
+        base: Base::Client(ClientErrorClass::Code),
+        init: Init::Code,
+    },
 ];
 
 static CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
@@ -249,9 +282,12 @@ fn subscribe_init(
     return_codes: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let mut refused = Vec::new();
+    let mut first = None;
     for pair in filters.try_iter()?.zip(return_codes.try_iter()?) {
         let (filter, code) = (pair.0?, pair.1?);
-        if code.extract::<i64>().is_ok_and(|c| c == 0x80) {
+        // 0x80 in 3.1.1; 5.0's failure codes are all 0x80 or more (0x87, 0x8F, ...).
+        if let Some(c) = code.extract::<i64>().ok().filter(|c| *c >= 0x80) {
+            first.get_or_insert(c);
             refused.push(filter.get_item(0)?.str()?.to_string());
         }
     }
@@ -260,7 +296,7 @@ fn subscribe_init(
         refused.join(", ")
     );
     this.setattr("args", (message,))?;
-    this.setattr("rc", rc::SUBSCRIBE_FAILURE)?;
+    this.setattr("rc", first.unwrap_or(i64::from(rc::SUBSCRIBE_FAILURE)))?;
     this.setattr("filters", filters)?;
     this.setattr("return_codes", return_codes)
 }
@@ -307,6 +343,17 @@ fn build(py: Python<'_>) -> PyResult<Vec<Py<PyType>>> {
         };
         if let Some(init) = init {
             namespace.set_item("__init__", partialmethod.call1((init,))?)?;
+        }
+        // MQTT 5.0's details, None unless the server sent them (set per instance).
+        if matches!(
+            spec.class,
+            ClientErrorClass::Refused | ClientErrorClass::Disconnect | ClientErrorClass::Publish
+        ) {
+            namespace.set_item("reason_code", py.None())?;
+            namespace.set_item("reason_string", py.None())?;
+        }
+        if spec.class == ClientErrorClass::Disconnect {
+            namespace.set_item("server_reference", py.None())?;
         }
         let class = type_
             .call1((spec.name, bases, namespace))?

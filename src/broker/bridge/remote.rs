@@ -72,6 +72,7 @@ pub(super) fn new_client(
         }),
         session_store: None,
         transport: transport(settings)?,
+        v5: Default::default(),
     };
     Client::new(opts).map_err(|e| bridge_names(e.to_string()))
 }

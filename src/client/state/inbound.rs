@@ -11,7 +11,10 @@ impl State {
     /// Handles one packet from the server.
     pub(crate) fn on_packet(&mut self, packet: Packet) -> Result<(), ClientError> {
         match packet {
-            Packet::Publish(p) => {
+            Packet::Publish(mut p) => {
+                if self.v5.is_some() {
+                    self.on_publish_v5(&mut p)?;
+                }
                 let packet_id = p.pkid.unwrap_or(0);
                 let fresh = match p.qos {
                     QoS::AtMostOnce => true,
@@ -37,6 +40,7 @@ impl State {
                         retain: p.retain,
                         dup: p.dup,
                         packet_id,
+                        properties: p.properties,
                     });
                     self.dirty = true;
                 }
@@ -120,10 +124,7 @@ impl State {
                     if ack.codes.contains(&SubscribeReturnCode::Failure) {
                         tracing::warn!("client: the server refused a restored subscription");
                     }
-                    // The subscriptions are back: what was published meanwhile may go.
-                    if let Some(held) = self.held.take() {
-                        self.out.extend_from_slice(&held);
-                    }
+                    self.restored();
                 }
                 Some(other) => {
                     return Err(ClientError::Protocol(format!(
@@ -156,6 +157,10 @@ impl State {
                 }
             },
             Packet::PingResp => self.ping_outstanding = None,
+            // 5.0's short DISCONNECT: the server closes with Normal disconnection.
+            Packet::Disconnect if self.v5.is_some() => {
+                return Err(self.server_disconnect(None));
+            }
             Packet::ConnAck(_) => {
                 return Err(ClientError::Protocol(
                     "[MQTT-3.2.0-1] a second CONNACK on the same connection".into(),
@@ -171,7 +176,18 @@ impl State {
                     other.name()
                 )))
             }
-            // The client speaks 3.1.1, so its decoder never yields 5.0's forms.
+            v5 @ (Packet::PubAckV5(_)
+            | Packet::PubRecV5(_)
+            | Packet::PubRelV5(_)
+            | Packet::PubCompV5(_)
+            | Packet::SubAckV5(_)
+            | Packet::UnsubAckV5(_)
+            | Packet::DisconnectV5(_))
+                if self.v5.is_some() =>
+            {
+                return self.on_packet_v5(v5);
+            }
+            // A 3.1.1 client's decoder never yields 5.0's forms.
             other @ (Packet::ConnAckV5(_)
             | Packet::PubAckV5(_)
             | Packet::PubRecV5(_)
@@ -193,10 +209,15 @@ impl State {
     }
 
     fn finish_flight(&mut self, index: usize) {
+        self.end_flight(index, Outcome::Done);
+    }
+
+    /// Ends the flight at `index` with `outcome` and lets the window fill.
+    pub(super) fn end_flight(&mut self, index: usize, outcome: Outcome) {
         if let Some(f) = self.inflight.remove(index) {
             self.ids.free(f.packet_id);
             self.record(|| Change::Delete(f.seq));
-            self.complete(f.token, Outcome::Done);
+            self.complete(f.token, outcome);
         }
         if let Err(e) = self.fill_window() {
             tracing::error!("client: could not encode a queued publish: {e}");

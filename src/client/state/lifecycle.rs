@@ -44,6 +44,7 @@ impl State {
                         f.retain,
                         dup,
                         Some(f.packet_id),
+                        f.props.as_deref(),
                         &f.payload,
                     )
                 }
@@ -76,8 +77,18 @@ impl State {
         resends.extend_from_slice(&self.out);
         self.out.clear();
         self.held = None;
-        if !session_present && self.ever_connected && !self.subscriptions.is_empty() {
-            match self.resubscribe() {
+        let restore = if self.v5.is_some() {
+            self.has_v5_subscriptions()
+        } else {
+            !self.subscriptions.is_empty()
+        };
+        if !session_present && self.ever_connected && restore {
+            let subscribe = if self.v5.is_some() {
+                self.resubscribe_v5()
+            } else {
+                self.resubscribe()
+            };
+            match subscribe {
                 Some(subscribe) => {
                     self.out = subscribe;
                     self.held = Some(resends);
@@ -139,11 +150,17 @@ impl State {
         self.out.clear();
         self.held = None;
         self.ping_outstanding = None;
+        if let Some(v5) = self.v5.as_deref_mut() {
+            // Topic aliases live as long as a connection [MQTT-3.3.2-7].
+            v5.reset_aliases();
+        }
         let requests: Vec<(u16, Request)> = self.requests.drain().collect();
         for (packet_id, request) in requests {
             self.ids.free(packet_id);
             match request {
-                Request::Subscribe { token, .. } | Request::Unsubscribe { token, .. } => {
+                Request::Subscribe { token, .. }
+                | Request::SubscribeV5 { token, .. }
+                | Request::Unsubscribe { token, .. } => {
                     self.complete(token, Outcome::Failed(error.clone()));
                 }
                 Request::Resubscribe => {}
@@ -165,9 +182,9 @@ impl State {
             .map(|f| f.token)
             .chain(self.pending.drain(..).map(|p| p.token))
             .chain(self.requests.drain().filter_map(|(_, r)| match r {
-                Request::Subscribe { token, .. } | Request::Unsubscribe { token, .. } => {
-                    Some(token)
-                }
+                Request::Subscribe { token, .. }
+                | Request::SubscribeV5 { token, .. }
+                | Request::Unsubscribe { token, .. } => Some(token),
                 Request::Resubscribe => None,
             }))
             .collect();
