@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 from support.mosquitto import free_port, terminate, wait_listening
+from support.mqtt_raw import DISCONNECT, PINGREQ, RawClient
 from support.nats import nats_server_binary
 from support.teardown import closed_at_teardown
 from test_cluster import Node
 from test_pubsub import MARK, SETTLE, Msg, PahoClient
+from test_sessions import connack, next_publish, publish_q1, subscribe_ok, wire
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,9 +169,7 @@ def test_qos0_is_not_stored(cluster: Cluster, paho: Callable[..., PahoClient]) -
     assert back.until() == [Msg("q0/x", MARK, 1)]
 
 
-def test_prefixes_keep_deployments_apart(
-    cluster: Cluster, paho: Callable[..., PahoClient]
-) -> None:
+def test_prefixes_keep_deployments_apart(cluster: Cluster, paho: Callable[..., PahoClient]) -> None:
     """Two clusters on one NATS server with different `cluster_prefix`es: each has its
     own streams and subjects, and neither sees the other's messages."""
     a1 = cluster.node("a1", 'cluster_prefix = "site-1.mqtt"')
@@ -210,3 +210,130 @@ def test_cluster_settings_are_checked(tmp_path: Path, setting: str, error: str) 
     )
     assert r.returncode == 2, r.stderr
     assert error in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------- sessions across nodes
+
+
+@pytest.fixture
+def raw() -> Iterator[Callable[[int], RawClient]]:
+    """`raw(port)`: a RawClient closed at teardown."""
+    yield from closed_at_teardown(RawClient)
+
+
+def test_takeover_across_nodes_closes_the_old_connection(
+    cluster: Cluster, raw: Callable[[int], RawClient]
+) -> None:
+    """[MQTT-3.1.4-2] Client X on node A, then X on node B: A closes the old connection
+    (EOF, no bytes) before B's CONNACK, and A publishes its will, which reaches a
+    subscriber on B."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    watcher = raw(b.port)
+    watcher.connect("xt-watch")
+    subscribe_ok(watcher, 1, ("xt/will", 1))
+    old = raw(a.port)
+    assert connack(old, "X-cross", will=("xt/will", b"A gone", 1, False)) == b"\x20\x02\x00\x00"
+    new = raw(b.port)
+    assert connack(new, "X-cross") == b"\x20\x02\x00\x00"
+    assert old.expect_closed(3) == b""
+    will = next_publish(watcher)
+    assert will.publish_fields()[0::2] == ("xt/will", b"A gone")
+    new.send(PINGREQ)
+    assert wire(new.recv()) == b"\xd0\x00"
+
+
+def test_takeover_across_nodes_keeps_the_session(
+    cluster: Cluster, raw: Callable[[int], RawClient]
+) -> None:
+    """[MQTT-3.1.4-2] [MQTT-3.2.2-2] A clean-session-0 client on A moves to B while
+    connected: session present 1 on B, its subscription moved with it (a message
+    published on A reaches it on B), and A no longer delivers to it."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    old = raw(a.port)
+    assert connack(old, "X-keep", clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(old, 1, ("xk/t", 1))
+    new = raw(b.port)
+    assert connack(new, "X-keep", clean=False) == b"\x20\x02\x01\x00"
+    assert old.expect_closed(3) == b""
+    pub = raw(a.port)
+    pub.connect("xk-pub")
+    publish_q1(pub, "xk/t", b"to B", 1)
+    p = next_publish(new)
+    assert p.first == 0x32
+    assert p.publish_fields()[0::2] == ("xk/t", b"to B")
+
+
+def test_offline_session_moves_with_its_queue(
+    cluster: Cluster, raw: Callable[[int], RawClient]
+) -> None:
+    """A clean-session-0 client subscribes on A and goes away; QoS 1 messages published
+    on B meanwhile queue in its session on A; it reconnects to B: session present 1 and
+    the queued messages come from B, in order, then live ones."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    first = raw(a.port)
+    assert connack(first, "X-queue", clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(first, 1, ("xq/t", 1))
+    first.send(DISCONNECT)
+    assert first.expect_closed(3) == b""
+    # A routes a stream message to all its matching sessions at once: when this online
+    # subscriber on A has all five, the offline session has queued them too.
+    probe = raw(a.port)
+    probe.connect("xq-probe")
+    subscribe_ok(probe, 1, ("xq/t", 1))
+    pub = raw(b.port)
+    pub.connect("xq-pub")
+    for i in range(5):
+        publish_q1(pub, "xq/t", str(i).encode(), i + 1)
+    for _ in range(5):
+        next_publish(probe)
+    second = raw(b.port)
+    assert connack(second, "X-queue", clean=False) == b"\x20\x02\x01\x00"
+    got = [next_publish(second).publish_fields()[2] for _ in range(5)]
+    assert got == [str(i).encode() for i in range(5)]
+    publish_q1(pub, "xq/t", MARK, 9)
+    assert next_publish(second).publish_fields()[2] == MARK
+
+
+def test_session_of_a_dead_node_resumes_elsewhere(
+    cluster: Cluster, raw: Callable[[int], RawClient]
+) -> None:
+    """A persistent session's node dies (SIGKILL); the client connects to B: session
+    present 1, with the subscriptions recorded in the cluster's bucket."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    first = raw(a.port)
+    assert connack(first, "X-dead", clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(first, 1, ("xd/t", 1), ("xd/u/#", 2))
+    a.proc.kill()
+    a.proc.wait(10)
+    first.expect_closed(3)
+    second = raw(b.port)
+    assert connack(second, "X-dead", clean=False) == b"\x20\x02\x01\x00"
+    pub = raw(b.port)
+    pub.connect("xd-pub")
+    publish_q1(pub, "xd/u/v", b"here", 1)
+    p = next_publish(second)
+    assert p.publish_fields()[0::2] == ("xd/u/v", b"here")
+
+
+def test_clean_connect_elsewhere_discards_the_session(
+    cluster: Cluster, raw: Callable[[int], RawClient]
+) -> None:
+    """[MQTT-3.1.2-6] A clean-session-1 CONNECT on B ends the client's persistent
+    session on A: a later clean-session-0 CONNECT on A finds none."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    first = raw(a.port)
+    assert connack(first, "X-clean", clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(first, 1, ("xc/t", 1))
+    first.send(DISCONNECT)
+    assert first.expect_closed(3) == b""
+    clean = raw(b.port)
+    assert connack(clean, "X-clean", clean=True) == b"\x20\x02\x00\x00"
+    clean.send(DISCONNECT)
+    assert clean.expect_closed(3) == b""
+    again = raw(a.port)
+    assert connack(again, "X-clean", clean=False) == b"\x20\x02\x00\x00"

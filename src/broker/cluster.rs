@@ -35,6 +35,7 @@
 //!   messages from memory as in single-node mode; a retained message set or cleared on
 //!   any node reaches every node's tree.
 
+mod sessions;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet};
@@ -249,6 +250,9 @@ pub struct Cluster {
     /// restarted under its name knows its own messages in the stream), else random.
     node: u64,
     names: Names,
+    client: Client,
+    /// The bucket of session records (see [`sessions`]).
+    sessions: jetstream::kv::Store,
     seq: AtomicU64,
     outbound: mpsc::Sender<Outbound>,
     interest: Mutex<Interest>,
@@ -520,6 +524,25 @@ pub async fn start(
         })
         .await
         .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
+    let bucket = names.stream("SESSIONS");
+    let sessions = match js.get_key_value(&bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description: "pyo3mq sessions: owner node and subscriptions per client id"
+                    .to_string(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Stream(format!("bucket {bucket}: {e}")))?,
+    };
+    let handovers = client
+        .subscribe(sessions::handover_subject(&names.prefix, node))
+        .await
+        .map_err(|e| ClusterError::Stream(format!("handover subject: {e}")))?;
     info!(
         "cluster: node {node_name} connected to NATS {version} at {urls}; QoS 1/2 \
          messages in stream {messages_stream} (consumer {consumer_name}), retained \
@@ -530,6 +553,8 @@ pub async fn start(
     let cluster = Arc::new(Cluster {
         node,
         names: names.clone(),
+        client: client.clone(),
+        sessions,
         seq: AtomicU64::new(first_seq()),
         outbound: outbound_tx,
         interest: Mutex::new(Interest::default()),
@@ -547,6 +572,12 @@ pub async fn start(
         .messages()
         .await
         .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
+    tokio::spawn(sessions::serve_handovers(
+        handovers,
+        cluster.clone(),
+        router.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(read_reliable(
         reader,
         cluster.clone(),

@@ -434,6 +434,12 @@ impl Connection {
         connect: &Connect,
         handle: ConnHandle,
     ) -> Option<(Arc<Session>, bool)> {
+        if let Some(cluster) = self.router.cluster() {
+            // Cluster mode: the client's session on another node ends first (its
+            // connection there closed), and a persistent one moves here.
+            Box::pin(cluster.claim_session(&self.router, &self.client_id, connect.clean_session))
+                .await;
+        }
         for _ in 0..TAKEOVER_ATTEMPTS {
             let attach = if connect.protocol == Protocol::V5 {
                 self.attach_v5(connect, handle.clone())

@@ -16,9 +16,11 @@ use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+mod handover;
 mod persist;
 mod shared;
 
+pub use handover::Held;
 pub use shared::SharedGroup;
 
 use crate::broker::cluster::Cluster;
