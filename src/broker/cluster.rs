@@ -86,6 +86,8 @@ const SEEN_GENERATION: usize = 65_536;
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a SUBACK waits for the NATS subscription to be in place.
 const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between attempts to reconnect to NATS.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 /// How long a start waits for the engine and for the retained messages.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -263,6 +265,8 @@ pub struct Cluster {
     interest_applied: watch::Sender<u64>,
     /// QoS 0 messages dropped because the NATS writer was behind.
     dropped: AtomicU64,
+    /// The NATS connection is up (set by the client's events), and how often it broke.
+    link: Arc<Link>,
     overflowing: AtomicBool,
 }
 
@@ -351,6 +355,10 @@ impl Cluster {
     /// that what other nodes publish after the SUBACK reaches it (bounded: a NATS server
     /// that does not answer delays a SUBACK by at most a few seconds).
     pub async fn interest_ready(&self) {
+        if !self.linked() {
+            // Resubscribed by the client when NATS is back; no answer to wait for now.
+            return;
+        }
         let target = self.interest_requested.load(Ordering::Relaxed);
         let mut applied = self.interest_applied.subscribe();
         let ready = tokio::time::timeout(
@@ -385,6 +393,16 @@ impl Cluster {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Whether the connection to NATS is up.
+    pub fn linked(&self) -> bool {
+        self.link.up.load(Ordering::Relaxed)
+    }
+
+    /// Times the connection to NATS broke since start.
+    pub fn disconnects(&self) -> u64 {
+        self.link.disconnects.load(Ordering::Relaxed)
+    }
 }
 
 /// The id of a named node: FNV-1a of its name, the same in every process and version.
@@ -401,6 +419,40 @@ fn first_seq() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The state of the NATS connection, as the client's events tell it.
+struct Link {
+    up: AtomicBool,
+    disconnects: AtomicU64,
+}
+
+impl Link {
+    fn event(&self, event: async_nats::Event) {
+        match event {
+            async_nats::Event::Disconnected => {
+                if self.up.swap(false, Ordering::Relaxed) {
+                    self.disconnects.fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        "cluster: lost the connection to NATS; local clients are still \
+                         served, QoS 0 to other nodes is dropped, QoS 1/2 publishers wait \
+                         (then are disconnected unacknowledged) until it is back; \
+                         reconnecting"
+                    );
+                }
+            }
+            async_nats::Event::Connected => {
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    info!("cluster: connected to NATS again");
+                }
+            }
+            // Each failed reconnect attempt is one of these: logged once above.
+            async_nats::Event::ClientError(e) if !self.up.load(Ordering::Relaxed) => {
+                debug!("cluster: NATS: {e}");
+            }
+            other => warn!("cluster: NATS: {other}"),
+        }
+    }
 }
 
 /// A node id that differs between processes and starts (std's hasher keys are random).
@@ -445,8 +497,24 @@ pub async fn start(
             (node, format!("{node:016x}"))
         }
     };
+    let link = Arc::new(Link {
+        up: AtomicBool::new(true),
+        disconnects: AtomicU64::new(0),
+    });
+    let events = link.clone();
     let client = async_nats::ConnectOptions::new()
         .name(format!("pyo3mq node {node_name}"))
+        // The client reconnects by itself, forever (its default), resubscribing; the
+        // node serves its local clients meanwhile.
+        // Doubling from 50 ms to at most 2 s between attempts: back soon after NATS is.
+        .reconnect_delay_callback(|attempts| {
+            let exponent = u32::try_from(attempts.min(6)).unwrap_or(6);
+            Duration::from_millis(50 * 2u64.pow(exponent)).min(RECONNECT_DELAY_MAX)
+        })
+        .event_callback(move |event| {
+            let link = events.clone();
+            async move { link.event(event) }
+        })
         .no_echo()
         // Per NATS subscription; the library's default (65,536) times thousands of
         // filters is more than a node should hold for a slow routing task.
@@ -563,6 +631,7 @@ pub async fn start(
         interest_applied: watch::Sender::new(0),
         dropped: AtomicU64::new(0),
         overflowing: AtomicBool::new(false),
+        link,
     });
 
     mirror_retained(&retained, &names, router.clone(), shutdown.clone()).await?;

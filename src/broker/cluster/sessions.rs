@@ -210,6 +210,10 @@ impl Cluster {
     /// (unless `clean`), and records this node as the owner. Bounded; if NATS does not
     /// answer, the client gets what this node has (logged).
     pub async fn claim_session(&self, router: &Router, client_id: &ByteString, clean: bool) {
+        if !self.linked() {
+            warn!(%client_id, "cluster: NATS is down: the client gets this node's session only");
+            return;
+        }
         if let Err(e) = self.try_claim(router, client_id, clean).await {
             warn!(%client_id, "cluster: session not claimed in the cluster ({e}); the client gets this node's session only");
         }
@@ -319,7 +323,7 @@ impl Cluster {
     /// A persistent session's subscriptions changed: the record follows (before the
     /// SUBACK/UNSUBACK), unless another node owns the session by now.
     pub async fn session_changed(&self, router: &Router, session: &Arc<Session>) {
-        if session.clean {
+        if session.clean || !self.linked() {
             return;
         }
         let key = key_of(&session.client_id);
