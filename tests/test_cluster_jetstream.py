@@ -224,6 +224,14 @@ def raw() -> Iterator[Callable[[int], RawClient]]:
     yield from closed_at_teardown(RawClient)
 
 
+def subscribed_and_gone(client: RawClient, client_id: str, *filters: tuple[str, int]) -> None:
+    """A new clean-session-0 session that subscribes to `filters` and DISCONNECTs."""
+    assert connack(client, client_id, clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(client, 1, *filters)
+    client.send(DISCONNECT)
+    assert client.expect_closed(3) == b""
+
+
 def test_takeover_across_nodes_closes_the_old_connection(
     cluster: Cluster, raw: Callable[[int], RawClient]
 ) -> None:
@@ -276,11 +284,7 @@ def test_offline_session_moves_with_its_queue(
     the queued messages come from B, in order, then live ones."""
     a = cluster.node("a")
     b = cluster.node("b")
-    first = raw(a.port)
-    assert connack(first, "X-queue", clean=False) == b"\x20\x02\x00\x00"
-    subscribe_ok(first, 1, ("xq/t", 1))
-    first.send(DISCONNECT)
-    assert first.expect_closed(3) == b""
+    subscribed_and_gone(raw(a.port), "X-queue", ("xq/t", 1))
     # A routes a stream message to all its matching sessions at once: when this online
     # subscriber on A has all five, the offline session has queued them too.
     probe = raw(a.port)
@@ -329,11 +333,7 @@ def test_clean_connect_elsewhere_discards_the_session(
     session on A: a later clean-session-0 CONNECT on A finds none."""
     a = cluster.node("a")
     b = cluster.node("b")
-    first = raw(a.port)
-    assert connack(first, "X-clean", clean=False) == b"\x20\x02\x00\x00"
-    subscribe_ok(first, 1, ("xc/t", 1))
-    first.send(DISCONNECT)
-    assert first.expect_closed(3) == b""
+    subscribed_and_gone(raw(a.port), "X-clean", ("xc/t", 1))
     clean = raw(b.port)
     assert connack(clean, "X-clean", clean=True) == b"\x20\x02\x00\x00"
     clean.send(DISCONNECT)
