@@ -365,9 +365,9 @@ def wait_status(port: int, path: str, status: int, timeout: float = 20.0) -> str
 
 
 def test_nats_restart(cluster: Cluster, raw: Callable[[int], RawClient]) -> None:
-    """NATS stops: each node keeps serving its own clients (QoS 0 and QoS 1 between
-    clients of one node), `/readyz` answers 503 naming the NATS connection, the
-    metrics say it is down, and a QoS 1 publish waits for JetStream; NATS comes back
+    """NATS stops: each node keeps serving its own clients, `/readyz` answers 503 naming
+    the NATS connection, the metrics say it is down, a clean-session-0 CONNECT gets
+    0x03, and a QoS 1 publish waits for JetStream; NATS comes back
     (same store): the nodes reconnect by themselves, are ready again, and QoS 1 crosses
     nodes again, to a persistent subscriber whose session outlived the outage."""
     ports = {name: free_port() for name in ("a", "b")}
@@ -393,6 +393,8 @@ def test_nats_restart(cluster: Cluster, raw: Callable[[int], RawClient]) -> None
     local.connect("nr-local")
     local.send(publish("nr/local", b"zero"))
     assert next_publish(sub).publish_fields()[0::2] == ("nr/local", b"zero")
+    # A persistent session may live on another node: refused (0x03) while NATS is away.
+    assert connack(raw(b.port), "nr-other", clean=False) == b"\x20\x02\x00\x03"
     # A QoS 1 publish on A is not acknowledged while JetStream cannot store it (the
     # connection stays silent, or is closed unacknowledged).
     pub.send(publish("nr/x", b"during", qos=1, pkid=2))

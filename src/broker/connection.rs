@@ -437,8 +437,15 @@ impl Connection {
         if let Some(cluster) = self.router.cluster() {
             // Cluster mode: the client's session on another node ends first (its
             // connection there closed), and a persistent one moves here.
-            Box::pin(cluster.claim_session(&self.router, &self.client_id, connect.clean_session))
-                .await;
+            let claimed = Box::pin(cluster.claim_session(
+                &self.router,
+                &self.client_id,
+                connect.clean_session,
+            ))
+            .await;
+            if !claimed {
+                return None; // CONNACK 0x03, logged by the cluster
+            }
         }
         for _ in 0..TAKEOVER_ATTEMPTS {
             let attach = if connect.protocol == Protocol::V5 {

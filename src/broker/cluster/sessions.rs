@@ -207,15 +207,30 @@ async fn bounded<T, E: std::fmt::Display>(
 impl Cluster {
     /// Before a CONNECT of `client_id` is attached here: ends the client's session on
     /// any other node (closing its connection there), takes a persistent session in
-    /// (unless `clean`), and records this node as the owner. Bounded; if NATS does not
-    /// answer, the client gets what this node has (logged).
-    pub async fn claim_session(&self, router: &Router, client_id: &ByteString, clean: bool) {
-        if !self.linked() {
-            warn!(%client_id, "cluster: NATS is down: the client gets this node's session only");
-            return;
-        }
-        if let Err(e) = self.try_claim(router, client_id, clean).await {
-            warn!(%client_id, "cluster: session not claimed in the cluster ({e}); the client gets this node's session only");
+    /// (unless `clean`), and records this node as the owner. Bounded. False if NATS
+    /// does not answer and the client asks for a persistent session, which may live on
+    /// another node: it is refused (CONNACK 0x03) rather than given a stale or empty
+    /// one. A clean session needs nothing from the cluster and goes ahead.
+    pub async fn claim_session(
+        &self,
+        router: &Router,
+        client_id: &ByteString,
+        clean: bool,
+    ) -> bool {
+        let failed = if self.linked() {
+            match self.try_claim(router, client_id, clean).await {
+                Ok(()) => return true,
+                Err(e) => e,
+            }
+        } else {
+            "NATS is down".to_string()
+        };
+        if clean {
+            warn!(%client_id, "cluster: session not claimed in the cluster ({failed}); the clean session is this node's only");
+            true
+        } else {
+            warn!(%client_id, "cluster: persistent session refused (CONNACK 0x03): it cannot be claimed in the cluster ({failed})");
+            false
         }
     }
 
