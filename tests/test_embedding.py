@@ -454,6 +454,7 @@ NON_DEFAULT: dict[str, Any] = {
     "cafile": "/etc/pyo3mq/ca.pem",
     "persistent_client_expiration": "2d",
     "cluster": "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+    "cluster_node": "node-1",
     "metrics_listener": "http://127.0.0.1:9234",
 }
 

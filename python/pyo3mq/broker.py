@@ -87,6 +87,11 @@ class BrokerConfig:
     bridge: list[dict[str, Any]] = field(default_factory=list)
     # Cluster mode (preview): "nats://HOST:PORT[,...]" of a NATS server with JetStream.
     cluster: str | None = _DEFAULTS["cluster"]
+    cluster_prefix: str = _DEFAULTS["cluster_prefix"]
+    cluster_node: str | None = _DEFAULTS["cluster_node"]
+    cluster_max_bytes: int = _DEFAULTS["cluster_max_bytes"]
+    cluster_max_age: float = _DEFAULTS["cluster_max_age"]
+    cluster_max_ack_pending: int = _DEFAULTS["cluster_max_ack_pending"]
 
     def __post_init__(self) -> None:
         check_settings(self.values())

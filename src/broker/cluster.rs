@@ -14,10 +14,19 @@
 //!   already gives each session one copy at its highest QoS, [MQTT-3.3.5-1]) and the
 //!   others, known by (origin, sequence), are dropped. Copies of one message follow each
 //!   other closely, so the de-duplication memory is two bounded generations.
-//! - QoS 1/2: the PUBACK/PUBREC waits until the NATS server has the message (a round
-//!   trip after it), so a message is acknowledged only once it left the node; the
-//!   receiving nodes get it at least once while they are connected (core NATS keeps
-//!   nothing).
+//! - QoS 1/2 messages go to one JetStream stream per cluster (`PREFIX.q.…`, bounded
+//!   by `cluster_max_bytes` and `cluster_max_age`), not to core NATS. The publisher's
+//!   PUBACK/PUBREC waits until JetStream acknowledged the store, with a message id so
+//!   a resent publish is stored once within the stream's duplicate window. Every node
+//!   reads the whole stream through one durable consumer named after the node
+//!   (`cluster_node`), never a consumer per subscription: it routes each message to its
+//!   local sessions (online or offline, through its own trie) and only then
+//!   acknowledges it, with at most `cluster_max_ack_pending` unacknowledged. A node
+//!   restarted under its name resumes where it stopped, so what was published while it
+//!   was away reaches its persistent sessions (at least once: a message routed but not
+//!   yet acknowledged when a node dies is delivered again). The node skips its own
+//!   messages, which it routed locally when they were published.
+//! - QoS 0 stays on core NATS: at most once, to nodes connected at the time.
 //! - SUBACK waits until the node's NATS subscriptions are in place (the same round
 //!   trip), so what another node publishes after the SUBACK reaches the subscriber.
 //! - Retained messages: a JetStream stream keeping the last message of each subject.
@@ -26,6 +35,7 @@
 //!   messages from memory as in single-node mode; a retained message set or cleared on
 //!   any node reaches every node's tree.
 
+mod sessions;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +51,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::broker::config::Config;
 use crate::broker::metrics;
 use crate::broker::router::{MatchScratch, Router};
 use crate::broker::session::Message;
@@ -49,10 +60,16 @@ use crate::topic::SubscriptionTree;
 
 /// The header carrying `ORIGIN:SEQ:QOS:RETAIN` (origin in hex).
 const META: &str = "Pyo3mq-Meta";
-/// The retained stream and its subjects (`pyo3mq.r.` + a topic subject without
-/// `pyo3mq.`).
-const RETAINED_STREAM: &str = "PYO3MQ_RETAINED";
-const RETAINED_PREFIX: &str = "pyo3mq.r.";
+/// The prefix the subject functions of [`subject`] use, replaced by `cluster_prefix`.
+const BASE_PREFIX: &str = "pyo3mq";
+/// Longest JetStream waits for the acknowledgement of a stored message.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the stream remembers message ids to store a resent message once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// A message taken from the stream and not acknowledged within this is sent again.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// An unnamed node's consumer (nobody resumes it) goes this long after the node.
+const UNNAMED_CONSUMER_LINGER: Duration = Duration::from_secs(60);
 /// The oldest NATS server with what cluster mode uses (multi-filter consumers, the
 /// stream settings below).
 const MIN_SERVER: (u64, u64) = (2, 10);
@@ -69,6 +86,8 @@ const SEEN_GENERATION: usize = 65_536;
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a SUBACK waits for the NATS subscription to be in place.
 const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between attempts to reconnect to NATS.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 /// How long a start waits for the engine and for the retained messages.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,7 +107,7 @@ pub enum ClusterError {
          JetStream enabled (nats-server -js)"
     )]
     NoJetStream { urls: String, reason: String },
-    #[error("cluster: cannot set up the retained stream {RETAINED_STREAM}: {0}")]
+    #[error("cluster: cannot set up JetStream: {0}")]
     Stream(String),
 }
 
@@ -111,6 +130,107 @@ pub fn parse_urls(setting: &str) -> Result<Vec<ServerAddr>, ClusterError> {
     Ok(out)
 }
 
+/// `cluster_prefix` and `cluster_node` are used in subjects and JetStream names: dot
+/// separated tokens of letters, digits, `_` and `-` (no wildcards, no spaces).
+pub fn check_names(prefix: &str, node: Option<&str>) -> Result<(), String> {
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if prefix.len() > 64 || !prefix.split('.').all(token_ok) {
+        return Err(format!(
+            "cluster_prefix must be dot-separated tokens of letters, digits, '_' and '-' \
+             (at most 64 characters), not {prefix:?}"
+        ));
+    }
+    if let Some(node) = node {
+        if node.len() > 64 || !token_ok(node) {
+            return Err(format!(
+                "cluster_node must be letters, digits, '_' and '-' (at most 64 \
+                 characters), not {node:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The NATS subjects and JetStream names of one cluster (`cluster_prefix`).
+#[derive(Debug, Clone)]
+struct Names {
+    /// `pyo3mq`, or the configured prefix.
+    prefix: String,
+    /// The prefix upper-cased with `.` as `_`: the start of stream and bucket names.
+    base: String,
+}
+
+impl Names {
+    fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_string(),
+            base: prefix.replace('.', "_").to_ascii_uppercase(),
+        }
+    }
+
+    /// A subject made by [`subject`] (under `pyo3mq.`), under this prefix.
+    fn rebase(&self, subject: String) -> String {
+        match subject.strip_prefix(BASE_PREFIX) {
+            Some(tail) if self.prefix != BASE_PREFIX => format!("{}{tail}", self.prefix),
+            _ => subject,
+        }
+    }
+
+    /// The core NATS subject of a QoS 0 message on `topic`.
+    fn topic(&self, topic: &str) -> String {
+        self.rebase(subject::topic_to_subject(topic))
+    }
+
+    fn filter(&self, filter: &str) -> Vec<String> {
+        subject::filter_to_subjects(filter)
+            .into_iter()
+            .map(|s| self.rebase(s))
+            .collect()
+    }
+
+    /// The topic of a core NATS subject, if this cluster made it.
+    fn topic_of(&self, subject: &str) -> Option<String> {
+        if self.prefix == BASE_PREFIX {
+            return subject::subject_to_topic(subject);
+        }
+        let tail = subject.strip_prefix(self.prefix.as_str())?;
+        subject::subject_to_topic(&format!("{BASE_PREFIX}{tail}"))
+    }
+
+    /// `PREFIX.KIND.t.a.b` for topic `a/b`: the subjects of the streams (`q` QoS 1/2
+    /// messages, `r` retained messages).
+    fn tagged(&self, kind: &str, topic: &str) -> String {
+        let subject = subject::topic_to_subject(topic);
+        let tail = subject
+            .strip_prefix(BASE_PREFIX)
+            .unwrap_or(&subject)
+            .trim_start_matches('.');
+        format!("{}.{kind}.{tail}", self.prefix)
+    }
+
+    fn untagged(&self, kind: &str, subject: &str) -> Option<String> {
+        let tail = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?
+            .strip_prefix(kind)?
+            .strip_prefix('.')?;
+        subject::subject_to_topic(&format!("{BASE_PREFIX}.{tail}"))
+    }
+
+    /// Every subject of one stream.
+    fn all(&self, kind: &str) -> String {
+        format!("{}.{kind}.>", self.prefix)
+    }
+
+    fn stream(&self, what: &str) -> String {
+        format!("{}_{what}", self.base)
+    }
+}
+
 /// What a publisher hands to the NATS writer.
 enum Outbound {
     Publish(Arc<Message>, u64),
@@ -128,8 +248,13 @@ struct Interest {
 
 /// The router's side of the cluster: forwarding publishes and keeping NATS interest.
 pub struct Cluster {
-    /// Random per process: tells this node's messages from the others'.
+    /// Tells this node's messages from the others': from `cluster_node` (so a node
+    /// restarted under its name knows its own messages in the stream), else random.
     node: u64,
+    names: Names,
+    client: Client,
+    /// The bucket of session records (see [`sessions`]).
+    sessions: jetstream::kv::Store,
     seq: AtomicU64,
     outbound: mpsc::Sender<Outbound>,
     interest: Mutex<Interest>,
@@ -140,6 +265,8 @@ pub struct Cluster {
     interest_applied: watch::Sender<u64>,
     /// QoS 0 messages dropped because the NATS writer was behind.
     dropped: AtomicU64,
+    /// The NATS connection is up (set by the client's events), and how often it broke.
+    link: Arc<Link>,
     overflowing: AtomicBool,
 }
 
@@ -228,6 +355,10 @@ impl Cluster {
     /// that what other nodes publish after the SUBACK reaches it (bounded: a NATS server
     /// that does not answer delays a SUBACK by at most a few seconds).
     pub async fn interest_ready(&self) {
+        if !self.linked() {
+            // Resubscribed by the client when NATS is back; no answer to wait for now.
+            return;
+        }
         let target = self.interest_requested.load(Ordering::Relaxed);
         let mut applied = self.interest_applied.subscribe();
         let ready = tokio::time::timeout(
@@ -262,6 +393,66 @@ impl Cluster {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Whether the connection to NATS is up.
+    pub fn linked(&self) -> bool {
+        self.link.up.load(Ordering::Relaxed)
+    }
+
+    /// Times the connection to NATS broke since start.
+    pub fn disconnects(&self) -> u64 {
+        self.link.disconnects.load(Ordering::Relaxed)
+    }
+}
+
+/// The id of a named node: FNV-1a of its name, the same in every process and version.
+fn named_node_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Where a node's message sequence starts: the clock, so that a named node restarted
+/// (same id) does not reuse the (origin, sequence) pairs of its previous run, which
+/// other nodes and the stream's duplicate window remember.
+fn first_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The state of the NATS connection, as the client's events tell it.
+struct Link {
+    up: AtomicBool,
+    disconnects: AtomicU64,
+}
+
+impl Link {
+    fn event(&self, event: async_nats::Event) {
+        match event {
+            async_nats::Event::Disconnected => {
+                if self.up.swap(false, Ordering::Relaxed) {
+                    self.disconnects.fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        "cluster: lost the connection to NATS; local clients are still \
+                         served, QoS 0 to other nodes is dropped, QoS 1/2 publishers wait \
+                         (then are disconnected unacknowledged) until it is back; \
+                         reconnecting"
+                    );
+                }
+            }
+            async_nats::Event::Connected => {
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    info!("cluster: connected to NATS again");
+                }
+            }
+            // Each failed reconnect attempt is one of these: logged once above.
+            async_nats::Event::ClientError(e) if !self.up.load(Ordering::Relaxed) => {
+                debug!("cluster: NATS: {e}");
+            }
+            other => warn!("cluster: NATS: {other}"),
+        }
+    }
 }
 
 /// A node id that differs between processes and starts (std's hasher keys are random).
@@ -287,19 +478,43 @@ fn version_of(version: &str) -> Option<(u64, u64)> {
     Some((major, minor.parse().ok()?))
 }
 
-/// Connects to NATS, checks the server, mirrors the retained stream into `router`
-/// (waiting until it is read to the end) and starts the tasks that route messages both
-/// ways. Runs on the broker's runtime; the tasks end at `shutdown`.
+/// Connects to NATS, checks the server, sets up the streams, mirrors the retained
+/// stream into `router` (waiting until it is read to the end) and starts the tasks that
+/// route messages both ways. Runs on the broker's runtime; the tasks end at `shutdown`.
 pub async fn start(
-    setting: &str,
+    config: &Config,
     router: Arc<Router>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Cluster>, ClusterError> {
+    let setting = config.cluster.as_deref().unwrap_or_default();
     let addrs = parse_urls(setting)?;
     let urls = setting.to_string();
-    let node = node_id();
+    let names = Names::new(&config.cluster_prefix);
+    let (node, node_name) = match &config.cluster_node {
+        Some(name) => (named_node_id(name), name.clone()),
+        None => {
+            let node = node_id();
+            (node, format!("{node:016x}"))
+        }
+    };
+    let link = Arc::new(Link {
+        up: AtomicBool::new(true),
+        disconnects: AtomicU64::new(0),
+    });
+    let events = link.clone();
     let client = async_nats::ConnectOptions::new()
-        .name(format!("pyo3mq node {node:016x}"))
+        .name(format!("pyo3mq node {node_name}"))
+        // The client reconnects by itself, forever (its default), resubscribing; the
+        // node serves its local clients meanwhile.
+        // Doubling from 50 ms to at most 2 s between attempts: back soon after NATS is.
+        .reconnect_delay_callback(|attempts| {
+            let exponent = u32::try_from(attempts.min(6)).unwrap_or(6);
+            Duration::from_millis(50 * 2u64.pow(exponent)).min(RECONNECT_DELAY_MAX)
+        })
+        .event_callback(move |event| {
+            let link = events.clone();
+            async move { link.event(event) }
+        })
         .no_echo()
         // Per NATS subscription; the library's default (65,536) times thousands of
         // filters is more than a node should hold for a slow routing task.
@@ -315,7 +530,8 @@ pub async fn start(
     if version_of(&version).is_none_or(|v| v < MIN_SERVER) {
         return Err(ClusterError::TooOld { urls, version });
     }
-    let js = jetstream::new(client.clone());
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(STORE_TIMEOUT);
     if let Err(e) = tokio::time::timeout(START_TIMEOUT, js.query_account())
         .await
         .map_err(|_| "no answer".to_string())
@@ -323,25 +539,91 @@ pub async fn start(
     {
         return Err(ClusterError::NoJetStream { urls, reason: e });
     }
+    let retained_stream = names.stream("RETAINED");
     let retained = js
         .get_or_create_stream(stream::Config {
-            name: RETAINED_STREAM.to_string(),
-            subjects: vec![format!("{RETAINED_PREFIX}>")],
+            name: retained_stream.clone(),
+            subjects: vec![names.all("r")],
             max_messages_per_subject: 1,
             storage: stream::StorageType::File,
             ..Default::default()
         })
         .await
-        .map_err(|e| ClusterError::Stream(e.to_string()))?;
+        .map_err(|e| ClusterError::Stream(format!("stream {retained_stream}: {e}")))?;
+    let messages_stream = names.stream("MESSAGES");
+    let stream_failed = |e: String| ClusterError::Stream(format!("stream {messages_stream}: {e}"));
+    // Created or brought to the configured limits (changing them on one node changes
+    // them for the cluster).
+    js.create_or_update_stream(stream::Config {
+        name: messages_stream.clone(),
+        subjects: vec![names.all("q")],
+        max_bytes: i64::try_from(config.cluster_max_bytes).unwrap_or(i64::MAX),
+        max_age: config.cluster_max_age,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: DUPLICATE_WINDOW.min(config.cluster_max_age),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| stream_failed(e.to_string()))?;
+    let reliable = js
+        .get_stream(&messages_stream)
+        .await
+        .map_err(|e| stream_failed(e.to_string()))?;
+    let consumer_name = format!("node-{node_name}");
+    let consumer: consumer::PullConsumer = reliable
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(consumer_name.clone()),
+            description: Some(format!("pyo3mq node {node_name}: QoS 1/2 messages")),
+            // A new node starts with what is published from now on; an existing
+            // consumer keeps its position (a restarted node catches up).
+            deliver_policy: consumer::DeliverPolicy::New,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: i64::try_from(config.cluster_max_ack_pending).unwrap_or(i64::MAX),
+            filter_subject: names.all("q"),
+            // A node that never comes back stops costing the server after a while.
+            inactive_threshold: if config.cluster_node.is_some() {
+                config.cluster_max_age
+            } else {
+                UNNAMED_CONSUMER_LINGER
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
+    let bucket = names.stream("SESSIONS");
+    let sessions = match js.get_key_value(&bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description: "pyo3mq sessions: owner node and subscriptions per client id"
+                    .to_string(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Stream(format!("bucket {bucket}: {e}")))?,
+    };
+    let handovers = client
+        .subscribe(sessions::handover_subject(&names.prefix, node))
+        .await
+        .map_err(|e| ClusterError::Stream(format!("handover subject: {e}")))?;
     info!(
-        "cluster: node {node:016x} connected to NATS {version} at {urls}; retained \
-         messages in stream {RETAINED_STREAM}"
+        "cluster: node {node_name} connected to NATS {version} at {urls}; QoS 1/2 \
+         messages in stream {messages_stream} (consumer {consumer_name}), retained \
+         messages in stream {retained_stream}"
     );
 
     let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let cluster = Arc::new(Cluster {
         node,
-        seq: AtomicU64::new(0),
+        names: names.clone(),
+        client: client.clone(),
+        sessions,
+        seq: AtomicU64::new(first_seq()),
         outbound: outbound_tx,
         interest: Mutex::new(Interest::default()),
         interest_changed: Notify::new(),
@@ -349,10 +631,35 @@ pub async fn start(
         interest_applied: watch::Sender::new(0),
         dropped: AtomicU64::new(0),
         overflowing: AtomicBool::new(false),
+        link,
     });
 
-    mirror_retained(&retained, router.clone(), shutdown.clone()).await?;
-    tokio::spawn(write_to_nats(client.clone(), js, node, outbound_rx));
+    mirror_retained(&retained, &names, router.clone(), shutdown.clone()).await?;
+    let reader = consumer
+        .stream()
+        .max_messages_per_batch(config.cluster_max_ack_pending.clamp(1, 1024))
+        .messages()
+        .await
+        .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
+    tokio::spawn(sessions::serve_handovers(
+        handovers,
+        cluster.clone(),
+        router.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(read_reliable(
+        reader,
+        cluster.clone(),
+        router.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(write_to_nats(
+        client.clone(),
+        js,
+        node,
+        names.clone(),
+        outbound_rx,
+    ));
     tokio::spawn(read_from_nats(client, cluster.clone(), router, shutdown));
     Ok(cluster)
 }
@@ -387,11 +694,14 @@ fn parse_meta(headers: Option<&HeaderMap>) -> Option<(u64, u64, QoS, bool)> {
 }
 
 /// Sends what local publishers forward, in order, and answers flush requests. Each
-/// batch taken from the queue is written, then one flush answers every request in it.
+/// batch taken from the queue is written, then one flush answers every request in it:
+/// true once every QoS 1/2 message before it was stored by JetStream and the server
+/// handled the core NATS messages before it.
 async fn write_to_nats(
     client: Client,
     js: jetstream::Context,
     node: u64,
+    names: Names,
     mut rx: mpsc::Receiver<Outbound>,
 ) {
     let mut batch = Vec::with_capacity(256);
@@ -406,19 +716,42 @@ async fn write_to_nats(
         for item in batch.drain(..) {
             match item {
                 Outbound::Publish(msg, seq) => {
-                    let subject = subject::topic_to_subject(&msg.topic);
                     let headers = meta(node, seq, &msg);
-                    let sent = client
-                        .publish_with_headers(subject, headers.clone(), msg.payload.clone())
-                        .await;
-                    if let Err(e) = &sent {
-                        if !std::mem::replace(&mut logged_error, true) {
-                            error!(topic = %msg.topic, "cluster: publish to NATS failed: {e}");
+                    let reliable = msg.qos != QoS::AtMostOnce;
+                    if reliable {
+                        // JetStream stores a message once per id within its duplicate
+                        // window, should this one be sent twice.
+                        let mut stored = headers.clone();
+                        stored.insert(
+                            async_nats::header::NATS_MESSAGE_ID,
+                            format!("{node:016x}-{seq}").as_str(),
+                        );
+                        let subject = names.tagged("q", &msg.topic);
+                        match js
+                            .publish_with_headers(subject, stored, msg.payload.clone())
+                            .await
+                        {
+                            Ok(ack) => acks.push((msg.clone(), ack)),
+                            Err(e) => {
+                                if !std::mem::replace(&mut logged_error, true) {
+                                    error!(topic = %msg.topic, "cluster: QoS {} message not stored in NATS: {e}", msg.qos as u8);
+                                }
+                                failed = true;
+                            }
                         }
-                        failed |= msg.qos != QoS::AtMostOnce;
+                    } else {
+                        let subject = names.topic(&msg.topic);
+                        let sent = client
+                            .publish_with_headers(subject, headers.clone(), msg.payload.clone())
+                            .await;
+                        if let Err(e) = &sent {
+                            if !std::mem::replace(&mut logged_error, true) {
+                                error!(topic = %msg.topic, "cluster: publish to NATS failed: {e}");
+                            }
+                        }
                     }
                     if msg.retain {
-                        let subject = retained_subject(&msg.topic);
+                        let subject = names.tagged("r", &msg.topic);
                         match js
                             .publish_with_headers(subject, headers, msg.payload.clone())
                             .await
@@ -426,7 +759,7 @@ async fn write_to_nats(
                             Ok(ack) => acks.push((msg, ack)),
                             Err(e) => {
                                 error!(topic = %msg.topic, "cluster: retained message not stored in NATS: {e}");
-                                failed |= msg.qos != QoS::AtMostOnce;
+                                failed |= reliable;
                             }
                         }
                     }
@@ -437,13 +770,15 @@ async fn write_to_nats(
         if !waiters.is_empty() || acks.len() >= 1024 {
             for (msg, ack) in acks.drain(..) {
                 if let Err(e) = ack.await {
-                    error!(topic = %msg.topic, "cluster: retained message not stored in NATS: {e}");
+                    if !std::mem::replace(&mut logged_error, true) {
+                        error!(topic = %msg.topic, "cluster: JetStream did not confirm a message: {e}");
+                    }
                     failed |= msg.qos != QoS::AtMostOnce;
                 }
             }
         }
         if !waiters.is_empty() {
-            let ok = !std::mem::take(&mut failed) && round_trip(&client, node).await;
+            let ok = !std::mem::take(&mut failed) && round_trip(&client, &names, node).await;
             if ok {
                 logged_error = false;
             }
@@ -454,11 +789,89 @@ async fn write_to_nats(
     }
 }
 
+/// Routes the QoS 1/2 messages of other nodes from the stream to the local sessions,
+/// acknowledging each once routed (so a node that stops before that gets it again).
+async fn read_reliable(
+    mut messages: consumer::pull::Stream,
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut scratch = MatchScratch::default();
+    let mut failing = false;
+    loop {
+        let next = tokio::select! {
+            next = messages.next() => next,
+            _ = shutdown.changed() => return,
+        };
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                // Missed heartbeats while NATS is away; the stream recovers by itself
+                // when the connection comes back.
+                if !std::mem::replace(&mut failing, true) {
+                    warn!("cluster: reading the stream of QoS 1/2 messages: {e}");
+                }
+                continue;
+            }
+            None => {
+                error!("cluster: the stream of QoS 1/2 messages ended; QoS 1/2 messages from other nodes no longer reach this one");
+                return;
+            }
+        };
+        if std::mem::replace(&mut failing, false) {
+            info!("cluster: reading the stream of QoS 1/2 messages again");
+        }
+        route_stored(&msg, &cluster, &router, &mut scratch).await;
+        if let Err(e) = msg.ack().await {
+            debug!("cluster: acknowledging a stream message failed (it comes again): {e}");
+        }
+    }
+}
+
+/// Routes one message of the stream to the local sessions, unless this node sent it.
+async fn route_stored(
+    msg: &jetstream::Message,
+    cluster: &Cluster,
+    router: &Router,
+    scratch: &mut MatchScratch,
+) {
+    let Some((origin, _seq, qos, _retain)) = parse_meta(msg.headers.as_ref()) else {
+        debug!(subject = %msg.subject, "cluster: ignored a stream message without pyo3mq's header");
+        return;
+    };
+    if origin == cluster.node {
+        return;
+    }
+    let Some(topic) = cluster.names.untagged("q", &msg.subject) else {
+        debug!(subject = %msg.subject, "cluster: ignored a stream subject pyo3mq did not make");
+        return;
+    };
+    // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9].
+    router.publish_remote(
+        Arc::new(Message {
+            properties: None,
+            topic: ByteString::from(topic),
+            payload: msg.payload.clone(),
+            qos,
+            retain: false,
+            publisher: ByteString::new(),
+        }),
+        scratch,
+    );
+    if scratch.has_blocked() {
+        scratch.wait_for_space().await;
+    }
+}
+
 /// A request nobody answers: the server's "no responders" reply comes after it has
 /// handled everything this connection sent before (the publishes a QoS 1/2
 /// acknowledgement waits for, the SUBs a SUBACK waits for). False if it does not come.
-async fn round_trip(client: &Client, node: u64) -> bool {
-    let asked = client.request(format!("pyo3mq.ping.{node:016x}"), bytes::Bytes::new());
+async fn round_trip(client: &Client, names: &Names, node: u64) -> bool {
+    let asked = client.request(
+        format!("{}.ping.{node:016x}", names.prefix),
+        bytes::Bytes::new(),
+    );
     match tokio::time::timeout(ROUND_TRIP_TIMEOUT, asked).await {
         Ok(Ok(_)) => true,
         Ok(Err(e)) => e.kind() == async_nats::client::RequestErrorKind::NoResponders,
@@ -466,22 +879,11 @@ async fn round_trip(client: &Client, node: u64) -> bool {
     }
 }
 
-/// `pyo3mq.r.t.a.b` for topic `a/b`.
-fn retained_subject(topic: &str) -> String {
-    let subject = subject::topic_to_subject(topic);
-    let tail = subject.strip_prefix("pyo3mq.").unwrap_or(&subject);
-    format!("{RETAINED_PREFIX}{tail}")
-}
-
-fn retained_topic(subject: &str) -> Option<String> {
-    let tail = subject.strip_prefix(RETAINED_PREFIX)?;
-    subject::subject_to_topic(&format!("pyo3mq.{tail}"))
-}
-
 /// Reads the retained stream into the router's retained tree: to the end before
 /// returning, then every change as it comes, until shutdown.
 async fn mirror_retained(
     stream: &stream::Stream,
+    names: &Names,
     router: Arc<Router>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ClusterError> {
@@ -489,7 +891,7 @@ async fn mirror_retained(
     let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            filter_subject: format!("{RETAINED_PREFIX}>"),
+            filter_subject: names.all("r"),
             ..Default::default()
         })
         .await
@@ -503,8 +905,10 @@ async fn mirror_retained(
         .messages()
         .await
         .map_err(|e| failed(e.to_string()))?;
+    let names = names.clone();
+    let stream_name = stream.cached_info().config.name.clone();
     let apply = move |router: &Router, msg: &jetstream::Message| {
-        let Some(topic) = retained_topic(&msg.subject) else {
+        let Some(topic) = names.untagged("r", &msg.subject) else {
             debug!(subject = %msg.subject, "cluster: ignored a retained stream subject");
             return;
         };
@@ -537,7 +941,7 @@ async fn mirror_retained(
             }
         }
     }
-    info!("cluster: {loaded} retained message(s) read from {RETAINED_STREAM}");
+    info!("cluster: {loaded} retained message(s) read from {stream_name}");
     tokio::spawn(async move {
         loop {
             let next = tokio::select! {
@@ -594,7 +998,7 @@ async fn read_from_nats(
                             next_id += 1;
                             let id = next_id;
                             let mut readers = Vec::new();
-                            for subject in subject::filter_to_subjects(&filter) {
+                            for subject in cluster.names.filter(&filter) {
                                 match client.subscribe(subject.clone()).await {
                                     Ok(sub) => readers.push(tokio::spawn(forward_copies(id, sub, tx.clone()))),
                                     Err(e) => error!(%filter, "cluster: cannot subscribe to {subject}: {e}"),
@@ -618,7 +1022,7 @@ async fn read_from_nats(
                 }
                 // The server handles a connection's commands in order: its answer to
                 // this request means the SUBs before it are in place.
-                round_trip(&client, cluster.node).await;
+                round_trip(&client, &cluster.names, cluster.node).await;
                 cluster.interest_applied.send_replace(requested);
             }
             received = rx.recv() => {
@@ -633,7 +1037,7 @@ async fn read_from_nats(
                 if origin == cluster.node {
                     continue;
                 }
-                let Some(topic) = subject::subject_to_topic(&msg.subject) else {
+                let Some(topic) = cluster.names.topic_of(&msg.subject) else {
                     debug!(subject = %msg.subject, "cluster: ignored a subject pyo3mq did not make");
                     continue;
                 };
@@ -761,13 +1165,43 @@ mod tests {
     }
 
     #[test]
-    fn retained_subjects_round_trip() {
-        for topic in ["a/b", "$x/y", "/", "a.b/ c"] {
-            assert_eq!(
-                retained_topic(&retained_subject(topic)).as_deref(),
-                Some(topic)
-            );
+    fn stream_subjects_round_trip() {
+        for prefix in ["pyo3mq", "site-1.mqtt"] {
+            let names = Names::new(prefix);
+            for topic in ["a/b", "$x/y", "/", "a.b/ c"] {
+                for kind in ["q", "r"] {
+                    let subject = names.tagged(kind, topic);
+                    assert!(
+                        subject.starts_with(&format!("{prefix}.{kind}.")),
+                        "{subject}"
+                    );
+                    assert_eq!(names.untagged(kind, &subject).as_deref(), Some(topic));
+                }
+                let subject = names.topic(topic);
+                assert!(subject.starts_with(&format!("{prefix}.")), "{subject}");
+                assert_eq!(names.topic_of(&subject).as_deref(), Some(topic));
+            }
+            assert_eq!(names.untagged("q", &names.tagged("r", "a")), None);
         }
+        assert_eq!(
+            Names::new("site-1.mqtt").stream("MESSAGES"),
+            "SITE-1_MQTT_MESSAGES"
+        );
+        assert_eq!(Names::new("pyo3mq").stream("RETAINED"), "PYO3MQ_RETAINED");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_names("pyo3mq", None).is_ok());
+        assert!(check_names("site-1.mqtt_x", Some("node-1")).is_ok());
+        for bad in ["", "a..b", "a.*", "a b", "a.>", ".a"] {
+            assert!(check_names(bad, None).is_err(), "{bad}");
+        }
+        for bad in ["", "a.b", "a b", "*"] {
+            assert!(check_names("pyo3mq", Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(named_node_id("node-1"), named_node_id("node-1"));
+        assert_ne!(named_node_id("node-1"), named_node_id("node-2"));
     }
 
     #[test]

@@ -450,6 +450,24 @@ settings! {
     /// (2.10 or later, with JetStream) through which several pyo3mq nodes act as one
     /// broker (src/broker/cluster.rs). `None`: a single node, nothing changes.
     cluster: Option<String> = None;
+    /// Cluster mode: the first tokens of every NATS subject (and, upper-cased, of every
+    /// JetStream stream and bucket name) the nodes use, so several deployments can share
+    /// one NATS account. Tokens of letters, digits, `_` and `-`, separated by dots.
+    cluster_prefix: String = "pyo3mq".to_string();
+    /// Cluster mode: this node's name, unique in the cluster and kept across restarts,
+    /// which names its durable JetStream consumer: a node restarted under its name
+    /// catches up on the QoS 1/2 messages published while it was away. `None`: a
+    /// random name per start (nothing is caught up).
+    cluster_node: Option<String> = None;
+    /// Cluster mode: the most bytes the stream of QoS 1/2 messages keeps (the oldest are
+    /// dropped beyond it).
+    cluster_max_bytes: usize = 1 << 30, range 1024 ..= 1_099_511_627_776;
+    /// Cluster mode: how long the stream of QoS 1/2 messages keeps a message, so how
+    /// long a node may be away and still catch up.
+    cluster_max_age: Duration = Duration::from_secs(24 * 3600);
+    /// Cluster mode: QoS 1/2 messages from other nodes this node has taken from the
+    /// stream and not yet routed to its sessions.
+    cluster_max_ack_pending: usize = 1024, range 1 ..= 1_000_000;
 }
 
 /// Loopback only: a broker started without a listener is not reachable from the network
@@ -503,6 +521,10 @@ impl Config {
         }
         if let Some(urls) = &self.cluster {
             crate::broker::cluster::parse_urls(urls).map_err(|e| e.to_string())?;
+        }
+        crate::broker::cluster::check_names(&self.cluster_prefix, self.cluster_node.as_deref())?;
+        if self.cluster_max_age.is_zero() {
+            return Err("cluster_max_age must be positive".into());
         }
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());

@@ -453,6 +453,19 @@ impl Connection {
         connect: &Connect,
         handle: ConnHandle,
     ) -> Option<(Arc<Session>, bool)> {
+        if let Some(cluster) = self.router.cluster() {
+            // Cluster mode: the client's session on another node ends first (its
+            // connection there closed), and a persistent one moves here.
+            let claimed = Box::pin(cluster.claim_session(
+                &self.router,
+                &self.client_id,
+                connect.clean_session,
+            ))
+            .await;
+            if !claimed {
+                return None; // CONNACK 0x03, logged by the cluster
+            }
+        }
         for _ in 0..TAKEOVER_ATTEMPTS {
             let attach = if connect.protocol == Protocol::V5 {
                 self.attach_v5(connect, handle.clone())

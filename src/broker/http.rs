@@ -5,7 +5,8 @@
 //! - `GET /healthz`: 200 while the process serves at all;
 //! - `GET /readyz`: 200 once the session store is loaded and every MQTT listener is
 //!   bound, 503 before that and from the moment a stop begins (so a load balancer stops
-//!   sending clients before they are refused);
+//!   sending clients before they are refused), and in cluster mode while the node's
+//!   connection to NATS is down;
 //! - any other path is 404, any other method 405.
 //!
 //! One request per connection (`Connection: close`): scrapes are seconds apart, and a
@@ -124,6 +125,14 @@ async fn answer(mut stream: TcpStream, state: &State, read_time: Duration) -> io
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "response not taken in time"))?
 }
 
+fn cluster_down(state: &State) -> bool {
+    state
+        .router
+        .get()
+        .and_then(|router| router.cluster())
+        .is_some_and(|cluster| !cluster.linked())
+}
+
 async fn route(method: &str, path: &str, state: &State) -> Response {
     // The query string, if any, selects nothing here.
     let path = path.split_once('?').map_or(path, |(p, _)| p);
@@ -141,6 +150,12 @@ async fn route(method: &str, path: &str, state: &State) -> Response {
     }
     match path {
         "/healthz" => Response::text("200 OK", "ok"),
+        // Cluster mode: a node cut off from NATS serves its own clients but not the
+        // cluster's, so a load balancer should send new clients elsewhere.
+        "/readyz" if cluster_down(state) => Response::text(
+            "503 Service Unavailable",
+            "not ready: the cluster's NATS connection is down",
+        ),
         "/readyz" if state.ready.load(Ordering::Relaxed) => Response::text("200 OK", "ready"),
         "/readyz" => Response::text("503 Service Unavailable", "not ready"),
         _ => {

@@ -16,10 +16,12 @@ use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+mod handover;
 mod options;
 mod persist;
 mod shared;
 
+pub use handover::Held;
 pub use options::SubOpts;
 pub use shared::SharedGroup;
 

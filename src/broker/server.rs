@@ -162,11 +162,14 @@ impl Server {
         }
         router.restore(stored);
         let (shutdown, _) = watch::channel(false);
-        if let Some(urls) = &config.cluster {
+        if config.cluster.is_some() {
             // Before any client is accepted: the engine is checked and the retained
             // messages are read, or the start fails here.
-            let cluster =
-                runtime.block_on(cluster::start(urls, router.clone(), shutdown.subscribe()))?;
+            let cluster = runtime.block_on(cluster::start(
+                &config,
+                router.clone(),
+                shutdown.subscribe(),
+            ))?;
             router.set_cluster(cluster);
         }
         if let Some(limit) = config.persistent_client_expiration {

@@ -276,6 +276,8 @@ impl Connection {
                 // Cluster mode: the other nodes' messages reach this node after SUBACK.
                 if let Some(cluster) = self.router.cluster() {
                     Box::pin(cluster.interest_ready()).await;
+                    // ...and a client moving to another node finds its subscriptions.
+                    Box::pin(cluster.session_changed(&self.router, session)).await;
                 }
                 self.send_packet(&Packet::SubAck(SubAck {
                     pkid: subscribe.pkid,
@@ -285,6 +287,9 @@ impl Connection {
             Packet::Unsubscribe(unsubscribe) => {
                 for filter in &unsubscribe.filters {
                     self.router.unsubscribe(session, filter);
+                }
+                if let Some(cluster) = self.router.cluster() {
+                    Box::pin(cluster.session_changed(&self.router, session)).await;
                 }
                 // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
                 self.send_packet(&Packet::UnsubAck(unsubscribe.pkid));

@@ -224,6 +224,24 @@ pub fn render(router: &Router) -> String {
         "Writes to the durable session store that failed (the next one writes everything).",
         counters.store_commit_failures(),
     );
+    if let Some(cluster) = router.cluster() {
+        // Cluster mode only: a single node has no such series.
+        out.gauge(
+            "pyo3mq_cluster_connected",
+            "1 while the node's connection to NATS is up (cluster mode), else 0.",
+            u64::from(cluster.linked()),
+        );
+        out.counter(
+            "pyo3mq_cluster_disconnects_total",
+            "Times the node lost its connection to NATS since start.",
+            cluster.disconnects(),
+        );
+        out.counter(
+            "pyo3mq_cluster_dropped_total",
+            "QoS 0 messages not sent to other nodes because the NATS writer was behind.",
+            cluster.dropped(),
+        );
+    }
     out.text
 }
 

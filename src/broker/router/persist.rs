@@ -249,7 +249,7 @@ impl Router {
 }
 
 /// A persistent session as the store keeps it.
-fn snapshot_of(session: &Session, state: &SessionState) -> SessionSnapshot {
+pub(super) fn snapshot_of(session: &Session, state: &SessionState) -> SessionSnapshot {
     SessionSnapshot {
         client_id: session.client_id.clone(),
         disconnected_at: state
