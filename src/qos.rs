@@ -58,7 +58,6 @@ impl IdSet {
         self.words.get(&index).copied().unwrap_or(0)
     }
 
-    #[cfg(test)]
     fn contains(&self, id: u16) -> bool {
         let (index, bit) = Self::split(id);
         self.word(index) & bit != 0
@@ -268,12 +267,11 @@ impl InboundQos2 {
         self.ids.remove(id)
     }
 
-    #[cfg(test)]
+    /// Whether `id` got PUBREC and awaits PUBREL (MQTT 5.0 Receive Maximum counts these).
     pub(crate) fn contains(&self, id: u16) -> bool {
         self.ids.contains(id)
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.ids.len
     }

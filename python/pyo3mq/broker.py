@@ -85,6 +85,11 @@ class BrokerConfig:
     bridge: list[dict[str, Any]] = field(default_factory=list)
     # Cluster mode (preview): "nats://HOST:PORT[,...]" of a NATS server with JetStream.
     cluster: str | None = _DEFAULTS["cluster"]
+    # MQTT 5.0 connection limits (CONNACK Receive Maximum, Topic Alias Maximum, Server
+    # Keep Alive).
+    receive_maximum: int = _DEFAULTS["receive_maximum"]
+    topic_alias_maximum: int = _DEFAULTS["topic_alias_maximum"]
+    max_keepalive: int = _DEFAULTS["max_keepalive"]
 
     def __post_init__(self) -> None:
         check_settings(self.values())

@@ -183,7 +183,9 @@ impl Server {
         }
         {
             // MQTT 5.0 Session Expiry Intervals are whole seconds: checked every second
-            // (a no-op until a 5.0 client asks for one).
+            // (a no-op until a 5.0 client asks for one), and once now, so a session that
+            // expired while the broker was stopped ends before a client can resume it.
+            router.expire_sessions_v5();
             let router = router.clone();
             runtime.spawn(every_period(
                 Duration::from_secs(1),

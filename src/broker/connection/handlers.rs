@@ -114,7 +114,12 @@ impl Connection {
 
     pub(super) async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
         match packet {
-            Packet::Publish(publish) => {
+            Packet::Publish(mut publish) => {
+                if self.protocol == Protocol::V5 {
+                    if let Err(close) = self.inbound_publish_v5(&mut publish, session) {
+                        return Some(close);
+                    }
+                }
                 let totals = self.router.counters();
                 self.counters
                     .received(publish.qos, publish.payload.len(), totals);

@@ -104,6 +104,7 @@ impl Connection {
             // Topic Alias Maximum absent: 0, no aliases [MQTT-3.2.2-17] (client side).
             ..Properties::default()
         };
+        self.connack_flow_properties(connect, &mut props);
         if connect.client_id.is_empty() {
             // [MQTT-3.1.3-7], [MQTT-3.2.2-16]: the identifier made up for the client.
             props.assigned_client_identifier = Some(self.client_id.clone());
@@ -116,8 +117,8 @@ impl Connection {
     }
 
     /// Checks a 5.0 PUBLISH's properties and returns them encoded for forwarding.
-    /// [MQTT-3.3.4-6]: a client never sends a Subscription Identifier; a Topic Alias is
-    /// invalid since the CONNACK allowed none ([MQTT-3.3.2-9]'s server-side check).
+    /// [MQTT-3.3.4-6]: a client never sends a Subscription Identifier. (Its Topic Alias
+    /// was resolved and taken out already: connection/flow.rs.)
     pub(super) fn publish_properties_v5(
         &mut self,
         publish: &Publish,
@@ -129,12 +130,6 @@ impl Connection {
             return Err(self.close_v5(
                 ReasonCode::PROTOCOL_ERROR,
                 "[MQTT-3.3.4-6] PUBLISH from a client carries a Subscription Identifier",
-            ));
-        }
-        if props.topic_alias.is_some() {
-            return Err(self.close_v5(
-                ReasonCode::TOPIC_ALIAS_INVALID,
-                "[MQTT-3.3.2-9] Topic Alias above the Topic Alias Maximum of 0 in CONNACK",
             ));
         }
         props
@@ -335,10 +330,12 @@ impl Connection {
                     "DISCONNECT sets a Session Expiry Interval after CONNECT set 0 (MQTT 5.0 3.14.2.2.2)",
                 );
             }
-            state.expiry = Some(match expiry {
-                u32::MAX => Duration::MAX,
-                secs => Duration::from_secs(u64::from(secs)),
-            });
+            let expiry = Some(self.router.v5_expiry(expiry));
+            if state.expiry != expiry {
+                state.expiry = expiry;
+                // Saved with the session: a restart expires it on the new interval.
+                state.mark_changed();
+            }
         }
         if disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
             Close::DisconnectWithWill

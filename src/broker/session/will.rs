@@ -1,0 +1,143 @@
+//! MQTT 5.0 wills with a Will Delay Interval (3.1.3.2.2).
+//!
+//! When a 5.0 connection whose will has a non-zero delay ends without DISCONNECT 0x00, and
+//! its session outlives the connection, the will is not published at once: a task waits
+//! for the delay, or for the session's expiry if that comes first [MQTT-3.1.2-8], then
+//! publishes it. A new connection for the same client id decides the will's fate before
+//! its CONNACK: resuming the session cancels it [MQTT-3.1.3-9]; starting a new one (Clean
+//! Start 1, or the old session gone) ends the old session, which publishes the will now.
+//!
+//! One entry per client id with a pending will, none otherwise: nothing here is touched on
+//! the message path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use crate::broker::hooks::ClientInfo;
+use crate::broker::metrics::{DropReason, HookKind};
+use crate::broker::router::{MatchScratch, Router};
+use crate::broker::session::Message;
+
+/// What ends a will's wait before its delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// The client resumed its session within the delay: the will is never published.
+    Cancel,
+    /// The session ended (a new session replaced it): the will is published now.
+    PublishNow,
+}
+
+/// The wills waiting out their delay, by client id.
+#[derive(Debug, Default)]
+pub struct DelayedWills {
+    pending: Mutex<HashMap<ByteString, (u64, oneshot::Sender<Fate>)>>,
+    next_token: AtomicU64,
+}
+
+impl DelayedWills {
+    /// How many wills are waiting (for tests and `$SYS`-style inspection).
+    pub fn len(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A connection for `client_id` was accepted: a will still waiting for that client is
+    /// cancelled (`session_present`: the session was resumed) or published now (a new
+    /// session replaced the one the will belonged to). Returns whether there was one.
+    pub fn on_connect(&self, client_id: &ByteString, session_present: bool) -> bool {
+        let Some((_, tx)) = self.pending.lock().remove(client_id) else {
+            return false;
+        };
+        let fate = if session_present {
+            info!(%client_id, "[MQTT-3.1.3-9] client reconnected within its Will Delay Interval: will cancelled");
+            Fate::Cancel
+        } else {
+            info!(%client_id, "[MQTT-3.1.2-8] the session the delayed will belongs to ended: will published now");
+            Fate::PublishNow
+        };
+        // The task may have fired just now (then it already published): nothing to do.
+        let _ = tx.send(fate);
+        true
+    }
+
+    /// Waits `wait`, or until [`DelayedWills::on_connect`] decides, then publishes `msg`
+    /// (through the interceptor, like any publication) unless the will was cancelled.
+    /// `msg` was authorized when its connection closed.
+    pub fn schedule(
+        &self,
+        router: Arc<Router>,
+        client: ClientInfo,
+        msg: Arc<Message>,
+        wait: Duration,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let client_id = client.client_id.clone();
+        // A client has at most one connection, so at most one will waits; one left from
+        // a connection the broker could not match up (never expected) is cancelled.
+        self.pending.lock().insert(client_id.clone(), (token, tx));
+        debug!(%client_id, "will delayed by {wait:?} [MQTT-3.1.2-8]");
+        tokio::spawn(async move {
+            let fate = tokio::select! {
+                () = tokio::time::sleep(wait) => {
+                    // Fired: forget the entry, unless a newer will replaced it.
+                    let mut pending = router.wills().pending.lock();
+                    if pending.get(&client_id).is_some_and(|(t, _)| *t == token) {
+                        pending.remove(&client_id);
+                    }
+                    Fate::PublishNow
+                }
+                fate = rx => fate.unwrap_or(Fate::Cancel),
+            };
+            if fate == Fate::PublishNow {
+                debug!(%client_id, topic = %msg.topic, "publishing delayed will");
+                publish(&router, &client, msg).await;
+            }
+        });
+    }
+}
+
+/// Routes a will outside its connection: through the interceptor when there is one.
+async fn publish(router: &Router, client: &ClientInfo, msg: Arc<Message>) {
+    let mut scratch = MatchScratch::default();
+    let Some(interceptor) = router.hooks().interceptor.clone() else {
+        router.publish(msg, &mut scratch);
+        return;
+    };
+    let counters = router.counters();
+    let started = tokio::time::Instant::now();
+    match timeout(
+        router.config().auth_timeout,
+        interceptor.intercept(client, vec![msg]),
+    )
+    .await
+    {
+        Ok(verdicts) => {
+            counters.hook_called(HookKind::OnMessage, started.elapsed());
+            let mut kept = 0;
+            for msg in verdicts.into_iter().flatten() {
+                kept += 1;
+                router.publish(msg, &mut scratch);
+            }
+            if kept == 0 {
+                counters.dropped(DropReason::Intercepted, 1);
+            }
+        }
+        Err(_) => {
+            counters.hook_timed_out(HookKind::OnMessage);
+            counters.dropped(DropReason::HookTimeout, 1);
+            warn!(client_id = %client.client_id, "on_message timed out: delayed will dropped");
+        }
+    }
+}
