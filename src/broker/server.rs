@@ -390,6 +390,8 @@ impl Server {
         if !finished {
             error!("connections did not close within 10 s; stopping anyway");
         }
+        // MQTT 5.0 wills still waiting out their Will Delay Interval go now.
+        runtime.block_on(self.router.wills().publish_all_now(Duration::from_secs(5)));
         if let Some(cluster) = self.router.cluster() {
             // The wills of the connections just closed go to the other nodes.
             runtime.block_on(cluster::flush_on_stop(cluster));

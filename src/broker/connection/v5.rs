@@ -6,8 +6,11 @@
 //! before it closes) or for packets only 5.0 has (SUBSCRIBE with options, UNSUBSCRIBE
 //! answered per filter, DISCONNECT with a reason, AUTH).
 //!
-//! Not yet here (see docs/conformance.md, MQTT 5.0 table): Topic Aliases (the CONNACK
-//! says the maximum is 0), Receive Maximum flow control, Subscription Identifiers (the
+//! Receive Maximum, inbound Topic Aliases, Server Keep Alive and Request Problem
+//! Information are in connection/flow.rs, delayed wills in connection/delayed_will.rs.
+//!
+//! Not yet here (see docs/conformance.md, MQTT 5.0 table): outbound Topic Aliases (the
+//! broker never sends one), Subscription Identifiers (the
 //! CONNACK says they are not available), No Local, Retain As Published and Retain
 //! Handling, the client's Maximum Packet Size, the remaining
 //! Message Expiry Interval, and enhanced authentication.

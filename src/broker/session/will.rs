@@ -35,10 +35,19 @@ pub enum Fate {
     PublishNow,
 }
 
+/// One waiting will: its id (a newer will for the same client replaces it), the way to
+/// decide its fate early, and its task.
+#[derive(Debug)]
+struct Pending {
+    token: u64,
+    fate: oneshot::Sender<Fate>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// The wills waiting out their delay, by client id.
 #[derive(Debug, Default)]
 pub struct DelayedWills {
-    pending: Mutex<HashMap<ByteString, (u64, oneshot::Sender<Fate>)>>,
+    pending: Mutex<HashMap<ByteString, Pending>>,
     next_token: AtomicU64,
 }
 
@@ -56,7 +65,7 @@ impl DelayedWills {
     /// cancelled (`session_present`: the session was resumed) or published now (a new
     /// session replaced the one the will belonged to). Returns whether there was one.
     pub fn on_connect(&self, client_id: &ByteString, session_present: bool) -> bool {
-        let Some((_, tx)) = self.pending.lock().remove(client_id) else {
+        let Some(pending) = self.pending.lock().remove(client_id) else {
             return false;
         };
         let fate = if session_present {
@@ -67,8 +76,30 @@ impl DelayedWills {
             Fate::PublishNow
         };
         // The task may have fired just now (then it already published): nothing to do.
-        let _ = tx.send(fate);
+        let _ = pending.fate.send(fate);
         true
+    }
+
+    /// The broker is stopping: every waiting will is published now, as Mosquitto does
+    /// (its delay would otherwise be lost with the process). Waits at most `limit` for
+    /// them to be routed.
+    pub async fn publish_all_now(&self, limit: Duration) {
+        let pending: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
+        if pending.is_empty() {
+            return;
+        }
+        info!("publishing {} delayed will(s) at shutdown", pending.len());
+        let mut tasks = Vec::with_capacity(pending.len());
+        for p in pending {
+            let _ = p.fate.send(Fate::PublishNow);
+            tasks.push(p.task);
+        }
+        let _ = timeout(limit, async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
     }
 
     /// Waits `wait`, or until [`DelayedWills::on_connect`] decides, then publishes `msg`
@@ -84,16 +115,14 @@ impl DelayedWills {
         let (tx, rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let client_id = client.client_id.clone();
-        // A client has at most one connection, so at most one will waits; one left from
-        // a connection the broker could not match up (never expected) is cancelled.
-        self.pending.lock().insert(client_id.clone(), (token, tx));
         debug!(%client_id, "will delayed by {wait:?} [MQTT-3.1.2-8]");
-        tokio::spawn(async move {
+        let key = client_id.clone();
+        let task = tokio::spawn(async move {
             let fate = tokio::select! {
                 () = tokio::time::sleep(wait) => {
                     // Fired: forget the entry, unless a newer will replaced it.
                     let mut pending = router.wills().pending.lock();
-                    if pending.get(&client_id).is_some_and(|(t, _)| *t == token) {
+                    if pending.get(&client_id).is_some_and(|p| p.token == token) {
                         pending.remove(&client_id);
                     }
                     Fate::PublishNow
@@ -105,6 +134,16 @@ impl DelayedWills {
                 publish(&router, &client, msg).await;
             }
         });
+        // A client has at most one connection, so at most one will waits; one left from
+        // a connection the broker could not match up (never expected) is cancelled. The
+        // task cannot have fired yet (a delay is whole seconds), and the connection that
+        // could cancel it is not attached before this one has ended.
+        let pending = Pending {
+            token,
+            fate: tx,
+            task,
+        };
+        self.pending.lock().insert(key, pending);
     }
 }
 
