@@ -20,6 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pyo3mq
 import pytest
+import test_mqtt5
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -37,6 +38,9 @@ from test_mqtt5 import (
     subscribe5,
 )
 from test_sessions import sqlite_query, wait_for
+
+# The raw clients a test opens, closed after it (tests/test_mqtt5.py's fixture).
+raw_clients = test_mqtt5.raw_clients
 
 TIMEOUT = 5.0
 PINGREQ, DISCONNECT = b"\xc0\x00", b"\xe0\x00"
@@ -61,14 +65,6 @@ def port_of(broker: pyo3mq.Broker) -> int:
     return int(broker.addresses[0][1])
 
 
-@pytest.fixture
-def raw_clients() -> Iterator[list[RawClient]]:
-    clients: list[RawClient] = []
-    yield clients
-    for c in clients:
-        c.close()
-
-
 def watcher(port: int, topic: str, raw_clients: list[RawClient], qos: int = 0) -> RawClient:
     """A 3.1.1 client subscribed to `topic`."""
     w = RawClient(port)
@@ -77,6 +73,40 @@ def watcher(port: int, topic: str, raw_clients: list[RawClient], qos: int = 0) -
     w.send(subscribe_311(1, (topic, qos)))
     assert w.recv().type == 9
     return w
+
+
+def offline_subscriber(
+    port: int, client_id: str, topic: str, session_expiry: int, more: bytes = b""
+) -> None:
+    """A 5.0 client with `session_expiry` (and the CONNECT properties `more`) subscribes
+    to `topic` at QoS 1 and disconnects cleanly: its session waits offline."""
+    c, (_, code, _) = raw5(
+        port, client_id, clean=False, properties=props(expiry(session_expiry), more)
+    )
+    assert code == 0
+    c.send(subscribe5(1, (topic, 1)))
+    assert c.recv().type == 9
+    c.send(DISCONNECT)
+    c.expect_closed()
+    c.close()
+
+
+def resume(
+    port: int, client_id: str, session_expiry: int, raw_clients: list[RawClient]
+) -> tuple[RawClient, int]:
+    """Reconnects `client_id` with Clean Start 0: the client and Session Present."""
+    c, (present, code, _) = raw5(
+        port, client_id, clean=False, properties=props(expiry(session_expiry))
+    )
+    raw_clients.append(c)
+    assert code == 0
+    return c, present
+
+
+def next_publish(c: RawClient) -> tuple[str, bytes]:
+    """(topic, payload) of the next packet, a 5.0 PUBLISH."""
+    topic, _, _, payload = publish5_fields(c.recv())
+    return topic, payload
 
 
 def publishes(c: RawClient, n: int) -> list[tuple[str, bytes]]:
@@ -355,8 +385,7 @@ def test_topic_aliases_do_not_outlive_the_connection(
     c.send(DISCONNECT)
     c.expect_closed()
     c.close()
-    d, (present, _, _) = raw5(port, "ta-sess", clean=False, properties=props(expiry(60)))
-    raw_clients.append(d)
+    d, present = resume(port, "ta-sess", 60, raw_clients)
     assert present == 1
     d.send(publish5("", b"", qos=1, properties=props(alias(1))))
     expect_disconnect(d, 0x82)
@@ -392,22 +421,30 @@ def will_client(
     return c
 
 
-def test_paho_will_is_published_after_its_delay(port: int, raw_clients: list[RawClient]) -> None:
-    """[MQTT-3.1.2-8] A paho client with Will Delay Interval 2 (session expiry 60) whose
-    connection drops: its will is not published at once, and is once the delay is over."""
-    w = watcher(port, "will/paho", raw_clients)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-will", protocol=mqtt.MQTTv5)
+def paho_drops_with_will(
+    port: int, client_id: str, topic: str, payload: bytes, *, delay: int, session_expiry: int
+) -> None:
+    """A paho v5 client with a QoS 1 will of Will Delay Interval `delay` connects with
+    `session_expiry`, then its socket closes without DISCONNECT (the network failed)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     will_props = Properties(PacketTypes.WILLMESSAGE)
-    will_props.WillDelayInterval = 2
-    client.will_set("will/paho", b"paho gone", qos=1, properties=will_props)
+    will_props.WillDelayInterval = delay
+    client.will_set(topic, payload, qos=1, properties=will_props)
     connect_props = Properties(PacketTypes.CONNECT)
-    connect_props.SessionExpiryInterval = 60
+    connect_props.SessionExpiryInterval = session_expiry
     client.connect("127.0.0.1", port, properties=connect_props)
     client.loop(TIMEOUT)
     assert client.is_connected()
     sock = client.socket()
     assert sock is not None
-    sock.close()  # no DISCONNECT: the network failed
+    sock.close()
+
+
+def test_paho_will_is_published_after_its_delay(port: int, raw_clients: list[RawClient]) -> None:
+    """[MQTT-3.1.2-8] A paho client with Will Delay Interval 2 (session expiry 60) whose
+    connection drops: its will is not published at once, and is once the delay is over."""
+    w = watcher(port, "will/paho", raw_clients)
+    paho_drops_with_will(port, "paho-will", "will/paho", b"paho gone", delay=2, session_expiry=60)
     nothing_more(w, 1.0)
     assert publishes(w, 1) == [("will/paho", b"paho gone")]
 
@@ -493,34 +530,14 @@ def test_delayed_wills_are_published_at_stop(
     path = str(tmp_path / "wills.db")
     first = make_broker(session_store=f"sqlite:{path}")
     port = port_of(first)
-    keeper, _ = raw5(port, "keeper", clean=False, properties=props(expiry(3600)))
-    keeper.send(subscribe5(1, ("will/stop", 1)))
-    assert keeper.recv().type == 9
-    keeper.send(DISCONNECT)
-    keeper.expect_closed()
-    keeper.close()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stopper", protocol=mqtt.MQTTv5)
-    will_props = Properties(PacketTypes.WILLMESSAGE)
-    will_props.WillDelayInterval = 3600
-    client.will_set("will/stop", b"stopped", qos=1, properties=will_props)
-    connect_props = Properties(PacketTypes.CONNECT)
-    connect_props.SessionExpiryInterval = 3600
-    client.connect("127.0.0.1", port, properties=connect_props)
-    client.loop(TIMEOUT)
-    assert client.is_connected()
-    sock = client.socket()
-    assert sock is not None
-    sock.close()
+    offline_subscriber(port, "keeper", "will/stop", 3600)
+    paho_drops_with_will(port, "stopper", "will/stop", b"stopped", delay=3600, session_expiry=3600)
     wait_for(lambda: first.stats()["clients_disconnected"] == 2)
     first.stop()
     second = make_broker(session_store=f"sqlite:{path}")
-    back, (present, _, _) = raw5(
-        port_of(second), "keeper", clean=False, properties=props(expiry(3600))
-    )
-    raw_clients.append(back)
+    back, present = resume(port_of(second), "keeper", 3600, raw_clients)
     assert present == 1
-    topic, _, _, payload = publish5_fields(back.recv())
-    assert (topic, payload) == ("will/stop", b"stopped")
+    assert next_publish(back) == ("will/stop", b"stopped")
 
 
 # --------------------------------------------------------------------------- Session Expiry
@@ -535,13 +552,8 @@ def test_session_expiry_survives_a_restart_with_sqlite(
     path = str(tmp_path / "v5.db")
     first = make_broker(session_store=f"sqlite:{path}")
     port = port_of(first)
-    for client_id, seconds in (("exp-short", 6), ("exp-long", 3600)):
-        c, _ = raw5(port, client_id, clean=False, properties=props(expiry(seconds)))
-        c.send(subscribe5(1, ("exp/t", 1)))
-        assert c.recv().type == 9
-        c.send(DISCONNECT)
-        c.expect_closed()
-        c.close()
+    offline_subscriber(port, "exp-short", "exp/t", 6)
+    offline_subscriber(port, "exp-long", "exp/t", 3600)
     pub, _ = raw5(port, "exp-pub")
     pub.send(publish5("exp/t", b"kept", qos=1))
     assert pub.recv().first == 0x40
@@ -556,14 +568,10 @@ def test_session_expiry_survives_a_restart_with_sqlite(
     wait_for(lambda: second.stats()["clients_disconnected"] == 1)
     wait_for(lambda: sqlite_query(path, "SELECT client_id FROM sessions") == [["exp-long"]])
     port = port_of(second)
-    c, (present, _, _) = raw5(port, "exp-short", clean=False, properties=props(expiry(6)))
-    raw_clients.append(c)
-    assert present == 0
-    d, (present, _, _) = raw5(port, "exp-long", clean=False, properties=props(expiry(3600)))
-    raw_clients.append(d)
+    assert resume(port, "exp-short", 6, raw_clients)[1] == 0
+    d, present = resume(port, "exp-long", 3600, raw_clients)
     assert present == 1
-    topic, _, _, payload = publish5_fields(d.recv())
-    assert (topic, payload) == ("exp/t", b"kept")
+    assert next_publish(d) == ("exp/t", b"kept")
 
 
 def test_an_expired_session_is_not_resumed_after_a_restart(
@@ -583,11 +591,7 @@ def test_an_expired_session_is_not_resumed_after_a_restart(
     time.sleep(1.5)
     second = make_broker(session_store=f"sqlite:{path}")
     assert second.stats()["clients_disconnected"] == 0
-    d, (present, _, _) = raw5(
-        port_of(second), "shortened", clean=False, properties=props(expiry(60))
-    )
-    raw_clients.append(d)
-    assert present == 0
+    assert resume(port_of(second), "shortened", 60, raw_clients)[1] == 0
 
 
 def test_a_version_2_store_still_loads(
@@ -662,12 +666,7 @@ def test_v311_clients_keep_their_keep_alive_and_window(
     c.send(connect_311("ka-311", keepalive=60))
     assert c.recv().type == 2
     nothing_more(c, 2.5)  # 1.5 x 1 s would have closed it
-    v5, _ = raw5(port, "window", clean=False, properties=props(expiry(60), b"\x21\x00\x01"))
-    v5.send(subscribe5(1, ("win/t", 1)))
-    assert v5.recv().type == 9
-    v5.send(DISCONNECT)
-    v5.expect_closed()
-    v5.close()
+    offline_subscriber(port, "window", "win/t", 60, more=b"\x21\x00\x01")
     pub, _ = raw5(port, "win-pub")
     raw_clients.append(pub)
     for i in range(6):

@@ -4,11 +4,7 @@
 
 use std::sync::Arc;
 
-use tracing::info;
-
-use crate::broker::metrics;
 use crate::broker::router::Session;
-use crate::broker::session::Message;
 use crate::codec::{Connect, Protocol};
 
 use super::{flow, Connection};
@@ -22,42 +18,20 @@ impl Connection {
         connect: &Connect,
         session: &Arc<Session>,
     ) {
-        let wait = if self.protocol == Protocol::V5 {
-            let expiry = {
-                let state = session.state.lock();
-                if session.clean {
-                    None
-                } else {
-                    state.expiry
-                }
-            };
+        let wait = if self.protocol == Protocol::V5 && !session.clean {
+            let expiry = session.state.lock().expiry;
             flow::will_wait(connect, expiry)
         } else {
             None
         };
-        let (Some(wait), Some(will)) = (wait, connect.will.as_ref()) else {
+        let Some(wait) = wait else {
             return self.publish_will(connect).await;
         };
-        // Checked now, as an immediate will would be: the hooks see this connection.
-        if metrics::is_reserved(&will.topic) {
-            info!(client_id = %self.client_id, topic = %will.topic,
-                "will dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
-            return;
+        // Authorized now, as an immediate will would be: the hooks see this connection.
+        if let Some(msg) = self.will_message(connect).await {
+            self.router
+                .wills()
+                .schedule(self.router.clone(), self.client_info(), msg, wait);
         }
-        if !self.may_publish(&will.topic).await {
-            info!(client_id = %self.client_id, topic = %will.topic, "will not authorized: dropped");
-            return;
-        }
-        let msg = Arc::new(Message {
-            topic: will.topic.clone(),
-            payload: will.payload.clone(),
-            qos: will.qos,
-            retain: will.retain,
-            publisher: self.client_id.clone(),
-            properties: Self::will_properties_v5(connect),
-        });
-        self.router
-            .wills()
-            .schedule(self.router.clone(), self.client_info(), msg, wait);
     }
 }

@@ -230,24 +230,10 @@ impl SqliteStore {
         };
         let mut sessions = Vec::with_capacity(ids.len());
         for id in ids {
-            let mut session_expiry = None;
-            if let Some(stmt) = &mut expiry {
-                let mut rows = stmt.query([&id]).map_err(read)?;
-                if let Some(row) = rows.next().map_err(read)? {
-                    let seconds = expiry_at(row, 0)
-                        .map_err(|e| self.row_error("session_expiry", id.clone(), e))?;
-                    session_expiry = Some(seconds);
-                }
-            }
-            let mut disconnected_at = None;
-            if let Some(stmt) = &mut disconnected {
-                let mut rows = stmt.query([&id]).map_err(read)?;
-                if let Some(row) = rows.next().map_err(read)? {
-                    let at = time_at(row, 0)
-                        .map_err(|e| self.row_error("disconnected", id.clone(), e))?;
-                    disconnected_at = Some(at);
-                }
-            }
+            let session_expiry =
+                self.session_value(&mut expiry, &id, "session_expiry", expiry_at)?;
+            let disconnected_at =
+                self.session_value(&mut disconnected, &id, "disconnected", time_at)?;
             let mut subscriptions = Vec::new();
             let mut rows = subs.query([&id]).map_err(read)?;
             while let Some(row) = rows.next().map_err(read)? {
@@ -283,6 +269,27 @@ impl SqliteStore {
             retained.push(message);
         }
         Ok(StoredState { sessions, retained })
+    }
+
+    /// The value a per-session table (`disconnected`, `session_expiry`) holds for `id`,
+    /// if the file has the table (`stmt`) and a row for it.
+    fn session_value<T>(
+        &self,
+        stmt: &mut Option<rusqlite::Statement<'_>>,
+        id: &str,
+        table: &'static str,
+        decode: fn(&Row<'_>, usize) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(stmt) = stmt else {
+            return Ok(None);
+        };
+        let mut rows = stmt.query([id]).map_err(|e| self.read_error(e))?;
+        match rows.next().map_err(|e| self.read_error(e))? {
+            Some(row) => decode(row, 0)
+                .map(Some)
+                .map_err(|e| self.row_error(table, id.to_string(), e)),
+            None => Ok(None),
+        }
     }
 
     fn try_save(&self, conn: &mut Connection, state: &StoredState) -> rusqlite::Result<()> {
