@@ -180,3 +180,100 @@ async fn publish(router: &Router, client: &ClientInfo, msg: Arc<Message>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::broker::config::Config;
+    use crate::broker::hooks::Hooks;
+    use crate::broker::router::{Attach, ConnHandle, Session};
+    use crate::codec::QoS;
+
+    /// A router with a client `watch` subscribed to `w/#` at QoS 1.
+    fn router_with_watcher() -> (Arc<Router>, Arc<Session>) {
+        let router = Arc::new(Router::new(Config::default(), Hooks::default()));
+        let handle = ConnHandle {
+            conn_id: router.next_id(),
+            takeover: Arc::default(),
+        };
+        let Attach::Attached { session, .. } = router.attach(&"watch".into(), true, handle) else {
+            panic!("not attached");
+        };
+        router
+            .subscribe(&session, &"w/#".into(), QoS::AtLeastOnce)
+            .unwrap();
+        (router, session)
+    }
+
+    fn schedule(router: &Arc<Router>, client_id: &str, wait: Duration) {
+        let msg = Arc::new(Message {
+            topic: format!("w/{client_id}").into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            publisher: client_id.into(),
+            properties: None,
+        });
+        let client = ClientInfo {
+            client_id: client_id.into(),
+            username: None,
+            certificate_subject: None,
+        };
+        router.wills().schedule(router.clone(), client, msg, wait);
+    }
+
+    /// Waits (a bounded while) for the watcher's queue to hold `n` messages.
+    async fn queued(session: &Session, n: usize) -> bool {
+        for _ in 0..100 {
+            if session.state.lock().queued_len() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn published_after_the_wait() {
+        let (router, watcher) = router_with_watcher();
+        schedule(&router, "a", Duration::from_millis(50));
+        assert_eq!(router.wills().len(), 1);
+        assert!(queued(&watcher, 1).await);
+        assert!(
+            router.wills().is_empty(),
+            "a fired will leaves the registry"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_session_cancels_and_a_new_one_publishes_now() {
+        let (router, watcher) = router_with_watcher();
+        schedule(&router, "back", Duration::from_secs(3600));
+        schedule(&router, "fresh", Duration::from_secs(3600));
+        assert!(router.wills().on_connect(&"back".into(), true));
+        assert!(router.wills().on_connect(&"fresh".into(), false));
+        assert!(!router.wills().on_connect(&"other".into(), true));
+        assert!(queued(&watcher, 1).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut state = watcher.state.lock();
+        assert_eq!(state.queued_len(), 1, "the cancelled will was published");
+        let Some(crate::broker::session::Outgoing::Publish { item, .. }) = state.next_outgoing()
+        else {
+            panic!("no will");
+        };
+        assert_eq!(&item.msg.topic[..], "w/fresh");
+        assert!(router.wills().is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_waiting_will_goes_at_stop() {
+        let (router, watcher) = router_with_watcher();
+        schedule(&router, "a", Duration::from_secs(3600));
+        schedule(&router, "b", Duration::from_secs(3600));
+        router.wills().publish_all_now(Duration::from_secs(5)).await;
+        assert_eq!(watcher.state.lock().queued_len(), 2);
+        assert!(router.wills().is_empty());
+    }
+}
