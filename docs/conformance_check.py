@@ -261,16 +261,29 @@ def has_ref(cell: str) -> bool:
     return bool(PY_REF.search(cell) or RS_REF.search(cell))
 
 
-def summary_counts(text: str) -> dict[str, int]:
-    """The `| Label | N |` rows of the summary table."""
-    labels = {
-        "Server/both IDs": "total",
-        "Proven by tests": "proven",
-        "Not applicable": "na",
-        "Gaps": "gap",
-        "Client-only IDs": "client",
-        "Client rows covered by tests/test_client.py": "client_lib",
-    }
+# Summary-table labels -> count keys, for each document.
+SUMMARY_LABELS = {
+    "Server/both IDs": "total",
+    "Proven by tests": "proven",
+    "Not applicable": "na",
+    "Gaps": "gap",
+    "Client-only IDs": "client",
+    "Client rows covered by tests/test_client.py": "client_lib",
+}
+SUMMARY_LABELS_V5 = {
+    "Server/both IDs": "total",
+    "Proven by tests": "proven",
+    "Not applicable": "na",
+    "Not yet": "not_yet",
+    "Client-only IDs": "client",
+    "Client rows proven by client-library tests": "client_lib",
+    "Client rows not applicable to the client library": "client_na",
+    "both rows with client-library tests": "both_client",
+}
+
+
+def summary_counts(text: str, labels: dict[str, str] = SUMMARY_LABELS) -> dict[str, int]:
+    """The `| Label | N |` rows of a document's summary table, by count key."""
     found = {}
     for line in text.splitlines():
         m = re.match(r"^\|\s*\*{0,2}([^|*]+?)\*{0,2}\s*\|\s*\*{0,2}(\d+)\*{0,2}\s*\|", line)
@@ -294,26 +307,6 @@ def load_ids_v5() -> dict[str, str]:
                 print(f"note: {tsv} differs from the embedded 5.0 list; using the TSV")
                 return from_tsv
     return ids
-
-
-def summary_counts_v5(text: str) -> dict[str, int]:
-    """The `| Label | N |` rows of the 5.0 document's summary table."""
-    labels = {
-        "Server/both IDs": "total",
-        "Proven by tests": "proven",
-        "Not applicable": "na",
-        "Not yet": "not_yet",
-        "Client-only IDs": "client",
-        "Client rows proven by client-library tests": "client_lib",
-        "Client rows not applicable to the client library": "client_na",
-        "both rows with client-library tests": "both_client",
-    }
-    found = {}
-    for line in text.splitlines():
-        m = re.match(r"^\|\s*\*{0,2}([^|*]+?)\*{0,2}\s*\|\s*\*{0,2}(\d+)\*{0,2}\s*\|", line)
-        if m and m.group(1) in labels:
-            found[labels[m.group(1)]] = int(m.group(2))
-    return found
 
 
 def check_v5(doc: Path, complete: bool) -> tuple[list[str], str]:
@@ -393,7 +386,7 @@ def check_v5(doc: Path, complete: bool) -> tuple[list[str], str]:
             errors.append(f"5.0 {ident}: row for an ID that is not in MQTT 5.0")
     _, ref_errors = check_refs(text)
     errors += [f"5.0 {e}" for e in ref_errors]
-    stated = summary_counts_v5(text)
+    stated = summary_counts(text, SUMMARY_LABELS_V5)
     for key, value in counts.items():
         if key not in stated:
             errors.append(f"5.0 summary table: no count for {key!r}")

@@ -30,6 +30,34 @@ def v5(port: int, identifier: str, **kwargs: Any) -> Client:
     return Client("127.0.0.1", port, identifier=identifier, protocol=V5, timeout=TIMEOUT, **kwargs)
 
 
+def with_session(port: int, identifier: str) -> Client:
+    """A client with Clean Start 0, a session that outlives the connection, and
+    reconnect."""
+    return v5(
+        port,
+        identifier,
+        clean_session=False,
+        session_expiry_interval=60,
+        reconnect=pyo3mq.Reconnect(initial_delay=0.05),
+    )
+
+
+async def accept(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    connections: list[list[tuple[int, bytes]]],
+    *,
+    session_present: bool,
+) -> list[tuple[int, bytes]]:
+    """Reads the CONNECT and answers CONNACK 0x00; returns the list (appended to
+    `connections`) the script records this connection's packets in."""
+    await read_packet(reader)
+    seen: list[tuple[int, bytes]] = []
+    connections.append(seen)
+    writer.write(b"\x20\x03\x01\x00\x00" if session_present else connack5())
+    return seen
+
+
 class Reader:
     """Reads the fields of a packet body in order."""
 
@@ -236,10 +264,7 @@ async def test_resent_publishes_keep_their_order() -> None:
     resent: asyncio.Event = asyncio.Event()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_packet(reader)
-        seen: list[tuple[int, bytes]] = []
-        connections.append(seen)
-        writer.write(connack5() if len(connections) == 1 else b"\x20\x03\x01\x00\x00")
+        seen = await accept(reader, writer, connections, session_present=bool(connections))
         for _ in range(3):
             seen.append(await read_packet(reader))
         if len(connections) == 1:
@@ -250,13 +275,7 @@ async def test_resent_publishes_keep_their_order() -> None:
         await reader.read()
 
     async with scripted_server(script) as port:
-        c = v5(
-            port,
-            "resender",
-            clean_session=False,
-            session_expiry_interval=60,
-            reconnect=pyo3mq.Reconnect(initial_delay=0.05),
-        )
+        c = with_session(port, "resender")
         await c.connect()
         futures = [c.publish("r", str(i), qos=1) for i in range(3)]
         await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT * 2)
@@ -322,10 +341,7 @@ async def test_session_present_0_discards_the_session_state() -> None:
     second: asyncio.Event = asyncio.Event()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_packet(reader)
-        seen: list[tuple[int, bytes]] = []
-        connections.append(seen)
-        writer.write(connack5())  # Session Present 0 both times
+        seen = await accept(reader, writer, connections, session_present=False)
         if len(connections) == 1:
             for _ in range(2):
                 seen.append(await read_packet(reader))
@@ -346,13 +362,7 @@ async def test_session_present_0_discards_the_session_state() -> None:
         await reader.read()
 
     async with scripted_server(script) as port:
-        c = v5(
-            port,
-            "sp0",
-            clean_session=False,
-            session_expiry_interval=60,
-            reconnect=pyo3mq.Reconnect(initial_delay=0.05),
-        )
+        c = with_session(port, "sp0")
         await c.connect()
         qos1 = c.publish("s", b"one", qos=1)
         qos2 = c.publish("s", b"two", qos=2)
