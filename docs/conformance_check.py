@@ -25,14 +25,17 @@ What it verifies:
 * the counts in the document's summary table equal the counts computed from the rows.
 
 The MQTT 5.0 table (docs/conformance_v5.md, 251 statements, embedded below as
-`EMBEDDED_IDS_V5`) is checked the same way for the rows it has: the Binds value matches,
-a Server/both row cites existing tests or says "Not applicable: <reason>", a Client row
-says "Client rule: not applicable to the broker" (the client library does not speak 5.0
-yet). While 5.0 support is being built, statements without a row are only counted (a row
-saying "not yet" is not accepted), and so are rows whose Proof is "PENDING(<work>) ..."
-for one of the named pieces of 5.0 work under way (v5deliver, v5flow, v5auth, v5py,
-v5client): they count as unmapped, never as proven. `--v5-complete` makes every missing
-or PENDING Server/both row an error, which is the check's final form.
+`EMBEDDED_IDS_V5`) is checked the same way: the Binds value matches, a Server/both row
+cites existing tests or says "Not applicable: <reason>", and the counts in its summary
+table equal the rows'. A Client row says either "Client library (pyo3mq.Client) ..." and
+then cites at least one test of the client library (`tests/test_client*.py::test_x`,
+`src/client/...rs::tests::x`), or "Not applicable to the client library: <reason>". The
+client side of a "both" row may be shown in its Notes as "Client library: <tests>" (the
+tests must be client-library tests; counted, not required). While 5.0 support is being
+built, a Server/both row may say "Not yet: <feature>" for one of the features of issue 13
+still under way (`NOT_YET_FEATURES`); it counts as unmapped, never as proven, and so do
+statements without a row. `--v5-complete` makes every missing or "Not yet" Server/both row
+an error, which is the check's final form.
 
 Standard library only; it imports nothing from the project and runs no test.
 """
@@ -139,10 +142,24 @@ CLIENT_LIBRARY = "Client library (pyo3mq.Client)"
 CLIENT_NA = "Client rule: not applicable to the broker"
 NOT_APPLICABLE = "Not applicable:"
 GAP = "GAP"
-# A 5.0 row whose proof another helper's work will supply: "PENDING(<work>) ...". It is
+# 5.0 Client rows: proven through the client library, or a reason it does not apply to it.
+CLIENT_LIBRARY_NA = "Not applicable to the client library:"
+# The client side of a 5.0 "both" row, in its Notes: "Client library: <tests>".
+CLIENT_SIDE = "Client library:"
+# What counts as a test of the client library.
+CLIENT_TEST = re.compile(r"tests/test_client[\w]*\.py::test_\w+|src/client/[\w/]+\.rs::")
+# A 5.0 Server/both row whose feature is still being built: "Not yet: <feature> ...". It is
 # counted with the statements that have no row (unmapped), never as proven, and
 # --v5-complete rejects it like a missing row.
-PENDING = re.compile(r"^PENDING\((v5deliver|v5flow|v5auth|v5py|v5client)\)")
+NOT_YET = "Not yet:"
+NOT_YET_FEATURES = (
+    "Receive Maximum",
+    "Topic Alias",
+    "Will Delay Interval",
+    "Session Expiry",
+    "Server Keep Alive",
+    "Request Problem Information",
+)
 
 PY_REF = re.compile(r"(tests/[\w/]+\.py)::(test_\w+)(?:\[([^\]\s]+)\])?")
 RS_REF = re.compile(r"((?:tests|src)/[\w/]+\.rs)::(?:tests::)?(\w+)")
@@ -244,16 +261,29 @@ def has_ref(cell: str) -> bool:
     return bool(PY_REF.search(cell) or RS_REF.search(cell))
 
 
-def summary_counts(text: str) -> dict[str, int]:
-    """The `| Label | N |` rows of the summary table."""
-    labels = {
-        "Server/both IDs": "total",
-        "Proven by tests": "proven",
-        "Not applicable": "na",
-        "Gaps": "gap",
-        "Client-only IDs": "client",
-        "Client rows covered by tests/test_client.py": "client_lib",
-    }
+# Summary-table labels -> count keys, for each document.
+SUMMARY_LABELS = {
+    "Server/both IDs": "total",
+    "Proven by tests": "proven",
+    "Not applicable": "na",
+    "Gaps": "gap",
+    "Client-only IDs": "client",
+    "Client rows covered by tests/test_client.py": "client_lib",
+}
+SUMMARY_LABELS_V5 = {
+    "Server/both IDs": "total",
+    "Proven by tests": "proven",
+    "Not applicable": "na",
+    "Not yet": "not_yet",
+    "Client-only IDs": "client",
+    "Client rows proven by client-library tests": "client_lib",
+    "Client rows not applicable to the client library": "client_na",
+    "both rows with client-library tests": "both_client",
+}
+
+
+def summary_counts(text: str, labels: dict[str, str] = SUMMARY_LABELS) -> dict[str, int]:
+    """The `| Label | N |` rows of a document's summary table, by count key."""
     found = {}
     for line in text.splitlines():
         m = re.match(r"^\|\s*\*{0,2}([^|*]+?)\*{0,2}\s*\|\s*\*{0,2}(\d+)\*{0,2}\s*\|", line)
@@ -286,29 +316,63 @@ def check_v5(doc: Path, complete: bool) -> tuple[list[str], str]:
         return [f"{doc}: missing"], ""
     text = doc.read_text()
     rows, errors = parse_rows(text)
-    counts = {"proven": 0, "na": 0, "client": 0}
+    counts = {
+        "total": 0,
+        "proven": 0,
+        "na": 0,
+        "not_yet": 0,
+        "client": 0,
+        "client_lib": 0,
+        "client_na": 0,
+        "both_client": 0,
+    }
     missing = []
-    pending: list[str] = []
+    not_yet: list[str] = []
     for ident, binds in ids.items():
+        if binds != "Client":
+            counts["total"] += 1
         row = rows.get(ident)
         if row is None:
             if binds != "Client":
                 missing.append(ident)
+            else:
+                errors.append(f"5.0 {ident} (Client): no row")
             continue
-        _, row_binds, requirement, proof, _ = row
+        _, row_binds, requirement, proof, notes = row
         if row_binds != binds:
             errors.append(f"5.0 {ident}: Binds is {row_binds!r}, the ID list says {binds!r}")
         if not requirement:
             errors.append(f"5.0 {ident}: empty Requirement")
         if binds == "Client":
             counts["client"] += 1
-            if not proof.startswith(CLIENT_NA):
-                errors.append(f"5.0 {ident}: a Client row must start with {CLIENT_NA!r}")
+            if proof.startswith(CLIENT_LIBRARY):
+                counts["client_lib"] += 1
+                if not CLIENT_TEST.search(proof + " " + notes):
+                    errors.append(f"5.0 {ident}: cites no test of the client library")
+            elif proof.startswith(CLIENT_LIBRARY_NA):
+                counts["client_na"] += 1
+                if len(proof) <= len(CLIENT_LIBRARY_NA) + 10:
+                    errors.append(f"5.0 {ident}: {CLIENT_LIBRARY_NA!r} without a reason")
+            else:
+                errors.append(
+                    f"5.0 {ident}: a Client row must start with {CLIENT_LIBRARY!r} "
+                    f"or {CLIENT_LIBRARY_NA!r}"
+                )
             continue
-        if proof.startswith("PENDING"):
-            if not PENDING.match(proof):
-                errors.append(f"5.0 {ident}: PENDING names no known work: {proof[:40]!r}")
-            pending.append(ident)
+        if CLIENT_SIDE in notes:
+            if CLIENT_TEST.search(notes.split(CLIENT_SIDE, 1)[1]):
+                counts["both_client"] += 1
+            else:
+                errors.append(f"5.0 {ident}: {CLIENT_SIDE!r} in Notes names no client test")
+        if proof.startswith(NOT_YET):
+            feature = proof[len(NOT_YET) :].strip()
+            if not feature.startswith(NOT_YET_FEATURES):
+                errors.append(
+                    f"5.0 {ident}: 'Not yet:' names none of the features under way "
+                    f"{NOT_YET_FEATURES}: {proof[:50]!r}"
+                )
+            not_yet.append(ident)
+            counts["not_yet"] += 1
         elif proof.startswith(NOT_APPLICABLE):
             if len(proof) <= len(NOT_APPLICABLE) + 3:
                 errors.append(f"5.0 {ident}: 'Not applicable:' without a reason")
@@ -316,23 +380,28 @@ def check_v5(doc: Path, complete: bool) -> tuple[list[str], str]:
         elif has_ref(proof):
             counts["proven"] += 1
         else:
-            errors.append(
-                f"5.0 {ident}: Proof cites no test and is neither 'Not applicable:' nor PENDING"
-            )
+            errors.append(f"5.0 {ident}: Proof cites no test, nor 'Not applicable:'/'Not yet:'")
     for ident in rows:
         if ident not in ids:
             errors.append(f"5.0 {ident}: row for an ID that is not in MQTT 5.0")
     _, ref_errors = check_refs(text)
     errors += [f"5.0 {e}" for e in ref_errors]
+    stated = summary_counts(text, SUMMARY_LABELS_V5)
+    for key, value in counts.items():
+        if key not in stated:
+            errors.append(f"5.0 summary table: no count for {key!r}")
+        elif stated[key] != value:
+            errors.append(f"5.0 summary table says {key}={stated[key]}, the rows give {value}")
     if complete:
         errors += [f"5.0 {ident}: no row (Server/both)" for ident in missing]
-        errors += [f"5.0 {ident}: still PENDING (Server/both)" for ident in pending]
-    server = sum(1 for b in ids.values() if b != "Client")
+        errors += [f"5.0 {ident}: still 'Not yet' (Server/both)" for ident in not_yet]
     report = (
-        f"MQTT 5.0: {len(rows)} rows; Server/both {server}: proven {counts['proven']}, "
-        f"not applicable {counts['na']}, unmapped {len(missing) + len(pending)} "
-        f"({len(pending)} PENDING, {len(missing)} without a row); "
-        f"Client rows {counts['client']}"
+        f"MQTT 5.0: {len(rows)} rows; Server/both {counts['total']}: proven "
+        f"{counts['proven']}, not applicable {counts['na']}, unmapped "
+        f"{len(missing) + len(not_yet)} ({len(not_yet)} 'Not yet', {len(missing)} without a "
+        f"row); Client {counts['client']}: {counts['client_lib']} via client-library tests, "
+        f"{counts['client_na']} not applicable to the client library; both rows with "
+        f"client-library tests {counts['both_client']}"
     )
     return errors, report
 

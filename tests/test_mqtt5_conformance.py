@@ -1115,3 +1115,45 @@ def test_5_0_over_websocket(make_broker: Callable[..., pyo3mq.Broker]) -> None:
         client.expect_eof()
     finally:
         client.close()
+
+
+# --------------------------------------------------------------------------- expiry, QoS 2
+
+
+def test_message_expiry_stops_once_the_qos2_publish_went_out(net: Net) -> None:
+    """[MQTT-4.3.3-7] A QoS 2 message with Message Expiry 1 s went out to a subscriber
+    (expiry 60) that withholds its PUBREC; 2.5 s later, long expired, the subscriber
+    reconnects with Clean Start 0 and the PUBLISH is resent (DUP=1, same identifier),
+    not dropped, and its exchange completes. A message with the same expiry that was
+    still queued (not sent) then is dropped, as [MQTT-3.3.2-5] asks, so the expiry was
+    really in force."""
+    sub = net.subscriber("exp2", ("exp2/#", 2), clean=False, properties=EXPIRY_60)
+    pub = net.client("exp2-pub")
+    one_second = props(b"\x02\x00\x00\x00\x01")
+    pub.send(publish5("exp2/t", b"sent", qos=2, pkid=1, properties=one_second))
+    assert pub.recv().first == PUBREC
+    pub.send(ack5(PUBREL, 1))
+    assert pub.recv().first == PUBCOMP
+    _, payload, first = received(sub)
+    assert (payload, first.dup) == (b"sent", False)
+    sub.close()
+    pub.send(publish5("exp2/t", b"queued", qos=2, pkid=2, properties=one_second))
+    assert pub.recv().first == PUBREC
+    pub.send(ack5(PUBREL, 2))
+    assert pub.recv().first == PUBCOMP
+    pub.send(publish5("exp2/t", b"lasting", qos=1, pkid=3))
+    assert pub.recv().first == PUBACK
+    time.sleep(2.5)
+    sub = net.client("exp2", clean=False, properties=EXPIRY_60)
+    _, payload, again = received(sub)
+    assert (payload, again.dup, pkid_of(again)) == (b"sent", True, pkid_of(first))
+    sub.send(ack5(PUBREC, pkid_of(again)))
+    # The PUBREL and the next queued PUBLISH may come in either order.
+    rest = {pkt.type: pkt for pkt in (sub.recv(), sub.recv())}
+    assert set(rest) == {3, 6}, rest
+    assert ack_fields(rest[6])[0] == pkid_of(again)
+    sub.send(ack5(PUBCOMP, pkid_of(again)))
+    last = rest[3]
+    assert publish5_fields(last)[3] == b"lasting", "the expired queued message is dropped"
+    sub.send(ack5(PUBACK, pkid_of(last)))
+    assert is_quiet(sub)

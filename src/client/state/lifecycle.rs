@@ -17,8 +17,11 @@ impl State {
     /// A CONNACK accepted the connection: resend what is unacknowledged, restore
     /// subscriptions if the server has no session, then let the buffer flow.
     pub(crate) fn on_connected(&mut self, session_present: bool, token: Option<u64>, now: Instant) {
-        let resume = !self.limits.clean_session;
-        if !(resume && session_present) {
+        // Resumed only if the server has the session too: with Session Present 0 the
+        // client's session state is discarded [MQTT-3.2.2-5] (no DUP resends, no PUBREL
+        // for ids the server does not know).
+        let resume = !self.limits.clean_session && session_present;
+        if !resume {
             if !self.inbound_qos2.is_empty() {
                 self.record(|| Change::InboundClear);
             }
@@ -252,6 +255,31 @@ mod tests {
         st.on_connected(false, None, Instant::now());
         let resent = written(&mut st);
         assert!(matches!(&resent[..], [Packet::Publish(p)] if !p.dup));
+    }
+
+    /// [MQTT-3.2.2-5] Clean Start 0 but Session Present 0: the server has no session, so
+    /// none is resumed. The QoS 1 message goes again as a new one (DUP=0), and the QoS 2
+    /// one past PUBREC is complete (the server had it): no PUBREL for its id.
+    #[test]
+    fn session_present_0_discards_the_session() {
+        let mut st = state(4, false);
+        st.on_connected(false, None, Instant::now());
+        token(st.publish("t", b"a", QoS::AtLeastOnce, false).unwrap());
+        let b = token(st.publish("t", b"b", QoS::ExactlyOnce, false).unwrap());
+        let sent = written(&mut st);
+        let Packet::Publish(qos2) = &sent[1] else {
+            panic!("{sent:?}")
+        };
+        st.on_packet(Packet::PubRec(qos2.pkid.unwrap())).unwrap();
+        let _ = written(&mut st);
+        st.on_lost(&lost());
+        st.on_connected(false, None, Instant::now());
+        let again = written(&mut st);
+        assert!(
+            matches!(&again[..], [Packet::Publish(p)] if !p.dup && &p.payload[..] == b"a"),
+            "{again:?}"
+        );
+        assert!(st.completions.contains(&(b, Outcome::Done)));
     }
 
     /// A connection without a session: SUBSCRIBE first, and every publish (a resend, one
