@@ -11,10 +11,15 @@ prints the summary.
     python3 benches/run_load.py            # full matrix, 3 repetitions (< 15 min)
     python3 benches/run_load.py --quick    # a ~2 minute subset
     python3 benches/run_load.py --only transports,handshakes   # TLS and WebSocket rows
+    python3 benches/run_load.py --quick --only v5   # MQTT 5.0 rows beside their 3.1.1 rows
     python3 benches/run_load.py --quick --baseline ../base/.venv/bin/pyo3mq  # A/B two builds
 
 With --baseline, a second pyo3mq build (an older commit, say) runs in the same rotation on
 the TCP throughput and paced cells, so the two builds are compared under the same noise.
+
+The MQTT 5.0 rows (`--only v5`, part of the default) run the four scenarios at QoS 0 and 1,
+64 B, with the generator speaking 5.0 (`--protocol 5`) to both brokers, each right after
+the same cell in 3.1.1, so the summary can set 5.0 beside 3.1.1 for each broker.
 
 Both brokers also listen for TLS and WebSocket (a self-signed certificate made with the
 openssl command for each run), so the transport rows compare them over the same stream.
@@ -62,6 +67,11 @@ IDLE_SOURCES = 8
 # The transport rows: over TLS and over WebSocket, 64 B, QoS 0 and 1.
 TRANSPORTS = ("tls", "ws")
 TRANSPORT_TITLES = {"tcp": "TCP", "tls": "TLS", "ws": "WebSocket", "wss": "secure WebSocket"}
+# The MQTT 5.0 rows: the four scenarios, 64 B, at these QoS levels, beside their 3.1.1 cells.
+V5_QOS = (0, 1)
+# pyo3mq at 5.0 should be within 10% of its own 3.1.1 rate (issue 13, item 10).
+V5_TARGET = 0.9
+PROTOCOL_TITLES = {4: "3.1.1", 5: "5.0"}
 # Connections opened (each a full TLS handshake) to measure the handshake rate.
 HANDSHAKE_CONNECTIONS = 2000
 Result = dict[str, Any]
@@ -79,12 +89,14 @@ class Cell:
     size: int
     wildcard: bool = False
     transport: str = "tcp"
+    protocol: int = 4  # the CONNECT protocol level: 4 = MQTT 3.1.1, 5 = MQTT 5.0
 
     @property
     def key(self) -> str:
         wild = "+wild" if self.wildcard else ""
         over = "" if self.transport == "tcp" else f"/{self.transport}"
-        return f"{self.kind}/{self.scenario}{wild}/q{self.qos}/{self.size}{over}"
+        v5 = "/v5" if self.protocol == 5 else ""
+        return f"{self.kind}/{self.scenario}{wild}/q{self.qos}/{self.size}{over}{v5}"
 
     @property
     def title(self) -> str:
@@ -142,6 +154,14 @@ def build_matrix(quick: bool, only: set[str], wild_sizes: Sequence[int]) -> list
                     cell = Cell("sat", scenario, qos, 64, transport=transport)
                     if cell not in cells:  # the TCP cells, for comparison in the same run
                         cells.append(cell)
+    if "v5" in only:
+        for qos in V5_QOS:
+            for scenario in SCENARIOS:
+                v311 = Cell("sat", scenario, qos, 64)
+                if v311 not in cells:  # the 3.1.1 peer, in the same run
+                    cells.append(v311)
+                # Right after its 3.1.1 peer, so the two see about the same background load.
+                cells.insert(cells.index(v311) + 1, Cell("sat", scenario, qos, 64, protocol=5))
     return cells
 
 
@@ -379,6 +399,8 @@ def run_cell(exe: str, broker: Broker, cell: Cell, args: argparse.Namespace) -> 
     ]
     if cell.wildcard:
         common.append("--wildcard")
+    if cell.protocol != 4:
+        common += ["--protocol", str(cell.protocol)]
     if cell.transport != "tcp":
         cert, _ = make_certificate(broker.out)
         common[1] = str(broker.port_for(cell.transport))
@@ -562,6 +584,64 @@ def machine() -> list[str]:
     ]
 
 
+def paired_ratios(results: list[Result], broker: str, a: str, b: str) -> list[float]:
+    """Per repetition, `broker`'s rate in cell `a` over its rate in cell `b` (both runs
+    complete): the two cells run back to back, so each ratio sees one background load."""
+    by_rep: dict[tuple[int, str], float] = {}
+    for r in results:
+        if r["broker"] == broker and not r.get("failure") and r.get("deliveries_per_s"):
+            by_rep[(int(r.get("rep", 0)), r["cell"])] = float(r["deliveries_per_s"])
+    reps = sorted({rep for rep, _ in by_rep})
+    return [by_rep[(n, a)] / by_rep[(n, b)] for n in reps if (n, a) in by_rep and (n, b) in by_rep]
+
+
+def summarize_v5(
+    cells: dict[str, dict[str, Side]], v5: list[Cell], results: list[Result]
+) -> list[str]:
+    """The MQTT 5.0 table: each broker's 5.0 rate beside its 3.1.1 rate from the same run."""
+    out = [
+        f"**MQTT 5.0 beside 3.1.1** (deliveries/s at saturation, 64 B, median (min{DASH}max);"
+        " each 5.0 run right after the same cell in 3.1.1 on the same broker process; "
+        "5.0/3.1.1 = ratio of the medians, [min"
+        f"{DASH}max of the per-repetition ratios]; target: pyo3mq 5.0 ≥ "
+        f"{V5_TARGET:g}x its 3.1.1 rate)",
+        "",
+        "| scenario | QoS | pyo3mq 3.1.1 | pyo3mq 5.0 | pyo3mq 5.0/3.1.1 | met | "
+        "Mosquitto 3.1.1 | Mosquitto 5.0 | Mosquitto 5.0/3.1.1 | pyo3mq/Mosquitto at 5.0 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in v5:
+        peer = Cell(c.kind, c.scenario, c.qos, c.size, c.wildcard, c.transport)
+        new, old = cells.get(c.key, {}), cells.get(peer.key, {})
+        row = [c.title, str(c.qos)]
+        for broker in ("pyo3mq", "mosquitto"):
+            s5, s4 = new.get(broker, Side()), old.get(broker, Side())
+            r = ratio(s5.median("deliveries_per_s"), s4.median("deliveries_per_s"))
+            paired = paired_ratios(results, broker, c.key, peer.key)
+            span = f" [{min(paired):.2f}{DASH}{max(paired):.2f}]" if len(paired) > 1 else ""
+            row += [
+                s4.show("deliveries_per_s", fmt_rate),
+                s5.show("deliveries_per_s", fmt_rate),
+                DASH if r is None else f"{r:.2f}x{span}",
+            ]
+            if broker == "pyo3mq":
+                met = None if r is None else (r >= V5_TARGET and not s5.failed)
+                row.append(verdict(met))
+        p5, m5 = new.get("pyo3mq", Side()), new.get("mosquitto", Side())
+        r = ratio(p5.median("deliveries_per_s"), m5.median("deliveries_per_s"))
+        row.append(DASH if r is None else f"{r:.1f}x")
+        out.append("| " + " | ".join(row) + " |")
+    rm = sorted(
+        {
+            f"{r['broker']} {r.get('receive_maximum')}"
+            for r in results
+            if r["cell"].endswith("/v5") and r.get("receive_maximum") is not None
+        }
+    )
+    out += ["", f"Receive Maximum in the brokers' 5.0 CONNACKs (0: none): {', '.join(rm)}", ""]
+    return out
+
+
 def summarize(results: list[Result], meta: dict[str, Any], matrix: list[Cell]) -> str:
     cells = group(results)
     out: list[str] = []
@@ -576,7 +656,7 @@ def summarize(results: list[Result], meta: dict[str, Any], matrix: list[Cell]) -
     out.append("")
     met_count = [0, 0]
 
-    sat = [c for c in matrix if c.kind == "sat" and c.transport == "tcp"]
+    sat = [c for c in matrix if c.kind == "sat" and c.transport == "tcp" and c.protocol == 4]
     if sat:
         out.append(
             f"**Deliveries/s at saturation** (median (min{DASH}max) over repetitions; "
@@ -677,6 +757,10 @@ def summarize(results: list[Result], meta: dict[str, Any], matrix: list[Cell]) -
                 f"{verdict(met)} |"
             )
         out.append("")
+
+    v5 = [c for c in matrix if c.protocol == 5]
+    if v5:
+        out.extend(summarize_v5(cells, v5, results))
 
     over = [c for c in matrix if c.transport != "tcp"]
     if over:
@@ -829,9 +913,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     ap.add_argument(
         "--only",
-        default="throughput,paced,idle,transports,handshakes",
+        default="throughput,paced,idle,transports,handshakes,v5",
         help="comma-separated parts: throughput, paced, idle, transports (TLS and WebSocket "
-        "rows), handshakes (TLS handshake rate) (default: all)",
+        "rows), handshakes (TLS handshake rate), v5 (MQTT 5.0 rows beside their 3.1.1 "
+        "cells) (default: all)",
     )
     ap.add_argument("--filter", default="", help="run only cells whose key contains this")
     ap.add_argument(

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, BytesMut};
 use bytestring::ByteString;
 use pyo3mq::codec::{
-    self, Connect, ConnectReturnCode, Decoder, Packet, Protocol, QoS, Subscribe,
-    SubscribeReturnCode,
+    self, AckV5, Connect, ConnectReturnCode, Decoder, Packet, Protocol, QoS, Subscribe,
+    SubscribeReturnCode, SubscribeV5, SubscriptionOptions,
 };
 use tokio::io::Interest;
 use tokio::sync::watch;
@@ -43,6 +43,8 @@ pub struct Shared {
     /// Identifies this run's payloads (a late delivery from another run is "foreign").
     pub magic: u32,
     pub qos: QoS,
+    /// MQTT 3.1.1 or 5.0 (`--protocol`): how PUBLISH is encoded and decoded.
+    pub protocol: Protocol,
     pub size: usize,
     /// Payload bytes after the header, the same in every message: checked on receipt.
     pub filler: Vec<u8>,
@@ -75,6 +77,9 @@ pub struct Pub {
     completed: u32,
     inflight: usize,
     next_pkid: u16,
+    /// QoS 1/2 window: `--max-inflight`, lowered to the broker's Receive Maximum when a
+    /// 5.0 CONNACK gives one (a 5.0 client must not exceed it, [MQTT-3.3.4-7]).
+    window: usize,
     /// Per packet id: 0 free, 1 awaiting PUBACK/PUBREC, 2 awaiting PUBCOMP.
     stage: Vec<u8>,
     bad_acks: u64,
@@ -93,9 +98,17 @@ impl Pub {
             completed: 0,
             inflight: 0,
             next_pkid: 1,
+            window: usize::MAX,
             stage: vec![0; 65_536],
             bad_acks: 0,
             done_ns: None,
+        }
+    }
+
+    /// Lowers the window to what the broker accepts (its CONNACK's Receive Maximum).
+    pub fn limit_window(&mut self, receive_maximum: Option<u16>) {
+        if let Some(max) = receive_maximum {
+            self.window = usize::from(max);
         }
     }
 
@@ -123,7 +136,11 @@ impl Pub {
     /// Whether a message may be encoded now (due, and a window slot free for QoS 1/2).
     fn can_send(&self, shared: &Shared, now: u64) -> bool {
         self.next_seq < self.due(shared.t0_ns.load(Ordering::Relaxed), now)
-            && (shared.qos == QoS::AtMostOnce || self.inflight < shared.max_inflight)
+            && (shared.qos == QoS::AtMostOnce || self.inflight < self.window(shared))
+    }
+
+    fn window(&self, shared: &Shared) -> usize {
+        shared.max_inflight.min(self.window)
     }
 
     fn alloc_pkid(&mut self) -> u16 {
@@ -142,12 +159,13 @@ impl Pub {
         let t0 = shared.t0_ns.load(Ordering::Relaxed);
         let due = self.due(t0, now);
         let qos = shared.qos;
+        let window = self.window(shared);
         let mut n = 0;
         while self.next_seq < due && out.len() < shared.batch_bytes {
             let pkid = if qos == QoS::AtMostOnce {
                 None
             } else {
-                if self.inflight >= shared.max_inflight {
+                if self.inflight >= window {
                     break;
                 }
                 let id = self.alloc_pkid();
@@ -155,8 +173,23 @@ impl Pub {
                 self.inflight += 1;
                 Some(id)
             };
-            codec::encode_publish_header(out, &self.topic, qos, false, false, pkid, shared.size)
-                .expect("PUBLISH header");
+            if shared.protocol == Protocol::V5 {
+                // An empty property section: the 5.0 PUBLISH closest to 3.1.1's.
+                codec::encode_publish_header_v5(
+                    out,
+                    &self.topic,
+                    qos,
+                    false,
+                    false,
+                    pkid,
+                    &[],
+                    &[],
+                    shared.size,
+                )
+            } else {
+                codec::encode_publish_header(out, &self.topic, qos, false, false, pkid, shared.size)
+            }
+            .expect("PUBLISH header");
             out.put_u32(shared.magic);
             out.put_u32(self.index);
             out.put_u32(self.next_seq);
@@ -175,6 +208,22 @@ impl Pub {
         if self.completed == self.count {
             self.done_ns = Some(shared.now_ns());
         }
+    }
+
+    /// A 5.0 acknowledgement in its long form: a reason code of 0x80 or more ends the
+    /// flow without delivery (3.4.2.1), so it counts as a bad ack; below 0x80 (Success,
+    /// or 0x10 No matching subscribers, which the loss check then shows) it is an ack.
+    fn on_ack_v5(&mut self, kind: u8, ack: &AckV5, shared: &Shared) -> bool {
+        if ack.reason.is_error() {
+            self.bad_acks += 1;
+            return false;
+        }
+        match kind {
+            0x40 => self.on_puback(ack.pkid, shared),
+            0x50 => self.on_pubrec(ack.pkid),
+            _ => self.on_pubcomp(ack.pkid, shared),
+        }
+        true
     }
 
     fn on_puback(&mut self, pkid: u16, shared: &Shared) {
@@ -330,6 +379,9 @@ pub struct Conn {
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
+    protocol: Protocol,
+    /// The broker's Receive Maximum from a 5.0 CONNACK (none: 65,535).
+    pub receive_maximum: Option<u16>,
 }
 
 fn io_err(what: &str, err: io::Error) -> String {
@@ -344,8 +396,9 @@ impl Conn {
         client_id: &str,
         keep_alive: u16,
         limit: Duration,
+        protocol: Protocol,
     ) -> Result<Conn, String> {
-        Conn::connect_from(addr, None, client_id, keep_alive, limit).await
+        Conn::connect_from(addr, None, client_id, keep_alive, limit, protocol).await
     }
 
     /// As [`Conn::connect`], from local address `source` (see `Stream::connect_from`).
@@ -355,6 +408,7 @@ impl Conn {
         client_id: &str,
         keep_alive: u16,
         limit: Duration,
+        protocol: Protocol,
     ) -> Result<Conn, String> {
         let handshake = async {
             let stream = Stream::connect_from(addr, source).await?;
@@ -363,9 +417,14 @@ impl Conn {
                 rbuf: BytesMut::new(),
                 wbuf: BytesMut::new(),
                 decoder: Decoder::new(MAX_PACKET),
+                protocol,
+                receive_maximum: None,
             };
+            // A 5.0 CONNECT has an empty property section (`properties: None`); every
+            // packet after it is in the 5.0 forms, in both directions.
+            conn.decoder.set_protocol(protocol);
             conn.send(&Packet::Connect(Connect {
-                protocol: Protocol::V311,
+                protocol,
                 clean_session: true,
                 keep_alive,
                 client_id: ByteString::from(client_id),
@@ -378,6 +437,11 @@ impl Conn {
             match conn.read_packet().await? {
                 Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Accepted => Ok(conn),
                 Packet::ConnAck(ack) => Err(format!("CONNACK refused: {:?}", ack.code)),
+                Packet::ConnAckV5(ack) if !ack.reason.is_error() => {
+                    conn.receive_maximum = ack.properties.and_then(|p| p.receive_maximum);
+                    Ok(conn)
+                }
+                Packet::ConnAckV5(ack) => Err(format!("CONNACK refused: {:?}", ack.reason)),
                 other => Err(format!("expected CONNACK, got {}", other.name())),
             }
         };
@@ -389,15 +453,36 @@ impl Conn {
     /// SUBSCRIBE one filter and wait for its SUBACK; returns the granted QoS.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<QoS, String> {
         let exchange = async {
-            self.send(&Packet::Subscribe(Subscribe {
-                pkid: 1,
-                filters: vec![(ByteString::from(filter), qos)],
-            }))
-            .await?;
+            let subscribe = if self.protocol == Protocol::V5 {
+                // Default options (no local off, retain handling 0) and no properties.
+                Packet::SubscribeV5(SubscribeV5 {
+                    pkid: 1,
+                    filters: vec![(
+                        ByteString::from(filter),
+                        SubscriptionOptions {
+                            qos,
+                            ..SubscriptionOptions::default()
+                        },
+                    )],
+                    properties: None,
+                })
+            } else {
+                Packet::Subscribe(Subscribe {
+                    pkid: 1,
+                    filters: vec![(ByteString::from(filter), qos)],
+                })
+            };
+            self.send(&subscribe).await?;
             match self.read_packet().await? {
                 Packet::SubAck(ack) => match ack.codes.first() {
                     Some(SubscribeReturnCode::Success(granted)) => Ok(*granted),
                     _ => Err(format!("subscription to {filter} refused")),
+                },
+                // 5.0: the reason code is the granted QoS (0x00-0x02) or an error.
+                Packet::SubAckV5(ack) => match ack.reasons.first().map(|r| r.0) {
+                    Some(code) => QoS::from_u8(code)
+                        .ok_or_else(|| format!("subscription to {filter} refused: {code:#04x}")),
+                    None => Err(format!("empty SUBACK for {filter}")),
                 },
                 other => Err(format!("expected SUBACK, got {}", other.name())),
             }
@@ -535,12 +620,16 @@ impl Conn {
                 if pkid == 0 {
                     return Ok(Fast::Other);
                 }
-                sub.record(
-                    &body[2..topic_end],
-                    &body[topic_end + id_len..],
-                    shared,
-                    now,
-                );
+                let mut payload_at = topic_end + id_len;
+                if self.protocol == Protocol::V5 {
+                    // The fast path takes only an empty property section (one 0 byte);
+                    // properties, or a Topic Alias with an empty topic, go to the codec.
+                    if body.get(payload_at) != Some(&0) || topic_end == 2 {
+                        return Ok(Fast::Other);
+                    }
+                    payload_at += 1;
+                }
+                sub.record(&body[2..topic_end], &body[payload_at..], shared, now);
                 if qos > 0 {
                     let ack = if qos == 1 { 0x40 } else { 0x50 };
                     self.wbuf.put_slice(&[ack, 2]);
@@ -599,6 +688,22 @@ impl Conn {
                 ack(&mut self.wbuf, Packet::PubRel(id))?;
             }
             (Packet::PubComp(id), Some(p), _) => p.on_pubcomp(id, shared),
+            (Packet::PubAckV5(a), Some(p), _) => {
+                p.on_ack_v5(0x40, &a, shared);
+            }
+            (Packet::PubRecV5(a), Some(p), _) => {
+                // After an error PUBREC the flow is over: no PUBREL (4.3.3).
+                if p.on_ack_v5(0x50, &a, shared) {
+                    ack(&mut self.wbuf, Packet::PubRel(a.pkid))?;
+                }
+            }
+            (Packet::PubCompV5(a), Some(p), _) => {
+                p.on_ack_v5(0x70, &a, shared);
+            }
+            (Packet::PubRelV5(a), _, Some(_)) => ack(&mut self.wbuf, Packet::PubComp(a.pkid))?,
+            (Packet::DisconnectV5(d), _, _) => {
+                return Err(format!("DISCONNECT from the broker: {:?}", d.reason))
+            }
             (Packet::PingResp, _, _) => {}
             (other, _, _) => return Err(format!("unexpected {} from the broker", other.name())),
         }

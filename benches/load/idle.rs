@@ -28,6 +28,7 @@ async fn connect_all(
 ) -> Result<(Vec<Conn>, u64, String), String> {
     let permits = Arc::new(Semaphore::new(o.concurrency));
     let keepalive = o.keepalive;
+    let protocol = o.protocol;
     let limit = Duration::from_secs(30);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
@@ -40,7 +41,15 @@ async fn connect_all(
         let id = format!("idle-{tag}-{i}");
         let from = source(addr, o.sources, i);
         tasks.spawn(async move {
-            let r = Conn::connect_from(addr, from, &id, keepalive, Duration::from_secs(10)).await;
+            let r = Conn::connect_from(
+                addr,
+                from,
+                &id,
+                keepalive,
+                Duration::from_secs(10),
+                protocol,
+            )
+            .await;
             drop(permit);
             r
         });

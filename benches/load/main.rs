@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3mq::codec::QoS;
+use pyo3mq::codec::{Protocol, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -42,6 +42,7 @@ usage: load run  [--host H] [--port P] [--scenario 1:1|fanin|fanout|mesh] [--wil
                  [--keepalive 60] [--settle S] [--broker-pid PID] [--label TEXT]
                  [--sources N] [--storm]
        both:     [--transport tcp|tls|ws|wss] [--cafile PEM] [--path /mqtt]
+                 [--protocol 4|5]
 
 run:  --count is messages per publisher; --deliveries N derives it from the total
       deliveries wanted. --rate paces publishing at MSGS_PER_S in total (split over the
@@ -55,6 +56,10 @@ idle: opens the connections (CONNECT/CONNACK each, at most --concurrency at a ti
       ephemeral ports). --storm then drops every connection at once and reconnects
       them all (same client ids, --concurrency at a time) and reports how long the
       broker took and whether it refused any.
+--protocol: 4 = MQTT 3.1.1 (the default), 5 = MQTT 5.0: CONNECT, SUBSCRIBE and
+      PUBLISH with empty property sections, the broker's 5.0 CONNACK, SUBACK and
+      acknowledgements understood (a Receive Maximum below --max-inflight lowers the
+      window), the same delivery checks.
 --transport: TLS verifies the broker's certificate against --cafile for the name
       `localhost`; WebSocket upgrades on --path with the `mqtt` subprotocol.";
 
@@ -87,6 +92,7 @@ struct Opts {
     transport: transport::Kind,
     cafile: Option<String>,
     path: String,
+    protocol: Protocol,
 }
 
 impl Default for Opts {
@@ -119,6 +125,7 @@ impl Default for Opts {
             transport: transport::Kind::Tcp,
             cafile: None,
             path: "/mqtt".into(),
+            protocol: Protocol::V311,
         }
     }
 }
@@ -167,6 +174,14 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
             "--cafile" => o.cafile = Some(val(a, it.next())?),
             "--path" => o.path = val(a, it.next())?,
+            "--protocol" => {
+                let level: String = val(a, it.next())?;
+                o.protocol = match level.as_str() {
+                    "4" | "3.1.1" => Protocol::V311,
+                    "5" | "5.0" => Protocol::V5,
+                    _ => return Err("--protocol must be 4 (3.1.1) or 5 (5.0)".into()),
+                };
+            }
             // cargo passes --bench to bench targets.
             "--bench" => {}
             other => return Err(format!("unknown option {other}")),
@@ -313,6 +328,7 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
         epoch,
         magic,
         qos: o.qos,
+        protocol: o.protocol,
         size: o.size,
         filler: conn::filler(o.size),
         max_inflight: o.max_inflight,
@@ -341,11 +357,13 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
     let setup_start = Instant::now();
     let mut clients = Vec::with_capacity(roles.clients.len());
     let mut granted_qos = o.qos;
+    let mut receive_maximum: Option<u16> = None;
     for (i, &(pub_index, subscribes)) in roles.clients.iter().enumerate() {
         let id = format!("load-{tag}-{i}");
-        let mut c = Conn::connect(addr, &id, 0, Duration::from_secs(5))
+        let mut c = Conn::connect(addr, &id, 0, Duration::from_secs(5), o.protocol)
             .await
             .map_err(|e| format!("client {i}: {e}"))?;
+        receive_maximum = receive_maximum.or(c.receive_maximum);
         let sub = if subscribes {
             let g = c
                 .subscribe(&filter, o.qos)
@@ -364,7 +382,9 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
             } else {
                 0
             };
-            Pub::new(idx, topic, count, per_pub_rate, phase_ns)
+            let mut p = Pub::new(idx, topic, count, per_pub_rate, phase_ns);
+            p.limit_window(c.receive_maximum);
+            p
         });
         clients.push((c, publisher, sub));
     }
@@ -491,6 +511,9 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
         .str("transport", &format!("{:?}", o.transport).to_lowercase())
         .str("scenario", &o.scenario)
         .bool("wildcard", o.wildcard)
+        .int("protocol", u64::from(protocol_level(o.protocol)))
+        // The broker's Receive Maximum from its 5.0 CONNACK (0: none given, or 3.1.1).
+        .int("receive_maximum", u64::from(receive_maximum.unwrap_or(0)))
         .int("pubs", roles.pubs as u64)
         .int("subs", roles.subs as u64)
         .int("qos", o.qos as u64)
@@ -560,4 +583,13 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
         )
         .int("broker_rss_kib", broker_rss.unwrap_or(0));
     Ok((j.finish(), complete))
+}
+
+/// The CONNECT protocol level, for the report.
+fn protocol_level(p: Protocol) -> u8 {
+    match p {
+        Protocol::V31 => 3,
+        Protocol::V5 => 5,
+        _ => 4,
+    }
 }
