@@ -1,0 +1,330 @@
+//! What crosses NATS as messages: the header naming a message's origin, sequence, QoS
+//! and RETAIN flag; the writer that sends local publishes (QoS 0 on core NATS, QoS 1/2
+//! and retained messages to their JetStream streams) and answers flushes; the reader of
+//! the QoS 1/2 stream; and the mirror of the retained stream into the router.
+//!
+//! Apart from the cluster's handle (cluster.rs) because these are the long-running
+//! tasks, and apart from link.rs because JetStream is acknowledged and stored.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, HeaderMap};
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use super::config::Names;
+use super::link::round_trip;
+use super::{Cluster, ClusterError, Outbound, START_TIMEOUT};
+use crate::broker::router::{MatchScratch, Router};
+use crate::broker::session::Message;
+use crate::codec::QoS;
+
+/// The header carrying `ORIGIN:SEQ:QOS:RETAIN` (origin in hex).
+const META: &str = "Pyo3mq-Meta";
+
+fn meta(node: u64, seq: u64, msg: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        META,
+        format!(
+            "{node:016x}:{seq}:{}:{}",
+            msg.qos as u8,
+            u8::from(msg.retain)
+        ),
+    );
+    headers
+}
+
+/// (origin, seq, qos, retain) from a message's header.
+pub(super) fn parse_meta(headers: Option<&HeaderMap>) -> Option<(u64, u64, QoS, bool)> {
+    let value = headers?.get(META)?.as_str();
+    let mut parts = value.split(':');
+    let origin = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let qos = match parts.next()? {
+        "0" => QoS::AtMostOnce,
+        "1" => QoS::AtLeastOnce,
+        "2" => QoS::ExactlyOnce,
+        _ => return None,
+    };
+    let retain = parts.next()? == "1";
+    Some((origin, seq, qos, retain))
+}
+
+/// Sends what local publishers forward, in order, and answers flush requests. Each
+/// batch taken from the queue is written, then one flush answers every request in it:
+/// true once every QoS 1/2 message before it was stored by JetStream and the server
+/// handled the core NATS messages before it.
+pub(super) async fn write_to_nats(
+    client: Client,
+    js: jetstream::Context,
+    node: u64,
+    names: Names,
+    mut rx: mpsc::Receiver<Outbound>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    let mut waiters = Vec::new();
+    let mut acks = Vec::new();
+    // A QoS 1/2 message failed since the last flush: the flush answers false.
+    let mut failed = false;
+    let mut logged_error = false;
+    // The queue's sender lives as long as the router; the runtime's shutdown ends this
+    // task, after `flush_on_stop` let it send the wills of closing connections.
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Publish(msg, seq) => {
+                    let headers = meta(node, seq, &msg);
+                    let reliable = msg.qos != QoS::AtMostOnce;
+                    if reliable {
+                        // JetStream stores a message once per id within its duplicate
+                        // window, should this one be sent twice.
+                        let mut stored = headers.clone();
+                        stored.insert(
+                            async_nats::header::NATS_MESSAGE_ID,
+                            format!("{node:016x}-{seq}").as_str(),
+                        );
+                        let subject = names.tagged("q", &msg.topic);
+                        match js
+                            .publish_with_headers(subject, stored, msg.payload.clone())
+                            .await
+                        {
+                            Ok(ack) => acks.push((msg.clone(), ack)),
+                            Err(e) => {
+                                if !std::mem::replace(&mut logged_error, true) {
+                                    error!(topic = %msg.topic, "cluster: QoS {} message not stored in NATS: {e}", msg.qos as u8);
+                                }
+                                failed = true;
+                            }
+                        }
+                    } else {
+                        let subject = names.topic(&msg.topic);
+                        let sent = client
+                            .publish_with_headers(subject, headers.clone(), msg.payload.clone())
+                            .await;
+                        if let Err(e) = &sent {
+                            if !std::mem::replace(&mut logged_error, true) {
+                                error!(topic = %msg.topic, "cluster: publish to NATS failed: {e}");
+                            }
+                        }
+                    }
+                    if msg.retain {
+                        let subject = names.tagged("r", &msg.topic);
+                        match js
+                            .publish_with_headers(subject, headers, msg.payload.clone())
+                            .await
+                        {
+                            Ok(ack) => acks.push((msg, ack)),
+                            Err(e) => {
+                                error!(topic = %msg.topic, "cluster: retained message not stored in NATS: {e}");
+                                failed |= reliable;
+                            }
+                        }
+                    }
+                }
+                Outbound::Flush(done) => waiters.push(done),
+            }
+        }
+        if !waiters.is_empty() || acks.len() >= 1024 {
+            for (msg, ack) in acks.drain(..) {
+                if let Err(e) = ack.await {
+                    if !std::mem::replace(&mut logged_error, true) {
+                        error!(topic = %msg.topic, "cluster: JetStream did not confirm a message: {e}");
+                    }
+                    failed |= msg.qos != QoS::AtMostOnce;
+                }
+            }
+        }
+        if !waiters.is_empty() {
+            let ok = !std::mem::take(&mut failed) && round_trip(&client, &names, node).await;
+            if ok {
+                logged_error = false;
+            }
+            for done in waiters.drain(..) {
+                let _ = done.send(ok);
+            }
+        }
+    }
+}
+
+/// Routes the QoS 1/2 messages of other nodes from the stream to the local sessions,
+/// acknowledging each once routed (so a node that stops before that gets it again).
+pub(super) async fn read_reliable(
+    mut messages: consumer::pull::Stream,
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut scratch = MatchScratch::default();
+    let mut failing = false;
+    loop {
+        let next = tokio::select! {
+            next = messages.next() => next,
+            _ = shutdown.changed() => return,
+        };
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                // Missed heartbeats while NATS is away; the stream recovers by itself
+                // when the connection comes back.
+                if !std::mem::replace(&mut failing, true) {
+                    warn!("cluster: reading the stream of QoS 1/2 messages: {e}");
+                }
+                continue;
+            }
+            None => {
+                error!("cluster: the stream of QoS 1/2 messages ended; QoS 1/2 messages from other nodes no longer reach this one");
+                return;
+            }
+        };
+        if std::mem::replace(&mut failing, false) {
+            info!("cluster: reading the stream of QoS 1/2 messages again");
+        }
+        route_stored(&msg, &cluster, &router, &mut scratch).await;
+        if let Err(e) = msg.ack().await {
+            debug!("cluster: acknowledging a stream message failed (it comes again): {e}");
+        }
+    }
+}
+
+/// Routes one message of the stream to the local sessions, unless this node sent it.
+async fn route_stored(
+    msg: &jetstream::Message,
+    cluster: &Cluster,
+    router: &Router,
+    scratch: &mut MatchScratch,
+) {
+    let Some((origin, _seq, qos, _retain)) = parse_meta(msg.headers.as_ref()) else {
+        debug!(subject = %msg.subject, "cluster: ignored a stream message without pyo3mq's header");
+        return;
+    };
+    if origin == cluster.node {
+        return;
+    }
+    let Some(topic) = cluster.names.untagged("q", &msg.subject) else {
+        debug!(subject = %msg.subject, "cluster: ignored a stream subject pyo3mq did not make");
+        return;
+    };
+    // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9].
+    router.publish_remote(
+        Arc::new(Message {
+            properties: None,
+            topic: ByteString::from(topic),
+            payload: msg.payload.clone(),
+            qos,
+            retain: false,
+            publisher: ByteString::new(),
+        }),
+        scratch,
+    );
+    if scratch.has_blocked() {
+        scratch.wait_for_space().await;
+    }
+}
+
+/// Reads the retained stream into the router's retained tree: to the end before
+/// returning, then every change as it comes, until shutdown.
+pub(super) async fn mirror_retained(
+    stream: &stream::Stream,
+    names: &Names,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ClusterError> {
+    let failed = |e: String| ClusterError::Stream(e);
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            filter_subject: names.all("r"),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut pending = consumer
+        .info()
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .num_pending;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let names = names.clone();
+    let stream_name = stream.cached_info().config.name.clone();
+    let apply = move |router: &Router, msg: &jetstream::Message| {
+        let Some(topic) = names.untagged("r", &msg.subject) else {
+            debug!(subject = %msg.subject, "cluster: ignored a retained stream subject");
+            return;
+        };
+        let qos = parse_meta(msg.headers.as_ref()).map_or(QoS::AtMostOnce, |m| m.2);
+        router.set_retained(Arc::new(Message {
+            properties: None,
+            topic: ByteString::from(topic),
+            payload: msg.payload.clone(),
+            qos,
+            retain: true,
+            publisher: ByteString::new(),
+        }));
+    };
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let mut loaded = 0u64;
+    while pending > 0 {
+        let next = tokio::time::timeout_at(deadline, messages.next()).await;
+        match next {
+            Ok(Some(Ok(msg))) => {
+                apply(&router, &msg);
+                loaded += 1;
+                pending = msg.info().map_or(0, |info| info.pending);
+            }
+            Ok(Some(Err(e))) => return Err(failed(e.to_string())),
+            Ok(None) => break,
+            Err(_) => {
+                return Err(failed(format!(
+                    "still {pending} retained message(s) to read after {START_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+    info!("cluster: {loaded} retained message(s) read from {stream_name}");
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = shutdown.changed() => return,
+            };
+            match next {
+                Some(Ok(msg)) => apply(&router, &msg),
+                Some(Err(e)) => warn!("cluster: reading the retained stream: {e}"),
+                None => {
+                    error!("cluster: the retained stream's consumer ended; retained messages set on other nodes no longer reach this one");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        let msg = Message {
+            properties: None,
+            topic: ByteString::from_static("a"),
+            payload: bytes::Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            publisher: ByteString::new(),
+        };
+        let headers = meta(0xabc, 7, &msg);
+        assert_eq!(
+            parse_meta(Some(&headers)),
+            Some((0xabc, 7, QoS::ExactlyOnce, true))
+        );
+        assert_eq!(parse_meta(None), None);
+    }
+}

@@ -1,0 +1,441 @@
+//! The records handed to `pyo3mq._dispatch`: one small frozen `#[pyclass]` per request
+//! or event (`AuthCall`, `PublishCall`, `Connected`, ...), the `ReplyHandle` through which
+//! Python answers a request, and the conversions from the inbox's work to them.
+//!
+//! Apart from the bridge because this is the only place where Rust values become Python
+//! objects for the dispatcher; the bridge itself only moves work.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+
+use super::inbox::Work;
+use crate::broker::hooks::{AuthDecision, ClientInfo, Event};
+use crate::broker::session::Message;
+use crate::codec::{ConnectReturnCode, QoS};
+use crate::python::properties::MessageProperties;
+
+enum Reply {
+    Auth(oneshot::Sender<AuthDecision>),
+    Subscribe(oneshot::Sender<Option<QoS>>),
+    Publish(oneshot::Sender<bool>),
+    Intercept(
+        oneshot::Sender<Vec<Option<Arc<Message>>>>,
+        Vec<Arc<Message>>,
+    ),
+}
+
+/// Python's answer to one request. Dropping it unanswered denies.
+#[pyclass(frozen, module = "pyo3mq._pyo3mq")]
+pub(super) struct ReplyHandle {
+    reply: Mutex<Option<Reply>>,
+}
+
+#[pymethods]
+impl ReplyHandle {
+    /// Auth: a CONNACK code (0 accepts, 4 or 5 refuse). Subscribe: the granted QoS or
+    /// None. Publish: a bool. A second call is ignored.
+    fn resolve(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(reply) = self.reply.lock().take() else {
+            return Ok(());
+        };
+        match reply {
+            Reply::Auth(tx) => {
+                let code: u8 = value.extract()?;
+                let decision = match ConnectReturnCode::from_u8(code) {
+                    Some(ConnectReturnCode::Accepted) => AuthDecision::Allow,
+                    Some(code) => AuthDecision::Deny(code),
+                    None => return Err(PyValueError::new_err(format!("bad CONNACK code {code}"))),
+                };
+                let _ = tx.send(decision);
+            }
+            Reply::Subscribe(tx) => {
+                let granted = match value.extract::<Option<u8>>()? {
+                    None => None,
+                    Some(q) => Some(QoS::from_u8(q).ok_or_else(|| {
+                        PyValueError::new_err(format!("granted QoS must be 0, 1 or 2, not {q}"))
+                    })?),
+                };
+                let _ = tx.send(granted);
+            }
+            Reply::Publish(tx) => {
+                let _ = tx.send(value.extract::<bool>()?);
+            }
+            Reply::Intercept(tx, originals) => {
+                // One verdict per message: None drops it, True keeps it, and a tuple
+                // (topic, payload, qos, retain, properties) replaces it. A replacement
+                // that is not a valid message drops that message only.
+                let verdicts: Vec<Bound<'_, PyAny>> = value.extract()?;
+                if verdicts.len() != originals.len() {
+                    return Err(PyValueError::new_err("one verdict per message is required"));
+                }
+                let mut out = Vec::with_capacity(originals.len());
+                for (verdict, original) in verdicts.iter().zip(originals) {
+                    out.push(if verdict.is_none() {
+                        None
+                    } else if let Ok(keep) = verdict.extract::<bool>() {
+                        keep.then_some(original)
+                    } else {
+                        match replacement(verdict, &original) {
+                            Ok(message) => Some(message),
+                            Err(err) => {
+                                warn!(topic = %original.topic, "on_message replacement refused, message dropped: {err}");
+                                None
+                            }
+                        }
+                    });
+                }
+                let _ = tx.send(out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message an interceptor returned in place of `original`: a tuple
+/// `(topic, payload, qos, retain, properties)`, where `properties` is True for "the
+/// original's, unchanged" (their bytes are shared, not encoded again), None for none, or
+/// a `MessageProperties`, encoded here once.
+fn replacement(verdict: &Bound<'_, PyAny>, original: &Message) -> PyResult<Arc<Message>> {
+    let (topic, payload, qos, retain, properties): (String, Vec<u8>, u8, bool, Bound<'_, PyAny>) =
+        verdict.extract()?;
+    crate::topic::validate_topic_name(&topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let properties = if properties.is_none() {
+        None
+    } else if properties
+        .cast::<pyo3::types::PyBool>()
+        .is_ok_and(|b| b.is_true())
+    {
+        original.properties.clone()
+    } else {
+        properties
+            .cast::<MessageProperties>()
+            .map_err(|_| PyValueError::new_err("properties must be a MessageProperties or None"))?
+            .get()
+            .to_wire()?
+            .map(crate::broker::session::MessageProperties::new)
+    };
+    Ok(Arc::new(Message {
+        topic: ByteString::from(topic),
+        payload: bytes::Bytes::from(payload),
+        qos: QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?,
+        retain,
+        publisher: original.publisher.clone(),
+        properties,
+    }))
+}
+
+// -- the records handed to `pyo3mq._dispatch` ------------------------------------------
+
+/// A CONNECT for the authenticator.
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct AuthCall {
+    client_id: String,
+    username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
+    password: Option<Py<PyBytes>>,
+    peer: (String, u16),
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
+    reply: Py<ReplyHandle>,
+}
+
+/// A subscription for `authorize_subscribe`.
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct SubscribeCall {
+    client_id: String,
+    username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
+    filter: String,
+    qos: u8,
+    reply: Py<ReplyHandle>,
+}
+
+/// A topic for `authorize_publish`.
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct PublishCall {
+    client_id: String,
+    username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
+    topic: String,
+    reply: Py<ReplyHandle>,
+}
+
+/// The PUBLISHes of one read from a connection, for `on_message`: a list of
+/// `(topic, payload, qos, retain, publisher, properties)`.
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct InterceptCall {
+    client_id: String,
+    username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
+    messages: Py<PyList>,
+    reply: Py<ReplyHandle>,
+}
+
+/// `await broker.publish()` number `token` may return.
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct SpaceFreed {
+    token: u64,
+}
+
+/// In-process subscription `subscription` has messages to take.
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct MessagesReady {
+    subscription: u64,
+}
+
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct Connected {
+    client_id: String,
+    username: Option<String>,
+    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
+    certificate_subject: Option<String>,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
+    protocol: u8,
+    peer: (String, u16),
+    clean_session: bool,
+    session_present: bool,
+}
+
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct Disconnected {
+    client_id: String,
+    reason: &'static str,
+    /// The 5.0 DISCONNECT's reason code, whichever side sent it; None without one.
+    reason_code: Option<u8>,
+}
+
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct Subscribed {
+    client_id: String,
+    /// (filter, SUBACK code).
+    filters: Vec<(String, u8)>,
+}
+
+#[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
+pub(super) struct Unsubscribed {
+    client_id: String,
+    filters: Vec<String>,
+}
+
+fn reply_handle(py: Python<'_>, reply: Reply) -> PyResult<Py<ReplyHandle>> {
+    Py::new(
+        py,
+        ReplyHandle {
+            reply: Mutex::new(Some(reply)),
+        },
+    )
+}
+
+fn username(client: &ClientInfo) -> Option<String> {
+    client.username.as_deref().map(str::to_owned)
+}
+
+fn subject(client: &ClientInfo) -> Option<String> {
+    client.certificate_subject.as_deref().map(str::to_owned)
+}
+
+/// The protocol level Python sees: 3, 4 or 5 (a bridge's 3.1.1 is 4).
+fn protocol_of(client: &ClientInfo) -> u8 {
+    client.protocol.base().level()
+}
+
+fn peer_of(peer: std::net::SocketAddr) -> (String, u16) {
+    (peer.ip().to_string(), peer.port())
+}
+
+/// Builds the hand-off: one record per item, for `pyo3mq._dispatch`.
+pub(super) fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, PyList>> {
+    let list = PyList::empty(py);
+    for item in work {
+        let record: Bound<'_, PyAny> = match item {
+            Work::Auth(req, tx) => Bound::new(
+                py,
+                AuthCall {
+                    client_id: req.client_id.to_string(),
+                    username: req.username.as_deref().map(str::to_owned),
+                    certificate_subject: req.certificate_subject.as_deref().map(str::to_owned),
+                    password: req
+                        .password
+                        .as_deref()
+                        .map(|p| PyBytes::new(py, p).unbind()),
+                    peer: peer_of(req.peer),
+                    protocol: req.protocol.base().level(),
+                    reply: reply_handle(py, Reply::Auth(tx))?,
+                },
+            )?
+            .into_any(),
+            Work::Subscribe(client, filter, qos, tx) => Bound::new(
+                py,
+                SubscribeCall {
+                    client_id: client.client_id.to_string(),
+                    username: username(&client),
+                    certificate_subject: subject(&client),
+                    protocol: protocol_of(&client),
+                    filter: filter.to_string(),
+                    qos: qos as u8,
+                    reply: reply_handle(py, Reply::Subscribe(tx))?,
+                },
+            )?
+            .into_any(),
+            Work::Publish(client, topic, tx) => Bound::new(
+                py,
+                PublishCall {
+                    client_id: client.client_id.to_string(),
+                    username: username(&client),
+                    certificate_subject: subject(&client),
+                    protocol: protocol_of(&client),
+                    topic: topic.to_string(),
+                    reply: reply_handle(py, Reply::Publish(tx))?,
+                },
+            )?
+            .into_any(),
+            Work::EnhancedAuth(request, tx) => {
+                crate::python::enhanced_auth::record(py, request, tx)?
+            }
+            Work::Event(event) => event_record(py, event)?,
+            Work::Ready(subscription) => Bound::new(py, MessagesReady { subscription })?.into_any(),
+            Work::Space(token) => Bound::new(py, SpaceFreed { token })?.into_any(),
+            Work::Intercept(client, batch, tx) => {
+                let messages = PyList::empty(py);
+                for m in &batch {
+                    messages.append(message_tuple(py, m)?)?;
+                }
+                Bound::new(
+                    py,
+                    InterceptCall {
+                        client_id: client.client_id.to_string(),
+                        username: username(&client),
+                        certificate_subject: subject(&client),
+                        protocol: protocol_of(&client),
+                        messages: messages.unbind(),
+                        reply: reply_handle(py, Reply::Intercept(tx, batch))?,
+                    },
+                )?
+                .into_any()
+            }
+        };
+        list.append(record)?;
+    }
+    Ok(list)
+}
+
+fn message_tuple<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyTuple>> {
+    (
+        m.topic.deref(),
+        PyBytes::new(py, &m.payload),
+        m.qos as u8,
+        m.retain,
+        m.publisher.deref(),
+        message_properties(py, m)?,
+    )
+        .into_pyobject(py)
+}
+
+/// A message's MQTT 5.0 properties as a `pyo3mq.MessageProperties`, or None. Decoded
+/// here, when the message becomes a Python object: routing never decodes them, and a
+/// message without properties (every 3.1.1 one) costs a None.
+pub(super) fn message_properties(
+    py: Python<'_>,
+    m: &Message,
+) -> PyResult<Option<Py<MessageProperties>>> {
+    let Some(bytes) = &m.properties else {
+        return Ok(None);
+    };
+    match MessageProperties::from_wire(bytes.bytes()) {
+        Ok(props) => Py::new(py, props).map(Some),
+        Err(err) => {
+            // They were checked when they came in: this is a bug, not bad input.
+            error!(topic = %m.topic, "cannot decode a routed message's properties: {err}");
+            Ok(None)
+        }
+    }
+}
+
+/// The Python string made for the last `ByteString` seen, reused while it repeats.
+#[derive(Default)]
+pub(super) struct StrCache {
+    last: Option<(ByteString, Py<PyString>)>,
+}
+
+impl StrCache {
+    pub(super) fn get<'py>(&mut self, py: Python<'py>, text: &ByteString) -> Bound<'py, PyString> {
+        if let Some((seen, string)) = &self.last {
+            if seen == text {
+                return string.bind(py).clone();
+            }
+        }
+        let string = PyString::new(py, text);
+        self.last = Some((text.clone(), string.clone().unbind()));
+        string
+    }
+}
+
+fn event_record(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match event {
+        Event::Connected {
+            client,
+            peer,
+            clean_session,
+            session_present,
+        } => Bound::new(
+            py,
+            Connected {
+                client_id: client.client_id.to_string(),
+                username: username(&client),
+                certificate_subject: subject(&client),
+                protocol: protocol_of(&client),
+                peer: peer_of(peer),
+                clean_session,
+                session_present,
+            },
+        )?
+        .into_any(),
+        Event::Disconnected {
+            client_id,
+            reason,
+            reason_code,
+        } => Bound::new(
+            py,
+            Disconnected {
+                client_id: client_id.to_string(),
+                reason: reason.as_str(),
+                reason_code,
+            },
+        )?
+        .into_any(),
+        Event::Subscribed { client_id, filters } => Bound::new(
+            py,
+            Subscribed {
+                client_id: client_id.to_string(),
+                filters: filters.iter().map(|(f, c)| (f.to_string(), *c)).collect(),
+            },
+        )?
+        .into_any(),
+        Event::Unsubscribed { client_id, filters } => Bound::new(
+            py,
+            Unsubscribed {
+                client_id: client_id.to_string(),
+                filters: filters.iter().map(|f| f.to_string()).collect(),
+            },
+        )?
+        .into_any(),
+    })
+}
