@@ -74,13 +74,9 @@ pub(super) fn auth_challenge<'py>(
     py: Python<'py>,
     client: &Client,
 ) -> Option<(u64, Option<Bound<'py, PyBytes>>, bool)> {
-    client.auth_challenge().map(|c| {
-        (
-            c.seq,
-            c.data.map(|d| PyBytes::new(py, &d)),
-            c.reauth,
-        )
-    })
+    client
+        .auth_challenge()
+        .map(|c| (c.seq, c.data.map(|d| PyBytes::new(py, &d)), c.reauth))
 }
 
 /// Starts a re-authentication; the token completes on the server's AUTH 0x00.
@@ -344,7 +340,8 @@ impl ConnAckInfo {
     /// Enhanced authentication: the method the server confirmed.
     #[getter]
     fn authentication_method(&self) -> Option<&str> {
-        self.props().and_then(|p| p.authentication_method.as_deref())
+        self.props()
+            .and_then(|p| p.authentication_method.as_deref())
     }
 
     /// Enhanced authentication: the server's last data (a SCRAM server's signature).

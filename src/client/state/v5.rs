@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::codec::{
-    self, Auth, DisconnectV5, Packet, Properties, PropertyContext, Publish, QoS, ReasonCode, SubscribeV5,
-    SubscriptionOptions, UnsubscribeV5,
+    self, Auth, DisconnectV5, Packet, Properties, PropertyContext, Publish, QoS, ReasonCode,
+    SubscribeV5, SubscriptionOptions, UnsubscribeV5,
 };
 
 use super::super::v5::{AuthChallenge, PublishError, ReauthError, ServerLimits, V5Options};
@@ -586,6 +586,14 @@ impl State {
         }
     }
 
+    /// Whether a server challenge waits to be taken (an event for blocked waiters).
+    pub(crate) fn auth_pending(&self) -> bool {
+        self.v5
+            .as_deref()
+            .and_then(|v5| v5.auth.as_ref())
+            .is_some_and(|a| a.undelivered.is_some())
+    }
+
     /// The server's challenge the application has to answer (once each).
     pub(crate) fn take_auth_challenge(&mut self) -> Option<AuthChallenge> {
         self.v5
@@ -604,7 +612,10 @@ impl State {
             return false;
         };
         if auth.awaiting != Some(seq) {
-            tracing::debug!(seq, "client: an answer to an authentication challenge that is gone");
+            tracing::debug!(
+                seq,
+                "client: an answer to an authentication challenge that is gone"
+            );
             return false;
         }
         auth.awaiting = None;
