@@ -267,6 +267,7 @@ impl InboundQos2 {
         self.ids.remove(id)
     }
 
+    /// Whether `id` got PUBREC and awaits PUBREL (MQTT 5.0 Receive Maximum counts these).
     pub(crate) fn contains(&self, id: u16) -> bool {
         self.ids.contains(id)
     }

@@ -265,9 +265,10 @@ def test_paho_v5_connack_properties_tell_the_truth(
     paho5: Callable[..., Paho5], broker: pyo3mq.Broker
 ) -> None:
     """[MQTT-3.1.4-5] [MQTT-3.2.2-2] A 5.0 CONNECT with properties is accepted with reason
-    0x00; the CONNACK states the broker's Maximum Packet Size, and leaves Topic Alias
-    Maximum (0), Maximum QoS (2), Retain, Wildcard, Subscription Identifier and Shared
-    Subscription availability (1) at their defaults, which are what the broker does."""
+    0x00; the CONNACK states the broker's Maximum Packet Size and its Topic Alias Maximum
+    (`topic_alias_maximum`, 10), and leaves Receive Maximum (65535), Maximum QoS (2),
+    Retain, Wildcard, Subscription Identifier and Shared Subscription availability (1) at
+    their defaults, which are what the broker does."""
     connect_props = Properties(PacketTypes.CONNECT)
     connect_props.SessionExpiryInterval = 30
     connect_props.ReceiveMaximum = 10
@@ -278,9 +279,11 @@ def test_paho_v5_connack_properties_tell_the_truth(
     assert reason == 0 and not flags.session_present
     got = props.json()
     assert got["MaximumPacketSize"] == 1024 * 1024
+    assert got["TopicAliasMaximum"] == 10
     # [MQTT-4.12.0-6]: no Authentication Method without one in CONNECT.
     for absent in (
-        "TopicAliasMaximum",
+        "ReceiveMaximum",
+        "ServerKeepAlive",
         "MaximumQoS",
         "RetainAvailable",
         "WildcardSubscriptionAvailable",
@@ -469,9 +472,9 @@ def test_suback_and_unsuback_reason_codes(port: int, raw_clients: list[RawClient
         pytest.param(
             publish5("t", b"", properties=props(b"\x23\x00\x00")), 0x94, id="topic-alias-0"
         ),
-        # [MQTT-3.3.2-9] (server side) an alias above the CONNACK's maximum of 0
+        # [MQTT-3.3.2-9] (server side) an alias above the CONNACK's maximum of 10
         pytest.param(
-            publish5("t", b"", properties=props(b"\x23\x00\x01")), 0x94, id="topic-alias-above-max"
+            publish5("t", b"", properties=props(b"\x23\x00\x0b")), 0x94, id="topic-alias-above-max"
         ),
         # [MQTT-3.3.4-6] a Subscription Identifier from a client -> Protocol Error
         pytest.param(

@@ -92,6 +92,11 @@ class BrokerConfig:
     cluster_max_bytes: int = _DEFAULTS["cluster_max_bytes"]
     cluster_max_age: float = _DEFAULTS["cluster_max_age"]
     cluster_max_ack_pending: int = _DEFAULTS["cluster_max_ack_pending"]
+    # MQTT 5.0 connection limits (CONNACK Receive Maximum, Topic Alias Maximum, Server
+    # Keep Alive).
+    receive_maximum: int = _DEFAULTS["receive_maximum"]
+    topic_alias_maximum: int = _DEFAULTS["topic_alias_maximum"]
+    max_keepalive: int = _DEFAULTS["max_keepalive"]
 
     def __post_init__(self) -> None:
         check_settings(self.values())

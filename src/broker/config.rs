@@ -468,6 +468,17 @@ settings! {
     /// Cluster mode: QoS 1/2 messages from other nodes this node has taken from the
     /// stream and not yet routed to its sessions.
     cluster_max_ack_pending: usize = 1024, range 1 ..= 1_000_000;
+    // MQTT 5.0 connection limits (broker/connection/flow.rs).
+    /// QoS 1/2 PUBLISHes a 5.0 client may have unacknowledged at once (CONNACK Receive
+    /// Maximum); one more is DISCONNECT 0x93. 65,535 is MQTT's default and is not sent.
+    receive_maximum: usize = 65_535, range 1 ..= 65_535;
+    /// Topic Aliases a 5.0 client may set per connection (CONNACK Topic Alias Maximum);
+    /// 0 accepts none.
+    topic_alias_maximum: usize = 10, range 0 ..= 65_535;
+    /// Longest Keep Alive a 5.0 client may use, in seconds: one asking for more (or for
+    /// none, when this is below 65,535) is told this in CONNACK (Server Keep Alive).
+    /// 3.1/3.1.1 clients keep theirs (they cannot be told).
+    max_keepalive: usize = 65_535, range 1 ..= 65_535;
 }
 
 /// Loopback only: a broker started without a listener is not reachable from the network

@@ -31,10 +31,13 @@ use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, P
 
 mod acl_cache;
 mod auth;
+mod delayed_will;
 mod enhanced_auth;
+mod flow;
 mod handlers;
 mod output;
 mod packet_log;
+mod topic_alias;
 mod v5;
 mod v5_deliver;
 
@@ -143,6 +146,8 @@ pub struct Connection {
     /// MQTT 5.0 enhanced authentication: the method, and a re-authentication in progress
     /// (connection/enhanced_auth.rs). Boxed: most connections have none.
     enhanced: Option<Box<enhanced_auth::EnhancedAuth>>,
+    /// MQTT 5.0 flow state (connection/flow.rs); `None` for 3.1/3.1.1.
+    v5_flow: Option<Box<flow::V5Flow>>,
     /// Each packet in and out is logged at DEBUG (`packet_log`); asked once, at start.
     log_packets: bool,
 }
@@ -173,6 +178,7 @@ impl Connection {
             sys_publish_logged: false,
             v5_reason: None,
             enhanced: None,
+            v5_flow: None,
             log_packets: packet_log::packets_enabled(),
         }
     }
@@ -372,6 +378,7 @@ impl Connection {
             return;
         };
         session.set_bridge(bridge);
+        self.apply_receive_maximum(&connect, &session);
         // The username (a certificate's Common Name with use_identity_as_username) is
         // what an operator searches the log for; `-` for a client that sent none.
         let username = self
@@ -385,6 +392,7 @@ impl Connection {
         );
         if v5 {
             self.out.set_v5();
+            self.start_v5_flow(&connect);
             self.connack_v5(&connect, session_present);
         } else {
             // 3.1 CONNACKs have no session-present flag (checklist part 2, item 4).
@@ -399,6 +407,10 @@ impl Connection {
             clean_session: connect.clean_session,
             session_present,
         });
+        // A will still waiting out its delay is cancelled or published now [MQTT-3.1.3-9].
+        self.router
+            .wills()
+            .on_connect(&self.client_id, session_present);
         if session_present {
             let resend = session.state.lock().resend_on_resume();
             for outgoing in resend {
@@ -406,7 +418,11 @@ impl Connection {
             }
         }
 
-        let keep_alive = connect.keep_alive;
+        let keep_alive = if v5 {
+            self.keep_alive_v5(&connect).0
+        } else {
+            connect.keep_alive
+        };
         // After CONNACK only a will is still needed: a CONNECT without one is dropped
         // here instead of being held for the connection's life.
         let will = connect.will.is_some().then_some(connect);
@@ -431,7 +447,7 @@ impl Connection {
             }
             _ => {
                 if let Some(connect) = &will {
-                    Box::pin(self.publish_will(connect)).await;
+                    Box::pin(self.publish_or_delay_will(connect, &session)).await;
                 }
             }
         }
@@ -673,6 +689,9 @@ impl Connection {
 
     /// Queues a packet the broker sends, logging it when packets are logged.
     pub(super) fn send_packet(&mut self, packet: &Packet) {
+        if let Some(stripped) = self.without_problem_info(packet) {
+            return self.send_packet(&stripped);
+        }
         if self.log_packets {
             debug!(target: "pyo3mq::packets", "sending {} to '{}'", packet_log::Summary(packet), self.client_id);
         }

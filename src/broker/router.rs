@@ -278,6 +278,8 @@ pub struct Router {
     /// Cluster mode (`cluster` setting): where publishes and subscription interest go.
     /// Unset, routing costs one well-predicted check more than before.
     cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// MQTT 5.0 wills waiting out their Will Delay Interval (session/will.rs).
+    wills: crate::broker::session::will::DelayedWills,
 }
 
 impl Router {
@@ -317,7 +319,13 @@ impl Router {
             saving: Mutex::new(()),
             durable: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            wills: Default::default(),
         }
+    }
+
+    /// The MQTT 5.0 wills waiting out their delay (session/will.rs).
+    pub fn wills(&self) -> &crate::broker::session::will::DelayedWills {
+        &self.wills
     }
 
     /// Joins a cluster: publishes go to the other nodes from now on, and every
@@ -492,15 +500,27 @@ impl Router {
     ) -> Attach {
         let attach = self.attach_with(client_id, clean_start, expiry == 0, conn);
         if let Attach::Attached { session, .. } = &attach {
-            session.state.lock().expiry = Some(match expiry {
-                u32::MAX => Duration::MAX,
-                secs => Duration::from_secs(u64::from(secs)),
-            });
-            if expiry != 0 && expiry != u32::MAX {
-                self.v5_expiring.store(true, Ordering::Relaxed);
+            let expiry = Some(self.v5_expiry(expiry));
+            let mut state = session.state.lock();
+            if state.expiry != expiry {
+                // The store keeps the interval (a restart expires the session on time).
+                state.expiry = expiry;
+                state.mark_changed();
             }
         }
         attach
+    }
+
+    /// A Session Expiry Interval of `secs` as the session keeps it (`Duration::MAX`:
+    /// never); a finite, non-zero one gives the expiry timer work from now on.
+    pub fn v5_expiry(&self, secs: u32) -> Duration {
+        if secs != 0 && secs != u32::MAX {
+            self.v5_expiring.store(true, Ordering::Relaxed);
+        }
+        match secs {
+            u32::MAX => Duration::MAX,
+            secs => Duration::from_secs(u64::from(secs)),
+        }
     }
 
     /// `discard`: drop an existing session first; `clean`: the new session (if one is

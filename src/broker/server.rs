@@ -186,7 +186,9 @@ impl Server {
         }
         {
             // MQTT 5.0 Session Expiry Intervals are whole seconds: checked every second
-            // (a no-op until a 5.0 client asks for one).
+            // (a no-op until a 5.0 client asks for one), and once now, so a session that
+            // expired while the broker was stopped ends before a client can resume it.
+            router.expire_sessions_v5();
             let router = router.clone();
             runtime.spawn(every_period(
                 Duration::from_secs(1),
@@ -391,6 +393,8 @@ impl Server {
         if !finished {
             error!("connections did not close within 10 s; stopping anyway");
         }
+        // MQTT 5.0 wills still waiting out their Will Delay Interval go now.
+        runtime.block_on(self.router.wills().publish_all_now(Duration::from_secs(5)));
         if let Some(cluster) = self.router.cluster() {
             // The wills of the connections just closed go to the other nodes.
             runtime.block_on(cluster::flush_on_stop(cluster));

@@ -457,6 +457,25 @@ impl SessionState {
         self.acks().inbound_qos2.receive(pkid)
     }
 
+    /// MQTT 5.0 Receive Maximum, the broker's side: whether an inbound QoS 1/2 PUBLISH
+    /// with `pkid` would make more than `maximum` of the client's PUBLISHes
+    /// unacknowledged. QoS 2 ids awaiting PUBREL count (the client's quota comes back
+    /// with PUBCOMP); a QoS 1 message is acknowledged as soon as it is read, and a resent
+    /// QoS 2 id already held is no new message.
+    pub fn inbound_over(&self, qos: QoS, pkid: u16, maximum: usize) -> bool {
+        let Some(acks) = &self.acks else {
+            return false;
+        };
+        let held = &acks.inbound_qos2;
+        !(qos == QoS::ExactlyOnce && held.contains(pkid)) && held.len() >= maximum
+    }
+
+    /// The client's MQTT 5.0 Receive Maximum caps the inflight window [MQTT-3.3.4-9]:
+    /// set on every connect (a session resumed by another client revision gets its own).
+    pub fn set_max_inflight(&mut self, max_inflight: usize) {
+        self.limits.max_inflight = max_inflight.max(1);
+    }
+
     /// Inbound PUBREL: the id is free again.
     pub fn on_inbound_pubrel(&mut self, pkid: u16) {
         if let Some(acks) = &mut self.acks {
@@ -555,3 +574,5 @@ fn cost(item: &Queued) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+pub mod will;

@@ -47,6 +47,9 @@ pub struct SessionSnapshot {
     /// When the client went offline, in seconds since the Unix epoch (what
     /// `persistent_client_expiration` counts from); `None` if it was online when saved.
     pub disconnected_at: Option<u64>,
+    /// An MQTT 5.0 client's Session Expiry Interval in seconds (`u32::MAX`: never),
+    /// counted from `disconnected_at`; `None` for 3.1/3.1.1 sessions.
+    pub session_expiry: Option<u32>,
     pub subscriptions: Vec<(ByteString, QoS)>,
     pub pending: Vec<StoredMessage>,
 }

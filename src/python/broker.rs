@@ -694,6 +694,8 @@ impl SessionRecord {
             // A Python store keeps no disconnect time: `persistent_client_expiration`
             // counts from the load.
             disconnected_at: None,
+            // Nor an MQTT 5.0 Session Expiry Interval.
+            session_expiry: None,
             subscriptions: self
                 .subscriptions
                 .into_iter()

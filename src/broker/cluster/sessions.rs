@@ -166,6 +166,9 @@ impl Record {
         SessionSnapshot {
             client_id: client_id.clone(),
             disconnected_at: None,
+            // Not in the bucket's record yet: a 5.0 session moved between nodes expires
+            // as a 3.1.1 one does there (`persistent_client_expiration`).
+            session_expiry: None,
             subscriptions: self.subscriptions,
             pending: self.pending,
         }

@@ -114,7 +114,12 @@ impl Connection {
 
     pub(super) async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
         match packet {
-            Packet::Publish(publish) => {
+            Packet::Publish(mut publish) => {
+                if self.protocol == Protocol::V5 {
+                    if let Err(close) = self.inbound_publish_v5(&mut publish, session) {
+                        return Some(close);
+                    }
+                }
                 let totals = self.router.counters();
                 self.counters
                     .received(publish.qos, publish.payload.len(), totals);
@@ -345,33 +350,39 @@ impl Connection {
     /// [MQTT-3.1.2-8]: published on any close but a DISCONNECT, with its QoS and retain
     /// flag [MQTT-3.1.2-16], [MQTT-3.1.2-17]; at most once [MQTT-3.1.2-10].
     pub(super) async fn publish_will(&mut self, connect: &Connect) {
-        if let Some(will) = &connect.will {
-            if metrics::is_reserved(&will.topic) {
-                info!(client_id = %self.client_id, topic = %will.topic,
-                    "will dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
-                return;
-            }
-            if !self.may_publish(&will.topic).await {
-                info!(client_id = %self.client_id, topic = %will.topic, "will not authorized: dropped");
-                return;
-            }
-            debug!(client_id = %self.client_id, topic = %will.topic, "publishing will");
-            let msg = Arc::new(Message {
-                topic: will.topic.clone(),
-                payload: will.payload.clone(),
-                qos: will.qos,
-                retain: will.retain,
-                publisher: self.client_id.clone(),
-                properties: if self.protocol == Protocol::V5 {
-                    Self::will_properties_v5(connect)
-                } else {
-                    None
-                },
-            });
+        if let Some(msg) = self.will_message(connect).await {
+            debug!(client_id = %self.client_id, topic = %msg.topic, "publishing will");
             // Through the interceptor too, if there is one: a will is a publication.
             self.route(msg);
             self.route_intercepted().await;
         }
+    }
+
+    /// The will as a message, if the client has one it may publish (not to `$SYS`, and
+    /// allowed by the authorizer, asked now).
+    pub(super) async fn will_message(&mut self, connect: &Connect) -> Option<Arc<Message>> {
+        let will = connect.will.as_ref()?;
+        if metrics::is_reserved(&will.topic) {
+            info!(client_id = %self.client_id, topic = %will.topic,
+                "will dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
+            return None;
+        }
+        if !self.may_publish(&will.topic).await {
+            info!(client_id = %self.client_id, topic = %will.topic, "will not authorized: dropped");
+            return None;
+        }
+        Some(Arc::new(Message {
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            publisher: self.client_id.clone(),
+            properties: if self.protocol == Protocol::V5 {
+                Self::will_properties_v5(connect)
+            } else {
+                None
+            },
+        }))
     }
 }
 

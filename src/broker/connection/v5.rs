@@ -8,11 +8,12 @@
 //!
 //! Delivery to a 5.0 subscriber (subscription options and identifiers, the remaining
 //! Message Expiry Interval, the client's Maximum Packet Size) is in router/options.rs,
-//! session/props.rs and connection/v5_deliver.rs.
+//! session/props.rs and connection/v5_deliver.rs; Receive Maximum, inbound Topic
+//! Aliases, Server Keep Alive and Request Problem Information in connection/flow.rs;
+//! delayed wills in connection/delayed_will.rs; enhanced authentication in
+//! connection/enhanced_auth.rs.
 //!
-//! Not yet here (see docs/conformance.md, MQTT 5.0 table): Topic Aliases (the CONNACK
-//! says the maximum is 0) and Receive Maximum flow control. Enhanced authentication is
-//! in connection/enhanced_auth.rs.
+//! Not yet here: outbound Topic Aliases (the broker never sends one; they are optional).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,7 @@ impl Connection {
         };
         self.out
             .set_max_packet_size(Self::client_max_packet_size(connect));
+        self.connack_flow_properties(connect, &mut props);
         if connect.client_id.is_empty() {
             // [MQTT-3.1.3-7], [MQTT-3.2.2-16]: the identifier made up for the client.
             props.assigned_client_identifier = Some(self.client_id.clone());
@@ -121,8 +123,8 @@ impl Connection {
     }
 
     /// Checks a 5.0 PUBLISH's properties and returns them encoded for forwarding.
-    /// [MQTT-3.3.4-6]: a client never sends a Subscription Identifier; a Topic Alias is
-    /// invalid since the CONNACK allowed none ([MQTT-3.3.2-9]'s server-side check).
+    /// [MQTT-3.3.4-6]: a client never sends a Subscription Identifier. (Its Topic Alias
+    /// was resolved and taken out already: connection/flow.rs.)
     pub(super) fn publish_properties_v5(
         &mut self,
         publish: &Publish,
@@ -134,12 +136,6 @@ impl Connection {
             return Err(self.close_v5(
                 ReasonCode::PROTOCOL_ERROR,
                 "[MQTT-3.3.4-6] PUBLISH from a client carries a Subscription Identifier",
-            ));
-        }
-        if props.topic_alias.is_some() {
-            return Err(self.close_v5(
-                ReasonCode::TOPIC_ALIAS_INVALID,
-                "[MQTT-3.3.2-9] Topic Alias above the Topic Alias Maximum of 0 in CONNACK",
             ));
         }
         props
@@ -361,10 +357,12 @@ impl Connection {
                     "DISCONNECT sets a Session Expiry Interval after CONNECT set 0 (MQTT 5.0 3.14.2.2.2)",
                 );
             }
-            state.expiry = Some(match expiry {
-                u32::MAX => Duration::MAX,
-                secs => Duration::from_secs(u64::from(secs)),
-            });
+            let expiry = Some(self.router.v5_expiry(expiry));
+            if state.expiry != expiry {
+                state.expiry = expiry;
+                // Saved with the session: a restart expires it on the new interval.
+                state.mark_changed();
+            }
         }
         // For the disconnect event: the code the client ended the connection with.
         self.v5_reason = Some(disconnect.reason);

@@ -236,6 +236,11 @@ impl Router {
                     state.offline_since = Some(SystemTime::now());
                     state.mark_changed();
                 }
+                // An MQTT 5.0 session expires on its own interval, also after a restart
+                // (counted from `offline_since`, which the store keeps too).
+                if let Some(secs) = snap.session_expiry {
+                    state.expiry = Some(self.v5_expiry(secs));
+                }
             }
             clients.insert(
                 snap.client_id,
@@ -256,6 +261,9 @@ pub(super) fn snapshot_of(session: &Session, state: &SessionState) -> SessionSna
             .offline_since
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs()),
+        session_expiry: state
+            .expiry
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
         subscriptions: state
             .subscriptions
             .iter()

@@ -21,10 +21,12 @@ use crate::codec::QoS;
 use crate::topic;
 
 /// The layout this build writes and reads. Version 2 added `disconnected` (when each
-/// offline session's client went away, for `persistent_client_expiration`). Files of
-/// version 1, and files from before versions existed (`user_version` 0, the same four
-/// tables), are read, then given that table and stamped with this version.
-pub const SCHEMA_VERSION: i64 = 2;
+/// offline session's client went away, for `persistent_client_expiration`); version 3
+/// added `session_expiry` (an MQTT 5.0 client's Session Expiry Interval, which counts
+/// from that time). Files of versions 1 and 2, and files from before versions existed
+/// (`user_version` 0, the same four tables), are read, then given the missing tables and
+/// stamped with this version.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The tables of version 1 (and of unversioned files), sorted by name (as the schema
 /// query lists them).
@@ -45,12 +47,19 @@ const CREATE: &str = "
         topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
         publisher TEXT NOT NULL);
     CREATE TABLE disconnected (client_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+    CREATE TABLE session_expiry (client_id TEXT PRIMARY KEY, seconds INTEGER NOT NULL);
 ";
 
-/// From version 1 (or unversioned) to [`SCHEMA_VERSION`]: a session without a row here
-/// was online when saved, or was saved by a build that kept no such time.
-const UPGRADE: &str = "
+/// From version 1 (or unversioned) to 2: a session without a row here was online when
+/// saved, or was saved by a build that kept no such time.
+const UPGRADE_TO_2: &str = "
     CREATE TABLE disconnected (client_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+";
+
+/// From version 2 to 3: a session without a row here is a 3.1/3.1.1 client's (or was
+/// saved by a build that kept no interval), which `persistent_client_expiration` governs.
+const UPGRADE_TO_3: &str = "
+    CREATE TABLE session_expiry (client_id TEXT PRIMARY KEY, seconds INTEGER NOT NULL);
 ";
 
 /// Sessions and retained messages in a SQLite file.
@@ -85,8 +94,9 @@ enum Layout {
     Empty,
     /// Ours, at [`SCHEMA_VERSION`].
     Current,
-    /// Ours, of version 1 or from before the schema had a version: read, then upgraded.
-    Older,
+    /// Ours, of an older version (1 for files from before the schema had one): read,
+    /// then upgraded.
+    Older(i64),
 }
 
 impl SqliteStore {
@@ -147,8 +157,8 @@ impl SqliteStore {
         match version {
             SCHEMA_VERSION => Ok(Layout::Current),
             0 if tables.is_empty() => Ok(Layout::Empty),
-            0 if tables == TABLES_V1 => Ok(Layout::Older),
-            1 => Ok(Layout::Older),
+            0 if tables == TABLES_V1 => Ok(Layout::Older(1)),
+            1 | 2 => Ok(Layout::Older(version)),
             0 => Err(StoreError::Foreign {
                 path: self.path.clone(),
                 detail: format!(
@@ -175,8 +185,10 @@ impl SqliteStore {
     }
 
     /// Every row, decoded strictly: a value out of range is an error, not a default.
-    /// `with_disconnected`: the file has the `disconnected` table (version 2).
-    fn read(&self, conn: &Connection, with_disconnected: bool) -> Result<StoredState, StoreError> {
+    /// `version`: the file's schema, which says which tables it has (`disconnected`
+    /// from 2, `session_expiry` from 3).
+    fn read(&self, conn: &Connection, version: i64) -> Result<StoredState, StoreError> {
+        let with_disconnected = version >= 2;
         let read = |e| self.read_error(e);
         let mut ids = Vec::new();
         {
@@ -208,17 +220,20 @@ impl SqliteStore {
         } else {
             None
         };
+        let mut expiry = if version >= 3 {
+            Some(
+                conn.prepare("SELECT seconds FROM session_expiry WHERE client_id = ?1")
+                    .map_err(read)?,
+            )
+        } else {
+            None
+        };
         let mut sessions = Vec::with_capacity(ids.len());
         for id in ids {
-            let mut disconnected_at = None;
-            if let Some(stmt) = &mut disconnected {
-                let mut rows = stmt.query([&id]).map_err(read)?;
-                if let Some(row) = rows.next().map_err(read)? {
-                    let at = time_at(row, 0)
-                        .map_err(|e| self.row_error("disconnected", id.clone(), e))?;
-                    disconnected_at = Some(at);
-                }
-            }
+            let session_expiry =
+                self.session_value(&mut expiry, &id, "session_expiry", expiry_at)?;
+            let disconnected_at =
+                self.session_value(&mut disconnected, &id, "disconnected", time_at)?;
             let mut subscriptions = Vec::new();
             let mut rows = subs.query([&id]).map_err(read)?;
             while let Some(row) = rows.next().map_err(read)? {
@@ -238,6 +253,7 @@ impl SqliteStore {
             sessions.push(SessionSnapshot {
                 client_id: ByteString::from(id),
                 disconnected_at,
+                session_expiry,
                 subscriptions,
                 pending: messages,
             });
@@ -255,11 +271,32 @@ impl SqliteStore {
         Ok(StoredState { sessions, retained })
     }
 
+    /// The value a per-session table (`disconnected`, `session_expiry`) holds for `id`,
+    /// if the file has the table (`stmt`) and a row for it.
+    fn session_value<T>(
+        &self,
+        stmt: &mut Option<rusqlite::Statement<'_>>,
+        id: &str,
+        table: &'static str,
+        decode: fn(&Row<'_>, usize) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(stmt) = stmt else {
+            return Ok(None);
+        };
+        let mut rows = stmt.query([id]).map_err(|e| self.read_error(e))?;
+        match rows.next().map_err(|e| self.read_error(e))? {
+            Some(row) => decode(row, 0)
+                .map(Some)
+                .map_err(|e| self.row_error(table, id.to_string(), e)),
+            None => Ok(None),
+        }
+    }
+
     fn try_save(&self, conn: &mut Connection, state: &StoredState) -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
         tx.execute_batch(
             "DELETE FROM sessions; DELETE FROM subscriptions; DELETE FROM pending; \
-             DELETE FROM retained; DELETE FROM disconnected;",
+             DELETE FROM retained; DELETE FROM disconnected; DELETE FROM session_expiry;",
         )?;
         {
             let mut add_session = tx.prepare("INSERT INTO sessions (client_id) VALUES (?1)")?;
@@ -287,6 +324,7 @@ impl SqliteStore {
                 tx.prepare("DELETE FROM subscriptions WHERE client_id = ?1")?,
                 tx.prepare("DELETE FROM pending WHERE client_id = ?1")?,
                 tx.prepare("DELETE FROM disconnected WHERE client_id = ?1")?,
+                tx.prepare("DELETE FROM session_expiry WHERE client_id = ?1")?,
             ];
             for id in &changes.removed_sessions {
                 let id: &str = id;
@@ -303,6 +341,7 @@ impl SqliteStore {
                 forget[1].execute([id])?;
                 forget[2].execute([id])?;
                 forget[3].execute([id])?;
+                forget[4].execute([id])?;
                 add_session.execute([id])?;
                 writer.write(s)?;
             }
@@ -374,6 +413,12 @@ fn topic_at(row: &Row<'_>, idx: usize, filter: bool) -> rusqlite::Result<ByteStr
     Ok(ByteString::from(value))
 }
 
+/// A Session Expiry Interval: whole seconds, `u32::MAX` for never.
+fn expiry_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<u32> {
+    let value: i64 = row.get(idx)?;
+    u32::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
 /// Seconds since the Unix epoch, which are never negative.
 fn time_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     let value: i64 = row.get(idx)?;
@@ -439,6 +484,7 @@ struct SessionWriter<'t> {
     add_sub: rusqlite::Statement<'t>,
     add_pending: rusqlite::Statement<'t>,
     add_disconnected: rusqlite::Statement<'t>,
+    add_expiry: rusqlite::Statement<'t>,
 }
 
 impl<'t> SessionWriter<'t> {
@@ -453,6 +499,8 @@ impl<'t> SessionWriter<'t> {
             )?,
             add_disconnected: tx
                 .prepare("INSERT INTO disconnected (client_id, at) VALUES (?1, ?2)")?,
+            add_expiry: tx
+                .prepare("INSERT INTO session_expiry (client_id, seconds) VALUES (?1, ?2)")?,
         })
     }
 
@@ -460,6 +508,10 @@ impl<'t> SessionWriter<'t> {
         let id: &str = &s.client_id;
         if let Some(at) = s.disconnected_at.and_then(|at| i64::try_from(at).ok()) {
             self.add_disconnected.execute(rusqlite::params![id, at])?;
+        }
+        if let Some(seconds) = s.session_expiry {
+            self.add_expiry
+                .execute(rusqlite::params![id, i64::from(seconds)])?;
         }
         for (filter, qos) in &s.subscriptions {
             let filter: &str = filter;
@@ -497,15 +549,20 @@ impl SessionStore for SqliteStore {
                 self.create(&inner.conn)?;
                 StoredState::default()
             }
-            Layout::Current => self.read(&inner.conn, true)?,
-            Layout::Older => {
-                let state = self.read(&inner.conn, false)?;
+            Layout::Current => self.read(&inner.conn, SCHEMA_VERSION)?,
+            Layout::Older(version) => {
+                let state = self.read(&inner.conn, version)?;
+                let upgrade = if version < 2 {
+                    format!("{UPGRADE_TO_2}{UPGRADE_TO_3}")
+                } else {
+                    UPGRADE_TO_3.to_string()
+                };
                 // Read whole, so it is ours: from now on it has this version's tables and
                 // says so (in one transaction: the file is either one or the other).
                 inner
                     .conn
                     .execute_batch(&format!(
-                        "BEGIN; {UPGRADE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                        "BEGIN; {upgrade} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                     ))
                     .map_err(|e| self.write_error(e))?;
                 tracing::info!(

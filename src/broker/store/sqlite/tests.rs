@@ -44,6 +44,7 @@ fn sample() -> StoredState {
         sessions: vec![SessionSnapshot {
             client_id: ByteString::from("c1"),
             disconnected_at: Some(1_700_000_000),
+            session_expiry: Some(3600),
             subscriptions: vec![(ByteString::from("a/#"), QoS::AtLeastOnce)],
             pending: vec![
                 StoredMessage {
@@ -148,6 +149,11 @@ fn values_out_of_range_are_refused() {
         ("sessions", "UPDATE sessions SET client_id = x'00ff'"),
         ("disconnected", "UPDATE disconnected SET at = -5"),
         ("disconnected", "UPDATE disconnected SET at = 'yesterday'"),
+        (
+            "session_expiry",
+            "UPDATE session_expiry SET seconds = 4294967296",
+        ),
+        ("session_expiry", "UPDATE session_expiry SET seconds = -1"),
     ] {
         let dir = TempDir::new("range");
         let path = dir.file("s.db");
@@ -166,13 +172,13 @@ fn unknown_versions_and_foreign_files_are_refused() {
     let dir = TempDir::new("versions");
     let newer = dir.file("newer.db");
     saved_sample(&newer);
-    tamper(&newer, "PRAGMA user_version = 3");
+    tamper(&newer, "PRAGMA user_version = 4");
     let err = SqliteStore::open(&newer).unwrap().load().unwrap_err();
     assert!(
-        matches!(err, StoreError::UnknownVersion { found: 3, .. }),
+        matches!(err, StoreError::UnknownVersion { found: 4, .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("schema version 3"), "{err}");
+    assert!(err.to_string().contains("schema version 4"), "{err}");
 
     let foreign = dir.file("foreign.db");
     tamper(&foreign, "CREATE TABLE accounts (id INTEGER)");
@@ -201,7 +207,10 @@ fn a_file_without_a_version_is_read_then_stamped() {
     let path = dir.file("s.db");
     saved_sample(&path);
     // As the broker wrote it before the schema had a version.
-    tamper(&path, "DROP TABLE disconnected; PRAGMA user_version = 0");
+    tamper(
+        &path,
+        "DROP TABLE disconnected; DROP TABLE session_expiry; PRAGMA user_version = 0",
+    );
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.load().unwrap(), without_disconnect_times(sample()));
     drop(store);
@@ -210,7 +219,7 @@ fn a_file_without_a_version_is_read_then_stamped() {
     // One that cannot be read is not stamped either.
     tamper(
         &path,
-        "DROP TABLE disconnected; PRAGMA user_version = 0; \
+        "DROP TABLE disconnected; DROP TABLE session_expiry; PRAGMA user_version = 0; \
          UPDATE pending SET payload = 'text' WHERE seq = 0",
     );
     assert!(SqliteStore::open(&path).unwrap().load().is_err());
@@ -221,8 +230,40 @@ fn a_file_without_a_version_is_read_then_stamped() {
 fn without_disconnect_times(mut state: StoredState) -> StoredState {
     for s in &mut state.sessions {
         s.disconnected_at = None;
+        s.session_expiry = None;
     }
     state
+}
+
+#[test]
+fn a_version_2_file_is_read_then_upgraded() {
+    let dir = TempDir::new("version-2");
+    let path = dir.file("s.db");
+    saved_sample(&path);
+    // As version 2 wrote it: disconnect times, no Session Expiry Intervals.
+    tamper(&path, "DROP TABLE session_expiry; PRAGMA user_version = 2");
+    let store = SqliteStore::open(&path).unwrap();
+    let mut expected = sample();
+    for s in &mut expected.sessions {
+        s.session_expiry = None;
+    }
+    assert_eq!(store.load().unwrap(), expected);
+    // Upgraded: the intervals are kept from now on.
+    store.save(sample()).unwrap();
+    drop(store);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    assert_eq!(SqliteStore::open(&path).unwrap().load().unwrap(), sample());
+
+    // A version 2 file that cannot be read is left as it was: not upgraded.
+    let bad = dir.file("bad.db");
+    saved_sample(&bad);
+    tamper(
+        &bad,
+        "DROP TABLE session_expiry; PRAGMA user_version = 2; \
+         UPDATE pending SET payload = 'text' WHERE seq = 0",
+    );
+    assert!(SqliteStore::open(&bad).unwrap().load().is_err());
+    assert_eq!(user_version(&bad), 2);
 }
 
 #[test]
@@ -231,7 +272,10 @@ fn a_version_1_file_is_read_then_upgraded() {
     let path = dir.file("s.db");
     saved_sample(&path);
     // As version 1 wrote it: no disconnect times.
-    tamper(&path, "DROP TABLE disconnected; PRAGMA user_version = 1");
+    tamper(
+        &path,
+        "DROP TABLE disconnected; DROP TABLE session_expiry; PRAGMA user_version = 1",
+    );
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.load().unwrap(), without_disconnect_times(sample()));
     // Upgraded: the times are kept from now on.
