@@ -721,7 +721,7 @@ async def test_connect_carries_will_delay_and_request_problem_information() -> N
     assert with_both[10:13] == b"\x02\x17\x00", "[MQTT-3.1.2-29] asks for no problem info"
     assert b"\x05\x18\x00\x00\x00\x05" + s("w/t") in with_both, "Will Delay Interval 5"
     assert plain[10:11] == b"\x00" and b"\x17" not in plain[10:11]
-    with pytest.raises(ValueError, match="needs a will|will"):
+    with pytest.raises(ValueError, match="will delay_interval must be between 0"):
         Client("127.0.0.1", 1, protocol=V5, will=Will("t", delay_interval=-1))
 
 
@@ -757,5 +757,5 @@ def test_sync_client_ports_a_paho_v5_program(server: int) -> None:
         assert c.unsubscribe("pp/t", Properties(PacketTypes.UNSUBSCRIBE)) == [0]
         assert c.unsubscribe("pp/none") == [0x11]
     plain = pyo3mq.SyncClient("127.0.0.1", server)
-    with pytest.raises(ValueError, match="MQTT 5.0"):
+    with pytest.raises(ValueError, match=r"MQTT 5\.0"):
         plain.subscribe("t", 0, SubscribeOptions(qos=1, noLocal=True))
