@@ -1093,4 +1093,115 @@ mod tests {
         ));
         assert!(!err.is_retryable());
     }
+
+    fn auth(reason: ReasonCode, method: &'static str, data: &'static [u8]) -> Packet {
+        Packet::Auth(Auth {
+            reason,
+            properties: Some(Box::new(Properties {
+                authentication_method: Some(ByteString::from_static(method)),
+                authentication_data: Some(Bytes::from_static(data)),
+                ..Properties::default()
+            })),
+        })
+    }
+
+    fn with_auth() -> V5Options {
+        V5Options {
+            authentication_method: Some("X".into()),
+            authentication_data: Some(Bytes::from_static(b"hello")),
+            ..V5Options::default()
+        }
+    }
+
+    #[test]
+    fn connect_exchange_hands_challenges_to_the_application() {
+        let mut st = state(1, true);
+        st.enable_v5(&with_auth());
+        let Packet::Auth(a) = auth(ReasonCode::CONTINUE_AUTHENTICATION, "X", b"c1") else {
+            unreachable!()
+        };
+        st.on_auth(a, true).unwrap();
+        assert!(st.auth_pending() && st.take_signals().app);
+        let c = st.take_auth_challenge().expect("a challenge");
+        assert_eq!((c.data.as_deref(), c.reauth), (Some(&b"c1"[..]), false));
+        assert!(
+            !st.auth_reply(c.seq + 1, None),
+            "an answer to another challenge"
+        );
+        assert!(st.take_auth_reply().is_none());
+        assert!(st.auth_reply(c.seq, Some(Bytes::from_static(b"a1"))));
+        // [MQTT-4.12.0-3] [MQTT-4.12.0-5]: AUTH 0x18 with the method, for the task.
+        let Some(Packet::Auth(reply)) = st.take_auth_reply() else {
+            panic!("no reply")
+        };
+        let p = reply.properties.expect("properties");
+        assert_eq!(reply.reason, ReasonCode::CONTINUE_AUTHENTICATION);
+        assert_eq!(p.authentication_method.as_deref(), Some("X"));
+        assert_eq!(p.authentication_data.as_deref(), Some(&b"a1"[..]));
+        assert!(
+            st.out.is_empty(),
+            "nothing but AUTH before CONNACK [MQTT-3.1.2-30]"
+        );
+    }
+
+    #[test]
+    fn reauthentication_and_its_failures() {
+        let mut st = v5_state(1, with_auth(), None);
+        let t = st
+            .reauthenticate(Some(Bytes::from_static(b"again")))
+            .unwrap();
+        assert_eq!(st.reauthenticate(None), Err(ReauthError::InProgress));
+        let sent = written_v5(&mut st);
+        let [Packet::Auth(a)] = &sent[..] else {
+            panic!("{sent:?}")
+        };
+        // [MQTT-4.12.1-1] [MQTT-3.15.2-1]
+        assert_eq!(a.reason, ReasonCode::RE_AUTHENTICATE);
+        assert_eq!(
+            a.properties
+                .as_deref()
+                .and_then(|p| p.authentication_method.as_deref()),
+            Some("X")
+        );
+        st.on_packet(auth(ReasonCode::CONTINUE_AUTHENTICATION, "X", b"r1"))
+            .unwrap();
+        let c = st.take_auth_challenge().unwrap();
+        assert!(c.reauth);
+        assert!(
+            st.on_packet(auth(ReasonCode::SUCCESS, "X", b"early"))
+                .is_err(),
+            "success before the client answered"
+        );
+        let mut st = v5_state(1, with_auth(), None);
+        let t2 = st.reauthenticate(None).unwrap();
+        st.on_packet(auth(ReasonCode::CONTINUE_AUTHENTICATION, "X", b"r1"))
+            .unwrap();
+        let c = st.take_auth_challenge().unwrap();
+        assert!(st.auth_reply(c.seq, Some(Bytes::from_static(b"a"))));
+        st.on_packet(auth(ReasonCode::SUCCESS, "X", b"done"))
+            .unwrap();
+        assert_eq!(st.completions, vec![(t2, Outcome::Done)]);
+        assert_eq!(st.auth_result_data().as_deref(), Some(&b"done"[..]));
+        // A method other than the CONNECT's is a protocol error [MQTT-4.12.0-5].
+        st.reauthenticate(None).unwrap();
+        assert!(matches!(
+            st.on_packet(auth(ReasonCode::CONTINUE_AUTHENTICATION, "Y", b"")),
+            Err(ClientError::ProtocolV5 { reason, .. }) if reason == ReasonCode::PROTOCOL_ERROR
+        ));
+        // The connection ends during a re-authentication: it fails.
+        let lost = ClientError::ConnectionLost("x".into());
+        st.on_lost(&lost);
+        assert!(matches!(st.completions.last(), Some((_, Outcome::Failed(e))) if *e == lost));
+        let _ = t;
+    }
+
+    #[test]
+    fn auth_without_a_method_is_a_protocol_error() {
+        let mut st = v5_state(1, V5Options::default(), None);
+        assert!(matches!(
+            st.on_packet(auth(ReasonCode::CONTINUE_AUTHENTICATION, "X", b"")),
+            Err(ClientError::ProtocolV5 { reason, .. }) if reason == ReasonCode::PROTOCOL_ERROR
+        ));
+        assert_eq!(st.reauthenticate(None), Err(ReauthError::NoMethod));
+    }
 }
