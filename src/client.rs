@@ -58,4 +58,4 @@ pub use options::{Options, Reconnect};
 pub use state::{ConnectionState, Drained, Incoming, Outcome, StateChange, Submitted};
 pub use store::StoreError;
 pub use transport::{Scheme, TlsOptions, TlsVersions, TransportOptions, Verify};
-pub use v5::{PublishError, ServerLimits, V5Options};
+pub use v5::{AuthChallenge, PublishError, ReauthError, ServerLimits, V5Options};

@@ -669,3 +669,93 @@ async def test_aiomqtt_style_paho_options_and_properties(mosquitto: Callable[...
         assert got.properties.user_properties == [("k", "v")]
         assert got.properties.subscription_identifiers == [9]
         await no_message(c)
+
+
+async def test_will_delay_interval(server: int) -> None:
+    """`Will(..., delay_interval=)`: the server holds the will for that long after the
+    connection dies; a connection to the same session within the delay cancels it, and
+    without one it is published once the delay has passed."""
+    async with v5(server, "delay-watch") as watcher:
+        await watcher.subscribe("delay/#", qos=1)
+        async with proxy_to(server) as proxy:
+            held = Will("delay/held", b"cancelled", qos=1, delay_interval=3600)
+            kept = dict(clean_session=False, session_expiry_interval=60)
+            client = v5(proxy.port, "delay-held", will=held, **kept)
+            await client.connect()
+            proxy.cut()
+            await no_message(watcher, 0.5)
+            # Back within the delay: the will is never sent.
+            async with v5(server, "delay-held", **kept) as back:
+                assert back.session_present
+            late = Will("delay/late", b"bye", qos=1, delay_interval=1)
+            client = v5(proxy.port, "delay-late", will=late, **kept)
+            await client.connect()
+            proxy.cut()
+            await no_message(watcher, 0.3)
+            got = await next_message(watcher, 10)
+            assert (got.topic, got.payload) == ("delay/late", b"bye")
+            await no_message(watcher, 0.5)
+    with pytest.raises(ValueError, match="protocol=5"):
+        Client("127.0.0.1", 1, will=late)
+
+
+async def test_connect_carries_will_delay_and_request_problem_information() -> None:
+    """The CONNECT on the wire: Request Problem Information 0 (property 0x17) when
+    `request_problem_information=False`, the Will Delay Interval (0x18) among the will
+    properties, and nothing of either by default."""
+    connects: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connects.append(await read_connect5(reader))
+        writer.write(connack5())
+        await read_packet(reader)  # DISCONNECT
+
+    async with scripted_server(script) as port:
+        will = Will("w/t", b"x", delay_interval=5)
+        async with v5(port, "rpi", request_problem_information=False, will=will):
+            pass
+        async with v5(port, "plain"):
+            pass
+    with_both, plain = connects
+    # CONNECT properties right after the keepalive: length 2, then 0x17 0x00.
+    assert with_both[10:13] == b"\x02\x17\x00", "[MQTT-3.1.2-29] asks for no problem info"
+    assert b"\x05\x18\x00\x00\x00\x05" + s("w/t") in with_both, "Will Delay Interval 5"
+    assert plain[10:11] == b"\x00" and b"\x17" not in plain[10:11]
+    with pytest.raises(ValueError, match="will delay_interval must be between 0"):
+        Client("127.0.0.1", 1, protocol=V5, will=Will("t", delay_interval=-1))
+
+
+def test_sync_client_ports_a_paho_v5_program(server: int) -> None:
+    """A paho-mqtt v5 program's calls, unchanged, on SyncClient: `publish(topic,
+    payload, qos, retain, properties)` with paho's `Properties`, `subscribe(topic, qos,
+    options, properties)` with `SubscribeOptions` (no local) and a Subscription
+    Identifier, and `unsubscribe(topic, properties)` returning the reason codes."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    kwargs = dict(protocol=pyo3mq.MQTTv5)
+    with (
+        pyo3mq.SyncClient("127.0.0.1", server, identifier="paho-port", **kwargs) as c,  # type: ignore[arg-type]
+        pyo3mq.SyncClient("127.0.0.1", server, identifier="paho-peer", **kwargs) as other,  # type: ignore[arg-type]
+    ):
+        sub_props = Properties(PacketTypes.SUBSCRIBE)
+        sub_props.SubscriptionIdentifier = 4
+        assert c.subscribe("pp/t", 0, SubscribeOptions(qos=1, noLocal=True), sub_props) == [1]
+        pub_props = Properties(PacketTypes.PUBLISH)
+        pub_props.ContentType = "text/plain"
+        pub_props.UserProperty = ("k", "v")
+        c.publish("pp/t", b"own", 1, False, pub_props).wait_for_publish(5)
+        other.publish("pp/t", b"peer", 1, False, pub_props).wait_for_publish(5)
+        got = next(iter(c.messages(timeout=5)))
+        assert (got.payload, got.qos) == (b"peer", 1), "no local: not its own message"
+        assert got.properties is not None
+        assert got.properties.content_type == "text/plain"
+        assert got.properties.user_properties == [("k", "v")]
+        assert got.properties.subscription_identifiers == [4]
+        assert list(c.messages(timeout=0.3)) == []
+        assert c.unsubscribe("pp/t", Properties(PacketTypes.UNSUBSCRIBE)) == [0]
+        assert c.unsubscribe("pp/none") == [0x11]
+    plain = pyo3mq.SyncClient("127.0.0.1", server)
+    with pytest.raises(ValueError, match=r"MQTT 5\.0"):
+        plain.subscribe("t", 0, SubscribeOptions(qos=1, noLocal=True))

@@ -18,6 +18,7 @@ from pyo3mq.broker import (
     Subscription,
 )
 from pyo3mq.client import (
+    AuthChallenge,
     Client,
     ClientMessage,
     ConnAckInfo,
@@ -85,6 +86,7 @@ def enable_logging(level: str = "info", *, to: Literal["python", "stderr"] = "py
 
 
 __all__ = [
+    "AuthChallenge",
     "AuthResult",
     "Authenticator",
     "Authorizer",

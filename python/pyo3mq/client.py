@@ -36,13 +36,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import inspect
 import math
 import os
 import ssl
 import threading
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Union
@@ -73,6 +74,8 @@ from pyo3mq._pyo3mq import (
 )
 
 __all__ = [
+    "AuthCallback",
+    "AuthChallenge",
     "Client",
     "ClientMessage",
     "ConnAckInfo",
@@ -226,6 +229,28 @@ class Will:
     retain: bool = False
     #: MQTT 5.0: the will message's properties.
     properties: MessageProperties | None = None
+    #: MQTT 5.0: Will Delay Interval, seconds the server waits after the connection is
+    #: lost before it publishes the will (a reconnect within it cancels the will).
+    delay_interval: int | None = None
+
+
+@dataclass(frozen=True)
+class AuthChallenge:
+    """MQTT 5.0 enhanced authentication: the server's AUTH 0x18 (continue), which the
+    client's `on_auth` callback answers with the next Authentication Data."""
+
+    #: The Authentication Method (the client's `auth_method`).
+    method: str
+    #: The server's Authentication Data (None when it sent none).
+    data: bytes | None
+    #: Part of a re-authentication (`Client.reauthenticate`) rather than of connecting.
+    reauth: bool
+
+
+#: `on_auth(challenge)`: returns the next Authentication Data (or None for none); may be
+#: a coroutine function in the asyncio `Client`. Raising ends the exchange: the client
+#: disconnects and `connect` / `reauthenticate` raise the exception.
+AuthCallback = Callable[[AuthChallenge], "bytes | Awaitable[bytes | None] | None"]
 
 
 @dataclass(frozen=True)
@@ -587,7 +612,13 @@ def _settings(
     topic_alias_maximum: int = 0,
     outgoing_topic_aliases: int = 0,
     connect_user_properties: Iterable[tuple[str, str]] | None = None,
+    request_problem_information: bool | None = None,
+    auth_method: str | None = None,
+    auth_data: bytes | None = None,
+    on_auth: AuthCallback | None = None,
 ) -> _Settings:
+    if (auth_method is None) != (on_auth is None):
+        raise ValueError("enhanced authentication needs both auth_method and on_auth")
     hostname, port, transport_args = _transport(
         hostname,
         port,
@@ -620,6 +651,7 @@ def _settings(
         ("receive_maximum", receive_maximum, 1, 0xFFFF),
         ("topic_alias_maximum", topic_alias_maximum, 0, 0xFFFF),
         ("outgoing_topic_aliases", outgoing_topic_aliases, 0, 0xFFFF),
+        ("will delay_interval", None if will is None else will.delay_interval, 0, 0xFFFF_FFFF),
     )
     for name, value, low, high in bounds:
         if not isinstance(value, int):
@@ -685,6 +717,10 @@ def _settings(
         if connect_user_properties is None
         else [(str(k), str(v)) for k, v in connect_user_properties],
         "will_properties": None if will is None else will.properties,
+        "will_delay_interval": None if will is None else will.delay_interval,
+        "request_problem_information": request_problem_information,
+        "auth_method": auth_method,
+        "auth_data": None if auth_data is None else bytes(auth_data),
     }
     core_args.update((k, v) for k, v in v5_args.items() if v is not None)
     return _Settings(hostname, port, seconds, core_args)
@@ -912,6 +948,16 @@ class Client:
     - A DISCONNECT from the server ends the connection with `MqttDisconnectError`
       carrying its `reason_code` (e.g. 0x8E session taken over, which `reconnect` does
       not retry) and `reason_string`.
+    - `request_problem_information=False` asks the server to leave reason strings and
+      user properties off every packet but PUBLISH, CONNACK and DISCONNECT;
+      `Will(..., delay_interval=)` sets the will's Will Delay Interval.
+    - Enhanced authentication (spec 4.12): `auth_method` and `auth_data` go in CONNECT;
+      each server AUTH 0x18 calls `on_auth(AuthChallenge)` (plain or `async def`), whose
+      return value is the next Authentication Data. `connack.authentication_data` is
+      the CONNACK's (a SCRAM server's signature, to verify); a refusal raises the
+      `MqttConnectRefusedError` subclass of its code (0x87 not authorized, 0x86 bad
+      user name or password, 0x8C bad authentication method). `await
+      reauthenticate(data)` authenticates again on the open connection (AUTH 0x19).
     """
 
     _loop: asyncio.AbstractEventLoop
@@ -957,6 +1003,10 @@ class Client:
         topic_alias_maximum: int = 0,
         outgoing_topic_aliases: int = 0,
         connect_user_properties: Iterable[tuple[str, str]] | None = None,
+        request_problem_information: bool | None = None,
+        auth_method: str | None = None,
+        auth_data: bytes | None = None,
+        on_auth: AuthCallback | None = None,
     ) -> None:
         self._settings = _settings(
             hostname,
@@ -995,8 +1045,13 @@ class Client:
             topic_alias_maximum=topic_alias_maximum,
             outgoing_topic_aliases=outgoing_topic_aliases,
             connect_user_properties=connect_user_properties,
+            request_problem_information=request_problem_information,
+            auth_method=auth_method,
+            auth_data=auth_data,
+            on_auth=on_auth,
         )
         self._v5 = self._settings.core_args["protocol"] == MQTTv5
+        self._auth = _Auth(auth_method, auth_data, on_auth)
         #: The host and port connected to (from the URL when `hostname` is one).
         self.hostname = self._settings.hostname
         self.port = self._settings.port
@@ -1087,6 +1142,7 @@ class Client:
         self._set_state(ConnectionState.CONNECTING, False, None)
         future: asyncio.Future[bool] = loop.create_future()
         self._pending[core.connect()] = future
+        self._auth.waiter = future
         try:
             await future
         except asyncio.CancelledError:
@@ -1113,6 +1169,27 @@ class Client:
             await waiter
         finally:
             self._state_waiters.remove(entry)
+
+    async def reauthenticate(
+        self, data: bytes | None = None, *, timeout: float | None = None
+    ) -> bytes | None:
+        """MQTT 5.0 enhanced authentication: authenticates again on the open connection
+        (AUTH 0x19 with `data`, default the client's `auth_data`; the server's challenges
+        go to `on_auth` with `reauth=True`). Returns the Authentication Data of the
+        server's AUTH 0x00 that ends it. A refusal is the server's DISCONNECT (0x87 not
+        authorized, say): it raises `MqttDisconnectError` with that reason code, as the
+        connection ends. Bounded by `timeout` (default the client's)."""
+        if self._auth.method is None:
+            raise ValueError("[MQTT-4.12.1-1] reauthenticate needs the auth_method connected with")
+        if not self._started:
+            raise MqttConnectionError("the client is not connected")
+        token = self._core.reauthenticate(self._auth.data if data is None else bytes(data))
+        future: asyncio.Future[None] = self._request(token)
+        self._auth.waiter = future
+        await self._bounded(
+            future, self.timeout if timeout is None else timeout, "the re-authentication"
+        )
+        return self._core.auth_result_data
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -1198,41 +1275,19 @@ class Client:
         `user_properties`. aiomqtt's `options` (paho-mqtt's `SubscribeOptions`) and
         `properties` (paho-mqtt's `Properties` with `SubscriptionIdentifier` and
         `UserProperty`) are read into the same settings."""
-        if options is not None:
-            qos = int(getattr(options, "QoS", qos))
-            no_local = no_local or bool(getattr(options, "noLocal", False))
-            retain_as_published = retain_as_published or bool(
-                getattr(options, "retainAsPublished", False)
-            )
-            retain_handling = retain_handling or int(getattr(options, "retainHandling", 0))
-        if properties is not None:
-            ids = getattr(properties, "SubscriptionIdentifier", None)
-            if ids is not None and subscription_identifier is None:
-                subscription_identifier = ids[0] if isinstance(ids, list) else int(ids)
-            pairs = getattr(properties, "UserProperty", None)
-            if pairs is not None and user_properties is None:
-                user_properties = list(pairs)
-        filters = _filters(topic, qos)
-        v5_options = (
-            no_local
-            or retain_as_published
-            or retain_handling
-            or subscription_identifier is not None
-            or user_properties is not None
+        filters, send = _subscribe_request(
+            self._v5,
+            topic,
+            qos,
+            options,
+            properties,
+            no_local=no_local,
+            retain_as_published=retain_as_published,
+            retain_handling=retain_handling,
+            subscription_identifier=subscription_identifier,
+            user_properties=user_properties,
         )
-        if self._v5:
-            token = self._core.subscribe_v5(
-                filters,
-                no_local=no_local,
-                retain_as_published=retain_as_published,
-                retain_handling=retain_handling,
-                subscription_identifier=subscription_identifier,
-                user_properties=None if user_properties is None else list(user_properties),
-            )
-        elif v5_options:
-            raise ValueError("subscription options and properties need MQTT 5.0 (protocol=5)")
-        else:
-            token = self._core.subscribe(filters)
+        token = send(self._core)
         future: asyncio.Future[list[int]] = self._request(token)
         codes: list[int] = await self._bounded(
             future, self.timeout if timeout is None else timeout, "the subscribe"
@@ -1359,6 +1414,8 @@ class Client:
                     future.set_result(completion.value)
                 else:
                     _fail(future, error)
+        if self._auth.method is not None:
+            self._answer_challenges(core)
         messages = drained.messages
         if messages is not None:
             self._messages._feed(messages)
@@ -1375,6 +1432,43 @@ class Client:
                 self._set_state(state, change.session_present, change.error)
         if self._waker is not None:
             self._waker.drained()
+
+    def _answer_challenges(self, core: ClientCore) -> None:
+        """Hands the server's AUTH challenges to `on_auth`; its answers go back to the
+        core (a coroutine's once it finishes, in a task)."""
+        auth = self._auth
+        while (challenge := core.auth_challenge()) is not None:
+            seq, data, reauth = challenge
+            assert auth.method is not None and auth.callback is not None
+            try:
+                answer = auth.callback(AuthChallenge(auth.method, data, reauth))
+            except Exception as exc:
+                self._auth_failed(core, exc)
+                return
+            if inspect.isawaitable(answer):
+                task = self._loop.create_task(self._answer_later(core, seq, answer))
+                auth.tasks.add(task)
+                task.add_done_callback(auth.tasks.discard)
+            else:
+                core.auth_reply(seq, _auth_bytes(answer))
+
+    async def _answer_later(
+        self, core: ClientCore, seq: int, answer: Awaitable[bytes | None]
+    ) -> None:
+        try:
+            data = await answer
+        except Exception as exc:
+            self._auth_failed(core, exc)
+            return
+        core.auth_reply(seq, _auth_bytes(data))
+
+    def _auth_failed(self, core: ClientCore, exc: Exception) -> None:
+        """`on_auth` raised: the exchange cannot go on, the client disconnects and what
+        waits for the exchange (connect or reauthenticate) raises `exc`."""
+        waiter = self._auth.waiter
+        if waiter is not None:
+            _fail(waiter, exc)
+        core.disconnect()
 
     def _teardown(self) -> None:
         if self._fd is not None:
@@ -1402,6 +1496,29 @@ class Client:
                 self._loop.call_exception_handler(
                     {"message": "on_state_change callback failed", "exception": exc}
                 )
+
+
+class _Auth:
+    """The client's enhanced authentication settings and its exchange in progress."""
+
+    def __init__(
+        self, method: str | None, data: bytes | None, callback: AuthCallback | None
+    ) -> None:
+        self.method = method
+        self.data = None if data is None else bytes(data)
+        self.callback = callback
+        #: What raises when `callback` does: the connect or reauthenticate future.
+        self.waiter: asyncio.Future[Any] | None = None
+        #: Coroutine answers still running (kept referenced until they finish).
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+def _auth_bytes(data: object) -> bytes | None:
+    if data is None or isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"on_auth must return bytes or None, not {type(data).__name__}")
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
@@ -1455,6 +1572,79 @@ def _from_paho_properties(properties: Any) -> MessageProperties:
         if getattr(properties, theirs, None) is not None
     }
     return MessageProperties(**fields)
+
+
+def _subscribe_request(
+    v5: bool,
+    topic: str | tuple[str, int] | Iterable[str | tuple[str, int]],
+    qos: int,
+    options: Any | None,
+    properties: Any | None,
+    *,
+    no_local: bool,
+    retain_as_published: bool,
+    retain_handling: int,
+    subscription_identifier: int | None,
+    user_properties: Iterable[tuple[str, str]] | None,
+) -> tuple[list[tuple[str, int]], Callable[[ClientCore], int]]:
+    """The filters of a subscribe and the call that sends it, shared by `Client` and
+    `SyncClient`: paho-mqtt's `SubscribeOptions` (`options`) and `Properties`
+    (`properties`, with `SubscriptionIdentifier` and `UserProperty`) are read into the
+    5.0 settings; on 3.1/3.1.1 any of those is a ValueError."""
+    if options is not None:
+        qos = int(getattr(options, "QoS", qos))
+        no_local = no_local or bool(getattr(options, "noLocal", False))
+        retain_as_published = retain_as_published or bool(
+            getattr(options, "retainAsPublished", False)
+        )
+        retain_handling = retain_handling or int(getattr(options, "retainHandling", 0))
+    if properties is not None:
+        ids = getattr(properties, "SubscriptionIdentifier", None)
+        if ids is not None and subscription_identifier is None:
+            subscription_identifier = ids[0] if isinstance(ids, list) else int(ids)
+        pairs = getattr(properties, "UserProperty", None)
+        if pairs is not None and user_properties is None:
+            user_properties = list(pairs)
+    filters = _filters(topic, qos)
+    if v5:
+        pairs_list = None if user_properties is None else list(user_properties)
+        return filters, lambda core: core.subscribe_v5(
+            filters,
+            no_local=no_local,
+            retain_as_published=retain_as_published,
+            retain_handling=retain_handling,
+            subscription_identifier=subscription_identifier,
+            user_properties=pairs_list,
+        )
+    if (
+        no_local
+        or retain_as_published
+        or retain_handling
+        or subscription_identifier is not None
+        or user_properties is not None
+    ):
+        raise ValueError("subscription options and properties need MQTT 5.0 (protocol=5)")
+    return filters, lambda core: core.subscribe(filters)
+
+
+def _unsubscribe_request(
+    v5: bool,
+    topic: str | Iterable[str],
+    properties: Any | None,
+    user_properties: Iterable[tuple[str, str]] | None,
+) -> tuple[list[str], Callable[[ClientCore], int]]:
+    """The filters of an unsubscribe and the call that sends it (paho-mqtt's
+    `Properties` with `UserProperty` read as `user_properties`)."""
+    filters = [topic] if isinstance(topic, str) else list(topic)
+    if properties is not None and user_properties is None:
+        pairs = getattr(properties, "UserProperty", None)
+        user_properties = None if pairs is None else list(pairs)
+    if v5:
+        pairs_list = None if user_properties is None else list(user_properties)
+        return filters, lambda core: core.unsubscribe_v5(filters, user_properties=pairs_list)
+    if user_properties is not None:
+        raise ValueError("user properties need MQTT 5.0 (protocol=5)")
+    return filters, lambda core: core.unsubscribe(filters)
 
 
 def _unsubscribe_error(filters: list[str], codes: list[int]) -> MqttUnsubscribeError:

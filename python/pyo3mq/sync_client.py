@@ -34,6 +34,7 @@ from typing import Any, Final
 from pyo3mq._pyo3mq import (
     ClientCore,
     ClientMessage,
+    MessageProperties,
     MqttConnectionError,
     MqttOperationTimeoutError,
     MqttReentrantError,
@@ -42,15 +43,21 @@ from pyo3mq._pyo3mq import (
 )
 from pyo3mq.client import (
     _STATES,
+    AuthChallenge,
     ConnectionState,
+    MQTTv5,
     PathLike,
     PayloadType,
     Reconnect,
     StateChange,
     TLSParameters,
     Will,
-    _filters,
+    _auth_bytes,
+    _from_paho_properties,
     _settings,
+    _subscribe_request,
+    _unsubscribe_error,
+    _unsubscribe_request,
 )
 
 __all__ = ["MessageCallback", "PublishHandle", "SyncClient"]
@@ -63,6 +70,9 @@ _BATCH: Final = 1024
 _SPILL_POLL: Final = 0.05
 _SENT: Final = Submitted.SENT
 _FULL: Final = Submitted.FULL
+
+#: `on_auth(challenge)` of a `SyncClient`: returns the next Authentication Data.
+SyncAuthCallback = Callable[[AuthChallenge], "bytes | None"]
 
 #: `on_message(client, userdata, message)`, as paho-mqtt calls it.
 MessageCallback = Callable[["SyncClient", Any, ClientMessage], object]
@@ -171,6 +181,10 @@ class SyncClient:
         topic_alias_maximum: int = 0,
         outgoing_topic_aliases: int = 0,
         connect_user_properties: Iterable[tuple[str, str]] | None = None,
+        request_problem_information: bool | None = None,
+        auth_method: str | None = None,
+        auth_data: bytes | None = None,
+        on_auth: SyncAuthCallback | None = None,
         on_message: MessageCallback | None = None,
         userdata: Any = None,
     ) -> None:
@@ -209,6 +223,10 @@ class SyncClient:
             topic_alias_maximum=topic_alias_maximum,
             outgoing_topic_aliases=outgoing_topic_aliases,
             connect_user_properties=connect_user_properties,
+            request_problem_information=request_problem_information,
+            auth_method=auth_method,
+            auth_data=auth_data,
+            on_auth=on_auth,
         )
         self._address = (hostname, port)
         self._settings = _settings(hostname, port, **self._args)
@@ -221,6 +239,12 @@ class SyncClient:
         self.userdata = userdata
         self.on_state_change = on_state_change
         self._core = self._settings.new_core()
+        self._v5 = self._settings.core_args["protocol"] == MQTTv5
+        self._auth_method = auth_method
+        self._auth_data = None if auth_data is None else bytes(auth_data)
+        self._on_auth = on_auth
+        # What `on_auth` raised: the exchange ended, connect/reauthenticate raise it.
+        self._auth_error: Exception | None = None
         self._started = False
         # Guards `_pending`, `_state`, `_room` and the callback thread; its condition is
         # notified whenever the events thread completed something.
@@ -343,7 +367,27 @@ class SyncClient:
             raise
         if request._error is not None:
             self._join()
-            raise request._error
+            raise self._auth_error or request._error
+
+    def reauthenticate(
+        self, data: bytes | None = None, *, timeout: float | None = None
+    ) -> bytes | None:
+        """MQTT 5.0 enhanced authentication again on the open connection (see
+        `Client.reauthenticate`); blocks until the server's AUTH 0x00 and returns its
+        Authentication Data."""
+        if self._auth_method is None:
+            raise ValueError("[MQTT-4.12.1-1] reauthenticate needs the auth_method connected with")
+        if not self._started:
+            raise MqttConnectionError("the client is not connected")
+        payload = self._auth_data if data is None else bytes(data)
+        self._auth_error = None
+        try:
+            self._call(lambda core: core.reauthenticate(payload), timeout, "the re-authentication")
+        except MqttConnectionError:
+            if self._auth_error is not None:
+                raise self._auth_error from None
+            raise
+        return self._core.auth_result_data
 
     def disconnect(self) -> None:
         """Sends what is buffered and DISCONNECT, then closes (bounded by `timeout`);
@@ -382,16 +426,29 @@ class SyncClient:
     # -- publishing and subscribing -----------------------------------------------------
 
     def publish(
-        self, topic: str, payload: PayloadType = None, qos: int = 0, retain: bool = False
+        self,
+        topic: str,
+        payload: PayloadType = None,
+        qos: int = 0,
+        retain: bool = False,
+        properties: MessageProperties | Any | None = None,
     ) -> PublishHandle:
         """Publishes, starting at once, and returns a `PublishHandle`
         (`wait_for_publish(timeout)`, `is_published()`). Blocks only while the write
-        buffer is full (`max_buffered_bytes`), until it has room."""
+        buffer is full (`max_buffered_bytes`), until it has room. `properties` (MQTT
+        5.0): a `MessageProperties`, or paho-mqtt's `Properties` as a paho v5 program
+        passes them; a PUBACK/PUBREC refusal fails the handle with `MqttPublishError`."""
+        if properties is not None and not isinstance(properties, MessageProperties):
+            properties = _from_paho_properties(properties)
+        v5 = self._v5 or properties is not None
         core = self._core
         while True:
             with self._lock:
                 # Raises the client's error when it is not connected.
-                result = core.publish(topic, payload, qos, retain)
+                if v5:
+                    result = core.publish_v5(topic, payload, qos, retain, properties)
+                else:
+                    result = core.publish(topic, payload, qos, retain)
                 if result is _SENT:
                     return _PUBLISHED
                 if isinstance(result, int):
@@ -407,22 +464,52 @@ class SyncClient:
         self,
         topic: str | tuple[str, int] | Iterable[str | tuple[str, int]],
         qos: int = 0,
+        options: Any | None = None,
+        properties: Any | None = None,
         *,
         timeout: float | None = None,
+        no_local: bool = False,
+        retain_as_published: bool = False,
+        retain_handling: int = 0,
+        subscription_identifier: int | None = None,
+        user_properties: Iterable[tuple[str, str]] | None = None,
     ) -> list[int]:
-        """Subscribes and blocks until SUBACK (see `Client.subscribe`)."""
-        filters = _filters(topic, qos)
-        codes: list[int] = self._call(
-            lambda core: core.subscribe(filters), timeout, "the subscribe"
+        """Subscribes and blocks until SUBACK (see `Client.subscribe`). MQTT 5.0:
+        paho-mqtt's `options` (`SubscribeOptions`) and `properties` (`Properties` with
+        `SubscriptionIdentifier`, `UserProperty`), or the keywords of `Client.subscribe`."""
+        filters, send = _subscribe_request(
+            self._v5,
+            topic,
+            qos,
+            options,
+            properties,
+            no_local=no_local,
+            retain_as_published=retain_as_published,
+            retain_handling=retain_handling,
+            subscription_identifier=subscription_identifier,
+            user_properties=user_properties,
         )
+        codes: list[int] = self._call(send, timeout, "the subscribe")
         if any(code >= 0x80 for code in codes):
             raise MqttSubscribeError(filters, codes)
         return codes
 
-    def unsubscribe(self, topic: str | Iterable[str], *, timeout: float | None = None) -> None:
-        """Unsubscribes and blocks until UNSUBACK."""
-        filters = [topic] if isinstance(topic, str) else list(topic)
-        self._call(lambda core: core.unsubscribe(filters), timeout, "the unsubscribe")
+    def unsubscribe(
+        self,
+        topic: str | Iterable[str],
+        properties: Any | None = None,
+        *,
+        timeout: float | None = None,
+        user_properties: Iterable[tuple[str, str]] | None = None,
+    ) -> list[int] | None:
+        """Unsubscribes and blocks until UNSUBACK. MQTT 5.0 returns the reason codes
+        and raises `MqttUnsubscribeError` if one is 0x80 or more (see
+        `Client.unsubscribe`); `properties` may be paho-mqtt's `Properties`."""
+        filters, send = _unsubscribe_request(self._v5, topic, properties, user_properties)
+        codes: list[int] | None = self._call(send, timeout, "the unsubscribe")
+        if codes is not None and any(code >= 0x80 for code in codes):
+            raise _unsubscribe_error(filters, codes)
+        return codes
 
     def messages(self, timeout: float | None = None) -> Iterator[ClientMessage]:
         """Received messages, blocking: `for message in client.messages(timeout=5):`.
@@ -539,6 +626,8 @@ class SyncClient:
         while True:
             core.wait(False, None)
             drained = core.drain(0)
+            if self._on_auth is not None:
+                self._answer_challenges(core)
             closed = False
             with self._changed:
                 completions = drained.completions
@@ -572,6 +661,22 @@ class SyncClient:
                 self._notify_state(change)
             if closed:
                 return
+
+    def _answer_challenges(self, core: ClientCore) -> None:
+        """Hands the server's AUTH challenges to `on_auth` (on the events thread) and
+        its answers back to the core; if it raises, the client disconnects and the
+        exchange's caller raises that exception."""
+        assert self._auth_method is not None and self._on_auth is not None
+        while (challenge := core.auth_challenge()) is not None:
+            seq, data, reauth = challenge
+            try:
+                answer = _auth_bytes(self._on_auth(AuthChallenge(self._auth_method, data, reauth)))
+            except Exception as exc:
+                logger.warning("on_auth callback failed: %r", exc)
+                self._auth_error = exc
+                core.disconnect()
+                return
+            core.auth_reply(seq, answer)
 
     def _notify_state(self, change: StateChange) -> None:
         callback = self.on_state_change

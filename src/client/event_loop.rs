@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     reader: Notify,
     /// A close was requested.
     control: Notify,
+    /// The application answered an AUTH challenge of the CONNECT exchange.
+    pub(crate) auth: Notify,
     pub(crate) wake: WakePipe,
     /// Whether events are announced on the wake socket (an asyncio loop watches it) or
     /// only on `events` (threads blocked in `Client::wait_events` and friends).
@@ -79,6 +81,7 @@ impl Shared {
             writer: Notify::new(),
             reader: Notify::new(),
             control: Notify::new(),
+            auth: Notify::new(),
             wake,
             wake_pipe: AtomicBool::new(true),
             events: Condvar::new(),
@@ -172,6 +175,19 @@ impl Shared {
                     .decode(&mut rbuf)
                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 if let Some(packet) = decoded {
+                    let packet = match packet {
+                        // Enhanced authentication before CONNACK (spec 4.12).
+                        Packet::Auth(auth) => {
+                            let reply = self.auth_step(auth, &mut wr).await?;
+                            buf.clear();
+                            reply
+                                .encode(&mut buf)
+                                .map_err(|e| ClientError::ConnectFailed(e.to_string()))?;
+                            wr.write_all(&buf).await.map_err(lost)?;
+                            continue;
+                        }
+                        other => other,
+                    };
                     return match packet {
                         Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Accepted => {
                             if ack.session_present && self.opts.clean_session {
@@ -226,6 +242,37 @@ impl Shared {
                 self.addr(),
                 self.opts.connect_timeout.as_secs_f64()
             ))),
+        }
+    }
+
+    /// A server's AUTH during CONNECT: the challenge goes to the application, whose
+    /// answer (an AUTH 0x18) is returned for the caller to write. A violation is
+    /// answered with DISCONNECT before the error is returned (spec 4.13.1).
+    async fn auth_step(
+        &self,
+        auth: crate::codec::Auth,
+        wr: &mut Writer,
+    ) -> Result<Packet, ClientError> {
+        if let Err(e) = self.with_state(|st| st.on_auth(auth, true)) {
+            if let ClientError::ProtocolV5 { reason, .. } = &e {
+                let mut buf = BytesMut::new();
+                let packet = Packet::DisconnectV5(DisconnectV5 {
+                    reason: *reason,
+                    properties: None,
+                });
+                if packet.encode(&mut buf).is_ok() {
+                    let _ = wr.write_all(&buf).await;
+                    let _ = wr.shutdown().await;
+                }
+            }
+            return Err(e);
+        }
+        loop {
+            if let Some(reply) = self.with_state(|st| st.take_auth_reply()) {
+                return Ok(reply);
+            }
+            // Bounded by the connect timeout around the whole attempt.
+            self.auth.notified().await;
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::time::Instant;
 
@@ -20,7 +21,7 @@ use super::runtime::{runtime, WakePipe};
 use super::state::{ConnectionState, Drained, Incoming, Limits, State, Submitted};
 use super::store::{Store, StoreError};
 use super::transport::Connector;
-use super::v5::{PublishError, ServerLimits};
+use super::v5::{AuthChallenge, PublishError, ReauthError, ServerLimits};
 
 /// Why a client could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,32 @@ impl Client {
         self.shared
             .with_state(|st| st.publish(topic, payload, qos, retain))
             .map_err(|e| e.to_string())
+    }
+
+    /// MQTT 5.0 enhanced authentication: the server's next challenge (AUTH 0x18) for
+    /// the application to answer with [`auth_reply`](Client::auth_reply).
+    pub fn auth_challenge(&self) -> Option<AuthChallenge> {
+        self.shared.with_state(|st| st.take_auth_challenge())
+    }
+
+    /// Answers challenge `seq` with `data` (AUTH 0x18); `false` if that challenge's
+    /// connection is gone.
+    pub fn auth_reply(&self, seq: u64, data: Option<Bytes>) -> bool {
+        let sent = self.shared.with_state(|st| st.auth_reply(seq, data));
+        // During CONNECT the connection task waits for the answer itself.
+        self.shared.auth.notify_one();
+        sent
+    }
+
+    /// Starts a re-authentication (AUTH 0x19 with `data`); the token completes when the
+    /// server's AUTH 0x00 ends it.
+    pub fn reauthenticate(&self, data: Option<Bytes>) -> Result<u64, ReauthError> {
+        self.shared.with_state(|st| st.reauthenticate(data))
+    }
+
+    /// The Authentication Data that ended the last exchange (CONNACK or AUTH 0x00).
+    pub fn auth_result_data(&self) -> Option<Bytes> {
+        self.shared.state.lock().auth_result_data()
     }
 
     /// Publishes on a 5.0 client with `props` (its own checks: the CONNACK's Maximum

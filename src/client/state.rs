@@ -500,7 +500,7 @@ impl State {
     /// Completions, state changes or room are queued for the application (received
     /// messages are counted apart: `incoming`).
     pub(crate) fn has_events(&self) -> bool {
-        !self.completions.is_empty() || !self.states.is_empty() || self.room
+        !self.completions.is_empty() || !self.states.is_empty() || self.room || self.auth_pending()
     }
 
     pub(crate) fn check_room(&mut self) {

@@ -5,6 +5,7 @@
 //! The state machine's 5.0 handling (topic aliases, reason codes, subscription options)
 //! is in `state/v5.rs`; nothing here runs for a 3.1/3.1.1 client.
 
+use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::codec::{self, ConnAckV5, Properties, QoS, ReasonCode};
@@ -28,6 +29,23 @@ pub struct V5Options {
     pub user_properties: Vec<(String, String)>,
     /// Request Problem Information (`None` leaves the default, true).
     pub request_problem_information: Option<bool>,
+    /// Enhanced authentication (spec 4.12): the Authentication Method CONNECT names.
+    /// The server's AUTH challenges reach the application as [`AuthChallenge`]s.
+    pub authentication_method: Option<String>,
+    /// The Authentication Data of the CONNECT (needs `authentication_method`).
+    pub authentication_data: Option<Bytes>,
+}
+
+/// A server's AUTH 0x18 waiting for the application's answer (spec 4.12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthChallenge {
+    /// Names this challenge in the answer: an answer to an older one (of a connection
+    /// that is gone) is dropped.
+    pub seq: u64,
+    /// The server's Authentication Data.
+    pub data: Option<Bytes>,
+    /// Part of a re-authentication (AUTH 0x19) rather than of the CONNECT.
+    pub reauth: bool,
 }
 
 impl V5Options {
@@ -43,6 +61,8 @@ impl V5Options {
                 .ok()
                 .filter(|m| *m < codec::MAX_REMAINING_LENGTH as u32 + 5),
             request_problem_information: self.request_problem_information,
+            authentication_method: self.authentication_method.as_deref().map(ByteString::from),
+            authentication_data: self.authentication_data.clone(),
             user_properties: self
                 .user_properties
                 .iter()
@@ -123,6 +143,20 @@ impl ServerLimits {
             connack,
         }
     }
+}
+
+/// Why a re-authentication cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReauthError {
+    #[error("the client is not connected")]
+    NotConnected,
+    /// [MQTT-4.12.1-1]: a re-authentication uses the CONNECT's method; there was none.
+    #[error("[MQTT-4.12.1-1] re-authentication needs the auth_method the client connected with")]
+    NoMethod,
+    #[error("a re-authentication is already running")]
+    InProgress,
+    #[error("{0}")]
+    Encode(String),
 }
 
 /// Why a 5.0 publish was refused before anything was sent.

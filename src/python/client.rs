@@ -122,7 +122,9 @@ impl ClientCore {
         tls_key_pem = None, tls_verify = "full", tls_versions = "any", tls_server_name = None,
         ws_path = None, ws_headers = None, session_expiry_interval = None,
         receive_maximum = None, topic_alias_maximum = 0, outgoing_topic_aliases = 0,
-        connect_user_properties = None, will_properties = None
+        connect_user_properties = None, will_properties = None,
+        request_problem_information = None, auth_method = None, auth_data = None,
+        will_delay_interval = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -160,6 +162,10 @@ impl ClientCore {
         outgoing_topic_aliases: u16,
         connect_user_properties: Option<Vec<(String, String)>>,
         will_properties: Option<MessageProperties>,
+        request_problem_information: Option<bool>,
+        auth_method: Option<String>,
+        auth_data: Option<Vec<u8>>,
+        will_delay_interval: Option<u32>,
     ) -> PyResult<Self> {
         let scheme = choice(
             "transport",
@@ -220,11 +226,17 @@ impl ClientCore {
             topic_alias_maximum,
             outgoing_topic_aliases,
             connect_user_properties,
+            client_v5::V5Extra {
+                request_problem_information,
+                auth_method,
+                auth_data,
+            },
         )?;
         if protocol != Protocol::V5 && v5 != crate::client::V5Options::default() {
             return Err(PyValueError::new_err(
-                "session_expiry_interval, receive_maximum, topic aliases and CONNECT user \
-                 properties need MQTT 5.0 (protocol=5)",
+                "session_expiry_interval, receive_maximum, topic aliases, CONNECT user \
+                 properties, request_problem_information and enhanced authentication need \
+                 MQTT 5.0 (protocol=5)",
             ));
         }
         let seconds = |name: &str, value: f64| {
@@ -232,7 +244,9 @@ impl ClientCore {
                 PyValueError::new_err(format!("{name} must be a non-negative number of seconds"))
             })
         };
-        if will_properties.is_some() && (protocol != Protocol::V5 || will.is_none()) {
+        if (will_properties.is_some() || will_delay_interval.is_some())
+            && (protocol != Protocol::V5 || will.is_none())
+        {
             return Err(PyValueError::new_err(
                 "will properties need a will and MQTT 5.0 (protocol=5)",
             ));
@@ -250,6 +264,8 @@ impl ClientCore {
             }),
             None => None,
         };
+        let mut will = will;
+        client_v5::set_will_delay(will.as_mut(), will_delay_interval)?;
         let reconnect = match reconnect {
             Some((initial, max, max_attempts)) => Some(Reconnect {
                 initial_delay: seconds("reconnect initial_delay", initial)?,
@@ -404,6 +420,27 @@ impl ClientCore {
             self.inner
                 .unsubscribe_v5(filters, user_properties.unwrap_or_default()),
         )
+    }
+
+    fn auth_challenge<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<(u64, Option<Bound<'py, PyBytes>>, bool)> {
+        client_v5::auth_challenge(py, &self.inner)
+    }
+
+    fn auth_reply(&self, seq: u64, data: Option<Vec<u8>>) -> bool {
+        self.inner.auth_reply(seq, data.map(Bytes::from))
+    }
+
+    #[pyo3(signature = (data = None))]
+    fn reauthenticate(&self, py: Python<'_>, data: Option<Vec<u8>>) -> PyResult<u64> {
+        client_v5::reauthenticate(py, &self.inner, data)
+    }
+
+    #[getter]
+    fn auth_result_data<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.inner.auth_result_data().map(|d| PyBytes::new(py, &d))
     }
 
     /// What the last MQTT 5.0 CONNACK said (None before it, and on 3.1/3.1.1).

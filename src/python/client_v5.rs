@@ -2,11 +2,13 @@
 //! message properties in and out, the CONNACK's limits ([`ConnAckInfo`]) and the 5.0
 //! errors as the exception instances Python raises.
 
-use pyo3::exceptions::PyValueError;
+use bytes::Bytes;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
-use crate::client::{ClientError, PublishError, ServerLimits, V5Options};
-use crate::codec::{Properties, QoS, RetainHandling, SubscriptionOptions};
+use crate::client::{Client, ClientError, PublishError, ReauthError, ServerLimits, V5Options};
+use crate::codec::{LastWill, Properties, QoS, RetainHandling, SubscriptionOptions};
 
 use super::properties::MessageProperties;
 
@@ -19,7 +21,14 @@ pub(super) fn v5_options(
     topic_alias_maximum: u16,
     outgoing_topic_aliases: u16,
     user_properties: Option<Vec<(String, String)>>,
+    extra: V5Extra,
 ) -> PyResult<V5Options> {
+    if extra.auth_data.is_some() && extra.auth_method.is_none() {
+        return Err(PyValueError::new_err(
+            "auth_data needs auth_method (spec 3.1.2.11.10: no Authentication Data without \
+             a method)",
+        ));
+    }
     if receive_maximum == Some(0) {
         return Err(PyValueError::new_err(
             "receive_maximum must be between 1 and 65535 (0 is a protocol error)",
@@ -31,8 +40,65 @@ pub(super) fn v5_options(
         topic_alias_maximum,
         outgoing_topic_aliases,
         user_properties: user_properties.unwrap_or_default(),
-        request_problem_information: None,
+        request_problem_information: extra.request_problem_information,
+        authentication_method: extra.auth_method,
+        authentication_data: extra.auth_data.map(Bytes::from),
     })
+}
+
+/// The 5.0 CONNECT settings added after the first ones (`ClientCore` keywords).
+#[derive(Default)]
+pub(super) struct V5Extra {
+    pub(super) request_problem_information: Option<bool>,
+    pub(super) auth_method: Option<String>,
+    pub(super) auth_data: Option<Vec<u8>>,
+}
+
+/// Sets the will's Will Delay Interval (seconds the server waits after the connection
+/// is lost before it publishes the will; a reconnect within it cancels the will).
+pub(super) fn set_will_delay(will: Option<&mut LastWill>, delay: Option<u32>) -> PyResult<()> {
+    let Some(delay) = delay else {
+        return Ok(());
+    };
+    let Some(will) = will else {
+        return Err(PyValueError::new_err("will_delay_interval needs a will"));
+    };
+    will.properties
+        .get_or_insert_with(Box::default)
+        .will_delay_interval = Some(delay);
+    Ok(())
+}
+
+/// The next server challenge of an enhanced authentication as `(seq, data, reauth)`.
+pub(super) fn auth_challenge<'py>(
+    py: Python<'py>,
+    client: &Client,
+) -> Option<(u64, Option<Bound<'py, PyBytes>>, bool)> {
+    client
+        .auth_challenge()
+        .map(|c| (c.seq, c.data.map(|d| PyBytes::new(py, &d)), c.reauth))
+}
+
+/// Starts a re-authentication; the token completes on the server's AUTH 0x00.
+pub(super) fn reauthenticate(
+    py: Python<'_>,
+    client: &Client,
+    data: Option<Vec<u8>>,
+) -> PyResult<u64> {
+    client
+        .reauthenticate(data.map(Bytes::from))
+        .map_err(|e| match e {
+            ReauthError::NotConnected => {
+                match client_error_class(py, ClientErrorClass::Connection)
+                    .and_then(|class| class.call1((e.to_string(),)))
+                {
+                    Ok(instance) => PyErr::from_value(instance),
+                    Err(err) => err,
+                }
+            }
+            ReauthError::InProgress => PyRuntimeError::new_err(e.to_string()),
+            ReauthError::NoMethod | ReauthError::Encode(_) => PyValueError::new_err(e.to_string()),
+        })
 }
 
 /// A SUBSCRIBE's options byte from its parts.
@@ -269,6 +335,21 @@ impl ConnAckInfo {
     #[getter]
     fn reason_string(&self) -> Option<&str> {
         self.props().and_then(|p| p.reason_string.as_deref())
+    }
+
+    /// Enhanced authentication: the method the server confirmed.
+    #[getter]
+    fn authentication_method(&self) -> Option<&str> {
+        self.props()
+            .and_then(|p| p.authentication_method.as_deref())
+    }
+
+    /// Enhanced authentication: the server's last data (a SCRAM server's signature).
+    #[getter]
+    fn authentication_data<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.props()
+            .and_then(|p| p.authentication_data.as_deref())
+            .map(|d| PyBytes::new(py, d))
     }
 
     #[getter]

@@ -182,7 +182,8 @@ impl State {
             | Packet::PubCompV5(_)
             | Packet::SubAckV5(_)
             | Packet::UnsubAckV5(_)
-            | Packet::DisconnectV5(_))
+            | Packet::DisconnectV5(_)
+            | Packet::Auth(_))
                 if self.v5.is_some() =>
             {
                 return self.on_packet_v5(v5);

@@ -157,6 +157,7 @@ impl State {
             // Topic aliases live as long as a connection [MQTT-3.3.2-7].
             v5.reset_aliases();
         }
+        self.end_auth(error);
         let requests: Vec<(u16, Request)> = self.requests.drain().collect();
         for (packet_id, request) in requests {
             self.ids.free(packet_id);
@@ -179,6 +180,7 @@ impl State {
         self.out.clear();
         self.held = None;
         let failure = error.clone().unwrap_or(ClientError::Closed);
+        self.end_auth(&failure);
         let tokens: Vec<u64> = self
             .inflight
             .drain(..)

@@ -11,12 +11,12 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::codec::{
-    self, DisconnectV5, Packet, Properties, PropertyContext, Publish, QoS, ReasonCode, SubscribeV5,
-    SubscriptionOptions, UnsubscribeV5,
+    self, Auth, DisconnectV5, Packet, Properties, PropertyContext, Publish, QoS, ReasonCode,
+    SubscribeV5, SubscriptionOptions, UnsubscribeV5,
 };
 
-use super::super::v5::{PublishError, ServerLimits, V5Options};
-use super::{ClientError, Outcome, Request, Stage, State, Submitted};
+use super::super::v5::{AuthChallenge, PublishError, ReauthError, ServerLimits, V5Options};
+use super::{ClientError, ConnectionState, Outcome, Request, Stage, State, Submitted};
 
 /// What a 5.0 client keeps besides the 3.1.1 state.
 pub(crate) struct V5State {
@@ -38,6 +38,29 @@ pub(crate) struct V5State {
     /// Filter -> options and Subscription Identifier, restored when a connection comes
     /// up without a session.
     subscriptions: BTreeMap<ByteString, (SubscriptionOptions, Option<u32>)>,
+    /// Enhanced authentication, when CONNECT names a method.
+    auth: Option<AuthState>,
+}
+
+/// Where an enhanced authentication exchange (spec 4.12) stands. The exchange is
+/// lockstep: at most one server challenge waits for the application's answer.
+#[derive(Default)]
+struct AuthState {
+    /// The method of the CONNECT; every AUTH carries it [MQTT-4.12.0-5], a
+    /// re-authentication too [MQTT-4.12.1-1].
+    method: ByteString,
+    /// A challenge the application has not taken yet.
+    undelivered: Option<AuthChallenge>,
+    /// The challenge waiting for an answer.
+    awaiting: Option<u64>,
+    next_seq: u64,
+    /// The answer to a challenge of the CONNECT exchange, for the connection task
+    /// (before CONNACK the writer does not run).
+    reply: Option<Option<Bytes>>,
+    /// The token of the running re-authentication (AUTH 0x19 sent).
+    reauth: Option<u64>,
+    /// The Authentication Data of what ended the last exchange (CONNACK or AUTH 0x00).
+    last_data: Option<Bytes>,
 }
 
 impl V5State {
@@ -51,6 +74,10 @@ impl V5State {
             outgoing_aliases: HashMap::new(),
             outgoing_alias_max: 0,
             subscriptions: BTreeMap::new(),
+            auth: opts.authentication_method.as_deref().map(|m| AuthState {
+                method: ByteString::from(m),
+                ..AuthState::default()
+            }),
         }
     }
 
@@ -106,6 +133,13 @@ impl State {
         self.window = max_inflight.min(usize::from(limits.receive_maximum));
         v5.reset_aliases();
         v5.outgoing_alias_max = v5.outgoing_topic_aliases.min(limits.topic_alias_maximum);
+        if let Some(auth) = v5.auth.as_mut() {
+            auth.last_data = limits
+                .connack
+                .properties
+                .as_deref()
+                .and_then(|p| p.authentication_data.clone());
+        }
         v5.server = Some(limits);
     }
 
@@ -416,6 +450,7 @@ impl State {
                 ),
             },
             Packet::DisconnectV5(d) => return Err(self.server_disconnect(Some(d))),
+            Packet::Auth(a) => return self.on_auth(a, false),
             other => {
                 return Err(violation(
                     ReasonCode::PROTOCOL_ERROR,
@@ -482,6 +517,179 @@ impl State {
         Ok(())
     }
 
+    /// A server's AUTH, during the CONNECT exchange (`connecting`, before CONNACK) or on
+    /// an open connection (re-authentication). A challenge (0x18) is queued for the
+    /// application; a success (0x00) ends a re-authentication.
+    pub(crate) fn on_auth(&mut self, packet: Auth, connecting: bool) -> Result<(), ClientError> {
+        let connected = self.status == ConnectionState::Connected;
+        let Some(auth) = self.v5.as_deref_mut().and_then(|v5| v5.auth.as_mut()) else {
+            tracing::warn!("client: [MQTT-4.12.0-7] AUTH from a server though CONNECT named no method: DISCONNECT 0x82");
+            return Err(violation(
+                ReasonCode::PROTOCOL_ERROR,
+                "spec 4.12: the server sent AUTH though CONNECT named no Authentication Method"
+                    .into(),
+            ));
+        };
+        let props = packet.properties.as_deref();
+        let method = props.and_then(|p| p.authentication_method.as_ref());
+        if method.map(|m| &**m) != Some(&*auth.method) {
+            tracing::warn!("client: [MQTT-4.12.0-5] AUTH with another method: DISCONNECT 0x82");
+            return Err(violation(
+                ReasonCode::PROTOCOL_ERROR,
+                format!(
+                    "[MQTT-4.12.0-5] the server's AUTH names method {:?}, not {:?}",
+                    method.map(|m| m.to_string()),
+                    &*auth.method
+                ),
+            ));
+        }
+        // An owned copy: the received data shares the read buffer's memory.
+        let data = props
+            .and_then(|p| p.authentication_data.as_deref())
+            .map(Bytes::copy_from_slice);
+        let reauth = !connecting && connected && auth.reauth.is_some();
+        match packet.reason {
+            ReasonCode::CONTINUE_AUTHENTICATION
+                if (connecting || reauth) && auth.awaiting.is_none() =>
+            {
+                auth.next_seq += 1;
+                auth.awaiting = Some(auth.next_seq);
+                auth.undelivered = Some(AuthChallenge {
+                    seq: auth.next_seq,
+                    data,
+                    reauth,
+                });
+                self.dirty = true;
+                Ok(())
+            }
+            ReasonCode::SUCCESS if reauth && auth.awaiting.is_none() => {
+                auth.last_data = data;
+                if let Some(token) = auth.reauth.take() {
+                    self.complete(token, Outcome::Done);
+                }
+                Ok(())
+            }
+            reason => {
+                tracing::warn!(%reason, "client: [MQTT-3.15.2-1] unexpected AUTH: DISCONNECT 0x82");
+                Err(violation(
+                    ReasonCode::PROTOCOL_ERROR,
+                    format!(
+                        "[MQTT-3.15.2-1] AUTH {reason} from the server {}",
+                        if connecting || reauth {
+                            "before the client answered, or ending the exchange with the wrong packet"
+                        } else {
+                            "outside an authentication exchange"
+                        }
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Whether a server challenge waits to be taken (an event for blocked waiters).
+    pub(crate) fn auth_pending(&self) -> bool {
+        self.v5
+            .as_deref()
+            .and_then(|v5| v5.auth.as_ref())
+            .is_some_and(|a| a.undelivered.is_some())
+    }
+
+    /// The server's challenge the application has to answer (once each).
+    pub(crate) fn take_auth_challenge(&mut self) -> Option<AuthChallenge> {
+        self.v5
+            .as_deref_mut()
+            .and_then(|v5| v5.auth.as_mut())
+            .and_then(|a| a.undelivered.take())
+    }
+
+    /// The application's answer to challenge `seq`: an AUTH 0x18 [MQTT-4.12.0-3] with
+    /// the method [MQTT-4.12.0-5]. On an open connection it is written at once; during
+    /// CONNECT it waits for the connection task ([`State::take_auth_reply`]). `false`:
+    /// `seq` is not the challenge waiting (its connection is gone), nothing is sent.
+    pub(crate) fn auth_reply(&mut self, seq: u64, data: Option<Bytes>) -> bool {
+        let connected = self.status == ConnectionState::Connected;
+        let Some(auth) = self.v5.as_deref_mut().and_then(|v5| v5.auth.as_mut()) else {
+            return false;
+        };
+        if auth.awaiting != Some(seq) {
+            tracing::debug!(
+                seq,
+                "client: an answer to an authentication challenge that is gone"
+            );
+            return false;
+        }
+        auth.awaiting = None;
+        if !connected {
+            auth.reply = Some(data);
+            return true;
+        }
+        let packet = auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &auth.method, data);
+        if let Err(e) = self.encode(&packet) {
+            tracing::error!("client: could not encode AUTH: {e}");
+            return false;
+        }
+        true
+    }
+
+    /// The AUTH answering a challenge of the CONNECT exchange, once the application
+    /// gave it.
+    pub(crate) fn take_auth_reply(&mut self) -> Option<Packet> {
+        let auth = self.v5.as_deref_mut()?.auth.as_mut()?;
+        let data = auth.reply.take()?;
+        Some(auth_packet(
+            ReasonCode::CONTINUE_AUTHENTICATION,
+            &auth.method,
+            data,
+        ))
+    }
+
+    /// Starts a re-authentication: AUTH 0x19 with the CONNECT's method [MQTT-4.12.1-1]
+    /// and `data`; the token completes on the server's AUTH 0x00 and fails if the
+    /// connection ends first (a refusal is a DISCONNECT, [MQTT-4.12.1-2]).
+    pub(crate) fn reauthenticate(&mut self, data: Option<Bytes>) -> Result<u64, ReauthError> {
+        if self.status != ConnectionState::Connected || self.close_requested {
+            return Err(ReauthError::NotConnected);
+        }
+        let token = self.next_token;
+        let auth = self
+            .v5
+            .as_deref_mut()
+            .and_then(|v5| v5.auth.as_mut())
+            .ok_or(ReauthError::NoMethod)?;
+        if auth.reauth.is_some() {
+            return Err(ReauthError::InProgress);
+        }
+        let packet = auth_packet(ReasonCode::RE_AUTHENTICATE, &auth.method, data);
+        auth.reauth = Some(token);
+        auth.awaiting = None;
+        if let Err(e) = self.encode(&packet) {
+            if let Some(auth) = self.v5.as_deref_mut().and_then(|v5| v5.auth.as_mut()) {
+                auth.reauth = None;
+            }
+            return Err(ReauthError::Encode(e.to_string()));
+        }
+        Ok(self.new_token())
+    }
+
+    /// The Authentication Data that ended the last exchange: the CONNACK's, or the
+    /// AUTH 0x00's of a re-authentication (a SCRAM server's signature, for one).
+    pub(crate) fn auth_result_data(&self) -> Option<Bytes> {
+        self.v5.as_deref()?.auth.as_ref()?.last_data.clone()
+    }
+
+    /// The connection ended: an exchange in progress is over, a re-authentication fails.
+    pub(crate) fn end_auth(&mut self, error: &ClientError) {
+        let Some(auth) = self.v5.as_deref_mut().and_then(|v5| v5.auth.as_mut()) else {
+            return;
+        };
+        auth.undelivered = None;
+        auth.awaiting = None;
+        auth.reply = None;
+        if let Some(token) = auth.reauth.take() {
+            self.complete(token, Outcome::Failed(error.clone()));
+        }
+    }
+
     /// The error a server's DISCONNECT ends the connection with.
     pub(super) fn server_disconnect(&mut self, d: Option<DisconnectV5>) -> ClientError {
         let (reason, props) = match d {
@@ -497,6 +705,18 @@ impl State {
         tracing::info!("client: {error}");
         error
     }
+}
+
+/// An AUTH with the method and, when given, the data.
+fn auth_packet(reason: ReasonCode, method: &ByteString, data: Option<Bytes>) -> Packet {
+    Packet::Auth(Auth {
+        reason,
+        properties: Some(Box::new(Properties {
+            authentication_method: Some(method.clone()),
+            authentication_data: data,
+            ..Properties::default()
+        })),
+    })
 }
 
 /// A PUBACK's or PUBREC's outcome: done, or the server's refusal.
@@ -872,5 +1092,116 @@ mod tests {
             ClientError::Disconnected { reason, .. } if reason == ReasonCode::SESSION_TAKEN_OVER
         ));
         assert!(!err.is_retryable());
+    }
+
+    fn auth(reason: ReasonCode, method: &'static str, data: &'static [u8]) -> Packet {
+        Packet::Auth(Auth {
+            reason,
+            properties: Some(Box::new(Properties {
+                authentication_method: Some(ByteString::from_static(method)),
+                authentication_data: Some(Bytes::from_static(data)),
+                ..Properties::default()
+            })),
+        })
+    }
+
+    fn with_auth() -> V5Options {
+        V5Options {
+            authentication_method: Some("X".into()),
+            authentication_data: Some(Bytes::from_static(b"hello")),
+            ..V5Options::default()
+        }
+    }
+
+    #[test]
+    fn connect_exchange_hands_challenges_to_the_application() {
+        let mut st = state(1, true);
+        st.enable_v5(&with_auth());
+        let Packet::Auth(a) = auth(ReasonCode::CONTINUE_AUTHENTICATION, "X", b"c1") else {
+            unreachable!()
+        };
+        st.on_auth(a, true).unwrap();
+        assert!(st.auth_pending() && st.take_signals().app);
+        let c = st.take_auth_challenge().expect("a challenge");
+        assert_eq!((c.data.as_deref(), c.reauth), (Some(&b"c1"[..]), false));
+        assert!(
+            !st.auth_reply(c.seq + 1, None),
+            "an answer to another challenge"
+        );
+        assert!(st.take_auth_reply().is_none());
+        assert!(st.auth_reply(c.seq, Some(Bytes::from_static(b"a1"))));
+        // [MQTT-4.12.0-3] [MQTT-4.12.0-5]: AUTH 0x18 with the method, for the task.
+        let Some(Packet::Auth(reply)) = st.take_auth_reply() else {
+            panic!("no reply")
+        };
+        let p = reply.properties.expect("properties");
+        assert_eq!(reply.reason, ReasonCode::CONTINUE_AUTHENTICATION);
+        assert_eq!(p.authentication_method.as_deref(), Some("X"));
+        assert_eq!(p.authentication_data.as_deref(), Some(&b"a1"[..]));
+        assert!(
+            st.out.is_empty(),
+            "nothing but AUTH before CONNACK [MQTT-3.1.2-30]"
+        );
+    }
+
+    #[test]
+    fn reauthentication_and_its_failures() {
+        let mut st = v5_state(1, with_auth(), None);
+        let t = st
+            .reauthenticate(Some(Bytes::from_static(b"again")))
+            .unwrap();
+        assert_eq!(st.reauthenticate(None), Err(ReauthError::InProgress));
+        let sent = written_v5(&mut st);
+        let [Packet::Auth(a)] = &sent[..] else {
+            panic!("{sent:?}")
+        };
+        // [MQTT-4.12.1-1] [MQTT-3.15.2-1]
+        assert_eq!(a.reason, ReasonCode::RE_AUTHENTICATE);
+        assert_eq!(
+            a.properties
+                .as_deref()
+                .and_then(|p| p.authentication_method.as_deref()),
+            Some("X")
+        );
+        st.on_packet(auth(ReasonCode::CONTINUE_AUTHENTICATION, "X", b"r1"))
+            .unwrap();
+        let c = st.take_auth_challenge().unwrap();
+        assert!(c.reauth);
+        assert!(
+            st.on_packet(auth(ReasonCode::SUCCESS, "X", b"early"))
+                .is_err(),
+            "success before the client answered"
+        );
+        let mut st = v5_state(1, with_auth(), None);
+        let t2 = st.reauthenticate(None).unwrap();
+        st.on_packet(auth(ReasonCode::CONTINUE_AUTHENTICATION, "X", b"r1"))
+            .unwrap();
+        let c = st.take_auth_challenge().unwrap();
+        assert!(st.auth_reply(c.seq, Some(Bytes::from_static(b"a"))));
+        st.on_packet(auth(ReasonCode::SUCCESS, "X", b"done"))
+            .unwrap();
+        assert_eq!(st.completions, vec![(t2, Outcome::Done)]);
+        assert_eq!(st.auth_result_data().as_deref(), Some(&b"done"[..]));
+        // A method other than the CONNECT's is a protocol error [MQTT-4.12.0-5].
+        st.reauthenticate(None).unwrap();
+        assert!(matches!(
+            st.on_packet(auth(ReasonCode::CONTINUE_AUTHENTICATION, "Y", b"")),
+            Err(ClientError::ProtocolV5 { reason, .. }) if reason == ReasonCode::PROTOCOL_ERROR
+        ));
+        // The connection ends during a re-authentication: it fails.
+        let lost = ClientError::ConnectionLost("x".into());
+        st.on_lost(&lost);
+        assert!(matches!(st.completions.last(), Some((_, Outcome::Failed(e))) if *e == lost));
+        let _ = t;
+    }
+
+    #[test]
+    fn auth_without_a_method_is_a_protocol_error() {
+        let mut st = v5_state(1, V5Options::default(), None);
+        assert!(matches!(
+            st.on_packet(auth(ReasonCode::CONTINUE_AUTHENTICATION, "X", b"")),
+            Err(ClientError::ProtocolV5 { reason, .. }) if reason == ReasonCode::PROTOCOL_ERROR
+        ));
+        assert_eq!(st.reauthenticate(None), Err(ReauthError::NoMethod));
     }
 }
