@@ -129,8 +129,17 @@ PACKETS_SCRIPT = textwrap.dedent(
         pub.publish("s/t", b"hello", qos=1).wait_for_publish(5)
         time.sleep(0.05)
     assert got, "no message delivered"
+    # Stop the broker only once it has seen both DISCONNECTs: paho's disconnect() only
+    # queues the packet, and a broker stopped first closes the connection itself.
+    def wait_connected(n):
+        deadline = time.monotonic() + 5
+        while broker.stats()["clients_connected"] != n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert broker.stats()["clients_connected"] == n, broker.stats()
     pub.disconnect(); pub.loop_stop()
+    wait_connected(1)
     sub.disconnect(); sub.loop_stop()
+    wait_connected(0)
     broker.stop()
     """
 )
