@@ -266,36 +266,59 @@ async def test_authorizer_chooses_puback_pubrec_and_suback_codes(
 
     quota = {0x1F: b"quota exceeded"}
     assert ack5(await exchange(publish5("quota/a", b"x", qos=1, pkid=1))) == (
-        PUBACK, 1, 0x97, quota,
+        PUBACK,
+        1,
+        0x97,
+        quota,
     )
     # A refused PUBREC ends the flow [MQTT-4.3.3-9]: the id is free again at once.
     assert ack5(await exchange(publish5("quota/a", b"x", qos=2, pkid=1))) == (
-        PUBREC, 1, 0x97, quota,
+        PUBREC,
+        1,
+        0x97,
+        quota,
     )
     assert ack5(await exchange(publish5("closed/a", b"x", qos=1, pkid=2))) == (
-        PUBACK, 2, 0x87, {},
+        PUBACK,
+        2,
+        0x87,
+        {},
     )
     assert ack5(await exchange(publish5("banned/a", b"x", qos=1, pkid=3))) == (
-        PUBACK, 3, 0x87, {},
+        PUBACK,
+        3,
+        0x87,
+        {},
     )
     assert ack5(await exchange(publish5("banned/a", b"x", qos=2, pkid=4))) == (
-        PUBREC, 4, 0x87, {},
+        PUBREC,
+        4,
+        0x87,
+        {},
     )
     assert ack5(await exchange(publish5("open/a", b"x", qos=1, pkid=5))) == (
-        PUBACK, 5, 0x10, {},
+        PUBACK,
+        5,
+        0x10,
+        {},
     )
     suback = suback5(await exchange(subscribe5(6, ("wild/#", 1), ("bad/x", 1), ("ok/#", 1))))
     assert suback == (6, [0xA2, 0x87, 0x01], {0x1F: b"no wildcards here"})
     log = captured_stderr()
     assert "reason code 0x8a (Banned), which is not an error code of the [MQTT-3.4.2-1]" in log
-    assert "reason code 0x8e (Session taken over), which is not an error code of the " \
+    assert (
+        "reason code 0x8e (Session taken over), which is not an error code of the "
         "[MQTT-3.9.3-2] SUBACK" in log
+    )
 
     # Request Problem Information 0: the codes, never the strings.
     quiet, _ = await asyncio.to_thread(raw5, port, "quiet5", properties=props(b"\x17\x00"))
     clients.append(quiet)
     assert ack5(await exchange(publish5("quota/b", b"x", qos=1, pkid=1), quiet)) == (
-        PUBACK, 1, 0x97, {},
+        PUBACK,
+        1,
+        0x97,
+        {},
     )
     suback = suback5(await exchange(subscribe5(2, ("wild/+", 0)), quiet))
     assert suback == (2, [0xA2], {})
@@ -306,7 +329,10 @@ async def test_authorizer_chooses_puback_pubrec_and_suback_codes(
     )
     clients.append(small)
     assert ack5(await exchange(publish5("quota/c", b"x", qos=1, pkid=1), small)) == (
-        PUBACK, 1, 0x97, {},
+        PUBACK,
+        1,
+        0x97,
+        {},
     )
 
     old = RawClient(port)
@@ -363,11 +389,18 @@ async def test_authenticator_chooses_connack_codes(
     assert await connack_v5("no-5") == (0, 0x86, {})
     assert await connack_v5("odd-5") == (0, 0x87, {})
     assert (await connack_v5("fine-5"))[1] == 0x00
-    assert "reason code 0x8e (Session taken over), which is not an error code of the " \
+    assert (
+        "reason code 0x8e (Session taken over), which is not an error code of the "
         "[MQTT-3.2.2-8] CONNACK" in captured_stderr()
+    )
 
     for client_id, code in [
-        ("banned-4", 5), ("rate-4", 3), ("badpw-4", 4), ("no-4", 4), ("odd-4", 5), ("fine-4", 0)
+        ("banned-4", 5),
+        ("rate-4", 3),
+        ("badpw-4", 4),
+        ("no-4", 4),
+        ("odd-4", 5),
+        ("fine-4", 0),
     ]:
         old = RawClient(port)
         clients.append(old)
@@ -401,7 +434,7 @@ def test_deny_is_a_checked_frozen_record() -> None:
     a string MQTT cannot carry, and compares by value."""
     assert (Deny().reason_code, Deny().reason_string) == (0x87, None)
     assert Deny(0x97, "quota exceeded") == Deny(reason_code=0x97, reason_string="quota exceeded")
-    assert repr(Deny(0x97, "q")) == "Deny(reason_code=0x97, reason_string=\"q\")"
+    assert repr(Deny(0x97, "q")) == 'Deny(reason_code=0x97, reason_string="q")'
     with pytest.raises(ValueError, match="0x80 or above"):
         Deny(0x10)
     with pytest.raises(ValueError, match=r"MQTT-1\.5\.4-2"):

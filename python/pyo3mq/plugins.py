@@ -14,7 +14,7 @@ from pyo3mq._pyo3mq import Deny
 from pyo3mq.types import ClientInfo, RetainedRecord, SessionRecord
 
 BoolResult = Union[bool, Deny, Awaitable[Union[bool, Deny]]]
-GrantResult = Union[int, bool, None, Deny, Awaitable[Union[int, bool, None, Deny]]]
+GrantResult = Union[int, bool, Deny, Awaitable[Union[int, bool, Deny, None]], None]
 
 
 @runtime_checkable
