@@ -11,6 +11,7 @@ import asyncio
 import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,6 +22,7 @@ from pyo3mq import Deny
 from support.mqtt_raw import Packet, RawClient, packet, s
 from support.mqtt_raw import publish as publish_311
 from support.mqtt_raw import subscribe as subscribe_311
+from support.nats import nats_server
 from support.stderr_capture import captured_stderr
 from test_mqtt5 import (
     TIMEOUT,
@@ -219,6 +221,43 @@ async def test_in_process_subscription_is_a_matching_subscriber(
     assert await ack(publish5("inproc/a", b"3", qos=1, pkid=3)) == (PUBACK, 3, 0x10, {})
     assert await ack(publish5("inproc/a", b"4", qos=2, pkid=4)) == (PUBREC, 4, 0x10, {})
     await asyncio.to_thread(finish_qos2, c, 4)
+
+
+def test_cluster_node_never_answers_0x10(tmp_path: Path, raw_clients: list[RawClient]) -> None:
+    """In cluster mode another node's subscribers may take any message, so a node with no
+    local subscriber still answers 0x00 (never a false 0x10)."""
+    with (
+        nats_server(tmp_path) as nats,
+        pyo3mq.Broker(listeners=["tcp://127.0.0.1:0"], cluster=nats.url) as broker,
+    ):
+        c, _ = raw5(port_of(broker), "cluster-pub")
+        raw_clients.append(c)
+        c.send(publish5("nobody/here", b"x", qos=1, pkid=1))
+        assert ack5(c.recv()) == (PUBACK, 1, 0x00, {})
+        c.send(publish5("nobody/here", b"x", qos=2, pkid=2))
+        assert ack5(c.recv()) == (PUBREC, 2, 0x00, {})
+        finish_qos2(c, 2)
+
+
+async def test_with_an_interceptor_the_answer_is_0x00(serve: Serve, clients: list[Any]) -> None:
+    """An `on_message` interceptor decides after the acknowledgement is written (a batch
+    per read), so whether anything matched is not known then: 0x00, never a false 0x10.
+    The interceptor did see the message."""
+    seen: list[str] = []
+
+    def on_message(message: pyo3mq.Message) -> bool:
+        seen.append(message.topic)
+        return True
+
+    broker = await serve(on_message=on_message)
+    c, _ = await asyncio.to_thread(raw5, port_of(broker), "icpt-pub")
+    clients.append(c)
+    await asyncio.to_thread(c.send, publish5("nobody/icpt", b"x", qos=1, pkid=1))
+    assert ack5(await asyncio.to_thread(c.recv)) == (PUBACK, 1, 0x00, {})
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while seen != ["nobody/icpt"]:
+        assert asyncio.get_running_loop().time() < deadline, seen
+        await asyncio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- authorizer
