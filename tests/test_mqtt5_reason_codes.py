@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pyo3mq
 import pytest
+import test_mqtt5
+import test_mqtt5_python
 from paho.mqtt.enums import CallbackAPIVersion
 from pyo3mq import Deny
 from support.mqtt_raw import Packet, RawClient, packet, s
@@ -73,21 +75,10 @@ def finish_qos2(c: RawClient, pkid: int) -> None:
     assert (comp.first, comp.body[:2]) == (0x70, struct.pack("!H", pkid))
 
 
-@pytest.fixture
-def raw_clients() -> Any:
-    made: list[RawClient] = []
-    yield made
-    for c in made:
-        c.close()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Any]]:
-    """Clients to close after an async test (in a worker thread)."""
-    made: list[Any] = []
-    yield made
-    for c in made:
-        await asyncio.to_thread(c.close)
+# Clients closed after the test: tests/test_mqtt5.py's fixture (raw sockets) and
+# tests/test_mqtt5_python.py's (closed in a worker thread, for async tests).
+raw_clients = test_mqtt5.raw_clients
+clients = test_mqtt5_python.clients
 
 
 # --------------------------------------------------------------------------- 0x10
@@ -304,43 +295,18 @@ async def test_authorizer_chooses_puback_pubrec_and_suback_codes(
         return await asyncio.to_thread(client.recv)
 
     quota = {0x1F: b"quota exceeded"}
-    assert ack5(await exchange(publish5("quota/a", b"x", qos=1, pkid=1))) == (
-        PUBACK,
-        1,
-        0x97,
-        quota,
-    )
-    # A refused PUBREC ends the flow [MQTT-4.3.3-9]: the id is free again at once.
-    assert ack5(await exchange(publish5("quota/a", b"x", qos=2, pkid=1))) == (
-        PUBREC,
-        1,
-        0x97,
-        quota,
-    )
-    assert ack5(await exchange(publish5("closed/a", b"x", qos=1, pkid=2))) == (
-        PUBACK,
-        2,
-        0x87,
-        {},
-    )
-    assert ack5(await exchange(publish5("banned/a", b"x", qos=1, pkid=3))) == (
-        PUBACK,
-        3,
-        0x87,
-        {},
-    )
-    assert ack5(await exchange(publish5("banned/a", b"x", qos=2, pkid=4))) == (
-        PUBREC,
-        4,
-        0x87,
-        {},
-    )
-    assert ack5(await exchange(publish5("open/a", b"x", qos=1, pkid=5))) == (
-        PUBACK,
-        5,
-        0x10,
-        {},
-    )
+    # (topic, QoS, packet id, the acknowledgement's reason code and properties). A
+    # refused PUBREC ends the flow [MQTT-4.3.3-9]: its id is free again at once.
+    for topic, qos, pkid, code, properties in [
+        ("quota/a", 1, 1, 0x97, quota),
+        ("quota/a", 2, 1, 0x97, quota),
+        ("closed/a", 1, 2, 0x87, {}),
+        ("banned/a", 1, 3, 0x87, {}),
+        ("banned/a", 2, 4, 0x87, {}),
+        ("open/a", 1, 5, 0x10, {}),
+    ]:
+        ack = ack5(await exchange(publish5(topic, b"x", qos=qos, pkid=pkid)))
+        assert ack == ([0, PUBACK, PUBREC][qos], pkid, code, properties), topic
     suback = suback5(await exchange(subscribe5(6, ("wild/#", 1), ("bad/x", 1), ("ok/#", 1))))
     assert suback == (6, [0xA2, 0x87, 0x01], {0x1F: b"no wildcards here"})
     log = captured_stderr()

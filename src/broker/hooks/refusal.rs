@@ -90,35 +90,31 @@ mod tests {
 
     #[test]
     fn codes_outside_the_packets_table_become_0x87() {
-        // 0x97 Quota exceeded is in every table here; 0x8A Banned only in CONNACK's.
-        for packet in [
-            ReasonPacket::PubAck,
-            ReasonPacket::SubAck,
-            ReasonPacket::ConnAck,
-        ] {
-            assert_eq!(refusal(0x97).checked(packet, "c"), refusal(0x97));
+        // 0x97 Quota exceeded is in every table here; 0x8A Banned only in CONNACK's,
+        // 0xA2 Wildcard Subscriptions not supported only in SUBACK's; a success code
+        // (0x10) is no refusal.
+        let cases = [
+            (0x97, ReasonPacket::PubAck, true),
+            (0x97, ReasonPacket::SubAck, true),
+            (0x97, ReasonPacket::ConnAck, true),
+            (0x8A, ReasonPacket::ConnAck, true),
+            (0x8A, ReasonPacket::PubAck, false),
+            (0xA2, ReasonPacket::SubAck, true),
+            (0xA2, ReasonPacket::PubRec, false),
+            (0x10, ReasonPacket::PubAck, false),
+        ];
+        for (code, packet, kept) in cases {
+            let want = if kept {
+                refusal(code)
+            } else {
+                Refusal::NOT_AUTHORIZED
+            };
+            assert_eq!(
+                refusal(code).checked(packet, "c"),
+                want,
+                "{code:#x} {packet:?}"
+            );
         }
-        assert_eq!(
-            refusal(0x8A).checked(ReasonPacket::ConnAck, "c"),
-            refusal(0x8A)
-        );
-        assert_eq!(
-            refusal(0x8A).checked(ReasonPacket::PubAck, "c"),
-            Refusal::NOT_AUTHORIZED
-        );
-        assert_eq!(
-            refusal(0xA2).checked(ReasonPacket::SubAck, "c"),
-            refusal(0xA2)
-        );
-        assert_eq!(
-            refusal(0xA2).checked(ReasonPacket::PubRec, "c"),
-            Refusal::NOT_AUTHORIZED
-        );
-        // A success code is no refusal.
-        assert_eq!(
-            refusal(0x10).checked(ReasonPacket::PubAck, "c"),
-            Refusal::NOT_AUTHORIZED
-        );
     }
 
     #[test]
