@@ -458,15 +458,22 @@ impl Router {
 
     /// Routes a message to every matching session at min(published, granted) QoS, one
     /// copy per session at the highest QoS among its matching subscriptions
-    /// [MQTT-3.3.5-1], and updates the retained store when RETAIN is set.
-    pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
-        if let Some(cluster) = self.cluster.get() {
-            cluster.forward(&msg, scratch);
-        }
+    /// [MQTT-3.3.5-1], and updates the retained store when RETAIN is set. False when no
+    /// subscriber at all took it (5.0's PUBACK 0x10 No matching subscribers); in
+    /// cluster mode always true, since another node's subscribers may (bridges are
+    /// local subscribers, so they count).
+    pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) -> bool {
+        let clustered = match self.cluster.get() {
+            Some(cluster) => {
+                cluster.forward(&msg, scratch);
+                true
+            }
+            None => false,
+        };
         if msg.retain {
             self.set_retained(msg.clone());
         }
-        self.publish_remote(msg, scratch);
+        self.publish_remote(msg, scratch) || clustered
     }
 
     /// Sets (or with an empty payload, clears) a retained message without routing it:
@@ -489,7 +496,8 @@ impl Router {
 
     /// Routes a message to the local sessions only: [`Router::publish`]'s routing, and
     /// in cluster mode the way messages from other nodes are delivered (never sent on).
-    pub fn publish_remote(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
+    /// False when no local subscriber took it.
+    pub fn publish_remote(&self, msg: Arc<Message>, scratch: &mut MatchScratch) -> bool {
         {
             let subs = self.subs.read();
             subs.matches(&msg.topic, &mut |id, sub| {
@@ -516,11 +524,13 @@ impl Router {
             });
         }
         let mut dropped = 0;
+        let mut matched = false;
         for (session_id, granted, opts, session) in matches.drain(..) {
             let bridge = session.is_bridge();
             if bridge && msg.publisher == session.client_id {
                 continue;
             }
+            matched = true;
             let item = Queued {
                 msg: match opts.id {
                     None => msg.clone(),
@@ -541,11 +551,14 @@ impl Router {
         extra_ids.clear();
         // One load when no shared subscription exists (the common case).
         if self.shared_members.load(Ordering::Relaxed) > 0 {
-            dropped += self.publish_shared(&msg, scratch);
+            let (shared_dropped, shared_matched) = self.publish_shared(&msg, scratch);
+            dropped += shared_dropped;
+            matched |= shared_matched;
         }
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
+        matched
     }
 
     /// Adds or replaces a subscription [MQTT-3.8.4-3] and queues the retained messages it
