@@ -584,6 +584,10 @@ def svg_panel(
     return out
 
 
+def fmt_small_us(v: float) -> str:
+    return f"{v:g} µs" if v < 1000 else run_load.fmt_us(v)
+
+
 def write_svg(results: list[Result], ns: list[int], path: Path, note: str) -> None:
     panels = (
         (
@@ -599,7 +603,7 @@ def write_svg(results: list[Result], ns: list[int], path: Path, note: str) -> No
             "CPU time per delivery",
             "sat",
             "broker_us_per_delivery",
-            run_load.fmt_us,
+            fmt_small_us,
         ),
     )
     width, height = 1420, 470
@@ -632,6 +636,13 @@ def write_svg(results: list[Result], ns: list[int], path: Path, note: str) -> No
     path.write_text("\n".join(body) + "\n")
 
 
+def plot_note(meta: dict[str, Any]) -> str:
+    return (
+        f"{meta['date']}, 2 shared cores (load average {meta['loadavg at start']:.1f} at start); "
+        f"64 B, filter bench/+/#; p99 paced at {meta['paced deliveries/s']:,} deliveries/s"
+    )
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -657,7 +668,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device-seconds", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--plot", type=Path, default=PLOT, help="SVG to write ('' for none)")
+    ap.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        help="only rewrite summary.md and the plot from an earlier run's results.json",
+    )
+    ap.add_argument("--plot", default=str(PLOT), help="SVG to write ('' for none)")
     ap.add_argument("--generator", default=None, help="load generator (default: cargo builds it)")
     ap.add_argument("--pyo3mq", default=None)
     ap.add_argument("--mosquitto", default=None)
@@ -666,6 +683,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        old: list[Result] = saved["results"]
+        old_ns = sorted({r["n"] for r in old if r.get("part") == "fanout"})
+        text = summarize(old, saved["meta"], old_ns)
+        (args.replot.parent / "summary.md").write_text(text)
+        if args.plot:
+            write_svg(old, old_ns, Path(args.plot), plot_note(saved["meta"]))
+        print(text)
+        return 0
     venv = ROOT / ".venv" / "bin" / "pyo3mq"
     pyo3mq = args.pyo3mq or (str(venv) if venv.exists() else shutil.which("pyo3mq") or "pyo3mq")
     mosquitto = args.mosquitto or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -686,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note:", note, file=sys.stderr)
     qoss = [int(q) for q in args.qos.split(",") if q]
     out = args.out or ROOT / "target" / "scale-curve" / time.strftime("%Y%m%d-%H%M%S")
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     exe = args.generator or run_load.build_generator()
     brokers = {
@@ -771,12 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results, meta, ns)
     (out / "summary.md").write_text(summary)
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    if args.plot and str(args.plot):
-        note = (
-            f"{meta['date']}, 2 shared cores (load {meta['loadavg at start']:.1f} at start); "
-            f"64 B, filter bench/+/#; p99 paced at {args.paced_deliveries:,} deliveries/s"
-        )
-        write_svg(results, ns, args.plot, note)
+    if args.plot:
+        write_svg(results, ns, Path(args.plot), plot_note(meta))
     print(summary)
     print(f"results: {out}", file=sys.stderr)
     return 0 if all(r.get("complete") for r in results) else 1
