@@ -408,6 +408,10 @@ def ratio_text(a: float | None, b: float | None) -> str:
     return "" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
+def fmt_small_us(v: float) -> str:
+    return f"{v:.3g} µs" if v < 1000 else run_load.fmt_us(v)
+
+
 def gen_share(results: list[Result], **match: Any) -> str:
     """The generator's CPU as a share of one core over its run (1 thread: 100% = bound)."""
     rs = pick(results, **match)
@@ -417,18 +421,32 @@ def gen_share(results: list[Result], **match: Any) -> str:
 
 
 def summarize(results: list[Result], meta: dict[str, Any], ns: list[int]) -> str:
+    for r in results:
+        if r.get("part") == "fanout" and r.get("delivered") and "gen_cpu_s" in r:
+            r["gen_us_per_delivery"] = r["gen_cpu_s"] / r["delivered"] * 1e6
+    others = [
+        r["other_cpu_s"] / r["sys_busy_cpu_s"]
+        for r in results
+        if r.get("sys_busy_cpu_s") and r.get("other_cpu_s") is not None
+    ]
+    share = med(others)
+    if share is not None:
+        meta = dict(meta)
+        meta["other processes' share of the machine's busy CPU (median over runs)"] = (
+            f"{share * 100:.0f}%"
+        )
     out = ["# Scaling curve", ""]
     out += [f"- {k}: {v}" for k, v in meta.items()]
     out += [
         "",
         "## Fan-out over `bench/+/#`: one publisher, N subscribers, 64 B",
         "",
-        "Saturated deliveries/s, the broker's CPU time per delivery in those runs, the",
-        "generator's CPU as a share of its one thread (100% would make it the bottleneck), and",
+        "Saturated deliveries/s, the broker's and the generator's CPU time per delivery in",
+        "those runs (the generator's in the run against each broker), and",
         f"paced latency at {meta['paced deliveries/s']:,} deliveries/s in total.",
         "",
         "| N | QoS | pyo3mq deliveries/s | Mosquitto deliveries/s | ratio"
-        " | broker CPU per delivery (pyo3mq / Mosquitto) | gen CPU (pyo3mq / Mosquitto)"
+        " | broker CPU per delivery (pyo3mq / Mosquitto) | generator CPU per delivery"
         " | pyo3mq p50 / p99 | Mosquitto p50 / p99 | p99 ratio |",
         "|---:|---:|---:|---:|---:|---|---|---|---|---:|",
     ]
@@ -453,7 +471,18 @@ def summarize(results: list[Result], meta: dict[str, Any], ns: list[int]) -> str
                     for k in ("p50_us", "p99_us")
                 )
             g = " / ".join(
-                gen_share(results, part="fanout", kind="sat", n=n, qos=q, broker=br) or "-"
+                fmt(
+                    value(
+                        results,
+                        "gen_us_per_delivery",
+                        part="fanout",
+                        kind="sat",
+                        n=n,
+                        qos=q,
+                        broker=br,
+                    ),
+                    fmt_small_us,
+                )
                 for br in ("pyo3mq", "mosquitto")
             )
             cpu = [
@@ -582,10 +611,6 @@ def svg_panel(
         for n, v in s:
             out.append(f'<circle cx="{px(n):.1f}" cy="{py(v):.1f}" r="3.5" fill="{color}"/>')
     return out
-
-
-def fmt_small_us(v: float) -> str:
-    return f"{v:g} µs" if v < 1000 else run_load.fmt_us(v)
 
 
 def write_svg(results: list[Result], ns: list[int], path: Path, note: str) -> None:
