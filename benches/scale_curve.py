@@ -585,7 +585,7 @@ def svg_panel(
         f"{title}</text>",
         f'<text x="{x0 - 62}" y="{y0 + h / 2}" text-anchor="middle" '
         f'transform="rotate(-90 {x0 - 62} {y0 + h / 2})">{ylabel}</text>',
-        f'<text x="{x0 + w / 2}" y="{y0 + h + 38}" text-anchor="middle">'
+        f'<text x="{x0 + w / 2}" y="{y0 + h + 48}" text-anchor="middle">'
         "subscribers (log scale)</text>",
     ]
     decade = lo
@@ -594,10 +594,14 @@ def svg_panel(
         out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + w}" y2="{y:.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{yfmt(decade)}</text>')
         decade *= 10
+    last_x = -1e9
     for n in ns:
         x = px(n)
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + h}" stroke="#eee"/>')
-        out.append(f'<text x="{x:.1f}" y="{y0 + h + 18}" text-anchor="middle">{n:,}</text>')
+        # Ticks closer than a label's width (10,000 and 18,000) go on a second line.
+        below = 18 if x - last_x > 45 else 30
+        last_x = x if below == 18 else last_x
+        out.append(f'<text x="{x:.1f}" y="{y0 + h + below}" text-anchor="middle">{n:,}</text>')
     for (br, q), s in series.items():
         s = [(n, v) for n, v in s if v > 0]
         if not s:
@@ -725,11 +729,13 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [int(x) for x in args.subscribers.split(",") if x]
     ns = sorted({min(n, cap) for n in wanted})
     notes = []
-    if any(n > cap for n in wanted):
+    if cap < 100_000:
+        # Issue 16 asks for 100,000 subscribers: say plainly why this run stops short.
+        capped = " (capped)" if any(n > cap for n in wanted) else ""
         notes.append(
-            f"descriptor limit {cap + FD_MARGIN:,} (hard {hard:,}): subscribers capped at "
-            f"{cap:,}; 100,000 need `ulimit -Hn` above 100,000, which takes root with "
-            "CAP_SYS_RESOURCE"
+            f"descriptor limit {cap + FD_MARGIN:,} (hard {hard:,}): at most {cap:,} "
+            f"subscribers{capped}; 100,000 need `ulimit -Hn` above 100,000, which takes "
+            "root with CAP_SYS_RESOURCE"
         )
     if args.devices > cap:
         notes.append(f"devices capped at {cap:,} by the descriptor limit")
