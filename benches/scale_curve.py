@@ -37,6 +37,7 @@ import random
 import resource
 import select
 import shutil
+import signal
 import socket
 import struct
 import sys
@@ -753,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
         # Paced runs: Mosquitto with TCP_NODELAY, its best latency setting (as run_load).
         "mosquitto-nodelay": Broker("mosquitto-nodelay", mosquitto, out),
     }
+    # A SIGTERM (timeout, CI) unwinds through the finally below, which stops the brokers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     meta: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
