@@ -1,6 +1,7 @@
 use super::super::testing::*;
 use super::*;
-use crate::codec::{AckV5, ConnAckV5, Decoder, Protocol, SubAckV5};
+use crate::client::v5::ReauthError;
+use crate::codec::{AckV5, Auth, ConnAckV5, Decoder, Protocol, SubAckV5};
 use tokio::time::Instant;
 
 fn v5_state(window: usize, opts: V5Options, connack: Option<Box<Properties>>) -> State {
