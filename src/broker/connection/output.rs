@@ -180,13 +180,8 @@ impl OutBuf {
         let encoded = if v5 {
             // The message's properties were encoded once, when it was published, and
             // are shared by every 5.0 subscriber [MQTT-3.3.2-17].
-            match v5_deliver::encode_publish_header(
-                &mut bufs.cur,
-                item,
-                pkid,
-                dup,
-                max_packet_size,
-            ) {
+            match v5_deliver::encode_publish_header(&mut bufs.cur, item, pkid, dup, max_packet_size)
+            {
                 Ok(Err(unsent)) => return Err(unsent),
                 Ok(Ok(())) => Ok(()),
                 Err(err) => Err(err),
