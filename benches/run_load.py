@@ -15,7 +15,8 @@ prints the summary.
     python3 benches/run_load.py --quick --baseline ../base/.venv/bin/pyo3mq  # A/B two builds
 
 With --baseline, a second pyo3mq build (an older commit, say) runs in the same rotation on
-the TCP throughput and paced cells, so the two builds are compared under the same noise.
+the TCP throughput and paced cells and the idle-connection test, so the two builds are
+compared under the same noise.
 
 The MQTT 5.0 rows (`--only v5`, part of the default) run the four scenarios at QoS 0 and 1,
 64 B, with the generator speaking 5.0 (`--protocol 5`) to both brokers, each right after
@@ -828,7 +829,11 @@ def summarize(results: list[Result], meta: dict[str, Any], matrix: list[Cell]) -
             "| reconnect storm | refused or failed |"
         )
         out.append("|---|---|---|---|---|---|")
-        for name, s in (("pyo3mq", p), ("Mosquitto", m)):
+        rows = [("pyo3mq", p)]
+        if BASELINE in idle:
+            rows.append(("pyo3mq baseline", idle[BASELINE]))
+        rows.append(("Mosquitto", m))
+        for name, s in rows:
             before = s.median("rss_before_kib")
             after = s.median("rss_after_kib")
             span = (
@@ -956,7 +961,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--baseline",
         default=None,
         help="another pyo3mq command (an older build) run in the same rotation on the TCP "
-        "throughput and paced cells; the summary compares throughput and CPU per delivery",
+        "throughput and paced cells and the idle test; the summary compares throughput and "
+        "CPU per delivery, and RSS per idle connection",
     )
     ap.add_argument(
         "--generator", default=None, help="prebuilt load generator (default: build it with cargo)"
@@ -1101,7 +1107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 b.stop()
         if "idle" in only:
             for rep in range(1, args.idle_reps + 1):
-                order = ["pyo3mq", "mosquitto"] if rep % 2 else ["mosquitto", "pyo3mq"]
+                # With --baseline, the older build's idle memory in the same rotation.
+                order = ["pyo3mq", *([BASELINE] if args.baseline else []), "mosquitto"]
+                order = order if rep % 2 else order[::-1]
                 for name in order:
                     record(run_idle(exe, brokers[name], args), rep)
         if "handshakes" in only:

@@ -8,6 +8,7 @@
 //! stops its own writes: its session queue fills and its overflow policy applies; nobody
 //! else waits for it.
 
+use std::cell::Cell;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +86,12 @@ const BYTES_READ_PER_BUDGET_UNIT: u64 = 512;
 /// at 985e479.
 const BYTES_WRITTEN_PER_BUDGET_UNIT: u64 = 32 * 1024;
 
+thread_local! {
+    /// The batch [`Connection::pump`] takes from a session queue per lock, reused by every
+    /// connection on this worker thread (always empty between calls).
+    static PUMP_BATCH_VEC: Cell<Vec<Outgoing>> = const { Cell::new(Vec::new()) };
+}
+
 /// Why a connection ended; everything but `Disconnect` publishes the will.
 #[derive(Debug)]
 enum Close {
@@ -127,7 +134,6 @@ pub struct Connection {
     /// What its listener does with a client that sends no username.
     anonymous: AnonymousPolicy,
     scratch: MatchScratch,
-    batch: Vec<Outgoing>,
     /// Publish decisions by topic, reused for `acl_cache_ttl`.
     acl_cache: AclCache,
     /// PUBLISHes of the current read awaiting the interceptor's verdict.
@@ -171,7 +177,6 @@ impl Connection {
             username: None,
             anonymous: AnonymousPolicy::AskHooks,
             scratch: MatchScratch::default(),
-            batch: Vec::new(),
             acl_cache: AclCache::default(),
             intercepted: Vec::new(),
             unsynced: false,
@@ -206,11 +211,13 @@ impl Connection {
     #[allow(clippy::manual_async_fn)]
     pub fn run_holding<G: Send + 'static>(
         mut self,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
         guard: G,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            self.run_to_close(shutdown).await;
+            // By reference: each nested future holding its own receiver (16 bytes) would
+            // hold it four times over for the connection's life.
+            self.run_to_close(&mut shutdown).await;
             // Every path, refusals included, ends the stream politely (a WebSocket close
             // frame, TLS close_notify, FIN)...
             let _ = self.io.shutdown().await;
@@ -220,10 +227,10 @@ impl Connection {
         }
     }
 
-    async fn run_to_close(&mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run_to_close(&mut self, shutdown: &mut watch::Receiver<bool>) {
         // The CONNECT phase is boxed: its timer and its two futures (about 800 bytes)
         // are needed once, and inline they would size the future of the whole life.
-        let Some(connect) = Box::pin(self.wait_connect(&mut shutdown)).await else {
+        let Some(connect) = Box::pin(self.wait_connect(shutdown)).await else {
             return;
         };
         self.serve(connect, shutdown).await;
@@ -320,7 +327,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn serve(&mut self, mut connect: Box<Connect>, shutdown: watch::Receiver<bool>) {
+    async fn serve(&mut self, mut connect: Box<Connect>, shutdown: &mut watch::Receiver<bool>) {
         // A bridge (Mosquitto's `try_private`) speaks plain 3.1.1 from here on; its
         // session (below) does not get its own messages back and keeps RETAIN flags.
         let bridge = connect.protocol.is_bridge();
@@ -344,7 +351,7 @@ impl Connection {
         // Rare paths are boxed: their state would otherwise be part of every connection's
         // future for its whole life (idle connections should cost little memory).
         if enhanced_auth {
-            if !Box::pin(self.enhanced_login(&connect, &shutdown)).await {
+            if !Box::pin(self.enhanced_login(&connect, shutdown)).await {
                 return;
             }
         } else {
@@ -514,7 +521,7 @@ impl Connection {
         session: &Arc<Session>,
         keep_alive: u16,
         kick: &Notify,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> Close {
         // [MQTT-3.1.2-24]: 1.5 times the keepalive without a packet closes the connection.
         let idle_limit =
@@ -526,7 +533,7 @@ impl Connection {
             return close;
         }
         if self.rbuf.is_empty() {
-            self.rbuf = BytesMut::new();
+            output::give_read_buf(&mut self.rbuf);
         }
         loop {
             self.pump(session);
@@ -567,6 +574,9 @@ impl Connection {
                     if let Err(e) = res {
                         return Close::Io(e);
                     }
+                    if self.rbuf.capacity() == 0 {
+                        self.rbuf = output::take_read_buf();
+                    }
                     self.rbuf.reserve(READ_CHUNK);
                     match self.io.try_read_buf(&mut self.rbuf) {
                         Ok(0) => return Close::PeerClosed,
@@ -579,14 +589,15 @@ impl Connection {
                                 return close;
                             }
                             if self.rbuf.is_empty() {
-                                // Idle connections hold no read buffer between reads.
-                                self.rbuf = BytesMut::new();
+                                // Idle connections hold no read buffer between reads;
+                                // a busy one takes it back from the spare list.
+                                output::give_read_buf(&mut self.rbuf);
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             if self.rbuf.is_empty() {
                                 // Readiness was stale: hold no buffer while idle.
-                                self.rbuf = BytesMut::new();
+                                output::give_read_buf(&mut self.rbuf);
                             }
                         }
                         Err(e) => return Close::Io(e),
@@ -647,25 +658,27 @@ impl Connection {
     /// Moves sendable messages from the session queue into the write buffer, a batch per
     /// lock so publishers appending to the queue are not held up by encoding.
     fn pump(&mut self, session: &Session) {
+        // The batch vector is this worker thread's, not the connection's: kept per
+        // connection it held 64 slots (2 KiB) for life once any message had been sent.
+        let mut batch = PUMP_BATCH_VEC.try_with(Cell::take).unwrap_or_default();
         while self.out.len() < WRITE_HIGH_WATER {
             {
                 let mut state = session.state.lock();
-                while self.batch.len() < PUMP_BATCH {
+                while batch.len() < PUMP_BATCH {
                     match state.next_outgoing() {
-                        Some(outgoing) => self.batch.push(outgoing),
+                        Some(outgoing) => batch.push(outgoing),
                         None => break,
                     }
                 }
             }
-            if self.batch.is_empty() {
-                return;
+            if batch.is_empty() {
+                break;
             }
-            let mut batch = std::mem::take(&mut self.batch);
             for outgoing in batch.drain(..) {
                 self.put_outgoing(outgoing, session);
             }
-            self.batch = batch;
         }
+        let _ = PUMP_BATCH_VEC.try_with(|spare| spare.set(batch));
     }
 
     fn put_outgoing(&mut self, outgoing: Outgoing, session: &Session) {
@@ -778,7 +791,18 @@ mod tests {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let future = conn.run(rx);
         let size = std::mem::size_of_val(&future);
-        println!("connection future: {size} bytes");
+        // The parts, for benches/README.md's "Idle connection breakdown".
+        println!(
+            "connection future: {size} bytes; Connection {}, OutBuf {}, Session {}, \
+             SessionState {}, Takeover {}, MatchScratch {}, LocalCounters {}",
+            std::mem::size_of::<super::Connection>(),
+            std::mem::size_of::<super::OutBuf>(),
+            std::mem::size_of::<crate::broker::router::Session>(),
+            std::mem::size_of::<crate::broker::session::SessionState>(),
+            std::mem::size_of::<crate::broker::router::Takeover>(),
+            std::mem::size_of::<crate::broker::router::MatchScratch>(),
+            std::mem::size_of::<crate::broker::metrics::LocalCounters>(),
+        );
         assert!(size <= 1400, "the connection future grew to {size} bytes");
     }
 }
