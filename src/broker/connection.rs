@@ -38,6 +38,7 @@ mod handlers;
 mod output;
 mod packet_log;
 mod topic_alias;
+mod topic_alias_out;
 mod v5;
 mod v5_deliver;
 

@@ -10,6 +10,7 @@ use tracing::warn;
 use crate::broker::session::Queued;
 use crate::codec::{self, Packet};
 
+use super::topic_alias_out::OutboundAliases;
 use super::v5_deliver::{self, Unsent};
 use super::MAX_IOV;
 
@@ -66,6 +67,9 @@ pub(super) struct OutBuf {
     v5: bool,
     /// A 5.0 client's Maximum Packet Size (0: none given), connection/v5_deliver.rs.
     max_packet_size: u32,
+    /// A 5.0 client's outbound Topic Aliases, connection/topic_alias_out.rs; `None` for
+    /// everyone who takes none.
+    aliases: Option<Box<OutboundAliases>>,
 }
 
 impl OutBuf {
@@ -75,6 +79,10 @@ impl OutBuf {
 
     pub(super) fn set_max_packet_size(&mut self, max: u32) {
         self.max_packet_size = max;
+    }
+
+    pub(super) fn set_outbound_aliases(&mut self, aliases: Option<Box<OutboundAliases>>) {
+        self.aliases = aliases;
     }
 
     pub(super) fn len(&self) -> usize {
@@ -120,6 +128,7 @@ impl OutBuf {
                 pkid,
                 dup,
                 self.max_packet_size,
+                self.aliases.as_deref_mut(),
             ) {
                 Ok(Err(unsent)) => return Err(unsent),
                 Ok(Ok(())) => Ok(()),
