@@ -255,6 +255,24 @@ def test_qos_1_and_2_deliveries_carry_aliases(port: int, raw_clients: list[RawCl
             sub.c.send(packet(0x70, pid))
 
 
+def test_aliased_deliveries_keep_the_message_properties(
+    port: int, raw_clients: list[RawClient]
+) -> None:
+    """The alias goes into this delivery's header beside the publisher's properties,
+    which arrive unchanged [MQTT-3.3.2-17] [MQTT-3.3.2-18], the Message Expiry Interval
+    counted down in place [MQTT-3.3.2-6]."""
+    sub = Receiver(subscriber(port, "ta-props", raw_clients, tam(2)), 2)
+    pub = publisher(port, raw_clients)
+    user = b"\x26" + b"\x00\x01k" + b"\x00\x01v"
+    for n in range(2):
+        pub.send(publish5("ta/p", b"x", properties=props(b"\x02" + (600).to_bytes(4, "big"), user)))
+        topic, alias, resolved, _, pkt = sub.next()
+        assert (topic, alias, resolved) == (("ta/p", "")[n], 1, "ta/p")
+        properties = publish5_fields(pkt)[2]
+        assert properties.pop(0x02) in (599, 600)
+        assert properties == {0x23: 1, 0x26: [("k", "v")]}
+
+
 def test_maximum_packet_size_counts_the_aliased_size(
     port: int, raw_clients: list[RawClient]
 ) -> None:
