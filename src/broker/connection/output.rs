@@ -77,12 +77,12 @@ impl OutBuf {
         self.v5 = true;
     }
 
-    pub(super) fn set_max_packet_size(&mut self, max: u32) {
-        self.max_packet_size = max;
-    }
-
     pub(super) fn set_outbound_aliases(&mut self, aliases: Option<Box<OutboundAliases>>) {
         self.aliases = aliases;
+    }
+
+    pub(super) fn set_max_packet_size(&mut self, max: u32) {
+        self.max_packet_size = max;
     }
 
     pub(super) fn len(&self) -> usize {
