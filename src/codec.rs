@@ -44,7 +44,7 @@ mod reason;
 
 pub use decode::Decoder;
 pub use encode::{encode_publish_header, remaining_length_size};
-pub use encode_v5::encode_publish_header_v5;
+pub use encode_v5::{encode_publish_header_v5, encode_publish_header_v5_aliased};
 pub use error::Error;
 pub(crate) use packet::MAX_STRING_LEN;
 pub use packet::{

@@ -96,6 +96,7 @@ class BrokerConfig:
     # Keep Alive).
     receive_maximum: int = _DEFAULTS["receive_maximum"]
     topic_alias_maximum: int = _DEFAULTS["topic_alias_maximum"]
+    outbound_topic_aliases: int = _DEFAULTS["outbound_topic_aliases"]
     max_keepalive: int = _DEFAULTS["max_keepalive"]
 
     def __post_init__(self) -> None:

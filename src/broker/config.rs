@@ -396,6 +396,13 @@ settings! {
     /// Topic Aliases a 5.0 client may set per connection (CONNACK Topic Alias Maximum);
     /// 0 accepts none.
     topic_alias_maximum: usize = 10, range 0 ..= 65_535;
+    /// Topic Aliases the broker uses per 5.0 connection on deliveries, at most the
+    /// client's CONNECT Topic Alias Maximum (a client that sends none gets none). The
+    /// first topics delivered get one; later ones keep their full name. 0 (the default,
+    /// as Mosquitto and HiveMQ, which never send aliases): none, because clients that
+    /// announce a maximum do not all map aliases back (libmosquitto 2.0.11 and
+    /// paho-mqtt 2.2 pass on or refuse the empty topic).
+    outbound_topic_aliases: usize = 0, range 0 ..= 65_535;
     /// Longest Keep Alive a 5.0 client may use, in seconds: one asking for more (or for
     /// none, when this is below 65,535) is told this in CONNACK (Server Keep Alive).
     /// 3.1/3.1.1 clients keep theirs (they cannot be told).

@@ -40,6 +40,7 @@ mod output;
 mod packet_log;
 mod reasons;
 mod topic_alias;
+mod topic_alias_out;
 mod v5;
 mod v5_deliver;
 

@@ -36,8 +36,68 @@ pub fn encode_publish_header_v5(
     subscription_ids: &[u32],
     payload_len: usize,
 ) -> Result<(), Error> {
+    publish_header_v5(
+        dst,
+        topic,
+        qos,
+        retain,
+        dup,
+        pkid,
+        &[],
+        properties,
+        subscription_ids,
+        payload_len,
+    )
+}
+
+/// [`encode_publish_header_v5`] with a Topic Alias (3.3.2.3.4) ahead of the shared
+/// properties, for a server's outbound aliases: `topic` is the name that sets the alias,
+/// or empty to use one set before on this connection. The shared properties stay the
+/// header's last bytes, where the caller may patch them.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_publish_header_v5_aliased(
+    dst: &mut BytesMut,
+    topic: &str,
+    alias: std::num::NonZeroU16,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    pkid: Option<u16>,
+    properties: &[u8],
+    payload_len: usize,
+) -> Result<(), Error> {
+    let [hi, lo] = alias.get().to_be_bytes();
+    publish_header_v5(
+        dst,
+        topic,
+        qos,
+        retain,
+        dup,
+        pkid,
+        &[0x23, hi, lo],
+        properties,
+        &[],
+        payload_len,
+    )
+}
+
+/// The header both of the above write: `lead` is encoded property bytes of this
+/// delivery alone, written before the shared ones.
+#[allow(clippy::too_many_arguments)]
+fn publish_header_v5(
+    dst: &mut BytesMut,
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    pkid: Option<u16>,
+    lead: &[u8],
+    properties: &[u8],
+    subscription_ids: &[u32],
+    payload_len: usize,
+) -> Result<(), Error> {
     let pkid_len = publish_pkid_len(qos, pkid)?;
-    let mut props_len = properties.len();
+    let mut props_len = lead.len() + properties.len();
     for &id in subscription_ids {
         if id == 0 || id > MAX_VARIABLE_BYTE_INTEGER {
             return Err(Error::InvalidProperty {
@@ -62,6 +122,7 @@ pub fn encode_publish_header_v5(
         dst.put_u16(id);
     }
     put_variable_byte_integer(dst, props_len);
+    dst.put_slice(lead);
     dst.put_slice(properties);
     for &id in subscription_ids {
         dst.put_u8(0x0B);

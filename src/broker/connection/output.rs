@@ -10,6 +10,7 @@ use tracing::warn;
 use crate::broker::session::Queued;
 use crate::codec::{self, Packet};
 
+use super::topic_alias_out::OutboundAliases;
 use super::v5_deliver::{self, Unsent};
 use super::{MAX_IOV, READ_CHUNK};
 
@@ -119,6 +120,16 @@ pub(super) fn give_read_buf(rbuf: &mut BytesMut) {
     });
 }
 
+/// The buffers of an [`OutBuf`], taken from the spare list when it holds none.
+fn bufs_in(bufs: &mut Option<Box<Bufs>>) -> &mut Bufs {
+    let bufs = bufs.get_or_insert_with(take_spare);
+    if bufs.cur.capacity() == 0 {
+        // Given up after a large burst (see `advance`).
+        bufs.cur = BytesMut::with_capacity(BUF_SIZE);
+    }
+    bufs
+}
+
 /// Pending output: encoded packets plus shared payloads, written with `writev`.
 #[derive(Default)]
 pub(super) struct OutBuf {
@@ -129,11 +140,18 @@ pub(super) struct OutBuf {
     v5: bool,
     /// A 5.0 client's Maximum Packet Size (0: none given), connection/v5_deliver.rs.
     max_packet_size: u32,
+    /// A 5.0 client's outbound Topic Aliases, connection/topic_alias_out.rs; `None` for
+    /// everyone who takes none.
+    aliases: Option<Box<OutboundAliases>>,
 }
 
 impl OutBuf {
     pub(super) fn set_v5(&mut self) {
         self.v5 = true;
+    }
+
+    pub(super) fn set_outbound_aliases(&mut self, aliases: Option<Box<OutboundAliases>>) {
+        self.aliases = aliases;
     }
 
     pub(super) fn set_max_packet_size(&mut self, max: u32) {
@@ -155,12 +173,7 @@ impl OutBuf {
 
     /// The buffers, taken from the spare list when the connection had given them up.
     fn bufs_mut(&mut self) -> &mut Bufs {
-        let bufs = self.bufs.get_or_insert_with(take_spare);
-        if bufs.cur.capacity() == 0 {
-            // Given up after a large burst (see `advance`).
-            bufs.cur = BytesMut::with_capacity(BUF_SIZE);
-        }
-        bufs
+        bufs_in(&mut self.bufs)
     }
 
     pub(super) fn put_packet(&mut self, packet: &Packet) {
@@ -183,13 +196,20 @@ impl OutBuf {
     ) -> Result<(), Unsent> {
         let msg = &item.msg;
         let (v5, max_packet_size) = (self.v5, self.max_packet_size);
-        let bufs = self.bufs_mut();
+        // The field, not `bufs_mut`: the alias map is borrowed beside it.
+        let bufs = bufs_in(&mut self.bufs);
         let before = bufs.cur.len();
         let encoded = if v5 {
             // The message's properties were encoded once, when it was published, and
             // are shared by every 5.0 subscriber [MQTT-3.3.2-17].
-            match v5_deliver::encode_publish_header(&mut bufs.cur, item, pkid, dup, max_packet_size)
-            {
+            match v5_deliver::encode_publish_header(
+                &mut bufs.cur,
+                item,
+                pkid,
+                dup,
+                max_packet_size,
+                self.aliases.as_deref_mut(),
+            ) {
                 Ok(Err(unsent)) => return Err(unsent),
                 Ok(Ok(())) => Ok(()),
                 Err(err) => Err(err),

@@ -109,6 +109,7 @@ impl Connection {
         };
         self.out
             .set_max_packet_size(Self::client_max_packet_size(connect));
+        self.start_outbound_aliases(connect);
         self.connack_flow_properties(connect, &mut props);
         if connect.client_id.is_empty() {
             // [MQTT-3.1.3-7], [MQTT-3.2.2-16]: the identifier made up for the client.
