@@ -65,6 +65,7 @@ from pyo3mq.types import (
     RetainedRecord,
     SessionRecord,
     StoredMessage,
+    StoredSubscriptionOptions,
     SubscribeEvent,
     UnsubscribeEvent,
 )
@@ -136,6 +137,7 @@ __all__ = [
     "SessionStore",
     "StateChange",
     "StoredMessage",
+    "StoredSubscriptionOptions",
     "SubscribeEvent",
     "Subscription",
     "SyncClient",
