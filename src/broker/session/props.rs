@@ -111,8 +111,9 @@ pub fn remaining_secs(deadline: Instant, now: Instant) -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
-/// `deadline` on the wall clock, in milliseconds since the Unix epoch (rounded up, so a
-/// restored message never lives shorter than it should).
+/// `deadline` on the wall clock, in milliseconds since the Unix epoch, rounded down: a
+/// restored message never outlives its interval, so the remaining interval sent after a
+/// restart (rounded up to whole seconds) is never more than it was.
 fn unix_ms_of(deadline: Instant) -> u64 {
     let now = SystemTime::now();
     let instant_now = Instant::now();
@@ -121,10 +122,7 @@ fn unix_ms_of(deadline: Instant) -> u64 {
         None => now.checked_sub(instant_now.duration_since(deadline)),
     };
     wall.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| {
-            let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0);
-            u64::try_from(ms).unwrap_or(u64::MAX)
-        })
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The `Instant` of a wall-clock time in milliseconds since the Unix epoch (now, for a
@@ -133,7 +131,9 @@ fn instant_of(unix_ms: u64) -> Instant {
     let at = UNIX_EPOCH + Duration::from_millis(unix_ms);
     let now = Instant::now();
     match at.duration_since(SystemTime::now()) {
-        Ok(ahead) => now.checked_add(ahead).unwrap_or(now + Duration::from_secs(u64::from(u32::MAX))),
+        Ok(ahead) => now
+            .checked_add(ahead)
+            .unwrap_or(now + Duration::from_secs(u64::from(u32::MAX))),
         Err(_) => now,
     }
 }
@@ -264,13 +264,17 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        assert!((99_000..=100_001).contains(&(at - now_ms)), "{}", at - now_ms);
-        // As if saved 40 s ago: 60 s are left.
-        let back = MessageProperties::restored(mp.bytes().clone(), Some(at - 40_000));
+        assert!(
+            (99_000..=100_000).contains(&(at - now_ms)),
+            "{}",
+            at - now_ms
+        );
+        // As if saved 40.5 s ago: 59.5 s are left, sent as 60.
+        let back = MessageProperties::restored(mp.bytes().clone(), Some(at - 40_500));
         assert_eq!(back.bytes(), mp.bytes());
         assert_eq!(back.expiry().unwrap().offset, mp.expiry().unwrap().offset);
         let left = remaining_secs(back.expiry().unwrap().deadline, Instant::now());
-        assert!((59..=60).contains(&left), "{left}");
+        assert_eq!(left, 60);
         assert!(!back.expired());
         // Past its deadline: expired at once.
         let gone = MessageProperties::restored(mp.bytes().clone(), Some(now_ms - 1));

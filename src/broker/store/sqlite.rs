@@ -266,7 +266,8 @@ impl SqliteStore {
         };
         let mut subs = conn
             .prepare(&format!(
-                "SELECT filter, qos, {sub_v5} FROM subscriptions WHERE client_id = ?1"
+                "SELECT filter, qos, {sub_v5} FROM subscriptions WHERE client_id = ?1 \
+                 ORDER BY filter"
             ))
             .map_err(read)?;
         let mut pending = conn
@@ -539,7 +540,8 @@ fn properties_params(m: &Message) -> (Option<&[u8]>, Option<i64>) {
         None => (None, None),
         Some(p) => (
             Some(&p[..]),
-            p.expires_at().map(|at| i64::try_from(at).unwrap_or(i64::MAX)),
+            p.expires_at()
+                .map(|at| i64::try_from(at).unwrap_or(i64::MAX)),
         ),
     }
 }

@@ -152,16 +152,17 @@ fn v5_sample() -> StoredState {
         client_id: ByteString::from("c5"),
         disconnected_at: Some(1_700_000_100),
         session_expiry: Some(u32::MAX),
+        // In the order a load reads them: by filter.
         subscriptions: vec![
-            (ByteString::from("a/#"), QoS::ExactlyOnce),
             (ByteString::from("$share/g/b/+"), QoS::AtLeastOnce),
+            (ByteString::from("a/#"), QoS::ExactlyOnce),
             (ByteString::from("plain"), QoS::AtMostOnce),
         ],
         subscription_options: vec![
-            // No Local, Retain As Published, Retain Handling 2, identifier 7.
-            (ByteString::from("a/#"), opts(0x2c, 7)),
             // Retain As Published, Retain Handling 1, the largest identifier.
             (ByteString::from("$share/g/b/+"), opts(0x18, 268_435_455)),
+            // No Local, Retain As Published, Retain Handling 2, identifier 7.
+            (ByteString::from("a/#"), opts(0x2c, 7)),
         ],
         pending: vec![
             StoredMessage {
@@ -196,9 +197,12 @@ fn v5_state_round_trips() {
     let loaded = store.load().unwrap();
     assert_eq!(loaded, v5_sample());
     let c5 = &loaded.sessions[1];
-    let (_, opts) = &c5.subscription_options[0];
+    let (_, opts) = &c5.subscription_options[1];
     assert!(opts.no_local() && opts.retain_as_published());
-    assert_eq!(opts.retain_handling(), crate::codec::RetainHandling::DoNotSend);
+    assert_eq!(
+        opts.retain_handling(),
+        crate::codec::RetainHandling::DoNotSend
+    );
     assert_eq!(opts.id.map(NonZeroU32::get), Some(7));
     // The properties decode as they were sent: user properties in order.
     let p = c5.pending[0].msg.properties.clone().unwrap();
@@ -214,7 +218,7 @@ fn v5_state_round_trips() {
     assert_eq!(decoded.subscription_identifiers, vec![7, 268_435_455]);
     // Partial saves write the same rows.
     let mut changed = v5_sample().sessions.remove(1);
-    changed.subscription_options.truncate(1);
+    changed.subscription_options.remove(0);
     store
         .save_changes(Changes {
             sessions: vec![changed.clone()],
@@ -276,8 +280,8 @@ fn message_expiry_counts_down_across_a_reload() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(stored, saved_at.map(|ms| ms as i64).to_vec());
-    // Down for a while: as if 30 s went by since the save.
-    conn.execute_batch("UPDATE pending SET expires_at = expires_at - 30000")
+    // Down for a while: as if 30.5 s went by since the save.
+    conn.execute_batch("UPDATE pending SET expires_at = expires_at - 30500")
         .unwrap();
     drop(conn);
     let loaded = SqliteStore::open(&path).unwrap().load().unwrap();
@@ -353,10 +357,16 @@ fn values_out_of_range_are_refused() {
         ("subscriptions", "UPDATE subscriptions SET options = 64"),
         ("subscriptions", "UPDATE subscriptions SET options = 1"),
         ("subscriptions", "UPDATE subscriptions SET identifier = 0"),
-        ("subscriptions", "UPDATE subscriptions SET identifier = 268435456"),
+        (
+            "subscriptions",
+            "UPDATE subscriptions SET identifier = 268435456",
+        ),
         // A User Property cut short, and a property PUBLISH may not carry (Session
         // Expiry Interval).
-        ("pending", "UPDATE pending SET properties = x'2600' WHERE seq = 0"),
+        (
+            "pending",
+            "UPDATE pending SET properties = x'2600' WHERE seq = 0",
+        ),
         (
             "pending",
             "UPDATE pending SET properties = x'1100000001' WHERE seq = 0",
@@ -483,6 +493,27 @@ fn a_version_2_file_is_read_then_upgraded() {
     assert_eq!(user_version(&bad), 2);
 }
 
+/// `v5_sample()` as a version 3 file holds it: no options, identifiers or properties.
+fn v5_without_its_state() -> StoredState {
+    let mut state = v5_sample();
+    for s in &mut state.sessions {
+        s.subscription_options.clear();
+        for p in &mut s.pending {
+            p.msg = Arc::new(Message {
+                properties: None,
+                ..(*p.msg).clone()
+            });
+        }
+    }
+    for m in &mut state.retained {
+        *m = Arc::new(Message {
+            properties: None,
+            ..(**m).clone()
+        });
+    }
+    state
+}
+
 #[test]
 fn a_version_3_file_is_read_then_upgraded() {
     let dir = TempDir::new("version-3");
@@ -501,7 +532,19 @@ fn a_version_3_file_is_read_then_upgraded() {
     assert_eq!(store.load().unwrap(), sample());
     store.save(v5_sample()).unwrap();
     drop(store);
-    assert_eq!(SqliteStore::open(&path).unwrap().load().unwrap(), v5_sample());
+    assert_eq!(
+        SqliteStore::open(&path).unwrap().load().unwrap(),
+        v5_sample()
+    );
+
+    // Set back to version 3 by hand, its version 4 columns still there: read, and the
+    // upgrade adds only what is missing.
+    tamper(&path, "PRAGMA user_version = 3");
+    assert_eq!(
+        SqliteStore::open(&path).unwrap().load().unwrap(),
+        v5_without_its_state()
+    );
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
 
     // A version 3 file that cannot be read is left as it was: not upgraded.
     let bad = dir.file("bad.db");
