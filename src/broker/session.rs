@@ -123,7 +123,9 @@ pub struct SessionState {
     /// The MQTT 5.0 options of those subscriptions that have any (No Local, Retain As
     /// Published, Retain Handling, an identifier), for the session store: the trie
     /// entries are what routing reads. Allocated at the first such subscription, so a
-    /// 3.1/3.1.1 session carries one null pointer.
+    /// 3.1/3.1.1 session carries one null pointer. (Boxed on purpose: 8 bytes in every
+    /// session instead of an empty map's 48.)
+    #[allow(clippy::box_collection)]
     sub_opts: Option<Box<HashMap<ByteString, SubOpts>>>,
     queue: VecDeque<Queued>,
     /// Topic and payload bytes in `queue` (what `max_queued_bytes` bounds).
