@@ -17,6 +17,7 @@ mod bridge;
 mod broker;
 mod client;
 mod client_v5;
+mod deny;
 mod enhanced_auth;
 mod errors;
 mod logging;
@@ -35,5 +36,6 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     client::register(m)?;
     client_v5::register(m)?;
     properties::register(m)?;
+    deny::register(m)?;
     Ok(())
 }

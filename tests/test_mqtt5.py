@@ -627,9 +627,16 @@ def test_publish_not_authorized_gets_0x87(
     c.send(publish5("closed/t", b"x", qos=2, pkid=4))
     ack = c.recv()
     assert (ack.first, ack.body) == (0x50, b"\x00\x04\x87")
+    # A subscriber, so that the allowed message is answered Success, not 0x10 No
+    # matching subscribers (tests/test_mqtt5_reason_codes.py).
+    sub, _ = raw5(port, "sub-acl")
+    raw_clients.append(sub)
+    sub.send(subscribe5(1, ("open/#", 0)))
+    assert sub.recv().body == b"\x00\x01\x00\x00"
     c.send(publish5("open/t", b"x", qos=1, pkid=5))
     ack = c.recv()
     assert (ack.first, ack.body) == (0x40, b"\x00\x05")
+    assert publish5_fields(sub.recv())[::3] == ("open/t", b"x")
 
 
 # --------------------------------------------------------------------------- sessions

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pyo3mq._pyo3mq import (
     BrokerStartError,
+    Deny,
     MessageProperties,
     MqttError,
     __version__,
@@ -101,6 +102,7 @@ __all__ = [
     "ConnAckInfo",
     "ConnectEvent",
     "ConnectionState",
+    "Deny",
     "DisconnectEvent",
     "EnhancedAuthRequest",
     "MQTTv5",

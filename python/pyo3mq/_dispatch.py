@@ -24,6 +24,7 @@ from typing import Any
 from pyo3mq._pyo3mq import (
     AuthCall,
     Connected,
+    Deny,
     Disconnected,
     EnhancedAuthCall,
     InterceptCall,
@@ -203,12 +204,16 @@ class Dispatcher:
             if self._auth_wants_protocol:
                 authenticate = functools.partial(authenticate, protocol=call.protocol)
             result = await self._call(authenticate, client_id, call.username, call.password)
+            if isinstance(result, Deny):
+                # The hook's own CONNACK code: Rust checks it and maps it for 3.1.1.
+                call.reply.resolve(result)
+                return
             if result is True:
                 code = ACCEPTED
             elif result is False:
                 code = BAD_USERNAME_OR_PASSWORD
             else:
-                raise _Denied(f"authenticate() returned {result!r}, not a bool")
+                raise _Denied(f"authenticate() returned {result!r}, not a bool or a Deny")
         except asyncio.TimeoutError:
             logger.error("authenticate(%r) timed out: denied", client_id)
         except Exception:
@@ -217,7 +222,7 @@ class Dispatcher:
         call.reply.resolve(code)
 
     async def _sub(self, call: SubscribeCall) -> None:
-        granted: int | None = None
+        granted: int | Deny | None = None
         info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
         filter, qos = call.filter, call.qos
         try:
@@ -229,6 +234,8 @@ class Dispatcher:
                 granted = None
             elif isinstance(result, int) and 0 <= result <= 2:
                 granted = min(result, qos)
+            elif isinstance(result, Deny):
+                granted = result
             else:
                 raise _Denied(f"authorize_subscribe() returned {result!r}")
         except asyncio.TimeoutError:
@@ -239,14 +246,14 @@ class Dispatcher:
         call.reply.resolve(granted)
 
     async def _pub(self, call: PublishCall) -> None:
-        allowed = False
+        allowed: bool | Deny = False
         info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
         topic = call.topic
         try:
             assert self._authorize_publish is not None
             result = await self._call(self._authorize_publish, info, topic)
-            if not isinstance(result, bool):
-                raise _Denied(f"authorize_publish() returned {result!r}, not a bool")
+            if not isinstance(result, (bool, Deny)):
+                raise _Denied(f"authorize_publish() returned {result!r}, not a bool or a Deny")
             allowed = result
         except asyncio.TimeoutError:
             logger.error("authorize_publish(%r, %r) timed out: denied", info, topic)

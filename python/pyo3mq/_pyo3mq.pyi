@@ -16,6 +16,7 @@ __all__ = [
     "ConnAckInfo",
     "Connected",
     "ConnectionState",
+    "Deny",
     "Disconnected",
     "Drained",
     "EnhancedAuthCall",
@@ -116,6 +117,21 @@ class MessageProperties:
 @final
 class ReplyHandle:
     def resolve(self, value: object) -> None: ...
+
+# -- a hook's MQTT 5.0 reason code (src/python/deny.rs) --------------------------------
+
+@final
+class Deny:
+    """A refusal with an MQTT 5.0 reason code (0x80 or above) and an optional Reason
+    String, returned by an authenticator or authorizer."""
+
+    def __new__(cls, reason_code: int = 0x87, reason_string: str | None = None) -> Deny: ...
+    @property
+    def reason_code(self) -> int: ...
+    @property
+    def reason_string(self) -> str | None: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
 
 # The records the broker hands to the dispatcher (`pyo3mq._dispatch`), a list per
 # `call_soon_threadsafe`. Requests carry the `ReplyHandle` that answers them.

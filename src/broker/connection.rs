@@ -37,6 +37,7 @@ mod flow;
 mod handlers;
 mod output;
 mod packet_log;
+mod reasons;
 mod topic_alias;
 mod v5;
 mod v5_deliver;
@@ -346,10 +347,13 @@ impl Connection {
             if !Box::pin(self.enhanced_login(&connect, &shutdown)).await {
                 return;
             }
-        } else if let AuthDecision::Deny(code) = Box::pin(self.authenticate(&connect)).await {
-            self.router.counters().auth_failed();
-            self.refuse(code).await;
-            return;
+        } else {
+            let decision = Box::pin(self.authenticate(&connect)).await;
+            if decision != AuthDecision::Allow {
+                self.router.counters().auth_failed();
+                Box::pin(self.refuse_login(&connect, decision)).await;
+                return;
+            }
         }
         let refuse_v5 = v5 && !enhanced_auth;
         if let Some(reason) = refuse_v5

@@ -22,11 +22,13 @@ use crate::codec::{ConnectReturnCode, Protocol, QoS};
 mod acl_file;
 mod enhanced_auth;
 mod password_file;
+mod refusal;
 mod reload;
 
 pub use acl_file::{filter_covers, AclFile};
 pub use enhanced_auth::{AuthState, EnhancedAuthRequest, EnhancedAuthStep, EnhancedAuthenticator};
 pub use password_file::PasswordFile;
+pub use refusal::{Refusal, Verdict};
 pub use reload::Reloadable;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -43,11 +45,13 @@ pub struct AuthRequest {
     pub certificate_subject: Option<ByteString>,
 }
 
-/// Verdict of an authenticator; a denial carries the CONNACK code to send (0x04 or 0x05).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Verdict of an authenticator; a denial carries the CONNACK code to send (0x04 or 0x05),
+/// a refusal the 5.0 reason code a hook chose (3.1.1 clients get the nearest code).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
     Allow,
     Deny(ConnectReturnCode),
+    Refuse(Refusal),
 }
 
 pub trait Authenticator: Send + Sync {
@@ -66,16 +70,17 @@ pub struct ClientInfo {
 }
 
 pub trait Authorizer: Send + Sync {
-    /// The QoS to grant (at most `qos`), or `None` to refuse with SUBACK 0x80.
+    /// The QoS to grant (at most `qos`), or the refusal: SUBACK 0x80 for 3.1.1, the
+    /// refusal's reason code for 5.0.
     fn authorize_subscribe(
         &self,
         client: &ClientInfo,
         filter: &str,
         qos: QoS,
-    ) -> BoxFuture<Option<QoS>>;
+    ) -> BoxFuture<Verdict<QoS>>;
     /// Whether the client may publish to `topic`. A refused message is acknowledged and
-    /// dropped [MQTT-3.3.5-2].
-    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<bool>;
+    /// dropped [MQTT-3.3.5-2]; a 5.0 PUBACK/PUBREC carries the refusal's reason code.
+    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<Verdict>;
     /// Changes whenever the rules may have changed (a reload): connections then forget
     /// the publish decisions they cached and ask again. One atomic load per publish.
     fn generation(&self) -> u64 {

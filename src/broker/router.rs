@@ -10,17 +10,19 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+mod clients;
 mod handover;
 mod options;
 mod persist;
 mod shared;
 
+use clients::ClientSlot;
+pub use clients::{Attach, ConnHandle, GoneOnDrop, Takeover};
 pub use handover::Held;
 pub use options::SubOpts;
 pub use shared::SharedGroup;
@@ -107,65 +109,6 @@ struct Subscriber {
     /// MQTT 5.0 subscription options (router/options.rs); zero for 3.1/3.1.1.
     opts: SubOpts,
     session: Arc<Session>,
-}
-
-/// How to reach the connection that owns a session, to take it over.
-#[derive(Debug, Clone)]
-pub struct ConnHandle {
-    pub conn_id: u64,
-    pub takeover: Arc<Takeover>,
-}
-
-/// The two signals of a takeover, in one small allocation per connection. (They were an
-/// `Arc<Notify>` and a `watch` channel, whose shared state holds nine `Notify`s: 392
-/// bytes of heap per idle connection, benches/README.md.)
-#[derive(Debug, Default)]
-pub struct Takeover {
-    /// Notified to make the connection close.
-    pub kick: Notify,
-    /// Set once the connection has fully detached (see [`GoneOnDrop`]).
-    gone: AtomicBool,
-    gone_changed: Notify,
-}
-
-impl Takeover {
-    /// Waits until the connection has fully detached.
-    pub async fn gone(&self) {
-        let changed = self.gone_changed.notified();
-        tokio::pin!(changed);
-        // Registered before the check, so a detach in between is not missed.
-        changed.as_mut().enable();
-        if !self.gone.load(Ordering::Acquire) {
-            changed.await;
-        }
-    }
-}
-
-/// Marks the connection gone when dropped, on every path out of it (as dropping a
-/// `watch::Sender` did).
-pub struct GoneOnDrop(pub Arc<Takeover>);
-
-impl Drop for GoneOnDrop {
-    fn drop(&mut self) {
-        self.0.gone.store(true, Ordering::Release);
-        self.0.gone_changed.notify_waiters();
-    }
-}
-
-#[derive(Debug)]
-struct ClientSlot {
-    session: Arc<Session>,
-    conn: Option<ConnHandle>,
-}
-
-/// Outcome of [`Router::attach`].
-pub enum Attach {
-    Attached {
-        session: Arc<Session>,
-        session_present: bool,
-    },
-    /// Another connection owns the client id: close it, wait for it to go, try again.
-    Busy(ConnHandle),
 }
 
 /// Reusable buffers for routing, kept by each publisher so routing does not allocate per
@@ -478,185 +421,6 @@ impl Router {
         })
     }
 
-    /// Binds a connection to the session of `client_id`, doing CleanSession processing
-    /// [MQTT-3.1.2-4], [MQTT-3.1.2-6]. Atomic against concurrent CONNECTs with the same id:
-    /// the client map's lock is held from the ownership check to the attach.
-    pub fn attach(&self, client_id: &ByteString, clean: bool, conn: ConnHandle) -> Attach {
-        self.attach_with(client_id, clean, clean, conn)
-    }
-
-    /// [`Router::attach`] for an MQTT 5.0 client, where Clean Start (drop any existing
-    /// session, [MQTT-3.1.2-4]) and the Session Expiry Interval (how long the session
-    /// outlives the connection, [MQTT-3.1.2-23]) are separate: an interval of 0 ends the
-    /// session with the connection, `u32::MAX` never expires it, and anything else
-    /// expires it that many seconds after the client went offline
-    /// ([`Router::expire_sessions_v5`]).
-    pub fn attach_v5(
-        &self,
-        client_id: &ByteString,
-        clean_start: bool,
-        expiry: u32,
-        conn: ConnHandle,
-    ) -> Attach {
-        let attach = self.attach_with(client_id, clean_start, expiry == 0, conn);
-        if let Attach::Attached { session, .. } = &attach {
-            let expiry = Some(self.v5_expiry(expiry));
-            let mut state = session.state.lock();
-            if state.expiry != expiry {
-                // The store keeps the interval (a restart expires the session on time).
-                state.expiry = expiry;
-                state.mark_changed();
-            }
-        }
-        attach
-    }
-
-    /// A Session Expiry Interval of `secs` as the session keeps it (`Duration::MAX`:
-    /// never); a finite, non-zero one gives the expiry timer work from now on.
-    pub fn v5_expiry(&self, secs: u32) -> Duration {
-        if secs != 0 && secs != u32::MAX {
-            self.v5_expiring.store(true, Ordering::Relaxed);
-        }
-        match secs {
-            u32::MAX => Duration::MAX,
-            secs => Duration::from_secs(u64::from(secs)),
-        }
-    }
-
-    /// `discard`: drop an existing session first; `clean`: the new session (if one is
-    /// made) ends with its connection.
-    fn attach_with(
-        &self,
-        client_id: &ByteString,
-        discard: bool,
-        clean: bool,
-        conn: ConnHandle,
-    ) -> Attach {
-        let mut clients = self.clients.lock();
-        if let Some(slot) = clients.get(client_id) {
-            if let Some(owner) = &slot.conn {
-                return Attach::Busy(owner.clone());
-            }
-        }
-        let existing = clients.remove(client_id);
-        let (session, session_present) = match existing {
-            Some(slot) if !discard && !slot.session.clean => (slot.session, true),
-            Some(slot) => {
-                if !slot.session.clean && self.tracking.load(Ordering::Relaxed) {
-                    self.removed.lock().insert(client_id.clone());
-                }
-                self.discard(&slot.session);
-                (self.new_session(client_id.clone(), clean), false)
-            }
-            None => (self.new_session(client_id.clone(), clean), false),
-        };
-        {
-            let mut state = session.state.lock();
-            state.online = true;
-            if state.offline_since.take().is_some() {
-                // The store keeps when a session went offline; it is online again.
-                state.mark_changed();
-            }
-        }
-        clients.insert(
-            client_id.clone(),
-            ClientSlot {
-                session: session.clone(),
-                conn: Some(conn),
-            },
-        );
-        let now = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
-        self.max_connected.fetch_max(now, Ordering::Relaxed);
-        Attach::Attached {
-            session,
-            session_present,
-        }
-    }
-
-    /// Releases the session when its connection ends. A clean session is discarded with
-    /// everything in it; a persistent one stays, offline, and keeps queueing.
-    pub fn detach(&self, session: &Arc<Session>, conn_id: u64) {
-        let mut clients = self.clients.lock();
-        let owned = clients
-            .get(&session.client_id)
-            .is_some_and(|slot| slot.conn.as_ref().is_some_and(|c| c.conn_id == conn_id));
-        if !owned {
-            return;
-        }
-        self.connected.fetch_sub(1, Ordering::Relaxed);
-        // A 5.0 client may resume a persistent session with an expiry of 0, or set 0 in
-        // its DISCONNECT: the session then ends with this connection.
-        let ends = session.clean || session.state.lock().expiry == Some(Duration::ZERO);
-        if ends {
-            clients.remove(&session.client_id);
-            drop(clients);
-            self.discard(session);
-        } else {
-            if let Some(slot) = clients.get_mut(&session.client_id) {
-                slot.conn = None;
-            }
-            let mut state = session.state.lock();
-            state.online = false;
-            state.offline_since = Some(SystemTime::now());
-            // Saved with the session, so expiry counts from it after a restart too.
-            state.mark_changed();
-        }
-    }
-
-    /// Ends every clean-session-0 session whose client has been offline for `limit` or
-    /// longer (`persistent_client_expiration`), with its subscriptions and messages; a
-    /// durable store forgets it at its next save. Returns how many ended.
-    pub fn expire_offline(&self, limit: Duration) -> usize {
-        let why = format!("offline for longer than persistent_client_expiration ({limit:?})");
-        self.end_offline_where(&why, |session, now| {
-            // A clock set back makes a session younger, never older.
-            let since = session.state.lock().offline_since;
-            !session.clean
-                && since.is_some_and(|t| now.duration_since(t).is_ok_and(|away| away >= limit))
-        })
-    }
-
-    /// Ends the offline sessions of MQTT 5.0 clients whose Session Expiry Interval has
-    /// run out [MQTT-3.1.2-23]; called on a timer, and a no-op until some 5.0 client asked
-    /// for a finite, non-zero interval. Returns how many ended.
-    pub fn expire_sessions_v5(&self) -> usize {
-        if !self.v5_expiring.load(Ordering::Relaxed) {
-            return 0;
-        }
-        self.end_offline_where("its Session Expiry Interval ran out", |session, now| {
-            let state = session.state.lock();
-            match (state.expiry, state.offline_since) {
-                (Some(expiry), Some(since)) => {
-                    now.duration_since(since).is_ok_and(|away| away >= expiry)
-                }
-                _ => false,
-            }
-        })
-    }
-
-    /// Ends every offline session `ended` picks, with its subscriptions and messages; a
-    /// durable store forgets it at its next save.
-    fn end_offline_where(&self, why: &str, ended: impl Fn(&Session, SystemTime) -> bool) -> usize {
-        let now = SystemTime::now();
-        let mut clients = self.clients.lock();
-        let expired: Vec<ByteString> = clients
-            .iter()
-            .filter(|(_, slot)| slot.conn.is_none() && ended(&slot.session, now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for client_id in &expired {
-            let Some(slot) = clients.remove(client_id) else {
-                continue;
-            };
-            if self.tracking.load(Ordering::Relaxed) {
-                self.removed.lock().insert(client_id.clone());
-            }
-            self.discard(&slot.session);
-            tracing::info!(%client_id, "session expired: {why}");
-        }
-        expired.len()
-    }
-
     /// Removes a session's subscriptions from the trie and empties it, for good. What it
     /// holds for shared subscription groups goes to other members of those groups.
     fn discard(&self, session: &Arc<Session>) {
@@ -694,15 +458,22 @@ impl Router {
 
     /// Routes a message to every matching session at min(published, granted) QoS, one
     /// copy per session at the highest QoS among its matching subscriptions
-    /// [MQTT-3.3.5-1], and updates the retained store when RETAIN is set.
-    pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
-        if let Some(cluster) = self.cluster.get() {
-            cluster.forward(&msg, scratch);
-        }
+    /// [MQTT-3.3.5-1], and updates the retained store when RETAIN is set. False when no
+    /// subscriber at all took it (5.0's PUBACK 0x10 No matching subscribers); in
+    /// cluster mode always true, since another node's subscribers may (bridges are
+    /// local subscribers, so they count).
+    pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) -> bool {
+        let clustered = match self.cluster.get() {
+            Some(cluster) => {
+                cluster.forward(&msg, scratch);
+                true
+            }
+            None => false,
+        };
         if msg.retain {
             self.set_retained(msg.clone());
         }
-        self.publish_remote(msg, scratch);
+        self.publish_remote(msg, scratch) || clustered
     }
 
     /// Sets (or with an empty payload, clears) a retained message without routing it:
@@ -725,7 +496,8 @@ impl Router {
 
     /// Routes a message to the local sessions only: [`Router::publish`]'s routing, and
     /// in cluster mode the way messages from other nodes are delivered (never sent on).
-    pub fn publish_remote(&self, msg: Arc<Message>, scratch: &mut MatchScratch) {
+    /// False when no local subscriber took it.
+    pub fn publish_remote(&self, msg: Arc<Message>, scratch: &mut MatchScratch) -> bool {
         {
             let subs = self.subs.read();
             subs.matches(&msg.topic, &mut |id, sub| {
@@ -752,11 +524,13 @@ impl Router {
             });
         }
         let mut dropped = 0;
+        let mut matched = false;
         for (session_id, granted, opts, session) in matches.drain(..) {
             let bridge = session.is_bridge();
             if bridge && msg.publisher == session.client_id {
                 continue;
             }
+            matched = true;
             let item = Queued {
                 msg: match opts.id {
                     None => msg.clone(),
@@ -777,11 +551,14 @@ impl Router {
         extra_ids.clear();
         // One load when no shared subscription exists (the common case).
         if self.shared_members.load(Ordering::Relaxed) > 0 {
-            dropped += self.publish_shared(&msg, scratch);
+            let (shared_dropped, shared_matched) = self.publish_shared(&msg, scratch);
+            dropped += shared_dropped;
+            matched |= shared_matched;
         }
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
+        matched
     }
 
     /// Adds or replaces a subscription [MQTT-3.8.4-3] and queues the retained messages it
@@ -913,85 +690,4 @@ fn count_drops(session: &Session, outcome: Enqueued) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::AtomicBool;
-
-    use super::*;
-    use crate::broker::hooks::{DisconnectReason, EventSink};
-
-    /// An observer whose queue is full while `full` is set.
-    struct Observer {
-        full: AtomicBool,
-        seen: AtomicU64,
-    }
-
-    impl EventSink for Observer {
-        fn event(&self, _event: Event) -> bool {
-            if self.full.load(Ordering::Relaxed) {
-                return false;
-            }
-            self.seen.fetch_add(1, Ordering::Relaxed);
-            true
-        }
-    }
-
-    fn gone() -> Event {
-        Event::Disconnected {
-            client_id: ByteString::from_static("c"),
-            reason: DisconnectReason::Clean,
-            reason_code: None,
-        }
-    }
-
-    #[test]
-    fn events_a_full_observer_refuses_are_counted() {
-        let observer = Arc::new(Observer {
-            full: AtomicBool::new(false),
-            seen: AtomicU64::new(0),
-        });
-        let hooks = Hooks {
-            events: Some(observer.clone()),
-            ..Hooks::default()
-        };
-        let router = Router::new(Config::default(), hooks);
-        router.emit(gone);
-        observer.full.store(true, Ordering::Relaxed);
-        router.emit(gone);
-        router.emit(gone);
-        assert_eq!(router.events_dropped(), 2);
-        assert!(router.events_overflowing.load(Ordering::Relaxed));
-        observer.full.store(false, Ordering::Relaxed);
-        router.emit(gone);
-        assert_eq!(router.events_dropped(), 2);
-        assert!(!router.events_overflowing.load(Ordering::Relaxed));
-        assert_eq!(observer.seen.load(Ordering::Relaxed), 2);
-    }
-
-    /// A flow-controlled in-process session bounds its queue for a publisher that does
-    /// not wait (as the `$SYS` publisher does not): the excess is counted as dropped.
-    #[test]
-    fn flow_controlled_queue_is_bounded_for_publishers_that_do_not_wait() {
-        let router = Router::new(Config::default(), Hooks::default());
-        let session = router.internal_session("$internal/1", Some(10));
-        router
-            .subscribe(&session, &ByteString::from_static("f/#"), QoS::AtMostOnce)
-            .unwrap();
-        let limit = session.flow.as_ref().unwrap().limit;
-        assert_eq!(limit, 10 + FLOW_OVERSHOOT);
-        let mut scratch = MatchScratch::default();
-        for _ in 0..limit + 100 {
-            let msg = Arc::new(Message {
-                topic: ByteString::from_static("f/x"),
-                payload: bytes::Bytes::from_static(b"x"),
-                qos: QoS::AtMostOnce,
-                retain: false,
-                publisher: ByteString::new(),
-                properties: None,
-            });
-            router.publish(msg, &mut scratch);
-            scratch.clear_blocked();
-        }
-        assert_eq!(session.state.lock().queued_len(), limit);
-        assert_eq!(router.dropped_messages(), 100);
-    }
-}
+mod tests;

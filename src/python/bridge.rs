@@ -50,7 +50,7 @@ use records::{
 
 use crate::broker::hooks::{
     AuthDecision, AuthRequest, Authenticator, Authorizer, BoxFuture, ClientInfo,
-    EnhancedAuthRequest, EnhancedAuthStep, Event, EventSink, Interceptor,
+    EnhancedAuthRequest, EnhancedAuthStep, Event, EventSink, Interceptor, Refusal, Verdict,
 };
 use crate::broker::router::{MatchScratch, Session};
 use crate::broker::session::Message;
@@ -185,25 +185,25 @@ impl Authorizer for PyBridge {
         client: &ClientInfo,
         filter: &str,
         qos: QoS,
-    ) -> BoxFuture<Option<QoS>> {
+    ) -> BoxFuture<Verdict<QoS>> {
         let bridge = self.clone();
         let (client, filter) = (client.clone(), ByteString::from(filter));
         Box::pin(async move {
             bridge
                 .request(Lane::Control, |tx| Work::Subscribe(client, filter, qos, tx))
                 .await
-                .flatten()
+                .unwrap_or(Err(Refusal::NOT_AUTHORIZED))
         })
     }
 
-    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<bool> {
+    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<Verdict> {
         let bridge = self.clone();
         let (client, topic) = (client.clone(), ByteString::from(topic));
         Box::pin(async move {
             bridge
                 .request(Lane::Control, |tx| Work::Publish(client, topic, tx))
                 .await
-                .unwrap_or(false)
+                .unwrap_or(Err(Refusal::NOT_AUTHORIZED))
         })
     }
 }

@@ -32,7 +32,7 @@ pub struct MessageProperties {
 
 /// A text property's value: the UTF-8 string rules ([MQTT-1.5.4-1] is Python's own
 /// `str` to UTF-8 conversion, which refuses lone surrogates).
-fn text(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
+pub(crate) fn text(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
     let s: String = value
         .cast::<PyString>()
         .map_err(|_| PyTypeError::new_err(format!("{name} must be a str")))?

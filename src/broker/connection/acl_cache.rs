@@ -1,4 +1,4 @@
-//! A connection's publish authorization decisions, per topic, reused for `acl_cache_ttl`
+//! A connection's publish authorization decisions (with a refusal's reason code), per topic, reused for `acl_cache_ttl`
 //! so the authorizer is not asked per message.
 //!
 //! Bounded, least recently used first out: a client that publishes to more topics than
@@ -22,15 +22,18 @@ use std::time::Duration;
 use bytestring::ByteString;
 use tokio::time::Instant;
 
+use crate::broker::hooks::Verdict;
+
 /// Decisions a connection remembers at most.
 pub(super) const ACL_CACHE_ENTRIES: usize = 1024;
 
 const NIL: usize = usize::MAX;
 
 #[derive(Debug)]
-struct Slot {
+struct Slot<V> {
     topic: ByteString,
-    allowed: bool,
+    /// The decision: a [`Verdict`], or a bool in the tests.
+    allowed: V,
     decided: Instant,
     /// Neighbours in recency order (`prev` is more recent), `NIL` at the ends.
     prev: usize,
@@ -38,9 +41,9 @@ struct Slot {
 }
 
 #[derive(Debug)]
-struct Lru {
+struct Lru<V> {
     index: HashMap<ByteString, usize>,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<V>>,
     /// Most and least recently used slot.
     head: usize,
     tail: usize,
@@ -48,22 +51,22 @@ struct Lru {
 
 /// Publish decisions by topic: at most `capacity`, evicting the least recently used.
 #[derive(Debug)]
-pub(super) struct AclCache {
+pub(super) struct AclCache<V = Verdict> {
     capacity: usize,
     /// The authorizer generation the cached decisions were made under.
     generation: u64,
     /// Boxed and made on first use: an idle connection pays one pointer for it.
-    lru: Option<Box<Lru>>,
+    lru: Option<Box<Lru<V>>>,
 }
 
-impl Default for AclCache {
-    fn default() -> AclCache {
+impl<V: Clone> Default for AclCache<V> {
+    fn default() -> AclCache<V> {
         AclCache::with_capacity(ACL_CACHE_ENTRIES)
     }
 }
 
-impl AclCache {
-    pub(super) fn with_capacity(capacity: usize) -> AclCache {
+impl<V: Clone> AclCache<V> {
+    pub(super) fn with_capacity(capacity: usize) -> AclCache<V> {
         AclCache {
             capacity: capacity.max(1),
             generation: 0,
@@ -93,7 +96,7 @@ impl AclCache {
         ttl: Duration,
         now: Instant,
         generation: u64,
-    ) -> Option<bool> {
+    ) -> Option<V> {
         self.adopt(generation);
         let lru = self.lru.as_mut()?;
         let i = *lru.index.get(topic)?;
@@ -101,20 +104,14 @@ impl AclCache {
             return None;
         }
         lru.promote(i);
-        Some(lru.slots[i].allowed)
+        Some(lru.slots[i].allowed.clone())
     }
 
     /// Stores a decision made at `now` under the rules of `generation` (read before the
     /// authorizer was asked: if the rules changed meanwhile, the next lookup sees a newer
     /// generation and asks again), replacing the topic's previous one, or else the least
     /// recently used decision when the cache is full.
-    pub(super) fn insert(
-        &mut self,
-        topic: ByteString,
-        allowed: bool,
-        now: Instant,
-        generation: u64,
-    ) {
+    pub(super) fn insert(&mut self, topic: ByteString, allowed: V, now: Instant, generation: u64) {
         self.adopt(generation);
         let capacity = self.capacity;
         let lru = self.lru.get_or_insert_with(|| {
@@ -155,7 +152,7 @@ impl AclCache {
     }
 }
 
-impl Lru {
+impl<V> Lru<V> {
     fn unlink(&mut self, i: usize) {
         let (prev, next) = (self.slots[i].prev, self.slots[i].next);
         match prev {

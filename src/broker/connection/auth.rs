@@ -6,9 +6,9 @@ use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
 
 use crate::broker::config::AnonymousPolicy;
-use crate::broker::hooks::{AuthDecision, AuthRequest, ClientInfo};
+use crate::broker::hooks::{AuthDecision, AuthRequest, ClientInfo, Refusal, Verdict};
 use crate::broker::metrics::HookKind;
-use crate::codec::{Connect, ConnectReturnCode, Protocol, QoS};
+use crate::codec::{Connect, ConnectReturnCode, Protocol, QoS, ReasonPacket};
 
 use super::Connection;
 
@@ -98,56 +98,67 @@ impl Connection {
                 AuthDecision::Deny(ConnectReturnCode::NotAuthorized)
             }
         };
-        if let AuthDecision::Deny(code) = decision {
-            info!(client_id = %self.client_id, peer = %self.peer, "authentication refused ({code:?})");
+        match decision {
+            AuthDecision::Allow => AuthDecision::Allow,
+            AuthDecision::Deny(code) => {
+                info!(client_id = %self.client_id, peer = %self.peer, "authentication refused ({code:?})");
+                AuthDecision::Deny(code)
+            }
+            AuthDecision::Refuse(refusal) => {
+                let refusal = refusal.checked(ReasonPacket::ConnAck, &self.client_id);
+                info!(client_id = %self.client_id, peer = %self.peer,
+                    "authentication refused: {}", refusal.code);
+                AuthDecision::Refuse(refusal)
+            }
         }
-        decision
     }
 
     /// Publish authorization, cached per topic for `acl_cache_ttl` so the hook is not
-    /// consulted per message.
-    pub(super) async fn may_publish(&mut self, topic: &ByteString) -> bool {
+    /// consulted per message. A refusal's code is one a PUBACK/PUBREC may carry
+    /// ([`Refusal::checked`]), cached with it.
+    pub(super) async fn may_publish(&mut self, topic: &ByteString) -> Verdict {
         let Some(authorizer) = self.router.hooks().authorizer.clone() else {
-            return true;
+            return Ok(());
         };
         let ttl = self.router.config().acl_cache_ttl;
         // Read before asking: a reload while the authorizer answers makes this decision
         // one of the old generation, asked again next time.
         let generation = authorizer.generation();
-        if let Some(allowed) = self.acl_cache.get(topic, ttl, Instant::now(), generation) {
-            return allowed;
+        if let Some(verdict) = self.acl_cache.get(topic, ttl, Instant::now(), generation) {
+            return verdict;
         }
         let limit = self.router.config().auth_timeout;
         let started = Instant::now();
-        let allowed = match timeout(
+        let verdict = match timeout(
             limit,
             authorizer.authorize_publish(&self.client_info(), topic),
         )
         .await
         {
-            Ok(allowed) => {
+            Ok(verdict) => {
                 let counters = self.router.counters();
                 counters.hook_called(HookKind::AuthorizePublish, started.elapsed());
-                allowed
+                verdict.map_err(|r| r.checked(ReasonPacket::PubAck, &self.client_id))
             }
             Err(_) => {
                 let counters = self.router.counters();
                 counters.hook_timed_out(HookKind::AuthorizePublish);
                 warn!(client_id = %self.client_id, "publish authorization timed out: denying");
-                false
+                Err(Refusal::NOT_AUTHORIZED)
             }
         };
         if !ttl.is_zero() {
             self.acl_cache
-                .insert(topic.clone(), allowed, Instant::now(), generation);
+                .insert(topic.clone(), verdict.clone(), Instant::now(), generation);
         }
-        allowed
+        verdict
     }
 
-    /// Subscription authorization: the QoS to grant, or `None` for 0x80.
-    pub(super) async fn may_subscribe(&self, filter: &str, qos: QoS) -> Option<QoS> {
+    /// Subscription authorization: the QoS to grant, or the refusal (a code a SUBACK
+    /// may carry, [`Refusal::checked`]; 3.1.1 clients get 0x80 whatever it is).
+    pub(super) async fn may_subscribe(&self, filter: &str, qos: QoS) -> Verdict<QoS> {
         let Some(authorizer) = &self.router.hooks().authorizer else {
-            return Some(qos);
+            return Ok(qos);
         };
         let limit = self.router.config().auth_timeout;
         let started = Instant::now();
@@ -161,13 +172,15 @@ impl Connection {
             Ok(granted) => {
                 let counters = self.router.counters();
                 counters.hook_called(HookKind::AuthorizeSubscribe, started.elapsed());
-                granted.map(|g| g.min(qos))
+                granted
+                    .map(|g| g.min(qos))
+                    .map_err(|r| r.checked(ReasonPacket::SubAck, &self.client_id))
             }
             Err(_) => {
                 let counters = self.router.counters();
                 counters.hook_timed_out(HookKind::AuthorizeSubscribe);
                 warn!(client_id = %self.client_id, "subscribe authorization timed out: denying");
-                None
+                Err(Refusal::NOT_AUTHORIZED)
             }
         }
     }

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-use crate::broker::hooks::Event;
+use crate::broker::hooks::{Event, Refusal};
 use crate::broker::metrics::{self, Action, DropReason, HookKind};
 use crate::broker::router::Session;
 use crate::broker::session::{AckKind, Message};
 use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};
 
+use super::reasons::Published;
 use super::{packet_log, Close, Connection, OutBuf};
 
 impl Connection {
@@ -70,11 +71,15 @@ impl Connection {
     }
 
     /// Routes a message, through the interceptor when there is one (batched per read).
-    pub(super) fn route(&mut self, msg: Arc<Message>) {
+    /// False when it is known that nothing took it (5.0's PUBACK 0x10; see
+    /// [`crate::broker::router::Router::publish`]); with an interceptor it is not known
+    /// yet when the acknowledgement is written, so true.
+    pub(super) fn route(&mut self, msg: Arc<Message>) -> bool {
         if self.router.hooks().interceptor.is_some() {
             self.intercepted.push(msg);
+            true
         } else {
-            self.router.publish(msg, &mut self.scratch);
+            self.router.publish(msg, &mut self.scratch)
         }
     }
 
@@ -124,7 +129,7 @@ impl Connection {
                 self.counters
                     .received(publish.qos, publish.payload.len(), totals);
                 // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
-                let allowed = if metrics::is_reserved(&publish.topic) {
+                let verdict = if metrics::is_reserved(&publish.topic) {
                     self.router.counters().dropped(DropReason::SysTopic, 1);
                     if std::mem::replace(&mut self.sys_publish_logged, true) {
                         debug!(client_id = %self.client_id, topic = %publish.topic,
@@ -134,18 +139,20 @@ impl Connection {
                             "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2); \
                              further ones from this connection are logged at debug level");
                     }
-                    false
-                } else if self.router.hooks().authorizer.is_none()
-                    || Box::pin(self.may_publish(&publish.topic)).await
-                {
-                    true
+                    Err(Refusal::NOT_AUTHORIZED)
+                } else if self.router.hooks().authorizer.is_none() {
+                    Ok(())
                 } else {
-                    info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized: dropped");
-                    let counters = self.router.counters();
-                    counters.denied(Action::Publish);
-                    counters.dropped(DropReason::NotAuthorized, 1);
-                    false
+                    let verdict = Box::pin(self.may_publish(&publish.topic)).await;
+                    if let Err(refusal) = &verdict {
+                        info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized, {}: dropped", refusal.code);
+                        let counters = self.router.counters();
+                        counters.denied(Action::Publish);
+                        counters.dropped(DropReason::NotAuthorized, 1);
+                    }
+                    verdict
                 };
+                let allowed = verdict.is_ok();
                 let properties = if self.protocol == Protocol::V5 {
                     match self.publish_properties_v5(&publish) {
                         Ok(properties) => properties,
@@ -172,20 +179,30 @@ impl Connection {
                         }
                     }
                     (QoS::AtLeastOnce, Some(pkid)) => {
-                        if allowed {
-                            self.route(msg);
-                        }
-                        self.put_publish_ack(QoS::AtLeastOnce, pkid, allowed);
+                        let published = match verdict {
+                            Ok(()) => Published::Accepted {
+                                matched: self.route(msg),
+                            },
+                            Err(refusal) => Published::Refused(refusal),
+                        };
+                        self.put_publish_ack(QoS::AtLeastOnce, pkid, published);
                     }
                     (QoS::ExactlyOnce, Some(pkid)) => {
-                        // A repeat before PUBREL is acknowledged, not delivered again. A
-                        // 5.0 refusal (PUBREC 0x87) ends the flow, so its id is not kept:
-                        // the next PUBLISH with it is a new message [MQTT-4.3.3-9].
+                        // A repeat before PUBREL is acknowledged, not delivered again
+                        // (and answered Success: whether the first one matched is not
+                        // kept). A 5.0 refusal (PUBREC 0x80 or above) ends the flow, so
+                        // its id is not kept: the next PUBLISH with it is a new message
+                        // [MQTT-4.3.3-9].
                         let refused_v5 = !allowed && self.protocol == Protocol::V5;
+                        let mut matched = true;
                         if !refused_v5 && session.state.lock().on_inbound_qos2(pkid) && allowed {
-                            self.route(msg);
+                            matched = self.route(msg);
                         }
-                        self.put_publish_ack(QoS::ExactlyOnce, pkid, allowed);
+                        let published = match verdict {
+                            Ok(()) => Published::Accepted { matched },
+                            Err(refusal) => Published::Refused(refusal),
+                        };
+                        self.put_publish_ack(QoS::ExactlyOnce, pkid, published);
                     }
                     // The codec guarantees an id for QoS 1 and 2.
                     (_, None) => {}
@@ -242,9 +259,10 @@ impl Connection {
                 for (filter, qos) in &subscribe.filters {
                     let granted = match crate::topic::validate_topic_filter(filter) {
                         Ok(()) => Box::pin(self.may_subscribe(filter, *qos)).await,
-                        Err(_) => Some(*qos), // the router reports the rule broken
+                        Err(_) => Ok(*qos), // the router reports the rule broken
                     };
-                    let Some(granted) = granted else {
+                    // 3.1.1 has one failure code, 0x80, whatever the hook chose.
+                    let Ok(granted) = granted else {
                         self.router.counters().denied(Action::Subscribe);
                         info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
                         if self.protocol == Protocol::V31 {
@@ -367,7 +385,7 @@ impl Connection {
                 "will dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
             return None;
         }
-        if !self.may_publish(&will.topic).await {
+        if self.may_publish(&will.topic).await.is_err() {
             info!(client_id = %self.client_id, topic = %will.topic, "will not authorized: dropped");
             return None;
         }

@@ -77,6 +77,11 @@ impl OutBuf {
         self.max_packet_size = max;
     }
 
+    /// The 5.0 client's Maximum Packet Size (0: none given), for optional properties.
+    pub(super) fn max_packet_size(&self) -> u32 {
+        self.max_packet_size
+    }
+
     pub(super) fn len(&self) -> usize {
         self.len
     }

@@ -26,7 +26,7 @@ use crate::broker::router::{Attach, ConnHandle, Session};
 use crate::broker::session::{AckKind, MessageProperties};
 use crate::codec::{
     AckV5, ConnAckV5, Connect, ConnectReturnCode, DisconnectV5, Packet, Properties,
-    PropertyContext, Publish, QoS, ReasonCode, SubAckV5, SubscribeV5, UnsubAckV5, UnsubscribeV5,
+    PropertyContext, Publish, ReasonCode, SubAckV5, SubscribeV5, UnsubAckV5, UnsubscribeV5,
 };
 
 use super::{Close, Connection};
@@ -159,29 +159,6 @@ impl Connection {
             .map(MessageProperties::new)
     }
 
-    /// PUBACK or PUBREC for a 5.0 publisher: Success (the short form), or 0x87 Not
-    /// authorized when the message was refused [MQTT-3.4.2-1], [MQTT-3.5.2-1].
-    pub(super) fn put_publish_ack(&mut self, qos: QoS, pkid: u16, allowed: bool) {
-        let v5 = self.protocol == crate::codec::Protocol::V5;
-        let packet = match (qos, v5 && !allowed) {
-            (QoS::ExactlyOnce, false) => Packet::PubRec(pkid),
-            (_, false) => Packet::PubAck(pkid),
-            (qos, true) => {
-                let ack = AckV5 {
-                    pkid,
-                    reason: ReasonCode::NOT_AUTHORIZED,
-                    properties: None,
-                };
-                if qos == QoS::ExactlyOnce {
-                    Packet::PubRecV5(ack)
-                } else {
-                    Packet::PubAckV5(ack)
-                }
-            }
-        };
-        self.send_packet(&packet);
-    }
-
     /// A close for a rule a 5.0 client broke: the DISCONNECT before the close carries
     /// `reason` ([`Connection::send_disconnect_v5`]).
     pub(super) fn close_v5(&mut self, reason: ReasonCode, why: &str) -> Close {
@@ -263,6 +240,8 @@ impl Connection {
             Err(why) => return Some(self.close_v5(ReasonCode::PROTOCOL_ERROR, why)),
         };
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        // The first refusing hook's Reason String (connection/reasons.rs).
+        let mut reason_string = None;
         for (filter, options) in &subscribe.filters {
             if options.no_local && filter.starts_with("$share/") {
                 return Some(self.close_v5(
@@ -275,10 +254,14 @@ impl Connection {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            let Some(granted) = Box::pin(self.may_subscribe(filter, options.qos)).await else {
-                info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
-                reasons.push(ReasonCode::NOT_AUTHORIZED);
-                continue;
+            let granted = match Box::pin(self.may_subscribe(filter, options.qos)).await {
+                Ok(granted) => granted,
+                Err(refusal) => {
+                    info!(client_id = %self.client_id, "subscription to {filter:?} not authorized, {}", refusal.code);
+                    reasons.push(refusal.code);
+                    reason_string = reason_string.or(refusal.reason);
+                    continue;
+                }
             };
             let options = crate::codec::SubscriptionOptions {
                 qos: granted,
@@ -302,11 +285,14 @@ impl Connection {
                 .collect(),
         });
         // [MQTT-3.8.4-1], [MQTT-3.9.3-1]: one code per filter, in order.
-        self.send_packet(&Packet::SubAckV5(SubAckV5 {
-            pkid: subscribe.pkid,
-            reasons,
-            properties: None,
-        }));
+        let suback = self.suback_properties(reason_string.as_ref(), |properties| {
+            Packet::SubAckV5(SubAckV5 {
+                pkid: subscribe.pkid,
+                reasons: reasons.clone(),
+                properties,
+            })
+        });
+        self.send_packet(&suback);
         None
     }
 

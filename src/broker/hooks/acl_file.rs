@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Authorizer, BoxFuture, ClientInfo};
+use super::{Authorizer, BoxFuture, ClientInfo, Refusal, Verdict};
 use crate::codec::QoS;
 use crate::topic;
 
@@ -170,14 +170,15 @@ impl Authorizer for AclFile {
         client: &ClientInfo,
         filter: &str,
         qos: QoS,
-    ) -> BoxFuture<Option<QoS>> {
+    ) -> BoxFuture<Verdict<QoS>> {
         let granted = self.allows(client, filter, false).then_some(qos);
-        Box::pin(async move { granted })
+        // The ACL file refuses with 0x87 Not authorized, as Mosquitto does.
+        Box::pin(async move { granted.ok_or(Refusal::NOT_AUTHORIZED) })
     }
 
-    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<bool> {
+    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<Verdict> {
         let allowed = self.allows(client, topic, true);
-        Box::pin(async move { allowed })
+        Box::pin(async move { allowed.then_some(()).ok_or(Refusal::NOT_AUTHORIZED) })
     }
 }
 

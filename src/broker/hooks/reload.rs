@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{AuthDecision, AuthRequest, Authenticator, Authorizer, BoxFuture, ClientInfo};
+use super::{AuthDecision, AuthRequest, Authenticator, Authorizer, BoxFuture, ClientInfo, Verdict};
 use crate::codec::QoS;
 
 /// A hook that can be replaced at run time; see the module documentation.
@@ -64,11 +64,11 @@ impl<T: Authorizer + ?Sized> Authorizer for Reloadable<T> {
         client: &ClientInfo,
         filter: &str,
         qos: QoS,
-    ) -> BoxFuture<Option<QoS>> {
+    ) -> BoxFuture<Verdict<QoS>> {
         self.current().authorize_subscribe(client, filter, qos)
     }
 
-    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<bool> {
+    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> BoxFuture<Verdict> {
         self.current().authorize_publish(client, topic)
     }
 
@@ -97,13 +97,13 @@ mod tests {
         let first = AclFile::parse("user alice\ntopic write a/#\n").unwrap();
         let acl: Reloadable<dyn Authorizer> = Reloadable::new(Arc::new(first));
         let before = Authorizer::generation(&acl);
-        assert!(acl.authorize_publish(&alice(), "a/1").await);
-        assert!(!acl.authorize_publish(&alice(), "b/1").await);
+        assert!(acl.authorize_publish(&alice(), "a/1").await.is_ok());
+        assert!(acl.authorize_publish(&alice(), "b/1").await.is_err());
         let second = AclFile::parse("user alice\ntopic write b/#\n").unwrap();
         acl.replace(Arc::new(second));
         assert_ne!(Authorizer::generation(&acl), before);
-        assert!(!acl.authorize_publish(&alice(), "a/1").await);
-        assert!(acl.authorize_publish(&alice(), "b/1").await);
+        assert!(acl.authorize_publish(&alice(), "a/1").await.is_err());
+        assert!(acl.authorize_publish(&alice(), "b/1").await.is_ok());
         let now = Authorizer::generation(&acl);
         acl.invalidate();
         assert_ne!(Authorizer::generation(&acl), now);

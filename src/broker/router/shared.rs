@@ -278,19 +278,25 @@ impl Router {
         );
     }
 
-    /// Routes `msg` to one member of each matching group; returns the messages dropped.
-    pub(super) fn publish_shared(&self, msg: &Arc<Message>, scratch: &mut MatchScratch) -> u64 {
+    /// Routes `msg` to one member of each matching group; returns the messages dropped
+    /// and whether any group took it.
+    pub(super) fn publish_shared(
+        &self,
+        msg: &Arc<Message>,
+        scratch: &mut MatchScratch,
+    ) -> (u64, bool) {
         {
             let tree = self.shared.read();
             tree.matches(&msg.topic, &mut |_, group| {
                 scratch.groups.push(group.clone());
             });
         }
-        let mut dropped = 0;
+        let (mut dropped, mut matched) = (0, false);
         for group in scratch.groups.drain(..) {
             let Some((outcome, session)) = group.route(msg) else {
                 continue;
             };
+            matched = true;
             dropped += count_drops(&session, outcome);
             if let Some(flow) = &session.flow {
                 if session.state.lock().queued_len() >= flow.high_water {
@@ -298,7 +304,7 @@ impl Router {
                 }
             }
         }
-        dropped
+        (dropped, matched)
     }
 }
 

@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::broker::hooks::{
-    AuthDecision, AuthRequest, ClientInfo, EnhancedAuthRequest, EnhancedAuthStep, Event,
+    AuthDecision, AuthRequest, ClientInfo, EnhancedAuthRequest, EnhancedAuthStep, Event, Verdict,
 };
 use crate::broker::session::Message;
 use crate::codec::QoS;
@@ -36,8 +36,8 @@ pub(super) enum Work {
     Auth(AuthRequest, oneshot::Sender<AuthDecision>),
     /// A step of MQTT 5.0 enhanced authentication (python/enhanced_auth.rs).
     EnhancedAuth(EnhancedAuthRequest, oneshot::Sender<EnhancedAuthStep>),
-    Subscribe(ClientInfo, ByteString, QoS, oneshot::Sender<Option<QoS>>),
-    Publish(ClientInfo, ByteString, oneshot::Sender<bool>),
+    Subscribe(ClientInfo, ByteString, QoS, oneshot::Sender<Verdict<QoS>>),
+    Publish(ClientInfo, ByteString, oneshot::Sender<Verdict>),
     Event(Event),
     /// An in-process subscription has messages to take.
     Ready(u64),

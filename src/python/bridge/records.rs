@@ -17,15 +17,16 @@ use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use super::inbox::Work;
-use crate::broker::hooks::{AuthDecision, ClientInfo, Event};
+use crate::broker::hooks::{AuthDecision, ClientInfo, Event, Refusal, Verdict};
 use crate::broker::session::Message;
 use crate::codec::{ConnectReturnCode, QoS};
+use crate::python::deny::Deny;
 use crate::python::properties::MessageProperties;
 
 enum Reply {
     Auth(oneshot::Sender<AuthDecision>),
-    Subscribe(oneshot::Sender<Option<QoS>>),
-    Publish(oneshot::Sender<bool>),
+    Subscribe(oneshot::Sender<Verdict<QoS>>),
+    Publish(oneshot::Sender<Verdict>),
     Intercept(
         oneshot::Sender<Vec<Option<Arc<Message>>>>,
         Vec<Arc<Message>>,
@@ -40,33 +41,52 @@ pub(super) struct ReplyHandle {
 
 #[pymethods]
 impl ReplyHandle {
-    /// Auth: a CONNACK code (0 accepts, 4 or 5 refuse). Subscribe: the granted QoS or
-    /// None. Publish: a bool. A second call is ignored.
+    /// Auth: a CONNACK code (0 accepts, 4 or 5 refuse) or a `Deny`. Subscribe: the
+    /// granted QoS, None or a `Deny`. Publish: a bool or a `Deny`. A second call is
+    /// ignored.
     fn resolve(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let Some(reply) = self.reply.lock().take() else {
             return Ok(());
         };
+        // A hook's own reason code (src/python/deny.rs).
+        let deny = value.cast::<Deny>().ok().map(|d| d.get().refusal());
         match reply {
             Reply::Auth(tx) => {
-                let code: u8 = value.extract()?;
-                let decision = match ConnectReturnCode::from_u8(code) {
-                    Some(ConnectReturnCode::Accepted) => AuthDecision::Allow,
-                    Some(code) => AuthDecision::Deny(code),
-                    None => return Err(PyValueError::new_err(format!("bad CONNACK code {code}"))),
+                let decision = match deny {
+                    Some(refusal) => AuthDecision::Refuse(refusal),
+                    None => {
+                        let code: u8 = value.extract()?;
+                        match ConnectReturnCode::from_u8(code) {
+                            Some(ConnectReturnCode::Accepted) => AuthDecision::Allow,
+                            Some(code) => AuthDecision::Deny(code),
+                            None => {
+                                return Err(PyValueError::new_err(format!(
+                                    "bad CONNACK code {code}"
+                                )))
+                            }
+                        }
+                    }
                 };
                 let _ = tx.send(decision);
             }
             Reply::Subscribe(tx) => {
-                let granted = match value.extract::<Option<u8>>()? {
-                    None => None,
-                    Some(q) => Some(QoS::from_u8(q).ok_or_else(|| {
+                let granted = match (deny, value.extract::<Option<u8>>()) {
+                    (Some(refusal), _) => Err(refusal),
+                    (None, Ok(None)) => Err(Refusal::NOT_AUTHORIZED),
+                    (None, Ok(Some(q))) => Ok(QoS::from_u8(q).ok_or_else(|| {
                         PyValueError::new_err(format!("granted QoS must be 0, 1 or 2, not {q}"))
                     })?),
+                    (None, Err(err)) => return Err(err),
                 };
                 let _ = tx.send(granted);
             }
             Reply::Publish(tx) => {
-                let _ = tx.send(value.extract::<bool>()?);
+                let verdict = match deny {
+                    Some(refusal) => Err(refusal),
+                    None if value.extract::<bool>()? => Ok(()),
+                    None => Err(Refusal::NOT_AUTHORIZED),
+                };
+                let _ = tx.send(verdict);
             }
             Reply::Intercept(tx, originals) => {
                 // One verdict per message: None drops it, True keeps it, and a tuple
