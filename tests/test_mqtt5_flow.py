@@ -598,7 +598,7 @@ def test_a_version_2_store_still_loads(
     make_broker: Callable[..., pyo3mq.Broker], raw_clients: list[RawClient], tmp_path: Path
 ) -> None:
     """A store written before Session Expiry Intervals were kept (schema version 2) is
-    read whole, its sessions resumed, and then upgraded to version 3."""
+    read whole, its sessions resumed, and then upgraded to the current version (4)."""
     path = str(tmp_path / "old.db")
     first = make_broker(session_store=f"sqlite:{path}")
     old = RawClient(port_of(first))
@@ -612,7 +612,7 @@ def test_a_version_2_store_still_loads(
     sqlite_query(path, "DROP TABLE session_expiry")
     sqlite_query(path, "PRAGMA user_version = 2")
     second = make_broker(session_store=f"sqlite:{path}")
-    assert sqlite_query(path, "PRAGMA user_version") == [[3]]
+    assert sqlite_query(path, "PRAGMA user_version") == [[4]]
     again = RawClient(port_of(second))
     raw_clients.append(again)
     assert again.connect("old-311", clean=False).body == b"\x01\x00"

@@ -817,7 +817,7 @@ def test_sqlite_store_with_an_unreadable_row_refuses_to_start(
     [
         (
             "PRAGMA user_version = 99",
-            "has schema version 99; this pyo3mq reads version 3 (the file was written by a "
+            "has schema version 99; this pyo3mq reads version 4 (the file was written by a "
             "newer pyo3mq or another program)",
         ),
         (
@@ -886,7 +886,7 @@ def test_start_empty_moves_the_unreadable_store_aside(
     nothing_more(sub)
     leave(sub)
     broker.stop()
-    assert user_version(db) == 3
+    assert user_version(db) == 4
     assert aside[0].read_bytes() == before
     # The new file is the store from now on: the new session is in it.
     again = make_broker(session_store=f"sqlite:{db}")
@@ -920,12 +920,12 @@ def test_a_store_from_before_schema_versions_loads(
 ) -> None:
     """A file as the broker wrote it before the schema had a version (user_version 0,
     the same tables) loads: the session resumes with its message, the retained message
-    is there, and the file now carries the current version (3)."""
+    is there, and the file now carries the current version (4)."""
     db = tmp_path / "old.db"
     tamper(db, OLD_SCHEMA)
     assert user_version(db) == 0
     broker = make_broker(session_store=f"sqlite:{db}")
-    assert user_version(db) == 3
+    assert user_version(db) == 4
     sub = raw(port_of(broker))
     assert connack(sub, "old-sub", clean=False) == CONNACK_RESUMED
     sub.send(ack(PUBACK, pkid_of(delivery(sub, 0x32, "old/t", b"old"))))

@@ -66,6 +66,7 @@ from pyo3mq.types import (
     RetainedRecord,
     SessionRecord,
     StoredMessage,
+    StoredSubscriptionOptions,
     SubscribeEvent,
     UnsubscribeEvent,
 )
@@ -138,6 +139,7 @@ __all__ = [
     "SessionStore",
     "StateChange",
     "StoredMessage",
+    "StoredSubscriptionOptions",
     "SubscribeEvent",
     "Subscription",
     "SyncClient",

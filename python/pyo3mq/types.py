@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from pyo3mq._pyo3mq import MessageProperties
@@ -97,6 +97,25 @@ class StoredMessage:
     packet_id: int | None = None
     #: True when PUBREL was sent for this QoS 2 delivery (only PUBCOMP is awaited).
     released: bool = False
+    #: Its MQTT 5.0 properties as encoded on the wire (without their length): user
+    #: properties in order, content type, response topic, correlation data, payload
+    #: format, message expiry and the subscription identifiers of this delivery. None
+    #: without any. Store the bytes as they are.
+    properties: bytes | None = None
+    #: When its Message Expiry Interval runs out, in Unix time (seconds), so the
+    #: countdown goes on while the broker is down; None if it never expires.
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class StoredSubscriptionOptions:
+    """A subscription's MQTT 5.0 options, as a session store keeps them."""
+
+    no_local: bool = False
+    retain_as_published: bool = False
+    #: 0, 1 or 2 (as in the SUBSCRIBE).
+    retain_handling: int = 0
+    subscription_identifier: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,15 @@ class SessionRecord:
     client_id: str
     subscriptions: list[tuple[str, int]]
     pending: list[StoredMessage]
+    #: The MQTT 5.0 options of those subscriptions that have any, by filter (empty
+    #: for a 3.1/3.1.1 client's).
+    subscription_options: dict[str, StoredSubscriptionOptions] = field(default_factory=dict)
+    #: An MQTT 5.0 client's Session Expiry Interval in seconds (4294967295: never);
+    #: None for a 3.1/3.1.1 client's (`persistent_client_expiration` applies).
+    session_expiry: int | None = None
+    #: When the client went offline, in Unix time (seconds); None if it was online.
+    #: Session expiry counts from it (from the load without it).
+    disconnected_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -115,3 +143,6 @@ class RetainedRecord:
     payload: bytes
     qos: int
     publisher: str
+    #: As `StoredMessage.properties` and `StoredMessage.expires_at`.
+    properties: bytes | None = None
+    expires_at: float | None = None

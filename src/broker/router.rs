@@ -602,6 +602,7 @@ impl Router {
                 },
             );
             replaced = state.subscriptions.insert(filter.clone(), qos).is_some();
+            state.set_sub_opts(filter, opts);
             state.mark_changed();
             if let (false, Some(cluster)) = (replaced, self.cluster.get()) {
                 cluster.add_interest(filter);
@@ -625,6 +626,7 @@ impl Router {
         }
         let mut state = session.state.lock();
         if state.subscriptions.remove(filter).is_some() {
+            state.set_sub_opts(filter, SubOpts::default());
             self.subs.write().remove(filter, &session.id);
             state.mark_changed();
             if let Some(cluster) = self.cluster.get() {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
+use crate::broker::router::SubOpts;
 use crate::broker::session::Message;
 use crate::codec::QoS;
 
@@ -51,6 +52,12 @@ pub struct SessionSnapshot {
     /// counted from `disconnected_at`; `None` for 3.1/3.1.1 sessions.
     pub session_expiry: Option<u32>,
     pub subscriptions: Vec<(ByteString, QoS)>,
+    /// The MQTT 5.0 options (No Local, Retain As Published, Retain Handling, the
+    /// Subscription Identifier) of those `subscriptions` that have any; empty for a
+    /// 3.1/3.1.1 session. A filter not in `subscriptions` is ignored.
+    pub subscription_options: Vec<(ByteString, SubOpts)>,
+    /// Undelivered messages; each one's 5.0 properties (with the identifiers of the
+    /// subscriptions it matched, and its expiry deadline) are in its `msg`.
     pub pending: Vec<StoredMessage>,
 }
 

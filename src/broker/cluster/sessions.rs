@@ -170,6 +170,8 @@ impl Record {
             // as a 3.1.1 one does there (`persistent_client_expiration`).
             session_expiry: None,
             subscriptions: self.subscriptions,
+            // Nor the subscriptions' 5.0 options: defaults on the node taking it in.
+            subscription_options: Vec::new(),
             pending: self.pending,
         }
     }

@@ -13,9 +13,10 @@
 //! (router/shared.rs); No Local is refused there [MQTT-3.8.3-4] and Retain Handling does
 //! not apply (no retained messages on shared subscriptions).
 //!
-//! Not kept by the SQLite store (its subscriptions table has the filter and QoS only): a
-//! session restored after a restart has its subscriptions with default options and no
-//! identifiers.
+//! A session keeps its subscriptions' options too ([`SessionState::set_sub_opts`]), so
+//! the session store saves them and a restart restores them (router/persist.rs).
+//!
+//! [`SessionState::set_sub_opts`]: crate::broker::session::SessionState::set_sub_opts
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -29,6 +30,10 @@ use crate::topic;
 
 const NO_LOCAL: u8 = 1;
 const RETAIN_AS_PUBLISHED: u8 = 2;
+/// Two bits of Retain Handling (0, 1 or 2), kept only so that a restart restores the
+/// subscription as it was made: routing never reads them.
+const RETAIN_HANDLING_SHIFT: u8 = 2;
+const RETAIN_HANDLING_MASK: u8 = 0b1100;
 
 /// A subscription's 5.0 options that routing applies; the default is 3.1.1 behaviour.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,7 +52,55 @@ impl SubOpts {
         if options.retain_as_published {
             flags |= RETAIN_AS_PUBLISHED;
         }
+        flags |= (options.retain_handling as u8) << RETAIN_HANDLING_SHIFT;
         SubOpts { flags, id }
+    }
+
+    /// Whether these are a 3.1/3.1.1 subscription's options (all zero, no identifier):
+    /// a session keeps only the others.
+    pub fn is_default(self) -> bool {
+        self == SubOpts::default()
+    }
+
+    pub fn retain_handling(self) -> RetainHandling {
+        match (self.flags & RETAIN_HANDLING_MASK) >> RETAIN_HANDLING_SHIFT {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            _ => RetainHandling::DoNotSend,
+        }
+    }
+
+    /// The options as the bits of a 5.0 SUBSCRIBE's Subscription Options byte, without
+    /// the QoS (spec 3.8.3.1): No Local 0x04, Retain As Published 0x08, Retain Handling
+    /// 0x30. What the session stores keep.
+    pub fn options_byte(self) -> u8 {
+        u8::from(self.no_local()) << 2
+            | u8::from(self.retain_as_published()) << 3
+            | (self.retain_handling() as u8) << 4
+    }
+
+    /// The inverse of [`SubOpts::options_byte`] (with the identifier kept beside it);
+    /// `None` for bits a SUBSCRIBE could not carry (the QoS's, the reserved ones, Retain
+    /// Handling 3), which a stored row must not have.
+    pub fn from_stored(byte: u8, id: Option<NonZeroU32>) -> Option<SubOpts> {
+        let handling = match (byte >> 4) & 0b11 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return None,
+        };
+        if byte & !0b0011_1100 != 0
+            || id.is_some_and(|id| id.get() > crate::codec::MAX_VARIABLE_BYTE_INTEGER)
+        {
+            return None;
+        }
+        let options = SubscriptionOptions {
+            qos: QoS::AtMostOnce,
+            no_local: byte & 0x04 != 0,
+            retain_as_published: byte & 0x08 != 0,
+            retain_handling: handling,
+        };
+        Some(SubOpts::new(&options, id))
     }
 
     pub fn no_local(self) -> bool {

@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytestring::ByteString;
+
 use super::{ClientSlot, Router, Session, Subscriber};
 use crate::broker::metrics;
 use crate::broker::session::Queued;
@@ -180,17 +182,28 @@ impl Router {
         let mut clients = self.clients.lock();
         for snap in sessions {
             let session = self.new_session(snap.client_id.clone(), false);
-            let (shared, plain): (Vec<_>, Vec<_>) = snap
+            let opts_of = |filter: &ByteString| {
+                snap.subscription_options
+                    .iter()
+                    .find(|(f, _)| f == filter)
+                    .map_or(super::SubOpts::default(), |(_, opts)| *opts)
+            };
+            let subscriptions: Vec<_> = snap
                 .subscriptions
                 .into_iter()
-                .partition(|(filter, _)| filter.starts_with(crate::topic::SHARE_PREFIX));
+                .map(|(filter, qos)| {
+                    let opts = opts_of(&filter);
+                    (filter, qos, opts)
+                })
+                .collect();
+            let (shared, plain): (Vec<_>, Vec<_>) = subscriptions
+                .into_iter()
+                .partition(|(filter, _, _)| filter.starts_with(crate::topic::SHARE_PREFIX));
             // Joined with the session unlocked (the groups' lock order), before the state
             // is marked as the store has it below.
-            for (filter, qos) in shared {
+            for (filter, qos, opts) in shared {
                 match crate::topic::parse_shared(&filter) {
-                    Ok(Some(share)) => {
-                        self.join_group(&session, &filter, share, qos, super::SubOpts::default())
-                    }
+                    Ok(Some(share)) => self.join_group(&session, &filter, share, qos, opts),
                     // Only valid filters are ever subscribed; a store edited by hand is not
                     // trusted with an invalid one.
                     _ => tracing::warn!(
@@ -202,16 +215,17 @@ impl Router {
             {
                 let mut state = session.state.lock();
                 let mut subs = self.subs.write();
-                for (filter, qos) in plain {
+                for (filter, qos, opts) in plain {
                     subs.insert(
                         &filter,
                         session.id,
                         Subscriber {
                             qos,
-                            opts: super::SubOpts::default(),
+                            opts,
                             session: session.clone(),
                         },
                     );
+                    state.set_sub_opts(&filter, opts);
                     state.subscriptions.insert(filter, qos);
                 }
                 for m in snap.pending {
@@ -268,6 +282,10 @@ pub(super) fn snapshot_of(session: &Session, state: &SessionState) -> SessionSna
             .subscriptions
             .iter()
             .map(|(f, q)| (f.clone(), *q))
+            .collect(),
+        subscription_options: state
+            .sub_opts_iter()
+            .map(|(f, opts)| (f.clone(), opts))
             .collect(),
         pending: state
             .export()
@@ -359,6 +377,7 @@ mod tests {
         sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         for s in &mut sessions {
             s.subscriptions.sort();
+            s.subscription_options.sort_by(|a, b| a.0.cmp(&b.0));
             // The store keeps one RETAIN flag per pending message, the delivery's (the
             // one that is sent); the original publish's flag is not used after routing.
             for p in &mut s.pending {

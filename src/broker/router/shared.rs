@@ -155,6 +155,7 @@ impl Router {
         {
             let mut state = session.state.lock();
             state.subscriptions.insert(filter.clone(), qos);
+            state.set_sub_opts(filter, opts);
             state.mark_changed();
         }
         // The trie stays write-locked while the member is added, so a group that its last
@@ -235,6 +236,7 @@ impl Router {
         let taken = {
             let mut state = session.state.lock();
             state.subscriptions.remove(filter);
+            state.set_sub_opts(filter, SubOpts::default());
             state.mark_changed();
             match &group {
                 Some(group) => state.take_shared(|id| id == group.id),

@@ -8,7 +8,7 @@
 
 use std::num::NonZeroU32;
 use std::ops::Deref;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -46,6 +46,28 @@ impl MessageProperties {
             })
         });
         MessageProperties { bytes, expiry }
+    }
+
+    /// Properties loaded from a session store: their Message Expiry Interval (if any)
+    /// runs out at `expires_at` (milliseconds since the Unix epoch, as
+    /// [`MessageProperties::expires_at`] gave it when they were saved), so the countdown
+    /// goes on across a restart; a deadline already past leaves the message expired.
+    /// Without `expires_at` (an interval of 0, or none) nothing expires.
+    pub fn restored(bytes: Bytes, expires_at: Option<u64>) -> MessageProperties {
+        let expiry = match (find_expiry(&bytes), expires_at) {
+            (Some((offset, _)), Some(at)) => Some(Expiry {
+                deadline: instant_of(at),
+                offset,
+            }),
+            _ => None,
+        };
+        MessageProperties { bytes, expiry }
+    }
+
+    /// When the Message Expiry Interval runs out, in milliseconds since the Unix epoch
+    /// (what a session store keeps: an `Instant` means nothing to the next process).
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expiry.map(|e| unix_ms_of(e.deadline))
     }
 
     pub fn bytes(&self) -> &Bytes {
@@ -87,6 +109,33 @@ pub fn remaining_secs(deadline: Instant, now: Instant) -> u32 {
     let left = deadline.saturating_duration_since(now);
     let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
     u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+/// `deadline` on the wall clock, in milliseconds since the Unix epoch, rounded down: a
+/// restored message never outlives its interval, so the remaining interval sent after a
+/// restart (rounded up to whole seconds) is never more than it was.
+fn unix_ms_of(deadline: Instant) -> u64 {
+    let now = SystemTime::now();
+    let instant_now = Instant::now();
+    let wall = match deadline.checked_duration_since(instant_now) {
+        Some(ahead) => now.checked_add(ahead),
+        None => now.checked_sub(instant_now.duration_since(deadline)),
+    };
+    wall.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The `Instant` of a wall-clock time in milliseconds since the Unix epoch (now, for a
+/// time already past: the message is expired either way).
+fn instant_of(unix_ms: u64) -> Instant {
+    let at = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let now = Instant::now();
+    match at.duration_since(SystemTime::now()) {
+        Ok(ahead) => now
+            .checked_add(ahead)
+            .unwrap_or(now + Duration::from_secs(u64::from(u32::MAX))),
+        Err(_) => now,
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +249,40 @@ mod tests {
         p.message_expiry_interval = Some(0);
         let zero = MessageProperties::new(encoded(&p));
         assert!(zero.expiry().is_none() && !zero.expired());
+    }
+
+    #[test]
+    fn a_restored_deadline_keeps_counting() {
+        let p = Properties {
+            user_properties: vec![("a".into(), "1".into()), ("a".into(), "0".into())],
+            message_expiry_interval: Some(100),
+            ..Properties::default()
+        };
+        let mp = MessageProperties::new(encoded(&p));
+        let at = mp.expires_at().unwrap();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            (99_000..=100_000).contains(&(at - now_ms)),
+            "{}",
+            at - now_ms
+        );
+        // As if saved 40.5 s ago: 59.5 s are left, sent as 60.
+        let back = MessageProperties::restored(mp.bytes().clone(), Some(at - 40_500));
+        assert_eq!(back.bytes(), mp.bytes());
+        assert_eq!(back.expiry().unwrap().offset, mp.expiry().unwrap().offset);
+        let left = remaining_secs(back.expiry().unwrap().deadline, Instant::now());
+        assert_eq!(left, 60);
+        assert!(!back.expired());
+        // Past its deadline: expired at once.
+        let gone = MessageProperties::restored(mp.bytes().clone(), Some(now_ms - 1));
+        assert!(gone.expired());
+        // No stored deadline (an interval of 0, or none): never expires.
+        assert!(MessageProperties::restored(mp.bytes().clone(), None)
+            .expiry()
+            .is_none());
     }
 
     #[test]

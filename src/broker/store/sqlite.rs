@@ -5,6 +5,8 @@
 //! does not know, tables that are not ours or one row that does not decode make `load`
 //! fail, and then the store refuses every save, so the file is left as it was.
 
+use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,17 +18,20 @@ use rusqlite::{Connection, Row};
 use super::{
     aside_path, Changes, SessionSnapshot, SessionStore, StoreError, StoredMessage, StoredState,
 };
-use crate::broker::session::Message;
-use crate::codec::QoS;
+use crate::broker::router::SubOpts;
+use crate::broker::session::{Message, MessageProperties};
+use crate::codec::{Properties, PropertyContext, QoS};
 use crate::topic;
 
 /// The layout this build writes and reads. Version 2 added `disconnected` (when each
 /// offline session's client went away, for `persistent_client_expiration`); version 3
 /// added `session_expiry` (an MQTT 5.0 client's Session Expiry Interval, which counts
-/// from that time). Files of versions 1 and 2, and files from before versions existed
-/// (`user_version` 0, the same four tables), are read, then given the missing tables and
-/// stamped with this version.
-pub const SCHEMA_VERSION: i64 = 3;
+/// from that time); version 4 added the MQTT 5.0 state: each subscription's options and
+/// identifier, and each pending and retained message's properties (as encoded on the
+/// wire, `codec::Properties::to_bytes`) with its expiry deadline. Files of versions 1 to
+/// 3, and files from before versions existed (`user_version` 0, the same four tables),
+/// are read, then given the missing tables and columns and stamped with this version.
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The tables of version 1 (and of unversioned files), sorted by name (as the schema
 /// query lists them).
@@ -36,16 +41,17 @@ const CREATE: &str = "
     CREATE TABLE sessions (client_id TEXT PRIMARY KEY);
     CREATE TABLE subscriptions (
         client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
+        options INTEGER NOT NULL DEFAULT 0, identifier INTEGER,
         PRIMARY KEY (client_id, filter));
     CREATE TABLE pending (
         client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
         payload BLOB NOT NULL, msg_qos INTEGER NOT NULL, qos INTEGER NOT NULL,
         retain INTEGER NOT NULL, publisher TEXT NOT NULL, pkid INTEGER,
-        released INTEGER NOT NULL DEFAULT 0,
+        released INTEGER NOT NULL DEFAULT 0, properties BLOB, expires_at INTEGER,
         PRIMARY KEY (client_id, seq));
     CREATE TABLE retained (
         topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
-        publisher TEXT NOT NULL);
+        publisher TEXT NOT NULL, properties BLOB, expires_at INTEGER);
     CREATE TABLE disconnected (client_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
     CREATE TABLE session_expiry (client_id TEXT PRIMARY KEY, seconds INTEGER NOT NULL);
 ";
@@ -61,6 +67,55 @@ const UPGRADE_TO_2: &str = "
 const UPGRADE_TO_3: &str = "
     CREATE TABLE session_expiry (client_id TEXT PRIMARY KEY, seconds INTEGER NOT NULL);
 ";
+
+/// From version 3 to 4, the MQTT 5.0 state (NULL and 0 are what a 3.1/3.1.1 session
+/// has, and what rows of older files had):
+/// - `subscriptions.options`: the Subscription Options byte of the SUBSCRIBE without
+///   its QoS (No Local 0x04, Retain As Published 0x08, Retain Handling 0x30);
+///   `identifier`: the Subscription Identifier, or NULL;
+/// - `pending.properties`, `retained.properties`: the message's 5.0 properties as
+///   encoded on the wire without their length (a pending copy's include the
+///   identifiers of the subscriptions it matched), or NULL for none; `expires_at`:
+///   when its Message Expiry Interval runs out, in milliseconds since the Unix epoch
+///   (absolute, so the countdown goes on while the broker is down), or NULL.
+///
+/// Each is added only if missing (a file whose version was set back by hand may have
+/// them), so the upgrade never fails on a column that is there.
+const COLUMNS_4: [(&str, &str, &str); 6] = [
+    ("subscriptions", "options", "INTEGER NOT NULL DEFAULT 0"),
+    ("subscriptions", "identifier", "INTEGER"),
+    ("pending", "properties", "BLOB"),
+    ("pending", "expires_at", "INTEGER"),
+    ("retained", "properties", "BLOB"),
+    ("retained", "expires_at", "INTEGER"),
+];
+
+/// Brings a file of an older `version` (read whole just before) to this version's
+/// tables and columns and stamps it, in one transaction: the file is either one or the
+/// other.
+fn upgrade(conn: &mut Connection, version: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    if version < 2 {
+        tx.execute_batch(UPGRADE_TO_2)?;
+    }
+    if version < 3 {
+        tx.execute_batch(UPGRADE_TO_3)?;
+    }
+    for (table, column, declaration) in COLUMNS_4 {
+        let present: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |row| row.get(0),
+        )?;
+        if present == 0 {
+            tx.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+            ))?;
+        }
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
+}
 
 /// Sessions and retained messages in a SQLite file.
 ///
@@ -158,7 +213,7 @@ impl SqliteStore {
             SCHEMA_VERSION => Ok(Layout::Current),
             0 if tables.is_empty() => Ok(Layout::Empty),
             0 if tables == TABLES_V1 => Ok(Layout::Older(1)),
-            1 | 2 => Ok(Layout::Older(version)),
+            1..=3 => Ok(Layout::Older(version)),
             0 => Err(StoreError::Foreign {
                 path: self.path.clone(),
                 detail: format!(
@@ -186,7 +241,8 @@ impl SqliteStore {
 
     /// Every row, decoded strictly: a value out of range is an error, not a default.
     /// `version`: the file's schema, which says which tables it has (`disconnected`
-    /// from 2, `session_expiry` from 3).
+    /// from 2, `session_expiry` from 3) and which columns (the 5.0 ones from 4; older
+    /// rows read as NULL there, what a 3.1.1 session writes).
     fn read(&self, conn: &Connection, version: i64) -> Result<StoredState, StoreError> {
         let with_disconnected = version >= 2;
         let read = |e| self.read_error(e);
@@ -203,14 +259,22 @@ impl SqliteStore {
                 ids.push(id);
             }
         }
+        let (sub_v5, message_v5) = if version >= 4 {
+            ("options, identifier", "properties, expires_at")
+        } else {
+            ("0, NULL", "NULL, NULL")
+        };
         let mut subs = conn
-            .prepare("SELECT filter, qos FROM subscriptions WHERE client_id = ?1")
+            .prepare(&format!(
+                "SELECT filter, qos, {sub_v5} FROM subscriptions WHERE client_id = ?1 \
+                 ORDER BY filter"
+            ))
             .map_err(read)?;
         let mut pending = conn
-            .prepare(
-                "SELECT topic, payload, msg_qos, qos, retain, publisher, pkid, released, seq \
-                 FROM pending WHERE client_id = ?1 ORDER BY seq",
-            )
+            .prepare(&format!(
+                "SELECT topic, payload, msg_qos, qos, retain, publisher, pkid, released, seq, \
+                 {message_v5} FROM pending WHERE client_id = ?1 ORDER BY seq"
+            ))
             .map_err(read)?;
         let mut disconnected = if with_disconnected {
             Some(
@@ -235,12 +299,16 @@ impl SqliteStore {
             let disconnected_at =
                 self.session_value(&mut disconnected, &id, "disconnected", time_at)?;
             let mut subscriptions = Vec::new();
+            let mut subscription_options = Vec::new();
             let mut rows = subs.query([&id]).map_err(read)?;
             while let Some(row) = rows.next().map_err(read)? {
-                let sub = subscription_row(row).map_err(|e| {
+                let (filter, qos, opts) = subscription_row(row).map_err(|e| {
                     self.row_error("subscriptions", format!("{id} {}", key_of(row, 0)), e)
                 })?;
-                subscriptions.push(sub);
+                if !opts.is_default() {
+                    subscription_options.push((filter.clone(), opts));
+                }
+                subscriptions.push((filter, qos));
             }
             let mut messages = Vec::new();
             let mut rows = pending.query([&id]).map_err(read)?;
@@ -255,12 +323,15 @@ impl SqliteStore {
                 disconnected_at,
                 session_expiry,
                 subscriptions,
+                subscription_options,
                 pending: messages,
             });
         }
         let mut retained = Vec::new();
         let mut stmt = conn
-            .prepare("SELECT topic, payload, qos, publisher FROM retained ORDER BY topic")
+            .prepare(&format!(
+                "SELECT topic, payload, qos, publisher, {message_v5} FROM retained ORDER BY topic"
+            ))
             .map_err(read)?;
         let mut rows = stmt.query([]).map_err(read)?;
         while let Some(row) = rows.next().map_err(read)? {
@@ -307,7 +378,8 @@ impl SqliteStore {
                 writer.write(s)?;
             }
             let mut add_retained = tx.prepare(
-                "INSERT INTO retained (topic, payload, qos, publisher) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO retained (topic, payload, qos, publisher, properties, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for m in &state.retained {
                 put_retained(&mut add_retained, m)?;
@@ -346,8 +418,8 @@ impl SqliteStore {
                 writer.write(s)?;
             }
             let mut set = tx.prepare(
-                "INSERT OR REPLACE INTO retained (topic, payload, qos, publisher) \
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO retained (topic, payload, qos, publisher, properties, \
+                 expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut clear = tx.prepare("DELETE FROM retained WHERE topic = ?1")?;
             for (topic, msg) in &changes.retained {
@@ -425,8 +497,53 @@ fn time_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
 }
 
-fn subscription_row(row: &Row<'_>) -> rusqlite::Result<(ByteString, QoS)> {
-    Ok((topic_at(row, 0, true)?, qos_at(row, 1)?))
+/// A subscription: filter, QoS and 5.0 options (columns `options`, `identifier`).
+fn subscription_row(row: &Row<'_>) -> rusqlite::Result<(ByteString, QoS, SubOpts)> {
+    let byte: i64 = row.get(2)?;
+    let id = match row.get::<_, Option<i64>>(3)? {
+        None => None,
+        Some(id) => Some(
+            u32::try_from(id)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .ok_or(rusqlite::Error::IntegralValueOutOfRange(3, id))?,
+        ),
+    };
+    let opts = u8::try_from(byte)
+        .ok()
+        .and_then(|b| SubOpts::from_stored(b, id))
+        .ok_or(rusqlite::Error::IntegralValueOutOfRange(2, byte))?;
+    Ok((topic_at(row, 0, true)?, qos_at(row, 1)?, opts))
+}
+
+/// A message's 5.0 properties (column `idx`) and expiry deadline (`idx + 1`), checked
+/// as a PUBLISH's would be: a blob that does not decode is an error.
+fn properties_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<MessageProperties>> {
+    let Some(blob) = row.get::<_, Option<Vec<u8>>>(idx)? else {
+        return Ok(None);
+    };
+    let bytes = bytes::Bytes::from(blob);
+    Properties::from_bytes(bytes.clone(), PropertyContext::Publish)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Blob, Box::new(e)))?;
+    let expires_at = match row.get::<_, Option<i64>>(idx + 1)? {
+        None => None,
+        Some(at) => Some(
+            u64::try_from(at).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx + 1, at))?,
+        ),
+    };
+    Ok(Some(MessageProperties::restored(bytes, expires_at)))
+}
+
+/// What [`properties_at`] reads: the blob and the deadline.
+fn properties_params(m: &Message) -> (Option<&[u8]>, Option<i64>) {
+    match &m.properties {
+        None => (None, None),
+        Some(p) => (
+            Some(&p[..]),
+            p.expires_at()
+                .map(|at| i64::try_from(at).unwrap_or(i64::MAX)),
+        ),
+    }
 }
 
 fn pending_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
@@ -447,7 +564,7 @@ fn pending_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
             qos: qos_at(row, 2)?,
             retain,
             publisher: ByteString::from(row.get::<_, String>(5)?),
-            properties: None,
+            properties: properties_at(row, 9)?,
         }),
         qos: qos_at(row, 3)?,
         retain,
@@ -463,18 +580,21 @@ fn retained_row(row: &Row<'_>) -> rusqlite::Result<Arc<Message>> {
         qos: qos_at(row, 2)?,
         retain: true,
         publisher: ByteString::from(row.get::<_, String>(3)?),
-        properties: None,
+        properties: properties_at(row, 4)?,
     }))
 }
 
 fn put_retained(statement: &mut rusqlite::Statement<'_>, m: &Message) -> rusqlite::Result<()> {
     let topic: &str = &m.topic;
     let publisher: &str = &m.publisher;
+    let (properties, expires_at) = properties_params(m);
     statement.execute(rusqlite::params![
         topic,
         &m.payload[..],
         m.qos as i64,
-        publisher
+        publisher,
+        properties,
+        expires_at
     ])?;
     Ok(())
 }
@@ -491,11 +611,13 @@ impl<'t> SessionWriter<'t> {
     fn new(tx: &'t rusqlite::Transaction<'_>) -> rusqlite::Result<SessionWriter<'t>> {
         Ok(SessionWriter {
             add_sub: tx.prepare(
-                "INSERT INTO subscriptions (client_id, filter, qos) VALUES (?1, ?2, ?3)",
+                "INSERT INTO subscriptions (client_id, filter, qos, options, identifier) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?,
             add_pending: tx.prepare(
                 "INSERT INTO pending (client_id, seq, topic, payload, msg_qos, qos, retain, \
-                 publisher, pkid, released) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 publisher, pkid, released, properties, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?,
             add_disconnected: tx
                 .prepare("INSERT INTO disconnected (client_id, at) VALUES (?1, ?2)")?,
@@ -513,14 +635,28 @@ impl<'t> SessionWriter<'t> {
             self.add_expiry
                 .execute(rusqlite::params![id, i64::from(seconds)])?;
         }
+        // Looked up by filter only for a session that has 5.0 options (a 3.1.1 one has
+        // none, and writes what it wrote before).
+        let options: HashMap<&str, SubOpts> = s
+            .subscription_options
+            .iter()
+            .map(|(filter, opts)| (&**filter, *opts))
+            .collect();
         for (filter, qos) in &s.subscriptions {
             let filter: &str = filter;
-            self.add_sub
-                .execute(rusqlite::params![id, filter, *qos as i64])?;
+            let opts = options.get(filter).copied().unwrap_or_default();
+            self.add_sub.execute(rusqlite::params![
+                id,
+                filter,
+                *qos as i64,
+                i64::from(opts.options_byte()),
+                opts.id.map(|id| i64::from(id.get()))
+            ])?;
         }
         for (seq, p) in s.pending.iter().enumerate() {
             let topic: &str = &p.msg.topic;
             let publisher: &str = &p.msg.publisher;
+            let (properties, expires_at) = properties_params(&p.msg);
             self.add_pending.execute(rusqlite::params![
                 id,
                 seq as i64,
@@ -531,7 +667,9 @@ impl<'t> SessionWriter<'t> {
                 i64::from(p.retain),
                 publisher,
                 p.pkid.map(i64::from),
-                i64::from(p.released)
+                i64::from(p.released),
+                properties,
+                expires_at
             ])?;
         }
         Ok(())
@@ -552,19 +690,9 @@ impl SessionStore for SqliteStore {
             Layout::Current => self.read(&inner.conn, SCHEMA_VERSION)?,
             Layout::Older(version) => {
                 let state = self.read(&inner.conn, version)?;
-                let upgrade = if version < 2 {
-                    format!("{UPGRADE_TO_2}{UPGRADE_TO_3}")
-                } else {
-                    UPGRADE_TO_3.to_string()
-                };
                 // Read whole, so it is ours: from now on it has this version's tables and
-                // says so (in one transaction: the file is either one or the other).
-                inner
-                    .conn
-                    .execute_batch(&format!(
-                        "BEGIN; {upgrade} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                    ))
-                    .map_err(|e| self.write_error(e))?;
+                // columns, and says so.
+                upgrade(&mut inner.conn, version).map_err(|e| self.write_error(e))?;
                 tracing::info!(
                     "session store {}: schema version {SCHEMA_VERSION} recorded",
                     self.path.display()
