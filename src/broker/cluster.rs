@@ -37,6 +37,7 @@
 
 mod config;
 mod link;
+mod liveness;
 mod sessions;
 mod streams;
 pub mod subject;
@@ -54,6 +55,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
 pub use config::{check_names, parse_urls};
+pub use sessions::{Claim, Closed, Will};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
 use link::{read_from_nats, Link};
 use streams::{mirror_retained, read_reliable, write_to_nats};
@@ -410,6 +412,26 @@ pub async fn start(
             .await
             .map_err(|e| ClusterError::Stream(format!("bucket {bucket}: {e}")))?,
     };
+    // Node liveness: keys that expire unless renewed (see [`liveness`]).
+    let nodes_bucket = names.stream("NODES");
+    let nodes = match js.get_key_value(&nodes_bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket: nodes_bucket.clone(),
+                description: "pyo3mq nodes: one key per live node, expiring unless renewed"
+                    .to_string(),
+                history: 1,
+                max_age: liveness::NODE_TTL,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?,
+    };
+    liveness::announce(&nodes, node)
+        .await
+        .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?;
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -446,6 +468,12 @@ pub async fn start(
         .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
     tokio::spawn(sessions::serve_handovers(
         handovers,
+        cluster.clone(),
+        router.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(liveness::keep_alive(
+        nodes,
         cluster.clone(),
         router.clone(),
         shutdown.clone(),
