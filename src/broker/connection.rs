@@ -481,7 +481,7 @@ impl Connection {
                 return None; // CONNACK 0x03, logged by the cluster
             }
         }
-        for _ in 0..TAKEOVER_ATTEMPTS {
+        for attempt in 1..=TAKEOVER_ATTEMPTS {
             let attach = if connect.protocol == Protocol::V5 {
                 self.attach_v5(connect, handle.clone())
             } else {
@@ -498,6 +498,10 @@ impl Connection {
                     }
                     return Some((session, session_present));
                 }
+                // Out of attempts (CONNECTs for this client id keep coming): the
+                // connection holding the session now keeps it, rather than being closed
+                // for one that then gives up, which would leave none.
+                Attach::Busy(_) if attempt == TAKEOVER_ATTEMPTS => break,
                 Attach::Busy(old) => {
                     info!(client_id = %self.client_id, "session taken over by a new connection");
                     old.takeover.kick.notify_one();

@@ -11,7 +11,7 @@
 //! there: each claims the record by compare-and-set on its revision, so exactly one
 //! survivor wins each record and publishes its will. A clean session's record is deleted
 //! (the session ended: the will goes now). A persistent one is recorded offline under
-//! the survivor; its will goes after its Will Delay Interval (or the session's expiry,
+//! the survivor, which takes the session in (from the record's subscriptions); its will goes after its Will Delay Interval (or the session's expiry,
 //! if sooner) [MQTT-3.1.2-8], by a second compare-and-set on the claimed revision, which
 //! fails if the client connected again anywhere meanwhile: then the will is not
 //! published [MQTT-3.1.3-9].
@@ -278,6 +278,9 @@ async fn adopt(
             return false;
         }
     };
+    // The session lives on here: its subscriptions route to it, a CONNECT anywhere
+    // takes it over from this node.
+    router.take_in_session(claimed.clone().snapshot(client_id));
     let (Some(will), Some(wait)) = (will, wait) else {
         return true;
     };

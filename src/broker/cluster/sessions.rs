@@ -269,7 +269,7 @@ impl Record {
         })
     }
 
-    fn snapshot(self, client_id: &ByteString) -> SessionSnapshot {
+    pub(super) fn snapshot(self, client_id: &ByteString) -> SessionSnapshot {
         SessionSnapshot {
             client_id: client_id.clone(),
             disconnected_at: None,
@@ -548,6 +548,17 @@ impl Cluster {
         }
     }
 
+    /// Whether the record names this node as the owner (a node asks the previous owner
+    /// only after its own claim, so then this node claimed the client id again since).
+    async fn claimed_here(&self, client_id: &ByteString) -> bool {
+        match bounded("reading the session", self.sessions.entry(key_of(client_id))).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                Record::decode(entry.value).is_some_and(|record| record.owner == self.node)
+            }
+            _ => false,
+        }
+    }
+
     /// Asks node `owner` to give up `client_id`'s session.
     async fn ask_owner(&self, client_id: &ByteString, owner: u64) -> Answer {
         let subject = handover_subject(&self.names.prefix, owner);
@@ -648,7 +659,14 @@ pub(super) async fn serve_handovers(
         };
         let (cluster, router) = (cluster.clone(), router.clone());
         tokio::spawn(async move {
-            let answer = give_up(&router, &client_id, cluster.node).await;
+            // A request overtaken by a newer claim of this node (CONNECTs racing on
+            // several nodes) must not close the connection that claim attached.
+            let answer = if cluster.claimed_here(&client_id).await {
+                debug!(%client_id, "cluster: handover request overtaken by a newer claim here: ignored");
+                Bytes::new()
+            } else {
+                give_up(&router, &client_id, cluster.node).await
+            };
             if let Err(e) = cluster.client.publish(reply, answer).await {
                 warn!(%client_id, "cluster: handover answer not sent: {e}");
             }
