@@ -15,7 +15,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from support.mqtt_raw import DISCONNECT, PINGREQ, Closed, RawClient, connect, packet, s
@@ -51,10 +50,11 @@ def read_record(port: int, client_id: str) -> bytes | None:
         reader = sock.makefile("rb")
         assert reader.readline().startswith(b"INFO ")
         request = json.dumps({"last_by_subj": f"$KV.PYO3MQ_SESSIONS.{session_key(client_id)}"})
+        get = f"$JS.API.STREAM.MSG.GET.{SESSIONS_STREAM}"
         sock.sendall(
             b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
             b"SUB _INBOX.faults 1\r\n"
-            + f"PUB $JS.API.STREAM.MSG.GET.{SESSIONS_STREAM} _INBOX.faults {len(request)}\r\n".encode()
+            + f"PUB {get} _INBOX.faults {len(request)}\r\n".encode()
             + request.encode()
             + b"\r\nPING\r\n"
         )
@@ -137,7 +137,9 @@ def test_dead_node_will_reaches_a_survivor_once(
     watcher.connect("fw-watch")
     subscribe_ok(watcher, 1, ("fw/will", 1))
     victim = raw(a.port)
-    assert connack(victim, "fw-victim", will=("fw/will", b"A died", 1, False)) == b"\x20\x02\x00\x00"
+    assert (
+        connack(victim, "fw-victim", will=("fw/will", b"A died", 1, False)) == b"\x20\x02\x00\x00"
+    )
     kill(a)
     will = next_publish(watcher, timeout=30)
     assert will.publish_fields()[0::2] == ("fw/will", b"A died")
@@ -230,8 +232,11 @@ def test_dead_node_will_waits_for_its_delay_and_a_return_cancels_it(
         c = raw(a.port)
         c.send(
             connect_v5(
-                f"fd-{name}", clean=False, session_expiry=300,
-                will=(f"fd/{name}", name.encode(), 1), will_delay=8,
+                f"fd-{name}",
+                clean=False,
+                session_expiry=300,
+                will=(f"fd/{name}", name.encode(), 1),
+                will_delay=8,
             )
         )
         assert c.recv().type == 2
@@ -405,4 +410,3 @@ def test_fifty_connects_race_across_two_nodes(
                 c.close()
     for node in (a, b):
         assert node.proc.poll() is None, node.logged()[-3000:]
-

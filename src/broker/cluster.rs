@@ -34,6 +34,9 @@
 //!   end before the node accepts clients), so a new subscription replays retained
 //!   messages from memory as in single-node mode; a retained message set or cleared on
 //!   any node reaches every node's tree.
+//! - Liveness: each node renews a key that expires in a KV bucket; the survivors of a
+//!   node whose key expired publish its clients' wills, one survivor each
+//!   ([`liveness`]).
 
 mod config;
 mod link;
@@ -55,9 +58,9 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
 pub use config::{check_names, parse_urls};
-pub use sessions::{Claim, Closed, Will};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
 use link::{read_from_nats, Link};
+pub use sessions::{Claim, Closed, Will};
 use streams::{mirror_retained, read_reliable, write_to_nats};
 
 use crate::broker::config::Config;

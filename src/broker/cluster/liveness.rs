@@ -172,7 +172,17 @@ async fn sweep(cluster: &Arc<Cluster>, router: &Arc<Router>, dead: &HashSet<u64>
             continue;
         };
         if dead.contains(&record.owner) {
-            if adopt(cluster, router, &key, &client_id, entry.revision, record, now).await {
+            if adopt(
+                cluster,
+                router,
+                &key,
+                &client_id,
+                entry.revision,
+                record,
+                now,
+            )
+            .await
+            {
                 adopted += 1;
             }
         } else if expire && has_expired(&record, now, limit_311) {
@@ -268,7 +278,9 @@ async fn adopt(
     };
     let claimed_revision = match bounded(
         "claiming a dead node's session",
-        cluster.sessions.update(key, claimed.clone().encode(), revision),
+        cluster
+            .sessions
+            .update(key, claimed.clone().encode(), revision),
     )
     .await
     {
@@ -320,7 +332,11 @@ async fn adopt(
 }
 
 /// Routes a will here and to the other nodes, and waits until it left for NATS.
-async fn publish_will(cluster: &Cluster, router: &Router, msg: Arc<crate::broker::session::Message>) {
+async fn publish_will(
+    cluster: &Cluster,
+    router: &Router,
+    msg: Arc<crate::broker::session::Message>,
+) {
     let mut scratch = MatchScratch::default();
     router.publish(msg, &mut scratch);
     if !cluster.flushed(&mut scratch).await {

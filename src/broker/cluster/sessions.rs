@@ -1,15 +1,23 @@
 //! Sessions across nodes: a JetStream KV bucket (`PREFIX_SESSIONS`) holds one record per
-//! client id: the node that owns the session, whether it is clean, and the subscriptions
-//! of a persistent one. Records are written with compare-and-set on their revision, so
-//! of two nodes claiming one client id at once, one wins and the other reads again.
+//! client id: the node that owns the session, whether it is clean, the subscriptions of
+//! a persistent one, the connected client's will (for the survivors if its node dies,
+//! see [`super::liveness`]), its session expiry and when it went offline. Records are
+//! written with compare-and-set on their revision, so of two nodes claiming one client
+//! id at once, one wins and the other reads again.
 //!
-//! A CONNECT on node B reads the record. If another node A owns the session, B asks A
-//! (request/reply on `PREFIX.node.<A>.handover`) to give it up: A closes the client's
-//! connection there as a local takeover does, removes the session, and answers with
-//! what it held (subscriptions, queued and inflight messages). B takes that in as an
-//! offline session, claims the record, and the client resumes it with session present.
-//! If A does not answer (it is gone), B takes the subscriptions from the record; what
-//! A had queued is lost with A. B's CONNACK waits for all this (bounded).
+//! A CONNECT on node B reads the record and claims it. If another node A owned the
+//! session, B then asks A (request/reply on `PREFIX.node.<A>.handover`) to give it up:
+//! A closes the client's connection there as a local takeover does, removes the
+//! session, and answers with what it held (subscriptions, queued and inflight messages).
+//! B takes that in as an offline session and the client resumes it with session
+//! present. If A does not answer (it is gone) or holds nothing, B takes the
+//! subscriptions from the record; what A had queued is lost with A. B's CONNACK waits
+//! for all this (bounded). Claiming before asking settles races: A ignores a request
+//! once it claimed the record again itself, and a connection attached after another
+//! node's claim finds the record naming that node and is refused.
+//!
+//! A clean session's record is deleted when its connection ends; a persistent one's
+//! records the time its client left, for the expiry of the record.
 //!
 //! Subscriptions are written to the record before the SUBACK/UNSUBACK, so a client that
 //! moves finds on the new node everything the old one acknowledged.
@@ -309,7 +317,10 @@ pub(super) fn client_id_of(key: &str) -> Option<ByteString> {
     }
     let bytes = (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()?;
     ByteString::try_from(Bytes::from(bytes)).ok()
 }
@@ -367,7 +378,12 @@ impl Cluster {
     /// persistent session, which may live on another node: it is refused (CONNACK 0x03)
     /// rather than given a stale or empty one. A clean session needs nothing from the
     /// cluster and goes ahead.
-    pub async fn claim_session(&self, router: &Router, client_id: &ByteString, claim: Claim) -> bool {
+    pub async fn claim_session(
+        &self,
+        router: &Router,
+        client_id: &ByteString,
+        claim: Claim,
+    ) -> bool {
         let clean = claim.clean;
         let failed = if self.linked() {
             match self.try_claim(router, client_id, claim).await {
@@ -390,7 +406,12 @@ impl Cluster {
     /// a connection that node attaches after answering finds the record naming this
     /// node and closes itself ([`Cluster::still_owner`]), so of CONNECTs racing on
     /// several nodes exactly one connection stays.
-    async fn try_claim(&self, router: &Router, client_id: &ByteString, claim: Claim) -> Result<(), String> {
+    async fn try_claim(
+        &self,
+        router: &Router,
+        client_id: &ByteString,
+        claim: Claim,
+    ) -> Result<(), String> {
         let key = key_of(client_id);
         for _ in 0..CLAIM_ATTEMPTS {
             let entry = bounded("reading the session", self.sessions.entry(key.clone())).await?;
@@ -434,9 +455,12 @@ impl Cluster {
                 )
                 .await
                 .map(|_| ()),
-                None => bounded("claiming the session", self.sessions.create(&key, mine.encode()))
-                    .await
-                    .map(|_| ()),
+                None => bounded(
+                    "claiming the session",
+                    self.sessions.create(&key, mine.encode()),
+                )
+                .await
+                .map(|_| ()),
             };
             if let Err(e) = written {
                 // Another node claimed it in between: read again.
@@ -475,7 +499,12 @@ impl Cluster {
         if !self.linked() {
             return true;
         }
-        match bounded("reading the session", self.sessions.entry(key_of(client_id))).await {
+        match bounded(
+            "reading the session",
+            self.sessions.entry(key_of(client_id)),
+        )
+        .await
+        {
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                 Record::decode(entry.value).is_none_or(|record| record.owner == self.node)
             }
@@ -498,7 +527,8 @@ impl Cluster {
         }
         let key = key_of(client_id);
         for _ in 0..CLAIM_ATTEMPTS {
-            let entry = match bounded("reading the session", self.sessions.entry(key.clone())).await {
+            let entry = match bounded("reading the session", self.sessions.entry(key.clone())).await
+            {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
                 Ok(_) => return,
                 Err(e) => {
@@ -513,12 +543,14 @@ impl Cluster {
                 return;
             }
             let done = match &closed {
-                Closed::Ended => bounded(
-                    "deleting the session",
-                    self.sessions.delete_expect_revision(&key, Some(entry.revision)),
-                )
-                .await
-                .map(|()| ()),
+                Closed::Ended => {
+                    bounded(
+                        "deleting the session",
+                        self.sessions
+                            .delete_expect_revision(&key, Some(entry.revision)),
+                    )
+                    .await
+                }
                 Closed::Offline { will_delay, expiry } => {
                     let will = match (record.will.clone(), will_delay) {
                         (Some(will), Some(delay)) => Some(Will {
@@ -551,7 +583,12 @@ impl Cluster {
     /// Whether the record names this node as the owner (a node asks the previous owner
     /// only after its own claim, so then this node claimed the client id again since).
     async fn claimed_here(&self, client_id: &ByteString) -> bool {
-        match bounded("reading the session", self.sessions.entry(key_of(client_id))).await {
+        match bounded(
+            "reading the session",
+            self.sessions.entry(key_of(client_id)),
+        )
+        .await
+        {
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                 Record::decode(entry.value).is_some_and(|record| record.owner == self.node)
             }
