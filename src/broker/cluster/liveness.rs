@@ -117,13 +117,13 @@ pub(super) async fn keep_alive(
             for node in &dead {
                 warn!("cluster: node {node:016x} is gone (its liveness key expired): taking over its clients' wills and sessions");
             }
-            sweep(&cluster, &router, &dead, false).await;
+            sweep(&nodes, &cluster, &router, &dead, false).await;
         }
         // One node sweeps expired records: the live one with the lowest id.
         let sweeper = live.iter().min().is_none_or(|&n| n == cluster.node);
         if sweeper && last_sweep.elapsed() >= EXPIRY_SWEEP {
             last_sweep = Instant::now();
-            sweep(&cluster, &router, &HashSet::new(), true).await;
+            sweep(&nodes, &cluster, &router, &HashSet::new(), true).await;
         }
     }
 }
@@ -143,7 +143,13 @@ async fn live_nodes(nodes: &kv::Store) -> Result<HashSet<u64>, String> {
 
 /// Reads every session record: takes over those of `dead` nodes, and (`expire`) deletes
 /// those whose session expired.
-async fn sweep(cluster: &Arc<Cluster>, router: &Arc<Router>, dead: &HashSet<u64>, expire: bool) {
+async fn sweep(
+    nodes: &kv::Store,
+    cluster: &Arc<Cluster>,
+    router: &Arc<Router>,
+    dead: &HashSet<u64>,
+    expire: bool,
+) {
     let keys = match bounded("listing sessions", cluster.sessions.keys()).await {
         Ok(keys) => keys,
         Err(e) => {
@@ -172,6 +178,15 @@ async fn sweep(cluster: &Arc<Cluster>, router: &Arc<Router>, dead: &HashSet<u64>
             continue;
         };
         if dead.contains(&record.owner) {
+            // A node restarted under its name (same id) announces itself before it
+            // accepts clients, so before it writes any record: its key present now,
+            // after the record was read, means the record may be its new one.
+            if !matches!(
+                bounded("checking a node", nodes.entry(node_key(record.owner))).await,
+                Ok(None)
+            ) {
+                continue;
+            }
             if adopt(
                 cluster,
                 router,
