@@ -34,9 +34,13 @@
 //!   end before the node accepts clients), so a new subscription replays retained
 //!   messages from memory as in single-node mode; a retained message set or cleared on
 //!   any node reaches every node's tree.
+//! - Liveness: each node renews a key that expires in a KV bucket; the survivors of a
+//!   node whose key expired publish its clients' wills, one survivor each
+//!   ([`liveness`]).
 
 mod config;
 mod link;
+mod liveness;
 mod sessions;
 mod streams;
 pub mod subject;
@@ -56,6 +60,7 @@ use tracing::{info, warn};
 pub use config::{check_names, parse_urls};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
 use link::{read_from_nats, Link};
+pub use sessions::{Claim, Closed, Will};
 use streams::{mirror_retained, read_reliable, write_to_nats};
 
 use crate::broker::config::Config;
@@ -410,6 +415,26 @@ pub async fn start(
             .await
             .map_err(|e| ClusterError::Stream(format!("bucket {bucket}: {e}")))?,
     };
+    // Node liveness: keys that expire unless renewed (see [`liveness`]).
+    let nodes_bucket = names.stream("NODES");
+    let nodes = match js.get_key_value(&nodes_bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket: nodes_bucket.clone(),
+                description: "pyo3mq nodes: one key per live node, expiring unless renewed"
+                    .to_string(),
+                history: 1,
+                max_age: liveness::NODE_TTL,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?,
+    };
+    liveness::announce(&nodes, node)
+        .await
+        .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?;
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -446,6 +471,12 @@ pub async fn start(
         .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
     tokio::spawn(sessions::serve_handovers(
         handovers,
+        cluster.clone(),
+        router.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(liveness::keep_alive(
+        nodes,
         cluster.clone(),
         router.clone(),
         shutdown.clone(),

@@ -32,6 +32,7 @@ use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, Decoder, Packet, P
 
 mod acl_cache;
 mod auth;
+mod cluster_session;
 mod delayed_will;
 mod enhanced_auth;
 mod flow;
@@ -463,6 +464,7 @@ impl Connection {
                 }
             }
         }
+        Box::pin(self.cluster_closed(will.as_deref(), &session, &close)).await;
         self.router.detach(&session, self.conn_id);
         self.router.emit(|| Event::Disconnected {
             client_id: self.client_id.clone(),
@@ -481,20 +483,17 @@ impl Connection {
         connect: &Connect,
         handle: ConnHandle,
     ) -> Option<(Arc<Session>, bool)> {
-        if let Some(cluster) = self.router.cluster() {
+        if let Some(cluster) = self.router.cluster().cloned() {
             // Cluster mode: the client's session on another node ends first (its
             // connection there closed), and a persistent one moves here.
-            let claimed = Box::pin(cluster.claim_session(
-                &self.router,
-                &self.client_id,
-                connect.clean_session,
-            ))
-            .await;
+            let claim = Box::pin(self.cluster_claim(connect)).await;
+            let claimed =
+                Box::pin(cluster.claim_session(&self.router, &self.client_id, claim)).await;
             if !claimed {
                 return None; // CONNACK 0x03, logged by the cluster
             }
         }
-        for _ in 0..TAKEOVER_ATTEMPTS {
+        for attempt in 1..=TAKEOVER_ATTEMPTS {
             let attach = if connect.protocol == Protocol::V5 {
                 self.attach_v5(connect, handle.clone())
             } else {
@@ -505,7 +504,16 @@ impl Connection {
                 Attach::Attached {
                     session,
                     session_present,
-                } => return Some((session, session_present)),
+                } => {
+                    if Box::pin(self.cluster_lost_race(&session)).await {
+                        return None;
+                    }
+                    return Some((session, session_present));
+                }
+                // Out of attempts (CONNECTs for this client id keep coming): the
+                // connection holding the session now keeps it, rather than being closed
+                // for one that then gives up, which would leave none.
+                Attach::Busy(_) if attempt == TAKEOVER_ATTEMPTS => break,
                 Attach::Busy(old) => {
                     info!(client_id = %self.client_id, "session taken over by a new connection");
                     old.takeover.kick.notify_one();

@@ -1,15 +1,23 @@
 //! Sessions across nodes: a JetStream KV bucket (`PREFIX_SESSIONS`) holds one record per
-//! client id: the node that owns the session, whether it is clean, and the subscriptions
-//! of a persistent one. Records are written with compare-and-set on their revision, so
-//! of two nodes claiming one client id at once, one wins and the other reads again.
+//! client id: the node that owns the session, whether it is clean, the subscriptions of
+//! a persistent one, the connected client's will (for the survivors if its node dies,
+//! see [`super::liveness`]), its session expiry and when it went offline. Records are
+//! written with compare-and-set on their revision, so of two nodes claiming one client
+//! id at once, one wins and the other reads again.
 //!
-//! A CONNECT on node B reads the record. If another node A owns the session, B asks A
-//! (request/reply on `PREFIX.node.<A>.handover`) to give it up: A closes the client's
-//! connection there as a local takeover does, removes the session, and answers with
-//! what it held (subscriptions, queued and inflight messages). B takes that in as an
-//! offline session, claims the record, and the client resumes it with session present.
-//! If A does not answer (it is gone), B takes the subscriptions from the record; what
-//! A had queued is lost with A. B's CONNACK waits for all this (bounded).
+//! A CONNECT on node B reads the record and claims it. If another node A owned the
+//! session, B then asks A (request/reply on `PREFIX.node.<A>.handover`) to give it up:
+//! A closes the client's connection there as a local takeover does, removes the
+//! session, and answers with what it held (subscriptions, queued and inflight messages).
+//! B takes that in as an offline session and the client resumes it with session
+//! present. If A does not answer (it is gone) or holds nothing, B takes the
+//! subscriptions from the record; what A had queued is lost with A. B's CONNACK waits
+//! for all this (bounded). Claiming before asking settles races: A ignores a request
+//! once it claimed the record again itself, and a connection attached after another
+//! node's claim finds the record naming that node and is refused.
+//!
+//! A clean session's record is deleted when its connection ends; a persistent one's
+//! records the time its client left, for the expiry of the record.
 //!
 //! Subscriptions are written to the record before the SUBACK/UNSUBACK, so a client that
 //! moves finds on the new node everything the old one acknowledged.
@@ -38,7 +46,10 @@ const CLAIM_ATTEMPTS: usize = 5;
 const HANDOVERS_AT_ONCE: usize = 64;
 /// Longest a given-up connection takes to close.
 const KICK_TIMEOUT: Duration = Duration::from_secs(5);
-const FORMAT: [u8; 2] = [b'P', 1];
+/// Records as the first cluster code wrote them (no will, expiry or offline time), still
+/// read; and as written now.
+const FORMAT_V1: [u8; 2] = [b'P', 1];
+const FORMAT: [u8; 2] = [b'P', 2];
 
 /// What the old owner of a session answered.
 enum Answer {
@@ -50,6 +61,41 @@ enum Answer {
     Gone,
 }
 
+/// A connected client's will as its record keeps it, so that the survivors of its node
+/// can publish it if the node dies (authorized when the client connected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// MQTT 5.0 Will Delay Interval, seconds (0: none).
+    pub delay: u32,
+}
+
+impl Will {
+    pub fn of(msg: &Message, delay: u32) -> Will {
+        Will {
+            topic: msg.topic.clone(),
+            payload: msg.payload.clone(),
+            qos: msg.qos,
+            retain: msg.retain,
+            delay,
+        }
+    }
+
+    pub(super) fn message(&self, client_id: &ByteString) -> Arc<Message> {
+        Arc::new(Message {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            publisher: client_id.clone(),
+            properties: None,
+        })
+    }
+}
+
 /// One client's record in the bucket, and what a handover answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Record {
@@ -57,6 +103,14 @@ pub(super) struct Record {
     pub clean: bool,
     pub subscriptions: Vec<(ByteString, QoS)>,
     pub pending: Vec<StoredMessage>,
+    /// The will to publish if the client's node dies: that of a connected client, or
+    /// one still waiting out its delay.
+    pub will: Option<Will>,
+    /// MQTT 5.0 Session Expiry Interval in seconds (`u32::MAX`: never); `None` for a
+    /// 3.1.1 session, which expires per `persistent_client_expiration`.
+    pub expiry: Option<u32>,
+    /// Unix time (seconds) the client went offline; 0 while it is connected.
+    pub offline_since: u64,
 }
 
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
@@ -94,6 +148,25 @@ impl Record {
             put_bytes(&mut out, m.msg.topic.as_bytes());
             put_bytes(&mut out, &m.msg.payload);
         }
+        match &self.will {
+            None => out.put_u8(0),
+            Some(will) => {
+                out.put_u8(1);
+                out.put_u8(will.qos as u8);
+                out.put_u8(u8::from(will.retain));
+                out.put_u32(will.delay);
+                put_bytes(&mut out, will.topic.as_bytes());
+                put_bytes(&mut out, &will.payload);
+            }
+        }
+        match self.expiry {
+            None => out.put_u8(0),
+            Some(secs) => {
+                out.put_u8(1);
+                out.put_u32(secs);
+            }
+        }
+        out.put_u64(self.offline_since);
         out.freeze()
     }
 
@@ -109,7 +182,12 @@ impl Record {
         fn take_string(bytes: &mut Bytes) -> Option<ByteString> {
             ByteString::try_from(take_bytes(bytes)?).ok()
         }
-        if bytes.remaining() < 15 || bytes.split_to(2)[..] != FORMAT {
+        if bytes.remaining() < 15 {
+            return None;
+        }
+        let format = bytes.split_to(2);
+        let v1 = format[..] == FORMAT_V1;
+        if !v1 && format[..] != FORMAT {
             return None;
         }
         let owner = bytes.get_u64();
@@ -154,15 +232,52 @@ impl Record {
                 released,
             });
         }
+        let (mut will, mut expiry, mut offline_since) = (None, None, 0);
+        if !v1 {
+            if bytes.remaining() < 1 {
+                return None;
+            }
+            if bytes.get_u8() != 0 {
+                if bytes.remaining() < 6 {
+                    return None;
+                }
+                let qos = qos_of(bytes.get_u8())?;
+                let retain = bytes.get_u8() != 0;
+                let delay = bytes.get_u32();
+                will = Some(Will {
+                    topic: take_string(&mut bytes)?,
+                    payload: take_bytes(&mut bytes)?,
+                    qos,
+                    retain,
+                    delay,
+                });
+            }
+            if bytes.remaining() < 1 {
+                return None;
+            }
+            if bytes.get_u8() != 0 {
+                if bytes.remaining() < 4 {
+                    return None;
+                }
+                expiry = Some(bytes.get_u32());
+            }
+            if bytes.remaining() < 8 {
+                return None;
+            }
+            offline_since = bytes.get_u64();
+        }
         bytes.is_empty().then_some(Record {
             owner,
             clean,
             subscriptions,
             pending,
+            will,
+            expiry,
+            offline_since,
         })
     }
 
-    fn snapshot(self, client_id: &ByteString) -> SessionSnapshot {
+    pub(super) fn snapshot(self, client_id: &ByteString) -> SessionSnapshot {
         SessionSnapshot {
             client_id: client_id.clone(),
             disconnected_at: None,
@@ -193,12 +308,31 @@ pub(super) fn key_of(client_id: &str) -> String {
     key
 }
 
+/// The client id a bucket key names ([`key_of`] reversed); `None` for other keys.
+pub(super) fn client_id_of(key: &str) -> Option<ByteString> {
+    let hex = key.strip_prefix("c.")?;
+    if hex == "_" {
+        return Some(ByteString::new());
+    }
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    ByteString::try_from(Bytes::from(bytes)).ok()
+}
+
 /// The subject a node answers handover requests on.
 pub(super) fn handover_subject(prefix: &str, node: u64) -> String {
     format!("{prefix}.node.{node:016x}.handover")
 }
 
-async fn bounded<T, E: std::fmt::Display>(
+pub(super) async fn bounded<T, E: std::fmt::Display>(
     what: &str,
     op: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
@@ -209,21 +343,52 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
+/// What a CONNECT records about its client besides the owner: its will and the session
+/// expiry it asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Claim {
+    pub clean: bool,
+    pub will: Option<Will>,
+    /// See [`Record::expiry`].
+    pub expiry: Option<u32>,
+}
+
+/// How a connection ended, for its record.
+#[derive(Debug)]
+pub enum Closed {
+    /// The session ended with it (clean session, or expiry 0): the record is deleted.
+    Ended,
+    /// The session stays, offline; `will_delay`: its will waits out this delay (seconds)
+    /// here, and stays in the record meanwhile.
+    Offline {
+        will_delay: Option<u32>,
+        expiry: Option<u32>,
+    },
+}
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Cluster {
-    /// Before a CONNECT of `client_id` is attached here: ends the client's session on
-    /// any other node (closing its connection there), takes a persistent session in
-    /// (unless `clean`), and records this node as the owner. Bounded. False if NATS
-    /// does not answer and the client asks for a persistent session, which may live on
-    /// another node: it is refused (CONNACK 0x03) rather than given a stale or empty
-    /// one. A clean session needs nothing from the cluster and goes ahead.
+    /// Before a CONNECT of `client_id` is attached here: records this node as the owner
+    /// (with the client's will), ends the client's session on the node that owned it
+    /// before (closing its connection there), and takes a persistent session in (unless
+    /// `clean`). Bounded. False if NATS does not answer and the client asks for a
+    /// persistent session, which may live on another node: it is refused (CONNACK 0x03)
+    /// rather than given a stale or empty one. A clean session needs nothing from the
+    /// cluster and goes ahead.
     pub async fn claim_session(
         &self,
         router: &Router,
         client_id: &ByteString,
-        clean: bool,
+        claim: Claim,
     ) -> bool {
+        let clean = claim.clean;
         let failed = if self.linked() {
-            match self.try_claim(router, client_id, clean).await {
+            match self.try_claim(router, client_id, claim).await {
                 Ok(()) => return true,
                 Err(e) => e,
             }
@@ -239,11 +404,15 @@ impl Cluster {
         }
     }
 
+    /// Claims the record first, then asks the previous owner to give the session up:
+    /// a connection that node attaches after answering finds the record naming this
+    /// node and closes itself ([`Cluster::still_owner`]), so of CONNECTs racing on
+    /// several nodes exactly one connection stays.
     async fn try_claim(
         &self,
         router: &Router,
         client_id: &ByteString,
-        clean: bool,
+        claim: Claim,
     ) -> Result<(), String> {
         let key = key_of(client_id);
         for _ in 0..CLAIM_ATTEMPTS {
@@ -259,59 +428,174 @@ impl Cluster {
                 Some(entry) => (Some(entry.revision), None),
                 None => (None, None),
             };
-            let mut subscriptions = Vec::new();
-            match record {
-                // This node's own persistent session: the record stays as it is.
-                Some(record) if record.owner == self.node && !clean && !record.clean => {
-                    subscriptions = record.subscriptions;
-                }
-                Some(record) if record.owner == self.node => {}
-                Some(record) => {
-                    let handed = self.ask_owner(client_id, record.owner).await;
-                    let taken = match handed {
-                        Answer::Given(given) => Some(given),
-                        Answer::Nothing => None,
-                        // The owner is gone: its record is what is left.
-                        Answer::Gone if record.clean => None,
-                        Answer::Gone => Some(Record {
-                            pending: Vec::new(),
-                            ..record
-                        }),
-                    };
-                    if let Some(taken) = taken.filter(|_| !clean) {
-                        subscriptions.clone_from(&taken.subscriptions);
-                        if router.take_in_session(taken.snapshot(client_id)) {
-                            info!(%client_id, "cluster: session taken over from another node");
-                        }
-                    }
-                }
-                None => {}
-            }
+            // The subscriptions the previous owner acknowledged (recorded before each
+            // SUBACK), for a persistent session that goes on.
+            let (previous, subscriptions) = match &record {
+                Some(record) => (
+                    Some(record.owner).filter(|&owner| owner != self.node),
+                    if claim.clean || record.clean {
+                        Vec::new()
+                    } else {
+                        record.subscriptions.clone()
+                    },
+                ),
+                None => (None, Vec::new()),
+            };
             let mine = Record {
                 owner: self.node,
-                clean,
+                clean: claim.clean,
                 subscriptions,
                 pending: Vec::new(),
-            }
-            .encode();
+                will: claim.will.clone(),
+                expiry: claim.expiry,
+                offline_since: 0,
+            };
             let written = match revision {
                 Some(revision) => bounded(
                     "claiming the session",
-                    self.sessions.update(&key, mine, revision),
+                    self.sessions.update(&key, mine.encode(), revision),
                 )
                 .await
                 .map(|_| ()),
-                None => bounded("claiming the session", self.sessions.create(&key, mine))
-                    .await
-                    .map(|_| ()),
+                None => bounded(
+                    "claiming the session",
+                    self.sessions.create(&key, mine.encode()),
+                )
+                .await
+                .map(|_| ()),
             };
-            match written {
-                Ok(()) => return Ok(()),
-                // Another node claimed it in between: read again and ask that one.
-                Err(e) => debug!(%client_id, "cluster: claim raced ({e}); reading again"),
+            if let Err(e) = written {
+                // Another node claimed it in between: read again.
+                debug!(%client_id, "cluster: claim raced ({e}); reading again");
+                continue;
             }
+            let (Some(owner), Some(record)) = (previous, record) else {
+                return Ok(());
+            };
+            let taken = match self.ask_owner(client_id, owner).await {
+                Answer::Given(given) => Some(given),
+                // Gone (dead), or it holds nothing (the session left it as the record
+                // was claimed, or a survivor of a dead node claimed the record): the
+                // record is what is left.
+                Answer::Gone | Answer::Nothing if !record.clean => Some(Record {
+                    pending: Vec::new(),
+                    ..record
+                }),
+                Answer::Gone | Answer::Nothing => None,
+            };
+            if let Some(taken) = taken.filter(|_| !claim.clean) {
+                if router.take_in_session(taken.snapshot(client_id)) {
+                    info!(%client_id, "cluster: session taken over from another node");
+                }
+            }
+            return Ok(());
         }
         Err(format!("{CLAIM_ATTEMPTS} claims raced with other nodes"))
+    }
+
+    /// After a CONNECT was attached here: whether the record still names this node. A
+    /// CONNECT for the same client id on another node claimed it since, and that node's
+    /// request to give the session up may have come before this one was attached: then
+    /// this connection must go (it lost the race). True when NATS cannot say.
+    pub async fn still_owner(&self, client_id: &ByteString) -> bool {
+        if !self.linked() {
+            return true;
+        }
+        match bounded(
+            "reading the session",
+            self.sessions.entry(key_of(client_id)),
+        )
+        .await
+        {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                Record::decode(entry.value).is_none_or(|record| record.owner == self.node)
+            }
+            // Deleted: a clean CONNECT elsewhere ended, or nothing to go by.
+            Ok(_) => true,
+            Err(e) => {
+                debug!(%client_id, "cluster: ownership not checked: {e}");
+                true
+            }
+        }
+    }
+
+    /// A connection here ended (not by a takeover, whose new owner wrote the record):
+    /// the record of a session that ended with it is deleted, that of a session that
+    /// stays records when it went offline (for its expiry) and keeps only a will still
+    /// waiting out its delay. Left alone if another node owns the session by now.
+    pub async fn session_closed(&self, client_id: &ByteString, closed: Closed) {
+        if !self.linked() {
+            return;
+        }
+        let key = key_of(client_id);
+        for _ in 0..CLAIM_ATTEMPTS {
+            let entry = match bounded("reading the session", self.sessions.entry(key.clone())).await
+            {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(%client_id, "cluster: session record not updated at disconnect: {e}");
+                    return;
+                }
+            };
+            let Some(record) = Record::decode(entry.value) else {
+                return;
+            };
+            if record.owner != self.node {
+                return;
+            }
+            let done = match &closed {
+                Closed::Ended => {
+                    bounded(
+                        "deleting the session",
+                        self.sessions
+                            .delete_expect_revision(&key, Some(entry.revision)),
+                    )
+                    .await
+                }
+                Closed::Offline { will_delay, expiry } => {
+                    let will = match (record.will.clone(), will_delay) {
+                        (Some(will), Some(delay)) => Some(Will {
+                            delay: *delay,
+                            ..will
+                        }),
+                        _ => None,
+                    };
+                    let offline = Record {
+                        will,
+                        expiry: *expiry,
+                        offline_since: unix_now(),
+                        ..record
+                    };
+                    bounded(
+                        "recording the disconnect",
+                        self.sessions.update(&key, offline.encode(), entry.revision),
+                    )
+                    .await
+                    .map(|_| ())
+                }
+            };
+            match done {
+                Ok(()) => return,
+                Err(e) => debug!(%client_id, "cluster: {e}; again"),
+            }
+        }
+    }
+
+    /// Whether the record names this node as the owner (a node asks the previous owner
+    /// only after its own claim, so then this node claimed the client id again since).
+    async fn claimed_here(&self, client_id: &ByteString) -> bool {
+        match bounded(
+            "reading the session",
+            self.sessions.entry(key_of(client_id)),
+        )
+        .await
+        {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                Record::decode(entry.value).is_some_and(|record| record.owner == self.node)
+            }
+            _ => false,
+        }
     }
 
     /// Asks node `owner` to give up `client_id`'s session.
@@ -356,20 +640,24 @@ impl Cluster {
                     return;
                 }
             };
-            let revision = match entry {
+            let (revision, record) = match entry {
                 Some(entry) if entry.operation == kv::Operation::Put => {
                     match Record::decode(entry.value) {
                         Some(record) if record.owner != self.node => return,
-                        _ => entry.revision,
+                        record => (entry.revision, record),
                     }
                 }
                 _ => return,
             };
+            let (will, expiry) = record.map_or((None, None), |r| (r.will, r.expiry));
             let mine = Record {
                 owner: self.node,
                 clean: false,
                 subscriptions: router.session_subscriptions(session),
                 pending: Vec::new(),
+                will,
+                expiry,
+                offline_since: 0,
             }
             .encode();
             match bounded(
@@ -410,7 +698,14 @@ pub(super) async fn serve_handovers(
         };
         let (cluster, router) = (cluster.clone(), router.clone());
         tokio::spawn(async move {
-            let answer = give_up(&router, &client_id, cluster.node).await;
+            // A request overtaken by a newer claim of this node (CONNECTs racing on
+            // several nodes) must not close the connection that claim attached.
+            let answer = if cluster.claimed_here(&client_id).await {
+                debug!(%client_id, "cluster: handover request overtaken by a newer claim here: ignored");
+                Bytes::new()
+            } else {
+                give_up(&router, &client_id, cluster.node).await
+            };
             if let Err(e) = cluster.client.publish(reply, answer).await {
                 warn!(%client_id, "cluster: handover answer not sent: {e}");
             }
@@ -435,6 +730,9 @@ async fn give_up(router: &Router, client_id: &ByteString, node: u64) -> Bytes {
                     clean: false,
                     subscriptions: snapshot.subscriptions,
                     pending: snapshot.pending,
+                    will: None,
+                    expiry: None,
+                    offline_since: 0,
                 }
                 .encode()
             }
@@ -472,8 +770,28 @@ mod tests {
                 pkid: Some(7),
                 released: false,
             }],
+            will: Some(Will {
+                topic: ByteString::from_static("w/t"),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                delay: 30,
+            }),
+            expiry: Some(120),
+            offline_since: 1_700_000_000,
         };
         assert_eq!(Record::decode(record.encode()), Some(record.clone()));
+        // The first format (no will, expiry or offline time) is still read.
+        let v1 = Record {
+            will: None,
+            expiry: None,
+            offline_since: 0,
+            ..record.clone()
+        };
+        let mut old = BytesMut::from(&v1.encode()[..]);
+        old.truncate(old.len() - 2 - 8);
+        old[1] = 1;
+        assert_eq!(Record::decode(old.freeze()), Some(v1));
         let encoded = record.encode();
         for cut in 0..encoded.len() {
             assert_eq!(Record::decode(encoded.slice(..cut)), None, "{cut}");
@@ -489,6 +807,11 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_')));
         }
+        for id in ["", "a", "client/1 x.*>", "ü"] {
+            assert_eq!(client_id_of(&key_of(id)).as_deref(), Some(id));
+        }
+        assert_eq!(client_id_of("n.00"), None);
+        assert_eq!(client_id_of("c.0"), None);
         assert_ne!(key_of("ab"), key_of("a"));
         assert_ne!(key_of(""), key_of("5f"));
     }

@@ -1,0 +1,394 @@
+//! Node liveness, the wills of a dead node's clients, and the expiry of session records.
+//!
+//! Each node keeps a key (`n.<node>`) in a JetStream KV bucket whose entries live
+//! [`NODE_TTL`] (`PREFIX_NODES`, `max_age`), put again every [`REFRESH`]. Every node
+//! lists the bucket as often: a node whose key was there and is gone (seen missing
+//! twice, by a node itself connected to NATS for at least a TTL, so that an outage of
+//! NATS is not taken for the death of every node) is dead.
+//!
+//! The survivors then read the session records and take over those the dead node owned
+//! for clients that were connected to it, or whose will was still waiting out its delay
+//! there: each claims the record by compare-and-set on its revision, so exactly one
+//! survivor wins each record and publishes its will. A clean session's record is deleted
+//! (the session ended: the will goes now). A persistent one is recorded offline under
+//! the survivor, which takes the session in (from the record's subscriptions); its will goes after its Will Delay Interval (or the session's expiry,
+//! if sooner) [MQTT-3.1.2-8], by a second compare-and-set on the claimed revision, which
+//! fails if the client connected again anywhere meanwhile: then the will is not
+//! published [MQTT-3.1.3-9].
+//!
+//! Records of offline persistent sessions are deleted once their session expired (5.0
+//! Session Expiry Interval, else `persistent_client_expiration`), by one node (the live
+//! node with the lowest id) reading the bucket every [`EXPIRY_SWEEP`]. Reading the bucket
+//! costs one request per record: fine for the preview's thousands of sessions.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::sessions::{bounded, client_id_of, unix_now, Record};
+use super::Cluster;
+use crate::broker::router::{MatchScratch, Router};
+
+/// How long a node's liveness key lives without being put again.
+pub(super) const NODE_TTL: Duration = Duration::from_secs(6);
+/// How often a node puts its key and looks at the others'.
+const REFRESH: Duration = Duration::from_secs(1);
+/// How often expired session records are looked for.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+
+/// A node's key in the liveness bucket.
+pub(super) fn node_key(node: u64) -> String {
+    format!("n.{node:016x}")
+}
+
+fn node_of(key: &str) -> Option<u64> {
+    u64::from_str_radix(key.strip_prefix("n.")?, 16).ok()
+}
+
+/// Puts this node's key (before it accepts clients, so others know it from the start).
+pub(super) async fn announce(nodes: &kv::Store, node: u64) -> Result<(), String> {
+    bounded(
+        "announcing the node",
+        nodes.put(node_key(node), Bytes::from_static(b"up")),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Keeps this node's key alive and watches the others' until shutdown.
+pub(super) async fn keep_alive(
+    nodes: kv::Store,
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nodes seen alive, and those missing once (dead when missing again).
+    let mut known: HashSet<u64> = HashSet::new();
+    let mut missing: HashSet<u64> = HashSet::new();
+    let mut linked_since: Option<Instant> = None;
+    let mut last_sweep = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !cluster.linked() {
+            linked_since = None;
+            continue;
+        }
+        let since = *linked_since.get_or_insert_with(Instant::now);
+        if let Err(e) = announce(&nodes, cluster.node).await {
+            warn!("cluster: liveness not renewed: {e}");
+            continue;
+        }
+        let live = match live_nodes(&nodes).await {
+            Ok(live) => live,
+            Err(e) => {
+                debug!("cluster: liveness bucket not read: {e}");
+                continue;
+            }
+        };
+        // Judged only once this node has been connected for a whole TTL: after an
+        // outage of NATS every key has expired until its node renews it.
+        let judging = since.elapsed() >= NODE_TTL;
+        let mut dead = HashSet::new();
+        for &node in known.difference(&live) {
+            if node == cluster.node || !judging {
+                continue;
+            }
+            if !missing.insert(node) {
+                dead.insert(node);
+            }
+        }
+        missing.retain(|node| !live.contains(node) && !dead.contains(node));
+        known.retain(|node| !dead.contains(node));
+        known.extend(live.iter().copied());
+        if !dead.is_empty() {
+            for node in &dead {
+                warn!("cluster: node {node:016x} is gone (its liveness key expired): taking over its clients' wills and sessions");
+            }
+            sweep(&nodes, &cluster, &router, &dead, false).await;
+        }
+        // One node sweeps expired records: the live one with the lowest id.
+        let sweeper = live.iter().min().is_none_or(|&n| n == cluster.node);
+        if sweeper && last_sweep.elapsed() >= EXPIRY_SWEEP {
+            last_sweep = Instant::now();
+            sweep(&nodes, &cluster, &router, &HashSet::new(), true).await;
+        }
+    }
+}
+
+async fn live_nodes(nodes: &kv::Store) -> Result<HashSet<u64>, String> {
+    let keys = bounded("listing nodes", nodes.keys()).await?;
+    let keys: Vec<Result<String, _>> = tokio::time::timeout(super::STORE_TIMEOUT, keys.collect())
+        .await
+        .map_err(|_| "listing nodes: no answer".to_string())?;
+    let mut live = HashSet::new();
+    for key in keys {
+        let key = key.map_err(|e| format!("listing nodes: {e}"))?;
+        live.extend(node_of(&key));
+    }
+    Ok(live)
+}
+
+/// Reads every session record: takes over those of `dead` nodes, and (`expire`) deletes
+/// those whose session expired.
+async fn sweep(
+    nodes: &kv::Store,
+    cluster: &Arc<Cluster>,
+    router: &Arc<Router>,
+    dead: &HashSet<u64>,
+    expire: bool,
+) {
+    let keys = match bounded("listing sessions", cluster.sessions.keys()).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            warn!("cluster: session records not read: {e}");
+            return;
+        }
+    };
+    let keys: Vec<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
+    let now = unix_now();
+    let limit_311 = router.config().persistent_client_expiration;
+    let mut adopted = 0usize;
+    let mut expired = 0usize;
+    for key in keys {
+        let Some(client_id) = client_id_of(&key) else {
+            continue;
+        };
+        let entry = match bounded("reading a session", cluster.sessions.entry(key.clone())).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(%client_id, "cluster: {e}");
+                continue;
+            }
+        };
+        let Some(record) = Record::decode(entry.value) else {
+            continue;
+        };
+        if dead.contains(&record.owner) {
+            // A node restarted under its name (same id) announces itself before it
+            // accepts clients, so before it writes any record: its key present now,
+            // after the record was read, means the record may be its new one.
+            if !matches!(
+                bounded("checking a node", nodes.entry(node_key(record.owner))).await,
+                Ok(None)
+            ) {
+                continue;
+            }
+            if adopt(
+                cluster,
+                router,
+                &key,
+                &client_id,
+                entry.revision,
+                record,
+                now,
+            )
+            .await
+            {
+                adopted += 1;
+            }
+        } else if expire && has_expired(&record, now, limit_311) {
+            let deleted = bounded(
+                "deleting an expired session",
+                cluster
+                    .sessions
+                    .delete_expect_revision(&key, Some(entry.revision)),
+            )
+            .await;
+            if deleted.is_ok() {
+                expired += 1;
+                info!(%client_id, "cluster: session record deleted: the session expired");
+            }
+        }
+    }
+    if !dead.is_empty() {
+        info!("cluster: dead node(s) handled: took over {adopted} session record(s)");
+    }
+    if expired > 0 {
+        debug!("cluster: {expired} expired session record(s) deleted");
+    }
+}
+
+fn has_expired(record: &Record, now: u64, limit_311: Option<Duration>) -> bool {
+    if record.offline_since == 0 {
+        return false;
+    }
+    let limit = match record.expiry {
+        Some(u32::MAX) => return false,
+        Some(secs) => u64::from(secs),
+        None => match limit_311 {
+            Some(limit) => limit.as_secs().max(1),
+            None => return false,
+        },
+    };
+    now.saturating_sub(record.offline_since) >= limit
+}
+
+/// Takes over one record of a dead node: true if this node won it.
+async fn adopt(
+    cluster: &Arc<Cluster>,
+    router: &Arc<Router>,
+    key: &str,
+    client_id: &ByteString,
+    revision: u64,
+    record: Record,
+    now: u64,
+) -> bool {
+    // An offline session without a will waiting needs nothing (its record expires as
+    // any other).
+    if record.offline_since != 0 && record.will.is_none() {
+        return false;
+    }
+    let ends = record.clean || record.expiry == Some(0);
+    if ends {
+        // The session ended with the node: the record goes, the will now.
+        let claimed = bounded(
+            "claiming a dead node's session",
+            cluster.sessions.delete_expect_revision(key, Some(revision)),
+        )
+        .await;
+        if let Err(e) = claimed {
+            debug!(%client_id, "cluster: another node took it: {e}");
+            return false;
+        }
+        if let Some(will) = &record.will {
+            info!(%client_id, topic = %will.topic, "cluster: publishing the will of a client of a dead node");
+            publish_will(cluster, router, will.message(client_id)).await;
+        }
+        return true;
+    }
+    let offline_since = if record.offline_since == 0 {
+        now
+    } else {
+        record.offline_since
+    };
+    // The will waits out its delay (or the session's expiry, if sooner), counted from
+    // when the client went offline (for a connected client: now).
+    let wait = record.will.as_ref().map(|will| {
+        let delay = u64::from(will.delay);
+        let delay = record.expiry.map_or(delay, |e| delay.min(u64::from(e)));
+        (offline_since + delay).saturating_sub(now)
+    });
+    let will = record.will.clone();
+    let fire_now = wait == Some(0);
+    let claimed = Record {
+        owner: cluster.node,
+        will: if fire_now { None } else { will.clone() },
+        offline_since,
+        pending: Vec::new(),
+        ..record
+    };
+    let claimed_revision = match bounded(
+        "claiming a dead node's session",
+        cluster
+            .sessions
+            .update(key, claimed.clone().encode(), revision),
+    )
+    .await
+    {
+        Ok(revision) => revision,
+        Err(e) => {
+            debug!(%client_id, "cluster: another node took it: {e}");
+            return false;
+        }
+    };
+    // The session lives on here: its subscriptions route to it, a CONNECT anywhere
+    // takes it over from this node.
+    router.take_in_session(claimed.clone().snapshot(client_id));
+    let (Some(will), Some(wait)) = (will, wait) else {
+        return true;
+    };
+    if fire_now {
+        info!(%client_id, topic = %will.topic, "cluster: publishing the will of a client of a dead node");
+        publish_will(cluster, router, will.message(client_id)).await;
+        return true;
+    }
+    info!(%client_id, "cluster: the will of a client of a dead node waits {wait} s (its Will Delay Interval) [MQTT-3.1.2-8]");
+    let (cluster, router) = (cluster.clone(), router.clone());
+    let (key, client_id) = (key.to_string(), client_id.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let fired = Record {
+            will: None,
+            ..claimed
+        };
+        // Fails if the client connected again (anywhere) meanwhile: the record changed.
+        match bounded(
+            "publishing a delayed will",
+            cluster
+                .sessions
+                .update(&key, fired.encode(), claimed_revision),
+        )
+        .await
+        {
+            Ok(_) => {
+                info!(%client_id, topic = %will.topic, "cluster: publishing the delayed will of a client of a dead node");
+                publish_will(&cluster, &router, will.message(&client_id)).await;
+            }
+            Err(_) => {
+                info!(%client_id, "[MQTT-3.1.3-9] the client came back within its Will Delay Interval: the will of its dead node is cancelled");
+            }
+        }
+    });
+    true
+}
+
+/// Routes a will here and to the other nodes, and waits until it left for NATS.
+async fn publish_will(
+    cluster: &Cluster,
+    router: &Router,
+    msg: Arc<crate::broker::session::Message>,
+) {
+    let mut scratch = MatchScratch::default();
+    router.publish(msg, &mut scratch);
+    if !cluster.flushed(&mut scratch).await {
+        warn!("cluster: a dead node's client's will could not be sent to NATS");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_keys_round_trip() {
+        for node in [0, 1, u64::MAX, 0xfeed_beef] {
+            assert_eq!(node_of(&node_key(node)), Some(node));
+        }
+        assert_eq!(node_of("c.00"), None);
+    }
+
+    #[test]
+    fn records_expire_offline_only() {
+        let record = |expiry, offline_since| Record {
+            owner: 1,
+            clean: false,
+            subscriptions: Vec::new(),
+            pending: Vec::new(),
+            will: None,
+            expiry,
+            offline_since,
+        };
+        let hour = Some(Duration::from_secs(3600));
+        assert!(!has_expired(&record(Some(10), 0), 1_000, hour));
+        assert!(has_expired(&record(Some(10), 990), 1_000, hour));
+        assert!(!has_expired(&record(Some(10), 991), 1_000, hour));
+        assert!(!has_expired(&record(Some(u32::MAX), 1), 1_000_000, hour));
+        assert!(has_expired(&record(None, 1), 3_601, hour));
+        assert!(!has_expired(&record(None, 1), 3_600, hour));
+        assert!(!has_expired(&record(None, 1), 1_000_000, None));
+    }
+}
