@@ -36,6 +36,7 @@
 //!   any node reaches every node's tree.
 
 mod config;
+mod connect;
 mod link;
 mod sessions;
 mod streams;
@@ -54,6 +55,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
 pub use config::{check_names, parse_urls};
+pub use connect::check_connection;
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
 use link::{read_from_nats, Link};
 use streams::{mirror_retained, read_reliable, write_to_nats};
@@ -105,6 +107,9 @@ pub enum ClusterError {
     NoJetStream { urls: String, reason: String },
     #[error("cluster: cannot set up JetStream: {0}")]
     Stream(String),
+    /// A credentials or TLS setting of the engine connection (connect.rs).
+    #[error("cluster: {0}")]
+    Settings(String),
 }
 
 /// What a publisher hands to the NATS writer.
@@ -305,7 +310,8 @@ pub async fn start(
         disconnects: AtomicU64::new(0),
     });
     let events = link.clone();
-    let client = async_nats::ConnectOptions::new()
+    let client = connect::options(config)
+        .await?
         .name(format!("pyo3mq node {node_name}"))
         // The client reconnects by itself, forever (its default), resubscribing; the
         // node serves its local clients meanwhile.
@@ -349,6 +355,7 @@ pub async fn start(
             subjects: vec![names.all("r")],
             max_messages_per_subject: 1,
             storage: stream::StorageType::File,
+            num_replicas: config.cluster_replicas,
             ..Default::default()
         })
         .await
@@ -365,6 +372,7 @@ pub async fn start(
         discard: stream::DiscardPolicy::Old,
         duplicate_window: DUPLICATE_WINDOW.min(config.cluster_max_age),
         storage: stream::StorageType::File,
+        num_replicas: config.cluster_replicas,
         ..Default::default()
     })
     .await
@@ -405,6 +413,7 @@ pub async fn start(
                     .to_string(),
                 history: 1,
                 storage: stream::StorageType::File,
+                num_replicas: config.cluster_replicas,
                 ..Default::default()
             })
             .await
