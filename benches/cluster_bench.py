@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_load import build_generator, failure_reason, free_port, run_generator  # noqa: E402
+from run_load import build_generator, failure_reason, free_port, run_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "benches" / "load"
@@ -126,7 +126,9 @@ class Setup:
         for i in range(self.nodes):
             port = free_port()
             conf = self.out / f"{self.label}-node{i + 1}.toml"
-            body = "\n".join(lines).replace("[broker]", f'[broker]\nlisteners = ["tcp://127.0.0.1:{port}"]')
+            body = "\n".join(lines).replace(
+                "[broker]", f'[broker]\nlisteners = ["tcp://127.0.0.1:{port}"]'
+            )
             conf.write_text(body + "\n")
             args = [pyo3mq_binary(), "--config", str(conf), "--log-level", "warn"]
             if url:

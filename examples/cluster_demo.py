@@ -93,7 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with tempfile.TemporaryDirectory(prefix="pyo3mq-cluster-") as store, contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="pyo3mq-cluster-") as store,
+        contextlib.ExitStack() as stack,
+    ):
         nats = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", store]
         stack.enter_context(started(nats, nats_port, "nats-server"))
         for i, port in enumerate(ports, 1):

@@ -130,9 +130,9 @@ def start_node(stack: ExitStack, tmp: Path, name: str, cluster: str, **settings:
 def failed_start(tmp: Path, name: str, cluster: str, **settings: Any) -> str:
     """Starts a node that must refuse to start; its stderr."""
     conf = config_file(tmp, name, settings)
+    args = ["--port", str(free_port()), "--cluster", cluster, "--config", str(conf)]
     r = subprocess.run(
-        [sys.executable, "-m", "pyo3mq", "--port", str(free_port())]
-        + ["--cluster", cluster, "--config", str(conf)],
+        [sys.executable, "-m", "pyo3mq", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -195,8 +195,8 @@ def test_nodes_authenticate_to_nats(
     tmp_path: Path, stack: ExitStack, paho: Callable[..., PahoClient], method: str
 ) -> None:
     """A NATS server that asks for a password, a token or an NKey signature (the seed in
-    the file `cluster_creds` names): nodes with the right one serve as one broker; a node with a wrong one, or none, does not start
-    and says the server refused it."""
+    the file `cluster_creds` names): nodes with the right one serve as one broker; a node
+    with a wrong one, or none, does not start and says the server refused it."""
     good: dict[str, str]
     bad: dict[str, str]
     if method == "password":
@@ -331,8 +331,7 @@ def nats_cluster(stack: ExitStack, tmp: Path) -> list[Nats]:
     for i in range(3):
         others = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i)
         conf = (
-            f"cluster {{ name: pyo3mq-test, listen: 127.0.0.1:{routes[i]}, "
-            f"routes: [ {others} ] }}"
+            f"cluster {{ name: pyo3mq-test, listen: 127.0.0.1:{routes[i]}, routes: [ {others} ] }}"
         )
         servers.append(start_nats(stack, tmp, f"n{i + 1}", conf))
     deadline = time.monotonic() + 60
@@ -344,17 +343,31 @@ def nats_cluster(stack: ExitStack, tmp: Path) -> list[Nats]:
     raise AssertionError("the NATS cluster did not elect a JetStream meta leader within 60 s")
 
 
-def stream_info(servers: list[Nats], stream: str) -> dict[str, Any]:
-    """The stream's details from a live server's `/jsz` (leader and replicas)."""
-    for server in servers:
-        if server.proc.poll() is not None:
-            continue
-        jsz = server.get("/jsz?accounts=true&streams=true&config=true")
-        for account in jsz.get("account_details", []):
-            for detail in account.get("stream_detail", []):
-                if detail.get("name") == stream:
-                    return dict(detail)
-    raise AssertionError(f"no server reports stream {stream}")
+def stream_info(
+    servers: list[Nats], stream: str, ready: Callable[[dict[str, Any]], bool] = bool
+) -> dict[str, Any]:
+    """The stream's details (config, leader, replicas) from a live server's `/jsz`, once
+    `ready` holds for them: the monitoring data trails the cluster by up to a second or
+    so."""
+    deadline = time.monotonic() + 30
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        for server in servers:
+            if server.proc.poll() is not None:
+                continue
+            jsz = server.get("/jsz?accounts=true&streams=true&config=true")
+            for account in jsz.get("account_details", []):
+                for detail in account.get("stream_detail", []):
+                    if detail.get("name") == stream:
+                        seen = dict(detail)
+                        if ready(seen):
+                            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"stream {stream} not as expected within 30 s: {seen}")
+
+
+def leader(info: dict[str, Any]) -> str:
+    return str(info.get("cluster", {}).get("leader") or "")
 
 
 class Publisher:
@@ -412,11 +425,10 @@ def test_three_nats_servers_lose_the_stream_leader(
     urls = ",".join(s.url for s in servers)
     a = start_node(stack, tmp_path, "a", urls, cluster_replicas=3)
     b = start_node(stack, tmp_path, "b", urls, cluster_replicas=3)
-    stream = stream_info(servers, "PYO3MQ_MESSAGES")
-    assert stream["config"]["num_replicas"] == 3, stream
-    assert len(stream["cluster"]["replicas"]) == 2, stream
-    sessions = stream_info(servers, "KV_PYO3MQ_SESSIONS")
-    assert sessions["config"]["num_replicas"] == 3, sessions
+    for name in ("PYO3MQ_MESSAGES", "PYO3MQ_RETAINED", "KV_PYO3MQ_SESSIONS"):
+        # A leader and two replicas on the other servers.
+        info = stream_info(servers, name, lambda i: len(i["cluster"].get("replicas", [])) == 2)
+        assert info["config"]["num_replicas"] == 3, info
 
     sub = paho(b.port, "ha-sub", clean_session=False)
     assert sub.subscribe(("ha/#", 1)) == [1]
@@ -424,16 +436,14 @@ def test_three_nats_servers_lose_the_stream_leader(
     stack.callback(pub.close)
     deadline = time.monotonic() + 120
     total, kill_at = 200, 60
-    leader = ""
+    killed = ""
     for i in range(total):
         if i == kill_at:
-            leader = stream_info(servers, "PYO3MQ_MESSAGES")["cluster"]["leader"]
-            victim = next(s for s in servers if s.name == leader)
-            victim.kill()
+            killed = leader(stream_info(servers, "PYO3MQ_MESSAGES", leader))
+            next(s for s in servers if s.name == killed).kill()
         pub.publish("ha/x", b"%d" % i, 1 + i % 60000, deadline)
-    assert leader, "the stream had no leader"
-    # The new leader is another server.
-    assert stream_info(servers, "PYO3MQ_MESSAGES")["cluster"]["leader"] != leader
+    # Another server leads the stream now.
+    stream_info(servers, "PYO3MQ_MESSAGES", lambda i: leader(i) not in ("", killed))
     assert len(pub.acked) == total
     got: set[bytes] = set()
     while len(got) < total and time.monotonic() < deadline:
@@ -443,9 +453,40 @@ def test_three_nats_servers_lose_the_stream_leader(
             break
     lost = [p for p in pub.acked if p not in got]
     assert lost == [], f"acknowledged but not delivered: {lost[:20]} ({len(lost)})"
-    # Both nodes are still serving after the server they may have used went away.
+    # Both nodes still serve, connected to the servers left.
     for node in (a, b):
         assert node.proc.poll() is None, node.logged()
+    wait_connected(servers, "pyo3mq node a", "pyo3mq node b")
+
+
+def wait_connected(servers: list[Nats], *names: str) -> None:
+    """Waits until the live servers' `/connz` lists clients of these names."""
+    deadline = time.monotonic() + 20
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        seen = {
+            str(c.get("name"))
+            for s in servers
+            if s.proc.poll() is None
+            for c in s.get("/connz").get("connections", [])
+        }
+        if set(names) <= seen:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{names} not connected to NATS within 20 s; connected: {seen}")
+
+
+def test_a_node_uses_the_servers_of_the_list_that_answer(
+    tmp_path: Path, stack: ExitStack, paho: Callable[..., PahoClient]
+) -> None:
+    """`cluster` lists a NATS server that is down before and after one that is up: both
+    nodes start, connected to the one that answers."""
+    nats = start_nats(stack, tmp_path, "one")
+    down = f"nats://127.0.0.1:{free_port()}"
+    a = start_node(stack, tmp_path, "a", f"{down},{nats.url}")
+    b = start_node(stack, tmp_path, "b", f"{nats.url}, {down}")
+    wait_connected([nats], "pyo3mq node a", "pyo3mq node b")
+    exchange(paho, a, b, "list")
 
 
 # ------------------------------------------------------------------------------ demo
@@ -457,9 +498,9 @@ def test_cluster_demo_serves_as_one_broker(
     """`examples/cluster_demo.py` (`make cluster-demo`) starts a NATS server and two nodes;
     mosquitto and paho clients on different nodes exchange messages at every QoS; SIGTERM
     stops everything and exits 0."""
+    script = Path(__file__).parent.parent / "examples" / "cluster_demo.py"
     demo = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent.parent / "examples" / "cluster_demo.py")]
-        + ["--ports", "0,0"],
+        [sys.executable, str(script), "--ports", "0,0"],
         stdout=subprocess.PIPE,
         text=True,
     )

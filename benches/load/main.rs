@@ -169,7 +169,11 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 let v: String = val(a, it.next())?;
                 o.sub_ports = v
                     .split(',')
-                    .map(|p| p.trim().parse().map_err(|_| format!("bad port in --sub-ports: {p}")))
+                    .map(|p| {
+                        p.trim()
+                            .parse()
+                            .map_err(|_| format!("bad port in --sub-ports: {p}"))
+                    })
                     .collect::<Result<_, _>>()?;
             }
             "--connections" => o.connections = val(a, it.next())?,

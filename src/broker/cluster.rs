@@ -55,8 +55,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
 pub use config::{check_names, parse_urls};
-pub use connect::check_connection;
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
+pub use connect::check_connection;
 use link::{read_from_nats, Link};
 use streams::{mirror_retained, read_reliable, write_to_nats};
 

@@ -28,9 +28,7 @@ pub fn check_connection(config: &Config) -> Result<(), String> {
         return Err("cluster_user and cluster_password go together: set both or neither".into());
     }
     if config.cluster_certfile.is_some() != config.cluster_keyfile.is_some() {
-        return Err(
-            "cluster_certfile and cluster_keyfile go together: set both or neither".into(),
-        );
+        return Err("cluster_certfile and cluster_keyfile go together: set both or neither".into());
     }
     Ok(())
 }
@@ -149,7 +147,8 @@ fn tls_config(
     match (certfile, keyfile) {
         (Some(cert), Some(key)) => {
             let certs = load_certs("cluster_certfile", cert).map_err(ClusterError::Settings)?;
-            let data = std::fs::read(key).map_err(|e| file_error("cluster_keyfile", format!("{key}: {e}")))?;
+            let data = std::fs::read(key)
+                .map_err(|e| file_error("cluster_keyfile", format!("{key}: {e}")))?;
             let private = PrivateKeyDer::from_pem_slice(&data).map_err(|e| {
                 file_error(
                     "cluster_keyfile",
@@ -192,7 +191,10 @@ mod tests {
         let err = config(&[("cluster_user", "u")]).unwrap_err();
         assert!(err.contains("cluster_user and cluster_password"), "{err}");
         let err = config(&[("cluster_keyfile", "k.pem")]).unwrap_err();
-        assert!(err.contains("cluster_certfile and cluster_keyfile"), "{err}");
+        assert!(
+            err.contains("cluster_certfile and cluster_keyfile"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -202,6 +204,9 @@ mod tests {
             seed_of(file).as_deref(),
             Some("SUAAVHBCHWUJ7HOCQ7IA7HW4AKH4ZCGSD5Z3TZXCTH7OT35DBWDNYYQ6T4")
         );
-        assert_eq!(seed_of("UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4\n"), None);
+        assert_eq!(
+            seed_of("UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4\n"),
+            None
+        );
     }
 }
