@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.deps-stamp
 PROFILE ?= release
 SERVE_ARGS ?=
 
-.PHONY: serve test test-rust test-python lint build system-deps bench clean
+.PHONY: serve test test-rust test-python lint build system-deps bench cluster-demo clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +54,11 @@ lint: build
 	$(BIN)/mypy
 	# The hand-written stub must match the compiled extension.
 	$(BIN)/python -m mypy.stubtest pyo3mq._pyo3mq
+
+# Cluster mode on loopback: one NATS server with JetStream and two nodes (1883, 1884);
+# README, "Running a cluster". CLUSTER_DEMO_ARGS="--ports 1883,1884,1885" for three.
+cluster-demo: build
+	$(BIN)/python examples/cluster_demo.py $(CLUSTER_DEMO_ARGS)
 
 bench: build
 	$(MAKE) --no-print-directory system-deps

@@ -455,6 +455,14 @@ NON_DEFAULT: dict[str, Any] = {
     "persistent_client_expiration": "2d",
     "cluster": "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
     "cluster_node": "node-1",
+    "cluster_replicas": 3,
+    "cluster_user": "mqtt",
+    "cluster_password": "secret",
+    "cluster_token": "t0ken",
+    "cluster_creds": "/etc/pyo3mq/node.creds",
+    "cluster_cafile": "/etc/pyo3mq/nats-ca.pem",
+    "cluster_certfile": "/etc/pyo3mq/nats.pem",
+    "cluster_keyfile": "/etc/pyo3mq/nats.key",
     "metrics_listener": "http://127.0.0.1:9234",
 }
 

@@ -37,7 +37,7 @@ usage: load run  [--host H] [--port P] [--scenario 1:1|fanin|fanout|mesh] [--wil
                  [--qos 0|1|2] [--size BYTES] [--count N | --deliveries N]
                  [--rate MSGS_PER_S --seconds S] [--clients 20] [--max-inflight 100]
                  [--batch BYTES] [--threads 1] [--timeout S] [--max-seconds S]
-                 [--broker-pid PID] [--label TEXT]
+                 [--broker-pid PID] [--label TEXT] [--sub-ports P,P...]
        load idle [--host H] [--port P] [--connections 10000] [--concurrency 50]
                  [--keepalive 60] [--settle S] [--broker-pid PID] [--label TEXT]
                  [--sources N] [--storm]
@@ -49,6 +49,8 @@ run:  --count is messages per publisher; --deliveries N derives it from the tota
       publishers) for --seconds. Topic: `test` (all clients), or with --wildcard
       subscribers on `bench/+/#` and publisher i on `bench/i/x`. Exit status 0 when every
       expected delivery arrived exactly once and in order, 1 otherwise, 2 on bad usage.
+      --sub-ports: subscribing clients connect to these ports in turn (the nodes of a
+      cluster), the others to --port.
 idle: opens the connections (CONNECT/CONNACK each, at most --concurrency at a time),
       waits --settle seconds and reports broker RSS per connection and connects/s
       (with --transport tls, each connect is a full TLS handshake). --sources N
@@ -93,6 +95,7 @@ struct Opts {
     cafile: Option<String>,
     path: String,
     protocol: Protocol,
+    sub_ports: Vec<u16>,
 }
 
 impl Default for Opts {
@@ -126,6 +129,7 @@ impl Default for Opts {
             cafile: None,
             path: "/mqtt".into(),
             protocol: Protocol::V311,
+            sub_ports: Vec::new(),
         }
     }
 }
@@ -161,6 +165,17 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--max-seconds" => o.max_seconds = val(a, it.next())?,
             "--broker-pid" => o.broker_pid = Some(val(a, it.next())?),
             "--label" => o.label = val(a, it.next())?,
+            "--sub-ports" => {
+                let v: String = val(a, it.next())?;
+                o.sub_ports = v
+                    .split(',')
+                    .map(|p| {
+                        p.trim()
+                            .parse()
+                            .map_err(|_| format!("bad port in --sub-ports: {p}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "--connections" => o.connections = val(a, it.next())?,
             "--concurrency" => o.concurrency = val(a, it.next())?,
             "--keepalive" => o.keepalive = val(a, it.next())?,
@@ -358,8 +373,14 @@ async fn run(o: &Opts) -> Result<(String, bool), String> {
     let mut clients = Vec::with_capacity(roles.clients.len());
     let mut granted_qos = o.qos;
     let mut receive_maximum: Option<u16> = None;
+    let mut subscribers = 0;
     for (i, &(pub_index, subscribes)) in roles.clients.iter().enumerate() {
         let id = format!("load-{tag}-{i}");
+        let mut addr = addr;
+        if subscribes && !o.sub_ports.is_empty() {
+            addr.set_port(o.sub_ports[subscribers % o.sub_ports.len()]);
+            subscribers += 1;
+        }
         let mut c = Conn::connect(addr, &id, 0, Duration::from_secs(5), o.protocol)
             .await
             .map_err(|e| format!("client {i}: {e}"))?;

@@ -92,6 +92,15 @@ class BrokerConfig:
     cluster_max_bytes: int = _DEFAULTS["cluster_max_bytes"]
     cluster_max_age: float = _DEFAULTS["cluster_max_age"]
     cluster_max_ack_pending: int = _DEFAULTS["cluster_max_ack_pending"]
+    # Cluster mode: the engine connection (replicas, credentials, TLS).
+    cluster_replicas: int = _DEFAULTS["cluster_replicas"]
+    cluster_user: str | None = _DEFAULTS["cluster_user"]
+    cluster_password: str | None = _DEFAULTS["cluster_password"]
+    cluster_token: str | None = _DEFAULTS["cluster_token"]
+    cluster_creds: str | None = _DEFAULTS["cluster_creds"]
+    cluster_cafile: str | None = _DEFAULTS["cluster_cafile"]
+    cluster_certfile: str | None = _DEFAULTS["cluster_certfile"]
+    cluster_keyfile: str | None = _DEFAULTS["cluster_keyfile"]
     # MQTT 5.0 connection limits (CONNACK Receive Maximum, Topic Alias Maximum, Server
     # Keep Alive).
     receive_maximum: int = _DEFAULTS["receive_maximum"]

@@ -39,6 +39,7 @@
 //!   ([`liveness`]).
 
 mod config;
+mod connect;
 mod link;
 mod liveness;
 mod sessions;
@@ -59,6 +60,7 @@ use tracing::{info, warn};
 
 pub use config::{check_names, parse_urls};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
+pub use connect::check_connection;
 use link::{read_from_nats, Link};
 pub use sessions::{Claim, Closed, Will};
 use streams::{mirror_retained, read_reliable, write_to_nats};
@@ -110,6 +112,9 @@ pub enum ClusterError {
     NoJetStream { urls: String, reason: String },
     #[error("cluster: cannot set up JetStream: {0}")]
     Stream(String),
+    /// A credentials or TLS setting of the engine connection (connect.rs).
+    #[error("cluster: {0}")]
+    Settings(String),
 }
 
 /// What a publisher hands to the NATS writer.
@@ -310,7 +315,8 @@ pub async fn start(
         disconnects: AtomicU64::new(0),
     });
     let events = link.clone();
-    let client = async_nats::ConnectOptions::new()
+    let client = connect::options(config)
+        .await?
         .name(format!("pyo3mq node {node_name}"))
         // The client reconnects by itself, forever (its default), resubscribing; the
         // node serves its local clients meanwhile.
@@ -354,6 +360,7 @@ pub async fn start(
             subjects: vec![names.all("r")],
             max_messages_per_subject: 1,
             storage: stream::StorageType::File,
+            num_replicas: config.cluster_replicas,
             ..Default::default()
         })
         .await
@@ -370,6 +377,7 @@ pub async fn start(
         discard: stream::DiscardPolicy::Old,
         duplicate_window: DUPLICATE_WINDOW.min(config.cluster_max_age),
         storage: stream::StorageType::File,
+        num_replicas: config.cluster_replicas,
         ..Default::default()
     })
     .await
@@ -410,6 +418,7 @@ pub async fn start(
                     .to_string(),
                 history: 1,
                 storage: stream::StorageType::File,
+                num_replicas: config.cluster_replicas,
                 ..Default::default()
             })
             .await

@@ -389,6 +389,27 @@ settings! {
     /// Cluster mode: QoS 1/2 messages from other nodes this node has taken from the
     /// stream and not yet routed to its sessions.
     cluster_max_ack_pending: usize = 1024, range 1 ..= 1_000_000;
+    // Cluster mode: the engine connection (src/broker/cluster/connect.rs).
+    /// Cluster mode: how many NATS servers keep a copy of each JetStream stream and
+    /// bucket (1 for one NATS server; 3 for a NATS cluster of three or more, so it
+    /// survives the loss of one).
+    cluster_replicas: usize = 1, range 1 ..= 5;
+    /// Cluster mode: user name for the NATS server (with `cluster_password`).
+    cluster_user: Option<String> = None;
+    /// Cluster mode: password for the NATS server (with `cluster_user`).
+    cluster_password: Option<String> = None;
+    /// Cluster mode: token for the NATS server (`authorization { token }`).
+    cluster_token: Option<String> = None;
+    /// Cluster mode: a NATS `.creds` file (user JWT and NKey seed, as `nats --creds`),
+    /// or a file holding only an NKey user seed (`SU...`, as `nats --nkey`).
+    cluster_creds: Option<String> = None;
+    /// Cluster mode: PEM CA certificates the NATS server's certificate must chain to;
+    /// any of the three TLS settings makes TLS required.
+    cluster_cafile: Option<String> = None;
+    /// Cluster mode: PEM client certificate for NATS servers that verify clients.
+    cluster_certfile: Option<String> = None;
+    /// Cluster mode: PEM private key of `cluster_certfile`.
+    cluster_keyfile: Option<String> = None;
     // MQTT 5.0 connection limits (broker/connection/flow.rs).
     /// QoS 1/2 PUBLISHes a 5.0 client may have unacknowledged at once (CONNACK Receive
     /// Maximum); one more is DISCONNECT 0x93. 65,535 is MQTT's default and is not sent.
@@ -465,6 +486,7 @@ impl Config {
         if self.cluster_max_age.is_zero() {
             return Err("cluster_max_age must be positive".into());
         }
+        crate::broker::cluster::check_connection(self)?;
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
