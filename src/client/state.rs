@@ -715,15 +715,10 @@ impl State {
         &mut self,
         filters: Vec<(ByteString, QoS)>,
     ) -> Result<Submitted, codec::Error> {
-        let packet_filters = filters.clone();
-        self.request(
-            |pkid| {
-                Packet::Subscribe(codec::Subscribe {
-                    pkid,
-                    filters: packet_filters,
-                })
-            },
-            |token| Request::Subscribe { token, filters },
+        self.filters_request(
+            filters,
+            |pkid, filters| Packet::Subscribe(codec::Subscribe { pkid, filters }),
+            |token, filters| Request::Subscribe { token, filters },
         )
     }
 
@@ -731,15 +726,10 @@ impl State {
         &mut self,
         filters: Vec<ByteString>,
     ) -> Result<Submitted, codec::Error> {
-        let packet_filters = filters.clone();
-        self.request(
-            |pkid| {
-                Packet::Unsubscribe(codec::Unsubscribe {
-                    pkid,
-                    filters: packet_filters,
-                })
-            },
-            |token| Request::Unsubscribe { token, filters },
+        self.filters_request(
+            filters,
+            |pkid, filters| Packet::Unsubscribe(codec::Unsubscribe { pkid, filters }),
+            |token, filters| Request::Unsubscribe { token, filters },
         )
     }
 
@@ -764,6 +754,21 @@ impl State {
         let token = self.new_token();
         self.requests.insert(packet_id, request(token));
         Ok(Submitted::Token(token))
+    }
+
+    /// [`request`](Self::request) for a (UN)SUBSCRIBE: the packet gets a copy of the
+    /// filters, the pending request keeps them for matching its acknowledgement.
+    fn filters_request<F: Clone>(
+        &mut self,
+        filters: Vec<F>,
+        packet: impl FnOnce(u16, Vec<F>) -> Packet,
+        request: impl FnOnce(u64, Vec<F>) -> Request,
+    ) -> Result<Submitted, codec::Error> {
+        let packet_filters = filters.clone();
+        self.request(
+            |pkid| packet(pkid, packet_filters),
+            |token| request(token, filters),
+        )
     }
 
     /// Encodes a control packet (acknowledgement, PINGREQ) into the write buffer.

@@ -119,17 +119,10 @@ impl Decoder {
             } else {
                 flags
             };
-            if seen == want {
-                Ok(())
-            } else {
-                Err(Error::InvalidFlags { packet, flags })
-            }
+            check_flags(packet, flags, seen == want)
         };
         match packet_type {
-            1 => {
-                expect_flags("CONNECT", 0)?;
-                parse_connect(body).map(Packet::Connect)
-            }
+            1 => connect_packet(flags, body),
             2 => {
                 expect_flags("CONNACK", 0)?;
                 expect_len("CONNACK", &body, 2)?;
@@ -177,21 +170,9 @@ impl Decoder {
                 expect_flags("UNSUBACK", 0)?;
                 ack_pkid("UNSUBACK", &body).map(Packet::UnsubAck)
             }
-            12 => {
-                expect_flags("PINGREQ", 0)?;
-                expect_len("PINGREQ", &body, 0)?;
-                Ok(Packet::PingReq)
-            }
-            13 => {
-                expect_flags("PINGRESP", 0)?;
-                expect_len("PINGRESP", &body, 0)?;
-                Ok(Packet::PingResp)
-            }
-            14 => {
-                expect_flags("DISCONNECT", 0)?;
-                expect_len("DISCONNECT", &body, 0)?;
-                Ok(Packet::Disconnect)
-            }
+            12 => bodiless("PINGREQ", flags, &body, Packet::PingReq),
+            13 => bodiless("PINGRESP", flags, &body, Packet::PingResp),
+            14 => bodiless("DISCONNECT", flags, &body, Packet::Disconnect),
             other => Err(Error::ReservedPacketType(other)),
         }
     }
@@ -212,6 +193,39 @@ fn parse_fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, Error> {
     }
     // The fourth length byte still had its continuation bit set.
     Err(Error::MalformedRemainingLength)
+}
+
+/// The fixed-header flags check both decoders share: `ok` says whether the flags are
+/// the packet's fixed ones [MQTT-2.1.3-1]; the error reports the flags as received.
+#[inline]
+pub(super) fn check_flags(packet: &'static str, flags: u8, ok: bool) -> Result<(), Error> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidFlags { packet, flags })
+    }
+}
+
+/// A CONNECT packet (flags 0000), the same in both decoders: `parse_connect` itself reads
+/// 5.0's properties when the protocol level is 5.
+#[inline]
+pub(super) fn connect_packet(flags: u8, body: Bytes) -> Result<Packet, Error> {
+    check_flags("CONNECT", flags, flags == 0)?;
+    parse_connect(body).map(Packet::Connect)
+}
+
+/// A packet that is its fixed header alone (flags 0000, remaining length 0), as PINGREQ
+/// and PINGRESP are in both decoders.
+#[inline]
+pub(super) fn bodiless(
+    name: &'static str,
+    flags: u8,
+    body: &Bytes,
+    packet: Packet,
+) -> Result<Packet, Error> {
+    check_flags(name, flags, flags == 0)?;
+    expect_len(name, body, 0)?;
+    Ok(packet)
 }
 
 pub(super) fn expect_len(packet: &'static str, body: &Bytes, expected: usize) -> Result<(), Error> {

@@ -8,7 +8,9 @@
 
 use bytes::Bytes;
 
-use super::decode::{expect_len, parse_connect, publish_flags, topic_name_from, Reader};
+use super::decode::{
+    bodiless, check_flags, connect_packet, publish_flags, topic_name_from, Reader,
+};
 use super::packet::nonzero_pkid;
 use super::properties::read_properties;
 use super::{
@@ -23,17 +25,10 @@ pub(super) fn parse(first: u8, body: Bytes) -> Result<Packet, Error> {
     // Every packet but PUBLISH has fixed flags: 0010 for PUBREL, SUBSCRIBE and
     // UNSUBSCRIBE, 0000 otherwise [MQTT-2.1.3-1]. 5.0 has no 3.1-style DUP leniency.
     let expect_flags = |packet: &'static str, want: u8| -> Result<(), Error> {
-        if flags == want {
-            Ok(())
-        } else {
-            Err(Error::InvalidFlags { packet, flags })
-        }
+        check_flags(packet, flags, flags == want)
     };
     match packet_type {
-        1 => {
-            expect_flags("CONNECT", 0)?;
-            parse_connect(body).map(Packet::Connect)
-        }
+        1 => connect_packet(flags, body),
         2 => {
             expect_flags("CONNACK", 0)?;
             parse_connack(body).map(Packet::ConnAckV5)
@@ -80,16 +75,8 @@ pub(super) fn parse(first: u8, body: Bytes) -> Result<Packet, Error> {
                 properties,
             }))
         }
-        12 => {
-            expect_flags("PINGREQ", 0)?;
-            expect_len("PINGREQ", &body, 0)?;
-            Ok(Packet::PingReq)
-        }
-        13 => {
-            expect_flags("PINGRESP", 0)?;
-            expect_len("PINGRESP", &body, 0)?;
-            Ok(Packet::PingResp)
-        }
+        12 => bodiless("PINGREQ", flags, &body, Packet::PingReq),
+        13 => bodiless("PINGRESP", flags, &body, Packet::PingResp),
         14 => {
             expect_flags("DISCONNECT", 0)?;
             if body.is_empty() {

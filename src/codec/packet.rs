@@ -335,6 +335,21 @@ pub struct Auth {
     pub properties: Option<Box<Properties>>,
 }
 
+impl Auth {
+    /// An AUTH naming `method`, as every AUTH must [MQTT-4.12.0-5], with `data` when
+    /// given: the one way the broker and the client both build theirs.
+    pub fn with_method(reason: ReasonCode, method: &ByteString, data: Option<Bytes>) -> Self {
+        Auth {
+            reason,
+            properties: Some(Box::new(Properties {
+                authentication_method: Some(method.clone()),
+                authentication_data: data,
+                ..Properties::default()
+            })),
+        }
+    }
+}
+
 /// The control packets of MQTT 3.1.1 and 5.0.
 ///
 /// The two revisions share a variant where the packet's fields are the same (CONNECT and

@@ -94,14 +94,7 @@ fn check_client_auth(
 
 /// An AUTH from the broker, naming the method [MQTT-4.12.0-5].
 fn auth_packet(reason: ReasonCode, method: &ByteString, data: Option<Bytes>) -> Packet {
-    Packet::Auth(Auth {
-        reason,
-        properties: Some(Box::new(Properties {
-            authentication_method: Some(method.clone()),
-            authentication_data: data,
-            ..Properties::default()
-        })),
-    })
+    Packet::Auth(Auth::with_method(reason, method, data))
 }
 
 /// How the login exchange ended.

@@ -174,16 +174,16 @@ impl State {
         user_properties: Vec<(ByteString, ByteString)>,
     ) -> Result<Submitted, codec::Error> {
         let properties = subscribe_properties(id, user_properties);
-        let packet_filters = filters.clone();
-        self.request(
-            |pkid| {
+        self.filters_request(
+            filters,
+            |pkid, filters| {
                 Packet::SubscribeV5(SubscribeV5 {
                     pkid,
-                    filters: packet_filters,
+                    filters,
                     properties,
                 })
             },
-            |token| Request::SubscribeV5 { token, filters, id },
+            |token, filters| Request::SubscribeV5 { token, filters, id },
         )
     }
 
@@ -199,16 +199,16 @@ impl State {
                 ..Properties::default()
             })
         });
-        let packet_filters = filters.clone();
-        self.request(
-            |pkid| {
+        self.filters_request(
+            filters,
+            |pkid, filters| {
                 Packet::UnsubscribeV5(UnsubscribeV5 {
                     pkid,
-                    filters: packet_filters,
+                    filters,
                     properties,
                 })
             },
-            |token| Request::Unsubscribe { token, filters },
+            |token, filters| Request::Unsubscribe { token, filters },
         )
     }
 

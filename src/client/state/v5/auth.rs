@@ -7,7 +7,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::client::v5::{AuthChallenge, ReauthError};
-use crate::codec::{Auth, Packet, Properties, ReasonCode};
+use crate::codec::{Auth, Packet, ReasonCode};
 
 use super::super::{ClientError, ConnectionState, Outcome, State};
 use super::violation;
@@ -210,12 +210,5 @@ impl State {
 
 /// An AUTH with the method and, when given, the data.
 fn auth_packet(reason: ReasonCode, method: &ByteString, data: Option<Bytes>) -> Packet {
-    Packet::Auth(Auth {
-        reason,
-        properties: Some(Box::new(Properties {
-            authentication_method: Some(method.clone()),
-            authentication_data: data,
-            ..Properties::default()
-        })),
-    })
+    Packet::Auth(Auth::with_method(reason, method, data))
 }
