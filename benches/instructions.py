@@ -22,17 +22,16 @@ import argparse
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cluster_bench import wait_port
 from run_load import build_generator, free_port
 
 
@@ -41,19 +40,6 @@ class Count:
     instructions: int
     delivered: int
     published: int
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the broker exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.25)
-    raise RuntimeError(f"the broker did not listen on {port} within {limit:.0f} s")
 
 
 def program_total(out: Path) -> int:
@@ -80,7 +66,7 @@ def count(broker: str, gen: str, args: argparse.Namespace, deliveries: int, tmp:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_listening(port, proc, 120)
+        wait_port(port, proc, "the broker under callgrind", limit=120)
         run = subprocess.run(
             [
                 gen,
