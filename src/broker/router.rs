@@ -20,11 +20,13 @@ mod handover;
 mod options;
 mod persist;
 mod shared;
+pub mod will;
 
+/// Defined on the session's side (session/sub_opts.rs), which keeps a session's options.
+pub use crate::broker::session::SubOpts;
 use clients::ClientSlot;
 pub use clients::{Attach, ConnHandle, GoneOnDrop, Takeover};
 pub use handover::Held;
-pub use options::SubOpts;
 pub use shared::SharedGroup;
 
 use crate::broker::cluster::Cluster;
@@ -221,8 +223,8 @@ pub struct Router {
     /// Cluster mode (`cluster` setting): where publishes and subscription interest go.
     /// Unset, routing costs one well-predicted check more than before.
     cluster: std::sync::OnceLock<Arc<Cluster>>,
-    /// MQTT 5.0 wills waiting out their Will Delay Interval (session/will.rs).
-    wills: crate::broker::session::will::DelayedWills,
+    /// MQTT 5.0 wills waiting out their Will Delay Interval (router/will.rs).
+    wills: will::DelayedWills,
 }
 
 impl Router {
@@ -266,8 +268,8 @@ impl Router {
         }
     }
 
-    /// The MQTT 5.0 wills waiting out their delay (session/will.rs).
-    pub fn wills(&self) -> &crate::broker::session::will::DelayedWills {
+    /// The MQTT 5.0 wills waiting out their delay (router/will.rs).
+    pub fn wills(&self) -> &will::DelayedWills {
         &self.wills
     }
 
@@ -501,7 +503,7 @@ impl Router {
         {
             let subs = self.subs.read();
             subs.matches(&msg.topic, &mut |id, sub| {
-                if !sub.opts.skips(&msg, &sub.session) {
+                if !sub.opts.skips(&msg, &sub.session.client_id) {
                     scratch
                         .matches
                         .push((*id, sub.qos, sub.opts, sub.session.clone()));

@@ -14,13 +14,14 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::broker::config::OverflowPolicy;
-use crate::broker::router::SubOpts;
 use crate::codec::QoS;
 use crate::qos::{InboundQos2, PacketIds};
 
 mod props;
+mod sub_opts;
 
 pub use props::{remaining_secs, Expiry, MessageProperties};
+pub use sub_opts::SubOpts;
 
 /// A message as the broker routes it: topic and payload are shared by every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -614,5 +615,3 @@ fn cost(item: &Queued) -> usize {
 
 #[cfg(test)]
 mod tests;
-
-pub mod will;

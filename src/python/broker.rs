@@ -743,7 +743,7 @@ fn set_stored_properties(kwargs: &Bound<'_, PyDict>, m: &Message) -> PyResult<()
 }
 
 impl SubscriptionOptionsRecord {
-    fn into_opts(self) -> PyResult<crate::broker::router::SubOpts> {
+    fn into_opts(self) -> PyResult<crate::broker::session::SubOpts> {
         let id = match self.subscription_identifier {
             None => None,
             Some(id) => Some(std::num::NonZeroU32::new(id).ok_or_else(|| {
@@ -753,7 +753,7 @@ impl SubscriptionOptionsRecord {
         let byte = u8::from(self.no_local) << 2
             | u8::from(self.retain_as_published) << 3
             | self.retain_handling.min(3) << 4;
-        crate::broker::router::SubOpts::from_stored(byte, id).ok_or_else(|| {
+        crate::broker::session::SubOpts::from_stored(byte, id).ok_or_else(|| {
             PyValueError::new_err(
                 "invalid stored subscription options: retain_handling must be 0, 1 or 2 and \
                  subscription_identifier 1 to 268435455",
