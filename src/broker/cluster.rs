@@ -47,6 +47,7 @@ mod streams;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +68,7 @@ use streams::{mirror_retained, read_reliable, write_to_nats};
 
 use crate::broker::config::Config;
 use crate::broker::metrics;
-use crate::broker::router::{MatchScratch, Router};
+use crate::broker::router::{ClusterLink, MatchScratch, Router};
 use crate::broker::session::Message;
 use crate::codec::QoS;
 
@@ -288,6 +289,50 @@ impl Cluster {
     /// Times the connection to NATS broke since start.
     pub fn disconnects(&self) -> u64 {
         self.link.disconnects.load(Ordering::Relaxed)
+    }
+}
+
+/// How the router reaches cluster mode (router/remote.rs): the router holds this `Arc`
+/// behind its [`ClusterLink`], and [`RouterCluster`] finds it there again.
+impl ClusterLink for Arc<Cluster> {
+    fn forward(&self, msg: &Arc<Message>, scratch: &mut MatchScratch) {
+        Cluster::forward(self, msg, scratch);
+    }
+
+    fn add_interest(&self, filter: &ByteString) {
+        Cluster::add_interest(self, filter);
+    }
+
+    fn remove_interest(&self, filter: &ByteString) {
+        Cluster::remove_interest(self, filter);
+    }
+}
+
+/// Cluster mode's calls on the router (`router.cluster()`, `router.cluster_flushed(..)`),
+/// here rather than on the router so that the router does not depend on this module.
+pub trait RouterCluster {
+    /// The cluster this node joined ([`Router::set_cluster`]), if any.
+    fn cluster(&self) -> Option<&Arc<Cluster>>;
+
+    /// Cluster mode: resolves once the QoS 1/2 messages this publisher forwarded left
+    /// for the other nodes; false if one could not (acknowledge nothing then).
+    fn cluster_flushed(&self, scratch: &mut MatchScratch) -> impl Future<Output = bool> + Send;
+}
+
+impl RouterCluster for Router {
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        let link: &dyn std::any::Any = self.cluster_link()?;
+        link.downcast_ref::<Arc<Cluster>>()
+    }
+
+    fn cluster_flushed(&self, scratch: &mut MatchScratch) -> impl Future<Output = bool> + Send {
+        let cluster = self.cluster();
+        async move {
+            match cluster {
+                Some(cluster) => cluster.flushed(scratch).await,
+                None => true,
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tracing::{debug, error};
 
+use crate::broker::cluster::RouterCluster;
 use crate::broker::metrics::prometheus;
 use crate::broker::router::Router;
 

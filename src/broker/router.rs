@@ -19,6 +19,7 @@ mod clients;
 mod handover;
 mod options;
 mod persist;
+mod remote;
 mod shared;
 pub mod will;
 
@@ -27,9 +28,9 @@ pub use crate::broker::session::SubOpts;
 use clients::ClientSlot;
 pub use clients::{Attach, ConnHandle, GoneOnDrop, Takeover};
 pub use handover::Held;
+pub use remote::ClusterLink;
 pub use shared::SharedGroup;
 
-use crate::broker::cluster::Cluster;
 use crate::broker::config::Config;
 use crate::broker::hooks::{Event, Hooks};
 use crate::broker::metrics::{self, Counters};
@@ -125,7 +126,8 @@ pub struct MatchScratch {
     /// them (see [`MatchScratch::wait_for_space`]) before reading more.
     blocked: Vec<Arc<Session>>,
     /// Cluster mode: a QoS 1/2 message was handed to the NATS writer, or could not be;
-    /// the publisher acknowledges only after [`Router::cluster_flushed`].
+    /// the publisher acknowledges only after cluster mode's `cluster_flushed`
+    /// (`cluster::RouterCluster`).
     pub(crate) cluster_pending: bool,
     pub(crate) cluster_lost: bool,
     /// Shared subscription groups the topic matches (used only while groups exist).
@@ -133,7 +135,7 @@ pub struct MatchScratch {
 }
 
 impl MatchScratch {
-    /// Cluster mode: whether acknowledgements must wait for [`Router::cluster_flushed`].
+    /// Cluster mode: whether acknowledgements must wait for `cluster_flushed`.
     pub fn cluster_pending(&self) -> bool {
         self.cluster_pending || self.cluster_lost
     }
@@ -220,9 +222,9 @@ pub struct Router {
     /// Set with `durability = "sync"`: asks the store writer for a commit that includes
     /// everything routed so far, and is answered once it is on disk.
     durable: std::sync::OnceLock<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<bool>>>,
-    /// Cluster mode (`cluster` setting): where publishes and subscription interest go.
-    /// Unset, routing costs one well-predicted check more than before.
-    cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// Cluster mode (`cluster` setting): where publishes and subscription interest go
+    /// (router/remote.rs). Unset, routing costs one well-predicted check more than before.
+    cluster: std::sync::OnceLock<Box<dyn ClusterLink>>,
     /// MQTT 5.0 wills waiting out their Will Delay Interval (router/will.rs).
     wills: will::DelayedWills,
 }
@@ -275,27 +277,20 @@ impl Router {
 
     /// Joins a cluster: publishes go to the other nodes from now on, and every
     /// subscription held now (restored sessions) or later is NATS interest.
-    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+    pub fn set_cluster(&self, cluster: impl ClusterLink) {
         let clients = self.clients.lock();
         for slot in clients.values() {
             for filter in slot.session.state.lock().subscriptions.keys() {
                 cluster.add_interest(filter);
             }
         }
-        let _ = self.cluster.set(cluster);
+        let _ = self.cluster.set(Box::new(cluster));
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.get()
-    }
-
-    /// Cluster mode: resolves once the QoS 1/2 messages this publisher forwarded left
-    /// for the other nodes; false if one could not (acknowledge nothing then).
-    pub async fn cluster_flushed(&self, scratch: &mut MatchScratch) -> bool {
-        match self.cluster.get() {
-            Some(cluster) => cluster.flushed(scratch).await,
-            None => true,
-        }
+    /// The cluster this node joined, if any; cluster mode finds its own type behind it
+    /// (`cluster::RouterCluster`).
+    pub fn cluster_link(&self) -> Option<&dyn ClusterLink> {
+        self.cluster.get().map(|link| &**link)
     }
 
     pub fn config(&self) -> &Config {

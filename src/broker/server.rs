@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::broker::bridge;
-use crate::broker::cluster::{self, ClusterError};
+use crate::broker::cluster::{self, ClusterError, RouterCluster};
 use crate::broker::config::{
     AnonymousPolicy, Config, Durability, ListenerKind, StoreLoadError, TlsSettings,
 };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::broker::cluster::{Claim, Closed, Will};
+use crate::broker::cluster::{Claim, Closed, RouterCluster, Will};
 use crate::broker::router::{Held, Session};
 use crate::codec::{Connect, Protocol};
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
+use crate::broker::cluster::RouterCluster;
 use crate::broker::hooks::{Event, Refusal};
 use crate::broker::metrics::{self, Action, DropReason, HookKind};
 use crate::broker::router::Session;
