@@ -59,14 +59,13 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
-pub use config::{check_names, parse_urls};
+pub use config::{check_names, parse_urls, Settings};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
 pub use connect::check_connection;
 use link::{read_from_nats, Link};
 pub use sessions::{Claim, Closed, Will};
 use streams::{mirror_retained, read_reliable, write_to_nats};
 
-use crate::broker::config::Config;
 use crate::broker::metrics;
 use crate::broker::router::{ClusterLink, MatchScratch, Router};
 use crate::broker::session::Message;
@@ -340,7 +339,7 @@ impl RouterCluster for Router {
 /// stream into `router` (waiting until it is read to the end) and starts the tasks that
 /// route messages both ways. Runs on the broker's runtime; the tasks end at `shutdown`.
 pub async fn start(
-    config: &Config,
+    config: &Settings,
     router: Arc<Router>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Cluster>, ClusterError> {

@@ -486,7 +486,7 @@ impl Config {
         if self.cluster_max_age.is_zero() {
             return Err("cluster_max_age must be positive".into());
         }
-        crate::broker::cluster::check_connection(self)?;
+        crate::broker::cluster::check_connection(&self.cluster_settings())?;
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
@@ -501,6 +501,26 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The `cluster*` settings, for cluster mode (which takes these, not the `Config`).
+    pub fn cluster_settings(&self) -> crate::broker::cluster::Settings {
+        crate::broker::cluster::Settings {
+            cluster: self.cluster.clone(),
+            cluster_prefix: self.cluster_prefix.clone(),
+            cluster_node: self.cluster_node.clone(),
+            cluster_max_bytes: self.cluster_max_bytes,
+            cluster_max_age: self.cluster_max_age,
+            cluster_max_ack_pending: self.cluster_max_ack_pending,
+            cluster_replicas: self.cluster_replicas,
+            cluster_user: self.cluster_user.clone(),
+            cluster_password: self.cluster_password.clone(),
+            cluster_token: self.cluster_token.clone(),
+            cluster_creds: self.cluster_creds.clone(),
+            cluster_cafile: self.cluster_cafile.clone(),
+            cluster_certfile: self.cluster_certfile.clone(),
+            cluster_keyfile: self.cluster_keyfile.clone(),
+        }
     }
 
     /// How a listener treats clients without a username. `has_authenticator`: a password

@@ -166,7 +166,7 @@ impl Server {
             // Before any client is accepted: the engine is checked and the retained
             // messages are read, or the start fails here.
             let cluster = runtime.block_on(cluster::start(
-                &config,
+                &config.cluster_settings(),
                 router.clone(),
                 shutdown.subscribe(),
             ))?;

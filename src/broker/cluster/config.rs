@@ -3,11 +3,36 @@
 //! and the oldest NATS server cluster mode works with.
 //!
 //! Apart from the tasks because it is plain functions of the configuration, with no
-//! connection: `Config::validate` uses it before any NATS server is reached.
+//! connection: `Config::validate` uses it before any NATS server is reached, on the
+//! [`Settings`] it copies out.
+
+use std::time::Duration;
 
 use async_nats::ServerAddr;
 
 use super::{subject, ClusterError};
+
+/// The `cluster*` settings cluster mode runs with, named as the settings are
+/// (`Config::cluster_settings` copies them out of the configuration): cluster mode takes
+/// these, not the whole `Config`, so that it does not depend on the configuration module,
+/// which checks these settings with this module's functions.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub cluster: Option<String>,
+    pub cluster_prefix: String,
+    pub cluster_node: Option<String>,
+    pub cluster_max_bytes: usize,
+    pub cluster_max_age: Duration,
+    pub cluster_max_ack_pending: usize,
+    pub cluster_replicas: usize,
+    pub cluster_user: Option<String>,
+    pub cluster_password: Option<String>,
+    pub cluster_token: Option<String>,
+    pub cluster_creds: Option<String>,
+    pub cluster_cafile: Option<String>,
+    pub cluster_certfile: Option<String>,
+    pub cluster_keyfile: Option<String>,
+}
 
 /// The prefix the subject functions of [`subject`] use, replaced by `cluster_prefix`.
 const BASE_PREFIX: &str = "pyo3mq";
