@@ -257,11 +257,12 @@ impl BrokerCore {
             }
             // The MQTT 5.0 Authentication Methods Python implements.
             if !enhanced_auth.is_empty() {
-                hooks.enhanced_authenticator =
-                    Some(Arc::new(crate::python::enhanced_auth::PyEnhancedAuth::new(
+                hooks.enhanced_authenticator = Some(Arc::new(
+                    crate::python::bridge::enhanced_auth::PyEnhancedAuth::new(
                         bridge.clone(),
                         enhanced_auth,
-                    )));
+                    ),
+                ));
             }
         }
         let config = self.config.clone();
