@@ -580,7 +580,7 @@ mod tests {
     fn options(transport: TransportOptions) -> Options {
         Options {
             transport,
-            ..crate::client::event_loop::tests::options(8883, None)
+            ..Options::for_tests(8883, None)
         }
     }
 
