@@ -386,7 +386,7 @@ impl BrokerCore {
             .as_ref()
             .map(|r| r.server.router().clone());
         match router {
-            Some(router) => py.detach(move || crate::broker::metrics::prometheus::render(&router)),
+            Some(router) => py.detach(move || crate::broker::http::prometheus::render(&router)),
             None => String::new(),
         }
     }
