@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use crate::broker::bridge::BridgeSettings;
 use crate::broker::store::StoreSpec;
 
+pub mod bridge;
 mod listeners;
 
+pub use bridge::BridgeSettings;
 pub use listeners::{
     parse_listener, parse_metrics_listener, ListenerKind, ListenerSettings, ListenerSpec,
     ListenerUri, TlsSettings,
