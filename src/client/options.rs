@@ -10,8 +10,11 @@ use crate::codec::{self, LastWill, Packet, Protocol};
 use crate::topic as topics;
 
 use super::runtime::random_u64;
-use super::transport::TransportOptions;
 use super::v5::V5Options;
+
+mod transport;
+
+pub use transport::{Scheme, TlsOptions, TlsVersions, TransportOptions, Verify};
 
 /// How to retry a connection that failed or was lost.
 #[derive(Debug, Clone, Copy, PartialEq)]
