@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+/// Defined with the session it governs (the session takes it as a value, not the config).
+pub use crate::broker::session::OverflowPolicy;
 use crate::broker::store::StoreSpec;
 
 pub mod bridge;
@@ -15,16 +17,6 @@ pub use listeners::{
     parse_listener, parse_metrics_listener, ListenerKind, ListenerSettings, ListenerSpec,
     ListenerUri, TlsSettings,
 };
-
-/// What a session does when its outbound queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverflowPolicy {
-    /// Drop the message that does not fit (mosquitto's behaviour). Keeps the oldest
-    /// messages, which is what a client resuming a session usually wants first.
-    DropNew,
-    /// Drop the oldest queued message to make room: the freshest data wins.
-    DropOldest,
-}
 
 /// A setting's value as a config file or Python gives it, before it is checked.
 #[derive(Debug, Clone, PartialEq)]
