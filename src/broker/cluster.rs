@@ -59,9 +59,10 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
-pub use config::{check_names, parse_urls, Settings};
+pub use crate::broker::config::cluster::{
+    check_connection, check_names, parse_urls, Settings, UrlError,
+};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
-pub use connect::check_connection;
 use link::{read_from_nats, Link};
 pub use sessions::{Claim, Closed, Will};
 use streams::{mirror_retained, read_reliable, write_to_nats};
@@ -96,8 +97,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster: invalid NATS URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    #[error(transparent)]
+    Url(#[from] UrlError),
     #[error("cluster: cannot connect to NATS at {urls}: {reason}")]
     Connect { urls: String, reason: String },
     #[error(

@@ -10,6 +10,7 @@ pub use crate::broker::session::OverflowPolicy;
 use crate::broker::store::StoreSpec;
 
 pub mod bridge;
+pub mod cluster;
 mod listeners;
 
 pub use bridge::BridgeSettings;
@@ -473,13 +474,13 @@ impl Config {
             return Err("connect_timeout must be positive".into());
         }
         if let Some(urls) = &self.cluster {
-            crate::broker::cluster::parse_urls(urls).map_err(|e| e.to_string())?;
+            cluster::parse_urls(urls).map_err(|e| e.to_string())?;
         }
-        crate::broker::cluster::check_names(&self.cluster_prefix, self.cluster_node.as_deref())?;
+        cluster::check_names(&self.cluster_prefix, self.cluster_node.as_deref())?;
         if self.cluster_max_age.is_zero() {
             return Err("cluster_max_age must be positive".into());
         }
-        crate::broker::cluster::check_connection(&self.cluster_settings())?;
+        cluster::check_connection(&self.cluster_settings())?;
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
@@ -497,8 +498,8 @@ impl Config {
     }
 
     /// The `cluster*` settings, for cluster mode (which takes these, not the `Config`).
-    pub fn cluster_settings(&self) -> crate::broker::cluster::Settings {
-        crate::broker::cluster::Settings {
+    pub fn cluster_settings(&self) -> cluster::Settings {
+        cluster::Settings {
             cluster: self.cluster.clone(),
             cluster_prefix: self.cluster_prefix.clone(),
             cluster_node: self.cluster_node.clone(),

@@ -1,38 +1,12 @@
-//! The cluster's settings and names: the `cluster` URLs and the `cluster_prefix` and
-//! `cluster_node` checks, the NATS subjects and JetStream names of one cluster, node ids,
-//! and the oldest NATS server cluster mode works with.
+//! The cluster's names: the NATS subjects and JetStream names of one cluster, node ids,
+//! and the oldest NATS server cluster mode works with. The settings and their checks
+//! (the `cluster` URLs, `cluster_prefix` and `cluster_node`) are the configuration's
+//! (broker/config/cluster.rs).
 //!
-//! Apart from the tasks because it is plain functions of the configuration, with no
-//! connection: `Config::validate` uses it before any NATS server is reached, on the
-//! [`Settings`] it copies out.
+//! Apart from the tasks because it is plain functions of the settings, with no
+//! connection.
 
-use std::time::Duration;
-
-use async_nats::ServerAddr;
-
-use super::{subject, ClusterError};
-
-/// The `cluster*` settings cluster mode runs with, named as the settings are
-/// (`Config::cluster_settings` copies them out of the configuration): cluster mode takes
-/// these, not the whole `Config`, so that it does not depend on the configuration module,
-/// which checks these settings with this module's functions.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {
-    pub cluster: Option<String>,
-    pub cluster_prefix: String,
-    pub cluster_node: Option<String>,
-    pub cluster_max_bytes: usize,
-    pub cluster_max_age: Duration,
-    pub cluster_max_ack_pending: usize,
-    pub cluster_replicas: usize,
-    pub cluster_user: Option<String>,
-    pub cluster_password: Option<String>,
-    pub cluster_token: Option<String>,
-    pub cluster_creds: Option<String>,
-    pub cluster_cafile: Option<String>,
-    pub cluster_certfile: Option<String>,
-    pub cluster_keyfile: Option<String>,
-}
+use super::subject;
 
 /// The prefix the subject functions of [`subject`] use, replaced by `cluster_prefix`.
 const BASE_PREFIX: &str = "pyo3mq";
@@ -40,50 +14,6 @@ const BASE_PREFIX: &str = "pyo3mq";
 /// The oldest NATS server with what cluster mode uses (multi-filter consumers, the
 /// stream settings below).
 pub(super) const MIN_SERVER: (u64, u64) = (2, 10);
-
-/// Parses the `cluster` setting: comma-separated `nats://` or `tls://` URLs.
-pub fn parse_urls(setting: &str) -> Result<Vec<ServerAddr>, ClusterError> {
-    let mut out = Vec::new();
-    for url in setting.split(',').map(str::trim) {
-        let invalid = |reason: &str| ClusterError::Url {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-            return Err(invalid("expected nats://HOST:PORT or tls://HOST:PORT"));
-        }
-        out.push(
-            url.parse()
-                .map_err(|e: std::io::Error| invalid(&e.to_string()))?,
-        );
-    }
-    Ok(out)
-}
-
-/// `cluster_prefix` and `cluster_node` are used in subjects and JetStream names: dot
-/// separated tokens of letters, digits, `_` and `-` (no wildcards, no spaces).
-pub fn check_names(prefix: &str, node: Option<&str>) -> Result<(), String> {
-    let token_ok = |t: &str| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
-    if prefix.len() > 64 || !prefix.split('.').all(token_ok) {
-        return Err(format!(
-            "cluster_prefix must be dot-separated tokens of letters, digits, '_' and '-' \
-             (at most 64 characters), not {prefix:?}"
-        ));
-    }
-    if let Some(node) = node {
-        if node.len() > 64 || !token_ok(node) {
-            return Err(format!(
-                "cluster_node must be letters, digits, '_' and '-' (at most 64 \
-                 characters), not {node:?}"
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// The NATS subjects and JetStream names of one cluster (`cluster_prefix`).
 #[derive(Debug, Clone)]
@@ -214,19 +144,6 @@ mod tests {
     }
 
     #[test]
-    fn urls() {
-        assert_eq!(
-            parse_urls("nats://127.0.0.1:4222, nats://127.0.0.1:4223")
-                .unwrap()
-                .len(),
-            2
-        );
-        assert!(parse_urls("127.0.0.1:4222").is_err());
-        assert!(parse_urls("http://x:1").is_err());
-        assert!(parse_urls("").is_err());
-    }
-
-    #[test]
     fn stream_subjects_round_trip() {
         for prefix in ["pyo3mq", "site-1.mqtt"] {
             let names = Names::new(prefix);
@@ -253,15 +170,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_checked() {
-        assert!(check_names("pyo3mq", None).is_ok());
-        assert!(check_names("site-1.mqtt_x", Some("node-1")).is_ok());
-        for bad in ["", "a..b", "a.*", "a b", "a.>", ".a"] {
-            assert!(check_names(bad, None).is_err(), "{bad}");
-        }
-        for bad in ["", "a.b", "a b", "*"] {
-            assert!(check_names("pyo3mq", Some(bad)).is_err(), "{bad}");
-        }
+    fn named_node_ids() {
         assert_eq!(named_node_id("node-1"), named_node_id("node-1"));
         assert_ne!(named_node_id("node-1"), named_node_id("node-2"));
     }

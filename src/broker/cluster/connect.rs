@@ -21,17 +21,6 @@ use rustls::{ClientConfig, RootCertStore};
 use super::{ClusterError, Settings};
 use crate::broker::transport::tls::load_certs;
 
-/// Settings that need each other (no file is read).
-pub fn check_connection(config: &Settings) -> Result<(), String> {
-    if config.cluster_user.is_some() != config.cluster_password.is_some() {
-        return Err("cluster_user and cluster_password go together: set both or neither".into());
-    }
-    if config.cluster_certfile.is_some() != config.cluster_keyfile.is_some() {
-        return Err("cluster_certfile and cluster_keyfile go together: set both or neither".into());
-    }
-    Ok(())
-}
-
 fn file_error(setting: &str, reason: String) -> ClusterError {
     ClusterError::Settings(format!("{setting}: {reason}"))
 }
