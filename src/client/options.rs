@@ -152,6 +152,33 @@ impl Options {
 }
 
 #[cfg(test)]
+impl Options {
+    /// Options for tests: a client on 127.0.0.1:`port`, keepalive off, small limits.
+    pub(crate) fn for_tests(port: u16, reconnect: Option<Reconnect>) -> Options {
+        Options {
+            host: "127.0.0.1".into(),
+            port,
+            client_id: "event-loop-test".into(),
+            clean_session: true,
+            keep_alive: 0,
+            username: None,
+            password: None,
+            will: None,
+            protocol: Protocol::V311,
+            connect_timeout: Duration::from_secs(5),
+            max_inflight: 8,
+            max_buffered: 1 << 16,
+            max_incoming: 8,
+            max_packet_size: 1 << 16,
+            reconnect,
+            session_store: None,
+            transport: Default::default(),
+            v5: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -215,33 +242,6 @@ mod tests {
             let d = policy.delay(attempt);
             let base = Duration::from_millis(base_ms);
             assert!(d >= base / 2 && d < base, "attempt {attempt}: {d:?}");
-        }
-    }
-}
-
-#[cfg(test)]
-impl Options {
-    /// Options for tests: a client on 127.0.0.1:`port`, keepalive off, small limits.
-    pub(crate) fn for_tests(port: u16, reconnect: Option<Reconnect>) -> Options {
-        Options {
-            host: "127.0.0.1".into(),
-            port,
-            client_id: "event-loop-test".into(),
-            clean_session: true,
-            keep_alive: 0,
-            username: None,
-            password: None,
-            will: None,
-            protocol: Protocol::V311,
-            connect_timeout: Duration::from_secs(5),
-            max_inflight: 8,
-            max_buffered: 1 << 16,
-            max_incoming: 8,
-            max_packet_size: 1 << 16,
-            reconnect,
-            session_store: None,
-            transport: Default::default(),
-            v5: Default::default(),
         }
     }
 }
