@@ -6,6 +6,12 @@
 //! session's own queue under that session's own mutex. There is no router thread to
 //! become the bottleneck in fan-in, and no lock that every message of every connection
 //! takes for writing.
+//!
+//! The router uses the session, the store, the configuration, the hooks and the metrics,
+//! and nothing above it: cluster mode reaches it through [`ClusterLink`] (router/remote.rs),
+//! which the cluster implements, and the delayed MQTT 5.0 wills that publish through it
+//! live here (router/will.rs). [`SubOpts`] is the session's (session/sub_opts.rs),
+//! re-exported here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
