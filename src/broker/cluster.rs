@@ -5,8 +5,10 @@
 //! - Routing (core NATS): each node subscribes once per distinct filter its sessions
 //!   hold (reference-counted as subscriptions come and go), on the subjects of
 //!   [`subject`]. A local PUBLISH goes to NATS once, with a header naming the origin
-//!   node, a per-node sequence number, the QoS and the RETAIN flag; messages from NATS
-//!   are routed to local sessions only, never published again. The connection is made
+//!   node, a per-node sequence number, the QoS and the RETAIN flag, and its MQTT 5.0
+//!   properties (with the expiry's deadline) before the payload ([`wire`]: a 3.1.1
+//!   message costs no byte more); messages from NATS are rebuilt as the publisher's
+//!   node had them and routed to local sessions only, never published again. The connection is made
 //!   with `no_echo`, and the origin is checked too: a node never routes its own message
 //!   twice.
 //! - One copy per node: a message matching several of a node's filters arrives once per
@@ -34,6 +36,12 @@
 //!   end before the node accepts clients), so a new subscription replays retained
 //!   messages from memory as in single-node mode; a retained message set or cleared on
 //!   any node reaches every node's tree.
+//! - The `on_message` interceptor runs on the node a message was published on, once,
+//!   before the message goes to NATS: other nodes deliver what it returned, nothing of
+//!   what it dropped, and never call their own interceptor for a message from another
+//!   node. For the same reason a 5.0 PUBACK/PUBREC in cluster mode never says 0x10 No
+//!   matching subscribers: the publishing node cannot know the other nodes'
+//!   subscribers (`Router::publish` counts the cluster as a match).
 //! - Liveness: each node renews a key that expires in a KV bucket; the survivors of a
 //!   node whose key expired publish its clients' wills, one survivor each
 //!   ([`liveness`]).
@@ -45,6 +53,7 @@ mod liveness;
 mod sessions;
 mod streams;
 pub mod subject;
+mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,6 +160,8 @@ pub struct Cluster {
     interest_applied: watch::Sender<u64>,
     /// QoS 0 messages dropped because the NATS writer was behind.
     dropped: AtomicU64,
+    /// Messages from NATS dropped as malformed (wire.rs).
+    malformed: AtomicU64,
     /// The NATS connection is up (set by the client's events), and how often it broke.
     link: Arc<Link>,
     overflowing: AtomicBool,
@@ -467,11 +478,12 @@ pub async fn start(
         interest_requested: AtomicU64::new(0),
         interest_applied: watch::Sender::new(0),
         dropped: AtomicU64::new(0),
+        malformed: AtomicU64::new(0),
         overflowing: AtomicBool::new(false),
         link,
     });
 
-    mirror_retained(&retained, &names, router.clone(), shutdown.clone()).await?;
+    mirror_retained(&retained, cluster.clone(), router.clone(), shutdown.clone()).await?;
     let reader = consumer
         .stream()
         .max_messages_per_batch(config.cluster_max_ack_pending.clamp(1, 1024))
