@@ -27,7 +27,7 @@ from support.mqtt_raw import publish as publish_311
 from support.mqtt_raw import subscribe as subscribe_311
 from support.nats import NatsServer, nats_server
 from test_cluster import Node
-from test_mqtt5 import props, publish5, publish5_fields, raw5, subscribe5
+from test_mqtt5 import Paho5, props, publish5, publish5_fields, raw5, subscribe5
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -285,7 +285,9 @@ def test_malformed_messages_from_nats_are_dropped(
             + b"PING\r\n"
         )
         assert reader.readline() == b"PONG\r\n"
-    topic, _, properties, payload = publish5_fields(sub.recv())
+    got = maybe_recv(sub, TIMEOUT)
+    assert got is not None, cluster.b.logged()
+    topic, _, properties, payload = publish5_fields(got)
     assert (topic, properties, payload) == ("v5c/bad", {}, b"well formed")
     # Counted, and logged at the 1st, 2nd, 4th... of a run.
     deadline = time.monotonic() + TIMEOUT
@@ -371,3 +373,59 @@ async def test_on_message_runs_once_on_the_publishing_node(
         assert await asyncio.to_thread(maybe_recv, sub, 0.5) is None
     finally:
         await broker.__aexit__(None, None, None)
+
+
+def collect(members: list[Paho5], n: int) -> list[list[tuple[str, bytes]]]:
+    """What each member got, once `n` messages arrived in all (bounded), and a moment
+    more for a duplicate to show."""
+    deadline = time.monotonic() + TIMEOUT
+    while sum(len(m.messages) for m in members) < n:
+        assert time.monotonic() < deadline, [len(m.messages) for m in members]
+        time.sleep(0.02)
+    time.sleep(0.5)
+    return [[(msg.topic, msg.payload) for msg in m.messages] for m in members]
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_shared_group_across_nodes_gets_each_message_once(cluster: Cluster, qos: int) -> None:
+    """[MQTT-4.8.2-3] `$share/GROUP/FILTER` with members on both nodes: each message
+    reaches one member cluster-wide (not one per node), all of them arrive, at QoS 0
+    (a NATS queue group) and 1 (one JetStream consumer for the group); a plain
+    subscriber beside the group gets every message; a group whose only member is on the
+    publishing node gets each of its messages once too."""
+    made: list[Paho5] = []
+    try:
+        group = f"$share/g{qos}/v5c/share{qos}/#"
+        m_a, m_b, plain, alone = (
+            Paho5(cluster.a.port, f"v5c-share{qos}-a"),
+            Paho5(cluster.b.port, f"v5c-share{qos}-b"),
+            Paho5(cluster.b.port, f"v5c-share{qos}-plain"),
+            Paho5(cluster.a.port, f"v5c-share{qos}-alone"),
+        )
+        made += [m_a, m_b, plain, alone]
+        for member in (m_a, m_b):
+            assert [r.value for r in member.subscribe(group, qos)] == [qos]
+        assert [r.value for r in plain.subscribe(f"v5c/share{qos}/#", qos)] == [qos]
+        assert [r.value for r in alone.subscribe(f"$share/solo/v5c/solo{qos}", qos)] == [qos]
+        pub = Paho5(cluster.a.port, f"v5c-share{qos}-pub")
+        made.append(pub)
+        n = 60
+        for i in range(n):
+            pub.client.publish(f"v5c/share{qos}/{i % 3}", b"%d" % i, qos=qos).wait_for_publish(
+                TIMEOUT
+            )
+            pub.client.publish(f"v5c/solo{qos}", b"%d" % i, qos=qos).wait_for_publish(TIMEOUT)
+        got_a, got_b = collect([m_a, m_b], n)
+        sent = {(f"v5c/share{qos}/{i % 3}", b"%d" % i) for i in range(n)}
+        assert len(got_a) + len(got_b) == n, (len(got_a), len(got_b))
+        assert set(got_a) | set(got_b) == sent
+        if qos == 0:
+            # NATS picks a queue subscriber at random per message: both nodes get some.
+            assert got_a and got_b, (len(got_a), len(got_b))
+        (got_plain,) = collect([plain], n)
+        assert sorted(got_plain) == sorted(sent)
+        (got_alone,) = collect([alone], n)
+        assert sorted(got_alone) == sorted((f"v5c/solo{qos}", b"%d" % i) for i in range(n))
+    finally:
+        for c in made:
+            c.close()

@@ -51,6 +51,7 @@ mod connect;
 mod link;
 mod liveness;
 mod sessions;
+mod share;
 mod streams;
 pub mod subject;
 mod wire;
@@ -162,6 +163,8 @@ pub struct Cluster {
     dropped: AtomicU64,
     /// Messages from NATS dropped as malformed (wire.rs).
     malformed: AtomicU64,
+    /// Shared subscription groups this node holds members of (share.rs).
+    shares: share::Shares,
     /// The NATS connection is up (set by the client's events), and how often it broke.
     link: Arc<Link>,
     overflowing: AtomicBool,
@@ -234,7 +237,8 @@ impl Cluster {
 
     /// A session subscribed to `filter` (not a replacement of its own subscription).
     pub fn add_interest(&self, filter: &ByteString) {
-        if metrics::is_reserved(filter) {
+        // `$share/` groups are served by share.rs (`add_share`), not by plain interest.
+        if metrics::is_reserved(filter) || filter.starts_with(crate::topic::SHARE_PREFIX) {
             return;
         }
         let mut interest = self.interest.lock();
@@ -256,6 +260,7 @@ impl Cluster {
             // Resubscribed by the client when NATS is back; no answer to wait for now.
             return;
         }
+        self.shares_ready().await;
         let target = self.interest_requested.load(Ordering::Relaxed);
         let mut applied = self.interest_applied.subscribe();
         let ready = tokio::time::timeout(
@@ -270,7 +275,7 @@ impl Cluster {
 
     /// A session's subscription to `filter` ended.
     pub fn remove_interest(&self, filter: &ByteString) {
-        if metrics::is_reserved(filter) {
+        if metrics::is_reserved(filter) || filter.starts_with(crate::topic::SHARE_PREFIX) {
             return;
         }
         let mut interest = self.interest.lock();
@@ -346,6 +351,19 @@ pub async fn start(
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .connection_timeout(START_TIMEOUT)
         .connect(addrs)
+        .await
+        .map_err(|e| ClusterError::Connect {
+            urls: urls.clone(),
+            reason: e.to_string(),
+        })?;
+    // Shared subscriptions' queue subscriptions (share.rs) need this node's own
+    // publishes, which `no_echo` keeps from the connection above.
+    let shares_client = connect::options(config)
+        .await?
+        .name(format!("pyo3mq node {node_name} (shared subscriptions)"))
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .connection_timeout(START_TIMEOUT)
+        .connect(parse_urls(setting)?)
         .await
         .map_err(|e| ClusterError::Connect {
             urls: urls.clone(),
@@ -479,6 +497,7 @@ pub async fn start(
         interest_applied: watch::Sender::new(0),
         dropped: AtomicU64::new(0),
         malformed: AtomicU64::new(0),
+        shares: share::Shares::default(),
         overflowing: AtomicBool::new(false),
         link,
     });
@@ -514,6 +533,14 @@ pub async fn start(
         node,
         names.clone(),
         outbound_rx,
+    ));
+    tokio::spawn(share::serve_shares(
+        shares_client,
+        reliable,
+        cluster.clone(),
+        router.clone(),
+        config.cluster_max_ack_pending,
+        shutdown.clone(),
     ));
     tokio::spawn(read_from_nats(client, cluster.clone(), router, shutdown));
     Ok(cluster)
