@@ -36,6 +36,18 @@
 //!   end before the node accepts clients), so a new subscription replays retained
 //!   messages from memory as in single-node mode; a retained message set or cleared on
 //!   any node reaches every node's tree.
+//! - Shared subscriptions (`$share/GROUP/FILTER`, [`share`]): one member cluster-wide
+//!   per message. QoS 0: a NATS queue subscription per group on each node holding
+//!   members (NATS picks the node), then the node's round robin among its members. QoS
+//!   1/2: one durable JetStream consumer per group (not per subscription, not per
+//!   member), pulled by each node holding members, so JetStream picks the node. Chosen
+//!   over hashing the stream sequence across member nodes recorded in KV because NATS
+//!   then is the membership (no table to keep consistent, nothing to clean up after a
+//!   dead node: its pulls and queue subscriptions end with its connection, and its
+//!   unacknowledged messages go to another puller), and the server deletes the
+//!   consumer itself once no node pulled from it for a minute. The cost: one consumer
+//!   per group, and a few messages lost (QoS 0) or redelivered (QoS 1/2, after a crash)
+//!   while members move; the ordinary routing path gives groups nothing in cluster mode.
 //! - The `on_message` interceptor runs on the node a message was published on, once,
 //!   before the message goes to NATS: other nodes deliver what it returned, nothing of
 //!   what it dropped, and never call their own interceptor for a message from another

@@ -181,7 +181,9 @@ async fn serve_group(
                 cluster.clone(),
                 router.clone(),
             ))),
-            Err(e) => error!(%filter, "cluster: cannot subscribe to {subject} for a shared subscription: {e}"),
+            Err(e) => {
+                error!(%filter, "cluster: cannot subscribe to {subject} for a shared subscription: {e}")
+            }
         }
     }
     // The same subjects in the stream of QoS 1/2 messages (`PREFIX.q.` + the tail).
@@ -220,7 +222,9 @@ async fn serve_group(
             cluster.clone(),
             router.clone(),
         ))),
-        Err(e) => error!(%filter, "cluster: consumer {key} for a shared subscription: {e}; its QoS 1/2 messages do not reach this node"),
+        Err(e) => {
+            error!(%filter, "cluster: consumer {key} for a shared subscription: {e}; its QoS 1/2 messages do not reach this node")
+        }
     }
     readers
 }
@@ -243,7 +247,9 @@ async fn read_queue(
             Ok(message) if !message.topic.is_empty() => {
                 router.publish_to_group(&filter, Arc::new(message), &mut scratch);
             }
-            Ok(_) => debug!(subject = %msg.subject, "cluster: ignored a subject pyo3mq did not make"),
+            Ok(_) => {
+                debug!(subject = %msg.subject, "cluster: ignored a subject pyo3mq did not make")
+            }
             Err(e) => cluster.drop_malformed(&msg.subject, &e),
         }
         if scratch.has_blocked() {
