@@ -37,8 +37,9 @@ CONTENT = b"\x03" + s("application/json")
 RESPONSE = b"\x08" + s("v5c/reply")
 CORRELATION = b"\x09" + struct.pack("!H", 3) + b"\x00\xff\x07"
 FORMAT = b"\x01\x01"
-ALL_BUT_EXPIRY = {
-    0x26: [("k", "2"), ("a", "1"), ("k", "1")],
+USER_PROPERTIES = [("k", "2"), ("a", "1"), ("k", "1")]
+ALL_BUT_EXPIRY: dict[int, object] = {
+    0x26: USER_PROPERTIES,
     0x03: b"application/json",
     0x08: b"v5c/reply",
     0x09: b"\x00\xff\x07",
@@ -79,7 +80,7 @@ def clients() -> Iterator[list[RawClient]]:
 
 
 def v5(port: int, made: list[RawClient], client_id: str, **kwargs: object) -> RawClient:
-    c, (_, reason, _) = raw5(port, client_id, **kwargs)  # type: ignore[arg-type]
+    c, (_, reason, _) = raw5(port, client_id, **kwargs)
     assert reason == 0
     made.append(c)
     return c
@@ -155,6 +156,7 @@ def test_retained_properties_cross_nodes(cluster: Cluster, clients: list[RawClie
     pub.send(packet(0x33, s("v5c/ret") + struct.pack("!H", 1) + block + b"kept"))
     published_ack(pub, 1, 1)
     deadline = time.monotonic() + TIMEOUT
+    got: Packet | None = None
     for n in range(1000):
         probe = v5(cluster.b.port, clients, f"v5c-ret-probe{n}")
         subscribed(probe, 1, ("v5c/ret", 1))
@@ -162,11 +164,11 @@ def test_retained_properties_cross_nodes(cluster: Cluster, clients: list[RawClie
         if got is not None:
             break
         assert time.monotonic() < deadline, "the retained message never reached B"
-    assert got.retain
+    assert got is not None and got.retain
     topic, _, properties, payload = publish5_fields(got)
     assert (topic, payload) == ("v5c/ret", b"kept")
     assert 190 <= properties.pop(0x02) <= 200
-    assert properties == {0x26: ALL_BUT_EXPIRY[0x26], 0x09: b"\x00\xff\x07"}
+    assert properties == {0x26: USER_PROPERTIES, 0x09: b"\x00\xff\x07"}
 
 
 def test_v311_and_v5_clients_on_different_nodes(cluster: Cluster, clients: list[RawClient]) -> None:
@@ -212,7 +214,7 @@ def test_v311_and_v5_clients_on_different_nodes(cluster: Cluster, clients: list[
         assert (t, p, properties) == (
             topic,
             payload,
-            {0x26: ALL_BUT_EXPIRY[0x26], 0x03: b"application/json"},
+            {0x26: USER_PROPERTIES, 0x03: b"application/json"},
         )
         acknowledge(new, qos, pkid)
 
@@ -341,13 +343,13 @@ async def test_on_message_runs_once_on_the_publishing_node(
         block = props(USER, CONTENT)
         pub.send(publish5("v5c/hook/a", b"drop", qos=1, pkid=1, properties=block))
         pub.send(publish5("v5c/hook/a", b"one", qos=1, pkid=2, properties=block))
-        for pkid in (1, 2):
-            await asyncio.to_thread(published_ack, pub, 1, pkid)
+        for ack_id in (1, 2):
+            await asyncio.to_thread(published_ack, pub, 1, ack_id)
         got = await asyncio.to_thread(sub.recv)
         topic, pkid, properties, payload = publish5_fields(got)
         assert (topic, payload) == ("v5c/hook/a", b"hooked:one")
         assert properties == {
-            0x26: [*ALL_BUT_EXPIRY[0x26], ("seen-by", "hook")],
+            0x26: [*USER_PROPERTIES, ("seen-by", "hook")],
             0x03: b"application/json",
         }
         await asyncio.to_thread(acknowledge, sub, 1, pkid)
@@ -383,7 +385,7 @@ def collect(members: list[Paho5], n: int) -> list[list[tuple[str, bytes]]]:
         assert time.monotonic() < deadline, [len(m.messages) for m in members]
         time.sleep(0.02)
     time.sleep(0.5)
-    return [[(msg.topic, msg.payload) for msg in m.messages] for m in members]
+    return [[(msg.topic, bytes(msg.payload)) for msg in m.messages] for m in members]
 
 
 @pytest.mark.parametrize("qos", [0, 1])
