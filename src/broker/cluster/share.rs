@@ -34,6 +34,9 @@
 //! may get again a message routed just before the crash. A group whose members all left
 //! keeps its consumer for [`SHARE_CONSUMER_LINGER`]: QoS 1/2 messages published meanwhile
 //! go to the next member that joins within it (on one node they would be dropped).
+//! While the node is cut off from NATS its groups get nothing, its own publishes
+//! included (their way to a group is through NATS); QoS 1/2 ones are delivered from
+//! the consumer when NATS is back.
 //! Between nodes, NATS chooses (at random for queue subscriptions, whoever pulls first
 //! for the consumer), not a strict round robin; within a node it is the router's.
 
