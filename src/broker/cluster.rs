@@ -5,8 +5,10 @@
 //! - Routing (core NATS): each node subscribes once per distinct filter its sessions
 //!   hold (reference-counted as subscriptions come and go), on the subjects of
 //!   [`subject`]. A local PUBLISH goes to NATS once, with a header naming the origin
-//!   node, a per-node sequence number, the QoS and the RETAIN flag; messages from NATS
-//!   are routed to local sessions only, never published again. The connection is made
+//!   node, a per-node sequence number, the QoS and the RETAIN flag, and its MQTT 5.0
+//!   properties (with the expiry's deadline) before the payload ([`wire`]: a 3.1.1
+//!   message costs no byte more); messages from NATS are rebuilt as the publisher's
+//!   node had them and routed to local sessions only, never published again. The connection is made
 //!   with `no_echo`, and the origin is checked too: a node never routes its own message
 //!   twice.
 //! - One copy per node: a message matching several of a node's filters arrives once per
@@ -34,6 +36,24 @@
 //!   end before the node accepts clients), so a new subscription replays retained
 //!   messages from memory as in single-node mode; a retained message set or cleared on
 //!   any node reaches every node's tree.
+//! - Shared subscriptions (`$share/GROUP/FILTER`, [`share`]): one member cluster-wide
+//!   per message. QoS 0: a NATS queue subscription per group on each node holding
+//!   members (NATS picks the node), then the node's round robin among its members. QoS
+//!   1/2: one durable JetStream consumer per group (not per subscription, not per
+//!   member), pulled by each node holding members, so JetStream picks the node. Chosen
+//!   over hashing the stream sequence across member nodes recorded in KV because NATS
+//!   then is the membership (no table to keep consistent, nothing to clean up after a
+//!   dead node: its pulls and queue subscriptions end with its connection, and its
+//!   unacknowledged messages go to another puller), and the server deletes the
+//!   consumer itself once no node pulled from it for a minute. The cost: one consumer
+//!   per group, and a few messages lost (QoS 0) or redelivered (QoS 1/2, after a crash)
+//!   while members move; the ordinary routing path gives groups nothing in cluster mode.
+//! - The `on_message` interceptor runs on the node a message was published on, once,
+//!   before the message goes to NATS: other nodes deliver what it returned, nothing of
+//!   what it dropped, and never call their own interceptor for a message from another
+//!   node. For the same reason a 5.0 PUBACK/PUBREC in cluster mode never says 0x10 No
+//!   matching subscribers: the publishing node cannot know the other nodes'
+//!   subscribers (`Router::publish` counts the cluster as a match).
 //! - Liveness: each node renews a key that expires in a KV bucket; the survivors of a
 //!   node whose key expired publish its clients' wills, one survivor each
 //!   ([`liveness`]).
@@ -43,8 +63,10 @@ mod connect;
 mod link;
 mod liveness;
 mod sessions;
+mod share;
 mod streams;
 pub mod subject;
+mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -152,6 +174,10 @@ pub struct Cluster {
     interest_applied: watch::Sender<u64>,
     /// QoS 0 messages dropped because the NATS writer was behind.
     dropped: AtomicU64,
+    /// Messages from NATS dropped as malformed (wire.rs).
+    malformed: AtomicU64,
+    /// Shared subscription groups this node holds members of (share.rs).
+    shares: share::Shares,
     /// The NATS connection is up (set by the client's events), and how often it broke.
     link: Arc<Link>,
     overflowing: AtomicBool,
@@ -224,7 +250,8 @@ impl Cluster {
 
     /// A session subscribed to `filter` (not a replacement of its own subscription).
     pub fn add_interest(&self, filter: &ByteString) {
-        if metrics::is_reserved(filter) {
+        // `$share/` groups are served by share.rs (`add_share`), not by plain interest.
+        if metrics::is_reserved(filter) || filter.starts_with(crate::topic::SHARE_PREFIX) {
             return;
         }
         let mut interest = self.interest.lock();
@@ -246,6 +273,7 @@ impl Cluster {
             // Resubscribed by the client when NATS is back; no answer to wait for now.
             return;
         }
+        self.shares_ready().await;
         let target = self.interest_requested.load(Ordering::Relaxed);
         let mut applied = self.interest_applied.subscribe();
         let ready = tokio::time::timeout(
@@ -260,7 +288,7 @@ impl Cluster {
 
     /// A session's subscription to `filter` ended.
     pub fn remove_interest(&self, filter: &ByteString) {
-        if metrics::is_reserved(filter) {
+        if metrics::is_reserved(filter) || filter.starts_with(crate::topic::SHARE_PREFIX) {
             return;
         }
         let mut interest = self.interest.lock();
@@ -305,6 +333,14 @@ impl ClusterLink for Arc<Cluster> {
 
     fn remove_interest(&self, filter: &ByteString) {
         Cluster::remove_interest(self, filter);
+    }
+
+    fn add_share(&self, filter: &ByteString) {
+        Cluster::add_share(self, filter);
+    }
+
+    fn remove_share(&self, filter: &ByteString) {
+        Cluster::remove_share(self, filter);
     }
 }
 
@@ -380,6 +416,19 @@ pub async fn start(
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .connection_timeout(START_TIMEOUT)
         .connect(addrs)
+        .await
+        .map_err(|e| ClusterError::Connect {
+            urls: urls.clone(),
+            reason: e.to_string(),
+        })?;
+    // Shared subscriptions' queue subscriptions (share.rs) need this node's own
+    // publishes, which `no_echo` keeps from the connection above.
+    let shares_client = connect::options(config)
+        .await?
+        .name(format!("pyo3mq node {node_name} (shared subscriptions)"))
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .connection_timeout(START_TIMEOUT)
+        .connect(parse_urls(setting)?)
         .await
         .map_err(|e| ClusterError::Connect {
             urls: urls.clone(),
@@ -512,11 +561,13 @@ pub async fn start(
         interest_requested: AtomicU64::new(0),
         interest_applied: watch::Sender::new(0),
         dropped: AtomicU64::new(0),
+        malformed: AtomicU64::new(0),
+        shares: share::Shares::default(),
         overflowing: AtomicBool::new(false),
         link,
     });
 
-    mirror_retained(&retained, &names, router.clone(), shutdown.clone()).await?;
+    mirror_retained(&retained, cluster.clone(), router.clone(), shutdown.clone()).await?;
     let reader = consumer
         .stream()
         .max_messages_per_batch(config.cluster_max_ack_pending.clamp(1, 1024))
@@ -547,6 +598,14 @@ pub async fn start(
         node,
         names.clone(),
         outbound_rx,
+    ));
+    tokio::spawn(share::serve_shares(
+        shares_client,
+        reliable,
+        cluster.clone(),
+        router.clone(),
+        config.cluster_max_ack_pending,
+        shutdown.clone(),
     ));
     tokio::spawn(read_from_nats(client, cluster.clone(), router, shutdown));
     Ok(cluster)

@@ -290,6 +290,9 @@ impl Router {
                 cluster.add_interest(filter);
             }
         }
+        for group in self.groups_by_id.lock().values() {
+            cluster.add_share(group.name());
+        }
         let _ = self.cluster.set(Box::new(cluster));
     }
 
@@ -552,8 +555,12 @@ impl Router {
             }
         }
         extra_ids.clear();
-        // One load when no shared subscription exists (the common case).
-        if self.shared_members.load(Ordering::Relaxed) > 0 {
+        // One load when no shared subscription exists (the common case). In cluster
+        // mode groups get messages from NATS instead (cluster/share.rs), one member
+        // cluster-wide, except for the node's own `$SYS` topics.
+        if self.shared_members.load(Ordering::Relaxed) > 0
+            && (self.cluster.get().is_none() || metrics::is_reserved(&msg.topic))
+        {
             let (shared_dropped, shared_matched) = self.publish_shared(&msg, scratch);
             dropped += shared_dropped;
             matched |= shared_matched;

@@ -18,10 +18,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::config::Names;
-use super::streams::parse_meta;
+use super::wire;
 use super::Cluster;
 use crate::broker::router::{MatchScratch, Router};
-use crate::broker::session::Message;
 use crate::topic::SubscriptionTree;
 
 /// Messages from NATS waiting to be routed locally.
@@ -150,35 +149,35 @@ pub(super) async fn read_from_nats(
                 if !active_ids.contains(&id) {
                     continue;
                 }
-                let Some((origin, seq, qos, _retain)) = parse_meta(msg.headers.as_ref()) else {
-                    debug!(subject = %msg.subject, "cluster: ignored a message without pyo3mq's header");
-                    continue;
+                let subject = msg.subject;
+                let wire = match wire::decode(msg.headers.as_ref(), msg.payload) {
+                    Ok(wire) => wire,
+                    Err(e) => {
+                        cluster.drop_malformed(&subject, &e);
+                        continue;
+                    }
                 };
-                if origin == cluster.node {
+                if wire.origin == cluster.node {
                     continue;
                 }
-                let Some(topic) = cluster.names.topic_of(&msg.subject) else {
-                    debug!(subject = %msg.subject, "cluster: ignored a subject pyo3mq did not make");
+                let Some(topic) = cluster.names.topic_of(&subject) else {
+                    debug!(%subject, "cluster: ignored a subject pyo3mq did not make");
                     continue;
                 };
                 let mut copies = 0usize;
                 active.matches(&topic, &mut |_, _| copies += 1);
-                if copies > 1 && !seen.first_copy(origin, seq, copies - 1) {
+                if copies > 1 && !seen.first_copy(wire.origin, wire.seq, copies - 1) {
                     continue;
                 }
                 // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9]; retained copies reach
                 // new subscribers from the mirrored retained tree.
-                router.publish_remote(
-                    Arc::new(Message {
-                        properties: None,
-                        topic: ByteString::from(topic),
-                        payload: msg.payload,
-                        qos,
-                        retain: false,
-                        publisher: ByteString::new(),
-                    }),
-                    &mut scratch,
-                );
+                match wire.message(ByteString::from(topic), false) {
+                    Ok(message) => router.publish_remote(Arc::new(message), &mut scratch),
+                    Err(e) => {
+                        cluster.drop_malformed(&subject, &e);
+                        continue;
+                    }
+                };
                 if scratch.has_blocked() {
                     scratch.wait_for_space().await;
                 }

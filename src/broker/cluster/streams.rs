@@ -1,5 +1,5 @@
-//! What crosses NATS as messages: the header naming a message's origin, sequence, QoS
-//! and RETAIN flag; the writer that sends local publishes (QoS 0 on core NATS, QoS 1/2
+//! The tasks that move messages through NATS (their format is wire.rs's): the writer
+//! that sends local publishes (QoS 0 on core NATS, QoS 1/2
 //! and retained messages to their JetStream streams) and answers flushes; the reader of
 //! the QoS 1/2 stream; and the mirror of the retained stream into the router.
 //!
@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer, stream};
-use async_nats::{Client, HeaderMap};
+use async_nats::Client;
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -17,42 +17,10 @@ use tracing::{debug, error, info, warn};
 
 use super::config::Names;
 use super::link::round_trip;
+use super::wire;
 use super::{Cluster, ClusterError, Outbound, START_TIMEOUT};
 use crate::broker::router::{MatchScratch, Router};
-use crate::broker::session::Message;
 use crate::codec::QoS;
-
-/// The header carrying `ORIGIN:SEQ:QOS:RETAIN` (origin in hex).
-const META: &str = "Pyo3mq-Meta";
-
-fn meta(node: u64, seq: u64, msg: &Message) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        META,
-        format!(
-            "{node:016x}:{seq}:{}:{}",
-            msg.qos as u8,
-            u8::from(msg.retain)
-        ),
-    );
-    headers
-}
-
-/// (origin, seq, qos, retain) from a message's header.
-pub(super) fn parse_meta(headers: Option<&HeaderMap>) -> Option<(u64, u64, QoS, bool)> {
-    let value = headers?.get(META)?.as_str();
-    let mut parts = value.split(':');
-    let origin = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    let qos = match parts.next()? {
-        "0" => QoS::AtMostOnce,
-        "1" => QoS::AtLeastOnce,
-        "2" => QoS::ExactlyOnce,
-        _ => return None,
-    };
-    let retain = parts.next()? == "1";
-    Some((origin, seq, qos, retain))
-}
 
 /// Sends what local publishers forward, in order, and answers flush requests. Each
 /// batch taken from the queue is written, then one flush answers every request in it:
@@ -77,7 +45,7 @@ pub(super) async fn write_to_nats(
         for item in batch.drain(..) {
             match item {
                 Outbound::Publish(msg, seq) => {
-                    let headers = meta(node, seq, &msg);
+                    let (headers, body) = wire::encode(node, seq, &msg);
                     let reliable = msg.qos != QoS::AtMostOnce;
                     if reliable {
                         // JetStream stores a message once per id within its duplicate
@@ -88,10 +56,7 @@ pub(super) async fn write_to_nats(
                             format!("{node:016x}-{seq}").as_str(),
                         );
                         let subject = names.tagged("q", &msg.topic);
-                        match js
-                            .publish_with_headers(subject, stored, msg.payload.clone())
-                            .await
-                        {
+                        match js.publish_with_headers(subject, stored, body.clone()).await {
                             Ok(ack) => acks.push((msg.clone(), ack)),
                             Err(e) => {
                                 if !std::mem::replace(&mut logged_error, true) {
@@ -103,7 +68,7 @@ pub(super) async fn write_to_nats(
                     } else {
                         let subject = names.topic(&msg.topic);
                         let sent = client
-                            .publish_with_headers(subject, headers.clone(), msg.payload.clone())
+                            .publish_with_headers(subject, headers.clone(), body.clone())
                             .await;
                         if let Err(e) = &sent {
                             if !std::mem::replace(&mut logged_error, true) {
@@ -113,10 +78,7 @@ pub(super) async fn write_to_nats(
                     }
                     if msg.retain {
                         let subject = names.tagged("r", &msg.topic);
-                        match js
-                            .publish_with_headers(subject, headers, msg.payload.clone())
-                            .await
-                        {
+                        match js.publish_with_headers(subject, headers, body).await {
                             Ok(ack) => acks.push((msg, ack)),
                             Err(e) => {
                                 error!(topic = %msg.topic, "cluster: retained message not stored in NATS: {e}");
@@ -197,11 +159,11 @@ async fn route_stored(
     router: &Router,
     scratch: &mut MatchScratch,
 ) {
-    let Some((origin, _seq, qos, _retain)) = parse_meta(msg.headers.as_ref()) else {
-        debug!(subject = %msg.subject, "cluster: ignored a stream message without pyo3mq's header");
-        return;
+    let wire = match wire::decode(msg.headers.as_ref(), msg.payload.clone()) {
+        Ok(wire) => wire,
+        Err(e) => return cluster.drop_malformed(&msg.subject, &e),
     };
-    if origin == cluster.node {
+    if wire.origin == cluster.node {
         return;
     }
     let Some(topic) = cluster.names.untagged("q", &msg.subject) else {
@@ -209,17 +171,11 @@ async fn route_stored(
         return;
     };
     // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9].
-    router.publish_remote(
-        Arc::new(Message {
-            properties: None,
-            topic: ByteString::from(topic),
-            payload: msg.payload.clone(),
-            qos,
-            retain: false,
-            publisher: ByteString::new(),
-        }),
-        scratch,
-    );
+    let message = match wire.message(ByteString::from(topic), false) {
+        Ok(message) => message,
+        Err(e) => return cluster.drop_malformed(&msg.subject, &e),
+    };
+    router.publish_remote(Arc::new(message), scratch);
     if scratch.has_blocked() {
         scratch.wait_for_space().await;
     }
@@ -229,7 +185,7 @@ async fn route_stored(
 /// returning, then every change as it comes, until shutdown.
 pub(super) async fn mirror_retained(
     stream: &stream::Stream,
-    names: &Names,
+    cluster: Arc<Cluster>,
     router: Arc<Router>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ClusterError> {
@@ -237,7 +193,7 @@ pub(super) async fn mirror_retained(
     let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            filter_subject: names.all("r"),
+            filter_subject: cluster.names.all("r"),
             ..Default::default()
         })
         .await
@@ -251,22 +207,18 @@ pub(super) async fn mirror_retained(
         .messages()
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let names = names.clone();
     let stream_name = stream.cached_info().config.name.clone();
     let apply = move |router: &Router, msg: &jetstream::Message| {
-        let Some(topic) = names.untagged("r", &msg.subject) else {
+        let Some(topic) = cluster.names.untagged("r", &msg.subject) else {
             debug!(subject = %msg.subject, "cluster: ignored a retained stream subject");
             return;
         };
-        let qos = parse_meta(msg.headers.as_ref()).map_or(QoS::AtMostOnce, |m| m.2);
-        router.set_retained(Arc::new(Message {
-            properties: None,
-            topic: ByteString::from(topic),
-            payload: msg.payload.clone(),
-            qos,
-            retain: true,
-            publisher: ByteString::new(),
-        }));
+        let retained = wire::decode(msg.headers.as_ref(), msg.payload.clone())
+            .and_then(|wire| wire.message(ByteString::from(topic), true));
+        match retained {
+            Ok(message) => router.set_retained(Arc::new(message)),
+            Err(e) => cluster.drop_malformed(&msg.subject, &e),
+        }
     };
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     let mut loaded = 0u64;
@@ -305,26 +257,4 @@ pub(super) async fn mirror_retained(
         }
     });
     Ok(())
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_round_trip() {
-        let msg = Message {
-            properties: None,
-            topic: ByteString::from_static("a"),
-            payload: bytes::Bytes::new(),
-            qos: QoS::ExactlyOnce,
-            retain: true,
-            publisher: ByteString::new(),
-        };
-        let headers = meta(0xabc, 7, &msg);
-        assert_eq!(
-            parse_meta(Some(&headers)),
-            Some((0xabc, 7, QoS::ExactlyOnce, true))
-        );
-        assert_eq!(parse_meta(None), None);
-    }
 }

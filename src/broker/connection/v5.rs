@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::time::timeout;
 use tracing::{debug, info};
 
+use crate::broker::cluster::RouterCluster;
 use crate::broker::hooks::Event;
 use crate::broker::router::{Attach, ConnHandle, Session};
 use crate::broker::session::{AckKind, MessageProperties};
@@ -285,6 +286,13 @@ impl Connection {
                 .map(|((f, _), r)| (f.clone(), r.0))
                 .collect(),
         });
+        // Cluster mode, as for 3.1.1 (handlers.rs): the other nodes' messages reach this
+        // node after the SUBACK, and a client moving to another node finds its
+        // subscriptions there.
+        if let Some(cluster) = self.router.cluster() {
+            Box::pin(cluster.interest_ready()).await;
+            Box::pin(cluster.session_changed(&self.router, session)).await;
+        }
         // [MQTT-3.8.4-1], [MQTT-3.9.3-1]: one code per filter, in order.
         let suback = self.suback_properties(reason_string.as_ref(), |properties| {
             Packet::SubAckV5(SubAckV5 {

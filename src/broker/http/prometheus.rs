@@ -242,6 +242,11 @@ pub fn render(router: &Router) -> String {
             "QoS 0 messages not sent to other nodes because the NATS writer was behind.",
             cluster.dropped(),
         );
+        out.counter(
+            "pyo3mq_cluster_malformed_total",
+            "Messages from NATS dropped because their header or MQTT 5.0 properties were malformed.",
+            cluster.malformed(),
+        );
     }
     out.text
 }

@@ -29,4 +29,11 @@ pub trait ClusterLink: Any + Send + Sync + std::fmt::Debug {
 
     /// A session's subscription to `filter` ended.
     fn remove_interest(&self, filter: &ByteString);
+
+    /// This node's first member of the shared group `filter` (`$share/GROUP/FILTER`)
+    /// joined: the group's messages now come through the cluster.
+    fn add_share(&self, filter: &ByteString);
+
+    /// This node's last member of the shared group `filter` left.
+    fn remove_share(&self, filter: &ByteString);
 }

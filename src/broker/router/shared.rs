@@ -69,6 +69,11 @@ impl fmt::Debug for SharedGroup {
 }
 
 impl SharedGroup {
+    /// `$share/{ShareName}/{filter}`.
+    pub(super) fn name(&self) -> &ByteString {
+        &self.name
+    }
+
     fn new(id: ShareId, name: ByteString) -> SharedGroup {
         SharedGroup {
             id,
@@ -168,6 +173,10 @@ impl Router {
                 let group = Arc::new(SharedGroup::new(self.new_share_id(), filter.clone()));
                 self.groups_by_id.lock().insert(group.id, group.clone());
                 tree.insert(share.filter, name, group.clone());
+                // Cluster mode: the group's messages come through NATS (cluster/share.rs).
+                if let Some(cluster) = self.cluster.get() {
+                    cluster.add_share(filter);
+                }
                 group
             }
         };
@@ -221,6 +230,9 @@ impl Router {
         if members.list.is_empty() {
             tree.remove(share.filter, &name);
             self.groups_by_id.lock().remove(&group.id);
+            if let Some(cluster) = self.cluster.get() {
+                cluster.remove_share(&group.name);
+            }
         }
         drop(members);
         Some(group)
@@ -276,6 +288,38 @@ impl Router {
             dropped = lost,
             "shared subscription member left: its unacknowledged messages go to other members"
         );
+    }
+
+    /// Cluster mode: routes a message NATS gave this node for the group `filter`
+    /// (`$share/GROUP/FILTER`, cluster/share.rs) to one of its local members. False
+    /// when the group has no member here (any more): another node should have it.
+    pub fn publish_to_group(
+        &self,
+        filter: &str,
+        msg: Arc<Message>,
+        scratch: &mut MatchScratch,
+    ) -> bool {
+        let Some(share) = topic::parse_shared(filter).ok().flatten() else {
+            return false;
+        };
+        let group = self
+            .shared
+            .read()
+            .get(share.filter, &ByteString::from(share.group))
+            .cloned();
+        let Some((outcome, session)) = group.and_then(|group| group.route(&msg)) else {
+            return false;
+        };
+        let dropped = count_drops(&session, outcome);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if let Some(flow) = &session.flow {
+            if session.state.lock().queued_len() >= flow.high_water {
+                scratch.blocked.push(session);
+            }
+        }
+        true
     }
 
     /// Routes `msg` to one member of each matching group; returns the messages dropped
