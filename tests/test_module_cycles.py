@@ -105,3 +105,21 @@ def test_parents_children_and_comments_are_not_cycles(tmp_path):
     result = run(src)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no cycles" in result.stdout
+
+
+def test_two_deeper_siblings_that_use_each_other_fail(tmp_path):
+    # Inside one second-level subtree (broker::router), two of its modules import each
+    # other: not visible when the subtree counts whole, still a cycle.
+    src = tree(
+        tmp_path,
+        {
+            "lib.rs": "pub mod broker;\n",
+            "broker.rs": "pub mod router;\n",
+            "broker/router.rs": "mod a;\nmod b;\n",
+            "broker/router/a.rs": "use super::b::B;\npub struct A;\n",
+            "broker/router/b.rs": "use crate::broker::router::a::A;\npub struct B;\n",
+        },
+    )
+    result = run(src)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "cycle: broker::router::a, broker::router::b" in result.stdout

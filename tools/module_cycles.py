@@ -5,10 +5,10 @@ Reads every `src/**/*.rs`, turns its `use` declarations and the `crate::`, `supe
 `self::` paths in its code into edges between modules, and reports each cycle: a strongly
 connected component of more than one module. Exits 1 if there is one, 0 otherwise.
 
-Modules are counted at the first two levels (`broker::router`, `broker::session`,
-`client::state`, `python::bridge`, ...): a deeper module belongs to its second-level
-ancestor (`broker::router::clients` is `broker::router`), so what a module does inside
-its own subtree is its business. A path
+Checked twice: with second-level subtrees as wholes (`broker::router::clients` counts
+as `broker::router`, so a subtree as a whole cannot depend on a module that depends on
+it), then with every module on its own at any depth (`broker::router::clients` and
+`broker::router::will` are two modules, and may not import each other). A path
 names the deepest module it reaches (`crate::broker::router::Router` is
 `broker::router`, `crate::broker::Config` is `broker`).
 
@@ -30,7 +30,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEPTH = 2
+# Checked at two granularities: second-level subtrees as wholes (`broker::router` with
+# everything under it must not depend on a module that depends on it), then every
+# module on its own, at any depth.
+DEPTHS = (2, 64)
 # Top-level modules to count whole (none today: the codec's and the topic module's own
 # files are checked like the broker's).
 WHOLE: set[str] = set()
@@ -229,7 +232,7 @@ class Crate:
                 break
         return base
 
-    def edges(self) -> list[Edge]:
+    def edges(self, depth: int) -> list[Edge]:
         out: list[Edge] = []
         for file, path, text in self.files:
             scopes = self.inline_mods(path, text)
@@ -255,7 +258,7 @@ class Crate:
                 target = self.resolve(scope, segs)
                 if target is None:
                     continue
-                source, dest = node(scope), node(target)
+                source, dest = node(scope, depth), node(target, depth)
                 if source == dest or dest == source[: len(dest)]:
                     continue  # inside one module, or a module using its ancestor's items
                 line = text.count("\n", 0, offset) + 1
@@ -264,8 +267,8 @@ class Crate:
         return out
 
 
-def node(path: tuple[str, ...]) -> tuple[str, ...]:
-    return path[:1] if path[:1] and path[0] in WHOLE else path[:DEPTH]
+def node(path: tuple[str, ...], depth: int) -> tuple[str, ...]:
+    return path[:1] if path[:1] and path[0] in WHOLE else path[:depth]
 
 
 def name(path: tuple[str, ...]) -> str:
@@ -326,14 +329,19 @@ def main(argv: list[str]) -> int:
     if not (src / "lib.rs").is_file() and not (src / "main.rs").is_file():
         print(f"module_cycles: no lib.rs or main.rs in {src}", file=sys.stderr)
         return 2
-    edges = Crate(src).edges()
-    found = cycles(edges)
-    for component in found:
-        members = set(component)
-        print(f"cycle: {', '.join(name(m) for m in component)}")
-        for e in sorted(set(edges), key=lambda e: (e.source, e.target, e.file, e.line)):
-            if e.source in members and e.target in members:
-                print(f"  {name(e.source)} -> {name(e.target)}  {e.file}:{e.line}: {e.text}")
+    crate = Crate(src)
+    found: list[list[tuple[str, ...]]] = []
+    for depth in DEPTHS:
+        edges = crate.edges(depth)
+        for component in cycles(edges):
+            if component in found:
+                continue
+            found.append(component)
+            members = set(component)
+            print(f"cycle: {', '.join(name(m) for m in component)}")
+            for e in sorted(set(edges), key=lambda e: (e.source, e.target, e.file, e.line)):
+                if e.source in members and e.target in members:
+                    print(f"  {name(e.source)} -> {name(e.target)}  {e.file}:{e.line}: {e.text}")
     if found:
         print(f"module_cycles: {len(found)} cycle(s) between modules", file=sys.stderr)
         return 1
