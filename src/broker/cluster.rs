@@ -40,6 +40,7 @@
 
 mod config;
 mod connect;
+mod handover;
 mod link;
 mod liveness;
 mod sessions;
@@ -154,6 +155,8 @@ pub struct Cluster {
     /// The NATS connection is up (set by the client's events), and how often it broke.
     link: Arc<Link>,
     overflowing: AtomicBool,
+    /// Sessions moving in and out with their stream messages ([`handover`]).
+    moves: handover::Moves,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -408,6 +411,12 @@ pub async fn start(
         })
         .await
         .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
+    // Everything up to the consumer's acknowledged floor was routed (by this node's
+    // previous run, or before it existed).
+    let moves = handover::Moves::new(
+        reliable.clone(),
+        consumer.cached_info().ack_floor.stream_sequence,
+    );
     let bucket = names.stream("SESSIONS");
     let sessions = match js.get_key_value(&bucket).await {
         Ok(store) => store,
@@ -469,6 +478,7 @@ pub async fn start(
         dropped: AtomicU64::new(0),
         overflowing: AtomicBool::new(false),
         link,
+        moves,
     });
 
     mirror_retained(&retained, &names, router.clone(), shutdown.clone()).await?;
@@ -502,6 +512,7 @@ pub async fn start(
         node,
         names.clone(),
         outbound_rx,
+        cluster.moves.stored.clone(),
     ));
     tokio::spawn(read_from_nats(client, cluster.clone(), router, shutdown));
     Ok(cluster)

