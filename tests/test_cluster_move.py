@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from support.mqtt_raw import RawClient
+from support.mqtt_raw import RawClient, ack, publish
 from support.teardown import closed_at_teardown
 from test_cluster_faults import kill, read_record, record_offline_since
 from test_cluster_jetstream import Cluster, cluster, paho, persistent_subscriber  # noqa: F401
-from test_pubsub import MARK, Msg, PahoClient
+from test_pubsub import MARK, PUBCOMP, PUBREC, PUBREL, Msg, PahoClient
+from test_sessions import connack, publish_q2, wire
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,3 +126,43 @@ def test_session_of_a_killed_node_comes_back_from_the_stream(
     pub.publish("mk/x", MARK, qos=qos)
     got = received_until_mark(back, "mk/x", qos)
     assert got == [*sent, MARK]
+
+
+def test_qos2_resent_to_another_node_after_a_crash_is_delivered_once(
+    cluster: Cluster,  # noqa: F811
+    paho: Callable[..., PahoClient],  # noqa: F811
+    raw: Callable[[int], RawClient],
+) -> None:
+    """A QoS 2 publisher on A gets its PUBREC (the message is stored); A is SIGKILLed
+    before the PUBREL; the publisher resends the PUBLISH (DUP, same packet id) to B: B
+    acknowledges it without routing it again (the packet id is in the cluster's QoS 2
+    bucket), so the subscriber on C gets it once. Once released, the id is free: a
+    resend-flagged PUBLISH with it, and one with an id never stored, are new messages."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    c = cluster.node("c")
+    sub = paho(c.port, "q2-sub")
+    assert sub.subscribe(("q2/#", 2)) == [2]
+    first = raw(a.port)
+    assert connack(first, "q2-pub", clean=False) == b"\x20\x02\x00\x00"
+    first.send(publish("q2/x", b"once", qos=2, pkid=7))
+    assert wire(first.recv()) == ack(PUBREC, 7)
+    assert sub.next_msg() == Msg("q2/x", b"once", 2)
+    kill(a)
+    again = raw(b.port)
+    assert connack(again, "q2-pub", clean=False)[:2] == b"\x20\x02"
+    again.send(publish("q2/x", b"once", qos=2, pkid=7, dup=True))
+    assert wire(again.recv()) == ack(PUBREC, 7)
+    again.send(ack(PUBREL, 7))
+    assert wire(again.recv()) == ack(PUBCOMP, 7)
+    for pkid, payload in ((7, b"reused"), (9, b"never stored")):
+        again.send(publish("q2/x", payload, qos=2, pkid=pkid, dup=True))
+        assert wire(again.recv()) == ack(PUBREC, pkid)
+        again.send(ack(PUBREL, pkid))
+        assert wire(again.recv()) == ack(PUBCOMP, pkid)
+    publish_q2(again, "q2/x", MARK, 8)
+    assert sub.until() == [
+        Msg("q2/x", b"reused", 2),
+        Msg("q2/x", b"never stored", 2),
+        Msg("q2/x", MARK, 2),
+    ]

@@ -43,6 +43,7 @@ mod connect;
 mod handover;
 mod link;
 mod liveness;
+mod qos2;
 mod sessions;
 mod streams;
 pub mod subject;
@@ -157,6 +158,8 @@ pub struct Cluster {
     overflowing: AtomicBool,
     /// Sessions moving in and out with their stream messages ([`handover`]).
     moves: handover::Moves,
+    /// Inbound QoS 2 packet ids stored and not yet released ([`qos2`]).
+    qos2: jetstream::kv::Store,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -433,6 +436,7 @@ pub async fn start(
             .await
             .map_err(|e| ClusterError::Stream(format!("bucket {bucket}: {e}")))?,
     };
+    let qos2 = qos2::bucket(&js, &names, config).await?;
     // Node liveness: keys that expire unless renewed (see [`liveness`]).
     let nodes_bucket = names.stream("NODES");
     let nodes = match js.get_key_value(&nodes_bucket).await {
@@ -479,6 +483,7 @@ pub async fn start(
         overflowing: AtomicBool::new(false),
         link,
         moves,
+        qos2,
     });
 
     mirror_retained(&retained, &names, router.clone(), shutdown.clone()).await?;

@@ -95,3 +95,30 @@ impl Connection {
         Box::pin(cluster.session_closed(&self.client_id, closed)).await;
     }
 }
+
+/// Inbound QoS 2 across nodes (broker/cluster/qos2.rs).
+impl Connection {
+    /// Whether a resent QoS 2 PUBLISH was stored by the cluster already (on the node
+    /// this client was connected to before): then it is not routed again.
+    pub(super) async fn qos2_stored(&self, pkid: u16) -> bool {
+        match self.router.cluster() {
+            Some(cluster) => Box::pin(cluster.qos2_stored(&self.client_id, pkid)).await,
+            None => false,
+        }
+    }
+
+    /// A QoS 2 packet id now held (`true`, its message routed) or released: recorded in
+    /// the cluster before this read's acknowledgements go out ([`Self::settle_qos2`]).
+    pub(super) fn qos2_event(&mut self, pkid: u16, held: bool) {
+        if self.router.cluster().is_some() {
+            self.scratch.cluster_qos2.push((pkid, held));
+        }
+    }
+
+    pub(super) async fn settle_qos2(&mut self) {
+        let events = std::mem::take(&mut self.scratch.cluster_qos2);
+        if let Some(cluster) = self.router.cluster() {
+            Box::pin(cluster.qos2_settle(&self.client_id, &events)).await;
+        }
+    }
+}

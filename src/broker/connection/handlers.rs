@@ -62,6 +62,11 @@ impl Connection {
                 "cluster: the messages could not be sent to NATS: closing unacknowledged",
             )));
         }
+        // Cluster mode: QoS 2 packet ids recorded (after their messages were stored)
+        // before the PUBRECs, released before the PUBCOMPs.
+        if !self.scratch.cluster_qos2.is_empty() {
+            Box::pin(self.settle_qos2()).await;
+        }
         // Slow in-process subscribers that chose flow control hold this publisher here,
         // before it reads more (no wait at all unless there are such subscribers).
         if self.scratch.has_blocked() {
@@ -196,7 +201,12 @@ impl Connection {
                         let refused_v5 = !allowed && self.protocol == Protocol::V5;
                         let mut matched = true;
                         if !refused_v5 && session.state.lock().on_inbound_qos2(pkid) && allowed {
-                            matched = self.route(msg);
+                            // Cluster mode: a resend another node stored already is not
+                            // routed again (cluster/qos2.rs).
+                            if !(publish.dup && Box::pin(self.qos2_stored(pkid)).await) {
+                                matched = self.route(msg);
+                            }
+                            self.qos2_event(pkid, true);
                         }
                         let published = match verdict {
                             Ok(()) => Published::Accepted { matched },
@@ -232,6 +242,7 @@ impl Connection {
             }
             Packet::PubRel(pkid) => {
                 session.state.lock().on_inbound_pubrel(pkid);
+                self.qos2_event(pkid, false);
                 self.send_packet(&Packet::PubComp(pkid));
             }
             Packet::PubComp(pkid) => {
