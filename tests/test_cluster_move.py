@@ -75,12 +75,19 @@ def test_session_moves_to_a_live_node_with_every_message_in_order(
     failed: list[BaseException] = []
 
     def keep_publishing() -> None:
-        # Acknowledged one after another: the move happens somewhere in this run.
+        # Pipelined (paho's window of 20 unacknowledged), so that messages are on
+        # their way through the stream while the session moves.
         try:
+            infos = []
             while len(sent) < target[0]:
                 payload = b"%d" % len(sent)
-                pub.publish("mv/x", payload, qos=qos)
+                infos.append(pub.publish_async("mv/x", payload, qos=qos))
                 sent.append(payload)
+                if len(infos) % 10 == 0:
+                    infos[-10].wait_for_publish(10)
+            for info in infos:
+                info.wait_for_publish(10)
+                assert info.is_published()
         except BaseException as e:  # reported by the test thread
             failed.append(e)
 
