@@ -37,6 +37,14 @@
 //! - Liveness: each node renews a key that expires in a KV bucket; the survivors of a
 //!   node whose key expired publish its clients' wills, one survivor each
 //!   ([`liveness`]).
+//! - Sessions move between nodes with their QoS 1/2 messages ([`handover`]): the old
+//!   node gives a session up between two messages of its stream reader and says where
+//!   it stood (a cut, also kept in the record of a session whose client went offline,
+//!   for when that node dies); the new node, its own reader paused, takes the session
+//!   in and queues from the stream what neither node had routed to it, in order, once.
+//! - Inbound QoS 2 exactly once across nodes ([`qos2`]): the packet ids of stored QoS 2
+//!   messages are kept in a KV bucket from PUBREC to PUBREL, so a resend (DUP) to
+//!   another node after a crash is acknowledged, not routed again.
 
 mod config;
 mod connect;

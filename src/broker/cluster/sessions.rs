@@ -10,8 +10,11 @@
 //! A closes the client's connection there as a local takeover does, removes the
 //! session, and answers with what it held (subscriptions, queued and inflight messages).
 //! B takes that in as an offline session and the client resumes it with session
-//! present. If A does not answer (it is gone) or holds nothing, B takes the
-//! subscriptions from the record; what A had queued is lost with A. B's CONNACK waits
+//! present, with the stream messages A had not routed to it (the answer's cut,
+//! [`super::handover`]). If A does not answer (it is gone) or holds nothing, B takes
+//! the subscriptions from the record, and the stream messages since the record's
+//! checkpoint (written when the client went offline); what A had queued at that
+//! moment is lost with A. B's CONNACK waits
 //! for all this (bounded). Claiming before asking settles races: A ignores a request
 //! once it claimed the record again itself, and a connection attached after another
 //! node's claim finds the record naming that node and is refused.
