@@ -20,7 +20,7 @@ from support.teardown import closed_at_teardown
 from test_cluster_faults import kill, read_record, record_offline_since
 from test_cluster_jetstream import Cluster, cluster, paho, persistent_subscriber  # noqa: F401
 from test_pubsub import MARK, PUBCOMP, PUBREC, PUBREL, Msg, PahoClient
-from test_sessions import connack, publish_q2, wire
+from test_sessions import connack, next_publish, publish_q2, subscribe_ok, wire
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -177,3 +177,36 @@ def test_qos2_resent_to_another_node_after_a_crash_is_delivered_once(
         Msg("q2/x", b"never stored", 2),
         Msg("q2/x", MARK, 2),
     ]
+
+
+def test_qos2_delivery_in_its_pubrel_stage_resumes_on_another_node(
+    cluster: Cluster,  # noqa: F811
+    paho: Callable[..., PahoClient],  # noqa: F811
+    raw: Callable[[int], RawClient],
+) -> None:
+    """A subscriber on A gets a QoS 2 PUBLISH, sends PUBREC and gets the PUBREL; A is
+    SIGKILLed before the PUBCOMP. Reconnecting to C, the subscriber gets the PUBREL
+    again (the packet id was in the cluster's QoS 2 bucket), not the PUBLISH: after its
+    PUBCOMP, the next PUBLISH is the message published after."""
+    a = cluster.node("a")
+    b = cluster.node("b")
+    c = cluster.node("c")
+    sub = raw(a.port)
+    assert connack(sub, "q2o-sub", clean=False) == b"\x20\x02\x00\x00"
+    subscribe_ok(sub, 1, ("q2o/#", 2))
+    pub = paho(b.port, "q2o-pub")
+    pub.publish("q2o/x", b"half", qos=2)
+    delivery = next_publish(sub)
+    topic, _, payload = delivery.publish_fields()
+    assert (topic, payload) == ("q2o/x", b"half")
+    pkid = delivery.pkid
+    sub.send(ack(PUBREC, pkid))
+    assert wire(sub.recv()) == ack(PUBREL, pkid)
+    kill(a)
+    back = raw(c.port)
+    assert connack(back, "q2o-sub", clean=False) == b"\x20\x02\x01\x00"
+    assert wire(back.recv()) == ack(PUBREL, pkid)
+    back.send(ack(PUBCOMP, pkid))
+    pub.publish("q2o/x", MARK, qos=2)
+    after = next_publish(back)
+    assert after.publish_fields()[0::2] == ("q2o/x", MARK)

@@ -72,6 +72,7 @@ pub use config::{check_names, parse_urls};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
 pub use connect::check_connection;
 use link::{read_from_nats, Link};
+pub use qos2::Qos2Step;
 pub use sessions::{Claim, Closed, Will};
 use streams::{mirror_retained, read_reliable, write_to_nats};
 

@@ -126,9 +126,9 @@ pub struct MatchScratch {
     /// the publisher acknowledges only after [`Router::cluster_flushed`].
     pub(crate) cluster_pending: bool,
     pub(crate) cluster_lost: bool,
-    /// Cluster mode: inbound QoS 2 packet ids stored (true) or released (false) in this
-    /// read, recorded in the cluster before the acknowledgements go out.
-    pub(crate) cluster_qos2: Vec<(u16, bool)>,
+    /// Cluster mode: the QoS 2 steps of this read, recorded in the cluster before the
+    /// acknowledgements go out.
+    pub(crate) cluster_qos2: Vec<(u16, crate::broker::cluster::Qos2Step)>,
     /// Shared subscription groups the topic matches (used only while groups exist).
     groups: Vec<Arc<SharedGroup>>,
 }

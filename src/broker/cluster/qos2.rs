@@ -13,19 +13,44 @@
 //! packets does this in one round of requests, whatever the number of QoS 2 messages
 //! in it; only a PUBLISH with DUP set is looked up, a first send never is.
 //!
-//! Keys outlive a publisher that never sends the PUBREL by `cluster_max_age` at most
+//! Outbound, the same bucket keeps the packet ids of deliveries in their PUBREL stage:
+//! written when the subscriber's PUBREC comes (before the PUBREL goes out), deleted at
+//! its PUBCOMP. A node taking in the session of a dead node puts those ids back in the
+//! session as released deliveries, so the subscriber gets the PUBREL again (and with
+//! it, for clients such as paho, hands the message over), never the PUBLISH.
+//!
+//! Keys outlive a client that never finishes its flow by `cluster_max_age` at most
 //! (the bucket's `max_age`, the stream's own limit).
 
-use async_nats::jetstream::{self, kv, stream};
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use tracing::{debug, warn};
 
 use super::config::Names;
-use super::sessions::{bounded, key_of};
-use super::{Cluster, ClusterError};
+use super::sessions::{bounded, key_of, Record};
+use super::{Cluster, ClusterError, STORE_TIMEOUT};
 use crate::broker::config::Config;
+use crate::broker::session::Message;
+use crate::broker::store::StoredMessage;
+use crate::codec::QoS;
+
+/// What a connection's read did to a QoS 2 flow, recorded in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos2Step {
+    /// Inbound: the message is stored (its PUBREC is going out).
+    Stored,
+    /// Inbound: the publisher's PUBREL came.
+    Released,
+    /// Outbound: the subscriber's PUBREC came (the PUBREL is going out).
+    Received,
+    /// Outbound: the subscriber's PUBCOMP came.
+    Completed,
+}
 
 /// The bucket of QoS 2 packet ids (created if missing).
 pub(super) async fn bucket(
@@ -50,9 +75,17 @@ pub(super) async fn bucket(
     .map_err(|e| ClusterError::Stream(format!("bucket {name}: {e}")))
 }
 
-/// The key of a publisher's packet id.
-fn key(client_id: &str, pkid: u16) -> String {
-    format!("{}.{pkid}", key_of(client_id))
+/// The keys of a client's packet ids: `i.HEX.` for what it publishes, `o.HEX.` for
+/// what it is delivered.
+fn key_prefix(client_id: &str, outbound: bool) -> String {
+    let client = key_of(client_id);
+    let hex = client.strip_prefix("c.").unwrap_or(&client);
+    format!("{}.{hex}.", if outbound { "o" } else { "i" })
+}
+
+/// The key of a publisher's packet id, or of a delivery's.
+fn key(client_id: &str, pkid: u16, outbound: bool) -> String {
+    format!("{}{pkid}", key_prefix(client_id, outbound))
 }
 
 impl Cluster {
@@ -65,7 +98,7 @@ impl Cluster {
         }
         match bounded(
             "reading a QoS 2 packet id",
-            self.qos2.entry(key(client_id, pkid)),
+            self.qos2.entry(key(client_id, pkid, false)),
         )
         .await
         {
@@ -78,22 +111,23 @@ impl Cluster {
         }
     }
 
-    /// Records the QoS 2 packet ids of messages now stored (`true`) and removes the
-    /// released ones (`false`), in the order the packets came; the last of each id
-    /// counts. Bounded; a failure costs exactly once only if this node dies before the
-    /// PUBREL.
-    pub async fn qos2_settle(&self, client_id: &ByteString, events: &[(u16, bool)]) {
+    /// Records the QoS 2 steps of one read, in the order the packets came; the last
+    /// step of each key counts. Bounded; a failure costs exactly once only if this node
+    /// dies in the middle of that flow.
+    pub async fn qos2_settle(&self, client_id: &ByteString, events: &[(u16, Qos2Step)]) {
         if !self.linked() {
             return;
         }
-        let mut last: Vec<(u16, bool)> = Vec::with_capacity(events.len());
-        for &(pkid, stored) in events.iter().rev() {
-            if !last.iter().any(|(seen, _)| *seen == pkid) {
-                last.push((pkid, stored));
+        let mut last: Vec<(String, bool)> = Vec::with_capacity(events.len());
+        for &(pkid, step) in events.iter().rev() {
+            let outbound = matches!(step, Qos2Step::Received | Qos2Step::Completed);
+            let key = key(client_id, pkid, outbound);
+            if !last.iter().any(|(seen, _)| *seen == key) {
+                last.push((key, matches!(step, Qos2Step::Stored | Qos2Step::Received)));
             }
         }
-        let writes = last.into_iter().map(|(pkid, stored)| async move {
-            let key = key(client_id, pkid);
+        let writes = last.into_iter().map(|(key, stored)| async move {
+            let pkid = key.rsplit('.').next().unwrap_or_default().to_string();
             let done = if stored {
                 bounded(
                     "recording a QoS 2 packet id",
@@ -112,8 +146,82 @@ impl Cluster {
         });
         let failed = join_all(writes).await.into_iter().filter(|ok| !ok).count();
         if failed > 0 {
-            warn!(%client_id, "cluster: {failed} QoS 2 packet id(s) not recorded in NATS: a resend on another node after this one died could come twice");
+            warn!(%client_id, "cluster: {failed} QoS 2 packet id(s) not recorded in NATS: should this node die, that flow may not finish exactly once");
         }
+    }
+
+    /// The record of a dead node's session, with the deliveries it had in their PUBREL
+    /// stage (released, no message: only the PUBREL is sent again).
+    pub(super) async fn with_released(&self, client_id: &ByteString, mut record: Record) -> Record {
+        match self.released_deliveries(client_id).await {
+            Ok(pkids) => {
+                record.pending.splice(
+                    0..0,
+                    pkids.into_iter().map(|pkid| StoredMessage {
+                        msg: Arc::new(Message {
+                            topic: ByteString::new(),
+                            payload: Bytes::new(),
+                            qos: QoS::ExactlyOnce,
+                            retain: false,
+                            publisher: ByteString::new(),
+                            properties: None,
+                        }),
+                        qos: QoS::ExactlyOnce,
+                        retain: false,
+                        pkid: Some(pkid),
+                        released: true,
+                    }),
+                );
+            }
+            Err(e) => {
+                warn!(%client_id, "cluster: QoS 2 deliveries awaiting PUBCOMP not read ({e}): their PUBRELs are not sent again");
+            }
+        }
+        record
+    }
+
+    /// The client's outbound packet ids in their PUBREL stage: the last entry of each
+    /// of its keys, read from the bucket's stream (one request when there is none).
+    async fn released_deliveries(&self, client_id: &ByteString) -> Result<Vec<u16>, String> {
+        let filter = format!("{}{}*", self.qos2.prefix, key_prefix(client_id, true));
+        let mut consumer = bounded(
+            "reading QoS 2 deliveries",
+            self.qos2
+                .stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    filter_subject: filter,
+                    ..Default::default()
+                }),
+        )
+        .await?;
+        let mut pending = bounded("reading QoS 2 deliveries", consumer.info())
+            .await?
+            .num_pending;
+        let mut pkids = Vec::new();
+        if pending == 0 {
+            return Ok(pkids);
+        }
+        let mut messages = bounded("reading QoS 2 deliveries", consumer.messages()).await?;
+        let deadline = tokio::time::Instant::now() + STORE_TIMEOUT;
+        while pending > 0 {
+            let msg = match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(None) | Err(_) => return Err("the stream did not answer".to_string()),
+            };
+            pending = msg.info().map_or(0, |info| info.pending);
+            let deleted = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() != "PUT");
+            let pkid = msg.subject.rsplit('.').next().and_then(|p| p.parse().ok());
+            if let (false, Some(pkid)) = (deleted, pkid) {
+                pkids.push(pkid);
+            }
+        }
+        Ok(pkids)
     }
 }
 
@@ -123,8 +231,9 @@ mod tests {
 
     #[test]
     fn keys_are_per_client_and_packet_id() {
-        assert_eq!(key("a", 7), "c.61.7");
-        assert_eq!(key("", 65535), "c._.65535");
-        assert_ne!(key("a", 17), key("a1", 7));
+        assert_eq!(key("a", 7, false), "i.61.7");
+        assert_eq!(key("a", 7, true), "o.61.7");
+        assert_eq!(key("", 65535, false), "i._.65535");
+        assert_ne!(key("a", 17, false), key("a1", 7, false));
     }
 }

@@ -501,7 +501,9 @@ impl Cluster {
             let (Some(owner), Some(record)) = (previous, record) else {
                 return Ok(());
             };
-            let taken = match self.ask_owner(client_id, owner).await {
+            let answer = self.ask_owner(client_id, owner).await;
+            let given = matches!(answer, Answer::Given(_));
+            let taken = match answer {
                 Answer::Given(given) => Some(given),
                 // Gone (dead), or it holds nothing (the session left it as the record
                 // was claimed, or a survivor of a dead node claimed the record): the
@@ -513,6 +515,12 @@ impl Cluster {
                 Answer::Gone | Answer::Nothing => None,
             };
             if let Some(taken) = taken.filter(|_| !claim.clean) {
+                // From a dead node: its deliveries awaiting PUBCOMP come from the cluster.
+                let taken = if given {
+                    taken
+                } else {
+                    self.with_released(client_id, taken).await
+                };
                 if self.take_in(router, client_id, taken).await {
                     info!(%client_id, "cluster: session taken over from another node");
                 }

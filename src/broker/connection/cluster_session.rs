@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::broker::cluster::{Claim, Closed, Will};
+use crate::broker::cluster::{Claim, Closed, Qos2Step, Will};
 use crate::broker::router::{Held, Session};
 use crate::codec::{Connect, Protocol};
 
@@ -107,11 +107,11 @@ impl Connection {
         }
     }
 
-    /// A QoS 2 packet id now held (`true`, its message routed) or released: recorded in
-    /// the cluster before this read's acknowledgements go out ([`Self::settle_qos2`]).
-    pub(super) fn qos2_event(&mut self, pkid: u16, held: bool) {
+    /// A step of a QoS 2 flow, recorded in the cluster before this read's
+    /// acknowledgements go out ([`Self::settle_qos2`]).
+    pub(super) fn qos2_event(&mut self, pkid: u16, step: Qos2Step) {
         if self.router.cluster().is_some() {
-            self.scratch.cluster_qos2.push((pkid, held));
+            self.scratch.cluster_qos2.push((pkid, step));
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
+use crate::broker::cluster::Qos2Step;
 use crate::broker::hooks::{Event, Refusal};
 use crate::broker::metrics::{self, Action, DropReason, HookKind};
 use crate::broker::router::Session;
@@ -206,7 +207,7 @@ impl Connection {
                             if !(publish.dup && Box::pin(self.qos2_stored(pkid)).await) {
                                 matched = self.route(msg);
                             }
-                            self.qos2_event(pkid, true);
+                            self.qos2_event(pkid, Qos2Step::Stored);
                         }
                         let published = match verdict {
                             Ok(()) => Published::Accepted { matched },
@@ -237,12 +238,13 @@ impl Connection {
                         debug!(client_id = %self.client_id, pkid, "PUBREC for an unknown packet id");
                     }
                 }
+                self.qos2_event(pkid, Qos2Step::Received);
                 // Answered even for an unknown id so the client can finish its flow.
                 self.send_packet(&Packet::PubRel(pkid));
             }
             Packet::PubRel(pkid) => {
                 session.state.lock().on_inbound_pubrel(pkid);
-                self.qos2_event(pkid, false);
+                self.qos2_event(pkid, Qos2Step::Released);
                 self.send_packet(&Packet::PubComp(pkid));
             }
             Packet::PubComp(pkid) => {
@@ -253,6 +255,8 @@ impl Connection {
                 if !state.on_pubcomp(pkid) {
                     debug!(client_id = %self.client_id, pkid, "PUBCOMP for an unknown packet id");
                 }
+                drop(state);
+                self.qos2_event(pkid, Qos2Step::Completed);
             }
             Packet::Subscribe(subscribe) => {
                 // A zero-length filter makes the whole SUBSCRIBE a violation: nothing in it
