@@ -42,9 +42,11 @@
 //!   it stood (a cut, also kept in the record of a session whose client went offline,
 //!   for when that node dies); the new node, its own reader paused, takes the session
 //!   in and queues from the stream what neither node had routed to it, in order, once.
-//! - Inbound QoS 2 exactly once across nodes ([`qos2`]): the packet ids of stored QoS 2
+//! - QoS 2 exactly once across a node crash ([`qos2`]): the packet ids of stored QoS 2
 //!   messages are kept in a KV bucket from PUBREC to PUBREL, so a resend (DUP) to
-//!   another node after a crash is acknowledged, not routed again.
+//!   another node is acknowledged, not routed again; those of deliveries from the
+//!   subscriber's PUBREC to its PUBCOMP, so the node taking in a dead node's session
+//!   sends the PUBREL again, not the PUBLISH.
 
 mod config;
 mod connect;
