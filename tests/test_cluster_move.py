@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from paho.mqtt.client import MQTTMessageInfo
 from support.mqtt_raw import RawClient, ack, publish
 from support.teardown import closed_at_teardown
 from test_cluster_faults import kill, read_record, record_offline_since
@@ -78,7 +79,7 @@ def test_session_moves_to_a_live_node_with_every_message_in_order(
         # Pipelined (paho's window of 20 unacknowledged), so that messages are on
         # their way through the stream while the session moves.
         try:
-            infos = []
+            infos: list[MQTTMessageInfo] = []
             while len(sent) < target[0]:
                 payload = b"%d" % len(sent)
                 infos.append(pub.publish_async("mv/x", payload, qos=qos))

@@ -50,11 +50,11 @@ const CLAIM_ATTEMPTS: usize = 5;
 const HANDOVERS_AT_ONCE: usize = 64;
 /// Longest a given-up connection takes to close.
 const KICK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Records as the first cluster code wrote them (no will, expiry or offline time), still
-/// read; and as written now.
+/// Records as the first cluster code wrote them (no will, expiry or offline time) and
+/// as the second did (no checkpoint), still read; and as written now (with the
+/// checkpoint of handover.rs; nodes of the second format cannot read these).
 const FORMAT_V1: [u8; 2] = [b'P', 1];
 const FORMAT_V2: [u8; 2] = [b'P', 2];
-/// With the checkpoint (handover.rs).
 const FORMAT: [u8; 2] = [b'P', 3];
 
 /// What the old owner of a session answered.
