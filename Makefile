@@ -49,11 +49,14 @@ test-python: build system-deps
 lint: build
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(BIN)/ruff check python tests examples
-	$(BIN)/ruff format --check python tests examples
+	$(BIN)/ruff check python tests examples tools
+	$(BIN)/ruff format --check python tests examples tools
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tools
 	# The hand-written stub must match the compiled extension.
 	$(BIN)/python -m mypy.stubtest pyo3mq._pyo3mq
+	# No two modules of the crate import each other (issue 9).
+	$(BIN)/python tools/module_cycles.py
 
 # Cluster mode on loopback: one NATS server with JetStream and two nodes (1883, 1884);
 # README, "Running a cluster". CLUSTER_DEMO_ARGS="--ports 1883,1884,1885" for three.

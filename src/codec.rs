@@ -25,8 +25,11 @@
 //! - `properties`: MQTT 5.0's [`Properties`], which packet may carry which
 //!   ([`PropertyContext`]) and their wire format, Variable Byte Integers included.
 //! - `reason`: MQTT 5.0's [`ReasonCode`] and the per-packet tables of allowed codes.
-//! - `decode_v5`, `encode_v5`: the 5.0 packet forms, behind the same [`Decoder`] (once
-//!   it is told the peer speaks 5.0) and [`Packet::encode_for`].
+//! - `decode/v5.rs`, `encode/v5.rs`: the 5.0 packet forms, behind the same [`Decoder`]
+//!   (once it is told the peer speaks 5.0) and [`Packet::encode_for`].
+//! - `wire`: the body cursor and length-prefixed strings that the decoders, the encoders
+//!   and the property section all use (on their own so none of those imports another
+//!   that imports it back).
 //!
 //! 3.1.1 and 5.0 share [`Packet`]: a 3.1.1 packet carries no property structure (a
 //! `None` box), so the 3.1.1 path allocates and checks nothing more than before. Every
@@ -34,17 +37,16 @@
 //! ([`Error::reason_code`]).
 
 mod decode;
-mod decode_v5;
 mod encode;
-mod encode_v5;
 mod error;
 mod packet;
 mod properties;
 mod reason;
+mod wire;
 
 pub use decode::Decoder;
+pub use encode::v5::{encode_publish_header_v5, encode_publish_header_v5_aliased};
 pub use encode::{encode_publish_header, remaining_length_size};
-pub use encode_v5::{encode_publish_header_v5, encode_publish_header_v5_aliased};
 pub use error::Error;
 pub(crate) use packet::MAX_STRING_LEN;
 pub use packet::{

@@ -12,6 +12,10 @@
 //! - `python` (behind the default `python` feature): the module `pyo3mq._pyo3mq`, one
 //!   registration function per part. With the feature off the crate is the pure core,
 //!   which `cargo test --no-default-features` builds and tests without Python.
+//!
+//! Dependencies run one way: no two modules (counted at the first two levels, as
+//! `broker::router` or `client::state`; `codec` and `topic` whole) import each other.
+//! `tools/module_cycles.py` checks it in `make lint`.
 
 pub mod broker;
 pub mod client;

@@ -18,7 +18,6 @@ mod broker;
 mod client;
 mod client_v5;
 mod deny;
-mod enhanced_auth;
 mod errors;
 mod logging;
 pub(crate) mod properties;
@@ -32,7 +31,7 @@ fn _pyo3mq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::register(m)?;
     broker::register(m)?;
     bridge::register(m)?;
-    enhanced_auth::register(m)?;
+    bridge::enhanced_auth::register(m)?;
     client::register(m)?;
     client_v5::register(m)?;
     properties::register(m)?;

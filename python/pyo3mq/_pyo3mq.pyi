@@ -136,7 +136,7 @@ class Deny:
 # The records the broker hands to the dispatcher (`pyo3mq._dispatch`), a list per
 # `call_soon_threadsafe`. Requests carry the `ReplyHandle` that answers them.
 
-# MQTT 5.0 enhanced authentication (src/python/enhanced_auth.rs): one step for the hook
+# MQTT 5.0 enhanced authentication (src/python/bridge/enhanced_auth.rs): one step for the hook
 # registered for `method`, answered through its `EnhancedAuthReply`.
 
 @final

@@ -48,11 +48,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
-mod config;
 mod remote;
 mod wake;
 
-pub use config::{
+pub use crate::broker::config::bridge::{
     BridgeProtocol, BridgeSettings, BridgeTls, BridgeTlsVersion, Direction, TopicLine,
 };
 pub use remote::check;

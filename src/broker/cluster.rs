@@ -59,6 +59,7 @@ mod streams;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,17 +71,16 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
-pub use config::{check_names, parse_urls};
+pub use crate::broker::config::cluster::{
+    check_connection, check_names, parse_urls, Settings, UrlError,
+};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
-pub use connect::check_connection;
 use link::{read_from_nats, Link};
-pub use qos2::Qos2Step;
 pub use sessions::{Claim, Closed, Will};
 use streams::{mirror_retained, read_reliable, write_to_nats};
 
-use crate::broker::config::Config;
 use crate::broker::metrics;
-use crate::broker::router::{MatchScratch, Router};
+use crate::broker::router::{ClusterLink, MatchScratch, Router};
 use crate::broker::session::Message;
 use crate::codec::QoS;
 
@@ -109,8 +109,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster: invalid NATS URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    #[error(transparent)]
+    Url(#[from] UrlError),
     #[error("cluster: cannot connect to NATS at {urls}: {reason}")]
     Connect { urls: String, reason: String },
     #[error(
@@ -308,11 +308,55 @@ impl Cluster {
     }
 }
 
+/// How the router reaches cluster mode (router/remote.rs): the router holds this `Arc`
+/// behind its [`ClusterLink`], and [`RouterCluster`] finds it there again.
+impl ClusterLink for Arc<Cluster> {
+    fn forward(&self, msg: &Arc<Message>, scratch: &mut MatchScratch) {
+        Cluster::forward(self, msg, scratch);
+    }
+
+    fn add_interest(&self, filter: &ByteString) {
+        Cluster::add_interest(self, filter);
+    }
+
+    fn remove_interest(&self, filter: &ByteString) {
+        Cluster::remove_interest(self, filter);
+    }
+}
+
+/// Cluster mode's calls on the router (`router.cluster()`, `router.cluster_flushed(..)`),
+/// here rather than on the router so that the router does not depend on this module.
+pub trait RouterCluster {
+    /// The cluster this node joined ([`Router::set_cluster`]), if any.
+    fn cluster(&self) -> Option<&Arc<Cluster>>;
+
+    /// Cluster mode: resolves once the QoS 1/2 messages this publisher forwarded left
+    /// for the other nodes; false if one could not (acknowledge nothing then).
+    fn cluster_flushed(&self, scratch: &mut MatchScratch) -> impl Future<Output = bool> + Send;
+}
+
+impl RouterCluster for Router {
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        let link: &dyn std::any::Any = self.cluster_link()?;
+        link.downcast_ref::<Arc<Cluster>>()
+    }
+
+    fn cluster_flushed(&self, scratch: &mut MatchScratch) -> impl Future<Output = bool> + Send {
+        let cluster = self.cluster();
+        async move {
+            match cluster {
+                Some(cluster) => cluster.flushed(scratch).await,
+                None => true,
+            }
+        }
+    }
+}
+
 /// Connects to NATS, checks the server, sets up the streams, mirrors the retained
 /// stream into `router` (waiting until it is read to the end) and starts the tasks that
 /// route messages both ways. Runs on the broker's runtime; the tasks end at `shutdown`.
 pub async fn start(
-    config: &Config,
+    config: &Settings,
     router: Arc<Router>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Cluster>, ClusterError> {

@@ -5,25 +5,19 @@
 
 use std::time::Duration;
 
-use crate::broker::bridge::BridgeSettings;
+/// Defined with the session it governs (the session takes it as a value, not the config).
+pub use crate::broker::session::OverflowPolicy;
 use crate::broker::store::StoreSpec;
 
+pub mod bridge;
+pub mod cluster;
 mod listeners;
 
+pub use bridge::BridgeSettings;
 pub use listeners::{
     parse_listener, parse_metrics_listener, ListenerKind, ListenerSettings, ListenerSpec,
     ListenerUri, TlsSettings,
 };
-
-/// What a session does when its outbound queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverflowPolicy {
-    /// Drop the message that does not fit (mosquitto's behaviour). Keeps the oldest
-    /// messages, which is what a client resuming a session usually wants first.
-    DropNew,
-    /// Drop the oldest queued message to make room: the freshest data wins.
-    DropOldest,
-}
 
 /// A setting's value as a config file or Python gives it, before it is checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -480,13 +474,13 @@ impl Config {
             return Err("connect_timeout must be positive".into());
         }
         if let Some(urls) = &self.cluster {
-            crate::broker::cluster::parse_urls(urls).map_err(|e| e.to_string())?;
+            cluster::parse_urls(urls).map_err(|e| e.to_string())?;
         }
-        crate::broker::cluster::check_names(&self.cluster_prefix, self.cluster_node.as_deref())?;
+        cluster::check_names(&self.cluster_prefix, self.cluster_node.as_deref())?;
         if self.cluster_max_age.is_zero() {
             return Err("cluster_max_age must be positive".into());
         }
-        crate::broker::cluster::check_connection(self)?;
+        cluster::check_connection(&self.cluster_settings())?;
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
@@ -501,6 +495,26 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The `cluster*` settings, for cluster mode (which takes these, not the `Config`).
+    pub fn cluster_settings(&self) -> cluster::Settings {
+        cluster::Settings {
+            cluster: self.cluster.clone(),
+            cluster_prefix: self.cluster_prefix.clone(),
+            cluster_node: self.cluster_node.clone(),
+            cluster_max_bytes: self.cluster_max_bytes,
+            cluster_max_age: self.cluster_max_age,
+            cluster_max_ack_pending: self.cluster_max_ack_pending,
+            cluster_replicas: self.cluster_replicas,
+            cluster_user: self.cluster_user.clone(),
+            cluster_password: self.cluster_password.clone(),
+            cluster_token: self.cluster_token.clone(),
+            cluster_creds: self.cluster_creds.clone(),
+            cluster_cafile: self.cluster_cafile.clone(),
+            cluster_certfile: self.cluster_certfile.clone(),
+            cluster_keyfile: self.cluster_keyfile.clone(),
+        }
     }
 
     /// How a listener treats clients without a username. `has_authenticator`: a password

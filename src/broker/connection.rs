@@ -22,6 +22,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::{debug, info, warn};
 
+use crate::broker::cluster::RouterCluster;
 use crate::broker::config::AnonymousPolicy;
 use crate::broker::hooks::{AuthDecision, DisconnectReason, Event};
 use crate::broker::metrics::LocalCounters;

@@ -15,6 +15,8 @@
 //! [`MAX_REQUEST`] bytes; at most [`MAX_CONNECTIONS`] requests are served at once. The
 //! request parser is httparse, which the WebSocket listeners already use.
 
+pub mod prometheus;
+
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -26,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tracing::{debug, error};
 
-use crate::broker::metrics::prometheus;
+use crate::broker::cluster::RouterCluster;
 use crate::broker::router::Router;
 
 /// Largest request head accepted; a longer one is answered 431 and closed.

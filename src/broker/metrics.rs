@@ -3,14 +3,13 @@
 //! Counting must not put a shared cache line on the per-message path: each connection
 //! counts in plain integers ([`LocalCounters`]) and adds them to the shared atomics once
 //! per wake-up, not once per message. [`super::sys_topics`] publishes them, and
-//! [`prometheus`] renders them (with the rest of [`Counters`]) for `/metrics`.
+//! `broker::http::prometheus` renders them (with the rest of [`Counters`]) for
+//! `/metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::codec::QoS;
-
-pub mod prometheus;
 
 /// Whether `topic` is reserved for the broker: `$SYS` or anything below it.
 pub fn is_reserved(topic: &str) -> bool {

@@ -6,6 +6,12 @@
 //! session's own queue under that session's own mutex. There is no router thread to
 //! become the bottleneck in fan-in, and no lock that every message of every connection
 //! takes for writing.
+//!
+//! The router uses the session, the store, the configuration, the hooks and the metrics,
+//! and nothing above it: cluster mode reaches it through [`ClusterLink`] (router/remote.rs),
+//! which the cluster implements, and the delayed MQTT 5.0 wills that publish through it
+//! live here (router/will.rs). [`SubOpts`] is the session's (session/sub_opts.rs),
+//! re-exported here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -19,15 +25,18 @@ mod clients;
 mod handover;
 mod options;
 mod persist;
+mod remote;
 mod shared;
+pub mod will;
 
+/// Defined on the session's side (session/sub_opts.rs), which keeps a session's options.
+pub use crate::broker::session::SubOpts;
 use clients::ClientSlot;
 pub use clients::{Attach, ConnHandle, GoneOnDrop, Takeover};
 pub use handover::Held;
-pub use options::SubOpts;
+pub use remote::{ClusterLink, Qos2Step};
 pub use shared::SharedGroup;
 
-use crate::broker::cluster::Cluster;
 use crate::broker::config::Config;
 use crate::broker::hooks::{Event, Hooks};
 use crate::broker::metrics::{self, Counters};
@@ -123,18 +132,19 @@ pub struct MatchScratch {
     /// them (see [`MatchScratch::wait_for_space`]) before reading more.
     blocked: Vec<Arc<Session>>,
     /// Cluster mode: a QoS 1/2 message was handed to the NATS writer, or could not be;
-    /// the publisher acknowledges only after [`Router::cluster_flushed`].
+    /// the publisher acknowledges only after cluster mode's `cluster_flushed`
+    /// (`cluster::RouterCluster`).
     pub(crate) cluster_pending: bool,
     pub(crate) cluster_lost: bool,
     /// Cluster mode: the QoS 2 steps of this read, recorded in the cluster before the
     /// acknowledgements go out.
-    pub(crate) cluster_qos2: Vec<(u16, crate::broker::cluster::Qos2Step)>,
+    pub(crate) cluster_qos2: Vec<(u16, Qos2Step)>,
     /// Shared subscription groups the topic matches (used only while groups exist).
     groups: Vec<Arc<SharedGroup>>,
 }
 
 impl MatchScratch {
-    /// Cluster mode: whether acknowledgements must wait for [`Router::cluster_flushed`].
+    /// Cluster mode: whether acknowledgements must wait for `cluster_flushed`.
     pub fn cluster_pending(&self) -> bool {
         self.cluster_pending || self.cluster_lost
     }
@@ -221,11 +231,11 @@ pub struct Router {
     /// Set with `durability = "sync"`: asks the store writer for a commit that includes
     /// everything routed so far, and is answered once it is on disk.
     durable: std::sync::OnceLock<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<bool>>>,
-    /// Cluster mode (`cluster` setting): where publishes and subscription interest go.
-    /// Unset, routing costs one well-predicted check more than before.
-    cluster: std::sync::OnceLock<Arc<Cluster>>,
-    /// MQTT 5.0 wills waiting out their Will Delay Interval (session/will.rs).
-    wills: crate::broker::session::will::DelayedWills,
+    /// Cluster mode (`cluster` setting): where publishes and subscription interest go
+    /// (router/remote.rs). Unset, routing costs one well-predicted check more than before.
+    cluster: std::sync::OnceLock<Box<dyn ClusterLink>>,
+    /// MQTT 5.0 wills waiting out their Will Delay Interval (router/will.rs).
+    wills: will::DelayedWills,
 }
 
 impl Router {
@@ -269,34 +279,27 @@ impl Router {
         }
     }
 
-    /// The MQTT 5.0 wills waiting out their delay (session/will.rs).
-    pub fn wills(&self) -> &crate::broker::session::will::DelayedWills {
+    /// The MQTT 5.0 wills waiting out their delay (router/will.rs).
+    pub fn wills(&self) -> &will::DelayedWills {
         &self.wills
     }
 
     /// Joins a cluster: publishes go to the other nodes from now on, and every
     /// subscription held now (restored sessions) or later is NATS interest.
-    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+    pub fn set_cluster(&self, cluster: impl ClusterLink) {
         let clients = self.clients.lock();
         for slot in clients.values() {
             for filter in slot.session.state.lock().subscriptions.keys() {
                 cluster.add_interest(filter);
             }
         }
-        let _ = self.cluster.set(cluster);
+        let _ = self.cluster.set(Box::new(cluster));
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.get()
-    }
-
-    /// Cluster mode: resolves once the QoS 1/2 messages this publisher forwarded left
-    /// for the other nodes; false if one could not (acknowledge nothing then).
-    pub async fn cluster_flushed(&self, scratch: &mut MatchScratch) -> bool {
-        match self.cluster.get() {
-            Some(cluster) => cluster.flushed(scratch).await,
-            None => true,
-        }
+    /// The cluster this node joined, if any; cluster mode finds its own type behind it
+    /// (`cluster::RouterCluster`).
+    pub fn cluster_link(&self) -> Option<&dyn ClusterLink> {
+        self.cluster.get().map(|link| &**link)
     }
 
     pub fn config(&self) -> &Config {
@@ -504,7 +507,7 @@ impl Router {
         {
             let subs = self.subs.read();
             subs.matches(&msg.topic, &mut |id, sub| {
-                if !sub.opts.skips(&msg, &sub.session) {
+                if !sub.opts.skips(&msg, &sub.session.client_id) {
                     scratch
                         .matches
                         .push((*id, sub.qos, sub.opts, sub.session.clone()));

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::broker::bridge;
-use crate::broker::cluster::{self, ClusterError};
+use crate::broker::cluster::{self, ClusterError, RouterCluster};
 use crate::broker::config::{
     AnonymousPolicy, Config, Durability, ListenerKind, StoreLoadError, TlsSettings,
 };
@@ -166,7 +166,7 @@ impl Server {
             // Before any client is accepted: the engine is checked and the retained
             // messages are read, or the start fails here.
             let cluster = runtime.block_on(cluster::start(
-                &config,
+                &config.cluster_settings(),
                 router.clone(),
                 shutdown.subscribe(),
             ))?;

@@ -13,14 +13,24 @@ use std::sync::Arc;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::broker::config::OverflowPolicy;
-use crate::broker::router::SubOpts;
 use crate::codec::QoS;
 use crate::qos::{InboundQos2, PacketIds};
 
 mod props;
+mod sub_opts;
 
 pub use props::{remaining_secs, Expiry, MessageProperties};
+pub use sub_opts::SubOpts;
+
+/// What a session does when its outbound queue is full (the `queue_overflow` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Drop the message that does not fit (mosquitto's behaviour). Keeps the oldest
+    /// messages, which is what a client resuming a session usually wants first.
+    DropNew,
+    /// Drop the oldest queued message to make room: the freshest data wins.
+    DropOldest,
+}
 
 /// A message as the broker routes it: topic and payload are shared by every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -614,5 +624,3 @@ fn cost(item: &Queued) -> usize {
 
 #[cfg(test)]
 mod tests;
-
-pub mod will;

@@ -21,8 +21,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use crate::broker::router::SubOpts;
-use crate::broker::session::Message;
+use crate::broker::session::{Message, SubOpts};
 use crate::codec::QoS;
 
 pub use memory::MemoryStore;

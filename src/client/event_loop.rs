@@ -696,30 +696,10 @@ pub(crate) mod tests {
     use std::time::{Duration, Instant};
 
     use crate::client::{Client, ConnectionState, Options, Outcome, Reconnect};
-    use crate::codec::Protocol;
 
     /// Options for tests: a client on 127.0.0.1:`port`, keepalive off, small limits.
-    pub(crate) fn options(port: u16, reconnect: Option<Reconnect>) -> Options {
-        Options {
-            host: "127.0.0.1".into(),
-            port,
-            client_id: "event-loop-test".into(),
-            clean_session: true,
-            keep_alive: 0,
-            username: None,
-            password: None,
-            will: None,
-            protocol: Protocol::V311,
-            connect_timeout: Duration::from_secs(5),
-            max_inflight: 8,
-            max_buffered: 1 << 16,
-            max_incoming: 8,
-            max_packet_size: 1 << 16,
-            reconnect,
-            session_store: None,
-            transport: Default::default(),
-            v5: Default::default(),
-        }
+    fn options(port: u16, reconnect: Option<Reconnect>) -> Options {
+        Options::for_tests(port, reconnect)
     }
 
     /// Drains until the connect token completes (or 5 s pass).

@@ -10,8 +10,11 @@ use crate::codec::{self, LastWill, Packet, Protocol};
 use crate::topic as topics;
 
 use super::runtime::random_u64;
-use super::transport::TransportOptions;
 use super::v5::V5Options;
+
+mod transport;
+
+pub use transport::{Scheme, TlsOptions, TlsVersions, TransportOptions, Verify};
 
 /// How to retry a connection that failed or was lost.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,6 +148,33 @@ impl Options {
                 None
             },
         })
+    }
+}
+
+#[cfg(test)]
+impl Options {
+    /// Options for tests: a client on 127.0.0.1:`port`, keepalive off, small limits.
+    pub(crate) fn for_tests(port: u16, reconnect: Option<Reconnect>) -> Options {
+        Options {
+            host: "127.0.0.1".into(),
+            port,
+            client_id: "event-loop-test".into(),
+            clean_session: true,
+            keep_alive: 0,
+            username: None,
+            password: None,
+            will: None,
+            protocol: Protocol::V311,
+            connect_timeout: Duration::from_secs(5),
+            max_inflight: 8,
+            max_buffered: 1 << 16,
+            max_incoming: 8,
+            max_packet_size: 1 << 16,
+            reconnect,
+            session_store: None,
+            transport: Default::default(),
+            v5: Default::default(),
+        }
     }
 }
 

@@ -1,14 +1,15 @@
 //! Decoding: [`Decoder`] frames one packet at a time (check-then-parse) and the parsers
 //! below turn its body into a [`Packet`].
 
-use bytes::{Buf, Bytes, BytesMut};
-use bytestring::ByteString;
+mod v5;
 
-use super::error::check_topic_name;
+use bytes::{Buf, Bytes, BytesMut};
+
 use super::packet::nonzero_pkid;
 use super::properties::read_properties;
+use super::wire::Reader;
 use super::{
-    decode_v5, remaining_length_size, ConnAck, Connect, ConnectReturnCode, Error, LastWill, Packet,
+    remaining_length_size, ConnAck, Connect, ConnectReturnCode, Error, LastWill, Packet,
     PropertyContext, Protocol, Publish, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
     MAX_REMAINING_LENGTH,
 };
@@ -67,7 +68,7 @@ impl Decoder {
         let Some((first, body)) = self.frame(buf, true)? else {
             return Ok(None);
         };
-        decode_v5::parse(first, body).map(Some)
+        v5::parse(first, body).map(Some)
     }
 
     /// Splits the next whole packet off `buf`: its first byte and its body, or `None`
@@ -245,112 +246,6 @@ fn ack_pkid(packet: &'static str, body: &Bytes) -> Result<u16, Error> {
     nonzero_pkid(packet, u16::from_be_bytes([body[0], body[1]]))
 }
 
-/// A cursor over a packet body that turns every short read into `Truncated`.
-pub(super) struct Reader {
-    pub(super) packet: &'static str,
-    pub(super) body: Bytes,
-}
-
-impl Reader {
-    pub(super) fn u8(&mut self) -> Result<u8, Error> {
-        if self.body.is_empty() {
-            return Err(Error::Truncated(self.packet));
-        }
-        Ok(self.body.get_u8())
-    }
-
-    pub(super) fn u16(&mut self) -> Result<u16, Error> {
-        if self.body.len() < 2 {
-            return Err(Error::Truncated(self.packet));
-        }
-        Ok(self.body.get_u16())
-    }
-
-    pub(super) fn u32(&mut self) -> Result<u32, Error> {
-        if self.body.len() < 4 {
-            return Err(Error::Truncated(self.packet));
-        }
-        Ok(self.body.get_u32())
-    }
-
-    /// A Variable Byte Integer (spec 1.5.5) in its shortest form [MQTT-1.5.5-1].
-    pub(super) fn variable_byte_integer(&mut self, what: &'static str) -> Result<u32, Error> {
-        let mut value: u32 = 0;
-        for i in 0..4 {
-            let byte = self.u8()?;
-            value |= u32::from(byte & 0x7F) << (7 * i);
-            if byte & 0x80 == 0 {
-                // A last byte of 0 after the first means a padded, non-minimal encoding.
-                if i > 0 && byte == 0 {
-                    return Err(Error::MalformedVariableByteInteger(what));
-                }
-                return Ok(value);
-            }
-        }
-        Err(Error::MalformedVariableByteInteger(what))
-    }
-
-    /// Splits off the next `len` bytes as a reader of their own (a property section).
-    pub(super) fn sub_reader(&mut self, len: usize) -> Result<Reader, Error> {
-        if self.body.len() < len {
-            return Err(Error::Truncated(self.packet));
-        }
-        Ok(Reader {
-            packet: self.packet,
-            body: self.body.split_to(len),
-        })
-    }
-
-    pub(super) fn binary(&mut self) -> Result<Bytes, Error> {
-        let len = usize::from(self.u16()?);
-        if self.body.len() < len {
-            return Err(Error::Truncated(self.packet));
-        }
-        Ok(self.body.split_to(len))
-    }
-
-    /// A length-prefixed UTF-8 string without U+0000 [MQTT-1.5.3-2]; `what` names the
-    /// field for the error message.
-    pub(super) fn string(&mut self, what: &'static str) -> Result<ByteString, Error> {
-        let raw = self.binary()?;
-        let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
-        if text.contains('\0') {
-            return Err(Error::NullCharacter(what));
-        }
-        Ok(text)
-    }
-
-    /// A topic name: a string as [`Reader::string`] reads it that also passes the topic
-    /// name rules. Those cover U+0000 too, so the name is scanned for it only once.
-    pub(super) fn topic_name(&mut self, what: &'static str) -> Result<ByteString, Error> {
-        topic_name_from(self.binary()?, what)
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.body.is_empty()
-    }
-
-    pub(super) fn finish(self) -> Result<(), Error> {
-        if self.body.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::TrailingBytes {
-                packet: self.packet,
-                extra: self.body.len(),
-            })
-        }
-    }
-}
-
-/// Checks raw bytes as a topic name (UTF-8, then the topic name rules, which cover
-/// U+0000 too, so the name is scanned for it only once).
-#[inline]
-pub(super) fn topic_name_from(raw: Bytes, what: &'static str) -> Result<ByteString, Error> {
-    let text = ByteString::try_from(raw).map_err(|_| Error::InvalidUtf8(what))?;
-    check_topic_name(&text, what)?;
-    Ok(text)
-}
-
 pub(super) fn parse_connect(body: Bytes) -> Result<Connect, Error> {
     let mut r = Reader {
         packet: "CONNECT",
@@ -414,7 +309,7 @@ pub(super) fn parse_connect(body: Bytes) -> Result<Connect, Error> {
         let topic = r.topic_name("will topic")?;
         let payload = r.binary()?;
         if let Some(p) = &properties {
-            decode_v5::check_payload_format(p, &payload, "will payload")?;
+            v5::check_payload_format(p, &payload, "will payload")?;
         }
         Some(LastWill {
             topic,

@@ -1,6 +1,8 @@
 //! Encoding: [`Packet::encode`], and [`encode_publish_header`] for the fan-out path that
 //! writes each subscriber's header in front of one shared payload.
 
+pub(super) mod v5;
+
 use bytes::{BufMut, BytesMut};
 
 use super::error::check_topic_name;
@@ -8,9 +10,10 @@ use super::packet::nonzero_pkid;
 use super::properties::{
     properties_len, put_properties, put_variable_byte_integer, variable_byte_integer_len,
 };
+use super::wire::{put_string, string_len};
 use super::{
-    encode_v5, Connect, Error, Packet, PropertyContext, Protocol, Publish, QoS, ReasonPacket,
-    MAX_REMAINING_LENGTH, MAX_STRING_LEN,
+    Connect, Error, Packet, PropertyContext, Protocol, Publish, QoS, ReasonPacket,
+    MAX_REMAINING_LENGTH,
 };
 
 /// Number of bytes the Remaining Length field takes for `len`.
@@ -47,20 +50,6 @@ pub(super) fn put_fixed_header(
     remaining: usize,
 ) -> Result<(), Error> {
     put_fixed_header_for(dst, first, remaining, remaining)
-}
-
-pub(super) fn string_len(what: &'static str, s: &[u8]) -> Result<usize, Error> {
-    if s.len() > MAX_STRING_LEN {
-        Err(Error::StringTooLong(what))
-    } else {
-        Ok(2 + s.len())
-    }
-}
-
-pub(super) fn put_string(dst: &mut BytesMut, s: &[u8]) {
-    // Lengths were checked by `string_len` before the header was written.
-    dst.put_u16(s.len() as u16);
-    dst.put_slice(s);
 }
 
 /// Size of a PUBLISH's packet identifier field: none at QoS 0, and QoS 1/2 need a
@@ -120,7 +109,7 @@ impl Packet {
     /// `...V5` variants and AUTH are 5.0's, the rest are 3.1.1's).
     pub fn encode_for(&self, protocol: Protocol, dst: &mut BytesMut) -> Result<(), Error> {
         match (self, protocol) {
-            (Packet::Publish(p), Protocol::V5) => encode_v5::encode_publish(p, dst),
+            (Packet::Publish(p), Protocol::V5) => v5::encode_publish(p, dst),
             _ => self.encode(dst),
         }
     }
@@ -188,13 +177,13 @@ impl Packet {
             Packet::PingReq => put_fixed_header(dst, 0xC0, 0),
             Packet::PingResp => put_fixed_header(dst, 0xD0, 0),
             Packet::Disconnect => put_fixed_header(dst, 0xE0, 0),
-            Packet::ConnAckV5(a) => encode_v5::encode_connack(a, dst),
-            Packet::PubAckV5(a) => encode_v5::encode_ack(a, 0x40, ReasonPacket::PubAck, dst),
-            Packet::PubRecV5(a) => encode_v5::encode_ack(a, 0x50, ReasonPacket::PubRec, dst),
-            Packet::PubRelV5(a) => encode_v5::encode_ack(a, 0x62, ReasonPacket::PubRel, dst),
-            Packet::PubCompV5(a) => encode_v5::encode_ack(a, 0x70, ReasonPacket::PubComp, dst),
-            Packet::SubscribeV5(s) => encode_v5::encode_subscribe(s, dst),
-            Packet::SubAckV5(a) => encode_v5::encode_reasons(
+            Packet::ConnAckV5(a) => v5::encode_connack(a, dst),
+            Packet::PubAckV5(a) => v5::encode_ack(a, 0x40, ReasonPacket::PubAck, dst),
+            Packet::PubRecV5(a) => v5::encode_ack(a, 0x50, ReasonPacket::PubRec, dst),
+            Packet::PubRelV5(a) => v5::encode_ack(a, 0x62, ReasonPacket::PubRel, dst),
+            Packet::PubCompV5(a) => v5::encode_ack(a, 0x70, ReasonPacket::PubComp, dst),
+            Packet::SubscribeV5(s) => v5::encode_subscribe(s, dst),
+            Packet::SubAckV5(a) => v5::encode_reasons(
                 0x90,
                 ReasonPacket::SubAck,
                 a.pkid,
@@ -202,8 +191,8 @@ impl Packet {
                 a.properties.as_deref(),
                 dst,
             ),
-            Packet::UnsubscribeV5(u) => encode_v5::encode_unsubscribe(u, dst),
-            Packet::UnsubAckV5(a) => encode_v5::encode_reasons(
+            Packet::UnsubscribeV5(u) => v5::encode_unsubscribe(u, dst),
+            Packet::UnsubAckV5(a) => v5::encode_reasons(
                 0xB0,
                 ReasonPacket::UnsubAck,
                 a.pkid,
@@ -211,14 +200,14 @@ impl Packet {
                 a.properties.as_deref(),
                 dst,
             ),
-            Packet::DisconnectV5(d) => encode_v5::encode_reason_and_properties(
+            Packet::DisconnectV5(d) => v5::encode_reason_and_properties(
                 0xE0,
                 ReasonPacket::Disconnect,
                 d.reason,
                 d.properties.as_deref(),
                 dst,
             ),
-            Packet::Auth(a) => encode_v5::encode_reason_and_properties(
+            Packet::Auth(a) => v5::encode_reason_and_properties(
                 0xF0,
                 ReasonPacket::Auth,
                 a.reason,

@@ -12,8 +12,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
-use super::decode::Reader;
-use super::encode::put_string;
+use super::wire::{put_string, Reader};
 use super::{Error, ReasonCode, MAX_REMAINING_LENGTH, MAX_STRING_LEN};
 
 /// Largest value a Variable Byte Integer can carry (spec 1.5.5).

@@ -25,6 +25,7 @@
 //! Python answers requests through `ReplyHandle`, which completes a oneshot the waiting
 //! Rust task holds under a timeout: a reply that never comes is a denial, never a hang.
 
+pub(crate) mod enhanced_auth;
 mod feed;
 mod inbox;
 mod records;

@@ -257,11 +257,12 @@ impl BrokerCore {
             }
             // The MQTT 5.0 Authentication Methods Python implements.
             if !enhanced_auth.is_empty() {
-                hooks.enhanced_authenticator =
-                    Some(Arc::new(crate::python::enhanced_auth::PyEnhancedAuth::new(
+                hooks.enhanced_authenticator = Some(Arc::new(
+                    crate::python::bridge::enhanced_auth::PyEnhancedAuth::new(
                         bridge.clone(),
                         enhanced_auth,
-                    )));
+                    ),
+                ));
             }
         }
         let config = self.config.clone();
@@ -385,7 +386,7 @@ impl BrokerCore {
             .as_ref()
             .map(|r| r.server.router().clone());
         match router {
-            Some(router) => py.detach(move || crate::broker::metrics::prometheus::render(&router)),
+            Some(router) => py.detach(move || crate::broker::http::prometheus::render(&router)),
             None => String::new(),
         }
     }
@@ -743,7 +744,7 @@ fn set_stored_properties(kwargs: &Bound<'_, PyDict>, m: &Message) -> PyResult<()
 }
 
 impl SubscriptionOptionsRecord {
-    fn into_opts(self) -> PyResult<crate::broker::router::SubOpts> {
+    fn into_opts(self) -> PyResult<crate::broker::session::SubOpts> {
         let id = match self.subscription_identifier {
             None => None,
             Some(id) => Some(std::num::NonZeroU32::new(id).ok_or_else(|| {
@@ -753,7 +754,7 @@ impl SubscriptionOptionsRecord {
         let byte = u8::from(self.no_local) << 2
             | u8::from(self.retain_as_published) << 3
             | self.retain_handling.min(3) << 4;
-        crate::broker::router::SubOpts::from_stored(byte, id).ok_or_else(|| {
+        crate::broker::session::SubOpts::from_stored(byte, id).ok_or_else(|| {
             PyValueError::new_err(
                 "invalid stored subscription options: retain_handling must be 0, 1 or 2 and \
                  subscription_identifier 1 to 268435455",

@@ -1,13 +1,12 @@
-//! The cluster's settings and names: the `cluster` URLs and the `cluster_prefix` and
-//! `cluster_node` checks, the NATS subjects and JetStream names of one cluster, node ids,
-//! and the oldest NATS server cluster mode works with.
+//! The cluster's names: the NATS subjects and JetStream names of one cluster, node ids,
+//! and the oldest NATS server cluster mode works with. The settings and their checks
+//! (the `cluster` URLs, `cluster_prefix` and `cluster_node`) are the configuration's
+//! (broker/config/cluster.rs).
 //!
-//! Apart from the tasks because it is plain functions of the configuration, with no
-//! connection: `Config::validate` uses it before any NATS server is reached.
+//! Apart from the tasks because it is plain functions of the settings, with no
+//! connection.
 
-use async_nats::ServerAddr;
-
-use super::{subject, ClusterError};
+use super::subject;
 
 /// The prefix the subject functions of [`subject`] use, replaced by `cluster_prefix`.
 const BASE_PREFIX: &str = "pyo3mq";
@@ -15,50 +14,6 @@ const BASE_PREFIX: &str = "pyo3mq";
 /// The oldest NATS server with what cluster mode uses (multi-filter consumers, the
 /// stream settings below).
 pub(super) const MIN_SERVER: (u64, u64) = (2, 10);
-
-/// Parses the `cluster` setting: comma-separated `nats://` or `tls://` URLs.
-pub fn parse_urls(setting: &str) -> Result<Vec<ServerAddr>, ClusterError> {
-    let mut out = Vec::new();
-    for url in setting.split(',').map(str::trim) {
-        let invalid = |reason: &str| ClusterError::Url {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-            return Err(invalid("expected nats://HOST:PORT or tls://HOST:PORT"));
-        }
-        out.push(
-            url.parse()
-                .map_err(|e: std::io::Error| invalid(&e.to_string()))?,
-        );
-    }
-    Ok(out)
-}
-
-/// `cluster_prefix` and `cluster_node` are used in subjects and JetStream names: dot
-/// separated tokens of letters, digits, `_` and `-` (no wildcards, no spaces).
-pub fn check_names(prefix: &str, node: Option<&str>) -> Result<(), String> {
-    let token_ok = |t: &str| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
-    if prefix.len() > 64 || !prefix.split('.').all(token_ok) {
-        return Err(format!(
-            "cluster_prefix must be dot-separated tokens of letters, digits, '_' and '-' \
-             (at most 64 characters), not {prefix:?}"
-        ));
-    }
-    if let Some(node) = node {
-        if node.len() > 64 || !token_ok(node) {
-            return Err(format!(
-                "cluster_node must be letters, digits, '_' and '-' (at most 64 \
-                 characters), not {node:?}"
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// The NATS subjects and JetStream names of one cluster (`cluster_prefix`).
 #[derive(Debug, Clone)]
@@ -189,19 +144,6 @@ mod tests {
     }
 
     #[test]
-    fn urls() {
-        assert_eq!(
-            parse_urls("nats://127.0.0.1:4222, nats://127.0.0.1:4223")
-                .unwrap()
-                .len(),
-            2
-        );
-        assert!(parse_urls("127.0.0.1:4222").is_err());
-        assert!(parse_urls("http://x:1").is_err());
-        assert!(parse_urls("").is_err());
-    }
-
-    #[test]
     fn stream_subjects_round_trip() {
         for prefix in ["pyo3mq", "site-1.mqtt"] {
             let names = Names::new(prefix);
@@ -228,15 +170,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_checked() {
-        assert!(check_names("pyo3mq", None).is_ok());
-        assert!(check_names("site-1.mqtt_x", Some("node-1")).is_ok());
-        for bad in ["", "a..b", "a.*", "a b", "a.>", ".a"] {
-            assert!(check_names(bad, None).is_err(), "{bad}");
-        }
-        for bad in ["", "a.b", "a b", "*"] {
-            assert!(check_names("pyo3mq", Some(bad)).is_err(), "{bad}");
-        }
+    fn named_node_ids() {
         assert_eq!(named_node_id("node-1"), named_node_id("node-1"));
         assert_ne!(named_node_id("node-1"), named_node_id("node-2"));
     }

@@ -18,20 +18,8 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::{ClientConfig, RootCertStore};
 
-use super::ClusterError;
-use crate::broker::config::Config;
+use super::{ClusterError, Settings};
 use crate::broker::transport::tls::load_certs;
-
-/// Settings that need each other (no file is read).
-pub fn check_connection(config: &Config) -> Result<(), String> {
-    if config.cluster_user.is_some() != config.cluster_password.is_some() {
-        return Err("cluster_user and cluster_password go together: set both or neither".into());
-    }
-    if config.cluster_certfile.is_some() != config.cluster_keyfile.is_some() {
-        return Err("cluster_certfile and cluster_keyfile go together: set both or neither".into());
-    }
-    Ok(())
-}
 
 fn file_error(setting: &str, reason: String) -> ClusterError {
     ClusterError::Settings(format!("{setting}: {reason}"))
@@ -39,7 +27,7 @@ fn file_error(setting: &str, reason: String) -> ClusterError {
 
 /// The options of the connection to NATS: authentication and TLS from the settings,
 /// the files read and checked now.
-pub(super) async fn options(config: &Config) -> Result<ConnectOptions, ClusterError> {
+pub(super) async fn options(config: &Settings) -> Result<ConnectOptions, ClusterError> {
     let mut options = ConnectOptions::new();
     if let (Some(user), Some(password)) = (&config.cluster_user, &config.cluster_password) {
         options = options.user_and_password(user.clone(), password.clone());
@@ -172,30 +160,6 @@ fn tls_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(settings: &[(&str, &str)]) -> Result<Config, String> {
-        let values: std::collections::HashMap<String, String> = settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_values(|name| {
-            values
-                .get(name)
-                .map(|v| crate::broker::config::Value::Str(v.clone()))
-        })
-    }
-
-    #[test]
-    fn settings_that_go_together() {
-        assert!(config(&[("cluster_user", "u"), ("cluster_password", "p")]).is_ok());
-        let err = config(&[("cluster_user", "u")]).unwrap_err();
-        assert!(err.contains("cluster_user and cluster_password"), "{err}");
-        let err = config(&[("cluster_keyfile", "k.pem")]).unwrap_err();
-        assert!(
-            err.contains("cluster_certfile and cluster_keyfile"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn nkey_seed_lines() {

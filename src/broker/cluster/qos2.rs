@@ -33,30 +33,17 @@ use tracing::{debug, warn};
 
 use super::config::Names;
 use super::sessions::{bounded, key_of, Record};
-use super::{Cluster, ClusterError, STORE_TIMEOUT};
-use crate::broker::config::Config;
+use super::{Cluster, ClusterError, Settings, STORE_TIMEOUT};
+use crate::broker::router::Qos2Step;
 use crate::broker::session::Message;
 use crate::broker::store::StoredMessage;
 use crate::codec::QoS;
-
-/// What a connection's read did to a QoS 2 flow, recorded in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Qos2Step {
-    /// Inbound: the message is stored (its PUBREC is going out).
-    Stored,
-    /// Inbound: the publisher's PUBREL came.
-    Released,
-    /// Outbound: the subscriber's PUBREC came (the PUBREL is going out).
-    Received,
-    /// Outbound: the subscriber's PUBCOMP came.
-    Completed,
-}
 
 /// The bucket of QoS 2 packet ids (created if missing).
 pub(super) async fn bucket(
     js: &jetstream::Context,
     names: &Names,
-    config: &Config,
+    config: &Settings,
 ) -> Result<kv::Store, ClusterError> {
     let name = names.stream("QOS2");
     if let Ok(store) = js.get_key_value(&name).await {

@@ -224,3 +224,24 @@ fn errors_name_the_setting() {
         Duration::ZERO
     );
 }
+
+// Cluster mode's engine settings (checked by cluster/connect.rs through Config::validate).
+fn cluster_config(settings: &[(&str, &str)]) -> Result<Config, String> {
+    let values: std::collections::HashMap<String, String> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_values(|name| values.get(name).map(|v| Value::Str(v.clone())))
+}
+
+#[test]
+fn cluster_settings_that_go_together() {
+    assert!(cluster_config(&[("cluster_user", "u"), ("cluster_password", "p")]).is_ok());
+    let err = cluster_config(&[("cluster_user", "u")]).unwrap_err();
+    assert!(err.contains("cluster_user and cluster_password"), "{err}");
+    let err = cluster_config(&[("cluster_keyfile", "k.pem")]).unwrap_err();
+    assert!(
+        err.contains("cluster_certfile and cluster_keyfile"),
+        "{err}"
+    );
+}

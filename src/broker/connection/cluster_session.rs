@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::broker::cluster::{Claim, Closed, Qos2Step, Will};
+use crate::broker::cluster::{Claim, Closed, RouterCluster, Will};
+use crate::broker::router::Qos2Step;
 use crate::broker::router::{Held, Session};
 use crate::codec::{Connect, Protocol};
 

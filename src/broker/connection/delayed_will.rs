@@ -1,6 +1,6 @@
 //! The connection's side of MQTT 5.0 Will Delay Intervals: at the close, a will with a
 //! delay whose session outlives the connection is handed to the broker's waiting wills
-//! (broker/session/will.rs) instead of being published at once.
+//! (broker/router/will.rs) instead of being published at once.
 
 use std::sync::Arc;
 

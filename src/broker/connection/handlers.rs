@@ -7,9 +7,10 @@ use std::sync::Arc;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-use crate::broker::cluster::Qos2Step;
+use crate::broker::cluster::RouterCluster;
 use crate::broker::hooks::{Event, Refusal};
 use crate::broker::metrics::{self, Action, DropReason, HookKind};
+use crate::broker::router::Qos2Step;
 use crate::broker::router::Session;
 use crate::broker::session::{AckKind, Message};
 use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};

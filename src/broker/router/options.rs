@@ -4,7 +4,8 @@
 //! [MQTT-3.3.4-4] (one copy per session, so [MQTT-3.3.4-5] does not arise).
 //!
 //! A subscription's options ride in the trie entry beside its QoS ([`SubOpts`], 8 bytes,
-//! all zero for a 3.1/3.1.1 subscription), so routing reads them where it already reads
+//! all zero for a 3.1/3.1.1 subscription; defined beside the session that keeps them,
+//! session/sub_opts.rs), so routing reads them where it already reads
 //! the QoS: no lookup, lock or allocation more per message. Only a delivery on a
 //! subscription with an identifier gets a message of its own (the shared properties plus
 //! the identifiers); every other one shares the publisher's message as before.
@@ -23,117 +24,10 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use super::{deliver_counting_drops, Router, Session};
+use super::{deliver_counting_drops, Router, Session, SubOpts};
 use crate::broker::session::{Message, MessageProperties, Queued};
 use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
 use crate::topic;
-
-const NO_LOCAL: u8 = 1;
-const RETAIN_AS_PUBLISHED: u8 = 2;
-/// Two bits of Retain Handling (0, 1 or 2), kept only so that a restart restores the
-/// subscription as it was made: routing never reads them.
-const RETAIN_HANDLING_SHIFT: u8 = 2;
-const RETAIN_HANDLING_MASK: u8 = 0b1100;
-
-/// A subscription's 5.0 options that routing applies; the default is 3.1.1 behaviour.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SubOpts {
-    flags: u8,
-    /// The Subscription Identifier given in the SUBSCRIBE, if any.
-    pub id: Option<NonZeroU32>,
-}
-
-impl SubOpts {
-    pub fn new(options: &SubscriptionOptions, id: Option<NonZeroU32>) -> SubOpts {
-        let mut flags = 0;
-        if options.no_local {
-            flags |= NO_LOCAL;
-        }
-        if options.retain_as_published {
-            flags |= RETAIN_AS_PUBLISHED;
-        }
-        flags |= (options.retain_handling as u8) << RETAIN_HANDLING_SHIFT;
-        SubOpts { flags, id }
-    }
-
-    /// Whether these are a 3.1/3.1.1 subscription's options (all zero, no identifier):
-    /// a session keeps only the others.
-    pub fn is_default(self) -> bool {
-        self == SubOpts::default()
-    }
-
-    pub fn retain_handling(self) -> RetainHandling {
-        match (self.flags & RETAIN_HANDLING_MASK) >> RETAIN_HANDLING_SHIFT {
-            0 => RetainHandling::SendAtSubscribe,
-            1 => RetainHandling::SendIfNew,
-            _ => RetainHandling::DoNotSend,
-        }
-    }
-
-    /// The options as the bits of a 5.0 SUBSCRIBE's Subscription Options byte, without
-    /// the QoS (spec 3.8.3.1): No Local 0x04, Retain As Published 0x08, Retain Handling
-    /// 0x30. What the session stores keep.
-    pub fn options_byte(self) -> u8 {
-        u8::from(self.no_local()) << 2
-            | u8::from(self.retain_as_published()) << 3
-            | (self.retain_handling() as u8) << 4
-    }
-
-    /// The inverse of [`SubOpts::options_byte`] (with the identifier kept beside it);
-    /// `None` for bits a SUBSCRIBE could not carry (the QoS's, the reserved ones, Retain
-    /// Handling 3), which a stored row must not have.
-    pub fn from_stored(byte: u8, id: Option<NonZeroU32>) -> Option<SubOpts> {
-        let handling = match (byte >> 4) & 0b11 {
-            0 => RetainHandling::SendAtSubscribe,
-            1 => RetainHandling::SendIfNew,
-            2 => RetainHandling::DoNotSend,
-            _ => return None,
-        };
-        if byte & !0b0011_1100 != 0
-            || id.is_some_and(|id| id.get() > crate::codec::MAX_VARIABLE_BYTE_INTEGER)
-        {
-            return None;
-        }
-        let options = SubscriptionOptions {
-            qos: QoS::AtMostOnce,
-            no_local: byte & 0x04 != 0,
-            retain_as_published: byte & 0x08 != 0,
-            retain_handling: handling,
-        };
-        Some(SubOpts::new(&options, id))
-    }
-
-    pub fn no_local(self) -> bool {
-        self.flags & NO_LOCAL != 0
-    }
-
-    pub fn retain_as_published(self) -> bool {
-        self.flags & RETAIN_AS_PUBLISHED != 0
-    }
-
-    /// Whether this subscription must not get `msg` back: No Local and `msg` was
-    /// published by the session's own client [MQTT-3.8.3-3].
-    pub(super) fn skips(self, msg: &Message, session: &Session) -> bool {
-        self.no_local() && msg.publisher == session.client_id
-    }
-
-    /// Folds in another matching subscription of the same session, for the one copy it
-    /// gets [MQTT-3.3.4-2]: RETAIN kept if either keeps it; a second identifier goes to
-    /// `extra` (the copy carries them all, [MQTT-3.3.4-4]).
-    pub(super) fn merge(
-        &mut self,
-        other: SubOpts,
-        session_id: u64,
-        extra: &mut Vec<(u64, NonZeroU32)>,
-    ) {
-        self.flags |= other.flags & RETAIN_AS_PUBLISHED;
-        match (self.id, other.id) {
-            (None, id) => self.id = id,
-            (Some(_), Some(id)) => extra.push((session_id, id)),
-            (Some(_), None) => {}
-        }
-    }
-}
 
 /// The message a session gets on a subscription with an identifier: the publisher's
 /// properties and the identifiers of all its matching subscriptions (`first` and the
@@ -196,7 +90,7 @@ impl Router {
                 .is_some_and(MessageProperties::expired)
             {
                 expired.push(msg.clone());
-            } else if !opts.skips(msg, session) {
+            } else if !opts.skips(msg, &session.client_id) {
                 replay.push(msg.clone());
             }
         });

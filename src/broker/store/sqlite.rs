@@ -18,8 +18,7 @@ use rusqlite::{Connection, Row};
 use super::{
     aside_path, Changes, SessionSnapshot, SessionStore, StoreError, StoredMessage, StoredState,
 };
-use crate::broker::router::SubOpts;
-use crate::broker::session::{Message, MessageProperties};
+use crate::broker::session::{Message, MessageProperties, SubOpts};
 use crate::codec::{Properties, PropertyContext, QoS};
 use crate::topic;
 

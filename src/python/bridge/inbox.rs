@@ -34,7 +34,7 @@ const CLOSING_PATIENCE: Duration = Duration::from_secs(2);
 
 pub(super) enum Work {
     Auth(AuthRequest, oneshot::Sender<AuthDecision>),
-    /// A step of MQTT 5.0 enhanced authentication (python/enhanced_auth.rs).
+    /// A step of MQTT 5.0 enhanced authentication (python/bridge/enhanced_auth.rs).
     EnhancedAuth(EnhancedAuthRequest, oneshot::Sender<EnhancedAuthStep>),
     Subscribe(ClientInfo, ByteString, QoS, oneshot::Sender<Verdict<QoS>>),
     Publish(ClientInfo, ByteString, oneshot::Sender<Verdict>),

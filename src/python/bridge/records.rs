@@ -327,9 +327,7 @@ pub(super) fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, P
                 },
             )?
             .into_any(),
-            Work::EnhancedAuth(request, tx) => {
-                crate::python::enhanced_auth::record(py, request, tx)?
-            }
+            Work::EnhancedAuth(request, tx) => super::enhanced_auth::record(py, request, tx)?,
             Work::Event(event) => event_record(py, event)?,
             Work::Ready(subscription) => Bound::new(py, MessagesReady { subscription })?.into_any(),
             Work::Space(token) => Bound::new(py, SpaceFreed { token })?.into_any(),

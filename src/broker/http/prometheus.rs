@@ -10,6 +10,7 @@
 
 use std::fmt::{Display, Write};
 
+use crate::broker::cluster::RouterCluster;
 use crate::broker::metrics::{
     Action, DropReason, HistogramSnapshot, HookKind, TransportKind, LATENCY_BUCKETS,
 };

@@ -4,15 +4,14 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::encode::{
-    publish_pkid_len, put_fixed_header, put_fixed_header_for, put_string, string_len,
-};
-use super::error::check_topic_name;
-use super::packet::nonzero_pkid;
-use super::properties::{
+use super::{publish_pkid_len, put_fixed_header, put_fixed_header_for};
+use crate::codec::error::check_topic_name;
+use crate::codec::packet::nonzero_pkid;
+use crate::codec::properties::{
     properties_len, put_properties, put_variable_byte_integer, variable_byte_integer_len,
 };
-use super::{
+use crate::codec::wire::{put_string, string_len};
+use crate::codec::{
     AckV5, ConnAckV5, Error, Properties, PropertyContext, Publish, QoS, ReasonCode, ReasonPacket,
     SubscribeV5, UnsubscribeV5, MAX_VARIABLE_BYTE_INTEGER,
 };

@@ -21,9 +21,9 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
+use super::{MatchScratch, Router};
 use crate::broker::hooks::ClientInfo;
 use crate::broker::metrics::{DropReason, HookKind};
-use crate::broker::router::{MatchScratch, Router};
 use crate::broker::session::Message;
 
 /// What ends a will's wait before its delay.

@@ -8,12 +8,11 @@
 
 use bytes::Bytes;
 
-use super::decode::{
-    bodiless, check_flags, connect_packet, publish_flags, topic_name_from, Reader,
-};
-use super::packet::nonzero_pkid;
-use super::properties::read_properties;
-use super::{
+use super::{bodiless, check_flags, connect_packet, publish_flags};
+use crate::codec::packet::nonzero_pkid;
+use crate::codec::properties::read_properties;
+use crate::codec::wire::{topic_name_from, Reader};
+use crate::codec::{
     AckV5, Auth, ConnAckV5, DisconnectV5, Error, Packet, Properties, PropertyContext, Publish, QoS,
     ReasonCode, ReasonPacket, RetainHandling, SubAckV5, SubscribeV5, SubscriptionOptions,
     UnsubAckV5, UnsubscribeV5,

@@ -1,8 +1,9 @@
-//! A bridge's settings (`[[bridge]]` tables, Mosquitto's names) and its topic lines.
+//! A bridge's settings (`[[bridge]]` tables, Mosquitto's names) and its topic lines:
+//! here with the other settings, and re-exported by `broker::bridge`, which runs them.
 
 use std::time::Duration;
 
-use crate::broker::config::{SettingType, Value};
+use super::{SettingType, Value};
 use crate::codec::QoS;
 use crate::topic;
 

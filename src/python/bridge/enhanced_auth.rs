@@ -2,7 +2,7 @@
 //! [`EnhancedAuthenticator`] hook, answered by the callables `pyo3mq.Broker` was given
 //! per method name (`enhanced_auth={"SCRAM-SHA-256": hook}`).
 //!
-//! Each step travels like an authentication request (bridge.rs, control lane): an
+//! Each step travels like an authentication request (python/bridge.rs, control lane): an
 //! [`EnhancedAuthCall`] record for `pyo3mq._dispatch`, which runs the hook (async on the
 //! loop, sync in the executor, within `auth_timeout`) and answers through
 //! [`EnhancedAuthReply`]. The method's state between steps is a Python object the broker
@@ -16,10 +16,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tokio::sync::oneshot;
 
+use super::PyBridge;
 use crate::broker::hooks::{
     AuthState, BoxFuture, EnhancedAuthRequest, EnhancedAuthStep, EnhancedAuthenticator,
 };
-use crate::python::bridge::PyBridge;
 
 /// The Python hooks' methods, in front of the bridge.
 pub struct PyEnhancedAuth {

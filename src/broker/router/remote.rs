@@ -1,0 +1,46 @@
+//! Cluster mode as the router sees it: somewhere else that local publishes go to and
+//! that wants to know which filters this node's sessions hold. Defined here, on the
+//! router's side, and implemented by cluster mode (src/broker/cluster.rs), so that the
+//! router does not depend on the cluster: the cluster uses the router (it routes what
+//! other nodes publish), never the other way round.
+//!
+//! Unset (a single node), routing costs one well-predicted check; set, one dynamic call
+//! per publish and per subscription change, with no allocation and no lock of the
+//! router's.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use super::MatchScratch;
+use crate::broker::session::Message;
+
+/// What the router asks of cluster mode. `Any`, so that cluster mode can find its own
+/// type behind the router's [`super::Router::cluster_link`].
+pub trait ClusterLink: Any + Send + Sync + std::fmt::Debug {
+    /// Hands a locally published message to the other nodes. Never waits: a QoS 1/2
+    /// message sets `scratch.cluster_pending` (or `cluster_lost` when it could not be
+    /// handed over), and the publisher acknowledges once cluster mode says it left.
+    fn forward(&self, msg: &Arc<Message>, scratch: &mut MatchScratch);
+
+    /// A session subscribed to `filter` (not a replacement of its own subscription).
+    fn add_interest(&self, filter: &ByteString);
+
+    /// A session's subscription to `filter` ended.
+    fn remove_interest(&self, filter: &ByteString);
+}
+
+/// What a connection's read did to a QoS 2 flow, which cluster mode records
+/// (src/broker/cluster/qos2.rs) before the acknowledgements go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos2Step {
+    /// Inbound: the message is stored (its PUBREC is going out).
+    Stored,
+    /// Inbound: the publisher's PUBREL came.
+    Released,
+    /// Outbound: the subscriber's PUBREC came (the PUBREL is going out).
+    Received,
+    /// Outbound: the subscriber's PUBCOMP came.
+    Completed,
+}
