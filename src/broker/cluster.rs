@@ -57,11 +57,24 @@
 //! - Liveness: each node renews a key that expires in a KV bucket; the survivors of a
 //!   node whose key expired publish its clients' wills, one survivor each
 //!   ([`liveness`]).
+//! - Sessions move between nodes with their QoS 1/2 messages ([`handover`]): the old
+//!   node gives a session up between two messages of its stream reader and says where
+//!   it stood (a cut, also kept in the record of a session whose client went offline,
+//!   for when that node dies); the new node, its own reader paused, takes the session
+//!   in and queues from the stream what neither node had routed to it, in order, once.
+//! - QoS 2 exactly once across a node crash ([`qos2`]): the packet ids of stored QoS 2
+//!   messages are kept in a KV bucket from PUBREC to PUBREL, so a resend (DUP) to
+//!   another node is acknowledged, not routed again; those of deliveries from the
+//!   subscriber's PUBREC to its PUBCOMP, so the node taking in a dead node's session
+//!   sends the PUBREL again, not the PUBLISH.
 
 mod config;
 mod connect;
+mod cut;
+mod handover;
 mod link;
 mod liveness;
+mod qos2;
 mod sessions;
 mod share;
 mod streams;
@@ -181,6 +194,10 @@ pub struct Cluster {
     /// The NATS connection is up (set by the client's events), and how often it broke.
     link: Arc<Link>,
     overflowing: AtomicBool,
+    /// Sessions moving in and out with their stream messages ([`handover`]).
+    moves: handover::Moves,
+    /// Inbound QoS 2 packet ids stored and not yet released ([`qos2`]).
+    qos2: jetstream::kv::Store,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -502,6 +519,12 @@ pub async fn start(
         })
         .await
         .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
+    // Everything up to the consumer's acknowledged floor was routed (by this node's
+    // previous run, or before it existed).
+    let moves = handover::Moves::new(
+        reliable.clone(),
+        consumer.cached_info().ack_floor.stream_sequence,
+    );
     let bucket = names.stream("SESSIONS");
     let sessions = match js.get_key_value(&bucket).await {
         Ok(store) => store,
@@ -518,6 +541,7 @@ pub async fn start(
             .await
             .map_err(|e| ClusterError::Stream(format!("bucket {bucket}: {e}")))?,
     };
+    let qos2 = qos2::bucket(&js, &names, config).await?;
     // Node liveness: keys that expire unless renewed (see [`liveness`]).
     let nodes_bucket = names.stream("NODES");
     let nodes = match js.get_key_value(&nodes_bucket).await {
@@ -565,6 +589,8 @@ pub async fn start(
         shares: share::Shares::default(),
         overflowing: AtomicBool::new(false),
         link,
+        moves,
+        qos2,
     });
 
     mirror_retained(&retained, cluster.clone(), router.clone(), shutdown.clone()).await?;
@@ -598,6 +624,7 @@ pub async fn start(
         node,
         names.clone(),
         outbound_rx,
+        cluster.moves.stored.clone(),
     ));
     tokio::spawn(share::serve_shares(
         shares_client,

@@ -34,7 +34,7 @@ pub use crate::broker::session::SubOpts;
 use clients::ClientSlot;
 pub use clients::{Attach, ConnHandle, GoneOnDrop, Takeover};
 pub use handover::Held;
-pub use remote::ClusterLink;
+pub use remote::{ClusterLink, Qos2Step};
 pub use shared::SharedGroup;
 
 use crate::broker::config::Config;
@@ -136,6 +136,9 @@ pub struct MatchScratch {
     /// (`cluster::RouterCluster`).
     pub(crate) cluster_pending: bool,
     pub(crate) cluster_lost: bool,
+    /// Cluster mode: the QoS 2 steps of this read, recorded in the cluster before the
+    /// acknowledgements go out.
+    pub(crate) cluster_qos2: Vec<(u16, Qos2Step)>,
     /// Shared subscription groups the topic matches (used only while groups exist).
     groups: Vec<Arc<SharedGroup>>,
 }

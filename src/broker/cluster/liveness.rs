@@ -307,7 +307,8 @@ async fn adopt(
     };
     // The session lives on here: its subscriptions route to it, a CONNECT anywhere
     // takes it over from this node.
-    router.take_in_session(claimed.clone().snapshot(client_id));
+    let taken = cluster.with_released(client_id, claimed.clone()).await;
+    cluster.take_in(router, client_id, taken).await;
     let (Some(will), Some(wait)) = (will, wait) else {
         return true;
     };
@@ -381,6 +382,7 @@ mod tests {
             will: None,
             expiry,
             offline_since,
+            checkpoint: None,
         };
         let hour = Some(Duration::from_secs(3600));
         assert!(!has_expired(&record(Some(10), 0), 1_000, hour));

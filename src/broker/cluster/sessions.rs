@@ -10,8 +10,11 @@
 //! A closes the client's connection there as a local takeover does, removes the
 //! session, and answers with what it held (subscriptions, queued and inflight messages).
 //! B takes that in as an offline session and the client resumes it with session
-//! present. If A does not answer (it is gone) or holds nothing, B takes the
-//! subscriptions from the record; what A had queued is lost with A. B's CONNACK waits
+//! present, with the stream messages A had not routed to it (the answer's cut,
+//! [`super::handover`]). If A does not answer (it is gone) or holds nothing, B takes
+//! the subscriptions from the record, and the stream messages since the record's
+//! checkpoint (written when the client went offline); what A had queued at that
+//! moment is lost with A. B's CONNACK waits
 //! for all this (bounded). Claiming before asking settles races: A ignores a request
 //! once it claimed the record again itself, and a connection attached after another
 //! node's claim finds the record naming that node and is refused.
@@ -32,6 +35,7 @@ use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use super::cut::Cut;
 use super::{Cluster, STORE_TIMEOUT};
 use crate::broker::router::{Held, Router, Session};
 use crate::broker::session::Message;
@@ -46,10 +50,12 @@ const CLAIM_ATTEMPTS: usize = 5;
 const HANDOVERS_AT_ONCE: usize = 64;
 /// Longest a given-up connection takes to close.
 const KICK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Records as the first cluster code wrote them (no will, expiry or offline time), still
-/// read; and as written now.
+/// Records as the first cluster code wrote them (no will, expiry or offline time) and
+/// as the second did (no checkpoint), still read; and as written now (with the
+/// checkpoint of handover.rs; nodes of the second format cannot read these).
 const FORMAT_V1: [u8; 2] = [b'P', 1];
-const FORMAT: [u8; 2] = [b'P', 2];
+const FORMAT_V2: [u8; 2] = [b'P', 2];
+const FORMAT: [u8; 2] = [b'P', 3];
 
 /// What the old owner of a session answered.
 enum Answer {
@@ -111,6 +117,10 @@ pub(super) struct Record {
     pub expiry: Option<u32>,
     /// Unix time (seconds) the client went offline; 0 while it is connected.
     pub offline_since: u64,
+    /// Where the session left its node (handover.rs): in a handover's answer, and in
+    /// the record of a session whose client went offline, so that the stream messages
+    /// its node had not routed to it come with it.
+    pub checkpoint: Option<Cut>,
 }
 
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
@@ -166,6 +176,14 @@ impl Record {
                 out.put_u32(secs);
             }
         }
+        // Before the last field, which stays the offline time.
+        match &self.checkpoint {
+            None => out.put_u8(0),
+            Some(cut) => {
+                out.put_u8(1);
+                cut.encode(&mut out);
+            }
+        }
         out.put_u64(self.offline_since);
         out.freeze()
     }
@@ -187,7 +205,8 @@ impl Record {
         }
         let format = bytes.split_to(2);
         let v1 = format[..] == FORMAT_V1;
-        if !v1 && format[..] != FORMAT {
+        let v2 = format[..] == FORMAT_V2;
+        if !v1 && !v2 && format[..] != FORMAT {
             return None;
         }
         let owner = bytes.get_u64();
@@ -232,7 +251,7 @@ impl Record {
                 released,
             });
         }
-        let (mut will, mut expiry, mut offline_since) = (None, None, 0);
+        let (mut will, mut expiry, mut offline_since, mut checkpoint) = (None, None, 0, None);
         if !v1 {
             if bytes.remaining() < 1 {
                 return None;
@@ -261,6 +280,14 @@ impl Record {
                 }
                 expiry = Some(bytes.get_u32());
             }
+            if !v2 {
+                if bytes.remaining() < 1 {
+                    return None;
+                }
+                if bytes.get_u8() != 0 {
+                    checkpoint = Some(Cut::decode(&mut bytes)?);
+                }
+            }
             if bytes.remaining() < 8 {
                 return None;
             }
@@ -274,6 +301,7 @@ impl Record {
             will,
             expiry,
             offline_since,
+            checkpoint,
         })
     }
 
@@ -449,6 +477,7 @@ impl Cluster {
                 will: claim.will.clone(),
                 expiry: claim.expiry,
                 offline_since: 0,
+                checkpoint: None,
             };
             let written = match revision {
                 Some(revision) => bounded(
@@ -472,7 +501,9 @@ impl Cluster {
             let (Some(owner), Some(record)) = (previous, record) else {
                 return Ok(());
             };
-            let taken = match self.ask_owner(client_id, owner).await {
+            let answer = self.ask_owner(client_id, owner).await;
+            let given = matches!(answer, Answer::Given(_));
+            let taken = match answer {
                 Answer::Given(given) => Some(given),
                 // Gone (dead), or it holds nothing (the session left it as the record
                 // was claimed, or a survivor of a dead node claimed the record): the
@@ -484,7 +515,13 @@ impl Cluster {
                 Answer::Gone | Answer::Nothing => None,
             };
             if let Some(taken) = taken.filter(|_| !claim.clean) {
-                if router.take_in_session(taken.snapshot(client_id)) {
+                // From a dead node: its deliveries awaiting PUBCOMP come from the cluster.
+                let taken = if given {
+                    taken
+                } else {
+                    self.with_released(client_id, taken).await
+                };
+                if self.take_in(router, client_id, taken).await {
                     info!(%client_id, "cluster: session taken over from another node");
                 }
             }
@@ -565,6 +602,8 @@ impl Cluster {
                         will,
                         expiry: *expiry,
                         offline_since: unix_now(),
+                        // Should this node die, the next one replays the stream from here.
+                        checkpoint: Some(self.cut_now()),
                         ..record
                     };
                     bounded(
@@ -658,6 +697,7 @@ impl Cluster {
                 will,
                 expiry,
                 offline_since: 0,
+                checkpoint: None,
             }
             .encode();
             match bounded(
@@ -704,7 +744,7 @@ pub(super) async fn serve_handovers(
                 debug!(%client_id, "cluster: handover request overtaken by a newer claim here: ignored");
                 Bytes::new()
             } else {
-                give_up(&router, &client_id, cluster.node).await
+                give_up(&cluster, &router, &client_id).await
             };
             if let Err(e) = cluster.client.publish(reply, answer).await {
                 warn!(%client_id, "cluster: handover answer not sent: {e}");
@@ -716,25 +756,31 @@ pub(super) async fn serve_handovers(
 
 /// Closes the client's connection here (as a local takeover does) and removes its
 /// session: what it held, encoded, or nothing.
-async fn give_up(router: &Router, client_id: &ByteString, node: u64) -> Bytes {
+async fn give_up(cluster: &Cluster, router: &Router, client_id: &ByteString) -> Bytes {
     for _ in 0..3 {
-        match router.give_up_session(client_id) {
+        // The reader paused: where it stands is where the session left.
+        let (held, mut cut) = cluster.leave(|| router.give_up_session(client_id)).await;
+        match held {
             Held::Connected(conn) => {
                 info!(%client_id, "cluster: session taken over by a connection to another node");
                 conn.takeover.kick.notify_one();
                 let _ = tokio::time::timeout(KICK_TIMEOUT, conn.takeover.gone()).await;
             }
             Held::Given(snapshot) => {
+                // The new node's reader must pass this node's last message before it
+                // routes to the session (this node had those).
+                cut.stored = cluster.stored_now().await;
                 return Record {
-                    owner: node,
+                    owner: cluster.node,
                     clean: false,
                     subscriptions: snapshot.subscriptions,
                     pending: snapshot.pending,
                     will: None,
                     expiry: None,
                     offline_since: 0,
+                    checkpoint: Some(cut),
                 }
-                .encode()
+                .encode();
             }
             Held::Nothing => return Bytes::new(),
         }
@@ -779,6 +825,12 @@ mod tests {
             }),
             expiry: Some(120),
             offline_since: 1_700_000_000,
+            checkpoint: Some(Cut {
+                stream: 42,
+                owner: 0xfeed,
+                origin_seq: 7,
+                stored: 40,
+            }),
         };
         assert_eq!(Record::decode(record.encode()), Some(record.clone()));
         // The first format (no will, expiry or offline time) is still read.
@@ -786,12 +838,23 @@ mod tests {
             will: None,
             expiry: None,
             offline_since: 0,
+            checkpoint: None,
             ..record.clone()
         };
         let mut old = BytesMut::from(&v1.encode()[..]);
-        old.truncate(old.len() - 2 - 8);
+        old.truncate(old.len() - 2 - 1 - 8);
         old[1] = 1;
         assert_eq!(Record::decode(old.freeze()), Some(v1));
+        // The second (no checkpoint) too.
+        let v2 = Record {
+            checkpoint: None,
+            ..record.clone()
+        };
+        let encoded = v2.encode();
+        let mut old = BytesMut::from(&encoded[..encoded.len() - 9]);
+        old.put_slice(&encoded[encoded.len() - 8..]);
+        old[1] = 2;
+        assert_eq!(Record::decode(old.freeze()), Some(v2));
         let encoded = record.encode();
         for cut in 0..encoded.len() {
             assert_eq!(Record::decode(encoded.slice(..cut)), None, "{cut}");

@@ -6,6 +6,7 @@
 //! Apart from the cluster's handle (cluster.rs) because these are the long-running
 //! tasks, and apart from link.rs because JetStream is acknowledged and stored.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -32,6 +33,7 @@ pub(super) async fn write_to_nats(
     node: u64,
     names: Names,
     mut rx: mpsc::Receiver<Outbound>,
+    stored_seq: Arc<AtomicU64>,
 ) {
     let mut batch = Vec::with_capacity(256);
     let mut waiters = Vec::new();
@@ -57,7 +59,7 @@ pub(super) async fn write_to_nats(
                         );
                         let subject = names.tagged("q", &msg.topic);
                         match js.publish_with_headers(subject, stored, body.clone()).await {
-                            Ok(ack) => acks.push((msg.clone(), ack)),
+                            Ok(ack) => acks.push((msg.clone(), ack, true)),
                             Err(e) => {
                                 if !std::mem::replace(&mut logged_error, true) {
                                     error!(topic = %msg.topic, "cluster: QoS {} message not stored in NATS: {e}", msg.qos as u8);
@@ -79,7 +81,7 @@ pub(super) async fn write_to_nats(
                     if msg.retain {
                         let subject = names.tagged("r", &msg.topic);
                         match js.publish_with_headers(subject, headers, body).await {
-                            Ok(ack) => acks.push((msg, ack)),
+                            Ok(ack) => acks.push((msg, ack, false)),
                             Err(e) => {
                                 error!(topic = %msg.topic, "cluster: retained message not stored in NATS: {e}");
                                 failed |= reliable;
@@ -91,8 +93,13 @@ pub(super) async fn write_to_nats(
             }
         }
         if !waiters.is_empty() || acks.len() >= 1024 {
-            for (msg, ack) in acks.drain(..) {
-                if let Err(e) = ack.await {
+            for (msg, ack, in_messages) in acks.drain(..) {
+                let ack = ack.await;
+                if let (Ok(ack), true) = (&ack, in_messages) {
+                    // Where this node's messages end, for sessions moving (handover.rs).
+                    stored_seq.fetch_max(ack.sequence, Ordering::Relaxed);
+                }
+                if let Err(e) = ack {
                     if !std::mem::replace(&mut logged_error, true) {
                         error!(topic = %msg.topic, "cluster: JetStream did not confirm a message: {e}");
                     }
@@ -145,7 +152,17 @@ pub(super) async fn read_reliable(
         if std::mem::replace(&mut failing, false) {
             info!("cluster: reading the stream of QoS 1/2 messages again");
         }
-        route_stored(&msg, &cluster, &router, &mut scratch).await;
+        // Under the gate of sessions moving in and out (handover.rs), which then know
+        // where the reader stands.
+        let gate = cluster.moves.gate().await;
+        route_stored(&msg, &cluster, &router, &mut scratch);
+        if let Ok(info) = msg.info() {
+            cluster.moves.routed(info.stream_sequence);
+        }
+        drop(gate);
+        if scratch.has_blocked() {
+            scratch.wait_for_space().await;
+        }
         if let Err(e) = msg.ack().await {
             debug!("cluster: acknowledging a stream message failed (it comes again): {e}");
         }
@@ -153,7 +170,7 @@ pub(super) async fn read_reliable(
 }
 
 /// Routes one message of the stream to the local sessions, unless this node sent it.
-async fn route_stored(
+fn route_stored(
     msg: &jetstream::Message,
     cluster: &Cluster,
     router: &Router,
@@ -176,9 +193,6 @@ async fn route_stored(
         Err(e) => return cluster.drop_malformed(&msg.subject, &e),
     };
     router.publish_remote(Arc::new(message), scratch);
-    if scratch.has_blocked() {
-        scratch.wait_for_space().await;
-    }
 }
 
 /// Reads the retained stream into the router's retained tree: to the end before

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tracing::info;
 
 use crate::broker::cluster::{Claim, Closed, RouterCluster, Will};
+use crate::broker::router::Qos2Step;
 use crate::broker::router::{Held, Session};
 use crate::codec::{Connect, Protocol};
 
@@ -93,5 +94,32 @@ impl Connection {
             }
         };
         Box::pin(cluster.session_closed(&self.client_id, closed)).await;
+    }
+}
+
+/// Inbound QoS 2 across nodes (broker/cluster/qos2.rs).
+impl Connection {
+    /// Whether a resent QoS 2 PUBLISH was stored by the cluster already (on the node
+    /// this client was connected to before): then it is not routed again.
+    pub(super) async fn qos2_stored(&self, pkid: u16) -> bool {
+        match self.router.cluster() {
+            Some(cluster) => Box::pin(cluster.qos2_stored(&self.client_id, pkid)).await,
+            None => false,
+        }
+    }
+
+    /// A step of a QoS 2 flow, recorded in the cluster before this read's
+    /// acknowledgements go out ([`Self::settle_qos2`]).
+    pub(super) fn qos2_event(&mut self, pkid: u16, step: Qos2Step) {
+        if self.router.cluster().is_some() {
+            self.scratch.cluster_qos2.push((pkid, step));
+        }
+    }
+
+    pub(super) async fn settle_qos2(&mut self) {
+        let events = std::mem::take(&mut self.scratch.cluster_qos2);
+        if let Some(cluster) = self.router.cluster() {
+            Box::pin(cluster.qos2_settle(&self.client_id, &events)).await;
+        }
     }
 }

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 use crate::broker::cluster::RouterCluster;
 use crate::broker::hooks::{Event, Refusal};
 use crate::broker::metrics::{self, Action, DropReason, HookKind};
+use crate::broker::router::Qos2Step;
 use crate::broker::router::Session;
 use crate::broker::session::{AckKind, Message};
 use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};
@@ -62,6 +63,11 @@ impl Connection {
             return Some(Close::Io(io::Error::other(
                 "cluster: the messages could not be sent to NATS: closing unacknowledged",
             )));
+        }
+        // Cluster mode: QoS 2 packet ids recorded (after their messages were stored)
+        // before the PUBRECs, released before the PUBCOMPs.
+        if !self.scratch.cluster_qos2.is_empty() {
+            Box::pin(self.settle_qos2()).await;
         }
         // Slow in-process subscribers that chose flow control hold this publisher here,
         // before it reads more (no wait at all unless there are such subscribers).
@@ -197,7 +203,12 @@ impl Connection {
                         let refused_v5 = !allowed && self.protocol == Protocol::V5;
                         let mut matched = true;
                         if !refused_v5 && session.state.lock().on_inbound_qos2(pkid) && allowed {
-                            matched = self.route(msg);
+                            // Cluster mode: a resend another node stored already is not
+                            // routed again (cluster/qos2.rs).
+                            if !(publish.dup && Box::pin(self.qos2_stored(pkid)).await) {
+                                matched = self.route(msg);
+                            }
+                            self.qos2_event(pkid, Qos2Step::Stored);
                         }
                         let published = match verdict {
                             Ok(()) => Published::Accepted { matched },
@@ -228,11 +239,13 @@ impl Connection {
                         debug!(client_id = %self.client_id, pkid, "PUBREC for an unknown packet id");
                     }
                 }
+                self.qos2_event(pkid, Qos2Step::Received);
                 // Answered even for an unknown id so the client can finish its flow.
                 self.send_packet(&Packet::PubRel(pkid));
             }
             Packet::PubRel(pkid) => {
                 session.state.lock().on_inbound_pubrel(pkid);
+                self.qos2_event(pkid, Qos2Step::Released);
                 self.send_packet(&Packet::PubComp(pkid));
             }
             Packet::PubComp(pkid) => {
@@ -243,6 +256,8 @@ impl Connection {
                 if !state.on_pubcomp(pkid) {
                     debug!(client_id = %self.client_id, pkid, "PUBCOMP for an unknown packet id");
                 }
+                drop(state);
+                self.qos2_event(pkid, Qos2Step::Completed);
             }
             Packet::Subscribe(subscribe) => {
                 // A zero-length filter makes the whole SUBSCRIBE a violation: nothing in it

@@ -78,6 +78,12 @@ impl Router {
         true
     }
 
+    /// The session of `client_id` on this node, if it has one.
+    pub fn session_of(&self, client_id: &ByteString) -> Option<Arc<super::Session>> {
+        let clients = self.clients.lock();
+        clients.get(client_id).map(|slot| slot.session.clone())
+    }
+
     /// The subscriptions of a client's session on this node, if it has one.
     pub fn session_subscriptions(
         &self,

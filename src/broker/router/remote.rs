@@ -37,3 +37,17 @@ pub trait ClusterLink: Any + Send + Sync + std::fmt::Debug {
     /// This node's last member of the shared group `filter` left.
     fn remove_share(&self, filter: &ByteString);
 }
+
+/// What a connection's read did to a QoS 2 flow, which cluster mode records
+/// (src/broker/cluster/qos2.rs) before the acknowledgements go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos2Step {
+    /// Inbound: the message is stored (its PUBREC is going out).
+    Stored,
+    /// Inbound: the publisher's PUBREL came.
+    Released,
+    /// Outbound: the subscriber's PUBREC came (the PUBREL is going out).
+    Received,
+    /// Outbound: the subscriber's PUBCOMP came.
+    Completed,
+}

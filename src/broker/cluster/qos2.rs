@@ -1,0 +1,226 @@
+//! Exactly once for inbound QoS 2 across nodes: the packet ids a publisher's QoS 2
+//! messages were stored under, in a JetStream KV bucket (`PREFIX_QOS2`), from the PUBREC
+//! to the PUBREL.
+//!
+//! A node keeps the ids awaiting PUBREL in the session, so a resent PUBLISH is not
+//! routed twice there. When the publisher's node dies after storing a message (its
+//! PUBREC sent or not), the publisher resends it, with DUP set and the same packet
+//! id, to another node, which has no such id in its session: it looks the id up in the
+//! bucket and, if the message was stored there, acknowledges it without routing it
+//! again. A key is written once the message is in the stream (a key without its
+//! message would make a resend be dropped) and before the PUBREC; it is deleted at the
+//! PUBREL, before the PUBCOMP, so the id is free again. Each read of a connection's
+//! packets does this in one round of requests, whatever the number of QoS 2 messages
+//! in it; only a PUBLISH with DUP set is looked up, a first send never is.
+//!
+//! Outbound, the same bucket keeps the packet ids of deliveries in their PUBREL stage:
+//! written when the subscriber's PUBREC comes (before the PUBREL goes out), deleted at
+//! its PUBCOMP. A node taking in the session of a dead node puts those ids back in the
+//! session as released deliveries, so the subscriber gets the PUBREL again (and with
+//! it, for clients such as paho, hands the message over), never the PUBLISH.
+//!
+//! Keys outlive a client that never finishes its flow by `cluster_max_age` at most
+//! (the bucket's `max_age`, the stream's own limit).
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use tracing::{debug, warn};
+
+use super::config::Names;
+use super::sessions::{bounded, key_of, Record};
+use super::{Cluster, ClusterError, Settings, STORE_TIMEOUT};
+use crate::broker::router::Qos2Step;
+use crate::broker::session::Message;
+use crate::broker::store::StoredMessage;
+use crate::codec::QoS;
+
+/// The bucket of QoS 2 packet ids (created if missing).
+pub(super) async fn bucket(
+    js: &jetstream::Context,
+    names: &Names,
+    config: &Settings,
+) -> Result<kv::Store, ClusterError> {
+    let name = names.stream("QOS2");
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.clone(),
+        description: "pyo3mq: inbound QoS 2 packet ids stored and not yet released".to_string(),
+        history: 1,
+        max_age: config.cluster_max_age,
+        storage: stream::StorageType::File,
+        num_replicas: config.cluster_replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Stream(format!("bucket {name}: {e}")))
+}
+
+/// The keys of a client's packet ids: `i.HEX.` for what it publishes, `o.HEX.` for
+/// what it is delivered.
+fn key_prefix(client_id: &str, outbound: bool) -> String {
+    let client = key_of(client_id);
+    let hex = client.strip_prefix("c.").unwrap_or(&client);
+    format!("{}.{hex}.", if outbound { "o" } else { "i" })
+}
+
+/// The key of a publisher's packet id, or of a delivery's.
+fn key(client_id: &str, pkid: u16, outbound: bool) -> String {
+    format!("{}{pkid}", key_prefix(client_id, outbound))
+}
+
+impl Cluster {
+    /// Whether a resent (DUP) QoS 2 PUBLISH with `pkid` was stored already, on any
+    /// node, and not released since: then it is acknowledged, not routed again. False
+    /// when NATS cannot say (the message is routed: at least once).
+    pub async fn qos2_stored(&self, client_id: &ByteString, pkid: u16) -> bool {
+        if !self.linked() {
+            return false;
+        }
+        match bounded(
+            "reading a QoS 2 packet id",
+            self.qos2.entry(key(client_id, pkid, false)),
+        )
+        .await
+        {
+            Ok(Some(entry)) => entry.operation == kv::Operation::Put,
+            Ok(None) => false,
+            Err(e) => {
+                warn!(%client_id, pkid, "cluster: {e}: the resent QoS 2 message is routed (it may come twice)");
+                false
+            }
+        }
+    }
+
+    /// Records the QoS 2 steps of one read, in the order the packets came; the last
+    /// step of each key counts. Bounded; a failure costs exactly once only if this node
+    /// dies in the middle of that flow.
+    pub async fn qos2_settle(&self, client_id: &ByteString, events: &[(u16, Qos2Step)]) {
+        if !self.linked() {
+            return;
+        }
+        let mut last: Vec<(String, bool)> = Vec::with_capacity(events.len());
+        for &(pkid, step) in events.iter().rev() {
+            let outbound = matches!(step, Qos2Step::Received | Qos2Step::Completed);
+            let key = key(client_id, pkid, outbound);
+            if !last.iter().any(|(seen, _)| *seen == key) {
+                last.push((key, matches!(step, Qos2Step::Stored | Qos2Step::Received)));
+            }
+        }
+        let writes = last.into_iter().map(|(key, stored)| async move {
+            let pkid = key.rsplit('.').next().unwrap_or_default().to_string();
+            let done = if stored {
+                bounded(
+                    "recording a QoS 2 packet id",
+                    self.qos2.put(key, Bytes::from_static(b"1")),
+                )
+                .await
+                .map(|_| ())
+            } else {
+                bounded("releasing a QoS 2 packet id", self.qos2.delete(key)).await
+            };
+            if let Err(e) = done {
+                debug!(%client_id, pkid, "cluster: {e}");
+                return false;
+            }
+            true
+        });
+        let failed = join_all(writes).await.into_iter().filter(|ok| !ok).count();
+        if failed > 0 {
+            warn!(%client_id, "cluster: {failed} QoS 2 packet id(s) not recorded in NATS: should this node die, that flow may not finish exactly once");
+        }
+    }
+
+    /// The record of a dead node's session, with the deliveries it had in their PUBREL
+    /// stage (released, no message: only the PUBREL is sent again).
+    pub(super) async fn with_released(&self, client_id: &ByteString, mut record: Record) -> Record {
+        match self.released_deliveries(client_id).await {
+            Ok(pkids) => {
+                record.pending.splice(
+                    0..0,
+                    pkids.into_iter().map(|pkid| StoredMessage {
+                        msg: Arc::new(Message {
+                            topic: ByteString::new(),
+                            payload: Bytes::new(),
+                            qos: QoS::ExactlyOnce,
+                            retain: false,
+                            publisher: ByteString::new(),
+                            properties: None,
+                        }),
+                        qos: QoS::ExactlyOnce,
+                        retain: false,
+                        pkid: Some(pkid),
+                        released: true,
+                    }),
+                );
+            }
+            Err(e) => {
+                warn!(%client_id, "cluster: QoS 2 deliveries awaiting PUBCOMP not read ({e}): their PUBRELs are not sent again");
+            }
+        }
+        record
+    }
+
+    /// The client's outbound packet ids in their PUBREL stage: the last entry of each
+    /// of its keys, read from the bucket's stream (one request when there is none).
+    async fn released_deliveries(&self, client_id: &ByteString) -> Result<Vec<u16>, String> {
+        let filter = format!("{}{}*", self.qos2.prefix, key_prefix(client_id, true));
+        let mut consumer = bounded(
+            "reading QoS 2 deliveries",
+            self.qos2
+                .stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    filter_subject: filter,
+                    ..Default::default()
+                }),
+        )
+        .await?;
+        let mut pending = bounded("reading QoS 2 deliveries", consumer.info())
+            .await?
+            .num_pending;
+        let mut pkids = Vec::new();
+        if pending == 0 {
+            return Ok(pkids);
+        }
+        let mut messages = bounded("reading QoS 2 deliveries", consumer.messages()).await?;
+        let deadline = tokio::time::Instant::now() + STORE_TIMEOUT;
+        while pending > 0 {
+            let msg = match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(None) | Err(_) => return Err("the stream did not answer".to_string()),
+            };
+            pending = msg.info().map_or(0, |info| info.pending);
+            let deleted = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() != "PUT");
+            let pkid = msg.subject.rsplit('.').next().and_then(|p| p.parse().ok());
+            if let (false, Some(pkid)) = (deleted, pkid) {
+                pkids.push(pkid);
+            }
+        }
+        Ok(pkids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_per_client_and_packet_id() {
+        assert_eq!(key("a", 7, false), "i.61.7");
+        assert_eq!(key("a", 7, true), "o.61.7");
+        assert_eq!(key("", 65535, false), "i._.65535");
+        assert_ne!(key("a", 17, false), key("a1", 7, false));
+    }
+}
