@@ -306,6 +306,7 @@ impl Bounds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{Bytes, BytesMut};
 
     #[test]
     fn cuts_round_trip() {
