@@ -383,3 +383,35 @@ fn flow_queue_has_a_hard_limit() {
         Enqueued::OverflowStarted(1)
     );
 }
+
+#[test]
+fn an_expired_message_does_not_open_the_window_for_the_next() {
+    let mut s = SessionState::new(limits(1, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    assert!(matches!(
+        s.next_outgoing(),
+        Some(Outgoing::Publish { pkid: Some(_), .. })
+    ));
+    // The window (1) is full. Next in the queue: a QoS 0 message whose Message Expiry
+    // Interval has passed, then a QoS 1 one, which must wait for the window.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let interval = Bytes::from_static(&[0x02, 0, 0, 0, 60]);
+    let mut expired = msg(2, QoS::AtMostOnce);
+    if let Some(m) = Arc::get_mut(&mut expired.msg) {
+        m.properties = Some(MessageProperties::restored(interval, Some(now_ms - 1)));
+    }
+    assert!(expired.msg.properties.as_ref().is_some_and(|p| p.expired()));
+    s.enqueue(expired);
+    s.enqueue(msg(3, QoS::AtLeastOnce));
+    assert!(s.next_outgoing().is_none(), "the window is still full");
+    assert_eq!(s.inflight_len(), 1);
+    assert_eq!(
+        s.queued_len(),
+        1,
+        "the expired message was dropped [MQTT-3.3.2-5]"
+    );
+}
