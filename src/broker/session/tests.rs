@@ -342,6 +342,53 @@ fn ack_of_the_wrong_kind_is_named() {
 }
 
 #[test]
+fn on_ack_checks_and_applies_in_one_step() {
+    let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    s.enqueue(msg(2, QoS::ExactlyOnce));
+    let ids: Vec<u16> = (0..2)
+        .map(|_| match s.next_outgoing() {
+            Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
+            _ => panic!("expected a QoS 1/2 delivery"),
+        })
+        .collect();
+    let (q1, q2) = (ids[0], ids[1]);
+    // The wrong kind is named and changes nothing.
+    assert_eq!(s.on_ack(q1, AckKind::PubRec), Err("a QoS 1 delivery"));
+    assert_eq!(s.on_ack(q2, AckKind::PubAck), Err("a QoS 2 delivery"));
+    assert_eq!(
+        s.on_ack(q2, AckKind::PubComp),
+        Err("a QoS 2 delivery not yet PUBRECed")
+    );
+    assert_eq!(s.inflight_len(), 2);
+    assert_eq!(s.on_ack(q1, AckKind::PubAck), Ok(true));
+    assert_eq!(s.on_ack(q1, AckKind::PubAck), Ok(false), "now unknown");
+    assert_eq!(s.on_ack(q2, AckKind::PubRec), Ok(true));
+    assert_eq!(s.on_ack(q2, AckKind::PubRec), Ok(true), "a repeated PUBREC");
+    assert_eq!(
+        s.inflight_len(),
+        1,
+        "PUBREC keeps the delivery until PUBCOMP"
+    );
+    assert_eq!(s.on_ack(q2, AckKind::PubAck), Err("a QoS 2 delivery"));
+    assert_eq!(s.on_ack(q2, AckKind::PubComp), Ok(true));
+    assert_eq!(s.inflight_len(), 0);
+    assert_eq!(
+        s.on_ack(999, AckKind::PubComp),
+        Ok(false),
+        "unknown ids are ignored"
+    );
+    // The ids are free again: the next delivery may take the first one.
+    s.enqueue(msg(3, QoS::AtLeastOnce));
+    s.acks().ids.set_next(q1);
+    let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
+        panic!("expected a QoS 1 delivery")
+    };
+    assert_eq!(id, q1, "an acknowledged id is free again");
+}
+
+#[test]
 fn inbound_qos2_dedup() {
     let mut s = SessionState::new(limits(1, 1, OverflowPolicy::DropNew));
     assert!(s.on_inbound_qos2(7));
