@@ -306,8 +306,8 @@ fn restored_ids_are_not_handed_out_twice() {
     assert_eq!(id, 1, "an acknowledged id is free again");
 }
 
-#[test]
-fn ack_of_the_wrong_kind_is_named() {
+/// A session with a QoS 1 and a QoS 2 delivery sent, and their packet ids.
+fn qos1_and_qos2_in_flight() -> (SessionState, u16, u16) {
     let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
     s.online = true;
     s.enqueue(msg(1, QoS::AtLeastOnce));
@@ -318,7 +318,12 @@ fn ack_of_the_wrong_kind_is_named() {
             _ => panic!("expected a QoS 1/2 delivery"),
         })
         .collect();
-    let (q1, q2) = (ids[0], ids[1]);
+    (s, ids[0], ids[1])
+}
+
+#[test]
+fn ack_of_the_wrong_kind_is_named() {
+    let (mut s, q1, q2) = qos1_and_qos2_in_flight();
     assert!(s.wrong_ack(q1, AckKind::PubRec).is_some());
     assert!(s.wrong_ack(q1, AckKind::PubComp).is_some());
     assert!(s.wrong_ack(q1, AckKind::PubAck).is_none());
@@ -343,17 +348,7 @@ fn ack_of_the_wrong_kind_is_named() {
 
 #[test]
 fn on_ack_checks_and_applies_in_one_step() {
-    let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
-    s.online = true;
-    s.enqueue(msg(1, QoS::AtLeastOnce));
-    s.enqueue(msg(2, QoS::ExactlyOnce));
-    let ids: Vec<u16> = (0..2)
-        .map(|_| match s.next_outgoing() {
-            Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
-            _ => panic!("expected a QoS 1/2 delivery"),
-        })
-        .collect();
-    let (q1, q2) = (ids[0], ids[1]);
+    let (mut s, q1, q2) = qos1_and_qos2_in_flight();
     // The wrong kind is named and changes nothing.
     assert_eq!(s.on_ack(q1, AckKind::PubRec), Err("a QoS 1 delivery"));
     assert_eq!(s.on_ack(q2, AckKind::PubAck), Err("a QoS 2 delivery"));
