@@ -12,8 +12,11 @@ benchmark (`run_load.py`) measures (see benches/README.md, "Instructions per del
     python benches/instructions.py --baseline /path/to/old/.venv/bin/pyo3mq \
         --scenario 1:1 --qos 0 --deliveries 300000
 
-needs `valgrind` (Debian: `apt-get install -y valgrind`). QoS 0 drops vary between builds
-under Valgrind's slowdown; the figure is per delivered message, so drops do not skew it.
+needs `valgrind` (Debian: `apt-get install -y valgrind`). Under Valgrind's slowdown the
+default queue limit (1,000 messages) drops part of a fan-out, and a dropped message costs
+routing work too, so the figure depends on how many each run drops; `--config` with a TOML
+file holding `max_queued_messages = 10000000` delivers every message (benches/README.md,
+"Session 7"). `--keep DIR` keeps the callgrind files for `callgrind_annotate`.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def count(broker: str, gen: str, args: argparse.Namespace, deliveries: int, tmp:
             broker,
             "--port",
             str(port),
+            *(["--config", args.config] if args.config else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -88,6 +92,16 @@ def count(broker: str, gen: str, args: argparse.Namespace, deliveries: int, tmp:
     return Count(program_total(out), int(result["delivered"]), int(result["published"]))
 
 
+def keep(tmp: Path, dest: Path, name: str, counts: tuple[Count, ...]) -> None:
+    """Moves the callgrind files of one build's runs to `dest` as NAME-DELIVERED.out."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for out in tmp.glob("callgrind-*.out"):
+        total = program_total(out)
+        for c in counts:
+            if c.instructions == total:
+                out.rename(dest / f"{name}-{c.delivered}.out")
+
+
 def marginal(small: Count, large: Count) -> float:
     delivered = large.delivered - small.delivered
     if delivered <= 0:
@@ -107,6 +121,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--protocol", type=int, default=4, choices=(4, 5))
     p.add_argument("--deliveries", type=int, default=300_000, help="N (the second run has 2N)")
     p.add_argument("--generator", default=None, help="prebuilt load generator")
+    p.add_argument("--config", default=None, help="broker config file given to both builds")
+    p.add_argument(
+        "--keep", default=None, help="directory to keep the callgrind files in (NAME-N.out)"
+    )
     return p.parse_args(argv)
 
 
@@ -122,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, command in builds:
             small = count(command, gen, args, args.deliveries, Path(tmp))
             large = count(command, gen, args, 2 * args.deliveries, Path(tmp))
+            if args.keep:
+                keep(Path(tmp), Path(args.keep), name, (small, large))
             figures[name] = marginal(small, large)
             print(
                 f"{name}: {figures[name]:.0f} instructions per delivery "

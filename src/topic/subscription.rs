@@ -239,15 +239,26 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     /// This runs for every PUBLISH, so it walks only the trie branches the topic can reach
     /// and allocates nothing unless the trie is deeper than the inline stack. A key is
     /// reported once per matching filter; collapsing those is the caller's policy.
-    pub fn matches<'a>(&'a self, topic: &str, out: &mut impl FnMut(&'a K, &'a V)) {
+    ///
+    /// Returns how many filters' subscriber sets reported keys. Each set holds a key at
+    /// most once, so with one (every subscriber on the same filter, as in a plain fan-out)
+    /// no key was reported twice and the caller has nothing to collapse.
+    pub fn matches<'a>(&'a self, topic: &str, out: &mut impl FnMut(&'a K, &'a V)) -> usize {
         if self.len == 0 {
-            return;
+            return 0;
         }
+        let mut sets = 0;
+        let mut report = |set: &'a HashMap<K, V>| {
+            if !set.is_empty() {
+                sets += 1;
+                set.iter().for_each(|(k, v)| out(k, v));
+            }
+        };
         // Wildcards at the first level never match `$` topics [MQTT-4.7.2-1].
         let dollar = topic.starts_with('$');
         let root = &self.root;
         if !dollar {
-            root.hash.iter().for_each(|(k, v)| out(k, v));
+            report(&root.hash);
         }
         let mut stack: SmallStack<(&'a SubNode<K, V>, Option<&str>), STACK_INLINE> =
             SmallStack::new();
@@ -262,9 +273,9 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         }
         while let Some((node, rest)) = stack.pop() {
             // `#` here matches whatever is left, including nothing: `sport/#` matches `sport`.
-            node.hash.iter().for_each(|(k, v)| out(k, v));
+            report(&node.hash);
             match rest {
-                None => node.exact.iter().for_each(|(k, v)| out(k, v)),
+                None => report(&node.exact),
                 Some(rest) => {
                     let (level, tail) = split_level(rest);
                     if let Some(child) = node.literal.get(level) {
@@ -276,6 +287,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
                 }
             }
         }
+        sets
     }
 }
 
@@ -353,9 +365,32 @@ mod tests {
         tree.insert("#", 1, 'd');
         tree.insert("sport/tennis/player1", 2, 'e');
         let mut seen = Vec::new();
-        tree.matches("sport/tennis/player1", &mut |k, v| seen.push((*k, *v)));
+        // Four filters' sets: `#`, `sport/#`, `sport/tennis/+`, `sport/tennis/player1`.
+        let sets = tree.matches("sport/tennis/player1", &mut |k, v| seen.push((*k, *v)));
+        assert_eq!(sets, 4);
         seen.sort_unstable();
         assert_eq!(seen, vec![(1, 'a'), (1, 'b'), (1, 'c'), (1, 'd'), (2, 'e')]);
+    }
+
+    #[test]
+    fn subscription_matches_counts_the_filters_that_reported() {
+        // What lets the router skip collapsing duplicates: keys from one filter's set
+        // are distinct, so only a count above one can mean a key came twice.
+        let mut tree = SubscriptionTree::new();
+        for key in 0..20usize {
+            tree.insert("test", key, ());
+        }
+        let mut seen = Vec::new();
+        assert_eq!(tree.matches("test", &mut |k, _| seen.push(*k)), 1);
+        assert_eq!(seen.len(), 20);
+        assert_eq!(tree.matches("other", &mut |_, _| {}), 0);
+        // An emptied filter (its node kept for a wildcard below it) reports nothing.
+        tree.insert("test/#", 0, ());
+        assert_eq!(tree.matches("test", &mut |_, _| {}), 2);
+        for key in 0..20usize {
+            tree.remove("test", &key);
+        }
+        assert_eq!(tree.matches("test", &mut |_, _| {}), 1);
     }
 
     #[test]

@@ -221,23 +221,13 @@ impl Connection {
                 }
             }
             Packet::PubAck(pkid) => {
-                let mut state = session.state.lock();
-                if let Some(delivery) = state.wrong_ack(pkid, AckKind::PubAck) {
-                    return Some(wrong_ack("PUBACK", pkid, delivery));
-                }
-                if !state.on_puback(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBACK for an unknown packet id");
+                if let Some(close) = self.on_ack(session, pkid, AckKind::PubAck, "PUBACK") {
+                    return Some(close);
                 }
             }
             Packet::PubRec(pkid) => {
-                {
-                    let mut state = session.state.lock();
-                    if let Some(delivery) = state.wrong_ack(pkid, AckKind::PubRec) {
-                        return Some(wrong_ack("PUBREC", pkid, delivery));
-                    }
-                    if !state.on_pubrec(pkid) {
-                        debug!(client_id = %self.client_id, pkid, "PUBREC for an unknown packet id");
-                    }
+                if let Some(close) = self.on_ack(session, pkid, AckKind::PubRec, "PUBREC") {
+                    return Some(close);
                 }
                 self.qos2_event(pkid, Qos2Step::Received);
                 // Answered even for an unknown id so the client can finish its flow.
@@ -249,12 +239,8 @@ impl Connection {
                 self.send_packet(&Packet::PubComp(pkid));
             }
             Packet::PubComp(pkid) => {
-                let mut state = session.state.lock();
-                if let Some(delivery) = state.wrong_ack(pkid, AckKind::PubComp) {
-                    return Some(wrong_ack("PUBCOMP", pkid, delivery));
-                }
-                if !state.on_pubcomp(pkid) {
-                    debug!(client_id = %self.client_id, pkid, "PUBCOMP for an unknown packet id");
+                if let Some(close) = self.on_ack(session, pkid, AckKind::PubComp, "PUBCOMP") {
+                    return Some(close);
                 }
                 drop(state);
                 self.qos2_event(pkid, Qos2Step::Completed);
@@ -417,6 +403,22 @@ impl Connection {
                 None
             },
         }))
+    }
+}
+
+impl Connection {
+    /// A PUBACK, PUBREC or PUBCOMP for one of the broker's deliveries: one of another
+    /// kind closes the connection [MQTT-4.8.0-1]; an unknown id is ignored (a late
+    /// repeat, say).
+    fn on_ack(&self, session: &Session, pkid: u16, kind: AckKind, name: &str) -> Option<Close> {
+        match session.state.lock().on_ack(pkid, kind) {
+            Ok(true) => None,
+            Ok(false) => {
+                debug!(client_id = %self.client_id, pkid, "{name} for an unknown packet id");
+                None
+            }
+            Err(delivery) => Some(wrong_ack(name, pkid, delivery)),
+        }
     }
 }
 

@@ -306,8 +306,8 @@ fn restored_ids_are_not_handed_out_twice() {
     assert_eq!(id, 1, "an acknowledged id is free again");
 }
 
-#[test]
-fn ack_of_the_wrong_kind_is_named() {
+/// A session with a QoS 1 and a QoS 2 delivery sent, and their packet ids.
+fn qos1_and_qos2_in_flight() -> (SessionState, u16, u16) {
     let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
     s.online = true;
     s.enqueue(msg(1, QoS::AtLeastOnce));
@@ -318,7 +318,12 @@ fn ack_of_the_wrong_kind_is_named() {
             _ => panic!("expected a QoS 1/2 delivery"),
         })
         .collect();
-    let (q1, q2) = (ids[0], ids[1]);
+    (s, ids[0], ids[1])
+}
+
+#[test]
+fn ack_of_the_wrong_kind_is_named() {
+    let (mut s, q1, q2) = qos1_and_qos2_in_flight();
     assert!(s.wrong_ack(q1, AckKind::PubRec).is_some());
     assert!(s.wrong_ack(q1, AckKind::PubComp).is_some());
     assert!(s.wrong_ack(q1, AckKind::PubAck).is_none());
@@ -339,6 +344,43 @@ fn ack_of_the_wrong_kind_is_named() {
         s.wrong_ack(999, AckKind::PubComp).is_none(),
         "unknown ids are ignored"
     );
+}
+
+#[test]
+fn on_ack_checks_and_applies_in_one_step() {
+    let (mut s, q1, q2) = qos1_and_qos2_in_flight();
+    // The wrong kind is named and changes nothing.
+    assert_eq!(s.on_ack(q1, AckKind::PubRec), Err("a QoS 1 delivery"));
+    assert_eq!(s.on_ack(q2, AckKind::PubAck), Err("a QoS 2 delivery"));
+    assert_eq!(
+        s.on_ack(q2, AckKind::PubComp),
+        Err("a QoS 2 delivery not yet PUBRECed")
+    );
+    assert_eq!(s.inflight_len(), 2);
+    assert_eq!(s.on_ack(q1, AckKind::PubAck), Ok(true));
+    assert_eq!(s.on_ack(q1, AckKind::PubAck), Ok(false), "now unknown");
+    assert_eq!(s.on_ack(q2, AckKind::PubRec), Ok(true));
+    assert_eq!(s.on_ack(q2, AckKind::PubRec), Ok(true), "a repeated PUBREC");
+    assert_eq!(
+        s.inflight_len(),
+        1,
+        "PUBREC keeps the delivery until PUBCOMP"
+    );
+    assert_eq!(s.on_ack(q2, AckKind::PubAck), Err("a QoS 2 delivery"));
+    assert_eq!(s.on_ack(q2, AckKind::PubComp), Ok(true));
+    assert_eq!(s.inflight_len(), 0);
+    assert_eq!(
+        s.on_ack(999, AckKind::PubComp),
+        Ok(false),
+        "unknown ids are ignored"
+    );
+    // The ids are free again: the next delivery may take the first one.
+    s.enqueue(msg(3, QoS::AtLeastOnce));
+    s.acks().ids.set_next(q1);
+    let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
+        panic!("expected a QoS 1 delivery")
+    };
+    assert_eq!(id, q1, "an acknowledged id is free again");
 }
 
 #[test]
@@ -381,5 +423,37 @@ fn flow_queue_has_a_hard_limit() {
     assert_eq!(
         s.push_flow(msg(8, QoS::AtMostOnce), 3),
         Enqueued::OverflowStarted(1)
+    );
+}
+
+#[test]
+fn an_expired_message_does_not_open_the_window_for_the_next() {
+    let mut s = SessionState::new(limits(1, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::AtLeastOnce));
+    assert!(matches!(
+        s.next_outgoing(),
+        Some(Outgoing::Publish { pkid: Some(_), .. })
+    ));
+    // The window (1) is full. Next in the queue: a QoS 0 message whose Message Expiry
+    // Interval has passed, then a QoS 1 one, which must wait for the window.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let interval = Bytes::from_static(&[0x02, 0, 0, 0, 60]);
+    let mut expired = msg(2, QoS::AtMostOnce);
+    if let Some(m) = Arc::get_mut(&mut expired.msg) {
+        m.properties = Some(MessageProperties::restored(interval, Some(now_ms - 1)));
+    }
+    assert!(expired.msg.properties.as_ref().is_some_and(|p| p.expired()));
+    s.enqueue(expired);
+    s.enqueue(msg(3, QoS::AtLeastOnce));
+    assert!(s.next_outgoing().is_none(), "the window is still full");
+    assert_eq!(s.inflight_len(), 1);
+    assert_eq!(
+        s.queued_len(),
+        1,
+        "the expired message was dropped [MQTT-3.3.2-5]"
     );
 }
