@@ -639,15 +639,14 @@ async fn accept_loop(
                 t = transport::accept(&kind, stream, peer, acceptor, router.counters(), limit) => t,
                 _ = stop.changed() => None,
             };
+            let open = OpenConnection::new(router.clone(), transport);
             if let Some(io) = accepted {
-                Connection::new(router.clone(), io, peer)
+                // The guard goes with the connection: a parked one outlives this task.
+                Connection::new(router, io, peer)
                     .with_anonymous(anonymous)
-                    .run(shutdown)
+                    .run_holding(shutdown, (permit, done, open))
                     .await;
             }
-            router.counters().connection_closed(transport);
-            drop(permit);
-            drop(done);
         });
     }
 }

@@ -1,0 +1,242 @@
+//! Parked connections: what an idle connection costs while it has nothing to do.
+//!
+//! A connection's task holds a future as large as its largest await point (about 1.2 KiB
+//! plus tokio's cell, benches/README.md "Idle connection breakdown"), for as long as the
+//! connection lives. After `idle_park_after` with nothing read, written, queued or
+//! unacknowledged, [`super::Connection::serve_session`] returns `Park`; its task ends and
+//! [`park`] spawns a small one holding only what resuming needs ([`Parked`]: socket,
+//! session, output state, ids, keepalive deadline). It waits for the first of: the socket
+//! readable, the session's wake-up (a delivery), the takeover kick, shutdown, or the
+//! keepalive deadline; then it spawns the full connection again with the same state and
+//! ends. Nothing is read while parked, so no packet can be lost or reordered; the wake-up
+//! that ended the park is handed on (the kick and shutdown re-armed, readiness and
+//! queued messages still there), so the resumed loop sees the same event. The server's
+//! connection guard (its `max_connections` permit, open-connection count and the
+//! shutdown barrier) moves with the connection, and the session stays attached in the
+//! router: `$SYS` counts, takeover and the session stores see no difference.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+use tracing::debug;
+
+use super::acl_cache::AclCache;
+use super::flow::V5Flow;
+use super::output::OutBuf;
+use super::{Connection, Live};
+use crate::broker::config::AnonymousPolicy;
+use crate::broker::metrics::LocalCounters;
+use crate::broker::router::{MatchScratch, Router};
+use crate::broker::transport::Transport;
+use crate::codec::{Decoder, Protocol, ReasonCode};
+
+/// A [`Connection`] without what is empty or rebuilt while idle: read buffer, decoder,
+/// routing scratch, ACL cache (a cache: decisions are asked again after a park),
+/// interceptor batch, counters (flushed when parking).
+pub(super) struct Parked {
+    router: Arc<Router>,
+    conn_id: u64,
+    peer: SocketAddr,
+    io: Transport,
+    /// Empty, but it carries a 5.0 connection's outbound topic aliases.
+    out: OutBuf,
+    protocol: Protocol,
+    client_id: ByteString,
+    username: Option<ByteString>,
+    anonymous: AnonymousPolicy,
+    sys_publish_logged: bool,
+    v5_reason: Option<ReasonCode>,
+    v5_flow: Option<Box<V5Flow>>,
+    log_packets: bool,
+    live: Live,
+}
+
+/// What ended a park.
+enum Wake {
+    Kick,
+    Shutdown,
+    Other,
+}
+
+/// Ends the connection's full task (the caller returns right after) and spawns the
+/// parked one, which owns the connection's state and `guard` until it resumes.
+pub(super) fn park<G: Send + 'static>(
+    mut conn: Connection,
+    live: Live,
+    shutdown: watch::Receiver<bool>,
+    guard: G,
+) {
+    conn.counters.flush_into(conn.router.counters());
+    conn.router.counters().parked(true);
+    debug!(client_id = %conn.client_id, "connection idle: parked");
+    tokio::spawn(wait(Parked::new(conn, live), shutdown, guard));
+}
+
+impl Parked {
+    fn new(conn: Connection, live: Live) -> Parked {
+        let Connection {
+            router,
+            conn_id,
+            peer,
+            io,
+            out,
+            protocol,
+            client_id,
+            username,
+            anonymous,
+            sys_publish_logged,
+            v5_reason,
+            v5_flow,
+            log_packets,
+            ..
+        } = conn;
+        Parked {
+            router,
+            conn_id,
+            peer,
+            io,
+            out,
+            protocol,
+            client_id,
+            username,
+            anonymous,
+            sys_publish_logged,
+            v5_reason,
+            v5_flow,
+            log_packets,
+            live,
+        }
+    }
+}
+
+/// The parked task: waits, then hands everything back to a full connection task.
+async fn wait<G: Send + 'static>(parked: Parked, mut shutdown: watch::Receiver<bool>, guard: G) {
+    let wake = {
+        let Parked { io, live, .. } = &parked;
+        let kick = &live.gone.0.kick;
+        let far = || Instant::now() + std::time::Duration::from_secs(86_400);
+        tokio::select! {
+            biased;
+            _ = kick.notified() => Wake::Kick,
+            _ = shutdown.changed() => Wake::Shutdown,
+            () = sleep_until(live.deadline.unwrap_or_else(far)), if live.deadline.is_some() => Wake::Other,
+            // Readiness stays set in the socket's registration until a read finds
+            // nothing, so the resumed loop sees it too.
+            _ = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => Wake::Other,
+            // The permit is taken here; the resumed loop moves what is queued first thing.
+            _ = live.session.notify.notified() => Wake::Other,
+        }
+    };
+    match wake {
+        // Notified again, so the resumed loop's takeover branch fires as it would have.
+        Wake::Kick => parked.live.gone.0.kick.notify_one(),
+        // Marked unseen again, so the resumed loop closes for shutdown.
+        Wake::Shutdown => shutdown.mark_changed(),
+        // Keepalive: the deadline has passed, which the resumed loop's timer finds at
+        // once; readiness and queued messages are still there.
+        Wake::Other => {}
+    }
+    parked.router.counters().parked(false);
+    let (conn, live) = parked.resume();
+    tokio::spawn(conn.resume_holding(live, shutdown, guard));
+}
+
+impl Parked {
+    fn resume(self) -> (Connection, Live) {
+        let Parked {
+            router,
+            conn_id,
+            peer,
+            io,
+            out,
+            protocol,
+            client_id,
+            username,
+            anonymous,
+            sys_publish_logged,
+            v5_reason,
+            v5_flow,
+            log_packets,
+            live,
+        } = self;
+        let mut decoder = Decoder::new(router.config().max_packet_size);
+        decoder.set_protocol(protocol);
+        debug!(client_id = %client_id, "parked connection resumed");
+        let conn = Connection {
+            router,
+            conn_id,
+            peer,
+            io,
+            rbuf: BytesMut::new(),
+            out,
+            decoder,
+            protocol,
+            client_id,
+            username,
+            anonymous,
+            scratch: MatchScratch::default(),
+            acl_cache: AclCache::default(),
+            intercepted: Vec::new(),
+            unsynced: false,
+            counters: LocalCounters::default(),
+            sys_publish_logged,
+            v5_reason,
+            enhanced: None,
+            v5_flow,
+            log_packets,
+        };
+        (conn, live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::broker::router::{Attach, ConnHandle, GoneOnDrop, Router};
+
+    /// The parked task's future is what a parked connection costs beside its session
+    /// and socket registration (benches/README.md, "Idle connection breakdown"): far
+    /// below the full connection's (`connection_future_stays_small`).
+    #[tokio::test]
+    async fn parked_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let router = Arc::new(Router::new(
+            crate::broker::config::Config::default(),
+            crate::broker::hooks::Hooks::default(),
+        ));
+        let gone = GoneOnDrop(Arc::default());
+        let handle = ConnHandle {
+            conn_id: 1,
+            takeover: gone.0.clone(),
+        };
+        let Attach::Attached { session, .. } = router.attach(&"parked".into(), true, handle) else {
+            panic!("a new client id attaches");
+        };
+        let live = super::Live {
+            session,
+            gone,
+            will: None,
+            keep_alive: 60,
+            v5: false,
+            deadline: None,
+        };
+        let conn = super::Connection::new(router, stream, peer);
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let future = super::wait(super::Parked::new(conn, live), rx, ());
+        let size = std::mem::size_of_val(&future);
+        println!(
+            "parked future: {size} bytes; Parked {}, Transport {}",
+            std::mem::size_of::<super::Parked>(),
+            std::mem::size_of::<super::Transport>(),
+        );
+        assert!(size <= 960, "the parked future grew to {size} bytes");
+    }
+}
