@@ -670,7 +670,11 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = kick.notified() => {
-                    return Served::Close(Box::pin(self.drain_before_takeover(session)).await)
+                    // Shutdown kicks every connection too (`Router::kick_all`).
+                    if *shutdown.borrow() {
+                        return Served::Close(Close::Shutdown);
+                    }
+                    return Served::Close(Box::pin(self.drain_before_takeover(session)).await);
                 }
                 _ = shutdown.changed() => return Served::Close(Close::Shutdown),
                 () = &mut expiry, if first.is_some() => {

@@ -383,6 +383,8 @@ impl Server {
             state.ready.store(false, Ordering::Relaxed);
         }
         let _ = self.shutdown.send(true);
+        // Parked connections do not watch the channel: their takeover signal wakes them.
+        self.router.kick_all();
         self.done_tx.take();
         let all_done = &mut self.all_done;
         let finished = runtime.block_on(async {

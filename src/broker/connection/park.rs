@@ -6,11 +6,12 @@
 //! unacknowledged, [`super::Connection::serve_session`] returns `Park`; its task ends and
 //! [`park`] spawns a small one holding only what resuming needs ([`Parked`]: socket,
 //! session, output state, ids, keepalive deadline). It waits for the first of: the socket
-//! readable, the session's wake-up (a delivery), the takeover kick, shutdown, or the
-//! keepalive deadline; then it spawns the full connection again with the same state and
-//! ends. Nothing is read while parked, so no packet can be lost or reordered; the wake-up
-//! that ended the park is handed on (the kick and shutdown re-armed, readiness and
-//! queued messages still there), so the resumed loop sees the same event. The server's
+//! readable, the session's wake-up (a delivery), the takeover kick (which shutdown also
+//! sends, `Router::kick_all`), or the keepalive deadline; then it spawns the full
+//! connection again with the same state and ends. Nothing is read while parked, so no
+//! packet can be lost or reordered; the wake-up that ended the park is handed on (the
+//! kick re-armed, readiness and queued messages still there, the deadline past), so the
+//! resumed loop sees the same event. The server's
 //! connection guard (its `max_connections` permit, open-connection count and the
 //! shutdown barrier) moves with the connection, and the session stays attached in the
 //! router: `$SYS` counts, takeover and the session stores see no difference.
@@ -36,7 +37,8 @@ use crate::codec::{Decoder, Protocol, ReasonCode};
 
 /// A [`Connection`] without what is empty or rebuilt while idle: read buffer, decoder,
 /// routing scratch, ACL cache (a cache: decisions are asked again after a park),
-/// interceptor batch, counters (flushed when parking).
+/// interceptor batch, counters (flushed when parking), and the client id (the session's
+/// own, shared).
 pub(super) struct Parked {
     router: Arc<Router>,
     conn_id: u64,
@@ -45,7 +47,6 @@ pub(super) struct Parked {
     /// Empty, but it carries a 5.0 connection's outbound topic aliases.
     out: OutBuf,
     protocol: Protocol,
-    client_id: ByteString,
     username: Option<ByteString>,
     anonymous: AnonymousPolicy,
     sys_publish_logged: bool,
@@ -53,13 +54,6 @@ pub(super) struct Parked {
     v5_flow: Option<Box<V5Flow>>,
     log_packets: bool,
     live: Live,
-}
-
-/// What ended a park.
-enum Wake {
-    Kick,
-    Shutdown,
-    Other,
 }
 
 /// Ends the connection's full task (the caller returns right after) and spawns the
@@ -85,7 +79,6 @@ impl Parked {
             io,
             out,
             protocol,
-            client_id,
             username,
             anonymous,
             sys_publish_logged,
@@ -101,7 +94,6 @@ impl Parked {
             io,
             out,
             protocol,
-            client_id,
             username,
             anonymous,
             sys_publish_logged,
@@ -114,31 +106,29 @@ impl Parked {
 }
 
 /// The parked task: waits, then hands everything back to a full connection task.
-async fn wait<G: Send + 'static>(parked: Parked, mut shutdown: watch::Receiver<bool>, guard: G) {
-    let wake = {
+/// Shutdown is not watched here (the channel's future would cost 120 bytes): it wakes
+/// parked connections through the takeover signal (`Router::kick_all`).
+async fn wait<G: Send + 'static>(parked: Parked, shutdown: watch::Receiver<bool>, guard: G) {
+    let kicked = {
         let Parked { io, live, .. } = &parked;
-        let kick = &live.gone.0.kick;
         let far = || Instant::now() + std::time::Duration::from_secs(86_400);
         tokio::select! {
             biased;
-            _ = kick.notified() => Wake::Kick,
-            _ = shutdown.changed() => Wake::Shutdown,
-            () = sleep_until(live.deadline.unwrap_or_else(far)), if live.deadline.is_some() => Wake::Other,
+            _ = live.gone.0.kick.notified() => true,
+            // Keepalive: the deadline has passed, which the resumed loop's timer finds
+            // at once.
+            () = sleep_until(live.deadline.unwrap_or_else(far)), if live.deadline.is_some() => false,
             // Readiness stays set in the socket's registration until a read finds
             // nothing, so the resumed loop sees it too.
-            _ = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => Wake::Other,
+            _ = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => false,
             // The permit is taken here; the resumed loop moves what is queued first thing.
-            _ = live.session.notify.notified() => Wake::Other,
+            _ = live.session.notify.notified() => false,
         }
     };
-    match wake {
-        // Notified again, so the resumed loop's takeover branch fires as it would have.
-        Wake::Kick => parked.live.gone.0.kick.notify_one(),
-        // Marked unseen again, so the resumed loop closes for shutdown.
-        Wake::Shutdown => shutdown.mark_changed(),
-        // Keepalive: the deadline has passed, which the resumed loop's timer finds at
-        // once; readiness and queued messages are still there.
-        Wake::Other => {}
+    if kicked {
+        // Notified again, so the resumed loop's takeover (or shutdown) branch fires as
+        // it would have.
+        parked.live.gone.0.kick.notify_one();
     }
     parked.router.counters().parked(false);
     let (conn, live) = parked.resume();
@@ -154,7 +144,6 @@ impl Parked {
             io,
             out,
             protocol,
-            client_id,
             username,
             anonymous,
             sys_publish_logged,
@@ -165,6 +154,7 @@ impl Parked {
         } = self;
         let mut decoder = Decoder::new(router.config().max_packet_size);
         decoder.set_protocol(protocol);
+        let client_id = live.session.client_id.clone();
         debug!(client_id = %client_id, "parked connection resumed");
         let conn = Connection {
             router,
