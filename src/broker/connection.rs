@@ -260,14 +260,17 @@ impl Connection {
     #[allow(clippy::manual_async_fn)]
     fn resume_holding<G: Send + 'static>(
         mut self,
-        live: Live,
+        mut live: Live,
         mut shutdown: watch::Receiver<bool>,
         guard: G,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            match self.live(live, &mut shutdown).await {
-                Some(live) => park::park(self, live, shutdown, guard),
-                None => self.end_stream(guard).await,
+            // `live` is used in place: passed by value, each future would hold a copy.
+            if self.live(&mut live, &mut shutdown).await {
+                park::park(self, live, shutdown, guard);
+            } else {
+                drop(live);
+                self.end_stream(guard).await;
             }
         }
     }
@@ -287,8 +290,10 @@ impl Connection {
         let connect = Box::pin(self.wait_connect(shutdown)).await?;
         // So is the rest of the CONNECT handling (authentication, takeover, CONNACK):
         // its locals would otherwise size the future next to the session's loop.
-        let live = Box::pin(self.accept(connect, shutdown)).await?;
-        self.live(live, shutdown).await
+        let mut live = Box::pin(self.accept(connect, shutdown)).await?;
+        // By reference, for the same reason as `shutdown`.
+        let parked = self.live(&mut live, shutdown).await;
+        parked.then_some(live)
     }
 
     /// The first packet, a CONNECT, within `connect_timeout`; `None` if the connection
@@ -509,8 +514,8 @@ impl Connection {
     }
 
     /// Serves an attached session until the connection closes (then publishes the will
-    /// and detaches: `None`) or parks (`Some`: what it needs to resume).
-    async fn live(&mut self, mut live: Live, shutdown: &mut watch::Receiver<bool>) -> Option<Live> {
+    /// and detaches: `false`) or parks (`true`: `live` is what it needs to resume).
+    async fn live(&mut self, live: &mut Live, shutdown: &mut watch::Receiver<bool>) -> bool {
         let served = self
             .serve_session(
                 &live.session,
@@ -522,17 +527,13 @@ impl Connection {
             .await;
         let close = match served {
             Served::Close(close) => close,
-            Served::Park => return Some(live),
+            Served::Park => return true,
         };
         let Live {
-            session,
-            gone,
-            will,
-            v5,
-            ..
-        } = live;
+            session, will, v5, ..
+        } = &*live;
         self.log_close(&close);
-        if v5 {
+        if *v5 {
             Box::pin(self.send_disconnect_v5(&close)).await;
         }
         let reason = close.reason();
@@ -543,26 +544,26 @@ impl Connection {
             }
             Close::Shutdown => {
                 let _ = timeout(Duration::from_secs(1), self.flush()).await;
-                if let Some(connect) = &will {
+                if let Some(connect) = will {
                     Box::pin(self.publish_will(connect)).await;
                 }
             }
             _ => {
-                if let Some(connect) = &will {
-                    Box::pin(self.publish_or_delay_will(connect, &session)).await;
+                if let Some(connect) = will {
+                    Box::pin(self.publish_or_delay_will(connect, session)).await;
                 }
             }
         }
-        Box::pin(self.cluster_closed(will.as_deref(), &session, &close)).await;
-        self.router.detach(&session, self.conn_id);
+        Box::pin(self.cluster_closed(will.as_deref(), session, &close)).await;
+        self.router.detach(session, self.conn_id);
         self.router.emit(|| Event::Disconnected {
             client_id: self.client_id.clone(),
             reason,
             reason_code: self.v5_reason.map(|code| code.0),
         });
-        // Only now may a connection taking over this client id proceed.
-        drop(gone);
-        None
+        // The caller drops `live` (its `gone`) right after: only then may a connection
+        // taking over this client id proceed.
+        false
     }
 
     /// Attaches to the client's session, first closing any connection that holds it

@@ -108,31 +108,41 @@ impl Parked {
 /// The parked task: waits, then hands everything back to a full connection task.
 /// Shutdown is not watched here (the channel's future would cost 120 bytes): it wakes
 /// parked connections through the takeover signal (`Router::kick_all`).
-async fn wait<G: Send + 'static>(parked: Parked, shutdown: watch::Receiver<bool>, guard: G) {
-    let kicked = {
-        let Parked { io, live, .. } = &parked;
-        let far = || Instant::now() + std::time::Duration::from_secs(86_400);
-        tokio::select! {
-            biased;
-            _ = live.gone.0.kick.notified() => true,
-            // Keepalive: the deadline has passed, which the resumed loop's timer finds
-            // at once.
-            () = sleep_until(live.deadline.unwrap_or_else(far)), if live.deadline.is_some() => false,
-            // Readiness stays set in the socket's registration until a read finds
-            // nothing, so the resumed loop sees it too.
-            _ = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => false,
-            // The permit is taken here; the resumed loop moves what is queued first thing.
-            _ = live.session.notify.notified() => false,
+///
+/// Not an `async fn`: its arguments would be held twice (as arguments, and moved into
+/// the body's locals), and their size is what a parked connection costs.
+#[allow(clippy::manual_async_fn)]
+fn wait<G: Send + 'static>(
+    parked: Parked,
+    shutdown: watch::Receiver<bool>,
+    guard: G,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let kicked = {
+            let Parked { io, live, .. } = &parked;
+            let far = || Instant::now() + std::time::Duration::from_secs(86_400);
+            tokio::select! {
+                biased;
+                _ = live.gone.0.kick.notified() => true,
+                // Keepalive: the deadline has passed, which the resumed loop's timer finds
+                // at once.
+                () = sleep_until(live.deadline.unwrap_or_else(far)), if live.deadline.is_some() => false,
+                // Readiness stays set in the socket's registration until a read finds
+                // nothing, so the resumed loop sees it too.
+                _ = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => false,
+                // The permit is taken here; the resumed loop moves what is queued first thing.
+                _ = live.session.notify.notified() => false,
+            }
+        };
+        if kicked {
+            // Notified again, so the resumed loop's takeover (or shutdown) branch fires as
+            // it would have.
+            parked.live.gone.0.kick.notify_one();
         }
-    };
-    if kicked {
-        // Notified again, so the resumed loop's takeover (or shutdown) branch fires as
-        // it would have.
-        parked.live.gone.0.kick.notify_one();
+        parked.router.counters().parked(false);
+        let (conn, live) = parked.resume();
+        tokio::spawn(conn.resume_holding(live, shutdown, guard));
     }
-    parked.router.counters().parked(false);
-    let (conn, live) = parked.resume();
-    tokio::spawn(conn.resume_holding(live, shutdown, guard));
 }
 
 impl Parked {
@@ -227,6 +237,6 @@ mod tests {
             std::mem::size_of::<super::Parked>(),
             std::mem::size_of::<super::Transport>(),
         );
-        assert!(size <= 960, "the parked future grew to {size} bytes");
+        assert!(size <= 560, "the parked future grew to {size} bytes");
     }
 }
