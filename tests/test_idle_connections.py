@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from pyo3mq import Broker
 from support.mqtt_raw import PINGREQ, RawClient, ack, publish, subscribe
 from support.teardown import closed_at_teardown
 from test_pubsub import PahoClient
-
-from pyo3mq import Broker
 
 CONNECTIONS = 120
 # Copied beside its header (< 1 KiB), written by reference (>= 1 KiB), more than one
@@ -94,7 +93,9 @@ def wait_parked(broker: Broker, n: int, timeout: float = 10.0) -> None:
     """Waits until at least `n` connections are parked."""
     deadline = time.monotonic() + timeout
     while broker.stats()["connections_parked"] < n:
-        assert time.monotonic() < deadline, f"{broker.stats()['connections_parked']} parked, not {n}"
+        assert time.monotonic() < deadline, (
+            f"{broker.stats()['connections_parked']} parked, not {n}"
+        )
         time.sleep(0.02)
 
 
@@ -133,7 +134,9 @@ def test_parked_subscribers_get_qos_0_1_2_in_order(
     for rnd in range(2):
         wait_parked(parking, 4)
         assert parking.stats()["clients_connected"] == 4
-        sent = [(f"{rnd}-{pub_qos}-{i}".encode(), pub_qos) for pub_qos in (0, 1, 2) for i in range(3)]
+        sent = [
+            (f"{rnd}-{pub_qos}-{i}".encode(), pub_qos) for pub_qos in (0, 1, 2) for i in range(3)
+        ]
         for payload, pub_qos in sent:
             pub.publish_async("park/t", payload, pub_qos)
         for sub_qos, sub in enumerate(subs):
