@@ -932,20 +932,30 @@ pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, max_packet_size: u
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use crate::broker::router::Router;
+
+    /// A `Connection` on an accepted loopback socket (and the client's end, to keep
+    /// open), with a default router.
+    pub(super) async fn accepted() -> (super::Connection, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let router = Arc::new(Router::new(
+            crate::broker::config::Config::default(),
+            crate::broker::hooks::Hooks::default(),
+        ));
+        (super::Connection::new(router, stream, peer), client)
+    }
+
     /// Every connection's task holds this future for its whole life, so its size is
     /// memory per idle connection (benches/README.md, "idle connections"). An iovec
     /// array or a rarely used path held across an await once made it 2.5 KiB.
     #[tokio::test]
     async fn connection_future_stays_small() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let router = std::sync::Arc::new(crate::broker::router::Router::new(
-            crate::broker::config::Config::default(),
-            crate::broker::hooks::Hooks::default(),
-        ));
-        let conn = super::Connection::new(router, stream, peer);
+        let (conn, _client) = accepted().await;
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let future = conn.run(rx);
         let size = std::mem::size_of_val(&future);

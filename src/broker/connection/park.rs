@@ -197,21 +197,15 @@ impl Parked {
 mod tests {
     use std::sync::Arc;
 
-    use crate::broker::router::{Attach, ConnHandle, GoneOnDrop, Router};
+    use crate::broker::router::{Attach, ConnHandle, GoneOnDrop};
 
     /// The parked task's future is what a parked connection costs beside its session
     /// and socket registration (benches/README.md, "Idle connection breakdown"): far
     /// below the full connection's (`connection_future_stays_small`).
     #[tokio::test]
     async fn parked_future_stays_small() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let router = Arc::new(Router::new(
-            crate::broker::config::Config::default(),
-            crate::broker::hooks::Hooks::default(),
-        ));
+        let (conn, _client) = crate::broker::connection::tests::accepted().await;
+        let router = conn.router.clone();
         let gone = GoneOnDrop(Arc::default());
         let handle = ConnHandle {
             conn_id: 1,
@@ -228,7 +222,6 @@ mod tests {
             v5: false,
             deadline: None,
         };
-        let conn = super::Connection::new(router, stream, peer);
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let future = super::wait(super::Parked::new(conn, live), rx, ());
         let size = std::mem::size_of_val(&future);
