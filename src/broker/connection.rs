@@ -404,9 +404,7 @@ impl Connection {
             let connect = Packet::Connect((*connect).clone());
             debug!(target: "pyo3mq::packets", "received {} from '{id}' ({})", packet_log::Summary(&connect), self.peer);
         }
-        let Some(client_id) = self.accept_client_id(&connect).await else {
-            return None;
-        };
+        let client_id = self.accept_client_id(&connect).await?;
         self.client_id = client_id;
         self.username = self.username_for(&connect);
         let v5 = connect.protocol == Protocol::V5;
