@@ -72,34 +72,19 @@ pub(super) fn park<G: Send + 'static>(
 
 impl Parked {
     fn new(conn: Connection, live: Live) -> Parked {
-        let Connection {
-            router,
-            conn_id,
-            peer,
-            io,
-            out,
-            protocol,
-            username,
-            anonymous,
-            sys_publish_logged,
-            v5_reason,
-            v5_flow,
-            log_packets,
-            ..
-        } = conn;
         Parked {
-            router,
-            conn_id,
-            peer,
-            io,
-            out,
-            protocol,
-            username,
-            anonymous,
-            sys_publish_logged,
-            v5_reason,
-            v5_flow,
-            log_packets,
+            router: conn.router,
+            conn_id: conn.conn_id,
+            peer: conn.peer,
+            io: conn.io,
+            out: conn.out,
+            protocol: conn.protocol,
+            username: conn.username,
+            anonymous: conn.anonymous,
+            sys_publish_logged: conn.sys_publish_logged,
+            v5_reason: conn.v5_reason,
+            v5_flow: conn.v5_flow,
+            log_packets: conn.log_packets,
             live,
         }
     }
@@ -147,49 +132,34 @@ fn wait<G: Send + 'static>(
 
 impl Parked {
     fn resume(self) -> (Connection, Live) {
-        let Parked {
-            router,
-            conn_id,
-            peer,
-            io,
-            out,
-            protocol,
-            username,
-            anonymous,
-            sys_publish_logged,
-            v5_reason,
-            v5_flow,
-            log_packets,
-            live,
-        } = self;
-        let mut decoder = Decoder::new(router.config().max_packet_size);
-        decoder.set_protocol(protocol);
-        let client_id = live.session.client_id.clone();
+        let mut decoder = Decoder::new(self.router.config().max_packet_size);
+        decoder.set_protocol(self.protocol);
+        let client_id = self.live.session.client_id.clone();
         debug!(client_id = %client_id, "parked connection resumed");
         let conn = Connection {
-            router,
-            conn_id,
-            peer,
-            io,
+            router: self.router,
+            conn_id: self.conn_id,
+            peer: self.peer,
+            io: self.io,
             rbuf: BytesMut::new(),
-            out,
+            out: self.out,
             decoder,
-            protocol,
+            protocol: self.protocol,
             client_id,
-            username,
-            anonymous,
+            username: self.username,
+            anonymous: self.anonymous,
             scratch: MatchScratch::default(),
             acl_cache: AclCache::default(),
             intercepted: Vec::new(),
             unsynced: false,
             counters: LocalCounters::default(),
-            sys_publish_logged,
-            v5_reason,
+            sys_publish_logged: self.sys_publish_logged,
+            v5_reason: self.v5_reason,
             enhanced: None,
-            v5_flow,
-            log_packets,
+            v5_flow: self.v5_flow,
+            log_packets: self.log_packets,
         };
-        (conn, live)
+        (conn, self.live)
     }
 }
 
