@@ -454,7 +454,7 @@ def run_idle(exe: str, broker: Broker, args: argparse.Namespace, transport: str 
             "--concurrency",
             str(args.idle_concurrency),
             "--settle",
-            "1",
+            str(args.idle_settle if transport == "tcp" else 1.0),
         ]
         if transport == "tcp":
             gen_args += ["--sources", str(IDLE_SOURCES), "--storm"]
@@ -947,6 +947,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="handshakes in flight in the idle test and its reconnect storm (default 500)",
     )
     ap.add_argument(
+        "--idle-settle",
+        type=float,
+        default=7.0,
+        help="seconds both brokers' connections stay idle before RSS is read (default 7: "
+        "longer than pyo3mq's idle_park_after, 5, so its connections are parked)",
+    )
+    ap.add_argument(
         "--idle-reps",
         type=int,
         default=None,
@@ -1144,6 +1151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "paced_seconds": args.paced_seconds,
         "idle_connections": args.idle_connections,
         "idle_concurrency": args.idle_concurrency,
+        "idle_settle": args.idle_settle,
     }
     summary = summarize(results, meta, matrix)
     (out / "summary.md").write_text(summary)

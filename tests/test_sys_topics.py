@@ -334,6 +334,8 @@ def test_broker_stats_from_python(make_broker: Callable[..., pyo3mq.Broker]) -> 
         "uptime",
         *(name.replace("/", "_").replace(" ", "_") for name in STATS[2:]),
         "events_dropped",
+        "connections_parked",
+        "connection_parks",
     }
     port = broker.addresses[0][1]
     sub = Peer(port, "stats-sub")

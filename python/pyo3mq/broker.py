@@ -72,6 +72,7 @@ class BrokerConfig:
     worker_threads: int = _DEFAULTS["worker_threads"]
     auth_timeout: float = _DEFAULTS["auth_timeout"]
     acl_cache_ttl: float = _DEFAULTS["acl_cache_ttl"]
+    idle_park_after: float = _DEFAULTS["idle_park_after"]
     password_file: str | None = _DEFAULTS["password_file"]
     acl_file: str | None = _DEFAULTS["acl_file"]
     # None: the password file or authenticator decides, else loopback listeners only.
@@ -505,8 +506,10 @@ class Broker:
         and `retained_messages_count`; with a TLS listener also `tls_handshakes` and
         `tls_handshakes_failed`, with a WebSocket listener `websockets_upgrades` and
         `websockets_upgrades_failed`; and, not in `$SYS`, `events_dropped` (events for
-        `on_connect` and the other observers that a full event queue dropped). Empty while
-        the broker is stopped."""
+        `on_connect` and the other observers that a full event queue dropped),
+        `connections_parked` (idle connections parked now, see `idle_park_after`) and
+        `connection_parks` (times a connection parked). Empty while the broker is
+        stopped."""
         return dict(self._core.stats())
 
     def metrics_text(self) -> str:

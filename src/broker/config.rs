@@ -328,6 +328,11 @@ settings! {
     auth_timeout: Duration = Duration::from_secs(5);
     /// How long a connection reuses a publish authorization decision per topic.
     acl_cache_ttl: Duration = Duration::from_secs(60);
+    /// A connection with nothing to do (nothing to read, write, deliver or acknowledge)
+    /// for this long parks: its task ends and a much smaller one waits for its socket,
+    /// its session, takeover, shutdown and keepalive (connection/park.rs); zero never
+    /// parks.
+    idle_park_after: Duration = Duration::from_secs(5);
     /// A mosquitto_passwd file: when set, clients must present a listed user and password.
     password_file: Option<String> = None;
     /// A mosquitto acl_file: when set, subscriptions and publishes are checked against it.

@@ -19,7 +19,7 @@ use bytestring::ByteString;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::broker::cluster::RouterCluster;
@@ -40,6 +40,7 @@ mod flow;
 mod handlers;
 mod output;
 mod packet_log;
+mod park;
 mod reasons;
 mod topic_alias;
 mod topic_alias_out;
@@ -93,6 +94,33 @@ thread_local! {
     /// The batch [`Connection::pump`] takes from a session queue per lock, reused by every
     /// connection on this worker thread (always empty between calls).
     static PUMP_BATCH_VEC: Cell<Vec<Outgoing>> = const { Cell::new(Vec::new()) };
+}
+
+/// What a connection that serves its session holds beside the [`Connection`]: kept
+/// across a park (connection/park.rs).
+struct Live {
+    session: Arc<Session>,
+    /// Dropped when the connection has detached (see [`GoneOnDrop`]); its `kick` is the
+    /// takeover signal.
+    gone: GoneOnDrop,
+    /// The CONNECT, kept only when it carries a will.
+    will: Option<Box<Connect>>,
+    keep_alive: u16,
+    v5: bool,
+    /// When the keepalive expires: 1.5 times the keepalive after the last packet read.
+    deadline: Option<Instant>,
+}
+
+/// How [`Connection::serve_session`] ended.
+enum Served {
+    Close(Close),
+    /// Idle for `idle_park_after` with nothing pending: hand over to a parked task.
+    Park,
+}
+
+/// [MQTT-3.1.2-24]: 1.5 times the keepalive without a packet closes the connection.
+fn keepalive_limit(keep_alive: u16) -> Option<Duration> {
+    (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500))
 }
 
 /// Why a connection ended; everything but `Disconnect` publishes the will.
@@ -220,23 +248,53 @@ impl Connection {
         async move {
             // By reference: each nested future holding its own receiver (16 bytes) would
             // hold it four times over for the connection's life.
-            self.run_to_close(&mut shutdown).await;
-            // Every path, refusals included, ends the stream politely (a WebSocket close
-            // frame, TLS close_notify, FIN)...
-            let _ = self.io.shutdown().await;
-            // ...and counts its traffic in `$SYS`.
-            self.counters.flush_into(self.router.counters());
-            drop(guard);
+            match self.run_to_close(&mut shutdown).await {
+                // Moved, not awaited: this task ends, a small one takes over.
+                Some(live) => park::park(self, live, shutdown, guard),
+                None => self.end_stream(guard).await,
+            }
         }
     }
 
-    async fn run_to_close(&mut self, shutdown: &mut watch::Receiver<bool>) {
+    /// The full connection again, for a parked one that was woken (connection/park.rs):
+    /// its session served from where it parked.
+    #[allow(clippy::manual_async_fn)]
+    fn resume_holding<G: Send + 'static>(
+        mut self,
+        mut live: Live,
+        mut shutdown: watch::Receiver<bool>,
+        guard: G,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            // `live` is used in place: passed by value, each future would hold a copy.
+            if self.live(&mut live, &mut shutdown).await {
+                park::park(self, live, shutdown, guard);
+            } else {
+                drop(live);
+                self.end_stream(guard).await;
+            }
+        }
+    }
+
+    /// Every path, refusals included, ends the stream politely (a WebSocket close frame,
+    /// TLS close_notify, FIN) and counts its traffic in `$SYS`.
+    async fn end_stream<G>(&mut self, guard: G) {
+        let _ = self.io.shutdown().await;
+        self.counters.flush_into(self.router.counters());
+        drop(guard);
+    }
+
+    /// `Some` when the connection parks (what it needs to resume), `None` once closed.
+    async fn run_to_close(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Live> {
         // The CONNECT phase is boxed: its timer and its two futures (about 800 bytes)
         // are needed once, and inline they would size the future of the whole life.
-        let Some(connect) = Box::pin(self.wait_connect(shutdown)).await else {
-            return;
-        };
-        self.serve(connect, shutdown).await;
+        let connect = Box::pin(self.wait_connect(shutdown)).await?;
+        // So is the rest of the CONNECT handling (authentication, takeover, CONNACK):
+        // its locals would otherwise size the future next to the session's loop.
+        let mut live = Box::pin(self.accept(connect, shutdown)).await?;
+        // By reference, for the same reason as `shutdown`.
+        let parked = self.live(&mut live, shutdown).await;
+        parked.then_some(live)
     }
 
     /// The first packet, a CONNECT, within `connect_timeout`; `None` if the connection
@@ -330,7 +388,12 @@ impl Connection {
         Ok(())
     }
 
-    async fn serve(&mut self, mut connect: Box<Connect>, shutdown: &mut watch::Receiver<bool>) {
+    /// Answers the CONNECT: `Some` once CONNACK 0 is queued and the session attached.
+    async fn accept(
+        &mut self,
+        mut connect: Box<Connect>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Live> {
         // A bridge (Mosquitto's `try_private`) speaks plain 3.1.1 from here on; its
         // session (below) does not get its own messages back and keeps RETAIN flags.
         let bridge = connect.protocol.is_bridge();
@@ -342,9 +405,7 @@ impl Connection {
             let connect = Packet::Connect((*connect).clone());
             debug!(target: "pyo3mq::packets", "received {} from '{id}' ({})", packet_log::Summary(&connect), self.peer);
         }
-        let Some(client_id) = self.accept_client_id(&connect).await else {
-            return;
-        };
+        let client_id = self.accept_client_id(&connect).await?;
         self.client_id = client_id;
         self.username = self.username_for(&connect);
         let v5 = connect.protocol == Protocol::V5;
@@ -355,14 +416,14 @@ impl Connection {
         // future for its whole life (idle connections should cost little memory).
         if enhanced_auth {
             if !Box::pin(self.enhanced_login(&connect, shutdown)).await {
-                return;
+                return None;
             }
         } else {
             let decision = Box::pin(self.authenticate(&connect)).await;
             if decision != AuthDecision::Allow {
                 self.router.counters().auth_failed();
                 Box::pin(self.refuse_login(&connect, decision)).await;
-                return;
+                return None;
             }
         }
         let refuse_v5 = v5 && !enhanced_auth;
@@ -376,7 +437,7 @@ impl Connection {
                 properties: None,
             });
             self.refuse_with(&refusal).await;
-            return;
+            return None;
         }
 
         // Dropped on every way out of here: only then may a connection taking over this
@@ -389,7 +450,7 @@ impl Connection {
         let Some((session, session_present)) = Box::pin(self.take_session(&connect, handle)).await
         else {
             self.refuse(ConnectReturnCode::ServerUnavailable).await;
-            return;
+            return None;
         };
         session.set_bridge(bridge);
         self.apply_receive_maximum(&connect, &session);
@@ -440,11 +501,38 @@ impl Connection {
         // After CONNACK only a will is still needed: a CONNECT without one is dropped
         // here instead of being held for the connection's life.
         let will = connect.will.is_some().then_some(connect);
-        let close = self
-            .serve_session(&session, keep_alive, &gone.0.kick, shutdown)
+        let live = Live {
+            session,
+            gone,
+            will,
+            keep_alive,
+            v5,
+            deadline: keepalive_limit(keep_alive).map(|limit| Instant::now() + limit),
+        };
+        Some(live)
+    }
+
+    /// Serves an attached session until the connection closes (then publishes the will
+    /// and detaches: `false`) or parks (`true`: `live` is what it needs to resume).
+    async fn live(&mut self, live: &mut Live, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let served = self
+            .serve_session(
+                &live.session,
+                live.keep_alive,
+                &mut live.deadline,
+                &live.gone.0.kick,
+                shutdown,
+            )
             .await;
+        let close = match served {
+            Served::Close(close) => close,
+            Served::Park => return true,
+        };
+        let Live {
+            session, will, v5, ..
+        } = &*live;
         self.log_close(&close);
-        if v5 {
+        if *v5 {
             Box::pin(self.send_disconnect_v5(&close)).await;
         }
         let reason = close.reason();
@@ -455,25 +543,26 @@ impl Connection {
             }
             Close::Shutdown => {
                 let _ = timeout(Duration::from_secs(1), self.flush()).await;
-                if let Some(connect) = &will {
+                if let Some(connect) = will {
                     Box::pin(self.publish_will(connect)).await;
                 }
             }
             _ => {
-                if let Some(connect) = &will {
-                    Box::pin(self.publish_or_delay_will(connect, &session)).await;
+                if let Some(connect) = will {
+                    Box::pin(self.publish_or_delay_will(connect, session)).await;
                 }
             }
         }
-        Box::pin(self.cluster_closed(will.as_deref(), &session, &close)).await;
-        self.router.detach(&session, self.conn_id);
+        Box::pin(self.cluster_closed(will.as_deref(), session, &close)).await;
+        self.router.detach(session, self.conn_id);
         self.router.emit(|| Event::Disconnected {
             client_id: self.client_id.clone(),
             reason,
             reason_code: self.v5_reason.map(|code| code.0),
         });
-        // Only now may a connection taking over this client id proceed.
-        drop(gone);
+        // The caller drops `live` (its `gone`) right after: only then may a connection
+        // taking over this client id proceed.
+        false
     }
 
     /// Attaches to the client's session, first closing any connection that holds it
@@ -526,21 +615,32 @@ impl Connection {
         None
     }
 
+    /// The session's loop: until the connection closes, or parks (`idle_park_after`).
+    /// `deadline` is the keepalive's, moved by every read and kept across a park.
     async fn serve_session(
         &mut self,
         session: &Arc<Session>,
         keep_alive: u16,
+        deadline: &mut Option<Instant>,
         kick: &Notify,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Close {
-        // [MQTT-3.1.2-24]: 1.5 times the keepalive without a packet closes the connection.
-        let idle_limit =
-            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        let expiry = sleep(idle_limit.unwrap_or(Duration::from_secs(86_400)));
+    ) -> Served {
+        let idle_limit = keepalive_limit(keep_alive);
+        let park_after = Some(self.router.config().idle_park_after).filter(|d| !d.is_zero());
+        // One timer for both: without parking it is the keepalive deadline, moved by
+        // each read; with parking it also fires every `idle_park_after` to look whether
+        // the connection was idle since (reads then only move `deadline`, which is
+        // checked when it fires).
+        let next_park = |now: Instant| park_after.map(|after| now + after);
+        let first = earliest(*deadline, next_park(Instant::now()));
+        let expiry =
+            sleep_until(first.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)));
         tokio::pin!(expiry);
+        // A read or a delivery since the timer last fired: not idle.
+        let mut active = false;
         // Packets pipelined behind CONNECT are already buffered.
         if let Some(close) = Box::pin(self.handle_buffered(session)).await {
-            return close;
+            return Served::Close(close);
         }
         if self.rbuf.is_empty() {
             output::give_read_buf(&mut self.rbuf);
@@ -569,34 +669,56 @@ impl Connection {
             self.out.release_if_empty();
             tokio::select! {
                 biased;
-                _ = kick.notified() => return Box::pin(self.drain_before_takeover(session)).await,
-                _ = shutdown.changed() => return Close::Shutdown,
-                _ = &mut expiry, if idle_limit.is_some() => return Close::KeepAlive,
+                _ = kick.notified() => {
+                    // Shutdown kicks every connection too (`Router::kick_all`).
+                    if *shutdown.borrow() {
+                        return Served::Close(Close::Shutdown);
+                    }
+                    return Served::Close(Box::pin(self.drain_before_takeover(session)).await);
+                }
+                _ = shutdown.changed() => return Served::Close(Close::Shutdown),
+                () = &mut expiry, if first.is_some() => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|at| at <= now) {
+                        return Served::Close(Close::KeepAlive);
+                    }
+                    if park_after.is_some() && !std::mem::take(&mut active) && self.can_park(session) {
+                        return Served::Park;
+                    }
+                    if let Some(at) = earliest(*deadline, next_park(now)) {
+                        expiry.as_mut().reset(at);
+                    }
+                }
                 // Readiness by poll, not by `readable()`/`writable()` futures: the wakers
                 // live in the socket's registration, and these futures are 16 bytes
                 // instead of 168 each in every connection's future.
                 res = std::future::poll_fn(|cx| self.io.poll_write_ready(cx)), if has_output => {
                     if let Err(e) = res.and_then(|()| self.write_ready()) {
-                        return Close::Io(e);
+                        return Served::Close(Close::Io(e));
                     }
                 },
                 res = std::future::poll_fn(|cx| self.io.poll_read_ready(cx)), if can_read => {
                     if let Err(e) = res {
-                        return Close::Io(e);
+                        return Served::Close(Close::Io(e));
                     }
                     if self.rbuf.capacity() == 0 {
                         self.rbuf = output::take_read_buf();
                     }
                     self.rbuf.reserve(READ_CHUNK);
                     match self.io.try_read_buf(&mut self.rbuf) {
-                        Ok(0) => return Close::PeerClosed,
+                        Ok(0) => return Served::Close(Close::PeerClosed),
                         Ok(n) => {
                             self.counters.bytes_received += n as u64;
+                            active = true;
                             if let Some(limit) = idle_limit {
-                                expiry.as_mut().reset(Instant::now() + limit);
+                                let at = Instant::now() + limit;
+                                *deadline = Some(at);
+                                if park_after.is_none() {
+                                    expiry.as_mut().reset(at);
+                                }
                             }
                             if let Some(close) = Box::pin(self.handle_buffered(session)).await {
-                                return close;
+                                return Served::Close(close);
                             }
                             if self.rbuf.is_empty() {
                                 // Idle connections hold no read buffer between reads;
@@ -610,11 +732,28 @@ impl Connection {
                                 output::give_read_buf(&mut self.rbuf);
                             }
                         }
-                        Err(e) => return Close::Io(e),
+                        Err(e) => return Served::Close(Close::Io(e)),
                     }
                 },
-                _ = session.notify.notified(), if can_pump => {}
+                _ = session.notify.notified(), if can_pump => active = true,
             }
+        }
+    }
+
+    /// Whether nothing is pending on either side, so the connection may park: no
+    /// partial packet read, nothing to write, nothing queued or unacknowledged in the
+    /// session. Asked only when the park timer fires, never per packet.
+    fn can_park(&self, session: &Session) -> bool {
+        let quiet = self.rbuf.is_empty()
+            && self.out.is_empty()
+            && !self.io.wants_write()
+            && !self.unsynced
+            && self.intercepted.is_empty()
+            // An enhanced authentication may be mid-exchange: such a connection stays.
+            && self.enhanced.is_none();
+        quiet && {
+            let state = session.state.lock();
+            state.queued_len() == 0 && state.inflight_len() == 0
         }
     }
 
@@ -749,6 +888,14 @@ impl Connection {
     }
 }
 
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Answers a client over `max_connections` with CONNACK 0x03 (server unavailable).
 pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, max_packet_size: usize) {
     let (mut reader, mut writer) = stream.into_split();
@@ -784,20 +931,30 @@ pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, max_packet_size: u
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use crate::broker::router::Router;
+
+    /// A `Connection` on an accepted loopback socket (and the client's end, to keep
+    /// open), with a default router.
+    pub(super) async fn accepted() -> (super::Connection, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let router = Arc::new(Router::new(
+            crate::broker::config::Config::default(),
+            crate::broker::hooks::Hooks::default(),
+        ));
+        (super::Connection::new(router, stream, peer), client)
+    }
+
     /// Every connection's task holds this future for its whole life, so its size is
     /// memory per idle connection (benches/README.md, "idle connections"). An iovec
     /// array or a rarely used path held across an await once made it 2.5 KiB.
     #[tokio::test]
     async fn connection_future_stays_small() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let router = std::sync::Arc::new(crate::broker::router::Router::new(
-            crate::broker::config::Config::default(),
-            crate::broker::hooks::Hooks::default(),
-        ));
-        let conn = super::Connection::new(router, stream, peer);
+        let (conn, _client) = accepted().await;
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let future = conn.run(rx);
         let size = std::mem::size_of_val(&future);

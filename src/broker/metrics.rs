@@ -48,6 +48,9 @@ pub struct Counters {
     /// Writes to a durable session store: how long each took, and how many failed.
     pub store_commit: Histogram,
     store_commit_failures: AtomicU64,
+    /// Connections parked now, and times a connection parked (connection/park.rs).
+    parked: AtomicU64,
+    parks: AtomicU64,
 }
 
 /// The transport under a connection, as `/metrics` labels it.
@@ -297,6 +300,24 @@ impl Counters {
         (
             self.accepted[kind as usize].load(Ordering::Relaxed),
             self.open[kind as usize].load(Ordering::Relaxed),
+        )
+    }
+
+    /// A connection parked (`true`) or resumed (`false`).
+    pub fn parked(&self, parked: bool) {
+        if parked {
+            self.parked.fetch_add(1, Ordering::Relaxed);
+            self.parks.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.parked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (parked now, parks since start).
+    pub fn parked_connections(&self) -> (u64, u64) {
+        (
+            self.parked.load(Ordering::Relaxed),
+            self.parks.load(Ordering::Relaxed),
         )
     }
 

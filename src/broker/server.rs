@@ -383,6 +383,8 @@ impl Server {
             state.ready.store(false, Ordering::Relaxed);
         }
         let _ = self.shutdown.send(true);
+        // Parked connections do not watch the channel: their takeover signal wakes them.
+        self.router.kick_all();
         self.done_tx.take();
         let all_done = &mut self.all_done;
         let finished = runtime.block_on(async {
@@ -639,15 +641,14 @@ async fn accept_loop(
                 t = transport::accept(&kind, stream, peer, acceptor, router.counters(), limit) => t,
                 _ = stop.changed() => None,
             };
+            let open = OpenConnection::new(router.clone(), transport);
             if let Some(io) = accepted {
-                Connection::new(router.clone(), io, peer)
+                // The guard goes with the connection: a parked one outlives this task.
+                Connection::new(router, io, peer)
                     .with_anonymous(anonymous)
-                    .run(shutdown)
+                    .run_holding(shutdown, (permit, done, open))
                     .await;
             }
-            router.counters().connection_closed(transport);
-            drop(permit);
-            drop(done);
         });
     }
 }

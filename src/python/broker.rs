@@ -373,6 +373,9 @@ impl BrokerCore {
                 .map(|(name, value)| (name.replace(['/', ' '], "_"), *value))
                 .collect();
             stats.push(("events_dropped".to_string(), router.events_dropped()));
+            let (parked, parks) = router.counters().parked_connections();
+            stats.push(("connections_parked".to_string(), parked));
+            stats.push(("connection_parks".to_string(), parks));
             stats
         })
     }

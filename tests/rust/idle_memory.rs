@@ -111,12 +111,33 @@ fn open(addr: std::net::SocketAddr, i: usize) -> TcpStream {
     s
 }
 
-/// Live heap while `n` clients are connected and silent, minus live heap before.
-fn heap_per_connection(n: usize) -> (f64, BTreeMap<usize, i64>) {
+/// Waits until `n` connections are parked.
+fn wait_parked(server: &Server, n: usize) {
+    let counters = server.router().counters();
+    let from = Instant::now();
+    while counters.parked_connections().0 < n as u64 {
+        assert!(
+            from.elapsed() < Duration::from_secs(30),
+            "{} of {n} connections parked",
+            counters.parked_connections().0
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The tests count one process-wide heap: one measurement at a time.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Live heap while `n` clients are connected and silent, minus live heap before;
+/// with `park_after`, once all of them are parked (`idle_park_after`).
+fn heap_per_connection(n: usize, park_after: Option<Duration>) -> (f64, BTreeMap<usize, i64>) {
     let config = Config {
         listeners: vec!["tcp://127.0.0.1:0".into()],
+        // Zero: never park (the full connection task is what is measured).
+        idle_park_after: park_after.unwrap_or(Duration::ZERO),
         ..Config::default()
     };
+    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let mut server = Server::start(
         config,
         Hooks::default(),
@@ -129,6 +150,9 @@ fn heap_per_connection(n: usize) -> (f64, BTreeMap<usize, i64>) {
     let warm: Vec<TcpStream> = (0..64).map(|i| open(addr, 900_000 + i)).collect();
     let mut clients = Vec::with_capacity(n);
     std::thread::sleep(Duration::from_millis(200));
+    if park_after.is_some() {
+        wait_parked(&server, warm.len());
+    }
     let (before, sizes_before) = snapshot();
     if let Some(size) = std::env::var("IDLE_MEMORY_TRACE")
         .ok()
@@ -139,11 +163,17 @@ fn heap_per_connection(n: usize) -> (f64, BTreeMap<usize, i64>) {
     for i in 0..n {
         clients.push(open(addr, i));
     }
-    // Let every connection task reach its idle wait.
+    // Let every connection task reach its idle wait (or its parked one).
     let settle = Instant::now();
     let mut after = snapshot();
     while settle.elapsed() < Duration::from_millis(500) {
         std::thread::sleep(Duration::from_millis(100));
+        after = snapshot();
+    }
+    if park_after.is_some() {
+        wait_parked(&server, n + warm.len());
+        // The full tasks that parked are freed once their workers have run again.
+        std::thread::sleep(Duration::from_millis(200));
         after = snapshot();
     }
     let per_conn = (after.0 - before) as f64 / n as f64;
@@ -164,17 +194,44 @@ fn heap_per_connection(n: usize) -> (f64, BTreeMap<usize, i64>) {
 /// versions; it is not a speed figure.
 #[test]
 fn heap_per_idle_connection() {
-    // Both ends of every connection are in this process: two descriptors each.
+    let n = connections();
+    let (per_conn, classes) = heap_per_connection(n, None);
+    println!("live heap per idle connection: {per_conn:.0} bytes over {n} connections");
+    print_classes(n, &classes);
+    assert!(
+        per_conn < 2_600.0,
+        "an idle connection holds {per_conn:.0} bytes of heap"
+    );
+}
+
+/// The same, once every connection has parked (`idle_park_after`,
+/// src/broker/connection/park.rs): the full task is gone, a small one waits.
+#[test]
+fn heap_per_parked_connection() {
+    let n = connections();
+    let (per_conn, classes) = heap_per_connection(n, Some(Duration::from_millis(200)));
+    println!("live heap per parked connection: {per_conn:.0} bytes over {n} connections");
+    print_classes(n, &classes);
+    assert!(
+        per_conn < 2_000.0,
+        "a parked connection holds {per_conn:.0} bytes of heap"
+    );
+}
+
+/// Both ends of every connection are in this process: two descriptors each.
+fn connections() -> usize {
     let n = 2_000.min(descriptors().saturating_sub(300) / 2);
     assert!(
         n >= 500,
         "too few descriptors for the test ({})",
         descriptors()
     );
-    let (per_conn, classes) = heap_per_connection(n);
-    println!("live heap per idle connection: {per_conn:.0} bytes over {n} connections");
+    n
+}
+
+fn print_classes(n: usize, classes: &BTreeMap<usize, i64>) {
     println!("size class: allocations per connection (bytes per connection)");
-    for (size, count) in &classes {
+    for (size, count) in classes {
         let per = *count as f64 / n as f64;
         if per.abs() >= 0.05 {
             println!(
@@ -183,10 +240,6 @@ fn heap_per_idle_connection() {
             );
         }
     }
-    assert!(
-        per_conn < 2_600.0,
-        "an idle connection holds {per_conn:.0} bytes of heap"
-    );
 }
 
 /// The soft descriptor limit, first raised to the hard limit (a soft limit of 1,024 is

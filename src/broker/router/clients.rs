@@ -167,6 +167,18 @@ impl Router {
         }
     }
 
+    /// Wakes every attached connection through its takeover signal. Shutdown does this
+    /// after setting the shutdown channel: parked connections (connection/park.rs) wait
+    /// on this signal rather than on the channel, whose future would cost each of them
+    /// 120 bytes; a woken connection sees the channel set and closes for shutdown.
+    pub fn kick_all(&self) {
+        for slot in self.clients.lock().values() {
+            if let Some(conn) = &slot.conn {
+                conn.takeover.kick.notify_one();
+            }
+        }
+    }
+
     /// Releases the session when its connection ends. A clean session is discarded with
     /// everything in it; a persistent one stays, offline, and keeps queueing.
     pub fn detach(&self, session: &Arc<Session>, conn_id: u64) {

@@ -1,0 +1,205 @@
+//! Parked connections: what an idle connection costs while it has nothing to do.
+//!
+//! A connection's task holds a future as large as its largest await point (about 1.2 KiB
+//! plus tokio's cell, benches/README.md "Idle connection breakdown"), for as long as the
+//! connection lives. After `idle_park_after` with nothing read, written, queued or
+//! unacknowledged, [`super::Connection::serve_session`] returns `Park`; its task ends and
+//! [`park`] spawns a small one holding only what resuming needs ([`Parked`]: socket,
+//! session, output state, ids, keepalive deadline). It waits for the first of: the socket
+//! readable, the session's wake-up (a delivery), the takeover kick (which shutdown also
+//! sends, `Router::kick_all`), or the keepalive deadline; then it spawns the full
+//! connection again with the same state and ends. Nothing is read while parked, so no
+//! packet can be lost or reordered; the wake-up that ended the park is handed on (the
+//! kick re-armed, readiness and queued messages still there, the deadline past), so the
+//! resumed loop sees the same event. The server's
+//! connection guard (its `max_connections` permit, open-connection count and the
+//! shutdown barrier) moves with the connection, and the session stays attached in the
+//! router: `$SYS` counts, takeover and the session stores see no difference.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+use tracing::debug;
+
+use super::acl_cache::AclCache;
+use super::flow::V5Flow;
+use super::output::OutBuf;
+use super::{Connection, Live};
+use crate::broker::config::AnonymousPolicy;
+use crate::broker::metrics::LocalCounters;
+use crate::broker::router::{MatchScratch, Router};
+use crate::broker::transport::Transport;
+use crate::codec::{Decoder, Protocol, ReasonCode};
+
+/// A [`Connection`] without what is empty or rebuilt while idle: read buffer, decoder,
+/// routing scratch, ACL cache (a cache: decisions are asked again after a park),
+/// interceptor batch, counters (flushed when parking), and the client id (the session's
+/// own, shared).
+pub(super) struct Parked {
+    router: Arc<Router>,
+    conn_id: u64,
+    peer: SocketAddr,
+    io: Transport,
+    /// Empty, but it carries a 5.0 connection's outbound topic aliases.
+    out: OutBuf,
+    protocol: Protocol,
+    username: Option<ByteString>,
+    anonymous: AnonymousPolicy,
+    sys_publish_logged: bool,
+    v5_reason: Option<ReasonCode>,
+    v5_flow: Option<Box<V5Flow>>,
+    log_packets: bool,
+    live: Live,
+}
+
+/// Ends the connection's full task (the caller returns right after) and spawns the
+/// parked one, which owns the connection's state and `guard` until it resumes.
+pub(super) fn park<G: Send + 'static>(
+    mut conn: Connection,
+    live: Live,
+    shutdown: watch::Receiver<bool>,
+    guard: G,
+) {
+    conn.counters.flush_into(conn.router.counters());
+    conn.router.counters().parked(true);
+    debug!(client_id = %conn.client_id, "connection idle: parked");
+    tokio::spawn(wait(Parked::new(conn, live), shutdown, guard));
+}
+
+impl Parked {
+    fn new(conn: Connection, live: Live) -> Parked {
+        Parked {
+            router: conn.router,
+            conn_id: conn.conn_id,
+            peer: conn.peer,
+            io: conn.io,
+            out: conn.out,
+            protocol: conn.protocol,
+            username: conn.username,
+            anonymous: conn.anonymous,
+            sys_publish_logged: conn.sys_publish_logged,
+            v5_reason: conn.v5_reason,
+            v5_flow: conn.v5_flow,
+            log_packets: conn.log_packets,
+            live,
+        }
+    }
+}
+
+/// The parked task: waits, then hands everything back to a full connection task.
+/// Shutdown is not watched here (the channel's future would cost 120 bytes): it wakes
+/// parked connections through the takeover signal (`Router::kick_all`).
+///
+/// Not an `async fn`: its arguments would be held twice (as arguments, and moved into
+/// the body's locals), and their size is what a parked connection costs.
+#[allow(clippy::manual_async_fn)]
+fn wait<G: Send + 'static>(
+    parked: Parked,
+    shutdown: watch::Receiver<bool>,
+    guard: G,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let kicked = {
+            let Parked { io, live, .. } = &parked;
+            let far = || Instant::now() + std::time::Duration::from_secs(86_400);
+            tokio::select! {
+                biased;
+                _ = live.gone.0.kick.notified() => true,
+                // Keepalive: the deadline has passed, which the resumed loop's timer finds
+                // at once.
+                () = sleep_until(live.deadline.unwrap_or_else(far)), if live.deadline.is_some() => false,
+                // Readiness stays set in the socket's registration until a read finds
+                // nothing, so the resumed loop sees it too.
+                _ = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => false,
+                // The permit is taken here; the resumed loop moves what is queued first thing.
+                _ = live.session.notify.notified() => false,
+            }
+        };
+        if kicked {
+            // Notified again, so the resumed loop's takeover (or shutdown) branch fires as
+            // it would have.
+            parked.live.gone.0.kick.notify_one();
+        }
+        parked.router.counters().parked(false);
+        let (conn, live) = parked.resume();
+        tokio::spawn(conn.resume_holding(live, shutdown, guard));
+    }
+}
+
+impl Parked {
+    fn resume(self) -> (Connection, Live) {
+        let mut decoder = Decoder::new(self.router.config().max_packet_size);
+        decoder.set_protocol(self.protocol);
+        let client_id = self.live.session.client_id.clone();
+        debug!(client_id = %client_id, "parked connection resumed");
+        let conn = Connection {
+            router: self.router,
+            conn_id: self.conn_id,
+            peer: self.peer,
+            io: self.io,
+            rbuf: BytesMut::new(),
+            out: self.out,
+            decoder,
+            protocol: self.protocol,
+            client_id,
+            username: self.username,
+            anonymous: self.anonymous,
+            scratch: MatchScratch::default(),
+            acl_cache: AclCache::default(),
+            intercepted: Vec::new(),
+            unsynced: false,
+            counters: LocalCounters::default(),
+            sys_publish_logged: self.sys_publish_logged,
+            v5_reason: self.v5_reason,
+            enhanced: None,
+            v5_flow: self.v5_flow,
+            log_packets: self.log_packets,
+        };
+        (conn, self.live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::broker::router::{Attach, ConnHandle, GoneOnDrop};
+
+    /// The parked task's future is what a parked connection costs beside its session
+    /// and socket registration (benches/README.md, "Idle connection breakdown"): far
+    /// below the full connection's (`connection_future_stays_small`).
+    #[tokio::test]
+    async fn parked_future_stays_small() {
+        let (conn, _client) = crate::broker::connection::tests::accepted().await;
+        let router = conn.router.clone();
+        let gone = GoneOnDrop(Arc::default());
+        let handle = ConnHandle {
+            conn_id: 1,
+            takeover: gone.0.clone(),
+        };
+        let Attach::Attached { session, .. } = router.attach(&"parked".into(), true, handle) else {
+            panic!("a new client id attaches");
+        };
+        let live = super::Live {
+            session,
+            gone,
+            will: None,
+            keep_alive: 60,
+            v5: false,
+            deadline: None,
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let future = super::wait(super::Parked::new(conn, live), rx, ());
+        let size = std::mem::size_of_val(&future);
+        println!(
+            "parked future: {size} bytes; Parked {}, Transport {}",
+            std::mem::size_of::<super::Parked>(),
+            std::mem::size_of::<super::Transport>(),
+        );
+        assert!(size <= 560, "the parked future grew to {size} bytes");
+    }
+}
