@@ -242,7 +242,6 @@ impl Connection {
                 if let Some(close) = self.on_ack(session, pkid, AckKind::PubComp, "PUBCOMP") {
                     return Some(close);
                 }
-                drop(state);
                 self.qos2_event(pkid, Qos2Step::Completed);
             }
             Packet::Subscribe(subscribe) => {
