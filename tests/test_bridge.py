@@ -415,9 +415,9 @@ def test_pyo3mq_to_pyo3mq_both_ways_without_loops(
                 "name": "b6",
                 "address": "127.0.0.1:1883",
                 "topic": ["a"],
-                "bridge_protocol_version": "mqttv50",
+                "bridge_protocol_version": "mqttv6",
             },
-            'only "mqttv311"',
+            'bridge_protocol_version "mqttv6" is not a protocol version',
         ),
     ],
 )

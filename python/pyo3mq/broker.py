@@ -137,7 +137,10 @@ class BridgeConfig:
     on with `bridge_cafile` or `bridge_capath` (Mosquitto's rule) or an address written
     `mqtts://HOST:PORT` (the system's CAs); `bridge_certfile` and `bridge_keyfile` give a
     client certificate, `bridge_insecure` skips the check of the certificate's host name,
-    `bridge_tls_version` ("tlsv1.3", "tlsv1.2") is the oldest version offered."""
+    `bridge_tls_version` ("tlsv1.3", "tlsv1.2") is the oldest version offered.
+    `bridge_protocol_version="mqttv50"` speaks MQTT 5.0 to the remote: message properties
+    cross the bridge both ways and `in` lines subscribe with No Local (no loop without
+    `try_private`) and Retain As Published."""
 
     name: str
     address: str | list[str]
@@ -153,7 +156,7 @@ class BridgeConfig:
     restart_timeout: float | tuple[float, float] = (5.0, 30.0)
     notifications: bool = True
     notification_topic: str | None = None
-    bridge_protocol_version: Literal["mqttv311"] = "mqttv311"
+    bridge_protocol_version: Literal["mqttv31", "mqttv311", "mqttv50"] = "mqttv311"
     bridge_cafile: str | None = None
     bridge_capath: str | None = None
     bridge_certfile: str | None = None

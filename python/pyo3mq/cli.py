@@ -170,17 +170,18 @@ def effective_settings(config: BrokerConfig) -> str:
     """Every setting with the value the broker would run with, as a config file (unset
     ones as comments), so the output can itself be used as one."""
     lines = ["[broker]"]
-    tables: list[dict[str, Any]] = []
+    # Arrays of tables (`[[broker.listener]]`, `[[broker.bridge]]`) go after the keys.
+    tables: list[tuple[str, dict[str, Any]]] = []
     for name, value in config.values().items():
-        if name == "listener":
-            tables = list(value)
+        if name in ("listener", "bridge"):
+            tables.extend((name, table) for table in value)
         elif value is None:
             lines.append(f"# {name} is not set")
         else:
             lines.append(f"{name} = {_toml_value(value)}")
-    for table in tables:
+    for name, table in tables:
         lines.append("")
-        lines.append("[[broker.listener]]")
+        lines.append(f"[[broker.{name}]]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,9 @@
 //!   bridge itself brought in are never queued back to it (the session's bridge flag),
 //!   which is what keeps a `both` line from looping.
 //! - The remote side is the project's client core ([`crate::client::Client`]), connected
-//!   with the remote client id, Mosquitto's bridge bit (`try_private`), over TCP or TLS
+//!   with the remote client id, Mosquitto's bridge bit (`try_private`), or as a 5.0
+//!   client (`bridge_protocol_version = "mqttv50"`, bridge/v5.rs: No Local instead of the
+//!   bridge bit, message properties carried both ways), over TCP or TLS
 //!   (`bridge_cafile`, `bridge_capath`, `bridge_certfile`, `bridge_keyfile`,
 //!   `bridge_insecure`, `bridge_tls_version`). One client serves one address for as long
 //!   as it can: when the connection breaks, the client reconnects to the same address by
@@ -49,6 +51,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 mod remote;
+mod v5;
 mod wake;
 
 pub use crate::broker::config::bridge::{
@@ -227,8 +230,16 @@ impl Link {
             bridge = %self.settings.name,
             remote_clientid = %self.settings.remote_clientid,
             local_clientid = %self.settings.local_clientid,
+            protocol = self.settings.protocol.name(),
             "bridge started"
         );
+        if self.settings.protocol == BridgeProtocol::V31 && self.settings.try_private {
+            warn!(
+                bridge = %self.settings.name,
+                "try_private is not sent over MQTT 3.1: the remote may send a `both` line's \
+                 messages back once (use mqttv311 or mqttv50 to prevent it)"
+            );
+        }
         loop {
             if self.remote.is_none() && Instant::now() >= self.retry_at {
                 self.start_remote().await;
@@ -369,7 +380,16 @@ impl Link {
         // has them, or the client restores them); subscribing again would make the
         // remote send its retained messages again.
         if !filters.is_empty() && !remote.subscribed && remote.subscribe_token.is_none() {
-            match remote.client.subscribe(filters) {
+            let submitted = if settings.protocol == BridgeProtocol::V5 {
+                let filters = filters
+                    .into_iter()
+                    .map(|(f, qos)| v5::subscription(f, qos))
+                    .collect();
+                remote.client.subscribe_v5(filters, None, Vec::new())
+            } else {
+                remote.client.subscribe(filters)
+            };
+            match submitted {
                 Ok(Submitted::Token(token)) => remote.subscribe_token = Some(token),
                 Ok(other) => warn!(bridge = %settings.name, "remote subscribe not sent: {other:?}"),
                 Err(e) => warn!(bridge = %settings.name, "remote subscribe refused: {e}"),
@@ -442,7 +462,8 @@ impl Link {
                 match outcome {
                     Outcome::Granted(codes) => {
                         remote.subscribed = true;
-                        if codes.contains(&0x80) {
+                        // 0x80 in 3.1.1; any code from 0x80 in 5.0.
+                        if codes.iter().any(|c| *c >= 0x80) {
                             warn!(
                                 bridge = %self.settings.name,
                                 "the remote broker refused some of the bridge's \
@@ -503,10 +524,31 @@ impl Link {
             self.complete_locally(*pkid, item.qos);
             return true;
         };
-        match remote
-            .client
-            .publish(&remote_topic, &item.msg.payload, item.qos, item.msg.retain)
-        {
+        let submitted = if self.settings.protocol == BridgeProtocol::V5 {
+            let Ok(props) = v5::outgoing(&item.msg) else {
+                debug!(
+                    bridge = %self.settings.name, topic = %remote_topic,
+                    "[MQTT-3.3.2-5] message expired before it could be forwarded: dropped"
+                );
+                self.complete_locally(*pkid, item.qos);
+                return true;
+            };
+            remote
+                .client
+                .publish_v5(
+                    &remote_topic,
+                    &item.msg.payload,
+                    item.qos,
+                    item.msg.retain,
+                    props.as_ref(),
+                )
+                .map_err(|e| e.to_string())
+        } else {
+            remote
+                .client
+                .publish(&remote_topic, &item.msg.payload, item.qos, item.msg.retain)
+        };
+        match submitted {
             Ok(Submitted::Sent) => true,
             Ok(Submitted::Token(token)) => {
                 if let Some(pkid) = pkid {
@@ -575,7 +617,8 @@ impl Link {
             return;
         };
         let msg = Arc::new(Message {
-            properties: None,
+            // Only a 5.0 remote sends properties.
+            properties: v5::incoming(incoming.properties),
             topic: ByteString::from(local),
             payload: incoming.payload,
             qos: incoming.qos.min(line_qos),

@@ -11,7 +11,8 @@ use rustls::pki_types::CertificateDer;
 
 use super::{BridgeProtocol, BridgeSettings, BridgeTlsVersion};
 use crate::client::{
-    Client, Options, Reconnect, Scheme, TlsOptions, TlsVersions, TransportOptions, Verify,
+    Client, Options, Reconnect, Scheme, TlsOptions, TlsVersions, TransportOptions, V5Options,
+    Verify,
 };
 use crate::codec::Protocol;
 
@@ -56,6 +57,11 @@ pub(super) fn new_client(
         protocol: match (settings.protocol, settings.try_private) {
             (BridgeProtocol::V311, true) => Protocol::V311Bridge,
             (BridgeProtocol::V311, false) => Protocol::V311,
+            // The codec has no 3.1 form of the bridge bit (level 0x83): `run` says so
+            // in the log when try_private is on.
+            (BridgeProtocol::V31, _) => Protocol::V31,
+            // 5.0 has No Local for loop prevention (the `in` lines' subscriptions).
+            (BridgeProtocol::V5, _) => Protocol::V5,
         },
         connect_timeout: Duration::from_secs(30),
         max_inflight: REMOTE_INFLIGHT,
@@ -72,9 +78,23 @@ pub(super) fn new_client(
         }),
         session_store: None,
         transport: transport(settings)?,
-        v5: Default::default(),
+        v5: v5_options(settings),
     };
     Client::new(opts).map_err(|e| bridge_names(e.to_string()))
+}
+
+/// What a 5.0 bridge asks of the remote. `cleansession = false` is 3.1.1's persistent
+/// session: in 5.0 a session that never expires (Session Expiry Interval 0xFFFFFFFF);
+/// otherwise the session ends with the connection. No topic aliases either way: they are
+/// per connection, and the bridge's topics are remapped per message anyway.
+fn v5_options(settings: &BridgeSettings) -> V5Options {
+    if settings.protocol != BridgeProtocol::V5 {
+        return V5Options::default();
+    }
+    V5Options {
+        session_expiry_interval: (!settings.cleansession).then_some(u32::MAX),
+        ..V5Options::default()
+    }
 }
 
 /// The client's advice on a failed TLS handshake names the client's arguments; a bridge

@@ -217,10 +217,27 @@ pub struct BridgeTls {
     pub version: Option<BridgeTlsVersion>,
 }
 
-/// Mosquitto's `bridge_protocol_version`.
+/// Mosquitto's `bridge_protocol_version`: what the bridge speaks to the remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BridgeProtocol {
+    /// `mqttv31`: MQTT 3.1 (`MQIsdp`, level 3).
+    V31,
+    /// `mqttv311`, the default.
     V311,
+    /// `mqttv50`: MQTT 5.0, message properties carried both ways, `in` lines subscribed
+    /// with No Local and Retain As Published.
+    V5,
+}
+
+impl BridgeProtocol {
+    /// The setting's value for this protocol.
+    pub fn name(self) -> &'static str {
+        match self {
+            BridgeProtocol::V31 => "mqttv31",
+            BridgeProtocol::V311 => "mqttv311",
+            BridgeProtocol::V5 => "mqttv50",
+        }
+    }
 }
 
 /// One `[[bridge]]` table.
@@ -512,10 +529,13 @@ impl BridgeSettings {
                 }
                 "bridge_protocol_version" => match String::from_value(value).map_err(err)?.as_str()
                 {
+                    "mqttv31" => out.protocol = BridgeProtocol::V31,
                     "mqttv311" => out.protocol = BridgeProtocol::V311,
+                    "mqttv50" => out.protocol = BridgeProtocol::V5,
                     other => {
                         return Err(err(format!(
-                            "{other:?} is not supported yet: only \"mqttv311\""
+                            "{other:?} is not a protocol version: \"mqttv31\", \"mqttv311\" \
+                             or \"mqttv50\""
                         )))
                     }
                 },
@@ -624,7 +644,7 @@ impl BridgeSettings {
             ),
             (
                 "bridge_protocol_version".into(),
-                Value::Str("mqttv311".into()),
+                Value::Str(self.protocol.name().into()),
             ),
         ]);
         if let Some(tls) = &self.tls {

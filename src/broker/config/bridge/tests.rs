@@ -176,3 +176,33 @@ fn restart_timeouts_and_addresses() {
     assert!(parse_address("[::1]:1883").is_ok());
     assert!(parse_address("h:x").is_err());
 }
+
+#[test]
+fn protocol_versions_are_mosquittos_names() {
+    let with = |version: &str| {
+        BridgeSettings::from_table(
+            &table(&[
+                ("name", Value::Str("v".into())),
+                ("address", Value::Str("127.0.0.1".into())),
+                ("topic", Value::List(vec!["a both".into()])),
+                ("bridge_protocol_version", Value::Str(version.into())),
+            ]),
+            "h",
+        )
+    };
+    for (name, protocol) in [
+        ("mqttv31", BridgeProtocol::V31),
+        ("mqttv311", BridgeProtocol::V311),
+        ("mqttv50", BridgeProtocol::V5),
+    ] {
+        let b = with(name).unwrap();
+        assert_eq!(b.protocol, protocol);
+        let round = Vec::<BridgeSettings>::from_value(&vec![b.clone()].to_value()).unwrap();
+        assert_eq!(round, vec![b]);
+    }
+    let err = with("mqttv5").unwrap_err();
+    assert!(
+        err.contains("\"v\"") && err.contains("bridge_protocol_version") && err.contains("mqttv50"),
+        "{err}"
+    );
+}
