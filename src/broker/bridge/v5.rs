@@ -31,8 +31,7 @@ pub(super) fn outgoing(msg: &Message) -> Result<Option<Properties>, ()> {
     let Some(stored) = &msg.properties else {
         return Ok(None);
     };
-    let mut props = match Properties::from_bytes(stored.bytes().clone(), PropertyContext::Publish)
-    {
+    let mut props = match Properties::from_bytes(stored.bytes().clone(), PropertyContext::Publish) {
         Ok(props) => props,
         // Checked when they came in: cannot happen; the payload still goes.
         Err(_) => return Ok(None),
