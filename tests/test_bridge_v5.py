@@ -136,17 +136,19 @@ def test_properties_cross_from_mosquitto(
     ]
 
 
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "pyo3mq"])
 def test_retained_flag_survives_an_in_line(
     mosquitto: Callable[..., int],
     brokers: Callable[..., tuple[Broker, int]],
     client: Callable[..., PahoClient],
     client5: Callable[..., Paho5],
+    remote_kind: str,
 ) -> None:
     """The `in` lines are subscribed with Retain As Published: a retained message
     published on mosquitto while the bridge is subscribed reaches the bridge with its
     RETAIN flag, so pyo3mq retains it too (with its properties) for later subscribers.
-    (Mosquitto clears the flag of live deliveries to other 5.0 subscribers.)"""
-    remote = mosquitto("allow_anonymous true")
+    (A remote clears the flag of live deliveries to 5.0 subscribers without it.)"""
+    remote = mosquitto("allow_anonymous true") if remote_kind == "mosquitto" else brokers()[1]
     _, port = brokers(bridge5(f"127.0.0.1:{remote}", "r/# in 1"))
     wait_state(port, b"1", client)
     live = client(port)
