@@ -147,22 +147,31 @@ def test_both_does_not_loop(
     bit is for."""
     remote = mosquitto("allow_anonymous true")
     _, port = brokers(bridge(f"127.0.0.1:{remote}", "room/# both 1", try_private=try_private))
-    wait_state(port, b"1", client)
-    local_sub, remote_sub = client(port), client(remote)
+    on_local, on_remote = exchange_both(port, remote, client)
+    sent = sorted([b"L%d" % i for i in range(5)] + [b"R%d" % i for i in range(5)])
+    assert on_remote == sent
+    echoed = [b"L%d" % i for i in range(5)] if not try_private else []
+    assert on_local == sorted(sent + echoed)
+
+
+def exchange_both(
+    port: int, remote: int, make: Callable[..., PahoClient]
+) -> tuple[list[bytes], list[bytes]]:
+    """Over a `room/# both` line between `port` (bridged) and `remote`: five messages
+    published on each side, then a marker; the payloads each side's subscriber got
+    (sorted), local first."""
+    wait_state(port, b"1", make)
+    local_sub, remote_sub = make(port), make(remote)
     local_sub.subscribe(("room/#", 1))
     remote_sub.subscribe(("room/#", 1))
-    local_pub, remote_pub = client(port), client(remote)
-
+    local_pub, remote_pub = make(port), make(remote)
     for i in range(5):
         local_pub.publish("room/local", b"L%d" % i, qos=1)
         remote_pub.publish("room/remote", b"R%d" % i, qos=1)
     local_pub.publish("room/mark", MARK, qos=1)
     on_remote = exactly(remote_sub, "room/mark")
     on_local = exactly(local_sub, "room/mark")
-    sent = sorted([b"L%d" % i for i in range(5)] + [b"R%d" % i for i in range(5)])
-    assert sorted(m.payload for m in on_remote) == sent
-    echoed = [b"L%d" % i for i in range(5)] if not try_private else []
-    assert sorted(m.payload for m in on_local) == sorted(sent + echoed)
+    return sorted(m.payload for m in on_local), sorted(m.payload for m in on_remote)
 
 
 def remote_mosquitto(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:

@@ -23,20 +23,14 @@ from paho.mqtt.properties import Properties
 from pyo3mq import BridgeConfig, Broker
 from support.mosquitto import free_port, run, terminate
 from support.teardown import closed_at_teardown
-from test_bridge import brokers, exactly, wait_state
+from test_bridge import bridge, brokers, client, exchange_both, wait_state
 from test_mqtt5 import Paho5
 from test_pubsub import MARK, TIMEOUT, PahoClient
 
-__all__ = ["brokers"]  # the fixture, imported for its use here
+__all__ = ["brokers", "client"]  # fixtures, imported for their use here
 
 USER = [("k", "1"), ("j", "2"), ("k", "3")]
 EXPIRY = 120
-
-
-@pytest.fixture
-def client() -> Iterator[Callable[..., PahoClient]]:
-    """`client(port, ...)`: a connected paho 3.1.1 client, closed after the test."""
-    yield from closed_at_teardown(PahoClient)
 
 
 @pytest.fixture
@@ -46,10 +40,8 @@ def client5() -> Iterator[Callable[..., Paho5]]:
 
 
 def bridge5(address: str, *topics: str, **settings: Any) -> BridgeConfig:
-    settings.setdefault("restart_timeout", (0.1, 0.5))
-    settings.setdefault("remote_clientid", "edge")
     settings.setdefault("bridge_protocol_version", "mqttv50")
-    return BridgeConfig(name="edge", address=address, topic=list(topics), **settings)
+    return bridge(address, *topics, **settings)
 
 
 def properties(n: int, expiry: int | None = EXPIRY) -> Properties:
@@ -176,21 +168,10 @@ def test_both_without_try_private_does_not_loop(
     echoed: tests/test_bridge.py::test_both_does_not_loop)."""
     remote = mosquitto("allow_anonymous true") if remote_kind == "mosquitto" else brokers()[1]
     _, port = brokers(bridge5(f"127.0.0.1:{remote}", "room/# both 1", try_private=False))
-    wait_state(port, b"1", client)
-    local_sub, remote_sub = client(port), client(remote)
-    local_sub.subscribe(("room/#", 1))
-    remote_sub.subscribe(("room/#", 1))
-    local_pub, remote_pub = client(port), client(remote)
-
-    for i in range(5):
-        local_pub.publish("room/local", b"L%d" % i, qos=1)
-        remote_pub.publish("room/remote", b"R%d" % i, qos=1)
-    local_pub.publish("room/mark", MARK, qos=1)
-    on_remote = exactly(remote_sub, "room/mark")
-    on_local = exactly(local_sub, "room/mark")
+    on_local, on_remote = exchange_both(port, remote, client)
     sent = sorted([b"L%d" % i for i in range(5)] + [b"R%d" % i for i in range(5)])
-    assert sorted(m.payload for m in on_remote) == sent
-    assert sorted(m.payload for m in on_local) == sent
+    assert on_remote == sent
+    assert on_local == sent
 
 
 def test_pyo3mq_to_pyo3mq_both_ways(
