@@ -19,7 +19,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pyo3mq._pyo3mq import (
     AuthCall,
@@ -52,6 +52,10 @@ logger = logging.getLogger("pyo3mq")
 ACCEPTED = 0
 BAD_USERNAME_OR_PASSWORD = 4
 NOT_AUTHORIZED = 5
+
+
+# What an authorization hook's answer becomes (see `Dispatcher._authorize`).
+_Verdict = TypeVar("_Verdict")
 
 
 class _Denied(Exception):
@@ -221,46 +225,61 @@ class Dispatcher:
             self._failed("authenticate")
         call.reply.resolve(code)
 
-    async def _sub(self, call: SubscribeCall) -> None:
-        granted: int | Deny | None = None
-        info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
-        filter, qos = call.filter, call.qos
+    async def _authorize(
+        self,
+        name: str,
+        hook: Callable[..., Any] | None,
+        check: Callable[[Any], _Verdict],
+        info: ClientInfo,
+        target: str,
+        *rest: Any,
+    ) -> _Verdict | None:
+        """Asks authorization hook `name` about `target` (a topic filter or a topic name)
+        and turns its answer into a verdict with `check`, which raises `_Denied` for an
+        answer of the wrong type. Both hooks treat a failure (an exception, a timeout, a
+        wrong answer) as a denial: None, logged with the client and `target`."""
         try:
-            assert self._authorize_subscribe is not None
-            result = await self._call(self._authorize_subscribe, info, filter, qos)
-            if result is True:
-                granted = qos
-            elif result is False or result is None:
-                granted = None
-            elif isinstance(result, int) and 0 <= result <= 2:
-                granted = min(result, qos)
-            elif isinstance(result, Deny):
-                granted = result
-            else:
-                raise _Denied(f"authorize_subscribe() returned {result!r}")
+            assert hook is not None
+            return check(await self._call(hook, info, target, *rest))
         except asyncio.TimeoutError:
-            logger.error("authorize_subscribe(%r, %r) timed out: denied", info, filter)
+            logger.error("%s(%r, %r) timed out: denied", name, info, target)
         except Exception:
-            logger.exception("authorize_subscribe(%r, %r) failed: denied", info, filter)
-            self._failed("authorize_subscribe")
-        call.reply.resolve(granted)
+            logger.exception("%s(%r, %r) failed: denied", name, info, target)
+            self._failed(name)
+        return None
+
+    async def _sub(self, call: SubscribeCall) -> None:
+        info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
+        qos = call.qos
+
+        def granted(result: Any) -> int | Deny | None:
+            if result is True:
+                return qos
+            if result is False or result is None:
+                return None
+            if isinstance(result, int) and 0 <= result <= 2:
+                return min(result, qos)
+            if isinstance(result, Deny):
+                return result
+            raise _Denied(f"authorize_subscribe() returned {result!r}")
+
+        verdict = await self._authorize(
+            "authorize_subscribe", self._authorize_subscribe, granted, info, call.filter, qos
+        )
+        call.reply.resolve(verdict)
 
     async def _pub(self, call: PublishCall) -> None:
-        allowed: bool | Deny = False
         info = ClientInfo(call.client_id, call.username, call.certificate_subject, call.protocol)
-        topic = call.topic
-        try:
-            assert self._authorize_publish is not None
-            result = await self._call(self._authorize_publish, info, topic)
+
+        def allowed(result: Any) -> bool | Deny:
             if not isinstance(result, (bool, Deny)):
                 raise _Denied(f"authorize_publish() returned {result!r}, not a bool or a Deny")
-            allowed = result
-        except asyncio.TimeoutError:
-            logger.error("authorize_publish(%r, %r) timed out: denied", info, topic)
-        except Exception:
-            logger.exception("authorize_publish(%r, %r) failed: denied", info, topic)
-            self._failed("authorize_publish")
-        call.reply.resolve(allowed)
+            return result
+
+        verdict = await self._authorize(
+            "authorize_publish", self._authorize_publish, allowed, info, call.topic
+        )
+        call.reply.resolve(False if verdict is None else verdict)
 
     async def _on_messages(self, call: InterceptCall) -> None:
         """Runs the interceptor over one batch; a message whose call fails is dropped."""

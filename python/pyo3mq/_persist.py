@@ -10,12 +10,57 @@ failure, compare a full snapshot with what the store was last given instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
 
 from pyo3mq._pyo3mq import BrokerCore, BrokerStartError
 from pyo3mq.plugins import SessionStore
 from pyo3mq.types import RetainedRecord, SessionRecord
 
 logger = logging.getLogger("pyo3mq")
+
+_Record = TypeVar("_Record", SessionRecord, RetainedRecord)
+
+
+class _Mirror(Generic[_Record]):
+    """What the store holds of one kind of record (sessions by client id, retained
+    messages by topic), as far as this side knows, and the writes that keep it so. Both
+    kinds follow the same rules, for a change and for a full compare alike: a record is
+    saved only when it differs from the stored one, and a key deleted only when stored."""
+
+    def __init__(
+        self,
+        key: Callable[[_Record], str],
+        save: Callable[[_Record], Awaitable[None]],
+        delete: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._key: Callable[[_Record], str] = key
+        self._save: Callable[[_Record], Awaitable[None]] = save
+        self._delete = delete
+        self._known: dict[str, _Record] = {}
+
+    def reset(self, records: Iterable[_Record]) -> None:
+        """The store holds `records` (just loaded)."""
+        self._known = {self._key(r): r for r in records}
+
+    async def put(self, record: _Record) -> None:
+        key = self._key(record)
+        if self._known.get(key) != record:
+            await self._save(record)
+            self._known[key] = record
+
+    async def remove(self, key: str) -> None:
+        if key in self._known:
+            await self._delete(key)
+            del self._known[key]
+
+    async def match(self, records: Iterable[_Record]) -> None:
+        """Brings the store to hold exactly `records`, a full snapshot."""
+        live = {self._key(r): r for r in records}
+        for record in live.values():
+            await self.put(record)
+        for key in list(self._known.keys() - live.keys()):
+            await self.remove(key)
 
 
 class Persister:
@@ -25,8 +70,12 @@ class Persister:
         # `store_load_error = "start_empty"`: a load that fails is logged, not raised.
         self._start_empty = start_empty
         # What the store holds, as far as this side knows: the base of a full compare.
-        self._sessions: dict[str, SessionRecord] = {}
-        self._retained: dict[str, RetainedRecord] = {}
+        self._sessions = _Mirror[SessionRecord](
+            lambda s: s.client_id, store.save_session, store.delete_session
+        )
+        self._retained = _Mirror[RetainedRecord](
+            lambda r: r.topic, store.save_retained, store.delete_retained
+        )
         # The broker's change records were taken but not all stored: compare in full.
         self._full_next = False
         self._loaded = False
@@ -60,8 +109,8 @@ class Persister:
             )
             sessions, retained = [], []
             self._core.seed([], [])
-        self._sessions = {s.client_id: s for s in sessions}
-        self._retained = {r.topic: r for r in retained}
+        self._sessions.reset(sessions)
+        self._retained.reset(retained)
         # Only now: a load that failed is tried again at the next start.
         self._loaded = True
 
@@ -75,21 +124,13 @@ class Persister:
         removed, sessions, retained, cleared = changes
         try:
             for client_id in removed:
-                if client_id in self._sessions:
-                    await self._store.delete_session(client_id)
-                    del self._sessions[client_id]
+                await self._sessions.remove(client_id)
             for record in sessions:
-                if self._sessions.get(record.client_id) != record:
-                    await self._store.save_session(record)
-                    self._sessions[record.client_id] = record
+                await self._sessions.put(record)
             for message in retained:
-                if self._retained.get(message.topic) != message:
-                    await self._store.save_retained(message)
-                    self._retained[message.topic] = message
+                await self._retained.put(message)
             for topic in cleared:
-                if topic in self._retained:
-                    await self._store.delete_retained(topic)
-                    del self._retained[topic]
+                await self._retained.remove(topic)
         except Exception:
             logger.exception("session store failed; will retry")
             self._full_next = True
@@ -98,24 +139,10 @@ class Persister:
         # Drop the change records first (the snapshot after it covers them), so that they
         # do not pile up while the store keeps failing.
         self._core.take_changes()
-        live_sessions, live_retained = self._core.snapshot()
-        sessions = {s.client_id: s for s in live_sessions}
-        retained = {r.topic: r for r in live_retained}
+        sessions, retained = self._core.snapshot()
         try:
-            for client_id, record in sessions.items():
-                if self._sessions.get(client_id) != record:
-                    await self._store.save_session(record)
-                    self._sessions[client_id] = record
-            for client_id in list(self._sessions.keys() - sessions.keys()):
-                await self._store.delete_session(client_id)
-                del self._sessions[client_id]
-            for topic, message in retained.items():
-                if self._retained.get(topic) != message:
-                    await self._store.save_retained(message)
-                    self._retained[topic] = message
-            for topic in list(self._retained.keys() - retained.keys()):
-                await self._store.delete_retained(topic)
-                del self._retained[topic]
+            await self._sessions.match(sessions)
+            await self._retained.match(retained)
             self._full_next = False
         except Exception:
             logger.exception("session store failed; will retry")

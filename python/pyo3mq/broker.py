@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, fields
-from types import TracebackType
 from typing import Any, Literal
 
 from pyo3mq._dispatch import Dispatcher
@@ -767,24 +766,14 @@ class Broker:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     async def __aenter__(self) -> Broker:
         await self.start_async()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         # Stopping waits for connections to close: keep the event loop free meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
         if self._persister is not None:

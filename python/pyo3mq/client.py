@@ -45,7 +45,6 @@ import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Union
 
 from pyo3mq import _pyo3mq
@@ -1195,12 +1194,7 @@ class Client:
         await self.connect()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.disconnect()
 
     # -- publishing and subscribing -----------------------------------------------------

@@ -49,28 +49,21 @@ pub fn figures(router: &Router) -> Vec<(&'static str, u64)> {
         .listener_specs()
         .map(|specs| specs.into_iter().map(|s| s.kind).collect())
         .unwrap_or_default();
-    if kinds.iter().any(ListenerKind::is_tls) {
-        figures.push((
-            "tls/handshakes",
-            counters.handshakes(Handshake::TlsCompleted),
-        ));
-        figures.push((
-            "tls/handshakes/failed",
-            counters.handshakes(Handshake::TlsFailed),
-        ));
-    }
-    if kinds
+    let tls = kinds.iter().any(ListenerKind::is_tls);
+    let ws = kinds
         .iter()
-        .any(|k| matches!(k, ListenerKind::Ws(_) | ListenerKind::Wss(_)))
-    {
-        figures.push((
-            "websockets/upgrades",
-            counters.handshakes(Handshake::WsCompleted),
-        ));
-        figures.push((
-            "websockets/upgrades/failed",
-            counters.handshakes(Handshake::WsFailed),
-        ));
+        .any(|k| matches!(k, ListenerKind::Ws(_) | ListenerKind::Wss(_)));
+    // Each handshake counter, shown only when the broker has a listener of its kind.
+    let handshakes = [
+        (tls, "tls/handshakes", Handshake::TlsCompleted),
+        (tls, "tls/handshakes/failed", Handshake::TlsFailed),
+        (ws, "websockets/upgrades", Handshake::WsCompleted),
+        (ws, "websockets/upgrades/failed", Handshake::WsFailed),
+    ];
+    for (shown, name, handshake) in handshakes {
+        if shown {
+            figures.push((name, counters.handshakes(handshake)));
+        }
     }
     figures
 }

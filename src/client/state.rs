@@ -170,6 +170,23 @@ impl PendingPublish {
 }
 
 impl Flight {
+    /// Publish `p` in the inflight window under `packet_id`: both a new one leaving the
+    /// queue and one restored from the store (at its stored `stage`) take this form.
+    fn new(p: PendingPublish, packet_id: u16, stage: Stage, sent: bool) -> Flight {
+        Flight {
+            token: p.token,
+            seq: p.seq,
+            packet_id,
+            qos: p.qos,
+            retain: p.retain,
+            topic: p.topic,
+            payload: p.payload,
+            stage,
+            sent,
+            props: p.props,
+        }
+    }
+
     fn stored(&self) -> Change {
         Change::Put(StoredPublish {
             seq: self.seq,
@@ -221,6 +238,24 @@ impl Request {
                 "a SUBSCRIBE"
             }
             Request::Unsubscribe { .. } => "an UNSUBSCRIBE",
+        }
+    }
+
+    /// What both revisions do with a SUBACK or UNSUBACK (`ack`) whose packet id did not
+    /// name a request of its kind; `found` is what the id was taken out of the table
+    /// for. An id of another kind of request is a protocol error (the server mixed up
+    /// the answers), whose message this returns; an unknown id answers a request given
+    /// up on, and is only logged.
+    fn stray_ack(ack: &str, pkid: u16, found: Option<Request>) -> Result<(), String> {
+        match found {
+            Some(other) => Err(format!(
+                "{ack} for packet id {pkid} which identifies {}",
+                other.name()
+            )),
+            None => {
+                tracing::debug!(packet_id = pkid, "client: {ack} for an unknown id ignored");
+                Ok(())
+            }
         }
     }
 }
@@ -393,34 +428,27 @@ impl State {
     pub(crate) fn restore(&mut self, session: StoredSession) {
         for p in session.outgoing {
             self.next_seq = self.next_seq.max(p.seq.saturating_add(1));
+            let item = PendingPublish {
+                token: 0,
+                seq: p.seq,
+                qos: p.qos,
+                retain: p.retain,
+                topic: p.topic,
+                payload: p.payload,
+                // The store keeps no properties: a 5.0 resend goes without them.
+                props: self.v5.as_ref().map(|_| Bytes::new()),
+            };
             match p.packet_id {
-                Some(packet_id) if self.ids.take(packet_id) => self.inflight.push_back(Flight {
-                    token: 0,
-                    seq: p.seq,
-                    packet_id,
-                    qos: p.qos,
-                    retain: p.retain,
-                    topic: p.topic,
-                    payload: p.payload,
-                    stage: if p.released {
+                Some(packet_id) if self.ids.take(packet_id) => {
+                    let stage = if p.released {
                         Stage::AwaitComp
                     } else {
                         Stage::AwaitAck
-                    },
-                    sent: p.sent,
-                    // The store keeps no properties: a 5.0 resend goes without them.
-                    props: self.v5.as_ref().map(|_| Bytes::new()),
-                }),
-                _ => {
-                    let item = PendingPublish {
-                        token: 0,
-                        seq: p.seq,
-                        qos: p.qos,
-                        retain: p.retain,
-                        topic: p.topic,
-                        payload: p.payload,
-                        props: self.v5.as_ref().map(|_| Bytes::new()),
                     };
+                    self.inflight
+                        .push_back(Flight::new(item, packet_id, stage, p.sent));
+                }
+                _ => {
                     self.pending_bytes += item.cost();
                     self.pending.push_back(item);
                 }
@@ -660,18 +688,7 @@ impl State {
                 &p.payload,
             )?;
         }
-        let flight = Flight {
-            token: p.token,
-            seq: p.seq,
-            packet_id,
-            qos: p.qos,
-            retain: p.retain,
-            topic: p.topic,
-            payload: p.payload,
-            stage: Stage::AwaitAck,
-            sent,
-            props: p.props,
-        };
+        let flight = Flight::new(p, packet_id, Stage::AwaitAck, sent);
         self.record(|| flight.stored());
         self.inflight.push_back(flight);
         Ok(())

@@ -360,6 +360,17 @@ pub(super) fn publish_flags(flags: u8) -> Result<(bool, QoS, bool), Error> {
     Ok((dup, qos, retain))
 }
 
+/// A PUBLISH's Packet Identifier, after its Topic Name: present only at QoS 1 and 2, and
+/// then non-zero [MQTT-2.3.1-1] (5.0: [MQTT-2.2.1-3]); shared by both revisions.
+#[inline]
+pub(super) fn publish_pkid(r: &mut Reader, qos: QoS) -> Result<Option<u16>, Error> {
+    if qos == QoS::AtMostOnce {
+        Ok(None)
+    } else {
+        nonzero_pkid("PUBLISH", r.u16()?).map(Some)
+    }
+}
+
 fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
     let (dup, qos, retain) = publish_flags(flags)?;
     let mut r = Reader {
@@ -367,11 +378,7 @@ fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
         body,
     };
     let topic = r.topic_name("topic name")?;
-    let pkid = if qos == QoS::AtMostOnce {
-        None
-    } else {
-        Some(nonzero_pkid("PUBLISH", r.u16()?)?)
-    };
+    let pkid = publish_pkid(&mut r, qos)?;
     Ok(Publish {
         dup,
         qos,

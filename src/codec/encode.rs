@@ -52,15 +52,65 @@ pub(super) fn put_fixed_header(
     put_fixed_header_for(dst, first, remaining, remaining)
 }
 
-/// Size of a PUBLISH's packet identifier field: none at QoS 0, and QoS 1/2 need a
-/// non-zero one.
-#[inline]
-pub(super) fn publish_pkid_len(qos: QoS, pkid: Option<u16>) -> Result<usize, Error> {
-    match (qos, pkid) {
-        (QoS::AtMostOnce, _) => Ok(0),
-        (_, Some(0)) => Err(Error::ZeroPacketId("PUBLISH")),
-        (_, Some(_)) => Ok(2),
-        (qos, None) => Err(Error::MissingPacketId(qos)),
+/// What a PUBLISH's header starts with in both revisions: the fixed header's first byte,
+/// the Topic Name and, at QoS 1 and 2, the Packet Identifier. The 3.1.1 and 5.0 header
+/// writers share it so that the flag bits, the packet id rule and the field order are
+/// written once; 5.0's property section follows what [`PublishStart::put`] writes.
+/// Built on the stack per delivery: no allocation.
+#[derive(Clone, Copy)]
+pub(super) struct PublishStart<'a> {
+    first: u8,
+    topic: &'a [u8],
+    /// `None` at QoS 0, whose PUBLISH has no Packet Identifier field.
+    pkid: Option<u16>,
+    /// Length of the Topic Name and Packet Identifier fields.
+    len: usize,
+}
+
+impl<'a> PublishStart<'a> {
+    /// Checks the packet id (none at QoS 0; QoS 1/2 need a non-zero one) and the topic's
+    /// length, and computes the first byte from the flags.
+    #[inline]
+    pub(super) fn new(
+        topic: &'a str,
+        qos: QoS,
+        retain: bool,
+        dup: bool,
+        pkid: Option<u16>,
+    ) -> Result<Self, Error> {
+        let pkid = match (qos, pkid) {
+            (QoS::AtMostOnce, _) => None,
+            (_, Some(0)) => return Err(Error::ZeroPacketId("PUBLISH")),
+            (_, Some(id)) => Some(id),
+            (qos, None) => return Err(Error::MissingPacketId(qos)),
+        };
+        let topic = topic.as_bytes();
+        let len = string_len("topic name", topic)? + if pkid.is_some() { 2 } else { 0 };
+        Ok(Self {
+            first: 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain),
+            topic,
+            pkid,
+            len,
+        })
+    }
+
+    /// Writes the fixed header, the Topic Name and the Packet Identifier. `header` is the
+    /// whole variable header's length (5.0's property section, which the caller writes
+    /// next, included); the payload's `payload_len` bytes count in the Remaining Length
+    /// but travel separately, so only the header's room is reserved.
+    #[inline]
+    pub(super) fn put(
+        &self,
+        dst: &mut BytesMut,
+        header: usize,
+        payload_len: usize,
+    ) -> Result<(), Error> {
+        put_fixed_header_for(dst, self.first, header + payload_len, header)?;
+        put_string(dst, self.topic);
+        if let Some(id) = self.pkid {
+            dst.put_u16(id);
+        }
+        Ok(())
     }
 }
 
@@ -78,16 +128,8 @@ pub fn encode_publish_header(
     pkid: Option<u16>,
     payload_len: usize,
 ) -> Result<(), Error> {
-    let pkid_len = publish_pkid_len(qos, pkid)?;
-    let header = string_len("topic name", topic.as_bytes())? + pkid_len;
-    let remaining = header + payload_len;
-    let first = 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
-    put_fixed_header_for(dst, first, remaining, header)?;
-    put_string(dst, topic.as_bytes());
-    if let (true, Some(id)) = (pkid_len > 0, pkid) {
-        dst.put_u16(id);
-    }
-    Ok(())
+    let start = PublishStart::new(topic, qos, retain, dup, pkid)?;
+    start.put(dst, start.len, payload_len)
 }
 
 impl Publish {

@@ -126,17 +126,9 @@ impl State {
                     }
                     self.restored();
                 }
-                Some(other) => {
-                    return Err(ClientError::Protocol(format!(
-                        "SUBACK for packet id {} which identifies {}",
-                        ack.pkid,
-                        other.name()
-                    )));
+                other => {
+                    Request::stray_ack("SUBACK", ack.pkid, other).map_err(ClientError::Protocol)?
                 }
-                None => tracing::debug!(
-                    packet_id = ack.pkid,
-                    "client: SUBACK for an unknown id ignored"
-                ),
             },
             Packet::UnsubAck(id) => match self.requests.remove(&id) {
                 Some(Request::Unsubscribe { token, filters }) => {
@@ -146,14 +138,8 @@ impl State {
                     }
                     self.complete(token, Outcome::Done);
                 }
-                Some(other) => {
-                    return Err(ClientError::Protocol(format!(
-                        "UNSUBACK for packet id {id} which identifies {}",
-                        other.name()
-                    )));
-                }
-                None => {
-                    tracing::debug!(packet_id = id, "client: UNSUBACK for an unknown id ignored")
+                other => {
+                    Request::stray_ack("UNSUBACK", id, other).map_err(ClientError::Protocol)?
                 }
             },
             Packet::PingResp => self.ping_outstanding = None,

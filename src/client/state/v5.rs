@@ -417,20 +417,8 @@ impl State {
                     let codes = ack.reasons.iter().map(|r| r.0).collect();
                     self.complete(token, Outcome::Unsubscribed(codes));
                 }
-                Some(other) => {
-                    return Err(violation(
-                        ReasonCode::PROTOCOL_ERROR,
-                        format!(
-                            "UNSUBACK for packet id {} which identifies {}",
-                            ack.pkid,
-                            other.name()
-                        ),
-                    ))
-                }
-                None => tracing::debug!(
-                    packet_id = ack.pkid,
-                    "client: UNSUBACK for an unknown id ignored"
-                ),
+                other => Request::stray_ack("UNSUBACK", ack.pkid, other)
+                    .map_err(|message| violation(ReasonCode::PROTOCOL_ERROR, message))?,
             },
             Packet::DisconnectV5(d) => return Err(self.server_disconnect(Some(d))),
             Packet::Auth(a) => return self.on_auth(a, false),
@@ -482,20 +470,8 @@ impl State {
                 }
                 self.restored();
             }
-            Some(other) => {
-                return Err(violation(
-                    ReasonCode::PROTOCOL_ERROR,
-                    format!(
-                        "SUBACK for packet id {} which identifies {}",
-                        ack.pkid,
-                        other.name()
-                    ),
-                ))
-            }
-            None => tracing::debug!(
-                packet_id = ack.pkid,
-                "client: SUBACK for an unknown id ignored"
-            ),
+            other => Request::stray_ack("SUBACK", ack.pkid, other)
+                .map_err(|message| violation(ReasonCode::PROTOCOL_ERROR, message))?,
         }
         Ok(())
     }

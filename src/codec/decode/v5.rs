@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use super::{bodiless, check_flags, connect_packet, publish_flags};
+use super::{bodiless, check_flags, connect_packet, publish_flags, publish_pkid};
 use crate::codec::packet::nonzero_pkid;
 use crate::codec::properties::read_properties;
 use crate::codec::wire::{topic_name_from, Reader};
@@ -173,11 +173,7 @@ fn parse_publish(flags: u8, body: Bytes) -> Result<Publish, Error> {
     // An empty topic name is allowed when a Topic Alias stands for it, which is only
     // known after the properties: read the raw name first, check it after.
     let topic_raw = r.binary()?;
-    let pkid = if qos == QoS::AtMostOnce {
-        None
-    } else {
-        Some(nonzero_pkid("PUBLISH", r.u16()?)?)
-    };
+    let pkid = publish_pkid(&mut r, qos)?;
     let properties = read_properties(&mut r, PropertyContext::Publish)?;
     let topic = if topic_raw.is_empty() {
         if properties.as_ref().and_then(|p| p.topic_alias).is_none() {

@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{publish_pkid_len, put_fixed_header, put_fixed_header_for};
+use super::{put_fixed_header, PublishStart};
 use crate::codec::error::check_topic_name;
 use crate::codec::packet::nonzero_pkid;
 use crate::codec::properties::{
@@ -35,18 +35,8 @@ pub fn encode_publish_header_v5(
     subscription_ids: &[u32],
     payload_len: usize,
 ) -> Result<(), Error> {
-    publish_header_v5(
-        dst,
-        topic,
-        qos,
-        retain,
-        dup,
-        pkid,
-        &[],
-        properties,
-        subscription_ids,
-        payload_len,
-    )
+    let start = PublishStart::new(topic, qos, retain, dup, pkid)?;
+    publish_header_v5(dst, start, &[], properties, subscription_ids, payload_len)
 }
 
 /// [`encode_publish_header_v5`] with a Topic Alias (3.3.2.3.4) ahead of the shared
@@ -66,36 +56,21 @@ pub fn encode_publish_header_v5_aliased(
     payload_len: usize,
 ) -> Result<(), Error> {
     let [hi, lo] = alias.get().to_be_bytes();
-    publish_header_v5(
-        dst,
-        topic,
-        qos,
-        retain,
-        dup,
-        pkid,
-        &[0x23, hi, lo],
-        properties,
-        &[],
-        payload_len,
-    )
+    let start = PublishStart::new(topic, qos, retain, dup, pkid)?;
+    publish_header_v5(dst, start, &[0x23, hi, lo], properties, &[], payload_len)
 }
 
-/// The header both of the above write: `lead` is encoded property bytes of this
-/// delivery alone, written before the shared ones.
-#[allow(clippy::too_many_arguments)]
+/// The header both of the above write: `start` is what 3.1.1's header also holds, and
+/// `lead` is encoded property bytes of this delivery alone, written before the shared
+/// ones.
 fn publish_header_v5(
     dst: &mut BytesMut,
-    topic: &str,
-    qos: QoS,
-    retain: bool,
-    dup: bool,
-    pkid: Option<u16>,
+    start: PublishStart<'_>,
     lead: &[u8],
     properties: &[u8],
     subscription_ids: &[u32],
     payload_len: usize,
 ) -> Result<(), Error> {
-    let pkid_len = publish_pkid_len(qos, pkid)?;
     let mut props_len = lead.len() + properties.len();
     for &id in subscription_ids {
         if id == 0 || id > MAX_VARIABLE_BYTE_INTEGER {
@@ -109,17 +84,8 @@ fn publish_header_v5(
         }
         props_len += 1 + variable_byte_integer_len(id as usize);
     }
-    let header = string_len("topic name", topic.as_bytes())?
-        + pkid_len
-        + variable_byte_integer_len(props_len)
-        + props_len;
-    let remaining = header + payload_len;
-    let first = 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
-    put_fixed_header_for(dst, first, remaining, header)?;
-    put_string(dst, topic.as_bytes());
-    if let (true, Some(id)) = (pkid_len > 0, pkid) {
-        dst.put_u16(id);
-    }
+    let header = start.len + variable_byte_integer_len(props_len) + props_len;
+    start.put(dst, header, payload_len)?;
     put_variable_byte_integer(dst, props_len);
     dst.put_slice(lead);
     dst.put_slice(properties);

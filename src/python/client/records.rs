@@ -14,26 +14,33 @@ use crate::codec::ConnectReturnCode;
 use crate::python::client_v5;
 use crate::python::errors::{client_error_class, rc, ClientErrorClass};
 
-/// Where the core's connection stands (`pyo3mq.ConnectionState` mirrors it member for
-/// member). Each member is one object: Python may compare with `is`.
-#[pyclass(
-    name = "ConnectionState",
-    module = "pyo3mq._pyo3mq",
-    frozen,
-    eq,
-    hash,
-    skip_from_py_object
-)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PyConnectionState {
-    #[pyo3(name = "CONNECTING")]
-    Connecting,
-    #[pyo3(name = "CONNECTED")]
-    Connected,
-    #[pyo3(name = "RECONNECTING")]
-    Reconnecting,
-    #[pyo3(name = "CLOSED")]
-    Closed,
+/// Declares an enum that Python sees as constants: each member one frozen object (so
+/// Python may compare with `is` as well as `==`, and use it as a dict key), in
+/// `pyo3mq._pyo3mq` under the Python name given after `as`, never taken back from
+/// Python (the bindings take no such argument). One place for the class options so
+/// that this file's enums cannot drift apart.
+macro_rules! py_constants {
+    ($(#[$attr:meta])* pub enum $ident:ident as $name:tt { $($body:tt)* }) => {
+        $(#[$attr])*
+        #[pyclass(name = $name, module = "pyo3mq._pyo3mq", frozen, eq, hash, skip_from_py_object)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $ident { $($body)* }
+    };
+}
+
+py_constants! {
+    /// Where the core's connection stands (`pyo3mq.ConnectionState` mirrors it member for
+    /// member).
+    pub enum PyConnectionState as "ConnectionState" {
+        #[pyo3(name = "CONNECTING")]
+        Connecting,
+        #[pyo3(name = "CONNECTED")]
+        Connected,
+        #[pyo3(name = "RECONNECTING")]
+        Reconnecting,
+        #[pyo3(name = "CLOSED")]
+        Closed,
+    }
 }
 
 impl From<ConnectionState> for PyConnectionState {
@@ -47,24 +54,17 @@ impl From<ConnectionState> for PyConnectionState {
     }
 }
 
-/// What `ClientCore.publish` returns when it has no token to return. (A closed client
-/// raises instead, and a QoS 1/2 publish returns its token, an int.)
-#[pyclass(
-    name = "Submitted",
-    module = "pyo3mq._pyo3mq",
-    frozen,
-    eq,
-    hash,
-    skip_from_py_object
-)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PySubmitted {
-    /// QoS 0: handed over.
-    #[pyo3(name = "SENT")]
-    Sent,
-    /// The write buffer is full: retry after a drain with `room` set.
-    #[pyo3(name = "FULL")]
-    Full,
+py_constants! {
+    /// What `ClientCore.publish` returns when it has no token to return. (A closed client
+    /// raises instead, and a QoS 1/2 publish returns its token, an int.)
+    pub enum PySubmitted as "Submitted" {
+        /// QoS 0: handed over.
+        #[pyo3(name = "SENT")]
+        Sent,
+        /// The write buffer is full: retry after a drain with `room` set.
+        #[pyo3(name = "FULL")]
+        Full,
+    }
 }
 
 /// How a request ended: `error` is None on success, and `value` is the result (None,
