@@ -363,18 +363,17 @@ def test_unsubscribe_drops_nats_interest_with_the_last_local_session(
             client.loop_stop()
 
 
-def put_record(cluster: Cluster, client_id: str, record: bytes) -> None:
-    """Writes `record` as the client's entry in the sessions bucket (a KV put is a
-    publish on its subject, acknowledged by JetStream)."""
-    subject = f"$KV.PYO3MQ_SESSIONS.{session_key(client_id)}"
+def nats_request(cluster: Cluster, subject: str, payload: bytes) -> dict[str, Any]:
+    """One request over a raw NATS connection, its JSON answer (JetStream's API, or the
+    acknowledgement of a publish to a stream)."""
     with socket.create_connection(("127.0.0.1", cluster.nats.port), timeout=5) as sock:
         reader = sock.makefile("rb")
         assert reader.readline().startswith(b"INFO ")
         sock.sendall(
             b'CONNECT {"verbose":false,"pedantic":false}\r\n'
-            b"SUB _INBOX.put 1\r\n"
-            + f"PUB {subject} _INBOX.put {len(record)}\r\n".encode()
-            + record
+            b"SUB _INBOX.req 1\r\n"
+            + f"PUB {subject} _INBOX.req {len(payload)}\r\n".encode()
+            + payload
             + b"\r\n"
         )
         while True:
@@ -383,9 +382,21 @@ def put_record(cluster: Cluster, client_id: str, record: bytes) -> None:
             assert not line.startswith(b"-ERR"), line
             if line.startswith(b"MSG "):
                 size = int(line.split()[-1])
-                answer = json.loads(reader.read(size + 2)[:size])
-                assert "error" not in answer, answer
-                return
+                answer: dict[str, Any] = json.loads(reader.read(size + 2)[:size])
+                reader.close()
+                return answer
+
+
+def put_record(cluster: Cluster, client_id: str, record: bytes) -> None:
+    """Writes `record` as the client's entry in the sessions bucket (a KV put is a
+    publish on its subject, acknowledged by JetStream), once a node made the bucket."""
+    deadline = time.monotonic() + 20
+    while "error" in nats_request(cluster, "$JS.API.STREAM.INFO.KV_PYO3MQ_SESSIONS", b""):
+        assert time.monotonic() < deadline, "no sessions bucket"
+        time.sleep(0.05)
+    subject = f"$KV.PYO3MQ_SESSIONS.{session_key(client_id)}"
+    answer = nats_request(cluster, subject, record)
+    assert "error" not in answer, answer
 
 
 def format3_record(owner: int, subscriptions: list[tuple[str, int]]) -> bytes:
@@ -426,6 +437,7 @@ def test_unreadable_record_is_not_overwritten(cluster: Cluster, v5: Callable[...
     put_record(cluster, "nr-sub", newer)
     refused = v5(a.port, "nr-sub", clean_start=False, accepted=False)
     assert refused.reason == 0x88
+    refused.close()
     assert read_record(cluster.nats.port, "nr-sub") == newer
     assert "record format 9 is newer than this node's (4)" in a.logged()
     fresh = v5(a.port, "nr-sub", expiry=0)
