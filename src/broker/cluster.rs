@@ -75,6 +75,7 @@ mod handover;
 mod link;
 mod liveness;
 mod qos2;
+mod record;
 mod sessions;
 mod share;
 mod streams;

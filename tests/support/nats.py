@@ -29,6 +29,8 @@ class NatsServer:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    # The HTTP monitoring port (`nats_server(..., monitor=True)`), else None.
+    monitor_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -36,7 +38,9 @@ class NatsServer:
 
 
 @contextmanager
-def nats_server(tmp_path: Path, *, jetstream: bool = True) -> Iterator[NatsServer]:
+def nats_server(
+    tmp_path: Path, *, jetstream: bool = True, monitor: bool = False
+) -> Iterator[NatsServer]:
     """Runs `nats-server -js` on 127.0.0.1:<free port> with a store directory under
     `tmp_path`; skips the test when no nats-server is installed."""
     binary = nats_server_binary()
@@ -49,9 +53,12 @@ def nats_server(tmp_path: Path, *, jetstream: bool = True) -> Iterator[NatsServe
     args = [binary, "-a", "127.0.0.1", "-p", str(port), "-l", str(log)]
     if jetstream:
         args += ["-js", "-sd", str(store)]
+    monitor_port = free_port() if monitor else None
+    if monitor_port is not None:
+        args += ["-m", str(monitor_port)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, proc, name=f"nats-server (log: {log})")
-        yield NatsServer(port, proc, log)
+        yield NatsServer(port, proc, log, monitor_port)
     finally:
         terminate(proc)

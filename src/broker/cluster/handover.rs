@@ -34,11 +34,11 @@ use tokio::sync::{watch, Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use super::cut::Cut;
-use super::sessions::Record;
+use super::record::{subscriptions_of, Record, Sub};
 use super::wire;
 use super::Cluster;
 use crate::broker::router::{MatchScratch, Router};
-use crate::broker::session::Queued;
+use crate::broker::session::{Message, MessageProperties, Queued};
 use crate::codec::QoS;
 
 /// Longest a taking node waits for its reader to reach the cut.
@@ -163,10 +163,9 @@ impl Cluster {
         if upper <= cut.stream {
             return true;
         }
-        let subscriptions: Vec<(ByteString, QoS)> = router
-            .session_subscriptions(&session)
+        let subscriptions: Vec<Sub> = subscriptions_of(&session)
             .into_iter()
-            .filter(|(filter, _)| !filter.starts_with(crate::topic::SHARE_PREFIX))
+            .filter(|sub| !sub.filter.starts_with(crate::topic::SHARE_PREFIX))
             .collect();
         if subscriptions.is_empty() {
             return true;
@@ -200,11 +199,12 @@ impl Cluster {
     }
 
     /// Reads the stream from the cut and returns the session's messages (see
-    /// [`Bounds::keeps`]), in order, at most `limit`.
+    /// [`Bounds::keeps`]), in order, at most `limit`, each as its subscriptions'
+    /// options make it ([`delivery`]).
     async fn replay(
         &self,
         bounds: &Bounds,
-        subscriptions: &[(ByteString, QoS)],
+        subscriptions: &[Sub],
         limit: usize,
     ) -> Result<Vec<Queued>, String> {
         let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
@@ -242,22 +242,14 @@ impl Cluster {
                 }
             };
             if let (Some(wire), Some(topic)) = (wire, self.names.untagged("q", &msg.subject)) {
-                let granted = subscriptions
+                let matching: Vec<&Sub> = subscriptions
                     .iter()
-                    .filter(|(filter, _)| crate::topic::matches(filter, &topic))
-                    .map(|(_, qos)| *qos)
-                    .max();
-                let kept = granted.filter(|_| bounds.keeps(seq, wire.origin, wire.seq));
-                if let Some(granted) = kept {
-                    let qos = wire.qos;
-                    // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9].
-                    match wire.message(ByteString::from(topic), false) {
-                        Ok(message) => out.push(Queued {
-                            msg: Arc::new(message),
-                            qos: qos.min(granted),
-                            retain: false,
-                            share: None,
-                        }),
+                    .filter(|sub| crate::topic::matches(&sub.filter, &topic))
+                    .collect();
+                if !matching.is_empty() && bounds.keeps(seq, wire.origin, wire.seq) {
+                    let retain = wire.retain;
+                    match wire.message(ByteString::from(topic), retain) {
+                        Ok(message) => out.push(delivery(message, &matching)),
                         Err(e) => self.drop_malformed(&msg.subject, &e),
                     }
                 }
@@ -267,6 +259,42 @@ impl Cluster {
             }
         }
         Ok(out)
+    }
+}
+
+/// A replayed message as the session's matching subscriptions (at least one) make it,
+/// as routing does on a live node (router/options.rs): one copy at the highest QoS
+/// granted [MQTT-3.3.4-2], carrying the identifiers of all of them [MQTT-3.3.4-3]
+/// [MQTT-3.3.4-4], RETAIN 0 [MQTT-3.3.1-9] unless one has Retain As Published and
+/// the publisher set it [MQTT-3.3.1-12]. No Local needs no test here: the stream's messages carry no
+/// publisher, and the session's own client's are never among those replayed (it
+/// published them on the old node before the cut, which excludes them, or not at all
+/// while it was away).
+fn delivery(message: Message, matching: &[&Sub]) -> Queued {
+    let granted = matching
+        .iter()
+        .map(|sub| sub.qos)
+        .max()
+        .unwrap_or(QoS::AtMostOnce);
+    let ids: Vec<_> = matching.iter().filter_map(|sub| sub.opts.id).collect();
+    let qos = message.qos.min(granted);
+    let retain = message.retain && matching.iter().any(|sub| sub.opts.retain_as_published());
+    let msg = if ids.is_empty() {
+        message
+    } else {
+        Message {
+            properties: Some(MessageProperties::with_subscription_ids(
+                message.properties.as_ref(),
+                &ids,
+            )),
+            ..message
+        }
+    };
+    Queued {
+        msg: Arc::new(msg),
+        qos,
+        retain,
+        share: None,
     }
 }
 

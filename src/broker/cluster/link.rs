@@ -169,9 +169,11 @@ pub(super) async fn read_from_nats(
                 if copies > 1 && !seen.first_copy(wire.origin, wire.seq, copies - 1) {
                     continue;
                 }
-                // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9]; retained copies reach
+                // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9] unless the subscription
+                // has Retain As Published (the router decides); retained copies reach
                 // new subscribers from the mirrored retained tree.
-                match wire.message(ByteString::from(topic), false) {
+                let retain = wire.retain;
+                match wire.message(ByteString::from(topic), retain) {
                     Ok(message) => router.publish_remote(Arc::new(message), &mut scratch),
                     Err(e) => {
                         cluster.drop_malformed(&subject, &e);

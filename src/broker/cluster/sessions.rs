@@ -22,25 +22,28 @@
 //! A clean session's record is deleted when its connection ends; a persistent one's
 //! records the time its client left, for the expiry of the record.
 //!
-//! Subscriptions are written to the record before the SUBACK/UNSUBACK, so a client that
-//! moves finds on the new node everything the old one acknowledged.
+//! Subscriptions, with their MQTT 5.0 options (No Local, Retain As Published, Retain
+//! Handling, Subscription Identifier), are written to the record before the
+//! SUBACK/UNSUBACK (3.1.1 and 5.0 alike), so a client that moves, or whose node dies,
+//! finds on the new node everything the old one acknowledged, as it was made. The
+//! record's bytes, and what a node does with one it cannot read, are in
+//! [`super::record`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::cut::Cut;
+pub(super) use super::record::Record;
+pub use super::record::Will;
+use super::record::{subscriptions_of, Unreadable};
 use super::{Cluster, STORE_TIMEOUT};
 use crate::broker::router::{Held, Router, Session};
-use crate::broker::session::Message;
-use crate::broker::store::{SessionSnapshot, StoredMessage};
-use crate::codec::QoS;
 
 /// Longest a CONNECT waits for the old owner to give a session up.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,13 +53,6 @@ const CLAIM_ATTEMPTS: usize = 5;
 const HANDOVERS_AT_ONCE: usize = 64;
 /// Longest a given-up connection takes to close.
 const KICK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Records as the first cluster code wrote them (no will, expiry or offline time) and
-/// as the second did (no checkpoint), still read; and as written now (with the
-/// checkpoint of handover.rs; nodes of the second format cannot read these).
-const FORMAT_V1: [u8; 2] = [b'P', 1];
-const FORMAT_V2: [u8; 2] = [b'P', 2];
-const FORMAT: [u8; 2] = [b'P', 3];
-
 /// What the old owner of a session answered.
 enum Answer {
     /// What it held, removed there.
@@ -65,259 +61,6 @@ enum Answer {
     Nothing,
     /// No answer: the node is gone (or unreachable).
     Gone,
-}
-
-/// A connected client's will as its record keeps it, so that the survivors of its node
-/// can publish it if the node dies (authorized when the client connected).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Will {
-    pub topic: ByteString,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    /// MQTT 5.0 Will Delay Interval, seconds (0: none).
-    pub delay: u32,
-}
-
-impl Will {
-    pub fn of(msg: &Message, delay: u32) -> Will {
-        Will {
-            topic: msg.topic.clone(),
-            payload: msg.payload.clone(),
-            qos: msg.qos,
-            retain: msg.retain,
-            delay,
-        }
-    }
-
-    pub(super) fn message(&self, client_id: &ByteString) -> Arc<Message> {
-        Arc::new(Message {
-            topic: self.topic.clone(),
-            payload: self.payload.clone(),
-            qos: self.qos,
-            retain: self.retain,
-            publisher: client_id.clone(),
-            properties: None,
-        })
-    }
-}
-
-/// One client's record in the bucket, and what a handover answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Record {
-    pub owner: u64,
-    pub clean: bool,
-    pub subscriptions: Vec<(ByteString, QoS)>,
-    pub pending: Vec<StoredMessage>,
-    /// The will to publish if the client's node dies: that of a connected client, or
-    /// one still waiting out its delay.
-    pub will: Option<Will>,
-    /// MQTT 5.0 Session Expiry Interval in seconds (`u32::MAX`: never); `None` for a
-    /// 3.1.1 session, which expires per `persistent_client_expiration`.
-    pub expiry: Option<u32>,
-    /// Unix time (seconds) the client went offline; 0 while it is connected.
-    pub offline_since: u64,
-    /// Where the session left its node (handover.rs): in a handover's answer, and in
-    /// the record of a session whose client went offline, so that the stream messages
-    /// its node had not routed to it come with it.
-    pub checkpoint: Option<Cut>,
-}
-
-fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
-    out.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
-    out.put_slice(bytes);
-}
-
-fn qos_of(byte: u8) -> Option<QoS> {
-    match byte {
-        0 => Some(QoS::AtMostOnce),
-        1 => Some(QoS::AtLeastOnce),
-        2 => Some(QoS::ExactlyOnce),
-        _ => None,
-    }
-}
-
-impl Record {
-    pub(super) fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(64);
-        out.put_slice(&FORMAT);
-        out.put_u64(self.owner);
-        out.put_u8(u8::from(self.clean));
-        out.put_u32(u32::try_from(self.subscriptions.len()).unwrap_or(u32::MAX));
-        for (filter, qos) in &self.subscriptions {
-            out.put_u8(*qos as u8);
-            put_bytes(&mut out, filter.as_bytes());
-        }
-        out.put_u32(u32::try_from(self.pending.len()).unwrap_or(u32::MAX));
-        for m in &self.pending {
-            out.put_u8(m.qos as u8);
-            out.put_u8(u8::from(m.retain));
-            out.put_u16(m.pkid.unwrap_or(0));
-            out.put_u8(u8::from(m.released));
-            out.put_u8(m.msg.qos as u8);
-            put_bytes(&mut out, m.msg.topic.as_bytes());
-            put_bytes(&mut out, &m.msg.payload);
-        }
-        match &self.will {
-            None => out.put_u8(0),
-            Some(will) => {
-                out.put_u8(1);
-                out.put_u8(will.qos as u8);
-                out.put_u8(u8::from(will.retain));
-                out.put_u32(will.delay);
-                put_bytes(&mut out, will.topic.as_bytes());
-                put_bytes(&mut out, &will.payload);
-            }
-        }
-        match self.expiry {
-            None => out.put_u8(0),
-            Some(secs) => {
-                out.put_u8(1);
-                out.put_u32(secs);
-            }
-        }
-        // Before the last field, which stays the offline time.
-        match &self.checkpoint {
-            None => out.put_u8(0),
-            Some(cut) => {
-                out.put_u8(1);
-                cut.encode(&mut out);
-            }
-        }
-        out.put_u64(self.offline_since);
-        out.freeze()
-    }
-
-    /// `None` for bytes this code did not write (another version, corruption).
-    pub(super) fn decode(mut bytes: Bytes) -> Option<Record> {
-        fn take_bytes(bytes: &mut Bytes) -> Option<Bytes> {
-            if bytes.remaining() < 4 {
-                return None;
-            }
-            let len = usize::try_from(bytes.get_u32()).ok()?;
-            (bytes.remaining() >= len).then(|| bytes.split_to(len))
-        }
-        fn take_string(bytes: &mut Bytes) -> Option<ByteString> {
-            ByteString::try_from(take_bytes(bytes)?).ok()
-        }
-        if bytes.remaining() < 15 {
-            return None;
-        }
-        let format = bytes.split_to(2);
-        let v1 = format[..] == FORMAT_V1;
-        let v2 = format[..] == FORMAT_V2;
-        if !v1 && !v2 && format[..] != FORMAT {
-            return None;
-        }
-        let owner = bytes.get_u64();
-        let clean = bytes.get_u8() != 0;
-        let count = bytes.get_u32();
-        let mut subscriptions = Vec::new();
-        for _ in 0..count {
-            if bytes.remaining() < 1 {
-                return None;
-            }
-            let qos = qos_of(bytes.get_u8())?;
-            subscriptions.push((take_string(&mut bytes)?, qos));
-        }
-        if bytes.remaining() < 4 {
-            return None;
-        }
-        let count = bytes.get_u32();
-        let mut pending = Vec::new();
-        for _ in 0..count {
-            if bytes.remaining() < 6 {
-                return None;
-            }
-            let qos = qos_of(bytes.get_u8())?;
-            let retain = bytes.get_u8() != 0;
-            let pkid = Some(bytes.get_u16()).filter(|&p| p != 0);
-            let released = bytes.get_u8() != 0;
-            let published = qos_of(bytes.get_u8())?;
-            let topic = take_string(&mut bytes)?;
-            let payload = take_bytes(&mut bytes)?;
-            pending.push(StoredMessage {
-                msg: Arc::new(Message {
-                    topic,
-                    payload,
-                    qos: published,
-                    retain,
-                    publisher: ByteString::new(),
-                    properties: None,
-                }),
-                qos,
-                retain,
-                pkid,
-                released,
-            });
-        }
-        let (mut will, mut expiry, mut offline_since, mut checkpoint) = (None, None, 0, None);
-        if !v1 {
-            if bytes.remaining() < 1 {
-                return None;
-            }
-            if bytes.get_u8() != 0 {
-                if bytes.remaining() < 6 {
-                    return None;
-                }
-                let qos = qos_of(bytes.get_u8())?;
-                let retain = bytes.get_u8() != 0;
-                let delay = bytes.get_u32();
-                will = Some(Will {
-                    topic: take_string(&mut bytes)?,
-                    payload: take_bytes(&mut bytes)?,
-                    qos,
-                    retain,
-                    delay,
-                });
-            }
-            if bytes.remaining() < 1 {
-                return None;
-            }
-            if bytes.get_u8() != 0 {
-                if bytes.remaining() < 4 {
-                    return None;
-                }
-                expiry = Some(bytes.get_u32());
-            }
-            if !v2 {
-                if bytes.remaining() < 1 {
-                    return None;
-                }
-                if bytes.get_u8() != 0 {
-                    checkpoint = Some(Cut::decode(&mut bytes)?);
-                }
-            }
-            if bytes.remaining() < 8 {
-                return None;
-            }
-            offline_since = bytes.get_u64();
-        }
-        bytes.is_empty().then_some(Record {
-            owner,
-            clean,
-            subscriptions,
-            pending,
-            will,
-            expiry,
-            offline_since,
-            checkpoint,
-        })
-    }
-
-    pub(super) fn snapshot(self, client_id: &ByteString) -> SessionSnapshot {
-        SessionSnapshot {
-            client_id: client_id.clone(),
-            disconnected_at: None,
-            // Not in the bucket's record yet: a 5.0 session moved between nodes expires
-            // as a 3.1.1 one does there (`persistent_client_expiration`).
-            session_expiry: None,
-            subscriptions: self.subscriptions,
-            // Nor the subscriptions' 5.0 options: defaults on the node taking it in.
-            subscription_options: Vec::new(),
-            pending: self.pending,
-        }
-    }
 }
 
 /// The bucket key of a client id: its bytes in hex (client ids may hold anything; keys
@@ -379,6 +122,21 @@ pub struct Claim {
     pub will: Option<Will>,
     /// See [`Record::expiry`].
     pub expiry: Option<u32>,
+}
+
+impl Claim {
+    /// Whether the session ends with the connection: 3.1.1's Clean Session; in 5.0 a
+    /// Session Expiry Interval of 0, whatever Clean Start says (Clean Start 1 with an
+    /// interval starts a new session that outlives the connection).
+    fn ends_with_connection(&self) -> bool {
+        self.expiry.map_or(self.clean, |secs| secs == 0)
+    }
+}
+
+/// Why a CONNECT did not claim a record this node cannot read: left as it is
+/// (record.rs), named for whoever must deal with it (a newer node, or `nats kv del`).
+fn unreadable(key: &str, e: Unreadable) -> String {
+    format!("the record {key:?} in the sessions bucket is not overwritten: {e}")
 }
 
 /// How a connection ended, for its record.
@@ -447,11 +205,11 @@ impl Cluster {
             let entry = bounded("reading the session", self.sessions.entry(key.clone())).await?;
             let (revision, record) = match entry {
                 Some(entry) if entry.operation == kv::Operation::Put => {
-                    let record = Record::decode(entry.value.clone());
-                    if record.is_none() {
-                        warn!(%client_id, "cluster: unreadable session record replaced");
-                    }
-                    (Some(entry.revision), record)
+                    // Never claimed over: what this node cannot read, it must not
+                    // overwrite (record.rs).
+                    let record =
+                        Record::read(entry.value.clone()).map_err(|e| unreadable(&key, e))?;
+                    (Some(entry.revision), Some(record))
                 }
                 Some(entry) => (Some(entry.revision), None),
                 None => (None, None),
@@ -464,6 +222,7 @@ impl Cluster {
                     if claim.clean || record.clean {
                         Vec::new()
                     } else {
+                        // With their 5.0 options (format 4).
                         record.subscriptions.clone()
                     },
                 ),
@@ -471,7 +230,7 @@ impl Cluster {
             };
             let mine = Record {
                 owner: self.node,
-                clean: claim.clean,
+                clean: claim.ends_with_connection(),
                 subscriptions,
                 pending: Vec::new(),
                 will: claim.will.clone(),
@@ -665,7 +424,7 @@ impl Cluster {
 
     /// A persistent session's subscriptions changed: the record follows (before the
     /// SUBACK/UNSUBACK), unless another node owns the session by now.
-    pub async fn session_changed(&self, router: &Router, session: &Arc<Session>) {
+    pub async fn session_changed(&self, _router: &Router, session: &Arc<Session>) {
         if session.clean || !self.linked() {
             return;
         }
@@ -681,18 +440,24 @@ impl Cluster {
             };
             let (revision, record) = match entry {
                 Some(entry) if entry.operation == kv::Operation::Put => {
-                    match Record::decode(entry.value) {
-                        Some(record) if record.owner != self.node => return,
-                        record => (entry.revision, record),
+                    match Record::read(entry.value) {
+                        Ok(record) if record.owner != self.node => return,
+                        Ok(record) => (entry.revision, record),
+                        // Not overwritten (record.rs); the claim refused it already,
+                        // so this is a record that changed since.
+                        Err(e) => {
+                            warn!(client_id = %session.client_id, "cluster: subscriptions not recorded: {e}");
+                            return;
+                        }
                     }
                 }
                 _ => return,
             };
-            let (will, expiry) = record.map_or((None, None), |r| (r.will, r.expiry));
+            let Record { will, expiry, .. } = record;
             let mine = Record {
                 owner: self.node,
                 clean: false,
-                subscriptions: router.session_subscriptions(session),
+                subscriptions: subscriptions_of(session),
                 pending: Vec::new(),
                 will,
                 expiry,
@@ -773,10 +538,10 @@ async fn give_up(cluster: &Cluster, router: &Router, client_id: &ByteString) -> 
                 return Record {
                     owner: cluster.node,
                     clean: false,
-                    subscriptions: snapshot.subscriptions,
+                    subscriptions: Record::subscriptions_of_snapshot(&snapshot),
+                    expiry: snapshot.session_expiry,
                     pending: snapshot.pending,
                     will: None,
-                    expiry: None,
                     offline_since: 0,
                     checkpoint: Some(cut),
                 }
@@ -792,75 +557,6 @@ async fn give_up(cluster: &Cluster, router: &Router, client_id: &ByteString) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_round_trip() {
-        let record = Record {
-            owner: 0xfeed,
-            clean: false,
-            subscriptions: vec![
-                (ByteString::from_static("a/+/b"), QoS::AtLeastOnce),
-                (ByteString::from_static("line\nbreak/#"), QoS::ExactlyOnce),
-            ],
-            pending: vec![StoredMessage {
-                msg: Arc::new(Message {
-                    topic: ByteString::from_static("a/x/b"),
-                    payload: Bytes::from_static(b"payload"),
-                    qos: QoS::ExactlyOnce,
-                    retain: false,
-                    publisher: ByteString::new(),
-                    properties: None,
-                }),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                pkid: Some(7),
-                released: false,
-            }],
-            will: Some(Will {
-                topic: ByteString::from_static("w/t"),
-                payload: Bytes::from_static(b"gone"),
-                qos: QoS::AtLeastOnce,
-                retain: true,
-                delay: 30,
-            }),
-            expiry: Some(120),
-            offline_since: 1_700_000_000,
-            checkpoint: Some(Cut {
-                stream: 42,
-                owner: 0xfeed,
-                origin_seq: 7,
-                stored: 40,
-            }),
-        };
-        assert_eq!(Record::decode(record.encode()), Some(record.clone()));
-        // The first format (no will, expiry or offline time) is still read.
-        let v1 = Record {
-            will: None,
-            expiry: None,
-            offline_since: 0,
-            checkpoint: None,
-            ..record.clone()
-        };
-        let mut old = BytesMut::from(&v1.encode()[..]);
-        old.truncate(old.len() - 2 - 1 - 8);
-        old[1] = 1;
-        assert_eq!(Record::decode(old.freeze()), Some(v1));
-        // The second (no checkpoint) too.
-        let v2 = Record {
-            checkpoint: None,
-            ..record.clone()
-        };
-        let encoded = v2.encode();
-        let mut old = BytesMut::from(&encoded[..encoded.len() - 9]);
-        old.put_slice(&encoded[encoded.len() - 8..]);
-        old[1] = 2;
-        assert_eq!(Record::decode(old.freeze()), Some(v2));
-        let encoded = record.encode();
-        for cut in 0..encoded.len() {
-            assert_eq!(Record::decode(encoded.slice(..cut)), None, "{cut}");
-        }
-        assert_eq!(Record::decode(Bytes::from_static(b"junk")), None);
-    }
 
     #[test]
     fn keys_are_valid_kv_keys() {

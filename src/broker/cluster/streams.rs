@@ -187,8 +187,10 @@ fn route_stored(
         debug!(subject = %msg.subject, "cluster: ignored a stream subject pyo3mq did not make");
         return;
     };
-    // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9].
-    let message = match wire.message(ByteString::from(topic), false) {
+    // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9] unless the subscription has Retain
+    // As Published (the router decides).
+    let retain = wire.retain;
+    let message = match wire.message(ByteString::from(topic), retain) {
         Ok(message) => message,
         Err(e) => return cluster.drop_malformed(&msg.subject, &e),
     };

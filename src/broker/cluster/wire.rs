@@ -64,6 +64,9 @@ pub(super) struct Wire {
     pub(super) origin: u64,
     pub(super) seq: u64,
     pub(super) qos: QoS,
+    /// The RETAIN flag the publisher used: what a subscription with Retain As Published
+    /// is sent [MQTT-3.3.1-12] (the router clears it for the others [MQTT-3.3.1-9]).
+    pub(super) retain: bool,
     /// The encoded property block and its expiry (Unix ms), if the message has one.
     properties: Option<(Bytes, Option<u64>)>,
     payload: Bytes,
@@ -110,11 +113,11 @@ pub(super) fn decode(headers: Option<&HeaderMap>, body: Bytes) -> Result<Wire, W
         Some("2") => QoS::ExactlyOnce,
         _ => return Err(bad()),
     };
-    // RETAIN as published: checked, not used (a live delivery carries 0
-    // [MQTT-3.3.1-9]; the retained stream holds only retained messages).
-    if !matches!(parts.next(), Some("0" | "1")) {
-        return Err(bad());
-    }
+    let retain = match parts.next() {
+        Some("0") => false,
+        Some("1") => true,
+        _ => return Err(bad()),
+    };
     let (properties, payload) = match (parts.next(), parts.next(), parts.next()) {
         (None, _, _) => (None, body),
         (Some(len), Some(expires), None) => {
@@ -139,6 +142,7 @@ pub(super) fn decode(headers: Option<&HeaderMap>, body: Bytes) -> Result<Wire, W
         origin,
         seq,
         qos,
+        retain,
         properties,
         payload,
     })

@@ -177,7 +177,7 @@ impl Connection {
         match packet {
             Packet::SubscribeV5(subscribe) => Box::pin(self.subscribe_v5(subscribe, session)).await,
             Packet::UnsubscribeV5(unsubscribe) => {
-                self.unsubscribe_v5(unsubscribe, session);
+                Box::pin(self.unsubscribe_v5(unsubscribe, session)).await;
                 None
             }
             Packet::DisconnectV5(disconnect) => {
@@ -305,7 +305,7 @@ impl Connection {
         None
     }
 
-    fn unsubscribe_v5(&mut self, unsubscribe: UnsubscribeV5, session: &Arc<Session>) {
+    async fn unsubscribe_v5(&mut self, unsubscribe: UnsubscribeV5, session: &Arc<Session>) {
         // [MQTT-3.11.3-1]: 0x00, or 0x11 No subscription existed, per filter in order.
         let reasons = unsubscribe
             .filters
@@ -318,6 +318,11 @@ impl Connection {
                 }
             })
             .collect();
+        // Cluster mode, as for 3.1.1 (handlers.rs): the session's record drops the
+        // filters before the UNSUBACK.
+        if let Some(cluster) = self.router.cluster() {
+            Box::pin(cluster.session_changed(&self.router, session)).await;
+        }
         // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: always answered.
         self.send_packet(&Packet::UnsubAckV5(UnsubAckV5 {
             pkid: unsubscribe.pkid,
