@@ -311,7 +311,7 @@ impl Bufs {
     /// Grown in place instead, a burst's buffer was reallocated from 4 KiB up to the
     /// high water mark, copying everything encoded so far at each doubling (a fan-in
     /// subscriber's pump: 126 instructions per delivery in `realloc`'s copies,
-    /// benches/README.md "Session 8: fan-in").
+    /// benches/README.md "Session 8: fan-in's instructions per delivery").
     fn room(&mut self, need: usize) {
         if self.cur.capacity() - self.cur.len() < need {
             self.seal();
