@@ -222,12 +222,11 @@ impl Connection {
                 };
                 self.put_publish_ack(QoS::AtLeastOnce, pkid, published);
             }
-            (QoS::AtMostOnce, _) => {
-                if verdict.is_ok() {
-                    self.route(msg);
-                }
+            (QoS::AtMostOnce, _) if verdict.is_ok() => {
+                self.route(msg);
             }
-            // QoS 2 is `handle`'s; the codec guarantees an id for QoS 1.
+            // A refused QoS 0 message is dropped; QoS 2 is `handle`'s; the codec
+            // guarantees an id for QoS 1.
             _ => {}
         }
         None
@@ -251,9 +250,7 @@ impl Connection {
                 };
                 let allowed = verdict.is_ok();
                 // The codec guarantees an id for QoS 1 and 2.
-                let Some(pkid) = pkid else {
-                    return None;
-                };
+                let pkid = pkid?;
                 // A repeat before PUBREL is acknowledged, not delivered again
                 // (and answered Success: whether the first one matched is not
                 // kept). A 5.0 refusal (PUBREC 0x80 or above) ends the flow, so
