@@ -4,16 +4,17 @@
 use std::io;
 use std::sync::Arc;
 
+use bytestring::ByteString;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::broker::cluster::RouterCluster;
-use crate::broker::hooks::{Event, Refusal};
+use crate::broker::hooks::{Event, Refusal, Verdict};
 use crate::broker::metrics::{self, Action, DropReason, HookKind};
 use crate::broker::router::Qos2Step;
 use crate::broker::router::Session;
 use crate::broker::session::{AckKind, Message};
-use crate::codec::{Connect, Packet, Protocol, QoS, SubAck, SubscribeReturnCode};
+use crate::codec::{Connect, Packet, Protocol, Publish, QoS, SubAck, SubscribeReturnCode};
 
 use super::reasons::Published;
 use super::{packet_log, Close, Connection, OutBuf};
@@ -27,7 +28,24 @@ impl Connection {
                     if self.log_packets {
                         debug!(target: "pyo3mq::packets", "received {} from '{}'", packet_log::Summary(&packet), self.client_id);
                     }
-                    if let Some(close) = self.handle(packet, session).await {
+                    let close = match packet {
+                        // QoS 0 and 1 are handled here, without building `handle`'s
+                        // future: copying the packet into it and setting it up cost
+                        // more than the rest of a QoS 0 publish's handling (issue 13).
+                        Packet::Publish(mut publish) if publish.qos != QoS::ExactlyOnce => {
+                            match self.check_publish(&mut publish, session) {
+                                Err(close) => Some(close),
+                                Ok(Some(verdict)) => self.accept_publish(publish, verdict),
+                                Ok(None) => {
+                                    let topic = &publish.topic;
+                                    let verdict = Box::pin(self.authorize_publish(topic)).await;
+                                    self.accept_publish(publish, verdict)
+                                }
+                            }
+                        }
+                        packet => self.handle(packet, session).await,
+                    };
+                    if let Some(close) = close {
                         break Some(close);
                     }
                 }
@@ -124,101 +142,135 @@ impl Connection {
         }
     }
 
+    /// What a PUBLISH needs before its verdict: a 5.0 one's inbound checks (topic
+    /// alias, receive maximum), the received counters, and the `$SYS` rule. `Some`
+    /// verdict when that decides (a refused publish is still acknowledged, and dropped
+    /// [MQTT-3.3.5-2]); `None` when the authorizer has to.
+    fn check_publish(
+        &mut self,
+        publish: &mut Publish,
+        session: &Arc<Session>,
+    ) -> Result<Option<Verdict>, Close> {
+        if self.protocol == Protocol::V5 {
+            self.inbound_publish_v5(publish, session)?;
+        }
+        let totals = self.router.counters();
+        self.counters
+            .received(publish.qos, publish.payload.len(), totals);
+        if metrics::is_reserved(&publish.topic) {
+            self.router.counters().dropped(DropReason::SysTopic, 1);
+            if std::mem::replace(&mut self.sys_publish_logged, true) {
+                debug!(client_id = %self.client_id, topic = %publish.topic,
+                    "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
+            } else {
+                info!(client_id = %self.client_id, topic = %publish.topic,
+                    "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2); \
+                     further ones from this connection are logged at debug level");
+            }
+            return Ok(Some(Err(Refusal::NOT_AUTHORIZED)));
+        }
+        Ok(self.router.hooks().authorizer.is_none().then_some(Ok(())))
+    }
+
+    /// The authorizer's verdict on a PUBLISH, counted and logged when it refuses.
+    async fn authorize_publish(&mut self, topic: &ByteString) -> Verdict {
+        let verdict = self.may_publish(topic).await;
+        if let Err(refusal) = &verdict {
+            info!(client_id = %self.client_id, topic = %topic, "publish not authorized, {}: dropped", refusal.code);
+            let counters = self.router.counters();
+            counters.denied(Action::Publish);
+            counters.dropped(DropReason::NotAuthorized, 1);
+        }
+        verdict
+    }
+
+    /// The routed form of a PUBLISH (its 5.0 properties checked).
+    fn message(&mut self, publish: Publish) -> Result<Arc<Message>, Close> {
+        let properties = if self.protocol == Protocol::V5 {
+            self.publish_properties_v5(&publish)?
+        } else {
+            None
+        };
+        if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
+            self.unsynced = true;
+        }
+        Ok(Arc::new(Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            publisher: self.client_id.clone(),
+            properties,
+        }))
+    }
+
+    /// A QoS 0 or 1 PUBLISH with its verdict: routed if allowed, a QoS 1 one
+    /// acknowledged either way.
+    fn accept_publish(&mut self, publish: Publish, verdict: Verdict) -> Option<Close> {
+        let pkid = publish.pkid;
+        let msg = match self.message(publish) {
+            Ok(msg) => msg,
+            Err(close) => return Some(close),
+        };
+        match (msg.qos, pkid) {
+            (QoS::AtLeastOnce, Some(pkid)) => {
+                let published = match verdict {
+                    Ok(()) => Published::Accepted {
+                        matched: self.route(msg),
+                    },
+                    Err(refusal) => Published::Refused(refusal),
+                };
+                self.put_publish_ack(QoS::AtLeastOnce, pkid, published);
+            }
+            (QoS::AtMostOnce, _) if verdict.is_ok() => {
+                self.route(msg);
+            }
+            // A refused QoS 0 message is dropped; QoS 2 is `handle`'s; the codec
+            // guarantees an id for QoS 1.
+            _ => {}
+        }
+        None
+    }
+
     pub(super) async fn handle(&mut self, packet: Packet, session: &Arc<Session>) -> Option<Close> {
         match packet {
             Packet::Publish(mut publish) => {
-                if self.protocol == Protocol::V5 {
-                    if let Err(close) = self.inbound_publish_v5(&mut publish, session) {
-                        return Some(close);
-                    }
+                let verdict = match self.check_publish(&mut publish, session) {
+                    Err(close) => return Some(close),
+                    Ok(Some(verdict)) => verdict,
+                    Ok(None) => Box::pin(self.authorize_publish(&publish.topic)).await,
+                };
+                if publish.qos != QoS::ExactlyOnce {
+                    return self.accept_publish(publish, verdict);
                 }
-                let totals = self.router.counters();
-                self.counters
-                    .received(publish.qos, publish.payload.len(), totals);
-                // A refused publish is still acknowledged, and dropped [MQTT-3.3.5-2].
-                let verdict = if metrics::is_reserved(&publish.topic) {
-                    self.router.counters().dropped(DropReason::SysTopic, 1);
-                    if std::mem::replace(&mut self.sys_publish_logged, true) {
-                        debug!(client_id = %self.client_id, topic = %publish.topic,
-                            "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2)");
-                    } else {
-                        info!(client_id = %self.client_id, topic = %publish.topic,
-                            "publish dropped: $SYS topics are the broker's own (MQTT 4.7.2); \
-                             further ones from this connection are logged at debug level");
-                    }
-                    Err(Refusal::NOT_AUTHORIZED)
-                } else if self.router.hooks().authorizer.is_none() {
-                    Ok(())
-                } else {
-                    let verdict = Box::pin(self.may_publish(&publish.topic)).await;
-                    if let Err(refusal) = &verdict {
-                        info!(client_id = %self.client_id, topic = %publish.topic, "publish not authorized, {}: dropped", refusal.code);
-                        let counters = self.router.counters();
-                        counters.denied(Action::Publish);
-                        counters.dropped(DropReason::NotAuthorized, 1);
-                    }
-                    verdict
+                let (pkid, dup) = (publish.pkid, publish.dup);
+                let msg = match self.message(publish) {
+                    Ok(msg) => msg,
+                    Err(close) => return Some(close),
                 };
                 let allowed = verdict.is_ok();
-                let properties = if self.protocol == Protocol::V5 {
-                    match self.publish_properties_v5(&publish) {
-                        Ok(properties) => properties,
-                        Err(close) => return Some(close),
+                // The codec guarantees an id for QoS 1 and 2.
+                let pkid = pkid?;
+                // A repeat before PUBREL is acknowledged, not delivered again
+                // (and answered Success: whether the first one matched is not
+                // kept). A 5.0 refusal (PUBREC 0x80 or above) ends the flow, so
+                // its id is not kept: the next PUBLISH with it is a new message
+                // [MQTT-4.3.3-9].
+                let refused_v5 = !allowed && self.protocol == Protocol::V5;
+                let mut matched = true;
+                if !refused_v5 && session.state.lock().on_inbound_qos2(pkid) && allowed {
+                    // Cluster mode: a resend another node stored already is not
+                    // routed again (cluster/qos2.rs).
+                    if !(dup && Box::pin(self.qos2_stored(pkid)).await) {
+                        matched = self.route(msg);
                     }
-                } else {
-                    None
+                    self.qos2_event(pkid, Qos2Step::Stored);
+                }
+                let published = match verdict {
+                    Ok(()) => Published::Accepted { matched },
+                    Err(refusal) => Published::Refused(refusal),
                 };
-                if publish.qos != QoS::AtMostOnce && self.router.is_sync_durable() {
-                    self.unsynced = true;
-                }
-                let msg = Arc::new(Message {
-                    topic: publish.topic,
-                    payload: publish.payload,
-                    qos: publish.qos,
-                    retain: publish.retain,
-                    publisher: self.client_id.clone(),
-                    properties,
-                });
-                match (publish.qos, publish.pkid) {
-                    (QoS::AtMostOnce, _) => {
-                        if allowed {
-                            self.route(msg);
-                        }
-                    }
-                    (QoS::AtLeastOnce, Some(pkid)) => {
-                        let published = match verdict {
-                            Ok(()) => Published::Accepted {
-                                matched: self.route(msg),
-                            },
-                            Err(refusal) => Published::Refused(refusal),
-                        };
-                        self.put_publish_ack(QoS::AtLeastOnce, pkid, published);
-                    }
-                    (QoS::ExactlyOnce, Some(pkid)) => {
-                        // A repeat before PUBREL is acknowledged, not delivered again
-                        // (and answered Success: whether the first one matched is not
-                        // kept). A 5.0 refusal (PUBREC 0x80 or above) ends the flow, so
-                        // its id is not kept: the next PUBLISH with it is a new message
-                        // [MQTT-4.3.3-9].
-                        let refused_v5 = !allowed && self.protocol == Protocol::V5;
-                        let mut matched = true;
-                        if !refused_v5 && session.state.lock().on_inbound_qos2(pkid) && allowed {
-                            // Cluster mode: a resend another node stored already is not
-                            // routed again (cluster/qos2.rs).
-                            if !(publish.dup && Box::pin(self.qos2_stored(pkid)).await) {
-                                matched = self.route(msg);
-                            }
-                            self.qos2_event(pkid, Qos2Step::Stored);
-                        }
-                        let published = match verdict {
-                            Ok(()) => Published::Accepted { matched },
-                            Err(refusal) => Published::Refused(refusal),
-                        };
-                        self.put_publish_ack(QoS::ExactlyOnce, pkid, published);
-                    }
-                    // The codec guarantees an id for QoS 1 and 2.
-                    (_, None) => {}
-                }
+                self.put_publish_ack(QoS::ExactlyOnce, pkid, published);
             }
             Packet::PubAck(pkid) => {
                 if let Some(close) = self.on_ack(session, pkid, AckKind::PubAck, "PUBACK") {

@@ -20,6 +20,14 @@ const COPY_PAYLOAD_BELOW: usize = 1024;
 
 /// Size of an output buffer allocated anew.
 const BUF_SIZE: usize = 4096;
+/// Size of each further buffer a burst encodes into once the first is full (see
+/// [`Bufs::room`]): 16 such chunks make [`super::WRITE_HIGH_WATER`], well within one
+/// `writev`'s [`MAX_IOV`].
+const GROW_SIZE: usize = 16 * 1024;
+/// Room asked for a PUBLISH header beside its topic: fixed header (5), topic length (2),
+/// packet id (2), and a 5.0 property section's length; a larger header (5.0 properties)
+/// still fits, `BytesMut` then grows in place.
+const HEADER_ROOM: usize = 16;
 /// Most spare output buffers kept per worker thread (16 KiB each at most: see
 /// [`give_spare`]).
 const SPARE_BUFFERS: usize = 32;
@@ -198,6 +206,12 @@ impl OutBuf {
         let (v5, max_packet_size) = (self.v5, self.max_packet_size);
         // The field, not `bufs_mut`: the alias map is borrowed beside it.
         let bufs = bufs_in(&mut self.bufs);
+        let copied = if msg.payload.len() < COPY_PAYLOAD_BELOW {
+            msg.payload.len()
+        } else {
+            0
+        };
+        bufs.room(HEADER_ROOM + msg.topic.len() + copied);
         let before = bufs.cur.len();
         let encoded = if v5 {
             // The message's properties were encoded once, when it was published, and
@@ -292,6 +306,21 @@ impl OutBuf {
 }
 
 impl Bufs {
+    /// Makes room for `need` more bytes in `cur` without moving what it holds: when the
+    /// buffer is full, what it holds becomes a chunk and encoding goes on in a new one.
+    /// Grown in place instead, a burst's buffer was reallocated from 4 KiB up to the
+    /// high water mark, copying everything encoded so far at each doubling (a fan-in
+    /// subscriber's pump: 126 instructions per delivery in `realloc`'s copies,
+    /// benches/README.md "Session 8: fan-in's instructions per delivery").
+    fn room(&mut self, need: usize) {
+        if self.cur.capacity() - self.cur.len() < need {
+            self.seal();
+            // `cur` is empty now and shares its allocation with the sealed chunk, so
+            // this allocates a new buffer and copies nothing.
+            self.cur.reserve(need.max(GROW_SIZE));
+        }
+    }
+
     /// Moves the bytes encoded so far into the chunk list.
     fn seal(&mut self) {
         if !self.cur.is_empty() {
