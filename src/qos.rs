@@ -1,13 +1,14 @@
 //! QoS 1/2 packet-id bookkeeping shared by the broker's sessions and the client.
 //!
-//! - [`PacketIds`]: which ids of outgoing QoS 1/2 publishes (and, on the client, SUBSCRIBE
-//!   and UNSUBSCRIBE) are in use [MQTT-2.3.1-2], and the next one to hand out.
+//! - [`PacketIds`]: which ids of the client's outgoing QoS 1/2 publishes, SUBSCRIBE and
+//!   UNSUBSCRIBE are in use [MQTT-2.3.1-2], and the next one to hand out. (A broker
+//!   session's inflight window hands out its own: broker/session/window.rs.)
 //! - [`InboundQos2`]: ids of incoming QoS 2 publishes that got PUBREC and not yet PUBREL,
 //!   so a resent PUBLISH is acknowledged again but not delivered twice [MQTT-4.3.3-2].
 //!
 //! Both cost O(1) per operation whatever the number of ids in use, and memory in
-//! proportion to the ids in use rather than the 65,535 possible ones: a broker keeps one
-//! of each per session, and most sessions hold a handful of ids or none.
+//! proportion to the ids in use rather than the 65,535 possible ones: a broker keeps an
+//! `InboundQos2` per session, and most sessions hold a handful of ids or none.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
