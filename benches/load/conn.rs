@@ -423,7 +423,7 @@ impl Conn {
             // A 5.0 CONNECT has an empty property section (`properties: None`); every
             // packet after it is in the 5.0 forms, in both directions.
             conn.decoder.set_protocol(protocol);
-            conn.send(&Packet::Connect(Connect {
+            conn.send(&Packet::Connect(Box::new(Connect {
                 protocol,
                 clean_session: true,
                 keep_alive,
@@ -432,7 +432,7 @@ impl Conn {
                 username: None,
                 password: None,
                 properties: None,
-            }))
+            })))
             .await?;
             match conn.read_packet().await? {
                 Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Accepted => Ok(conn),

@@ -403,7 +403,7 @@ impl Connection {
         self.decoder.set_protocol(connect.protocol);
         if self.log_packets {
             let id = &connect.client_id;
-            let connect = Packet::Connect((*connect).clone());
+            let connect = Packet::Connect(Box::new((*connect).clone()));
             debug!(target: "pyo3mq::packets", "received {} from '{id}' ({})", packet_log::Summary(&connect), self.peer);
         }
         let client_id = self.accept_client_id(&connect).await?;

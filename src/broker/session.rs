@@ -14,13 +14,15 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::codec::QoS;
-use crate::qos::{InboundQos2, PacketIds};
+use crate::qos::InboundQos2;
 
 mod props;
 mod sub_opts;
+mod window;
 
 pub use props::{remaining_secs, Expiry, MessageProperties};
 pub use sub_opts::SubOpts;
+use window::Window;
 
 /// What a session does when its outbound queue is full (the `queue_overflow` setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,17 +170,13 @@ pub struct SessionState {
 /// A session's QoS 1/2 state (see [`SessionState::acks`]).
 #[derive(Debug, Default)]
 struct Acks {
-    /// Sent QoS 1/2 deliveries in send order (which is also the resend order).
-    inflight: VecDeque<Inflight>,
-    /// The ids of `inflight`, and the next one to hand out.
-    ids: PacketIds,
+    /// Sent QoS 1/2 deliveries, by packet id and in send order (which is also the
+    /// resend order); hands out their ids too.
+    window: Window,
     /// Inbound QoS 2 ids that got PUBREC but not yet PUBREL: a resent PUBLISH with one of
     /// them is acknowledged again but not delivered again [MQTT-4.3.3-2].
     inbound_qos2: InboundQos2,
 }
-
-/// The inflight deliveries of a session that has no [`Acks`] yet.
-static NO_INFLIGHT: VecDeque<Inflight> = VecDeque::new();
 
 /// The client ids of persistent sessions that changed since the last save.
 pub type ChangeTracker = std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<ByteString>>>;
@@ -208,8 +206,9 @@ impl SessionState {
         self.limits
     }
 
-    fn inflight(&self) -> &VecDeque<Inflight> {
-        self.acks.as_ref().map_or(&NO_INFLIGHT, |a| &a.inflight)
+    /// The inflight deliveries in send order.
+    fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.acks.iter().flat_map(|a| a.window.iter())
     }
 
     fn acks(&mut self) -> &mut Acks {
@@ -281,14 +280,14 @@ impl SessionState {
     }
 
     pub fn inflight_len(&self) -> usize {
-        self.inflight().len()
+        self.acks.as_ref().map_or(0, |a| a.window.len())
     }
 
     /// Whether there is anything for the connection to send now.
     pub fn has_sendable(&self) -> bool {
         match self.queue.front() {
             None => false,
-            Some(q) => q.qos == QoS::AtMostOnce || self.inflight().len() < self.limits.max_inflight,
+            Some(q) => q.qos == QoS::AtMostOnce || self.inflight_len() < self.limits.max_inflight,
         }
     }
 
@@ -378,16 +377,19 @@ impl SessionState {
             });
         }
         // Always an id: the window has room (has_sendable) and is at most 65,535.
-        let Some(pkid) = self.acks().ids.alloc() else {
-            self.queued_bytes += cost(&item);
-            self.queue.push_front(item);
-            return None;
-        };
-        self.acks().inflight.push_back(Inflight {
-            pkid,
+        let sent = Inflight {
+            pkid: 0,
             stage: Stage::AwaitAck,
             item: item.clone(),
-        });
+        };
+        let pkid = match self.acks().window.push_new(sent) {
+            Ok(pkid) => pkid,
+            Err(_) => {
+                self.queued_bytes += cost(&item);
+                self.queue.push_front(item);
+                return None;
+            }
+        };
         Some(Outgoing::Publish {
             item,
             pkid: Some(pkid),
@@ -400,7 +402,7 @@ impl SessionState {
     /// A protocol violation [MQTT-4.8.0-1] (Mosquitto closes for it); an id that names no
     /// delivery is not one (a late repeat, say) and is ignored.
     pub fn wrong_ack(&self, pkid: u16, ack: AckKind) -> Option<&'static str> {
-        let f = self.inflight().iter().find(|f| f.pkid == pkid)?;
+        let f = self.acks.as_ref()?.window.get(pkid)?;
         wrong_kind(ack, f)
     }
 
@@ -413,21 +415,18 @@ impl SessionState {
         let Some(acks) = &mut self.acks else {
             return Ok(false);
         };
-        let Some(i) = acks.inflight.iter().position(|f| f.pkid == pkid) else {
+        let Some(f) = acks.window.get_mut(pkid) else {
             return Ok(false);
         };
-        if let Some(why) = acks.inflight.get(i).and_then(|f| wrong_kind(ack, f)) {
+        if let Some(why) = wrong_kind(ack, f) {
             return Err(why);
         }
         // What `wrong_kind` lets through: PUBACK of a QoS 1 delivery, PUBREC of a QoS 2
         // one (again, if repeated), PUBCOMP of a QoS 2 one that was PUBRECed.
         if ack == AckKind::PubRec {
-            if let Some(f) = acks.inflight.get_mut(i) {
-                f.stage = Stage::AwaitComp;
-            }
+            f.stage = Stage::AwaitComp;
         } else {
-            acks.inflight.remove(i);
-            acks.ids.free(pkid);
+            acks.window.remove(pkid);
         }
         self.mark_changed();
         Ok(true)
@@ -445,7 +444,7 @@ impl SessionState {
         let Some(acks) = &mut self.acks else {
             return false;
         };
-        match acks.inflight.iter_mut().find(|f| f.pkid == pkid) {
+        match acks.window.get_mut(pkid) {
             Some(f) if f.item.qos == QoS::ExactlyOnce => f.stage = Stage::AwaitComp,
             _ => return false,
         }
@@ -468,15 +467,12 @@ impl SessionState {
         let Some(acks) = &mut self.acks else {
             return false;
         };
-        match acks.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
-            Some(i) => {
-                acks.inflight.remove(i);
-                acks.ids.free(pkid);
-                self.mark_changed();
-                true
-            }
-            None => false,
+        if !acks.window.get(pkid).is_some_and(ok) {
+            return false;
         }
+        acks.window.remove(pkid);
+        self.mark_changed();
+        true
     }
 
     /// Queues for a flow-controlled subscriber, whose publishers wait instead of losing
@@ -517,7 +513,6 @@ impl SessionState {
     /// DUP=1 and every PUBREL, with original ids, in original order [MQTT-4.4.0-1].
     pub fn resend_on_resume(&self) -> Vec<Outgoing> {
         self.inflight()
-            .iter()
             .map(|f| match f.stage {
                 Stage::AwaitAck => Outgoing::Publish {
                     item: f.item.clone(),
@@ -568,17 +563,23 @@ impl SessionState {
         let of_group = |q: &Queued| q.share.is_some_and(&from);
         let mut taken = Vec::new();
         if let Some(acks) = &mut self.acks {
-            let mut kept = VecDeque::with_capacity(acks.inflight.len());
-            for f in acks.inflight.drain(..) {
-                if f.stage == Stage::AwaitAck && f.item.qos == QoS::AtLeastOnce && of_group(&f.item)
-                {
-                    acks.ids.free(f.pkid);
-                    taken.push(f.item);
-                } else {
-                    kept.push_back(f);
-                }
-            }
-            acks.inflight = kept;
+            let leaving: Vec<u16> = acks
+                .window
+                .iter()
+                .filter(|f| {
+                    f.stage == Stage::AwaitAck
+                        && f.item.qos == QoS::AtLeastOnce
+                        && of_group(&f.item)
+                })
+                .map(|f| f.pkid)
+                .collect();
+            // In send order, so the group gets them back in the order they were routed.
+            taken.extend(
+                leaving
+                    .into_iter()
+                    .filter_map(|pkid| acks.window.remove(pkid))
+                    .map(|f| f.item),
+            );
         }
         if self.queue.iter().any(of_group) {
             let mut kept = VecDeque::with_capacity(self.queue.len());
@@ -613,7 +614,6 @@ impl SessionState {
     /// with their packet id and whether PUBREL was sent; then the queue.
     pub fn export(&self) -> Vec<(Queued, Option<u16>, bool)> {
         self.inflight()
-            .iter()
             .map(|f| (f.item.clone(), Some(f.pkid), f.stage == Stage::AwaitComp))
             .chain(self.queue.iter().map(|q| (q.clone(), None, false)))
             .collect()
@@ -623,18 +623,21 @@ impl SessionState {
     /// so a resuming client gets it again with DUP=1 (or its PUBREL) [MQTT-4.4.0-1]. One
     /// whose id another restored delivery holds already is queued (sent under a new id).
     pub fn restore(&mut self, item: Queued, pkid: Option<u16>, released: bool) {
-        let pkid = pkid.filter(|&id| item.qos == QoS::AtMostOnce || self.acks().ids.take(id));
-        match pkid {
-            Some(pkid) if item.qos != QoS::AtMostOnce => self.acks().inflight.push_back(Inflight {
-                pkid,
-                stage: if released {
-                    Stage::AwaitComp
-                } else {
-                    Stage::AwaitAck
-                },
-                item,
-            }),
-            _ => self.push_queue(item),
+        let Some(pkid) = pkid.filter(|_| item.qos != QoS::AtMostOnce) else {
+            self.push_queue(item);
+            return;
+        };
+        let f = Inflight {
+            pkid,
+            stage: if released {
+                Stage::AwaitComp
+            } else {
+                Stage::AwaitAck
+            },
+            item,
+        };
+        if let Err(f) = self.acks().window.restore(f) {
+            self.push_queue(f.item);
         }
     }
 }

@@ -134,7 +134,7 @@ impl Options {
     }
 
     pub(crate) fn connect_packet(&self) -> Packet {
-        Packet::Connect(codec::Connect {
+        Packet::Connect(Box::new(codec::Connect {
             protocol: self.protocol,
             clean_session: self.clean_session,
             keep_alive: self.keep_alive,
@@ -147,7 +147,7 @@ impl Options {
             } else {
                 None
             },
-        })
+        }))
     }
 }
 

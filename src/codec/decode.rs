@@ -212,7 +212,7 @@ pub(super) fn check_flags(packet: &'static str, flags: u8, ok: bool) -> Result<(
 #[inline]
 pub(super) fn connect_packet(flags: u8, body: Bytes) -> Result<Packet, Error> {
     check_flags("CONNECT", flags, flags == 0)?;
-    parse_connect(body).map(Packet::Connect)
+    parse_connect(body).map(|c| Packet::Connect(Box::new(c)))
 }
 
 /// A packet that is its fixed header alone (flags 0000, remaining length 0), as PINGREQ

@@ -360,7 +360,10 @@ impl Auth {
 /// protocol ([`Packet::encode_for`], [`Decoder::set_protocol`](super::Decoder::set_protocol)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
-    Connect(Connect),
+    /// Boxed: at ~190 bytes the largest variant by far, and one per connection. Unboxed it
+    /// made every `Packet` the decoder returns (and moves) its size; PUBLISH, the hot one,
+    /// is ~80 (see `packet_stays_small` below).
+    Connect(Box<Connect>),
     ConnAck(ConnAck),
     Publish(Publish),
     PubAck(u16),
@@ -425,5 +428,26 @@ pub(super) fn nonzero_pkid(packet: &'static str, pkid: u16) -> Result<u16, Error
         Err(Error::ZeroPacketId(packet))
     } else {
         Ok(pkid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decoder returns and moves a `Packet` per packet read: its size is that of the
+    /// largest unboxed variant, which must stay PUBLISH (the hot one), not CONNECT.
+    #[test]
+    fn packet_stays_small() {
+        let (packet, publish) = (size_of::<Packet>(), size_of::<Publish>());
+        eprintln!(
+            "Packet {packet} bytes, Publish {publish}, Connect {}",
+            size_of::<Connect>()
+        );
+        assert!(packet <= 88, "Packet is {packet} bytes");
+        assert!(
+            packet <= publish + 8,
+            "Packet {packet} vs Publish {publish}"
+        );
     }
 }

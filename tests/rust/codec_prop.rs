@@ -173,7 +173,7 @@ fn return_code() -> impl Strategy<Value = ConnectReturnCode> {
 fn packet(protocol: Protocol) -> impl Strategy<Value = Packet> {
     let min_filters = if protocol == Protocol::V31 { 0 } else { 1 };
     prop_oneof![
-        1 => connect().prop_map(Packet::Connect),
+        1 => connect().prop_map(|c| Packet::Connect(Box::new(c))),
         1 => (any::<bool>(), return_code()).prop_map(|(session_present, code)| {
             Packet::ConnAck(ConnAck {
                 session_present,
@@ -416,7 +416,7 @@ proptest! {
     ) {
         // The session decodes CONNECT, learns the revision, then gets garbage.
         let protocol = connect.protocol;
-        let connect = Packet::Connect(connect);
+        let connect = Packet::Connect(Box::new(connect));
         let mut data = encode(&connect);
         prop_assume!(data.len() < MAX);
         data.extend_from_slice(&noise);

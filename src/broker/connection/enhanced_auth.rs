@@ -507,7 +507,7 @@ mod tests {
                 packet.encode(&mut out).unwrap();
                 out
             };
-            let connect = Packet::Connect(Connect {
+            let connect = Packet::Connect(Box::new(Connect {
                 protocol: Protocol::V5,
                 clean_session: true,
                 keep_alive: 60,
@@ -516,7 +516,7 @@ mod tests {
                 username: None,
                 password: None,
                 properties: method_props(Some(M), Some(b"hello")),
-            });
+            }));
             client.write_all(&encode(connect)).await.unwrap();
             let mut last = None;
             for (n, answer) in answers.iter().enumerate() {

@@ -226,7 +226,7 @@ fn qos0_behind_full_window_waits_for_order() {
 fn pkids_skip_ids_still_inflight() {
     let mut s = SessionState::new(limits(3, 10, OverflowPolicy::DropNew));
     s.online = true;
-    s.acks().ids.set_next(u16::MAX);
+    s.acks().window.set_next(u16::MAX);
     for n in 0..3 {
         s.enqueue(msg(n, QoS::AtLeastOnce));
     }
@@ -299,7 +299,7 @@ fn restored_ids_are_not_handed_out_twice() {
     assert_eq!(id, 2);
     assert!(s.on_puback(1));
     s.enqueue(msg(3, QoS::AtLeastOnce));
-    s.acks().ids.set_next(1);
+    s.acks().window.set_next(1);
     let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
         panic!()
     };
@@ -376,7 +376,7 @@ fn on_ack_checks_and_applies_in_one_step() {
     );
     // The ids are free again: the next delivery may take the first one.
     s.enqueue(msg(3, QoS::AtLeastOnce));
-    s.acks().ids.set_next(q1);
+    s.acks().window.set_next(q1);
     let Some(Outgoing::Publish { pkid: Some(id), .. }) = s.next_outgoing() else {
         panic!("expected a QoS 1 delivery")
     };
@@ -456,4 +456,167 @@ fn an_expired_message_does_not_open_the_window_for_the_next() {
         1,
         "the expired message was dropped [MQTT-3.3.2-5]"
     );
+}
+
+/// Sends the next queued message and returns its packet id.
+fn send(s: &mut SessionState) -> u16 {
+    match s.next_outgoing() {
+        Some(Outgoing::Publish { pkid: Some(id), .. }) => id,
+        other => panic!("expected a QoS 1/2 delivery, got {other:?}"),
+    }
+}
+
+/// The ids of what a resume would resend, in order.
+fn resend_ids(s: &SessionState) -> Vec<u16> {
+    s.resend_on_resume()
+        .iter()
+        .map(|o| match o {
+            Outgoing::Publish { pkid: Some(id), .. } | Outgoing::PubRel(id) => *id,
+            Outgoing::Publish { pkid: None, .. } => panic!("a QoS 0 message in flight"),
+        })
+        .collect()
+}
+
+#[test]
+fn ack_of_an_unknown_id_changes_nothing() {
+    let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+    assert_eq!(s.on_ack(5, AckKind::PubRec), Ok(false), "no window yet");
+    s.online = true;
+    s.enqueue(msg(1, QoS::ExactlyOnce));
+    let id = send(&mut s);
+    // An id sharing the delivery's slot (the table has 8 slots at first) and ids never
+    // used, 0 included: all unknown, none disturbs the delivery.
+    for unknown in [0, id + 8, id + 1, u16::MAX] {
+        assert_eq!(s.on_ack(unknown, AckKind::PubRec), Ok(false), "{unknown}");
+        assert_eq!(s.on_ack(unknown, AckKind::PubComp), Ok(false), "{unknown}");
+        assert!(!s.discard_inflight(unknown));
+    }
+    assert_eq!((s.inflight_len(), resend_ids(&s)), (1, vec![id]));
+    assert_eq!(s.on_ack(id, AckKind::PubRec), Ok(true));
+    assert_eq!(s.on_ack(id, AckKind::PubComp), Ok(true));
+    assert_eq!(
+        s.on_ack(id, AckKind::PubComp),
+        Ok(false),
+        "already complete"
+    );
+}
+
+#[test]
+fn duplicate_pubrec_keeps_the_delivery_until_pubcomp() {
+    let mut s = SessionState::new(limits(4, 10, OverflowPolicy::DropNew));
+    s.online = true;
+    s.enqueue(msg(1, QoS::ExactlyOnce));
+    s.enqueue(msg(2, QoS::ExactlyOnce));
+    let (a, b) = (send(&mut s), send(&mut s));
+    for _ in 0..3 {
+        assert_eq!(s.on_ack(b, AckKind::PubRec), Ok(true));
+    }
+    assert!(s.on_pubrec(b), "the old entry point agrees");
+    assert_eq!(s.inflight_len(), 2);
+    assert!(matches!(s.resend_on_resume()[1], Outgoing::PubRel(id) if id == b));
+    assert_eq!(s.on_ack(b, AckKind::PubComp), Ok(true));
+    assert_eq!(
+        s.on_ack(b, AckKind::PubRec),
+        Ok(false),
+        "PUBREC after PUBCOMP"
+    );
+    assert_eq!(resend_ids(&s), vec![a]);
+}
+
+#[test]
+fn ids_wrap_around_with_deliveries_in_flight() {
+    let mut s = SessionState::new(limits(4, 100, OverflowPolicy::DropNew));
+    s.online = true;
+    s.acks().window.set_next(u16::MAX - 2);
+    for n in 0..6 {
+        s.enqueue(msg(n, QoS::AtLeastOnce));
+    }
+    let ids: Vec<u16> = (0..4).map(|_| send(&mut s)).collect();
+    assert_eq!(
+        ids,
+        vec![u16::MAX - 2, u16::MAX - 1, u16::MAX, 1],
+        "0 is skipped"
+    );
+    // Out of order: the newest and an old one, then two more wrap on.
+    assert!(s.on_puback(1) && s.on_puback(u16::MAX - 1));
+    assert_eq!((send(&mut s), send(&mut s)), (2, 3));
+    assert_eq!(resend_ids(&s), vec![u16::MAX - 2, u16::MAX, 2, 3]);
+    for id in [u16::MAX, 2, u16::MAX - 2, 3] {
+        assert!(s.on_puback(id), "{id}");
+    }
+    assert_eq!(s.inflight_len(), 0);
+    assert!(resend_ids(&s).is_empty());
+}
+
+#[test]
+fn a_full_window_waits_and_a_stuck_id_is_skipped_not_reused() {
+    let mut s = SessionState::new(limits(3, 100, OverflowPolicy::DropNew));
+    s.online = true;
+    for n in 0..40 {
+        s.enqueue(msg(n, QoS::AtLeastOnce));
+    }
+    let ids: Vec<u16> = (0..3).map(|_| send(&mut s)).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    assert!(s.next_outgoing().is_none(), "the window of 3 is full");
+    assert_eq!(s.queued_len(), 37);
+    // Id 1 is never acknowledged; the others are, in turn. The ids keep going round
+    // and skip the slots 1 holds, never handing 1 out again.
+    let mut last = 3;
+    assert!(s.on_puback(2) && s.on_puback(3));
+    for _ in 0..37 {
+        let id = send(&mut s);
+        assert!(id > last, "round-robin: {id} after {last}");
+        assert_ne!(id % 8, 1, "the slot of the stuck id is skipped");
+        assert!(s.on_puback(id));
+        last = id;
+    }
+    assert_eq!(resend_ids(&s), vec![1]);
+    assert_eq!(
+        s.acks().window.capacity(),
+        8,
+        "three in flight need no more"
+    );
+}
+
+#[test]
+fn the_table_grows_for_a_large_window_and_restored_ids() {
+    let mut s = SessionState::new(limits(1000, 2000, OverflowPolicy::DropNew));
+    // Restored ids that share a slot at every size up to 8192.
+    let restored = [5u16, 5 + 4096, 5 + 2 * 4096];
+    for (n, id) in restored.iter().enumerate() {
+        s.restore(msg(n as u8, QoS::ExactlyOnce), Some(*id), n == 1);
+    }
+    assert_eq!(s.acks().window.capacity(), 16_384);
+    s.online = true;
+    for n in 0..997u16 {
+        s.enqueue(msg((n % 200) as u8, QoS::AtLeastOnce));
+    }
+    let sent: Vec<u16> = (0..997).map(|_| send(&mut s)).collect();
+    assert!(s.next_outgoing().is_none(), "1,000 in flight");
+    assert!(!sent.contains(&5));
+    let mut expected: Vec<u16> = restored.to_vec();
+    expected.extend(&sent);
+    assert_eq!(resend_ids(&s), expected, "send order, the restored first");
+    assert!(matches!(s.resend_on_resume()[1], Outgoing::PubRel(id) if id == restored[1]));
+    for id in sent {
+        assert!(s.on_puback(id));
+    }
+    assert_eq!(resend_ids(&s), restored.to_vec());
+}
+
+#[test]
+fn all_ids_in_flight_means_none_until_one_is_acked() {
+    let max = usize::from(u16::MAX);
+    let mut s = SessionState::new(limits(max + 1, max + 2, OverflowPolicy::DropNew));
+    s.online = true;
+    for n in 0..=max {
+        s.enqueue(msg((n % 200) as u8, QoS::AtLeastOnce));
+    }
+    for expected in 1..=u16::MAX {
+        assert_eq!(send(&mut s), expected);
+    }
+    assert!(s.next_outgoing().is_none(), "every id is in flight");
+    assert_eq!(s.queued_len(), 1, "the message waits in the queue");
+    assert!(s.on_puback(40_000));
+    assert_eq!(send(&mut s), 40_000, "the only free id");
 }

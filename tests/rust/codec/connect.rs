@@ -25,7 +25,7 @@ fn connect_v31_tolerates_reserved_flag_bit_0() {
     ];
     assert_eq!(
         decode_exact(&v311(), &wire),
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             protocol: Protocol::V31,
             clean_session: true,
             keep_alive: 10,
@@ -34,7 +34,7 @@ fn connect_v31_tolerates_reserved_flag_bit_0() {
             username: None,
             password: None,
             properties: None,
-        })
+        }))
     );
 }
 
@@ -150,7 +150,7 @@ fn connect_v31_may_announce_a_user_name_and_leave_it_out() {
     ];
     assert_eq!(
         decode_exact(&v311(), &v31_wire),
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             protocol: Protocol::V31,
             clean_session: true,
             keep_alive: 10,
@@ -159,7 +159,7 @@ fn connect_v31_may_announce_a_user_name_and_leave_it_out() {
             username: None,
             password: None,
             properties: None,
-        })
+        }))
     );
     // The same CONNECT in 3.1.1 is truncated.
     rejects(

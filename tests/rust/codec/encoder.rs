@@ -67,7 +67,7 @@ fn connect_encoder_refuses_what_the_decoder_refuses() {
         ..base.clone()
     };
     assert_eq!(
-        Packet::Connect(no_user).encode(&mut dst),
+        Packet::Connect(Box::new(no_user)).encode(&mut dst),
         Err(Error::PasswordWithoutUsername)
     );
     let will = |topic: &str| LastWill {
@@ -82,7 +82,7 @@ fn connect_encoder_refuses_what_the_decoder_refuses() {
         ..base.clone()
     };
     assert_eq!(
-        Packet::Connect(wildcard_will).encode(&mut dst),
+        Packet::Connect(Box::new(wildcard_will)).encode(&mut dst),
         Err(Error::WildcardInTopicName)
     );
     // The will topic goes through the topic-name validation on both sides, so a U+0000
@@ -92,7 +92,7 @@ fn connect_encoder_refuses_what_the_decoder_refuses() {
         ..base.clone()
     };
     assert_eq!(
-        Packet::Connect(nul_will).encode(&mut dst),
+        Packet::Connect(Box::new(nul_will)).encode(&mut dst),
         Err(Error::NullCharacter("will topic"))
     );
     let empty_will = Connect {
@@ -100,7 +100,7 @@ fn connect_encoder_refuses_what_the_decoder_refuses() {
         ..base
     };
     assert_eq!(
-        Packet::Connect(empty_will).encode(&mut dst),
+        Packet::Connect(Box::new(empty_will)).encode(&mut dst),
         Err(Error::EmptyTopicName)
     );
     assert!(dst.is_empty());

@@ -88,7 +88,7 @@ fn v5_connect_minimal() {
         0x00, // property length 0
         0x00, 0x01, b'c', // client id
     ];
-    let packet = Packet::Connect(Connect {
+    let packet = Packet::Connect(Box::new(Connect {
         protocol: Protocol::V5,
         clean_session: true,
         keep_alive: 60,
@@ -97,7 +97,7 @@ fn v5_connect_minimal() {
         username: None,
         password: None,
         properties: None,
-    });
+    }));
     check_vector(&v311(), &packet, &wire);
     check_v5(&packet, &wire);
 }
@@ -120,7 +120,7 @@ fn v5_connect_with_properties_will_and_password_only() {
         0x00, 0x02, 0xFF, 0x00, // will payload
         0x00, 0x02, b'p', b'w', // password without a user name [MQTT-3.1.2-19]
     ];
-    let packet = Packet::Connect(Connect {
+    let packet = Packet::Connect(Box::new(Connect {
         protocol: Protocol::V5,
         clean_session: true,
         keep_alive: 10,
@@ -141,7 +141,7 @@ fn v5_connect_with_properties_will_and_password_only() {
             p.session_expiry_interval = Some(300);
             p.receive_maximum = Some(10);
         }),
-    });
+    }));
     check_v5(&packet, &wire);
 }
 

@@ -20,7 +20,7 @@ const CONNECT_V311_FULL: &[u8] = &[
 ];
 
 fn connect_v311_full() -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
         clean_session: true,
         keep_alive: 60,
@@ -35,7 +35,7 @@ fn connect_v311_full() -> Packet {
         username: Some(s("user")),
         password: Some(b(&[0x70, 0x00, 0xFF])),
         properties: None,
-    })
+    }))
 }
 
 /// CONNECT (3.1.1), persistent session (clean session 0), maximum keep alive, no options.
@@ -49,7 +49,7 @@ const CONNECT_V311_BARE: &[u8] = &[
 ];
 
 fn connect_v311_bare() -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
         clean_session: false,
         keep_alive: 65_535,
@@ -58,7 +58,7 @@ fn connect_v311_bare() -> Packet {
         username: None,
         password: None,
         properties: None,
-    })
+    }))
 }
 
 /// CONNECT (3.1): protocol name "MQIsdp", level 3, will QoS 2 (not retained), user name.
@@ -75,7 +75,7 @@ const CONNECT_V31: &[u8] = &[
 ];
 
 fn connect_v31() -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: Protocol::V31,
         clean_session: true,
         keep_alive: 10,
@@ -90,7 +90,7 @@ fn connect_v31() -> Packet {
         username: Some(s("u")),
         password: None,
         properties: None,
-    })
+    }))
 }
 
 /// CONNACK (3.2): flags byte bit 0 is Session Present, then the return code.
@@ -290,7 +290,7 @@ fn connect_will_qos_2_and_binary_will_message() {
         0x00, 0x01, 0x61, // will topic "a"
         0x00, 0x02, 0xFF, 0x00, // will message, binary
     ];
-    let packet = Packet::Connect(Connect {
+    let packet = Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
         clean_session: true,
         keep_alive: 0,
@@ -305,7 +305,7 @@ fn connect_will_qos_2_and_binary_will_message() {
         username: None,
         password: None,
         properties: None,
-    });
+    }));
     check_vector(&v311(), &packet, &wire);
 }
 
