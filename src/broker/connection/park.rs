@@ -24,7 +24,8 @@
 //! tasks of a connection ([`EAGER_PARKS_AFTER_CONNECT`]: the one that answered CONNECT,
 //! and those woken by the next packets, typically SUBSCRIBEs) park at their first quiet
 //! point: the full task then lives only while it has work, and the next handshake
-//! reuses its memory. After a timed park (`idle_park_after` with nothing to do) the next
+//! reuses its memory. Not a task that has published (its cached publish decisions
+//! would be dropped by every park, and its authorizer asked again). After a timed park (`idle_park_after` with nothing to do) the next
 //! task parks eagerly again once, so a device woken by its PINGREQ parks right after the
 //! PINGRESP. A busy connection pays at most one extra park and wake-up per idle period.
 
@@ -88,6 +89,13 @@ impl Connection {
             return false;
         }
         let quiet = self.rbuf.is_empty() && self.out.is_empty() && !self.io.wants_write();
+        // A task that has cached publish decisions (it published) keeps them, as it
+        // would have for `idle_park_after`: parking drops the cache, and its publisher
+        // would otherwise have its authorizer asked again after every quiet moment.
+        if !self.acl_cache.is_unused() {
+            *eager = Eager::Off;
+            return false;
+        }
         if !quiet {
             return false;
         }
