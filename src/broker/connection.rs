@@ -43,6 +43,7 @@ mod packet_log;
 mod park;
 mod reasons;
 mod serve;
+mod sweep;
 mod topic_alias;
 mod topic_alias_out;
 mod v5;
@@ -189,6 +190,9 @@ pub struct Connection {
     v5_flow: Option<Box<flow::V5Flow>>,
     /// Each packet in and out is logged at DEBUG (`packet_log`); asked once, at start.
     log_packets: bool,
+    /// How many more of this connection's tasks park at their first quiet point rather
+    /// than after `idle_park_after` (connection/park.rs, "Eager parks").
+    eager_parks: u8,
 }
 
 impl Connection {
@@ -218,6 +222,7 @@ impl Connection {
             enhanced: None,
             v5_flow: None,
             log_packets: packet_log::packets_enabled(),
+            eager_parks: park::EAGER_PARKS_AFTER_CONNECT,
         }
     }
 

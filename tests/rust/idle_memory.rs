@@ -26,10 +26,13 @@ const CLASSES: usize = 8192;
 struct Counting;
 
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+/// The most `LIVE_BYTES` has been since [`reset_peak`].
+static PEAK_BYTES: AtomicI64 = AtomicI64::new(0);
 static BY_SIZE: [AtomicI64; CLASSES + 1] = [const { AtomicI64::new(0) }; CLASSES + 1];
 
 fn account(size: usize, sign: i64) {
-    LIVE_BYTES.fetch_add(sign * size as i64, Ordering::Relaxed);
+    let live = LIVE_BYTES.fetch_add(sign * size as i64, Ordering::Relaxed) + sign * size as i64;
+    PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
     BY_SIZE[size.min(CLASSES)].fetch_add(sign, Ordering::Relaxed);
     if sign > 0 {
         trace(size);
@@ -85,6 +88,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+fn reset_peak() {
+    PEAK_BYTES.store(LIVE_BYTES.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
 fn snapshot() -> (i64, Vec<i64>) {
     let by_size = BY_SIZE.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     (LIVE_BYTES.load(Ordering::Relaxed), by_size)
@@ -128,9 +135,19 @@ fn wait_parked(server: &Server, n: usize) {
 /// The tests count one process-wide heap: one measurement at a time.
 static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// What [`heap_per_connection`] measured, per connection.
+struct Measured {
+    /// Live heap once every connection is idle (or parked), minus live heap before.
+    live: f64,
+    /// The most live heap while they connected and settled, minus live heap before.
+    peak: f64,
+    /// Allocations by size, per connection.
+    classes: BTreeMap<usize, i64>,
+}
+
 /// Live heap while `n` clients are connected and silent, minus live heap before;
 /// with `park_after`, once all of them are parked (`idle_park_after`).
-fn heap_per_connection(n: usize, park_after: Option<Duration>) -> (f64, BTreeMap<usize, i64>) {
+fn heap_per_connection(n: usize, park_after: Option<Duration>) -> Measured {
     let config = Config {
         listeners: vec!["tcp://127.0.0.1:0".into()],
         // Zero: never park (the full connection task is what is measured).
@@ -154,6 +171,7 @@ fn heap_per_connection(n: usize, park_after: Option<Duration>) -> (f64, BTreeMap
         wait_parked(&server, warm.len());
     }
     let (before, sizes_before) = snapshot();
+    reset_peak();
     if let Some(size) = std::env::var("IDLE_MEMORY_TRACE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -177,6 +195,7 @@ fn heap_per_connection(n: usize, park_after: Option<Duration>) -> (f64, BTreeMap
         after = snapshot();
     }
     let per_conn = (after.0 - before) as f64 / n as f64;
+    let peak = (PEAK_BYTES.load(Ordering::Relaxed) - before) as f64 / n as f64;
     let mut classes = BTreeMap::new();
     for (size, (a, b)) in after.1.iter().zip(&sizes_before).enumerate() {
         if a - b != 0 {
@@ -186,7 +205,11 @@ fn heap_per_connection(n: usize, park_after: Option<Duration>) -> (f64, BTreeMap
     drop(clients);
     drop(warm);
     server.stop();
-    (per_conn, classes)
+    Measured {
+        live: per_conn,
+        peak,
+        classes,
+    }
 }
 
 /// Prints the live allocations one idle connection adds, by size, and keeps the total
@@ -195,8 +218,15 @@ fn heap_per_connection(n: usize, park_after: Option<Duration>) -> (f64, BTreeMap
 #[test]
 fn heap_per_idle_connection() {
     let n = connections();
-    let (per_conn, classes) = heap_per_connection(n, None);
-    println!("live heap per idle connection: {per_conn:.0} bytes over {n} connections");
+    let Measured {
+        live: per_conn,
+        peak,
+        classes,
+    } = heap_per_connection(n, None);
+    println!(
+        "live heap per idle connection: {per_conn:.0} bytes over {n} connections \
+         (peak {peak:.0})"
+    );
     print_classes(n, &classes);
     assert!(
         per_conn < 2_600.0,
@@ -209,12 +239,53 @@ fn heap_per_idle_connection() {
 #[test]
 fn heap_per_parked_connection() {
     let n = connections();
-    let (per_conn, classes) = heap_per_connection(n, Some(Duration::from_millis(200)));
-    println!("live heap per parked connection: {per_conn:.0} bytes over {n} connections");
+    let Measured {
+        live: per_conn,
+        peak,
+        classes,
+    } = heap_per_connection(n, Some(Duration::from_millis(200)));
+    println!(
+        "live heap per parked connection: {per_conn:.0} bytes over {n} connections \
+         (peak {peak:.0})"
+    );
     print_classes(n, &classes);
     assert!(
         per_conn < 2_000.0,
         "a parked connection holds {per_conn:.0} bytes of heap"
+    );
+}
+
+/// Eager parks (src/broker/connection/park.rs): with `idle_park_after` far away, a
+/// connection that got its CONNACK and sent nothing more parks at once, so its full
+/// task never lives beside the others'. Every connection is parked long before
+/// `idle_park_after`, and the live heap at its highest while they connected (one
+/// after another) stays near the parked figure, below the full task's (2,430 bytes in
+/// `heap_per_idle_connection`): the memory a burst of connections leaves behind in the
+/// allocator is what that peak was.
+#[test]
+fn eager_parks_keep_the_connect_burst_small() {
+    let n = connections();
+    let park_after = Duration::from_secs(120);
+    let started = Instant::now();
+    let Measured {
+        live,
+        peak,
+        classes,
+        ..
+    } = heap_per_connection(n, Some(park_after));
+    println!(
+        "live heap per eagerly parked connection: {live:.0} bytes over {n} connections, \
+         peak {peak:.0} while connecting"
+    );
+    print_classes(n, &classes);
+    assert!(
+        started.elapsed() < park_after / 2,
+        "connections parked only after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        peak < 2_000.0,
+        "the burst of connections peaked at {peak:.0} bytes per connection"
     );
 }
 

@@ -74,6 +74,12 @@ impl<V: Clone> AclCache<V> {
         }
     }
 
+    /// Whether no decision was cached since the connection's task started (an eager
+    /// park would drop what is cached: connection/park.rs).
+    pub(super) fn is_unused(&self) -> bool {
+        self.lru.is_none()
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.lru.as_ref().map_or(0, |lru| lru.slots.len())

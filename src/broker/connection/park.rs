@@ -15,6 +15,19 @@
 //! connection guard (its `max_connections` permit, open-connection count and the
 //! shutdown barrier) moves with the connection, and the session stays attached in the
 //! router: `$SYS` counts, takeover and the session stores see no difference.
+//!
+//! **Eager parks.** A device connects, subscribes and then idles for minutes. Holding
+//! its full task for `idle_park_after` after each of those steps meant that a burst of
+//! connections all held full tasks at once (19,000 connected in 3 s, all parked 5 s
+//! later), and the memory their tasks freed stayed scattered in glibc's arenas between
+//! the live parked tasks: RSS did not fall though the live heap did. So the first few
+//! tasks of a connection ([`EAGER_PARKS_AFTER_CONNECT`]: the one that answered CONNECT,
+//! and those woken by the next packets, typically SUBSCRIBEs) park at their first quiet
+//! point: the full task then lives only while it has work, and the next handshake
+//! reuses its memory. Not a task that has published (its cached publish decisions
+//! would be dropped by every park, and its authorizer asked again). After a timed park (`idle_park_after` with nothing to do) the next
+//! task parks eagerly again once, so a device woken by its PINGREQ parks right after the
+//! PINGRESP. A busy connection pays at most one extra park and wake-up per idle period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,18 +35,75 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
 use super::acl_cache::AclCache;
 use super::flow::V5Flow;
 use super::output::OutBuf;
+use super::sweep;
 use super::{Connection, Live};
 use crate::broker::config::AnonymousPolicy;
 use crate::broker::metrics::LocalCounters;
-use crate::broker::router::{MatchScratch, Router};
+use crate::broker::router::{MatchScratch, Router, Session};
 use crate::broker::transport::Transport;
 use crate::codec::{Decoder, Protocol, ReasonCode};
+
+/// Tasks of a new connection that park at their first quiet point (see "Eager parks").
+pub(super) const EAGER_PARKS_AFTER_CONNECT: u8 = 3;
+
+/// Whether a task of the session loop still parks at its first quiet point.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Eager {
+    Off,
+    /// The loop's first turn: what woke the task (readiness, a kick, the keepalive
+    /// timer) is not handled yet, so that turn is not a quiet point.
+    FirstTurn,
+    Armed,
+}
+
+impl Eager {
+    pub(super) fn new(on: bool) -> Eager {
+        if on {
+            Eager::FirstTurn
+        } else {
+            Eager::Off
+        }
+    }
+
+    /// Whether [`Connection::park_eagerly`] is to be asked at this turn (cheap: one
+    /// compare while off).
+    pub(super) fn asks(&self) -> bool {
+        *self != Eager::Off
+    }
+}
+
+impl Connection {
+    /// At the first point of a task's loop (after its first turn) where nothing is read,
+    /// written or waiting in the socket: parks if nothing is queued or unacknowledged
+    /// either (`true`). Either way this task asks only once (`eager` turned off), so a
+    /// connection that stays busy takes the session lock for this once per task, never
+    /// per message.
+    pub(super) fn park_eagerly(&mut self, session: &Session, eager: &mut Eager) -> bool {
+        if *eager == Eager::FirstTurn {
+            *eager = Eager::Armed;
+            return false;
+        }
+        let quiet = self.rbuf.is_empty() && self.out.is_empty() && !self.io.wants_write();
+        // A task that has cached publish decisions (it published) keeps them, as it
+        // would have for `idle_park_after`: parking drops the cache, and its publisher
+        // would otherwise have its authorizer asked again after every quiet moment.
+        if !self.acl_cache.is_unused() {
+            *eager = Eager::Off;
+            return false;
+        }
+        if !quiet {
+            return false;
+        }
+        *eager = Eager::Off;
+        self.eager_parks = self.eager_parks.saturating_sub(1);
+        self.can_park(session)
+    }
+}
 
 /// A [`Connection`] without what is empty or rebuilt while idle: read buffer, decoder,
 /// routing scratch, ACL cache (a cache: decisions are asked again after a park),
@@ -53,6 +123,7 @@ pub(super) struct Parked {
     v5_reason: Option<ReasonCode>,
     v5_flow: Option<Box<V5Flow>>,
     log_packets: bool,
+    eager_parks: u8,
     live: Live,
 }
 
@@ -85,6 +156,7 @@ impl Parked {
             v5_reason: conn.v5_reason,
             v5_flow: conn.v5_flow,
             log_packets: conn.log_packets,
+            eager_parks: conn.eager_parks,
             live,
         }
     }
@@ -103,15 +175,16 @@ fn wait<G: Send + 'static>(
     guard: G,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        // The keepalive deadline is the sweep's (connection/sweep.rs): no timer here.
+        if let Some(at) = parked.live.deadline {
+            sweep::watch(at, &parked.live.gone.0);
+        }
         let kicked = {
             let Parked { io, live, .. } = &parked;
-            let far = || Instant::now() + std::time::Duration::from_secs(86_400);
             tokio::select! {
                 biased;
+                // A takeover, shutdown (`Router::kick_all`) or the keepalive sweep.
                 _ = live.gone.0.kick.notified() => true,
-                // Keepalive: the deadline has passed, which the resumed loop's timer finds
-                // at once.
-                () = sleep_until(live.deadline.unwrap_or_else(far)), if live.deadline.is_some() => false,
                 // Readiness stays set in the socket's registration until a read finds
                 // nothing, so the resumed loop sees it too.
                 _ = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => false,
@@ -119,10 +192,23 @@ fn wait<G: Send + 'static>(
                 _ = live.session.notify.notified() => false,
             }
         };
-        if kicked {
+        let live = &parked.live;
+        // The sweep removed the entry: the deadline has passed and the kick is the
+        // sweep's (notified under the lock `unwatch` took). The resumed loop's keepalive
+        // timer fires at once and closes the connection, so the kick is not handed on; a
+        // takeover or shutdown kick it may have absorbed still ends this connection (the
+        // takeover waits for it to detach; shutdown is seen on its own channel).
+        let swept = live
+            .deadline
+            .is_some_and(|at| !sweep::unwatch(at, &live.gone.0));
+        if swept && !kicked {
+            // Woken by something else as the sweep fired: take the sweep's permit, so
+            // the resumed loop does not read it as a takeover.
+            live.gone.0.kick.notified().await;
+        } else if kicked && !swept {
             // Notified again, so the resumed loop's takeover (or shutdown) branch fires as
             // it would have.
-            parked.live.gone.0.kick.notify_one();
+            live.gone.0.kick.notify_one();
         }
         parked.router.counters().parked(false);
         let (conn, live) = parked.resume();
@@ -158,6 +244,7 @@ impl Parked {
             enhanced: None,
             v5_flow: self.v5_flow,
             log_packets: self.log_packets,
+            eager_parks: self.eager_parks,
         };
         (conn, self.live)
     }

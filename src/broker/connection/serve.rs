@@ -10,6 +10,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
 use super::output;
+use super::park::Eager;
 use super::{
     earliest, keepalive_limit, Close, Connection, Served, BYTES_READ_PER_BUDGET_UNIT,
     BYTES_WRITTEN_PER_BUDGET_UNIT, READ_CHUNK, READ_PAUSE_ABOVE, TAKEOVER_DRAIN_LIMIT,
@@ -41,6 +42,9 @@ impl Connection {
         tokio::pin!(expiry);
         // A read or a delivery since the timer last fired: not idle.
         let mut active = false;
+        // Park at this task's first quiet point, not after `idle_park_after`
+        // (connection/park.rs, "Eager parks").
+        let mut eager = Eager::new(park_after.is_some() && self.eager_parks > 0);
         // Packets pipelined behind CONNECT are already buffered.
         if let Some(close) = Box::pin(self.handle_buffered(session)).await {
             return Served::Close(close);
@@ -70,6 +74,9 @@ impl Connection {
             let can_read = self.out.len() < READ_PAUSE_ABOVE;
             // Nothing pending: hold no output buffer while waiting.
             self.out.release_if_empty();
+            if eager.asks() && self.park_eagerly(session, &mut eager) {
+                return Served::Park;
+            }
             tokio::select! {
                 biased;
                 _ = kick.notified() => {
@@ -86,6 +93,7 @@ impl Connection {
                         return Served::Close(Close::KeepAlive);
                     }
                     if park_after.is_some() && !std::mem::take(&mut active) && self.can_park(session) {
+                        self.eager_parks = self.eager_parks.max(1);
                         return Served::Park;
                     }
                     if let Some(at) = earliest(*deadline, next_park(now)) {
@@ -146,7 +154,7 @@ impl Connection {
     /// Whether nothing is pending on either side, so the connection may park: no
     /// partial packet read, nothing to write, nothing queued or unacknowledged in the
     /// session. Asked only when the park timer fires, never per packet.
-    fn can_park(&self, session: &Session) -> bool {
+    pub(super) fn can_park(&self, session: &Session) -> bool {
         let quiet = self.rbuf.is_empty()
             && self.out.is_empty()
             && !self.io.wants_write()
