@@ -58,7 +58,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
-pub use config::{check_names, parse_urls};
+pub use config::{check_liveness, check_names, parse_urls};
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
 pub use connect::check_connection;
 use link::{read_from_nats, Link};
@@ -310,10 +310,7 @@ pub async fn start(
             (node, format!("{node:016x}"))
         }
     };
-    let link = Arc::new(Link {
-        up: AtomicBool::new(true),
-        disconnects: AtomicU64::new(0),
-    });
+    let link = Arc::new(Link::new());
     let events = link.clone();
     let client = connect::options(config)
         .await?
@@ -426,24 +423,15 @@ pub async fn start(
     };
     // Node liveness: keys that expire unless renewed (see [`liveness`]).
     let nodes_bucket = names.stream("NODES");
-    let nodes = match js.get_key_value(&nodes_bucket).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(jetstream::kv::Config {
-                bucket: nodes_bucket.clone(),
-                description: "pyo3mq nodes: one key per live node, expiring unless renewed"
-                    .to_string(),
-                history: 1,
-                max_age: liveness::NODE_TTL,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?,
-    };
+    let timing = liveness::Timing::of(config);
+    let nodes = liveness::nodes_bucket(&js, &nodes_bucket, timing.ttl)
+        .await
+        .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?;
+    let sent = tokio::time::Instant::now();
     liveness::announce(&nodes, node)
         .await
         .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?;
+    link.renewed(sent);
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -488,6 +476,13 @@ pub async fn start(
         nodes,
         cluster.clone(),
         router.clone(),
+        timing,
+        shutdown.clone(),
+    ));
+    tokio::spawn(liveness::fence_watch(
+        cluster.clone(),
+        router.clone(),
+        timing,
         shutdown.clone(),
     ));
     tokio::spawn(read_reliable(
@@ -503,7 +498,13 @@ pub async fn start(
         names.clone(),
         outbound_rx,
     ));
-    tokio::spawn(read_from_nats(client, cluster.clone(), router, shutdown));
+    tokio::spawn(read_from_nats(
+        client,
+        cluster.clone(),
+        router,
+        config.cluster_pending_messages,
+        shutdown,
+    ));
     Ok(cluster)
 }
 

@@ -389,6 +389,17 @@ settings! {
     /// Cluster mode: QoS 1/2 messages from other nodes this node has taken from the
     /// stream and not yet routed to its sessions.
     cluster_max_ack_pending: usize = 1024, range 1 ..= 1_000_000;
+    // Cluster mode: liveness and the QoS 0 inbound queue (src/broker/cluster/liveness.rs,
+    // link.rs).
+    /// Cluster mode: how often a node renews its liveness key and looks at the others'.
+    cluster_heartbeat: Duration = Duration::from_secs(1);
+    /// Cluster mode: how long a node's liveness key lives unrenewed; the others then
+    /// take it for dead. A node that could not renew its key for this less one heartbeat
+    /// fences itself (closes its clients, refuses CONNECTs) until it renews it again.
+    cluster_node_ttl: Duration = Duration::from_secs(6);
+    /// Cluster mode: messages from other nodes (QoS 0, core NATS) received and not yet
+    /// routed; beyond it they are dropped and counted (`cluster/dropped/slow`).
+    cluster_pending_messages: usize = 65_536, range 16 ..= 16_777_216;
     // Cluster mode: the engine connection (src/broker/cluster/connect.rs).
     /// Cluster mode: how many NATS servers keep a copy of each JetStream stream and
     /// bucket (1 for one NATS server; 3 for a NATS cluster of three or more, so it
@@ -487,6 +498,7 @@ impl Config {
             return Err("cluster_max_age must be positive".into());
         }
         crate::broker::cluster::check_connection(self)?;
+        crate::broker::cluster::check_liveness(self.cluster_heartbeat, self.cluster_node_ttl)?;
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }

@@ -72,6 +72,9 @@ pub fn figures(router: &Router) -> Vec<(&'static str, u64)> {
             counters.handshakes(Handshake::WsFailed),
         ));
     }
+    if let Some(cluster) = router.cluster() {
+        figures.extend(cluster.figures());
+    }
     figures
 }
 

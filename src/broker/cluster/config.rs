@@ -5,6 +5,8 @@
 //! Apart from the tasks because it is plain functions of the configuration, with no
 //! connection: `Config::validate` uses it before any NATS server is reached.
 
+use std::time::Duration;
+
 use async_nats::ServerAddr;
 
 use super::{subject, ClusterError};
@@ -58,6 +60,39 @@ pub fn check_names(prefix: &str, node: Option<&str>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The shortest `cluster_heartbeat`: every node renews its key and lists the bucket this
+/// often, so below it the liveness traffic alone would load NATS.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// `cluster_heartbeat` and `cluster_node_ttl`: the TTL must leave a node at least three
+/// heartbeats to renew its key (one late or lost renewal is no death), and a node fences
+/// itself one heartbeat before its TTL ([`fence_after`]), which must leave it two.
+pub fn check_liveness(heartbeat: Duration, ttl: Duration) -> Result<(), String> {
+    if heartbeat < MIN_HEARTBEAT {
+        return Err(format!(
+            "cluster_heartbeat must be at least {} s, not {} s",
+            MIN_HEARTBEAT.as_secs_f64(),
+            heartbeat.as_secs_f64()
+        ));
+    }
+    if ttl < heartbeat.saturating_mul(3) {
+        return Err(format!(
+            "cluster_node_ttl must be at least 3 times cluster_heartbeat ({} s), not {} s",
+            heartbeat.saturating_mul(3).as_secs_f64(),
+            ttl.as_secs_f64()
+        ));
+    }
+    Ok(())
+}
+
+/// How long a node may go without renewing its liveness key before it fences itself: one
+/// heartbeat before the others can judge it dead (its key outlives the last renewal by a
+/// whole TTL, measured from before that renewal was sent, and they need to see it missing
+/// twice, a heartbeat apart), so it has closed its clients by then.
+pub(super) fn fence_after(heartbeat: Duration, ttl: Duration) -> Duration {
+    ttl.saturating_sub(heartbeat)
 }
 
 /// The NATS subjects and JetStream names of one cluster (`cluster_prefix`).
@@ -225,6 +260,19 @@ mod tests {
             "SITE-1_MQTT_MESSAGES"
         );
         assert_eq!(Names::new("pyo3mq").stream("RETAINED"), "PYO3MQ_RETAINED");
+    }
+
+    #[test]
+    fn liveness_settings_are_checked() {
+        let s = Duration::from_secs;
+        assert!(check_liveness(s(1), s(6)).is_ok());
+        assert!(check_liveness(s(1), s(3)).is_ok());
+        assert!(check_liveness(Duration::from_millis(100), Duration::from_millis(300)).is_ok());
+        let err = check_liveness(s(1), Duration::from_millis(2999)).unwrap_err();
+        assert!(err.contains("cluster_node_ttl must be at least 3 times"), "{err}");
+        let err = check_liveness(Duration::from_millis(99), s(6)).unwrap_err();
+        assert!(err.contains("cluster_heartbeat must be at least"), "{err}");
+        assert_eq!(fence_after(s(1), s(6)), s(5));
     }
 
     #[test]
