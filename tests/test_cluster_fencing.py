@@ -253,7 +253,10 @@ def crosses(sender: int, receiver: Watched, topic: str) -> None:
 @pytest.mark.parametrize(
     ("settings", "error"),
     [
-        (["cluster_heartbeat = 1", "cluster_node_ttl = 2.9"], "cluster_node_ttl must be at least 3 times"),
+        (
+            ["cluster_heartbeat = 1", "cluster_node_ttl = 2.9"],
+            "cluster_node_ttl must be at least 3 times",
+        ),
         (["cluster_heartbeat = 0.05"], "cluster_heartbeat must be at least 0.1"),
         (["cluster_pending_messages = 8"], "cluster_pending_messages must be between"),
     ],

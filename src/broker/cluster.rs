@@ -84,9 +84,6 @@ const UNNAMED_CONSUMER_LINGER: Duration = Duration::from_secs(60);
 /// and QoS 1/2 publishers are closed unacknowledged (they send again).
 const OUTBOUND_CAPACITY: usize = 16_384;
 
-/// Messages one NATS subscription holds for the routing task.
-const SUBSCRIPTION_CAPACITY: usize = 8_192;
-
 /// Longest a SUBACK waits for the NATS subscription to be in place.
 const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between attempts to reconnect to NATS.
@@ -327,9 +324,11 @@ pub async fn start(
             async move { link.event(event) }
         })
         .no_echo()
-        // Per NATS subscription; the library's default (65,536) times thousands of
-        // filters is more than a node should hold for a slow routing task.
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        // Per NATS subscription. Its reader hands each message on at once (link.rs), so
+        // this fills only while the reader waits for a CPU behind the connection's
+        // task; async-nats then drops, reporting each as an event (counted, but its
+        // event queue holds 128), so it is as deep as the routing queue.
+        .subscription_capacity(config.cluster_pending_messages)
         .connection_timeout(START_TIMEOUT)
         .connect(addrs)
         .await

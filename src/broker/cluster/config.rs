@@ -269,7 +269,10 @@ mod tests {
         assert!(check_liveness(s(1), s(3)).is_ok());
         assert!(check_liveness(Duration::from_millis(100), Duration::from_millis(300)).is_ok());
         let err = check_liveness(s(1), Duration::from_millis(2999)).unwrap_err();
-        assert!(err.contains("cluster_node_ttl must be at least 3 times"), "{err}");
+        assert!(
+            err.contains("cluster_node_ttl must be at least 3 times"),
+            "{err}"
+        );
         let err = check_liveness(Duration::from_millis(99), s(6)).unwrap_err();
         assert!(err.contains("cluster_heartbeat must be at least"), "{err}");
         assert_eq!(fence_after(s(1), s(6)), s(5));

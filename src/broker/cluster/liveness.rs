@@ -206,7 +206,12 @@ async fn align_ttl(
         .get_stream(format!("KV_{name}"))
         .await
         .map_err(|e| e.to_string())?;
-    let config = stream.info().await.map_err(|e| e.to_string())?.config.clone();
+    let config = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .config
+        .clone();
     if config.max_age != ttl {
         info!(
             "cluster: liveness bucket {name}: node TTL {:?} -> {ttl:?} (cluster_node_ttl)",
@@ -305,7 +310,17 @@ async fn settle_fenced(cluster: &Arc<Cluster>, router: &Arc<Router>, clients: Ve
         }
         // The client left while fenced and no other node acted: handled as a survivor
         // would (the session stays here, offline; the will goes once).
-        if adopt(cluster, router, &key, &client_id, entry.revision, record, now).await {
+        if adopt(
+            cluster,
+            router,
+            &key,
+            &client_id,
+            entry.revision,
+            record,
+            now,
+        )
+        .await
+        {
             settled += 1;
         }
     }
