@@ -84,6 +84,9 @@ const UNNAMED_CONSUMER_LINGER: Duration = Duration::from_secs(60);
 /// and QoS 1/2 publishers are closed unacknowledged (they send again).
 const OUTBOUND_CAPACITY: usize = 16_384;
 
+/// The least each NATS subscription buffers in async-nats (see `subscription_capacity`).
+const SUBSCRIPTION_FLOOR: usize = 8_192;
+
 /// Longest a SUBACK waits for the NATS subscription to be in place.
 const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between attempts to reconnect to NATS.
@@ -327,8 +330,10 @@ pub async fn start(
         // Per NATS subscription. Its reader hands each message on at once (link.rs), so
         // this fills only while the reader waits for a CPU behind the connection's
         // task; async-nats then drops, reporting each as an event (counted, but its
-        // event queue holds 128), so it is as deep as the routing queue.
-        .subscription_capacity(config.cluster_pending_messages)
+        // event queue holds 128), so it is as deep as the routing queue, and never
+        // shallower than a burst's worth: with a small routing queue the drops are
+        // then the routing queue's, counted exactly.
+        .subscription_capacity(config.cluster_pending_messages.max(SUBSCRIPTION_FLOOR))
         .connection_timeout(START_TIMEOUT)
         .connect(addrs)
         .await
