@@ -479,7 +479,13 @@ class Publisher:
         if self.client is None:
             client = RawClient(self.port)
             client.send(connect(self.client_id))
-            assert wire(client.recv(10)) == b"\x20\x02\x00\x00"
+            connack = wire(client.recv(10))
+            if connack == b"\x20\x02\x00\x03":
+                # Server unavailable: the node fenced itself while it could not renew its
+                # liveness key (the engine electing new leaders); try again shortly.
+                client.close()
+                raise Closed("CONNACK 0x03 (fenced)")
+            assert connack == b"\x20\x02\x00\x00", connack.hex()
             self.client = client
         return self.client
 
