@@ -546,7 +546,7 @@ pub async fn start(
     // Node liveness: keys that expire unless renewed (see [`liveness`]).
     let nodes_bucket = names.stream("NODES");
     let timing = liveness::Timing::of(config);
-    let nodes = liveness::nodes_bucket(&js, &nodes_bucket, timing.ttl)
+    let nodes = liveness::nodes_bucket(&js, &nodes_bucket, timing.ttl, config.cluster_replicas)
         .await
         .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?;
     let sent = tokio::time::Instant::now();

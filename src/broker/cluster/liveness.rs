@@ -168,6 +168,7 @@ pub(super) async fn nodes_bucket(
     js: &async_nats::jetstream::Context,
     name: &str,
     ttl: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, String> {
     // Two nodes starting at once may both find no bucket: the one whose create loses
     // finds the other's bucket on its next look.
@@ -184,6 +185,10 @@ pub(super) async fn nodes_bucket(
                     .to_string(),
                 history: 1,
                 max_age: ttl,
+                // As many copies as the other streams (`cluster_replicas`): a node that
+                // cannot renew its key fences itself, so losing the one NATS server that
+                // held the bucket must not fence every node.
+                num_replicas: replicas,
                 storage: async_nats::jetstream::stream::StorageType::File,
                 ..Default::default()
             })
