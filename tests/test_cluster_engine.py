@@ -479,7 +479,16 @@ class Publisher:
         if self.client is None:
             client = RawClient(self.port)
             client.send(connect(self.client_id))
-            assert wire(client.recv(10)) == b"\x20\x02\x00\x00"
+            try:
+                connack = wire(client.recv(10))
+                if connack == b"\x20\x02\x00\x03":
+                    # Server unavailable: the node fenced itself while it could not renew
+                    # its liveness key (the engine electing new leaders); try again shortly.
+                    raise Closed("CONNACK 0x03 (fenced)")
+                assert connack == b"\x20\x02\x00\x00", connack.hex()
+            except BaseException:
+                client.close()
+                raise
             self.client = client
         return self.client
 
@@ -518,7 +527,7 @@ def test_three_nats_servers_lose_the_stream_leader(
     urls = ",".join(s.url for s in servers)
     a = start_node(stack, tmp_path, "a", urls, cluster_replicas=3)
     b = start_node(stack, tmp_path, "b", urls, cluster_replicas=3)
-    for name in ("PYO3MQ_MESSAGES", "PYO3MQ_RETAINED", "KV_PYO3MQ_SESSIONS"):
+    for name in ("PYO3MQ_MESSAGES", "PYO3MQ_RETAINED", "KV_PYO3MQ_SESSIONS", "KV_PYO3MQ_NODES"):
         # A leader and two replicas on the other servers.
         info = stream_info(servers, name, lambda i: len(i["cluster"].get("replicas", [])) == 2)
         assert info["config"]["num_replicas"] == 3, info

@@ -120,8 +120,8 @@ const UNNAMED_CONSUMER_LINGER: Duration = Duration::from_secs(60);
 /// and QoS 1/2 publishers are closed unacknowledged (they send again).
 const OUTBOUND_CAPACITY: usize = 16_384;
 
-/// Messages one NATS subscription holds for the routing task.
-const SUBSCRIPTION_CAPACITY: usize = 8_192;
+/// The least each NATS subscription buffers in async-nats (see `subscription_capacity`).
+const SUBSCRIPTION_FLOOR: usize = 8_192;
 
 /// Longest a SUBACK waits for the NATS subscription to be in place.
 const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -408,10 +408,7 @@ pub async fn start(
             (node, format!("{node:016x}"))
         }
     };
-    let link = Arc::new(Link {
-        up: AtomicBool::new(true),
-        disconnects: AtomicU64::new(0),
-    });
+    let link = Arc::new(Link::new());
     let events = link.clone();
     let client = connect::options(config)
         .await?
@@ -428,9 +425,13 @@ pub async fn start(
             async move { link.event(event) }
         })
         .no_echo()
-        // Per NATS subscription; the library's default (65,536) times thousands of
-        // filters is more than a node should hold for a slow routing task.
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        // Per NATS subscription. Its reader hands each message on at once (link.rs), so
+        // this fills only while the reader waits for a CPU behind the connection's
+        // task; async-nats then drops, reporting each as an event (counted, but its
+        // event queue holds 128), so it is as deep as the routing queue, and never
+        // shallower than a burst's worth: with a small routing queue the drops are
+        // then the routing queue's, counted exactly.
+        .subscription_capacity(config.cluster_pending_messages.max(SUBSCRIPTION_FLOOR))
         .connection_timeout(START_TIMEOUT)
         .connect(addrs)
         .await
@@ -443,7 +444,7 @@ pub async fn start(
     let shares_client = connect::options(config)
         .await?
         .name(format!("pyo3mq node {node_name} (shared subscriptions)"))
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .subscription_capacity(config.cluster_pending_messages.max(SUBSCRIPTION_FLOOR))
         .connection_timeout(START_TIMEOUT)
         .connect(parse_urls(setting)?)
         .await
@@ -544,24 +545,15 @@ pub async fn start(
     let qos2 = qos2::bucket(&js, &names, config).await?;
     // Node liveness: keys that expire unless renewed (see [`liveness`]).
     let nodes_bucket = names.stream("NODES");
-    let nodes = match js.get_key_value(&nodes_bucket).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(jetstream::kv::Config {
-                bucket: nodes_bucket.clone(),
-                description: "pyo3mq nodes: one key per live node, expiring unless renewed"
-                    .to_string(),
-                history: 1,
-                max_age: liveness::NODE_TTL,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?,
-    };
+    let timing = liveness::Timing::of(config);
+    let nodes = liveness::nodes_bucket(&js, &nodes_bucket, timing.ttl, config.cluster_replicas)
+        .await
+        .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?;
+    let sent = tokio::time::Instant::now();
     liveness::announce(&nodes, node)
         .await
         .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?;
+    link.renewed(sent);
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -610,6 +602,13 @@ pub async fn start(
         nodes,
         cluster.clone(),
         router.clone(),
+        timing,
+        shutdown.clone(),
+    ));
+    tokio::spawn(liveness::fence_watch(
+        cluster.clone(),
+        router.clone(),
+        timing,
         shutdown.clone(),
     ));
     tokio::spawn(read_reliable(
@@ -634,7 +633,13 @@ pub async fn start(
         config.cluster_max_ack_pending,
         shutdown.clone(),
     ));
-    tokio::spawn(read_from_nats(client, cluster.clone(), router, shutdown));
+    tokio::spawn(read_from_nats(
+        client,
+        cluster.clone(),
+        router,
+        config.cluster_pending_messages,
+        shutdown,
+    ));
     Ok(cluster)
 }
 

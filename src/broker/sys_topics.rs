@@ -15,6 +15,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::sync::watch;
 
+use crate::broker::cluster::RouterCluster;
 use crate::broker::config::ListenerKind;
 use crate::broker::metrics::Handshake;
 use crate::broker::router::{MatchScratch, Router};
@@ -71,6 +72,9 @@ pub fn figures(router: &Router) -> Vec<(&'static str, u64)> {
             "websockets/upgrades/failed",
             counters.handshakes(Handshake::WsFailed),
         ));
+    }
+    if let Some(cluster) = router.cluster() {
+        figures.extend(cluster.figures());
     }
     figures
 }
