@@ -135,9 +135,18 @@ def config_file(tmp: Path, name: str, settings: dict[str, Any]) -> Path:
 
 
 def start_node(stack: ExitStack, tmp: Path, name: str, cluster: str, **settings: Any) -> Node:
+    """A node started and serving: its MQTT port is bound before it joins the cluster
+    (a TCP connect succeeds then), so this waits for the log line that follows the
+    join, or fails with the log if the node exited instead."""
     conf = config_file(tmp, name, {"cluster_node": name, **settings})
     node = Node(tmp, "--cluster", cluster, "--config", str(conf))
     stack.callback(node.close)
+    serving = f"listening on 127.0.0.1:{node.port} (MQTT)"
+    deadline = time.monotonic() + 60
+    while serving not in node.logged():
+        assert node.proc.poll() is None, f"node {name} exited: {node.logged()}"
+        assert time.monotonic() < deadline, f"node {name} not serving: {node.logged()}"
+        time.sleep(0.05)
     return node
 
 

@@ -58,6 +58,9 @@ pub(super) struct Link {
     /// When the last successful renewal of the liveness key was sent, in milliseconds
     /// since `epoch`.
     pub(super) renewed_ms: AtomicU64,
+    /// When the current steady run of renewals began (liveness.rs `watch_nodes`), in
+    /// milliseconds since `epoch`.
+    steady_ms: AtomicU64,
     pub(super) epoch: Instant,
     /// Clients whose connections the fence closed, for the records they left.
     pub(super) fenced_clients: Mutex<Vec<ByteString>>,
@@ -73,15 +76,30 @@ impl Link {
             fenced: watch::Sender::new(false),
             fences: AtomicU64::new(0),
             renewed_ms: AtomicU64::new(0),
+            steady_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             fenced_clients: Mutex::new(Vec::new()),
         }
     }
 
-    /// A renewal of the liveness key sent at `sent` succeeded.
-    pub(super) fn renewed(&self, sent: Instant) {
+    /// A renewal of the liveness key sent at `sent` succeeded; more than `steady_gap`
+    /// after the one before, it begins a new steady run.
+    pub(super) fn renewed(&self, sent: Instant, steady_gap: Duration) {
         let ms = u64::try_from(sent.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
-        self.renewed_ms.fetch_max(ms, Ordering::Relaxed);
+        let before = self.renewed_ms.fetch_max(ms, Ordering::Relaxed);
+        if ms.saturating_sub(before) > u64::try_from(steady_gap.as_millis()).unwrap_or(u64::MAX) {
+            self.steady_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the liveness key has been renewed at most `steady_gap` apart, up to now
+    /// (zero if the last renewal is older than that).
+    pub(super) fn steady_for(&self, steady_gap: Duration) -> Duration {
+        if self.since_renewal() > steady_gap {
+            return Duration::ZERO;
+        }
+        let since = self.epoch + Duration::from_millis(self.steady_ms.load(Ordering::Relaxed));
+        since.elapsed()
     }
 
     /// How long since the last successful renewal was sent.

@@ -4,8 +4,11 @@
 //! Each node keeps a key (`n.<node>`) in a JetStream KV bucket whose entries live
 //! `cluster_node_ttl` (`PREFIX_NODES`, `max_age`), put again every `cluster_heartbeat`.
 //! Every node lists the bucket as often: a node whose key was there and is gone (seen
-//! missing twice, by a node itself connected to NATS for at least a TTL, so that an
-//! outage of NATS is not taken for the death of every node) is dead.
+//! missing twice, by a node whose own renewals went through steadily for at least a TTL,
+//! so that an outage of NATS or of the bucket's leader is not taken for the death of
+//! every node) is dead. Renewing and judging are separate tasks, so reading the bucket
+//! or the session records, however slow while JetStream elects a leader, never holds
+//! up a renewal.
 //!
 //! Fencing: a node cut off from NATS (or from its JetStream) cannot tell its peers it is
 //! alive; they will judge it dead and fire its clients' wills and take their sessions
@@ -90,8 +93,76 @@ pub(super) async fn announce(nodes: &kv::Store, node: u64) -> Result<(), String>
     .map(|_| ())
 }
 
-/// Keeps this node's key alive and watches the others' until shutdown.
+/// Keeps this node's key alive until shutdown, and lifts the fence as soon as a
+/// renewal succeeds. Alone in its task: listing the bucket, taking over a dead node's
+/// sessions and sweeping expired records ([`watch_nodes`]) wait on JetStream for as long
+/// as it takes, which must never hold up a renewal (one held up long enough is a fence).
+/// Tried every heartbeat whatever the state of the connection: a renewal while NATS is
+/// away fails, and the first one after it is back succeeds.
 pub(super) async fn keep_alive(
+    nodes: kv::Store,
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    timing: Timing,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(timing.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A try whose answer is lost (its NATS server killed, or the bucket electing a
+    // leader) is given up after a third of the TTL, so the node tries at least three
+    // times before it fences, the last ones against the leader elected meanwhile.
+    let attempt = timing.ttl / 3;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // The key lives a TTL from when the server stored it, which is after this.
+        let sent = Instant::now();
+        let renewed = match tokio::time::timeout(attempt, announce(&nodes, cluster.node)).await {
+            Ok(renewed) => renewed,
+            Err(_) => Err(format!("announcing the node: no answer within {attempt:?}")),
+        };
+        if let Err(e) = renewed {
+            // Logged once per outage: a re-election fails every heartbeat for seconds.
+            if failing_since.is_none() {
+                failing_since = Some(sent);
+                warn!("cluster: liveness not renewed (trying every cluster_heartbeat): {e}");
+            } else {
+                debug!("cluster: liveness not renewed: {e}");
+            }
+            continue;
+        }
+        if let Some(since) = failing_since.take() {
+            info!(
+                "cluster: liveness renewed again after {:.1} s",
+                since.elapsed().as_secs_f64()
+            );
+        }
+        cluster.link.renewed(sent, steady_gap(timing));
+        if cluster.fenced() {
+            unfence(&cluster, &router);
+        }
+    }
+}
+
+/// The longest between two renewals of a steady run (see [`watch_nodes`]): one late
+/// renewal is part of it, a renewal that failed is not.
+pub(super) fn steady_gap(timing: Timing) -> Duration {
+    timing.heartbeat * 2
+}
+
+/// Watches the other nodes' keys until shutdown: a node whose key was there and is gone
+/// (seen missing twice) is dead, and its clients' wills and sessions are taken over.
+///
+/// Judged only once this node's own renewals have gone through steadily for a whole TTL
+/// ([`steady_gap`] apart at most): when JetStream could not store renewals for a while
+/// (a NATS server lost, the bucket electing a new leader, this node cut off), every key
+/// may have expired without any node being dead; a live one renews its key within that
+/// TTL. A node cut off alone is judged as soon as its key is gone: the others' renewals
+/// went through all along.
+pub(super) async fn watch_nodes(
     nodes: kv::Store,
     cluster: Arc<Cluster>,
     router: Arc<Router>,
@@ -103,27 +174,11 @@ pub(super) async fn keep_alive(
     // Nodes seen alive, and those missing once (dead when missing again).
     let mut known: HashSet<u64> = HashSet::new();
     let mut missing: HashSet<u64> = HashSet::new();
-    let mut linked_since: Option<Instant> = None;
     let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
-        }
-        if !cluster.linked() {
-            linked_since = None;
-            continue;
-        }
-        let since = *linked_since.get_or_insert_with(Instant::now);
-        // The key lives a TTL from when the server stored it, which is after this.
-        let sent = Instant::now();
-        if let Err(e) = announce(&nodes, cluster.node).await {
-            warn!("cluster: liveness not renewed: {e}");
-            continue;
-        }
-        cluster.link.renewed(sent);
-        if cluster.fenced() {
-            unfence(&cluster, &router).await;
         }
         let live = match live_nodes(&nodes).await {
             Ok(live) => live,
@@ -132,9 +187,8 @@ pub(super) async fn keep_alive(
                 continue;
             }
         };
-        // Judged only once this node has been connected for a whole TTL: after an
-        // outage of NATS every key has expired until its node renews it.
-        let judging = since.elapsed() >= timing.ttl;
+        // After the listing: renewals that failed while it was read count.
+        let judging = cluster.link.steady_for(steady_gap(timing)) >= timing.ttl;
         let mut dead = HashSet::new();
         for &node in known.difference(&live) {
             if node == cluster.node || !judging {
@@ -143,6 +197,9 @@ pub(super) async fn keep_alive(
             if !missing.insert(node) {
                 dead.insert(node);
             }
+        }
+        if !judging {
+            missing.clear();
         }
         missing.retain(|node| !live.contains(node) && !dead.contains(node));
         known.retain(|node| !dead.contains(node));
@@ -171,34 +228,25 @@ pub(super) async fn nodes_bucket(
     replicas: usize,
 ) -> Result<kv::Store, String> {
     // Two nodes starting at once may both find no bucket: the one whose create loses
-    // finds the other's bucket on its next look.
-    let mut failed = String::new();
-    for _ in 0..3 {
-        if let Ok(store) = js.get_key_value(name).await {
-            align_ttl(js, name, ttl).await?;
-            return Ok(store);
-        }
-        match js
-            .create_key_value(kv::Config {
-                bucket: name.to_string(),
-                description: "pyo3mq nodes: one key per live node, expiring unless renewed"
-                    .to_string(),
-                history: 1,
-                max_age: ttl,
-                // As many copies as the other streams (`cluster_replicas`): a node that
-                // cannot renew its key fences itself, so losing the one NATS server that
-                // held the bucket must not fence every node.
-                num_replicas: replicas,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(store) => return Ok(store),
-            Err(e) => failed = e.to_string(),
-        }
+    // finds the other's bucket on its next try (the start retries, setup.rs).
+    if let Ok(store) = js.get_key_value(name).await {
+        align_ttl(js, name, ttl).await?;
+        return Ok(store);
     }
-    Err(failed)
+    js.create_key_value(kv::Config {
+        bucket: name.to_string(),
+        description: "pyo3mq nodes: one key per live node, expiring unless renewed".to_string(),
+        history: 1,
+        max_age: ttl,
+        // As many copies as the other streams (`cluster_replicas`): a node that
+        // cannot renew its key fences itself, so losing the one NATS server that
+        // held the bucket must not fence every node.
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Brings the liveness bucket's entry age to `cluster_node_ttl`.
@@ -272,8 +320,9 @@ pub(super) async fn fence_watch(
 }
 
 /// Back on NATS with the liveness key renewed: serves again, and settles what the
-/// fenced connections left.
-async fn unfence(cluster: &Arc<Cluster>, router: &Arc<Router>) {
+/// fenced connections left (in a task of its own: reading records must not hold up the
+/// next renewal).
+fn unfence(cluster: &Arc<Cluster>, router: &Arc<Router>) {
     let clients = std::mem::take(&mut *cluster.link.fenced_clients.lock());
     cluster.link.fenced.send_replace(false);
     info!(
@@ -281,14 +330,14 @@ async fn unfence(cluster: &Arc<Cluster>, router: &Arc<Router>) {
          again; settling the records of the {} client(s) it closed",
         clients.len()
     );
-    settle_fenced(cluster, router, clients).await;
+    tokio::spawn(settle_fenced(cluster.clone(), router.clone(), clients));
 }
 
 /// The records of the clients a fence closed: a record another node took (it judged this
 /// node dead) is that node's, and the session left here goes; one still naming this
 /// node as the owner of a connected client is handled as a survivor would, so its will
 /// is published once (by this node, its peers having not acted).
-async fn settle_fenced(cluster: &Arc<Cluster>, router: &Arc<Router>, clients: Vec<ByteString>) {
+async fn settle_fenced(cluster: Arc<Cluster>, router: Arc<Router>, clients: Vec<ByteString>) {
     let now = unix_now();
     let (mut taken, mut settled) = (0usize, 0usize);
     for client_id in clients {
@@ -316,8 +365,8 @@ async fn settle_fenced(cluster: &Arc<Cluster>, router: &Arc<Router>, clients: Ve
         // The client left while fenced and no other node acted: handled as a survivor
         // would (the session stays here, offline; the will goes once).
         if adopt(
-            cluster,
-            router,
+            &cluster,
+            &router,
             &key,
             &client_id,
             entry.revision,
