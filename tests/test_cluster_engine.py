@@ -564,9 +564,11 @@ def test_three_nats_servers_lose_the_stream_leader(
             break
     lost = [p for p in pub.acked if p not in got]
     assert lost == [], f"acknowledged but not delivered: {lost[:20]} ({len(lost)})"
-    # Both nodes still serve, connected to the servers left.
+    # Both nodes still serve, connected to the servers left; neither took the other for
+    # dead while JetStream re-elected (every liveness key may expire meanwhile).
     for node in (a, b):
         assert node.proc.poll() is None, node.logged()
+        assert "is gone (its liveness key expired)" not in node.logged(), node.logged()
     wait_connected(servers, "pyo3mq node a", "pyo3mq node b")
 
 
