@@ -342,16 +342,13 @@ async fn settle_fenced(cluster: Arc<Cluster>, router: Arc<Router>, clients: Vec<
     let (mut taken, mut settled) = (0usize, 0usize);
     for client_id in clients {
         let key = super::sessions::key_of(&client_id);
-        let entry = match bounded("reading a session", cluster.sessions.entry(key.clone())).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
-            Ok(_) => continue,
+        let (revision, record) = match read_record(&cluster, &key).await {
+            Ok(Some(read)) => read,
+            Ok(None) => continue,
             Err(e) => {
                 warn!(%client_id, "cluster: the record of a client closed by the fence not read: {e}");
                 continue;
             }
-        };
-        let Some(record) = Record::decode(entry.value) else {
-            continue;
         };
         if record.owner != cluster.node {
             // Another node adopted it (and fired the will): the copy here is stale.
@@ -364,17 +361,7 @@ async fn settle_fenced(cluster: Arc<Cluster>, router: Arc<Router>, clients: Vec<
         }
         // The client left while fenced and no other node acted: handled as a survivor
         // would (the session stays here, offline; the will goes once).
-        if adopt(
-            &cluster,
-            &router,
-            &key,
-            &client_id,
-            entry.revision,
-            record,
-            now,
-        )
-        .await
-        {
+        if adopt(&cluster, &router, &key, &client_id, revision, record, now).await {
             settled += 1;
         }
     }
@@ -382,6 +369,14 @@ async fn settle_fenced(cluster: Arc<Cluster>, router: Arc<Router>, clients: Vec<
         "cluster: fence settled: {taken} session(s) taken over by other nodes meanwhile, \
          {settled} record(s) of closed clients handled here"
     );
+}
+
+/// A session record and its revision: none if the key is deleted or unreadable as one.
+async fn read_record(cluster: &Cluster, key: &str) -> Result<Option<(u64, Record)>, String> {
+    let entry = bounded("reading a session", cluster.sessions.entry(key.to_string())).await?;
+    Ok(entry
+        .filter(|entry| entry.operation == kv::Operation::Put)
+        .and_then(|entry| Some((entry.revision, Record::decode(entry.value)?))))
 }
 
 async fn live_nodes(nodes: &kv::Store) -> Result<HashSet<u64>, String> {
@@ -422,16 +417,13 @@ async fn sweep(
         let Some(client_id) = client_id_of(&key) else {
             continue;
         };
-        let entry = match bounded("reading a session", cluster.sessions.entry(key.clone())).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
-            Ok(_) => continue,
+        let (revision, record) = match read_record(cluster, &key).await {
+            Ok(Some(read)) => read,
+            Ok(None) => continue,
             Err(e) => {
                 debug!(%client_id, "cluster: {e}");
                 continue;
             }
-        };
-        let Some(record) = Record::decode(entry.value) else {
-            continue;
         };
         if dead.contains(&record.owner) {
             // A node restarted under its name (same id) announces itself before it
@@ -443,17 +435,7 @@ async fn sweep(
             ) {
                 continue;
             }
-            if adopt(
-                cluster,
-                router,
-                &key,
-                &client_id,
-                entry.revision,
-                record,
-                now,
-            )
-            .await
-            {
+            if adopt(cluster, router, &key, &client_id, revision, record, now).await {
                 adopted += 1;
             }
         } else if expire && has_expired(&record, now, limit_311) {
@@ -461,7 +443,7 @@ async fn sweep(
                 "deleting an expired session",
                 cluster
                     .sessions
-                    .delete_expect_revision(&key, Some(entry.revision)),
+                    .delete_expect_revision(&key, Some(revision)),
             )
             .await;
             if deleted.is_ok() {
