@@ -92,6 +92,10 @@ class BrokerConfig:
     cluster_max_bytes: int = _DEFAULTS["cluster_max_bytes"]
     cluster_max_age: float = _DEFAULTS["cluster_max_age"]
     cluster_max_ack_pending: int = _DEFAULTS["cluster_max_ack_pending"]
+    # Cluster mode: node liveness (and fencing) and the QoS 0 inbound queue.
+    cluster_heartbeat: float = _DEFAULTS["cluster_heartbeat"]
+    cluster_node_ttl: float = _DEFAULTS["cluster_node_ttl"]
+    cluster_pending_messages: int = _DEFAULTS["cluster_pending_messages"]
     # Cluster mode: the engine connection (replicas, credentials, TLS).
     cluster_replicas: int = _DEFAULTS["cluster_replicas"]
     cluster_user: str | None = _DEFAULTS["cluster_user"]

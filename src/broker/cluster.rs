@@ -77,6 +77,7 @@ mod liveness;
 mod qos2;
 mod record;
 mod sessions;
+mod setup;
 mod share;
 mod streams;
 pub mod subject;
@@ -101,6 +102,7 @@ pub use crate::broker::config::cluster::{
 use config::{first_seq, named_node_id, node_id, version_of, Names, MIN_SERVER};
 use link::{read_from_nats, Link};
 pub use sessions::{Claim, Closed, Will};
+use setup::retrying;
 use streams::{mirror_retained, read_reliable, write_to_nats};
 
 use crate::broker::metrics;
@@ -121,8 +123,8 @@ const UNNAMED_CONSUMER_LINGER: Duration = Duration::from_secs(60);
 /// and QoS 1/2 publishers are closed unacknowledged (they send again).
 const OUTBOUND_CAPACITY: usize = 16_384;
 
-/// Messages one NATS subscription holds for the routing task.
-const SUBSCRIPTION_CAPACITY: usize = 8_192;
+/// The least each NATS subscription buffers in async-nats (see `subscription_capacity`).
+const SUBSCRIPTION_FLOOR: usize = 8_192;
 
 /// Longest a SUBACK waits for the NATS subscription to be in place.
 const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -409,10 +411,7 @@ pub async fn start(
             (node, format!("{node:016x}"))
         }
     };
-    let link = Arc::new(Link {
-        up: AtomicBool::new(true),
-        disconnects: AtomicU64::new(0),
-    });
+    let link = Arc::new(Link::new());
     let events = link.clone();
     let client = connect::options(config)
         .await?
@@ -429,9 +428,13 @@ pub async fn start(
             async move { link.event(event) }
         })
         .no_echo()
-        // Per NATS subscription; the library's default (65,536) times thousands of
-        // filters is more than a node should hold for a slow routing task.
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        // Per NATS subscription. Its reader hands each message on at once (link.rs), so
+        // this fills only while the reader waits for a CPU behind the connection's
+        // task; async-nats then drops, reporting each as an event (counted, but its
+        // event queue holds 128), so it is as deep as the routing queue, and never
+        // shallower than a burst's worth: with a small routing queue the drops are
+        // then the routing queue's, counted exactly.
+        .subscription_capacity(config.cluster_pending_messages.max(SUBSCRIPTION_FLOOR))
         .connection_timeout(START_TIMEOUT)
         .connect(addrs)
         .await
@@ -444,7 +447,7 @@ pub async fn start(
     let shares_client = connect::options(config)
         .await?
         .name(format!("pyo3mq node {node_name} (shared subscriptions)"))
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .subscription_capacity(config.cluster_pending_messages.max(SUBSCRIPTION_FLOOR))
         .connection_timeout(START_TIMEOUT)
         .connect(parse_urls(setting)?)
         .await
@@ -465,9 +468,10 @@ pub async fn start(
     {
         return Err(ClusterError::NoJetStream { urls, reason: e });
     }
+    // Each step is tried again while JetStream elects leaders (setup.rs).
     let retained_stream = names.stream("RETAINED");
-    let retained = js
-        .get_or_create_stream(stream::Config {
+    let retained = retrying(&format!("stream {retained_stream}"), START_TIMEOUT, || {
+        js.get_or_create_stream(stream::Config {
             name: retained_stream.clone(),
             subjects: vec![names.all("r")],
             max_messages_per_subject: 1,
@@ -475,32 +479,35 @@ pub async fn start(
             num_replicas: config.cluster_replicas,
             ..Default::default()
         })
-        .await
-        .map_err(|e| ClusterError::Stream(format!("stream {retained_stream}: {e}")))?;
+    })
+    .await?;
     let messages_stream = names.stream("MESSAGES");
     let stream_failed = |e: String| ClusterError::Stream(format!("stream {messages_stream}: {e}"));
+    let messages_step = format!("stream {messages_stream}");
     // Created or brought to the configured limits (changing them on one node changes
     // them for the cluster).
-    js.create_or_update_stream(stream::Config {
-        name: messages_stream.clone(),
-        subjects: vec![names.all("q")],
-        max_bytes: i64::try_from(config.cluster_max_bytes).unwrap_or(i64::MAX),
-        max_age: config.cluster_max_age,
-        discard: stream::DiscardPolicy::Old,
-        duplicate_window: DUPLICATE_WINDOW.min(config.cluster_max_age),
-        storage: stream::StorageType::File,
-        num_replicas: config.cluster_replicas,
-        ..Default::default()
+    retrying(&messages_step, START_TIMEOUT, || {
+        js.create_or_update_stream(stream::Config {
+            name: messages_stream.clone(),
+            subjects: vec![names.all("q")],
+            max_bytes: i64::try_from(config.cluster_max_bytes).unwrap_or(i64::MAX),
+            max_age: config.cluster_max_age,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: DUPLICATE_WINDOW.min(config.cluster_max_age),
+            storage: stream::StorageType::File,
+            num_replicas: config.cluster_replicas,
+            ..Default::default()
+        })
     })
-    .await
-    .map_err(|e| stream_failed(e.to_string()))?;
-    let reliable = js
-        .get_stream(&messages_stream)
-        .await
-        .map_err(|e| stream_failed(e.to_string()))?;
+    .await?;
+    let reliable = retrying(&messages_step, START_TIMEOUT, || {
+        js.get_stream(&messages_stream)
+    })
+    .await?;
     let consumer_name = format!("node-{node_name}");
-    let consumer: consumer::PullConsumer = reliable
-        .create_consumer(consumer::pull::Config {
+    let consumer_step = format!("stream {messages_stream}: consumer {consumer_name}");
+    let consumer: consumer::PullConsumer = retrying(&consumer_step, START_TIMEOUT, || {
+        reliable.create_consumer(consumer::pull::Config {
             durable_name: Some(consumer_name.clone()),
             description: Some(format!("pyo3mq node {node_name}: QoS 1/2 messages")),
             // A new node starts with what is published from now on; an existing
@@ -518,51 +525,44 @@ pub async fn start(
             },
             ..Default::default()
         })
-        .await
-        .map_err(|e| stream_failed(format!("consumer {consumer_name}: {e}")))?;
+    })
+    .await?;
     // Everything up to the consumer's acknowledged floor was routed (by this node's
     // previous run, or before it existed).
     let moves = handover::Moves::new(
         reliable.clone(),
         consumer.cached_info().ack_floor.stream_sequence,
     );
-    let bucket = names.stream("SESSIONS");
-    let sessions = match js.get_key_value(&bucket).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(jetstream::kv::Config {
-                bucket: bucket.clone(),
-                description: "pyo3mq sessions: owner node and subscriptions per client id"
-                    .to_string(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: config.cluster_replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Stream(format!("bucket {bucket}: {e}")))?,
-    };
-    let qos2 = qos2::bucket(&js, &names, config).await?;
+    let sessions = setup::bucket(
+        &js,
+        jetstream::kv::Config {
+            bucket: names.stream("SESSIONS"),
+            description: "pyo3mq sessions: owner node and subscriptions per client id".to_string(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: config.cluster_replicas,
+            ..Default::default()
+        },
+        START_TIMEOUT,
+    )
+    .await?;
+    let qos2 = setup::bucket(&js, qos2::bucket_config(&names, config), START_TIMEOUT).await?;
     // Node liveness: keys that expire unless renewed (see [`liveness`]).
     let nodes_bucket = names.stream("NODES");
-    let nodes = match js.get_key_value(&nodes_bucket).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(jetstream::kv::Config {
-                bucket: nodes_bucket.clone(),
-                description: "pyo3mq nodes: one key per live node, expiring unless renewed"
-                    .to_string(),
-                history: 1,
-                max_age: liveness::NODE_TTL,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?,
-    };
-    liveness::announce(&nodes, node)
-        .await
-        .map_err(|e| ClusterError::Stream(format!("bucket {nodes_bucket}: {e}")))?;
+    let nodes_step = format!("bucket {nodes_bucket}");
+    let timing = liveness::Timing::of(config);
+    let nodes = retrying(&nodes_step, START_TIMEOUT, || {
+        liveness::nodes_bucket(&js, &nodes_bucket, timing.ttl, config.cluster_replicas)
+    })
+    .await?;
+    // A bucket just created in several replicas takes its first key once they elected
+    // a leader.
+    let sent = retrying(&nodes_step, START_TIMEOUT, || async {
+        let sent = tokio::time::Instant::now();
+        liveness::announce(&nodes, node).await.map(|()| sent)
+    })
+    .await?;
+    link.renewed(sent, liveness::steady_gap(timing));
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -608,9 +608,23 @@ pub async fn start(
         shutdown.clone(),
     ));
     tokio::spawn(liveness::keep_alive(
+        nodes.clone(),
+        cluster.clone(),
+        router.clone(),
+        timing,
+        shutdown.clone(),
+    ));
+    tokio::spawn(liveness::watch_nodes(
         nodes,
         cluster.clone(),
         router.clone(),
+        timing,
+        shutdown.clone(),
+    ));
+    tokio::spawn(liveness::fence_watch(
+        cluster.clone(),
+        router.clone(),
+        timing,
         shutdown.clone(),
     ));
     tokio::spawn(read_reliable(
@@ -635,7 +649,13 @@ pub async fn start(
         config.cluster_max_ack_pending,
         shutdown.clone(),
     ));
-    tokio::spawn(read_from_nats(client, cluster.clone(), router, shutdown));
+    tokio::spawn(read_from_nats(
+        client,
+        cluster.clone(),
+        router,
+        config.cluster_pending_messages,
+        shutdown,
+    ));
     Ok(cluster)
 }
 

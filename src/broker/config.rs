@@ -388,6 +388,17 @@ settings! {
     /// Cluster mode: QoS 1/2 messages from other nodes this node has taken from the
     /// stream and not yet routed to its sessions.
     cluster_max_ack_pending: usize = 1024, range 1 ..= 1_000_000;
+    // Cluster mode: liveness and the QoS 0 inbound queue (src/broker/cluster/liveness.rs,
+    // link.rs).
+    /// Cluster mode: how often a node renews its liveness key and looks at the others'.
+    cluster_heartbeat: Duration = Duration::from_secs(1);
+    /// Cluster mode: how long a node's liveness key lives unrenewed; the others then
+    /// take it for dead. A node that could not renew its key for this less one heartbeat
+    /// fences itself (closes its clients, refuses CONNECTs) until it renews it again.
+    cluster_node_ttl: Duration = Duration::from_secs(6);
+    /// Cluster mode: messages from other nodes (QoS 0, core NATS) received and not yet
+    /// routed; beyond it they are dropped and counted (`cluster/dropped/slow`).
+    cluster_pending_messages: usize = 65_536, range 16 ..= 16_777_216;
     // Cluster mode: the engine connection (src/broker/cluster/connect.rs).
     /// Cluster mode: how many NATS servers keep a copy of each JetStream stream and
     /// bucket (1 for one NATS server; 3 for a NATS cluster of three or more, so it
@@ -486,6 +497,7 @@ impl Config {
             return Err("cluster_max_age must be positive".into());
         }
         cluster::check_connection(&self.cluster_settings())?;
+        cluster::check_liveness(self.cluster_heartbeat, self.cluster_node_ttl)?;
         if self.durability == Durability::Sync && !self.session_store.is_durable() {
             return Err("durability = 'sync' needs session_store = 'sqlite:PATH'".into());
         }
@@ -519,6 +531,9 @@ impl Config {
             cluster_cafile: self.cluster_cafile.clone(),
             cluster_certfile: self.cluster_certfile.clone(),
             cluster_keyfile: self.cluster_keyfile.clone(),
+            cluster_heartbeat: self.cluster_heartbeat,
+            cluster_node_ttl: self.cluster_node_ttl,
+            cluster_pending_messages: self.cluster_pending_messages,
         }
     }
 

@@ -135,6 +135,8 @@ enum Close {
     KeepAlive,
     Takeover,
     Shutdown,
+    /// Cluster mode: this node is fenced off the cluster (broker/cluster/liveness.rs).
+    Fenced,
     Protocol(String),
     Io(io::Error),
 }
@@ -145,7 +147,7 @@ impl Close {
             Close::Disconnect | Close::DisconnectWithWill => DisconnectReason::Clean,
             Close::KeepAlive => DisconnectReason::Keepalive,
             Close::Takeover => DisconnectReason::Takeover,
-            Close::Shutdown => DisconnectReason::Shutdown,
+            Close::Shutdown | Close::Fenced => DisconnectReason::Shutdown,
             Close::PeerClosed | Close::Protocol(_) | Close::Io(_) => DisconnectReason::Error,
         }
     }
@@ -553,6 +555,9 @@ impl Connection {
                     Box::pin(self.publish_will(connect)).await;
                 }
             }
+            // The will stays in the cluster's record: published by the node that takes
+            // this one for dead, or by this one once it is back (liveness.rs).
+            Close::Fenced => self.cluster_fenced_close(),
             _ => {
                 if let Some(connect) = will {
                     Box::pin(self.publish_or_delay_will(connect, session)).await;
@@ -582,6 +587,9 @@ impl Connection {
         if let Some(cluster) = self.router.cluster().cloned() {
             // Cluster mode: the client's session on another node ends first (its
             // connection there closed), and a persistent one moves here.
+            if !cluster.admits(&self.client_id) {
+                return None;
+            }
             let claim = Box::pin(self.cluster_claim(connect)).await;
             let claimed =
                 Box::pin(cluster.claim_session(&self.router, &self.client_id, claim)).await;
@@ -714,6 +722,9 @@ impl Connection {
                 info!(%client_id, %peer, "closing connection: [MQTT-3.1.4-2] client id taken over")
             }
             Close::Shutdown => info!(%client_id, %peer, "closing connection: broker shutting down"),
+            Close::Fenced => {
+                warn!(%client_id, %peer, "closing connection: this node is fenced off the cluster (cut off from NATS)")
+            }
             Close::Protocol(reason) => {
                 warn!(%client_id, %peer, "closing connection: {reason}")
             }

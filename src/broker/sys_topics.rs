@@ -15,6 +15,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::sync::watch;
 
+use crate::broker::cluster::RouterCluster;
 use crate::broker::config::ListenerKind;
 use crate::broker::metrics::Handshake;
 use crate::broker::router::{MatchScratch, Router};
@@ -64,6 +65,9 @@ pub fn figures(router: &Router) -> Vec<(&'static str, u64)> {
         if shown {
             figures.push((name, counters.handshakes(handshake)));
         }
+    }
+    if let Some(cluster) = router.cluster() {
+        figures.extend(cluster.figures());
     }
     figures
 }

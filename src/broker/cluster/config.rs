@@ -6,6 +6,8 @@
 //! Apart from the tasks because it is plain functions of the settings, with no
 //! connection.
 
+use std::time::Duration;
+
 use super::subject;
 
 /// The prefix the subject functions of [`subject`] use, replaced by `cluster_prefix`.
@@ -14,6 +16,15 @@ const BASE_PREFIX: &str = "pyo3mq";
 /// The oldest NATS server with what cluster mode uses (multi-filter consumers, the
 /// stream settings below).
 pub(super) const MIN_SERVER: (u64, u64) = (2, 10);
+
+/// How long a node may go without renewing its liveness key before it fences itself: one
+/// heartbeat before the others can judge it dead (its key outlives the last renewal by a
+/// whole TTL, measured from before that renewal was sent, and they need to see it missing
+/// twice, a heartbeat apart), so it has closed its clients by then. The two settings are
+/// checked by `config::cluster::check_liveness`.
+pub(super) fn fence_after(heartbeat: Duration, ttl: Duration) -> Duration {
+    ttl.saturating_sub(heartbeat)
+}
 
 /// The NATS subjects and JetStream names of one cluster (`cluster_prefix`).
 #[derive(Debug, Clone)]
@@ -167,6 +178,12 @@ mod tests {
             "SITE-1_MQTT_MESSAGES"
         );
         assert_eq!(Names::new("pyo3mq").stream("RETAINED"), "PYO3MQ_RETAINED");
+    }
+
+    #[test]
+    fn fence_one_heartbeat_before_the_ttl() {
+        let s = Duration::from_secs;
+        assert_eq!(fence_after(s(1), s(6)), s(5));
     }
 
     #[test]

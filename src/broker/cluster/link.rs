@@ -14,7 +14,9 @@ use std::time::Duration;
 use async_nats::Client;
 use bytestring::ByteString;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::config::Names;
@@ -23,21 +25,102 @@ use super::Cluster;
 use crate::broker::router::{MatchScratch, Router};
 use crate::topic::SubscriptionTree;
 
-/// Messages from NATS waiting to be routed locally.
-const INBOUND_CAPACITY: usize = 4_096;
+/// Most messages the routing task takes from its queue at once: routed one after the
+/// other without waiting, then it waits (once) for flow-controlled subscribers.
+const ROUTE_BATCH: usize = 256;
+/// How often the routing task logs QoS 0 messages dropped since it last did.
+const DROP_REPORT: Duration = Duration::from_secs(10);
 
 /// Entries per de-duplication generation.
 const SEEN_GENERATION: usize = 65_536;
 /// Longest a flush waits for the server's answer.
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The state of the NATS connection, as the client's events tell it.
+/// The state of the NATS connection, as the client's events tell it, what arrived from
+/// it and could not be routed, and whether this node is fenced off the cluster (see
+/// [`super::liveness`]).
 pub(super) struct Link {
     pub(super) up: AtomicBool,
     pub(super) disconnects: AtomicU64,
+    /// QoS 0 messages from other nodes dropped on arrival because routing was behind:
+    /// `cluster_pending_messages` were waiting (counted exactly), or async-nats' own
+    /// buffer of a subscription was full (its slow-consumer events, counted as they
+    /// come: async-nats drops those events too when its event queue is full).
+    pub(super) dropped_slow: AtomicU64,
+    /// Set by the first drop after a quiet period (logged at once), cleared by the
+    /// routing task's report once drops stop.
+    slow_logged: AtomicBool,
+    /// True while this node is fenced: it could not renew its liveness key for nearly
+    /// its TTL, so others may take it for dead (liveness.rs).
+    pub(super) fenced: watch::Sender<bool>,
+    /// Times this node fenced itself since start.
+    pub(super) fences: AtomicU64,
+    /// When the last successful renewal of the liveness key was sent, in milliseconds
+    /// since `epoch`.
+    pub(super) renewed_ms: AtomicU64,
+    /// When the current steady run of renewals began (liveness.rs `watch_nodes`), in
+    /// milliseconds since `epoch`.
+    steady_ms: AtomicU64,
+    pub(super) epoch: Instant,
+    /// Clients whose connections the fence closed, for the records they left.
+    pub(super) fenced_clients: Mutex<Vec<ByteString>>,
 }
 
 impl Link {
+    pub(super) fn new() -> Link {
+        Link {
+            up: AtomicBool::new(true),
+            disconnects: AtomicU64::new(0),
+            dropped_slow: AtomicU64::new(0),
+            slow_logged: AtomicBool::new(false),
+            fenced: watch::Sender::new(false),
+            fences: AtomicU64::new(0),
+            renewed_ms: AtomicU64::new(0),
+            steady_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            fenced_clients: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A renewal of the liveness key sent at `sent` succeeded; more than `steady_gap`
+    /// after the one before, it begins a new steady run.
+    pub(super) fn renewed(&self, sent: Instant, steady_gap: Duration) {
+        let ms = u64::try_from(sent.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
+        let before = self.renewed_ms.fetch_max(ms, Ordering::Relaxed);
+        if ms.saturating_sub(before) > u64::try_from(steady_gap.as_millis()).unwrap_or(u64::MAX) {
+            self.steady_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the liveness key has been renewed at most `steady_gap` apart, up to now
+    /// (zero if the last renewal is older than that).
+    pub(super) fn steady_for(&self, steady_gap: Duration) -> Duration {
+        if self.since_renewal() > steady_gap {
+            return Duration::ZERO;
+        }
+        let since = self.epoch + Duration::from_millis(self.steady_ms.load(Ordering::Relaxed));
+        since.elapsed()
+    }
+
+    /// How long since the last successful renewal was sent.
+    pub(super) fn since_renewal(&self) -> Duration {
+        let renewed = self.epoch + Duration::from_millis(self.renewed_ms.load(Ordering::Relaxed));
+        renewed.elapsed()
+    }
+
+    /// Counts QoS 0 messages dropped on arrival; the first of a series is logged now
+    /// (the routing task reports the rest every [`DROP_REPORT`]).
+    fn dropped_on_arrival(&self, count: u64, cause: &str) {
+        self.dropped_slow.fetch_add(count, Ordering::Relaxed);
+        if !self.slow_logged.swap(true, Ordering::Relaxed) {
+            warn!(
+                "cluster: dropping QoS 0 messages from other nodes: {cause}; counted in \
+                 $SYS/broker/cluster/dropped/slow (raise cluster_pending_messages if this \
+                 node has CPU to spare)"
+            );
+        }
+    }
+
     pub(super) fn event(&self, event: async_nats::Event) {
         match event {
             async_nats::Event::Disconnected => {
@@ -56,12 +139,37 @@ impl Link {
                     info!("cluster: connected to NATS again");
                 }
             }
+            // One event per message async-nats dropped: counted, not logged each.
+            async_nats::Event::SlowConsumer(_) => self.dropped_on_arrival(
+                1,
+                "a NATS subscription's buffer in the client library was full (the routing \
+                 task's readers fell behind)",
+            ),
             // Each failed reconnect attempt is one of these: logged once above.
             async_nats::Event::ClientError(e) if !self.up.load(Ordering::Relaxed) => {
                 debug!("cluster: NATS: {e}");
             }
             other => warn!("cluster: NATS: {other}"),
         }
+    }
+}
+
+impl Cluster {
+    /// QoS 0 messages from other nodes dropped on arrival because routing was behind.
+    pub fn dropped_slow(&self) -> u64 {
+        self.link.dropped_slow.load(Ordering::Relaxed)
+    }
+
+    /// The cluster's `$SYS/broker/cluster/...` figures (and `Broker.stats()`'s
+    /// `cluster_...`): QoS 0 dropped on the way out (the NATS writer behind) and in
+    /// (routing behind), whether the node is fenced and how often it was.
+    pub fn figures(&self) -> [(&'static str, u64); 4] {
+        [
+            ("cluster/dropped", self.dropped()),
+            ("cluster/dropped/slow", self.dropped_slow()),
+            ("cluster/fenced", u64::from(self.fenced())),
+            ("cluster/fences", self.fences()),
+        ]
     }
 }
 
@@ -92,9 +200,14 @@ pub(super) async fn read_from_nats(
     client: Client,
     cluster: Arc<Cluster>,
     router: Arc<Router>,
+    pending: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<(u64, async_nats::Message)>(INBOUND_CAPACITY);
+    let (tx, mut rx) = mpsc::channel::<(u64, async_nats::Message)>(pending.max(1));
+    let mut batch = Vec::with_capacity(ROUTE_BATCH);
+    let mut report = tokio::time::interval(DROP_REPORT);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = 0u64;
     let mut subscribed: HashMap<ByteString, Subscribed> = HashMap::new();
     // The filters subscribed now, keyed by subscription id: how many copies of a
     // message to expect, and whether a copy comes from a subscription still wanted.
@@ -119,7 +232,7 @@ pub(super) async fn read_from_nats(
                             let mut readers = Vec::new();
                             for subject in cluster.names.filter(&filter) {
                                 match client.subscribe(subject.clone()).await {
-                                    Ok(sub) => readers.push(tokio::spawn(forward_copies(id, sub, tx.clone()))),
+                                    Ok(sub) => readers.push(tokio::spawn(forward_copies(id, sub, tx.clone(), cluster.link.clone()))),
                                     Err(e) => error!(%filter, "cluster: cannot subscribe to {subject}: {e}"),
                                 }
                             }
@@ -144,44 +257,30 @@ pub(super) async fn read_from_nats(
                 round_trip(&client, &cluster.names, cluster.node).await;
                 cluster.interest_applied.send_replace(requested);
             }
-            received = rx.recv() => {
-                let Some((id, msg)) = received else { return };
-                if !active_ids.contains(&id) {
-                    continue;
+            received = rx.recv_many(&mut batch, ROUTE_BATCH) => {
+                if received == 0 {
+                    return;
                 }
-                let subject = msg.subject;
-                let wire = match wire::decode(msg.headers.as_ref(), msg.payload) {
-                    Ok(wire) => wire,
-                    Err(e) => {
-                        cluster.drop_malformed(&subject, &e);
-                        continue;
-                    }
-                };
-                if wire.origin == cluster.node {
-                    continue;
+                for (id, msg) in batch.drain(..) {
+                    route(&cluster, &router, &active, &active_ids, &mut seen, &mut scratch, id, msg);
                 }
-                let Some(topic) = cluster.names.topic_of(&subject) else {
-                    debug!(%subject, "cluster: ignored a subject pyo3mq did not make");
-                    continue;
-                };
-                let mut copies = 0usize;
-                active.matches(&topic, &mut |_, _| copies += 1);
-                if copies > 1 && !seen.first_copy(wire.origin, wire.seq, copies - 1) {
-                    continue;
-                }
-                // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9] unless the subscription
-                // has Retain As Published (the router decides); retained copies reach
-                // new subscribers from the mirrored retained tree.
-                let retain = wire.retain;
-                match wire.message(ByteString::from(topic), retain) {
-                    Ok(message) => router.publish_remote(Arc::new(message), &mut scratch),
-                    Err(e) => {
-                        cluster.drop_malformed(&subject, &e);
-                        continue;
-                    }
-                };
+                // One wait per batch, for the flow-controlled subscribers it filled.
                 if scratch.has_blocked() {
                     scratch.wait_for_space().await;
+                }
+            }
+            _ = report.tick() => {
+                let dropped = cluster.link.dropped_slow.load(Ordering::Relaxed);
+                if dropped > reported {
+                    warn!(
+                        "cluster: {} QoS 0 message(s) from other nodes dropped in the last \
+                         {DROP_REPORT:?}, {dropped} since start: routing fell behind with \
+                         {pending} waiting (cluster_pending_messages)",
+                        dropped - reported
+                    );
+                    reported = dropped;
+                } else if cluster.link.slow_logged.swap(false, Ordering::Relaxed) {
+                    info!("cluster: QoS 0 messages from other nodes are routed again without drops");
                 }
             }
             _ = shutdown.changed() => return,
@@ -189,15 +288,70 @@ pub(super) async fn read_from_nats(
     }
 }
 
-/// Passes one subscription's messages, in order, to the routing task.
+/// Routes one message from NATS to the local sessions, once per message (the first of
+/// its copies, when several of this node's subscriptions match it). Never waits.
+#[allow(clippy::too_many_arguments)]
+fn route(
+    cluster: &Cluster,
+    router: &Router,
+    active: &SubscriptionTree<u64, ()>,
+    active_ids: &HashSet<u64>,
+    seen: &mut Seen,
+    scratch: &mut MatchScratch,
+    id: u64,
+    msg: async_nats::Message,
+) {
+    if !active_ids.contains(&id) {
+        return;
+    }
+    let subject = msg.subject;
+    let wire = match wire::decode(msg.headers.as_ref(), msg.payload) {
+        Ok(wire) => wire,
+        Err(e) => return cluster.drop_malformed(&subject, &e),
+    };
+    if wire.origin == cluster.node {
+        return;
+    }
+    let Some(topic) = cluster.names.topic_of(&subject) else {
+        debug!(%subject, "cluster: ignored a subject pyo3mq did not make");
+        return;
+    };
+    let mut copies = 0usize;
+    active.matches(&topic, &mut |_, _| copies += 1);
+    if copies > 1 && !seen.first_copy(wire.origin, wire.seq, copies - 1) {
+        return;
+    }
+    // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9] unless the subscription has Retain
+    // As Published (the router decides); retained copies reach new subscribers from the
+    // mirrored retained tree.
+    let retain = wire.retain;
+    match wire.message(ByteString::from(topic), retain) {
+        Ok(message) => {
+            router.publish_remote(Arc::new(message), scratch);
+        }
+        Err(e) => cluster.drop_malformed(&subject, &e),
+    }
+}
+
+/// Passes one subscription's messages, in order, to the routing task, never waiting for
+/// it: a full queue drops the message here, counted and logged, rather than leaving
+/// async-nats' buffer to overflow (which it reports only as events, themselves dropped
+/// when too many come).
 async fn forward_copies(
     id: u64,
     mut sub: async_nats::Subscriber,
     tx: mpsc::Sender<(u64, async_nats::Message)>,
+    link: Arc<Link>,
 ) {
     while let Some(msg) = sub.next().await {
-        if tx.send((id, msg)).await.is_err() {
-            return;
+        match tx.try_send((id, msg)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => link.dropped_on_arrival(
+                1,
+                "this node's routing fell behind (cluster_pending_messages messages \
+                 waiting)",
+            ),
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
 }

@@ -1,10 +1,23 @@
-//! Node liveness, the wills of a dead node's clients, and the expiry of session records.
+//! Node liveness, fencing, the wills of a dead node's clients, and the expiry of session
+//! records.
 //!
 //! Each node keeps a key (`n.<node>`) in a JetStream KV bucket whose entries live
-//! [`NODE_TTL`] (`PREFIX_NODES`, `max_age`), put again every [`REFRESH`]. Every node
-//! lists the bucket as often: a node whose key was there and is gone (seen missing
-//! twice, by a node itself connected to NATS for at least a TTL, so that an outage of
-//! NATS is not taken for the death of every node) is dead.
+//! `cluster_node_ttl` (`PREFIX_NODES`, `max_age`), put again every `cluster_heartbeat`.
+//! Every node lists the bucket as often: a node whose key was there and is gone (seen
+//! missing twice, by a node whose own renewals went through steadily for at least a TTL,
+//! so that an outage of NATS or of the bucket's leader is not taken for the death of
+//! every node) is dead. Renewing and judging are separate tasks, so reading the bucket
+//! or the session records, however slow while JetStream elects a leader, never holds
+//! up a renewal.
+//!
+//! Fencing: a node cut off from NATS (or from its JetStream) cannot tell its peers it is
+//! alive; they will judge it dead and fire its clients' wills and take their sessions
+//! while those clients may still be connected to it (split brain). So a node that has
+//! not renewed its key for its TTL less one heartbeat ([`super::config::fence_after`])
+//! fences itself: it closes its clients (5.0: DISCONNECT 0x9C Use another server) and
+//! refuses CONNECTs (CONNACK 0x03 / 0x88) until a renewal succeeds again. Its clients'
+//! records keep their wills for whoever acts on them: the survivors, if they judged
+//! the node dead, else the node itself once it is back ([`settle_fenced`]).
 //!
 //! The survivors then read the session records and take over those the dead node owned
 //! for clients that were connected to it, or whose will was still waiting out its delay
@@ -22,6 +35,7 @@
 //! costs one request per record: fine for the preview's thousands of sessions.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,16 +45,32 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::sessions::{bounded, client_id_of, unix_now, Record};
 use super::Cluster;
 use crate::broker::router::{MatchScratch, Router};
 
-/// How long a node's liveness key lives without being put again.
-pub(super) const NODE_TTL: Duration = Duration::from_secs(6);
-/// How often a node puts its key and looks at the others'.
-const REFRESH: Duration = Duration::from_secs(1);
+/// The liveness settings (`cluster_heartbeat`, `cluster_node_ttl`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    /// How often a node puts its key and looks at the others'.
+    pub(super) heartbeat: Duration,
+    /// How long a node's liveness key lives without being put again.
+    pub(super) ttl: Duration,
+}
+
+impl Timing {
+    pub(super) fn of(config: &crate::broker::config::cluster::Settings) -> Timing {
+        Timing {
+            heartbeat: config.cluster_heartbeat,
+            ttl: config.cluster_node_ttl,
+        }
+    }
+}
+
+/// Longest between two looks of the fencing watch at the last renewal.
+const FENCE_CHECK_MAX: Duration = Duration::from_millis(100);
 /// How often expired session records are looked for.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
 
@@ -63,33 +93,92 @@ pub(super) async fn announce(nodes: &kv::Store, node: u64) -> Result<(), String>
     .map(|_| ())
 }
 
-/// Keeps this node's key alive and watches the others' until shutdown.
+/// Keeps this node's key alive until shutdown, and lifts the fence as soon as a
+/// renewal succeeds. Alone in its task: listing the bucket, taking over a dead node's
+/// sessions and sweeping expired records ([`watch_nodes`]) wait on JetStream for as long
+/// as it takes, which must never hold up a renewal (one held up long enough is a fence).
+/// Tried every heartbeat whatever the state of the connection: a renewal while NATS is
+/// away fails, and the first one after it is back succeeds.
 pub(super) async fn keep_alive(
     nodes: kv::Store,
     cluster: Arc<Cluster>,
     router: Arc<Router>,
+    timing: Timing,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(REFRESH);
+    let mut tick = tokio::time::interval(timing.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Nodes seen alive, and those missing once (dead when missing again).
-    let mut known: HashSet<u64> = HashSet::new();
-    let mut missing: HashSet<u64> = HashSet::new();
-    let mut linked_since: Option<Instant> = None;
-    let mut last_sweep = Instant::now();
+    // A try whose answer is lost (its NATS server killed, or the bucket electing a
+    // leader) is given up after a third of the TTL, so the node tries at least three
+    // times before it fences, the last ones against the leader elected meanwhile.
+    let attempt = timing.ttl / 3;
+    let mut failing_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        if !cluster.linked() {
-            linked_since = None;
+        // The key lives a TTL from when the server stored it, which is after this.
+        let sent = Instant::now();
+        let renewed = match tokio::time::timeout(attempt, announce(&nodes, cluster.node)).await {
+            Ok(renewed) => renewed,
+            Err(_) => Err(format!("announcing the node: no answer within {attempt:?}")),
+        };
+        if let Err(e) = renewed {
+            // Logged once per outage: a re-election fails every heartbeat for seconds.
+            if failing_since.is_none() {
+                failing_since = Some(sent);
+                warn!("cluster: liveness not renewed (trying every cluster_heartbeat): {e}");
+            } else {
+                debug!("cluster: liveness not renewed: {e}");
+            }
             continue;
         }
-        let since = *linked_since.get_or_insert_with(Instant::now);
-        if let Err(e) = announce(&nodes, cluster.node).await {
-            warn!("cluster: liveness not renewed: {e}");
-            continue;
+        if let Some(since) = failing_since.take() {
+            info!(
+                "cluster: liveness renewed again after {:.1} s",
+                since.elapsed().as_secs_f64()
+            );
+        }
+        cluster.link.renewed(sent, steady_gap(timing));
+        if cluster.fenced() {
+            unfence(&cluster, &router);
+        }
+    }
+}
+
+/// The longest between two renewals of a steady run (see [`watch_nodes`]): one late
+/// renewal is part of it, a renewal that failed is not.
+pub(super) fn steady_gap(timing: Timing) -> Duration {
+    timing.heartbeat * 2
+}
+
+/// Watches the other nodes' keys until shutdown: a node whose key was there and is gone
+/// (seen missing twice) is dead, and its clients' wills and sessions are taken over.
+///
+/// Judged only once this node's own renewals have gone through steadily for a whole TTL
+/// ([`steady_gap`] apart at most): when JetStream could not store renewals for a while
+/// (a NATS server lost, the bucket electing a new leader, this node cut off), every key
+/// may have expired without any node being dead; a live one renews its key within that
+/// TTL. A node cut off alone is judged as soon as its key is gone: the others' renewals
+/// went through all along.
+pub(super) async fn watch_nodes(
+    nodes: kv::Store,
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    timing: Timing,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(timing.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nodes seen alive, and those missing once (dead when missing again).
+    let mut known: HashSet<u64> = HashSet::new();
+    let mut missing: HashSet<u64> = HashSet::new();
+    let mut last_sweep = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
         }
         let live = match live_nodes(&nodes).await {
             Ok(live) => live,
@@ -98,9 +187,8 @@ pub(super) async fn keep_alive(
                 continue;
             }
         };
-        // Judged only once this node has been connected for a whole TTL: after an
-        // outage of NATS every key has expired until its node renews it.
-        let judging = since.elapsed() >= NODE_TTL;
+        // After the listing: renewals that failed while it was read count.
+        let judging = cluster.link.steady_for(steady_gap(timing)) >= timing.ttl;
         let mut dead = HashSet::new();
         for &node in known.difference(&live) {
             if node == cluster.node || !judging {
@@ -109,6 +197,9 @@ pub(super) async fn keep_alive(
             if !missing.insert(node) {
                 dead.insert(node);
             }
+        }
+        if !judging {
+            missing.clear();
         }
         missing.retain(|node| !live.contains(node) && !dead.contains(node));
         known.retain(|node| !dead.contains(node));
@@ -126,6 +217,166 @@ pub(super) async fn keep_alive(
             sweep(&nodes, &cluster, &router, &HashSet::new(), true).await;
         }
     }
+}
+
+/// The liveness bucket, made with `cluster_node_ttl` as its entries' age, or brought to
+/// it (every node of a cluster must use the same TTL: the last one started sets it).
+pub(super) async fn nodes_bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    // Two nodes starting at once may both find no bucket: the one whose create loses
+    // finds the other's bucket on its next try (the start retries, setup.rs).
+    if let Ok(store) = js.get_key_value(name).await {
+        align_ttl(js, name, ttl).await?;
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.to_string(),
+        description: "pyo3mq nodes: one key per live node, expiring unless renewed".to_string(),
+        history: 1,
+        max_age: ttl,
+        // As many copies as the other streams (`cluster_replicas`): a node that
+        // cannot renew its key fences itself, so losing the one NATS server that
+        // held the bucket must not fence every node.
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Brings the liveness bucket's entry age to `cluster_node_ttl`.
+async fn align_ttl(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    ttl: Duration,
+) -> Result<(), String> {
+    let mut stream = js
+        .get_stream(format!("KV_{name}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .config
+        .clone();
+    if config.max_age != ttl {
+        info!(
+            "cluster: liveness bucket {name}: node TTL {:?} -> {ttl:?} (cluster_node_ttl)",
+            config.max_age
+        );
+        js.update_stream(async_nats::jetstream::stream::Config {
+            max_age: ttl,
+            ..config
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Fences this node when its liveness key has gone unrenewed for its TTL less one
+/// heartbeat: by then its peers may judge it dead any moment (see the module's docs).
+/// Apart from [`keep_alive`], whose renewal may itself hang (a NATS that stopped
+/// answering is noticed by its timeouts only).
+pub(super) async fn fence_watch(
+    cluster: Arc<Cluster>,
+    router: Arc<Router>,
+    timing: Timing,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let after = super::config::fence_after(timing.heartbeat, timing.ttl);
+    let mut tick = tokio::time::interval((timing.heartbeat / 4).min(FENCE_CHECK_MAX));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let unrenewed = cluster.link.since_renewal();
+        if unrenewed < after || cluster.fenced() {
+            continue;
+        }
+        cluster.link.fences.fetch_add(1, Ordering::Relaxed);
+        // Set before the connections are listed: a CONNECT attaching meanwhile either
+        // is listed (and closed) or sees the fence after it attached (and is refused).
+        cluster.link.fenced.send_replace(true);
+        let kicked = router.kick_connections();
+        error!(
+            "cluster: fenced: this node could not renew its liveness key for {:.1} s \
+             (cluster_node_ttl {:?} less one cluster_heartbeat), so other nodes may take \
+             it for dead and take over its clients' sessions and wills; closing its \
+             {kicked} client connection(s) and refusing CONNECTs (CONNACK 0x03) until it \
+             is back on NATS",
+            unrenewed.as_secs_f64(),
+            timing.ttl,
+        );
+    }
+}
+
+/// Back on NATS with the liveness key renewed: serves again, and settles what the
+/// fenced connections left (in a task of its own: reading records must not hold up the
+/// next renewal).
+fn unfence(cluster: &Arc<Cluster>, router: &Arc<Router>) {
+    let clients = std::mem::take(&mut *cluster.link.fenced_clients.lock());
+    cluster.link.fenced.send_replace(false);
+    info!(
+        "cluster: fence lifted: this node renewed its liveness key and accepts clients \
+         again; settling the records of the {} client(s) it closed",
+        clients.len()
+    );
+    tokio::spawn(settle_fenced(cluster.clone(), router.clone(), clients));
+}
+
+/// The records of the clients a fence closed: a record another node took (it judged this
+/// node dead) is that node's, and the session left here goes; one still naming this
+/// node as the owner of a connected client is handled as a survivor would, so its will
+/// is published once (by this node, its peers having not acted).
+async fn settle_fenced(cluster: Arc<Cluster>, router: Arc<Router>, clients: Vec<ByteString>) {
+    let now = unix_now();
+    let (mut taken, mut settled) = (0usize, 0usize);
+    for client_id in clients {
+        let key = super::sessions::key_of(&client_id);
+        let (revision, record) = match read_record(&cluster, &key).await {
+            Ok(Some(read)) => read,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(%client_id, "cluster: the record of a client closed by the fence not read: {e}");
+                continue;
+            }
+        };
+        if record.owner != cluster.node {
+            // Another node adopted it (and fired the will): the copy here is stale.
+            let _ = router.give_up_session(&client_id);
+            taken += 1;
+            continue;
+        }
+        if record.offline_since != 0 || router.is_connected(&client_id) {
+            continue;
+        }
+        // The client left while fenced and no other node acted: handled as a survivor
+        // would (the session stays here, offline; the will goes once).
+        if adopt(&cluster, &router, &key, &client_id, revision, record, now).await {
+            settled += 1;
+        }
+    }
+    info!(
+        "cluster: fence settled: {taken} session(s) taken over by other nodes meanwhile, \
+         {settled} record(s) of closed clients handled here"
+    );
+}
+
+/// A session record and its revision: none if the key is deleted or unreadable as one.
+async fn read_record(cluster: &Cluster, key: &str) -> Result<Option<(u64, Record)>, String> {
+    let entry = bounded("reading a session", cluster.sessions.entry(key.to_string())).await?;
+    Ok(entry
+        .filter(|entry| entry.operation == kv::Operation::Put)
+        .and_then(|entry| Some((entry.revision, Record::decode(entry.value)?))))
 }
 
 async fn live_nodes(nodes: &kv::Store) -> Result<HashSet<u64>, String> {
@@ -166,16 +417,13 @@ async fn sweep(
         let Some(client_id) = client_id_of(&key) else {
             continue;
         };
-        let entry = match bounded("reading a session", cluster.sessions.entry(key.clone())).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
-            Ok(_) => continue,
+        let (revision, record) = match read_record(cluster, &key).await {
+            Ok(Some(read)) => read,
+            Ok(None) => continue,
             Err(e) => {
                 debug!(%client_id, "cluster: {e}");
                 continue;
             }
-        };
-        let Some(record) = Record::decode(entry.value) else {
-            continue;
         };
         if dead.contains(&record.owner) {
             // A node restarted under its name (same id) announces itself before it
@@ -187,17 +435,7 @@ async fn sweep(
             ) {
                 continue;
             }
-            if adopt(
-                cluster,
-                router,
-                &key,
-                &client_id,
-                entry.revision,
-                record,
-                now,
-            )
-            .await
-            {
+            if adopt(cluster, router, &key, &client_id, revision, record, now).await {
                 adopted += 1;
             }
         } else if expire && has_expired(&record, now, limit_311) {
@@ -205,7 +443,7 @@ async fn sweep(
                 "deleting an expired session",
                 cluster
                     .sessions
-                    .delete_expect_revision(&key, Some(entry.revision)),
+                    .delete_expect_revision(&key, Some(revision)),
             )
             .await;
             if deleted.is_ok() {
@@ -345,6 +583,33 @@ async fn adopt(
         }
     });
     true
+}
+
+impl Cluster {
+    /// Whether this node is fenced off the cluster (see the module's docs).
+    pub fn fenced(&self) -> bool {
+        *self.link.fenced.borrow()
+    }
+
+    /// Times this node fenced itself since start.
+    pub fn fences(&self) -> u64 {
+        self.link.fences.load(Ordering::Relaxed)
+    }
+
+    /// Whether a CONNECT may go on: false (and logged) while this node is fenced; the
+    /// connection is refused with CONNACK 0x03 (5.0: 0x88 Server unavailable).
+    pub fn admits(&self, client_id: &ByteString) -> bool {
+        if self.fenced() {
+            warn!(%client_id, "cluster: CONNECT refused (server unavailable): this node is fenced, cut off from NATS");
+            return false;
+        }
+        true
+    }
+
+    /// A connection was closed by the fence: its record is settled once the node is back.
+    pub fn fenced_client(&self, client_id: &ByteString) {
+        self.link.fenced_clients.lock().push(client_id.clone());
+    }
 }
 
 /// Routes a will here and to the other nodes, and waits until it left for NATS.

@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{consumer, kv, stream};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::future::join_all;
@@ -33,33 +33,23 @@ use tracing::{debug, warn};
 
 use super::config::Names;
 use super::sessions::{bounded, key_of, Record};
-use super::{Cluster, ClusterError, Settings, STORE_TIMEOUT};
+use super::{Cluster, Settings, STORE_TIMEOUT};
 use crate::broker::router::Qos2Step;
 use crate::broker::session::Message;
 use crate::broker::store::StoredMessage;
 use crate::codec::QoS;
 
-/// The bucket of QoS 2 packet ids (created if missing).
-pub(super) async fn bucket(
-    js: &jetstream::Context,
-    names: &Names,
-    config: &Settings,
-) -> Result<kv::Store, ClusterError> {
-    let name = names.stream("QOS2");
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: name.clone(),
+/// The settings of the bucket of QoS 2 packet ids (created at start if missing).
+pub(super) fn bucket_config(names: &Names, config: &Settings) -> kv::Config {
+    kv::Config {
+        bucket: names.stream("QOS2"),
         description: "pyo3mq: inbound QoS 2 packet ids stored and not yet released".to_string(),
         history: 1,
         max_age: config.cluster_max_age,
         storage: stream::StorageType::File,
         num_replicas: config.cluster_replicas,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::Stream(format!("bucket {name}: {e}")))
+    }
 }
 
 /// The keys of a client's packet ids: `i.HEX.` for what it publishes, `o.HEX.` for

@@ -26,6 +26,35 @@ pub struct Settings {
     pub cluster_cafile: Option<String>,
     pub cluster_certfile: Option<String>,
     pub cluster_keyfile: Option<String>,
+    pub cluster_heartbeat: Duration,
+    pub cluster_node_ttl: Duration,
+    pub cluster_pending_messages: usize,
+}
+
+/// The shortest `cluster_heartbeat`: every node renews its key and lists the bucket this
+/// often, so below it the liveness traffic alone would load NATS.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// `cluster_heartbeat` and `cluster_node_ttl`: the TTL must leave a node at least three
+/// heartbeats to renew its key (one late or lost renewal is no death), and a node fences
+/// itself one heartbeat before its TTL (cluster/config.rs `fence_after`), which must leave
+/// it two.
+pub fn check_liveness(heartbeat: Duration, ttl: Duration) -> Result<(), String> {
+    if heartbeat < MIN_HEARTBEAT {
+        return Err(format!(
+            "cluster_heartbeat must be at least {} s, not {} s",
+            MIN_HEARTBEAT.as_secs_f64(),
+            heartbeat.as_secs_f64()
+        ));
+    }
+    if ttl < heartbeat.saturating_mul(3) {
+        return Err(format!(
+            "cluster_node_ttl must be at least 3 times cluster_heartbeat ({} s), not {} s",
+            heartbeat.saturating_mul(3).as_secs_f64(),
+            ttl.as_secs_f64()
+        ));
+    }
+    Ok(())
 }
 
 /// A `cluster` URL that is not one (`ClusterError::Url` at start).
@@ -94,6 +123,21 @@ pub fn check_connection(config: &Settings) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn liveness_settings_are_checked() {
+        let s = Duration::from_secs;
+        assert!(check_liveness(s(1), s(6)).is_ok());
+        assert!(check_liveness(s(1), s(3)).is_ok());
+        assert!(check_liveness(Duration::from_millis(100), Duration::from_millis(300)).is_ok());
+        let err = check_liveness(s(1), Duration::from_millis(2999)).unwrap_err();
+        assert!(
+            err.contains("cluster_node_ttl must be at least 3 times"),
+            "{err}"
+        );
+        let err = check_liveness(Duration::from_millis(99), s(6)).unwrap_err();
+        assert!(err.contains("cluster_heartbeat must be at least"), "{err}");
+    }
 
     #[test]
     fn urls() {

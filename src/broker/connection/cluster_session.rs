@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::broker::cluster::{Claim, Closed, RouterCluster, Will};
 use crate::broker::router::Qos2Step;
@@ -50,6 +50,13 @@ impl Connection {
         let Some(cluster) = self.router.cluster() else {
             return false;
         };
+        if cluster.fenced() {
+            // Fenced after this CONNECT was admitted: not listed among the connections
+            // to close, so refused here.
+            warn!(client_id = %self.client_id, "cluster: CONNECT refused (server unavailable): this node was fenced meanwhile");
+            self.router.detach(session, self.conn_id);
+            return true;
+        }
         if Box::pin(cluster.still_owner(&self.client_id)).await {
             return false;
         }
@@ -58,6 +65,14 @@ impl Connection {
         // A persistent session left offline here belongs to the other node now.
         if let Held::Given(_) = self.router.give_up_session(&self.client_id) {}
         true
+    }
+
+    /// Closed by the cluster's fence: remembered for the record it leaves (settled once
+    /// the node is back on NATS).
+    pub(super) fn cluster_fenced_close(&self) {
+        if let Some(cluster) = self.router.cluster() {
+            cluster.fenced_client(&self.client_id);
+        }
     }
 
     /// The connection ended: its record follows, unless a takeover ended it (the new
@@ -71,7 +86,8 @@ impl Connection {
         let Some(cluster) = self.router.cluster() else {
             return;
         };
-        if matches!(close, Close::Takeover) {
+        // A fenced node cannot write to NATS; the record keeps what the peers need.
+        if matches!(close, Close::Takeover | Close::Fenced) {
             return;
         }
         let expiry = session.state.lock().expiry;

@@ -16,6 +16,7 @@ use super::{
     BYTES_WRITTEN_PER_BUDGET_UNIT, READ_CHUNK, READ_PAUSE_ABOVE, TAKEOVER_DRAIN_LIMIT,
     WRITE_HIGH_WATER,
 };
+use crate::broker::cluster::RouterCluster;
 use crate::broker::router::Session;
 
 impl Connection {
@@ -83,6 +84,9 @@ impl Connection {
                     // Shutdown kicks every connection too (`Router::kick_all`).
                     if *shutdown.borrow() {
                         return Served::Close(Close::Shutdown);
+                    }
+                    if self.router.cluster().is_some_and(|c| c.fenced()) {
+                        return Served::Close(Close::Fenced);
                     }
                     return Served::Close(Box::pin(self.drain_before_takeover(session)).await);
                 }

@@ -383,6 +383,8 @@ impl Connection {
             Close::KeepAlive => ReasonCode::KEEP_ALIVE_TIMEOUT,
             Close::Takeover => ReasonCode::SESSION_TAKEN_OVER,
             Close::Shutdown => ReasonCode::SERVER_SHUTTING_DOWN,
+            // Fenced off the cluster: another node serves the client meanwhile.
+            Close::Fenced => ReasonCode::USE_ANOTHER_SERVER,
             Close::Protocol(_) => self.v5_reason.unwrap_or(ReasonCode::PROTOCOL_ERROR),
             // The client ended it, or the network did: nothing to say.
             Close::Disconnect | Close::DisconnectWithWill => {

@@ -247,6 +247,22 @@ pub fn render(router: &Router) -> String {
             "Messages from NATS dropped because their header or MQTT 5.0 properties were malformed.",
             cluster.malformed(),
         );
+        out.counter(
+            "pyo3mq_cluster_dropped_slow_total",
+            "QoS 0 messages from other nodes dropped on arrival because routing was behind \
+             (cluster_pending_messages waiting).",
+            cluster.dropped_slow(),
+        );
+        out.gauge(
+            "pyo3mq_cluster_fenced",
+            "1 while the node is fenced off the cluster (its liveness key unrenewed), else 0.",
+            u64::from(cluster.fenced()),
+        );
+        out.counter(
+            "pyo3mq_cluster_fences_total",
+            "Times the node fenced itself (closed its clients) since start.",
+            cluster.fences(),
+        );
     }
     out.text
 }

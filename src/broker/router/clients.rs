@@ -209,6 +209,29 @@ impl Router {
         }
     }
 
+    /// Wakes every network client's connection as a takeover would (cluster fencing:
+    /// each sees its node fenced and closes itself); bridges are left alone. Returns
+    /// how many were woken.
+    pub fn kick_connections(&self) -> usize {
+        let clients = self.clients.lock();
+        let mut kicked = 0;
+        for slot in clients.values().filter(|slot| !slot.session.is_bridge()) {
+            if let Some(conn) = &slot.conn {
+                conn.takeover.kick.notify_one();
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// Whether a connection holds the session of `client_id` now.
+    pub fn is_connected(&self, client_id: &ByteString) -> bool {
+        self.clients
+            .lock()
+            .get(client_id)
+            .is_some_and(|slot| slot.conn.is_some())
+    }
+
     /// Ends every clean-session-0 session whose client has been offline for `limit` or
     /// longer (`persistent_client_expiration`), with its subscriptions and messages; a
     /// durable store forgets it at its next save. Returns how many ended.
