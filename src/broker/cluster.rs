@@ -71,6 +71,7 @@
 mod config;
 mod connect;
 mod cut;
+mod formats;
 mod handover;
 mod link;
 mod liveness;
@@ -85,7 +86,7 @@ mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,6 +202,8 @@ pub struct Cluster {
     moves: handover::Moves,
     /// Inbound QoS 2 packet ids stored and not yet released ([`qos2`]).
     qos2: jetstream::kv::Store,
+    /// The newest session record format every live node reads ([`formats`]).
+    records_readable: AtomicU8,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -563,6 +566,18 @@ pub async fn start(
     })
     .await?;
     link.renewed(sent, liveness::steady_gap(timing));
+    // The record format to write from the first CONNECT on; if the bucket cannot be
+    // read yet, the one every node reads until the first look at it.
+    let readable = match liveness::live_nodes(&nodes).await {
+        Ok(live) => liveness::formats_of(&nodes, &live, node)
+            .await
+            .map(|found| formats::readable_by(&found)),
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| {
+        info!("cluster: the nodes' record formats not read yet ({e}): writing format {} until they are", record::UNADVERTISED);
+        record::UNADVERTISED
+    });
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -592,6 +607,7 @@ pub async fn start(
         link,
         moves,
         qos2,
+        records_readable: AtomicU8::new(readable),
     });
 
     mirror_retained(&retained, cluster.clone(), router.clone(), shutdown.clone()).await?;
