@@ -9,7 +9,9 @@
 //! for dead. A node reads every live node's value at start and at each look at the
 //! bucket (`cluster_heartbeat`) and writes session records in the newest format that
 //! all of them read ([`super::Record::encode_for`]): format 3 while a node of the
-//! previous release is live, format 4 once the last one left.
+//! previous release is live, format 4 once the last one left. The cost: one read of
+//! each other node's key per `cluster_heartbeat`, after the listing the liveness check
+//! makes anyway.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -111,7 +113,13 @@ mod tests {
         assert_eq!(advertised(b"up"), 3);
         assert_eq!(advertised(b"up records=4"), 4);
         assert_eq!(advertised(b"up records=7 more=1"), 7);
-        for junk in [&b""[..], b"records=", b"up records=x", b"up records=999", b"\xff"] {
+        for junk in [
+            &b""[..],
+            b"records=",
+            b"up records=x",
+            b"up records=999",
+            b"\xff",
+        ] {
             assert_eq!(advertised(junk), UNADVERTISED, "{junk:?}");
         }
     }

@@ -2,7 +2,8 @@
 //! records.
 //!
 //! Each node keeps a key (`n.<node>`) in a JetStream KV bucket whose entries live
-//! `cluster_node_ttl` (`PREFIX_NODES`, `max_age`), put again every `cluster_heartbeat`.
+//! `cluster_node_ttl` (`PREFIX_NODES`, `max_age`), put again every `cluster_heartbeat`;
+//! its value names the newest session record format the node reads (formats.rs).
 //! Every node lists the bucket as often: a node whose key was there and is gone (seen
 //! missing twice, by a node whose own renewals went through steadily for at least a TTL,
 //! so that an outage of NATS or of the bucket's leader is not taken for the death of
@@ -552,9 +553,11 @@ async fn adopt(
     };
     let claimed_revision = match bounded(
         "claiming a dead node's session",
-        cluster
-            .sessions
-            .update(key, claimed.encode_for(cluster.records_readable()), revision),
+        cluster.sessions.update(
+            key,
+            claimed.encode_for(cluster.records_readable()),
+            revision,
+        ),
     )
     .await
     {
@@ -588,9 +591,11 @@ async fn adopt(
         // Fails if the client connected again (anywhere) meanwhile: the record changed.
         match bounded(
             "publishing a delayed will",
-            cluster
-                .sessions
-                .update(&key, fired.encode_for(cluster.records_readable()), claimed_revision),
+            cluster.sessions.update(
+                &key,
+                fired.encode_for(cluster.records_readable()),
+                claimed_revision,
+            ),
         )
         .await
         {

@@ -241,13 +241,15 @@ impl Cluster {
             let written = match revision {
                 Some(revision) => bounded(
                     "claiming the session",
-                    self.sessions.update(&key, mine.encode_for(self.records_readable()), revision),
+                    self.sessions
+                        .update(&key, mine.encode_for(self.records_readable()), revision),
                 )
                 .await
                 .map(|_| ()),
                 None => bounded(
                     "claiming the session",
-                    self.sessions.create(&key, mine.encode_for(self.records_readable())),
+                    self.sessions
+                        .create(&key, mine.encode_for(self.records_readable())),
                 )
                 .await
                 .map(|_| ()),
@@ -367,7 +369,11 @@ impl Cluster {
                     };
                     bounded(
                         "recording the disconnect",
-                        self.sessions.update(&key, offline.encode_for(self.records_readable()), entry.revision),
+                        self.sessions.update(
+                            &key,
+                            offline.encode_for(self.records_readable()),
+                            entry.revision,
+                        ),
                     )
                     .await
                     .map(|_| ())
