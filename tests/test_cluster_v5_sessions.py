@@ -458,7 +458,8 @@ def test_records_stay_format_3_while_a_node_of_the_previous_release_is_live(
     """A rolling upgrade (README, "Upgrading nodes one at a time"): while a live node's
     liveness key says `up` and no more, as the release before format 4 wrote it, a 5.0
     session's record is written as format 3, which that node reads (the options keep
-    applying on the session's node); once that node advertises format 4 (upgraded), the
+    applying on the session's node), by a node that was running when that node came
+    and by one started after it; once that node advertises format 4 (upgraded), the
     next change of the record writes format 4 with the options."""
     a = cluster.node()
     deadline = time.monotonic() + 20
@@ -468,6 +469,12 @@ def test_records_stay_format_3_while_a_node_of_the_previous_release_is_live(
     older = "$KV.PYO3MQ_NODES.n.00000000000000aa"
     assert "error" not in nats_request(cluster, older, b"up")
     wait_logged(a, "read session records up to format 3")
+    b = cluster.node()
+    wait_logged(b, "read session records up to format 3")
+    elsewhere = v5(b.port, "up-sub-b")
+    assert elsewhere.subscribe("up/b/#", 1, no_local=True) == [1]
+    record = read_record(cluster.nats.port, "up-sub-b")
+    assert record is not None and record[:2] == b"P\x03", record
     sub = v5(a.port, "up-sub")
     assert sub.subscribe("up/#", 1, rap=True, sub_id=3) == [1]
     record = read_record(cluster.nats.port, "up-sub")

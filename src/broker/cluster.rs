@@ -566,18 +566,12 @@ pub async fn start(
     })
     .await?;
     link.renewed(sent, liveness::steady_gap(timing));
-    // The record format to write from the first CONNECT on; if the bucket cannot be
-    // read yet, the one every node reads until the first look at it.
-    let readable = match liveness::live_nodes(&nodes).await {
-        Ok(live) => liveness::formats_of(&nodes, &live, node)
-            .await
-            .map(|found| formats::readable_by(&found)),
+    // The formats the other nodes read, for the records written from the first CONNECT
+    // on (taken in below, once the node's state exists).
+    let formats = match liveness::live_nodes(&nodes).await {
+        Ok(live) => liveness::formats_of(&nodes, &live, node).await,
         Err(e) => Err(e),
-    }
-    .unwrap_or_else(|e| {
-        info!("cluster: the nodes' record formats not read yet ({e}): writing format {} until they are", record::UNADVERTISED);
-        record::UNADVERTISED
-    });
+    };
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -607,8 +601,22 @@ pub async fn start(
         link,
         moves,
         qos2,
-        records_readable: AtomicU8::new(readable),
+        records_readable: AtomicU8::new(record::NEWEST),
     });
+    match formats {
+        Ok(formats) => cluster.note_formats(&formats),
+        Err(e) => {
+            // The one every node reads, until the first look at the bucket.
+            info!(
+                "cluster: the nodes' record formats not read yet ({e}): writing format {} \
+                 until they are",
+                record::UNADVERTISED
+            );
+            cluster
+                .records_readable
+                .store(record::UNADVERTISED, Ordering::Relaxed);
+        }
+    }
 
     mirror_retained(&retained, cluster.clone(), router.clone(), shutdown.clone()).await?;
     let reader = consumer
