@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::codec::{Properties, PropertyContext};
+
 /// Property identifier of the Message Expiry Interval (a Four Byte Integer).
 const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
 /// Property identifier of the Subscription Identifier (a Variable Byte Integer).
@@ -57,6 +59,23 @@ impl MessageProperties {
             })
         });
         MessageProperties::of(bytes, expiry)
+    }
+
+    /// A message's properties from a decoded set (a bridged PUBLISH's, a will's): what
+    /// belongs to one connection or to the will alone (Topic Alias, Subscription
+    /// Identifiers, Will Delay Interval) is left out, and an empty set is no properties,
+    /// as a PUBLISH without any. A Message Expiry Interval counts from now.
+    pub fn from_publish(mut props: Properties) -> Option<MessageProperties> {
+        props.topic_alias = None;
+        props.subscription_identifiers.clear();
+        props.will_delay_interval = None;
+        if props.is_empty() {
+            return None;
+        }
+        props
+            .to_bytes(PropertyContext::Publish)
+            .ok()
+            .map(MessageProperties::new)
     }
 
     /// Properties loaded from a session store: their Message Expiry Interval (if any)
@@ -229,7 +248,29 @@ fn two_byte_len(props: &[u8], at: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Properties, PropertyContext};
+
+    #[test]
+    fn from_publish_leaves_out_what_belongs_to_a_connection_or_a_will() {
+        let message = Properties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Properties::default()
+        };
+        let received = Properties {
+            topic_alias: Some(3),
+            subscription_identifiers: vec![7],
+            will_delay_interval: Some(30),
+            ..message.clone()
+        };
+        let kept = MessageProperties::from_publish(received).expect("properties");
+        assert_eq!(kept.bytes(), &encoded(&message));
+        let none_kept = Properties {
+            topic_alias: Some(1),
+            will_delay_interval: Some(5),
+            ..Properties::default()
+        };
+        assert!(MessageProperties::from_publish(none_kept).is_none());
+    }
 
     fn encoded(p: &Properties) -> Bytes {
         p.to_bytes(PropertyContext::Publish).unwrap()
