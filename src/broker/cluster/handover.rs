@@ -38,7 +38,7 @@ use super::record::{subscriptions_of, Record, Sub};
 use super::wire;
 use super::Cluster;
 use crate::broker::router::{MatchScratch, Router};
-use crate::broker::session::{Message, MessageProperties, Queued};
+use crate::broker::session::{Message, MessageProperties, Queued, StreamMark};
 use crate::codec::QoS;
 
 /// Longest a taking node waits for its reader to reach the cut.
@@ -85,7 +85,7 @@ impl Moves {
         });
     }
 
-    fn position(&self) -> u64 {
+    pub(super) fn position(&self) -> u64 {
         *self.routed.borrow()
     }
 
@@ -145,7 +145,21 @@ impl Cluster {
         let Some(cut) = cut else {
             return router.take_in_session(snapshot);
         };
-        if !self.moves.reached(cut.stream.max(cut.stored)).await {
+        let catch_up = match cut.catch_up() {
+            Some(seq) => seq,
+            // A connected session's checkpoint (its node died, or it left without
+            // answering): the old owner's messages it had up to `origin_seq` may lie
+            // anywhere before the stream's end, where this node's reader must be so as
+            // not to route them again.
+            None => match super::sessions::bounded("reading the stream's end", self.moves.stream.get_info()).await {
+                Ok(info) => info.state.last_sequence.max(cut.floor()),
+                Err(e) => {
+                    warn!(%client_id, "cluster: {e}");
+                    cut.floor()
+                }
+            },
+        };
+        if !self.moves.reached(catch_up).await {
             warn!(%client_id, "cluster: this node's stream reader did not reach the session's cut within {CATCH_UP_TIMEOUT:?}: messages may come twice");
         }
         let _gate = self.moves.gate().await;
@@ -248,8 +262,13 @@ impl Cluster {
                     .collect();
                 if !matching.is_empty() && bounds.keeps(seq, wire.origin, wire.seq) {
                     let retain = wire.retain;
+                    let mark = if wire.origin == self.node {
+                        StreamMark::own(wire.seq)
+                    } else {
+                        StreamMark::stream(seq)
+                    };
                     match wire.message(ByteString::from(topic), retain) {
-                        Ok(message) => out.push(delivery(message, &matching)),
+                        Ok(message) => out.push(delivery(Message { mark, ..message }, &matching)),
                         Err(e) => self.drop_malformed(&msg.subject, &e),
                     }
                 }
@@ -318,7 +337,12 @@ impl Bounds {
             return false;
         }
         if origin == self.cut.owner && origin_seq < self.cut.origin_seq {
-            // Routed on the old node when its client published it.
+            // Routed on the old node when its client published it (and taken by the
+            // client, for a connected session's checkpoint).
+            return false;
+        }
+        if origin != self.cut.owner && seq <= self.cut.floor() {
+            // The old owner's client had taken it (a connected session's checkpoint).
             return false;
         }
         if origin == self.own {

@@ -142,6 +142,7 @@ impl Cluster {
                             retain: false,
                             publisher: ByteString::new(),
                             properties: None,
+                            mark: crate::broker::session::StreamMark::NONE,
                         }),
                         qos: QoS::ExactlyOnce,
                         retain: false,

@@ -99,6 +99,7 @@ impl Will {
             retain: self.retain,
             publisher: client_id.clone(),
             properties: None,
+            mark: crate::broker::session::StreamMark::NONE,
         })
     }
 }
@@ -364,6 +365,7 @@ impl Record {
                     retain,
                     publisher: ByteString::new(),
                     properties,
+                    mark: crate::broker::session::StreamMark::NONE,
                 }),
                 qos,
                 retain,

@@ -319,10 +319,11 @@ impl Cluster {
     /// the record of a session that ended with it is deleted, that of a session that
     /// stays records when it went offline (for its expiry) and keeps only a will still
     /// waiting out its delay. Left alone if another node owns the session by now.
-    pub async fn session_closed(&self, client_id: &ByteString, closed: Closed) {
+    pub async fn session_closed(&self, session: &Session, closed: Closed) {
         if !self.linked() {
             return;
         }
+        let client_id = &session.client_id;
         let key = key_of(client_id);
         for _ in 0..CLAIM_ATTEMPTS {
             let entry = match bounded("reading the session", self.sessions.entry(key.clone())).await
@@ -361,8 +362,9 @@ impl Cluster {
                         will,
                         expiry: *expiry,
                         offline_since: unix_now(),
-                        // Should this node die, the next one replays the stream from here.
-                        checkpoint: Some(self.cut_now()),
+                        // Should this node die, the next one replays the stream from here:
+                        // what the client has not taken comes again (checkpoint.rs).
+                        checkpoint: Some(self.checkpoint_of(session)),
                         ..record
                     };
                     bounded(
@@ -453,7 +455,12 @@ impl Cluster {
                 }
                 _ => return,
             };
-            let Record { will, expiry, .. } = record;
+            let Record {
+                will,
+                expiry,
+                checkpoint,
+                ..
+            } = record;
             let mine = Record {
                 owner: self.node,
                 clean: false,
@@ -462,7 +469,8 @@ impl Cluster {
                 will,
                 expiry,
                 offline_since: 0,
-                checkpoint: None,
+                // Still where a survivor replays from (checkpoint.rs).
+                checkpoint,
             }
             .encode();
             match bounded(

@@ -109,7 +109,7 @@ impl Connection {
                 }),
             }
         };
-        Box::pin(cluster.session_closed(&self.client_id, closed)).await;
+        Box::pin(cluster.session_closed(session, closed)).await;
     }
 }
 

@@ -201,6 +201,7 @@ impl Connection {
             retain: publish.retain,
             publisher: self.client_id.clone(),
             properties,
+            mark: crate::broker::session::StreamMark::NONE,
         }))
     }
 
@@ -453,6 +454,7 @@ impl Connection {
             } else {
                 None
             },
+            mark: crate::broker::session::StreamMark::NONE,
         }))
     }
 }

@@ -22,7 +22,13 @@ pub trait ClusterLink: Any + Send + Sync + std::fmt::Debug {
     /// Hands a locally published message to the other nodes. Never waits: a QoS 1/2
     /// message sets `scratch.cluster_pending` (or `cluster_lost` when it could not be
     /// handed over), and the publisher acknowledges once cluster mode says it left.
-    fn forward(&self, msg: &Arc<Message>, scratch: &mut MatchScratch);
+    /// Marks a QoS 1/2 message with its origin sequence ([`Message::mark`]; a copy if
+    /// `msg` is shared) before the router routes it here.
+    fn forward(&self, msg: &mut Arc<Message>, scratch: &mut MatchScratch);
+
+    /// The message `forward` marked was routed to this node's sessions (checkpoints
+    /// wait for that before they count it as routed).
+    fn routed_here(&self);
 
     /// A session subscribed to `filter` (not a replacement of its own subscription).
     fn add_interest(&self, filter: &ByteString);
