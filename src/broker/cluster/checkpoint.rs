@@ -51,7 +51,7 @@ use super::cut::Cut;
 use super::sessions::{bounded, key_of, Record};
 use super::Cluster;
 use crate::broker::router::{Router, Session};
-use crate::broker::session::Untaken;
+use crate::broker::session::{StreamMark, Untaken};
 
 /// Records written at once.
 const WRITES_AT_ONCE: usize = 64;
@@ -60,6 +60,8 @@ const IDLE_REFRESH: u32 = 60;
 /// Heartbeats whose origin sequence and stream position are remembered (an hour at
 /// the default heartbeat).
 const TICKS: usize = 4096;
+/// Completed QoS 2 deliveries waiting for their checkpoints, at most.
+const COMPLETED_MAX: usize = 65_536;
 /// Looks at the two counters of own messages before one checkpoint gives up.
 const SETTLE_TRIES: usize = 64;
 
@@ -71,9 +73,35 @@ pub(super) struct Ticks {
     marks: Mutex<VecDeque<(u64, u64)>>,
     /// The latest origin sequence below which every own message was routed here.
     routed: AtomicU64,
+    /// Completed QoS 2 deliveries whose keys in the bucket of packet ids wait for their
+    /// session's checkpoint to pass the message (qos2.rs).
+    completed: Mutex<Vec<Completed>>,
+}
+
+#[derive(Debug)]
+struct Completed {
+    client_id: ByteString,
+    key: String,
+    revision: u64,
+    mark: StreamMark,
 }
 
 impl Ticks {
+    /// A completed QoS 2 delivery's key (at `revision`), deleted once the session's
+    /// checkpoint is past the message. Beyond [`COMPLETED_MAX`] waiting, the key stays
+    /// (until the bucket's `max_age`, or the packet id's next use).
+    pub(super) fn completed(&self, client_id: &ByteString, key: String, revision: u64, mark: StreamMark) {
+        let mut completed = self.completed.lock();
+        if completed.len() < COMPLETED_MAX {
+            completed.push(Completed {
+                client_id: client_id.clone(),
+                key,
+                revision,
+                mark,
+            });
+        }
+    }
+
     fn push(&self, seq: u64, below: u64) {
         self.routed.fetch_max(seq, Ordering::Relaxed);
         let mut marks = self.marks.lock();
@@ -113,6 +141,17 @@ struct Written {
     age: u32,
     /// The record as written, and its revision (`None`: to be read first).
     record: Option<(u64, Record)>,
+    /// The record is this node's and not a clean session's (else nothing is written).
+    ours: bool,
+}
+
+/// Whether a replay from `cut` leaves the message marked `mark` out (handover.rs).
+fn passed(cut: &Cut, mark: StreamMark) -> bool {
+    match (mark.stream_seq(), mark.own_seq()) {
+        (Some(seq), _) => seq <= cut.floor(),
+        (_, Some(seq)) => seq < cut.origin_seq,
+        _ => true,
+    }
 }
 
 impl Cluster {
@@ -166,13 +205,14 @@ impl Cluster {
     }
 
     /// Writes `cut` into the session's record (compare-and-set), unless the record is
-    /// another node's by now, or a clean session's. The record as written, or `None`.
+    /// another node's by now, or a clean session's (`Ok(None)`). The record as written,
+    /// or `Err` if NATS did not take it.
     async fn write_checkpoint(
         &self,
         client_id: &ByteString,
         cut: Cut,
         mut cached: Option<(u64, Record)>,
-    ) -> Option<(u64, Record)> {
+    ) -> Result<Option<(u64, Record)>, ()> {
         let key = key_of(client_id);
         for _ in 0..2 {
             let (revision, record) = match cached.take() {
@@ -183,18 +223,18 @@ impl Cluster {
                     Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                         match Record::read(entry.value) {
                             Ok(record) => (entry.revision, record),
-                            Err(_) => return None,
+                            Err(_) => return Ok(None),
                         }
                     }
-                    Ok(_) => return None,
+                    Ok(_) => return Ok(None),
                     Err(e) => {
                         debug!(%client_id, "cluster: checkpoint not written: {e}");
-                        return None;
+                        return Err(());
                     }
                 },
             };
             if record.owner != self.node || record.clean {
-                return None;
+                return Ok(None);
             }
             let record = Record {
                 checkpoint: Some(cut),
@@ -206,13 +246,13 @@ impl Cluster {
             )
             .await
             {
-                Ok(revision) => return Some((revision, record)),
+                Ok(revision) => return Ok(Some((revision, record))),
                 // Written since (subscriptions, a disconnect, another node's claim):
                 // read again.
                 Err(e) => debug!(%client_id, "cluster: {e}; reading the record again"),
             }
         }
-        None
+        Err(())
     }
 }
 
@@ -268,7 +308,7 @@ pub(super) async fn keep_checkpoints(
                 }
             }
         }
-        let present: HashSet<&ByteString> = sessions.iter().map(|s| &s.client_id).collect();
+        let present = present_ids(&sessions);
         written.retain(|client_id, _| present.contains(client_id));
         for chunk in due.chunks(WRITES_AT_ONCE) {
             let writes = chunk.iter().map(|(client_id, cut, _, _)| {
@@ -278,7 +318,13 @@ pub(super) async fn keep_checkpoints(
                 cluster.write_checkpoint(client_id, *cut, cached)
             });
             let results = join_all(writes).await;
-            for ((client_id, cut, untaken, arrivals), record) in chunk.iter().zip(results) {
+            for ((client_id, cut, untaken, arrivals), result) in chunk.iter().zip(results) {
+                let Ok(record) = result else {
+                    // Tried again at the next heartbeat.
+                    written.remove(client_id);
+                    continue;
+                };
+                let ours = record.is_some();
                 written.insert(
                     client_id.clone(),
                     Written {
@@ -287,8 +333,52 @@ pub(super) async fn keep_checkpoints(
                         arrivals: *arrivals,
                         age: 0,
                         record,
+                        ours,
                     },
                 );
+            }
+        }
+        purge_completed(&cluster, &written, &present).await;
+    }
+}
+
+fn present_ids(sessions: &[Arc<Session>]) -> HashSet<ByteString> {
+    sessions.iter().map(|s| s.client_id.clone()).collect()
+}
+
+/// Deletes the keys of completed QoS 2 deliveries that the sessions' written
+/// checkpoints are past (or whose sessions are no longer here, or not persistent).
+async fn purge_completed(
+    cluster: &Cluster,
+    written: &HashMap<ByteString, Written>,
+    present: &HashSet<ByteString>,
+) {
+    let ready: Vec<Completed> = {
+        let mut completed = cluster.ticks.completed.lock();
+        let (ready, waiting) = completed.drain(..).partition(|c| {
+            match written.get(&c.client_id) {
+                Some(w) if !w.ours => true,
+                Some(w) => w.record.is_some() && passed(&w.cut, c.mark),
+                None => !present.contains(&c.client_id),
+            }
+        });
+        *completed = waiting;
+        ready
+    };
+    for chunk in ready.chunks(WRITES_AT_ONCE) {
+        let deletes = chunk.iter().map(|c| {
+            bounded(
+                "deleting a completed QoS 2 packet id",
+                cluster
+                    .qos2
+                    .delete_expect_revision(&c.key, Some(c.revision)),
+            )
+        });
+        for result in join_all(deletes).await {
+            // Used again since (a newer revision), or NATS away: the key stays until
+            // the packet id's next use or the bucket's max_age.
+            if let Err(e) = result {
+                debug!("cluster: {e}");
             }
         }
     }

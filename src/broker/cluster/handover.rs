@@ -34,6 +34,7 @@ use tokio::sync::{watch, Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use super::cut::Cut;
+use super::qos2::Taken;
 use super::record::{subscriptions_of, Record, Sub};
 use super::wire;
 use super::Cluster;
@@ -139,6 +140,7 @@ impl Cluster {
         router: &Router,
         client_id: &ByteString,
         record: Record,
+        taken: &Taken,
     ) -> bool {
         let cut = record.checkpoint;
         let snapshot = record.snapshot(client_id);
@@ -195,7 +197,7 @@ impl Cluster {
             routed,
             upper,
         };
-        match self.replay(&bounds, &subscriptions, limit).await {
+        match self.replay(&bounds, &subscriptions, limit, taken).await {
             Ok(items) => {
                 let count = items.len();
                 for item in items {
@@ -220,6 +222,7 @@ impl Cluster {
         bounds: &Bounds,
         subscriptions: &[Sub],
         limit: usize,
+        taken: &Taken,
     ) -> Result<Vec<Queued>, String> {
         let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
         let consumer = self
@@ -260,7 +263,12 @@ impl Cluster {
                     .iter()
                     .filter(|sub| crate::topic::matches(&sub.filter, &topic))
                     .collect();
-                if !matching.is_empty() && bounds.keeps(seq, wire.origin, wire.seq) {
+                // A QoS 2 message the client acknowledged with PUBREC is its already
+                // (checkpoint.rs); its PUBREL, if still owed, comes from qos2.rs.
+                if !matching.is_empty()
+                    && bounds.keeps(seq, wire.origin, wire.seq)
+                    && !taken.has(seq, wire.origin, wire.seq)
+                {
                     let retain = wire.retain;
                     let mark = if wire.origin == self.node {
                         StreamMark::own(wire.seq)

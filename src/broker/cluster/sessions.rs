@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 
 pub(super) use super::record::Record;
 pub use super::record::Will;
+use super::qos2::Taken;
 use super::record::{subscriptions_of, Unreadable};
 use super::{Cluster, STORE_TIMEOUT};
 use crate::broker::router::{Held, Router, Session};
@@ -275,12 +276,12 @@ impl Cluster {
             };
             if let Some(taken) = taken.filter(|_| !claim.clean) {
                 // From a dead node: its deliveries awaiting PUBCOMP come from the cluster.
-                let taken = if given {
-                    taken
+                let (taken, delivered) = if given {
+                    (taken, Taken::default())
                 } else {
                     self.with_released(client_id, taken).await
                 };
-                if self.take_in(router, client_id, taken).await {
+                if self.take_in(router, client_id, taken, &delivered).await {
                     info!(%client_id, "cluster: session taken over from another node");
                 }
             }

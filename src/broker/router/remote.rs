@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use super::MatchScratch;
-use crate::broker::session::Message;
+use crate::broker::session::{Message, StreamMark};
 
 /// What the router asks of cluster mode. `Any`, so that cluster mode can find its own
 /// type behind the router's [`super::Router::cluster_link`].
@@ -52,8 +52,9 @@ pub enum Qos2Step {
     Stored,
     /// Inbound: the publisher's PUBREL came.
     Released,
-    /// Outbound: the subscriber's PUBREC came (the PUBREL is going out).
-    Received,
-    /// Outbound: the subscriber's PUBCOMP came.
-    Completed,
+    /// Outbound: the subscriber's PUBREC came (the PUBREL is going out), for the
+    /// message with this mark.
+    Received(StreamMark),
+    /// Outbound: the subscriber's PUBCOMP came, for the message with this mark.
+    Completed(StreamMark),
 }

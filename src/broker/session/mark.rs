@@ -35,6 +35,15 @@ impl StreamMark {
         (self.0 != 0 && self.0 & OWN == 0).then_some(self.0)
     }
 
+    /// The bits as stored (the cluster's bucket of QoS 2 packet ids).
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> StreamMark {
+        StreamMark(bits)
+    }
+
     /// The origin sequence of this node's own message.
     pub fn own_seq(self) -> Option<u64> {
         (self.0 & OWN != 0).then_some(self.0 & !OWN)
@@ -67,6 +76,14 @@ impl Untaken {
 }
 
 impl SessionState {
+    /// The mark of the message delivered with `pkid`, still in flight.
+    pub fn delivery_mark(&self, pkid: u16) -> StreamMark {
+        self.acks
+            .as_ref()
+            .and_then(|acks| acks.window.get(pkid))
+            .map_or(StreamMark::NONE, |f| f.item.msg.mark)
+    }
+
     /// The oldest marked QoS 1/2 messages the client has not taken: queued, or sent and
     /// not acknowledged by PUBACK (QoS 1) or PUBREC (QoS 2: from the PUBREC on the message
     /// is the client's, and what is left of the flow, the PUBREL, is resumed from the
