@@ -50,13 +50,14 @@ def killed_subscriber(
     cluster: Cluster,  # noqa: F811
     raw: Callable[[int], RawClient],
     qos: int,
+    liveness: list[str] = LIVENESS,
 ) -> tuple[Node, RawClient, RawClient, list[Packet]]:
     """Node A with a publisher and a will watcher, node B with a persistent subscriber
     (a will set) that received the COUNT numbered messages A's publisher sent (the
     first 32 in flight, the rest queued); returns (A, the subscriber, the watcher, the
     PUBLISHes it has got so far), B still alive."""
-    a = cluster.node("a", *LIVENESS)
-    b = cluster.node("b", *LIVENESS)
+    a = cluster.node("a", *liveness)
+    b = cluster.node("b", *liveness)
     watcher = raw(a.port)
     watcher.connect("rp-watch")
     subscribe_ok(watcher, 1, ("rp/will", 1))
@@ -76,14 +77,49 @@ def killed_subscriber(
     return a, sub, watcher, receive(sub, 32)
 
 
-def resumed(a: Node, raw: Callable[[int], RawClient], watcher: RawClient) -> RawClient:
+def resumed(
+    a: Node, raw: Callable[[int], RawClient], watcher: RawClient, wait: float = 30
+) -> RawClient:
     """Waits for the will of the killed connection, then reconnects the subscriber to
     A (with its session)."""
-    will = next_publish(watcher, timeout=30)
+    will = next_publish(watcher, timeout=wait)
     assert will.publish_fields()[0::2] == ("rp/will", b"B died")
     sub = raw(a.port)
     assert connack(sub, "rp-sub", clean=False) == b"\x20\x02\x01\x00"
     return sub
+
+
+def collect_qos2(sub: RawClient) -> tuple[list[int], set[int]]:
+    """Takes QoS 2 messages (PUBREC, then PUBCOMP for their PUBREL) until messages 10
+    to COUNT - 1 came and no flow is open; answers the PUBRELs of flows begun on the
+    killed node. Returns (the numbers of the PUBLISHes in the order they came, the
+    packet ids of those PUBRELs)."""
+    released: set[int] = set()
+    # Packet ids PUBRECed here, whose PUBREL comes next.
+    recd: set[int] = set()
+    seen: list[int] = []
+    deadline = time.monotonic() + 20
+    while set(range(10, COUNT)) - set(seen) or recd:
+        assert time.monotonic() < deadline, (sorted(seen), released)
+        p = sub.recv(10)
+        if p.first == PUBREL:
+            if p.pkid in recd:
+                recd.discard(p.pkid)
+            else:
+                released.add(p.pkid)
+            sub.send(ack(PUBCOMP, p.pkid))
+            continue
+        _, pkid, _ = p.publish_fields()
+        assert p.qos == 2 and not p.dup, p
+        seen.append(number(p))
+        recd.add(pkid or 0)
+        sub.send(ack(PUBREC, pkid or 0))
+    # Anything more (a message again, a PUBREL) comes right after.
+    try:
+        extra = sub.recv(1.0)
+    except TimeoutError:
+        return seen, released
+    raise AssertionError(f"unexpected packet {extra.first:#x} after {sorted(seen)}")
 
 
 def test_qos1_messages_not_acknowledged_on_a_killed_node_come_again(
@@ -138,25 +174,32 @@ def test_qos2_messages_come_again_once_and_released_flows_finish(
     time.sleep(4 * HEARTBEAT)
     kill(cluster.nodes["b"])
     sub = resumed(a, raw, watcher)
-    released: set[int] = set()
-    # Packet ids PUBRECed on A, whose PUBREL comes next.
-    recd: set[int] = set()
-    seen: list[int] = []
-    deadline = time.monotonic() + 20
-    while set(range(10, COUNT)) - set(seen) or released != set(pkids[5:10]) or recd:
-        assert time.monotonic() < deadline, (sorted(seen), released)
-        p = sub.recv(10)
-        if p.first == PUBREL:
-            if p.pkid in recd:
-                recd.discard(p.pkid)
-            else:
-                released.add(p.pkid)
-            sub.send(ack(PUBCOMP, p.pkid))
-            continue
-        _, pkid, _ = p.publish_fields()
-        assert p.qos == 2 and not p.dup, p
-        seen.append(number(p))
-        recd.add(pkid or 0)
-        sub.send(ack(PUBREC, pkid or 0))
+    seen, released = collect_qos2(sub)
+    assert released == set(pkids[5:10]), released
     # Each message not PUBRECed on B once, as a new PUBLISH; none PUBRECed there.
+    assert sorted(seen) == list(range(10, COUNT)), sorted(seen)
+
+
+def test_qos2_acknowledged_after_the_last_checkpoint_never_comes_again_as_new(
+    cluster: Cluster,  # noqa: F811
+    raw: Callable[[int], RawClient],
+) -> None:
+    """As above, with checkpoints 3 s apart and B killed right after the PUBRECs (its
+    PUBRELs came), so most likely before a checkpoint passed them: the bucket of
+    packet ids says they were the client's, and they never come again as PUBLISHes."""
+    slow = ["cluster_heartbeat = 3", "cluster_node_ttl = 9"]
+    a, sub, watcher, got = killed_subscriber(cluster, raw, 2, slow)
+    assert [number(p) for p in got] == list(range(32))
+    # A checkpoint with all 50 owed.
+    time.sleep(4)
+    pkids = [p.publish_fields()[1] or 0 for p in got]
+    for pkid in pkids[:10]:
+        sub.send(ack(PUBREC, pkid))
+    for pkid in pkids[:10]:
+        p = sub.recv(10)
+        assert (p.first, p.pkid) == (PUBREL, pkid)
+    kill(cluster.nodes["b"])
+    sub = resumed(a, raw, watcher, wait=40)
+    seen, released = collect_qos2(sub)
+    assert released == set(pkids[:10]), released
     assert sorted(seen) == list(range(10, COUNT)), sorted(seen)

@@ -68,9 +68,9 @@
 //!   subscriber's PUBREC to its PUBCOMP, so the node taking in a dead node's session
 //!   sends the PUBREL again, not the PUBLISH.
 
+mod checkpoint;
 mod config;
 mod connect;
-mod checkpoint;
 mod cut;
 mod handover;
 mod link;

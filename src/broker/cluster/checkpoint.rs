@@ -90,7 +90,13 @@ impl Ticks {
     /// A completed QoS 2 delivery's key (at `revision`), deleted once the session's
     /// checkpoint is past the message. Beyond [`COMPLETED_MAX`] waiting, the key stays
     /// (until the bucket's `max_age`, or the packet id's next use).
-    pub(super) fn completed(&self, client_id: &ByteString, key: String, revision: u64, mark: StreamMark) {
+    pub(super) fn completed(
+        &self,
+        client_id: &ByteString,
+        key: String,
+        revision: u64,
+        mark: StreamMark,
+    ) {
         let mut completed = self.completed.lock();
         if completed.len() < COMPLETED_MAX {
             completed.push(Completed {
@@ -194,7 +200,12 @@ impl Cluster {
             .map_or(here.position, |seq| seq.saturating_sub(1))
             .min(here.position);
         let origin_seq = untaken.own.map_or(here.own, |seq| seq.min(here.own));
-        Cut::checkpoint(self.ticks.start_of(origin_seq), floor, self.node, origin_seq)
+        Cut::checkpoint(
+            self.ticks.start_of(origin_seq),
+            floor,
+            self.node,
+            origin_seq,
+        )
     }
 
     /// The checkpoint of a session now (for its record when its client goes offline).
@@ -217,21 +228,21 @@ impl Cluster {
         for _ in 0..2 {
             let (revision, record) = match cached.take() {
                 Some(cached) => cached,
-                None => match bounded("reading the session", self.sessions.entry(key.clone()))
-                    .await
-                {
-                    Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-                        match Record::read(entry.value) {
-                            Ok(record) => (entry.revision, record),
-                            Err(_) => return Ok(None),
+                None => {
+                    match bounded("reading the session", self.sessions.entry(key.clone())).await {
+                        Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                            match Record::read(entry.value) {
+                                Ok(record) => (entry.revision, record),
+                                Err(_) => return Ok(None),
+                            }
+                        }
+                        Ok(_) => return Ok(None),
+                        Err(e) => {
+                            debug!(%client_id, "cluster: checkpoint not written: {e}");
+                            return Err(());
                         }
                     }
-                    Ok(_) => return Ok(None),
-                    Err(e) => {
-                        debug!(%client_id, "cluster: checkpoint not written: {e}");
-                        return Err(());
-                    }
-                },
+                }
             };
             if record.owner != self.node || record.clean {
                 return Ok(None);
@@ -355,13 +366,13 @@ async fn purge_completed(
 ) {
     let ready: Vec<Completed> = {
         let mut completed = cluster.ticks.completed.lock();
-        let (ready, waiting) = completed.drain(..).partition(|c| {
-            match written.get(&c.client_id) {
+        let (ready, waiting) = completed
+            .drain(..)
+            .partition(|c| match written.get(&c.client_id) {
                 Some(w) if !w.ours => true,
                 Some(w) => w.record.is_some() && passed(&w.cut, c.mark),
                 None => !present.contains(&c.client_id),
-            }
-        });
+            });
         *completed = waiting;
         ready
     };

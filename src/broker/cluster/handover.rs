@@ -19,9 +19,17 @@
 //!    was handed over and before anything its reader routes next.
 //!
 //! So nothing is lost and nothing comes twice, QoS 2 included. Bounded: at most the
-//! session's queue limit (`max_queued_messages`) is replayed, within a few seconds. A
-//! dead node's session comes back from its record's checkpoint, written when its
-//! client went offline: what was queued then, or inflight, is lost with the node.
+//! session's queue limit (`max_queued_messages`) is replayed, within a few seconds.
+//!
+//! A dead node's session comes back from its record's checkpoint ([`super::checkpoint`],
+//! written every heartbeat, the client connected or not): a cut whose floor is the
+//! oldest other node's message the client had not taken, and whose origin sequence is
+//! the oldest of the old owner's own; its stream sequence, where the read starts, may be
+//! lower (the old owner's own messages lie anywhere after where it stood when it
+//! numbered them), and [`Bounds::keeps`] tells the two kinds apart. The old owner's own
+//! messages it had routed may then lie anywhere up to the stream's end: the taking node
+//! waits until its reader is there. QoS 2 messages the client had acknowledged with
+//! PUBREC after the checkpoint are left out by the bucket of packet ids ([`Taken`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -153,7 +161,12 @@ impl Cluster {
             // answering): the old owner's messages it had up to `origin_seq` may lie
             // anywhere before the stream's end, where this node's reader must be so as
             // not to route them again.
-            None => match super::sessions::bounded("reading the stream's end", self.moves.stream.get_info()).await {
+            None => match super::sessions::bounded(
+                "reading the stream's end",
+                self.moves.stream.get_info(),
+            )
+            .await
+            {
                 Ok(info) => info.state.last_sequence.max(cut.floor()),
                 Err(e) => {
                     warn!(%client_id, "cluster: {e}");

@@ -14,10 +14,16 @@
 //! in it; only a PUBLISH with DUP set is looked up, a first send never is.
 //!
 //! Outbound, the same bucket keeps the packet ids of deliveries in their PUBREL stage:
-//! written when the subscriber's PUBREC comes (before the PUBREL goes out), deleted at
-//! its PUBCOMP. A node taking in the session of a dead node puts those ids back in the
-//! session as released deliveries, so the subscriber gets the PUBREL again (and with
-//! it, for clients such as paho, hands the message over), never the PUBLISH.
+//! written when the subscriber's PUBREC comes (before the PUBREL goes out), with the
+//! node and the message's [`StreamMark`] ([`Delivered`]); at its PUBCOMP marked
+//! completed, and deleted once the session's checkpoint is past the message
+//! (checkpoint.rs). A node taking in the session of a dead node puts the ids not
+//! completed back in the session as released deliveries, so the subscriber gets the
+//! PUBREL again (and with it, for clients such as paho, hands the message over), and
+//! leaves every message named there out of its replay of the stream ([`Taken`]): a
+//! message acknowledged with PUBREC never comes again as a PUBLISH, even when the
+//! checkpoint was written before the PUBREC. (A node before the checkpoints wrote
+//! "1": released, no message named.)
 //!
 //! Keys outlive a client that never finishes its flow by `cluster_max_age` at most
 //! (the bucket's `max_age`, the stream's own limit).

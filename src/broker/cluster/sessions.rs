@@ -13,8 +13,9 @@
 //! present, with the stream messages A had not routed to it (the answer's cut,
 //! [`super::handover`]). If A does not answer (it is gone) or holds nothing, B takes
 //! the subscriptions from the record, and the stream messages since the record's
-//! checkpoint (written when the client went offline); what A had queued at that
-//! moment is lost with A. B's CONNACK waits
+//! checkpoint ([`super::checkpoint`]: written every heartbeat while the session is on
+//! A, connected or not, and when its client goes offline), so that what A had queued
+//! or in flight and the client had not taken comes again. B's CONNACK waits
 //! for all this (bounded). Claiming before asking settles races: A ignores a request
 //! once it claimed the record again itself, and a connection attached after another
 //! node's claim finds the record naming that node and is refused.
@@ -39,9 +40,9 @@ use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use super::qos2::Taken;
 pub(super) use super::record::Record;
 pub use super::record::Will;
-use super::qos2::Taken;
 use super::record::{subscriptions_of, Unreadable};
 use super::{Cluster, STORE_TIMEOUT};
 use crate::broker::router::{Held, Router, Session};

@@ -4,7 +4,7 @@
 //! entries: one per publish, shared by every subscriber's copy, so `Queued` keeps its
 //! 16 bytes and a single node pays one word per message and nothing per delivery.
 
-use super::{Queued, Stage, SessionState};
+use super::{Queued, SessionState, Stage};
 use crate::codec::QoS;
 
 /// A message's place in the cluster's QoS 1/2 stream: for another node's message, its
