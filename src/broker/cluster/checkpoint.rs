@@ -244,7 +244,12 @@ impl Cluster {
                     }
                 }
             };
-            if record.owner != self.node || record.clean {
+            // Left alone while a will waits out its delay for an offline client: the
+            // survivor holding a dead node's will publishes it only if the record did
+            // not change meanwhile (liveness.rs). Nothing is taken while the client is
+            // away, so the checkpoint of its disconnect stays exact.
+            let will_waits = record.offline_since != 0 && record.will.is_some();
+            if record.owner != self.node || record.clean || will_waits {
                 return Ok(None);
             }
             let record = Record {
