@@ -27,6 +27,14 @@
 //! minute, so a replay never reads far): one KV write per busy session per
 //! heartbeat, whatever its number of messages, up to [`WRITES_AT_ONCE`] at a time.
 //!
+//! A record whose offline client's will waits out its delay is left alone: the node
+//! holding that will publishes it only if the record did not change meanwhile
+//! (liveness.rs), and nothing is taken while the client is away.
+//!
+//! Not covered: messages a live handover, or the node's `session_store` at a restart,
+//! brought to a session carry no mark (their place in the stream did not travel with
+//! them), so the checkpoint does not wait for them.
+//!
 //! What comes again, then: a QoS 1 message taken after the last checkpoint (within
 //! a heartbeat before the crash) comes again, with a new packet id and DUP 0 (a new
 //! PUBLISH for the new node's session, which never sent it; at least once). So does

@@ -40,7 +40,6 @@ use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::qos2::Taken;
 pub(super) use super::record::Record;
 pub use super::record::Will;
 use super::record::{subscriptions_of, Unreadable};
@@ -278,7 +277,8 @@ impl Cluster {
             if let Some(taken) = taken.filter(|_| !claim.clean) {
                 // From a dead node: its deliveries awaiting PUBCOMP come from the cluster.
                 let (taken, delivered) = if given {
-                    (taken, Taken::default())
+                    // Nothing taken beyond the cut of a live handover.
+                    (taken, Default::default())
                 } else {
                     self.with_released(client_id, taken).await
                 };
