@@ -232,7 +232,11 @@ impl Cluster {
             // taken by this (checkpoint.rs). A copy only if the publisher kept one.
             Arc::make_mut(msg).mark = StreamMark::own(seq);
         } else {
-            // Taken and routed at once for the checkpoints' count.
+            // Taken and routed at once for the checkpoints' count; the router counts
+            // only what a mark says this call numbered.
+            if msg.mark != StreamMark::NONE {
+                Arc::make_mut(msg).mark = StreamMark::NONE;
+            }
             self.routed_own.fetch_add(1, Ordering::Release);
         }
         match self.outbound.try_send(Outbound::Publish(msg.clone(), seq)) {
