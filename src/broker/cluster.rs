@@ -72,6 +72,7 @@ mod checkpoint;
 mod config;
 mod connect;
 mod cut;
+mod formats;
 mod handover;
 mod link;
 mod liveness;
@@ -86,7 +87,7 @@ mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,6 +208,8 @@ pub struct Cluster {
     moves: handover::Moves,
     /// Inbound QoS 2 packet ids stored and not yet released ([`qos2`]).
     qos2: jetstream::kv::Store,
+    /// The newest session record format every live node reads ([`formats`]).
+    records_readable: AtomicU8,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -585,6 +588,12 @@ pub async fn start(
     })
     .await?;
     link.renewed(sent, liveness::steady_gap(timing));
+    // The formats the other nodes read, for the records written from the first CONNECT
+    // on (taken in below, once the node's state exists).
+    let formats = match liveness::live_nodes(&nodes).await {
+        Ok(live) => liveness::formats_of(&nodes, &live, node).await,
+        Err(e) => Err(e),
+    };
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -616,7 +625,22 @@ pub async fn start(
         link,
         moves,
         qos2,
+        records_readable: AtomicU8::new(record::NEWEST),
     });
+    match formats {
+        Ok(formats) => cluster.note_formats(&formats),
+        Err(e) => {
+            // The one every node reads, until the first look at the bucket.
+            info!(
+                "cluster: the nodes' record formats not read yet ({e}): writing format {} \
+                 until they are",
+                record::UNADVERTISED
+            );
+            cluster
+                .records_readable
+                .store(record::UNADVERTISED, Ordering::Relaxed);
+        }
+    }
 
     // Where this node's own messages start, before it numbers any.
     cluster.note_start();

@@ -16,11 +16,13 @@ use bytestring::ByteString;
 use crate::codec::QoS;
 use crate::qos::InboundQos2;
 
+mod fast_bins;
 mod mark;
 mod props;
 mod sub_opts;
 mod window;
 
+pub(crate) use fast_bins::widen_fast_bins;
 pub use mark::{StreamMark, Untaken};
 pub use props::{remaining_secs, Expiry, MessageProperties};
 pub use sub_opts::SubOpts;

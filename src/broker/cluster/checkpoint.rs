@@ -266,7 +266,8 @@ impl Cluster {
             };
             match bounded(
                 "writing a checkpoint",
-                self.sessions.update(&key, record.encode(), revision),
+                self.sessions
+                    .update(&key, record.encode_for(self.records_readable()), revision),
             )
             .await
             {

@@ -242,13 +242,15 @@ impl Cluster {
             let written = match revision {
                 Some(revision) => bounded(
                     "claiming the session",
-                    self.sessions.update(&key, mine.encode(), revision),
+                    self.sessions
+                        .update(&key, mine.encode_for(self.records_readable()), revision),
                 )
                 .await
                 .map(|_| ()),
                 None => bounded(
                     "claiming the session",
-                    self.sessions.create(&key, mine.encode()),
+                    self.sessions
+                        .create(&key, mine.encode_for(self.records_readable())),
                 )
                 .await
                 .map(|_| ()),
@@ -371,7 +373,11 @@ impl Cluster {
                     };
                     bounded(
                         "recording the disconnect",
-                        self.sessions.update(&key, offline.encode(), entry.revision),
+                        self.sessions.update(
+                            &key,
+                            offline.encode_for(self.records_readable()),
+                            entry.revision,
+                        ),
                     )
                     .await
                     .map(|_| ())
@@ -474,7 +480,7 @@ impl Cluster {
                 // Still where a survivor replays from (checkpoint.rs).
                 checkpoint,
             }
-            .encode();
+            .encode_for(self.records_readable());
             match bounded(
                 "recording subscriptions",
                 self.sessions.update(&key, mine, revision),
@@ -555,7 +561,8 @@ async fn give_up(cluster: &Cluster, router: &Router, client_id: &ByteString) -> 
                     offline_since: 0,
                     checkpoint: Some(cut),
                 }
-                .encode();
+                // The asking node reads it: it is live, so counted in this.
+                .encode_for(cluster.records_readable());
             }
             Held::Nothing => return Bytes::new(),
         }

@@ -150,15 +150,7 @@ impl Connection {
     /// will-only Will Delay Interval left out).
     pub(super) fn will_properties_v5(connect: &Connect) -> Option<MessageProperties> {
         let will = connect.will.as_ref()?;
-        let mut props = will.properties.as_deref()?.clone();
-        props.will_delay_interval = None;
-        if props.is_empty() {
-            return None;
-        }
-        props
-            .to_bytes(PropertyContext::Publish)
-            .ok()
-            .map(MessageProperties::new)
+        MessageProperties::from_publish(will.properties.as_deref()?.clone())
     }
 
     /// A close for a rule a 5.0 client broke: the DISCONNECT before the close carries
