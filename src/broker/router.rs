@@ -393,6 +393,16 @@ impl Router {
         })
     }
 
+    /// Every client session (connected or not), for cluster mode's checkpoints; taken
+    /// under the client map's lock only, as [`Router::queue_totals`] does.
+    pub fn client_sessions(&self) -> Vec<Arc<Session>> {
+        self.clients
+            .lock()
+            .values()
+            .map(|slot| slot.session.clone())
+            .collect()
+    }
+
     /// A process-unique id for connections and sessions.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -471,18 +481,23 @@ impl Router {
     /// subscriber at all took it (5.0's PUBACK 0x10 No matching subscribers); in
     /// cluster mode always true, since another node's subscribers may (bridges are
     /// local subscribers, so they count).
-    pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) -> bool {
-        let clustered = match self.cluster.get() {
-            Some(cluster) => {
-                cluster.forward(&msg, scratch);
-                true
+    pub fn publish(&self, mut msg: Arc<Message>, scratch: &mut MatchScratch) -> bool {
+        let Some(cluster) = self.cluster.get() else {
+            if msg.retain {
+                self.set_retained(msg.clone());
             }
-            None => false,
+            return self.publish_remote(msg, scratch);
         };
+        cluster.forward(&mut msg, scratch);
         if msg.retain {
             self.set_retained(msg.clone());
         }
-        self.publish_remote(msg, scratch) || clustered
+        let marked = msg.mark.own_seq().is_some();
+        self.publish_remote(msg, scratch);
+        if marked {
+            cluster.routed_here();
+        }
+        true
     }
 
     /// Sets (or with an empty payload, clears) a retained message without routing it:

@@ -115,6 +115,7 @@ pub async fn publish_periodically(
                 retain: true,
                 publisher: ByteString::new(),
                 properties: None,
+                mark: crate::broker::session::StreamMark::NONE,
             });
             router.publish(msg, &mut scratch);
             // Only in-process subscribers with flow control ever block a publisher, and

@@ -461,6 +461,7 @@ impl BrokerCore {
             retain,
             publisher: ByteString::new(),
             properties,
+            mark: crate::broker::session::StreamMark::NONE,
         });
         let mut scratch = MatchScratch::default();
         py.detach(|| router.publish(msg, &mut scratch));

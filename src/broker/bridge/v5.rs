@@ -87,6 +87,7 @@ mod tests {
             retain: false,
             publisher: ByteString::new(),
             properties,
+            mark: crate::broker::session::StreamMark::NONE,
         }
     }
 

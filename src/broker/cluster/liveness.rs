@@ -569,8 +569,8 @@ async fn adopt(
     };
     // The session lives on here: its subscriptions route to it, a CONNECT anywhere
     // takes it over from this node.
-    let taken = cluster.with_released(client_id, claimed.clone()).await;
-    cluster.take_in(router, client_id, taken).await;
+    let (taken, delivered) = cluster.with_released(client_id, claimed.clone()).await;
+    cluster.take_in(router, client_id, taken, &delivered).await;
     let (Some(will), Some(wait)) = (will, wait) else {
         return true;
     };

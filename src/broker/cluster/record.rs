@@ -110,6 +110,7 @@ impl Will {
             retain: self.retain,
             publisher: client_id.clone(),
             properties: None,
+            mark: crate::broker::session::StreamMark::NONE,
         })
     }
 }
@@ -395,6 +396,7 @@ impl Record {
                     retain,
                     publisher: ByteString::new(),
                     properties,
+                    mark: crate::broker::session::StreamMark::NONE,
                 }),
                 qos,
                 retain,

@@ -149,6 +149,7 @@ fn replacement(verdict: &Bound<'_, PyAny>, original: &Message) -> PyResult<Arc<M
         retain,
         publisher: original.publisher.clone(),
         properties,
+        mark: crate::broker::session::StreamMark::NONE,
     }))
 }
 
