@@ -85,7 +85,7 @@ class BrokerConfig:
     persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
     # `[[bridge]]` tables (see BridgeConfig; `Broker(bridges=[...])` fills it).
     bridge: list[dict[str, Any]] = field(default_factory=list)
-    # Cluster mode (preview): "nats://HOST:PORT[,...]" of a NATS server with JetStream.
+    # Cluster mode: "nats://HOST:PORT[,...]" of a NATS server with JetStream.
     cluster: str | None = _DEFAULTS["cluster"]
     cluster_prefix: str = _DEFAULTS["cluster_prefix"]
     cluster_node: str | None = _DEFAULTS["cluster_node"]

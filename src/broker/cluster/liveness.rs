@@ -33,7 +33,7 @@
 //! Records of offline persistent sessions are deleted once their session expired (5.0
 //! Session Expiry Interval, else `persistent_client_expiration`), by one node (the live
 //! node with the lowest id) reading the bucket every [`EXPIRY_SWEEP`]. Reading the bucket
-//! costs one request per record: fine for the preview's thousands of sessions.
+//! costs one request per record: fine for thousands of sessions.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
