@@ -729,10 +729,11 @@ class Broker:
         65,536 queued) is dropped and counted in `dropped_messages`."""
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         # Only a caller on the broker's loop can be woken by the "space" notice.
-        waits = asyncio.get_running_loop() is self._loop
+        loop = self._loop
+        waits = loop is not None and asyncio.get_running_loop() is loop
         token = self._core.publish(topic, data, qos, retain, properties, waits)
-        if token:
-            waiter = self._loop.create_future()
+        if token and loop is not None:
+            waiter = loop.create_future()
             self._space_waiters[token] = waiter
             if not self._core.running:
                 # Stopped between the publish and now: nothing will drain or release it.
