@@ -333,6 +333,7 @@ class BrokerCore:
         qos: int = 0,
         retain: bool = False,
         properties: MessageProperties | None = None,
+        wait: bool = False,
     ) -> int: ...
     def subscribe(
         self, filter: str, qos: int, max_buffered: int = 100000, flow_control: bool = False

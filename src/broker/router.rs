@@ -315,7 +315,8 @@ impl Router {
 
     /// Offers an event to the observer, if one is registered. The observer never slows
     /// the broker: an event its full queue refuses is dropped, counted (`events_dropped`
-    /// in `Broker.stats()`) and logged once per episode.
+    /// in `Broker.stats()`, `$SYS/broker/pyo3mq/events/dropped`) and logged once per
+    /// episode.
     pub fn emit(&self, event: impl FnOnce() -> Event) {
         let Some(sink) = &self.hooks.events else {
             return;
