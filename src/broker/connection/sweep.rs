@@ -14,9 +14,11 @@
 //! added), so a silent client is closed when its deadline passes, as with a timer.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
+use crate::broker::parking;
 use crate::broker::router::Takeover;
 
 /// A deadline and what tells entries with the same deadline apart: the address of the
@@ -85,14 +87,25 @@ fn sweep() {
     loop {
         let now = Instant::now();
         // Notified under the lock, so a connection that finds its entry gone knows its
-        // signal has its permit.
+        // signal has its permit. Connections parked without a task are woken after the
+        // lock is let go: waking one resumes it here, and resuming looks at its entry.
+        let mut woken = Vec::new();
         while let Some(entry) = due.entries.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             if let Some(takeover) = entry.remove().upgrade() {
                 takeover.kick.notify_one();
+                woken.push(takeover.parked.load(Ordering::SeqCst));
             }
+        }
+        if !woken.is_empty() {
+            drop(due);
+            for key in woken {
+                parking::wake(key);
+            }
+            due = self::due();
+            continue;
         }
         let next = due.entries.keys().next().map(|(at, _)| *at);
         due = match next {
