@@ -38,7 +38,7 @@ pub mod metrics;
 #[cfg(unix)]
 pub mod parking;
 #[cfg(not(unix))]
-#[path = "parking_none.rs"]
+#[path = "broker/parking_none.rs"]
 pub mod parking;
 pub mod router;
 pub mod server;

@@ -64,7 +64,9 @@ fn parking() -> Option<&'static Parking> {
 
 fn start() -> Option<Parking> {
     let poll = Poll::new()
-        .inspect_err(|err| tracing::error!("cannot create the parked connections' epoll set: {err}"))
+        .inspect_err(|err| {
+            tracing::error!("cannot create the parked connections' epoll set: {err}")
+        })
         .ok()?;
     let registry = poll
         .registry()
@@ -139,9 +141,11 @@ pub fn watch(key: u64) {
         // Under the lock: a `wake` in between would take the socket out of the set
         // before this put it in, and leave it there.
         let token = Token(usize::try_from(key).unwrap_or(usize::MAX));
-        parking
-            .registry
-            .register(&mut SourceFd(&socket.as_raw_fd()), token, Interest::READABLE)
+        parking.registry.register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )
     };
     if let Err(err) = registered {
         tracing::warn!("cannot watch a parked connection's socket, resuming it: {err}");
@@ -189,7 +193,6 @@ pub fn wake(key: u64) {
         .deregister(&mut SourceFd(&socket.as_raw_fd()));
     resume(socket);
 }
-
 
 fn key(index: u32, generation: u32) -> u64 {
     u64::from(generation) << 32 | u64::from(index)

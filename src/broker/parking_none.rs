@@ -20,4 +20,3 @@ pub fn park(socket: TcpStream, resume: Resume) -> Result<u64, (TcpStream, Resume
 pub fn watch(_key: u64) {}
 
 pub fn wake(_key: u64) {}
-

@@ -38,9 +38,9 @@ pub use remote::{ClusterLink, Qos2Step};
 pub use shared::SharedGroup;
 
 use crate::broker::config::Config;
-use crate::broker::parking;
 use crate::broker::hooks::{Event, Hooks};
 use crate::broker::metrics::{self, Counters};
+use crate::broker::parking;
 use crate::broker::session::{ChangeTracker, Enqueued, Limits, Message, Queued, SessionState};
 use crate::codec::QoS;
 use crate::topic::{self, RetainedTree, SubscriptionTree};

@@ -157,7 +157,9 @@ pub(super) fn park<G: Send + 'static>(
         sweep::watch(at, &parked.live.gone.0);
     }
     match io {
-        Transport::Tcp(tcp) if parking::available() => park_without_task(parked, tcp, shutdown, guard),
+        Transport::Tcp(tcp) if parking::available() => {
+            park_without_task(parked, tcp, shutdown, guard)
+        }
         io => {
             tokio::spawn(wait(parked, io, shutdown, guard));
         }

@@ -215,7 +215,11 @@ impl Connection {
 }
 
 /// Appends up to `chunk` bytes read from `socket` (non-blocking) to `buf`.
-fn read_direct(socket: &mut std::net::TcpStream, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+fn read_direct(
+    socket: &mut std::net::TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> io::Result<usize> {
     let len = buf.len();
     buf.resize(len + chunk, 0);
     let read = io::Read::read(socket, &mut buf[len..]);
