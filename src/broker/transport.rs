@@ -114,6 +114,11 @@ impl Transport {
         }
     }
 
+    /// The peer's address, as the socket has it.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.socket().peer_addr()
+    }
+
     #[cfg(not(unix))]
     pub fn direct_reader(&self) -> Option<std::net::TcpStream> {
         None

@@ -121,10 +121,11 @@ impl Connection {
 /// interceptor batch, counters (flushed when parking), and the client id (the session's
 /// own, shared). The socket is apart: a task holds it as it is, the parking table
 /// (broker/parking.rs) as a plain socket.
+///
+/// Nor the peer's address (32 bytes): read back from the socket on resume.
 pub(super) struct Parked {
     router: Arc<Router>,
     conn_id: u64,
-    peer: SocketAddr,
     /// Empty, but it carries a 5.0 connection's outbound topic aliases.
     out: OutBuf,
     protocol: Protocol,
@@ -310,7 +311,6 @@ impl Parked {
         let parked = Parked {
             router: conn.router,
             conn_id: conn.conn_id,
-            peer: conn.peer,
             out: conn.out,
             protocol: conn.protocol,
             username: conn.username,
@@ -330,10 +330,15 @@ impl Parked {
         decoder.set_protocol(self.protocol);
         let client_id = self.live.session.client_id.clone();
         debug!(client_id = %client_id, "parked connection resumed");
+        // Fails only for a socket the peer has reset, which closes at its first read;
+        // its close is then logged with the unspecified address.
+        let peer = io
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let conn = Connection {
             router: self.router,
             conn_id: self.conn_id,
-            peer: self.peer,
+            peer,
             io,
             rbuf: BytesMut::new(),
             out: self.out,
