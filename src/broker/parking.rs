@@ -215,3 +215,75 @@ fn wait_readable(mut poll: Poll) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A connected pair of loopback sockets: the accepted end non-blocking, as tokio's.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server, client)
+    }
+
+    /// A resume closure that reports the socket's peer port when called.
+    fn resume(tx: mpsc::Sender<u16>) -> super::Resume {
+        Box::new(move |socket| {
+            let _ = tx.send(socket.peer_addr().map_or(0, |a| a.port()));
+        })
+    }
+
+    /// `wake` resumes once with the socket it was given, and a key whose slot was
+    /// emptied (even when the slot holds another socket by then) wakes nothing.
+    #[test]
+    fn wake_resumes_once_and_stale_keys_wake_nothing() {
+        let (server, client) = pair();
+        let port = client.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        let Ok(key) = super::park(server, resume(tx.clone())) else {
+            panic!("this process parks sockets");
+        };
+        super::wake(key);
+        assert_eq!(rx.try_recv(), Ok(port), "woken with its own socket");
+        super::wake(key);
+        assert!(rx.try_recv().is_err(), "a second wake resumes nothing");
+        // The slot is reused: the old key still names nothing.
+        let (server2, client2) = pair();
+        let Ok(key2) = super::park(server2, resume(tx)) else {
+            panic!("parks again");
+        };
+        assert_ne!(key, key2);
+        super::wake(key);
+        assert!(rx.try_recv().is_err(), "a stale key wakes nothing");
+        super::wake(key2);
+        assert_eq!(rx.try_recv(), Ok(client2.local_addr().unwrap().port()));
+        super::wake(super::NONE);
+    }
+
+    /// A watched socket resumes once the peer sends (the parking thread's epoll set),
+    /// and not before.
+    #[test]
+    fn a_watched_socket_resumes_when_readable() {
+        let (server, mut client) = pair();
+        let (tx, rx) = mpsc::channel();
+        let Ok(key) = super::park(server, resume(tx)) else {
+            panic!("this process parks sockets");
+        };
+        super::watch(key);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "nothing was sent: still parked"
+        );
+        client.write_all(b"\xc0\x00").unwrap();
+        let port = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(port, Ok(client.local_addr().unwrap().port()));
+        super::wake(key);
+        assert!(rx.try_recv().is_err(), "resumed once");
+    }
+}
