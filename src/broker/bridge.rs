@@ -161,7 +161,7 @@ impl Link {
                         bridge = %settings.name, client_id = %client_id,
                         "a client is connected with the bridge's local_clientid: taking over"
                     );
-                    owner.takeover.kick.notify_one();
+                    owner.takeover.kick_now();
                     tokio::select! {
                         _ = tokio::time::timeout(Duration::from_secs(5), owner.takeover.gone()) => {}
                         _ = shutdown.changed() => return None,

@@ -40,6 +40,7 @@ pub use shared::SharedGroup;
 use crate::broker::config::Config;
 use crate::broker::hooks::{Event, Hooks};
 use crate::broker::metrics::{self, Counters};
+use crate::broker::parking;
 use crate::broker::session::{ChangeTracker, Enqueued, Limits, Message, Queued, SessionState};
 use crate::codec::QoS;
 use crate::topic::{self, RetainedTree, SubscriptionTree};
@@ -85,6 +86,9 @@ pub struct Session {
     /// and deliveries keep the publisher's RETAIN flag, so the broker at the other end
     /// stores retained messages too.
     bridge: AtomicBool,
+    /// The key of the owning connection's park (broker/parking.rs) while it is parked
+    /// without a task, else [`parking::NONE`]: a delivery must wake it.
+    pub parked: AtomicU64,
 }
 
 impl Session {
@@ -107,6 +111,12 @@ impl Session {
         };
         if outcome != Enqueued::Skipped {
             self.notify.notify_one();
+            // A relaxed-cost load (x86: a plain read) on every delivery; the wake only
+            // while the connection is parked without a task.
+            let parked = self.parked.load(Ordering::SeqCst);
+            if parked != parking::NONE {
+                parking::wake(parked);
+            }
         }
         outcome
     }
@@ -438,6 +448,7 @@ impl Router {
             notify: Notify::new(),
             flow: flow.map(Box::new),
             bridge: AtomicBool::new(false),
+            parked: AtomicU64::new(parking::NONE),
         })
     }
 

@@ -544,7 +544,7 @@ async fn give_up(cluster: &Cluster, router: &Router, client_id: &ByteString) -> 
         match held {
             Held::Connected(conn) => {
                 info!(%client_id, "cluster: session taken over by a connection to another node");
-                conn.takeover.kick.notify_one();
+                conn.takeover.kick_now();
                 let _ = tokio::time::timeout(KICK_TIMEOUT, conn.takeover.gone()).await;
             }
             Held::Given(snapshot) => {
