@@ -45,6 +45,6 @@ mod tests;
 
 pub use matching::matches;
 pub use retained::RetainedTree;
-pub use shared::{parse_shared, FilterError, ShareError, SharedFilter, SHARE_PREFIX};
+pub use shared::{parse_shared, FilterError, ShareError, SharedFilter, ValidFilter, SHARE_PREFIX};
 pub use subscription::SubscriptionTree;
 pub use validate::{validate_topic_filter, validate_topic_name, TopicError, MAX_TOPIC_LEN};
