@@ -122,10 +122,11 @@ pub struct ValidFilter<'a> {
 }
 
 impl<'a> ValidFilter<'a> {
-    /// The one check of a SUBSCRIBE filter; `Err` names the rule broken.
+    /// The one check of a SUBSCRIBE filter; `Err` names the rule broken, a shared
+    /// subscription's own rule first (`$share/g+/t` breaks [MQTT-4.8.2-2] before 4.7's).
     pub fn parse(filter: &'a ByteString) -> Result<ValidFilter<'a>, FilterError> {
-        validate_topic_filter(filter)?;
         let share = parse_shared(filter)?;
+        validate_topic_filter(filter)?;
         Ok(ValidFilter { filter, share })
     }
 
