@@ -1,29 +1,36 @@
 //! The broker: listeners, connections, routing, sessions and their persistence.
 //!
 //! - [`server`]: the runtime, listeners, accept loop and graceful shutdown.
+//! - [`bridge`]: bridges to other brokers (Mosquitto's `[[bridge]]`): a local session
+//!   of this broker and, as the remote side, the crate's client core
+//!   (`bridge/remote.rs`), with the 5.0 forms (`bridge/v5.rs`).
 //! - [`cluster`]: cluster mode, several nodes as one broker through NATS JetStream.
 //! - [`config`]: every setting, its default and its bounds, a bridge's (`config/bridge.rs`)
 //!   and cluster mode's with their checks (`config/cluster.rs`) included.
 //! - [`connection`]: one client connection (the select loop, its output buffer, the
-//!   packet handlers).
+//!   packet handlers, the ACL cache, authentication, MQTT 5.0 flow control and topic
+//!   aliases).
 //! - [`router`]: routing and the client registry, the single owner of subscriptions and
-//!   retained messages; the MQTT 5.0 wills waiting out their delay (`router/will.rs`);
-//!   the [`router::ClusterLink`] cluster mode implements (`router/remote.rs`).
+//!   retained messages; shared subscriptions (`router/shared.rs`); the MQTT 5.0 wills
+//!   waiting out their delay (`router/will.rs`); the [`router::ClusterLink`] cluster mode
+//!   implements (`router/remote.rs`); and, for now, persistence and change tracking
+//!   (`router/persist.rs`: what changed since the last save, saving it, loading the store).
 //! - [`session`]: a client's session state (queue, inflight window, QoS 2 ids), with
 //!   what it holds: messages, their 5.0 properties, subscription options
 //!   (`session/sub_opts.rs`) and the queue's overflow policy.
 //! - [`store`]: session stores (memory, SQLite) and what they save.
 //! - [`hooks`]: the traits Python (or Rust) implements, with the password-file and ACL-file
 //!   implementations.
-//! - [`sys_topics`]: the `$SYS` counters and publisher.
+//! - [`sys_topics`]: the `$SYS` publisher (the counters it publishes are in [`metrics`]).
 //! - [`transport`]: the streams under MQTT (TCP, TLS, WebSocket) and their handshakes.
 //! - [`http`]: the metrics and health listener (`/metrics`, `/healthz`, `/readyz`) and
 //!   the Prometheus rendering (`http/prometheus.rs`); [`metrics`] has the counters.
 //!
 //! No two of these import each other (`tools/module_cycles.py`, run by `make lint`):
 //! [`session`] uses no other module of the broker, [`store`] and [`hooks`] only the
-//! session, [`config`] only the session's and the store's types, [`metrics`] none; the
-//! [`router`] uses those and never [`cluster`] or a connection; cluster mode, the
+//! session, [`config`] only the session's and the store's types, [`metrics`] none,
+//! [`transport`] only the config and the metrics; the [`router`] uses those (not the
+//! transport) and never [`cluster`], a bridge or a connection; bridges, cluster mode, the
 //! connections, `$SYS`, the HTTP listener and the server sit on top. A lower module that
 //! needs something of a higher one defines a trait for it (as the router's
 //! [`router::ClusterLink`]) or takes values (as [`cluster::Settings`]).

@@ -14,7 +14,9 @@
 //! * `retained`: [`RetainedTree`] answers "which retained messages does this new filter
 //!   replay?".
 //! * `shared`: [`parse_shared`] splits a `$share/{ShareName}/{filter}` shared subscription
-//!   (MQTT 5.0 section 4.8.2, also accepted from 3.1.1 clients) and checks its rules.
+//!   (MQTT 5.0 section 4.8.2, also accepted from 3.1.1 clients) and checks its rules;
+//!   [`ValidFilter::parse`] is a SUBSCRIBE filter's one check (both rule sets), made by
+//!   the connection and trusted by the router.
 //!
 //! Levels are the pieces between `/` separators and are compared as raw bytes: MQTT
 //! forbids normalisation [MQTT-4.7.3-4], so `ACCOUNTS` and `Accounts` are different levels,
@@ -45,6 +47,6 @@ mod tests;
 
 pub use matching::matches;
 pub use retained::RetainedTree;
-pub use shared::{parse_shared, FilterError, ShareError, SharedFilter, SHARE_PREFIX};
+pub use shared::{parse_shared, FilterError, ShareError, SharedFilter, ValidFilter, SHARE_PREFIX};
 pub use subscription::SubscriptionTree;
 pub use validate::{validate_topic_filter, validate_topic_name, TopicError, MAX_TOPIC_LEN};

@@ -5,12 +5,21 @@ Reads every `src/**/*.rs`, turns its `use` declarations and the `crate::`, `supe
 `self::` paths in its code into edges between modules, and reports each cycle: a strongly
 connected component of more than one module. Exits 1 if there is one, 0 otherwise.
 
-Checked twice: with second-level subtrees as wholes (`broker::router::clients` counts
-as `broker::router`, so a subtree as a whole cannot depend on a module that depends on
+Checked three times: with the top-level parts as wholes (`broker::bridge` counts as
+`broker`, so `client` may not use anything of `broker` while `broker` uses `client`),
+with second-level subtrees as wholes (`broker::router::clients` counts as
+`broker::router`, so a subtree as a whole cannot depend on a module that depends on
 it), then with every module on its own at any depth (`broker::router::clients` and
 `broker::router::will` are two modules, and may not import each other). A path
 names the deepest module it reaches (`crate::broker::router::Router` is
 `broker::router`, `crate::broker::Config` is `broker`).
+
+The top-level parts also have a direction (LAYERS): the shared protocol pieces
+(`codec`, `topic`, `qos`, `tls`) use nothing of `client`, `broker` or `python`, the
+client nothing of `broker` or `python`, the broker nothing of `python`. A use against
+that direction fails even while it closes no cycle, so the layering cannot be turned
+around by removing the other side's uses. A top-level module not in LAYERS is held to
+the cycle checks only.
 
 A module using its own ancestor's items (`broker::router` -> `broker`, anything -> the
 crate root) is not an edge: a parent declares and re-exports its children, so counting
@@ -30,10 +39,20 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Checked at two granularities: second-level subtrees as wholes (`broker::router` with
-# everything under it must not depend on a module that depends on it), then every
-# module on its own, at any depth.
-DEPTHS = (2, 64)
+# Checked at three granularities: top-level parts as wholes (`client` with everything
+# under it must not depend on `broker` while `broker` depends on it), second-level
+# subtrees as wholes (the same for `broker::router`), then every module on its own, at
+# any depth.
+DEPTHS = (1, 2, 64)
+# The top-level parts from the bottom up: a part may use its own layer's and lower ones,
+# never a higher one's. Bridges make the broker a user of the client core, so the client
+# sits below it; the Python bindings wrap both.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("codec", "topic", "qos", "tls"),
+    ("client",),
+    ("broker",),
+    ("python",),
+)
 # Top-level modules to count whole (none today: the codec's and the topic module's own
 # files are checked like the broker's).
 WHOLE: set[str] = set()
@@ -271,6 +290,17 @@ def node(path: tuple[str, ...], depth: int) -> tuple[str, ...]:
     return path[:1] if path[:1] and path[0] in WHOLE else path[:depth]
 
 
+def upward(edges: list[Edge]) -> list[Edge]:
+    """The uses of a top-level part by one in a lower layer (LAYERS)."""
+    layer = {part: n for n, parts in enumerate(LAYERS) for part in parts}
+    out = []
+    for e in edges:
+        source, target = layer.get(e.source[0]), layer.get(e.target[0])
+        if source is not None and target is not None and source < target:
+            out.append(e)
+    return sorted(set(out), key=lambda e: (e.source, e.target, e.file, e.line))
+
+
 def name(path: tuple[str, ...]) -> str:
     return "::".join(path) or "crate"
 
@@ -342,8 +372,15 @@ def main(argv: list[str]) -> int:
             for e in sorted(set(edges), key=lambda e: (e.source, e.target, e.file, e.line)):
                 if e.source in members and e.target in members:
                     print(f"  {name(e.source)} -> {name(e.target)}  {e.file}:{e.line}: {e.text}")
-    if found:
-        print(f"module_cycles: {len(found)} cycle(s) between modules", file=sys.stderr)
+    wrong_way = upward(crate.edges(1))
+    for e in wrong_way:
+        print(f"upward: {name(e.source)} -> {name(e.target)}  {e.file}:{e.line}: {e.text}")
+    if found or wrong_way:
+        print(
+            f"module_cycles: {len(found)} cycle(s) between modules, "
+            f"{len(wrong_way)} use(s) of a higher layer",
+            file=sys.stderr,
+        )
         return 1
     modules = {e.source for e in edges} | {e.target for e in edges}
     print(f"module_cycles: no cycles ({len(modules)} modules, {len(set(edges))} uses)")

@@ -604,34 +604,50 @@ impl Router {
         matched
     }
 
-    /// Adds or replaces a subscription [MQTT-3.8.4-3] and queues the retained messages it
-    /// matches with RETAIN=1 [MQTT-3.3.1-6], [MQTT-3.3.1-8]. `Err` names the rule an
-    /// invalid filter breaks; the caller answers 0x80. A `$share/{ShareName}/{filter}`
-    /// filter joins the session to that group instead (see [`SharedGroup`]).
+    /// [`Router::subscribe_checked`] for a filter nobody checked yet (a bridge's, one of
+    /// the bindings' in-process subscriptions): `Err` names the rule an invalid filter
+    /// breaks, and nothing is subscribed.
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
         filter: &ByteString,
         qos: QoS,
     ) -> Result<QoS, topic::FilterError> {
+        let filter = topic::ValidFilter::parse(filter)?;
+        Ok(self.subscribe_checked(session, filter, qos))
+    }
+
+    /// Adds or replaces a subscription [MQTT-3.8.4-3] and queues the retained messages it
+    /// matches with RETAIN=1 [MQTT-3.3.1-6], [MQTT-3.3.1-8]. A
+    /// `$share/{ShareName}/{filter}` filter joins the session to that group instead (see
+    /// [`SharedGroup`]). The filter was checked once, by whoever made the [`ValidFilter`]
+    /// (a connection answers an invalid one itself).
+    ///
+    /// [`ValidFilter`]: topic::ValidFilter
+    pub fn subscribe_checked(
+        &self,
+        session: &Arc<Session>,
+        filter: topic::ValidFilter<'_>,
+        qos: QoS,
+    ) -> QoS {
         let handling = crate::codec::RetainHandling::SendAtSubscribe;
         self.subscribe_with(session, filter, qos, SubOpts::default(), handling)
     }
 
-    /// [`Router::subscribe`] with MQTT 5.0 options ([`Router::subscribe_v5`]).
+    /// [`Router::subscribe_checked`] with MQTT 5.0 options ([`Router::subscribe_v5`]).
     fn subscribe_with(
         &self,
         session: &Arc<Session>,
-        filter: &ByteString,
+        valid: topic::ValidFilter<'_>,
         qos: QoS,
         opts: SubOpts,
         handling: crate::codec::RetainHandling,
-    ) -> Result<QoS, topic::FilterError> {
-        if let Some(share) = topic::parse_shared(filter)? {
+    ) -> QoS {
+        let filter = valid.filter();
+        if let Some(share) = valid.share() {
             self.join_group(session, filter, share, qos, opts);
-            return Ok(qos);
+            return qos;
         }
-        topic::validate_topic_filter(filter)?;
         let replaced;
         {
             let mut state = session.state.lock();
@@ -652,13 +668,13 @@ impl Router {
             }
         }
         if !options::sends_retained(handling, replaced) {
-            return Ok(qos);
+            return qos;
         }
         let dropped = self.replay_retained(session, filter, qos, opts);
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
-        Ok(qos)
+        qos
     }
 
     /// Deletes the subscription whose filter equals `filter` character for character

@@ -37,8 +37,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::broker::transport::tls::{load_certs, load_key};
 use crate::codec::Protocol;
+use crate::tls::{load_certs, load_key};
 
 use super::error::ClientError;
 use super::options::{Options, Scheme, TlsOptions, TlsVersions, Verify};
@@ -365,9 +365,9 @@ fn client_config(tls: &TlsOptions) -> Result<ClientConfig, String> {
                         .map_err(|e| format!("keyfile {name}: no usable private key: {e}"))?;
                     (key, name)
                 }
-                (None, Some(file)) => (load_key(file)?, file.as_str()),
+                (None, Some(file)) => (load_key("keyfile", file)?, file.as_str()),
                 // paho's and Python's ssl: without a keyfile, the certfile holds the key.
-                (None, None) => (load_key(cert_file)?, cert_file.as_str()),
+                (None, None) => (load_key("keyfile", cert_file)?, cert_file.as_str()),
             };
             builder
                 .with_client_auth_cert(certs, key)

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use bytestring::ByteString;
+
 use super::validate::{validate_topic_filter, TopicError};
 
 /// The prefix that makes a filter a shared subscription.
@@ -108,6 +110,35 @@ pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, ShareError
         group,
         filter: inner,
     }))
+}
+
+/// A SUBSCRIBE topic filter that passed every rule: section 4.7's for the whole filter
+/// and, for a `$share/` one, the shared subscription's. Made only by [`ValidFilter::parse`],
+/// so whoever holds one (the router) does not check it again.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidFilter<'a> {
+    filter: &'a ByteString,
+    share: Option<SharedFilter<'a>>,
+}
+
+impl<'a> ValidFilter<'a> {
+    /// The one check of a SUBSCRIBE filter; `Err` names the rule broken, a shared
+    /// subscription's own rule first (`$share/g+/t` breaks [MQTT-4.8.2-2] before 4.7's).
+    pub fn parse(filter: &'a ByteString) -> Result<ValidFilter<'a>, FilterError> {
+        let share = parse_shared(filter)?;
+        validate_topic_filter(filter)?;
+        Ok(ValidFilter { filter, share })
+    }
+
+    /// The filter as subscribed (with its `$share/{ShareName}/` prefix, if any).
+    pub fn filter(&self) -> &'a ByteString {
+        self.filter
+    }
+
+    /// The group and inner filter of a shared subscription; `None` for a plain one.
+    pub fn share(&self) -> Option<SharedFilter<'a>> {
+        self.share
+    }
 }
 
 #[cfg(test)]

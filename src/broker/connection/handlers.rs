@@ -313,12 +313,23 @@ impl Connection {
                 }
                 let mut codes = Vec::with_capacity(subscribe.filters.len());
                 for (filter, qos) in &subscribe.filters {
-                    let granted = match crate::topic::validate_topic_filter(filter) {
-                        Ok(()) => Box::pin(self.may_subscribe(filter, *qos)).await,
-                        Err(_) => Ok(*qos), // the router reports the rule broken
+                    // The filter's one check: the hook and the router see valid ones only.
+                    let valid = match crate::topic::ValidFilter::parse(filter) {
+                        Ok(valid) => valid,
+                        Err(err) if self.protocol == Protocol::V31 => {
+                            // 3.1 SUBACK has no failure code (checklist part 2, item 5).
+                            return Some(Close::Protocol(format!(
+                                "invalid topic filter {filter:?} from an MQTT 3.1 client: {err}"
+                            )));
+                        }
+                        Err(err) => {
+                            info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
+                            codes.push(SubscribeReturnCode::Failure);
+                            continue;
+                        }
                     };
                     // 3.1.1 has one failure code, 0x80, whatever the hook chose.
-                    let Ok(granted) = granted else {
+                    let Ok(granted) = Box::pin(self.may_subscribe(filter, *qos)).await else {
                         self.router.counters().denied(Action::Subscribe);
                         info!(client_id = %self.client_id, "subscription to {filter:?} not authorized");
                         if self.protocol == Protocol::V31 {
@@ -329,19 +340,8 @@ impl Connection {
                         codes.push(SubscribeReturnCode::Failure);
                         continue;
                     };
-                    match self.router.subscribe(session, filter, granted) {
-                        Ok(granted) => codes.push(SubscribeReturnCode::Success(granted)),
-                        Err(err) if self.protocol == Protocol::V31 => {
-                            // 3.1 SUBACK has no failure code (checklist part 2, item 5).
-                            return Some(Close::Protocol(format!(
-                                "invalid topic filter {filter:?} from an MQTT 3.1 client: {err}"
-                            )));
-                        }
-                        Err(err) => {
-                            info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
-                            codes.push(SubscribeReturnCode::Failure);
-                        }
-                    }
+                    let granted = self.router.subscribe_checked(session, valid, granted);
+                    codes.push(SubscribeReturnCode::Success(granted));
                 }
                 self.router.emit(|| Event::Subscribed {
                     client_id: self.client_id.clone(),

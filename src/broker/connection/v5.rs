@@ -243,11 +243,15 @@ impl Connection {
                     "No Local set on a shared subscription [MQTT-3.8.3-4]",
                 ));
             }
-            if let Err(err) = crate::topic::validate_topic_filter(filter) {
-                info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
-                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
-                continue;
-            }
+            // The filter's one check: the hook and the router see valid ones only.
+            let valid = match crate::topic::ValidFilter::parse(filter) {
+                Ok(valid) => valid,
+                Err(err) => {
+                    info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
             let granted = match Box::pin(self.may_subscribe(filter, options.qos)).await {
                 Ok(granted) => granted,
                 Err(refusal) => {
@@ -261,13 +265,8 @@ impl Connection {
                 qos: granted,
                 ..*options
             };
-            match self.router.subscribe_v5(session, filter, &options, sub_id) {
-                Ok(granted) => reasons.push(ReasonCode(granted as u8)),
-                Err(err) => {
-                    info!(client_id = %self.client_id, "refusing subscription to {filter:?}: {err}");
-                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
-                }
-            }
+            let granted = self.router.subscribe_v5(session, valid, &options, sub_id);
+            reasons.push(ReasonCode(granted as u8));
         }
         self.router.emit(|| Event::Subscribed {
             client_id: self.client_id.clone(),

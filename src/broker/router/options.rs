@@ -57,16 +57,16 @@ pub(super) fn with_ids(
 
 impl Router {
     /// Subscribes with MQTT 5.0 options (see the module docs); answers as
-    /// [`Router::subscribe`]. Retained messages are sent as Retain Handling says: 0 always,
-    /// 1 only if the subscription did not exist [MQTT-3.3.1-10], 2 never
+    /// [`Router::subscribe_checked`]. Retained messages are sent as Retain Handling says:
+    /// 0 always, 1 only if the subscription did not exist [MQTT-3.3.1-10], 2 never
     /// [MQTT-3.3.1-11].
     pub fn subscribe_v5(
         &self,
         session: &Arc<Session>,
-        filter: &ByteString,
+        filter: topic::ValidFilter<'_>,
         options: &SubscriptionOptions,
         id: Option<NonZeroU32>,
-    ) -> Result<QoS, topic::FilterError> {
+    ) -> QoS {
         let opts = SubOpts::new(options, id);
         self.subscribe_with(session, filter, options.qos, opts, options.retain_handling)
     }

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use tokio::io::AsyncWriteExt;
@@ -19,6 +17,9 @@ use tokio::time::timeout;
 
 use super::{x509, PeerCertificate, TryIo, MAX_READS_PER_CALL};
 use crate::broker::config::{TlsSettings, TlsVersion};
+// `broker::cluster::connect` still names the loader through this module.
+pub(crate) use crate::tls::load_certs;
+use crate::tls::load_key;
 
 /// Bytes rustls may hold for sending (plaintext accepted but not yet on the socket, and
 /// records not yet written): a peer that stops reading stops our writes at this.
@@ -49,7 +50,7 @@ impl TlsAcceptor {
             .with_protocol_versions(versions)
             .map_err(|e| format!("TLS: {e}"))?;
         let certs = load_certs("certfile", &settings.certfile)?;
-        let key = load_key(&settings.keyfile)?;
+        let key = load_key("keyfile", &settings.keyfile)?;
         let builder = match &settings.cafile {
             None => builder.with_no_client_auth(),
             Some(cafile) => {
@@ -146,28 +147,6 @@ impl TlsAcceptor {
             identity_as_username: self.identity_as_username,
         })
     }
-}
-
-pub(crate) fn load_certs(
-    setting: &str,
-    path: &str,
-) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{setting} {path}: {e}"))?;
-    let certs = CertificateDer::pem_slice_iter(&data)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{setting} {path}: not a PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{setting} {path}: no PEM certificate in it"));
-    }
-    Ok(certs)
-}
-
-pub(crate) fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("keyfile {path}: {e}"))?;
-    PrivateKeyDer::from_pem_slice(&data).map_err(|e| match e {
-        pem::Error::NoItemsFound => format!("keyfile {path}: no PEM private key in it"),
-        e => format!("keyfile {path}: not a PEM private key file: {e}"),
-    })
 }
 
 /// A TLS connection after its handshake.

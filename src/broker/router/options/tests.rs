@@ -56,9 +56,9 @@ fn opts(no_local: bool, rap: bool, handling: RetainHandling) -> SubscriptionOpti
 }
 
 fn sub(router: &Router, s: &Arc<Session>, filter: &str, o: SubscriptionOptions, id: u32) {
-    router
-        .subscribe_v5(s, &ByteString::from(filter), &o, NonZeroU32::new(id))
-        .unwrap();
+    let filter = ByteString::from(filter);
+    let filter = topic::ValidFilter::parse(&filter).unwrap();
+    router.subscribe_v5(s, filter, &o, NonZeroU32::new(id));
 }
 
 /// What the session would be sent now: (retain flag, message).
