@@ -19,7 +19,7 @@ use rustls::pki_types::PrivateKeyDer;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::{ClusterError, Settings};
-use crate::broker::transport::tls::load_certs;
+use crate::tls::load_certs;
 
 fn file_error(setting: &str, reason: String) -> ClusterError {
     ClusterError::Settings(format!("{setting}: {reason}"))

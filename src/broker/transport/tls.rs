@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use super::{x509, PeerCertificate, TryIo, MAX_READS_PER_CALL};
 use crate::broker::config::{TlsSettings, TlsVersion};
 // `broker::cluster::connect` still names the loader through this module.
-pub(crate) use crate::tls::load_certs;
+use crate::tls::load_certs;
 use crate::tls::load_key;
 
 /// Bytes rustls may hold for sending (plaintext accepted but not yet on the socket, and
