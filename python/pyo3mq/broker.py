@@ -550,8 +550,8 @@ class Broker:
         is raised naming what failed and why, with the `ReloadResult` as `.result`.
         Blocks the calling thread while it reads the files; RuntimeError when the broker
         is not running."""
-        reloaded, failed, tls_listeners = self._core.reload()
-        result = ReloadResult(tuple(reloaded), dict(failed), tls_listeners)
+        report = self._core.reload()
+        result = ReloadResult(tuple(report.reloaded), dict(report.failed), report.tls_listeners)
         if result.failed:
             raise ReloadError(result)
         return result
@@ -726,8 +726,8 @@ class Broker:
         publish more than `max_buffered` messages to a flow-controlled subscription that
         only it consumes)."""
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
-        token = self._core.publish(topic, data, qos, retain, properties)
-        if token and asyncio.get_running_loop() is self._loop:
+        token = self._core.publish(topic, data, qos, retain, properties).space_token
+        if token is not None and asyncio.get_running_loop() is self._loop:
             waiter = self._loop.create_future()
             self._space_waiters[token] = waiter
             if not self._core.running:

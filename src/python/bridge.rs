@@ -45,8 +45,8 @@ use feed::MOVE_BATCH;
 pub use feed::{Feed, SubscriptionFeed};
 use inbox::{Inbox, Lane, Opened, Work};
 use records::{
-    to_python, AuthCall, Connected, Disconnected, InterceptCall, MessagesReady, PublishCall,
-    ReplyHandle, SpaceFreed, SubscribeCall, Subscribed, Unsubscribed,
+    to_python, AuthCall, Connected, Disconnected, InterceptCall, InterceptedMessage, MessagesReady,
+    PublishCall, Replacement, ReplyHandle, SpaceFreed, SubscribeCall, Subscribed, Unsubscribed,
 };
 
 use crate::broker::hooks::{
@@ -291,6 +291,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SubscribeCall>()?;
     m.add_class::<PublishCall>()?;
     m.add_class::<InterceptCall>()?;
+    m.add_class::<InterceptedMessage>()?;
+    m.add_class::<Replacement>()?;
     m.add_class::<SpaceFreed>()?;
     m.add_class::<MessagesReady>()?;
     m.add_class::<Connected>()?;

@@ -58,13 +58,7 @@ pub(super) fn incoming(props: Option<Box<Properties>>) -> Option<MessageProperti
     let mut props = props?;
     props.topic_alias = None;
     props.subscription_identifiers.clear();
-    if props.is_empty() {
-        return None;
-    }
-    props
-        .to_bytes(PropertyContext::Publish)
-        .ok()
-        .map(MessageProperties::new)
+    MessageProperties::forwarded(&props)
 }
 
 #[cfg(test)]

@@ -152,13 +152,7 @@ impl Connection {
         let will = connect.will.as_ref()?;
         let mut props = will.properties.as_deref()?.clone();
         props.will_delay_interval = None;
-        if props.is_empty() {
-            return None;
-        }
-        props
-            .to_bytes(PropertyContext::Publish)
-            .ok()
-            .map(MessageProperties::new)
+        MessageProperties::forwarded(&props)
     }
 
     /// A close for a rule a 5.0 client broke: the DISCONNECT before the close carries

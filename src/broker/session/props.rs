@@ -149,6 +149,21 @@ impl MessageProperties {
     }
 }
 
+impl MessageProperties {
+    /// Decoded properties encoded again for a message the broker forwards (a bridged
+    /// PUBLISH's, a will's): None when none are left, or if they cannot be encoded (they
+    /// were decoded from the wire, so that is not expected).
+    pub fn forwarded(props: &crate::codec::Properties) -> Option<MessageProperties> {
+        if props.is_empty() {
+            return None;
+        }
+        props
+            .to_bytes(crate::codec::PropertyContext::Publish)
+            .ok()
+            .map(MessageProperties::new)
+    }
+}
+
 impl From<Bytes> for MessageProperties {
     fn from(bytes: Bytes) -> MessageProperties {
         MessageProperties::new(bytes)
