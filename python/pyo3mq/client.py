@@ -1481,13 +1481,14 @@ _Init = TypeVar("_Init", bound=Callable[..., None])
 
 def _client_keywords(init: _Init) -> _Init:
     """Shows `init`'s `**options: Unpack[_ClientOptions]` to `help()` and `inspect` as
-    the keywords it stands for, each with `Client`'s default (type checkers read the
-    `Unpack`)."""
+    the keywords it stands for, in `Client`'s order and with `Client`'s defaults (type
+    checkers read the `Unpack`); `init`'s own parameters keep their annotations, and
+    those `Client` lacks come last."""
     own = inspect.signature(init)
+    mine = {p.name: p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD}
     client = inspect.signature(Client.__init__).parameters
-    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    params += [client[name] for name in _ClientOptions.__annotations__]
-    init.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+    params = [mine.pop(name, p) for name, p in client.items()]
+    init.__signature__ = own.replace(parameters=[*params, *mine.values()])  # type: ignore[attr-defined]
     return init
 
 
