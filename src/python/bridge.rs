@@ -212,15 +212,14 @@ impl Authorizer for PyBridge {
 impl Interceptor for PyBridge {
     fn intercept(
         &self,
-        client: &ClientInfo,
+        _client: &ClientInfo,
         batch: Vec<Arc<Message>>,
     ) -> BoxFuture<Vec<Option<Arc<Message>>>> {
         let bridge = self.clone();
-        let client = client.clone();
         Box::pin(async move {
             // A failed interceptor drops the batch, like any failed hook denies.
             bridge
-                .request(Lane::Data, |tx| Work::Intercept(client, batch, tx))
+                .request(Lane::Data, |tx| Work::Intercept(batch, tx))
                 .await
                 .unwrap_or_default()
         })

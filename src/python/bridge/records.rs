@@ -287,15 +287,10 @@ pub(super) struct PublishCall {
 }
 
 /// The PUBLISHes of one read from a connection, for `on_message`: a list of
-/// `InterceptedMessage`s.
+/// `InterceptedMessage`s. (The interceptor is not told who sent them beyond each
+/// message's `client_id`.)
 #[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
 pub(super) struct InterceptCall {
-    client_id: String,
-    username: Option<String>,
-    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
-    certificate_subject: Option<String>,
-    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
-    protocol: u8,
     messages: Py<PyList>,
     reply: Py<ReplyHandle>,
 }
@@ -422,7 +417,7 @@ pub(super) fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, P
             Work::Event(event) => event_record(py, event)?,
             Work::Ready(subscription) => Bound::new(py, MessagesReady { subscription })?.into_any(),
             Work::Space(token) => Bound::new(py, SpaceFreed { token })?.into_any(),
-            Work::Intercept(client, batch, tx) => {
+            Work::Intercept(batch, tx) => {
                 let messages = PyList::empty(py);
                 for m in &batch {
                     messages.append(intercepted(py, m)?)?;
@@ -430,10 +425,6 @@ pub(super) fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, P
                 Bound::new(
                     py,
                     InterceptCall {
-                        client_id: client.client_id.to_string(),
-                        username: username(&client),
-                        certificate_subject: subject(&client),
-                        protocol: protocol_of(&client),
                         messages: messages.unbind(),
                         reply: reply_handle(py, Reply::Intercept(tx, batch))?,
                     },
