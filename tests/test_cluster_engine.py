@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support.mosquitto import free_port, terminate, wait_listening
 from support.mqtt_raw import Closed, RawClient, connect, publish
-from support.nats import nats_server_binary
+from support.nats import jetstream_api, nats_server_binary
 from support.teardown import closed_at_teardown
 from test_cluster import Node
 from test_interop import MosquittoSub, mosquitto_pub
@@ -472,6 +472,47 @@ def leader(info: dict[str, Any]) -> str:
     return str(info.get("cluster", {}).get("leader") or "")
 
 
+# The streams whose leader a node needs to go on serving: the QoS 1/2 messages, the
+# session records and the liveness keys.
+LED_STREAMS = ("PYO3MQ_MESSAGES", "KV_PYO3MQ_SESSIONS", "KV_PYO3MQ_NODES")
+
+
+def js_leader(servers: list[Nats], stream: str) -> str:
+    """The stream's leader as JetStream's API says it now (`$JS.API.STREAM.INFO`, which
+    the leader itself answers), through the first live server that answers; "" while
+    it has none."""
+    for server in servers:
+        if server.proc.poll() is not None:
+            continue
+        try:
+            info = jetstream_api(server.port, f"$JS.API.STREAM.INFO.{stream}", timeout=3)
+        except (OSError, AssertionError):
+            continue
+        if "error" not in info:
+            return leader(info)
+    return ""
+
+
+def lead_all_from(servers: list[Nats], target: str, streams: tuple[str, ...]) -> None:
+    """Makes the server named `target` the leader of every stream of `streams`: each
+    other leader is asked to step down in favour of it (JetStream's preferred placement;
+    a server that refuses the preference steps down anyway, and the election is tried
+    again until it lands there), until the API says `target` leads them all."""
+    live = next(s for s in servers if s.name == target)
+    deadline = time.monotonic() + 60
+    for stream in streams:
+        while (current := js_leader(servers, stream)) != target:
+            assert time.monotonic() < deadline, f"{stream} led by {current!r}, not {target}"
+            if current:
+                api = f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+                answer = jetstream_api(live.port, api, {"placement": {"preferred": target}})
+                if "error" in answer:
+                    jetstream_api(live.port, api)
+            time.sleep(0.5)
+    for stream in streams:
+        assert js_leader(servers, stream) == target, stream
+
+
 class Publisher:
     """Raw QoS 1 publisher on one node that retries a message until it is acknowledged,
     reconnecting when the node closes the connection (as it does when it cannot get the
@@ -529,9 +570,11 @@ def test_three_nats_servers_lose_the_stream_leader(
 ) -> None:
     """Three NATS servers, streams and buckets in three replicas, two nodes each given all
     three URLs. QoS 1 messages flow from a publisher on A to a persistent subscriber on
-    B; the NATS server leading the QoS 1/2 stream is SIGKILLed mid-stream. Publishing
-    resumes (the stream elects a new leader, the nodes reconnect to the servers left)
-    and every message A acknowledged reaches the subscriber."""
+    B. Mid-stream, the NATS server leading the QoS 1/2 stream is made the leader of the
+    sessions and liveness buckets too (JetStream's API says which server leads what)
+    and SIGKILLed: every stream a node needs elects a new leader at once. Publishing
+    resumes (the nodes reconnect to the servers left) and every message A acknowledged
+    reaches the subscriber."""
     servers = nats_cluster(stack, tmp_path)
     urls = ",".join(s.url for s in servers)
     a = start_node(stack, tmp_path, "a", urls, cluster_replicas=3)
@@ -550,12 +593,17 @@ def test_three_nats_servers_lose_the_stream_leader(
     killed = ""
     for i in range(total):
         if i == kill_at:
-            killed = leader(stream_info(servers, "PYO3MQ_MESSAGES", leader))
+            killed = js_leader(servers, "PYO3MQ_MESSAGES")
+            assert killed, "the QoS 1/2 stream has no leader"
+            lead_all_from(servers, killed, LED_STREAMS)
             next(s for s in servers if s.name == killed).kill()
         pub.publish("ha/x", b"%d" % i, 1 + i % 60000, deadline)
-    # Another server leads the stream now.
-    stream_info(servers, "PYO3MQ_MESSAGES", lambda i: leader(i) not in ("", killed))
     assert len(pub.acked) == total
+    # Another server leads each of them now.
+    for name in LED_STREAMS:
+        while js_leader(servers, name) in ("", killed):
+            assert time.monotonic() < deadline, f"{name} has no new leader"
+            time.sleep(0.2)
     got: set[bytes] = set()
     while len(got) < total and time.monotonic() < deadline:
         try:

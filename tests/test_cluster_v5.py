@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import pyo3mq
 import pytest
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from support.mqtt_raw import Packet, RawClient, packet, s
 from support.mqtt_raw import publish as publish_311
 from support.mqtt_raw import subscribe as subscribe_311
@@ -428,6 +429,51 @@ def test_shared_group_across_nodes_gets_each_message_once(cluster: Cluster, qos:
         assert sorted(got_plain) == sorted(sent)
         (got_alone,) = collect([alone], n)
         assert sorted(got_alone) == sorted((f"v5c/solo{qos}", b"%d" % i) for i in range(n))
+    finally:
+        for c in made:
+            c.close()
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_retain_as_published_reaches_shared_members_across_nodes(
+    cluster: Cluster, qos: int
+) -> None:
+    """[MQTT-3.3.1-13] A retained publish on A reaches a `$share/...` member on B with
+    Retain As Published with RETAIN 1, as on one node (tests/test_mqtt5_delivery.py);
+    a member without it gets RETAIN 0 [MQTT-3.3.1-12]; a message published without
+    RETAIN has it 0 for both. At QoS 0 through the group's NATS queue subscriptions, at
+    QoS 1 through its JetStream consumer."""
+    made: list[Paho5] = []
+    try:
+        topic = f"v5c/srap{qos}/t"
+        keep = Paho5(cluster.b.port, f"v5c-srap{qos}-keep")
+        made.append(keep)
+        clear = Paho5(cluster.b.port, f"v5c-srap{qos}-clear")
+        made.append(clear)
+        for member, group, rap in ((keep, "k", True), (clear, "c", False)):
+            n = len(member.subacks)
+            member.client.subscribe(
+                f"$share/{group}{qos}/{topic}",
+                options=SubscribeOptions(qos=qos, retainAsPublished=rap),
+            )
+            member.wait(lambda member=member, n=n: len(member.subacks) > n)
+            assert [r.value for r in member.subacks[n]] == [qos]
+        pub = Paho5(cluster.a.port, f"v5c-srap{qos}-pub")
+        made.append(pub)
+        for payload, retain in ((b"r", True), (b"n", False), (b"", True)):
+            pub.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(TIMEOUT)
+        for member in (keep, clear):
+            member.wait(lambda member=member: len(member.messages) >= 3)
+        assert [(m.payload, m.retain) for m in keep.messages] == [
+            (b"r", True),
+            (b"n", False),
+            (b"", True),
+        ]
+        assert [(m.payload, m.retain) for m in clear.messages] == [
+            (b"r", False),
+            (b"n", False),
+            (b"", False),
+        ]
     finally:
         for c in made:
             c.close()

@@ -33,7 +33,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from support.nats import NatsServer, nats_server
 from support.teardown import closed_at_teardown
 from test_cluster import Node
-from test_cluster_faults import kill, read_record, record_offline_since, session_key
+from test_cluster_faults import (
+    kill,
+    read_record,
+    record_offline_since,
+    session_key,
+    wait_logged,
+)
 from test_pubsub import MARK, SETTLE, TIMEOUT
 
 pytestmark = pytest.mark.timeout(90)
@@ -444,3 +450,40 @@ def test_unreadable_record_is_not_overwritten(cluster: Cluster, v5: Callable[...
     assert fresh.subscribe("nr/#", 1, no_local=True) == [1]
     fresh.close()
     assert read_record(cluster.nats.port, "nr-sub") == newer
+
+
+def test_records_stay_format_3_while_a_node_of_the_previous_release_is_live(
+    cluster: Cluster, v5: Callable[..., V5]
+) -> None:
+    """A rolling upgrade (README, "Upgrading nodes one at a time"): while a live node's
+    liveness key says `up` and no more, as the release before format 4 wrote it, a 5.0
+    session's record is written as format 3, which that node reads (the options keep
+    applying on the session's node), by a node that was running when that node came
+    and by one started after it; once that node advertises format 4 (upgraded), the
+    next change of the record writes format 4 with the options."""
+    a = cluster.node()
+    deadline = time.monotonic() + 20
+    while "error" in nats_request(cluster, "$JS.API.STREAM.INFO.KV_PYO3MQ_NODES", b""):
+        assert time.monotonic() < deadline, "no liveness bucket"
+        time.sleep(0.05)
+    older = "$KV.PYO3MQ_NODES.n.00000000000000aa"
+    assert "error" not in nats_request(cluster, older, b"up")
+    wait_logged(a, "read session records up to format 3")
+    b = cluster.node()
+    wait_logged(b, "read session records up to format 3")
+    elsewhere = v5(b.port, "up-sub-b")
+    assert elsewhere.subscribe("up/b/#", 1, no_local=True) == [1]
+    record = read_record(cluster.nats.port, "up-sub-b")
+    assert record is not None and record[:2] == b"P\x03", record
+    sub = v5(a.port, "up-sub")
+    assert sub.subscribe("up/#", 1, rap=True, sub_id=3) == [1]
+    record = read_record(cluster.nats.port, "up-sub")
+    assert record is not None and record[:2] == b"P\x03", record
+    sub.publish("up/kept", b"retained", retain=True)
+    assert sub.until(1) == [Got("up/kept", b"retained", True, (3,))]
+    assert "error" not in nats_request(cluster, older, b"up records=4")
+    wait_logged(a, "every live node reads session record format 4")
+    assert sub.subscribe("up/more", 1) == [1]
+    record = read_record(cluster.nats.port, "up-sub")
+    assert record is not None and record[:2] == b"P\x04", record
+    sub.publish("up/kept", b"", retain=True)

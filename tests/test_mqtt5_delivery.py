@@ -116,6 +116,33 @@ def test_retain_as_published(paho5: Callable[..., Paho5]) -> None:
     assert (late.messages[0].payload, late.messages[0].retain) == (b"r", True)
 
 
+def test_retain_as_published_on_shared_subscriptions(paho5: Callable[..., Paho5]) -> None:
+    """[MQTT-3.3.1-13] A shared subscription's member with Retain As Published gets the
+    RETAIN flag as published, one without it RETAIN 0 [MQTT-3.3.1-12]: the options are
+    the member's, as for an ordinary subscription (tests/test_cluster_v5.py checks the
+    same across nodes)."""
+    keep = paho5("srap-keep")
+    clear = paho5("srap-clear")
+    subscribe(keep, "$share/k/srap/t", SubscribeOptions(qos=1, retainAsPublished=True))
+    subscribe(clear, "$share/c/srap/t", SubscribeOptions(qos=1))
+    pub = paho5("srap-pub")
+    publish(pub, "srap/t", b"r", retain=True)
+    publish(pub, "srap/t", b"n")
+    publish(pub, "srap/t", b"", retain=True)
+    for c in (keep, clear):
+        c.wait(lambda c=c: len(c.messages) == 3)
+    assert [(m.payload, m.retain) for m in keep.messages] == [
+        (b"r", True),
+        (b"n", False),
+        (b"", True),
+    ]
+    assert [(m.payload, m.retain) for m in clear.messages] == [
+        (b"r", False),
+        (b"n", False),
+        (b"", False),
+    ]
+
+
 @pytest.mark.parametrize(
     ("handling", "first", "again"),
     [

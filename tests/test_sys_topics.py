@@ -11,6 +11,7 @@ import queue
 import re
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyo3mq
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from support.mosquitto import mosquitto_factory
+from support.mqtt_raw import RawClient, subscribe
 from support.stderr_capture import captured_stderr
 from support.teardown import closed_at_teardown
 
@@ -41,6 +43,9 @@ STATS = [
     "subscriptions/count",
     "retained messages/count",
 ]
+# pyo3mq's own figures, which Mosquitto has no name for: apart, under `pyo3mq/`, so that
+# every name under Mosquitto's own stays one of Mosquitto's.
+OWN = ["pyo3mq/events/dropped"]
 
 
 class Peer:
@@ -124,13 +129,14 @@ def test_statistics_are_retained_and_follow_the_traffic(
     first: dict[str, str] = {}
     latest: dict[str, str] = {}
     deadline = time.monotonic() + TIMEOUT
-    while len(first) < len(STATS):
+    while len(first) < len(STATS) + len(OWN):
         m = watcher.next(max(deadline - time.monotonic(), 0.001))
         name = m.topic.removeprefix("$SYS/broker/")
         latest[name] = m.payload.decode()
         if m.retain:
             first[name] = m.payload.decode()
-    assert sorted(first) == sorted(STATS)
+    assert sorted(first) == sorted(STATS + OWN)
+    assert first["pyo3mq/events/dropped"] == "0"
     assert first["version"] == f"pyo3mq {pyo3mq.__version__}"
     assert re.fullmatch(r"\d+ seconds", first["uptime"])
 
@@ -238,14 +244,17 @@ def test_mosquitto_sub_reads_sys(sys_broker: pyo3mq.Broker) -> None:
 
 def test_names_are_mosquittos(tmp_path: Path, sys_broker: pyo3mq.Broker) -> None:
     """Every `$SYS/broker/...` name pyo3mq publishes is one Debian's Mosquitto publishes,
-    so dashboards made for Mosquitto read pyo3mq unchanged."""
+    so dashboards made for Mosquitto read pyo3mq unchanged, except pyo3mq's own figures,
+    which are apart under `$SYS/broker/pyo3mq/` (a level Mosquitto does not use)."""
     if not Path(MOSQUITTO_SUB).exists():
         pytest.skip("mosquitto-clients is not installed")
     with mosquitto_factory(tmp_path) as mosquitto:
         theirs = sys_names(mosquitto("allow_anonymous true", "sys_interval 1"))
     ours = sys_names(sys_broker.addresses[0][1])
-    assert ours == {f"$SYS/broker/{name}" for name in STATS}
-    assert ours <= theirs, sorted(ours - theirs)
+    own = {f"$SYS/broker/{name}" for name in OWN}
+    assert ours == {f"$SYS/broker/{name}" for name in STATS} | own
+    assert ours - own <= theirs, sorted(ours - own - theirs)
+    assert not any(name.startswith("$SYS/broker/pyo3mq/") for name in theirs), theirs
 
 
 def sys_names(port: int) -> set[str]:
@@ -360,3 +369,62 @@ def test_broker_stats_from_python(make_broker: Callable[..., pyo3mq.Broker]) -> 
         pub.close()
     broker.stop()
     assert broker.stats() == {}
+
+
+async def test_dropped_events_are_counted_in_sys(
+    serve: Callable[..., Any],
+) -> None:
+    """An `on_subscribe` observer on an event loop that is blocked while one client sends
+    20,000 SUBSCRIBEs: the event queue (16,384) overflows, and what it drops is published
+    as `$SYS/broker/pyo3mq/events/dropped` (a real subscriber reads it) and equals what
+    the observers missed, so no event is lost without a count."""
+    sent = 20_000
+    seen: list[str] = []
+    broker: pyo3mq.Broker = await serve(
+        sys_interval=0.1,
+        on_connect=lambda event: seen.append("connect"),
+        on_disconnect=lambda event: seen.append("disconnect"),
+        on_subscribe=lambda event: seen.append("subscribe"),
+    )
+    port = broker.addresses[0][1]
+
+    def subscribe_storm() -> None:
+        with RawClient(port) as raw:
+            raw.connect("storm")
+            for chunk in range(0, sent, 1000):
+                raw.send(
+                    b"".join(subscribe(i + 1, ("storm/x", 0)) for i in range(chunk, chunk + 1000))
+                )
+                for _ in range(1000):
+                    assert raw.recv().type == 9  # SUBACK
+
+    storm = threading.Thread(target=subscribe_storm)
+    storm.start()
+    # Joined on the loop's own thread: the loop runs no observer until every SUBACK came.
+    storm.join()
+    deadline = time.monotonic() + TIMEOUT
+    events = sent + 2  # and the storm's connect and disconnect
+    while len(seen) + broker.stats()["events_dropped"] < events:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    dropped = broker.stats()["events_dropped"]
+    assert dropped > 0
+    assert len(seen) + dropped == events, (len(seen), dropped)
+
+    def values_until_dropped() -> list[paho.MQTTMessage]:
+        """The retained value first, then updates until the count is the final one (the
+        update after the storm may be one `sys_interval` away)."""
+        watcher.subscribe("$SYS/broker/pyo3mq/events/dropped")
+        messages = [watcher.next()]
+        while messages[-1].payload.decode() != str(dropped):
+            messages.append(watcher.next())
+        return messages
+
+    watcher = Peer(port, "dropped-watcher")
+    try:
+        messages = await asyncio.to_thread(values_until_dropped)
+    finally:
+        watcher.close()
+    assert messages[0].retain
+    assert messages[-1].payload.decode() == str(dropped)

@@ -382,6 +382,7 @@ class BrokerCore:
         qos: int = 0,
         retain: bool = False,
         properties: MessageProperties | None = None,
+        wait: bool = False,
     ) -> Routed: ...
     def subscribe(
         self, filter: str, qos: int, max_buffered: int = 100000, flow_control: bool = False

@@ -85,7 +85,7 @@ class BrokerConfig:
     persistent_client_expiration: str | float | None = _DEFAULTS["persistent_client_expiration"]
     # `[[bridge]]` tables (see BridgeConfig; `Broker(bridges=[...])` fills it).
     bridge: list[dict[str, Any]] = field(default_factory=list)
-    # Cluster mode (preview): "nats://HOST:PORT[,...]" of a NATS server with JetStream.
+    # Cluster mode: "nats://HOST:PORT[,...]" of a NATS server with JetStream.
     cluster: str | None = _DEFAULTS["cluster"]
     cluster_prefix: str = _DEFAULTS["cluster_prefix"]
     cluster_node: str | None = _DEFAULTS["cluster_node"]
@@ -511,11 +511,11 @@ class Broker:
         `publish_messages_dropped`, `bytes_received`, `bytes_sent`, `subscriptions_count`
         and `retained_messages_count`; with a TLS listener also `tls_handshakes` and
         `tls_handshakes_failed`, with a WebSocket listener `websockets_upgrades` and
-        `websockets_upgrades_failed`; and, not in `$SYS`, `events_dropped` (events for
-        `on_connect` and the other observers that a full event queue dropped),
-        `connections_parked` (idle connections parked now, see `idle_park_after`) and
-        `connection_parks` (times a connection parked). Empty while the broker is
-        stopped."""
+        `websockets_upgrades_failed`; `events_dropped` (events for `on_connect` and the
+        other observers that a full event queue dropped; in `$SYS` as
+        `$SYS/broker/pyo3mq/events/dropped`); and, not in `$SYS`, `connections_parked`
+        (idle connections parked now, see `idle_park_after`) and `connection_parks` (times
+        a connection parked). Empty while the broker is stopped."""
         return dict(self._core.stats())
 
     def metrics_text(self) -> str:
@@ -724,11 +724,16 @@ class Broker:
         `flow_control=True` on this broker's event loop, it waits, as an MQTT publisher
         would, until that subscription's consumer has caught up (so a coroutine must not
         publish more than `max_buffered` messages to a flow-controlled subscription that
-        only it consumes)."""
+        only it consumes). From another thread or event loop it never waits: what such a
+        publisher sends beyond the subscription's hard limit (`max_buffered` plus at least
+        65,536 queued) is dropped and counted in `dropped_messages`."""
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
-        token = self._core.publish(topic, data, qos, retain, properties).space_token
-        if token is not None and asyncio.get_running_loop() is self._loop:
-            waiter = self._loop.create_future()
+        # Only a caller on the broker's loop can be woken by the "space" notice.
+        loop = self._loop
+        waits = loop is not None and asyncio.get_running_loop() is loop
+        token = self._core.publish(topic, data, qos, retain, properties, waits).space_token
+        if token is not None and loop is not None:
+            waiter = loop.create_future()
             self._space_waiters[token] = waiter
             if not self._core.running:
                 # Stopped between the publish and now: nothing will drain or release it.

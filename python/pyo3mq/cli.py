@@ -59,7 +59,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cluster",
         metavar="URLS",
-        help="cluster mode (preview): nats://HOST:PORT[,...] of a NATS server with JetStream "
+        help="cluster mode: nats://HOST:PORT[,...] of a NATS server with JetStream "
         "shared by every node",
     )
     parser.add_argument(

@@ -161,7 +161,7 @@ impl Link {
                         bridge = %settings.name, client_id = %client_id,
                         "a client is connected with the bridge's local_clientid: taking over"
                     );
-                    owner.takeover.kick.notify_one();
+                    owner.takeover.kick_now();
                     tokio::select! {
                         _ = tokio::time::timeout(Duration::from_secs(5), owner.takeover.gone()) => {}
                         _ = shutdown.changed() => return None,
@@ -624,6 +624,7 @@ impl Link {
             qos: incoming.qos.min(line_qos),
             retain: incoming.retain,
             publisher: ByteString::from(self.settings.local_clientid.as_str()),
+            mark: crate::broker::session::StreamMark::NONE,
         });
         self.router.publish(msg, &mut self.scratch);
         if self.scratch.has_blocked() {
@@ -646,6 +647,7 @@ impl Link {
             qos: QoS::AtLeastOnce,
             retain: true,
             publisher: ByteString::new(),
+            mark: crate::broker::session::StreamMark::NONE,
         });
         let mut scratch = MatchScratch::default();
         self.router.publish(msg, &mut scratch);

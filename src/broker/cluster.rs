@@ -68,9 +68,11 @@
 //!   subscriber's PUBREC to its PUBCOMP, so the node taking in a dead node's session
 //!   sends the PUBREL again, not the PUBLISH.
 
+mod checkpoint;
 mod config;
 mod connect;
 mod cut;
+mod formats;
 mod handover;
 mod link;
 mod liveness;
@@ -85,7 +87,7 @@ mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,7 +109,7 @@ use streams::{mirror_retained, read_reliable, write_to_nats};
 
 use crate::broker::metrics;
 use crate::broker::router::{ClusterLink, MatchScratch, Router};
-use crate::broker::session::Message;
+use crate::broker::session::{Message, StreamMark};
 use crate::codec::QoS;
 
 /// Longest JetStream waits for the acknowledgement of a stored message.
@@ -181,6 +183,11 @@ pub struct Cluster {
     /// The bucket of session records (see [`sessions`]).
     sessions: jetstream::kv::Store,
     seq: AtomicU64,
+    /// How many of this node's marked QoS 1/2 messages were routed here, counted from
+    /// `seq`'s start: equal to `seq`, every one taken was (checkpoint.rs).
+    routed_own: AtomicU64,
+    /// Where this node stood at each heartbeat, for the checkpoints' cuts.
+    ticks: checkpoint::Ticks,
     outbound: mpsc::Sender<Outbound>,
     interest: Mutex<Interest>,
     interest_changed: Notify,
@@ -201,6 +208,8 @@ pub struct Cluster {
     moves: handover::Moves,
     /// Inbound QoS 2 packet ids stored and not yet released ([`qos2`]).
     qos2: jetstream::kv::Store,
+    /// The newest session record format every live node reads ([`formats`]).
+    records_readable: AtomicU8,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -214,13 +223,25 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Hands a locally published message to NATS. Never waits: QoS 1/2 publishers wait
     /// for [`Cluster::flushed`] before they acknowledge.
-    pub fn forward(&self, msg: &Arc<Message>, scratch: &mut MatchScratch) {
+    pub fn forward(&self, msg: &mut Arc<Message>, scratch: &mut MatchScratch) {
         // `$SYS` is each node's own.
         if metrics::is_reserved(&msg.topic) {
             return;
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let reliable = msg.qos != QoS::AtMostOnce;
+        if reliable {
+            // Checkpoints find the oldest of this node's messages a session has not
+            // taken by this (checkpoint.rs). A copy only if the publisher kept one.
+            Arc::make_mut(msg).mark = StreamMark::own(seq);
+        } else {
+            // Taken and routed at once for the checkpoints' count; the router counts
+            // only what a mark says this call numbered.
+            if msg.mark != StreamMark::NONE {
+                Arc::make_mut(msg).mark = StreamMark::NONE;
+            }
+            self.routed_own.fetch_add(1, Ordering::Release);
+        }
         match self.outbound.try_send(Outbound::Publish(msg.clone(), seq)) {
             Ok(()) => {
                 if reliable {
@@ -343,8 +364,12 @@ impl Cluster {
 /// How the router reaches cluster mode (router/remote.rs): the router holds this `Arc`
 /// behind its [`ClusterLink`], and [`RouterCluster`] finds it there again.
 impl ClusterLink for Arc<Cluster> {
-    fn forward(&self, msg: &Arc<Message>, scratch: &mut MatchScratch) {
+    fn forward(&self, msg: &mut Arc<Message>, scratch: &mut MatchScratch) {
         Cluster::forward(self, msg, scratch);
+    }
+
+    fn routed_here(&self) {
+        self.routed_own.fetch_add(1, Ordering::Release);
     }
 
     fn add_interest(&self, filter: &ByteString) {
@@ -563,6 +588,12 @@ pub async fn start(
     })
     .await?;
     link.renewed(sent, liveness::steady_gap(timing));
+    // The formats the other nodes read, for the records written from the first CONNECT
+    // on (taken in below, once the node's state exists).
+    let formats = match liveness::live_nodes(&nodes).await {
+        Ok(live) => liveness::formats_of(&nodes, &live, node).await,
+        Err(e) => Err(e),
+    };
     let handovers = client
         .subscribe(sessions::handover_subject(&names.prefix, node))
         .await
@@ -580,6 +611,8 @@ pub async fn start(
         client: client.clone(),
         sessions,
         seq: AtomicU64::new(first_seq()),
+        routed_own: AtomicU64::new(first_seq()),
+        ticks: checkpoint::Ticks::default(),
         outbound: outbound_tx,
         interest: Mutex::new(Interest::default()),
         interest_changed: Notify::new(),
@@ -592,8 +625,25 @@ pub async fn start(
         link,
         moves,
         qos2,
+        records_readable: AtomicU8::new(record::NEWEST),
     });
+    match formats {
+        Ok(formats) => cluster.note_formats(&formats),
+        Err(e) => {
+            // The one every node reads, until the first look at the bucket.
+            info!(
+                "cluster: the nodes' record formats not read yet ({e}): writing format {} \
+                 until they are",
+                record::UNADVERTISED
+            );
+            cluster
+                .records_readable
+                .store(record::UNADVERTISED, Ordering::Relaxed);
+        }
+    }
 
+    // Where this node's own messages start, before it numbers any.
+    cluster.note_start();
     mirror_retained(&retained, cluster.clone(), router.clone(), shutdown.clone()).await?;
     let reader = consumer
         .stream()
@@ -625,6 +675,12 @@ pub async fn start(
         cluster.clone(),
         router.clone(),
         timing,
+        shutdown.clone(),
+    ));
+    tokio::spawn(checkpoint::keep_checkpoints(
+        cluster.clone(),
+        router.clone(),
+        timing.heartbeat,
         shutdown.clone(),
     ));
     tokio::spawn(read_reliable(

@@ -366,7 +366,7 @@ settings! {
     /// Bridges to other brokers (`[[bridge]]` tables with Mosquitto's names; see
     /// `crate::broker::bridge`).
     bridge: Vec<BridgeSettings> = Vec::new();
-    /// Cluster mode (preview): `nats://HOST:PORT[,nats://HOST:PORT...]` of a NATS server
+    /// Cluster mode: `nats://HOST:PORT[,nats://HOST:PORT...]` of a NATS server
     /// (2.10 or later, with JetStream) through which several pyo3mq nodes act as one
     /// broker (src/broker/cluster.rs). `None`: a single node, nothing changes.
     cluster: Option<String> = None;

@@ -620,7 +620,7 @@ impl Connection {
                 Attach::Busy(_) if attempt == TAKEOVER_ATTEMPTS => break,
                 Attach::Busy(old) => {
                     info!(client_id = %self.client_id, "session taken over by a new connection");
-                    old.takeover.kick.notify_one();
+                    old.takeover.kick_now();
                     let _ = timeout(Duration::from_secs(5), old.takeover.gone()).await;
                 }
             }

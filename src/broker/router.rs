@@ -40,6 +40,7 @@ pub use shared::SharedGroup;
 use crate::broker::config::Config;
 use crate::broker::hooks::{Event, Hooks};
 use crate::broker::metrics::{self, Counters};
+use crate::broker::parking;
 use crate::broker::session::{ChangeTracker, Enqueued, Limits, Message, Queued, SessionState};
 use crate::codec::QoS;
 use crate::topic::{self, RetainedTree, SubscriptionTree};
@@ -85,6 +86,9 @@ pub struct Session {
     /// and deliveries keep the publisher's RETAIN flag, so the broker at the other end
     /// stores retained messages too.
     bridge: AtomicBool,
+    /// The key of the owning connection's park (broker/parking.rs) while it is parked
+    /// without a task, else [`parking::NONE`]: a delivery must wake it.
+    pub parked: AtomicU64,
 }
 
 impl Session {
@@ -107,6 +111,12 @@ impl Session {
         };
         if outcome != Enqueued::Skipped {
             self.notify.notify_one();
+            // A relaxed-cost load (x86: a plain read) on every delivery; the wake only
+            // while the connection is parked without a task.
+            let parked = self.parked.load(Ordering::SeqCst);
+            if parked != parking::NONE {
+                parking::wake(parked);
+            }
         }
         outcome
     }
@@ -315,7 +325,8 @@ impl Router {
 
     /// Offers an event to the observer, if one is registered. The observer never slows
     /// the broker: an event its full queue refuses is dropped, counted (`events_dropped`
-    /// in `Broker.stats()`) and logged once per episode.
+    /// in `Broker.stats()`, `$SYS/broker/pyo3mq/events/dropped`) and logged once per
+    /// episode.
     pub fn emit(&self, event: impl FnOnce() -> Event) {
         let Some(sink) = &self.hooks.events else {
             return;
@@ -393,6 +404,16 @@ impl Router {
         })
     }
 
+    /// Every client session (connected or not), for cluster mode's checkpoints; taken
+    /// under the client map's lock only, as [`Router::queue_totals`] does.
+    pub fn client_sessions(&self) -> Vec<Arc<Session>> {
+        self.clients
+            .lock()
+            .values()
+            .map(|slot| slot.session.clone())
+            .collect()
+    }
+
     /// A process-unique id for connections and sessions.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -427,6 +448,7 @@ impl Router {
             notify: Notify::new(),
             flow: flow.map(Box::new),
             bridge: AtomicBool::new(false),
+            parked: AtomicU64::new(parking::NONE),
         })
     }
 
@@ -471,18 +493,23 @@ impl Router {
     /// subscriber at all took it (5.0's PUBACK 0x10 No matching subscribers); in
     /// cluster mode always true, since another node's subscribers may (bridges are
     /// local subscribers, so they count).
-    pub fn publish(&self, msg: Arc<Message>, scratch: &mut MatchScratch) -> bool {
-        let clustered = match self.cluster.get() {
-            Some(cluster) => {
-                cluster.forward(&msg, scratch);
-                true
+    pub fn publish(&self, mut msg: Arc<Message>, scratch: &mut MatchScratch) -> bool {
+        let Some(cluster) = self.cluster.get() else {
+            if msg.retain {
+                self.set_retained(msg.clone());
             }
-            None => false,
+            return self.publish_remote(msg, scratch);
         };
+        cluster.forward(&mut msg, scratch);
         if msg.retain {
             self.set_retained(msg.clone());
         }
-        self.publish_remote(msg, scratch) || clustered
+        let marked = msg.mark.own_seq().is_some();
+        self.publish_remote(msg, scratch);
+        if marked {
+            cluster.routed_here();
+        }
+        true
     }
 
     /// Sets (or with an empty payload, clears) a retained message without routing it:

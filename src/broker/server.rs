@@ -80,6 +80,8 @@ impl Server {
         track_changes: bool,
     ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
+        // Before the workers allocate: messages freed across workers (session/alloc.rs).
+        crate::broker::session::widen_fast_bins();
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("pyo3mq-worker");
         if config.worker_threads > 0 {

@@ -16,10 +16,14 @@ use bytestring::ByteString;
 use crate::codec::QoS;
 use crate::qos::InboundQos2;
 
+mod fast_bins;
+mod mark;
 mod props;
 mod sub_opts;
 mod window;
 
+pub(crate) use fast_bins::widen_fast_bins;
+pub use mark::{StreamMark, Untaken};
 pub use props::{remaining_secs, Expiry, MessageProperties};
 pub use sub_opts::SubOpts;
 use window::Window;
@@ -50,6 +54,8 @@ pub struct Message {
     /// mapping). `None` for messages without properties. Carries the Message Expiry
     /// Interval's deadline too (session/props.rs).
     pub properties: Option<MessageProperties>,
+    /// Cluster mode: where the message stands in the QoS 1/2 stream (`NONE` otherwise).
+    pub mark: StreamMark,
 }
 
 /// A message waiting in a session's queue, at the QoS it will be delivered with.
@@ -160,6 +166,9 @@ pub struct SessionState {
     /// The session was discarded (a clean-session reconnect replaced it): never saved
     /// again, even by a save that listed it just before.
     pub ended: bool,
+    /// Messages queued so far (wrapping): cluster mode's checkpoints rewrite a session's
+    /// only if some came (or what the client has not taken changed) since the last.
+    pub arrivals: u32,
     /// Set for persistent sessions while a durable store is kept up to date.
     tracker: Option<(ChangeTracker, ByteString)>,
     /// An MQTT 5.0 client's Session Expiry Interval (`Duration::MAX`: never); `None`
@@ -197,6 +206,7 @@ impl SessionState {
             // A new session is not in the store yet.
             changed: true,
             ended: false,
+            arrivals: 0,
             tracker: None,
             expiry: None,
         }
@@ -297,6 +307,7 @@ impl SessionState {
 
     fn push_queue(&mut self, item: Queued) {
         self.queued_bytes += cost(&item);
+        self.arrivals = self.arrivals.wrapping_add(1);
         self.queue.push_back(item);
     }
 

@@ -1,5 +1,6 @@
 //! `$SYS`: the broker's own statistics, published as retained messages under
-//! `$SYS/broker/...` (the names Mosquitto uses, so existing dashboards work).
+//! `$SYS/broker/...` (the names Mosquitto uses, so existing dashboards work), plus the
+//! figures Mosquitto has no name for under `$SYS/broker/pyo3mq/...` (see [`OWN`]).
 //!
 //! The counters themselves are in [`super::metrics`]. Values are published every
 //! `sys_interval`, only when they changed, so an idle broker's `$SYS/#` subscribers are not woken for nothing.
@@ -72,6 +73,12 @@ pub fn figures(router: &Router) -> Vec<(&'static str, u64)> {
     figures
 }
 
+/// pyo3mq's own `$SYS` figures, apart from Mosquitto's names so that a dashboard made
+/// for Mosquitto never meets a name it does not know under them: events for the
+/// observers (`on_connect`, ...) that a full event queue dropped (`events_dropped` in
+/// `Broker.stats()`, `pyo3mq_events_dropped_total` in Prometheus).
+pub const OWN: [&str; 1] = ["$SYS/broker/pyo3mq/events/dropped"];
+
 /// The `$SYS/broker/...` values at one moment, as (topic, value) pairs.
 pub fn snapshot(router: &Router) -> Vec<(String, String)> {
     let mut values = vec![(
@@ -86,6 +93,11 @@ pub fn snapshot(router: &Router) -> Vec<(String, String)> {
         };
         values.push((format!("$SYS/broker/{name}"), text));
     }
+    let [events_dropped] = OWN;
+    values.push((
+        events_dropped.to_string(),
+        router.events_dropped().to_string(),
+    ));
     values
 }
 
@@ -115,6 +127,7 @@ pub async fn publish_periodically(
                 retain: true,
                 publisher: ByteString::new(),
                 properties: None,
+                mark: crate::broker::session::StreamMark::NONE,
             });
             router.publish(msg, &mut scratch);
             // Only in-process subscribers with flow control ever block a publisher, and

@@ -99,6 +99,31 @@ impl Transport {
         }
     }
 
+    /// A second handle on a plain TCP socket, for reads that ask the socket itself
+    /// rather than tokio's readiness: a connection just back from the parking table
+    /// (broker/parking.rs) has a fresh registration whose readiness is unknown until the
+    /// driver's next turn, and `try_read_buf` would find nothing where the socket holds
+    /// bytes. `None` for the layered transports (they never leave tokio's driver) and
+    /// when the descriptor cannot be duplicated.
+    #[cfg(unix)]
+    pub fn direct_reader(&self) -> Option<std::net::TcpStream> {
+        use std::os::fd::AsFd;
+        match self {
+            Transport::Tcp(tcp) => tcp.as_fd().try_clone_to_owned().ok().map(Into::into),
+            Transport::Tls(_) | Transport::Ws(_) => None,
+        }
+    }
+
+    /// The peer's address, as the socket has it.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.socket().peer_addr()
+    }
+
+    #[cfg(not(unix))]
+    pub fn direct_reader(&self) -> Option<std::net::TcpStream> {
+        None
+    }
+
     pub async fn writable(&self) -> io::Result<()> {
         self.socket().writable().await
     }

@@ -6,7 +6,8 @@
 //! - control: authentication and authorization requests (each with a reply handle) and
 //!   "a publisher may go on" notices. A request waits for room, under its own timeout.
 //! - events, for observers. A full lane drops the event, and the router counts it
-//!   (`events_dropped` in `Broker.stats()` and `$SYS`) and logs the episode.
+//!   (`events_dropped` in `Broker.stats()`, `$SYS/broker/pyo3mq/events/dropped`) and logs
+//!   the episode.
 //! - data: "messages ready" notices of in-process subscriptions (one per subscription at
 //!   most) and `on_message` batches (requests, which wait for room).
 //!

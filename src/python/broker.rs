@@ -356,7 +356,8 @@ impl BrokerCore {
     }
 
     /// The `$SYS` figures now, by name (`clients_connected`, ...), and `events_dropped`
-    /// (not in `$SYS`, which carries Mosquitto's names only); empty when stopped.
+    /// (in `$SYS` as `pyo3mq/events/dropped`, apart from Mosquitto's names); empty when
+    /// stopped.
     fn stats(&self) -> Vec<(String, u64)> {
         self.running.lock().as_ref().map_or_else(Vec::new, |r| {
             let router = r.server.router();
@@ -419,11 +420,15 @@ impl BrokerCore {
     }
 
     /// Routes a message as if a client had published it (no socket involved). The
-    /// `Routed` answer carries a `space_token` when a flow-controlled subscription is
-    /// full: a `SpaceFreed` record with that token says when it has drained below its
-    /// high water mark.
-    /// `properties` (MQTT 5.0) are encoded here, once, and go to 5.0 subscribers.
-    #[pyo3(signature = (topic, payload, qos=0, retain=false, properties=None))]
+    /// `Routed` answer carries a `space_token` when a flow-controlled subscription is full
+    /// and the caller `wait`s: a `SpaceFreed` record with that token says when it has
+    /// drained below its high water mark. A caller that does not wait (another thread or
+    /// event loop) gets no token: a waiter per message nobody awaits would pile up tasks
+    /// and then flood the control lane with "space" notices; its excess is dropped and
+    /// counted at the queue's hard limit instead. `properties` (MQTT 5.0) are encoded
+    /// here, once, and go to 5.0 subscribers.
+    #[pyo3(signature = (topic, payload, qos=0, retain=false, properties=None, wait=false))]
+    #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
         py: Python<'_>,
@@ -432,6 +437,7 @@ impl BrokerCore {
         qos: u8,
         retain: bool,
         properties: Option<&Bound<'_, MessageProperties>>,
+        wait: bool,
     ) -> PyResult<Py<Routed>> {
         topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let qos =
@@ -453,10 +459,11 @@ impl BrokerCore {
             retain,
             publisher: ByteString::new(),
             properties,
+            mark: crate::broker::session::StreamMark::NONE,
         });
         let mut scratch = MatchScratch::default();
         py.detach(|| router.publish(msg, &mut scratch));
-        if !scratch.has_blocked() {
+        if !wait || !scratch.has_blocked() {
             return Routed::delivered(py);
         }
         // A flow-controlled subscription is full: the caller waits for a "space" event

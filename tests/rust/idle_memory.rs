@@ -235,7 +235,10 @@ fn heap_per_idle_connection() {
 }
 
 /// The same, once every connection has parked (`idle_park_after`,
-/// src/broker/connection/park.rs): the full task is gone, a small one waits.
+/// src/broker/connection/park.rs): the full task is gone, and so are any parked task
+/// (a plain TCP connection parks in broker/parking.rs's table) and the socket's tokio
+/// registration. 965 bytes when measured; a parked task (640) or a registration (256)
+/// per connection would break the bound.
 #[test]
 fn heap_per_parked_connection() {
     let n = connections();
@@ -250,7 +253,7 @@ fn heap_per_parked_connection() {
     );
     print_classes(n, &classes);
     assert!(
-        per_conn < 2_000.0,
+        per_conn < 1_200.0,
         "a parked connection holds {per_conn:.0} bytes of heap"
     );
 }
@@ -284,7 +287,7 @@ fn eager_parks_keep_the_connect_burst_small() {
         started.elapsed()
     );
     assert!(
-        peak < 2_000.0,
+        peak < 1_400.0,
         "the burst of connections peaked at {peak:.0} bytes per connection"
     );
 }

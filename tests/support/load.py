@@ -9,6 +9,11 @@ the GIL of the process that embeds it.
 
 `flood` prints "ready" once every connection is accepted and floods until killed (or
 `--seconds`); `logins` and `paced` print one JSON object with their figures.
+
+`logins` and `paced` time what they receive by the kernel's arrival stamp of the bytes
+(SO_TIMESTAMPNS), not by when this process got round to reading them: on a busy machine
+(the broker's floods share the cores with it) the load process itself can wait tens of
+milliseconds for a CPU, and that wait is not the broker's latency.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mqtt_raw import DISCONNECT, connect, publish, subscribe, unsubscribe
 
 HOST = "127.0.0.1"
+# SO_TIMESTAMPNS (= SCM_TIMESTAMPNS; Linux's generic value, which Python's socket module
+# does not name): each read carries the arrival time (CLOCK_REALTIME) of its data.
+SO_TIMESTAMPNS = 35
+STAMP_SPACE = socket.CMSG_SPACE(16)
 # A flooding publisher's messages: a short topic and a 16-byte payload (21-byte packets),
 # as small as real telemetry gets, so the broker does the most work per byte.
 FLOOD_PAYLOAD = b"0123456789abcdef"
@@ -91,6 +100,87 @@ def flood(port: int, topic: str, connections: int, rate: int, seconds: float) ->
         t.join()
 
 
+# -- stamped reads ---------------------------------------------------------------------
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+class Stamped:
+    """A TCP connection on the running loop whose reads know when their bytes arrived:
+    `arrival` is the kernel's time stamp (`time.time()` clock) of the data that completed
+    the last `readexactly`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.arrival = 0.0
+
+    @classmethod
+    async def open(cls, port: int) -> Stamped:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def _fill(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data, ancdata, _flags, _addr = self.sock.recvmsg(65536, STAMP_SPACE)
+            except BlockingIOError:
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(self.sock.fileno(), _wake, ready)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(self.sock.fileno())
+                continue
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(self.buf), None)
+            self.buf += data
+            self.arrival = time.time()  # only if the kernel gave no stamp
+            for level, kind, stamp in ancdata:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(stamp) >= 16:
+                    seconds, nanoseconds = struct.unpack("qq", stamp[:16])
+                    self.arrival = seconds + nanoseconds / 1e9
+            return
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            await self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def read_packet(conn: Stamped) -> tuple[int, bytes]:
+    """One MQTT packet: (first byte, body)."""
+    first = (await conn.readexactly(1))[0]
+    length, mult = 0, 1
+    while True:
+        byte = (await conn.readexactly(1))[0]
+        length += (byte & 0x7F) * mult
+        mult *= 128
+        if not byte & 0x80:
+            break
+    return first, await conn.readexactly(length)
+
+
 # -- logins ----------------------------------------------------------------------------
 
 
@@ -101,39 +191,42 @@ async def _login(
     password: str | None,
     timeout: float,
     churn: bool,
-) -> tuple[int | None, float]:
-    """(CONNACK return code or None when none came, seconds from TCP connect to CONNACK).
-    With `churn`, an accepted client also subscribes and unsubscribes (waiting for SUBACK
-    and UNSUBACK) before it leaves, so that every login makes four events."""
-    start = time.perf_counter()
-    writer = None
+) -> tuple[int | None, float, float]:
+    """(CONNACK return code or None when none came, seconds from TCP connect to the
+    CONNACK's arrival, seconds from the CONNECT's sending to it). With `churn`, an
+    accepted client also subscribes and unsubscribes (waiting for SUBACK and UNSUBACK)
+    before it leaves, so that every login makes four events."""
+    start = time.time()
+    sent = start
+    conn = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
-        writer.write(
+        conn = await asyncio.wait_for(Stamped.open(port), timeout)
+        await conn.write(
             connect(
                 client_id,
                 username=username,
                 password=None if password is None else password.encode(),
             )
         )
-        remaining = timeout - (time.perf_counter() - start)
-        connack = await asyncio.wait_for(reader.readexactly(4), max(remaining, 0.001))
-        elapsed = time.perf_counter() - start
+        sent = time.time()
+        remaining = timeout - (time.time() - start)
+        connack = await asyncio.wait_for(conn.readexactly(4), max(remaining, 0.001))
+        elapsed, after_connect = conn.arrival - start, conn.arrival - sent
         if connack[:2] != b"\x20\x02":
-            return None, elapsed
+            return None, elapsed, after_connect
         if churn and connack[3] == 0:
-            writer.write(subscribe(1, (f"churn/{client_id}", 0)))
-            await asyncio.wait_for(reader.readexactly(5), timeout)  # SUBACK
-            writer.write(unsubscribe(2, f"churn/{client_id}"))
-            await asyncio.wait_for(reader.readexactly(4), timeout)  # UNSUBACK
-        writer.write(DISCONNECT)
-        await writer.drain()
-        return connack[3], elapsed
+            await conn.write(subscribe(1, (f"churn/{client_id}", 0)))
+            await asyncio.wait_for(conn.readexactly(5), timeout)  # SUBACK
+            await conn.write(unsubscribe(2, f"churn/{client_id}"))
+            await asyncio.wait_for(conn.readexactly(4), timeout)  # UNSUBACK
+        await conn.write(DISCONNECT)
+        return connack[3], elapsed, after_connect
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
-        return None, time.perf_counter() - start
+        now = time.time()
+        return None, now - start, now - sent
     finally:
-        if writer is not None:
-            writer.close()
+        if conn is not None:
+            conn.close()
 
 
 async def logins(
@@ -145,23 +238,26 @@ async def logins(
     timeout: float,
     churn: bool = False,
 ) -> dict[str, Any]:
-    """`count` CONNECTs, `concurrency` at a time: every return code and time."""
+    """`count` CONNECTs, `concurrency` at a time: every return code and time (`seconds`:
+    from TCP connect, `after_connect`: from the CONNECT's sending, to the CONNACK)."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(i: int) -> tuple[int | None, float]:
+    async def one(i: int) -> tuple[int | None, float, float]:
         async with gate:
             return await _login(port, f"login-{i}", username, password, timeout, churn)
 
     results = await asyncio.gather(*(one(i) for i in range(count)))
-    accepted = [t for code, t in results if code == 0]
+    accepted = [t for code, t, _ in results if code == 0]
+    seconds = [t for _, t, _ in results]
     return {
-        "codes": [code for code, _ in results],
-        "seconds": [t for _, t in results],
+        "codes": [code for code, _, _ in results],
+        "seconds": seconds,
+        "after_connect": [t for _, _, t in results],
         "accepted": len(accepted),
-        "answered": sum(code is not None for code, _ in results),
-        "p50": percentile([t for _, t in results], 50),
-        "p99": percentile([t for _, t in results], 99),
-        "max": max(t for _, t in results),
+        "answered": sum(code is not None for code, _, _ in results),
+        "p50": percentile(seconds, 50),
+        "p99": percentile(seconds, 99),
+        "max": max(seconds),
         "max_accepted": max(accepted, default=0.0),
     }
 
@@ -194,13 +290,14 @@ async def paced(
     `seconds`: how many arrived (within `grace` after the last) and how late."""
     topic = "paced/pair"
     secret = None if password is None else password.encode()
-    sub_reader, sub_writer = await asyncio.open_connection(HOST, port)
-    sub_writer.write(connect("paced-sub", username=username, password=secret))
-    first, body = await _read_packet(sub_reader)
+    # The subscriber's reads are stamped on arrival (see the module's doc).
+    sub = await Stamped.open(port)
+    await sub.write(connect("paced-sub", username=username, password=secret))
+    first, body = await read_packet(sub)
     if first != 0x20 or body[1] != 0:
         raise SystemExit(f"paced subscriber refused: {body!r}")
-    sub_writer.write(subscribe(1, (topic, qos)))
-    await _read_packet(sub_reader)  # SUBACK
+    await sub.write(subscribe(1, (topic, qos)))
+    await read_packet(sub)  # SUBACK
     pub_reader, pub_writer = await asyncio.open_connection(HOST, port)
     pub_writer.write(connect("paced-pub", username=username, password=secret))
     first, body = await _read_packet(pub_reader)
@@ -214,16 +311,16 @@ async def paced(
 
     async def receive() -> None:
         while len(seen) < total:
-            first, body = await _read_packet(sub_reader)
+            first, body = await read_packet(sub)
             if first >> 4 != 3:
                 continue
             (tlen,) = struct.unpack("!H", body[:2])
             rest = body[2 + tlen :]
             if (first >> 1) & 3:
-                sub_writer.write(b"\x40\x02" + rest[:2])  # PUBACK
+                await sub.write(b"\x40\x02" + rest[:2])  # PUBACK
                 rest = rest[2:]
             seq, sent = struct.unpack("!Qd", rest)
-            latencies.append(time.perf_counter() - sent)
+            latencies.append(sub.arrival - sent)
             seen.add(seq)
         done.set()
 
@@ -239,7 +336,8 @@ async def paced(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        payload = struct.pack("!Qd", seq, time.perf_counter())
+        # The clock of the arrival stamps; taken just before the write sends it.
+        payload = struct.pack("!Qd", seq, time.time())
         pub_writer.write(publish(topic, payload, qos=qos, pkid=(seq % 65535) + 1))
     try:
         await asyncio.wait_for(done.wait(), grace)
@@ -247,9 +345,13 @@ async def paced(
         pass
     receiver.cancel()
     acks.cancel()
-    for writer in (sub_writer, pub_writer):
-        writer.write(DISCONNECT)
-        writer.close()
+    try:
+        await sub.write(DISCONNECT)
+    except OSError:
+        pass
+    sub.close()
+    pub_writer.write(DISCONNECT)
+    pub_writer.close()
     return {
         "sent": total,
         "received": len(seen),

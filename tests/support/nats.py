@@ -4,13 +4,16 @@ stopped at teardown."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +65,36 @@ def nats_server(
         yield NatsServer(port, proc, log, monitor_port)
     finally:
         terminate(proc)
+
+
+def jetstream_api(
+    port: int, subject: str, body: dict[str, Any] | None = None, timeout: float = 5
+) -> dict[str, Any]:
+    """One JetStream API request (`$JS.API.STREAM.INFO.<stream>`, ...) to the NATS server
+    on 127.0.0.1:`port`, spoken in the NATS client protocol on a socket of its own (no
+    NATS client library is a dependency): the answer's JSON, which names the stream's
+    current leader as the cluster sees it (the monitoring port's `/jsz` trails it)."""
+    payload = json.dumps(body or {}).encode()
+    inbox = "_INBOX.pyo3mq-test"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        reader = sock.makefile("rb")
+        if not reader.readline().startswith(b"INFO "):
+            raise AssertionError("not a NATS server")
+        sock.sendall(
+            b'CONNECT {"verbose":false,"pedantic":false,"headers":false}\r\n'
+            + f"SUB {inbox} 1\r\nPUB {subject} {inbox} {len(payload)}\r\n".encode()
+            + payload
+            + b"\r\n"
+        )
+        while True:
+            line = reader.readline()
+            if not line:
+                raise AssertionError(f"NATS closed the connection before answering {subject}")
+            if line.startswith(b"PING"):
+                sock.sendall(b"PONG\r\n")
+            elif line.startswith(b"-ERR"):
+                raise AssertionError(f"NATS: {line.decode().strip()} ({subject})")
+            elif line.startswith(b"MSG "):
+                size = int(line.split()[-1])
+                answer: dict[str, Any] = json.loads(reader.read(size + 2)[:size])
+                return answer

@@ -55,10 +55,7 @@ pub(super) fn outgoing(msg: &Message) -> Result<Option<Properties>, ()> {
 /// belongs to the connection: neither is kept. A Message Expiry Interval (what remained
 /// on the remote) counts down again from now.
 pub(super) fn incoming(props: Option<Box<Properties>>) -> Option<MessageProperties> {
-    let mut props = props?;
-    props.topic_alias = None;
-    props.subscription_identifiers.clear();
-    MessageProperties::forwarded(&props)
+    MessageProperties::from_publish(*props?)
 }
 
 #[cfg(test)]
@@ -90,6 +87,7 @@ mod tests {
             retain: false,
             publisher: ByteString::new(),
             properties,
+            mark: crate::broker::session::StreamMark::NONE,
         }
     }
 

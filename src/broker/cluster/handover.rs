@@ -19,9 +19,17 @@
 //!    was handed over and before anything its reader routes next.
 //!
 //! So nothing is lost and nothing comes twice, QoS 2 included. Bounded: at most the
-//! session's queue limit (`max_queued_messages`) is replayed, within a few seconds. A
-//! dead node's session comes back from its record's checkpoint, written when its
-//! client went offline: what was queued then, or inflight, is lost with the node.
+//! session's queue limit (`max_queued_messages`) is replayed, within a few seconds.
+//!
+//! A dead node's session comes back from its record's checkpoint ([`super::checkpoint`],
+//! written every heartbeat, the client connected or not): a cut whose floor is the
+//! oldest other node's message the client had not taken, and whose origin sequence is
+//! the oldest of the old owner's own; its stream sequence, where the read starts, may be
+//! lower (the old owner's own messages lie anywhere after where it stood when it
+//! numbered them), and [`Bounds::keeps`] tells the two kinds apart. The old owner's own
+//! messages it had routed may then lie anywhere up to the stream's end: the taking node
+//! waits until its reader is there. QoS 2 messages the client had acknowledged with
+//! PUBREC after the checkpoint are left out by the bucket of packet ids ([`Taken`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,11 +42,12 @@ use tokio::sync::{watch, Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 
 use super::cut::Cut;
+use super::qos2::Taken;
 use super::record::{subscriptions_of, Record, Sub};
 use super::wire;
 use super::Cluster;
 use crate::broker::router::{MatchScratch, Router};
-use crate::broker::session::{Message, MessageProperties, Queued};
+use crate::broker::session::{Message, MessageProperties, Queued, StreamMark};
 use crate::codec::QoS;
 
 /// Longest a taking node waits for its reader to reach the cut.
@@ -85,7 +94,7 @@ impl Moves {
         });
     }
 
-    fn position(&self) -> u64 {
+    pub(super) fn position(&self) -> u64 {
         *self.routed.borrow()
     }
 
@@ -139,13 +148,33 @@ impl Cluster {
         router: &Router,
         client_id: &ByteString,
         record: Record,
+        taken: &Taken,
     ) -> bool {
         let cut = record.checkpoint;
         let snapshot = record.snapshot(client_id);
         let Some(cut) = cut else {
             return router.take_in_session(snapshot);
         };
-        if !self.moves.reached(cut.stream.max(cut.stored)).await {
+        let catch_up = match cut.catch_up() {
+            Some(seq) => seq,
+            // A connected session's checkpoint (its node died, or it left without
+            // answering): the old owner's messages it had up to `origin_seq` may lie
+            // anywhere before the stream's end, where this node's reader must be so as
+            // not to route them again.
+            None => match super::sessions::bounded(
+                "reading the stream's end",
+                self.moves.stream.get_info(),
+            )
+            .await
+            {
+                Ok(info) => info.state.last_sequence.max(cut.floor()),
+                Err(e) => {
+                    warn!(%client_id, "cluster: {e}");
+                    cut.floor()
+                }
+            },
+        };
+        if !self.moves.reached(catch_up).await {
             warn!(%client_id, "cluster: this node's stream reader did not reach the session's cut within {CATCH_UP_TIMEOUT:?}: messages may come twice");
         }
         let _gate = self.moves.gate().await;
@@ -181,7 +210,7 @@ impl Cluster {
             routed,
             upper,
         };
-        match self.replay(&bounds, &subscriptions, limit).await {
+        match self.replay(&bounds, &subscriptions, limit, taken).await {
             Ok(items) => {
                 let count = items.len();
                 for item in items {
@@ -206,6 +235,7 @@ impl Cluster {
         bounds: &Bounds,
         subscriptions: &[Sub],
         limit: usize,
+        taken: &Taken,
     ) -> Result<Vec<Queued>, String> {
         let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
         let consumer = self
@@ -246,10 +276,20 @@ impl Cluster {
                     .iter()
                     .filter(|sub| crate::topic::matches(&sub.filter, &topic))
                     .collect();
-                if !matching.is_empty() && bounds.keeps(seq, wire.origin, wire.seq) {
+                // A QoS 2 message the client acknowledged with PUBREC is its already
+                // (checkpoint.rs); its PUBREL, if still owed, comes from qos2.rs.
+                if !matching.is_empty()
+                    && bounds.keeps(seq, wire.origin, wire.seq)
+                    && !taken.has(seq, wire.origin, wire.seq)
+                {
                     let retain = wire.retain;
+                    let mark = if wire.origin == self.node {
+                        StreamMark::own(wire.seq)
+                    } else {
+                        StreamMark::stream(seq)
+                    };
                     match wire.message(ByteString::from(topic), retain) {
-                        Ok(message) => out.push(delivery(message, &matching)),
+                        Ok(message) => out.push(delivery(Message { mark, ..message }, &matching)),
                         Err(e) => self.drop_malformed(&msg.subject, &e),
                     }
                 }
@@ -318,7 +358,12 @@ impl Bounds {
             return false;
         }
         if origin == self.cut.owner && origin_seq < self.cut.origin_seq {
-            // Routed on the old node when its client published it.
+            // Routed on the old node when its client published it (and taken by the
+            // client, for a connected session's checkpoint).
+            return false;
+        }
+        if origin != self.cut.owner && seq <= self.cut.floor() {
+            // The old owner's client had taken it (a connected session's checkpoint).
             return false;
         }
         if origin == self.own {

@@ -2,7 +2,8 @@
 //! records.
 //!
 //! Each node keeps a key (`n.<node>`) in a JetStream KV bucket whose entries live
-//! `cluster_node_ttl` (`PREFIX_NODES`, `max_age`), put again every `cluster_heartbeat`.
+//! `cluster_node_ttl` (`PREFIX_NODES`, `max_age`), put again every `cluster_heartbeat`;
+//! its value names the newest session record format the node reads (formats.rs).
 //! Every node lists the bucket as often: a node whose key was there and is gone (seen
 //! missing twice, by a node whose own renewals went through steadily for at least a TTL,
 //! so that an outage of NATS or of the bucket's leader is not taken for the death of
@@ -32,15 +33,14 @@
 //! Records of offline persistent sessions are deleted once their session expired (5.0
 //! Session Expiry Interval, else `persistent_client_expiration`), by one node (the live
 //! node with the lowest id) reading the bucket every [`EXPIRY_SWEEP`]. Reading the bucket
-//! costs one request per record: fine for the preview's thousands of sessions.
+//! costs one request per record: fine for thousands of sessions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -87,7 +87,9 @@ fn node_of(key: &str) -> Option<u64> {
 pub(super) async fn announce(nodes: &kv::Store, node: u64) -> Result<(), String> {
     bounded(
         "announcing the node",
-        nodes.put(node_key(node), Bytes::from_static(b"up")),
+        // The key's name is all that nodes before format 4 read; the value says which
+        // session records this node reads (formats.rs).
+        nodes.put(node_key(node), super::formats::liveness_value()),
     )
     .await
     .map(|_| ())
@@ -215,6 +217,12 @@ pub(super) async fn watch_nodes(
         if sweeper && last_sweep.elapsed() >= EXPIRY_SWEEP {
             last_sweep = Instant::now();
             sweep(&nodes, &cluster, &router, &HashSet::new(), true).await;
+        }
+        // Last: a slow read of the keys' values must not hold up judging the dead.
+        match formats_of(&nodes, &live, cluster.node).await {
+            Ok(formats) => cluster.note_formats(&formats),
+            // The format written stays as it was until the next look.
+            Err(e) => debug!("cluster: the nodes' record formats not read: {e}"),
         }
     }
 }
@@ -379,7 +387,7 @@ async fn read_record(cluster: &Cluster, key: &str) -> Result<Option<(u64, Record
         .and_then(|entry| Some((entry.revision, Record::decode(entry.value)?))))
 }
 
-async fn live_nodes(nodes: &kv::Store) -> Result<HashSet<u64>, String> {
+pub(super) async fn live_nodes(nodes: &kv::Store) -> Result<HashSet<u64>, String> {
     let keys = bounded("listing nodes", nodes.keys()).await?;
     let keys: Vec<Result<String, _>> = tokio::time::timeout(super::STORE_TIMEOUT, keys.collect())
         .await
@@ -390,6 +398,20 @@ async fn live_nodes(nodes: &kv::Store) -> Result<HashSet<u64>, String> {
         live.extend(node_of(&key));
     }
     Ok(live)
+}
+
+/// The session record formats the `live` nodes other than `own` advertise (formats.rs).
+pub(super) async fn formats_of(
+    nodes: &kv::Store,
+    live: &HashSet<u64>,
+    own: u64,
+) -> Result<HashMap<u64, u8>, String> {
+    let keys = live
+        .iter()
+        .filter(|&&node| node != own)
+        .map(|&node| (node, node_key(node)))
+        .collect();
+    super::formats::read_formats(nodes, keys).await
 }
 
 /// Reads every session record: takes over those of `dead` nodes, and (`expire`) deletes
@@ -531,9 +553,11 @@ async fn adopt(
     };
     let claimed_revision = match bounded(
         "claiming a dead node's session",
-        cluster
-            .sessions
-            .update(key, claimed.clone().encode(), revision),
+        cluster.sessions.update(
+            key,
+            claimed.encode_for(cluster.records_readable()),
+            revision,
+        ),
     )
     .await
     {
@@ -545,8 +569,8 @@ async fn adopt(
     };
     // The session lives on here: its subscriptions route to it, a CONNECT anywhere
     // takes it over from this node.
-    let taken = cluster.with_released(client_id, claimed.clone()).await;
-    cluster.take_in(router, client_id, taken).await;
+    let (taken, delivered) = cluster.with_released(client_id, claimed.clone()).await;
+    cluster.take_in(router, client_id, taken, &delivered).await;
     let (Some(will), Some(wait)) = (will, wait) else {
         return true;
     };
@@ -567,9 +591,11 @@ async fn adopt(
         // Fails if the client connected again (anywhere) meanwhile: the record changed.
         match bounded(
             "publishing a delayed will",
-            cluster
-                .sessions
-                .update(&key, fired.encode(), claimed_revision),
+            cluster.sessions.update(
+                &key,
+                fired.encode_for(cluster.records_readable()),
+                claimed_revision,
+            ),
         )
         .await
         {

@@ -14,14 +14,21 @@
 //! in it; only a PUBLISH with DUP set is looked up, a first send never is.
 //!
 //! Outbound, the same bucket keeps the packet ids of deliveries in their PUBREL stage:
-//! written when the subscriber's PUBREC comes (before the PUBREL goes out), deleted at
-//! its PUBCOMP. A node taking in the session of a dead node puts those ids back in the
-//! session as released deliveries, so the subscriber gets the PUBREL again (and with
-//! it, for clients such as paho, hands the message over), never the PUBLISH.
+//! written when the subscriber's PUBREC comes (before the PUBREL goes out), with the
+//! node and the message's [`StreamMark`] ([`Delivered`]); at its PUBCOMP marked
+//! completed, and deleted once the session's checkpoint is past the message
+//! (checkpoint.rs). A node taking in the session of a dead node puts the ids not
+//! completed back in the session as released deliveries, so the subscriber gets the
+//! PUBREL again (and with it, for clients such as paho, hands the message over), and
+//! leaves every message named there out of its replay of the stream ([`Taken`]): a
+//! message acknowledged with PUBREC never comes again as a PUBLISH, even when the
+//! checkpoint was written before the PUBREC. (A node before the checkpoints wrote
+//! "1": released, no message named.)
 //!
 //! Keys outlive a client that never finishes its flow by `cluster_max_age` at most
 //! (the bucket's `max_age`, the stream's own limit).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_nats::jetstream::{consumer, kv, stream};
@@ -35,9 +42,68 @@ use super::config::Names;
 use super::sessions::{bounded, key_of, Record};
 use super::{Cluster, Settings, STORE_TIMEOUT};
 use crate::broker::router::Qos2Step;
-use crate::broker::session::Message;
+use crate::broker::session::{Message, StreamMark};
 use crate::broker::store::StoredMessage;
 use crate::codec::QoS;
+
+/// A delivery's value: PUBREC came (PUBCOMP awaited), or PUBCOMP came (kept until the
+/// session's checkpoint passed the message).
+const RECEIVED: u8 = b'r';
+const COMPLETED: u8 = b'c';
+const DELIVERED_LEN: usize = 17;
+
+/// A message a client took (PUBREC) on some node: that node, and the message's mark
+/// there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Delivered {
+    node: u64,
+    mark: StreamMark,
+}
+
+impl Delivered {
+    /// The step and the delivered message of a value (`RECEIVED` and none for the "1"
+    /// of older nodes).
+    fn read(value: &[u8]) -> (u8, Option<Delivered>) {
+        let (Some(&step), Some(node), Some(mark)) = (
+            value.first(),
+            value.get(1..9).and_then(|b| b.try_into().ok()),
+            value.get(9..17).and_then(|b| b.try_into().ok()),
+        ) else {
+            return (RECEIVED, None);
+        };
+        let delivered = Delivered {
+            node: u64::from_be_bytes(node),
+            mark: StreamMark::from_bits(u64::from_be_bytes(mark)),
+        };
+        (step, Some(delivered))
+    }
+}
+
+/// The messages a dead node's client had taken (PUBREC) that its last checkpoint may
+/// not be past: a replay leaves them out, so none comes again as a new message. By
+/// stream sequence (another node's message where it was delivered) or by origin node
+/// and sequence (that node's own).
+#[derive(Debug, Default)]
+pub(super) struct Taken {
+    stream: HashSet<u64>,
+    origin: HashSet<(u64, u64)>,
+}
+
+impl Taken {
+    fn add(&mut self, delivered: Delivered) {
+        if let Some(seq) = delivered.mark.stream_seq() {
+            self.stream.insert(seq);
+        } else if let Some(seq) = delivered.mark.own_seq() {
+            self.origin.insert((delivered.node, seq));
+        }
+    }
+
+    /// Whether the stream message `seq`, published on `origin` with its sequence
+    /// `origin_seq`, is one of them.
+    pub(super) fn has(&self, seq: u64, origin: u64, origin_seq: u64) -> bool {
+        self.stream.contains(&seq) || self.origin.contains(&(origin, origin_seq))
+    }
+}
 
 /// The settings of the bucket of QoS 2 packet ids (created at start if missing).
 pub(super) fn bucket_config(names: &Names, config: &Settings) -> kv::Config {
@@ -95,25 +161,38 @@ impl Cluster {
         if !self.linked() {
             return;
         }
-        let mut last: Vec<(String, bool)> = Vec::with_capacity(events.len());
+        let mut last: Vec<(String, Qos2Step)> = Vec::with_capacity(events.len());
         for &(pkid, step) in events.iter().rev() {
-            let outbound = matches!(step, Qos2Step::Received | Qos2Step::Completed);
+            let outbound = matches!(step, Qos2Step::Received(_) | Qos2Step::Completed(_));
             let key = key(client_id, pkid, outbound);
             if !last.iter().any(|(seen, _)| *seen == key) {
-                last.push((key, matches!(step, Qos2Step::Stored | Qos2Step::Received)));
+                last.push((key, step));
             }
         }
-        let writes = last.into_iter().map(|(key, stored)| async move {
+        let writes = last.into_iter().map(|(key, step)| async move {
             let pkid = key.rsplit('.').next().unwrap_or_default().to_string();
-            let done = if stored {
-                bounded(
+            let value = match step {
+                Qos2Step::Stored => Some(Bytes::from_static(b"1")),
+                Qos2Step::Received(mark) => Some(self.delivered(RECEIVED, mark)),
+                // Kept until the session's checkpoint is past the message, so a replay
+                // from an older one leaves it out (checkpoint.rs).
+                Qos2Step::Completed(mark) if mark != StreamMark::NONE => {
+                    Some(self.delivered(COMPLETED, mark))
+                }
+                Qos2Step::Released | Qos2Step::Completed(_) => None,
+            };
+            let done = match value {
+                Some(value) => bounded(
                     "recording a QoS 2 packet id",
-                    self.qos2.put(key, Bytes::from_static(b"1")),
+                    self.qos2.put(key.clone(), value),
                 )
                 .await
-                .map(|_| ())
-            } else {
-                bounded("releasing a QoS 2 packet id", self.qos2.delete(key)).await
+                .map(|revision| {
+                    if let Qos2Step::Completed(mark) = step {
+                        self.ticks.completed(client_id, key, revision, mark);
+                    }
+                }),
+                None => bounded("releasing a QoS 2 packet id", self.qos2.delete(key)).await,
             };
             if let Err(e) = done {
                 debug!(%client_id, pkid, "cluster: {e}");
@@ -127,11 +206,35 @@ impl Cluster {
         }
     }
 
+    /// A delivery's value in the bucket: its step, this node and the message's mark.
+    fn delivered(&self, step: u8, mark: StreamMark) -> Bytes {
+        let mut value = Vec::with_capacity(DELIVERED_LEN);
+        value.push(step);
+        value.extend_from_slice(&self.node.to_be_bytes());
+        value.extend_from_slice(&mark.to_bits().to_be_bytes());
+        Bytes::from(value)
+    }
+
     /// The record of a dead node's session, with the deliveries it had in their PUBREL
-    /// stage (released, no message: only the PUBREL is sent again).
-    pub(super) async fn with_released(&self, client_id: &ByteString, mut record: Record) -> Record {
+    /// stage (released, no message: only the PUBREL is sent again), and the messages
+    /// of the deliveries its client acknowledged with PUBREC (see [`Taken`]).
+    pub(super) async fn with_released(
+        &self,
+        client_id: &ByteString,
+        mut record: Record,
+    ) -> (Record, Taken) {
+        let mut taken = Taken::default();
         match self.released_deliveries(client_id).await {
-            Ok(pkids) => {
+            Ok(deliveries) => {
+                let mut pkids = Vec::new();
+                for (pkid, step, delivered) in deliveries {
+                    if let Some(delivered) = delivered {
+                        taken.add(delivered);
+                    }
+                    if step != COMPLETED {
+                        pkids.push(pkid);
+                    }
+                }
                 record.pending.splice(
                     0..0,
                     pkids.into_iter().map(|pkid| StoredMessage {
@@ -142,6 +245,7 @@ impl Cluster {
                             retain: false,
                             publisher: ByteString::new(),
                             properties: None,
+                            mark: crate::broker::session::StreamMark::NONE,
                         }),
                         qos: QoS::ExactlyOnce,
                         retain: false,
@@ -154,12 +258,15 @@ impl Cluster {
                 warn!(%client_id, "cluster: QoS 2 deliveries awaiting PUBCOMP not read ({e}): their PUBRELs are not sent again");
             }
         }
-        record
+        (record, taken)
     }
 
     /// The client's outbound packet ids in their PUBREL stage: the last entry of each
     /// of its keys, read from the bucket's stream (one request when there is none).
-    async fn released_deliveries(&self, client_id: &ByteString) -> Result<Vec<u16>, String> {
+    async fn released_deliveries(
+        &self,
+        client_id: &ByteString,
+    ) -> Result<Vec<(u16, u8, Option<Delivered>)>, String> {
         let filter = format!("{}{}*", self.qos2.prefix, key_prefix(client_id, true));
         let mut consumer = bounded(
             "reading QoS 2 deliveries",
@@ -195,7 +302,9 @@ impl Cluster {
                 .is_some_and(|op| op.as_str() != "PUT");
             let pkid = msg.subject.rsplit('.').next().and_then(|p| p.parse().ok());
             if let (false, Some(pkid)) = (deleted, pkid) {
-                pkids.push(pkid);
+                // "1" (nodes before the checkpoints): a delivery awaiting PUBCOMP.
+                let (step, delivered) = Delivered::read(&msg.payload);
+                pkids.push((pkid, step, delivered));
             }
         }
         Ok(pkids)

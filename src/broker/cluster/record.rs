@@ -30,16 +30,22 @@
 //! and the survivors of a dead node neither adopt nor expire it. Nodes of format 3 and
 //! before did not follow the rule on one path: a CONNECT that met a record they could
 //! not read replaced it ("unreadable session record replaced"), so a format 4 record
-//! reaching such a node through a CONNECT loses the session's subscriptions (its other
-//! paths leave the record alone). Upgrade every node before clients use 5.0
-//! subscription options; nothing else needs care, since until then every record is
-//! written as format 3.
+//! reaching such a node through a CONNECT would lose the session's subscriptions.
+//!
+//! Hence a rolling upgrade: each node advertises the newest format it reads in its
+//! liveness key (liveness.rs), and a record is written in format 4 only while every
+//! live node reads it ([`Record::encode_for`]); while a node of the previous release is
+//! live, a record that needs format 4 is written as format 3 without what format 3
+//! cannot carry (the 5.0 subscription options, kept in the owning node's memory and
+//! written again at the session's next record change once every node reads format 4,
+//! and the properties of a handover's pending messages).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
+use tracing::debug;
 
 use super::cut::Cut;
 use crate::broker::router::Session;
@@ -56,6 +62,11 @@ const V2: u8 = 2;
 const V3: u8 = 3;
 /// The newest this code reads and writes: subscriptions with their options.
 const V4: u8 = 4;
+/// The newest format this node reads and writes, advertised in its liveness key.
+pub(super) const NEWEST: u8 = V4;
+/// What a node that advertises no format reads: those of the release before format 4
+/// put a bare `up` in their liveness key.
+pub(super) const UNADVERTISED: u8 = V3;
 /// In a format 4 subscription's options byte: a Subscription Identifier follows.
 const HAS_ID: u8 = 0x80;
 
@@ -99,6 +110,7 @@ impl Will {
             retain: self.retain,
             publisher: client_id.clone(),
             properties: None,
+            mark: crate::broker::session::StreamMark::NONE,
         })
     }
 }
@@ -251,10 +263,30 @@ fn put_sub(out: &mut BytesMut, sub: &Sub, v4: bool) {
 }
 
 impl Record {
+    /// The record in this node's newest format (tests: what `encode_for` writes once
+    /// every node reads it).
+    #[cfg(test)]
     pub(super) fn encode(&self) -> Bytes {
+        self.encode_for(NEWEST)
+    }
+
+    /// The record's bytes for a cluster whose live nodes all read formats up to
+    /// `readable` ([`super::Cluster::records_readable`]): format 4 only when the record
+    /// needs it and they all read it, else format 3, leaving out what format 3 cannot
+    /// carry (5.0 subscription options and pending messages' properties).
+    pub(super) fn encode_for(&self, readable: u8) -> Bytes {
         let mut out = BytesMut::with_capacity(64);
-        let v4 = self.subscriptions.iter().any(|sub| !sub.opts.is_default())
+        let needs_v4 = self.subscriptions.iter().any(|sub| !sub.opts.is_default())
             || self.pending.iter().any(|m| m.msg.properties.is_some());
+        let v4 = needs_v4 && readable >= V4;
+        if needs_v4 && !v4 {
+            debug!(
+                owner = format_args!("{:016x}", self.owner),
+                "cluster: session record written in format {V3}, without its MQTT 5.0 \
+                 subscription options and pending messages' properties: a live node reads \
+                 no format above {readable} (a rolling upgrade in progress)"
+            );
+        }
         out.put_slice(&[MAGIC, if v4 { V4 } else { V3 }]);
         out.put_u64(self.owner);
         out.put_u8(u8::from(self.clean));
@@ -364,6 +396,7 @@ impl Record {
                     retain,
                     publisher: ByteString::new(),
                     properties,
+                    mark: crate::broker::session::StreamMark::NONE,
                 }),
                 qos,
                 retain,

@@ -13,8 +13,9 @@
 //! present, with the stream messages A had not routed to it (the answer's cut,
 //! [`super::handover`]). If A does not answer (it is gone) or holds nothing, B takes
 //! the subscriptions from the record, and the stream messages since the record's
-//! checkpoint (written when the client went offline); what A had queued at that
-//! moment is lost with A. B's CONNACK waits
+//! checkpoint ([`super::checkpoint`]: written every heartbeat while the session is on
+//! A, connected or not, and when its client goes offline), so that what A had queued
+//! or in flight and the client had not taken comes again. B's CONNACK waits
 //! for all this (bounded). Claiming before asking settles races: A ignores a request
 //! once it claimed the record again itself, and a connection attached after another
 //! node's claim finds the record naming that node and is refused.
@@ -241,13 +242,15 @@ impl Cluster {
             let written = match revision {
                 Some(revision) => bounded(
                     "claiming the session",
-                    self.sessions.update(&key, mine.encode(), revision),
+                    self.sessions
+                        .update(&key, mine.encode_for(self.records_readable()), revision),
                 )
                 .await
                 .map(|_| ()),
                 None => bounded(
                     "claiming the session",
-                    self.sessions.create(&key, mine.encode()),
+                    self.sessions
+                        .create(&key, mine.encode_for(self.records_readable())),
                 )
                 .await
                 .map(|_| ()),
@@ -275,12 +278,13 @@ impl Cluster {
             };
             if let Some(taken) = taken.filter(|_| !claim.clean) {
                 // From a dead node: its deliveries awaiting PUBCOMP come from the cluster.
-                let taken = if given {
-                    taken
+                let (taken, delivered) = if given {
+                    // Nothing taken beyond the cut of a live handover.
+                    (taken, Default::default())
                 } else {
                     self.with_released(client_id, taken).await
                 };
-                if self.take_in(router, client_id, taken).await {
+                if self.take_in(router, client_id, taken, &delivered).await {
                     info!(%client_id, "cluster: session taken over from another node");
                 }
             }
@@ -319,10 +323,11 @@ impl Cluster {
     /// the record of a session that ended with it is deleted, that of a session that
     /// stays records when it went offline (for its expiry) and keeps only a will still
     /// waiting out its delay. Left alone if another node owns the session by now.
-    pub async fn session_closed(&self, client_id: &ByteString, closed: Closed) {
+    pub async fn session_closed(&self, session: &Session, closed: Closed) {
         if !self.linked() {
             return;
         }
+        let client_id = &session.client_id;
         let key = key_of(client_id);
         for _ in 0..CLAIM_ATTEMPTS {
             let entry = match bounded("reading the session", self.sessions.entry(key.clone())).await
@@ -361,13 +366,18 @@ impl Cluster {
                         will,
                         expiry: *expiry,
                         offline_since: unix_now(),
-                        // Should this node die, the next one replays the stream from here.
-                        checkpoint: Some(self.cut_now()),
+                        // Should this node die, the next one replays the stream from here:
+                        // what the client has not taken comes again (checkpoint.rs).
+                        checkpoint: Some(self.checkpoint_of(session)),
                         ..record
                     };
                     bounded(
                         "recording the disconnect",
-                        self.sessions.update(&key, offline.encode(), entry.revision),
+                        self.sessions.update(
+                            &key,
+                            offline.encode_for(self.records_readable()),
+                            entry.revision,
+                        ),
                     )
                     .await
                     .map(|_| ())
@@ -453,7 +463,12 @@ impl Cluster {
                 }
                 _ => return,
             };
-            let Record { will, expiry, .. } = record;
+            let Record {
+                will,
+                expiry,
+                checkpoint,
+                ..
+            } = record;
             let mine = Record {
                 owner: self.node,
                 clean: false,
@@ -462,9 +477,10 @@ impl Cluster {
                 will,
                 expiry,
                 offline_since: 0,
-                checkpoint: None,
+                // Still where a survivor replays from (checkpoint.rs).
+                checkpoint,
             }
-            .encode();
+            .encode_for(self.records_readable());
             match bounded(
                 "recording subscriptions",
                 self.sessions.update(&key, mine, revision),
@@ -528,7 +544,7 @@ async fn give_up(cluster: &Cluster, router: &Router, client_id: &ByteString) -> 
         match held {
             Held::Connected(conn) => {
                 info!(%client_id, "cluster: session taken over by a connection to another node");
-                conn.takeover.kick.notify_one();
+                conn.takeover.kick_now();
                 let _ = tokio::time::timeout(KICK_TIMEOUT, conn.takeover.gone()).await;
             }
             Held::Given(snapshot) => {
@@ -545,7 +561,8 @@ async fn give_up(cluster: &Cluster, router: &Router, client_id: &ByteString) -> 
                     offline_since: 0,
                     checkpoint: Some(cut),
                 }
-                .encode();
+                // The asking node reads it: it is live, so counted in this.
+                .encode_for(cluster.records_readable());
             }
             Held::Nothing => return Bytes::new(),
         }

@@ -242,9 +242,12 @@ async fn read_queue(
     let mut scratch = MatchScratch::default();
     while let Some(msg) = sub.next().await {
         // The node's own messages too: NATS chose this node for them.
+        // The publisher's RETAIN flag goes with it: the router keeps it for a member
+        // with Retain As Published and clears it for the others, as on one node.
         let message = wire::decode(msg.headers.as_ref(), msg.payload).and_then(|wire| {
             let topic = cluster.names.topic_of(&msg.subject).unwrap_or_default();
-            wire.message(ByteString::from(topic), false)
+            let retain = wire.retain;
+            wire.message(ByteString::from(topic), retain)
         });
         match message {
             Ok(message) if !message.topic.is_empty() => {
@@ -310,8 +313,11 @@ fn route_stored(
         debug!(subject = %msg.subject, "cluster: ignored a stream subject pyo3mq did not make");
         return true;
     };
-    let message = wire::decode(msg.headers.as_ref(), msg.payload.clone())
-        .and_then(|wire| wire.message(ByteString::from(topic), false));
+    // As in [`read_queue`]: the member's Retain As Published decides (the router).
+    let message = wire::decode(msg.headers.as_ref(), msg.payload.clone()).and_then(|wire| {
+        let retain = wire.retain;
+        wire.message(ByteString::from(topic), retain)
+    });
     match message {
         Ok(message) => router.publish_to_group(filter, Arc::new(message), scratch),
         Err(e) => {

@@ -21,6 +21,7 @@ use super::link::round_trip;
 use super::wire;
 use super::{Cluster, ClusterError, Outbound, START_TIMEOUT};
 use crate::broker::router::{MatchScratch, Router};
+use crate::broker::session::StreamMark;
 use crate::codec::QoS;
 
 /// Sends what local publishers forward, in order, and answers flush requests. Each
@@ -190,10 +191,14 @@ fn route_stored(
     // Live deliveries carry RETAIN 0 [MQTT-3.3.1-9] unless the subscription has Retain
     // As Published (the router decides).
     let retain = wire.retain;
-    let message = match wire.message(ByteString::from(topic), retain) {
+    let mut message = match wire.message(ByteString::from(topic), retain) {
         Ok(message) => message,
         Err(e) => return cluster.drop_malformed(&msg.subject, &e),
     };
+    // For the checkpoints of the sessions it reaches (checkpoint.rs).
+    if let Ok(info) = msg.info() {
+        message.mark = StreamMark::stream(info.stream_sequence);
+    }
     router.publish_remote(Arc::new(message), scratch);
 }
 

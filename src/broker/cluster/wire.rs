@@ -177,6 +177,7 @@ impl Wire {
             retain,
             publisher: bytestring::ByteString::new(),
             properties,
+            mark: crate::broker::session::StreamMark::NONE,
         })
     }
 }
@@ -214,6 +215,7 @@ mod tests {
             retain,
             publisher: ByteString::from_static("pub"),
             properties,
+            mark: crate::broker::session::StreamMark::NONE,
         }
     }
 

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::broker::cluster::{Claim, Closed, RouterCluster, Will};
 use crate::broker::router::Qos2Step;
 use crate::broker::router::{Held, Session};
+use crate::broker::session::StreamMark;
 use crate::codec::{Connect, Protocol};
 
 use super::{flow, v5, Close, Connection};
@@ -109,7 +110,7 @@ impl Connection {
                 }),
             }
         };
-        Box::pin(cluster.session_closed(&self.client_id, closed)).await;
+        Box::pin(cluster.session_closed(session, closed)).await;
     }
 }
 
@@ -126,6 +127,15 @@ impl Connection {
 
     /// A step of a QoS 2 flow, recorded in the cluster before this read's
     /// acknowledgements go out ([`Self::settle_qos2`]).
+    /// The mark of the delivery in flight with `pkid` (cluster mode only: a single
+    /// node takes no lock for it).
+    pub(super) fn delivery_mark(&self, session: &Session, pkid: u16) -> StreamMark {
+        if self.router.cluster().is_none() {
+            return StreamMark::NONE;
+        }
+        session.state.lock().delivery_mark(pkid)
+    }
+
     pub(super) fn qos2_event(&mut self, pkid: u16, step: Qos2Step) {
         if self.router.cluster().is_some() {
             self.scratch.cluster_qos2.push((pkid, step));

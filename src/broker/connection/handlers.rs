@@ -201,6 +201,7 @@ impl Connection {
             retain: publish.retain,
             publisher: self.client_id.clone(),
             properties,
+            mark: crate::broker::session::StreamMark::NONE,
         }))
     }
 
@@ -281,7 +282,8 @@ impl Connection {
                 if let Some(close) = self.on_ack(session, pkid, AckKind::PubRec, "PUBREC") {
                     return Some(close);
                 }
-                self.qos2_event(pkid, Qos2Step::Received);
+                let mark = self.delivery_mark(session, pkid);
+                self.qos2_event(pkid, Qos2Step::Received(mark));
                 // Answered even for an unknown id so the client can finish its flow.
                 self.send_packet(&Packet::PubRel(pkid));
             }
@@ -291,10 +293,11 @@ impl Connection {
                 self.send_packet(&Packet::PubComp(pkid));
             }
             Packet::PubComp(pkid) => {
+                let mark = self.delivery_mark(session, pkid);
                 if let Some(close) = self.on_ack(session, pkid, AckKind::PubComp, "PUBCOMP") {
                     return Some(close);
                 }
-                self.qos2_event(pkid, Qos2Step::Completed);
+                self.qos2_event(pkid, Qos2Step::Completed(mark));
             }
             Packet::Subscribe(subscribe) => {
                 // A zero-length filter makes the whole SUBSCRIBE a violation: nothing in it
@@ -453,6 +456,7 @@ impl Connection {
             } else {
                 None
             },
+            mark: crate::broker::session::StreamMark::NONE,
         }))
     }
 }

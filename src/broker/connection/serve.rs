@@ -6,6 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
@@ -180,6 +181,9 @@ impl Connection {
     /// first, up to [`TAKEOVER_DRAIN_LIMIT`] bytes; then the takeover closes it.
     async fn drain_before_takeover(&mut self, session: &Arc<Session>) -> Close {
         let mut budget = TAKEOVER_DRAIN_LIMIT;
+        // Read from the socket itself: a connection resumed from the parking table by
+        // this kick has no readiness in tokio's driver yet (Transport::direct_reader).
+        let mut direct = self.io.direct_reader();
         loop {
             if let Some(close) = Box::pin(self.handle_buffered(session)).await {
                 return close;
@@ -187,8 +191,15 @@ impl Connection {
             if budget == 0 {
                 return Close::Takeover;
             }
-            self.rbuf.reserve(READ_CHUNK.min(budget));
-            match self.io.try_read_buf(&mut self.rbuf) {
+            let chunk = READ_CHUNK.min(budget);
+            let read = match direct.as_mut() {
+                Some(socket) => read_direct(socket, &mut self.rbuf, chunk),
+                None => {
+                    self.rbuf.reserve(chunk);
+                    self.io.try_read_buf(&mut self.rbuf)
+                }
+            };
+            match read {
                 Ok(n) if n > 0 => {
                     self.counters.bytes_received += n as u64;
                     budget = budget.saturating_sub(n);
@@ -201,4 +212,17 @@ impl Connection {
             }
         }
     }
+}
+
+/// Appends up to `chunk` bytes read from `socket` (non-blocking) to `buf`.
+fn read_direct(
+    socket: &mut std::net::TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> io::Result<usize> {
+    let len = buf.len();
+    buf.resize(len + chunk, 0);
+    let read = io::Read::read(socket, &mut buf[len..]);
+    buf.truncate(len + *read.as_ref().unwrap_or(&0));
+    read
 }

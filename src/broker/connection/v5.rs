@@ -150,9 +150,7 @@ impl Connection {
     /// will-only Will Delay Interval left out).
     pub(super) fn will_properties_v5(connect: &Connect) -> Option<MessageProperties> {
         let will = connect.will.as_ref()?;
-        let mut props = will.properties.as_deref()?.clone();
-        props.will_delay_interval = None;
-        MessageProperties::forwarded(&props)
+        MessageProperties::from_publish(will.properties.as_deref()?.clone())
     }
 
     /// A close for a rule a 5.0 client broke: the DISCONNECT before the close carries

@@ -3,7 +3,7 @@
 //! Interval), takeover signals and expiring offline sessions. Apart from router.rs because
 //! none of it is on the per-message path: it runs once per CONNECT, disconnect or timer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +11,7 @@ use bytestring::ByteString;
 use tokio::sync::Notify;
 
 use super::{Router, Session};
+use crate::broker::parking;
 
 /// How to reach the connection that owns a session, to take it over.
 #[derive(Debug, Clone)]
@@ -29,9 +30,22 @@ pub struct Takeover {
     /// Set once the connection has fully detached (see [`GoneOnDrop`]).
     gone: AtomicBool,
     gone_changed: Notify,
+    /// The key of the connection's park (broker/parking.rs) while it is parked without a
+    /// task, else [`parking::NONE`]: a kick must wake it.
+    pub parked: AtomicU64,
 }
 
 impl Takeover {
+    /// Makes the connection close (takeover, shutdown, fencing) or look at its keepalive
+    /// deadline (the sweep): `kick` keeps the permit for its loop, and a connection
+    /// parked without a task is woken to run that loop.
+    pub fn kick_now(&self) {
+        self.kick.notify_one();
+        // SeqCst against the parking side's store of the key and its look at `kick`
+        // after it (connection/park.rs): one of the two sees the other.
+        parking::wake(self.parked.load(Ordering::SeqCst));
+    }
+
     /// Waits until the connection has fully detached.
     pub async fn gone(&self) {
         let changed = self.gone_changed.notified();
@@ -174,7 +188,7 @@ impl Router {
     pub fn kick_all(&self) {
         for slot in self.clients.lock().values() {
             if let Some(conn) = &slot.conn {
-                conn.takeover.kick.notify_one();
+                conn.takeover.kick_now();
             }
         }
     }
@@ -217,7 +231,7 @@ impl Router {
         let mut kicked = 0;
         for slot in clients.values().filter(|slot| !slot.session.is_bridge()) {
             if let Some(conn) = &slot.conn {
-                conn.takeover.kick.notify_one();
+                conn.takeover.kick_now();
                 kicked += 1;
             }
         }

@@ -450,6 +450,7 @@ mod tests {
                             retain,
                             publisher: ByteString::from_static("pub"),
                             properties: None,
+                            mark: crate::broker::session::StreamMark::NONE,
                         });
                         router.publish(msg, &mut scratch);
                     }

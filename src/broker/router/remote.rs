@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use super::MatchScratch;
-use crate::broker::session::Message;
+use crate::broker::session::{Message, StreamMark};
 
 /// What the router asks of cluster mode. `Any`, so that cluster mode can find its own
 /// type behind the router's [`super::Router::cluster_link`].
@@ -22,7 +22,13 @@ pub trait ClusterLink: Any + Send + Sync + std::fmt::Debug {
     /// Hands a locally published message to the other nodes. Never waits: a QoS 1/2
     /// message sets `scratch.cluster_pending` (or `cluster_lost` when it could not be
     /// handed over), and the publisher acknowledges once cluster mode says it left.
-    fn forward(&self, msg: &Arc<Message>, scratch: &mut MatchScratch);
+    /// Marks a QoS 1/2 message with its origin sequence ([`Message::mark`]; a copy if
+    /// `msg` is shared) before the router routes it here.
+    fn forward(&self, msg: &mut Arc<Message>, scratch: &mut MatchScratch);
+
+    /// The message `forward` marked was routed to this node's sessions (checkpoints
+    /// wait for that before they count it as routed).
+    fn routed_here(&self);
 
     /// A session subscribed to `filter` (not a replacement of its own subscription).
     fn add_interest(&self, filter: &ByteString);
@@ -46,8 +52,9 @@ pub enum Qos2Step {
     Stored,
     /// Inbound: the publisher's PUBREL came.
     Released,
-    /// Outbound: the subscriber's PUBREC came (the PUBREL is going out).
-    Received,
-    /// Outbound: the subscriber's PUBCOMP came.
-    Completed,
+    /// Outbound: the subscriber's PUBREC came (the PUBREL is going out), for the
+    /// message with this mark.
+    Received(StreamMark),
+    /// Outbound: the subscriber's PUBCOMP came, for the message with this mark.
+    Completed(StreamMark),
 }

@@ -392,6 +392,7 @@ mod tests {
             retain,
             publisher: ByteString::new(),
             properties: None,
+            mark: crate::broker::session::StreamMark::NONE,
         });
         router.publish(msg, &mut MatchScratch::default());
     }

@@ -71,6 +71,7 @@ fn flow_controlled_queue_is_bounded_for_publishers_that_do_not_wait() {
             retain: false,
             publisher: ByteString::new(),
             properties: None,
+            mark: crate::broker::session::StreamMark::NONE,
         });
         router.publish(msg, &mut scratch);
         scratch.clear_blocked();

@@ -215,6 +215,7 @@ mod tests {
             retain: false,
             publisher: client_id.into(),
             properties: None,
+            mark: crate::broker::session::StreamMark::NONE,
         });
         let client = ClientInfo {
             client_id: client_id.into(),

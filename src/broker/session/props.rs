@@ -8,9 +8,12 @@
 
 use std::num::NonZeroU32;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{Properties, PropertyContext};
 
 /// Property identifier of the Message Expiry Interval (a Four Byte Integer).
 const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
@@ -19,8 +22,18 @@ const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
 
 /// Encoded PUBLISH (or will) properties without their length prefix
 /// (`codec::Properties::to_bytes`), and their Message Expiry Interval's deadline.
+///
+/// One pointer wide: a [`Message`](super::Message) carries an `Option` of it, and every
+/// message pays for that field whether it has properties or not (most have none). Kept
+/// inline (64 bytes) it made each message's `Arc` allocation 184 bytes, above glibc's
+/// fast-bin sizes; such a block freed by the subscriber's worker takes the publishing
+/// worker's arena lock, and in fan-in the two workers then contend on it for every
+/// message (benches/README.md, "Session 9").
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageProperties {
+pub struct MessageProperties(Arc<Inner>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Inner {
     bytes: Bytes,
     expiry: Option<Expiry>,
 }
@@ -45,7 +58,24 @@ impl MessageProperties {
                 offset,
             })
         });
-        MessageProperties { bytes, expiry }
+        MessageProperties::of(bytes, expiry)
+    }
+
+    /// A message's properties from a decoded set (a bridged PUBLISH's, a will's): what
+    /// belongs to one connection or to the will alone (Topic Alias, Subscription
+    /// Identifiers, Will Delay Interval) is left out, and an empty set is no properties,
+    /// as a PUBLISH without any. A Message Expiry Interval counts from now.
+    pub fn from_publish(mut props: Properties) -> Option<MessageProperties> {
+        props.topic_alias = None;
+        props.subscription_identifiers.clear();
+        props.will_delay_interval = None;
+        if props.is_empty() {
+            return None;
+        }
+        props
+            .to_bytes(PropertyContext::Publish)
+            .ok()
+            .map(MessageProperties::new)
     }
 
     /// Properties loaded from a session store: their Message Expiry Interval (if any)
@@ -61,44 +91,45 @@ impl MessageProperties {
             }),
             _ => None,
         };
-        MessageProperties { bytes, expiry }
+        MessageProperties::of(bytes, expiry)
     }
 
     /// When the Message Expiry Interval runs out, in milliseconds since the Unix epoch
     /// (what a session store keeps: an `Instant` means nothing to the next process).
+    fn of(bytes: Bytes, expiry: Option<Expiry>) -> MessageProperties {
+        MessageProperties(Arc::new(Inner { bytes, expiry }))
+    }
+
     pub fn expires_at(&self) -> Option<u64> {
-        self.expiry.map(|e| unix_ms_of(e.deadline))
+        self.0.expiry.map(|e| unix_ms_of(e.deadline))
     }
 
     pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+        &self.0.bytes
     }
 
     pub fn expiry(&self) -> Option<Expiry> {
-        self.expiry
+        self.0.expiry
     }
 
     /// Whether the Message Expiry Interval has passed [MQTT-3.3.2-5]. Reads the clock
     /// only for a message that has one.
     pub fn expired(&self) -> bool {
-        self.expiry.is_some_and(|e| Instant::now() >= e.deadline)
+        self.0.expiry.is_some_and(|e| Instant::now() >= e.deadline)
     }
 
     /// The same properties with this subscriber's Subscription Identifiers appended
     /// [MQTT-3.3.4-3] [MQTT-3.3.4-4], for one delivery; the deadline is kept (the
     /// interval's offset does not move, the identifiers go at the end).
     pub fn with_subscription_ids(this: Option<&Self>, ids: &[NonZeroU32]) -> MessageProperties {
-        let base: &[u8] = this.map_or(&[], |p| &p.bytes);
+        let base: &[u8] = this.map_or(&[], |p| &p.0.bytes);
         let mut out = BytesMut::with_capacity(base.len() + ids.len() * 5);
         out.put_slice(base);
         for id in ids {
             out.put_u8(SUBSCRIPTION_IDENTIFIER);
             put_vbi(&mut out, id.get());
         }
-        MessageProperties {
-            bytes: out.freeze(),
-            expiry: this.and_then(|p| p.expiry),
-        }
+        MessageProperties::of(out.freeze(), this.and_then(|p| p.0.expiry))
     }
 }
 
@@ -141,26 +172,9 @@ fn instant_of(unix_ms: u64) -> Instant {
 #[cfg(test)]
 impl MessageProperties {
     /// These properties as if their interval ran out at `deadline` (tests).
-    pub fn expiring_at(mut self, deadline: Instant) -> MessageProperties {
-        if let Some(e) = &mut self.expiry {
-            e.deadline = deadline;
-        }
-        self
-    }
-}
-
-impl MessageProperties {
-    /// Decoded properties encoded again for a message the broker forwards (a bridged
-    /// PUBLISH's, a will's): None when none are left, or if they cannot be encoded (they
-    /// were decoded from the wire, so that is not expected).
-    pub fn forwarded(props: &crate::codec::Properties) -> Option<MessageProperties> {
-        if props.is_empty() {
-            return None;
-        }
-        props
-            .to_bytes(crate::codec::PropertyContext::Publish)
-            .ok()
-            .map(MessageProperties::new)
+    pub fn expiring_at(self, deadline: Instant) -> MessageProperties {
+        let expiry = self.0.expiry.map(|e| Expiry { deadline, ..e });
+        MessageProperties::of(self.0.bytes.clone(), expiry)
     }
 }
 
@@ -174,7 +188,7 @@ impl Deref for MessageProperties {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.bytes
+        &self.0.bytes
     }
 }
 
@@ -234,7 +248,29 @@ fn two_byte_len(props: &[u8], at: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Properties, PropertyContext};
+
+    #[test]
+    fn from_publish_leaves_out_what_belongs_to_a_connection_or_a_will() {
+        let message = Properties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Properties::default()
+        };
+        let received = Properties {
+            topic_alias: Some(3),
+            subscription_identifiers: vec![7],
+            will_delay_interval: Some(30),
+            ..message.clone()
+        };
+        let kept = MessageProperties::from_publish(received).expect("properties");
+        assert_eq!(kept.bytes(), &encoded(&message));
+        let none_kept = Properties {
+            topic_alias: Some(1),
+            will_delay_interval: Some(5),
+            ..Properties::default()
+        };
+        assert!(MessageProperties::from_publish(none_kept).is_none());
+    }
 
     fn encoded(p: &Properties) -> Bytes {
         p.to_bytes(PropertyContext::Publish).unwrap()

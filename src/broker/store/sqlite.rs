@@ -564,6 +564,7 @@ fn pending_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
             retain,
             publisher: ByteString::from(row.get::<_, String>(5)?),
             properties: properties_at(row, 9)?,
+            mark: crate::broker::session::StreamMark::NONE,
         }),
         qos: qos_at(row, 3)?,
         retain,
@@ -580,6 +581,7 @@ fn retained_row(row: &Row<'_>) -> rusqlite::Result<Arc<Message>> {
         retain: true,
         publisher: ByteString::from(row.get::<_, String>(3)?),
         properties: properties_at(row, 4)?,
+        mark: crate::broker::session::StreamMark::NONE,
     }))
 }
 

@@ -221,6 +221,7 @@ impl InterceptedMessage {
                 retain,
                 publisher: self.original.publisher.clone(),
                 properties,
+                mark: crate::broker::session::StreamMark::NONE,
             }),
         })
     }

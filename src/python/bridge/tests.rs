@@ -117,6 +117,7 @@ fn feeds_bound_what_waits_for_the_consumer() {
             retain: false,
             publisher: ByteString::new(),
             properties: None,
+            mark: crate::broker::session::StreamMark::NONE,
         }),
         qos: QoS::AtMostOnce,
         retain: false,

@@ -178,6 +178,7 @@ impl SessionRecord {
                             retain: m.retain,
                             publisher: ByteString::from(m.publisher),
                             properties: properties_arg(m.properties, m.expires_at)?,
+                            mark: crate::broker::session::StreamMark::NONE,
                         }),
                         qos: qos_arg(m.delivery_qos)?,
                         retain: m.retain,
@@ -199,6 +200,7 @@ impl RetainedRecord {
             retain: true,
             publisher: ByteString::from(self.publisher),
             properties: properties_arg(self.properties, self.expires_at)?,
+            mark: crate::broker::session::StreamMark::NONE,
         }))
     }
 }

@@ -33,6 +33,7 @@ fn record(subscriptions: Vec<Sub>) -> Record {
                 retain: false,
                 publisher: ByteString::new(),
                 properties: None,
+                mark: crate::broker::session::StreamMark::NONE,
             }),
             qos: QoS::AtLeastOnce,
             retain: false,
@@ -127,6 +128,7 @@ fn with_properties(expiry: bool) -> StoredMessage {
             retain: false,
             publisher: ByteString::new(),
             properties: Some(MessageProperties::new(Bytes::from(props))),
+            mark: crate::broker::session::StreamMark::NONE,
         }),
         qos: QoS::AtLeastOnce,
         retain: false,
@@ -170,6 +172,42 @@ fn pending_messages_keep_their_properties() {
         ..with_properties(false)
     });
     assert_eq!(Record::read(bad.encode()), Err(Unreadable::Corrupt));
+}
+
+#[test]
+fn while_an_older_node_is_live_records_are_written_as_format_3() {
+    // Subscription options: dropped, the rest byte for byte what format 3 carries.
+    let record = with_options();
+    let old = record.encode_for(3);
+    assert_eq!(old[..2], [b'P', 3]);
+    let defaults: Vec<Sub> = record.subscriptions.iter().map(sub_default).collect();
+    assert_eq!(
+        Record::read(old.clone()),
+        Ok(Record {
+            subscriptions: defaults.clone(),
+            ..record.clone()
+        })
+    );
+    assert_eq!(
+        old,
+        Record {
+            subscriptions: defaults,
+            ..record.clone()
+        }
+        .encode()
+    );
+    // A pending message's properties: dropped, the message kept.
+    let mut pending = plain();
+    pending.pending.push(with_properties(true));
+    let back = Record::read(pending.encode_for(3)).expect("read");
+    assert_eq!(back.pending.len(), 2);
+    assert!(back.pending[1].msg.properties.is_none());
+    assert_eq!(back.pending[1].msg.payload, pending.pending[1].msg.payload);
+    // Nothing to drop: the same bytes whatever the nodes read.
+    assert_eq!(plain().encode_for(3), plain().encode_for(NEWEST));
+    // Once every node reads format 4, it is written.
+    assert_eq!(record.encode_for(4)[..2], [b'P', 4]);
+    assert_eq!(record.encode_for(NEWEST), record.encode());
 }
 
 #[test]

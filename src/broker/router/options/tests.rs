@@ -33,6 +33,7 @@ fn message(
         retain,
         publisher: ByteString::from(publisher),
         properties: props,
+        mark: crate::broker::session::StreamMark::NONE,
     })
 }
 

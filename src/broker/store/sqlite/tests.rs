@@ -34,6 +34,7 @@ fn message(topic: &str, retain: bool) -> Arc<Message> {
         retain,
         publisher: ByteString::from("pub"),
         properties: None,
+        mark: crate::broker::session::StreamMark::NONE,
     })
 }
 
