@@ -202,6 +202,48 @@ async def test_invalid_replacement_drops_only_that_message(
     assert pyo3mq_errors(caplog), "the refused replacements were not logged"
 
 
+async def test_refused_replacement_says_which_rule(
+    serve: Serve, raw: RawFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each refused replacement is logged with the rule it breaks (the one check, in the
+    Rust core): a wildcard, an empty topic, QoS 3, a payload that is not bytes,
+    properties that are not `MessageProperties`; a bytearray payload is accepted."""
+    caplog.set_level(logging.ERROR, logger="pyo3mq")
+    rewrites: dict[str, dict[str, Any]] = {
+        "w/wildcard": {"topic": "w/+"},
+        "w/empty": {"topic": ""},
+        "w/qos3": {"qos": 3},
+        "w/str": {"payload": "text"},
+        "w/props": {"properties": {"content_type": "x"}},
+        "w/bytearray": {"payload": bytearray(b"B")},
+    }
+
+    def intercept(m: Message) -> Message:
+        return m._replace(**rewrites.get(m.topic, {}))
+
+    broker = await serve(on_message=intercept)
+    port = port_of(broker)
+    sub = await client(raw, port, "w-sub", ("#", 0))
+    pub = await client(raw, port, "w-pub")
+    for pkid, topic in enumerate(rewrites, start=1):
+        assert (await pub.request(publish(topic, b"x", qos=1, pkid=pkid))) == ack(PUBACK, pkid)
+    assert (await pub.request(publish("w/marker", b"m", qos=1, pkid=9))) == ack(PUBACK, 9)
+    got = [fields(p) for p in await sub.publish_until("w/marker")]
+    assert got == [("0x30", "w/bytearray", b"B"), ("0x30", "w/marker", b"m")]
+    refusals = [
+        str(r.exc_info[1])
+        for r in caplog.records
+        if r.name == "pyo3mq" and r.exc_info is not None and "dropped" in r.getMessage()
+    ]
+    assert refusals == [
+        "[MQTT-3.3.2-2] the replacement's topic 'w/+' has a wildcard",
+        "[MQTT-4.7.3-1] the replacement's topic is empty",
+        "the replacement's QoS 3 is not 0, 1 or 2",
+        "the replacement's payload is not bytes",
+        "the replacement's properties {'content_type': 'x'} are not MessageProperties",
+    ]
+
+
 async def test_async_interceptor(serve: Serve, raw: RawFactory) -> None:
     """An `async def` interceptor is awaited on the broker's loop; its verdicts apply in
     order."""

@@ -27,8 +27,8 @@ from pyo3mq._pyo3mq import (
     Deny,
     Disconnected,
     EnhancedAuthCall,
+    HookKind,
     InterceptCall,
-    MessageProperties,
     MessagesReady,
     PublishCall,
     SpaceFreed,
@@ -60,32 +60,6 @@ _Verdict = TypeVar("_Verdict")
 
 class _Denied(Exception):
     """A hook's answer that cannot be used; logged, then treated as a denial."""
-
-
-def _check_replacement(message: Message) -> None:
-    """The rules a published message obeys, applied to an interceptor's replacement."""
-    topic = message.topic
-    if not isinstance(topic, str) or not topic:
-        raise _Denied("[MQTT-4.7.3-1] the replacement's topic is empty")
-    if "+" in topic or "#" in topic:
-        raise _Denied(f"[MQTT-3.3.2-2] the replacement's topic {topic!r} has a wildcard")
-    if "\0" in topic or len(topic.encode("utf-8", "surrogatepass")) > 65_535:
-        raise _Denied("[MQTT-4.7.3-2] [MQTT-4.7.3-3] the replacement's topic is invalid")
-    if message.qos not in (0, 1, 2):
-        raise _Denied(f"the replacement's QoS {message.qos!r} is not 0, 1 or 2")
-    if not isinstance(message.payload, (bytes, bytearray, memoryview)):
-        raise _Denied("the replacement's payload is not bytes")
-    props = message.properties
-    if props is not None and not isinstance(props, MessageProperties):
-        raise _Denied(f"the replacement's properties {props!r} are not MessageProperties")
-    if props is not None and props.payload_format_indicator == 1:
-        try:
-            bytes(message.payload).decode()
-        except UnicodeDecodeError:
-            raise _Denied(
-                "the replacement's payload_format_indicator=1 says UTF-8 text and its "
-                "payload is not (3.3.2.3.2, 0x99 Payload format invalid)"
-            ) from None
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -222,22 +196,23 @@ class Dispatcher:
             logger.error("authenticate(%r) timed out: denied", client_id)
         except Exception:
             logger.exception("authenticate(%r) failed: denied", client_id)
-            self._failed("authenticate")
+            self._failed(HookKind.AUTHENTICATE)
         call.reply.resolve(code)
 
     async def _authorize(
         self,
-        name: str,
+        kind: HookKind,
         hook: Callable[..., Any] | None,
         check: Callable[[Any], _Verdict],
         info: ClientInfo,
         target: str,
         *rest: Any,
     ) -> _Verdict | None:
-        """Asks authorization hook `name` about `target` (a topic filter or a topic name)
+        """Asks authorization hook `kind` about `target` (a topic filter or a topic name)
         and turns its answer into a verdict with `check`, which raises `_Denied` for an
         answer of the wrong type. Both hooks treat a failure (an exception, a timeout, a
         wrong answer) as a denial: None, logged with the client and `target`."""
+        name = kind.label
         try:
             assert hook is not None
             return check(await self._call(hook, info, target, *rest))
@@ -245,7 +220,7 @@ class Dispatcher:
             logger.error("%s(%r, %r) timed out: denied", name, info, target)
         except Exception:
             logger.exception("%s(%r, %r) failed: denied", name, info, target)
-            self._failed(name)
+            self._failed(kind)
         return None
 
     async def _sub(self, call: SubscribeCall) -> None:
@@ -264,7 +239,7 @@ class Dispatcher:
             raise _Denied(f"authorize_subscribe() returned {result!r}")
 
         verdict = await self._authorize(
-            "authorize_subscribe", self._authorize_subscribe, granted, info, call.filter, qos
+            HookKind.AUTHORIZE_SUBSCRIBE, self._authorize_subscribe, granted, info, call.filter, qos
         )
         call.reply.resolve(verdict)
 
@@ -277,7 +252,7 @@ class Dispatcher:
             return result
 
         verdict = await self._authorize(
-            "authorize_publish", self._authorize_publish, allowed, info, call.topic
+            HookKind.AUTHORIZE_PUBLISH, self._authorize_publish, allowed, info, call.topic
         )
         call.reply.resolve(False if verdict is None else verdict)
 
@@ -285,8 +260,15 @@ class Dispatcher:
         """Runs the interceptor over one batch; a message whose call fails is dropped."""
         hook = self._intercept
         verdicts: list[Any] = []
-        for fields in call.messages:
-            message = Message(*fields)
+        for record in call.messages:
+            message = Message(
+                record.topic,
+                record.payload,
+                record.qos,
+                record.retain,
+                record.client_id,
+                record.properties,
+            )
             verdict: Any = None
             try:
                 assert hook is not None
@@ -296,24 +278,15 @@ class Dispatcher:
                 if result is True or result is message:
                     verdict = True
                 elif isinstance(result, Message):
-                    _check_replacement(result)
-                    # True: the original's properties, whose encoded bytes Rust reuses.
-                    same = result.properties is message.properties
-                    props = True if same else result.properties
-                    verdict = (
-                        result.topic,
-                        bytes(result.payload),
-                        result.qos,
-                        result.retain,
-                        props,
-                    )
+                    # Checked in Rust (a ValueError saying which rule it breaks).
+                    verdict = record.replace_with(result)
                 elif result is None or result is False:
                     verdict = None
                 else:
                     raise _Denied(f"on_message() returned {result!r}")
             except Exception:
                 logger.exception("on_message failed: message on %r dropped", message.topic)
-                self._failed("on_message")
+                self._failed(HookKind.ON_MESSAGE)
             verdicts.append(verdict)
         try:
             call.reply.resolve(verdicts)
@@ -341,7 +314,7 @@ class Dispatcher:
         if self._handlers.get("unsubscribe"):
             self._event("unsubscribe", UnsubscribeEvent(record.client_id, record.filters))
 
-    def _failed(self, kind: str) -> None:
+    def _failed(self, kind: HookKind) -> None:
         if self._report is not None:
             with contextlib.suppress(Exception):  # a stopped broker counts nothing
                 self._report(kind, None, True)
@@ -349,7 +322,7 @@ class Dispatcher:
     def _observed(self, started: float, failed: bool) -> None:
         if self._report is not None:
             with contextlib.suppress(Exception):
-                self._report("events", time.perf_counter() - started, failed)
+                self._report(HookKind.EVENTS, time.perf_counter() - started, failed)
 
     def _event(self, kind: str, event: Any) -> None:
         for handler in self._handlers[kind]:

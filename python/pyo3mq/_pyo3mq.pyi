@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Literal, final
 
 from pyo3mq.client import Topic
-from pyo3mq.types import RetainedRecord, SessionRecord
+from pyo3mq.types import Message, RetainedRecord, SessionRecord
 
 __all__ = [
     "AuthCall",
@@ -21,7 +21,9 @@ __all__ = [
     "Drained",
     "EnhancedAuthCall",
     "EnhancedAuthReply",
+    "HookKind",
     "InterceptCall",
+    "InterceptedMessage",
     "MessageProperties",
     "MessagesReady",
     "MqttBadUsernameOrPasswordError",
@@ -42,7 +44,10 @@ __all__ = [
     "MqttUnacceptableProtocolVersionError",
     "MqttUnsubscribeError",
     "PublishCall",
+    "ReloadReport",
+    "Replacement",
     "ReplyHandle",
+    "Routed",
     "SpaceFreed",
     "StateChange",
     "Submitted",
@@ -221,19 +226,32 @@ class PublishCall:
 @final
 class InterceptCall:
     @property
-    def client_id(self) -> str: ...
-    @property
-    def username(self) -> str | None: ...
-    @property
-    def certificate_subject(self) -> str | None: ...
-    @property
-    def protocol(self) -> int: ...
-    @property
-    def messages(
-        self,
-    ) -> list[tuple[str, bytes, int, bool, str, MessageProperties | None]]: ...
+    def messages(self) -> list[InterceptedMessage]: ...
     @property
     def reply(self) -> ReplyHandle: ...
+
+@final
+class InterceptedMessage:
+    """One message of an `InterceptCall`; `pyo3mq._dispatch` makes it a `Message`."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def qos(self) -> int: ...
+    @property
+    def retain(self) -> bool: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def properties(self) -> MessageProperties | None: ...
+    def replace_with(self, message: Message) -> Replacement:
+        """The interceptor's `message` in place of this one, checked (ValueError)."""
+
+@final
+class Replacement:
+    """An interceptor's checked replacement, returned in the `on_message` verdicts."""
 
 @final
 class SpaceFreed:
@@ -298,6 +316,37 @@ class SubscriptionFeed:
     ) -> list[tuple[str, bytes, int, bool, str, MessageProperties | None]]: ...
 
 @final
+class Routed:
+    """What `BrokerCore.publish` did: routed; `space_token` when a flow-controlled
+    subscription is full (a `SpaceFreed` record with it says when it drained)."""
+
+    @property
+    def space_token(self) -> int | None: ...
+
+@final
+class ReloadReport:
+    """What `BrokerCore.reload` did."""
+
+    @property
+    def reloaded(self) -> list[str]: ...
+    @property
+    def failed(self) -> list[tuple[str, str]]: ...
+    @property
+    def tls_listeners(self) -> int: ...
+
+@final
+class HookKind:
+    """A hook label of `/metrics`, for `BrokerCore.hook_called`."""
+
+    AUTHENTICATE: ClassVar[HookKind]
+    AUTHORIZE_SUBSCRIBE: ClassVar[HookKind]
+    AUTHORIZE_PUBLISH: ClassVar[HookKind]
+    ON_MESSAGE: ClassVar[HookKind]
+    EVENTS: ClassVar[HookKind]
+    @property
+    def label(self) -> str: ...
+
+@final
 class BrokerCore:
     def __new__(cls, settings: dict[str, Any]) -> BrokerCore: ...
     def start(
@@ -322,10 +371,10 @@ class BrokerCore:
     @property
     def metrics_address(self) -> tuple[str, int] | None: ...
     def hook_called(
-        self, kind: str, seconds: float | None = None, failed: bool = False
+        self, kind: HookKind, seconds: float | None = None, failed: bool = False
     ) -> None: ...
     def reload_tls(self) -> int: ...
-    def reload(self) -> tuple[list[str], list[tuple[str, str]], int]: ...
+    def reload(self) -> ReloadReport: ...
     def publish(
         self,
         topic: str,
@@ -334,7 +383,7 @@ class BrokerCore:
         retain: bool = False,
         properties: MessageProperties | None = None,
         wait: bool = False,
-    ) -> int: ...
+    ) -> Routed: ...
     def subscribe(
         self, filter: str, qos: int, max_buffered: int = 100000, flow_control: bool = False
     ) -> SubscriptionFeed: ...

@@ -550,8 +550,8 @@ class Broker:
         is raised naming what failed and why, with the `ReloadResult` as `.result`.
         Blocks the calling thread while it reads the files; RuntimeError when the broker
         is not running."""
-        reloaded, failed, tls_listeners = self._core.reload()
-        result = ReloadResult(tuple(reloaded), dict(failed), tls_listeners)
+        report = self._core.reload()
+        result = ReloadResult(tuple(report.reloaded), dict(report.failed), report.tls_listeners)
         if result.failed:
             raise ReloadError(result)
         return result
@@ -731,8 +731,8 @@ class Broker:
         # Only a caller on the broker's loop can be woken by the "space" notice.
         loop = self._loop
         waits = loop is not None and asyncio.get_running_loop() is loop
-        token = self._core.publish(topic, data, qos, retain, properties, waits)
-        if token and loop is not None:
+        token = self._core.publish(topic, data, qos, retain, properties, waits).space_token
+        if token is not None and loop is not None:
             waiter = loop.create_future()
             self._space_waiters[token] = waiter
             if not self._core.running:

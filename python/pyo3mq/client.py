@@ -45,7 +45,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Union
+from typing import Any, Final, TypedDict, TypeVar, Union, cast
 
 from pyo3mq import _pyo3mq
 from pyo3mq._pyo3mq import (
@@ -573,83 +573,94 @@ class _Settings:
         return ClientCore(self.hostname, self.port, **self.core_args)
 
 
+class _ClientOptions(TypedDict, total=False):
+    """The keyword arguments `Client` and `SyncClient` share, with their types: what
+    `SyncClient` forwards (`**options`) and `_settings` reads. Their defaults are those
+    of `Client.__init__`, the one signature that lists them (`_OPTION_DEFAULTS`)."""
+
+    username: str | None
+    password: str | bytes | None
+    identifier: str | None
+    client_id: str | None
+    protocol: int | None
+    will: Will | None
+    clean_session: bool | None
+    transport: str
+    timeout: float | None
+    keepalive: int
+    max_inflight_messages: int | None
+    max_inflight: int | None
+    max_queued_incoming_messages: int | None
+    max_queued_incoming: int | None
+    max_buffered_bytes: int
+    max_packet_size: int
+    reconnect: bool | Reconnect
+    session_store: str | None
+    tls: bool | None
+    cafile: PathLike | None
+    certfile: PathLike | None
+    keyfile: PathLike | None
+    verify: bool
+    server_hostname: str | None
+    tls_params: TLSParameters | None
+    tls_context: ssl.SSLContext | None
+    tls_insecure: bool | None
+    websocket_path: str | None
+    websocket_headers: Mapping[str, str] | None
+    session_expiry_interval: int | None
+    receive_maximum: int | None
+    topic_alias_maximum: int
+    outgoing_topic_aliases: int
+    connect_user_properties: Iterable[tuple[str, str]] | None
+    request_problem_information: bool | None
+    auth_method: str | None
+    auth_data: bytes | None
+
+
+_OPTIONS: Final = frozenset(_ClientOptions.__annotations__)
+
+
 def _settings(
-    hostname: str,
-    port: int | None,
-    *,
-    username: str | None,
-    password: str | bytes | None,
-    identifier: str | None,
-    client_id: str | None,
-    protocol: int | None,
-    will: Will | None,
-    clean_session: bool | None,
-    transport: str,
-    timeout: float | None,
-    keepalive: int,
-    max_inflight_messages: int | None,
-    max_inflight: int | None,
-    max_queued_incoming_messages: int | None,
-    max_queued_incoming: int | None,
-    max_buffered_bytes: int,
-    max_packet_size: int,
-    reconnect: bool | Reconnect,
-    session_store: str | None,
-    tls: bool | None = None,
-    cafile: PathLike | None = None,
-    certfile: PathLike | None = None,
-    keyfile: PathLike | None = None,
-    verify: bool = True,
-    server_hostname: str | None = None,
-    tls_params: TLSParameters | None = None,
-    tls_context: ssl.SSLContext | None = None,
-    tls_insecure: bool | None = None,
-    websocket_path: str | None = None,
-    websocket_headers: Mapping[str, str] | None = None,
-    session_expiry_interval: int | None = None,
-    receive_maximum: int | None = None,
-    topic_alias_maximum: int = 0,
-    outgoing_topic_aliases: int = 0,
-    connect_user_properties: Iterable[tuple[str, str]] | None = None,
-    request_problem_information: bool | None = None,
-    auth_method: str | None = None,
-    auth_data: bytes | None = None,
-    on_auth: AuthCallback | None = None,
+    hostname: str, port: int | None, on_auth: object, options: _ClientOptions
 ) -> _Settings:
-    if (auth_method is None) != (on_auth is None):
+    """Checks the constructor's arguments (`options` holds all of them: the defaults
+    filled in) and works out what the core is built with."""
+    o = options
+    will = o["will"]
+    if (o["auth_method"] is None) != (on_auth is None):
         raise ValueError("enhanced authentication needs both auth_method and on_auth")
     hostname, port, transport_args = _transport(
         hostname,
         port,
-        transport=transport,
-        tls=tls,
-        cafile=cafile,
-        certfile=certfile,
-        keyfile=keyfile,
-        verify=verify,
-        server_hostname=server_hostname,
-        tls_params=tls_params,
-        tls_context=tls_context,
-        tls_insecure=tls_insecure,
-        websocket_path=websocket_path,
-        websocket_headers=websocket_headers,
+        transport=o["transport"],
+        tls=o["tls"],
+        cafile=o["cafile"],
+        certfile=o["certfile"],
+        keyfile=o["keyfile"],
+        verify=o["verify"],
+        server_hostname=o["server_hostname"],
+        tls_params=o["tls_params"],
+        tls_context=o["tls_context"],
+        tls_insecure=o["tls_insecure"],
+        websocket_path=o["websocket_path"],
+        websocket_headers=o["websocket_headers"],
     )
     # Out-of-range numbers are a ValueError naming the argument here, not an
     # OverflowError from the conversion to the core's integer types.
     bounds: tuple[tuple[str, int | None, int | None, int], ...] = (
         ("port", port, 0, 0xFFFF),
-        ("keepalive", keepalive, 0, 0xFFFF),
-        ("max_inflight_messages", max_inflight_messages, 1, 0xFFFF),
-        ("max_inflight", max_inflight, 1, 0xFFFF),
-        ("max_buffered_bytes", max_buffered_bytes, 0, _USIZE_MAX),
+        ("keepalive", o["keepalive"], 0, 0xFFFF),
+        ("max_inflight_messages", o["max_inflight_messages"], 1, 0xFFFF),
+        ("max_inflight", o["max_inflight"], 1, 0xFFFF),
+        ("max_buffered_bytes", o["max_buffered_bytes"], 0, _USIZE_MAX),
         # 0 or less: the default (aiomqtt's "unlimited", below).
-        ("max_queued_incoming_messages", max_queued_incoming_messages, None, _USIZE_MAX),
-        ("max_queued_incoming", max_queued_incoming, 0, _USIZE_MAX),
-        ("max_packet_size", max_packet_size, 0, _USIZE_MAX),
-        ("session_expiry_interval", session_expiry_interval, 0, 0xFFFF_FFFF),
-        ("receive_maximum", receive_maximum, 1, 0xFFFF),
-        ("topic_alias_maximum", topic_alias_maximum, 0, 0xFFFF),
-        ("outgoing_topic_aliases", outgoing_topic_aliases, 0, 0xFFFF),
+        ("max_queued_incoming_messages", o["max_queued_incoming_messages"], None, _USIZE_MAX),
+        ("max_queued_incoming", o["max_queued_incoming"], 0, _USIZE_MAX),
+        ("max_packet_size", o["max_packet_size"], 0, _USIZE_MAX),
+        ("session_expiry_interval", o["session_expiry_interval"], 0, 0xFFFF_FFFF),
+        ("receive_maximum", o["receive_maximum"], 1, 0xFFFF),
+        ("topic_alias_maximum", o["topic_alias_maximum"], 0, 0xFFFF),
+        ("outgoing_topic_aliases", o["outgoing_topic_aliases"], 0, 0xFFFF),
         ("will delay_interval", None if will is None else will.delay_interval, 0, 0xFFFF_FFFF),
     )
     for name, value, low, high in bounds:
@@ -658,48 +669,50 @@ def _settings(
         if value > high or (low is not None and value < low):
             span = f"at most {high}" if low is None else f"between {low} and {high}"
             raise ValueError(f"{name} must be {span}, not {value}")
-    identifier = _pick("identifier", identifier, "client_id", client_id, "")
+    identifier = _pick("identifier", o["identifier"], "client_id", o["client_id"], "")
     inflight = _pick(
         "max_inflight_messages",
-        max_inflight_messages,
+        o["max_inflight_messages"],
         "max_inflight",
-        max_inflight,
+        o["max_inflight"],
         _DEFAULT_MAX_INFLIGHT,
     )
     # aiomqtt's "0 or less means unlimited": every queue here is bounded, and a full one
     # pauses reading instead of discarding, so the default bound stands in.
+    max_queued_incoming_messages = o["max_queued_incoming_messages"]
     if max_queued_incoming_messages is not None and max_queued_incoming_messages <= 0:
         max_queued_incoming_messages = _DEFAULT_MAX_QUEUED_INCOMING
     queued = _pick(
         "max_queued_incoming_messages",
         max_queued_incoming_messages,
         "max_queued_incoming",
-        max_queued_incoming,
+        o["max_queued_incoming"],
         _DEFAULT_MAX_QUEUED_INCOMING,
     )
     store_path = None
+    session_store = o["session_store"]
     if session_store is not None and session_store != "memory":
         if not session_store.startswith("sqlite:") or len(session_store) == len("sqlite:"):
             raise ValueError(
                 f"session_store must be 'memory' or 'sqlite:PATH', not {session_store!r}"
             )
         store_path = session_store[len("sqlite:") :]
-    seconds = _DEFAULT_TIMEOUT if timeout is None else float(timeout)
-    policy = Reconnect() if reconnect is True else (reconnect or None)
+    seconds = _DEFAULT_TIMEOUT if o["timeout"] is None else float(o["timeout"])
+    policy = Reconnect() if o["reconnect"] is True else (o["reconnect"] or None)
     core_args: dict[str, Any] = {
         "client_id": identifier,
-        "clean_session": True if clean_session is None else clean_session,
-        "keepalive": keepalive,
-        "username": username,
-        "password": password,
+        "clean_session": True if o["clean_session"] is None else o["clean_session"],
+        "keepalive": o["keepalive"],
+        "username": o["username"],
+        "password": o["password"],
         "will": None if will is None else (will.topic, will.payload, will.qos, will.retain),
-        "protocol": MQTTv311 if protocol is None else int(protocol),
+        "protocol": MQTTv311 if o["protocol"] is None else int(o["protocol"]),
         # An infinite timeout has no CONNACK bound; a day stands in for it.
         "connect_timeout": 86_400.0 if math.isinf(seconds) else seconds,
         "max_inflight": inflight,
-        "max_buffered_bytes": max_buffered_bytes,
+        "max_buffered_bytes": o["max_buffered_bytes"],
         "max_queued_incoming": queued,
-        "max_packet_size": max_packet_size,
+        "max_packet_size": o["max_packet_size"],
         "reconnect": None
         if policy is None
         else (policy.initial_delay, policy.max_delay, policy.max_attempts),
@@ -708,18 +721,18 @@ def _settings(
     }
     # MQTT 5.0's CONNECT settings, passed only when set: the core refuses them on 3.1.1.
     v5_args = {
-        "session_expiry_interval": session_expiry_interval,
-        "receive_maximum": receive_maximum,
-        "topic_alias_maximum": topic_alias_maximum or None,
-        "outgoing_topic_aliases": outgoing_topic_aliases or None,
+        "session_expiry_interval": o["session_expiry_interval"],
+        "receive_maximum": o["receive_maximum"],
+        "topic_alias_maximum": o["topic_alias_maximum"] or None,
+        "outgoing_topic_aliases": o["outgoing_topic_aliases"] or None,
         "connect_user_properties": None
-        if connect_user_properties is None
-        else [(str(k), str(v)) for k, v in connect_user_properties],
+        if o["connect_user_properties"] is None
+        else [(str(k), str(v)) for k, v in o["connect_user_properties"]],
         "will_properties": None if will is None else will.properties,
         "will_delay_interval": None if will is None else will.delay_interval,
-        "request_problem_information": request_problem_information,
-        "auth_method": auth_method,
-        "auth_data": None if auth_data is None else bytes(auth_data),
+        "request_problem_information": o["request_problem_information"],
+        "auth_method": o["auth_method"],
+        "auth_data": None if o["auth_data"] is None else bytes(o["auth_data"]),
     }
     core_args.update((k, v) for k, v in v5_args.items() if v is not None)
     return _Settings(hostname, port, seconds, core_args)
@@ -1007,48 +1020,9 @@ class Client:
         auth_data: bytes | None = None,
         on_auth: AuthCallback | None = None,
     ) -> None:
-        self._settings = _settings(
-            hostname,
-            port,
-            username=username,
-            password=password,
-            identifier=identifier,
-            client_id=client_id,
-            protocol=protocol,
-            will=will,
-            clean_session=clean_session,
-            transport=transport,
-            timeout=timeout,
-            keepalive=keepalive,
-            max_inflight_messages=max_inflight_messages,
-            max_inflight=max_inflight,
-            max_queued_incoming_messages=max_queued_incoming_messages,
-            max_queued_incoming=max_queued_incoming,
-            max_buffered_bytes=max_buffered_bytes,
-            max_packet_size=max_packet_size,
-            reconnect=reconnect,
-            session_store=session_store,
-            tls=tls,
-            cafile=cafile,
-            certfile=certfile,
-            keyfile=keyfile,
-            verify=verify,
-            server_hostname=server_hostname,
-            tls_params=tls_params,
-            tls_context=tls_context,
-            tls_insecure=tls_insecure,
-            websocket_path=websocket_path,
-            websocket_headers=websocket_headers,
-            session_expiry_interval=session_expiry_interval,
-            receive_maximum=receive_maximum,
-            topic_alias_maximum=topic_alias_maximum,
-            outgoing_topic_aliases=outgoing_topic_aliases,
-            connect_user_properties=connect_user_properties,
-            request_problem_information=request_problem_information,
-            auth_method=auth_method,
-            auth_data=auth_data,
-            on_auth=on_auth,
-        )
+        # Every keyword but the callbacks, by name from the one signature that lists them.
+        options = cast(_ClientOptions, {k: v for k, v in locals().items() if k in _OPTIONS})
+        self._settings = _settings(hostname, port, on_auth, options)
         self._v5 = self._settings.core_args["protocol"] == MQTTv5
         self._auth = _Auth(auth_method, auth_data, on_auth)
         #: The host and port connected to (from the URL when `hostname` is one).
@@ -1490,6 +1464,32 @@ class Client:
                 self._loop.call_exception_handler(
                     {"message": "on_state_change callback failed", "exception": exc}
                 )
+
+
+#: `Client`'s defaults of the keywords `_ClientOptions` names, for `SyncClient`.
+_OPTION_DEFAULTS: Final = cast(
+    _ClientOptions,
+    {
+        p.name: p.default
+        for p in inspect.signature(Client.__init__).parameters.values()
+        if p.name in _OPTIONS
+    },
+)
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def _client_keywords(init: _Init) -> _Init:
+    """Shows `init`'s `**options: Unpack[_ClientOptions]` to `help()` and `inspect` as
+    the keywords it stands for, in `Client`'s order and with `Client`'s defaults (type
+    checkers read the `Unpack`); `init`'s own parameters keep their annotations, and
+    those `Client` lacks come last."""
+    own = inspect.signature(init)
+    mine = {p.name: p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD}
+    client = inspect.signature(Client.__init__).parameters
+    params = [mine.pop(name, p) for name, p in client.items()]
+    init.__signature__ = own.replace(parameters=[*params, *mine.values()])  # type: ignore[attr-defined]
+    return init
 
 
 class _Auth:

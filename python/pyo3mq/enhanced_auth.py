@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from pyo3mq._pyo3mq import EnhancedAuthCall
+from pyo3mq._pyo3mq import EnhancedAuthCall, HookKind
 from pyo3mq.types import ClientInfo
 
 logger = logging.getLogger("pyo3mq")
@@ -94,7 +94,7 @@ async def run_step(
     call: EnhancedAuthCall,
     hook: EnhancedAuthenticator | None,
     invoke: Callable[..., Awaitable[Any]],
-    failed: Callable[[str], None],
+    failed: Callable[[HookKind], None],
 ) -> None:
     """Runs one step through `invoke` (the dispatcher's bounded call) and answers it;
     whatever goes wrong is logged and answered as a failure."""
@@ -118,7 +118,7 @@ async def run_step(
         logger.error("enhanced authentication %r of %r timed out: denied", call.method, client)
     except Exception:
         logger.exception("enhanced authentication %r of %r failed: denied", call.method, client)
-        failed("authenticate")
+        failed(HookKind.AUTHENTICATE)
     if result.outcome == "failure":
         logger.info("enhanced authentication %r refused %r", call.method, client)
     call.reply.resolve(result.outcome, result.data, result.state)

@@ -27,8 +27,8 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, Unpack, cast
 
 from pyo3mq._pyo3mq import (
     ClientCore,
@@ -41,17 +41,17 @@ from pyo3mq._pyo3mq import (
     Submitted,
 )
 from pyo3mq.client import (
+    _OPTION_DEFAULTS,
     _STATES,
     AuthChallenge,
     ConnectionState,
     MQTTv5,
-    PathLike,
     PayloadType,
-    Reconnect,
     StateChange,
     TLSParameters,
-    Will,
     _auth_bytes,
+    _client_keywords,
+    _ClientOptions,
     _from_paho_properties,
     _settings,
     _subscribe_request,
@@ -140,95 +140,21 @@ class SyncClient:
     publish, subscribe and iterate from any thread.
     """
 
+    @_client_keywords
     def __init__(
         self,
         hostname: str,
         port: int | None = None,
         *,
-        username: str | None = None,
-        password: str | bytes | None = None,
-        identifier: str | None = None,
-        protocol: int | None = None,
-        will: Will | None = None,
-        clean_session: bool | None = None,
-        transport: str = "tcp",
-        timeout: float | None = None,
-        keepalive: int = 60,
-        max_queued_incoming_messages: int | None = None,
-        max_inflight_messages: int | None = None,
-        client_id: str | None = None,
-        reconnect: bool | Reconnect = False,
-        max_inflight: int | None = None,
-        max_buffered_bytes: int = 8 * 1024 * 1024,
-        max_queued_incoming: int | None = None,
-        max_packet_size: int = 268_435_460,
-        session_store: str | None = None,
         on_state_change: Callable[[StateChange], object] | None = None,
-        tls: bool | None = None,
-        cafile: PathLike | None = None,
-        certfile: PathLike | None = None,
-        keyfile: PathLike | None = None,
-        verify: bool = True,
-        server_hostname: str | None = None,
-        tls_params: TLSParameters | None = None,
-        tls_context: ssl.SSLContext | None = None,
-        tls_insecure: bool | None = None,
-        websocket_path: str | None = None,
-        websocket_headers: Mapping[str, str] | None = None,
-        session_expiry_interval: int | None = None,
-        receive_maximum: int | None = None,
-        topic_alias_maximum: int = 0,
-        outgoing_topic_aliases: int = 0,
-        connect_user_properties: Iterable[tuple[str, str]] | None = None,
-        request_problem_information: bool | None = None,
-        auth_method: str | None = None,
-        auth_data: bytes | None = None,
         on_auth: SyncAuthCallback | None = None,
         on_message: MessageCallback | None = None,
         userdata: Any = None,
+        **options: Unpack[_ClientOptions],
     ) -> None:
-        self._args: dict[str, Any] = dict(
-            username=username,
-            password=password,
-            identifier=identifier,
-            client_id=client_id,
-            protocol=protocol,
-            will=will,
-            clean_session=clean_session,
-            transport=transport,
-            timeout=timeout,
-            keepalive=keepalive,
-            max_inflight_messages=max_inflight_messages,
-            max_inflight=max_inflight,
-            max_queued_incoming_messages=max_queued_incoming_messages,
-            max_queued_incoming=max_queued_incoming,
-            max_buffered_bytes=max_buffered_bytes,
-            max_packet_size=max_packet_size,
-            reconnect=reconnect,
-            session_store=session_store,
-            tls=tls,
-            cafile=cafile,
-            certfile=certfile,
-            keyfile=keyfile,
-            verify=verify,
-            server_hostname=server_hostname,
-            tls_params=tls_params,
-            tls_context=tls_context,
-            tls_insecure=tls_insecure,
-            websocket_path=websocket_path,
-            websocket_headers=websocket_headers,
-            session_expiry_interval=session_expiry_interval,
-            receive_maximum=receive_maximum,
-            topic_alias_maximum=topic_alias_maximum,
-            outgoing_topic_aliases=outgoing_topic_aliases,
-            connect_user_properties=connect_user_properties,
-            request_problem_information=request_problem_information,
-            auth_method=auth_method,
-            auth_data=auth_data,
-            on_auth=on_auth,
-        )
+        self._options: _ClientOptions = {**_OPTION_DEFAULTS, **options}
         self._address = (hostname, port)
-        self._settings = _settings(hostname, port, **self._args)
+        self._settings = _settings(hostname, port, on_auth, self._options)
         #: The host and port connected to (from the URL when `hostname` is one).
         self.hostname = self._settings.hostname
         self.port = self._settings.port
@@ -239,7 +165,8 @@ class SyncClient:
         self.on_state_change = on_state_change
         self._core = self._settings.new_core()
         self._v5 = self._settings.core_args["protocol"] == MQTTv5
-        self._auth_method = auth_method
+        self._auth_method = options.get("auth_method")
+        auth_data = options.get("auth_data")
         self._auth_data = None if auth_data is None else bytes(auth_data)
         self._on_auth = on_auth
         # What `on_auth` raised: the exchange ended, connect/reauthenticate raise it.
@@ -326,10 +253,10 @@ class SyncClient:
         with self._lock:
             if self._started:
                 raise ValueError("TLS settings must be made before connect()")
-            args = {**self._args, **changes}
-            settings = _settings(*self._address, **args)
+            options = cast(_ClientOptions, {**self._options, **changes})
+            settings = _settings(*self._address, self._on_auth, options)
             self._core = settings.new_core()
-            self._args, self._settings = args, settings
+            self._options, self._settings = options, settings
             self.hostname, self.port = settings.hostname, settings.port
 
     # -- connecting ---------------------------------------------------------------------

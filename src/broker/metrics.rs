@@ -149,10 +149,6 @@ impl HookKind {
             HookKind::Events => "events",
         }
     }
-
-    pub fn from_name(name: &str) -> Option<HookKind> {
-        HookKind::ALL.into_iter().find(|k| k.as_str() == name)
-    }
 }
 
 /// One hook kind's figures.

@@ -46,8 +46,8 @@ use feed::MOVE_BATCH;
 pub use feed::{Feed, SubscriptionFeed};
 use inbox::{Inbox, Lane, Opened, Work};
 use records::{
-    to_python, AuthCall, Connected, Disconnected, InterceptCall, MessagesReady, PublishCall,
-    ReplyHandle, SpaceFreed, SubscribeCall, Subscribed, Unsubscribed,
+    to_python, AuthCall, Connected, Disconnected, InterceptCall, InterceptedMessage, MessagesReady,
+    PublishCall, Replacement, ReplyHandle, SpaceFreed, SubscribeCall, Subscribed, Unsubscribed,
 };
 
 use crate::broker::hooks::{
@@ -213,15 +213,14 @@ impl Authorizer for PyBridge {
 impl Interceptor for PyBridge {
     fn intercept(
         &self,
-        client: &ClientInfo,
+        _client: &ClientInfo,
         batch: Vec<Arc<Message>>,
     ) -> BoxFuture<Vec<Option<Arc<Message>>>> {
         let bridge = self.clone();
-        let client = client.clone();
         Box::pin(async move {
             // A failed interceptor drops the batch, like any failed hook denies.
             bridge
-                .request(Lane::Data, |tx| Work::Intercept(client, batch, tx))
+                .request(Lane::Data, |tx| Work::Intercept(batch, tx))
                 .await
                 .unwrap_or_default()
         })
@@ -292,6 +291,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SubscribeCall>()?;
     m.add_class::<PublishCall>()?;
     m.add_class::<InterceptCall>()?;
+    m.add_class::<InterceptedMessage>()?;
+    m.add_class::<Replacement>()?;
     m.add_class::<SpaceFreed>()?;
     m.add_class::<MessagesReady>()?;
     m.add_class::<Connected>()?;

@@ -25,7 +25,9 @@ use crate::python::properties::MessageProperties;
 use crate::topic;
 
 mod records;
+mod results;
 use records::{retained_record, session_record, RetainedRecord, SessionRecord};
+use results::{PyHookKind, ReloadReport, Routed};
 
 fn to_pyerr(err: ServerError) -> PyErr {
     match err {
@@ -333,25 +335,15 @@ impl BrokerCore {
     }
 
     /// Reads the password file, the ACL file and the TLS certificate files again
-    /// (`Server::reload`, with the interpreter released). Returns the parts reloaded,
-    /// the parts that failed with why (they keep what they had), and the number of TLS
-    /// listeners reloaded; `pyo3mq.Broker.reload()` turns failures into `ReloadError`.
-    #[allow(clippy::type_complexity)] // the triple is unpacked at once by broker.py
-    fn reload(&self, py: Python<'_>) -> PyResult<(Vec<String>, Vec<(String, String)>, usize)> {
+    /// (`Server::reload`, with the interpreter released): the parts reloaded, the parts
+    /// that failed with why (they keep what they had), and the number of TLS listeners
+    /// reloaded; `pyo3mq.Broker.reload()` turns failures into `ReloadError`.
+    fn reload(&self, py: Python<'_>) -> PyResult<ReloadReport> {
         let slot = self.running.lock();
         let running = slot
             .as_ref()
             .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
-        let report = py.detach(|| running.server.reload());
-        Ok((
-            report.reloaded.iter().map(|p| p.to_string()).collect(),
-            report
-                .failed
-                .into_iter()
-                .map(|(part, why)| (part.to_string(), why))
-                .collect(),
-            report.tls_listeners,
-        ))
+        Ok(py.detach(|| running.server.reload()).into())
     }
 
     /// Messages dropped by full session queues since the broker started.
@@ -408,11 +400,10 @@ impl BrokerCore {
 
     /// Counts a Python hook call: `seconds` it took (None: not timed here, the broker
     /// times its calls itself) and whether it failed (raised, or answered with a value
-    /// that cannot be used). `kind` is a hook label of `/metrics`.
+    /// that cannot be used).
     #[pyo3(signature = (kind, seconds=None, failed=false))]
-    fn hook_called(&self, kind: &str, seconds: Option<f64>, failed: bool) -> PyResult<()> {
-        let kind = HookKind::from_name(kind)
-            .ok_or_else(|| PyValueError::new_err(format!("unknown hook kind {kind:?}")))?;
+    fn hook_called(&self, kind: PyHookKind, seconds: Option<f64>, failed: bool) -> PyResult<()> {
+        let kind = HookKind::from(kind);
         let Ok(router) = self.router() else {
             return Ok(()); // stopped: nothing to count into
         };
@@ -428,14 +419,14 @@ impl BrokerCore {
         Ok(())
     }
 
-    /// Routes a message as if a client had published it (no socket involved). Returns 0,
-    /// or, when a flow-controlled subscription is full and the caller `wait`s, a token
-    /// that a `("space", token)` dispatch item completes once it has drained below its high
-    /// water mark. A caller that does not wait (another thread or event loop) gets no
-    /// token: a waiter per message nobody awaits would pile up tasks and then flood the
-    /// control lane with "space" notices; its excess is dropped and counted at the queue's
-    /// hard limit instead. `properties` (MQTT 5.0) are encoded here, once, and go to 5.0
-    /// subscribers.
+    /// Routes a message as if a client had published it (no socket involved). The
+    /// `Routed` answer carries a `space_token` when a flow-controlled subscription is full
+    /// and the caller `wait`s: a `SpaceFreed` record with that token says when it has
+    /// drained below its high water mark. A caller that does not wait (another thread or
+    /// event loop) gets no token: a waiter per message nobody awaits would pile up tasks
+    /// and then flood the control lane with "space" notices; its excess is dropped and
+    /// counted at the queue's hard limit instead. `properties` (MQTT 5.0) are encoded
+    /// here, once, and go to 5.0 subscribers.
     #[pyo3(signature = (topic, payload, qos=0, retain=false, properties=None, wait=false))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
@@ -447,7 +438,7 @@ impl BrokerCore {
         retain: bool,
         properties: Option<&Bound<'_, MessageProperties>>,
         wait: bool,
-    ) -> PyResult<u64> {
+    ) -> PyResult<Py<Routed>> {
         topic::validate_topic_name(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let qos =
             QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?;
@@ -473,20 +464,20 @@ impl BrokerCore {
         let mut scratch = MatchScratch::default();
         py.detach(|| router.publish(msg, &mut scratch));
         if !wait || !scratch.has_blocked() {
-            return Ok(0);
+            return Routed::delivered(py);
         }
         // A flow-controlled subscription is full: the caller waits for a "space" event
-        // carrying this token, as an MQTT publisher would wait for its PUBACK.
+        // (`SpaceFreed`) carrying this token, as an MQTT publisher would wait for its PUBACK.
         let slot = self.running.lock();
         let Some(running) = slot.as_ref() else {
-            return Ok(0); // stopped meanwhile: nobody will drain, nothing to wait for
+            return Routed::delivered(py); // stopped meanwhile: nobody will drain, nothing to wait for
         };
         let Some(bridge) = running.bridge.clone() else {
-            return Ok(0);
+            return Routed::delivered(py);
         };
         let token = router.next_id();
         running.server.spawn(bridge.wait_for_space(scratch, token));
-        Ok(token)
+        Routed::waiting(py, token)
     }
 
     /// Subscribes the process itself to `filter`. Matching messages wait in the returned
@@ -654,6 +645,9 @@ impl BrokerCore {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BrokerCore>()?;
+    m.add_class::<Routed>()?;
+    m.add_class::<ReloadReport>()?;
+    m.add_class::<PyHookKind>()?;
     m.add_function(wrap_pyfunction!(config_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(check_settings, m)?)?;
     m.add_function(wrap_pyfunction!(check_config_files, m)?)

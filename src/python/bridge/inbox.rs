@@ -43,8 +43,9 @@ pub(super) enum Work {
     Ready(u64),
     /// A publish from Python that filled a flow-controlled subscription may return now.
     Space(u64),
+    /// The PUBLISHes of one read, for `on_message` (which is not told who sent them
+    /// beyond each message's publisher).
     Intercept(
-        ClientInfo,
         Vec<Arc<Message>>,
         oneshot::Sender<Vec<Option<Arc<Message>>>>,
     ),
@@ -102,7 +103,7 @@ impl Lanes {
         while items.len() < MAX_ITEMS && messages < MAX_INTERCEPTED {
             match self.intercept.pop_front() {
                 Some(work) => {
-                    if let Work::Intercept(_, batch, _) = &work {
+                    if let Work::Intercept(batch, _) = &work {
                         messages += batch.len();
                     }
                     items.push(work);

@@ -5,14 +5,13 @@
 //! Apart from the bridge because this is the only place where Rust values become Python
 //! objects for the dispatcher; the bridge itself only moves work.
 
-use std::ops::Deref;
 use std::sync::Arc;
 
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyString};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
@@ -22,6 +21,7 @@ use crate::broker::session::Message;
 use crate::codec::{ConnectReturnCode, QoS};
 use crate::python::deny::Deny;
 use crate::python::properties::MessageProperties;
+use crate::topic::TopicError;
 
 enum Reply {
     Auth(oneshot::Sender<AuthDecision>),
@@ -89,9 +89,8 @@ impl ReplyHandle {
                 let _ = tx.send(verdict);
             }
             Reply::Intercept(tx, originals) => {
-                // One verdict per message: None drops it, True keeps it, and a tuple
-                // (topic, payload, qos, retain, properties) replaces it. A replacement
-                // that is not a valid message drops that message only.
+                // One verdict per message: None drops it, True keeps it, and a
+                // `Replacement` (checked when it was made) replaces it.
                 let verdicts: Vec<Bound<'_, PyAny>> = value.extract()?;
                 if verdicts.len() != originals.len() {
                     return Err(PyValueError::new_err("one verdict per message is required"));
@@ -102,14 +101,11 @@ impl ReplyHandle {
                         None
                     } else if let Ok(keep) = verdict.extract::<bool>() {
                         keep.then_some(original)
+                    } else if let Ok(replacement) = verdict.cast::<Replacement>() {
+                        Some(replacement.get().message.clone())
                     } else {
-                        match replacement(verdict, &original) {
-                            Ok(message) => Some(message),
-                            Err(err) => {
-                                warn!(topic = %original.topic, "on_message replacement refused, message dropped: {err}");
-                                None
-                            }
-                        }
+                        warn!(topic = %original.topic, "on_message verdict {verdict} is none of None, a bool or a Replacement: message dropped");
+                        None
                     });
                 }
                 let _ = tx.send(out);
@@ -119,38 +115,133 @@ impl ReplyHandle {
     }
 }
 
-/// A message an interceptor returned in place of `original`: a tuple
-/// `(topic, payload, qos, retain, properties)`, where `properties` is True for "the
-/// original's, unchanged" (their bytes are shared, not encoded again), None for none, or
-/// a `MessageProperties`, encoded here once.
-fn replacement(verdict: &Bound<'_, PyAny>, original: &Message) -> PyResult<Arc<Message>> {
-    let (topic, payload, qos, retain, properties): (String, Vec<u8>, u8, bool, Bound<'_, PyAny>) =
-        verdict.extract()?;
-    crate::topic::validate_topic_name(&topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let properties = if properties.is_none() {
-        None
-    } else if properties
-        .cast::<pyo3::types::PyBool>()
-        .is_ok_and(|b| b.is_true())
-    {
-        original.properties.clone()
-    } else {
-        properties
-            .cast::<MessageProperties>()
-            .map_err(|_| PyValueError::new_err("properties must be a MessageProperties or None"))?
-            .get()
-            .to_wire()?
-            .map(crate::broker::session::MessageProperties::new)
-    };
-    Ok(Arc::new(Message {
-        topic: ByteString::from(topic),
-        payload: bytes::Bytes::from(payload),
-        qos: QoS::from_u8(qos).ok_or_else(|| PyValueError::new_err("qos must be 0, 1 or 2"))?,
-        retain,
-        publisher: original.publisher.clone(),
-        properties,
-        mark: crate::broker::session::StreamMark::NONE,
-    }))
+/// One message of an `InterceptCall`, from which `pyo3mq._dispatch` builds the
+/// `pyo3mq.Message` the interceptor sees.
+#[pyclass(frozen, module = "pyo3mq._pyo3mq")]
+pub(super) struct InterceptedMessage {
+    #[pyo3(get)]
+    topic: Py<PyString>,
+    #[pyo3(get)]
+    payload: Py<PyBytes>,
+    #[pyo3(get)]
+    qos: u8,
+    #[pyo3(get)]
+    retain: bool,
+    /// The publisher's client id, as `pyo3mq.Message.client_id` names it.
+    #[pyo3(get)]
+    client_id: Py<PyString>,
+    #[pyo3(get)]
+    properties: Option<Py<MessageProperties>>,
+    /// The routed message, whose publisher and encoded properties a replacement reuses.
+    original: Arc<Message>,
+}
+
+#[pymethods]
+impl InterceptedMessage {
+    /// `message` (a `pyo3mq.Message` the interceptor returned) as the replacement of this
+    /// one, checked here, the one place: the rules a published message obeys (topic,
+    /// QoS, payload, properties and their payload format). A ValueError says which it
+    /// breaks. Properties that are this message's own object keep their encoded bytes.
+    fn replace_with(&self, message: &Bound<'_, PyAny>) -> PyResult<Replacement> {
+        // Each refusal names the rule broken, as the `on_message failed` log line shows it.
+        let refuse = |why: String| Err(PyValueError::new_err(why));
+        let topic_obj = message.getattr("topic")?;
+        let Ok(topic) = topic_obj.extract::<String>() else {
+            return refuse("[MQTT-4.7.3-1] the replacement's topic is empty".into());
+        };
+        if let Err(err) = crate::topic::validate_topic_name(&topic) {
+            return refuse(match err {
+                TopicError::Empty => "[MQTT-4.7.3-1] the replacement's topic is empty".into(),
+                TopicError::WildcardInTopicName => format!(
+                    "[MQTT-3.3.2-2] the replacement's topic {} has a wildcard",
+                    topic_obj.repr()?
+                ),
+                _ => "[MQTT-4.7.3-2] [MQTT-4.7.3-3] the replacement's topic is invalid".into(),
+            });
+        }
+        let qos = message.getattr("qos")?;
+        let Some(qos) = qos.extract::<u8>().ok().and_then(QoS::from_u8) else {
+            return refuse(format!(
+                "the replacement's QoS {} is not 0, 1 or 2",
+                qos.repr()?
+            ));
+        };
+        let payload = message.getattr("payload")?;
+        let payload = if let Ok(bytes) = payload.cast::<PyBytes>() {
+            bytes::Bytes::copy_from_slice(bytes.as_bytes())
+        } else if payload.is_instance_of::<PyByteArray>()
+            || payload.is_instance_of::<PyMemoryView>()
+        {
+            let copy = message.py().get_type::<PyBytes>().call1((&payload,))?;
+            bytes::Bytes::copy_from_slice(copy.cast::<PyBytes>()?.as_bytes())
+        } else {
+            return refuse("the replacement's payload is not bytes".into());
+        };
+        let retain = message.getattr("retain")?;
+        let Ok(retain) = retain.extract::<bool>() else {
+            return refuse(format!(
+                "the replacement's retain {} is not a bool",
+                retain.repr()?
+            ));
+        };
+        let properties = message.getattr("properties")?;
+        let properties = if properties.is_none() {
+            None
+        } else if self
+            .properties
+            .as_ref()
+            .is_some_and(|own| own.bind(message.py()).is(&properties))
+        {
+            // This message's own properties: their encoded bytes are shared, not encoded
+            // again, and were checked against this payload only if it is unchanged.
+            if payload != self.original.payload {
+                if let Ok(props) = properties.cast::<MessageProperties>() {
+                    check_format(props.get(), &payload)?;
+                }
+            }
+            self.original.properties.clone()
+        } else {
+            let Ok(props) = properties.cast::<MessageProperties>() else {
+                return refuse(format!(
+                    "the replacement's properties {} are not MessageProperties",
+                    properties.repr()?
+                ));
+            };
+            check_format(props.get(), &payload)?;
+            props
+                .get()
+                .to_wire()?
+                .map(crate::broker::session::MessageProperties::new)
+        };
+        Ok(Replacement {
+            message: Arc::new(Message {
+                topic: ByteString::from(topic),
+                payload,
+                qos,
+                retain,
+                publisher: self.original.publisher.clone(),
+                properties,
+                mark: crate::broker::session::StreamMark::NONE,
+            }),
+        })
+    }
+}
+
+/// [MQTT 5.0 3.3.2.3.2] A payload that `payload_format_indicator=1` says is UTF-8 text.
+fn check_format(props: &MessageProperties, payload: &[u8]) -> PyResult<()> {
+    props.check_payload(payload).map_err(|_| {
+        PyValueError::new_err(
+            "the replacement's payload_format_indicator=1 says UTF-8 text and its payload is \
+             not (3.3.2.3.2, 0x99 Payload format invalid)",
+        )
+    })
+}
+
+/// An interceptor's replacement for one message, made by `InterceptedMessage.replace_with`
+/// (which checked it) and handed back in the `on_message` verdicts.
+#[pyclass(frozen, module = "pyo3mq._pyo3mq")]
+pub(super) struct Replacement {
+    message: Arc<Message>,
 }
 
 // -- the records handed to `pyo3mq._dispatch` ------------------------------------------
@@ -197,15 +288,10 @@ pub(super) struct PublishCall {
 }
 
 /// The PUBLISHes of one read from a connection, for `on_message`: a list of
-/// `(topic, payload, qos, retain, publisher, properties)`.
+/// `InterceptedMessage`s. (The interceptor is not told who sent them beyond each
+/// message's `client_id`.)
 #[pyclass(frozen, get_all, module = "pyo3mq._pyo3mq")]
 pub(super) struct InterceptCall {
-    client_id: String,
-    username: Option<String>,
-    /// The client certificate's subject (RFC 4514), on TLS listeners that ask for one.
-    certificate_subject: Option<String>,
-    /// 3 (MQTT 3.1), 4 (3.1.1) or 5 (5.0).
-    protocol: u8,
     messages: Py<PyList>,
     reply: Py<ReplyHandle>,
 }
@@ -332,18 +418,14 @@ pub(super) fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, P
             Work::Event(event) => event_record(py, event)?,
             Work::Ready(subscription) => Bound::new(py, MessagesReady { subscription })?.into_any(),
             Work::Space(token) => Bound::new(py, SpaceFreed { token })?.into_any(),
-            Work::Intercept(client, batch, tx) => {
+            Work::Intercept(batch, tx) => {
                 let messages = PyList::empty(py);
                 for m in &batch {
-                    messages.append(message_tuple(py, m)?)?;
+                    messages.append(intercepted(py, m)?)?;
                 }
                 Bound::new(
                     py,
                     InterceptCall {
-                        client_id: client.client_id.to_string(),
-                        username: username(&client),
-                        certificate_subject: subject(&client),
-                        protocol: protocol_of(&client),
                         messages: messages.unbind(),
                         reply: reply_handle(py, Reply::Intercept(tx, batch))?,
                     },
@@ -356,16 +438,19 @@ pub(super) fn to_python(py: Python<'_>, work: Vec<Work>) -> PyResult<Bound<'_, P
     Ok(list)
 }
 
-fn message_tuple<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyTuple>> {
-    (
-        m.topic.deref(),
-        PyBytes::new(py, &m.payload),
-        m.qos as u8,
-        m.retain,
-        m.publisher.deref(),
-        message_properties(py, m)?,
+fn intercepted<'py>(py: Python<'py>, m: &Arc<Message>) -> PyResult<Bound<'py, InterceptedMessage>> {
+    Bound::new(
+        py,
+        InterceptedMessage {
+            topic: PyString::new(py, &m.topic).unbind(),
+            payload: PyBytes::new(py, &m.payload).unbind(),
+            qos: m.qos as u8,
+            retain: m.retain,
+            client_id: PyString::new(py, &m.publisher).unbind(),
+            properties: message_properties(py, m)?,
+            original: m.clone(),
+        },
     )
-        .into_pyobject(py)
 }
 
 /// A message's MQTT 5.0 properties as a `pyo3mq.MessageProperties`, or None. Decoded

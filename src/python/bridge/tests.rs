@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::feed::Feed;
 use super::inbox::{Inbox, Lanes, Work, EVENT_DEPTH, MAX_IN_FLIGHT, MAX_ITEMS};
-use crate::broker::hooks::{ClientInfo, DisconnectReason, Event};
+use crate::broker::hooks::{DisconnectReason, Event};
 use crate::broker::session::{Message, Queued};
 use crate::codec::QoS;
 
@@ -44,15 +44,7 @@ fn kinds(items: &[Work]) -> Vec<&'static str> {
 fn handoffs_put_control_first_and_are_bounded() {
     let mut lanes = Lanes::default();
     let (tx, _rx) = oneshot::channel();
-    let client = ClientInfo {
-        client_id: ByteString::from_static("c"),
-        username: None,
-        certificate_subject: None,
-        protocol: crate::codec::Protocol::V311,
-    };
-    lanes
-        .intercept
-        .push_back(Work::Intercept(client, Vec::new(), tx));
+    lanes.intercept.push_back(Work::Intercept(Vec::new(), tx));
     lanes.ready.push_back(7);
     for n in 0..MAX_ITEMS {
         lanes.events.push_back(gone(n));
